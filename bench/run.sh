@@ -1,0 +1,485 @@
+#!/usr/bin/env bash
+# Tollgate vs nginx benchmark: see bench/README.md.
+#
+#   bash bench/run.sh
+#
+# Environment knobs (defaults in brackets):
+#   BENCH_THREADS [2]  BENCH_CONNS [64]  BENCH_DURATION [10] (seconds)  BENCH_ROUNDS [3]
+#   BENCH_WARMUP [2]            seconds of unmeasured wrk warm-up per target
+#   BENCH_STARTUP_RUNS [5]      start-up-to-ready repetitions
+#   BENCH_LOADGEN_THREADS [1]   tokio worker threads of the fixed-rate load generator
+#   BENCH_JOBS [2]              cargo -j
+#   BENCH_SELFTEST [0]          1 = no tollgate at all: a second nginx proxy stands in
+#                               for it (exercises the whole script; results are
+#                               written as *-selftest files and README.md is untouched)
+#   BENCH_RESULTS_DIR [bench/results]
+#   BENCH_KEEP_TMP [0]          1 = keep the temp dir (configs, logs, raw outputs)
+#   TOLLGATE_BIN                use this binary instead of building one
+#   CARGO_TARGET_DIR [$HOME/.cache/tollgate-target]
+#
+# Everything listens on 127.0.0.1 only; no traffic leaves the machine.
+set -euo pipefail
+
+BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_DIR="$(cd "$BENCH_DIR/.." && pwd)"
+
+THREADS="${BENCH_THREADS:-2}"
+CONNS="${BENCH_CONNS:-64}"
+DURATION="${BENCH_DURATION:-10}"
+ROUNDS="${BENCH_ROUNDS:-3}"
+WARMUP="${BENCH_WARMUP:-2}"
+STARTUP_RUNS="${BENCH_STARTUP_RUNS:-5}"
+LOADGEN_THREADS="${BENCH_LOADGEN_THREADS:-1}"
+JOBS="${BENCH_JOBS:-2}"
+SELFTEST="${BENCH_SELFTEST:-0}"
+RESULTS_DIR="${BENCH_RESULTS_DIR:-$BENCH_DIR/results}"
+KEEP_TMP="${BENCH_KEEP_TMP:-0}"
+CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tollgate-target}"
+[[ "$CARGO_TARGET_DIR" == /* ]] || CARGO_TARGET_DIR="$PWD/$CARGO_TARGET_DIR"
+export CARGO_TARGET_DIR
+
+HOST=127.0.0.1
+UPSTREAM_PORT=18001
+NGINX_PORT=18002
+TG_PORT=18080
+TG_ADMIN_PORT=19080
+STARTUP_PORT=18081
+STARTUP_ADMIN_PORT=19081
+ADMIN_TOKEN=bench-token
+UPSTREAM_BODY='{"ok":true,"message":"hello from upstream"}'
+
+NGINX_URL="http://$HOST:$NGINX_PORT/bench/hello"
+TG_URL="http://$HOST:$TG_PORT/bench/hello"
+
+log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() {
+  log "ERROR: $*"
+  exit 1
+}
+# Last lines of a log file, for error messages.
+show_log() {
+  if [[ -s "$1" ]]; then
+    log "--- last lines of $1 ---"
+    tail -n 20 "$1" >&2
+  fi
+}
+
+for v in THREADS CONNS DURATION ROUNDS WARMUP STARTUP_RUNS LOADGEN_THREADS JOBS; do
+  [[ "${!v}" =~ ^[1-9][0-9]*$ ]] || die "BENCH_$v must be a positive integer, got '${!v}'"
+done
+((CONNS >= THREADS)) || die "BENCH_CONNS ($CONNS) must be >= BENCH_THREADS ($THREADS)"
+
+# ---------------------------------------------------------------- cleanup ---
+PIDS=()
+WORK=""
+cleanup() {
+  local rc=$?
+  local pid
+  for pid in "${PIDS[@]}"; do
+    kill -TERM "$pid" 2>/dev/null || true
+  done
+  for pid in "${PIDS[@]}"; do
+    for _ in $(seq 50); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+  done
+  if [[ -n "$WORK" && -d "$WORK" ]]; then
+    if [[ "$KEEP_TMP" == 1 || $rc -ne 0 ]]; then
+      log "temp dir kept: $WORK"
+    else
+      rm -rf "$WORK"
+    fi
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# ------------------------------------------------------------------ tools ---
+as_root() {
+  if ((EUID == 0)); then "$@"; else sudo "$@"; fi
+}
+
+ensure_tools() {
+  local missing=()
+  command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || missing+=(nginx-light)
+  command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+  command -v curl >/dev/null 2>&1 || missing+=(curl)
+  if ((${#missing[@]})); then
+    log "installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    if ! as_root apt-get install -y "${missing[@]}"; then
+      log "apt-get install failed; running apt-get update and retrying"
+      as_root apt-get update
+      as_root apt-get install -y "${missing[@]}" || die "could not install ${missing[*]}"
+    fi
+  fi
+  command -v python3 >/dev/null 2>&1 || die "python3 is needed for the report"
+  command -v cargo >/dev/null 2>&1 || die "cargo is needed"
+  NGINX="$(command -v nginx 2>/dev/null || echo /usr/sbin/nginx)"
+}
+
+# ------------------------------------------------------------------ build ---
+build() {
+  cd "$REPO_DIR"
+  BIN=""
+  if [[ "$SELFTEST" == 1 ]]; then
+    log "SELFTEST: not building tollgate; a second nginx proxy stands in for it"
+  elif [[ -n "${TOLLGATE_BIN:-}" ]]; then
+    BIN="$TOLLGATE_BIN"
+    [[ -x "$BIN" ]] || die "TOLLGATE_BIN=$BIN is not an executable"
+    log "using prebuilt tollgate: $BIN"
+  else
+    log "building tollgate (cargo build --release -j$JOBS -p tollgate, target dir $CARGO_TARGET_DIR)"
+    if ! cargo build --release -j"$JOBS" -p tollgate; then
+      die "cargo build --release -p tollgate FAILED: cannot benchmark tollgate (BENCH_SELFTEST=1 runs the nginx-only self-test)"
+    fi
+    BIN="$CARGO_TARGET_DIR/release/tollgate"
+    [[ -x "$BIN" ]] || die "build succeeded but $BIN does not exist"
+  fi
+  log "building the load generator (cargo build --release -j$JOBS -p loadgen)"
+  cargo build --release -j"$JOBS" -p loadgen || die "cargo build --release -p loadgen FAILED"
+  LOADGEN="$CARGO_TARGET_DIR/release/loadgen"
+  [[ -x "$LOADGEN" ]] || die "build succeeded but $LOADGEN does not exist"
+}
+
+# ---------------------------------------------------------------- helpers ---
+port_busy() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
+
+# wait_http URL SECONDS [PID]: poll until URL answers 2xx; fail early if PID died.
+wait_http() {
+  local url="$1" secs="$2" pid="${3:-}"
+  local deadline=$((SECONDS + secs))
+  until curl -fsS -o /dev/null --max-time 1 "$url" 2>/dev/null; do
+    if [[ -n "$pid" ]] && ! kill -0 "$pid" 2>/dev/null; then
+      return 1
+    fi
+    ((SECONDS < deadline)) || return 1
+    sleep 0.05
+  done
+}
+
+# rss_kb PID: VmRSS of PID plus its direct children (nginx workers), in kB.
+rss_kb() {
+  local total=0 p kb
+  for p in "$1" $(cat "/proc/$1/task/"*/children 2>/dev/null); do
+    kb=$(awk '/^VmRSS:/ {print $2}' "/proc/$p/status" 2>/dev/null || true)
+    total=$((total + ${kb:-0}))
+  done
+  echo "$total"
+}
+hwm_kb() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
+
+# ------------------------------------------------------------------ nginx ---
+nginx_head() { # NAME
+  local name="$1" t="$WORK/$1-temp"
+  mkdir -p "$t"
+  cat <<EOF
+# generated by bench/run.sh
+$NGINX_USER_DIRECTIVE
+worker_processes auto;
+daemon off;
+pid $WORK/$name.pid;
+error_log $WORK/$name-error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  server_tokens off;
+  keepalive_requests 1000000;
+  keepalive_timeout 75s;
+  client_body_temp_path $t/body;
+  proxy_temp_path $t/proxy;
+EOF
+  local m
+  for m in fastcgi uwsgi scgi; do
+    if ! grep -q -- "--without-http_${m}_module" <<<"$NGINX_BUILD"; then
+      echo "  ${m}_temp_path $t/$m;"
+    fi
+  done
+}
+
+write_upstream_conf() {
+  nginx_head upstream
+  cat <<EOF
+  server {
+    listen $HOST:$UPSTREAM_PORT backlog=4096;
+    location / {
+      default_type application/json;
+      return 200 '$UPSTREAM_BODY';
+    }
+  }
+}
+EOF
+}
+
+write_proxy_conf() { # NAME PORT [with-ready-endpoint]
+  nginx_head "$1"
+  cat <<EOF
+  upstream backend {
+    server $HOST:$UPSTREAM_PORT;
+    keepalive 128;
+    keepalive_requests 1000000;
+  }
+  server {
+    listen $HOST:$2 backlog=4096;
+    location /bench/ {
+      proxy_pass http://backend/;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+EOF
+  if [[ -n "${3:-}" ]]; then
+    # Self-test only: lets the stand-in answer tollgate's readiness probe.
+    echo "    location = /_tollgate/ready { return 200 'ready'; }"
+  fi
+  echo "  }"
+  echo "}"
+}
+
+start_nginx() { # NAME -> sets LAST_PID
+  local name="$1"
+  "$NGINX" -t -q -p "$WORK/" -c "$WORK/$name.conf" -e "$WORK/$name-error.log" \
+    >"$WORK/$name.out" 2>&1 || {
+    show_log "$WORK/$name.out"
+    die "nginx config $name.conf is invalid"
+  }
+  "$NGINX" -p "$WORK/" -c "$WORK/$name.conf" -e "$WORK/$name-error.log" >>"$WORK/$name.out" 2>&1 &
+  LAST_PID=$!
+  PIDS+=("$LAST_PID")
+}
+
+# --------------------------------------------------------------- tollgate ---
+tollgate_env() { # DATA_DIR GATEWAY_PORT ADMIN_PORT: prints env assignments
+  echo "TOLLGATE_ADMIN_TOKEN=$ADMIN_TOKEN"
+  echo "TOLLGATE_DATA_DIR=$1"
+  echo "TOLLGATE_GATEWAY__LISTEN=$HOST:$2"
+  echo "TOLLGATE_ADMIN__LISTEN=$HOST:$3"
+  echo "TOLLGATE_LOG__LEVEL=warn"
+}
+
+start_tollgate() {
+  if [[ "$SELFTEST" == 1 ]]; then
+    write_proxy_conf tollgate-standin "$TG_PORT" ready >"$WORK/tollgate-standin.conf"
+    start_nginx tollgate-standin
+    TG_PID=$LAST_PID
+    TG_LOG="$WORK/tollgate-standin-error.log"
+  else
+    mkdir -p "$WORK/tg"
+    TG_LOG="$WORK/tollgate.log"
+    local -a envs
+    mapfile -t envs < <(tollgate_env "$WORK/tg" "$TG_PORT" "$TG_ADMIN_PORT")
+    env "${envs[@]}" "$BIN" serve >"$TG_LOG" 2>&1 &
+    TG_PID=$!
+    PIDS+=("$TG_PID")
+  fi
+  local t0
+  t0=$(date +%s%N)
+  if ! wait_http "http://$HOST:$TG_PORT/_tollgate/ready" 15 "$TG_PID"; then
+    show_log "$TG_LOG"
+    if ! kill -0 "$TG_PID" 2>/dev/null; then
+      die "tollgate exited right after 'tollgate serve' (see log above)"
+    fi
+    die "tollgate did not answer 200 on http://$HOST:$TG_PORT/_tollgate/ready within 15 s"
+  fi
+  log "tollgate ready after $((($(date +%s%N) - t0) / 1000000)) ms (curl-polled)"
+
+  if [[ "$SELFTEST" != 1 ]]; then
+    log "applying bench/tollgate-bench.yaml"
+    if ! TOLLGATE_ADMIN_TOKEN="$ADMIN_TOKEN" "$BIN" apply -f "$BENCH_DIR/tollgate-bench.yaml" \
+      --admin-url "http://$HOST:$TG_ADMIN_PORT" >"$WORK/apply.log" 2>&1; then
+      show_log "$WORK/apply.log"
+      show_log "$TG_LOG"
+      die "'tollgate apply -f bench/tollgate-bench.yaml --admin-url http://$HOST:$TG_ADMIN_PORT' failed"
+    fi
+  fi
+  if ! wait_http "$TG_URL" 5 "$TG_PID"; then
+    show_log "$TG_LOG"
+    curl -sS -i --max-time 2 "$TG_URL" >&2 || true
+    die "tollgate does not answer 200 on $TG_URL within 5 s of the apply"
+  fi
+}
+
+check_body() { # NAME URL
+  local body
+  body=$(curl -fsS --max-time 2 "$2") || die "$1: GET $2 failed"
+  [[ "$body" == "$UPSTREAM_BODY" ]] || die "$1: GET $2 returned '$body', expected '$UPSTREAM_BODY'"
+}
+
+# --------------------------------------------------------------- start-up ---
+measure_startup() {
+  log "start-up to ready: $STARTUP_RUNS runs on $HOST:$STARTUP_PORT"
+  : >"$RAW/startup.jsonl"
+  local i
+  for i in $(seq "$STARTUP_RUNS"); do
+    local -a cmd envs=()
+    if [[ "$SELFTEST" == 1 ]]; then
+      write_proxy_conf "startup-$i" "$STARTUP_PORT" ready >"$WORK/startup-$i.conf"
+      cmd=("$NGINX" -p "$WORK/" -c "$WORK/startup-$i.conf" -e "$WORK/startup-$i-error.log")
+    else
+      mkdir -p "$WORK/startup-$i"
+      mapfile -t envs < <(tollgate_env "$WORK/startup-$i" "$STARTUP_PORT" "$STARTUP_ADMIN_PORT")
+      cmd=("$BIN" serve)
+    fi
+    if ! env "${envs[@]}" "$LOADGEN" ready-time --url "http://$HOST:$STARTUP_PORT/_tollgate/ready" \
+      --timeout-ms 10000 -- "${cmd[@]}" >>"$RAW/startup.jsonl" 2>"$WORK/startup-$i.log"; then
+      show_log "$WORK/startup-$i.log"
+      die "start-up run $i: the binary did not become ready (see above)"
+    fi
+    log "  run $i: $(tail -n 1 "$RAW/startup.jsonl")"
+    for _ in $(seq 100); do port_busy "$STARTUP_PORT" || break; sleep 0.05; done
+  done
+}
+
+# -------------------------------------------------------------------- load ---
+wrk_run() { # URL SECONDS OUTFILE
+  wrk -t"$THREADS" -c"$CONNS" -d"${2}s" --latency -s "$BENCH_DIR/wrk-report.lua" "$1" >"$3" 2>&1 || {
+    cat "$3" >&2
+    die "wrk against $1 failed"
+  }
+  grep -q '^WRK_REPORT ' "$3" || {
+    cat "$3" >&2
+    die "wrk output has no WRK_REPORT line ($3)"
+  }
+}
+
+fixed_run() { # URL RATE OUTFILE
+  "$LOADGEN" --url "$1" --rate "$2" --duration-s "$DURATION" --warmup-s 1 \
+    --connections "$CONNS" --threads "$LOADGEN_THREADS" >"$3" 2>"$3.stderr" || {
+    cat "$3.stderr" >&2
+    die "loadgen against $1 failed"
+  }
+}
+
+summary_line() { # FILE (wrk output)
+  python3 "$BENCH_DIR/report.py" wrk-line "$1"
+}
+
+# ------------------------------------------------------------------- main ---
+main() {
+  ensure_tools
+  build
+
+  local p
+  for p in $UPSTREAM_PORT $NGINX_PORT $TG_PORT $TG_ADMIN_PORT $STARTUP_PORT $STARTUP_ADMIN_PORT; do
+    if port_busy "$p"; then die "port $HOST:$p is already in use (another benchmark still running?)"; fi
+  done
+
+  WORK="$(mktemp -d "${TMPDIR:-/tmp}/tollgate-bench.XXXXXX")"
+  RAW="$WORK/raw"
+  mkdir -p "$RAW"
+  log "temp dir: $WORK"
+  NGINX_BUILD="$("$NGINX" -V 2>&1)"
+  NGINX_USER_DIRECTIVE=""
+  if ((EUID == 0)); then
+    # Keep the workers as the current user (root) instead of nginx's default 'nobody'.
+    NGINX_USER_DIRECTIVE="user $(id -un) $(id -gn);"
+  fi
+
+  local started_utc stamp
+  started_utc="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  stamp="$(date -u +%Y%m%dT%H%M%SZ)"
+
+  write_upstream_conf >"$WORK/upstream.conf"
+  write_proxy_conf nginx-proxy "$NGINX_PORT" >"$WORK/nginx-proxy.conf"
+  start_nginx upstream
+  UPSTREAM_PID=$LAST_PID
+  wait_http "http://$HOST:$UPSTREAM_PORT/hello" 10 "$UPSTREAM_PID" || {
+    show_log "$WORK/upstream-error.log"
+    die "nginx upstream did not start"
+  }
+  start_nginx nginx-proxy
+  NGINX_PID=$LAST_PID
+  wait_http "$NGINX_URL" 10 "$NGINX_PID" || {
+    show_log "$WORK/nginx-proxy-error.log"
+    die "nginx proxy did not start"
+  }
+  check_body upstream "http://$HOST:$UPSTREAM_PORT/hello"
+  check_body nginx "$NGINX_URL"
+  log "nginx upstream (pid $UPSTREAM_PID) and proxy (pid $NGINX_PID) are up"
+
+  measure_startup
+
+  start_tollgate
+  check_body tollgate "$TG_URL"
+  sleep 1
+  local tg_rss_idle nginx_rss_idle
+  tg_rss_idle=$(rss_kb "$TG_PID")
+  nginx_rss_idle=$(rss_kb "$NGINX_PID")
+  log "idle RSS: tollgate ${tg_rss_idle} kB, nginx proxy ${nginx_rss_idle} kB"
+
+  log "peak throughput: wrk -t$THREADS -c$CONNS -d${DURATION}s, $ROUNDS rounds alternating nginx/tollgate"
+  wrk_run "$NGINX_URL" "$WARMUP" "$RAW/warmup-nginx.txt"
+  wrk_run "$TG_URL" "$WARMUP" "$RAW/warmup-tollgate.txt"
+  local r
+  for r in $(seq "$ROUNDS"); do
+    sleep 1
+    wrk_run "$NGINX_URL" "$DURATION" "$RAW/peak-nginx-$r.txt"
+    log "  round $r nginx:    $(summary_line "$RAW/peak-nginx-$r.txt")"
+    sleep 1
+    wrk_run "$TG_URL" "$DURATION" "$RAW/peak-tollgate-$r.txt"
+    log "  round $r tollgate: $(summary_line "$RAW/peak-tollgate-$r.txt")"
+  done
+
+  local half
+  half=$(python3 "$BENCH_DIR/report.py" half-rate "$RAW") || die "could not compute nginx's best req/s"
+  log "fixed rate: $half req/s (half of nginx's best), ${DURATION}s + 1s warm-up, $ROUNDS rounds"
+  for r in $(seq "$ROUNDS"); do
+    sleep 1
+    fixed_run "$NGINX_URL" "$half" "$RAW/fixed-nginx-$r.json"
+    log "  round $r nginx:    $(cat "$RAW/fixed-nginx-$r.json")"
+    sleep 1
+    fixed_run "$TG_URL" "$half" "$RAW/fixed-tollgate-$r.json"
+    log "  round $r tollgate: $(cat "$RAW/fixed-tollgate-$r.json")"
+  done
+
+  sleep 1
+  local tg_rss_after nginx_rss_after tg_hwm
+  tg_rss_after=$(rss_kb "$TG_PID")
+  nginx_rss_after=$(rss_kb "$NGINX_PID")
+  tg_hwm=$(hwm_kb "$TG_PID")
+  log "RSS after load: tollgate ${tg_rss_after} kB (peak ${tg_hwm} kB), nginx proxy ${nginx_rss_after} kB"
+  kill -0 "$TG_PID" 2>/dev/null || die "tollgate died during the benchmark"
+
+  local commit
+  commit="$(git -C "$REPO_DIR" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+  if [[ -n "$(git -C "$REPO_DIR" status --porcelain --untracked-files=no 2>/dev/null || true)" ]]; then
+    commit="$commit-dirty"
+  fi
+  {
+    echo "started_utc=$started_utc"
+    echo "finished_utc=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    echo "stamp=$stamp"
+    echo "selftest=$SELFTEST"
+    echo "nproc=$(nproc)"
+    echo "kernel=$(uname -r)"
+    echo "cpu=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)"
+    echo "mem_total_kb=$(awk '/^MemTotal:/ {print $2}' /proc/meminfo)"
+    echo "os=$(. /etc/os-release 2>/dev/null && echo "${PRETTY_NAME:-}")"
+    echo "tollgate_commit=$commit"
+    echo "tollgate_bin=${BIN:-nginx stand-in (selftest)}"
+    echo "nginx_version=$("$NGINX" -v 2>&1 | sed 's/^nginx version: //')"
+    echo "wrk_version=$(wrk -v 2>&1 | head -n 1 | awk '{print $2}')"
+    echo "rustc_version=$(rustc --version 2>/dev/null || echo unknown)"
+    echo "threads=$THREADS"
+    echo "connections=$CONNS"
+    echo "duration_s=$DURATION"
+    echo "rounds=$ROUNDS"
+    echo "warmup_s=$WARMUP"
+    echo "loadgen_threads=$LOADGEN_THREADS"
+    echo "half_rate=$half"
+    echo "rss_tollgate_idle_kb=$tg_rss_idle"
+    echo "rss_tollgate_after_kb=$tg_rss_after"
+    echo "rss_tollgate_hwm_kb=$tg_hwm"
+    echo "rss_nginx_proxy_idle_kb=$nginx_rss_idle"
+    echo "rss_nginx_proxy_after_kb=$nginx_rss_after"
+  } >"$RAW/meta.env"
+
+  local readme_args=()
+  [[ "$SELFTEST" == 1 ]] || readme_args=(--readme "$BENCH_DIR/README.md")
+  python3 "$BENCH_DIR/report.py" build --raw "$RAW" --out-dir "$RESULTS_DIR" "${readme_args[@]}"
+}
+
+main "$@"

@@ -1,0 +1,30 @@
+//! The domain model of Tollgate: plain Rust types shared by the control plane
+//! (`admin`, `store`) and the data plane (`gateway`).
+//!
+//! - [`model`] holds the configuration objects: [`model::Upstream`] (a set of
+//!   [`model::Target`]s with a [`model::BalancePolicy`] and health checks),
+//!   [`model::Service`] (what is published, with a [`model::Lifecycle`]),
+//!   [`model::Route`] (methods + path pattern under a service's base path) and
+//!   [`model::Release`] (a snapshot of a service and its routes).
+//! - [`code`] is the closed list of refusal codes ([`code::Code`]) with their
+//!   HTTP status and title: the one table every refusal is mapped through.
+//! - [`id`] makes ids (UUID v7 text) and checks slugs.
+//! - [`validate`] collects field errors ([`validate::FieldErrors`]) so that every
+//!   problem in an input is reported at once, each naming its field.
+//!
+//! The serde derives here describe the *storage* shape (the JSON held in the
+//! store); the admin API owns its own wire types and converts explicitly.
+
+pub mod code;
+pub mod id;
+pub mod model;
+pub mod path;
+pub mod validate;
+
+/// Milliseconds since the Unix epoch; how every time is stored.
+pub fn now_ms() -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(now.as_millis()).unwrap_or(i64::MAX)
+}

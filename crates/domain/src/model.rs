@@ -1,0 +1,732 @@
+//! Configuration objects. Each `*Spec` is what a user writes (admin API body,
+//! declarative file); the object itself adds what the system owns (id,
+//! lifecycle, timestamps).
+//!
+//! The spec types are deliberately one shape for the admin API, the
+//! declarative file and storage, so users learn it once. That makes every
+//! field here part of the product contract: add fields with defaults, never
+//! rename them.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::validate::FieldErrors;
+
+/// Upper bounds on configuration sizes (TigerBeetle: a limit on everything).
+pub mod limits {
+    pub const TARGETS_PER_UPSTREAM: usize = 256;
+    pub const TARGET_WEIGHT_MAX: u32 = 1000;
+    pub const ROUTE_METHODS_MAX: usize = 16;
+    pub const HEADER_REWRITES_MAX: usize = 64;
+    pub const TIMEOUT_MS_MAX: u64 = 3_600_000;
+    pub const RETRIES_MAX: u32 = 10;
+    pub const BODY_LIMIT_MAX: u64 = 1 << 34;
+    pub const TEXT_MAX: usize = 4096;
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+// ---------------------------------------------------------------- upstream
+
+/// A named set of targets behind a balancing policy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamSpec {
+    pub slug: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub team: Option<String>,
+    #[serde(default)]
+    pub targets: Vec<Target>,
+    #[serde(default)]
+    pub policy: BalancePolicy,
+    /// For `consistent_hash`: what the hash key is.
+    #[serde(default)]
+    pub hash_on: HashOn,
+    /// For `hash_on: header`: the header whose value is hashed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_header: Option<String>,
+    #[serde(default = "UpstreamSpec::default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// Longest wait for response headers on one try, and longest silence
+    /// between two body chunks.
+    #[serde(default = "UpstreamSpec::default_read_timeout_ms")]
+    pub read_timeout_ms: u64,
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
+    #[serde(default)]
+    pub tls: TlsSettings,
+    #[serde(default)]
+    pub health_check: HealthCheck,
+}
+
+impl UpstreamSpec {
+    fn default_connect_timeout_ms() -> u64 {
+        5_000
+    }
+    fn default_read_timeout_ms() -> u64 {
+        60_000
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Target {
+    pub url: String,
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BalancePolicy {
+    /// Smooth weighted round robin.
+    #[default]
+    RoundRobin,
+    /// Fewest requests in flight, relative to weight.
+    LeastRequests,
+    /// Peak-EWMA latency, choosing the better of two random targets.
+    Ewma,
+    /// Ring hash on a header or the client IP; sticky while targets are stable.
+    ConsistentHash,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HashOn {
+    #[default]
+    ClientIp,
+    Header,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 over `http://`; ALPN (h2, then http/1.1) over `https://`.
+    #[default]
+    Auto,
+    Http1,
+    /// HTTP/2 only: prior knowledge (h2c) over `http://`, ALPN h2 over `https://`.
+    Http2,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    /// Verify the upstream's certificate (against the web PKI roots, or
+    /// `ca_pem` when given).
+    #[serde(default = "default_true")]
+    pub verify: bool,
+    /// Overrides the SNI name and the name checked in the certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+    /// Extra trusted CA certificates, PEM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_pem: Option<String>,
+}
+
+impl Default for TlsSettings {
+    fn default() -> Self {
+        Self {
+            verify: true,
+            server_name: None,
+            ca_pem: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    #[serde(default)]
+    pub active: ActiveHealthCheck,
+    #[serde(default)]
+    pub passive: PassiveHealthCheck,
+}
+
+/// Probes each target with `GET path` every `interval_ms`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ActiveHealthCheck {
+    pub enabled: bool,
+    pub path: String,
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    /// Consecutive successes that bring an unhealthy target back.
+    pub healthy_threshold: u32,
+    /// Consecutive failures that mark a target unhealthy.
+    pub unhealthy_threshold: u32,
+    /// Statuses counted as healthy; empty means 200–399.
+    pub healthy_statuses: Vec<u16>,
+}
+
+impl Default for ActiveHealthCheck {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            path: "/".into(),
+            interval_ms: 5_000,
+            timeout_ms: 2_000,
+            healthy_threshold: 2,
+            unhealthy_threshold: 3,
+            healthy_statuses: Vec::new(),
+        }
+    }
+}
+
+/// Ejects a target after `max_failures` consecutive failed requests (connect
+/// errors, timeouts, `failure_statuses`) for `ejection_ms`; it then takes
+/// traffic again and the next failure ejects it for twice as long (at most
+/// ten times `ejection_ms`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PassiveHealthCheck {
+    pub enabled: bool,
+    pub max_failures: u32,
+    pub ejection_ms: u64,
+    pub failure_statuses: Vec<u16>,
+}
+
+impl Default for PassiveHealthCheck {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_failures: 5,
+            ejection_ms: 10_000,
+            failure_statuses: vec![502, 503, 504],
+        }
+    }
+}
+
+// ---------------------------------------------------------------- service
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServiceKind {
+    #[default]
+    Http,
+    Ai,
+    Prompt,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Visibility {
+    #[default]
+    Team,
+    Catalog,
+    Public,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Lifecycle {
+    #[default]
+    Draft,
+    Published,
+    Deprecated,
+    Retired,
+}
+
+impl Lifecycle {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lifecycle::Draft => "draft",
+            Lifecycle::Published => "published",
+            Lifecycle::Deprecated => "deprecated",
+            Lifecycle::Retired => "retired",
+        }
+    }
+}
+
+/// What a user sets on a service.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSpec {
+    pub slug: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub team: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub kind: ServiceKind,
+    pub base_path: String,
+    /// Slug or id of the upstream (kind `http`). Stored as the slug.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<String>,
+    #[serde(default)]
+    pub visibility: Visibility,
+    #[serde(default)]
+    pub approval_required: bool,
+    /// Total time budget (all tries) until the upstream's response headers.
+    #[serde(default = "ServiceSpec::default_timeout_ms")]
+    pub timeout_ms: u64,
+    #[serde(default)]
+    pub retry: RetryPolicy,
+    /// Overrides the gateway-wide request body limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_body_limit_bytes: Option<u64>,
+}
+
+impl ServiceSpec {
+    fn default_timeout_ms() -> u64 {
+        60_000
+    }
+}
+
+/// Which failures are retried, how often and how fast.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryPolicy {
+    /// Tries after the first one.
+    pub retries: u32,
+    /// Longest wait for response headers on one try; `null` uses the
+    /// upstream's `read_timeout_ms`.
+    pub per_try_timeout_ms: Option<u64>,
+    /// Methods that may be retried. Non-idempotent methods are retried only
+    /// when listed here.
+    pub methods: Vec<String>,
+    /// Upstream statuses that cause a retry.
+    pub on_statuses: Vec<u16>,
+    pub backoff_ms: u64,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            retries: 1,
+            per_try_timeout_ms: None,
+            methods: ["GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"]
+                .map(String::from)
+                .to_vec(),
+            on_statuses: vec![502, 503, 504],
+            backoff_ms: 10,
+        }
+    }
+}
+
+/// A service as stored: the spec plus what the system owns.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Service {
+    pub id: String,
+    #[serde(flatten)]
+    pub spec: ServiceSpec,
+    pub lifecycle: Lifecycle,
+    /// When the service was deprecated (ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deprecated_at_ms: Option<i64>,
+    /// Sunset date (RFC 3339 date or date-time) announced at deprecation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sunset: Option<String>,
+    /// The release that the current configuration was last published as.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_release: Option<i64>,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+// ---------------------------------------------------------------- route
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HeaderRewrite {
+    /// Headers set (replacing any value the request had).
+    pub set: BTreeMap<String, String>,
+    /// Headers removed.
+    pub remove: Vec<String>,
+}
+
+impl HeaderRewrite {
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.remove.is_empty()
+    }
+}
+
+/// What a user sets on a route.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSpec {
+    /// Optional slug, unique within the service; the declarative file uses
+    /// it to recognise the route.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Allowed methods; empty allows every method.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// Pattern under the service's base path: `/forecast/{city}`, `/files/*`.
+    pub path: String,
+    /// Matches only this `Host` (without port).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Removes the service's base path before forwarding.
+    #[serde(default = "default_true")]
+    pub strip_prefix: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryPolicy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_body_limit_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "HeaderRewrite::is_empty")]
+    pub request_headers: HeaderRewrite,
+    #[serde(default, skip_serializing_if = "HeaderRewrite::is_empty")]
+    pub response_headers: HeaderRewrite,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Route {
+    pub id: String,
+    pub service_id: String,
+    #[serde(flatten)]
+    pub spec: RouteSpec,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Upstream {
+    pub id: String,
+    #[serde(flatten)]
+    pub spec: UpstreamSpec,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+/// A snapshot of a service and its routes, taken at publish.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Release {
+    pub id: String,
+    pub service_id: String,
+    pub version: i64,
+    pub created_at_ms: i64,
+    /// What made it: `publish` or `rollback to N`.
+    pub note: String,
+    pub service: ServiceSpec,
+    pub routes: Vec<RouteSpec>,
+}
+
+// ---------------------------------------------------------------- validation
+
+const KNOWN_METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT",
+];
+
+fn check_slug(errors: &mut FieldErrors, field: &str, slug: &str) {
+    if !crate::id::is_slug(slug) {
+        errors.add(field, "must match [a-z0-9][a-z0-9-]{0,62}");
+    }
+}
+
+fn check_timeout(errors: &mut FieldErrors, field: &str, value: u64) {
+    if value == 0 || value > limits::TIMEOUT_MS_MAX {
+        errors.add(
+            field,
+            format!("must be between 1 and {}", limits::TIMEOUT_MS_MAX),
+        );
+    }
+}
+
+fn check_statuses(errors: &mut FieldErrors, field: &str, statuses: &[u16]) {
+    for (index, status) in statuses.iter().enumerate() {
+        if !(100..=599).contains(status) {
+            errors.add(
+                format!("{field}[{index}]"),
+                "must be an HTTP status (100–599)",
+            );
+        }
+    }
+}
+
+fn check_methods(errors: &mut FieldErrors, field: &str, methods: &[String]) {
+    if methods.len() > limits::ROUTE_METHODS_MAX {
+        errors.add(field, "too many methods");
+    }
+    for (index, method) in methods.iter().enumerate() {
+        if !KNOWN_METHODS.contains(&method.as_str()) {
+            errors.add(
+                format!("{field}[{index}]"),
+                format!("'{method}' is not one of {}", KNOWN_METHODS.join(", ")),
+            );
+        }
+    }
+}
+
+fn check_header_name(errors: &mut FieldErrors, field: &str, name: &str) {
+    let valid = !name.is_empty()
+        && name.len() <= 256
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    if !valid {
+        errors.add(field, format!("'{name}' is not a valid header name"));
+    }
+}
+
+fn check_text(errors: &mut FieldErrors, field: &str, text: Option<&String>) {
+    if text.is_some_and(|t| t.len() > limits::TEXT_MAX) {
+        errors.add(field, format!("must be at most {} bytes", limits::TEXT_MAX));
+    }
+}
+
+/// Validates a target URL: `http` or `https`, a host, no query or fragment.
+pub fn check_target_url(url: &str) -> Result<url::Url, String> {
+    let parsed = url::Url::parse(url).map_err(|e| format!("is not a valid URL ({e})"))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err("must use http or https".into());
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err("must name a host".into());
+    }
+    if parsed.query().is_some() || parsed.fragment().is_some() {
+        return Err("must not have a query or fragment".into());
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err("must not carry credentials".into());
+    }
+    Ok(parsed)
+}
+
+impl RetryPolicy {
+    pub fn validate(&self, field: &str, errors: &mut FieldErrors) {
+        if self.retries > limits::RETRIES_MAX {
+            errors.add(
+                format!("{field}.retries"),
+                format!("must be at most {}", limits::RETRIES_MAX),
+            );
+        }
+        if let Some(ms) = self.per_try_timeout_ms {
+            check_timeout(errors, &format!("{field}.per_try_timeout_ms"), ms);
+        }
+        check_methods(errors, &format!("{field}.methods"), &self.methods);
+        check_statuses(errors, &format!("{field}.on_statuses"), &self.on_statuses);
+        if self.backoff_ms > 60_000 {
+            errors.add(format!("{field}.backoff_ms"), "must be at most 60000");
+        }
+    }
+}
+
+impl UpstreamSpec {
+    /// Checks everything that does not need the store.
+    pub fn validate(&self) -> Result<(), FieldErrors> {
+        let mut errors = FieldErrors::new();
+        check_slug(&mut errors, "slug", &self.slug);
+        if let Some(team) = &self.team {
+            check_slug(&mut errors, "team", team);
+        }
+        if self.targets.len() > limits::TARGETS_PER_UPSTREAM {
+            errors.add(
+                "targets",
+                format!("at most {} targets", limits::TARGETS_PER_UPSTREAM),
+            );
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (index, target) in self.targets.iter().enumerate() {
+            let field = format!("targets[{index}].url");
+            match check_target_url(&target.url) {
+                Ok(parsed) => {
+                    if !seen.insert(parsed.as_str().trim_end_matches('/').to_owned()) {
+                        errors.add(field, "appears twice in this upstream");
+                    }
+                }
+                Err(message) => errors.add(field, message),
+            }
+            if target.weight > limits::TARGET_WEIGHT_MAX {
+                errors.add(
+                    format!("targets[{index}].weight"),
+                    format!("must be between 0 and {}", limits::TARGET_WEIGHT_MAX),
+                );
+            }
+        }
+        if self.policy == BalancePolicy::ConsistentHash && self.hash_on == HashOn::Header {
+            match &self.hash_header {
+                Some(name) => check_header_name(&mut errors, "hash_header", name),
+                None => errors.add("hash_header", "is required when hash_on is 'header'"),
+            }
+        }
+        check_timeout(&mut errors, "connect_timeout_ms", self.connect_timeout_ms);
+        check_timeout(&mut errors, "read_timeout_ms", self.read_timeout_ms);
+        if let Some(name) = &self.tls.server_name
+            && (name.is_empty() || name.len() > 253)
+        {
+            errors.add("tls.server_name", "must be a DNS name");
+        }
+        if let Some(pem) = &self.tls.ca_pem
+            && !pem.contains("-----BEGIN CERTIFICATE-----")
+        {
+            errors.add("tls.ca_pem", "must hold PEM certificates");
+        }
+        let active = &self.health_check.active;
+        if !active.path.starts_with('/') {
+            errors.add("health_check.active.path", "must start with '/'");
+        }
+        if active.interval_ms < 100 || active.interval_ms > limits::TIMEOUT_MS_MAX {
+            errors.add(
+                "health_check.active.interval_ms",
+                "must be between 100 and 3600000",
+            );
+        }
+        check_timeout(
+            &mut errors,
+            "health_check.active.timeout_ms",
+            active.timeout_ms,
+        );
+        if active.healthy_threshold == 0 || active.healthy_threshold > 100 {
+            errors.add(
+                "health_check.active.healthy_threshold",
+                "must be between 1 and 100",
+            );
+        }
+        if active.unhealthy_threshold == 0 || active.unhealthy_threshold > 100 {
+            errors.add(
+                "health_check.active.unhealthy_threshold",
+                "must be between 1 and 100",
+            );
+        }
+        check_statuses(
+            &mut errors,
+            "health_check.active.healthy_statuses",
+            &active.healthy_statuses,
+        );
+        let passive = &self.health_check.passive;
+        if passive.max_failures == 0 || passive.max_failures > 1000 {
+            errors.add(
+                "health_check.passive.max_failures",
+                "must be between 1 and 1000",
+            );
+        }
+        check_timeout(
+            &mut errors,
+            "health_check.passive.ejection_ms",
+            passive.ejection_ms,
+        );
+        check_statuses(
+            &mut errors,
+            "health_check.passive.failure_statuses",
+            &passive.failure_statuses,
+        );
+        errors.into_result()
+    }
+}
+
+impl ServiceSpec {
+    pub fn validate(&self) -> Result<(), FieldErrors> {
+        let mut errors = FieldErrors::new();
+        check_slug(&mut errors, "slug", &self.slug);
+        if let Some(team) = &self.team {
+            check_slug(&mut errors, "team", team);
+        }
+        check_text(&mut errors, "name", self.name.as_ref());
+        check_text(&mut errors, "description", self.description.as_ref());
+        if let Err(message) = crate::path::validate_base_path(&self.base_path) {
+            errors.add("base_path", message);
+        }
+        if self.base_path.starts_with("/_tollgate") {
+            errors.add(
+                "base_path",
+                "'/_tollgate' is reserved for the gateway itself",
+            );
+        }
+        match self.kind {
+            ServiceKind::Http => {
+                if self.upstream.is_none() {
+                    errors.add("upstream", "is required for a service of kind 'http'");
+                }
+            }
+            ServiceKind::Ai | ServiceKind::Prompt => {
+                errors.add("kind", "only 'http' services are supported in this version");
+            }
+        }
+        check_timeout(&mut errors, "timeout_ms", self.timeout_ms);
+        self.retry.validate("retry", &mut errors);
+        if let Some(limit) = self.request_body_limit_bytes
+            && limit > limits::BODY_LIMIT_MAX
+        {
+            errors.add("request_body_limit_bytes", "is too large");
+        }
+        errors.into_result()
+    }
+}
+
+impl RouteSpec {
+    pub fn validate(&self) -> Result<(), FieldErrors> {
+        let mut errors = FieldErrors::new();
+        if let Some(name) = &self.name {
+            check_slug(&mut errors, "name", name);
+        }
+        check_methods(&mut errors, "methods", &self.methods);
+        if let Err(message) = crate::path::parse_pattern(&self.path) {
+            errors.add("path", message);
+        }
+        if let Some(host) = &self.host {
+            let valid = !host.is_empty()
+                && host.len() <= 253
+                && host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
+            if !valid {
+                errors.add("host", "must be a host name (letters, digits, '.', '-')");
+            }
+        }
+        if let Some(ms) = self.timeout_ms {
+            check_timeout(&mut errors, "timeout_ms", ms);
+        }
+        if let Some(retry) = &self.retry {
+            retry.validate("retry", &mut errors);
+        }
+        if let Some(limit) = self.request_body_limit_bytes
+            && limit > limits::BODY_LIMIT_MAX
+        {
+            errors.add("request_body_limit_bytes", "is too large");
+        }
+        for (field, rewrite) in [
+            ("request_headers", &self.request_headers),
+            ("response_headers", &self.response_headers),
+        ] {
+            if rewrite.set.len() + rewrite.remove.len() > limits::HEADER_REWRITES_MAX {
+                errors.add(field, "too many header rewrites");
+            }
+            for (name, value) in &rewrite.set {
+                check_header_name(&mut errors, &format!("{field}.set.{name}"), name);
+                if value.bytes().any(|b| b < 0x20 && b != b'\t' || b == 0x7f) {
+                    errors.add(
+                        format!("{field}.set.{name}"),
+                        "value has control characters",
+                    );
+                }
+            }
+            for (index, name) in rewrite.remove.iter().enumerate() {
+                check_header_name(&mut errors, &format!("{field}.remove[{index}]"), name);
+            }
+        }
+        errors.into_result()
+    }
+
+    /// The methods this route allows, upper-cased; empty means any.
+    pub fn normalised_methods(&self) -> Vec<String> {
+        self.methods
+            .iter()
+            .map(|m| m.to_ascii_uppercase())
+            .collect()
+    }
+}
+
+/// Parses a sunset given as a date (`2027-01-31`, meaning midnight UTC) or an
+/// RFC 3339 date-time, into epoch seconds.
+pub fn parse_sunset(text: &str) -> Result<i64, String> {
+    use time::format_description::well_known::Rfc3339;
+    if let Ok(at) = time::OffsetDateTime::parse(text, &Rfc3339) {
+        return Ok(at.unix_timestamp());
+    }
+    let format = time::macros::format_description!("[year]-[month]-[day]");
+    time::Date::parse(text, &format)
+        .map(|date| date.midnight().assume_utc().unix_timestamp())
+        .map_err(|_| "must be a date (2027-01-31) or an RFC 3339 date-time".to_owned())
+}

@@ -1,0 +1,141 @@
+//! Path patterns of routes: literal segments, `{name}` parameters and a
+//! trailing `/*` prefix wildcard. Parsed once here; the admin API uses the
+//! parser to validate and the gateway compiles the result into its matcher.
+
+/// One segment of a parsed pattern.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Segment {
+    Literal(String),
+    Param(String),
+    /// `/*`: matches the rest of the path, including nothing.
+    Wildcard,
+}
+
+/// Parses a route path (`/forecast/{city}`, `/files/*`). The empty path and
+/// `/` parse to no segments.
+pub fn parse_pattern(pattern: &str) -> Result<Vec<Segment>, String> {
+    if !pattern.starts_with('/') {
+        return Err("must start with '/'".into());
+    }
+    if pattern.len() > 1024 {
+        return Err("must be at most 1024 characters".into());
+    }
+    let mut segments = Vec::new();
+    let mut names = std::collections::HashSet::new();
+    let parts: Vec<&str> = pattern[1..].split('/').collect();
+    let last = parts.len() - 1;
+    for (index, part) in parts.iter().enumerate() {
+        if part.is_empty() {
+            if index == last {
+                // A trailing slash (or the root path) adds no segment.
+                break;
+            }
+            return Err("must not contain empty segments ('//')".into());
+        }
+        if *part == "*" {
+            if index != last {
+                return Err("'*' is allowed only as the last segment ('/prefix/*')".into());
+            }
+            segments.push(Segment::Wildcard);
+        } else if let Some(inner) = part.strip_prefix('{') {
+            let Some(name) = inner.strip_suffix('}') else {
+                return Err(format!("segment '{part}' opens '{{' without closing it"));
+            };
+            let valid = !name.is_empty()
+                && name.len() <= 64
+                && name
+                    .chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid {
+                return Err(format!(
+                    "parameter name '{name}' must match [A-Za-z_][A-Za-z0-9_]*"
+                ));
+            }
+            if !names.insert(name.to_owned()) {
+                return Err(format!("parameter '{name}' appears twice"));
+            }
+            segments.push(Segment::Param(name.to_owned()));
+        } else {
+            if part.contains(['{', '}', '*', '?', '#']) {
+                return Err(format!(
+                    "segment '{part}' mixes literal text with '{{', '}}', '*', '?' or '#'"
+                ));
+            }
+            segments.push(Segment::Literal((*part).to_owned()));
+        }
+    }
+    Ok(segments)
+}
+
+/// Validates a service base path: literal segments only, no trailing slash
+/// (except `/` itself).
+pub fn validate_base_path(base_path: &str) -> Result<(), String> {
+    let segments = parse_pattern(base_path)?;
+    if segments.iter().any(|s| !matches!(s, Segment::Literal(_))) {
+        return Err("must contain only literal segments (no '{param}' or '*')".into());
+    }
+    if base_path.len() > 1 && base_path.ends_with('/') {
+        return Err("must not end with '/'".into());
+    }
+    Ok(())
+}
+
+/// Joins a base path and a route path into the full public pattern.
+pub fn join(base_path: &str, route_path: &str) -> String {
+    let base = base_path.trim_end_matches('/');
+    if route_path == "/" || route_path.is_empty() {
+        if base.is_empty() {
+            "/".to_owned()
+        } else {
+            base.to_owned()
+        }
+    } else {
+        format!("{base}{route_path}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_patterns() {
+        use Segment::*;
+        assert_eq!(parse_pattern("/").unwrap(), vec![]);
+        assert_eq!(
+            parse_pattern("/forecast/{city}").unwrap(),
+            vec![Literal("forecast".into()), Param("city".into())]
+        );
+        assert_eq!(
+            parse_pattern("/files/*").unwrap(),
+            vec![Literal("files".into()), Wildcard]
+        );
+        assert_eq!(parse_pattern("/*").unwrap(), vec![Wildcard]);
+    }
+
+    #[test]
+    fn refuses_bad_patterns() {
+        for bad in [
+            "forecast", "/a//b", "/a/*/b", "/{x", "/{1x}", "/{a}/{a}", "/a{b}", "/a?b",
+        ] {
+            assert!(parse_pattern(bad).is_err(), "{bad}");
+        }
+        assert!(validate_base_path("/weather").is_ok());
+        assert!(validate_base_path("/").is_ok());
+        assert!(validate_base_path("/weather/").is_err());
+        assert!(validate_base_path("/w/{x}").is_err());
+    }
+
+    #[test]
+    fn joins() {
+        assert_eq!(
+            join("/weather", "/forecast/{city}"),
+            "/weather/forecast/{city}"
+        );
+        assert_eq!(join("/", "/x"), "/x");
+        assert_eq!(join("/weather", "/"), "/weather");
+        assert_eq!(join("/", "/"), "/");
+    }
+}

@@ -1,0 +1,256 @@
+//! Bodies that stream both ways without buffering.
+//!
+//! - [`UpstreamRequestBody`]: what goes to the upstream: nothing, bytes
+//!   buffered for a replayable retry, or the client's body streamed through
+//!   a byte limit ([`LimitedBody`]).
+//! - [`GatewayBody`]: what goes to the client: a small generated body (a
+//!   refusal, a health answer) or the upstream's body streamed through
+//!   ([`UpstreamResponseBody`]), which holds the target's in-flight count
+//!   until the last byte and enforces the idle read timeout between chunks.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+use crate::upstream::TargetState;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The client's body grew past the limit.
+#[derive(Debug, thiserror::Error)]
+#[error("request body is larger than {limit} bytes")]
+pub struct BodyTooLarge {
+    pub limit: u64,
+}
+
+/// No data for longer than the upstream's read timeout.
+#[derive(Debug, thiserror::Error)]
+#[error("upstream sent nothing for {0:?}")]
+pub struct IdleTimeout(pub Duration);
+
+/// The client's body, cut off with [`BodyTooLarge`] past `limit` bytes.
+pub struct LimitedBody {
+    inner: Incoming,
+    limit: u64,
+    seen: u64,
+}
+
+impl LimitedBody {
+    pub fn new(inner: Incoming, limit: u64) -> Self {
+        Self {
+            inner,
+            limit,
+            seen: 0,
+        }
+    }
+
+    /// Reads the whole body into memory (for small, replayable bodies).
+    pub async fn collect(self) -> Result<Bytes, BoxError> {
+        use http_body_util::BodyExt;
+        Ok(BodyExt::collect(self).await?.to_bytes())
+    }
+}
+
+impl Body for LimitedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    this.seen += data.len() as u64;
+                    if this.seen > this.limit {
+                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge {
+                            limit: this.limit,
+                        }))));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Some(Err(error)) => Poll::Ready(Some(Err(Box::new(error)))),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The body sent to an upstream.
+pub enum UpstreamRequestBody {
+    Empty,
+    Full(Option<Bytes>),
+    Stream(LimitedBody),
+}
+
+impl Body for UpstreamRequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            UpstreamRequestBody::Empty => Poll::Ready(None),
+            UpstreamRequestBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            UpstreamRequestBody::Stream(body) => Pin::new(body).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamRequestBody::Empty => true,
+            UpstreamRequestBody::Full(data) => data.is_none(),
+            UpstreamRequestBody::Stream(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamRequestBody::Empty => SizeHint::with_exact(0),
+            UpstreamRequestBody::Full(data) => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+            UpstreamRequestBody::Stream(body) => body.size_hint(),
+        }
+    }
+}
+
+/// Counts a request in flight on a target until dropped.
+pub struct InFlight(Arc<TargetState>);
+
+impl InFlight {
+    pub fn start(state: &Arc<TargetState>) -> Self {
+        state.in_flight.fetch_add(1, Ordering::Relaxed);
+        Self(state.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The upstream's response body on its way to the client.
+pub struct UpstreamResponseBody {
+    inner: Incoming,
+    _in_flight: InFlight,
+    idle_timeout: Duration,
+    /// Armed when the upstream makes us wait; reset by each chunk.
+    idle: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl UpstreamResponseBody {
+    pub fn new(inner: Incoming, in_flight: InFlight, idle_timeout: Duration) -> Self {
+        Self {
+            inner,
+            _in_flight: in_flight,
+            idle_timeout,
+            idle: None,
+        }
+    }
+}
+
+impl Body for UpstreamResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                if let Some(idle) = this.idle.as_mut() {
+                    idle.as_mut()
+                        .reset(tokio::time::Instant::now() + this.idle_timeout);
+                }
+                Poll::Ready(frame.map(|f| f.map_err(|e| Box::new(e) as BoxError)))
+            }
+            Poll::Pending => {
+                let timeout = this.idle_timeout;
+                let idle = this
+                    .idle
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                match idle.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(IdleTimeout(timeout))))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The body of every gateway response.
+pub enum GatewayBody {
+    Full(Option<Bytes>),
+    Upstream(UpstreamResponseBody),
+}
+
+impl GatewayBody {
+    pub fn full(data: impl Into<Bytes>) -> Self {
+        GatewayBody::Full(Some(data.into()))
+    }
+
+    pub fn empty() -> Self {
+        GatewayBody::Full(None)
+    }
+}
+
+impl Body for GatewayBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            GatewayBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            GatewayBody::Upstream(body) => Pin::new(body).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            GatewayBody::Full(data) => data.is_none(),
+            GatewayBody::Upstream(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            GatewayBody::Full(data) => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+            GatewayBody::Upstream(body) => body.size_hint(),
+        }
+    }
+}

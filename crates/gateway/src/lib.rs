@@ -1,0 +1,127 @@
+//! The data plane: a reverse proxy whose hot path reads only in-memory state.
+//!
+//! - [`Gateway`] owns the shared state: the current [`snapshot::Snapshot`]
+//!   behind an `ArcSwap`, the [`upstream::Registry`] of live target state and
+//!   pooled clients, and readiness flags. [`Gateway::apply`] compiles a new
+//!   snapshot from stored objects and swaps it in; [`Gateway::serve`] runs a
+//!   listener until shutdown.
+//! - [`pipeline`] is the request path, in named phases: match → lifecycle →
+//!   (authenticate → authorize → limit → pay: later phases slot in here) →
+//!   forward → respond. Each phase refuses with a [`refusal::Refusal`].
+//! - [`router`] matches host, method and path; [`upstream`] balances and
+//!   tracks target health; [`health`] runs active health checks; [`body`]
+//!   streams bodies both ways with limits and timeouts.
+//!
+//! Only this crate knows hyper types; it knows nothing of the store.
+
+pub mod body;
+pub mod health;
+pub mod pipeline;
+pub mod refusal;
+pub mod router;
+mod server;
+pub mod snapshot;
+mod tls;
+pub mod upstream;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+
+pub use snapshot::{CompileError, Config, Defaults};
+
+/// How the gateway behaves, from the process configuration.
+#[derive(Debug, Clone)]
+pub struct GatewayOptions {
+    /// Public base URL, no trailing slash (problem `type` URIs).
+    pub public_url: String,
+    pub defaults: Defaults,
+    /// How long in-flight requests may take to finish at shutdown.
+    pub shutdown_timeout: Duration,
+    /// Bodies up to this size are buffered so a retry can replay them;
+    /// larger bodies stream through and are tried once.
+    pub retry_buffer_bytes: u64,
+}
+
+impl Default for GatewayOptions {
+    fn default() -> Self {
+        Self {
+            public_url: "http://localhost:8080".into(),
+            defaults: Defaults {
+                request_body_limit_bytes: 10 * 1024 * 1024,
+            },
+            shutdown_timeout: Duration::from_secs(10),
+            retry_buffer_bytes: 64 * 1024,
+        }
+    }
+}
+
+pub(crate) struct Shared {
+    snapshot: ArcSwap<snapshot::Snapshot>,
+    registry: upstream::Registry,
+    options: GatewayOptions,
+    config_loaded: AtomicBool,
+    store_reachable: AtomicBool,
+}
+
+/// The data plane. Cheap to clone.
+#[derive(Clone)]
+pub struct Gateway {
+    shared: Arc<Shared>,
+}
+
+impl Gateway {
+    pub fn new(options: GatewayOptions) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                snapshot: ArcSwap::from_pointee(snapshot::Snapshot::default()),
+                registry: upstream::Registry::default(),
+                options,
+                config_loaded: AtomicBool::new(false),
+                store_reachable: AtomicBool::new(true),
+            }),
+        }
+    }
+
+    /// Compiles `config` and makes it the served snapshot. On error the
+    /// previous snapshot stays in service.
+    pub fn apply(&self, config: &Config<'_>) -> Result<(), CompileError> {
+        let compiled =
+            snapshot::compile(config, &self.shared.options.defaults, &self.shared.registry)?;
+        self.shared.snapshot.store(Arc::new(compiled));
+        self.shared.config_loaded.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// The version of the served snapshot.
+    pub fn version(&self) -> i64 {
+        self.shared.snapshot.load().version
+    }
+
+    /// Readiness input: whether the store answered the last poll.
+    pub fn set_store_reachable(&self, reachable: bool) {
+        self.shared
+            .store_reachable
+            .store(reachable, Ordering::Relaxed);
+    }
+
+    /// Serves `listener` until `shutdown` turns true, then finishes the
+    /// requests in flight (bounded by `shutdown_timeout`).
+    pub async fn serve(
+        &self,
+        listener: tokio::net::TcpListener,
+        shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
+        server::serve(self.shared.clone(), listener, shutdown).await;
+    }
+
+    /// Starts the active health checker; it stops when `shutdown` turns true.
+    pub fn spawn_health_checker(
+        &self,
+        shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(health::run(self.shared.clone(), shutdown))
+    }
+}

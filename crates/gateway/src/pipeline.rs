@@ -1,0 +1,632 @@
+//! The request path, as named phases over one [`RequestContext`]:
+//!
+//! 1. `reserved`: `/_tollgate/…` (health, readiness) is answered here.
+//! 2. `match_route`: host, path and method → route, or 404 / 405.
+//! 3. `check_lifecycle`: retired → 410; deprecated → headers noted.
+//! 4. `check_body_size`: a declared `Content-Length` over the limit → 413.
+//!    (Authentication, authorization, limits and payment slot in after this.)
+//! 5. `forward`: balancing, retries, per-try and total timeouts → 502/503/504.
+//! 6. `respond`: hop-by-hop headers removed, request id, deprecation headers.
+//!
+//! The first refusal ends the request; `handle` renders it through
+//! [`Refusal::into_response`].
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use domain::code::Code;
+use domain::model::Lifecycle;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+
+use crate::Shared;
+use crate::body::{
+    BodyTooLarge, GatewayBody, InFlight, LimitedBody, UpstreamRequestBody, UpstreamResponseBody,
+};
+use crate::refusal::Refusal;
+use crate::router::{Match, allow_header, method_bit};
+use crate::snapshot::{RouteRt, Snapshot};
+use crate::upstream::{Outcome, PickInput};
+
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static DEPRECATION: HeaderName = HeaderName::from_static("deprecation");
+static SUNSET: HeaderName = HeaderName::from_static("sunset");
+
+/// What the phases learn about one request.
+pub struct RequestContext {
+    pub request_id: HeaderValue,
+    pub client_ip: IpAddr,
+    pub started: Instant,
+    pub snapshot: Arc<Snapshot>,
+    /// Index into `snapshot.routes` once matched.
+    pub route: Option<usize>,
+}
+
+impl RequestContext {
+    fn route(&self) -> Option<&RouteRt> {
+        self.route.and_then(|index| self.snapshot.routes.get(index))
+    }
+}
+
+/// Serves one request. Never fails: every error becomes a response.
+pub(crate) async fn handle(
+    shared: &Shared,
+    request: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<GatewayBody> {
+    let request_id = request_id_of(request.headers());
+    let mut context = RequestContext {
+        request_id: request_id.clone(),
+        client_ip: peer.ip(),
+        started: Instant::now(),
+        snapshot: shared.snapshot.load_full(),
+        route: None,
+    };
+    let mut response = match run(shared, &mut context, request).await {
+        Ok(response) => response,
+        Err(refusal) => refusal.into_response(&request_id, &shared.options.public_url),
+    };
+    let headers = response.headers_mut();
+    headers.insert(X_REQUEST_ID.clone(), request_id);
+    if let Some(route) = context.route() {
+        if let Some((deprecation, sunset)) = &route.service.deprecation {
+            headers.insert(DEPRECATION.clone(), deprecation.clone());
+            if let Some(sunset) = sunset {
+                headers.insert(SUNSET.clone(), sunset.clone());
+            }
+        }
+    }
+    response
+}
+
+async fn run(
+    shared: &Shared,
+    context: &mut RequestContext,
+    request: Request<Incoming>,
+) -> Result<Response<GatewayBody>, Refusal> {
+    if let Some(response) = reserved(shared, &request) {
+        return Ok(response);
+    }
+    match_route(context, &request)?;
+    check_lifecycle(context)?;
+    check_body_size(context, &request)?;
+    forward(shared, context, request).await
+}
+
+/// `/_tollgate/…`: the gateway's own endpoints.
+fn reserved(shared: &Shared, request: &Request<Incoming>) -> Option<Response<GatewayBody>> {
+    use std::sync::atomic::Ordering;
+    let rest = request.uri().path().strip_prefix("/_tollgate/")?;
+    let (status, body) = match rest {
+        "health" => (StatusCode::OK, serde_json::json!({"status": "ok"})),
+        "ready" => {
+            let config_loaded = shared.config_loaded.load(Ordering::Acquire);
+            let store_reachable = shared.store_reachable.load(Ordering::Relaxed);
+            let ready = config_loaded && store_reachable;
+            (
+                if ready {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                },
+                serde_json::json!({
+                    "status": if ready { "ready" } else { "not_ready" },
+                    "config_loaded": config_loaded,
+                    "config_version": shared.snapshot.load().version,
+                    "store_reachable": store_reachable,
+                }),
+            )
+        }
+        _ => return None,
+    };
+    let mut response = Response::new(GatewayBody::full(body.to_string()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Some(response)
+}
+
+fn match_route(context: &mut RequestContext, request: &Request<Incoming>) -> Result<(), Refusal> {
+    let host = host_of(&context.snapshot, request);
+    let path = request.uri().path();
+    match context
+        .snapshot
+        .router
+        .find(host.as_deref(), path, request.method())
+    {
+        Match::Found(index) => {
+            context.route = Some(index);
+            Ok(())
+        }
+        Match::MethodNotAllowed(allowed) => {
+            let allow = allow_header(allowed);
+            Err(Refusal {
+                code: Code::MethodNotAllowed,
+                detail: format!(
+                    "{} is not allowed on {path}; use one of: {allow}.",
+                    request.method()
+                ),
+                allow: Some(allow),
+            })
+        }
+        Match::NotFound => Err(Refusal::new(
+            Code::RouteNotFound,
+            format!(
+                "No published API serves {} {path}. Check the path against the service's documentation.",
+                request.method()
+            ),
+        )),
+    }
+}
+
+fn check_lifecycle(context: &RequestContext) -> Result<(), Refusal> {
+    let Some(route) = context.route() else {
+        return Ok(());
+    };
+    if route.service.lifecycle == Lifecycle::Retired {
+        return Err(Refusal::new(
+            Code::ServiceRetired,
+            format!(
+                "The service '{}' has been retired and no longer answers. Move to its successor.",
+                route.service.slug
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn check_body_size(context: &RequestContext, request: &Request<Incoming>) -> Result<(), Refusal> {
+    let Some(route) = context.route() else {
+        return Ok(());
+    };
+    if let Some(length) = content_length(request.headers())
+        && length > route.body_limit_bytes
+    {
+        return Err(body_too_large(route.body_limit_bytes));
+    }
+    Ok(())
+}
+
+fn body_too_large(limit: u64) -> Refusal {
+    Refusal::new(
+        Code::BodyTooLarge,
+        format!(
+            "The request body is larger than this route accepts ({limit} bytes). Send a smaller body."
+        ),
+    )
+}
+
+/// The request body as the tries will send it.
+enum Outgoing {
+    /// Empty or buffered: can be sent again.
+    Replayable(Option<bytes::Bytes>),
+    /// Streamed: one try only.
+    Stream(Option<LimitedBody>),
+}
+
+async fn forward(
+    shared: &Shared,
+    context: &RequestContext,
+    request: Request<Incoming>,
+) -> Result<Response<GatewayBody>, Refusal> {
+    let Some(route) = context.route() else {
+        return Err(Refusal::new(Code::RouteNotFound, "No route matched."));
+    };
+    let service = &route.service;
+    let Some(upstream) = service.upstream.as_ref() else {
+        return Err(Refusal::new(
+            Code::NoHealthyUpstream,
+            format!("The service '{}' has no upstream configured.", service.slug),
+        ));
+    };
+    let (parts, body) = request.into_parts();
+    let deadline = context.started + route.timeout;
+    let method_bit = method_bit(&parts.method);
+    let retry = &route.retry;
+    let may_retry = retry.retries > 0 && retry.methods & method_bit != 0;
+
+    let mut outgoing = if hyper::body::Body::is_end_stream(&body) {
+        Outgoing::Replayable(None)
+    } else {
+        let limited = LimitedBody::new(body, route.body_limit_bytes);
+        match content_length(&parts.headers) {
+            Some(length) if may_retry && length <= shared.options.retry_buffer_bytes => {
+                let bytes = limited
+                    .collect()
+                    .await
+                    .map_err(|error| body_error(&*error, route))?;
+                Outgoing::Replayable(Some(bytes))
+            }
+            _ => Outgoing::Stream(Some(limited)),
+        }
+    };
+    let tries = if may_retry && matches!(outgoing, Outgoing::Replayable(_)) {
+        retry.retries + 1
+    } else {
+        1
+    };
+
+    let path_and_query = upstream_path(&parts.uri, route.strip_len);
+    let mut headers = parts.headers;
+    let original_host = headers.get(header::HOST).cloned().or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+    strip_hop_by_hop(&mut headers);
+    headers.remove(header::HOST);
+    append_forwarded(&mut headers, context.client_ip, original_host);
+    headers.insert(X_REQUEST_ID.clone(), context.request_id.clone());
+    route.request_headers.apply(&mut headers);
+
+    let per_try_limit = retry
+        .per_try_timeout
+        .unwrap_or(Duration::from_millis(upstream.spec.read_timeout_ms));
+    let read_timeout = Duration::from_millis(upstream.spec.read_timeout_ms);
+    let mut tried_mask: u64 = 0;
+    let mut last_refusal = None;
+
+    for attempt in 0..tries {
+        if attempt > 0 && !retry.backoff.is_zero() {
+            tokio::time::sleep(
+                retry
+                    .backoff
+                    .min(deadline.saturating_duration_since(Instant::now())),
+            )
+            .await;
+        }
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Err(timeout_refusal(service.slug.as_str(), route.timeout));
+        }
+        let pick = upstream.pick(&PickInput {
+            client_ip: context.client_ip,
+            headers: &headers,
+            tried: tried_mask,
+        });
+        let Some(index) = pick else {
+            return Err(last_refusal.unwrap_or_else(|| {
+                Refusal::new(
+                    Code::NoHealthyUpstream,
+                    format!(
+                        "Every target of the service '{}' is down or ejected. Try again shortly.",
+                        service.slug
+                    ),
+                )
+            }));
+        };
+        if index < 64 {
+            tried_mask |= 1 << index;
+        }
+        let target = &upstream.targets[index];
+        let last_try = attempt + 1 == tries;
+        let try_headers = if last_try {
+            std::mem::take(&mut headers)
+        } else {
+            headers.clone()
+        };
+        let try_body = match &mut outgoing {
+            Outgoing::Replayable(None) => UpstreamRequestBody::Empty,
+            Outgoing::Replayable(Some(bytes)) => UpstreamRequestBody::Full(Some(bytes.clone())),
+            Outgoing::Stream(body) => match body.take() {
+                Some(body) => UpstreamRequestBody::Stream(body),
+                None => UpstreamRequestBody::Empty,
+            },
+        };
+        let uri = Uri::builder()
+            .scheme(target.scheme.clone())
+            .authority(target.authority.clone())
+            .path_and_query(format!("{}{}", target.base_path, path_and_query))
+            .build()
+            .map_err(|_| Refusal::new(Code::BadRequest, "The request path cannot be forwarded."))?;
+        let mut upstream_request = Request::new(try_body);
+        *upstream_request.method_mut() = parts.method.clone();
+        *upstream_request.uri_mut() = uri;
+        *upstream_request.headers_mut() = try_headers;
+
+        let in_flight = InFlight::start(&target.state);
+        let try_started = Instant::now();
+        let try_timeout = per_try_limit.min(remaining);
+        let result =
+            tokio::time::timeout(try_timeout, upstream.client.request(upstream_request)).await;
+        let latency = try_started.elapsed();
+        match result {
+            Ok(Ok(response)) => {
+                let status = response.status().as_u16();
+                let failed = upstream.is_failure_status(status);
+                upstream.record(
+                    index,
+                    if failed {
+                        Outcome::Failure {
+                            latency: Some(latency),
+                        }
+                    } else {
+                        Outcome::Success { latency }
+                    },
+                );
+                if !last_try && retry.on_statuses.contains(&status) {
+                    last_refusal = Some(Refusal::new(
+                        Code::UpstreamError,
+                        format!(
+                            "The upstream of '{}' answered {status} on every try.",
+                            service.slug
+                        ),
+                    ));
+                    continue;
+                }
+                let (mut response_parts, incoming) = response.into_parts();
+                strip_hop_by_hop(&mut response_parts.headers);
+                route.response_headers.apply(&mut response_parts.headers);
+                response_parts.version = Version::HTTP_11;
+                let body = GatewayBody::Upstream(UpstreamResponseBody::new(
+                    incoming,
+                    in_flight,
+                    read_timeout,
+                ));
+                return Ok(Response::from_parts(response_parts, body));
+            }
+            Ok(Err(error)) => {
+                if let Some(too_large) = find_cause::<BodyTooLarge>(&error) {
+                    return Err(body_too_large(too_large.limit));
+                }
+                upstream.record(index, Outcome::Failure { latency: None });
+                tracing::debug!(upstream = %upstream.slug, target = %target.url, %error, "upstream try failed");
+                let refusal = Refusal::new(
+                    Code::UpstreamError,
+                    format!(
+                        "The upstream of '{}' could not be reached or broke the connection ({}). Try again; if it persists, tell the provider.",
+                        service.slug,
+                        error_kind(&error)
+                    ),
+                );
+                if last_try {
+                    return Err(refusal);
+                }
+                last_refusal = Some(refusal);
+            }
+            Err(_elapsed) => {
+                upstream.record(
+                    index,
+                    Outcome::Failure {
+                        latency: Some(latency),
+                    },
+                );
+                if last_try || try_timeout >= remaining {
+                    return Err(if try_timeout >= remaining {
+                        timeout_refusal(&service.slug, route.timeout)
+                    } else {
+                        Refusal::new(
+                            Code::UpstreamTimeout,
+                            format!(
+                                "The upstream of '{}' did not answer within {} ms.",
+                                service.slug,
+                                try_timeout.as_millis()
+                            ),
+                        )
+                    });
+                }
+                last_refusal = Some(Refusal::new(
+                    Code::UpstreamTimeout,
+                    format!(
+                        "The upstream of '{}' did not answer in time on any try.",
+                        service.slug
+                    ),
+                ));
+            }
+        }
+    }
+    Err(last_refusal.unwrap_or_else(|| Refusal::new(Code::UpstreamError, "No try was made.")))
+}
+
+fn timeout_refusal(service: &str, total: Duration) -> Refusal {
+    Refusal::new(
+        Code::UpstreamTimeout,
+        format!(
+            "The upstream of '{service}' did not answer within the route's {} ms budget.",
+            total.as_millis()
+        ),
+    )
+}
+
+fn body_error(error: &(dyn std::error::Error + 'static), route: &RouteRt) -> Refusal {
+    if error.downcast_ref::<BodyTooLarge>().is_some() {
+        body_too_large(route.body_limit_bytes)
+    } else {
+        Refusal::new(Code::BadRequest, "The request body could not be read.")
+    }
+}
+
+fn find_cause<'a, T: std::error::Error + 'static>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a T> {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(error) = current {
+        if let Some(found) = error.downcast_ref::<T>() {
+            return Some(found);
+        }
+        current = error.source();
+    }
+    None
+}
+
+fn error_kind(error: &hyper_util::client::legacy::Error) -> &'static str {
+    if error.is_connect() {
+        if find_cause::<std::io::Error>(error)
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::TimedOut)
+            || error.to_string().contains("timed out")
+        {
+            "connect timeout"
+        } else {
+            "connection failed"
+        }
+    } else {
+        "connection closed before a response"
+    }
+}
+
+/// The path (and query) sent upstream: the request's, less the stripped
+/// base path.
+fn upstream_path(uri: &Uri, strip_len: usize) -> String {
+    let path = uri.path();
+    let rest = path.get(strip_len..).unwrap_or("");
+    let rest = if rest.is_empty() { "/" } else { rest };
+    match uri.query() {
+        Some(query) => format!("{rest}?{query}"),
+        None => rest.to_owned(),
+    }
+}
+
+/// The request's host, lower-case and without port; `None` when no route
+/// is bound to a host (the common case costs nothing).
+fn host_of(snapshot: &Snapshot, request: &Request<Incoming>) -> Option<String> {
+    if !snapshot.router.has_hosts() {
+        return None;
+    }
+    let raw = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| request.uri().host())?;
+    let host = match raw.strip_prefix('[') {
+        Some(bracketed) => bracketed.split(']').next().unwrap_or(bracketed),
+        None => raw.split(':').next().unwrap_or(raw),
+    };
+    Some(host.to_ascii_lowercase())
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those that
+/// `Connection` names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        header::CONNECTION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        header::PROXY_AUTHORIZATION,
+        header::PROXY_AUTHENTICATE,
+    ] {
+        headers.remove(name);
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+}
+
+fn append_forwarded(
+    headers: &mut HeaderMap,
+    client_ip: IpAddr,
+    original_host: Option<HeaderValue>,
+) {
+    let ip = client_ip.to_string();
+    let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(previous) => format!("{previous}, {ip}"),
+        None => ip,
+    };
+    if let Ok(value) = HeaderValue::from_str(&value) {
+        headers.insert(X_FORWARDED_FOR.clone(), value);
+    }
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    if let Some(host) = original_host {
+        headers.insert(X_FORWARDED_HOST.clone(), host);
+    }
+}
+
+/// The client's `X-Request-Id` when well-formed (1–128 of `[A-Za-z0-9._:-]`),
+/// else a new UUID v7 (built without the `uuid` crate's global context lock).
+fn request_id_of(headers: &HeaderMap) -> HeaderValue {
+    if let Some(value) = headers.get(&X_REQUEST_ID) {
+        let bytes = value.as_bytes();
+        if !bytes.is_empty()
+            && bytes.len() <= 128
+            && bytes
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(b))
+        {
+            return value.clone();
+        }
+    }
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let random: [u8; 10] = std::array::from_fn(|_| fastrand::u8(..));
+    let id = uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid();
+    let mut buffer = uuid::Uuid::encode_buffer();
+    let text = id.hyphenated().encode_lower(&mut buffer);
+    HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_go() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
+        headers.insert("x-secret", HeaderValue::from_static("1"));
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        headers.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers.len(), 1);
+        assert!(headers.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn request_ids() {
+        let mut headers = HeaderMap::new();
+        headers.insert(&X_REQUEST_ID, HeaderValue::from_static("abc-123"));
+        assert_eq!(request_id_of(&headers), "abc-123");
+        headers.insert(&X_REQUEST_ID, HeaderValue::from_static("bad id!"));
+        let generated = request_id_of(&headers);
+        assert_eq!(generated.len(), 36);
+        assert!(domain::id::looks_like_id(generated.to_str().unwrap()));
+    }
+
+    #[test]
+    fn upstream_paths() {
+        let uri: Uri = "/weather/forecast/paris?units=c".parse().unwrap();
+        assert_eq!(
+            upstream_path(&uri, "/weather".len()),
+            "/forecast/paris?units=c"
+        );
+        assert_eq!(upstream_path(&uri, 0), "/weather/forecast/paris?units=c");
+        let uri: Uri = "/weather".parse().unwrap();
+        assert_eq!(upstream_path(&uri, "/weather".len()), "/");
+    }
+}

@@ -1,0 +1,58 @@
+//! The one place where a refusal becomes a response: status, reason code and
+//! an RFC 9457 `application/problem+json` body, with `Cache-Control:
+//! no-store`. Every phase refuses by returning a [`Refusal`].
+
+use domain::code::Code;
+use http::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE};
+use http::{HeaderValue, Response, StatusCode};
+
+use crate::body::GatewayBody;
+
+/// Why the gateway answers instead of the upstream.
+#[derive(Debug)]
+pub struct Refusal {
+    pub code: Code,
+    /// A sentence a person can act on.
+    pub detail: String,
+    /// For 405: the allowed methods.
+    pub allow: Option<String>,
+}
+
+impl Refusal {
+    pub fn new(code: Code, detail: impl Into<String>) -> Self {
+        Self {
+            code,
+            detail: detail.into(),
+            allow: None,
+        }
+    }
+
+    /// Renders the refusal. `public_url` has no trailing slash.
+    pub fn into_response(
+        self,
+        request_id: &HeaderValue,
+        public_url: &str,
+    ) -> Response<GatewayBody> {
+        let body = serde_json::json!({
+            "type": format!("{public_url}/_tollgate/problems/{}", self.code.slug()),
+            "title": self.code.title(),
+            "status": self.code.status(),
+            "detail": self.detail,
+            "code": self.code.as_str(),
+            "request_id": request_id.to_str().unwrap_or_default(),
+        });
+        let mut response = Response::new(GatewayBody::full(body.to_string()));
+        *response.status_mut() =
+            StatusCode::from_u16(self.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let headers = response.headers_mut();
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if let Some(allow) = self.allow.and_then(|a| HeaderValue::from_str(&a).ok()) {
+            headers.insert(ALLOW, allow);
+        }
+        response
+    }
+}

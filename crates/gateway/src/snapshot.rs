@@ -1,0 +1,251 @@
+//! The runtime configuration snapshot: everything the hot path reads,
+//! compiled from the stored objects and swapped atomically (`ArcSwap`) when
+//! they change. Requests hold an `Arc` to the snapshot they started with, so
+//! a reload never disturbs a request in flight.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use domain::model::{HeaderRewrite, Lifecycle, RetryPolicy, Route, Service, ServiceKind, Upstream};
+use http::{HeaderName, HeaderValue};
+
+use crate::router::{MethodMask, Router, RouterBuilder, method_mask};
+use crate::upstream::{Registry, UpstreamRt};
+
+/// Options that apply to every service unless it overrides them.
+#[derive(Debug, Clone)]
+pub struct Defaults {
+    pub request_body_limit_bytes: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct RetryRt {
+    pub retries: u32,
+    pub per_try_timeout: Option<Duration>,
+    pub methods: MethodMask,
+    pub on_statuses: Vec<u16>,
+    pub backoff: Duration,
+}
+
+impl RetryRt {
+    fn compile(policy: &RetryPolicy) -> Self {
+        Self {
+            retries: policy.retries,
+            per_try_timeout: policy.per_try_timeout_ms.map(Duration::from_millis),
+            methods: method_mask(&policy.methods),
+            on_statuses: policy.on_statuses.clone(),
+            backoff: Duration::from_millis(policy.backoff_ms),
+        }
+    }
+}
+
+/// Header rewrites, parsed once.
+#[derive(Debug, Clone, Default)]
+pub struct Rewrite {
+    pub set: Vec<(HeaderName, HeaderValue)>,
+    pub remove: Vec<HeaderName>,
+}
+
+impl Rewrite {
+    fn compile(rewrite: &HeaderRewrite) -> Result<Self, String> {
+        let name = |text: &str| {
+            HeaderName::from_bytes(text.as_bytes()).map_err(|_| format!("bad header name '{text}'"))
+        };
+        let mut set = Vec::with_capacity(rewrite.set.len());
+        for (key, value) in &rewrite.set {
+            let value = HeaderValue::from_str(value)
+                .map_err(|_| format!("bad value for header '{key}'"))?;
+            set.push((name(key)?, value));
+        }
+        let remove = rewrite
+            .remove
+            .iter()
+            .map(|text| name(text))
+            .collect::<Result<_, _>>()?;
+        Ok(Self { set, remove })
+    }
+
+    pub fn apply(&self, headers: &mut http::HeaderMap) {
+        for name in &self.remove {
+            headers.remove(name);
+        }
+        for (name, value) in &self.set {
+            headers.insert(name.clone(), value.clone());
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.remove.is_empty()
+    }
+}
+
+#[derive(Debug)]
+pub struct ServiceRt {
+    pub id: String,
+    pub slug: String,
+    pub lifecycle: Lifecycle,
+    /// `Deprecation` (RFC 9745) and optional `Sunset` (RFC 8594) values.
+    pub deprecation: Option<(HeaderValue, Option<HeaderValue>)>,
+    pub upstream: Option<Arc<UpstreamRt>>,
+}
+
+#[derive(Debug)]
+pub struct RouteRt {
+    pub id: String,
+    /// The full public pattern, for logs and messages.
+    pub pattern: String,
+    pub service: Arc<ServiceRt>,
+    /// Bytes of the request path to drop before forwarding (the base path).
+    pub strip_len: usize,
+    pub timeout: Duration,
+    pub retry: RetryRt,
+    pub body_limit_bytes: u64,
+    pub request_headers: Rewrite,
+    pub response_headers: Rewrite,
+}
+
+/// Everything the data plane needs, immutable once built.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub version: i64,
+    pub router: Router,
+    pub routes: Vec<RouteRt>,
+    pub upstreams: Vec<Arc<UpstreamRt>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CompileError {
+    #[error(transparent)]
+    Upstream(#[from] crate::upstream::UpstreamError),
+    #[error("service {service}: {message}")]
+    Service { service: String, message: String },
+    #[error("route {route}: {message}")]
+    Route { route: String, message: String },
+}
+
+/// The input of [`compile`]: the stored configuration.
+pub struct Config<'a> {
+    pub version: i64,
+    pub upstreams: &'a [Upstream],
+    pub services: &'a [Service],
+    pub routes: &'a [Route],
+}
+
+/// Builds a snapshot. Fails without side effects on the served snapshot; the
+/// caller keeps serving the last good one.
+pub fn compile(
+    config: &Config<'_>,
+    defaults: &Defaults,
+    registry: &Registry,
+) -> Result<Snapshot, CompileError> {
+    let mut upstreams = HashMap::new();
+    let mut upstream_list = Vec::new();
+    for upstream in config.upstreams {
+        let compiled = Arc::new(registry.compile(upstream)?);
+        upstreams.insert(upstream.spec.slug.clone(), compiled.clone());
+        upstream_list.push(compiled);
+    }
+    let mut services = HashMap::new();
+    for service in config.services {
+        if service.lifecycle == Lifecycle::Draft || service.spec.kind != ServiceKind::Http {
+            continue;
+        }
+        let upstream = match &service.spec.upstream {
+            Some(slug) => {
+                Some(
+                    upstreams
+                        .get(slug)
+                        .cloned()
+                        .ok_or_else(|| CompileError::Service {
+                            service: service.spec.slug.clone(),
+                            message: format!("upstream '{slug}' does not exist"),
+                        })?,
+                )
+            }
+            None => None,
+        };
+        let deprecation =
+            (service.lifecycle == Lifecycle::Deprecated).then(|| deprecation_headers(service));
+        services.insert(
+            service.id.clone(),
+            (
+                service,
+                Arc::new(ServiceRt {
+                    id: service.id.clone(),
+                    slug: service.spec.slug.clone(),
+                    lifecycle: service.lifecycle,
+                    deprecation,
+                    upstream,
+                }),
+            ),
+        );
+    }
+    let mut builder = RouterBuilder::default();
+    let mut routes = Vec::new();
+    for route in config.routes {
+        let Some((service, service_rt)) = services.get(&route.service_id) else {
+            continue;
+        };
+        let route_error = |message: String| CompileError::Route {
+            route: route.id.clone(),
+            message,
+        };
+        let pattern = domain::path::join(&service.spec.base_path, &route.spec.path);
+        let segments = domain::path::parse_pattern(&pattern).map_err(route_error)?;
+        let base = service.spec.base_path.trim_end_matches('/');
+        let index = routes.len();
+        builder.add(
+            route.spec.host.as_deref(),
+            &segments,
+            method_mask(&route.spec.methods),
+            index,
+        );
+        routes.push(RouteRt {
+            id: route.id.clone(),
+            pattern,
+            service: service_rt.clone(),
+            strip_len: if route.spec.strip_prefix {
+                base.len()
+            } else {
+                0
+            },
+            timeout: Duration::from_millis(
+                route.spec.timeout_ms.unwrap_or(service.spec.timeout_ms),
+            ),
+            retry: RetryRt::compile(route.spec.retry.as_ref().unwrap_or(&service.spec.retry)),
+            body_limit_bytes: route
+                .spec
+                .request_body_limit_bytes
+                .or(service.spec.request_body_limit_bytes)
+                .unwrap_or(defaults.request_body_limit_bytes),
+            request_headers: Rewrite::compile(&route.spec.request_headers).map_err(route_error)?,
+            response_headers: Rewrite::compile(&route.spec.response_headers)
+                .map_err(route_error)?,
+        });
+    }
+    registry.retain(config.upstreams);
+    Ok(Snapshot {
+        version: config.version,
+        router: builder.build(),
+        routes,
+        upstreams: upstream_list,
+    })
+}
+
+fn deprecation_headers(service: &Service) -> (HeaderValue, Option<HeaderValue>) {
+    // RFC 9745: a structured-field date, `@<epoch seconds>`.
+    let since_s = service.deprecated_at_ms.unwrap_or(service.updated_at_ms) / 1000;
+    let deprecation = HeaderValue::from_str(&format!("@{since_s}"))
+        .unwrap_or_else(|_| HeaderValue::from_static("@0"));
+    let sunset = service
+        .sunset
+        .as_deref()
+        .and_then(|text| domain::model::parse_sunset(text).ok())
+        .and_then(|epoch_s| u64::try_from(epoch_s).ok())
+        .map(|epoch_s| {
+            httpdate::fmt_http_date(std::time::UNIX_EPOCH + Duration::from_secs(epoch_s))
+        })
+        .and_then(|text| HeaderValue::from_str(&text).ok());
+    (deprecation, sunset)
+}

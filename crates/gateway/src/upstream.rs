@@ -1,0 +1,572 @@
+//! Upstreams at run time: targets with their live state (in-flight count,
+//! latency EWMA, passive ejection, active health), the balancing policies
+//! that choose among them, and the pooled HTTP client per upstream.
+//!
+//! Target state is kept across configuration reloads (by upstream id and
+//! target URL) in the [`Registry`], so a reload neither forgets an ejection
+//! nor drops pooled connections. Picking a target takes no lock: it reads
+//! atomics only.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use domain::model::{BalancePolicy, HashOn, Upstream, UpstreamProtocol};
+use http::uri::{Authority, Scheme};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use crate::body::UpstreamRequestBody;
+
+pub type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, UpstreamRequestBody>;
+
+/// Milliseconds on a monotonic clock local to this process.
+pub fn monotonic_ms() -> u64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let start = START.get_or_init(Instant::now);
+    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The live state of one target. Shared by every snapshot that has it.
+#[derive(Debug)]
+pub struct TargetState {
+    pub in_flight: AtomicU32,
+    /// Latency EWMA in microseconds (0 = no sample yet).
+    pub ewma_us: AtomicU64,
+    pub consecutive_failures: AtomicU32,
+    /// Passive ejection: unavailable until this monotonic ms.
+    pub ejected_until_ms: AtomicU64,
+    /// How many ejections in a row (doubles the ejection time).
+    pub ejections: AtomicU32,
+    /// Active health verdict.
+    pub healthy: AtomicBool,
+    pub probe_successes: AtomicU32,
+    pub probe_failures: AtomicU32,
+    pub next_probe_ms: AtomicU64,
+}
+
+impl Default for TargetState {
+    fn default() -> Self {
+        Self {
+            in_flight: AtomicU32::new(0),
+            ewma_us: AtomicU64::new(0),
+            consecutive_failures: AtomicU32::new(0),
+            ejected_until_ms: AtomicU64::new(0),
+            ejections: AtomicU32::new(0),
+            healthy: AtomicBool::new(true),
+            probe_successes: AtomicU32::new(0),
+            probe_failures: AtomicU32::new(0),
+            next_probe_ms: AtomicU64::new(0),
+        }
+    }
+}
+
+/// A target, compiled.
+#[derive(Debug)]
+pub struct TargetRt {
+    pub url: String,
+    pub scheme: Scheme,
+    pub authority: Authority,
+    /// Path prefix of the target URL, without a trailing slash ("" for none).
+    pub base_path: String,
+    pub weight: u32,
+    pub state: Arc<TargetState>,
+}
+
+impl TargetRt {
+    pub fn is_available(&self, now_ms: u64) -> bool {
+        self.weight > 0
+            && self.state.healthy.load(Ordering::Relaxed)
+            && self.state.ejected_until_ms.load(Ordering::Relaxed) <= now_ms
+    }
+}
+
+/// An upstream, compiled.
+pub struct UpstreamRt {
+    pub id: String,
+    pub slug: String,
+    pub spec: domain::model::UpstreamSpec,
+    pub targets: Vec<TargetRt>,
+    pub client: HttpClient,
+    /// Weighted round robin: a precomputed smooth sequence of target indexes.
+    wrr_sequence: Vec<usize>,
+    wrr_next: AtomicUsize,
+    /// Consistent hash ring: (point, target index), sorted by point.
+    ring: Vec<(u64, usize)>,
+    hash_header: Option<http::HeaderName>,
+}
+
+impl std::fmt::Debug for UpstreamRt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamRt")
+            .field("slug", &self.slug)
+            .finish()
+    }
+}
+
+/// Holds target states and HTTP clients across snapshots.
+#[derive(Default)]
+pub struct Registry {
+    targets: Mutex<HashMap<(String, String), Arc<TargetState>>>,
+    clients: Mutex<HashMap<String, (String, HttpClient)>>,
+}
+
+/// Why an upstream could not be compiled.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("upstream {slug}: target {url}: {message}")]
+    Target {
+        slug: String,
+        url: String,
+        message: String,
+    },
+    #[error("upstream {slug}: TLS settings: {message}")]
+    Tls { slug: String, message: String },
+}
+
+impl Registry {
+    /// Compiles an upstream, reusing target state and the client when their
+    /// settings did not change.
+    pub fn compile(&self, upstream: &Upstream) -> Result<UpstreamRt, UpstreamError> {
+        let spec = &upstream.spec;
+        let mut targets = Vec::with_capacity(spec.targets.len());
+        {
+            let mut states = self.targets.lock().unwrap_or_else(|e| e.into_inner());
+            for target in &spec.targets {
+                let target_error = |message: String| UpstreamError::Target {
+                    slug: spec.slug.clone(),
+                    url: target.url.clone(),
+                    message,
+                };
+                let parsed = domain::model::check_target_url(&target.url).map_err(target_error)?;
+                let uri: http::Uri = target
+                    .url
+                    .parse()
+                    .map_err(|e: http::uri::InvalidUri| target_error(e.to_string()))?;
+                let scheme = uri.scheme().cloned().unwrap_or(Scheme::HTTP);
+                let authority = uri
+                    .authority()
+                    .cloned()
+                    .ok_or_else(|| target_error("no host".into()))?;
+                let state = states
+                    .entry((upstream.id.clone(), target.url.clone()))
+                    .or_default()
+                    .clone();
+                if !spec.health_check.active.enabled {
+                    // Without active checks nothing could bring it back.
+                    state.healthy.store(true, Ordering::Relaxed);
+                }
+                targets.push(TargetRt {
+                    url: target.url.clone(),
+                    scheme,
+                    authority,
+                    base_path: parsed.path().trim_end_matches('/').to_owned(),
+                    weight: target.weight,
+                    state,
+                });
+            }
+        }
+        let client = self.client_for(upstream)?;
+        let wrr_sequence = smooth_wrr_sequence(&targets);
+        let ring = if spec.policy == BalancePolicy::ConsistentHash {
+            hash_ring(&targets)
+        } else {
+            Vec::new()
+        };
+        let hash_header = match (spec.hash_on, &spec.hash_header) {
+            (HashOn::Header, Some(name)) => http::HeaderName::from_bytes(name.as_bytes()).ok(),
+            _ => None,
+        };
+        Ok(UpstreamRt {
+            id: upstream.id.clone(),
+            slug: spec.slug.clone(),
+            spec: spec.clone(),
+            targets,
+            client,
+            wrr_next: AtomicUsize::new(fastrand::usize(..wrr_sequence.len().max(1))),
+            wrr_sequence,
+            ring,
+            hash_header,
+        })
+    }
+
+    /// Forgets the state of targets and clients no longer configured.
+    pub fn retain(&self, upstreams: &[Upstream]) {
+        let mut keep_targets = std::collections::HashSet::new();
+        let mut keep_clients = std::collections::HashSet::new();
+        for upstream in upstreams {
+            keep_clients.insert(upstream.id.clone());
+            for target in &upstream.spec.targets {
+                keep_targets.insert((upstream.id.clone(), target.url.clone()));
+            }
+        }
+        self.targets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|key, _| keep_targets.contains(key));
+        self.clients
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|key, _| keep_clients.contains(key));
+    }
+
+    fn client_for(&self, upstream: &Upstream) -> Result<HttpClient, UpstreamError> {
+        let spec = &upstream.spec;
+        // Only these settings shape the client; anything else may change
+        // without dropping the pool.
+        let fingerprint = format!(
+            "{}|{:?}|{:?}",
+            spec.connect_timeout_ms, spec.protocol, spec.tls
+        );
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((existing, client)) = clients.get(&upstream.id)
+            && *existing == fingerprint
+        {
+            return Ok(client.clone());
+        }
+        let client = build_client(upstream)?;
+        clients.insert(upstream.id.clone(), (fingerprint, client.clone()));
+        Ok(client)
+    }
+}
+
+fn build_client(upstream: &Upstream) -> Result<HttpClient, UpstreamError> {
+    let spec = &upstream.spec;
+    let tls_error = |message: String| UpstreamError::Tls {
+        slug: spec.slug.clone(),
+        message,
+    };
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(Duration::from_millis(spec.connect_timeout_ms)));
+    http.set_keepalive(Some(Duration::from_secs(60)));
+    let tls_config = crate::tls::client_config(&spec.tls).map_err(tls_error)?;
+    let builder = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls_config)
+        .https_or_http();
+    let builder = match &spec.tls.server_name {
+        Some(name) => {
+            builder.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(
+                rustls::pki_types::ServerName::try_from(name.clone())
+                    .map_err(|e| tls_error(format!("server_name: {e}")))?,
+            ))
+        }
+        None => builder,
+    };
+    let connector = match spec.protocol {
+        UpstreamProtocol::Auto => builder.enable_http1().enable_http2().wrap_connector(http),
+        UpstreamProtocol::Http1 => builder.enable_http1().wrap_connector(http),
+        UpstreamProtocol::Http2 => builder.enable_http2().wrap_connector(http),
+    };
+    let mut client = Client::builder(TokioExecutor::new());
+    client
+        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(1024)
+        .http2_only(spec.protocol == UpstreamProtocol::Http2);
+    Ok(client.build(connector))
+}
+
+/// Smooth weighted round robin (as nginx), unrolled into a fixed sequence so
+/// that picking is one atomic increment.
+fn smooth_wrr_sequence(targets: &[TargetRt]) -> Vec<usize> {
+    let weights: Vec<i64> = targets.iter().map(|t| i64::from(t.weight)).collect();
+    let gcd = weights.iter().copied().filter(|w| *w > 0).fold(0, gcd);
+    if gcd == 0 {
+        return Vec::new();
+    }
+    let weights: Vec<i64> = weights.iter().map(|w| w / gcd).collect();
+    let total: i64 = weights.iter().sum();
+    // Bound the table; beyond this, proportions are kept approximately.
+    let length = total.min(4096);
+    let mut current = vec![0i64; weights.len()];
+    let mut sequence = Vec::with_capacity(usize::try_from(length).unwrap_or(0));
+    for _ in 0..length {
+        let mut best = 0;
+        for index in 0..weights.len() {
+            current[index] += weights[index];
+            if current[index] > current[best] {
+                best = index;
+            }
+        }
+        current[best] -= total;
+        sequence.push(best);
+    }
+    sequence
+}
+
+fn gcd(a: i64, b: i64) -> i64 {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
+/// FNV-1a, then a 64-bit finaliser: stable across processes and versions.
+pub fn stable_hash(bytes: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in bytes {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash ^= hash >> 33;
+    hash = hash.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    hash ^= hash >> 33;
+    hash
+}
+
+const RING_POINTS_PER_WEIGHT: u32 = 100;
+
+fn hash_ring(targets: &[TargetRt]) -> Vec<(u64, usize)> {
+    let mut ring = Vec::new();
+    for (index, target) in targets.iter().enumerate() {
+        let points = target.weight.min(100) * RING_POINTS_PER_WEIGHT;
+        for point in 0..points {
+            ring.push((
+                stable_hash(format!("{}#{point}", target.url).as_bytes()),
+                index,
+            ));
+        }
+    }
+    ring.sort_unstable();
+    ring
+}
+
+/// What a pick may use from the request.
+pub struct PickInput<'a> {
+    pub client_ip: std::net::IpAddr,
+    pub headers: &'a http::HeaderMap,
+    /// Targets already tried by this request (bit per index, first 64).
+    pub tried: u64,
+}
+
+fn tried(mask: u64, index: usize) -> bool {
+    index < 64 && mask & (1 << index) != 0
+}
+
+impl UpstreamRt {
+    /// Chooses a target, or `None` when none is available. Prefers targets
+    /// this request has not tried yet.
+    pub fn pick(&self, input: &PickInput<'_>) -> Option<usize> {
+        let now = monotonic_ms();
+        let choice = self.pick_with(input, now, input.tried);
+        if choice.is_some() || input.tried == 0 {
+            return choice;
+        }
+        // Every untried target is down: a retry may go to one tried before.
+        self.pick_with(input, now, 0)
+    }
+
+    fn pick_with(&self, input: &PickInput<'_>, now: u64, mask: u64) -> Option<usize> {
+        let usable = |index: usize| !tried(mask, index) && self.targets[index].is_available(now);
+        match self.spec.policy {
+            BalancePolicy::RoundRobin => {
+                let length = self.wrr_sequence.len();
+                if length == 0 {
+                    return None;
+                }
+                let start = self.wrr_next.fetch_add(1, Ordering::Relaxed);
+                (0..length)
+                    .map(|offset| self.wrr_sequence[(start + offset) % length])
+                    .find(|&index| usable(index))
+            }
+            BalancePolicy::LeastRequests => {
+                let count = self.targets.len();
+                if count == 0 {
+                    return None;
+                }
+                // A random starting point breaks ties without a bias.
+                let start = fastrand::usize(..count);
+                let mut best: Option<(usize, u64)> = None;
+                for offset in 0..count {
+                    let index = (start + offset) % count;
+                    if !usable(index) {
+                        continue;
+                    }
+                    let target = &self.targets[index];
+                    // Load per unit of weight, scaled to keep integers.
+                    let load = (u64::from(target.state.in_flight.load(Ordering::Relaxed)) + 1)
+                        * 1_000_000
+                        / u64::from(target.weight);
+                    if best.is_none_or(|(_, best_load)| load < best_load) {
+                        best = Some((index, load));
+                    }
+                }
+                best.map(|(index, _)| index)
+            }
+            BalancePolicy::Ewma => {
+                let candidates: Vec<usize> =
+                    (0..self.targets.len()).filter(|&i| usable(i)).collect();
+                match candidates.len() {
+                    0 => None,
+                    1 => Some(candidates[0]),
+                    n => {
+                        // Two distinct random candidates.
+                        let i = fastrand::usize(..n);
+                        let mut j = fastrand::usize(..n - 1);
+                        if j >= i {
+                            j += 1;
+                        }
+                        let (first, second) = (candidates[i], candidates[j]);
+                        let cost = |index: usize| {
+                            let target = &self.targets[index];
+                            let ewma = target.state.ewma_us.load(Ordering::Relaxed).max(1);
+                            let load =
+                                u64::from(target.state.in_flight.load(Ordering::Relaxed)) + 1;
+                            ewma.saturating_mul(load) / u64::from(target.weight)
+                        };
+                        Some(if cost(second) < cost(first) {
+                            second
+                        } else {
+                            first
+                        })
+                    }
+                }
+            }
+            BalancePolicy::ConsistentHash => {
+                if self.ring.is_empty() {
+                    return None;
+                }
+                let key_hash = match &self.hash_header {
+                    Some(name) => match input.headers.get(name) {
+                        Some(value) => stable_hash(value.as_bytes()),
+                        None => stable_hash(input.client_ip.to_string().as_bytes()),
+                    },
+                    None => stable_hash(input.client_ip.to_string().as_bytes()),
+                };
+                let start = self.ring.partition_point(|(point, _)| *point < key_hash);
+                let length = self.ring.len();
+                (0..length)
+                    .map(|offset| self.ring[(start + offset) % length].1)
+                    .find(|&index| usable(index))
+            }
+        }
+    }
+
+    /// Records the outcome of a request to a target for passive health and
+    /// the latency EWMA.
+    pub fn record(&self, index: usize, outcome: Outcome) {
+        let Some(target) = self.targets.get(index) else {
+            return;
+        };
+        let state = &target.state;
+        match outcome {
+            Outcome::Success { latency } => {
+                state.consecutive_failures.store(0, Ordering::Relaxed);
+                state.ejections.store(0, Ordering::Relaxed);
+                update_ewma(&state.ewma_us, latency);
+            }
+            Outcome::Failure { latency } => {
+                if let Some(latency) = latency {
+                    update_ewma(&state.ewma_us, latency);
+                }
+                let passive = &self.spec.health_check.passive;
+                if !passive.enabled {
+                    return;
+                }
+                let failures = state.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+                if failures >= passive.max_failures {
+                    state.consecutive_failures.store(0, Ordering::Relaxed);
+                    let ejections = state.ejections.fetch_add(1, Ordering::Relaxed).min(3);
+                    let duration = (passive.ejection_ms << ejections).min(passive.ejection_ms * 10);
+                    state
+                        .ejected_until_ms
+                        .store(monotonic_ms() + duration, Ordering::Relaxed);
+                    tracing::warn!(
+                        upstream = %self.slug,
+                        target = %target.url,
+                        ejection_ms = duration,
+                        "target ejected after {failures} consecutive failures"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Whether a status from the upstream counts as a failure of the target.
+    pub fn is_failure_status(&self, status: u16) -> bool {
+        self.spec
+            .health_check
+            .passive
+            .failure_statuses
+            .contains(&status)
+    }
+}
+
+/// The outcome of one try against a target.
+#[derive(Debug, Clone, Copy)]
+pub enum Outcome {
+    Success { latency: Duration },
+    Failure { latency: Option<Duration> },
+}
+
+/// Peak-sensitive EWMA: a slower sample is taken at once, a faster one is
+/// blended in (weight 1/4).
+fn update_ewma(cell: &AtomicU64, latency: Duration) {
+    let sample = u64::try_from(latency.as_micros())
+        .unwrap_or(u64::MAX)
+        .max(1);
+    let _ = cell.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
+        Some(if old == 0 || sample > old {
+            sample
+        } else {
+            old - (old - sample) / 4
+        })
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(url: &str, weight: u32) -> TargetRt {
+        TargetRt {
+            url: url.into(),
+            scheme: Scheme::HTTP,
+            authority: Authority::from_static("127.0.0.1:1"),
+            base_path: String::new(),
+            weight,
+            state: Arc::default(),
+        }
+    }
+
+    #[test]
+    fn smooth_wrr_keeps_proportions_and_interleaves() {
+        let targets = [target("a", 5), target("b", 1), target("c", 1)];
+        let sequence = smooth_wrr_sequence(&targets);
+        assert_eq!(sequence.len(), 7);
+        assert_eq!(sequence.iter().filter(|&&i| i == 0).count(), 5);
+        // nginx's smooth sequence for 5/1/1: a a b a c a a.
+        assert_eq!(sequence, vec![0, 0, 1, 0, 2, 0, 0]);
+        assert!(smooth_wrr_sequence(&[target("a", 0)]).is_empty());
+    }
+
+    #[test]
+    fn ring_moves_few_keys_when_a_target_goes() {
+        let three = hash_ring(&[target("a", 1), target("b", 1), target("c", 1)]);
+        let two = hash_ring(&[target("a", 1), target("b", 1)]);
+        let owner = |ring: &[(u64, usize)], key: u64| {
+            let at = ring.partition_point(|(p, _)| *p < key) % ring.len();
+            ring[at].1
+        };
+        let mut moved = 0;
+        for key in 0..1000u64 {
+            let hash = stable_hash(&key.to_le_bytes());
+            let before = owner(&three, hash);
+            let after = owner(&two, hash);
+            if before != 2 && before != after {
+                moved += 1;
+            }
+        }
+        assert_eq!(moved, 0, "keys of surviving targets stay put");
+    }
+
+    #[test]
+    fn ewma_is_peak_sensitive() {
+        let cell = AtomicU64::new(0);
+        update_ewma(&cell, Duration::from_micros(1000));
+        update_ewma(&cell, Duration::from_micros(5000));
+        assert_eq!(cell.load(Ordering::Relaxed), 5000);
+        update_ewma(&cell, Duration::from_micros(1000));
+        assert_eq!(cell.load(Ordering::Relaxed), 4000);
+    }
+}

@@ -1,0 +1,57 @@
+//! Versioned migrations, embedded in the binary and applied in order. Each
+//! runs in its own transaction together with its row in `schema_migrations`.
+
+use sqlx::Row;
+
+use crate::{Result, Store, StoreError};
+
+/// (version, name, SQL). Append only: never edit a migration that shipped.
+pub const MIGRATIONS: &[(i64, &str, &str)] =
+    &[(1, "init", include_str!("../migrations/0001_init.sql"))];
+
+impl Store {
+    /// Applies every migration not yet applied; returns the versions applied.
+    pub async fn migrate(&self) -> Result<Vec<i64>> {
+        sqlx::raw_sql(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (\
+             version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at_ms BIGINT NOT NULL)",
+        )
+        .execute(&self.pool)
+        .await?;
+        let mut applied = Vec::new();
+        for &(version, name, sql) in MIGRATIONS {
+            let mut tx = self.begin().await?;
+            let done = sqlx::query("SELECT version FROM schema_migrations WHERE version = $1")
+                .bind(version)
+                .fetch_optional(&mut *tx.tx)
+                .await?;
+            if done.is_some() {
+                continue;
+            }
+            sqlx::raw_sql(sql).execute(&mut *tx.tx).await?;
+            sqlx::query(
+                "INSERT INTO schema_migrations (version, name, applied_at_ms) VALUES ($1, $2, $3)",
+            )
+            .bind(version)
+            .bind(name)
+            .bind(domain::now_ms())
+            .execute(&mut *tx.tx)
+            .await?;
+            tx.commit().await?;
+            applied.push(version);
+        }
+        let newest = sqlx::query("SELECT MAX(version) FROM schema_migrations")
+            .fetch_one(&self.pool)
+            .await?
+            .try_get::<Option<i64>, _>(0)?
+            .unwrap_or(0);
+        let known = MIGRATIONS.last().map_or(0, |m| m.0);
+        if newest > known {
+            return Err(StoreError::Corrupt(format!(
+                "the database is at schema version {newest}, newer than this binary knows ({known}); \
+                 upgrade tollgate"
+            )));
+        }
+        Ok(applied)
+    }
+}
