@@ -36,7 +36,7 @@ fn default_weight() -> u32 {
 // ---------------------------------------------------------------- upstream
 
 /// A named set of targets behind a balancing policy.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamSpec {
     pub slug: String,
@@ -75,7 +75,7 @@ impl UpstreamSpec {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Target {
     pub url: String,
@@ -83,7 +83,7 @@ pub struct Target {
     pub weight: u32,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum BalancePolicy {
     /// Smooth weighted round robin.
@@ -97,7 +97,7 @@ pub enum BalancePolicy {
     ConsistentHash,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum HashOn {
     #[default]
@@ -105,7 +105,7 @@ pub enum HashOn {
     Header,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum UpstreamProtocol {
     /// HTTP/1.1 over `http://`; ALPN (h2, then http/1.1) over `https://`.
@@ -116,7 +116,7 @@ pub enum UpstreamProtocol {
     Http2,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TlsSettings {
     /// Verify the upstream's certificate (against the web PKI roots, or
@@ -141,7 +141,7 @@ impl Default for TlsSettings {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheck {
     #[serde(default)]
@@ -151,7 +151,7 @@ pub struct HealthCheck {
 }
 
 /// Probes each target with `GET path` every `interval_ms`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ActiveHealthCheck {
     pub enabled: bool,
@@ -184,7 +184,7 @@ impl Default for ActiveHealthCheck {
 /// errors, timeouts, `failure_statuses`) for `ejection_ms`; it then takes
 /// traffic again and the next failure ejects it for twice as long (at most
 /// ten times `ejection_ms`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct PassiveHealthCheck {
     pub enabled: bool,
@@ -206,7 +206,7 @@ impl Default for PassiveHealthCheck {
 
 // ---------------------------------------------------------------- service
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ServiceKind {
     #[default]
@@ -215,7 +215,7 @@ pub enum ServiceKind {
     Prompt,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Visibility {
     #[default]
@@ -224,7 +224,7 @@ pub enum Visibility {
     Public,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Lifecycle {
     #[default]
@@ -246,7 +246,7 @@ impl Lifecycle {
 }
 
 /// What a user sets on a service.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceSpec {
     pub slug: String,
@@ -283,7 +283,7 @@ impl ServiceSpec {
 }
 
 /// Which failures are retried, how often and how fast.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetryPolicy {
     /// Tries after the first one.
@@ -314,7 +314,7 @@ impl Default for RetryPolicy {
 }
 
 /// A service as stored: the spec plus what the system owns.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Service {
     pub id: String,
     #[serde(flatten)]
@@ -335,7 +335,7 @@ pub struct Service {
 
 // ---------------------------------------------------------------- route
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct HeaderRewrite {
     /// Headers set (replacing any value the request had).
@@ -351,7 +351,7 @@ impl HeaderRewrite {
 }
 
 /// What a user sets on a route.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteSpec {
     /// Optional slug, unique within the service; the declarative file uses
@@ -381,7 +381,7 @@ pub struct RouteSpec {
     pub response_headers: HeaderRewrite,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Route {
     pub id: String,
     pub service_id: String,
@@ -391,7 +391,7 @@ pub struct Route {
     pub updated_at_ms: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Upstream {
     pub id: String,
     #[serde(flatten)]
@@ -401,7 +401,7 @@ pub struct Upstream {
 }
 
 /// A snapshot of a service and its routes, taken at publish.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Release {
     pub id: String,
     pub service_id: String,
@@ -410,7 +410,7 @@ pub struct Release {
     /// What made it: `publish` or `rollback to N`.
     pub note: String,
     pub service: ServiceSpec,
-    pub routes: Vec<RouteSpec>,
+    pub routes: Vec<Route>,
 }
 
 // ---------------------------------------------------------------- validation

@@ -4,7 +4,7 @@
 use std::fmt;
 
 /// One problem with one field. `field` is a path such as `targets[0].url`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct FieldError {
     pub field: String,
     pub message: String,

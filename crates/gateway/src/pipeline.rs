@@ -73,12 +73,12 @@ pub(crate) async fn handle(
     };
     let headers = response.headers_mut();
     headers.insert(X_REQUEST_ID.clone(), request_id);
-    if let Some(route) = context.route() {
-        if let Some((deprecation, sunset)) = &route.service.deprecation {
-            headers.insert(DEPRECATION.clone(), deprecation.clone());
-            if let Some(sunset) = sunset {
-                headers.insert(SUNSET.clone(), sunset.clone());
-            }
+    if let Some(route) = context.route()
+        && let Some((deprecation, sunset)) = &route.service.deprecation
+    {
+        headers.insert(DEPRECATION.clone(), deprecation.clone());
+        if let Some(sunset) = sunset {
+            headers.insert(SUNSET.clone(), sunset.clone());
         }
     }
     response

@@ -99,21 +99,44 @@ fn route_from(row: &AnyRow) -> Result<Route> {
     })
 }
 
+/// How a release is stored: the service spec and its routes (with ids, so
+/// a rollback restores the same routes).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ReleaseSnapshot {
+    service: ServiceSpec,
+    routes: Vec<SnapshotRoute>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SnapshotRoute {
+    id: String,
+    created_at_ms: i64,
+    updated_at_ms: i64,
+    spec: RouteSpec,
+}
+
 fn release_from(row: &AnyRow) -> Result<Release> {
-    #[derive(serde::Deserialize)]
-    struct Snapshot {
-        service: ServiceSpec,
-        routes: Vec<RouteSpec>,
-    }
-    let snapshot: Snapshot = from_json(&text(row, "snapshot")?, "release snapshot")?;
+    let snapshot: ReleaseSnapshot = from_json(&text(row, "snapshot")?, "release snapshot")?;
+    let service_id = text(row, "service_id")?;
+    let routes = snapshot
+        .routes
+        .into_iter()
+        .map(|route| Route {
+            id: route.id,
+            service_id: service_id.clone(),
+            spec: route.spec,
+            created_at_ms: route.created_at_ms,
+            updated_at_ms: route.updated_at_ms,
+        })
+        .collect();
     Ok(Release {
         id: text(row, "id")?,
-        service_id: text(row, "service_id")?,
+        service_id,
         version: int(row, "version")?,
         created_at_ms: int(row, "created_at_ms")?,
         note: text(row, "note")?,
         service: snapshot.service,
-        routes: snapshot.routes,
+        routes,
     })
 }
 
@@ -496,14 +519,18 @@ impl WriteTx {
     }
 
     pub async fn insert_release(&mut self, release: &Release) -> Result<()> {
-        #[derive(serde::Serialize)]
-        struct Snapshot<'a> {
-            service: &'a ServiceSpec,
-            routes: &'a [RouteSpec],
-        }
-        let snapshot = Snapshot {
-            service: &release.service,
-            routes: &release.routes,
+        let snapshot = ReleaseSnapshot {
+            service: release.service.clone(),
+            routes: release
+                .routes
+                .iter()
+                .map(|route| SnapshotRoute {
+                    id: route.id.clone(),
+                    created_at_ms: route.created_at_ms,
+                    updated_at_ms: route.updated_at_ms,
+                    spec: route.spec.clone(),
+                })
+                .collect(),
         };
         sqlx::query(
             "INSERT INTO releases (id, service_id, version, note, snapshot, created_at_ms) \

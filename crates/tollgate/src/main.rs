@@ -1,1 +1,149 @@
-fn main() {}
+//! The `tollgate` binary: command line and wiring.
+//!
+//! - `serve` loads [`config`], opens and migrates the store, bootstraps the
+//!   root admin token, compiles the first snapshot, and runs the gateway and
+//!   admin listeners plus the background tasks ([`serve`]).
+//! - `migrate` applies migrations; `apply` and `export` talk to a running
+//!   admin API ([`cli`]); `version` prints the version.
+
+mod cli;
+mod config;
+mod serve;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "tollgate",
+    version,
+    about = "An AI and API gateway that gets you paid"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Clone)]
+pub struct ConfigArgs {
+    /// The configuration file (YAML). Every key can also be set by
+    /// TOLLGATE_<SECTION>__<KEY>.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Overrides storage.database_url (sqlite://PATH or postgres://…).
+    #[arg(long, value_name = "URL")]
+    pub database_url: Option<String>,
+    /// Overrides storage.redis_url.
+    #[arg(long, value_name = "URL")]
+    pub redis_url: Option<String>,
+}
+
+#[derive(clap::Args, Clone)]
+pub struct AdminArgs {
+    /// The admin API's base URL (default: from admin.listen in the configuration).
+    #[arg(long, value_name = "URL")]
+    pub admin_url: Option<String>,
+    /// The admin token (default: TOLLGATE_ADMIN_TOKEN, else <data_dir>/admin-token).
+    #[arg(long, value_name = "TOKEN")]
+    pub token: Option<String>,
+    #[command(flatten)]
+    pub config: ConfigArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway and admin listeners.
+    Serve(ConfigArgs),
+    /// Apply the database migrations and exit.
+    Migrate(ConfigArgs),
+    /// Make the configuration match a declarative file (idempotent).
+    Apply {
+        /// The file to apply (YAML or JSON); '-' reads standard input.
+        #[arg(long, short = 'f', value_name = "FILE")]
+        file: PathBuf,
+        /// Delete upstreams and services the file does not name.
+        #[arg(long)]
+        prune: bool,
+        /// Show what would change, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Print the configuration as a declarative file.
+    Export {
+        /// Write to this file instead of standard output.
+        #[arg(long, short = 'o', value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// yaml or json.
+        #[arg(long, default_value = "yaml")]
+        format: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Print the version.
+    Version,
+}
+
+pub fn environment() -> BTreeMap<String, String> {
+    std::env::vars()
+        .filter(|(k, _)| k.starts_with("TOLLGATE_"))
+        .collect()
+}
+
+pub fn load_config(args: &ConfigArgs) -> anyhow::Result<config::Config> {
+    let overrides = config::Overrides {
+        database_url: args.database_url.clone(),
+        redis_url: args.redis_url.clone(),
+    };
+    Ok(config::load(
+        args.config.as_deref(),
+        &environment(),
+        &overrides,
+    )?)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => serve::run(&args).await,
+            Command::Migrate(args) => serve::migrate_only(&args).await,
+            Command::Apply {
+                file,
+                prune,
+                dry_run,
+                admin,
+            } => cli::apply(&file, prune, dry_run, &admin).await,
+            Command::Export {
+                output,
+                format,
+                admin,
+            } => cli::export(output.as_deref(), &format, &admin).await,
+            Command::Version => {
+                cli::print(&format!("tollgate {}", env!("CARGO_PKG_VERSION")));
+                Ok(())
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,6 +1,8 @@
 //! The store against both backends: a SQLite file and the PostgreSQL server
 //! on this machine (a fresh database per test, dropped afterwards).
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use domain::model::{Lifecycle, Route, RouteSpec, Service, ServiceSpec, Upstream, UpstreamSpec};
 use store::{Store, StoreError};
 

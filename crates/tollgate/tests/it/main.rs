@@ -1,1 +1,66 @@
+//! Integration tests: the real `tollgate` binary on real sockets, with local
+//! fake upstreams (`test-support`).
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stdout
+)]
+
+mod admin_api;
+mod balancing;
+mod declarative;
+mod lifecycle;
+mod process;
+mod resilience;
+mod routing;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
+
+pub use serde_json::json;
+pub use test_support::tollgate::Tollgate;
+pub use test_support::upstream::FakeUpstream;
+
+/// Starts tollgate and one published service `svc` at `/svc` proxying to
+/// `upstream`, with a catch-all route.
+pub async fn gateway_with(upstream: &FakeUpstream) -> Tollgate {
+    let tollgate = Tollgate::start(BIN).await;
+    tollgate
+        .publish_http_service(
+            "svc",
+            "/svc",
+            json!({"targets": [{"url": upstream.url()}]}),
+            &[json!({"path": "/*"})],
+        )
+        .await;
+    tollgate
+        .wait_for("/svc/ping", std::time::Duration::from_secs(1), |s| s == 200)
+        .await;
+    tollgate
+}
+
+/// The problem body of a refused response, checked for the SPEC §4 shape.
+pub async fn problem(response: reqwest::Response, status: u16, code: &str) -> serde_json::Value {
+    assert_eq!(response.status().as_u16(), status, "status");
+    let headers = response.headers().clone();
+    assert_eq!(headers["content-type"], "application/problem+json");
+    assert_eq!(headers["cache-control"], "no-store");
+    let request_id = headers["x-request-id"].to_str().unwrap().to_owned();
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["code"], code, "{body}");
+    assert_eq!(body["status"], status);
+    assert_eq!(body["request_id"], request_id.as_str());
+    assert!(
+        body["type"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("/_tollgate/problems/{}", code.replace('_', "-")))
+    );
+    assert!(!body["title"].as_str().unwrap().is_empty());
+    assert!(
+        body["detail"].as_str().unwrap().len() > 10,
+        "a detail a person can act on: {body}"
+    );
+    body
+}

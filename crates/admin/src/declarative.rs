@@ -1,0 +1,643 @@
+//! Declarative configuration: `POST /api/v1/config/apply` reconciles the
+//! stored upstreams, services and routes with a document (JSON or YAML), in
+//! one transaction: create what is missing, update what differs, and with
+//! `prune` delete what the document does not name. `dry_run` reports the
+//! same changes and writes nothing. `GET /api/v1/config/export` writes the
+//! document that applying would reproduce.
+
+use std::collections::{BTreeMap, HashSet};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use domain::model::{Lifecycle, Route, RouteSpec, Service, ServiceSpec, UpstreamSpec};
+use domain::validate::FieldErrors;
+use serde::Serialize;
+use serde_json::{Map, Value};
+use store::WriteTx;
+
+use crate::AdminState;
+use crate::error::ApiError;
+use crate::extract::{BODY_LIMIT_BYTES, ListParams, from_value};
+use crate::ops;
+
+/// A service as the document states it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ServiceDocument {
+    #[serde(flatten)]
+    pub spec: ServiceSpec,
+    /// Desired lifecycle; omitted leaves it as it is (new services: draft).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lifecycle: Option<Lifecycle>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sunset: Option<String>,
+    pub routes: Vec<RouteSpec>,
+}
+
+/// The declarative document.
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
+pub struct Document {
+    pub upstreams: Vec<UpstreamSpec>,
+    pub services: Vec<ServiceDocument>,
+}
+
+/// One change that apply made (or would make).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Change {
+    /// `create`, `update`, `delete`, `publish`, `deprecate` or `retire`.
+    pub action: &'static str,
+    /// `upstream`, `service` or `route`.
+    pub kind: &'static str,
+    /// The object: a slug, or `service/route` for routes.
+    pub key: String,
+    /// For updates: each changed field, `path: old -> new`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub fields: Vec<String>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ApplyReport {
+    pub dry_run: bool,
+    /// False when the store already matched the document.
+    pub changed: bool,
+    pub changes: Vec<Change>,
+}
+
+fn errors_within(prefix: &str, error: ApiError) -> ApiError {
+    error.within(prefix)
+}
+
+/// Parses and validates a document, reporting every problem at once.
+pub fn parse_document(value: Value) -> Result<Document, ApiError> {
+    let Value::Object(mut top) = value else {
+        return Err(ApiError::field(
+            "",
+            "the document must be an object with 'upstreams' and 'services'",
+        ));
+    };
+    let mut errors = FieldErrors::new();
+    for key in top.keys() {
+        if key != "upstreams" && key != "services" {
+            errors.add(
+                key.clone(),
+                "is not a known field (expected upstreams, services)",
+            );
+        }
+    }
+    let mut document = Document::default();
+    let list = |top: &mut Map<String, Value>, name: &str, errors: &mut FieldErrors| match top
+        .remove(name)
+    {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(items)) => items,
+        Some(_) => {
+            errors.add(name, "must be a list");
+            Vec::new()
+        }
+    };
+    let collect = |error: ApiError, errors: &mut FieldErrors| {
+        for e in error.errors {
+            errors.add(e.field, e.message);
+        }
+    };
+    let mut slugs = HashSet::new();
+    for (index, item) in list(&mut top, "upstreams", &mut errors)
+        .into_iter()
+        .enumerate()
+    {
+        let prefix = format!("upstreams[{index}]");
+        match from_value::<UpstreamSpec>(item) {
+            Ok(spec) => {
+                if let Err(e) = spec.validate() {
+                    collect(errors_within(&prefix, e.into()), &mut errors);
+                } else if !slugs.insert(spec.slug.clone()) {
+                    errors.add(format!("{prefix}.slug"), "appears twice in the document");
+                }
+                document.upstreams.push(spec);
+            }
+            Err(e) => collect(errors_within(&prefix, e), &mut errors),
+        }
+    }
+    let mut service_slugs = HashSet::new();
+    for (index, item) in list(&mut top, "services", &mut errors)
+        .into_iter()
+        .enumerate()
+    {
+        let prefix = format!("services[{index}]");
+        let Value::Object(mut fields) = item else {
+            errors.add(prefix, "must be an object");
+            continue;
+        };
+        let lifecycle = match fields.remove("lifecycle") {
+            None | Some(Value::Null) => None,
+            Some(value) => match from_value::<Lifecycle>(value) {
+                Ok(l) => Some(l),
+                Err(_) => {
+                    errors.add(
+                        format!("{prefix}.lifecycle"),
+                        "must be draft, published, deprecated or retired",
+                    );
+                    None
+                }
+            },
+        };
+        let sunset = match fields.remove("sunset") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(text)) => {
+                if let Err(message) = domain::model::parse_sunset(&text) {
+                    errors.add(format!("{prefix}.sunset"), message);
+                }
+                Some(text)
+            }
+            Some(_) => {
+                errors.add(format!("{prefix}.sunset"), "must be a date string");
+                None
+            }
+        };
+        let route_items = list(&mut fields, "routes", &mut errors);
+        let mut routes = Vec::new();
+        let mut route_keys = HashSet::new();
+        for (route_index, item) in route_items.into_iter().enumerate() {
+            let route_prefix = format!("{prefix}.routes[{route_index}]");
+            match from_value::<RouteSpec>(item) {
+                Ok(spec) => {
+                    if let Err(e) = spec.validate() {
+                        collect(errors_within(&route_prefix, e.into()), &mut errors);
+                    } else if !route_keys.insert(route_match_key(&spec)) {
+                        errors.add(route_prefix, "names the same route as an earlier entry");
+                    }
+                    routes.push(spec);
+                }
+                Err(e) => collect(errors_within(&route_prefix, e), &mut errors),
+            }
+        }
+        match from_value::<ServiceSpec>(Value::Object(fields)) {
+            Ok(spec) => {
+                if let Err(e) = spec.validate() {
+                    collect(errors_within(&prefix, e.into()), &mut errors);
+                } else if !service_slugs.insert(spec.slug.clone()) {
+                    errors.add(format!("{prefix}.slug"), "appears twice in the document");
+                }
+                document.services.push(ServiceDocument {
+                    spec,
+                    lifecycle,
+                    sunset,
+                    routes,
+                });
+            }
+            Err(e) => collect(errors_within(&prefix, e), &mut errors),
+        }
+    }
+    errors.into_result()?;
+    Ok(document)
+}
+
+/// How a document route finds its stored counterpart: by name, else by
+/// host, path and methods.
+fn route_match_key(spec: &RouteSpec) -> String {
+    match &spec.name {
+        Some(name) => format!("name:{name}"),
+        None => {
+            let mut methods = spec.normalised_methods();
+            methods.sort();
+            format!(
+                "path:{}|{}|{}",
+                spec.host.as_deref().unwrap_or(""),
+                spec.path,
+                methods.join(",")
+            )
+        }
+    }
+}
+
+/// `path: old -> new` for every leaf that differs.
+pub fn diff(old: &Value, new: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    diff_into("", old, new, &mut out);
+    out
+}
+
+fn diff_into(path: &str, old: &Value, new: &Value, out: &mut Vec<String>) {
+    match (old, new) {
+        (Value::Object(a), Value::Object(b)) => {
+            let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+            for key in keys {
+                let child = if path.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{path}.{key}")
+                };
+                diff_into(
+                    &child,
+                    a.get(key).unwrap_or(&Value::Null),
+                    b.get(key).unwrap_or(&Value::Null),
+                    out,
+                );
+            }
+        }
+        (Value::Array(a), Value::Array(b)) if a.len() == b.len() => {
+            for (index, (x, y)) in a.iter().zip(b).enumerate() {
+                diff_into(&format!("{path}[{index}]"), x, y, out);
+            }
+        }
+        _ if old != new => out.push(format!("{path}: {old} -> {new}")),
+        _ => {}
+    }
+}
+
+fn json<T: Serialize>(value: &T) -> Value {
+    serde_json::to_value(value).unwrap_or(Value::Null)
+}
+
+async fn apply_document(
+    tx: &mut WriteTx,
+    document: &Document,
+    prune: bool,
+) -> Result<Vec<Change>, ApiError> {
+    let mut changes = Vec::new();
+    for (index, spec) in document.upstreams.iter().enumerate() {
+        let prefix = format!("upstreams[{index}]");
+        match tx.upstream(&spec.slug).await? {
+            None => {
+                ops::create_upstream(tx, spec.clone())
+                    .await
+                    .map_err(|e| e.within(&prefix))?;
+                changes.push(Change {
+                    action: "create",
+                    kind: "upstream",
+                    key: spec.slug.clone(),
+                    fields: vec![],
+                });
+            }
+            Some(existing) if existing.spec != *spec => {
+                let fields = diff(&json(&existing.spec), &json(spec));
+                ops::update_upstream(tx, &existing, spec.clone())
+                    .await
+                    .map_err(|e| e.within(&prefix))?;
+                changes.push(Change {
+                    action: "update",
+                    kind: "upstream",
+                    key: spec.slug.clone(),
+                    fields,
+                });
+            }
+            Some(_) => {}
+        }
+    }
+    for (index, wanted) in document.services.iter().enumerate() {
+        let prefix = format!("services[{index}]");
+        let slug = wanted.spec.slug.clone();
+        let before = changes.len();
+        let mut service = match tx.service(&slug).await? {
+            None => {
+                let created = ops::create_service(tx, wanted.spec.clone())
+                    .await
+                    .map_err(|e| e.within(&prefix))?;
+                changes.push(Change {
+                    action: "create",
+                    kind: "service",
+                    key: slug.clone(),
+                    fields: vec![],
+                });
+                created
+            }
+            Some(existing) => {
+                let mut comparable = wanted.spec.clone();
+                // The document may name the upstream by id; compare slugs.
+                if let Some(key) = &comparable.upstream
+                    && let Some(upstream) = tx.upstream(key).await?
+                {
+                    comparable.upstream = Some(upstream.spec.slug);
+                }
+                if existing.spec != comparable {
+                    let fields = diff(&json(&existing.spec), &json(&comparable));
+                    let updated = ops::update_service(tx, &existing, wanted.spec.clone())
+                        .await
+                        .map_err(|e| e.within(&prefix))?;
+                    changes.push(Change {
+                        action: "update",
+                        kind: "service",
+                        key: slug.clone(),
+                        fields,
+                    });
+                    updated
+                } else {
+                    existing
+                }
+            }
+        };
+        reconcile_routes(tx, &service, wanted, &prefix, &mut changes).await?;
+        let content_changed = changes.len() > before;
+        service = tx.service(&service.id).await?.unwrap_or(service);
+        reconcile_lifecycle(tx, service, wanted, &prefix, content_changed, &mut changes).await?;
+    }
+    if prune {
+        let wanted_services: HashSet<&str> = document
+            .services
+            .iter()
+            .map(|s| s.spec.slug.as_str())
+            .collect();
+        for service in tx.all_services().await? {
+            if !wanted_services.contains(service.spec.slug.as_str()) {
+                ops::delete_service(tx, &service, true).await?;
+                changes.push(Change {
+                    action: "delete",
+                    kind: "service",
+                    key: service.spec.slug.clone(),
+                    fields: vec![],
+                });
+            }
+        }
+        let wanted_upstreams: HashSet<&str> =
+            document.upstreams.iter().map(|u| u.slug.as_str()).collect();
+        for upstream in tx.all_upstreams().await? {
+            if !wanted_upstreams.contains(upstream.spec.slug.as_str()) {
+                ops::delete_upstream(tx, &upstream).await?;
+                changes.push(Change {
+                    action: "delete",
+                    kind: "upstream",
+                    key: upstream.spec.slug.clone(),
+                    fields: vec![],
+                });
+            }
+        }
+    }
+    Ok(changes)
+}
+
+async fn reconcile_routes(
+    tx: &mut WriteTx,
+    service: &Service,
+    wanted: &ServiceDocument,
+    prefix: &str,
+    changes: &mut Vec<Change>,
+) -> Result<(), ApiError> {
+    let mut current: BTreeMap<String, Route> = tx
+        .routes_of(&service.id)
+        .await?
+        .into_iter()
+        .map(|route| (route_match_key(&route.spec), route))
+        .collect();
+    let label = |spec: &RouteSpec| {
+        format!(
+            "{}/{}",
+            service.spec.slug,
+            spec.name.clone().unwrap_or_else(|| format!(
+                "{} {}",
+                spec.methods.join(","),
+                spec.path
+            ))
+        )
+    };
+    let wanted_keys: HashSet<String> = wanted.routes.iter().map(route_match_key).collect();
+    // Deletions first, so a replacement route does not conflict with the old one.
+    let stale: Vec<String> = current
+        .keys()
+        .filter(|k| !wanted_keys.contains(*k))
+        .cloned()
+        .collect();
+    for key in stale {
+        if let Some(route) = current.remove(&key) {
+            ops::delete_route(tx, &route).await?;
+            changes.push(Change {
+                action: "delete",
+                kind: "route",
+                key: label(&route.spec),
+                fields: vec![],
+            });
+        }
+    }
+    for (index, spec) in wanted.routes.iter().enumerate() {
+        let route_prefix = format!("{prefix}.routes[{index}]");
+        match current.get(&route_match_key(spec)) {
+            None => {
+                ops::create_route(tx, service, spec.clone())
+                    .await
+                    .map_err(|e| e.within(&route_prefix))?;
+                changes.push(Change {
+                    action: "create",
+                    kind: "route",
+                    key: label(spec),
+                    fields: vec![],
+                });
+            }
+            Some(existing) if existing.spec != *spec => {
+                let fields = diff(&json(&existing.spec), &json(spec));
+                ops::update_route(tx, service, existing, spec.clone())
+                    .await
+                    .map_err(|e| e.within(&route_prefix))?;
+                changes.push(Change {
+                    action: "update",
+                    kind: "route",
+                    key: label(spec),
+                    fields,
+                });
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+async fn reconcile_lifecycle(
+    tx: &mut WriteTx,
+    service: Service,
+    wanted: &ServiceDocument,
+    prefix: &str,
+    content_changed: bool,
+    changes: &mut Vec<Change>,
+) -> Result<(), ApiError> {
+    let Some(desired) = wanted.lifecycle else {
+        return Ok(());
+    };
+    let field = format!("{prefix}.lifecycle");
+    let slug = service.spec.slug.clone();
+    let change = |action| Change {
+        action,
+        kind: "service",
+        key: slug.clone(),
+        fields: vec![],
+    };
+    let current = service.lifecycle;
+    match desired {
+        Lifecycle::Draft if current != Lifecycle::Draft => {
+            return Err(ApiError::field(
+                field,
+                format!(
+                    "service '{slug}' is {}; it cannot return to draft",
+                    current.as_str()
+                ),
+            ));
+        }
+        Lifecycle::Draft => {}
+        Lifecycle::Published | Lifecycle::Deprecated => {
+            if current == Lifecycle::Retired {
+                return Err(ApiError::field(
+                    field,
+                    format!("service '{slug}' is retired; it cannot serve again"),
+                ));
+            }
+            if desired == Lifecycle::Published && current == Lifecycle::Deprecated {
+                return Err(ApiError::field(
+                    field,
+                    format!("service '{slug}' is deprecated; it cannot return to published"),
+                ));
+            }
+            let mut service = service;
+            if current == Lifecycle::Draft || content_changed {
+                service = ops::publish(tx, &service, Some("apply".into()))
+                    .await
+                    .map_err(|e| e.within(prefix))?
+                    .0;
+                changes.push(change("publish"));
+            }
+            if desired == Lifecycle::Deprecated
+                && (service.lifecycle != Lifecycle::Deprecated || service.sunset != wanted.sunset)
+            {
+                ops::deprecate(tx, &service, wanted.sunset.clone())
+                    .await
+                    .map_err(|e| e.within(prefix))?;
+                changes.push(change("deprecate"));
+            }
+        }
+        Lifecycle::Retired => {
+            if current == Lifecycle::Draft {
+                return Err(ApiError::field(
+                    field,
+                    format!("service '{slug}' was never published; remove it instead"),
+                ));
+            }
+            if current != Lifecycle::Retired {
+                ops::retire(tx, &service).await?;
+                changes.push(change("retire"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reads a JSON or YAML body (YAML when the content type says so).
+fn document_value(headers: &HeaderMap, body: &Bytes) -> Result<Value, ApiError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json");
+    if content_type.contains("yaml") {
+        let text = std::str::from_utf8(body)
+            .map_err(|_| ApiError::field("", "the YAML document is not UTF-8"))?;
+        serde_norway::from_str::<Value>(text)
+            .map_err(|e| ApiError::field("", format!("malformed YAML: {e}")))
+    } else {
+        crate::extract::parse_json::<Value>(body)
+    }
+}
+
+/// Apply a declarative document (JSON, or YAML with `Content-Type:
+/// application/yaml`). `?dry_run=true` reports without writing;
+/// `?prune=true` deletes what the document does not name.
+#[utoipa::path(post, path = "/api/v1/config/apply", tag = "config", request_body = Document,
+    params(("dry_run" = Option<bool>, Query), ("prune" = Option<bool>, Query)),
+    responses((status = 200, body = ApplyReport), (status = 400, body = crate::openapi::Problem)))]
+pub async fn apply(
+    State(state): State<AdminState>,
+    params: ListParams,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    params.only(&["dry_run", "prune"])?;
+    let flag = |name: &str| match params.filter(name) {
+        None | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(_) => Err(ApiError::field(name.to_owned(), "must be true or false")),
+    };
+    let (dry_run, prune) = (flag("dry_run")?, flag("prune")?);
+    if body.len() > BODY_LIMIT_BYTES {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            "The document is too large.",
+        ));
+    }
+    let document = parse_document(document_value(&headers, &body)?)?;
+    let mut tx = state.store.begin().await?;
+    let changes = apply_document(&mut tx, &document, prune).await?;
+    let changed = !changes.is_empty();
+    if !dry_run && changed {
+        tx.commit().await?;
+        (state.on_change)();
+    }
+    Ok(axum::Json(ApplyReport {
+        dry_run,
+        changed,
+        changes,
+    })
+    .into_response())
+}
+
+/// Export the configuration as a document that `apply` accepts.
+#[utoipa::path(get, path = "/api/v1/config/export", tag = "config", responses((status = 200, body = Document)))]
+pub async fn export(State(state): State<AdminState>) -> Result<Response, ApiError> {
+    let data = state.store.load_all().await?;
+    let mut upstreams: Vec<UpstreamSpec> = data.upstreams.into_iter().map(|u| u.spec).collect();
+    upstreams.sort_by(|a, b| a.slug.cmp(&b.slug));
+    let mut services: Vec<ServiceDocument> = data
+        .services
+        .into_iter()
+        .map(|service| ServiceDocument {
+            routes: data
+                .routes
+                .iter()
+                .filter(|r| r.service_id == service.id)
+                .map(|r| r.spec.clone())
+                .collect(),
+            lifecycle: Some(service.lifecycle),
+            sunset: service.sunset,
+            spec: service.spec,
+        })
+        .collect();
+    services.sort_by(|a, b| a.spec.slug.cmp(&b.spec.slug));
+    Ok(axum::Json(Document {
+        upstreams,
+        services,
+    })
+    .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn diffs_name_paths() {
+        let old = serde_json::json!({"a": 1, "t": [{"w": 1}], "same": true});
+        let new = serde_json::json!({"a": 2, "t": [{"w": 3}], "same": true, "b": "x"});
+        assert_eq!(
+            diff(&old, &new),
+            vec!["a: 1 -> 2", "b: null -> \"x\"", "t[0].w: 1 -> 3"]
+        );
+    }
+
+    #[test]
+    fn documents_report_every_error() {
+        let error = parse_document(serde_json::json!({
+            "upstreams": [{"slug": "Bad Slug", "targets": [{"url": "ftp://x"}]}],
+            "services": [{"slug": "s", "base_path": "nope", "upstream": "u", "routes": [{"path": "/a", "bogus": 1}]}],
+            "extra": 1
+        }))
+        .unwrap_err();
+        let fields: Vec<&str> = error.errors.iter().map(|e| e.field.as_str()).collect();
+        for expected in [
+            "extra",
+            "upstreams[0].slug",
+            "upstreams[0].targets[0].url",
+            "services[0].routes[0].bogus",
+            "services[0].base_path",
+        ] {
+            assert!(
+                fields.contains(&expected),
+                "{expected} missing from {fields:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,244 @@
+//! Request extractors that turn bad input into problems naming the field.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use base64::Engine;
+use serde::de::DeserializeOwned;
+
+use crate::error::ApiError;
+
+/// Largest admin request body.
+pub const BODY_LIMIT_BYTES: usize = 2 * 1024 * 1024;
+
+/// A JSON body parsed strictly: unknown fields and wrong types are 400s that
+/// name the field (`targets[0].weight`). An empty body reads as `{}`.
+pub struct Json<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, _state: &S) -> Result<Self, ApiError> {
+        let bytes = axum::body::to_bytes(request.into_body(), BODY_LIMIT_BYTES)
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body_too_large",
+                    format!("The request body is larger than {BODY_LIMIT_BYTES} bytes."),
+                )
+            })?;
+        parse_json(&bytes).map(Json)
+    }
+}
+
+/// Parses JSON into `T`, naming the failing field.
+pub fn parse_json<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> {
+    let text: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        bytes
+    };
+    let mut deserializer = serde_json::Deserializer::from_slice(text);
+    let value: T = serde_path_to_error::deserialize(&mut deserializer).map_err(describe)?;
+    deserializer
+        .end()
+        .map_err(|e| ApiError::field("", format!("malformed JSON: {e}")))?;
+    Ok(value)
+}
+
+/// Same as [`parse_json`] for an already parsed value.
+pub fn from_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(value).map_err(describe)
+}
+
+fn describe<E: std::fmt::Display>(error: serde_path_to_error::Error<E>) -> ApiError {
+    let path = error.path().to_string();
+    let path = if path == "." { String::new() } else { path };
+    let message = error.inner().to_string();
+    // serde names a missing or unknown field in the message, at the path of
+    // the object holding it; point at the field itself.
+    for marker in ["missing field `", "unknown field `"] {
+        if let Some(rest) = message.strip_prefix(marker)
+            && let Some((name, _)) = rest.split_once('`')
+        {
+            // For unknown fields the path already ends at the field.
+            let field = if path.is_empty() {
+                name.to_owned()
+            } else if path == name || path.ends_with(&format!(".{name}")) {
+                path.clone()
+            } else {
+                format!("{path}.{name}")
+            };
+            let text = if marker.starts_with("missing") {
+                "is required".to_owned()
+            } else {
+                let expected = rest
+                    .split_once(", expected ")
+                    .map(|(_, e)| e.split(" at line ").next().unwrap_or(e))
+                    .unwrap_or("");
+                format!("is not a known field (expected {expected})")
+            };
+            return ApiError::field(field, text);
+        }
+    }
+    if message.contains("at line")
+        && (message.starts_with("EOF")
+            || message.starts_with("expected")
+            || message.starts_with("key must")
+            || message.starts_with("trailing"))
+    {
+        return ApiError::field(path, format!("malformed JSON: {message}"));
+    }
+    // Trim serde's " at line X column Y" from type errors.
+    let message = message
+        .split(" at line ")
+        .next()
+        .unwrap_or(&message)
+        .to_owned();
+    ApiError::field(path, message)
+}
+
+/// `?limit=&cursor=` plus resource filters.
+#[derive(Debug, Default)]
+pub struct ListParams {
+    pub limit: usize,
+    /// The id to continue after.
+    pub after: Option<String>,
+    pub filters: Vec<(String, String)>,
+}
+
+pub const LIMIT_DEFAULT: usize = 50;
+pub const LIMIT_MAX: usize = 500;
+
+impl ListParams {
+    pub fn filter(&self, name: &str) -> Option<&str> {
+        self.filters
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+    }
+
+    /// Refuses filters other than `allowed`.
+    pub fn only(&self, allowed: &[&str]) -> Result<(), ApiError> {
+        for (key, _) in &self.filters {
+            if !allowed.contains(&key.as_str()) {
+                let mut known = vec!["limit", "cursor"];
+                known.extend_from_slice(allowed);
+                return Err(ApiError::field(
+                    key.clone(),
+                    format!(
+                        "is not a known parameter (expected one of {})",
+                        known.join(", ")
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+pub fn encode_cursor(id: &str) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(id)
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for ListParams {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        let pairs: Vec<(String, String)> = serde_urlencoded_pairs(parts.uri.query().unwrap_or(""));
+        let mut params = ListParams {
+            limit: LIMIT_DEFAULT,
+            ..Default::default()
+        };
+        for (key, value) in pairs {
+            match key.as_str() {
+                "limit" => {
+                    params.limit = value
+                        .parse::<usize>()
+                        .ok()
+                        .filter(|n| (1..=LIMIT_MAX).contains(n))
+                        .ok_or_else(|| {
+                            ApiError::field(
+                                "limit",
+                                format!("must be an integer from 1 to {LIMIT_MAX}"),
+                            )
+                        })?;
+                }
+                "cursor" => {
+                    let decoded = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                        .decode(value.as_bytes())
+                        .ok()
+                        .and_then(|bytes| String::from_utf8(bytes).ok())
+                        .filter(|id| domain::id::looks_like_id(id))
+                        .ok_or_else(|| {
+                            ApiError::field("cursor", "is not a cursor this API returned")
+                        })?;
+                    params.after = Some(decoded);
+                }
+                _ => params.filters.push((key, value)),
+            }
+        }
+        Ok(params)
+    }
+}
+
+/// Splits a query string into decoded pairs.
+fn serde_urlencoded_pairs(query: &str) -> Vec<(String, String)> {
+    query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(key), percent_decode(value))
+        })
+        .collect()
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        match bytes[index] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let decoded = bytes
+                    .get(index + 1..index + 3)
+                    .filter(|hex| hex.iter().all(u8::is_ascii_hexdigit))
+                    .and_then(|hex| std::str::from_utf8(hex).ok())
+                    .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+                match decoded {
+                    Some(byte) => {
+                        out.push(byte);
+                        index += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            byte => out.push(byte),
+        }
+        index += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_queries() {
+        assert_eq!(
+            serde_urlencoded_pairs("a=1&b=x%20y&c=%zz&d"),
+            vec![
+                ("a".into(), "1".into()),
+                ("b".into(), "x y".into()),
+                ("c".into(), "%zz".into()),
+                ("d".into(), "".into())
+            ]
+        );
+        assert_eq!(percent_decode("100%"), "100%");
+    }
+}

@@ -1,0 +1,609 @@
+//! REST handlers for upstreams, services, routes, releases and the service
+//! lifecycle actions. Each write runs in one transaction; on commit the
+//! gateway is told to reload.
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use domain::model::{Release, Route, RouteSpec, Service, ServiceSpec, Upstream, UpstreamSpec};
+use serde::{Deserialize, Serialize};
+use store::{Page, WriteTx};
+
+use crate::AdminState;
+use crate::error::ApiError;
+use crate::extract::{Json, ListParams, encode_cursor, from_value};
+use crate::ops;
+
+/// One page of a list.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ListResponse<T> {
+    pub data: Vec<T>,
+    /// Pass as `?cursor=` to get the next page; `null` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+impl<T> From<Page<T>> for ListResponse<T> {
+    fn from(page: Page<T>) -> Self {
+        Self {
+            data: page.items,
+            next_cursor: page.next_after.as_deref().map(encode_cursor),
+        }
+    }
+}
+
+fn ok<T: Serialize>(value: &T) -> Response {
+    axum::Json(value).into_response()
+}
+
+fn created<T: Serialize>(value: &T, location: String) -> Response {
+    let mut response = (StatusCode::CREATED, axum::Json(value)).into_response();
+    if let Ok(location) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    response
+}
+
+async fn commit(state: &AdminState, tx: WriteTx) -> Result<(), ApiError> {
+    tx.commit().await?;
+    (state.on_change)();
+    Ok(())
+}
+
+/// RFC 7396 JSON merge patch.
+pub fn merge_patch(target: &mut serde_json::Value, patch: serde_json::Value) {
+    match patch {
+        serde_json::Value::Object(fields) => {
+            if !target.is_object() {
+                *target = serde_json::Value::Object(serde_json::Map::new());
+            }
+            if let serde_json::Value::Object(map) = target {
+                for (key, value) in fields {
+                    if value.is_null() {
+                        map.remove(&key);
+                    } else {
+                        merge_patch(map.entry(key).or_insert(serde_json::Value::Null), value);
+                    }
+                }
+            }
+        }
+        other => *target = other,
+    }
+}
+
+fn patched<T: Serialize + serde::de::DeserializeOwned>(
+    current: &T,
+    patch: serde_json::Value,
+) -> Result<T, ApiError> {
+    if !patch.is_object() {
+        return Err(ApiError::field("", "a merge patch must be a JSON object"));
+    }
+    let mut value = serde_json::to_value(current).map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            e.to_string(),
+        )
+    })?;
+    merge_patch(&mut value, patch);
+    from_value(value)
+}
+
+async fn upstream_or_404(state: &AdminState, key: &str) -> Result<Upstream, ApiError> {
+    state
+        .store
+        .upstream(key)
+        .await?
+        .ok_or_else(|| ApiError::not_found("upstream", key))
+}
+
+async fn service_or_404(state: &AdminState, key: &str) -> Result<Service, ApiError> {
+    state
+        .store
+        .service(key)
+        .await?
+        .ok_or_else(|| ApiError::not_found("service", key))
+}
+
+async fn route_or_404(state: &AdminState, service: &Service, key: &str) -> Result<Route, ApiError> {
+    state
+        .store
+        .route(&service.id, key)
+        .await?
+        .ok_or_else(|| ApiError::not_found("route", key))
+}
+
+// ------------------------------------------------------------- upstreams
+
+/// Create an upstream.
+#[utoipa::path(post, path = "/api/v1/upstreams", tag = "upstreams", request_body = UpstreamSpec,
+    responses((status = 201, body = Upstream), (status = 400, body = crate::openapi::Problem), (status = 409, body = crate::openapi::Problem)))]
+pub async fn create_upstream(
+    State(state): State<AdminState>,
+    Json(spec): Json<UpstreamSpec>,
+) -> Result<Response, ApiError> {
+    let mut tx = state.store.begin().await?;
+    let upstream = ops::create_upstream(&mut tx, spec).await?;
+    commit(&state, tx).await?;
+    Ok(created(
+        &upstream,
+        format!("/api/v1/upstreams/{}", upstream.id),
+    ))
+}
+
+/// List upstreams.
+#[utoipa::path(get, path = "/api/v1/upstreams", tag = "upstreams",
+    params(("limit" = Option<usize>, Query), ("cursor" = Option<String>, Query), ("team" = Option<String>, Query)),
+    responses((status = 200, body = ListResponse<Upstream>)))]
+pub async fn list_upstreams(
+    State(state): State<AdminState>,
+    params: ListParams,
+) -> Result<Response, ApiError> {
+    params.only(&["team"])?;
+    let page = state
+        .store
+        .upstreams(params.after.as_deref(), params.limit, params.filter("team"))
+        .await?;
+    Ok(ok(&ListResponse::from(page)))
+}
+
+/// Get an upstream by slug or id.
+#[utoipa::path(get, path = "/api/v1/upstreams/{upstream}", tag = "upstreams",
+    params(("upstream" = String, Path, description = "slug or id")),
+    responses((status = 200, body = Upstream), (status = 404, body = crate::openapi::Problem)))]
+pub async fn get_upstream(
+    State(state): State<AdminState>,
+    Path(key): Path<String>,
+) -> Result<Response, ApiError> {
+    Ok(ok(&upstream_or_404(&state, &key).await?))
+}
+
+/// Replace an upstream.
+#[utoipa::path(put, path = "/api/v1/upstreams/{upstream}", tag = "upstreams", request_body = UpstreamSpec,
+    params(("upstream" = String, Path)), responses((status = 200, body = Upstream), (status = 400, body = crate::openapi::Problem)))]
+pub async fn replace_upstream(
+    State(state): State<AdminState>,
+    Path(key): Path<String>,
+    Json(spec): Json<UpstreamSpec>,
+) -> Result<Response, ApiError> {
+    let existing = upstream_or_404(&state, &key).await?;
+    let mut tx = state.store.begin().await?;
+    let upstream = ops::update_upstream(&mut tx, &existing, spec).await?;
+    commit(&state, tx).await?;
+    Ok(ok(&upstream))
+}
+
+/// Change an upstream with a JSON merge patch (RFC 7396).
+#[utoipa::path(patch, path = "/api/v1/upstreams/{upstream}", tag = "upstreams", request_body = Object,
+    params(("upstream" = String, Path)), responses((status = 200, body = Upstream), (status = 400, body = crate::openapi::Problem)))]
+pub async fn patch_upstream(
+    State(state): State<AdminState>,
+    Path(key): Path<String>,
+    Json(patch): Json<serde_json::Value>,
+) -> Result<Response, ApiError> {
+    let existing = upstream_or_404(&state, &key).await?;
+    let spec = patched(&existing.spec, patch)?;
+    let mut tx = state.store.begin().await?;
+    let upstream = ops::update_upstream(&mut tx, &existing, spec).await?;
+    commit(&state, tx).await?;
+    Ok(ok(&upstream))
+}
+
+/// Delete an upstream (refused while a service uses it).
+#[utoipa::path(delete, path = "/api/v1/upstreams/{upstream}", tag = "upstreams",
+    params(("upstream" = String, Path)), responses((status = 204), (status = 409, body = crate::openapi::Problem)))]
+pub async fn delete_upstream(
+    State(state): State<AdminState>,
+    Path(key): Path<String>,
+) -> Result<Response, ApiError> {
+    let existing = upstream_or_404(&state, &key).await?;
+    let mut tx = state.store.begin().await?;
+    ops::delete_upstream(&mut tx, &existing).await?;
+    commit(&state, tx).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+// ------------------------------------------------------------- services
+
+/// Create a service (in `draft`; publish it to serve traffic).
+#[utoipa::path(post, path = "/api/v1/services", tag = "services", request_body = ServiceSpec,
+    responses((status = 201, body = Service), (status = 400, body = crate::openapi::Problem), (status = 409, body = crate::openapi::Problem)))]
+pub async fn create_service(
+    State(state): State<AdminState>,
+    Json(spec): Json<ServiceSpec>,
+) -> Result<Response, ApiError> {
+    let mut tx = state.store.begin().await?;
+    let service = ops::create_service(&mut tx, spec).await?;
+    commit(&state, tx).await?;
+    Ok(created(
+        &service,
+        format!("/api/v1/services/{}", service.id),
+    ))
+}
+
+/// List services.
+#[utoipa::path(get, path = "/api/v1/services", tag = "services",
+    params(("limit" = Option<usize>, Query), ("cursor" = Option<String>, Query), ("team" = Option<String>, Query),
+           ("lifecycle" = Option<String>, Query, description = "draft, published, deprecated or retired")),
+    responses((status = 200, body = ListResponse<Service>)))]
+pub async fn list_services(
+    State(state): State<AdminState>,
+    params: ListParams,
+) -> Result<Response, ApiError> {
+    params.only(&["team", "lifecycle"])?;
+    let lifecycle = match params.filter("lifecycle") {
+        Some(text) => Some(
+            serde_json::from_value(serde_json::Value::String(text.to_owned())).map_err(|_| {
+                ApiError::field(
+                    "lifecycle",
+                    "must be draft, published, deprecated or retired",
+                )
+            })?,
+        ),
+        None => None,
+    };
+    let page = state
+        .store
+        .services(
+            params.after.as_deref(),
+            params.limit,
+            params.filter("team"),
+            lifecycle,
+        )
+        .await?;
+    Ok(ok(&ListResponse::from(page)))
+}
+
+/// Get a service by slug or id.
+#[utoipa::path(get, path = "/api/v1/services/{service}", tag = "services",
+    params(("service" = String, Path, description = "slug or id")),
+    responses((status = 200, body = Service), (status = 404, body = crate::openapi::Problem)))]
+pub async fn get_service(
+    State(state): State<AdminState>,
+    Path(key): Path<String>,
+) -> Result<Response, ApiError> {
+    Ok(ok(&service_or_404(&state, &key).await?))
+}
+
+/// Replace a service's settings. Live at once on a published service.
+#[utoipa::path(put, path = "/api/v1/services/{service}", tag = "services", request_body = ServiceSpec,
+    params(("service" = String, Path)), responses((status = 200, body = Service), (status = 400, body = crate::openapi::Problem)))]
+pub async fn replace_service(
+    State(state): State<AdminState>,
+    Path(key): Path<String>,
+    Json(spec): Json<ServiceSpec>,
+) -> Result<Response, ApiError> {
+    let existing = service_or_404(&state, &key).await?;
+    let mut tx = state.store.begin().await?;
+    let service = ops::update_service(&mut tx, &existing, spec).await?;
+    commit(&state, tx).await?;
+    Ok(ok(&service))
+}
+
+/// Change a service with a JSON merge patch (RFC 7396).
+#[utoipa::path(patch, path = "/api/v1/services/{service}", tag = "services", request_body = Object,
+    params(("service" = String, Path)), responses((status = 200, body = Service), (status = 400, body = crate::openapi::Problem)))]
+pub async fn patch_service(
+    State(state): State<AdminState>,
+    Path(key): Path<String>,
+    Json(patch): Json<serde_json::Value>,
+) -> Result<Response, ApiError> {
+    let existing = service_or_404(&state, &key).await?;
+    let spec = patched(&existing.spec, patch)?;
+    let mut tx = state.store.begin().await?;
+    let service = ops::update_service(&mut tx, &existing, spec).await?;
+    commit(&state, tx).await?;
+    Ok(ok(&service))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct DeleteQuery {
+    /// Delete even a published or deprecated service.
+    pub force: Option<bool>,
+}
+
+/// Delete a service with its routes and releases. A live service must be
+/// retired first, or deleted with `?force=true`.
+#[utoipa::path(delete, path = "/api/v1/services/{service}", tag = "services",
+    params(("service" = String, Path), ("force" = Option<bool>, Query)),
+    responses((status = 204), (status = 409, body = crate::openapi::Problem)))]
+pub async fn delete_service(
+    State(state): State<AdminState>,
+    Path(key): Path<String>,
+    params: ListParams,
+) -> Result<Response, ApiError> {
+    params.only(&["force"])?;
+    let force = match params.filter("force") {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => return Err(ApiError::field("force", "must be true or false")),
+    };
+    let existing = service_or_404(&state, &key).await?;
+    let mut tx = state.store.begin().await?;
+    ops::delete_service(&mut tx, &existing, force).await?;
+    commit(&state, tx).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PublishRequest {
+    /// Shown in the release list.
+    #[serde(default)]
+    pub note: Option<String>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ActionResponse {
+    pub service: Service,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub release: Option<Release>,
+}
+
+/// Publish: snapshot the service and its routes as a new release; a draft
+/// becomes `published` and starts serving.
+#[utoipa::path(post, path = "/api/v1/services/{service}/publish", tag = "services", request_body = PublishRequest,
+    params(("service" = String, Path)), responses((status = 201, body = ActionResponse), (status = 409, body = crate::openapi::Problem)))]
+pub async fn publish(
+    State(state): State<AdminState>,
+    Path(key): Path<String>,
+    Json(request): Json<PublishRequest>,
+) -> Result<Response, ApiError> {
+    if request.note.as_ref().is_some_and(|n| n.len() > 1000) {
+        return Err(ApiError::field("note", "must be at most 1000 bytes"));
+    }
+    let existing = service_or_404(&state, &key).await?;
+    let mut tx = state.store.begin().await?;
+    let (service, release) = ops::publish(&mut tx, &existing, request.note).await?;
+    commit(&state, tx).await?;
+    let location = format!(
+        "/api/v1/services/{}/releases/{}",
+        service.id, release.version
+    );
+    Ok(created(
+        &ActionResponse {
+            service,
+            release: Some(release),
+        },
+        location,
+    ))
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackRequest {
+    /// The release to return to: its version number or id.
+    pub release: serde_json::Value,
+}
+
+/// Roll back to an earlier release: its settings and routes become current
+/// (recorded as a new release).
+#[utoipa::path(post, path = "/api/v1/services/{service}/rollback", tag = "services", request_body = RollbackRequest,
+    params(("service" = String, Path)), responses((status = 201, body = ActionResponse), (status = 404, body = crate::openapi::Problem)))]
+pub async fn rollback(
+    State(state): State<AdminState>,
+    Path(key): Path<String>,
+    Json(request): Json<RollbackRequest>,
+) -> Result<Response, ApiError> {
+    let release_key = match &request.release {
+        serde_json::Value::Number(n) if n.as_i64().is_some() => n.to_string(),
+        serde_json::Value::String(s) if !s.is_empty() => s.clone(),
+        _ => {
+            return Err(ApiError::field(
+                "release",
+                "must be a release version (integer) or id",
+            ));
+        }
+    };
+    let existing = service_or_404(&state, &key).await?;
+    let target = state
+        .store
+        .release(&existing.id, &release_key)
+        .await?
+        .ok_or_else(|| {
+            ApiError::field(
+                "release",
+                format!(
+                    "service '{}' has no release '{release_key}'",
+                    existing.spec.slug
+                ),
+            )
+        })?;
+    let mut tx = state.store.begin().await?;
+    let (service, release) = ops::rollback(&mut tx, &existing, &target).await?;
+    commit(&state, tx).await?;
+    let location = format!(
+        "/api/v1/services/{}/releases/{}",
+        service.id, release.version
+    );
+    Ok(created(
+        &ActionResponse {
+            service,
+            release: Some(release),
+        },
+        location,
+    ))
+}
+
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeprecateRequest {
+    /// When the service will be retired: a date (`2027-01-31`) or RFC 3339
+    /// date-time, in the future. Sent to callers as the `Sunset` header.
+    #[serde(default)]
+    pub sunset: Option<String>,
+}
+
+/// Deprecate a published service: callers get `Deprecation` and `Sunset`
+/// headers.
+#[utoipa::path(post, path = "/api/v1/services/{service}/deprecate", tag = "services", request_body = DeprecateRequest,
+    params(("service" = String, Path)), responses((status = 200, body = ActionResponse), (status = 409, body = crate::openapi::Problem)))]
+pub async fn deprecate(
+    State(state): State<AdminState>,
+    Path(key): Path<String>,
+    Json(request): Json<DeprecateRequest>,
+) -> Result<Response, ApiError> {
+    let existing = service_or_404(&state, &key).await?;
+    let mut tx = state.store.begin().await?;
+    let service = ops::deprecate(&mut tx, &existing, request.sunset).await?;
+    commit(&state, tx).await?;
+    Ok(ok(&ActionResponse {
+        service,
+        release: None,
+    }))
+}
+
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EmptyRequest {}
+
+/// Retire a service: its routes answer 410 `service_retired`.
+#[utoipa::path(post, path = "/api/v1/services/{service}/retire", tag = "services", request_body = EmptyRequest,
+    params(("service" = String, Path)), responses((status = 200, body = ActionResponse), (status = 409, body = crate::openapi::Problem)))]
+pub async fn retire(
+    State(state): State<AdminState>,
+    Path(key): Path<String>,
+    Json(_request): Json<EmptyRequest>,
+) -> Result<Response, ApiError> {
+    let existing = service_or_404(&state, &key).await?;
+    let mut tx = state.store.begin().await?;
+    let service = ops::retire(&mut tx, &existing).await?;
+    commit(&state, tx).await?;
+    Ok(ok(&ActionResponse {
+        service,
+        release: None,
+    }))
+}
+
+/// List a service's releases, oldest first.
+#[utoipa::path(get, path = "/api/v1/services/{service}/releases", tag = "services",
+    params(("service" = String, Path), ("limit" = Option<usize>, Query), ("cursor" = Option<String>, Query)),
+    responses((status = 200, body = ListResponse<Release>)))]
+pub async fn list_releases(
+    State(state): State<AdminState>,
+    Path(key): Path<String>,
+    params: ListParams,
+) -> Result<Response, ApiError> {
+    params.only(&[])?;
+    let service = service_or_404(&state, &key).await?;
+    let page = state
+        .store
+        .releases(&service.id, params.after.as_deref(), params.limit)
+        .await?;
+    Ok(ok(&ListResponse::from(page)))
+}
+
+/// Get one release by version or id.
+#[utoipa::path(get, path = "/api/v1/services/{service}/releases/{release}", tag = "services",
+    params(("service" = String, Path), ("release" = String, Path, description = "version or id")),
+    responses((status = 200, body = Release), (status = 404, body = crate::openapi::Problem)))]
+pub async fn get_release(
+    State(state): State<AdminState>,
+    Path((key, release)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let service = service_or_404(&state, &key).await?;
+    let release = state
+        .store
+        .release(&service.id, &release)
+        .await?
+        .ok_or_else(|| ApiError::not_found("release", &release))?;
+    Ok(ok(&release))
+}
+
+// ------------------------------------------------------------- routes
+
+/// Add a route to a service. Live at once on a published service.
+#[utoipa::path(post, path = "/api/v1/services/{service}/routes", tag = "routes", request_body = RouteSpec,
+    params(("service" = String, Path)),
+    responses((status = 201, body = Route), (status = 400, body = crate::openapi::Problem), (status = 409, body = crate::openapi::Problem)))]
+pub async fn create_route(
+    State(state): State<AdminState>,
+    Path(key): Path<String>,
+    Json(spec): Json<RouteSpec>,
+) -> Result<Response, ApiError> {
+    let service = service_or_404(&state, &key).await?;
+    let mut tx = state.store.begin().await?;
+    let route = ops::create_route(&mut tx, &service, spec).await?;
+    commit(&state, tx).await?;
+    Ok(created(
+        &route,
+        format!("/api/v1/services/{}/routes/{}", service.id, route.id),
+    ))
+}
+
+/// List a service's routes.
+#[utoipa::path(get, path = "/api/v1/services/{service}/routes", tag = "routes",
+    params(("service" = String, Path), ("limit" = Option<usize>, Query), ("cursor" = Option<String>, Query)),
+    responses((status = 200, body = ListResponse<Route>)))]
+pub async fn list_routes(
+    State(state): State<AdminState>,
+    Path(key): Path<String>,
+    params: ListParams,
+) -> Result<Response, ApiError> {
+    params.only(&[])?;
+    let service = service_or_404(&state, &key).await?;
+    let page = state
+        .store
+        .routes(&service.id, params.after.as_deref(), params.limit)
+        .await?;
+    Ok(ok(&ListResponse::from(page)))
+}
+
+/// Get a route by id or name.
+#[utoipa::path(get, path = "/api/v1/services/{service}/routes/{route}", tag = "routes",
+    params(("service" = String, Path), ("route" = String, Path, description = "id or name")),
+    responses((status = 200, body = Route), (status = 404, body = crate::openapi::Problem)))]
+pub async fn get_route(
+    State(state): State<AdminState>,
+    Path((key, route)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let service = service_or_404(&state, &key).await?;
+    Ok(ok(&route_or_404(&state, &service, &route).await?))
+}
+
+/// Replace a route.
+#[utoipa::path(put, path = "/api/v1/services/{service}/routes/{route}", tag = "routes", request_body = RouteSpec,
+    params(("service" = String, Path), ("route" = String, Path)), responses((status = 200, body = Route)))]
+pub async fn replace_route(
+    State(state): State<AdminState>,
+    Path((key, route)): Path<(String, String)>,
+    Json(spec): Json<RouteSpec>,
+) -> Result<Response, ApiError> {
+    let service = service_or_404(&state, &key).await?;
+    let existing = route_or_404(&state, &service, &route).await?;
+    let mut tx = state.store.begin().await?;
+    let route = ops::update_route(&mut tx, &service, &existing, spec).await?;
+    commit(&state, tx).await?;
+    Ok(ok(&route))
+}
+
+/// Change a route with a JSON merge patch (RFC 7396).
+#[utoipa::path(patch, path = "/api/v1/services/{service}/routes/{route}", tag = "routes", request_body = Object,
+    params(("service" = String, Path), ("route" = String, Path)), responses((status = 200, body = Route)))]
+pub async fn patch_route(
+    State(state): State<AdminState>,
+    Path((key, route)): Path<(String, String)>,
+    Json(patch): Json<serde_json::Value>,
+) -> Result<Response, ApiError> {
+    let service = service_or_404(&state, &key).await?;
+    let existing = route_or_404(&state, &service, &route).await?;
+    let spec = patched(&existing.spec, patch)?;
+    let mut tx = state.store.begin().await?;
+    let route = ops::update_route(&mut tx, &service, &existing, spec).await?;
+    commit(&state, tx).await?;
+    Ok(ok(&route))
+}
+
+/// Delete a route.
+#[utoipa::path(delete, path = "/api/v1/services/{service}/routes/{route}", tag = "routes",
+    params(("service" = String, Path), ("route" = String, Path)), responses((status = 204)))]
+pub async fn delete_route(
+    State(state): State<AdminState>,
+    Path((key, route)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let service = service_or_404(&state, &key).await?;
+    let existing = route_or_404(&state, &service, &route).await?;
+    let mut tx = state.store.begin().await?;
+    ops::delete_route(&mut tx, &existing).await?;
+    commit(&state, tx).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}

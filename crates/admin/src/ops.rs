@@ -1,0 +1,410 @@
+//! The write operations of the control plane, each inside a caller-owned
+//! [`WriteTx`], shared by the REST handlers and the declarative `apply`.
+//! They validate, check references and conflicts, and write; the caller
+//! commits (or, for a dry run, drops the transaction).
+
+use domain::model::{
+    Lifecycle, Release, Route, RouteSpec, Service, ServiceSpec, Upstream, UpstreamSpec,
+};
+use domain::{id::new_id, now_ms};
+use store::WriteTx;
+
+use crate::error::ApiError;
+
+pub async fn create_upstream(tx: &mut WriteTx, spec: UpstreamSpec) -> Result<Upstream, ApiError> {
+    spec.validate()?;
+    let now = now_ms();
+    let upstream = Upstream {
+        id: new_id(),
+        spec,
+        created_at_ms: now,
+        updated_at_ms: now,
+    };
+    tx.put_upstream(&upstream).await?;
+    Ok(upstream)
+}
+
+pub async fn update_upstream(
+    tx: &mut WriteTx,
+    existing: &Upstream,
+    spec: UpstreamSpec,
+) -> Result<Upstream, ApiError> {
+    spec.validate()?;
+    let upstream = Upstream {
+        id: existing.id.clone(),
+        spec,
+        created_at_ms: existing.created_at_ms,
+        updated_at_ms: now_ms(),
+    };
+    tx.put_upstream(&upstream).await?;
+    Ok(upstream)
+}
+
+pub async fn delete_upstream(tx: &mut WriteTx, existing: &Upstream) -> Result<(), ApiError> {
+    tx.delete_upstream(&existing.id).await?;
+    Ok(())
+}
+
+/// Resolves the service's upstream reference (slug or id) to its id, and
+/// stores the slug in the spec.
+async fn resolve_upstream(
+    tx: &mut WriteTx,
+    spec: &mut ServiceSpec,
+) -> Result<Option<String>, ApiError> {
+    let Some(key) = spec.upstream.clone() else {
+        return Ok(None);
+    };
+    match tx.upstream(&key).await? {
+        Some(upstream) => {
+            spec.upstream = Some(upstream.spec.slug.clone());
+            Ok(Some(upstream.id))
+        }
+        None => Err(ApiError::field(
+            "upstream",
+            format!("no upstream '{key}' exists; create it first"),
+        )),
+    }
+}
+
+async fn save_service(tx: &mut WriteTx, service: &mut Service) -> Result<(), ApiError> {
+    let upstream_id = resolve_upstream(tx, &mut service.spec).await?;
+    tx.put_service(service, upstream_id.as_deref()).await?;
+    Ok(())
+}
+
+pub async fn create_service(tx: &mut WriteTx, spec: ServiceSpec) -> Result<Service, ApiError> {
+    spec.validate()?;
+    let now = now_ms();
+    let mut service = Service {
+        id: new_id(),
+        spec,
+        lifecycle: Lifecycle::Draft,
+        deprecated_at_ms: None,
+        sunset: None,
+        current_release: None,
+        created_at_ms: now,
+        updated_at_ms: now,
+    };
+    save_service(tx, &mut service).await?;
+    Ok(service)
+}
+
+pub async fn update_service(
+    tx: &mut WriteTx,
+    existing: &Service,
+    spec: ServiceSpec,
+) -> Result<Service, ApiError> {
+    spec.validate()?;
+    if spec.kind != existing.spec.kind {
+        return Err(ApiError::field(
+            "kind",
+            "cannot change once the service exists",
+        ));
+    }
+    let mut service = existing.clone();
+    let base_path_changed = spec.base_path != existing.spec.base_path;
+    service.spec = spec;
+    service.updated_at_ms = now_ms();
+    if base_path_changed {
+        for route in tx.routes_of(&service.id).await? {
+            check_route_conflict(tx, &service, &route.spec, Some(&route.id))
+                .await
+                .map_err(|e| e.within_field("base_path"))?;
+        }
+    }
+    save_service(tx, &mut service).await?;
+    Ok(service)
+}
+
+/// Deletes a service with its routes and releases. A service that answers
+/// traffic (published or deprecated) must be retired first, unless `force`.
+pub async fn delete_service(
+    tx: &mut WriteTx,
+    existing: &Service,
+    force: bool,
+) -> Result<(), ApiError> {
+    if !force
+        && matches!(
+            existing.lifecycle,
+            Lifecycle::Published | Lifecycle::Deprecated
+        )
+    {
+        return Err(ApiError::invalid_state(format!(
+            "The service '{}' is {} and serving traffic; retire it first (POST .../retire) or delete with ?force=true.",
+            existing.spec.slug,
+            existing.lifecycle.as_str()
+        )));
+    }
+    tx.delete_service(&existing.id).await?;
+    Ok(())
+}
+
+/// The pattern with parameter names erased: `/a/{x}` and `/a/{y}` collide.
+fn route_key(base_path: &str, path: &str) -> String {
+    domain::path::join(base_path, path)
+        .split('/')
+        .map(|segment| {
+            if segment.starts_with('{') {
+                "{}"
+            } else {
+                segment
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+        .trim_end_matches('/')
+        .to_owned()
+}
+
+fn methods_overlap(a: &[String], b: &[String]) -> bool {
+    a.is_empty()
+        || b.is_empty()
+        || a.iter()
+            .any(|m| b.iter().any(|n| m.eq_ignore_ascii_case(n)))
+}
+
+/// Refuses a route that would answer exactly the same requests as another
+/// (same host, same pattern, overlapping methods), in any service.
+async fn check_route_conflict(
+    tx: &mut WriteTx,
+    service: &Service,
+    spec: &RouteSpec,
+    route_id: Option<&str>,
+) -> Result<(), ApiError> {
+    let key = route_key(&service.spec.base_path, &spec.path);
+    let services = tx.all_services().await?;
+    for other in tx.all_routes().await? {
+        if Some(other.id.as_str()) == route_id {
+            continue;
+        }
+        let other_base = if other.service_id == service.id {
+            service.spec.base_path.as_str()
+        } else {
+            match services.iter().find(|s| s.id == other.service_id) {
+                Some(s) => s.spec.base_path.as_str(),
+                None => continue,
+            }
+        };
+        let same_host = other.spec.host.as_deref().map(str::to_ascii_lowercase)
+            == spec.host.as_deref().map(str::to_ascii_lowercase);
+        if same_host
+            && route_key(other_base, &other.spec.path) == key
+            && methods_overlap(&other.spec.methods, &spec.methods)
+        {
+            let owner = services
+                .iter()
+                .find(|s| s.id == other.service_id)
+                .map_or("?", |s| s.spec.slug.as_str());
+            return Err(ApiError::conflict(
+                "path",
+                format!(
+                    "route {} of service '{owner}' already answers {} {}",
+                    other.id,
+                    if other.spec.methods.is_empty() {
+                        "any method on".to_owned()
+                    } else {
+                        other.spec.methods.join("/")
+                    },
+                    domain::path::join(other_base, &other.spec.path)
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+pub async fn create_route(
+    tx: &mut WriteTx,
+    service: &Service,
+    spec: RouteSpec,
+) -> Result<Route, ApiError> {
+    spec.validate()?;
+    check_route_conflict(tx, service, &spec, None).await?;
+    let now = now_ms();
+    let route = Route {
+        id: new_id(),
+        service_id: service.id.clone(),
+        spec,
+        created_at_ms: now,
+        updated_at_ms: now,
+    };
+    tx.put_route(&route).await?;
+    Ok(route)
+}
+
+pub async fn update_route(
+    tx: &mut WriteTx,
+    service: &Service,
+    existing: &Route,
+    spec: RouteSpec,
+) -> Result<Route, ApiError> {
+    spec.validate()?;
+    check_route_conflict(tx, service, &spec, Some(&existing.id)).await?;
+    let route = Route {
+        id: existing.id.clone(),
+        service_id: existing.service_id.clone(),
+        spec,
+        created_at_ms: existing.created_at_ms,
+        updated_at_ms: now_ms(),
+    };
+    tx.put_route(&route).await?;
+    Ok(route)
+}
+
+pub async fn delete_route(tx: &mut WriteTx, existing: &Route) -> Result<(), ApiError> {
+    tx.delete_route(&existing.id).await?;
+    Ok(())
+}
+
+async fn record_release(
+    tx: &mut WriteTx,
+    service: &mut Service,
+    note: String,
+) -> Result<Release, ApiError> {
+    let routes = tx.routes_of(&service.id).await?;
+    let version = tx.next_release_version(&service.id).await?;
+    let release = Release {
+        id: new_id(),
+        service_id: service.id.clone(),
+        version,
+        created_at_ms: now_ms(),
+        note,
+        service: service.spec.clone(),
+        routes,
+    };
+    tx.insert_release(&release).await?;
+    service.current_release = Some(version);
+    service.updated_at_ms = now_ms();
+    save_service(tx, service).await?;
+    Ok(release)
+}
+
+/// Publishes: snapshots the service and its routes as a new release and
+/// makes a draft service live. A deprecated service stays deprecated.
+pub async fn publish(
+    tx: &mut WriteTx,
+    existing: &Service,
+    note: Option<String>,
+) -> Result<(Service, Release), ApiError> {
+    if existing.lifecycle == Lifecycle::Retired {
+        return Err(ApiError::invalid_state(format!(
+            "The service '{}' is retired; retired services cannot be published again. Create a new service.",
+            existing.spec.slug
+        )));
+    }
+    let mut service = existing.clone();
+    if service.lifecycle == Lifecycle::Draft {
+        service.lifecycle = Lifecycle::Published;
+    }
+    let release =
+        record_release(tx, &mut service, note.unwrap_or_else(|| "publish".into())).await?;
+    Ok((service, release))
+}
+
+/// Restores the service settings and routes of an earlier release, and
+/// records that as a new release.
+pub async fn rollback(
+    tx: &mut WriteTx,
+    existing: &Service,
+    target: &Release,
+) -> Result<(Service, Release), ApiError> {
+    if existing.lifecycle == Lifecycle::Retired {
+        return Err(ApiError::invalid_state(
+            "A retired service cannot be rolled back.",
+        ));
+    }
+    let mut service = existing.clone();
+    let mut spec = target.service.clone();
+    spec.slug = existing.spec.slug.clone();
+    service.spec = spec;
+    if let Some(upstream) = &service.spec.upstream
+        && tx.upstream(upstream).await?.is_none()
+    {
+        return Err(ApiError::conflict(
+            "release",
+            format!(
+                "release {} uses upstream '{upstream}', which no longer exists",
+                target.version
+            ),
+        ));
+    }
+    for route in tx.routes_of(&service.id).await? {
+        tx.delete_route(&route.id).await?;
+    }
+    for route in &target.routes {
+        let mut restored = route.clone();
+        restored.service_id = service.id.clone();
+        restored.updated_at_ms = now_ms();
+        check_route_conflict(tx, &service, &restored.spec, Some(&restored.id))
+            .await
+            .map_err(|e| e.within_field("release"))?;
+        tx.put_route(&restored).await?;
+    }
+    let release = record_release(
+        tx,
+        &mut service,
+        format!("rollback to release {}", target.version),
+    )
+    .await?;
+    Ok((service, release))
+}
+
+/// Marks a published service deprecated, with an optional sunset date.
+pub async fn deprecate(
+    tx: &mut WriteTx,
+    existing: &Service,
+    sunset: Option<String>,
+) -> Result<Service, ApiError> {
+    if !matches!(
+        existing.lifecycle,
+        Lifecycle::Published | Lifecycle::Deprecated
+    ) {
+        return Err(ApiError::invalid_state(format!(
+            "Only a published service can be deprecated; '{}' is {}.",
+            existing.spec.slug,
+            existing.lifecycle.as_str()
+        )));
+    }
+    if let Some(text) = &sunset {
+        let at = domain::model::parse_sunset(text).map_err(|m| ApiError::field("sunset", m))?;
+        if at * 1000 <= now_ms() {
+            return Err(ApiError::field("sunset", "must be in the future"));
+        }
+    }
+    let mut service = existing.clone();
+    if service.lifecycle != Lifecycle::Deprecated {
+        service.deprecated_at_ms = Some(now_ms());
+    }
+    service.lifecycle = Lifecycle::Deprecated;
+    service.sunset = sunset;
+    service.updated_at_ms = now_ms();
+    save_service(tx, &mut service).await?;
+    Ok(service)
+}
+
+/// Retires a service: the gateway answers 410 on its routes from now on.
+pub async fn retire(tx: &mut WriteTx, existing: &Service) -> Result<Service, ApiError> {
+    if existing.lifecycle == Lifecycle::Draft {
+        return Err(ApiError::invalid_state(format!(
+            "The service '{}' was never published; delete it instead.",
+            existing.spec.slug
+        )));
+    }
+    let mut service = existing.clone();
+    if service.lifecycle != Lifecycle::Retired {
+        service.lifecycle = Lifecycle::Retired;
+        service.updated_at_ms = now_ms();
+        save_service(tx, &mut service).await?;
+    }
+    Ok(service)
+}
+
+impl ApiError {
+    /// Re-labels a conflict found while checking something else.
+    fn within_field(mut self, field: &str) -> Self {
+        for error in &mut self.errors {
+            error.field = field.to_owned();
+        }
+        self
+    }
+}

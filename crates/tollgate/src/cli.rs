@@ -1,0 +1,174 @@
+//! Commands that talk to a running admin API: `apply` and `export`.
+
+use std::io::Read;
+use std::path::Path;
+
+use anyhow::{Context, bail};
+
+use crate::AdminArgs;
+
+/// Prints a line to standard output (the binary's one place for it).
+#[allow(clippy::print_stdout)]
+pub fn print(text: &str) {
+    println!("{text}");
+}
+
+struct Admin {
+    base: String,
+    token: String,
+    client: reqwest::Client,
+}
+
+fn admin(args: &AdminArgs) -> anyhow::Result<Admin> {
+    let config = crate::load_config(&args.config)?;
+    let base = match &args.admin_url {
+        Some(url) => url.trim_end_matches('/').to_owned(),
+        None => {
+            let mut address = config.admin_listen;
+            if address.ip().is_unspecified() {
+                address.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            }
+            format!("http://{address}")
+        }
+    };
+    let token = match &args.token {
+        Some(token) => token.clone(),
+        None => match std::env::var("TOLLGATE_ADMIN_TOKEN") {
+            Ok(token) if !token.is_empty() => token,
+            _ => {
+                let path = config.data_dir.join("admin-token");
+                std::fs::read_to_string(&path)
+                    .with_context(|| {
+                        format!("no admin token: pass --token, set TOLLGATE_ADMIN_TOKEN, or run where {} exists", path.display())
+                    })?
+                    .trim()
+                    .to_owned()
+            }
+        },
+    };
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(std::time::Duration::from_secs(60))
+        .build()?;
+    Ok(Admin {
+        base,
+        token,
+        client,
+    })
+}
+
+async fn check(response: reqwest::Response) -> anyhow::Result<serde_json::Value> {
+    let status = response.status();
+    let body: serde_json::Value = response.json().await.unwrap_or(serde_json::Value::Null);
+    if status.is_success() {
+        return Ok(body);
+    }
+    let mut message = format!(
+        "{} {}",
+        status.as_u16(),
+        body["detail"]
+            .as_str()
+            .unwrap_or("the admin API refused the request")
+    );
+    if let Some(errors) = body["errors"].as_array() {
+        for error in errors {
+            message.push_str(&format!(
+                "\n  - {}: {}",
+                error["field"].as_str().unwrap_or(""),
+                error["message"].as_str().unwrap_or("")
+            ));
+        }
+    }
+    bail!(message)
+}
+
+pub async fn apply(
+    file: &Path,
+    prune: bool,
+    dry_run: bool,
+    args: &AdminArgs,
+) -> anyhow::Result<()> {
+    let text = if file.as_os_str() == "-" {
+        let mut text = String::new();
+        std::io::stdin().read_to_string(&mut text)?;
+        text
+    } else {
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?
+    };
+    // YAML is a superset of JSON: one parser for both.
+    let document: serde_json::Value = serde_norway::from_str(&text)
+        .with_context(|| format!("{} is not valid YAML or JSON", file.display()))?;
+    let admin = admin(args)?;
+    let response = admin
+        .client
+        .post(format!(
+            "{}/api/v1/config/apply?prune={prune}&dry_run={dry_run}",
+            admin.base
+        ))
+        .bearer_auth(&admin.token)
+        .json(&document)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the admin API at {}", admin.base))?;
+    let report = check(response).await?;
+    let changes = report["changes"].as_array().cloned().unwrap_or_default();
+    if changes.is_empty() {
+        print("no changes");
+        return Ok(());
+    }
+    for change in &changes {
+        let sign = match change["action"].as_str() {
+            Some("create") => "+",
+            Some("delete") => "-",
+            _ => "~",
+        };
+        print(&format!(
+            "{sign} {} {} {}",
+            change["action"].as_str().unwrap_or(""),
+            change["kind"].as_str().unwrap_or(""),
+            change["key"].as_str().unwrap_or("")
+        ));
+        for field in change["fields"].as_array().into_iter().flatten() {
+            print(&format!("    {}", field.as_str().unwrap_or("")));
+        }
+    }
+    print(&format!(
+        "{} change{}{}",
+        changes.len(),
+        if changes.len() == 1 { "" } else { "s" },
+        if dry_run {
+            " (dry run: nothing written)"
+        } else {
+            " applied"
+        }
+    ));
+    Ok(())
+}
+
+pub async fn export(output: Option<&Path>, format: &str, args: &AdminArgs) -> anyhow::Result<()> {
+    let admin = admin(args)?;
+    let response = admin
+        .client
+        .get(format!("{}/api/v1/config/export", admin.base))
+        .bearer_auth(&admin.token)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the admin API at {}", admin.base))?;
+    let document = check(response).await?;
+    let text = match format {
+        "yaml" => serde_norway::to_string(&document)?,
+        "json" => serde_json::to_string_pretty(&document)? + "\n",
+        other => bail!("--format {other}: use yaml or json"),
+    };
+    match output {
+        Some(path) => std::fs::write(path, text)
+            .with_context(|| format!("cannot write {}", path.display()))?,
+        None => {
+            #[allow(clippy::print_stdout)]
+            {
+                print!("{text}");
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,422 @@
+//! Process configuration, in two stages (ripgrep's low/high args):
+//! [`RawConfig`] is what the user wrote (YAML file, then `TOLLGATE_…`
+//! environment overrides on top), checked for unknown keys and types;
+//! [`Config`] is the validated result the process runs on. Every problem is
+//! reported at once, each naming its key.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub public_url: Option<String>,
+    pub data_dir: Option<String>,
+    #[serde(default)]
+    pub gateway: RawGateway,
+    #[serde(default)]
+    pub admin: RawAdmin,
+    #[serde(default)]
+    pub storage: RawStorage,
+    #[serde(default)]
+    pub log: RawLog,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGateway {
+    pub listen: Option<String>,
+    pub request_body_limit_bytes: Option<u64>,
+    pub shutdown_timeout_ms: Option<u64>,
+    pub retry_buffer_bytes: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub listen: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStorage {
+    pub database_url: Option<String>,
+    pub redis_url: Option<String>,
+    pub poll_interval_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    pub level: Option<String>,
+    pub format: Option<String>,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub public_url: String,
+    pub data_dir: PathBuf,
+    pub gateway_listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub request_body_limit_bytes: u64,
+    pub shutdown_timeout: Duration,
+    pub retry_buffer_bytes: u64,
+    pub database_url: String,
+    pub redis_url: Option<String>,
+    pub poll_interval: Duration,
+    pub log_level: String,
+    pub log_json: bool,
+}
+
+/// Every problem found, each naming its key.
+#[derive(Debug)]
+pub struct ConfigErrors(pub Vec<String>);
+
+impl std::fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "invalid configuration:")?;
+        for problem in &self.0 {
+            writeln!(f, "  - {problem}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Environment variables that are not configuration keys.
+const NOT_KEYS: [&str; 1] = ["TOLLGATE_ADMIN_TOKEN"];
+
+/// Command-line overrides, applied last.
+#[derive(Debug, Default)]
+pub struct Overrides {
+    pub database_url: Option<String>,
+    pub redis_url: Option<String>,
+}
+
+/// Loads the file (when given), applies `TOLLGATE_<SECTION>__<KEY>` from
+/// `env`, then the command-line overrides, and validates.
+pub fn load(
+    file: Option<&Path>,
+    env: &BTreeMap<String, String>,
+    overrides: &Overrides,
+) -> Result<Config, ConfigErrors> {
+    let mut problems = Vec::new();
+    let mut tree = match file {
+        Some(path) => match std::fs::read_to_string(path) {
+            Ok(text) if text.trim().is_empty() => Value::Object(Default::default()),
+            Ok(text) => match serde_norway::from_str::<Value>(&text) {
+                Ok(Value::Null) => Value::Object(Default::default()),
+                Ok(value @ Value::Object(_)) => value,
+                Ok(_) => {
+                    problems.push(format!("{}: must be a mapping of sections", path.display()));
+                    Value::Object(Default::default())
+                }
+                Err(error) => {
+                    return Err(ConfigErrors(vec![format!("{}: {error}", path.display())]));
+                }
+            },
+            Err(error) => {
+                return Err(ConfigErrors(vec![format!(
+                    "cannot read {}: {error}",
+                    path.display()
+                )]));
+            }
+        },
+        None => Value::Object(Default::default()),
+    };
+    let mut origins = BTreeMap::new();
+    for (name, value) in env {
+        let Some(rest) = name.strip_prefix("TOLLGATE_") else {
+            continue;
+        };
+        if NOT_KEYS.contains(&name.as_str()) {
+            continue;
+        }
+        let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
+        if path.iter().any(String::is_empty) || path.len() > 2 {
+            problems.push(format!(
+                "{name}: not a configuration variable (use TOLLGATE_<SECTION>__<KEY>)"
+            ));
+            continue;
+        }
+        origins.insert(path.join("."), name.clone());
+        set_path(&mut tree, &path, env_value(value));
+    }
+    if let Some(url) = &overrides.database_url {
+        set_path(
+            &mut tree,
+            &["storage".into(), "database_url".into()],
+            Value::String(url.clone()),
+        );
+    }
+    if let Some(url) = &overrides.redis_url {
+        set_path(
+            &mut tree,
+            &["storage".into(), "redis_url".into()],
+            Value::String(url.clone()),
+        );
+    }
+    let raw: RawConfig = match serde_path_to_error::deserialize(tree) {
+        Ok(raw) => raw,
+        Err(error) => {
+            let path = error.path().to_string();
+            let message = error.inner().to_string();
+            // For an unknown field the path already ends with it.
+            let key = match message
+                .strip_prefix("unknown field `")
+                .and_then(|r| r.split_once('`'))
+            {
+                Some((field, _)) if path == "." => field.to_owned(),
+                Some((field, _)) if path == field || path.ends_with(&format!(".{field}")) => path,
+                Some((field, _)) => format!("{path}.{field}"),
+                None => path,
+            };
+            let from = origins
+                .get(&key)
+                .map(|name| format!(" (from {name})"))
+                .unwrap_or_default();
+            let message = if message.starts_with("unknown field") {
+                "unknown key".to_owned()
+            } else {
+                message
+            };
+            problems.push(format!("{key}{from}: {message}"));
+            return Err(ConfigErrors(problems));
+        }
+    };
+    let config = validate(raw, &mut problems);
+    if problems.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigErrors(problems))
+    }
+}
+
+/// Environment values are strings; numbers and booleans are read as such.
+fn env_value(text: &str) -> Value {
+    if let Ok(number) = text.parse::<u64>() {
+        return Value::from(number);
+    }
+    match text {
+        "true" => Value::Bool(true),
+        "false" => Value::Bool(false),
+        _ => Value::String(text.to_owned()),
+    }
+}
+
+fn set_path(tree: &mut Value, path: &[String], value: Value) {
+    let mut node = tree;
+    for (index, key) in path.iter().enumerate() {
+        if !node.is_object() {
+            *node = Value::Object(Default::default());
+        }
+        let Value::Object(map) = node else {
+            return;
+        };
+        if index + 1 == path.len() {
+            map.insert(key.clone(), value);
+            return;
+        }
+        node = map
+            .entry(key.clone())
+            .or_insert(Value::Object(Default::default()));
+    }
+}
+
+fn validate(raw: RawConfig, problems: &mut Vec<String>) -> Config {
+    let mut listen = |key: &str, value: Option<String>, default: &str| -> SocketAddr {
+        let text = value.unwrap_or_else(|| default.to_owned());
+        text.parse().unwrap_or_else(|_| {
+            problems.push(format!(
+                "{key}: '{text}' is not an address (IP:PORT, like 127.0.0.1:8080)"
+            ));
+            SocketAddr::from(([127, 0, 0, 1], 0))
+        })
+    };
+    let gateway_listen = listen("gateway.listen", raw.gateway.listen, "0.0.0.0:8080");
+    let admin_listen = listen("admin.listen", raw.admin.listen, "127.0.0.1:9080");
+
+    let data_dir = PathBuf::from(raw.data_dir.unwrap_or_else(|| "./tollgate-data".into()));
+    if data_dir.as_os_str().is_empty() {
+        problems.push("data_dir: must not be empty".into());
+    }
+    let public_url = raw
+        .public_url
+        .unwrap_or_else(|| format!("http://localhost:{}", gateway_listen.port()));
+    if !(public_url.starts_with("http://") || public_url.starts_with("https://"))
+        || public_url.contains(' ')
+    {
+        problems.push(format!(
+            "public_url: '{public_url}' must be an http:// or https:// URL"
+        ));
+    }
+    let database_url = raw
+        .storage
+        .database_url
+        .unwrap_or_else(|| format!("sqlite://{}/tollgate.db", data_dir.display()));
+    if !["sqlite://", "postgres://", "postgresql://"]
+        .iter()
+        .any(|p| database_url.starts_with(p))
+    {
+        problems.push(format!(
+            "storage.database_url: '{database_url}' must start with sqlite:// or postgres://"
+        ));
+    }
+    if let Some(url) = &raw.storage.redis_url
+        && !(url.starts_with("redis://") || url.starts_with("rediss://"))
+    {
+        problems.push(format!(
+            "storage.redis_url: '{url}' must start with redis:// or rediss://"
+        ));
+    }
+    let mut positive = |key: &str, value: Option<u64>, default: u64, max: u64| -> u64 {
+        let value = value.unwrap_or(default);
+        if value == 0 || value > max {
+            problems.push(format!("{key}: must be between 1 and {max}"));
+        }
+        value
+    };
+    let request_body_limit_bytes = positive(
+        "gateway.request_body_limit_bytes",
+        raw.gateway.request_body_limit_bytes,
+        10 << 20,
+        1 << 34,
+    );
+    let shutdown_timeout_ms = positive(
+        "gateway.shutdown_timeout_ms",
+        raw.gateway.shutdown_timeout_ms,
+        10_000,
+        600_000,
+    );
+    let retry_buffer_bytes = positive(
+        "gateway.retry_buffer_bytes",
+        raw.gateway.retry_buffer_bytes,
+        64 << 10,
+        16 << 20,
+    );
+    let poll_interval_ms = positive(
+        "storage.poll_interval_ms",
+        raw.storage.poll_interval_ms,
+        250,
+        60_000,
+    );
+    let log_level = raw
+        .log
+        .level
+        .unwrap_or_else(|| "info".into())
+        .to_ascii_lowercase();
+    if !["trace", "debug", "info", "warn", "error"].contains(&log_level.as_str()) {
+        problems.push(format!(
+            "log.level: '{log_level}' must be one of trace, debug, info, warn, error"
+        ));
+    }
+    let log_format = raw.log.format.unwrap_or_else(|| "json".into());
+    if !["json", "text"].contains(&log_format.as_str()) {
+        problems.push(format!("log.format: '{log_format}' must be json or text"));
+    }
+    Config {
+        public_url: public_url.trim_end_matches('/').to_owned(),
+        data_dir,
+        gateway_listen,
+        admin_listen,
+        request_body_limit_bytes,
+        shutdown_timeout: Duration::from_millis(shutdown_timeout_ms),
+        retry_buffer_bytes,
+        database_url,
+        redis_url: raw.storage.redis_url,
+        poll_interval: Duration::from_millis(poll_interval_ms),
+        log_level,
+        log_json: log_format == "json",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn problems(file: &str, pairs: &[(&str, &str)]) -> Vec<String> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tollgate.yaml");
+        std::fs::write(&path, file).unwrap();
+        load(Some(&path), &env(pairs), &Overrides::default())
+            .unwrap_err()
+            .0
+    }
+
+    #[test]
+    fn defaults() {
+        let config = load(None, &env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(config.gateway_listen.to_string(), "0.0.0.0:8080");
+        assert_eq!(config.admin_listen.to_string(), "127.0.0.1:9080");
+        assert_eq!(config.database_url, "sqlite://./tollgate-data/tollgate.db");
+        assert_eq!(config.public_url, "http://localhost:8080");
+    }
+
+    #[test]
+    fn env_overrides_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tollgate.yaml");
+        std::fs::write(
+            &path,
+            "gateway:\n  listen: 127.0.0.1:1111\nlog:\n  level: debug\n",
+        )
+        .unwrap();
+        let config = load(
+            Some(&path),
+            &env(&[
+                ("TOLLGATE_GATEWAY__LISTEN", "127.0.0.1:2222"),
+                ("TOLLGATE_DATA_DIR", "/tmp/x"),
+                ("TOLLGATE_ADMIN_TOKEN", "ignored-here"),
+            ]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(config.gateway_listen.to_string(), "127.0.0.1:2222");
+        assert_eq!(config.log_level, "debug");
+        assert_eq!(config.database_url, "sqlite:///tmp/x/tollgate.db");
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        assert_eq!(
+            problems("gateway:\n  lisen: 1\n", &[]),
+            vec!["gateway.lisen: unknown key"]
+        );
+        assert_eq!(problems("bogus: 1\n", &[]), vec!["bogus: unknown key"]);
+        assert_eq!(
+            problems("", &[("TOLLGATE_ADMIN__PORT", "1")]),
+            vec!["admin.port (from TOLLGATE_ADMIN__PORT): unknown key"]
+        );
+    }
+
+    #[test]
+    fn bad_values_are_all_reported() {
+        let found = problems(
+            "gateway:\n  listen: nowhere\nlog:\n  level: loud\nstorage:\n  database_url: mysql://x\n",
+            &[],
+        );
+        assert_eq!(found.len(), 3, "{found:?}");
+        assert!(found[0].starts_with("gateway.listen:"));
+        assert!(found.iter().any(|p| p.starts_with("log.level:")));
+        assert!(found.iter().any(|p| p.starts_with("storage.database_url:")));
+        let typed = problems("gateway:\n  request_body_limit_bytes: lots\n", &[]);
+        assert!(
+            typed[0].starts_with("gateway.request_body_limit_bytes:"),
+            "{typed:?}"
+        );
+    }
+}

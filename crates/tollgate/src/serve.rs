@@ -1,0 +1,276 @@
+//! `tollgate serve`: wiring of store, gateway, admin API and background
+//! tasks, and the shutdown sequence.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use gateway::{Gateway, GatewayOptions};
+use rand::Rng;
+use store::Store;
+use tokio::sync::{Notify, watch};
+
+use crate::ConfigArgs;
+use crate::config::Config;
+
+fn init_tracing(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("{},sqlx=warn,hyper=warn", config.log_level))
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stdout);
+    let _ = if config.log_json {
+        builder.json().flatten_event(true).try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+async fn open_store(config: &Config) -> anyhow::Result<Store> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
+    let store = Store::open(&config.database_url).await.with_context(|| {
+        format!(
+            "cannot open the database at {}",
+            redact(&config.database_url)
+        )
+    })?;
+    let applied = store.migrate().await.context("migrations failed")?;
+    if !applied.is_empty() {
+        tracing::info!(?applied, "migrations applied");
+    }
+    Ok(store)
+}
+
+/// Hides the password of a database URL.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://***{}", &url[..scheme], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+pub async fn migrate_only(args: &ConfigArgs) -> anyhow::Result<()> {
+    let config = crate::load_config(args)?;
+    init_tracing(&config);
+    let store = open_store(&config).await?;
+    crate::cli::print(&format!(
+        "database is at schema version {}",
+        store::MIGRATIONS.len()
+    ));
+    store.close().await;
+    Ok(())
+}
+
+const ROOT_TOKEN_SETTING: &str = "root_token_sha256";
+
+/// SPEC §1: `TOLLGATE_ADMIN_TOKEN` sets the root token (and, when given on a
+/// later start, replaces it); without it the first start generates one,
+/// prints it once and writes it to `<data dir>/admin-token` (mode 0600).
+async fn bootstrap_root_token(store: &Store, config: &Config) -> anyhow::Result<String> {
+    if let Ok(token) = std::env::var("TOLLGATE_ADMIN_TOKEN")
+        && !token.is_empty()
+    {
+        if token.len() < 8 || token.chars().any(char::is_whitespace) {
+            anyhow::bail!("TOLLGATE_ADMIN_TOKEN: must be at least 8 characters without spaces");
+        }
+        let digest = admin::auth::token_digest(&token);
+        if store.setting(ROOT_TOKEN_SETTING).await?.as_deref() != Some(digest.as_str()) {
+            let mut tx = store.begin().await?;
+            tx.set_setting(ROOT_TOKEN_SETTING, &digest).await?;
+            tx.commit().await?;
+        }
+        return Ok(digest);
+    }
+    if let Some(digest) = store.setting(ROOT_TOKEN_SETTING).await? {
+        return Ok(digest);
+    }
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::rng();
+    let random: String = (0..40)
+        .map(|_| char::from(ALPHABET[rng.random_range(0..ALPHABET.len())]))
+        .collect();
+    let token = format!("tg_admin_{random}");
+    let path = config.data_dir.join("admin-token");
+    write_secret(&path, &token).with_context(|| format!("cannot write {}", path.display()))?;
+    let digest = admin::auth::token_digest(&token);
+    let mut tx = store.begin().await?;
+    tx.set_setting(ROOT_TOKEN_SETTING, &digest).await?;
+    tx.commit().await?;
+    crate::cli::print(&format!(
+        "Root admin token (shown once; also saved to {}): {token}",
+        path.display()
+    ));
+    Ok(digest)
+}
+
+fn write_secret(path: &std::path::Path, secret: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(secret.as_bytes())?;
+    file.write_all(b"\n")
+}
+
+/// Loads the stored configuration into the gateway when it changed.
+async fn reload(store: &Store, gateway: &Gateway) -> Result<(), store::StoreError> {
+    let version = store.config_version().await?;
+    if version == gateway.version() {
+        return Ok(());
+    }
+    let data = store.load_all().await?;
+    let config = gateway::Config {
+        version: data.version,
+        upstreams: &data.upstreams,
+        services: &data.services,
+        routes: &data.routes,
+    };
+    match gateway.apply(&config) {
+        Ok(()) => tracing::info!(version = data.version, "configuration loaded"),
+        Err(error) => {
+            tracing::error!(%error, version = data.version, "configuration rejected; still serving the previous one")
+        }
+    }
+    Ok(())
+}
+
+/// Polls the store's configuration version (other nodes' changes) and
+/// reloads at once when this node's admin API changed something.
+fn spawn_reloader(
+    store: Store,
+    gateway: Gateway,
+    notify: Arc<Notify>,
+    config: &Config,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let interval = config.poll_interval;
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = notify.notified() => {}
+                () = tokio::time::sleep(interval) => {}
+                _ = shutdown.changed() => return,
+            }
+            match reload(&store, &gateway).await {
+                Ok(()) => gateway.set_store_reachable(true),
+                Err(error) => {
+                    gateway.set_store_reachable(false);
+                    tracing::warn!(%error, "cannot read the configuration; still serving the last snapshot");
+                }
+            }
+        }
+    });
+}
+
+async fn bind(
+    address: std::net::SocketAddr,
+    what: &str,
+) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| format!("cannot listen on {address} ({what})"))
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = match signal(SignalKind::terminate()) {
+        Ok(stream) => stream,
+        Err(error) => {
+            tracing::error!(%error, "cannot watch SIGTERM");
+            return std::future::pending().await;
+        }
+    };
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+pub async fn run(args: &ConfigArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let config = crate::load_config(args)?;
+    init_tracing(&config);
+    let store = open_store(&config).await?;
+    let root_token_digest = bootstrap_root_token(&store, &config).await?;
+    if config.redis_url.is_some() {
+        tracing::warn!(
+            "storage.redis_url is set but not used yet: this version keeps counters per node"
+        );
+    }
+
+    let gateway = Gateway::new(GatewayOptions {
+        public_url: config.public_url.clone(),
+        defaults: gateway::Defaults {
+            request_body_limit_bytes: config.request_body_limit_bytes,
+        },
+        shutdown_timeout: config.shutdown_timeout,
+        retry_buffer_bytes: config.retry_buffer_bytes,
+    });
+    reload(&store, &gateway)
+        .await
+        .context("cannot load the configuration")?;
+
+    let gateway_listener = bind(config.gateway_listen, "gateway.listen").await?;
+    let admin_listener = bind(config.admin_listen, "admin.listen").await?;
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let notify = Arc::new(Notify::new());
+    spawn_reloader(
+        store.clone(),
+        gateway.clone(),
+        notify.clone(),
+        &config,
+        shutdown_rx.clone(),
+    );
+    let health = gateway.spawn_health_checker(shutdown_rx.clone());
+
+    let admin_state = admin::AdminState {
+        store: store.clone(),
+        root_token_digest: root_token_digest.into(),
+        on_change: Arc::new(move || notify.notify_one()),
+    };
+    let mut admin_shutdown = shutdown_rx.clone();
+    let admin_task = tokio::spawn(async move {
+        let app = admin::router(admin_state);
+        let served = axum::serve(admin_listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = admin_shutdown.changed().await;
+            })
+            .await;
+        if let Err(error) = served {
+            tracing::error!(%error, "admin listener failed");
+        }
+    });
+    let gateway_task = {
+        let gateway = gateway.clone();
+        let shutdown = shutdown_rx.clone();
+        tokio::spawn(async move { gateway.serve(gateway_listener, shutdown).await })
+    };
+    tracing::info!(
+        gateway = %config.gateway_listen,
+        admin = %config.admin_listen,
+        startup_ms = started.elapsed().as_millis() as u64,
+        "tollgate ready"
+    );
+
+    shutdown_signal().await;
+    tracing::info!("shutting down: no new connections; finishing requests in flight");
+    let _ = shutdown_tx.send(true);
+    let grace = config.shutdown_timeout + std::time::Duration::from_secs(1);
+    let _ = tokio::time::timeout(grace, async {
+        let _ = gateway_task.await;
+        let _ = admin_task.await;
+        let _ = health.await;
+    })
+    .await;
+    store.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}

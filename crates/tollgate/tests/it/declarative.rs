@@ -1,0 +1,238 @@
+//! `tollgate apply` and `tollgate export` through the real CLI.
+
+use std::process::Command;
+use std::time::Duration;
+
+use reqwest::Method;
+
+use crate::*;
+
+struct Output {
+    success: bool,
+    stdout: String,
+    stderr: String,
+}
+
+fn cli(tollgate: &Tollgate, args: &[&str]) -> Output {
+    let output = Command::new(BIN)
+        .args(args)
+        .arg("--admin-url")
+        .arg(&tollgate.admin_url)
+        .env_clear()
+        .env("TOLLGATE_ADMIN_TOKEN", test_support::tollgate::ADMIN_TOKEN)
+        .output()
+        .unwrap();
+    Output {
+        success: output.status.success(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+fn document(upstream_url: &str, extra_route: bool) -> String {
+    let mut text = format!(
+        r#"upstreams:
+  - slug: weather-backend
+    targets:
+      - url: {upstream_url}
+        weight: 1
+services:
+  - slug: weather
+    base_path: /weather
+    upstream: weather-backend
+    lifecycle: published
+    routes:
+      - name: forecast
+        methods: [GET]
+        path: /forecast/{{city}}
+"#
+    );
+    if extra_route {
+        text.push_str("      - name: alerts\n        methods: [GET]\n        path: /alerts\n");
+    }
+    text
+}
+
+#[tokio::test]
+async fn apply_is_idempotent_and_exports_round_trip() {
+    let upstream = FakeUpstream::start("a").await;
+    let tollgate = Tollgate::start(BIN).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tollgate.yaml");
+    std::fs::write(&file, document(&upstream.url(), false)).unwrap();
+    let file = file.to_str().unwrap();
+
+    let first = cli(&tollgate, &["apply", "-f", file]);
+    assert!(first.success, "{}{}", first.stdout, first.stderr);
+    for line in [
+        "+ create upstream weather-backend",
+        "+ create service weather",
+        "+ create route weather/forecast",
+        "~ publish service weather",
+    ] {
+        assert!(
+            first.stdout.contains(line),
+            "{line} missing from:\n{}",
+            first.stdout
+        );
+    }
+    tollgate
+        .wait_for("/weather/forecast/paris", Duration::from_secs(1), |s| {
+            s == 200
+        })
+        .await;
+
+    let second = cli(&tollgate, &["apply", "-f", file]);
+    assert!(second.success);
+    assert_eq!(second.stdout.trim(), "no changes");
+
+    // A dry run shows the diff and writes nothing.
+    let other = FakeUpstream::start("b").await;
+    std::fs::write(
+        dir.path().join("tollgate.yaml"),
+        document(&other.url(), true),
+    )
+    .unwrap();
+    let dry = cli(&tollgate, &["apply", "-f", file, "--dry-run"]);
+    assert!(dry.success, "{}", dry.stderr);
+    assert!(
+        dry.stdout.contains("~ update upstream weather-backend"),
+        "{}",
+        dry.stdout
+    );
+    assert!(
+        dry.stdout.contains(&format!(
+            "targets[0].url: \"{}\" -> \"{}\"",
+            upstream.url(),
+            other.url()
+        )),
+        "{}",
+        dry.stdout
+    );
+    assert!(dry.stdout.contains("+ create route weather/alerts"));
+    assert!(dry.stdout.contains("dry run"));
+    let (_, routes) = tollgate
+        .admin(Method::GET, "/api/v1/services/weather/routes", None)
+        .await;
+    assert_eq!(
+        routes["data"].as_array().unwrap().len(),
+        1,
+        "the dry run wrote nothing"
+    );
+
+    let applied = cli(&tollgate, &["apply", "-f", file]);
+    assert!(applied.success);
+    tollgate
+        .wait_for("/weather/alerts", Duration::from_secs(1), |s| s == 200)
+        .await;
+    let echo: serde_json::Value = tollgate
+        .get("/weather/forecast/x")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(echo["server"], "b");
+    let (_, releases) = tollgate
+        .admin(Method::GET, "/api/v1/services/weather/releases", None)
+        .await;
+    assert_eq!(
+        releases["data"].as_array().unwrap().len(),
+        2,
+        "a changed service is published again"
+    );
+
+    // Export, then apply the export: nothing to do.
+    let exported = cli(&tollgate, &["export"]);
+    assert!(exported.success, "{}", exported.stderr);
+    assert!(exported.stdout.contains("slug: weather-backend"));
+    let export_file = dir.path().join("export.yaml");
+    std::fs::write(&export_file, &exported.stdout).unwrap();
+    let reapplied = cli(&tollgate, &["apply", "-f", export_file.to_str().unwrap()]);
+    assert!(reapplied.success, "{}", reapplied.stderr);
+    assert_eq!(
+        reapplied.stdout.trim(),
+        "no changes",
+        "export → apply round trip"
+    );
+}
+
+#[tokio::test]
+async fn prune_removes_what_the_file_does_not_name() {
+    let upstream = FakeUpstream::start("a").await;
+    let tollgate = Tollgate::start(BIN).await;
+    tollgate
+        .publish_http_service(
+            "legacy",
+            "/legacy",
+            json!({"targets": [{"url": upstream.url()}]}),
+            &[json!({"path": "/*"})],
+        )
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tollgate.yaml");
+    std::fs::write(&file, document(&upstream.url(), false)).unwrap();
+    let file = file.to_str().unwrap();
+    let without_prune = cli(&tollgate, &["apply", "-f", file]);
+    assert!(without_prune.success);
+    assert!(!without_prune.stdout.contains("delete"));
+    let pruned = cli(&tollgate, &["apply", "-f", file, "--prune"]);
+    assert!(pruned.success, "{}", pruned.stderr);
+    assert!(
+        pruned.stdout.contains("- delete service legacy"),
+        "{}",
+        pruned.stdout
+    );
+    assert!(
+        pruned.stdout.contains("- delete upstream legacy-backend"),
+        "{}",
+        pruned.stdout
+    );
+    tollgate
+        .wait_for("/legacy/x", Duration::from_secs(1), |s| s == 404)
+        .await;
+    assert_eq!(tollgate.get("/weather/forecast/x").await.status(), 200);
+}
+
+#[tokio::test]
+async fn a_bad_document_names_every_field_and_changes_nothing() {
+    let tollgate = Tollgate::start(BIN).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.yaml");
+    std::fs::write(
+        &file,
+        "upstreams:\n  - slug: ok\n    targets: [{url: 'http://127.0.0.1:1'}]\n  - slug: BAD\n    targets: [{url: 'nope'}]\nservices:\n  - slug: s\n    base_path: /s\n    upstream: missing\n    routes: [{path: /x, colour: red}]\n",
+    )
+    .unwrap();
+    let output = cli(&tollgate, &["apply", "-f", file.to_str().unwrap()]);
+    assert!(!output.success);
+    for field in [
+        "upstreams[1].slug",
+        "upstreams[1].targets[0].url",
+        "services[0].routes[0].colour",
+    ] {
+        assert!(
+            output.stderr.contains(field),
+            "{field} missing from:\n{}",
+            output.stderr
+        );
+    }
+    // A dangling reference is found while applying; the whole apply rolls back.
+    std::fs::write(&file, "upstreams:\n  - slug: ok\nservices:\n  - slug: s\n    base_path: /s\n    upstream: missing\n").unwrap();
+    let output = cli(&tollgate, &["apply", "-f", file.to_str().unwrap()]);
+    assert!(!output.success);
+    assert!(
+        output.stderr.contains("services[0].upstream"),
+        "{}",
+        output.stderr
+    );
+    let (_, list) = tollgate.admin(Method::GET, "/api/v1/upstreams", None).await;
+    assert_eq!(list["data"], json!([]), "nothing half-written");
+    std::fs::write(&file, "upstreams: [\n").unwrap();
+    let output = cli(&tollgate, &["apply", "-f", file.to_str().unwrap()]);
+    assert!(!output.success);
+    assert!(
+        output.stderr.contains("not valid YAML"),
+        "{}",
+        output.stderr
+    );
+}
