@@ -52,8 +52,38 @@ impl Drop for FakeUpstream {
 }
 
 impl FakeUpstream {
-    /// Starts a fake upstream named `name` on a free port.
+    /// Starts a fake upstream named `name` on a free port (plain HTTP/1.1
+    /// and h2c).
     pub async fn start(name: &str) -> Self {
+        Self::spawn(name, None).await
+    }
+
+    /// Starts a fake upstream over TLS (ALPN h2 and http/1.1) with a fresh
+    /// self-signed certificate for `localhost` and `127.0.0.1`; returns the
+    /// certificate (PEM) to trust.
+    pub async fn start_tls(name: &str) -> (Self, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params =
+            rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+                .unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let pem = cert.pem();
+        let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+            )
+            .unwrap();
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        (Self::spawn(name, Some(acceptor)).await, pem)
+    }
+
+    async fn spawn(name: &str, tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(State {
@@ -71,18 +101,37 @@ impl FakeUpstream {
                     continue;
                 };
                 let state = shared.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |request| {
                         let state = state.clone();
                         async move { Ok::<_, Infallible>(respond(state, request).await) }
                     });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    let builder =
+                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    match tls {
+                        Some(acceptor) => {
+                            if let Ok(stream) = acceptor.accept(stream).await {
+                                let _ = builder
+                                    .serve_connection(TokioIo::new(stream), service)
+                                    .await;
+                            }
+                        }
+                        None => {
+                            let _ = builder
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await;
+                        }
+                    }
                 });
             }
         });
         FakeUpstream { addr, state, task }
+    }
+
+    /// `https://localhost:port`, for a TLS upstream.
+    pub fn tls_url(&self) -> String {
+        format!("https://localhost:{}", self.addr.port())
     }
 
     pub fn url(&self) -> String {
@@ -198,6 +247,7 @@ async fn respond(state: Arc<State>, request: Request<Incoming>) -> Response<Body
         tokio::time::sleep(Duration::from_millis(extra as u64)).await;
     }
     let method = request.method().to_string();
+    let version = format!("{:?}", request.version());
     let query = request.uri().query().unwrap_or("").to_owned();
     let headers: serde_json::Map<String, serde_json::Value> = request
         .headers()
@@ -218,6 +268,7 @@ async fn respond(state: Arc<State>, request: Request<Incoming>) -> Response<Body
     let echo = serde_json::json!({
         "server": state.name,
         "method": method,
+        "version": version,
         "path": path,
         "query": query,
         "headers": headers,

@@ -13,6 +13,7 @@ mod balancing;
 mod declarative;
 mod lifecycle;
 mod process;
+mod protocols;
 mod resilience;
 mod routing;
 

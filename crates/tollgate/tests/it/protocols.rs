@@ -1,0 +1,122 @@
+//! HTTP/2 both ways, TLS to upstreams, and PostgreSQL shared by two nodes.
+
+use std::time::{Duration, Instant};
+
+use crate::*;
+
+#[tokio::test]
+async fn http2_to_upstreams_and_from_clients() {
+    let upstream = FakeUpstream::start("h2").await;
+    let tollgate = Tollgate::start(BIN).await;
+    tollgate
+        .publish_http_service(
+            "svc",
+            "/svc",
+            json!({"targets": [{"url": upstream.url()}], "protocol": "http2"}),
+            &[json!({"path": "/*"})],
+        )
+        .await;
+    tollgate
+        .wait_for("/svc/x", Duration::from_secs(1), |s| s == 200)
+        .await;
+    let echo: serde_json::Value = tollgate.get("/svc/x").await.json().await.unwrap();
+    assert_eq!(
+        echo["version"], "HTTP/2.0",
+        "h2c by prior knowledge to the upstream"
+    );
+
+    let h2_client = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .no_proxy()
+        .build()
+        .unwrap();
+    let response = h2_client
+        .get(format!("{}/svc/y", tollgate.gateway_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.version(), reqwest::Version::HTTP_2);
+    assert_eq!(response.status(), 200);
+    assert!(response.headers().contains_key("x-request-id"));
+}
+
+#[tokio::test]
+async fn tls_upstreams_are_verified() {
+    let (upstream, ca_pem) = FakeUpstream::start_tls("tls").await;
+    let tollgate = Tollgate::start(BIN).await;
+    let url = upstream.tls_url();
+    tollgate
+        .publish_http_service(
+            "trusted",
+            "/trusted",
+            json!({"targets": [{"url": url}], "tls": {"ca_pem": ca_pem}}),
+            &[json!({"path": "/*"})],
+        )
+        .await;
+    tollgate
+        .publish_http_service(
+            "unchecked",
+            "/unchecked",
+            json!({"targets": [{"url": url}], "tls": {"verify": false}}),
+            &[json!({"path": "/*"})],
+        )
+        .await;
+    tollgate
+        .publish_http_service(
+            "untrusted",
+            "/untrusted",
+            json!({"targets": [{"url": url}]}),
+            &[json!({"path": "/*"})],
+        )
+        .await;
+    tollgate
+        .wait_for("/trusted/x", Duration::from_secs(1), |s| s == 200)
+        .await;
+    let echo: serde_json::Value = tollgate.get("/trusted/x").await.json().await.unwrap();
+    assert_eq!(echo["version"], "HTTP/2.0", "ALPN picks h2");
+    assert_eq!(tollgate.get("/unchecked/x").await.status(), 200);
+    let body = problem(tollgate.get("/untrusted/x").await, 502, "upstream_error").await;
+    assert!(body["detail"].as_str().unwrap().contains("untrusted"));
+}
+
+#[tokio::test]
+async fn nodes_sharing_postgres_see_each_others_changes() {
+    let database = test_support::PgDatabase::create();
+    let options = test_support::tollgate::Options {
+        env: vec![(
+            "TOLLGATE_STORAGE__DATABASE_URL".into(),
+            database.url.clone(),
+        )],
+        ..Default::default()
+    };
+    let first = Tollgate::start_with(BIN, options.clone()).await;
+    let second = Tollgate::start_with(BIN, options).await;
+    let upstream = FakeUpstream::start("a").await;
+    first
+        .publish_http_service(
+            "svc",
+            "/svc",
+            json!({"targets": [{"url": upstream.url()}]}),
+            &[json!({"path": "/*"})],
+        )
+        .await;
+    let started = Instant::now();
+    second
+        .wait_for("/svc/x", Duration::from_secs(1), |s| s == 200)
+        .await;
+    assert!(started.elapsed() < Duration::from_secs(1));
+    let (status, service) = second
+        .admin(reqwest::Method::GET, "/api/v1/services/svc", None)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(service["lifecycle"], "published");
+    // A retirement through the second node reaches the first.
+    second
+        .create("/api/v1/services/svc/retire", json!({}))
+        .await;
+    first
+        .wait_for("/svc/x", Duration::from_secs(1), |s| s == 410)
+        .await;
+    drop(first);
+    drop(second);
+}
