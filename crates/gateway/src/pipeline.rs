@@ -382,14 +382,8 @@ async fn forward(
                 }
                 upstream.record(index, Outcome::Failure { latency: None });
                 tracing::debug!(upstream = %upstream.slug, target = %target.url, %error, "upstream try failed");
-                let refusal = Refusal::new(
-                    Code::UpstreamError,
-                    format!(
-                        "The upstream of '{}' could not be reached or broke the connection ({}). Try again; if it persists, tell the provider.",
-                        service.slug,
-                        error_kind(&error)
-                    ),
-                );
+                let refusal =
+                    connection_refusal(&error, &service.slug, upstream.spec.connect_timeout_ms);
                 if last_try {
                     return Err(refusal);
                 }
@@ -460,18 +454,35 @@ fn find_cause<'a, T: std::error::Error + 'static>(
     None
 }
 
-fn error_kind(error: &hyper_util::client::legacy::Error) -> &'static str {
-    if error.is_connect() {
-        if find_cause::<std::io::Error>(error)
-            .is_some_and(|e| e.kind() == std::io::ErrorKind::TimedOut)
-            || error.to_string().contains("timed out")
-        {
-            "connect timeout"
-        } else {
-            "connection failed"
-        }
+/// A failed try, as the caller should hear of it: a connect timeout is a
+/// timeout (504, as nginx), anything else a bad gateway (502).
+fn connection_refusal(
+    error: &hyper_util::client::legacy::Error,
+    service: &str,
+    connect_timeout_ms: u64,
+) -> Refusal {
+    let timed_out = error.is_connect()
+        && find_cause::<std::io::Error>(error)
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::TimedOut);
+    if timed_out {
+        Refusal::new(
+            Code::UpstreamTimeout,
+            format!(
+                "The upstream of '{service}' did not accept a connection within {connect_timeout_ms} ms. Try again; if it persists, tell the provider."
+            ),
+        )
     } else {
-        "connection closed before a response"
+        let what = if error.is_connect() {
+            "connection failed"
+        } else {
+            "connection closed before a response"
+        };
+        Refusal::new(
+            Code::UpstreamError,
+            format!(
+                "The upstream of '{service}' could not be reached or broke the connection ({what}). Try again; if it persists, tell the provider."
+            ),
+        )
     }
 }
 

@@ -66,3 +66,44 @@ fn psql(sql: &str) {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// An address whose accept queue is full: connections to it hang in the
+/// handshake until the caller's connect timeout. Loopback only. Keep the
+/// guard alive while it is used.
+pub struct BlackHole {
+    pub addr: std::net::SocketAddr,
+    _listener: socket2::Socket,
+    _fillers: Vec<std::net::TcpStream>,
+}
+
+impl BlackHole {
+    pub fn new() -> Self {
+        use socket2::{Domain, Socket, Type};
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        socket
+            .bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
+            .unwrap();
+        socket.listen(0).unwrap();
+        let addr = socket.local_addr().unwrap().as_socket().unwrap();
+        // Fill the queue; once full, further handshakes are not answered.
+        let mut fillers = Vec::new();
+        for _ in 0..8 {
+            match std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(100))
+            {
+                Ok(stream) => fillers.push(stream),
+                Err(_) => break,
+            }
+        }
+        BlackHole {
+            addr,
+            _listener: socket,
+            _fillers: fillers,
+        }
+    }
+}
+
+impl Default for BlackHole {
+    fn default() -> Self {
+        Self::new()
+    }
+}

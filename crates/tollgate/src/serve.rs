@@ -121,9 +121,15 @@ fn write_secret(path: &std::path::Path, secret: &str) -> std::io::Result<()> {
 }
 
 /// Loads the stored configuration into the gateway when it changed.
-async fn reload(store: &Store, gateway: &Gateway) -> Result<(), store::StoreError> {
+/// `rejected` remembers a version that failed to compile, so it is not
+/// retried (and logged) on every poll.
+async fn reload(
+    store: &Store,
+    gateway: &Gateway,
+    rejected: &mut Option<i64>,
+) -> Result<(), store::StoreError> {
     let version = store.config_version().await?;
-    if version == gateway.version() {
+    if version == gateway.version() || Some(version) == *rejected {
         return Ok(());
     }
     let data = store.load_all().await?;
@@ -153,13 +159,14 @@ fn spawn_reloader(
 ) {
     let interval = config.poll_interval;
     tokio::spawn(async move {
+        let mut rejected = None;
         loop {
             tokio::select! {
                 () = notify.notified() => {}
                 () = tokio::time::sleep(interval) => {}
                 _ = shutdown.changed() => return,
             }
-            match reload(&store, &gateway).await {
+            match reload(&store, &gateway, &mut rejected).await {
                 Ok(()) => gateway.set_store_reachable(true),
                 Err(error) => {
                     gateway.set_store_reachable(false);

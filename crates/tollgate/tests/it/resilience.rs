@@ -214,6 +214,31 @@ async fn connect_failures_and_timeouts_have_their_codes() {
 
     problem(tollgate.get("/dead/x").await, 502, "upstream_error").await;
 
+    // A connect that never completes: 504 after the connect timeout, per try.
+    let hole = test_support::BlackHole::new();
+    tollgate
+        .publish_http_service(
+            "hole",
+            "/hole",
+            json!({"targets": [{"url": format!("http://{}", hole.addr)}], "connect_timeout_ms": 200}),
+            &[json!({"path": "/*"})],
+        )
+        .await;
+    tollgate
+        .wait_for("/hole/x", Duration::from_secs(2), |s| s != 404)
+        .await;
+    let started = Instant::now();
+    let body = problem(tollgate.get("/hole/x").await, 504, "upstream_timeout").await;
+    let elapsed = started.elapsed();
+    assert!(
+        body["detail"].as_str().unwrap().contains("200 ms"),
+        "{body}"
+    );
+    assert!(
+        elapsed >= Duration::from_millis(390) && elapsed < Duration::from_millis(900),
+        "two tries of 200 ms: {elapsed:?}"
+    );
+
     let started = Instant::now();
     let before = slow.hits();
     problem(
