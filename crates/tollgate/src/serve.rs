@@ -221,7 +221,7 @@ pub async fn run(args: &ConfigArgs) -> anyhow::Result<()> {
         shutdown_timeout: config.shutdown_timeout,
         retry_buffer_bytes: config.retry_buffer_bytes,
     });
-    reload(&store, &gateway)
+    reload(&store, &gateway, &mut None)
         .await
         .context("cannot load the configuration")?;
 
