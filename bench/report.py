@@ -134,7 +134,7 @@ def _num(value: str):
 
 def _median(values):
     values = [v for v in values if v is not None]
-    return statistics.median(values) if values else None
+    return round(statistics.median(values), 3) if values else None
 
 
 def _ms(us, digits=3):
@@ -219,22 +219,29 @@ def build(raw: Path, out_dir: Path, readme: Path | None) -> None:
     p99_diff = (t_p99 - n_p99) if n_p99 is not None and t_p99 is not None else None
     idle = summary["rss_kb"]["tollgate_idle"]
     st = summary["startup_ms"]["median"]
+    # A run with errors (non-2xx, socket errors, unsent requests) is not a valid result.
+    peak_errors = summary["peak"]["nginx"]["errors_total"] + summary["peak"]["tollgate"]["errors_total"]
+    fixed_errors = (
+        summary["fixed_rate"]["nginx"]["errors_total"] + summary["fixed_rate"]["tollgate"]["errors_total"]
+    )
 
-    def verdict(ok):
-        return None if ok is None else bool(ok)
+    def verdict(ok, errors=0):
+        return None if ok is None else bool(ok) and errors == 0
 
     checks = [
         {
             "target": "throughput",
             "rule": f"tollgate req/s >= {MIN_RPS_RATIO:.1f} x nginx req/s (medians)",
             "measured": None if ratio is None else round(ratio, 3),
-            "pass": verdict(None if ratio is None else ratio >= MIN_RPS_RATIO),
+            "errors": peak_errors,
+            "pass": verdict(None if ratio is None else ratio >= MIN_RPS_RATIO, peak_errors),
         },
         {
             "target": "latency at half rate",
             "rule": f"tollgate p99 - nginx p99 <= {MAX_P99_DIFF_US / 1e3:.1f} ms at {meta.get('half_rate')} req/s",
             "measured": None if p99_diff is None else round(p99_diff, 1),
-            "pass": verdict(None if p99_diff is None else p99_diff <= MAX_P99_DIFF_US),
+            "errors": fixed_errors,
+            "pass": verdict(None if p99_diff is None else p99_diff <= MAX_P99_DIFF_US, fixed_errors),
         },
         {
             "target": "idle RSS",
@@ -252,7 +259,10 @@ def build(raw: Path, out_dir: Path, readme: Path | None) -> None:
     summary["rps_ratio"] = ratio
     summary["p99_diff_us_at_half_rate"] = p99_diff
 
-    machine = {k: meta.get(k) for k in ("nproc", "kernel", "cpu", "mem_total_kb", "os")}
+    machine = {
+        k: meta.get(k)
+        for k in ("nproc", "kernel", "cpu", "mem_total_kb", "os", "cpu_busy_before_pct")
+    }
     versions = {
         k: meta.get(k)
         for k in ("tollgate_commit", "tollgate_bin", "nginx_version", "wrk_version", "rustc_version")
@@ -319,7 +329,7 @@ def render_markdown(doc: dict, json_name: str) -> str:
     lines += [
         f"Run {doc['started_utc']} → {doc['finished_utc']}, tollgate `{v['tollgate_commit']}`; "
         f"{m['nproc']} cores ({m['cpu']}), kernel {m['kernel']}; nginx {v['nginx_version']}, "
-        f"wrk {v['wrk_version']}. Raw figures: `results/{json_name}`.",
+        f"wrk {v['wrk_version']}. Raw figures: `bench/results/{json_name}`.",
         "",
         f"Peak: `wrk -t{st['threads']} -c{st['connections']} -d{st['duration_s']}s`, "
         f"{st['rounds']} rounds alternating nginx/tollgate after a {st['warmup_s']} s warm-up each; "
@@ -377,16 +387,27 @@ def render_markdown(doc: dict, json_name: str) -> str:
             shown = f"{measured / 1024:.1f} MiB"
         else:
             shown = f"{measured:.1f} ms"
+        if c.get("errors"):
+            shown += f" ({c['errors']} errors)"
         result = "n/a" if c["pass"] is None else ("PASS" if c["pass"] else "FAIL")
         lines.append(f"| {c['target']} | {c['rule']} | {shown} | {result} |")
     notes = []
     if pn["errors_total"] or pt["errors_total"] or fn["errors_total"] or ft["errors_total"]:
-        notes.append("Some runs had errors (non-2xx, socket errors or unsent requests): see the JSON.")
+        notes.append(
+            "Some runs had errors (non-2xx, socket errors or unsent requests): those figures are "
+            "not valid and the targets they feed FAIL; see the JSON."
+        )
     lag = max(fn["loadgen_lag_p99_us_max"] or 0, ft["loadgen_lag_p99_us_max"] or 0)
     if lag > 200:
         notes.append(
             f"The load generator's own send lag reached p99 {lag / 1e3:.3f} ms: half-rate latencies "
             "include it (same for both targets)."
+        )
+    busy = m.get("cpu_busy_before_pct")
+    if isinstance(busy, int) and busy > 10:
+        notes.append(
+            f"The machine was already {busy}% busy before the load started (other work running): "
+            "figures are noisy."
         )
     if doc["selftest"]:
         notes.append("Self-test run: targets are evaluated against the nginx stand-in and mean nothing.")

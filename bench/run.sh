@@ -14,7 +14,7 @@
 #                               written as *-selftest files and README.md is untouched)
 #   BENCH_RESULTS_DIR [bench/results]
 #   BENCH_KEEP_TMP [0]          1 = keep the temp dir (configs, logs, raw outputs)
-#   TOLLGATE_BIN                use this binary instead of building one
+#   BENCH_TOLLGATE_BIN          use this tollgate binary instead of building one
 #   CARGO_TARGET_DIR [$HOME/.cache/tollgate-target]
 #
 # Everything listens on 127.0.0.1 only; no traffic leaves the machine.
@@ -37,6 +37,14 @@ KEEP_TMP="${BENCH_KEEP_TMP:-0}"
 CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tollgate-target}"
 [[ "$CARGO_TARGET_DIR" == /* ]] || CARGO_TARGET_DIR="$PWD/$CARGO_TARGET_DIR"
 export CARGO_TARGET_DIR
+
+# tollgate reads every TOLLGATE_* variable as configuration (and rejects unknown
+# ones): only the ones this script sets may reach it.
+for v in $(compgen -e); do
+  if [[ "$v" == TOLLGATE_* ]]; then
+    unset "$v"
+  fi
+done
 
 HOST=127.0.0.1
 UPSTREAM_PORT=18001
@@ -128,9 +136,9 @@ build() {
   BIN=""
   if [[ "$SELFTEST" == 1 ]]; then
     log "SELFTEST: not building tollgate; a second nginx proxy stands in for it"
-  elif [[ -n "${TOLLGATE_BIN:-}" ]]; then
-    BIN="$TOLLGATE_BIN"
-    [[ -x "$BIN" ]] || die "TOLLGATE_BIN=$BIN is not an executable"
+  elif [[ -n "${BENCH_TOLLGATE_BIN:-}" ]]; then
+    BIN="$BENCH_TOLLGATE_BIN"
+    [[ -x "$BIN" ]] || die "BENCH_TOLLGATE_BIN=$BIN is not an executable"
     log "using prebuilt tollgate: $BIN"
   else
     log "building tollgate (cargo build --release -j$JOBS -p tollgate, target dir $CARGO_TARGET_DIR)"
@@ -170,6 +178,19 @@ rss_kb() {
     total=$((total + ${kb:-0}))
   done
   echo "$total"
+}
+# cpu_busy_pct: share of all CPUs busy over one second (other work on the machine
+# makes the figures noisy: this is recorded and warned about).
+cpu_busy_pct() {
+  local _ user nice sys idle iowait irq softirq steal busy1 total1
+  read -r _ user nice sys idle iowait irq softirq steal _ </proc/stat
+  busy1=$((user + nice + sys + irq + softirq + steal))
+  total1=$((busy1 + idle + iowait))
+  sleep 1
+  read -r _ user nice sys idle iowait irq softirq steal _ </proc/stat
+  local busy=$((user + nice + sys + irq + softirq + steal - busy1))
+  local total=$((user + nice + sys + irq + softirq + steal + idle + iowait - total1))
+  echo $((total > 0 ? busy * 100 / total : 0))
 }
 hwm_kb() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 
@@ -400,6 +421,12 @@ main() {
   check_body nginx "$NGINX_URL"
   log "nginx upstream (pid $UPSTREAM_PID) and proxy (pid $NGINX_PID) are up"
 
+  local busy
+  busy=$(cpu_busy_pct)
+  if ((busy > 10)); then
+    log "WARNING: the machine is already ${busy}% busy before any load (builds, tests?): figures will be noisy"
+  fi
+
   measure_startup
 
   start_tollgate
@@ -457,7 +484,7 @@ main() {
     echo "kernel=$(uname -r)"
     echo "cpu=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)"
     echo "mem_total_kb=$(awk '/^MemTotal:/ {print $2}' /proc/meminfo)"
-    echo "os=$(. /etc/os-release 2>/dev/null && echo "${PRETTY_NAME:-}")"
+    echo "os=$(awk -F= '$1 == "PRETTY_NAME" {gsub(/"/, "", $2); print $2}' /etc/os-release 2>/dev/null || true)"
     echo "tollgate_commit=$commit"
     echo "tollgate_bin=${BIN:-nginx stand-in (selftest)}"
     echo "nginx_version=$("$NGINX" -v 2>&1 | sed 's/^nginx version: //')"
@@ -470,6 +497,7 @@ main() {
     echo "warmup_s=$WARMUP"
     echo "loadgen_threads=$LOADGEN_THREADS"
     echo "half_rate=$half"
+    echo "cpu_busy_before_pct=$busy"
     echo "rss_tollgate_idle_kb=$tg_rss_idle"
     echo "rss_tollgate_after_kb=$tg_rss_after"
     echo "rss_tollgate_hwm_kb=$tg_hwm"
@@ -477,8 +505,12 @@ main() {
     echo "rss_nginx_proxy_after_kb=$nginx_rss_after"
   } >"$RAW/meta.env"
 
+  mkdir -p "$RESULTS_DIR"
   local readme_args=()
-  [[ "$SELFTEST" == 1 ]] || readme_args=(--readme "$BENCH_DIR/README.md")
+  # Only a real run into bench/results refreshes the README's "Latest results".
+  if [[ "$SELFTEST" != 1 && "$(cd "$RESULTS_DIR" 2>/dev/null && pwd)" == "$BENCH_DIR/results" ]]; then
+    readme_args=(--readme "$BENCH_DIR/README.md")
+  fi
   python3 "$BENCH_DIR/report.py" build --raw "$RAW" --out-dir "$RESULTS_DIR" "${readme_args[@]}"
 }
 

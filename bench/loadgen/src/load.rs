@@ -1,7 +1,8 @@
 //! Open-loop fixed-rate load.
 //!
 //! Request `i` is scheduled at `start + i / rate`. A pacer task, woken by a
-//! periodic `timerfd` (tokio's own timer only has millisecond resolution),
+//! one-shot `timerfd` armed for the next slot (tokio's own timer only has
+//! millisecond resolution),
 //! releases one semaphore permit per request as its scheduled time passes; the
 //! connection tasks (one per keep-alive connection) take permits in order, claim
 //! the next request index and send it. A connection that is still busy simply
@@ -44,8 +45,8 @@ pub struct LoadConfig {
 
 /// Histograms hold nanoseconds, 1 ns ..= 1 h, 3 significant digits.
 const HIST_MAX_NS: u64 = 3_600_000_000_000;
-/// The pacer's timer never ticks faster than this (above 100k req/s several
-/// requests are released per tick).
+/// The pacer's timer never waits less than this: above 100k req/s, or when it
+/// falls behind, several requests are released per wake-up.
 const MIN_TICK: Duration = Duration::from_micros(10);
 
 struct Shared {
@@ -161,11 +162,20 @@ async fn run_async(cfg: &LoadConfig) -> Result<String, BoxError> {
         .collect();
     let pacer = tokio::spawn(pace(shared.clone(), cfg.connections));
 
-    let mut total = Tally::new()?;
-    for handle in workers {
-        total.merge(&handle.await??)?;
-    }
-    pacer.await??;
+    let collect = async {
+        let mut total = Tally::new()?;
+        for handle in workers {
+            total.merge(&handle.await??)?;
+        }
+        pacer.await??;
+        Ok::<_, BoxError>(total)
+    };
+    // Every request is bounded by the deadline plus its timeout; past that
+    // something is stuck, and dropping the runtime cancels it.
+    let hard_stop = shared.deadline + cfg.timeout + Duration::from_secs(1);
+    let total = tokio::time::timeout_at(hard_stop.into(), collect)
+        .await
+        .map_err(|_| "the run did not finish in time (a task is stuck)")??;
 
     let errors = total.non_2xx + total.failed + (measured_slots - total.sent);
     let lat = &total.latency;
@@ -228,48 +238,52 @@ async fn release_on_schedule(shared: &Shared) -> Result<(), BoxError> {
         TimerfdClockId::Monotonic,
         TimerfdFlags::NONBLOCK | TimerfdFlags::CLOEXEC,
     )?;
-    let tick = Duration::from_nanos(shared.interval_ns as u64).max(MIN_TICK);
-    // A zero it_value would disarm the timer.
-    let first = shared
-        .start
-        .saturating_duration_since(Instant::now())
-        .max(Duration::from_nanos(1));
-    timerfd_settime(
-        &timer,
-        TimerfdTimerFlags::empty(),
-        &Itimerspec {
-            it_interval: Timespec::try_from(tick)?,
-            it_value: Timespec::try_from(first)?,
-        },
-    )?;
     // `with_interest` is deprecated because an arbitrary `AsRawFd` may close or
     // swap its descriptor; an `OwnedFd` that we own and never touch cannot.
     #[allow(deprecated)]
     let timer = AsyncFd::with_interest(timer, Interest::READABLE)?;
     let mut released: u64 = 0;
-    while released < shared.total {
-        let mut ready = timer.readable().await?;
-        let mut expirations = [0u8; 8];
-        match ready.try_io(|fd| {
-            rustix::io::read(fd.get_ref(), &mut expirations[..]).map_err(std::io::Error::from)
-        }) {
-            Ok(read) => {
-                read?;
-            }
-            Err(_would_block) => continue,
-        }
+    loop {
         let now = Instant::now();
-        if now < shared.start {
-            continue;
+        if now >= shared.start {
+            let elapsed_ns = now.duration_since(shared.start).as_nanos() as f64;
+            let due = ((elapsed_ns / shared.interval_ns) as u64 + 1).min(shared.total);
+            if due > released {
+                shared.permits.add_permits((due - released) as usize);
+                released = due;
+            }
         }
-        let elapsed_ns = now.duration_since(shared.start).as_nanos() as f64;
-        let due = ((elapsed_ns / shared.interval_ns) as u64 + 1).min(shared.total);
-        if due > released {
-            shared.permits.add_permits((due - released) as usize);
-            released = due;
+        if released >= shared.total {
+            return Ok(());
+        }
+        // One-shot, re-armed from the clock every time: a periodic timer would
+        // drift against `Instant` (seen on VMs) and release slots a tick late.
+        let wait = shared
+            .slot_time(released)
+            .saturating_duration_since(now)
+            .max(MIN_TICK);
+        timerfd_settime(
+            timer.get_ref(),
+            TimerfdTimerFlags::empty(),
+            &Itimerspec {
+                it_interval: Timespec::try_from(Duration::ZERO)?,
+                it_value: Timespec::try_from(wait)?,
+            },
+        )?;
+        loop {
+            let mut ready = timer.readable().await?;
+            let mut expirations = [0u8; 8];
+            match ready.try_io(|fd| {
+                rustix::io::read(fd.get_ref(), &mut expirations[..]).map_err(std::io::Error::from)
+            }) {
+                Ok(read) => {
+                    read?;
+                    break;
+                }
+                Err(_would_block) => continue,
+            }
         }
     }
-    Ok(())
 }
 
 async fn worker(
