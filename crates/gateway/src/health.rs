@@ -61,7 +61,7 @@ async fn probe(upstream: Arc<UpstreamRt>, index: usize) {
         http::HeaderValue::from_static("tollgate-health-check"),
     );
     let timeout = Duration::from_millis(active.timeout_ms);
-    let healthy = match tokio::time::timeout(timeout, upstream.client.request(request)).await {
+    let healthy = match tokio::time::timeout(timeout, upstream.client().request(request)).await {
         Ok(Ok(response)) => {
             let status = response.status().as_u16();
             if active.healthy_statuses.is_empty() {

@@ -43,6 +43,9 @@ pub struct GatewayOptions {
     /// Bodies up to this size are buffered so a retry can replay them;
     /// larger bodies stream through and are tried once.
     pub retry_buffer_bytes: u64,
+    /// Data plane threads, each with its own single-threaded runtime, its
+    /// own listening socket (`SO_REUSEPORT`) and its own upstream pools.
+    pub workers: usize,
 }
 
 impl Default for GatewayOptions {
@@ -54,6 +57,7 @@ impl Default for GatewayOptions {
             },
             shutdown_timeout: Duration::from_secs(10),
             retry_buffer_bytes: 64 * 1024,
+            workers: 1,
         }
     }
 }
@@ -66,6 +70,9 @@ pub(crate) struct Shared {
     store_reachable: AtomicBool,
 }
 
+/// The gateway's listening sockets, one per worker.
+pub struct Listeners(Vec<std::net::TcpListener>);
+
 /// The data plane. Cheap to clone.
 #[derive(Clone)]
 pub struct Gateway {
@@ -77,7 +84,7 @@ impl Gateway {
         Self {
             shared: Arc::new(Shared {
                 snapshot: ArcSwap::from_pointee(snapshot::Snapshot::default()),
-                registry: upstream::Registry::default(),
+                registry: upstream::Registry::new(options.workers),
                 options,
                 config_loaded: AtomicBool::new(false),
                 store_reachable: AtomicBool::new(true),
@@ -107,14 +114,64 @@ impl Gateway {
             .store(reachable, Ordering::Relaxed);
     }
 
-    /// Serves `listener` until `shutdown` turns true, then finishes the
-    /// requests in flight (bounded by `shutdown_timeout`).
-    pub async fn serve(
-        &self,
-        listener: tokio::net::TcpListener,
-        shutdown: tokio::sync::watch::Receiver<bool>,
-    ) {
-        server::serve(self.shared.clone(), listener, shutdown).await;
+    /// Binds one listening socket per worker (`SO_REUSEPORT`; the kernel
+    /// spreads connections over them). Binding before serving reports a
+    /// busy port at start.
+    pub fn bind(&self, address: std::net::SocketAddr) -> std::io::Result<Listeners> {
+        use socket2::{Domain, Socket, Type};
+        let mut sockets = Vec::new();
+        for _ in 0..self.shared.options.workers.max(1) {
+            let socket = Socket::new(Domain::for_address(address), Type::STREAM, None)?;
+            socket.set_reuse_address(true)?;
+            socket.set_reuse_port(true)?;
+            socket.set_nonblocking(true)?;
+            socket.set_tcp_nodelay(true)?;
+            socket.bind(&address.into())?;
+            socket.listen(4096)?;
+            sockets.push(socket.into());
+        }
+        Ok(Listeners(sockets))
+    }
+
+    /// Serves `listeners`, one worker thread each, until `shutdown` turns
+    /// true; each worker then finishes its requests in flight (bounded by
+    /// `shutdown_timeout`). Returns when every worker has stopped.
+    pub async fn serve(&self, listeners: Listeners, shutdown: tokio::sync::watch::Receiver<bool>) {
+        let mut finished = Vec::new();
+        for (index, listener) in listeners.0.into_iter().enumerate() {
+            let shared = self.shared.clone();
+            let shutdown = shutdown.clone();
+            let (done, wait) = tokio::sync::oneshot::channel::<()>();
+            let spawned = std::thread::Builder::new()
+                .name(format!("tollgate-gw-{index}"))
+                .spawn(move || {
+                    upstream::set_worker(index);
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build();
+                    match runtime {
+                        Ok(runtime) => runtime.block_on(async move {
+                            match tokio::net::TcpListener::from_std(listener) {
+                                Ok(listener) => server::serve(shared, listener, shutdown).await,
+                                Err(error) => {
+                                    tracing::error!(%error, "gateway worker cannot use its socket")
+                                }
+                            }
+                        }),
+                        Err(error) => {
+                            tracing::error!(%error, "gateway worker cannot start its runtime")
+                        }
+                    }
+                    let _ = done.send(());
+                });
+            match spawned {
+                Ok(_) => finished.push(wait),
+                Err(error) => tracing::error!(%error, "cannot start a gateway worker thread"),
+            }
+        }
+        for wait in finished {
+            let _ = wait.await;
+        }
     }
 
     /// Starts the active health checker; it stops when `shutdown` turns true.

@@ -37,10 +37,26 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 static DEPRECATION: HeaderName = HeaderName::from_static("deprecation");
 static SUNSET: HeaderName = HeaderName::from_static("sunset");
 
+/// The client end of a connection, computed once per connection.
+pub struct Peer {
+    pub addr: SocketAddr,
+    /// The client IP as a header value (for `X-Forwarded-For`).
+    pub ip_header: HeaderValue,
+}
+
+impl Peer {
+    pub fn new(addr: SocketAddr) -> Self {
+        let ip_header = HeaderValue::from_str(&addr.ip().to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        Self { addr, ip_header }
+    }
+}
+
 /// What the phases learn about one request.
 pub struct RequestContext {
     pub request_id: HeaderValue,
     pub client_ip: IpAddr,
+    pub peer: Arc<Peer>,
     pub started: Instant,
     pub snapshot: Arc<Snapshot>,
     /// Index into `snapshot.routes` once matched.
@@ -57,12 +73,13 @@ impl RequestContext {
 pub(crate) async fn handle(
     shared: &Shared,
     request: Request<Incoming>,
-    peer: SocketAddr,
+    peer: Arc<Peer>,
 ) -> Response<GatewayBody> {
     let request_id = request_id_of(request.headers());
     let mut context = RequestContext {
         request_id: request_id.clone(),
-        client_ip: peer.ip(),
+        client_ip: peer.addr.ip(),
+        peer,
         started: Instant::now(),
         snapshot: shared.snapshot.load_full(),
         route: None,
@@ -266,7 +283,7 @@ async fn forward(
     });
     strip_hop_by_hop(&mut headers);
     headers.remove(header::HOST);
-    append_forwarded(&mut headers, context.client_ip, original_host);
+    append_forwarded(&mut headers, &context.peer.ip_header, original_host);
     headers.insert(X_REQUEST_ID.clone(), context.request_id.clone());
     route.request_headers.apply(&mut headers);
 
@@ -339,7 +356,7 @@ async fn forward(
         let try_started = Instant::now();
         let try_timeout = per_try_limit.min(remaining);
         let result =
-            tokio::time::timeout(try_timeout, upstream.client.request(upstream_request)).await;
+            tokio::time::timeout(try_timeout, upstream.client().request(upstream_request)).await;
         let latency = try_started.elapsed();
         match result {
             Ok(Ok(response)) => {
@@ -523,9 +540,28 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::TE
+        || name == header::TRAILER
+        || name == header::TRANSFER_ENCODING
+        || name == header::UPGRADE
+        || name == header::PROXY_AUTHORIZATION
+        || name == header::PROXY_AUTHENTICATE
+        || name == KEEP_ALIVE
+        || name == PROXY_CONNECTION
+}
+
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those that
-/// `Connection` names.
+/// `Connection` names. Most messages have none: one pass over the names
+/// finds that without hashing.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -536,34 +572,32 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name);
     }
-    for name in [
-        header::CONNECTION,
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-        header::PROXY_AUTHORIZATION,
-        header::PROXY_AUTHENTICATE,
-    ] {
+    let present: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| is_hop_by_hop(name))
+        .cloned()
+        .collect();
+    for name in present {
         headers.remove(name);
     }
-    headers.remove("keep-alive");
-    headers.remove("proxy-connection");
 }
 
 fn append_forwarded(
     headers: &mut HeaderMap,
-    client_ip: IpAddr,
+    client_ip: &HeaderValue,
     original_host: Option<HeaderValue>,
 ) {
-    let ip = client_ip.to_string();
-    let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(previous) => format!("{previous}, {ip}"),
-        None => ip,
+    let value = match headers.get(&X_FORWARDED_FOR) {
+        Some(previous) => {
+            let mut joined = Vec::with_capacity(previous.len() + 2 + client_ip.len());
+            joined.extend_from_slice(previous.as_bytes());
+            joined.extend_from_slice(b", ");
+            joined.extend_from_slice(client_ip.as_bytes());
+            HeaderValue::from_bytes(&joined).unwrap_or_else(|_| client_ip.clone())
+        }
+        None => client_ip.clone(),
     };
-    if let Ok(value) = HeaderValue::from_str(&value) {
-        headers.insert(X_FORWARDED_FOR.clone(), value);
-    }
+    headers.insert(X_FORWARDED_FOR.clone(), value);
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
     if let Some(host) = original_host {
         headers.insert(X_FORWARDED_HOST.clone(), host);

@@ -49,8 +49,10 @@ pub(crate) async fn serve(
                 };
                 let _ = stream.set_nodelay(true);
                 let shared = shared.clone();
+                let peer = Arc::new(crate::pipeline::Peer::new(peer));
                 let service = service_fn(move |request| {
                     let shared = shared.clone();
+                    let peer = peer.clone();
                     async move {
                         let response = AssertUnwindSafe(crate::pipeline::handle(&shared, request, peer))
                             .catch_unwind()

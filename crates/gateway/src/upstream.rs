@@ -89,7 +89,10 @@ pub struct UpstreamRt {
     pub slug: String,
     pub spec: domain::model::UpstreamSpec,
     pub targets: Vec<TargetRt>,
-    pub client: HttpClient,
+    /// One pooled client per gateway worker thread (plus one for the
+    /// control plane), so a connection is only ever used by the thread
+    /// whose runtime drives it. Pick with [`UpstreamRt::client`].
+    clients: Vec<HttpClient>,
     /// Weighted round robin: a precomputed smooth sequence of target indexes.
     wrr_sequence: Vec<usize>,
     wrr_next: AtomicUsize,
@@ -107,10 +110,11 @@ impl std::fmt::Debug for UpstreamRt {
 }
 
 /// Holds target states and HTTP clients across snapshots.
-#[derive(Default)]
 pub struct Registry {
     targets: Mutex<HashMap<(String, String), Arc<TargetState>>>,
-    clients: Mutex<HashMap<String, (String, HttpClient)>>,
+    clients: Mutex<HashMap<String, (String, Vec<HttpClient>)>>,
+    /// How many clients each upstream gets: gateway workers + 1.
+    client_slots: usize,
 }
 
 /// Why an upstream could not be compiled.
@@ -127,6 +131,14 @@ pub enum UpstreamError {
 }
 
 impl Registry {
+    pub fn new(workers: usize) -> Self {
+        Self {
+            targets: Mutex::default(),
+            clients: Mutex::default(),
+            client_slots: workers.max(1) + 1,
+        }
+    }
+
     /// Compiles an upstream, reusing target state and the client when their
     /// settings did not change.
     pub fn compile(&self, upstream: &Upstream) -> Result<UpstreamRt, UpstreamError> {
@@ -168,7 +180,7 @@ impl Registry {
                 });
             }
         }
-        let client = self.client_for(upstream)?;
+        let clients = self.clients_for(upstream)?;
         let wrr_sequence = smooth_wrr_sequence(&targets);
         let ring = if spec.policy == BalancePolicy::ConsistentHash {
             hash_ring(&targets)
@@ -184,7 +196,7 @@ impl Registry {
             slug: spec.slug.clone(),
             spec: spec.clone(),
             targets,
-            client,
+            clients,
             wrr_next: AtomicUsize::new(fastrand::usize(..wrr_sequence.len().max(1))),
             wrr_sequence,
             ring,
@@ -212,7 +224,7 @@ impl Registry {
             .retain(|key, _| keep_clients.contains(key));
     }
 
-    fn client_for(&self, upstream: &Upstream) -> Result<HttpClient, UpstreamError> {
+    fn clients_for(&self, upstream: &Upstream) -> Result<Vec<HttpClient>, UpstreamError> {
         let spec = &upstream.spec;
         // Only these settings shape the client; anything else may change
         // without dropping the pool.
@@ -221,14 +233,16 @@ impl Registry {
             spec.connect_timeout_ms, spec.protocol, spec.tls
         );
         let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((existing, client)) = clients.get(&upstream.id)
+        if let Some((existing, built)) = clients.get(&upstream.id)
             && *existing == fingerprint
         {
-            return Ok(client.clone());
+            return Ok(built.clone());
         }
-        let client = build_client(upstream)?;
-        clients.insert(upstream.id.clone(), (fingerprint, client.clone()));
-        Ok(client)
+        let built = (0..self.client_slots)
+            .map(|_| build_client(upstream))
+            .collect::<Result<Vec<_>, _>>()?;
+        clients.insert(upstream.id.clone(), (fingerprint, built.clone()));
+        Ok(built)
     }
 }
 
@@ -343,7 +357,24 @@ fn tried(mask: u64, index: usize) -> bool {
     index < 64 && mask & (1 << index) != 0
 }
 
+thread_local! {
+    /// The gateway worker this thread is (`usize::MAX` off the data plane).
+    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(usize::MAX) };
+}
+
+/// Marks the current thread as gateway worker `index`.
+pub fn set_worker(index: usize) {
+    WORKER.with(|worker| worker.set(index));
+}
+
 impl UpstreamRt {
+    /// This thread's client: its worker's, or the control plane's.
+    pub fn client(&self) -> &HttpClient {
+        let worker = WORKER.with(std::cell::Cell::get);
+        let last = self.clients.len() - 1;
+        &self.clients[worker.min(last)]
+    }
+
     /// Chooses a target, or `None` when none is available. Prefers targets
     /// this request has not tried yet.
     pub fn pick(&self, input: &PickInput<'_>) -> Option<usize> {

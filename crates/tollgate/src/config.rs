@@ -34,6 +34,7 @@ pub struct RawGateway {
     pub request_body_limit_bytes: Option<u64>,
     pub shutdown_timeout_ms: Option<u64>,
     pub retry_buffer_bytes: Option<u64>,
+    pub workers: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -67,6 +68,8 @@ pub struct Config {
     pub request_body_limit_bytes: u64,
     pub shutdown_timeout: Duration,
     pub retry_buffer_bytes: u64,
+    /// Data plane threads (0 in the file means one per CPU).
+    pub gateway_workers: usize,
     pub database_url: String,
     pub redis_url: Option<String>,
     pub poll_interval: Duration,
@@ -321,6 +324,15 @@ fn validate(raw: RawConfig, problems: &mut Vec<String>) -> Config {
     if !["json", "text"].contains(&log_format.as_str()) {
         problems.push(format!("log.format: '{log_format}' must be json or text"));
     }
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let gateway_workers = match raw.gateway.workers {
+        None | Some(0) => cpus,
+        Some(n) if n <= 256 => n as usize,
+        Some(_) => {
+            problems.push("gateway.workers: must be between 0 (one per CPU) and 256".into());
+            1
+        }
+    };
     Config {
         public_url: public_url.trim_end_matches('/').to_owned(),
         data_dir,
@@ -329,6 +341,7 @@ fn validate(raw: RawConfig, problems: &mut Vec<String>) -> Config {
         request_body_limit_bytes,
         shutdown_timeout: Duration::from_millis(shutdown_timeout_ms),
         retry_buffer_bytes,
+        gateway_workers,
         database_url,
         redis_url: raw.storage.redis_url,
         poll_interval: Duration::from_millis(poll_interval_ms),

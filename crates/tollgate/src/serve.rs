@@ -220,12 +220,18 @@ pub async fn run(args: &ConfigArgs) -> anyhow::Result<()> {
         },
         shutdown_timeout: config.shutdown_timeout,
         retry_buffer_bytes: config.retry_buffer_bytes,
+        workers: config.gateway_workers,
     });
     reload(&store, &gateway, &mut None)
         .await
         .context("cannot load the configuration")?;
 
-    let gateway_listener = bind(config.gateway_listen, "gateway.listen").await?;
+    let gateway_listeners = gateway.bind(config.gateway_listen).with_context(|| {
+        format!(
+            "cannot listen on {} (gateway.listen)",
+            config.gateway_listen
+        )
+    })?;
     let admin_listener = bind(config.admin_listen, "admin.listen").await?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let notify = Arc::new(Notify::new());
@@ -258,7 +264,7 @@ pub async fn run(args: &ConfigArgs) -> anyhow::Result<()> {
     let gateway_task = {
         let gateway = gateway.clone();
         let shutdown = shutdown_rx.clone();
-        tokio::spawn(async move { gateway.serve(gateway_listener, shutdown).await })
+        tokio::spawn(async move { gateway.serve(gateway_listeners, shutdown).await })
     };
     tracing::info!(
         gateway = %config.gateway_listen,
