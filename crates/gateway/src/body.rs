@@ -18,6 +18,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use crate::client::Lease;
 use crate::upstream::TargetState;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -149,9 +150,11 @@ impl Drop for InFlight {
     }
 }
 
-/// The upstream's response body on its way to the client.
+/// The upstream's response body on its way to the client. When it has been
+/// read to the end, its HTTP/1.1 connection goes back to the pool.
 pub struct UpstreamResponseBody {
     inner: Incoming,
+    lease: Option<Lease>,
     _in_flight: InFlight,
     idle_timeout: Duration,
     /// Armed when the upstream makes us wait; reset by each chunk.
@@ -159,9 +162,15 @@ pub struct UpstreamResponseBody {
 }
 
 impl UpstreamResponseBody {
-    pub fn new(inner: Incoming, in_flight: InFlight, idle_timeout: Duration) -> Self {
+    pub fn new(
+        inner: Incoming,
+        lease: Option<Lease>,
+        in_flight: InFlight,
+        idle_timeout: Duration,
+    ) -> Self {
         Self {
             inner,
+            lease,
             _in_flight: in_flight,
             idle_timeout,
             idle: None,
@@ -205,6 +214,18 @@ impl Body for UpstreamResponseBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+impl Drop for UpstreamResponseBody {
+    fn drop(&mut self) {
+        // Only a connection whose response was read to the end can carry
+        // another request; anything else is closed with the sender.
+        if self.inner.is_end_stream()
+            && let Some(lease) = self.lease.as_mut()
+        {
+            lease.release();
+        }
     }
 }
 

@@ -46,24 +46,35 @@ pub(crate) async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>
 async fn probe(upstream: Arc<UpstreamRt>, index: usize) {
     let active = &upstream.spec.health_check.active;
     let target: &TargetRt = &upstream.targets[index];
-    let uri = Uri::builder()
-        .scheme(target.scheme.clone())
-        .authority(target.authority.clone())
-        .path_and_query(format!("{}{}", target.base_path, active.path))
-        .build();
+    let uri = Uri::try_from(format!("{}{}", target.base_path, active.path));
     let Ok(uri) = uri else {
         return;
     };
     let mut request = Request::new(UpstreamRequestBody::Empty);
     *request.uri_mut() = uri;
+    request
+        .headers_mut()
+        .insert(http::header::HOST, target.host_header.clone());
     request.headers_mut().insert(
         http::header::USER_AGENT,
         http::HeaderValue::from_static("tollgate-health-check"),
     );
     let timeout = Duration::from_millis(active.timeout_ms);
-    let healthy = match tokio::time::timeout(timeout, upstream.client().request(request)).await {
-        Ok(Ok(response)) => {
+    let healthy = match tokio::time::timeout(
+        timeout,
+        crate::client::send(&upstream.connector, target, request),
+    )
+    .await
+    {
+        Ok(Ok((response, lease))) => {
             let status = response.status().as_u16();
+            // Read the (small) body so the connection can be reused.
+            use http_body_util::BodyExt;
+            if response.into_body().collect().await.is_ok()
+                && let Some(mut lease) = lease
+            {
+                lease.release();
+            }
             if active.healthy_statuses.is_empty() {
                 (200..400).contains(&status)
             } else {

@@ -15,6 +15,7 @@
 //! Only this crate knows hyper types; it knows nothing of the store.
 
 pub mod body;
+pub mod client;
 pub mod health;
 pub mod pipeline;
 pub mod refusal;
@@ -84,7 +85,7 @@ impl Gateway {
         Self {
             shared: Arc::new(Shared {
                 snapshot: ArcSwap::from_pointee(snapshot::Snapshot::default()),
-                registry: upstream::Registry::new(options.workers),
+                registry: upstream::Registry::new(),
                 options,
                 config_loaded: AtomicBool::new(false),
                 store_reachable: AtomicBool::new(true),
@@ -145,7 +146,6 @@ impl Gateway {
             let spawned = std::thread::Builder::new()
                 .name(format!("tollgate-gw-{index}"))
                 .spawn(move || {
-                    upstream::set_worker(index);
                     let runtime = tokio::runtime::Builder::new_current_thread()
                         .enable_all()
                         .build();

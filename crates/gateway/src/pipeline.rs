@@ -25,6 +25,7 @@ use crate::Shared;
 use crate::body::{
     BodyTooLarge, GatewayBody, InFlight, LimitedBody, UpstreamRequestBody, UpstreamResponseBody,
 };
+use crate::client::SendError;
 use crate::refusal::Refusal;
 use crate::router::{Match, allow_header, method_bit};
 use crate::snapshot::{RouteRt, Snapshot};
@@ -258,8 +259,8 @@ async fn forward(
         let limited = LimitedBody::new(body, route.body_limit_bytes);
         match content_length(&parts.headers) {
             Some(length) if may_retry && length <= shared.options.retry_buffer_bytes => {
-                let bytes = limited
-                    .collect()
+                // Boxed: rare, and keeps the request future small.
+                let bytes = Box::pin(limited.collect())
                     .await
                     .map_err(|error| body_error(&*error, route))?;
                 Outgoing::Replayable(Some(bytes))
@@ -341,25 +342,33 @@ async fn forward(
                 None => UpstreamRequestBody::Empty,
             },
         };
-        let uri = Uri::builder()
-            .scheme(target.scheme.clone())
-            .authority(target.authority.clone())
-            .path_and_query(format!("{}{}", target.base_path, path_and_query))
-            .build()
-            .map_err(|_| Refusal::new(Code::BadRequest, "The request path cannot be forwarded."))?;
+        // Origin form (`/path?query`); the client adds scheme and authority
+        // where the protocol needs them (HTTP/2).
+        let uri = if target.base_path.is_empty() {
+            Uri::try_from(path_and_query.as_str())
+        } else {
+            Uri::try_from(format!("{}{}", target.base_path, path_and_query))
+        }
+        .map_err(|_| Refusal::new(Code::BadRequest, "The request path cannot be forwarded."))?;
         let mut upstream_request = Request::new(try_body);
         *upstream_request.method_mut() = parts.method.clone();
         *upstream_request.uri_mut() = uri;
         *upstream_request.headers_mut() = try_headers;
+        upstream_request
+            .headers_mut()
+            .insert(header::HOST, target.host_header.clone());
 
         let in_flight = InFlight::start(&target.state);
         let try_started = Instant::now();
         let try_timeout = per_try_limit.min(remaining);
-        let result =
-            tokio::time::timeout(try_timeout, upstream.client().request(upstream_request)).await;
+        let result = tokio::time::timeout(
+            try_timeout,
+            crate::client::send(&upstream.connector, target, upstream_request),
+        )
+        .await;
         let latency = try_started.elapsed();
         match result {
-            Ok(Ok(response)) => {
+            Ok(Ok((response, lease))) => {
                 let status = response.status().as_u16();
                 let failed = upstream.is_failure_status(status);
                 upstream.record(
@@ -388,6 +397,7 @@ async fn forward(
                 response_parts.version = Version::HTTP_11;
                 let body = GatewayBody::Upstream(UpstreamResponseBody::new(
                     incoming,
+                    lease,
                     in_flight,
                     read_timeout,
                 ));
@@ -473,14 +483,9 @@ fn find_cause<'a, T: std::error::Error + 'static>(
 
 /// A failed try, as the caller should hear of it: a connect timeout is a
 /// timeout (504, as nginx), anything else a bad gateway (502).
-fn connection_refusal(
-    error: &hyper_util::client::legacy::Error,
-    service: &str,
-    connect_timeout_ms: u64,
-) -> Refusal {
-    let timed_out = error.is_connect()
-        && find_cause::<std::io::Error>(error)
-            .is_some_and(|e| e.kind() == std::io::ErrorKind::TimedOut);
+fn connection_refusal(error: &SendError, service: &str, connect_timeout_ms: u64) -> Refusal {
+    let timed_out = matches!(error, SendError::ConnectTimeout)
+        || matches!(error, SendError::Connect(e) if e.kind() == std::io::ErrorKind::TimedOut);
     if timed_out {
         Refusal::new(
             Code::UpstreamTimeout,
@@ -489,10 +494,11 @@ fn connection_refusal(
             ),
         )
     } else {
-        let what = if error.is_connect() {
-            "connection failed"
-        } else {
-            "connection closed before a response"
+        let what = match error {
+            SendError::Connect(_) => "connection failed",
+            SendError::Tls(_) => "TLS handshake failed",
+            SendError::Handshake(_) => "HTTP handshake failed",
+            _ => "connection closed before a response",
         };
         Refusal::new(
             Code::UpstreamError,
@@ -661,6 +667,46 @@ mod tests {
         let generated = request_id_of(&headers);
         assert_eq!(generated.len(), 36);
         assert!(domain::id::looks_like_id(generated.to_str().unwrap()));
+    }
+
+    #[test]
+    fn the_send_future_stays_small() {
+        // Every request moves this future a few times; the connect path is
+        // boxed so that it stays small.
+        fn size_of_send() -> usize {
+            let connector = crate::client::Connector {
+                connect_timeout: Duration::from_secs(1),
+                protocol: domain::model::UpstreamProtocol::Auto,
+                tls: Arc::new(
+                    crate::tls::client_config(
+                        &Default::default(),
+                        domain::model::UpstreamProtocol::Auto,
+                    )
+                    .unwrap(),
+                ),
+                server_name: None,
+                generation: 0,
+            };
+            let registry = crate::upstream::Registry::new();
+            let upstream: domain::model::Upstream = serde_json::from_value(serde_json::json!({
+                "slug": "x", "targets": [{"url": "http://127.0.0.1:1"}]
+            }))
+            .map(
+                |spec: domain::model::UpstreamSpec| domain::model::Upstream {
+                    id: "x".into(),
+                    spec,
+                    created_at_ms: 0,
+                    updated_at_ms: 0,
+                },
+            )
+            .unwrap();
+            let compiled = registry.compile(&upstream).unwrap();
+            let request = Request::new(UpstreamRequestBody::Empty);
+            let future = crate::client::send(&connector, &compiled.targets[0], request);
+            std::mem::size_of_val(&future)
+        }
+        let size = size_of_send();
+        assert!(size < 2048, "client::send future is {size} bytes");
     }
 
     #[test]

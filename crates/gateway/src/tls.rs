@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use domain::model::TlsSettings;
+use domain::model::{TlsSettings, UpstreamProtocol};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -14,11 +14,14 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 /// Builds the client TLS configuration for one upstream.
-pub fn client_config(tls: &TlsSettings) -> Result<ClientConfig, String> {
+pub fn client_config(
+    tls: &TlsSettings,
+    protocol: UpstreamProtocol,
+) -> Result<ClientConfig, String> {
     let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?;
-    let config = if tls.verify {
+    let mut config = if tls.verify {
         let mut roots = RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
         if let Some(pem) = &tls.ca_pem {
@@ -34,7 +37,11 @@ pub fn client_config(tls: &TlsSettings) -> Result<ClientConfig, String> {
             .with_custom_certificate_verifier(Arc::new(NoVerification(provider())))
             .with_no_client_auth()
     };
-    // ALPN is set by the connector builder (`enable_http1/2`), per protocol.
+    config.alpn_protocols = match protocol {
+        UpstreamProtocol::Auto => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+        UpstreamProtocol::Http1 => vec![b"http/1.1".to_vec()],
+        UpstreamProtocol::Http2 => vec![b"h2".to_vec()],
+    };
     Ok(config)
 }
 

@@ -12,15 +12,9 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use domain::model::{BalancePolicy, HashOn, Upstream, UpstreamProtocol};
+use crate::client::Connector;
+use domain::model::{BalancePolicy, HashOn, Upstream};
 use http::uri::{Authority, Scheme};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
-
-use crate::body::UpstreamRequestBody;
-
-pub type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, UpstreamRequestBody>;
 
 /// Milliseconds on a monotonic clock local to this process.
 pub fn monotonic_ms() -> u64 {
@@ -32,6 +26,8 @@ pub fn monotonic_ms() -> u64 {
 /// The live state of one target. Shared by every snapshot that has it.
 #[derive(Debug)]
 pub struct TargetState {
+    /// Unique for the life of the process (keys the connection pools).
+    pub id: u64,
     pub in_flight: AtomicU32,
     /// Latency EWMA in microseconds (0 = no sample yet).
     pub ewma_us: AtomicU64,
@@ -49,7 +45,9 @@ pub struct TargetState {
 
 impl Default for TargetState {
     fn default() -> Self {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         Self {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             in_flight: AtomicU32::new(0),
             ewma_us: AtomicU64::new(0),
             consecutive_failures: AtomicU32::new(0),
@@ -71,6 +69,8 @@ pub struct TargetRt {
     pub authority: Authority,
     /// Path prefix of the target URL, without a trailing slash ("" for none).
     pub base_path: String,
+    /// `Host` for HTTP/1.1 requests: the target's authority.
+    pub host_header: http::HeaderValue,
     pub weight: u32,
     pub state: Arc<TargetState>,
 }
@@ -89,10 +89,9 @@ pub struct UpstreamRt {
     pub slug: String,
     pub spec: domain::model::UpstreamSpec,
     pub targets: Vec<TargetRt>,
-    /// One pooled client per gateway worker thread (plus one for the
-    /// control plane), so a connection is only ever used by the thread
-    /// whose runtime drives it. Pick with [`UpstreamRt::client`].
-    clients: Vec<HttpClient>,
+    /// How connections to the targets are made (pools are per thread, in
+    /// [`crate::client`]).
+    pub connector: Connector,
     /// Weighted round robin: a precomputed smooth sequence of target indexes.
     wrr_sequence: Vec<usize>,
     wrr_next: AtomicUsize,
@@ -112,9 +111,9 @@ impl std::fmt::Debug for UpstreamRt {
 /// Holds target states and HTTP clients across snapshots.
 pub struct Registry {
     targets: Mutex<HashMap<(String, String), Arc<TargetState>>>,
-    clients: Mutex<HashMap<String, (String, Vec<HttpClient>)>>,
-    /// How many clients each upstream gets: gateway workers + 1.
-    client_slots: usize,
+    /// Per upstream: the connection settings' fingerprint and generation.
+    generations: Mutex<HashMap<String, (String, u64)>>,
+    next_generation: AtomicU64,
 }
 
 /// Why an upstream could not be compiled.
@@ -131,11 +130,11 @@ pub enum UpstreamError {
 }
 
 impl Registry {
-    pub fn new(workers: usize) -> Self {
+    pub fn new() -> Self {
         Self {
             targets: Mutex::default(),
-            clients: Mutex::default(),
-            client_slots: workers.max(1) + 1,
+            generations: Mutex::default(),
+            next_generation: AtomicU64::new(1),
         }
     }
 
@@ -170,7 +169,10 @@ impl Registry {
                     // Without active checks nothing could bring it back.
                     state.healthy.store(true, Ordering::Relaxed);
                 }
+                let host_header = http::HeaderValue::from_str(authority.as_str())
+                    .map_err(|e| target_error(e.to_string()))?;
                 targets.push(TargetRt {
+                    host_header,
                     url: target.url.clone(),
                     scheme,
                     authority,
@@ -180,7 +182,7 @@ impl Registry {
                 });
             }
         }
-        let clients = self.clients_for(upstream)?;
+        let connector = self.connector_for(upstream)?;
         let wrr_sequence = smooth_wrr_sequence(&targets);
         let ring = if spec.policy == BalancePolicy::ConsistentHash {
             hash_ring(&targets)
@@ -196,7 +198,7 @@ impl Registry {
             slug: spec.slug.clone(),
             spec: spec.clone(),
             targets,
-            clients,
+            connector,
             wrr_next: AtomicUsize::new(fastrand::usize(..wrr_sequence.len().max(1))),
             wrr_sequence,
             ring,
@@ -218,69 +220,57 @@ impl Registry {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .retain(|key, _| keep_targets.contains(key));
-        self.clients
+        self.generations
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .retain(|key, _| keep_clients.contains(key));
     }
 
-    fn clients_for(&self, upstream: &Upstream) -> Result<Vec<HttpClient>, UpstreamError> {
+    fn connector_for(&self, upstream: &Upstream) -> Result<Connector, UpstreamError> {
         let spec = &upstream.spec;
-        // Only these settings shape the client; anything else may change
-        // without dropping the pool.
+        let tls_error = |message: String| UpstreamError::Tls {
+            slug: spec.slug.clone(),
+            message,
+        };
+        // Connections made under other settings must not be reused: a
+        // change of these starts a new pool generation.
         let fingerprint = format!(
             "{}|{:?}|{:?}",
             spec.connect_timeout_ms, spec.protocol, spec.tls
         );
-        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((existing, built)) = clients.get(&upstream.id)
-            && *existing == fingerprint
-        {
-            return Ok(built.clone());
-        }
-        let built = (0..self.client_slots)
-            .map(|_| build_client(upstream))
-            .collect::<Result<Vec<_>, _>>()?;
-        clients.insert(upstream.id.clone(), (fingerprint, built.clone()));
-        Ok(built)
+        let generation = {
+            let mut generations = self.generations.lock().unwrap_or_else(|e| e.into_inner());
+            match generations.get(&upstream.id) {
+                Some((existing, generation)) if *existing == fingerprint => *generation,
+                _ => {
+                    let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
+                    generations.insert(upstream.id.clone(), (fingerprint, generation));
+                    generation
+                }
+            }
+        };
+        let tls = crate::tls::client_config(&spec.tls, spec.protocol).map_err(tls_error)?;
+        let server_name = match &spec.tls.server_name {
+            Some(name) => Some(
+                rustls::pki_types::ServerName::try_from(name.clone())
+                    .map_err(|e| tls_error(format!("server_name: {e}")))?,
+            ),
+            None => None,
+        };
+        Ok(Connector {
+            connect_timeout: Duration::from_millis(spec.connect_timeout_ms),
+            protocol: spec.protocol,
+            tls: Arc::new(tls),
+            server_name,
+            generation,
+        })
     }
 }
 
-fn build_client(upstream: &Upstream) -> Result<HttpClient, UpstreamError> {
-    let spec = &upstream.spec;
-    let tls_error = |message: String| UpstreamError::Tls {
-        slug: spec.slug.clone(),
-        message,
-    };
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(Duration::from_millis(spec.connect_timeout_ms)));
-    http.set_keepalive(Some(Duration::from_secs(60)));
-    let tls_config = crate::tls::client_config(&spec.tls).map_err(tls_error)?;
-    let builder = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls_config)
-        .https_or_http();
-    let builder = match &spec.tls.server_name {
-        Some(name) => {
-            builder.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(
-                rustls::pki_types::ServerName::try_from(name.clone())
-                    .map_err(|e| tls_error(format!("server_name: {e}")))?,
-            ))
-        }
-        None => builder,
-    };
-    let connector = match spec.protocol {
-        UpstreamProtocol::Auto => builder.enable_http1().enable_http2().wrap_connector(http),
-        UpstreamProtocol::Http1 => builder.enable_http1().wrap_connector(http),
-        UpstreamProtocol::Http2 => builder.enable_http2().wrap_connector(http),
-    };
-    let mut client = Client::builder(TokioExecutor::new());
-    client
-        .pool_idle_timeout(Duration::from_secs(60))
-        .pool_max_idle_per_host(1024)
-        .http2_only(spec.protocol == UpstreamProtocol::Http2);
-    Ok(client.build(connector))
+impl Default for Registry {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// Smooth weighted round robin (as nginx), unrolled into a fixed sequence so
@@ -357,24 +347,7 @@ fn tried(mask: u64, index: usize) -> bool {
     index < 64 && mask & (1 << index) != 0
 }
 
-thread_local! {
-    /// The gateway worker this thread is (`usize::MAX` off the data plane).
-    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(usize::MAX) };
-}
-
-/// Marks the current thread as gateway worker `index`.
-pub fn set_worker(index: usize) {
-    WORKER.with(|worker| worker.set(index));
-}
-
 impl UpstreamRt {
-    /// This thread's client: its worker's, or the control plane's.
-    pub fn client(&self) -> &HttpClient {
-        let worker = WORKER.with(std::cell::Cell::get);
-        let last = self.clients.len() - 1;
-        &self.clients[worker.min(last)]
-    }
-
     /// Chooses a target, or `None` when none is available. Prefers targets
     /// this request has not tried yet.
     pub fn pick(&self, input: &PickInput<'_>) -> Option<usize> {
@@ -555,6 +528,7 @@ mod tests {
             scheme: Scheme::HTTP,
             authority: Authority::from_static("127.0.0.1:1"),
             base_path: String::new(),
+            host_header: http::HeaderValue::from_static("127.0.0.1:1"),
             weight,
             state: Arc::default(),
         }

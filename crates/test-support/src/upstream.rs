@@ -6,6 +6,7 @@
 //! - `/sse-gated`: sends one event, then waits for [`FakeUpstream::open_gate`]
 //!   before sending two more and ending.
 //! - `/health`: 200, or 503 after [`FakeUpstream::set_healthy`]`(false)`.
+//! - `/close`: echoes, then closes the connection.
 //! - anything else: echoes the request as JSON (`server`, `method`, `path`,
 //!   `query`, `headers`, `body`).
 //!
@@ -31,6 +32,7 @@ type Body = BoxBody<Bytes, Infallible>;
 struct State {
     name: String,
     hits: AtomicUsize,
+    connections: AtomicUsize,
     health_probes: AtomicUsize,
     healthy: AtomicBool,
     gate: Notify,
@@ -89,6 +91,7 @@ impl FakeUpstream {
         let state = Arc::new(State {
             name: name.to_owned(),
             hits: AtomicUsize::new(0),
+            connections: AtomicUsize::new(0),
             health_probes: AtomicUsize::new(0),
             healthy: AtomicBool::new(true),
             gate: Notify::new(),
@@ -100,6 +103,7 @@ impl FakeUpstream {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                shared.connections.fetch_add(1, Ordering::SeqCst);
                 let state = shared.clone();
                 let tls = tls.clone();
                 tokio::spawn(async move {
@@ -141,6 +145,11 @@ impl FakeUpstream {
     /// Requests served, health probes excepted.
     pub fn hits(&self) -> usize {
         self.state.hits.load(Ordering::SeqCst)
+    }
+
+    /// Connections accepted.
+    pub fn connections(&self) -> usize {
+        self.state.connections.load(Ordering::SeqCst)
     }
 
     pub fn health_probes(&self) -> usize {
@@ -275,5 +284,13 @@ async fn respond(state: Arc<State>, request: Request<Incoming>) -> Response<Body
         "body": String::from_utf8_lossy(&body),
         "body_len": body.len(),
     });
-    full(StatusCode::OK, "application/json", echo.to_string())
+    let mut response = full(StatusCode::OK, "application/json", echo.to_string());
+    if path == "/close" {
+        // The server closes the connection after this response.
+        response.headers_mut().insert(
+            "connection",
+            hyper::header::HeaderValue::from_static("close"),
+        );
+    }
+    response
 }

@@ -183,3 +183,34 @@ async fn header_rewrites_per_route() {
     assert_eq!(echo["headers"]["x-tenant"], "acme");
     assert!(echo["headers"].get("x-drop").is_none());
 }
+
+#[tokio::test]
+async fn upstream_connections_are_reused() {
+    let upstream = FakeUpstream::start("a").await;
+    let tollgate = gateway_with(&upstream).await;
+    for _ in 0..50 {
+        let response = tollgate.get("/svc/x").await;
+        assert_eq!(response.status(), 200);
+        response.bytes().await.unwrap();
+    }
+    // One connection per gateway worker thread at most (the client side
+    // reuses its connection too).
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert!(
+        upstream.connections() <= workers,
+        "{} connections for 51 requests",
+        upstream.connections()
+    );
+
+    // Connections the upstream closes after a response are not reused.
+    for round in 0..20 {
+        let path = if round % 2 == 0 {
+            "/svc/close"
+        } else {
+            "/svc/x"
+        };
+        let response = tollgate.get(path).await;
+        assert_eq!(response.status(), 200, "{path} in round {round}");
+        response.bytes().await.unwrap();
+    }
+}
