@@ -177,13 +177,7 @@ fn send_new<'a>(
     target: &'a TargetRt,
     request: Request<UpstreamRequestBody>,
     key: u64,
-) -> std::pin::Pin<
-    Box<
-        dyn std::future::Future<Output = Result<(Response<Incoming>, Option<Lease>), SendError>>
-            + Send
-            + 'a,
-    >,
-> {
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Sent> + Send + 'a>> {
     Box::pin(send_new_inner(connector, target, request, key))
 }
 
