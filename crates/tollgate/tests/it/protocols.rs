@@ -120,3 +120,59 @@ async fn nodes_sharing_postgres_see_each_others_changes() {
     drop(first);
     drop(second);
 }
+
+#[tokio::test]
+async fn losing_the_store_keeps_the_last_snapshot_serving() {
+    let database = test_support::PgDatabase::create();
+    let options = test_support::tollgate::Options {
+        env: vec![(
+            "TOLLGATE_STORAGE__DATABASE_URL".into(),
+            database.url.clone(),
+        )],
+        ..Default::default()
+    };
+    let tollgate = Tollgate::start_with(BIN, options).await;
+    let upstream = FakeUpstream::start("a").await;
+    tollgate
+        .publish_http_service(
+            "svc",
+            "/svc",
+            json!({"targets": [{"url": upstream.url()}]}),
+            &[json!({"path": "/*"})],
+        )
+        .await;
+    tollgate
+        .wait_for("/svc/x", Duration::from_secs(1), |s| s == 200)
+        .await;
+    drop(database);
+    // Readiness says so within a few polls; traffic keeps flowing.
+    let started = Instant::now();
+    loop {
+        let ready = tollgate.get("/_tollgate/ready").await;
+        if ready.status() == 503 {
+            let body: serde_json::Value = ready.json().await.unwrap();
+            assert_eq!(body["store_reachable"], false);
+            assert_eq!(body["config_loaded"], true);
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "readiness never reported the lost store"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for _ in 0..5 {
+        assert_eq!(
+            tollgate.get("/svc/x").await.status(),
+            200,
+            "the last snapshot still serves"
+        );
+    }
+    let (status, body) = tollgate
+        .admin(reqwest::Method::GET, "/api/v1/services", None)
+        .await;
+    assert!(
+        status.is_server_error(),
+        "the admin API says the store is gone: {status} {body}"
+    );
+}
