@@ -113,7 +113,10 @@ async fn run(
     match_route(context, &request)?;
     check_lifecycle(context)?;
     check_body_size(context, &request)?;
-    forward(shared, context, request).await
+    // Boxed: the forward phase is the largest part of the request's state;
+    // on the heap it is allocated once instead of being copied each time
+    // the request future moves.
+    Box::pin(forward(shared, context, request)).await
 }
 
 /// `/_tollgate/…`: the gateway's own endpoints.
@@ -274,7 +277,6 @@ async fn forward(
         1
     };
 
-    let path_and_query = upstream_path(&parts.uri, route.strip_len);
     let mut headers = parts.headers;
     let original_host = headers.get(header::HOST).cloned().or_else(|| {
         parts
@@ -344,12 +346,8 @@ async fn forward(
         };
         // Origin form (`/path?query`); the client adds scheme and authority
         // where the protocol needs them (HTTP/2).
-        let uri = if target.base_path.is_empty() {
-            Uri::try_from(path_and_query.as_str())
-        } else {
-            Uri::try_from(format!("{}{}", target.base_path, path_and_query))
-        }
-        .map_err(|_| Refusal::new(Code::BadRequest, "The request path cannot be forwarded."))?;
+        let uri = upstream_uri(&target.base_path, &parts.uri, route.strip_len)
+            .map_err(|_| Refusal::new(Code::BadRequest, "The request path cannot be forwarded."))?;
         let mut upstream_request = Request::new(try_body);
         *upstream_request.method_mut() = parts.method.clone();
         *upstream_request.uri_mut() = uri;
@@ -509,16 +507,27 @@ fn connection_refusal(error: &SendError, service: &str, connect_timeout_ms: u64)
     }
 }
 
-/// The path (and query) sent upstream: the request's, less the stripped
-/// base path.
-fn upstream_path(uri: &Uri, strip_len: usize) -> String {
+/// The origin-form URI sent upstream: the target's base path, then the
+/// request's path less the stripped base path, then the query. Built in one
+/// buffer that the `Uri` takes over without copying.
+fn upstream_uri(
+    target_base: &str,
+    uri: &Uri,
+    strip_len: usize,
+) -> Result<Uri, http::uri::InvalidUri> {
     let path = uri.path();
     let rest = path.get(strip_len..).unwrap_or("");
     let rest = if rest.is_empty() { "/" } else { rest };
-    match uri.query() {
-        Some(query) => format!("{rest}?{query}"),
-        None => rest.to_owned(),
+    let query = uri.query();
+    let mut buffer =
+        String::with_capacity(target_base.len() + rest.len() + query.map_or(0, |q| q.len() + 1));
+    buffer.push_str(target_base);
+    buffer.push_str(rest);
+    if let Some(query) = query {
+        buffer.push('?');
+        buffer.push_str(query);
     }
+    Uri::from_maybe_shared(bytes::Bytes::from(buffer))
 }
 
 /// The request's host, lower-case and without port; `None` when no route
@@ -568,12 +577,18 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if !headers.keys().any(is_hop_by_hop) {
         return;
     }
+    // `Connection` may name more headers to drop; `keep-alive` and `close`
+    // (the usual values) name none worth a lookup.
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .map(str::trim)
+        .filter(|token| {
+            !token.eq_ignore_ascii_case("keep-alive") && !token.eq_ignore_ascii_case("close")
+        })
+        .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
         .collect();
     for name in named {
         headers.remove(name);
@@ -712,12 +727,16 @@ mod tests {
     #[test]
     fn upstream_paths() {
         let uri: Uri = "/weather/forecast/paris?units=c".parse().unwrap();
-        assert_eq!(
-            upstream_path(&uri, "/weather".len()),
-            "/forecast/paris?units=c"
-        );
-        assert_eq!(upstream_path(&uri, 0), "/weather/forecast/paris?units=c");
+        let check = |base: &str, uri: &Uri, strip: usize, expected: &str| {
+            assert_eq!(
+                upstream_uri(base, uri, strip).unwrap().to_string(),
+                expected
+            );
+        };
+        check("", &uri, "/weather".len(), "/forecast/paris?units=c");
+        check("", &uri, 0, "/weather/forecast/paris?units=c");
+        check("/v2", &uri, "/weather".len(), "/v2/forecast/paris?units=c");
         let uri: Uri = "/weather".parse().unwrap();
-        assert_eq!(upstream_path(&uri, "/weather".len()), "/");
+        check("", &uri, "/weather".len(), "/");
     }
 }
