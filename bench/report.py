@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import statistics
 import sys
@@ -171,8 +172,31 @@ def build(raw: Path, out_dir: Path, readme: Path | None) -> None:
     if sp.exists():
         startup = [json.loads(l) for l in sp.read_text().splitlines() if l.strip()]
 
-    summary: dict = {"peak": {}, "fixed_rate": {}}
+    # CPU per request during the peak runs: ticks of the proxy's processes
+    # (before and after each run) over the requests wrk counted.
+    ticks_per_s = os.sysconf("SC_CLK_TCK")
+    cpu = {t: [] for t in TARGETS}
     for t in TARGETS:
+        for run in peak[t]:
+            p = raw / f"cpu-{t}-{run['round']}.txt"
+            requests = run["text"].get("requests")
+            if not p.exists() or not requests:
+                continue
+            u0, s0, u1, s1 = (int(x) for x in p.read_text().split())
+            cpu[t].append(
+                {
+                    "user_us_per_request": (u1 - u0) * 1e6 / ticks_per_s / requests,
+                    "sys_us_per_request": (s1 - s0) * 1e6 / ticks_per_s / requests,
+                }
+            )
+
+    summary: dict = {"peak": {}, "fixed_rate": {}, "cpu_us_per_request": {}}
+    for t in TARGETS:
+        summary["cpu_us_per_request"][t] = {
+            "user_median": _median([c["user_us_per_request"] for c in cpu[t]]),
+            "sys_median": _median([c["sys_us_per_request"] for c in cpu[t]]),
+            "rounds": cpu[t],
+        }
         figs = [wrk_figures(r) for r in peak[t]]
         summary["peak"][t] = {
             "rounds": len(figs),
@@ -359,6 +383,14 @@ def render_markdown(doc: dict, json_name: str) -> str:
         lines.append(
             f"| half rate {label} | {_ms(fn[key])} | {_ms(ft[key])} | {'' if diff is None else f'{diff / 1e3:+.3f}'} |"
         )
+    cpu = s.get("cpu_us_per_request", {})
+    cn, ct = cpu.get("nginx", {}), cpu.get("tollgate", {})
+    for key, label in (("user_median", "user"), ("sys_median", "system")):
+        a, b = cn.get(key), ct.get(key)
+        if a is not None and b is not None:
+            lines.append(
+                f"| CPU µs per request at peak, {label} | {a:.2f} | {b:.2f} | {b - a:+.2f} |"
+            )
     lines.append(
         f"| errors (peak / half rate) | {pn['errors_total']} / {fn['errors_total']} | "
         f"{pt['errors_total']} / {ft['errors_total']} | |"

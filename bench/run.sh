@@ -194,6 +194,18 @@ cpu_busy_pct() {
 }
 hwm_kb() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 
+# CPU time (clock ticks) used so far by a process and its children processes
+# (nginx: master + workers): "user system".
+cpu_ticks() { # PID
+  local pid total_user=0 total_sys=0 user sys
+  for pid in "$1" $(pgrep -P "$1" 2>/dev/null); do
+    read -r user sys < <(awk '{print $14, $15}' "/proc/$pid/stat" 2>/dev/null || echo "0 0")
+    total_user=$((total_user + user))
+    total_sys=$((total_sys + sys))
+  done
+  echo "$total_user $total_sys"
+}
+
 # ------------------------------------------------------------------ nginx ---
 nginx_head() { # NAME
   local name="$1" t="$WORK/$1-temp"
@@ -443,10 +455,15 @@ main() {
   local r
   for r in $(seq "$ROUNDS"); do
     sleep 1
+    local before
+    before=$(cpu_ticks "$NGINX_PID")
     wrk_run "$NGINX_URL" "$DURATION" "$RAW/peak-nginx-$r.txt"
+    echo "$before $(cpu_ticks "$NGINX_PID")" >"$RAW/cpu-nginx-$r.txt"
     log "  round $r nginx:    $(summary_line "$RAW/peak-nginx-$r.txt")"
     sleep 1
+    before=$(cpu_ticks "$TG_PID")
     wrk_run "$TG_URL" "$DURATION" "$RAW/peak-tollgate-$r.txt"
+    echo "$before $(cpu_ticks "$TG_PID")" >"$RAW/cpu-tollgate-$r.txt"
     log "  round $r tollgate: $(summary_line "$RAW/peak-tollgate-$r.txt")"
   done
 
