@@ -32,13 +32,16 @@ pub struct ServiceDocument {
     pub lifecycle: Option<Lifecycle>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sunset: Option<String>,
+    #[serde(default)]
     pub routes: Vec<RouteSpec>,
 }
 
 /// The declarative document.
 #[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 pub struct Document {
+    #[serde(default)]
     pub upstreams: Vec<UpstreamSpec>,
+    #[serde(default)]
     pub services: Vec<ServiceDocument>,
 }
 
@@ -557,6 +560,14 @@ pub async fn apply(
             StatusCode::PAYLOAD_TOO_LARGE,
             "body_too_large",
             "The document is too large.",
+        ));
+    }
+    if body.iter().all(u8::is_ascii_whitespace) {
+        // An empty body must not read as an empty document: with `prune`
+        // that would delete everything.
+        return Err(ApiError::field(
+            "",
+            "the document is empty; send {\"upstreams\": [], \"services\": []} to mean an empty configuration",
         ));
     }
     let document = parse_document(document_value(&headers, &body)?)?;

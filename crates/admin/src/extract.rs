@@ -110,6 +110,7 @@ pub struct ListParams {
 }
 
 pub const LIMIT_DEFAULT: usize = 50;
+pub const LIMIT_MIN: usize = 1;
 pub const LIMIT_MAX: usize = 500;
 
 impl ListParams {
@@ -153,16 +154,20 @@ impl<S: Send + Sync> FromRequestParts<S> for ListParams {
             ..Default::default()
         };
         for (key, value) in pairs {
+            // `?cursor=&team=` means the same as leaving them out.
+            if value.is_empty() && key != "limit" {
+                continue;
+            }
             match key.as_str() {
                 "limit" => {
                     params.limit = value
                         .parse::<usize>()
                         .ok()
-                        .filter(|n| (1..=LIMIT_MAX).contains(n))
+                        .filter(|n| (LIMIT_MIN..=LIMIT_MAX).contains(n))
                         .ok_or_else(|| {
                             ApiError::field(
                                 "limit",
-                                format!("must be an integer from 1 to {LIMIT_MAX}"),
+                                format!("must be an integer from {LIMIT_MIN} to {LIMIT_MAX}"),
                             )
                         })?;
                 }

@@ -37,7 +37,7 @@ pub struct Problem {
         crate::declarative::apply, crate::declarative::export,
     ),
     components(schemas(Problem, domain::validate::FieldError)),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &ProblemResponses),
     tags((name = "upstreams"), (name = "services"), (name = "routes"), (name = "config"))
 )]
 pub struct ApiDoc;
@@ -58,6 +58,81 @@ impl utoipa::Modify for BearerAuth {
             "admin_token",
             Vec::<String>::new(),
         )]);
+    }
+}
+
+/// Documents, on every operation, the refusals any of them can give, as
+/// `application/problem+json` (the annotations only name the typical ones).
+struct ProblemResponses;
+
+impl utoipa::Modify for ProblemResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        const PROBLEMS: [(&str, &str); 7] = [
+            (
+                "400",
+                "Invalid input: every offending field is named in `errors`",
+            ),
+            ("401", "Missing or wrong admin token"),
+            ("404", "No such object"),
+            ("405", "Method not allowed on this path"),
+            (
+                "409",
+                "Conflict: duplicate, in use, or not allowed in this lifecycle state",
+            ),
+            ("413", "Request body too large"),
+            ("503", "The database did not answer; nothing was changed"),
+        ];
+        // The specs refuse unknown fields, but the stored objects extend them
+        // (`allOf` with id and times), which `additionalProperties: false`
+        // would forbid. Unknown fields are documented as a 400 instead.
+        if let Some(components) = openapi.components.as_mut() {
+            for name in ["UpstreamSpec", "ServiceSpec", "RouteSpec"] {
+                if let Some(utoipa::openapi::RefOr::T(utoipa::openapi::Schema::Object(object))) =
+                    components.schemas.get_mut(name)
+                {
+                    object.additional_properties = None;
+                }
+            }
+        }
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ];
+            for operation in operations.into_iter().flatten() {
+                for parameter in operation.parameters.iter_mut().flatten() {
+                    if parameter.name == "limit" {
+                        parameter.schema = Some(
+                            utoipa::openapi::ObjectBuilder::new()
+                                .schema_type(utoipa::openapi::Type::Integer)
+                                .minimum(Some(crate::extract::LIMIT_MIN as f64))
+                                .maximum(Some(crate::extract::LIMIT_MAX as f64))
+                                .default(Some(serde_json::json!(crate::extract::LIMIT_DEFAULT)))
+                                .into(),
+                        );
+                    }
+                }
+                for (status, description) in PROBLEMS {
+                    let response = ResponseBuilder::new()
+                        .description(description)
+                        .content(
+                            "application/problem+json",
+                            ContentBuilder::new()
+                                .schema(Some(Ref::from_schema_name("Problem")))
+                                .build(),
+                        )
+                        .build();
+                    operation
+                        .responses
+                        .responses
+                        .insert(status.to_owned(), response.into());
+                }
+            }
+        }
     }
 }
 

@@ -39,8 +39,10 @@ fn default_weight() -> u32 {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamSpec {
+    #[schema(pattern = "^[a-z0-9][a-z0-9-]{0,62}$")]
     pub slug: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^[a-z0-9][a-z0-9-]{0,62}$")]
     pub team: Option<String>,
     #[serde(default)]
     pub targets: Vec<Target>,
@@ -53,10 +55,12 @@ pub struct UpstreamSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hash_header: Option<String>,
     #[serde(default = "UpstreamSpec::default_connect_timeout_ms")]
+    #[schema(minimum = 1, maximum = 3600000)]
     pub connect_timeout_ms: u64,
     /// Longest wait for response headers on one try, and longest silence
     /// between two body chunks.
     #[serde(default = "UpstreamSpec::default_read_timeout_ms")]
+    #[schema(minimum = 1, maximum = 3600000)]
     pub read_timeout_ms: u64,
     #[serde(default)]
     pub protocol: UpstreamProtocol,
@@ -80,6 +84,7 @@ impl UpstreamSpec {
 pub struct Target {
     pub url: String,
     #[serde(default = "default_weight")]
+    #[schema(maximum = 1000)]
     pub weight: u32,
 }
 
@@ -156,11 +161,15 @@ pub struct HealthCheck {
 pub struct ActiveHealthCheck {
     pub enabled: bool,
     pub path: String,
+    #[schema(minimum = 100, maximum = 3600000)]
     pub interval_ms: u64,
+    #[schema(minimum = 1, maximum = 3600000)]
     pub timeout_ms: u64,
     /// Consecutive successes that bring an unhealthy target back.
+    #[schema(minimum = 1, maximum = 100)]
     pub healthy_threshold: u32,
     /// Consecutive failures that mark a target unhealthy.
+    #[schema(minimum = 1, maximum = 100)]
     pub unhealthy_threshold: u32,
     /// Statuses counted as healthy; empty means 200–399.
     pub healthy_statuses: Vec<u16>,
@@ -188,7 +197,9 @@ impl Default for ActiveHealthCheck {
 #[serde(deny_unknown_fields, default)]
 pub struct PassiveHealthCheck {
     pub enabled: bool,
+    #[schema(minimum = 1, maximum = 1000)]
     pub max_failures: u32,
+    #[schema(minimum = 1, maximum = 3600000)]
     pub ejection_ms: u64,
     pub failure_statuses: Vec<u16>,
 }
@@ -249,8 +260,10 @@ impl Lifecycle {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceSpec {
+    #[schema(pattern = "^[a-z0-9][a-z0-9-]{0,62}$")]
     pub slug: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^[a-z0-9][a-z0-9-]{0,62}$")]
     pub team: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
@@ -258,6 +271,7 @@ pub struct ServiceSpec {
     pub description: Option<String>,
     #[serde(default)]
     pub kind: ServiceKind,
+    #[schema(pattern = "^/")]
     pub base_path: String,
     /// Slug or id of the upstream (kind `http`). Stored as the slug.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -268,6 +282,7 @@ pub struct ServiceSpec {
     pub approval_required: bool,
     /// Total time budget (all tries) until the upstream's response headers.
     #[serde(default = "ServiceSpec::default_timeout_ms")]
+    #[schema(minimum = 1, maximum = 3600000)]
     pub timeout_ms: u64,
     #[serde(default)]
     pub retry: RetryPolicy,
@@ -287,15 +302,18 @@ impl ServiceSpec {
 #[serde(deny_unknown_fields, default)]
 pub struct RetryPolicy {
     /// Tries after the first one.
+    #[schema(maximum = 10)]
     pub retries: u32,
     /// Longest wait for response headers on one try; `null` uses the
     /// upstream's `read_timeout_ms`.
+    #[schema(minimum = 1, maximum = 3600000)]
     pub per_try_timeout_ms: Option<u64>,
     /// Methods that may be retried. Non-idempotent methods are retried only
     /// when listed here.
     pub methods: Vec<String>,
     /// Upstream statuses that cause a retry.
     pub on_statuses: Vec<u16>,
+    #[schema(maximum = 60000)]
     pub backoff_ms: u64,
 }
 
@@ -357,11 +375,13 @@ pub struct RouteSpec {
     /// Optional slug, unique within the service; the declarative file uses
     /// it to recognise the route.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^[a-z0-9][a-z0-9-]{0,62}$")]
     pub name: Option<String>,
     /// Allowed methods; empty allows every method.
     #[serde(default)]
     pub methods: Vec<String>,
     /// Pattern under the service's base path: `/forecast/{city}`, `/files/*`.
+    #[schema(pattern = "^/")]
     pub path: String,
     /// Matches only this `Host` (without port).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -370,6 +390,7 @@ pub struct RouteSpec {
     #[serde(default = "default_true")]
     pub strip_prefix: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 3600000)]
     pub timeout_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<RetryPolicy>,

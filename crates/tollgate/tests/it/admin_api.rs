@@ -166,6 +166,24 @@ async fn bad_input_is_refused_naming_the_field_and_writes_nothing() {
     );
     let (s, b) = raw(&tollgate, Method::POST, "/api/v1/upstreams", big).await;
     assert_eq!(s, 413, "{b}");
+    // An empty apply body is not an empty document (with prune it would
+    // delete everything).
+    tollgate
+        .create("/api/v1/upstreams", json!({"slug": "kept"}))
+        .await;
+    let (s, b) = raw(
+        &tollgate,
+        Method::POST,
+        "/api/v1/config/apply?prune=true",
+        "",
+    )
+    .await;
+    check(s, &b, 400, &[]);
+    assert!(b["detail"].as_str().unwrap().contains("empty"), "{b}");
+    let (status, _) = tollgate
+        .admin(Method::DELETE, "/api/v1/upstreams/kept", None)
+        .await;
+    assert_eq!(status, 204, "the upstream survived the empty apply");
     // Nothing was written by any of these.
     let (_, list) = tollgate.admin(Method::GET, "/api/v1/upstreams", None).await;
     assert_eq!(list["data"], json!([]));
