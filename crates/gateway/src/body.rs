@@ -155,7 +155,7 @@ impl Drop for InFlight {
 pub struct UpstreamResponseBody {
     inner: Incoming,
     lease: Option<Lease>,
-    _in_flight: InFlight,
+    _in_flight: Option<InFlight>,
     idle_timeout: Duration,
     /// Armed when the upstream makes us wait; reset by each chunk.
     idle: Option<Pin<Box<tokio::time::Sleep>>>,
@@ -165,7 +165,7 @@ impl UpstreamResponseBody {
     pub fn new(
         inner: Incoming,
         lease: Option<Lease>,
-        in_flight: InFlight,
+        in_flight: Option<InFlight>,
         idle_timeout: Duration,
     ) -> Self {
         Self {

@@ -65,10 +65,55 @@ impl Default for GatewayOptions {
 
 pub(crate) struct Shared {
     snapshot: ArcSwap<snapshot::Snapshot>,
+    /// Bumped after each snapshot swap; workers compare it to refresh their
+    /// own handle on the snapshot (see [`Shared::local_snapshot`]).
+    generation: std::sync::atomic::AtomicU64,
     registry: upstream::Registry,
     options: GatewayOptions,
     config_loaded: AtomicBool,
     store_reachable: AtomicBool,
+}
+
+/// A thread's own handle on the shared snapshot. Requests clone the
+/// `Arc<SnapshotHandle>` of their thread, whose reference count only that
+/// thread touches (no cache line bouncing between cores per request).
+pub struct SnapshotHandle(Arc<snapshot::Snapshot>);
+
+impl std::ops::Deref for SnapshotHandle {
+    type Target = snapshot::Snapshot;
+
+    fn deref(&self) -> &snapshot::Snapshot {
+        &self.0
+    }
+}
+
+/// (gateway identity, generation, handle)
+type CachedSnapshot = Option<(usize, u64, Arc<SnapshotHandle>)>;
+
+thread_local! {
+    static LOCAL_SNAPSHOT: std::cell::RefCell<CachedSnapshot> = const { std::cell::RefCell::new(None) };
+}
+
+impl Shared {
+    /// The current snapshot, through this thread's handle.
+    pub(crate) fn local_snapshot(&self) -> Arc<SnapshotHandle> {
+        // Read the generation first: the snapshot loaded after it is at
+        // least that new.
+        let generation = self.generation.load(Ordering::Acquire);
+        let key = self as *const Shared as usize;
+        LOCAL_SNAPSHOT.with(|cell| {
+            let mut cell = cell.borrow_mut();
+            if let Some((cached_key, cached_generation, snapshot)) = cell.as_ref()
+                && *cached_key == key
+                && *cached_generation == generation
+            {
+                return snapshot.clone();
+            }
+            let snapshot = Arc::new(SnapshotHandle(self.snapshot.load_full()));
+            *cell = Some((key, generation, snapshot.clone()));
+            snapshot
+        })
+    }
 }
 
 /// The gateway's listening sockets, one per worker.
@@ -85,7 +130,8 @@ impl Gateway {
         Self {
             shared: Arc::new(Shared {
                 snapshot: ArcSwap::from_pointee(snapshot::Snapshot::default()),
-                registry: upstream::Registry::new(),
+                generation: std::sync::atomic::AtomicU64::new(0),
+                registry: upstream::Registry::new(options.workers),
                 options,
                 config_loaded: AtomicBool::new(false),
                 store_reachable: AtomicBool::new(true),
@@ -99,6 +145,7 @@ impl Gateway {
         let compiled =
             snapshot::compile(config, &self.shared.options.defaults, &self.shared.registry)?;
         self.shared.snapshot.store(Arc::new(compiled));
+        self.shared.generation.fetch_add(1, Ordering::Release);
         self.shared.config_loaded.store(true, Ordering::Release);
         Ok(())
     }
@@ -146,6 +193,7 @@ impl Gateway {
             let spawned = std::thread::Builder::new()
                 .name(format!("tollgate-gw-{index}"))
                 .spawn(move || {
+                    upstream::set_worker(index);
                     let runtime = tokio::runtime::Builder::new_current_thread()
                         .enable_all()
                         .build();

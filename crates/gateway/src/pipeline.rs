@@ -59,7 +59,7 @@ pub struct RequestContext {
     pub client_ip: IpAddr,
     pub peer: Arc<Peer>,
     pub started: Instant,
-    pub snapshot: Arc<Snapshot>,
+    pub snapshot: Arc<crate::SnapshotHandle>,
     /// Index into `snapshot.routes` once matched.
     pub route: Option<usize>,
 }
@@ -82,7 +82,7 @@ pub(crate) async fn handle(
         client_ip: peer.addr.ip(),
         peer,
         started: Instant::now(),
-        snapshot: shared.snapshot.load_full(),
+        snapshot: shared.local_snapshot(),
         route: None,
     };
     let mut response = match run(shared, &mut context, request).await {
@@ -356,7 +356,9 @@ async fn forward(
             .headers_mut()
             .insert(header::HOST, target.host_header.clone());
 
-        let in_flight = InFlight::start(&target.state);
+        let in_flight = upstream
+            .tracks_in_flight()
+            .then(|| InFlight::start(&target.state));
         let try_started = Instant::now();
         let try_timeout = per_try_limit.min(remaining);
         let result = tokio::time::timeout(
@@ -702,7 +704,7 @@ mod tests {
                 server_name: None,
                 generation: 0,
             };
-            let registry = crate::upstream::Registry::new();
+            let registry = crate::upstream::Registry::new(1);
             let upstream: domain::model::Upstream = serde_json::from_value(serde_json::json!({
                 "slug": "x", "targets": [{"url": "http://127.0.0.1:1"}]
             }))

@@ -94,7 +94,9 @@ pub struct UpstreamRt {
     pub connector: Connector,
     /// Weighted round robin: a precomputed smooth sequence of target indexes.
     wrr_sequence: Vec<usize>,
-    wrr_next: AtomicUsize,
+    /// Position in the sequence, one counter per worker thread (each on its
+    /// own cache line), so workers never contend on it.
+    wrr_next: Box<[PaddedCounter]>,
     /// Consistent hash ring: (point, target index), sorted by point.
     ring: Vec<(u64, usize)>,
     hash_header: Option<http::HeaderName>,
@@ -114,6 +116,22 @@ pub struct Registry {
     /// Per upstream: the connection settings' fingerprint and generation.
     generations: Mutex<HashMap<String, (String, u64)>>,
     next_generation: AtomicU64,
+    /// Per-thread counters per upstream: gateway workers + 1 for others.
+    counter_slots: usize,
+}
+
+/// An atomic counter alone on its cache line.
+#[repr(align(64))]
+struct PaddedCounter(AtomicUsize);
+
+thread_local! {
+    /// The gateway worker this thread is (`usize::MAX` elsewhere).
+    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(usize::MAX) };
+}
+
+/// Marks the current thread as gateway worker `index`.
+pub fn set_worker(index: usize) {
+    WORKER.with(|worker| worker.set(index));
 }
 
 /// Why an upstream could not be compiled.
@@ -130,11 +148,12 @@ pub enum UpstreamError {
 }
 
 impl Registry {
-    pub fn new() -> Self {
+    pub fn new(workers: usize) -> Self {
         Self {
             targets: Mutex::default(),
             generations: Mutex::default(),
             next_generation: AtomicU64::new(1),
+            counter_slots: workers.max(1) + 1,
         }
     }
 
@@ -199,7 +218,13 @@ impl Registry {
             spec: spec.clone(),
             targets,
             connector,
-            wrr_next: AtomicUsize::new(fastrand::usize(..wrr_sequence.len().max(1))),
+            wrr_next: (0..self.counter_slots)
+                .map(|_| {
+                    PaddedCounter(AtomicUsize::new(fastrand::usize(
+                        ..wrr_sequence.len().max(1),
+                    )))
+                })
+                .collect(),
             wrr_sequence,
             ring,
             hash_header,
@@ -269,7 +294,7 @@ impl Registry {
 
 impl Default for Registry {
     fn default() -> Self {
-        Self::new()
+        Self::new(1)
     }
 }
 
@@ -348,6 +373,16 @@ fn tried(mask: u64, index: usize) -> bool {
 }
 
 impl UpstreamRt {
+    /// Whether the policy reads in-flight counts and latencies; only then
+    /// are they kept up to date on the request path (they are shared
+    /// between cores, so updating them costs).
+    pub fn tracks_in_flight(&self) -> bool {
+        matches!(
+            self.spec.policy,
+            BalancePolicy::LeastRequests | BalancePolicy::Ewma
+        )
+    }
+
     /// Chooses a target, or `None` when none is available. Prefers targets
     /// this request has not tried yet.
     pub fn pick(&self, input: &PickInput<'_>) -> Option<usize> {
@@ -368,7 +403,9 @@ impl UpstreamRt {
                 if length == 0 {
                     return None;
                 }
-                let start = self.wrr_next.fetch_add(1, Ordering::Relaxed);
+                let worker = WORKER.with(std::cell::Cell::get);
+                let counter = &self.wrr_next[worker.min(self.wrr_next.len() - 1)].0;
+                let start = counter.fetch_add(1, Ordering::Relaxed);
                 (0..length)
                     .map(|offset| self.wrr_sequence[(start + offset) % length])
                     .find(|&index| usable(index))
@@ -455,12 +492,21 @@ impl UpstreamRt {
         let state = &target.state;
         match outcome {
             Outcome::Success { latency } => {
-                state.consecutive_failures.store(0, Ordering::Relaxed);
-                state.ejections.store(0, Ordering::Relaxed);
-                update_ewma(&state.ewma_us, latency);
+                // Write only what changes: these lines are shared by cores.
+                if state.consecutive_failures.load(Ordering::Relaxed) != 0 {
+                    state.consecutive_failures.store(0, Ordering::Relaxed);
+                }
+                if state.ejections.load(Ordering::Relaxed) != 0 {
+                    state.ejections.store(0, Ordering::Relaxed);
+                }
+                if self.spec.policy == BalancePolicy::Ewma {
+                    update_ewma(&state.ewma_us, latency);
+                }
             }
             Outcome::Failure { latency } => {
-                if let Some(latency) = latency {
+                if let Some(latency) = latency
+                    && self.spec.policy == BalancePolicy::Ewma
+                {
                     update_ewma(&state.ewma_us, latency);
                 }
                 let passive = &self.spec.health_check.passive;
