@@ -20,6 +20,16 @@ pub struct Options {
     pub args: Vec<String>,
 }
 
+impl Options {
+    /// Stores in the given database (`postgres://…`) instead of SQLite.
+    pub fn on_database(url: &str) -> Self {
+        Options {
+            env: vec![("TOLLGATE_STORAGE__DATABASE_URL".into(), url.to_owned())],
+            ..Default::default()
+        }
+    }
+}
+
 /// A running `tollgate serve`. Killed when dropped.
 pub struct Tollgate {
     child: Option<Child>,

@@ -82,13 +82,7 @@ async fn tls_upstreams_are_verified() {
 #[tokio::test]
 async fn nodes_sharing_postgres_see_each_others_changes() {
     let database = test_support::PgDatabase::create();
-    let options = test_support::tollgate::Options {
-        env: vec![(
-            "TOLLGATE_STORAGE__DATABASE_URL".into(),
-            database.url.clone(),
-        )],
-        ..Default::default()
-    };
+    let options = test_support::tollgate::Options::on_database(&database.url);
     let first = Tollgate::start_with(BIN, options.clone()).await;
     let second = Tollgate::start_with(BIN, options).await;
     let upstream = FakeUpstream::start("a").await;
@@ -124,13 +118,7 @@ async fn nodes_sharing_postgres_see_each_others_changes() {
 #[tokio::test]
 async fn losing_the_store_keeps_the_last_snapshot_serving() {
     let database = test_support::PgDatabase::create();
-    let options = test_support::tollgate::Options {
-        env: vec![(
-            "TOLLGATE_STORAGE__DATABASE_URL".into(),
-            database.url.clone(),
-        )],
-        ..Default::default()
-    };
+    let options = test_support::tollgate::Options::on_database(&database.url);
     let tollgate = Tollgate::start_with(BIN, options).await;
     let upstream = FakeUpstream::start("a").await;
     tollgate
