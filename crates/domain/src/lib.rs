@@ -19,6 +19,7 @@ pub mod code;
 pub mod id;
 pub mod model;
 pub mod path;
+pub mod percent;
 pub mod validate;
 
 /// Milliseconds since the Unix epoch; how every time is stored.

@@ -353,16 +353,17 @@ pub struct Service {
 
 // ---------------------------------------------------------------- route
 
+/// Values to set and names to remove: for headers or query parameters.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
-pub struct HeaderRewrite {
-    /// Headers set (replacing any value the request had).
+pub struct Rewrite {
+    /// Names set (replacing any value the message had).
     pub set: BTreeMap<String, String>,
-    /// Headers removed.
+    /// Names removed.
     pub remove: Vec<String>,
 }
 
-impl HeaderRewrite {
+impl Rewrite {
     pub fn is_empty(&self) -> bool {
         self.set.is_empty() && self.remove.is_empty()
     }
@@ -396,10 +397,13 @@ pub struct RouteSpec {
     pub retry: Option<RetryPolicy>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_body_limit_bytes: Option<u64>,
-    #[serde(default, skip_serializing_if = "HeaderRewrite::is_empty")]
-    pub request_headers: HeaderRewrite,
-    #[serde(default, skip_serializing_if = "HeaderRewrite::is_empty")]
-    pub response_headers: HeaderRewrite,
+    #[serde(default, skip_serializing_if = "Rewrite::is_empty")]
+    pub request_headers: Rewrite,
+    #[serde(default, skip_serializing_if = "Rewrite::is_empty")]
+    pub response_headers: Rewrite,
+    /// Query parameters set or removed before forwarding.
+    #[serde(default, skip_serializing_if = "Rewrite::is_empty")]
+    pub query: Rewrite,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
@@ -725,6 +729,26 @@ impl RouteSpec {
             }
             for (index, name) in rewrite.remove.iter().enumerate() {
                 check_header_name(&mut errors, &format!("{field}.remove[{index}]"), name);
+            }
+        }
+        if self.query.set.len() + self.query.remove.len() > limits::HEADER_REWRITES_MAX {
+            errors.add("query", "too many query rewrites");
+        }
+        let set_names = self
+            .query
+            .set
+            .keys()
+            .map(|name| (format!("query.set.{name}"), name));
+        let removed_names = (self.query.remove.iter().enumerate())
+            .map(|(index, name)| (format!("query.remove[{index}]"), name));
+        for (field, name) in set_names.chain(removed_names) {
+            if name.is_empty() || name.len() > 256 {
+                errors.add(field, "must be 1 to 256 characters");
+            }
+        }
+        for (name, value) in &self.query.set {
+            if value.len() > limits::TEXT_MAX || value.bytes().any(|b| b < 0x20 || b == 0x7f) {
+                errors.add(format!("query.set.{name}"), "must be printable text");
             }
         }
         errors.into_result()

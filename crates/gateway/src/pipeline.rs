@@ -346,8 +346,13 @@ async fn forward(
         };
         // Origin form (`/path?query`); the client adds scheme and authority
         // where the protocol needs them (HTTP/2).
-        let uri = upstream_uri(&target.base_path, &parts.uri, route.strip_len)
-            .map_err(|_| Refusal::new(Code::BadRequest, "The request path cannot be forwarded."))?;
+        let uri = upstream_uri(
+            &target.base_path,
+            &parts.uri,
+            route.strip_len,
+            route.query.as_ref(),
+        )
+        .map_err(|_| Refusal::new(Code::BadRequest, "The request path cannot be forwarded."))?;
         let mut upstream_request = Request::new(try_body);
         *upstream_request.method_mut() = parts.method.clone();
         *upstream_request.uri_mut() = uri;
@@ -516,6 +521,7 @@ fn upstream_uri(
     target_base: &str,
     uri: &Uri,
     strip_len: usize,
+    query_rewrite: Option<&crate::snapshot::QueryRewrite>,
 ) -> Result<Uri, http::uri::InvalidUri> {
     let path = uri.path();
     let rest = path.get(strip_len..).unwrap_or("");
@@ -525,9 +531,14 @@ fn upstream_uri(
         String::with_capacity(target_base.len() + rest.len() + query.map_or(0, |q| q.len() + 1));
     buffer.push_str(target_base);
     buffer.push_str(rest);
-    if let Some(query) = query {
-        buffer.push('?');
-        buffer.push_str(query);
+    match query_rewrite {
+        Some(rewrite) => rewrite.apply(query, &mut buffer),
+        None => {
+            if let Some(query) = query {
+                buffer.push('?');
+                buffer.push_str(query);
+            }
+        }
     }
     Uri::from_maybe_shared(bytes::Bytes::from(buffer))
 }
@@ -731,7 +742,7 @@ mod tests {
         let uri: Uri = "/weather/forecast/paris?units=c".parse().unwrap();
         let check = |base: &str, uri: &Uri, strip: usize, expected: &str| {
             assert_eq!(
-                upstream_uri(base, uri, strip).unwrap().to_string(),
+                upstream_uri(base, uri, strip, None).unwrap().to_string(),
                 expected
             );
         };
@@ -740,5 +751,28 @@ mod tests {
         check("/v2", &uri, "/weather".len(), "/v2/forecast/paris?units=c");
         let uri: Uri = "/weather".parse().unwrap();
         check("", &uri, "/weather".len(), "/");
+    }
+
+    #[test]
+    fn query_rewrites() {
+        let rewrite = crate::snapshot::QueryRewrite {
+            drop: vec!["api_key".into(), "units".into()],
+            add: vec!["units=metric".into(), "source=tollgate%20gw".into()],
+        };
+        let check = |uri: &str, expected: &str| {
+            let uri: Uri = uri.parse().unwrap();
+            assert_eq!(
+                upstream_uri("", &uri, 0, Some(&rewrite))
+                    .unwrap()
+                    .to_string(),
+                expected
+            );
+        };
+        check(
+            "/a?city=paris&api%5Fkey=secret&units=f",
+            "/a?city=paris&units=metric&source=tollgate%20gw",
+        );
+        check("/a", "/a?units=metric&source=tollgate%20gw");
+        check("/a?&&x", "/a?x&units=metric&source=tollgate%20gw");
     }
 }

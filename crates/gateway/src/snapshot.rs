@@ -7,7 +7,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use domain::model::{HeaderRewrite, Lifecycle, RetryPolicy, Route, Service, ServiceKind, Upstream};
+use domain::model::{
+    Lifecycle, RetryPolicy, Rewrite as RewriteSpec, Route, Service, ServiceKind, Upstream,
+};
 use http::{HeaderName, HeaderValue};
 
 use crate::router::{MethodMask, Router, RouterBuilder, method_mask};
@@ -48,7 +50,7 @@ pub struct Rewrite {
 }
 
 impl Rewrite {
-    fn compile(rewrite: &HeaderRewrite) -> Result<Self, String> {
+    fn compile(rewrite: &RewriteSpec) -> Result<Self, String> {
         let name = |text: &str| {
             HeaderName::from_bytes(text.as_bytes()).map_err(|_| format!("bad header name '{text}'"))
         };
@@ -80,6 +82,61 @@ impl Rewrite {
     }
 }
 
+/// Query rewrites, with the names to drop and the `name=value` pairs to
+/// add already percent-encoded.
+#[derive(Debug, Clone, Default)]
+pub struct QueryRewrite {
+    /// Names whose pairs are dropped (the set ones too: they are replaced).
+    pub drop: Vec<String>,
+    pub add: Vec<String>,
+}
+
+impl QueryRewrite {
+    fn compile(rewrite: &RewriteSpec) -> Option<Self> {
+        if rewrite.is_empty() {
+            return None;
+        }
+        Some(Self {
+            drop: rewrite
+                .remove
+                .iter()
+                .chain(rewrite.set.keys())
+                .cloned()
+                .collect(),
+            add: rewrite
+                .set
+                .iter()
+                .map(|(name, value)| {
+                    format!(
+                        "{}={}",
+                        domain::percent::encode(name),
+                        domain::percent::encode(value)
+                    )
+                })
+                .collect(),
+        })
+    }
+
+    /// Writes the rewritten query (without `?`) after `out`'s content.
+    pub fn apply(&self, query: Option<&str>, out: &mut String) {
+        let mut first = true;
+        let mut push = |out: &mut String, pair: &str| {
+            out.push(if first { '?' } else { '&' });
+            first = false;
+            out.push_str(pair);
+        };
+        for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+            let name = domain::percent::decode(pair.split('=').next().unwrap_or(pair));
+            if !self.drop.contains(&name) {
+                push(out, pair);
+            }
+        }
+        for pair in &self.add {
+            push(out, pair);
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct ServiceRt {
     pub id: String,
@@ -103,6 +160,7 @@ pub struct RouteRt {
     pub body_limit_bytes: u64,
     pub request_headers: Rewrite,
     pub response_headers: Rewrite,
+    pub query: Option<QueryRewrite>,
 }
 
 /// Everything the data plane needs, immutable once built.
@@ -220,6 +278,7 @@ pub fn compile(
                 .or(service.spec.request_body_limit_bytes)
                 .unwrap_or(defaults.request_body_limit_bytes),
             request_headers: Rewrite::compile(&route.spec.request_headers).map_err(route_error)?,
+            query: QueryRewrite::compile(&route.spec.query),
             response_headers: Rewrite::compile(&route.spec.response_headers)
                 .map_err(route_error)?,
         });

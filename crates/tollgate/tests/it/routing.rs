@@ -165,7 +165,8 @@ async fn header_rewrites_per_route() {
             "/svc",
             json!({"targets": [{"url": upstream.url()}]}),
             &[json!({"path": "/*", "request_headers": {"set": {"x-tenant": "acme"}, "remove": ["x-drop"]},
-                     "response_headers": {"set": {"x-served-by": "tollgate"}}})],
+                     "response_headers": {"set": {"x-served-by": "tollgate"}},
+                     "query": {"set": {"units": "metric"}, "remove": ["api_key"]}})],
         )
         .await;
     tollgate
@@ -173,7 +174,10 @@ async fn header_rewrites_per_route() {
         .await;
     let response = tollgate
         .client
-        .get(format!("{}/svc/a", tollgate.gateway_url))
+        .get(format!(
+            "{}/svc/a?api_key=secret&city=paris&units=f",
+            tollgate.gateway_url
+        ))
         .header("x-drop", "1")
         .send()
         .await
@@ -182,6 +186,7 @@ async fn header_rewrites_per_route() {
     let echo: serde_json::Value = response.json().await.unwrap();
     assert_eq!(echo["headers"]["x-tenant"], "acme");
     assert!(echo["headers"].get("x-drop").is_none());
+    assert_eq!(echo["query"], "city=paris&units=metric", "query rewritten");
 }
 
 #[tokio::test]
