@@ -11,7 +11,7 @@
 //! The first refusal ends the request; `handle` renders it through
 //! [`Refusal::into_response`].
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -56,7 +56,6 @@ impl Peer {
 /// What the phases learn about one request.
 pub struct RequestContext {
     pub request_id: HeaderValue,
-    pub client_ip: IpAddr,
     pub peer: Arc<Peer>,
     pub started: Instant,
     pub snapshot: Arc<crate::SnapshotHandle>,
@@ -79,7 +78,6 @@ pub(crate) async fn handle(
     let request_id = request_id_of(request.headers());
     let mut context = RequestContext {
         request_id: request_id.clone(),
-        client_ip: peer.addr.ip(),
         peer,
         started: Instant::now(),
         snapshot: shared.local_snapshot(),
@@ -278,14 +276,13 @@ async fn forward(
     };
 
     let mut headers = parts.headers;
-    let original_host = headers.get(header::HOST).cloned().or_else(|| {
+    let original_host = headers.remove(header::HOST).or_else(|| {
         parts
             .uri
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     });
     strip_hop_by_hop(&mut headers);
-    headers.remove(header::HOST);
     append_forwarded(&mut headers, &context.peer.ip_header, original_host);
     headers.insert(X_REQUEST_ID.clone(), context.request_id.clone());
     route.request_headers.apply(&mut headers);
@@ -311,7 +308,7 @@ async fn forward(
             return Err(timeout_refusal(service.slug.as_str(), route.timeout));
         }
         let pick = upstream.pick(&PickInput {
-            client_ip: context.client_ip,
+            client_ip: context.peer.ip_header.as_bytes(),
             headers: &headers,
             tried: tried_mask,
         });
@@ -413,7 +410,7 @@ async fn forward(
                     return Err(body_too_large(too_large.limit));
                 }
                 upstream.record(index, Outcome::Failure { latency: None });
-                tracing::debug!(upstream = %upstream.slug, target = %target.url, %error, "upstream try failed");
+                tracing::debug!(upstream = %upstream.spec.slug, target = %target.url, %error, "upstream try failed");
                 let refusal =
                     connection_refusal(&error, &service.slug, upstream.spec.connect_timeout_ms);
                 if last_try {

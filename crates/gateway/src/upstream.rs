@@ -86,7 +86,6 @@ impl TargetRt {
 /// An upstream, compiled.
 pub struct UpstreamRt {
     pub id: String,
-    pub slug: String,
     pub spec: domain::model::UpstreamSpec,
     pub targets: Vec<TargetRt>,
     /// How connections to the targets are made (pools are per thread, in
@@ -105,7 +104,7 @@ pub struct UpstreamRt {
 impl std::fmt::Debug for UpstreamRt {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UpstreamRt")
-            .field("slug", &self.slug)
+            .field("slug", &self.spec.slug)
             .finish()
     }
 }
@@ -214,7 +213,6 @@ impl Registry {
         };
         Ok(UpstreamRt {
             id: upstream.id.clone(),
-            slug: spec.slug.clone(),
             spec: spec.clone(),
             targets,
             connector,
@@ -362,7 +360,8 @@ fn hash_ring(targets: &[TargetRt]) -> Vec<(u64, usize)> {
 
 /// What a pick may use from the request.
 pub struct PickInput<'a> {
-    pub client_ip: std::net::IpAddr,
+    /// The client IP as text (the same bytes as `X-Forwarded-For` gets).
+    pub client_ip: &'a [u8],
     pub headers: &'a http::HeaderMap,
     /// Targets already tried by this request (bit per index, first 64).
     pub tried: u64,
@@ -470,9 +469,9 @@ impl UpstreamRt {
                 let key_hash = match &self.hash_header {
                     Some(name) => match input.headers.get(name) {
                         Some(value) => stable_hash(value.as_bytes()),
-                        None => stable_hash(input.client_ip.to_string().as_bytes()),
+                        None => stable_hash(input.client_ip),
                     },
-                    None => stable_hash(input.client_ip.to_string().as_bytes()),
+                    None => stable_hash(input.client_ip),
                 };
                 let start = self.ring.partition_point(|(point, _)| *point < key_hash);
                 let length = self.ring.len();
@@ -522,7 +521,7 @@ impl UpstreamRt {
                         .ejected_until_ms
                         .store(monotonic_ms() + duration, Ordering::Relaxed);
                     tracing::warn!(
-                        upstream = %self.slug,
+                        upstream = %self.spec.slug,
                         target = %target.url,
                         ejection_ms = duration,
                         "target ejected after {failures} consecutive failures"
