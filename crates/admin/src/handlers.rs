@@ -88,6 +88,67 @@ fn patched<T: Serialize + serde::de::DeserializeOwned>(
     from_value(value)
 }
 
+// Lookups inside a write transaction: what a write changes is read in the
+// same transaction, so concurrent writes cannot be lost.
+
+async fn upstream_in(tx: &mut WriteTx, key: &str) -> Result<Upstream, ApiError> {
+    tx.upstream(key)
+        .await?
+        .ok_or_else(|| ApiError::not_found("upstream", key))
+}
+
+async fn service_in(tx: &mut WriteTx, key: &str) -> Result<Service, ApiError> {
+    tx.service(key)
+        .await?
+        .ok_or_else(|| ApiError::not_found("service", key))
+}
+
+async fn route_in(tx: &mut WriteTx, service: &Service, key: &str) -> Result<Route, ApiError> {
+    tx.route(&service.id, key)
+        .await?
+        .ok_or_else(|| ApiError::not_found("route", key))
+}
+
+/// PUT and PATCH of an upstream: `change` turns the current object into
+/// the new spec.
+async fn update_upstream_with(
+    state: &AdminState,
+    key: &str,
+    change: impl FnOnce(&Upstream) -> Result<UpstreamSpec, ApiError>,
+) -> Result<Response, ApiError> {
+    let mut tx = state.store.begin().await?;
+    let existing = upstream_in(&mut tx, key).await?;
+    let upstream = ops::update_upstream(&mut tx, &existing, change(&existing)?).await?;
+    commit(state, tx).await?;
+    Ok(ok(&upstream))
+}
+
+async fn update_service_with(
+    state: &AdminState,
+    key: &str,
+    change: impl FnOnce(&Service) -> Result<ServiceSpec, ApiError>,
+) -> Result<Response, ApiError> {
+    let mut tx = state.store.begin().await?;
+    let existing = service_in(&mut tx, key).await?;
+    let service = ops::update_service(&mut tx, &existing, change(&existing)?).await?;
+    commit(state, tx).await?;
+    Ok(ok(&service))
+}
+
+async fn update_route_with(
+    state: &AdminState,
+    service_key: &str,
+    route_key: &str,
+    change: impl FnOnce(&Route) -> Result<RouteSpec, ApiError>,
+) -> Result<Response, ApiError> {
+    let mut tx = state.store.begin().await?;
+    let service = service_in(&mut tx, service_key).await?;
+    let existing = route_in(&mut tx, &service, route_key).await?;
+    let route = ops::update_route(&mut tx, &service, &existing, change(&existing)?).await?;
+    commit(state, tx).await?;
+    Ok(ok(&route))
+}
+
 async fn upstream_or_404(state: &AdminState, key: &str) -> Result<Upstream, ApiError> {
     state
         .store
@@ -165,11 +226,7 @@ pub async fn replace_upstream(
     Path(key): Path<String>,
     Json(spec): Json<UpstreamSpec>,
 ) -> Result<Response, ApiError> {
-    let existing = upstream_or_404(&state, &key).await?;
-    let mut tx = state.store.begin().await?;
-    let upstream = ops::update_upstream(&mut tx, &existing, spec).await?;
-    commit(&state, tx).await?;
-    Ok(ok(&upstream))
+    update_upstream_with(&state, &key, |_| Ok(spec)).await
 }
 
 /// Change an upstream with a JSON merge patch (RFC 7396).
@@ -180,12 +237,7 @@ pub async fn patch_upstream(
     Path(key): Path<String>,
     Json(patch): Json<serde_json::Value>,
 ) -> Result<Response, ApiError> {
-    let existing = upstream_or_404(&state, &key).await?;
-    let spec = patched(&existing.spec, patch)?;
-    let mut tx = state.store.begin().await?;
-    let upstream = ops::update_upstream(&mut tx, &existing, spec).await?;
-    commit(&state, tx).await?;
-    Ok(ok(&upstream))
+    update_upstream_with(&state, &key, |existing| patched(&existing.spec, patch)).await
 }
 
 /// Delete an upstream (refused while a service uses it).
@@ -195,8 +247,8 @@ pub async fn delete_upstream(
     State(state): State<AdminState>,
     Path(key): Path<String>,
 ) -> Result<Response, ApiError> {
-    let existing = upstream_or_404(&state, &key).await?;
     let mut tx = state.store.begin().await?;
+    let existing = upstream_in(&mut tx, &key).await?;
     ops::delete_upstream(&mut tx, &existing).await?;
     commit(&state, tx).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -272,11 +324,7 @@ pub async fn replace_service(
     Path(key): Path<String>,
     Json(spec): Json<ServiceSpec>,
 ) -> Result<Response, ApiError> {
-    let existing = service_or_404(&state, &key).await?;
-    let mut tx = state.store.begin().await?;
-    let service = ops::update_service(&mut tx, &existing, spec).await?;
-    commit(&state, tx).await?;
-    Ok(ok(&service))
+    update_service_with(&state, &key, |_| Ok(spec)).await
 }
 
 /// Change a service with a JSON merge patch (RFC 7396).
@@ -287,12 +335,7 @@ pub async fn patch_service(
     Path(key): Path<String>,
     Json(patch): Json<serde_json::Value>,
 ) -> Result<Response, ApiError> {
-    let existing = service_or_404(&state, &key).await?;
-    let spec = patched(&existing.spec, patch)?;
-    let mut tx = state.store.begin().await?;
-    let service = ops::update_service(&mut tx, &existing, spec).await?;
-    commit(&state, tx).await?;
-    Ok(ok(&service))
+    update_service_with(&state, &key, |existing| patched(&existing.spec, patch)).await
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -317,8 +360,8 @@ pub async fn delete_service(
         Some("true") => true,
         Some(_) => return Err(ApiError::field("force", "must be true or false")),
     };
-    let existing = service_or_404(&state, &key).await?;
     let mut tx = state.store.begin().await?;
+    let existing = service_in(&mut tx, &key).await?;
     ops::delete_service(&mut tx, &existing, force).await?;
     commit(&state, tx).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -351,8 +394,8 @@ pub async fn publish(
     if request.note.as_ref().is_some_and(|n| n.len() > 1000) {
         return Err(ApiError::field("note", "must be at most 1000 bytes"));
     }
-    let existing = service_or_404(&state, &key).await?;
     let mut tx = state.store.begin().await?;
+    let existing = service_in(&mut tx, &key).await?;
     let (service, release) = ops::publish(&mut tx, &existing, request.note).await?;
     commit(&state, tx).await?;
     let location = format!(
@@ -394,7 +437,10 @@ pub async fn rollback(
             ));
         }
     };
-    let existing = service_or_404(&state, &key).await?;
+    let mut tx = state.store.begin().await?;
+    let existing = service_in(&mut tx, &key).await?;
+    // Releases never change once written: reading one outside the
+    // transaction is safe.
     let target = state
         .store
         .release(&existing.id, &release_key)
@@ -408,7 +454,6 @@ pub async fn rollback(
                 ),
             )
         })?;
-    let mut tx = state.store.begin().await?;
     let (service, release) = ops::rollback(&mut tx, &existing, &target).await?;
     commit(&state, tx).await?;
     let location = format!(
@@ -442,8 +487,8 @@ pub async fn deprecate(
     Path(key): Path<String>,
     Json(request): Json<DeprecateRequest>,
 ) -> Result<Response, ApiError> {
-    let existing = service_or_404(&state, &key).await?;
     let mut tx = state.store.begin().await?;
+    let existing = service_in(&mut tx, &key).await?;
     let service = ops::deprecate(&mut tx, &existing, request.sunset).await?;
     commit(&state, tx).await?;
     Ok(ok(&ActionResponse {
@@ -464,8 +509,8 @@ pub async fn retire(
     Path(key): Path<String>,
     Json(_request): Json<EmptyRequest>,
 ) -> Result<Response, ApiError> {
-    let existing = service_or_404(&state, &key).await?;
     let mut tx = state.store.begin().await?;
+    let existing = service_in(&mut tx, &key).await?;
     let service = ops::retire(&mut tx, &existing).await?;
     commit(&state, tx).await?;
     Ok(ok(&ActionResponse {
@@ -520,8 +565,8 @@ pub async fn create_route(
     Path(key): Path<String>,
     Json(spec): Json<RouteSpec>,
 ) -> Result<Response, ApiError> {
-    let service = service_or_404(&state, &key).await?;
     let mut tx = state.store.begin().await?;
+    let service = service_in(&mut tx, &key).await?;
     let route = ops::create_route(&mut tx, &service, spec).await?;
     commit(&state, tx).await?;
     Ok(created(
@@ -568,12 +613,7 @@ pub async fn replace_route(
     Path((key, route)): Path<(String, String)>,
     Json(spec): Json<RouteSpec>,
 ) -> Result<Response, ApiError> {
-    let service = service_or_404(&state, &key).await?;
-    let existing = route_or_404(&state, &service, &route).await?;
-    let mut tx = state.store.begin().await?;
-    let route = ops::update_route(&mut tx, &service, &existing, spec).await?;
-    commit(&state, tx).await?;
-    Ok(ok(&route))
+    update_route_with(&state, &key, &route, |_| Ok(spec)).await
 }
 
 /// Change a route with a JSON merge patch (RFC 7396).
@@ -584,13 +624,10 @@ pub async fn patch_route(
     Path((key, route)): Path<(String, String)>,
     Json(patch): Json<serde_json::Value>,
 ) -> Result<Response, ApiError> {
-    let service = service_or_404(&state, &key).await?;
-    let existing = route_or_404(&state, &service, &route).await?;
-    let spec = patched(&existing.spec, patch)?;
-    let mut tx = state.store.begin().await?;
-    let route = ops::update_route(&mut tx, &service, &existing, spec).await?;
-    commit(&state, tx).await?;
-    Ok(ok(&route))
+    update_route_with(&state, &key, &route, |existing| {
+        patched(&existing.spec, patch)
+    })
+    .await
 }
 
 /// Delete a route.
@@ -600,9 +637,9 @@ pub async fn delete_route(
     State(state): State<AdminState>,
     Path((key, route)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let service = service_or_404(&state, &key).await?;
-    let existing = route_or_404(&state, &service, &route).await?;
     let mut tx = state.store.begin().await?;
+    let service = service_in(&mut tx, &key).await?;
+    let existing = route_in(&mut tx, &service, &route).await?;
     ops::delete_route(&mut tx, &existing).await?;
     commit(&state, tx).await?;
     Ok(StatusCode::NO_CONTENT.into_response())

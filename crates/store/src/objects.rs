@@ -351,6 +351,17 @@ impl WriteTx {
         service_by_key(&mut *self.tx, key).await
     }
 
+    /// A route of `service_id` by id or name.
+    pub async fn route(&mut self, service_id: &str, key: &str) -> Result<Option<Route>> {
+        let row =
+            sqlx::query("SELECT * FROM routes WHERE service_id = $1 AND (id = $2 OR name = $2)")
+                .bind(service_id)
+                .bind(key)
+                .fetch_optional(&mut *self.tx)
+                .await?;
+        row.as_ref().map(route_from).transpose()
+    }
+
     pub async fn routes_of(&mut self, service_id: &str) -> Result<Vec<Route>> {
         routes_of(&mut *self.tx, service_id).await
     }
