@@ -1,5 +1,7 @@
-//! Admin authentication: `Authorization: Bearer <token>`, compared as
-//! SHA-256 digests in constant time. Only digests are stored.
+//! Admin authentication. Three ways in: the root token, a user's personal
+//! token (both `Authorization: Bearer <token>`) or a console session cookie
+//! (plus `X-CSRF-Token` on changes). Tokens and session ids are stored only
+//! as SHA-256 digests; the root token is compared in constant time.
 
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -9,6 +11,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::AdminState;
+use crate::access::{Caller, UserCaller};
 use crate::error::{ApiError, REQUEST_ID};
 
 /// The SHA-256 digest of a token, hex-encoded (how tokens are stored).
@@ -23,9 +26,136 @@ pub fn token_matches(presented: &str, stored_digest: &str) -> bool {
     digest.as_bytes().ct_eq(stored_digest.as_bytes()).into()
 }
 
-/// Assigns the request id, then checks the bearer token for `/api/v1/…`
-/// (the OpenAPI document and its reference page are public).
-pub async fn middleware(State(state): State<AdminState>, request: Request, next: Next) -> Response {
+/// A random secret of `length` base62 characters, from the OS generator.
+pub fn random_secret(length: usize) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut out = String::with_capacity(length);
+    let mut bytes = [0u8; 64];
+    while out.len() < length {
+        if getrandom::fill(&mut bytes).is_err() {
+            // Without an OS generator there is nothing safe to hand out;
+            // the caller gets an empty secret and refuses it.
+            return String::new();
+        }
+        for &byte in &bytes {
+            // 248 = 4 × 62: rejection sampling keeps the choice uniform.
+            if byte < 248 && out.len() < length {
+                out.push(char::from(ALPHABET[usize::from(byte % 62)]));
+            }
+        }
+    }
+    out
+}
+
+/// The console session cookie.
+pub const SESSION_COOKIE: &str = "tollgate_session";
+
+fn session_cookie(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == SESSION_COOKIE)
+        .map(|(_, value)| value)
+}
+
+fn unauthorized(detail: &str) -> ApiError {
+    ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", detail)
+}
+
+/// The caller for a user, with roles narrowed to `token_teams` when given.
+pub async fn user_caller(
+    store: &store::Store,
+    user: domain::access::User,
+    token_teams: Option<&[String]>,
+) -> Result<Caller, ApiError> {
+    let memberships = store.memberships_of_user(&user.id).await?;
+    let roles = memberships
+        .into_iter()
+        .filter(|m| token_teams.is_none_or(|teams| teams.contains(&m.team)))
+        .map(|m| (m.team, m.role))
+        .collect();
+    Ok(Caller::User(UserCaller {
+        platform: user.superadmin && token_teams.is_none(),
+        user,
+        roles,
+    }))
+}
+
+/// Who sent `request`: root token, personal token or console session.
+/// `Ok(None)`: no credentials at all.
+async fn identify(
+    state: &AdminState,
+    headers: &axum::http::HeaderMap,
+    method: &axum::http::Method,
+) -> Result<Option<Caller>, ApiError> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    if let Some(token) = bearer {
+        if token_matches(token, &state.root_token_digest) {
+            return Ok(Some(Caller::Root));
+        }
+        let owner = state.store.token_owner(&token_digest(token)).await?;
+        let Some(owner) = owner else {
+            return Err(unauthorized(
+                "The admin token is not valid (revoked, or never issued).",
+            ));
+        };
+        if owner.expires_at_ms.is_some_and(|at| at <= domain::now_ms()) {
+            return Err(unauthorized(
+                "The admin token has expired; create a new one.",
+            ));
+        }
+        return user_caller(&state.store, owner.user, owner.teams.as_deref())
+            .await
+            .map(Some);
+    }
+    let Some(cookie) = session_cookie(headers) else {
+        return Ok(None);
+    };
+    let Some(session) = state.store.session(&token_digest(cookie)).await? else {
+        return Err(unauthorized("The session has ended; log in again."));
+    };
+    if session.expires_at_ms <= domain::now_ms() {
+        return Err(unauthorized("The session has expired; log in again."));
+    }
+    // Cookies ride along on cross-site requests: a change must also carry
+    // the session's CSRF token, which only the console's own pages know.
+    let safe = matches!(
+        *method,
+        axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS
+    );
+    if !safe {
+        let presented = headers
+            .get("x-csrf-token")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        if !bool::from(presented.as_bytes().ct_eq(session.csrf.as_bytes())) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "csrf_failed",
+                "Send the session's CSRF token (from the login answer) as 'X-CSRF-Token'.",
+            ));
+        }
+    }
+    let Some(user) = state.store.user(&session.user_id).await? else {
+        return Err(unauthorized("The session's user no longer exists."));
+    };
+    user_caller(&state.store, user, None).await.map(Some)
+}
+
+/// Assigns the request id, then identifies the caller of `/api/v1/…` (the
+/// OpenAPI document, its reference page and login are public).
+pub async fn middleware(
+    State(state): State<AdminState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let request_id = request
         .headers()
         .get("x-request-id")
@@ -44,34 +174,25 @@ pub async fn middleware(State(state): State<AdminState>, request: Request, next:
             let path = request.uri().path();
             let public = matches!(
                 path,
-                "/api/v1/openapi.json" | "/api/v1/docs" | "/" | "/health"
+                "/api/v1/openapi.json" | "/api/v1/docs" | "/" | "/health" | "/api/v1/auth/login"
             );
-            if !public {
-                let token = request
-                    .headers()
-                    .get(header::AUTHORIZATION)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.strip_prefix("Bearer "))
-                    .map(str::trim);
-                match token {
-                    None => {
-                        return ApiError::new(
-                            StatusCode::UNAUTHORIZED,
-                            "unauthorized",
-                            "Send the admin token as 'Authorization: Bearer <token>'.",
-                        )
-                        .into_response();
-                    }
-                    Some(token) if !token_matches(token, &state.root_token_digest) => {
-                        return ApiError::new(
-                            StatusCode::UNAUTHORIZED,
-                            "unauthorized",
-                            "The admin token is not valid.",
-                        )
-                        .into_response();
-                    }
-                    Some(_) => {}
+            let headers = request.headers().clone();
+            let method = request.method().clone();
+            match identify(&state, &headers, &method).await {
+                Ok(Some(caller)) => {
+                    request.extensions_mut().insert(caller);
                 }
+                Ok(None) if public => {}
+                Ok(None) => {
+                    return unauthorized(
+                        "Send an admin token as 'Authorization: Bearer <token>', or log in (POST /api/v1/auth/login).",
+                    )
+                    .into_response();
+                }
+                Err(error) if public => {
+                    tracing::debug!(code = error.code, "public path with bad credentials");
+                }
+                Err(error) => return error.into_response(),
             }
             next.run(request).await
         })

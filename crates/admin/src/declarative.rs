@@ -544,10 +544,13 @@ fn document_value(headers: &HeaderMap, body: &Bytes) -> Result<Value, ApiError> 
     responses((status = 200, body = ApplyReport), (status = 400, body = crate::openapi::Problem)))]
 pub async fn apply(
     State(state): State<AdminState>,
+    caller: crate::access::Caller,
     params: ListParams,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    // A document spans every team: only the platform applies one.
+    caller.require_platform()?;
     params.only(&["dry_run", "prune"])?;
     let flag = |name: &str| match params.filter(name) {
         None | Some("false") => Ok(false),
@@ -575,6 +578,21 @@ pub async fn apply(
     let changes = apply_document(&mut tx, &document, prune).await?;
     let changed = !changes.is_empty();
     if !dry_run && changed {
+        let record = crate::access::Audit {
+            action: "config.apply",
+            kind: "config",
+            id: "config",
+            team: None,
+            other_team: None,
+        };
+        crate::access::audit(
+            &mut tx,
+            &caller,
+            record,
+            crate::access::NONE,
+            Some(&changes),
+        )
+        .await?;
         tx.commit().await?;
         (state.on_change)();
     }
@@ -588,7 +606,11 @@ pub async fn apply(
 
 /// Export the configuration as a document that `apply` accepts.
 #[utoipa::path(get, path = "/api/v1/config/export", tag = "config", responses((status = 200, body = Document)))]
-pub async fn export(State(state): State<AdminState>) -> Result<Response, ApiError> {
+pub async fn export(
+    State(state): State<AdminState>,
+    caller: crate::access::Caller,
+) -> Result<Response, ApiError> {
+    caller.require_platform()?;
     let data = state.store.load_all().await?;
     let mut upstreams: Vec<UpstreamSpec> = data.upstreams.into_iter().map(|u| u.spec).collect();
     upstreams.sort_by(|a, b| a.slug.cmp(&b.slug));

@@ -54,6 +54,16 @@ impl ApiError {
         )
     }
 
+    /// 500 for what should not happen; `what` goes to the log, not the caller.
+    pub fn internal(what: &str) -> Self {
+        tracing::error!(what, "internal error");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            "Something went wrong on our side; nothing was changed. The error has been logged.",
+        )
+    }
+
     /// 409 naming the field whose value conflicts.
     pub fn conflict(field: impl Into<String>, message: impl Into<String>) -> Self {
         let field = field.into();
@@ -96,6 +106,8 @@ impl ApiError {
             "conflict" => "Conflict",
             "invalid_lifecycle" => "Not allowed in this lifecycle state",
             "unauthorized" => "Unauthorized",
+            "forbidden" => "Forbidden",
+            "csrf_failed" => "CSRF token missing or wrong",
             "body_too_large" => "Request body too large",
             "method_not_allowed" => "Method not allowed",
             "unavailable" => "Storage unavailable",

@@ -5,11 +5,13 @@
 use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use domain::access::Role;
 use domain::model::{Release, Route, RouteSpec, Service, ServiceSpec, Upstream, UpstreamSpec};
 use serde::{Deserialize, Serialize};
 use store::{Page, WriteTx};
 
 use crate::AdminState;
+use crate::access::{Audit, Caller, NONE, audit, keep_team};
 use crate::error::ApiError;
 use crate::extract::{Json, ListParams, encode_cursor, from_value};
 use crate::ops;
@@ -31,11 +33,11 @@ impl<T> From<Page<T>> for ListResponse<T> {
     }
 }
 
-fn ok<T: Serialize>(value: &T) -> Response {
+pub(crate) fn ok<T: Serialize>(value: &T) -> Response {
     axum::Json(value).into_response()
 }
 
-fn created<T: Serialize>(value: &T, location: String) -> Response {
+pub(crate) fn created<T: Serialize>(value: &T, location: String) -> Response {
     let mut response = (StatusCode::CREATED, axum::Json(value)).into_response();
     if let Ok(location) = HeaderValue::from_str(&location) {
         response.headers_mut().insert(header::LOCATION, location);
@@ -43,7 +45,7 @@ fn created<T: Serialize>(value: &T, location: String) -> Response {
     response
 }
 
-async fn commit(state: &AdminState, tx: WriteTx) -> Result<(), ApiError> {
+pub(crate) async fn commit(state: &AdminState, tx: WriteTx) -> Result<(), ApiError> {
     tx.commit().await?;
     (state.on_change)();
     Ok(())
@@ -70,7 +72,7 @@ pub fn merge_patch(target: &mut serde_json::Value, patch: serde_json::Value) {
     }
 }
 
-fn patched<T: Serialize + serde::de::DeserializeOwned>(
+pub(crate) fn patched<T: Serialize + serde::de::DeserializeOwned>(
     current: &T,
     patch: serde_json::Value,
 ) -> Result<T, ApiError> {
@@ -89,18 +91,35 @@ fn patched<T: Serialize + serde::de::DeserializeOwned>(
 }
 
 // Lookups inside a write transaction: what a write changes is read in the
-// same transaction, so concurrent writes cannot be lost.
+// same transaction, so concurrent writes cannot be lost. Each checks that
+// the caller holds `needed` in the object's team (404 when not a member).
 
-async fn upstream_in(tx: &mut WriteTx, key: &str) -> Result<Upstream, ApiError> {
-    tx.upstream(key)
+async fn upstream_in(
+    tx: &mut WriteTx,
+    caller: &Caller,
+    key: &str,
+    needed: Role,
+) -> Result<Upstream, ApiError> {
+    let upstream = tx
+        .upstream(key)
         .await?
-        .ok_or_else(|| ApiError::not_found("upstream", key))
+        .ok_or_else(|| ApiError::not_found("upstream", key))?;
+    caller.require(upstream.spec.team.as_deref(), needed, "upstream", key)?;
+    Ok(upstream)
 }
 
-async fn service_in(tx: &mut WriteTx, key: &str) -> Result<Service, ApiError> {
-    tx.service(key)
+pub(crate) async fn service_in(
+    tx: &mut WriteTx,
+    caller: &Caller,
+    key: &str,
+    needed: Role,
+) -> Result<Service, ApiError> {
+    let service = tx
+        .service(key)
         .await?
-        .ok_or_else(|| ApiError::not_found("service", key))
+        .ok_or_else(|| ApiError::not_found("service", key))?;
+    caller.require(service.spec.team.as_deref(), needed, "service", key)?;
+    Ok(service)
 }
 
 async fn route_in(tx: &mut WriteTx, service: &Service, key: &str) -> Result<Route, ApiError> {
@@ -109,60 +128,133 @@ async fn route_in(tx: &mut WriteTx, service: &Service, key: &str) -> Result<Rout
         .ok_or_else(|| ApiError::not_found("route", key))
 }
 
+fn upstream_audit<'a>(action: &'a str, upstream: &'a Upstream) -> Audit<'a> {
+    Audit {
+        action,
+        kind: "upstream",
+        id: &upstream.id,
+        team: upstream.spec.team.as_deref(),
+        other_team: None,
+    }
+}
+
+pub(crate) fn service_audit<'a>(action: &'a str, service: &'a Service) -> Audit<'a> {
+    Audit {
+        action,
+        kind: "service",
+        id: &service.id,
+        team: service.spec.team.as_deref(),
+        other_team: None,
+    }
+}
+
+fn route_audit<'a>(action: &'a str, service: &'a Service, route: &'a Route) -> Audit<'a> {
+    Audit {
+        action,
+        kind: "route",
+        id: &route.id,
+        team: service.spec.team.as_deref(),
+        other_team: None,
+    }
+}
+
 /// PUT and PATCH of an upstream: `change` turns the current object into
 /// the new spec.
 async fn update_upstream_with(
     state: &AdminState,
+    caller: &Caller,
     key: &str,
     change: impl FnOnce(&Upstream) -> Result<UpstreamSpec, ApiError>,
 ) -> Result<Response, ApiError> {
     let mut tx = state.store.begin().await?;
-    let existing = upstream_in(&mut tx, key).await?;
-    let upstream = ops::update_upstream(&mut tx, &existing, change(&existing)?).await?;
+    let existing = upstream_in(&mut tx, caller, key, Role::Developer).await?;
+    let mut spec = change(&existing)?;
+    keep_team(existing.spec.team.as_ref(), &mut spec.team)?;
+    let upstream = ops::update_upstream(&mut tx, &existing, spec).await?;
+    audit(
+        &mut tx,
+        caller,
+        upstream_audit("upstream.update", &upstream),
+        Some(&existing),
+        Some(&upstream),
+    )
+    .await?;
     commit(state, tx).await?;
     Ok(ok(&upstream))
 }
 
 async fn update_service_with(
     state: &AdminState,
+    caller: &Caller,
     key: &str,
     change: impl FnOnce(&Service) -> Result<ServiceSpec, ApiError>,
 ) -> Result<Response, ApiError> {
     let mut tx = state.store.begin().await?;
-    let existing = service_in(&mut tx, key).await?;
-    let service = ops::update_service(&mut tx, &existing, change(&existing)?).await?;
+    let existing = service_in(&mut tx, caller, key, Role::Developer).await?;
+    let mut spec = change(&existing)?;
+    keep_team(existing.spec.team.as_ref(), &mut spec.team)?;
+    let service = ops::update_service(&mut tx, &existing, spec).await?;
+    audit(
+        &mut tx,
+        caller,
+        service_audit("service.update", &service),
+        Some(&existing),
+        Some(&service),
+    )
+    .await?;
     commit(state, tx).await?;
     Ok(ok(&service))
 }
 
 async fn update_route_with(
     state: &AdminState,
+    caller: &Caller,
     service_key: &str,
     route_key: &str,
     change: impl FnOnce(&Route) -> Result<RouteSpec, ApiError>,
 ) -> Result<Response, ApiError> {
     let mut tx = state.store.begin().await?;
-    let service = service_in(&mut tx, service_key).await?;
+    let service = service_in(&mut tx, caller, service_key, Role::Developer).await?;
     let existing = route_in(&mut tx, &service, route_key).await?;
     let route = ops::update_route(&mut tx, &service, &existing, change(&existing)?).await?;
+    audit(
+        &mut tx,
+        caller,
+        route_audit("route.update", &service, &route),
+        Some(&existing),
+        Some(&route),
+    )
+    .await?;
     commit(state, tx).await?;
     Ok(ok(&route))
 }
 
-async fn upstream_or_404(state: &AdminState, key: &str) -> Result<Upstream, ApiError> {
-    state
+async fn upstream_or_404(
+    state: &AdminState,
+    caller: &Caller,
+    key: &str,
+) -> Result<Upstream, ApiError> {
+    let upstream = state
         .store
         .upstream(key)
         .await?
-        .ok_or_else(|| ApiError::not_found("upstream", key))
+        .ok_or_else(|| ApiError::not_found("upstream", key))?;
+    caller.require(upstream.spec.team.as_deref(), Role::Viewer, "upstream", key)?;
+    Ok(upstream)
 }
 
-async fn service_or_404(state: &AdminState, key: &str) -> Result<Service, ApiError> {
-    state
+pub(crate) async fn service_or_404(
+    state: &AdminState,
+    caller: &Caller,
+    key: &str,
+) -> Result<Service, ApiError> {
+    let service = state
         .store
         .service(key)
         .await?
-        .ok_or_else(|| ApiError::not_found("service", key))
+        .ok_or_else(|| ApiError::not_found("service", key))?;
+    caller.require(service.spec.team.as_deref(), Role::Viewer, "service", key)?;
+    Ok(service)
 }
 
 async fn route_or_404(state: &AdminState, service: &Service, key: &str) -> Result<Route, ApiError> {
@@ -180,10 +272,22 @@ async fn route_or_404(state: &AdminState, service: &Service, key: &str) -> Resul
     responses((status = 201, body = Upstream), (status = 400, body = crate::openapi::Problem), (status = 409, body = crate::openapi::Problem)))]
 pub async fn create_upstream(
     State(state): State<AdminState>,
-    Json(spec): Json<UpstreamSpec>,
+    caller: Caller,
+    Json(mut spec): Json<UpstreamSpec>,
 ) -> Result<Response, ApiError> {
     let mut tx = state.store.begin().await?;
+    spec.team = caller
+        .team_for_new(&mut tx, spec.team.as_deref(), Role::Developer)
+        .await?;
     let upstream = ops::create_upstream(&mut tx, spec).await?;
+    audit(
+        &mut tx,
+        &caller,
+        upstream_audit("upstream.create", &upstream),
+        NONE,
+        Some(&upstream),
+    )
+    .await?;
     commit(&state, tx).await?;
     Ok(created(
         &upstream,
@@ -197,12 +301,18 @@ pub async fn create_upstream(
     responses((status = 200, body = ListResponse<Upstream>)))]
 pub async fn list_upstreams(
     State(state): State<AdminState>,
+    caller: Caller,
     params: ListParams,
 ) -> Result<Response, ApiError> {
     params.only(&["team"])?;
     let page = state
         .store
-        .upstreams(params.after.as_deref(), params.limit, params.filter("team"))
+        .upstreams(
+            &caller.visible(),
+            params.after.as_deref(),
+            params.limit,
+            params.filter("team"),
+        )
         .await?;
     Ok(ok(&ListResponse::from(page)))
 }
@@ -213,9 +323,10 @@ pub async fn list_upstreams(
     responses((status = 200, body = Upstream), (status = 404, body = crate::openapi::Problem)))]
 pub async fn get_upstream(
     State(state): State<AdminState>,
+    caller: Caller,
     Path(key): Path<String>,
 ) -> Result<Response, ApiError> {
-    Ok(ok(&upstream_or_404(&state, &key).await?))
+    Ok(ok(&upstream_or_404(&state, &caller, &key).await?))
 }
 
 /// Replace an upstream.
@@ -223,10 +334,11 @@ pub async fn get_upstream(
     params(("upstream" = String, Path)), responses((status = 200, body = Upstream), (status = 400, body = crate::openapi::Problem)))]
 pub async fn replace_upstream(
     State(state): State<AdminState>,
+    caller: Caller,
     Path(key): Path<String>,
     Json(spec): Json<UpstreamSpec>,
 ) -> Result<Response, ApiError> {
-    update_upstream_with(&state, &key, |_| Ok(spec)).await
+    update_upstream_with(&state, &caller, &key, |_| Ok(spec)).await
 }
 
 /// Change an upstream with a JSON merge patch (RFC 7396).
@@ -234,10 +346,14 @@ pub async fn replace_upstream(
     params(("upstream" = String, Path)), responses((status = 200, body = Upstream), (status = 400, body = crate::openapi::Problem)))]
 pub async fn patch_upstream(
     State(state): State<AdminState>,
+    caller: Caller,
     Path(key): Path<String>,
     Json(patch): Json<serde_json::Value>,
 ) -> Result<Response, ApiError> {
-    update_upstream_with(&state, &key, |existing| patched(&existing.spec, patch)).await
+    update_upstream_with(&state, &caller, &key, |existing| {
+        patched(&existing.spec, patch)
+    })
+    .await
 }
 
 /// Delete an upstream (refused while a service uses it).
@@ -245,11 +361,20 @@ pub async fn patch_upstream(
     params(("upstream" = String, Path)), responses((status = 204), (status = 409, body = crate::openapi::Problem)))]
 pub async fn delete_upstream(
     State(state): State<AdminState>,
+    caller: Caller,
     Path(key): Path<String>,
 ) -> Result<Response, ApiError> {
     let mut tx = state.store.begin().await?;
-    let existing = upstream_in(&mut tx, &key).await?;
+    let existing = upstream_in(&mut tx, &caller, &key, Role::Developer).await?;
     ops::delete_upstream(&mut tx, &existing).await?;
+    audit(
+        &mut tx,
+        &caller,
+        upstream_audit("upstream.delete", &existing),
+        Some(&existing),
+        NONE,
+    )
+    .await?;
     commit(&state, tx).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -261,10 +386,22 @@ pub async fn delete_upstream(
     responses((status = 201, body = Service), (status = 400, body = crate::openapi::Problem), (status = 409, body = crate::openapi::Problem)))]
 pub async fn create_service(
     State(state): State<AdminState>,
-    Json(spec): Json<ServiceSpec>,
+    caller: Caller,
+    Json(mut spec): Json<ServiceSpec>,
 ) -> Result<Response, ApiError> {
     let mut tx = state.store.begin().await?;
+    spec.team = caller
+        .team_for_new(&mut tx, spec.team.as_deref(), Role::Developer)
+        .await?;
     let service = ops::create_service(&mut tx, spec).await?;
+    audit(
+        &mut tx,
+        &caller,
+        service_audit("service.create", &service),
+        NONE,
+        Some(&service),
+    )
+    .await?;
     commit(&state, tx).await?;
     Ok(created(
         &service,
@@ -279,6 +416,7 @@ pub async fn create_service(
     responses((status = 200, body = ListResponse<Service>)))]
 pub async fn list_services(
     State(state): State<AdminState>,
+    caller: Caller,
     params: ListParams,
 ) -> Result<Response, ApiError> {
     params.only(&["team", "lifecycle"])?;
@@ -296,6 +434,7 @@ pub async fn list_services(
     let page = state
         .store
         .services(
+            &caller.visible(),
             params.after.as_deref(),
             params.limit,
             params.filter("team"),
@@ -311,9 +450,10 @@ pub async fn list_services(
     responses((status = 200, body = Service), (status = 404, body = crate::openapi::Problem)))]
 pub async fn get_service(
     State(state): State<AdminState>,
+    caller: Caller,
     Path(key): Path<String>,
 ) -> Result<Response, ApiError> {
-    Ok(ok(&service_or_404(&state, &key).await?))
+    Ok(ok(&service_or_404(&state, &caller, &key).await?))
 }
 
 /// Replace a service's settings. Live at once on a published service.
@@ -321,10 +461,11 @@ pub async fn get_service(
     params(("service" = String, Path)), responses((status = 200, body = Service), (status = 400, body = crate::openapi::Problem)))]
 pub async fn replace_service(
     State(state): State<AdminState>,
+    caller: Caller,
     Path(key): Path<String>,
     Json(spec): Json<ServiceSpec>,
 ) -> Result<Response, ApiError> {
-    update_service_with(&state, &key, |_| Ok(spec)).await
+    update_service_with(&state, &caller, &key, |_| Ok(spec)).await
 }
 
 /// Change a service with a JSON merge patch (RFC 7396).
@@ -332,10 +473,14 @@ pub async fn replace_service(
     params(("service" = String, Path)), responses((status = 200, body = Service), (status = 400, body = crate::openapi::Problem)))]
 pub async fn patch_service(
     State(state): State<AdminState>,
+    caller: Caller,
     Path(key): Path<String>,
     Json(patch): Json<serde_json::Value>,
 ) -> Result<Response, ApiError> {
-    update_service_with(&state, &key, |existing| patched(&existing.spec, patch)).await
+    update_service_with(&state, &caller, &key, |existing| {
+        patched(&existing.spec, patch)
+    })
+    .await
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -351,6 +496,7 @@ pub struct DeleteQuery {
     responses((status = 204), (status = 409, body = crate::openapi::Problem)))]
 pub async fn delete_service(
     State(state): State<AdminState>,
+    caller: Caller,
     Path(key): Path<String>,
     params: ListParams,
 ) -> Result<Response, ApiError> {
@@ -361,8 +507,18 @@ pub async fn delete_service(
         Some(_) => return Err(ApiError::field("force", "must be true or false")),
     };
     let mut tx = state.store.begin().await?;
-    let existing = service_in(&mut tx, &key).await?;
+    // Deleting a live service takes the role that retires one.
+    let needed = if force { Role::Admin } else { Role::Developer };
+    let existing = service_in(&mut tx, &caller, &key, needed).await?;
     ops::delete_service(&mut tx, &existing, force).await?;
+    audit(
+        &mut tx,
+        &caller,
+        service_audit("service.delete", &existing),
+        Some(&existing),
+        NONE,
+    )
+    .await?;
     commit(&state, tx).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -388,6 +544,7 @@ pub struct ActionResponse {
     params(("service" = String, Path)), responses((status = 201, body = ActionResponse), (status = 409, body = crate::openapi::Problem)))]
 pub async fn publish(
     State(state): State<AdminState>,
+    caller: Caller,
     Path(key): Path<String>,
     Json(request): Json<PublishRequest>,
 ) -> Result<Response, ApiError> {
@@ -395,8 +552,16 @@ pub async fn publish(
         return Err(ApiError::field("note", "must be at most 1000 bytes"));
     }
     let mut tx = state.store.begin().await?;
-    let existing = service_in(&mut tx, &key).await?;
+    let existing = service_in(&mut tx, &caller, &key, Role::Admin).await?;
     let (service, release) = ops::publish(&mut tx, &existing, request.note).await?;
+    audit(
+        &mut tx,
+        &caller,
+        service_audit("service.publish", &service),
+        Some(&existing),
+        Some(&service),
+    )
+    .await?;
     commit(&state, tx).await?;
     let location = format!(
         "/api/v1/services/{}/releases/{}",
@@ -424,6 +589,7 @@ pub struct RollbackRequest {
     params(("service" = String, Path)), responses((status = 201, body = ActionResponse), (status = 404, body = crate::openapi::Problem)))]
 pub async fn rollback(
     State(state): State<AdminState>,
+    caller: Caller,
     Path(key): Path<String>,
     Json(request): Json<RollbackRequest>,
 ) -> Result<Response, ApiError> {
@@ -438,7 +604,7 @@ pub async fn rollback(
         }
     };
     let mut tx = state.store.begin().await?;
-    let existing = service_in(&mut tx, &key).await?;
+    let existing = service_in(&mut tx, &caller, &key, Role::Admin).await?;
     // Releases never change once written: reading one outside the
     // transaction is safe.
     let target = state
@@ -455,6 +621,14 @@ pub async fn rollback(
             )
         })?;
     let (service, release) = ops::rollback(&mut tx, &existing, &target).await?;
+    audit(
+        &mut tx,
+        &caller,
+        service_audit("service.rollback", &service),
+        Some(&existing),
+        Some(&service),
+    )
+    .await?;
     commit(&state, tx).await?;
     let location = format!(
         "/api/v1/services/{}/releases/{}",
@@ -484,12 +658,21 @@ pub struct DeprecateRequest {
     params(("service" = String, Path)), responses((status = 200, body = ActionResponse), (status = 409, body = crate::openapi::Problem)))]
 pub async fn deprecate(
     State(state): State<AdminState>,
+    caller: Caller,
     Path(key): Path<String>,
     Json(request): Json<DeprecateRequest>,
 ) -> Result<Response, ApiError> {
     let mut tx = state.store.begin().await?;
-    let existing = service_in(&mut tx, &key).await?;
+    let existing = service_in(&mut tx, &caller, &key, Role::Admin).await?;
     let service = ops::deprecate(&mut tx, &existing, request.sunset).await?;
+    audit(
+        &mut tx,
+        &caller,
+        service_audit("service.deprecate", &service),
+        Some(&existing),
+        Some(&service),
+    )
+    .await?;
     commit(&state, tx).await?;
     Ok(ok(&ActionResponse {
         service,
@@ -506,12 +689,21 @@ pub struct EmptyRequest {}
     params(("service" = String, Path)), responses((status = 200, body = ActionResponse), (status = 409, body = crate::openapi::Problem)))]
 pub async fn retire(
     State(state): State<AdminState>,
+    caller: Caller,
     Path(key): Path<String>,
     Json(_request): Json<EmptyRequest>,
 ) -> Result<Response, ApiError> {
     let mut tx = state.store.begin().await?;
-    let existing = service_in(&mut tx, &key).await?;
+    let existing = service_in(&mut tx, &caller, &key, Role::Admin).await?;
     let service = ops::retire(&mut tx, &existing).await?;
+    audit(
+        &mut tx,
+        &caller,
+        service_audit("service.retire", &service),
+        Some(&existing),
+        Some(&service),
+    )
+    .await?;
     commit(&state, tx).await?;
     Ok(ok(&ActionResponse {
         service,
@@ -525,11 +717,12 @@ pub async fn retire(
     responses((status = 200, body = ListResponse<Release>)))]
 pub async fn list_releases(
     State(state): State<AdminState>,
+    caller: Caller,
     Path(key): Path<String>,
     params: ListParams,
 ) -> Result<Response, ApiError> {
     params.only(&[])?;
-    let service = service_or_404(&state, &key).await?;
+    let service = service_or_404(&state, &caller, &key).await?;
     let page = state
         .store
         .releases(&service.id, params.after.as_deref(), params.limit)
@@ -543,9 +736,10 @@ pub async fn list_releases(
     responses((status = 200, body = Release), (status = 404, body = crate::openapi::Problem)))]
 pub async fn get_release(
     State(state): State<AdminState>,
+    caller: Caller,
     Path((key, release)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let service = service_or_404(&state, &key).await?;
+    let service = service_or_404(&state, &caller, &key).await?;
     let release = state
         .store
         .release(&service.id, &release)
@@ -562,12 +756,21 @@ pub async fn get_release(
     responses((status = 201, body = Route), (status = 400, body = crate::openapi::Problem), (status = 409, body = crate::openapi::Problem)))]
 pub async fn create_route(
     State(state): State<AdminState>,
+    caller: Caller,
     Path(key): Path<String>,
     Json(spec): Json<RouteSpec>,
 ) -> Result<Response, ApiError> {
     let mut tx = state.store.begin().await?;
-    let service = service_in(&mut tx, &key).await?;
+    let service = service_in(&mut tx, &caller, &key, Role::Developer).await?;
     let route = ops::create_route(&mut tx, &service, spec).await?;
+    audit(
+        &mut tx,
+        &caller,
+        route_audit("route.create", &service, &route),
+        NONE,
+        Some(&route),
+    )
+    .await?;
     commit(&state, tx).await?;
     Ok(created(
         &route,
@@ -581,11 +784,12 @@ pub async fn create_route(
     responses((status = 200, body = ListResponse<Route>)))]
 pub async fn list_routes(
     State(state): State<AdminState>,
+    caller: Caller,
     Path(key): Path<String>,
     params: ListParams,
 ) -> Result<Response, ApiError> {
     params.only(&[])?;
-    let service = service_or_404(&state, &key).await?;
+    let service = service_or_404(&state, &caller, &key).await?;
     let page = state
         .store
         .routes(&service.id, params.after.as_deref(), params.limit)
@@ -599,9 +803,10 @@ pub async fn list_routes(
     responses((status = 200, body = Route), (status = 404, body = crate::openapi::Problem)))]
 pub async fn get_route(
     State(state): State<AdminState>,
+    caller: Caller,
     Path((key, route)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let service = service_or_404(&state, &key).await?;
+    let service = service_or_404(&state, &caller, &key).await?;
     Ok(ok(&route_or_404(&state, &service, &route).await?))
 }
 
@@ -610,10 +815,11 @@ pub async fn get_route(
     params(("service" = String, Path), ("route" = String, Path)), responses((status = 200, body = Route)))]
 pub async fn replace_route(
     State(state): State<AdminState>,
+    caller: Caller,
     Path((key, route)): Path<(String, String)>,
     Json(spec): Json<RouteSpec>,
 ) -> Result<Response, ApiError> {
-    update_route_with(&state, &key, &route, |_| Ok(spec)).await
+    update_route_with(&state, &caller, &key, &route, |_| Ok(spec)).await
 }
 
 /// Change a route with a JSON merge patch (RFC 7396).
@@ -621,10 +827,11 @@ pub async fn replace_route(
     params(("service" = String, Path), ("route" = String, Path)), responses((status = 200, body = Route)))]
 pub async fn patch_route(
     State(state): State<AdminState>,
+    caller: Caller,
     Path((key, route)): Path<(String, String)>,
     Json(patch): Json<serde_json::Value>,
 ) -> Result<Response, ApiError> {
-    update_route_with(&state, &key, &route, |existing| {
+    update_route_with(&state, &caller, &key, &route, |existing| {
         patched(&existing.spec, patch)
     })
     .await
@@ -635,12 +842,21 @@ pub async fn patch_route(
     params(("service" = String, Path), ("route" = String, Path)), responses((status = 204)))]
 pub async fn delete_route(
     State(state): State<AdminState>,
+    caller: Caller,
     Path((key, route)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let mut tx = state.store.begin().await?;
-    let service = service_in(&mut tx, &key).await?;
+    let service = service_in(&mut tx, &caller, &key, Role::Developer).await?;
     let existing = route_in(&mut tx, &service, &route).await?;
     ops::delete_route(&mut tx, &existing).await?;
+    audit(
+        &mut tx,
+        &caller,
+        route_audit("route.delete", &service, &existing),
+        Some(&existing),
+        NONE,
+    )
+    .await?;
     commit(&state, tx).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

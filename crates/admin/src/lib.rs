@@ -9,19 +9,23 @@
 //!   offending fields; [`auth`] checks bearer tokens; [`openapi`] serves the
 //!   generated OpenAPI 3.1 document and its reference page.
 
+pub mod access;
 pub mod auth;
+pub mod consumers;
 pub mod declarative;
 pub mod error;
 pub mod extract;
 pub mod handlers;
 pub mod openapi;
 pub mod ops;
+pub mod password;
+pub mod tenancy;
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, patch, post};
 use store::Store;
 
 use crate::error::ApiError;
@@ -38,7 +42,9 @@ pub struct AdminState {
 
 /// The admin router.
 pub fn router(state: AdminState) -> Router {
+    use consumers as c;
     use handlers as h;
+    use tenancy as t;
     let api = Router::new()
         .route("/api/v1/openapi.json", get(openapi::document))
         .route("/api/v1/docs", get(openapi::reference))
@@ -84,6 +90,79 @@ pub fn router(state: AdminState) -> Router {
                 .patch(h::patch_route)
                 .delete(h::delete_route),
         )
+        .route("/api/v1/teams", get(t::list_teams).post(t::create_team))
+        .route(
+            "/api/v1/teams/{team}",
+            get(t::get_team).patch(t::patch_team).delete(t::delete_team),
+        )
+        .route(
+            "/api/v1/teams/{team}/members",
+            get(t::list_members).post(t::add_member),
+        )
+        .route(
+            "/api/v1/teams/{team}/members/{user}",
+            patch(t::change_member).delete(t::remove_member),
+        )
+        .route(
+            "/api/v1/teams/{team}/webhooks",
+            get(c::list_webhooks).post(c::create_webhook),
+        )
+        .route(
+            "/api/v1/teams/{team}/webhooks/{webhook}",
+            delete(c::delete_webhook),
+        )
+        .route(
+            "/api/v1/teams/{team}/webhooks/{webhook}/deliveries",
+            get(c::list_deliveries),
+        )
+        .route("/api/v1/users", get(t::list_users).post(t::create_user))
+        .route(
+            "/api/v1/users/{user}",
+            get(t::get_user).patch(t::patch_user).delete(t::delete_user),
+        )
+        .route("/api/v1/tokens", get(t::list_tokens).post(t::create_token))
+        .route("/api/v1/tokens/{token}", delete(t::delete_token))
+        .route("/api/v1/auth/login", post(t::login))
+        .route("/api/v1/auth/logout", post(t::logout))
+        .route("/api/v1/auth/me", get(t::me))
+        .route("/api/v1/audit", get(t::list_audit))
+        .route("/api/v1/apps", get(c::list_apps).post(c::create_app))
+        .route(
+            "/api/v1/apps/{app}",
+            get(c::get_app)
+                .put(c::replace_app)
+                .patch(c::patch_app)
+                .delete(c::delete_app),
+        )
+        .route(
+            "/api/v1/apps/{app}/keys",
+            get(c::list_keys).post(c::create_key),
+        )
+        .route(
+            "/api/v1/apps/{app}/keys/{key}",
+            get(c::get_key).delete(c::revoke_key),
+        )
+        .route(
+            "/api/v1/services/{service}/plans",
+            get(c::list_plans).post(c::create_plan),
+        )
+        .route(
+            "/api/v1/services/{service}/plans/{plan}",
+            get(c::get_plan).patch(c::patch_plan).delete(c::delete_plan),
+        )
+        .route(
+            "/api/v1/subscriptions",
+            get(c::list_subscriptions).post(c::create_subscription),
+        )
+        .route(
+            "/api/v1/subscriptions/{subscription}",
+            get(c::get_subscription),
+        )
+        .route(
+            "/api/v1/subscriptions/{subscription}/{action}",
+            post(c::subscription_action),
+        )
+        .route("/api/v1/catalog", get(c::catalog))
         .route("/api/v1/config/apply", post(declarative::apply))
         .route("/api/v1/config/export", get(declarative::export))
         .fallback(not_found)

@@ -24,7 +24,7 @@ pub struct Problem {
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Tollgate admin API", description = "Manage upstreams, services, routes and releases. Authenticate with `Authorization: Bearer <admin token>`."),
+    info(title = "Tollgate admin API", description = "Manage teams, users, upstreams, services, routes, releases, plans, apps, keys and subscriptions. Authenticate with `Authorization: Bearer <admin token>` (root or personal token) or a console session."),
     paths(
         crate::handlers::create_upstream, crate::handlers::list_upstreams, crate::handlers::get_upstream,
         crate::handlers::replace_upstream, crate::handlers::patch_upstream, crate::handlers::delete_upstream,
@@ -35,10 +35,30 @@ pub struct Problem {
         crate::handlers::create_route, crate::handlers::list_routes, crate::handlers::get_route,
         crate::handlers::replace_route, crate::handlers::patch_route, crate::handlers::delete_route,
         crate::declarative::apply, crate::declarative::export,
+        crate::tenancy::create_team, crate::tenancy::list_teams, crate::tenancy::get_team,
+        crate::tenancy::patch_team, crate::tenancy::delete_team,
+        crate::tenancy::list_members, crate::tenancy::add_member, crate::tenancy::change_member,
+        crate::tenancy::remove_member,
+        crate::tenancy::create_user, crate::tenancy::list_users, crate::tenancy::get_user,
+        crate::tenancy::patch_user, crate::tenancy::delete_user,
+        crate::tenancy::create_token, crate::tenancy::list_tokens, crate::tenancy::delete_token,
+        crate::tenancy::login, crate::tenancy::logout, crate::tenancy::me, crate::tenancy::list_audit,
+        crate::consumers::create_app, crate::consumers::list_apps, crate::consumers::get_app,
+        crate::consumers::replace_app, crate::consumers::patch_app, crate::consumers::delete_app,
+        crate::consumers::create_key, crate::consumers::list_keys, crate::consumers::get_key,
+        crate::consumers::revoke_key,
+        crate::consumers::create_plan, crate::consumers::list_plans, crate::consumers::get_plan,
+        crate::consumers::patch_plan, crate::consumers::delete_plan,
+        crate::consumers::create_subscription, crate::consumers::list_subscriptions,
+        crate::consumers::get_subscription, crate::consumers::subscription_action,
+        crate::consumers::catalog,
+        crate::consumers::create_webhook, crate::consumers::list_webhooks,
+        crate::consumers::delete_webhook, crate::consumers::list_deliveries,
     ),
     components(schemas(Problem, domain::validate::FieldError)),
     modifiers(&BearerAuth, &ProblemResponses),
-    tags((name = "upstreams"), (name = "services"), (name = "routes"), (name = "config"))
+    tags((name = "upstreams"), (name = "services"), (name = "routes"), (name = "plans"), (name = "apps"),
+        (name = "subscriptions"), (name = "teams"), (name = "users"), (name = "audit"), (name = "config"))
 )]
 pub struct ApiDoc;
 

@@ -11,8 +11,22 @@ use store::WriteTx;
 
 use crate::error::ApiError;
 
+/// A named team must exist.
+async fn check_team(tx: &mut WriteTx, team: Option<&str>) -> Result<(), ApiError> {
+    if let Some(slug) = team
+        && tx.team(slug).await?.is_none()
+    {
+        return Err(ApiError::field(
+            "team",
+            format!("no team '{slug}' exists; create it first (POST /api/v1/teams)"),
+        ));
+    }
+    Ok(())
+}
+
 pub async fn create_upstream(tx: &mut WriteTx, spec: UpstreamSpec) -> Result<Upstream, ApiError> {
     spec.validate()?;
+    check_team(tx, spec.team.as_deref()).await?;
     let now = now_ms();
     let upstream = Upstream {
         id: new_id(),
@@ -30,6 +44,7 @@ pub async fn update_upstream(
     spec: UpstreamSpec,
 ) -> Result<Upstream, ApiError> {
     spec.validate()?;
+    check_team(tx, spec.team.as_deref()).await?;
     let upstream = Upstream {
         id: existing.id.clone(),
         spec,
@@ -55,6 +70,14 @@ async fn resolve_upstream(
         return Ok(None);
     };
     match tx.upstream(&key).await? {
+        Some(upstream) if upstream.spec.team.is_some() && upstream.spec.team != spec.team => {
+            Err(ApiError::field(
+                "upstream",
+                format!(
+                    "'{key}' belongs to another team; a service uses its own team's upstreams (or shared ones)"
+                ),
+            ))
+        }
         Some(upstream) => {
             spec.upstream = Some(upstream.spec.slug.clone());
             Ok(Some(upstream.id))
@@ -74,6 +97,7 @@ async fn save_service(tx: &mut WriteTx, service: &mut Service) -> Result<(), Api
 
 pub async fn create_service(tx: &mut WriteTx, spec: ServiceSpec) -> Result<Service, ApiError> {
     spec.validate()?;
+    check_team(tx, spec.team.as_deref()).await?;
     let now = now_ms();
     let mut service = Service {
         id: new_id(),
@@ -95,6 +119,7 @@ pub async fn update_service(
     spec: ServiceSpec,
 ) -> Result<Service, ApiError> {
     spec.validate()?;
+    check_team(tx, spec.team.as_deref()).await?;
     if spec.kind != existing.spec.kind {
         return Err(ApiError::field(
             "kind",

@@ -9,6 +9,13 @@ pub enum Code {
     InvalidCredentials,
     KeyRevoked,
     KeyExpired,
+    ConflictingCredentials,
+    KeyInQuery,
+    TokenMalformed,
+    TokenAlgorithm,
+    TokenExpired,
+    TokenNotYetValid,
+    TokenClaims,
     InsufficientCredit,
     QuotaExhausted,
     BudgetExhausted,
@@ -37,11 +44,18 @@ pub enum Code {
 
 impl Code {
     /// Every code, for docs and problem pages.
-    pub const ALL: [Code; 28] = [
+    pub const ALL: [Code; 35] = [
         Code::MissingCredentials,
         Code::InvalidCredentials,
         Code::KeyRevoked,
         Code::KeyExpired,
+        Code::ConflictingCredentials,
+        Code::KeyInQuery,
+        Code::TokenMalformed,
+        Code::TokenAlgorithm,
+        Code::TokenExpired,
+        Code::TokenNotYetValid,
+        Code::TokenClaims,
         Code::InsufficientCredit,
         Code::QuotaExhausted,
         Code::BudgetExhausted,
@@ -75,6 +89,19 @@ impl Code {
             Code::InvalidCredentials => ("invalid_credentials", 401, "Invalid credentials"),
             Code::KeyRevoked => ("key_revoked", 401, "API key revoked"),
             Code::KeyExpired => ("key_expired", 401, "API key expired"),
+            Code::ConflictingCredentials => {
+                ("conflicting_credentials", 401, "Conflicting credentials")
+            }
+            Code::KeyInQuery => ("key_in_query", 401, "API key in the query string"),
+            Code::TokenMalformed => ("token_malformed", 401, "Malformed token"),
+            Code::TokenAlgorithm => (
+                "token_algorithm_not_allowed",
+                401,
+                "Token algorithm not allowed",
+            ),
+            Code::TokenExpired => ("token_expired", 401, "Token expired"),
+            Code::TokenNotYetValid => ("token_not_yet_valid", 401, "Token not yet valid"),
+            Code::TokenClaims => ("token_claims_invalid", 401, "Token claims invalid"),
             Code::InsufficientCredit => ("insufficient_credit", 402, "Insufficient credit"),
             Code::QuotaExhausted => ("quota_exhausted", 402, "Quota exhausted"),
             Code::BudgetExhausted => ("budget_exhausted", 402, "Budget exhausted"),

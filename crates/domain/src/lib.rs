@@ -9,15 +9,22 @@
 //! - [`code`] is the closed list of refusal codes ([`code::Code`]) with their
 //!   HTTP status and title: the one table every refusal is mapped through.
 //! - [`id`] makes ids (UUID v7 text) and checks slugs.
+//! - [`access`] holds tenancy and access: [`access::Team`], [`access::User`]
+//!   with a [`access::Role`] per team, [`access::App`] with its
+//!   [`access::ApiKey`]s, [`access::Plan`] (rate limits), [`access::Subscription`]
+//!   and its state machine, webhooks and [`access::AuditEntry`].
+//! - [`net`] parses CIDR blocks for IP rules and trusted proxies.
 //! - [`validate`] collects field errors ([`validate::FieldErrors`]) so that every
 //!   problem in an input is reported at once, each naming its field.
 //!
 //! The serde derives here describe the *storage* shape (the JSON held in the
 //! store); the admin API owns its own wire types and converts explicitly.
 
+pub mod access;
 pub mod code;
 pub mod id;
 pub mod model;
+pub mod net;
 pub mod path;
 pub mod percent;
 pub mod validate;

@@ -25,7 +25,7 @@ pub mod limits {
     pub const TEXT_MAX: usize = 4096;
 }
 
-fn default_true() -> bool {
+pub(crate) fn default_true() -> bool {
     true
 }
 
@@ -289,6 +289,31 @@ pub struct ServiceSpec {
     /// Overrides the gateway-wide request body limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_body_limit_bytes: Option<u64>,
+    /// How callers authenticate.
+    #[serde(default, skip_serializing_if = "ServiceAuth::is_default")]
+    pub auth: ServiceAuth,
+    /// Client addresses allowed or denied (CIDR), for every caller.
+    #[serde(default, skip_serializing_if = "crate::access::IpRules::is_empty")]
+    pub ip: crate::access::IpRules,
+}
+
+/// How callers of a service authenticate.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceAuth {
+    /// No credentials needed: anyone may call, without a subscription.
+    #[serde(default)]
+    pub anonymous: bool,
+    /// Accept the key as `?api_key=` (visible in logs and browser
+    /// history: off unless a client cannot send headers).
+    #[serde(default)]
+    pub query_key: bool,
+}
+
+impl ServiceAuth {
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 impl ServiceSpec {
@@ -404,6 +429,10 @@ pub struct RouteSpec {
     /// Query parameters set or removed before forwarding.
     #[serde(default, skip_serializing_if = "Rewrite::is_empty")]
     pub query: Rewrite,
+    /// Limits for the route as a whole (all callers together), on top of
+    /// each subscription's plan limits.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rate_limits: Vec<crate::access::RateLimit>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
@@ -444,7 +473,7 @@ const KNOWN_METHODS: [&str; 9] = [
     "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT",
 ];
 
-fn check_slug(errors: &mut FieldErrors, field: &str, slug: &str) {
+pub(crate) fn check_slug(errors: &mut FieldErrors, field: &str, slug: &str) {
     if !crate::id::is_slug(slug) {
         errors.add(field, "must match [a-z0-9][a-z0-9-]{0,62}");
     }
@@ -495,7 +524,7 @@ fn check_header_name(errors: &mut FieldErrors, field: &str, name: &str) {
     }
 }
 
-fn check_text(errors: &mut FieldErrors, field: &str, text: Option<&String>) {
+pub(crate) fn check_text(errors: &mut FieldErrors, field: &str, text: Option<&String>) {
     if text.is_some_and(|t| t.len() > limits::TEXT_MAX) {
         errors.add(field, format!("must be at most {} bytes", limits::TEXT_MAX));
     }
@@ -676,6 +705,7 @@ impl ServiceSpec {
         {
             errors.add("request_body_limit_bytes", "is too large");
         }
+        self.ip.validate("ip", &mut errors);
         errors.into_result()
     }
 }
@@ -751,6 +781,7 @@ impl RouteSpec {
                 errors.add(format!("query.set.{name}"), "must be printable text");
             }
         }
+        crate::access::check_limits(&mut errors, "rate_limits", &self.rate_limits, None);
         errors.into_result()
     }
 

@@ -156,6 +156,8 @@ pub struct UpstreamResponseBody {
     inner: Incoming,
     lease: Option<Lease>,
     _in_flight: Option<InFlight>,
+    /// Slots among a caller's requests in flight, freed with the body.
+    _permits: Vec<crate::limit::Permit>,
     idle_timeout: Duration,
     /// Armed when the upstream makes us wait; reset by each chunk.
     idle: Option<Pin<Box<tokio::time::Sleep>>>,
@@ -172,9 +174,16 @@ impl UpstreamResponseBody {
             inner,
             lease,
             _in_flight: in_flight,
+            _permits: Vec::new(),
             idle_timeout,
             idle: None,
         }
+    }
+
+    /// Holds the caller's concurrency permits until the body ends.
+    pub fn with_permits(mut self, permits: Vec<crate::limit::Permit>) -> Self {
+        self._permits = permits;
+        self
     }
 }
 

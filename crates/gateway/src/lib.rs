@@ -6,17 +6,23 @@
 //!   snapshot from stored objects and swaps it in; [`Gateway::serve`] runs a
 //!   listener until shutdown.
 //! - [`pipeline`] is the request path, in named phases: match → lifecycle →
-//!   (authenticate → authorize → limit → pay: later phases slot in here) →
-//!   forward → respond. Each phase refuses with a [`refusal::Refusal`].
+//!   authenticate → authorize → limit → (pay: the money issue slots in here)
+//!   → forward → respond. Each phase refuses with a [`refusal::Refusal`].
+//! - [`access`] is the in-memory index of API keys (by SHA-256), apps and
+//!   their subscriptions; [`limit`] the rate limiters, kept across reloads
+//!   by a [`limit::LimiterRegistry`].
 //! - [`router`] matches host, method and path; [`upstream`] balances and
 //!   tracks target health; [`health`] runs active health checks; [`body`]
 //!   streams bodies both ways with limits and timeouts.
 //!
 //! Only this crate knows hyper types; it knows nothing of the store.
 
+pub mod access;
+mod admit;
 pub mod body;
 pub mod client;
 pub mod health;
+pub mod limit;
 pub mod pipeline;
 pub mod refusal;
 pub mod router;
@@ -47,6 +53,9 @@ pub struct GatewayOptions {
     /// Data plane threads, each with its own single-threaded runtime, its
     /// own listening socket (`SO_REUSEPORT`) and its own upstream pools.
     pub workers: usize,
+    /// Proxies whose `X-Forwarded-For` is believed when finding the
+    /// client's address for IP rules.
+    pub trusted_proxies: Vec<domain::net::Cidr>,
 }
 
 impl Default for GatewayOptions {
@@ -59,6 +68,7 @@ impl Default for GatewayOptions {
             shutdown_timeout: Duration::from_secs(10),
             retry_buffer_bytes: 64 * 1024,
             workers: 1,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -69,6 +79,7 @@ pub(crate) struct Shared {
     /// own handle on the snapshot (see [`Shared::local_snapshot`]).
     generation: std::sync::atomic::AtomicU64,
     registry: upstream::Registry,
+    limiters: limit::LimiterRegistry,
     options: GatewayOptions,
     config_loaded: AtomicBool,
     store_reachable: AtomicBool,
@@ -132,6 +143,7 @@ impl Gateway {
                 snapshot: ArcSwap::from_pointee(snapshot::Snapshot::default()),
                 generation: std::sync::atomic::AtomicU64::new(0),
                 registry: upstream::Registry::new(options.workers),
+                limiters: limit::LimiterRegistry::default(),
                 options,
                 config_loaded: AtomicBool::new(false),
                 store_reachable: AtomicBool::new(true),
@@ -142,8 +154,12 @@ impl Gateway {
     /// Compiles `config` and makes it the served snapshot. On error the
     /// previous snapshot stays in service.
     pub fn apply(&self, config: &Config<'_>) -> Result<(), CompileError> {
-        let compiled =
-            snapshot::compile(config, &self.shared.options.defaults, &self.shared.registry)?;
+        let compiled = snapshot::compile(
+            config,
+            &self.shared.options.defaults,
+            &self.shared.registry,
+            &self.shared.limiters,
+        )?;
         self.shared.snapshot.store(Arc::new(compiled));
         self.shared.generation.fetch_add(1, Ordering::Release);
         self.shared.config_loaded.store(true, Ordering::Release);

@@ -4,9 +4,13 @@
 //! 2. `match_route`: host, path and method → route, or 404 / 405.
 //! 3. `check_lifecycle`: retired → 410; deprecated → headers noted.
 //! 4. `check_body_size`: a declared `Content-Length` over the limit → 413.
-//!    (Authentication, authorization, limits and payment slot in after this.)
-//! 5. `forward`: balancing, retries, per-try and total timeouts → 502/503/504.
-//! 6. `respond`: hop-by-hop headers removed, request id, deprecation headers.
+//! 5. `admit` ([`crate::admit`]): authenticate → 401, authorize → 403, limit
+//!    → 429. (Payment, the money issue, slots in after this.)
+//! 6. `forward`: balancing, retries, per-try and total timeouts → 502/503/504;
+//!    the caller's key is removed and `Tollgate-App`/`-Team`/`-Plan`/
+//!    `-Subscription` are set for the upstream.
+//! 7. `respond`: hop-by-hop headers removed, request id, deprecation and
+//!    `RateLimit` headers.
 //!
 //! The first refusal ends the request; `handle` renders it through
 //! [`Refusal::into_response`].
@@ -22,6 +26,7 @@ use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 
 use crate::Shared;
+use crate::admit::{Admission, strip};
 use crate::body::{
     BodyTooLarge, GatewayBody, InFlight, LimitedBody, UpstreamRequestBody, UpstreamResponseBody,
 };
@@ -37,6 +42,17 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static DEPRECATION: HeaderName = HeaderName::from_static("deprecation");
 static SUNSET: HeaderName = HeaderName::from_static("sunset");
+static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+/// Identity headers the gateway sets for the upstream; a client's own are
+/// dropped so they cannot be forged.
+static IDENTITY: [HeaderName; 4] = [
+    HeaderName::from_static("tollgate-app"),
+    HeaderName::from_static("tollgate-team"),
+    HeaderName::from_static("tollgate-plan"),
+    HeaderName::from_static("tollgate-subscription"),
+];
 
 /// The client end of a connection, computed once per connection.
 pub struct Peer {
@@ -61,6 +77,8 @@ pub struct RequestContext {
     pub snapshot: Arc<crate::SnapshotHandle>,
     /// Index into `snapshot.routes` once matched.
     pub route: Option<usize>,
+    /// `RateLimit-Policy` and `RateLimit`, once the limit phase ran.
+    pub rate_headers: Option<(HeaderValue, HeaderValue)>,
 }
 
 impl RequestContext {
@@ -82,6 +100,7 @@ pub(crate) async fn handle(
         started: Instant::now(),
         snapshot: shared.local_snapshot(),
         route: None,
+        rate_headers: None,
     };
     let mut response = match run(shared, &mut context, request).await {
         Ok(response) => response,
@@ -89,6 +108,12 @@ pub(crate) async fn handle(
     };
     let headers = response.headers_mut();
     headers.insert(X_REQUEST_ID.clone(), request_id);
+    if let Some((policy, state)) = context.rate_headers.take()
+        && !headers.contains_key(&RATELIMIT)
+    {
+        headers.insert(RATELIMIT_POLICY.clone(), policy);
+        headers.insert(RATELIMIT.clone(), state);
+    }
     if let Some(route) = context.route()
         && let Some((deprecation, sunset)) = &route.service.deprecation
     {
@@ -111,10 +136,24 @@ async fn run(
     match_route(context, &request)?;
     check_lifecycle(context)?;
     check_body_size(context, &request)?;
+    let admission = {
+        let snapshot = context.snapshot.clone();
+        let Some(route) = context.route.and_then(|index| snapshot.routes.get(index)) else {
+            return Err(Refusal::new(Code::RouteNotFound, "No route matched."));
+        };
+        crate::admit::admit(
+            &snapshot,
+            route,
+            &request,
+            context.peer.addr.ip(),
+            &shared.options.trusted_proxies,
+        )?
+    };
+    context.rate_headers = admission.rate_headers.clone();
     // Boxed: the forward phase is the largest part of the request's state;
     // on the heap it is allocated once instead of being copied each time
     // the request future moves.
-    Box::pin(forward(shared, context, request)).await
+    Box::pin(forward(shared, context, request, admission)).await
 }
 
 /// `/_tollgate/…`: the gateway's own endpoints.
@@ -176,6 +215,7 @@ fn match_route(context: &mut RequestContext, request: &Request<Incoming>) -> Res
                     request.method()
                 ),
                 allow: Some(allow),
+                headers: Vec::new(),
             })
         }
         Match::NotFound => Err(Refusal::new(
@@ -237,6 +277,7 @@ async fn forward(
     shared: &Shared,
     context: &RequestContext,
     request: Request<Incoming>,
+    admission: Admission,
 ) -> Result<Response<GatewayBody>, Refusal> {
     let Some(route) = context.route() else {
         return Err(Refusal::new(Code::RouteNotFound, "No route matched."));
@@ -283,6 +324,28 @@ async fn forward(
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     });
     strip_hop_by_hop(&mut headers);
+    if admission.strip & strip::AUTHORIZATION != 0 {
+        headers.remove(header::AUTHORIZATION);
+    }
+    if admission.strip & strip::X_API_KEY != 0 {
+        headers.remove(&X_API_KEY);
+    }
+    for name in &IDENTITY {
+        headers.remove(name);
+    }
+    for (name, value) in admission.identity {
+        headers.insert(name, value);
+    }
+    let query_without_key;
+    let query_rewrite = if admission.strip & strip::QUERY_KEY != 0 {
+        let mut rewrite = route.query.clone().unwrap_or_default();
+        rewrite.drop.push("api_key".to_owned());
+        query_without_key = rewrite;
+        Some(&query_without_key)
+    } else {
+        route.query.as_ref()
+    };
+    let mut permits = Some(admission.permits);
     append_forwarded(&mut headers, &context.peer.ip_header, original_host);
     headers.insert(X_REQUEST_ID.clone(), context.request_id.clone());
     route.request_headers.apply(&mut headers);
@@ -347,7 +410,7 @@ async fn forward(
             &target.base_path,
             &parts.uri,
             route.strip_len,
-            route.query.as_ref(),
+            query_rewrite,
         )
         .map_err(|_| Refusal::new(Code::BadRequest, "The request path cannot be forwarded."))?;
         let mut upstream_request = Request::new(try_body);
@@ -397,12 +460,10 @@ async fn forward(
                 strip_hop_by_hop(&mut response_parts.headers);
                 route.response_headers.apply(&mut response_parts.headers);
                 response_parts.version = Version::HTTP_11;
-                let body = GatewayBody::Upstream(UpstreamResponseBody::new(
-                    incoming,
-                    lease,
-                    in_flight,
-                    read_timeout,
-                ));
+                let body = GatewayBody::Upstream(
+                    UpstreamResponseBody::new(incoming, lease, in_flight, read_timeout)
+                        .with_permits(permits.take().unwrap_or_default()),
+                );
                 return Ok(Response::from_parts(response_parts, body));
             }
             Ok(Err(error)) => {

@@ -3,7 +3,8 @@
 //! no-store`. Every phase refuses by returning a [`Refusal`].
 
 use domain::code::Code;
-use http::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE};
+use http::HeaderName;
+use http::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{HeaderValue, Response, StatusCode};
 
 use crate::body::GatewayBody;
@@ -16,6 +17,8 @@ pub struct Refusal {
     pub detail: String,
     /// For 405: the allowed methods.
     pub allow: Option<String>,
+    /// Headers the refusal needs (`Retry-After`, `RateLimit`…).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl Refusal {
@@ -24,7 +27,13 @@ impl Refusal {
             code,
             detail: detail.into(),
             allow: None,
+            headers: Vec::new(),
         }
+    }
+
+    pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.headers.push((name, value));
+        self
     }
 
     /// Renders the refusal. `public_url` has no trailing slash.
@@ -52,6 +61,21 @@ impl Refusal {
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if let Some(allow) = self.allow.and_then(|a| HeaderValue::from_str(&a).ok()) {
             headers.insert(ALLOW, allow);
+        }
+        if self.code.status() == 401 {
+            // RFC 6750: say how to authenticate; `invalid_token` once a
+            // credential was sent and refused.
+            headers.insert(
+                WWW_AUTHENTICATE,
+                HeaderValue::from_static(if matches!(self.code, Code::MissingCredentials) {
+                    "Bearer realm=\"tollgate\""
+                } else {
+                    "Bearer realm=\"tollgate\", error=\"invalid_token\""
+                }),
+            );
+        }
+        for (name, value) in self.headers {
+            headers.append(name, value);
         }
         response
     }

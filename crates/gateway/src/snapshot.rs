@@ -141,6 +141,15 @@ impl QueryRewrite {
 pub struct ServiceRt {
     pub id: String,
     pub slug: String,
+    /// The owning team; `None`: platform-owned.
+    pub team: Option<String>,
+    /// Visibility `team`: only apps of the owning team may call.
+    pub team_only: bool,
+    /// No credentials needed.
+    pub anonymous: bool,
+    /// `?api_key=` accepted.
+    pub query_key: bool,
+    pub ip: crate::access::IpRulesRt,
     pub lifecycle: Lifecycle,
     /// `Deprecation` (RFC 9745) and optional `Sunset` (RFC 8594) values.
     pub deprecation: Option<(HeaderValue, Option<HeaderValue>)>,
@@ -161,6 +170,8 @@ pub struct RouteRt {
     pub request_headers: Rewrite,
     pub response_headers: Rewrite,
     pub query: Option<QueryRewrite>,
+    /// The route's own limits (all callers together).
+    pub limiter: Option<Arc<crate::limit::Limiter>>,
 }
 
 /// Everything the data plane needs, immutable once built.
@@ -170,6 +181,7 @@ pub struct Snapshot {
     pub router: Router,
     pub routes: Vec<RouteRt>,
     pub upstreams: Vec<Arc<UpstreamRt>>,
+    pub access: crate::access::AccessIndex,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -180,6 +192,8 @@ pub enum CompileError {
     Service { service: String, message: String },
     #[error("route {route}: {message}")]
     Route { route: String, message: String },
+    #[error("{0}")]
+    Access(String),
 }
 
 /// The input of [`compile`]: the stored configuration.
@@ -188,6 +202,10 @@ pub struct Config<'a> {
     pub upstreams: &'a [Upstream],
     pub services: &'a [Service],
     pub routes: &'a [Route],
+    pub apps: &'a [domain::access::App],
+    pub keys: &'a [domain::access::ApiKey],
+    pub plans: &'a [domain::access::Plan],
+    pub subscriptions: &'a [domain::access::Subscription],
 }
 
 /// Builds a snapshot. Fails without side effects on the served snapshot; the
@@ -196,6 +214,7 @@ pub fn compile(
     config: &Config<'_>,
     defaults: &Defaults,
     registry: &Registry,
+    limiters: &crate::limit::LimiterRegistry,
 ) -> Result<Snapshot, CompileError> {
     let mut upstreams = HashMap::new();
     let mut upstream_list = Vec::new();
@@ -232,6 +251,16 @@ pub fn compile(
                 Arc::new(ServiceRt {
                     id: service.id.clone(),
                     slug: service.spec.slug.clone(),
+                    team: service.spec.team.clone(),
+                    team_only: service.spec.visibility == domain::model::Visibility::Team,
+                    anonymous: service.spec.auth.anonymous,
+                    query_key: service.spec.auth.query_key,
+                    ip: crate::access::IpRulesRt::compile(&service.spec.ip).map_err(|message| {
+                        CompileError::Service {
+                            service: service.spec.slug.clone(),
+                            message,
+                        }
+                    })?,
                     lifecycle: service.lifecycle,
                     deprecation,
                     upstream,
@@ -281,14 +310,30 @@ pub fn compile(
             query: QueryRewrite::compile(&route.spec.query),
             response_headers: Rewrite::compile(&route.spec.response_headers)
                 .map_err(route_error)?,
+            limiter: limiters.get(
+                format!("route:{}", route.id),
+                "route",
+                &route.spec.rate_limits,
+                None,
+            ),
         });
     }
+    let access = crate::access::compile(
+        config.apps,
+        config.keys,
+        config.plans,
+        config.subscriptions,
+        limiters,
+    )
+    .map_err(CompileError::Access)?;
     registry.retain(config.upstreams);
+    limiters.sweep();
     Ok(Snapshot {
         version: config.version,
         router: builder.build(),
         routes,
         upstreams: upstream_list,
+        access,
     })
 }
 

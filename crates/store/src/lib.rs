@@ -10,6 +10,7 @@
 //! - Objects are stored as their JSON spec plus the columns the store needs
 //!   to query, join or keep unique (slug, team, foreign keys).
 
+mod access;
 mod migrate;
 mod objects;
 
@@ -18,6 +19,7 @@ use std::time::Duration;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
+pub use access::{AuditFilter, Delivery, Session, SubscriptionFilter, TokenOwner, Visible};
 pub use migrate::MIGRATIONS;
 pub use objects::{ConfigData, Page};
 

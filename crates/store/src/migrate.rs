@@ -6,8 +6,10 @@ use sqlx::Row;
 use crate::{Result, Store, StoreError};
 
 /// (version, name, SQL). Append only: never edit a migration that shipped.
-pub const MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "init", include_str!("../migrations/0001_init.sql"))];
+pub const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "init", include_str!("../migrations/0001_init.sql")),
+    (2, "access", include_str!("../migrations/0002_access.sql")),
+];
 
 impl Store {
     /// Applies every migration not yet applied; returns the versions applied.

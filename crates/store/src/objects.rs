@@ -1,5 +1,6 @@
 //! Upstreams, services, routes and releases.
 
+use domain::access::{ApiKey, App, Plan, Subscription};
 use domain::model::{
     Lifecycle, Release, Route, RouteSpec, Service, ServiceSpec, Upstream, UpstreamSpec,
 };
@@ -25,6 +26,11 @@ pub struct ConfigData {
     pub upstreams: Vec<Upstream>,
     pub services: Vec<Service>,
     pub routes: Vec<Route>,
+    pub apps: Vec<App>,
+    pub keys: Vec<ApiKey>,
+    pub plans: Vec<Plan>,
+    /// Every subscription, closed ones too (a refusal says why).
+    pub subscriptions: Vec<Subscription>,
 }
 
 /// The parts of a service the system owns, stored beside its spec.
@@ -140,7 +146,7 @@ fn release_from(row: &AnyRow) -> Result<Release> {
     })
 }
 
-fn page_of<T>(mut items: Vec<T>, limit: usize, id_of: impl Fn(&T) -> &str) -> Page<T> {
+pub(crate) fn page_of<T>(mut items: Vec<T>, limit: usize, id_of: impl Fn(&T) -> &str) -> Page<T> {
     let next_after = if items.len() > limit {
         items.truncate(limit);
         items.last().map(|item| id_of(item).to_owned())
@@ -150,7 +156,7 @@ fn page_of<T>(mut items: Vec<T>, limit: usize, id_of: impl Fn(&T) -> &str) -> Pa
     Page { items, next_after }
 }
 
-fn fetch_limit(limit: usize) -> i64 {
+pub(crate) fn fetch_limit(limit: usize) -> i64 {
     i64::try_from(limit).unwrap_or(i64::MAX).saturating_add(1)
 }
 
@@ -196,16 +202,20 @@ impl Store {
 
     pub async fn upstreams(
         &self,
+        visible: &crate::Visible,
         after: Option<&str>,
         limit: usize,
         team: Option<&str>,
     ) -> Result<Page<Upstream>> {
-        let rows = sqlx::query(
-            "SELECT * FROM upstreams WHERE id > $1 AND ($2 = '' OR team = $2) ORDER BY id LIMIT $3",
-        )
+        let rows = sqlx::query(concat!(
+            "SELECT * FROM upstreams WHERE id > $1 AND ($2 = '' OR team = $2) AND ",
+            crate::access::visible_sql!("team", "4"),
+            " ORDER BY id LIMIT $3"
+        ))
         .bind(after.unwrap_or(""))
         .bind(team.unwrap_or(""))
         .bind(fetch_limit(limit))
+        .bind(visible.param())
         .fetch_all(&self.pool)
         .await?;
         let items = rows.iter().map(upstream_from).collect::<Result<Vec<_>>>()?;
@@ -218,19 +228,21 @@ impl Store {
 
     pub async fn services(
         &self,
+        visible: &crate::Visible,
         after: Option<&str>,
         limit: usize,
         team: Option<&str>,
         lifecycle: Option<Lifecycle>,
     ) -> Result<Page<Service>> {
         let rows = sqlx::query(select_services!(
-            "WHERE s.id > $1 AND ($2 = '' OR s.team = $2) AND ($3 = '' OR s.lifecycle = $3) \
-             ORDER BY s.id LIMIT $4"
+            "WHERE s.id > $1 AND ($2 = '' OR s.team = $2) AND ($3 = '' OR s.lifecycle = $3) AND \
+             ($5 = '*' OR (',' || $5 || ',') LIKE ('%,' || s.team || ',%')) ORDER BY s.id LIMIT $4"
         ))
         .bind(after.unwrap_or(""))
         .bind(team.unwrap_or(""))
         .bind(lifecycle.map_or("", Lifecycle::as_str))
         .bind(fetch_limit(limit))
+        .bind(visible.param())
         .fetch_all(&self.pool)
         .await?;
         let items = rows.iter().map(service_from).collect::<Result<Vec<_>>>()?;
@@ -298,6 +310,16 @@ impl Store {
         row.as_ref().map(release_from).transpose()
     }
 
+    /// Published and deprecated services, for the catalog.
+    pub async fn published_services(&self) -> Result<Vec<Service>> {
+        let rows = sqlx::query(select_services!(
+            "WHERE s.lifecycle IN ('published', 'deprecated') ORDER BY s.slug"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(service_from).collect()
+    }
+
     /// Slugs of the services that use an upstream.
     pub async fn services_using_upstream(&self, upstream_id: &str) -> Result<Vec<String>> {
         let rows = sqlx::query("SELECT slug FROM services WHERE upstream_id = $1 ORDER BY slug")
@@ -332,12 +354,17 @@ impl Store {
             .iter()
             .map(route_from)
             .collect::<Result<Vec<_>>>()?;
+        let access = crate::access::load_access(&mut tx).await?;
         tx.commit().await?;
         Ok(ConfigData {
             version,
             upstreams,
             services,
             routes,
+            apps: access.0,
+            keys: access.1,
+            plans: access.2,
+            subscriptions: access.3,
         })
     }
 }
@@ -473,6 +500,14 @@ impl WriteTx {
     pub async fn delete_service(&mut self, id: &str) -> Result<()> {
         self.changed_config = true;
         // Explicit, so it does not depend on the backend's cascade settings.
+        sqlx::query("DELETE FROM subscriptions WHERE service_id = $1")
+            .bind(id)
+            .execute(&mut *self.tx)
+            .await?;
+        sqlx::query("DELETE FROM plans WHERE service_id = $1")
+            .bind(id)
+            .execute(&mut *self.tx)
+            .await?;
         sqlx::query("DELETE FROM routes WHERE service_id = $1")
             .bind(id)
             .execute(&mut *self.tx)

@@ -241,8 +241,8 @@ impl Tollgate {
         }
     }
 
-    /// Sets up an upstream with `targets`, a published service at
-    /// `base_path` and the given routes. Returns the service's JSON.
+    /// Sets up an upstream with `targets`, a published keyless service
+    /// (`auth.anonymous`) at `base_path` and the given routes. Returns the service's JSON.
     pub async fn publish_http_service(
         &self,
         slug: &str,
@@ -256,7 +256,7 @@ impl Tollgate {
         let service = self
             .create(
                 "/api/v1/services",
-                serde_json::json!({"slug": slug, "kind": "http", "base_path": base_path, "upstream": format!("{slug}-backend")}),
+                serde_json::json!({"slug": slug, "kind": "http", "base_path": base_path, "upstream": format!("{slug}-backend"), "auth": {"anonymous": true}}),
             )
             .await;
         for route in routes {

@@ -35,6 +35,30 @@ pub struct RawGateway {
     pub shutdown_timeout_ms: Option<u64>,
     pub retry_buffer_bytes: Option<u64>,
     pub workers: Option<u64>,
+    /// CIDR blocks whose `X-Forwarded-For` is believed: a YAML list, or
+    /// one comma-separated string (handy in the environment).
+    pub trusted_proxies: Option<StringList>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum StringList {
+    Many(Vec<String>),
+    One(String),
+}
+
+impl StringList {
+    fn items(self) -> Vec<String> {
+        match self {
+            StringList::Many(items) => items,
+            StringList::One(text) => text
+                .split(',')
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(str::to_owned)
+                .collect(),
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -70,6 +94,7 @@ pub struct Config {
     pub retry_buffer_bytes: u64,
     /// Data plane threads (0 in the file means one per CPU).
     pub gateway_workers: usize,
+    pub trusted_proxies: Vec<domain::net::Cidr>,
     pub database_url: String,
     pub redis_url: Option<String>,
     pub poll_interval: Duration,
@@ -333,8 +358,23 @@ fn validate(raw: RawConfig, problems: &mut Vec<String>) -> Config {
             1
         }
     };
+    let mut trusted_proxies = Vec::new();
+    for (index, text) in raw
+        .gateway
+        .trusted_proxies
+        .map(StringList::items)
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+    {
+        match text.parse() {
+            Ok(cidr) => trusted_proxies.push(cidr),
+            Err(message) => problems.push(format!("gateway.trusted_proxies[{index}]: {message}")),
+        }
+    }
     Config {
         public_url: public_url.trim_end_matches('/').to_owned(),
+        trusted_proxies,
         data_dir,
         gateway_listen,
         admin_listen,

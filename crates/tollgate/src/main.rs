@@ -2,13 +2,15 @@
 //!
 //! - `serve` loads [`config`], opens and migrates the store, bootstraps the
 //!   root admin token, compiles the first snapshot, and runs the gateway and
-//!   admin listeners plus the background tasks ([`serve`]).
+//!   admin listeners plus the background tasks ([`serve`]), among them the
+//!   webhook deliverer ([`webhooks`]).
 //! - `migrate` applies migrations; `apply` and `export` talk to a running
 //!   admin API ([`cli`]); `version` prints the version.
 
 mod cli;
 mod config;
 mod serve;
+mod webhooks;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -138,6 +138,10 @@ async fn reload(
         upstreams: &data.upstreams,
         services: &data.services,
         routes: &data.routes,
+        apps: &data.apps,
+        keys: &data.keys,
+        plans: &data.plans,
+        subscriptions: &data.subscriptions,
     };
     match gateway.apply(&config) {
         Ok(()) => tracing::info!(version = data.version, "configuration loaded"),
@@ -221,6 +225,7 @@ pub async fn run(args: &ConfigArgs) -> anyhow::Result<()> {
         shutdown_timeout: config.shutdown_timeout,
         retry_buffer_bytes: config.retry_buffer_bytes,
         workers: config.gateway_workers,
+        trusted_proxies: config.trusted_proxies.clone(),
     });
     reload(&store, &gateway, &mut None)
         .await
@@ -243,6 +248,7 @@ pub async fn run(args: &ConfigArgs) -> anyhow::Result<()> {
         shutdown_rx.clone(),
     );
     let health = gateway.spawn_health_checker(shutdown_rx.clone());
+    let webhooks = crate::webhooks::spawn(store.clone(), shutdown_rx.clone());
 
     let admin_state = admin::AdminState {
         store: store.clone(),
@@ -281,6 +287,7 @@ pub async fn run(args: &ConfigArgs) -> anyhow::Result<()> {
         let _ = gateway_task.await;
         let _ = admin_task.await;
         let _ = health.await;
+        let _ = webhooks.await;
     })
     .await;
     store.close().await;

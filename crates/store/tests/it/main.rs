@@ -3,8 +3,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use domain::access::{
+    ApiKey, App, AuditEntry, Plan, Subscription, SubscriptionStatus, Team, TeamSpec,
+};
 use domain::model::{Lifecycle, Route, RouteSpec, Service, ServiceSpec, Upstream, UpstreamSpec};
-use store::{Store, StoreError};
+use store::{AuditFilter, Store, StoreError, SubscriptionFilter, Visible};
 
 struct Pg {
     admin: Store,
@@ -70,7 +73,8 @@ fn service(slug: &str, upstream: &str) -> Service {
 }
 
 async fn exercise(store: &Store) {
-    assert_eq!(store.migrate().await.unwrap(), vec![1]);
+    let versions: Vec<i64> = store::MIGRATIONS.iter().map(|m| m.0).collect();
+    assert_eq!(store.migrate().await.unwrap(), versions);
     assert!(
         store.migrate().await.unwrap().is_empty(),
         "migrations apply once"
@@ -129,10 +133,13 @@ async fn exercise(store: &Store) {
             .unwrap();
     }
     tx.commit().await.unwrap();
-    let first = store.upstreams(None, 4, None).await.unwrap();
+    let first = store
+        .upstreams(&store::Visible::all(), None, 4, None)
+        .await
+        .unwrap();
     assert_eq!(first.items.len(), 4);
     let second = store
-        .upstreams(first.next_after.as_deref(), 4, None)
+        .upstreams(&store::Visible::all(), first.next_after.as_deref(), 4, None)
         .await
         .unwrap();
     assert_eq!(second.items.len(), 2);
@@ -144,13 +151,154 @@ async fn exercise(store: &Store) {
         (6, 1, 1)
     );
 
+    exercise_access(store, &svc).await;
+
     let mut tx = store.begin().await.unwrap();
     tx.delete_service(&svc.id).await.unwrap();
     tx.commit().await.unwrap();
+    let after = store.load_all().await.unwrap();
+    assert!(after.routes.is_empty(), "routes go with their service");
     assert!(
-        store.load_all().await.unwrap().routes.is_empty(),
-        "routes go with their service"
+        after.plans.is_empty() && after.subscriptions.is_empty(),
+        "so do plans and subscriptions"
     );
+}
+
+fn team(slug: &str) -> Team {
+    Team {
+        id: domain::id::new_id(),
+        spec: TeamSpec {
+            slug: slug.into(),
+            name: None,
+            description: None,
+        },
+        created_at_ms: 1,
+        updated_at_ms: 1,
+    }
+}
+
+/// Teams, apps, keys, plans, subscriptions and the team visibility filter
+/// (one SQL text for both backends).
+async fn exercise_access(store: &Store, service: &Service) {
+    let (acme, other) = (team("acme"), team("other"));
+    let app: App = App {
+        id: domain::id::new_id(),
+        spec: serde_json::from_value(serde_json::json!({"slug": "acme-web", "team": "acme"}))
+            .unwrap(),
+        created_at_ms: 1,
+        updated_at_ms: 1,
+    };
+    let plan = Plan {
+        id: domain::id::new_id(),
+        service_id: service.id.clone(),
+        spec: serde_json::from_value(serde_json::json!({"slug": "basic"})).unwrap(),
+        created_at_ms: 1,
+        updated_at_ms: 1,
+    };
+    let key = ApiKey {
+        id: domain::id::new_id(),
+        app_id: app.id.clone(),
+        name: None,
+        prefix: "tg_live_abcd".into(),
+        scopes: vec!["weather:read".into()],
+        expires_at_ms: None,
+        revoked_at_ms: None,
+        created_at_ms: 1,
+        hash: "ab".repeat(32),
+    };
+    let subscription = Subscription {
+        id: domain::id::new_id(),
+        app: String::new(),
+        app_id: app.id.clone(),
+        service: String::new(),
+        service_id: service.id.clone(),
+        plan: String::new(),
+        plan_id: plan.id.clone(),
+        status: SubscriptionStatus::Pending,
+        reason: None,
+        consumer_team: "acme".into(),
+        provider_team: Some("other".into()),
+        created_at_ms: 1,
+        updated_at_ms: 1,
+    };
+    let mut tx = store.begin().await.unwrap();
+    tx.put_team(&acme).await.unwrap();
+    tx.put_team(&other).await.unwrap();
+    tx.put_app(&app).await.unwrap();
+    tx.insert_key(&key).await.unwrap();
+    tx.put_plan(&plan).await.unwrap();
+    tx.put_subscription(&subscription).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let data = store.load_all().await.unwrap();
+    assert_eq!(data.keys.len(), 1);
+    assert_eq!(data.keys[0].hash, key.hash, "the gateway gets the digest");
+    assert_eq!(data.keys[0].scopes, key.scopes);
+    let loaded = &data.subscriptions[0];
+    assert_eq!(
+        (
+            loaded.app.as_str(),
+            loaded.service.as_str(),
+            loaded.plan.as_str()
+        ),
+        ("acme-web", "weather", "basic"),
+        "slugs joined in"
+    );
+
+    // Visibility: by team list, by consumer or provider side.
+    let only = |slugs: &[&str]| Visible::teams(slugs.iter().copied());
+    let teams = |visible: Visible| async move {
+        store.teams(&visible, None, 10).await.unwrap().items.len()
+    };
+    assert_eq!(teams(Visible::all()).await, 2);
+    assert_eq!(teams(only(&["acme"])).await, 1);
+    assert_eq!(teams(only(&[])).await, 0);
+    assert_eq!(teams(only(&["acm"])).await, 0, "no prefix matches");
+    let apps = store.apps(&only(&["other"]), None, None, 10).await.unwrap();
+    assert!(apps.items.is_empty(), "another team's apps are invisible");
+    let filter = SubscriptionFilter::default();
+    for side in ["acme", "other"] {
+        let seen = store
+            .subscriptions(&only(&[side]), &filter, None, 10)
+            .await
+            .unwrap();
+        assert_eq!(seen.items.len(), 1, "visible to {side}");
+    }
+    let stranger = store
+        .subscriptions(&only(&["nobody"]), &filter, None, 10)
+        .await
+        .unwrap();
+    assert!(stranger.items.is_empty());
+
+    // A plan in use cannot be deleted.
+    let mut tx = store.begin().await.unwrap();
+    let err = tx.delete_plan(&plan.id).await.unwrap_err();
+    assert!(err.to_string().contains("1 subscriptions"), "{err}");
+    drop(tx);
+
+    // Audit entries are visible to both teams of a subscription.
+    let mut tx = store.begin().await.unwrap();
+    let entry = AuditEntry {
+        id: domain::id::new_id(),
+        at_ms: 1,
+        actor: "root".into(),
+        action: "subscription.approve".into(),
+        object_kind: "subscription".into(),
+        object_id: subscription.id.clone(),
+        team: Some("acme".into()),
+        before: None,
+        after: Some(serde_json::json!({"status": "active"})),
+        request_id: "r1".into(),
+    };
+    tx.insert_audit(&entry, Some("other")).await.unwrap();
+    tx.commit().await.unwrap();
+    for side in ["acme", "other"] {
+        let page = store
+            .audit(&only(&[side]), &AuditFilter::default(), None, 10)
+            .await
+            .unwrap();
+        assert_eq!(page.items, vec![entry.clone()], "{side}");
+    }
 }
 
 #[tokio::test]

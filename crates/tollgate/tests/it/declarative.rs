@@ -40,6 +40,7 @@ services:
   - slug: weather
     base_path: /weather
     upstream: weather-backend
+    auth: {{anonymous: true}}
     lifecycle: published
     routes:
       - name: forecast

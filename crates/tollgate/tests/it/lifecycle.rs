@@ -19,7 +19,7 @@ async fn drafts_are_not_served_until_published() {
     tollgate
         .create(
             "/api/v1/services",
-            json!({"slug": "svc", "base_path": "/svc", "upstream": "up"}),
+            json!({"slug": "svc", "base_path": "/svc", "upstream": "up", "auth": {"anonymous": true}}),
         )
         .await;
     tollgate
@@ -56,7 +56,7 @@ async fn changes_are_live_within_a_second_without_restart() {
     tollgate
         .create(
             "/api/v1/services",
-            json!({"slug": "two", "base_path": "/two", "upstream": "other"}),
+            json!({"slug": "two", "base_path": "/two", "upstream": "other", "auth": {"anonymous": true}}),
         )
         .await;
     tollgate

@@ -198,7 +198,7 @@ async fn connect_failures_and_timeouts_have_their_codes() {
         .await;
     // Total budget 300 ms across tries with a generous per-try timeout.
     let total = tollgate
-        .create("/api/v1/services", json!({"slug": "total", "base_path": "/total", "upstream": "pertry-backend", "timeout_ms": 300,
+        .create("/api/v1/services", json!({"slug": "total", "base_path": "/total", "upstream": "pertry-backend", "timeout_ms": 300, "auth": {"anonymous": true},
                                              "retry": {"retries": 3, "per_try_timeout_ms": 10000}}))
         .await;
     tollgate

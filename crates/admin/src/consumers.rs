@@ -1,0 +1,962 @@
+//! Apps and their API keys, plans, subscriptions with their approval flow,
+//! the catalog, and team webhooks.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use domain::access::{
+    ApiKey, App, AppSpec, KeySpec, Plan, PlanSpec, Role, Subscription, SubscriptionAction,
+    SubscriptionSpec, SubscriptionStatus, Webhook, WebhookSpec,
+};
+use domain::model::{Lifecycle, Service, Visibility};
+use domain::now_ms;
+use serde::{Deserialize, Serialize};
+use store::{SubscriptionFilter, WriteTx};
+
+use crate::AdminState;
+use crate::access::{Audit, Caller, NONE, audit, keep_team};
+use crate::auth::{random_secret, token_digest};
+use crate::error::ApiError;
+use crate::extract::{Json, ListParams};
+use crate::handlers::{ListResponse, commit, created, ok, patched, service_in, service_or_404};
+
+// ------------------------------------------------------------------- apps
+
+async fn app_in(
+    tx: &mut WriteTx,
+    caller: &Caller,
+    key: &str,
+    needed: Role,
+) -> Result<App, ApiError> {
+    let app = tx
+        .app(key)
+        .await?
+        .ok_or_else(|| ApiError::not_found("app", key))?;
+    caller.require(app.spec.team.as_deref(), needed, "app", key)?;
+    Ok(app)
+}
+
+async fn app_or_404(state: &AdminState, caller: &Caller, key: &str) -> Result<App, ApiError> {
+    let app = state
+        .store
+        .app(key)
+        .await?
+        .ok_or_else(|| ApiError::not_found("app", key))?;
+    caller.require(app.spec.team.as_deref(), Role::Viewer, "app", key)?;
+    Ok(app)
+}
+
+fn app_audit<'a>(action: &'a str, app: &'a App) -> Audit<'a> {
+    Audit {
+        action,
+        kind: "app",
+        id: &app.id,
+        team: app.spec.team.as_deref(),
+        other_team: None,
+    }
+}
+
+/// Create an app (a consumer of APIs, owned by a team).
+#[utoipa::path(post, path = "/api/v1/apps", tag = "apps", request_body = AppSpec,
+    responses((status = 201, body = App), (status = 409, body = crate::openapi::Problem)))]
+pub async fn create_app(
+    State(state): State<AdminState>,
+    caller: Caller,
+    Json(mut spec): Json<AppSpec>,
+) -> Result<Response, ApiError> {
+    spec.validate()?;
+    let mut tx = state.store.begin().await?;
+    spec.team = caller
+        .team_for_new(&mut tx, spec.team.as_deref(), Role::Developer)
+        .await?;
+    if spec.team.is_none() {
+        return Err(ApiError::field(
+            "team",
+            "is required: an app belongs to a team",
+        ));
+    }
+    let now = now_ms();
+    let app = App {
+        id: domain::id::new_id(),
+        spec,
+        created_at_ms: now,
+        updated_at_ms: now,
+    };
+    tx.put_app(&app).await?;
+    audit(
+        &mut tx,
+        &caller,
+        app_audit("app.create", &app),
+        NONE,
+        Some(&app),
+    )
+    .await?;
+    commit(&state, tx).await?;
+    Ok(created(&app, format!("/api/v1/apps/{}", app.id)))
+}
+
+#[utoipa::path(get, path = "/api/v1/apps", tag = "apps",
+    params(("limit" = Option<usize>, Query), ("cursor" = Option<String>, Query), ("team" = Option<String>, Query)),
+    responses((status = 200, body = ListResponse<App>)))]
+pub async fn list_apps(
+    State(state): State<AdminState>,
+    caller: Caller,
+    params: ListParams,
+) -> Result<Response, ApiError> {
+    params.only(&["team"])?;
+    let page = state
+        .store
+        .apps(
+            &caller.visible(),
+            params.filter("team"),
+            params.after.as_deref(),
+            params.limit,
+        )
+        .await?;
+    Ok(ok(&ListResponse::from(page)))
+}
+
+#[utoipa::path(get, path = "/api/v1/apps/{app}", tag = "apps",
+    params(("app" = String, Path, description = "slug or id")), responses((status = 200, body = App)))]
+pub async fn get_app(
+    State(state): State<AdminState>,
+    caller: Caller,
+    Path(key): Path<String>,
+) -> Result<Response, ApiError> {
+    Ok(ok(&app_or_404(&state, &caller, &key).await?))
+}
+
+async fn update_app_with(
+    state: &AdminState,
+    caller: &Caller,
+    key: &str,
+    change: impl FnOnce(&App) -> Result<AppSpec, ApiError>,
+) -> Result<Response, ApiError> {
+    let mut tx = state.store.begin().await?;
+    let existing = app_in(&mut tx, caller, key, Role::Developer).await?;
+    let mut spec = change(&existing)?;
+    keep_team(existing.spec.team.as_ref(), &mut spec.team)?;
+    spec.validate()?;
+    let app = App {
+        spec,
+        updated_at_ms: now_ms(),
+        ..existing.clone()
+    };
+    tx.put_app(&app).await?;
+    audit(
+        &mut tx,
+        caller,
+        app_audit("app.update", &app),
+        Some(&existing),
+        Some(&app),
+    )
+    .await?;
+    commit(state, tx).await?;
+    Ok(ok(&app))
+}
+
+#[utoipa::path(put, path = "/api/v1/apps/{app}", tag = "apps", request_body = AppSpec,
+    params(("app" = String, Path)), responses((status = 200, body = App)))]
+pub async fn replace_app(
+    State(state): State<AdminState>,
+    caller: Caller,
+    Path(key): Path<String>,
+    Json(spec): Json<AppSpec>,
+) -> Result<Response, ApiError> {
+    update_app_with(&state, &caller, &key, |_| Ok(spec)).await
+}
+
+#[utoipa::path(patch, path = "/api/v1/apps/{app}", tag = "apps", request_body = Object,
+    params(("app" = String, Path)), responses((status = 200, body = App)))]
+pub async fn patch_app(
+    State(state): State<AdminState>,
+    caller: Caller,
+    Path(key): Path<String>,
+    Json(patch): Json<serde_json::Value>,
+) -> Result<Response, ApiError> {
+    update_app_with(&state, &caller, &key, |existing| {
+        patched(&existing.spec, patch)
+    })
+    .await
+}
+
+/// Delete an app with its keys and subscriptions.
+#[utoipa::path(delete, path = "/api/v1/apps/{app}", tag = "apps",
+    params(("app" = String, Path)), responses((status = 204)))]
+pub async fn delete_app(
+    State(state): State<AdminState>,
+    caller: Caller,
+    Path(key): Path<String>,
+) -> Result<Response, ApiError> {
+    let mut tx = state.store.begin().await?;
+    let app = app_in(&mut tx, &caller, &key, Role::Developer).await?;
+    tx.delete_app(&app.id).await?;
+    audit(
+        &mut tx,
+        &caller,
+        app_audit("app.delete", &app),
+        Some(&app),
+        NONE,
+    )
+    .await?;
+    commit(&state, tx).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+// ------------------------------------------------------------------- keys
+
+/// A key as created: the only time the key itself is shown.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CreatedKey {
+    #[serde(flatten)]
+    pub key_info: ApiKey,
+    /// The key. Shown once; only its SHA-256 and prefix are stored.
+    pub key: String,
+}
+
+/// Create an API key for an app (shown once).
+#[utoipa::path(post, path = "/api/v1/apps/{app}/keys", tag = "apps", request_body = KeySpec,
+    params(("app" = String, Path)), responses((status = 201, body = CreatedKey)))]
+pub async fn create_key(
+    State(state): State<AdminState>,
+    caller: Caller,
+    Path(app_key): Path<String>,
+    Json(spec): Json<KeySpec>,
+) -> Result<Response, ApiError> {
+    let now = now_ms();
+    let expires_at_ms = spec.validate(now)?;
+    let mut tx = state.store.begin().await?;
+    let app = app_in(&mut tx, &caller, &app_key, Role::Developer).await?;
+    let random = random_secret(40);
+    if random.is_empty() {
+        return Err(ApiError::internal("no random source"));
+    }
+    let env = spec.env.as_deref().unwrap_or("live");
+    let secret = format!("tg_{env}_{random}");
+    let key = ApiKey {
+        id: domain::id::new_id(),
+        app_id: app.id.clone(),
+        name: spec.name,
+        prefix: format!("tg_{env}_{}", &random[..4]),
+        scopes: spec.scopes,
+        expires_at_ms,
+        revoked_at_ms: None,
+        created_at_ms: now,
+        hash: token_digest(&secret),
+    };
+    tx.insert_key(&key).await?;
+    let record = Audit {
+        action: "key.create",
+        kind: "api_key",
+        id: &key.id,
+        team: app.spec.team.as_deref(),
+        other_team: None,
+    };
+    audit(&mut tx, &caller, record, NONE, Some(&key)).await?;
+    commit(&state, tx).await?;
+    Ok(created(
+        &CreatedKey {
+            key_info: key.clone(),
+            key: secret,
+        },
+        format!("/api/v1/apps/{}/keys/{}", app.id, key.id),
+    ))
+}
+
+#[utoipa::path(get, path = "/api/v1/apps/{app}/keys", tag = "apps",
+    params(("app" = String, Path), ("limit" = Option<usize>, Query), ("cursor" = Option<String>, Query)),
+    responses((status = 200, body = ListResponse<ApiKey>)))]
+pub async fn list_keys(
+    State(state): State<AdminState>,
+    caller: Caller,
+    Path(app_key): Path<String>,
+    params: ListParams,
+) -> Result<Response, ApiError> {
+    params.only(&[])?;
+    let app = app_or_404(&state, &caller, &app_key).await?;
+    let page = state
+        .store
+        .keys(&app.id, params.after.as_deref(), params.limit)
+        .await?;
+    Ok(ok(&ListResponse::from(page)))
+}
+
+#[utoipa::path(get, path = "/api/v1/apps/{app}/keys/{key}", tag = "apps",
+    params(("app" = String, Path), ("key" = String, Path, description = "key id")), responses((status = 200, body = ApiKey)))]
+pub async fn get_key(
+    State(state): State<AdminState>,
+    caller: Caller,
+    Path((app_key, key_id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let app = app_or_404(&state, &caller, &app_key).await?;
+    let key = state
+        .store
+        .key(&app.id, &key_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("key", &key_id))?;
+    Ok(ok(&key))
+}
+
+/// Revoke a key: the gateway refuses it with `key_revoked` within a second.
+/// The key stays listed (revoked) for the record.
+#[utoipa::path(delete, path = "/api/v1/apps/{app}/keys/{key}", tag = "apps",
+    params(("app" = String, Path), ("key" = String, Path)), responses((status = 204)))]
+pub async fn revoke_key(
+    State(state): State<AdminState>,
+    caller: Caller,
+    Path((app_key, key_id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let mut tx = state.store.begin().await?;
+    let app = app_in(&mut tx, &caller, &app_key, Role::Developer).await?;
+    let key = tx
+        .key(&app.id, &key_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("key", &key_id))?;
+    if key.revoked_at_ms.is_none() {
+        let at = now_ms();
+        tx.revoke_key(&key.id, at).await?;
+        let after = ApiKey {
+            revoked_at_ms: Some(at),
+            ..key.clone()
+        };
+        let record = Audit {
+            action: "key.revoke",
+            kind: "api_key",
+            id: &key.id,
+            team: app.spec.team.as_deref(),
+            other_team: None,
+        };
+        audit(&mut tx, &caller, record, Some(&key), Some(&after)).await?;
+        commit(&state, tx).await?;
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+// ------------------------------------------------------------------ plans
+
+fn plan_audit<'a>(action: &'a str, service: &'a Service, plan: &'a Plan) -> Audit<'a> {
+    Audit {
+        action,
+        kind: "plan",
+        id: &plan.id,
+        team: service.spec.team.as_deref(),
+        other_team: None,
+    }
+}
+
+/// Add a plan to a service.
+#[utoipa::path(post, path = "/api/v1/services/{service}/plans", tag = "plans", request_body = PlanSpec,
+    params(("service" = String, Path)), responses((status = 201, body = Plan)))]
+pub async fn create_plan(
+    State(state): State<AdminState>,
+    caller: Caller,
+    Path(service_key): Path<String>,
+    Json(spec): Json<PlanSpec>,
+) -> Result<Response, ApiError> {
+    spec.validate()?;
+    let mut tx = state.store.begin().await?;
+    let service = service_in(&mut tx, &caller, &service_key, Role::Admin).await?;
+    let now = now_ms();
+    let plan = Plan {
+        id: domain::id::new_id(),
+        service_id: service.id.clone(),
+        spec,
+        created_at_ms: now,
+        updated_at_ms: now,
+    };
+    tx.put_plan(&plan).await?;
+    audit(
+        &mut tx,
+        &caller,
+        plan_audit("plan.create", &service, &plan),
+        NONE,
+        Some(&plan),
+    )
+    .await?;
+    commit(&state, tx).await?;
+    Ok(created(
+        &plan,
+        format!("/api/v1/services/{}/plans/{}", service.id, plan.id),
+    ))
+}
+
+#[utoipa::path(get, path = "/api/v1/services/{service}/plans", tag = "plans",
+    params(("service" = String, Path)), responses((status = 200, body = ListResponse<Plan>)))]
+pub async fn list_plans(
+    State(state): State<AdminState>,
+    caller: Caller,
+    Path(service_key): Path<String>,
+) -> Result<Response, ApiError> {
+    let service = service_or_404(&state, &caller, &service_key).await?;
+    let plans = state.store.plans(&service.id).await?;
+    Ok(ok(&ListResponse {
+        data: plans,
+        next_cursor: None,
+    }))
+}
+
+#[utoipa::path(get, path = "/api/v1/services/{service}/plans/{plan}", tag = "plans",
+    params(("service" = String, Path), ("plan" = String, Path)), responses((status = 200, body = Plan)))]
+pub async fn get_plan(
+    State(state): State<AdminState>,
+    caller: Caller,
+    Path((service_key, plan_key)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let service = service_or_404(&state, &caller, &service_key).await?;
+    let plan = state
+        .store
+        .plan(&service.id, &plan_key)
+        .await?
+        .ok_or_else(|| ApiError::not_found("plan", &plan_key))?;
+    Ok(ok(&plan))
+}
+
+/// Change a plan (JSON merge patch). Limits apply to every subscription on
+/// it within a second.
+#[utoipa::path(patch, path = "/api/v1/services/{service}/plans/{plan}", tag = "plans", request_body = Object,
+    params(("service" = String, Path), ("plan" = String, Path)), responses((status = 200, body = Plan)))]
+pub async fn patch_plan(
+    State(state): State<AdminState>,
+    caller: Caller,
+    Path((service_key, plan_key)): Path<(String, String)>,
+    Json(patch): Json<serde_json::Value>,
+) -> Result<Response, ApiError> {
+    let mut tx = state.store.begin().await?;
+    let service = service_in(&mut tx, &caller, &service_key, Role::Admin).await?;
+    let existing = tx
+        .plan(&service.id, &plan_key)
+        .await?
+        .ok_or_else(|| ApiError::not_found("plan", &plan_key))?;
+    let spec: PlanSpec = patched(&existing.spec, patch)?;
+    spec.validate()?;
+    let plan = Plan {
+        spec,
+        updated_at_ms: now_ms(),
+        ..existing.clone()
+    };
+    tx.put_plan(&plan).await?;
+    audit(
+        &mut tx,
+        &caller,
+        plan_audit("plan.update", &service, &plan),
+        Some(&existing),
+        Some(&plan),
+    )
+    .await?;
+    commit(&state, tx).await?;
+    Ok(ok(&plan))
+}
+
+/// Delete a plan (refused while subscriptions use it).
+#[utoipa::path(delete, path = "/api/v1/services/{service}/plans/{plan}", tag = "plans",
+    params(("service" = String, Path), ("plan" = String, Path)), responses((status = 204), (status = 409, body = crate::openapi::Problem)))]
+pub async fn delete_plan(
+    State(state): State<AdminState>,
+    caller: Caller,
+    Path((service_key, plan_key)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let mut tx = state.store.begin().await?;
+    let service = service_in(&mut tx, &caller, &service_key, Role::Admin).await?;
+    let plan = tx
+        .plan(&service.id, &plan_key)
+        .await?
+        .ok_or_else(|| ApiError::not_found("plan", &plan_key))?;
+    tx.delete_plan(&plan.id).await?;
+    audit(
+        &mut tx,
+        &caller,
+        plan_audit("plan.delete", &service, &plan),
+        Some(&plan),
+        NONE,
+    )
+    .await?;
+    commit(&state, tx).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+// ---------------------------------------------------------- subscriptions
+
+fn subscription_audit<'a>(action: &'a str, subscription: &'a Subscription) -> Audit<'a> {
+    Audit {
+        action,
+        kind: "subscription",
+        id: &subscription.id,
+        team: Some(&subscription.consumer_team),
+        other_team: subscription.provider_team.as_deref(),
+    }
+}
+
+/// Queues the webhook event for both teams of a subscription.
+async fn notify(
+    tx: &mut WriteTx,
+    event: &str,
+    subscription: &Subscription,
+) -> Result<(), ApiError> {
+    let payload = serde_json::json!({
+        "id": domain::id::new_id(),
+        "type": event,
+        "created_at": domain::access::format_time_ms(now_ms()),
+        "data": {"subscription": subscription},
+    })
+    .to_string();
+    tx.enqueue_event(&subscription.consumer_team, event, &payload)
+        .await?;
+    if let Some(provider) = &subscription.provider_team
+        && provider != &subscription.consumer_team
+    {
+        tx.enqueue_event(provider, event, &payload).await?;
+    }
+    Ok(())
+}
+
+/// Whether an app of team `consumer` may subscribe to `service`.
+fn may_subscribe(service: &Service, consumer: &str) -> bool {
+    match service.spec.visibility {
+        Visibility::Catalog | Visibility::Public => true,
+        Visibility::Team => service.spec.team.as_deref() == Some(consumer),
+    }
+}
+
+/// Subscribe an app to a service's plan: `active` at once, or `pending`
+/// until the providing team approves when approval is required.
+#[utoipa::path(post, path = "/api/v1/subscriptions", tag = "subscriptions", request_body = SubscriptionSpec,
+    responses((status = 201, body = Subscription), (status = 409, body = crate::openapi::Problem)))]
+pub async fn create_subscription(
+    State(state): State<AdminState>,
+    caller: Caller,
+    Json(spec): Json<SubscriptionSpec>,
+) -> Result<Response, ApiError> {
+    let mut tx = state.store.begin().await?;
+    let app = app_in(&mut tx, &caller, &spec.app, Role::Developer).await?;
+    let consumer = app.spec.team.clone().unwrap_or_default();
+    let not_offered = || {
+        ApiError::field(
+            "service",
+            format!(
+                "no service '{}' is offered to team '{consumer}'",
+                spec.service
+            ),
+        )
+    };
+    let service = tx.service(&spec.service).await?.ok_or_else(not_offered)?;
+    if !may_subscribe(&service, &consumer) {
+        return Err(not_offered());
+    }
+    if service.lifecycle != Lifecycle::Published {
+        return Err(ApiError::invalid_state(format!(
+            "The service '{}' is {}; only published services take new subscriptions.",
+            service.spec.slug,
+            service.lifecycle.as_str()
+        )));
+    }
+    let plan = tx.plan(&service.id, &spec.plan).await?.ok_or_else(|| {
+        ApiError::field(
+            "plan",
+            format!(
+                "the service '{}' has no plan '{}'",
+                service.spec.slug, spec.plan
+            ),
+        )
+    })?;
+    if !plan.spec.open {
+        return Err(ApiError::field("plan", "is closed to new subscriptions"));
+    }
+    if let Some(open) = tx.open_subscription(&app.id, &service.id).await? {
+        return Err(ApiError::conflict(
+            "service",
+            format!(
+                "the app already has a {} subscription to this service ({})",
+                open.status.as_str(),
+                open.id
+            ),
+        ));
+    }
+    let approval = plan
+        .spec
+        .approval_required
+        .unwrap_or(service.spec.approval_required);
+    let now = now_ms();
+    let subscription = Subscription {
+        id: domain::id::new_id(),
+        app: app.spec.slug.clone(),
+        app_id: app.id.clone(),
+        service: service.spec.slug.clone(),
+        service_id: service.id.clone(),
+        plan: plan.spec.slug.clone(),
+        plan_id: plan.id.clone(),
+        status: if approval {
+            SubscriptionStatus::Pending
+        } else {
+            SubscriptionStatus::Active
+        },
+        reason: None,
+        consumer_team: consumer.clone(),
+        provider_team: service.spec.team.clone(),
+        created_at_ms: now,
+        updated_at_ms: now,
+    };
+    tx.put_subscription(&subscription).await?;
+    audit(
+        &mut tx,
+        &caller,
+        subscription_audit("subscription.create", &subscription),
+        NONE,
+        Some(&subscription),
+    )
+    .await?;
+    notify(&mut tx, "subscription.created", &subscription).await?;
+    commit(&state, tx).await?;
+    Ok(created(
+        &subscription,
+        format!("/api/v1/subscriptions/{}", subscription.id),
+    ))
+}
+
+fn sees_subscription(caller: &Caller, subscription: &Subscription) -> bool {
+    caller.role(Some(&subscription.consumer_team)).is_some()
+        || caller.role(subscription.provider_team.as_deref()).is_some()
+}
+
+/// Subscriptions of the caller's teams, as consumer or as provider.
+#[utoipa::path(get, path = "/api/v1/subscriptions", tag = "subscriptions",
+    params(("limit" = Option<usize>, Query), ("cursor" = Option<String>, Query), ("app" = Option<String>, Query),
+        ("service" = Option<String>, Query), ("status" = Option<String>, Query)),
+    responses((status = 200, body = ListResponse<Subscription>)))]
+pub async fn list_subscriptions(
+    State(state): State<AdminState>,
+    caller: Caller,
+    params: ListParams,
+) -> Result<Response, ApiError> {
+    params.only(&["app", "service", "status"])?;
+    let status = match params.filter("status") {
+        Some(text) => Some(SubscriptionStatus::parse(text).ok_or_else(|| {
+            ApiError::field(
+                "status",
+                "must be pending, active, rejected, suspended, cancelled, expired or past_due",
+            )
+        })?),
+        None => None,
+    };
+    // Filters by slug resolve to ids; an unknown one matches nothing.
+    let app_id = match params.filter("app") {
+        Some(key) => Some(
+            state
+                .store
+                .app(key)
+                .await?
+                .map_or_else(|| "-".to_owned(), |a| a.id),
+        ),
+        None => None,
+    };
+    let service_id = match params.filter("service") {
+        Some(key) => Some(
+            state
+                .store
+                .service(key)
+                .await?
+                .map_or_else(|| "-".to_owned(), |s| s.id),
+        ),
+        None => None,
+    };
+    let filter = SubscriptionFilter {
+        app_id: app_id.as_deref(),
+        service_id: service_id.as_deref(),
+        status,
+    };
+    let page = state
+        .store
+        .subscriptions(
+            &caller.visible(),
+            &filter,
+            params.after.as_deref(),
+            params.limit,
+        )
+        .await?;
+    Ok(ok(&ListResponse::from(page)))
+}
+
+#[utoipa::path(get, path = "/api/v1/subscriptions/{subscription}", tag = "subscriptions",
+    params(("subscription" = String, Path)), responses((status = 200, body = Subscription)))]
+pub async fn get_subscription(
+    State(state): State<AdminState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let subscription = state
+        .store
+        .subscription(&id)
+        .await?
+        .filter(|s| sees_subscription(&caller, s))
+        .ok_or_else(|| ApiError::not_found("subscription", &id))?;
+    Ok(ok(&subscription))
+}
+
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ActionRequest {
+    /// Why (shown to the other team; required to reject or suspend).
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// approve | reject | suspend | resume (the providing team's admins) or
+/// cancel (the consuming team's developers, or the provider's admins).
+#[utoipa::path(post, path = "/api/v1/subscriptions/{subscription}/{action}", tag = "subscriptions", request_body = ActionRequest,
+    params(("subscription" = String, Path), ("action" = String, Path, description = "approve, reject, suspend, resume or cancel")),
+    responses((status = 200, body = Subscription), (status = 409, body = crate::openapi::Problem)))]
+pub async fn subscription_action(
+    State(state): State<AdminState>,
+    caller: Caller,
+    Path((id, action_name)): Path<(String, String)>,
+    Json(request): Json<ActionRequest>,
+) -> Result<Response, ApiError> {
+    let Some(action) = SubscriptionAction::parse(&action_name) else {
+        return Err(ApiError::not_found("subscription action", &action_name));
+    };
+    if matches!(
+        action,
+        SubscriptionAction::Reject | SubscriptionAction::Suspend
+    ) && request.reason.as_deref().is_none_or(str::is_empty)
+    {
+        return Err(ApiError::field(
+            "reason",
+            "is required: tell the other team why",
+        ));
+    }
+    if request.reason.as_ref().is_some_and(|r| r.len() > 1000) {
+        return Err(ApiError::field("reason", "must be at most 1000 bytes"));
+    }
+    let mut tx = state.store.begin().await?;
+    let existing = tx
+        .subscription(&id)
+        .await?
+        .filter(|s| sees_subscription(&caller, s))
+        .ok_or_else(|| ApiError::not_found("subscription", &id))?;
+    let provider = existing.provider_team.as_deref();
+    let provider_admin = caller.role(provider).is_some_and(|r| r >= Role::Admin);
+    let consumer_developer = caller
+        .role(Some(&existing.consumer_team))
+        .is_some_and(|r| r >= Role::Developer);
+    let allowed = if action.by_provider() {
+        provider_admin
+    } else {
+        provider_admin || consumer_developer
+    };
+    if !allowed {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            if action.by_provider() {
+                format!(
+                    "Only an admin of the providing team ('{}') may {} this subscription.",
+                    provider.unwrap_or("platform"),
+                    action.as_str()
+                )
+            } else {
+                "Cancelling takes a developer of the consuming team or an admin of the providing team.".to_owned()
+            },
+        ));
+    }
+    let Some(status) = action.apply(existing.status) else {
+        return Err(ApiError::invalid_state(format!(
+            "A {} subscription cannot be {}d.",
+            existing.status.as_str(),
+            action.as_str().trim_end_matches('e')
+        )));
+    };
+    let subscription = Subscription {
+        status,
+        reason: request
+            .reason
+            .or_else(|| existing.reason.clone())
+            .filter(|_| status != SubscriptionStatus::Active),
+        updated_at_ms: now_ms(),
+        ..existing.clone()
+    };
+    tx.put_subscription(&subscription).await?;
+    let action_name = format!("subscription.{}", action.as_str());
+    audit(
+        &mut tx,
+        &caller,
+        subscription_audit(&action_name, &subscription),
+        Some(&existing),
+        Some(&subscription),
+    )
+    .await?;
+    let event = match action {
+        SubscriptionAction::Approve => "subscription.approved",
+        SubscriptionAction::Reject => "subscription.rejected",
+        SubscriptionAction::Suspend => "subscription.suspended",
+        SubscriptionAction::Resume => "subscription.resumed",
+        SubscriptionAction::Cancel => "subscription.cancelled",
+    };
+    notify(&mut tx, event, &subscription).await?;
+    commit(&state, tx).await?;
+    Ok(ok(&subscription))
+}
+
+// ---------------------------------------------------------------- catalog
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CatalogEntry {
+    pub service: Service,
+    /// Plans open to new subscriptions.
+    pub plans: Vec<Plan>,
+}
+
+/// What the caller's teams may subscribe to: published services with
+/// visibility `catalog` or `public`, plus their own teams' services.
+#[utoipa::path(get, path = "/api/v1/catalog", tag = "subscriptions", responses((status = 200, body = ListResponse<CatalogEntry>)))]
+pub async fn catalog(
+    State(state): State<AdminState>,
+    caller: Caller,
+) -> Result<Response, ApiError> {
+    let visible = caller.visible();
+    let mut entries = Vec::new();
+    for service in state.store.published_services().await? {
+        let offered = matches!(
+            service.spec.visibility,
+            Visibility::Catalog | Visibility::Public
+        ) || visible.includes(service.spec.team.as_deref());
+        if !offered || service.lifecycle != Lifecycle::Published {
+            continue;
+        }
+        let plans = state
+            .store
+            .plans(&service.id)
+            .await?
+            .into_iter()
+            .filter(|p| p.spec.open)
+            .collect();
+        entries.push(CatalogEntry { service, plans });
+    }
+    Ok(ok(&ListResponse {
+        data: entries,
+        next_cursor: None,
+    }))
+}
+
+// --------------------------------------------------------------- webhooks
+
+/// A webhook as created: the only time its signing secret is shown.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CreatedWebhook {
+    #[serde(flatten)]
+    pub webhook: Webhook,
+    /// Verify `Tollgate-Signature` with this (HMAC-SHA256). Shown once.
+    pub secret: String,
+}
+
+async fn webhook_team(
+    state: &AdminState,
+    caller: &Caller,
+    team_key: &str,
+) -> Result<String, ApiError> {
+    let team = state
+        .store
+        .team(team_key)
+        .await?
+        .ok_or_else(|| ApiError::not_found("team", team_key))?;
+    caller.require(Some(&team.spec.slug), Role::Admin, "team", team_key)?;
+    Ok(team.spec.slug)
+}
+
+/// Register a webhook endpoint for the team's subscription events.
+#[utoipa::path(post, path = "/api/v1/teams/{team}/webhooks", tag = "teams", request_body = WebhookSpec,
+    params(("team" = String, Path)), responses((status = 201, body = CreatedWebhook)))]
+pub async fn create_webhook(
+    State(state): State<AdminState>,
+    caller: Caller,
+    Path(team_key): Path<String>,
+    Json(spec): Json<WebhookSpec>,
+) -> Result<Response, ApiError> {
+    spec.validate()?;
+    let team = webhook_team(&state, &caller, &team_key).await?;
+    let random = random_secret(40);
+    if random.is_empty() {
+        return Err(ApiError::internal("no random source"));
+    }
+    let secret = format!("whsec_{random}");
+    let webhook = Webhook {
+        id: domain::id::new_id(),
+        team: team.clone(),
+        spec,
+        created_at_ms: now_ms(),
+    };
+    let mut tx = state.store.begin().await?;
+    tx.insert_webhook(&webhook, &secret).await?;
+    let record = Audit {
+        action: "webhook.create",
+        kind: "webhook",
+        id: &webhook.id,
+        team: Some(&team),
+        other_team: None,
+    };
+    audit(&mut tx, &caller, record, NONE, Some(&webhook)).await?;
+    commit(&state, tx).await?;
+    Ok(created(
+        &CreatedWebhook {
+            webhook: webhook.clone(),
+            secret,
+        },
+        format!("/api/v1/teams/{team}/webhooks/{}", webhook.id),
+    ))
+}
+
+#[utoipa::path(get, path = "/api/v1/teams/{team}/webhooks", tag = "teams",
+    params(("team" = String, Path)), responses((status = 200, body = ListResponse<Webhook>)))]
+pub async fn list_webhooks(
+    State(state): State<AdminState>,
+    caller: Caller,
+    Path(team_key): Path<String>,
+) -> Result<Response, ApiError> {
+    let team = webhook_team(&state, &caller, &team_key).await?;
+    Ok(ok(&ListResponse {
+        data: state.store.webhooks(&team).await?,
+        next_cursor: None,
+    }))
+}
+
+#[utoipa::path(delete, path = "/api/v1/teams/{team}/webhooks/{webhook}", tag = "teams",
+    params(("team" = String, Path), ("webhook" = String, Path)), responses((status = 204)))]
+pub async fn delete_webhook(
+    State(state): State<AdminState>,
+    caller: Caller,
+    Path((team_key, id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let team = webhook_team(&state, &caller, &team_key).await?;
+    let mut tx = state.store.begin().await?;
+    if !tx.delete_webhook(&team, &id).await? {
+        return Err(ApiError::not_found("webhook", &id));
+    }
+    let record = Audit {
+        action: "webhook.delete",
+        kind: "webhook",
+        id: &id,
+        team: Some(&team),
+        other_team: None,
+    };
+    audit(&mut tx, &caller, record, NONE, NONE).await?;
+    commit(&state, tx).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Recent deliveries of a webhook, newest first, with their state.
+#[utoipa::path(get, path = "/api/v1/teams/{team}/webhooks/{webhook}/deliveries", tag = "teams",
+    params(("team" = String, Path), ("webhook" = String, Path)), responses((status = 200, body = ListResponse<domain::access::DeliveryStatus>)))]
+pub async fn list_deliveries(
+    State(state): State<AdminState>,
+    caller: Caller,
+    Path((team_key, id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let team = webhook_team(&state, &caller, &team_key).await?;
+    state
+        .store
+        .webhook(&team, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("webhook", &id))?;
+    Ok(ok(&ListResponse {
+        data: state.store.deliveries(&id, 100).await?,
+        next_cursor: None,
+    }))
+}

@@ -1,0 +1,322 @@
+//! Who is calling and whether they may: the in-memory index of API keys
+//! (by SHA-256, never a database query), apps with their subscriptions and
+//! limiters, and the IP rules. Compiled with the snapshot.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use domain::access::{ApiKey, App, IpRules, Plan, Scope, Subscription, SubscriptionStatus};
+use domain::net::Cidr;
+
+use crate::limit::{Limiter, LimiterRegistry};
+
+/// Keys are looked up by their SHA-256, which is already uniformly
+/// distributed: its first eight bytes are the hash.
+#[derive(Default)]
+pub struct DigestHasher(u64);
+
+impl Hasher for DigestHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // `[u8; 32]` hashes as its length (8 bytes) then its bytes; keep
+        // the first 8 bytes of the digest itself.
+        if bytes.len() >= 8 && self.0 == 0 {
+            let mut first = [0u8; 8];
+            first.copy_from_slice(&bytes[..8]);
+            self.0 = u64::from_le_bytes(first);
+        }
+    }
+
+    fn write_usize(&mut self, _: usize) {}
+}
+
+pub type Digest = [u8; 32];
+
+/// IP allow and deny lists, parsed.
+#[derive(Debug, Default)]
+pub struct IpRulesRt {
+    allow: Vec<Cidr>,
+    deny: Vec<Cidr>,
+}
+
+impl IpRulesRt {
+    pub fn compile(rules: &IpRules) -> Result<Self, String> {
+        Ok(Self {
+            allow: domain::net::parse_list(&rules.allow)?,
+            deny: domain::net::parse_list(&rules.deny)?,
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.allow.is_empty() && self.deny.is_empty()
+    }
+
+    /// Deny wins; an empty allow list allows every address.
+    pub fn allows(&self, ip: IpAddr) -> bool {
+        !self.deny.iter().any(|c| c.contains(ip))
+            && (self.allow.is_empty() || self.allow.iter().any(|c| c.contains(ip)))
+    }
+}
+
+/// A subscription as the gateway sees it.
+#[derive(Debug)]
+pub struct SubscriptionRt {
+    pub id: String,
+    pub status: SubscriptionStatus,
+    pub reason: Option<String>,
+    pub plan: String,
+    pub limiter: Option<Arc<Limiter>>,
+}
+
+#[derive(Debug)]
+pub struct AppRt {
+    pub id: String,
+    pub slug: String,
+    pub team: String,
+    pub ip: IpRulesRt,
+    pub limiter: Option<Arc<Limiter>>,
+    /// (service id, subscription): the open one, else the latest.
+    pub subscriptions: Vec<(String, SubscriptionRt)>,
+}
+
+impl AppRt {
+    pub fn subscription(&self, service_id: &str) -> Option<&SubscriptionRt> {
+        self.subscriptions
+            .iter()
+            .find(|(id, _)| id == service_id)
+            .map(|(_, s)| s)
+    }
+}
+
+#[derive(Debug)]
+pub struct KeyRt {
+    pub id: String,
+    pub prefix: String,
+    pub app: Arc<AppRt>,
+    /// (service slug, read only); empty: every subscribed service.
+    pub scopes: Vec<(String, bool)>,
+    pub expires_at_ms: Option<i64>,
+    pub revoked: bool,
+}
+
+impl KeyRt {
+    /// Whether the key's scopes allow `service` with this method.
+    pub fn allows(&self, service: &str, method: &http::Method) -> bool {
+        if self.scopes.is_empty() {
+            return true;
+        }
+        let reading = matches!(
+            *method,
+            http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
+        );
+        self.scopes
+            .iter()
+            .any(|(scope, read_only)| scope == service && (!read_only || reading))
+    }
+}
+
+/// The access part of a snapshot.
+#[derive(Debug, Default)]
+pub struct AccessIndex {
+    pub keys: HashMap<Digest, KeyRt, BuildHasherDefault<DigestHasher>>,
+    pub apps: usize,
+}
+
+impl std::fmt::Debug for DigestHasher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DigestHasher")
+    }
+}
+
+fn decode_digest(hex: &str) -> Option<Digest> {
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (index, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(index * 2..index * 2 + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+fn is_open(status: SubscriptionStatus) -> bool {
+    status.is_open()
+}
+
+/// Builds the key index. Subscriptions are attached to their app: for each
+/// service the open one wins, else the most recently changed.
+pub fn compile(
+    apps: &[App],
+    keys: &[ApiKey],
+    plans: &[Plan],
+    subscriptions: &[Subscription],
+    limiters: &LimiterRegistry,
+) -> Result<AccessIndex, String> {
+    let plans: HashMap<&str, &Plan> = plans.iter().map(|p| (p.id.as_str(), p)).collect();
+    let mut chosen: HashMap<(&str, &str), &Subscription> = HashMap::new();
+    for subscription in subscriptions {
+        let key = (
+            subscription.app_id.as_str(),
+            subscription.service_id.as_str(),
+        );
+        let better = match chosen.get(&key) {
+            None => true,
+            Some(current) => match (is_open(subscription.status), is_open(current.status)) {
+                (true, false) => true,
+                (false, true) => false,
+                _ => subscription.updated_at_ms >= current.updated_at_ms,
+            },
+        };
+        if better {
+            chosen.insert(key, subscription);
+        }
+    }
+    let mut by_app: HashMap<&str, Vec<(String, SubscriptionRt)>> = HashMap::new();
+    for ((app_id, service_id), subscription) in chosen {
+        let plan = plans.get(subscription.plan_id.as_str());
+        let limiter = plan.and_then(|plan| {
+            limiters.get(
+                format!("subscription:{}", subscription.id),
+                "plan",
+                &plan.spec.rate_limits,
+                plan.spec.concurrent_requests,
+            )
+        });
+        by_app.entry(app_id).or_default().push((
+            service_id.to_owned(),
+            SubscriptionRt {
+                id: subscription.id.clone(),
+                status: subscription.status,
+                reason: subscription.reason.clone(),
+                plan: subscription.plan.clone(),
+                limiter,
+            },
+        ));
+    }
+    let mut app_index: HashMap<&str, Arc<AppRt>> = HashMap::with_capacity(apps.len());
+    for app in apps {
+        let ip =
+            IpRulesRt::compile(&app.spec.ip).map_err(|e| format!("app {}: {e}", app.spec.slug))?;
+        let compiled = AppRt {
+            id: app.id.clone(),
+            slug: app.spec.slug.clone(),
+            team: app.spec.team.clone().unwrap_or_default(),
+            ip,
+            limiter: limiters.get(
+                format!("app:{}", app.id),
+                "app",
+                &app.spec.rate_limits,
+                app.spec.concurrent_requests,
+            ),
+            subscriptions: by_app.remove(app.id.as_str()).unwrap_or_default(),
+        };
+        app_index.insert(app.id.as_str(), Arc::new(compiled));
+    }
+    let mut index = AccessIndex {
+        keys: HashMap::with_capacity_and_hasher(keys.len(), BuildHasherDefault::default()),
+        apps: app_index.len(),
+    };
+    for key in keys {
+        let (Some(app), Some(digest)) =
+            (app_index.get(key.app_id.as_str()), decode_digest(&key.hash))
+        else {
+            continue;
+        };
+        let scopes = key
+            .scopes
+            .iter()
+            .filter_map(|text| Scope::parse(text).map(|s| (s.service.to_owned(), s.read_only)))
+            .collect();
+        index.keys.insert(
+            digest,
+            KeyRt {
+                id: key.id.clone(),
+                prefix: key.prefix.clone(),
+                app: app.clone(),
+                scopes,
+                expires_at_ms: key.expires_at_ms,
+                revoked: key.revoked_at_ms.is_some(),
+            },
+        );
+    }
+    Ok(index)
+}
+
+/// The SHA-256 of a presented key.
+pub fn digest_of(key: &[u8]) -> Digest {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(key).into()
+}
+
+/// The client's address: the peer, or, when the peer is a trusted proxy,
+/// the right-most `X-Forwarded-For` entry that is not a trusted proxy.
+pub fn client_ip(peer: IpAddr, headers: &http::HeaderMap, trusted: &[Cidr]) -> IpAddr {
+    if trusted.is_empty() || !trusted.iter().any(|c| c.contains(peer)) {
+        return peer;
+    }
+    let mut client = peer;
+    let entries = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect::<Vec<_>>();
+    for entry in entries.iter().rev() {
+        let Ok(ip) = entry.parse::<IpAddr>() else {
+            // A malformed hop: stop trusting what lies beyond it.
+            break;
+        };
+        client = ip;
+        if !trusted.iter().any(|c| c.contains(ip)) {
+            break;
+        }
+    }
+    client
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_ip_trusts_only_configured_proxies() {
+        let trusted: Vec<Cidr> = vec!["10.0.0.0/8".parse().unwrap_or_else(|_| unreachable!())];
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            "x-forwarded-for",
+            http::HeaderValue::from_static("6.6.6.6, 1.2.3.4, 10.0.0.7"),
+        );
+        let proxy: IpAddr = "10.0.0.1".parse().unwrap_or_else(|_| unreachable!());
+        let stranger: IpAddr = "5.5.5.5".parse().unwrap_or_else(|_| unreachable!());
+        assert_eq!(client_ip(proxy, &headers, &trusted).to_string(), "1.2.3.4");
+        assert_eq!(client_ip(stranger, &headers, &trusted), stranger);
+        assert_eq!(client_ip(proxy, &headers, &[]), proxy);
+    }
+
+    #[test]
+    fn ip_rules_deny_wins() {
+        let rules = IpRulesRt::compile(&IpRules {
+            allow: vec!["10.0.0.0/8".into()],
+            deny: vec!["10.9.0.0/16".into()],
+        })
+        .unwrap_or_default();
+        let ip = |text: &str| text.parse::<IpAddr>().unwrap_or_else(|_| unreachable!());
+        assert!(rules.allows(ip("10.1.1.1")));
+        assert!(!rules.allows(ip("10.9.1.1")));
+        assert!(!rules.allows(ip("11.0.0.1")));
+    }
+
+    #[test]
+    fn digests_decode() {
+        let digest = digest_of(b"tg_live_x");
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(decode_digest(&hex), Some(digest));
+        assert_eq!(decode_digest("zz"), None);
+    }
+}

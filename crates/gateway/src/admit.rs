@@ -1,0 +1,422 @@
+//! Pipeline phases 3–5 (SPEC §3): authenticate (401), authorize (403) and
+//! limit (429). They read only the snapshot's [`crate::access::AccessIndex`]
+//! and the limiters' own counters.
+
+use std::net::IpAddr;
+
+use domain::access::SubscriptionStatus;
+use domain::code::Code;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Method, Request};
+
+use crate::access::{AppRt, KeyRt, SubscriptionRt, client_ip, digest_of};
+use crate::limit::{Exceeded, Limiter, Permit, Quota};
+use crate::refusal::Refusal;
+use crate::snapshot::{RouteRt, ServiceRt, Snapshot};
+
+static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+
+/// Credentials the gateway removes before forwarding, so the upstream
+/// never sees the caller's Tollgate key.
+pub mod strip {
+    pub const AUTHORIZATION: u8 = 1;
+    pub const X_API_KEY: u8 = 2;
+    pub const QUERY_KEY: u8 = 4;
+}
+
+/// What the admission phases decided about an admitted request.
+#[derive(Default)]
+pub struct Admission {
+    /// Which credential carriers to remove before forwarding.
+    pub strip: u8,
+    /// `Tollgate-App` and friends for the upstream.
+    pub identity: Vec<(HeaderName, HeaderValue)>,
+    /// `RateLimit-Policy` and `RateLimit` for the response.
+    pub rate_headers: Option<(HeaderValue, HeaderValue)>,
+    /// Concurrency slots, released when the response body ends.
+    pub permits: Vec<Permit>,
+}
+
+/// Where a credential came from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Source {
+    Authorization,
+    XApiKey,
+    Query,
+}
+
+fn credentials<B>(request: &Request<B>) -> Vec<(&str, Source)> {
+    let mut found = Vec::with_capacity(1);
+    if let Some(value) = request.headers().get(header::AUTHORIZATION)
+        && let Ok(text) = value.to_str()
+    {
+        let token = text
+            .get(..7)
+            .filter(|scheme| scheme.eq_ignore_ascii_case("bearer "))
+            .map(|_| text[7..].trim());
+        // Another scheme (Basic…) is the upstream's business, not ours.
+        if let Some(token) = token {
+            found.push((token, Source::Authorization));
+        }
+    }
+    if let Some(value) = request.headers().get("x-api-key")
+        && let Ok(text) = value.to_str()
+    {
+        found.push((text.trim(), Source::XApiKey));
+    }
+    if let Some(query) = request.uri().query() {
+        for pair in query.split('&') {
+            if let Some(value) = pair.strip_prefix("api_key=") {
+                found.push((value, Source::Query));
+            }
+        }
+    }
+    found
+}
+
+fn refuse_key(code: Code, key: Option<&KeyRt>, detail: &str) -> Refusal {
+    let prefix = key.map_or(String::new(), |k| format!(" ({}…)", k.prefix));
+    Refusal::new(code, format!("{detail}{prefix}"))
+}
+
+/// Phase 3: the caller's key, from `Authorization: Bearer`, `X-API-Key` or
+/// (where the service allows it) `?api_key=`.
+fn authenticate<'s, B>(
+    snapshot: &'s Snapshot,
+    service: &ServiceRt,
+    request: &Request<B>,
+    now_ms: i64,
+    admission: &mut Admission,
+) -> Result<&'s KeyRt, Refusal> {
+    let presented = credentials(request);
+    if presented.is_empty() {
+        return Err(Refusal::new(
+            Code::MissingCredentials,
+            format!(
+                "The service '{}' needs an API key: send 'Authorization: Bearer tg_…' or 'X-API-Key: tg_…'. Create a key for your app in the portal.",
+                service.slug
+            ),
+        ));
+    }
+    let mut resolved: Option<&KeyRt> = None;
+    for (token, source) in presented {
+        if source == Source::Query && !service.query_key {
+            return Err(Refusal::new(
+                Code::KeyInQuery,
+                format!(
+                    "The service '{}' does not take keys in the query string (they end up in logs and browser history). Send the key in the 'Authorization' or 'X-API-Key' header.",
+                    service.slug
+                ),
+            ));
+        }
+        admission.strip |= match source {
+            Source::Authorization => strip::AUTHORIZATION,
+            Source::XApiKey => strip::X_API_KEY,
+            Source::Query => strip::QUERY_KEY,
+        };
+        let key = if token.starts_with("tg_") {
+            snapshot.access.keys.get(&digest_of(token.as_bytes()))
+        } else {
+            None
+        };
+        let Some(key) = key else {
+            return Err(Refusal::new(
+                Code::InvalidCredentials,
+                "The API key is not valid. Check that it was copied whole; keys are shown once, at creation, so create a new one if it is lost.",
+            ));
+        };
+        if key.revoked {
+            return Err(refuse_key(
+                Code::KeyRevoked,
+                Some(key),
+                "This API key has been revoked. Create a new key for your app",
+            ));
+        }
+        if key.expires_at_ms.is_some_and(|at| at <= now_ms) {
+            return Err(refuse_key(
+                Code::KeyExpired,
+                Some(key),
+                "This API key has expired. Create a new key for your app",
+            ));
+        }
+        match resolved {
+            Some(previous) if previous.app.id != key.app.id => {
+                return Err(Refusal::new(
+                    Code::ConflictingCredentials,
+                    format!(
+                        "The request carries keys of two different apps ('{}' and '{}'). Send one credential.",
+                        previous.app.slug, key.app.slug
+                    ),
+                ));
+            }
+            _ => resolved = Some(key),
+        }
+    }
+    resolved.ok_or_else(|| Refusal::new(Code::MissingCredentials, "No API key was sent."))
+}
+
+/// Phase 4: the app's subscription, IP rules and the key's scopes.
+fn authorize<'s>(
+    service: &ServiceRt,
+    key: &'s KeyRt,
+    method: &Method,
+    ip: impl FnOnce() -> IpAddr,
+) -> Result<&'s SubscriptionRt, Refusal> {
+    let app: &AppRt = &key.app;
+    if !app.ip.is_empty() {
+        let ip = ip();
+        if !app.ip.allows(ip) {
+            return Err(Refusal::new(
+                Code::IpDenied,
+                format!(
+                    "The app '{}' may not call from {ip}; its owners can add this address to the app's IP allow-list.",
+                    app.slug
+                ),
+            ));
+        }
+    }
+    if service.team_only && service.team.as_deref() != Some(app.team.as_str()) {
+        return Err(Refusal::new(
+            Code::TenantDenied,
+            format!(
+                "The service '{}' is private to its team; the app '{}' belongs to another team.",
+                service.slug, app.slug
+            ),
+        ));
+    }
+    let Some(subscription) = app.subscription(&service.id) else {
+        return Err(Refusal::new(
+            Code::NotSubscribed,
+            format!(
+                "The app '{}' is not subscribed to '{}'. Subscribe to one of its plans in the portal (POST /api/v1/subscriptions).",
+                app.slug, service.slug
+            ),
+        ));
+    };
+    let reason = subscription
+        .reason
+        .as_deref()
+        .map_or(String::new(), |r| format!(" Reason: {r}"));
+    let refusal = match subscription.status {
+        SubscriptionStatus::Active => None,
+        SubscriptionStatus::Pending => Some((
+            Code::SubscriptionPending,
+            format!(
+                "The subscription of '{}' to '{}' waits for the provider's approval; calls work once it is approved.",
+                app.slug, service.slug
+            ),
+        )),
+        SubscriptionStatus::Rejected => Some((
+            Code::SubscriptionRejected,
+            format!(
+                "The provider rejected the subscription of '{}' to '{}'.{reason}",
+                app.slug, service.slug
+            ),
+        )),
+        SubscriptionStatus::Suspended => Some((
+            Code::SubscriptionSuspended,
+            format!(
+                "The provider suspended the subscription of '{}' to '{}'.{reason} Contact the provider to have it resumed.",
+                app.slug, service.slug
+            ),
+        )),
+        SubscriptionStatus::Cancelled => Some((
+            Code::NotSubscribed,
+            format!(
+                "The subscription of '{}' to '{}' was cancelled. Subscribe again to call it.",
+                app.slug, service.slug
+            ),
+        )),
+        SubscriptionStatus::Expired => Some((
+            Code::SubscriptionExpired,
+            format!(
+                "The subscription of '{}' to '{}' has expired. Renew it to continue.",
+                app.slug, service.slug
+            ),
+        )),
+        SubscriptionStatus::PastDue => Some((
+            Code::PaymentFailed,
+            format!(
+                "The last payment for the subscription of '{}' to '{}' failed. Top up the team's wallet to continue.",
+                app.slug, service.slug
+            ),
+        )),
+    };
+    if let Some((code, detail)) = refusal {
+        return Err(Refusal::new(code, detail));
+    }
+    if !key.allows(&service.slug, method) {
+        return Err(refuse_key(
+            Code::ScopeDenied,
+            Some(key),
+            &format!(
+                "This key's scopes do not cover {method} on '{}'. Use a key with the scope '{}' (or '{}:read' for reads)",
+                service.slug, service.slug, service.slug
+            ),
+        ));
+    }
+    Ok(subscription)
+}
+
+fn rate_limited(exceeded: &Exceeded, policy: Option<HeaderValue>) -> Refusal {
+    let quota = &exceeded.quota;
+    let detail = if exceeded.concurrency {
+        format!(
+            "Too many requests in flight: the {} allows {} at once. Wait for one to finish.",
+            quota.scope, quota.limit
+        )
+    } else {
+        format!(
+            "The {} allows {} requests per {}; retry in {} s. Spread requests out, or move to a plan with higher limits.",
+            quota.scope, quota.limit, quota.name, exceeded.retry_after_s
+        )
+    };
+    let mut refusal = Refusal::new(Code::RateLimited, detail).with_header(
+        header::RETRY_AFTER,
+        HeaderValue::from(exceeded.retry_after_s),
+    );
+    if let Some(policy) = policy {
+        refusal = refusal.with_header(RATELIMIT_POLICY.clone(), policy);
+    }
+    if let Ok(value) = HeaderValue::from_str(&ratelimit_value(quota)) {
+        refusal = refusal.with_header(RATELIMIT.clone(), value);
+    }
+    refusal
+}
+
+fn ratelimit_value(quota: &Quota) -> String {
+    format!(
+        "\"{}-{}\";r={};t={}",
+        quota.scope, quota.name, quota.remaining, quota.reset_s
+    )
+}
+
+fn policy_value(limiters: &[&Limiter]) -> Option<HeaderValue> {
+    let mut text = String::new();
+    for limiter in limiters {
+        for (name, limit, window_s) in limiter.policies() {
+            if !text.is_empty() {
+                text.push_str(", ");
+            }
+            text.push_str(&format!(
+                "\"{}-{name}\";q={limit};w={window_s}",
+                limiter.scope
+            ));
+        }
+    }
+    (!text.is_empty())
+        .then(|| HeaderValue::from_str(&text).ok())
+        .flatten()
+}
+
+/// Phase 5: the plan's, app's and route's limits. An admission is counted
+/// in every limiter or in none.
+fn limit(
+    limiters: &[&std::sync::Arc<Limiter>],
+    now_ms: u64,
+    admission: &mut Admission,
+) -> Result<(), Refusal> {
+    if limiters.is_empty() {
+        return Ok(());
+    }
+    let plain: Vec<&Limiter> = limiters.iter().map(|l| l.as_ref()).collect();
+    let policy = policy_value(&plain);
+    let mut tightest: Option<Quota> = None;
+    for (index, limiter) in limiters.iter().enumerate() {
+        let outcome = limiter.admit(now_ms).and_then(|quota| {
+            limiter.enter().map(|permit| {
+                if let Some(permit) = permit {
+                    admission.permits.push(permit);
+                }
+                quota
+            })
+        });
+        match outcome {
+            Ok(Some(quota)) => {
+                if tightest.is_none_or(|t| quota.remaining < t.remaining) {
+                    tightest = Some(quota);
+                }
+            }
+            Ok(None) => {}
+            Err(exceeded) => {
+                // Give back what the earlier limiters (and, for a
+                // concurrency refusal, this one) counted.
+                let counted = if exceeded.concurrency {
+                    index + 1
+                } else {
+                    index
+                };
+                for earlier in &limiters[..counted] {
+                    earlier.refund(now_ms);
+                }
+                admission.permits.clear();
+                return Err(rate_limited(&exceeded, policy));
+            }
+        }
+    }
+    if let (Some(policy), Some(quota)) = (policy, tightest)
+        && let Ok(value) = HeaderValue::from_str(&ratelimit_value(&quota))
+    {
+        admission.rate_headers = Some((policy, value));
+    }
+    Ok(())
+}
+
+fn now_epoch_ms() -> i64 {
+    domain::now_ms()
+}
+
+/// Runs phases 3–5 for a matched route.
+pub(crate) fn admit<B>(
+    snapshot: &Snapshot,
+    route: &RouteRt,
+    request: &Request<B>,
+    peer: IpAddr,
+    trusted_proxies: &[domain::net::Cidr],
+) -> Result<Admission, Refusal> {
+    let service = &route.service;
+    let mut admission = Admission::default();
+    let ip = || client_ip(peer, request.headers(), trusted_proxies);
+    if !service.ip.is_empty() {
+        let ip = ip();
+        if !service.ip.allows(ip) {
+            return Err(Refusal::new(
+                Code::IpDenied,
+                format!(
+                    "The service '{}' does not accept calls from {ip}.",
+                    service.slug
+                ),
+            ));
+        }
+    }
+    let now_ms = now_epoch_ms();
+    let now_u = u64::try_from(now_ms).unwrap_or(0);
+    if service.anonymous {
+        let limiters: Vec<&std::sync::Arc<Limiter>> = route.limiter.iter().collect();
+        limit(&limiters, now_u, &mut admission)?;
+        return Ok(admission);
+    }
+    let key = authenticate(snapshot, service, request, now_ms, &mut admission)?;
+    let subscription = authorize(service, key, request.method(), ip)?;
+    let limiters: Vec<&std::sync::Arc<Limiter>> = subscription
+        .limiter
+        .iter()
+        .chain(key.app.limiter.iter())
+        .chain(route.limiter.iter())
+        .collect();
+    limit(&limiters, now_u, &mut admission)?;
+    for (name, value) in [
+        ("tollgate-app", key.app.slug.as_str()),
+        ("tollgate-team", key.app.team.as_str()),
+        ("tollgate-plan", subscription.plan.as_str()),
+        ("tollgate-subscription", subscription.id.as_str()),
+    ] {
+        if let Ok(value) = HeaderValue::from_str(value) {
+            admission
+                .identity
+                .push((HeaderName::from_static(name), value));
+        }
+    }
+    Ok(admission)
+}

@@ -1,0 +1,432 @@
+//! Rate limits: sliding-window counters per window (second, minute, hour,
+//! day) plus a bound on requests in flight, for one subscription, app or
+//! route. Each [`Limiter`] has its own small lock; nothing is shared by all
+//! requests. The [`LimiterRegistry`] keeps counters across configuration
+//! reloads, so a reload never resets a caller's budget.
+//!
+//! The sliding window counter (as in Cloudflare's and nginx's): the
+//! estimate for "the last `period`" is the current fixed window's count
+//! plus the previous window's count weighted by how much of it still
+//! overlaps. A request is admitted while the estimate stays within the
+//! limit, so no fixed window ever admits more than the limit.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+use domain::access::RateLimit;
+
+#[derive(Debug, Clone, Copy, Default)]
+struct WindowState {
+    /// Start of the current fixed window, epoch ms (a multiple of the period).
+    start_ms: u64,
+    current: u64,
+    previous: u64,
+}
+
+#[derive(Debug)]
+struct Window {
+    limit: u64,
+    period_ms: u64,
+    name: &'static str,
+}
+
+/// The counters of one subject (a subscription, an app or a route).
+#[derive(Debug)]
+pub struct Limiter {
+    /// Which subject, for policy names: `plan`, `app` or `route`.
+    pub scope: &'static str,
+    windows: Box<[Window]>,
+    states: Mutex<Box<[WindowState]>>,
+    concurrent_max: Option<u32>,
+    in_flight: AtomicU32,
+}
+
+/// What a limiter says about one request.
+#[derive(Debug, Clone, Copy)]
+pub struct Quota {
+    pub name: &'static str,
+    pub scope: &'static str,
+    pub limit: u64,
+    pub window_s: u64,
+    pub remaining: u64,
+    /// Seconds until the current window ends.
+    pub reset_s: u64,
+}
+
+/// A refusal: which quota ran out and how long to wait.
+#[derive(Debug, Clone, Copy)]
+pub struct Exceeded {
+    pub quota: Quota,
+    pub retry_after_s: u64,
+    /// The bound on requests in flight was hit (not a window).
+    pub concurrency: bool,
+}
+
+fn roll(state: &mut WindowState, period_ms: u64, now_ms: u64) {
+    let start = now_ms - now_ms % period_ms;
+    if state.start_ms != start {
+        state.previous = if state.start_ms + period_ms == start {
+            state.current
+        } else {
+            0
+        };
+        state.current = 0;
+        state.start_ms = start;
+    }
+}
+
+/// The estimate of requests in the sliding window, scaled by `period_ms`
+/// (so it stays an integer): previous × overlap + current × period.
+fn scaled_estimate(state: &WindowState, period_ms: u64, now_ms: u64) -> u128 {
+    let elapsed = now_ms - state.start_ms;
+    u128::from(state.previous) * u128::from(period_ms - elapsed)
+        + u128::from(state.current) * u128::from(period_ms)
+}
+
+impl Window {
+    fn quota(&self, scope: &'static str, state: &WindowState, now_ms: u64) -> Quota {
+        let period = u128::from(self.period_ms);
+        let used = scaled_estimate(state, self.period_ms, now_ms).div_ceil(period);
+        let remaining = u64::try_from(u128::from(self.limit).saturating_sub(used)).unwrap_or(0);
+        Quota {
+            name: self.name,
+            scope,
+            limit: self.limit,
+            window_s: self.period_ms / 1000,
+            remaining,
+            reset_s: (state.start_ms + self.period_ms - now_ms).div_ceil(1000),
+        }
+    }
+
+    /// Seconds until one more request would be admitted.
+    fn wait_s(&self, state: &WindowState, now_ms: u64) -> u64 {
+        let period = self.period_ms;
+        let end = state.start_ms + period;
+        if state.current >= self.limit {
+            // Next window: the estimate is current × overlap, which must
+            // fall below limit - 1 for one more to fit.
+            let needed = u128::from(self.limit.saturating_sub(1)) * u128::from(period);
+            let into_next = if state.current == 0 {
+                0
+            } else {
+                let overlap_max = needed / u128::from(state.current);
+                u64::try_from(u128::from(period).saturating_sub(overlap_max)).unwrap_or(period)
+            };
+            return (end - now_ms + into_next).div_ceil(1000).max(1);
+        }
+        // This window: the previous window's weight has to drop until
+        // previous × (period - elapsed) ≤ (limit - current - 1) × period.
+        let room = u128::from(self.limit - state.current - 1) * u128::from(period);
+        let overlap_max = if state.previous == 0 {
+            u128::from(period)
+        } else {
+            room / u128::from(state.previous)
+        };
+        let elapsed_needed = u128::from(period).saturating_sub(overlap_max);
+        let elapsed = u128::from(now_ms - state.start_ms);
+        let wait_ms = u64::try_from(elapsed_needed.saturating_sub(elapsed)).unwrap_or(period);
+        wait_ms.div_ceil(1000).max(1)
+    }
+}
+
+impl Limiter {
+    pub fn new(scope: &'static str, limits: &[RateLimit], concurrent_max: Option<u32>) -> Self {
+        let windows: Box<[Window]> = limits
+            .iter()
+            .map(|limit| Window {
+                limit: limit.requests,
+                period_ms: limit.per.seconds() * 1000,
+                name: limit.per.as_str(),
+            })
+            .collect();
+        Self {
+            scope,
+            states: Mutex::new(vec![WindowState::default(); windows.len()].into_boxed_slice()),
+            windows,
+            concurrent_max,
+            in_flight: AtomicU32::new(0),
+        }
+    }
+
+    /// Admits one request at `now_ms` or says which window is full. On
+    /// admission every window counts it; on refusal none does. Returns the
+    /// tightest window after counting.
+    pub fn admit(&self, now_ms: u64) -> Result<Option<Quota>, Exceeded> {
+        let mut states = self
+            .states
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (window, state) in self.windows.iter().zip(states.iter_mut()) {
+            roll(state, window.period_ms, now_ms);
+            let next = WindowState {
+                current: state.current + 1,
+                ..*state
+            };
+            let allowed = scaled_estimate(&next, window.period_ms, now_ms)
+                <= u128::from(window.limit) * u128::from(window.period_ms);
+            if !allowed {
+                return Err(Exceeded {
+                    quota: window.quota(self.scope, state, now_ms),
+                    retry_after_s: window.wait_s(state, now_ms),
+                    concurrency: false,
+                });
+            }
+        }
+        let mut tightest: Option<Quota> = None;
+        for (window, state) in self.windows.iter().zip(states.iter_mut()) {
+            state.current += 1;
+            let quota = window.quota(self.scope, state, now_ms);
+            if tightest.is_none_or(|t| quota.remaining < t.remaining) {
+                tightest = Some(quota);
+            }
+        }
+        Ok(tightest)
+    }
+
+    /// Takes back an admission counted at `now_ms` (a later limiter
+    /// refused the request).
+    pub fn refund(&self, now_ms: u64) {
+        let mut states = self
+            .states
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (window, state) in self.windows.iter().zip(states.iter_mut()) {
+            if state.start_ms == now_ms - now_ms % window.period_ms {
+                state.current = state.current.saturating_sub(1);
+            }
+        }
+    }
+
+    /// Takes a slot among the requests in flight, if bounded.
+    pub fn enter(self: &Arc<Self>) -> Result<Option<Permit>, Exceeded> {
+        let Some(max) = self.concurrent_max else {
+            return Ok(None);
+        };
+        let before = self.in_flight.fetch_add(1, Ordering::AcqRel);
+        if before >= max {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            return Err(Exceeded {
+                quota: Quota {
+                    name: "concurrent",
+                    scope: self.scope,
+                    limit: u64::from(max),
+                    window_s: 0,
+                    remaining: 0,
+                    reset_s: 1,
+                },
+                retry_after_s: 1,
+                concurrency: true,
+            });
+        }
+        Ok(Some(Permit(self.clone())))
+    }
+
+    /// The policies, for `RateLimit-Policy`.
+    pub fn policies(&self) -> impl Iterator<Item = (&'static str, u64, u64)> + '_ {
+        self.windows
+            .iter()
+            .map(|w| (w.name, w.limit, w.period_ms / 1000))
+    }
+
+    pub fn has_windows(&self) -> bool {
+        !self.windows.is_empty()
+    }
+
+    fn same_shape(&self, limits: &[RateLimit], concurrent_max: Option<u32>) -> bool {
+        self.concurrent_max == concurrent_max
+            && self.windows.len() == limits.len()
+            && self
+                .windows
+                .iter()
+                .zip(limits)
+                .all(|(w, l)| w.limit == l.requests && w.period_ms == l.per.seconds() * 1000)
+    }
+}
+
+/// One request in flight; dropping it frees the slot (at the end of the
+/// response body).
+#[derive(Debug)]
+pub struct Permit(Arc<Limiter>);
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Keeps limiters across reloads, by subject id. Touched only when a
+/// snapshot is compiled, never on a request.
+#[derive(Debug, Default)]
+pub struct LimiterRegistry {
+    limiters: Mutex<HashMap<String, Weak<Limiter>>>,
+}
+
+impl LimiterRegistry {
+    /// The limiter of `subject` with these limits: the existing one when
+    /// its limits did not change (counters carry on), else a new one.
+    /// `None` when there is nothing to limit.
+    pub fn get(
+        &self,
+        subject: String,
+        scope: &'static str,
+        limits: &[RateLimit],
+        concurrent_max: Option<u32>,
+    ) -> Option<Arc<Limiter>> {
+        if limits.is_empty() && concurrent_max.is_none() {
+            return None;
+        }
+        let mut map = self
+            .limiters
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(existing) = map.get(&subject).and_then(Weak::upgrade)
+            && existing.same_shape(limits, concurrent_max)
+        {
+            return Some(existing);
+        }
+        let limiter = Arc::new(Limiter::new(scope, limits, concurrent_max));
+        map.insert(subject, Arc::downgrade(&limiter));
+        Some(limiter)
+    }
+
+    /// Drops entries whose limiter is gone (after a reload).
+    pub fn sweep(&self) {
+        let mut map = self
+            .limiters
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.retain(|_, limiter| limiter.strong_count() > 0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use domain::access::Per;
+
+    fn limiter(requests: u64, per: Per) -> Limiter {
+        Limiter::new("plan", &[RateLimit { requests, per }], None)
+    }
+
+    #[test]
+    fn a_fixed_window_admits_exactly_the_limit() {
+        let limiter = limiter(10, Per::Second);
+        let start = 1_000_000;
+        let admitted = (0..50).filter(|_| limiter.admit(start).is_ok()).count();
+        assert_eq!(admitted, 10);
+        // The next window opens in 990 ms, but the last window's 10 still
+        // weigh in until 100 ms into it: 1.09 s, rounded up.
+        let refused = limiter.admit(start + 10).err().map(|e| e.retry_after_s);
+        assert_eq!(refused, Some(2));
+    }
+
+    #[test]
+    fn under_steady_overload_each_window_admits_the_limit() {
+        // 1000 attempts spread over each of 5 one-second windows.
+        let limiter = limiter(100, Per::Second);
+        let mut per_window = [0u64; 6];
+        for ms in 0..6000u64 {
+            let now = 10_000_000 + ms;
+            if limiter.admit(now).is_ok() {
+                per_window[usize::try_from(ms / 1000).unwrap_or(0)] += 1;
+            }
+        }
+        for (index, admitted) in per_window.iter().enumerate() {
+            assert!(
+                (99..=100).contains(admitted),
+                "window {index}: {admitted} admitted"
+            );
+        }
+    }
+
+    #[test]
+    fn any_sliding_window_stays_near_the_limit() {
+        let limiter = limiter(60, Per::Minute);
+        let mut admitted_at = Vec::new();
+        for step in 0..(180 * 4) {
+            let now = 60_000 * 1000 + step * 250;
+            if limiter.admit(now).is_ok() {
+                admitted_at.push(now);
+            }
+        }
+        for (index, &start) in admitted_at.iter().enumerate() {
+            let in_window = admitted_at[index..]
+                .iter()
+                .take_while(|&&t| t < start + 60_000)
+                .count();
+            assert!(in_window <= 61, "{in_window} in the minute from {start}");
+        }
+    }
+
+    #[test]
+    fn refusals_count_nowhere_and_refunds_give_back() {
+        let limiter = Limiter::new(
+            "plan",
+            &[
+                RateLimit {
+                    requests: 100,
+                    per: Per::Minute,
+                },
+                RateLimit {
+                    requests: 2,
+                    per: Per::Second,
+                },
+            ],
+            None,
+        );
+        let now = 5_000_000;
+        assert!(limiter.admit(now).is_ok());
+        assert!(limiter.admit(now).is_ok());
+        let exceeded = limiter.admit(now).err();
+        assert_eq!(exceeded.map(|e| e.quota.name), Some("second"));
+        limiter.refund(now);
+        let quota = limiter.admit(now).ok().flatten();
+        assert_eq!(quota.map(|q| (q.name, q.remaining)), Some(("second", 0)));
+        // Two seconds on, the second window is fresh (1 of 2 left).
+        let after = limiter.admit(now + 2000).ok().flatten();
+        assert_eq!(after.map(|q| (q.name, q.remaining)), Some(("second", 1)));
+    }
+
+    #[test]
+    fn concurrency_is_bounded_and_released() {
+        let limiter = Arc::new(Limiter::new("plan", &[], Some(2)));
+        let first = limiter.enter().ok().flatten();
+        let second = limiter.enter().ok().flatten();
+        assert!(first.is_some() && second.is_some());
+        assert!(limiter.enter().is_err());
+        drop(first);
+        assert!(limiter.enter().is_ok());
+    }
+
+    #[test]
+    fn the_registry_keeps_counters_while_limits_stay() {
+        let registry = LimiterRegistry::default();
+        let limits = [RateLimit {
+            requests: 1,
+            per: Per::Hour,
+        }];
+        let first = registry.get("sub:1".into(), "plan", &limits, None);
+        let now = 3_600_000 * 10;
+        assert!(first.as_ref().is_some_and(|l| l.admit(now).is_ok()));
+        let again = registry.get("sub:1".into(), "plan", &limits, None);
+        assert!(
+            again.as_ref().is_some_and(|l| l.admit(now).is_err()),
+            "same counters"
+        );
+        let changed = registry.get(
+            "sub:1".into(),
+            "plan",
+            &[RateLimit {
+                requests: 2,
+                per: Per::Hour,
+            }],
+            None,
+        );
+        assert!(
+            changed.as_ref().is_some_and(|l| l.admit(now).is_ok()),
+            "new limits, new counters"
+        );
+        assert!(registry.get("sub:2".into(), "plan", &[], None).is_none());
+    }
+}
