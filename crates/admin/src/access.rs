@@ -158,9 +158,17 @@ impl Caller {
                 let mut eligible = user.roles.iter().filter(|(_, role)| *role >= needed);
                 match (eligible.next(), eligible.next()) {
                     (Some((team, _)), None) => Ok(Some(team.clone())),
-                    _ => Err(ApiError::field(
+                    (None, _) => Err(ApiError::new(
+                        StatusCode::FORBIDDEN,
+                        "forbidden",
+                        format!(
+                            "Creating this needs the role '{}' in a team; you have it in none.",
+                            needed.as_str()
+                        ),
+                    )),
+                    (Some(_), Some(_)) => Err(ApiError::field(
                         "team",
-                        "is required: name the team that owns this object",
+                        "is required: you belong to several teams; name the one that owns this object",
                     )),
                 }
             }

@@ -917,6 +917,22 @@ pub async fn list_webhooks(
     }))
 }
 
+#[utoipa::path(get, path = "/api/v1/teams/{team}/webhooks/{webhook}", tag = "teams",
+    params(("team" = String, Path), ("webhook" = String, Path)), responses((status = 200, body = Webhook)))]
+pub async fn get_webhook(
+    State(state): State<AdminState>,
+    caller: Caller,
+    Path((team_key, id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let team = webhook_team(&state, &caller, &team_key).await?;
+    let webhook = state
+        .store
+        .webhook(&team, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("webhook", &id))?;
+    Ok(ok(&webhook))
+}
+
 #[utoipa::path(delete, path = "/api/v1/teams/{team}/webhooks/{webhook}", tag = "teams",
     params(("team" = String, Path), ("webhook" = String, Path)), responses((status = 204)))]
 pub async fn delete_webhook(

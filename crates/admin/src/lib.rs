@@ -109,7 +109,7 @@ pub fn router(state: AdminState) -> Router {
         )
         .route(
             "/api/v1/teams/{team}/webhooks/{webhook}",
-            delete(c::delete_webhook),
+            get(c::get_webhook).delete(c::delete_webhook),
         )
         .route(
             "/api/v1/teams/{team}/webhooks/{webhook}/deliveries",

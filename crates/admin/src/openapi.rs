@@ -53,7 +53,7 @@ pub struct Problem {
         crate::consumers::get_subscription, crate::consumers::subscription_action,
         crate::consumers::catalog,
         crate::consumers::create_webhook, crate::consumers::list_webhooks,
-        crate::consumers::delete_webhook, crate::consumers::list_deliveries,
+        crate::consumers::get_webhook, crate::consumers::delete_webhook, crate::consumers::list_deliveries,
     ),
     components(schemas(Problem, domain::validate::FieldError)),
     modifiers(&BearerAuth, &ProblemResponses),

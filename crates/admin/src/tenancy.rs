@@ -218,8 +218,10 @@ fn check_owner_change(
     Ok(())
 }
 
-async fn keep_an_owner(tx: &mut WriteTx, team: &Team) -> Result<(), ApiError> {
-    if tx.owner_count(&team.id).await? == 0 {
+/// Refuses a change that took away a team's last owner (`owners_before`:
+/// the count before it). A team made by root may start without one.
+async fn keep_an_owner(tx: &mut WriteTx, team: &Team, owners_before: i64) -> Result<(), ApiError> {
+    if owners_before > 0 && tx.owner_count(&team.id).await? == 0 {
         return Err(ApiError::conflict(
             "role",
             "a team needs at least one owner; make someone else owner first",
@@ -244,9 +246,10 @@ pub async fn add_member(
         .await?
         .ok_or_else(|| ApiError::field("user", format!("no user '{}' exists", spec.user)))?;
     let before = tx.member_role(&team.id, &user.id).await?;
+    let owners_before = tx.owner_count(&team.id).await?;
     check_owner_change(&caller, &team, before, Some(spec.role))?;
     tx.put_membership(&team.id, &user.id, spec.role).await?;
-    keep_an_owner(&mut tx, &team).await?;
+    keep_an_owner(&mut tx, &team, owners_before).await?;
     let membership = Membership {
         team: team.spec.slug.clone(),
         user_id: user.id.clone(),
@@ -296,9 +299,10 @@ pub async fn change_member(
     let Some(before) = tx.member_role(&team.id, &user.id).await? else {
         return Err(ApiError::not_found("member", &user_key));
     };
+    let owners_before = tx.owner_count(&team.id).await?;
     check_owner_change(&caller, &team, Some(before), Some(change.role))?;
     tx.put_membership(&team.id, &user.id, change.role).await?;
-    keep_an_owner(&mut tx, &team).await?;
+    keep_an_owner(&mut tx, &team, owners_before).await?;
     let membership = Membership {
         team: team.spec.slug.clone(),
         user_id: user.id.clone(),
@@ -346,8 +350,9 @@ pub async fn remove_member(
         caller.require(Some(&team.spec.slug), Role::Admin, "team", &key)?;
         check_owner_change(&caller, &team, Some(before), None)?;
     }
+    let owners_before = tx.owner_count(&team.id).await?;
     tx.delete_membership(&team.id, &user.id).await?;
-    keep_an_owner(&mut tx, &team).await?;
+    keep_an_owner(&mut tx, &team, owners_before).await?;
     let record = Audit {
         action: "member.remove",
         kind: "membership",

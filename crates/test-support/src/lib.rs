@@ -3,6 +3,8 @@
 //!
 //! - [`upstream::FakeUpstream`]: an HTTP server with scripted behaviour
 //!   (echo, status, delay, SSE streams, a health switch).
+//! - [`webhook::WebhookReceiver`]: a webhook endpoint that records what it
+//!   receives and can fail the first tries.
 //! - [`tollgate::Tollgate`]: starts the binary with a fresh data dir and free
 //!   ports, waits for readiness, and offers admin and gateway helpers.
 
@@ -10,6 +12,7 @@
 
 pub mod tollgate;
 pub mod upstream;
+pub mod webhook;
 
 /// A free TCP port on 127.0.0.1 (bound and released).
 pub fn free_port() -> u16 {

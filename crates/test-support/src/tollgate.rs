@@ -180,9 +180,21 @@ impl Tollgate {
         }
     }
 
-    /// Calls the admin API; returns the status and the JSON body (or Null).
+    /// Calls the admin API with the root token; returns the status and the
+    /// JSON body (or Null).
     pub async fn admin(
         &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        self.admin_as(ADMIN_TOKEN, method, path, body).await
+    }
+
+    /// Calls the admin API with `token` (a personal token, say).
+    pub async fn admin_as(
+        &self,
+        token: &str,
         method: Method,
         path: &str,
         body: Option<Value>,
@@ -190,7 +202,7 @@ impl Tollgate {
         let mut request = self
             .client
             .request(method, format!("{}{path}", self.admin_url))
-            .bearer_auth(ADMIN_TOKEN);
+            .bearer_auth(token);
         if let Some(body) = body {
             request = request.json(&body);
         }
@@ -208,6 +220,36 @@ impl Tollgate {
             "POST {path} {body} -> {status}: {response}"
         );
         response
+    }
+
+    /// A gateway GET with `Authorization: Bearer <key>`.
+    pub async fn get_with_key(&self, path: &str, key: &str) -> reqwest::Response {
+        self.client
+            .get(format!("{}{path}", self.gateway_url))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Creates a user with a personal token: returns (user id, token).
+    pub async fn user_with_token(&self, email: &str) -> (String, String) {
+        let user = self
+            .create(
+                "/api/v1/users",
+                serde_json::json!({"email": email, "password": "a long enough password"}),
+            )
+            .await;
+        let token = self
+            .create("/api/v1/tokens", serde_json::json!({"user": email}))
+            .await;
+        (
+            user["id"].as_str().unwrap_or_default().to_owned(),
+            token["token_secret"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        )
     }
 
     /// A gateway GET.

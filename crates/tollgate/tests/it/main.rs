@@ -8,6 +8,7 @@
     clippy::print_stdout
 )]
 
+mod access;
 mod admin_api;
 mod balancing;
 mod declarative;

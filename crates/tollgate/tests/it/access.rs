@@ -1,0 +1,1510 @@
+//! Tenancy and access through the real binary: keys, subscriptions and
+//! their states, scopes, IP rules, rate limits, roles, tenant isolation,
+//! webhooks, console login and secrets at rest.
+
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+use serde_json::Value;
+use test_support::tollgate::{ADMIN_TOKEN, Options};
+use test_support::webhook::WebhookReceiver;
+
+use crate::{BIN, FakeUpstream, Tollgate, json, problem};
+
+/// SPEC §13 minus the wallet: teams, an upstream, a published service with
+/// a plan, an app with a key and an active subscription. `service` and
+/// `plan` add fields to the service and plan bodies.
+struct World {
+    key: String,
+    app: String,
+}
+
+async fn world(tollgate: &Tollgate, upstream: &FakeUpstream, service: Value, plan: Value) -> World {
+    for team in ["acme", "weatherco"] {
+        tollgate
+            .create("/api/v1/teams", json!({"slug": team, "name": team}))
+            .await;
+    }
+    tollgate
+        .create(
+            "/api/v1/upstreams",
+            json!({"slug": "weather-backend", "team": "weatherco", "targets": [{"url": upstream.url(), "weight": 1}]}),
+        )
+        .await;
+    let mut service_body = json!({"slug": "weather", "team": "weatherco", "kind": "http", "base_path": "/weather",
+        "upstream": "weather-backend", "visibility": "catalog", "approval_required": false});
+    merge(&mut service_body, service);
+    tollgate.create("/api/v1/services", service_body).await;
+    tollgate
+        .create(
+            "/api/v1/services/weather/routes",
+            json!({"methods": ["GET", "POST"], "path": "/forecast/{city}"}),
+        )
+        .await;
+    let mut plan_body = json!({"slug": "pay-as-you-go", "price_per_request": "0.01"});
+    merge(&mut plan_body, plan);
+    tollgate
+        .create("/api/v1/services/weather/plans", plan_body)
+        .await;
+    tollgate
+        .create("/api/v1/services/weather/publish", json!({}))
+        .await;
+    tollgate
+        .create("/api/v1/apps", json!({"slug": "acme-web", "team": "acme"}))
+        .await;
+    let key = tollgate
+        .create("/api/v1/apps/acme-web/keys", json!({"name": "prod"}))
+        .await;
+    let subscription = tollgate
+        .create(
+            "/api/v1/subscriptions",
+            json!({"app": "acme-web", "service": "weather", "plan": "pay-as-you-go"}),
+        )
+        .await;
+    let key = key["key"].as_str().unwrap().to_owned();
+    wait_status(tollgate, "/weather/forecast/ready", &key, 200).await;
+    World {
+        key,
+        app: subscription["app"].as_str().unwrap().to_owned(),
+    }
+}
+
+fn merge(target: &mut Value, extra: Value) {
+    if let (Value::Object(target), Value::Object(extra)) = (target, extra) {
+        target.extend(extra);
+    }
+}
+
+async fn new_key(tollgate: &Tollgate, app: &str, body: Value) -> String {
+    let created = tollgate
+        .create(&format!("/api/v1/apps/{app}/keys"), body)
+        .await;
+    created["key"].as_str().unwrap().to_owned()
+}
+
+async fn echo(response: reqwest::Response) -> Value {
+    assert_eq!(response.status(), 200);
+    response.json().await.unwrap()
+}
+
+/// Waits until a keyed GET answers `status` (config changes land within 1 s).
+async fn wait_status(tollgate: &Tollgate, path: &str, key: &str, status: u16) -> Duration {
+    let started = Instant::now();
+    loop {
+        let got = tollgate.get_with_key(path, key).await.status().as_u16();
+        if got == status {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "GET {path} still {got}, want {status}, after 1 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits (up to 1 s) until a keyed GET is refused with `code`, then checks
+/// the refusal's shape on one more call; returns its body.
+async fn refused_with(
+    tollgate: &Tollgate,
+    path: &str,
+    key: &str,
+    status: u16,
+    code: &str,
+) -> Value {
+    let started = Instant::now();
+    loop {
+        let response = tollgate.get_with_key(path, key).await;
+        let got = response.status().as_u16();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        if got == status && body["code"] == code {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "GET {path} still {got} {body}, want {status} {code}, after 1 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    problem(tollgate.get_with_key(path, key).await, status, code).await
+}
+
+#[tokio::test]
+async fn the_first_five_minutes_with_a_key() {
+    let upstream = FakeUpstream::start("w").await;
+    let tollgate = Tollgate::start(BIN).await;
+    let world = world(
+        &tollgate,
+        &upstream,
+        json!({}),
+        json!({"rate_limits": [{"requests": 100, "per": "second"}]}),
+    )
+    .await;
+    assert!(world.key.starts_with("tg_live_") && world.key.len() >= 8 + 32);
+    assert_eq!(world.app, "acme-web");
+
+    let path = "/weather/forecast/paris";
+    let response = tollgate.get_with_key(path, &world.key).await;
+    assert_eq!(
+        response.headers()["ratelimit-policy"],
+        "\"plan-second\";q=100;w=1"
+    );
+    // 100 a second, less the readiness probe in `world` and this call.
+    let state = response.headers()["ratelimit"].to_str().unwrap().to_owned();
+    assert!(state.starts_with("\"plan-second\";r=98;t="), "{state}");
+    let seen = echo(response).await;
+    assert_eq!(seen["path"], "/forecast/paris", "the base path is stripped");
+    let headers = &seen["headers"];
+    assert!(
+        headers.get("authorization").is_none(),
+        "the upstream never sees the caller's key: {headers}"
+    );
+    assert_eq!(headers["tollgate-app"], "acme-web");
+    assert_eq!(headers["tollgate-team"], "acme");
+    assert_eq!(headers["tollgate-plan"], "pay-as-you-go");
+
+    // X-API-Key works too, and is removed as well; a forged identity
+    // header is replaced.
+    let response = tollgate
+        .client
+        .get(format!("{}{path}", tollgate.gateway_url))
+        .header("x-api-key", &world.key)
+        .header("tollgate-app", "someone-else")
+        .send()
+        .await
+        .unwrap();
+    let seen = echo(response).await;
+    assert!(seen["headers"].get("x-api-key").is_none());
+    assert_eq!(seen["headers"]["tollgate-app"], "acme-web");
+
+    // Keys in the query string are refused unless the service allows them.
+    let query_path = format!("{path}?units=metric&api_key={}", world.key);
+    problem(tollgate.get(&query_path).await, 401, "key_in_query").await;
+    tollgate
+        .admin(
+            Method::PATCH,
+            "/api/v1/services/weather",
+            Some(json!({"auth": {"query_key": true}})),
+        )
+        .await;
+    wait_status(&tollgate, &query_path, "", 200).await;
+    let seen = echo(tollgate.get(&query_path).await).await;
+    assert_eq!(seen["query"], "units=metric", "the key is not forwarded");
+
+    // The catalog offers the service and its plan to acme.
+    let (status, catalog) = tollgate.admin(Method::GET, "/api/v1/catalog", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(catalog["data"][0]["service"]["slug"], "weather");
+    assert_eq!(catalog["data"][0]["plans"][0]["slug"], "pay-as-you-go");
+}
+
+#[tokio::test]
+async fn every_credential_refusal_has_its_code() {
+    let upstream = FakeUpstream::start("w").await;
+    let tollgate = Tollgate::start(BIN).await;
+    let world = world(&tollgate, &upstream, json!({}), json!({})).await;
+    let path = "/weather/forecast/oslo";
+
+    let response = tollgate.get(path).await;
+    let www = response.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(www, "Bearer realm=\"tollgate\"");
+    problem(response, 401, "missing_credentials").await;
+
+    let response = tollgate
+        .get_with_key(path, "tg_live_notARealKeyAtAll0000000000000000000")
+        .await;
+    assert!(
+        response.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .contains("invalid_token")
+    );
+    problem(response, 401, "invalid_credentials").await;
+    problem(
+        tollgate.get_with_key(path, "not-even-a-key").await,
+        401,
+        "invalid_credentials",
+    )
+    .await;
+
+    // Two keys of two different apps on one request.
+    tollgate
+        .create("/api/v1/apps", json!({"slug": "acme-cli", "team": "acme"}))
+        .await;
+    let other = new_key(&tollgate, "acme-cli", json!({})).await;
+    wait_status(&tollgate, path, &other, 403).await;
+    let response = tollgate
+        .client
+        .get(format!("{}{path}", tollgate.gateway_url))
+        .bearer_auth(&world.key)
+        .header("x-api-key", &other)
+        .send()
+        .await
+        .unwrap();
+    problem(response, 401, "conflicting_credentials").await;
+    // The same key twice is fine.
+    let response = tollgate
+        .client
+        .get(format!("{}{path}", tollgate.gateway_url))
+        .bearer_auth(&world.key)
+        .header("x-api-key", &world.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+
+    // Revocation takes effect within a second, without a restart.
+    let created = tollgate
+        .create("/api/v1/apps/acme-web/keys", json!({"name": "temp"}))
+        .await;
+    let temp = created["key"].as_str().unwrap().to_owned();
+    wait_status(&tollgate, path, &temp, 200).await;
+    let (status, _) = tollgate
+        .admin(
+            Method::DELETE,
+            &format!(
+                "/api/v1/apps/acme-web/keys/{}",
+                created["id"].as_str().unwrap()
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(status, 204);
+    let took = wait_status(&tollgate, path, &temp, 401).await;
+    let body = problem(tollgate.get_with_key(path, &temp).await, 401, "key_revoked").await;
+    assert!(body["detail"].as_str().unwrap().contains("tg_live_"));
+    println!("revocation reached the gateway in {took:?}");
+
+    // Expiry.
+    let soon = time_in(Duration::from_millis(1500));
+    let expiring = new_key(&tollgate, "acme-web", json!({"expires_at": soon})).await;
+    wait_status(&tollgate, path, &expiring, 200).await;
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    problem(
+        tollgate.get_with_key(path, &expiring).await,
+        401,
+        "key_expired",
+    )
+    .await;
+
+    // Bad key specs are refused, naming the field.
+    let (status, body) = tollgate
+        .admin(
+            Method::POST,
+            "/api/v1/apps/acme-web/keys",
+            Some(json!({"expires_at": "yesterday", "scopes": ["Bad Scope"], "env": "prod"})),
+        )
+        .await;
+    assert_eq!(status, 400);
+    let fields: Vec<&str> = body["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, ["env", "scopes[0]", "expires_at"], "{body}");
+}
+
+fn time_in(delay: Duration) -> String {
+    let at = std::time::SystemTime::now() + delay;
+    let ms = at
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    // RFC 3339 with milliseconds, UTC.
+    let secs = (ms / 1000) as i64;
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        ms % 1000
+    )
+}
+
+/// Howard Hinnant's days → civil date.
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+async fn action(
+    tollgate: &Tollgate,
+    token: &str,
+    id: &str,
+    name: &str,
+    reason: Option<&str>,
+) -> (u16, Value) {
+    let body = match reason {
+        Some(reason) => json!({"reason": reason}),
+        None => json!({}),
+    };
+    let (status, value) = tollgate
+        .admin_as(
+            token,
+            Method::POST,
+            &format!("/api/v1/subscriptions/{id}/{name}"),
+            Some(body),
+        )
+        .await;
+    (status.as_u16(), value)
+}
+
+#[tokio::test]
+async fn subscription_states_take_effect_without_restart_and_notify_both_teams() {
+    let upstream = FakeUpstream::start("w").await;
+    let tollgate = Tollgate::start(BIN).await;
+    let world = world(&tollgate, &upstream, json!({}), json!({})).await;
+    let path = "/weather/forecast/rome";
+    // A second plan that needs approval, and a second app to use it.
+    tollgate
+        .create(
+            "/api/v1/services/weather/plans",
+            json!({"slug": "gold", "approval_required": true}),
+        )
+        .await;
+    tollgate
+        .create(
+            "/api/v1/apps",
+            json!({"slug": "acme-mobile", "team": "acme"}),
+        )
+        .await;
+    let key = new_key(&tollgate, "acme-mobile", json!({})).await;
+    refused_with(&tollgate, path, &key, 403, "not_subscribed").await;
+
+    // Both teams register webhooks; the provider's endpoint fails twice.
+    let consumer_hook = WebhookReceiver::start(0).await;
+    let provider_hook = WebhookReceiver::start(2).await;
+    let mut secrets = Vec::new();
+    for (team, hook) in [("acme", &consumer_hook), ("weatherco", &provider_hook)] {
+        let created = tollgate
+            .create(
+                &format!("/api/v1/teams/{team}/webhooks"),
+                json!({"url": hook.url(), "events": ["subscription.created", "subscription.approved", "subscription.suspended"]}),
+            )
+            .await;
+        secrets.push(created["secret"].as_str().unwrap().to_owned());
+    }
+
+    // Members of each team act with their own tokens.
+    let (consumer_id, consumer) = tollgate.user_with_token("dev@acme.test").await;
+    let (provider_id, provider) = tollgate.user_with_token("admin@weatherco.test").await;
+    tollgate
+        .create(
+            "/api/v1/teams/acme/members",
+            json!({"user": consumer_id, "role": "developer"}),
+        )
+        .await;
+    tollgate
+        .create(
+            "/api/v1/teams/weatherco/members",
+            json!({"user": provider_id, "role": "admin"}),
+        )
+        .await;
+
+    let (status, subscription) = tollgate
+        .admin_as(
+            &consumer,
+            Method::POST,
+            "/api/v1/subscriptions",
+            Some(json!({"app": "acme-mobile", "service": "weather", "plan": "gold"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{subscription}");
+    assert_eq!(subscription["status"], "pending");
+    let id = subscription["id"].as_str().unwrap().to_owned();
+    refused_with(&tollgate, path, &key, 403, "subscription_pending").await;
+    // A second open subscription to the same service is a conflict.
+    let (status, _) = tollgate
+        .admin_as(
+            &consumer,
+            Method::POST,
+            "/api/v1/subscriptions",
+            Some(json!({"app": "acme-mobile", "service": "weather", "plan": "pay-as-you-go"})),
+        )
+        .await;
+    assert_eq!(status, 409);
+
+    // Only the provider approves.
+    assert_eq!(
+        action(&tollgate, &consumer, &id, "approve", None).await.0,
+        403
+    );
+    let (status, approved) = action(&tollgate, &provider, &id, "approve", None).await;
+    assert_eq!((status, approved["status"].as_str()), (200, Some("active")));
+    wait_status(&tollgate, path, &key, 200).await;
+    // Approving twice is a state error.
+    assert_eq!(
+        action(&tollgate, &provider, &id, "approve", None).await.0,
+        409
+    );
+
+    // Suspension needs a reason, and the caller hears it.
+    assert_eq!(
+        action(&tollgate, &provider, &id, "suspend", None).await.0,
+        400
+    );
+    action(&tollgate, &provider, &id, "suspend", Some("unpaid invoice")).await;
+    let body = refused_with(&tollgate, path, &key, 403, "subscription_suspended").await;
+    assert!(body["detail"].as_str().unwrap().contains("unpaid invoice"));
+    action(&tollgate, &provider, &id, "resume", None).await;
+    wait_status(&tollgate, path, &key, 200).await;
+
+    // The consumer cancels; the app is no longer subscribed.
+    let (status, _) = action(&tollgate, &consumer, &id, "cancel", None).await;
+    assert_eq!(status, 200);
+    refused_with(&tollgate, path, &key, 403, "not_subscribed").await;
+
+    // A rejected subscription says so.
+    let (_, again) = tollgate
+        .admin_as(
+            &consumer,
+            Method::POST,
+            "/api/v1/subscriptions",
+            Some(json!({"app": "acme-mobile", "service": "weather", "plan": "gold"})),
+        )
+        .await;
+    let again_id = again["id"].as_str().unwrap().to_owned();
+    action(&tollgate, &provider, &again_id, "reject", Some("not a fit")).await;
+    let body = refused_with(&tollgate, path, &key, 403, "subscription_rejected").await;
+    assert!(body["detail"].as_str().unwrap().contains("not a fit"));
+    // The first app, untouched, still calls.
+    assert_eq!(tollgate.get_with_key(path, &world.key).await.status(), 200);
+
+    // Webhooks (registered after `world`'s subscription): each team heard
+    // created, approved and suspended for the first subscription and
+    // created for the second, signed with its own secret; the provider's
+    // endpoint failed twice and got its four events after retries.
+    let consumer_events = consumer_hook.wait_for(4, Duration::from_secs(10)).await;
+    let provider_events = provider_hook.wait_for(6, Duration::from_secs(20)).await;
+    for (events, secret) in [
+        (&consumer_events, &secrets[0]),
+        (&provider_events, &secrets[1]),
+    ] {
+        for event in events.iter() {
+            let signature = event.header("tollgate-signature").unwrap();
+            let (t, v1) = signature
+                .strip_prefix("t=")
+                .and_then(|rest| rest.split_once(",v1="))
+                .unwrap();
+            assert_eq!(
+                v1,
+                hmac_hex(secret, &format!("{t}.{}", event.body)),
+                "signature"
+            );
+            assert_eq!(
+                event.json()["type"],
+                event.header("tollgate-event").unwrap()
+            );
+        }
+    }
+    let types = |events: &[test_support::webhook::Received]| {
+        let mut seen: Vec<String> = events
+            .iter()
+            .map(|e| e.json()["type"].as_str().unwrap().to_owned())
+            .collect();
+        seen.sort();
+        seen.dedup();
+        seen
+    };
+    assert_eq!(
+        types(&consumer_events),
+        [
+            "subscription.approved",
+            "subscription.created",
+            "subscription.suspended"
+        ]
+    );
+    assert_eq!(types(&provider_events), types(&consumer_events));
+    // The provider's failed deliveries were retried after a backoff, and
+    // each of its four events arrived (one delivery id each).
+    let mut attempts = std::collections::BTreeMap::<String, Vec<Instant>>::new();
+    for event in &provider_events {
+        let id = event.header("tollgate-delivery").unwrap().to_owned();
+        attempts.entry(id).or_default().push(event.at);
+    }
+    assert_eq!(attempts.len(), 4, "{attempts:?}");
+    let retried: Vec<&Vec<Instant>> = attempts.values().filter(|a| a.len() > 1).collect();
+    assert!(!retried.is_empty());
+    for tries in retried {
+        assert!(tries[1].duration_since(tries[0]) >= Duration::from_millis(900));
+    }
+
+    // Every transition is audited and visible to both teams.
+    for token in [&consumer, &provider] {
+        let (status, audit) = tollgate
+            .admin_as(
+                token,
+                Method::GET,
+                &format!("/api/v1/audit?object_id={id}"),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200);
+        let actions: Vec<&str> = audit["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["action"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            actions,
+            [
+                "subscription.cancel",
+                "subscription.resume",
+                "subscription.suspend",
+                "subscription.approve",
+                "subscription.create"
+            ]
+        );
+        let approve = &audit["data"][3];
+        assert_eq!(approve["actor"], "user:admin@weatherco.test");
+        assert_eq!(approve["before"]["status"], "pending");
+        assert_eq!(approve["after"]["status"], "active");
+    }
+}
+
+fn hmac_hex(secret: &str, message: &str) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(message.as_bytes());
+    hex::encode(mac.finalize().into_bytes())
+}
+
+#[tokio::test]
+async fn scopes_ip_rules_and_tenant_checks() {
+    let upstream = FakeUpstream::start("w").await;
+    let tollgate = Tollgate::start_with(
+        BIN,
+        Options {
+            env: vec![(
+                "TOLLGATE_GATEWAY__TRUSTED_PROXIES".into(),
+                "127.0.0.0/8".into(),
+            )],
+            ..Default::default()
+        },
+    )
+    .await;
+    let world = world(&tollgate, &upstream, json!({}), json!({})).await;
+    let path = "/weather/forecast/lima";
+
+    let read_only = new_key(&tollgate, "acme-web", json!({"scopes": ["weather:read"]})).await;
+    let elsewhere = new_key(&tollgate, "acme-web", json!({"scopes": ["maps"]})).await;
+    wait_status(&tollgate, path, &read_only, 200).await;
+    let post = |key: String| {
+        tollgate
+            .client
+            .post(format!("{}{path}", tollgate.gateway_url))
+            .bearer_auth(key)
+            .body("{}")
+            .send()
+    };
+    problem(post(read_only.clone()).await.unwrap(), 403, "scope_denied").await;
+    assert_eq!(post(world.key.clone()).await.unwrap().status(), 200);
+    problem(
+        tollgate.get_with_key(path, &elsewhere).await,
+        403,
+        "scope_denied",
+    )
+    .await;
+
+    // App IP allow-list: the client address comes from X-Forwarded-For
+    // because loopback is a trusted proxy here.
+    tollgate
+        .admin(
+            Method::PATCH,
+            "/api/v1/apps/acme-web",
+            Some(json!({"ip": {"allow": ["203.0.113.0/24"]}})),
+        )
+        .await;
+    wait_status(&tollgate, path, &world.key, 403).await;
+    let from = |ip: &'static str| {
+        tollgate
+            .client
+            .get(format!("{}{path}", tollgate.gateway_url))
+            .bearer_auth(&world.key)
+            .header("x-forwarded-for", ip)
+            .send()
+    };
+    problem(
+        tollgate.get_with_key(path, &world.key).await,
+        403,
+        "ip_denied",
+    )
+    .await;
+    assert_eq!(from("203.0.113.9").await.unwrap().status(), 200);
+    problem(from("198.51.100.1").await.unwrap(), 403, "ip_denied").await;
+
+    // Service deny-list, for everyone.
+    tollgate
+        .admin(
+            Method::PATCH,
+            "/api/v1/services/weather",
+            Some(json!({"ip": {"deny": ["203.0.113.9/32"]}})),
+        )
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let body = problem(from("203.0.113.9").await.unwrap(), 403, "ip_denied").await;
+    assert!(body["detail"].as_str().unwrap().contains("203.0.113.9"));
+    assert_eq!(from("203.0.113.10").await.unwrap().status(), 200);
+
+    // A service made private to its team refuses other teams' apps even
+    // with a subscription.
+    tollgate
+        .admin(
+            Method::PATCH,
+            "/api/v1/services/weather",
+            Some(json!({"visibility": "team", "ip": null})),
+        )
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    problem(from("203.0.113.10").await.unwrap(), 403, "tenant_denied").await;
+}
+
+#[tokio::test]
+async fn rate_limits_hold_under_64_concurrent_clients() {
+    let upstream = FakeUpstream::start("w").await;
+    let tollgate = Tollgate::start(BIN).await;
+    let world = world(
+        &tollgate,
+        &upstream,
+        json!({}),
+        json!({"rate_limits": [{"requests": 50, "per": "hour"}, {"requests": 40, "per": "second"}]}),
+    )
+    .await;
+    let path = "/weather/forecast/kyiv";
+
+    // 64 clients, 8 requests each, as fast as they can: exactly 40 pass in
+    // the first second (the per-second limit binds first) or, across
+    // seconds, never more than 50 in the hour.
+    let results = hammer(&tollgate, path, &world.key, 64, 8).await;
+    let admitted = results.iter().filter(|r| r.status == 200).count();
+    let limited: Vec<&Shot> = results.iter().filter(|r| r.status == 429).collect();
+    assert_eq!(admitted + limited.len(), 64 * 8, "only 200 or 429");
+    // `world`'s readiness probe used one of the hour's 50 (and maybe one
+    // of this second's 40).
+    assert!(
+        admitted <= 49,
+        "{admitted} admitted over an hourly limit of 50 (1 used)"
+    );
+    assert!(
+        admitted >= 39,
+        "{admitted} admitted: the second's 40 at least"
+    );
+    for shot in &limited {
+        assert!(shot.retry_after.unwrap() >= 1);
+        assert!(
+            shot.policy
+                .as_deref()
+                .unwrap()
+                .contains("\"plan-hour\";q=50;w=3600")
+        );
+    }
+    // Now drain the hour exactly.
+    let mut more = 0;
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        if tollgate.get_with_key(path, &world.key).await.status() == 200 {
+            more += 1;
+        }
+    }
+    // `world`'s readiness probe was the hour's first request.
+    assert_eq!(1 + admitted + more, 50, "the hour admits its limit exactly");
+    let response = tollgate.get_with_key(path, &world.key).await;
+    let retry_after: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        retry_after > 60,
+        "an hourly limit waits long: {retry_after}"
+    );
+    let body = problem(response, 429, "rate_limited").await;
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("50 requests per hour")
+    );
+}
+
+#[tokio::test]
+async fn a_per_second_limit_admits_its_limit_in_each_second() {
+    let upstream = FakeUpstream::start("w").await;
+    let tollgate = Tollgate::start(BIN).await;
+    let world = world(
+        &tollgate,
+        &upstream,
+        json!({}),
+        json!({"rate_limits": [{"requests": 25, "per": "second"}], "concurrent_requests": 64}),
+    )
+    .await;
+    let path = "/weather/forecast/quito";
+    let results = hammer_for(&tollgate, path, &world.key, 64, Duration::from_millis(3500)).await;
+    // Count admissions per epoch second. A request whose send and answer
+    // fall in different seconds cannot be placed: it may count in either.
+    let mut certain = std::collections::BTreeMap::<u128, usize>::new();
+    let mut unsure = std::collections::BTreeMap::<u128, usize>::new();
+    for shot in results.iter().filter(|s| s.status == 200) {
+        let (sent, answered) = (shot.sent_ms / 1000, shot.answered_ms / 1000);
+        if sent == answered {
+            *certain.entry(sent).or_default() += 1;
+        } else {
+            *unsure.entry(sent).or_default() += 1;
+            *unsure.entry(answered).or_default() += 1;
+        }
+    }
+    let seconds: Vec<u128> = certain.keys().copied().collect();
+    assert!(seconds.len() >= 3, "{certain:?}");
+    // Whole seconds only (not the first or the last, partly covered).
+    for second in &seconds[1..seconds.len() - 1] {
+        let sure = certain[second];
+        let maybe = unsure.get(second).copied().unwrap_or(0);
+        assert!(sure <= 25 + 1, "second {second}: {sure} admitted");
+        assert!(
+            sure + maybe >= 25 - 1,
+            "second {second}: {sure} (+{maybe}) admitted"
+        );
+    }
+}
+
+#[tokio::test]
+async fn concurrent_requests_are_bounded() {
+    let upstream = FakeUpstream::start("w").await;
+    let tollgate = Tollgate::start(BIN).await;
+    let world = world(
+        &tollgate,
+        &upstream,
+        json!({}),
+        json!({"concurrent_requests": 2}),
+    )
+    .await;
+    // A route to the fake's /delay/{ms}, so that calls overlap.
+    tollgate
+        .create(
+            "/api/v1/services/weather/routes",
+            json!({"methods": ["GET"], "path": "/delay/{ms}", "strip_prefix": true}),
+        )
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut tasks = Vec::new();
+    for _ in 0..5 {
+        let client = tollgate.client.clone();
+        let url = format!("{}/weather/delay/500", tollgate.gateway_url);
+        let key = world.key.clone();
+        tasks.push(tokio::spawn(async move {
+            client
+                .get(url)
+                .bearer_auth(key)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }));
+    }
+    let mut statuses = Vec::new();
+    for task in tasks {
+        statuses.push(task.await.unwrap());
+    }
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 200, 429, 429, 429]);
+    // Slots come back when the responses end.
+    assert_eq!(
+        tollgate
+            .get_with_key("/weather/forecast/x", &world.key)
+            .await
+            .status(),
+        200
+    );
+}
+
+struct Shot {
+    status: u16,
+    retry_after: Option<u64>,
+    policy: Option<String>,
+    sent_ms: u128,
+    answered_ms: u128,
+}
+
+fn epoch_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+}
+
+async fn shoot(client: &reqwest::Client, url: &str, key: &str) -> Shot {
+    let sent_ms = epoch_ms();
+    let response = client.get(url).bearer_auth(key).send().await.unwrap();
+    let answered_ms = epoch_ms();
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_owned())
+    };
+    Shot {
+        status: response.status().as_u16(),
+        retry_after: header("retry-after").map(|v| v.parse().unwrap()),
+        policy: header("ratelimit-policy"),
+        sent_ms,
+        answered_ms,
+    }
+}
+
+async fn hammer(
+    tollgate: &Tollgate,
+    path: &str,
+    key: &str,
+    clients: usize,
+    each: usize,
+) -> Vec<Shot> {
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let client = test_support::tollgate::client();
+        let url = format!("{}{path}", tollgate.gateway_url);
+        let key = key.to_owned();
+        tasks.push(tokio::spawn(async move {
+            let mut shots = Vec::new();
+            for _ in 0..each {
+                shots.push(shoot(&client, &url, &key).await);
+            }
+            shots
+        }));
+    }
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.unwrap());
+    }
+    all
+}
+
+async fn hammer_for(
+    tollgate: &Tollgate,
+    path: &str,
+    key: &str,
+    clients: usize,
+    duration: Duration,
+) -> Vec<Shot> {
+    let deadline = Instant::now() + duration;
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let client = test_support::tollgate::client();
+        let url = format!("{}{path}", tollgate.gateway_url);
+        let key = key.to_owned();
+        tasks.push(tokio::spawn(async move {
+            let mut shots = Vec::new();
+            while Instant::now() < deadline {
+                shots.push(shoot(&client, &url, &key).await);
+            }
+            shots
+        }));
+    }
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.unwrap());
+    }
+    all
+}
+
+/// Creates, as `token`, one of each object in `team`; returns their admin
+/// paths (for reads, changes and deletes by others).
+async fn objects_of(
+    tollgate: &Tollgate,
+    token: &str,
+    team: &str,
+    upstream_url: &str,
+) -> Vec<(String, Value)> {
+    let post = |path: String, body: Value| async move {
+        let (status, value) = tollgate
+            .admin_as(token, Method::POST, &path, Some(body.clone()))
+            .await;
+        assert!(
+            status.is_success(),
+            "POST {path} {body} -> {status} {value}"
+        );
+        value
+    };
+    post(
+        "/api/v1/upstreams".into(),
+        json!({"slug": format!("{team}-up"), "team": team, "targets": [{"url": upstream_url}]}),
+    )
+    .await;
+    post(
+        "/api/v1/services".into(),
+        json!({"slug": format!("{team}-svc"), "team": team, "base_path": format!("/{team}"), "upstream": format!("{team}-up")}),
+    )
+    .await;
+    let route = post(
+        format!("/api/v1/services/{team}-svc/routes"),
+        json!({"path": "/*", "name": "all"}),
+    )
+    .await;
+    post(
+        format!("/api/v1/services/{team}-svc/plans"),
+        json!({"slug": "free"}),
+    )
+    .await;
+    post(format!("/api/v1/services/{team}-svc/publish"), json!({})).await;
+    post(
+        "/api/v1/apps".into(),
+        json!({"slug": format!("{team}-app"), "team": team}),
+    )
+    .await;
+    let key = post(format!("/api/v1/apps/{team}-app/keys"), json!({})).await;
+    let subscription = post(
+        "/api/v1/subscriptions".into(),
+        json!({"app": format!("{team}-app"), "service": format!("{team}-svc"), "plan": "free"}),
+    )
+    .await;
+    let hook = post(
+        format!("/api/v1/teams/{team}/webhooks"),
+        json!({"url": "http://127.0.0.1:9/hook"}),
+    )
+    .await;
+    let patch = json!({"description": "changed"});
+    vec![
+        (format!("/api/v1/teams/{team}"), patch.clone()),
+        (format!("/api/v1/teams/{team}/members"), Value::Null),
+        (format!("/api/v1/teams/{team}/webhooks"), Value::Null),
+        (
+            format!(
+                "/api/v1/teams/{team}/webhooks/{}",
+                hook["id"].as_str().unwrap()
+            ),
+            Value::Null,
+        ),
+        (
+            format!(
+                "/api/v1/teams/{team}/webhooks/{}/deliveries",
+                hook["id"].as_str().unwrap()
+            ),
+            Value::Null,
+        ),
+        (format!("/api/v1/upstreams/{team}-up"), patch.clone()),
+        (format!("/api/v1/services/{team}-svc"), patch.clone()),
+        (format!("/api/v1/services/{team}-svc/routes"), Value::Null),
+        (
+            format!(
+                "/api/v1/services/{team}-svc/routes/{}",
+                route["id"].as_str().unwrap()
+            ),
+            json!({"timeout_ms": 5}),
+        ),
+        (format!("/api/v1/services/{team}-svc/releases"), Value::Null),
+        (
+            format!("/api/v1/services/{team}-svc/releases/1"),
+            Value::Null,
+        ),
+        (format!("/api/v1/services/{team}-svc/plans"), Value::Null),
+        (
+            format!("/api/v1/services/{team}-svc/plans/free"),
+            json!({"name": "x"}),
+        ),
+        (format!("/api/v1/apps/{team}-app"), patch.clone()),
+        (format!("/api/v1/apps/{team}-app/keys"), Value::Null),
+        (
+            format!(
+                "/api/v1/apps/{team}-app/keys/{}",
+                key["id"].as_str().unwrap()
+            ),
+            Value::Null,
+        ),
+        (
+            format!(
+                "/api/v1/subscriptions/{}",
+                subscription["id"].as_str().unwrap()
+            ),
+            Value::Null,
+        ),
+    ]
+}
+
+#[tokio::test]
+async fn tenants_never_see_each_other() {
+    let upstream = FakeUpstream::start("w").await;
+    let tollgate = Tollgate::start(BIN).await;
+    let (_, alice) = tollgate.user_with_token("alice@a.test").await;
+    let (_, bob) = tollgate.user_with_token("bob@b.test").await;
+    // Users create their own teams and become their owners.
+    for (token, team) in [(&alice, "team-a"), (&bob, "team-b")] {
+        let (status, _) = tollgate
+            .admin_as(
+                token,
+                Method::POST,
+                "/api/v1/teams",
+                Some(json!({"slug": team})),
+            )
+            .await;
+        assert_eq!(status, 201);
+    }
+    let _objects_a = objects_of(&tollgate, &alice, "team-a", &upstream.url()).await;
+    let objects_b = objects_of(&tollgate, &bob, "team-b", &upstream.url()).await;
+
+    // Alice can neither read, change nor delete anything of team B.
+    for (path, patch) in &objects_b {
+        let (status, body) = tollgate.admin_as(&alice, Method::GET, path, None).await;
+        assert_eq!(status, 404, "GET {path}: {body}");
+        assert_eq!(body["code"], "not_found");
+        if !patch.is_null() {
+            let (status, _) = tollgate
+                .admin_as(&alice, Method::PATCH, path, Some(patch.clone()))
+                .await;
+            assert_eq!(status, 404, "PATCH {path}");
+        }
+        let (status, _) = tollgate.admin_as(&alice, Method::DELETE, path, None).await;
+        assert!(status == 404 || status == 405, "DELETE {path}: {status}");
+    }
+    // Actions on B's objects.
+    for (path, body) in [
+        ("/api/v1/services/team-b-svc/publish", json!({})),
+        ("/api/v1/services/team-b-svc/retire", json!({})),
+        ("/api/v1/services/team-b-svc/deprecate", json!({})),
+        (
+            "/api/v1/services/team-b-svc/rollback",
+            json!({"release": 1}),
+        ),
+        ("/api/v1/services/team-b-svc/routes", json!({"path": "/x"})),
+        ("/api/v1/services/team-b-svc/plans", json!({"slug": "x"})),
+        ("/api/v1/apps/team-b-app/keys", json!({})),
+        (
+            "/api/v1/teams/team-b/members",
+            json!({"user": "alice@a.test", "role": "owner"}),
+        ),
+        (
+            "/api/v1/teams/team-b/webhooks",
+            json!({"url": "http://127.0.0.1:9/"}),
+        ),
+    ] {
+        let (status, _) = tollgate
+            .admin_as(&alice, Method::POST, path, Some(body))
+            .await;
+        assert_eq!(status, 404, "POST {path}");
+    }
+    let (status, body) = tollgate
+        .admin_as(
+            &alice,
+            Method::POST,
+            "/api/v1/apps",
+            Some(json!({"slug": "sneaky", "team": "team-b"})),
+        )
+        .await;
+    assert_eq!(status, 404, "creating in another team: {body}");
+    let (status, _) = tollgate
+        .admin_as(
+            &alice,
+            Method::POST,
+            "/api/v1/subscriptions",
+            Some(json!({"app": "team-b-app", "service": "team-a-svc", "plan": "free"})),
+        )
+        .await;
+    assert_eq!(status, 404, "subscribing another team's app");
+    // B's subscription cannot be acted on by A.
+    let subscription_b = objects_b
+        .iter()
+        .find(|(p, _)| p.starts_with("/api/v1/subscriptions/"))
+        .unwrap()
+        .0
+        .clone();
+    let (status, _) = tollgate
+        .admin_as(
+            &alice,
+            Method::POST,
+            &format!("{subscription_b}/cancel"),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, 404);
+
+    // Lists show only A's own objects.
+    for path in [
+        "/api/v1/teams",
+        "/api/v1/upstreams",
+        "/api/v1/services",
+        "/api/v1/apps",
+        "/api/v1/subscriptions",
+        "/api/v1/audit",
+        "/api/v1/catalog",
+    ] {
+        let (status, body) = tollgate.admin_as(&alice, Method::GET, path, None).await;
+        assert_eq!(status, 200, "{path}");
+        let text = body.to_string();
+        assert!(!text.contains("team-b"), "{path} leaks team B: {text}");
+        assert!(text.contains("team-a"), "{path} shows team A: {text}");
+    }
+    // Platform-only endpoints.
+    for path in ["/api/v1/users", "/api/v1/config/export"] {
+        let (status, _) = tollgate.admin_as(&alice, Method::GET, path, None).await;
+        assert_eq!(status, 403, "{path}");
+    }
+    // A's key cannot call B's service (not subscribed, and not offered).
+    let (_, a_key) = tollgate
+        .admin_as(
+            &alice,
+            Method::POST,
+            "/api/v1/apps/team-a-app/keys",
+            Some(json!({})),
+        )
+        .await;
+    refused_with(
+        &tollgate,
+        "/team-b/x",
+        a_key["key"].as_str().unwrap(),
+        403,
+        "tenant_denied",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn roles_limit_what_members_do() {
+    let upstream = FakeUpstream::start("w").await;
+    let tollgate = Tollgate::start(BIN).await;
+    tollgate
+        .create("/api/v1/teams", json!({"slug": "acme"}))
+        .await;
+    let mut tokens = std::collections::HashMap::new();
+    for role in ["viewer", "developer", "admin", "owner"] {
+        let (id, token) = tollgate.user_with_token(&format!("{role}@acme.test")).await;
+        tollgate
+            .create(
+                "/api/v1/teams/acme/members",
+                json!({"user": id, "role": role}),
+            )
+            .await;
+        tokens.insert(role, token);
+    }
+    let as_role = |role: &'static str, method: Method, path: &'static str, body: Value| {
+        let token = tokens[role].clone();
+        let tollgate = &tollgate;
+        async move {
+            tollgate
+                .admin_as(&token, method, path, Some(body))
+                .await
+                .0
+                .as_u16()
+        }
+    };
+    let upstream_body = json!({"slug": "up", "targets": [{"url": upstream.url()}]});
+    // Viewers read but do not write.
+    assert_eq!(
+        as_role(
+            "viewer",
+            Method::POST,
+            "/api/v1/upstreams",
+            upstream_body.clone()
+        )
+        .await,
+        403
+    );
+    // Developers build (the team is implied: their only one)…
+    assert_eq!(
+        as_role(
+            "developer",
+            Method::POST,
+            "/api/v1/upstreams",
+            upstream_body
+        )
+        .await,
+        201
+    );
+    assert_eq!(
+        as_role(
+            "developer",
+            Method::POST,
+            "/api/v1/services",
+            json!({"slug": "svc", "base_path": "/svc", "upstream": "up"})
+        )
+        .await,
+        201
+    );
+    assert_eq!(
+        as_role("viewer", Method::GET, "/api/v1/services/svc", json!({})).await,
+        200
+    );
+    // …but publishing and pricing take an admin.
+    assert_eq!(
+        as_role(
+            "developer",
+            Method::POST,
+            "/api/v1/services/svc/publish",
+            json!({})
+        )
+        .await,
+        403
+    );
+    assert_eq!(
+        as_role(
+            "developer",
+            Method::POST,
+            "/api/v1/services/svc/plans",
+            json!({"slug": "p"})
+        )
+        .await,
+        403
+    );
+    assert_eq!(
+        as_role(
+            "admin",
+            Method::POST,
+            "/api/v1/services/svc/plans",
+            json!({"slug": "p"})
+        )
+        .await,
+        201
+    );
+    assert_eq!(
+        as_role(
+            "admin",
+            Method::POST,
+            "/api/v1/services/svc/publish",
+            json!({})
+        )
+        .await,
+        201
+    );
+    // Admins manage members but only owners make owners.
+    assert_eq!(
+        as_role(
+            "admin",
+            Method::POST,
+            "/api/v1/teams/acme/members",
+            json!({"user": "viewer@acme.test", "role": "owner"})
+        )
+        .await,
+        403
+    );
+    assert_eq!(
+        as_role(
+            "owner",
+            Method::POST,
+            "/api/v1/teams/acme/members",
+            json!({"user": "viewer@acme.test", "role": "developer"})
+        )
+        .await,
+        201
+    );
+    // The last owner cannot leave.
+    let (status, body) = tollgate
+        .admin_as(
+            &tokens["owner"],
+            Method::DELETE,
+            "/api/v1/teams/acme/members/owner@acme.test",
+            None,
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+    // Deleting a team that owns things is refused; only owners may try.
+    assert_eq!(
+        tollgate
+            .admin_as(&tokens["admin"], Method::DELETE, "/api/v1/teams/acme", None)
+            .await
+            .0,
+        403
+    );
+    assert_eq!(
+        tollgate
+            .admin_as(&tokens["owner"], Method::DELETE, "/api/v1/teams/acme", None)
+            .await
+            .0,
+        409
+    );
+    // A token scoped to no team sees nothing; an expired token is refused.
+    let scoped = tollgate
+        .create(
+            "/api/v1/tokens",
+            json!({"user": "owner@acme.test", "teams": []}),
+        )
+        .await;
+    let (status, _) = tollgate
+        .admin_as(
+            scoped["token_secret"].as_str().unwrap(),
+            Method::GET,
+            "/api/v1/services/svc",
+            None,
+        )
+        .await;
+    assert_eq!(status, 404);
+    let (status, me) = tollgate
+        .admin_as(&tokens["developer"], Method::GET, "/api/v1/auth/me", None)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(me["teams"], json!([{"team": "acme", "role": "developer"}]));
+    let (status, _) = tollgate
+        .admin_as("tgp_not-a-token", Method::GET, "/api/v1/auth/me", None)
+        .await;
+    assert_eq!(status, 401);
+}
+
+#[tokio::test]
+async fn console_login_uses_a_session_cookie_and_csrf_token() {
+    let tollgate = Tollgate::start(BIN).await;
+    tollgate
+        .create(
+            "/api/v1/users",
+            json!({"email": "ops@acme.test", "password": "correct horse battery"}),
+        )
+        .await;
+    let client = test_support::tollgate::client();
+    let url = |path: &str| format!("{}{path}", tollgate.admin_url);
+    let wrong = client
+        .post(url("/api/v1/auth/login"))
+        .json(&json!({"email": "ops@acme.test", "password": "wrong password!"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    let login = client
+        .post(url("/api/v1/auth/login"))
+        .json(&json!({"email": "OPS@acme.test", "password": "correct horse battery"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), 200);
+    let cookie = login.headers()["set-cookie"].to_str().unwrap().to_owned();
+    for attribute in ["HttpOnly", "Secure", "SameSite=Strict", "Path=/"] {
+        assert!(cookie.contains(attribute), "{cookie}");
+    }
+    let session = cookie.split(';').next().unwrap().to_owned();
+    let csrf = login.json::<Value>().await.unwrap()["csrf_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let me = client
+        .get(url("/api/v1/auth/me"))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        me.json::<Value>().await.unwrap()["actor"],
+        "user:ops@acme.test"
+    );
+    // A change without the CSRF token is refused (a forged cross-site form).
+    let forged = client
+        .post(url("/api/v1/teams"))
+        .header("cookie", &session)
+        .json(&json!({"slug": "ops"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 403);
+    assert_eq!(forged.json::<Value>().await.unwrap()["code"], "csrf_failed");
+    let real = client
+        .post(url("/api/v1/teams"))
+        .header("cookie", &session)
+        .header("x-csrf-token", &csrf)
+        .json(&json!({"slug": "ops"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(real.status(), 201);
+    // Logging out ends the session.
+    let out = client
+        .post(url("/api/v1/auth/logout"))
+        .header("cookie", &session)
+        .header("x-csrf-token", &csrf)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), 204);
+    let after = client
+        .get(url("/api/v1/auth/me"))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(after.status(), 401);
+}
+
+#[tokio::test]
+async fn the_database_never_holds_a_plaintext_secret() {
+    let upstream = FakeUpstream::start("w").await;
+    let tollgate = Tollgate::start(BIN).await;
+    let world = world(&tollgate, &upstream, json!({}), json!({})).await;
+    let password = "a long enough password";
+    let (_, token) = tollgate.user_with_token("secret@acme.test").await;
+    let hook = tollgate
+        .create(
+            "/api/v1/teams/acme/webhooks",
+            json!({"url": "http://127.0.0.1:9/x"}),
+        )
+        .await;
+    assert_eq!(
+        tollgate
+            .get_with_key("/weather/forecast/x", &world.key)
+            .await
+            .status(),
+        200
+    );
+    // Keys, tokens and passwords are shown once and never listed again.
+    let (_, keys) = tollgate
+        .admin(Method::GET, "/api/v1/apps/acme-web/keys", None)
+        .await;
+    assert!(!keys.to_string().contains(&world.key));
+    assert!(keys["data"][0].get("hash").is_none());
+    let (_, hooks) = tollgate
+        .admin(Method::GET, "/api/v1/teams/acme/webhooks", None)
+        .await;
+    assert!(!hooks.to_string().contains(hook["secret"].as_str().unwrap()));
+    let (_, users) = tollgate.admin(Method::GET, "/api/v1/users", None).await;
+    assert!(!users.to_string().contains("argon2"));
+    // Every file of the data dir (the database, its WAL), byte for byte.
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(&tollgate.data_dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            files.push((path.clone(), std::fs::read(&path).unwrap()));
+        }
+    }
+    assert!(
+        files
+            .iter()
+            .any(|(p, _)| p.to_string_lossy().ends_with(".db")),
+        "the database is in the data dir"
+    );
+    let random_part = &world.key["tg_live_".len()..];
+    for (path, bytes) in &files {
+        for (what, secret) in [
+            ("API key", random_part),
+            ("password", password),
+            ("personal token", &token[4..]),
+            ("root token", ADMIN_TOKEN),
+        ] {
+            assert!(
+                !contains(bytes, secret.as_bytes()),
+                "{} holds the {what} in plaintext",
+                path.display()
+            );
+        }
+    }
+    // The check can fail: the key's hash is there.
+    let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(world.key.as_bytes()));
+    assert!(
+        files
+            .iter()
+            .any(|(_, bytes)| contains(bytes, digest.as_bytes()))
+    );
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|window| window == needle)
+}
