@@ -308,11 +308,130 @@ pub struct ServiceAuth {
     /// history: off unless a client cannot send headers).
     #[serde(default)]
     pub query_key: bool,
+    /// Accept JWTs from these issuers as well as API keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt: Option<JwtAuth>,
 }
 
 impl ServiceAuth {
     pub fn is_default(&self) -> bool {
         *self == Self::default()
+    }
+
+    pub fn validate(&self, errors: &mut FieldErrors) {
+        let Some(jwt) = &self.jwt else { return };
+        if jwt.issuers.is_empty() || jwt.issuers.len() > 8 {
+            errors.add("auth.jwt.issuers", "give 1 to 8 issuers");
+        }
+        if jwt.app_claim.is_empty() || jwt.app_claim.len() > 128 {
+            errors.add("auth.jwt.app_claim", "must be 1–128 characters");
+        }
+        let mut seen = Vec::new();
+        for (index, issuer) in jwt.issuers.iter().enumerate() {
+            let field = format!("auth.jwt.issuers[{index}]");
+            if issuer.issuer.is_empty() || issuer.issuer.len() > 512 {
+                errors.add(format!("{field}.issuer"), "must be 1–512 characters");
+            }
+            if seen.contains(&&issuer.issuer) {
+                errors.add(format!("{field}.issuer"), "appears twice");
+            }
+            seen.push(&issuer.issuer);
+            if issuer.algorithms.is_empty() {
+                errors.add(
+                    format!("{field}.algorithms"),
+                    "name at least one of HS256, RS256, ES256",
+                );
+            }
+            let symmetric = issuer.algorithms.contains(&JwtAlgorithm::Hs256);
+            let asymmetric = issuer.algorithms.iter().any(|a| *a != JwtAlgorithm::Hs256);
+            if symmetric && asymmetric {
+                // A public key must never double as an HMAC secret.
+                errors.add(
+                    format!("{field}.algorithms"),
+                    "HS256 cannot be mixed with RS256 or ES256 for one issuer",
+                );
+            }
+            if symmetric && issuer.secret.as_ref().is_none_or(|s| s.len() < 32) {
+                errors.add(
+                    format!("{field}.secret"),
+                    "HS256 needs a secret of at least 32 bytes",
+                );
+            }
+            if asymmetric && issuer.public_key_pem.is_none() && issuer.jwks_url.is_none() {
+                errors.add(
+                    field.clone(),
+                    "RS256 and ES256 need public_key_pem or jwks_url",
+                );
+            }
+            if !symmetric && issuer.secret.is_some() {
+                errors.add(format!("{field}.secret"), "is only for HS256");
+            }
+            if let Some(url) = &issuer.jwks_url
+                && let Err(message) = check_target_url(url)
+            {
+                errors.add(format!("{field}.jwks_url"), message);
+            }
+            if issuer.leeway_s > 600 {
+                errors.add(format!("{field}.leeway_s"), "must be at most 600");
+            }
+        }
+    }
+}
+
+/// JWT authentication for a service.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JwtAuth {
+    pub issuers: Vec<JwtIssuer>,
+    /// The claim that names the caller; an app claims `(iss, this claim)`
+    /// through its `jwt` identities.
+    #[serde(default = "JwtAuth::default_app_claim")]
+    pub app_claim: String,
+}
+
+impl JwtAuth {
+    fn default_app_claim() -> String {
+        "sub".into()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub enum JwtAlgorithm {
+    #[serde(rename = "HS256")]
+    Hs256,
+    #[serde(rename = "RS256")]
+    Rs256,
+    #[serde(rename = "ES256")]
+    Es256,
+}
+
+/// A trusted token issuer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JwtIssuer {
+    /// Must equal the token's `iss`.
+    pub issuer: String,
+    /// When set, the token's `aud` must name one of them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub audiences: Vec<String>,
+    pub algorithms: Vec<JwtAlgorithm>,
+    /// HS256 shared secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// RS256/ES256 public key (PEM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key_pem: Option<String>,
+    /// RS256/ES256 keys from a JWKS document, fetched and refreshed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_url: Option<String>,
+    /// Clock skew allowed on `exp` and `nbf`.
+    #[serde(default = "JwtIssuer::default_leeway_s")]
+    pub leeway_s: u64,
+}
+
+impl JwtIssuer {
+    fn default_leeway_s() -> u64 {
+        30
     }
 }
 
@@ -706,6 +825,7 @@ impl ServiceSpec {
             errors.add("request_body_limit_bytes", "is too large");
         }
         self.ip.validate("ip", &mut errors);
+        self.auth.validate(&mut errors);
         errors.into_result()
     }
 }

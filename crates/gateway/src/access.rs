@@ -124,6 +124,8 @@ impl KeyRt {
 #[derive(Debug, Default)]
 pub struct AccessIndex {
     pub keys: HashMap<Digest, KeyRt, BuildHasherDefault<DigestHasher>>,
+    /// (JWT issuer, subject) → the app that claims that identity.
+    pub jwt_apps: HashMap<(String, String), Arc<AppRt>>,
     pub apps: usize,
 }
 
@@ -217,8 +219,20 @@ pub fn compile(
         };
         app_index.insert(app.id.as_str(), Arc::new(compiled));
     }
+    let mut jwt_apps = HashMap::new();
+    for app in apps {
+        if let Some(compiled) = app_index.get(app.id.as_str()) {
+            for identity in &app.spec.jwt {
+                jwt_apps.insert(
+                    (identity.issuer.clone(), identity.subject.clone()),
+                    compiled.clone(),
+                );
+            }
+        }
+    }
     let mut index = AccessIndex {
         keys: HashMap::with_capacity_and_hasher(keys.len(), BuildHasherDefault::default()),
+        jwt_apps,
         apps: app_index.len(),
     };
     for key in keys {

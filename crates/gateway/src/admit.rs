@@ -10,6 +10,7 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request};
 
 use crate::access::{AppRt, KeyRt, SubscriptionRt, client_ip, digest_of};
+use crate::jwt::{self, JwksCache};
 use crate::limit::{Exceeded, Limiter, Permit, Quota};
 use crate::refusal::Refusal;
 use crate::snapshot::{RouteRt, ServiceRt, Snapshot};
@@ -80,15 +81,24 @@ fn refuse_key(code: Code, key: Option<&KeyRt>, detail: &str) -> Refusal {
     Refusal::new(code, format!("{detail}{prefix}"))
 }
 
+/// Who is calling: an app, through one of its keys or a JWT identity.
+struct Caller<'s> {
+    app: &'s AppRt,
+    /// `None` for a JWT (no key scopes apply).
+    key: Option<&'s KeyRt>,
+}
+
 /// Phase 3: the caller's key, from `Authorization: Bearer`, `X-API-Key` or
-/// (where the service allows it) `?api_key=`.
+/// (where the service allows it) `?api_key=`; or a JWT from an issuer the
+/// service trusts, as `Authorization: Bearer`.
 fn authenticate<'s, B>(
     snapshot: &'s Snapshot,
     service: &ServiceRt,
     request: &Request<B>,
     now_ms: i64,
+    jwks: &JwksCache,
     admission: &mut Admission,
-) -> Result<&'s KeyRt, Refusal> {
+) -> Result<Caller<'s>, Refusal> {
     let presented = credentials(request);
     if presented.is_empty() {
         return Err(Refusal::new(
@@ -99,7 +109,7 @@ fn authenticate<'s, B>(
             ),
         ));
     }
-    let mut resolved: Option<&KeyRt> = None;
+    let mut resolved: Option<Caller<'s>> = None;
     for (token, source) in presented {
         if source == Source::Query && !service.query_key {
             return Err(Refusal::new(
@@ -115,55 +125,90 @@ fn authenticate<'s, B>(
             Source::XApiKey => strip::X_API_KEY,
             Source::Query => strip::QUERY_KEY,
         };
-        let key = if token.starts_with("tg_") {
-            snapshot.access.keys.get(&digest_of(token.as_bytes()))
+        let caller = if source == Source::Authorization && jwt::looks_like_jwt(token) {
+            let Some(config) = &service.jwt else {
+                return Err(Refusal::new(
+                    Code::InvalidCredentials,
+                    format!(
+                        "The service '{}' takes API keys, not JWTs. Send your app's key.",
+                        service.slug
+                    ),
+                ));
+            };
+            let (issuer, subject) = jwt::verify(config, token, jwks)?;
+            let Some(app) = snapshot
+                .access
+                .jwt_apps
+                .get(&(issuer.clone(), subject.clone()))
+            else {
+                return Err(Refusal::new(
+                    Code::InvalidCredentials,
+                    format!(
+                        "No app claims the identity '{subject}' of '{issuer}'. Add it to your app's 'jwt' identities."
+                    ),
+                ));
+            };
+            Caller { app, key: None }
         } else {
-            None
+            let key = resolve_key(snapshot, token, now_ms)?;
+            Caller {
+                app: &key.app,
+                key: Some(key),
+            }
         };
-        let Some(key) = key else {
-            return Err(Refusal::new(
-                Code::InvalidCredentials,
-                "The API key is not valid. Check that it was copied whole; keys are shown once, at creation, so create a new one if it is lost.",
-            ));
-        };
-        if key.revoked {
-            return Err(refuse_key(
-                Code::KeyRevoked,
-                Some(key),
-                "This API key has been revoked. Create a new key for your app",
-            ));
-        }
-        if key.expires_at_ms.is_some_and(|at| at <= now_ms) {
-            return Err(refuse_key(
-                Code::KeyExpired,
-                Some(key),
-                "This API key has expired. Create a new key for your app",
-            ));
-        }
-        match resolved {
-            Some(previous) if previous.app.id != key.app.id => {
+        match &resolved {
+            Some(previous) if previous.app.id != caller.app.id => {
                 return Err(Refusal::new(
                     Code::ConflictingCredentials,
                     format!(
-                        "The request carries keys of two different apps ('{}' and '{}'). Send one credential.",
-                        previous.app.slug, key.app.slug
+                        "The request carries credentials of two different apps ('{}' and '{}'). Send one.",
+                        previous.app.slug, caller.app.slug
                     ),
                 ));
             }
-            _ => resolved = Some(key),
+            _ => resolved = Some(caller),
         }
     }
     resolved.ok_or_else(|| Refusal::new(Code::MissingCredentials, "No API key was sent."))
 }
 
+fn resolve_key<'s>(snapshot: &'s Snapshot, token: &str, now_ms: i64) -> Result<&'s KeyRt, Refusal> {
+    let key = if token.starts_with("tg_") {
+        snapshot.access.keys.get(&digest_of(token.as_bytes()))
+    } else {
+        None
+    };
+    let Some(key) = key else {
+        return Err(Refusal::new(
+            Code::InvalidCredentials,
+            "The API key is not valid. Check that it was copied whole; keys are shown once, at creation, so create a new one if it is lost.",
+        ));
+    };
+    if key.revoked {
+        return Err(refuse_key(
+            Code::KeyRevoked,
+            Some(key),
+            "This API key has been revoked. Create a new key for your app",
+        ));
+    }
+    if key.expires_at_ms.is_some_and(|at| at <= now_ms) {
+        return Err(refuse_key(
+            Code::KeyExpired,
+            Some(key),
+            "This API key has expired. Create a new key for your app",
+        ));
+    }
+    Ok(key)
+}
+
 /// Phase 4: the app's subscription, IP rules and the key's scopes.
 fn authorize<'s>(
     service: &ServiceRt,
-    key: &'s KeyRt,
+    caller: &Caller<'s>,
     method: &Method,
     ip: impl FnOnce() -> IpAddr,
 ) -> Result<&'s SubscriptionRt, Refusal> {
-    let app: &AppRt = &key.app;
+    let app: &'s AppRt = caller.app;
     if !app.ip.is_empty() {
         let ip = ip();
         if !app.ip.allows(ip) {
@@ -246,7 +291,9 @@ fn authorize<'s>(
     if let Some((code, detail)) = refusal {
         return Err(Refusal::new(code, detail));
     }
-    if !key.allows(&service.slug, method) {
+    if let Some(key) = caller.key
+        && !key.allows(&service.slug, method)
+    {
         return Err(refuse_key(
             Code::ScopeDenied,
             Some(key),
@@ -374,6 +421,7 @@ pub(crate) fn admit<B>(
     request: &Request<B>,
     peer: IpAddr,
     trusted_proxies: &[domain::net::Cidr],
+    jwks: &JwksCache,
 ) -> Result<Admission, Refusal> {
     let service = &route.service;
     let mut admission = Admission::default();
@@ -397,18 +445,19 @@ pub(crate) fn admit<B>(
         limit(&limiters, now_u, &mut admission)?;
         return Ok(admission);
     }
-    let key = authenticate(snapshot, service, request, now_ms, &mut admission)?;
-    let subscription = authorize(service, key, request.method(), ip)?;
+    let caller = authenticate(snapshot, service, request, now_ms, jwks, &mut admission)?;
+    let subscription = authorize(service, &caller, request.method(), ip)?;
+    let app = caller.app;
     let limiters: Vec<&std::sync::Arc<Limiter>> = subscription
         .limiter
         .iter()
-        .chain(key.app.limiter.iter())
+        .chain(app.limiter.iter())
         .chain(route.limiter.iter())
         .collect();
     limit(&limiters, now_u, &mut admission)?;
     for (name, value) in [
-        ("tollgate-app", key.app.slug.as_str()),
-        ("tollgate-team", key.app.team.as_str()),
+        ("tollgate-app", app.slug.as_str()),
+        ("tollgate-team", app.team.as_str()),
         ("tollgate-plan", subscription.plan.as_str()),
         ("tollgate-subscription", subscription.id.as_str()),
     ] {

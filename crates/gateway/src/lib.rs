@@ -22,6 +22,7 @@ mod admit;
 pub mod body;
 pub mod client;
 pub mod health;
+pub mod jwt;
 pub mod limit;
 pub mod pipeline;
 pub mod refusal;
@@ -37,6 +38,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
+pub use jsonwebtoken::jwk::JwkSet;
 pub use snapshot::{CompileError, Config, Defaults};
 
 /// How the gateway behaves, from the process configuration.
@@ -80,6 +82,7 @@ pub(crate) struct Shared {
     generation: std::sync::atomic::AtomicU64,
     registry: upstream::Registry,
     limiters: limit::LimiterRegistry,
+    jwks: jwt::JwksCache,
     options: GatewayOptions,
     config_loaded: AtomicBool,
     store_reachable: AtomicBool,
@@ -144,6 +147,7 @@ impl Gateway {
                 generation: std::sync::atomic::AtomicU64::new(0),
                 registry: upstream::Registry::new(options.workers),
                 limiters: limit::LimiterRegistry::default(),
+                jwks: jwt::JwksCache::default(),
                 options,
                 config_loaded: AtomicBool::new(false),
                 store_reachable: AtomicBool::new(true),
@@ -164,6 +168,30 @@ impl Gateway {
         self.shared.generation.fetch_add(1, Ordering::Release);
         self.shared.config_loaded.store(true, Ordering::Release);
         Ok(())
+    }
+
+    /// The JWKS URLs the served services name.
+    pub fn jwks_urls(&self) -> Vec<String> {
+        let snapshot = self.shared.snapshot.load();
+        let mut urls: Vec<String> = snapshot
+            .routes
+            .iter()
+            .filter_map(|route| route.service.jwt.as_ref())
+            .flat_map(|jwt| jwt.issuers.iter().filter_map(|i| i.jwks_url.clone()))
+            .collect();
+        urls.sort();
+        urls.dedup();
+        urls
+    }
+
+    /// Stores the keys fetched from a JWKS URL; returns how many are usable.
+    pub fn set_jwks(&self, url: &str, set: &JwkSet) -> usize {
+        self.shared.jwks.set(url, set)
+    }
+
+    /// Resolves when a token named a key id that no fetched JWKS holds.
+    pub async fn jwks_wanted(&self) {
+        self.shared.jwks.wanted.notified().await;
     }
 
     /// The version of the served snapshot.

@@ -147,6 +147,7 @@ async fn run(
             &request,
             context.peer.addr.ip(),
             &shared.options.trusted_proxies,
+            &shared.jwks,
         )?
     };
     context.rate_headers = admission.rate_headers.clone();

@@ -149,6 +149,8 @@ pub struct ServiceRt {
     pub anonymous: bool,
     /// `?api_key=` accepted.
     pub query_key: bool,
+    /// Trusted JWT issuers, when the service takes JWTs.
+    pub jwt: Option<crate::jwt::JwtRt>,
     pub ip: crate::access::IpRulesRt,
     pub lifecycle: Lifecycle,
     /// `Deprecation` (RFC 9745) and optional `Sunset` (RFC 8594) values.
@@ -255,6 +257,17 @@ pub fn compile(
                     team_only: service.spec.visibility == domain::model::Visibility::Team,
                     anonymous: service.spec.auth.anonymous,
                     query_key: service.spec.auth.query_key,
+                    jwt: service
+                        .spec
+                        .auth
+                        .jwt
+                        .as_ref()
+                        .map(crate::jwt::JwtRt::compile)
+                        .transpose()
+                        .map_err(|message| CompileError::Service {
+                            service: service.spec.slug.clone(),
+                            message,
+                        })?,
                     ip: crate::access::IpRulesRt::compile(&service.spec.ip).map_err(|message| {
                         CompileError::Service {
                             service: service.spec.slug.clone(),

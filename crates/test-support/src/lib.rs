@@ -3,6 +3,8 @@
 //!
 //! - [`upstream::FakeUpstream`]: an HTTP server with scripted behaviour
 //!   (echo, status, delay, SSE streams, a health switch).
+//! - [`idp::FakeIdp`]: signs JWTs (HS256, RS256, ES256) and serves its
+//!   JWKS document, with key rotation.
 //! - [`webhook::WebhookReceiver`]: a webhook endpoint that records what it
 //!   receives and can fail the first tries.
 //! - [`tollgate::Tollgate`]: starts the binary with a fresh data dir and free
@@ -10,6 +12,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod idp;
 pub mod tollgate;
 pub mod upstream;
 pub mod webhook;

@@ -3,12 +3,13 @@
 //! - `serve` loads [`config`], opens and migrates the store, bootstraps the
 //!   root admin token, compiles the first snapshot, and runs the gateway and
 //!   admin listeners plus the background tasks ([`serve`]), among them the
-//!   webhook deliverer ([`webhooks`]).
+//!   webhook deliverer ([`webhooks`]) and the JWKS fetcher ([`jwks`]).
 //! - `migrate` applies migrations; `apply` and `export` talk to a running
 //!   admin API ([`cli`]); `version` prints the version.
 
 mod cli;
 mod config;
+mod jwks;
 mod serve;
 mod webhooks;
 

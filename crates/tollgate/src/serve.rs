@@ -249,6 +249,7 @@ pub async fn run(args: &ConfigArgs) -> anyhow::Result<()> {
     );
     let health = gateway.spawn_health_checker(shutdown_rx.clone());
     let webhooks = crate::webhooks::spawn(store.clone(), shutdown_rx.clone());
+    let jwks = crate::jwks::spawn(gateway.clone(), shutdown_rx.clone());
 
     let admin_state = admin::AdminState {
         store: store.clone(),
@@ -288,6 +289,7 @@ pub async fn run(args: &ConfigArgs) -> anyhow::Result<()> {
         let _ = admin_task.await;
         let _ = health.await;
         let _ = webhooks.await;
+        let _ = jwks.await;
     })
     .await;
     store.close().await;

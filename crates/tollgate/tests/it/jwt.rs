@@ -1,0 +1,262 @@
+//! JWT authentication through the real binary, against a fake IdP.
+
+use std::time::{Duration, Instant};
+
+use jsonwebtoken::Algorithm;
+use reqwest::Method;
+use serde_json::Value;
+use test_support::idp::FakeIdp;
+
+use crate::{BIN, FakeUpstream, Tollgate, json, problem};
+
+const PATH: &str = "/weather/forecast/bern";
+
+async fn setup(tollgate: &Tollgate, upstream: &FakeUpstream, idp: &FakeIdp) -> String {
+    tollgate
+        .create("/api/v1/teams", json!({"slug": "acme"}))
+        .await;
+    tollgate
+        .publish_http_service(
+            "weather",
+            "/weather",
+            json!({"targets": [{"url": upstream.url()}]}),
+            &[json!({"path": "/*"})],
+        )
+        .await;
+    let issuers = json!([
+        {"issuer": idp.issuer, "algorithms": ["ES256"], "jwks_url": idp.jwks_url(), "audiences": ["weather-api"]},
+        {"issuer": "https://hs.example", "algorithms": ["HS256"], "secret": idp.secret},
+        {"issuer": "https://rs.example", "algorithms": ["RS256"], "public_key_pem": idp.rsa_public_pem, "leeway_s": 0},
+    ]);
+    let (status, body) = tollgate
+        .admin(
+            Method::PATCH,
+            "/api/v1/services/weather",
+            Some(json!({"visibility": "catalog", "auth": {"anonymous": false, "jwt": {"issuers": issuers}}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    tollgate
+        .create("/api/v1/services/weather/plans", json!({"slug": "free"}))
+        .await;
+    tollgate
+        .create(
+            "/api/v1/apps",
+            json!({"slug": "acme-web", "team": "acme", "jwt": [
+                {"issuer": idp.issuer, "subject": "client-1"},
+                {"issuer": "https://hs.example", "subject": "client-1"},
+                {"issuer": "https://rs.example", "subject": "client-1"}]}),
+        )
+        .await;
+    tollgate
+        .create(
+            "/api/v1/subscriptions",
+            json!({"app": "acme-web", "service": "weather", "plan": "free"}),
+        )
+        .await;
+    let key = tollgate
+        .create("/api/v1/apps/acme-web/keys", json!({}))
+        .await;
+    key["key"].as_str().unwrap().to_owned()
+}
+
+fn with(mut claims: Value, extra: Value) -> Value {
+    if let (Value::Object(claims), Value::Object(extra)) = (&mut claims, extra) {
+        claims.extend(extra);
+    }
+    claims
+}
+
+async fn until_ok(tollgate: &Tollgate, token: &str, limit: Duration) {
+    let started = Instant::now();
+    loop {
+        let response = tollgate.get_with_key(PATH, token).await;
+        if response.status() == 200 {
+            return;
+        }
+        let body: Value = response.json().await.unwrap_or_default();
+        assert!(
+            started.elapsed() < limit,
+            "still refused after {limit:?}: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn jwts_from_trusted_issuers_authenticate_apps() {
+    let upstream = FakeUpstream::start("w").await;
+    let idp = FakeIdp::start().await;
+    let tollgate = Tollgate::start(BIN).await;
+    let key = setup(&tollgate, &upstream, &idp).await;
+
+    // ES256 through the JWKS document (fetched within a second or two).
+    let es = idp.sign(Algorithm::ES256, &idp.claims("client-1"));
+    until_ok(&tollgate, &es, Duration::from_secs(3)).await;
+    let seen: Value = tollgate.get_with_key(PATH, &es).await.json().await.unwrap();
+    assert_eq!(seen["headers"]["tollgate-app"], "acme-web");
+    assert!(seen["headers"].get("authorization").is_none());
+    // RS256 with a configured public key, HS256 with a shared secret.
+    let rs = idp.sign(
+        Algorithm::RS256,
+        &with(idp.claims("client-1"), json!({"iss": "https://rs.example"})),
+    );
+    assert_eq!(tollgate.get_with_key(PATH, &rs).await.status(), 200);
+    let hs = idp.sign(
+        Algorithm::HS256,
+        &with(idp.claims("client-1"), json!({"iss": "https://hs.example"})),
+    );
+    assert_eq!(tollgate.get_with_key(PATH, &hs).await.status(), 200);
+
+    // Each bad token says what is wrong.
+    let now = idp.claims("x")["iat"].as_u64().unwrap();
+    let cases: Vec<(String, &str)> = vec![
+        ("not.a.jwt".into(), "token_malformed"),
+        ("e30.e30.sig".into(), "token_claims_invalid"),
+        (
+            idp.sign(
+                Algorithm::ES256,
+                &with(idp.claims("client-1"), json!({"exp": now - 120})),
+            ),
+            "token_expired",
+        ),
+        (
+            idp.sign(
+                Algorithm::ES256,
+                &with(idp.claims("client-1"), json!({"nbf": now + 600})),
+            ),
+            "token_not_yet_valid",
+        ),
+        (
+            idp.sign(
+                Algorithm::ES256,
+                &with(idp.claims("client-1"), json!({"aud": "another-api"})),
+            ),
+            "token_claims_invalid",
+        ),
+        (
+            idp.sign(
+                Algorithm::ES256,
+                &with(
+                    idp.claims("client-1"),
+                    json!({"iss": "https://evil.example"}),
+                ),
+            ),
+            "token_claims_invalid",
+        ),
+        (
+            idp.sign(Algorithm::ES256, &idp.claims("client-2")),
+            "invalid_credentials",
+        ),
+        (
+            idp.forge("none", &idp.claims("client-1"), b""),
+            "token_algorithm_not_allowed",
+        ),
+        // HS/RS confusion: HMAC over the RS issuer's public key.
+        (
+            {
+                let claims = with(idp.claims("client-1"), json!({"iss": "https://rs.example"}));
+                let key = jsonwebtoken::EncodingKey::from_secret(idp.rsa_public_pem.as_bytes());
+                jsonwebtoken::encode(&jsonwebtoken::Header::new(Algorithm::HS256), &claims, &key)
+                    .unwrap()
+            },
+            "token_algorithm_not_allowed",
+        ),
+        // A valid header and claims with someone else's signature.
+        (
+            {
+                let good = idp.sign(Algorithm::ES256, &idp.claims("client-1"));
+                let other = idp.sign(Algorithm::ES256, &idp.claims("client-9"));
+                let (head, _) = good.rsplit_once('.').unwrap();
+                format!("{head}.{}", other.rsplit_once('.').unwrap().1)
+            },
+            "invalid_credentials",
+        ),
+    ];
+    for (token, code) in cases {
+        let response = tollgate.get_with_key(PATH, &token).await;
+        let body = problem(response, 401, code).await;
+        assert!(!body["detail"].as_str().unwrap().is_empty());
+    }
+    // A JWT and a key of another app on one request.
+    tollgate
+        .create("/api/v1/apps", json!({"slug": "other", "team": "acme"}))
+        .await;
+    let other_key = tollgate.create("/api/v1/apps/other/keys", json!({})).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let response = tollgate
+        .client
+        .get(format!("{}{PATH}", tollgate.gateway_url))
+        .bearer_auth(&es)
+        .header("x-api-key", other_key["key"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    problem(response, 401, "conflicting_credentials").await;
+    // The JWT and the app's own key together are fine.
+    let response = tollgate
+        .client
+        .get(format!("{}{PATH}", tollgate.gateway_url))
+        .bearer_auth(&es)
+        .header("x-api-key", &key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+
+    // Key rotation: a token signed with a new key id works once the JWKS is
+    // fetched again, which the unknown key id triggers early.
+    let fetches = idp.jwks_fetches();
+    idp.rotate("k2");
+    let rotated = idp.sign(Algorithm::ES256, &idp.claims("client-1"));
+    until_ok(&tollgate, &rotated, Duration::from_secs(8)).await;
+    assert!(idp.jwks_fetches() > fetches);
+    // The old key still verifies (it is still published).
+    assert_eq!(tollgate.get_with_key(PATH, &es).await.status(), 200);
+}
+
+#[tokio::test]
+async fn jwt_settings_are_validated() {
+    let upstream = FakeUpstream::start("w").await;
+    let tollgate = Tollgate::start(BIN).await;
+    tollgate
+        .publish_http_service(
+            "weather",
+            "/weather",
+            json!({"targets": [{"url": upstream.url()}]}),
+            &[json!({"path": "/*"})],
+        )
+        .await;
+    let (status, body) = tollgate
+        .admin(
+            Method::PATCH,
+            "/api/v1/services/weather",
+            Some(json!({"auth": {"jwt": {"issuers": [
+                {"issuer": "a", "algorithms": ["HS256", "RS256"], "secret": "short"},
+                {"issuer": "b", "algorithms": ["ES256"]}
+            ]}}})),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    let text = body.to_string();
+    for field in [
+        "auth.jwt.issuers[0].algorithms",
+        "auth.jwt.issuers[0].secret",
+        "auth.jwt.issuers[1]",
+    ] {
+        assert!(text.contains(field), "{field} in {text}");
+    }
+    // Unknown algorithm names are refused by the parser, naming the field.
+    let (status, body) = tollgate
+        .admin(
+            Method::PATCH,
+            "/api/v1/services/weather",
+            Some(json!({"auth": {"jwt": {"issuers": [{"issuer": "c", "algorithms": ["PS512"]}]}}})),
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        body["errors"][0]["field"], "auth.jwt.issuers[0].algorithms[0]",
+        "{body}"
+    );
+}
