@@ -308,6 +308,12 @@ def build(raw: Path, out_dir: Path, readme: Path | None) -> None:
         "started_utc": meta.get("started_utc"),
         "finished_utc": meta.get("finished_utc"),
         "selftest": selftest,
+        "mode": meta.get("mode", "plain"),
+        "access": {
+            k: meta.get(k)
+            for k in ("apps_loaded", "keys_loaded", "seed_reload_ms", "rss_tollgate_keys_loaded_kb")
+            if meta.get(k) is not None
+        },
         "machine": machine,
         "versions": versions,
         "settings": settings,
@@ -323,7 +329,8 @@ def build(raw: Path, out_dir: Path, readme: Path | None) -> None:
 
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp = meta.get("stamp", "unknown")
-    suffix = "-selftest" if selftest else ""
+    access = doc["mode"] == "access"
+    suffix = ("-access" if access else "") + ("-selftest" if selftest else "")
     json_path = out_dir / f"{stamp}{suffix}.json"
     json_path.write_text(json.dumps(doc, indent=2) + "\n")
     md = render_markdown(doc, json_path.name)
@@ -332,7 +339,7 @@ def build(raw: Path, out_dir: Path, readme: Path | None) -> None:
     print(f"wrote {json_path}", file=sys.stderr)
     print(f"wrote {md_path}", file=sys.stderr)
     if readme is not None and not selftest:
-        update_readme(readme, md)
+        update_readme(readme, md, access)
         print(f"updated {readme}", file=sys.stderr)
     print(md)
 
@@ -347,9 +354,25 @@ def render_markdown(doc: dict, json_name: str) -> str:
     rss = s["rss_kb"]
     lines = []
     title = "Benchmark results"
+    if doc.get("mode") == "access":
+        a = doc.get("access", {})
+        title += (
+            f" — access: key auth, subscription check and rate limit on every tollgate request, "
+            f"{a.get('apps_loaded')} apps and {a.get('keys_loaded')} keys loaded (nginx: plain proxy)"
+        )
     if doc["selftest"]:
         title += " — SELF-TEST (the 'tollgate' column is a second nginx proxy, not tollgate)"
     lines += [f"## {title}", ""]
+    if doc.get("mode") == "access":
+        a = doc.get("access", {})
+        lines += [
+            f"Access data: {a.get('apps_loaded')} apps with {a.get('keys_loaded')} API keys and as many "
+            f"active subscriptions, loaded into SQLite by `bench/seed_access.py`; the gateway accepted them "
+            f"{a.get('seed_reload_ms')} ms after the commit. Every tollgate request is authenticated "
+            "(SHA-256 key lookup), authorized (subscription) and counted by the plan's two rate limits; "
+            "RSS idle below is with all of it loaded.",
+            "",
+        ]
     lines += [
         f"Run {doc['started_utc']} → {doc['finished_utc']}, tollgate `{v['tollgate_commit']}`; "
         f"{m['nproc']} cores ({m['cpu']}), kernel {m['kernel']}; nginx {v['nginx_version']}, "
@@ -448,15 +471,21 @@ def render_markdown(doc: dict, json_name: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def update_readme(readme: Path, md: str) -> None:
+def update_readme(readme: Path, md: str, access: bool = False) -> None:
     text = readme.read_text() if readme.exists() else ""
-    block = f"{README_BEGIN}\n{md.rstrip()}\n{README_END}"
-    if README_BEGIN in text and README_END in text:
-        head, rest = text.split(README_BEGIN, 1)
-        _, tail = rest.split(README_END, 1)
+    begin, end = README_BEGIN, README_END
+    heading = "Latest results"
+    if access:
+        begin = begin.replace("LATEST RESULTS", "LATEST ACCESS RESULTS")
+        end = end.replace("LATEST RESULTS", "LATEST ACCESS RESULTS")
+        heading = "Latest results with access checks"
+    block = f"{begin}\n{md.rstrip()}\n{end}"
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        _, tail = rest.split(end, 1)
         text = head + block + tail
     else:
-        text = text.rstrip() + "\n\n## Latest results\n\n" + block + "\n"
+        text = text.rstrip() + f"\n\n## {heading}\n\n" + block + "\n"
     readme.write_text(text)
 
 

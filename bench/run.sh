@@ -15,6 +15,12 @@
 #   BENCH_RESULTS_DIR [bench/results]
 #   BENCH_KEEP_TMP [0]          1 = keep the temp dir (configs, logs, raw outputs)
 #   BENCH_TOLLGATE_BIN          use this tollgate binary instead of building one
+#   BENCH_MODE [plain]          plain = tollgate proxies a keyless service;
+#                               access = every tollgate request carries an API key
+#                               and passes key auth, a subscription check and a
+#                               rate limit, with BENCH_ACCESS_APPS apps and
+#                               BENCH_ACCESS_APPS x BENCH_ACCESS_KEYS_PER_APP keys loaded
+#   BENCH_ACCESS_APPS [10000]  BENCH_ACCESS_KEYS_PER_APP [10]
 #   CARGO_TARGET_DIR [$HOME/.cache/tollgate-target]
 #
 # Everything listens on 127.0.0.1 only; no traffic leaves the machine.
@@ -34,6 +40,9 @@ JOBS="${BENCH_JOBS:-2}"
 SELFTEST="${BENCH_SELFTEST:-0}"
 RESULTS_DIR="${BENCH_RESULTS_DIR:-$BENCH_DIR/results}"
 KEEP_TMP="${BENCH_KEEP_TMP:-0}"
+MODE="${BENCH_MODE:-plain}"
+ACCESS_APPS="${BENCH_ACCESS_APPS:-10000}"
+ACCESS_KEYS_PER_APP="${BENCH_ACCESS_KEYS_PER_APP:-10}"
 CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tollgate-target}"
 [[ "$CARGO_TARGET_DIR" == /* ]] || CARGO_TARGET_DIR="$PWD/$CARGO_TARGET_DIR"
 export CARGO_TARGET_DIR
@@ -57,6 +66,9 @@ ADMIN_TOKEN=bench-token
 UPSTREAM_BODY='{"ok":true,"message":"hello from upstream"}'
 
 NGINX_URL="http://$HOST:$NGINX_PORT/bench/hello"
+WRK_SCRIPT="$BENCH_DIR/wrk-report.lua"
+AUTH_HEADER=""
+SEED_RELOAD_MS=""
 TG_URL="http://$HOST:$TG_PORT/bench/hello"
 
 log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
@@ -72,7 +84,11 @@ show_log() {
   fi
 }
 
-for v in THREADS CONNS DURATION ROUNDS WARMUP STARTUP_RUNS LOADGEN_THREADS JOBS; do
+[[ "$MODE" == plain || "$MODE" == access ]] || die "BENCH_MODE must be plain or access, got '$MODE'"
+if [[ "$MODE" == access && "${BENCH_SELFTEST:-0}" == 1 ]]; then
+  die "BENCH_MODE=access needs tollgate (not the self-test)"
+fi
+for v in THREADS CONNS DURATION ROUNDS WARMUP STARTUP_RUNS LOADGEN_THREADS JOBS ACCESS_APPS ACCESS_KEYS_PER_APP; do
   [[ "${!v}" =~ ^[1-9][0-9]*$ ]] || die "BENCH_$v must be a positive integer, got '${!v}'"
 done
 ((CONNS >= THREADS)) || die "BENCH_CONNS ($CONNS) must be >= BENCH_THREADS ($THREADS)"
@@ -161,7 +177,7 @@ port_busy() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
 wait_http() {
   local url="$1" secs="$2" pid="${3:-}"
   local deadline=$((SECONDS + secs))
-  until curl -fsS -o /dev/null --max-time 1 "$url" 2>/dev/null; do
+  until curl -fsS -o /dev/null --max-time 1 ${AUTH_HEADER:+-H "Authorization: $AUTH_HEADER"} "$url" 2>/dev/null; do
     if [[ -n "$pid" ]] && ! kill -0 "$pid" 2>/dev/null; then
       return 1
     fi
@@ -327,6 +343,9 @@ start_tollgate() {
       show_log "$TG_LOG"
       die "'tollgate apply -f bench/tollgate-bench.yaml --admin-url http://$HOST:$TG_ADMIN_PORT' failed"
     fi
+    if [[ "$MODE" == access ]]; then
+      setup_access
+    fi
   fi
   if ! wait_http "$TG_URL" 5 "$TG_PID"; then
     show_log "$TG_LOG"
@@ -335,9 +354,54 @@ start_tollgate() {
   fi
 }
 
+# Access mode: the bench service takes keys; a team, a plan with rate limits
+# (high enough never to refuse) and ACCESS_APPS apps with their keys and
+# active subscriptions are loaded. Sets AUTH_HEADER (one of the keys).
+admin_call() { # METHOD PATH [JSON]
+  curl -fsS --max-time 10 -X "$1" -H "Authorization: Bearer $ADMIN_TOKEN" \
+    -H 'content-type: application/json' ${3:+--data "$3"} "http://$HOST:$TG_ADMIN_PORT$2"
+}
+
+setup_access() {
+  log "access mode: team, plan, $ACCESS_APPS apps x $ACCESS_KEYS_PER_APP keys"
+  admin_call POST /api/v1/teams '{"slug":"bench"}' >/dev/null || die "cannot create the bench team"
+  local service plan service_id plan_id seeded t0
+  service=$(admin_call PATCH /api/v1/services/bench '{"auth":{"anonymous":false},"visibility":"catalog"}') ||
+    die "cannot require keys on the bench service"
+  plan=$(admin_call POST /api/v1/services/bench/plans \
+    '{"slug":"bench-plan","rate_limits":[{"requests":4000000000,"per":"hour"},{"requests":100000000,"per":"second"}]}') ||
+    die "cannot create the bench plan"
+  service_id=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])' <<<"$service")
+  plan_id=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])' <<<"$plan")
+  t0=$(date +%s%N)
+  seeded=$(python3 "$BENCH_DIR/seed_access.py" --db "$WORK/tg/tollgate.db" --apps "$ACCESS_APPS" \
+    --keys-per-app "$ACCESS_KEYS_PER_APP" --service-id "$service_id" --plan-id "$plan_id" --team bench \
+    --keys-out "$WORK/keys.txt") || die "seeding the access data failed"
+  log "seeded: $seeded"
+  AUTH_HEADER="Bearer $(head -n 1 "$WORK/keys.txt")"
+  local t1 i
+  t1=$(date +%s%N)
+  for i in $(seq 600); do
+    if [[ "$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: $AUTH_HEADER" "$TG_URL")" == 200 ]]; then
+      break
+    fi
+    sleep 0.05
+  done
+  [[ "$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: $AUTH_HEADER" "$TG_URL")" == 200 ]] ||
+    die "the seeded key is not accepted 30 s after seeding"
+  SEED_RELOAD_MS=$((($(date +%s%N) - t1) / 1000000))
+  log "gateway accepts the seeded keys ${SEED_RELOAD_MS} ms after the seed commit (seeding took $(((t1 - t0) / 1000000)) ms)"
+  # Both targets get the same header (nginx passes it through unused).
+  {
+    printf 'wrk.headers["Authorization"] = "%s"\n' "$AUTH_HEADER"
+    cat "$BENCH_DIR/wrk-report.lua"
+  } >"$WORK/wrk-access.lua"
+  WRK_SCRIPT="$WORK/wrk-access.lua"
+}
+
 check_body() { # NAME URL
   local body
-  body=$(curl -fsS --max-time 2 "$2") || die "$1: GET $2 failed"
+  body=$(curl -fsS --max-time 2 ${AUTH_HEADER:+-H "Authorization: $AUTH_HEADER"} "$2") || die "$1: GET $2 failed"
   [[ "$body" == "$UPSTREAM_BODY" ]] || die "$1: GET $2 returned '$body', expected '$UPSTREAM_BODY'"
 }
 
@@ -368,7 +432,7 @@ measure_startup() {
 
 # -------------------------------------------------------------------- load ---
 wrk_run() { # URL SECONDS OUTFILE
-  wrk -t"$THREADS" -c"$CONNS" -d"${2}s" --latency -s "$BENCH_DIR/wrk-report.lua" "$1" >"$3" 2>&1 || {
+  wrk -t"$THREADS" -c"$CONNS" -d"${2}s" --latency -s "$WRK_SCRIPT" "$1" >"$3" 2>&1 || {
     cat "$3" >&2
     die "wrk against $1 failed"
   }
@@ -380,7 +444,8 @@ wrk_run() { # URL SECONDS OUTFILE
 
 fixed_run() { # URL RATE OUTFILE
   "$LOADGEN" --url "$1" --rate "$2" --duration-s "$DURATION" --warmup-s 1 \
-    --connections "$CONNS" --threads "$LOADGEN_THREADS" >"$3" 2>"$3.stderr" || {
+    --connections "$CONNS" --threads "$LOADGEN_THREADS" ${AUTH_HEADER:+--authorization "$AUTH_HEADER"} \
+    >"$3" 2>"$3.stderr" || {
     cat "$3.stderr" >&2
     die "loadgen against $1 failed"
   }
@@ -497,6 +562,13 @@ main() {
     echo "finished_utc=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
     echo "stamp=$stamp"
     echo "selftest=$SELFTEST"
+    echo "mode=$MODE"
+    if [[ "$MODE" == access ]]; then
+      echo "apps_loaded=$ACCESS_APPS"
+      echo "keys_loaded=$((ACCESS_APPS * ACCESS_KEYS_PER_APP))"
+      echo "seed_reload_ms=$SEED_RELOAD_MS"
+      echo "rss_tollgate_keys_loaded_kb=$tg_rss_idle"
+    fi
     echo "nproc=$(nproc)"
     echo "kernel=$(uname -r)"
     echo "cpu=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)"

@@ -41,6 +41,8 @@ pub struct LoadConfig {
     pub connections: usize,
     pub threads: usize,
     pub timeout: Duration,
+    /// `Authorization` header value for every request.
+    pub authorization: Option<String>,
 }
 
 /// Histograms hold nanoseconds, 1 ns ..= 1 h, 3 significant digits.
@@ -132,7 +134,9 @@ pub fn run(cfg: &LoadConfig) -> Result<String, BoxError> {
 }
 
 async fn run_async(cfg: &LoadConfig) -> Result<String, BoxError> {
-    let target = Arc::new(Target::from_uri(&cfg.url)?);
+    let mut target = Target::from_uri(&cfg.url)?;
+    target.authorization = cfg.authorization.clone();
+    let target = Arc::new(target);
 
     // Open every connection before the clock starts; fail fast if the target is down.
     let mut senders = Vec::with_capacity(cfg.connections);
@@ -366,9 +370,12 @@ async fn connect(target: &Target) -> Result<Sender, BoxError> {
 
 async fn send_one(sender: &mut Sender, target: &Target) -> Result<StatusCode, BoxError> {
     sender.ready().await?;
-    let request = Request::get(target.path.as_str())
-        .header(header::HOST, target.host_header.as_str())
-        .body(Empty::new())?;
+    let mut request =
+        Request::get(target.path.as_str()).header(header::HOST, target.host_header.as_str());
+    if let Some(value) = &target.authorization {
+        request = request.header(header::AUTHORIZATION, value.as_str());
+    }
+    let request = request.body(Empty::new())?;
     let response = sender.send_request(request).await?;
     let status = response.status();
     response.into_body().collect().await?;

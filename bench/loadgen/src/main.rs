@@ -20,7 +20,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 const USAGE: &str = "\
 usage:
-  loadgen --url URL --rate REQ_PER_S [--duration-s 10] [--warmup-s 0]
+  loadgen --url URL --rate REQ_PER_S [--duration-s 10] [--warmup-s 0] [--authorization VALUE]
           [--connections 64] [--threads 1] [--timeout-ms 5000]
       Open-loop fixed-rate HTTP/1.1 GETs over keep-alive connections. Each request
       has a scheduled send time (start + i/rate); latency is measured from that
@@ -83,6 +83,10 @@ fn run(argv: Vec<String>) -> Result<String, BoxError> {
                 connections: parsed.get_or("connections", 64usize)?,
                 threads: parsed.get_or("threads", 1usize)?,
                 timeout: Duration::from_millis(parsed.get_or("timeout-ms", 5_000u64)?),
+                authorization: match parsed.get_or("authorization", String::new())? {
+                    value if value.is_empty() => None,
+                    value => Some(value),
+                },
             };
             parsed.finish()?;
             if !parsed.rest.is_empty() {

@@ -12,6 +12,8 @@ pub struct Target {
     pub host_header: String,
     /// Request target (path and query).
     pub path: String,
+    /// Sent as `Authorization` on every request, when set.
+    pub authorization: Option<String>,
 }
 
 impl Target {
@@ -34,6 +36,7 @@ impl Target {
             addr: format!("{host}:{port}"),
             host_header,
             path,
+            authorization: None,
         })
     }
 }

@@ -532,12 +532,15 @@ pub async fn delete_user(
     caller: Caller,
     Path(key): Path<String>,
 ) -> Result<Response, ApiError> {
-    caller.require_platform()?;
     let mut tx = state.store.begin().await?;
     let user = tx
         .user(&key)
         .await?
         .ok_or_else(|| ApiError::not_found("user", &key))?;
+    // Another user does not exist for a team member; deleting one's own
+    // account is the platform's call.
+    self_or_platform(&caller, &user, &key)?;
+    caller.require_platform()?;
     tx.delete_user(&user.id).await?;
     let record = Audit {
         action: "user.delete",

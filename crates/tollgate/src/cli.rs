@@ -1,4 +1,5 @@
-//! Commands that talk to a running admin API: `apply` and `export`.
+//! Commands that talk to a running admin API: `apply`, `export` and the
+//! `keys` shortcuts.
 
 use std::io::Read;
 use std::path::Path;
@@ -171,4 +172,117 @@ pub async fn export(output: Option<&Path>, format: &str, args: &AdminArgs) -> an
         }
     }
     Ok(())
+}
+
+impl Admin {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> anyhow::Result<serde_json::Value> {
+        let mut request = self
+            .client
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the admin API at {}", self.base))?;
+        check(response).await
+    }
+}
+
+/// What `tollgate keys` does.
+pub enum KeysCommand {
+    Create {
+        app: String,
+        name: Option<String>,
+        env: Option<String>,
+        scopes: Vec<String>,
+        expires_at: Option<String>,
+    },
+    List {
+        app: String,
+    },
+    Revoke {
+        app: String,
+        key_id: String,
+    },
+}
+
+/// `tollgate keys create|list|revoke`: API keys of an app.
+pub async fn keys(command: KeysCommand, args: &AdminArgs) -> anyhow::Result<()> {
+    let admin = admin(args)?;
+    match command {
+        KeysCommand::Create {
+            app,
+            name,
+            env,
+            scopes,
+            expires_at,
+        } => {
+            let mut body = serde_json::json!({"scopes": scopes});
+            for (field, value) in [("name", name), ("env", env), ("expires_at", expires_at)] {
+                if let Some(value) = value {
+                    body[field] = serde_json::Value::String(value);
+                }
+            }
+            let created = admin
+                .call(
+                    reqwest::Method::POST,
+                    &format!("/api/v1/apps/{app}/keys"),
+                    Some(body),
+                )
+                .await?;
+            print(created["key"].as_str().unwrap_or_default());
+            eprintln_note(&format!(
+                "key {} for app {app}: shown once, store it now (only its hash is kept)",
+                created["id"].as_str().unwrap_or_default()
+            ));
+        }
+        KeysCommand::List { app } => {
+            let listed = admin
+                .call(
+                    reqwest::Method::GET,
+                    &format!("/api/v1/apps/{app}/keys?limit=500"),
+                    None,
+                )
+                .await?;
+            for key in listed["data"].as_array().into_iter().flatten() {
+                let state = if key.get("revoked_at_ms").is_some() {
+                    "revoked"
+                } else {
+                    "active"
+                };
+                print(&format!(
+                    "{}\t{}\t{state}\t{}",
+                    key["id"].as_str().unwrap_or_default(),
+                    key["prefix"].as_str().unwrap_or_default(),
+                    key["name"].as_str().unwrap_or("-"),
+                ));
+            }
+        }
+        KeysCommand::Revoke { app, key_id } => {
+            admin
+                .call(
+                    reqwest::Method::DELETE,
+                    &format!("/api/v1/apps/{app}/keys/{key_id}"),
+                    None,
+                )
+                .await?;
+            eprintln_note(&format!("key {key_id} of app {app} revoked"));
+        }
+    }
+    Ok(())
+}
+
+/// A note for the person at the terminal, on standard error (standard
+/// output carries only what scripts read).
+#[allow(clippy::print_stderr)]
+fn eprintln_note(text: &str) {
+    eprintln!("{text}");
 }

@@ -4,8 +4,8 @@
 //!   root admin token, compiles the first snapshot, and runs the gateway and
 //!   admin listeners plus the background tasks ([`serve`]), among them the
 //!   webhook deliverer ([`webhooks`]) and the JWKS fetcher ([`jwks`]).
-//! - `migrate` applies migrations; `apply` and `export` talk to a running
-//!   admin API ([`cli`]); `version` prints the version.
+//! - `migrate` applies migrations; `apply`, `export` and `keys` talk to a
+//!   running admin API ([`cli`]); `version` prints the version.
 
 mod cli;
 mod config;
@@ -87,8 +87,52 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Create, list and revoke an app's API keys (through the admin API).
+    Keys {
+        #[command(subcommand)]
+        command: KeysArgs,
+    },
     /// Print the version.
     Version,
+}
+
+#[derive(Subcommand)]
+enum KeysArgs {
+    /// Create a key; prints the key (shown once) on standard output.
+    Create {
+        /// The app (slug or id).
+        #[arg(long)]
+        app: String,
+        #[arg(long)]
+        name: Option<String>,
+        /// live (default) or test.
+        #[arg(long)]
+        env: Option<String>,
+        /// A service the key may call ('weather', or 'weather:read'); repeat for more.
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// RFC 3339 expiry, like 2027-01-31T00:00:00Z.
+        #[arg(long)]
+        expires_at: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// List an app's keys: id, prefix, state, name.
+    List {
+        #[arg(long)]
+        app: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Revoke a key: the gateway refuses it within a second.
+    Revoke {
+        #[arg(long)]
+        app: String,
+        /// The key's id.
+        key_id: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
 }
 
 pub fn environment() -> BTreeMap<String, String> {
@@ -136,6 +180,32 @@ fn main() -> ExitCode {
                 format,
                 admin,
             } => cli::export(output.as_deref(), &format, &admin).await,
+            Command::Keys { command } => {
+                let (command, admin) = match command {
+                    KeysArgs::Create {
+                        app,
+                        name,
+                        env,
+                        scopes,
+                        expires_at,
+                        admin,
+                    } => (
+                        cli::KeysCommand::Create {
+                            app,
+                            name,
+                            env,
+                            scopes,
+                            expires_at,
+                        },
+                        admin,
+                    ),
+                    KeysArgs::List { app, admin } => (cli::KeysCommand::List { app }, admin),
+                    KeysArgs::Revoke { app, key_id, admin } => {
+                        (cli::KeysCommand::Revoke { app, key_id }, admin)
+                    }
+                };
+                cli::keys(command, &admin).await
+            }
             Command::Version => {
                 cli::print(&format!("tollgate {}", env!("CARGO_PKG_VERSION")));
                 Ok(())

@@ -1055,7 +1055,31 @@ async fn tenants_never_see_each_other() {
         assert_eq!(status, 201);
     }
     let _objects_a = objects_of(&tollgate, &alice, "team-a", &upstream.url()).await;
-    let objects_b = objects_of(&tollgate, &bob, "team-b", &upstream.url()).await;
+    let mut objects_b = objects_of(&tollgate, &bob, "team-b", &upstream.url()).await;
+    // Bob's own user is his, not Alice's.
+    objects_b.push((
+        "/api/v1/users/bob@b.test".into(),
+        json!({"name": "Mallory"}),
+    ));
+    // Nor are his personal tokens.
+    let (_, bob_tokens) = tollgate
+        .admin_as(&bob, Method::GET, "/api/v1/tokens", None)
+        .await;
+    let bob_token_id = bob_tokens["data"][0]["id"].as_str().unwrap().to_owned();
+    let (status, alice_tokens) = tollgate
+        .admin_as(&alice, Method::GET, "/api/v1/tokens", None)
+        .await;
+    assert_eq!(status, 200);
+    assert!(!alice_tokens.to_string().contains(&bob_token_id));
+    let (status, _) = tollgate
+        .admin_as(
+            &alice,
+            Method::DELETE,
+            &format!("/api/v1/tokens/{bob_token_id}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 404);
 
     // Alice can neither read, change nor delete anything of team B.
     for (path, patch) in &objects_b {
@@ -1507,4 +1531,126 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack
         .windows(needle.len())
         .any(|window| window == needle)
+}
+
+#[tokio::test]
+async fn keys_and_subscriptions_reach_every_node_on_postgres() {
+    let database = test_support::PgDatabase::create();
+    let options = Options::on_database(&database.url);
+    let first = Tollgate::start_with(BIN, options.clone()).await;
+    let second = Tollgate::start_with(BIN, options).await;
+    let upstream = FakeUpstream::start("w").await;
+    let world = world(&first, &upstream, json!({}), json!({})).await;
+    let path = "/weather/forecast/turin";
+    // The other node learns the key and subscription within a second…
+    wait_status(&second, path, &world.key, 200).await;
+    // …and the suspension, and the revocation.
+    let (_, subscriptions) = first
+        .admin(Method::GET, "/api/v1/subscriptions?app=acme-web", None)
+        .await;
+    let id = subscriptions["data"][0]["id"].as_str().unwrap().to_owned();
+    action(&first, ADMIN_TOKEN, &id, "suspend", Some("audit")).await;
+    refused_with(&second, path, &world.key, 403, "subscription_suspended").await;
+    action(&first, ADMIN_TOKEN, &id, "resume", None).await;
+    wait_status(&second, path, &world.key, 200).await;
+    let (_, keys) = first
+        .admin(Method::GET, "/api/v1/apps/acme-web/keys", None)
+        .await;
+    let key_id = keys["data"][0]["id"].as_str().unwrap().to_owned();
+    first
+        .admin(
+            Method::DELETE,
+            &format!("/api/v1/apps/acme-web/keys/{key_id}"),
+            None,
+        )
+        .await;
+    refused_with(&second, path, &world.key, 401, "key_revoked").await;
+    // Tenant isolation holds on PostgreSQL too (the team filter is SQL).
+    let (_, token) = first.user_with_token("viewer@acme.test").await;
+    first
+        .create(
+            "/api/v1/teams/acme/members",
+            json!({"user": "viewer@acme.test", "role": "viewer"}),
+        )
+        .await;
+    let (status, apps) = second
+        .admin_as(&token, Method::GET, "/api/v1/apps", None)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(apps["data"].as_array().unwrap().len(), 1);
+    let (status, subscriptions) = second
+        .admin_as(&token, Method::GET, "/api/v1/services", None)
+        .await;
+    assert_eq!(status, 200);
+    assert!(
+        subscriptions["data"].as_array().unwrap().is_empty(),
+        "weatherco's service is not acme's"
+    );
+}
+
+fn cli(tollgate: &Tollgate, args: &[&str]) -> (bool, String, String) {
+    let output = std::process::Command::new(BIN)
+        .args(args)
+        .arg("--admin-url")
+        .arg(&tollgate.admin_url)
+        .env_clear()
+        .env("TOLLGATE_ADMIN_TOKEN", ADMIN_TOKEN)
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).trim().to_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn the_keys_command_creates_lists_and_revokes() {
+    let upstream = FakeUpstream::start("w").await;
+    let tollgate = Tollgate::start(BIN).await;
+    world(&tollgate, &upstream, json!({}), json!({})).await;
+    let path = "/weather/forecast/gent";
+    let (ok, key, stderr) = cli(
+        &tollgate,
+        &[
+            "keys",
+            "create",
+            "--app",
+            "acme-web",
+            "--name",
+            "cli",
+            "--scope",
+            "weather:read",
+        ],
+    );
+    assert!(ok, "{stderr}");
+    assert!(key.starts_with("tg_live_"), "only the key on stdout: {key}");
+    assert!(stderr.contains("shown once"));
+    wait_status(&tollgate, path, &key, 200).await;
+    let (ok, listed, _) = cli(&tollgate, &["keys", "list", "--app", "acme-web"]);
+    assert!(ok);
+    let line = listed
+        .lines()
+        .find(|l| l.ends_with("\tcli"))
+        .unwrap_or_else(|| panic!("{listed}"));
+    assert!(line.contains("\tactive\t"), "{line}");
+    assert!(line.contains(&key[..12]), "the prefix is listed: {line}");
+    let id = line.split('\t').next().unwrap();
+    let (ok, _, stderr) = cli(&tollgate, &["keys", "revoke", "--app", "acme-web", id]);
+    assert!(ok, "{stderr}");
+    refused_with(&tollgate, path, &key, 401, "key_revoked").await;
+    // Refusals of the admin API reach the terminal, naming the field.
+    let (ok, _, stderr) = cli(
+        &tollgate,
+        &[
+            "keys",
+            "create",
+            "--app",
+            "acme-web",
+            "--scope",
+            "Not A Scope",
+        ],
+    );
+    assert!(!ok);
+    assert!(stderr.contains("scopes[0]"), "{stderr}");
 }
