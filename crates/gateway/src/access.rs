@@ -93,13 +93,14 @@ impl AppRt {
     }
 }
 
+/// One key in the index; kept small, as there may be millions.
 #[derive(Debug)]
 pub struct KeyRt {
-    pub id: String,
-    pub prefix: String,
+    pub id: Box<str>,
+    pub prefix: Box<str>,
     pub app: Arc<AppRt>,
     /// (service slug, read only); empty: every subscribed service.
-    pub scopes: Vec<(String, bool)>,
+    pub scopes: Box<[(Box<str>, bool)]>,
     pub expires_at_ms: Option<i64>,
     pub revoked: bool,
 }
@@ -116,7 +117,7 @@ impl KeyRt {
         );
         self.scopes
             .iter()
-            .any(|(scope, read_only)| scope == service && (!read_only || reading))
+            .any(|(scope, read_only)| &**scope == service && (!read_only || reading))
     }
 }
 
@@ -244,13 +245,13 @@ pub fn compile(
         let scopes = key
             .scopes
             .iter()
-            .filter_map(|text| Scope::parse(text).map(|s| (s.service.to_owned(), s.read_only)))
+            .filter_map(|text| Scope::parse(text).map(|s| (Box::from(s.service), s.read_only)))
             .collect();
         index.keys.insert(
             digest,
             KeyRt {
-                id: key.id.clone(),
-                prefix: key.prefix.clone(),
+                id: key.id.as_str().into(),
+                prefix: key.prefix.as_str().into(),
                 app: app.clone(),
                 scopes,
                 expires_at_ms: key.expires_at_ms,

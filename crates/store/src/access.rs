@@ -140,6 +140,39 @@ fn key_from(row: &AnyRow) -> Result<ApiKey> {
     })
 }
 
+/// A key as the gateway needs it, from the packed column of `load_access`
+/// (`name` and `created_at_ms` are left out).
+fn packed_key(packed: &str) -> Result<ApiKey> {
+    let corrupt = || StoreError::Corrupt(format!("api key row '{packed}'"));
+    let mut parts = packed.splitn(7, '|');
+    let mut next = || parts.next().ok_or_else(corrupt);
+    let (id, app_id, prefix, hash) = (next()?, next()?, next()?, next()?);
+    let time = |text: &str| -> Result<Option<i64>> {
+        if text.is_empty() {
+            Ok(None)
+        } else {
+            text.parse().map(Some).map_err(|_| corrupt())
+        }
+    };
+    let expires_at_ms = time(next()?)?;
+    let revoked_at_ms = time(next()?)?;
+    let scopes = match next()? {
+        "[]" => Vec::new(),
+        json => from_json(json, "key scopes")?,
+    };
+    Ok(ApiKey {
+        id: id.to_owned(),
+        app_id: app_id.to_owned(),
+        name: None,
+        prefix: prefix.to_owned(),
+        scopes,
+        expires_at_ms,
+        revoked_at_ms,
+        created_at_ms: 0,
+        hash: hash.to_owned(),
+    })
+}
+
 fn plan_from(row: &AnyRow) -> Result<Plan> {
     let mut spec: PlanSpec = from_json(&text(row, "spec")?, "plan spec")?;
     spec.slug = text(row, "slug")?;
@@ -631,6 +664,10 @@ impl Store {
             (false, None) => "failed",
         };
         let now = domain::now_ms();
+        // Through a write transaction like every write: on SQLite it takes
+        // the write lock, so it cannot invalidate an admin transaction's
+        // snapshot between its reads and its writes (SQLITE_BUSY_SNAPSHOT).
+        let mut tx = self.begin().await?;
         sqlx::query(
             "UPDATE webhook_deliveries SET state = $2, attempts = attempts + 1, last_status = $3, \
              last_error = $4, next_attempt_at_ms = $5, delivered_at_ms = $6 WHERE id = $1",
@@ -641,8 +678,9 @@ impl Store {
         .bind(error)
         .bind(next_attempt_at_ms.unwrap_or(now))
         .bind(delivered.then_some(now))
-        .execute(&self.pool)
+        .execute(&mut *tx.tx)
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -1155,35 +1193,180 @@ impl WriteTx {
     }
 }
 
+// Bulk reads for the gateway. sqlx hands rows over one at a time (SQLite's
+// driver across a thread), which made a row per key take over a second for
+// 100,000 keys. So the bulk reads pack each object into one text, and many
+// texts into one row: `group_concat` (SQLite) or `string_agg` (PostgreSQL)
+// joined by newlines, grouped into 256 buckets. No packed field holds a
+// newline (JSON is written without raw newlines; free text has its
+// newlines replaced) and only the last field of each may hold '|'.
+
+/// Every key as one text, with its bucket.
+macro_rules! packed_keys {
+    () => {
+        "SELECT id || '|' || app_id || '|' || prefix || '|' || hash || '|' || \
+         COALESCE(CAST(expires_at_ms AS TEXT), '') || '|' || \
+         COALESCE(CAST(revoked_at_ms AS TEXT), '') || '|' || scopes AS packed, \
+         substr(hash, 1, 2) AS bucket FROM api_keys"
+    };
+}
+
+/// Every app as one text (spec last), with its bucket.
+macro_rules! packed_apps {
+    () => {
+        "SELECT id || '|' || slug || '|' || team || '|' || \
+         CAST(created_at_ms AS TEXT) || '|' || CAST(updated_at_ms AS TEXT) || '|' || spec AS packed, \
+         substr(id, 35, 2) AS bucket FROM apps"
+    };
+}
+
+/// Every subscription as one text (the reason last, `$newline` replaced).
+macro_rules! packed_subscriptions {
+    ($newline:literal) => {
+        concat!(
+            "SELECT x.id || '|' || x.app_id || '|' || x.service_id || '|' || x.plan_id || '|' || ",
+            "x.status || '|' || x.consumer_team || '|' || COALESCE(x.provider_team, '') || '|' || ",
+            "CAST(x.created_at_ms AS TEXT) || '|' || CAST(x.updated_at_ms AS TEXT) || '|' || ",
+            "a.slug || '|' || s.slug || '|' || p.slug || '|' || ",
+            "replace(COALESCE(x.reason, ''), ",
+            $newline,
+            ", ' ') AS packed, substr(x.id, 35, 2) AS bucket ",
+            "FROM subscriptions x JOIN apps a ON a.id = x.app_id ",
+            "JOIN services s ON s.id = x.service_id JOIN plans p ON p.id = x.plan_id"
+        )
+    };
+}
+
+/// The bucketed query over `$packed` for each backend.
+macro_rules! bucketed {
+    (sqlite, $packed:expr) => {
+        concat!(
+            "SELECT group_concat(packed, char(10)) AS packed FROM (",
+            $packed,
+            ") GROUP BY bucket"
+        )
+    };
+    (postgres, $packed:expr) => {
+        concat!(
+            "SELECT string_agg(packed, chr(10)) AS packed FROM (",
+            $packed,
+            ") AS t GROUP BY bucket"
+        )
+    };
+}
+
+/// Runs a bucketed query and parses each packed line with `parse`.
+async fn unpack<T>(
+    tx: &mut sqlx::Transaction<'static, Any>,
+    sql: &'static str,
+    parse: impl Fn(&str) -> Result<T>,
+) -> Result<Vec<T>> {
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .fetch_all(&mut **tx)
+        .await?;
+    let mut items = Vec::new();
+    for row in rows {
+        if let Some(text) = opt_text(&row, "packed")? {
+            for line in text.lines() {
+                items.push(parse(line)?);
+            }
+        }
+    }
+    Ok(items)
+}
+
+fn corrupt(what: &str, packed: &str) -> StoreError {
+    StoreError::Corrupt(format!("{what} row '{packed}'"))
+}
+
+fn packed_app(packed: &str) -> Result<App> {
+    let mut parts = packed.splitn(6, '|');
+    let mut next = || parts.next().ok_or_else(|| corrupt("app", packed));
+    let (id, slug, team) = (next()?, next()?, next()?);
+    let created_at_ms = next()?.parse().map_err(|_| corrupt("app", packed))?;
+    let updated_at_ms = next()?.parse().map_err(|_| corrupt("app", packed))?;
+    let mut spec: AppSpec = from_json(next()?, "app spec")?;
+    spec.slug = slug.to_owned();
+    spec.team = Some(team.to_owned());
+    Ok(App {
+        id: id.to_owned(),
+        spec,
+        created_at_ms,
+        updated_at_ms,
+    })
+}
+
+fn packed_subscription(packed: &str) -> Result<Subscription> {
+    let fields: Vec<&str> = packed.splitn(13, '|').collect();
+    let [
+        id,
+        app_id,
+        service_id,
+        plan_id,
+        status,
+        consumer,
+        provider,
+        created,
+        updated,
+        app,
+        service,
+        plan,
+        reason,
+    ] = fields[..]
+    else {
+        return Err(corrupt("subscription", packed));
+    };
+    let number = |text: &str| {
+        text.parse::<i64>()
+            .map_err(|_| corrupt("subscription", packed))
+    };
+    let optional = |text: &str| (!text.is_empty()).then(|| text.to_owned());
+    Ok(Subscription {
+        id: id.to_owned(),
+        app: app.to_owned(),
+        app_id: app_id.to_owned(),
+        service: service.to_owned(),
+        service_id: service_id.to_owned(),
+        plan: plan.to_owned(),
+        plan_id: plan_id.to_owned(),
+        status: SubscriptionStatus::parse(status).ok_or_else(|| corrupt("subscription", packed))?,
+        reason: optional(reason),
+        consumer_team: consumer.to_owned(),
+        provider_team: optional(provider),
+        created_at_ms: number(created)?,
+        updated_at_ms: number(updated)?,
+    })
+}
+
 /// The access objects the gateway compiles: apps, keys, plans and
 /// subscriptions (every one: the gateway answers a rejected or cancelled
 /// subscription with its own code).
 pub(crate) async fn load_access(
     tx: &mut sqlx::Transaction<'static, Any>,
+    backend: crate::Backend,
 ) -> Result<(Vec<App>, Vec<ApiKey>, Vec<Plan>, Vec<Subscription>)> {
-    let apps = sqlx::query("SELECT * FROM apps ORDER BY id")
-        .fetch_all(&mut **tx)
-        .await?
-        .iter()
-        .map(app_from)
-        .collect::<Result<Vec<_>>>()?;
-    let keys = sqlx::query("SELECT * FROM api_keys ORDER BY id")
-        .fetch_all(&mut **tx)
-        .await?
-        .iter()
-        .map(key_from)
-        .collect::<Result<Vec<_>>>()?;
+    let (apps_sql, keys_sql, subscriptions_sql) = match backend {
+        crate::Backend::Sqlite => (
+            bucketed!(sqlite, packed_apps!()),
+            bucketed!(sqlite, packed_keys!()),
+            bucketed!(sqlite, packed_subscriptions!("char(10)")),
+        ),
+        crate::Backend::Postgres => (
+            bucketed!(postgres, packed_apps!()),
+            bucketed!(postgres, packed_keys!()),
+            bucketed!(postgres, packed_subscriptions!("chr(10)")),
+        ),
+    };
+    let mut apps = unpack(tx, apps_sql, packed_app).await?;
+    apps.sort_by(|a, b| a.id.cmp(&b.id));
+    let keys = unpack(tx, keys_sql, packed_key).await?;
     let plans = sqlx::query("SELECT * FROM plans ORDER BY id")
         .fetch_all(&mut **tx)
         .await?
         .iter()
         .map(plan_from)
         .collect::<Result<Vec<_>>>()?;
-    let subscriptions = sqlx::query(select_subscriptions!("ORDER BY x.id"))
-        .fetch_all(&mut **tx)
-        .await?
-        .iter()
-        .map(subscription_from)
-        .collect::<Result<Vec<_>>>()?;
+    let mut subscriptions = unpack(tx, subscriptions_sql, packed_subscription).await?;
+    subscriptions.sort_by(|a, b| a.id.cmp(&b.id));
     Ok((apps, keys, plans, subscriptions))
 }

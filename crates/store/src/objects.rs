@@ -27,6 +27,7 @@ pub struct ConfigData {
     pub services: Vec<Service>,
     pub routes: Vec<Route>,
     pub apps: Vec<App>,
+    /// Without `name` and `created_at_ms` (the gateway does not use them).
     pub keys: Vec<ApiKey>,
     pub plans: Vec<Plan>,
     /// Every subscription, closed ones too (a refusal says why).
@@ -354,7 +355,7 @@ impl Store {
             .iter()
             .map(route_from)
             .collect::<Result<Vec<_>>>()?;
-        let access = crate::access::load_access(&mut tx).await?;
+        let access = crate::access::load_access(&mut tx, self.backend).await?;
         tx.commit().await?;
         Ok(ConfigData {
             version,

@@ -132,7 +132,9 @@ async fn reload(
     if version == gateway.version() || Some(version) == *rejected {
         return Ok(());
     }
+    let started = Instant::now();
     let data = store.load_all().await?;
+    let load_ms = started.elapsed().as_millis() as u64;
     let config = gateway::Config {
         version: data.version,
         upstreams: &data.upstreams,
@@ -144,7 +146,13 @@ async fn reload(
         subscriptions: &data.subscriptions,
     };
     match gateway.apply(&config) {
-        Ok(()) => tracing::info!(version = data.version, "configuration loaded"),
+        Ok(()) => tracing::info!(
+            version = data.version,
+            keys = data.keys.len(),
+            load_ms,
+            compile_ms = started.elapsed().as_millis() as u64 - load_ms,
+            "configuration loaded"
+        ),
         Err(error) => {
             tracing::error!(%error, version = data.version, "configuration rejected; still serving the previous one")
         }

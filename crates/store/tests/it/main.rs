@@ -183,8 +183,10 @@ async fn exercise_access(store: &Store, service: &Service) {
     let (acme, other) = (team("acme"), team("other"));
     let app: App = App {
         id: domain::id::new_id(),
-        spec: serde_json::from_value(serde_json::json!({"slug": "acme-web", "team": "acme"}))
-            .unwrap(),
+        spec: serde_json::from_value(
+            serde_json::json!({"slug": "acme-web", "team": "acme", "description": "a|b\nc"}),
+        )
+        .unwrap(),
         created_at_ms: 1,
         updated_at_ms: 1,
     };
@@ -201,8 +203,8 @@ async fn exercise_access(store: &Store, service: &Service) {
         name: None,
         prefix: "tg_live_abcd".into(),
         scopes: vec!["weather:read".into()],
-        expires_at_ms: None,
-        revoked_at_ms: None,
+        expires_at_ms: Some(4_102_444_800_000),
+        revoked_at_ms: Some(7),
         created_at_ms: 1,
         hash: "ab".repeat(32),
     };
@@ -215,7 +217,7 @@ async fn exercise_access(store: &Store, service: &Service) {
         plan: String::new(),
         plan_id: plan.id.clone(),
         status: SubscriptionStatus::Pending,
-        reason: None,
+        reason: Some("needs|review\nsoon".into()),
         consumer_team: "acme".into(),
         provider_team: Some("other".into()),
         created_at_ms: 1,
@@ -234,6 +236,17 @@ async fn exercise_access(store: &Store, service: &Service) {
     assert_eq!(data.keys.len(), 1);
     assert_eq!(data.keys[0].hash, key.hash, "the gateway gets the digest");
     assert_eq!(data.keys[0].scopes, key.scopes);
+    assert_eq!(
+        (data.keys[0].expires_at_ms, data.keys[0].revoked_at_ms),
+        (key.expires_at_ms, key.revoked_at_ms)
+    );
+    // Bulk reads pack fields into text: '|' and newlines survive (or, in a
+    // reason, become spaces).
+    assert_eq!(data.apps[0], app, "the app round-trips");
+    assert_eq!(
+        data.subscriptions[0].reason.as_deref(),
+        Some("needs|review soon")
+    );
     let loaded = &data.subscriptions[0];
     assert_eq!(
         (

@@ -478,7 +478,10 @@ async fn subscription_states_take_effect_without_restart_and_notify_both_teams()
             Some(json!({"app": "acme-mobile", "service": "weather", "plan": "gold"})),
         )
         .await;
-    let again_id = again["id"].as_str().unwrap().to_owned();
+    let again_id = again["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{again}"))
+        .to_owned();
     action(&tollgate, &provider, &again_id, "reject", Some("not a fit")).await;
     let body = refused_with(&tollgate, path, &key, 403, "subscription_rejected").await;
     assert!(body["detail"].as_str().unwrap().contains("not a fit"));
@@ -604,6 +607,8 @@ async fn scopes_ip_rules_and_tenant_checks() {
 
     let read_only = new_key(&tollgate, "acme-web", json!({"scopes": ["weather:read"]})).await;
     let elsewhere = new_key(&tollgate, "acme-web", json!({"scopes": ["maps"]})).await;
+    // `elsewhere` was created last: once it is known, so is `read_only`.
+    refused_with(&tollgate, path, &elsewhere, 403, "scope_denied").await;
     wait_status(&tollgate, path, &read_only, 200).await;
     let post = |key: String| {
         tollgate
@@ -657,7 +662,14 @@ async fn scopes_ip_rules_and_tenant_checks() {
             Some(json!({"ip": {"deny": ["203.0.113.9/32"]}})),
         )
         .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    while from("203.0.113.9").await.unwrap().status() != 403 {
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "deny-list not applied"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let body = problem(from("203.0.113.9").await.unwrap(), 403, "ip_denied").await;
     assert!(body["detail"].as_str().unwrap().contains("203.0.113.9"));
     assert_eq!(from("203.0.113.10").await.unwrap().status(), 200);
@@ -671,7 +683,14 @@ async fn scopes_ip_rules_and_tenant_checks() {
             Some(json!({"visibility": "team", "ip": null})),
         )
         .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    while from("203.0.113.10").await.unwrap().status() != 403 {
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "visibility not applied"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     problem(from("203.0.113.10").await.unwrap(), 403, "tenant_denied").await;
 }
 
@@ -801,7 +820,7 @@ async fn concurrent_requests_are_bounded() {
             json!({"methods": ["GET"], "path": "/delay/{ms}", "strip_prefix": true}),
         )
         .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_status(&tollgate, "/weather/delay/1", &world.key, 200).await;
     let mut tasks = Vec::new();
     for _ in 0..5 {
         let client = tollgate.client.clone();

@@ -183,7 +183,16 @@ async fn jwts_from_trusted_issuers_authenticate_apps() {
         .create("/api/v1/apps", json!({"slug": "other", "team": "acme"}))
         .await;
     let other_key = tollgate.create("/api/v1/apps/other/keys", json!({})).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    while tollgate
+        .get_with_key(PATH, other_key["key"].as_str().unwrap())
+        .await
+        .status()
+        != 403
+    {
+        assert!(started.elapsed() < Duration::from_secs(1), "key not loaded");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let response = tollgate
         .client
         .get(format!("{}{PATH}", tollgate.gateway_url))
