@@ -50,7 +50,8 @@ pub fn random_secret(length: usize) -> String {
 /// The console session cookie.
 pub const SESSION_COOKIE: &str = "tollgate_session";
 
-fn session_cookie(headers: &axum::http::HeaderMap) -> Option<&str> {
+/// The session cookie's value, if the request carries one.
+pub fn session_cookie(headers: &axum::http::HeaderMap) -> Option<&str> {
     headers
         .get_all(header::COOKIE)
         .iter()

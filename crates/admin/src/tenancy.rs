@@ -230,6 +230,43 @@ async fn keep_an_owner(tx: &mut WriteTx, team: &Team, owners_before: i64) -> Res
     Ok(())
 }
 
+/// Gives `user` the role `role` in `team` (`before`: their role until
+/// now), keeping the owner rules, and audits it.
+async fn set_role(
+    tx: &mut WriteTx,
+    caller: &Caller,
+    team: &Team,
+    user: &User,
+    before: Option<Role>,
+    role: Role,
+) -> Result<Membership, ApiError> {
+    let owners_before = tx.owner_count(&team.id).await?;
+    check_owner_change(caller, team, before, Some(role))?;
+    tx.put_membership(&team.id, &user.id, role).await?;
+    keep_an_owner(tx, team, owners_before).await?;
+    let membership = Membership {
+        team: team.spec.slug.clone(),
+        user_id: user.id.clone(),
+        email: user.email.clone(),
+        role,
+        created_at_ms: now_ms(),
+    };
+    let record = Audit {
+        action: if before.is_some() {
+            "member.update"
+        } else {
+            "member.add"
+        },
+        kind: "membership",
+        id: &user.id,
+        team: Some(&team.spec.slug),
+        other_team: None,
+    };
+    let before = before.map(|role| serde_json::json!({"role": role}));
+    audit(tx, caller, record, before.as_ref(), Some(&membership)).await?;
+    Ok(membership)
+}
+
 /// Add a member (or change the role of an existing one).
 #[utoipa::path(post, path = "/api/v1/teams/{team}/members", tag = "teams", request_body = MemberSpec,
     params(("team" = String, Path)), responses((status = 201, body = Membership)))]
@@ -246,34 +283,7 @@ pub async fn add_member(
         .await?
         .ok_or_else(|| ApiError::field("user", format!("no user '{}' exists", spec.user)))?;
     let before = tx.member_role(&team.id, &user.id).await?;
-    let owners_before = tx.owner_count(&team.id).await?;
-    check_owner_change(&caller, &team, before, Some(spec.role))?;
-    tx.put_membership(&team.id, &user.id, spec.role).await?;
-    keep_an_owner(&mut tx, &team, owners_before).await?;
-    let membership = Membership {
-        team: team.spec.slug.clone(),
-        user_id: user.id.clone(),
-        email: user.email.clone(),
-        role: spec.role,
-        created_at_ms: now_ms(),
-    };
-    let record = Audit {
-        action: "member.put",
-        kind: "membership",
-        id: &user.id,
-        team: Some(&team.spec.slug),
-        other_team: None,
-    };
-    audit(
-        &mut tx,
-        &caller,
-        record,
-        before
-            .map(|role| serde_json::json!({"role": role}))
-            .as_ref(),
-        Some(&membership),
-    )
-    .await?;
+    let membership = set_role(&mut tx, &caller, &team, &user, before, spec.role).await?;
     commit(&state, tx).await?;
     Ok(created(
         &membership,
@@ -299,32 +309,7 @@ pub async fn change_member(
     let Some(before) = tx.member_role(&team.id, &user.id).await? else {
         return Err(ApiError::not_found("member", &user_key));
     };
-    let owners_before = tx.owner_count(&team.id).await?;
-    check_owner_change(&caller, &team, Some(before), Some(change.role))?;
-    tx.put_membership(&team.id, &user.id, change.role).await?;
-    keep_an_owner(&mut tx, &team, owners_before).await?;
-    let membership = Membership {
-        team: team.spec.slug.clone(),
-        user_id: user.id.clone(),
-        email: user.email.clone(),
-        role: change.role,
-        created_at_ms: now_ms(),
-    };
-    let record = Audit {
-        action: "member.update",
-        kind: "membership",
-        id: &user.id,
-        team: Some(&team.spec.slug),
-        other_team: None,
-    };
-    audit(
-        &mut tx,
-        &caller,
-        record,
-        Some(&serde_json::json!({"role": before})),
-        Some(&membership),
-    )
-    .await?;
+    let membership = set_role(&mut tx, &caller, &team, &user, Some(before), change.role).await?;
     commit(&state, tx).await?;
     Ok(ok(&membership))
 }
@@ -791,15 +776,7 @@ pub async fn logout(
     State(state): State<AdminState>,
     request: axum::extract::Request,
 ) -> Result<Response, ApiError> {
-    let cookie = request
-        .headers()
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == SESSION_COOKIE)
-        .map(|(_, value)| value.to_owned());
+    let cookie = crate::auth::session_cookie(request.headers()).map(str::to_owned);
     if let Some(cookie) = cookie {
         let mut tx = state.store.begin().await?;
         tx.delete_session(&token_digest(&cookie)).await?;
