@@ -122,12 +122,22 @@ impl KeyRt {
 }
 
 /// The access part of a snapshot.
-#[derive(Debug, Default)]
+#[derive(Default, Clone)]
 pub struct AccessIndex {
-    pub keys: HashMap<Digest, KeyRt, BuildHasherDefault<DigestHasher>>,
+    pub keys: HashMap<Digest, Arc<KeyRt>, BuildHasherDefault<DigestHasher>>,
     /// (JWT issuer, subject) → the app that claims that identity.
     pub jwt_apps: HashMap<(String, String), Arc<AppRt>>,
-    pub apps: usize,
+    /// App id → app, for keys added without a full reload.
+    pub apps: HashMap<String, Arc<AppRt>>,
+}
+
+impl std::fmt::Debug for AccessIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccessIndex")
+            .field("keys", &self.keys.len())
+            .field("apps", &self.apps.len())
+            .finish()
+    }
 }
 
 impl std::fmt::Debug for DigestHasher {
@@ -234,32 +244,60 @@ pub fn compile(
     let mut index = AccessIndex {
         keys: HashMap::with_capacity_and_hasher(keys.len(), BuildHasherDefault::default()),
         jwt_apps,
-        apps: app_index.len(),
+        apps: app_index
+            .into_iter()
+            .map(|(id, app)| (id.to_owned(), app))
+            .collect(),
     };
     for key in keys {
-        let (Some(app), Some(digest)) =
-            (app_index.get(key.app_id.as_str()), decode_digest(&key.hash))
+        index.put_key(key);
+    }
+    Ok(index)
+}
+
+impl AccessIndex {
+    /// Adds or replaces a key (a key of an unknown app is skipped: the
+    /// app was deleted, and the full reload that follows drops it).
+    fn put_key(&mut self, key: &ApiKey) {
+        let (Some(app), Some(digest)) = (self.apps.get(&key.app_id), decode_digest(&key.hash))
         else {
-            continue;
+            return;
         };
         let scopes = key
             .scopes
             .iter()
             .filter_map(|text| Scope::parse(text).map(|s| (Box::from(s.service), s.read_only)))
             .collect();
-        index.keys.insert(
-            digest,
-            KeyRt {
-                id: key.id.as_str().into(),
-                prefix: key.prefix.as_str().into(),
-                app: app.clone(),
-                scopes,
-                expires_at_ms: key.expires_at_ms,
-                revoked: key.revoked_at_ms.is_some(),
-            },
-        );
+        let compiled = KeyRt {
+            id: key.id.as_str().into(),
+            prefix: key.prefix.as_str().into(),
+            app: app.clone(),
+            scopes,
+            expires_at_ms: key.expires_at_ms,
+            revoked: key.revoked_at_ms.is_some(),
+        };
+        self.keys.insert(digest, Arc::new(compiled));
     }
-    Ok(index)
+
+    /// A copy with `changed` keys applied: `current` are the changed keys
+    /// that still exist; changed ids missing from it were deleted.
+    pub fn with_key_changes(&self, changed: &[String], current: &[ApiKey]) -> AccessIndex {
+        let mut next = self.clone();
+        let existing: std::collections::HashSet<&str> =
+            current.iter().map(|k| k.id.as_str()).collect();
+        let deleted: Vec<&String> = changed
+            .iter()
+            .filter(|id| !existing.contains(id.as_str()))
+            .collect();
+        if !deleted.is_empty() {
+            next.keys
+                .retain(|_, key| !deleted.iter().any(|id| id.as_str() == &*key.id));
+        }
+        for key in current {
+            next.put_key(key);
+        }
+        next
+    }
 }
 
 /// The SHA-256 of a presented key.

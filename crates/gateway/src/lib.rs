@@ -170,6 +170,28 @@ impl Gateway {
         Ok(())
     }
 
+    /// Applies API key changes (created, revoked or deleted keys, by id)
+    /// to the served snapshot without recompiling the rest; `current` are
+    /// those keys as stored now. `version` is the configuration version
+    /// this brings the gateway to.
+    pub fn apply_key_changes(
+        &self,
+        version: i64,
+        changed: &[String],
+        current: &[domain::access::ApiKey],
+    ) {
+        let old = self.shared.snapshot.load_full();
+        let next = snapshot::Snapshot {
+            version,
+            router: old.router.clone(),
+            routes: old.routes.clone(),
+            upstreams: old.upstreams.clone(),
+            access: old.access.with_key_changes(changed, current),
+        };
+        self.shared.snapshot.store(Arc::new(next));
+        self.shared.generation.fetch_add(1, Ordering::Release);
+    }
+
     /// The JWKS URLs the served services name.
     pub fn jwks_urls(&self) -> Vec<String> {
         let snapshot = self.shared.snapshot.load();

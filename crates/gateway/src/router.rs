@@ -55,7 +55,7 @@ pub fn allow_header(mask: MethodMask) -> String {
         .join(", ")
 }
 
-#[derive(Default, Debug)]
+#[derive(Default, Debug, Clone)]
 struct Node {
     literal: HashMap<Box<str>, Node>,
     param: Option<Box<Node>>,
@@ -126,7 +126,7 @@ impl RouterBuilder {
     }
 }
 
-#[derive(Default, Debug)]
+#[derive(Default, Debug, Clone)]
 pub struct Router {
     any_host: Node,
     hosts: HashMap<String, Node>,

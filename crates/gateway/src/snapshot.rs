@@ -158,7 +158,7 @@ pub struct ServiceRt {
     pub upstream: Option<Arc<UpstreamRt>>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct RouteRt {
     pub id: String,
     /// The full public pattern, for logs and messages.

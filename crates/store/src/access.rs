@@ -988,7 +988,7 @@ impl WriteTx {
     }
 
     pub async fn insert_key(&mut self, key: &ApiKey) -> Result<()> {
-        self.changed_config = true;
+        self.changed_keys.push(key.id.clone());
         sqlx::query(
             "INSERT INTO api_keys (id, app_id, name, prefix, hash, scopes, expires_at_ms, revoked_at_ms, created_at_ms) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
@@ -1009,7 +1009,7 @@ impl WriteTx {
     }
 
     pub async fn revoke_key(&mut self, id: &str, at_ms: i64) -> Result<()> {
-        self.changed_config = true;
+        self.changed_keys.push(id.to_owned());
         sqlx::query(
             "UPDATE api_keys SET revoked_at_ms = $2 WHERE id = $1 AND revoked_at_ms IS NULL",
         )
@@ -1021,7 +1021,7 @@ impl WriteTx {
     }
 
     pub async fn delete_key(&mut self, id: &str) -> Result<()> {
-        self.changed_config = true;
+        self.changed_keys.push(id.to_owned());
         sqlx::query("DELETE FROM api_keys WHERE id = $1")
             .bind(id)
             .execute(&mut *self.tx)
@@ -1369,4 +1369,22 @@ pub(crate) async fn load_access(
     let mut subscriptions = unpack(tx, subscriptions_sql, packed_subscription).await?;
     subscriptions.sort_by(|a, b| a.id.cmp(&b.id));
     Ok((apps, keys, plans, subscriptions))
+}
+
+impl Store {
+    /// The keys with these ids that still exist (as `load_all` returns
+    /// them), for applying key changes.
+    pub async fn keys_by_id(&self, ids: &[String]) -> Result<Vec<ApiKey>> {
+        let mut keys = Vec::with_capacity(ids.len());
+        for id in ids {
+            let row = sqlx::query(concat!(packed_keys!(), " WHERE id = $1"))
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+            if let Some(row) = row {
+                keys.push(packed_key(&text(&row, "packed")?)?);
+            }
+        }
+        Ok(keys)
+    }
 }

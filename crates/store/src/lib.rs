@@ -134,6 +134,37 @@ impl Store {
         Ok(())
     }
 
+    /// What changed after version `since` up to version `until`: only API
+    /// keys (their ids), or more (reload everything). Full when the record
+    /// misses a version (pruned, or written before changes were recorded).
+    pub async fn changes(&self, since: i64, until: i64) -> Result<Changes> {
+        if until <= since || until - since > 1000 {
+            return Ok(Changes::Full);
+        }
+        let rows = sqlx::query(
+            "SELECT version, kind, object_id FROM config_changes WHERE version > $1 AND version <= $2",
+        )
+        .bind(since)
+        .bind(until)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut versions = std::collections::BTreeSet::new();
+        let mut keys = Vec::new();
+        for row in &rows {
+            versions.insert(row.try_get::<i64, _>("version")?);
+            if row.try_get::<String, _>("kind")? != "key" {
+                return Ok(Changes::Full);
+            }
+            keys.push(row.try_get::<String, _>("object_id")?);
+        }
+        if i64::try_from(versions.len()).unwrap_or(0) != until - since {
+            return Ok(Changes::Full);
+        }
+        keys.sort();
+        keys.dedup();
+        Ok(Changes::Keys(keys))
+    }
+
     /// The configuration version: bumped by every committed write.
     pub async fn config_version(&self) -> Result<i64> {
         let row = sqlx::query("SELECT version FROM config_state WHERE id = 1")
@@ -164,6 +195,7 @@ impl Store {
             tx,
             _guard: guard,
             changed_config: false,
+            changed_keys: Vec::new(),
         })
     }
 
@@ -176,7 +208,23 @@ impl Store {
 pub struct WriteTx {
     tx: sqlx::Transaction<'static, sqlx::Any>,
     _guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+    /// Something the gateway serves changed (other than API keys alone).
     changed_config: bool,
+    /// Ids of API keys created, revoked or deleted.
+    changed_keys: Vec<String>,
+}
+
+/// How many versions of change records are kept; a node further behind
+/// reloads everything.
+const CHANGES_KEPT: i64 = 10_000;
+
+/// What changed between two configuration versions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Changes {
+    /// Only these API keys (ids) changed.
+    Keys(Vec<String>),
+    /// Something else changed, or the record is incomplete: reload all.
+    Full,
 }
 
 impl WriteTx {
@@ -193,10 +241,38 @@ impl WriteTx {
     }
 
     /// Commits; when configuration changed, bumps the configuration version
-    /// in the same transaction.
+    /// in the same transaction and records what the version changed. The
+    /// version row stays locked until the commit, so versions are assigned
+    /// in commit order on PostgreSQL too.
     pub async fn commit(mut self) -> Result<()> {
-        if self.changed_config {
-            sqlx::query("UPDATE config_state SET version = version + 1 WHERE id = 1")
+        if self.changed_config || !self.changed_keys.is_empty() {
+            let row = sqlx::query(
+                "UPDATE config_state SET version = version + 1 WHERE id = 1 RETURNING version",
+            )
+            .fetch_one(&mut *self.tx)
+            .await?;
+            let version = row.try_get::<i64, _>(0)?;
+            let full = self.changed_config;
+            let records: Vec<(&str, &str)> = if full {
+                vec![("full", "")]
+            } else {
+                self.changed_keys
+                    .iter()
+                    .map(|id| ("key", id.as_str()))
+                    .collect()
+            };
+            for (kind, object_id) in records {
+                sqlx::query(
+                    "INSERT INTO config_changes (version, kind, object_id) VALUES ($1, $2, $3)",
+                )
+                .bind(version)
+                .bind(kind)
+                .bind(object_id)
+                .execute(&mut *self.tx)
+                .await?;
+            }
+            sqlx::query("DELETE FROM config_changes WHERE version < $1")
+                .bind(version - CHANGES_KEPT)
                 .execute(&mut *self.tx)
                 .await?;
         }

@@ -129,7 +129,25 @@ async fn reload(
     rejected: &mut Option<i64>,
 ) -> Result<(), store::StoreError> {
     let version = store.config_version().await?;
-    if version == gateway.version() || Some(version) == *rejected {
+    let served = gateway.version();
+    if version == served || Some(version) == *rejected {
+        return Ok(());
+    }
+    // Only API keys changed (a key created or revoked): patch the served
+    // snapshot instead of reloading everything.
+    if served > 0
+        && rejected.is_none()
+        && let store::Changes::Keys(ids) = store.changes(served, version).await?
+    {
+        let started = Instant::now();
+        let current = store.keys_by_id(&ids).await?;
+        gateway.apply_key_changes(version, &ids, &current);
+        tracing::info!(
+            version,
+            keys_changed = ids.len(),
+            ms = started.elapsed().as_millis() as u64,
+            "key changes applied"
+        );
         return Ok(());
     }
     let started = Instant::now();

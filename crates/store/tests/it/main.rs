@@ -283,6 +283,36 @@ async fn exercise_access(store: &Store, service: &Service) {
         .unwrap();
     assert!(stranger.items.is_empty());
 
+    // Key-only changes are recorded as such; anything else means reload all.
+    let before_key = store.config_version().await.unwrap();
+    let mut tx = store.begin().await.unwrap();
+    tx.revoke_key(&key.id, 9).await.unwrap();
+    tx.commit().await.unwrap();
+    let after_key = store.config_version().await.unwrap();
+    assert_eq!(after_key, before_key + 1);
+    assert_eq!(
+        store.changes(before_key, after_key).await.unwrap(),
+        store::Changes::Keys(vec![key.id.clone()])
+    );
+    assert_eq!(
+        store.changes(before_key - 1, after_key).await.unwrap(),
+        store::Changes::Full,
+        "the version before was a full change"
+    );
+    assert_eq!(
+        store.changes(0, after_key).await.unwrap(),
+        store::Changes::Full,
+        "versions before change records existed"
+    );
+    assert_eq!(
+        store
+            .keys_by_id(std::slice::from_ref(&key.id))
+            .await
+            .unwrap()[0]
+            .revoked_at_ms,
+        Some(7)
+    );
+
     // A plan in use cannot be deleted.
     let mut tx = store.begin().await.unwrap();
     let err = tx.delete_plan(&plan.id).await.unwrap_err();

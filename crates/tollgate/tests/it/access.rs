@@ -277,6 +277,10 @@ async fn every_credential_refusal_has_its_code() {
     let body = problem(tollgate.get_with_key(path, &temp).await, 401, "key_revoked").await;
     assert!(body["detail"].as_str().unwrap().contains("tg_live_"));
     println!("revocation reached the gateway in {took:?}");
+    assert!(
+        tollgate.log().contains("key changes applied"),
+        "a key change patches the snapshot instead of reloading it all"
+    );
 
     // Expiry.
     let soon = time_in(Duration::from_millis(1500));
