@@ -1677,3 +1677,109 @@ async fn the_keys_command_creates_lists_and_revokes() {
     assert!(!ok);
     assert!(stderr.contains("scopes[0]"), "{stderr}");
 }
+
+/// The role matrix of docs/access.md, cell by cell: each role tries each
+/// action on its own team's objects.
+#[tokio::test]
+async fn the_role_matrix_holds_cell_by_cell() {
+    use domain_roles::*;
+    let upstream = FakeUpstream::start("w").await;
+    let tollgate = Tollgate::start(BIN).await;
+    tollgate
+        .create("/api/v1/teams", json!({"slug": "acme"}))
+        .await;
+    tollgate
+        .create(
+            "/api/v1/upstreams",
+            json!({"slug": "up", "team": "acme", "targets": [{"url": upstream.url()}]}),
+        )
+        .await;
+    tollgate
+        .create(
+            "/api/v1/services",
+            json!({"slug": "svc", "team": "acme", "base_path": "/svc", "upstream": "up"}),
+        )
+        .await;
+    tollgate
+        .create("/api/v1/apps", json!({"slug": "app0", "team": "acme"}))
+        .await;
+    let mut tokens = Vec::new();
+    for role in ROLES {
+        let (id, token) = tollgate
+            .user_with_token(&format!("{role}@matrix.test"))
+            .await;
+        tollgate
+            .create(
+                "/api/v1/teams/acme/members",
+                json!({"user": id, "role": role}),
+            )
+            .await;
+        tokens.push((role, token));
+    }
+    // (method, path, body with {r} for the role, least role allowed)
+    let actions: [(Method, &str, &str, usize); 10] = [
+        (Method::GET, "/api/v1/services/svc", "", VIEWER),
+        (Method::GET, "/api/v1/audit", "", VIEWER),
+        (Method::GET, "/api/v1/teams/acme/members", "", VIEWER),
+        (
+            Method::POST,
+            "/api/v1/upstreams",
+            r#"{"slug": "up-{r}", "team": "acme", "targets": [{"url": "http://127.0.0.1:9"}]}"#,
+            DEVELOPER,
+        ),
+        (
+            Method::POST,
+            "/api/v1/services/svc/routes",
+            r#"{"path": "/{r}"}"#,
+            DEVELOPER,
+        ),
+        (
+            Method::POST,
+            "/api/v1/apps",
+            r#"{"slug": "app-{r}", "team": "acme"}"#,
+            DEVELOPER,
+        ),
+        (Method::POST, "/api/v1/apps/app0/keys", "{}", DEVELOPER),
+        (
+            Method::POST,
+            "/api/v1/services/svc/plans",
+            r#"{"slug": "plan-{r}"}"#,
+            ADMIN,
+        ),
+        (
+            Method::POST,
+            "/api/v1/teams/acme/webhooks",
+            r#"{"url": "http://127.0.0.1:9/{r}"}"#,
+            ADMIN,
+        ),
+        (
+            Method::PATCH,
+            "/api/v1/teams/acme",
+            r#"{"description": "by {r}"}"#,
+            ADMIN,
+        ),
+    ];
+    for (rank, (role, token)) in tokens.iter().enumerate() {
+        for (method, path, body, least) in &actions {
+            let body = (!body.is_empty())
+                .then(|| serde_json::from_str::<Value>(&body.replace("{r}", role)).unwrap());
+            let (status, answer) = tollgate.admin_as(token, method.clone(), path, body).await;
+            if rank >= *least {
+                assert!(
+                    status.is_success(),
+                    "{role} {method} {path}: {status} {answer}"
+                );
+            } else {
+                assert_eq!(status, 403, "{role} {method} {path}: {answer}");
+                assert_eq!(answer["code"], "forbidden");
+            }
+        }
+    }
+}
+
+mod domain_roles {
+    pub const ROLES: [&str; 4] = ["viewer", "developer", "admin", "owner"];
+    pub const VIEWER: usize = 0;
+    pub const DEVELOPER: usize = 1;
+    pub const ADMIN: usize = 2;
+}

@@ -269,3 +269,140 @@ async fn jwt_settings_are_validated() {
         "{body}"
     );
 }
+
+/// The matrix of credential kinds × subscription states, through the
+/// gateway: every cell answers the code its state calls for.
+#[tokio::test]
+async fn every_credential_kind_meets_every_subscription_state() {
+    let upstream = FakeUpstream::start("w").await;
+    let idp = FakeIdp::start().await;
+    let tollgate = Tollgate::start(BIN).await;
+    tollgate
+        .create("/api/v1/teams", json!({"slug": "acme"}))
+        .await;
+    tollgate
+        .publish_http_service(
+            "weather",
+            "/weather",
+            json!({"targets": [{"url": upstream.url()}]}),
+            &[json!({"path": "/*"})],
+        )
+        .await;
+    let issuer = "https://hs.example";
+    tollgate
+        .admin(
+            Method::PATCH,
+            "/api/v1/services/weather",
+            Some(json!({"visibility": "catalog", "auth": {"anonymous": false, "query_key": true,
+                "jwt": {"issuers": [{"issuer": issuer, "algorithms": ["HS256"], "secret": idp.secret}]}}})),
+        )
+        .await;
+    tollgate
+        .create("/api/v1/services/weather/plans", json!({"slug": "open"}))
+        .await;
+    tollgate
+        .create(
+            "/api/v1/services/weather/plans",
+            json!({"slug": "vetted", "approval_required": true}),
+        )
+        .await;
+    // One app per state: (app, plan, actions after subscribing, expected).
+    let states: [(&str, Option<&str>, &[&str], u16, &str); 6] = [
+        ("none", None, &[], 403, "not_subscribed"),
+        ("active", Some("open"), &[], 200, ""),
+        ("pending", Some("vetted"), &[], 403, "subscription_pending"),
+        (
+            "rejected",
+            Some("vetted"),
+            &["reject"],
+            403,
+            "subscription_rejected",
+        ),
+        (
+            "suspended",
+            Some("open"),
+            &["suspend"],
+            403,
+            "subscription_suspended",
+        ),
+        (
+            "cancelled",
+            Some("open"),
+            &["cancel"],
+            403,
+            "not_subscribed",
+        ),
+    ];
+    let mut keys = std::collections::HashMap::new();
+    for (state, plan, actions, _, _) in &states {
+        let app = format!("app-{state}");
+        tollgate
+            .create(
+                "/api/v1/apps",
+                json!({"slug": app, "team": "acme", "jwt": [{"issuer": issuer, "subject": app}]}),
+            )
+            .await;
+        let key = tollgate
+            .create(&format!("/api/v1/apps/{app}/keys"), json!({}))
+            .await;
+        keys.insert(*state, key["key"].as_str().unwrap().to_owned());
+        if let Some(plan) = plan {
+            let subscription = tollgate
+                .create(
+                    "/api/v1/subscriptions",
+                    json!({"app": app, "service": "weather", "plan": plan}),
+                )
+                .await;
+            let id = subscription["id"].as_str().unwrap();
+            for action in *actions {
+                tollgate
+                    .create(
+                        &format!("/api/v1/subscriptions/{id}/{action}"),
+                        json!({"reason": "matrix"}),
+                    )
+                    .await;
+            }
+        }
+    }
+    // The last change must have reached the gateway before the matrix runs.
+    let cancelled_key = keys["cancelled"].clone();
+    let started = Instant::now();
+    loop {
+        let response = tollgate.get_with_key(PATH, &cancelled_key).await;
+        let body: Value = response.json().await.unwrap_or_default();
+        if body["code"] == "not_subscribed"
+            && body["detail"].as_str().unwrap_or("").contains("cancelled")
+        {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(2), "{body}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let kinds = ["bearer key", "x-api-key", "query key", "jwt"];
+    for (state, _, _, status, code) in &states {
+        let key = &keys[state];
+        let jwt = idp.sign(
+            Algorithm::HS256,
+            &with(idp.claims(&format!("app-{state}")), json!({"iss": issuer})),
+        );
+        for kind in kinds {
+            let url = format!("{}{PATH}", tollgate.gateway_url);
+            let request = match kind {
+                "bearer key" => tollgate.client.get(&url).bearer_auth(key),
+                "x-api-key" => tollgate.client.get(&url).header("x-api-key", key),
+                "query key" => tollgate.client.get(format!("{url}?api_key={key}")),
+                _ => tollgate.client.get(&url).bearer_auth(&jwt),
+            };
+            let response = request.send().await.unwrap();
+            if *status == 200 {
+                assert_eq!(response.status(), 200, "{kind} × {state}");
+            } else {
+                let body = problem(response, *status, code).await;
+                assert!(
+                    !body["detail"].as_str().unwrap().is_empty(),
+                    "{kind} × {state}"
+                );
+            }
+        }
+    }
+}
