@@ -270,6 +270,16 @@ async fn jwt_settings_are_validated() {
     );
 }
 
+/// A subscription state to set up: (app suffix, plan to subscribe to,
+/// actions after subscribing, expected status, expected code).
+type State = (
+    &'static str,
+    Option<&'static str>,
+    &'static [&'static str],
+    u16,
+    &'static str,
+);
+
 /// The matrix of credential kinds × subscription states, through the
 /// gateway: every cell answers the code its state calls for.
 #[tokio::test]
@@ -307,7 +317,7 @@ async fn every_credential_kind_meets_every_subscription_state() {
         )
         .await;
     // One app per state: (app, plan, actions after subscribing, expected).
-    let states: [(&str, Option<&str>, &[&str], u16, &str); 6] = [
+    let states: [State; 6] = [
         ("none", None, &[], 403, "not_subscribed"),
         ("active", Some("open"), &[], 200, ""),
         ("pending", Some("vetted"), &[], 403, "subscription_pending"),
