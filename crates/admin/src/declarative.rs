@@ -11,6 +11,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use domain::access::{Plan, PlanSpec, Team, TeamSpec};
 use domain::model::{Lifecycle, Route, RouteSpec, Service, ServiceSpec, UpstreamSpec};
 use domain::validate::FieldErrors;
 use serde::Serialize;
@@ -34,11 +35,20 @@ pub struct ServiceDocument {
     pub sunset: Option<String>,
     #[serde(default)]
     pub routes: Vec<RouteSpec>,
+    /// The service's plans; omitted leaves the stored plans as they are,
+    /// a list makes them match it (plans it does not name are deleted,
+    /// which is refused while subscriptions use them).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plans: Option<Vec<PlanSpec>>,
 }
 
 /// The declarative document.
 #[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 pub struct Document {
+    /// Teams are created and updated, never deleted by `prune` (they own
+    /// apps and members the document does not describe).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub teams: Vec<TeamSpec>,
     #[serde(default)]
     pub upstreams: Vec<UpstreamSpec>,
     #[serde(default)]
@@ -50,7 +60,7 @@ pub struct Document {
 pub struct Change {
     /// `create`, `update`, `delete`, `publish`, `deprecate` or `retire`.
     pub action: &'static str,
-    /// `upstream`, `service` or `route`.
+    /// `team`, `upstream`, `service`, `route` or `plan`.
     pub kind: &'static str,
     /// The object: a slug, or `service/route` for routes.
     pub key: String,
@@ -76,15 +86,15 @@ pub fn parse_document(value: Value) -> Result<Document, ApiError> {
     let Value::Object(mut top) = value else {
         return Err(ApiError::field(
             "",
-            "the document must be an object with 'upstreams' and 'services'",
+            "the document must be an object with 'teams', 'upstreams' and 'services'",
         ));
     };
     let mut errors = FieldErrors::new();
     for key in top.keys() {
-        if key != "upstreams" && key != "services" {
+        if !matches!(key.as_str(), "teams" | "upstreams" | "services") {
             errors.add(
                 key.clone(),
-                "is not a known field (expected upstreams, services)",
+                "is not a known field (expected teams, upstreams, services)",
             );
         }
     }
@@ -104,6 +114,21 @@ pub fn parse_document(value: Value) -> Result<Document, ApiError> {
             errors.add(e.field, e.message);
         }
     };
+    let mut team_slugs = HashSet::new();
+    for (index, item) in list(&mut top, "teams", &mut errors).into_iter().enumerate() {
+        let prefix = format!("teams[{index}]");
+        match from_value::<TeamSpec>(item) {
+            Ok(spec) => {
+                if let Err(e) = spec.validate() {
+                    collect(errors_within(&prefix, e.into()), &mut errors);
+                } else if !team_slugs.insert(spec.slug.clone()) {
+                    errors.add(format!("{prefix}.slug"), "appears twice in the document");
+                }
+                document.teams.push(spec);
+            }
+            Err(e) => collect(errors_within(&prefix, e), &mut errors),
+        }
+    }
     let mut slugs = HashSet::new();
     for (index, item) in list(&mut top, "upstreams", &mut errors)
         .into_iter()
@@ -158,6 +183,35 @@ pub fn parse_document(value: Value) -> Result<Document, ApiError> {
                 None
             }
         };
+        let plans = match fields.remove("plans") {
+            None | Some(Value::Null) => None,
+            Some(Value::Array(items)) => {
+                let mut plans = Vec::new();
+                let mut plan_slugs = HashSet::new();
+                for (plan_index, item) in items.into_iter().enumerate() {
+                    let plan_prefix = format!("{prefix}.plans[{plan_index}]");
+                    match from_value::<PlanSpec>(item) {
+                        Ok(spec) => {
+                            if let Err(e) = spec.validate() {
+                                collect(errors_within(&plan_prefix, e.into()), &mut errors);
+                            } else if !plan_slugs.insert(spec.slug.clone()) {
+                                errors.add(
+                                    format!("{plan_prefix}.slug"),
+                                    "appears twice in this service",
+                                );
+                            }
+                            plans.push(spec);
+                        }
+                        Err(e) => collect(errors_within(&plan_prefix, e), &mut errors),
+                    }
+                }
+                Some(plans)
+            }
+            Some(_) => {
+                errors.add(format!("{prefix}.plans"), "must be a list");
+                None
+            }
+        };
         let route_items = list(&mut fields, "routes", &mut errors);
         let mut routes = Vec::new();
         let mut route_keys = HashSet::new();
@@ -187,6 +241,7 @@ pub fn parse_document(value: Value) -> Result<Document, ApiError> {
                     lifecycle,
                     sunset,
                     routes,
+                    plans,
                 });
             }
             Err(e) => collect(errors_within(&prefix, e), &mut errors),
@@ -259,6 +314,47 @@ async fn apply_document(
     prune: bool,
 ) -> Result<Vec<Change>, ApiError> {
     let mut changes = Vec::new();
+    for (index, spec) in document.teams.iter().enumerate() {
+        let prefix = format!("teams[{index}]");
+        match tx.team(&spec.slug).await? {
+            None => {
+                let now = domain::now_ms();
+                let team = Team {
+                    id: domain::id::new_id(),
+                    spec: spec.clone(),
+                    created_at_ms: now,
+                    updated_at_ms: now,
+                };
+                tx.put_team(&team)
+                    .await
+                    .map_err(|e| ApiError::from(e).within(&prefix))?;
+                changes.push(Change {
+                    action: "create",
+                    kind: "team",
+                    key: spec.slug.clone(),
+                    fields: vec![],
+                });
+            }
+            Some(existing) if existing.spec != *spec => {
+                let fields = diff(&json(&existing.spec), &json(spec));
+                let team = Team {
+                    spec: spec.clone(),
+                    updated_at_ms: domain::now_ms(),
+                    ..existing
+                };
+                tx.put_team(&team)
+                    .await
+                    .map_err(|e| ApiError::from(e).within(&prefix))?;
+                changes.push(Change {
+                    action: "update",
+                    kind: "team",
+                    key: spec.slug.clone(),
+                    fields,
+                });
+            }
+            Some(_) => {}
+        }
+    }
     for (index, spec) in document.upstreams.iter().enumerate() {
         let prefix = format!("upstreams[{index}]");
         match tx.upstream(&spec.slug).await? {
@@ -332,6 +428,9 @@ async fn apply_document(
         };
         reconcile_routes(tx, &service, wanted, &prefix, &mut changes).await?;
         let content_changed = changes.len() > before;
+        if let Some(plans) = &wanted.plans {
+            reconcile_plans(tx, &service, plans, &prefix, &mut changes).await?;
+        }
         service = tx.service(&service.id).await?.unwrap_or(service);
         reconcile_lifecycle(tx, service, wanted, &prefix, content_changed, &mut changes).await?;
     }
@@ -434,6 +533,73 @@ async fn reconcile_routes(
                     action: "update",
                     kind: "route",
                     key: label(spec),
+                    fields,
+                });
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+async fn reconcile_plans(
+    tx: &mut WriteTx,
+    service: &Service,
+    wanted: &[PlanSpec],
+    prefix: &str,
+    changes: &mut Vec<Change>,
+) -> Result<(), ApiError> {
+    let label = |slug: &str| format!("{}/{slug}", service.spec.slug);
+    let current = tx.plans_of(&service.id).await?;
+    for plan in &current {
+        if !wanted.iter().any(|spec| spec.slug == plan.spec.slug) {
+            tx.delete_plan(&plan.id)
+                .await
+                .map_err(|e| ApiError::from(e).within(&format!("{prefix}.plans")))?;
+            changes.push(Change {
+                action: "delete",
+                kind: "plan",
+                key: label(&plan.spec.slug),
+                fields: vec![],
+            });
+        }
+    }
+    for (index, spec) in wanted.iter().enumerate() {
+        let plan_prefix = format!("{prefix}.plans[{index}]");
+        let now = domain::now_ms();
+        match current.iter().find(|plan| plan.spec.slug == spec.slug) {
+            None => {
+                let plan = Plan {
+                    id: domain::id::new_id(),
+                    service_id: service.id.clone(),
+                    spec: spec.clone(),
+                    created_at_ms: now,
+                    updated_at_ms: now,
+                };
+                tx.put_plan(&plan)
+                    .await
+                    .map_err(|e| ApiError::from(e).within(&plan_prefix))?;
+                changes.push(Change {
+                    action: "create",
+                    kind: "plan",
+                    key: label(&spec.slug),
+                    fields: vec![],
+                });
+            }
+            Some(existing) if existing.spec != *spec => {
+                let fields = diff(&json(&existing.spec), &json(spec));
+                let plan = Plan {
+                    spec: spec.clone(),
+                    updated_at_ms: now,
+                    ..existing.clone()
+                };
+                tx.put_plan(&plan)
+                    .await
+                    .map_err(|e| ApiError::from(e).within(&plan_prefix))?;
+                changes.push(Change {
+                    action: "update",
+                    kind: "plan",
+                    key: label(&spec.slug),
                     fields,
                 });
             }
@@ -612,6 +778,13 @@ pub async fn export(
 ) -> Result<Response, ApiError> {
     caller.require_platform()?;
     let data = state.store.load_all().await?;
+    let teams: Vec<TeamSpec> = state
+        .store
+        .all_teams()
+        .await?
+        .into_iter()
+        .map(|t| t.spec)
+        .collect();
     let mut upstreams: Vec<UpstreamSpec> = data.upstreams.into_iter().map(|u| u.spec).collect();
     upstreams.sort_by(|a, b| a.slug.cmp(&b.slug));
     let mut services: Vec<ServiceDocument> = data
@@ -624,6 +797,15 @@ pub async fn export(
                 .filter(|r| r.service_id == service.id)
                 .map(|r| r.spec.clone())
                 .collect(),
+            plans: {
+                let plans: Vec<PlanSpec> = data
+                    .plans
+                    .iter()
+                    .filter(|p| p.service_id == service.id)
+                    .map(|p| p.spec.clone())
+                    .collect();
+                (!plans.is_empty()).then_some(plans)
+            },
             lifecycle: Some(service.lifecycle),
             sunset: service.sunset,
             spec: service.spec,
@@ -631,6 +813,7 @@ pub async fn export(
         .collect();
     services.sort_by(|a, b| a.spec.slug.cmp(&b.spec.slug));
     Ok(axum::Json(Document {
+        teams,
         upstreams,
         services,
     })

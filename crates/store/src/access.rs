@@ -384,6 +384,14 @@ impl Store {
         user_by_key(&self.pool, key).await
     }
 
+    /// Every team, by slug (for export).
+    pub async fn all_teams(&self) -> Result<Vec<Team>> {
+        let rows = sqlx::query("SELECT * FROM teams ORDER BY slug")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(team_from).collect()
+    }
+
     pub async fn users(&self, after: Option<&str>, limit: usize) -> Result<Page<User>> {
         let rows = sqlx::query("SELECT * FROM users WHERE id > $1 ORDER BY id LIMIT $2")
             .bind(after.unwrap_or(""))
@@ -729,6 +737,14 @@ impl WriteTx {
 
     pub async fn plan(&mut self, service_id: &str, key: &str) -> Result<Option<Plan>> {
         plan_by_key(&mut *self.tx, service_id, key).await
+    }
+
+    pub async fn plans_of(&mut self, service_id: &str) -> Result<Vec<Plan>> {
+        let rows = sqlx::query("SELECT * FROM plans WHERE service_id = $1 ORDER BY id")
+            .bind(service_id)
+            .fetch_all(&mut *self.tx)
+            .await?;
+        rows.iter().map(plan_from).collect()
     }
 
     pub async fn subscription(&mut self, id: &str) -> Result<Option<Subscription>> {

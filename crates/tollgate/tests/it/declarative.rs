@@ -237,3 +237,129 @@ async fn a_bad_document_names_every_field_and_changes_nothing() {
         output.stderr
     );
 }
+
+fn access_document(upstream_url: &str, plans: &str) -> String {
+    format!(
+        r#"teams:
+  - slug: weatherco
+    name: WeatherCo
+upstreams:
+  - slug: weather-backend
+    team: weatherco
+    targets: [{{url: {upstream_url}}}]
+services:
+  - slug: weather
+    team: weatherco
+    base_path: /weather
+    upstream: weather-backend
+    visibility: catalog
+    lifecycle: published
+    routes:
+      - name: forecast
+        methods: [GET]
+        path: /forecast/{{city}}
+    plans:
+{plans}"#
+    )
+}
+
+#[tokio::test]
+async fn teams_and_plans_are_declarative_too() {
+    let upstream = FakeUpstream::start("a").await;
+    let tollgate = Tollgate::start(BIN).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tollgate.yaml");
+    let file = path.to_str().unwrap();
+    let plans = "      - slug: free\n        rate_limits: [{requests: 10, per: minute}]\n      - slug: gold\n        approval_required: true\n";
+    std::fs::write(&path, access_document(&upstream.url(), plans)).unwrap();
+    let first = cli(&tollgate, &["apply", "-f", file]);
+    assert!(first.success, "{}{}", first.stdout, first.stderr);
+    for line in [
+        "+ create team weatherco",
+        "+ create plan weather/free",
+        "+ create plan weather/gold",
+    ] {
+        assert!(first.stdout.contains(line), "{line} in:\n{}", first.stdout);
+    }
+    assert_eq!(
+        cli(&tollgate, &["apply", "-f", file]).stdout.trim(),
+        "no changes"
+    );
+
+    // The export names teams and plans, and applying it changes nothing.
+    let exported = cli(&tollgate, &["export"]);
+    assert!(exported.success, "{}", exported.stderr);
+    for text in [
+        "teams:",
+        "slug: weatherco",
+        "plans:",
+        "slug: gold",
+        "requests: 10",
+    ] {
+        assert!(
+            exported.stdout.contains(text),
+            "{text} in:\n{}",
+            exported.stdout
+        );
+    }
+    std::fs::write(&path, &exported.stdout).unwrap();
+    assert_eq!(
+        cli(&tollgate, &["apply", "-f", file]).stdout.trim(),
+        "no changes"
+    );
+
+    // A changed limit is an update; a plan the file drops is deleted…
+    let changed = "      - slug: free\n        rate_limits: [{requests: 20, per: minute}]\n";
+    std::fs::write(&path, access_document(&upstream.url(), changed)).unwrap();
+    let update = cli(&tollgate, &["apply", "-f", file]);
+    assert!(update.success, "{}", update.stderr);
+    assert!(
+        update.stdout.contains("~ update plan weather/free"),
+        "{}",
+        update.stdout
+    );
+    assert!(
+        update.stdout.contains("rate_limits[0].requests: 10 -> 20"),
+        "{}",
+        update.stdout
+    );
+    assert!(
+        update.stdout.contains("- delete plan weather/gold"),
+        "{}",
+        update.stdout
+    );
+    let (_, plans) = tollgate
+        .admin(Method::GET, "/api/v1/services/weather/plans", None)
+        .await;
+    assert_eq!(plans["data"].as_array().unwrap().len(), 1);
+
+    // …unless a subscription uses it: the apply is refused as a whole.
+    tollgate
+        .create("/api/v1/teams", json!({"slug": "acme"}))
+        .await;
+    tollgate
+        .create("/api/v1/apps", json!({"slug": "acme-web", "team": "acme"}))
+        .await;
+    tollgate
+        .create(
+            "/api/v1/subscriptions",
+            json!({"app": "acme-web", "service": "weather", "plan": "free"}),
+        )
+        .await;
+    std::fs::write(
+        &path,
+        access_document(&upstream.url(), "      - slug: other\n"),
+    )
+    .unwrap();
+    let refused = cli(&tollgate, &["apply", "-f", file]);
+    assert!(!refused.success);
+    assert!(
+        refused.stderr.contains("subscriptions use this plan"),
+        "{}",
+        refused.stderr
+    );
+    let (_, plans) = tollgate
+        .admin(Method::GET, "/api/v1/services/weather/plans", None)
+        .await;
+    assert_eq!(plans["data"][0]["slug"], "free", "nothing changed");
+}
