@@ -192,6 +192,19 @@ impl Gateway {
         self.shared.generation.fetch_add(1, Ordering::Release);
     }
 
+    /// This node's rate-limit admissions not yet added to the shared
+    /// counters (see [`limit::SyncItem`]).
+    pub fn take_unsynced_counts(&self) -> Vec<limit::SyncItem> {
+        self.shared
+            .limiters
+            .take_unsynced(u64::try_from(domain::now_ms()).unwrap_or(0))
+    }
+
+    /// A window's total over every node, read back from the shared store.
+    pub fn set_shared_count(&self, item: &limit::SyncItem, total: u64) {
+        self.shared.limiters.set_total(item, total);
+    }
+
     /// The JWKS URLs the served services name.
     pub fn jwks_urls(&self) -> Vec<String> {
         let snapshot = self.shared.snapshot.load();

@@ -20,8 +20,17 @@ use domain::access::RateLimit;
 struct WindowState {
     /// Start of the current fixed window, epoch ms (a multiple of the period).
     start_ms: u64,
+    /// This window's admissions: this node's plus, with shared counters,
+    /// the other nodes' as last synced.
     current: u64,
+    /// The previous window's total.
     previous: u64,
+    /// This node's admissions in this window not yet sent to the shared
+    /// store, and those already sent.
+    unsynced: u64,
+    synced: u64,
+    /// Other nodes' admissions in this window, as last read.
+    remote: u64,
 }
 
 #[derive(Debug)]
@@ -66,13 +75,16 @@ pub struct Exceeded {
 fn roll(state: &mut WindowState, period_ms: u64, now_ms: u64) {
     let start = now_ms - now_ms % period_ms;
     if state.start_ms != start {
-        state.previous = if state.start_ms + period_ms == start {
+        let previous = if state.start_ms + period_ms == start {
             state.current
         } else {
             0
         };
-        state.current = 0;
-        state.start_ms = start;
+        *state = WindowState {
+            start_ms: start,
+            previous,
+            ..WindowState::default()
+        };
     }
 }
 
@@ -176,6 +188,7 @@ impl Limiter {
         let mut tightest: Option<Quota> = None;
         for (window, state) in self.windows.iter().zip(states.iter_mut()) {
             state.current += 1;
+            state.unsynced += 1;
             let quota = window.quota(self.scope, state, now_ms);
             if tightest.is_none_or(|t| quota.remaining < t.remaining) {
                 tightest = Some(quota);
@@ -192,8 +205,9 @@ impl Limiter {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         for (window, state) in self.windows.iter().zip(states.iter_mut()) {
-            if state.start_ms == now_ms - now_ms % window.period_ms {
-                state.current = state.current.saturating_sub(1);
+            if state.start_ms == now_ms - now_ms % window.period_ms && state.unsynced > 0 {
+                state.current -= 1;
+                state.unsynced -= 1;
             }
         }
     }
@@ -233,6 +247,45 @@ impl Limiter {
         !self.windows.is_empty()
     }
 
+    /// Takes this node's unsent admissions of each active window.
+    fn take_unsynced(&self, subject: &str, now_ms: u64, out: &mut Vec<SyncItem>) {
+        let mut states = self
+            .states
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (index, (window, state)) in self.windows.iter().zip(states.iter_mut()).enumerate() {
+            roll(state, window.period_ms, now_ms);
+            // Idle windows are not synced: their counts are all zero.
+            if state.current == 0 && state.unsynced == 0 {
+                continue;
+            }
+            out.push(SyncItem {
+                subject: subject.to_owned(),
+                window: index,
+                period_ms: window.period_ms,
+                start_ms: state.start_ms,
+                delta: state.unsynced,
+            });
+            state.synced += state.unsynced;
+            state.unsynced = 0;
+        }
+    }
+
+    /// Records the shared total of a window (every node's admissions).
+    fn set_total(&self, window: usize, start_ms: u64, total: u64) {
+        let mut states = self
+            .states
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(state) = states.get_mut(window)
+            && state.start_ms == start_ms
+        {
+            let own = state.synced + state.unsynced;
+            state.remote = total.saturating_sub(state.synced);
+            state.current = own + state.remote;
+        }
+    }
+
     fn same_shape(&self, limits: &[RateLimit], concurrent_max: Option<u32>) -> bool {
         self.concurrent_max == concurrent_max
             && self.windows.len() == limits.len()
@@ -255,8 +308,20 @@ impl Drop for Permit {
     }
 }
 
-/// Keeps limiters across reloads, by subject id. Touched only when a
-/// snapshot is compiled, never on a request.
+/// One window's count to share between nodes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncItem {
+    /// `subscription:<id>`, `app:<id>` or `route:<id>`.
+    pub subject: String,
+    pub window: usize,
+    pub period_ms: u64,
+    pub start_ms: u64,
+    /// This node's admissions since the last sync.
+    pub delta: u64,
+}
+
+/// Keeps limiters across reloads, by subject id. Touched when a snapshot
+/// is compiled and by the shared-counter sync, never on a request.
 #[derive(Debug, Default)]
 pub struct LimiterRegistry {
     limiters: Mutex<HashMap<String, Weak<Limiter>>>,
@@ -288,6 +353,33 @@ impl LimiterRegistry {
         let limiter = Arc::new(Limiter::new(scope, limits, concurrent_max));
         map.insert(subject, Arc::downgrade(&limiter));
         Some(limiter)
+    }
+
+    /// This node's new admissions in every active window, to add to the
+    /// shared counters; the counts move from unsynced to synced.
+    pub fn take_unsynced(&self, now_ms: u64) -> Vec<SyncItem> {
+        let map = self
+            .limiters
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut items = Vec::new();
+        for (subject, limiter) in map.iter() {
+            if let Some(limiter) = limiter.upgrade() {
+                limiter.take_unsynced(subject, now_ms, &mut items);
+            }
+        }
+        items
+    }
+
+    /// Applies a window's shared total (read back after adding `item`).
+    pub fn set_total(&self, item: &SyncItem, total: u64) {
+        let map = self
+            .limiters
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(limiter) = map.get(&item.subject).and_then(Weak::upgrade) {
+            limiter.set_total(item.window, item.start_ms, total);
+        }
     }
 
     /// Drops entries whose limiter is gone (after a reload).
@@ -397,6 +489,65 @@ mod tests {
         assert!(limiter.enter().is_err());
         drop(first);
         assert!(limiter.enter().is_ok());
+    }
+
+    #[test]
+    fn shared_totals_count_other_nodes() {
+        let limits = [RateLimit {
+            requests: 10,
+            per: Per::Hour,
+        }];
+        let (one, two) = (LimiterRegistry::default(), LimiterRegistry::default());
+        let a = one.get("s".into(), "plan", &limits, None);
+        let b = two.get("s".into(), "plan", &limits, None);
+        let (Some(a), Some(b)) = (a, b) else {
+            unreachable!("limits given")
+        };
+        let now = 3_600_000 * 7 + 5;
+        // Node one admits 6, node two 3; each learns the other's count
+        // through the shared total (what Redis would hold).
+        for _ in 0..6 {
+            assert!(a.admit(now).is_ok());
+        }
+        for _ in 0..3 {
+            assert!(b.admit(now).is_ok());
+        }
+        let mut total = 0;
+        let pushed: Vec<(SyncItem, &LimiterRegistry)> = one
+            .take_unsynced(now)
+            .into_iter()
+            .map(|i| (i, &one))
+            .chain(two.take_unsynced(now).into_iter().map(|i| (i, &two)))
+            .collect();
+        for (item, _) in &pushed {
+            total += item.delta;
+        }
+        assert_eq!(total, 9);
+        for (item, registry) in &pushed {
+            registry.set_total(item, total);
+        }
+        // One more fits: node one takes it and is full.
+        assert!(a.admit(now).is_ok());
+        assert!(a.admit(now).is_err(), "10 of 10 used across nodes");
+        // Node two has not heard of it yet: between two syncs a node can
+        // overshoot by what the others admitted meanwhile.
+        assert!(b.admit(now).is_ok());
+        let items: Vec<(SyncItem, &LimiterRegistry)> = one
+            .take_unsynced(now)
+            .into_iter()
+            .map(|i| (i, &one))
+            .chain(two.take_unsynced(now).into_iter().map(|i| (i, &two)))
+            .collect();
+        // Each node sends only what is new (one admission each).
+        assert_eq!(
+            items.iter().map(|(i, _)| i.delta).collect::<Vec<_>>(),
+            [1, 1]
+        );
+        for (item, registry) in &items {
+            registry.set_total(item, 11);
+        }
+        assert!(a.admit(now).is_err());
+        assert!(b.admit(now).is_err());
     }
 
     #[test]

@@ -3,12 +3,14 @@
 //! - `serve` loads [`config`], opens and migrates the store, bootstraps the
 //!   root admin token, compiles the first snapshot, and runs the gateway and
 //!   admin listeners plus the background tasks ([`serve`]), among them the
-//!   webhook deliverer ([`webhooks`]) and the JWKS fetcher ([`jwks`]).
+//!   webhook deliverer ([`webhooks`]), the JWKS fetcher ([`jwks`]) and,
+//!   with Redis, the shared rate-limit counters ([`counters`]).
 //! - `migrate` applies migrations; `apply`, `export` and `keys` talk to a
 //!   running admin API ([`cli`]); `version` prints the version.
 
 mod cli;
 mod config;
+mod counters;
 mod jwks;
 mod serve;
 mod webhooks;

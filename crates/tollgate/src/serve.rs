@@ -237,11 +237,6 @@ pub async fn run(args: &ConfigArgs) -> anyhow::Result<()> {
     init_tracing(&config);
     let store = open_store(&config).await?;
     let root_token_digest = bootstrap_root_token(&store, &config).await?;
-    if config.redis_url.is_some() {
-        tracing::warn!(
-            "storage.redis_url is set but not used yet: this version keeps counters per node"
-        );
-    }
 
     let gateway = Gateway::new(GatewayOptions {
         public_url: config.public_url.clone(),
@@ -276,6 +271,10 @@ pub async fn run(args: &ConfigArgs) -> anyhow::Result<()> {
     let health = gateway.spawn_health_checker(shutdown_rx.clone());
     let webhooks = crate::webhooks::spawn(store.clone(), shutdown_rx.clone());
     let jwks = crate::jwks::spawn(gateway.clone(), shutdown_rx.clone());
+    let counters = config
+        .redis_url
+        .clone()
+        .map(|url| crate::counters::spawn(url, gateway.clone(), shutdown_rx.clone()));
 
     let admin_state = admin::AdminState {
         store: store.clone(),
@@ -316,6 +315,9 @@ pub async fn run(args: &ConfigArgs) -> anyhow::Result<()> {
         let _ = health.await;
         let _ = webhooks.await;
         let _ = jwks.await;
+        if let Some(counters) = counters {
+            let _ = counters.await;
+        }
     })
     .await;
     store.close().await;

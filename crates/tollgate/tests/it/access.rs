@@ -1783,3 +1783,53 @@ mod domain_roles {
     pub const DEVELOPER: usize = 1;
     pub const ADMIN: usize = 2;
 }
+
+#[tokio::test]
+async fn rate_limits_hold_across_nodes_sharing_redis() {
+    let database = test_support::PgDatabase::create();
+    let mut options = Options::on_database(&database.url);
+    options.env.push((
+        "TOLLGATE_STORAGE__REDIS_URL".into(),
+        "redis://127.0.0.1:6379".into(),
+    ));
+    let first = Tollgate::start_with(BIN, options.clone()).await;
+    let second = Tollgate::start_with(BIN, options).await;
+    let upstream = FakeUpstream::start("w").await;
+    let world = world(
+        &first,
+        &upstream,
+        json!({}),
+        json!({"rate_limits": [{"requests": 40, "per": "hour"}]}),
+    )
+    .await;
+    let path = "/weather/forecast/oslo";
+    wait_status(&second, path, &world.key, 200).await;
+    // `world` and the wait above used 2 of the hour's 40. Then calls
+    // alternate between the nodes, 40 ms apart: together they admit the
+    // limit, not twice it (62 without sharing). A node may overshoot by
+    // what the other admitted since the last 100 ms sync: a few at most.
+    let mut admitted = 2;
+    for round in 0..60 {
+        let node = if round % 2 == 0 { &first } else { &second };
+        if node.get_with_key(path, &world.key).await.status() == 200 {
+            admitted += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    assert!(
+        (40..=44).contains(&admitted),
+        "{admitted} admitted by two nodes under one hourly limit of 40"
+    );
+    // Both nodes now refuse, and say so with the shared count.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for node in [&first, &second] {
+        let response = node.get_with_key(path, &world.key).await;
+        let body = problem(response, 429, "rate_limited").await;
+        assert!(
+            body["detail"]
+                .as_str()
+                .unwrap()
+                .contains("40 requests per hour")
+        );
+    }
+}

@@ -1,0 +1,101 @@
+//! Rate-limit counters shared between gateway nodes through Redis
+//! (`storage.redis_url`, SPEC §12). Each node decides alone, in memory, on
+//! every request; every 100 ms this task adds the node's new admissions of
+//! each active window to a Redis counter (`INCRBY`, one round trip for all
+//! windows) and feeds the totals back, so every node counts the others'
+//! admissions. Between two syncs a node can admit what the others admitted
+//! meanwhile on top of the limit: the overshoot is bounded by the traffic
+//! of one sync interval. When Redis is unreachable, limits hold per node
+//! and the task retries.
+
+use std::time::Duration;
+
+use gateway::Gateway;
+use tokio::sync::watch;
+
+const INTERVAL: Duration = Duration::from_millis(100);
+
+/// The Redis key of one window's counter.
+fn key(item: &gateway::limit::SyncItem) -> String {
+    format!(
+        "tollgate:rl:{}:{}:{}",
+        item.subject, item.period_ms, item.start_ms
+    )
+}
+
+async fn sync(
+    connection: &mut redis::aio::ConnectionManager,
+    gateway: &Gateway,
+) -> redis::RedisResult<()> {
+    let items = gateway.take_unsynced_counts();
+    if items.is_empty() {
+        return Ok(());
+    }
+    let mut pipe = redis::pipe();
+    for item in &items {
+        let key = key(item);
+        // Kept two periods: the previous window's total still weighs in.
+        pipe.cmd("INCRBY").arg(&key).arg(item.delta);
+        pipe.cmd("PEXPIRE")
+            .arg(&key)
+            .arg(item.period_ms.saturating_mul(2))
+            .ignore();
+    }
+    let totals: Vec<u64> = pipe.query_async(connection).await?;
+    for (item, total) in items.iter().zip(totals) {
+        gateway.set_shared_count(item, total);
+    }
+    Ok(())
+}
+
+pub fn spawn(
+    url: String,
+    gateway: Gateway,
+    mut shutdown: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let client = match redis::Client::open(url.as_str()) {
+            Ok(client) => client,
+            Err(error) => {
+                tracing::error!(%error, "storage.redis_url is not usable; rate limits stay per node");
+                return;
+            }
+        };
+        let mut connection = None;
+        let mut failing = false;
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(INTERVAL) => {}
+                _ = shutdown.changed() => return,
+            }
+            if connection.is_none() {
+                match redis::aio::ConnectionManager::new(client.clone()).await {
+                    Ok(made) => connection = Some(made),
+                    Err(error) => {
+                        if !failing {
+                            tracing::warn!(%error, "Redis unreachable; rate limits are per node until it answers");
+                            failing = true;
+                        }
+                        continue;
+                    }
+                }
+            }
+            let Some(live) = connection.as_mut() else {
+                continue;
+            };
+            match sync(live, &gateway).await {
+                Ok(()) if failing => {
+                    tracing::info!("Redis answers again; rate limits are shared");
+                    failing = false;
+                }
+                Ok(()) => {}
+                Err(error) => {
+                    if !failing {
+                        tracing::warn!(%error, "Redis sync failed; rate limits are per node until it answers");
+                        failing = true;
+                    }
+                }
+            }
+        }
+    })
+}
