@@ -108,6 +108,7 @@ impl ApiError {
             "unauthorized" => "Unauthorized",
             "forbidden" => "Forbidden",
             "csrf_failed" => "CSRF token missing or wrong",
+            "too_many_attempts" => "Too many attempts",
             "body_too_large" => "Request body too large",
             "method_not_allowed" => "Method not allowed",
             "unavailable" => "Storage unavailable",

@@ -38,6 +38,8 @@ pub struct AdminState {
     pub root_token_digest: Arc<str>,
     /// Called after each committed change, so the gateway reloads at once.
     pub on_change: Arc<dyn Fn() + Send + Sync>,
+    /// Failed console logins per email, to slow down password guessing.
+    pub login_failures: Arc<password::LoginThrottle>,
 }
 
 /// The admin router.

@@ -35,6 +35,59 @@ pub fn decoy_hash() -> &'static str {
     DECOY.get_or_init(|| hash("decoy-password-never-used").unwrap_or_default())
 }
 
+/// Failed logins per email: after `FAILURES_ALLOWED` failures within
+/// `WINDOW_MS`, further attempts for that email are refused (429) until the
+/// window has passed, whatever the password. Bounded in size.
+#[derive(Default)]
+pub struct LoginThrottle {
+    failures: std::sync::Mutex<std::collections::HashMap<String, (u32, i64)>>,
+}
+
+const FAILURES_ALLOWED: u32 = 5;
+const WINDOW_MS: i64 = 15 * 60 * 1000;
+const TRACKED_MAX: usize = 100_000;
+
+impl LoginThrottle {
+    /// Seconds to wait before `email` may try again, if it is locked out.
+    pub fn locked_for_s(&self, email: &str, now_ms: i64) -> Option<i64> {
+        let failures = self
+            .failures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match failures.get(email) {
+            Some(&(count, first_ms))
+                if count >= FAILURES_ALLOWED && now_ms - first_ms < WINDOW_MS =>
+            {
+                Some((first_ms + WINDOW_MS - now_ms + 999) / 1000)
+            }
+            _ => None,
+        }
+    }
+
+    pub fn failed(&self, email: &str, now_ms: i64) {
+        let mut failures = self
+            .failures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if failures.len() >= TRACKED_MAX {
+            failures.retain(|_, (_, first_ms)| now_ms - *first_ms < WINDOW_MS);
+        }
+        let entry = failures.entry(email.to_owned()).or_insert((0, now_ms));
+        if now_ms - entry.1 >= WINDOW_MS {
+            *entry = (0, now_ms);
+        }
+        entry.0 += 1;
+    }
+
+    pub fn succeeded(&self, email: &str) {
+        let mut failures = self
+            .failures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        failures.remove(email);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -48,5 +101,20 @@ mod tests {
         assert!(verify("correct horse battery", &first));
         assert!(!verify("correct horse batterY", &first));
         assert!(!verify("x", "not a hash"));
+    }
+
+    #[test]
+    fn five_failures_lock_an_email_for_the_window() {
+        let throttle = LoginThrottle::default();
+        let start = 1_000_000;
+        for _ in 0..5 {
+            assert_eq!(throttle.locked_for_s("a@x.test", start), None);
+            throttle.failed("a@x.test", start);
+        }
+        assert_eq!(throttle.locked_for_s("a@x.test", start + 1000), Some(899));
+        assert_eq!(throttle.locked_for_s("b@x.test", start), None, "per email");
+        assert_eq!(throttle.locked_for_s("a@x.test", start + WINDOW_MS), None);
+        throttle.succeeded("a@x.test");
+        assert_eq!(throttle.locked_for_s("a@x.test", start), None);
     }
 }

@@ -722,22 +722,35 @@ pub async fn login(
     State(state): State<AdminState>,
     Json(login): Json<Login>,
 ) -> Result<Response, ApiError> {
-    let found = state
-        .store
-        .user_for_login(&login.email.to_lowercase())
-        .await?;
+    let email = login.email.to_lowercase();
+    let now = now_ms();
+    if let Some(wait_s) = state.login_failures.locked_for_s(&email, now) {
+        let mut refused = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_attempts",
+            format!("Too many failed logins for this email; try again in {wait_s} s."),
+        )
+        .into_response();
+        if let Ok(value) = HeaderValue::from_str(&wait_s.to_string()) {
+            refused.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+        return Ok(refused);
+    }
+    let found = state.store.user_for_login(&email).await?;
     let stored = found
         .as_ref()
         .map_or(password::decoy_hash(), |(_, hash)| hash.as_str());
     let matches = password::verify(&login.password, stored);
     let Some((user, _)) = found.filter(|_| matches) else {
         tracing::info!(email = %login.email, "failed console login");
+        state.login_failures.failed(&email, now);
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             "The email or password is wrong.",
         ));
     };
+    state.login_failures.succeeded(&email);
     let session_id = random_secret(43);
     let csrf = random_secret(32);
     if session_id.is_empty() || csrf.is_empty() {

@@ -280,6 +280,7 @@ pub async fn run(args: &ConfigArgs) -> anyhow::Result<()> {
         store: store.clone(),
         root_token_digest: root_token_digest.into(),
         on_change: Arc::new(move || notify.notify_one()),
+        login_failures: Arc::default(),
     };
     let mut admin_shutdown = shutdown_rx.clone();
     let admin_task = tokio::spawn(async move {

@@ -1478,6 +1478,35 @@ async fn console_login_uses_a_session_cookie_and_csrf_token() {
         .await
         .unwrap();
     assert_eq!(after.status(), 401);
+    // Password guessing is slowed down: after five failures the email is
+    // locked for a while, even with the right password.
+    tollgate
+        .create(
+            "/api/v1/users",
+            json!({"email": "guess@acme.test", "password": "the right password"}),
+        )
+        .await;
+    let attempt = |password: &'static str| {
+        client
+            .post(url("/api/v1/auth/login"))
+            .json(&json!({"email": "guess@acme.test", "password": password}))
+            .send()
+    };
+    for _ in 0..5 {
+        assert_eq!(attempt("a wrong password").await.unwrap().status(), 401);
+    }
+    let locked = attempt("the right password").await.unwrap();
+    assert_eq!(locked.status(), 429);
+    let wait: u64 = locked.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(wait > 800, "{wait}");
+    assert_eq!(
+        locked.json::<Value>().await.unwrap()["code"],
+        "too_many_attempts"
+    );
 }
 
 #[tokio::test]
