@@ -164,14 +164,20 @@ async fn reload(
         subscriptions: &data.subscriptions,
     };
     match gateway.apply(&config) {
-        Ok(()) => tracing::info!(
-            version = data.version,
-            keys = data.keys.len(),
-            load_ms,
-            compile_ms = started.elapsed().as_millis() as u64 - load_ms,
-            "configuration loaded"
-        ),
+        Ok(()) => {
+            *rejected = None;
+            tracing::info!(
+                version = data.version,
+                keys = data.keys.len(),
+                load_ms,
+                compile_ms = started.elapsed().as_millis() as u64 - load_ms,
+                "configuration loaded"
+            );
+        }
         Err(error) => {
+            // Remembered, so the same version is not loaded (and logged)
+            // again on every poll.
+            *rejected = Some(data.version);
             tracing::error!(%error, version = data.version, "configuration rejected; still serving the previous one")
         }
     }
