@@ -1862,3 +1862,115 @@ async fn rate_limits_hold_across_nodes_sharing_redis() {
         );
     }
 }
+
+/// Bad input to the access endpoints: 400 naming every offending field,
+/// never a 500, never a partial write.
+#[tokio::test]
+async fn bad_access_input_names_the_field() {
+    let tollgate = Tollgate::start(BIN).await;
+    tollgate
+        .create("/api/v1/teams", json!({"slug": "acme"}))
+        .await;
+    tollgate
+        .create("/api/v1/apps", json!({"slug": "web", "team": "acme"}))
+        .await;
+    let cases: Vec<(&str, Value, &[&str])> = vec![
+        ("/api/v1/teams", json!({"slug": "Bad Slug"}), &["slug"]),
+        (
+            "/api/v1/teams",
+            json!({"slug": "x", "colour": "red"}),
+            &["colour"],
+        ),
+        (
+            "/api/v1/users",
+            json!({"email": "not-an-email", "password": "short"}),
+            &["email", "password"],
+        ),
+        (
+            "/api/v1/apps",
+            json!({"slug": "a", "team": "acme", "ip": {"allow": ["10.0.0.0/33", "nope"]},
+                   "rate_limits": [{"requests": 0, "per": "second"}, {"requests": 5, "per": "second"}]}),
+            &[
+                "ip.allow[0]",
+                "ip.allow[1]",
+                "rate_limits[0].requests",
+                "rate_limits[1].per",
+            ],
+        ),
+        (
+            "/api/v1/apps",
+            json!({"slug": "a", "team": "acme", "rate_limits": [{"requests": 5, "per": "fortnight"}]}),
+            &["rate_limits[0].per"],
+        ),
+        (
+            "/api/v1/apps",
+            json!({"slug": "b", "team": "nope"}),
+            &["team"],
+        ),
+        (
+            "/api/v1/subscriptions",
+            json!({"app": "web", "service": "x"}),
+            &["plan"],
+        ),
+        (
+            "/api/v1/subscriptions",
+            json!({"app": "web", "service": "missing", "plan": "p"}),
+            &["service"],
+        ),
+        (
+            "/api/v1/teams/acme/webhooks",
+            json!({"url": "ftp://example.test", "events": ["subscription.exploded"]}),
+            &["url", "events[0]"],
+        ),
+        (
+            "/api/v1/teams/acme/members",
+            json!({"user": "nobody@x.test", "role": "owner"}),
+            &["user"],
+        ),
+        (
+            "/api/v1/teams/acme/members",
+            json!({"user": "nobody@x.test", "role": "king"}),
+            &["role"],
+        ),
+        ("/api/v1/tokens", json!({"expires_at": "soon"}), &["user"]),
+    ];
+    for (path, body, fields) in cases {
+        let (status, answer) = tollgate.admin(Method::POST, path, Some(body.clone())).await;
+        assert_eq!(status, 400, "POST {path} {body}: {answer}");
+        assert_eq!(answer["code"], "validation_failed");
+        let named: Vec<&str> = answer["errors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["field"].as_str().unwrap())
+            .collect();
+        for field in fields {
+            assert!(
+                named.contains(field),
+                "POST {path}: {field} not in {named:?}"
+            );
+        }
+    }
+    // Malformed JSON and a wrong action.
+    let response = tollgate
+        .client
+        .post(format!("{}/api/v1/apps", tollgate.admin_url))
+        .bearer_auth(ADMIN_TOKEN)
+        .header("content-type", "application/json")
+        .body("{\"slug\": ")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let (status, _) = tollgate
+        .admin(
+            Method::POST,
+            "/api/v1/subscriptions/x/explode",
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, 404);
+    // Nothing was written by any of it.
+    let (_, apps) = tollgate.admin(Method::GET, "/api/v1/apps", None).await;
+    assert_eq!(apps["data"].as_array().unwrap().len(), 1);
+}
