@@ -656,6 +656,30 @@ impl Store {
             .collect()
     }
 
+    /// Claims a due delivery for one attempt (several nodes poll the same
+    /// outbox): pushes its next attempt `lease_ms` ahead so no other node
+    /// takes it meanwhile. False when another node claimed it first.
+    pub async fn claim_delivery(
+        &self,
+        delivery: &Delivery,
+        now_ms: i64,
+        lease_ms: i64,
+    ) -> Result<bool> {
+        let mut tx = self.begin().await?;
+        let done = sqlx::query(
+            "UPDATE webhook_deliveries SET next_attempt_at_ms = $3 \
+             WHERE id = $1 AND attempts = $2 AND state = 'pending' AND next_attempt_at_ms <= $4",
+        )
+        .bind(&delivery.id)
+        .bind(delivery.attempts)
+        .bind(now_ms + lease_ms)
+        .bind(now_ms)
+        .execute(&mut *tx.tx)
+        .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     /// Records the outcome of one delivery attempt. `next_attempt_at_ms`:
     /// when to retry, `None` when delivered or given up (`failed`).
     pub async fn record_delivery(

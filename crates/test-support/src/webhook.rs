@@ -38,6 +38,8 @@ impl Received {
 struct State {
     received: Mutex<Vec<Received>>,
     failures_left: AtomicUsize,
+    /// How long each answer takes.
+    delay: Duration,
 }
 
 pub struct WebhookReceiver {
@@ -55,11 +57,17 @@ impl Drop for WebhookReceiver {
 impl WebhookReceiver {
     /// Starts on a free port; the first `failures` requests get a 500.
     pub async fn start(failures: usize) -> Self {
+        Self::start_slow(failures, Duration::ZERO).await
+    }
+
+    /// Like [`WebhookReceiver::start`], answering each request after `delay`.
+    pub async fn start_slow(failures: usize, delay: Duration) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(State {
             received: Mutex::new(Vec::new()),
             failures_left: AtomicUsize::new(failures),
+            delay,
         });
         let shared = state.clone();
         let task = tokio::spawn(async move {
@@ -125,6 +133,7 @@ async fn handle(state: &State, request: Request<Incoming>) -> Response<Full<Byte
         body,
         at: Instant::now(),
     });
+    tokio::time::sleep(state.delay).await;
     let fail = state
         .failures_left
         .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))

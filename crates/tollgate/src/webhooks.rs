@@ -81,6 +81,15 @@ async fn deliver(
 async fn round(store: &Store, client: &reqwest::Client) -> Result<(), store::StoreError> {
     let due = store.due_deliveries(domain::now_ms(), BATCH).await?;
     for delivery in due {
+        // Other nodes poll the same outbox: only the one that claims the
+        // delivery sends it. The lease outlasts the request's timeout.
+        let lease_ms = i64::try_from(TIMEOUT.as_millis()).unwrap_or(10_000) * 3;
+        if !store
+            .claim_delivery(&delivery, domain::now_ms(), lease_ms)
+            .await?
+        {
+            continue;
+        }
         let (delivered, status, error) = deliver(client, &delivery).await;
         let attempts = delivery.attempts + 1;
         let next = (!delivered && attempts < MAX_ATTEMPTS)

@@ -1601,6 +1601,16 @@ async fn keys_and_subscriptions_reach_every_node_on_postgres() {
         .admin(Method::GET, "/api/v1/subscriptions?app=acme-web", None)
         .await;
     let id = subscriptions["data"][0]["id"].as_str().unwrap().to_owned();
+    // Both nodes deliver webhooks from the shared outbox: each event
+    // exactly once, even when the endpoint answers slower than the nodes
+    // poll (without a claim, both would send it).
+    let hook = WebhookReceiver::start_slow(0, Duration::from_millis(1200)).await;
+    first
+        .create(
+            "/api/v1/teams/acme/webhooks",
+            json!({"url": hook.url(), "events": ["subscription.suspended", "subscription.resumed"]}),
+        )
+        .await;
     action(&first, ADMIN_TOKEN, &id, "suspend", Some("audit")).await;
     refused_with(&second, path, &world.key, 403, "subscription_suspended").await;
     action(&first, ADMIN_TOKEN, &id, "resume", None).await;
@@ -1617,6 +1627,24 @@ async fn keys_and_subscriptions_reach_every_node_on_postgres() {
         )
         .await;
     refused_with(&second, path, &world.key, 401, "key_revoked").await;
+    let received = hook.wait_for(2, Duration::from_secs(8)).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let received = if hook.received().len() > received.len() {
+        hook.received()
+    } else {
+        received
+    };
+    let mut ids: Vec<&str> = received
+        .iter()
+        .map(|r| r.header("tollgate-delivery").unwrap())
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(
+        (received.len(), ids.len()),
+        (2, 2),
+        "two events, each delivered once by one of the two nodes"
+    );
     // Tenant isolation holds on PostgreSQL too (the team filter is SQL).
     let (_, token) = first.user_with_token("viewer@acme.test").await;
     first
