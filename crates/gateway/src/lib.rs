@@ -86,6 +86,8 @@ pub(crate) struct Shared {
     options: GatewayOptions,
     config_loaded: AtomicBool,
     store_reachable: AtomicBool,
+    /// Shared counters (Redis): 0 not configured, 1 reachable, 2 not.
+    counters_state: std::sync::atomic::AtomicU8,
 }
 
 /// A thread's own handle on the shared snapshot. Requests clone the
@@ -151,6 +153,7 @@ impl Gateway {
                 options,
                 config_loaded: AtomicBool::new(false),
                 store_reachable: AtomicBool::new(true),
+                counters_state: std::sync::atomic::AtomicU8::new(0),
             }),
         }
     }
@@ -235,6 +238,13 @@ impl Gateway {
     }
 
     /// Readiness input: whether the store answered the last poll.
+    /// Readiness detail: whether the shared counters (Redis) answer.
+    pub fn set_counters_reachable(&self, reachable: bool) {
+        self.shared
+            .counters_state
+            .store(if reachable { 1 } else { 2 }, Ordering::Relaxed);
+    }
+
     pub fn set_store_reachable(&self, reachable: bool) {
         self.shared
             .store_reachable

@@ -173,12 +173,22 @@ fn reserved(shared: &Shared, request: &Request<Incoming>) -> Option<Response<Gat
                 } else {
                     StatusCode::SERVICE_UNAVAILABLE
                 },
-                serde_json::json!({
-                    "status": if ready { "ready" } else { "not_ready" },
-                    "config_loaded": config_loaded,
-                    "config_version": shared.snapshot.load().version,
-                    "store_reachable": store_reachable,
-                }),
+                {
+                    let mut body = serde_json::json!({
+                        "status": if ready { "ready" } else { "not_ready" },
+                        "config_loaded": config_loaded,
+                        "config_version": shared.snapshot.load().version,
+                        "store_reachable": store_reachable,
+                    });
+                    // With Redis: still ready without it (limits then hold
+                    // per node), but said so (SPEC §12).
+                    match shared.counters_state.load(Ordering::Relaxed) {
+                        1 => body["shared_counters"] = "ok".into(),
+                        2 => body["shared_counters"] = "unreachable: rate limits per node".into(),
+                        _ => {}
+                    }
+                    body
+                },
             )
         }
         _ => return None,

@@ -29,7 +29,8 @@ async fn sync(
 ) -> redis::RedisResult<()> {
     let items = gateway.take_unsynced_counts();
     if items.is_empty() {
-        return Ok(());
+        // Nothing to share: still check that Redis answers, for readiness.
+        return redis::cmd("PING").query_async::<()>(connection).await;
     }
     let mut pipe = redis::pipe();
     for item in &items {
@@ -61,6 +62,13 @@ pub fn spawn(
                 return;
             }
         };
+        // Not shared until the first sync says so.
+        gateway.set_counters_reachable(false);
+        // Bounded waits: a Redis that hangs must not hold counts back long.
+        let manager_config = redis::aio::ConnectionManagerConfig::new()
+            .set_number_of_retries(1)
+            .set_connection_timeout(Some(Duration::from_secs(1)))
+            .set_response_timeout(Some(Duration::from_secs(1)));
         let mut connection = None;
         let mut failing = false;
         loop {
@@ -69,13 +77,19 @@ pub fn spawn(
                 _ = shutdown.changed() => return,
             }
             if connection.is_none() {
-                match redis::aio::ConnectionManager::new(client.clone()).await {
+                match redis::aio::ConnectionManager::new_with_config(
+                    client.clone(),
+                    manager_config.clone(),
+                )
+                .await
+                {
                     Ok(made) => connection = Some(made),
                     Err(error) => {
                         if !failing {
                             tracing::warn!(%error, "Redis unreachable; rate limits are per node until it answers");
                             failing = true;
                         }
+                        gateway.set_counters_reachable(false);
                         continue;
                     }
                 }
@@ -83,7 +97,9 @@ pub fn spawn(
             let Some(live) = connection.as_mut() else {
                 continue;
             };
-            match sync(live, &gateway).await {
+            let synced = sync(live, &gateway).await;
+            gateway.set_counters_reachable(synced.is_ok());
+            match synced {
                 Ok(()) if failing => {
                     tracing::info!("Redis answers again; rate limits are shared");
                     failing = false;

@@ -1861,6 +1861,8 @@ async fn rate_limits_hold_across_nodes_sharing_redis() {
     .await;
     let path = "/weather/forecast/oslo";
     wait_status(&second, path, &world.key, 200).await;
+    let ready: Value = second.get("/_tollgate/ready").await.json().await.unwrap();
+    assert_eq!(ready["shared_counters"], "ok", "{ready}");
     // `world` and the wait above used 2 of the hour's 40. Then calls
     // alternate between the nodes, 40 ms apart: together they admit the
     // limit, not twice it (62 without sharing). A node may overshoot by
@@ -2001,4 +2003,51 @@ async fn bad_access_input_names_the_field() {
     // Nothing was written by any of it.
     let (_, apps) = tollgate.admin(Method::GET, "/api/v1/apps", None).await;
     assert_eq!(apps["data"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn without_redis_a_node_keeps_serving_and_says_so() {
+    let upstream = FakeUpstream::start("w").await;
+    let tollgate = Tollgate::start_with(
+        BIN,
+        Options {
+            // Nothing listens on port 1.
+            env: vec![(
+                "TOLLGATE_STORAGE__REDIS_URL".into(),
+                "redis://127.0.0.1:1".into(),
+            )],
+            ..Default::default()
+        },
+    )
+    .await;
+    let world = world(
+        &tollgate,
+        &upstream,
+        json!({}),
+        json!({"rate_limits": [{"requests": 3, "per": "hour"}]}),
+    )
+    .await;
+    let started = Instant::now();
+    loop {
+        let ready: Value = tollgate.get("/_tollgate/ready").await.json().await.unwrap();
+        if ready["shared_counters"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("unreachable"))
+        {
+            assert_eq!(ready["status"], "ready", "{ready}");
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "{ready}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Limits still hold, per node: 3 an hour (one used by `world`).
+    let path = "/weather/forecast/lyon";
+    assert_eq!(tollgate.get_with_key(path, &world.key).await.status(), 200);
+    assert_eq!(tollgate.get_with_key(path, &world.key).await.status(), 200);
+    problem(
+        tollgate.get_with_key(path, &world.key).await,
+        429,
+        "rate_limited",
+    )
+    .await;
 }
