@@ -107,9 +107,9 @@ impl utoipa::Modify for ProblemResponses {
         // (`allOf` with id and times), which `additionalProperties: false`
         // would forbid. Unknown fields are documented as a 400 instead.
         if let Some(components) = openapi.components.as_mut() {
-            for name in ["UpstreamSpec", "ServiceSpec", "RouteSpec"] {
-                if let Some(utoipa::openapi::RefOr::T(utoipa::openapi::Schema::Object(object))) =
-                    components.schemas.get_mut(name)
+            for (name, schema) in components.schemas.iter_mut() {
+                if let utoipa::openapi::RefOr::T(utoipa::openapi::Schema::Object(object)) = schema
+                    && name.ends_with("Spec")
                 {
                     object.additional_properties = None;
                 }

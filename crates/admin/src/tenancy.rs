@@ -717,7 +717,8 @@ const SESSION_TTL_MS: i64 = 12 * 3600 * 1000;
 /// Log in to the console: sets the session cookie (HttpOnly, Secure,
 /// SameSite=Strict) and returns the CSRF token.
 #[utoipa::path(post, path = "/api/v1/auth/login", tag = "users", request_body = Login,
-    responses((status = 200, body = LoginAnswer), (status = 401, body = crate::openapi::Problem)), security(()))]
+    responses((status = 200, body = LoginAnswer), (status = 401, body = crate::openapi::Problem),
+        (status = 429, body = crate::openapi::Problem, description = "Too many failed logins for this email")), security(()))]
 pub async fn login(
     State(state): State<AdminState>,
     Json(login): Json<Login>,

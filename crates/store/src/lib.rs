@@ -100,9 +100,12 @@ impl Store {
         let options = match backend {
             Backend::Sqlite => options.after_connect(|conn, _meta| {
                 Box::pin(async move {
+                    // busy_timeout first: switching a new connection to WAL
+                    // while another one writes is refused at once (SQLITE_BUSY)
+                    // unless the connection already waits for locks.
                     sqlx::raw_sql(
-                        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-                         PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;",
+                        "PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL; \
+                         PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
                     )
                     .execute(conn)
                     .await?;
