@@ -3,11 +3,18 @@
 //! - [`router`] builds the axum router over an [`AdminState`] (the store,
 //!   the root token's digest and a callback that tells the gateway to
 //!   reload).
-//! - [`handlers`] are the REST endpoints; [`ops`] the write operations they
-//!   share with [`declarative`] apply; [`extract`] parses input strictly;
-//!   [`error::ApiError`] renders every refusal as problem+json naming the
-//!   offending fields; [`auth`] checks bearer tokens; [`openapi`] serves the
-//!   generated OpenAPI 3.1 document and its reference page.
+//! - [`auth`] identifies the caller (root token, personal token or console
+//!   session with CSRF) as an [`access::Caller`], whose role per team every
+//!   handler checks (404 outside the caller's teams, 403 below the role);
+//!   [`access::audit`] records each change in its transaction.
+//! - [`handlers`] are the upstream, service, route and release endpoints;
+//!   [`tenancy`] teams, members, users, tokens, login and the audit log;
+//!   [`consumers`] apps, keys, plans, subscriptions, the catalog and
+//!   webhooks; [`ops`] the write operations shared with [`declarative`]
+//!   apply; [`extract`] parses input strictly; [`error::ApiError`] renders
+//!   every refusal as problem+json naming the offending fields;
+//!   [`password`] hashes with argon2id; [`openapi`] serves the generated
+//!   OpenAPI 3.1 document and its reference page.
 
 pub mod access;
 pub mod auth;

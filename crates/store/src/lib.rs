@@ -9,6 +9,11 @@
 //!   gateway polls, so a change reaches every node).
 //! - Objects are stored as their JSON spec plus the columns the store needs
 //!   to query, join or keep unique (slug, team, foreign keys).
+//! - `objects` holds upstreams, services, routes and releases; `access`
+//!   teams, users, tokens, sessions, apps, keys, plans, subscriptions, the
+//!   webhook outbox and the audit log, with [`Visible`], the team filter of
+//!   tenant-scoped lists. [`Store::changes`] says what a configuration
+//!   version changed (only keys, or more), so a node can patch its keys.
 
 mod access;
 mod migrate;
