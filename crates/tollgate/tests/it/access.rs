@@ -2051,3 +2051,108 @@ async fn without_redis_a_node_keeps_serving_and_says_so() {
     )
     .await;
 }
+
+/// Every kind of admin change leaves an audit entry.
+#[tokio::test]
+async fn every_change_is_audited() {
+    let upstream = FakeUpstream::start("w").await;
+    let tollgate = Tollgate::start(BIN).await;
+    world(&tollgate, &upstream, json!({}), json!({})).await;
+    let (user_id, _) = tollgate.user_with_token("audited@acme.test").await;
+    tollgate
+        .create(
+            "/api/v1/teams/acme/members",
+            json!({"user": user_id, "role": "viewer"}),
+        )
+        .await;
+    let patch = |path: &'static str, body: Value| {
+        let tollgate = &tollgate;
+        async move {
+            let (status, answer) = tollgate.admin(Method::PATCH, path, Some(body)).await;
+            assert!(status.is_success(), "PATCH {path}: {answer}");
+        }
+    };
+    patch("/api/v1/teams/acme", json!({"name": "Acme Inc"})).await;
+    patch("/api/v1/apps/acme-web", json!({"description": "web"})).await;
+    patch(
+        "/api/v1/upstreams/weather-backend",
+        json!({"read_timeout_ms": 5000}),
+    )
+    .await;
+    patch(
+        "/api/v1/services/weather",
+        json!({"description": "forecasts"}),
+    )
+    .await;
+    patch(
+        "/api/v1/services/weather/plans/pay-as-you-go",
+        json!({"name": "PAYG"}),
+    )
+    .await;
+    let hook = tollgate
+        .create(
+            "/api/v1/teams/acme/webhooks",
+            json!({"url": "http://127.0.0.1:9/"}),
+        )
+        .await;
+    tollgate
+        .admin(
+            Method::DELETE,
+            &format!(
+                "/api/v1/teams/acme/webhooks/{}",
+                hook["id"].as_str().unwrap()
+            ),
+            None,
+        )
+        .await;
+    tollgate
+        .create(
+            "/api/v1/services/weather/deprecate",
+            json!({"sunset": "2099-01-01"}),
+        )
+        .await;
+    let (_, audit) = tollgate
+        .admin(Method::GET, "/api/v1/audit?limit=500", None)
+        .await;
+    let actions: std::collections::BTreeSet<&str> = audit["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    for expected in [
+        "team.create",
+        "team.update",
+        "upstream.create",
+        "upstream.update",
+        "service.create",
+        "service.update",
+        "service.publish",
+        "service.deprecate",
+        "route.create",
+        "plan.create",
+        "plan.update",
+        "app.create",
+        "app.update",
+        "key.create",
+        "subscription.create",
+        "user.create",
+        "token.create",
+        "member.add",
+        "webhook.create",
+        "webhook.delete",
+    ] {
+        assert!(actions.contains(expected), "{expected} not in {actions:?}");
+    }
+    // Every entry names its actor and request, and updates carry both sides.
+    for entry in audit["data"].as_array().unwrap() {
+        assert_eq!(entry["actor"], "root");
+        assert!(!entry["request_id"].as_str().unwrap().is_empty());
+        if entry["action"].as_str().unwrap().ends_with(".update") {
+            assert!(
+                entry["before"].is_object() && entry["after"].is_object(),
+                "{entry}"
+            );
+        }
+    }
+}
