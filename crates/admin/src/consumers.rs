@@ -297,6 +297,71 @@ pub async fn get_key(
     Ok(ok(&key))
 }
 
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KeyChange {
+    #[serde(default)]
+    pub name: Option<String>,
+    /// RFC 3339; `null` removes the expiry. For a rotation: create the new
+    /// key, then give the old one a grace period.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub expires_at: Option<Option<String>>,
+}
+
+/// A field that is present (even as `null`) is `Some`; absent is `None`.
+fn present<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(deserializer).map(Some)
+}
+
+/// Rename a key or change its expiry.
+#[utoipa::path(patch, path = "/api/v1/apps/{app}/keys/{key}", tag = "apps", request_body = KeyChange,
+    params(("app" = String, Path), ("key" = String, Path)), responses((status = 200, body = ApiKey)))]
+pub async fn change_key(
+    State(state): State<AdminState>,
+    caller: Caller,
+    Path((app_key, key_id)): Path<(String, String)>,
+    Json(change): Json<KeyChange>,
+) -> Result<Response, ApiError> {
+    let mut tx = state.store.begin().await?;
+    let app = app_in(&mut tx, &caller, &app_key, Role::Developer).await?;
+    let existing = tx
+        .key(&app.id, &key_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("key", &key_id))?;
+    let mut key = existing.clone();
+    if let Some(name) = change.name {
+        if name.len() > domain::model::limits::TEXT_MAX {
+            return Err(ApiError::field("name", "is too long"));
+        }
+        key.name = Some(name);
+    }
+    match change.expires_at {
+        None => {}
+        Some(None) => key.expires_at_ms = None,
+        Some(Some(text)) => {
+            let spec = KeySpec {
+                expires_at: Some(text),
+                ..KeySpec::default()
+            };
+            key.expires_at_ms = spec.validate(now_ms())?;
+        }
+    }
+    tx.update_key(&key).await?;
+    let record = Audit {
+        action: "key.update",
+        kind: "api_key",
+        id: &key.id,
+        team: app.spec.team.as_deref(),
+        other_team: None,
+    };
+    audit(&mut tx, &caller, record, Some(&existing), Some(&key)).await?;
+    commit(&state, tx).await?;
+    Ok(ok(&key))
+}
+
 /// Revoke a key: the gateway refuses it with `key_revoked` within a second.
 /// The key stays listed (revoked) for the record.
 #[utoipa::path(delete, path = "/api/v1/apps/{app}/keys/{key}", tag = "apps",

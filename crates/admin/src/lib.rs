@@ -149,7 +149,7 @@ pub fn router(state: AdminState) -> Router {
         )
         .route(
             "/api/v1/apps/{app}/keys/{key}",
-            get(c::get_key).delete(c::revoke_key),
+            get(c::get_key).patch(c::change_key).delete(c::revoke_key),
         )
         .route(
             "/api/v1/services/{service}/plans",

@@ -46,6 +46,7 @@ pub struct Problem {
         crate::consumers::create_app, crate::consumers::list_apps, crate::consumers::get_app,
         crate::consumers::replace_app, crate::consumers::patch_app, crate::consumers::delete_app,
         crate::consumers::create_key, crate::consumers::list_keys, crate::consumers::get_key,
+        crate::consumers::change_key,
         crate::consumers::revoke_key,
         crate::consumers::create_plan, crate::consumers::list_plans, crate::consumers::get_plan,
         crate::consumers::patch_plan, crate::consumers::delete_plan,

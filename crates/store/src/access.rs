@@ -1048,6 +1048,18 @@ impl WriteTx {
         Ok(())
     }
 
+    /// Renames a key or changes its expiry (a rotation's grace period).
+    pub async fn update_key(&mut self, key: &ApiKey) -> Result<()> {
+        self.changed_keys.push(key.id.clone());
+        sqlx::query("UPDATE api_keys SET name = $2, expires_at_ms = $3 WHERE id = $1")
+            .bind(&key.id)
+            .bind(key.name.as_deref())
+            .bind(key.expires_at_ms)
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
+    }
+
     pub async fn revoke_key(&mut self, id: &str, at_ms: i64) -> Result<()> {
         self.changed_keys.push(id.to_owned());
         sqlx::query(

@@ -2156,3 +2156,53 @@ async fn every_change_is_audited() {
         }
     }
 }
+
+/// Key rotation: a new key, then a grace period on the old one.
+#[tokio::test]
+async fn keys_rotate_with_a_grace_period() {
+    let upstream = FakeUpstream::start("w").await;
+    let tollgate = Tollgate::start(BIN).await;
+    let world = world(&tollgate, &upstream, json!({}), json!({})).await;
+    let path = "/weather/forecast/riga";
+    let (_, keys) = tollgate
+        .admin(Method::GET, "/api/v1/apps/acme-web/keys", None)
+        .await;
+    let old_id = keys["data"][0]["id"].as_str().unwrap().to_owned();
+    let new_key = new_key(&tollgate, "acme-web", json!({"name": "next"})).await;
+    let key_path = format!("/api/v1/apps/acme-web/keys/{old_id}");
+    let (status, changed) = tollgate
+        .admin(
+            Method::PATCH,
+            &key_path,
+            Some(json!({"expires_at": time_in(Duration::from_millis(1500)), "name": "old"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{changed}");
+    assert_eq!(changed["name"], "old");
+    assert!(changed["expires_at_ms"].as_i64().is_some());
+    wait_status(&tollgate, path, &new_key, 200).await;
+    assert_eq!(
+        tollgate.get_with_key(path, &world.key).await.status(),
+        200,
+        "grace"
+    );
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    refused_with(&tollgate, path, &world.key, 401, "key_expired").await;
+    assert_eq!(tollgate.get_with_key(path, &new_key).await.status(), 200);
+    // Removing the expiry brings the old key back; bad times are refused.
+    let (status, changed) = tollgate
+        .admin(Method::PATCH, &key_path, Some(json!({"expires_at": null})))
+        .await;
+    assert_eq!(status, 200);
+    assert!(changed.get("expires_at_ms").is_none(), "{changed}");
+    wait_status(&tollgate, path, &world.key, 200).await;
+    let (status, refused) = tollgate
+        .admin(
+            Method::PATCH,
+            &key_path,
+            Some(json!({"expires_at": "2001-01-01T00:00:00Z"})),
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(refused["errors"][0]["field"], "expires_at");
+}
