@@ -71,6 +71,8 @@ pub struct SubscriptionRt {
     pub reason: Option<String>,
     pub plan: String,
     pub limiter: Option<Arc<Limiter>>,
+    /// `Tollgate-Plan` and `Tollgate-Subscription` for the upstream.
+    pub identity: [http::HeaderValue; 2],
 }
 
 #[derive(Debug)]
@@ -82,6 +84,14 @@ pub struct AppRt {
     pub limiter: Option<Arc<Limiter>>,
     /// (service id, subscription): the open one, else the latest.
     pub subscriptions: Vec<(String, SubscriptionRt)>,
+    /// `Tollgate-App` and `Tollgate-Team` for the upstream.
+    pub identity: [http::HeaderValue; 2],
+}
+
+/// A header value made once, when the snapshot is compiled (slugs and ids
+/// are always valid header text; anything else becomes empty).
+fn header_value(text: &str) -> http::HeaderValue {
+    http::HeaderValue::from_str(text).unwrap_or_else(|_| http::HeaderValue::from_static(""))
 }
 
 impl AppRt {
@@ -208,6 +218,10 @@ pub fn compile(
                 reason: subscription.reason.clone(),
                 plan: subscription.plan.clone(),
                 limiter,
+                identity: [
+                    header_value(&subscription.plan),
+                    header_value(&subscription.id),
+                ],
             },
         ));
     }
@@ -215,10 +229,12 @@ pub fn compile(
     for app in apps {
         let ip =
             IpRulesRt::compile(&app.spec.ip).map_err(|e| format!("app {}: {e}", app.spec.slug))?;
+        let team = app.spec.team.clone().unwrap_or_default();
         let compiled = AppRt {
+            identity: [header_value(&app.spec.slug), header_value(&team)],
             id: app.id.clone(),
             slug: app.spec.slug.clone(),
-            team: app.spec.team.clone().unwrap_or_default(),
+            team,
             ip,
             limiter: limiters.get(
                 format!("app:{}", app.id),

@@ -3,6 +3,7 @@
 //! and the limiters' own counters.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use domain::access::SubscriptionStatus;
 use domain::code::Code;
@@ -31,8 +32,9 @@ pub mod strip {
 pub struct Admission {
     /// Which credential carriers to remove before forwarding.
     pub strip: u8,
-    /// `Tollgate-App` and friends for the upstream.
-    pub identity: Vec<(HeaderName, HeaderValue)>,
+    /// `Tollgate-App`, `-Team`, `-Plan` and `-Subscription` for the
+    /// upstream, in that order (see `pipeline::IDENTITY`).
+    pub identity: Option<[HeaderValue; 4]>,
     /// `RateLimit-Policy` and `RateLimit` for the response.
     pub rate_headers: Option<(HeaderValue, HeaderValue)>,
     /// Concurrency slots, released when the response body ends.
@@ -47,8 +49,8 @@ enum Source {
     Query,
 }
 
-fn credentials<B>(request: &Request<B>) -> Vec<(&str, Source)> {
-    let mut found = Vec::with_capacity(1);
+fn credentials<B>(request: &Request<B>) -> smallvec::SmallVec<[(&str, Source); 2]> {
+    let mut found = smallvec::SmallVec::new();
     if let Some(value) = request.headers().get(header::AUTHORIZATION)
         && let Ok(text) = value.to_str()
     {
@@ -339,38 +341,42 @@ fn ratelimit_value(quota: &Quota) -> String {
     )
 }
 
-fn policy_value(limiters: &[&Limiter]) -> Option<HeaderValue> {
-    let mut text = String::new();
-    for limiter in limiters {
-        for (name, limit, window_s) in limiter.policies() {
-            if !text.is_empty() {
-                text.push_str(", ");
+/// `RateLimit-Policy` for these limiters: each one's text is made once, so
+/// a request with a single windowed limiter copies it and nothing else.
+fn policy_value(limiters: &[&Arc<Limiter>]) -> Option<HeaderValue> {
+    let mut parts = limiters
+        .iter()
+        .map(|l| l.policy())
+        .filter(|p| !p.is_empty());
+    let first = parts.next()?;
+    let text = match parts.next() {
+        None => HeaderValue::from_str(first),
+        Some(second) => {
+            let mut joined = format!("{first}, {second}");
+            for part in parts {
+                joined.push_str(", ");
+                joined.push_str(part);
             }
-            text.push_str(&format!(
-                "\"{}-{name}\";q={limit};w={window_s}",
-                limiter.scope
-            ));
+            HeaderValue::from_str(&joined)
         }
-    }
-    (!text.is_empty())
-        .then(|| HeaderValue::from_str(&text).ok())
-        .flatten()
+    };
+    text.ok()
 }
 
-/// Phase 5: the plan's, app's and route's limits. An admission is counted
-/// in every limiter or in none.
+/// Phase 5: the plan's, app's and route's limits (each optional). An
+/// admission is counted in every limiter or in none.
 fn limit(
-    limiters: &[&std::sync::Arc<Limiter>],
+    limiters: [Option<&Arc<Limiter>>; 3],
     now_ms: u64,
     admission: &mut Admission,
 ) -> Result<(), Refusal> {
-    if limiters.is_empty() {
+    let present: smallvec::SmallVec<[&Arc<Limiter>; 3]> = limiters.into_iter().flatten().collect();
+    if present.is_empty() {
         return Ok(());
     }
-    let plain: Vec<&Limiter> = limiters.iter().map(|l| l.as_ref()).collect();
-    let policy = policy_value(&plain);
+    let policy = policy_value(&present);
     let mut tightest: Option<Quota> = None;
-    for (index, limiter) in limiters.iter().enumerate() {
+    for (index, limiter) in present.iter().enumerate() {
         let outcome = limiter.admit(now_ms).and_then(|quota| {
             limiter.enter().map(|permit| {
                 if let Some(permit) = permit {
@@ -394,7 +400,7 @@ fn limit(
                 } else {
                     index
                 };
-                for earlier in &limiters[..counted] {
+                for earlier in &present[..counted] {
                     earlier.refund(now_ms);
                 }
                 admission.permits.clear();
@@ -441,31 +447,23 @@ pub(crate) fn admit<B>(
     let now_ms = now_epoch_ms();
     let now_u = u64::try_from(now_ms).unwrap_or(0);
     if service.anonymous {
-        let limiters: Vec<&std::sync::Arc<Limiter>> = route.limiter.iter().collect();
-        limit(&limiters, now_u, &mut admission)?;
+        limit([None, None, route.limiter.as_ref()], now_u, &mut admission)?;
         return Ok(admission);
     }
     let caller = authenticate(snapshot, service, request, now_ms, jwks, &mut admission)?;
     let subscription = authorize(service, &caller, request.method(), ip)?;
     let app = caller.app;
-    let limiters: Vec<&std::sync::Arc<Limiter>> = subscription
-        .limiter
-        .iter()
-        .chain(app.limiter.iter())
-        .chain(route.limiter.iter())
-        .collect();
-    limit(&limiters, now_u, &mut admission)?;
-    for (name, value) in [
-        ("tollgate-app", app.slug.as_str()),
-        ("tollgate-team", app.team.as_str()),
-        ("tollgate-plan", subscription.plan.as_str()),
-        ("tollgate-subscription", subscription.id.as_str()),
-    ] {
-        if let Ok(value) = HeaderValue::from_str(value) {
-            admission
-                .identity
-                .push((HeaderName::from_static(name), value));
-        }
-    }
+    limit(
+        [
+            subscription.limiter.as_ref(),
+            app.limiter.as_ref(),
+            route.limiter.as_ref(),
+        ],
+        now_u,
+        &mut admission,
+    )?;
+    let [app_slug, team] = app.identity.clone();
+    let [plan, id] = subscription.identity.clone();
+    admission.identity = Some([app_slug, team, plan, id]);
     Ok(admission)
 }

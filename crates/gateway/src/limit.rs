@@ -20,9 +20,6 @@ use domain::access::RateLimit;
 struct WindowState {
     /// Start of the current fixed window, epoch ms (a multiple of the period).
     start_ms: u64,
-    /// This window's admissions: this node's plus, with shared counters,
-    /// the other nodes' as last synced.
-    current: u64,
     /// The previous window's total.
     previous: u64,
     /// This node's admissions in this window not yet sent to the shared
@@ -31,6 +28,14 @@ struct WindowState {
     synced: u64,
     /// Other nodes' admissions in this window, as last read.
     remote: u64,
+}
+
+impl WindowState {
+    /// This window's admissions: this node's plus, with shared counters,
+    /// the other nodes' as last synced.
+    fn current(&self) -> u64 {
+        self.synced + self.unsynced + self.remote
+    }
 }
 
 #[derive(Debug)]
@@ -49,6 +54,9 @@ pub struct Limiter {
     states: Mutex<Box<[WindowState]>>,
     concurrent_max: Option<u32>,
     in_flight: AtomicU32,
+    /// This limiter's part of `RateLimit-Policy` (empty without windows),
+    /// written once.
+    policy: Box<str>,
 }
 
 /// What a limiter says about one request.
@@ -76,7 +84,7 @@ fn roll(state: &mut WindowState, period_ms: u64, now_ms: u64) {
     let start = now_ms - now_ms % period_ms;
     if state.start_ms != start {
         let previous = if state.start_ms + period_ms == start {
-            state.current
+            state.current()
         } else {
             0
         };
@@ -93,7 +101,7 @@ fn roll(state: &mut WindowState, period_ms: u64, now_ms: u64) {
 fn scaled_estimate(state: &WindowState, period_ms: u64, now_ms: u64) -> u128 {
     let elapsed = now_ms - state.start_ms;
     u128::from(state.previous) * u128::from(period_ms - elapsed)
-        + u128::from(state.current) * u128::from(period_ms)
+        + u128::from(state.current()) * u128::from(period_ms)
 }
 
 impl Window {
@@ -115,21 +123,22 @@ impl Window {
     fn wait_s(&self, state: &WindowState, now_ms: u64) -> u64 {
         let period = self.period_ms;
         let end = state.start_ms + period;
-        if state.current >= self.limit {
+        let current = state.current();
+        if current >= self.limit {
             // Next window: the estimate is current × overlap, which must
             // fall below limit - 1 for one more to fit.
             let needed = u128::from(self.limit.saturating_sub(1)) * u128::from(period);
-            let into_next = if state.current == 0 {
+            let into_next = if current == 0 {
                 0
             } else {
-                let overlap_max = needed / u128::from(state.current);
+                let overlap_max = needed / u128::from(current);
                 u64::try_from(u128::from(period).saturating_sub(overlap_max)).unwrap_or(period)
             };
             return (end - now_ms + into_next).div_ceil(1000).max(1);
         }
         // This window: the previous window's weight has to drop until
         // previous × (period - elapsed) ≤ (limit - current - 1) × period.
-        let room = u128::from(self.limit - state.current - 1) * u128::from(period);
+        let room = u128::from(self.limit - current - 1) * u128::from(period);
         let overlap_max = if state.previous == 0 {
             u128::from(period)
         } else {
@@ -152,12 +161,26 @@ impl Limiter {
                 name: limit.per.as_str(),
             })
             .collect();
+        let policy = windows
+            .iter()
+            .map(|w| {
+                format!(
+                    "\"{scope}-{}\";q={};w={}",
+                    w.name,
+                    w.limit,
+                    w.period_ms / 1000
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+            .into_boxed_str();
         Self {
             scope,
             states: Mutex::new(vec![WindowState::default(); windows.len()].into_boxed_slice()),
             windows,
             concurrent_max,
             in_flight: AtomicU32::new(0),
+            policy,
         }
     }
 
@@ -172,7 +195,7 @@ impl Limiter {
         for (window, state) in self.windows.iter().zip(states.iter_mut()) {
             roll(state, window.period_ms, now_ms);
             let next = WindowState {
-                current: state.current + 1,
+                unsynced: state.unsynced + 1,
                 ..*state
             };
             let allowed = scaled_estimate(&next, window.period_ms, now_ms)
@@ -187,7 +210,6 @@ impl Limiter {
         }
         let mut tightest: Option<Quota> = None;
         for (window, state) in self.windows.iter().zip(states.iter_mut()) {
-            state.current += 1;
             state.unsynced += 1;
             let quota = window.quota(self.scope, state, now_ms);
             if tightest.is_none_or(|t| quota.remaining < t.remaining) {
@@ -206,7 +228,6 @@ impl Limiter {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         for (window, state) in self.windows.iter().zip(states.iter_mut()) {
             if state.start_ms == now_ms - now_ms % window.period_ms && state.unsynced > 0 {
-                state.current -= 1;
                 state.unsynced -= 1;
             }
         }
@@ -236,15 +257,10 @@ impl Limiter {
         Ok(Some(Permit(self.clone())))
     }
 
-    /// The policies, for `RateLimit-Policy`.
-    pub fn policies(&self) -> impl Iterator<Item = (&'static str, u64, u64)> + '_ {
-        self.windows
-            .iter()
-            .map(|w| (w.name, w.limit, w.period_ms / 1000))
-    }
-
-    pub fn has_windows(&self) -> bool {
-        !self.windows.is_empty()
+    /// This limiter's policies, as `RateLimit-Policy` lists them (empty
+    /// when it only bounds requests in flight).
+    pub fn policy(&self) -> &str {
+        &self.policy
     }
 
     /// Takes this node's unsent admissions of each active window.
@@ -256,7 +272,7 @@ impl Limiter {
         for (index, (window, state)) in self.windows.iter().zip(states.iter_mut()).enumerate() {
             roll(state, window.period_ms, now_ms);
             // Idle windows are not synced: their counts are all zero.
-            if state.current == 0 && state.unsynced == 0 {
+            if state.current() == 0 {
                 continue;
             }
             out.push(SyncItem {
@@ -280,9 +296,7 @@ impl Limiter {
         if let Some(state) = states.get_mut(window)
             && state.start_ms == start_ms
         {
-            let own = state.synced + state.unsynced;
             state.remote = total.saturating_sub(state.synced);
-            state.current = own + state.remote;
         }
     }
 

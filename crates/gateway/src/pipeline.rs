@@ -150,7 +150,8 @@ async fn run(
             &shared.jwks,
         )?
     };
-    context.rate_headers = admission.rate_headers.clone();
+    let mut admission = admission;
+    context.rate_headers = admission.rate_headers.take();
     // Boxed: the forward phase is the largest part of the request's state;
     // on the heap it is allocated once instead of being copied each time
     // the request future moves.
@@ -344,8 +345,10 @@ async fn forward(
     for name in &IDENTITY {
         headers.remove(name);
     }
-    for (name, value) in admission.identity {
-        headers.insert(name, value);
+    if let Some(identity) = admission.identity {
+        for (name, value) in IDENTITY.iter().zip(identity) {
+            headers.insert(name.clone(), value);
+        }
     }
     let query_without_key;
     let query_rewrite = if admission.strip & strip::QUERY_KEY != 0 {
