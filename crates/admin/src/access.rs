@@ -202,6 +202,19 @@ pub struct Audit<'a> {
     pub other_team: Option<&'a str>,
 }
 
+impl<'a> Audit<'a> {
+    /// A change to an object of one team (or of the platform: `None`).
+    pub fn new(action: &'a str, kind: &'a str, id: &'a str, team: Option<&'a str>) -> Self {
+        Self {
+            action,
+            kind,
+            id,
+            team,
+            other_team: None,
+        }
+    }
+}
+
 fn json<T: Serialize>(value: Option<&T>) -> Option<serde_json::Value> {
     value.and_then(|v| serde_json::to_value(v).ok())
 }

@@ -47,13 +47,7 @@ async fn app_or_404(state: &AdminState, caller: &Caller, key: &str) -> Result<Ap
 }
 
 fn app_audit<'a>(action: &'a str, app: &'a App) -> Audit<'a> {
-    Audit {
-        action,
-        kind: "app",
-        id: &app.id,
-        team: app.spec.team.as_deref(),
-        other_team: None,
-    }
+    Audit::new(action, "app", &app.id, app.spec.team.as_deref())
 }
 
 /// Create an app (a consumer of APIs, owned by a team).
@@ -245,13 +239,7 @@ pub async fn create_key(
         hash: token_digest(&secret),
     };
     tx.insert_key(&key).await?;
-    let record = Audit {
-        action: "key.create",
-        kind: "api_key",
-        id: &key.id,
-        team: app.spec.team.as_deref(),
-        other_team: None,
-    };
+    let record = Audit::new("key.create", "api_key", &key.id, app.spec.team.as_deref());
     audit(&mut tx, &caller, record, NONE, Some(&key)).await?;
     commit(&state, tx).await?;
     Ok(created(
@@ -350,13 +338,7 @@ pub async fn change_key(
         }
     }
     tx.update_key(&key).await?;
-    let record = Audit {
-        action: "key.update",
-        kind: "api_key",
-        id: &key.id,
-        team: app.spec.team.as_deref(),
-        other_team: None,
-    };
+    let record = Audit::new("key.update", "api_key", &key.id, app.spec.team.as_deref());
     audit(&mut tx, &caller, record, Some(&existing), Some(&key)).await?;
     commit(&state, tx).await?;
     Ok(ok(&key))
@@ -384,13 +366,7 @@ pub async fn revoke_key(
             revoked_at_ms: Some(at),
             ..key.clone()
         };
-        let record = Audit {
-            action: "key.revoke",
-            kind: "api_key",
-            id: &key.id,
-            team: app.spec.team.as_deref(),
-            other_team: None,
-        };
+        let record = Audit::new("key.revoke", "api_key", &key.id, app.spec.team.as_deref());
         audit(&mut tx, &caller, record, Some(&key), Some(&after)).await?;
         commit(&state, tx).await?;
     }
@@ -400,13 +376,7 @@ pub async fn revoke_key(
 // ------------------------------------------------------------------ plans
 
 fn plan_audit<'a>(action: &'a str, service: &'a Service, plan: &'a Plan) -> Audit<'a> {
-    Audit {
-        action,
-        kind: "plan",
-        id: &plan.id,
-        team: service.spec.team.as_deref(),
-        other_team: None,
-    }
+    Audit::new(action, "plan", &plan.id, service.spec.team.as_deref())
 }
 
 /// Add a plan to a service.
@@ -950,13 +920,7 @@ pub async fn create_webhook(
     };
     let mut tx = state.store.begin().await?;
     tx.insert_webhook(&webhook, &secret).await?;
-    let record = Audit {
-        action: "webhook.create",
-        kind: "webhook",
-        id: &webhook.id,
-        team: Some(&team),
-        other_team: None,
-    };
+    let record = Audit::new("webhook.create", "webhook", &webhook.id, Some(&team));
     audit(&mut tx, &caller, record, NONE, Some(&webhook)).await?;
     commit(&state, tx).await?;
     Ok(created(
@@ -1010,13 +974,7 @@ pub async fn delete_webhook(
     if !tx.delete_webhook(&team, &id).await? {
         return Err(ApiError::not_found("webhook", &id));
     }
-    let record = Audit {
-        action: "webhook.delete",
-        kind: "webhook",
-        id: &id,
-        team: Some(&team),
-        other_team: None,
-    };
+    let record = Audit::new("webhook.delete", "webhook", &id, Some(&team));
     audit(&mut tx, &caller, record, NONE, NONE).await?;
     commit(&state, tx).await?;
     Ok(StatusCode::NO_CONTENT.into_response())

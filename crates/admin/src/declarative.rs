@@ -744,13 +744,7 @@ pub async fn apply(
     let changes = apply_document(&mut tx, &document, prune).await?;
     let changed = !changes.is_empty();
     if !dry_run && changed {
-        let record = crate::access::Audit {
-            action: "config.apply",
-            kind: "config",
-            id: "config",
-            team: None,
-            other_team: None,
-        };
+        let record = crate::access::Audit::new("config.apply", "config", "config", None);
         crate::access::audit(
             &mut tx,
             &caller,

@@ -129,33 +129,20 @@ async fn route_in(tx: &mut WriteTx, service: &Service, key: &str) -> Result<Rout
 }
 
 fn upstream_audit<'a>(action: &'a str, upstream: &'a Upstream) -> Audit<'a> {
-    Audit {
+    Audit::new(
         action,
-        kind: "upstream",
-        id: &upstream.id,
-        team: upstream.spec.team.as_deref(),
-        other_team: None,
-    }
+        "upstream",
+        &upstream.id,
+        upstream.spec.team.as_deref(),
+    )
 }
 
 pub(crate) fn service_audit<'a>(action: &'a str, service: &'a Service) -> Audit<'a> {
-    Audit {
-        action,
-        kind: "service",
-        id: &service.id,
-        team: service.spec.team.as_deref(),
-        other_team: None,
-    }
+    Audit::new(action, "service", &service.id, service.spec.team.as_deref())
 }
 
 fn route_audit<'a>(action: &'a str, service: &'a Service, route: &'a Route) -> Audit<'a> {
-    Audit {
-        action,
-        kind: "route",
-        id: &route.id,
-        team: service.spec.team.as_deref(),
-        other_team: None,
-    }
+    Audit::new(action, "route", &route.id, service.spec.team.as_deref())
 }
 
 /// PUT and PATCH of an upstream: `change` turns the current object into

@@ -63,13 +63,7 @@ pub async fn create_team(
     if let Some(user_id) = caller.user_id() {
         tx.put_membership(&team.id, user_id, Role::Owner).await?;
     }
-    let record = Audit {
-        action: "team.create",
-        kind: "team",
-        id: &team.id,
-        team: Some(&team.spec.slug),
-        other_team: None,
-    };
+    let record = Audit::new("team.create", "team", &team.id, Some(&team.spec.slug));
     audit(&mut tx, &caller, record, NONE, Some(&team)).await?;
     commit(&state, tx).await?;
     Ok(created(&team, format!("/api/v1/teams/{}", team.spec.slug)))
@@ -128,13 +122,7 @@ pub async fn patch_team(
         ..existing.clone()
     };
     tx.put_team(&team).await?;
-    let record = Audit {
-        action: "team.update",
-        kind: "team",
-        id: &team.id,
-        team: Some(&team.spec.slug),
-        other_team: None,
-    };
+    let record = Audit::new("team.update", "team", &team.id, Some(&team.spec.slug));
     audit(&mut tx, &caller, record, Some(&existing), Some(&team)).await?;
     commit(&state, tx).await?;
     Ok(ok(&team))
@@ -161,13 +149,7 @@ pub async fn delete_team(
         ));
     }
     tx.delete_team(&team.id, &team.spec.slug).await?;
-    let record = Audit {
-        action: "team.delete",
-        kind: "team",
-        id: &team.id,
-        team: Some(&team.spec.slug),
-        other_team: None,
-    };
+    let record = Audit::new("team.delete", "team", &team.id, Some(&team.spec.slug));
     audit(&mut tx, &caller, record, Some(&team), NONE).await?;
     commit(&state, tx).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -251,17 +233,16 @@ async fn set_role(
         role,
         created_at_ms: now_ms(),
     };
-    let record = Audit {
-        action: if before.is_some() {
+    let record = Audit::new(
+        if before.is_some() {
             "member.update"
         } else {
             "member.add"
         },
-        kind: "membership",
-        id: &user.id,
-        team: Some(&team.spec.slug),
-        other_team: None,
-    };
+        "membership",
+        &user.id,
+        Some(&team.spec.slug),
+    );
     let before = before.map(|role| serde_json::json!({"role": role}));
     audit(tx, caller, record, before.as_ref(), Some(&membership)).await?;
     Ok(membership)
@@ -338,13 +319,12 @@ pub async fn remove_member(
     let owners_before = tx.owner_count(&team.id).await?;
     tx.delete_membership(&team.id, &user.id).await?;
     keep_an_owner(&mut tx, &team, owners_before).await?;
-    let record = Audit {
-        action: "member.remove",
-        kind: "membership",
-        id: &user.id,
-        team: Some(&team.spec.slug),
-        other_team: None,
-    };
+    let record = Audit::new(
+        "member.remove",
+        "membership",
+        &user.id,
+        Some(&team.spec.slug),
+    );
     audit(
         &mut tx,
         &caller,
@@ -381,13 +361,7 @@ pub async fn create_user(
     };
     let mut tx = state.store.begin().await?;
     tx.insert_user(&user, &hash).await?;
-    let record = Audit {
-        action: "user.create",
-        kind: "user",
-        id: &user.id,
-        team: None,
-        other_team: None,
-    };
+    let record = Audit::new("user.create", "user", &user.id, None);
     audit(&mut tx, &caller, record, NONE, Some(&user)).await?;
     commit(&state, tx).await?;
     Ok(created(&user, format!("/api/v1/users/{}", user.id)))
@@ -498,13 +472,7 @@ pub async fn patch_user(
         ..existing.clone()
     };
     tx.update_user(&user, hash.as_deref()).await?;
-    let record = Audit {
-        action: "user.update",
-        kind: "user",
-        id: &user.id,
-        team: None,
-        other_team: None,
-    };
+    let record = Audit::new("user.update", "user", &user.id, None);
     audit(&mut tx, &caller, record, Some(&existing), Some(&user)).await?;
     commit(&state, tx).await?;
     Ok(ok(&user))
@@ -527,13 +495,7 @@ pub async fn delete_user(
     self_or_platform(&caller, &user, &key)?;
     caller.require_platform()?;
     tx.delete_user(&user.id).await?;
-    let record = Audit {
-        action: "user.delete",
-        kind: "user",
-        id: &user.id,
-        team: None,
-        other_team: None,
-    };
+    let record = Audit::new("user.delete", "user", &user.id, None);
     audit(&mut tx, &caller, record, Some(&user), NONE).await?;
     commit(&state, tx).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -635,13 +597,7 @@ pub async fn create_token(
         created_at_ms: now_ms(),
     };
     tx.insert_token(&token, &token_digest(&secret)).await?;
-    let record = Audit {
-        action: "token.create",
-        kind: "token",
-        id: &token.id,
-        team: None,
-        other_team: None,
-    };
+    let record = Audit::new("token.create", "token", &token.id, None);
     audit(&mut tx, &caller, record, NONE, Some(&token)).await?;
     commit(&state, tx).await?;
     Ok(created(
@@ -683,13 +639,7 @@ pub async fn delete_token(
     if !tx.delete_token(user_id, &id).await? {
         return Err(ApiError::not_found("token", &id));
     }
-    let record = Audit {
-        action: "token.delete",
-        kind: "token",
-        id: &id,
-        team: None,
-        other_team: None,
-    };
+    let record = Audit::new("token.delete", "token", &id, None);
     audit(&mut tx, &caller, record, NONE, NONE).await?;
     commit(&state, tx).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
