@@ -714,7 +714,7 @@ async fn rate_limits_hold_under_64_concurrent_clients() {
     // 64 clients, 8 requests each, as fast as they can: exactly 40 pass in
     // the first second (the per-second limit binds first) or, across
     // seconds, never more than 50 in the hour.
-    let results = hammer(&tollgate, path, &world.key, 64, 8).await;
+    let results = hammer(&tollgate, path, &world.key, 64, Stop::After(8)).await;
     let admitted = results.iter().filter(|r| r.status == 200).count();
     let limited: Vec<&Shot> = results.iter().filter(|r| r.status == 429).collect();
     assert_eq!(admitted + limited.len(), 64 * 8, "only 200 or 429");
@@ -778,7 +778,14 @@ async fn a_per_second_limit_admits_its_limit_in_each_second() {
     )
     .await;
     let path = "/weather/forecast/quito";
-    let results = hammer_for(&tollgate, path, &world.key, 64, Duration::from_millis(3500)).await;
+    let results = hammer(
+        &tollgate,
+        path,
+        &world.key,
+        64,
+        Stop::At(Instant::now() + Duration::from_millis(3500)),
+    )
+    .await;
     // Count admissions per epoch second. A request whose send and answer
     // fall in different seconds cannot be placed: it may count in either.
     let mut certain = std::collections::BTreeMap::<u128, usize>::new();
@@ -891,12 +898,21 @@ async fn shoot(client: &reqwest::Client, url: &str, key: &str) -> Shot {
     }
 }
 
+/// When each of `hammer`'s clients stops.
+#[derive(Clone, Copy)]
+enum Stop {
+    After(usize),
+    At(Instant),
+}
+
+/// `clients` concurrent clients, each sending GETs one after the other
+/// until `stop`.
 async fn hammer(
     tollgate: &Tollgate,
     path: &str,
     key: &str,
     clients: usize,
-    each: usize,
+    stop: Stop,
 ) -> Vec<Shot> {
     let mut tasks = Vec::new();
     for _ in 0..clients {
@@ -905,35 +921,10 @@ async fn hammer(
         let key = key.to_owned();
         tasks.push(tokio::spawn(async move {
             let mut shots = Vec::new();
-            for _ in 0..each {
-                shots.push(shoot(&client, &url, &key).await);
-            }
-            shots
-        }));
-    }
-    let mut all = Vec::new();
-    for task in tasks {
-        all.extend(task.await.unwrap());
-    }
-    all
-}
-
-async fn hammer_for(
-    tollgate: &Tollgate,
-    path: &str,
-    key: &str,
-    clients: usize,
-    duration: Duration,
-) -> Vec<Shot> {
-    let deadline = Instant::now() + duration;
-    let mut tasks = Vec::new();
-    for _ in 0..clients {
-        let client = test_support::tollgate::client();
-        let url = format!("{}{path}", tollgate.gateway_url);
-        let key = key.to_owned();
-        tasks.push(tokio::spawn(async move {
-            let mut shots = Vec::new();
-            while Instant::now() < deadline {
+            while match stop {
+                Stop::After(count) => shots.len() < count,
+                Stop::At(deadline) => Instant::now() < deadline,
+            } {
                 shots.push(shoot(&client, &url, &key).await);
             }
             shots
