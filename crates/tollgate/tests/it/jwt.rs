@@ -11,7 +11,9 @@ use crate::{BIN, FakeUpstream, Tollgate, json, problem};
 
 const PATH: &str = "/weather/forecast/bern";
 
-async fn setup(tollgate: &Tollgate, upstream: &FakeUpstream, idp: &FakeIdp) -> String {
+/// Team `acme` and a published catalog service `weather` at `/weather`
+/// that authenticates as `auth` says.
+async fn keyed_weather(tollgate: &Tollgate, upstream: &FakeUpstream, auth: Value) {
     tollgate
         .create("/api/v1/teams", json!({"slug": "acme"}))
         .await;
@@ -23,19 +25,28 @@ async fn setup(tollgate: &Tollgate, upstream: &FakeUpstream, idp: &FakeIdp) -> S
             &[json!({"path": "/*"})],
         )
         .await;
+    let (status, body) = tollgate
+        .admin(
+            Method::PATCH,
+            "/api/v1/services/weather",
+            Some(json!({"visibility": "catalog", "auth": auth})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+}
+
+async fn setup(tollgate: &Tollgate, upstream: &FakeUpstream, idp: &FakeIdp) -> String {
     let issuers = json!([
         {"issuer": idp.issuer, "algorithms": ["ES256"], "jwks_url": idp.jwks_url(), "audiences": ["weather-api"]},
         {"issuer": "https://hs.example", "algorithms": ["HS256"], "secret": idp.secret},
         {"issuer": "https://rs.example", "algorithms": ["RS256"], "public_key_pem": idp.rsa_public_pem, "leeway_s": 0},
     ]);
-    let (status, body) = tollgate
-        .admin(
-            Method::PATCH,
-            "/api/v1/services/weather",
-            Some(json!({"visibility": "catalog", "auth": {"anonymous": false, "jwt": {"issuers": issuers}}})),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    keyed_weather(
+        tollgate,
+        upstream,
+        json!({"anonymous": false, "jwt": {"issuers": issuers}}),
+    )
+    .await;
     tollgate
         .create("/api/v1/services/weather/plans", json!({"slug": "free"}))
         .await;
@@ -287,26 +298,14 @@ async fn every_credential_kind_meets_every_subscription_state() {
     let upstream = FakeUpstream::start("w").await;
     let idp = FakeIdp::start().await;
     let tollgate = Tollgate::start(BIN).await;
-    tollgate
-        .create("/api/v1/teams", json!({"slug": "acme"}))
-        .await;
-    tollgate
-        .publish_http_service(
-            "weather",
-            "/weather",
-            json!({"targets": [{"url": upstream.url()}]}),
-            &[json!({"path": "/*"})],
-        )
-        .await;
     let issuer = "https://hs.example";
-    tollgate
-        .admin(
-            Method::PATCH,
-            "/api/v1/services/weather",
-            Some(json!({"visibility": "catalog", "auth": {"anonymous": false, "query_key": true,
-                "jwt": {"issuers": [{"issuer": issuer, "algorithms": ["HS256"], "secret": idp.secret}]}}})),
-        )
-        .await;
+    keyed_weather(
+        &tollgate,
+        &upstream,
+        json!({"anonymous": false, "query_key": true,
+            "jwt": {"issuers": [{"issuer": issuer, "algorithms": ["HS256"], "secret": idp.secret}]}}),
+    )
+    .await;
     tollgate
         .create("/api/v1/services/weather/plans", json!({"slug": "open"}))
         .await;
