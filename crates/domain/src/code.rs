@@ -39,12 +39,13 @@ pub enum Code {
     CircuitOpen,
     UpstreamTimeout,
     BadRequest,
+    HeadersTooLarge,
     InternalError,
 }
 
 impl Code {
     /// Every code, for docs and problem pages.
-    pub const ALL: [Code; 35] = [
+    pub const ALL: [Code; 36] = [
         Code::MissingCredentials,
         Code::InvalidCredentials,
         Code::KeyRevoked,
@@ -79,6 +80,7 @@ impl Code {
         Code::CircuitOpen,
         Code::UpstreamTimeout,
         Code::BadRequest,
+        Code::HeadersTooLarge,
         Code::InternalError,
     ];
 
@@ -127,6 +129,7 @@ impl Code {
             Code::CircuitOpen => ("circuit_open", 503, "Circuit open"),
             Code::UpstreamTimeout => ("upstream_timeout", 504, "Upstream timeout"),
             Code::BadRequest => ("bad_request", 400, "Bad request"),
+            Code::HeadersTooLarge => ("headers_too_large", 431, "Request header fields too large"),
             Code::InternalError => ("internal_error", 500, "Internal error"),
         }
     }

@@ -18,7 +18,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
-use crate::client::Lease;
+use crate::client::ResponseBody;
 use crate::upstream::TargetState;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -35,15 +35,57 @@ pub struct BodyTooLarge {
 #[error("upstream sent nothing for {0:?}")]
 pub struct IdleTimeout(pub Duration);
 
+/// A client's request body, as the server that read the request gives it.
+pub enum RequestBody {
+    Empty,
+    /// HTTP/2 (hyper's server).
+    Hyper(Incoming),
+    Http1(crate::h1::server::RequestBody),
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            RequestBody::Empty => Poll::Ready(None),
+            RequestBody::Hyper(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map_err(|error| Box::new(error) as BoxError),
+            RequestBody::Http1(body) => Pin::new(body).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Empty => true,
+            RequestBody::Hyper(body) => body.is_end_stream(),
+            RequestBody::Http1(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Empty => SizeHint::with_exact(0),
+            RequestBody::Hyper(body) => body.size_hint(),
+            RequestBody::Http1(body) => body.size_hint(),
+        }
+    }
+}
+
 /// The client's body, cut off with [`BodyTooLarge`] past `limit` bytes.
 pub struct LimitedBody {
-    inner: Incoming,
+    inner: RequestBody,
     limit: u64,
     seen: u64,
 }
 
 impl LimitedBody {
-    pub fn new(inner: Incoming, limit: u64) -> Self {
+    pub fn new(inner: RequestBody, limit: u64) -> Self {
         Self {
             inner,
             limit,
@@ -79,7 +121,7 @@ impl Body for LimitedBody {
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Some(Err(error)) => Poll::Ready(Some(Err(Box::new(error)))),
+            Some(Err(error)) => Poll::Ready(Some(Err(error))),
             None => Poll::Ready(None),
         }
     }
@@ -98,6 +140,13 @@ pub enum UpstreamRequestBody {
     Empty,
     Full(Option<Bytes>),
     Stream(LimitedBody),
+}
+
+impl UpstreamRequestBody {
+    /// Whether the body can be sent again (it is not a stream).
+    pub fn is_replayable(&self) -> bool {
+        !matches!(self, UpstreamRequestBody::Stream(_))
+    }
 }
 
 impl Body for UpstreamRequestBody {
@@ -153,8 +202,7 @@ impl Drop for InFlight {
 /// The upstream's response body on its way to the client. When it has been
 /// read to the end, its HTTP/1.1 connection goes back to the pool.
 pub struct UpstreamResponseBody {
-    inner: Incoming,
-    lease: Option<Lease>,
+    inner: ResponseBody,
     _in_flight: Option<InFlight>,
     /// Slots among a caller's requests in flight, freed with the body.
     _permits: Vec<crate::limit::Permit>,
@@ -164,15 +212,9 @@ pub struct UpstreamResponseBody {
 }
 
 impl UpstreamResponseBody {
-    pub fn new(
-        inner: Incoming,
-        lease: Option<Lease>,
-        in_flight: Option<InFlight>,
-        idle_timeout: Duration,
-    ) -> Self {
+    pub fn new(inner: ResponseBody, in_flight: Option<InFlight>, idle_timeout: Duration) -> Self {
         Self {
             inner,
-            lease,
             _in_flight: in_flight,
             _permits: Vec::new(),
             idle_timeout,
@@ -202,7 +244,7 @@ impl Body for UpstreamResponseBody {
                     idle.as_mut()
                         .reset(tokio::time::Instant::now() + this.idle_timeout);
                 }
-                Poll::Ready(frame.map(|f| f.map_err(|e| Box::new(e) as BoxError)))
+                Poll::Ready(frame)
             }
             Poll::Pending => {
                 let timeout = this.idle_timeout;
@@ -223,18 +265,6 @@ impl Body for UpstreamResponseBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
-    }
-}
-
-impl Drop for UpstreamResponseBody {
-    fn drop(&mut self) {
-        // Only a connection whose response was read to the end can carry
-        // another request; anything else is closed with the sender.
-        if self.inner.is_end_stream()
-            && let Some(lease) = self.lease.as_mut()
-        {
-            lease.release();
-        }
     }
 }
 

@@ -1,25 +1,30 @@
-//! Upstream connections: hyper's connection-level client with a pool per
-//! worker thread. A pooled HTTP/1.1 connection goes back to its thread's
-//! pool when the response body has been read to the end; an HTTP/2
-//! connection is shared by every request of the thread. Nothing here is
-//! shared between threads, so checking a connection out takes no lock and
-//! the connection is driven by the same runtime that uses it.
+//! Upstream connections, pooled per worker thread. HTTP/1.1 goes through
+//! [`crate::h1::client`]: an idle connection is taken from the thread's
+//! pool, written and read by the request that uses it, and put back when
+//! its response body has been read to the end. HTTP/2 (hyper's client) has
+//! one shared connection per target and thread. Nothing here is shared
+//! between threads, so checking a connection out takes no lock.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::{Bytes, BytesMut};
 use domain::model::UpstreamProtocol;
 use http::uri::Scheme;
 use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 
-use crate::body::UpstreamRequestBody;
+use crate::body::{BoxError, UpstreamRequestBody};
+use crate::h1::client::{Conn, ExchangeError, Io};
 use crate::upstream::TargetRt;
 
 /// Idle HTTP/1.1 connections kept per target and thread.
@@ -47,23 +52,57 @@ pub enum SendError {
     #[error("HTTP handshake: {0}")]
     Handshake(hyper::Error),
     #[error(transparent)]
-    Request(hyper::Error),
+    Http1(ExchangeError),
+    #[error(transparent)]
+    Http2(hyper::Error),
 }
 
 impl SendError {
     /// Whether the failure happened before anything reached the upstream.
     pub fn is_connect(&self) -> bool {
-        !matches!(self, SendError::Request(_))
+        !matches!(self, SendError::Http1(_) | SendError::Http2(_))
     }
 }
 
-enum Sender {
-    Http1(http1::SendRequest<UpstreamRequestBody>),
-    Http2(http2::SendRequest<UpstreamRequestBody>),
+/// An upstream's response body, whichever protocol carried it.
+pub enum ResponseBody {
+    Http1(crate::h1::client::ResponseBody),
+    Http2(Incoming),
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ResponseBody::Http1(body) => Pin::new(body).poll_frame(cx),
+            ResponseBody::Http2(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map_err(|error| Box::new(error) as BoxError),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ResponseBody::Http1(body) => body.is_end_stream(),
+            ResponseBody::Http2(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ResponseBody::Http1(body) => body.size_hint(),
+            ResponseBody::Http2(body) => body.size_hint(),
+        }
+    }
 }
 
 thread_local! {
-    static IDLE: RefCell<HashMap<u64, Vec<http1::SendRequest<UpstreamRequestBody>>>> = RefCell::new(HashMap::new());
+    static IDLE: RefCell<HashMap<u64, Vec<Conn>>> = RefCell::new(HashMap::new());
     static SHARED: RefCell<HashMap<u64, http2::SendRequest<UpstreamRequestBody>>> = RefCell::new(HashMap::new());
 }
 
@@ -71,37 +110,25 @@ fn pool_key(target: &TargetRt, connector: &Connector) -> u64 {
     target.state.id.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ connector.generation
 }
 
-/// An HTTP/1.1 connection lent to one request; it returns to the pool of
-/// the thread that drops it, if the exchange finished cleanly.
-pub struct Lease {
-    key: u64,
-    sender: Option<http1::SendRequest<UpstreamRequestBody>>,
-}
-
-impl Lease {
-    /// Gives the connection back for reuse.
-    pub fn release(&mut self) {
-        if let Some(sender) = self.sender.take()
-            && !sender.is_closed()
-        {
-            IDLE.with(|idle| {
-                let mut idle = idle.borrow_mut();
-                let list = idle.entry(self.key).or_default();
-                if list.len() < IDLE_PER_TARGET {
-                    list.push(sender);
-                }
-            });
+/// Puts an HTTP/1.1 connection whose exchange finished cleanly back in the
+/// pool of the thread that finished it.
+pub(crate) fn put_idle(key: u64, conn: Conn) {
+    IDLE.with(|idle| {
+        let mut idle = idle.borrow_mut();
+        let list = idle.entry(key).or_default();
+        if list.len() < IDLE_PER_TARGET {
+            list.push(conn);
         }
-    }
+    });
 }
 
-fn take_idle(key: u64) -> Option<http1::SendRequest<UpstreamRequestBody>> {
+fn take_idle(key: u64) -> Option<Conn> {
     IDLE.with(|idle| {
         let mut idle = idle.borrow_mut();
         let list = idle.get_mut(&key)?;
-        while let Some(sender) = list.pop() {
-            if !sender.is_closed() {
-                return Some(sender);
+        while let Some(conn) = list.pop() {
+            if conn.is_usable() {
+                return Some(conn);
             }
         }
         None
@@ -123,51 +150,94 @@ fn take_shared(key: u64) -> Option<http2::SendRequest<UpstreamRequestBody>> {
 }
 
 /// Sends `request` to `target`: on an idle pooled connection when there is
-/// one (a connection found closed before the request was written is
-/// replaced transparently), else on a new one.
+/// one (one that the upstream closed as it was being taken is replaced
+/// transparently when the request can be sent again), else on a new one.
 pub async fn send(
     connector: &Connector,
     target: &TargetRt,
-    mut request: Request<UpstreamRequestBody>,
-) -> Result<(Response<Incoming>, Option<Lease>), SendError> {
+    request: Request<UpstreamRequestBody>,
+) -> Result<Response<ResponseBody>, SendError> {
     let key = pool_key(target, connector);
-    if let Some(mut sender) = take_shared(key) {
+    let mut request = request;
+    if let Some(mut sender) = take_shared(key)
+        && sender.ready().await.is_ok()
+    {
         to_http2(&mut request, target);
-        if sender.ready().await.is_ok() {
-            return match sender.try_send_request(request).await {
-                Ok(response) => Ok((response, None)),
-                Err(mut error) => match error.take_message() {
-                    Some(back) => send_new(connector, target, back, key).await,
-                    None => Err(SendError::Request(error.into_error())),
-                },
-            };
-        }
-    }
-    while let Some(mut sender) = take_idle(key) {
-        if sender.ready().await.is_err() {
-            continue;
-        }
         match sender.try_send_request(request).await {
-            Ok(response) => {
-                return Ok((
-                    response,
-                    Some(Lease {
-                        key,
-                        sender: Some(sender),
-                    }),
-                ));
-            }
+            Ok(response) => return Ok(response.map(ResponseBody::Http2)),
             Err(mut error) => match error.take_message() {
-                // Not written: the connection was closed under us; try the next.
-                Some(back) => request = back,
-                None => return Err(SendError::Request(error.into_error())),
+                // Not sent: the connection closed under us; connect anew.
+                Some(back) => {
+                    request = back;
+                    request
+                        .headers_mut()
+                        .insert(http::header::HOST, target.host_header.clone());
+                }
+                None => return Err(SendError::Http2(error.into_error())),
             },
         }
     }
-    send_new(connector, target, request, key).await
+    let (parts, mut body) = request.into_parts();
+    let mut head = BytesMut::new();
+    crate::h1::client::encode_head(&parts, &body, &mut head);
+    let chunked = matches!(body, UpstreamRequestBody::Stream(_))
+        && !parts.headers.contains_key(http::header::CONTENT_LENGTH);
+    while let Some(conn) = take_idle(key) {
+        match crate::h1::client::exchange(conn, &head, &mut body, chunked, &parts.method, key).await
+        {
+            Ok(response) => return Ok(response.map(ResponseBody::Http1)),
+            // Closed under us before answering: another connection, if
+            // the request can be sent again.
+            Err(error)
+                if error.is_stale()
+                    && body.is_replayable()
+                    && may_resend(&parts.method, &error) => {}
+            Err(error) => return Err(SendError::Http1(error)),
+        }
+    }
+    send_new(
+        connector,
+        target,
+        Request::from_parts(parts, body),
+        head,
+        chunked,
+        key,
+    )
+    .await
 }
 
-type Sent = Result<(Response<Incoming>, Option<Lease>), SendError>;
+/// A request on a connection closed under it is sent again when the
+/// upstream cannot have acted on it: it was not written, or the method is
+/// idempotent.
+fn may_resend(method: &http::Method, error: &ExchangeError) -> bool {
+    use http::Method;
+    let not_written = matches!(error, ExchangeError::Stale { inner } if matches!(**inner, ExchangeError::Write(_)));
+    not_written
+        || [
+            Method::GET,
+            Method::HEAD,
+            Method::OPTIONS,
+            Method::TRACE,
+            Method::PUT,
+            Method::DELETE,
+        ]
+        .contains(method)
+}
+
+async fn send_http2(
+    mut sender: http2::SendRequest<UpstreamRequestBody>,
+    mut request: Request<UpstreamRequestBody>,
+    target: &TargetRt,
+) -> Result<Response<ResponseBody>, SendError> {
+    to_http2(&mut request, target);
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(SendError::Http2)?;
+    Ok(response.map(ResponseBody::Http2))
+}
+
+type Sent = Result<Response<ResponseBody>, SendError>;
 
 /// The path with a new connection. Boxed: connecting (TCP, TLS, HTTP
 /// handshakes) makes a large future, and keeping it out of line keeps the
@@ -176,42 +246,25 @@ fn send_new<'a>(
     connector: &'a Connector,
     target: &'a TargetRt,
     request: Request<UpstreamRequestBody>,
+    head: BytesMut,
+    chunked: bool,
     key: u64,
-) -> std::pin::Pin<Box<dyn std::future::Future<Output = Sent> + Send + 'a>> {
-    Box::pin(send_new_inner(connector, target, request, key))
-}
-
-async fn send_new_inner(
-    connector: &Connector,
-    target: &TargetRt,
-    mut request: Request<UpstreamRequestBody>,
-    key: u64,
-) -> Result<(Response<Incoming>, Option<Lease>), SendError> {
-    match connect(connector, target).await? {
-        Sender::Http2(mut sender) => {
-            SHARED.with(|shared| shared.borrow_mut().insert(key, sender.clone()));
-            to_http2(&mut request, target);
-            let response = sender
-                .send_request(request)
-                .await
-                .map_err(SendError::Request)?;
-            Ok((response, None))
+) -> Pin<Box<dyn std::future::Future<Output = Sent> + Send + 'a>> {
+    Box::pin(async move {
+        match connect(connector, target).await? {
+            Connection::Http2(sender) => {
+                SHARED.with(|shared| shared.borrow_mut().insert(key, sender.clone()));
+                send_http2(sender, request, target).await
+            }
+            Connection::Http1(conn) => {
+                let (parts, mut body) = request.into_parts();
+                crate::h1::client::exchange(conn, &head, &mut body, chunked, &parts.method, key)
+                    .await
+                    .map(|response| response.map(ResponseBody::Http1))
+                    .map_err(SendError::Http1)
+            }
         }
-        Sender::Http1(mut sender) => {
-            *request.version_mut() = http::Version::HTTP_11;
-            let response = sender
-                .send_request(request)
-                .await
-                .map_err(SendError::Request)?;
-            Ok((
-                response,
-                Some(Lease {
-                    key,
-                    sender: Some(sender),
-                }),
-            ))
-        }
-    }
+    })
 }
 
 /// HTTP/2 carries scheme and authority as pseudo-headers, not `Host`.
@@ -245,7 +298,12 @@ async fn tcp(target: &TargetRt) -> Result<TcpStream, std::io::Error> {
     Ok(stream)
 }
 
-async fn connect(connector: &Connector, target: &TargetRt) -> Result<Sender, SendError> {
+enum Connection {
+    Http1(Conn),
+    Http2(http2::SendRequest<UpstreamRequestBody>),
+}
+
+async fn connect(connector: &Connector, target: &TargetRt) -> Result<Connection, SendError> {
     let stream = tokio::time::timeout(connector.connect_timeout, tcp(target))
         .await
         .map_err(|_| SendError::ConnectTimeout)?
@@ -271,42 +329,30 @@ async fn connect(connector: &Connector, target: &TargetRt) -> Result<Sender, Sen
             .map_err(|_| SendError::ConnectTimeout)?
             .map_err(SendError::Tls)?;
         let negotiated_h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-        handshake(
-            stream,
-            negotiated_h2 || connector.protocol == UpstreamProtocol::Http2,
-        )
-        .await
+        if negotiated_h2 || connector.protocol == UpstreamProtocol::Http2 {
+            http2_handshake(stream).await
+        } else {
+            Ok(Connection::Http1(Conn::new(Io::Tls(Box::new(stream)))))
+        }
+    } else if connector.protocol == UpstreamProtocol::Http2 {
+        http2_handshake(stream).await
     } else {
-        handshake(stream, connector.protocol == UpstreamProtocol::Http2).await
+        Ok(Connection::Http1(Conn::new(Io::Plain(stream))))
     }
 }
 
-async fn handshake<S>(stream: S, http2: bool) -> Result<Sender, SendError>
+async fn http2_handshake<S>(stream: S) -> Result<Connection, SendError>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let io = TokioIo::new(stream);
-    if http2 {
-        let (sender, connection) = http2::Builder::new(TokioExecutor::new())
-            .handshake(io)
-            .await
-            .map_err(SendError::Handshake)?;
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, "upstream HTTP/2 connection ended");
-            }
-        });
-        Ok(Sender::Http2(sender))
-    } else {
-        let (sender, connection) = http1::Builder::new()
-            .handshake(io)
-            .await
-            .map_err(SendError::Handshake)?;
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, "upstream connection ended");
-            }
-        });
-        Ok(Sender::Http1(sender))
-    }
+    let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(SendError::Handshake)?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(%error, "upstream HTTP/2 connection ended");
+        }
+    });
+    Ok(Connection::Http2(sender))
 }

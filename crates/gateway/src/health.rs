@@ -66,15 +66,11 @@ async fn probe(upstream: Arc<UpstreamRt>, index: usize) {
     )
     .await
     {
-        Ok(Ok((response, lease))) => {
+        Ok(Ok(response)) => {
             let status = response.status().as_u16();
             // Read the (small) body so the connection can be reused.
             use http_body_util::BodyExt;
-            if response.into_body().collect().await.is_ok()
-                && let Some(mut lease) = lease
-            {
-                lease.release();
-            }
+            let _ = response.into_body().collect().await;
             if active.healthy_statuses.is_empty() {
                 (200..400).contains(&status)
             } else {

@@ -21,6 +21,7 @@ pub mod access;
 mod admit;
 pub mod body;
 pub mod client;
+pub mod h1;
 pub mod health;
 pub mod jwt;
 pub mod limit;

@@ -23,12 +23,12 @@ use domain::code::Code;
 use domain::model::Lifecycle;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
-use hyper::body::Incoming;
 
 use crate::Shared;
 use crate::admit::{Admission, strip};
 use crate::body::{
-    BodyTooLarge, GatewayBody, InFlight, LimitedBody, UpstreamRequestBody, UpstreamResponseBody,
+    BodyTooLarge, GatewayBody, InFlight, LimitedBody, RequestBody, UpstreamRequestBody,
+    UpstreamResponseBody,
 };
 use crate::client::SendError;
 use crate::refusal::Refusal;
@@ -36,7 +36,7 @@ use crate::router::{Match, allow_header, method_bit};
 use crate::snapshot::{RouteRt, Snapshot};
 use crate::upstream::{Outcome, PickInput};
 
-static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -90,7 +90,7 @@ impl RequestContext {
 /// Serves one request. Never fails: every error becomes a response.
 pub(crate) async fn handle(
     shared: &Shared,
-    request: Request<Incoming>,
+    request: Request<RequestBody>,
     peer: Arc<Peer>,
 ) -> Response<GatewayBody> {
     let request_id = request_id_of(request.headers());
@@ -128,7 +128,7 @@ pub(crate) async fn handle(
 async fn run(
     shared: &Shared,
     context: &mut RequestContext,
-    request: Request<Incoming>,
+    request: Request<RequestBody>,
 ) -> Result<Response<GatewayBody>, Refusal> {
     if let Some(response) = reserved(shared, &request) {
         return Ok(response);
@@ -159,7 +159,7 @@ async fn run(
 }
 
 /// `/_tollgate/…`: the gateway's own endpoints.
-fn reserved(shared: &Shared, request: &Request<Incoming>) -> Option<Response<GatewayBody>> {
+fn reserved(shared: &Shared, request: &Request<RequestBody>) -> Option<Response<GatewayBody>> {
     use std::sync::atomic::Ordering;
     let rest = request.uri().path().strip_prefix("/_tollgate/")?;
     let (status, body) = match rest {
@@ -206,7 +206,10 @@ fn reserved(shared: &Shared, request: &Request<Incoming>) -> Option<Response<Gat
     Some(response)
 }
 
-fn match_route(context: &mut RequestContext, request: &Request<Incoming>) -> Result<(), Refusal> {
+fn match_route(
+    context: &mut RequestContext,
+    request: &Request<RequestBody>,
+) -> Result<(), Refusal> {
     let host = host_of(&context.snapshot, request);
     let path = request.uri().path();
     match context
@@ -256,7 +259,10 @@ fn check_lifecycle(context: &RequestContext) -> Result<(), Refusal> {
     Ok(())
 }
 
-fn check_body_size(context: &RequestContext, request: &Request<Incoming>) -> Result<(), Refusal> {
+fn check_body_size(
+    context: &RequestContext,
+    request: &Request<RequestBody>,
+) -> Result<(), Refusal> {
     let Some(route) = context.route() else {
         return Ok(());
     };
@@ -288,7 +294,7 @@ enum Outgoing {
 async fn forward(
     shared: &Shared,
     context: &RequestContext,
-    request: Request<Incoming>,
+    request: Request<RequestBody>,
     admission: Admission,
 ) -> Result<Response<GatewayBody>, Refusal> {
     let Some(route) = context.route() else {
@@ -307,7 +313,7 @@ async fn forward(
     let retry = &route.retry;
     let may_retry = retry.retries > 0 && retry.methods & method_bit != 0;
 
-    let mut outgoing = if hyper::body::Body::is_end_stream(&body) {
+    let mut outgoing = if http_body::Body::is_end_stream(&body) {
         Outgoing::Replayable(None)
     } else {
         let limited = LimitedBody::new(body, route.body_limit_bytes);
@@ -447,7 +453,7 @@ async fn forward(
         .await;
         let latency = try_started.elapsed();
         match result {
-            Ok(Ok((response, lease))) => {
+            Ok(Ok(response)) => {
                 let status = response.status().as_u16();
                 let failed = upstream.is_failure_status(status);
                 upstream.record(
@@ -475,7 +481,7 @@ async fn forward(
                 route.response_headers.apply(&mut response_parts.headers);
                 response_parts.version = Version::HTTP_11;
                 let body = GatewayBody::Upstream(
-                    UpstreamResponseBody::new(incoming, lease, in_flight, read_timeout)
+                    UpstreamResponseBody::new(incoming, in_flight, read_timeout)
                         .with_permits(permits.take().unwrap_or_default()),
                 );
                 return Ok(Response::from_parts(response_parts, body));
@@ -617,7 +623,7 @@ fn upstream_uri(
 
 /// The request's host, lower-case and without port; `None` when no route
 /// is bound to a host (the common case costs nothing).
-fn host_of(snapshot: &Snapshot, request: &Request<Incoming>) -> Option<String> {
+fn host_of(snapshot: &Snapshot, request: &Request<RequestBody>) -> Option<String> {
     if !snapshot.router.has_hosts() {
         return None;
     }
@@ -711,7 +717,7 @@ fn append_forwarded(
 }
 
 /// The client's `X-Request-Id` when well-formed (1–128 of `[A-Za-z0-9._:-]`),
-/// else a new UUID v7 (built without the `uuid` crate's global context lock).
+/// else a new one ([`new_request_id`]).
 fn request_id_of(headers: &HeaderMap) -> HeaderValue {
     if let Some(value) = headers.get(&X_REQUEST_ID) {
         let bytes = value.as_bytes();
@@ -724,6 +730,12 @@ fn request_id_of(headers: &HeaderMap) -> HeaderValue {
             return value.clone();
         }
     }
+    new_request_id()
+}
+
+/// A new request id: a UUID v7, built without the `uuid` crate's global
+/// context lock.
+pub(crate) fn new_request_id() -> HeaderValue {
     let millis = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)

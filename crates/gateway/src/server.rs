@@ -1,6 +1,7 @@
-//! The listener loop: accepts connections, serves HTTP/1.1 and HTTP/2 (h2c
-//! by prior knowledge) on each, and shuts down gracefully: stop accepting,
-//! let in-flight requests finish within `shutdown_timeout`, then return.
+//! The listener loop of one worker thread: accepts connections and serves
+//! HTTP/1.x with [`crate::h1::server`] and HTTP/2 with prior knowledge
+//! (h2c) with hyper; shuts down gracefully: stop accepting, close idle
+//! connections, let requests in flight finish within `shutdown_timeout`.
 
 use std::convert::Infallible;
 use std::panic::AssertUnwindSafe;
@@ -8,33 +9,50 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::FutureExt;
+use http::{Request, Response};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::Shared;
+use crate::body::{GatewayBody, RequestBody};
+use crate::pipeline::Peer;
 use crate::refusal::Refusal;
+
+/// Runs the pipeline on one request; a panic becomes a 500.
+pub(crate) async fn respond(
+    shared: &Shared,
+    request: Request<RequestBody>,
+    peer: Arc<Peer>,
+) -> Response<GatewayBody> {
+    AssertUnwindSafe(crate::pipeline::handle(shared, request, peer))
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|_| {
+            tracing::error!("request handler panicked");
+            Refusal::new(
+                domain::code::Code::InternalError,
+                "The gateway failed on this request; it has been logged.",
+            )
+            .into_response(
+                &http::HeaderValue::from_static("unknown"),
+                &shared.options.public_url,
+            )
+        })
+}
 
 pub(crate) async fn serve(
     shared: Arc<Shared>,
     listener: TcpListener,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .keep_alive(true)
-        .header_read_timeout(Duration::from_secs(30))
-        .max_buf_size(256 * 1024);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(512);
-    let graceful = GracefulShutdown::new();
+    let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    http2.timer(TokioTimer::new()).max_concurrent_streams(512);
+    // This thread's own shutdown signal and connection count: connections
+    // watch a channel no other thread touches.
+    let (local_stop, local_shutdown) = watch::channel(false);
+    let (alive, mut all_closed) = mpsc::channel::<()>(1);
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -49,39 +67,72 @@ pub(crate) async fn serve(
                 };
                 let _ = stream.set_nodelay(true);
                 let shared = shared.clone();
-                let peer = Arc::new(crate::pipeline::Peer::new(peer));
-                let service = service_fn(move |request| {
-                    let shared = shared.clone();
-                    let peer = peer.clone();
-                    async move {
-                        let response = AssertUnwindSafe(crate::pipeline::handle(&shared, request, peer))
-                            .catch_unwind()
-                            .await
-                            .unwrap_or_else(|_| {
-                                tracing::error!("request handler panicked");
-                                Refusal::new(domain::code::Code::InternalError, "The gateway failed on this request; it has been logged.")
-                                    .into_response(&http::HeaderValue::from_static("unknown"), &shared.options.public_url)
-                            });
-                        Ok::<_, Infallible>(response)
-                    }
-                });
-                let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-                let connection = graceful.watch(connection);
+                let peer = Arc::new(Peer::new(peer));
+                let shutdown = local_shutdown.clone();
+                let alive = alive.clone();
+                let http2_builder = http2.clone();
                 tokio::spawn(async move {
-                    if let Err(error) = connection.await {
-                        tracing::debug!(%error, "connection ended with an error");
+                    let mut stopping = shutdown.clone();
+                    // HTTP/1.x or h2c: the first bytes tell (a client that
+                    // sends none is closed as an idle one would be).
+                    let http2 = tokio::select! {
+                        first = tokio::time::timeout(
+                            crate::h1::server::IDLE_TIMEOUT,
+                            crate::h1::server::is_http2_preface(&stream),
+                        ) => first.ok(),
+                        _ = stopping.changed() => None,
+                    };
+                    match http2 {
+                        Some(true) => serve_http2(http2_builder, shared, stream, peer, shutdown).await,
+                        Some(false) => crate::h1::server::serve(shared, stream, peer, shutdown).await,
+                        None => {}
                     }
+                    drop(alive);
                 });
             }
             _ = shutdown.changed() => break,
         }
     }
     drop(listener);
+    let _ = local_stop.send(true);
+    drop(alive);
     let timeout = shared.options.shutdown_timeout;
+    let drained = async { while all_closed.recv().await.is_some() {} };
     tokio::select! {
-        () = graceful.shutdown() => tracing::info!("all connections closed"),
+        () = drained => tracing::info!("all connections closed"),
         () = tokio::time::sleep(timeout) => {
             tracing::warn!(timeout_ms = timeout.as_millis() as u64, "shutdown timeout: closing remaining connections");
         }
+    }
+}
+
+/// An h2c connection through hyper; on shutdown it stops taking streams
+/// and finishes those in flight.
+async fn serve_http2(
+    builder: hyper::server::conn::http2::Builder<TokioExecutor>,
+    shared: Arc<Shared>,
+    stream: tokio::net::TcpStream,
+    peer: Arc<Peer>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let service = service_fn(move |request: Request<hyper::body::Incoming>| {
+        let shared = shared.clone();
+        let peer = peer.clone();
+        async move {
+            let request = request.map(RequestBody::Hyper);
+            Ok::<_, Infallible>(respond(&shared, request, peer).await)
+        }
+    });
+    let connection = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        _ = shutdown.changed() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(error) = result {
+        tracing::debug!(%error, "HTTP/2 connection ended with an error");
     }
 }

@@ -12,6 +12,7 @@ mod access;
 mod admin_api;
 mod balancing;
 mod declarative;
+mod http1;
 mod jwt;
 mod lifecycle;
 mod process;

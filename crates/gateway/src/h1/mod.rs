@@ -1,0 +1,519 @@
+//! HTTP/1.1 on both sides of the proxy, written for what a gateway does
+//! most: small heads, keep-alive, bodies passed through as they come.
+//!
+//! - [`server`]: the client-facing connection loop (every HTTP/1.x
+//!   connection; HTTP/2 with prior knowledge goes to hyper).
+//! - [`client`]: upstream connections, pooled per worker thread and driven
+//!   by the request that uses them (no connection task, no channel).
+//!
+//! Both parse heads with `httparse`, keep header values as slices of the
+//! bytes read (no copy), and write a head and the first part of its body
+//! in one `write`. This module holds what they share: body framing
+//! ([`Framing`]), chunked encoding and the cached `Date` value.
+
+pub mod client;
+pub mod server;
+
+use std::cell::RefCell;
+use std::ops::Range;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// Largest head (request or status line plus headers) accepted.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// Most header fields accepted in one head.
+pub const MAX_HEADERS: usize = 128;
+/// Longest chunk-size line, trailer line included.
+const MAX_LINE_BYTES: usize = 4096;
+/// Most trailer bytes read (and dropped) after a chunked body.
+const MAX_TRAILER_BYTES: usize = 16 * 1024;
+
+/// How a message body is delimited on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body, or the body has been read to its end.
+    Done,
+    /// `Content-Length`: bytes still to come.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked(Chunk),
+    /// Until the connection closes (responses only).
+    Eof,
+}
+
+/// Where a chunked body's reader stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chunk {
+    Size,
+    Data(u64),
+    DataEnd,
+    Trailers(usize),
+}
+
+/// What [`Framing::step`] found in the buffer.
+#[derive(Debug)]
+pub enum Step {
+    Data(Bytes),
+    /// The buffer holds no more of the body; read more.
+    More,
+    /// The body is complete.
+    End,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FramingError {
+    #[error("malformed chunked encoding")]
+    Chunked,
+    #[error("the connection closed before the body ended")]
+    Truncated,
+}
+
+impl Framing {
+    /// `Chunked` at its start.
+    pub const CHUNKED: Framing = Framing::Chunked(Chunk::Size);
+
+    /// Takes from `buf` what it holds of the body. Never copies data:
+    /// returned bytes are split off the buffer.
+    pub fn step(&mut self, buf: &mut BytesMut) -> Result<Step, FramingError> {
+        loop {
+            match self {
+                Framing::Done => return Ok(Step::End),
+                Framing::Length(0) => {
+                    *self = Framing::Done;
+                    return Ok(Step::End);
+                }
+                Framing::Length(left) => {
+                    if buf.is_empty() {
+                        return Ok(Step::More);
+                    }
+                    let take = (*left).min(buf.len() as u64) as usize;
+                    *left -= take as u64;
+                    return Ok(Step::Data(buf.split_to(take).freeze()));
+                }
+                Framing::Eof => {
+                    if buf.is_empty() {
+                        return Ok(Step::More);
+                    }
+                    return Ok(Step::Data(buf.split().freeze()));
+                }
+                Framing::Chunked(state) => match state {
+                    Chunk::Size => {
+                        let Some(end) = find_line(buf)? else {
+                            return Ok(Step::More);
+                        };
+                        let size = parse_chunk_size(&buf[..end])?;
+                        buf.advance(end + 1);
+                        *state = if size == 0 {
+                            Chunk::Trailers(0)
+                        } else {
+                            Chunk::Data(size)
+                        };
+                    }
+                    Chunk::Data(left) => {
+                        if buf.is_empty() {
+                            return Ok(Step::More);
+                        }
+                        let take = (*left).min(buf.len() as u64) as usize;
+                        *left -= take as u64;
+                        let data = buf.split_to(take).freeze();
+                        if *left == 0 {
+                            *state = Chunk::DataEnd;
+                        }
+                        return Ok(Step::Data(data));
+                    }
+                    Chunk::DataEnd => match buf.first() {
+                        None => return Ok(Step::More),
+                        Some(b'\n') => {
+                            buf.advance(1);
+                            *state = Chunk::Size;
+                        }
+                        Some(b'\r') => match buf.get(1) {
+                            None => return Ok(Step::More),
+                            Some(b'\n') => {
+                                buf.advance(2);
+                                *state = Chunk::Size;
+                            }
+                            Some(_) => return Err(FramingError::Chunked),
+                        },
+                        Some(_) => return Err(FramingError::Chunked),
+                    },
+                    Chunk::Trailers(seen) => {
+                        let Some(end) = find_line(buf)? else {
+                            return Ok(Step::More);
+                        };
+                        let blank = end == 0 || (end == 1 && buf[0] == b'\r');
+                        *seen += end + 1;
+                        if *seen > MAX_TRAILER_BYTES {
+                            return Err(FramingError::Chunked);
+                        }
+                        buf.advance(end + 1);
+                        if blank {
+                            *self = Framing::Done;
+                            return Ok(Step::End);
+                        }
+                    }
+                },
+            }
+        }
+    }
+
+    /// What the reader should do when the connection has closed.
+    pub fn at_eof(&mut self) -> Result<Step, FramingError> {
+        match self {
+            Framing::Eof | Framing::Done => {
+                *self = Framing::Done;
+                Ok(Step::End)
+            }
+            _ => Err(FramingError::Truncated),
+        }
+    }
+
+    pub fn is_done(&self) -> bool {
+        matches!(self, Framing::Done | Framing::Length(0))
+    }
+
+    /// Exact length left, when known.
+    pub fn exact_len(&self) -> Option<u64> {
+        match self {
+            Framing::Done => Some(0),
+            Framing::Length(left) => Some(*left),
+            _ => None,
+        }
+    }
+}
+
+/// Index of the next `\n` in `buf`, if there is one within the line limit.
+fn find_line(buf: &[u8]) -> Result<Option<usize>, FramingError> {
+    match buf.iter().take(MAX_LINE_BYTES).position(|&b| b == b'\n') {
+        Some(index) => Ok(Some(index)),
+        None if buf.len() >= MAX_LINE_BYTES => Err(FramingError::Chunked),
+        None => Ok(None),
+    }
+}
+
+/// `1a3f[;ext]\r`: the hexadecimal size, extensions ignored.
+fn parse_chunk_size(line: &[u8]) -> Result<u64, FramingError> {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let digits = match line.iter().position(|&b| b == b';') {
+        Some(index) => &line[..index],
+        None => line,
+    };
+    let digits = digits.trim_ascii();
+    if digits.is_empty() || digits.len() > 15 {
+        return Err(FramingError::Chunked);
+    }
+    let mut size: u64 = 0;
+    for &digit in digits {
+        let value = match digit {
+            b'0'..=b'9' => digit - b'0',
+            b'a'..=b'f' => digit - b'a' + 10,
+            b'A'..=b'F' => digit - b'A' + 10,
+            _ => return Err(FramingError::Chunked),
+        };
+        size = (size << 4) | u64::from(value);
+    }
+    Ok(size)
+}
+
+/// Appends `data` as one chunk.
+pub fn put_chunk(out: &mut BytesMut, data: &[u8]) {
+    if data.is_empty() {
+        return;
+    }
+    let mut digits = [0u8; 16];
+    let mut at = digits.len();
+    let mut size = data.len();
+    loop {
+        at -= 1;
+        digits[at] = b"0123456789abcdef"[size & 0xf];
+        size >>= 4;
+        if size == 0 {
+            break;
+        }
+    }
+    out.reserve(digits.len() - at + data.len() + 4);
+    out.put_slice(&digits[at..]);
+    out.put_slice(b"\r\n");
+    out.put_slice(data);
+    out.put_slice(b"\r\n");
+}
+
+/// The last chunk, without trailers.
+pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
+/// Appends `name: value\r\n` for every header.
+pub fn put_headers(out: &mut BytesMut, headers: &HeaderMap) {
+    for (name, value) in headers {
+        put_header(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+}
+
+pub fn put_header(out: &mut BytesMut, name: &[u8], value: &[u8]) {
+    out.reserve(name.len() + value.len() + 4);
+    out.put_slice(name);
+    out.put_slice(b": ");
+    out.put_slice(value);
+    out.put_slice(b"\r\n");
+}
+
+/// Appends a decimal number.
+pub fn put_decimal(out: &mut BytesMut, mut value: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (value % 10) as u8;
+        value /= 10;
+        if value == 0 {
+            break;
+        }
+    }
+    out.put_slice(&digits[at..]);
+}
+
+/// Where one header's name and value sit in the head's bytes.
+pub(crate) type FieldRanges = (Range<usize>, Range<usize>);
+
+/// The byte range of `part` within `base` (both from the same buffer).
+pub(crate) fn range_in(base: &[u8], part: &[u8]) -> Range<usize> {
+    let start = (part.as_ptr() as usize).saturating_sub(base.as_ptr() as usize);
+    start..start + part.len()
+}
+
+/// Builds the header map from the head's bytes: values share `head`'s
+/// memory; well-known names are not allocated.
+pub(crate) fn header_map(head: &Bytes, fields: &[FieldRanges]) -> Result<HeaderMap, HeadError> {
+    let mut headers = HeaderMap::with_capacity(fields.len());
+    for (name, value) in fields {
+        let name = HeaderName::from_bytes(&head[name.clone()]).map_err(|_| HeadError::Malformed)?;
+        let value = HeaderValue::from_maybe_shared(head.slice(value.clone()))
+            .map_err(|_| HeadError::Malformed)?;
+        headers.append(name, value);
+    }
+    Ok(headers)
+}
+
+/// Why a head could not be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum HeadError {
+    #[error("malformed message head")]
+    Malformed,
+    #[error("message head too large")]
+    TooLarge,
+    #[error("conflicting or invalid body length")]
+    BadLength,
+}
+
+/// Whether a comma-separated header (`Connection`, `Transfer-Encoding`)
+/// contains `token`, case-insensitively.
+pub fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|value| {
+        value
+            .as_bytes()
+            .split(|&b| b == b',')
+            .any(|item| item.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+    })
+}
+
+/// The body framing a head declares (RFC 9112 §6.3): `Transfer-Encoding`
+/// ending in `chunked` wins; a `Transfer-Encoding` without it is read to
+/// the end of the connection (responses) or refused (requests, by the
+/// caller); several `Content-Length`s must agree.
+pub fn declared_framing(headers: &HeaderMap) -> Result<Option<Framing>, HeadError> {
+    if let Some(last) = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .next_back()
+    {
+        let chunked = last
+            .as_bytes()
+            .rsplit(|&b| b == b',')
+            .next()
+            .is_some_and(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        return Ok(Some(if chunked {
+            Framing::CHUNKED
+        } else {
+            Framing::Eof
+        }));
+    }
+    let mut length = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        for item in value.as_bytes().split(|&b| b == b',') {
+            let item = item.trim_ascii();
+            if item.is_empty() || item.len() > 19 || !item.iter().all(u8::is_ascii_digit) {
+                return Err(HeadError::BadLength);
+            }
+            let parsed: u64 = std::str::from_utf8(item)
+                .ok()
+                .and_then(|text| text.parse().ok())
+                .ok_or(HeadError::BadLength)?;
+            if length.is_some_and(|seen| seen != parsed) {
+                return Err(HeadError::BadLength);
+            }
+            length = Some(parsed);
+        }
+    }
+    Ok(length.map(Framing::Length))
+}
+
+thread_local! {
+    static DATE: RefCell<(u64, HeaderValue)> = const { RefCell::new((0, HeaderValue::from_static(""))) };
+}
+
+/// `Date` for a response, formatted at most once a second per thread.
+pub fn date() -> HeaderValue {
+    let now = std::time::SystemTime::now();
+    let second = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    DATE.with(|cell| {
+        let mut cached = cell.borrow_mut();
+        if cached.0 != second {
+            let text = httpdate::fmt_http_date(now);
+            cached.1 =
+                HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static(""));
+            cached.0 = second;
+        }
+        cached.1.clone()
+    })
+}
+
+/// Reads into `buf` from a poll-style reader, growing it when full.
+pub(crate) fn poll_read_more<R: tokio::io::AsyncRead + Unpin>(
+    reader: &mut R,
+    cx: &mut std::task::Context<'_>,
+    buf: &mut BytesMut,
+) -> std::task::Poll<std::io::Result<usize>> {
+    if buf.capacity() - buf.len() < 1024 {
+        buf.reserve(16 * 1024);
+    }
+    tokio_util::io::poll_read_buf(std::pin::Pin::new(reader), cx, buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunked() -> Framing {
+        Framing::CHUNKED
+    }
+
+    fn drain(framing: &mut Framing, input: &[u8]) -> Result<(Vec<u8>, bool), FramingError> {
+        let mut buf = BytesMut::from(input);
+        let mut out = Vec::new();
+        loop {
+            match framing.step(&mut buf)? {
+                Step::Data(data) => out.extend_from_slice(&data),
+                Step::More => return Ok((out, false)),
+                Step::End => return Ok((out, true)),
+            }
+        }
+    }
+
+    #[test]
+    fn chunked_bodies_decode_across_any_split() {
+        let wire = b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nx-trailer: 1\r\n\r\nNEXT";
+        let (whole, done) = drain(&mut chunked(), wire).unwrap();
+        assert!(done);
+        assert_eq!(whole, b"hello world");
+        // Byte by byte: every state must wait for more rather than fail.
+        let mut framing = Framing::CHUNKED;
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        let mut ended = false;
+        for &byte in wire.iter() {
+            buf.put_u8(byte);
+            loop {
+                match framing.step(&mut buf).unwrap() {
+                    Step::Data(data) => out.extend_from_slice(&data),
+                    Step::More => break,
+                    Step::End => {
+                        ended = true;
+                        break;
+                    }
+                }
+            }
+            if ended {
+                break;
+            }
+        }
+        assert!(ended);
+        assert_eq!(out, b"hello world");
+    }
+
+    #[test]
+    fn bad_chunks_are_refused() {
+        for wire in [
+            &b"zz\r\n"[..],
+            b"5\r\nhelloXX",
+            b"\r\n",
+            b"ffffffffffffffff1\r\n",
+        ] {
+            assert_eq!(
+                drain(&mut chunked(), wire).unwrap_err(),
+                FramingError::Chunked,
+                "{wire:?}"
+            );
+        }
+        let long = vec![b'1'; MAX_LINE_BYTES + 1];
+        assert!(drain(&mut chunked(), &long).is_err());
+    }
+
+    #[test]
+    fn lengths_stop_where_they_should() {
+        let (body, done) = drain(&mut Framing::Length(5), b"helloGET /").unwrap();
+        assert_eq!(body, b"hello");
+        assert!(done);
+        let mut framing = Framing::Length(5);
+        let (body, done) = drain(&mut framing, b"hel").unwrap();
+        assert_eq!((body.as_slice(), done), (&b"hel"[..], false));
+        assert_eq!(framing.at_eof().unwrap_err(), FramingError::Truncated);
+        assert!(matches!(Framing::Eof.at_eof(), Ok(Step::End)));
+    }
+
+    #[test]
+    fn chunk_encoding_round_trips() {
+        let mut out = BytesMut::new();
+        put_chunk(&mut out, &[b'a'; 300]);
+        put_chunk(&mut out, b"");
+        out.put_slice(LAST_CHUNK);
+        assert!(out.starts_with(b"12c\r\n"));
+        let (body, done) = drain(&mut chunked(), &out).unwrap();
+        assert_eq!(body.len(), 300);
+        assert!(done);
+    }
+
+    #[test]
+    fn declared_lengths() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(declared_framing(&headers), Ok(None));
+        headers.append(header::CONTENT_LENGTH, HeaderValue::from_static("12"));
+        assert_eq!(declared_framing(&headers), Ok(Some(Framing::Length(12))));
+        headers.append(header::CONTENT_LENGTH, HeaderValue::from_static("12, 12"));
+        assert_eq!(declared_framing(&headers), Ok(Some(Framing::Length(12))));
+        headers.append(header::CONTENT_LENGTH, HeaderValue::from_static("13"));
+        assert_eq!(declared_framing(&headers), Err(HeadError::BadLength));
+        let mut headers = HeaderMap::new();
+        headers.append(header::CONTENT_LENGTH, HeaderValue::from_static("-1"));
+        assert_eq!(declared_framing(&headers), Err(HeadError::BadLength));
+        headers.append(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("gzip, chunked"),
+        );
+        assert_eq!(declared_framing(&headers), Ok(Some(Framing::CHUNKED)));
+        let mut headers = HeaderMap::new();
+        headers.append(header::TRANSFER_ENCODING, HeaderValue::from_static("gzip"));
+        assert_eq!(declared_framing(&headers), Ok(Some(Framing::Eof)));
+    }
+
+    #[test]
+    fn numbers() {
+        let mut out = BytesMut::new();
+        put_decimal(&mut out, 0);
+        out.put_u8(b' ');
+        put_decimal(&mut out, 18_446_744_073_709_551_615);
+        assert_eq!(&out[..], b"0 18446744073709551615");
+    }
+}

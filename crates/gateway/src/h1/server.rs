@@ -1,0 +1,471 @@
+//! The client-facing HTTP/1.x connection: read a head, run the pipeline,
+//! write the response, repeat while the connection stays alive.
+//!
+//! - A request without a body (most) keeps the connection's reader in the
+//!   loop; one with a body lends it to its [`RequestBody`] and gets it back
+//!   once the body has been read to the end (else the connection closes
+//!   after the response).
+//! - The head and as much of the body as is ready go out in one `write`;
+//!   a streamed body (SSE, chunked) is written as each part arrives.
+//! - Idle and slow-head timeout: one timer per connection, re-armed only
+//!   when it fires (not per request), closes a connection that has not
+//!   completed a head within [`IDLE_TIMEOUT`] of its last response.
+//! - Refused heads (malformed, too large, conflicting lengths) get a
+//!   problem response and the connection closes.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::FutureExt;
+use http::header;
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::{FieldRanges, Framing, HeadError, MAX_HEAD_BYTES, MAX_HEADERS, Step};
+use crate::Shared;
+use crate::body::{BoxError, GatewayBody};
+use crate::pipeline::Peer;
+use crate::refusal::Refusal;
+use domain::code::Code;
+
+/// How long a connection may take to send a complete head after its
+/// previous response (or after connecting).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Buffered response bytes written before asking the body for more.
+const WRITE_BATCH: usize = 64 * 1024;
+
+/// The connection's read side: the socket and what has been read ahead.
+struct Reader {
+    half: OwnedReadHalf,
+    buf: BytesMut,
+}
+
+impl Reader {
+    async fn read_more(&mut self) -> std::io::Result<usize> {
+        if self.buf.capacity() - self.buf.len() < 1024 {
+            self.buf.reserve(8 * 1024);
+        }
+        self.half.read_buf(&mut self.buf).await
+    }
+}
+
+/// A request head, parsed.
+struct Head {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: http::HeaderMap,
+    framing: Framing,
+    keep_alive: bool,
+    expect_continue: bool,
+}
+
+/// Serves one HTTP/1.x connection until it closes, breaks, idles out, or
+/// `shutdown` turns true between requests.
+pub(crate) async fn serve(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    peer: Arc<Peer>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let (read, mut write) = stream.into_split();
+    let mut reader = Some(Reader {
+        half: read,
+        buf: BytesMut::with_capacity(8 * 1024),
+    });
+    let mut out = BytesMut::with_capacity(8 * 1024);
+    let idle = tokio::time::sleep(IDLE_TIMEOUT);
+    tokio::pin!(idle);
+    let mut last_response = Instant::now();
+    loop {
+        let Some(current) = reader.as_mut() else {
+            return;
+        };
+        let head = loop {
+            match parse_request(&mut current.buf) {
+                Ok(Some(head)) => break head,
+                Ok(None) if current.buf.len() >= MAX_HEAD_BYTES => {
+                    refuse_head(&mut write, &mut out, HeadError::TooLarge, &shared).await;
+                    return;
+                }
+                Ok(None) => {}
+                Err(error) => {
+                    refuse_head(&mut write, &mut out, error, &shared).await;
+                    return;
+                }
+            }
+            if *shutdown.borrow() && current.buf.is_empty() {
+                return;
+            }
+            tokio::select! {
+                biased;
+                read = current.read_more() => match read {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                },
+                () = &mut idle => {
+                    let deadline = last_response + IDLE_TIMEOUT;
+                    if Instant::now() >= deadline {
+                        return;
+                    }
+                    idle.as_mut().reset(deadline);
+                }
+                _ = shutdown.changed(), if current.buf.is_empty() => return,
+            }
+        };
+
+        let head_request = head.method == Method::HEAD;
+        let http10 = head.version == Version::HTTP_10;
+        let mut lent = None;
+        let body = if head.framing.is_done() {
+            crate::body::RequestBody::Empty
+        } else {
+            if head.expect_continue
+                && write
+                    .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                    .await
+                    .is_err()
+            {
+                return;
+            }
+            let state = Arc::new(Mutex::new(BodyState {
+                reader: reader.take(),
+                framing: head.framing,
+            }));
+            lent = Some(state.clone());
+            crate::body::RequestBody::Http1(RequestBody { state })
+        };
+        let mut request = Request::new(body);
+        *request.method_mut() = head.method;
+        *request.uri_mut() = head.uri;
+        *request.version_mut() = head.version;
+        *request.headers_mut() = head.headers;
+
+        let response = crate::server::respond(&shared, request, peer.clone()).await;
+        let keep_alive = head.keep_alive && !*shutdown.borrow();
+        let clean = write_response(
+            &mut write,
+            &mut out,
+            response,
+            head_request,
+            http10,
+            keep_alive,
+        )
+        .await;
+        if !clean || !keep_alive {
+            let _ = write.shutdown().await;
+            return;
+        }
+        if let Some(state) = lent {
+            // The body must have been read to its end for the next head
+            // to start where it stopped; otherwise close.
+            let mut state = lock(&state);
+            if state.framing.is_done() {
+                reader = state.reader.take();
+            } else {
+                return;
+            }
+        }
+        last_response = Instant::now();
+    }
+}
+
+fn lock(state: &Mutex<BodyState>) -> std::sync::MutexGuard<'_, BodyState> {
+    state
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Parses a request head at the start of `buf`, taking it off the buffer
+/// when complete. `None`: not all of it has arrived.
+fn parse_request(buf: &mut BytesMut) -> Result<Option<Head>, HeadError> {
+    let mut fields: smallvec::SmallVec<[FieldRanges; 24]> = smallvec::SmallVec::new();
+    let (length, method, target, minor) = {
+        let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut request = httparse::Request::new(&mut storage);
+        let status = match request.parse(buf) {
+            Ok(status) => status,
+            Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
+            Err(_) => return Err(HeadError::Malformed),
+        };
+        let httparse::Status::Complete(length) = status else {
+            return Ok(None);
+        };
+        let method = Method::from_bytes(request.method.unwrap_or("").as_bytes())
+            .map_err(|_| HeadError::Malformed)?;
+        let target = super::range_in(buf, request.path.unwrap_or("").as_bytes());
+        for field in request.headers.iter() {
+            fields.push((
+                super::range_in(buf, field.name.as_bytes()),
+                super::range_in(buf, field.value),
+            ));
+        }
+        (length, method, target, request.version.unwrap_or(1))
+    };
+    let head: Bytes = buf.split_to(length).freeze();
+    let uri = Uri::from_maybe_shared(head.slice(target)).map_err(|_| HeadError::Malformed)?;
+    let mut headers = super::header_map(&head, &fields)?;
+    let version = if minor == 0 {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    // Request smuggling: a length that is not exactly one number, a
+    // transfer coding other than chunked, or both framings at once.
+    let framing = match super::declared_framing(&headers)? {
+        Some(Framing::Eof) => return Err(HeadError::BadLength),
+        Some(Framing::Chunked(_)) if headers.contains_key(header::CONTENT_LENGTH) => {
+            return Err(HeadError::BadLength);
+        }
+        Some(Framing::Chunked(_)) if version == Version::HTTP_10 => {
+            return Err(HeadError::BadLength);
+        }
+        Some(framing) => framing,
+        None => Framing::Done,
+    };
+    let keep_alive = if version == Version::HTTP_10 {
+        super::has_token(&headers, &header::CONNECTION, "keep-alive")
+    } else {
+        !super::has_token(&headers, &header::CONNECTION, "close")
+    };
+    let expect_continue = match headers.remove(header::EXPECT) {
+        Some(value) => value.as_bytes().eq_ignore_ascii_case(b"100-continue"),
+        None => false,
+    };
+    Ok(Some(Head {
+        method,
+        uri,
+        version,
+        headers,
+        framing: if framing == Framing::Length(0) {
+            Framing::Done
+        } else {
+            framing
+        },
+        keep_alive,
+        expect_continue,
+    }))
+}
+
+/// Answers a head that cannot be served, then the caller closes.
+async fn refuse_head(
+    write: &mut OwnedWriteHalf,
+    out: &mut BytesMut,
+    error: HeadError,
+    shared: &Shared,
+) {
+    let (code, detail) = match error {
+        HeadError::TooLarge => (
+            Code::HeadersTooLarge,
+            format!(
+                "The request head is larger than the gateway accepts ({MAX_HEAD_BYTES} bytes, {MAX_HEADERS} fields). Send fewer or smaller headers."
+            ),
+        ),
+        HeadError::Malformed => (
+            Code::BadRequest,
+            "The request is not valid HTTP/1.1. Check the request line and header syntax.".to_owned(),
+        ),
+        HeadError::BadLength => (
+            Code::BadRequest,
+            "The request's body length is ambiguous: send one valid Content-Length or Transfer-Encoding: chunked, not both.".to_owned(),
+        ),
+    };
+    let request_id = crate::pipeline::new_request_id();
+    let mut response =
+        Refusal::new(code, detail).into_response(&request_id, &shared.options.public_url);
+    response
+        .headers_mut()
+        .insert(crate::pipeline::X_REQUEST_ID.clone(), request_id);
+    let _ = write_response(write, out, response, false, false, false).await;
+    let _ = write.shutdown().await;
+}
+
+/// Writes `response`. Returns whether the connection can carry another
+/// request (the body went out whole and framed).
+async fn write_response(
+    write: &mut OwnedWriteHalf,
+    out: &mut BytesMut,
+    response: Response<GatewayBody>,
+    head_request: bool,
+    http10: bool,
+    keep_alive: bool,
+) -> bool {
+    let (parts, mut body) = response.into_parts();
+    let status = parts.status;
+    let bodiless = head_request
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    out.clear();
+    out.put_slice(b"HTTP/1.1 ");
+    out.put_slice(status.as_str().as_bytes());
+    out.put_u8(b' ');
+    out.put_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.put_slice(b"\r\n");
+    for (name, value) in &parts.headers {
+        if name == header::CONNECTION || name == header::TRANSFER_ENCODING {
+            continue;
+        }
+        super::put_header(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    if !parts.headers.contains_key(header::DATE) {
+        super::put_header(out, b"date", super::date().as_bytes());
+    }
+    #[derive(PartialEq)]
+    enum Out {
+        None,
+        Length,
+        Chunked,
+        UntilClose,
+    }
+    let framing = if bodiless {
+        Out::None
+    } else if parts.headers.contains_key(header::CONTENT_LENGTH) {
+        Out::Length
+    } else if let Some(exact) = body.size_hint().exact() {
+        out.put_slice(b"content-length: ");
+        super::put_decimal(out, exact);
+        out.put_slice(b"\r\n");
+        Out::Length
+    } else if http10 {
+        Out::UntilClose
+    } else {
+        out.put_slice(b"transfer-encoding: chunked\r\n");
+        Out::Chunked
+    };
+    let keep_alive = keep_alive && framing != Out::UntilClose;
+    if !keep_alive {
+        out.put_slice(b"connection: close\r\n");
+    } else if http10 {
+        out.put_slice(b"connection: keep-alive\r\n");
+    }
+    out.put_slice(b"\r\n");
+    if framing == Out::None {
+        return write.write_all(out).await.is_ok() && keep_alive;
+    }
+    loop {
+        // Parts of the body that are ready join the buffer; the socket is
+        // written when the body makes us wait (or the buffer is large).
+        let frame = match body.frame().now_or_never() {
+            Some(frame) => frame,
+            None => {
+                if !out.is_empty() {
+                    if write.write_all(out).await.is_err() {
+                        return false;
+                    }
+                    out.clear();
+                }
+                body.frame().await
+            }
+        };
+        match frame {
+            None => break,
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    if framing == Out::Chunked {
+                        super::put_chunk(out, &data);
+                    } else {
+                        out.put_slice(&data);
+                    }
+                }
+            }
+            Some(Err(error)) => {
+                // Too late for an error response: send what came and close,
+                // so that the client sees the body cut short.
+                tracing::debug!(%error, "response body failed mid-stream");
+                let _ = write.write_all(out).await;
+                return false;
+            }
+        }
+        if out.len() >= WRITE_BATCH {
+            if write.write_all(out).await.is_err() {
+                return false;
+            }
+            out.clear();
+        }
+    }
+    if framing == Out::Chunked {
+        out.put_slice(super::LAST_CHUNK);
+    }
+    write.write_all(out).await.is_ok() && keep_alive
+}
+
+/// What a request body and its connection share.
+struct BodyState {
+    /// The connection's reader, lent to the body until it has been read.
+    reader: Option<Reader>,
+    framing: Framing,
+}
+
+/// A request body read from the client's connection as it is forwarded.
+pub struct RequestBody {
+    state: Arc<Mutex<BodyState>>,
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut guard = lock(&self.state);
+        let state = &mut *guard;
+        let Some(reader) = state.reader.as_mut() else {
+            return Poll::Ready(None);
+        };
+        loop {
+            match state.framing.step(&mut reader.buf) {
+                Ok(Step::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                Ok(Step::End) => return Poll::Ready(None),
+                Ok(Step::More) => {}
+                Err(error) => return Poll::Ready(Some(Err(Box::new(error)))),
+            }
+            match super::poll_read_more(&mut reader.half, cx, &mut reader.buf) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Some(Err(Box::new(super::FramingError::Truncated))));
+                }
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(error)) => return Poll::Ready(Some(Err(Box::new(error)))),
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        lock(&self.state).framing.is_done()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match lock(&self.state).framing.exact_len() {
+            Some(length) => SizeHint::with_exact(length),
+            None => SizeHint::default(),
+        }
+    }
+}
+
+/// Whether a new connection speaks HTTP/2 with prior knowledge (its first
+/// bytes are the connection preface). Waits for the first bytes.
+pub(crate) async fn is_http2_preface(stream: &TcpStream) -> bool {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0";
+    let mut first = [0u8; 14];
+    for _ in 0..8 {
+        match stream.peek(&mut first).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) if !PREFACE.starts_with(&first[..n]) => return false,
+            Ok(n) if n == PREFACE.len() => return true,
+            Ok(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+        }
+    }
+    false
+}

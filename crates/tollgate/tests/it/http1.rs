@@ -1,0 +1,293 @@
+//! The gateway's own HTTP/1.1 server and upstream client, byte by byte:
+//! pipelining, chunked and `Expect: 100-continue` bodies, HTTP/1.0, HEAD,
+//! refused heads, and upstream connections closed under the pool.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::*;
+
+async fn connect(tollgate: &Tollgate) -> TcpStream {
+    let address = tollgate
+        .gateway_url
+        .trim_start_matches("http://")
+        .to_owned();
+    TcpStream::connect(address).await.unwrap()
+}
+
+/// Reads until the server closes the connection.
+async fn read_to_close(stream: &mut TcpStream) -> String {
+    let mut all = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut all))
+        .await
+        .expect("the gateway should close the connection")
+        .unwrap();
+    String::from_utf8_lossy(&all).into_owned()
+}
+
+/// Reads until `needle` has arrived (the connection stays open).
+async fn read_until(stream: &mut TcpStream, needle: &str) -> String {
+    let mut all = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !String::from_utf8_lossy(&all).contains(needle) {
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut chunk))
+            .await
+            .unwrap_or_else(|_| panic!("no {needle:?} in {:?}", String::from_utf8_lossy(&all)))
+            .unwrap();
+        assert!(
+            n > 0,
+            "closed before {needle:?}: {:?}",
+            String::from_utf8_lossy(&all)
+        );
+        all.extend_from_slice(&chunk[..n]);
+    }
+    String::from_utf8_lossy(&all).into_owned()
+}
+
+/// The JSON body of the last response in `raw`.
+fn last_json(raw: &str) -> serde_json::Value {
+    let body = raw.rsplit("\r\n\r\n").next().unwrap();
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {raw}"))
+}
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order() {
+    let upstream = FakeUpstream::start("a").await;
+    let tollgate = gateway_with(&upstream).await;
+    let mut stream = connect(&tollgate).await;
+    stream
+        .write_all(
+            b"GET /svc/first HTTP/1.1\r\nHost: x\r\n\r\n\
+              GET /svc/second HTTP/1.1\r\nHost: x\r\n\r\n\
+              GET /svc/third HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let raw = read_to_close(&mut stream).await;
+    assert_eq!(raw.matches("HTTP/1.1 200 OK\r\n").count(), 3, "{raw}");
+    let first = raw.find("/first").unwrap();
+    let second = raw.find("/second").unwrap();
+    let third = raw.find("/third").unwrap();
+    assert!(first < second && second < third, "{raw}");
+    assert_eq!(
+        raw.matches("connection: close").count(),
+        1,
+        "only the last closes: {raw}"
+    );
+    assert!(raw.contains("date: "), "{raw}");
+}
+
+#[tokio::test]
+async fn chunked_and_expect_continue_bodies_reach_the_upstream() {
+    let upstream = FakeUpstream::start("a").await;
+    let tollgate = gateway_with(&upstream).await;
+
+    // Chunked, in pieces with pauses between them.
+    let mut stream = connect(&tollgate).await;
+    stream
+        .write_all(b"POST /svc/echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    for piece in [
+        &b"6\r\nhello \r\n"[..],
+        b"6;ext=1\r\nworld!\r\n",
+        b"0\r\nx-trailer: 1\r\n\r\n",
+    ] {
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        stream.write_all(piece).await.unwrap();
+    }
+    let raw = read_to_close(&mut stream).await;
+    assert!(raw.starts_with("HTTP/1.1 200 OK\r\n"), "{raw}");
+    let echo = last_json(&raw);
+    assert_eq!(echo["body"], "hello world!");
+    assert_eq!(echo["body_len"], 12);
+
+    // Expect: 100-continue: the interim answer comes before the body is sent.
+    let mut stream = connect(&tollgate).await;
+    stream
+        .write_all(b"POST /svc/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+        .await
+        .unwrap();
+    let interim = read_until(&mut stream, "\r\n\r\n").await;
+    assert_eq!(interim, "HTTP/1.1 100 Continue\r\n\r\n");
+    stream.write_all(b"abcde").await.unwrap();
+    let raw = read_until(&mut stream, "abcde\"").await;
+    assert!(raw.starts_with("HTTP/1.1 200 OK\r\n"), "{raw}");
+    assert!(!raw.contains("connection: close"), "stays open: {raw}");
+    // The same connection serves the next request.
+    stream
+        .write_all(b"GET /svc/after HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let raw = read_to_close(&mut stream).await;
+    assert_eq!(last_json(&raw)["path"], "/after");
+    assert!(
+        last_json(&raw)["headers"].get("expect").is_none(),
+        "Expect is answered by the gateway, not forwarded"
+    );
+}
+
+#[tokio::test]
+async fn http10_and_head_requests() {
+    let upstream = FakeUpstream::start("a").await;
+    let tollgate = gateway_with(&upstream).await;
+
+    // HTTP/1.0 without keep-alive: one answer, then the gateway closes.
+    let mut stream = connect(&tollgate).await;
+    stream
+        .write_all(b"GET /svc/old HTTP/1.0\r\n\r\n")
+        .await
+        .unwrap();
+    let raw = read_to_close(&mut stream).await;
+    assert!(raw.starts_with("HTTP/1.1 200 OK\r\n"), "{raw}");
+    assert!(raw.contains("connection: close\r\n"), "{raw}");
+    assert_eq!(last_json(&raw)["path"], "/old");
+
+    // HTTP/1.0 with keep-alive: said so, and the connection stays open.
+    let mut stream = connect(&tollgate).await;
+    stream
+        .write_all(b"GET /svc/one HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        .await
+        .unwrap();
+    let raw = read_until(&mut stream, "\"/one\"").await;
+    assert!(raw.contains("connection: keep-alive\r\n"), "{raw}");
+    stream
+        .write_all(b"GET /svc/two HTTP/1.0\r\n\r\n")
+        .await
+        .unwrap();
+    let raw = read_to_close(&mut stream).await;
+    assert_eq!(last_json(&raw)["path"], "/two");
+
+    // HEAD: the length of the body that GET would send, and no body.
+    let mut stream = connect(&tollgate).await;
+    stream
+        .write_all(b"HEAD /svc/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let raw = read_to_close(&mut stream).await;
+    assert!(raw.starts_with("HTTP/1.1 200 OK\r\n"), "{raw}");
+    assert!(raw.contains("content-length: "), "{raw}");
+    assert!(raw.ends_with("\r\n\r\n"), "no body after the head: {raw}");
+}
+
+#[tokio::test]
+async fn bad_heads_are_refused_and_the_connection_closed() {
+    let upstream = FakeUpstream::start("a").await;
+    let tollgate = gateway_with(&upstream).await;
+    let many_fields: String = (0..200).map(|i| format!("x-field-{i}: {i}\r\n")).collect();
+    let huge_field = format!("x-huge: {}\r\n", "a".repeat(70 * 1024));
+    let cases: Vec<(String, u16, &str)> = vec![
+        ("NOT HTTP AT ALL\r\n\r\n".into(), 400, "bad_request"),
+        (
+            "POST /svc/x HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".into(),
+            400,
+            "bad_request",
+        ),
+        (
+            "POST /svc/x HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd".into(),
+            400,
+            "bad_request",
+        ),
+        (
+            "POST /svc/x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n".into(),
+            400,
+            "bad_request",
+        ),
+        (format!("GET /svc/x HTTP/1.1\r\nHost: x\r\n{many_fields}\r\n"), 431, "headers_too_large"),
+        (format!("GET /svc/x HTTP/1.1\r\nHost: x\r\n{huge_field}\r\n"), 431, "headers_too_large"),
+    ];
+    let hits_before = upstream.hits();
+    for (request, status, code) in cases {
+        let mut stream = connect(&tollgate).await;
+        // The gateway may answer and close before reading all of a huge head.
+        let _ = stream.write_all(request.as_bytes()).await;
+        let raw = read_to_close(&mut stream).await;
+        assert!(
+            raw.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{code}: {}",
+            &raw[..raw.len().min(200)]
+        );
+        assert!(
+            raw.contains("content-type: application/problem+json\r\n"),
+            "{raw}"
+        );
+        assert!(raw.contains("connection: close\r\n"), "{raw}");
+        assert!(raw.contains("x-request-id: "), "{raw}");
+        let body = last_json(&raw);
+        assert_eq!(body["code"], code, "{body}");
+        assert_eq!(body["status"], status);
+        assert!(body["detail"].as_str().unwrap().len() > 20, "{body}");
+    }
+    assert_eq!(
+        upstream.hits(),
+        hits_before,
+        "nothing refused reached the upstream"
+    );
+    // The gateway still serves.
+    assert_eq!(tollgate.get("/svc/ok").await.status(), 200);
+}
+
+/// An upstream that answers one request per connection, keep-alive in
+/// name, then closes the connection (at once, or after `linger`).
+async fn closing_upstream(linger: Duration) -> (String, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counter = connections.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut byte).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&byte[..n]),
+                    }
+                }
+                let _ = socket
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok")
+                    .await;
+                tokio::time::sleep(linger).await;
+            });
+        }
+    });
+    (url, connections)
+}
+
+#[tokio::test]
+async fn upstream_connections_closed_in_the_pool_are_replaced() {
+    for linger in [Duration::from_millis(50), Duration::ZERO] {
+        let (url, connections) = closing_upstream(linger).await;
+        let tollgate = Tollgate::start(BIN).await;
+        tollgate
+            .publish_http_service(
+                "svc",
+                "/svc",
+                json!({"targets": [{"url": url}]}),
+                &[json!({"path": "/*"})],
+            )
+            .await;
+        tollgate
+            .wait_for("/svc/ping", Duration::from_secs(1), |s| s == 200)
+            .await;
+        for round in 0..20 {
+            if round % 2 == 0 {
+                // Long enough for the close to arrive while pooled.
+                tokio::time::sleep(Duration::from_millis(80)).await;
+            }
+            let response = tollgate.get("/svc/x").await;
+            assert_eq!(response.status(), 200, "round {round}, linger {linger:?}");
+            assert_eq!(response.text().await.unwrap(), "ok");
+        }
+        assert!(connections.load(Ordering::SeqCst) >= 20);
+    }
+}
