@@ -444,12 +444,15 @@ pub(crate) fn admit<B>(
             ));
         }
     }
-    let now_ms = now_epoch_ms();
-    let now_u = u64::try_from(now_ms).unwrap_or(0);
     if service.anonymous {
-        limit([None, None, route.limiter.as_ref()], now_u, &mut admission)?;
+        if route.limiter.is_some() {
+            let now = u64::try_from(now_epoch_ms()).unwrap_or(0);
+            limit([None, None, route.limiter.as_ref()], now, &mut admission)?;
+        }
         return Ok(admission);
     }
+    let now_ms = now_epoch_ms();
+    let now_u = u64::try_from(now_ms).unwrap_or(0);
     let caller = authenticate(snapshot, service, request, now_ms, jwks, &mut admission)?;
     let subscription = authorize(service, &caller, request.method(), ip)?;
     let app = caller.app;

@@ -298,9 +298,14 @@ enum Parsed {
 fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Option<Parsed>, ExchangeError> {
     let mut fields: smallvec::SmallVec<[FieldRanges; 24]> = smallvec::SmallVec::new();
     let (length, code, minor) = {
-        let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut response = httparse::Response::new(&mut storage);
-        let status = match response.parse(buf) {
+        let mut storage =
+            [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut response = httparse::Response::new(&mut []);
+        let status = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut response,
+            buf,
+            &mut storage,
+        ) {
             Ok(status) => status,
             Err(httparse::Error::TooManyHeaders) => {
                 return Err(ExchangeError::Head(HeadError::TooLarge));

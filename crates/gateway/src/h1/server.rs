@@ -190,9 +190,10 @@ fn lock(state: &Mutex<BodyState>) -> std::sync::MutexGuard<'_, BodyState> {
 fn parse_request(buf: &mut BytesMut) -> Result<Option<Head>, HeadError> {
     let mut fields: smallvec::SmallVec<[FieldRanges; 24]> = smallvec::SmallVec::new();
     let (length, method, target, minor) = {
-        let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut request = httparse::Request::new(&mut storage);
-        let status = match request.parse(buf) {
+        let mut storage =
+            [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut request = httparse::Request::new(&mut []);
+        let status = match request.parse_with_uninit_headers(buf, &mut storage) {
             Ok(status) => status,
             Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
             Err(_) => return Err(HeadError::Malformed),
