@@ -23,6 +23,7 @@ pub mod declarative;
 pub mod error;
 pub mod extract;
 pub mod handlers;
+pub mod money;
 pub mod openapi;
 pub mod ops;
 pub mod password;
@@ -47,6 +48,8 @@ pub struct AdminState {
     pub on_change: Arc<dyn Fn() + Send + Sync>,
     /// Failed console logins per email, to slow down password guessing.
     pub login_failures: Arc<password::LoginThrottle>,
+    /// The deployment's currency (ISO 4217), for amounts shown.
+    pub currency: Arc<str>,
 }
 
 /// The admin router.
@@ -172,6 +175,19 @@ pub fn router(state: AdminState) -> Router {
             post(c::subscription_action),
         )
         .route("/api/v1/catalog", get(c::catalog))
+        .route("/api/v1/teams/{team}/wallet", get(money::get_wallet))
+        .route(
+            "/api/v1/teams/{team}/wallet/ledger",
+            get(money::list_ledger),
+        )
+        .route(
+            "/api/v1/teams/{team}/wallet/grants",
+            post(money::create_grant),
+        )
+        .route(
+            "/api/v1/teams/{team}/wallet/adjustments",
+            post(money::create_adjustment),
+        )
         .route("/api/v1/config/apply", post(declarative::apply))
         .route("/api/v1/config/export", get(declarative::export))
         .fallback(not_found)

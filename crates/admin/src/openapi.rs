@@ -55,11 +55,14 @@ pub struct Problem {
         crate::consumers::catalog,
         crate::consumers::create_webhook, crate::consumers::list_webhooks,
         crate::consumers::get_webhook, crate::consumers::delete_webhook, crate::consumers::list_deliveries,
+        crate::money::get_wallet, crate::money::list_ledger, crate::money::create_grant,
+        crate::money::create_adjustment,
     ),
     components(schemas(Problem, domain::validate::FieldError)),
     modifiers(&BearerAuth, &ProblemResponses),
     tags((name = "upstreams"), (name = "services"), (name = "routes"), (name = "plans"), (name = "apps"),
-        (name = "subscriptions"), (name = "teams"), (name = "users"), (name = "audit"), (name = "config"))
+        (name = "subscriptions"), (name = "teams"), (name = "users"), (name = "audit"), (name = "config"),
+        (name = "wallets"))
 )]
 pub struct ApiDoc;
 

@@ -13,6 +13,8 @@
 //!   with a [`access::Role`] per team, [`access::App`] with its
 //!   [`access::ApiKey`]s, [`access::Plan`] (rate limits), [`access::Subscription`]
 //!   and its state machine, webhooks and [`access::AuditEntry`].
+//! - [`money`]: amounts in nano-units (parse and format decimal strings)
+//!   and the ledger's [`money::LedgerEntry`].
 //! - [`net`] parses CIDR blocks for IP rules and trusted proxies.
 //! - [`validate`] collects field errors ([`validate::FieldErrors`]) so that every
 //!   problem in an input is reported at once, each naming its field.
@@ -24,6 +26,7 @@ pub mod access;
 pub mod code;
 pub mod id;
 pub mod model;
+pub mod money;
 pub mod net;
 pub mod path;
 pub mod percent;

@@ -801,7 +801,9 @@ impl WriteTx {
         let rows = sqlx::query(
             "SELECT 'service ' || slug AS what FROM services WHERE team = $1 \
              UNION ALL SELECT 'upstream ' || slug FROM upstreams WHERE team = $1 \
-             UNION ALL SELECT 'app ' || slug FROM apps WHERE team = $1 ORDER BY 1",
+             UNION ALL SELECT 'app ' || slug FROM apps WHERE team = $1 \
+             UNION ALL SELECT 'a wallet with ' || CAST(w.entries AS TEXT) || ' ledger entries (money records are kept)' \
+             FROM wallets w JOIN teams t ON t.id = w.team_id WHERE t.slug = $1 AND w.entries > 0 ORDER BY 1",
         )
         .bind(slug)
         .fetch_all(&mut *self.tx)
@@ -817,6 +819,10 @@ impl WriteTx {
             .execute(&mut *self.tx)
             .await?;
         sqlx::query("DELETE FROM memberships WHERE team_id = $1")
+            .bind(id)
+            .execute(&mut *self.tx)
+            .await?;
+        sqlx::query("DELETE FROM wallets WHERE team_id = $1 AND entries = 0")
             .bind(id)
             .execute(&mut *self.tx)
             .await?;

@@ -17,6 +17,7 @@
 
 mod access;
 mod migrate;
+mod money;
 mod objects;
 
 use std::time::Duration;
@@ -26,6 +27,7 @@ use sqlx::{AnyPool, Row};
 
 pub use access::{AuditFilter, Delivery, Session, SubscriptionFilter, TokenOwner, Visible};
 pub use migrate::MIGRATIONS;
+pub use money::{Appended, LedgerFilter, NewEntry, Wallet};
 pub use objects::{ConfigData, Page};
 
 /// Which database is behind the store.

@@ -10,6 +10,7 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "init", include_str!("../migrations/0001_init.sql")),
     (2, "access", include_str!("../migrations/0002_access.sql")),
     (3, "changes", include_str!("../migrations/0003_changes.sql")),
+    (4, "money", include_str!("../migrations/0004_money.sql")),
 ];
 
 impl Store {

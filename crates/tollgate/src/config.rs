@@ -25,6 +25,15 @@ pub struct RawConfig {
     pub storage: RawStorage,
     #[serde(default)]
     pub log: RawLog,
+    #[serde(default)]
+    pub money: RawMoney,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMoney {
+    /// ISO 4217 code of the deployment's one currency.
+    pub currency: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -100,6 +109,8 @@ pub struct Config {
     pub poll_interval: Duration,
     pub log_level: String,
     pub log_json: bool,
+    /// ISO 4217 code (three capital letters), `USD` unless set.
+    pub currency: String,
 }
 
 /// Every problem found, each naming its key.
@@ -304,6 +315,12 @@ fn validate(raw: RawConfig, problems: &mut Vec<String>) -> Config {
             "storage.redis_url: '{url}' must start with redis:// or rediss://"
         ));
     }
+    let currency = raw.money.currency.unwrap_or_else(|| "USD".into());
+    if currency.len() != 3 || !currency.bytes().all(|b| b.is_ascii_uppercase()) {
+        problems.push(format!(
+            "money.currency: '{currency}' must be an ISO 4217 code of three capital letters, like USD or EUR"
+        ));
+    }
     let mut positive = |key: &str, value: Option<u64>, default: u64, max: u64| -> u64 {
         let value = value.unwrap_or(default);
         if value == 0 || value > max {
@@ -387,6 +404,7 @@ fn validate(raw: RawConfig, problems: &mut Vec<String>) -> Config {
         poll_interval: Duration::from_millis(poll_interval_ms),
         log_level,
         log_json: log_format == "json",
+        currency,
     }
 }
 

@@ -21,12 +21,6 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// mimalloc: the proxy path allocates and frees small buffers and header
-/// maps on every request; glibc's malloc spent about 4 % of the gateway's
-/// CPU on them under load (bench/README.md).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "tollgate",

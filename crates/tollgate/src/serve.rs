@@ -287,6 +287,7 @@ pub async fn run(args: &ConfigArgs) -> anyhow::Result<()> {
         root_token_digest: root_token_digest.into(),
         on_change: Arc::new(move || notify.notify_one()),
         login_failures: Arc::default(),
+        currency: config.currency.as_str().into(),
     };
     let mut admin_shutdown = shutdown_rx.clone();
     let admin_task = tokio::spawn(async move {

@@ -15,6 +15,7 @@ mod declarative;
 mod http1;
 mod jwt;
 mod lifecycle;
+mod money;
 mod process;
 mod protocols;
 mod resilience;

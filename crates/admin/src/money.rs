@@ -1,0 +1,417 @@
+//! Wallets and the ledger through the admin API.
+//!
+//! - `GET /teams/{team}/wallet`: the balance (any member).
+//! - `GET /teams/{team}/wallet/ledger`: entries, oldest first, filtered by
+//!   `kind`, `since`, `until` (RFC 3339 or epoch ms); `format=csv` for a
+//!   spreadsheet (any member).
+//! - `POST /teams/{team}/wallet/grants` and `/adjustments`: platform
+//!   operators only (a team cannot give itself money). Each is one ledger
+//!   entry with the actor, a reason and an idempotency key (the
+//!   `Idempotency-Key` header or `idempotency_key` field): sending the same
+//!   key again returns the entry it recorded (200) instead of a second one;
+//!   the same key with a different amount or kind is a 409.
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use domain::access::{Role, Team};
+use domain::money::{self, EntryKind, LedgerEntry, Sign};
+use serde::{Deserialize, Serialize};
+use store::{Appended, LedgerFilter, NewEntry, WriteTx};
+
+use crate::AdminState;
+use crate::access::{Audit, Caller, NONE, audit};
+use crate::error::ApiError;
+use crate::extract::{Json, ListParams};
+use crate::handlers::{ListResponse, commit, ok};
+
+/// A team's wallet.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct WalletView {
+    pub team: String,
+    pub currency: String,
+    /// Decimal string, such as `"12.50"`.
+    pub balance: String,
+    /// The same in nano-units (10⁻⁹ of the currency).
+    pub balance_nanos: i64,
+    /// Ledger entries recorded.
+    pub entries: i64,
+    pub updated_at_ms: i64,
+}
+
+/// One ledger entry.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct EntryView {
+    pub id: String,
+    pub team: String,
+    pub kind: EntryKind,
+    /// Signed decimal string: credits positive, charges negative.
+    pub amount: String,
+    pub amount_nanos: i64,
+    pub currency: String,
+    pub idempotency_key: String,
+    pub actor: String,
+    pub reason: Option<String>,
+    pub request_id: Option<String>,
+    pub created_at_ms: i64,
+}
+
+/// A grant (positive) or an adjustment (either sign).
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EntryRequest {
+    /// Decimal string with at most 9 decimals, such as `"25"` or `"-0.50"`.
+    pub amount: String,
+    /// Why; shown in the ledger and the audit log.
+    pub reason: String,
+    /// Makes the request safe to repeat; also accepted as the
+    /// `Idempotency-Key` header.
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+}
+
+/// A recorded entry and the wallet after it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct EntryResult {
+    pub entry: EntryView,
+    pub wallet: WalletView,
+    /// `true` when the idempotency key had been used: nothing new was recorded.
+    pub replayed: bool,
+}
+
+fn entry_view(entry: LedgerEntry, team: &Team, currency: &str) -> EntryView {
+    EntryView {
+        id: entry.id,
+        team: team.spec.slug.clone(),
+        kind: entry.kind,
+        amount: money::format(entry.amount_nanos),
+        amount_nanos: entry.amount_nanos,
+        currency: currency.to_owned(),
+        idempotency_key: entry.idempotency_key,
+        actor: entry.actor,
+        reason: entry.reason,
+        request_id: entry.request_id,
+        created_at_ms: entry.created_at_ms,
+    }
+}
+
+fn wallet_view(wallet: store::Wallet, team: &Team, currency: &str) -> WalletView {
+    WalletView {
+        team: team.spec.slug.clone(),
+        currency: currency.to_owned(),
+        balance: money::format(wallet.balance_nanos),
+        balance_nanos: wallet.balance_nanos,
+        entries: wallet.entries,
+        updated_at_ms: wallet.updated_at_ms,
+    }
+}
+
+async fn team_visible(state: &AdminState, caller: &Caller, key: &str) -> Result<Team, ApiError> {
+    let team = state
+        .store
+        .team(key)
+        .await?
+        .ok_or_else(|| ApiError::not_found("team", key))?;
+    caller.require(Some(&team.spec.slug), Role::Viewer, "team", key)?;
+    Ok(team)
+}
+
+#[utoipa::path(get, path = "/api/v1/teams/{team}/wallet", tag = "wallets",
+    params(("team" = String, Path, description = "slug or id")),
+    responses((status = 200, body = WalletView), (status = 404, body = crate::openapi::Problem)))]
+pub async fn get_wallet(
+    State(state): State<AdminState>,
+    caller: Caller,
+    Path(key): Path<String>,
+) -> Result<Response, ApiError> {
+    let team = team_visible(&state, &caller, &key).await?;
+    let wallet = state.store.wallet(&team.id).await?;
+    Ok(ok(&wallet_view(wallet, &team, &state.currency)))
+}
+
+#[utoipa::path(get, path = "/api/v1/teams/{team}/wallet/ledger", tag = "wallets",
+    params(("team" = String, Path, description = "slug or id"),
+        ("kind" = Option<String>, Query, description = "top_up, grant, charge, refund or adjustment"),
+        ("since" = Option<String>, Query, description = "RFC 3339 time or epoch milliseconds (inclusive)"),
+        ("until" = Option<String>, Query, description = "RFC 3339 time or epoch milliseconds (exclusive)"),
+        ("format" = Option<String>, Query, description = "json (default) or csv"),
+        ("limit" = Option<usize>, Query), ("cursor" = Option<String>, Query)),
+    responses((status = 200, body = ListResponse<EntryView>), (status = 404, body = crate::openapi::Problem)))]
+pub async fn list_ledger(
+    State(state): State<AdminState>,
+    caller: Caller,
+    Path(key): Path<String>,
+    params: ListParams,
+) -> Result<Response, ApiError> {
+    params.only(&["kind", "since", "until", "format"])?;
+    let team = team_visible(&state, &caller, &key).await?;
+    let kind = params
+        .filter("kind")
+        .map(|text| {
+            EntryKind::parse(text).ok_or_else(|| {
+                ApiError::field(
+                    "kind",
+                    "must be one of top_up, grant, charge, refund, adjustment",
+                )
+            })
+        })
+        .transpose()?;
+    let time = |name: &str| -> Result<Option<i64>, ApiError> {
+        params
+            .filter(name)
+            .map(|text| match text.parse::<i64>() {
+                Ok(ms) => Ok(ms),
+                Err(_) => domain::access::parse_time_ms(text).map_err(|_| {
+                    ApiError::field(name, "must be an RFC 3339 time or epoch milliseconds")
+                }),
+            })
+            .transpose()
+    };
+    let filter = LedgerFilter {
+        kind,
+        since_ms: time("since")?,
+        until_ms: time("until")?,
+    };
+    let csv = match params.filter("format") {
+        None | Some("json") => false,
+        Some("csv") => true,
+        Some(_) => return Err(ApiError::field("format", "must be json or csv")),
+    };
+    let page = state
+        .store
+        .ledger(&team.id, &filter, params.after.as_deref(), params.limit)
+        .await?;
+    let page = store::Page {
+        items: page
+            .items
+            .into_iter()
+            .map(|entry| entry_view(entry, &team, &state.currency))
+            .collect(),
+        next_after: page.next_after,
+    };
+    if csv {
+        return Ok(csv_response(&page));
+    }
+    Ok(ok(&ListResponse::from(page)))
+}
+
+/// The page as CSV (RFC 4180); the next cursor, if any, in `Link`-free
+/// form as the `Tollgate-Next-Cursor` header.
+fn csv_response(page: &store::Page<EntryView>) -> Response {
+    fn field(out: &mut String, value: &str) {
+        if value.contains([',', '"', '\n', '\r']) {
+            out.push('"');
+            out.push_str(&value.replace('"', "\"\""));
+            out.push('"');
+        } else {
+            out.push_str(value);
+        }
+    }
+    let mut out = String::from(
+        "id,created_at,kind,amount,currency,idempotency_key,actor,reason,request_id\r\n",
+    );
+    for entry in &page.items {
+        let created = domain::access::format_time_ms(entry.created_at_ms);
+        for (index, value) in [
+            entry.id.as_str(),
+            created.as_str(),
+            entry.kind.as_str(),
+            entry.amount.as_str(),
+            entry.currency.as_str(),
+            entry.idempotency_key.as_str(),
+            entry.actor.as_str(),
+            entry.reason.as_deref().unwrap_or(""),
+            entry.request_id.as_deref().unwrap_or(""),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            if index > 0 {
+                out.push(',');
+            }
+            field(&mut out, value);
+        }
+        out.push_str("\r\n");
+    }
+    let mut response = (StatusCode::OK, out).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/csv; charset=utf-8"),
+    );
+    if let Some(next) = page
+        .next_after
+        .as_deref()
+        .map(crate::extract::encode_cursor)
+        .and_then(|cursor| HeaderValue::from_str(&cursor).ok())
+    {
+        response.headers_mut().insert("tollgate-next-cursor", next);
+    }
+    response
+}
+
+#[utoipa::path(post, path = "/api/v1/teams/{team}/wallet/grants", tag = "wallets",
+    params(("team" = String, Path, description = "slug or id"),
+        ("Idempotency-Key" = Option<String>, Header, description = "makes the request safe to repeat")),
+    request_body = EntryRequest,
+    responses((status = 201, body = EntryResult), (status = 200, body = EntryResult, description = "replayed"),
+        (status = 403, body = crate::openapi::Problem), (status = 409, body = crate::openapi::Problem)))]
+pub async fn create_grant(
+    State(state): State<AdminState>,
+    caller: Caller,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+    Json(request): Json<EntryRequest>,
+) -> Result<Response, ApiError> {
+    record(&state, &caller, &key, &headers, request, EntryKind::Grant).await
+}
+
+#[utoipa::path(post, path = "/api/v1/teams/{team}/wallet/adjustments", tag = "wallets",
+    params(("team" = String, Path, description = "slug or id"),
+        ("Idempotency-Key" = Option<String>, Header, description = "makes the request safe to repeat")),
+    request_body = EntryRequest,
+    responses((status = 201, body = EntryResult), (status = 200, body = EntryResult, description = "replayed"),
+        (status = 403, body = crate::openapi::Problem), (status = 409, body = crate::openapi::Problem)))]
+pub async fn create_adjustment(
+    State(state): State<AdminState>,
+    caller: Caller,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+    Json(request): Json<EntryRequest>,
+) -> Result<Response, ApiError> {
+    record(
+        &state,
+        &caller,
+        &key,
+        &headers,
+        request,
+        EntryKind::Adjustment,
+    )
+    .await
+}
+
+/// Longest idempotency key and reason accepted.
+const MAX_KEY_LEN: usize = 200;
+const MAX_REASON_LEN: usize = 500;
+
+async fn record(
+    state: &AdminState,
+    caller: &Caller,
+    key: &str,
+    headers: &HeaderMap,
+    request: EntryRequest,
+    kind: EntryKind,
+) -> Result<Response, ApiError> {
+    // Validate everything first, so one answer lists every problem.
+    let mut errors = domain::validate::FieldErrors::new();
+    let sign = if kind == EntryKind::Grant {
+        Sign::Positive
+    } else {
+        Sign::NonZero
+    };
+    let amount = money::parse(&request.amount, sign)
+        .map_err(|error| errors.add("amount", error.to_string()))
+        .ok();
+    let reason = request.reason.trim();
+    if reason.is_empty() || reason.len() > MAX_REASON_LEN {
+        errors.add(
+            "reason",
+            format!("must say why, in 1 to {MAX_REASON_LEN} characters"),
+        );
+    }
+    let header_key = headers
+        .get("idempotency-key")
+        .map(|value| value.to_str().map(str::to_owned));
+    let idempotency_key = match (header_key, request.idempotency_key) {
+        (Some(Err(_)), _) => {
+            errors.add("Idempotency-Key", "must be printable ASCII");
+            None
+        }
+        (Some(Ok(header)), Some(body)) if header != body => {
+            errors.add("idempotency_key", "differs from the Idempotency-Key header");
+            None
+        }
+        (Some(Ok(key)), _) | (None, Some(key)) => Some(key),
+        (None, None) => None,
+    };
+    if let Some(key) = &idempotency_key
+        && (key.is_empty() || key.len() > MAX_KEY_LEN || key.chars().any(char::is_control))
+    {
+        errors.add(
+            "idempotency_key",
+            format!("must be 1 to {MAX_KEY_LEN} printable characters"),
+        );
+    }
+    errors.into_result()?;
+    let Some(amount) = amount else {
+        return Err(ApiError::internal("amount missing after validation"));
+    };
+    let mut tx = state.store.begin().await?;
+    let team = team_in(&mut tx, caller, key).await?;
+    caller.require_platform()?;
+    let now = domain::now_ms();
+    let id = domain::id::new_id();
+    let entry = NewEntry {
+        id: id.clone(),
+        team_id: team.id.clone(),
+        kind,
+        amount_nanos: amount,
+        idempotency_key: idempotency_key.unwrap_or_else(|| format!("{}:{id}", kind.as_str())),
+        actor: caller.actor(),
+        reason: Some(reason.to_owned()),
+        request_id: crate::error::REQUEST_ID.try_with(Clone::clone).ok(),
+        created_at_ms: now,
+        // An adjustment may take money out, but not more than there is.
+        min_balance_after: (amount < 0).then_some(0),
+    };
+    match tx.append_entry(entry).await? {
+        Appended::Existing(existing) => {
+            if existing.kind != kind || existing.amount_nanos != amount {
+                return Err(ApiError::conflict(
+                    "idempotency_key",
+                    format!(
+                        "was used for a {} of {} {}; use a new key for a different entry",
+                        existing.kind.as_str(),
+                        money::format(existing.amount_nanos),
+                        state.currency
+                    ),
+                ));
+            }
+            drop(tx);
+            let wallet = state.store.wallet(&team.id).await?;
+            let result = EntryResult {
+                entry: entry_view(existing, &team, &state.currency),
+                wallet: wallet_view(wallet, &team, &state.currency),
+                replayed: true,
+            };
+            Ok(ok(&result))
+        }
+        Appended::Created(entry, wallet) => {
+            let action = format!("wallet.{}", kind.as_str());
+            let view = entry_view(entry, &team, &state.currency);
+            audit(
+                &mut tx,
+                caller,
+                Audit::new(&action, "ledger_entry", &view.id, Some(&team.spec.slug)),
+                NONE,
+                Some(&view),
+            )
+            .await?;
+            commit(state, tx).await?;
+            let result = EntryResult {
+                entry: view,
+                wallet: wallet_view(wallet, &team, &state.currency),
+                replayed: false,
+            };
+            Ok((StatusCode::CREATED, axum::Json(result)).into_response())
+        }
+    }
+}
+
+async fn team_in(tx: &mut WriteTx, caller: &Caller, key: &str) -> Result<Team, ApiError> {
+    let team = tx
+        .team(key)
+        .await?
+        .ok_or_else(|| ApiError::not_found("team", key))?;
+    caller.require(Some(&team.spec.slug), Role::Viewer, "team", key)?;
+    Ok(team)
+}

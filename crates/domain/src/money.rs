@@ -1,0 +1,233 @@
+//! Money: integer nano-units (10⁻⁹ of the deployment's currency) in `i64`,
+//! shown and accepted as decimal strings (`"12.5"`, `"0.000000001"`).
+//!
+//! `i64` nano-units hold ±9.2 billion currency units, far beyond any
+//! wallet; every sum is checked so that an overflow is an error, never a
+//! wrap.
+
+use serde::{Deserialize, Serialize};
+
+/// Nano-units per currency unit.
+pub const NANOS_PER_UNIT: i64 = 1_000_000_000;
+
+/// The largest amount accepted in one input: one billion currency units.
+pub const MAX_INPUT_NANOS: i64 = 1_000_000_000 * NANOS_PER_UNIT;
+
+/// Why a decimal string is not an amount.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AmountError {
+    #[error("must be a decimal string such as \"12.50\"")]
+    Malformed,
+    #[error("has more than 9 decimals (the smallest unit is 0.000000001)")]
+    TooPrecise,
+    #[error("is larger than 1000000000")]
+    TooLarge,
+    #[error("must not be negative")]
+    Negative,
+    #[error("must be greater than zero")]
+    Zero,
+}
+
+/// What sign an input may have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sign {
+    /// `> 0` (top-ups, grants, prices that charge).
+    Positive,
+    /// `>= 0` (prices, thresholds).
+    NonNegative,
+    /// Any non-zero value (adjustments).
+    NonZero,
+}
+
+/// Parses a decimal string into nano-units: optional `-`, digits, and at
+/// most 9 decimals; no exponent, no `+`, no spaces, no thousands separators.
+pub fn parse(text: &str, sign: Sign) -> Result<i64, AmountError> {
+    let (negative, digits) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text),
+    };
+    let (whole, fraction) = match digits.split_once('.') {
+        Some((whole, fraction)) => (whole, Some(fraction)),
+        None => (digits, None),
+    };
+    if whole.is_empty()
+        || !whole.bytes().all(|b| b.is_ascii_digit())
+        || fraction.is_some_and(|f| f.is_empty() || !f.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Err(AmountError::Malformed);
+    }
+    let fraction = fraction.unwrap_or("");
+    if fraction.len() > 9 {
+        return Err(AmountError::TooPrecise);
+    }
+    let whole_value: i64 = if whole.len() > 10 {
+        return Err(AmountError::TooLarge);
+    } else {
+        whole.parse().map_err(|_| AmountError::Malformed)?
+    };
+    let mut fraction_value: i64 = 0;
+    for position in 0..9 {
+        let digit = fraction
+            .as_bytes()
+            .get(position)
+            .map_or(0, |b| i64::from(b - b'0'));
+        fraction_value = fraction_value * 10 + digit;
+    }
+    let magnitude = whole_value
+        .checked_mul(NANOS_PER_UNIT)
+        .and_then(|w| w.checked_add(fraction_value))
+        .filter(|m| *m <= MAX_INPUT_NANOS)
+        .ok_or(AmountError::TooLarge)?;
+    let value = if negative { -magnitude } else { magnitude };
+    match sign {
+        Sign::Positive if value < 0 => Err(AmountError::Negative),
+        Sign::Positive if value == 0 => Err(AmountError::Zero),
+        Sign::NonNegative if value < 0 => Err(AmountError::Negative),
+        Sign::NonZero if value == 0 => Err(AmountError::Zero),
+        _ => Ok(value),
+    }
+}
+
+/// Formats nano-units as a decimal string: trailing zeros dropped, at
+/// least two decimals (`12.50`, `0.004`, `-3.00`, `0.000000001`).
+pub fn format(nanos: i64) -> String {
+    let negative = nanos < 0;
+    let magnitude = nanos.unsigned_abs();
+    let whole = magnitude / NANOS_PER_UNIT as u64;
+    let fraction = magnitude % NANOS_PER_UNIT as u64;
+    let mut digits = format!("{fraction:09}");
+    while digits.len() > 2 && digits.ends_with('0') {
+        digits.pop();
+    }
+    format!("{}{whole}.{digits}", if negative { "-" } else { "" })
+}
+
+/// A ledger entry's kind (SPEC §2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EntryKind {
+    /// Money paid in (Stripe checkout, auto top-up).
+    TopUp,
+    /// Money given by the platform.
+    Grant,
+    /// A metered call or a monthly fee.
+    Charge,
+    /// Money paid back (a refunded top-up takes it out; a refunded charge
+    /// gives it back).
+    Refund,
+    /// An operator's correction, either way.
+    Adjustment,
+}
+
+impl EntryKind {
+    pub const ALL: [EntryKind; 5] = [
+        EntryKind::TopUp,
+        EntryKind::Grant,
+        EntryKind::Charge,
+        EntryKind::Refund,
+        EntryKind::Adjustment,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EntryKind::TopUp => "top_up",
+            EntryKind::Grant => "grant",
+            EntryKind::Charge => "charge",
+            EntryKind::Refund => "refund",
+            EntryKind::Adjustment => "adjustment",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<EntryKind> {
+        EntryKind::ALL
+            .into_iter()
+            .find(|kind| kind.as_str() == text)
+    }
+}
+
+/// One ledger entry. Entries are only ever appended; the balance of a
+/// wallet is the sum of its entries' `amount_nanos`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerEntry {
+    pub id: String,
+    pub team_id: String,
+    pub kind: EntryKind,
+    /// Signed: credits are positive, charges negative.
+    pub amount_nanos: i64,
+    /// Unique per team: appending the same key twice records one entry.
+    pub idempotency_key: String,
+    /// `root`, `user:<id>`, `gateway`, `stripe`…
+    pub actor: String,
+    pub reason: Option<String>,
+    pub request_id: Option<String>,
+    pub created_at_ms: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_decimal_strings_exactly() {
+        assert_eq!(parse("12.5", Sign::Positive), Ok(12_500_000_000));
+        assert_eq!(parse("0.000000001", Sign::Positive), Ok(1));
+        assert_eq!(parse("0", Sign::NonNegative), Ok(0));
+        assert_eq!(parse("-3", Sign::NonZero), Ok(-3 * NANOS_PER_UNIT));
+        assert_eq!(parse("1000000000", Sign::Positive), Ok(MAX_INPUT_NANOS));
+        assert_eq!(parse("007.10", Sign::Positive), Ok(7_100_000_000));
+    }
+
+    #[test]
+    fn refuses_what_is_not_an_amount() {
+        for (text, sign, error) in [
+            ("", Sign::Positive, AmountError::Malformed),
+            ("1.", Sign::Positive, AmountError::Malformed),
+            (".5", Sign::Positive, AmountError::Malformed),
+            ("1e3", Sign::Positive, AmountError::Malformed),
+            ("+1", Sign::Positive, AmountError::Malformed),
+            (" 1", Sign::Positive, AmountError::Malformed),
+            ("1,000", Sign::Positive, AmountError::Malformed),
+            ("--1", Sign::NonZero, AmountError::Malformed),
+            ("0.0000000001", Sign::Positive, AmountError::TooPrecise),
+            (
+                "1000000000.000000001",
+                Sign::Positive,
+                AmountError::TooLarge,
+            ),
+            (
+                "99999999999999999999",
+                Sign::Positive,
+                AmountError::TooLarge,
+            ),
+            ("-1", Sign::Positive, AmountError::Negative),
+            ("-1", Sign::NonNegative, AmountError::Negative),
+            ("0", Sign::Positive, AmountError::Zero),
+            ("0.000", Sign::NonZero, AmountError::Zero),
+        ] {
+            assert_eq!(parse(text, sign), Err(error), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn formats_round_trip() {
+        for (nanos, text) in [
+            (12_500_000_000, "12.50"),
+            (4_000_000, "0.004"),
+            (1, "0.000000001"),
+            (0, "0.00"),
+            (-3 * NANOS_PER_UNIT, "-3.00"),
+            (-1, "-0.000000001"),
+            (i64::MIN, "-9223372036.854775808"),
+        ] {
+            assert_eq!(format(nanos), text);
+            if nanos != i64::MIN {
+                let sign = if nanos == 0 {
+                    Sign::NonNegative
+                } else {
+                    Sign::NonZero
+                };
+                assert_eq!(parse(text, sign), Ok(nanos));
+            }
+        }
+    }
+}

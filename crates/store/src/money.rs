@@ -1,0 +1,232 @@
+//! Wallets and the ledger.
+//!
+//! Appending is the only write: [`WriteTx::append_entry`] locks the team's
+//! wallet row, returns the existing entry when the idempotency key was seen
+//! before, else records the entry and moves the wallet's cached balance by
+//! its amount, all in the caller's transaction. The cached balance always
+//! equals the sum of the team's entries (checked by tests).
+
+use domain::money::{EntryKind, LedgerEntry};
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use crate::objects::{Page, fetch_limit, page_of};
+use crate::{Result, Store, StoreError, WriteTx};
+
+/// A team's wallet: the sum of its ledger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Wallet {
+    pub balance_nanos: i64,
+    pub entries: i64,
+    pub updated_at_ms: i64,
+}
+
+/// An entry to append (the store assigns its place in the ledger).
+#[derive(Debug, Clone)]
+pub struct NewEntry {
+    pub id: String,
+    pub team_id: String,
+    pub kind: EntryKind,
+    pub amount_nanos: i64,
+    pub idempotency_key: String,
+    pub actor: String,
+    pub reason: Option<String>,
+    pub request_id: Option<String>,
+    pub created_at_ms: i64,
+    /// When set, the append is refused ([`StoreError::Conflict`] on
+    /// `amount`) if the balance would end below this.
+    pub min_balance_after: Option<i64>,
+}
+
+/// What an append did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Appended {
+    Created(LedgerEntry, Wallet),
+    /// The key was used before: this is the entry it recorded.
+    Existing(LedgerEntry),
+}
+
+/// Which entries a ledger listing returns.
+#[derive(Debug, Clone, Default)]
+pub struct LedgerFilter {
+    pub kind: Option<EntryKind>,
+    pub since_ms: Option<i64>,
+    pub until_ms: Option<i64>,
+}
+
+fn entry_from(row: &AnyRow) -> Result<LedgerEntry> {
+    let kind: String = row.try_get("kind")?;
+    Ok(LedgerEntry {
+        id: row.try_get("id")?,
+        team_id: row.try_get("team_id")?,
+        kind: EntryKind::parse(&kind)
+            .ok_or_else(|| StoreError::Corrupt(format!("ledger entry kind '{kind}'")))?,
+        amount_nanos: row.try_get("amount_nanos")?,
+        idempotency_key: row.try_get("idempotency_key")?,
+        actor: row.try_get("actor")?,
+        reason: row.try_get("reason")?,
+        request_id: row.try_get("request_id")?,
+        created_at_ms: row.try_get("created_at_ms")?,
+    })
+}
+
+fn wallet_from(row: &AnyRow) -> Result<Wallet> {
+    Ok(Wallet {
+        balance_nanos: row.try_get("balance_nanos")?,
+        entries: row.try_get("entries")?,
+        updated_at_ms: row.try_get("updated_at_ms")?,
+    })
+}
+
+impl WriteTx {
+    /// Appends `entry` unless the team already has an entry with its
+    /// idempotency key (then returns that one, and nothing changes).
+    /// Refuses an entry that would overflow the balance.
+    pub async fn append_entry(&mut self, entry: NewEntry) -> Result<Appended> {
+        // Lock the wallet row first (created at zero if new): concurrent
+        // appends to one wallet then run one after the other, and the
+        // idempotency check below sees every committed entry.
+        let wallet = sqlx::query(
+            "INSERT INTO wallets (team_id, balance_nanos, entries, updated_at_ms) VALUES ($1, 0, 0, $2) \
+             ON CONFLICT (team_id) DO UPDATE SET updated_at_ms = wallets.updated_at_ms \
+             RETURNING balance_nanos, entries, updated_at_ms",
+        )
+        .bind(&entry.team_id)
+        .bind(entry.created_at_ms)
+        .fetch_one(&mut *self.tx)
+        .await?;
+        let wallet = wallet_from(&wallet)?;
+        let existing =
+            sqlx::query("SELECT * FROM ledger WHERE team_id = $1 AND idempotency_key = $2")
+                .bind(&entry.team_id)
+                .bind(&entry.idempotency_key)
+                .fetch_optional(&mut *self.tx)
+                .await?;
+        if let Some(existing) = existing {
+            return Ok(Appended::Existing(entry_from(&existing)?));
+        }
+        let balance = wallet
+            .balance_nanos
+            .checked_add(entry.amount_nanos)
+            .ok_or_else(|| StoreError::Conflict {
+                field: "amount".into(),
+                message: "would take the balance beyond what can be held".into(),
+            })?;
+        if let Some(floor) = entry.min_balance_after
+            && balance < floor
+        {
+            return Err(StoreError::Conflict {
+                field: "amount".into(),
+                message: format!(
+                    "would take the balance below {} (it is {})",
+                    domain::money::format(floor),
+                    domain::money::format(wallet.balance_nanos)
+                ),
+            });
+        }
+        let seq = wallet.entries + 1;
+        sqlx::query(
+            "INSERT INTO ledger (id, team_id, seq, kind, amount_nanos, idempotency_key, actor, reason, \
+             request_id, created_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(&entry.id)
+        .bind(&entry.team_id)
+        .bind(seq)
+        .bind(entry.kind.as_str())
+        .bind(entry.amount_nanos)
+        .bind(&entry.idempotency_key)
+        .bind(&entry.actor)
+        .bind(entry.reason.as_deref())
+        .bind(entry.request_id.as_deref())
+        .bind(entry.created_at_ms)
+        .execute(&mut *self.tx)
+        .await?;
+        let updated = Wallet {
+            balance_nanos: balance,
+            entries: seq,
+            updated_at_ms: entry.created_at_ms,
+        };
+        sqlx::query(
+            "UPDATE wallets SET balance_nanos = $2, entries = $3, updated_at_ms = $4 WHERE team_id = $1",
+        )
+        .bind(&entry.team_id)
+        .bind(updated.balance_nanos)
+        .bind(updated.entries)
+        .bind(updated.updated_at_ms)
+        .execute(&mut *self.tx)
+        .await?;
+        let recorded = LedgerEntry {
+            id: entry.id,
+            team_id: entry.team_id,
+            kind: entry.kind,
+            amount_nanos: entry.amount_nanos,
+            idempotency_key: entry.idempotency_key,
+            actor: entry.actor,
+            reason: entry.reason,
+            request_id: entry.request_id,
+            created_at_ms: entry.created_at_ms,
+        };
+        Ok(Appended::Created(recorded, updated))
+    }
+}
+
+impl Store {
+    /// A team's wallet (zero when nothing was ever recorded).
+    pub async fn wallet(&self, team_id: &str) -> Result<Wallet> {
+        let row = sqlx::query(
+            "SELECT balance_nanos, entries, updated_at_ms FROM wallets WHERE team_id = $1",
+        )
+        .bind(team_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref()
+            .map(wallet_from)
+            .transpose()
+            .map(Option::unwrap_or_default)
+    }
+
+    /// The sum of a team's entries, computed from the ledger itself.
+    pub async fn ledger_sum(&self, team_id: &str) -> Result<i64> {
+        let row = sqlx::query("SELECT COALESCE(SUM(amount_nanos), 0) AS total, COUNT(*) AS n FROM ledger WHERE team_id = $1")
+            .bind(team_id)
+            .fetch_one(&self.pool)
+            .await?;
+        // SQLite and PostgreSQL type SUM differently; read it as text-free i64.
+        let total: i64 = match row.try_get::<i64, _>("total") {
+            Ok(total) => total,
+            Err(_) => {
+                let text: String = row.try_get("total")?;
+                text.parse()
+                    .map_err(|_| StoreError::Corrupt(format!("ledger sum '{text}'")))?
+            }
+        };
+        Ok(total)
+    }
+
+    /// A team's entries in the order they were recorded, after the entry
+    /// whose id is `after`.
+    pub async fn ledger(
+        &self,
+        team_id: &str,
+        filter: &LedgerFilter,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<LedgerEntry>> {
+        let rows = sqlx::query(
+            "SELECT * FROM ledger WHERE team_id = $1 \
+             AND seq > COALESCE((SELECT seq FROM ledger WHERE team_id = $1 AND id = $2), 0) \
+             AND ($3 = '' OR kind = $3) \
+             AND created_at_ms >= $4 AND created_at_ms < $5 ORDER BY seq LIMIT $6",
+        )
+        .bind(team_id)
+        .bind(after.unwrap_or(""))
+        .bind(filter.kind.map_or("", EntryKind::as_str))
+        .bind(filter.since_ms.unwrap_or(i64::MIN))
+        .bind(filter.until_ms.unwrap_or(i64::MAX))
+        .bind(fetch_limit(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        let items = rows.iter().map(entry_from).collect::<Result<Vec<_>>>()?;
+        Ok(page_of(items, limit, |entry| &entry.id))
+    }
+}
