@@ -280,6 +280,149 @@ pub async fn keys(command: KeysCommand, args: &AdminArgs) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// What `tollgate wallet` does.
+pub enum WalletCommand {
+    Show {
+        team: String,
+    },
+    Ledger {
+        team: String,
+        kind: Option<String>,
+        csv: bool,
+    },
+    /// A grant (`kind: "grants"`) or an adjustment (`"adjustments"`).
+    Record {
+        team: String,
+        kind: &'static str,
+        amount: String,
+        reason: String,
+        idempotency_key: Option<String>,
+    },
+}
+
+/// `tollgate wallet show|ledger|grant|adjust`.
+pub async fn wallet(command: WalletCommand, args: &AdminArgs) -> anyhow::Result<()> {
+    let admin = admin(args)?;
+    match command {
+        WalletCommand::Show { team } => {
+            let wallet = admin
+                .call(
+                    reqwest::Method::GET,
+                    &format!("/api/v1/teams/{team}/wallet"),
+                    None,
+                )
+                .await?;
+            print(&format!(
+                "{} {}",
+                wallet["balance"].as_str().unwrap_or_default(),
+                wallet["currency"].as_str().unwrap_or_default()
+            ));
+        }
+        WalletCommand::Ledger { team, kind, csv } => {
+            let mut cursor: Option<String> = None;
+            let mut first = true;
+            loop {
+                let mut path = format!("/api/v1/teams/{team}/wallet/ledger?limit=500");
+                if let Some(kind) = &kind {
+                    path.push_str(&format!("&kind={kind}"));
+                }
+                if let Some(cursor) = &cursor {
+                    path.push_str(&format!("&cursor={cursor}"));
+                }
+                if csv {
+                    path.push_str("&format=csv");
+                    let response = admin
+                        .client
+                        .get(format!("{}{path}", admin.base))
+                        .bearer_auth(&admin.token)
+                        .send()
+                        .await
+                        .with_context(|| format!("cannot reach the admin API at {}", admin.base))?;
+                    if !response.status().is_success() {
+                        check(response).await?;
+                        return Ok(());
+                    }
+                    let next = response
+                        .headers()
+                        .get("tollgate-next-cursor")
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned);
+                    let text = response.text().await?;
+                    // The header line once, then the rows of every page.
+                    let body = if first {
+                        text.as_str()
+                    } else {
+                        text.split_once("\r\n").map_or("", |(_, rows)| rows)
+                    };
+                    #[allow(clippy::print_stdout)]
+                    {
+                        print!("{body}");
+                    }
+                    first = false;
+                    match next {
+                        Some(next) => cursor = Some(next),
+                        None => break,
+                    }
+                    continue;
+                }
+                let page = admin.call(reqwest::Method::GET, &path, None).await?;
+                for entry in page["data"].as_array().into_iter().flatten() {
+                    print(&format!(
+                        "{}\t{}\t{}\t{}\t{}\t{}",
+                        domain::access::format_time_ms(
+                            entry["created_at_ms"].as_i64().unwrap_or(0)
+                        ),
+                        entry["kind"].as_str().unwrap_or_default(),
+                        entry["amount"].as_str().unwrap_or_default(),
+                        entry["actor"].as_str().unwrap_or_default(),
+                        entry["idempotency_key"].as_str().unwrap_or_default(),
+                        entry["reason"].as_str().unwrap_or("-"),
+                    ));
+                }
+                match page["next_cursor"].as_str() {
+                    Some(next) => cursor = Some(next.to_owned()),
+                    None => break,
+                }
+            }
+        }
+        WalletCommand::Record {
+            team,
+            kind,
+            amount,
+            reason,
+            idempotency_key,
+        } => {
+            let mut body = serde_json::json!({"amount": amount, "reason": reason});
+            if let Some(key) = idempotency_key {
+                body["idempotency_key"] = serde_json::Value::String(key);
+            }
+            let result = admin
+                .call(
+                    reqwest::Method::POST,
+                    &format!("/api/v1/teams/{team}/wallet/{kind}"),
+                    Some(body),
+                )
+                .await?;
+            let currency = result["wallet"]["currency"].as_str().unwrap_or_default();
+            print(&format!(
+                "{} {currency}",
+                result["wallet"]["balance"].as_str().unwrap_or_default()
+            ));
+            let what = if result["replayed"] == true {
+                "already recorded with this idempotency key; nothing changed"
+            } else {
+                "recorded"
+            };
+            eprintln_note(&format!(
+                "{} of {} {currency} for team {team}: {what}; balance now shown above",
+                result["entry"]["kind"].as_str().unwrap_or_default(),
+                result["entry"]["amount"].as_str().unwrap_or_default(),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// A note for the person at the terminal, on standard error (standard
 /// output carries only what scripts read).
 #[allow(clippy::print_stderr)]

@@ -94,8 +94,65 @@ enum Command {
         #[command(subcommand)]
         command: KeysArgs,
     },
+    /// A team's wallet: balance, ledger, grants and adjustments (through the admin API).
+    Wallet {
+        #[command(subcommand)]
+        command: WalletArgs,
+    },
     /// Print the version.
     Version,
+}
+
+#[derive(Subcommand)]
+enum WalletArgs {
+    /// Print the team's balance.
+    Show {
+        #[arg(long)]
+        team: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Print the team's ledger (tab-separated, or CSV with --csv).
+    Ledger {
+        #[arg(long)]
+        team: String,
+        /// top_up, grant, charge, refund or adjustment.
+        #[arg(long)]
+        kind: Option<String>,
+        #[arg(long)]
+        csv: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Give a team money (platform operators only).
+    Grant {
+        #[arg(long)]
+        team: String,
+        /// Decimal amount, like 25 or 12.50.
+        #[arg(long)]
+        amount: String,
+        #[arg(long)]
+        reason: String,
+        /// Repeating a grant with the same key records it once.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Correct a team's balance either way (platform operators only).
+    Adjust {
+        #[arg(long)]
+        team: String,
+        /// Decimal amount, negative to take money out, like -2.50.
+        #[arg(long, allow_hyphen_values = true)]
+        amount: String,
+        #[arg(long)]
+        reason: String,
+        #[arg(long)]
+        idempotency_key: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -207,6 +264,50 @@ fn main() -> ExitCode {
                     }
                 };
                 cli::keys(command, &admin).await
+            }
+            Command::Wallet { command } => {
+                let (command, admin) = match command {
+                    WalletArgs::Show { team, admin } => (cli::WalletCommand::Show { team }, admin),
+                    WalletArgs::Ledger {
+                        team,
+                        kind,
+                        csv,
+                        admin,
+                    } => (cli::WalletCommand::Ledger { team, kind, csv }, admin),
+                    WalletArgs::Grant {
+                        team,
+                        amount,
+                        reason,
+                        idempotency_key,
+                        admin,
+                    } => (
+                        cli::WalletCommand::Record {
+                            team,
+                            kind: "grants",
+                            amount,
+                            reason,
+                            idempotency_key,
+                        },
+                        admin,
+                    ),
+                    WalletArgs::Adjust {
+                        team,
+                        amount,
+                        reason,
+                        idempotency_key,
+                        admin,
+                    } => (
+                        cli::WalletCommand::Record {
+                            team,
+                            kind: "adjustments",
+                            amount,
+                            reason,
+                            idempotency_key,
+                        },
+                        admin,
+                    ),
+                };
+                cli::wallet(command, &admin).await
             }
             Command::Version => {
                 cli::print(&format!("tollgate {}", env!("CARGO_PKG_VERSION")));

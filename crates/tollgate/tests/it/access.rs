@@ -9,7 +9,7 @@ use serde_json::Value;
 use test_support::tollgate::{ADMIN_TOKEN, Options};
 use test_support::webhook::WebhookReceiver;
 
-use crate::{BIN, FakeUpstream, Tollgate, json, problem};
+use crate::{BIN, FakeUpstream, Tollgate, cli, json, problem};
 
 /// SPEC §13 minus the wallet: teams, an upstream, a published service with
 /// a plan, an app with a key and an active subscription. `service` and
@@ -1657,22 +1657,6 @@ async fn keys_and_subscriptions_reach_every_node_on_postgres() {
         subscriptions["data"].as_array().unwrap().is_empty(),
         "weatherco's service is not acme's"
     );
-}
-
-fn cli(tollgate: &Tollgate, args: &[&str]) -> (bool, String, String) {
-    let output = std::process::Command::new(BIN)
-        .args(args)
-        .arg("--admin-url")
-        .arg(&tollgate.admin_url)
-        .env_clear()
-        .env("TOLLGATE_ADMIN_TOKEN", ADMIN_TOKEN)
-        .output()
-        .unwrap();
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).trim().to_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
 }
 
 #[tokio::test]

@@ -361,3 +361,76 @@ async fn balances_survive_a_restart() {
     assert_eq!(after["balance"], "3.333333334");
     assert_eq!(after["entries"], 2);
 }
+
+#[tokio::test]
+async fn the_wallet_command() {
+    let tollgate = Tollgate::start(BIN).await;
+    team(&tollgate, "acme").await;
+    let grant = [
+        "wallet",
+        "grant",
+        "--team",
+        "acme",
+        "--amount",
+        "25",
+        "--reason",
+        "welcome",
+        "--idempotency-key",
+        "welcome-acme",
+    ];
+    let (ok, out, stderr) = cli(&tollgate, &grant);
+    assert!(ok, "{stderr}");
+    assert_eq!(out, "25.00 USD");
+    assert!(stderr.contains("recorded"), "{stderr}");
+    let (ok, out, stderr) = cli(&tollgate, &grant);
+    assert!(ok, "{stderr}");
+    assert_eq!(out, "25.00 USD", "the same key grants once");
+    assert!(stderr.contains("already recorded"), "{stderr}");
+    let (ok, out, stderr) = cli(
+        &tollgate,
+        &[
+            "wallet", "adjust", "--team", "acme", "--amount", "-0.5", "--reason", "fix",
+        ],
+    );
+    assert!(ok, "{stderr}");
+    assert_eq!(out, "24.50 USD");
+    let (ok, out, _) = cli(&tollgate, &["wallet", "show", "--team", "acme"]);
+    assert!(ok);
+    assert_eq!(out, "24.50 USD");
+    let (ok, out, _) = cli(&tollgate, &["wallet", "ledger", "--team", "acme"]);
+    assert!(ok);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert!(
+        lines[0].contains("\tgrant\t25.00\troot\twelcome-acme\twelcome"),
+        "{out}"
+    );
+    assert!(lines[1].contains("\tadjustment\t-0.50\troot\t"), "{out}");
+    let (ok, out, _) = cli(
+        &tollgate,
+        &[
+            "wallet", "ledger", "--team", "acme", "--csv", "--kind", "grant",
+        ],
+    );
+    assert!(ok);
+    assert_eq!(out.lines().count(), 2, "header and one grant: {out}");
+    // Refusals reach the terminal, naming the field.
+    let (ok, _, stderr) = cli(
+        &tollgate,
+        &[
+            "wallet",
+            "grant",
+            "--team",
+            "acme",
+            "--amount",
+            "1.0000000001",
+            "--reason",
+            "x",
+        ],
+    );
+    assert!(!ok);
+    assert!(
+        stderr.contains("amount") && stderr.contains("9 decimals"),
+        "{stderr}"
+    );
+}
