@@ -71,6 +71,8 @@ pub struct SubscriptionRt {
     pub reason: Option<String>,
     pub plan: String,
     pub limiter: Option<Arc<Limiter>>,
+    /// The plan's price per request in nano-units (0: free).
+    pub price_nanos: i64,
     /// `Tollgate-Plan` and `Tollgate-Subscription` for the upstream.
     pub identity: [http::HeaderValue; 2],
 }
@@ -84,6 +86,8 @@ pub struct AppRt {
     pub limiter: Option<Arc<Limiter>>,
     /// (service id, subscription): the open one, else the latest.
     pub subscriptions: Vec<(String, SubscriptionRt)>,
+    /// The owning team's wallet, which pays for the app's calls.
+    pub wallet: Arc<crate::money::WalletRt>,
     /// `Tollgate-App` and `Tollgate-Team` for the upstream.
     pub identity: [http::HeaderValue; 2],
 }
@@ -179,6 +183,7 @@ pub fn compile(
     plans: &[Plan],
     subscriptions: &[Subscription],
     limiters: &LimiterRegistry,
+    wallets: &crate::money::Wallets,
 ) -> Result<AccessIndex, String> {
     let plans: HashMap<&str, &Plan> = plans.iter().map(|p| (p.id.as_str(), p)).collect();
     let mut chosen: HashMap<(&str, &str), &Subscription> = HashMap::new();
@@ -218,6 +223,12 @@ pub fn compile(
                 reason: subscription.reason.clone(),
                 plan: subscription.plan.clone(),
                 limiter,
+                price_nanos: plan
+                    .and_then(|plan| plan.spec.price_per_request.as_deref())
+                    .and_then(|price| {
+                        domain::money::parse(price, domain::money::Sign::NonNegative).ok()
+                    })
+                    .unwrap_or(0),
                 identity: [
                     header_value(&subscription.plan),
                     header_value(&subscription.id),
@@ -230,6 +241,7 @@ pub fn compile(
         let ip =
             IpRulesRt::compile(&app.spec.ip).map_err(|e| format!("app {}: {e}", app.spec.slug))?;
         let team = app.spec.team.clone().unwrap_or_default();
+        let wallet = wallets.get(&team);
         let compiled = AppRt {
             identity: [header_value(&app.spec.slug), header_value(&team)],
             id: app.id.clone(),
@@ -243,6 +255,7 @@ pub fn compile(
                 app.spec.concurrent_requests,
             ),
             subscriptions: by_app.remove(app.id.as_str()).unwrap_or_default(),
+            wallet,
         };
         app_index.insert(app.id.as_str(), Arc::new(compiled));
     }

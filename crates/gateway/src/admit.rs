@@ -39,6 +39,9 @@ pub struct Admission {
     pub rate_headers: Option<(HeaderValue, HeaderValue)>,
     /// Concurrency slots, released when the response body ends.
     pub permits: Vec<Permit>,
+    /// The call's price, held in the team's wallet until the upstream
+    /// answers (settled) or the call fails (given back).
+    pub reservation: Option<crate::money::Reservation>,
 }
 
 /// Where a credential came from.
@@ -428,6 +431,7 @@ pub(crate) fn admit<B>(
     peer: IpAddr,
     trusted_proxies: &[domain::net::Cidr],
     jwks: &JwksCache,
+    currency: &str,
 ) -> Result<Admission, Refusal> {
     let service = &route.service;
     let mut admission = Admission::default();
@@ -465,8 +469,47 @@ pub(crate) fn admit<B>(
         now_u,
         &mut admission,
     )?;
+    admission.reservation = pay(app, subscription, currency)?;
     let [app_slug, team] = app.identity.clone();
     let [plan, id] = subscription.identity.clone();
     admission.identity = Some([app_slug, team, plan, id]);
     Ok(admission)
+}
+
+/// Phase 6, money: reserves the plan's price from the team's wallet.
+fn pay(
+    app: &AppRt,
+    subscription: &SubscriptionRt,
+    currency: &str,
+) -> Result<Option<crate::money::Reservation>, Refusal> {
+    let price = subscription.price_nanos;
+    if price <= 0 {
+        return Ok(None);
+    }
+    match crate::money::reserve(&app.wallet, price, &subscription.id) {
+        Ok(reservation) => Ok(Some(reservation)),
+        Err(available) => {
+            use domain::money::format;
+            let balance = format(available.max(0));
+            let required = format(price);
+            let mut refusal = Refusal::new(
+                Code::InsufficientCredit,
+                format!(
+                    "This call costs {required} {currency}; team {} has {balance} {currency} left to spend. Top up the team's wallet (top_up_url) and call again.",
+                    app.team
+                ),
+            );
+            refusal.extra = vec![
+                ("balance", balance.into()),
+                ("required", required.into()),
+                ("currency", currency.into()),
+                ("plan", subscription.plan.clone().into()),
+                (
+                    "top_up_url",
+                    format!("/_tollgate/portal/teams/{}/wallet", app.team).into(),
+                ),
+            ];
+            Err(refusal)
+        }
+    }
 }

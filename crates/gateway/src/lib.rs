@@ -25,6 +25,7 @@ pub mod h1;
 pub mod health;
 pub mod jwt;
 pub mod limit;
+pub mod money;
 pub mod pipeline;
 pub mod refusal;
 pub mod router;
@@ -59,6 +60,9 @@ pub struct GatewayOptions {
     /// Proxies whose `X-Forwarded-For` is believed when finding the
     /// client's address for IP rules.
     pub trusted_proxies: Vec<domain::net::Cidr>,
+    /// The deployment's currency (ISO 4217), for 402 bodies and
+    /// `Tollgate-Balance`.
+    pub currency: String,
 }
 
 impl Default for GatewayOptions {
@@ -72,6 +76,7 @@ impl Default for GatewayOptions {
             retry_buffer_bytes: 64 * 1024,
             workers: 1,
             trusted_proxies: Vec::new(),
+            currency: "USD".into(),
         }
     }
 }
@@ -83,6 +88,10 @@ pub(crate) struct Shared {
     generation: std::sync::atomic::AtomicU64,
     registry: upstream::Registry,
     limiters: limit::LimiterRegistry,
+    wallets: money::Wallets,
+    /// Where settled charges go (the binary's ledger writer); none: calls
+    /// are priced and reserved but not recorded (embedded use, tests).
+    charges: std::sync::OnceLock<money::ChargeSink>,
     jwks: jwt::JwksCache,
     options: GatewayOptions,
     config_loaded: AtomicBool,
@@ -150,6 +159,8 @@ impl Gateway {
                 generation: std::sync::atomic::AtomicU64::new(0),
                 registry: upstream::Registry::new(options.workers),
                 limiters: limit::LimiterRegistry::default(),
+                wallets: money::Wallets::default(),
+                charges: std::sync::OnceLock::new(),
                 jwks: jwt::JwksCache::default(),
                 options,
                 config_loaded: AtomicBool::new(false),
@@ -167,6 +178,7 @@ impl Gateway {
             &self.shared.options.defaults,
             &self.shared.registry,
             &self.shared.limiters,
+            &self.shared.wallets,
         )?;
         self.shared.snapshot.store(Arc::new(compiled));
         self.shared.generation.fetch_add(1, Ordering::Release);
@@ -310,6 +322,26 @@ impl Gateway {
         for wait in finished {
             let _ = wait.await;
         }
+    }
+
+    /// Sends every settled charge to `sink` (the ledger writer). Set once.
+    pub fn set_charge_sink(&self, sink: money::ChargeSink) {
+        let _ = self.shared.charges.set(sink);
+    }
+
+    /// The last ledger sequence number applied to `team`'s wallet.
+    pub fn wallet_seen_seq(&self, team: &str) -> i64 {
+        self.shared.wallets.seen_seq(team)
+    }
+
+    /// Applies ledger entries to `team`'s wallet (see [`money::Wallets::apply_entries`]).
+    pub fn apply_wallet_entries(&self, team: &str, entries: &[money::SyncedEntry]) {
+        self.shared.wallets.apply_entries(team, entries);
+    }
+
+    /// What `team` can spend on this node now.
+    pub fn wallet_available(&self, team: &str) -> i64 {
+        self.shared.wallets.get(team).available()
     }
 
     /// Starts the active health checker; it stops when `shutdown` turns true.

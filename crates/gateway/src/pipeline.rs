@@ -45,6 +45,7 @@ static SUNSET: HeaderName = HeaderName::from_static("sunset");
 static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+static TOLLGATE_BALANCE: HeaderName = HeaderName::from_static("tollgate-balance");
 /// Identity headers the gateway sets for the upstream; a client's own are
 /// dropped so they cannot be forged.
 static IDENTITY: [HeaderName; 4] = [
@@ -148,6 +149,7 @@ async fn run(
             context.peer.addr.ip(),
             &shared.options.trusted_proxies,
             &shared.jwks,
+            &shared.options.currency,
         )?
     };
     let mut admission = admission;
@@ -231,6 +233,7 @@ fn match_route(
                 ),
                 allow: Some(allow),
                 headers: Vec::new(),
+                extra: Vec::new(),
             })
         }
         Match::NotFound => Err(Refusal::new(
@@ -373,6 +376,7 @@ async fn forward(
         route.query.as_ref()
     };
     let mut permits = Some(admission.permits);
+    let mut reservation = admission.reservation;
     append_forwarded(&mut headers, &context.peer.ip_header, original_host);
     headers.insert(X_REQUEST_ID.clone(), context.request_id.clone());
     route.request_headers.apply(&mut headers);
@@ -485,6 +489,22 @@ async fn forward(
                 }
                 let (mut response_parts, incoming) = response.into_parts();
                 strip_hop_by_hop(&mut response_parts.headers);
+                // Phase 8: a call the upstream answered below 500 is
+                // charged; otherwise the reservation is given back.
+                if let Some(held) = reservation.take()
+                    && status < 500
+                {
+                    let left = held.settle(shared.charges.get(), request_id_str(context));
+                    if let Ok(value) = HeaderValue::from_str(&format!(
+                        "{} {}",
+                        domain::money::format(left),
+                        shared.options.currency
+                    )) {
+                        response_parts
+                            .headers
+                            .insert(TOLLGATE_BALANCE.clone(), value);
+                    }
+                }
                 route.response_headers.apply(&mut response_parts.headers);
                 response_parts.version = Version::HTTP_11;
                 let body = GatewayBody::Upstream(
@@ -538,6 +558,10 @@ async fn forward(
         }
     }
     Err(last_refusal.unwrap_or_else(|| Refusal::new(Code::UpstreamError, "No try was made.")))
+}
+
+fn request_id_str(context: &RequestContext) -> &str {
+    context.request_id.to_str().unwrap_or_default()
 }
 
 fn timeout_refusal(service: &str, total: Duration) -> Refusal {

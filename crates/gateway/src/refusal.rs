@@ -19,6 +19,8 @@ pub struct Refusal {
     pub allow: Option<String>,
     /// Headers the refusal needs (`Retry-After`, `RateLimit`…).
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// Problem extension members (a 402's `balance`, `required`…).
+    pub extra: Vec<(&'static str, serde_json::Value)>,
 }
 
 impl Refusal {
@@ -28,6 +30,7 @@ impl Refusal {
             detail: detail.into(),
             allow: None,
             headers: Vec::new(),
+            extra: Vec::new(),
         }
     }
 
@@ -42,7 +45,7 @@ impl Refusal {
         request_id: &HeaderValue,
         public_url: &str,
     ) -> Response<GatewayBody> {
-        let body = serde_json::json!({
+        let mut body = serde_json::json!({
             "type": format!("{public_url}/_tollgate/problems/{}", self.code.slug()),
             "title": self.code.title(),
             "status": self.code.status(),
@@ -50,6 +53,16 @@ impl Refusal {
             "code": self.code.as_str(),
             "request_id": request_id.to_str().unwrap_or_default(),
         });
+        for (name, value) in self.extra {
+            // A relative top-up path becomes a URL under the public one.
+            let value = match (name, value) {
+                ("top_up_url", serde_json::Value::String(path)) if path.starts_with('/') => {
+                    serde_json::Value::String(format!("{public_url}{path}"))
+                }
+                (_, value) => value,
+            };
+            body[name] = value;
+        }
         let mut response = Response::new(GatewayBody::full(body.to_string()));
         *response.status_mut() =
             StatusCode::from_u16(self.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);

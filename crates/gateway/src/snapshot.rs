@@ -217,6 +217,7 @@ pub fn compile(
     defaults: &Defaults,
     registry: &Registry,
     limiters: &crate::limit::LimiterRegistry,
+    wallets: &crate::money::Wallets,
 ) -> Result<Snapshot, CompileError> {
     let mut upstreams = HashMap::new();
     let mut upstream_list = Vec::new();
@@ -337,6 +338,7 @@ pub fn compile(
         config.plans,
         config.subscriptions,
         limiters,
+        wallets,
     )
     .map_err(CompileError::Access)?;
     registry.retain(config.upstreams);

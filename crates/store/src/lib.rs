@@ -27,7 +27,7 @@ use sqlx::{AnyPool, Row};
 
 pub use access::{AuditFilter, Delivery, Session, SubscriptionFilter, TokenOwner, Visible};
 pub use migrate::MIGRATIONS;
-pub use money::{Appended, LedgerFilter, NewEntry, Wallet};
+pub use money::{Appended, EntryDelta, LedgerFilter, NewEntry, Wallet, WalletHead};
 pub use objects::{ConfigData, Page};
 
 /// Which database is behind the store.

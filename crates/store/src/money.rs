@@ -170,7 +170,72 @@ impl WriteTx {
     }
 }
 
+/// Where one wallet's ledger stands (for the gateway's sync).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WalletHead {
+    pub team_id: String,
+    pub team_slug: String,
+    /// The sequence number of the wallet's latest entry.
+    pub entries: i64,
+}
+
+/// A ledger entry as the gateway's sync needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryDelta {
+    pub seq: i64,
+    pub amount_nanos: i64,
+    pub actor: String,
+}
+
 impl Store {
+    /// Every wallet's latest sequence number.
+    pub async fn wallet_heads(&self) -> Result<Vec<WalletHead>> {
+        let rows = sqlx::query(
+            "SELECT w.team_id, t.slug, w.entries FROM wallets w JOIN teams t ON t.id = w.team_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(WalletHead {
+                    team_id: row.try_get(0)?,
+                    team_slug: row.try_get(1)?,
+                    entries: row.try_get(2)?,
+                })
+            })
+            .collect()
+    }
+
+    /// A team's entries after sequence number `after`, in order.
+    pub async fn entries_since(&self, team_id: &str, after: i64) -> Result<Vec<EntryDelta>> {
+        let rows = sqlx::query(
+            "SELECT seq, amount_nanos, actor FROM ledger WHERE team_id = $1 AND seq > $2 ORDER BY seq",
+        )
+        .bind(team_id)
+        .bind(after)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(EntryDelta {
+                    seq: row.try_get(0)?,
+                    amount_nanos: row.try_get(1)?,
+                    actor: row.try_get(2)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Team ids by slug (the ledger writer's lookup).
+    pub async fn team_ids(&self) -> Result<Vec<(String, String)>> {
+        let rows = sqlx::query("SELECT slug, id FROM teams")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+            .collect()
+    }
+
     /// A team's wallet (zero when nothing was ever recorded).
     pub async fn wallet(&self, team_id: &str) -> Result<Wallet> {
         let row = sqlx::query(

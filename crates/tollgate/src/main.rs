@@ -12,6 +12,7 @@ mod cli;
 mod config;
 mod counters;
 mod jwks;
+mod ledger;
 mod serve;
 mod webhooks;
 

@@ -253,10 +253,18 @@ pub async fn run(args: &ConfigArgs) -> anyhow::Result<()> {
         retry_buffer_bytes: config.retry_buffer_bytes,
         workers: config.gateway_workers,
         trusted_proxies: config.trusted_proxies.clone(),
+        currency: config.currency.clone(),
     });
     reload(&store, &gateway, &mut None)
         .await
         .context("cannot load the configuration")?;
+    // Wallets are known before the first call; charges go to the writer.
+    let actor = crate::ledger::node_actor();
+    crate::ledger::sync_once(&store, &gateway, &actor)
+        .await
+        .context("cannot read the wallets")?;
+    let (charge_sink, charges) = tokio::sync::mpsc::unbounded_channel();
+    gateway.set_charge_sink(charge_sink);
 
     let gateway_listeners = gateway.bind(config.gateway_listen).with_context(|| {
         format!(
@@ -277,6 +285,11 @@ pub async fn run(args: &ConfigArgs) -> anyhow::Result<()> {
     let health = gateway.spawn_health_checker(shutdown_rx.clone());
     let webhooks = crate::webhooks::spawn(store.clone(), shutdown_rx.clone());
     let jwks = crate::jwks::spawn(gateway.clone(), shutdown_rx.clone());
+    let (drain_ledger, ledger_drain) = tokio::sync::oneshot::channel();
+    let ledger_writer =
+        crate::ledger::spawn_writer(store.clone(), charges, actor.clone(), ledger_drain);
+    let wallet_sync =
+        crate::ledger::spawn_sync(store.clone(), gateway.clone(), actor, shutdown_rx.clone());
     let counters = config
         .redis_url
         .clone()
@@ -319,6 +332,10 @@ pub async fn run(args: &ConfigArgs) -> anyhow::Result<()> {
     let grace = config.shutdown_timeout + std::time::Duration::from_secs(1);
     let _ = tokio::time::timeout(grace, async {
         let _ = gateway_task.await;
+        // Every request has finished: record the charges still queued.
+        let _ = drain_ledger.send(());
+        let _ = ledger_writer.await;
+        let _ = wallet_sync.await;
         let _ = admin_task.await;
         let _ = health.await;
         let _ = webhooks.await;

@@ -14,12 +14,17 @@ use crate::{BIN, FakeUpstream, Tollgate, cli, json, problem};
 /// SPEC §13 minus the wallet: teams, an upstream, a published service with
 /// a plan, an app with a key and an active subscription. `service` and
 /// `plan` add fields to the service and plan bodies.
-struct World {
-    key: String,
-    app: String,
+pub(crate) struct World {
+    pub key: String,
+    pub app: String,
 }
 
-async fn world(tollgate: &Tollgate, upstream: &FakeUpstream, service: Value, plan: Value) -> World {
+pub(crate) async fn world(
+    tollgate: &Tollgate,
+    upstream: &FakeUpstream,
+    service: Value,
+    plan: Value,
+) -> World {
     for team in ["acme", "weatherco"] {
         tollgate
             .create("/api/v1/teams", json!({"slug": team, "name": team}))
@@ -41,7 +46,8 @@ async fn world(tollgate: &Tollgate, upstream: &FakeUpstream, service: Value, pla
             json!({"methods": ["GET", "POST"], "path": "/forecast/{city}"}),
         )
         .await;
-    let mut plan_body = json!({"slug": "pay-as-you-go", "price_per_request": "0.01"});
+    // Free unless a test sets a price (priced calls need money: money.rs).
+    let mut plan_body = json!({"slug": "pay-as-you-go"});
     merge(&mut plan_body, plan);
     tollgate
         .create("/api/v1/services/weather/plans", plan_body)
@@ -88,7 +94,12 @@ async fn echo(response: reqwest::Response) -> Value {
 }
 
 /// Waits until a keyed GET answers `status` (config changes land within 1 s).
-async fn wait_status(tollgate: &Tollgate, path: &str, key: &str, status: u16) -> Duration {
+pub(crate) async fn wait_status(
+    tollgate: &Tollgate,
+    path: &str,
+    key: &str,
+    status: u16,
+) -> Duration {
     let started = Instant::now();
     loop {
         let got = tollgate.get_with_key(path, key).await.status().as_u16();

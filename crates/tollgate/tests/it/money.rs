@@ -5,6 +5,7 @@
 use reqwest::Method;
 use serde_json::Value;
 
+use crate::access::{wait_status, world};
 use crate::*;
 
 async fn team(tollgate: &Tollgate, slug: &str) {
@@ -433,4 +434,219 @@ async fn the_wallet_command() {
         stderr.contains("amount") && stderr.contains("9 decimals"),
         "{stderr}"
     );
+}
+
+/// A priced service (0.01 a call) whose consumer team `acme` can afford
+/// exactly `calls` more calls; returns the key.
+async fn priced_world(tollgate: &Tollgate, upstream: &FakeUpstream, calls: u32) -> String {
+    let world = world(tollgate, upstream, json!({}), json!({})).await;
+    let (status, body) = tollgate
+        .admin(
+            Method::PATCH,
+            "/api/v1/services/weather/plans/pay-as-you-go",
+            Some(json!({"price_per_request": "0.01"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    // The price is live once an empty wallet refuses.
+    wait_status(tollgate, "/weather/forecast/ready", &world.key, 402).await;
+    // One call more than asked for: the probe below spends it.
+    let amount = format!("{}.{:02}", (calls + 1) / 100, (calls + 1) % 100);
+    let (status, body) = grant(
+        tollgate,
+        "acme",
+        json!({"amount": amount, "reason": "test"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    wait_status(tollgate, "/weather/forecast/probe", &world.key, 200).await;
+    world.key
+}
+
+/// Waits until the ledger writer has recorded `entries` entries for acme.
+async fn wait_entries(tollgate: &Tollgate, entries: i64) -> Value {
+    let started = std::time::Instant::now();
+    loop {
+        let wallet = wallet(tollgate, "acme").await;
+        if wallet["entries"] == entries {
+            return wallet;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "ledger stuck at {wallet}, expected {entries} entries"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_thousand_concurrent_calls_against_a_wallet_for_a_hundred() {
+    let upstream = FakeUpstream::start("w").await;
+    let tollgate = Tollgate::start(BIN).await;
+    let key = priced_world(&tollgate, &upstream, 100).await;
+    let hits_before = upstream.hits();
+
+    let calls = (0..1000).map(|n| {
+        let key = key.clone();
+        let tollgate = &tollgate;
+        async move {
+            let response = tollgate
+                .get_with_key(&format!("/weather/forecast/city-{n}"), &key)
+                .await;
+            let status = response.status().as_u16();
+            let headers = response.headers().clone();
+            let body: Value = response.json().await.unwrap_or(Value::Null);
+            (status, headers, body)
+        }
+    });
+    let results = futures_util::future::join_all(calls).await;
+    let ok: Vec<_> = results.iter().filter(|(s, _, _)| *s == 200).collect();
+    let refused: Vec<_> = results.iter().filter(|(s, _, _)| *s == 402).collect();
+    assert_eq!(ok.len(), 100, "exactly what the wallet affords");
+    assert_eq!(refused.len(), 900);
+    assert_eq!(
+        upstream.hits() - hits_before,
+        100,
+        "refused calls never reach the upstream"
+    );
+    for (_, headers, body) in &refused {
+        assert_eq!(body["code"], "insufficient_credit", "{body}");
+        assert_eq!(body["status"], 402);
+        assert_eq!(body["required"], "0.01");
+        assert_eq!(body["currency"], "USD");
+        assert_eq!(body["plan"], "pay-as-you-go");
+        assert!(body["balance"].as_str().is_some());
+        assert!(
+            body["top_up_url"]
+                .as_str()
+                .unwrap()
+                .ends_with("/_tollgate/portal/teams/acme/wallet"),
+            "{body}"
+        );
+        assert!(
+            body["detail"].as_str().unwrap().contains("0.01 USD"),
+            "{body}"
+        );
+        assert_eq!(headers["content-type"], "application/problem+json");
+        assert_eq!(
+            body["request_id"],
+            headers["x-request-id"].to_str().unwrap()
+        );
+    }
+    for (_, headers, _) in &ok {
+        let balance = headers["tollgate-balance"].to_str().unwrap();
+        assert!(balance.ends_with(" USD"), "{balance}");
+    }
+    // The ledger: the grant, the probe's charge and exactly 100 more; the
+    // balance is exactly zero.
+    let wallet = wait_entries(&tollgate, 102).await;
+    assert_eq!(wallet["balance_nanos"], 0, "{wallet}");
+    let entries = ledger(&tollgate, "acme", "&kind=charge").await;
+    assert_eq!(entries.len(), 101);
+    assert!(entries.iter().all(|e| e["amount"] == "-0.01"));
+    let charged: std::collections::HashSet<&str> = entries
+        .iter()
+        .filter_map(|e| e["request_id"].as_str())
+        .collect();
+    for (_, headers, _) in &ok {
+        let id = headers["x-request-id"].to_str().unwrap();
+        assert!(charged.contains(id), "call {id} was charged");
+    }
+}
+
+#[tokio::test]
+async fn failed_calls_are_not_charged_and_balances_survive_a_restart() {
+    let upstream = FakeUpstream::start("w").await;
+    let data_dir = tempfile::tempdir().unwrap();
+    let options = || test_support::tollgate::Options {
+        data_dir: Some(data_dir.path().to_path_buf()),
+        ..Default::default()
+    };
+    let tollgate = Tollgate::start_with(BIN, options()).await;
+    // 0.05 left after the probe.
+    let key = priced_world(&tollgate, &upstream, 5).await;
+    let mut paid = 0;
+    // Calls until `want` answers, counting the paid (200) ones.
+    async fn until(tollgate: &Tollgate, key: &str, path: &str, want: u16, paid: &mut i64) {
+        let started = std::time::Instant::now();
+        loop {
+            let response = tollgate.get_with_key(path, key).await;
+            let status = response.status().as_u16();
+            if status == 200 {
+                *paid += 1;
+            }
+            if status == want {
+                return;
+            }
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(5),
+                "{path}: {status}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    // An upstream 5xx is not charged.
+    tollgate
+        .create(
+            "/api/v1/services/weather/routes",
+            json!({"methods": ["GET"], "path": "/status/{code}"}),
+        )
+        .await;
+    until(&tollgate, &key, "/weather/status/503", 503, &mut paid).await;
+    for _ in 0..5 {
+        let response = tollgate.get_with_key("/weather/status/500", &key).await;
+        assert_eq!(response.status(), 500);
+        assert!(response.headers().get("tollgate-balance").is_none());
+    }
+    // Nor is a call the upstream never answered (connection refused).
+    let upstream_to = |url: String| {
+        tollgate.admin(
+            Method::PATCH,
+            "/api/v1/upstreams/weather-backend",
+            Some(json!({"targets": [{"url": url, "weight": 1}]})),
+        )
+    };
+    assert_eq!(upstream_to("http://127.0.0.1:9".into()).await.0, 200);
+    until(&tollgate, &key, "/weather/forecast/down", 502, &mut paid).await;
+    for _ in 0..5 {
+        // 502, then 503 once the dead target is ejected: never charged.
+        let response = tollgate.get_with_key("/weather/forecast/down", &key).await;
+        assert!([502, 503].contains(&response.status().as_u16()));
+        assert!(response.headers().get("tollgate-balance").is_none());
+    }
+    assert_eq!(upstream_to(upstream.url()).await.0, 200);
+    until(&tollgate, &key, "/weather/forecast/up", 200, &mut paid).await;
+    assert!(paid < 5, "the test needs money left: {paid} paid calls");
+    let left = 5 - paid;
+    let response = tollgate
+        .get_with_key("/weather/forecast/balance", &key)
+        .await;
+    assert_eq!(response.status(), 200);
+    let left = left - 1;
+    assert_eq!(
+        response.headers()["tollgate-balance"],
+        format!("0.0{left} USD").as_str(),
+        "only the answered calls were charged"
+    );
+    // grant + probe + every paid call.
+    let wallet = wait_entries(&tollgate, 2 + paid + 1).await;
+    assert_eq!(wallet["balance"], format!("0.0{left}").as_str());
+    drop(tollgate);
+
+    // After a restart the gateway starts from the ledger: it lets through
+    // exactly what is left.
+    let tollgate = Tollgate::start_with(BIN, options()).await;
+    for spent in 1..=left {
+        let response = tollgate.get_with_key("/weather/forecast/after", &key).await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(
+            response.headers()["tollgate-balance"],
+            format!("0.0{} USD", left - spent).as_str()
+        );
+    }
+    let response = tollgate.get_with_key("/weather/forecast/none", &key).await;
+    assert_eq!(response.status(), 402);
+    let wallet = wait_entries(&tollgate, 2 + paid + 1 + left).await;
+    assert_eq!(wallet["balance_nanos"], 0);
 }

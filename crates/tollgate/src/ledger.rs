@@ -1,0 +1,177 @@
+//! The gateway's side of the ledger, off the hot path.
+//!
+//! - The **writer** drains the charges the gateway settles (an unbounded
+//!   queue) and appends them to the ledger in batches, one transaction
+//!   each (group commit): up to 500 charges, gathered for at most 10 ms
+//!   after the first. Each charge's idempotency key is the charge's own id
+//!   (not the request id, which a client may reuse), so a batch retried
+//!   after a database error never charges twice. At
+//!   shutdown, after the gateway has finished its requests, the writer
+//!   empties the queue before the process exits.
+//! - The **sync** brings every other ledger entry (grants, top-ups, other
+//!   nodes' charges) into the gateway's in-memory wallets: every 200 ms it
+//!   reads each wallet's latest sequence number and applies the entries
+//!   past the one it saw last. This node's own charges (actor
+//!   `gateway:<node id>`) were taken from the wallet when reserved; the
+//!   sync only moves past them.
+//!
+//! Durability window: charges settled but not yet committed (at most one
+//! batch, about 10 ms under load) are lost if the process is killed; the
+//! calls they paid for were answered. Nothing is ever charged twice.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use domain::money::EntryKind;
+use gateway::Gateway;
+use gateway::money::{Charge, SyncedEntry};
+use store::{NewEntry, Store};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+const BATCH: usize = 500;
+const GATHER: Duration = Duration::from_millis(10);
+const SYNC_EVERY: Duration = Duration::from_millis(200);
+
+/// This process's name in the ledger's `actor` column.
+pub fn node_actor() -> String {
+    let id: u32 = rand::random();
+    format!("gateway:{id:08x}")
+}
+
+/// Brings the gateway's wallets up to date with the ledger once.
+pub async fn sync_once(store: &Store, gateway: &Gateway, actor: &str) -> store::Result<()> {
+    for head in store.wallet_heads().await? {
+        let seen = gateway.wallet_seen_seq(&head.team_slug);
+        if head.entries <= seen {
+            continue;
+        }
+        let entries: Vec<SyncedEntry> = store
+            .entries_since(&head.team_id, seen)
+            .await?
+            .into_iter()
+            .map(|entry| SyncedEntry {
+                seq: entry.seq,
+                amount_nanos: entry.amount_nanos,
+                own: entry.actor == actor,
+            })
+            .collect();
+        gateway.apply_wallet_entries(&head.team_slug, &entries);
+    }
+    Ok(())
+}
+
+/// Starts the sync loop; it stops when `shutdown` turns true.
+pub fn spawn_sync(
+    store: Store,
+    gateway: Gateway,
+    actor: String,
+    mut shutdown: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(SYNC_EVERY) => {}
+                _ = shutdown.changed() => return,
+            }
+            if let Err(error) = sync_once(&store, &gateway, &actor).await {
+                tracing::warn!(%error, "wallet sync failed; balances on this node may be stale");
+            }
+        }
+    })
+}
+
+/// Starts the writer; `drain` tells it the gateway has stopped, so it
+/// records what is queued and returns.
+pub fn spawn_writer(
+    store: Store,
+    mut charges: mpsc::UnboundedReceiver<Charge>,
+    actor: String,
+    drain: oneshot::Receiver<()>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut teams: HashMap<String, String> = HashMap::new();
+        let mut batch: Vec<Charge> = Vec::with_capacity(BATCH);
+        let mut drain = drain;
+        let mut draining = false;
+        loop {
+            if batch.is_empty() {
+                if draining {
+                    // Everything queued before the stop is in.
+                    while batch.len() < BATCH {
+                        match charges.try_recv() {
+                            Ok(charge) => batch.push(charge),
+                            Err(_) => break,
+                        }
+                    }
+                    if batch.is_empty() {
+                        return;
+                    }
+                } else {
+                    tokio::select! {
+                        received = charges.recv_many(&mut batch, BATCH) => {
+                            if received == 0 {
+                                return;
+                            }
+                        }
+                        _ = &mut drain, if !draining => {
+                            draining = true;
+                            continue;
+                        }
+                    }
+                    // Gather a little more for the same transaction.
+                    let deadline = tokio::time::Instant::now() + GATHER;
+                    while batch.len() < BATCH {
+                        let room = BATCH - batch.len();
+                        match tokio::time::timeout_at(deadline, charges.recv_many(&mut batch, room))
+                            .await
+                        {
+                            Ok(0) | Err(_) => break,
+                            Ok(_) => {}
+                        }
+                    }
+                }
+            }
+            match record(&store, &mut teams, &batch, &actor).await {
+                Ok(()) => batch.clear(),
+                Err(error) => {
+                    tracing::error!(%error, pending = batch.len(), "cannot record charges; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    })
+}
+
+async fn record(
+    store: &Store,
+    teams: &mut HashMap<String, String>,
+    batch: &[Charge],
+    actor: &str,
+) -> store::Result<()> {
+    if batch.iter().any(|charge| !teams.contains_key(&charge.team)) {
+        *teams = store.team_ids().await?.into_iter().collect();
+    }
+    let mut tx = store.begin().await?;
+    for charge in batch {
+        let Some(team_id) = teams.get(&charge.team) else {
+            tracing::error!(team = %charge.team, request_id = %charge.request_id, "charge for an unknown team dropped");
+            continue;
+        };
+        tx.append_entry(NewEntry {
+            id: domain::id::new_id(),
+            team_id: team_id.clone(),
+            kind: EntryKind::Charge,
+            amount_nanos: -charge.amount_nanos,
+            // The charge's own id: a client may reuse its X-Request-Id.
+            idempotency_key: format!("charge:{}", charge.id),
+            actor: actor.to_owned(),
+            reason: Some(format!("subscription {}", charge.subscription_id)),
+            request_id: Some(charge.request_id.clone()),
+            created_at_ms: charge.at_ms,
+            min_balance_after: None,
+        })
+        .await?;
+    }
+    tx.commit().await
+}
