@@ -200,7 +200,15 @@ impl Store {
             Backend::Sqlite => Some(self.write_lock.clone().lock_owned().await),
             Backend::Postgres => None,
         };
-        let tx = self.pool.begin().await?;
+        // SQLite: take the write lock at BEGIN (IMMEDIATE). A deferred
+        // transaction that has read and then writes cannot wait for a
+        // writer still finishing (a dropped transaction's rollback runs
+        // after the app-level lock is released): SQLite answers "database
+        // is locked" at once. IMMEDIATE waits (busy_timeout) instead.
+        let tx = match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        };
         Ok(WriteTx {
             tx,
             _guard: guard,

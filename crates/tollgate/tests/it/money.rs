@@ -68,7 +68,7 @@ async fn grants_are_exact_and_idempotent(tollgate: &Tollgate) {
             json!({"amount": format!("0.0000000{n:02}"), "reason": "load", "idempotency_key": format!("g-{n}")}),
         )
         .await;
-        assert_eq!(status, 201, "{body}");
+        assert_eq!(status, 201, "{body}\n{}", tollgate.log());
     });
     let racing = (0..20).map(|_| async {
         let (status, body) = grant(
@@ -77,7 +77,11 @@ async fn grants_are_exact_and_idempotent(tollgate: &Tollgate) {
             json!({"amount": "12.5", "reason": "welcome credit", "idempotency_key": "welcome"}),
         )
         .await;
-        assert!(status == 201 || status == 200, "{status}: {body}");
+        assert!(
+            status == 201 || status == 200,
+            "{status}: {body}\n{}",
+            tollgate.log()
+        );
         assert_eq!(body["entry"]["amount"], "12.50");
         assert_eq!(body["replayed"], status == 200);
         status
