@@ -311,7 +311,7 @@ def build(raw: Path, out_dir: Path, readme: Path | None) -> None:
         "mode": meta.get("mode", "plain"),
         "access": {
             k: meta.get(k)
-            for k in ("apps_loaded", "keys_loaded", "seed_reload_ms", "rss_tollgate_keys_loaded_kb")
+            for k in ("apps_loaded", "keys_loaded", "seed_reload_ms", "rss_tollgate_keys_loaded_kb", "price_per_request")
             if meta.get(k) is not None
         },
         "machine": machine,
@@ -330,7 +330,8 @@ def build(raw: Path, out_dir: Path, readme: Path | None) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp = meta.get("stamp", "unknown")
     access = doc["mode"] == "access"
-    suffix = ("-access" if access else "") + ("-selftest" if selftest else "")
+    priced = access and bool(doc["access"].get("price_per_request"))
+    suffix = ("-access" if access else "") + ("-priced" if priced else "") + ("-selftest" if selftest else "")
     json_path = out_dir / f"{stamp}{suffix}.json"
     json_path.write_text(json.dumps(doc, indent=2) + "\n")
     md = render_markdown(doc, json_path.name)
@@ -338,7 +339,7 @@ def build(raw: Path, out_dir: Path, readme: Path | None) -> None:
     md_path.write_text(md)
     print(f"wrote {json_path}", file=sys.stderr)
     print(f"wrote {md_path}", file=sys.stderr)
-    if readme is not None and not selftest:
+    if readme is not None and not selftest and not priced:
         update_readme(readme, md, access)
         print(f"updated {readme}", file=sys.stderr)
     print(md)
@@ -373,6 +374,13 @@ def render_markdown(doc: dict, json_name: str) -> str:
             "RSS idle below is with all of it loaded.",
             "",
         ]
+        if a.get("price_per_request"):
+            lines += [
+                f"Priced: the plan charges {a.get('price_per_request')} per request, so every tollgate request "
+                "also reserves the price from the team's wallet (one wallet for all keys), settles it and "
+                "queues a charge that the ledger writer appends to SQLite in batches.",
+                "",
+            ]
     lines += [
         f"Run {doc['started_utc']} → {doc['finished_utc']}, tollgate `{v['tollgate_commit']}`; "
         f"{m['nproc']} cores ({m['cpu']}), kernel {m['kernel']}; nginx {v['nginx_version']}, "

@@ -21,6 +21,11 @@
 #                               rate limit, with BENCH_ACCESS_APPS apps and
 #                               BENCH_ACCESS_APPS x BENCH_ACCESS_KEYS_PER_APP keys loaded
 #   BENCH_ACCESS_APPS [10000]  BENCH_ACCESS_KEYS_PER_APP [10]
+#   BENCH_PRICE [unset]         access mode only: the plan charges this price
+#                               per request (like 0.000001) from the bench
+#                               team's wallet (granted 1000000 first), so every
+#                               tollgate request also reserves, settles and
+#                               queues a ledger charge
 #   CARGO_TARGET_DIR [$HOME/.cache/tollgate-target]
 #
 # Everything listens on 127.0.0.1 only; no traffic leaves the machine.
@@ -42,6 +47,7 @@ RESULTS_DIR="${BENCH_RESULTS_DIR:-$BENCH_DIR/results}"
 KEEP_TMP="${BENCH_KEEP_TMP:-0}"
 MODE="${BENCH_MODE:-plain}"
 ACCESS_APPS="${BENCH_ACCESS_APPS:-10000}"
+PRICE="${BENCH_PRICE:-}"
 ACCESS_KEYS_PER_APP="${BENCH_ACCESS_KEYS_PER_APP:-10}"
 CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tollgate-target}"
 [[ "$CARGO_TARGET_DIR" == /* ]] || CARGO_TARGET_DIR="$PWD/$CARGO_TARGET_DIR"
@@ -368,8 +374,14 @@ setup_access() {
   local service plan service_id plan_id seeded t0
   service=$(admin_call PATCH /api/v1/services/bench '{"auth":{"anonymous":false},"visibility":"catalog"}') ||
     die "cannot require keys on the bench service"
+  local price_field=""
+  if [[ -n "$PRICE" ]]; then
+    price_field=",\"price_per_request\":\"$PRICE\""
+    admin_call POST /api/v1/teams/bench/wallet/grants '{"amount":"1000000","reason":"bench"}' >/dev/null ||
+      die "cannot grant the bench team money"
+  fi
   plan=$(admin_call POST /api/v1/services/bench/plans \
-    '{"slug":"bench-plan","rate_limits":[{"requests":4000000000,"per":"hour"},{"requests":100000000,"per":"second"}]}') ||
+    "{\"slug\":\"bench-plan\",\"rate_limits\":[{\"requests\":4000000000,\"per\":\"hour\"},{\"requests\":100000000,\"per\":\"second\"}]$price_field}") ||
     die "cannot create the bench plan"
   service_id=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])' <<<"$service")
   plan_id=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])' <<<"$plan")
@@ -568,6 +580,9 @@ main() {
       echo "keys_loaded=$((ACCESS_APPS * ACCESS_KEYS_PER_APP))"
       echo "seed_reload_ms=$SEED_RELOAD_MS"
       echo "rss_tollgate_keys_loaded_kb=$tg_rss_idle"
+      if [[ -n "$PRICE" ]]; then
+        echo "price_per_request=$PRICE"
+      fi
     fi
     echo "nproc=$(nproc)"
     echo "kernel=$(uname -r)"

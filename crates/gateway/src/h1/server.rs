@@ -151,7 +151,12 @@ pub(crate) async fn serve(
         *request.headers_mut() = head.headers;
 
         let response = crate::server::respond(&shared, request, peer.clone()).await;
-        let keep_alive = head.keep_alive && !*shutdown.borrow();
+        // A body left unread (a refusal before it was needed) means the
+        // next head cannot be found: say so, and close after the response.
+        let body_read = lent
+            .as_ref()
+            .is_none_or(|state| lock(state).framing.is_done());
+        let keep_alive = head.keep_alive && body_read && !*shutdown.borrow();
         let clean = write_response(
             &mut write,
             &mut out,
@@ -166,14 +171,8 @@ pub(crate) async fn serve(
             return;
         }
         if let Some(state) = lent {
-            // The body must have been read to its end for the next head
-            // to start where it stopped; otherwise close.
-            let mut state = lock(&state);
-            if state.framing.is_done() {
-                reader = state.reader.take();
-            } else {
-                return;
-            }
+            // The next head starts where the body ended.
+            reader = lock(&state).reader.take();
         }
         last_response = Instant::now();
     }

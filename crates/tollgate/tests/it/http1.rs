@@ -227,6 +227,16 @@ async fn bad_heads_are_refused_and_the_connection_closed() {
         hits_before,
         "nothing refused reached the upstream"
     );
+
+    // A refusal that leaves the request body unread says it closes.
+    let mut stream = connect(&tollgate).await;
+    stream
+        .write_all(b"POST /nowhere HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nabcde")
+        .await
+        .unwrap();
+    let raw = read_to_close(&mut stream).await;
+    assert!(raw.starts_with("HTTP/1.1 404 "), "{raw}");
+    assert!(raw.contains("connection: close\r\n"), "{raw}");
     // The gateway still serves.
     assert_eq!(tollgate.get("/svc/ok").await.status(), 200);
 }
