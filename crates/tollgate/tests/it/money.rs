@@ -485,14 +485,28 @@ async fn wait_entries(tollgate: &Tollgate, entries: i64) -> Value {
 
 #[tokio::test]
 async fn a_thousand_concurrent_calls_against_a_wallet_for_a_hundred() {
-    let upstream = FakeUpstream::start("w").await;
     let tollgate = Tollgate::start(BIN).await;
-    let key = priced_world(&tollgate, &upstream, 100).await;
+    a_thousand_calls_for_a_hundred(&tollgate).await;
+}
+
+#[tokio::test]
+async fn a_thousand_concurrent_calls_against_a_wallet_for_a_hundred_on_postgres() {
+    let database = test_support::PgDatabase::create();
+    let tollgate = Tollgate::start_with(
+        BIN,
+        test_support::tollgate::Options::on_database(&database.url),
+    )
+    .await;
+    a_thousand_calls_for_a_hundred(&tollgate).await;
+}
+
+async fn a_thousand_calls_for_a_hundred(tollgate: &Tollgate) {
+    let upstream = FakeUpstream::start("w").await;
+    let key = priced_world(tollgate, &upstream, 100).await;
     let hits_before = upstream.hits();
 
     let calls = (0..1000).map(|n| {
         let key = key.clone();
-        let tollgate = &tollgate;
         async move {
             let response = tollgate
                 .get_with_key(&format!("/weather/forecast/city-{n}"), &key)
@@ -543,9 +557,9 @@ async fn a_thousand_concurrent_calls_against_a_wallet_for_a_hundred() {
     }
     // The ledger: the grant, the probe's charge and exactly 100 more; the
     // balance is exactly zero.
-    let wallet = wait_entries(&tollgate, 102).await;
+    let wallet = wait_entries(tollgate, 102).await;
     assert_eq!(wallet["balance_nanos"], 0, "{wallet}");
-    let entries = ledger(&tollgate, "acme", "&kind=charge").await;
+    let entries = ledger(tollgate, "acme", "&kind=charge").await;
     assert_eq!(entries.len(), 101);
     assert!(entries.iter().all(|e| e["amount"] == "-0.01"));
     let charged: std::collections::HashSet<&str> = entries
