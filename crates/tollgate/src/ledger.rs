@@ -2,8 +2,9 @@
 //!
 //! - The **writer** drains the charges the gateway settles (an unbounded
 //!   queue) and appends them to the ledger in batches, one transaction
-//!   each (group commit): up to 500 charges, gathered for at most 10 ms
-//!   after the first, written with four statements per team. Each charge's idempotency key is the charge's own id
+//!   each (group commit): every 10 ms it takes up to 500 queued charges
+//!   (without waiting on the queue, so settling a charge never wakes
+//!   another thread) and appends them one by one in one transaction. Each charge's idempotency key is the charge's own id
 //!   (not the request id, which a client may reuse), so a batch retried
 //!   after a database error never charges twice. At
 //!   shutdown, after the gateway has finished its requests, the writer
@@ -94,42 +95,32 @@ pub fn spawn_writer(
         let mut batch: Vec<Charge> = Vec::with_capacity(BATCH);
         let mut drain = drain;
         let mut draining = false;
+        // The last take filled a batch: more may be queued, so no pause.
+        let mut backlog = false;
         loop {
             if batch.is_empty() {
-                if draining {
-                    // Everything queued before the stop is in.
-                    while batch.len() < BATCH {
-                        match charges.try_recv() {
-                            Ok(charge) => batch.push(charge),
-                            Err(_) => break,
-                        }
+                // Polled on a tick, never awaited per charge: a waiting
+                // receiver would be woken (a cross-thread wake-up) by
+                // every charge the gateway settles.
+                if !draining && !backlog {
+                    tokio::select! {
+                        () = tokio::time::sleep(GATHER) => {}
+                        _ = &mut drain => draining = true,
                     }
-                    if batch.is_empty() {
+                }
+                while batch.len() < BATCH {
+                    match charges.try_recv() {
+                        Ok(charge) => batch.push(charge),
+                        Err(_) => break,
+                    }
+                }
+                backlog = batch.len() == BATCH;
+                if batch.is_empty() {
+                    if draining {
+                        // Everything queued before the stop is in.
                         return;
                     }
-                } else {
-                    tokio::select! {
-                        received = charges.recv_many(&mut batch, BATCH) => {
-                            if received == 0 {
-                                return;
-                            }
-                        }
-                        _ = &mut drain, if !draining => {
-                            draining = true;
-                            continue;
-                        }
-                    }
-                    // Gather a little more for the same transaction.
-                    let deadline = tokio::time::Instant::now() + GATHER;
-                    while batch.len() < BATCH {
-                        let room = BATCH - batch.len();
-                        match tokio::time::timeout_at(deadline, charges.recv_many(&mut batch, room))
-                            .await
-                        {
-                            Ok(0) | Err(_) => break,
-                            Ok(_) => {}
-                        }
-                    }
+                    continue;
                 }
             }
             match record(&store, &mut teams, &batch, &actor).await {
@@ -152,14 +143,13 @@ async fn record(
     if batch.iter().any(|charge| !teams.contains_key(&charge.team)) {
         *teams = store.team_ids().await?.into_iter().collect();
     }
-    // One group of entries per team: four statements per team and batch.
-    let mut by_team: HashMap<&str, Vec<NewEntry>> = HashMap::new();
+    let mut tx = store.begin().await?;
     for charge in batch {
         let Some(team_id) = teams.get(&charge.team) else {
             tracing::error!(team = %charge.team, request_id = %charge.request_id, "charge for an unknown team dropped");
             continue;
         };
-        by_team.entry(team_id.as_str()).or_default().push(NewEntry {
+        tx.append_entry(NewEntry {
             id: domain::id::new_id(),
             team_id: team_id.clone(),
             kind: EntryKind::Charge,
@@ -171,14 +161,8 @@ async fn record(
             request_id: Some(charge.request_id.clone()),
             created_at_ms: charge.at_ms,
             min_balance_after: None,
-        });
-    }
-    let mut tx = store.begin().await?;
-    for (team_id, entries) in &by_team {
-        // SQLite allows 32,766 bound values: 500 rows of 10 stay well below.
-        for chunk in entries.chunks(BATCH) {
-            tx.append_entries(team_id, chunk).await?;
-        }
+        })
+        .await?;
     }
     tx.commit().await
 }
