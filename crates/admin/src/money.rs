@@ -17,13 +17,14 @@ use axum::response::{IntoResponse, Response};
 use domain::access::{Role, Team};
 use domain::money::{self, EntryKind, LedgerEntry, Sign};
 use serde::{Deserialize, Serialize};
-use store::{Appended, LedgerFilter, NewEntry, WriteTx};
+use store::{Appended, LedgerFilter, NewEntry};
 
 use crate::AdminState;
 use crate::access::{Audit, Caller, NONE, audit};
 use crate::error::ApiError;
 use crate::extract::{Json, ListParams};
 use crate::handlers::{ListResponse, commit, ok};
+use crate::tenancy::{team_in, team_or_404};
 
 /// A team's wallet.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -106,16 +107,6 @@ fn wallet_view(wallet: store::Wallet, team: &Team, currency: &str) -> WalletView
     }
 }
 
-async fn team_visible(state: &AdminState, caller: &Caller, key: &str) -> Result<Team, ApiError> {
-    let team = state
-        .store
-        .team(key)
-        .await?
-        .ok_or_else(|| ApiError::not_found("team", key))?;
-    caller.require(Some(&team.spec.slug), Role::Viewer, "team", key)?;
-    Ok(team)
-}
-
 #[utoipa::path(get, path = "/api/v1/teams/{team}/wallet", tag = "wallets",
     params(("team" = String, Path, description = "slug or id")),
     responses((status = 200, body = WalletView), (status = 404, body = crate::openapi::Problem)))]
@@ -124,7 +115,7 @@ pub async fn get_wallet(
     caller: Caller,
     Path(key): Path<String>,
 ) -> Result<Response, ApiError> {
-    let team = team_visible(&state, &caller, &key).await?;
+    let team = team_or_404(&state, &caller, &key).await?;
     let wallet = state.store.wallet(&team.id).await?;
     Ok(ok(&wallet_view(wallet, &team, &state.currency)))
 }
@@ -144,7 +135,7 @@ pub async fn list_ledger(
     params: ListParams,
 ) -> Result<Response, ApiError> {
     params.only(&["kind", "since", "until", "format"])?;
-    let team = team_visible(&state, &caller, &key).await?;
+    let team = team_or_404(&state, &caller, &key).await?;
     let kind = params
         .filter("kind")
         .map(|text| {
@@ -346,20 +337,22 @@ async fn record(
         return Err(ApiError::internal("amount missing after validation"));
     };
     let mut tx = state.store.begin().await?;
-    let team = team_in(&mut tx, caller, key).await?;
+    let team = team_in(&mut tx, caller, key, Role::Viewer).await?;
     caller.require_platform()?;
     let now = domain::now_ms();
     let id = domain::id::new_id();
     let entry = NewEntry {
-        id: id.clone(),
-        team_id: team.id.clone(),
-        kind,
-        amount_nanos: amount,
-        idempotency_key: idempotency_key.unwrap_or_else(|| format!("{}:{id}", kind.as_str())),
-        actor: caller.actor(),
-        reason: Some(reason.to_owned()),
-        request_id: crate::error::REQUEST_ID.try_with(Clone::clone).ok(),
-        created_at_ms: now,
+        entry: LedgerEntry {
+            id: id.clone(),
+            team_id: team.id.clone(),
+            kind,
+            amount_nanos: amount,
+            idempotency_key: idempotency_key.unwrap_or_else(|| format!("{}:{id}", kind.as_str())),
+            actor: caller.actor(),
+            reason: Some(reason.to_owned()),
+            request_id: crate::error::REQUEST_ID.try_with(Clone::clone).ok(),
+            created_at_ms: now,
+        },
         // An adjustment may take money out, but not more than there is.
         min_balance_after: (amount < 0).then_some(0),
     };
@@ -405,13 +398,4 @@ async fn record(
             Ok((StatusCode::CREATED, axum::Json(result)).into_response())
         }
     }
-}
-
-async fn team_in(tx: &mut WriteTx, caller: &Caller, key: &str) -> Result<Team, ApiError> {
-    let team = tx
-        .team(key)
-        .await?
-        .ok_or_else(|| ApiError::not_found("team", key))?;
-    caller.require(Some(&team.spec.slug), Role::Viewer, "team", key)?;
-    Ok(team)
 }

@@ -16,7 +16,7 @@ use crate::extract::{Json, ListParams};
 use crate::handlers::{ListResponse, commit, created, ok};
 use crate::password;
 
-async fn team_in(
+pub(crate) async fn team_in(
     tx: &mut WriteTx,
     caller: &Caller,
     key: &str,
@@ -30,7 +30,11 @@ async fn team_in(
     Ok(team)
 }
 
-async fn team_or_404(state: &AdminState, caller: &Caller, key: &str) -> Result<Team, ApiError> {
+pub(crate) async fn team_or_404(
+    state: &AdminState,
+    caller: &Caller,
+    key: &str,
+) -> Result<Team, ApiError> {
     let team = state
         .store
         .team(key)

@@ -24,15 +24,7 @@ pub struct Wallet {
 /// An entry to append (the store assigns its place in the ledger).
 #[derive(Debug, Clone)]
 pub struct NewEntry {
-    pub id: String,
-    pub team_id: String,
-    pub kind: EntryKind,
-    pub amount_nanos: i64,
-    pub idempotency_key: String,
-    pub actor: String,
-    pub reason: Option<String>,
-    pub request_id: Option<String>,
-    pub created_at_ms: i64,
+    pub entry: LedgerEntry,
     /// When set, the append is refused ([`StoreError::Conflict`] on
     /// `amount`) if the balance would end below this.
     pub min_balance_after: Option<i64>,
@@ -82,7 +74,11 @@ impl WriteTx {
     /// Appends `entry` unless the team already has an entry with its
     /// idempotency key (then returns that one, and nothing changes).
     /// Refuses an entry that would overflow the balance.
-    pub async fn append_entry(&mut self, entry: NewEntry) -> Result<Appended> {
+    pub async fn append_entry(&mut self, new: NewEntry) -> Result<Appended> {
+        let NewEntry {
+            entry,
+            min_balance_after,
+        } = new;
         // Lock the wallet row first (created at zero if new): concurrent
         // appends to one wallet then run one after the other, and the
         // idempotency check below sees every committed entry.
@@ -112,7 +108,7 @@ impl WriteTx {
                 field: "amount".into(),
                 message: "would take the balance beyond what can be held".into(),
             })?;
-        if let Some(floor) = entry.min_balance_after
+        if let Some(floor) = min_balance_after
             && balance < floor
         {
             return Err(StoreError::Conflict {
@@ -155,18 +151,7 @@ impl WriteTx {
         .bind(updated.updated_at_ms)
         .execute(&mut *self.tx)
         .await?;
-        let recorded = LedgerEntry {
-            id: entry.id,
-            team_id: entry.team_id,
-            kind: entry.kind,
-            amount_nanos: entry.amount_nanos,
-            idempotency_key: entry.idempotency_key,
-            actor: entry.actor,
-            reason: entry.reason,
-            request_id: entry.request_id,
-            created_at_ms: entry.created_at_ms,
-        };
-        Ok(Appended::Created(recorded, updated))
+        Ok(Appended::Created(entry, updated))
     }
 }
 

@@ -23,7 +23,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use domain::money::EntryKind;
+use domain::money::{EntryKind, LedgerEntry};
 use gateway::Gateway;
 use gateway::money::{Charge, SyncedEntry};
 use store::{NewEntry, Store};
@@ -150,16 +150,18 @@ async fn record(
             continue;
         };
         tx.append_entry(NewEntry {
-            id: domain::id::new_id(),
-            team_id: team_id.clone(),
-            kind: EntryKind::Charge,
-            amount_nanos: -charge.amount_nanos,
-            // The charge's own id: a client may reuse its X-Request-Id.
-            idempotency_key: format!("charge:{}", charge.id),
-            actor: actor.to_owned(),
-            reason: Some(format!("subscription {}", charge.subscription_id)),
-            request_id: Some(charge.request_id.clone()),
-            created_at_ms: charge.at_ms,
+            entry: LedgerEntry {
+                id: domain::id::new_id(),
+                team_id: team_id.clone(),
+                kind: EntryKind::Charge,
+                amount_nanos: -charge.amount_nanos,
+                // The charge's own id: a client may reuse its X-Request-Id.
+                idempotency_key: format!("charge:{}", charge.id),
+                actor: actor.to_owned(),
+                reason: Some(format!("subscription {}", charge.subscription_id)),
+                request_id: Some(charge.request_id.clone()),
+                created_at_ms: charge.at_ms,
+            },
             min_balance_after: None,
         })
         .await?;

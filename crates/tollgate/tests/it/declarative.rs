@@ -1,6 +1,5 @@
 //! `tollgate apply` and `tollgate export` through the real CLI.
 
-use std::process::Command;
 use std::time::Duration;
 
 use reqwest::Method;
@@ -14,14 +13,7 @@ struct Output {
 }
 
 fn cli(tollgate: &Tollgate, args: &[&str]) -> Output {
-    let output = Command::new(BIN)
-        .args(args)
-        .arg("--admin-url")
-        .arg(&tollgate.admin_url)
-        .env_clear()
-        .env("TOLLGATE_ADMIN_TOKEN", test_support::tollgate::ADMIN_TOKEN)
-        .output()
-        .unwrap();
+    let output = crate::run_cli(tollgate, args);
     Output {
         success: output.status.success(),
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),

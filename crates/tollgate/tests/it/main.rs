@@ -70,17 +70,21 @@ pub async fn problem(response: reqwest::Response, status: u16, code: &str) -> se
     body
 }
 
-/// Runs a `tollgate` admin command against `tollgate` with the root token:
-/// (success, trimmed stdout, stderr).
-pub fn cli(tollgate: &Tollgate, args: &[&str]) -> (bool, String, String) {
-    let output = std::process::Command::new(BIN)
+/// Runs a `tollgate` admin command against `tollgate` with the root token.
+pub fn run_cli(tollgate: &Tollgate, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(BIN)
         .args(args)
         .arg("--admin-url")
         .arg(&tollgate.admin_url)
         .env_clear()
         .env("TOLLGATE_ADMIN_TOKEN", test_support::tollgate::ADMIN_TOKEN)
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+/// [`run_cli`] as (success, trimmed stdout, stderr).
+pub fn cli(tollgate: &Tollgate, args: &[&str]) -> (bool, String, String) {
+    let output = run_cli(tollgate, args);
     (
         output.status.success(),
         String::from_utf8_lossy(&output.stdout).trim().to_owned(),
