@@ -329,6 +329,12 @@ impl Gateway {
         let _ = self.shared.charges.set(sink);
     }
 
+    /// Charges settled while the charge queue was full, one aggregated
+    /// charge per wallet (see [`money::Wallets::take_overflow`]).
+    pub fn take_charge_overflow(&self) -> Vec<money::Charge> {
+        self.shared.wallets.take_overflow()
+    }
+
     /// The last ledger sequence number applied to `team`'s wallet.
     pub fn wallet_seen_seq(&self, team: &str) -> i64 {
         self.shared.wallets.seen_seq(team)

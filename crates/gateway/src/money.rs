@@ -7,8 +7,11 @@
 //! forwarded; [`Reservation::settle`] turns it into a charge once the
 //! upstream has answered below 500, and dropping the reservation (a
 //! refusal later in the pipeline, a 5xx, a broken connection) gives the
-//! money back. Charges go to the [`ChargeSink`], which the binary drains
-//! into the ledger in batches.
+//! money back. Charges go to the [`ChargeSink`], a bounded queue the
+//! binary drains into the ledger in batches; when it is full, the charge
+//! is added to its wallet's overflow (two atomics) and recorded later as
+//! one aggregated entry ([`Wallets::take_overflow`]): memory stays bounded
+//! and no money is lost, only per-call detail in the ledger.
 //!
 //! The ledger's other entries (grants, top-ups, other nodes' charges)
 //! reach `available` through [`Wallets::apply_entries`], which the
@@ -23,6 +26,10 @@ use std::sync::{Arc, Mutex};
 pub struct WalletRt {
     pub team: String,
     available: AtomicI64,
+    /// Charges settled while the queue was full, not yet taken by the
+    /// ledger writer: their sum and how many calls.
+    overflow_nanos: AtomicI64,
+    overflow_calls: std::sync::atomic::AtomicU64,
     /// The ledger sequence number applied so far (the control plane's
     /// sync only; the hot path never reads it).
     seen_seq: Mutex<i64>,
@@ -33,6 +40,8 @@ impl WalletRt {
         Self {
             team: team.to_owned(),
             available: AtomicI64::new(0),
+            overflow_nanos: AtomicI64::new(0),
+            overflow_calls: std::sync::atomic::AtomicU64::new(0),
             seen_seq: Mutex::new(0),
         }
     }
@@ -80,11 +89,13 @@ pub struct Charge {
     pub request_id: String,
     pub subscription_id: String,
     pub at_ms: i64,
+    /// Calls this charge pays for: 1, or more for an aggregated overflow.
+    pub calls: u64,
 }
 
-/// Where settled charges go: an unbounded queue drained by the ledger
-/// writer (never awaited on the hot path).
-pub type ChargeSink = tokio::sync::mpsc::UnboundedSender<Charge>;
+/// Where settled charges go: a bounded queue drained by the ledger writer
+/// (never awaited on the hot path; see [`Reservation::settle`]).
+pub type ChargeSink = tokio::sync::mpsc::Sender<Charge>;
 
 /// Money held for one call until it is settled or dropped.
 #[derive(Debug)]
@@ -108,9 +119,19 @@ impl Reservation {
                 request_id: request_id.to_owned(),
                 subscription_id: std::mem::take(&mut self.subscription_id),
                 at_ms: domain::now_ms(),
+                calls: 1,
             };
-            if sink.send(charge).is_err() {
-                tracing::error!(team = %self.wallet.team, "ledger writer gone: charge not recorded");
+            match sink.try_send(charge) {
+                Ok(()) => {}
+                Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
+                    self.wallet
+                        .overflow_nanos
+                        .fetch_add(self.amount, Ordering::AcqRel);
+                    self.wallet.overflow_calls.fetch_add(1, Ordering::AcqRel);
+                }
+                Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => {
+                    tracing::error!(team = %self.wallet.team, "ledger writer gone: charge not recorded");
+                }
             }
         }
         self.wallet.available()
@@ -170,6 +191,38 @@ impl Wallets {
             }
             *seen = entry.seq;
         }
+    }
+
+    /// Takes every wallet's overflow (charges settled while the queue was
+    /// full) as one aggregated charge per wallet.
+    pub fn take_overflow(&self) -> Vec<Charge> {
+        let wallets: Vec<Arc<WalletRt>> = self
+            .by_team
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        let mut charges = Vec::new();
+        for wallet in wallets {
+            let amount = wallet.overflow_nanos.swap(0, Ordering::AcqRel);
+            if amount == 0 {
+                continue;
+            }
+            // A settle between the two swaps counts its call in the next
+            // round; the amounts are exact.
+            let calls = wallet.overflow_calls.swap(0, Ordering::AcqRel);
+            charges.push(Charge {
+                id: domain::id::new_id(),
+                team: wallet.team.clone(),
+                amount_nanos: amount,
+                request_id: String::new(),
+                subscription_id: String::new(),
+                at_ms: domain::now_ms(),
+                calls,
+            });
+        }
+        charges
     }
 
     /// The last ledger sequence number applied for `team`.

@@ -34,6 +34,9 @@ pub struct RawConfig {
 pub struct RawMoney {
     /// ISO 4217 code of the deployment's one currency.
     pub currency: Option<String>,
+    /// Settled charges queued for the ledger writer before further ones
+    /// are aggregated per team.
+    pub charge_queue: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -111,6 +114,7 @@ pub struct Config {
     pub log_json: bool,
     /// ISO 4217 code (three capital letters), `USD` unless set.
     pub currency: String,
+    pub charge_queue: usize,
 }
 
 /// Every problem found, each naming its key.
@@ -328,6 +332,12 @@ fn validate(raw: RawConfig, problems: &mut Vec<String>) -> Config {
         }
         value
     };
+    let charge_queue = positive(
+        "money.charge_queue",
+        raw.money.charge_queue,
+        100_000,
+        10_000_000,
+    );
     let request_body_limit_bytes = positive(
         "gateway.request_body_limit_bytes",
         raw.gateway.request_body_limit_bytes,
@@ -405,6 +415,7 @@ fn validate(raw: RawConfig, problems: &mut Vec<String>) -> Config {
         log_level,
         log_json: log_format == "json",
         currency,
+        charge_queue: charge_queue as usize,
     }
 }
 

@@ -86,7 +86,8 @@ pub fn spawn_sync(
 /// records what is queued and returns.
 pub fn spawn_writer(
     store: Store,
-    mut charges: mpsc::UnboundedReceiver<Charge>,
+    gateway: Gateway,
+    mut charges: mpsc::Receiver<Charge>,
     actor: String,
     drain: oneshot::Receiver<()>,
 ) -> JoinHandle<()> {
@@ -115,6 +116,8 @@ pub fn spawn_writer(
                     }
                 }
                 backlog = batch.len() == BATCH;
+                // Charges that found the queue full, aggregated per team.
+                batch.extend(gateway.take_charge_overflow());
                 if batch.is_empty() {
                     if draining {
                         // Everything queued before the stop is in.
@@ -158,8 +161,15 @@ async fn record(
                 // The charge's own id: a client may reuse its X-Request-Id.
                 idempotency_key: format!("charge:{}", charge.id),
                 actor: actor.to_owned(),
-                reason: Some(format!("subscription {}", charge.subscription_id)),
-                request_id: Some(charge.request_id.clone()),
+                reason: Some(if charge.calls == 1 {
+                    format!("subscription {}", charge.subscription_id)
+                } else {
+                    format!(
+                        "{} calls, aggregated: the charge queue was full",
+                        charge.calls
+                    )
+                }),
+                request_id: (!charge.request_id.is_empty()).then(|| charge.request_id.clone()),
                 created_at_ms: charge.at_ms,
             },
             min_balance_after: None,

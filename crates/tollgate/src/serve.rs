@@ -263,7 +263,7 @@ pub async fn run(args: &ConfigArgs) -> anyhow::Result<()> {
     crate::ledger::sync_once(&store, &gateway, &actor)
         .await
         .context("cannot read the wallets")?;
-    let (charge_sink, charges) = tokio::sync::mpsc::unbounded_channel();
+    let (charge_sink, charges) = tokio::sync::mpsc::channel(config.charge_queue);
     gateway.set_charge_sink(charge_sink);
 
     let gateway_listeners = gateway.bind(config.gateway_listen).with_context(|| {
@@ -286,8 +286,13 @@ pub async fn run(args: &ConfigArgs) -> anyhow::Result<()> {
     let webhooks = crate::webhooks::spawn(store.clone(), shutdown_rx.clone());
     let jwks = crate::jwks::spawn(gateway.clone(), shutdown_rx.clone());
     let (drain_ledger, ledger_drain) = tokio::sync::oneshot::channel();
-    let ledger_writer =
-        crate::ledger::spawn_writer(store.clone(), charges, actor.clone(), ledger_drain);
+    let ledger_writer = crate::ledger::spawn_writer(
+        store.clone(),
+        gateway.clone(),
+        charges,
+        actor.clone(),
+        ledger_drain,
+    );
     let wallet_sync =
         crate::ledger::spawn_sync(store.clone(), gateway.clone(), actor, shutdown_rx.clone());
     let counters = config

@@ -668,3 +668,68 @@ async fn failed_calls_are_not_charged_and_balances_survive_a_restart() {
     let wallet = wait_entries(&tollgate, 2 + paid + 1 + left).await;
     assert_eq!(wallet["balance_nanos"], 0);
 }
+
+/// With a charge queue of one, most charges find it full: they are added
+/// up per team and recorded as aggregated entries. Memory stays bounded and
+/// the money is exact.
+#[tokio::test]
+async fn charges_that_find_the_queue_full_are_aggregated_not_lost() {
+    let upstream = FakeUpstream::start("w").await;
+    let tollgate = Tollgate::start_with(
+        BIN,
+        test_support::tollgate::Options {
+            env: vec![("TOLLGATE_MONEY__CHARGE_QUEUE".into(), "1".into())],
+            ..Default::default()
+        },
+    )
+    .await;
+    let key = priced_world(&tollgate, &upstream, 300).await;
+    let calls = (0..300).map(|n| {
+        let key = key.clone();
+        let tollgate = &tollgate;
+        async move {
+            tollgate
+                .get_with_key(&format!("/weather/forecast/c-{n}"), &key)
+                .await
+                .status()
+                .as_u16()
+        }
+    });
+    let statuses = futures_util::future::join_all(calls).await;
+    assert!(
+        statuses.iter().all(|s| *s == 200),
+        "the wallet affords all 300"
+    );
+    let started = std::time::Instant::now();
+    let wallet = loop {
+        let wallet = wallet(&tollgate, "acme").await;
+        if wallet["balance_nanos"] == 0 {
+            break wallet;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "{wallet}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let charges = ledger(&tollgate, "acme", "&kind=charge").await;
+    let total: i64 = charges
+        .iter()
+        .map(|e| e["amount_nanos"].as_i64().unwrap())
+        .sum();
+    assert_eq!(
+        total, -3_010_000_000,
+        "301 calls at 0.01, exactly: {wallet}"
+    );
+    assert!(
+        charges.len() < 301,
+        "some charges were aggregated ({} entries)",
+        charges.len()
+    );
+    assert!(
+        charges
+            .iter()
+            .any(|e| e["reason"].as_str().unwrap().contains("aggregated")),
+        "an aggregated entry says so"
+    );
+}
