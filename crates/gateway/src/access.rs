@@ -66,7 +66,7 @@ impl IpRulesRt {
 /// A subscription as the gateway sees it.
 #[derive(Debug)]
 pub struct SubscriptionRt {
-    pub id: String,
+    pub id: Arc<str>,
     pub status: SubscriptionStatus,
     pub reason: Option<String>,
     pub plan: String,
@@ -218,7 +218,7 @@ pub fn compile(
         by_app.entry(app_id).or_default().push((
             service_id.to_owned(),
             SubscriptionRt {
-                id: subscription.id.clone(),
+                id: subscription.id.as_str().into(),
                 status: subscription.status,
                 reason: subscription.reason.clone(),
                 plan: subscription.plan.clone(),

@@ -345,11 +345,6 @@ impl Gateway {
         self.shared.wallets.apply_entries(team, entries);
     }
 
-    /// What `team` can spend on this node now.
-    pub fn wallet_available(&self, team: &str) -> i64 {
-        self.shared.wallets.get(team).available()
-    }
-
     /// Starts the active health checker; it stops when `shutdown` turns true.
     pub fn spawn_health_checker(
         &self,

@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 /// One team's spendable money on this node.
 #[derive(Debug)]
 pub struct WalletRt {
-    pub team: String,
+    pub team: Arc<str>,
     available: AtomicI64,
     /// Charges settled while the queue was full, not yet taken by the
     /// ledger writer: their sum and how many calls.
@@ -38,7 +38,7 @@ pub struct WalletRt {
 impl WalletRt {
     fn new(team: &str) -> Self {
         Self {
-            team: team.to_owned(),
+            team: team.into(),
             available: AtomicI64::new(0),
             overflow_nanos: AtomicI64::new(0),
             overflow_calls: std::sync::atomic::AtomicU64::new(0),
@@ -77,17 +77,19 @@ impl WalletRt {
 
 /// A charge made on this node, on its way to the ledger.
 #[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// Settling one allocates nothing beyond its place in the queue: names are
+/// shared (`Arc<str>`, `HeaderValue`), and the ledger writer gives each
+/// charge its idempotency key when it takes it off the queue.
 pub struct Charge {
-    /// Unique per charge: the ledger's idempotency key.
-    pub id: String,
     /// The team's slug.
-    pub team: String,
+    pub team: Arc<str>,
     /// Positive: the price taken.
     pub amount_nanos: i64,
     /// The call's request id (for people; a client may send the same one
-    /// twice).
-    pub request_id: String,
-    pub subscription_id: String,
+    /// twice, so it is not the ledger's key). Empty for an aggregate.
+    pub request_id: http::HeaderValue,
+    pub subscription_id: Arc<str>,
     pub at_ms: i64,
     /// Calls this charge pays for: 1, or more for an aggregated overflow.
     pub calls: u64,
@@ -102,22 +104,21 @@ pub type ChargeSink = tokio::sync::mpsc::Sender<Charge>;
 pub struct Reservation {
     wallet: Arc<WalletRt>,
     amount: i64,
-    subscription_id: String,
+    subscription_id: Arc<str>,
     settled: bool,
 }
 
 impl Reservation {
     /// Charges the call: the reserved amount stays taken and a charge is
     /// queued for the ledger. Returns what is left to spend.
-    pub fn settle(mut self, sink: Option<&ChargeSink>, request_id: &str) -> i64 {
+    pub fn settle(mut self, sink: Option<&ChargeSink>, request_id: &http::HeaderValue) -> i64 {
         self.settled = true;
         if let Some(sink) = sink {
             let charge = Charge {
-                id: domain::id::new_id(),
                 team: self.wallet.team.clone(),
                 amount_nanos: self.amount,
-                request_id: request_id.to_owned(),
-                subscription_id: std::mem::take(&mut self.subscription_id),
+                request_id: request_id.clone(),
+                subscription_id: self.subscription_id.clone(),
                 at_ms: domain::now_ms(),
                 calls: 1,
             };
@@ -135,10 +136,6 @@ impl Reservation {
             }
         }
         self.wallet.available()
-    }
-
-    pub fn amount(&self) -> i64 {
-        self.amount
     }
 }
 
@@ -213,11 +210,10 @@ impl Wallets {
             // round; the amounts are exact.
             let calls = wallet.overflow_calls.swap(0, Ordering::AcqRel);
             charges.push(Charge {
-                id: domain::id::new_id(),
                 team: wallet.team.clone(),
                 amount_nanos: amount,
-                request_id: String::new(),
-                subscription_id: String::new(),
+                request_id: http::HeaderValue::from_static(""),
+                subscription_id: "".into(),
                 at_ms: domain::now_ms(),
                 calls,
             });
@@ -239,13 +235,13 @@ impl Wallets {
 pub fn reserve(
     wallet: &Arc<WalletRt>,
     price: i64,
-    subscription_id: &str,
+    subscription_id: &Arc<str>,
 ) -> Result<Reservation, i64> {
     wallet.reserve(price)?;
     Ok(Reservation {
         wallet: wallet.clone(),
         amount: price,
-        subscription_id: subscription_id.to_owned(),
+        subscription_id: subscription_id.clone(),
         settled: false,
     })
 }
@@ -266,14 +262,15 @@ mod tests {
             }],
         );
         let wallet = wallets.get("acme");
+        let subscription: Arc<str> = "s".into();
         let granted = std::sync::atomic::AtomicUsize::new(0);
         std::thread::scope(|scope| {
             for _ in 0..8 {
                 scope.spawn(|| {
                     for _ in 0..100 {
-                        if let Ok(reservation) = reserve(&wallet, 1, "s") {
+                        if let Ok(reservation) = reserve(&wallet, 1, &subscription) {
                             granted.fetch_add(1, Ordering::Relaxed);
-                            reservation.settle(None, "r");
+                            reservation.settle(None, &http::HeaderValue::from_static("r"));
                         }
                     }
                 });
@@ -307,9 +304,10 @@ mod tests {
             "own charge not counted twice, replays skipped"
         );
         assert_eq!(wallets.seen_seq("acme"), 2);
-        let reservation = reserve(&wallet, 30, "s").unwrap();
+        let subscription: Arc<str> = "s".into();
+        let reservation = reserve(&wallet, 30, &subscription).unwrap();
         assert_eq!(wallet.available(), 20);
-        assert_eq!(reserve(&wallet, 30, "s").unwrap_err(), 20);
+        assert_eq!(reserve(&wallet, 30, &subscription).unwrap_err(), 20);
         drop(reservation);
         assert_eq!(wallet.available(), 50);
     }

@@ -494,8 +494,8 @@ async fn forward(
                 if let Some(held) = reservation.take()
                     && status < 500
                 {
-                    let left = held.settle(shared.charges.get(), request_id_str(context));
-                    if let Ok(value) = HeaderValue::from_str(&format!(
+                    let left = held.settle(shared.charges.get(), &context.request_id);
+                    if let Ok(value) = HeaderValue::try_from(format!(
                         "{} {}",
                         domain::money::format(left),
                         shared.options.currency
@@ -558,10 +558,6 @@ async fn forward(
         }
     }
     Err(last_refusal.unwrap_or_else(|| Refusal::new(Code::UpstreamError, "No try was made.")))
-}
-
-fn request_id_str(context: &RequestContext) -> &str {
-    context.request_id.to_str().unwrap_or_default()
 }
 
 fn timeout_refusal(service: &str, total: Duration) -> Refusal {

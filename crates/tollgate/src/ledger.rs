@@ -93,7 +93,9 @@ pub fn spawn_writer(
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut teams: HashMap<String, String> = HashMap::new();
-        let mut batch: Vec<Charge> = Vec::with_capacity(BATCH);
+        // Each charge gets its entry id when taken off the queue; a batch
+        // retried after an error keeps its ids, so its keys repeat.
+        let mut batch: Vec<(String, Charge)> = Vec::with_capacity(BATCH);
         let mut drain = drain;
         let mut draining = false;
         // The last take filled a batch: more may be queued, so no pause.
@@ -111,13 +113,18 @@ pub fn spawn_writer(
                 }
                 while batch.len() < BATCH {
                     match charges.try_recv() {
-                        Ok(charge) => batch.push(charge),
+                        Ok(charge) => batch.push((domain::id::new_id(), charge)),
                         Err(_) => break,
                     }
                 }
                 backlog = batch.len() == BATCH;
                 // Charges that found the queue full, aggregated per team.
-                batch.extend(gateway.take_charge_overflow());
+                batch.extend(
+                    gateway
+                        .take_charge_overflow()
+                        .into_iter()
+                        .map(|charge| (domain::id::new_id(), charge)),
+                );
                 if batch.is_empty() {
                     if draining {
                         // Everything queued before the stop is in.
@@ -140,26 +147,30 @@ pub fn spawn_writer(
 async fn record(
     store: &Store,
     teams: &mut HashMap<String, String>,
-    batch: &[Charge],
+    batch: &[(String, Charge)],
     actor: &str,
 ) -> store::Result<()> {
-    if batch.iter().any(|charge| !teams.contains_key(&charge.team)) {
+    if batch
+        .iter()
+        .any(|(_, charge)| !teams.contains_key(&*charge.team))
+    {
         *teams = store.team_ids().await?.into_iter().collect();
     }
     let mut tx = store.begin().await?;
-    for charge in batch {
-        let Some(team_id) = teams.get(&charge.team) else {
-            tracing::error!(team = %charge.team, request_id = %charge.request_id, "charge for an unknown team dropped");
+    for (id, charge) in batch {
+        let request_id = charge.request_id.to_str().unwrap_or_default();
+        let Some(team_id) = teams.get(&*charge.team) else {
+            tracing::error!(team = %charge.team, request_id, "charge for an unknown team dropped");
             continue;
         };
         tx.append_entry(NewEntry {
             entry: LedgerEntry {
-                id: domain::id::new_id(),
+                id: id.clone(),
                 team_id: team_id.clone(),
                 kind: EntryKind::Charge,
                 amount_nanos: -charge.amount_nanos,
                 // The charge's own id: a client may reuse its X-Request-Id.
-                idempotency_key: format!("charge:{}", charge.id),
+                idempotency_key: format!("charge:{id}"),
                 actor: actor.to_owned(),
                 reason: Some(if charge.calls == 1 {
                     format!("subscription {}", charge.subscription_id)
@@ -169,7 +180,7 @@ async fn record(
                         charge.calls
                     )
                 }),
-                request_id: (!charge.request_id.is_empty()).then(|| charge.request_id.clone()),
+                request_id: (!request_id.is_empty()).then(|| request_id.to_owned()),
                 created_at_ms: charge.at_ms,
             },
             min_balance_after: None,
