@@ -126,34 +126,42 @@ enum WalletArgs {
         admin: AdminArgs,
     },
     /// Give a team money (platform operators only).
-    Grant {
-        #[arg(long)]
-        team: String,
-        /// Decimal amount, like 25 or 12.50.
-        #[arg(long)]
-        amount: String,
-        #[arg(long)]
-        reason: String,
-        /// Repeating a grant with the same key records it once.
-        #[arg(long)]
-        idempotency_key: Option<String>,
-        #[command(flatten)]
-        admin: AdminArgs,
-    },
+    Grant(EntryArgs),
     /// Correct a team's balance either way (platform operators only).
-    Adjust {
-        #[arg(long)]
-        team: String,
-        /// Decimal amount, negative to take money out, like -2.50.
-        #[arg(long, allow_hyphen_values = true)]
-        amount: String,
-        #[arg(long)]
-        reason: String,
-        #[arg(long)]
-        idempotency_key: Option<String>,
-        #[command(flatten)]
-        admin: AdminArgs,
-    },
+    Adjust(EntryArgs),
+}
+
+/// One ledger entry made from the command line.
+#[derive(clap::Args)]
+struct EntryArgs {
+    #[arg(long)]
+    team: String,
+    /// Decimal amount, like 25 or 12.50 (an adjustment may be negative: -2.50).
+    #[arg(long, allow_hyphen_values = true)]
+    amount: String,
+    #[arg(long)]
+    reason: String,
+    /// Repeating a command with the same key records its entry once.
+    #[arg(long)]
+    idempotency_key: Option<String>,
+    #[command(flatten)]
+    admin: AdminArgs,
+}
+
+impl EntryArgs {
+    /// The command for `kind` ("grants" or "adjustments") and the admin API to use.
+    fn into_command(self, kind: &'static str) -> (cli::WalletCommand, AdminArgs) {
+        (
+            cli::WalletCommand::Record {
+                team: self.team,
+                kind,
+                amount: self.amount,
+                reason: self.reason,
+                idempotency_key: self.idempotency_key,
+            },
+            self.admin,
+        )
+    }
 }
 
 #[derive(Subcommand)]
@@ -275,38 +283,8 @@ fn main() -> ExitCode {
                         csv,
                         admin,
                     } => (cli::WalletCommand::Ledger { team, kind, csv }, admin),
-                    WalletArgs::Grant {
-                        team,
-                        amount,
-                        reason,
-                        idempotency_key,
-                        admin,
-                    } => (
-                        cli::WalletCommand::Record {
-                            team,
-                            kind: "grants",
-                            amount,
-                            reason,
-                            idempotency_key,
-                        },
-                        admin,
-                    ),
-                    WalletArgs::Adjust {
-                        team,
-                        amount,
-                        reason,
-                        idempotency_key,
-                        admin,
-                    } => (
-                        cli::WalletCommand::Record {
-                            team,
-                            kind: "adjustments",
-                            amount,
-                            reason,
-                            idempotency_key,
-                        },
-                        admin,
-                    ),
+                    WalletArgs::Grant(entry) => entry.into_command("grants"),
+                    WalletArgs::Adjust(entry) => entry.into_command("adjustments"),
                 };
                 cli::wallet(command, &admin).await
             }
