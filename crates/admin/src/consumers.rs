@@ -521,29 +521,6 @@ fn subscription_audit<'a>(action: &'a str, subscription: &'a Subscription) -> Au
     }
 }
 
-/// Queues the webhook event for both teams of a subscription.
-async fn notify(
-    tx: &mut WriteTx,
-    event: &str,
-    subscription: &Subscription,
-) -> Result<(), ApiError> {
-    let payload = serde_json::json!({
-        "id": domain::id::new_id(),
-        "type": event,
-        "created_at": domain::access::format_time_ms(now_ms()),
-        "data": {"subscription": subscription},
-    })
-    .to_string();
-    tx.enqueue_event(&subscription.consumer_team, event, &payload)
-        .await?;
-    if let Some(provider) = &subscription.provider_team
-        && provider != &subscription.consumer_team
-    {
-        tx.enqueue_event(provider, event, &payload).await?;
-    }
-    Ok(())
-}
-
 /// Whether an app of team `consumer` may subscribe to `service`.
 fn may_subscribe(service: &Service, consumer: &str) -> bool {
     match service.spec.visibility {
@@ -627,10 +604,32 @@ pub async fn create_subscription(
         reason: None,
         consumer_team: consumer.clone(),
         provider_team: service.spec.team.clone(),
+        period_start_ms: None,
+        period_end_ms: None,
+        trial_end_ms: None,
+        auto_renew: spec.auto_renew,
+        anchor_ms: None,
         created_at_ms: now,
         updated_at_ms: now,
     };
-    tx.put_subscription(&subscription).await?;
+    let mut subscription = subscription;
+    if subscription.status == SubscriptionStatus::Active {
+        let period = domain::billing::activation(&plan.spec, now);
+        let fee = tx
+            .enter_period(&mut subscription, &period, &caller.actor(), now)
+            .await?;
+        if let store::Fee::Short { balance_nanos } = fee {
+            return Err(fee_unaffordable(
+                &state,
+                &plan,
+                &consumer,
+                period.fee_nanos,
+                balance_nanos,
+            ));
+        }
+    } else {
+        tx.put_subscription(&subscription).await?;
+    }
     audit(
         &mut tx,
         &caller,
@@ -639,12 +638,35 @@ pub async fn create_subscription(
         Some(&subscription),
     )
     .await?;
-    notify(&mut tx, "subscription.created", &subscription).await?;
+    tx.notify_subscription("subscription.created", &subscription)
+        .await?;
     commit(&state, tx).await?;
     Ok(created(
         &subscription,
         format!("/api/v1/subscriptions/{}", subscription.id),
     ))
+}
+
+/// 402 for a subscription whose fee the team cannot pay now.
+fn fee_unaffordable(
+    state: &AdminState,
+    plan: &Plan,
+    team: &str,
+    fee: i64,
+    balance: i64,
+) -> ApiError {
+    let currency = &state.currency;
+    ApiError::new(
+        StatusCode::PAYMENT_REQUIRED,
+        "insufficient_credit",
+        format!(
+            "The plan '{}' costs {} {currency} for this period; team {team} has {} {currency}. \
+             Top up the team's wallet and try again; nothing was charged.",
+            plan.spec.slug,
+            domain::money::format(fee),
+            domain::money::format(balance.max(0)),
+        ),
+    )
 }
 
 fn sees_subscription(caller: &Caller, subscription: &Subscription) -> bool {
@@ -723,6 +745,70 @@ pub async fn get_subscription(
         .await?
         .filter(|s| sees_subscription(&caller, s))
         .ok_or_else(|| ApiError::not_found("subscription", &id))?;
+    let mut body = serde_json::to_value(&subscription)
+        .map_err(|_| ApiError::internal("subscription as JSON"))?;
+    if let Some(start) = subscription.period_start_ms {
+        let plan = state
+            .store
+            .plan(&subscription.service_id, &subscription.plan_id)
+            .await?;
+        let (requests, nanos) = state
+            .store
+            .usage(&format!("sub:{}", subscription.id), start)
+            .await?;
+        body["usage"] = serde_json::json!({
+            "requests": requests,
+            "included_requests": plan.as_ref().and_then(|p| p.spec.included_requests()),
+            "spent": domain::money::format(nanos),
+        });
+    }
+    Ok(ok(&body))
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SubscriptionPatch {
+    /// `false`: the subscription expires at the end of its period
+    /// instead of renewing.
+    pub auto_renew: bool,
+}
+
+/// Turn renewal on or off (the consuming team's developers).
+#[utoipa::path(patch, path = "/api/v1/subscriptions/{subscription}", tag = "subscriptions", request_body = SubscriptionPatch,
+    params(("subscription" = String, Path)), responses((status = 200, body = Subscription)))]
+pub async fn patch_subscription(
+    State(state): State<AdminState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Json(patch): Json<SubscriptionPatch>,
+) -> Result<Response, ApiError> {
+    let mut tx = state.store.begin().await?;
+    let existing = tx
+        .subscription(&id)
+        .await?
+        .filter(|s| sees_subscription(&caller, s))
+        .ok_or_else(|| ApiError::not_found("subscription", &id))?;
+    caller.require(
+        Some(&existing.consumer_team),
+        Role::Developer,
+        "subscription",
+        &id,
+    )?;
+    let subscription = Subscription {
+        auto_renew: patch.auto_renew,
+        updated_at_ms: now_ms(),
+        ..existing.clone()
+    };
+    tx.put_subscription(&subscription).await?;
+    audit(
+        &mut tx,
+        &caller,
+        subscription_audit("subscription.update", &subscription),
+        Some(&existing),
+        Some(&subscription),
+    )
+    .await?;
+    commit(&state, tx).await?;
     Ok(ok(&subscription))
 }
 
@@ -735,9 +821,13 @@ pub struct ActionRequest {
 }
 
 /// approve | reject | suspend | resume (the providing team's admins) or
-/// cancel (the consuming team's developers, or the provider's admins).
+/// cancel | renew (the consuming team's developers, or the provider's
+/// admins). Approving starts the first period (the trial, or a paid
+/// period whose fee is charged; `past_due` when the wallet is short);
+/// renewing starts a new period of an expired or past-due subscription
+/// now and is refused with 402 when the fee cannot be paid.
 #[utoipa::path(post, path = "/api/v1/subscriptions/{subscription}/{action}", tag = "subscriptions", request_body = ActionRequest,
-    params(("subscription" = String, Path), ("action" = String, Path, description = "approve, reject, suspend, resume or cancel")),
+    params(("subscription" = String, Path), ("action" = String, Path, description = "approve, reject, suspend, resume, cancel or renew")),
     responses((status = 200, body = Subscription), (status = 409, body = crate::openapi::Problem)))]
 pub async fn subscription_action(
     State(state): State<AdminState>,
@@ -788,27 +878,65 @@ pub async fn subscription_action(
                     action.as_str()
                 )
             } else {
-                "Cancelling takes a developer of the consuming team or an admin of the providing team.".to_owned()
+                format!(
+                    "To {} a subscription takes a developer of the consuming team or an admin of the providing team.",
+                    action.as_str()
+                )
             },
         ));
     }
     let Some(status) = action.apply(existing.status) else {
         return Err(ApiError::invalid_state(format!(
-            "A {} subscription cannot be {}d.",
+            "A {} subscription cannot be {}ed.",
             existing.status.as_str(),
             action.as_str().trim_end_matches('e')
         )));
     };
-    let subscription = Subscription {
+    let now = now_ms();
+    let mut subscription = Subscription {
         status,
         reason: request
             .reason
             .or_else(|| existing.reason.clone())
             .filter(|_| status != SubscriptionStatus::Active),
-        updated_at_ms: now_ms(),
+        updated_at_ms: now,
         ..existing.clone()
     };
-    tx.put_subscription(&subscription).await?;
+    match action {
+        SubscriptionAction::Approve | SubscriptionAction::Renew => {
+            let plan = tx
+                .plan(&existing.service_id, &existing.plan_id)
+                .await?
+                .ok_or_else(|| ApiError::internal("subscription without its plan"))?;
+            let period = match (action, existing.period_end_ms) {
+                (SubscriptionAction::Renew, Some(end)) => domain::billing::renewal(
+                    &plan.spec,
+                    existing.anchor_ms.unwrap_or(end),
+                    end,
+                    existing.trial_end_ms,
+                    now,
+                ),
+                _ => domain::billing::activation(&plan.spec, now),
+            };
+            let fee = tx
+                .enter_period(&mut subscription, &period, &caller.actor(), now)
+                .await?;
+            // Approving starts the subscription even when its fee cannot
+            // be paid yet (it is then past due, and renewed once the
+            // wallet can pay); renewing by hand is refused instead.
+            if let (SubscriptionAction::Renew, store::Fee::Short { balance_nanos }) = (action, fee)
+            {
+                return Err(fee_unaffordable(
+                    &state,
+                    &plan,
+                    &existing.consumer_team,
+                    period.fee_nanos,
+                    balance_nanos,
+                ));
+            }
+        }
+        _ => tx.put_subscription(&subscription).await?,
+    }
     let action_name = format!("subscription.{}", action.as_str());
     audit(
         &mut tx,
@@ -824,8 +952,13 @@ pub async fn subscription_action(
         SubscriptionAction::Suspend => "subscription.suspended",
         SubscriptionAction::Resume => "subscription.resumed",
         SubscriptionAction::Cancel => "subscription.cancelled",
+        SubscriptionAction::Renew => "subscription.renewed",
     };
-    notify(&mut tx, event, &subscription).await?;
+    tx.notify_subscription(event, &subscription).await?;
+    if action == SubscriptionAction::Approve && subscription.status == SubscriptionStatus::PastDue {
+        tx.notify_subscription("subscription.past_due", &subscription)
+            .await?;
+    }
     commit(&state, tx).await?;
     Ok(ok(&subscription))
 }

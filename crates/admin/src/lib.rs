@@ -168,7 +168,7 @@ pub fn router(state: AdminState) -> Router {
         )
         .route(
             "/api/v1/subscriptions/{subscription}",
-            get(c::get_subscription),
+            get(c::get_subscription).patch(c::patch_subscription),
         )
         .route(
             "/api/v1/subscriptions/{subscription}/{action}",
@@ -179,6 +179,10 @@ pub fn router(state: AdminState) -> Router {
         .route(
             "/api/v1/teams/{team}/wallet/ledger",
             get(money::list_ledger),
+        )
+        .route(
+            "/api/v1/teams/{team}/wallet/credits",
+            post(money::create_grant),
         )
         .route(
             "/api/v1/teams/{team}/wallet/grants",

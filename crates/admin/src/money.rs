@@ -240,7 +240,8 @@ fn csv_response(page: &store::Page<EntryView>) -> Response {
     response
 }
 
-#[utoipa::path(post, path = "/api/v1/teams/{team}/wallet/grants", tag = "wallets",
+/// Grant credit (platform admins). Also served at `…/wallet/grants`.
+#[utoipa::path(post, path = "/api/v1/teams/{team}/wallet/credits", tag = "wallets",
     params(("team" = String, Path, description = "slug or id"),
         ("Idempotency-Key" = Option<String>, Header, description = "makes the request safe to repeat")),
     request_body = EntryRequest,

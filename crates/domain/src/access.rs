@@ -309,6 +309,25 @@ pub struct AppSpec {
     /// JWT identities that authenticate as this app.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub jwt: Vec<JwtIdentity>,
+    /// The most the app may spend per period, over all its subscriptions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<Budget>,
+}
+
+/// An app's own spend limit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Budget {
+    /// Decimal string in the deployment's currency.
+    pub amount: String,
+    /// `day`, `week` or `month` (calendar, UTC).
+    pub period: crate::billing::BudgetPeriod,
+}
+
+impl Budget {
+    pub fn nanos(&self) -> i64 {
+        nanos_of(Some(&self.amount))
+    }
 }
 
 impl AppSpec {
@@ -321,6 +340,11 @@ impl AppSpec {
         check_text(&mut errors, "name", self.name.as_ref());
         check_text(&mut errors, "description", self.description.as_ref());
         self.ip.validate("ip", &mut errors);
+        if let Some(budget) = &self.budget
+            && let Err(error) = crate::money::parse(&budget.amount, crate::money::Sign::Positive)
+        {
+            errors.add("budget.amount", error.to_string());
+        }
         check_limits(
             &mut errors,
             "rate_limits",
@@ -483,12 +507,29 @@ pub struct PlanSpec {
     /// Overrides the service's `approval_required` for this plan.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval_required: Option<bool>,
-    /// Prices, as decimal strings in the deployment's currency. Stored
-    /// and shown; charged once wallets exist (the money issue).
+    /// Prices, as decimal strings in the deployment's currency. With an
+    /// `included` quota, `price_per_request` applies to calls beyond it
+    /// (overage `charge`); without one, to every call.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub price_per_request: Option<String>,
+    /// Charged from the team's wallet when a period starts (the first at
+    /// activation, after any trial; then at each renewal).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub monthly_fee: Option<String>,
+    /// What each period includes at no per-call price.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub included: Option<Included>,
+    /// Beyond the included quota: `block` (402 `quota_exhausted`, the
+    /// default) or `charge` (`price_per_request` per call).
+    #[serde(default)]
+    pub overage: Overage,
+    /// Free days before the first period (no monthly fee).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trial_days: Option<u32>,
+    /// Periods on the subscription's anniversary (default) or on calendar
+    /// months (the first one prorated).
+    #[serde(default)]
+    pub period_alignment: crate::billing::Alignment,
     /// Plans can be closed to new subscriptions without touching the
     /// existing ones.
     #[serde(default = "crate::model::default_true")]
@@ -512,26 +553,68 @@ impl PlanSpec {
             ("monthly_fee", &self.monthly_fee),
         ] {
             if let Some(value) = value
-                && !is_decimal(value)
+                && let Err(error) = crate::money::parse(value, crate::money::Sign::NonNegative)
             {
-                errors.add(
-                    field,
-                    "must be a non-negative decimal string with at most 9 decimals, such as \"0.01\"",
-                );
+                errors.add(field, error.to_string());
             }
+        }
+        if let Some(included) = &self.included
+            && included.requests == Some(0)
+        {
+            errors.add(
+                "included.requests",
+                "must be at least 1 (leave `included` out for no quota)",
+            );
+        }
+        if self.overage == Overage::Charge && self.price_nanos() == 0 {
+            errors.add(
+                "overage",
+                "is `charge` but the plan has no `price_per_request` to charge",
+            );
+        }
+        if self.trial_days.is_some_and(|days| days == 0 || days > 365) {
+            errors.add("trial_days", "must be between 1 and 365");
         }
         errors.into_result()
     }
+
+    /// `price_per_request` in nano-units (0 when unset or invalid).
+    pub fn price_nanos(&self) -> i64 {
+        nanos_of(self.price_per_request.as_deref())
+    }
+
+    /// `monthly_fee` in nano-units (0 when unset or invalid).
+    pub fn fee_nanos(&self) -> i64 {
+        nanos_of(self.monthly_fee.as_deref())
+    }
+
+    /// Requests included per period, if the plan has a request quota.
+    pub fn included_requests(&self) -> Option<u64> {
+        self.included.as_ref().and_then(|i| i.requests)
+    }
 }
 
-fn is_decimal(text: &str) -> bool {
-    let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
-    !whole.is_empty()
-        && whole.len() <= 9
-        && whole.bytes().all(|b| b.is_ascii_digit())
-        && fraction.len() <= 9
-        && fraction.bytes().all(|b| b.is_ascii_digit())
-        && !(text.contains('.') && fraction.is_empty())
+fn nanos_of(text: Option<&str>) -> i64 {
+    text.and_then(|t| crate::money::parse(t, crate::money::Sign::NonNegative).ok())
+        .unwrap_or(0)
+}
+
+/// A plan's included quota per period.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Included {
+    /// Calls per period.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests: Option<u64>,
+}
+
+/// What happens beyond a plan's included quota.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Overage {
+    #[default]
+    Block,
+    Charge,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -566,6 +649,9 @@ pub enum SubscriptionAction {
     Suspend,
     Resume,
     Cancel,
+    /// Starts a new period of an expired or past-due subscription now,
+    /// charging its fee.
+    Renew,
 }
 
 impl SubscriptionAction {
@@ -576,6 +662,7 @@ impl SubscriptionAction {
             "suspend" => Self::Suspend,
             "resume" => Self::Resume,
             "cancel" => Self::Cancel,
+            "renew" => Self::Renew,
             _ => return None,
         })
     }
@@ -587,6 +674,7 @@ impl SubscriptionAction {
             Self::Suspend => "suspend",
             Self::Resume => "resume",
             Self::Cancel => "cancel",
+            Self::Renew => "renew",
         }
     }
 
@@ -594,7 +682,7 @@ impl SubscriptionAction {
     /// side may: a consumer cancels its own subscription, a provider may
     /// end one too).
     pub fn by_provider(self) -> bool {
-        !matches!(self, Self::Cancel)
+        !matches!(self, Self::Cancel | Self::Renew)
     }
 
     /// The status after the action, or `None` when the action is not
@@ -607,6 +695,7 @@ impl SubscriptionAction {
             (Self::Suspend, S::Active | S::PastDue) => S::Suspended,
             (Self::Resume, S::Suspended) => S::Active,
             (Self::Cancel, S::Pending | S::Active | S::Suspended | S::PastDue) => S::Cancelled,
+            (Self::Renew, S::Expired | S::PastDue) => S::Active,
             _ => return None,
         })
     }
@@ -656,6 +745,9 @@ pub struct SubscriptionSpec {
     pub service: String,
     /// Plan slug or id (of that service).
     pub plan: String,
+    /// Renew each period (default `true`).
+    #[serde(default = "crate::model::default_true")]
+    pub auto_renew: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -676,6 +768,24 @@ pub struct Subscription {
     /// The team that owns the service (`null`: platform-owned).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provider_team: Option<String>,
+    /// The current period `[start, end)`; set once the subscription is
+    /// active. For `past_due`, the period whose fee is unpaid; for
+    /// `expired`, the last one (its end is when it expired).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub period_start_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub period_end_ms: Option<i64>,
+    /// When the free trial ends (the first period starts then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trial_end_ms: Option<i64>,
+    /// Renew at the period's end (charging the monthly fee); `false`: the
+    /// subscription expires then.
+    #[serde(default = "crate::model::default_true")]
+    pub auto_renew: bool,
+    /// Where the monthly periods are counted from (activation or the
+    /// trial's end); internal.
+    #[serde(skip)]
+    pub anchor_ms: Option<i64>,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
 }
@@ -683,13 +793,16 @@ pub struct Subscription {
 // --------------------------------------------------------------- webhooks
 
 /// Events a webhook endpoint can receive.
-pub const WEBHOOK_EVENTS: [&str; 7] = [
+pub const WEBHOOK_EVENTS: [&str; 10] = [
     "subscription.created",
     "subscription.approved",
     "subscription.rejected",
     "subscription.suspended",
     "subscription.resumed",
     "subscription.cancelled",
+    "subscription.renewed",
+    "subscription.past_due",
+    "subscription.expired",
     "webhook.test",
 ];
 
@@ -820,13 +933,36 @@ mod tests {
     }
 
     #[test]
-    fn decimals() {
+    fn plan_prices_and_quotas_are_checked() {
+        let plan = |json: serde_json::Value| -> PlanSpec {
+            serde_json::from_value(json).unwrap_or_else(|e| unreachable!("{e}"))
+        };
         for good in ["0", "0.01", "12.500000000", "5"] {
-            assert!(is_decimal(good), "{good}");
+            let spec = plan(serde_json::json!({"slug": "p", "price_per_request": good}));
+            assert!(spec.validate().is_ok(), "{good}");
         }
         for bad in ["", "-1", "1.", ".5", "1.0000000001", "1e3", "abc"] {
-            assert!(!is_decimal(bad), "{bad}");
+            let spec = plan(serde_json::json!({"slug": "p", "monthly_fee": bad}));
+            assert!(spec.validate().is_err(), "{bad}");
         }
+        let spec = plan(serde_json::json!({"slug": "p", "included": {"requests": 0},
+            "overage": "charge", "trial_days": 0}));
+        let errors = spec
+            .validate()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        for field in ["included.requests", "overage", "trial_days"] {
+            assert!(errors.contains(field), "{field} in {errors}");
+        }
+        let spec = plan(
+            serde_json::json!({"slug": "p", "included": {"requests": 1000},
+            "overage": "charge", "price_per_request": "0.001", "monthly_fee": "10"}),
+        );
+        assert!(spec.validate().is_ok());
+        assert_eq!(spec.included_requests(), Some(1000));
+        assert_eq!(spec.price_nanos(), 1_000_000);
+        assert_eq!(spec.fee_nanos(), 10_000_000_000);
     }
 
     #[test]

@@ -15,6 +15,9 @@
 //!   and its state machine, webhooks and [`access::AuditEntry`].
 //! - [`money`]: amounts in nano-units (parse and format decimal strings)
 //!   and the ledger's [`money::LedgerEntry`].
+//! - [`billing`]: subscription periods (calendar or anniversary), budget
+//!   periods and proration.
+//! - [`problems`]: the plain-words cause, fix and prevention of each code.
 //! - [`net`] parses CIDR blocks for IP rules and trusted proxies.
 //! - [`validate`] collects field errors ([`validate::FieldErrors`]) so that every
 //!   problem in an input is reported at once, each naming its field.
@@ -23,6 +26,7 @@
 //! store); the admin API owns its own wire types and converts explicitly.
 
 pub mod access;
+pub mod billing;
 pub mod code;
 pub mod id;
 pub mod model;
@@ -30,6 +34,7 @@ pub mod money;
 pub mod net;
 pub mod path;
 pub mod percent;
+pub mod problems;
 pub mod validate;
 
 /// Milliseconds since the Unix epoch; how every time is stored.

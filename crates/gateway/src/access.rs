@@ -67,6 +67,8 @@ impl IpRulesRt {
 #[derive(Debug)]
 pub struct SubscriptionRt {
     pub id: Arc<str>,
+    /// The service's slug.
+    pub service: String,
     pub status: SubscriptionStatus,
     pub reason: Option<String>,
     pub plan: String,
@@ -75,6 +77,34 @@ pub struct SubscriptionRt {
     pub price_nanos: i64,
     /// `Tollgate-Plan` and `Tollgate-Subscription` for the upstream.
     pub identity: [http::HeaderValue; 2],
+    /// Money and quota terms (see [`Terms`]).
+    pub terms: Terms,
+}
+
+/// What a subscription's plan and period say about paying for a call.
+#[derive(Debug, Default)]
+pub struct Terms {
+    /// Calls included per period (none: no quota).
+    pub included: Option<u64>,
+    /// Beyond the quota: charge `price_nanos` (else refuse).
+    pub overage_charge: bool,
+    /// The current period `[start, end)` (none before activation).
+    pub period: Option<(i64, i64)>,
+    /// Counts the period's calls and spend; present when the plan meters
+    /// calls (a price or a quota).
+    pub counter: Option<Arc<crate::money::Counter>>,
+    /// The monthly fee, for renewal warnings and `payment_failed`.
+    pub fee_nanos: i64,
+    pub auto_renew: bool,
+    /// `RateLimit-Policy` item of the quota: `"quota";q=…;w=…`.
+    pub quota_policy: Option<String>,
+}
+
+/// An app's spend budget.
+#[derive(Debug)]
+pub struct BudgetRt {
+    pub limit_nanos: i64,
+    pub counter: Arc<crate::money::Counter>,
 }
 
 #[derive(Debug)]
@@ -88,6 +118,8 @@ pub struct AppRt {
     pub subscriptions: Vec<(String, SubscriptionRt)>,
     /// The owning team's wallet, which pays for the app's calls.
     pub wallet: Arc<crate::money::WalletRt>,
+    /// The app's own spend limit per period.
+    pub budget: Option<BudgetRt>,
     /// `Tollgate-App` and `Tollgate-Team` for the upstream.
     pub identity: [http::HeaderValue; 2],
 }
@@ -175,6 +207,33 @@ fn is_open(status: SubscriptionStatus) -> bool {
     status.is_open()
 }
 
+fn terms(
+    plan: &domain::access::PlanSpec,
+    subscription: &Subscription,
+    counters: &crate::money::Counters,
+) -> Terms {
+    let period = subscription.period_start_ms.zip(subscription.period_end_ms);
+    let included = plan.included_requests();
+    let metered = included.is_some() || plan.price_nanos() > 0;
+    Terms {
+        included,
+        overage_charge: plan.overage == domain::access::Overage::Charge,
+        period,
+        counter: metered.then(|| {
+            counters.subscription(
+                &subscription.id,
+                period.unwrap_or((subscription.created_at_ms, i64::MAX)),
+            )
+        }),
+        fee_nanos: plan.fee_nanos(),
+        auto_renew: subscription.auto_renew,
+        quota_policy: included.map(|quota| {
+            let window = period.map_or(0, |(start, end)| (end - start) / 1000);
+            format!("\"quota\";q={quota};w={window}")
+        }),
+    }
+}
+
 /// Builds the key index. Subscriptions are attached to their app: for each
 /// service the open one wins, else the most recently changed.
 pub fn compile(
@@ -219,20 +278,19 @@ pub fn compile(
             service_id.to_owned(),
             SubscriptionRt {
                 id: subscription.id.as_str().into(),
+                service: subscription.service.clone(),
                 status: subscription.status,
                 reason: subscription.reason.clone(),
                 plan: subscription.plan.clone(),
                 limiter,
-                price_nanos: plan
-                    .and_then(|plan| plan.spec.price_per_request.as_deref())
-                    .and_then(|price| {
-                        domain::money::parse(price, domain::money::Sign::NonNegative).ok()
-                    })
-                    .unwrap_or(0),
+                price_nanos: plan.map_or(0, |plan| plan.spec.price_nanos()),
                 identity: [
                     header_value(&subscription.plan),
                     header_value(&subscription.id),
                 ],
+                terms: plan.map_or_else(Terms::default, |plan| {
+                    terms(&plan.spec, subscription, &wallets.counters)
+                }),
             },
         ));
     }
@@ -256,6 +314,12 @@ pub fn compile(
             ),
             subscriptions: by_app.remove(app.id.as_str()).unwrap_or_default(),
             wallet,
+            budget: app.spec.budget.as_ref().map(|budget| BudgetRt {
+                limit_nanos: budget.nanos(),
+                counter: wallets
+                    .counters
+                    .budget(&app.id, budget.period, domain::now_ms()),
+            }),
         };
         app_index.insert(app.id.as_str(), Arc::new(compiled));
     }

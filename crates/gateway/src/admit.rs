@@ -42,6 +42,8 @@ pub struct Admission {
     /// The call's price, held in the team's wallet until the upstream
     /// answers (settled) or the call fails (given back).
     pub reservation: Option<crate::money::Reservation>,
+    /// `Tollgate-Warning` for the response.
+    pub warning: Option<HeaderValue>,
 }
 
 /// Where a credential came from.
@@ -177,6 +179,36 @@ fn authenticate<'s, B>(
     resolved.ok_or_else(|| Refusal::new(Code::MissingCredentials, "No API key was sent."))
 }
 
+/// The API key a request carries (`Authorization: Bearer` or
+/// `X-API-Key`), for the gateway's own endpoints (`/_tollgate/me`).
+pub(crate) fn identify_key<'s, B>(
+    snapshot: &'s Snapshot,
+    request: &Request<B>,
+    now_ms: i64,
+) -> Result<&'s KeyRt, Refusal> {
+    let presented = credentials(request);
+    let mut found: Option<&KeyRt> = None;
+    for (token, source) in presented {
+        if source == Source::Query {
+            continue;
+        }
+        let key = resolve_key(snapshot, token, now_ms)?;
+        if found.is_some_and(|other| other.app.id != key.app.id) {
+            return Err(Refusal::new(
+                Code::ConflictingCredentials,
+                "The request carries keys of two different apps. Send one.",
+            ));
+        }
+        found = Some(key);
+    }
+    found.ok_or_else(|| {
+        Refusal::new(
+            Code::MissingCredentials,
+            "Send your app's key ('Authorization: Bearer tg_…' or 'X-API-Key: tg_…') to see its balance, subscriptions and quotas.",
+        )
+    })
+}
+
 fn resolve_key<'s>(snapshot: &'s Snapshot, token: &str, now_ms: i64) -> Result<&'s KeyRt, Refusal> {
     let key = if token.starts_with("tg_") {
         snapshot.access.keys.get(&digest_of(token.as_bytes()))
@@ -278,20 +310,8 @@ fn authorize<'s>(
                 app.slug, service.slug
             ),
         )),
-        SubscriptionStatus::Expired => Some((
-            Code::SubscriptionExpired,
-            format!(
-                "The subscription of '{}' to '{}' has expired. Renew it to continue.",
-                app.slug, service.slug
-            ),
-        )),
-        SubscriptionStatus::PastDue => Some((
-            Code::PaymentFailed,
-            format!(
-                "The last payment for the subscription of '{}' to '{}' failed. Top up the team's wallet to continue.",
-                app.slug, service.slug
-            ),
-        )),
+        // Money matters: refused with 402 in the pay phase.
+        SubscriptionStatus::Expired | SubscriptionStatus::PastDue => None,
     };
     if let Some((code, detail)) = refusal {
         return Err(Refusal::new(code, detail));
@@ -469,47 +489,292 @@ pub(crate) fn admit<B>(
         now_u,
         &mut admission,
     )?;
-    admission.reservation = pay(app, subscription, currency)?;
+    pay(app, subscription, currency, now_ms, &mut admission)?;
     let [app_slug, team] = app.identity.clone();
     let [plan, id] = subscription.identity.clone();
     admission.identity = Some([app_slug, team, plan, id]);
     Ok(admission)
 }
 
-/// Phase 6, money: reserves the plan's price from the team's wallet.
+/// Calls left below which a metered response warns `low-balance`.
+pub const LOW_BALANCE_CALLS: i64 = 100;
+/// Per cent of a quota or budget from which responses warn.
+pub const NEARLY_EXHAUSTED_PERCENT: u64 = 90;
+/// Days before a period's end from which a subscription that will not
+/// renew warns `subscription-expiring`.
+pub const EXPIRING_DAYS: i64 = 3;
+
+static TOLLGATE_WARNING: HeaderName = HeaderName::from_static("tollgate-warning");
+
+/// A 402 with the members every money refusal carries (SPEC §4).
+fn money_refusal(
+    code: Code,
+    detail: String,
+    app: &AppRt,
+    subscription: &SubscriptionRt,
+    currency: &str,
+) -> Refusal {
+    let mut refusal = Refusal::new(code, detail);
+    refusal.extra = vec![
+        (
+            "balance",
+            domain::money::format(app.wallet.available().max(0)).into(),
+        ),
+        ("currency", currency.into()),
+        ("plan", subscription.plan.clone().into()),
+        (
+            "top_up_url",
+            format!("/_tollgate/portal/teams/{}/wallet", app.team).into(),
+        ),
+    ];
+    refusal
+}
+
+fn seconds_until(end_ms: i64, now_ms: i64) -> i64 {
+    ((end_ms - now_ms).max(0) + 999) / 1000
+}
+
+fn retry_after(refusal: Refusal, end_ms: i64, now_ms: i64) -> Refusal {
+    let seconds = seconds_until(end_ms, now_ms).max(1);
+    refusal.with_header(header::RETRY_AFTER, HeaderValue::from(seconds))
+}
+
+/// Phase 6, money: the subscription's standing, its quota, the app's
+/// budget and the team's wallet, in that order. What the call takes is
+/// held in `admission.reservation` until the upstream answers.
 fn pay(
     app: &AppRt,
     subscription: &SubscriptionRt,
     currency: &str,
-) -> Result<Option<crate::money::Reservation>, Refusal> {
-    let price = subscription.price_nanos;
-    if price <= 0 {
-        return Ok(None);
+    now_ms: i64,
+    admission: &mut Admission,
+) -> Result<(), Refusal> {
+    use domain::money::format;
+    let terms = &subscription.terms;
+    let period_end = terms.period.map(|(_, end)| end);
+    match subscription.status {
+        SubscriptionStatus::Expired => {
+            let mut refusal = money_refusal(
+                Code::SubscriptionExpired,
+                format!(
+                    "The subscription of '{}' (plan {}) ended{} without renewal. Renew it (POST /api/v1/subscriptions/{}/renew) or subscribe again to continue.",
+                    app.slug,
+                    subscription.plan,
+                    period_end.map_or(String::new(), |end| format!(
+                        " on {}",
+                        domain::access::format_time_ms(end)
+                    )),
+                    subscription.id
+                ),
+                app,
+                subscription,
+                currency,
+            );
+            if let Some(end) = period_end {
+                refusal
+                    .extra
+                    .push(("expired_at", domain::access::format_time_ms(end).into()));
+            }
+            if terms.fee_nanos > 0 {
+                refusal
+                    .extra
+                    .push(("required", format(terms.fee_nanos).into()));
+            }
+            return Err(refusal);
+        }
+        SubscriptionStatus::PastDue => {
+            let mut refusal = money_refusal(
+                Code::PaymentFailed,
+                format!(
+                    "The monthly fee of {} {currency} for the subscription of '{}' (plan {}) could not be charged: team {} has {} {currency}. Top up the team's wallet; the renewal is retried within seconds.",
+                    format(terms.fee_nanos),
+                    app.slug,
+                    subscription.plan,
+                    app.team,
+                    format(app.wallet.available().max(0)),
+                ),
+                app,
+                subscription,
+                currency,
+            );
+            refusal
+                .extra
+                .push(("required", format(terms.fee_nanos).into()));
+            if let Some(end) = period_end {
+                refusal
+                    .extra
+                    .push(("period_end", domain::access::format_time_ms(end).into()));
+            }
+            return Err(refusal);
+        }
+        _ => {}
     }
-    match crate::money::reserve(&app.wallet, price, &subscription.id) {
-        Ok(reservation) => Ok(Some(reservation)),
-        Err(available) => {
-            use domain::money::format;
+    let mut warnings = Warnings::default();
+    if let Some(end) = period_end
+        && end - now_ms <= EXPIRING_DAYS * 86_400_000
+        && (!terms.auto_renew || app.wallet.available() < terms.fee_nanos)
+    {
+        warnings.push(format_args!(
+            "subscription-expiring;days={}",
+            domain::billing::days_until(now_ms, end)
+        ));
+    }
+    let mut price = subscription.price_nanos;
+    if terms.counter.is_none() && price == 0 {
+        admission.warning = warnings.into_value();
+        return Ok(());
+    }
+    let mut reservation = crate::money::Reservation::new(&app.wallet, &subscription.id);
+    if let Some(counter) = &terms.counter {
+        let before = reservation.count_request(counter);
+        if let Some(included) = terms.included {
+            let end = period_end.unwrap_or(i64::MAX);
+            if before >= included {
+                if !terms.overage_charge {
+                    reservation.uncount_request();
+                    let mut refusal = money_refusal(
+                        Code::QuotaExhausted,
+                        format!(
+                            "The plan '{}' includes {included} calls per period and all {before} are used; it resets on {}. Move to a larger plan or one that charges for overage to continue now.",
+                            subscription.plan,
+                            domain::access::format_time_ms(end)
+                        ),
+                        app,
+                        subscription,
+                        currency,
+                    );
+                    refusal.extra.extend([
+                        ("quota", included.into()),
+                        ("used", before.into()),
+                        ("period_end", domain::access::format_time_ms(end).into()),
+                    ]);
+                    return Err(retry_after(refusal, end, now_ms));
+                }
+            } else {
+                price = 0;
+            }
+            let used = before + 1;
+            if used * 100 >= included * NEARLY_EXHAUSTED_PERCENT {
+                warnings.push(format_args!(
+                    "quota-nearly-exhausted;used-percent={}",
+                    (used * 100 / included).min(100)
+                ));
+            }
+            if let Some(policy) = &terms.quota_policy {
+                add_rate_headers(
+                    admission,
+                    policy,
+                    &format!(
+                        "\"quota\";r={};t={}",
+                        included.saturating_sub(used),
+                        seconds_until(end, now_ms)
+                    ),
+                );
+            }
+        }
+    }
+    if price > 0 {
+        if let Some(budget) = &app.budget {
+            budget.counter.roll(now_ms);
+            let limit = budget.limit_nanos;
+            if let Err(spent) = reservation.take_budget(&budget.counter, limit, price) {
+                let end = budget.counter.period().1;
+                let mut refusal = money_refusal(
+                    Code::BudgetExhausted,
+                    format!(
+                        "This call costs {} {currency}; the app '{}' has spent {} of its {} {currency} budget for this period, which resets on {}. A team admin can raise the budget (PATCH /api/v1/apps/{}).",
+                        format(price),
+                        app.slug,
+                        format(spent),
+                        format(limit),
+                        domain::access::format_time_ms(end),
+                        app.slug
+                    ),
+                    app,
+                    subscription,
+                    currency,
+                );
+                refusal.extra.extend([
+                    ("required", format(price).into()),
+                    ("budget", format(limit).into()),
+                    ("spent", format(spent).into()),
+                    ("period_end", domain::access::format_time_ms(end).into()),
+                ]);
+                return Err(retry_after(refusal, end, now_ms));
+            }
+            let spent = u64::try_from(budget.counter.nanos()).unwrap_or(0);
+            let limit = u64::try_from(limit).unwrap_or(u64::MAX).max(1);
+            if spent.saturating_mul(100) >= limit.saturating_mul(NEARLY_EXHAUSTED_PERCENT) {
+                warnings.push(format_args!(
+                    "budget-nearly-exhausted;used-percent={}",
+                    (spent.saturating_mul(100) / limit).min(100)
+                ));
+            }
+        }
+        if let Err(available) = reservation.take_wallet(price) {
             let balance = format(available.max(0));
             let required = format(price);
-            let mut refusal = Refusal::new(
+            let mut refusal = money_refusal(
                 Code::InsufficientCredit,
                 format!(
                     "This call costs {required} {currency}; team {} has {balance} {currency} left to spend. Top up the team's wallet (top_up_url) and call again.",
                     app.team
                 ),
+                app,
+                subscription,
+                currency,
             );
-            refusal.extra = vec![
-                ("balance", balance.into()),
-                ("required", required.into()),
-                ("currency", currency.into()),
-                ("plan", subscription.plan.clone().into()),
-                (
-                    "top_up_url",
-                    format!("/_tollgate/portal/teams/{}/wallet", app.team).into(),
-                ),
-            ];
-            Err(refusal)
+            refusal.extra[0].1 = balance.into();
+            refusal.extra.push(("required", required.into()));
+            return Err(refusal);
+        }
+        let calls_left = app.wallet.available().max(0) / price;
+        if calls_left < LOW_BALANCE_CALLS {
+            warnings.push(format_args!("low-balance;calls-left={calls_left}"));
         }
     }
+    admission.warning = warnings.into_value();
+    admission.reservation = Some(reservation);
+    Ok(())
+}
+
+/// Appends one item to `RateLimit-Policy` and `RateLimit`.
+fn add_rate_headers(admission: &mut Admission, policy: &str, state: &str) {
+    let joined = match admission.rate_headers.take() {
+        Some((p, s)) => (
+            format!("{}, {policy}", p.to_str().unwrap_or_default()),
+            format!("{}, {state}", s.to_str().unwrap_or_default()),
+        ),
+        None => (policy.to_owned(), state.to_owned()),
+    };
+    if let (Ok(policy), Ok(state)) = (
+        HeaderValue::from_str(&joined.0),
+        HeaderValue::from_str(&joined.1),
+    ) {
+        admission.rate_headers = Some((policy, state));
+    }
+}
+
+/// `Tollgate-Warning` items, built only when there is one.
+#[derive(Default)]
+struct Warnings(Option<String>);
+
+impl Warnings {
+    fn push(&mut self, item: std::fmt::Arguments<'_>) {
+        use std::fmt::Write;
+        let text = self.0.get_or_insert_with(String::new);
+        if !text.is_empty() {
+            text.push_str(", ");
+        }
+        let _ = text.write_fmt(item);
+    }
+
+    fn into_value(self) -> Option<HeaderValue> {
+        self.0.and_then(|text| HeaderValue::from_str(&text).ok())
+    }
+}
+
+/// The header name, for the pipeline.
+pub fn warning_header() -> &'static HeaderName {
+    &TOLLGATE_WARNING
 }

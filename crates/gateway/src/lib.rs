@@ -25,6 +25,7 @@ pub mod h1;
 pub mod health;
 pub mod jwt;
 pub mod limit;
+mod me;
 pub mod money;
 pub mod pipeline;
 pub mod refusal;
@@ -338,6 +339,32 @@ impl Gateway {
     /// The last ledger sequence number applied to `team`'s wallet.
     pub fn wallet_seen_seq(&self, team: &str) -> i64 {
         self.shared.wallets.seen_seq(team)
+    }
+
+    /// `team`'s wallet on this node (the renewal task reserves fees in it).
+    pub fn wallet(&self, team: &str) -> Arc<money::WalletRt> {
+        self.shared.wallets.get(team)
+    }
+
+    /// Quota and budget counters changed since the last call, with this
+    /// node's own numbers (for the store).
+    pub fn take_changed_counters(&self) -> Vec<money::CounterSnapshot> {
+        self.shared.wallets.counters.take_changed()
+    }
+
+    /// Another node's numbers for a quota or budget counter.
+    pub fn apply_remote_usage(
+        &self,
+        node: &str,
+        scope: &str,
+        period_start_ms: i64,
+        requests: u64,
+        nanos: i64,
+    ) {
+        self.shared
+            .wallets
+            .counters
+            .apply_remote(node, scope, period_start_ms, requests, nanos);
     }
 
     /// Applies ledger entries to `team`'s wallet (see [`money::Wallets::apply_entries`]).

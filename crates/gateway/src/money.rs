@@ -18,18 +18,22 @@
 //! binary calls with every entry past each wallet's last seen sequence.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+
+use domain::billing::BudgetPeriod;
 
 /// One team's spendable money on this node.
 #[derive(Debug)]
 pub struct WalletRt {
     pub team: Arc<str>,
     available: AtomicI64,
+    /// Held by calls in flight on this node (already out of `available`).
+    reserved: AtomicI64,
     /// Charges settled while the queue was full, not yet taken by the
     /// ledger writer: their sum and how many calls.
     overflow_nanos: AtomicI64,
-    overflow_calls: std::sync::atomic::AtomicU64,
+    overflow_calls: AtomicU64,
     /// The ledger sequence number applied so far (the control plane's
     /// sync only; the hot path never reads it).
     seen_seq: Mutex<i64>,
@@ -40,8 +44,9 @@ impl WalletRt {
         Self {
             team: team.into(),
             available: AtomicI64::new(0),
+            reserved: AtomicI64::new(0),
             overflow_nanos: AtomicI64::new(0),
-            overflow_calls: std::sync::atomic::AtomicU64::new(0),
+            overflow_calls: AtomicU64::new(0),
             seen_seq: Mutex::new(0),
         }
     }
@@ -49,6 +54,11 @@ impl WalletRt {
     /// What can be spent now.
     pub fn available(&self) -> i64 {
         self.available.load(Ordering::Acquire)
+    }
+
+    /// What calls in flight on this node hold.
+    pub fn reserved(&self) -> i64 {
+        self.reserved.load(Ordering::Acquire)
     }
 
     /// Takes `amount` if that much is available; else says how much there is.
@@ -99,21 +109,91 @@ pub struct Charge {
 /// (never awaited on the hot path; see [`Reservation::settle`]).
 pub type ChargeSink = tokio::sync::mpsc::Sender<Charge>;
 
-/// Money held for one call until it is settled or dropped.
+/// What one call holds until it is settled or dropped: its price in the
+/// team's wallet, its place in the subscription's quota, its price in the
+/// app's budget.
 #[derive(Debug)]
 pub struct Reservation {
     wallet: Arc<WalletRt>,
     amount: i64,
     subscription_id: Arc<str>,
+    /// The subscription's counter, with this call counted in it.
+    request: Option<Arc<Counter>>,
+    /// The app's budget counter, with this much counted in it.
+    budget: Option<(Arc<Counter>, i64)>,
     settled: bool,
 }
 
 impl Reservation {
-    /// Charges the call: the reserved amount stays taken and a charge is
-    /// queued for the ledger. Returns what is left to spend.
+    /// An empty reservation for a call of `subscription_id` paid from
+    /// `wallet`; the pay phase adds to it step by step, and a refusal on
+    /// the way drops it, giving back what the earlier steps took.
+    pub fn new(wallet: &Arc<WalletRt>, subscription_id: &Arc<str>) -> Self {
+        Self {
+            wallet: wallet.clone(),
+            amount: 0,
+            subscription_id: subscription_id.clone(),
+            request: None,
+            budget: None,
+            settled: false,
+        }
+    }
+
+    /// Counts the call in `counter`; returns the calls counted before it.
+    pub fn count_request(&mut self, counter: &Arc<Counter>) -> u64 {
+        let before = counter.add_request();
+        self.request = Some(counter.clone());
+        before
+    }
+
+    /// Gives the call's place in the quota back at once (a blocked call).
+    pub fn uncount_request(&mut self) {
+        if let Some(counter) = self.request.take() {
+            counter.remove_request();
+        }
+    }
+
+    /// Takes `amount` from the app's budget; else says what was spent.
+    pub fn take_budget(
+        &mut self,
+        counter: &Arc<Counter>,
+        limit: i64,
+        amount: i64,
+    ) -> Result<(), i64> {
+        counter.add_nanos(amount, limit)?;
+        self.budget = Some((counter.clone(), amount));
+        Ok(())
+    }
+
+    /// Takes `amount` from the wallet; else says how much there is.
+    pub fn take_wallet(&mut self, amount: i64) -> Result<(), i64> {
+        self.wallet.reserve(amount)?;
+        self.wallet.reserved.fetch_add(amount, Ordering::AcqRel);
+        self.amount = amount;
+        Ok(())
+    }
+
+    /// The price held.
+    pub fn amount(&self) -> i64 {
+        self.amount
+    }
+
+    /// Charges the call: what was taken stays taken and a charge is
+    /// queued for the ledger (when there is a price). Returns what is
+    /// left to spend.
     pub fn settle(mut self, sink: Option<&ChargeSink>, request_id: &http::HeaderValue) -> i64 {
         self.settled = true;
-        if let Some(sink) = sink {
+        if self.amount > 0 {
+            self.wallet
+                .reserved
+                .fetch_sub(self.amount, Ordering::AcqRel);
+        }
+        if let Some(counter) = &self.request {
+            counter.add_spent(self.amount);
+        }
+        if self.amount > 0
+            && let Some(sink) = sink
+        {
             let charge = Charge {
                 team: self.wallet.team.clone(),
                 amount_nanos: self.amount,
@@ -141,8 +221,274 @@ impl Reservation {
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        if !self.settled {
+        if self.settled {
+            return;
+        }
+        if self.amount > 0 {
+            self.wallet
+                .reserved
+                .fetch_sub(self.amount, Ordering::AcqRel);
             self.wallet.give_back(self.amount);
+        }
+        if let Some(counter) = &self.request {
+            counter.remove_request();
+        }
+        if let Some((counter, amount)) = &self.budget {
+            counter.remove_nanos(*amount);
+        }
+    }
+}
+
+/// Calls and spend counted in one scope for its current period: a
+/// subscription's calls (`sub:<id>`, for its quota; the period comes from
+/// the subscription) or an app's spend (`app:<id>`, for its budget; the
+/// period is a calendar day, week or month and rolls over here).
+///
+/// `own_*` is what this node counted, `remote_*` the sum of what the
+/// other nodes wrote to the store for the same period; limits apply to
+/// the total.
+#[derive(Debug)]
+pub struct Counter {
+    pub scope: Arc<str>,
+    start: AtomicI64,
+    end: AtomicI64,
+    own_requests: AtomicU64,
+    own_nanos: AtomicI64,
+    remote_requests: AtomicU64,
+    remote_nanos: AtomicI64,
+    /// Changed since the writer last took it.
+    dirty: AtomicBool,
+    /// Budgets only: how the period rolls over.
+    rolls: Option<BudgetPeriod>,
+    /// Other nodes' latest counts: node → (period start, calls, nanos).
+    remote: Mutex<HashMap<String, (i64, u64, i64)>>,
+}
+
+impl Counter {
+    fn new(scope: Arc<str>, (start, end): (i64, i64), rolls: Option<BudgetPeriod>) -> Self {
+        Self {
+            scope,
+            start: AtomicI64::new(start),
+            end: AtomicI64::new(end),
+            own_requests: AtomicU64::new(0),
+            own_nanos: AtomicI64::new(0),
+            remote_requests: AtomicU64::new(0),
+            remote_nanos: AtomicI64::new(0),
+            dirty: AtomicBool::new(false),
+            rolls,
+            remote: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The current period `[start, end)`.
+    pub fn period(&self) -> (i64, i64) {
+        (
+            self.start.load(Ordering::Acquire),
+            self.end.load(Ordering::Acquire),
+        )
+    }
+
+    /// Calls counted in the period over every node.
+    pub fn requests(&self) -> u64 {
+        self.own_requests.load(Ordering::Acquire) + self.remote_requests.load(Ordering::Acquire)
+    }
+
+    /// Nano-units counted in the period over every node.
+    pub fn nanos(&self) -> i64 {
+        self.own_nanos.load(Ordering::Acquire) + self.remote_nanos.load(Ordering::Acquire)
+    }
+
+    fn touch(&self) {
+        if !self.dirty.load(Ordering::Relaxed) {
+            self.dirty.store(true, Ordering::Release);
+        }
+    }
+
+    fn add_request(&self) -> u64 {
+        self.touch();
+        self.own_requests.fetch_add(1, Ordering::AcqRel)
+            + self.remote_requests.load(Ordering::Acquire)
+    }
+
+    fn remove_request(&self) {
+        self.touch();
+        // Never below zero: a period may have rolled over in between.
+        let _ = self
+            .own_requests
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+    }
+
+    fn add_spent(&self, amount: i64) {
+        if amount > 0 {
+            self.touch();
+            self.own_nanos.fetch_add(amount, Ordering::AcqRel);
+        }
+    }
+
+    /// Adds `amount` if the total stays within `limit`; else says what
+    /// was spent.
+    fn add_nanos(&self, amount: i64, limit: i64) -> Result<(), i64> {
+        let remote = self.remote_nanos.load(Ordering::Acquire);
+        let mut own = self.own_nanos.load(Ordering::Acquire);
+        loop {
+            if own + remote + amount > limit {
+                return Err(own + remote);
+            }
+            match self.own_nanos.compare_exchange_weak(
+                own,
+                own + amount,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => {
+                    self.touch();
+                    return Ok(());
+                }
+                Err(actual) => own = actual,
+            }
+        }
+    }
+
+    fn remove_nanos(&self, amount: i64) {
+        if amount > 0 {
+            self.touch();
+            let _ = self
+                .own_nanos
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    Some((n - amount).max(0))
+                });
+        }
+    }
+
+    /// Budgets: moves to the period holding `now` when the current one
+    /// is over (one atomic load when it is not).
+    pub fn roll(&self, now_ms: i64) {
+        let Some(rolls) = self.rolls else { return };
+        if now_ms < self.end.load(Ordering::Acquire) {
+            return;
+        }
+        let remote = self.remote.lock().unwrap_or_else(|p| p.into_inner());
+        if now_ms < self.end.load(Ordering::Acquire) {
+            return;
+        }
+        self.reset(&remote, domain::billing::budget_period(rolls, now_ms));
+    }
+
+    /// Starts the period `[start, end)` from zero (plus what other nodes
+    /// already counted in it). Caller holds `remote`.
+    fn reset(&self, remote: &HashMap<String, (i64, u64, i64)>, (start, end): (i64, i64)) {
+        self.start.store(start, Ordering::Release);
+        self.end.store(end, Ordering::Release);
+        self.own_requests.store(0, Ordering::Release);
+        self.own_nanos.store(0, Ordering::Release);
+        self.sum_remote(remote, start);
+    }
+
+    fn sum_remote(&self, remote: &HashMap<String, (i64, u64, i64)>, start: i64) {
+        let (mut requests, mut nanos) = (0u64, 0i64);
+        for &(period, r, n) in remote.values() {
+            if period == start {
+                requests += r;
+                nanos += n;
+            }
+        }
+        self.remote_requests.store(requests, Ordering::Release);
+        self.remote_nanos.store(nanos, Ordering::Release);
+    }
+}
+
+/// One counter's own numbers, for the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CounterSnapshot {
+    pub scope: Arc<str>,
+    pub period_start_ms: i64,
+    pub requests: u64,
+    pub nanos: i64,
+}
+
+/// Every quota and budget counter on this node, kept across reloads.
+#[derive(Debug, Default)]
+pub struct Counters {
+    by_scope: Mutex<HashMap<Arc<str>, Arc<Counter>>>,
+}
+
+impl Counters {
+    /// A subscription's counter for the period `[start, end)`: the same
+    /// one across reloads, started afresh when the period changed.
+    pub fn subscription(&self, id: &str, period: (i64, i64)) -> Arc<Counter> {
+        self.get(format!("sub:{id}"), period, None)
+    }
+
+    /// An app's budget counter, in the budget period holding `now`.
+    pub fn budget(&self, app_id: &str, rolls: BudgetPeriod, now_ms: i64) -> Arc<Counter> {
+        let period = domain::billing::budget_period(rolls, now_ms);
+        self.get(format!("app:{app_id}"), period, Some(rolls))
+    }
+
+    fn get(&self, scope: String, period: (i64, i64), rolls: Option<BudgetPeriod>) -> Arc<Counter> {
+        let mut map = self.by_scope.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(counter) = map.get(scope.as_str())
+            && counter.rolls == rolls
+        {
+            if counter.period().0 != period.0 && (rolls.is_none() || period.0 > counter.period().0)
+            {
+                let remote = counter.remote.lock().unwrap_or_else(|p| p.into_inner());
+                counter.reset(&remote, period);
+            }
+            return counter.clone();
+        }
+        let scope: Arc<str> = scope.into();
+        let counter = Arc::new(Counter::new(scope.clone(), period, rolls));
+        map.insert(scope, counter.clone());
+        counter
+    }
+
+    /// The counters changed since the last call, with this node's numbers.
+    pub fn take_changed(&self) -> Vec<CounterSnapshot> {
+        let counters: Vec<Arc<Counter>> = self
+            .by_scope
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        counters
+            .iter()
+            .filter(|c| c.dirty.swap(false, Ordering::AcqRel))
+            .map(|c| CounterSnapshot {
+                scope: c.scope.clone(),
+                period_start_ms: c.start.load(Ordering::Acquire),
+                requests: c.own_requests.load(Ordering::Acquire),
+                nanos: c.own_nanos.load(Ordering::Acquire),
+            })
+            .collect()
+    }
+
+    /// Records another node's numbers for a scope and period.
+    pub fn apply_remote(
+        &self,
+        node: &str,
+        scope: &str,
+        period_start_ms: i64,
+        requests: u64,
+        nanos: i64,
+    ) {
+        let Some(counter) = self
+            .by_scope
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(scope)
+            .cloned()
+        else {
+            return;
+        };
+        let mut remote = counter.remote.lock().unwrap_or_else(|p| p.into_inner());
+        let newer = remote
+            .get(node)
+            .is_none_or(|&(period, ..)| period_start_ms >= period);
+        if newer {
+            remote.insert(node.to_owned(), (period_start_ms, requests, nanos));
+            counter.sum_remote(&remote, counter.start.load(Ordering::Acquire));
         }
     }
 }
@@ -151,6 +497,8 @@ impl Drop for Reservation {
 #[derive(Debug, Default)]
 pub struct Wallets {
     by_team: Mutex<HashMap<String, Arc<WalletRt>>>,
+    /// Quota and budget counters.
+    pub counters: Counters,
 }
 
 /// A ledger entry as the sync applies it.
@@ -231,24 +579,73 @@ impl Wallets {
     }
 }
 
-/// Reserves `price` from `wallet` for one call, or says what there is.
-pub fn reserve(
-    wallet: &Arc<WalletRt>,
-    price: i64,
-    subscription_id: &Arc<str>,
-) -> Result<Reservation, i64> {
-    wallet.reserve(price)?;
-    Ok(Reservation {
-        wallet: wallet.clone(),
-        amount: price,
-        subscription_id: subscription_id.clone(),
-        settled: false,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn reserve(
+        wallet: &Arc<WalletRt>,
+        price: i64,
+        subscription: &Arc<str>,
+    ) -> Result<Reservation, i64> {
+        let mut reservation = Reservation::new(wallet, subscription);
+        reservation.take_wallet(price)?;
+        Ok(reservation)
+    }
+
+    #[test]
+    fn counters_count_give_back_and_sum_other_nodes() {
+        let wallets = Wallets::default();
+        let counter = wallets.counters.subscription("s1", (0, 100));
+        let wallet = wallets.get("acme");
+        let subscription: Arc<str> = "s1".into();
+        let mut first = Reservation::new(&wallet, &subscription);
+        assert_eq!(first.count_request(&counter), 0);
+        let mut second = Reservation::new(&wallet, &subscription);
+        assert_eq!(second.count_request(&counter), 1);
+        drop(second);
+        assert_eq!(counter.requests(), 1, "a dropped call is not counted");
+        first.settle(None, &http::HeaderValue::from_static("r"));
+        wallets.counters.apply_remote("other", "sub:s1", 0, 5, 0);
+        wallets.counters.apply_remote("other", "sub:s1", 0, 7, 0);
+        wallets.counters.apply_remote("old", "sub:s1", -100, 50, 0);
+        assert_eq!(
+            counter.requests(),
+            8,
+            "latest of each node, this period only"
+        );
+        let changed = wallets.counters.take_changed();
+        assert_eq!(changed.len(), 1);
+        assert_eq!((changed[0].requests, changed[0].period_start_ms), (1, 0));
+        assert!(wallets.counters.take_changed().is_empty(), "nothing new");
+        // A renewal moves the period: the same counter starts afresh.
+        let renewed = wallets.counters.subscription("s1", (100, 200));
+        assert!(Arc::ptr_eq(&renewed, &counter));
+        assert_eq!(counter.requests(), 0);
+    }
+
+    #[test]
+    fn budgets_hold_their_limit_and_roll_over() {
+        let wallets = Wallets::default();
+        let day = 86_400_000;
+        let budget = wallets.counters.budget("app", BudgetPeriod::Day, day + 5);
+        let wallet = wallets.get("acme");
+        let subscription: Arc<str> = "s".into();
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            let mut reservation = Reservation::new(&wallet, &subscription);
+            if reservation.take_budget(&budget, 25, 10).is_ok() {
+                held.push(reservation);
+            }
+        }
+        assert_eq!(held.len(), 2, "10 + 10 fit in 25, a third does not");
+        assert_eq!(budget.nanos(), 20);
+        held.pop();
+        assert_eq!(budget.nanos(), 10, "dropped: given back");
+        budget.roll(2 * day + 1);
+        assert_eq!(budget.period(), (2 * day, 3 * day));
+        assert_eq!(budget.nanos(), 0);
+    }
 
     #[test]
     fn concurrent_reservations_never_overspend() {

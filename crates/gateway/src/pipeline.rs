@@ -80,6 +80,8 @@ pub struct RequestContext {
     pub route: Option<usize>,
     /// `RateLimit-Policy` and `RateLimit`, once the limit phase ran.
     pub rate_headers: Option<(HeaderValue, HeaderValue)>,
+    /// `Tollgate-Warning`, once the pay phase ran.
+    pub warning: Option<HeaderValue>,
 }
 
 impl RequestContext {
@@ -102,6 +104,7 @@ pub(crate) async fn handle(
         snapshot: shared.local_snapshot(),
         route: None,
         rate_headers: None,
+        warning: None,
     };
     let mut response = match run(shared, &mut context, request).await {
         Ok(response) => response,
@@ -115,13 +118,24 @@ pub(crate) async fn handle(
         headers.insert(RATELIMIT_POLICY.clone(), policy);
         headers.insert(RATELIMIT.clone(), state);
     }
+    let mut warning = context.warning.take();
     if let Some(route) = context.route()
-        && let Some((deprecation, sunset)) = &route.service.deprecation
+        && let Some(deprecated) = &route.service.deprecation
     {
-        headers.insert(DEPRECATION.clone(), deprecation.clone());
-        if let Some(sunset) = sunset {
+        headers.insert(DEPRECATION.clone(), deprecated.deprecation.clone());
+        if let Some(sunset) = &deprecated.sunset {
             headers.insert(SUNSET.clone(), sunset.clone());
         }
+        warning = Some(match warning {
+            None => deprecated.warning.clone(),
+            Some(other) => HeaderValue::from_bytes(
+                &[other.as_bytes(), b", ", deprecated.warning.as_bytes()].concat(),
+            )
+            .unwrap_or(other),
+        });
+    }
+    if let Some(warning) = warning {
+        headers.insert(crate::admit::warning_header().clone(), warning);
     }
     response
 }
@@ -131,8 +145,19 @@ async fn run(
     context: &mut RequestContext,
     request: Request<RequestBody>,
 ) -> Result<Response<GatewayBody>, Refusal> {
-    if let Some(response) = reserved(shared, &request) {
-        return Ok(response);
+    if let Some(rest) = request.uri().path().strip_prefix("/_tollgate/") {
+        if rest == "me" {
+            return crate::me::me(&context.snapshot, &request, &shared.options.currency);
+        }
+        if let Some(code) = rest
+            .strip_prefix("problems")
+            .filter(|r| r.is_empty() || r.starts_with('/'))
+        {
+            return Ok(crate::me::problem_page(&request, code));
+        }
+        if let Some(response) = reserved(shared, rest) {
+            return Ok(response);
+        }
     }
     match_route(context, &request)?;
     check_lifecycle(context)?;
@@ -154,6 +179,7 @@ async fn run(
     };
     let mut admission = admission;
     context.rate_headers = admission.rate_headers.take();
+    context.warning = admission.warning.take();
     // Boxed: the forward phase is the largest part of the request's state;
     // on the heap it is allocated once instead of being copied each time
     // the request future moves.
@@ -161,9 +187,8 @@ async fn run(
 }
 
 /// `/_tollgate/…`: the gateway's own endpoints.
-fn reserved(shared: &Shared, request: &Request<RequestBody>) -> Option<Response<GatewayBody>> {
+fn reserved(shared: &Shared, rest: &str) -> Option<Response<GatewayBody>> {
     use std::sync::atomic::Ordering;
-    let rest = request.uri().path().strip_prefix("/_tollgate/")?;
     let (status, body) = match rest {
         "health" => (StatusCode::OK, serde_json::json!({"status": "ok"})),
         "ready" => {

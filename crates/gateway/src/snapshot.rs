@@ -153,8 +153,8 @@ pub struct ServiceRt {
     pub jwt: Option<crate::jwt::JwtRt>,
     pub ip: crate::access::IpRulesRt,
     pub lifecycle: Lifecycle,
-    /// `Deprecation` (RFC 9745) and optional `Sunset` (RFC 8594) values.
-    pub deprecation: Option<(HeaderValue, Option<HeaderValue>)>,
+    /// Headers for a deprecated service's responses.
+    pub deprecation: Option<Deprecation>,
     pub upstream: Option<Arc<UpstreamRt>>,
 }
 
@@ -352,7 +352,16 @@ pub fn compile(
     })
 }
 
-fn deprecation_headers(service: &Service) -> (HeaderValue, Option<HeaderValue>) {
+/// `Deprecation` (RFC 9745), optional `Sunset` (RFC 8594) and the
+/// `Tollgate-Warning` item `deprecated;sunset="…"`.
+#[derive(Debug)]
+pub struct Deprecation {
+    pub deprecation: HeaderValue,
+    pub sunset: Option<HeaderValue>,
+    pub warning: HeaderValue,
+}
+
+fn deprecation_headers(service: &Service) -> Deprecation {
     // RFC 9745: a structured-field date, `@<epoch seconds>`.
     let since_s = service.deprecated_at_ms.unwrap_or(service.updated_at_ms) / 1000;
     let deprecation = HeaderValue::from_str(&format!("@{since_s}"))
@@ -366,5 +375,14 @@ fn deprecation_headers(service: &Service) -> (HeaderValue, Option<HeaderValue>) 
             httpdate::fmt_http_date(std::time::UNIX_EPOCH + Duration::from_secs(epoch_s))
         })
         .and_then(|text| HeaderValue::from_str(&text).ok());
-    (deprecation, sunset)
+    let warning = match &service.sunset {
+        Some(date) => format!("deprecated;sunset=\"{date}\""),
+        None => "deprecated".to_owned(),
+    };
+    Deprecation {
+        deprecation,
+        sunset,
+        warning: HeaderValue::from_str(&warning)
+            .unwrap_or_else(|_| HeaderValue::from_static("deprecated")),
+    }
 }

@@ -213,6 +213,11 @@ fn subscription_from(row: &AnyRow) -> Result<Subscription> {
         reason: opt_text(row, "reason")?,
         consumer_team: text(row, "consumer_team")?,
         provider_team: opt_text(row, "provider_team")?,
+        period_start_ms: opt_int(row, "period_start_ms")?,
+        period_end_ms: opt_int(row, "period_end_ms")?,
+        anchor_ms: opt_int(row, "anchor_ms")?,
+        trial_end_ms: opt_int(row, "trial_end_ms")?,
+        auto_renew: int(row, "auto_renew")? != 0,
         created_at_ms: int(row, "created_at_ms")?,
         updated_at_ms: int(row, "updated_at_ms")?,
     })
@@ -1151,9 +1156,14 @@ impl WriteTx {
         self.changed_config = true;
         sqlx::query(
             "INSERT INTO subscriptions (id, app_id, service_id, plan_id, status, reason, consumer_team, \
-             provider_team, created_at_ms, updated_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+             provider_team, created_at_ms, updated_at_ms, period_start_ms, period_end_ms, anchor_ms, \
+             trial_end_ms, auto_renew) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
              ON CONFLICT (id) DO UPDATE SET plan_id = excluded.plan_id, status = excluded.status, \
-             reason = excluded.reason, updated_at_ms = excluded.updated_at_ms",
+             reason = excluded.reason, updated_at_ms = excluded.updated_at_ms, \
+             period_start_ms = excluded.period_start_ms, period_end_ms = excluded.period_end_ms, \
+             anchor_ms = excluded.anchor_ms, trial_end_ms = excluded.trial_end_ms, \
+             auto_renew = excluded.auto_renew",
         )
         .bind(&subscription.id)
         .bind(&subscription.app_id)
@@ -1165,6 +1175,11 @@ impl WriteTx {
         .bind(subscription.provider_team.as_deref())
         .bind(subscription.created_at_ms)
         .bind(subscription.updated_at_ms)
+        .bind(subscription.period_start_ms)
+        .bind(subscription.period_end_ms)
+        .bind(subscription.anchor_ms)
+        .bind(subscription.trial_end_ms)
+        .bind(i64::from(subscription.auto_renew))
         .execute(&mut *self.tx)
         .await?;
         Ok(())
@@ -1191,6 +1206,29 @@ impl WriteTx {
             .execute(&mut *self.tx)
             .await?;
         Ok(done.rows_affected() > 0)
+    }
+
+    /// Queues a subscription event for both of its teams' webhooks.
+    pub async fn notify_subscription(
+        &mut self,
+        event: &str,
+        subscription: &Subscription,
+    ) -> Result<()> {
+        let payload = serde_json::json!({
+            "id": domain::id::new_id(),
+            "type": event,
+            "created_at": domain::access::format_time_ms(domain::now_ms()),
+            "data": {"subscription": subscription},
+        })
+        .to_string();
+        self.enqueue_event(&subscription.consumer_team, event, &payload)
+            .await?;
+        if let Some(provider) = &subscription.provider_team
+            && provider != &subscription.consumer_team
+        {
+            self.enqueue_event(provider, event, &payload).await?;
+        }
+        Ok(())
     }
 
     /// Queues `event` for every webhook of `team` that wants it.
@@ -1285,6 +1323,10 @@ macro_rules! packed_subscriptions {
             "SELECT x.id || '|' || x.app_id || '|' || x.service_id || '|' || x.plan_id || '|' || ",
             "x.status || '|' || x.consumer_team || '|' || COALESCE(x.provider_team, '') || '|' || ",
             "CAST(x.created_at_ms AS TEXT) || '|' || CAST(x.updated_at_ms AS TEXT) || '|' || ",
+            "COALESCE(CAST(x.period_start_ms AS TEXT), '') || '|' || ",
+            "COALESCE(CAST(x.period_end_ms AS TEXT), '') || '|' || ",
+            "COALESCE(CAST(x.anchor_ms AS TEXT), '') || '|' || ",
+            "COALESCE(CAST(x.trial_end_ms AS TEXT), '') || '|' || CAST(x.auto_renew AS TEXT) || '|' || ",
             "a.slug || '|' || s.slug || '|' || p.slug || '|' || ",
             "replace(COALESCE(x.reason, ''), ",
             $newline,
@@ -1355,7 +1397,7 @@ fn packed_app(packed: &str) -> Result<App> {
 }
 
 fn packed_subscription(packed: &str) -> Result<Subscription> {
-    let fields: Vec<&str> = packed.splitn(13, '|').collect();
+    let fields: Vec<&str> = packed.splitn(18, '|').collect();
     let [
         id,
         app_id,
@@ -1366,6 +1408,11 @@ fn packed_subscription(packed: &str) -> Result<Subscription> {
         provider,
         created,
         updated,
+        period_start,
+        period_end,
+        anchor,
+        trial_end,
+        auto_renew,
         app,
         service,
         plan,
@@ -1379,6 +1426,7 @@ fn packed_subscription(packed: &str) -> Result<Subscription> {
             .map_err(|_| corrupt("subscription", packed))
     };
     let optional = |text: &str| (!text.is_empty()).then(|| text.to_owned());
+    let optional_number = |text: &str| (!text.is_empty()).then(|| number(text)).transpose();
     Ok(Subscription {
         id: id.to_owned(),
         app: app.to_owned(),
@@ -1391,6 +1439,11 @@ fn packed_subscription(packed: &str) -> Result<Subscription> {
         reason: optional(reason),
         consumer_team: consumer.to_owned(),
         provider_team: optional(provider),
+        period_start_ms: optional_number(period_start)?,
+        period_end_ms: optional_number(period_end)?,
+        anchor_ms: optional_number(anchor)?,
+        trial_end_ms: optional_number(trial_end)?,
+        auto_renew: number(auto_renew)? != 0,
         created_at_ms: number(created)?,
         updated_at_ms: number(updated)?,
     })

@@ -16,6 +16,7 @@
 //!   version changed (only keys, or more), so a node can patch its keys.
 
 mod access;
+mod billing;
 mod migrate;
 mod money;
 mod objects;
@@ -26,6 +27,7 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
 pub use access::{AuditFilter, Delivery, Session, SubscriptionFilter, TokenOwner, Visible};
+pub use billing::{Fee, NodeUsage, Usage, fee_key};
 pub use migrate::MIGRATIONS;
 pub use money::{Appended, EntryDelta, LedgerFilter, NewEntry, Wallet, WalletHead};
 pub use objects::{ConfigData, Page};

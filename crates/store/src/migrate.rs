@@ -11,6 +11,7 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
     (2, "access", include_str!("../migrations/0002_access.sql")),
     (3, "changes", include_str!("../migrations/0003_changes.sql")),
     (4, "money", include_str!("../migrations/0004_money.sql")),
+    (5, "billing", include_str!("../migrations/0005_billing.sql")),
 ];
 
 impl Store {

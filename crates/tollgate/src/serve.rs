@@ -263,6 +263,11 @@ pub async fn run(args: &ConfigArgs) -> anyhow::Result<()> {
     crate::ledger::sync_once(&store, &gateway, &actor)
         .await
         .context("cannot read the wallets")?;
+    // Quotas and budgets count what every node (this one before a
+    // restart included) counted in the current periods.
+    crate::billing::read_usage(&store, &gateway, &actor, 0)
+        .await
+        .context("cannot read the usage counters")?;
     let (charge_sink, charges) = tokio::sync::mpsc::channel(config.charge_queue);
     gateway.set_charge_sink(charge_sink);
 
@@ -293,8 +298,25 @@ pub async fn run(args: &ConfigArgs) -> anyhow::Result<()> {
         actor.clone(),
         ledger_drain,
     );
-    let wallet_sync =
-        crate::ledger::spawn_sync(store.clone(), gateway.clone(), actor, shutdown_rx.clone());
+    let wallet_sync = crate::ledger::spawn_sync(
+        store.clone(),
+        gateway.clone(),
+        actor.clone(),
+        shutdown_rx.clone(),
+    );
+    let renewals = crate::billing::spawn_renewals(
+        store.clone(),
+        gateway.clone(),
+        actor.clone(),
+        notify.clone(),
+        shutdown_rx.clone(),
+    );
+    let usage = crate::billing::spawn_usage(
+        store.clone(),
+        gateway.clone(),
+        actor.clone(),
+        shutdown_rx.clone(),
+    );
     let counters = config
         .redis_url
         .clone()
@@ -340,7 +362,12 @@ pub async fn run(args: &ConfigArgs) -> anyhow::Result<()> {
         // Every request has finished: record the charges still queued.
         let _ = drain_ledger.send(());
         let _ = ledger_writer.await;
+        let _ = usage.await;
+        if let Err(error) = crate::billing::flush_usage(&store, &gateway, &actor).await {
+            tracing::warn!(%error, "cannot record the last usage counters");
+        }
         let _ = wallet_sync.await;
+        let _ = renewals.await;
         let _ = admin_task.await;
         let _ = health.await;
         let _ = webhooks.await;

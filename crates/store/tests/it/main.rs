@@ -220,6 +220,11 @@ async fn exercise_access(store: &Store, service: &Service) {
         reason: Some("needs|review\nsoon".into()),
         consumer_team: "acme".into(),
         provider_team: Some("other".into()),
+        period_start_ms: Some(1_000),
+        period_end_ms: Some(2_000),
+        anchor_ms: Some(1_000),
+        trial_end_ms: None,
+        auto_renew: false,
         created_at_ms: 1,
         updated_at_ms: 1,
     };
@@ -256,6 +261,22 @@ async fn exercise_access(store: &Store, service: &Service) {
         ),
         ("acme-web", "weather", "basic"),
         "slugs joined in"
+    );
+    assert_eq!(
+        (
+            loaded.period_start_ms,
+            loaded.period_end_ms,
+            loaded.anchor_ms,
+            loaded.trial_end_ms,
+            loaded.auto_renew
+        ),
+        (Some(1_000), Some(2_000), Some(1_000), None, false),
+        "periods survive the packed read"
+    );
+    let single = store.subscription(&subscription.id).await.unwrap().unwrap();
+    assert_eq!(
+        (single.period_end_ms, single.anchor_ms, single.auto_renew),
+        (Some(2_000), Some(1_000), false)
     );
 
     // Visibility: by team list, by consumer or provider side.

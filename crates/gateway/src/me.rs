@@ -1,0 +1,261 @@
+//! The caller's own view (SPEC §5): `GET /_tollgate/me` (what the key's
+//! app and team have, owe and may use, with the warnings a call would
+//! carry) and `GET /_tollgate/problems[/<code>]` (what each refusal code
+//! means, how to fix it and how to prevent it). Read from the snapshot and
+//! the in-memory wallets and counters, like the hot path.
+
+use domain::access::format_time_ms;
+use domain::code::Code;
+use domain::money::format;
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use serde_json::{Value, json};
+
+use crate::access::{AppRt, SubscriptionRt};
+use crate::body::GatewayBody;
+use crate::refusal::Refusal;
+use crate::snapshot::Snapshot;
+
+fn respond(status: StatusCode, content_type: &'static str, body: String) -> Response<GatewayBody> {
+    let mut response = Response::new(GatewayBody::full(body));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// `GET /_tollgate/me`, authenticated with the app's key.
+pub(crate) fn me<B>(
+    snapshot: &Snapshot,
+    request: &Request<B>,
+    currency: &str,
+) -> Result<Response<GatewayBody>, Refusal> {
+    let now = domain::now_ms();
+    let key = crate::admit::identify_key(snapshot, request, now)?;
+    let app = &key.app;
+    let wallet = &app.wallet;
+    let available = wallet.available();
+    let mut subscriptions: Vec<Value> = app
+        .subscriptions
+        .iter()
+        .map(|(_, subscription)| subscription_view(app, subscription, currency, now))
+        .collect();
+    subscriptions.sort_by(|a, b| a["service"].as_str().cmp(&b["service"].as_str()));
+    let budget = app.budget.as_ref().map(|budget| {
+        budget.counter.roll(now);
+        let (start, end) = budget.counter.period();
+        json!({
+            "amount": format(budget.limit_nanos),
+            "spent": format(budget.counter.nanos()),
+            "period_start": format_time_ms(start),
+            "period_end": format_time_ms(end),
+        })
+    });
+    let body = json!({
+        "team": app.team,
+        "app": app.slug,
+        "key": {
+            "prefix": &*key.prefix,
+            "expires_at": key.expires_at_ms.map(format_time_ms),
+        },
+        "currency": currency,
+        // What the wallet holds less this node's unrecorded charges; calls
+        // in flight hold `open_reservations` of it.
+        "balance": format(available + wallet.reserved()),
+        "available": format(available),
+        "open_reservations": format(wallet.reserved()),
+        "budget": budget,
+        "subscriptions": subscriptions,
+    });
+    Ok(respond(
+        StatusCode::OK,
+        "application/json",
+        body.to_string(),
+    ))
+}
+
+fn subscription_view(
+    app: &AppRt,
+    subscription: &SubscriptionRt,
+    currency: &str,
+    now: i64,
+) -> Value {
+    let terms = &subscription.terms;
+    let mut warnings = Vec::new();
+    let mut view = json!({
+        "id": &*subscription.id,
+        "service": subscription.service,
+        "plan": subscription.plan,
+        "status": subscription.status.as_str(),
+        "auto_renew": terms.auto_renew,
+        "price_per_request": format(subscription.price_nanos),
+        "monthly_fee": format(terms.fee_nanos),
+        "currency": currency,
+    });
+    if let Some((start, end)) = terms.period {
+        view["period_start"] = format_time_ms(start).into();
+        view["period_end"] = format_time_ms(end).into();
+        if end - now <= crate::admit::EXPIRING_DAYS * 86_400_000
+            && (!terms.auto_renew || app.wallet.available() < terms.fee_nanos)
+        {
+            warnings.push(format!(
+                "subscription-expiring;days={}",
+                domain::billing::days_until(now, end)
+            ));
+        }
+    }
+    if let Some(counter) = &terms.counter {
+        let used = counter.requests();
+        view["used"] = used.into();
+        view["spent"] = format(counter.nanos()).into();
+        if let Some(included) = terms.included {
+            view["quota"] = json!({
+                "included": included,
+                "used": used,
+                "remaining": included.saturating_sub(used),
+                "overage": if terms.overage_charge { "charge" } else { "block" },
+            });
+            if used * 100 >= included * crate::admit::NEARLY_EXHAUSTED_PERCENT {
+                warnings.push(format!(
+                    "quota-nearly-exhausted;used-percent={}",
+                    (used * 100 / included).min(100)
+                ));
+            }
+        }
+    }
+    if subscription.price_nanos > 0 {
+        let calls_left = app.wallet.available().max(0) / subscription.price_nanos;
+        view["calls_left"] = calls_left.into();
+        if calls_left < crate::admit::LOW_BALANCE_CALLS {
+            warnings.push(format!("low-balance;calls-left={calls_left}"));
+        }
+    }
+    view["warnings"] = warnings.into();
+    view
+}
+
+/// `GET /_tollgate/problems` (the list) and `/_tollgate/problems/<code>`:
+/// HTML for people, JSON when the `Accept` header asks for it.
+pub(crate) fn problem_page<B>(request: &Request<B>, rest: &str) -> Response<GatewayBody> {
+    let wants_json = request
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| accept.contains("json") && !accept.contains("text/html"));
+    let rest = rest.trim_matches('/');
+    if rest.is_empty() {
+        let codes: Vec<Value> = Code::ALL
+            .iter()
+            .map(|&code| json!({"code": code.as_str(), "status": code.status(), "title": code.title(), "page": format!("/_tollgate/problems/{}", code.slug())}))
+            .collect();
+        if wants_json {
+            return respond(
+                StatusCode::OK,
+                "application/json",
+                json!({"problems": codes}).to_string(),
+            );
+        }
+        let mut items = String::new();
+        for code in Code::ALL {
+            items.push_str(&format!(
+                "<li><a href=\"/_tollgate/problems/{}\">{} <code>{}</code></a>: {}</li>\n",
+                code.slug(),
+                code.status(),
+                code.as_str(),
+                escape(code.title())
+            ));
+        }
+        return respond(
+            StatusCode::OK,
+            "text/html; charset=utf-8",
+            page("Tollgate refusal codes", &format!("<ul>\n{items}</ul>")),
+        );
+    }
+    let Some(code) = Code::parse(rest) else {
+        let detail =
+            format!("There is no refusal code '{rest}'. The list is at /_tollgate/problems.");
+        return if wants_json {
+            respond(
+                StatusCode::NOT_FOUND,
+                "application/problem+json",
+                json!({"title": "Unknown problem code", "status": 404, "detail": detail})
+                    .to_string(),
+            )
+        } else {
+            respond(
+                StatusCode::NOT_FOUND,
+                "text/html; charset=utf-8",
+                page(
+                    "Unknown problem code",
+                    &format!("<p>{}</p>", escape(&detail)),
+                ),
+            )
+        };
+    };
+    let explained = domain::problems::explain(code);
+    if wants_json {
+        return respond(
+            StatusCode::OK,
+            "application/json",
+            json!({
+                "code": code.as_str(),
+                "status": code.status(),
+                "title": code.title(),
+                "cause": explained.cause,
+                "fix": explained.fix,
+                "prevent": explained.prevent,
+            })
+            .to_string(),
+        );
+    }
+    let body = format!(
+        "<p class=\"status\">HTTP {} · <code>{}</code></p>\n<h2>What happened</h2>\n<p>{}</p>\n\
+         <h2>How to fix it</h2>\n<p>{}</p>\n<h2>How to prevent it</h2>\n<p>{}</p>\n\
+         <p><a href=\"/_tollgate/problems\">All refusal codes</a></p>",
+        code.status(),
+        code.as_str(),
+        markup(explained.cause),
+        markup(explained.fix),
+        markup(explained.prevent),
+    );
+    respond(
+        StatusCode::OK,
+        "text/html; charset=utf-8",
+        page(code.title(), &body),
+    )
+}
+
+fn page(title: &str, body: &str) -> String {
+    format!(
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <title>{title} · Tollgate</title>\
+         <style>body{{font:16px/1.5 system-ui,sans-serif;max-width:42rem;margin:2rem auto;padding:0 1rem;color:#222}}\
+         code{{background:#f3f3f3;padding:0 .25em;border-radius:3px}}.status{{color:#666}}</style>\
+         </head><body><h1>{title}</h1>\n{body}\n</body></html>\n",
+        title = escape(title)
+    )
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// Escapes, then turns `code spans` into `<code>`.
+fn markup(text: &str) -> String {
+    let escaped = escape(text);
+    let mut out = String::with_capacity(escaped.len() + 16);
+    for (index, part) in escaped.split('`').enumerate() {
+        if index % 2 == 1 {
+            out.push_str("<code>");
+            out.push_str(part);
+            out.push_str("</code>");
+        } else {
+            out.push_str(part);
+        }
+    }
+    out
+}

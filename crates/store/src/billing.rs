@@ -1,0 +1,241 @@
+//! Subscription fees and usage counters.
+//!
+//! A period's fee is one ledger `charge` under the key
+//! `fee:<subscription>:<period start>`, so charging it twice (two nodes
+//! renewing at once, a retried renewal) records it once. Usage counters
+//! are per node (see migration 0005): a node writes absolute values of
+//! what it counted, and reads the others'.
+
+use domain::access::Subscription;
+use domain::money::{EntryKind, LedgerEntry};
+use sqlx::Row;
+
+use crate::money::{Appended, NewEntry};
+use crate::{Result, Store, StoreError, WriteTx};
+
+/// What charging a period's fee did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fee {
+    /// Charged now (or nothing was due).
+    Paid,
+    /// Charged before under the same key: nothing changed.
+    AlreadyPaid,
+    /// The wallet holds less than the fee; nothing was charged.
+    Short { balance_nanos: i64 },
+}
+
+/// A node's count for one scope and period.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Usage {
+    pub scope: String,
+    pub period_start_ms: i64,
+    pub requests: i64,
+    pub nanos: i64,
+}
+
+/// Another node's count, as the sync reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeUsage {
+    pub node: String,
+    pub usage: Usage,
+}
+
+/// The idempotency key of a subscription period's fee.
+pub fn fee_key(subscription_id: &str, period_start_ms: i64) -> String {
+    format!("fee:{subscription_id}:{period_start_ms}")
+}
+
+impl WriteTx {
+    /// Moves `subscription` into `period`: charges the period's fee from
+    /// the consumer team's wallet and makes it `active`, or, when the
+    /// wallet is short, `past_due` on that period (nothing charged).
+    /// Saves the subscription either way; returns what the fee did.
+    pub async fn enter_period(
+        &mut self,
+        subscription: &mut Subscription,
+        period: &domain::billing::Period,
+        actor: &str,
+        now_ms: i64,
+    ) -> Result<Fee> {
+        let team = self
+            .team(&subscription.consumer_team)
+            .await?
+            .ok_or_else(|| {
+                StoreError::Corrupt(format!(
+                    "subscription {} names a missing team '{}'",
+                    subscription.id, subscription.consumer_team
+                ))
+            })?;
+        let fee = self
+            .charge_fee(
+                &team.id,
+                subscription,
+                period.start_ms,
+                period.fee_nanos,
+                actor,
+                now_ms,
+            )
+            .await?;
+        subscription.status = match fee {
+            Fee::Paid | Fee::AlreadyPaid => domain::access::SubscriptionStatus::Active,
+            Fee::Short { .. } => domain::access::SubscriptionStatus::PastDue,
+        };
+        subscription.period_start_ms = Some(period.start_ms);
+        subscription.period_end_ms = Some(period.end_ms);
+        subscription.anchor_ms = Some(period.anchor_ms);
+        if period.trial_end_ms.is_some() {
+            subscription.trial_end_ms = period.trial_end_ms;
+        }
+        subscription.updated_at_ms = now_ms;
+        self.put_subscription(subscription).await?;
+        Ok(fee)
+    }
+
+    /// Charges `fee` for the period of `subscription` that starts at
+    /// `period_start` from team `team_id`'s wallet, never below zero.
+    pub async fn charge_fee(
+        &mut self,
+        team_id: &str,
+        subscription: &Subscription,
+        period_start_ms: i64,
+        fee_nanos: i64,
+        actor: &str,
+        now_ms: i64,
+    ) -> Result<Fee> {
+        if fee_nanos <= 0 {
+            return Ok(Fee::Paid);
+        }
+        let entry = LedgerEntry {
+            id: domain::id::new_id(),
+            team_id: team_id.to_owned(),
+            kind: EntryKind::Charge,
+            amount_nanos: -fee_nanos,
+            idempotency_key: fee_key(&subscription.id, period_start_ms),
+            actor: actor.to_owned(),
+            reason: Some(format!(
+                "monthly fee: {} on {} ({}), period from {}",
+                subscription.app,
+                subscription.service,
+                subscription.plan,
+                domain::access::format_time_ms(period_start_ms)
+            )),
+            request_id: None,
+            created_at_ms: now_ms,
+        };
+        match self
+            .append_entry(NewEntry {
+                entry,
+                min_balance_after: Some(0),
+            })
+            .await
+        {
+            Ok(Appended::Created(..)) => Ok(Fee::Paid),
+            Ok(Appended::Existing(_)) => Ok(Fee::AlreadyPaid),
+            Err(StoreError::Conflict { field, .. }) if field == "amount" => {
+                let row = sqlx::query("SELECT balance_nanos FROM wallets WHERE team_id = $1")
+                    .bind(team_id)
+                    .fetch_optional(&mut *self.tx)
+                    .await?;
+                let balance_nanos = match row {
+                    Some(row) => row.try_get(0)?,
+                    None => 0,
+                };
+                Ok(Fee::Short { balance_nanos })
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Records this node's counts (absolute values, replacing earlier ones).
+    pub async fn put_usage(&mut self, node: &str, rows: &[Usage], now_ms: i64) -> Result<()> {
+        for row in rows {
+            sqlx::query(
+                "INSERT INTO usage_counters (scope, period_start_ms, node, requests, nanos, updated_at_ms) \
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (scope, period_start_ms, node) DO UPDATE \
+                 SET requests = excluded.requests, nanos = excluded.nanos, updated_at_ms = excluded.updated_at_ms",
+            )
+            .bind(&row.scope)
+            .bind(row.period_start_ms)
+            .bind(node)
+            .bind(row.requests)
+            .bind(row.nanos)
+            .bind(now_ms)
+            .execute(&mut *self.tx)
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+impl Store {
+    /// Subscriptions the renewal task must look at: active ones whose
+    /// period ended (or that never had one), and past-due ones.
+    pub async fn due_subscriptions(&self, now_ms: i64, limit: usize) -> Result<Vec<Subscription>> {
+        let ids = sqlx::query(
+            "SELECT id FROM subscriptions WHERE (status = 'active' AND \
+             (period_end_ms IS NULL OR period_end_ms <= $1)) OR status = 'past_due' \
+             ORDER BY period_end_ms LIMIT $2",
+        )
+        .bind(now_ms)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut due = Vec::with_capacity(ids.len());
+        for row in ids {
+            let id: String = row.try_get(0)?;
+            if let Some(subscription) = self.subscription(&id).await? {
+                due.push(subscription);
+            }
+        }
+        Ok(due)
+    }
+
+    /// Other nodes' counts written after `since_ms`, for periods that
+    /// started at or after `min_period_ms`.
+    pub async fn usage_of_others(
+        &self,
+        node: &str,
+        since_ms: i64,
+        min_period_ms: i64,
+    ) -> Result<Vec<NodeUsage>> {
+        let rows = sqlx::query(
+            "SELECT scope, period_start_ms, node, requests, nanos FROM usage_counters \
+             WHERE node <> $1 AND updated_at_ms > $2 AND period_start_ms >= $3",
+        )
+        .bind(node)
+        .bind(since_ms)
+        .bind(min_period_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(NodeUsage {
+                    node: row.try_get(2)?,
+                    usage: Usage {
+                        scope: row.try_get(0)?,
+                        period_start_ms: row.try_get(1)?,
+                        requests: row.try_get(3)?,
+                        nanos: row.try_get(4)?,
+                    },
+                })
+            })
+            .collect()
+    }
+
+    /// A scope's use in one period, over every node: (requests, nanos).
+    pub async fn usage(&self, scope: &str, period_start_ms: i64) -> Result<(i64, i64)> {
+        let rows = sqlx::query(
+            "SELECT requests, nanos FROM usage_counters WHERE scope = $1 AND period_start_ms = $2",
+        )
+        .bind(scope)
+        .bind(period_start_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut total = (0i64, 0i64);
+        for row in rows {
+            total.0 += row.try_get::<i64, _>(0)?;
+            total.1 += row.try_get::<i64, _>(1)?;
+        }
+        Ok(total)
+    }
+}
