@@ -10,7 +10,8 @@
 //!   shutdown, after the gateway has finished its requests, the writer
 //!   empties the queue before the process exits.
 //! - The **sync** brings every other ledger entry (grants, top-ups, other
-//!   nodes' charges) into the gateway's in-memory wallets: every 200 ms it
+//!   nodes' charges) into the gateway's in-memory wallets: every 200 ms
+//!   (and at once after an admin change on this node) it
 //!   reads each wallet's latest sequence number and applies the entries
 //!   past the one it saw last. This node's own charges (actor
 //!   `gateway:<node id>`) were taken from the wallet when reserved; the
@@ -21,13 +22,14 @@
 //! calls they paid for were answered. Nothing is ever charged twice.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use domain::money::{EntryKind, LedgerEntry};
 use gateway::Gateway;
 use gateway::money::{Charge, SyncedEntry};
 use store::{NewEntry, Store};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 const BATCH: usize = 500;
@@ -63,16 +65,20 @@ pub async fn sync_once(store: &Store, gateway: &Gateway, actor: &str) -> store::
 }
 
 /// Starts the sync loop; it stops when `shutdown` turns true.
+/// `wake` makes it sync at once (after an admin change on this node: a
+/// grant is spendable immediately).
 pub fn spawn_sync(
     store: Store,
     gateway: Gateway,
     actor: String,
+    wake: Arc<Notify>,
     mut shutdown: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         loop {
             tokio::select! {
                 () = tokio::time::sleep(SYNC_EVERY) => {}
+                () = wake.notified() => {}
                 _ = shutdown.changed() => return,
             }
             if let Err(error) = sync_once(&store, &gateway, &actor).await {

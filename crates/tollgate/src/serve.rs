@@ -298,10 +298,12 @@ pub async fn run(args: &ConfigArgs) -> anyhow::Result<()> {
         actor.clone(),
         ledger_drain,
     );
+    let wallets_changed = Arc::new(Notify::new());
     let wallet_sync = crate::ledger::spawn_sync(
         store.clone(),
         gateway.clone(),
         actor.clone(),
+        wallets_changed.clone(),
         shutdown_rx.clone(),
     );
     let renewals = crate::billing::spawn_renewals(
@@ -325,7 +327,10 @@ pub async fn run(args: &ConfigArgs) -> anyhow::Result<()> {
     let admin_state = admin::AdminState {
         store: store.clone(),
         root_token_digest: root_token_digest.into(),
-        on_change: Arc::new(move || notify.notify_one()),
+        on_change: Arc::new(move || {
+            notify.notify_one();
+            wallets_changed.notify_one();
+        }),
         login_failures: Arc::default(),
         currency: config.currency.as_str().into(),
     };

@@ -11,6 +11,7 @@
 mod access;
 mod admin_api;
 mod balancing;
+mod billing;
 mod declarative;
 mod http1;
 mod jwt;

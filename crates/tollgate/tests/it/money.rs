@@ -14,7 +14,11 @@ async fn team(tollgate: &Tollgate, slug: &str) {
         .await;
 }
 
-async fn grant(tollgate: &Tollgate, team: &str, body: Value) -> (reqwest::StatusCode, Value) {
+pub(crate) async fn grant(
+    tollgate: &Tollgate,
+    team: &str,
+    body: Value,
+) -> (reqwest::StatusCode, Value) {
     tollgate
         .admin(
             Method::POST,
@@ -24,7 +28,7 @@ async fn grant(tollgate: &Tollgate, team: &str, body: Value) -> (reqwest::Status
         .await
 }
 
-async fn wallet(tollgate: &Tollgate, team: &str) -> Value {
+pub(crate) async fn wallet(tollgate: &Tollgate, team: &str) -> Value {
     let (status, body) = tollgate
         .admin(Method::GET, &format!("/api/v1/teams/{team}/wallet"), None)
         .await;
@@ -33,7 +37,7 @@ async fn wallet(tollgate: &Tollgate, team: &str) -> Value {
 }
 
 /// Every entry of a team's ledger, through the pages.
-async fn ledger(tollgate: &Tollgate, team: &str, query: &str) -> Vec<Value> {
+pub(crate) async fn ledger(tollgate: &Tollgate, team: &str, query: &str) -> Vec<Value> {
     let mut entries = Vec::new();
     let mut cursor: Option<String> = None;
     loop {
