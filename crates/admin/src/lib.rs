@@ -50,6 +50,10 @@ pub struct AdminState {
     pub login_failures: Arc<password::LoginThrottle>,
     /// The deployment's currency (ISO 4217), for amounts shown.
     pub currency: Arc<str>,
+    /// `public_url`, without a trailing slash (for links in answers).
+    pub public_url: Arc<str>,
+    /// Stripe Checkout, when configured.
+    pub payments: Option<Arc<dyn money::PaymentProvider>>,
 }
 
 /// The admin router.
@@ -191,6 +195,10 @@ pub fn router(state: AdminState) -> Router {
         .route(
             "/api/v1/teams/{team}/wallet/adjustments",
             post(money::create_adjustment),
+        )
+        .route(
+            "/api/v1/teams/{team}/wallet/checkout",
+            post(money::create_checkout),
         )
         .route("/api/v1/config/apply", post(declarative::apply))
         .route("/api/v1/config/export", get(declarative::export))

@@ -400,3 +400,198 @@ async fn record(
         }
     }
 }
+
+// --------------------------------------------------------------- checkout
+
+/// Hosted payment pages (Stripe Checkout), provided by the binary: the
+/// admin API knows what to ask for, not how to reach the provider.
+pub trait PaymentProvider: Send + Sync {
+    fn create_checkout(
+        &self,
+        request: CheckoutRequest,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<CheckoutSession, PaymentError>> + Send + '_>,
+    >;
+}
+
+/// A top-up to collect.
+#[derive(Debug, Clone)]
+pub struct CheckoutRequest {
+    pub team_id: String,
+    pub team_slug: String,
+    /// In the currency's minor unit (cents for USD).
+    pub amount_minor: i64,
+    pub amount_nanos: i64,
+    /// ISO 4217, upper case.
+    pub currency: String,
+    pub success_url: String,
+    pub cancel_url: String,
+    /// Passed on, so a retried request opens one session.
+    pub idempotency_key: Option<String>,
+}
+
+/// What the provider made.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct CheckoutSession {
+    pub id: String,
+    /// Where the payer goes to pay.
+    pub url: String,
+}
+
+#[derive(Debug)]
+pub enum PaymentError {
+    /// The provider refused the request (its message).
+    Refused(String),
+    /// The provider could not be reached or failed.
+    Unavailable(String),
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CheckoutBody {
+    /// Decimal string in the deployment's currency, within its minor unit
+    /// (at most 2 decimals for USD).
+    pub amount: String,
+    /// Where the payer lands after paying (default: the portal's wallet page).
+    #[serde(default)]
+    pub success_url: Option<String>,
+    /// Where the payer lands after giving up.
+    #[serde(default)]
+    pub cancel_url: Option<String>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CheckoutView {
+    pub checkout_url: String,
+    pub session_id: String,
+    pub amount: String,
+    pub currency: String,
+}
+
+/// Start a wallet top-up through Stripe Checkout (team admins). The
+/// wallet is credited when Stripe's signed `checkout.session.completed`
+/// webhook arrives, never before.
+#[utoipa::path(post, path = "/api/v1/teams/{team}/wallet/checkout", tag = "wallets",
+    params(("team" = String, Path, description = "slug or id"),
+        ("Idempotency-Key" = Option<String>, Header, description = "passed to Stripe: a retried request opens one session")),
+    request_body = CheckoutBody,
+    responses((status = 201, body = CheckoutView), (status = 502, body = crate::openapi::Problem),
+        (status = 503, body = crate::openapi::Problem)))]
+pub async fn create_checkout(
+    State(state): State<AdminState>,
+    caller: Caller,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+    Json(body): Json<CheckoutBody>,
+) -> Result<Response, ApiError> {
+    let currency = state.currency.to_string();
+    let mut errors = domain::validate::FieldErrors::new();
+    let amount = match money::parse(&body.amount, Sign::Positive) {
+        Ok(nanos) => match money::to_minor(nanos, &currency) {
+            Some(minor) => Some((nanos, minor)),
+            None => {
+                errors.add(
+                    "amount",
+                    format!(
+                        "{currency} amounts have at most {} decimals",
+                        money::minor_digits(&currency)
+                    ),
+                );
+                None
+            }
+        },
+        Err(error) => {
+            errors.add("amount", error.to_string());
+            None
+        }
+    };
+    for (field, url) in [
+        ("success_url", &body.success_url),
+        ("cancel_url", &body.cancel_url),
+    ] {
+        if let Some(url) = url
+            && !(url.starts_with("https://") || url.starts_with("http://"))
+        {
+            errors.add(field, "must be an http:// or https:// URL");
+        }
+    }
+    let idempotency_key = match headers.get("idempotency-key").map(HeaderValue::to_str) {
+        Some(Ok(key)) if !key.is_empty() && key.len() <= MAX_KEY_LEN => Some(key.to_owned()),
+        Some(_) => {
+            errors.add(
+                "Idempotency-Key",
+                format!("must be 1 to {MAX_KEY_LEN} printable characters"),
+            );
+            None
+        }
+        None => None,
+    };
+    let mut tx = state.store.begin().await?;
+    let team = team_in(&mut tx, &caller, &key, Role::Admin).await?;
+    drop(tx);
+    if !errors.is_empty() {
+        return Err(ApiError::validation(errors));
+    }
+    let Some((amount_nanos, amount_minor)) = amount else {
+        return Err(ApiError::internal("checkout amount"));
+    };
+    let Some(payments) = state.payments.clone() else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "payments_not_configured",
+            "Top-ups through Stripe are not configured on this deployment (stripe.secret_key and stripe.webhook_secret). Ask the operator, or for a platform grant.",
+        ));
+    };
+    let wallet_page = format!(
+        "{}/_tollgate/portal/teams/{}/wallet",
+        state.public_url, team.spec.slug
+    );
+    let session = payments
+        .create_checkout(CheckoutRequest {
+            team_id: team.id.clone(),
+            team_slug: team.spec.slug.clone(),
+            amount_minor,
+            amount_nanos,
+            currency: currency.clone(),
+            success_url: body
+                .success_url
+                .unwrap_or_else(|| format!("{wallet_page}?checkout=success")),
+            cancel_url: body
+                .cancel_url
+                .unwrap_or_else(|| format!("{wallet_page}?checkout=cancelled")),
+            idempotency_key,
+        })
+        .await
+        .map_err(|error| match error {
+            PaymentError::Refused(message) => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "payment_provider_refused",
+                format!("Stripe refused the checkout: {message}"),
+            ),
+            PaymentError::Unavailable(message) => {
+                tracing::warn!(%message, "stripe checkout failed");
+                ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "payment_provider_unavailable",
+                    "Stripe could not be reached or failed; nothing was charged. Try again in a moment.",
+                )
+            }
+        })?;
+    let view = CheckoutView {
+        checkout_url: session.url.clone(),
+        session_id: session.id.clone(),
+        amount: money::format(amount_nanos),
+        currency,
+    };
+    let mut tx = state.store.begin().await?;
+    audit(
+        &mut tx,
+        &caller,
+        Audit::new("wallet.checkout", "wallet", &team.id, Some(&team.spec.slug)),
+        NONE,
+        Some(&serde_json::json!({"session_id": session.id, "amount": view.amount})),
+    )
+    .await?;
+    commit(&state, tx).await?;
+    Ok((StatusCode::CREATED, axum::Json(view)).into_response())
+}

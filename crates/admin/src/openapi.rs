@@ -57,7 +57,7 @@ pub struct Problem {
         crate::consumers::create_webhook, crate::consumers::list_webhooks,
         crate::consumers::get_webhook, crate::consumers::delete_webhook, crate::consumers::list_deliveries,
         crate::money::get_wallet, crate::money::list_ledger, crate::money::create_grant,
-        crate::money::create_adjustment,
+        crate::money::create_adjustment, crate::money::create_checkout,
     ),
     components(schemas(Problem, domain::validate::FieldError)),
     modifiers(&BearerAuth, &ProblemResponses),

@@ -88,6 +88,31 @@ pub fn parse(text: &str, sign: Sign) -> Result<i64, AmountError> {
     }
 }
 
+/// Decimals of a currency's minor unit (ISO 4217; 2 unless listed).
+pub fn minor_digits(currency: &str) -> u32 {
+    match currency {
+        "BIF" | "CLP" | "DJF" | "GNF" | "ISK" | "JPY" | "KMF" | "KRW" | "PYG" | "RWF" | "UGX"
+        | "VND" | "VUV" | "XAF" | "XOF" | "XPF" => 0,
+        "BHD" | "IQD" | "JOD" | "KWD" | "LYD" | "OMR" | "TND" => 3,
+        _ => 2,
+    }
+}
+
+fn nanos_per_minor(currency: &str) -> i64 {
+    10i64.pow(9 - minor_digits(currency))
+}
+
+/// Nano-units in minor units (cents for USD), when exactly representable.
+pub fn to_minor(nanos: i64, currency: &str) -> Option<i64> {
+    let per = nanos_per_minor(currency);
+    (nanos % per == 0).then_some(nanos / per)
+}
+
+/// Minor units (cents for USD) in nano-units.
+pub fn from_minor(minor: i64, currency: &str) -> Option<i64> {
+    minor.checked_mul(nanos_per_minor(currency))
+}
+
 /// Formats nano-units as a decimal string: trailing zeros dropped, at
 /// least two decimals (`12.50`, `0.004`, `-3.00`, `0.000000001`).
 pub fn format(nanos: i64) -> String {
@@ -166,6 +191,16 @@ pub struct LedgerEntry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn minor_units() {
+        assert_eq!(to_minor(12_340_000_000, "USD"), Some(1234));
+        assert_eq!(to_minor(12_345_000_000, "USD"), None, "a tenth of a cent");
+        assert_eq!(to_minor(500_000_000_000, "JPY"), Some(500));
+        assert_eq!(to_minor(1_500_000_000, "JPY"), None);
+        assert_eq!(from_minor(1234, "USD"), Some(12_340_000_000));
+        assert_eq!(from_minor(1, "KWD"), Some(1_000_000));
+    }
 
     #[test]
     fn parses_decimal_strings_exactly() {

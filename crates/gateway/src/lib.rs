@@ -99,7 +99,24 @@ pub(crate) struct Shared {
     store_reachable: AtomicBool,
     /// Shared counters (Redis): 0 not configured, 1 reachable, 2 not.
     counters_state: std::sync::atomic::AtomicU8,
+    /// Handlers of `POST /_tollgate/webhooks/<name>` (Stripe…), set by the
+    /// binary.
+    hooks: std::sync::RwLock<std::collections::HashMap<String, Arc<dyn Hook>>>,
 }
+
+/// A handler for `POST /_tollgate/webhooks/<name>`: gets the request's
+/// headers and body (at most [`HOOK_BODY_LIMIT`] bytes) and answers a
+/// status and a JSON body. Off the hot path.
+pub trait Hook: Send + Sync {
+    fn call(
+        &self,
+        headers: http::HeaderMap,
+        body: bytes::Bytes,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = (http::StatusCode, String)> + Send + '_>>;
+}
+
+/// The largest webhook body read.
+pub const HOOK_BODY_LIMIT: u64 = 1 << 20;
 
 /// A thread's own handle on the shared snapshot. Requests clone the
 /// `Arc<SnapshotHandle>` of their thread, whose reference count only that
@@ -167,6 +184,7 @@ impl Gateway {
                 config_loaded: AtomicBool::new(false),
                 store_reachable: AtomicBool::new(true),
                 counters_state: std::sync::atomic::AtomicU8::new(0),
+                hooks: std::sync::RwLock::default(),
             }),
         }
     }
@@ -339,6 +357,15 @@ impl Gateway {
     /// The last ledger sequence number applied to `team`'s wallet.
     pub fn wallet_seen_seq(&self, team: &str) -> i64 {
         self.shared.wallets.seen_seq(team)
+    }
+
+    /// Serves `POST /_tollgate/webhooks/<name>` with `hook`.
+    pub fn set_hook(&self, name: &str, hook: Arc<dyn Hook>) {
+        self.shared
+            .hooks
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_owned(), hook);
     }
 
     /// `team`'s wallet on this node (the renewal task reserves fees in it).

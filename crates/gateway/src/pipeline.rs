@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use domain::code::Code;
 use domain::model::Lifecycle;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 
 use crate::Shared;
 use crate::admit::{Admission, strip};
@@ -149,6 +149,10 @@ async fn run(
         if rest == "me" {
             return crate::me::me(&context.snapshot, &request, &shared.options.currency);
         }
+        if let Some(name) = rest.strip_prefix("webhooks/") {
+            let name = name.to_owned();
+            return Box::pin(hook(shared, &name, request)).await;
+        }
         if let Some(code) = rest
             .strip_prefix("problems")
             .filter(|r| r.is_empty() || r.starts_with('/'))
@@ -184,6 +188,52 @@ async fn run(
     // on the heap it is allocated once instead of being copied each time
     // the request future moves.
     Box::pin(forward(shared, context, request, admission)).await
+}
+
+/// `POST /_tollgate/webhooks/<name>`: hands the body to the binary's hook.
+async fn hook(
+    shared: &Shared,
+    name: &str,
+    request: Request<RequestBody>,
+) -> Result<Response<GatewayBody>, Refusal> {
+    let hook = shared
+        .hooks
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(name)
+        .cloned();
+    let Some(hook) = hook else {
+        return Err(Refusal::new(
+            Code::RouteNotFound,
+            format!("No webhook endpoint '{name}' is configured."),
+        ));
+    };
+    if request.method() != Method::POST {
+        let mut refusal = Refusal::new(Code::MethodNotAllowed, "Webhook endpoints take POST only.");
+        refusal.allow = Some("POST".to_owned());
+        return Err(refusal);
+    }
+    let (parts, body) = request.into_parts();
+    let body = LimitedBody::new(body, crate::HOOK_BODY_LIMIT)
+        .collect()
+        .await
+        .map_err(|_| {
+            Refusal::new(
+                Code::BodyTooLarge,
+                format!(
+                    "Webhook bodies are limited to {} bytes.",
+                    crate::HOOK_BODY_LIMIT
+                ),
+            )
+        })?;
+    let (status, text) = hook.call(parts.headers, body).await;
+    let mut response = Response::new(GatewayBody::full(text));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Ok(response)
 }
 
 /// `/_tollgate/…`: the gateway's own endpoints.

@@ -20,6 +20,7 @@ mod billing;
 mod migrate;
 mod money;
 mod objects;
+mod payments;
 
 use std::time::Duration;
 
@@ -31,6 +32,7 @@ pub use billing::{Fee, NodeUsage, Usage, fee_key};
 pub use migrate::MIGRATIONS;
 pub use money::{Appended, EntryDelta, LedgerFilter, NewEntry, Wallet, WalletHead};
 pub use objects::{ConfigData, Page};
+pub use payments::StripePayment;
 
 /// Which database is behind the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -12,6 +12,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
     (3, "changes", include_str!("../migrations/0003_changes.sql")),
     (4, "money", include_str!("../migrations/0004_money.sql")),
     (5, "billing", include_str!("../migrations/0005_billing.sql")),
+    (
+        6,
+        "payments",
+        include_str!("../migrations/0006_payments.sql"),
+    ),
 ];
 
 impl Store {

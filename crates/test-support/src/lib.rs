@@ -7,12 +7,15 @@
 //!   JWKS document, with key rotation.
 //! - [`webhook::WebhookReceiver`]: a webhook endpoint that records what it
 //!   receives and can fail the first tries.
+//! - [`stripe::FakeStripe`]: Stripe's Checkout API and its signed
+//!   webhook events.
 //! - [`tollgate::Tollgate`]: starts the binary with a fresh data dir and free
 //!   ports, waits for readiness, and offers admin and gateway helpers.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod idp;
+pub mod stripe;
 pub mod tollgate;
 pub mod upstream;
 pub mod webhook;

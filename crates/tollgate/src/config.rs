@@ -27,6 +27,19 @@ pub struct RawConfig {
     pub log: RawLog,
     #[serde(default)]
     pub money: RawMoney,
+    #[serde(default)]
+    pub stripe: RawStripe,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStripe {
+    /// `sk_live_…` / `sk_test_…`: enables wallet top-ups through Checkout.
+    pub secret_key: Option<String>,
+    /// `whsec_…`: the webhook endpoint's signing secret.
+    pub webhook_secret: Option<String>,
+    /// Stripe's API (tests point it at a local fake).
+    pub api_base: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -115,6 +128,15 @@ pub struct Config {
     /// ISO 4217 code (three capital letters), `USD` unless set.
     pub currency: String,
     pub charge_queue: usize,
+    pub stripe: Option<StripeConfig>,
+}
+
+/// Stripe, when both secrets are set.
+#[derive(Debug, Clone)]
+pub struct StripeConfig {
+    pub secret_key: String,
+    pub webhook_secret: String,
+    pub api_base: String,
 }
 
 /// Every problem found, each naming its key.
@@ -325,6 +347,44 @@ fn validate(raw: RawConfig, problems: &mut Vec<String>) -> Config {
             "money.currency: '{currency}' must be an ISO 4217 code of three capital letters, like USD or EUR"
         ));
     }
+    let stripe = match (raw.stripe.secret_key, raw.stripe.webhook_secret) {
+        (Some(secret_key), Some(webhook_secret)) => {
+            let api_base = raw
+                .stripe
+                .api_base
+                .unwrap_or_else(|| "https://api.stripe.com".into());
+            if !(api_base.starts_with("https://") || api_base.starts_with("http://")) {
+                problems.push(format!(
+                    "stripe.api_base: '{api_base}' must be an http:// or https:// URL"
+                ));
+            }
+            if !secret_key.starts_with("sk_") && !secret_key.starts_with("rk_") {
+                problems.push(
+                    "stripe.secret_key: must be a Stripe secret or restricted key (sk_… or rk_…)"
+                        .into(),
+                );
+            }
+            if !webhook_secret.starts_with("whsec_") {
+                problems.push(
+                    "stripe.webhook_secret: must be the endpoint's signing secret (whsec_…)".into(),
+                );
+            }
+            Some(StripeConfig {
+                secret_key,
+                webhook_secret,
+                api_base,
+            })
+        }
+        (None, None) => None,
+        (Some(_), None) => {
+            problems.push("stripe.webhook_secret: required with stripe.secret_key (top-ups are credited by the signed webhook)".into());
+            None
+        }
+        (None, Some(_)) => {
+            problems.push("stripe.secret_key: required with stripe.webhook_secret".into());
+            None
+        }
+    };
     let mut positive = |key: &str, value: Option<u64>, default: u64, max: u64| -> u64 {
         let value = value.unwrap_or(default);
         if value == 0 || value > max {
@@ -416,6 +476,7 @@ fn validate(raw: RawConfig, problems: &mut Vec<String>) -> Config {
         log_json: log_format == "json",
         currency,
         charge_queue: charge_queue as usize,
+        stripe,
     }
 }
 
@@ -500,5 +561,28 @@ mod tests {
             typed[0].starts_with("gateway.request_body_limit_bytes:"),
             "{typed:?}"
         );
+    }
+
+    #[test]
+    fn stripe_needs_both_secrets_of_the_right_kinds() {
+        let found = problems("stripe:\n  secret_key: sk_test_1\n", &[]);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].starts_with("stripe.webhook_secret:"), "{found:?}");
+        let found = problems(
+            "stripe:\n  secret_key: pk_test_1\n  webhook_secret: secret\n  api_base: ftp://x\n",
+            &[],
+        );
+        assert_eq!(found.len(), 3, "{found:?}");
+        let config = load(
+            None,
+            &env(&[
+                ("TOLLGATE_STRIPE__SECRET_KEY", "sk_test_1"),
+                ("TOLLGATE_STRIPE__WEBHOOK_SECRET", "whsec_1"),
+            ]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        let stripe = config.stripe.unwrap();
+        assert_eq!(stripe.api_base, "https://api.stripe.com");
     }
 }

@@ -15,6 +15,7 @@ mod counters;
 mod jwks;
 mod ledger;
 mod serve;
+mod stripe;
 mod webhooks;
 
 use std::collections::BTreeMap;

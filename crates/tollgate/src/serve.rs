@@ -324,6 +324,22 @@ pub async fn run(args: &ConfigArgs) -> anyhow::Result<()> {
         .clone()
         .map(|url| crate::counters::spawn(url, gateway.clone(), shutdown_rx.clone()));
 
+    let payments: Option<Arc<dyn admin::money::PaymentProvider>> =
+        config.stripe.as_ref().map(|stripe| {
+            gateway.set_hook(
+                "stripe",
+                Arc::new(crate::stripe::StripeWebhook {
+                    store: store.clone(),
+                    secret: stripe.webhook_secret.clone(),
+                    currency: config.currency.clone(),
+                    wallets_changed: wallets_changed.clone(),
+                }),
+            );
+            Arc::new(crate::stripe::StripeClient::new(
+                &stripe.api_base,
+                &stripe.secret_key,
+            )) as Arc<dyn admin::money::PaymentProvider>
+        });
     let admin_state = admin::AdminState {
         store: store.clone(),
         root_token_digest: root_token_digest.into(),
@@ -333,6 +349,8 @@ pub async fn run(args: &ConfigArgs) -> anyhow::Result<()> {
         }),
         login_failures: Arc::default(),
         currency: config.currency.as_str().into(),
+        public_url: config.public_url.as_str().into(),
+        payments,
     };
     let mut admin_shutdown = shutdown_rx.clone();
     let admin_task = tokio::spawn(async move {

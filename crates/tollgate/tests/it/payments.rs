@@ -1,0 +1,268 @@
+//! Wallet top-ups through Stripe Checkout (a local fake of Stripe's API and
+//! webhooks): the session, the signed webhook that credits exactly once,
+//! refunds, and every way a webhook can be wrong.
+
+use reqwest::Method;
+use serde_json::Value;
+use test_support::stripe::{FakeStripe, SECRET_KEY, SignedEvent, WEBHOOK_SECRET, signature};
+
+use crate::money::{ledger, wallet};
+use crate::*;
+
+async fn with_stripe(stripe: &FakeStripe) -> Tollgate {
+    let options = test_support::tollgate::Options {
+        env: vec![
+            ("TOLLGATE_STRIPE__SECRET_KEY".into(), SECRET_KEY.into()),
+            (
+                "TOLLGATE_STRIPE__WEBHOOK_SECRET".into(),
+                WEBHOOK_SECRET.into(),
+            ),
+            ("TOLLGATE_STRIPE__API_BASE".into(), stripe.url()),
+        ],
+        ..Default::default()
+    };
+    let tollgate = Tollgate::start_with(BIN, options).await;
+    for team in ["acme", "other"] {
+        tollgate
+            .create("/api/v1/teams", json!({"slug": team, "name": team}))
+            .await;
+    }
+    tollgate
+}
+
+async fn checkout(tollgate: &Tollgate, body: Value, idempotency_key: Option<&str>) -> (u16, Value) {
+    let mut request = tollgate
+        .client
+        .post(format!(
+            "{}/api/v1/teams/acme/wallet/checkout",
+            tollgate.admin_url
+        ))
+        .bearer_auth(test_support::tollgate::ADMIN_TOKEN)
+        .json(&body);
+    if let Some(key) = idempotency_key {
+        request = request.header("idempotency-key", key);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn deliver(tollgate: &Tollgate, body: &str, signature: Option<&str>) -> (u16, Value) {
+    let mut request = tollgate
+        .client
+        .post(format!(
+            "{}/_tollgate/webhooks/stripe",
+            tollgate.gateway_url
+        ))
+        .header("content-type", "application/json")
+        .body(body.to_owned());
+    if let Some(signature) = signature {
+        request = request.header("stripe-signature", signature);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn send(tollgate: &Tollgate, event: &SignedEvent) -> (u16, Value) {
+    deliver(tollgate, &event.body, Some(&event.signature)).await
+}
+
+#[tokio::test]
+async fn a_checkout_credits_the_wallet_once_on_the_signed_webhook() {
+    let stripe = FakeStripe::start().await;
+    let tollgate = with_stripe(&stripe).await;
+    let (status, first) = checkout(&tollgate, json!({"amount": "25"}), Some("top-up-1")).await;
+    assert_eq!(status, 201, "{first}\n{}", tollgate.log());
+    assert_eq!(first["amount"], "25.00");
+    assert_eq!(first["currency"], "USD");
+    assert!(
+        first["checkout_url"]
+            .as_str()
+            .unwrap()
+            .starts_with("https://checkout.stripe.com/c/pay/cs_test_")
+    );
+    let form = stripe.last_form();
+    assert_eq!(form["mode"], "payment");
+    assert_eq!(form["line_items[0][price_data][unit_amount]"], "2500");
+    assert_eq!(form["line_items[0][price_data][currency]"], "usd");
+    assert_eq!(form["metadata[tollgate_team]"], "acme");
+    assert!(
+        form["success_url"].ends_with("/_tollgate/portal/teams/acme/wallet?checkout=success"),
+        "{form:?}"
+    );
+    // A retried request (same Idempotency-Key) opens no second session.
+    let (status, again) = checkout(&tollgate, json!({"amount": "25"}), Some("top-up-1")).await;
+    assert_eq!(status, 201);
+    assert_eq!(again["session_id"], first["session_id"]);
+    assert_eq!(stripe.sessions().len(), 1);
+    // Nothing is credited before Stripe says the payment went through.
+    assert_eq!(wallet(&tollgate, "acme").await["balance"], "0.00");
+
+    let session = first["session_id"].as_str().unwrap();
+    let paid = stripe.complete(session);
+    // Tampered, stale, unsigned and wrongly signed events change nothing.
+    let tampered = paid
+        .body
+        .replace("\"amount_total\":2500", "\"amount_total\":250000");
+    assert_ne!(tampered, paid.body);
+    let (status, body) = deliver(&tollgate, &tampered, Some(&paid.signature)).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("signature_mismatch"))
+    );
+    let stale = signature(WEBHOOK_SECRET, domain::now_ms() / 1000 - 301, &paid.body);
+    let (status, body) = deliver(&tollgate, &paid.body, Some(&stale)).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("signature_stale"))
+    );
+    let (status, body) = deliver(&tollgate, &paid.body, None).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("signature_missing"))
+    );
+    let forged = signature("whsec_someone_else", domain::now_ms() / 1000, &paid.body);
+    let (status, _) = deliver(&tollgate, &paid.body, Some(&forged)).await;
+    assert_eq!(status, 400);
+    assert_eq!(wallet(&tollgate, "acme").await["balance"], "0.00");
+
+    // The real one credits; replays, even concurrent, never again.
+    let (status, body) = send(&tollgate, &paid).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["credited"], "25.00");
+    let replays = (0..10).map(|_| send(&tollgate, &paid));
+    for (status, body) in futures_util::future::join_all(replays).await {
+        assert_eq!(status, 200);
+        assert_eq!(body["duplicate"], true, "{body}");
+    }
+    let after = wallet(&tollgate, "acme").await;
+    assert_eq!(after["balance"], "25.00");
+    let entries = ledger(&tollgate, "acme", "").await;
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0]["kind"], "top_up");
+    assert_eq!(entries[0]["actor"], "stripe");
+    assert_eq!(
+        entries[0]["idempotency_key"],
+        format!("stripe:checkout:{session}")
+    );
+
+    // Refunds: Stripe reports the cumulative amount; each new part is one
+    // refund entry, a repeated report nothing, and never more than paid.
+    let (status, body) = send(&tollgate, &stripe.refund(session, 1000)).await;
+    assert_eq!(
+        (status, body["refunded"].as_str()),
+        (200, Some("10.00")),
+        "{body}"
+    );
+    let (_, body) = send(&tollgate, &stripe.refund(session, 1000)).await;
+    assert_eq!(body["duplicate"], true);
+    let (_, body) = send(&tollgate, &stripe.refund(session, 2500)).await;
+    assert_eq!(body["refunded"], "15.00");
+    let (_, body) = send(&tollgate, &stripe.refund(session, 9999)).await;
+    assert_eq!(body["duplicate"], true, "capped at what was paid: {body}");
+    assert_eq!(wallet(&tollgate, "acme").await["balance"], "0.00");
+    let refunds = ledger(&tollgate, "acme", "&kind=refund").await;
+    assert_eq!(refunds.len(), 2);
+
+    // Events Tollgate does not act on are acknowledged.
+    let other = test_support::stripe::SignedEvent {
+        body: json!({"id": "evt_x", "type": "customer.created", "data": {"object": {}}})
+            .to_string(),
+        signature: String::new(),
+    };
+    let signed = signature(WEBHOOK_SECRET, domain::now_ms() / 1000, &other.body);
+    let (status, body) = deliver(&tollgate, &other.body, Some(&signed)).await;
+    assert_eq!(
+        (status, body["ignored"].as_str()),
+        (200, Some("customer.created"))
+    );
+    let (status, _) = tollgate
+        .client
+        .get(format!(
+            "{}/_tollgate/webhooks/stripe",
+            tollgate.gateway_url
+        ))
+        .send()
+        .await
+        .map(|r| (r.status().as_u16(), ()))
+        .unwrap();
+    assert_eq!(status, 405);
+}
+
+#[tokio::test]
+async fn checkout_amounts_roles_and_provider_errors() {
+    let stripe = FakeStripe::start().await;
+    let tollgate = with_stripe(&stripe).await;
+    for (amount, field_message) in [
+        ("10.005", "at most 2 decimals"),
+        ("-5", "must not be negative"),
+        ("1e3", "decimal string"),
+    ] {
+        let (status, body) = checkout(&tollgate, json!({"amount": amount}), None).await;
+        assert_eq!(status, 400, "{amount}: {body}");
+        assert!(
+            body["detail"].as_str().unwrap().contains(field_message),
+            "{amount}: {body}"
+        );
+    }
+    let (status, body) = checkout(&tollgate, json!({"amount": "5", "colour": "red"}), None).await;
+    assert_eq!(status, 400, "unknown fields: {body}");
+    // Stripe's own refusal (its minimum charge) is passed on as a 400.
+    let (status, body) = checkout(&tollgate, json!({"amount": "0.10"}), None).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["code"], "payment_provider_refused");
+    assert!(
+        body["detail"].as_str().unwrap().contains("at least $0.50"),
+        "{body}"
+    );
+    assert_eq!(stripe.sessions().len(), 0);
+
+    // Team admins may start a top-up; developers may not; other teams'
+    // members do not see the team.
+    let (developer_id, developer) = tollgate.user_with_token("dev@acme.test").await;
+    tollgate
+        .create(
+            "/api/v1/teams/acme/members",
+            json!({"user": developer_id, "role": "developer"}),
+        )
+        .await;
+    let (admin_id, admin) = tollgate.user_with_token("admin@acme.test").await;
+    tollgate
+        .create(
+            "/api/v1/teams/acme/members",
+            json!({"user": admin_id, "role": "admin"}),
+        )
+        .await;
+    let path = "/api/v1/teams/acme/wallet/checkout";
+    let (status, _) = tollgate
+        .admin_as(&developer, Method::POST, path, Some(json!({"amount": "5"})))
+        .await;
+    assert_eq!(status, 403);
+    let (status, body) = tollgate
+        .admin_as(&admin, Method::POST, path, Some(json!({"amount": "5"})))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, _) = tollgate
+        .admin_as(
+            &admin,
+            Method::POST,
+            "/api/v1/teams/other/wallet/checkout",
+            Some(json!({"amount": "5"})),
+        )
+        .await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn without_stripe_there_is_no_checkout_and_no_webhook() {
+    let tollgate = Tollgate::start(BIN).await;
+    tollgate
+        .create("/api/v1/teams", json!({"slug": "acme", "name": "acme"}))
+        .await;
+    let (status, body) = checkout(&tollgate, json!({"amount": "5"}), None).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["code"], "payments_not_configured");
+    let (status, _) = deliver(&tollgate, "{}", Some("t=1,v1=00")).await;
+    assert_eq!(status, 404);
+}
