@@ -64,6 +64,9 @@ pub struct GatewayOptions {
     /// The deployment's currency (ISO 4217), for 402 bodies and
     /// `Tollgate-Balance`.
     pub currency: String,
+    /// `money.durability: strict`: a priced call's response waits until
+    /// its charge is committed to the ledger.
+    pub strict_charges: bool,
 }
 
 impl Default for GatewayOptions {
@@ -78,6 +81,7 @@ impl Default for GatewayOptions {
             workers: 1,
             trusted_proxies: Vec::new(),
             currency: "USD".into(),
+            strict_charges: false,
         }
     }
 }

@@ -86,7 +86,7 @@ impl WalletRt {
 }
 
 /// A charge made on this node, on its way to the ledger.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 ///
 /// Settling one allocates nothing beyond its place in the queue: names are
 /// shared (`Arc<str>`, `HeaderValue`), and the ledger writer gives each
@@ -103,6 +103,8 @@ pub struct Charge {
     pub at_ms: i64,
     /// Calls this charge pays for: 1, or more for an aggregated overflow.
     pub calls: u64,
+    /// `money.durability: strict`: told once the charge is committed.
+    pub committed: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 /// Where settled charges go: a bounded queue drained by the ledger writer
@@ -178,10 +180,9 @@ impl Reservation {
         self.amount
     }
 
-    /// Charges the call: what was taken stays taken and a charge is
-    /// queued for the ledger (when there is a price). Returns what is
-    /// left to spend.
-    pub fn settle(mut self, sink: Option<&ChargeSink>, request_id: &http::HeaderValue) -> i64 {
+    /// Keeps what was taken (the call is paid for) and returns the charge
+    /// for the ledger, if there is a price.
+    fn take(&mut self, request_id: &http::HeaderValue) -> Option<Charge> {
         self.settled = true;
         if self.amount > 0 {
             self.wallet
@@ -191,17 +192,40 @@ impl Reservation {
         if let Some(counter) = &self.request {
             counter.add_spent(self.amount);
         }
-        if self.amount > 0
-            && let Some(sink) = sink
-        {
-            let charge = Charge {
-                team: self.wallet.team.clone(),
-                amount_nanos: self.amount,
-                request_id: request_id.clone(),
-                subscription_id: self.subscription_id.clone(),
-                at_ms: domain::now_ms(),
-                calls: 1,
-            };
+        (self.amount > 0).then(|| Charge {
+            team: self.wallet.team.clone(),
+            amount_nanos: self.amount,
+            request_id: request_id.clone(),
+            subscription_id: self.subscription_id.clone(),
+            at_ms: domain::now_ms(),
+            calls: 1,
+            committed: None,
+        })
+    }
+
+    /// `money.durability: strict`: charges the call and waits until the
+    /// ledger writer has committed the charge (waiting for room in the
+    /// queue rather than aggregating). Returns what is left to spend.
+    pub async fn settle_durably(
+        mut self,
+        sink: Option<&ChargeSink>,
+        request_id: &http::HeaderValue,
+    ) -> i64 {
+        if let (Some(mut charge), Some(sink)) = (self.take(request_id), sink) {
+            let (committed, done) = tokio::sync::oneshot::channel();
+            charge.committed = Some(committed);
+            if sink.send(charge).await.is_err() || done.await.is_err() {
+                tracing::error!(team = %self.wallet.team, "ledger writer gone: charge not recorded");
+            }
+        }
+        self.wallet.available()
+    }
+
+    /// Charges the call: what was taken stays taken and a charge is
+    /// queued for the ledger (when there is a price). Returns what is
+    /// left to spend.
+    pub fn settle(mut self, sink: Option<&ChargeSink>, request_id: &http::HeaderValue) -> i64 {
+        if let (Some(charge), Some(sink)) = (self.take(request_id), sink) {
             match sink.try_send(charge) {
                 Ok(()) => {}
                 Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
@@ -564,6 +588,7 @@ impl Wallets {
                 subscription_id: "".into(),
                 at_ms: domain::now_ms(),
                 calls,
+                committed: None,
             });
         }
         charges

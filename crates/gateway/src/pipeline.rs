@@ -569,7 +569,12 @@ async fn forward(
                 if let Some(held) = reservation.take()
                     && status < 500
                 {
-                    let left = held.settle(shared.charges.get(), &context.request_id);
+                    let sink = shared.charges.get();
+                    let left = if shared.options.strict_charges {
+                        Box::pin(held.settle_durably(sink, &context.request_id)).await
+                    } else {
+                        held.settle(sink, &context.request_id)
+                    };
                     if let Ok(value) = HeaderValue::try_from(format!(
                         "{} {}",
                         domain::money::format(left),

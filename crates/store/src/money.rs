@@ -155,6 +155,77 @@ impl WriteTx {
     }
 }
 
+impl WriteTx {
+    /// Appends many charges (or any entries) of one team at once: the
+    /// wallet row is locked and updated once, and each entry is one
+    /// `INSERT` (an entry whose idempotency key exists is skipped, not an
+    /// error). No floor is checked: the gateway reserved these amounts.
+    /// Returns how many entries were recorded.
+    pub async fn append_batch(&mut self, team_id: &str, entries: &[LedgerEntry]) -> Result<usize> {
+        let Some(first) = entries.first() else {
+            return Ok(0);
+        };
+        let wallet = sqlx::query(
+            "INSERT INTO wallets (team_id, balance_nanos, entries, updated_at_ms) VALUES ($1, 0, 0, $2) \
+             ON CONFLICT (team_id) DO UPDATE SET updated_at_ms = wallets.updated_at_ms \
+             RETURNING balance_nanos, entries, updated_at_ms",
+        )
+        .bind(team_id)
+        .bind(first.created_at_ms)
+        .fetch_one(&mut *self.tx)
+        .await?;
+        let wallet = wallet_from(&wallet)?;
+        let mut seq = wallet.entries;
+        let mut balance = wallet.balance_nanos;
+        let mut recorded = 0;
+        let mut last_at = wallet.updated_at_ms;
+        for entry in entries {
+            let next =
+                balance
+                    .checked_add(entry.amount_nanos)
+                    .ok_or_else(|| StoreError::Conflict {
+                        field: "amount".into(),
+                        message: "would take the balance beyond what can be held".into(),
+                    })?;
+            let done = sqlx::query(
+                "INSERT INTO ledger (id, team_id, seq, kind, amount_nanos, idempotency_key, actor, reason, \
+                 request_id, created_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+                 ON CONFLICT (team_id, idempotency_key) DO NOTHING",
+            )
+            .bind(&entry.id)
+            .bind(team_id)
+            .bind(seq + 1)
+            .bind(entry.kind.as_str())
+            .bind(entry.amount_nanos)
+            .bind(&entry.idempotency_key)
+            .bind(&entry.actor)
+            .bind(entry.reason.as_deref())
+            .bind(entry.request_id.as_deref())
+            .bind(entry.created_at_ms)
+            .execute(&mut *self.tx)
+            .await?;
+            if done.rows_affected() == 1 {
+                seq += 1;
+                balance = next;
+                recorded += 1;
+                last_at = last_at.max(entry.created_at_ms);
+            }
+        }
+        if recorded > 0 {
+            sqlx::query(
+                "UPDATE wallets SET balance_nanos = $2, entries = $3, updated_at_ms = $4 WHERE team_id = $1",
+            )
+            .bind(team_id)
+            .bind(balance)
+            .bind(seq)
+            .bind(last_at)
+            .execute(&mut *self.tx)
+            .await?;
+        }
+        Ok(recorded)
+    }
+}
+
 /// Where one wallet's ledger stands (for the gateway's sync).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WalletHead {

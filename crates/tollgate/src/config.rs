@@ -50,6 +50,8 @@ pub struct RawMoney {
     /// Settled charges queued for the ledger writer before further ones
     /// are aggregated per team.
     pub charge_queue: Option<u64>,
+    /// `batched` (default) or `strict`.
+    pub durability: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -128,6 +130,9 @@ pub struct Config {
     /// ISO 4217 code (three capital letters), `USD` unless set.
     pub currency: String,
     pub charge_queue: usize,
+    /// `money.durability: strict`: a priced call answers once its charge
+    /// is committed.
+    pub strict_charges: bool,
     pub stripe: Option<StripeConfig>,
 }
 
@@ -347,6 +352,16 @@ fn validate(raw: RawConfig, problems: &mut Vec<String>) -> Config {
             "money.currency: '{currency}' must be an ISO 4217 code of three capital letters, like USD or EUR"
         ));
     }
+    let strict_charges = match raw.money.durability.as_deref() {
+        None | Some("batched") => false,
+        Some("strict") => true,
+        Some(other) => {
+            problems.push(format!(
+                "money.durability: '{other}' must be batched (default: charges committed in batches within about 10 ms) or strict (a call answers once its charge is committed)"
+            ));
+            false
+        }
+    };
     let stripe = match (raw.stripe.secret_key, raw.stripe.webhook_secret) {
         (Some(secret_key), Some(webhook_secret)) => {
             let api_base = raw
@@ -476,6 +491,7 @@ fn validate(raw: RawConfig, problems: &mut Vec<String>) -> Config {
         log_json: log_format == "json",
         currency,
         charge_queue: charge_queue as usize,
+        strict_charges,
         stripe,
     }
 }

@@ -254,6 +254,7 @@ pub async fn run(args: &ConfigArgs) -> anyhow::Result<()> {
         workers: config.gateway_workers,
         trusted_proxies: config.trusted_proxies.clone(),
         currency: config.currency.clone(),
+        strict_charges: config.strict_charges,
     });
     reload(&store, &gateway, &mut None)
         .await
