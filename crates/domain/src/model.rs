@@ -295,6 +295,92 @@ pub struct ServiceSpec {
     /// Client addresses allowed or denied (CIDR), for every caller.
     #[serde(default, skip_serializing_if = "crate::access::IpRules::is_empty")]
     pub ip: crate::access::IpRules,
+    /// Per-request payment (x402 v2): a caller without an API key pays
+    /// each call through the configured facilitator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub x402: Option<X402Spec>,
+}
+
+/// What a service asks for each call paid with x402 (the
+/// `PaymentRequirements` it offers).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct X402Spec {
+    /// The payment scheme; `exact` (the default) is the one defined.
+    #[serde(default = "X402Spec::default_scheme")]
+    pub scheme: String,
+    /// CAIP-2 chain id, such as `eip155:8453` (Base) or `eip155:84532`.
+    pub network: String,
+    /// The price per call in the asset's atomic units, as a decimal
+    /// integer string (`"10000"` is 0.01 USDC).
+    pub amount: String,
+    /// The token's contract address.
+    pub asset: String,
+    /// Where the money goes.
+    pub pay_to: String,
+    /// How long a payment may take.
+    #[serde(default = "X402Spec::default_timeout")]
+    pub max_timeout_seconds: u32,
+    /// Scheme data, such as the token's EIP-712 domain
+    /// `{"name": "USDC", "version": "2"}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extra: Option<serde_json::Value>,
+}
+
+impl X402Spec {
+    fn default_scheme() -> String {
+        "exact".into()
+    }
+
+    fn default_timeout() -> u32 {
+        60
+    }
+
+    pub fn validate(&self, errors: &mut FieldErrors) {
+        if self.scheme != "exact" {
+            errors.add("x402.scheme", "only 'exact' is supported");
+        }
+        let caip2 = self
+            .network
+            .split_once(':')
+            .is_some_and(|(namespace, reference)| {
+                (3..=8).contains(&namespace.len())
+                    && namespace
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                    && (1..=32).contains(&reference.len())
+                    && reference
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            });
+        if !caip2 {
+            errors.add(
+                "x402.network",
+                "must be a CAIP-2 chain id such as eip155:8453",
+            );
+        }
+        let digits = !self.amount.is_empty()
+            && self.amount.len() <= 78
+            && self.amount.bytes().all(|b| b.is_ascii_digit())
+            && self.amount.bytes().any(|b| b != b'0');
+        if !digits {
+            errors.add(
+                "x402.amount",
+                "must be a positive integer string in the asset's atomic units, such as \"10000\"",
+            );
+        }
+        for (field, value) in [("x402.asset", &self.asset), ("x402.pay_to", &self.pay_to)] {
+            if value.is_empty() || value.len() > 128 || value.chars().any(char::is_whitespace) {
+                errors.add(field, "must be an address of 1 to 128 characters");
+            }
+        }
+        if !(1..=3600).contains(&self.max_timeout_seconds) {
+            errors.add("x402.max_timeout_seconds", "must be between 1 and 3600");
+        }
+        if self.extra.as_ref().is_some_and(|e| !e.is_object()) {
+            errors.add("x402.extra", "must be an object");
+        }
+    }
 }
 
 /// How callers of a service authenticate.
@@ -826,6 +912,9 @@ impl ServiceSpec {
         }
         self.ip.validate("ip", &mut errors);
         self.auth.validate(&mut errors);
+        if let Some(x402) = &self.x402 {
+            x402.validate(&mut errors);
+        }
         errors.into_result()
     }
 }

@@ -25,6 +25,8 @@ pub mod strip {
     pub const AUTHORIZATION: u8 = 1;
     pub const X_API_KEY: u8 = 2;
     pub const QUERY_KEY: u8 = 4;
+    /// An x402 payment (`PAYMENT-SIGNATURE`), settled by the gateway.
+    pub const PAYMENT: u8 = 8;
 }
 
 /// What the admission phases decided about an admitted request.
@@ -443,6 +445,49 @@ fn now_epoch_ms() -> i64 {
     domain::now_ms()
 }
 
+/// A call with no caller to authenticate (an anonymous service, or one
+/// paid per request): only the route's limits apply.
+fn open(route: &RouteRt, mut admission: Admission) -> Result<Admission, Refusal> {
+    if route.limiter.is_some() {
+        let now = u64::try_from(now_epoch_ms()).unwrap_or(0);
+        limit([None, None, route.limiter.as_ref()], now, &mut admission)?;
+    }
+    Ok(admission)
+}
+
+/// Admits a call paid per request (x402): the service's IP rules and the
+/// route's limits; the payment header is not forwarded.
+pub(crate) fn admit_paid<B>(
+    route: &RouteRt,
+    request: &Request<B>,
+    peer: IpAddr,
+    trusted_proxies: &[domain::net::Cidr],
+) -> Result<Admission, Refusal> {
+    let service = &route.service;
+    if !service.ip.is_empty() {
+        let ip = client_ip(peer, request.headers(), trusted_proxies);
+        if !service.ip.allows(ip) {
+            return Err(Refusal::new(
+                Code::IpDenied,
+                format!(
+                    "The service '{}' does not accept calls from {ip}.",
+                    service.slug
+                ),
+            ));
+        }
+    }
+    let admission = Admission {
+        strip: strip::PAYMENT,
+        ..Admission::default()
+    };
+    open(route, admission)
+}
+
+/// Whether a request carries any caller credential.
+pub(crate) fn has_credentials<B>(request: &Request<B>) -> bool {
+    !credentials(request).is_empty()
+}
+
 /// Runs phases 3–5 for a matched route.
 pub(crate) fn admit<B>(
     snapshot: &Snapshot,
@@ -469,11 +514,7 @@ pub(crate) fn admit<B>(
         }
     }
     if service.anonymous {
-        if route.limiter.is_some() {
-            let now = u64::try_from(now_epoch_ms()).unwrap_or(0);
-            limit([None, None, route.limiter.as_ref()], now, &mut admission)?;
-        }
-        return Ok(admission);
+        return open(route, admission);
     }
     let now_ms = now_epoch_ms();
     let now_u = u64::try_from(now_ms).unwrap_or(0);

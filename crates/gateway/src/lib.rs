@@ -34,6 +34,7 @@ mod server;
 pub mod snapshot;
 mod tls;
 pub mod upstream;
+pub mod x402;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -106,6 +107,10 @@ pub(crate) struct Shared {
     /// Handlers of `POST /_tollgate/webhooks/<name>` (Stripe…), set by the
     /// binary.
     hooks: std::sync::RwLock<std::collections::HashMap<String, Arc<dyn Hook>>>,
+    /// The x402 facilitator, when configured.
+    facilitator: std::sync::OnceLock<Arc<dyn x402::Facilitator>>,
+    /// x402 payloads in use or settled on this node.
+    x402_used: Arc<x402::Used>,
 }
 
 /// A handler for `POST /_tollgate/webhooks/<name>`: gets the request's
@@ -189,6 +194,8 @@ impl Gateway {
                 store_reachable: AtomicBool::new(true),
                 counters_state: std::sync::atomic::AtomicU8::new(0),
                 hooks: std::sync::RwLock::default(),
+                facilitator: std::sync::OnceLock::new(),
+                x402_used: Arc::default(),
             }),
         }
     }
@@ -361,6 +368,11 @@ impl Gateway {
     /// The last ledger sequence number applied to `team`'s wallet.
     pub fn wallet_seen_seq(&self, team: &str) -> i64 {
         self.shared.wallets.seen_seq(team)
+    }
+
+    /// Verifies and settles x402 payments through `facilitator`.
+    pub fn set_facilitator(&self, facilitator: Arc<dyn x402::Facilitator>) {
+        let _ = self.shared.facilitator.set(facilitator);
     }
 
     /// Serves `POST /_tollgate/webhooks/<name>` with `hook`.

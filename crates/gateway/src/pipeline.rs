@@ -166,6 +166,17 @@ async fn run(
     match_route(context, &request)?;
     check_lifecycle(context)?;
     check_body_size(context, &request)?;
+    let paid_per_request = context.route().and_then(|route| {
+        route.service.x402.clone().filter(|_| {
+            request
+                .headers()
+                .contains_key(&crate::x402::PAYMENT_SIGNATURE)
+                || !crate::admit::has_credentials(&request)
+        })
+    });
+    if let Some(x402) = paid_per_request {
+        return Box::pin(pay_per_request(shared, context, request, x402)).await;
+    }
     let admission = {
         let snapshot = context.snapshot.clone();
         let Some(route) = context.route.and_then(|index| snapshot.routes.get(index)) else {
@@ -188,6 +199,48 @@ async fn run(
     // on the heap it is allocated once instead of being copied each time
     // the request future moves.
     Box::pin(forward(shared, context, request, admission)).await
+}
+
+/// A call paid with x402 (see `x402.rs`): verified before it is
+/// forwarded, settled once the upstream has answered below 500.
+async fn pay_per_request(
+    shared: &Shared,
+    context: &mut RequestContext,
+    request: Request<RequestBody>,
+    x402: Arc<crate::x402::X402Rt>,
+) -> Result<Response<GatewayBody>, Refusal> {
+    let resource_url = format!(
+        "{}{}",
+        shared.options.public_url,
+        request.uri().path_and_query().map_or("/", |p| p.as_str())
+    );
+    let admission = {
+        let Some(route) = context.route() else {
+            return Err(Refusal::new(Code::RouteNotFound, "No route matched."));
+        };
+        crate::admit::admit_paid(
+            route,
+            &request,
+            context.peer.addr.ip(),
+            &shared.options.trusted_proxies,
+        )?
+    };
+    let facilitator = shared.facilitator.get().map(|f| &**f);
+    let pending = crate::x402::verify(
+        &x402,
+        facilitator,
+        &shared.x402_used,
+        &request,
+        &resource_url,
+    )
+    .await?;
+    context.rate_headers = None;
+    let response = Box::pin(forward(shared, context, request, admission)).await?;
+    if response.status().as_u16() >= 500 {
+        // Not settled: the payer keeps its money and its payload.
+        return Ok(response);
+    }
+    crate::x402::settle(pending, facilitator, &x402, &resource_url, response).await
 }
 
 /// `POST /_tollgate/webhooks/<name>`: hands the body to the binary's hook.
@@ -425,6 +478,9 @@ async fn forward(
     }
     if admission.strip & strip::X_API_KEY != 0 {
         headers.remove(&X_API_KEY);
+    }
+    if admission.strip & strip::PAYMENT != 0 {
+        headers.remove(&crate::x402::PAYMENT_SIGNATURE);
     }
     // Clients rarely send these; one pass over the names finds that
     // without hashing each of them.

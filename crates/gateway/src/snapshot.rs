@@ -156,6 +156,8 @@ pub struct ServiceRt {
     /// Headers for a deprecated service's responses.
     pub deprecation: Option<Deprecation>,
     pub upstream: Option<Arc<UpstreamRt>>,
+    /// Per-request payment terms (x402), when the service takes them.
+    pub x402: Option<Arc<crate::x402::X402Rt>>,
 }
 
 #[derive(Debug, Clone)]
@@ -278,6 +280,17 @@ pub fn compile(
                     lifecycle: service.lifecycle,
                     deprecation,
                     upstream,
+                    x402: service.spec.x402.as_ref().map(|spec| {
+                        Arc::new(crate::x402::X402Rt::compile(
+                            spec,
+                            service
+                                .spec
+                                .description
+                                .as_deref()
+                                .or(service.spec.name.as_deref())
+                                .unwrap_or(&service.spec.slug),
+                        ))
+                    }),
                 }),
             ),
         );

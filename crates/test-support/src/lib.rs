@@ -7,6 +7,8 @@
 //!   JWKS document, with key rotation.
 //! - [`webhook::WebhookReceiver`]: a webhook endpoint that records what it
 //!   receives and can fail the first tries.
+//! - [`facilitator::FakeFacilitator`]: an x402 v2 facilitator (verify,
+//!   settle) over a pretend chain: balances, nonces used once.
 //! - [`stripe::FakeStripe`]: Stripe's Checkout API and its signed
 //!   webhook events.
 //! - [`tollgate::Tollgate`]: starts the binary with a fresh data dir and free
@@ -14,6 +16,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod facilitator;
 pub mod idp;
 pub mod stripe;
 pub mod tollgate;

@@ -29,6 +29,15 @@ pub struct RawConfig {
     pub money: RawMoney,
     #[serde(default)]
     pub stripe: RawStripe,
+    #[serde(default)]
+    pub x402: RawX402,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawX402 {
+    /// The facilitator that verifies and settles per-request payments.
+    pub facilitator_url: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -134,6 +143,8 @@ pub struct Config {
     /// is committed.
     pub strict_charges: bool,
     pub stripe: Option<StripeConfig>,
+    /// x402 facilitator base URL.
+    pub x402_facilitator: Option<String>,
 }
 
 /// Stripe, when both secrets are set.
@@ -352,6 +363,13 @@ fn validate(raw: RawConfig, problems: &mut Vec<String>) -> Config {
             "money.currency: '{currency}' must be an ISO 4217 code of three capital letters, like USD or EUR"
         ));
     }
+    if let Some(url) = &raw.x402.facilitator_url
+        && !(url.starts_with("https://") || url.starts_with("http://"))
+    {
+        problems.push(format!(
+            "x402.facilitator_url: '{url}' must be an http:// or https:// URL"
+        ));
+    }
     let strict_charges = match raw.money.durability.as_deref() {
         None | Some("batched") => false,
         Some("strict") => true,
@@ -493,6 +511,7 @@ fn validate(raw: RawConfig, problems: &mut Vec<String>) -> Config {
         charge_queue: charge_queue as usize,
         strict_charges,
         stripe,
+        x402_facilitator: raw.x402.facilitator_url,
     }
 }
 

@@ -17,6 +17,7 @@ mod ledger;
 mod serve;
 mod stripe;
 mod webhooks;
+mod x402;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -325,6 +325,9 @@ pub async fn run(args: &ConfigArgs) -> anyhow::Result<()> {
         .clone()
         .map(|url| crate::counters::spawn(url, gateway.clone(), shutdown_rx.clone()));
 
+    if let Some(url) = &config.x402_facilitator {
+        gateway.set_facilitator(Arc::new(crate::x402::FacilitatorClient::new(url)));
+    }
     let payments: Option<Arc<dyn admin::money::PaymentProvider>> =
         config.stripe.as_ref().map(|stripe| {
             gateway.set_hook(

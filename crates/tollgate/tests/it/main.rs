@@ -22,6 +22,7 @@ mod process;
 mod protocols;
 mod resilience;
 mod routing;
+mod x402;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
 

@@ -1,0 +1,209 @@
+//! Per-request payment with x402 v2, through the real binary and a local
+//! fake facilitator: the 402 with `PAYMENT-REQUIRED`, a paid retry with
+//! `PAYMENT-SIGNATURE` answered with `PAYMENT-RESPONSE`, and payloads that
+//! are replayed, expired, tampered, short of funds or for another price.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use reqwest::Method;
+use serde_json::Value;
+use test_support::facilitator::{FakeFacilitator, payment};
+
+use crate::*;
+
+const PAY_TO: &str = "0x209693Bc6afc0C5328bA36FaF03C514EF312287C";
+const USDC: &str = "0x036CbD53842c5426634e7929541eC2318f3dCF7e";
+const PAYER: &str = "0x857b06519E91e3A54538791bDbb0E22373e36b66";
+
+async fn paid_service(facilitator: &FakeFacilitator, upstream: &FakeUpstream) -> Tollgate {
+    let options = test_support::tollgate::Options {
+        env: vec![("TOLLGATE_X402__FACILITATOR_URL".into(), facilitator.url())],
+        ..Default::default()
+    };
+    let tollgate = Tollgate::start_with(BIN, options).await;
+    tollgate
+        .create(
+            "/api/v1/upstreams",
+            json!({"slug": "quotes-backend", "targets": [{"url": upstream.url()}]}),
+        )
+        .await;
+    tollgate
+        .create(
+            "/api/v1/services",
+            json!({"slug": "quotes", "kind": "http", "base_path": "/quotes", "upstream": "quotes-backend",
+                "description": "Stock quotes", "visibility": "public",
+                "x402": {"network": "eip155:84532", "amount": "10000", "asset": USDC, "pay_to": PAY_TO,
+                    "max_timeout_seconds": 60, "extra": {"name": "USDC", "version": "2"}}}),
+        )
+        .await;
+    tollgate
+        .create("/api/v1/services/quotes/routes", json!({"path": "/*"}))
+        .await;
+    tollgate
+        .create("/api/v1/services/quotes/publish", json!({}))
+        .await;
+    tollgate
+        .wait_for("/quotes/acme", std::time::Duration::from_secs(1), |s| {
+            s == 402
+        })
+        .await;
+    tollgate
+}
+
+fn decode(value: &str) -> Value {
+    serde_json::from_slice(&STANDARD.decode(value).unwrap()).unwrap()
+}
+
+async fn call(tollgate: &Tollgate, path: &str, payment: Option<&str>) -> reqwest::Response {
+    let mut request = tollgate
+        .client
+        .get(format!("{}{path}", tollgate.gateway_url));
+    if let Some(payment) = payment {
+        request = request.header("payment-signature", payment);
+    }
+    request.send().await.unwrap()
+}
+
+/// The requirements a 402 offers, checked for the v2 shape.
+async fn offered(response: reqwest::Response, error: &str) -> Value {
+    let header = response.headers()["payment-required"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let body = problem(response, 402, "payment_required").await;
+    let required = decode(&header);
+    assert_eq!(required["x402Version"], 2);
+    assert_eq!(required["error"], error, "{required}");
+    assert_eq!(body["error"], error);
+    assert_eq!(body["accepts"], required["accepts"]);
+    required
+}
+
+#[tokio::test]
+async fn a_call_pays_for_itself_once() {
+    let facilitator = FakeFacilitator::start().await;
+    let upstream = FakeUpstream::start("q").await;
+    let tollgate = paid_service(&facilitator, &upstream).await;
+
+    // No payment: 402 with what to pay, never forwarded.
+    let hits = upstream.hits();
+    let refused = call(&tollgate, "/quotes/acme?day=1", None).await;
+    let required = offered(refused, "PAYMENT-SIGNATURE header is required").await;
+    assert!(
+        required["resource"]["url"]
+            .as_str()
+            .unwrap()
+            .ends_with("/quotes/acme?day=1")
+    );
+    assert_eq!(required["resource"]["description"], "Stock quotes");
+    let accepts = &required["accepts"][0];
+    assert_eq!(
+        accepts,
+        &json!({"scheme": "exact", "network": "eip155:84532", "amount": "10000", "asset": USDC,
+            "payTo": PAY_TO, "maxTimeoutSeconds": 60, "extra": {"name": "USDC", "version": "2"}})
+    );
+    assert_eq!(upstream.hits(), hits);
+
+    // Paid: forwarded (without the payment header), settled, receipt back.
+    let paid = payment(accepts, PAYER, 60, |_| {});
+    let response = call(&tollgate, "/quotes/acme", Some(&paid)).await;
+    assert_eq!(response.status(), 200);
+    let receipt = decode(response.headers()["payment-response"].to_str().unwrap());
+    assert_eq!(receipt["success"], true);
+    assert_eq!(receipt["network"], "eip155:84532");
+    assert_eq!(receipt["payer"], PAYER);
+    assert!(receipt["transaction"].as_str().unwrap().starts_with("0x"));
+    let echoed: Value = response.json().await.unwrap();
+    assert!(
+        echoed["headers"].get("payment-signature").is_none(),
+        "{echoed}"
+    );
+    assert_eq!(facilitator.settles(), 1);
+
+    // The same payload again, even many at once: never settled twice.
+    let replays = (0..5).map(|_| call(&tollgate, "/quotes/acme", Some(&paid)));
+    for response in futures_util::future::join_all(replays).await {
+        offered(response, "invalid_transaction_state").await;
+    }
+    assert_eq!(facilitator.settles(), 1);
+
+    // Callers with an API key are not asked to pay per request.
+    let keyed = tollgate
+        .get_with_key("/quotes/acme", "tg_live_unknown")
+        .await;
+    problem(keyed, 401, "invalid_credentials").await;
+}
+
+#[tokio::test]
+async fn bad_payments_are_refused_and_nothing_is_settled() {
+    let facilitator = FakeFacilitator::start().await;
+    let upstream = FakeUpstream::start("q").await;
+    let tollgate = paid_service(&facilitator, &upstream).await;
+    let refused = call(&tollgate, "/quotes/x", None).await;
+    let accepts =
+        offered(refused, "PAYMENT-SIGNATURE header is required").await["accepts"][0].clone();
+    let hits = upstream.hits();
+
+    let cases: Vec<(String, &str)> = vec![
+        ("not base64!".into(), "invalid_payload"),
+        (STANDARD.encode("[1,2]"), "invalid_payload"),
+        (
+            payment(&accepts, PAYER, 60, |p| p["x402Version"] = 1.into()),
+            "invalid_x402_version",
+        ),
+        (
+            payment(&accepts, PAYER, 60, |p| {
+                p["accepted"]["amount"] = "1".into()
+            }),
+            "invalid_payment_requirements",
+        ),
+        (
+            payment(&accepts, PAYER, -5, |_| {}),
+            "invalid_exact_evm_payload_authorization_valid_before",
+        ),
+        (
+            payment(&accepts, PAYER, 60, |p| {
+                p["payload"]["signature"] = "0xforged".into()
+            }),
+            "invalid_exact_evm_payload_signature",
+        ),
+        (
+            payment(&accepts, PAYER, 60, |p| {
+                p["payload"]["authorization"]["value"] = "1".into();
+            }),
+            "invalid_exact_evm_payload_authorization_value",
+        ),
+    ];
+    for (header, reason) in cases {
+        let response = call(&tollgate, "/quotes/x", Some(&header)).await;
+        offered(response, reason).await;
+    }
+    // A payer short of funds.
+    facilitator.set_balance("0xpoor", 9_999);
+    let poor = payment(&accepts, "0xpoor", 60, |_| {});
+    offered(
+        call(&tollgate, "/quotes/x", Some(&poor)).await,
+        "insufficient_funds",
+    )
+    .await;
+    assert_eq!(
+        upstream.hits(),
+        hits,
+        "no refused payment reached the upstream"
+    );
+    assert_eq!(facilitator.settles(), 0);
+
+    // An upstream failure is not paid for, and the payload stays usable.
+    let good = payment(&accepts, PAYER, 60, |_| {});
+    let failed = call(&tollgate, "/quotes/status/500", Some(&good)).await;
+    assert_eq!(failed.status(), 500);
+    assert!(failed.headers().get("payment-response").is_none());
+    assert_eq!(facilitator.settles(), 0);
+    let ok = call(&tollgate, "/quotes/x", Some(&good)).await;
+    assert_eq!(ok.status(), 200);
+    assert_eq!(facilitator.settles(), 1);
+    let (status, _) = tollgate
+        .admin(Method::GET, "/api/v1/services/quotes", None)
+        .await;
+    assert_eq!(status, 200);
+}
