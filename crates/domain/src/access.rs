@@ -793,7 +793,7 @@ pub struct Subscription {
 // --------------------------------------------------------------- webhooks
 
 /// Events a webhook endpoint can receive.
-pub const WEBHOOK_EVENTS: [&str; 10] = [
+pub const WEBHOOK_EVENTS: [&str; 14] = [
     "subscription.created",
     "subscription.approved",
     "subscription.rejected",
@@ -803,6 +803,10 @@ pub const WEBHOOK_EVENTS: [&str; 10] = [
     "subscription.renewed",
     "subscription.past_due",
     "subscription.expired",
+    "warning.low_balance",
+    "warning.quota_nearly_exhausted",
+    "warning.budget_nearly_exhausted",
+    "warning.subscription_expiring",
     "webhook.test",
 ];
 

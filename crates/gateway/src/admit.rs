@@ -537,14 +537,6 @@ pub(crate) fn admit<B>(
     Ok(admission)
 }
 
-/// Calls left below which a metered response warns `low-balance`.
-pub const LOW_BALANCE_CALLS: i64 = 100;
-/// Per cent of a quota or budget from which responses warn.
-pub const NEARLY_EXHAUSTED_PERCENT: u64 = 90;
-/// Days before a period's end from which a subscription that will not
-/// renew warns `subscription-expiring`.
-pub const EXPIRING_DAYS: i64 = 3;
-
 static TOLLGATE_WARNING: HeaderName = HeaderName::from_static("tollgate-warning");
 
 /// A 402 with the members every money refusal carries (SPEC §4).
@@ -651,14 +643,8 @@ fn pay(
         _ => {}
     }
     let mut warnings = Warnings::default();
-    if let Some(end) = period_end
-        && end - now_ms <= EXPIRING_DAYS * 86_400_000
-        && (!terms.auto_renew || app.wallet.available() < terms.fee_nanos)
-    {
-        warnings.push(format_args!(
-            "subscription-expiring;days={}",
-            domain::billing::days_until(now_ms, end)
-        ));
+    if let Some(days) = crate::warn::expiring(subscription, app.wallet.available(), now_ms) {
+        warnings.push(format_args!("subscription-expiring;days={days}"));
     }
     let mut price = subscription.price_nanos;
     if terms.counter.is_none() && price == 0 {
@@ -695,10 +681,9 @@ fn pay(
                 price = 0;
             }
             let used = before + 1;
-            if used * 100 >= included * NEARLY_EXHAUSTED_PERCENT {
+            if let Some(percent) = crate::warn::nearly_exhausted(used, included) {
                 warnings.push(format_args!(
-                    "quota-nearly-exhausted;used-percent={}",
-                    (used * 100 / included).min(100)
+                    "quota-nearly-exhausted;used-percent={percent}"
                 ));
             }
             if let Some(policy) = &terms.quota_policy {
@@ -744,11 +729,10 @@ fn pay(
                 return Err(retry_after(refusal, end, now_ms));
             }
             let spent = u64::try_from(budget.counter.nanos()).unwrap_or(0);
-            let limit = u64::try_from(limit).unwrap_or(u64::MAX).max(1);
-            if spent.saturating_mul(100) >= limit.saturating_mul(NEARLY_EXHAUSTED_PERCENT) {
+            let limit = u64::try_from(limit).unwrap_or(u64::MAX);
+            if let Some(percent) = crate::warn::nearly_exhausted(spent, limit) {
                 warnings.push(format_args!(
-                    "budget-nearly-exhausted;used-percent={}",
-                    (spent.saturating_mul(100) / limit).min(100)
+                    "budget-nearly-exhausted;used-percent={percent}"
                 ));
             }
         }
@@ -769,8 +753,7 @@ fn pay(
             refusal.extra.push(("required", required.into()));
             return Err(refusal);
         }
-        let calls_left = app.wallet.available().max(0) / price;
-        if calls_left < LOW_BALANCE_CALLS {
+        if let Some(calls_left) = crate::warn::low_balance(app.wallet.available(), price) {
             warnings.push(format_args!("low-balance;calls-left={calls_left}"));
         }
     }

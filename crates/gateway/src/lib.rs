@@ -34,6 +34,7 @@ mod server;
 pub mod snapshot;
 mod tls;
 pub mod upstream;
+pub mod warn;
 pub mod x402;
 
 use std::sync::Arc;
@@ -368,6 +369,15 @@ impl Gateway {
     /// The last ledger sequence number applied to `team`'s wallet.
     pub fn wallet_seen_seq(&self, team: &str) -> i64 {
         self.shared.wallets.seen_seq(team)
+    }
+
+    /// The early warnings that hold now (for the warning webhooks).
+    pub fn warnings(&self) -> Vec<warn::WarningState> {
+        warn::states(
+            &self.shared.snapshot.load(),
+            &self.shared.options.currency,
+            domain::now_ms(),
+        )
     }
 
     /// Verifies and settles x402 payments through `facilitator`.

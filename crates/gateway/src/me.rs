@@ -95,13 +95,8 @@ fn subscription_view(
     if let Some((start, end)) = terms.period {
         view["period_start"] = format_time_ms(start).into();
         view["period_end"] = format_time_ms(end).into();
-        if end - now <= crate::admit::EXPIRING_DAYS * 86_400_000
-            && (!terms.auto_renew || app.wallet.available() < terms.fee_nanos)
-        {
-            warnings.push(format!(
-                "subscription-expiring;days={}",
-                domain::billing::days_until(now, end)
-            ));
+        if let Some(days) = crate::warn::expiring(subscription, app.wallet.available(), now) {
+            warnings.push(format!("subscription-expiring;days={days}"));
         }
     }
     if let Some(counter) = &terms.counter {
@@ -115,18 +110,15 @@ fn subscription_view(
                 "remaining": included.saturating_sub(used),
                 "overage": if terms.overage_charge { "charge" } else { "block" },
             });
-            if used * 100 >= included * crate::admit::NEARLY_EXHAUSTED_PERCENT {
-                warnings.push(format!(
-                    "quota-nearly-exhausted;used-percent={}",
-                    (used * 100 / included).min(100)
-                ));
+            if let Some(percent) = crate::warn::nearly_exhausted(used, included) {
+                warnings.push(format!("quota-nearly-exhausted;used-percent={percent}"));
             }
         }
     }
     if subscription.price_nanos > 0 {
-        let calls_left = app.wallet.available().max(0) / subscription.price_nanos;
-        view["calls_left"] = calls_left.into();
-        if calls_left < crate::admit::LOW_BALANCE_CALLS {
+        let available = app.wallet.available();
+        view["calls_left"] = (available.max(0) / subscription.price_nanos).into();
+        if let Some(calls_left) = crate::warn::low_balance(available, subscription.price_nanos) {
             warnings.push(format!("low-balance;calls-left={calls_left}"));
         }
     }

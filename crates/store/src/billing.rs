@@ -146,6 +146,34 @@ impl WriteTx {
         }
     }
 
+    /// Marks warning `key` active; true when it was not (a crossing: the
+    /// caller fires its webhook in this transaction).
+    pub async fn raise_warning(&mut self, key: &str, team: &str, now_ms: i64) -> Result<bool> {
+        let done = sqlx::query(
+            "INSERT INTO warnings (key, team, active, changed_at_ms) VALUES ($1, $2, 1, $3) \
+             ON CONFLICT (key) DO UPDATE SET active = 1, changed_at_ms = excluded.changed_at_ms \
+             WHERE warnings.active = 0",
+        )
+        .bind(key)
+        .bind(team)
+        .bind(now_ms)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Re-arms warning `key` (its condition ended).
+    pub async fn clear_warning(&mut self, key: &str, now_ms: i64) -> Result<()> {
+        sqlx::query(
+            "UPDATE warnings SET active = 0, changed_at_ms = $2 WHERE key = $1 AND active = 1",
+        )
+        .bind(key)
+        .bind(now_ms)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
     /// Records this node's counts (absolute values, replacing earlier ones).
     pub async fn put_usage(&mut self, node: &str, rows: &[Usage], now_ms: i64) -> Result<()> {
         for row in rows {
@@ -220,6 +248,14 @@ impl Store {
                 })
             })
             .collect()
+    }
+
+    /// The keys of the warnings active now.
+    pub async fn active_warnings(&self) -> Result<Vec<String>> {
+        let rows = sqlx::query("SELECT key FROM warnings WHERE active = 1")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|row| Ok(row.try_get(0)?)).collect()
     }
 
     /// A scope's use in one period, over every node: (requests, nanos).

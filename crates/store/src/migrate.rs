@@ -17,6 +17,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "payments",
         include_str!("../migrations/0006_payments.sql"),
     ),
+    (
+        7,
+        "warnings",
+        include_str!("../migrations/0007_warnings.sql"),
+    ),
 ];
 
 impl Store {

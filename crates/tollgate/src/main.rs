@@ -16,6 +16,7 @@ mod jwks;
 mod ledger;
 mod serve;
 mod stripe;
+mod warnings;
 mod webhooks;
 mod x402;
 

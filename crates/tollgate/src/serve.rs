@@ -290,6 +290,7 @@ pub async fn run(args: &ConfigArgs) -> anyhow::Result<()> {
     );
     let health = gateway.spawn_health_checker(shutdown_rx.clone());
     let webhooks = crate::webhooks::spawn(store.clone(), shutdown_rx.clone());
+    let warnings = crate::warnings::spawn(store.clone(), gateway.clone(), shutdown_rx.clone());
     let jwks = crate::jwks::spawn(gateway.clone(), shutdown_rx.clone());
     let (drain_ledger, ledger_drain) = tokio::sync::oneshot::channel();
     let ledger_writer = crate::ledger::spawn_writer(
@@ -398,6 +399,7 @@ pub async fn run(args: &ConfigArgs) -> anyhow::Result<()> {
         let _ = admin_task.await;
         let _ = health.await;
         let _ = webhooks.await;
+        let _ = warnings.await;
         let _ = jwks.await;
         if let Some(counters) = counters {
             let _ = counters.await;

@@ -721,3 +721,83 @@ async fn problem_pages_explain_every_code() {
     let page = tollgate.get(&format!("/_tollgate{path}")).await;
     assert_eq!(page.status(), 200);
 }
+
+#[tokio::test]
+async fn warnings_fire_webhooks_once_per_crossing() {
+    let tollgate = Tollgate::start(BIN).await;
+    let upstream = FakeUpstream::start("w").await;
+    let receiver = test_support::webhook::WebhookReceiver::start(0).await;
+    let key = market(
+        &tollgate,
+        &upstream,
+        &[
+            json!({"slug": "metered", "included": {"requests": 10}, "overage": "charge",
+            "price_per_request": "0.01"}),
+        ],
+        Some("1.5"),
+    )
+    .await;
+    tollgate
+        .create(
+            "/api/v1/teams/acme/webhooks",
+            json!({"url": receiver.url(), "events": ["warning.low_balance", "warning.quota_nearly_exhausted"]}),
+        )
+        .await;
+    let (status, body) = subscribe(&tollgate, "acme-web", "metered").await;
+    assert_eq!(status, 201, "{body}");
+    let subscription = body["id"].as_str().unwrap().to_owned();
+    wait_call(&tollgate, "/weather/now", &key, 200).await;
+    // 10 included calls (the quota crosses 90 %), then 60 priced ones: 0.90
+    // left pays 90 calls, under the 100 of a low balance.
+    for _ in 1..70 {
+        let response = tollgate.get_with_key("/weather/now", &key).await;
+        assert_eq!(response.status(), 200);
+    }
+    let received = receiver.wait_for(2, Duration::from_secs(10)).await;
+    // More calls and more checks change nothing: once per crossing.
+    for _ in 0..5 {
+        tollgate.get_with_key("/weather/now", &key).await;
+    }
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    let received = if receiver.received().len() > received.len() {
+        receiver.received()
+    } else {
+        received
+    };
+    let events: Vec<Value> = received.iter().map(|r| r.json()).collect();
+    let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds
+            .iter()
+            .filter(|k| **k == "warning.low_balance")
+            .count(),
+        1,
+        "{kinds:?}"
+    );
+    assert_eq!(
+        kinds
+            .iter()
+            .filter(|k| **k == "warning.quota_nearly_exhausted")
+            .count(),
+        1,
+        "{kinds:?}"
+    );
+    let low = events
+        .iter()
+        .find(|e| e["type"] == "warning.low_balance")
+        .unwrap();
+    assert_eq!(low["data"]["team"], "acme");
+    assert!(low["data"]["calls_left"].as_i64().unwrap() < 100, "{low}");
+    let quota = events
+        .iter()
+        .find(|e| e["type"] == "warning.quota_nearly_exhausted")
+        .unwrap();
+    assert_eq!(quota["data"]["subscription"], subscription.as_str());
+    assert!(quota["data"]["used_percent"].as_u64().unwrap() >= 90);
+    // Signed like every webhook.
+    assert!(
+        received[0]
+            .header("tollgate-signature")
+            .is_some_and(|s| s.starts_with("t="))
+    );
+}
