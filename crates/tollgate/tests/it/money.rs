@@ -916,3 +916,75 @@ async fn kill_nine_in_strict_mode_loses_no_answered_charge() {
     let (paid, charged) = kill_nine_mid_load(true).await;
     println!("strict: {paid} calls answered, {charged} charged");
 }
+
+/// Grants recorded while hundreds of paid calls are charged: no update is
+/// lost. The wallet equals the ledger's sum, which equals what was granted
+/// less what the answered calls cost, and the gateway's view agrees.
+#[tokio::test]
+async fn concurrent_top_ups_and_charges_lose_no_update() {
+    let tollgate = Tollgate::start(BIN).await;
+    let upstream = FakeUpstream::start("w").await;
+    // Enough for 100 calls at 0.01, then 40 grants of 0.05 while calling.
+    let key = priced_world(&tollgate, &upstream, 100).await;
+    let calls = (0..600).map(|n| {
+        let key = key.clone();
+        let tollgate = &tollgate;
+        async move {
+            tollgate
+                .get_with_key(&format!("/weather/forecast/c{n}"), &key)
+                .await
+                .status()
+                .as_u16()
+        }
+    });
+    let shared = &tollgate;
+    let grants = (0..40).map(|n| async move {
+        let (status, body) = grant(
+            shared,
+            "acme",
+            json!({"amount": "0.05", "reason": "top-up while calling", "idempotency_key": format!("t-{n}")}),
+        )
+        .await;
+        assert_eq!(status, 201, "{body}");
+    });
+    let (statuses, _) = tokio::join!(
+        futures_util::future::join_all(calls),
+        futures_util::future::join_all(grants)
+    );
+    let paid = statuses.iter().filter(|s| **s == 200).count() as i64;
+    let refused = statuses.iter().filter(|s| **s == 402).count() as i64;
+    assert_eq!(paid + refused, 600, "only 200 or 402");
+    assert!(
+        paid >= 100,
+        "at least what the first credit paid for: {paid}"
+    );
+    assert!(paid <= 300, "never more than all credit: {paid}");
+    // grant (1.01) + 40 × 0.05 − probe − paid calls, all recorded.
+    let expected = 1_010_000_000 + 40 * 50_000_000 - 10_000_000 - paid * 10_000_000;
+    let wallet = wait_entries(&tollgate, 1 + 40 + 1 + paid).await;
+    assert_eq!(wallet["balance_nanos"], expected, "{wallet}");
+    let sum: i64 = ledger(&tollgate, "acme", "")
+        .await
+        .iter()
+        .map(|e| e["amount_nanos"].as_i64().unwrap())
+        .sum();
+    assert_eq!(sum, expected, "the wallet is the ledger's sum");
+    // The gateway's in-memory wallet agrees once the grants are synced.
+    let started = std::time::Instant::now();
+    loop {
+        let me: Value = tollgate
+            .get_with_key("/_tollgate/me", &key)
+            .await
+            .json()
+            .await
+            .unwrap();
+        if me["balance"] == domain::money::format(expected) {
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(2),
+            "gateway sees {me}, ledger {expected}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
