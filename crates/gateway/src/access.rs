@@ -79,6 +79,8 @@ pub struct SubscriptionRt {
     pub identity: [http::HeaderValue; 2],
     /// Money and quota terms (see [`Terms`]).
     pub terms: Terms,
+    /// Names for charges and usage events.
+    pub labels: Arc<crate::money::Labels>,
 }
 
 /// What a subscription's plan and period say about paying for a call.
@@ -290,6 +292,12 @@ pub fn compile(
                 ],
                 terms: plan.map_or_else(Terms::default, |plan| {
                     terms(&plan.spec, subscription, &wallets.counters)
+                }),
+                labels: Arc::new(crate::money::Labels {
+                    subscription: subscription.id.as_str().into(),
+                    app: subscription.app.as_str().into(),
+                    service: subscription.service.as_str().into(),
+                    plan: subscription.plan.as_str().into(),
                 }),
             },
         ));

@@ -496,7 +496,7 @@ pub(crate) fn admit<B>(
     peer: IpAddr,
     trusted_proxies: &[domain::net::Cidr],
     jwks: &JwksCache,
-    currency: &str,
+    money: (&str, bool),
 ) -> Result<Admission, Refusal> {
     let service = &route.service;
     let mut admission = Admission::default();
@@ -530,7 +530,7 @@ pub(crate) fn admit<B>(
         now_u,
         &mut admission,
     )?;
-    pay(app, subscription, currency, now_ms, &mut admission)?;
+    pay(app, subscription, money, now_ms, &mut admission)?;
     let [app_slug, team] = app.identity.clone();
     let [plan, id] = subscription.identity.clone();
     admission.identity = Some([app_slug, team, plan, id]);
@@ -578,7 +578,7 @@ fn retry_after(refusal: Refusal, end_ms: i64, now_ms: i64) -> Refusal {
 fn pay(
     app: &AppRt,
     subscription: &SubscriptionRt,
-    currency: &str,
+    (currency, export_usage): (&str, bool),
     now_ms: i64,
     admission: &mut Admission,
 ) -> Result<(), Refusal> {
@@ -651,7 +651,8 @@ fn pay(
         admission.warning = warnings.into_value();
         return Ok(());
     }
-    let mut reservation = crate::money::Reservation::new(&app.wallet, &subscription.id);
+    let mut reservation =
+        crate::money::Reservation::new(&app.wallet, &subscription.labels, export_usage);
     if let Some(counter) = &terms.counter {
         let before = reservation.count_request(counter);
         if let Some(included) = terms.included {

@@ -69,6 +69,9 @@ pub struct GatewayOptions {
     /// `money.durability: strict`: a priced call's response waits until
     /// its charge is committed to the ledger.
     pub strict_charges: bool,
+    /// Queue every metered call for the usage export (not only priced
+    /// ones).
+    pub export_usage: bool,
 }
 
 impl Default for GatewayOptions {
@@ -84,6 +87,7 @@ impl Default for GatewayOptions {
             trusted_proxies: Vec::new(),
             currency: "USD".into(),
             strict_charges: false,
+            export_usage: false,
         }
     }
 }

@@ -99,12 +99,43 @@ pub struct Charge {
     /// The call's request id (for people; a client may send the same one
     /// twice, so it is not the ledger's key). Empty for an aggregate.
     pub request_id: http::HeaderValue,
-    pub subscription_id: Arc<str>,
+    /// What the call was (for the ledger's reason and the usage event).
+    pub labels: Arc<Labels>,
+    /// The upstream's status and the time to its answer (usage events).
+    pub status: u16,
+    pub latency_ms: u64,
     pub at_ms: i64,
     /// Calls this charge pays for: 1, or more for an aggregated overflow.
     pub calls: u64,
     /// `money.durability: strict`: told once the charge is committed.
     pub committed: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+/// How the upstream answered a settled call.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Outcome {
+    pub status: u16,
+    pub latency_ms: u64,
+}
+
+/// Names of a metered call: made once per subscription when the snapshot
+/// is compiled, shared by its calls.
+#[derive(Debug, Default)]
+pub struct Labels {
+    pub subscription: Arc<str>,
+    pub app: Box<str>,
+    pub service: Box<str>,
+    pub plan: Box<str>,
+}
+
+impl Labels {
+    /// Labels that name only a subscription.
+    pub fn subscription(id: &str) -> Arc<Self> {
+        Arc::new(Self {
+            subscription: id.into(),
+            ..Self::default()
+        })
+    }
 }
 
 /// Where settled charges go: a bounded queue drained by the ledger writer
@@ -118,7 +149,9 @@ pub type ChargeSink = tokio::sync::mpsc::Sender<Charge>;
 pub struct Reservation {
     wallet: Arc<WalletRt>,
     amount: i64,
-    subscription_id: Arc<str>,
+    labels: Arc<Labels>,
+    /// Queue a charge (for the usage export) even at no price.
+    export: bool,
     /// The subscription's counter, with this call counted in it.
     request: Option<Arc<Counter>>,
     /// The app's budget counter, with this much counted in it.
@@ -127,14 +160,16 @@ pub struct Reservation {
 }
 
 impl Reservation {
-    /// An empty reservation for a call of `subscription_id` paid from
-    /// `wallet`; the pay phase adds to it step by step, and a refusal on
-    /// the way drops it, giving back what the earlier steps took.
-    pub fn new(wallet: &Arc<WalletRt>, subscription_id: &Arc<str>) -> Self {
+    /// An empty reservation for a call (`labels`) paid from `wallet`; the
+    /// pay phase adds to it step by step, and a refusal on the way drops
+    /// it, giving back what the earlier steps took. With `export`, the
+    /// call is queued for the usage export even when it costs nothing.
+    pub fn new(wallet: &Arc<WalletRt>, labels: &Arc<Labels>, export: bool) -> Self {
         Self {
             wallet: wallet.clone(),
             amount: 0,
-            subscription_id: subscription_id.clone(),
+            labels: labels.clone(),
+            export,
             request: None,
             budget: None,
             settled: false,
@@ -182,7 +217,7 @@ impl Reservation {
 
     /// Keeps what was taken (the call is paid for) and returns the charge
     /// for the ledger, if there is a price.
-    fn take(&mut self, request_id: &http::HeaderValue) -> Option<Charge> {
+    fn take(&mut self, request_id: &http::HeaderValue, outcome: Outcome) -> Option<Charge> {
         self.settled = true;
         if self.amount > 0 {
             self.wallet
@@ -192,11 +227,13 @@ impl Reservation {
         if let Some(counter) = &self.request {
             counter.add_spent(self.amount);
         }
-        (self.amount > 0).then(|| Charge {
+        (self.amount > 0 || self.export).then(|| Charge {
             team: self.wallet.team.clone(),
             amount_nanos: self.amount,
             request_id: request_id.clone(),
-            subscription_id: self.subscription_id.clone(),
+            labels: self.labels.clone(),
+            status: outcome.status,
+            latency_ms: outcome.latency_ms,
             at_ms: domain::now_ms(),
             calls: 1,
             committed: None,
@@ -210,8 +247,9 @@ impl Reservation {
         mut self,
         sink: Option<&ChargeSink>,
         request_id: &http::HeaderValue,
+        outcome: Outcome,
     ) -> i64 {
-        if let (Some(mut charge), Some(sink)) = (self.take(request_id), sink) {
+        if let (Some(mut charge), Some(sink)) = (self.take(request_id, outcome), sink) {
             let (committed, done) = tokio::sync::oneshot::channel();
             charge.committed = Some(committed);
             if sink.send(charge).await.is_err() || done.await.is_err() {
@@ -224,11 +262,18 @@ impl Reservation {
     /// Charges the call: what was taken stays taken and a charge is
     /// queued for the ledger (when there is a price). Returns what is
     /// left to spend.
-    pub fn settle(mut self, sink: Option<&ChargeSink>, request_id: &http::HeaderValue) -> i64 {
-        if let (Some(charge), Some(sink)) = (self.take(request_id), sink) {
+    pub fn settle(
+        mut self,
+        sink: Option<&ChargeSink>,
+        request_id: &http::HeaderValue,
+        outcome: Outcome,
+    ) -> i64 {
+        if let (Some(charge), Some(sink)) = (self.take(request_id, outcome), sink) {
             match sink.try_send(charge) {
                 Ok(()) => {}
                 Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
+                    // The money is kept exactly; a full queue costs the
+                    // call's own ledger line and usage event.
                     self.wallet
                         .overflow_nanos
                         .fetch_add(self.amount, Ordering::AcqRel);
@@ -585,7 +630,9 @@ impl Wallets {
                 team: wallet.team.clone(),
                 amount_nanos: amount,
                 request_id: http::HeaderValue::from_static(""),
-                subscription_id: "".into(),
+                labels: Arc::default(),
+                status: 0,
+                latency_ms: 0,
                 at_ms: domain::now_ms(),
                 calls,
                 committed: None,
@@ -613,7 +660,7 @@ mod tests {
         price: i64,
         subscription: &Arc<str>,
     ) -> Result<Reservation, i64> {
-        let mut reservation = Reservation::new(wallet, subscription);
+        let mut reservation = Reservation::new(wallet, &Labels::subscription(subscription), false);
         reservation.take_wallet(price)?;
         Ok(reservation)
     }
@@ -624,13 +671,17 @@ mod tests {
         let counter = wallets.counters.subscription("s1", (0, 100));
         let wallet = wallets.get("acme");
         let subscription: Arc<str> = "s1".into();
-        let mut first = Reservation::new(&wallet, &subscription);
+        let mut first = Reservation::new(&wallet, &Labels::subscription(&subscription), false);
         assert_eq!(first.count_request(&counter), 0);
-        let mut second = Reservation::new(&wallet, &subscription);
+        let mut second = Reservation::new(&wallet, &Labels::subscription(&subscription), false);
         assert_eq!(second.count_request(&counter), 1);
         drop(second);
         assert_eq!(counter.requests(), 1, "a dropped call is not counted");
-        first.settle(None, &http::HeaderValue::from_static("r"));
+        first.settle(
+            None,
+            &http::HeaderValue::from_static("r"),
+            Outcome::default(),
+        );
         wallets.counters.apply_remote("other", "sub:s1", 0, 5, 0);
         wallets.counters.apply_remote("other", "sub:s1", 0, 7, 0);
         wallets.counters.apply_remote("old", "sub:s1", -100, 50, 0);
@@ -658,7 +709,8 @@ mod tests {
         let subscription: Arc<str> = "s".into();
         let mut held = Vec::new();
         for _ in 0..3 {
-            let mut reservation = Reservation::new(&wallet, &subscription);
+            let mut reservation =
+                Reservation::new(&wallet, &Labels::subscription(&subscription), false);
             if reservation.take_budget(&budget, 25, 10).is_ok() {
                 held.push(reservation);
             }
@@ -692,7 +744,11 @@ mod tests {
                     for _ in 0..100 {
                         if let Ok(reservation) = reserve(&wallet, 1, &subscription) {
                             granted.fetch_add(1, Ordering::Relaxed);
-                            reservation.settle(None, &http::HeaderValue::from_static("r"));
+                            reservation.settle(
+                                None,
+                                &http::HeaderValue::from_static("r"),
+                                Outcome::default(),
+                            );
                         }
                     }
                 });

@@ -189,7 +189,7 @@ async fn run(
             context.peer.addr.ip(),
             &shared.options.trusted_proxies,
             &shared.jwks,
-            &shared.options.currency,
+            (&shared.options.currency, shared.options.export_usage),
         )?
     };
     let mut admission = admission;
@@ -626,10 +626,15 @@ async fn forward(
                     && status < 500
                 {
                     let sink = shared.charges.get();
+                    let outcome = crate::money::Outcome {
+                        status,
+                        latency_ms: u64::try_from(context.started.elapsed().as_millis())
+                            .unwrap_or(u64::MAX),
+                    };
                     let left = if shared.options.strict_charges {
-                        Box::pin(held.settle_durably(sink, &context.request_id)).await
+                        Box::pin(held.settle_durably(sink, &context.request_id, outcome)).await
                     } else {
-                        held.settle(sink, &context.request_id)
+                        held.settle(sink, &context.request_id, outcome)
                     };
                     if let Ok(value) = HeaderValue::try_from(format!(
                         "{} {}",

@@ -22,6 +22,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "warnings",
         include_str!("../migrations/0007_warnings.sql"),
     ),
+    (
+        8,
+        "usage_export",
+        include_str!("../migrations/0008_usage_export.sql"),
+    ),
 ];
 
 impl Store {

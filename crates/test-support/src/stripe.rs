@@ -41,6 +41,8 @@ struct State {
     /// Every create request: (headers, form pairs).
     requests: Mutex<Vec<(Pairs, Pairs)>>,
     counter: AtomicU64,
+    /// Meter events received: form pairs, and identifiers seen.
+    meter_events: Mutex<Vec<HashMap<String, String>>>,
 }
 
 impl State {
@@ -139,6 +141,11 @@ impl FakeStripe {
             .unwrap_or_default()
     }
 
+    /// The meter events received (form pairs).
+    pub fn meter_events(&self) -> Vec<HashMap<String, String>> {
+        self.state.meter_events.lock().unwrap().clone()
+    }
+
     /// How many create requests arrived.
     pub fn requests(&self) -> usize {
         self.state.requests.lock().unwrap().len()
@@ -172,6 +179,9 @@ impl FakeStripe {
                 session["payment_intent"] = self.state.id("pi").into();
             }
             session["status"] = "complete".into();
+            if session["customer"].is_null() && session["customer_creation"] == "always" {
+                session["customer"] = self.state.id("cus").into();
+            }
             session["payment_status"] = "paid".into();
             session["url"] = Value::Null;
             session.clone()
@@ -212,6 +222,10 @@ fn stripe_error(status: StatusCode, error: Value) -> Response<Full<Bytes>> {
 }
 
 async fn handle(state: &State, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    if request.method() == hyper::Method::POST && request.uri().path() == "/v1/billing/meter_events"
+    {
+        return meter_event(state, request).await;
+    }
     if request.method() != hyper::Method::POST || request.uri().path() != "/v1/checkout/sessions" {
         return stripe_error(
             StatusCode::NOT_FOUND,
@@ -302,6 +316,7 @@ async fn handle(state: &State, request: Request<Incoming>) -> Response<Full<Byte
         "created": now_s(),
         "currency": currency,
         "customer": null,
+        "customer_creation": get("customer_creation"),
         "expires_at": now_s() + 86_400,
         "livemode": false,
         "metadata": metadata,
@@ -321,6 +336,61 @@ async fn handle(state: &State, request: Request<Incoming>) -> Response<Full<Byte
         state.by_idempotency_key.lock().unwrap().insert(key, id);
     }
     ok(session)
+}
+
+/// `POST /v1/billing/meter_events`: `event_name`, `payload[stripe_customer_id]`
+/// and `payload[value]` required; an `identifier` seen before is refused
+/// as Stripe does (`resource_already_exists`).
+async fn meter_event(state: &State, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    let authorized = request
+        .headers()
+        .get("authorization")
+        .is_some_and(|v| v.as_bytes() == format!("Bearer {SECRET_KEY}").as_bytes());
+    let body = request.into_body().collect().await.unwrap().to_bytes();
+    if !authorized {
+        return stripe_error(
+            StatusCode::UNAUTHORIZED,
+            json!({"type": "invalid_request_error", "message": "Invalid API Key provided: sk_test_****"}),
+        );
+    }
+    let form: HashMap<String, String> = url::form_urlencoded::parse(&body)
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    for required in [
+        "event_name",
+        "payload[stripe_customer_id]",
+        "payload[value]",
+    ] {
+        if !form.contains_key(required) {
+            return stripe_error(
+                StatusCode::BAD_REQUEST,
+                json!({"type": "invalid_request_error", "code": "parameter_missing", "param": required,
+                    "message": format!("Missing required param: {required}.")}),
+            );
+        }
+    }
+    let mut events = state.meter_events.lock().unwrap();
+    let identifier = form
+        .get("identifier")
+        .cloned()
+        .unwrap_or_else(|| state.id("mev"));
+    if events
+        .iter()
+        .any(|e| e.get("identifier") == Some(&identifier))
+    {
+        return stripe_error(
+            StatusCode::BAD_REQUEST,
+            json!({"type": "invalid_request_error", "code": "resource_already_exists",
+                "message": format!("A meter event with identifier {identifier} already exists.")}),
+        );
+    }
+    events.push(form.clone());
+    ok(
+        json!({"object": "billing.meter_event", "event_name": form["event_name"],
+        "identifier": identifier, "livemode": false,
+        "payload": {"stripe_customer_id": form["payload[stripe_customer_id]"], "value": form["payload[value]"]},
+        "timestamp": form.get("timestamp").and_then(|t| t.parse::<i64>().ok()).unwrap_or_else(now_s)}),
+    )
 }
 
 fn ok(value: Value) -> Response<Full<Bytes>> {

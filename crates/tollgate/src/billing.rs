@@ -149,8 +149,8 @@ async fn renew(
         && period.fee_nanos > 0
     {
         let wallet = gateway.wallet(&after.consumer_team);
-        let subscription_id: Arc<str> = after.id.as_str().into();
-        let mut reservation = Reservation::new(&wallet, &subscription_id);
+        let labels = gateway::money::Labels::subscription(&after.id);
+        let mut reservation = Reservation::new(&wallet, &labels, false);
         if reservation.take_wallet(period.fee_nanos).is_ok() {
             held = Some(reservation);
         } else if before.status == SubscriptionStatus::PastDue {
@@ -184,7 +184,11 @@ async fn renew(
                 // This node's entry: the wallet sync skips it, the
                 // reservation stays taken.
                 (Fee::Paid, Some(held)) => {
-                    held.settle(None, &http::HeaderValue::from_static(""));
+                    held.settle(
+                        None,
+                        &http::HeaderValue::from_static(""),
+                        gateway::money::Outcome::default(),
+                    );
                 }
                 (Fee::Short { .. }, _) if before.status == SubscriptionStatus::PastDue => {
                     return Ok(false);

@@ -31,6 +31,19 @@ pub struct RawConfig {
     pub stripe: RawStripe,
     #[serde(default)]
     pub x402: RawX402,
+    #[serde(default)]
+    pub usage_export: RawUsageExport,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUsageExport {
+    /// An HTTP endpoint taking batches of CloudEvents.
+    pub cloudevents_url: Option<String>,
+    /// Sent as `Authorization: Bearer` to that endpoint.
+    pub cloudevents_token: Option<String>,
+    /// The `event_name` of a Stripe meter to report calls to.
+    pub stripe_meter: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -145,6 +158,21 @@ pub struct Config {
     pub stripe: Option<StripeConfig>,
     /// x402 facilitator base URL.
     pub x402_facilitator: Option<String>,
+    pub usage_export: UsageExportConfig,
+}
+
+/// Where usage events go (both optional).
+#[derive(Debug, Clone, Default)]
+pub struct UsageExportConfig {
+    pub cloudevents_url: Option<String>,
+    pub cloudevents_token: Option<String>,
+    pub stripe_meter: Option<String>,
+}
+
+impl UsageExportConfig {
+    pub fn enabled(&self) -> bool {
+        self.cloudevents_url.is_some() || self.stripe_meter.is_some()
+    }
 }
 
 /// Stripe, when both secrets are set.
@@ -370,6 +398,24 @@ fn validate(raw: RawConfig, problems: &mut Vec<String>) -> Config {
             "x402.facilitator_url: '{url}' must be an http:// or https:// URL"
         ));
     }
+    if let Some(url) = &raw.usage_export.cloudevents_url
+        && !(url.starts_with("https://") || url.starts_with("http://"))
+    {
+        problems.push(format!(
+            "usage_export.cloudevents_url: '{url}' must be an http:// or https:// URL"
+        ));
+    }
+    if let Some(meter) = &raw.usage_export.stripe_meter {
+        if raw.stripe.secret_key.is_none() {
+            problems.push(
+                "usage_export.stripe_meter: needs stripe.secret_key (meter events go to Stripe)"
+                    .into(),
+            );
+        }
+        if meter.is_empty() || meter.len() > 100 {
+            problems.push("usage_export.stripe_meter: must be a meter's event name".into());
+        }
+    }
     let strict_charges = match raw.money.durability.as_deref() {
         None | Some("batched") => false,
         Some("strict") => true,
@@ -512,6 +558,11 @@ fn validate(raw: RawConfig, problems: &mut Vec<String>) -> Config {
         strict_charges,
         stripe,
         x402_facilitator: raw.x402.facilitator_url,
+        usage_export: UsageExportConfig {
+            cloudevents_url: raw.usage_export.cloudevents_url,
+            cloudevents_token: raw.usage_export.cloudevents_token,
+            stripe_meter: raw.usage_export.stripe_meter,
+        },
     }
 }
 

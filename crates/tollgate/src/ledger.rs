@@ -99,6 +99,7 @@ pub fn spawn_writer(
     gateway: Gateway,
     mut charges: mpsc::Receiver<Charge>,
     actor: String,
+    export: Option<Arc<crate::export::Export>>,
     drain: oneshot::Receiver<()>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
@@ -143,7 +144,7 @@ pub fn spawn_writer(
                     continue;
                 }
             }
-            match record(&store, &mut teams, &batch, &actor).await {
+            match record(&store, &mut teams, &batch, &actor, export.as_deref()).await {
                 Ok(()) => {
                     // Strict durability: the calls waiting on these
                     // charges may answer now.
@@ -167,6 +168,7 @@ async fn record(
     teams: &mut HashMap<String, String>,
     batch: &[(String, Charge)],
     actor: &str,
+    export: Option<&crate::export::Export>,
 ) -> store::Result<()> {
     if batch
         .iter()
@@ -176,12 +178,22 @@ async fn record(
     }
     // One append per team: the wallet row is locked and moved once.
     let mut by_team: HashMap<&str, Vec<LedgerEntry>> = HashMap::new();
+    let mut usage = Vec::new();
     for (id, charge) in batch {
         let request_id = charge.request_id.to_str().unwrap_or_default();
         let Some(team_id) = teams.get(&*charge.team) else {
             tracing::error!(team = %charge.team, request_id, "charge for an unknown team dropped");
             continue;
         };
+        if let Some(export) = export
+            && charge.calls == 1
+        {
+            usage.extend(export.outbox_rows(id, team_id, charge));
+        }
+        if charge.amount_nanos == 0 {
+            // Metered but free (an included call): a usage event only.
+            continue;
+        }
         by_team.entry(team_id).or_default().push(LedgerEntry {
             id: id.clone(),
             team_id: team_id.clone(),
@@ -191,7 +203,7 @@ async fn record(
             idempotency_key: format!("charge:{id}"),
             actor: actor.to_owned(),
             reason: Some(if charge.calls == 1 {
-                format!("subscription {}", charge.subscription_id)
+                format!("subscription {}", charge.labels.subscription)
             } else {
                 format!(
                     "{} calls, aggregated: the charge queue was full",
@@ -206,5 +218,8 @@ async fn record(
     for (team_id, entries) in &by_team {
         tx.append_batch(team_id, entries).await?;
     }
+    // In the charges' transaction: an event exists exactly when its charge
+    // does.
+    tx.queue_usage(&usage, domain::now_ms()).await?;
     tx.commit().await
 }

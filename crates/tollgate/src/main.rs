@@ -12,6 +12,7 @@ mod billing;
 mod cli;
 mod config;
 mod counters;
+mod export;
 mod jwks;
 mod ledger;
 mod serve;

@@ -255,6 +255,7 @@ pub async fn run(args: &ConfigArgs) -> anyhow::Result<()> {
         trusted_proxies: config.trusted_proxies.clone(),
         currency: config.currency.clone(),
         strict_charges: config.strict_charges,
+        export_usage: config.usage_export.enabled(),
     });
     reload(&store, &gateway, &mut None)
         .await
@@ -293,13 +294,28 @@ pub async fn run(args: &ConfigArgs) -> anyhow::Result<()> {
     let warnings = crate::warnings::spawn(store.clone(), gateway.clone(), shutdown_rx.clone());
     let jwks = crate::jwks::spawn(gateway.clone(), shutdown_rx.clone());
     let (drain_ledger, ledger_drain) = tokio::sync::oneshot::channel();
+    let export = config.usage_export.enabled().then(|| {
+        let stripe = config.stripe.as_ref();
+        Arc::new(crate::export::Export {
+            cloudevents_url: config.usage_export.cloudevents_url.clone(),
+            cloudevents_token: config.usage_export.cloudevents_token.clone(),
+            stripe_meter: config.usage_export.stripe_meter.clone(),
+            stripe_base: stripe.map_or_else(String::new, |s| s.api_base.clone()),
+            stripe_key: stripe.map_or_else(String::new, |s| s.secret_key.clone()),
+            public_url: config.public_url.clone(),
+            currency: config.currency.clone(),
+        })
+    });
     let ledger_writer = crate::ledger::spawn_writer(
         store.clone(),
         gateway.clone(),
         charges,
         actor.clone(),
+        export.clone(),
         ledger_drain,
     );
+    let exporter =
+        export.map(|export| crate::export::spawn(store.clone(), export, shutdown_rx.clone()));
     let wallets_changed = Arc::new(Notify::new());
     let wallet_sync = crate::ledger::spawn_sync(
         store.clone(),
@@ -400,6 +416,9 @@ pub async fn run(args: &ConfigArgs) -> anyhow::Result<()> {
         let _ = health.await;
         let _ = webhooks.await;
         let _ = warnings.await;
+        if let Some(exporter) = exporter {
+            let _ = exporter.await;
+        }
         let _ = jwks.await;
         if let Some(counters) = counters {
             let _ = counters.await;

@@ -60,6 +60,8 @@ impl StripeClient {
         let name = format!("Tollgate credit for team {}", request.team_slug);
         let body = url::form_urlencoded::Serializer::new(String::new())
             .append_pair("mode", "payment")
+            // A customer per payer, so that usage can be metered to it.
+            .append_pair("customer_creation", "always")
             .append_pair("line_items[0][quantity]", "1")
             .append_pair("line_items[0][price_data][currency]", &currency)
             .append_pair("line_items[0][price_data][unit_amount]", &minor)
@@ -317,6 +319,10 @@ impl StripeWebhook {
             .await?;
         if let Appended::Existing(_) = appended {
             return Ok(json!({"received": true, "duplicate": true}));
+        }
+        if let Some(customer) = session["customer"].as_str() {
+            // The customer meter events name (usage export).
+            tx.set_stripe_customer(team_id, customer, now).await?;
         }
         let payment_intent = session["payment_intent"].as_str().unwrap_or(session_id);
         tx.record_stripe_payment(

@@ -801,3 +801,147 @@ async fn warnings_fire_webhooks_once_per_crossing() {
             .is_some_and(|s| s.starts_with("t="))
     );
 }
+
+#[tokio::test]
+async fn usage_events_reach_a_cloudevents_sink_and_stripe_meters_at_least_once() {
+    use test_support::stripe::{FakeStripe, SECRET_KEY, WEBHOOK_SECRET};
+    let stripe = FakeStripe::start().await;
+    // The sink refuses the first two batches: they are sent again.
+    let sink = test_support::webhook::WebhookReceiver::start(2).await;
+    let options = test_support::tollgate::Options {
+        env: vec![
+            ("TOLLGATE_STRIPE__SECRET_KEY".into(), SECRET_KEY.into()),
+            (
+                "TOLLGATE_STRIPE__WEBHOOK_SECRET".into(),
+                WEBHOOK_SECRET.into(),
+            ),
+            ("TOLLGATE_STRIPE__API_BASE".into(), stripe.url()),
+            ("TOLLGATE_USAGE_EXPORT__CLOUDEVENTS_URL".into(), sink.url()),
+            (
+                "TOLLGATE_USAGE_EXPORT__STRIPE_METER".into(),
+                "api_calls".into(),
+            ),
+        ],
+        ..Default::default()
+    };
+    let tollgate = Tollgate::start_with(BIN, options).await;
+    let upstream = FakeUpstream::start("w").await;
+    let key = market(
+        &tollgate,
+        &upstream,
+        &[
+            json!({"slug": "metered", "included": {"requests": 3}, "overage": "charge",
+            "price_per_request": "0.01"}),
+        ],
+        None,
+    )
+    .await;
+    // The team pays a top-up through Checkout: it becomes a Stripe customer.
+    let (status, session) = tollgate
+        .admin(
+            Method::POST,
+            "/api/v1/teams/acme/wallet/checkout",
+            Some(json!({"amount": "5"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{session}");
+    let paid = stripe.complete(session["session_id"].as_str().unwrap());
+    let customer = serde_json::from_str::<Value>(&paid.body).unwrap()["data"]["object"]["customer"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let delivered = tollgate
+        .client
+        .post(format!(
+            "{}/_tollgate/webhooks/stripe",
+            tollgate.gateway_url
+        ))
+        .header("stripe-signature", &paid.signature)
+        .body(paid.body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(delivered.status(), 200);
+    subscribe(&tollgate, "acme-web", "metered").await;
+
+    // Ten calls, each with its own request id, each answered once.
+    for n in 0..10 {
+        let started = Instant::now();
+        loop {
+            let response = tollgate
+                .client
+                .get(format!("{}/weather/now", tollgate.gateway_url))
+                .bearer_auth(&key)
+                .header("x-request-id", format!("use-{n}"))
+                .send()
+                .await
+                .unwrap();
+            if response.status() == 200 {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(2),
+                "{}",
+                response.status()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    // The sink gets every event, the first ones more than once.
+    let started = Instant::now();
+    let events: std::collections::BTreeMap<String, Value> = loop {
+        let received = sink.received();
+        let events: std::collections::BTreeMap<String, Value> = received
+            .iter()
+            .filter(|r| r.header("content-type") == Some("application/cloudevents-batch+json"))
+            .flat_map(|r| r.json().as_array().cloned().unwrap_or_default())
+            .map(|e| (e["id"].as_str().unwrap().to_owned(), e))
+            .collect();
+        if events.len() >= 10 && received.len() >= 3 {
+            break events;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{} events in {} posts\n{}",
+            events.len(),
+            received.len(),
+            tollgate.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let ids: Vec<&str> = events.keys().map(String::as_str).collect();
+    let expected: Vec<String> = (0..10).map(|n| format!("use-{n}")).collect();
+    assert_eq!(ids, expected.iter().map(String::as_str).collect::<Vec<_>>());
+    let first = &events["use-0"];
+    assert_eq!(first["specversion"], "1.0");
+    assert_eq!(first["type"], "dev.tollgate.usage");
+    assert_eq!(first["data"]["team"], "acme");
+    assert_eq!(first["data"]["service"], "weather");
+    assert_eq!(first["data"]["units"]["requests"], 1);
+    let cost: i64 = events
+        .values()
+        .map(|e| e["data"]["cost_nanos"].as_i64().unwrap())
+        .sum();
+    assert_eq!(cost, 7 * 10_000_000, "3 included calls, 7 at 0.01");
+    let charged: i64 = ledger(&tollgate, "acme", "&kind=charge")
+        .await
+        .iter()
+        .map(|e| -e["amount_nanos"].as_i64().unwrap())
+        .sum();
+    assert_eq!(charged, cost, "the events add up to the ledger's charges");
+
+    // Stripe's meter has one event per call, for the team's customer.
+    let started = Instant::now();
+    while stripe.meter_events().len() < 10 {
+        assert!(started.elapsed() < Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let meter = stripe.meter_events();
+    assert_eq!(meter.len(), 10);
+    for event in &meter {
+        assert_eq!(event["event_name"], "api_calls");
+        assert_eq!(event["payload[stripe_customer_id]"], customer);
+        assert_eq!(event["payload[value]"], "1");
+        assert!(event["identifier"].starts_with("use-"));
+    }
+}

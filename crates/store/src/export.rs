@@ -1,0 +1,146 @@
+//! The usage export outbox and the Stripe customer of each team.
+
+use sqlx::Row;
+
+use crate::{Result, Store, WriteTx};
+
+/// A usage event waiting for one destination.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxEvent {
+    /// `<destination>:<charge id>`.
+    pub id: String,
+    pub destination: String,
+    pub team_id: String,
+    /// The event, as JSON text.
+    pub event: String,
+    pub attempts: i64,
+}
+
+impl WriteTx {
+    pub async fn queue_usage(&mut self, rows: &[OutboxEvent], now_ms: i64) -> Result<()> {
+        for row in rows {
+            sqlx::query(
+                "INSERT INTO usage_outbox (id, destination, team_id, event, attempts, next_attempt_at_ms, \
+                 lease_until_ms, created_at_ms) VALUES ($1, $2, $3, $4, 0, $5, 0, $5) \
+                 ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(&row.id)
+            .bind(&row.destination)
+            .bind(&row.team_id)
+            .bind(&row.event)
+            .bind(now_ms)
+            .execute(&mut *self.tx)
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Records the Stripe customer that pays for `team_id`.
+    pub async fn set_stripe_customer(
+        &mut self,
+        team_id: &str,
+        customer: &str,
+        now_ms: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO stripe_customers (team_id, customer, updated_at_ms) VALUES ($1, $2, $3) \
+             ON CONFLICT (team_id) DO UPDATE SET customer = excluded.customer, \
+             updated_at_ms = excluded.updated_at_ms",
+        )
+        .bind(team_id)
+        .bind(customer)
+        .bind(now_ms)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+}
+
+impl Store {
+    /// Claims up to `limit` due events of `destination` for `lease_ms`
+    /// (other nodes skip claimed ones), oldest first.
+    pub async fn claim_usage(
+        &self,
+        destination: &str,
+        now_ms: i64,
+        lease_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<OutboxEvent>> {
+        let rows = sqlx::query(
+            "SELECT id, destination, team_id, event, attempts FROM usage_outbox \
+             WHERE destination = $1 AND next_attempt_at_ms <= $2 AND lease_until_ms <= $2 \
+             ORDER BY created_at_ms LIMIT $3",
+        )
+        .bind(destination)
+        .bind(now_ms)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut claimed = Vec::with_capacity(rows.len());
+        for row in rows {
+            let id: String = row.try_get("id")?;
+            let done = sqlx::query(
+                "UPDATE usage_outbox SET lease_until_ms = $2 WHERE id = $1 AND lease_until_ms <= $3",
+            )
+            .bind(&id)
+            .bind(now_ms + lease_ms)
+            .bind(now_ms)
+            .execute(&self.pool)
+            .await?;
+            if done.rows_affected() == 1 {
+                claimed.push(OutboxEvent {
+                    id,
+                    destination: row.try_get("destination")?,
+                    team_id: row.try_get("team_id")?,
+                    event: row.try_get("event")?,
+                    attempts: row.try_get("attempts")?,
+                });
+            }
+        }
+        Ok(claimed)
+    }
+
+    /// Delivered: gone from the outbox.
+    pub async fn usage_delivered(&self, ids: &[String]) -> Result<()> {
+        for id in ids {
+            sqlx::query("DELETE FROM usage_outbox WHERE id = $1")
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Not delivered: tried again at `next_ms`.
+    pub async fn usage_retry(&self, ids: &[String], next_ms: i64) -> Result<()> {
+        for id in ids {
+            sqlx::query(
+                "UPDATE usage_outbox SET attempts = attempts + 1, next_attempt_at_ms = $2, \
+                 lease_until_ms = 0 WHERE id = $1",
+            )
+            .bind(id)
+            .bind(next_ms)
+            .execute(&self.pool)
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Events still waiting, per destination (for tests and `/ready`).
+    pub async fn usage_pending(&self, destination: &str) -> Result<i64> {
+        let row = sqlx::query("SELECT COUNT(*) FROM usage_outbox WHERE destination = $1")
+            .bind(destination)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get(0)?)
+    }
+
+    /// The Stripe customer of a team, if one paid a top-up.
+    pub async fn stripe_customer(&self, team_id: &str) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT customer FROM stripe_customers WHERE team_id = $1")
+            .bind(team_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|row| Ok(row.try_get(0)?)).transpose()
+    }
+}
