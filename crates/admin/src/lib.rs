@@ -200,6 +200,12 @@ pub fn router(state: AdminState) -> Router {
             "/api/v1/teams/{team}/wallet/checkout",
             post(money::create_checkout),
         )
+        .route(
+            "/api/v1/teams/{team}/wallet/auto-top-up",
+            get(money::get_auto_top_up)
+                .put(money::put_auto_top_up)
+                .delete(money::delete_auto_top_up),
+        )
         .route("/api/v1/config/apply", post(declarative::apply))
         .route("/api/v1/config/export", get(declarative::export))
         .fallback(not_found)

@@ -595,3 +595,168 @@ pub async fn create_checkout(
     commit(&state, tx).await?;
     Ok((StatusCode::CREATED, axum::Json(view)).into_response())
 }
+
+// ------------------------------------------------------------ auto top-up
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AutoTopUpBody {
+    /// Top up when the balance falls under this (decimal string, ≥ 0).
+    pub threshold: String,
+    /// How much to charge each time (decimal string, within the
+    /// currency's minor unit).
+    pub amount: String,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct AutoTopUpView {
+    pub team: String,
+    pub threshold: String,
+    pub amount: String,
+    pub currency: String,
+    /// Whether a card is saved (a Checkout top-up was paid before).
+    pub card_saved: bool,
+    /// The last try and how it ended.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_attempt_at_ms: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+async fn auto_top_up_view(
+    state: &AdminState,
+    team: &Team,
+    rule: &store::AutoTopUp,
+) -> Result<AutoTopUpView, ApiError> {
+    let payer = state.store.stripe_payer(&team.id).await?;
+    Ok(AutoTopUpView {
+        team: team.spec.slug.clone(),
+        threshold: money::format(rule.threshold_nanos),
+        amount: money::format(rule.amount_nanos),
+        currency: state.currency.to_string(),
+        card_saved: payer.is_some_and(|(_, card)| card.is_some()),
+        last_attempt_at_ms: (rule.last_attempt_at_ms > 0).then_some(rule.last_attempt_at_ms),
+        last_error: rule.last_error.clone(),
+    })
+}
+
+/// The team's auto top-up rule (any member).
+#[utoipa::path(get, path = "/api/v1/teams/{team}/wallet/auto-top-up", tag = "wallets",
+    params(("team" = String, Path, description = "slug or id")),
+    responses((status = 200, body = AutoTopUpView), (status = 404, body = crate::openapi::Problem)))]
+pub async fn get_auto_top_up(
+    State(state): State<AdminState>,
+    caller: Caller,
+    Path(key): Path<String>,
+) -> Result<Response, ApiError> {
+    let team = team_or_404(&state, &caller, &key).await?;
+    let rule = state
+        .store
+        .auto_top_up(&team.id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("auto top-up of team", &key))?;
+    Ok(ok(&auto_top_up_view(&state, &team, &rule).await?))
+}
+
+/// Set the team's auto top-up (team owners and admins): when the balance
+/// falls under `threshold`, the card saved with the last Checkout is
+/// charged `amount`.
+#[utoipa::path(put, path = "/api/v1/teams/{team}/wallet/auto-top-up", tag = "wallets",
+    params(("team" = String, Path, description = "slug or id")), request_body = AutoTopUpBody,
+    responses((status = 200, body = AutoTopUpView), (status = 400, body = crate::openapi::Problem)))]
+pub async fn put_auto_top_up(
+    State(state): State<AdminState>,
+    caller: Caller,
+    Path(key): Path<String>,
+    Json(body): Json<AutoTopUpBody>,
+) -> Result<Response, ApiError> {
+    let currency = state.currency.to_string();
+    let mut errors = domain::validate::FieldErrors::new();
+    let threshold = money::parse(&body.threshold, Sign::NonNegative)
+        .map_err(|error| errors.add("threshold", error.to_string()))
+        .ok();
+    let amount = match money::parse(&body.amount, Sign::Positive) {
+        Ok(nanos) if money::to_minor(nanos, &currency).is_none() => {
+            errors.add(
+                "amount",
+                format!(
+                    "{currency} amounts have at most {} decimals",
+                    money::minor_digits(&currency)
+                ),
+            );
+            None
+        }
+        Ok(nanos) => Some(nanos),
+        Err(error) => {
+            errors.add("amount", error.to_string());
+            None
+        }
+    };
+    let mut tx = state.store.begin().await?;
+    let team = team_in(&mut tx, &caller, &key, Role::Admin).await?;
+    let (Some(threshold_nanos), Some(amount_nanos)) = (threshold, amount) else {
+        return Err(ApiError::validation(errors));
+    };
+    if state.payments.is_none() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "payments_not_configured",
+            "Auto top-up charges through Stripe, which is not configured on this deployment.",
+        ));
+    }
+    let rule = store::AutoTopUp {
+        team_id: team.id.clone(),
+        threshold_nanos,
+        amount_nanos,
+        last_attempt_at_ms: 0,
+        last_error: None,
+    };
+    tx.put_auto_top_up(&rule, domain::now_ms()).await?;
+    let view = auto_top_up_view(&state, &team, &rule).await?;
+    audit(
+        &mut tx,
+        &caller,
+        Audit::new(
+            "wallet.auto_top_up.set",
+            "wallet",
+            &team.id,
+            Some(&team.spec.slug),
+        ),
+        NONE,
+        Some(&view),
+    )
+    .await?;
+    commit(&state, tx).await?;
+    Ok(ok(&view))
+}
+
+/// Turn the team's auto top-up off (team owners and admins).
+#[utoipa::path(delete, path = "/api/v1/teams/{team}/wallet/auto-top-up", tag = "wallets",
+    params(("team" = String, Path, description = "slug or id")),
+    responses((status = 204), (status = 404, body = crate::openapi::Problem)))]
+pub async fn delete_auto_top_up(
+    State(state): State<AdminState>,
+    caller: Caller,
+    Path(key): Path<String>,
+) -> Result<Response, ApiError> {
+    let mut tx = state.store.begin().await?;
+    let team = team_in(&mut tx, &caller, &key, Role::Admin).await?;
+    if !tx.delete_auto_top_up(&team.id).await? {
+        return Err(ApiError::not_found("auto top-up of team", &key));
+    }
+    audit(
+        &mut tx,
+        &caller,
+        Audit::new(
+            "wallet.auto_top_up.delete",
+            "wallet",
+            &team.id,
+            Some(&team.spec.slug),
+        ),
+        NONE,
+        NONE,
+    )
+    .await?;
+    commit(&state, tx).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}

@@ -58,6 +58,7 @@ pub struct Problem {
         crate::consumers::get_webhook, crate::consumers::delete_webhook, crate::consumers::list_deliveries,
         crate::money::get_wallet, crate::money::list_ledger, crate::money::create_grant,
         crate::money::create_adjustment, crate::money::create_checkout,
+        crate::money::get_auto_top_up, crate::money::put_auto_top_up, crate::money::delete_auto_top_up,
     ),
     components(schemas(Problem, domain::validate::FieldError)),
     modifiers(&BearerAuth, &ProblemResponses),

@@ -793,7 +793,7 @@ pub struct Subscription {
 // --------------------------------------------------------------- webhooks
 
 /// Events a webhook endpoint can receive.
-pub const WEBHOOK_EVENTS: [&str; 14] = [
+pub const WEBHOOK_EVENTS: [&str; 16] = [
     "subscription.created",
     "subscription.approved",
     "subscription.rejected",
@@ -807,6 +807,8 @@ pub const WEBHOOK_EVENTS: [&str; 14] = [
     "warning.quota_nearly_exhausted",
     "warning.budget_nearly_exhausted",
     "warning.subscription_expiring",
+    "wallet.auto_top_up",
+    "wallet.auto_top_up_failed",
     "webhook.test",
 ];
 

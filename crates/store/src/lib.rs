@@ -30,7 +30,7 @@ use sqlx::{AnyPool, Row};
 
 pub use access::{AuditFilter, Delivery, Session, SubscriptionFilter, TokenOwner, Visible};
 pub use billing::{Fee, NodeUsage, Usage, fee_key};
-pub use export::OutboxEvent;
+pub use export::{AutoTopUp, OutboxEvent};
 pub use migrate::MIGRATIONS;
 pub use money::{Appended, EntryDelta, LedgerFilter, NewEntry, Wallet, WalletHead};
 pub use objects::{ConfigData, Page};

@@ -27,6 +27,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "usage_export",
         include_str!("../migrations/0008_usage_export.sql"),
     ),
+    (
+        9,
+        "auto_top_up",
+        include_str!("../migrations/0009_auto_top_up.sql"),
+    ),
 ];
 
 impl Store {

@@ -43,6 +43,10 @@ struct State {
     counter: AtomicU64,
     /// Meter events received: form pairs, and identifiers seen.
     meter_events: Mutex<Vec<HashMap<String, String>>>,
+    /// PaymentIntents by id (from Checkout, and off-session charges).
+    payment_intents: Mutex<HashMap<String, Value>>,
+    /// Customers whose card declines.
+    declining: Mutex<std::collections::HashSet<String>>,
 }
 
 impl State {
@@ -141,6 +145,27 @@ impl FakeStripe {
             .unwrap_or_default()
     }
 
+    /// Off-session charges fail for this customer (a declined card).
+    pub fn decline(&self, customer: &str) {
+        self.state
+            .declining
+            .lock()
+            .unwrap()
+            .insert(customer.to_owned());
+    }
+
+    /// PaymentIntents created off-session (auto top-ups).
+    pub fn off_session_charges(&self) -> Vec<Value> {
+        self.state
+            .payment_intents
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|pi| pi["off_session"] == true)
+            .cloned()
+            .collect()
+    }
+
     /// The meter events received (form pairs).
     pub fn meter_events(&self) -> Vec<HashMap<String, String>> {
         self.state.meter_events.lock().unwrap().clone()
@@ -182,6 +207,15 @@ impl FakeStripe {
             if session["customer"].is_null() && session["customer_creation"] == "always" {
                 session["customer"] = self.state.id("cus").into();
             }
+            let payment_intent = session["payment_intent"].as_str().unwrap().to_owned();
+            self.state.payment_intents.lock().unwrap().insert(
+                payment_intent.clone(),
+                json!({"id": payment_intent, "object": "payment_intent",
+                    "amount": session["amount_total"], "amount_received": session["amount_total"],
+                    "currency": session["currency"], "customer": session["customer"],
+                    "payment_method": self.state.id("pm"), "status": "succeeded",
+                    "setup_future_usage": session["setup_future_usage"], "metadata": {}}),
+            );
             session["payment_status"] = "paid".into();
             session["url"] = Value::Null;
             session.clone()
@@ -225,6 +259,21 @@ async fn handle(state: &State, request: Request<Incoming>) -> Response<Full<Byte
     if request.method() == hyper::Method::POST && request.uri().path() == "/v1/billing/meter_events"
     {
         return meter_event(state, request).await;
+    }
+    if let Some(id) = request.uri().path().strip_prefix("/v1/payment_intents/")
+        && request.method() == hyper::Method::GET
+    {
+        return match state.payment_intents.lock().unwrap().get(id) {
+            Some(pi) => ok(pi.clone()),
+            None => stripe_error(
+                StatusCode::NOT_FOUND,
+                json!({"type": "invalid_request_error", "code": "resource_missing",
+                    "message": format!("No such payment_intent: '{id}'")}),
+            ),
+        };
+    }
+    if request.method() == hyper::Method::POST && request.uri().path() == "/v1/payment_intents" {
+        return create_payment_intent(state, request).await;
     }
     if request.method() != hyper::Method::POST || request.uri().path() != "/v1/checkout/sessions" {
         return stripe_error(
@@ -317,6 +366,7 @@ async fn handle(state: &State, request: Request<Incoming>) -> Response<Full<Byte
         "currency": currency,
         "customer": null,
         "customer_creation": get("customer_creation"),
+        "setup_future_usage": get("payment_intent_data[setup_future_usage]"),
         "expires_at": now_s() + 86_400,
         "livemode": false,
         "metadata": metadata,
@@ -336,6 +386,81 @@ async fn handle(state: &State, request: Request<Incoming>) -> Response<Full<Byte
         state.by_idempotency_key.lock().unwrap().insert(key, id);
     }
     ok(session)
+}
+
+/// `POST /v1/payment_intents` with `confirm=true` and `off_session=true`:
+/// charges a saved card at once (`status: succeeded`), or answers 402
+/// `card_error` / `card_declined` for a declining customer.
+async fn create_payment_intent(state: &State, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    let key = request
+        .headers()
+        .get("idempotency-key")
+        .map(|v| v.to_str().unwrap_or_default().to_owned());
+    let authorized = request
+        .headers()
+        .get("authorization")
+        .is_some_and(|v| v.as_bytes() == format!("Bearer {SECRET_KEY}").as_bytes());
+    let body = request.into_body().collect().await.unwrap().to_bytes();
+    if !authorized {
+        return stripe_error(
+            StatusCode::UNAUTHORIZED,
+            json!({"type": "invalid_request_error", "message": "Invalid API Key provided: sk_test_****"}),
+        );
+    }
+    if let Some(key) = &key
+        && let Some(id) = state.by_idempotency_key.lock().unwrap().get(key)
+        && let Some(pi) = state.payment_intents.lock().unwrap().get(id)
+    {
+        return ok(pi.clone());
+    }
+    let form: HashMap<String, String> = url::form_urlencoded::parse(&body)
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    let customer = form.get("customer").cloned().unwrap_or_default();
+    let payment_method = form.get("payment_method").cloned().unwrap_or_default();
+    let known = state.payment_intents.lock().unwrap().values().any(|pi| {
+        pi["customer"] == customer.as_str() && pi["payment_method"] == payment_method.as_str()
+    });
+    if !known {
+        return stripe_error(
+            StatusCode::BAD_REQUEST,
+            json!({"type": "invalid_request_error", "code": "resource_missing", "param": "payment_method",
+                "message": format!("No such PaymentMethod: '{payment_method}'")}),
+        );
+    }
+    let amount: i64 = form.get("amount").and_then(|a| a.parse().ok()).unwrap_or(0);
+    let id = state.id("pi");
+    let mut metadata = serde_json::Map::new();
+    for (k, v) in &form {
+        if let Some(name) = k
+            .strip_prefix("metadata[")
+            .and_then(|k| k.strip_suffix(']'))
+        {
+            metadata.insert(name.to_owned(), v.clone().into());
+        }
+    }
+    let declined = state.declining.lock().unwrap().contains(&customer);
+    let pi = json!({"id": id, "object": "payment_intent", "amount": amount,
+        "amount_received": if declined { 0 } else { amount },
+        "currency": form.get("currency"), "customer": customer, "payment_method": payment_method,
+        "off_session": true, "metadata": metadata,
+        "status": if declined { "requires_payment_method" } else { "succeeded" }});
+    state
+        .payment_intents
+        .lock()
+        .unwrap()
+        .insert(id.clone(), pi.clone());
+    if let Some(key) = key {
+        state.by_idempotency_key.lock().unwrap().insert(key, id);
+    }
+    if declined {
+        return stripe_error(
+            StatusCode::PAYMENT_REQUIRED,
+            json!({"type": "card_error", "code": "card_declined", "decline_code": "generic_decline",
+                "message": "Your card was declined.", "payment_intent": pi}),
+        );
+    }
+    ok(pi)
 }
 
 /// `POST /v1/billing/meter_events`: `event_name`, `payload[stripe_customer_id]`

@@ -345,22 +345,34 @@ pub async fn run(args: &ConfigArgs) -> anyhow::Result<()> {
     if let Some(url) = &config.x402_facilitator {
         gateway.set_facilitator(Arc::new(crate::x402::FacilitatorClient::new(url)));
     }
-    let payments: Option<Arc<dyn admin::money::PaymentProvider>> =
-        config.stripe.as_ref().map(|stripe| {
-            gateway.set_hook(
-                "stripe",
-                Arc::new(crate::stripe::StripeWebhook {
-                    store: store.clone(),
-                    secret: stripe.webhook_secret.clone(),
-                    currency: config.currency.clone(),
-                    wallets_changed: wallets_changed.clone(),
-                }),
-            );
-            Arc::new(crate::stripe::StripeClient::new(
-                &stripe.api_base,
-                &stripe.secret_key,
-            )) as Arc<dyn admin::money::PaymentProvider>
-        });
+    let stripe_client = config.stripe.as_ref().map(|stripe| {
+        let client = Arc::new(crate::stripe::StripeClient::new(
+            &stripe.api_base,
+            &stripe.secret_key,
+        ));
+        gateway.set_hook(
+            "stripe",
+            Arc::new(crate::stripe::StripeWebhook {
+                store: store.clone(),
+                client: client.clone(),
+                secret: stripe.webhook_secret.clone(),
+                currency: config.currency.clone(),
+                wallets_changed: wallets_changed.clone(),
+            }),
+        );
+        client
+    });
+    let auto_top_up = stripe_client.clone().map(|client| {
+        crate::autotopup::spawn(
+            store.clone(),
+            gateway.clone(),
+            client,
+            config.currency.clone(),
+            wallets_changed.clone(),
+            shutdown_rx.clone(),
+        )
+    });
+    let payments = stripe_client.map(|client| client as Arc<dyn admin::money::PaymentProvider>);
     let admin_state = admin::AdminState {
         store: store.clone(),
         root_token_digest: root_token_digest.into(),
@@ -416,6 +428,9 @@ pub async fn run(args: &ConfigArgs) -> anyhow::Result<()> {
         let _ = health.await;
         let _ = webhooks.await;
         let _ = warnings.await;
+        if let Some(auto_top_up) = auto_top_up {
+            let _ = auto_top_up.await;
+        }
         if let Some(exporter) = exporter {
             let _ = exporter.await;
         }

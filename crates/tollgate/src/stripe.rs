@@ -62,6 +62,8 @@ impl StripeClient {
             .append_pair("mode", "payment")
             // A customer per payer, so that usage can be metered to it.
             .append_pair("customer_creation", "always")
+            // …and a card saved for auto top-ups.
+            .append_pair("payment_intent_data[setup_future_usage]", "off_session")
             .append_pair("line_items[0][quantity]", "1")
             .append_pair("line_items[0][price_data][currency]", &currency)
             .append_pair("line_items[0][price_data][unit_amount]", &minor)
@@ -120,6 +122,93 @@ impl StripeClient {
                 "Stripe's answer has no session id or url".into(),
             )),
         }
+    }
+}
+
+/// How an off-session charge ended.
+#[derive(Debug)]
+pub enum Charged {
+    /// Paid: the PaymentIntent id and the amount received (minor units).
+    Paid { id: String, amount_minor: i64 },
+    /// Declined or failed; Stripe's message.
+    Failed(String),
+}
+
+impl StripeClient {
+    async fn call(&self, request: reqwest::RequestBuilder) -> Result<(StatusCode, Value), String> {
+        let response = request
+            .bearer_auth(&self.secret_key)
+            .send()
+            .await
+            .map_err(|error| error.to_string())?;
+        let status = response.status();
+        let answer: Value = response
+            .json()
+            .await
+            .map_err(|error| format!("unreadable answer ({status}): {error}"))?;
+        Ok((status, answer))
+    }
+
+    /// The payment method a PaymentIntent was paid with.
+    pub async fn payment_method_of(&self, payment_intent: &str) -> Result<Option<String>, String> {
+        let (status, answer) = self
+            .call(
+                self.http
+                    .get(format!("{}/v1/payment_intents/{payment_intent}", self.base)),
+            )
+            .await?;
+        if !status.is_success() {
+            return Err(format!("payment intent {payment_intent}: {status}"));
+        }
+        Ok(answer["payment_method"].as_str().map(str::to_owned))
+    }
+
+    /// Charges a saved card without the payer present (auto top-up).
+    pub async fn charge_saved(
+        &self,
+        customer: &str,
+        payment_method: &str,
+        amount_minor: i64,
+        currency: &str,
+        team_id: &str,
+        idempotency_key: &str,
+    ) -> Result<Charged, String> {
+        let body = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("amount", &amount_minor.to_string())
+            .append_pair("currency", &currency.to_ascii_lowercase())
+            .append_pair("customer", customer)
+            .append_pair("payment_method", payment_method)
+            .append_pair("off_session", "true")
+            .append_pair("confirm", "true")
+            .append_pair("metadata[tollgate_team_id]", team_id)
+            .append_pair("metadata[tollgate_auto_top_up]", "1")
+            .finish();
+        let (status, answer) = self
+            .call(
+                self.http
+                    .post(format!("{}/v1/payment_intents", self.base))
+                    .header("content-type", "application/x-www-form-urlencoded")
+                    .header("idempotency-key", idempotency_key)
+                    .body(body),
+            )
+            .await?;
+        if status.is_server_error() {
+            return Err(format!("Stripe answered {status}"));
+        }
+        if status.is_success() && answer["status"] == "succeeded" {
+            return Ok(Charged::Paid {
+                id: answer["id"].as_str().unwrap_or_default().to_owned(),
+                amount_minor: answer["amount_received"]
+                    .as_i64()
+                    .or_else(|| answer["amount"].as_i64())
+                    .unwrap_or(0),
+            });
+        }
+        Ok(Charged::Failed(
+            answer["error"]["message"]
+                .as_str()
+                .map_or_else(|| format!("status {}", answer["status"]), str::to_owned),
+        ))
     }
 }
 
@@ -190,6 +279,8 @@ pub fn verify_signature(
 /// `POST /_tollgate/webhooks/stripe`.
 pub struct StripeWebhook {
     pub store: Store,
+    /// Looks up the card a Checkout saved.
+    pub client: Arc<StripeClient>,
     pub secret: String,
     pub currency: String,
     /// Woken after a credit, so the gateway's wallets see it at once.
@@ -243,6 +334,22 @@ impl StripeWebhook {
                 self.credit(object).await
             }
             "charge.refunded" => self.refund(object).await,
+            "payment_intent.succeeded" if object["metadata"]["tollgate_auto_top_up"] == "1" => {
+                let team_id = object["metadata"]["tollgate_team_id"]
+                    .as_str()
+                    .unwrap_or_default();
+                match self.amount_nanos(object, "amount_received") {
+                    Ok(amount) => credit_payment_intent(
+                        &self.store,
+                        team_id,
+                        object["id"].as_str().unwrap_or_default(),
+                        amount,
+                    )
+                    .await
+                    .map(|credited| json!({"received": true, "duplicate": !credited})),
+                    Err(reason) => Ok(json!({"received": true, "ignored": reason})),
+                }
+            }
             _ => Ok(json!({"received": true, "ignored": kind})),
         };
         match outcome {
@@ -295,6 +402,19 @@ impl StripeWebhook {
                 return Ok(json!({"received": true, "ignored": reason}));
             }
         };
+        // The card saved for auto top-ups (outside the transaction: a
+        // call to Stripe). Not fatal: a later Checkout saves one.
+        let payment_method = match session["payment_intent"].as_str() {
+            Some(payment_intent) => self
+                .client
+                .payment_method_of(payment_intent)
+                .await
+                .unwrap_or_else(|error| {
+                    tracing::warn!(%error, "cannot read the payment method of a checkout");
+                    None
+                }),
+            None => None,
+        };
         let mut tx = self.store.begin().await?;
         if session_id.is_empty() || tx.team(team_id).await?.is_none() {
             tracing::error!(session_id, team_id, "stripe checkout for an unknown team");
@@ -322,7 +442,8 @@ impl StripeWebhook {
         }
         if let Some(customer) = session["customer"].as_str() {
             // The customer meter events name (usage export).
-            tx.set_stripe_customer(team_id, customer, now).await?;
+            tx.set_stripe_customer(team_id, customer, payment_method.as_deref(), now)
+                .await?;
         }
         let payment_intent = session["payment_intent"].as_str().unwrap_or(session_id);
         tx.record_stripe_payment(
@@ -381,6 +502,57 @@ impl StripeWebhook {
         tx.commit().await?;
         Ok(json!({"received": true, "refunded": domain::money::format(delta)}))
     }
+}
+
+/// Credits a paid PaymentIntent (an auto top-up) once, whether the
+/// charge's answer or Stripe's webhook reports it first. Returns whether
+/// this call recorded it.
+pub async fn credit_payment_intent(
+    store: &Store,
+    team_id: &str,
+    payment_intent: &str,
+    amount_nanos: i64,
+) -> store::Result<bool> {
+    if payment_intent.is_empty() || amount_nanos <= 0 {
+        return Ok(false);
+    }
+    let mut tx = store.begin().await?;
+    if tx.team(team_id).await?.is_none() {
+        return Ok(false);
+    }
+    let now = domain::now_ms();
+    let appended = tx
+        .append_entry(NewEntry {
+            entry: LedgerEntry {
+                id: domain::id::new_id(),
+                team_id: team_id.to_owned(),
+                kind: EntryKind::TopUp,
+                amount_nanos,
+                idempotency_key: format!("stripe:payment_intent:{payment_intent}"),
+                actor: "stripe".into(),
+                reason: Some(format!("auto top-up, Stripe {payment_intent}")),
+                request_id: None,
+                created_at_ms: now,
+            },
+            min_balance_after: None,
+        })
+        .await?;
+    if let Appended::Existing(_) = appended {
+        return Ok(false);
+    }
+    tx.record_stripe_payment(
+        &StripePayment {
+            payment_intent: payment_intent.to_owned(),
+            session_id: payment_intent.to_owned(),
+            team_id: team_id.to_owned(),
+            amount_nanos,
+            refunded_nanos: 0,
+        },
+        now,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(true)
 }
 
 impl gateway::Hook for StripeWebhook {

@@ -266,3 +266,135 @@ async fn without_stripe_there_is_no_checkout_and_no_webhook() {
     let (status, _) = deliver(&tollgate, "{}", Some("t=1,v1=00")).await;
     assert_eq!(status, 404);
 }
+
+/// Pays a Checkout top-up of `amount` for `team` end to end; returns the
+/// Stripe customer it made.
+async fn paid_checkout(
+    tollgate: &Tollgate,
+    stripe: &FakeStripe,
+    team: &str,
+    amount: &str,
+) -> String {
+    let (status, session) = tollgate
+        .admin(
+            Method::POST,
+            &format!("/api/v1/teams/{team}/wallet/checkout"),
+            Some(json!({"amount": amount})),
+        )
+        .await;
+    assert_eq!(status, 201, "{session}");
+    let paid = stripe.complete(session["session_id"].as_str().unwrap());
+    let (status, body) = send(tollgate, &paid).await;
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str::<Value>(&paid.body).unwrap()["data"]["object"]["customer"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+async fn wait_balance(tollgate: &Tollgate, team: &str, balance: &str) {
+    let started = std::time::Instant::now();
+    loop {
+        let now = wallet(tollgate, team).await;
+        if now["balance"] == balance {
+            return;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(8),
+            "{team} has {now}, want {balance}\n{}",
+            tollgate.log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn auto_top_up_charges_the_saved_card_when_the_balance_runs_low() {
+    let stripe = FakeStripe::start().await;
+    let tollgate = with_stripe(&stripe).await;
+    let receiver = test_support::webhook::WebhookReceiver::start(0).await;
+    tollgate
+        .create(
+            "/api/v1/teams/other/webhooks",
+            json!({"url": receiver.url(), "events": ["wallet.auto_top_up_failed"]}),
+        )
+        .await;
+    let rule = "/api/v1/teams/acme/wallet/auto-top-up";
+    let (status, _) = tollgate.admin(Method::GET, rule, None).await;
+    assert_eq!(status, 404, "no rule yet");
+    let (status, body) = tollgate
+        .admin(
+            Method::PUT,
+            rule,
+            Some(json!({"threshold": "12", "amount": "20.001"})),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+
+    paid_checkout(&tollgate, &stripe, "acme", "10").await;
+    let (status, view) = tollgate
+        .admin(
+            Method::PUT,
+            rule,
+            Some(json!({"threshold": "12", "amount": "20"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{view}");
+    assert_eq!(view["card_saved"], true);
+    // 10 < 12: the saved card is charged 20, once.
+    wait_balance(&tollgate, "acme", "30.00").await;
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let charges = stripe.off_session_charges();
+    assert_eq!(charges.len(), 1, "{charges:?}");
+    assert_eq!(charges[0]["amount"], 2000);
+    assert_eq!(wallet(&tollgate, "acme").await["balance"], "30.00");
+    let top_ups = ledger(&tollgate, "acme", "&kind=top_up").await;
+    assert_eq!(top_ups.len(), 2);
+    assert!(
+        top_ups[1]["idempotency_key"]
+            .as_str()
+            .unwrap()
+            .starts_with("stripe:payment_intent:pi_")
+    );
+    // Stripe's own webhook for that charge credits nothing more.
+    let event = json!({"id": "evt_pi", "object": "event", "type": "payment_intent.succeeded",
+        "data": {"object": charges[0]}})
+    .to_string();
+    let signed = signature(WEBHOOK_SECRET, domain::now_ms() / 1000, &event);
+    let (status, body) = deliver(&tollgate, &event, Some(&signed)).await;
+    assert_eq!((status, &body["duplicate"]), (200, &json!(true)), "{body}");
+    assert_eq!(wallet(&tollgate, "acme").await["balance"], "30.00");
+
+    // A declined card: nothing credited, the reason kept, the team told.
+    let customer = paid_checkout(&tollgate, &stripe, "other", "1").await;
+    stripe.decline(&customer);
+    let (status, _) = tollgate
+        .admin(
+            Method::PUT,
+            "/api/v1/teams/other/wallet/auto-top-up",
+            Some(json!({"threshold": "5", "amount": "10"})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let failed = receiver
+        .wait_for(1, std::time::Duration::from_secs(10))
+        .await;
+    let event = failed[0].json();
+    assert_eq!(event["type"], "wallet.auto_top_up_failed");
+    assert_eq!(event["data"]["error"], "Your card was declined.");
+    let (_, view) = tollgate
+        .admin(Method::GET, "/api/v1/teams/other/wallet/auto-top-up", None)
+        .await;
+    assert_eq!(view["last_error"], "Your card was declined.");
+    assert_eq!(wallet(&tollgate, "other").await["balance"], "1.00");
+
+    // Turned off: gone.
+    let (status, _) = tollgate
+        .admin(
+            Method::DELETE,
+            "/api/v1/teams/other/wallet/auto-top-up",
+            None,
+        )
+        .await;
+    assert_eq!(status, 204);
+}
