@@ -476,8 +476,17 @@ pub(crate) fn admit_paid<B>(
             ));
         }
     }
+    // A Tollgate key sent along is not the upstream's business either.
+    let mut carriers = strip::PAYMENT;
+    for (_, source) in credentials(request) {
+        carriers |= match source {
+            Source::Authorization => strip::AUTHORIZATION,
+            Source::XApiKey => strip::X_API_KEY,
+            Source::Query => strip::QUERY_KEY,
+        };
+    }
     let admission = Admission {
-        strip: strip::PAYMENT,
+        strip: carriers,
         ..Admission::default()
     };
     open(route, admission)
@@ -496,7 +505,7 @@ pub(crate) fn admit<B>(
     peer: IpAddr,
     trusted_proxies: &[domain::net::Cidr],
     jwks: &JwksCache,
-    money: (&str, bool),
+    money: (&str, bool, &str),
 ) -> Result<Admission, Refusal> {
     let service = &route.service;
     let mut admission = Admission::default();
@@ -530,7 +539,39 @@ pub(crate) fn admit<B>(
         now_u,
         &mut admission,
     )?;
-    pay(app, subscription, money, now_ms, &mut admission)?;
+    if let Err(mut refusal) = pay(
+        app,
+        subscription,
+        (money.0, money.1),
+        now_ms,
+        &mut admission,
+    ) {
+        // A service that also takes per-request payment says how to pay
+        // this one call instead.
+        if let Some(x402) = &service.x402
+            && matches!(
+                refusal.code,
+                Code::InsufficientCredit
+                    | Code::QuotaExhausted
+                    | Code::BudgetExhausted
+                    | Code::SubscriptionExpired
+                    | Code::PaymentFailed
+            )
+        {
+            let url = format!(
+                "{}{}",
+                money.2,
+                request.uri().path_and_query().map_or("/", |p| p.as_str())
+            );
+            let offer =
+                crate::x402::payment_required(x402, &url, refusal.code.as_str(), String::new());
+            refusal.headers.extend(offer.headers);
+            refusal.detail.push_str(
+                " Or pay for this call alone with x402: sign the offer in the PAYMENT-REQUIRED header and send it as PAYMENT-SIGNATURE.",
+            );
+        }
+        return Err(refusal);
+    }
     let [app_slug, team] = app.identity.clone();
     let [plan, id] = subscription.identity.clone();
     admission.identity = Some([app_slug, team, plan, id]);

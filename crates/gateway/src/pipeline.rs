@@ -189,7 +189,11 @@ async fn run(
             context.peer.addr.ip(),
             &shared.options.trusted_proxies,
             &shared.jwks,
-            (&shared.options.currency, shared.options.export_usage),
+            (
+                &shared.options.currency,
+                shared.options.export_usage,
+                &shared.options.public_url,
+            ),
         )?
     };
     let mut admission = admission;

@@ -207,3 +207,65 @@ async fn bad_payments_are_refused_and_nothing_is_settled() {
         .await;
     assert_eq!(status, 200);
 }
+
+#[tokio::test]
+async fn a_subscriber_out_of_credit_is_offered_to_pay_per_request() {
+    let facilitator = FakeFacilitator::start().await;
+    let upstream = FakeUpstream::start("q").await;
+    let tollgate = paid_service(&facilitator, &upstream).await;
+    tollgate
+        .create("/api/v1/teams", json!({"slug": "acme", "name": "acme"}))
+        .await;
+    tollgate
+        .create(
+            "/api/v1/services/quotes/plans",
+            json!({"slug": "per-call", "price_per_request": "0.01"}),
+        )
+        .await;
+    tollgate
+        .create("/api/v1/apps", json!({"slug": "acme-web", "team": "acme"}))
+        .await;
+    let key = tollgate
+        .create("/api/v1/apps/acme-web/keys", json!({}))
+        .await["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    tollgate
+        .create(
+            "/api/v1/subscriptions",
+            json!({"app": "acme-web", "service": "quotes", "plan": "per-call"}),
+        )
+        .await;
+    // An empty wallet: the 402 also offers x402 for this one call.
+    let started = std::time::Instant::now();
+    let refused = loop {
+        let response = tollgate.get_with_key("/quotes/acme", &key).await;
+        if response.status() == 402 {
+            break response;
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let offer = decode(refused.headers()["payment-required"].to_str().unwrap());
+    let body = problem(refused, 402, "insufficient_credit").await;
+    assert!(body["detail"].as_str().unwrap().contains("x402"), "{body}");
+    assert_eq!(offer["error"], "insufficient_credit");
+    // Paying per request works with the key along; neither reaches the
+    // upstream.
+    let paid = payment(&offer["accepts"][0], PAYER, 60, |_| {});
+    let response = tollgate
+        .client
+        .get(format!("{}/quotes/acme", tollgate.gateway_url))
+        .bearer_auth(&key)
+        .header("payment-signature", &paid)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.headers().contains_key("payment-response"));
+    let echoed: Value = response.json().await.unwrap();
+    assert!(echoed["headers"].get("authorization").is_none(), "{echoed}");
+    assert!(echoed["headers"].get("payment-signature").is_none());
+    assert_eq!(facilitator.settles(), 1);
+}
