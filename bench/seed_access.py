@@ -54,7 +54,8 @@ def main() -> None:
         slug = f"bench-app-{a:06d}"
         apps.append((app_id, slug, args.team, json.dumps({"slug": slug, "team": args.team}), now_ms, now_ms))
         subscriptions.append(
-            (str(uuid.uuid4()), app_id, args.service_id, args.plan_id, "active", None, args.team, None, now_ms, now_ms)
+            (str(uuid.uuid4()), app_id, args.service_id, args.plan_id, "active", None, args.team, None, now_ms, now_ms,
+             now_ms, now_ms + 30 * 86_400_000, now_ms)
         )
         for k in range(args.keys_per_app):
             secret = key()
@@ -84,7 +85,8 @@ def main() -> None:
         )
         db.executemany(
             "INSERT INTO subscriptions (id, app_id, service_id, plan_id, status, reason, consumer_team, provider_team, "
-            "created_at_ms, updated_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "created_at_ms, updated_at_ms, period_start_ms, period_end_ms, anchor_ms) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             subscriptions,
         )
         db.execute("UPDATE config_state SET version = version + 1 WHERE id = 1")

@@ -68,7 +68,15 @@ pub async fn renew_due(
     now_ms: i64,
 ) -> store::Result<usize> {
     let mut changed = 0;
-    for subscription in store.due_subscriptions(now_ms, 500).await? {
+    let (legacy, due): (Vec<_>, Vec<_>) = store
+        .due_subscriptions(now_ms, 500)
+        .await?
+        .into_iter()
+        .partition(|s| s.status == SubscriptionStatus::Active && s.period_end_ms.is_none());
+    if !legacy.is_empty() {
+        changed += adopt(store, legacy, now_ms).await?;
+    }
+    for subscription in due {
         if renew(store, gateway, node, subscription, now_ms).await? {
             changed += 1;
         }
@@ -76,11 +84,72 @@ pub async fn renew_due(
     Ok(changed)
 }
 
+/// Gives active subscriptions made before periods existed the period they
+/// are in (no fee), all in one transaction: an upgrade with many of them
+/// is one configuration change, not one per subscription.
+async fn adopt(store: &Store, legacy: Vec<Subscription>, now_ms: i64) -> store::Result<usize> {
+    let mut tx = store.begin().await?;
+    let mut adopted = 0;
+    for subscription in legacy {
+        let Some(plan) = tx
+            .plan(&subscription.service_id, &subscription.plan_id)
+            .await?
+        else {
+            continue;
+        };
+        let anchor = subscription.created_at_ms;
+        let (start, end) =
+            domain::billing::period_containing(plan.spec.period_alignment, anchor, now_ms);
+        let period = Period {
+            start_ms: start,
+            end_ms: end,
+            anchor_ms: anchor,
+            trial_end_ms: None,
+            fee_nanos: 0,
+        };
+        let before = subscription.clone();
+        let mut after = subscription;
+        tx.enter_period(&mut after, &period, ACTOR, now_ms).await?;
+        audit(
+            &mut tx,
+            "subscription.adopt_period",
+            &before,
+            &after,
+            now_ms,
+        )
+        .await?;
+        adopted += 1;
+    }
+    tx.commit().await?;
+    Ok(adopted)
+}
+
+/// Audits one change made by this task.
+async fn audit(
+    tx: &mut store::WriteTx,
+    action: &str,
+    before: &Subscription,
+    after: &Subscription,
+    now_ms: i64,
+) -> store::Result<()> {
+    let entry = AuditEntry {
+        id: domain::id::new_id(),
+        at_ms: now_ms,
+        actor: ACTOR.to_owned(),
+        action: action.to_owned(),
+        object_kind: "subscription".to_owned(),
+        object_id: after.id.clone(),
+        team: Some(after.consumer_team.clone()),
+        before: serde_json::to_value(before).ok(),
+        after: serde_json::to_value(after).ok(),
+        request_id: String::new(),
+    };
+    tx.insert_audit(&entry, after.provider_team.as_deref())
+        .await
+}
+
 /// What happens to one due subscription.
 enum Step {
-    /// Active without a period (made before periods existed): give it the
-    /// period it is in, without a fee.
-    Adopt(Period),
     Expire,
     /// Enter this period if its fee can be paid.
     Renew(Period),
@@ -103,18 +172,6 @@ async fn renew(
         subscription.status,
         subscription.period_start_ms.zip(subscription.period_end_ms),
     ) {
-        (SubscriptionStatus::Active, None) => {
-            let anchor = subscription.created_at_ms;
-            let (start, end) =
-                domain::billing::period_containing(plan.spec.period_alignment, anchor, now_ms);
-            Step::Adopt(Period {
-                start_ms: start,
-                end_ms: end,
-                anchor_ms: anchor,
-                trial_end_ms: None,
-                fee_nanos: 0,
-            })
-        }
         (SubscriptionStatus::Active, Some(_)) if !subscription.auto_renew => Step::Expire,
         (SubscriptionStatus::PastDue, Some((start, end))) if now_ms < end => {
             // The unpaid period is still running: pay for it.
@@ -159,10 +216,6 @@ async fn renew(
     }
     let mut tx = store.begin().await?;
     let (action, event) = match step {
-        Step::Adopt(period) => {
-            tx.enter_period(&mut after, &period, ACTOR, now_ms).await?;
-            ("subscription.adopt_period", None)
-        }
         Step::Expire => {
             after.status = SubscriptionStatus::Expired;
             after.updated_at_ms = now_ms;
@@ -204,20 +257,7 @@ async fn renew(
             }
         }
     };
-    let entry = AuditEntry {
-        id: domain::id::new_id(),
-        at_ms: now_ms,
-        actor: ACTOR.to_owned(),
-        action: action.to_owned(),
-        object_kind: "subscription".to_owned(),
-        object_id: after.id.clone(),
-        team: Some(after.consumer_team.clone()),
-        before: serde_json::to_value(&before).ok(),
-        after: serde_json::to_value(&after).ok(),
-        request_id: String::new(),
-    };
-    tx.insert_audit(&entry, after.provider_team.as_deref())
-        .await?;
+    audit(&mut tx, action, &before, &after, now_ms).await?;
     if let Some(event) = event {
         tx.notify_subscription(event, &after).await?;
     }

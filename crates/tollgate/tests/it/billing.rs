@@ -945,3 +945,49 @@ async fn usage_events_reach_a_cloudevents_sink_and_stripe_meters_at_least_once()
         assert!(event["identifier"].starts_with("use-"));
     }
 }
+
+#[tokio::test]
+async fn subscriptions_from_before_periods_are_given_one_without_a_fee() {
+    let tollgate = Tollgate::start(BIN).await;
+    let upstream = FakeUpstream::start("w").await;
+    let key = market(
+        &tollgate,
+        &upstream,
+        &[json!({"slug": "pro", "monthly_fee": "10"})],
+        Some("10"),
+    )
+    .await;
+    let (_, created) = subscribe(&tollgate, "acme-web", "pro").await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    // As an upgrade finds it: active, no period.
+    let store = store_of(&tollgate).await;
+    let mut tx = store.begin().await.unwrap();
+    let mut legacy = tx.subscription(&id).await.unwrap().unwrap();
+    legacy.period_start_ms = None;
+    legacy.period_end_ms = None;
+    legacy.anchor_ms = None;
+    tx.put_subscription(&legacy).await.unwrap();
+    tx.commit().await.unwrap();
+    store.close().await;
+    let started = Instant::now();
+    let adopted = loop {
+        let body = subscription(&tollgate, &id).await;
+        if body["period_end_ms"].is_i64() {
+            break body;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(adopted["status"], "active");
+    assert_eq!(
+        adopted["period_start_ms"].as_i64().unwrap(),
+        created["created_at_ms"].as_i64().unwrap(),
+        "the period that holds now, anchored at its creation"
+    );
+    assert_eq!(
+        charges(&ledger(&tollgate, "acme", "").await),
+        [-10_000_000_000],
+        "only the first fee: adopting charges nothing"
+    );
+    wait_call(&tollgate, "/weather/now", &key, 200).await;
+}
