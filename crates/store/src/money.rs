@@ -157,9 +157,10 @@ impl WriteTx {
 
 impl WriteTx {
     /// Appends many charges (or any entries) of one team at once: the
-    /// wallet row is locked and updated once, and each entry is one
-    /// `INSERT` (an entry whose idempotency key exists is skipped, not an
-    /// error). No floor is checked: the gateway reserved these amounts.
+    /// wallet row is locked and updated once, and the entries go in with
+    /// multi-row `INSERT`s. No floor is checked: the gateway reserved these
+    /// amounts. The entries are new, or all recorded already (a batch
+    /// retried after a commit that did succeed): then nothing changes.
     /// Returns how many entries were recorded.
     pub async fn append_batch(&mut self, team_id: &str, entries: &[LedgerEntry]) -> Result<usize> {
         let Some(first) = entries.first() else {
@@ -175,55 +176,91 @@ impl WriteTx {
         .fetch_one(&mut *self.tx)
         .await?;
         let wallet = wallet_from(&wallet)?;
-        let mut seq = wallet.entries;
+        let known = sqlx::query("SELECT 1 FROM ledger WHERE team_id = $1 AND idempotency_key = $2")
+            .bind(team_id)
+            .bind(&first.idempotency_key)
+            .fetch_optional(&mut *self.tx)
+            .await?;
+        if known.is_some() {
+            return Ok(0);
+        }
         let mut balance = wallet.balance_nanos;
-        let mut recorded = 0;
         let mut last_at = wallet.updated_at_ms;
         for entry in entries {
-            let next =
+            balance =
                 balance
                     .checked_add(entry.amount_nanos)
                     .ok_or_else(|| StoreError::Conflict {
                         field: "amount".into(),
                         message: "would take the balance beyond what can be held".into(),
                     })?;
-            let done = sqlx::query(
-                "INSERT INTO ledger (id, team_id, seq, kind, amount_nanos, idempotency_key, actor, reason, \
-                 request_id, created_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
-                 ON CONFLICT (team_id, idempotency_key) DO NOTHING",
-            )
-            .bind(&entry.id)
-            .bind(team_id)
-            .bind(seq + 1)
-            .bind(entry.kind.as_str())
-            .bind(entry.amount_nanos)
-            .bind(&entry.idempotency_key)
-            .bind(&entry.actor)
-            .bind(entry.reason.as_deref())
-            .bind(entry.request_id.as_deref())
-            .bind(entry.created_at_ms)
-            .execute(&mut *self.tx)
-            .await?;
-            if done.rows_affected() == 1 {
+            last_at = last_at.max(entry.created_at_ms);
+        }
+        let mut seq = wallet.entries;
+        let mut rest = entries;
+        while !rest.is_empty() {
+            // Chunks of 32, 16, … 1 rows: six statements to prepare, ever.
+            let size = INSERT_CHUNKS
+                .iter()
+                .copied()
+                .find(|&size| size <= rest.len())
+                .unwrap_or(1);
+            let (chunk, tail) = rest.split_at(size);
+            let mut query = sqlx::query(insert_sql(size));
+            for entry in chunk {
                 seq += 1;
-                balance = next;
-                recorded += 1;
-                last_at = last_at.max(entry.created_at_ms);
+                query = query
+                    .bind(entry.id.as_str())
+                    .bind(team_id)
+                    .bind(seq)
+                    .bind(entry.kind.as_str())
+                    .bind(entry.amount_nanos)
+                    .bind(entry.idempotency_key.as_str())
+                    .bind(entry.actor.as_str())
+                    .bind(entry.reason.as_deref())
+                    .bind(entry.request_id.as_deref())
+                    .bind(entry.created_at_ms);
             }
+            query.execute(&mut *self.tx).await?;
+            rest = tail;
         }
-        if recorded > 0 {
-            sqlx::query(
-                "UPDATE wallets SET balance_nanos = $2, entries = $3, updated_at_ms = $4 WHERE team_id = $1",
-            )
-            .bind(team_id)
-            .bind(balance)
-            .bind(seq)
-            .bind(last_at)
-            .execute(&mut *self.tx)
-            .await?;
-        }
-        Ok(recorded)
+        sqlx::query(
+            "UPDATE wallets SET balance_nanos = $2, entries = $3, updated_at_ms = $4 WHERE team_id = $1",
+        )
+        .bind(team_id)
+        .bind(balance)
+        .bind(seq)
+        .bind(last_at)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(entries.len())
     }
+}
+
+const INSERT_CHUNKS: [usize; 6] = [32, 16, 8, 4, 2, 1];
+
+/// `INSERT INTO ledger … VALUES (…), (…)` for `rows` rows, made once.
+fn insert_sql(rows: usize) -> &'static str {
+    static SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let all = SQL.get_or_init(|| {
+        (0..=INSERT_CHUNKS[0])
+            .map(|rows| {
+                let values: Vec<String> = (0..rows)
+                    .map(|row| {
+                        let params: Vec<String> =
+                            (1..=10).map(|col| format!("${}", row * 10 + col)).collect();
+                        format!("({})", params.join(", "))
+                    })
+                    .collect();
+                format!(
+                    "INSERT INTO ledger (id, team_id, seq, kind, amount_nanos, idempotency_key, actor, \
+                     reason, request_id, created_at_ms) VALUES {}",
+                    values.join(", ")
+                )
+            })
+            .collect()
+    });
+    all.get(rows).map_or("", String::as_str)
 }
 
 /// Where one wallet's ledger stands (for the gateway's sync).
@@ -308,20 +345,15 @@ impl Store {
 
     /// The sum of a team's entries, computed from the ledger itself.
     pub async fn ledger_sum(&self, team_id: &str) -> Result<i64> {
-        let row = sqlx::query("SELECT COALESCE(SUM(amount_nanos), 0) AS total, COUNT(*) AS n FROM ledger WHERE team_id = $1")
-            .bind(team_id)
-            .fetch_one(&self.pool)
-            .await?;
-        // SQLite and PostgreSQL type SUM differently; read it as text-free i64.
-        let total: i64 = match row.try_get::<i64, _>("total") {
-            Ok(total) => total,
-            Err(_) => {
-                let text: String = row.try_get("total")?;
-                text.parse()
-                    .map_err(|_| StoreError::Corrupt(format!("ledger sum '{text}'")))?
-            }
-        };
-        Ok(total)
+        // PostgreSQL sums BIGINT into NUMERIC, which the Any driver cannot
+        // read: cast back (a sum beyond i64 is an error, never a wrap).
+        let row = sqlx::query(
+            "SELECT CAST(COALESCE(SUM(amount_nanos), 0) AS BIGINT) AS total FROM ledger WHERE team_id = $1",
+        )
+        .bind(team_id)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get::<i64, _>("total")?)
     }
 
     /// A team's entries in the order they were recorded, after the entry

@@ -384,3 +384,69 @@ async fn postgres() {
     exercise(&store).await;
     pg.drop(store).await;
 }
+
+/// Batched appends: every chunk size, the wallet moved once to the exact
+/// sum, sequence numbers contiguous, a repeated batch recorded once.
+async fn batched_appends(store: &Store) {
+    use domain::money::{EntryKind, LedgerEntry};
+    store.migrate().await.unwrap();
+    let team = domain::access::Team {
+        id: domain::id::new_id(),
+        spec: serde_json::from_value(serde_json::json!({"slug": "batchers", "name": "b"})).unwrap(),
+        created_at_ms: 1,
+        updated_at_ms: 1,
+    };
+    let mut tx = store.begin().await.unwrap();
+    tx.put_team(&team).await.unwrap();
+    tx.commit().await.unwrap();
+    let entries: Vec<LedgerEntry> = (0..71)
+        .map(|n| LedgerEntry {
+            id: domain::id::new_id(),
+            team_id: team.id.clone(),
+            kind: EntryKind::Charge,
+            amount_nanos: -(n + 1),
+            idempotency_key: format!("charge:{n}"),
+            actor: "gateway:test".into(),
+            reason: Some("batch".into()),
+            request_id: Some(format!("r{n}")),
+            created_at_ms: 10 + n,
+        })
+        .collect();
+    for _ in 0..2 {
+        let mut tx = store.begin().await.unwrap();
+        tx.append_batch(&team.id, &entries).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+    let wallet = store.wallet(&team.id).await.unwrap();
+    assert_eq!(wallet.entries, 71, "the repeated batch recorded nothing");
+    assert_eq!(wallet.balance_nanos, -(1..=71).sum::<i64>());
+    assert_eq!(
+        store.ledger_sum(&team.id).await.unwrap(),
+        wallet.balance_nanos
+    );
+    let page = store
+        .ledger(&team.id, &store::LedgerFilter::default(), None, 100)
+        .await
+        .unwrap();
+    let keys: Vec<&str> = page
+        .items
+        .iter()
+        .map(|e| e.idempotency_key.as_str())
+        .collect();
+    assert_eq!(keys.len(), 71);
+    assert_eq!(keys[0], "charge:0");
+    assert_eq!(keys[70], "charge:70", "in order");
+}
+
+#[tokio::test]
+async fn batched_appends_on_sqlite_and_postgres() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&format!("sqlite://{}/t.db", dir.path().display()))
+        .await
+        .unwrap();
+    batched_appends(&store).await;
+    store.close().await;
+    let (pg, store) = Pg::create().await;
+    batched_appends(&store).await;
+    pg.drop(store).await;
+}
