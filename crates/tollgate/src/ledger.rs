@@ -37,6 +37,35 @@ use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 const BATCH: usize = 500;
+/// Charges per second of one subscription from which each batch of its
+/// charges is recorded as one entry.
+const AGGREGATE_FROM_PER_SECOND: u64 = 1000;
+
+/// Charges per second of each subscription, as the writer sees them: for
+/// deciding which ones to record per batch rather than per call.
+#[derive(Default)]
+struct Rates {
+    /// subscription → (second, charges in it, charges in the one before).
+    by_subscription: HashMap<String, (i64, u64, u64)>,
+}
+
+impl Rates {
+    /// Counts `charges` now; true when the subscription runs at
+    /// `AGGREGATE_FROM_PER_SECOND` or more.
+    fn busy(&mut self, subscription: &str, charges: u64, now_ms: i64) -> bool {
+        let second = now_ms / 1000;
+        let entry = self
+            .by_subscription
+            .entry(subscription.to_owned())
+            .or_insert((second, 0, 0));
+        if entry.0 != second {
+            let previous = if entry.0 + 1 == second { entry.1 } else { 0 };
+            *entry = (second, 0, previous);
+        }
+        entry.1 += charges;
+        entry.1.max(entry.2) >= AGGREGATE_FROM_PER_SECOND
+    }
+}
 const GATHER: Duration = Duration::from_millis(10);
 const SYNC_EVERY: Duration = Duration::from_millis(200);
 
@@ -104,6 +133,7 @@ pub fn spawn_writer(
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut teams: HashMap<String, String> = HashMap::new();
+        let mut rates = Rates::default();
         // Each charge gets its entry id when taken off the queue; a batch
         // retried after an error keeps its ids, so its keys repeat.
         let mut batch: Vec<(String, Charge)> = Vec::with_capacity(BATCH);
@@ -144,7 +174,16 @@ pub fn spawn_writer(
                     continue;
                 }
             }
-            match record(&store, &mut teams, &batch, &actor, export.as_deref()).await {
+            match record(
+                &store,
+                &mut teams,
+                &batch,
+                &actor,
+                export.as_deref(),
+                &mut rates,
+            )
+            .await
+            {
                 Ok(()) => {
                     // Strict durability: the calls waiting on these
                     // charges may answer now.
@@ -169,6 +208,7 @@ async fn record(
     batch: &[(String, Charge)],
     actor: &str,
     export: Option<&crate::export::Export>,
+    rates: &mut Rates,
 ) -> store::Result<()> {
     if batch
         .iter()
@@ -176,12 +216,12 @@ async fn record(
     {
         *teams = store.team_ids().await?.into_iter().collect();
     }
-    // One append per team: the wallet row is locked and moved once.
-    let mut by_team: HashMap<&str, Vec<LedgerEntry>> = HashMap::new();
+    // Charges by team and subscription; usage events per call.
     let mut usage = Vec::new();
+    let mut groups: HashMap<(&str, &str), Vec<(&String, &Charge)>> = HashMap::new();
     for (id, charge) in batch {
-        let request_id = charge.request_id.to_str().unwrap_or_default();
         let Some(team_id) = teams.get(&*charge.team) else {
+            let request_id = charge.request_id.to_str().unwrap_or_default();
             tracing::error!(team = %charge.team, request_id, "charge for an unknown team dropped");
             continue;
         };
@@ -194,25 +234,66 @@ async fn record(
             // Metered but free (an included call): a usage event only.
             continue;
         }
-        by_team.entry(team_id).or_default().push(LedgerEntry {
-            id: id.clone(),
-            team_id: team_id.clone(),
-            kind: EntryKind::Charge,
-            amount_nanos: -charge.amount_nanos,
-            // The charge's own id: a client may reuse its X-Request-Id.
-            idempotency_key: format!("charge:{id}"),
-            actor: actor.to_owned(),
-            reason: Some(if charge.calls == 1 {
-                format!("subscription {}", charge.labels.subscription)
-            } else {
-                format!(
-                    "{} calls, aggregated: the charge queue was full",
-                    charge.calls
-                )
-            }),
-            request_id: (!request_id.is_empty()).then(|| request_id.to_owned()),
-            created_at_ms: charge.at_ms,
-        });
+        groups
+            .entry((team_id.as_str(), &charge.labels.subscription))
+            .or_default()
+            .push((id, charge));
+    }
+    // One append per team: the wallet row is locked and moved once. A
+    // subscription charged a thousand times a second or more gets one
+    // entry per batch: the money is the same, the ledger stays readable and
+    // the database keeps up; per-call detail stays in the usage events.
+    let mut by_team: HashMap<&str, Vec<LedgerEntry>> = HashMap::new();
+    let now = domain::now_ms();
+    for ((team_id, subscription), charges) in groups {
+        let entries = by_team.entry(team_id).or_default();
+        let calls: u64 = charges.iter().map(|(_, c)| c.calls).sum();
+        if rates.busy(subscription, calls, now) && charges.len() > 1 {
+            let (first_id, first) = charges[0];
+            let amount: i64 = charges.iter().map(|(_, c)| c.amount_nanos).sum();
+            entries.push(LedgerEntry {
+                id: first_id.clone(),
+                team_id: team_id.to_owned(),
+                kind: EntryKind::Charge,
+                amount_nanos: -amount,
+                // The first charge's id: a retried batch repeats it.
+                idempotency_key: format!("charge:{first_id}"),
+                actor: actor.to_owned(),
+                reason: Some(format!(
+                    "{calls} calls, subscription {subscription} ({} on {})",
+                    first.labels.plan, first.labels.service
+                )),
+                request_id: None,
+                created_at_ms: charges
+                    .iter()
+                    .map(|(_, c)| c.at_ms)
+                    .max()
+                    .unwrap_or(first.at_ms),
+            });
+            continue;
+        }
+        for (id, charge) in charges {
+            let request_id = charge.request_id.to_str().unwrap_or_default();
+            entries.push(LedgerEntry {
+                id: id.clone(),
+                team_id: team_id.to_owned(),
+                kind: EntryKind::Charge,
+                amount_nanos: -charge.amount_nanos,
+                // The charge's own id: a client may reuse its X-Request-Id.
+                idempotency_key: format!("charge:{id}"),
+                actor: actor.to_owned(),
+                reason: Some(if charge.calls == 1 {
+                    format!("subscription {subscription}")
+                } else {
+                    format!(
+                        "{} calls, aggregated: the charge queue was full",
+                        charge.calls
+                    )
+                }),
+                request_id: (!request_id.is_empty()).then(|| request_id.to_owned()),
+                created_at_ms: charge.at_ms,
+            });
+        }
     }
     let mut tx = store.begin().await?;
     for (team_id, entries) in &by_team {

@@ -843,14 +843,22 @@ async fn kill_nine_mid_load(strict: bool) -> (usize, usize) {
     drop(tollgate);
 
     let again = Tollgate::start_with(BIN, options()).await;
-    let charges: Vec<(String, i64)> = charges_by_request(&again)
+    // Entries of the load: one per call (with its request id), or one per
+    // busy batch (many calls, no request id).
+    let entries: Vec<(String, i64)> = charges_by_request(&again)
         .await
         .into_iter()
-        .filter(|(id, _)| id.starts_with("load-"))
+        .filter(|(id, _)| id.is_empty() || id.starts_with("load-"))
         .collect();
-    let charged: HashSet<&str> = charges.iter().map(|(id, _)| id.as_str()).collect();
-    assert_eq!(charged.len(), charges.len(), "no call is charged twice");
-    assert!(charges.iter().all(|(_, amount)| *amount == -10_000_000));
+    let per_call: Vec<&str> = entries
+        .iter()
+        .filter(|(id, _)| !id.is_empty())
+        .map(|(id, _)| id.as_str())
+        .collect();
+    let charged: HashSet<&str> = per_call.iter().copied().collect();
+    assert_eq!(charged.len(), per_call.len(), "no call is charged twice");
+    let charged_calls: i64 = entries.iter().map(|(_, amount)| -amount / 10_000_000).sum();
+    assert!(entries.iter().all(|(_, amount)| *amount % 10_000_000 == 0));
     let paid: Vec<(&String, Instant)> = seen
         .iter()
         .filter_map(|(id, s)| match s {
@@ -858,6 +866,7 @@ async fn kill_nine_mid_load(strict: bool) -> (usize, usize) {
             _ => None,
         })
         .collect();
+    let broken = seen.values().filter(|s| matches!(s, Seen::Broken)).count() as i64;
     assert!(paid.len() > 100, "the load ran: {} paid calls", paid.len());
     for id in &charged {
         assert!(
@@ -868,32 +877,31 @@ async fn kill_nine_mid_load(strict: bool) -> (usize, usize) {
             panic!("{id} answered {status} and was charged");
         }
     }
-    let lost: Vec<&(&String, Instant)> = paid
-        .iter()
-        .filter(|(id, _)| !charged.contains(id.as_str()))
-        .collect();
+    let answered = paid.len() as i64;
+    assert!(
+        charged_calls <= answered + broken,
+        "never more charged ({charged_calls}) than answered ({answered}) or cut off ({broken})"
+    );
+    let lost = (answered - charged_calls).max(0);
     if strict {
         assert!(
-            lost.is_empty(),
-            "strict: every answered call is charged; lost {}",
-            lost.len()
+            charged_calls >= answered,
+            "strict: every answered call is charged; {charged_calls} of {answered}"
         );
     } else {
         // The documented window: only calls answered just before the kill
         // may be missing (the batch being gathered, 10 ms, and the one
         // being written; a loaded CI machine gets a second).
-        let mut widest = Duration::ZERO;
-        for (id, at) in &lost {
-            let before_kill = killed_at.saturating_duration_since(*at);
-            widest = widest.max(before_kill);
-            assert!(
-                before_kill < Duration::from_secs(1),
-                "{id} answered {before_kill:?} before the kill was not charged"
-            );
-        }
+        let recent = paid
+            .iter()
+            .filter(|(_, at)| killed_at.saturating_duration_since(*at) < Duration::from_secs(1))
+            .count() as i64;
+        assert!(
+            lost <= recent,
+            "{lost} answered calls not charged, but only {recent} were answered in the last second"
+        );
         println!(
-            "batched: {} answered calls not charged, the oldest answered {widest:?} before the kill",
-            lost.len()
+            "batched: {lost} answered calls not charged ({recent} answered in the last second)"
         );
     }
     // The wallet is the ledger's sum, and the restarted node agrees.
@@ -902,7 +910,7 @@ async fn kill_nine_mid_load(strict: bool) -> (usize, usize) {
         .admin(Method::GET, "/api/v1/teams/acme/wallet", None)
         .await;
     assert_eq!(wallet["balance_nanos"], entries["balance_nanos"]);
-    (paid.len(), charges.len())
+    (paid.len(), usize::try_from(charged_calls).unwrap_or(0))
 }
 
 #[tokio::test]
