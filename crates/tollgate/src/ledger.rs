@@ -5,7 +5,9 @@
 //!   each (group commit): every 10 ms it takes up to 500 queued charges
 //!   (without waiting on the queue, so settling a charge never wakes
 //!   another thread) and appends them per team (`append_batch`: the
-//!   wallet row locked and moved once, one `INSERT` per charge). Each
+//!   wallet row locked and moved once, multi-row `INSERT`s); a
+//!   subscription charged 1,000 times a second or more gets one entry per
+//!   batch instead of one per call. Each
 //!   charge's idempotency key is the charge's own id (not the request id,
 //!   which a client may reuse), so a batch retried after a database error
 //!   never charges twice. In strict mode the calls waiting on a batch are
