@@ -23,6 +23,46 @@ pub mod tollgate;
 pub mod upstream;
 pub mod webhook;
 
+/// Serves HTTP/1.1 on a free port of 127.0.0.1 until the task is
+/// aborted: each request goes to `handle` with the fake's shared state.
+/// The fakes (Stripe, the x402 facilitator, webhook receivers) run on it.
+pub(crate) async fn serve_http<S, F, Fut>(
+    state: std::sync::Arc<S>,
+    handle: F,
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>)
+where
+    S: Send + Sync + 'static,
+    F: Fn(std::sync::Arc<S>, hyper::Request<hyper::body::Incoming>) -> Fut
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    Fut: std::future::Future<Output = hyper::Response<http_body_util::Full<bytes::Bytes>>>
+        + Send
+        + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let (state, handle) = (state.clone(), handle.clone());
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |request| {
+                    let future = handle(state.clone(), request);
+                    async move { Ok::<_, std::convert::Infallible>(future.await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, task)
+}
+
 /// A free TCP port on 127.0.0.1 (bound and released).
 pub fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");

@@ -1,7 +1,6 @@
 //! A webhook endpoint: records every POST (headers and body) and answers
 //! 500 to the first `failures` of them, so retries can be observed.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -10,9 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 
 /// One request the endpoint received.
 #[derive(Debug, Clone)]
@@ -62,31 +59,16 @@ impl WebhookReceiver {
 
     /// Like [`WebhookReceiver::start`], answering each request after `delay`.
     pub async fn start_slow(failures: usize, delay: Duration) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let state = Arc::new(State {
             received: Mutex::new(Vec::new()),
             failures_left: AtomicUsize::new(failures),
             delay,
         });
-        let shared = state.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let state = shared.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |request: Request<Incoming>| {
-                        let state = state.clone();
-                        async move { Ok::<_, Infallible>(handle(&state, request).await) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
+        let (addr, task) =
+            crate::serve_http(state.clone(), |state: Arc<State>, request| async move {
+                handle(&state, request).await
+            })
+            .await;
         Self { addr, state, task }
     }
 

@@ -415,49 +415,34 @@ impl StripeWebhook {
                 }),
             None => None,
         };
-        let mut tx = self.store.begin().await?;
-        if session_id.is_empty() || tx.team(team_id).await?.is_none() {
-            tracing::error!(session_id, team_id, "stripe checkout for an unknown team");
-            return Ok(json!({"received": true, "ignored": "unknown team"}));
+        if session_id.is_empty() {
+            return Ok(json!({"received": true, "ignored": "no session id"}));
         }
-        let now = domain::now_ms();
-        let appended = tx
-            .append_entry(NewEntry {
-                entry: LedgerEntry {
-                    id: domain::id::new_id(),
-                    team_id: team_id.to_owned(),
-                    kind: EntryKind::TopUp,
-                    amount_nanos: amount,
-                    idempotency_key: format!("stripe:checkout:{session_id}"),
-                    actor: "stripe".into(),
-                    reason: Some(format!("Stripe Checkout {session_id}")),
-                    request_id: None,
-                    created_at_ms: now,
-                },
-                min_balance_after: None,
-            })
-            .await?;
-        if let Appended::Existing(_) = appended {
-            return Ok(json!({"received": true, "duplicate": true}));
-        }
-        if let Some(customer) = session["customer"].as_str() {
-            // The customer meter events name (usage export).
-            tx.set_stripe_customer(team_id, customer, payment_method.as_deref(), now)
-                .await?;
-        }
-        let payment_intent = session["payment_intent"].as_str().unwrap_or(session_id);
-        tx.record_stripe_payment(
-            &StripePayment {
-                payment_intent: payment_intent.to_owned(),
-                session_id: session_id.to_owned(),
-                team_id: team_id.to_owned(),
+        let credited = credit_once(
+            &self.store,
+            &TopUp {
+                team_id,
+                key: &format!("stripe:checkout:{session_id}"),
+                reason: &format!("Stripe Checkout {session_id}"),
+                payment_intent: session["payment_intent"].as_str().unwrap_or(session_id),
+                session_id,
                 amount_nanos: amount,
-                refunded_nanos: 0,
+                // The customer meter events name, and its card for auto
+                // top-ups.
+                payer: session["customer"]
+                    .as_str()
+                    .map(|customer| (customer, payment_method.as_deref())),
             },
-            now,
         )
         .await?;
-        tx.commit().await?;
+        match credited {
+            None => {
+                tracing::error!(session_id, team_id, "stripe checkout for an unknown team");
+                return Ok(json!({"received": true, "ignored": "unknown team"}));
+            }
+            Some(false) => return Ok(json!({"received": true, "duplicate": true})),
+            Some(true) => {}
+        }
         tracing::info!(session_id, team_id, amount, "stripe top-up credited");
         Ok(json!({"received": true, "credited": domain::money::format(amount)}))
     }
@@ -504,6 +489,66 @@ impl StripeWebhook {
     }
 }
 
+/// A paid top-up to credit.
+struct TopUp<'a> {
+    team_id: &'a str,
+    /// The ledger entry's idempotency key.
+    key: &'a str,
+    reason: &'a str,
+    payment_intent: &'a str,
+    session_id: &'a str,
+    amount_nanos: i64,
+    /// (customer, saved card) to remember for the team.
+    payer: Option<(&'a str, Option<&'a str>)>,
+}
+
+/// Credits a top-up once (by its key) and records the payment for
+/// refunds; `None` when the team does not exist, `Some(false)` when it was
+/// credited before.
+async fn credit_once(store: &Store, top_up: &TopUp<'_>) -> store::Result<Option<bool>> {
+    let mut tx = store.begin().await?;
+    if tx.team(top_up.team_id).await?.is_none() {
+        return Ok(None);
+    }
+    let now = domain::now_ms();
+    let appended = tx
+        .append_entry(NewEntry {
+            entry: LedgerEntry {
+                id: domain::id::new_id(),
+                team_id: top_up.team_id.to_owned(),
+                kind: EntryKind::TopUp,
+                amount_nanos: top_up.amount_nanos,
+                idempotency_key: top_up.key.to_owned(),
+                actor: "stripe".into(),
+                reason: Some(top_up.reason.to_owned()),
+                request_id: None,
+                created_at_ms: now,
+            },
+            min_balance_after: None,
+        })
+        .await?;
+    if let Appended::Existing(_) = appended {
+        return Ok(Some(false));
+    }
+    if let Some((customer, card)) = top_up.payer {
+        tx.set_stripe_customer(top_up.team_id, customer, card, now)
+            .await?;
+    }
+    tx.record_stripe_payment(
+        &StripePayment {
+            payment_intent: top_up.payment_intent.to_owned(),
+            session_id: top_up.session_id.to_owned(),
+            team_id: top_up.team_id.to_owned(),
+            amount_nanos: top_up.amount_nanos,
+            refunded_nanos: 0,
+        },
+        now,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Some(true))
+}
+
 /// Credits a paid PaymentIntent (an auto top-up) once, whether the
 /// charge's answer or Stripe's webhook reports it first. Returns whether
 /// this call recorded it.
@@ -516,43 +561,20 @@ pub async fn credit_payment_intent(
     if payment_intent.is_empty() || amount_nanos <= 0 {
         return Ok(false);
     }
-    let mut tx = store.begin().await?;
-    if tx.team(team_id).await?.is_none() {
-        return Ok(false);
-    }
-    let now = domain::now_ms();
-    let appended = tx
-        .append_entry(NewEntry {
-            entry: LedgerEntry {
-                id: domain::id::new_id(),
-                team_id: team_id.to_owned(),
-                kind: EntryKind::TopUp,
-                amount_nanos,
-                idempotency_key: format!("stripe:payment_intent:{payment_intent}"),
-                actor: "stripe".into(),
-                reason: Some(format!("auto top-up, Stripe {payment_intent}")),
-                request_id: None,
-                created_at_ms: now,
-            },
-            min_balance_after: None,
-        })
-        .await?;
-    if let Appended::Existing(_) = appended {
-        return Ok(false);
-    }
-    tx.record_stripe_payment(
-        &StripePayment {
-            payment_intent: payment_intent.to_owned(),
-            session_id: payment_intent.to_owned(),
-            team_id: team_id.to_owned(),
+    let credited = credit_once(
+        store,
+        &TopUp {
+            team_id,
+            key: &format!("stripe:payment_intent:{payment_intent}"),
+            reason: &format!("auto top-up, Stripe {payment_intent}"),
+            payment_intent,
+            session_id: payment_intent,
             amount_nanos,
-            refunded_nanos: 0,
+            payer: None,
         },
-        now,
     )
     .await?;
-    tx.commit().await?;
-    Ok(true)
+    Ok(credited == Some(true))
 }
 
 impl gateway::Hook for StripeWebhook {
