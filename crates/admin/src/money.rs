@@ -446,6 +446,34 @@ pub enum PaymentError {
     Unavailable(String),
 }
 
+/// An amount a card can be charged: positive, and whole in the currency's
+/// minor unit (cents for USD). Returns (nano-units, minor units).
+fn payable_amount(
+    text: &str,
+    currency: &str,
+    errors: &mut domain::validate::FieldErrors,
+) -> Option<(i64, i64)> {
+    match money::parse(text, Sign::Positive) {
+        Ok(nanos) => {
+            let minor = money::to_minor(nanos, currency);
+            if minor.is_none() {
+                errors.add(
+                    "amount",
+                    format!(
+                        "{currency} amounts have at most {} decimals",
+                        money::minor_digits(currency)
+                    ),
+                );
+            }
+            minor.map(|minor| (nanos, minor))
+        }
+        Err(error) => {
+            errors.add("amount", error.to_string());
+            None
+        }
+    }
+}
+
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CheckoutBody {
@@ -486,25 +514,7 @@ pub async fn create_checkout(
 ) -> Result<Response, ApiError> {
     let currency = state.currency.to_string();
     let mut errors = domain::validate::FieldErrors::new();
-    let amount = match money::parse(&body.amount, Sign::Positive) {
-        Ok(nanos) => match money::to_minor(nanos, &currency) {
-            Some(minor) => Some((nanos, minor)),
-            None => {
-                errors.add(
-                    "amount",
-                    format!(
-                        "{currency} amounts have at most {} decimals",
-                        money::minor_digits(&currency)
-                    ),
-                );
-                None
-            }
-        },
-        Err(error) => {
-            errors.add("amount", error.to_string());
-            None
-        }
-    };
+    let amount = payable_amount(&body.amount, &currency, &mut errors);
     for (field, url) in [
         ("success_url", &body.success_url),
         ("cancel_url", &body.cancel_url),
@@ -675,23 +685,7 @@ pub async fn put_auto_top_up(
     let threshold = money::parse(&body.threshold, Sign::NonNegative)
         .map_err(|error| errors.add("threshold", error.to_string()))
         .ok();
-    let amount = match money::parse(&body.amount, Sign::Positive) {
-        Ok(nanos) if money::to_minor(nanos, &currency).is_none() => {
-            errors.add(
-                "amount",
-                format!(
-                    "{currency} amounts have at most {} decimals",
-                    money::minor_digits(&currency)
-                ),
-            );
-            None
-        }
-        Ok(nanos) => Some(nanos),
-        Err(error) => {
-            errors.add("amount", error.to_string());
-            None
-        }
-    };
+    let amount = payable_amount(&body.amount, &currency, &mut errors).map(|(nanos, _)| nanos);
     let mut tx = state.store.begin().await?;
     let team = team_in(&mut tx, &caller, &key, Role::Admin).await?;
     let (Some(threshold_nanos), Some(amount_nanos)) = (threshold, amount) else {

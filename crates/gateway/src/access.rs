@@ -67,11 +67,8 @@ impl IpRulesRt {
 #[derive(Debug)]
 pub struct SubscriptionRt {
     pub id: Arc<str>,
-    /// The service's slug.
-    pub service: String,
     pub status: SubscriptionStatus,
     pub reason: Option<String>,
-    pub plan: String,
     pub limiter: Option<Arc<Limiter>>,
     /// The plan's price per request in nano-units (0: free).
     pub price_nanos: i64,
@@ -79,7 +76,8 @@ pub struct SubscriptionRt {
     pub identity: [http::HeaderValue; 2],
     /// Money and quota terms (see [`Terms`]).
     pub terms: Terms,
-    /// Names for charges and usage events.
+    /// Its names (plan, service, app) for refusals, charges and usage
+    /// events.
     pub labels: Arc<crate::money::Labels>,
 }
 
@@ -130,6 +128,18 @@ pub struct AppRt {
 /// are always valid header text; anything else becomes empty).
 fn header_value(text: &str) -> http::HeaderValue {
     http::HeaderValue::from_str(text).unwrap_or_else(|_| http::HeaderValue::from_static(""))
+}
+
+impl SubscriptionRt {
+    /// The plan's slug.
+    pub fn plan(&self) -> &str {
+        &self.labels.plan
+    }
+
+    /// The service's slug.
+    pub fn service(&self) -> &str {
+        &self.labels.service
+    }
 }
 
 impl AppRt {
@@ -276,14 +286,13 @@ pub fn compile(
                 plan.spec.concurrent_requests,
             )
         });
+        let id: Arc<str> = subscription.id.as_str().into();
         by_app.entry(app_id).or_default().push((
             service_id.to_owned(),
             SubscriptionRt {
-                id: subscription.id.as_str().into(),
-                service: subscription.service.clone(),
+                id: id.clone(),
                 status: subscription.status,
                 reason: subscription.reason.clone(),
-                plan: subscription.plan.clone(),
                 limiter,
                 price_nanos: plan.map_or(0, |plan| plan.spec.price_nanos()),
                 identity: [
@@ -294,7 +303,7 @@ pub fn compile(
                     terms(&plan.spec, subscription, &wallets.counters)
                 }),
                 labels: Arc::new(crate::money::Labels {
-                    subscription: subscription.id.as_str().into(),
+                    subscription: id,
                     app: subscription.app.as_str().into(),
                     service: subscription.service.as_str().into(),
                     plan: subscription.plan.as_str().into(),

@@ -595,7 +595,7 @@ fn money_refusal(
             domain::money::format(app.wallet.available().max(0)).into(),
         ),
         ("currency", currency.into()),
-        ("plan", subscription.plan.clone().into()),
+        ("plan", subscription.plan().into()),
         (
             "top_up_url",
             format!("/_tollgate/portal/teams/{}/wallet", app.team).into(),
@@ -633,7 +633,7 @@ fn pay(
                 format!(
                     "The subscription of '{}' (plan {}) ended{} without renewal. Renew it (POST /api/v1/subscriptions/{}/renew) or subscribe again to continue.",
                     app.slug,
-                    subscription.plan,
+                    subscription.plan(),
                     period_end.map_or(String::new(), |end| format!(
                         " on {}",
                         domain::access::format_time_ms(end)
@@ -663,7 +663,7 @@ fn pay(
                     "The monthly fee of {} {currency} for the subscription of '{}' (plan {}) could not be charged: team {} has {} {currency}. Top up the team's wallet; the renewal is retried within seconds.",
                     format(terms.fee_nanos),
                     app.slug,
-                    subscription.plan,
+                    subscription.plan(),
                     app.team,
                     format(app.wallet.available().max(0)),
                 ),
@@ -705,7 +705,7 @@ fn pay(
                         Code::QuotaExhausted,
                         format!(
                             "The plan '{}' includes {included} calls per period and all {before} are used; it resets on {}. Move to a larger plan or one that charges for overage to continue now.",
-                            subscription.plan,
+                            subscription.plan(),
                             domain::access::format_time_ms(end)
                         ),
                         app,

@@ -84,8 +84,8 @@ fn subscription_view(
     let mut warnings = Vec::new();
     let mut view = json!({
         "id": &*subscription.id,
-        "service": subscription.service,
-        "plan": subscription.plan,
+        "service": subscription.service(),
+        "plan": subscription.plan(),
         "status": subscription.status.as_str(),
         "auto_renew": terms.auto_renew,
         "price_per_request": format(subscription.price_nanos),

@@ -89,7 +89,7 @@ pub fn states(snapshot: &Snapshot, currency: &str, now_ms: i64) -> Vec<WarningSt
                     team: app.team.clone(),
                     event: "warning.quota_nearly_exhausted",
                     data: json!({"subscription": &*subscription.id, "app": app.slug,
-                        "service": subscription.service, "plan": subscription.plan,
+                        "service": subscription.service(), "plan": subscription.plan(),
                         "used_percent": percent, "quota": included, "used": counter.requests(),
                         "period_end": domain::access::format_time_ms(end)}),
                 });
@@ -102,7 +102,7 @@ pub fn states(snapshot: &Snapshot, currency: &str, now_ms: i64) -> Vec<WarningSt
                     team: app.team.clone(),
                     event: "warning.subscription_expiring",
                     data: json!({"subscription": &*subscription.id, "app": app.slug,
-                        "service": subscription.service, "plan": subscription.plan, "days": days,
+                        "service": subscription.service(), "plan": subscription.plan(), "days": days,
                         "auto_renew": terms.auto_renew,
                         "period_end": domain::access::format_time_ms(end)}),
                 });

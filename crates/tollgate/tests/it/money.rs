@@ -472,7 +472,7 @@ async fn priced_world(tollgate: &Tollgate, upstream: &FakeUpstream, calls: u32) 
 }
 
 /// Waits until the ledger writer has recorded `entries` entries for acme.
-async fn wait_entries(tollgate: &Tollgate, entries: i64) -> Value {
+pub(crate) async fn wait_entries(tollgate: &Tollgate, entries: i64) -> Value {
     let started = std::time::Instant::now();
     loop {
         let wallet = wallet(tollgate, "acme").await;
