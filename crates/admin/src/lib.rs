@@ -13,6 +13,7 @@
 //!   webhooks; [`ops`] the write operations shared with [`declarative`]
 //!   apply; [`extract`] parses input strictly; [`error::ApiError`] renders
 //!   every refusal as problem+json naming the offending fields;
+//!   [`observe`] the call log, analytics and `/metrics`;
 //!   [`password`] hashes with argon2id; [`openapi`] serves the generated
 //!   OpenAPI 3.1 document and its reference page.
 
@@ -24,6 +25,7 @@ pub mod error;
 pub mod extract;
 pub mod handlers;
 pub mod money;
+pub mod observe;
 pub mod openapi;
 pub mod ops;
 pub mod password;
@@ -54,6 +56,8 @@ pub struct AdminState {
     pub public_url: Arc<str>,
     /// Stripe Checkout, when configured.
     pub payments: Option<Arc<dyn money::PaymentProvider>>,
+    /// Renders `/metrics` (Prometheus text format).
+    pub metrics: Arc<dyn Fn() -> String + Send + Sync>,
 }
 
 /// The admin router.
@@ -142,6 +146,10 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/v1/auth/logout", post(t::logout))
         .route("/api/v1/auth/me", get(t::me))
         .route("/api/v1/audit", get(t::list_audit))
+        .route("/api/v1/logs", get(observe::list_logs))
+        .route("/api/v1/analytics/summary", get(observe::summary))
+        .route("/api/v1/analytics/timeseries", get(observe::timeseries))
+        .route("/metrics", get(observe::metrics))
         .route("/api/v1/apps", get(c::list_apps).post(c::create_app))
         .route(
             "/api/v1/apps/{app}",

@@ -59,12 +59,13 @@ pub struct Problem {
         crate::money::get_wallet, crate::money::list_ledger, crate::money::create_grant,
         crate::money::create_adjustment, crate::money::create_checkout,
         crate::money::get_auto_top_up, crate::money::put_auto_top_up, crate::money::delete_auto_top_up,
+        crate::observe::list_logs, crate::observe::summary, crate::observe::timeseries,
     ),
     components(schemas(Problem, domain::validate::FieldError)),
     modifiers(&BearerAuth, &ProblemResponses),
     tags((name = "upstreams"), (name = "services"), (name = "routes"), (name = "plans"), (name = "apps"),
         (name = "subscriptions"), (name = "teams"), (name = "users"), (name = "audit"), (name = "config"),
-        (name = "wallets"))
+        (name = "wallets"), (name = "observability"))
 )]
 pub struct ApiDoc;
 

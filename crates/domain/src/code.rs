@@ -40,12 +40,13 @@ pub enum Code {
     UpstreamTimeout,
     BadRequest,
     HeadersTooLarge,
+    RequestNotFound,
     InternalError,
 }
 
 impl Code {
     /// Every code, for docs and problem pages.
-    pub const ALL: [Code; 36] = [
+    pub const ALL: [Code; 37] = [
         Code::MissingCredentials,
         Code::InvalidCredentials,
         Code::KeyRevoked,
@@ -81,6 +82,7 @@ impl Code {
         Code::UpstreamTimeout,
         Code::BadRequest,
         Code::HeadersTooLarge,
+        Code::RequestNotFound,
         Code::InternalError,
     ];
 
@@ -130,6 +132,7 @@ impl Code {
             Code::UpstreamTimeout => ("upstream_timeout", 504, "Upstream timeout"),
             Code::BadRequest => ("bad_request", 400, "Bad request"),
             Code::HeadersTooLarge => ("headers_too_large", 431, "Request header fields too large"),
+            Code::RequestNotFound => ("request_not_found", 404, "Request not found"),
             Code::InternalError => ("internal_error", 500, "Internal error"),
         }
     }

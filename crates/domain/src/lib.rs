@@ -17,6 +17,8 @@
 //!   and the ledger's [`money::LedgerEntry`].
 //! - [`billing`]: subscription periods (calendar or anniversary), budget
 //!   periods and proration.
+//! - [`calls`]: the call log entry ([`calls::CallEntry`]) and the latency
+//!   buckets shared by rollups and metrics.
 //! - [`problems`]: the plain-words cause, fix and prevention of each code.
 //! - [`net`] parses CIDR blocks for IP rules and trusted proxies.
 //! - [`validate`] collects field errors ([`validate::FieldErrors`]) so that every
@@ -27,6 +29,7 @@
 
 pub mod access;
 pub mod billing;
+pub mod calls;
 pub mod code;
 pub mod id;
 pub mod model;

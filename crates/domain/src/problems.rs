@@ -203,6 +203,12 @@ pub const fn explain(code: Code) -> Explanation {
             prevent: "Build URLs from the service's OpenAPI document rather than by hand. \
                       Watch for `Deprecation` and `Sunset` headers that announce changes.",
         },
+        Code::RequestNotFound => Explanation {
+            cause: "The call log holds no request with this id made by your app. \
+                    It may belong to another app, be older than the log's retention, or not be written yet (calls are logged within a second).",
+            fix: "Check the id against the `X-Request-Id` header of the response, and ask with the key of the app that made the call.",
+            prevent: "Keep the `X-Request-Id` of calls you may want to look into, and look them up soon after.",
+        },
         Code::MethodNotAllowed => Explanation {
             cause: "The path exists, but not with the HTTP method you used.",
             fix: "Use one of the methods listed in the `Allow` header of the response.",

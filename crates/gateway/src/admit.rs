@@ -92,9 +92,9 @@ fn refuse_key(code: Code, key: Option<&KeyRt>, detail: &str) -> Refusal {
 
 /// Who is calling: an app, through one of its keys or a JWT identity.
 struct Caller<'s> {
-    app: &'s AppRt,
+    app: &'s Arc<AppRt>,
     /// `None` for a JWT (no key scopes apply).
-    key: Option<&'s KeyRt>,
+    key: Option<&'s Arc<KeyRt>>,
 }
 
 /// Phase 3: the caller's key, from `Authorization: Bearer`, `X-API-Key` or
@@ -211,7 +211,11 @@ pub(crate) fn identify_key<'s, B>(
     })
 }
 
-fn resolve_key<'s>(snapshot: &'s Snapshot, token: &str, now_ms: i64) -> Result<&'s KeyRt, Refusal> {
+fn resolve_key<'s>(
+    snapshot: &'s Snapshot,
+    token: &str,
+    now_ms: i64,
+) -> Result<&'s Arc<KeyRt>, Refusal> {
     let key = if token.starts_with("tg_") {
         snapshot.access.keys.get(&digest_of(token.as_bytes()))
     } else {
@@ -498,15 +502,31 @@ pub(crate) fn has_credentials<B>(request: &Request<B>) -> bool {
 }
 
 /// Runs phases 3–5 for a matched route.
+/// What admission needs besides the request: where it came from and the
+/// gateway's settings.
+pub(crate) struct AdmitEnv<'a> {
+    pub peer: IpAddr,
+    pub trusted_proxies: &'a [domain::net::Cidr],
+    pub jwks: &'a JwksCache,
+    pub currency: &'a str,
+    /// Queue usage events of unpriced calls too.
+    pub export_usage: bool,
+    pub public_url: &'a str,
+}
+
 pub(crate) fn admit<B>(
     snapshot: &Snapshot,
     route: &RouteRt,
     request: &Request<B>,
-    peer: IpAddr,
-    trusted_proxies: &[domain::net::Cidr],
-    jwks: &JwksCache,
-    money: (&str, bool, &str),
+    env: &AdmitEnv<'_>,
+    who: &mut crate::calls::Who,
 ) -> Result<Admission, Refusal> {
+    let AdmitEnv {
+        peer,
+        trusted_proxies,
+        jwks,
+        ..
+    } = *env;
     let service = &route.service;
     let mut admission = Admission::default();
     let ip = || client_ip(peer, request.headers(), trusted_proxies);
@@ -528,7 +548,10 @@ pub(crate) fn admit<B>(
     let now_ms = now_epoch_ms();
     let now_u = u64::try_from(now_ms).unwrap_or(0);
     let caller = authenticate(snapshot, service, request, now_ms, jwks, &mut admission)?;
+    who.app = Some(caller.app.clone());
+    who.key = caller.key.cloned();
     let subscription = authorize(service, &caller, request.method(), ip)?;
+    who.subscription = Some(subscription.labels.clone());
     let app = caller.app;
     limit(
         [
@@ -542,7 +565,7 @@ pub(crate) fn admit<B>(
     if let Err(mut refusal) = pay(
         app,
         subscription,
-        (money.0, money.1),
+        (env.currency, env.export_usage),
         now_ms,
         &mut admission,
     ) {
@@ -560,7 +583,7 @@ pub(crate) fn admit<B>(
         {
             let url = format!(
                 "{}{}",
-                money.2,
+                env.public_url,
                 request.uri().path_and_query().map_or("/", |p| p.as_str())
             );
             let offer =

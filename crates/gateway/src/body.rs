@@ -209,6 +209,20 @@ pub struct UpstreamResponseBody {
     idle_timeout: Duration,
     /// Armed when the upstream makes us wait; reset by each chunk.
     idle: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The call's log record, finished when the body ends or is dropped.
+    log: LogOnEnd,
+}
+
+/// A call record finished (bytes sent, total latency) when dropped.
+#[derive(Default)]
+struct LogOnEnd(Option<Box<crate::calls::CallRecord>>);
+
+impl Drop for LogOnEnd {
+    fn drop(&mut self) {
+        if let Some(record) = self.0.take() {
+            record.finish();
+        }
+    }
 }
 
 impl UpstreamResponseBody {
@@ -219,7 +233,13 @@ impl UpstreamResponseBody {
             _permits: Vec::new(),
             idle_timeout,
             idle: None,
+            log: LogOnEnd::default(),
         }
+    }
+
+    /// Finishes `record` when the body ends or is dropped.
+    pub(crate) fn log_on_end(&mut self, record: Box<crate::calls::CallRecord>) {
+        self.log.0 = Some(record);
     }
 
     /// Holds the caller's concurrency permits until the body ends.
@@ -240,6 +260,18 @@ impl Body for UpstreamResponseBody {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(frame) => {
+                if let Some(record) = this.log.0.as_mut() {
+                    match &frame {
+                        Some(Ok(frame)) => {
+                            if let Some(data) = frame.data_ref() {
+                                record.bytes_out += data.len() as u64;
+                            }
+                            record.completed = this.inner.is_end_stream();
+                        }
+                        None => record.completed = true,
+                        Some(Err(_)) => {}
+                    }
+                }
                 if let Some(idle) = this.idle.as_mut() {
                     idle.as_mut()
                         .reset(tokio::time::Instant::now() + this.idle_timeout);

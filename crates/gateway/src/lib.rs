@@ -20,12 +20,13 @@
 pub mod access;
 mod admit;
 pub mod body;
+pub mod calls;
 pub mod client;
 pub mod h1;
 pub mod health;
 pub mod jwt;
 pub mod limit;
-mod me;
+pub mod me;
 pub mod money;
 pub mod pipeline;
 pub mod refusal;
@@ -103,6 +104,11 @@ pub(crate) struct Shared {
     /// Where settled charges go (the binary's ledger writer); none: calls
     /// are priced and reserved but not recorded (embedded use, tests).
     charges: std::sync::OnceLock<money::ChargeSink>,
+    /// Where call records go (the binary's call writer); none: calls are
+    /// not logged.
+    calls: std::sync::OnceLock<calls::CallSink>,
+    /// Reads the call log for `/_tollgate/requests/<id>`.
+    lookup: std::sync::OnceLock<Arc<dyn me::CallLookup>>,
     jwks: jwt::JwksCache,
     options: GatewayOptions,
     config_loaded: AtomicBool,
@@ -193,6 +199,8 @@ impl Gateway {
                 limiters: limit::LimiterRegistry::default(),
                 wallets: money::Wallets::default(),
                 charges: std::sync::OnceLock::new(),
+                calls: std::sync::OnceLock::new(),
+                lookup: std::sync::OnceLock::new(),
                 jwks: jwt::JwksCache::default(),
                 options,
                 config_loaded: AtomicBool::new(false),
@@ -336,12 +344,25 @@ impl Gateway {
                         .build();
                     match runtime {
                         Ok(runtime) => runtime.block_on(async move {
+                            calls::install(shared.calls.get().cloned());
+                            let flusher = tokio::spawn(async {
+                                let mut tick = tokio::time::interval(calls::FLUSH_EVERY);
+                                tick.set_missed_tick_behavior(
+                                    tokio::time::MissedTickBehavior::Delay,
+                                );
+                                loop {
+                                    tick.tick().await;
+                                    calls::flush();
+                                }
+                            });
                             match tokio::net::TcpListener::from_std(listener) {
                                 Ok(listener) => server::serve(shared, listener, shutdown).await,
                                 Err(error) => {
                                     tracing::error!(%error, "gateway worker cannot use its socket")
                                 }
                             }
+                            flusher.abort();
+                            calls::flush();
                         }),
                         Err(error) => {
                             tracing::error!(%error, "gateway worker cannot start its runtime")
@@ -362,6 +383,42 @@ impl Gateway {
     /// Sends every settled charge to `sink` (the ledger writer). Set once.
     pub fn set_charge_sink(&self, sink: money::ChargeSink) {
         let _ = self.shared.charges.set(sink);
+    }
+
+    /// Sends a record of every call to `sink` (the call writer). Set once,
+    /// before [`Gateway::serve`].
+    pub fn set_call_sink(&self, sink: calls::CallSink) {
+        let _ = self.shared.calls.set(sink);
+    }
+
+    /// Every target of the served upstreams: (upstream slug, target URL,
+    /// available now: healthy and not ejected).
+    pub fn target_health(&self) -> Vec<(String, String, bool)> {
+        let snapshot = self.shared.snapshot.load();
+        let now_ms = upstream::monotonic_ms();
+        snapshot
+            .upstreams
+            .iter()
+            .flat_map(|upstream| {
+                upstream.targets.iter().map(|target| {
+                    (
+                        upstream.spec.slug.to_string(),
+                        target.url.clone(),
+                        target.is_available(now_ms),
+                    )
+                })
+            })
+            .collect()
+    }
+
+    /// Every wallet's spendable balance on this node (team, nano-units).
+    pub fn wallet_balances(&self) -> Vec<(Arc<str>, i64)> {
+        self.shared.wallets.balances()
+    }
+
+    /// Answers `/_tollgate/requests/<id>` from `lookup`. Set once.
+    pub fn set_call_lookup(&self, lookup: Arc<dyn me::CallLookup>) {
+        let _ = self.shared.lookup.set(lookup);
     }
 
     /// Charges settled while the charge queue was full, one aggregated

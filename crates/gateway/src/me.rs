@@ -251,3 +251,105 @@ fn markup(text: &str) -> String {
     }
     out
 }
+
+/// Finds logged calls by request id (the binary reads its call log), for
+/// `GET /_tollgate/requests/<id>`. Off the hot path.
+pub trait CallLookup: Send + Sync {
+    fn find<'a>(
+        &'a self,
+        request_id: &'a str,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Vec<domain::calls::CallEntry>> + Send + 'a>,
+    >;
+}
+
+/// `GET /_tollgate/requests/<id>`, authenticated with the app's key: what
+/// happened to one of the app's own calls, the decision code and the
+/// numbers behind it (SPEC §5).
+pub(crate) async fn request<B>(
+    snapshot: &Snapshot,
+    lookup: Option<&dyn CallLookup>,
+    request: &Request<B>,
+    request_id: &str,
+    (public_url, currency): (&str, &str),
+) -> Result<Response<GatewayBody>, Refusal> {
+    let key = crate::admit::identify_key(snapshot, request, domain::now_ms())?;
+    let not_found = || {
+        Refusal::new(
+            Code::RequestNotFound,
+            format!(
+                "Your app '{}' made no logged call with the request id '{request_id}'. Calls are logged within a second; ids of other apps' calls are not shown.",
+                key.app.slug
+            ),
+        )
+    };
+    let Some(lookup) = lookup else {
+        return Err(not_found());
+    };
+    if request_id.is_empty() || request_id.len() > 128 {
+        return Err(not_found());
+    }
+    let calls = lookup.find(request_id).await;
+    let own: Vec<_> = calls
+        .into_iter()
+        .filter(|call| {
+            call.app.as_deref() == Some(key.app.slug.as_str())
+                && call.consumer_team.as_deref() == Some(key.app.team.as_str())
+        })
+        .collect();
+    let Some(call) = own.first() else {
+        return Err(not_found());
+    };
+    let problem: Option<Value> = call
+        .problem
+        .as_deref()
+        .and_then(|text| serde_json::from_str(text).ok());
+    let decision = match call.code.as_deref().and_then(Code::parse) {
+        Some(code) => {
+            let explanation = domain::problems::explain(code);
+            json!({
+                "outcome": "refused",
+                "code": code.as_str(),
+                "title": code.title(),
+                "detail": problem.as_ref().and_then(|p| p.get("detail")).cloned(),
+                "cause": explanation.cause,
+                "fix": explanation.fix,
+                "prevent": explanation.prevent,
+                "page": format!("{public_url}/_tollgate/problems/{}", code.slug()),
+            })
+        }
+        None if call.status >= 500 => json!({"outcome": "upstream_failed", "code": null}),
+        None => json!({"outcome": "answered", "code": null}),
+    };
+    let millis = |us: u64| us as f64 / 1000.0;
+    let body = json!({
+        "request_id": call.request_id,
+        "time": format_time_ms(call.at_ms),
+        "method": call.method,
+        "path": call.path,
+        "status": call.status,
+        "decision": decision,
+        "problem": problem,
+        "service": call.service,
+        "plan": call.plan,
+        "app": call.app,
+        "team": call.consumer_team,
+        "key_prefix": call.key_prefix,
+        "cost": format(call.cost_nanos),
+        "currency": currency,
+        "latency_ms": millis(call.latency_us),
+        "upstream_latency_ms": call.upstream_latency_us.map(millis),
+        "bytes_in": call.bytes_in,
+        "bytes_out": call.bytes_out,
+        "completed": call.completed,
+        "model": call.model,
+        "input_tokens": call.input_tokens,
+        "output_tokens": call.output_tokens,
+        "calls_with_this_id": own.len(),
+    });
+    Ok(respond(
+        StatusCode::OK,
+        "application/json",
+        body.to_string(),
+    ))
+}

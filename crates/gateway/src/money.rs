@@ -589,6 +589,17 @@ impl Wallets {
             .clone()
     }
 
+    /// Every wallet's spendable balance (team, nano-units), by team.
+    pub fn balances(&self) -> Vec<(Arc<str>, i64)> {
+        let map = self.by_team.lock().unwrap_or_else(|p| p.into_inner());
+        let mut balances: Vec<_> = map
+            .values()
+            .map(|wallet| (wallet.team.clone(), wallet.available()))
+            .collect();
+        balances.sort();
+        balances
+    }
+
     /// Applies a team's ledger entries past its last seen sequence number;
     /// entries already seen are skipped, so a repeated sync changes nothing.
     pub fn apply_entries(&self, team: &str, entries: &[SyncedEntry]) {

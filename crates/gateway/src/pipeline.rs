@@ -84,6 +84,15 @@ pub struct RequestContext {
     pub warning: Option<HeaderValue>,
 }
 
+/// What the phases found out for the call log: who called, which
+/// target answered, what was charged.
+#[derive(Default)]
+pub(crate) struct Trace {
+    pub who: crate::calls::Who,
+    pub target: Option<(usize, Duration)>,
+    pub cost_nanos: i64,
+}
+
 impl RequestContext {
     fn route(&self) -> Option<&RouteRt> {
         self.route.and_then(|index| self.snapshot.routes.get(index))
@@ -106,10 +115,49 @@ pub(crate) async fn handle(
         rate_headers: None,
         warning: None,
     };
-    let mut response = match run(shared, &mut context, request).await {
+    let path = request.uri().path();
+    let probe = path == "/_tollgate/health" || path == "/_tollgate/ready";
+    let record = (crate::calls::enabled() && !probe).then(|| {
+        let mut record = crate::calls::CallRecord::start(
+            &request_id,
+            request.method(),
+            request.uri(),
+            request.headers().get(header::HOST),
+            context.peer.addr.ip(),
+            context.snapshot.clone(),
+            context.started,
+        );
+        record.bytes_in = content_length(request.headers()).unwrap_or(0);
+        record
+    });
+    let mut trace = Trace::default();
+    let mut refused = None;
+    let mut response = match run(shared, &mut context, &mut trace, request).await {
         Ok(response) => response,
-        Err(refusal) => refusal.into_response(&request_id, &shared.options.public_url),
+        Err(refusal) => {
+            refused = Some(refusal.code);
+            refusal.into_response(&request_id, &shared.options.public_url)
+        }
     };
+    if let Some(mut record) = record {
+        record.route = context.route;
+        record.who = trace.who;
+        record.target = trace.target;
+        record.cost_nanos = trace.cost_nanos;
+        record.status = response.status().as_u16();
+        record.code = refused;
+        match response.body_mut() {
+            GatewayBody::Upstream(body) => body.log_on_end(Box::new(record)),
+            GatewayBody::Full(data) => {
+                record.bytes_out = data.as_ref().map_or(0, |d| d.len() as u64);
+                if refused.is_some() {
+                    record.problem = data.clone();
+                }
+                record.completed = true;
+                record.finish();
+            }
+        }
+    }
     let headers = response.headers_mut();
     headers.insert(X_REQUEST_ID.clone(), request_id);
     if let Some((policy, state)) = context.rate_headers.take()
@@ -143,11 +191,24 @@ pub(crate) async fn handle(
 async fn run(
     shared: &Shared,
     context: &mut RequestContext,
+    trace: &mut Trace,
     request: Request<RequestBody>,
 ) -> Result<Response<GatewayBody>, Refusal> {
     if let Some(rest) = request.uri().path().strip_prefix("/_tollgate/") {
         if rest == "me" {
             return crate::me::me(&context.snapshot, &request, &shared.options.currency);
+        }
+        if let Some(id) = rest.strip_prefix("requests/") {
+            let lookup = shared.lookup.get().map(|lookup| &**lookup);
+            let options = &shared.options;
+            return Box::pin(crate::me::request(
+                &context.snapshot,
+                lookup,
+                &request,
+                id,
+                (&options.public_url, &options.currency),
+            ))
+            .await;
         }
         if let Some(name) = rest.strip_prefix("webhooks/") {
             let name = name.to_owned();
@@ -175,7 +236,7 @@ async fn run(
         })
     });
     if let Some(x402) = paid_per_request {
-        return Box::pin(pay_per_request(shared, context, request, x402)).await;
+        return Box::pin(pay_per_request(shared, context, trace, request, x402)).await;
     }
     let admission = {
         let snapshot = context.snapshot.clone();
@@ -186,14 +247,15 @@ async fn run(
             &snapshot,
             route,
             &request,
-            context.peer.addr.ip(),
-            &shared.options.trusted_proxies,
-            &shared.jwks,
-            (
-                &shared.options.currency,
-                shared.options.export_usage,
-                &shared.options.public_url,
-            ),
+            &crate::admit::AdmitEnv {
+                peer: context.peer.addr.ip(),
+                trusted_proxies: &shared.options.trusted_proxies,
+                jwks: &shared.jwks,
+                currency: &shared.options.currency,
+                export_usage: shared.options.export_usage,
+                public_url: &shared.options.public_url,
+            },
+            &mut trace.who,
         )?
     };
     let mut admission = admission;
@@ -202,7 +264,7 @@ async fn run(
     // Boxed: the forward phase is the largest part of the request's state;
     // on the heap it is allocated once instead of being copied each time
     // the request future moves.
-    Box::pin(forward(shared, context, request, admission)).await
+    Box::pin(forward(shared, context, trace, request, admission)).await
 }
 
 /// A call paid with x402 (see `x402.rs`): verified before it is
@@ -210,6 +272,7 @@ async fn run(
 async fn pay_per_request(
     shared: &Shared,
     context: &mut RequestContext,
+    trace: &mut Trace,
     request: Request<RequestBody>,
     x402: Arc<crate::x402::X402Rt>,
 ) -> Result<Response<GatewayBody>, Refusal> {
@@ -239,7 +302,7 @@ async fn pay_per_request(
     )
     .await?;
     context.rate_headers = None;
-    let response = Box::pin(forward(shared, context, request, admission)).await?;
+    let response = Box::pin(forward(shared, context, trace, request, admission)).await?;
     if response.status().as_u16() >= 500 {
         // Not settled: the payer keeps its money and its payload.
         return Ok(response);
@@ -429,6 +492,7 @@ enum Outgoing {
 async fn forward(
     shared: &Shared,
     context: &RequestContext,
+    trace: &mut Trace,
     request: Request<RequestBody>,
     admission: Admission,
 ) -> Result<Response<GatewayBody>, Refusal> {
@@ -598,6 +662,7 @@ async fn forward(
         )
         .await;
         let latency = try_started.elapsed();
+        trace.target = Some((index, latency));
         match result {
             Ok(Ok(response)) => {
                 let status = response.status().as_u16();
@@ -629,6 +694,7 @@ async fn forward(
                 if let Some(held) = reservation.take()
                     && status < 500
                 {
+                    trace.cost_nanos = held.amount();
                     let sink = shared.charges.get();
                     let outcome = crate::money::Outcome {
                         status,

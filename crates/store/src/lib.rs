@@ -12,11 +12,13 @@
 //! - `objects` holds upstreams, services, routes and releases; `access`
 //!   teams, users, tokens, sessions, apps, keys, plans, subscriptions, the
 //!   webhook outbox and the audit log, with [`Visible`], the team filter of
-//!   tenant-scoped lists. [`Store::changes`] says what a configuration
+//!   tenant-scoped lists. `calls` the call log and the analytics rollups.
+//!   [`Store::changes`] says what a configuration
 //!   version changed (only keys, or more), so a node can patch its keys.
 
 mod access;
 mod billing;
+mod calls;
 mod export;
 mod migrate;
 mod money;
@@ -30,6 +32,10 @@ use sqlx::{AnyPool, Row};
 
 pub use access::{AuditFilter, Delivery, Session, SubscriptionFilter, TokenOwner, Visible};
 pub use billing::{Fee, NodeUsage, Usage, fee_key};
+pub use calls::{
+    CallFilter, CallRow, Granularity, GroupBy, RollupKey, RollupQuery, RollupSlot, RollupValues,
+    call_id,
+};
 pub use export::{AutoTopUp, OutboxEvent};
 pub use migrate::MIGRATIONS;
 pub use money::{Appended, EntryDelta, LedgerFilter, NewEntry, Wallet, WalletHead};

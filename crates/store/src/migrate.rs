@@ -32,6 +32,7 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "auto_top_up",
         include_str!("../migrations/0009_auto_top_up.sql"),
     ),
+    (10, "calls", include_str!("../migrations/0010_calls.sql")),
 ];
 
 impl Store {

@@ -11,6 +11,8 @@
 //!   settle) over a pretend chain: balances, nonces used once.
 //! - [`stripe::FakeStripe`]: Stripe's Checkout API and its signed
 //!   webhook events.
+//! - [`python::python`]: a Python with the tests' pinned packages
+//!   (the Prometheus text parser; later the official SDKs).
 //! - [`tollgate::Tollgate`]: starts the binary with a fresh data dir and free
 //!   ports, waits for readiness, and offers admin and gateway helpers.
 
@@ -18,6 +20,7 @@
 
 pub mod facilitator;
 pub mod idp;
+pub mod python;
 pub mod stripe;
 pub mod tollgate;
 pub mod upstream;

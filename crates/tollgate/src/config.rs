@@ -33,6 +33,28 @@ pub struct RawConfig {
     pub x402: RawX402,
     #[serde(default)]
     pub usage_export: RawUsageExport,
+    #[serde(default)]
+    pub calls: RawCalls,
+    #[serde(default)]
+    pub analytics: RawAnalytics,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCalls {
+    /// Store every call in the call log (default true).
+    pub log: Option<bool>,
+    /// Days a call stays in the call log.
+    pub retention_days: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAnalytics {
+    /// Days minute rollups are kept.
+    pub minute_retention_days: Option<u64>,
+    /// Days hour rollups are kept.
+    pub hour_retention_days: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -159,6 +181,7 @@ pub struct Config {
     /// x402 facilitator base URL.
     pub x402_facilitator: Option<String>,
     pub usage_export: UsageExportConfig,
+    pub calls: crate::calls::CallsConfig,
 }
 
 /// Where usage events go (both optional).
@@ -501,6 +524,22 @@ fn validate(raw: RawConfig, problems: &mut Vec<String>) -> Config {
         250,
         60_000,
     );
+    let calls = crate::calls::CallsConfig {
+        log: raw.calls.log.unwrap_or(true),
+        retention_days: positive("calls.retention_days", raw.calls.retention_days, 7, 3650),
+        minute_retention_days: positive(
+            "analytics.minute_retention_days",
+            raw.analytics.minute_retention_days,
+            30,
+            3650,
+        ),
+        hour_retention_days: positive(
+            "analytics.hour_retention_days",
+            raw.analytics.hour_retention_days,
+            365,
+            36500,
+        ),
+    };
     let log_level = raw
         .log
         .level
@@ -563,6 +602,7 @@ fn validate(raw: RawConfig, problems: &mut Vec<String>) -> Config {
             cloudevents_token: raw.usage_export.cloudevents_token,
             stripe_meter: raw.usage_export.stripe_meter,
         },
+        calls,
     }
 }
 

@@ -10,12 +10,14 @@
 
 mod autotopup;
 mod billing;
+mod calls;
 mod cli;
 mod config;
 mod counters;
 mod export;
 mod jwks;
 mod ledger;
+mod metrics;
 mod serve;
 mod stripe;
 mod warnings;

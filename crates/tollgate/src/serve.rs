@@ -306,6 +306,22 @@ pub async fn run(args: &ConfigArgs) -> anyhow::Result<()> {
             currency: config.currency.clone(),
         })
     });
+    let metrics = Arc::new(crate::metrics::Metrics::default());
+    let (drain_calls, calls_drain) = tokio::sync::oneshot::channel();
+    let (call_sink, call_writer) = crate::calls::spawn_writer(
+        store.clone(),
+        metrics.clone(),
+        config.calls.clone(),
+        calls_drain,
+    );
+    gateway.set_call_sink(call_sink);
+    gateway.set_call_lookup(Arc::new(crate::calls::StoreLookup(store.clone())));
+    let retention = crate::calls::spawn_retention(
+        store.clone(),
+        config.calls.clone(),
+        crate::calls::RETENTION_EVERY,
+        shutdown_rx.clone(),
+    );
     let ledger_writer = crate::ledger::spawn_writer(
         store.clone(),
         gateway.clone(),
@@ -384,6 +400,11 @@ pub async fn run(args: &ConfigArgs) -> anyhow::Result<()> {
         currency: config.currency.as_str().into(),
         public_url: config.public_url.as_str().into(),
         payments,
+        metrics: {
+            let gateway = gateway.clone();
+            let currency = config.currency.clone();
+            Arc::new(move || metrics.render(&gateway, &currency))
+        },
     };
     let mut admin_shutdown = shutdown_rx.clone();
     let admin_task = tokio::spawn(async move {
@@ -417,7 +438,10 @@ pub async fn run(args: &ConfigArgs) -> anyhow::Result<()> {
         let _ = gateway_task.await;
         // Every request has finished: record the charges still queued.
         let _ = drain_ledger.send(());
+        let _ = drain_calls.send(());
         let _ = ledger_writer.await;
+        let _ = call_writer.await;
+        let _ = retention.await;
         let _ = usage.await;
         if let Err(error) = crate::billing::flush_usage(&store, &gateway, &actor).await {
             tracing::warn!(%error, "cannot record the last usage counters");

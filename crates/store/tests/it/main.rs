@@ -450,3 +450,219 @@ async fn batched_appends_on_sqlite_and_postgres() {
     batched_appends(&store).await;
     pg.drop(store).await;
 }
+
+fn call(
+    at_ms: i64,
+    request_id: &str,
+    consumer: &str,
+    provider: &str,
+    status: u16,
+) -> store::CallRow {
+    store::CallRow {
+        id: store::call_id(at_ms, u128::from(at_ms as u64) << 7),
+        entry: domain::calls::CallEntry {
+            request_id: request_id.into(),
+            at_ms,
+            method: "GET".into(),
+            path: "/w/x".into(),
+            status,
+            code: (status == 402).then(|| "insufficient_credit".into()),
+            latency_us: 1_500,
+            upstream_latency_us: Some(1_000),
+            client_ip: "127.0.0.1".into(),
+            consumer_team: Some(consumer.into()),
+            app: Some(format!("{consumer}-app")),
+            provider_team: Some(provider.into()),
+            service: Some("w".into()),
+            cost_nanos: if status == 200 { 10_000_000 } else { 0 },
+            problem: (status == 402).then(|| "{\"balance\":\"0.00\"}".into()),
+            completed: true,
+            ..Default::default()
+        },
+    }
+}
+
+/// The call log and rollups: pages newest first within a time range,
+/// filters, tenant visibility, rollups that add up across writers (nodes),
+/// grouped sums, and retention.
+async fn calls_and_rollups(store: &Store) {
+    use store::{CallFilter, Granularity, GroupBy, RollupKey, RollupQuery, RollupValues};
+    store.migrate().await.unwrap();
+    let base = 1_800_000_000_000; // a whole hour
+    let rows = vec![
+        call(base + 1_000, "r1", "acme", "wco", 200),
+        call(base + 2_000, "r2", "acme", "wco", 402),
+        call(base + 61_000, "r3", "other", "wco", 200),
+        call(base + 3_600_000, "r4", "acme", "other", 200),
+    ];
+    for _ in 0..2 {
+        // A batch written twice is logged once.
+        let mut tx = store.begin().await.unwrap();
+        tx.insert_calls(&rows).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+    let all = Visible::all();
+    let page = store
+        .calls(&all, &CallFilter::default(), None, 10)
+        .await
+        .unwrap();
+    let ids: Vec<&str> = page
+        .items
+        .iter()
+        .map(|r| r.entry.request_id.as_str())
+        .collect();
+    assert_eq!(ids, ["r4", "r3", "r2", "r1"], "newest first, once each");
+    assert_eq!(page.items[1].entry, rows[2].entry, "stored as written");
+    // Pages continue after the cursor; ranges are [from, to).
+    let first = store
+        .calls(&all, &CallFilter::default(), None, 3)
+        .await
+        .unwrap();
+    let rest = store
+        .calls(&all, &CallFilter::default(), first.next_after.as_deref(), 3)
+        .await
+        .unwrap();
+    assert_eq!(rest.items.len(), 1);
+    assert_eq!(rest.items[0].entry.request_id, "r1");
+    let ranged = CallFilter {
+        from_ms: Some(base + 2_000),
+        to_ms: Some(base + 3_600_000),
+        ..Default::default()
+    };
+    let page = store.calls(&all, &ranged, None, 10).await.unwrap();
+    let ids: Vec<&str> = page
+        .items
+        .iter()
+        .map(|r| r.entry.request_id.as_str())
+        .collect();
+    assert_eq!(ids, ["r3", "r2"]);
+    let coded = CallFilter {
+        code: Some("insufficient_credit"),
+        ..Default::default()
+    };
+    assert_eq!(
+        store
+            .calls(&all, &coded, None, 10)
+            .await
+            .unwrap()
+            .items
+            .len(),
+        1
+    );
+    // A team sees calls by its apps and to its services, nothing else.
+    let other = Visible::teams(["other"]);
+    let page = store
+        .calls(&other, &CallFilter::default(), None, 10)
+        .await
+        .unwrap();
+    let ids: Vec<&str> = page
+        .items
+        .iter()
+        .map(|r| r.entry.request_id.as_str())
+        .collect();
+    assert_eq!(ids, ["r4", "r3"]);
+    assert_eq!(store.calls_by_request("r2", 5).await.unwrap().len(), 1);
+
+    // Rollups: two writers add to the same rows.
+    let mut minute = std::collections::HashMap::<RollupKey, RollupValues>::new();
+    for row in &rows {
+        minute
+            .entry(RollupKey::of(&row.entry, Granularity::Minute))
+            .or_default()
+            .add_call(&row.entry);
+    }
+    let minute: Vec<_> = minute.into_iter().collect();
+    for _ in 0..2 {
+        let mut tx = store.begin().await.unwrap();
+        tx.add_rollups(Granularity::Minute, &minute).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+    let query = RollupQuery {
+        granularity: Granularity::Minute,
+        from_ms: base,
+        to_ms: base + 7_200_000,
+        interval_ms: 3_600_000,
+        group_by: Some(GroupBy::Team),
+        visible: &all,
+        service: None,
+        app: None,
+        team: None,
+    };
+    let slots = store.rollups(&query).await.unwrap();
+    let requests = |start: i64, group: &str, status: i64| -> i64 {
+        slots
+            .iter()
+            .filter(|s| s.start_ms == start && s.group == group && s.status == status)
+            .map(|s| s.values.requests)
+            .sum()
+    };
+    assert_eq!(requests(base, "acme", 200), 2, "both writers counted");
+    assert_eq!(requests(base, "acme", 402), 2);
+    assert_eq!(requests(base, "other", 200), 2);
+    assert_eq!(requests(base + 3_600_000, "acme", 200), 2);
+    let coded: Vec<_> = slots
+        .iter()
+        .filter(|s| s.code == "insufficient_credit")
+        .collect();
+    assert_eq!(coded.len(), 1);
+    let acme_first_hour = slots
+        .iter()
+        .find(|s| s.start_ms == base && s.group == "acme" && s.status == 200)
+        .unwrap();
+    assert_eq!(acme_first_hour.values.cost_nanos, 20_000_000);
+    assert_eq!(acme_first_hour.values.latency_sum_us, 3_000);
+    assert_eq!(acme_first_hour.values.latency_buckets[3], 2);
+    // Visible to a team: its own rows only.
+    let scoped = RollupQuery {
+        visible: &other,
+        group_by: None,
+        ..query.clone()
+    };
+    let total: i64 = store
+        .rollups(&scoped)
+        .await
+        .unwrap()
+        .iter()
+        .map(|s| s.values.requests)
+        .sum();
+    assert_eq!(total, 4, "r3 and r4, from both writers");
+
+    // Retention deletes what is older, nothing else.
+    assert_eq!(
+        store.delete_calls_before(base + 61_000, 100).await.unwrap(),
+        2
+    );
+    let left = store
+        .calls(&all, &CallFilter::default(), None, 10)
+        .await
+        .unwrap();
+    assert_eq!(left.items.len(), 2);
+    assert_eq!(
+        store
+            .delete_rollups_before(Granularity::Minute, base + 60_000)
+            .await
+            .unwrap(),
+        2,
+        "the first minute's two rows (acme 200 and 402)"
+    );
+    assert_eq!(
+        store
+            .delete_rollups_before(Granularity::Hour, base)
+            .await
+            .unwrap(),
+        0
+    );
+}
+
+#[tokio::test]
+async fn calls_and_rollups_on_sqlite_and_postgres() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&format!("sqlite://{}/t.db", dir.path().display()))
+        .await
+        .unwrap();
+    calls_and_rollups(&store).await;
+    store.close().await;
+    let (pg, store) = Pg::create().await;
+    calls_and_rollups(&store).await;
+    pg.drop(store).await;
+}

@@ -17,6 +17,7 @@ mod http1;
 mod jwt;
 mod lifecycle;
 mod money;
+mod observe;
 mod payments;
 mod process;
 mod protocols;

@@ -446,7 +446,11 @@ async fn the_wallet_command() {
 
 /// A priced service (0.01 a call) whose consumer team `acme` can afford
 /// exactly `calls` more calls; returns the key.
-async fn priced_world(tollgate: &Tollgate, upstream: &FakeUpstream, calls: u32) -> String {
+pub(crate) async fn priced_world(
+    tollgate: &Tollgate,
+    upstream: &FakeUpstream,
+    calls: u32,
+) -> String {
     let world = world(tollgate, upstream, json!({}), json!({})).await;
     let (status, body) = tollgate
         .admin(

@@ -1,0 +1,831 @@
+//! Observability endpoints: the call log (`/api/v1/logs`), analytics from
+//! the rollups (`/api/v1/analytics/summary`, `/api/v1/analytics/timeseries`)
+//! and Prometheus metrics (`/metrics`).
+//!
+//! Tenants see their own calls only: calls by their apps (as consumer) and
+//! calls to their services (as provider). Times are RFC 3339 or epoch
+//! milliseconds; analytics ranges are rounded out to whole minutes.
+
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use domain::calls::{CallEntry, latency_quantile};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use store::{
+    CallFilter, CallRow, Granularity, GroupBy, Page, RollupQuery, RollupSlot, RollupValues,
+};
+
+use crate::AdminState;
+use crate::access::Caller;
+use crate::error::ApiError;
+use crate::extract::ListParams;
+use crate::handlers::{ListResponse, ok};
+
+const MINUTE_MS: i64 = 60_000;
+const HOUR_MS: i64 = 3_600_000;
+const DAY_MS: i64 = 86_400_000;
+/// Points a timeseries answers at most, per group.
+pub const MAX_POINTS: i64 = 1_440;
+/// Rows one CSV or NDJSON export holds at most (then `Tollgate-Next-Cursor`).
+pub const EXPORT_MAX_ROWS: usize = 100_000;
+
+/// A call, as the API shows it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CallView {
+    pub id: String,
+    pub request_id: String,
+    /// RFC 3339.
+    pub time: String,
+    pub method: String,
+    pub host: Option<String>,
+    pub path: String,
+    pub status: u16,
+    /// The refusal code (SPEC §4); null for an answered call.
+    pub code: Option<String>,
+    pub latency_ms: f64,
+    pub upstream_latency_ms: Option<f64>,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub client_ip: String,
+    /// The calling app's team.
+    pub consumer_team: Option<String>,
+    pub app: Option<String>,
+    pub key_prefix: Option<String>,
+    pub subscription_id: Option<String>,
+    pub plan: Option<String>,
+    /// The service's team.
+    pub provider_team: Option<String>,
+    pub service: Option<String>,
+    pub route_id: Option<String>,
+    pub upstream_target: Option<String>,
+    /// What the call was charged (decimal string).
+    pub cost: String,
+    pub currency: String,
+    /// A refusal's problem details, as sent to the caller.
+    #[schema(value_type = Option<Object>)]
+    pub problem: Option<serde_json::Value>,
+    pub provider: Option<String>,
+    pub model: Option<String>,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub ttft_ms: Option<f64>,
+    /// The response body was sent to its end.
+    pub completed: bool,
+}
+
+fn millis(micros: u64) -> f64 {
+    micros as f64 / 1000.0
+}
+
+pub fn call_view(row: CallRow, currency: &str) -> CallView {
+    let CallRow { id, entry } = row;
+    let CallEntry {
+        request_id,
+        at_ms,
+        method,
+        host,
+        path,
+        status,
+        code,
+        latency_us,
+        upstream_latency_us,
+        bytes_in,
+        bytes_out,
+        client_ip,
+        consumer_team,
+        app,
+        key_prefix,
+        subscription_id,
+        plan,
+        provider_team,
+        service,
+        route_id,
+        upstream_target,
+        cost_nanos,
+        problem,
+        provider,
+        model,
+        input_tokens,
+        output_tokens,
+        ttft_us,
+        completed,
+    } = entry;
+    CallView {
+        id,
+        request_id,
+        time: domain::access::format_time_ms(at_ms),
+        method,
+        host,
+        path,
+        status,
+        code,
+        latency_ms: millis(latency_us),
+        upstream_latency_ms: upstream_latency_us.map(millis),
+        bytes_in,
+        bytes_out,
+        client_ip,
+        consumer_team,
+        app,
+        key_prefix,
+        subscription_id,
+        plan,
+        provider_team,
+        service,
+        route_id,
+        upstream_target,
+        cost: domain::money::format(cost_nanos),
+        currency: currency.to_owned(),
+        problem: problem.and_then(|text| serde_json::from_str(&text).ok()),
+        provider,
+        model,
+        input_tokens,
+        output_tokens,
+        ttft_ms: ttft_us.map(millis),
+        completed,
+    }
+}
+
+/// `name` as a time (RFC 3339 or epoch milliseconds), if given.
+pub(crate) fn time_param(params: &ListParams, name: &str) -> Result<Option<i64>, ApiError> {
+    params
+        .filter(name)
+        .map(|text| match text.parse::<i64>() {
+            Ok(ms) => Ok(ms),
+            Err(_) => domain::access::parse_time_ms(text).map_err(|_| {
+                ApiError::field(name, "must be an RFC 3339 time or epoch milliseconds")
+            }),
+        })
+        .transpose()
+}
+
+/// The call log, newest first.
+#[utoipa::path(get, path = "/api/v1/logs", tag = "observability",
+    params(("limit" = Option<usize>, Query), ("cursor" = Option<String>, Query),
+        ("from" = Option<String>, Query, description = "RFC 3339 or epoch ms (inclusive)"),
+        ("to" = Option<String>, Query, description = "RFC 3339 or epoch ms (exclusive)"),
+        ("team" = Option<String>, Query, description = "calls by this team's apps or to its services"),
+        ("app" = Option<String>, Query), ("key_prefix" = Option<String>, Query),
+        ("service" = Option<String>, Query), ("route" = Option<String>, Query, description = "route id"),
+        ("status" = Option<u16>, Query), ("code" = Option<String>, Query, description = "refusal code"),
+        ("model" = Option<String>, Query), ("request_id" = Option<String>, Query),
+        ("format" = Option<String>, Query, description = "json (default), csv or ndjson; csv and ndjson export every match (up to 100,000 rows)")),
+    responses((status = 200, body = ListResponse<CallView>), (status = 400, body = crate::openapi::Problem)))]
+pub async fn list_logs(
+    State(state): State<AdminState>,
+    caller: Caller,
+    params: ListParams,
+) -> Result<Response, ApiError> {
+    params.only(&[
+        "from",
+        "to",
+        "team",
+        "app",
+        "key_prefix",
+        "service",
+        "route",
+        "status",
+        "code",
+        "model",
+        "request_id",
+        "format",
+    ])?;
+    let status = params
+        .filter("status")
+        .map(|text| {
+            text.parse::<u16>()
+                .ok()
+                .filter(|s| (100..=599).contains(s))
+                .map(i64::from)
+                .ok_or_else(|| ApiError::field("status", "must be an HTTP status from 100 to 599"))
+        })
+        .transpose()?;
+    if let Some(code) = params.filter("code")
+        && domain::code::Code::parse(code).is_none()
+    {
+        return Err(ApiError::field(
+            "code",
+            "is not a refusal code (see GET /_tollgate/problems for the list)",
+        ));
+    }
+    let (from_ms, to_ms) = (time_param(&params, "from")?, time_param(&params, "to")?);
+    if let (Some(from), Some(to)) = (from_ms, to_ms)
+        && from >= to
+    {
+        return Err(ApiError::field("from", "must be before 'to'"));
+    }
+    let format = match params.filter("format") {
+        None | Some("json") => Format::Json,
+        Some("csv") => Format::Csv,
+        Some("ndjson") => Format::Ndjson,
+        Some(_) => return Err(ApiError::field("format", "must be json, csv or ndjson")),
+    };
+    let filter = CallFilter {
+        from_ms,
+        to_ms,
+        team: params.filter("team"),
+        app: params.filter("app"),
+        key_prefix: params.filter("key_prefix"),
+        service: params.filter("service"),
+        route_id: params.filter("route"),
+        status,
+        code: params.filter("code"),
+        model: params.filter("model"),
+        request_id: params.filter("request_id"),
+    };
+    let visible = caller.visible();
+    if format == Format::Json {
+        let page = state
+            .store
+            .calls(&visible, &filter, params.after.as_deref(), params.limit)
+            .await?;
+        let page = Page {
+            items: page
+                .items
+                .into_iter()
+                .map(|row| call_view(row, &state.currency))
+                .collect(),
+            next_after: page.next_after,
+        };
+        return Ok(ok(&ListResponse::from(page)));
+    }
+    // An export: every match, page by page, up to the cap.
+    let mut rows = Vec::new();
+    let mut after = params.after.clone();
+    let next = loop {
+        let page = state
+            .store
+            .calls(
+                &visible,
+                &filter,
+                after.as_deref(),
+                crate::extract::LIMIT_MAX,
+            )
+            .await?;
+        rows.extend(
+            page.items
+                .into_iter()
+                .map(|row| call_view(row, &state.currency)),
+        );
+        match page.next_after {
+            Some(next) if rows.len() < EXPORT_MAX_ROWS => after = Some(next),
+            next => break next,
+        }
+    };
+    Ok(export(format, &rows, next.as_deref()))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Json,
+    Csv,
+    Ndjson,
+}
+
+/// One field of a CSV line (RFC 4180).
+pub(crate) fn csv_field(out: &mut String, value: &str) {
+    if value.contains([',', '"', '\n', '\r']) {
+        out.push('"');
+        out.push_str(&value.replace('"', "\"\""));
+        out.push('"');
+    } else {
+        out.push_str(value);
+    }
+}
+
+/// A text response of `content_type`; the cursor to continue with, if
+/// any, in `Tollgate-Next-Cursor`.
+pub(crate) fn text_response(
+    body: String,
+    content_type: &'static str,
+    next: Option<&str>,
+) -> Response {
+    let mut response = (StatusCode::OK, body).into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    if let Some(next) = next
+        .map(crate::extract::encode_cursor)
+        .and_then(|cursor| HeaderValue::from_str(&cursor).ok())
+    {
+        response.headers_mut().insert("tollgate-next-cursor", next);
+    }
+    response
+}
+
+fn export(format: Format, rows: &[CallView], next: Option<&str>) -> Response {
+    let mut out = String::new();
+    if format == Format::Ndjson {
+        for row in rows {
+            if let Ok(line) = serde_json::to_string(row) {
+                out.push_str(&line);
+                out.push('\n');
+            }
+        }
+        return text_response(out, "application/x-ndjson", next);
+    }
+    const COLUMNS: [&str; 25] = [
+        "id",
+        "request_id",
+        "time",
+        "method",
+        "host",
+        "path",
+        "status",
+        "code",
+        "latency_ms",
+        "upstream_latency_ms",
+        "bytes_in",
+        "bytes_out",
+        "client_ip",
+        "consumer_team",
+        "app",
+        "key_prefix",
+        "provider_team",
+        "service",
+        "route_id",
+        "upstream_target",
+        "cost",
+        "currency",
+        "model",
+        "input_tokens",
+        "output_tokens",
+    ];
+    out.push_str(&COLUMNS.join(","));
+    out.push_str("\r\n");
+    let none = String::new();
+    for row in rows {
+        let cells: [String; 25] = [
+            row.id.clone(),
+            row.request_id.clone(),
+            row.time.clone(),
+            row.method.clone(),
+            row.host.clone().unwrap_or_default(),
+            row.path.clone(),
+            row.status.to_string(),
+            row.code.clone().unwrap_or_default(),
+            row.latency_ms.to_string(),
+            row.upstream_latency_ms
+                .map_or_else(String::new, |ms| ms.to_string()),
+            row.bytes_in.to_string(),
+            row.bytes_out.to_string(),
+            row.client_ip.clone(),
+            row.consumer_team.clone().unwrap_or_default(),
+            row.app.clone().unwrap_or_default(),
+            row.key_prefix.clone().unwrap_or_default(),
+            row.provider_team.clone().unwrap_or_default(),
+            row.service.clone().unwrap_or_default(),
+            row.route_id.clone().unwrap_or_default(),
+            row.upstream_target.clone().unwrap_or_default(),
+            row.cost.clone(),
+            row.currency.clone(),
+            row.model.clone().unwrap_or_else(|| none.clone()),
+            row.input_tokens.to_string(),
+            row.output_tokens.to_string(),
+        ];
+        for (index, cell) in cells.iter().enumerate() {
+            if index > 0 {
+                out.push(',');
+            }
+            csv_field(&mut out, cell);
+        }
+        out.push_str("\r\n");
+    }
+    text_response(out, "text/csv; charset=utf-8", next)
+}
+
+// -------------------------------------------------------------- analytics
+
+/// What analytics answer for a range (and group).
+#[derive(Debug, Default, Serialize, utoipa::ToSchema)]
+pub struct Figures {
+    pub requests: i64,
+    /// Answers with status 400–499 and 500–599 (refusals included).
+    pub errors_4xx: i64,
+    pub errors_5xx: i64,
+    /// Refusals (SPEC §4) by code.
+    pub refusals: BTreeMap<String, i64>,
+    /// Estimated from latency buckets (see docs/observability.md).
+    pub latency_ms_p50: Option<f64>,
+    pub latency_ms_p95: Option<f64>,
+    pub latency_ms_p99: Option<f64>,
+    pub latency_ms_avg: Option<f64>,
+    pub bytes_in: i64,
+    pub bytes_out: i64,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    /// What the calls were charged (decimal string).
+    pub revenue: String,
+}
+
+#[derive(Default, Clone)]
+struct Sums {
+    values: RollupValues,
+    errors_4xx: i64,
+    errors_5xx: i64,
+    refusals: BTreeMap<String, i64>,
+}
+
+impl Sums {
+    fn add(&mut self, slot: &RollupSlot) {
+        self.values.merge(&slot.values);
+        match slot.status {
+            400..=499 => self.errors_4xx += slot.values.requests,
+            500..=599 => self.errors_5xx += slot.values.requests,
+            _ => {}
+        }
+        if !slot.code.is_empty() {
+            *self.refusals.entry(slot.code.clone()).or_default() += slot.values.requests;
+        }
+    }
+
+    fn quantile_ms(&self, quantile: f64) -> Option<f64> {
+        latency_quantile(&self.values.latency_buckets, quantile).map(|us| us as f64 / 1000.0)
+    }
+
+    fn figures(&self) -> Figures {
+        let v = &self.values;
+        Figures {
+            requests: v.requests,
+            errors_4xx: self.errors_4xx,
+            errors_5xx: self.errors_5xx,
+            refusals: self.refusals.clone(),
+            latency_ms_p50: self.quantile_ms(0.50),
+            latency_ms_p95: self.quantile_ms(0.95),
+            latency_ms_p99: self.quantile_ms(0.99),
+            latency_ms_avg: (v.requests > 0)
+                .then(|| v.latency_sum_us as f64 / v.requests as f64 / 1000.0),
+            bytes_in: v.bytes_in,
+            bytes_out: v.bytes_out,
+            input_tokens: v.input_tokens,
+            output_tokens: v.output_tokens,
+            revenue: domain::money::format(v.cost_nanos),
+        }
+    }
+
+    fn metric(&self, metric: Metric) -> f64 {
+        let v = &self.values;
+        match metric {
+            Metric::Requests => v.requests as f64,
+            Metric::Errors => (self.errors_4xx + self.errors_5xx) as f64,
+            Metric::Errors4xx => self.errors_4xx as f64,
+            Metric::Errors5xx => self.errors_5xx as f64,
+            Metric::Refusals => self.refusals.values().sum::<i64>() as f64,
+            Metric::LatencyP50 => self.quantile_ms(0.50).unwrap_or(0.0),
+            Metric::LatencyP95 => self.quantile_ms(0.95).unwrap_or(0.0),
+            Metric::LatencyP99 => self.quantile_ms(0.99).unwrap_or(0.0),
+            Metric::Tokens => (v.input_tokens + v.output_tokens) as f64,
+            Metric::Revenue => v.cost_nanos as f64 / 1e9,
+            Metric::BytesIn => v.bytes_in as f64,
+            Metric::BytesOut => v.bytes_out as f64,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Metric {
+    Requests,
+    Errors,
+    Errors4xx,
+    Errors5xx,
+    Refusals,
+    LatencyP50,
+    LatencyP95,
+    LatencyP99,
+    Tokens,
+    Revenue,
+    BytesIn,
+    BytesOut,
+}
+
+const METRICS: [(&str, Metric); 12] = [
+    ("requests", Metric::Requests),
+    ("errors", Metric::Errors),
+    ("errors_4xx", Metric::Errors4xx),
+    ("errors_5xx", Metric::Errors5xx),
+    ("refusals", Metric::Refusals),
+    ("latency_p50", Metric::LatencyP50),
+    ("latency_p95", Metric::LatencyP95),
+    ("latency_p99", Metric::LatencyP99),
+    ("tokens", Metric::Tokens),
+    ("revenue", Metric::Revenue),
+    ("bytes_in", Metric::BytesIn),
+    ("bytes_out", Metric::BytesOut),
+];
+
+const INTERVALS: [(&str, i64); 7] = [
+    ("1m", MINUTE_MS),
+    ("5m", 5 * MINUTE_MS),
+    ("15m", 15 * MINUTE_MS),
+    ("1h", HOUR_MS),
+    ("6h", 6 * HOUR_MS),
+    ("1d", DAY_MS),
+    ("7d", 7 * DAY_MS),
+];
+
+/// The range, filters and grouping common to both analytics endpoints.
+struct Question {
+    from_ms: i64,
+    to_ms: i64,
+    group_by: Option<GroupBy>,
+    group_name: Option<String>,
+}
+
+fn question(params: &ListParams, default_span_ms: i64) -> Result<Question, ApiError> {
+    // By default the range ends with the current minute.
+    let now = domain::now_ms();
+    let to_ms = time_param(params, "to")?
+        .unwrap_or_else(|| (now + MINUTE_MS - 1).div_euclid(MINUTE_MS) * MINUTE_MS);
+    let from_ms = time_param(params, "from")?.unwrap_or(to_ms - default_span_ms);
+    if from_ms >= to_ms {
+        return Err(ApiError::field(
+            "from",
+            format!(
+                "must be before 'to' (the range is inverted or empty: from {} to {})",
+                domain::access::format_time_ms(from_ms),
+                domain::access::format_time_ms(to_ms)
+            ),
+        ));
+    }
+    let group_name = params.filter("group_by").map(str::to_owned);
+    let group_by = group_name
+        .as_deref()
+        .map(|text| {
+            GroupBy::parse(text).ok_or_else(|| {
+                ApiError::field(
+                    "group_by",
+                    "must be one of service, app, team, model, status, code",
+                )
+            })
+        })
+        .transpose()?;
+    // Whole minutes: from rounded down, to rounded up.
+    let from_ms = from_ms.div_euclid(MINUTE_MS) * MINUTE_MS;
+    let to_ms = (to_ms + MINUTE_MS - 1).div_euclid(MINUTE_MS) * MINUTE_MS;
+    Ok(Question {
+        from_ms,
+        to_ms,
+        group_by,
+        group_name,
+    })
+}
+
+fn rollup_query<'a>(
+    params: &'a ListParams,
+    visible: &'a store::Visible,
+    q: &Question,
+    granularity: Granularity,
+    (from_ms, to_ms, interval_ms): (i64, i64, i64),
+) -> RollupQuery<'a> {
+    RollupQuery {
+        granularity,
+        from_ms,
+        to_ms,
+        interval_ms,
+        group_by: q.group_by,
+        visible,
+        service: params.filter("service"),
+        app: params.filter("app"),
+        team: params.filter("team"),
+    }
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct GroupFigures {
+    /// The group's value (service slug, app slug, team slug, model, status
+    /// or code); empty for calls without one.
+    pub group: String,
+    #[serde(flatten)]
+    pub figures: Figures,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Summary {
+    pub from: String,
+    pub to: String,
+    pub currency: String,
+    #[serde(flatten)]
+    pub total: Figures,
+    pub group_by: Option<String>,
+    /// One entry per group, when `group_by` is given.
+    pub groups: Vec<GroupFigures>,
+}
+
+/// Totals over a range (default: the last 24 hours), optionally per
+/// group. Whole hours are read from the hour rollups, the edges from the
+/// minute rollups, so the counts are exact to the minute.
+#[utoipa::path(get, path = "/api/v1/analytics/summary", tag = "observability",
+    params(("from" = Option<String>, Query), ("to" = Option<String>, Query),
+        ("group_by" = Option<String>, Query, description = "service, app, team, model, status or code"),
+        ("service" = Option<String>, Query), ("app" = Option<String>, Query), ("team" = Option<String>, Query)),
+    responses((status = 200, body = Summary), (status = 400, body = crate::openapi::Problem)))]
+pub async fn summary(
+    State(state): State<AdminState>,
+    caller: Caller,
+    params: ListParams,
+) -> Result<Response, ApiError> {
+    params.only(&["from", "to", "group_by", "service", "app", "team"])?;
+    let q = question(&params, DAY_MS)?;
+    let visible = caller.visible();
+    // [from, first hour) and [last hour, to) from minutes, the rest from hours.
+    let first_hour = (q.from_ms + HOUR_MS - 1).div_euclid(HOUR_MS) * HOUR_MS;
+    let last_hour = q.to_ms.div_euclid(HOUR_MS) * HOUR_MS;
+    let mut parts = Vec::new();
+    if first_hour < last_hour {
+        parts.push((Granularity::Minute, q.from_ms, first_hour));
+        parts.push((Granularity::Hour, first_hour, last_hour));
+        parts.push((Granularity::Minute, last_hour, q.to_ms));
+    } else {
+        parts.push((Granularity::Minute, q.from_ms, q.to_ms));
+    }
+    let mut total = Sums::default();
+    let mut groups: BTreeMap<String, Sums> = BTreeMap::new();
+    for (granularity, from_ms, to_ms) in parts {
+        if from_ms >= to_ms {
+            continue;
+        }
+        let query = rollup_query(
+            &params,
+            &visible,
+            &q,
+            granularity,
+            (from_ms, to_ms, to_ms - from_ms),
+        );
+        for slot in state.store.rollups(&query).await? {
+            total.add(&slot);
+            if q.group_by.is_some() {
+                groups.entry(slot.group.clone()).or_default().add(&slot);
+            }
+        }
+    }
+    Ok(ok(&Summary {
+        from: domain::access::format_time_ms(q.from_ms),
+        to: domain::access::format_time_ms(q.to_ms),
+        currency: state.currency.to_string(),
+        total: total.figures(),
+        group_by: q.group_name,
+        groups: groups
+            .into_iter()
+            .map(|(group, sums)| GroupFigures {
+                group,
+                figures: sums.figures(),
+            })
+            .collect(),
+    }))
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Point {
+    /// The slot's start (RFC 3339).
+    pub t: String,
+    pub value: f64,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Series {
+    /// The group's value; empty when not grouped.
+    pub group: String,
+    pub points: Vec<Point>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Timeseries {
+    pub metric: String,
+    pub interval: String,
+    pub from: String,
+    pub to: String,
+    pub group_by: Option<String>,
+    /// `revenue` is in this currency; latencies in milliseconds.
+    pub currency: String,
+    pub series: Vec<Series>,
+}
+
+/// One metric per slot of `interval` (default 1m; the last hour by
+/// default), optionally one series per group. Slots without calls are 0.
+#[utoipa::path(get, path = "/api/v1/analytics/timeseries", tag = "observability",
+    params(("metric" = String, Query, description = "requests, errors, errors_4xx, errors_5xx, refusals, latency_p50, latency_p95, latency_p99, tokens, revenue, bytes_in, bytes_out"),
+        ("interval" = Option<String>, Query, description = "1m (default), 5m, 15m, 1h, 6h, 1d or 7d"),
+        ("from" = Option<String>, Query), ("to" = Option<String>, Query),
+        ("group_by" = Option<String>, Query), ("service" = Option<String>, Query),
+        ("app" = Option<String>, Query), ("team" = Option<String>, Query)),
+    responses((status = 200, body = Timeseries), (status = 400, body = crate::openapi::Problem)))]
+pub async fn timeseries(
+    State(state): State<AdminState>,
+    caller: Caller,
+    params: ListParams,
+) -> Result<Response, ApiError> {
+    params.only(&[
+        "metric", "interval", "from", "to", "group_by", "service", "app", "team",
+    ])?;
+    let metric_name = params
+        .filter("metric")
+        .ok_or_else(|| ApiError::field("metric", "is required"))?;
+    let metric = METRICS
+        .iter()
+        .find(|(name, _)| *name == metric_name)
+        .map(|(_, metric)| *metric)
+        .ok_or_else(|| {
+            ApiError::field(
+                "metric",
+                format!(
+                    "must be one of {}",
+                    METRICS.map(|(name, _)| name).join(", ")
+                ),
+            )
+        })?;
+    let interval_name = params.filter("interval").unwrap_or("1m");
+    let interval_ms = INTERVALS
+        .iter()
+        .find(|(name, _)| *name == interval_name)
+        .map(|(_, ms)| *ms)
+        .ok_or_else(|| {
+            ApiError::field(
+                "interval",
+                format!(
+                    "must be one of {}",
+                    INTERVALS.map(|(name, _)| name).join(", ")
+                ),
+            )
+        })?;
+    let mut q = question(&params, HOUR_MS)?;
+    // Slots start at multiples of the interval.
+    q.from_ms = q.from_ms.div_euclid(interval_ms) * interval_ms;
+    q.to_ms = (q.to_ms + interval_ms - 1).div_euclid(interval_ms) * interval_ms;
+    let points = (q.to_ms - q.from_ms) / interval_ms;
+    if points > MAX_POINTS {
+        return Err(ApiError::field(
+            "interval",
+            format!(
+                "{interval_name} over this range makes {points} points; at most {MAX_POINTS} are answered: use a longer interval or a shorter range"
+            ),
+        ));
+    }
+    let granularity = if interval_ms % HOUR_MS == 0 {
+        Granularity::Hour
+    } else {
+        Granularity::Minute
+    };
+    let visible = caller.visible();
+    let query = rollup_query(
+        &params,
+        &visible,
+        &q,
+        granularity,
+        (q.from_ms, q.to_ms, interval_ms),
+    );
+    let slots = state.store.rollups(&query).await?;
+    let count = usize::try_from(points).unwrap_or(0);
+    let mut by_group: BTreeMap<String, Vec<Sums>> = BTreeMap::new();
+    if q.group_by.is_none() {
+        by_group.insert(String::new(), vec![Sums::default(); count]);
+    }
+    for slot in &slots {
+        let index = usize::try_from((slot.start_ms - q.from_ms) / interval_ms).unwrap_or(0);
+        let series = by_group
+            .entry(slot.group.clone())
+            .or_insert_with(|| vec![Sums::default(); count]);
+        if let Some(sums) = series.get_mut(index) {
+            sums.add(slot);
+        }
+    }
+    let series = by_group
+        .into_iter()
+        .map(|(group, slots)| Series {
+            group,
+            points: slots
+                .iter()
+                .enumerate()
+                .map(|(index, sums)| Point {
+                    t: domain::access::format_time_ms(q.from_ms + index as i64 * interval_ms),
+                    value: sums.metric(metric),
+                })
+                .collect(),
+        })
+        .collect();
+    Ok(ok(&Timeseries {
+        metric: metric_name.to_owned(),
+        interval: interval_name.to_owned(),
+        from: domain::access::format_time_ms(q.from_ms),
+        to: domain::access::format_time_ms(q.to_ms),
+        group_by: q.group_name,
+        currency: state.currency.to_string(),
+        series,
+    }))
+}
+
+/// Prometheus metrics (text format 0.0.4), for platform admins (the root
+/// token or a superadmin's token as `Authorization: Bearer`): they name
+/// every team's services and balances.
+pub async fn metrics(
+    State(state): State<AdminState>,
+    caller: Caller,
+) -> Result<Response, ApiError> {
+    caller.require_platform()?;
+    let body = (state.metrics)();
+    let mut response = (StatusCode::OK, body).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    Ok(response)
+}

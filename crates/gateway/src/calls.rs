@@ -1,0 +1,247 @@
+//! The call log's hot-path half: one [`CallRecord`] per request, refusals
+//! included, handed to the binary's call writer off the hot path.
+//!
+//! - A record holds what the request already had (request id, method,
+//!   URI, host, the thread's snapshot handle, the matched route, the
+//!   caller's app, key and subscription as shared `Arc`s): no string is
+//!   copied and nothing is formatted on the request path. The writer turns
+//!   it into a stored [`domain::calls::CallEntry`] with
+//!   [`CallRecord::entry`].
+//! - A proxied response's record rides on its body and is finished when the
+//!   body ends or is dropped (bytes sent, total latency); every other
+//!   response's record is finished at once.
+//! - Records gather in a per-thread buffer (no lock, no atomic shared by
+//!   workers) and go to the [`CallSink`] 64 at a time, or when the worker's
+//!   flusher ticks (every 100 ms) and at shutdown. A full sink drops the
+//!   batch and counts it ([`dropped`]).
+
+use std::cell::RefCell;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use domain::calls::CallEntry;
+use domain::code::Code;
+use http::{HeaderValue, Method, Uri};
+use smallvec::SmallVec;
+
+use crate::SnapshotHandle;
+use crate::access::{AppRt, KeyRt};
+use crate::money::Labels;
+
+/// Where finished records go, in batches: the binary's call writer.
+pub type CallSink = tokio::sync::mpsc::Sender<Vec<CallRecord>>;
+
+/// Records per batch sent to the sink.
+const BATCH: usize = 64;
+/// How often each worker sends what it has gathered.
+pub(crate) const FLUSH_EVERY: Duration = Duration::from_millis(100);
+
+static DROPPED: AtomicU64 = AtomicU64::new(0);
+
+/// Records dropped because the call writer's queue was full.
+pub fn dropped() -> u64 {
+    DROPPED.load(Ordering::Relaxed)
+}
+
+/// Who made a call, as far as the admission phases got.
+#[derive(Default, Clone)]
+pub struct Who {
+    pub app: Option<Arc<AppRt>>,
+    pub key: Option<Arc<KeyRt>>,
+    pub subscription: Option<Arc<Labels>>,
+}
+
+/// One request, as the gateway saw it.
+pub struct CallRecord {
+    /// Copied (inline, no allocation for UUIDs): a client's id is a slice
+    /// of the connection's read buffer, which a record must not keep alive.
+    pub request_id: SmallVec<[u8; 40]>,
+    pub at_ms: i64,
+    pub started: Instant,
+    pub method: Method,
+    /// The host (first `host_len` bytes) then the path, copied likewise.
+    pub host_path: SmallVec<[u8; 96]>,
+    pub host_len: usize,
+    pub client_ip: IpAddr,
+    pub snapshot: Arc<SnapshotHandle>,
+    pub route: Option<usize>,
+    pub who: Who,
+    pub status: u16,
+    pub code: Option<Code>,
+    pub latency: Duration,
+    /// Index of the upstream target tried last, and its time to answer.
+    pub target: Option<(usize, Duration)>,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub cost_nanos: i64,
+    pub problem: Option<Bytes>,
+    pub completed: bool,
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn micros(duration: Duration) -> u64 {
+    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
+}
+
+impl CallRecord {
+    /// The record as stored: names resolved through the snapshot it was
+    /// served from.
+    pub fn entry(&self) -> CallEntry {
+        let route = self.route.and_then(|index| self.snapshot.routes.get(index));
+        let service = route.map(|route| &route.service);
+        let upstream_target = match (service.and_then(|s| s.upstream.as_ref()), self.target) {
+            (Some(upstream), Some((index, _))) => {
+                upstream.targets.get(index).map(|t| t.url.clone())
+            }
+            _ => None,
+        };
+        let labels = self.who.subscription.as_deref();
+        CallEntry {
+            request_id: text(&self.request_id),
+            at_ms: self.at_ms,
+            method: self.method.as_str().to_owned(),
+            host: (self.host_len > 0).then(|| text(&self.host_path[..self.host_len])),
+            path: text(&self.host_path[self.host_len..]),
+            status: self.status,
+            code: self.code.map(|code| code.as_str().to_owned()),
+            latency_us: micros(self.latency),
+            upstream_latency_us: self.target.map(|(_, took)| micros(took)),
+            bytes_in: self.bytes_in,
+            bytes_out: self.bytes_out,
+            client_ip: self.client_ip.to_string(),
+            consumer_team: self.who.app.as_ref().map(|app| app.team.clone()),
+            app: self.who.app.as_ref().map(|app| app.slug.clone()),
+            key_prefix: self.who.key.as_ref().map(|key| key.prefix.to_string()),
+            subscription_id: labels.map(|l| l.subscription.to_string()),
+            plan: labels.map(|l| l.plan.to_string()),
+            provider_team: service.and_then(|s| s.team.clone()),
+            service: service.map(|s| s.slug.to_string()),
+            route_id: route.map(|r| r.id.to_string()),
+            upstream_target,
+            cost_nanos: self.cost_nanos,
+            problem: self
+                .problem
+                .as_ref()
+                .map(|body| String::from_utf8_lossy(body).into_owned()),
+            provider: None,
+            model: None,
+            input_tokens: 0,
+            output_tokens: 0,
+            ttft_us: None,
+            completed: self.completed,
+        }
+    }
+
+    /// A record of a request as it arrives; the rest is filled in as the
+    /// request is served.
+    pub(crate) fn start(
+        request_id: &HeaderValue,
+        method: &Method,
+        uri: &Uri,
+        host: Option<&HeaderValue>,
+        client_ip: IpAddr,
+        snapshot: Arc<SnapshotHandle>,
+        started: Instant,
+    ) -> Self {
+        let mut host_path = SmallVec::new();
+        let host = host.map_or(&[][..], HeaderValue::as_bytes);
+        host_path.extend_from_slice(host);
+        host_path.extend_from_slice(uri.path().as_bytes());
+        Self {
+            request_id: SmallVec::from_slice(request_id.as_bytes()),
+            at_ms: domain::now_ms(),
+            started,
+            method: method.clone(),
+            host_path,
+            host_len: host.len(),
+            client_ip,
+            snapshot,
+            route: None,
+            who: Who::default(),
+            status: 0,
+            code: None,
+            latency: Duration::ZERO,
+            target: None,
+            bytes_in: 0,
+            bytes_out: 0,
+            cost_nanos: 0,
+            problem: None,
+            completed: false,
+        }
+    }
+
+    /// Finishes the record (total latency) and queues it.
+    pub(crate) fn finish(mut self) {
+        self.latency = self.started.elapsed();
+        push(self);
+    }
+}
+
+/// This thread's sink and the records not yet sent to it.
+struct Buffer {
+    sink: Option<CallSink>,
+    records: Vec<CallRecord>,
+}
+
+thread_local! {
+    static BUFFER: RefCell<Buffer> = const {
+        RefCell::new(Buffer {
+            sink: None,
+            records: Vec::new(),
+        })
+    };
+}
+
+/// Makes `sink` this thread's: a gateway worker calls it once at start.
+pub(crate) fn install(sink: Option<CallSink>) {
+    BUFFER.with(|buffer| buffer.borrow_mut().sink = sink);
+}
+
+/// Whether this thread logs calls (a sink is installed).
+pub(crate) fn enabled() -> bool {
+    BUFFER.with(|buffer| buffer.borrow().sink.is_some())
+}
+
+fn push(record: CallRecord) {
+    let full = BUFFER.with(|buffer| {
+        let mut buffer = buffer.borrow_mut();
+        let buffer = &mut *buffer;
+        let sink = buffer.sink.as_ref()?;
+        if buffer.records.capacity() == 0 {
+            buffer.records.reserve_exact(BATCH);
+        }
+        buffer.records.push(record);
+        (buffer.records.len() >= BATCH).then(|| (std::mem::take(&mut buffer.records), sink.clone()))
+    });
+    if let Some((batch, sink)) = full {
+        send(batch, &sink);
+    }
+}
+
+fn send(batch: Vec<CallRecord>, sink: &CallSink) {
+    let count = batch.len() as u64;
+    if let Err(error) = sink.try_send(batch) {
+        DROPPED.fetch_add(count, Ordering::Relaxed);
+        if matches!(error, tokio::sync::mpsc::error::TrySendError::Full(_)) {
+            tracing::debug!(count, "call log queue full: records dropped");
+        }
+    }
+}
+
+/// Sends what this thread has gathered.
+pub(crate) fn flush() {
+    let gathered = BUFFER.with(|buffer| {
+        let mut buffer = buffer.borrow_mut();
+        let sink = buffer.sink.clone()?;
+        (!buffer.records.is_empty()).then(|| (std::mem::take(&mut buffer.records), sink))
+    });
+    if let Some((batch, sink)) = gathered {
+        send(batch, &sink);
+    }
+}

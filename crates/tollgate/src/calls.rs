@@ -1,0 +1,310 @@
+//! The call writer: the gateway's call records → the call log, the
+//! analytics rollups and the Prometheus metrics, off the hot path.
+//!
+//! Every [`GATHER`] it takes what the gateway workers queued (without
+//! waiting on the queue, so a request never wakes this task), turns each
+//! record into a [`CallEntry`], counts it in [`Metrics`], and writes one
+//! transaction: the calls themselves (unless `calls.log` is off) and the
+//! additions to the minute and hour rollups. A failed write is retried
+//! with the same rows (their ids repeat, so nothing is logged twice; the
+//! rollups are added in the same transaction, so they never count twice).
+//! At shutdown, after the gateway has finished its requests, it writes
+//! what is left.
+//!
+//! The retention task deletes calls older than `calls.retention_days`,
+//! minute rollups older than `analytics.minute_retention_days` and hour
+//! rollups older than `analytics.hour_retention_days`, in bounded chunks,
+//! every [`RETENTION_EVERY`].
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use domain::calls::CallEntry;
+use gateway::calls::CallRecord;
+use store::{CallRow, Granularity, RollupKey, RollupValues, Store};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+use crate::metrics::Metrics;
+
+const GATHER: Duration = Duration::from_millis(200);
+/// Calls written per transaction, at most.
+const BATCH: usize = 5_000;
+/// Batches (of up to 64 records each) the gateway may queue.
+pub const QUEUE_BATCHES: usize = 4_096;
+pub const RETENTION_EVERY: Duration = Duration::from_secs(600);
+/// Rows deleted per retention statement.
+const DELETE_CHUNK: i64 = 10_000;
+const DAY_MS: i64 = 86_400_000;
+
+/// What the call writer keeps, and for how long.
+#[derive(Debug, Clone)]
+pub struct CallsConfig {
+    /// Store each call in the call log (analytics and metrics count calls
+    /// either way).
+    pub log: bool,
+    pub retention_days: u64,
+    pub minute_retention_days: u64,
+    pub hour_retention_days: u64,
+}
+
+impl Default for CallsConfig {
+    fn default() -> Self {
+        Self {
+            log: true,
+            retention_days: 7,
+            minute_retention_days: 30,
+            hour_retention_days: 365,
+        }
+    }
+}
+
+/// Rows for one transaction.
+#[derive(Default)]
+struct Pending {
+    calls: Vec<CallRow>,
+    minute: HashMap<RollupKey, RollupValues>,
+    hour: HashMap<RollupKey, RollupValues>,
+}
+
+impl Pending {
+    fn add(&mut self, entry: CallEntry, keep: bool) {
+        self.minute
+            .entry(RollupKey::of(&entry, Granularity::Minute))
+            .or_default()
+            .add_call(&entry);
+        self.hour
+            .entry(RollupKey::of(&entry, Granularity::Hour))
+            .or_default()
+            .add_call(&entry);
+        if keep {
+            self.calls.push(CallRow {
+                id: store::call_id(entry.at_ms, rand::random()),
+                entry,
+            });
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.minute.is_empty()
+    }
+}
+
+async fn write(store: &Store, pending: &Pending) -> store::Result<()> {
+    let mut tx = store.begin().await?;
+    tx.insert_calls(&pending.calls).await?;
+    let minute: Vec<_> = pending
+        .minute
+        .iter()
+        .map(|(k, v)| (k.clone(), *v))
+        .collect();
+    let hour: Vec<_> = pending.hour.iter().map(|(k, v)| (k.clone(), *v)).collect();
+    tx.add_rollups(Granularity::Minute, &minute).await?;
+    tx.add_rollups(Granularity::Hour, &hour).await?;
+    tx.commit().await
+}
+
+/// Starts the call writer; the gateway sends its records to the returned
+/// sink. `drain` tells it that the gateway has stopped: it writes what is
+/// queued and ends.
+pub fn spawn_writer(
+    store: Store,
+    metrics: Arc<Metrics>,
+    config: CallsConfig,
+    drain: oneshot::Receiver<()>,
+) -> (gateway::calls::CallSink, JoinHandle<()>) {
+    let (sink, mut records) = mpsc::channel::<Vec<CallRecord>>(QUEUE_BATCHES);
+    let task = tokio::spawn(async move {
+        let mut drain = drain;
+        let mut draining = false;
+        let mut pending = Pending::default();
+        let mut failures = 0u32;
+        loop {
+            if !draining {
+                let pause = if failures == 0 {
+                    GATHER
+                } else {
+                    // Back off while the database fails, up to 5 s.
+                    GATHER * failures.min(25)
+                };
+                tokio::select! {
+                    () = tokio::time::sleep(pause) => {}
+                    _ = &mut drain => draining = true,
+                }
+            }
+            // A batch that failed is written again as it was before more
+            // is added to it, so the retry repeats the same ids.
+            if failures == 0 {
+                let mut taken = 0;
+                while taken < BATCH {
+                    let Ok(batch) = records.try_recv() else { break };
+                    taken += batch.len();
+                    let entries: Vec<CallEntry> = batch.iter().map(CallRecord::entry).collect();
+                    drop(batch);
+                    metrics.observe(&entries);
+                    for entry in entries {
+                        pending.add(entry, config.log);
+                    }
+                }
+            }
+            if pending.is_empty() {
+                if draining {
+                    return;
+                }
+                continue;
+            }
+            match write(&store, &pending).await {
+                Ok(()) => {
+                    failures = 0;
+                    pending = Pending::default();
+                }
+                Err(error) => {
+                    failures += 1;
+                    tracing::warn!(%error, calls = pending.calls.len(), "call log write failed; retrying");
+                    if draining && failures > 3 {
+                        tracing::error!("call log: giving up on the last calls at shutdown");
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    (sink, task)
+}
+
+/// Deletes what has outlived its retention, once.
+pub async fn enforce_retention(
+    store: &Store,
+    config: &CallsConfig,
+    now_ms: i64,
+) -> store::Result<u64> {
+    let days = |n: u64| i64::try_from(n).unwrap_or(i64::MAX / DAY_MS) * DAY_MS;
+    let mut deleted = 0;
+    let before = now_ms.saturating_sub(days(config.retention_days));
+    loop {
+        let done = store.delete_calls_before(before, DELETE_CHUNK).await?;
+        deleted += done;
+        if done < DELETE_CHUNK as u64 {
+            break;
+        }
+    }
+    deleted += store
+        .delete_rollups_before(
+            Granularity::Minute,
+            now_ms.saturating_sub(days(config.minute_retention_days)),
+        )
+        .await?;
+    deleted += store
+        .delete_rollups_before(
+            Granularity::Hour,
+            now_ms.saturating_sub(days(config.hour_retention_days)),
+        )
+        .await?;
+    Ok(deleted)
+}
+
+/// Runs [`enforce_retention`] at start and every `every`.
+pub fn spawn_retention(
+    store: Store,
+    config: CallsConfig,
+    every: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            match enforce_retention(&store, &config, domain::now_ms()).await {
+                Ok(0) => {}
+                Ok(deleted) => tracing::info!(deleted, "retention: old calls and rollups deleted"),
+                Err(error) => tracing::warn!(%error, "retention run failed"),
+            }
+            tokio::select! {
+                () = tokio::time::sleep(every) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    })
+}
+
+/// `/_tollgate/requests/<id>` reads the call log through this.
+pub struct StoreLookup(pub Store);
+
+impl gateway::me::CallLookup for StoreLookup {
+    fn find<'a>(
+        &'a self,
+        request_id: &'a str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<CallEntry>> + Send + 'a>> {
+        Box::pin(async move {
+            match self.0.calls_by_request(request_id, 20).await {
+                Ok(rows) => rows.into_iter().map(|row| row.entry).collect(),
+                Err(error) => {
+                    tracing::warn!(%error, "call log lookup failed");
+                    Vec::new()
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn entry(at_ms: i64, request_id: &str) -> CallEntry {
+        CallEntry {
+            request_id: request_id.into(),
+            at_ms,
+            method: "GET".into(),
+            path: "/".into(),
+            status: 200,
+            client_ip: "127.0.0.1".into(),
+            completed: true,
+            ..Default::default()
+        }
+    }
+
+    /// Retention deletes calls and rollups past their days, and nothing
+    /// younger (a real SQLite file).
+    #[tokio::test]
+    async fn retention_keeps_what_is_young_enough() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&format!("sqlite://{}/t.db", dir.path().display()))
+            .await
+            .unwrap();
+        store.migrate().await.unwrap();
+        let now = 1_800_000_000_000;
+        let mut pending = Pending::default();
+        // Calls 8, 6 and 0 days old; rollups of the same times.
+        for (days, id) in [(8, "old"), (6, "recent"), (0, "now")] {
+            pending.add(entry(now - days * DAY_MS, id), true);
+        }
+        // A minute rollup 31 days old and an hour rollup 366 days old.
+        pending.add(entry(now - 31 * DAY_MS, "month-old"), false);
+        pending.add(entry(now - 366 * DAY_MS, "year-old"), false);
+        write(&store, &pending).await.unwrap();
+        let config = CallsConfig::default();
+        let deleted = enforce_retention(&store, &config, now).await.unwrap();
+        let page = store
+            .calls(
+                &store::Visible::all(),
+                &store::CallFilter::default(),
+                None,
+                10,
+            )
+            .await
+            .unwrap();
+        let ids: Vec<_> = page
+            .items
+            .iter()
+            .map(|r| r.entry.request_id.as_str())
+            .collect();
+        assert_eq!(ids, ["now", "recent"]);
+        assert_eq!(
+            deleted,
+            1 + 2 + 1,
+            "one call, two minute rows, one hour row"
+        );
+        assert_eq!(enforce_retention(&store, &config, now).await.unwrap(), 0);
+    }
+}

@@ -1,0 +1,310 @@
+//! Prometheus metrics (`GET /metrics` on the admin listener), in the text
+//! exposition format.
+//!
+//! Call metrics are counted by the call writer from the records it takes
+//! (one lock per batch, none on the request path), so they trail the
+//! calls by at most the writer's gather interval. Gauges (upstream health,
+//! wallet balances, the config version) are read from the gateway when
+//! scraped. Label values are bounded by configuration (services, routes,
+//! models, status codes and refusal codes), and wallet balances are shown
+//! for at most [`MAX_WALLETS`] teams.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+
+use domain::calls::{CallEntry, LATENCY_BUCKET_COUNT, LATENCY_BUCKETS_US, latency_bucket};
+use gateway::Gateway;
+
+/// Teams whose wallet balance is exported, at most (the lowest balances
+/// first: those are the ones to watch).
+pub const MAX_WALLETS: usize = 500;
+
+#[derive(Default, Clone)]
+struct Histogram {
+    buckets: [u64; LATENCY_BUCKET_COUNT],
+    sum_us: u64,
+}
+
+impl Histogram {
+    fn observe(&mut self, micros: u64) {
+        self.buckets[latency_bucket(micros)] += 1;
+        self.sum_us = self.sum_us.saturating_add(micros);
+    }
+}
+
+#[derive(Default)]
+struct State {
+    /// (service, route, status, code) → calls.
+    requests: BTreeMap<(String, String, u16, String), u64>,
+    /// service → latency of whole calls, of the upstream, and the
+    /// gateway's own part (total minus upstream).
+    latency: BTreeMap<String, Histogram>,
+    upstream: BTreeMap<String, Histogram>,
+    overhead: BTreeMap<String, Histogram>,
+    /// (model, "input" | "output") → tokens.
+    tokens: BTreeMap<(String, &'static str), u64>,
+    /// (service, model) → nano-units charged.
+    charged: BTreeMap<(String, String), i64>,
+}
+
+/// Call metrics, and the rendering of all metrics.
+#[derive(Default)]
+pub struct Metrics {
+    state: Mutex<State>,
+}
+
+fn or_none(value: Option<&String>) -> String {
+    value.cloned().unwrap_or_default()
+}
+
+impl Metrics {
+    /// Counts calls.
+    pub fn observe(&self, entries: &[CallEntry]) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        for entry in entries {
+            let service = or_none(entry.service.as_ref());
+            let route = or_none(entry.route_id.as_ref());
+            let code = or_none(entry.code.as_ref());
+            *state
+                .requests
+                .entry((service.clone(), route, entry.status, code))
+                .or_default() += 1;
+            state
+                .latency
+                .entry(service.clone())
+                .or_default()
+                .observe(entry.latency_us);
+            if let Some(upstream_us) = entry.upstream_latency_us {
+                state
+                    .upstream
+                    .entry(service.clone())
+                    .or_default()
+                    .observe(upstream_us);
+                state
+                    .overhead
+                    .entry(service.clone())
+                    .or_default()
+                    .observe(entry.latency_us.saturating_sub(upstream_us));
+            }
+            if let Some(model) = &entry.model {
+                *state.tokens.entry((model.clone(), "input")).or_default() += entry.input_tokens;
+                *state.tokens.entry((model.clone(), "output")).or_default() += entry.output_tokens;
+            }
+            if entry.cost_nanos != 0 {
+                *state
+                    .charged
+                    .entry((service, or_none(entry.model.as_ref())))
+                    .or_default() += entry.cost_nanos;
+            }
+        }
+    }
+
+    /// Every metric, in the Prometheus text format (version 0.0.4).
+    pub fn render(&self, gateway: &Gateway, currency: &str) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        {
+            let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            header(
+                &mut out,
+                "tollgate_requests_total",
+                "counter",
+                "Requests through the gateway, refusals included, by service, route, status and refusal code.",
+            );
+            for ((service, route, status, code), count) in &state.requests {
+                let _ = writeln!(
+                    out,
+                    "tollgate_requests_total{{service=\"{}\",route=\"{}\",status=\"{status}\",code=\"{}\"}} {count}",
+                    escape(service),
+                    escape(route),
+                    escape(code)
+                );
+            }
+            histogram(
+                &mut out,
+                "tollgate_request_duration_seconds",
+                "Time from a request's arrival to the end of its response, by service.",
+                &state.latency,
+            );
+            histogram(
+                &mut out,
+                "tollgate_upstream_duration_seconds",
+                "Time from sending a request upstream to its response head, by service.",
+                &state.upstream,
+            );
+            histogram(
+                &mut out,
+                "tollgate_gateway_overhead_seconds",
+                "The gateway's own share of a proxied call (total minus upstream), by service.",
+                &state.overhead,
+            );
+            header(
+                &mut out,
+                "tollgate_tokens_total",
+                "counter",
+                "AI tokens metered, by model and kind (input, output).",
+            );
+            for ((model, kind), count) in &state.tokens {
+                let _ = writeln!(
+                    out,
+                    "tollgate_tokens_total{{model=\"{}\",kind=\"{kind}\"}} {count}",
+                    escape(model)
+                );
+            }
+            header(
+                &mut out,
+                "tollgate_charged_total",
+                "counter",
+                "Money charged for calls, in the deployment's currency, by service and model.",
+            );
+            for ((service, model), nanos) in &state.charged {
+                let _ = writeln!(
+                    out,
+                    "tollgate_charged_total{{service=\"{}\",model=\"{}\",currency=\"{}\"}} {}",
+                    escape(service),
+                    escape(model),
+                    escape(currency),
+                    decimal(*nanos)
+                );
+            }
+        }
+        header(
+            &mut out,
+            "tollgate_upstream_target_up",
+            "gauge",
+            "1 when an upstream target takes traffic (healthy, not ejected), else 0.",
+        );
+        for (upstream, target, up) in gateway.target_health() {
+            let _ = writeln!(
+                out,
+                "tollgate_upstream_target_up{{upstream=\"{}\",target=\"{}\"}} {}",
+                escape(&upstream),
+                escape(&target),
+                u8::from(up)
+            );
+        }
+        header(
+            &mut out,
+            "tollgate_wallet_balance",
+            "gauge",
+            "Spendable wallet balance per team on this node, in the deployment's currency (the lowest 500).",
+        );
+        let mut balances = gateway.wallet_balances();
+        balances.sort_by_key(|(_, nanos)| *nanos);
+        for (team, nanos) in balances.iter().take(MAX_WALLETS) {
+            let _ = writeln!(
+                out,
+                "tollgate_wallet_balance{{team=\"{}\",currency=\"{}\"}} {}",
+                escape(team),
+                escape(currency),
+                decimal(*nanos)
+            );
+        }
+        header(
+            &mut out,
+            "tollgate_config_version",
+            "gauge",
+            "The configuration version this node serves.",
+        );
+        let _ = writeln!(out, "tollgate_config_version {}", gateway.version());
+        header(
+            &mut out,
+            "tollgate_call_records_dropped_total",
+            "counter",
+            "Call records dropped because the call writer's queue was full.",
+        );
+        let _ = writeln!(
+            out,
+            "tollgate_call_records_dropped_total {}",
+            gateway::calls::dropped()
+        );
+        header(
+            &mut out,
+            "tollgate_build_info",
+            "gauge",
+            "The running version of tollgate.",
+        );
+        let _ = writeln!(
+            out,
+            "tollgate_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
+        out
+    }
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+fn histogram(out: &mut String, name: &str, help: &str, series: &BTreeMap<String, Histogram>) {
+    header(out, name, "histogram", help);
+    for (service, histogram) in series {
+        let service = escape(service);
+        let mut cumulative = 0;
+        for (index, count) in histogram.buckets.iter().enumerate() {
+            cumulative += count;
+            let le = LATENCY_BUCKETS_US
+                .get(index)
+                .map_or_else(|| "+Inf".to_owned(), |us| seconds(*us));
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{service=\"{service}\",le=\"{le}\"}} {cumulative}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "{name}_sum{{service=\"{service}\"}} {}",
+            seconds(histogram.sum_us)
+        );
+        let _ = writeln!(out, "{name}_count{{service=\"{service}\"}} {cumulative}");
+    }
+}
+
+/// Microseconds as seconds, exactly (no float rounding).
+fn seconds(micros: u64) -> String {
+    let whole = micros / 1_000_000;
+    let fraction = micros % 1_000_000;
+    if fraction == 0 {
+        return whole.to_string();
+    }
+    let text = format!("{whole}.{fraction:06}");
+    text.trim_end_matches('0').to_owned()
+}
+
+/// Nano-units as a decimal number of currency units.
+fn decimal(nanos: i64) -> String {
+    domain::money::format(nanos)
+}
+
+/// A label value, escaped as the text format requires.
+fn escape(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seconds_are_exact() {
+        assert_eq!(seconds(250), "0.00025");
+        assert_eq!(seconds(1_000_000), "1");
+        assert_eq!(seconds(2_500_000), "2.5");
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+}

@@ -1,0 +1,487 @@
+//! Observability through the binary: the call log (`/api/v1/logs` with its
+//! filters and exports), analytics counts equal to the calls made,
+//! `/_tollgate/requests/<id>`, tenants seeing only their own calls, bad
+//! analytics questions, and `/metrics` read by Prometheus' own parser.
+
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+use serde_json::Value;
+use test_support::tollgate::ADMIN_TOKEN;
+
+use crate::money::{grant, priced_world};
+use crate::*;
+
+/// Admin GET as `token`, raw (for CSV and NDJSON).
+async fn admin_text(tollgate: &Tollgate, token: &str, path: &str) -> (u16, String, String) {
+    let response = tollgate
+        .client
+        .get(format!("{}{path}", tollgate.admin_url))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    (status, content_type, response.text().await.unwrap())
+}
+
+/// The logged calls matching `query` (every page), waiting up to 3 s for
+/// `want` of them (calls are written within a second).
+async fn logged(tollgate: &Tollgate, token: &str, query: &str, want: usize) -> Vec<Value> {
+    let started = Instant::now();
+    loop {
+        let mut calls = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut path = format!("/api/v1/logs?limit=3&{query}");
+            if let Some(cursor) = &cursor {
+                path.push_str(&format!("&cursor={cursor}"));
+            }
+            let (status, page) = tollgate.admin_as(token, Method::GET, &path, None).await;
+            assert_eq!(status, 200, "{path}: {page}");
+            calls.extend(page["data"].as_array().unwrap().iter().cloned());
+            match page["next_cursor"].as_str() {
+                Some(next) => cursor = Some(next.to_owned()),
+                None => break,
+            }
+        }
+        if calls.len() >= want || started.elapsed() > Duration::from_secs(3) {
+            assert_eq!(calls.len(), want, "{query}: {calls:#?}");
+            return calls;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A second app of team acme, subscribed to the priced weather service,
+/// whose key is live; nothing has been called with it.
+async fn fresh_app(tollgate: &Tollgate) -> String {
+    tollgate
+        .create("/api/v1/apps", json!({"slug": "acme-test", "team": "acme"}))
+        .await;
+    let key = tollgate
+        .create("/api/v1/apps/acme-test/keys", json!({"name": "t"}))
+        .await["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    tollgate
+        .create(
+            "/api/v1/subscriptions",
+            json!({"app": "acme-test", "service": "weather", "plan": "pay-as-you-go"}),
+        )
+        .await;
+    // `/_tollgate/me` is answered without the app being logged as caller.
+    let started = Instant::now();
+    loop {
+        let response = tollgate.get_with_key("/_tollgate/me", &key).await;
+        if response.status() == 200 {
+            let me: Value = response.json().await.unwrap();
+            if me["subscriptions"].to_string().contains("weather") {
+                return key;
+            }
+        }
+        assert!(started.elapsed() < Duration::from_secs(2), "key not live");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn count_where(calls: &[Value], field: &str, value: &Value) -> usize {
+    calls.iter().filter(|c| &c[field] == value).count()
+}
+
+#[tokio::test]
+async fn calls_are_logged_counted_and_explained() {
+    let upstream = FakeUpstream::start("w").await;
+    let tollgate = Tollgate::start(BIN).await;
+    // Acme can afford three calls of 0.01 with its new app.
+    priced_world(&tollgate, &upstream, 0).await;
+    let key = fresh_app(&tollgate).await;
+    let (status, body) = grant(&tollgate, "acme", json!({"amount": "0.03", "reason": "t"})).await;
+    assert_eq!(status, 201, "{body}");
+    // The grant reaches the gateway's wallet within the sync interval.
+    let started = Instant::now();
+    loop {
+        let me: Value = tollgate
+            .get_with_key("/_tollgate/me", &key)
+            .await
+            .json()
+            .await
+            .unwrap();
+        if me["balance"] == "0.03" {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(2), "{me}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut ids = Vec::new();
+    let mut statuses = Vec::new();
+    for n in 0..5 {
+        let response = tollgate
+            .get_with_key(&format!("/weather/forecast/c{n}"), &key)
+            .await;
+        statuses.push(response.status().as_u16());
+        ids.push(
+            response.headers()["x-request-id"]
+                .to_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    assert_eq!(
+        statuses,
+        [200, 200, 200, 402, 402],
+        "three paid, two refused"
+    );
+    let all = logged(&tollgate, ADMIN_TOKEN, "app=acme-test", 5).await;
+    let calls = logged(&tollgate, ADMIN_TOKEN, "app=acme-test&status=200", 3).await;
+    for call in &calls {
+        assert_eq!(call["method"], "GET");
+        assert_eq!(call["service"], "weather");
+        assert_eq!(call["provider_team"], "weatherco");
+        assert_eq!(call["consumer_team"], "acme");
+        assert_eq!(call["plan"], "pay-as-you-go");
+        assert_eq!(call["cost"], "0.01");
+        assert_eq!(call["code"], Value::Null);
+        assert_eq!(call["completed"], true);
+        assert!(key.starts_with(call["key_prefix"].as_str().unwrap()));
+        assert_eq!(call["upstream_target"], upstream.url());
+        assert!(call["bytes_out"].as_u64().unwrap() > 0);
+        let total = call["latency_ms"].as_f64().unwrap();
+        let upstream_ms = call["upstream_latency_ms"].as_f64().unwrap();
+        assert!(upstream_ms <= total, "{call}");
+    }
+    let refused = logged(
+        &tollgate,
+        ADMIN_TOKEN,
+        "app=acme-test&code=insufficient_credit",
+        2,
+    )
+    .await;
+    for call in &refused {
+        assert_eq!(call["status"], 402);
+        assert_eq!(call["cost"], "0.00");
+        assert_eq!(call["problem"]["code"], "insufficient_credit");
+        assert_eq!(call["problem"]["required"], "0.01");
+        assert_eq!(call["problem"]["balance"], "0.00");
+        assert_eq!(call["upstream_target"], Value::Null, "never forwarded");
+    }
+    // Each of our request ids is found by the filter, exactly once.
+    for id in &ids {
+        let found = logged(&tollgate, ADMIN_TOKEN, &format!("request_id={id}"), 1).await;
+        assert_eq!(found[0]["request_id"], id.as_str());
+    }
+    // A call no route serves is logged with its code and no service.
+    let response = tollgate.get("/nowhere").await;
+    let lost = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let found = logged(&tollgate, ADMIN_TOKEN, &format!("request_id={lost}"), 1).await;
+    assert_eq!(found[0]["code"], "route_not_found");
+    assert_eq!(found[0]["status"], 404);
+    assert_eq!(found[0]["service"], Value::Null);
+
+    // Analytics count exactly the calls made.
+    let app_calls = 5;
+    let app_refused = 2;
+    let (status, summary) = tollgate
+        .admin(
+            Method::GET,
+            "/api/v1/analytics/summary?app=acme-test&group_by=status",
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{summary}");
+    assert_eq!(summary["requests"], app_calls, "{summary}");
+    assert_eq!(summary["errors_4xx"], app_refused);
+    assert_eq!(summary["errors_5xx"], 0);
+    assert_eq!(summary["refusals"]["insufficient_credit"], app_refused);
+    assert_eq!(summary["revenue"], "0.03");
+    assert_eq!(summary["currency"], "USD");
+    let groups = summary["groups"].as_array().unwrap();
+    let of = |status: &str| {
+        groups
+            .iter()
+            .find(|g| g["group"] == status)
+            .map_or(0, |g| g["requests"].as_i64().unwrap())
+    };
+    assert_eq!(of("200"), 3);
+    assert_eq!(of("402"), app_refused);
+    assert!(summary["latency_ms_p99"].as_f64().unwrap() > 0.0);
+    let (status, series) = tollgate
+        .admin(
+            Method::GET,
+            "/api/v1/analytics/timeseries?metric=requests&interval=1m&app=acme-test",
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{series}");
+    let points = series["series"][0]["points"].as_array().unwrap();
+    assert_eq!(points.len(), 60, "an hour of minutes by default");
+    let sum: f64 = points.iter().map(|p| p["value"].as_f64().unwrap()).sum();
+    assert_eq!(sum, app_calls as f64);
+    // Exports hold the same calls.
+    let (status, content_type, csv) = admin_text(
+        &tollgate,
+        ADMIN_TOKEN,
+        "/api/v1/logs?app=acme-test&format=csv",
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(content_type, "text/csv; charset=utf-8");
+    let lines: Vec<&str> = csv.lines().collect();
+    assert!(lines[0].starts_with("id,request_id,time,method,host,path,status,code"));
+    assert_eq!(lines.len(), all.len() + 1, "{csv}");
+    let (status, content_type, ndjson) = admin_text(
+        &tollgate,
+        ADMIN_TOKEN,
+        "/api/v1/logs?app=acme-test&format=ndjson",
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(content_type, "application/x-ndjson");
+    let rows: Vec<Value> = ndjson
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(rows.len(), all.len());
+    assert_eq!(count_where(&rows, "status", &json!(200)), 3);
+
+    // The caller looks up its own calls: the decision and its numbers.
+    let refused_id = refused[0]["request_id"].as_str().unwrap();
+    let response = tollgate
+        .get_with_key(&format!("/_tollgate/requests/{refused_id}"), &key)
+        .await;
+    assert_eq!(response.status(), 200);
+    let explained: Value = response.json().await.unwrap();
+    assert_eq!(explained["decision"]["outcome"], "refused");
+    assert_eq!(explained["decision"]["code"], "insufficient_credit");
+    assert!(explained["decision"]["fix"].as_str().unwrap().len() > 20);
+    assert_eq!(explained["problem"]["required"], "0.01");
+    assert_eq!(explained["service"], "weather");
+    let response = tollgate
+        .get_with_key(&format!("/_tollgate/requests/{}", ids[0]), &key)
+        .await;
+    let explained: Value = response.json().await.unwrap();
+    assert_eq!(explained["decision"]["outcome"], "answered", "{explained}");
+    assert_eq!(explained["cost"], "0.01");
+    // Not the caller's own call (the 404 carried no key), unknown ids, and
+    // no key at all.
+    for id in [lost.as_str(), "no-such-request"] {
+        let response = tollgate
+            .get_with_key(&format!("/_tollgate/requests/{id}"), &key)
+            .await;
+        problem(response, 404, "request_not_found").await;
+    }
+    let response = tollgate
+        .get(&format!("/_tollgate/requests/{refused_id}"))
+        .await;
+    problem(response, 401, "missing_credentials").await;
+
+    // Tenants: the consumer's and the provider's members see the calls,
+    // a third team sees none of them.
+    let mut tokens = Vec::new();
+    for (email, team) in [
+        ("alice@acme.test", "acme"),
+        ("bob@weatherco.test", "weatherco"),
+        ("carol@third.test", "third"),
+    ] {
+        let (_, token) = tollgate.user_with_token(email).await;
+        if team == "third" {
+            let (status, _) = tollgate
+                .admin_as(
+                    &token,
+                    Method::POST,
+                    "/api/v1/teams",
+                    Some(json!({"slug": "third"})),
+                )
+                .await;
+            assert_eq!(status, 201);
+        } else {
+            let (status, body) = tollgate
+                .admin(
+                    Method::POST,
+                    &format!("/api/v1/teams/{team}/members"),
+                    Some(json!({"user": email, "role": "viewer"})),
+                )
+                .await;
+            assert_eq!(status, 201, "{body}");
+        }
+        tokens.push(token);
+    }
+    for token in &tokens[..2] {
+        let seen = logged(&tollgate, token, "app=acme-test", all.len()).await;
+        assert_eq!(seen.len(), all.len());
+        let (_, summary) = tollgate
+            .admin_as(
+                token,
+                Method::GET,
+                "/api/v1/analytics/summary?app=acme-test",
+                None,
+            )
+            .await;
+        assert_eq!(summary["requests"], app_calls);
+    }
+    let carol = &tokens[2];
+    logged(&tollgate, carol, "", 0).await;
+    let (_, summary) = tollgate
+        .admin_as(carol, Method::GET, "/api/v1/analytics/summary", None)
+        .await;
+    assert_eq!(summary["requests"], 0, "{summary}");
+    let (status, _, _) = admin_text(&tollgate, "not-a-token", "/api/v1/logs").await;
+    assert_eq!(status, 401);
+    // Metrics name every team: platform admins only.
+    let (status, _, _) = admin_text(&tollgate, carol, "/metrics").await;
+    assert_eq!(status, 403);
+
+    // /metrics parses with Prometheus' own parser and counts what the log
+    // holds.
+    let logged_total = logged_count(&tollgate, "").await;
+    let logged_402 = logged_count(&tollgate, "code=insufficient_credit").await;
+    let started = Instant::now();
+    loop {
+        let (status, content_type, text) = admin_text(&tollgate, ADMIN_TOKEN, "/metrics").await;
+        assert_eq!(status, 200);
+        assert!(content_type.starts_with("text/plain; version=0.0.4"));
+        let parsed = parse_metrics(&text);
+        let requests = parsed["tollgate_requests"].as_f64().unwrap();
+        if requests as usize == logged_total || started.elapsed() > Duration::from_secs(3) {
+            assert_eq!(requests as usize, logged_total, "{text}");
+            assert_eq!(
+                parsed["tollgate_requests_insufficient_credit"].as_f64(),
+                Some(logged_402 as f64)
+            );
+            assert!(
+                parsed["families"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|f| f == "tollgate_gateway_overhead_seconds")
+            );
+            assert_eq!(parsed["up"], 1.0, "the fake upstream is up");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Calls in the log matching `query` (as root).
+async fn logged_count(tollgate: &Tollgate, query: &str) -> usize {
+    let (_, _, ndjson) = admin_text(
+        tollgate,
+        ADMIN_TOKEN,
+        &format!("/api/v1/logs?format=ndjson&{query}"),
+    )
+    .await;
+    ndjson.lines().count()
+}
+
+/// Parses the exposition with `prometheus_client.parser` (PyPI
+/// `prometheus-client`, see `test_support::python`); returns a few sums.
+fn parse_metrics(text: &str) -> Value {
+    let script = r#"
+import json, sys
+from prometheus_client.parser import text_string_to_metric_families
+families = list(text_string_to_metric_families(sys.stdin.read()))
+out = {"families": [f.name for f in families], "tollgate_requests": 0.0,
+       "tollgate_requests_insufficient_credit": 0.0, "up": None}
+for family in families:
+    for sample in family.samples:
+        if sample.name == "tollgate_requests_total":
+            out["tollgate_requests"] += sample.value
+            if sample.labels["code"] == "insufficient_credit":
+                out["tollgate_requests_insufficient_credit"] += sample.value
+        if sample.name == "tollgate_upstream_target_up" and sample.labels["upstream"] == "weather-backend":
+            out["up"] = sample.value
+print(json.dumps(out))
+"#;
+    let mut child = std::process::Command::new(test_support::python::python())
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "the Prometheus parser refused /metrics: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn bad_analytics_questions_are_refused_with_the_limit() {
+    let tollgate = Tollgate::start(BIN).await;
+    for (path, field, says) in [
+        (
+            "/api/v1/analytics/summary?from=2026-01-02T00:00:00Z&to=2026-01-01T00:00:00Z",
+            "from",
+            "must be before 'to'",
+        ),
+        (
+            "/api/v1/analytics/timeseries?metric=happiness",
+            "metric",
+            "must be one of requests, errors",
+        ),
+        ("/api/v1/analytics/timeseries", "metric", "is required"),
+        (
+            "/api/v1/analytics/timeseries?metric=requests&interval=1m&from=2026-01-01T00:00:00Z&to=2026-01-31T00:00:00Z",
+            "interval",
+            "at most 1440 are answered",
+        ),
+        (
+            "/api/v1/analytics/timeseries?metric=requests&interval=2m",
+            "interval",
+            "must be one of 1m, 5m",
+        ),
+        (
+            "/api/v1/analytics/summary?group_by=colour",
+            "group_by",
+            "must be one of service, app, team",
+        ),
+        (
+            "/api/v1/analytics/summary?from=yesterday",
+            "from",
+            "RFC 3339",
+        ),
+        ("/api/v1/logs?status=999", "status", "from 100 to 599"),
+        ("/api/v1/logs?code=nope", "code", "is not a refusal code"),
+        ("/api/v1/logs?format=xml", "format", "json, csv or ndjson"),
+        (
+            "/api/v1/logs?colour=red",
+            "colour",
+            "is not a known parameter",
+        ),
+    ] {
+        let (status, body) = tollgate.admin(Method::GET, path, None).await;
+        assert_eq!(status, 400, "{path}: {body}");
+        let text = body.to_string();
+        assert!(text.contains(field), "{path}: {text}");
+        assert!(text.contains(says), "{path}: {text}");
+    }
+    // A month at one point per hour is fine.
+    let (status, body) = tollgate
+        .admin(
+            Method::GET,
+            "/api/v1/analytics/timeseries?metric=latency_p95&interval=1h&from=2026-01-01T00:00:00Z&to=2026-01-31T00:00:00Z",
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["series"][0]["points"].as_array().unwrap().len(), 720);
+}
