@@ -13,11 +13,13 @@
 //!   webhooks; [`ops`] the write operations shared with [`declarative`]
 //!   apply; [`extract`] parses input strictly; [`error::ApiError`] renders
 //!   every refusal as problem+json naming the offending fields;
-//!   [`observe`] the call log, analytics and `/metrics`;
+//!   [`observe`] the call log, analytics and `/metrics`; [`alerts`] alert
+//!   rules;
 //!   [`password`] hashes with argon2id; [`openapi`] serves the generated
 //!   OpenAPI 3.1 document and its reference page.
 
 pub mod access;
+pub mod alerts;
 pub mod auth;
 pub mod consumers;
 pub mod declarative;
@@ -150,6 +152,16 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/v1/analytics/summary", get(observe::summary))
         .route("/api/v1/analytics/timeseries", get(observe::timeseries))
         .route("/metrics", get(observe::metrics))
+        .route(
+            "/api/v1/alerts",
+            get(alerts::list_alerts).post(alerts::create_alert),
+        )
+        .route(
+            "/api/v1/alerts/{alert}",
+            get(alerts::get_alert)
+                .patch(alerts::patch_alert)
+                .delete(alerts::delete_alert),
+        )
         .route("/api/v1/apps", get(c::list_apps).post(c::create_app))
         .route(
             "/api/v1/apps/{app}",

@@ -793,7 +793,7 @@ pub struct Subscription {
 // --------------------------------------------------------------- webhooks
 
 /// Events a webhook endpoint can receive.
-pub const WEBHOOK_EVENTS: [&str; 16] = [
+pub const WEBHOOK_EVENTS: [&str; 18] = [
     "subscription.created",
     "subscription.approved",
     "subscription.rejected",
@@ -809,6 +809,8 @@ pub const WEBHOOK_EVENTS: [&str; 16] = [
     "warning.subscription_expiring",
     "wallet.auto_top_up",
     "wallet.auto_top_up_failed",
+    "alert.firing",
+    "alert.resolved",
     "webhook.test",
 ];
 

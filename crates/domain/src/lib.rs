@@ -17,6 +17,8 @@
 //!   and the ledger's [`money::LedgerEntry`].
 //! - [`billing`]: subscription periods (calendar or anniversary), budget
 //!   periods and proration.
+//! - [`alerts`]: alert rules ([`alerts::AlertRuleSpec`]: a metric, a
+//!   window and a threshold) and where each subject stands.
 //! - [`calls`]: the call log entry ([`calls::CallEntry`]) and the latency
 //!   buckets shared by rollups and metrics.
 //! - [`problems`]: the plain-words cause, fix and prevention of each code.
@@ -28,6 +30,7 @@
 //! store); the admin API owns its own wire types and converts explicitly.
 
 pub mod access;
+pub mod alerts;
 pub mod billing;
 pub mod calls;
 pub mod code;

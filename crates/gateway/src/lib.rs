@@ -180,6 +180,17 @@ impl Shared {
     }
 }
 
+/// Whether an upstream target takes traffic now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetHealth {
+    pub upstream: String,
+    /// The upstream's team (none: the platform's).
+    pub team: Option<String>,
+    pub target: String,
+    /// Healthy and not ejected.
+    pub up: bool,
+}
+
 /// The gateway's listening sockets, one per worker.
 pub struct Listeners(Vec<std::net::TcpListener>);
 
@@ -391,24 +402,57 @@ impl Gateway {
         let _ = self.shared.calls.set(sink);
     }
 
-    /// Every target of the served upstreams: (upstream slug, target URL,
-    /// available now: healthy and not ejected).
-    pub fn target_health(&self) -> Vec<(String, String, bool)> {
+    /// Every target of the served upstreams.
+    pub fn target_health(&self) -> Vec<TargetHealth> {
         let snapshot = self.shared.snapshot.load();
         let now_ms = upstream::monotonic_ms();
         snapshot
             .upstreams
             .iter()
             .flat_map(|upstream| {
-                upstream.targets.iter().map(|target| {
-                    (
-                        upstream.spec.slug.to_string(),
-                        target.url.clone(),
-                        target.is_available(now_ms),
-                    )
+                upstream.targets.iter().map(|target| TargetHealth {
+                    upstream: upstream.spec.slug.to_string(),
+                    team: upstream.spec.team.clone(),
+                    target: target.url.clone(),
+                    up: target.is_available(now_ms),
                 })
             })
             .collect()
+    }
+
+    /// Active subscriptions of `team`'s apps that end within `within_ms`
+    /// of `now_ms` and will not renew by themselves (auto-renew off):
+    /// (subscription id, service slug, period end).
+    pub fn ending_subscriptions(
+        &self,
+        team: &str,
+        now_ms: i64,
+        within_ms: i64,
+    ) -> Vec<(String, String, i64)> {
+        let snapshot = self.shared.snapshot.load();
+        let mut ending = Vec::new();
+        for app in snapshot.access.apps.values().filter(|app| app.team == team) {
+            for (_, subscription) in &app.subscriptions {
+                let terms = &subscription.terms;
+                if subscription.status != domain::access::SubscriptionStatus::Active
+                    || terms.auto_renew
+                {
+                    continue;
+                }
+                if let Some((_, end)) = terms.period
+                    && end > now_ms
+                    && end - now_ms <= within_ms
+                {
+                    ending.push((
+                        subscription.id.to_string(),
+                        subscription.service().to_owned(),
+                        end,
+                    ));
+                }
+            }
+        }
+        ending.sort();
+        ending
     }
 
     /// Every wallet's spendable balance on this node (team, nano-units).

@@ -12,11 +12,13 @@
 //! - `objects` holds upstreams, services, routes and releases; `access`
 //!   teams, users, tokens, sessions, apps, keys, plans, subscriptions, the
 //!   webhook outbox and the audit log, with [`Visible`], the team filter of
-//!   tenant-scoped lists. `calls` the call log and the analytics rollups.
+//!   tenant-scoped lists. `calls` the call log and the analytics rollups;
+//!   `alerts` alert rules and the state of their subjects.
 //!   [`Store::changes`] says what a configuration
 //!   version changed (only keys, or more), so a node can patch its keys.
 
 mod access;
+mod alerts;
 mod billing;
 mod calls;
 mod export;

@@ -33,6 +33,7 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../migrations/0009_auto_top_up.sql"),
     ),
     (10, "calls", include_str!("../migrations/0010_calls.sql")),
+    (11, "alerts", include_str!("../migrations/0011_alerts.sql")),
 ];
 
 impl Store {

@@ -37,6 +37,15 @@ pub struct RawConfig {
     pub calls: RawCalls,
     #[serde(default)]
     pub analytics: RawAnalytics,
+    #[serde(default)]
+    pub alerts: RawAlerts,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAlerts {
+    /// How often alert rules are evaluated.
+    pub evaluate_every_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -182,6 +191,7 @@ pub struct Config {
     pub x402_facilitator: Option<String>,
     pub usage_export: UsageExportConfig,
     pub calls: crate::calls::CallsConfig,
+    pub alerts_every: Duration,
 }
 
 /// Where usage events go (both optional).
@@ -540,6 +550,12 @@ fn validate(raw: RawConfig, problems: &mut Vec<String>) -> Config {
             36500,
         ),
     };
+    let alerts_every_ms = positive(
+        "alerts.evaluate_every_ms",
+        raw.alerts.evaluate_every_ms,
+        2_000,
+        3_600_000,
+    );
     let log_level = raw
         .log
         .level
@@ -603,6 +619,7 @@ fn validate(raw: RawConfig, problems: &mut Vec<String>) -> Config {
             stripe_meter: raw.usage_export.stripe_meter,
         },
         calls,
+        alerts_every: Duration::from_millis(alerts_every_ms),
     }
 }
 

@@ -8,6 +8,7 @@
 //! - `migrate` applies migrations; `apply`, `export` and `keys` talk to a
 //!   running admin API ([`cli`]); `version` prints the version.
 
+mod alerts;
 mod autotopup;
 mod billing;
 mod calls;

@@ -52,6 +52,78 @@ struct State {
 #[derive(Default)]
 pub struct Metrics {
     state: Mutex<State>,
+    recent: Mutex<Recent>,
+}
+
+/// Who a call concerned, for alert rules: (provider team, consumer team,
+/// service); empty strings for none.
+pub type RecentKey = (String, String, String);
+
+/// What calls of one second and key amounted to.
+#[derive(Debug, Default, Clone)]
+pub struct RecentCounts {
+    pub requests: u64,
+    pub status_402: u64,
+    pub status_5xx: u64,
+    pub latency_buckets: [u64; LATENCY_BUCKET_COUNT],
+}
+
+impl RecentCounts {
+    pub fn merge(&mut self, other: &RecentCounts) {
+        self.requests += other.requests;
+        self.status_402 += other.status_402;
+        self.status_5xx += other.status_5xx;
+        for (mine, theirs) in self.latency_buckets.iter_mut().zip(other.latency_buckets) {
+            *mine += theirs;
+        }
+    }
+}
+
+/// Seconds kept for alert windows.
+pub const RECENT_SECONDS: i64 = domain::alerts::WINDOW_SECONDS_MAX as i64;
+/// Keys counted per second, at most; further ones are folded into one.
+const RECENT_KEYS_MAX: usize = 10_000;
+
+/// The calls of the last [`RECENT_SECONDS`] seconds on this node, per
+/// second and key (for alert rules over call windows).
+#[derive(Default)]
+struct Recent {
+    /// (second, counts per key), oldest first.
+    seconds: std::collections::VecDeque<(i64, std::collections::HashMap<RecentKey, RecentCounts>)>,
+}
+
+impl Recent {
+    fn add(&mut self, entry: &CallEntry) {
+        let second = entry.at_ms.div_euclid(1000);
+        let newest = self.seconds.back().map_or(i64::MIN, |(s, _)| *s);
+        if second > newest {
+            self.seconds.push_back((second, Default::default()));
+        }
+        while self
+            .seconds
+            .front()
+            .is_some_and(|(s, _)| *s <= second.max(newest) - RECENT_SECONDS)
+        {
+            self.seconds.pop_front();
+        }
+        let Some((_, keys)) = self.seconds.iter_mut().rev().find(|(s, _)| *s <= second) else {
+            return;
+        };
+        let key = if keys.len() < RECENT_KEYS_MAX {
+            (
+                or_none(entry.provider_team.as_ref()),
+                or_none(entry.consumer_team.as_ref()),
+                or_none(entry.service.as_ref()),
+            )
+        } else {
+            ("*".into(), "*".into(), "*".into())
+        };
+        let counts = keys.entry(key).or_default();
+        counts.requests += 1;
+        counts.status_402 += u64::from(entry.status == 402);
+        counts.status_5xx += u64::from((500..600).contains(&entry.status));
+        counts.latency_buckets[latency_bucket(entry.latency_us)] += 1;
+    }
 }
 
 fn or_none(value: Option<&String>) -> String {
@@ -59,8 +131,29 @@ fn or_none(value: Option<&String>) -> String {
 }
 
 impl Metrics {
+    /// The calls of seconds `[since_s, now]` whose key passes `wanted`,
+    /// added up.
+    pub fn recent(&self, since_s: i64, wanted: impl Fn(&RecentKey) -> bool) -> RecentCounts {
+        let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        let mut total = RecentCounts::default();
+        for (_, keys) in recent.seconds.iter().filter(|(s, _)| *s >= since_s) {
+            for (key, counts) in keys {
+                if wanted(key) {
+                    total.merge(counts);
+                }
+            }
+        }
+        total
+    }
+
     /// Counts calls.
     pub fn observe(&self, entries: &[CallEntry]) {
+        {
+            let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+            for entry in entries {
+                recent.add(entry);
+            }
+        }
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         for entry in entries {
             let service = or_none(entry.service.as_ref());
@@ -174,13 +267,13 @@ impl Metrics {
             "gauge",
             "1 when an upstream target takes traffic (healthy, not ejected), else 0.",
         );
-        for (upstream, target, up) in gateway.target_health() {
+        for health in gateway.target_health() {
             let _ = writeln!(
                 out,
                 "tollgate_upstream_target_up{{upstream=\"{}\",target=\"{}\"}} {}",
-                escape(&upstream),
-                escape(&target),
-                u8::from(up)
+                escape(&health.upstream),
+                escape(&health.target),
+                u8::from(health.up)
             );
         }
         header(

@@ -322,6 +322,14 @@ pub async fn run(args: &ConfigArgs) -> anyhow::Result<()> {
         crate::calls::RETENTION_EVERY,
         shutdown_rx.clone(),
     );
+    let alerts = crate::alerts::spawn(
+        store.clone(),
+        metrics.clone(),
+        gateway.clone(),
+        config.currency.clone(),
+        config.alerts_every,
+        shutdown_rx.clone(),
+    );
     let ledger_writer = crate::ledger::spawn_writer(
         store.clone(),
         gateway.clone(),
@@ -442,6 +450,7 @@ pub async fn run(args: &ConfigArgs) -> anyhow::Result<()> {
         let _ = ledger_writer.await;
         let _ = call_writer.await;
         let _ = retention.await;
+        let _ = alerts.await;
         let _ = usage.await;
         if let Err(error) = crate::billing::flush_usage(&store, &gateway, &actor).await {
             tracing::warn!(%error, "cannot record the last usage counters");

@@ -485,3 +485,145 @@ async fn bad_analytics_questions_are_refused_with_the_limit() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["series"][0]["points"].as_array().unwrap().len(), 720);
 }
+
+/// A burst of 402s fires the provider's alert once; more 402s while it
+/// fires announce nothing; when they stop it resolves, once. Rules are
+/// audited and belong to their team.
+#[tokio::test]
+async fn an_alert_fires_once_on_a_burst_of_402s_and_resolves() {
+    let upstream = FakeUpstream::start("w").await;
+    let receiver = test_support::webhook::WebhookReceiver::start(0).await;
+    let tollgate = Tollgate::start_with(
+        BIN,
+        test_support::tollgate::Options {
+            env: vec![("TOLLGATE_ALERTS__EVALUATE_EVERY_MS".into(), "200".into())],
+            ..Default::default()
+        },
+    )
+    .await;
+    // Acme's wallet is empty: every call is a 402.
+    let key = priced_world(&tollgate, &upstream, 0).await;
+    // The setup's own 402s leave the 10 s window before the burst.
+    let setup_done = Instant::now();
+    tollgate
+        .create(
+            "/api/v1/teams/weatherco/webhooks",
+            json!({"url": receiver.url(), "events": ["alert.firing", "alert.resolved"]}),
+        )
+        .await;
+    // Bad rules name the field.
+    for (rule, field) in [
+        (
+            json!({"slug": "x", "team": "weatherco", "metric": "refusals_402", "threshold": 0}),
+            "threshold",
+        ),
+        (
+            json!({"slug": "x", "team": "weatherco", "metric": "refusals_402", "threshold": 5, "window_seconds": 5}),
+            "window_seconds",
+        ),
+        (
+            json!({"slug": "x", "team": "weatherco", "metric": "refusals_402", "threshold": 5, "service": "nope"}),
+            "service",
+        ),
+        (
+            json!({"slug": "x", "team": "weatherco", "metric": "happiness", "threshold": 5}),
+            "metric",
+        ),
+    ] {
+        let (status, body) = tollgate
+            .admin(Method::POST, "/api/v1/alerts", Some(rule))
+            .await;
+        assert_eq!(status, 400, "{body}");
+        assert!(body.to_string().contains(field), "{field}: {body}");
+    }
+    let rule = tollgate
+        .create(
+            "/api/v1/alerts",
+            json!({"slug": "too-many-402", "team": "weatherco", "metric": "refusals_402",
+                "threshold": 5, "window_seconds": 10, "service": "weather"}),
+        )
+        .await;
+    assert_eq!(rule["enabled"], true);
+    let burst = |n: usize| {
+        let tollgate = &tollgate;
+        let key = &key;
+        async move {
+            for _ in 0..n {
+                let response = tollgate.get_with_key("/weather/forecast/x", key).await;
+                assert_eq!(response.status(), 402);
+            }
+        }
+    };
+    tokio::time::sleep(Duration::from_secs(11).saturating_sub(setup_done.elapsed())).await;
+    // Four 402s stay under the threshold.
+    burst(4).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(receiver.received().is_empty(), "fired under the threshold");
+    burst(6).await;
+    let received = receiver.wait_for(1, Duration::from_secs(5)).await;
+    let firing = received[0].json();
+    assert_eq!(firing["type"], "alert.firing");
+    assert_eq!(firing["data"]["alert"]["slug"], "too-many-402");
+    assert_eq!(firing["data"]["state"], "firing");
+    assert!(
+        firing["data"]["value"]
+            .as_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            >= 5
+    );
+    assert!(received[0].header("tollgate-signature").is_some());
+    // Still firing: more 402s announce nothing more.
+    burst(10).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(receiver.received().len(), 1, "no repeats while firing");
+    let (_, view) = tollgate
+        .admin(Method::GET, "/api/v1/alerts/too-many-402", None)
+        .await;
+    assert_eq!(view["states"][0]["subject"], "calls");
+    assert_eq!(view["states"][0]["firing"], true);
+    // The 402s stop: once the window has passed, it resolves, once.
+    let received = receiver.wait_for(2, Duration::from_secs(15)).await;
+    let resolved = received[1].json();
+    assert_eq!(resolved["type"], "alert.resolved");
+    assert_eq!(resolved["data"]["state"], "resolved");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(receiver.received().len(), 2);
+
+    // Managed through the API and audited; invisible to other teams.
+    let (status, audit) = tollgate
+        .admin(Method::GET, "/api/v1/audit?action=alert.create", None)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(audit["data"][0]["object_id"], rule["id"]);
+    let (_, alice) = tollgate.user_with_token("alice@acme.test").await;
+    tollgate
+        .admin(
+            Method::POST,
+            "/api/v1/teams/acme/members",
+            Some(json!({"user": "alice@acme.test", "role": "owner"})),
+        )
+        .await;
+    let (status, _) = tollgate
+        .admin_as(&alice, Method::GET, "/api/v1/alerts/too-many-402", None)
+        .await;
+    assert_eq!(status, 404);
+    let (_, list) = tollgate
+        .admin_as(&alice, Method::GET, "/api/v1/alerts", None)
+        .await;
+    assert_eq!(list["data"], json!([]));
+    let (status, _) = tollgate
+        .admin_as(
+            &alice,
+            Method::POST,
+            "/api/v1/alerts",
+            Some(json!({"slug": "sneaky", "team": "weatherco", "metric": "upstream_down"})),
+        )
+        .await;
+    assert_eq!(status, 404);
+    let (status, _) = tollgate
+        .admin(Method::DELETE, "/api/v1/alerts/too-many-402", None)
+        .await;
+    assert_eq!(status, 204);
+}

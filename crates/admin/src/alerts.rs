@@ -1,0 +1,190 @@
+//! Alert rules (`/api/v1/alerts`): a team's admins create, change and
+//! delete them (audited); its members read them with the state of each
+//! subject. The binary's evaluator fires `alert.firing` / `alert.resolved`
+//! to the team's webhooks.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use domain::access::Role;
+use domain::alerts::{AlertRule, AlertRuleSpec, AlertState};
+use domain::now_ms;
+use serde::Serialize;
+
+use crate::AdminState;
+use crate::access::{Audit, Caller, NONE, audit};
+use crate::error::ApiError;
+use crate::extract::{Json, ListParams};
+use crate::handlers::{ListResponse, commit, created, ok, patched};
+
+/// A rule with where each of its subjects stands.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct AlertView {
+    #[serde(flatten)]
+    pub rule: AlertRule,
+    pub states: Vec<AlertState>,
+}
+
+/// The rule `key`, if the caller holds `needed` in its team.
+async fn rule_or_404(
+    state: &AdminState,
+    caller: &Caller,
+    key: &str,
+    needed: Role,
+) -> Result<AlertRule, ApiError> {
+    let rule = state
+        .store
+        .alert(key)
+        .await?
+        .ok_or_else(|| ApiError::not_found("alert", key))?;
+    caller.require(Some(&rule.spec.team), needed, "alert", key)?;
+    Ok(rule)
+}
+
+/// Checks what a rule names: its team exists and the caller administers
+/// it; its service belongs to that team.
+async fn check_references(
+    state: &AdminState,
+    caller: &Caller,
+    spec: &AlertRuleSpec,
+) -> Result<(), ApiError> {
+    spec.validate()?;
+    let team = state.store.team(&spec.team).await?;
+    if team.is_none() {
+        return Err(ApiError::field("team", "no such team"));
+    }
+    caller.require(Some(&spec.team), Role::Admin, "team", &spec.team)?;
+    if let Some(slug) = &spec.service {
+        let service = state.store.service(slug).await?;
+        if service.is_none_or(|s| s.spec.team.as_deref() != Some(spec.team.as_str())) {
+            return Err(ApiError::field(
+                "service",
+                format!("the team '{}' has no service '{slug}'", spec.team),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn rule_audit<'a>(action: &'a str, rule: &'a AlertRule) -> Audit<'a> {
+    Audit::new(action, "alert", &rule.id, Some(&rule.spec.team))
+}
+
+/// Create an alert rule.
+#[utoipa::path(post, path = "/api/v1/alerts", tag = "observability", request_body = AlertRuleSpec,
+    responses((status = 201, body = AlertRule), (status = 400, body = crate::openapi::Problem)))]
+pub async fn create_alert(
+    State(state): State<AdminState>,
+    caller: Caller,
+    Json(spec): Json<AlertRuleSpec>,
+) -> Result<Response, ApiError> {
+    check_references(&state, &caller, &spec).await?;
+    let now = now_ms();
+    let rule = AlertRule {
+        id: domain::id::new_id(),
+        spec,
+        created_at_ms: now,
+        updated_at_ms: now,
+    };
+    let mut tx = state.store.begin().await?;
+    tx.put_alert(&rule).await?;
+    audit(
+        &mut tx,
+        &caller,
+        rule_audit("alert.create", &rule),
+        NONE,
+        Some(&rule),
+    )
+    .await?;
+    commit(&state, tx).await?;
+    Ok(created(&rule, format!("/api/v1/alerts/{}", rule.id)))
+}
+
+/// The alert rules of the caller's teams.
+#[utoipa::path(get, path = "/api/v1/alerts", tag = "observability",
+    params(("limit" = Option<usize>, Query), ("cursor" = Option<String>, Query)),
+    responses((status = 200, body = ListResponse<AlertRule>)))]
+pub async fn list_alerts(
+    State(state): State<AdminState>,
+    caller: Caller,
+    params: ListParams,
+) -> Result<Response, ApiError> {
+    params.only(&[])?;
+    let page = state
+        .store
+        .alerts(&caller.visible(), params.after.as_deref(), params.limit)
+        .await?;
+    Ok(ok(&ListResponse::from(page)))
+}
+
+/// A rule and where each of its subjects stands.
+#[utoipa::path(get, path = "/api/v1/alerts/{alert}", tag = "observability",
+    params(("alert" = String, Path, description = "slug or id")),
+    responses((status = 200, body = AlertView)))]
+pub async fn get_alert(
+    State(state): State<AdminState>,
+    caller: Caller,
+    Path(key): Path<String>,
+) -> Result<Response, ApiError> {
+    let rule = rule_or_404(&state, &caller, &key, Role::Viewer).await?;
+    let states = state.store.alert_states(&rule.id).await?;
+    Ok(ok(&AlertView { rule, states }))
+}
+
+/// Change a rule (JSON merge patch). Its team cannot change.
+#[utoipa::path(patch, path = "/api/v1/alerts/{alert}", tag = "observability", request_body = Object,
+    params(("alert" = String, Path, description = "slug or id")),
+    responses((status = 200, body = AlertRule)))]
+pub async fn patch_alert(
+    State(state): State<AdminState>,
+    caller: Caller,
+    Path(key): Path<String>,
+    Json(patch): Json<serde_json::Value>,
+) -> Result<Response, ApiError> {
+    let existing = rule_or_404(&state, &caller, &key, Role::Admin).await?;
+    let spec: AlertRuleSpec = patched(&existing.spec, patch)?;
+    if spec.team != existing.spec.team {
+        return Err(ApiError::field("team", "cannot change: make a new rule"));
+    }
+    check_references(&state, &caller, &spec).await?;
+    let rule = AlertRule {
+        spec,
+        updated_at_ms: now_ms(),
+        ..existing.clone()
+    };
+    let mut tx = state.store.begin().await?;
+    tx.put_alert(&rule).await?;
+    audit(
+        &mut tx,
+        &caller,
+        rule_audit("alert.update", &rule),
+        Some(&existing),
+        Some(&rule),
+    )
+    .await?;
+    commit(&state, tx).await?;
+    Ok(ok(&rule))
+}
+
+/// Delete a rule.
+#[utoipa::path(delete, path = "/api/v1/alerts/{alert}", tag = "observability",
+    params(("alert" = String, Path, description = "slug or id")), responses((status = 204)))]
+pub async fn delete_alert(
+    State(state): State<AdminState>,
+    caller: Caller,
+    Path(key): Path<String>,
+) -> Result<Response, ApiError> {
+    let rule = rule_or_404(&state, &caller, &key, Role::Admin).await?;
+    let mut tx = state.store.begin().await?;
+    tx.delete_alert(&rule.id).await?;
+    audit(
+        &mut tx,
+        &caller,
+        rule_audit("alert.delete", &rule),
+        Some(&rule),
+        NONE,
+    )
+    .await?;
+    commit(&state, tx).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
