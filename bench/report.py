@@ -309,6 +309,7 @@ def build(raw: Path, out_dir: Path, readme: Path | None) -> None:
         "finished_utc": meta.get("finished_utc"),
         "selftest": selftest,
         "mode": meta.get("mode", "plain"),
+        "call_log": meta.get("call_log", "on"),
         "access": {
             k: meta.get(k)
             for k in ("apps_loaded", "keys_loaded", "seed_reload_ms", "rss_tollgate_keys_loaded_kb", "price_per_request")
@@ -331,7 +332,13 @@ def build(raw: Path, out_dir: Path, readme: Path | None) -> None:
     stamp = meta.get("stamp", "unknown")
     access = doc["mode"] == "access"
     priced = access and bool(doc["access"].get("price_per_request"))
-    suffix = ("-access" if access else "") + ("-priced" if priced else "") + ("-selftest" if selftest else "")
+    call_log_off = doc["call_log"] == "off"
+    suffix = (
+        ("-access" if access else "")
+        + ("-priced" if priced else "")
+        + ("-calllog-off" if call_log_off else "")
+        + ("-selftest" if selftest else "")
+    )
     json_path = out_dir / f"{stamp}{suffix}.json"
     json_path.write_text(json.dumps(doc, indent=2) + "\n")
     md = render_markdown(doc, json_path.name)
@@ -339,7 +346,7 @@ def build(raw: Path, out_dir: Path, readme: Path | None) -> None:
     md_path.write_text(md)
     print(f"wrote {json_path}", file=sys.stderr)
     print(f"wrote {md_path}", file=sys.stderr)
-    if readme is not None and not selftest and not priced:
+    if readme is not None and not selftest and not priced and not call_log_off:
         update_readme(readme, md, access)
         print(f"updated {readme}", file=sys.stderr)
     print(md)

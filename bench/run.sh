@@ -26,6 +26,9 @@
 #                               team's wallet (granted 1000000 first), so every
 #                               tollgate request also reserves, settles and
 #                               queues a ledger charge
+#   BENCH_CALL_LOG [on]         off = tollgate stores no call log rows
+#                               (calls.log: false; rollups, metrics and alerts
+#                               still count every call); results get -calllog-off
 #   CARGO_TARGET_DIR [$HOME/.cache/tollgate-target]
 #
 # Everything listens on 127.0.0.1 only; no traffic leaves the machine.
@@ -48,6 +51,7 @@ KEEP_TMP="${BENCH_KEEP_TMP:-0}"
 MODE="${BENCH_MODE:-plain}"
 ACCESS_APPS="${BENCH_ACCESS_APPS:-10000}"
 PRICE="${BENCH_PRICE:-}"
+CALL_LOG="${BENCH_CALL_LOG:-on}"
 ACCESS_KEYS_PER_APP="${BENCH_ACCESS_KEYS_PER_APP:-10}"
 CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tollgate-target}"
 [[ "$CARGO_TARGET_DIR" == /* ]] || CARGO_TARGET_DIR="$PWD/$CARGO_TARGET_DIR"
@@ -91,6 +95,7 @@ show_log() {
 }
 
 [[ "$MODE" == plain || "$MODE" == access ]] || die "BENCH_MODE must be plain or access, got '$MODE'"
+[[ "$CALL_LOG" == on || "$CALL_LOG" == off ]] || die "BENCH_CALL_LOG must be on or off, got '$CALL_LOG'"
 if [[ "$MODE" == access && "${BENCH_SELFTEST:-0}" == 1 ]]; then
   die "BENCH_MODE=access needs tollgate (not the self-test)"
 fi
@@ -313,6 +318,9 @@ tollgate_env() { # DATA_DIR GATEWAY_PORT ADMIN_PORT: prints env assignments
   echo "TOLLGATE_GATEWAY__LISTEN=$HOST:$2"
   echo "TOLLGATE_ADMIN__LISTEN=$HOST:$3"
   echo "TOLLGATE_LOG__LEVEL=warn"
+  if [[ "$CALL_LOG" == off ]]; then
+    echo "TOLLGATE_CALLS__LOG=false"
+  fi
 }
 
 start_tollgate() {
@@ -575,6 +583,7 @@ main() {
     echo "stamp=$stamp"
     echo "selftest=$SELFTEST"
     echo "mode=$MODE"
+    echo "call_log=$CALL_LOG"
     if [[ "$MODE" == access ]]; then
       echo "apps_loaded=$ACCESS_APPS"
       echo "keys_loaded=$((ACCESS_APPS * ACCESS_KEYS_PER_APP))"
