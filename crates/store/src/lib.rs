@@ -225,6 +225,7 @@ impl Store {
         };
         Ok(WriteTx {
             tx,
+            backend: self.backend,
             _guard: guard,
             changed_config: false,
             changed_keys: Vec::new(),
@@ -239,6 +240,7 @@ impl Store {
 /// One write transaction. Dropping it without [`WriteTx::commit`] rolls back.
 pub struct WriteTx {
     tx: sqlx::Transaction<'static, sqlx::Any>,
+    backend: Backend,
     _guard: Option<tokio::sync::OwnedMutexGuard<()>>,
     /// Something the gateway serves changed (other than API keys alone).
     changed_config: bool,

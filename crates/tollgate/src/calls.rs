@@ -32,7 +32,7 @@ const GATHER: Duration = Duration::from_millis(200);
 /// Calls written per transaction, at most.
 const BATCH: usize = 5_000;
 /// Batches (of up to 64 records each) the gateway may queue.
-pub const QUEUE_BATCHES: usize = 4_096;
+pub const QUEUE_BATCHES: usize = 1_024;
 pub const RETENTION_EVERY: Duration = Duration::from_secs(600);
 /// Rows deleted per retention statement.
 const DELETE_CHUNK: i64 = 10_000;

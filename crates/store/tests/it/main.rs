@@ -489,7 +489,12 @@ async fn calls_and_rollups(store: &Store) {
     use store::{CallFilter, Granularity, GroupBy, RollupKey, RollupQuery, RollupValues};
     store.migrate().await.unwrap();
     let base = 1_800_000_000_000; // a whole hour
+    let mut odd = call(base + 500, "odd", "acme", "wco", 200);
+    odd.entry.path = "/it's \"quoted\"; DROP TABLE call_logs; -- \\ é 😀\n".into();
+    odd.entry.host = None;
+    odd.entry.problem = Some("{\"detail\":\"it''s\"}".into());
     let rows = vec![
+        odd.clone(),
         call(base + 1_000, "r1", "acme", "wco", 200),
         call(base + 2_000, "r2", "acme", "wco", 402),
         call(base + 61_000, "r3", "other", "wco", 200),
@@ -511,8 +516,9 @@ async fn calls_and_rollups(store: &Store) {
         .iter()
         .map(|r| r.entry.request_id.as_str())
         .collect();
-    assert_eq!(ids, ["r4", "r3", "r2", "r1"], "newest first, once each");
-    assert_eq!(page.items[1].entry, rows[2].entry, "stored as written");
+    assert_eq!(ids, ["r4", "r3", "r2", "r1", "odd"], "newest first, once each");
+    assert_eq!(page.items[1].entry, rows[3].entry, "stored as written");
+    assert_eq!(page.items[4].entry, odd.entry, "any text is stored as written");
     // Pages continue after the cursor; ranges are [from, to).
     let first = store
         .calls(&all, &CallFilter::default(), None, 3)
@@ -522,7 +528,7 @@ async fn calls_and_rollups(store: &Store) {
         .calls(&all, &CallFilter::default(), first.next_after.as_deref(), 3)
         .await
         .unwrap();
-    assert_eq!(rest.items.len(), 1);
+    assert_eq!(rest.items.len(), 2);
     assert_eq!(rest.items[0].entry.request_id, "r1");
     let ranged = CallFilter {
         from_ms: Some(base + 2_000),
@@ -596,7 +602,7 @@ async fn calls_and_rollups(store: &Store) {
             .map(|s| s.values.requests)
             .sum()
     };
-    assert_eq!(requests(base, "acme", 200), 2, "both writers counted");
+    assert_eq!(requests(base, "acme", 200), 4, "both writers counted");
     assert_eq!(requests(base, "acme", 402), 2);
     assert_eq!(requests(base, "other", 200), 2);
     assert_eq!(requests(base + 3_600_000, "acme", 200), 2);
@@ -609,9 +615,9 @@ async fn calls_and_rollups(store: &Store) {
         .iter()
         .find(|s| s.start_ms == base && s.group == "acme" && s.status == 200)
         .unwrap();
-    assert_eq!(acme_first_hour.values.cost_nanos, 20_000_000);
-    assert_eq!(acme_first_hour.values.latency_sum_us, 3_000);
-    assert_eq!(acme_first_hour.values.latency_buckets[3], 2);
+    assert_eq!(acme_first_hour.values.cost_nanos, 40_000_000);
+    assert_eq!(acme_first_hour.values.latency_sum_us, 6_000);
+    assert_eq!(acme_first_hour.values.latency_buckets[3], 4);
     // Visible to a team: its own rows only.
     let scoped = RollupQuery {
         visible: &other,
@@ -630,7 +636,7 @@ async fn calls_and_rollups(store: &Store) {
     // Retention deletes what is older, nothing else.
     assert_eq!(
         store.delete_calls_before(base + 61_000, 100).await.unwrap(),
-        2
+        3
     );
     let left = store
         .calls(&all, &CallFilter::default(), None, 10)
