@@ -149,6 +149,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/v1/auth/me", get(t::me))
         .route("/api/v1/audit", get(t::list_audit))
         .route("/api/v1/logs", get(observe::list_logs))
+        .route("/api/v1/logs/{id}", get(observe::get_log))
         .route("/api/v1/analytics/summary", get(observe::summary))
         .route("/api/v1/analytics/timeseries", get(observe::timeseries))
         .route("/metrics", get(observe::metrics))

@@ -72,6 +72,22 @@ pub struct CallView {
     pub ttft_ms: Option<f64>,
     /// The response body was sent to its end.
     pub completed: bool,
+    /// Headers and bodies (services with `log_bodies`; single calls only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bodies: Option<BodiesView>,
+}
+
+/// What a service that logs bodies kept of a call.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct BodiesView {
+    pub request_headers: String,
+    /// The first `max_bytes`, secrets redacted; null when empty.
+    pub request_body: Option<String>,
+    /// The whole body's length.
+    pub request_bytes: u64,
+    pub response_headers: String,
+    pub response_body: Option<String>,
+    pub response_bytes: u64,
 }
 
 fn millis(micros: u64) -> f64 {
@@ -110,6 +126,7 @@ pub fn call_view(row: CallRow, currency: &str) -> CallView {
         output_tokens,
         ttft_us,
         completed,
+        bodies,
     } = entry;
     CallView {
         id,
@@ -143,7 +160,38 @@ pub fn call_view(row: CallRow, currency: &str) -> CallView {
         output_tokens,
         ttft_ms: ttft_us.map(millis),
         completed,
+        bodies: bodies.map(|b| BodiesView {
+            request_headers: b.request_headers,
+            request_body: b.request_body,
+            request_bytes: b.request_bytes,
+            response_headers: b.response_headers,
+            response_body: b.response_body,
+            response_bytes: b.response_bytes,
+        }),
     }
+}
+
+/// One call, with its headers and bodies when its service logs them.
+#[utoipa::path(get, path = "/api/v1/logs/{id}", tag = "observability",
+    params(("id" = String, Path, description = "the call's id (not its request id)")),
+    responses((status = 200, body = CallView), (status = 404, body = crate::openapi::Problem)))]
+pub async fn get_log(
+    State(state): State<AdminState>,
+    caller: Caller,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<Response, ApiError> {
+    let call = state
+        .store
+        .call(&id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("call", &id))?;
+    let visible = caller.visible();
+    if !visible.includes(call.entry.consumer_team.as_deref())
+        && !visible.includes(call.entry.provider_team.as_deref())
+    {
+        return Err(ApiError::not_found("call", &id));
+    }
+    Ok(ok(&call_view(call, &state.currency)))
 }
 
 /// `name` as a time (RFC 3339 or epoch milliseconds), if given.

@@ -59,7 +59,7 @@ pub struct Problem {
         crate::money::get_wallet, crate::money::list_ledger, crate::money::create_grant,
         crate::money::create_adjustment, crate::money::create_checkout,
         crate::money::get_auto_top_up, crate::money::put_auto_top_up, crate::money::delete_auto_top_up,
-        crate::observe::list_logs, crate::observe::summary, crate::observe::timeseries,
+        crate::observe::list_logs, crate::observe::get_log, crate::observe::summary, crate::observe::timeseries,
         crate::alerts::create_alert, crate::alerts::list_alerts, crate::alerts::get_alert,
         crate::alerts::patch_alert, crate::alerts::delete_alert,
     ),

@@ -99,11 +99,150 @@ pub struct CallEntry {
     /// Whether the response body reached its end (false: the client or
     /// the upstream broke off).
     pub completed: bool,
+    /// Headers and the first bytes of the bodies, for services that log
+    /// them (secrets redacted).
+    pub bodies: Option<Box<CallBodies>>,
+}
+
+/// What a service that logs bodies keeps of a call.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CallBodies {
+    /// `name: value` lines; `Authorization`, cookies, API key and payment
+    /// headers read `[redacted]`.
+    pub request_headers: String,
+    /// The first bytes of the body, redacted (see [`redact_body`]).
+    pub request_body: Option<String>,
+    /// The body's whole length.
+    pub request_bytes: u64,
+    pub response_headers: String,
+    pub response_body: Option<String>,
+    pub response_bytes: u64,
+}
+
+/// JSON fields whose values are never stored, at any depth (compared
+/// without case; `-` and `_` alike).
+pub const REDACTED_FIELDS: [&str; 12] = [
+    "password",
+    "passwd",
+    "secret",
+    "client_secret",
+    "token",
+    "access_token",
+    "refresh_token",
+    "id_token",
+    "api_key",
+    "apikey",
+    "authorization",
+    "card_number",
+];
+
+fn field_matches(name: &str, wanted: &str) -> bool {
+    let normal = |c: char| {
+        if c == '-' {
+            '_'
+        } else {
+            c.to_ascii_lowercase()
+        }
+    };
+    name.len() == wanted.len() && name.chars().map(normal).eq(wanted.chars().map(normal))
+}
+
+fn redact_value(value: &mut serde_json::Value, extra: &[String]) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (name, field) in map.iter_mut() {
+                let secret = REDACTED_FIELDS.iter().any(|w| field_matches(name, w))
+                    || extra.iter().any(|w| field_matches(name, w));
+                if secret {
+                    *field = serde_json::Value::String("[redacted]".into());
+                } else {
+                    redact_value(field, extra);
+                }
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for item in items {
+                redact_value(item, extra);
+            }
+        }
+        serde_json::Value::String(text) if looks_like_key(text) => {
+            *text = "[redacted]".into();
+        }
+        _ => {}
+    }
+}
+
+/// Tollgate API keys and bearer tokens in free text.
+fn looks_like_key(text: &str) -> bool {
+    text.starts_with("tg_live_") || text.starts_with("tg_test_") || text.starts_with("Bearer ")
+}
+
+/// A captured body as stored: a whole JSON document with its secret
+/// fields (the built-in [`REDACTED_FIELDS`] and `extra`) and key-like
+/// strings replaced by `"[redacted]"`; other UTF-8 text as it is unless
+/// it may hold a secret (a field name or a key), then withheld; binary
+/// data as its length. `None` for an empty body.
+pub fn redact_body(bytes: &[u8], extra: &[String]) -> Option<String> {
+    if bytes.is_empty() {
+        return None;
+    }
+    if let Ok(mut value) = serde_json::from_slice::<serde_json::Value>(bytes) {
+        redact_value(&mut value, extra);
+        return Some(value.to_string());
+    }
+    let Ok(text) = std::str::from_utf8(bytes) else {
+        return Some(format!("[binary: {} bytes not shown]", bytes.len()));
+    };
+    let lower = text.to_ascii_lowercase();
+    let risky = text.contains("tg_live_")
+        || text.contains("tg_test_")
+        || REDACTED_FIELDS.iter().any(|field| lower.contains(field))
+        || extra
+            .iter()
+            .any(|field| lower.contains(&field.to_ascii_lowercase()));
+    if risky {
+        return Some(format!(
+            "[withheld: {} bytes of text that is not a whole JSON document and may hold a secret]",
+            bytes.len()
+        ));
+    }
+    Some(text.to_owned())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bodies_are_stored_without_their_secrets() {
+        let extra = vec!["ssn".to_owned()];
+        let body = br#"{"user": "ann", "Password": "hunter2", "nested": [{"api-key": "x", "ssn": "123"}], "note": "tg_live_abc"}"#;
+        let stored = redact_body(body, &extra).unwrap();
+        let value: serde_json::Value = serde_json::from_str(&stored).unwrap();
+        assert_eq!(value["user"], "ann");
+        assert_eq!(value["Password"], "[redacted]");
+        assert_eq!(value["nested"][0]["api-key"], "[redacted]");
+        assert_eq!(value["nested"][0]["ssn"], "[redacted]");
+        assert_eq!(value["note"], "[redacted]");
+        // Cut-off JSON or forms that name a secret are withheld whole.
+        assert!(
+            redact_body(br#"{"password": "hun"#, &extra)
+                .unwrap()
+                .starts_with("[withheld")
+        );
+        assert!(
+            redact_body(b"user=ann&password=x", &extra)
+                .unwrap()
+                .starts_with("[withheld")
+        );
+        assert_eq!(redact_body(b"plain text", &extra).unwrap(), "plain text");
+        assert!(
+            redact_body(&[0xff, 0xfe], &extra)
+                .unwrap()
+                .starts_with("[binary")
+        );
+        assert_eq!(redact_body(b"", &extra), None);
+    }
 
     #[test]
     fn buckets_hold_their_bounds() {

@@ -299,6 +299,33 @@ pub struct ServiceSpec {
     /// each call through the configured facilitator.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub x402: Option<X402Spec>,
+    /// Store request and response bodies in the call log (off unless set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_bodies: Option<BodyLogSpec>,
+}
+
+/// Body capture for a service's call log entries: the first `max_bytes`
+/// of each body, with secrets redacted before they are stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BodyLogSpec {
+    /// Bytes kept of each body (default 4096, at most 65536).
+    #[serde(default = "BodyLogSpec::default_max_bytes")]
+    #[schema(minimum = 1, maximum = 65536)]
+    pub max_bytes: u32,
+    /// JSON fields (by name, at any depth) whose values are replaced by
+    /// `"[redacted]"`, besides the built-in ones (`password`, `secret`,
+    /// `token`, `api_key`, …).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub redact_fields: Vec<String>,
+}
+
+impl BodyLogSpec {
+    pub const MAX_BYTES: u32 = 65_536;
+
+    fn default_max_bytes() -> u32 {
+        4_096
+    }
 }
 
 /// What a service asks for each call paid with x402 (the
@@ -912,6 +939,25 @@ impl ServiceSpec {
         }
         self.ip.validate("ip", &mut errors);
         self.auth.validate(&mut errors);
+        if let Some(bodies) = &self.log_bodies {
+            if !(1..=BodyLogSpec::MAX_BYTES).contains(&bodies.max_bytes) {
+                errors.add(
+                    "log_bodies.max_bytes",
+                    format!("must be from 1 to {}", BodyLogSpec::MAX_BYTES),
+                );
+            }
+            if bodies.redact_fields.len() > 64
+                || bodies
+                    .redact_fields
+                    .iter()
+                    .any(|field| field.is_empty() || field.len() > 128)
+            {
+                errors.add(
+                    "log_bodies.redact_fields",
+                    "must be at most 64 field names of 1 to 128 characters",
+                );
+            }
+        }
         if let Some(x402) = &self.x402 {
             x402.validate(&mut errors);
         }

@@ -82,6 +82,8 @@ pub struct LimitedBody {
     inner: RequestBody,
     limit: u64,
     seen: u64,
+    /// Where the body's first bytes are copied for the call log.
+    tap: Option<crate::calls::Tap>,
 }
 
 impl LimitedBody {
@@ -90,7 +92,14 @@ impl LimitedBody {
             inner,
             limit,
             seen: 0,
+            tap: None,
         }
+    }
+
+    /// Copies the body's first bytes into `tap` as it streams.
+    pub(crate) fn tapped(mut self, tap: Option<crate::calls::Tap>) -> Self {
+        self.tap = tap;
+        self
     }
 
     /// Reads the whole body into memory (for small, replayable bodies).
@@ -113,6 +122,9 @@ impl Body for LimitedBody {
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
                     this.seen += data.len() as u64;
+                    if let Some(tap) = &this.tap {
+                        tap.copy(data);
+                    }
                     if this.seen > this.limit {
                         return Poll::Ready(Some(Err(Box::new(BodyTooLarge {
                             limit: this.limit,
@@ -265,6 +277,9 @@ impl Body for UpstreamResponseBody {
                         Some(Ok(frame)) => {
                             if let Some(data) = frame.data_ref() {
                                 record.bytes_out += data.len() as u64;
+                                if let Some(capture) = record.capture.as_mut() {
+                                    capture.response_body.push(data, capture.limit);
+                                }
                             }
                             record.completed = this.inner.is_end_stream();
                         }

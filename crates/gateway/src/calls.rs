@@ -79,6 +79,106 @@ pub struct CallRecord {
     pub cost_nanos: i64,
     pub problem: Option<Bytes>,
     pub completed: bool,
+    /// Headers and bodies, for services that log them.
+    pub capture: Option<Box<Capture>>,
+}
+
+/// The first bytes of a body, and how long it was.
+#[derive(Debug, Default, Clone)]
+pub struct BodyBytes {
+    pub bytes: Vec<u8>,
+    pub total: u64,
+}
+
+impl BodyBytes {
+    pub(crate) fn push(&mut self, data: &[u8], limit: usize) {
+        self.total += data.len() as u64;
+        let room = limit.saturating_sub(self.bytes.len());
+        self.bytes.extend_from_slice(&data[..data.len().min(room)]);
+    }
+}
+
+/// A request body's first bytes, copied as the body streams to the
+/// upstream (shared with the body, which may outlive the request's phases).
+#[derive(Clone)]
+pub(crate) struct Tap {
+    bytes: Arc<std::sync::Mutex<BodyBytes>>,
+    limit: usize,
+}
+
+impl Tap {
+    pub(crate) fn copy(&self, data: &[u8]) {
+        let mut bytes = self.bytes.lock().unwrap_or_else(|p| p.into_inner());
+        bytes.push(data, self.limit);
+    }
+}
+
+/// Headers that are never logged (their values are replaced).
+const SECRET_HEADERS: [&str; 7] = [
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "set-cookie",
+    "x-api-key",
+    "payment-signature",
+    "payment-response",
+];
+
+/// Headers as logged: `name: value` lines, secrets replaced.
+pub(crate) fn header_lines(headers: &http::HeaderMap) -> String {
+    let mut out = String::new();
+    for (name, value) in headers {
+        out.push_str(name.as_str());
+        out.push_str(": ");
+        if SECRET_HEADERS.contains(&name.as_str()) {
+            out.push_str("[redacted]");
+        } else {
+            out.push_str(&String::from_utf8_lossy(value.as_bytes()));
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// What a service that logs bodies keeps of one call; redacted by the
+/// call writer before it is stored.
+pub struct Capture {
+    pub limit: usize,
+    pub redact_fields: Arc<[String]>,
+    pub request_headers: String,
+    request_tap: Tap,
+    pub response_headers: String,
+    pub response_body: BodyBytes,
+}
+
+impl Capture {
+    pub(crate) fn new(spec: &domain::model::BodyLogSpec, request: &http::HeaderMap) -> Self {
+        let limit = spec.max_bytes as usize;
+        Self {
+            limit,
+            redact_fields: spec.redact_fields.clone().into(),
+            request_headers: header_lines(request),
+            request_tap: Tap {
+                bytes: Arc::default(),
+                limit,
+            },
+            response_headers: String::new(),
+            response_body: BodyBytes::default(),
+        }
+    }
+
+    pub(crate) fn tap(&self) -> Tap {
+        self.request_tap.clone()
+    }
+
+    /// The request body's first bytes, as copied so far.
+    pub fn request_body(&self) -> BodyBytes {
+        self.request_tap
+            .bytes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -135,6 +235,23 @@ impl CallRecord {
             output_tokens: 0,
             ttft_us: None,
             completed: self.completed,
+            bodies: self.capture.as_deref().map(|capture| {
+                let request = capture.request_body();
+                Box::new(domain::calls::CallBodies {
+                    request_headers: capture.request_headers.clone(),
+                    request_body: domain::calls::redact_body(
+                        &request.bytes,
+                        &capture.redact_fields,
+                    ),
+                    request_bytes: request.total.max(self.bytes_in),
+                    response_headers: capture.response_headers.clone(),
+                    response_body: domain::calls::redact_body(
+                        &capture.response_body.bytes,
+                        &capture.redact_fields,
+                    ),
+                    response_bytes: capture.response_body.total,
+                })
+            }),
         }
     }
 
@@ -173,6 +290,7 @@ impl CallRecord {
             cost_nanos: 0,
             problem: None,
             completed: false,
+            capture: None,
         }
     }
 

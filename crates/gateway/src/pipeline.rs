@@ -91,6 +91,8 @@ pub(crate) struct Trace {
     pub who: crate::calls::Who,
     pub target: Option<(usize, Duration)>,
     pub cost_nanos: i64,
+    /// Headers and bodies, for services that log them.
+    pub capture: Option<Box<crate::calls::Capture>>,
 }
 
 impl RequestContext {
@@ -144,6 +146,7 @@ pub(crate) async fn handle(
         record.who = trace.who;
         record.target = trace.target;
         record.cost_nanos = trace.cost_nanos;
+        record.capture = trace.capture.take();
         record.status = response.status().as_u16();
         record.code = refused;
         match response.body_mut() {
@@ -512,10 +515,16 @@ async fn forward(
     let retry = &route.retry;
     let may_retry = retry.retries > 0 && retry.methods & method_bit != 0;
 
+    if let Some(spec) = &service.log_bodies
+        && crate::calls::enabled()
+    {
+        trace.capture = Some(Box::new(crate::calls::Capture::new(spec, &parts.headers)));
+    }
+    let tap = trace.capture.as_ref().map(|capture| capture.tap());
     let mut outgoing = if http_body::Body::is_end_stream(&body) {
         Outgoing::Replayable(None)
     } else {
-        let limited = LimitedBody::new(body, route.body_limit_bytes);
+        let limited = LimitedBody::new(body, route.body_limit_bytes).tapped(tap);
         match content_length(&parts.headers) {
             Some(length) if may_retry && length <= shared.options.retry_buffer_bytes => {
                 // Boxed: rare, and keeps the request future small.
@@ -717,6 +726,9 @@ async fn forward(
                     }
                 }
                 route.response_headers.apply(&mut response_parts.headers);
+                if let Some(capture) = trace.capture.as_mut() {
+                    capture.response_headers = crate::calls::header_lines(&response_parts.headers);
+                }
                 response_parts.version = Version::HTTP_11;
                 let body = GatewayBody::Upstream(
                     UpstreamResponseBody::new(incoming, in_flight, read_timeout)

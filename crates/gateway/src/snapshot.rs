@@ -158,6 +158,8 @@ pub struct ServiceRt {
     pub upstream: Option<Arc<UpstreamRt>>,
     /// Per-request payment terms (x402), when the service takes them.
     pub x402: Option<Arc<crate::x402::X402Rt>>,
+    /// Body capture for the call log, when the service asks for it.
+    pub log_bodies: Option<domain::model::BodyLogSpec>,
 }
 
 #[derive(Debug, Clone)]
@@ -280,6 +282,7 @@ pub fn compile(
                     lifecycle: service.lifecycle,
                     deprecation,
                     upstream,
+                    log_bodies: service.spec.log_bodies.clone(),
                     x402: service.spec.x402.as_ref().map(|spec| {
                         Arc::new(crate::x402::X402Rt::compile(
                             spec,

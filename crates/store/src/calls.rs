@@ -272,7 +272,11 @@ fn push_number(out: &mut String, value: Option<i64>) {
 /// One `INSERT` of `rows` with their values written as literals.
 fn literal_insert(rows: &[CallRow]) -> String {
     let mut sql = String::with_capacity(128 + rows.len() * 400);
-    sql.push_str(concat!("INSERT INTO call_logs (", call_columns!(), ") VALUES "));
+    sql.push_str(concat!(
+        "INSERT INTO call_logs (",
+        call_columns!(),
+        ") VALUES "
+    ));
     for (index, row) in rows.iter().enumerate() {
         let e = &row.entry;
         sql.push_str(if index == 0 { "(" } else { ", (" });
@@ -317,7 +321,11 @@ fn literal_insert(rows: &[CallRow]) -> String {
         }
         push_number(&mut sql, Some(e.cost_nanos));
         sql.push(',');
-        for value in [e.problem.as_deref(), e.provider.as_deref(), e.model.as_deref()] {
+        for value in [
+            e.problem.as_deref(),
+            e.provider.as_deref(),
+            e.model.as_deref(),
+        ] {
             push_text(&mut sql, value);
             sql.push(',');
         }
@@ -377,6 +385,7 @@ fn call_from(row: &AnyRow) -> Result<CallRow> {
             output_tokens: count("output_tokens")?,
             ttft_us: maybe("ttft_us")?,
             completed: int(row, "completed")? != 0,
+            bodies: None,
         },
     })
 }
@@ -390,6 +399,25 @@ impl WriteTx {
     /// own work. On PostgreSQL, whose string literals depend on a server
     /// setting (`standard_conforming_strings`), every value is bound.
     pub async fn insert_calls(&mut self, rows: &[CallRow]) -> Result<()> {
+        for row in rows {
+            let Some(bodies) = &row.entry.bodies else {
+                continue;
+            };
+            sqlx::query(
+                "INSERT INTO call_bodies (call_id, request_headers, request_body, request_bytes, \
+                 response_headers, response_body, response_bytes) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                 ON CONFLICT (call_id) DO NOTHING",
+            )
+            .bind(&row.id)
+            .bind(&bodies.request_headers)
+            .bind(bodies.request_body.as_deref())
+            .bind(unsigned(bodies.request_bytes))
+            .bind(&bodies.response_headers)
+            .bind(bodies.response_body.as_deref())
+            .bind(unsigned(bodies.response_bytes))
+            .execute(&mut *self.tx)
+            .await?;
+        }
         if self.backend == crate::Backend::Sqlite {
             for chunk in rows.chunks(CALLS_PER_STATEMENT) {
                 let sql = literal_insert(chunk);
@@ -573,9 +601,49 @@ impl Store {
         rows.iter().map(call_from).collect()
     }
 
-    /// Deletes up to `limit` calls made before `at_ms`; returns how many.
+    /// One call by its row id, with its bodies when they were logged.
+    pub async fn call(&self, id: &str) -> Result<Option<CallRow>> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {CALL_COLUMNS} FROM call_logs WHERE id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(mut call) = row.as_ref().map(call_from).transpose()? else {
+            return Ok(None);
+        };
+        let bodies = sqlx::query("SELECT * FROM call_bodies WHERE call_id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        if let Some(row) = bodies {
+            let bytes = |column: &str| -> Result<u64> {
+                Ok(u64::try_from(int(&row, column)?).unwrap_or(0))
+            };
+            call.entry.bodies = Some(Box::new(domain::calls::CallBodies {
+                request_headers: text(&row, "request_headers")?,
+                request_body: opt_text(&row, "request_body")?,
+                request_bytes: bytes("request_bytes")?,
+                response_headers: text(&row, "response_headers")?,
+                response_body: opt_text(&row, "response_body")?,
+                response_bytes: bytes("response_bytes")?,
+            }));
+        }
+        Ok(Some(call))
+    }
+
+    /// Deletes up to `limit` calls made before `at_ms` (with their
+    /// bodies); returns how many calls.
     pub async fn delete_calls_before(&self, at_ms: i64, limit: i64) -> Result<u64> {
         let mut tx = self.begin().await?;
+        sqlx::query(
+            "DELETE FROM call_bodies WHERE call_id IN \
+             (SELECT call_id FROM call_bodies WHERE call_id < $1 ORDER BY call_id LIMIT $2)",
+        )
+        .bind(id_floor(at_ms))
+        .bind(limit)
+        .execute(&mut *tx.tx)
+        .await?;
         let done = sqlx::query(
             "DELETE FROM call_logs WHERE id IN \
              (SELECT id FROM call_logs WHERE id < $1 ORDER BY id LIMIT $2)",

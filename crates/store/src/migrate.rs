@@ -34,6 +34,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
     (10, "calls", include_str!("../migrations/0010_calls.sql")),
     (11, "alerts", include_str!("../migrations/0011_alerts.sql")),
+    (
+        12,
+        "call_bodies",
+        include_str!("../migrations/0012_call_bodies.sql"),
+    ),
 ];
 
 impl Store {

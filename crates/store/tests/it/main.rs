@@ -516,9 +516,16 @@ async fn calls_and_rollups(store: &Store) {
         .iter()
         .map(|r| r.entry.request_id.as_str())
         .collect();
-    assert_eq!(ids, ["r4", "r3", "r2", "r1", "odd"], "newest first, once each");
+    assert_eq!(
+        ids,
+        ["r4", "r3", "r2", "r1", "odd"],
+        "newest first, once each"
+    );
     assert_eq!(page.items[1].entry, rows[3].entry, "stored as written");
-    assert_eq!(page.items[4].entry, odd.entry, "any text is stored as written");
+    assert_eq!(
+        page.items[4].entry, odd.entry,
+        "any text is stored as written"
+    );
     // Pages continue after the cursor; ranges are [from, to).
     let first = store
         .calls(&all, &CallFilter::default(), None, 3)

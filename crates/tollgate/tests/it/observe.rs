@@ -627,3 +627,144 @@ async fn an_alert_fires_once_on_a_burst_of_402s_and_resolves() {
         .await;
     assert_eq!(status, 204);
 }
+
+/// A service that logs bodies: headers and the first bytes of both bodies
+/// are kept with secrets redacted, and no secret reaches the database
+/// file.
+#[tokio::test]
+async fn bodies_are_logged_on_request_without_secrets() {
+    let upstream = FakeUpstream::start("w").await;
+    let tollgate = Tollgate::start(BIN).await;
+    tollgate
+        .create(
+            "/api/v1/upstreams",
+            json!({"slug": "echo-backend", "targets": [{"url": upstream.url()}]}),
+        )
+        .await;
+    tollgate
+        .create(
+            "/api/v1/services",
+            json!({"slug": "echo", "kind": "http", "base_path": "/echo", "upstream": "echo-backend",
+                "auth": {"anonymous": true}, "log_bodies": {"max_bytes": 200, "redact_fields": ["ssn"]}}),
+        )
+        .await;
+    tollgate
+        .create("/api/v1/services/echo/routes", json!({"path": "/*"}))
+        .await;
+    tollgate
+        .create("/api/v1/services/echo/publish", json!({}))
+        .await;
+    tollgate
+        .wait_for("/echo/status/204", Duration::from_secs(2), |s| s == 204)
+        .await;
+    let secret = "hunter2-very-secret";
+    let post = |path: &'static str, body: String| {
+        let tollgate = &tollgate;
+        async move {
+            let response = tollgate
+                .client
+                .post(format!("{}{path}", tollgate.gateway_url))
+                .header("authorization", "Bearer not-a-real-token-1234")
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            assert!(response.status().is_success());
+            response.headers()["x-request-id"]
+                .to_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    let json_id = post(
+        "/echo/status/200",
+        json!({"user": "ann", "password": secret, "ssn": "078-05-1120", "items": [1, 2]})
+            .to_string(),
+    )
+    .await;
+    let long = "x".repeat(300);
+    let long_id = post("/echo/anything", format!("\"{long}\"")).await;
+
+    let stored = |request_id: String| {
+        let tollgate = &tollgate;
+        async move {
+            let found = logged(
+                tollgate,
+                ADMIN_TOKEN,
+                &format!("request_id={request_id}"),
+                1,
+            )
+            .await;
+            assert!(found[0].get("bodies").is_none(), "lists carry no bodies");
+            let id = found[0]["id"].as_str().unwrap().to_owned();
+            let (status, call) = tollgate
+                .admin(Method::GET, &format!("/api/v1/logs/{id}"), None)
+                .await;
+            assert_eq!(status, 200, "{call}");
+            call["bodies"].clone()
+        }
+    };
+    let bodies = stored(json_id).await;
+    let headers = bodies["request_headers"].as_str().unwrap();
+    assert!(headers.contains("authorization: [redacted]"), "{headers}");
+    assert!(
+        headers.contains("content-type: application/json"),
+        "{headers}"
+    );
+    let request: Value = serde_json::from_str(bodies["request_body"].as_str().unwrap()).unwrap();
+    assert_eq!(request["user"], "ann");
+    assert_eq!(request["password"], "[redacted]");
+    assert_eq!(request["ssn"], "[redacted]", "a configured field");
+    assert_eq!(request["items"], json!([1, 2]));
+    let answer: Value = serde_json::from_str(bodies["response_body"].as_str().unwrap()).unwrap();
+    assert_eq!(answer["status"], 200);
+
+    // Past max_bytes: the first 200 bytes of each body, and the lengths.
+    let bodies = stored(long_id).await;
+    assert_eq!(bodies["request_bytes"], 302);
+    let kept = bodies["request_body"].as_str().unwrap();
+    assert_eq!(kept, format!("\"{}", &long[..199]), "cut at 200 bytes");
+    assert!(bodies["response_bytes"].as_u64().unwrap() > 200);
+    assert!(
+        bodies["response_headers"]
+            .as_str()
+            .unwrap()
+            .contains("content-type")
+    );
+
+    // Nothing secret in the database file (nor its write-ahead log).
+    let mut raw = Vec::new();
+    for entry in std::fs::read_dir(&tollgate.data_dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("tollgate.db")
+        {
+            raw.extend(std::fs::read(&path).unwrap());
+        }
+    }
+    assert!(!raw.is_empty());
+    let raw = String::from_utf8_lossy(&raw);
+    assert!(!raw.contains(secret), "the password reached the database");
+    assert!(
+        !raw.contains("078-05-1120"),
+        "a redacted field reached the database"
+    );
+    assert!(
+        !raw.contains("not-a-real-token-1234"),
+        "the Authorization header reached the database"
+    );
+
+    // A service that does not ask keeps no bodies.
+    let (status, _) = tollgate
+        .admin(
+            Method::PATCH,
+            "/api/v1/services/echo",
+            Some(json!({"log_bodies": {"max_bytes": 0}})),
+        )
+        .await;
+    assert_eq!(status, 400, "max_bytes is checked");
+}
