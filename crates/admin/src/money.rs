@@ -12,7 +12,7 @@
 //!   the same key with a different amount or kind is a 409.
 
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use domain::access::{Role, Team};
 use domain::money::{self, EntryKind, LedgerEntry, Sign};
@@ -189,15 +189,7 @@ pub async fn list_ledger(
 /// The page as CSV (RFC 4180); the next cursor, if any, in `Link`-free
 /// form as the `Tollgate-Next-Cursor` header.
 fn csv_response(page: &store::Page<EntryView>) -> Response {
-    fn field(out: &mut String, value: &str) {
-        if value.contains([',', '"', '\n', '\r']) {
-            out.push('"');
-            out.push_str(&value.replace('"', "\"\""));
-            out.push('"');
-        } else {
-            out.push_str(value);
-        }
-    }
+    use crate::observe::csv_field as field;
     let mut out = String::from(
         "id,created_at,kind,amount,currency,idempotency_key,actor,reason,request_id\r\n",
     );
@@ -224,20 +216,7 @@ fn csv_response(page: &store::Page<EntryView>) -> Response {
         }
         out.push_str("\r\n");
     }
-    let mut response = (StatusCode::OK, out).into_response();
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/csv; charset=utf-8"),
-    );
-    if let Some(next) = page
-        .next_after
-        .as_deref()
-        .map(crate::extract::encode_cursor)
-        .and_then(|cursor| HeaderValue::from_str(&cursor).ok())
-    {
-        response.headers_mut().insert("tollgate-next-cursor", next);
-    }
-    response
+    crate::observe::text_response(out, "text/csv; charset=utf-8", page.next_after.as_deref())
 }
 
 /// Grant credit (platform admins). Also served at `…/wallet/grants`.

@@ -90,12 +90,19 @@ pub struct BodiesView {
     pub response_bytes: u64,
 }
 
-fn millis(micros: u64) -> f64 {
-    micros as f64 / 1000.0
-}
+use domain::calls::millis;
 
-pub fn call_view(row: CallRow, currency: &str) -> CallView {
-    let CallRow { id, entry } = row;
+/// A call as `visible` may see it. The consuming team's wallet balance
+/// (in a 402's problem, in `Tollgate-Balance`) is shown only to that team;
+/// the upstream target (an internal address) only to the providing team.
+pub fn call_view(row: CallRow, currency: &str, visible: &store::Visible) -> CallView {
+    let CallRow { id, mut entry } = row;
+    if !visible.includes(entry.consumer_team.as_deref()) {
+        hide_balance(&mut entry);
+    }
+    if !visible.includes(entry.provider_team.as_deref()) {
+        entry.upstream_target = None;
+    }
     let CallEntry {
         request_id,
         at_ms,
@@ -127,6 +134,8 @@ pub fn call_view(row: CallRow, currency: &str) -> CallView {
         ttft_us,
         completed,
         bodies,
+        http_route: _,
+        trace: _,
     } = entry;
     CallView {
         id,
@@ -171,6 +180,24 @@ pub fn call_view(row: CallRow, currency: &str) -> CallView {
     }
 }
 
+fn hide_balance(entry: &mut CallEntry) {
+    if let Some(problem) = &entry.problem
+        && let Ok(mut value) = serde_json::from_str::<serde_json::Value>(problem)
+        && let Some(object) = value.as_object_mut()
+        && object.remove("balance").is_some()
+    {
+        entry.problem = Some(value.to_string());
+    }
+    if let Some(bodies) = entry.bodies.as_mut() {
+        bodies.response_headers = bodies
+            .response_headers
+            .lines()
+            .filter(|line| !line.starts_with("tollgate-balance:"))
+            .map(|line| format!("{line}\n"))
+            .collect();
+    }
+}
+
 /// One call, with its headers and bodies when its service logs them.
 #[utoipa::path(get, path = "/api/v1/logs/{id}", tag = "observability",
     params(("id" = String, Path, description = "the call's id (not its request id)")),
@@ -191,21 +218,34 @@ pub async fn get_log(
     {
         return Err(ApiError::not_found("call", &id));
     }
-    Ok(ok(&call_view(call, &state.currency)))
+    Ok(ok(&call_view(call, &state.currency, &visible)))
 }
 
 /// `name` as a time (RFC 3339 or epoch milliseconds), if given.
 pub(crate) fn time_param(params: &ListParams, name: &str) -> Result<Option<i64>, ApiError> {
     params
         .filter(name)
-        .map(|text| match text.parse::<i64>() {
-            Ok(ms) => Ok(ms),
-            Err(_) => domain::access::parse_time_ms(text).map_err(|_| {
-                ApiError::field(name, "must be an RFC 3339 time or epoch milliseconds")
-            }),
+        .map(|text| {
+            let ms = match text.parse::<i64>() {
+                Ok(ms) => ms,
+                Err(_) => domain::access::parse_time_ms(text).map_err(|_| {
+                    ApiError::field(name, "must be an RFC 3339 time or epoch milliseconds")
+                })?,
+            };
+            if !(0..=MAX_TIME_MS).contains(&ms) {
+                return Err(ApiError::field(
+                    name,
+                    "must be between 1970 and the year 6429 (epoch milliseconds below 2^47)",
+                ));
+            }
+            Ok(ms)
         })
         .transpose()
 }
+
+/// The latest time a range may name (call ids hold 48 bits of time; this
+/// leaves room for range arithmetic).
+const MAX_TIME_MS: i64 = 1 << 47;
 
 /// The call log, newest first.
 #[utoipa::path(get, path = "/api/v1/logs", tag = "observability",
@@ -291,7 +331,7 @@ pub async fn list_logs(
             items: page
                 .items
                 .into_iter()
-                .map(|row| call_view(row, &state.currency))
+                .map(|row| call_view(row, &state.currency, &visible))
                 .collect(),
             next_after: page.next_after,
         };
@@ -313,7 +353,7 @@ pub async fn list_logs(
         rows.extend(
             page.items
                 .into_iter()
-                .map(|row| call_view(row, &state.currency)),
+                .map(|row| call_view(row, &state.currency, &visible)),
         );
         match page.next_after {
             Some(next) if rows.len() < EXPORT_MAX_ROWS => after = Some(next),
@@ -331,7 +371,19 @@ enum Format {
 }
 
 /// One field of a CSV line (RFC 4180).
+///
+/// A cell that a spreadsheet would read as a formula (`=`, `+`, `-`, `@`,
+/// tab or carriage return first) gets a leading `'`: hosts, paths and
+/// reasons come from callers.
 pub(crate) fn csv_field(out: &mut String, value: &str) {
+    let guarded;
+    let value =
+        if value.starts_with(['=', '+', '-', '@', '\t', '\r']) && value.parse::<f64>().is_err() {
+            guarded = format!("'{value}");
+            guarded.as_str()
+        } else {
+            value
+        };
     if value.contains([',', '"', '\n', '\r']) {
         out.push('"');
         out.push_str(&value.replace('"', "\"\""));
@@ -622,7 +674,7 @@ fn rollup_query<'a>(
     params: &'a ListParams,
     visible: &'a store::Visible,
     q: &Question,
-    granularity: Granularity,
+    (granularity, latency): (Granularity, bool),
     (from_ms, to_ms, interval_ms): (i64, i64, i64),
 ) -> RollupQuery<'a> {
     RollupQuery {
@@ -635,6 +687,7 @@ fn rollup_query<'a>(
         service: params.filter("service"),
         app: params.filter("app"),
         team: params.filter("team"),
+        latency,
     }
 }
 
@@ -696,7 +749,7 @@ pub async fn summary(
             &params,
             &visible,
             &q,
-            granularity,
+            (granularity, true),
             (from_ms, to_ms, to_ms - from_ms),
         );
         for slot in state.store.rollups(&query).await? {
@@ -818,7 +871,13 @@ pub async fn timeseries(
         &params,
         &visible,
         &q,
-        granularity,
+        (
+            granularity,
+            matches!(
+                metric,
+                Metric::LatencyP50 | Metric::LatencyP95 | Metric::LatencyP99
+            ),
+        ),
         (q.from_ms, q.to_ms, interval_ms),
     );
     let slots = state.store.rollups(&query).await?;
@@ -876,4 +935,26 @@ pub async fn metrics(
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
     Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::csv_field;
+
+    fn cell(value: &str) -> String {
+        let mut out = String::new();
+        csv_field(&mut out, value);
+        out
+    }
+
+    #[test]
+    fn csv_cells_are_quoted_and_never_formulas() {
+        assert_eq!(cell("plain"), "plain");
+        assert_eq!(cell("a,b"), "\"a,b\"");
+        assert_eq!(cell("say \"hi\""), "\"say \"\"hi\"\"\"");
+        assert_eq!(cell("=HYPERLINK(\"x\")"), "\"'=HYPERLINK(\"\"x\"\")\"");
+        assert_eq!(cell("@SUM(A1)"), "'@SUM(A1)");
+        assert_eq!(cell("-12.5"), "-12.5", "numbers stay numbers");
+        assert_eq!(cell("-cmd"), "'-cmd");
+    }
 }

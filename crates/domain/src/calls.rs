@@ -14,6 +14,13 @@ pub const LATENCY_BUCKETS_US: [u64; 15] = [
 /// Number of latency buckets (the bounds above plus the overflow bucket).
 pub const LATENCY_BUCKET_COUNT: usize = LATENCY_BUCKETS_US.len() + 1;
 
+/// Adds the counts of `other` to `buckets`.
+pub fn add_buckets(buckets: &mut [u64; LATENCY_BUCKET_COUNT], other: &[u64; LATENCY_BUCKET_COUNT]) {
+    for (mine, theirs) in buckets.iter_mut().zip(other) {
+        *mine += theirs;
+    }
+}
+
 /// The bucket a latency falls in.
 pub fn latency_bucket(latency_us: u64) -> usize {
     LATENCY_BUCKETS_US.partition_point(|&bound| bound < latency_us)
@@ -102,6 +109,90 @@ pub struct CallEntry {
     /// Headers and the first bytes of the bodies, for services that log
     /// them (secrets redacted).
     pub bodies: Option<Box<CallBodies>>,
+    /// The route's pattern (`/weather/forecast/{city}`), for trace span
+    /// names; not stored.
+    pub http_route: Option<String>,
+    /// The call's span, when traces are exported; not stored.
+    pub trace: Option<TraceIds>,
+}
+
+/// A call's place in a W3C trace: the trace, the gateway's span for the
+/// call, and the caller's span when the request carried `traceparent`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceIds {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    pub parent_span_id: Option<[u8; 8]>,
+}
+
+impl TraceIds {
+    /// A span for a request whose `traceparent` header is `incoming` (a
+    /// new trace when absent or malformed); `random` supplies the new ids.
+    pub fn for_request(incoming: Option<&[u8]>, random: impl Fn() -> u64) -> Self {
+        let span_id = random().to_be_bytes();
+        if let Some((trace_id, parent)) = incoming.and_then(parse_traceparent) {
+            return Self {
+                trace_id,
+                span_id,
+                parent_span_id: Some(parent),
+            };
+        }
+        let mut trace_id = [0u8; 16];
+        trace_id[..8].copy_from_slice(&random().to_be_bytes());
+        trace_id[8..].copy_from_slice(&random().to_be_bytes());
+        Self {
+            trace_id,
+            span_id,
+            parent_span_id: None,
+        }
+    }
+
+    /// `traceparent` for the upstream: this span as the parent, sampled.
+    pub fn traceparent(&self) -> String {
+        format!("00-{}-{}-01", hex(&self.trace_id), hex(&self.span_id))
+    }
+}
+
+/// Lower-case hex.
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        out.push(DIGITS[usize::from(byte >> 4)] as char);
+        out.push(DIGITS[usize::from(byte & 15)] as char);
+    }
+    out
+}
+
+fn unhex<const N: usize>(text: &[u8]) -> Option<[u8; N]> {
+    if text.len() != N * 2 {
+        return None;
+    }
+    let digit = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    };
+    let mut out = [0u8; N];
+    for (index, pair) in text.chunks(2).enumerate() {
+        out[index] = digit(pair[0])? << 4 | digit(pair[1])?;
+    }
+    Some(out)
+}
+
+/// W3C `traceparent` (`00-<trace id>-<parent id>-<flags>`): the trace and
+/// parent span ids, unless malformed or all zeros.
+pub fn parse_traceparent(value: &[u8]) -> Option<([u8; 16], [u8; 8])> {
+    let mut parts = value.split(|&b| b == b'-');
+    let version = parts.next()?;
+    let trace = unhex::<16>(parts.next()?)?;
+    let parent = unhex::<8>(parts.next()?)?;
+    let flags = parts.next()?;
+    let version_ok = version.len() == 2 && version != b"ff";
+    if !version_ok || flags.len() != 2 || (version == b"00" && parts.next().is_some()) {
+        return None;
+    }
+    (trace != [0; 16] && parent != [0; 8]).then_some((trace, parent))
 }
 
 /// What a service that logs bodies keeps of a call.
@@ -136,77 +227,94 @@ pub const REDACTED_FIELDS: [&str; 12] = [
     "card_number",
 ];
 
-fn field_matches(name: &str, wanted: &str) -> bool {
-    let normal = |c: char| {
-        if c == '-' {
-            '_'
-        } else {
-            c.to_ascii_lowercase()
-        }
-    };
-    name.len() == wanted.len() && name.chars().map(normal).eq(wanted.chars().map(normal))
+/// A field name as compared: lower case, `-` as `_`.
+fn normal(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c == '-' {
+                '_'
+            } else {
+                c.to_ascii_lowercase()
+            }
+        })
+        .collect()
 }
 
-fn redact_value(value: &mut serde_json::Value, extra: &[String]) {
+fn redact_value(value: &mut serde_json::Value, fields: &[String]) {
     match value {
         serde_json::Value::Object(map) => {
             for (name, field) in map.iter_mut() {
-                let secret = REDACTED_FIELDS.iter().any(|w| field_matches(name, w))
-                    || extra.iter().any(|w| field_matches(name, w));
-                if secret {
+                if fields.contains(&normal(name)) {
                     *field = serde_json::Value::String("[redacted]".into());
                 } else {
-                    redact_value(field, extra);
+                    redact_value(field, fields);
                 }
             }
         }
         serde_json::Value::Array(items) => {
             for item in items {
-                redact_value(item, extra);
+                redact_value(item, fields);
             }
         }
-        serde_json::Value::String(text) if looks_like_key(text) => {
+        serde_json::Value::String(text) if holds_key(text) => {
             *text = "[redacted]".into();
         }
         _ => {}
     }
 }
 
-/// Tollgate API keys and bearer tokens in free text.
-fn looks_like_key(text: &str) -> bool {
-    text.starts_with("tg_live_") || text.starts_with("tg_test_") || text.starts_with("Bearer ")
+/// Tollgate API keys and bearer tokens, anywhere in a text.
+fn holds_key(text: &str) -> bool {
+    let lower = text.to_ascii_lowercase();
+    lower.contains("tg_live_") || lower.contains("tg_test_") || lower.contains("bearer ")
 }
 
 /// A captured body as stored: a whole JSON document with its secret
-/// fields (the built-in [`REDACTED_FIELDS`] and `extra`) and key-like
-/// strings replaced by `"[redacted]"`; other UTF-8 text as it is unless
-/// it may hold a secret (a field name or a key), then withheld; binary
-/// data as its length. `None` for an empty body.
+/// fields (the built-in [`REDACTED_FIELDS`] and `extra`; by name at any
+/// depth, without case, `-` and `_` alike) and key-like strings replaced
+/// by `"[redacted]"`; other UTF-8 text as it is unless it may hold a
+/// secret (a field name or a key), then withheld; binary data as its
+/// length. A character cut at the end by the size cap is dropped. `None`
+/// for an empty body.
 pub fn redact_body(bytes: &[u8], extra: &[String]) -> Option<String> {
     if bytes.is_empty() {
         return None;
     }
+    let fields: Vec<String> = REDACTED_FIELDS
+        .iter()
+        .map(|field| normal(field))
+        .chain(extra.iter().map(|field| normal(field)))
+        .collect();
     if let Ok(mut value) = serde_json::from_slice::<serde_json::Value>(bytes) {
-        redact_value(&mut value, extra);
+        redact_value(&mut value, &fields);
         return Some(value.to_string());
     }
-    let Ok(text) = std::str::from_utf8(bytes) else {
-        return Some(format!("[binary: {} bytes not shown]", bytes.len()));
+    let text = match std::str::from_utf8(bytes) {
+        Ok(text) => text,
+        // Only the last character was cut by the size cap.
+        Err(error) if error.error_len().is_none() => {
+            std::str::from_utf8(&bytes[..error.valid_up_to()]).unwrap_or_default()
+        }
+        Err(_) => return Some(format!("[binary: {} bytes not shown]", bytes.len())),
     };
-    let lower = text.to_ascii_lowercase();
-    let risky = text.contains("tg_live_")
-        || text.contains("tg_test_")
-        || REDACTED_FIELDS.iter().any(|field| lower.contains(field))
-        || extra
+    let normalised = normal(text);
+    if holds_key(text)
+        || fields
             .iter()
-            .any(|field| lower.contains(&field.to_ascii_lowercase()));
-    if risky {
+            .any(|field| normalised.contains(field.as_str()))
+    {
         return Some(format!(
             "[withheld: {} bytes of text that is not a whole JSON document and may hold a secret]",
             bytes.len()
         ));
     }
-    Some(text.to_owned())
+    // PostgreSQL's text refuses NUL.
+    Some(text.replace('\0', ""))
+}
+
+/// Microseconds as milliseconds, for people.
+pub fn millis(micros: u64) -> f64 {
+    micros as f64 / 1000.0
 }
 
 #[cfg(test)]
@@ -242,6 +350,31 @@ mod tests {
                 .starts_with("[binary")
         );
         assert_eq!(redact_body(b"", &extra), None);
+    }
+
+    #[test]
+    fn traceparent_is_read_and_written() {
+        let incoming = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let ids = TraceIds::for_request(Some(incoming), || 0x0102_0304_0506_0708);
+        assert_eq!(hex(&ids.trace_id), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(
+            ids.parent_span_id.map(|p| hex(&p)).as_deref(),
+            Some("00f067aa0ba902b7")
+        );
+        assert_eq!(
+            ids.traceparent(),
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0102030405060708-01"
+        );
+        for bad in [
+            &b"00-00000000000000000000000000000000-00f067aa0ba902b7-01"[..],
+            b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            b"ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            b"00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+        ] {
+            let ids = TraceIds::for_request(Some(bad), || 7);
+            assert_eq!(ids.parent_span_id, None, "{}", String::from_utf8_lossy(bad));
+        }
     }
 
     #[test]

@@ -81,6 +81,8 @@ pub struct CallRecord {
     pub completed: bool,
     /// Headers and bodies, for services that log them.
     pub capture: Option<Box<Capture>>,
+    /// The call's trace span, when traces are exported.
+    pub trace: Option<domain::calls::TraceIds>,
 }
 
 /// The first bytes of a body, and how long it was.
@@ -151,12 +153,28 @@ pub struct Capture {
     pub response_body: BodyBytes,
 }
 
+/// A service's `log_bodies`, compiled once with its snapshot.
+#[derive(Debug)]
+pub struct BodyLogRt {
+    pub max_bytes: usize,
+    pub redact_fields: Arc<[String]>,
+}
+
+impl BodyLogRt {
+    pub fn compile(spec: &domain::model::BodyLogSpec) -> Self {
+        Self {
+            max_bytes: spec.max_bytes as usize,
+            redact_fields: spec.redact_fields.clone().into(),
+        }
+    }
+}
+
 impl Capture {
-    pub(crate) fn new(spec: &domain::model::BodyLogSpec, request: &http::HeaderMap) -> Self {
-        let limit = spec.max_bytes as usize;
+    pub(crate) fn new(spec: &BodyLogRt, request: &http::HeaderMap) -> Self {
+        let limit = spec.max_bytes;
         Self {
             limit,
-            redact_fields: spec.redact_fields.clone().into(),
+            redact_fields: spec.redact_fields.clone(),
             request_headers: header_lines(request),
             request_tap: Tap {
                 bytes: Arc::default(),
@@ -235,6 +253,8 @@ impl CallRecord {
             output_tokens: 0,
             ttft_us: None,
             completed: self.completed,
+            http_route: route.map(|r| r.pattern.clone()),
+            trace: self.trace,
             bodies: self.capture.as_deref().map(|capture| {
                 let request = capture.request_body();
                 Box::new(domain::calls::CallBodies {
@@ -291,6 +311,7 @@ impl CallRecord {
             problem: None,
             completed: false,
             capture: None,
+            trace: None,
         }
     }
 

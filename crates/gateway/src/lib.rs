@@ -73,6 +73,9 @@ pub struct GatewayOptions {
     /// Queue every metered call for the usage export (not only priced
     /// ones).
     pub export_usage: bool,
+    /// Give each call a W3C trace span (continuing the caller's
+    /// `traceparent`, passing it on to the upstream) for the trace export.
+    pub trace: bool,
 }
 
 impl Default for GatewayOptions {
@@ -89,6 +92,7 @@ impl Default for GatewayOptions {
             currency: "USD".into(),
             strict_charges: false,
             export_usage: false,
+            trace: false,
         }
     }
 }

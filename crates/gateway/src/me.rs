@@ -252,12 +252,15 @@ fn markup(text: &str) -> String {
     out
 }
 
-/// Finds logged calls by request id (the binary reads its call log), for
-/// `GET /_tollgate/requests/<id>`. Off the hot path.
+/// Finds an app's logged calls by request id (the binary reads its call
+/// log), for `GET /_tollgate/requests/<id>`. Off the hot path.
 pub trait CallLookup: Send + Sync {
+    /// The calls of `app` (of `team`) with `request_id`, newest first.
     fn find<'a>(
         &'a self,
         request_id: &'a str,
+        team: &'a str,
+        app: &'a str,
     ) -> std::pin::Pin<
         Box<dyn std::future::Future<Output = Vec<domain::calls::CallEntry>> + Send + 'a>,
     >;
@@ -289,14 +292,7 @@ pub(crate) async fn request<B>(
     if request_id.is_empty() || request_id.len() > 128 {
         return Err(not_found());
     }
-    let calls = lookup.find(request_id).await;
-    let own: Vec<_> = calls
-        .into_iter()
-        .filter(|call| {
-            call.app.as_deref() == Some(key.app.slug.as_str())
-                && call.consumer_team.as_deref() == Some(key.app.team.as_str())
-        })
-        .collect();
+    let own = lookup.find(request_id, &key.app.team, &key.app.slug).await;
     let Some(call) = own.first() else {
         return Err(not_found());
     };
@@ -321,7 +317,7 @@ pub(crate) async fn request<B>(
         None if call.status >= 500 => json!({"outcome": "upstream_failed", "code": null}),
         None => json!({"outcome": "answered", "code": null}),
     };
-    let millis = |us: u64| us as f64 / 1000.0;
+    let millis = domain::calls::millis;
     let body = json!({
         "request_id": call.request_id,
         "time": format_time_ms(call.at_ms),

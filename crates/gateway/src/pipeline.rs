@@ -45,6 +45,7 @@ static SUNSET: HeaderName = HeaderName::from_static("sunset");
 static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 static TOLLGATE_BALANCE: HeaderName = HeaderName::from_static("tollgate-balance");
 /// Identity headers the gateway sets for the upstream; a client's own are
 /// dropped so they cannot be forged.
@@ -93,6 +94,8 @@ pub(crate) struct Trace {
     pub cost_nanos: i64,
     /// Headers and bodies, for services that log them.
     pub capture: Option<Box<crate::calls::Capture>>,
+    /// The call's trace span (traces exported).
+    pub ids: Option<domain::calls::TraceIds>,
 }
 
 impl RequestContext {
@@ -133,6 +136,15 @@ pub(crate) async fn handle(
         record
     });
     let mut trace = Trace::default();
+    if shared.options.trace && record.is_some() {
+        trace.ids = Some(domain::calls::TraceIds::for_request(
+            request
+                .headers()
+                .get(&TRACEPARENT)
+                .map(HeaderValue::as_bytes),
+            || fastrand::u64(1..),
+        ));
+    }
     let mut refused = None;
     let mut response = match run(shared, &mut context, &mut trace, request).await {
         Ok(response) => response,
@@ -147,6 +159,7 @@ pub(crate) async fn handle(
         record.target = trace.target;
         record.cost_nanos = trace.cost_nanos;
         record.capture = trace.capture.take();
+        record.trace = trace.ids;
         record.status = response.status().as_u16();
         record.code = refused;
         match response.body_mut() {
@@ -587,6 +600,12 @@ async fn forward(
     let mut reservation = admission.reservation;
     append_forwarded(&mut headers, &context.peer.ip_header, original_host);
     headers.insert(X_REQUEST_ID.clone(), context.request_id.clone());
+    if let Some(ids) = &trace.ids
+        && let Ok(value) = HeaderValue::from_str(&ids.traceparent())
+    {
+        // This call's span is the upstream's parent.
+        headers.insert(TRACEPARENT.clone(), value);
+    }
     route.request_headers.apply(&mut headers);
 
     let per_try_limit = retry

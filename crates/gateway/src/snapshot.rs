@@ -159,7 +159,7 @@ pub struct ServiceRt {
     /// Per-request payment terms (x402), when the service takes them.
     pub x402: Option<Arc<crate::x402::X402Rt>>,
     /// Body capture for the call log, when the service asks for it.
-    pub log_bodies: Option<domain::model::BodyLogSpec>,
+    pub log_bodies: Option<crate::calls::BodyLogRt>,
 }
 
 #[derive(Debug, Clone)]
@@ -282,7 +282,11 @@ pub fn compile(
                     lifecycle: service.lifecycle,
                     deprecation,
                     upstream,
-                    log_bodies: service.spec.log_bodies.clone(),
+                    log_bodies: service
+                        .spec
+                        .log_bodies
+                        .as_ref()
+                        .map(crate::calls::BodyLogRt::compile),
                     x402: service.spec.x402.as_ref().map(|spec| {
                         Arc::new(crate::x402::X402Rt::compile(
                             spec,

@@ -110,7 +110,7 @@ pub struct RollupValues {
 impl RollupValues {
     /// Counts one call.
     pub fn add_call(&mut self, entry: &CallEntry) {
-        let clamp = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
+        let clamp = unsigned;
         self.requests += 1;
         self.latency_sum_us = self.latency_sum_us.saturating_add(clamp(entry.latency_us));
         self.upstream_sum_us = self
@@ -136,9 +136,7 @@ impl RollupValues {
         self.input_tokens = self.input_tokens.saturating_add(other.input_tokens);
         self.output_tokens = self.output_tokens.saturating_add(other.output_tokens);
         self.cost_nanos = self.cost_nanos.saturating_add(other.cost_nanos);
-        for (mine, theirs) in self.latency_buckets.iter_mut().zip(other.latency_buckets) {
-            *mine += theirs;
-        }
+        domain::calls::add_buckets(&mut self.latency_buckets, &other.latency_buckets);
     }
 }
 
@@ -214,6 +212,8 @@ pub struct RollupQuery<'a> {
     pub app: Option<&'a str>,
     /// Calls by this team's apps or to its services.
     pub team: Option<&'a str>,
+    /// Sum the latency buckets too (percentiles); else they read 0.
+    pub latency: bool,
 }
 
 /// One slot (and group) of an analytics answer.
@@ -238,6 +238,18 @@ macro_rules! call_columns {
     };
 }
 const CALL_COLUMNS: &str = call_columns!();
+
+/// The rollup columns that add up (besides the latency buckets).
+const SUMMED: [&str; 8] = [
+    "requests",
+    "latency_sum_us",
+    "upstream_sum_us",
+    "bytes_in",
+    "bytes_out",
+    "input_tokens",
+    "output_tokens",
+    "cost_nanos",
+];
 
 /// Rows per multi-row `INSERT` of calls on SQLite.
 const CALLS_PER_STATEMENT: usize = 250;
@@ -269,6 +281,63 @@ fn push_number(out: &mut String, value: Option<i64>) {
     }
 }
 
+/// A value of a call row, for either insert path.
+enum Value<'a> {
+    Text(Option<&'a str>),
+    Number(Option<i64>),
+}
+
+/// A call's 30 values, in the order of [`CALL_COLUMNS`].
+fn values(row: &CallRow) -> [Value<'_>; 30] {
+    use Value::{Number, Text};
+    let e = &row.entry;
+    [
+        Text(Some(&row.id)),
+        Text(Some(&e.request_id)),
+        Number(Some(e.at_ms)),
+        Text(Some(&e.method)),
+        Text(e.host.as_deref()),
+        Text(Some(&e.path)),
+        Number(Some(i64::from(e.status))),
+        Text(e.code.as_deref()),
+        Number(Some(unsigned(e.latency_us))),
+        Number(e.upstream_latency_us.map(unsigned)),
+        Number(Some(unsigned(e.bytes_in))),
+        Number(Some(unsigned(e.bytes_out))),
+        Text(Some(&e.client_ip)),
+        Text(e.consumer_team.as_deref()),
+        Text(e.app.as_deref()),
+        Text(e.key_prefix.as_deref()),
+        Text(e.subscription_id.as_deref()),
+        Text(e.plan.as_deref()),
+        Text(e.provider_team.as_deref()),
+        Text(e.service.as_deref()),
+        Text(e.route_id.as_deref()),
+        Text(e.upstream_target.as_deref()),
+        Number(Some(e.cost_nanos)),
+        Text(e.problem.as_deref()),
+        Text(e.provider.as_deref()),
+        Text(e.model.as_deref()),
+        Number(Some(unsigned(e.input_tokens))),
+        Number(Some(unsigned(e.output_tokens))),
+        Number(e.ttft_us.map(unsigned)),
+        Number(Some(i64::from(e.completed))),
+    ]
+}
+
+/// Appends ` AND <template>` to `sql`, its `?` (each one) standing for
+/// `value`, bound as the next parameter.
+fn add_condition<'a>(
+    sql: &mut String,
+    values: &mut Vec<Value<'a>>,
+    template: &str,
+    value: Value<'a>,
+) {
+    values.push(value);
+    sql.push_str(" AND ");
+    sql.push_str(&template.replace('?', &format!("${}", values.len())));
+}
+
 /// One `INSERT` of `rows` with their values written as literals.
 fn literal_insert(rows: &[CallRow]) -> String {
     let mut sql = String::with_capacity(128 + rows.len() * 400);
@@ -278,64 +347,16 @@ fn literal_insert(rows: &[CallRow]) -> String {
         ") VALUES "
     ));
     for (index, row) in rows.iter().enumerate() {
-        let e = &row.entry;
         sql.push_str(if index == 0 { "(" } else { ", (" });
-        push_text(&mut sql, Some(&row.id));
-        sql.push(',');
-        push_text(&mut sql, Some(&e.request_id));
-        sql.push(',');
-        push_number(&mut sql, Some(e.at_ms));
-        sql.push(',');
-        push_text(&mut sql, Some(&e.method));
-        sql.push(',');
-        push_text(&mut sql, e.host.as_deref());
-        sql.push(',');
-        push_text(&mut sql, Some(&e.path));
-        sql.push(',');
-        push_number(&mut sql, Some(i64::from(e.status)));
-        sql.push(',');
-        push_text(&mut sql, e.code.as_deref());
-        sql.push(',');
-        push_number(&mut sql, Some(unsigned(e.latency_us)));
-        sql.push(',');
-        push_number(&mut sql, e.upstream_latency_us.map(unsigned));
-        sql.push(',');
-        push_number(&mut sql, Some(unsigned(e.bytes_in)));
-        sql.push(',');
-        push_number(&mut sql, Some(unsigned(e.bytes_out)));
-        sql.push(',');
-        for value in [
-            Some(e.client_ip.as_str()),
-            e.consumer_team.as_deref(),
-            e.app.as_deref(),
-            e.key_prefix.as_deref(),
-            e.subscription_id.as_deref(),
-            e.plan.as_deref(),
-            e.provider_team.as_deref(),
-            e.service.as_deref(),
-            e.route_id.as_deref(),
-            e.upstream_target.as_deref(),
-        ] {
-            push_text(&mut sql, value);
-            sql.push(',');
+        for (column, value) in values(row).into_iter().enumerate() {
+            if column > 0 {
+                sql.push(',');
+            }
+            match value {
+                Value::Text(text) => push_text(&mut sql, text),
+                Value::Number(number) => push_number(&mut sql, number),
+            }
         }
-        push_number(&mut sql, Some(e.cost_nanos));
-        sql.push(',');
-        for value in [
-            e.problem.as_deref(),
-            e.provider.as_deref(),
-            e.model.as_deref(),
-        ] {
-            push_text(&mut sql, value);
-            sql.push(',');
-        }
-        push_number(&mut sql, Some(unsigned(e.input_tokens)));
-        sql.push(',');
-        push_number(&mut sql, Some(unsigned(e.output_tokens)));
-        sql.push(',');
-        push_number(&mut sql, e.ttft_us.map(unsigned));
-        sql.push(',');
-        push_number(&mut sql, Some(i64::from(e.completed)));
         sql.push(')');
     }
     sql.push_str(" ON CONFLICT (id) DO NOTHING");
@@ -346,8 +367,13 @@ fn unsigned(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
+/// A column holding a count (never negative).
+fn count(row: &AnyRow, column: &str) -> Result<u64> {
+    Ok(u64::try_from(int(row, column)?).unwrap_or(0))
+}
+
 fn call_from(row: &AnyRow) -> Result<CallRow> {
-    let count = |column: &str| -> Result<u64> { Ok(u64::try_from(int(row, column)?).unwrap_or(0)) };
+    let count = |column: &str| count(row, column);
     let maybe = |column: &str| -> Result<Option<u64>> {
         Ok(row
             .try_get::<Option<i64>, _>(column)?
@@ -386,6 +412,8 @@ fn call_from(row: &AnyRow) -> Result<CallRow> {
             ttft_us: maybe("ttft_us")?,
             completed: int(row, "completed")? != 0,
             bodies: None,
+            http_route: None,
+            trace: None,
         },
     })
 }
@@ -430,46 +458,20 @@ impl WriteTx {
             return Ok(());
         }
         for row in rows {
-            let e = &row.entry;
-            sqlx::query(concat!(
+            let mut query = sqlx::query(concat!(
                 "INSERT INTO call_logs (",
                 call_columns!(),
                 ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
                  $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30) \
                  ON CONFLICT (id) DO NOTHING"
-            ))
-            .bind(&row.id)
-            .bind(&e.request_id)
-            .bind(e.at_ms)
-            .bind(&e.method)
-            .bind(e.host.as_deref())
-            .bind(&e.path)
-            .bind(i64::from(e.status))
-            .bind(e.code.as_deref())
-            .bind(unsigned(e.latency_us))
-            .bind(e.upstream_latency_us.map(unsigned))
-            .bind(unsigned(e.bytes_in))
-            .bind(unsigned(e.bytes_out))
-            .bind(&e.client_ip)
-            .bind(e.consumer_team.as_deref())
-            .bind(e.app.as_deref())
-            .bind(e.key_prefix.as_deref())
-            .bind(e.subscription_id.as_deref())
-            .bind(e.plan.as_deref())
-            .bind(e.provider_team.as_deref())
-            .bind(e.service.as_deref())
-            .bind(e.route_id.as_deref())
-            .bind(e.upstream_target.as_deref())
-            .bind(e.cost_nanos)
-            .bind(e.problem.as_deref())
-            .bind(e.provider.as_deref())
-            .bind(e.model.as_deref())
-            .bind(unsigned(e.input_tokens))
-            .bind(unsigned(e.output_tokens))
-            .bind(e.ttft_us.map(unsigned))
-            .bind(i64::from(e.completed))
-            .execute(&mut *self.tx)
-            .await?;
+            ));
+            for value in values(row) {
+                query = match value {
+                    Value::Text(text) => query.bind(text),
+                    Value::Number(number) => query.bind(number),
+                };
+            }
+            query.execute(&mut *self.tx).await?;
         }
         Ok(())
     }
@@ -489,19 +491,7 @@ impl WriteTx {
             .collect::<Vec<_>>()
             .join(", ");
         let add = |column: &str| format!("{column} = {table}.{column} + excluded.{column}");
-        let mut sums = [
-            "requests",
-            "latency_sum_us",
-            "upstream_sum_us",
-            "bytes_in",
-            "bytes_out",
-            "input_tokens",
-            "output_tokens",
-            "cost_nanos",
-        ]
-        .iter()
-        .map(|c| add(c))
-        .collect::<Vec<_>>();
+        let mut sums = SUMMED.iter().map(|c| add(c)).collect::<Vec<_>>();
         sums.extend(buckets.iter().map(|c| add(c)));
         let sql = format!(
             "INSERT INTO {table} (bucket_ms, provider_team, consumer_team, service, app, model, status, \
@@ -557,44 +547,76 @@ impl Store {
         {
             ceiling = before.to_owned();
         }
-        let sql = format!(
-            "SELECT {CALL_COLUMNS} FROM call_logs WHERE id >= $1 AND id < $2 \
-             AND ($3 = '' OR consumer_team = $3 OR provider_team = $3) AND ($4 = '' OR app = $4) \
-             AND ($5 = '' OR key_prefix = $5) AND ($6 = '' OR service = $6) \
-             AND ($7 = '' OR route_id = $7) AND ($8 < 0 OR status = $8) AND ($9 = '' OR code = $9) \
-             AND ($10 = '' OR model = $10) AND ($11 = '' OR request_id = $11) \
-             AND ({} OR {}) ORDER BY id DESC LIMIT $13",
-            visible_sql!("consumer_team", "12"),
-            visible_sql!("provider_team", "12"),
-        );
-        // Audited: only this module's column names are formatted in.
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(floor)
-            .bind(ceiling)
-            .bind(filter.team.unwrap_or(""))
-            .bind(filter.app.unwrap_or(""))
-            .bind(filter.key_prefix.unwrap_or(""))
-            .bind(filter.service.unwrap_or(""))
-            .bind(filter.route_id.unwrap_or(""))
-            .bind(filter.status.unwrap_or(-1))
-            .bind(filter.code.unwrap_or(""))
-            .bind(filter.model.unwrap_or(""))
-            .bind(filter.request_id.unwrap_or(""))
-            .bind(visible.param())
-            .bind(fetch_limit(limit))
-            .fetch_all(&self.pool)
-            .await?;
+        // Only the filters given are written into the statement, so the
+        // planner sees plain equalities and uses the request id and team
+        // indexes.
+        let mut values: Vec<Value<'_>> =
+            vec![Value::Text(Some(&floor)), Value::Text(Some(&ceiling))];
+        let mut sql = format!("SELECT {CALL_COLUMNS} FROM call_logs WHERE id >= $1 AND id < $2");
+        let texts = [
+            ("request_id = ?", filter.request_id),
+            ("(consumer_team = ? OR provider_team = ?)", filter.team),
+            ("app = ?", filter.app),
+            ("key_prefix = ?", filter.key_prefix),
+            ("service = ?", filter.service),
+            ("route_id = ?", filter.route_id),
+            ("code = ?", filter.code),
+            ("model = ?", filter.model),
+        ];
+        for (template, value) in texts {
+            if let Some(value) = value {
+                add_condition(&mut sql, &mut values, template, Value::Text(Some(value)));
+            }
+        }
+        if let Some(status) = filter.status {
+            add_condition(
+                &mut sql,
+                &mut values,
+                "status = ?",
+                Value::Number(Some(status)),
+            );
+        }
+        if !visible.is_all() {
+            add_condition(
+                &mut sql,
+                &mut values,
+                "((',' || ? || ',') LIKE ('%,' || consumer_team || ',%') \
+                 OR (',' || ? || ',') LIKE ('%,' || provider_team || ',%'))",
+                Value::Text(Some(visible.param())),
+            );
+        }
+        values.push(Value::Number(Some(fetch_limit(limit))));
+        sql.push_str(&format!(" ORDER BY id DESC LIMIT ${}", values.len()));
+        // Audited: only this module's fixed fragments are formatted in;
+        // every value is bound.
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for value in values {
+            query = match value {
+                Value::Text(text) => query.bind(text),
+                Value::Number(number) => query.bind(number),
+            };
+        }
+        let rows = query.fetch_all(&self.pool).await?;
         let items = rows.iter().map(call_from).collect::<Result<Vec<_>>>()?;
         Ok(page_of(items, limit, |row| &row.id))
     }
 
-    /// The calls that carried `request_id` (clients may reuse one), newest
-    /// first, at most `limit`.
-    pub async fn calls_by_request(&self, request_id: &str, limit: i64) -> Result<Vec<CallRow>> {
+    /// The calls of `app` (of `team`) that carried `request_id` (clients
+    /// may reuse one), newest first, at most `limit`.
+    pub async fn calls_by_request(
+        &self,
+        request_id: &str,
+        team: &str,
+        app: &str,
+        limit: i64,
+    ) -> Result<Vec<CallRow>> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {CALL_COLUMNS} FROM call_logs WHERE request_id = $1 ORDER BY id DESC LIMIT $2"
+            "SELECT {CALL_COLUMNS} FROM call_logs WHERE request_id = $1 AND consumer_team = $2 \
+             AND app = $3 ORDER BY id DESC LIMIT $4"
         )))
         .bind(request_id)
+        .bind(team)
+        .bind(app)
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
@@ -617,9 +639,7 @@ impl Store {
             .fetch_optional(&self.pool)
             .await?;
         if let Some(row) = bodies {
-            let bytes = |column: &str| -> Result<u64> {
-                Ok(u64::try_from(int(&row, column)?).unwrap_or(0))
-            };
+            let bytes = |column: &str| count(&row, column);
             call.entry.bodies = Some(Box::new(domain::calls::CallBodies {
                 request_headers: text(&row, "request_headers")?,
                 request_body: opt_text(&row, "request_body")?,
@@ -679,25 +699,20 @@ impl Store {
     pub async fn rollups(&self, query: &RollupQuery<'_>) -> Result<Vec<RollupSlot>> {
         let group = query.group_by.map_or("''", GroupBy::column);
         let sum = |column: &str| format!("CAST(SUM({column}) AS BIGINT) AS {column}");
-        let mut sums = [
-            "requests",
-            "latency_sum_us",
-            "upstream_sum_us",
-            "bytes_in",
-            "bytes_out",
-            "input_tokens",
-            "output_tokens",
-            "cost_nanos",
-        ]
-        .iter()
-        .map(|c| sum(c))
-        .collect::<Vec<_>>();
-        sums.extend((0..LATENCY_BUCKET_COUNT).map(|i| sum(&format!("h{i}"))));
+        let mut sums = SUMMED.iter().map(|c| sum(c)).collect::<Vec<_>>();
+        sums.extend((0..LATENCY_BUCKET_COUNT).map(|i| {
+            if query.latency {
+                sum(&format!("h{i}"))
+            } else {
+                format!("CAST(0 AS BIGINT) AS h{i}")
+            }
+        }));
         let sql = format!(
             "SELECT (bucket_ms - $1) / $3 AS slot, {group} AS grp, status, code, {} FROM {} \
              WHERE bucket_ms >= $1 AND bucket_ms < $2 AND ($4 = '' OR service = $4) \
              AND ($5 = '' OR app = $5) AND ($6 = '' OR consumer_team = $6 OR provider_team = $6) \
-             AND ({} OR {}) GROUP BY slot, grp, status, code ORDER BY slot, grp",
+             AND ((consumer_team <> '' AND {}) OR (provider_team <> '' AND {})) \
+             GROUP BY slot, grp, status, code ORDER BY slot, grp",
             sums.join(", "),
             query.granularity.table(),
             visible_sql!("consumer_team", "7"),

@@ -9,6 +9,8 @@
 //!   receives and can fail the first tries.
 //! - [`facilitator::FakeFacilitator`]: an x402 v2 facilitator (verify,
 //!   settle) over a pretend chain: balances, nonces used once.
+//! - [`collector::FakeCollector`]: an OpenTelemetry collector taking
+//!   OTLP/HTTP JSON trace exports.
 //! - [`stripe::FakeStripe`]: Stripe's Checkout API and its signed
 //!   webhook events.
 //! - [`python::python`]: a Python with the tests' pinned packages
@@ -18,6 +20,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod collector;
 pub mod facilitator;
 pub mod idp;
 pub mod python;

@@ -9,8 +9,10 @@
 //!
 //! Call metrics (402s, 5xx rate, p95 latency) are read from this node's
 //! window of recent calls ([`Metrics::recent`]); with several nodes each
-//! judges the calls it served. Wallets, subscriptions and upstream health
-//! come from the gateway's state, which every node shares.
+//! judges the calls it served, under a subject of its own
+//! (`calls@<host>:<port>`), so nodes never resolve each other's alerts.
+//! Wallets, subscriptions and upstream health come from the gateway's
+//! state, which every node shares.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,8 +28,21 @@ use tokio::task::JoinHandle;
 
 use crate::metrics::{Metrics, RecentKey};
 
-/// The only subject of a rule over calls.
-const CALLS: &str = "calls";
+/// The subject of a rule over calls: this node's calls.
+fn calls_subject(node: &str) -> String {
+    format!("calls@{node}")
+}
+
+/// This node's name in call subjects: host name and gateway port, stable
+/// across restarts.
+pub fn node_name(gateway_port: u16) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    format!("{host}:{gateway_port}")
+}
 
 /// One subject of a rule, as evaluated now.
 #[derive(Debug, Clone, PartialEq)]
@@ -44,7 +59,7 @@ pub fn evaluate(
     rule: &AlertRule,
     metrics: &Metrics,
     gateway: &Gateway,
-    currency: &str,
+    (currency, node): (&str, &str),
     now_ms: i64,
 ) -> Vec<Verdict> {
     let spec = &rule.spec;
@@ -78,7 +93,7 @@ pub fn evaluate(
             _ => return Vec::new(),
         };
         return vec![Verdict {
-            subject: CALLS.to_owned(),
+            subject: calls_subject(node),
             firing,
             value,
             details: json!({"window_seconds": spec.window_seconds, "requests": counts.requests,
@@ -133,8 +148,9 @@ pub async fn check(
     store: &Store,
     metrics: &Metrics,
     gateway: &Gateway,
-    currency: &str,
+    (currency, node): (&str, &str),
 ) -> store::Result<usize> {
+    let own_calls = calls_subject(node);
     let now = domain::now_ms();
     let mut announced = 0;
     for rule in store.all_alerts().await? {
@@ -147,11 +163,12 @@ pub async fn check(
             .into_iter()
             .map(|state| (state.subject, state.firing))
             .collect();
-        let mut verdicts = evaluate(&rule, metrics, gateway, currency, now);
+        let mut verdicts = evaluate(&rule, metrics, gateway, (currency, node), now);
         // A firing subject that is gone (a target removed, a subscription
-        // renewed) is resolved.
+        // renewed) is resolved; other nodes' calls are theirs to judge.
         for (subject, firing) in &stored {
-            if *firing && !verdicts.iter().any(|v| &v.subject == subject) {
+            let others_calls = subject.starts_with("calls@") && *subject != own_calls;
+            if *firing && !others_calls && !verdicts.iter().any(|v| &v.subject == subject) {
                 verdicts.push(Verdict {
                     subject: subject.clone(),
                     firing: false,
@@ -215,7 +232,7 @@ pub fn spawn(
     store: Store,
     metrics: Arc<Metrics>,
     gateway: Gateway,
-    currency: String,
+    (currency, node): (String, String),
     every: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
@@ -225,7 +242,7 @@ pub fn spawn(
                 () = tokio::time::sleep(every) => {}
                 _ = shutdown.changed() => return,
             }
-            if let Err(error) = check(&store, &metrics, &gateway, &currency).await {
+            if let Err(error) = check(&store, &metrics, &gateway, (&currency, &node)).await {
                 tracing::warn!(%error, "alert evaluation failed; retrying");
             }
         }

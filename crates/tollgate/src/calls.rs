@@ -11,6 +11,9 @@
 //! At shutdown, after the gateway has finished its requests, it writes
 //! what is left.
 //!
+//! With `otel.endpoint` set, each call's span goes to the trace exporter
+//! ([`crate::otel`]) as well.
+//!
 //! The retention task deletes calls older than `calls.retention_days`,
 //! minute rollups older than `analytics.minute_retention_days` and hour
 //! rollups older than `analytics.hour_retention_days`, in bounded chunks,
@@ -29,6 +32,8 @@ use tokio::task::JoinHandle;
 use crate::metrics::Metrics;
 
 const GATHER: Duration = Duration::from_millis(200);
+/// Failed writes of one batch before it is dropped.
+const GIVE_UP_AFTER: u32 = 10;
 /// Calls written per transaction, at most.
 const BATCH: usize = 5_000;
 /// Batches (of up to 64 records each) the gateway may queue.
@@ -112,6 +117,7 @@ pub fn spawn_writer(
     store: Store,
     metrics: Arc<Metrics>,
     config: CallsConfig,
+    spans: Option<crate::otel::SpanSink>,
     drain: oneshot::Receiver<()>,
 ) -> (gateway::calls::CallSink, JoinHandle<()>) {
     let (sink, mut records) = mpsc::channel::<Vec<CallRecord>>(QUEUE_BATCHES);
@@ -120,8 +126,10 @@ pub fn spawn_writer(
         let mut draining = false;
         let mut pending = Pending::default();
         let mut failures = 0u32;
+        // The last take filled a batch: more may be queued, so no pause.
+        let mut backlog = false;
         loop {
-            if !draining {
+            if !draining && !backlog {
                 let pause = if failures == 0 {
                     GATHER
                 } else {
@@ -143,10 +151,17 @@ pub fn spawn_writer(
                     let entries: Vec<CallEntry> = batch.iter().map(CallRecord::entry).collect();
                     drop(batch);
                     metrics.observe(&entries);
+                    if let Some(sink) = &spans {
+                        let batch: Vec<_> = entries.iter().filter_map(crate::otel::span).collect();
+                        if !batch.is_empty() && sink.try_send(batch).is_err() {
+                            tracing::debug!("trace export queue full: spans dropped");
+                        }
+                    }
                     for entry in entries {
                         pending.add(entry, config.log);
                     }
                 }
+                backlog = taken >= BATCH;
             }
             if pending.is_empty() {
                 if draining {
@@ -161,10 +176,14 @@ pub fn spawn_writer(
                 }
                 Err(error) => {
                     failures += 1;
-                    tracing::warn!(%error, calls = pending.calls.len(), "call log write failed; retrying");
-                    if draining && failures > 3 {
-                        tracing::error!("call log: giving up on the last calls at shutdown");
-                        return;
+                    tracing::warn!(%error, calls = pending.calls.len(), failures, "call log write failed; retrying");
+                    // A batch the database keeps refusing must not stop
+                    // the log: it is dropped (and counted).
+                    if failures >= GIVE_UP_AFTER || (draining && failures > 3) {
+                        tracing::error!(calls = pending.calls.len(), %error, "call log: batch dropped");
+                        metrics.count_dropped(pending.calls.len().max(1) as u64);
+                        pending = Pending::default();
+                        failures = 0;
                     }
                 }
             }
@@ -233,9 +252,11 @@ impl gateway::me::CallLookup for StoreLookup {
     fn find<'a>(
         &'a self,
         request_id: &'a str,
+        team: &'a str,
+        app: &'a str,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<CallEntry>> + Send + 'a>> {
         Box::pin(async move {
-            match self.0.calls_by_request(request_id, 20).await {
+            match self.0.calls_by_request(request_id, team, app, 20).await {
                 Ok(rows) => rows.into_iter().map(|row| row.entry).collect(),
                 Err(error) => {
                     tracing::warn!(%error, "call log lookup failed");

@@ -39,6 +39,17 @@ pub struct RawConfig {
     pub analytics: RawAnalytics,
     #[serde(default)]
     pub alerts: RawAlerts,
+    #[serde(default)]
+    pub otel: RawOtel,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOtel {
+    /// An OTLP/HTTP collector (`http://127.0.0.1:4318`): one span per call.
+    pub endpoint: Option<String>,
+    /// `service.name` of the spans (default `tollgate`).
+    pub service_name: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -192,6 +203,7 @@ pub struct Config {
     pub usage_export: UsageExportConfig,
     pub calls: crate::calls::CallsConfig,
     pub alerts_every: Duration,
+    pub otel: Option<crate::otel::OtelConfig>,
 }
 
 /// Where usage events go (both optional).
@@ -497,6 +509,25 @@ fn validate(raw: RawConfig, problems: &mut Vec<String>) -> Config {
             None
         }
     };
+    let otel = match raw.otel.endpoint {
+        Some(endpoint) => {
+            if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+                problems.push(format!(
+                    "otel.endpoint: '{endpoint}' must be an http:// or https:// URL (OTLP/HTTP)"
+                ));
+            }
+            Some(crate::otel::OtelConfig {
+                endpoint,
+                service_name: raw.otel.service_name.unwrap_or_else(|| "tollgate".into()),
+            })
+        }
+        None => {
+            if raw.otel.service_name.is_some() {
+                problems.push("otel.service_name: needs otel.endpoint".into());
+            }
+            None
+        }
+    };
     let mut positive = |key: &str, value: Option<u64>, default: u64, max: u64| -> u64 {
         let value = value.unwrap_or(default);
         if value == 0 || value > max {
@@ -620,6 +651,7 @@ fn validate(raw: RawConfig, problems: &mut Vec<String>) -> Config {
         },
         calls,
         alerts_every: Duration::from_millis(alerts_every_ms),
+        otel,
     }
 }
 

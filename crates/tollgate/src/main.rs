@@ -19,6 +19,7 @@ mod export;
 mod jwks;
 mod ledger;
 mod metrics;
+mod otel;
 mod serve;
 mod stripe;
 mod warnings;

@@ -53,6 +53,8 @@ struct State {
 pub struct Metrics {
     state: Mutex<State>,
     recent: Mutex<Recent>,
+    /// Calls in batches the database refused until the writer gave up.
+    unwritten: std::sync::atomic::AtomicU64,
 }
 
 /// Who a call concerned, for alert rules: (provider team, consumer team,
@@ -73,9 +75,7 @@ impl RecentCounts {
         self.requests += other.requests;
         self.status_402 += other.status_402;
         self.status_5xx += other.status_5xx;
-        for (mine, theirs) in self.latency_buckets.iter_mut().zip(other.latency_buckets) {
-            *mine += theirs;
-        }
+        domain::calls::add_buckets(&mut self.latency_buckets, &other.latency_buckets);
     }
 }
 
@@ -144,6 +144,12 @@ impl Metrics {
             }
         }
         total
+    }
+
+    /// Counts calls the writer could not store.
+    pub fn count_dropped(&self, calls: u64) {
+        self.unwritten
+            .fetch_add(calls, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Counts calls.
@@ -304,12 +310,12 @@ impl Metrics {
             &mut out,
             "tollgate_call_records_dropped_total",
             "counter",
-            "Call records dropped because the call writer's queue was full.",
+            "Call records dropped: the call writer's queue was full, or the database refused their batch ten times.",
         );
         let _ = writeln!(
             out,
             "tollgate_call_records_dropped_total {}",
-            gateway::calls::dropped()
+            gateway::calls::dropped() + self.unwritten.load(std::sync::atomic::Ordering::Relaxed)
         );
         header(
             &mut out,

@@ -256,6 +256,7 @@ pub async fn run(args: &ConfigArgs) -> anyhow::Result<()> {
         currency: config.currency.clone(),
         strict_charges: config.strict_charges,
         export_usage: config.usage_export.enabled(),
+        trace: config.otel.is_some(),
     });
     reload(&store, &gateway, &mut None)
         .await
@@ -308,10 +309,18 @@ pub async fn run(args: &ConfigArgs) -> anyhow::Result<()> {
     });
     let metrics = Arc::new(crate::metrics::Metrics::default());
     let (drain_calls, calls_drain) = tokio::sync::oneshot::channel();
+    let (spans, span_exporter) = match config.otel.clone() {
+        Some(otel) => {
+            let (sink, task) = crate::otel::spawn(otel);
+            (Some(sink), Some(task))
+        }
+        None => (None, None),
+    };
     let (call_sink, call_writer) = crate::calls::spawn_writer(
         store.clone(),
         metrics.clone(),
         config.calls.clone(),
+        spans,
         calls_drain,
     );
     gateway.set_call_sink(call_sink);
@@ -326,7 +335,10 @@ pub async fn run(args: &ConfigArgs) -> anyhow::Result<()> {
         store.clone(),
         metrics.clone(),
         gateway.clone(),
-        config.currency.clone(),
+        (
+            config.currency.clone(),
+            crate::alerts::node_name(config.gateway_listen.port()),
+        ),
         config.alerts_every,
         shutdown_rx.clone(),
     );
@@ -449,6 +461,9 @@ pub async fn run(args: &ConfigArgs) -> anyhow::Result<()> {
         let _ = drain_calls.send(());
         let _ = ledger_writer.await;
         let _ = call_writer.await;
+        if let Some(exporter) = span_exporter {
+            let _ = exporter.await;
+        }
         let _ = retention.await;
         let _ = alerts.await;
         let _ = usage.await;

@@ -574,7 +574,22 @@ async fn calls_and_rollups(store: &Store) {
         .map(|r| r.entry.request_id.as_str())
         .collect();
     assert_eq!(ids, ["r4", "r3"]);
-    assert_eq!(store.calls_by_request("r2", 5).await.unwrap().len(), 1);
+    assert_eq!(
+        store
+            .calls_by_request("r2", "acme", "acme-app", 5)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(
+        store
+            .calls_by_request("r2", "other", "other-app", 5)
+            .await
+            .unwrap()
+            .is_empty(),
+        "another app's call"
+    );
 
     // Rollups: two writers add to the same rows.
     let mut minute = std::collections::HashMap::<RollupKey, RollupValues>::new();
@@ -600,6 +615,7 @@ async fn calls_and_rollups(store: &Store) {
         service: None,
         app: None,
         team: None,
+        latency: true,
     };
     let slots = store.rollups(&query).await.unwrap();
     let requests = |start: i64, group: &str, status: i64| -> i64 {

@@ -315,9 +315,20 @@ async fn calls_are_logged_counted_and_explained() {
         }
         tokens.push(token);
     }
-    for token in &tokens[..2] {
+    for (index, token) in tokens[..2].iter().enumerate() {
         let seen = logged(&tollgate, token, "app=acme-test", all.len()).await;
         assert_eq!(seen.len(), all.len());
+        // The consumer's balance is the consumer's; the upstream's address
+        // the provider's.
+        let consumer = index == 0;
+        for call in &seen {
+            if call["status"] == 402 {
+                assert_eq!(call["problem"].get("balance").is_some(), consumer, "{call}");
+                assert_eq!(call["problem"]["required"], "0.01");
+            } else {
+                assert_eq!(call["upstream_target"].is_null(), consumer, "{call}");
+            }
+        }
         let (_, summary) = tollgate
             .admin_as(
                 token,
@@ -328,6 +339,14 @@ async fn calls_are_logged_counted_and_explained() {
             .await;
         assert_eq!(summary["requests"], app_calls);
     }
+    // A user of no team sees no call, not even the ones of no team (the
+    // 404 above).
+    let (_, dave) = tollgate.user_with_token("dave@nowhere.test").await;
+    logged(&tollgate, &dave, "", 0).await;
+    let (_, summary) = tollgate
+        .admin_as(&dave, Method::GET, "/api/v1/analytics/summary", None)
+        .await;
+    assert_eq!(summary["requests"], 0, "{summary}");
     let carol = &tokens[2];
     logged(&tollgate, carol, "", 0).await;
     let (_, summary) = tollgate
@@ -459,6 +478,12 @@ async fn bad_analytics_questions_are_refused_with_the_limit() {
             "from",
             "RFC 3339",
         ),
+        (
+            "/api/v1/analytics/summary?to=9223372036854775807",
+            "to",
+            "epoch milliseconds below 2^47",
+        ),
+        ("/api/v1/logs?from=-5", "from", "between 1970"),
         ("/api/v1/logs?status=999", "status", "from 100 to 599"),
         ("/api/v1/logs?code=nope", "code", "is not a refusal code"),
         ("/api/v1/logs?format=xml", "format", "json, csv or ndjson"),
@@ -581,7 +606,11 @@ async fn an_alert_fires_once_on_a_burst_of_402s_and_resolves() {
     let (_, view) = tollgate
         .admin(Method::GET, "/api/v1/alerts/too-many-402", None)
         .await;
-    assert_eq!(view["states"][0]["subject"], "calls");
+    let subject = view["states"][0]["subject"].as_str().unwrap();
+    assert!(
+        subject.starts_with("calls@"),
+        "this node's calls: {subject}"
+    );
     assert_eq!(view["states"][0]["firing"], true);
     // The 402s stop: once the window has passed, it resolves, once.
     let received = receiver.wait_for(2, Duration::from_secs(15)).await;
@@ -767,4 +796,99 @@ async fn bodies_are_logged_on_request_without_secrets() {
         )
         .await;
     assert_eq!(status, 400, "max_bytes is checked");
+}
+
+/// With `otel.endpoint`, every call becomes an OTLP span: it continues the
+/// caller's `traceparent`, is the upstream's parent, and carries the HTTP
+/// attributes; a 5xx span is an error.
+#[tokio::test]
+async fn calls_become_trace_spans_in_the_callers_trace() {
+    let upstream = FakeUpstream::start("w").await;
+    let collector = test_support::collector::FakeCollector::start().await;
+    let tollgate = Tollgate::start_with(
+        BIN,
+        test_support::tollgate::Options {
+            env: vec![
+                ("TOLLGATE_OTEL__ENDPOINT".into(), collector.url()),
+                ("TOLLGATE_OTEL__SERVICE_NAME".into(), "edge".into()),
+            ],
+            ..Default::default()
+        },
+    )
+    .await;
+    tollgate
+        .publish_http_service(
+            "svc",
+            "/svc",
+            json!({"targets": [{"url": upstream.url()}]}),
+            &[json!({"path": "/*"})],
+        )
+        .await;
+    tollgate
+        .wait_for("/svc/ping", Duration::from_secs(2), |s| s == 200)
+        .await;
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let echo: Value = tollgate
+        .client
+        .get(format!("{}/svc/hello", tollgate.gateway_url))
+        .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    // The upstream's parent is the gateway's span, in the caller's trace.
+    let passed_on = echo["headers"]["traceparent"].as_str().unwrap().to_owned();
+    let parts: Vec<&str> = passed_on.split('-').collect();
+    assert_eq!(parts.len(), 4, "{passed_on}");
+    assert_eq!(parts[1], trace_id);
+    assert_ne!(parts[2], "00f067aa0ba902b7");
+    let (resource, span) = collector
+        .wait_for(Duration::from_secs(5), |span| span["traceId"] == trace_id)
+        .await;
+    assert_eq!(span["parentSpanId"], "00f067aa0ba902b7");
+    assert_eq!(span["spanId"], parts[2]);
+    assert_eq!(span["name"], "GET /svc/*");
+    assert_eq!(span["kind"], 2);
+    assert_eq!(span["status"], json!({}));
+    let attribute = |span: &Value, key: &str| {
+        span["attributes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["key"] == key)
+            .map(|a| a["value"].clone())
+    };
+    assert_eq!(
+        attribute(&span, "http.response.status_code"),
+        Some(json!({"intValue": "200"}))
+    );
+    assert_eq!(
+        attribute(&span, "url.path"),
+        Some(json!({"stringValue": "/svc/hello"}))
+    );
+    assert_eq!(
+        attribute(&span, "tollgate.service"),
+        Some(json!({"stringValue": "svc"}))
+    );
+    let start: u64 = span["startTimeUnixNano"].as_str().unwrap().parse().unwrap();
+    let end: u64 = span["endTimeUnixNano"].as_str().unwrap().parse().unwrap();
+    assert!(end >= start && start > 1_700_000_000_000_000_000);
+    assert_eq!(
+        resource,
+        json!([{"key": "service.name", "value": {"stringValue": "edge"}}])
+    );
+    // Without a traceparent a call starts a trace of its own; a 5xx is an
+    // error.
+    let response = tollgate.get("/svc/status/503").await;
+    assert_eq!(response.status(), 503);
+    let (_, failed) = collector
+        .wait_for(Duration::from_secs(5), |span| {
+            span["attributes"].to_string().contains("/svc/status/503")
+        })
+        .await;
+    assert_eq!(failed["status"], json!({"code": 2}));
+    assert!(failed.get("parentSpanId").is_none());
+    assert_ne!(failed["traceId"], trace_id);
 }
