@@ -711,7 +711,7 @@ impl Store {
             "SELECT (bucket_ms - $1) / $3 AS slot, {group} AS grp, status, code, {} FROM {} \
              WHERE bucket_ms >= $1 AND bucket_ms < $2 AND ($4 = '' OR service = $4) \
              AND ($5 = '' OR app = $5) AND ($6 = '' OR consumer_team = $6 OR provider_team = $6) \
-             AND ((consumer_team <> '' AND {}) OR (provider_team <> '' AND {})) \
+             AND ($7 = '*' OR (consumer_team <> '' AND {}) OR (provider_team <> '' AND {})) \
              GROUP BY slot, grp, status, code ORDER BY slot, grp",
             sums.join(", "),
             query.granularity.table(),

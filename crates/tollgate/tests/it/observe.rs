@@ -187,6 +187,18 @@ async fn calls_are_logged_counted_and_explained() {
     assert_eq!(found[0]["status"], 404);
     assert_eq!(found[0]["service"], Value::Null);
 
+    // Platform admins see calls of no team too (the 404 above).
+    let (_, by_service) = tollgate
+        .admin(Method::GET, "/api/v1/analytics/summary?group_by=service", None)
+        .await;
+    let unrouted = by_service["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["group"] == "")
+        .unwrap_or_else(|| panic!("no group of calls without a service: {by_service}"));
+    assert!(unrouted["refusals"]["route_not_found"].as_i64().unwrap() >= 1);
+
     // Analytics count exactly the calls made.
     let app_calls = 5;
     let app_refused = 2;
