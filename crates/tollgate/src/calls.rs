@@ -29,7 +29,7 @@ use store::{CallRow, Granularity, RollupKey, RollupValues, Store};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use crate::metrics::Metrics;
+use crate::metrics::{Identity, Metrics, Tally};
 
 const GATHER: Duration = Duration::from_millis(200);
 /// Failed writes of one batch before it is dropped.
@@ -74,21 +74,36 @@ struct Pending {
 }
 
 impl Pending {
-    fn add(&mut self, entry: CallEntry, keep: bool) {
-        self.minute
-            .entry(RollupKey::of(&entry, Granularity::Minute))
-            .or_default()
-            .add_call(&entry);
-        self.hour
-            .entry(RollupKey::of(&entry, Granularity::Hour))
-            .or_default()
-            .add_call(&entry);
-        if keep {
-            self.calls.push(CallRow {
-                id: store::call_id(entry.at_ms, rand::random()),
-                entry,
-            });
+    /// Adds a batch of calls, grouped (see [`crate::metrics::tally`]), to
+    /// the rollups.
+    fn add(&mut self, tallies: &[(Identity<'_>, Tally)]) {
+        for (identity, tally) in tallies {
+            for (granularity, rows) in [
+                (Granularity::Minute, &mut self.minute),
+                (Granularity::Hour, &mut self.hour),
+            ] {
+                let size = granularity.millis();
+                let key = RollupKey {
+                    bucket_ms: (identity.second * 1000).div_euclid(size) * size,
+                    provider_team: identity.provider_team.to_owned(),
+                    consumer_team: identity.consumer_team.to_owned(),
+                    service: identity.service.to_owned(),
+                    app: identity.app.to_owned(),
+                    model: identity.model.to_owned(),
+                    status: i64::from(identity.status),
+                    code: identity.code.to_owned(),
+                };
+                rows.entry(key).or_default().merge(&tally.values);
+            }
         }
+    }
+
+    /// Keeps the calls themselves for the call log.
+    fn keep(&mut self, entries: Vec<CallEntry>) {
+        self.calls.extend(entries.into_iter().map(|entry| CallRow {
+            id: store::call_id(entry.at_ms, rand::random()),
+            entry,
+        }));
     }
 
     fn is_empty(&self) -> bool {
@@ -150,15 +165,18 @@ pub fn spawn_writer(
                     taken += batch.len();
                     let entries: Vec<CallEntry> = batch.iter().map(CallRecord::entry).collect();
                     drop(batch);
-                    metrics.observe(&entries);
+                    let tallies = crate::metrics::tally(&entries);
+                    metrics.observe_tallies(&tallies);
+                    pending.add(&tallies);
+                    drop(tallies);
                     if let Some(sink) = &spans {
                         let batch: Vec<_> = entries.iter().filter_map(crate::otel::span).collect();
                         if !batch.is_empty() && sink.try_send(batch).is_err() {
                             tracing::debug!("trace export queue full: spans dropped");
                         }
                     }
-                    for entry in entries {
-                        pending.add(entry, config.log);
+                    if config.log {
+                        pending.keep(entries);
                     }
                 }
                 backlog = taken >= BATCH;
@@ -297,12 +315,16 @@ mod tests {
         let now = 1_800_000_000_000;
         let mut pending = Pending::default();
         // Calls 8, 6 and 0 days old; rollups of the same times.
-        for (days, id) in [(8, "old"), (6, "recent"), (0, "now")] {
-            pending.add(entry(now - days * DAY_MS, id), true);
-        }
-        // A minute rollup 31 days old and an hour rollup 366 days old.
-        pending.add(entry(now - 31 * DAY_MS, "month-old"), false);
-        pending.add(entry(now - 366 * DAY_MS, "year-old"), false);
+        let kept: Vec<_> = [(8, "old"), (6, "recent"), (0, "now")]
+            .into_iter()
+            .map(|(days, id)| entry(now - days * DAY_MS, id))
+            .collect();
+        // And a minute rollup 31 days old and an hour rollup 366 days old.
+        let mut all = kept.clone();
+        all.push(entry(now - 31 * DAY_MS, "month-old"));
+        all.push(entry(now - 366 * DAY_MS, "year-old"));
+        pending.add(&crate::metrics::tally(&all));
+        pending.keep(kept);
         write(&store, &pending).await.unwrap();
         let config = CallsConfig::default();
         let deleted = enforce_retention(&store, &config, now).await.unwrap();

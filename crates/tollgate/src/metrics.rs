@@ -20,7 +20,7 @@ use gateway::Gateway;
 /// first: those are the ones to watch).
 pub const MAX_WALLETS: usize = 500;
 
-#[derive(Default, Clone)]
+#[derive(Debug, Default, Clone)]
 struct Histogram {
     buckets: [u64; LATENCY_BUCKET_COUNT],
     sum_us: u64,
@@ -31,6 +31,68 @@ impl Histogram {
         self.buckets[latency_bucket(micros)] += 1;
         self.sum_us = self.sum_us.saturating_add(micros);
     }
+
+    fn merge(&mut self, buckets: &[u64; LATENCY_BUCKET_COUNT], sum_us: u64) {
+        domain::calls::add_buckets(&mut self.buckets, buckets);
+        self.sum_us = self.sum_us.saturating_add(sum_us);
+    }
+}
+
+/// Who and what a group of calls were: the calls of one second that share
+/// teams, service, app, route, model, status and code (borrowed from the
+/// entries, so grouping a batch copies no string).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Identity<'a> {
+    pub second: i64,
+    pub provider_team: &'a str,
+    pub consumer_team: &'a str,
+    pub service: &'a str,
+    pub app: &'a str,
+    pub route: &'a str,
+    pub model: &'a str,
+    pub status: u16,
+    pub code: &'a str,
+}
+
+/// What a group of calls amounted to.
+#[derive(Debug, Default, Clone)]
+pub struct Tally {
+    /// Counts, sums and the latency buckets, as the rollups keep them.
+    pub values: store::RollupValues,
+    upstream: Histogram,
+    overhead: Histogram,
+}
+
+/// Groups a batch of calls by [`Identity`]: the call writer then touches
+/// its string-keyed maps (metrics, the recent window, rollups) once per
+/// group instead of once per call.
+pub fn tally(entries: &[CallEntry]) -> Vec<(Identity<'_>, Tally)> {
+    let mut groups: std::collections::HashMap<Identity<'_>, Tally> = Default::default();
+    fn text(value: &Option<String>) -> &str {
+        value.as_deref().unwrap_or("")
+    }
+    for entry in entries {
+        let identity = Identity {
+            second: entry.at_ms.div_euclid(1000),
+            provider_team: text(&entry.provider_team),
+            consumer_team: text(&entry.consumer_team),
+            service: text(&entry.service),
+            app: text(&entry.app),
+            route: text(&entry.route_id),
+            model: text(&entry.model),
+            status: entry.status,
+            code: text(&entry.code),
+        };
+        let tally = groups.entry(identity).or_default();
+        tally.values.add_call(entry);
+        if let Some(upstream_us) = entry.upstream_latency_us {
+            tally.upstream.observe(upstream_us);
+            tally
+                .overhead
+                .observe(entry.latency_us.saturating_sub(upstream_us));
+        }
+    }
+    groups.into_iter().collect()
 }
 
 #[derive(Default)]
@@ -93,8 +155,8 @@ struct Recent {
 }
 
 impl Recent {
-    fn add(&mut self, entry: &CallEntry) {
-        let second = entry.at_ms.div_euclid(1000);
+    fn add(&mut self, identity: &Identity<'_>, tally: &Tally) {
+        let second = identity.second;
         let newest = self.seconds.back().map_or(i64::MIN, |(s, _)| *s);
         if second > newest {
             self.seconds.push_back((second, Default::default()));
@@ -111,23 +173,24 @@ impl Recent {
         };
         let key = if keys.len() < RECENT_KEYS_MAX {
             (
-                or_none(entry.provider_team.as_ref()),
-                or_none(entry.consumer_team.as_ref()),
-                or_none(entry.service.as_ref()),
+                identity.provider_team.to_owned(),
+                identity.consumer_team.to_owned(),
+                identity.service.to_owned(),
             )
         } else {
             ("*".into(), "*".into(), "*".into())
         };
+        let calls = u64::try_from(tally.values.requests).unwrap_or(0);
         let counts = keys.entry(key).or_default();
-        counts.requests += 1;
-        counts.status_402 += u64::from(entry.status == 402);
-        counts.status_5xx += u64::from((500..600).contains(&entry.status));
-        counts.latency_buckets[latency_bucket(entry.latency_us)] += 1;
+        counts.requests += calls;
+        if identity.status == 402 {
+            counts.status_402 += calls;
+        }
+        if (500..600).contains(&identity.status) {
+            counts.status_5xx += calls;
+        }
+        domain::calls::add_buckets(&mut counts.latency_buckets, &tally.values.latency_buckets);
     }
-}
-
-fn or_none(value: Option<&String>) -> String {
-    value.cloned().unwrap_or_default()
 }
 
 impl Metrics {
@@ -152,49 +215,60 @@ impl Metrics {
             .fetch_add(calls, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Counts calls.
-    pub fn observe(&self, entries: &[CallEntry]) {
+    /// Counts calls, grouped by [`tally`].
+    pub fn observe_tallies(&self, tallies: &[(Identity<'_>, Tally)]) {
         {
             let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
-            for entry in entries {
-                recent.add(entry);
+            for (identity, tally) in tallies {
+                recent.add(identity, tally);
             }
         }
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        for entry in entries {
-            let service = or_none(entry.service.as_ref());
-            let route = or_none(entry.route_id.as_ref());
-            let code = or_none(entry.code.as_ref());
+        for (identity, tally) in tallies {
+            let values = &tally.values;
+            let calls = u64::try_from(values.requests).unwrap_or(0);
+            let service = identity.service.to_owned();
             *state
                 .requests
-                .entry((service.clone(), route, entry.status, code))
-                .or_default() += 1;
-            state
-                .latency
-                .entry(service.clone())
-                .or_default()
-                .observe(entry.latency_us);
-            if let Some(upstream_us) = entry.upstream_latency_us {
+                .entry((
+                    service.clone(),
+                    identity.route.to_owned(),
+                    identity.status,
+                    identity.code.to_owned(),
+                ))
+                .or_default() += calls;
+            state.latency.entry(service.clone()).or_default().merge(
+                &values.latency_buckets,
+                u64::try_from(values.latency_sum_us).unwrap_or(0),
+            );
+            if tally.upstream.buckets.iter().any(|&count| count > 0) {
                 state
                     .upstream
                     .entry(service.clone())
                     .or_default()
-                    .observe(upstream_us);
+                    .merge(&tally.upstream.buckets, tally.upstream.sum_us);
                 state
                     .overhead
                     .entry(service.clone())
                     .or_default()
-                    .observe(entry.latency_us.saturating_sub(upstream_us));
+                    .merge(&tally.overhead.buckets, tally.overhead.sum_us);
             }
-            if let Some(model) = &entry.model {
-                *state.tokens.entry((model.clone(), "input")).or_default() += entry.input_tokens;
-                *state.tokens.entry((model.clone(), "output")).or_default() += entry.output_tokens;
+            if !identity.model.is_empty() {
+                let tokens = |n: i64| u64::try_from(n).unwrap_or(0);
+                *state
+                    .tokens
+                    .entry((identity.model.to_owned(), "input"))
+                    .or_default() += tokens(values.input_tokens);
+                *state
+                    .tokens
+                    .entry((identity.model.to_owned(), "output"))
+                    .or_default() += tokens(values.output_tokens);
             }
-            if entry.cost_nanos != 0 {
+            if values.cost_nanos != 0 {
                 *state
                     .charged
-                    .entry((service, or_none(entry.model.as_ref())))
-                    .or_default() += entry.cost_nanos;
+                    .entry((service, identity.model.to_owned()))
+                    .or_default() += values.cost_nanos;
             }
         }
     }

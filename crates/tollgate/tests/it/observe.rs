@@ -189,7 +189,11 @@ async fn calls_are_logged_counted_and_explained() {
 
     // Platform admins see calls of no team too (the 404 above).
     let (_, by_service) = tollgate
-        .admin(Method::GET, "/api/v1/analytics/summary?group_by=service", None)
+        .admin(
+            Method::GET,
+            "/api/v1/analytics/summary?group_by=service",
+            None,
+        )
         .await;
     let unrouted = by_service["groups"]
         .as_array()
