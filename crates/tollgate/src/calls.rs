@@ -1,15 +1,17 @@
 //! The call writer: the gateway's call records → the call log, the
 //! analytics rollups and the Prometheus metrics, off the hot path.
 //!
-//! Every [`GATHER`] it takes what the gateway workers queued (without
-//! waiting on the queue, so a request never wakes this task), turns each
-//! record into a [`CallEntry`], counts it in [`Metrics`], and writes one
-//! transaction: the calls themselves (unless `calls.log` is off) and the
-//! additions to the minute and hour rollups. A failed write is retried
-//! with the same rows (their ids repeat, so nothing is logged twice; the
-//! rollups are added in the same transaction, so they never count twice).
-//! At shutdown, after the gateway has finished its requests, it writes
-//! what is left.
+//! Every [`GATHER`] (at once while it is behind) it takes up to [`BATCH`]
+//! queued calls (without waiting on the queue, so a request never wakes
+//! this task), turns each record into a [`CallEntry`], groups them by
+//! identity ([`crate::metrics::tally`]) for [`Metrics`] and the rollups,
+//! and writes one transaction: the calls themselves (unless `calls.log`
+//! is off) and the additions to the minute and hour rollups. A failed
+//! write is retried with the same rows (their ids repeat, so nothing is
+//! logged twice; the rollups are added in the same transaction, so they
+//! never count twice); a batch refused [`GIVE_UP_AFTER`] times is dropped
+//! and counted. At shutdown, after the gateway has finished its requests,
+//! it writes what is left.
 //!
 //! With `otel.endpoint` set, each call's span goes to the trace exporter
 //! ([`crate::otel`]) as well.
@@ -194,6 +196,8 @@ pub fn spawn_writer(
                 }
                 Err(error) => {
                     failures += 1;
+                    // Retried after a pause, not at once.
+                    backlog = false;
                     tracing::warn!(%error, calls = pending.calls.len(), failures, "call log write failed; retrying");
                     // A batch the database keeps refusing must not stop
                     // the log: it is dropped (and counted).
