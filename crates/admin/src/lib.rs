@@ -15,7 +15,8 @@
 //!   every refusal as problem+json naming the offending fields;
 //!   [`observe`] the call log, analytics and `/metrics`; [`alerts`] alert
 //!   rules;
-//!   [`password`] hashes with argon2id; [`openapi`] serves the generated
+//!   [`password`] hashes with argon2id; [`providers`] AI providers and
+//!   their sealed key pools; [`openapi`] serves the generated
 //!   OpenAPI 3.1 document and its reference page.
 
 pub mod access;
@@ -31,6 +32,7 @@ pub mod observe;
 pub mod openapi;
 pub mod ops;
 pub mod password;
+pub mod providers;
 pub mod tenancy;
 
 use std::sync::Arc;
@@ -60,6 +62,8 @@ pub struct AdminState {
     pub payments: Option<Arc<dyn money::PaymentProvider>>,
     /// Renders `/metrics` (Prometheus text format).
     pub metrics: Arc<dyn Fn() -> String + Send + Sync>,
+    /// Seals secrets (provider keys) at rest.
+    pub secrets: Arc<store::secrets::MasterKey>,
 }
 
 /// The admin router.
@@ -153,6 +157,24 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/v1/analytics/summary", get(observe::summary))
         .route("/api/v1/analytics/timeseries", get(observe::timeseries))
         .route("/metrics", get(observe::metrics))
+        .route(
+            "/api/v1/providers",
+            get(providers::list_providers).post(providers::create_provider),
+        )
+        .route(
+            "/api/v1/providers/{provider}",
+            get(providers::get_provider)
+                .patch(providers::patch_provider)
+                .delete(providers::delete_provider),
+        )
+        .route(
+            "/api/v1/providers/{provider}/keys",
+            post(providers::add_provider_key),
+        )
+        .route(
+            "/api/v1/providers/{provider}/keys/{key}",
+            delete(providers::delete_provider_key),
+        )
         .route(
             "/api/v1/alerts",
             get(alerts::list_alerts).post(alerts::create_alert),

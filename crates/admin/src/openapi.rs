@@ -62,12 +62,16 @@ pub struct Problem {
         crate::observe::list_logs, crate::observe::get_log, crate::observe::summary, crate::observe::timeseries,
         crate::alerts::create_alert, crate::alerts::list_alerts, crate::alerts::get_alert,
         crate::alerts::patch_alert, crate::alerts::delete_alert,
+        crate::providers::create_provider, crate::providers::list_providers,
+        crate::providers::get_provider, crate::providers::patch_provider,
+        crate::providers::delete_provider, crate::providers::add_provider_key,
+        crate::providers::delete_provider_key,
     ),
     components(schemas(Problem, domain::validate::FieldError)),
     modifiers(&BearerAuth, &ProblemResponses),
     tags((name = "upstreams"), (name = "services"), (name = "routes"), (name = "plans"), (name = "apps"),
         (name = "subscriptions"), (name = "teams"), (name = "users"), (name = "audit"), (name = "config"),
-        (name = "wallets"), (name = "observability"))
+        (name = "wallets"), (name = "observability"), (name = "providers"))
 )]
 pub struct ApiDoc;
 

@@ -21,6 +21,8 @@
 //!   window and a threshold) and where each subject stands.
 //! - [`calls`]: the call log entry ([`calls::CallEntry`]) and the latency
 //!   buckets shared by rollups and metrics.
+//! - [`providers`]: AI providers ([`providers::ProviderSpec`]) and the
+//!   write-only keys of their pools.
 //! - [`problems`]: the plain-words cause, fix and prevention of each code.
 //! - [`net`] parses CIDR blocks for IP rules and trusted proxies.
 //! - [`validate`] collects field errors ([`validate::FieldErrors`]) so that every
@@ -41,6 +43,7 @@ pub mod net;
 pub mod path;
 pub mod percent;
 pub mod problems;
+pub mod providers;
 pub mod validate;
 
 /// Milliseconds since the Unix epoch; how every time is stored.

@@ -13,7 +13,8 @@
 //!   teams, users, tokens, sessions, apps, keys, plans, subscriptions, the
 //!   webhook outbox and the audit log, with [`Visible`], the team filter of
 //!   tenant-scoped lists. `calls` the call log and the analytics rollups;
-//!   `alerts` alert rules and the state of their subjects.
+//!   `alerts` alert rules and the state of their subjects; `providers` AI
+//!   providers and their key pools, sealed by [`secrets::MasterKey`].
 //!   [`Store::changes`] says what a configuration
 //!   version changed (only keys, or more), so a node can patch its keys.
 
@@ -26,6 +27,8 @@ mod migrate;
 mod money;
 mod objects;
 mod payments;
+mod providers;
+pub mod secrets;
 
 use std::time::Duration;
 

@@ -39,6 +39,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "call_bodies",
         include_str!("../migrations/0012_call_bodies.sql"),
     ),
+    (
+        13,
+        "providers",
+        include_str!("../migrations/0013_providers.sql"),
+    ),
 ];
 
 impl Store {

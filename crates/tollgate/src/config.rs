@@ -41,6 +41,16 @@ pub struct RawConfig {
     pub alerts: RawAlerts,
     #[serde(default)]
     pub otel: RawOtel,
+    #[serde(default)]
+    pub secrets: RawSecrets,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSecrets {
+    /// 32 bytes, base64: the key provider keys are sealed under. Without
+    /// it one is generated into `<data_dir>/master-key`.
+    pub master_key: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -204,6 +214,8 @@ pub struct Config {
     pub calls: crate::calls::CallsConfig,
     pub alerts_every: Duration,
     pub otel: Option<crate::otel::OtelConfig>,
+    /// The configured master key (base64), if any.
+    pub master_key: Option<String>,
 }
 
 /// Where usage events go (both optional).
@@ -509,6 +521,14 @@ fn validate(raw: RawConfig, problems: &mut Vec<String>) -> Config {
             None
         }
     };
+    if let Some(key) = &raw.secrets.master_key
+        && store::secrets::MasterKey::from_base64(key).is_err()
+    {
+        problems.push(
+            "secrets.master_key: must be 32 random bytes in base64 (openssl rand -base64 32)"
+                .into(),
+        );
+    }
     let otel = match raw.otel.endpoint {
         Some(endpoint) => {
             if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
@@ -652,6 +672,7 @@ fn validate(raw: RawConfig, problems: &mut Vec<String>) -> Config {
         calls,
         alerts_every: Duration::from_millis(alerts_every_ms),
         otel,
+        master_key: raw.secrets.master_key,
     }
 }
 

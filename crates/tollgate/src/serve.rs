@@ -120,6 +120,35 @@ fn write_secret(path: &std::path::Path, secret: &str) -> std::io::Result<()> {
     file.write_all(b"\n")
 }
 
+/// The master key: configured, else read from `<data dir>/master-key`,
+/// else generated there (mode 0600) on first start.
+fn master_key(config: &Config) -> anyhow::Result<store::secrets::MasterKey> {
+    use anyhow::Context;
+    if let Some(text) = &config.master_key {
+        return store::secrets::MasterKey::from_base64(text)
+            .context("secrets.master_key is not a 32-byte base64 key");
+    }
+    let path = config.data_dir.join("master-key");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(&config.data_dir)
+                .with_context(|| format!("cannot create {}", config.data_dir.display()))?;
+            let text = store::secrets::MasterKey::generate()
+                .map_err(|e| anyhow::anyhow!("cannot make a master key: {e}"))?;
+            write_secret(&path, &text)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            tracing::info!(path = %path.display(), "master key generated: keep this file (or set secrets.master_key); sealed provider keys need it");
+            text
+        }
+        Err(error) => {
+            return Err(error).with_context(|| format!("cannot read {}", path.display()));
+        }
+    };
+    store::secrets::MasterKey::from_base64(&text)
+        .with_context(|| format!("{} does not hold a 32-byte base64 key", path.display()))
+}
+
 /// Loads the stored configuration into the gateway when it changed.
 /// `rejected` remembers a version that failed to compile, so it is not
 /// retried (and logged) on every poll.
@@ -243,6 +272,7 @@ pub async fn run(args: &ConfigArgs) -> anyhow::Result<()> {
     init_tracing(&config);
     let store = open_store(&config).await?;
     let root_token_digest = bootstrap_root_token(&store, &config).await?;
+    let secrets = Arc::new(master_key(&config)?);
 
     let gateway = Gateway::new(GatewayOptions {
         public_url: config.public_url.clone(),
@@ -425,6 +455,7 @@ pub async fn run(args: &ConfigArgs) -> anyhow::Result<()> {
             let currency = config.currency.clone();
             Arc::new(move || metrics.render(&gateway, &currency))
         },
+        secrets,
     };
     let mut admin_shutdown = shutdown_rx.clone();
     let admin_task = tokio::spawn(async move {

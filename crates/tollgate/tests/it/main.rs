@@ -21,6 +21,7 @@ mod observe;
 mod payments;
 mod process;
 mod protocols;
+mod providers;
 mod resilience;
 mod routing;
 mod x402;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::*;
 
-fn serve_fails_with(env: &[(&str, &str)], config: Option<&str>) -> String {
+pub(crate) fn serve_fails_with(env: &[(&str, &str)], config: Option<&str>) -> String {
     let dir = tempfile::tempdir().unwrap();
     let mut command = Command::new(BIN);
     command

@@ -1,0 +1,176 @@
+//! AI providers (SPEC §2): where models are served from, and the pool of
+//! API keys the gateway uses with them. Keys are write-only: stored sealed
+//! under the master key, shown back only as a hint of their last
+//! characters.
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{check_slug, check_target_url, check_text};
+use crate::validate::FieldErrors;
+
+/// How a provider is spoken to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderKind {
+    Openai,
+    Anthropic,
+    Gemini,
+    /// Any server that speaks OpenAI's API (Mistral, Groq, vLLM, Ollama…).
+    OpenaiCompatible,
+}
+
+impl ProviderKind {
+    /// The provider's own API, when the kind has one.
+    pub fn default_base_url(self) -> Option<&'static str> {
+        match self {
+            ProviderKind::Openai => Some("https://api.openai.com/v1"),
+            ProviderKind::Anthropic => Some("https://api.anthropic.com"),
+            ProviderKind::Gemini => Some("https://generativelanguage.googleapis.com/v1beta"),
+            ProviderKind::OpenaiCompatible => None,
+        }
+    }
+}
+
+/// Keys one provider may hold, at most.
+pub const PROVIDER_KEYS_MAX: usize = 64;
+/// Longest API key accepted.
+pub const PROVIDER_KEY_MAX_BYTES: usize = 4096;
+
+/// A provider as written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderSpec {
+    #[schema(pattern = "^[a-z0-9][a-z0-9-]{0,62}$")]
+    pub slug: String,
+    pub kind: ProviderKind,
+    /// Required for `openai_compatible`; the kind's own API otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+impl ProviderSpec {
+    pub fn validate(&self) -> Result<(), FieldErrors> {
+        let mut errors = FieldErrors::new();
+        check_slug(&mut errors, "slug", &self.slug);
+        check_text(&mut errors, "name", self.name.as_ref());
+        check_text(&mut errors, "description", self.description.as_ref());
+        match &self.base_url {
+            Some(url) => {
+                if let Err(message) = check_target_url(url) {
+                    errors.add("base_url", message);
+                }
+            }
+            None if self.kind.default_base_url().is_none() => {
+                errors.add("base_url", "is required for an openai_compatible provider");
+            }
+            None => {}
+        }
+        errors.into_result()
+    }
+
+    /// Where requests go.
+    pub fn base_url(&self) -> Option<&str> {
+        self.base_url
+            .as_deref()
+            .or_else(|| self.kind.default_base_url())
+    }
+}
+
+/// A stored provider.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Provider {
+    pub id: String,
+    #[serde(flatten)]
+    pub spec: ProviderSpec,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+/// One key of a provider's pool, as shown: never the key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ProviderKey {
+    pub id: String,
+    pub label: Option<String>,
+    /// `…` and the key's last four characters.
+    pub hint: String,
+    pub created_at_ms: i64,
+}
+
+/// A key as given (once).
+#[derive(Debug, Clone, PartialEq, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderKeySpec {
+    /// The provider's API key; stored sealed, never shown again.
+    pub key: String,
+    #[serde(default)]
+    pub label: Option<String>,
+}
+
+impl ProviderKeySpec {
+    pub fn validate(&self) -> Result<(), FieldErrors> {
+        let mut errors = FieldErrors::new();
+        let key = self.key.trim();
+        if key.len() < 8 || key.len() > PROVIDER_KEY_MAX_BYTES {
+            errors.add(
+                "key",
+                format!("must be 8 to {PROVIDER_KEY_MAX_BYTES} characters"),
+            );
+        } else if key.chars().any(char::is_control) || key.contains(' ') {
+            errors.add("key", "must not contain spaces or control characters");
+        }
+        check_text(&mut errors, "label", self.label.as_ref());
+        errors.into_result()
+    }
+
+    /// What is shown of the key: its last four characters.
+    pub fn hint(&self) -> String {
+        let key = self.key.trim();
+        let tail: String = key
+            .chars()
+            .rev()
+            .take(4)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        format!("…{tail}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compatible_providers_need_a_base_url() {
+        let spec: ProviderSpec = serde_json::from_value(
+            serde_json::json!({"slug": "groq", "kind": "openai_compatible"}),
+        )
+        .unwrap();
+        assert!(spec.validate().is_err());
+        let spec: ProviderSpec =
+            serde_json::from_value(serde_json::json!({"slug": "openai", "kind": "openai"}))
+                .unwrap();
+        assert!(spec.validate().is_ok());
+        assert_eq!(spec.base_url(), Some("https://api.openai.com/v1"));
+    }
+
+    #[test]
+    fn keys_show_only_their_end() {
+        let key = ProviderKeySpec {
+            key: "sk-proj-abcdefgh1234".into(),
+            label: None,
+        };
+        assert!(key.validate().is_ok());
+        assert_eq!(key.hint(), "…1234");
+        let short = ProviderKeySpec {
+            key: "abc".into(),
+            label: None,
+        };
+        assert!(short.validate().is_err());
+    }
+}

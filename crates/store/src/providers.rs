@@ -1,0 +1,156 @@
+//! AI providers and their sealed key pools.
+
+use domain::providers::{Provider, ProviderKey};
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use crate::objects::{fetch_limit, page_of};
+use crate::{Page, Result, Store, WriteTx, conflict_on, from_json, int, opt_text, text, to_json};
+
+fn provider_from(row: &AnyRow) -> Result<Provider> {
+    Ok(Provider {
+        id: text(row, "id")?,
+        spec: from_json(&text(row, "spec")?, "provider")?,
+        created_at_ms: int(row, "created_at_ms")?,
+        updated_at_ms: int(row, "updated_at_ms")?,
+    })
+}
+
+impl WriteTx {
+    pub async fn put_provider(&mut self, provider: &Provider) -> Result<()> {
+        self.changed_config = true;
+        sqlx::query(
+            "INSERT INTO providers (id, slug, spec, created_at_ms, updated_at_ms) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (id) DO UPDATE SET slug = excluded.slug, spec = excluded.spec, \
+             updated_at_ms = excluded.updated_at_ms",
+        )
+        .bind(&provider.id)
+        .bind(&provider.spec.slug)
+        .bind(to_json(&provider.spec)?)
+        .bind(provider.created_at_ms)
+        .bind(provider.updated_at_ms)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(conflict_on("slug", "a provider with this slug already exists"))?;
+        Ok(())
+    }
+
+    /// Deletes a provider and its keys.
+    pub async fn delete_provider(&mut self, id: &str) -> Result<()> {
+        self.changed_config = true;
+        for sql in [
+            "DELETE FROM provider_keys WHERE provider_id = $1",
+            "DELETE FROM providers WHERE id = $1",
+        ] {
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(id)
+                .execute(&mut *self.tx)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Adds a key, already sealed, to a provider's pool; refuses past
+    /// `max` keys.
+    pub async fn add_provider_key(
+        &mut self,
+        provider_id: &str,
+        key: &ProviderKey,
+        sealed: &str,
+        max: usize,
+    ) -> Result<()> {
+        self.changed_config = true;
+        let row = sqlx::query("SELECT COUNT(*) FROM provider_keys WHERE provider_id = $1")
+            .bind(provider_id)
+            .fetch_one(&mut *self.tx)
+            .await?;
+        if usize::try_from(row.try_get::<i64, _>(0)?).unwrap_or(usize::MAX) >= max {
+            return Err(crate::StoreError::Conflict {
+                field: "key".into(),
+                message: format!("a provider holds at most {max} keys; remove one first"),
+            });
+        }
+        sqlx::query(
+            "INSERT INTO provider_keys (id, provider_id, label, sealed, hint, created_at_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&key.id)
+        .bind(provider_id)
+        .bind(key.label.as_deref())
+        .bind(sealed)
+        .bind(&key.hint)
+        .bind(key.created_at_ms)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Removes a key; false when the provider has no such key.
+    pub async fn delete_provider_key(&mut self, provider_id: &str, key_id: &str) -> Result<bool> {
+        self.changed_config = true;
+        let done = sqlx::query("DELETE FROM provider_keys WHERE provider_id = $1 AND id = $2")
+            .bind(provider_id)
+            .bind(key_id)
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+}
+
+impl Store {
+    /// A provider by id or slug.
+    pub async fn provider(&self, key: &str) -> Result<Option<Provider>> {
+        let row = sqlx::query("SELECT * FROM providers WHERE id = $1 OR slug = $1")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(provider_from).transpose()
+    }
+
+    pub async fn providers(&self, after: Option<&str>, limit: usize) -> Result<Page<Provider>> {
+        let rows = sqlx::query("SELECT * FROM providers WHERE id > $1 ORDER BY id LIMIT $2")
+            .bind(after.unwrap_or(""))
+            .bind(fetch_limit(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        let items = rows.iter().map(provider_from).collect::<Result<Vec<_>>>()?;
+        Ok(page_of(items, limit, |p| &p.id))
+    }
+
+    /// A provider's keys as shown (no secret), oldest first.
+    pub async fn provider_keys(&self, provider_id: &str) -> Result<Vec<ProviderKey>> {
+        Ok(self
+            .sealed_provider_keys(provider_id)
+            .await?
+            .into_iter()
+            .map(|(key, _)| key)
+            .collect())
+    }
+
+    /// A provider's keys with their sealed secrets (for the gateway, which
+    /// opens them with the master key), oldest first.
+    pub async fn sealed_provider_keys(
+        &self,
+        provider_id: &str,
+    ) -> Result<Vec<(ProviderKey, String)>> {
+        let rows = sqlx::query(
+            "SELECT * FROM provider_keys WHERE provider_id = $1 ORDER BY created_at_ms, id",
+        )
+        .bind(provider_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    ProviderKey {
+                        id: text(row, "id")?,
+                        label: opt_text(row, "label")?,
+                        hint: text(row, "hint")?,
+                        created_at_ms: int(row, "created_at_ms")?,
+                    },
+                    text(row, "sealed")?,
+                ))
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,176 @@
+//! AI providers and their key pools: platform admins only, keys sealed
+//! under the master key (generated into the data dir, mode 0600, kept
+//! across restarts), never shown or stored in clear.
+
+use reqwest::Method;
+use serde_json::Value;
+
+use crate::*;
+
+const SECRET: &str = "gsk_live_Sup3rS3cretKey_9f8e7d6c5b4a";
+
+fn database_text(tollgate: &Tollgate) -> String {
+    let mut raw = Vec::new();
+    for entry in std::fs::read_dir(&tollgate.data_dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("tollgate.db")
+        {
+            raw.extend(std::fs::read(&path).unwrap());
+        }
+    }
+    String::from_utf8_lossy(&raw).into_owned()
+}
+
+#[tokio::test]
+async fn provider_keys_are_sealed_and_never_shown() {
+    let data = tempfile::tempdir().unwrap();
+    let options = test_support::tollgate::Options {
+        data_dir: Some(data.path().to_path_buf()),
+        ..Default::default()
+    };
+    let tollgate = Tollgate::start_with(BIN, options.clone()).await;
+    // The master key was generated, private to the process's user.
+    let key_path = data.path().join("master-key");
+    let master = std::fs::read_to_string(&key_path).unwrap();
+    assert_eq!(master.trim().len(), 44, "32 bytes in base64");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&key_path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    // Bad input names the field.
+    let (status, body) = tollgate
+        .admin(
+            Method::POST,
+            "/api/v1/providers",
+            Some(json!({"slug": "groq", "kind": "openai_compatible"})),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("base_url"), "{body}");
+    let (status, body) = tollgate
+        .admin(
+            Method::POST,
+            "/api/v1/providers",
+            Some(json!({"slug": "groq", "kind": "grok"})),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+
+    let provider = tollgate
+        .create(
+            "/api/v1/providers",
+            json!({"slug": "groq", "kind": "openai_compatible", "base_url": "https://api.groq.com/openai/v1"}),
+        )
+        .await;
+    assert_eq!(
+        provider["effective_base_url"],
+        "https://api.groq.com/openai/v1"
+    );
+    let openai = tollgate
+        .create(
+            "/api/v1/providers",
+            json!({"slug": "openai", "kind": "openai"}),
+        )
+        .await;
+    assert_eq!(openai["effective_base_url"], "https://api.openai.com/v1");
+
+    let added = tollgate
+        .create(
+            "/api/v1/providers/groq/keys",
+            json!({"key": SECRET, "label": "primary"}),
+        )
+        .await;
+    assert_eq!(added["hint"], "…5b4a");
+    assert_eq!(added["label"], "primary");
+    assert!(!added.to_string().contains(SECRET));
+    let (status, body) = tollgate
+        .admin(
+            Method::POST,
+            "/api/v1/providers/groq/keys",
+            Some(json!({"key": "short"})),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+
+    let (status, shown) = tollgate
+        .admin(Method::GET, "/api/v1/providers/groq", None)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(shown["keys"][0]["hint"], "…5b4a");
+    assert!(!shown.to_string().contains(SECRET));
+    let (_, audit) = tollgate
+        .admin(Method::GET, "/api/v1/audit?action=provider.key.add", None)
+        .await;
+    assert_eq!(audit["data"].as_array().unwrap().len(), 1);
+    assert!(!audit.to_string().contains(SECRET), "{audit}");
+    let stored = database_text(&tollgate);
+    assert!(
+        !stored.contains(SECRET),
+        "the key reached the database in clear"
+    );
+    assert!(
+        !stored.contains("Sup3rS3cret"),
+        "part of the key reached the database"
+    );
+
+    // Only platform admins manage providers.
+    let (_, token) = tollgate.user_with_token("dev@acme.test").await;
+    let (status, _) = tollgate
+        .admin_as(&token, Method::GET, "/api/v1/providers", None)
+        .await;
+    assert_eq!(status, 403);
+    let (status, _) = tollgate
+        .admin_as(
+            &token,
+            Method::POST,
+            "/api/v1/providers/groq/keys",
+            Some(json!({"key": "sk-someone-elses-key"})),
+        )
+        .await;
+    assert_eq!(status, 403);
+
+    // The sealed key opens with the master key, bound to its provider.
+    let store = store::Store::open(&format!("sqlite://{}/tollgate.db", data.path().display()))
+        .await
+        .unwrap();
+    let sealer = store::secrets::MasterKey::from_base64(&master).unwrap();
+    let provider_id = provider["id"].as_str().unwrap();
+    let sealed = store.sealed_provider_keys(provider_id).await.unwrap();
+    assert_eq!(sealed.len(), 1);
+    assert_eq!(sealer.open(&sealed[0].1, provider_id).unwrap(), SECRET);
+    assert!(
+        sealer
+            .open(&sealed[0].1, openai["id"].as_str().unwrap())
+            .is_err()
+    );
+    store.close().await;
+
+    // A restart keeps the master key.
+    let key_id = added["id"].as_str().unwrap().to_owned();
+    tollgate.stop().await;
+    let tollgate = Tollgate::start_with(BIN, options).await;
+    assert_eq!(std::fs::read_to_string(&key_path).unwrap(), master);
+    let (status, _) = tollgate
+        .admin(
+            Method::DELETE,
+            &format!("/api/v1/providers/groq/keys/{key_id}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 204);
+    let (_, shown) = tollgate
+        .admin(Method::GET, "/api/v1/providers/groq", None)
+        .await;
+    assert_eq!(shown["keys"], Value::Array(vec![]));
+}
+
+#[test]
+fn a_bad_master_key_is_refused_at_start() {
+    let stderr =
+        crate::process::serve_fails_with(&[("TOLLGATE_SECRETS__MASTER_KEY", "c2hvcnQ=")], None);
+    assert!(stderr.contains("secrets.master_key"), "{stderr}");
+}
