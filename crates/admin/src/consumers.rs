@@ -1051,8 +1051,12 @@ pub async fn create_webhook(
         spec,
         created_at_ms: now_ms(),
     };
+    let sealed = state
+        .secrets
+        .seal(&secret, &webhook.id)
+        .map_err(|_| ApiError::internal("sealing the webhook secret"))?;
     let mut tx = state.store.begin().await?;
-    tx.insert_webhook(&webhook, &secret).await?;
+    tx.insert_webhook(&webhook, &sealed).await?;
     let record = Audit::new("webhook.create", "webhook", &webhook.id, Some(&team));
     audit(&mut tx, &caller, record, NONE, Some(&webhook)).await?;
     commit(&state, tx).await?;

@@ -361,6 +361,31 @@ pub struct AuditFilter<'a> {
 }
 
 impl Store {
+    /// Seals webhook secrets stored in clear by earlier versions; returns
+    /// how many.
+    pub async fn seal_webhook_secrets(&self, secrets: &crate::secrets::MasterKey) -> Result<u64> {
+        let rows = sqlx::query("SELECT id, secret FROM webhooks WHERE secret NOT LIKE 'v1:%'")
+            .fetch_all(&self.pool)
+            .await?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let mut tx = self.begin().await?;
+        for row in &rows {
+            let id = text(row, "id")?;
+            let sealed = secrets
+                .seal(&text(row, "secret")?, &id)
+                .map_err(|error| StoreError::Corrupt(error.to_string()))?;
+            sqlx::query("UPDATE webhooks SET secret = $2 WHERE id = $1")
+                .bind(&id)
+                .bind(sealed)
+                .execute(&mut *tx.tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(rows.len() as u64)
+    }
+
     pub async fn team(&self, key: &str) -> Result<Option<Team>> {
         team_by_key(&self.pool, key).await
     }
@@ -634,8 +659,15 @@ impl Store {
             .collect()
     }
 
-    /// Deliveries due now, oldest first.
-    pub async fn due_deliveries(&self, now_ms: i64, limit: i64) -> Result<Vec<Delivery>> {
+    /// Deliveries due now, oldest first, with their endpoint's secret
+    /// opened with `secrets` (a secret stored before sealing existed is
+    /// used as it is until [`Store::seal_webhook_secrets`] seals it).
+    pub async fn due_deliveries(
+        &self,
+        now_ms: i64,
+        limit: i64,
+        secrets: &crate::secrets::MasterKey,
+    ) -> Result<Vec<Delivery>> {
         let rows = sqlx::query(
             "SELECT d.*, w.spec AS webhook_spec, w.secret FROM webhook_deliveries d \
              JOIN webhooks w ON w.id = d.webhook_id \
@@ -648,11 +680,20 @@ impl Store {
         rows.iter()
             .map(|row| {
                 let spec: WebhookSpec = from_json(&text(row, "webhook_spec")?, "webhook spec")?;
+                let webhook_id = text(row, "webhook_id")?;
+                let stored = text(row, "secret")?;
+                let secret = if crate::secrets::is_sealed(&stored) {
+                    secrets.open(&stored, &webhook_id).map_err(|error| {
+                        StoreError::Corrupt(format!("webhook {webhook_id}: {error}"))
+                    })?
+                } else {
+                    stored
+                };
                 Ok(Delivery {
                     id: text(row, "id")?,
-                    webhook_id: text(row, "webhook_id")?,
+                    webhook_id,
                     url: spec.url,
-                    secret: text(row, "secret")?,
+                    secret,
                     event: text(row, "event")?,
                     payload: text(row, "payload")?,
                     attempts: int(row, "attempts")?,
@@ -1185,14 +1226,16 @@ impl WriteTx {
         Ok(())
     }
 
-    pub async fn insert_webhook(&mut self, webhook: &Webhook, secret: &str) -> Result<()> {
+    /// Records a webhook endpoint; `sealed_secret` is its signing secret
+    /// sealed under the master key (context: the webhook's id).
+    pub async fn insert_webhook(&mut self, webhook: &Webhook, sealed_secret: &str) -> Result<()> {
         sqlx::query(
             "INSERT INTO webhooks (id, team, spec, secret, created_at_ms) VALUES ($1, $2, $3, $4, $5)",
         )
         .bind(&webhook.id)
         .bind(&webhook.team)
         .bind(to_json(&webhook.spec)?)
-        .bind(secret)
+        .bind(sealed_secret)
         .bind(webhook.created_at_ms)
         .execute(&mut *self.tx)
         .await?;

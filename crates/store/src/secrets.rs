@@ -23,6 +23,12 @@ pub enum SecretError {
     Open,
 }
 
+/// Whether `stored` is a sealed secret (rather than one stored in clear
+/// before sealing existed).
+pub fn is_sealed(stored: &str) -> bool {
+    stored.starts_with(PREFIX)
+}
+
 /// The key secrets are sealed under.
 pub struct MasterKey(LessSafeKey);
 

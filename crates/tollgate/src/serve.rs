@@ -321,7 +321,12 @@ pub async fn run(args: &ConfigArgs) -> anyhow::Result<()> {
         shutdown_rx.clone(),
     );
     let health = gateway.spawn_health_checker(shutdown_rx.clone());
-    let webhooks = crate::webhooks::spawn(store.clone(), shutdown_rx.clone());
+    match store.seal_webhook_secrets(&secrets).await {
+        Ok(0) => {}
+        Ok(sealed) => tracing::info!(sealed, "webhook secrets stored in clear were sealed"),
+        Err(error) => tracing::warn!(%error, "cannot seal webhook secrets stored in clear"),
+    }
+    let webhooks = crate::webhooks::spawn(store.clone(), secrets.clone(), shutdown_rx.clone());
     let warnings = crate::warnings::spawn(store.clone(), gateway.clone(), shutdown_rx.clone());
     let jwks = crate::jwks::spawn(gateway.clone(), shutdown_rx.clone());
     let (drain_ledger, ledger_drain) = tokio::sync::oneshot::channel();

@@ -78,8 +78,14 @@ async fn deliver(
     }
 }
 
-async fn round(store: &Store, client: &reqwest::Client) -> Result<(), store::StoreError> {
-    let due = store.due_deliveries(domain::now_ms(), BATCH).await?;
+async fn round(
+    store: &Store,
+    secrets: &store::secrets::MasterKey,
+    client: &reqwest::Client,
+) -> Result<(), store::StoreError> {
+    let due = store
+        .due_deliveries(domain::now_ms(), BATCH, secrets)
+        .await?;
     for delivery in due {
         // Other nodes poll the same outbox: only the one that claims the
         // delivery sends it. The lease outlasts the request's timeout.
@@ -110,7 +116,11 @@ async fn round(store: &Store, client: &reqwest::Client) -> Result<(), store::Sto
     Ok(())
 }
 
-pub fn spawn(store: Store, mut shutdown: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
+pub fn spawn(
+    store: Store,
+    secrets: std::sync::Arc<store::secrets::MasterKey>,
+    mut shutdown: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let client = match reqwest::Client::builder()
             .timeout(TIMEOUT)
@@ -128,7 +138,7 @@ pub fn spawn(store: Store, mut shutdown: watch::Receiver<bool>) -> tokio::task::
                 () = tokio::time::sleep(POLL) => {}
                 _ = shutdown.changed() => return,
             }
-            if let Err(error) = round(&store, &client).await {
+            if let Err(error) = round(&store, &secrets, &client).await {
                 tracing::warn!(%error, "webhook outbox unreadable; retrying");
             }
         }

@@ -1564,6 +1564,10 @@ async fn the_database_never_holds_a_plaintext_secret() {
             ("password", password),
             ("personal token", &token[4..]),
             ("root token", ADMIN_TOKEN),
+            (
+                "webhook secret",
+                &hook["secret"].as_str().unwrap()["whsec_".len()..],
+            ),
         ] {
             assert!(
                 !contains(bytes, secret.as_bytes()),
