@@ -64,6 +64,8 @@ pub struct AdminState {
     pub metrics: Arc<dyn Fn() -> String + Send + Sync>,
     /// Seals secrets (provider keys) at rest.
     pub secrets: Arc<store::secrets::MasterKey>,
+    /// The built-in AI catalogue.
+    pub catalog: Arc<domain::catalog::Catalog>,
 }
 
 /// The admin router.
@@ -157,6 +159,11 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/v1/analytics/summary", get(observe::summary))
         .route("/api/v1/analytics/timeseries", get(observe::timeseries))
         .route("/metrics", get(observe::metrics))
+        .route(
+            "/api/v1/catalog/providers",
+            get(providers::catalog_providers),
+        )
+        .route("/api/v1/catalog/models", get(providers::catalog_models))
         .route(
             "/api/v1/providers",
             get(providers::list_providers).post(providers::create_provider),

@@ -230,3 +230,67 @@ pub async fn delete_provider_key(
     commit(&state, tx).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
+
+/// The built-in catalogue's provider presets.
+#[utoipa::path(get, path = "/api/v1/catalog/providers", tag = "providers",
+    responses((status = 200, body = ListResponse<domain::catalog::CatalogProvider>)))]
+pub async fn catalog_providers(
+    State(state): State<AdminState>,
+    _caller: Caller,
+    params: ListParams,
+) -> Result<Response, ApiError> {
+    params.only(&["kind"])?;
+    let kind = params.filter("kind");
+    Ok(ok(&ListResponse {
+        data: state
+            .catalog
+            .providers
+            .iter()
+            .filter(|p| {
+                kind.is_none_or(|kind| {
+                    serde_json::to_value(p.kind).is_ok_and(|value| value == kind)
+                })
+            })
+            .cloned()
+            .collect(),
+        next_cursor: None,
+    }))
+}
+
+/// The built-in catalogue's models with context windows, modalities and
+/// list prices (USD per million tokens, each with its source and date).
+#[utoipa::path(get, path = "/api/v1/catalog/models", tag = "providers",
+    params(("provider" = Option<String>, Query, description = "a provider preset's slug"),
+        ("q" = Option<String>, Query, description = "part of the model's name")),
+    responses((status = 200, body = ListResponse<domain::catalog::CatalogModel>)))]
+pub async fn catalog_models(
+    State(state): State<AdminState>,
+    _caller: Caller,
+    params: ListParams,
+) -> Result<Response, ApiError> {
+    params.only(&["provider", "q"])?;
+    let provider = params.filter("provider");
+    let q = params.filter("q").map(str::to_ascii_lowercase);
+    if let Some(provider) = provider
+        && !state.catalog.providers.iter().any(|p| p.slug == provider)
+    {
+        return Err(ApiError::field(
+            "provider",
+            "is not a provider of the catalogue (see GET /api/v1/catalog/providers)",
+        ));
+    }
+    Ok(ok(&ListResponse {
+        data: state
+            .catalog
+            .models
+            .iter()
+            .filter(|m| provider.is_none_or(|p| m.provider == p))
+            .filter(|m| {
+                q.as_deref()
+                    .is_none_or(|q| m.model.to_ascii_lowercase().contains(q))
+            })
+            .cloned()
+            .collect(),
+        next_cursor: None,
+    }))
+}

@@ -19,6 +19,8 @@
 //!   periods and proration.
 //! - [`alerts`]: alert rules ([`alerts::AlertRuleSpec`]: a metric, a
 //!   window and a threshold) and where each subject stands.
+//! - [`catalog`]: the built-in AI catalogue (provider presets, models
+//!   and list prices with their sources), embedded from `catalog/`.
 //! - [`calls`]: the call log entry ([`calls::CallEntry`]) and the latency
 //!   buckets shared by rollups and metrics.
 //! - [`providers`]: AI providers ([`providers::ProviderSpec`]) and the
@@ -35,6 +37,7 @@ pub mod access;
 pub mod alerts;
 pub mod billing;
 pub mod calls;
+pub mod catalog;
 pub mod code;
 pub mod id;
 pub mod model;

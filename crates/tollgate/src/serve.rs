@@ -273,6 +273,9 @@ pub async fn run(args: &ConfigArgs) -> anyhow::Result<()> {
     let store = open_store(&config).await?;
     let root_token_digest = bootstrap_root_token(&store, &config).await?;
     let secrets = Arc::new(master_key(&config)?);
+    let catalog = Arc::new(domain::catalog::Catalog::builtin().map_err(|problems| {
+        anyhow::anyhow!("the built-in catalogue is broken: {}", problems.join("; "))
+    })?);
 
     let gateway = Gateway::new(GatewayOptions {
         public_url: config.public_url.clone(),
@@ -461,6 +464,7 @@ pub async fn run(args: &ConfigArgs) -> anyhow::Result<()> {
             Arc::new(move || metrics.render(&gateway, &currency))
         },
         secrets,
+        catalog,
     };
     let mut admin_shutdown = shutdown_rx.clone();
     let admin_task = tokio::spawn(async move {

@@ -174,3 +174,62 @@ fn a_bad_master_key_is_refused_at_start() {
         crate::process::serve_fails_with(&[("TOLLGATE_SECRETS__MASTER_KEY", "c2hvcnQ=")], None);
     assert!(stderr.contains("secrets.master_key"), "{stderr}");
 }
+
+/// The built-in catalogue through the API: OpenAI-compatible presets and
+/// models with prices, each price with its source and date; any signed-in
+/// user may read it.
+#[tokio::test]
+async fn the_catalogue_lists_presets_and_priced_models() {
+    let tollgate = Tollgate::start(BIN).await;
+    let (_, token) = tollgate.user_with_token("reader@acme.test").await;
+    let (status, presets) = tollgate
+        .admin_as(
+            &token,
+            Method::GET,
+            "/api/v1/catalog/providers?kind=openai_compatible",
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{presets}");
+    let presets = presets["data"].as_array().unwrap();
+    assert!(presets.len() >= 30, "{} presets", presets.len());
+    assert!(presets.iter().all(|p| p["kind"] == "openai_compatible"));
+    let (status, all) = tollgate
+        .admin(Method::GET, "/api/v1/catalog/models", None)
+        .await;
+    assert_eq!(status, 200);
+    let all = all["data"].as_array().unwrap();
+    assert!(all.len() >= 500, "{} models", all.len());
+    for model in all {
+        let price = &model["price"];
+        assert!(
+            price["source"].as_str().unwrap().starts_with("https://"),
+            "{model}"
+        );
+        assert_eq!(price["as_of"].as_str().unwrap().len(), 10, "{model}");
+        assert!(price["input_per_million"].is_string(), "{model}");
+    }
+    let (status, openai) = tollgate
+        .admin(
+            Method::GET,
+            "/api/v1/catalog/models?provider=openai&q=GPT-4O",
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let openai = openai["data"].as_array().unwrap();
+    assert!(!openai.is_empty());
+    assert!(openai.iter().all(|m| {
+        m["provider"] == "openai"
+            && m["model"]
+                .as_str()
+                .unwrap()
+                .to_lowercase()
+                .contains("gpt-4o")
+    }));
+    let (status, body) = tollgate
+        .admin(Method::GET, "/api/v1/catalog/models?provider=nobody", None)
+        .await;
+    assert_eq!(status, 400);
+    assert!(body.to_string().contains("provider"), "{body}");
+}
