@@ -183,6 +183,15 @@ pub fn router(state: AdminState) -> Router {
             delete(providers::delete_provider_key),
         )
         .route(
+            "/api/v1/providers/{provider}/models",
+            get(providers::list_provider_models),
+        )
+        .route(
+            "/api/v1/providers/{provider}/models/{*model}",
+            axum::routing::put(providers::put_provider_model)
+                .delete(providers::delete_provider_model),
+        )
+        .route(
             "/api/v1/alerts",
             get(alerts::list_alerts).post(alerts::create_alert),
         )

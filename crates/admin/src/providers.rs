@@ -6,8 +6,12 @@
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use domain::catalog::{Catalog, CatalogModel, Modalities};
 use domain::now_ms;
-use domain::providers::{PROVIDER_KEYS_MAX, Provider, ProviderKey, ProviderKeySpec, ProviderSpec};
+use domain::providers::{
+    ModelSpec, PROVIDER_KEYS_MAX, Provider, ProviderKey, ProviderKeySpec, ProviderKind,
+    ProviderModel, ProviderSpec,
+};
 use serde::Serialize;
 
 use crate::AdminState;
@@ -42,10 +46,24 @@ async fn provider_or_404(
 async fn view(state: &AdminState, provider: Provider) -> Result<ProviderView, ApiError> {
     let keys = state.store.provider_keys(&provider.id).await?;
     Ok(ProviderView {
-        effective_base_url: provider.spec.base_url().map(str::to_owned),
+        effective_base_url: provider.spec.base_url(&state.catalog).map(str::to_owned),
         provider,
         keys,
     })
+}
+
+/// Checks a spec, its preset included.
+fn check_spec(state: &AdminState, spec: &ProviderSpec) -> Result<(), ApiError> {
+    spec.validate()?;
+    if let Some(preset) = &spec.preset
+        && !state.catalog.providers.iter().any(|p| &p.slug == preset)
+    {
+        return Err(ApiError::field(
+            "preset",
+            "is not a provider of the catalogue (see GET /api/v1/catalog/providers)",
+        ));
+    }
+    Ok(())
 }
 
 fn provider_audit<'a>(action: &'a str, provider: &'a Provider) -> Audit<'a> {
@@ -62,7 +80,7 @@ pub async fn create_provider(
     Json(spec): Json<ProviderSpec>,
 ) -> Result<Response, ApiError> {
     caller.require_platform()?;
-    spec.validate()?;
+    check_spec(&state, &spec)?;
     let now = now_ms();
     let provider = Provider {
         id: domain::id::new_id(),
@@ -126,7 +144,7 @@ pub async fn patch_provider(
 ) -> Result<Response, ApiError> {
     let existing = provider_or_404(&state, &caller, &key).await?;
     let spec: ProviderSpec = patched(&existing.spec, patch)?;
-    spec.validate()?;
+    check_spec(&state, &spec)?;
     let provider = Provider {
         spec,
         updated_at_ms: now_ms(),
@@ -293,4 +311,170 @@ pub async fn catalog_models(
             .collect(),
         next_cursor: None,
     }))
+}
+
+/// The catalogue preset whose models a provider has: its `preset`, else the
+/// one of its kind (`openai`, `anthropic`, `gemini`).
+fn preset_of(spec: &ProviderSpec) -> Option<&str> {
+    spec.preset.as_deref().or(match spec.kind {
+        ProviderKind::Openai => Some("openai"),
+        ProviderKind::Anthropic => Some("anthropic"),
+        ProviderKind::Gemini => Some("gemini"),
+        ProviderKind::OpenaiCompatible => None,
+    })
+}
+
+/// A provider's model as served: from the catalogue, overridden, or added.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ModelView {
+    pub model: String,
+    /// `catalog`, `override` (catalogue model with the operator's prices)
+    /// or `custom` (added by the operator).
+    pub origin: &'static str,
+    pub context_window: Option<u64>,
+    pub max_output_tokens: Option<u64>,
+    pub modalities: Option<Modalities>,
+    /// USD per million tokens, decimal strings.
+    pub input_per_million: String,
+    pub output_per_million: String,
+    pub cached_input_per_million: Option<String>,
+    /// Where a catalogue price comes from, and when it held.
+    pub source: Option<String>,
+    pub as_of: Option<String>,
+}
+
+fn catalog_view(model: &CatalogModel) -> ModelView {
+    ModelView {
+        model: model.model.clone(),
+        origin: "catalog",
+        context_window: Some(model.context_window),
+        max_output_tokens: model.max_output_tokens,
+        modalities: Some(model.modalities.clone()),
+        input_per_million: model.price.input_per_million.clone(),
+        output_per_million: model.price.output_per_million.clone(),
+        cached_input_per_million: model.price.cached_input_per_million.clone(),
+        source: Some(model.price.source.clone()),
+        as_of: Some(model.price.as_of.clone()),
+    }
+}
+
+fn own_view(own: &ProviderModel, base: Option<&CatalogModel>) -> ModelView {
+    let spec = &own.spec;
+    ModelView {
+        model: own.model.clone(),
+        origin: if base.is_some() { "override" } else { "custom" },
+        context_window: spec.context_window.or(base.map(|b| b.context_window)),
+        max_output_tokens: spec
+            .max_output_tokens
+            .or(base.and_then(|b| b.max_output_tokens)),
+        modalities: spec
+            .modalities
+            .clone()
+            .or_else(|| base.map(|b| b.modalities.clone())),
+        input_per_million: spec.input_per_million.clone(),
+        output_per_million: spec.output_per_million.clone(),
+        cached_input_per_million: spec.cached_input_per_million.clone(),
+        source: None,
+        as_of: None,
+    }
+}
+
+/// The models a provider serves: its preset's catalogue models, with the
+/// operator's overrides and additions.
+pub fn effective_models(
+    catalog: &Catalog,
+    spec: &ProviderSpec,
+    own: &[ProviderModel],
+) -> Vec<ModelView> {
+    let preset = preset_of(spec);
+    let base = |name: &str| preset.and_then(|preset| catalog.model(preset, name));
+    let mut models: Vec<ModelView> = catalog
+        .models
+        .iter()
+        .filter(|m| Some(m.provider.as_str()) == preset)
+        .filter(|m| !own.iter().any(|o| o.model == m.model))
+        .map(catalog_view)
+        .collect();
+    models.extend(own.iter().map(|o| own_view(o, base(&o.model))));
+    models.sort_by(|a, b| a.model.cmp(&b.model));
+    models
+}
+
+/// The models a provider serves.
+#[utoipa::path(get, path = "/api/v1/providers/{provider}/models", tag = "providers",
+    params(("provider" = String, Path, description = "slug or id")),
+    responses((status = 200, body = ListResponse<ModelView>)))]
+pub async fn list_provider_models(
+    State(state): State<AdminState>,
+    caller: Caller,
+    Path(key): Path<String>,
+) -> Result<Response, ApiError> {
+    let provider = provider_or_404(&state, &caller, &key).await?;
+    let own = state.store.provider_models(&provider.id).await?;
+    Ok(ok(&ListResponse {
+        data: effective_models(&state.catalog, &provider.spec, &own),
+        next_cursor: None,
+    }))
+}
+
+/// Add a model to the provider, or override a catalogue model's prices
+/// (the model's name may hold slashes).
+#[utoipa::path(put, path = "/api/v1/providers/{provider}/models/{model}", tag = "providers",
+    request_body = ModelSpec,
+    params(("provider" = String, Path, description = "slug or id"), ("model" = String, Path)),
+    responses((status = 200, body = ModelView), (status = 400, body = crate::openapi::Problem)))]
+pub async fn put_provider_model(
+    State(state): State<AdminState>,
+    caller: Caller,
+    Path((key, model)): Path<(String, String)>,
+    Json(spec): Json<ModelSpec>,
+) -> Result<Response, ApiError> {
+    let provider = provider_or_404(&state, &caller, &key).await?;
+    spec.validate(&model)?;
+    let base = preset_of(&provider.spec).and_then(|preset| state.catalog.model(preset, &model));
+    if base.is_none() && (spec.context_window.is_none() || spec.modalities.is_none()) {
+        return Err(ApiError::field(
+            "context_window",
+            "and modalities are required for a model the catalogue does not know",
+        ));
+    }
+    let own = ProviderModel {
+        provider_id: provider.id.clone(),
+        model,
+        spec,
+        updated_at_ms: now_ms(),
+    };
+    let mut tx = state.store.begin().await?;
+    tx.put_provider_model(&own).await?;
+    let record = Audit::new("provider.model.put", "provider", &provider.id, None);
+    audit(&mut tx, &caller, record, NONE, Some(&own)).await?;
+    commit(&state, tx).await?;
+    Ok(ok(&own_view(&own, base)))
+}
+
+/// Remove a model's override or an added model.
+#[utoipa::path(delete, path = "/api/v1/providers/{provider}/models/{model}", tag = "providers",
+    params(("provider" = String, Path, description = "slug or id"), ("model" = String, Path)),
+    responses((status = 204)))]
+pub async fn delete_provider_model(
+    State(state): State<AdminState>,
+    caller: Caller,
+    Path((key, model)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let provider = provider_or_404(&state, &caller, &key).await?;
+    let mut tx = state.store.begin().await?;
+    if !tx.delete_provider_model(&provider.id, &model).await? {
+        return Err(ApiError::not_found("model", &model));
+    }
+    let record = Audit::new("provider.model.delete", "provider", &provider.id, None);
+    audit(
+        &mut tx,
+        &caller,
+        record,
+        Some(&serde_json::json!({"model": model})),
+        NONE,
+    )
+    .await?;
+    commit(&state, tx).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -46,6 +46,10 @@ pub struct ProviderSpec {
     /// Required for `openai_compatible`; the kind's own API otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_url: Option<String>,
+    /// A preset of the built-in catalogue (`groq`, `mistral`…): its base
+    /// URL is the default and its models and prices apply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preset: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -64,18 +68,30 @@ impl ProviderSpec {
                     errors.add("base_url", message);
                 }
             }
-            None if self.kind.default_base_url().is_none() => {
-                errors.add("base_url", "is required for an openai_compatible provider");
+            None if self.kind.default_base_url().is_none() && self.preset.is_none() => {
+                errors.add(
+                    "base_url",
+                    "is required for an openai_compatible provider without a preset",
+                );
             }
             None => {}
         }
         errors.into_result()
     }
 
-    /// Where requests go.
-    pub fn base_url(&self) -> Option<&str> {
+    /// Where requests go: its own base URL, else its preset's (from
+    /// `catalog`), else its kind's.
+    pub fn base_url<'a>(&'a self, catalog: &'a crate::catalog::Catalog) -> Option<&'a str> {
         self.base_url
             .as_deref()
+            .or_else(|| {
+                let preset = self.preset.as_deref()?;
+                catalog
+                    .providers
+                    .iter()
+                    .find(|p| p.slug == preset)
+                    .map(|p| p.base_url.as_str())
+            })
             .or_else(|| self.kind.default_base_url())
     }
 }
@@ -156,7 +172,10 @@ mod tests {
             serde_json::from_value(serde_json::json!({"slug": "openai", "kind": "openai"}))
                 .unwrap();
         assert!(spec.validate().is_ok());
-        assert_eq!(spec.base_url(), Some("https://api.openai.com/v1"));
+        assert_eq!(
+            spec.base_url(&crate::catalog::Catalog::default()),
+            Some("https://api.openai.com/v1")
+        );
     }
 
     #[test]
@@ -173,4 +192,70 @@ mod tests {
         };
         assert!(short.validate().is_err());
     }
+}
+
+/// A model an operator adds to a provider or whose catalogue entry it
+/// overrides: prices per million tokens (decimal strings, USD), and
+/// optionally the window and modalities.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    pub input_per_million: String,
+    pub output_per_million: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached_input_per_million: Option<String>,
+    /// Required for a model the catalogue does not know.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_window: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_output_tokens: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub modalities: Option<crate::catalog::Modalities>,
+}
+
+/// Longest model name accepted.
+pub const MODEL_NAME_MAX: usize = 200;
+
+impl ModelSpec {
+    pub fn validate(&self, model: &str) -> Result<(), FieldErrors> {
+        use crate::money::{Sign, parse};
+        let mut errors = FieldErrors::new();
+        if model.is_empty()
+            || model.len() > MODEL_NAME_MAX
+            || model.chars().any(|c| c.is_control() || c.is_whitespace())
+        {
+            errors.add(
+                "model",
+                format!("must be 1 to {MODEL_NAME_MAX} characters without spaces"),
+            );
+        }
+        for (field, value) in [
+            ("input_per_million", Some(&self.input_per_million)),
+            ("output_per_million", Some(&self.output_per_million)),
+            (
+                "cached_input_per_million",
+                self.cached_input_per_million.as_ref(),
+            ),
+        ] {
+            if let Some(text) = value
+                && let Err(error) = parse(text, Sign::NonNegative)
+            {
+                errors.add(field, error.to_string());
+            }
+        }
+        if self.context_window == Some(0) {
+            errors.add("context_window", "must be above zero");
+        }
+        errors.into_result()
+    }
+}
+
+/// A stored model of a provider.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ProviderModel {
+    pub provider_id: String,
+    pub model: String,
+    #[serde(flatten)]
+    pub spec: ModelSpec,
+    pub updated_at_ms: i64,
 }

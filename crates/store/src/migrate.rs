@@ -44,6 +44,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "providers",
         include_str!("../migrations/0013_providers.sql"),
     ),
+    (
+        14,
+        "provider_models",
+        include_str!("../migrations/0014_provider_models.sql"),
+    ),
 ];
 
 impl Store {

@@ -1,6 +1,6 @@
 //! AI providers and their sealed key pools.
 
-use domain::providers::{Provider, ProviderKey};
+use domain::providers::{Provider, ProviderKey, ProviderModel};
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
@@ -35,10 +35,11 @@ impl WriteTx {
         Ok(())
     }
 
-    /// Deletes a provider and its keys.
+    /// Deletes a provider with its keys and models.
     pub async fn delete_provider(&mut self, id: &str) -> Result<()> {
         self.changed_config = true;
         for sql in [
+            "DELETE FROM provider_models WHERE provider_id = $1",
             "DELETE FROM provider_keys WHERE provider_id = $1",
             "DELETE FROM providers WHERE id = $1",
         ] {
@@ -97,7 +98,56 @@ impl WriteTx {
     }
 }
 
+impl WriteTx {
+    /// Adds a model to a provider or replaces its override.
+    pub async fn put_provider_model(&mut self, model: &ProviderModel) -> Result<()> {
+        self.changed_config = true;
+        sqlx::query(
+            "INSERT INTO provider_models (provider_id, model, spec, updated_at_ms) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (provider_id, model) DO UPDATE SET spec = excluded.spec, \
+             updated_at_ms = excluded.updated_at_ms",
+        )
+        .bind(&model.provider_id)
+        .bind(&model.model)
+        .bind(to_json(&model.spec)?)
+        .bind(model.updated_at_ms)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Removes a provider's model (or override); false when there was none.
+    pub async fn delete_provider_model(&mut self, provider_id: &str, model: &str) -> Result<bool> {
+        self.changed_config = true;
+        let done = sqlx::query("DELETE FROM provider_models WHERE provider_id = $1 AND model = $2")
+            .bind(provider_id)
+            .bind(model)
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+}
+
 impl Store {
+    /// A provider's own models and overrides, by name.
+    pub async fn provider_models(&self, provider_id: &str) -> Result<Vec<ProviderModel>> {
+        let rows =
+            sqlx::query("SELECT * FROM provider_models WHERE provider_id = $1 ORDER BY model")
+                .bind(provider_id)
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(ProviderModel {
+                    provider_id: text(row, "provider_id")?,
+                    model: text(row, "model")?,
+                    spec: from_json(&text(row, "spec")?, "provider model")?,
+                    updated_at_ms: int(row, "updated_at_ms")?,
+                })
+            })
+            .collect()
+    }
+
     /// A provider by id or slug.
     pub async fn provider(&self, key: &str) -> Result<Option<Provider>> {
         let row = sqlx::query("SELECT * FROM providers WHERE id = $1 OR slug = $1")

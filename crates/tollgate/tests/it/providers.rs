@@ -233,3 +233,123 @@ async fn the_catalogue_lists_presets_and_priced_models() {
     assert_eq!(status, 400);
     assert!(body.to_string().contains("provider"), "{body}");
 }
+
+/// A provider made from a catalogue preset takes its base URL and models;
+/// operators override prices and add models (names with slashes too).
+#[tokio::test]
+async fn provider_models_come_from_the_catalogue_with_overrides() {
+    let tollgate = Tollgate::start(BIN).await;
+    let (status, body) = tollgate
+        .admin(
+            Method::POST,
+            "/api/v1/providers",
+            Some(json!({"slug": "x", "kind": "openai_compatible", "preset": "no-such-preset"})),
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert!(body.to_string().contains("preset"), "{body}");
+    let provider = tollgate
+        .create(
+            "/api/v1/providers",
+            json!({"slug": "my-groq", "kind": "openai_compatible", "preset": "groq"}),
+        )
+        .await;
+    let (_, presets) = tollgate
+        .admin(Method::GET, "/api/v1/catalog/providers", None)
+        .await;
+    let groq = presets["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["slug"] == "groq")
+        .unwrap()
+        .clone();
+    assert_eq!(provider["effective_base_url"], groq["base_url"]);
+    let (_, catalogue) = tollgate
+        .admin(Method::GET, "/api/v1/catalog/models?provider=groq", None)
+        .await;
+    let catalogue = catalogue["data"].as_array().unwrap().clone();
+    assert!(!catalogue.is_empty());
+    let listed = provider_models(&tollgate).await;
+    assert_eq!(listed.len(), catalogue.len());
+    assert!(
+        listed
+            .iter()
+            .all(|m| m["origin"] == "catalog" && m["source"].is_string())
+    );
+
+    // Override one catalogue model's prices.
+    let name = catalogue[0]["model"].as_str().unwrap().to_owned();
+    let (status, body) = tollgate
+        .admin(
+            Method::PUT,
+            &format!("/api/v1/providers/my-groq/models/{name}"),
+            Some(json!({"input_per_million": "0.5", "output_per_million": "0.9"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["origin"], "override");
+    assert_eq!(body["context_window"], catalogue[0]["context_window"]);
+    // Bad prices and unknown models without their window are refused.
+    let (status, body) = tollgate
+        .admin(
+            Method::PUT,
+            "/api/v1/providers/my-groq/models/acme/custom-7b",
+            Some(json!({"input_per_million": "1.0000000001", "output_per_million": "1"})),
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert!(body.to_string().contains("input_per_million"), "{body}");
+    let (status, body) = tollgate
+        .admin(
+            Method::PUT,
+            "/api/v1/providers/my-groq/models/acme/custom-7b",
+            Some(json!({"input_per_million": "0.1", "output_per_million": "0.2"})),
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert!(body.to_string().contains("context_window"), "{body}");
+    let (status, body) = tollgate
+        .admin(
+            Method::PUT,
+            "/api/v1/providers/my-groq/models/acme/custom-7b",
+            Some(
+                json!({"input_per_million": "0.1", "output_per_million": "0.2",
+                "context_window": 32768, "modalities": {"input": ["text"], "output": ["text"]}}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["origin"], "custom");
+    let listed = provider_models(&tollgate).await;
+    assert_eq!(listed.len(), catalogue.len() + 1);
+    let find = |name: &str| listed.iter().find(|m| m["model"] == name).unwrap().clone();
+    assert_eq!(find(&name)["input_per_million"], "0.5");
+    assert_eq!(find(&name)["origin"], "override");
+    assert_eq!(find("acme/custom-7b")["context_window"], 32768);
+
+    // Removing the override brings the catalogue's price back.
+    let (status, _) = tollgate
+        .admin(
+            Method::DELETE,
+            &format!("/api/v1/providers/my-groq/models/{name}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 204);
+    let listed = provider_models(&tollgate).await;
+    let restored = listed.iter().find(|m| m["model"] == name.as_str()).unwrap();
+    assert_eq!(restored["origin"], "catalog");
+    assert_eq!(
+        restored["input_per_million"],
+        catalogue[0]["price"]["input_per_million"]
+    );
+}
+
+async fn provider_models(tollgate: &Tollgate) -> Vec<Value> {
+    let (status, body) = tollgate
+        .admin(Method::GET, "/api/v1/providers/my-groq/models", None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body["data"].as_array().unwrap().clone()
+}
