@@ -50,6 +50,24 @@ pub async fn gateway_with(upstream: &FakeUpstream) -> Tollgate {
     tollgate
 }
 
+/// The SQLite database of `tollgate`'s data dir with its write-ahead log,
+/// as text (to check what never reaches it).
+pub fn database_text(tollgate: &Tollgate) -> String {
+    let mut raw = Vec::new();
+    for entry in std::fs::read_dir(&tollgate.data_dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("tollgate.db")
+        {
+            raw.extend(std::fs::read(&path).unwrap());
+        }
+    }
+    String::from_utf8_lossy(&raw).into_owned()
+}
+
 /// The problem body of a refused response, checked for the SPEC §4 shape.
 pub async fn problem(response: reqwest::Response, status: u16, code: &str) -> serde_json::Value {
     assert_eq!(response.status().as_u16(), status, "status");

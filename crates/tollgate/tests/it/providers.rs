@@ -9,22 +9,6 @@ use crate::*;
 
 const SECRET: &str = "gsk_live_Sup3rS3cretKey_9f8e7d6c5b4a";
 
-fn database_text(tollgate: &Tollgate) -> String {
-    let mut raw = Vec::new();
-    for entry in std::fs::read_dir(&tollgate.data_dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path
-            .file_name()
-            .unwrap()
-            .to_string_lossy()
-            .starts_with("tollgate.db")
-        {
-            raw.extend(std::fs::read(&path).unwrap());
-        }
-    }
-    String::from_utf8_lossy(&raw).into_owned()
-}
-
 #[tokio::test]
 async fn provider_keys_are_sealed_and_never_shown() {
     let data = tempfile::tempdir().unwrap();
@@ -107,7 +91,7 @@ async fn provider_keys_are_sealed_and_never_shown() {
         .await;
     assert_eq!(audit["data"].as_array().unwrap().len(), 1);
     assert!(!audit.to_string().contains(SECRET), "{audit}");
-    let stored = database_text(&tollgate);
+    let stored = crate::database_text(&tollgate);
     assert!(
         !stored.contains(SECRET),
         "the key reached the database in clear"
