@@ -66,7 +66,19 @@ impl Tollgate {
         Self::start_with(binary, Options::default()).await
     }
 
+    /// Starts the binary; when one of the free ports it was given was
+    /// taken by another test in the meantime, starts it again on others.
     pub async fn start_with(binary: &str, options: Options) -> Self {
+        for _ in 0..4 {
+            let tollgate = Self::spawn(binary, &options);
+            if tollgate.wait_ready().await {
+                return tollgate;
+            }
+        }
+        panic!("tollgate found its ports taken four times in a row");
+    }
+
+    fn spawn(binary: &str, options: &Options) -> Self {
         let (data_dir, temp) = match &options.data_dir {
             Some(dir) => (dir.clone(), None),
             None => {
@@ -100,7 +112,7 @@ impl Tollgate {
             command.env(key, value);
         }
         let child = command.spawn().expect("start the tollgate binary");
-        let tollgate = Tollgate {
+        Tollgate {
             child: Some(child),
             gateway_url: format!("http://127.0.0.1:{gateway_port}"),
             admin_url: format!("http://127.0.0.1:{admin_port}"),
@@ -108,9 +120,7 @@ impl Tollgate {
             _temp: temp,
             client: client(),
             log_path,
-        };
-        tollgate.wait_ready().await;
-        tollgate
+        }
     }
 
     /// The process's output so far (for failure messages).
@@ -122,7 +132,9 @@ impl Tollgate {
         &self.log_path
     }
 
-    async fn wait_ready(&self) {
+    /// Waits until both listeners answer: true; false when a port was
+    /// taken (the process exits saying so).
+    async fn wait_ready(&self) -> bool {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             if let Ok(response) = self
@@ -138,7 +150,10 @@ impl Tollgate {
                     .await
                     .is_ok()
             {
-                return;
+                return true;
+            }
+            if self.log().contains("Address already in use") {
+                return false;
             }
             assert!(
                 Instant::now() < deadline,
