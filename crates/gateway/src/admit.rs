@@ -501,7 +501,6 @@ pub(crate) fn has_credentials<B>(request: &Request<B>) -> bool {
     !credentials(request).is_empty()
 }
 
-/// Runs phases 3–5 for a matched route.
 /// What admission needs besides the request: where it came from and the
 /// gateway's settings.
 pub(crate) struct AdmitEnv<'a> {
@@ -514,6 +513,9 @@ pub(crate) struct AdmitEnv<'a> {
     pub public_url: &'a str,
 }
 
+/// Runs phases 3–6 for a matched route; `who` learns the caller as far
+/// as authentication and authorization got (for the call log), also when
+/// a later phase refuses.
 pub(crate) fn admit<B>(
     snapshot: &Snapshot,
     route: &RouteRt,

@@ -1,10 +1,11 @@
 //! The call log's hot-path half: one [`CallRecord`] per request, refusals
 //! included, handed to the binary's call writer off the hot path.
 //!
-//! - A record holds what the request already had (request id, method,
-//!   URI, host, the thread's snapshot handle, the matched route, the
-//!   caller's app, key and subscription as shared `Arc`s): no string is
-//!   copied and nothing is formatted on the request path. The writer turns
+//! - A record holds what the request already had (the thread's snapshot
+//!   handle, the matched route, the caller's app, key and subscription as
+//!   shared `Arc`s); the request id, host and path are copied inline
+//!   (`SmallVec`, no allocation for usual sizes) so no read buffer is kept
+//!   alive, and nothing is formatted on the request path. The writer turns
 //!   it into a stored [`domain::calls::CallEntry`] with
 //!   [`CallRecord::entry`].
 //! - A proxied response's record rides on its body and is finished when the
@@ -47,7 +48,7 @@ pub fn dropped() -> u64 {
 }
 
 /// Who made a call, as far as the admission phases got.
-#[derive(Default, Clone)]
+#[derive(Default)]
 pub struct Who {
     pub app: Option<Arc<AppRt>>,
     pub key: Option<Arc<KeyRt>>,

@@ -72,6 +72,11 @@ impl Granularity {
         }
     }
 
+    /// The start of the bucket `at_ms` falls in.
+    pub fn bucket(self, at_ms: i64) -> i64 {
+        at_ms.div_euclid(self.millis()) * self.millis()
+    }
+
     fn table(self) -> &'static str {
         match self {
             Granularity::Minute => "rollups_minute",
@@ -143,10 +148,9 @@ impl RollupValues {
 impl RollupKey {
     /// The key a call counts under, in buckets of `granularity`.
     pub fn of(entry: &CallEntry, granularity: Granularity) -> Self {
-        let size = granularity.millis();
         let none = String::new;
         Self {
-            bucket_ms: entry.at_ms.div_euclid(size) * size,
+            bucket_ms: granularity.bucket(entry.at_ms),
             provider_team: entry.provider_team.clone().unwrap_or_else(none),
             consumer_team: entry.consumer_team.clone().unwrap_or_else(none),
             service: entry.service.clone().unwrap_or_else(none),

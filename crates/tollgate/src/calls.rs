@@ -84,9 +84,8 @@ impl Pending {
                 (Granularity::Minute, &mut self.minute),
                 (Granularity::Hour, &mut self.hour),
             ] {
-                let size = granularity.millis();
                 let key = RollupKey {
-                    bucket_ms: (identity.second * 1000).div_euclid(size) * size,
+                    bucket_ms: granularity.bucket(identity.second * 1000),
                     provider_team: identity.provider_team.to_owned(),
                     consumer_team: identity.consumer_team.to_owned(),
                     service: identity.service.to_owned(),
