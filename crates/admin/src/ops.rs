@@ -91,6 +91,18 @@ async fn resolve_upstream(
 
 async fn save_service(tx: &mut WriteTx, service: &mut Service) -> Result<(), ApiError> {
     let upstream_id = resolve_upstream(tx, &mut service.spec).await?;
+    if let Some(ai) = &service.spec.ai {
+        for provider in ai.providers() {
+            if !tx.provider_exists(provider).await? {
+                return Err(ApiError::field(
+                    "ai",
+                    format!(
+                        "no provider '{provider}' exists; create it first (POST /api/v1/providers)"
+                    ),
+                ));
+            }
+        }
+    }
     tx.put_service(service, upstream_id.as_deref()).await?;
     Ok(())
 }

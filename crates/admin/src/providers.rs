@@ -6,11 +6,10 @@
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use domain::catalog::{Catalog, CatalogModel, Modalities};
 use domain::now_ms;
 use domain::providers::{
-    ModelSpec, PROVIDER_KEYS_MAX, Provider, ProviderKey, ProviderKeySpec, ProviderKind,
-    ProviderModel, ProviderSpec,
+    ModelSpec, ModelView, PROVIDER_KEYS_MAX, Provider, ProviderKey, ProviderKeySpec, ProviderModel,
+    ProviderSpec, effective_models, own_view, preset_of,
 };
 use serde::Serialize;
 
@@ -311,93 +310,6 @@ pub async fn catalog_models(
             .collect(),
         next_cursor: None,
     }))
-}
-
-/// The catalogue preset whose models a provider has: its `preset`, else the
-/// one of its kind (`openai`, `anthropic`, `gemini`).
-fn preset_of(spec: &ProviderSpec) -> Option<&str> {
-    spec.preset.as_deref().or(match spec.kind {
-        ProviderKind::Openai => Some("openai"),
-        ProviderKind::Anthropic => Some("anthropic"),
-        ProviderKind::Gemini => Some("gemini"),
-        ProviderKind::OpenaiCompatible => None,
-    })
-}
-
-/// A provider's model as served: from the catalogue, overridden, or added.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct ModelView {
-    pub model: String,
-    /// `catalog`, `override` (catalogue model with the operator's prices)
-    /// or `custom` (added by the operator).
-    pub origin: &'static str,
-    pub context_window: Option<u64>,
-    pub max_output_tokens: Option<u64>,
-    pub modalities: Option<Modalities>,
-    /// USD per million tokens, decimal strings.
-    pub input_per_million: String,
-    pub output_per_million: String,
-    pub cached_input_per_million: Option<String>,
-    /// Where a catalogue price comes from, and when it held.
-    pub source: Option<String>,
-    pub as_of: Option<String>,
-}
-
-fn catalog_view(model: &CatalogModel) -> ModelView {
-    ModelView {
-        model: model.model.clone(),
-        origin: "catalog",
-        context_window: Some(model.context_window),
-        max_output_tokens: model.max_output_tokens,
-        modalities: Some(model.modalities.clone()),
-        input_per_million: model.price.input_per_million.clone(),
-        output_per_million: model.price.output_per_million.clone(),
-        cached_input_per_million: model.price.cached_input_per_million.clone(),
-        source: Some(model.price.source.clone()),
-        as_of: Some(model.price.as_of.clone()),
-    }
-}
-
-fn own_view(own: &ProviderModel, base: Option<&CatalogModel>) -> ModelView {
-    let spec = &own.spec;
-    ModelView {
-        model: own.model.clone(),
-        origin: if base.is_some() { "override" } else { "custom" },
-        context_window: spec.context_window.or(base.map(|b| b.context_window)),
-        max_output_tokens: spec
-            .max_output_tokens
-            .or(base.and_then(|b| b.max_output_tokens)),
-        modalities: spec
-            .modalities
-            .clone()
-            .or_else(|| base.map(|b| b.modalities.clone())),
-        input_per_million: spec.input_per_million.clone(),
-        output_per_million: spec.output_per_million.clone(),
-        cached_input_per_million: spec.cached_input_per_million.clone(),
-        source: None,
-        as_of: None,
-    }
-}
-
-/// The models a provider serves: its preset's catalogue models, with the
-/// operator's overrides and additions.
-pub fn effective_models(
-    catalog: &Catalog,
-    spec: &ProviderSpec,
-    own: &[ProviderModel],
-) -> Vec<ModelView> {
-    let preset = preset_of(spec);
-    let base = |name: &str| preset.and_then(|preset| catalog.model(preset, name));
-    let mut models: Vec<ModelView> = catalog
-        .models
-        .iter()
-        .filter(|m| Some(m.provider.as_str()) == preset)
-        .filter(|m| !own.iter().any(|o| o.model == m.model))
-        .map(catalog_view)
-        .collect();
-    models.extend(own.iter().map(|o| own_view(o, base(&o.model))));
-    models.sort_by(|a, b| a.model.cmp(&b.model));
-    models
 }
 
 /// The models a provider serves.

@@ -534,6 +534,14 @@ pub struct PlanSpec {
     /// existing ones.
     #[serde(default = "crate::model::default_true")]
     pub open: bool,
+    /// AI services: multiplier over the models' list prices (decimal
+    /// string, `"1.5"`); default the service's `ai.markup`, else 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub markup: Option<String>,
+    /// AI services: token prices per million, by model (`<provider>/<model>`),
+    /// alias, or `*` for every model; they win over catalogue price × markup.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub token_prices: std::collections::BTreeMap<String, crate::ai::TokenPrice>,
 }
 
 impl PlanSpec {
@@ -575,6 +583,12 @@ impl PlanSpec {
         if self.trial_days.is_some_and(|days| days == 0 || days > 365) {
             errors.add("trial_days", "must be between 1 and 365");
         }
+        if let Some(markup) = &self.markup
+            && let Err(message) = crate::ai::parse_markup(markup)
+        {
+            errors.add("markup", message);
+        }
+        crate::ai::validate_token_prices(&self.token_prices, &mut errors);
         errors.into_result()
     }
 

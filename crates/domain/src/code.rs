@@ -41,12 +41,13 @@ pub enum Code {
     BadRequest,
     HeadersTooLarge,
     RequestNotFound,
+    ModelNotFound,
     InternalError,
 }
 
 impl Code {
     /// Every code, for docs and problem pages.
-    pub const ALL: [Code; 37] = [
+    pub const ALL: [Code; 38] = [
         Code::MissingCredentials,
         Code::InvalidCredentials,
         Code::KeyRevoked,
@@ -83,6 +84,7 @@ impl Code {
         Code::BadRequest,
         Code::HeadersTooLarge,
         Code::RequestNotFound,
+        Code::ModelNotFound,
         Code::InternalError,
     ];
 
@@ -133,6 +135,7 @@ impl Code {
             Code::BadRequest => ("bad_request", 400, "Bad request"),
             Code::HeadersTooLarge => ("headers_too_large", 431, "Request header fields too large"),
             Code::RequestNotFound => ("request_not_found", 404, "Request not found"),
+            Code::ModelNotFound => ("model_not_found", 404, "Model not found"),
             Code::InternalError => ("internal_error", 500, "Internal error"),
         }
     }

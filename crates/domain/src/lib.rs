@@ -23,6 +23,8 @@
 //!   and list prices with their sources), embedded from `catalog/`.
 //! - [`calls`]: the call log entry ([`calls::CallEntry`]) and the latency
 //!   buckets shared by rollups and metrics.
+//! - [`ai`]: what an AI service offers (models, aliases with fallbacks,
+//!   markup, timeouts) and plan token prices.
 //! - [`providers`]: AI providers ([`providers::ProviderSpec`]) and the
 //!   write-only keys of their pools.
 //! - [`problems`]: the plain-words cause, fix and prevention of each code.
@@ -34,6 +36,7 @@
 //! store); the admin API owns its own wire types and converts explicitly.
 
 pub mod access;
+pub mod ai;
 pub mod alerts;
 pub mod billing;
 pub mod calls;

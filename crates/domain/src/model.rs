@@ -302,6 +302,9 @@ pub struct ServiceSpec {
     /// Store request and response bodies in the call log (off unless set).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_bodies: Option<BodyLogSpec>,
+    /// Kind `ai`: the models and aliases offered (SPEC §7).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ai: Option<crate::ai::AiSpec>,
 }
 
 /// Body capture for a service's call log entries: the first `max_bytes`
@@ -926,9 +929,25 @@ impl ServiceSpec {
                     errors.add("upstream", "is required for a service of kind 'http'");
                 }
             }
-            ServiceKind::Ai | ServiceKind::Prompt => {
-                errors.add("kind", "only 'http' services are supported in this version");
+            ServiceKind::Ai => match &self.ai {
+                Some(ai) => ai.validate(&mut errors),
+                None => errors.add("ai", "is required for a service of kind 'ai'"),
+            },
+            ServiceKind::Prompt => {
+                errors.add(
+                    "kind",
+                    "'prompt' services are not supported in this version",
+                );
             }
+        }
+        if self.kind != ServiceKind::Ai && self.ai.is_some() {
+            errors.add("ai", "is only for services of kind 'ai'");
+        }
+        if self.kind == ServiceKind::Ai && self.upstream.is_some() {
+            errors.add(
+                "upstream",
+                "an 'ai' service calls its models' providers, not an upstream",
+            );
         }
         check_timeout(&mut errors, "timeout_ms", self.timeout_ms);
         self.retry.validate("retry", &mut errors);

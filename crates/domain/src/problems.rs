@@ -209,6 +209,11 @@ pub const fn explain(code: Code) -> Explanation {
             fix: "Check the id against the `X-Request-Id` header of the response, and ask with the key of the app that made the call.",
             prevent: "Keep the `X-Request-Id` of calls you may want to look into, and look them up soon after.",
         },
+        Code::ModelNotFound => Explanation {
+            cause: "No AI service on this gateway offers the model you named, neither as `<provider>/<model>` nor as an alias.",
+            fix: "List the models your key may use with `GET /v1/models` and call one of them, or ask the service's team to add the model.",
+            prevent: "Read model names from `GET /v1/models` instead of hard-coding them, and prefer the aliases a service defines: they survive model changes.",
+        },
         Code::MethodNotAllowed => Explanation {
             cause: "The path exists, but not with the HTTP method you used.",
             fix: "Use one of the methods listed in the `Allow` header of the response.",

@@ -79,6 +79,36 @@ pub struct SubscriptionRt {
     /// Its names (plan, service, app) for refusals, charges and usage
     /// events.
     pub labels: Arc<crate::money::Labels>,
+    /// AI services: the plan's markup and token prices.
+    pub ai_prices: Option<Arc<PlanAiPrices>>,
+}
+
+/// What a plan says about token prices (see `domain::ai`).
+#[derive(Debug, Default)]
+pub struct PlanAiPrices {
+    /// Nano-units per unit; `None`: the service's markup.
+    pub markup: Option<i64>,
+    /// By model, alias or `*`, per million tokens.
+    pub by_name: HashMap<String, domain::ai::TokenPricesNanos>,
+}
+
+impl PlanAiPrices {
+    fn compile(plan: &domain::access::PlanSpec) -> Option<Arc<Self>> {
+        if plan.markup.is_none() && plan.token_prices.is_empty() {
+            return None;
+        }
+        Some(Arc::new(Self {
+            markup: plan
+                .markup
+                .as_deref()
+                .and_then(|m| domain::ai::parse_markup(m).ok()),
+            by_name: plan
+                .token_prices
+                .iter()
+                .filter_map(|(name, price)| Some((name.clone(), price.nanos().ok()?)))
+                .collect(),
+        }))
+    }
 }
 
 /// What a subscription's plan and period say about paying for a call.
@@ -308,6 +338,7 @@ pub fn compile(
                     service: subscription.service.as_str().into(),
                     plan: subscription.plan.as_str().into(),
                 }),
+                ai_prices: plan.and_then(|plan| PlanAiPrices::compile(&plan.spec)),
             },
         ));
     }

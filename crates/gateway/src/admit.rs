@@ -606,7 +606,7 @@ pub(crate) fn admit<B>(
 static TOLLGATE_WARNING: HeaderName = HeaderName::from_static("tollgate-warning");
 
 /// A 402 with the members every money refusal carries (SPEC §4).
-fn money_refusal(
+pub(crate) fn money_refusal(
     code: Code,
     detail: String,
     app: &AppRt,
@@ -633,7 +633,7 @@ fn seconds_until(end_ms: i64, now_ms: i64) -> i64 {
     ((end_ms - now_ms).max(0) + 999) / 1000
 }
 
-fn retry_after(refusal: Refusal, end_ms: i64, now_ms: i64) -> Refusal {
+pub(crate) fn retry_after(refusal: Refusal, end_ms: i64, now_ms: i64) -> Refusal {
     let seconds = seconds_until(end_ms, now_ms).max(1);
     refusal.with_header(header::RETRY_AFTER, HeaderValue::from(seconds))
 }

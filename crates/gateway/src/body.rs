@@ -319,6 +319,8 @@ impl Body for UpstreamResponseBody {
 pub enum GatewayBody {
     Full(Option<Bytes>),
     Upstream(UpstreamResponseBody),
+    /// A streamed AI answer, translated and metered as it goes.
+    Ai(Box<crate::ai::AiStream>),
 }
 
 impl GatewayBody {
@@ -342,6 +344,7 @@ impl Body for GatewayBody {
         match self.get_mut() {
             GatewayBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             GatewayBody::Upstream(body) => Pin::new(body).poll_frame(cx),
+            GatewayBody::Ai(body) => Pin::new(&mut **body).poll_frame(cx),
         }
     }
 
@@ -349,6 +352,7 @@ impl Body for GatewayBody {
         match self {
             GatewayBody::Full(data) => data.is_none(),
             GatewayBody::Upstream(body) => body.is_end_stream(),
+            GatewayBody::Ai(body) => body.is_end_stream(),
         }
     }
 
@@ -358,6 +362,7 @@ impl Body for GatewayBody {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
             GatewayBody::Upstream(body) => body.size_hint(),
+            GatewayBody::Ai(body) => body.size_hint(),
         }
     }
 }

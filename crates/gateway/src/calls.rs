@@ -84,6 +84,8 @@ pub struct CallRecord {
     pub capture: Option<Box<Capture>>,
     /// The call's trace span, when traces are exported.
     pub trace: Option<domain::calls::TraceIds>,
+    /// AI calls: provider, model, tokens, time to first token.
+    pub ai: Option<Box<crate::ai::AiCall>>,
 }
 
 /// The first bytes of a body, and how long it was.
@@ -218,7 +220,7 @@ impl CallRecord {
             (Some(upstream), Some((index, _))) => {
                 upstream.targets.get(index).map(|t| t.url.clone())
             }
-            _ => None,
+            _ => self.ai.as_ref().map(|ai| ai.url.clone()),
         };
         let labels = self.who.subscription.as_deref();
         CallEntry {
@@ -248,11 +250,11 @@ impl CallRecord {
                 .problem
                 .as_ref()
                 .map(|body| String::from_utf8_lossy(body).into_owned()),
-            provider: None,
-            model: None,
-            input_tokens: 0,
-            output_tokens: 0,
-            ttft_us: None,
+            provider: self.ai.as_ref().map(|ai| ai.provider.clone()),
+            model: self.ai.as_ref().map(|ai| ai.model.clone()),
+            input_tokens: self.ai.as_ref().map_or(0, |ai| ai.input_tokens),
+            output_tokens: self.ai.as_ref().map_or(0, |ai| ai.output_tokens),
+            ttft_us: self.ai.as_ref().and_then(|ai| ai.ttft).map(micros),
             completed: self.completed,
             http_route: route.map(|r| r.pattern.clone()),
             trace: self.trace,
@@ -313,6 +315,7 @@ impl CallRecord {
             completed: false,
             capture: None,
             trace: None,
+            ai: None,
         }
     }
 

@@ -19,6 +19,7 @@
 
 pub mod access;
 mod admit;
+pub mod ai;
 pub mod body;
 pub mod calls;
 pub mod client;
@@ -44,6 +45,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
+pub use ai::AiProvider;
 pub use jsonwebtoken::jwk::JwkSet;
 pub use snapshot::{CompileError, Config, Defaults};
 
@@ -126,6 +128,8 @@ pub(crate) struct Shared {
     facilitator: std::sync::OnceLock<Arc<dyn x402::Facilitator>>,
     /// x402 payloads in use or settled on this node.
     x402_used: Arc<x402::Used>,
+    /// AI provider keys and their cool-downs, kept across reloads.
+    ai_keys: ai::KeyRegistry,
 }
 
 /// A handler for `POST /_tollgate/webhooks/<name>`: gets the request's
@@ -224,6 +228,7 @@ impl Gateway {
                 hooks: std::sync::RwLock::default(),
                 facilitator: std::sync::OnceLock::new(),
                 x402_used: Arc::default(),
+                ai_keys: ai::KeyRegistry::default(),
             }),
         }
     }
@@ -237,6 +242,7 @@ impl Gateway {
             &self.shared.registry,
             &self.shared.limiters,
             &self.shared.wallets,
+            &self.shared.ai_keys,
         )?;
         self.shared.snapshot.store(Arc::new(compiled));
         self.shared.generation.fetch_add(1, Ordering::Release);
@@ -261,6 +267,7 @@ impl Gateway {
             routes: old.routes.clone(),
             upstreams: old.upstreams.clone(),
             access: old.access.with_key_changes(changed, current),
+            ai: old.ai.clone(),
         };
         self.shared.snapshot.store(Arc::new(next));
         self.shared.generation.fetch_add(1, Ordering::Release);

@@ -210,9 +210,73 @@ impl Reservation {
         Ok(())
     }
 
+    /// Takes `amount` more from the wallet (an AI call's tokens, on top of
+    /// any price per request); else says how much there is.
+    pub fn add_wallet(&mut self, amount: i64) -> Result<(), i64> {
+        if amount <= 0 {
+            return Ok(());
+        }
+        self.wallet.reserve(amount)?;
+        self.wallet.reserved.fetch_add(amount, Ordering::AcqRel);
+        self.amount += amount;
+        Ok(())
+    }
+
+    /// Takes `amount` more from the app's budget; else says what was spent.
+    pub fn add_budget(
+        &mut self,
+        counter: &Arc<Counter>,
+        limit: i64,
+        amount: i64,
+    ) -> Result<(), i64> {
+        if amount <= 0 {
+            return Ok(());
+        }
+        counter.add_nanos(amount, limit)?;
+        match &mut self.budget {
+            Some((_, held)) => *held += amount,
+            None => self.budget = Some((counter.clone(), amount)),
+        }
+        Ok(())
+    }
+
+    /// Sets what the call costs in the end, before it is settled: an AI
+    /// call reserves its most and costs what the provider reports. Less
+    /// than held goes back to the wallet and the budget; more (the input
+    /// was estimated low) is taken even if the wallet goes below zero: the
+    /// tokens were used.
+    pub fn adjust_to(&mut self, actual: i64) {
+        let actual = actual.max(0);
+        let delta = actual - self.amount;
+        if delta == 0 {
+            return;
+        }
+        if delta < 0 {
+            self.wallet.give_back(-delta);
+        } else {
+            self.wallet.available.fetch_sub(delta, Ordering::AcqRel);
+        }
+        self.wallet.reserved.fetch_add(delta, Ordering::AcqRel);
+        if let Some((counter, held)) = &mut self.budget {
+            if delta < 0 {
+                counter.remove_nanos(-delta);
+            } else {
+                counter.own_nanos.fetch_add(delta, Ordering::AcqRel);
+                counter.touch();
+            }
+            *held += delta;
+        }
+        self.amount = actual;
+    }
+
     /// The price held.
     pub fn amount(&self) -> i64 {
         self.amount
+    }
+
+    /// The wallet the call is paid from.
+    pub fn wallet(&self) -> &Arc<WalletRt> {
+        &self.wallet
     }
 
     /// Keeps what was taken (the call is paid for) and returns the charge

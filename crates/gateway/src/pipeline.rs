@@ -83,6 +83,8 @@ pub struct RequestContext {
     pub rate_headers: Option<(HeaderValue, HeaderValue)>,
     /// `Tollgate-Warning`, once the pay phase ran.
     pub warning: Option<HeaderValue>,
+    /// AI endpoints: the API the caller speaks, for refusals in its dialect.
+    pub dialect: Option<ai::Dialect>,
 }
 
 /// What the phases found out for the call log: who called, which
@@ -96,6 +98,8 @@ pub(crate) struct Trace {
     pub capture: Option<Box<crate::calls::Capture>>,
     /// The call's trace span (traces exported).
     pub ids: Option<domain::calls::TraceIds>,
+    /// AI calls: provider, model, tokens.
+    pub ai: Option<Box<crate::ai::AiCall>>,
 }
 
 impl RequestContext {
@@ -119,6 +123,7 @@ pub(crate) async fn handle(
         route: None,
         rate_headers: None,
         warning: None,
+        dialect: None,
     };
     let path = request.uri().path();
     let probe = path == "/_tollgate/health" || path == "/_tollgate/ready";
@@ -150,7 +155,12 @@ pub(crate) async fn handle(
         Ok(response) => response,
         Err(refusal) => {
             refused = Some(refusal.code);
-            refusal.into_response(&request_id, &shared.options.public_url)
+            match context.dialect {
+                Some(dialect) => {
+                    refusal.into_dialect_response(dialect, &request_id, &shared.options.public_url)
+                }
+                None => refusal.into_response(&request_id, &shared.options.public_url),
+            }
         }
     };
     if let Some(mut record) = record {
@@ -160,10 +170,12 @@ pub(crate) async fn handle(
         record.cost_nanos = trace.cost_nanos;
         record.capture = trace.capture.take();
         record.trace = trace.ids;
+        record.ai = trace.ai.take();
         record.status = response.status().as_u16();
         record.code = refused;
         match response.body_mut() {
             GatewayBody::Upstream(body) => body.log_on_end(Box::new(record)),
+            GatewayBody::Ai(body) => body.log_on_end(Box::new(record)),
             GatewayBody::Full(data) => {
                 record.bytes_out = data.as_ref().map_or(0, |d| d.len() as u64);
                 if refused.is_some() {
@@ -239,6 +251,9 @@ async fn run(
         if let Some(response) = reserved(shared, rest) {
             return Ok(response);
         }
+    }
+    if let Some(endpoint) = crate::ai::endpoint(&context.snapshot.ai, request.uri().path()) {
+        return Box::pin(crate::ai::handle(shared, context, trace, request, endpoint)).await;
     }
     match_route(context, &request)?;
     check_lifecycle(context)?;
@@ -835,7 +850,11 @@ fn find_cause<'a, T: std::error::Error + 'static>(
 
 /// A failed try, as the caller should hear of it: a connect timeout is a
 /// timeout (504, as nginx), anything else a bad gateway (502).
-fn connection_refusal(error: &SendError, service: &str, connect_timeout_ms: u64) -> Refusal {
+pub(crate) fn connection_refusal(
+    error: &SendError,
+    service: &str,
+    connect_timeout_ms: u64,
+) -> Refusal {
     let timed_out = matches!(error, SendError::ConnectTimeout)
         || matches!(error, SendError::Connect(e) if e.kind() == std::io::ErrorKind::TimedOut);
     if timed_out {

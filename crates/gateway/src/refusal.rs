@@ -45,6 +45,27 @@ impl Refusal {
         request_id: &HeaderValue,
         public_url: &str,
     ) -> Response<GatewayBody> {
+        self.render(request_id, public_url, None)
+    }
+
+    /// Renders the refusal on an AI endpoint: the error envelope of the
+    /// caller's API (OpenAI or Anthropic) with the problem's members beside
+    /// it (SPEC §4).
+    pub fn into_dialect_response(
+        self,
+        dialect: ai::Dialect,
+        request_id: &HeaderValue,
+        public_url: &str,
+    ) -> Response<GatewayBody> {
+        self.render(request_id, public_url, Some(dialect))
+    }
+
+    fn render(
+        self,
+        request_id: &HeaderValue,
+        public_url: &str,
+        dialect: Option<ai::Dialect>,
+    ) -> Response<GatewayBody> {
         let mut body = serde_json::json!({
             "type": format!("{public_url}/_tollgate/problems/{}", self.code.slug()),
             "title": self.code.title(),
@@ -63,13 +84,26 @@ impl Refusal {
             };
             body[name] = value;
         }
+        if let (Some(dialect), serde_json::Value::Object(problem)) = (dialect, &body) {
+            body = ai::error_body(
+                dialect,
+                self.code.status(),
+                self.code.as_str(),
+                &self.detail,
+                problem,
+            );
+        }
         let mut response = Response::new(GatewayBody::full(body.to_string()));
         *response.status_mut() =
             StatusCode::from_u16(self.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let headers = response.headers_mut();
         headers.insert(
             CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
+            HeaderValue::from_static(if dialect.is_some() {
+                "application/json"
+            } else {
+                "application/problem+json"
+            }),
         );
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if let Some(allow) = self.allow.and_then(|a| HeaderValue::from_str(&a).ok()) {

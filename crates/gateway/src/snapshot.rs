@@ -31,6 +31,17 @@ pub struct RetryRt {
 }
 
 impl RetryRt {
+    /// No retries (AI calls fall back to other models instead).
+    pub fn none() -> Self {
+        Self {
+            retries: 0,
+            per_try_timeout: None,
+            methods: 0,
+            on_statuses: Vec::new(),
+            backoff: Duration::ZERO,
+        }
+    }
+
     fn compile(policy: &RetryPolicy) -> Self {
         Self {
             retries: policy.retries,
@@ -188,6 +199,8 @@ pub struct Snapshot {
     pub routes: Vec<RouteRt>,
     pub upstreams: Vec<Arc<UpstreamRt>>,
     pub access: crate::access::AccessIndex,
+    /// AI services, their models and providers.
+    pub ai: Arc<crate::ai::AiRt>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -212,6 +225,10 @@ pub struct Config<'a> {
     pub keys: &'a [domain::access::ApiKey],
     pub plans: &'a [domain::access::Plan],
     pub subscriptions: &'a [domain::access::Subscription],
+    /// AI providers, their keys opened.
+    pub providers: &'a [crate::ai::AiProvider],
+    /// The model catalogue (list prices); `None`: providers' own models only.
+    pub catalog: Option<&'a domain::catalog::Catalog>,
 }
 
 /// Builds a snapshot. Fails without side effects on the served snapshot; the
@@ -222,6 +239,7 @@ pub fn compile(
     registry: &Registry,
     limiters: &crate::limit::LimiterRegistry,
     wallets: &crate::money::Wallets,
+    ai_keys: &crate::ai::KeyRegistry,
 ) -> Result<Snapshot, CompileError> {
     let mut upstreams = HashMap::new();
     let mut upstream_list = Vec::new();
@@ -232,7 +250,7 @@ pub fn compile(
     }
     let mut services = HashMap::new();
     for service in config.services {
-        if service.lifecycle == Lifecycle::Draft || service.spec.kind != ServiceKind::Http {
+        if service.lifecycle == Lifecycle::Draft || service.spec.kind == ServiceKind::Prompt {
             continue;
         }
         let upstream = match &service.spec.upstream {
@@ -352,6 +370,27 @@ pub fn compile(
             ),
         });
     }
+    let service_rts: HashMap<String, Arc<ServiceRt>> = services
+        .iter()
+        .map(|(id, (_, rt))| (id.clone(), rt.clone()))
+        .collect();
+    let empty_catalog = domain::catalog::Catalog::default();
+    let mut kept_upstreams = config.upstreams.to_vec();
+    let ai = crate::ai::compile(
+        config.services,
+        &service_rts,
+        &crate::ai::AiInput {
+            providers: config.providers,
+            catalog: config.catalog.unwrap_or(&empty_catalog),
+            keys: ai_keys,
+        },
+        registry,
+        &mut routes,
+        &mut kept_upstreams,
+    )?;
+    if !ai.is_empty() {
+        crate::ai::warm_up_tokenizer();
+    }
     let access = crate::access::compile(
         config.apps,
         config.keys,
@@ -361,7 +400,7 @@ pub fn compile(
         wallets,
     )
     .map_err(CompileError::Access)?;
-    registry.retain(config.upstreams);
+    registry.retain(&kept_upstreams);
     limiters.sweep();
     Ok(Snapshot {
         version: config.version,
@@ -369,6 +408,7 @@ pub fn compile(
         routes,
         upstreams: upstream_list,
         access,
+        ai: Arc::new(ai),
     })
 }
 

@@ -46,6 +46,7 @@ pub use migrate::MIGRATIONS;
 pub use money::{Appended, EntryDelta, LedgerFilter, NewEntry, Wallet, WalletHead};
 pub use objects::{ConfigData, Page};
 pub use payments::StripePayment;
+pub use providers::ProviderData;
 
 /// Which database is behind the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -32,6 +32,8 @@ pub struct ConfigData {
     pub plans: Vec<Plan>,
     /// Every subscription, closed ones too (a refusal says why).
     pub subscriptions: Vec<Subscription>,
+    /// AI providers with their models and sealed keys.
+    pub providers: Vec<crate::providers::ProviderData>,
 }
 
 /// The parts of a service the system owns, stored beside its spec.
@@ -356,6 +358,7 @@ impl Store {
             .map(route_from)
             .collect::<Result<Vec<_>>>()?;
         let access = crate::access::load_access(&mut tx, self.backend).await?;
+        let providers = crate::providers::load_providers(&mut tx).await?;
         tx.commit().await?;
         Ok(ConfigData {
             version,
@@ -366,6 +369,7 @@ impl Store {
             keys: access.1,
             plans: access.2,
             subscriptions: access.3,
+            providers,
         })
     }
 }

@@ -17,6 +17,15 @@ fn provider_from(row: &AnyRow) -> Result<Provider> {
 }
 
 impl WriteTx {
+    /// Whether a provider with this slug exists (reference checks).
+    pub async fn provider_exists(&mut self, slug: &str) -> Result<bool> {
+        let row = sqlx::query("SELECT id FROM providers WHERE slug = $1")
+            .bind(slug)
+            .fetch_optional(&mut *self.tx)
+            .await?;
+        Ok(row.is_some())
+    }
+
     pub async fn put_provider(&mut self, provider: &Provider) -> Result<()> {
         self.changed_config = true;
         sqlx::query(
@@ -128,6 +137,79 @@ impl WriteTx {
     }
 }
 
+fn model_from(row: &AnyRow) -> Result<ProviderModel> {
+    Ok(ProviderModel {
+        provider_id: text(row, "provider_id")?,
+        model: text(row, "model")?,
+        spec: from_json(&text(row, "spec")?, "provider model")?,
+        updated_at_ms: int(row, "updated_at_ms")?,
+    })
+}
+
+fn key_from(row: &AnyRow) -> Result<(ProviderKey, String)> {
+    Ok((
+        ProviderKey {
+            id: text(row, "id")?,
+            label: opt_text(row, "label")?,
+            hint: text(row, "hint")?,
+            created_at_ms: int(row, "created_at_ms")?,
+        },
+        text(row, "sealed")?,
+    ))
+}
+
+/// A provider with what the gateway needs of it: its own models and
+/// overrides, and its keys still sealed (the binary opens them).
+#[derive(Debug, Clone)]
+pub struct ProviderData {
+    pub provider: Provider,
+    pub models: Vec<ProviderModel>,
+    pub sealed_keys: Vec<(ProviderKey, String)>,
+}
+
+/// Every provider with its models and sealed keys, inside `load_all`'s
+/// transaction.
+pub(crate) async fn load_providers(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+) -> Result<Vec<ProviderData>> {
+    let providers = sqlx::query("SELECT * FROM providers ORDER BY id")
+        .fetch_all(&mut **tx)
+        .await?
+        .iter()
+        .map(provider_from)
+        .collect::<Result<Vec<_>>>()?;
+    let models = sqlx::query("SELECT * FROM provider_models ORDER BY provider_id, model")
+        .fetch_all(&mut **tx)
+        .await?
+        .iter()
+        .map(model_from)
+        .collect::<Result<Vec<_>>>()?;
+    let key_rows =
+        sqlx::query("SELECT * FROM provider_keys ORDER BY provider_id, created_at_ms, id")
+            .fetch_all(&mut **tx)
+            .await?;
+    let mut keys = Vec::with_capacity(key_rows.len());
+    for row in &key_rows {
+        keys.push((text(row, "provider_id")?, key_from(row)?));
+    }
+    Ok(providers
+        .into_iter()
+        .map(|provider| ProviderData {
+            models: models
+                .iter()
+                .filter(|m| m.provider_id == provider.id)
+                .cloned()
+                .collect(),
+            sealed_keys: keys
+                .iter()
+                .filter(|(owner, _)| *owner == provider.id)
+                .map(|(_, key)| key.clone())
+                .collect(),
+            provider,
+        })
+        .collect())
+}
+
 impl Store {
     /// A provider's own models and overrides, by name.
     pub async fn provider_models(&self, provider_id: &str) -> Result<Vec<ProviderModel>> {
@@ -136,16 +218,7 @@ impl Store {
                 .bind(provider_id)
                 .fetch_all(&self.pool)
                 .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(ProviderModel {
-                    provider_id: text(row, "provider_id")?,
-                    model: text(row, "model")?,
-                    spec: from_json(&text(row, "spec")?, "provider model")?,
-                    updated_at_ms: int(row, "updated_at_ms")?,
-                })
-            })
-            .collect()
+        rows.iter().map(model_from).collect()
     }
 
     /// A provider by id or slug.
@@ -189,18 +262,6 @@ impl Store {
         .bind(provider_id)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| {
-                Ok((
-                    ProviderKey {
-                        id: text(row, "id")?,
-                        label: opt_text(row, "label")?,
-                        hint: text(row, "hint")?,
-                        created_at_ms: int(row, "created_at_ms")?,
-                    },
-                    text(row, "sealed")?,
-                ))
-            })
-            .collect()
+        rows.iter().map(key_from).collect()
     }
 }

@@ -13,6 +13,9 @@
 //!   OTLP/HTTP JSON trace exports.
 //! - [`stripe::FakeStripe`]: Stripe's Checkout API and its signed
 //!   webhook events.
+//! - [`providers`]: fake LLM providers on their own wire formats,
+//!   [`FakeOpenAi`], [`FakeAnthropic`] and [`FakeGemini`]: they record
+//!   requests, check keys and play scripted [`Reply`]s, streamed or not.
 //! - [`python::python`]: a Python with the tests' pinned packages
 //!   (the Prometheus text parser; later the official SDKs).
 //! - [`tollgate::Tollgate`]: starts the binary with a fresh data dir and free
@@ -23,11 +26,14 @@
 pub mod collector;
 pub mod facilitator;
 pub mod idp;
+pub mod providers;
 pub mod python;
 pub mod stripe;
 pub mod tollgate;
 pub mod upstream;
 pub mod webhook;
+
+pub use providers::{FakeAnthropic, FakeGemini, FakeOpenAi, Recorded, Reply, Usage};
 
 /// Serves HTTP/1.1 on a free port of 127.0.0.1 until the task is
 /// aborted: each request goes to `handle` with the fake's shared state.

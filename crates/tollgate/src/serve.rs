@@ -152,9 +152,45 @@ fn master_key(config: &Config) -> anyhow::Result<store::secrets::MasterKey> {
 /// Loads the stored configuration into the gateway when it changed.
 /// `rejected` remembers a version that failed to compile, so it is not
 /// retried (and logged) on every poll.
+/// What AI providers need from the binary: the master key that opens
+/// their keys, and the model catalogue.
+#[derive(Clone)]
+struct AiSources {
+    secrets: Arc<store::secrets::MasterKey>,
+    catalog: Arc<domain::catalog::Catalog>,
+}
+
+impl AiSources {
+    /// Providers with their keys opened; a key that does not open (another
+    /// master key) is left out and logged.
+    fn open(&self, providers: &[store::ProviderData]) -> Vec<gateway::AiProvider> {
+        providers
+            .iter()
+            .map(|data| gateway::AiProvider {
+                provider: data.provider.clone(),
+                models: data.models.clone(),
+                keys: data
+                    .sealed_keys
+                    .iter()
+                    .filter_map(|(key, sealed)| {
+                        match self.secrets.open(sealed, &data.provider.id) {
+                            Ok(secret) => Some((key.id.clone(), secret)),
+                            Err(error) => {
+                                tracing::error!(provider = %data.provider.spec.slug, key = %key.id, %error, "a provider key cannot be opened with this master key; it is not used");
+                                None
+                            }
+                        }
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+}
+
 async fn reload(
     store: &Store,
     gateway: &Gateway,
+    ai: &AiSources,
     rejected: &mut Option<i64>,
 ) -> Result<(), store::StoreError> {
     let version = store.config_version().await?;
@@ -181,6 +217,7 @@ async fn reload(
     }
     let started = Instant::now();
     let data = store.load_all().await?;
+    let providers = ai.open(&data.providers);
     let load_ms = started.elapsed().as_millis() as u64;
     let config = gateway::Config {
         version: data.version,
@@ -191,6 +228,8 @@ async fn reload(
         keys: &data.keys,
         plans: &data.plans,
         subscriptions: &data.subscriptions,
+        providers: &providers,
+        catalog: Some(&ai.catalog),
     };
     match gateway.apply(&config) {
         Ok(()) => {
@@ -219,6 +258,7 @@ fn spawn_reloader(
     store: Store,
     gateway: Gateway,
     notify: Arc<Notify>,
+    ai: AiSources,
     config: &Config,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -231,7 +271,7 @@ fn spawn_reloader(
                 () = tokio::time::sleep(interval) => {}
                 _ = shutdown.changed() => return,
             }
-            match reload(&store, &gateway, &mut rejected).await {
+            match reload(&store, &gateway, &ai, &mut rejected).await {
                 Ok(()) => gateway.set_store_reachable(true),
                 Err(error) => {
                     gateway.set_store_reachable(false);
@@ -291,7 +331,11 @@ pub async fn run(args: &ConfigArgs) -> anyhow::Result<()> {
         export_usage: config.usage_export.enabled(),
         trace: config.otel.is_some(),
     });
-    reload(&store, &gateway, &mut None)
+    let ai_sources = AiSources {
+        secrets: secrets.clone(),
+        catalog: catalog.clone(),
+    };
+    reload(&store, &gateway, &ai_sources, &mut None)
         .await
         .context("cannot load the configuration")?;
     // Wallets are known before the first call; charges go to the writer.
@@ -320,6 +364,7 @@ pub async fn run(args: &ConfigArgs) -> anyhow::Result<()> {
         store.clone(),
         gateway.clone(),
         notify.clone(),
+        ai_sources,
         &config,
         shutdown_rx.clone(),
     );

@@ -10,6 +10,7 @@
 
 mod access;
 mod admin_api;
+mod ai;
 mod balancing;
 mod billing;
 mod declarative;

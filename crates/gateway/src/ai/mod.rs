@@ -1,0 +1,1222 @@
+//! The AI gateway's endpoints (SPEC §7): `/v1/chat/completions`,
+//! `/v1/embeddings`, `/v1/models`, `/v1/responses`, `/v1/messages` and
+//! `/v1/messages/count_tokens`, also under an AI service's base path
+//! (`<base_path>/v1/…` reaches that service only).
+//!
+//! A call runs the same admission as any service (the AI service's
+//! synthetic route: authenticate, authorize, limits, price per request),
+//! then:
+//!
+//! 1. The model: the AI services offering the name the caller gave (a
+//!    provider's model or an alias); the one the caller's app is
+//!    subscribed to is used → 404 `model_not_found` when none offers it.
+//! 2. Money: the most the call can cost (input tokens estimated with a
+//!    tokenizer, output up to `max_tokens` or the model's limit, at the
+//!    highest price among the targets it may reach) is reserved in the
+//!    wallet and the app's budget. When less is affordable, `max_tokens`
+//!    is lowered to what is (`Tollgate-Max-Tokens`); when not even
+//!    [`MIN_OUTPUT_TOKENS`] are, 402 in the caller's dialect.
+//! 3. Targets in order (an alias's weighted pick, then its fallbacks): the
+//!    request is translated to the provider's dialect and sent with one of
+//!    its keys. A 429 rests that key and tries another of the pool; 429
+//!    with no key left, 5xx, overload, timeouts and context-length errors
+//!    move on to the next target; other errors are the caller's and are
+//!    answered in its dialect.
+//! 4. The answer is translated back (streamed chunk by chunk, see
+//!    [`stream`]), and the call is charged what the provider reports
+//!    (or, for a stream the caller left, what was produced).
+
+mod rt;
+mod stream;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ai::Dialect;
+use bytes::Bytes;
+use domain::code::Code;
+use http::header::{self, HeaderValue};
+use http::{HeaderName, Method, Request, Response, StatusCode, Uri};
+use serde_json::Value;
+
+pub(crate) use rt::{AiInput, compile};
+pub use rt::{AiProvider, AiRt, KeyRegistry};
+pub use stream::AiStream;
+
+use crate::Shared;
+use crate::access::{AppRt, SubscriptionRt};
+use crate::body::{
+    GatewayBody, LimitedBody, RequestBody, UpstreamRequestBody, UpstreamResponseBody,
+};
+use crate::pipeline::{RequestContext, Trace, X_REQUEST_ID};
+use crate::refusal::Refusal;
+use rt::{AiServiceRt, ModelRt, TargetModel};
+
+/// The fewest output tokens worth calling for: below this, 402.
+pub const MIN_OUTPUT_TOKENS: u64 = 16;
+/// Output reserved when neither the caller nor the catalogue bounds it
+/// (`max_tokens` is then set to it, so the reservation holds).
+pub const DEFAULT_MAX_OUTPUT: u64 = 4_096;
+/// Largest upstream answer read whole (non-streamed).
+const ANSWER_LIMIT: u64 = 64 << 20;
+/// Largest upstream error body read.
+const ERROR_LIMIT: u64 = 1 << 20;
+/// How long a key rests after a 429 without `Retry-After`.
+const DEFAULT_COOL_DOWN: Duration = Duration::from_secs(30);
+
+static TOLLGATE_BALANCE: HeaderName = HeaderName::from_static("tollgate-balance");
+static TOLLGATE_COST: HeaderName = HeaderName::from_static("tollgate-cost");
+static TOLLGATE_MODEL: HeaderName = HeaderName::from_static("tollgate-model");
+static TOLLGATE_MAX_TOKENS: HeaderName = HeaderName::from_static("tollgate-max-tokens");
+static ANTHROPIC_VERSION: HeaderName = HeaderName::from_static("anthropic-version");
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Endpoint {
+    Chat,
+    Embeddings,
+    Models,
+    Responses,
+    Messages,
+    CountTokens,
+}
+
+const ENDPOINTS: [(&str, Endpoint); 6] = [
+    ("/v1/chat/completions", Endpoint::Chat),
+    ("/v1/embeddings", Endpoint::Embeddings),
+    ("/v1/models", Endpoint::Models),
+    ("/v1/responses", Endpoint::Responses),
+    ("/v1/messages", Endpoint::Messages),
+    ("/v1/messages/count_tokens", Endpoint::CountTokens),
+];
+
+impl Endpoint {
+    /// The API the caller speaks here.
+    pub(crate) fn dialect(self) -> Dialect {
+        match self {
+            Endpoint::Messages | Endpoint::CountTokens => Dialect::Anthropic,
+            _ => Dialect::OpenAi,
+        }
+    }
+}
+
+/// The AI endpoint a path names, and the service a base path scopes it
+/// to; `None` when the snapshot has no AI service or the path is another.
+pub(crate) fn endpoint(ai: &AiRt, path: &str) -> Option<(Endpoint, Option<usize>)> {
+    if ai.is_empty() {
+        return None;
+    }
+    ENDPOINTS.iter().find_map(|(suffix, endpoint)| {
+        let prefix = path.strip_suffix(suffix)?;
+        if prefix.is_empty() {
+            Some((*endpoint, None))
+        } else {
+            ai.by_base_path(prefix)
+                .map(|index| (*endpoint, Some(index)))
+        }
+    })
+}
+
+/// What the call log keeps of an AI call.
+#[derive(Debug, Default, Clone)]
+pub struct AiCall {
+    pub provider: String,
+    /// The provider's base URL (the call log's upstream target).
+    pub url: String,
+    pub model: String,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub ttft: Option<Duration>,
+}
+
+/// Serves one AI endpoint call.
+pub(crate) async fn handle(
+    shared: &Shared,
+    context: &mut RequestContext,
+    trace: &mut Trace,
+    request: Request<RequestBody>,
+    (endpoint, scoped): (Endpoint, Option<usize>),
+) -> Result<Response<GatewayBody>, Refusal> {
+    context.dialect = Some(endpoint.dialect());
+    let expected = if endpoint == Endpoint::Models {
+        Method::GET
+    } else {
+        Method::POST
+    };
+    if request.method() != expected {
+        let mut refusal = Refusal::new(
+            Code::MethodNotAllowed,
+            format!(
+                "{} is not allowed on {}; use {expected}.",
+                request.method(),
+                request.uri().path()
+            ),
+        );
+        refusal.allow = Some(expected.to_string());
+        return Err(refusal);
+    }
+    let snapshot = context.snapshot.clone();
+    if endpoint == Endpoint::Models {
+        return models(&snapshot, scoped, &request, trace);
+    }
+    let (parts, body) = request.into_parts();
+    let limit = scoped
+        .and_then(|index| snapshot.ai.services.get(index))
+        .and_then(|service| snapshot.routes.get(service.route))
+        .map_or(rt::AI_BODY_LIMIT, |route| route.body_limit_bytes);
+    let bytes = LimitedBody::new(body, limit)
+        .collect()
+        .await
+        .map_err(|error| {
+            if error.downcast_ref::<crate::body::BodyTooLarge>().is_some() {
+                Refusal::new(
+                    Code::BodyTooLarge,
+                    format!("AI request bodies are limited to {limit} bytes. Send a smaller body (images by URL rather than inline)."),
+                )
+            } else {
+                Refusal::new(Code::BadRequest, "The request body could not be read.")
+            }
+        })?;
+    let json: Value = serde_json::from_slice(&bytes).map_err(|error| {
+        Refusal::new(
+            Code::BadRequest,
+            format!("The body is not valid JSON ({error}). Send a JSON object."),
+        )
+    })?;
+    if !json.is_object() {
+        return Err(Refusal::new(
+            Code::BadRequest,
+            "The body must be a JSON object.",
+        ));
+    }
+    let Some(model) = json.get("model").and_then(Value::as_str).map(str::to_owned) else {
+        return Err(Refusal::new(
+            Code::BadRequest,
+            "`model` is required: name a model (<provider>/<model>) or an alias; GET /v1/models lists those your key may use.",
+        ));
+    };
+    let head = Request::from_parts(parts, ());
+    let service_index = choose_service(&snapshot.ai, scoped, &model, &snapshot, &head)?;
+    let service = &snapshot.ai.services[service_index];
+    context.route = Some(service.route);
+    if service.service.lifecycle == domain::model::Lifecycle::Retired {
+        return Err(Refusal::new(
+            Code::ServiceRetired,
+            format!(
+                "The service '{}' has been retired and no longer answers. Move to its successor.",
+                service.service.slug
+            ),
+        ));
+    }
+    let Some(route) = snapshot.routes.get(service.route) else {
+        return Err(Refusal::new(Code::RouteNotFound, "No route matched."));
+    };
+    let mut admission = crate::admit::admit(
+        &snapshot,
+        route,
+        &head,
+        &crate::admit::AdmitEnv {
+            peer: context.peer.addr.ip(),
+            trusted_proxies: &shared.options.trusted_proxies,
+            jwks: &shared.jwks,
+            currency: &shared.options.currency,
+            export_usage: shared.options.export_usage,
+            public_url: &shared.options.public_url,
+        },
+        &mut trace.who,
+    )?;
+    context.rate_headers = admission.rate_headers.take();
+    context.warning = admission.warning.take();
+    let Some(model_rt) = service.models.get(&model).cloned() else {
+        return Err(Refusal::new(Code::ModelNotFound, "No route matched."));
+    };
+    if endpoint == Endpoint::CountTokens {
+        let tokens = ai::estimate_input_tokens(Dialect::Anthropic, &json);
+        return Ok(json_response(
+            StatusCode::OK,
+            &serde_json::json!({"input_tokens": tokens}),
+        ));
+    }
+    let app = trace.who.app.clone();
+    let subscription = app.as_ref().and_then(|app| {
+        app.subscriptions
+            .iter()
+            .find(|(id, _)| *id == service.service.id)
+            .map(|(_, s)| s)
+    });
+    let call = Call {
+        shared,
+        context,
+        endpoint,
+        service,
+        model: &model,
+        model_rt: &model_rt,
+        app: app.as_deref(),
+        subscription,
+        permits: std::mem::take(&mut admission.permits),
+    };
+    Box::pin(call.run(trace, json, admission.reservation.take())).await
+}
+
+/// Picks among the services offering `model` the one the caller's app is
+/// subscribed to (active first); else the first, whose admission then
+/// says why the caller may not use it.
+fn choose_service(
+    ai: &AiRt,
+    scoped: Option<usize>,
+    model: &str,
+    snapshot: &crate::snapshot::Snapshot,
+    head: &Request<()>,
+) -> Result<usize, Refusal> {
+    let candidates: Vec<usize> = match scoped {
+        Some(index) => ai
+            .services
+            .get(index)
+            .filter(|s| s.models.contains_key(model))
+            .map(|_| vec![index])
+            .unwrap_or_default(),
+        None => ai.by_model.get(model).cloned().unwrap_or_default(),
+    };
+    let Some(&first) = candidates.first() else {
+        let mut refusal = Refusal::new(
+            Code::ModelNotFound,
+            format!(
+                "No AI service offers the model '{model}'. GET /v1/models lists the models your key may use."
+            ),
+        );
+        refusal.extra.push(("model", model.into()));
+        return Err(refusal);
+    };
+    if candidates.len() == 1 {
+        return Ok(first);
+    }
+    let Ok(key) = crate::admit::identify_key(snapshot, head, domain::now_ms()) else {
+        return Ok(first);
+    };
+    let status_of = |index: usize| {
+        let id = &ai.services[index].service.id;
+        key.app
+            .subscriptions
+            .iter()
+            .find(|(service, _)| service == id)
+            .map(|(_, s)| s.status)
+    };
+    Ok(candidates
+        .iter()
+        .copied()
+        .find(|&i| status_of(i) == Some(domain::access::SubscriptionStatus::Active))
+        .or_else(|| candidates.iter().copied().find(|&i| status_of(i).is_some()))
+        .unwrap_or(first))
+}
+
+/// `GET /v1/models`: the models and aliases of the AI services the
+/// caller's app is actively subscribed to.
+fn models(
+    snapshot: &crate::snapshot::Snapshot,
+    scoped: Option<usize>,
+    request: &Request<RequestBody>,
+    trace: &mut Trace,
+) -> Result<Response<GatewayBody>, Refusal> {
+    let key = crate::admit::identify_key(snapshot, request, domain::now_ms())?;
+    trace.who.app = Some(key.app.clone());
+    let mut data = Vec::new();
+    for (index, service) in snapshot.ai.services.iter().enumerate() {
+        if scoped.is_some_and(|s| s != index)
+            || service.service.lifecycle == domain::model::Lifecycle::Retired
+        {
+            continue;
+        }
+        let subscribed = service.service.anonymous
+            || key.app.subscriptions.iter().any(|(id, s)| {
+                *id == service.service.id && s.status == domain::access::SubscriptionStatus::Active
+            });
+        if !subscribed {
+            continue;
+        }
+        let mut names: Vec<&String> = service.models.keys().collect();
+        names.sort();
+        for name in names {
+            data.push(serde_json::json!({
+                "id": name,
+                "object": "model",
+                "created": service.created_s,
+                "owned_by": service.service.team.as_deref().unwrap_or(&service.service.slug),
+            }));
+        }
+    }
+    Ok(json_response(
+        StatusCode::OK,
+        &serde_json::json!({"object": "list", "data": data}),
+    ))
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response<GatewayBody> {
+    let mut response = Response::new(GatewayBody::full(body.to_string()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// One admitted AI call.
+struct Call<'a> {
+    shared: &'a Shared,
+    context: &'a RequestContext,
+    endpoint: Endpoint,
+    service: &'a AiServiceRt,
+    /// As the caller named it.
+    model: &'a str,
+    model_rt: &'a Arc<ModelRt>,
+    app: Option<&'a AppRt>,
+    subscription: Option<&'a SubscriptionRt>,
+    permits: Vec<crate::limit::Permit>,
+}
+
+/// Why a target was left for the next one.
+enum Failure {
+    Refusal(Refusal),
+    Upstream {
+        error: ai::UpstreamError,
+        retry_after: Option<HeaderValue>,
+    },
+}
+
+impl Call<'_> {
+    /// The prices of a target for this call: the plan's for the name
+    /// called, the target's model or `*`; else the list price times the
+    /// plan's (or the service's) markup.
+    fn prices(&self, target: &TargetModel) -> ai::price::Prices {
+        let plan = self.subscription.and_then(|s| s.ai_prices.as_deref());
+        let nanos = plan
+            .and_then(|plan| {
+                plan.by_name
+                    .get(self.model)
+                    .or_else(|| plan.by_name.get(&target.name))
+                    .or_else(|| plan.by_name.get("*"))
+                    .copied()
+            })
+            .unwrap_or_else(|| {
+                target
+                    .list
+                    .marked_up(plan.and_then(|p| p.markup).unwrap_or(self.service.markup))
+            });
+        ai::price::Prices {
+            input_per_million: nanos.input,
+            output_per_million: nanos.output,
+            cached_input_per_million: nanos.cached_input,
+        }
+    }
+
+    /// The highest of each price among every target the call may reach.
+    fn max_prices(&self) -> ai::price::Prices {
+        let mut max = ai::price::Prices {
+            input_per_million: 0,
+            output_per_million: 0,
+            cached_input_per_million: None,
+        };
+        for target in self.model_rt.all_targets() {
+            let p = self.prices(target);
+            max.input_per_million = max.input_per_million.max(p.input_per_million);
+            max.output_per_million = max.output_per_million.max(p.output_per_million);
+        }
+        max
+    }
+
+    fn requested_max(&self, json: &Value) -> Option<u64> {
+        match self.endpoint {
+            Endpoint::Responses => json.get("max_output_tokens").and_then(Value::as_u64),
+            Endpoint::Embeddings => Some(0),
+            _ => ai::requested_max_tokens(self.endpoint.dialect(), json),
+        }
+    }
+
+    fn set_max(&self, json: &mut Value, max: u64) {
+        match self.endpoint {
+            Endpoint::Responses => json["max_output_tokens"] = max.into(),
+            Endpoint::Embeddings => {}
+            _ => ai::set_max_tokens(self.endpoint.dialect(), json, max),
+        }
+    }
+
+    fn input_estimate(&self, json: &Value) -> u64 {
+        match self.endpoint {
+            Endpoint::Embeddings => embedding_input_tokens(json.get("input")),
+            Endpoint::Responses => {
+                // The Responses API's `input` is a string or items; its
+                // `instructions` a system prompt.
+                let mut tokens = embedding_input_tokens(json.get("instructions"));
+                tokens += match json.get("input") {
+                    Some(Value::String(text)) => ai::count_text_tokens(text),
+                    Some(other) => ai::count_text_tokens(&other.to_string()),
+                    None => 0,
+                };
+                tokens + 8
+            }
+            _ => ai::estimate_input_tokens(self.endpoint.dialect(), json),
+        }
+    }
+
+    async fn run(
+        self,
+        trace: &mut Trace,
+        mut json: Value,
+        reservation: Option<crate::money::Reservation>,
+    ) -> Result<Response<GatewayBody>, Refusal> {
+        let caller = self.endpoint.dialect();
+        let stream = self.endpoint != Endpoint::Embeddings && ai::is_stream(&json);
+        let input = self.input_estimate(&json);
+        let requested = self.requested_max(&json);
+        let limit = self
+            .model_rt
+            .all_targets()
+            .filter_map(|t| {
+                t.max_output
+                    .or_else(|| t.context_window.map(|c| c.saturating_sub(input)))
+            })
+            .min();
+        let mut max_output = requested.or(limit).unwrap_or(DEFAULT_MAX_OUTPUT);
+        if let Some(limit) = limit {
+            max_output = max_output.min(limit.max(1));
+        }
+        if requested.is_none() && limit.is_none() {
+            self.set_max(&mut json, max_output);
+        }
+        // The plan's price per request, held by the pay phase.
+        let base_price = reservation.as_ref().map_or(0, |r| r.amount());
+        let (mut reservation, capped) =
+            self.reserve(reservation, input, max_output, requested, &mut json)?;
+        let deadline = self.context.started + self.service.timeouts.total;
+        let mut last: Option<Failure> = None;
+        for target in self.model_rt.plan() {
+            let provider = &target.provider;
+            if matches!(self.endpoint, Endpoint::Embeddings | Endpoint::Responses)
+                && provider.dialect != Dialect::OpenAi
+            {
+                last = Some(Failure::Refusal(Refusal::new(
+                    Code::BadRequest,
+                    format!(
+                        "The model '{}' is served by a provider without an OpenAI-style {} API.",
+                        target.name,
+                        if self.endpoint == Endpoint::Embeddings {
+                            "embeddings"
+                        } else {
+                            "Responses"
+                        }
+                    ),
+                )));
+                continue;
+            }
+            let body = match self.endpoint {
+                Endpoint::Chat | Endpoint::Messages => {
+                    ai::translate_request(caller, provider.dialect, &json, &target.model)
+                        .map_err(|error| Refusal::new(Code::BadRequest, error.to_string()))?
+                }
+                _ => {
+                    let mut body = json.clone();
+                    body["model"] = Value::String(target.model.clone());
+                    body
+                }
+            };
+            let body = Bytes::from(body.to_string());
+            let path = match self.endpoint {
+                Endpoint::Embeddings => "/embeddings".to_owned(),
+                Endpoint::Responses => "/responses".to_owned(),
+                _ => ai::upstream_path(provider.dialect, &target.model, stream),
+            };
+            let mut tried_keys = 0u64;
+            loop {
+                let Some(key) = provider.pick_key(tried_keys, domain::now_ms()) else {
+                    if last.is_none() || tried_keys == 0 {
+                        last = Some(Failure::Refusal(
+                            Refusal::new(
+                                Code::RateLimited,
+                                format!(
+                                    "Every key of the provider '{}' is resting after a 429. Try again shortly.",
+                                    provider.slug
+                                ),
+                            )
+                            .with_header(header::RETRY_AFTER, HeaderValue::from_static("30")),
+                        ));
+                    }
+                    break;
+                };
+                if let Some(index) = key
+                    && index < 64
+                {
+                    tried_keys |= 1 << index;
+                }
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                if remaining.is_zero() {
+                    return Err(timeout(&target, self.service.timeouts.total));
+                }
+                let sent = self
+                    .send(
+                        &target,
+                        key,
+                        &path,
+                        body.clone(),
+                        stream,
+                        self.service.timeouts.first_token.min(remaining),
+                        trace,
+                    )
+                    .await;
+                let response = match sent {
+                    Ok(response) => response,
+                    Err(refusal) => {
+                        last = Some(Failure::Refusal(refusal));
+                        break;
+                    }
+                };
+                let status = response.status().as_u16();
+                if (200..300).contains(&status) {
+                    return self
+                        .answer(
+                            trace,
+                            response,
+                            &target,
+                            Settle {
+                                reservation: reservation.take(),
+                                base_price,
+                                input,
+                            },
+                            stream,
+                            &json,
+                            capped,
+                            deadline,
+                        )
+                        .await;
+                }
+                let (parts, incoming) = response.into_parts();
+                let read =
+                    UpstreamResponseBody::new(incoming, None, self.service.timeouts.first_token);
+                let error_bytes = tokio::time::timeout(
+                    self.service.timeouts.first_token,
+                    collect_limited(read, ERROR_LIMIT),
+                )
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or_default();
+                let error = ai::classify_error(provider.dialect, status, &error_bytes);
+                tracing::debug!(provider = %provider.slug, model = %target.model, status, kind = ?error.kind, "provider error");
+                let retry_after = parts.headers.get(header::RETRY_AFTER).cloned();
+                match error.kind {
+                    ai::ErrorKind::RateLimited => {
+                        if let Some(index) = key {
+                            let rest = retry_after
+                                .as_ref()
+                                .and_then(|v| v.to_str().ok())
+                                .and_then(|v| v.trim().parse::<u64>().ok())
+                                .map_or(DEFAULT_COOL_DOWN, Duration::from_secs);
+                            provider.keys[index].cool_down(domain::now_ms(), rest);
+                        }
+                        last = Some(Failure::Upstream { error, retry_after });
+                        // Another key of the pool, if one is left.
+                        continue;
+                    }
+                    ai::ErrorKind::ContextLength
+                    | ai::ErrorKind::Server
+                    | ai::ErrorKind::Overloaded
+                    | ai::ErrorKind::Other => {
+                        last = Some(Failure::Upstream { error, retry_after });
+                        break;
+                    }
+                    ai::ErrorKind::Auth => {
+                        // The gateway's key for this provider is refused:
+                        // the provider's operator must fix it, not the caller.
+                        tracing::warn!(provider = %provider.slug, key = key.map(|k| provider.keys[k].id.as_str()), "provider refused its key");
+                        last = Some(Failure::Refusal(Refusal::new(
+                            Code::UpstreamError,
+                            format!(
+                                "The provider '{}' refused the gateway's credentials. The service's operators have been told; try again later.",
+                                provider.slug
+                            ),
+                        )));
+                        break;
+                    }
+                    ai::ErrorKind::InvalidRequest | ai::ErrorKind::NotFound => {
+                        return Ok(self.relay_error(&error, None));
+                    }
+                }
+            }
+        }
+        match last {
+            Some(Failure::Refusal(refusal)) => Err(refusal),
+            Some(Failure::Upstream { error, retry_after }) => {
+                if error.kind == ai::ErrorKind::RateLimited {
+                    let mut refusal = Refusal::new(
+                        Code::RateLimited,
+                        format!(
+                            "The provider of '{}' is rate limiting every key the gateway holds ({}). Wait and retry.",
+                            self.model, error.message
+                        ),
+                    );
+                    refusal.headers.push((
+                        header::RETRY_AFTER,
+                        retry_after.unwrap_or(HeaderValue::from_static("30")),
+                    ));
+                    return Err(refusal);
+                }
+                Ok(self.relay_error(&error, retry_after))
+            }
+            None => Err(Refusal::new(
+                Code::NoHealthyUpstream,
+                format!("No provider could be tried for '{}'.", self.model),
+            )),
+        }
+    }
+
+    /// Reserves the most the call can cost, capping `max_tokens` to what
+    /// the caller can afford. Returns the reservation and, when capped,
+    /// (the cap, what was asked).
+    #[allow(clippy::type_complexity)]
+    fn reserve(
+        &self,
+        reservation: Option<crate::money::Reservation>,
+        input: u64,
+        max_output: u64,
+        requested: Option<u64>,
+        json: &mut Value,
+    ) -> Result<
+        (
+            Option<crate::money::Reservation>,
+            Option<(u64, Option<u64>)>,
+        ),
+        Refusal,
+    > {
+        let (Some(app), Some(subscription)) = (self.app, self.subscription) else {
+            return Ok((reservation, None));
+        };
+        let prices = self.max_prices();
+        let want = prices.max_cost(input, max_output);
+        if want == 0 {
+            return Ok((reservation, None));
+        }
+        let currency = &self.shared.options.currency;
+        let mut reservation = reservation.unwrap_or_else(|| {
+            crate::money::Reservation::new(
+                &app.wallet,
+                &subscription.labels,
+                self.shared.options.export_usage,
+            )
+        });
+        let budget_room = app.budget.as_ref().map(|budget| {
+            budget.counter.roll(domain::now_ms());
+            budget.limit_nanos - budget.counter.nanos()
+        });
+        let wallet_room = app.wallet.available();
+        let room = budget_room.map_or(wallet_room, |b| b.min(wallet_room));
+        let (amount, capped) = if want <= room {
+            (want, None)
+        } else {
+            let affordable = if self.endpoint == Endpoint::Embeddings {
+                0
+            } else {
+                prices.max_output_affordable(input, room.max(0))
+            };
+            if affordable < MIN_OUTPUT_TOKENS {
+                let minimal = prices.max_cost(
+                    input,
+                    if self.endpoint == Endpoint::Embeddings {
+                        0
+                    } else {
+                        MIN_OUTPUT_TOKENS
+                    },
+                );
+                return Err(self.cannot_afford(
+                    app,
+                    subscription,
+                    minimal,
+                    budget_room,
+                    wallet_room,
+                    input,
+                    currency,
+                ));
+            }
+            self.set_max(json, affordable);
+            (
+                prices.max_cost(input, affordable),
+                Some((affordable, requested)),
+            )
+        };
+        if let Some(budget) = &app.budget
+            && let Err(spent) = reservation.add_budget(&budget.counter, budget.limit_nanos, amount)
+        {
+            let _ = spent;
+            return Err(self.cannot_afford(
+                app,
+                subscription,
+                amount,
+                budget_room,
+                wallet_room,
+                input,
+                currency,
+            ));
+        }
+        if reservation.add_wallet(amount).is_err() {
+            return Err(self.cannot_afford(
+                app,
+                subscription,
+                amount,
+                budget_room,
+                app.wallet.available(),
+                input,
+                currency,
+            ));
+        }
+        Ok((Some(reservation), capped))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn cannot_afford(
+        &self,
+        app: &AppRt,
+        subscription: &SubscriptionRt,
+        required: i64,
+        budget_room: Option<i64>,
+        wallet_room: i64,
+        input: u64,
+        currency: &str,
+    ) -> Refusal {
+        use domain::money::format;
+        let budget_bound = budget_room.is_some_and(|b| b < wallet_room);
+        if budget_bound {
+            let mut refusal = crate::admit::money_refusal(
+                Code::BudgetExhausted,
+                format!(
+                    "A minimal answer from '{}' (about {input} input tokens and {MIN_OUTPUT_TOKENS} output tokens) costs {} {currency}; the app '{}' has {} {currency} left of its budget for this period. A team admin can raise the budget (PATCH /api/v1/apps/{}).",
+                    self.model,
+                    format(required),
+                    app.slug,
+                    format(budget_room.unwrap_or(0).max(0)),
+                    app.slug
+                ),
+                app,
+                subscription,
+                currency,
+            );
+            refusal.extra.push(("required", format(required).into()));
+            if let Some(budget) = &app.budget {
+                let end = budget.counter.period().1;
+                refusal
+                    .extra
+                    .push(("budget", format(budget.limit_nanos).into()));
+                refusal
+                    .extra
+                    .push(("period_end", domain::access::format_time_ms(end).into()));
+                return crate::admit::retry_after(refusal, end, domain::now_ms());
+            }
+            return refusal;
+        }
+        let mut refusal = crate::admit::money_refusal(
+            Code::InsufficientCredit,
+            format!(
+                "A minimal answer from '{}' (about {input} input tokens and {MIN_OUTPUT_TOKENS} output tokens) costs {} {currency}; team {} has {} {currency} left to spend. Top up the team's wallet (top_up_url) and call again.",
+                self.model,
+                format(required),
+                app.team,
+                format(wallet_room.max(0))
+            ),
+            app,
+            subscription,
+            currency,
+        );
+        refusal.extra[0].1 = format(wallet_room.max(0)).into();
+        refusal.extra.push(("required", format(required).into()));
+        refusal
+    }
+
+    /// Sends the call to one target with one key; waits at most `wait`
+    /// for the answer's head.
+    #[allow(clippy::too_many_arguments)]
+    async fn send(
+        &self,
+        target: &TargetModel,
+        key: Option<usize>,
+        path: &str,
+        body: Bytes,
+        stream: bool,
+        wait: Duration,
+        trace: &mut Trace,
+    ) -> Result<Response<crate::client::ResponseBody>, Refusal> {
+        let upstream = &target.upstream;
+        let Some(node) = upstream.targets.first() else {
+            return Err(Refusal::new(
+                Code::NoHealthyUpstream,
+                "The provider has no address.",
+            ));
+        };
+        let uri: Uri = format!("{}{path}", node.base_path).parse().map_err(|_| {
+            Refusal::new(Code::BadRequest, "The model name cannot be sent in a URL.")
+        })?;
+        let length = body.len();
+        let mut request = Request::new(UpstreamRequestBody::Full(Some(body)));
+        *request.method_mut() = Method::POST;
+        *request.uri_mut() = uri;
+        let headers = request.headers_mut();
+        headers.insert(header::HOST, node.host_header.clone());
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+        headers.insert(
+            header::ACCEPT,
+            HeaderValue::from_static(if stream {
+                "text/event-stream"
+            } else {
+                "application/json"
+            }),
+        );
+        headers.insert(X_REQUEST_ID.clone(), self.context.request_id.clone());
+        let provider = &target.provider;
+        if let (Some(index), Some(name)) = (key, provider.auth.header_name()) {
+            headers.insert(name, provider.keys[index].value.clone());
+        }
+        if provider.dialect == Dialect::Anthropic {
+            headers.insert(
+                ANTHROPIC_VERSION.clone(),
+                HeaderValue::from_static("2023-06-01"),
+            );
+        }
+        let started = Instant::now();
+        let result = tokio::time::timeout(
+            wait,
+            crate::client::send(&upstream.connector, node, request),
+        )
+        .await;
+        trace.target = Some((0, started.elapsed()));
+        match result {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(error)) => Err(crate::pipeline::connection_refusal(
+                &error,
+                &format!("{} ({})", self.service.service.slug, target.name),
+                upstream.spec.connect_timeout_ms,
+            )),
+            Err(_) => Err(timeout(target, wait)),
+        }
+    }
+
+    /// An upstream error, in the caller's dialect, with the problem fields.
+    fn relay_error(
+        &self,
+        error: &ai::UpstreamError,
+        retry_after: Option<HeaderValue>,
+    ) -> Response<GatewayBody> {
+        let caller = self.endpoint.dialect();
+        let mut extra = serde_json::Map::new();
+        extra.insert(
+            "request_id".into(),
+            self.context.request_id.to_str().unwrap_or_default().into(),
+        );
+        extra.insert("model".into(), self.model.into());
+        let (status, body) = ai::upstream_error_body(caller, error, &extra);
+        let mut response = json_response(
+            StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
+            &body,
+        );
+        response
+            .headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if let Some(value) = retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+        response
+    }
+
+    /// A 2xx answer from a provider: translated, charged, answered.
+    #[allow(clippy::too_many_arguments)]
+    async fn answer(
+        mut self,
+        trace: &mut Trace,
+        response: Response<crate::client::ResponseBody>,
+        target: &TargetModel,
+        settle: Settle,
+        stream: bool,
+        json: &Value,
+        capped: Option<(u64, Option<u64>)>,
+        deadline: Instant,
+    ) -> Result<Response<GatewayBody>, Refusal> {
+        let caller = self.endpoint.dialect();
+        let (parts, incoming) = response.into_parts();
+        let prices = self.prices(target);
+        let mut call = AiCall {
+            provider: target.provider.slug.clone(),
+            url: target
+                .upstream
+                .targets
+                .first()
+                .map(|t| t.url.clone())
+                .unwrap_or_default(),
+            model: target.name.clone(),
+            ..AiCall::default()
+        };
+        let mut headers = http::HeaderMap::new();
+        if let Ok(value) = HeaderValue::from_str(&target.name) {
+            headers.insert(TOLLGATE_MODEL.clone(), value);
+        }
+        if let Some((cap, asked)) = capped {
+            let text = match asked {
+                Some(asked) => format!("{cap}; requested={asked}"),
+                None => cap.to_string(),
+            };
+            if let Ok(value) = HeaderValue::from_str(&text) {
+                headers.insert(TOLLGATE_MAX_TOKENS.clone(), value);
+            }
+        }
+        let body_idle = self.service.timeouts.first_token;
+        if stream {
+            let is_sse = parts
+                .headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.starts_with("text/event-stream"));
+            if is_sse {
+                let translator = match self.endpoint {
+                    Endpoint::Responses => stream::Mode::Responses(ai::SseParser::new(), None),
+                    _ => stream::Mode::Translate(Box::new(translator(
+                        target.provider.dialect,
+                        caller,
+                        settle.input,
+                        ai::StreamOptions {
+                            include_usage: ai::wants_usage(caller, json),
+                            caller_model: self.model.to_owned(),
+                            id: format!(
+                                "{}{}",
+                                if caller == Dialect::Anthropic {
+                                    "msg_"
+                                } else {
+                                    "chatcmpl-"
+                                },
+                                self.context
+                                    .request_id
+                                    .to_str()
+                                    .unwrap_or_default()
+                                    .replace('-', "")
+                            ),
+                            created: domain::now_ms() / 1000,
+                        },
+                    ))),
+                };
+                let balance = settle.reservation.as_ref().map(|r| r.wallet().available());
+                let body = stream::AiStream::new(
+                    UpstreamResponseBody::new(incoming, None, body_idle)
+                        .with_permits(std::mem::take(&mut self.permits)),
+                    translator,
+                    stream::Charge {
+                        reservation: settle.reservation,
+                        prices,
+                        base_price: settle.base_price,
+                        input: settle.input,
+                        sink: self.shared.charges.get().cloned(),
+                        request_id: self.context.request_id.clone(),
+                    },
+                    call,
+                    self.context.started,
+                    deadline,
+                );
+                let mut response = Response::new(GatewayBody::Ai(Box::new(body)));
+                let out = response.headers_mut();
+                out.extend(headers);
+                out.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/event-stream"),
+                );
+                out.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+                if let Some(left) = balance {
+                    self.balance_header(out, left);
+                }
+                return Ok(response);
+            }
+        }
+        let read = UpstreamResponseBody::new(incoming, None, body_idle);
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let bytes = match tokio::time::timeout(remaining, collect_limited(read, ANSWER_LIMIT)).await
+        {
+            Ok(Ok(bytes)) => bytes,
+            Ok(Err(_)) => {
+                return Err(Refusal::new(
+                    Code::UpstreamError,
+                    format!(
+                        "The provider of '{}' broke off its answer. Try again.",
+                        self.model
+                    ),
+                ));
+            }
+            Err(_) => return Err(timeout(target, self.service.timeouts.total)),
+        };
+        let value: Value = serde_json::from_slice(&bytes).map_err(|_| {
+            Refusal::new(
+                Code::UpstreamError,
+                format!(
+                    "The provider of '{}' answered something that is not JSON.",
+                    self.model
+                ),
+            )
+        })?;
+        let (out, usage) = match self.endpoint {
+            Endpoint::Chat | Endpoint::Messages => {
+                ai::translate_response(target.provider.dialect, caller, &value, self.model)
+                    .map_err(|error| {
+                        Refusal::new(
+                            Code::UpstreamError,
+                            format!("The provider's answer could not be read: {error}."),
+                        )
+                    })?
+            }
+            Endpoint::Embeddings => {
+                let input = value["usage"]["prompt_tokens"]
+                    .as_u64()
+                    .unwrap_or(settle.input);
+                let mut value = value;
+                value["model"] = Value::String(self.model.to_owned());
+                (
+                    value,
+                    ai::Usage {
+                        input,
+                        ..ai::Usage::default()
+                    },
+                )
+            }
+            _ => {
+                let usage = &value["usage"];
+                let parsed = ai::Usage {
+                    input: usage["input_tokens"].as_u64().unwrap_or(settle.input),
+                    output: usage["output_tokens"].as_u64().unwrap_or(0),
+                    cached_input: usage["input_tokens_details"]["cached_tokens"]
+                        .as_u64()
+                        .unwrap_or(0),
+                    reasoning: usage["output_tokens_details"]["reasoning_tokens"]
+                        .as_u64()
+                        .unwrap_or(0),
+                };
+                let mut value = value;
+                value["model"] = Value::String(self.model.to_owned());
+                (value, parsed)
+            }
+        };
+        call.input_tokens = usage.input;
+        call.output_tokens = usage.output;
+        let cost = settle.base_price + prices.cost(&usage);
+        trace.cost_nanos = cost;
+        trace.ai = Some(Box::new(call));
+        let mut response = json_response(StatusCode::OK, &out);
+        let out_headers = response.headers_mut();
+        out_headers.extend(headers);
+        if let Some(mut reservation) = settle.reservation {
+            reservation.adjust_to(cost);
+            let outcome = crate::money::Outcome {
+                status: 200,
+                latency_ms: u64::try_from(self.context.started.elapsed().as_millis())
+                    .unwrap_or(u64::MAX),
+            };
+            let sink = self.shared.charges.get();
+            let left = if self.shared.options.strict_charges {
+                Box::pin(reservation.settle_durably(sink, &self.context.request_id, outcome)).await
+            } else {
+                reservation.settle(sink, &self.context.request_id, outcome)
+            };
+            self.balance_header(out_headers, left);
+            if let Ok(value) = HeaderValue::from_str(&format!(
+                "{} {}",
+                domain::money::format(cost),
+                self.shared.options.currency
+            )) {
+                out_headers.insert(TOLLGATE_COST.clone(), value);
+            }
+        }
+        drop(self.permits);
+        Ok(response)
+    }
+
+    fn balance_header(&self, headers: &mut http::HeaderMap, left: i64) {
+        if let Ok(value) = HeaderValue::from_str(&format!(
+            "{} {}",
+            domain::money::format(left),
+            self.shared.options.currency
+        )) {
+            headers.insert(TOLLGATE_BALANCE.clone(), value);
+        }
+    }
+}
+
+fn translator(
+    upstream: Dialect,
+    caller: Dialect,
+    input: u64,
+    options: ai::StreamOptions,
+) -> ai::StreamTranslator {
+    let mut translator = ai::StreamTranslator::new(upstream, caller, options);
+    // A usage chunk for a provider that reports none uses the estimate.
+    translator.set_input_estimate(input);
+    translator
+}
+
+/// Loads the tokenizer (about 150 ms and 46 MB, once) on a thread of its
+/// own as soon as a snapshot has AI services, so that the first call does
+/// not wait for it and a gateway without AI never pays for it.
+pub(crate) fn warm_up_tokenizer() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = std::thread::Builder::new()
+            .name("tokenizer-warm-up".into())
+            .spawn(ai::tokens::warm_up);
+    });
+}
+
+/// The money side of a call on its way to an answer.
+struct Settle {
+    reservation: Option<crate::money::Reservation>,
+    /// The plan's price per request, inside the reservation.
+    base_price: i64,
+    /// Input tokens as estimated.
+    input: u64,
+}
+
+fn timeout(target: &TargetModel, after: Duration) -> Refusal {
+    Refusal::new(
+        Code::UpstreamTimeout,
+        format!(
+            "The provider of '{}' did not answer within {} ms. Try again, or use a model with a fallback.",
+            target.name,
+            after.as_millis()
+        ),
+    )
+}
+
+/// Tokens of an embeddings `input`: a string, strings, or token arrays.
+fn embedding_input_tokens(input: Option<&Value>) -> u64 {
+    match input {
+        Some(Value::String(text)) => ai::count_text_tokens(text),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|item| match item {
+                Value::String(text) => ai::count_text_tokens(text),
+                Value::Number(_) => 1,
+                Value::Array(tokens) => tokens.len() as u64,
+                other => ai::count_text_tokens(&other.to_string()),
+            })
+            .sum(),
+        Some(other) => ai::count_text_tokens(&other.to_string()),
+        None => 0,
+    }
+}
+
+/// Reads a body to its end, refusing more than `limit` bytes.
+async fn collect_limited(
+    mut body: UpstreamResponseBody,
+    limit: u64,
+) -> Result<Bytes, crate::body::BoxError> {
+    use http_body_util::BodyExt;
+    let mut out = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
+            if out.len() as u64 + data.len() as u64 > limit {
+                return Err("answer too large".into());
+            }
+            out.extend_from_slice(&data);
+        }
+    }
+    Ok(out.freeze())
+}

@@ -1,0 +1,513 @@
+//! AI services compiled for the hot path: each service's models and
+//! aliases resolved to provider targets with their list prices, the
+//! providers' key pools, and a synthetic upstream per (service, provider)
+//! so calls to providers use the gateway's own client, pools and TLS.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use domain::ai::{AiSpec, TokenPricesNanos};
+use domain::catalog::Catalog;
+use domain::model::{Lifecycle, Service, ServiceKind, Upstream};
+use domain::providers::{Provider, ProviderKind, ProviderModel};
+use http::HeaderValue;
+
+use crate::snapshot::{CompileError, RouteRt, ServiceRt};
+use crate::upstream::{Registry, UpstreamRt};
+
+/// A provider as the binary hands it over: its keys already opened.
+#[derive(Debug, Clone)]
+pub struct AiProvider {
+    pub provider: Provider,
+    pub models: Vec<ProviderModel>,
+    /// (key id, the key).
+    pub keys: Vec<(String, String)>,
+}
+
+/// How a provider takes its key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthStyle {
+    Bearer,
+    XApiKey,
+    GoogApiKey,
+    /// Azure OpenAI's `api-key`.
+    ApiKey,
+    None,
+}
+
+impl AuthStyle {
+    fn parse(text: &str) -> Self {
+        match text {
+            "x-api-key" => Self::XApiKey,
+            "x-goog-api-key" => Self::GoogApiKey,
+            "api-key" => Self::ApiKey,
+            "none" => Self::None,
+            _ => Self::Bearer,
+        }
+    }
+
+    pub fn header_name(self) -> Option<http::HeaderName> {
+        Some(match self {
+            Self::Bearer => http::header::AUTHORIZATION,
+            Self::XApiKey => http::HeaderName::from_static("x-api-key"),
+            Self::GoogApiKey => http::HeaderName::from_static("x-goog-api-key"),
+            Self::ApiKey => http::HeaderName::from_static("api-key"),
+            Self::None => return None,
+        })
+    }
+}
+
+/// One key of a provider's pool, with its cool-down after a 429. Kept
+/// across reloads (by key id) so a cooled key stays cooled.
+#[derive(Debug)]
+pub struct KeyRt {
+    pub id: String,
+    /// The header value as sent (`Bearer sk-…` or the bare key).
+    pub value: HeaderValue,
+    cool_until_ms: AtomicI64,
+}
+
+impl KeyRt {
+    pub fn usable(&self, now_ms: i64) -> bool {
+        self.cool_until_ms.load(Ordering::Relaxed) <= now_ms
+    }
+
+    /// Rests the key (the provider answered 429) for `duration`.
+    pub fn cool_down(&self, now_ms: i64, duration: Duration) {
+        let until = now_ms.saturating_add(i64::try_from(duration.as_millis()).unwrap_or(i64::MAX));
+        self.cool_until_ms.fetch_max(until, Ordering::Relaxed);
+    }
+}
+
+/// Key states by key id, kept across reloads.
+#[derive(Debug, Default)]
+pub struct KeyRegistry {
+    keys: std::sync::Mutex<HashMap<String, Arc<KeyRt>>>,
+}
+
+#[derive(Debug)]
+pub struct ProviderRt {
+    pub slug: String,
+    pub dialect: ai::Dialect,
+    pub auth: AuthStyle,
+    pub keys: Vec<Arc<KeyRt>>,
+}
+
+impl ProviderRt {
+    /// A usable key not in `tried`, starting at a random place so calls
+    /// spread over the pool without a shared counter. `Some(None)`: the
+    /// provider takes no key.
+    pub fn pick_key(&self, tried: u64, now_ms: i64) -> Option<Option<usize>> {
+        if self.keys.is_empty() {
+            return (tried == 0).then_some(None);
+        }
+        let count = self.keys.len();
+        let start = fastrand::usize(..count);
+        (0..count)
+            .map(|offset| (start + offset) % count)
+            .find(|&index| {
+                (index >= 64 || tried & (1 << index) == 0) && self.keys[index].usable(now_ms)
+            })
+            .map(Some)
+    }
+}
+
+/// A model of a provider, as a call targets it.
+#[derive(Debug)]
+pub struct TargetModel {
+    /// `<provider>/<model>`.
+    pub name: String,
+    /// The provider's own name for it.
+    pub model: String,
+    pub provider: Arc<ProviderRt>,
+    pub upstream: Arc<UpstreamRt>,
+    /// List prices per million tokens (before any markup).
+    pub list: TokenPricesNanos,
+    pub context_window: Option<u64>,
+    pub max_output: Option<u64>,
+}
+
+/// What a caller may name: a provider's model (one target) or an alias.
+#[derive(Debug)]
+pub struct ModelRt {
+    pub name: String,
+    pub alias: bool,
+    pub targets: Vec<(Arc<TargetModel>, u32)>,
+    pub fallbacks: Vec<Arc<TargetModel>>,
+    total_weight: u32,
+}
+
+impl ModelRt {
+    /// The targets of one call in the order they are tried: one of the
+    /// weighted targets, then the fallbacks.
+    pub fn plan(&self) -> Vec<Arc<TargetModel>> {
+        let mut out = Vec::with_capacity(1 + self.fallbacks.len());
+        let mut point = fastrand::u32(..self.total_weight.max(1));
+        for (target, weight) in &self.targets {
+            if point < *weight {
+                out.push(target.clone());
+                break;
+            }
+            point -= weight;
+        }
+        if out.is_empty()
+            && let Some((target, _)) = self.targets.first()
+        {
+            out.push(target.clone());
+        }
+        out.extend(self.fallbacks.iter().cloned());
+        out
+    }
+
+    /// Every target a call may reach (for the most it can cost).
+    pub fn all_targets(&self) -> impl Iterator<Item = &Arc<TargetModel>> {
+        self.targets.iter().map(|(t, _)| t).chain(&self.fallbacks)
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub first_token: Duration,
+    pub total: Duration,
+}
+
+#[derive(Debug)]
+pub struct AiServiceRt {
+    /// Its (synthetic) route in `Snapshot::routes`: what admission, the
+    /// call log and refusals see.
+    pub route: usize,
+    pub service: Arc<ServiceRt>,
+    /// `<base_path>/v1/…` reaches this service only.
+    pub base_path: String,
+    pub models: HashMap<String, Arc<ModelRt>>,
+    /// Over list prices, nano-units per unit.
+    pub markup: i64,
+    pub timeouts: Timeouts,
+    pub created_s: i64,
+}
+
+/// Every AI service of a snapshot.
+#[derive(Debug, Default)]
+pub struct AiRt {
+    pub services: Vec<AiServiceRt>,
+    /// Model or alias name → the services offering it.
+    pub by_model: HashMap<String, Vec<usize>>,
+}
+
+impl AiRt {
+    pub fn is_empty(&self) -> bool {
+        self.services.is_empty()
+    }
+
+    /// The service whose base path is `prefix`.
+    pub fn by_base_path(&self, prefix: &str) -> Option<usize> {
+        self.services.iter().position(|s| s.base_path == prefix)
+    }
+}
+
+/// A model as a provider serves it: list prices and limits.
+struct ModelInfo {
+    list: TokenPricesNanos,
+    context_window: Option<u64>,
+    max_output: Option<u64>,
+}
+
+/// The models a provider serves, by its own names: its preset's
+/// catalogue models with the operator's overrides and additions.
+fn provider_models(catalog: &Catalog, input: &AiProvider) -> HashMap<String, ModelInfo> {
+    domain::providers::effective_models(catalog, &input.provider.spec, &input.models)
+        .into_iter()
+        .filter_map(|view| {
+            let prices = domain::ai::TokenPrice {
+                input_per_million: view.input_per_million,
+                output_per_million: view.output_per_million,
+                cached_input_per_million: view.cached_input_per_million,
+            }
+            .nanos()
+            .ok()?;
+            Some((
+                view.model,
+                ModelInfo {
+                    list: prices,
+                    context_window: view.context_window,
+                    max_output: view.max_output_tokens,
+                },
+            ))
+        })
+        .collect()
+}
+
+fn dialect(kind: ProviderKind) -> ai::Dialect {
+    match kind {
+        ProviderKind::Anthropic => ai::Dialect::Anthropic,
+        ProviderKind::Gemini => ai::Dialect::Gemini,
+        ProviderKind::Openai | ProviderKind::OpenaiCompatible => ai::Dialect::OpenAi,
+    }
+}
+
+/// A provider while compiling: its runtime, its input, its models.
+type CompiledProvider<'a> = (Arc<ProviderRt>, &'a AiProvider, HashMap<String, ModelInfo>);
+
+/// What [`compile`] needs beside the services.
+pub struct AiInput<'a> {
+    pub providers: &'a [AiProvider],
+    pub catalog: &'a Catalog,
+    pub keys: &'a KeyRegistry,
+}
+
+/// Compiles the AI services among `services` (published, deprecated or
+/// retired), adding one synthetic route per service to `routes` and the
+/// synthetic upstreams to `upstreams` (so the registry keeps their state).
+pub fn compile(
+    services: &[Service],
+    service_rts: &HashMap<String, Arc<ServiceRt>>,
+    input: &AiInput<'_>,
+    registry: &Registry,
+    routes: &mut Vec<RouteRt>,
+    upstreams: &mut Vec<Upstream>,
+) -> Result<AiRt, CompileError> {
+    let mut out = AiRt::default();
+    let ai_services = services
+        .iter()
+        .filter(|s| s.spec.kind == ServiceKind::Ai && s.lifecycle != Lifecycle::Draft);
+    let mut providers: HashMap<&str, CompiledProvider<'_>> = HashMap::new();
+    {
+        let mut registry_keys = input.keys.keys.lock().unwrap_or_else(|p| p.into_inner());
+        let mut live = std::collections::HashSet::new();
+        for provider in input.providers {
+            let spec = &provider.provider.spec;
+            let auth = spec
+                .preset
+                .as_deref()
+                .and_then(|preset| input.catalog.providers.iter().find(|p| p.slug == preset))
+                .map_or(
+                    match spec.kind {
+                        ProviderKind::Anthropic => AuthStyle::XApiKey,
+                        ProviderKind::Gemini => AuthStyle::GoogApiKey,
+                        _ => AuthStyle::Bearer,
+                    },
+                    |preset| AuthStyle::parse(&preset.auth),
+                );
+            let keys = provider
+                .keys
+                .iter()
+                .filter_map(|(id, secret)| {
+                    let text = if auth == AuthStyle::Bearer {
+                        format!("Bearer {secret}")
+                    } else {
+                        secret.clone()
+                    };
+                    let mut value = HeaderValue::from_str(&text).ok()?;
+                    value.set_sensitive(true);
+                    live.insert(id.clone());
+                    let key = registry_keys
+                        .entry(id.clone())
+                        .and_modify(|existing| {
+                            if existing.value != value {
+                                *existing = Arc::new(KeyRt {
+                                    id: id.clone(),
+                                    value: value.clone(),
+                                    cool_until_ms: AtomicI64::new(0),
+                                });
+                            }
+                        })
+                        .or_insert_with(|| {
+                            Arc::new(KeyRt {
+                                id: id.clone(),
+                                value: value.clone(),
+                                cool_until_ms: AtomicI64::new(0),
+                            })
+                        });
+                    Some(key.clone())
+                })
+                .collect();
+            providers.insert(
+                spec.slug.as_str(),
+                (
+                    Arc::new(ProviderRt {
+                        slug: spec.slug.clone(),
+                        dialect: dialect(spec.kind),
+                        auth,
+                        keys,
+                    }),
+                    provider,
+                    provider_models(input.catalog, provider),
+                ),
+            );
+        }
+        registry_keys.retain(|id, _| live.contains(id));
+    }
+
+    for service in ai_services {
+        let Some(service_rt) = service_rts.get(&service.id) else {
+            continue;
+        };
+        let Some(spec) = &service.spec.ai else {
+            continue;
+        };
+        let service_error = |message: String| CompileError::Service {
+            service: service.spec.slug.clone(),
+            message,
+        };
+        let timeouts = Timeouts {
+            connect: Duration::from_millis(spec.timeouts.connect_ms),
+            first_token: Duration::from_millis(spec.timeouts.first_token_ms),
+            total: Duration::from_millis(spec.timeouts.total_ms),
+        };
+        // One synthetic upstream per provider this service uses.
+        let mut provider_upstreams: HashMap<&str, Arc<UpstreamRt>> = HashMap::new();
+        for slug in spec.providers() {
+            let Some((_, provider, _)) = providers.get(slug) else {
+                tracing::warn!(service = %service.spec.slug, provider = slug, "AI service names a provider that does not exist; its models are left out");
+                continue;
+            };
+            let Some(base_url) = provider.provider.spec.base_url(input.catalog) else {
+                continue;
+            };
+            let upstream = synthetic_upstream(service, provider, base_url, &spec.timeouts)
+                .map_err(service_error)?;
+            let compiled = Arc::new(registry.compile(&upstream)?);
+            upstreams.push(upstream);
+            provider_upstreams.insert(slug, compiled);
+        }
+        let target = |name: &str| -> Option<Arc<TargetModel>> {
+            let (slug, model) = domain::ai::split_model(name)?;
+            let (provider_rt, _, models) = providers.get(slug)?;
+            let upstream = provider_upstreams.get(slug)?;
+            let info = models.get(model);
+            Some(Arc::new(TargetModel {
+                name: name.to_owned(),
+                model: model.to_owned(),
+                provider: provider_rt.clone(),
+                upstream: upstream.clone(),
+                list: info.map(|i| i.list).unwrap_or_default(),
+                context_window: info.and_then(|i| i.context_window),
+                max_output: info.and_then(|i| i.max_output),
+            }))
+        };
+        let mut models: HashMap<String, Arc<ModelRt>> = HashMap::new();
+        let single = |name: &str, models: &mut HashMap<String, Arc<ModelRt>>| {
+            if let Some(target) = target(name) {
+                models.insert(
+                    name.to_owned(),
+                    Arc::new(ModelRt {
+                        name: name.to_owned(),
+                        alias: false,
+                        targets: vec![(target, 1)],
+                        fallbacks: Vec::new(),
+                        total_weight: 1,
+                    }),
+                );
+            }
+        };
+        for name in &spec.models {
+            match name.strip_suffix("/*") {
+                Some(slug) => {
+                    if let Some((_, _, known)) = providers.get(slug) {
+                        for model in known.keys() {
+                            single(&format!("{slug}/{model}"), &mut models);
+                        }
+                    }
+                }
+                None => single(name, &mut models),
+            }
+        }
+        for (alias, alias_spec) in &spec.aliases {
+            let targets: Vec<(Arc<TargetModel>, u32)> = alias_spec
+                .targets
+                .iter()
+                .filter_map(|t| Some((target(&t.model)?, t.weight)))
+                .collect();
+            if targets.is_empty() {
+                continue;
+            }
+            let total_weight = targets.iter().map(|(_, w)| *w).sum();
+            models.insert(
+                alias.clone(),
+                Arc::new(ModelRt {
+                    name: alias.clone(),
+                    alias: true,
+                    targets,
+                    fallbacks: alias_spec
+                        .fallbacks
+                        .iter()
+                        .filter_map(|name| target(name))
+                        .collect(),
+                    total_weight,
+                }),
+            );
+        }
+        let index = out.services.len();
+        for name in models.keys() {
+            out.by_model.entry(name.clone()).or_default().push(index);
+        }
+        let route = routes.len();
+        routes.push(synthetic_route(service, service_rt, timeouts.total));
+        out.services.push(AiServiceRt {
+            route,
+            service: service_rt.clone(),
+            base_path: service.spec.base_path.trim_end_matches('/').to_owned(),
+            models,
+            markup: markup_of(spec),
+            timeouts,
+            created_s: service.created_at_ms / 1000,
+        });
+    }
+    Ok(out)
+}
+
+fn markup_of(spec: &AiSpec) -> i64 {
+    spec.markup
+        .as_deref()
+        .and_then(|m| domain::ai::parse_markup(m).ok())
+        .unwrap_or(domain::money::NANOS_PER_UNIT)
+}
+
+fn synthetic_upstream(
+    service: &Service,
+    provider: &AiProvider,
+    base_url: &str,
+    timeouts: &domain::ai::AiTimeouts,
+) -> Result<Upstream, String> {
+    let spec = serde_json::from_value(serde_json::json!({
+        "slug": provider.provider.spec.slug,
+        "targets": [{"url": base_url, "weight": 1}],
+        "connect_timeout_ms": timeouts.connect_ms,
+        "read_timeout_ms": timeouts.first_token_ms,
+        // A provider's errors are handled by fallbacks, not ejection.
+        "health_check": {"passive": {"enabled": false, "max_failures": 5, "ejection_ms": 10000, "failure_statuses": [502, 503, 504]}}
+    }))
+    .map_err(|e| format!("provider {}: {e}", provider.provider.spec.slug))?;
+    Ok(Upstream {
+        id: format!("ai:{}:{}", service.id, provider.provider.id),
+        spec,
+        created_at_ms: 0,
+        updated_at_ms: 0,
+    })
+}
+
+fn synthetic_route(service: &Service, service_rt: &Arc<ServiceRt>, total: Duration) -> RouteRt {
+    RouteRt {
+        id: format!("ai:{}", service.id),
+        pattern: format!("{}/v1/*", service.spec.base_path.trim_end_matches('/')),
+        service: service_rt.clone(),
+        strip_len: 0,
+        timeout: total,
+        retry: crate::snapshot::RetryRt::none(),
+        body_limit_bytes: service
+            .spec
+            .request_body_limit_bytes
+            .unwrap_or(AI_BODY_LIMIT),
+        request_headers: Default::default(),
+        response_headers: Default::default(),
+        query: None,
+        limiter: None,
+    }
+}
+
+/// Request bodies of AI calls, unless the service sets its own limit
+/// (images inline as base64 make them large).
+pub const AI_BODY_LIMIT: u64 = 32 << 20;

@@ -1,0 +1,246 @@
+//! A streamed AI answer on its way to the caller: each upstream chunk is
+//! translated as it arrives (never buffered whole), usage is read from the
+//! events, and the call is charged once — when the stream ends, or when
+//! the caller goes away (what was produced so far), or at the service's
+//! total timeout.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+
+use crate::body::{BoxError, UpstreamResponseBody};
+
+use super::AiCall;
+
+/// How the upstream's events become the caller's.
+pub(crate) enum Mode {
+    /// Chat completions and messages, through `ai::StreamTranslator`.
+    Translate(Box<ai::StreamTranslator>),
+    /// The Responses API, passed through; its `response.completed` event
+    /// carries the usage.
+    Responses(ai::SseParser, Option<ai::Usage>),
+}
+
+impl Mode {
+    fn push(&mut self, data: &[u8], out: &mut Vec<u8>) {
+        match self {
+            Mode::Translate(translator) => translator.push(data, out),
+            Mode::Responses(parser, usage) => {
+                out.extend_from_slice(data);
+                let mut events = Vec::new();
+                parser.push(data, &mut events);
+                for event in events {
+                    if !event.data.contains("\"usage\"") {
+                        continue;
+                    }
+                    if let Ok(value) = serde_json::from_str::<serde_json::Value>(&event.data) {
+                        let found = &value["response"]["usage"];
+                        if found.is_object() {
+                            *usage = Some(ai::Usage {
+                                input: found["input_tokens"].as_u64().unwrap_or(0),
+                                output: found["output_tokens"].as_u64().unwrap_or(0),
+                                cached_input: found["input_tokens_details"]["cached_tokens"]
+                                    .as_u64()
+                                    .unwrap_or(0),
+                                reasoning: found["output_tokens_details"]["reasoning_tokens"]
+                                    .as_u64()
+                                    .unwrap_or(0),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn finish(&mut self, out: &mut Vec<u8>) {
+        if let Mode::Translate(translator) = self {
+            translator.finish(out);
+        }
+    }
+
+    fn usage(&self) -> Option<ai::Usage> {
+        match self {
+            Mode::Translate(translator) => translator.usage(),
+            Mode::Responses(_, usage) => *usage,
+        }
+    }
+
+    fn produced(&self) -> u64 {
+        match self {
+            Mode::Translate(translator) => translator.produced_tokens(),
+            Mode::Responses(..) => 0,
+        }
+    }
+
+    fn started(&self) -> bool {
+        match self {
+            Mode::Translate(translator) => translator.started(),
+            Mode::Responses(..) => true,
+        }
+    }
+}
+
+/// What settling the call needs.
+pub(crate) struct Charge {
+    pub reservation: Option<crate::money::Reservation>,
+    pub prices: ai::price::Prices,
+    pub base_price: i64,
+    /// Input tokens as estimated (when the upstream never said).
+    pub input: u64,
+    pub sink: Option<crate::money::ChargeSink>,
+    pub request_id: http::HeaderValue,
+}
+
+pub struct AiStream {
+    inner: UpstreamResponseBody,
+    mode: Mode,
+    charge: Option<Charge>,
+    call: AiCall,
+    record: Option<Box<crate::calls::CallRecord>>,
+    started: Instant,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    done: bool,
+    bytes_out: u64,
+}
+
+impl AiStream {
+    pub(crate) fn new(
+        inner: UpstreamResponseBody,
+        mode: Mode,
+        charge: Charge,
+        call: AiCall,
+        started: Instant,
+        deadline: Instant,
+    ) -> Self {
+        Self {
+            inner,
+            mode,
+            charge: Some(charge),
+            call,
+            record: None,
+            started,
+            deadline: Box::pin(tokio::time::sleep_until(deadline.into())),
+            done: false,
+            bytes_out: 0,
+        }
+    }
+
+    /// The call's log record, finished when the stream ends or is dropped.
+    pub(crate) fn log_on_end(&mut self, record: Box<crate::calls::CallRecord>) {
+        self.record = Some(record);
+    }
+
+    /// Charges the call once: the usage the upstream reported when the
+    /// stream `completed`; else at least what was produced.
+    fn settle(&mut self, completed: bool) {
+        let Some(charge) = self.charge.take() else {
+            return;
+        };
+        let reported = self.mode.usage();
+        let mut usage = reported.unwrap_or_default();
+        if usage.input == 0 {
+            usage.input = charge.input;
+        }
+        if !completed || reported.is_none() {
+            usage.output = usage.output.max(self.mode.produced());
+        }
+        let cost = charge.base_price + charge.prices.cost(&usage);
+        self.call.input_tokens = usage.input;
+        self.call.output_tokens = usage.output;
+        if let Some(mut reservation) = charge.reservation {
+            reservation.adjust_to(cost);
+            reservation.settle(
+                charge.sink.as_ref(),
+                &charge.request_id,
+                crate::money::Outcome {
+                    status: 200,
+                    latency_ms: u64::try_from(self.started.elapsed().as_millis())
+                        .unwrap_or(u64::MAX),
+                },
+            );
+        }
+        if let Some(record) = self.record.as_mut() {
+            record.cost_nanos = cost;
+            record.completed = completed;
+        }
+    }
+
+    fn end(&mut self, completed: bool) -> Option<Bytes> {
+        self.done = true;
+        let mut out = Vec::new();
+        self.mode.finish(&mut out);
+        self.settle(completed);
+        self.bytes_out += out.len() as u64;
+        (!out.is_empty()).then(|| Bytes::from(out))
+    }
+}
+
+impl Drop for AiStream {
+    fn drop(&mut self) {
+        // The caller went away (or the stream ended): charge what was
+        // produced, then log.
+        self.settle(false);
+        if let Some(mut record) = self.record.take() {
+            record.bytes_out = self.bytes_out;
+            record.ai = Some(Box::new(std::mem::take(&mut self.call)));
+            record.finish();
+        }
+    }
+}
+
+impl Body for AiStream {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        loop {
+            if this.done {
+                return Poll::Ready(None);
+            }
+            if this.deadline.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(this.end(false).map(|data| Ok(Frame::data(data))));
+            }
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(frame))) => {
+                    let Some(data) = frame.data_ref() else {
+                        continue;
+                    };
+                    let mut out = Vec::new();
+                    this.mode.push(data, &mut out);
+                    if this.call.ttft.is_none() && this.mode.started() {
+                        this.call.ttft = Some(this.started.elapsed());
+                    }
+                    if out.is_empty() {
+                        continue;
+                    }
+                    this.bytes_out += out.len() as u64;
+                    return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
+                }
+                Poll::Ready(Some(Err(error))) => {
+                    tracing::debug!(%error, "provider stream broke off");
+                    return Poll::Ready(this.end(false).map(|data| Ok(Frame::data(data))));
+                }
+                Poll::Ready(None) => {
+                    return Poll::Ready(this.end(true).map(|data| Ok(Frame::data(data))));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}

@@ -1,0 +1,997 @@
+//! The AI gateway through the real binary: fake OpenAI, Anthropic and
+//! Gemini servers (`test-support`), an AI service with a priced plan, and
+//! calls in both dialects, streamed and not; charges to the nano-unit,
+//! fallbacks, key rotation, the affordability cap and 402s in the
+//! caller's dialect.
+
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::Value;
+use test_support::providers::{FakeAnthropic, FakeGemini, FakeOpenAi, Reply, Usage};
+
+use crate::money::{grant, ledger, wallet};
+use crate::{BIN, Tollgate, json};
+
+/// Model prices per million tokens used by every test model: input 1.00,
+/// output 2.00, cached input 0.50 (USD); the service's markup is 1.5.
+const MODEL_PRICES: &str = r#"{"input_per_million": "1", "output_per_million": "2", "cached_input_per_million": "0.5", "context_window": 100000, "max_output_tokens": 4000, "modalities": {"input": ["text", "image"], "output": ["text"]}}"#;
+
+struct AiWorld {
+    key: String,
+}
+
+/// Teams acme (consumer, 10 USD) and llmco (provider); providers `oai`
+/// (OpenAI kind), `claude` (Anthropic) and `gem` (Gemini) on the fakes,
+/// each with a model `*-test`; an AI service `llm` at `/llm` offering them
+/// and an alias `smart` (oai, falling back to claude then gem); plan
+/// `tokens`; app acme-bot subscribed.
+async fn ai_world(
+    tollgate: &Tollgate,
+    openai: &FakeOpenAi,
+    anthropic: &FakeAnthropic,
+    gemini: &FakeGemini,
+    plan: Value,
+) -> AiWorld {
+    for team in ["acme", "llmco"] {
+        tollgate
+            .create("/api/v1/teams", json!({"slug": team, "name": team}))
+            .await;
+    }
+    let prices: Value = serde_json::from_str(MODEL_PRICES).unwrap();
+    for (slug, kind, url, model, keys) in [
+        (
+            "oai",
+            "openai",
+            openai.url(),
+            "gpt-test",
+            vec!["sk-test-one", "sk-test-two"],
+        ),
+        (
+            "claude",
+            "anthropic",
+            anthropic.url(),
+            "claude-test",
+            vec!["ak-test-one"],
+        ),
+        (
+            "gem",
+            "gemini",
+            gemini.url(),
+            "gemini-test",
+            vec!["gk-test-one"],
+        ),
+    ] {
+        tollgate
+            .create(
+                "/api/v1/providers",
+                json!({"slug": slug, "kind": kind, "base_url": url}),
+            )
+            .await;
+        for key in keys {
+            tollgate
+                .create(
+                    &format!("/api/v1/providers/{slug}/keys"),
+                    json!({"key": key}),
+                )
+                .await;
+        }
+        let (status, body) = tollgate
+            .admin(
+                Method::PUT,
+                &format!("/api/v1/providers/{slug}/models/{model}"),
+                Some(prices.clone()),
+            )
+            .await;
+        assert!(status.is_success(), "{body}");
+    }
+    tollgate
+        .create(
+            "/api/v1/services",
+            json!({"slug": "llm", "team": "llmco", "kind": "ai", "base_path": "/llm",
+                "visibility": "catalog",
+                "ai": {"models": ["oai/gpt-test", "claude/claude-test", "gem/gemini-test"],
+                       "aliases": {"smart": {"targets": [{"model": "oai/gpt-test"}],
+                                             "fallbacks": ["claude/claude-test", "gem/gemini-test"]}},
+                       "markup": "1.5",
+                       "timeouts": {"first_token_ms": 2000, "total_ms": 10000}}}),
+        )
+        .await;
+    let mut plan_body = json!({"slug": "tokens"});
+    if let (Value::Object(target), Value::Object(extra)) = (&mut plan_body, plan) {
+        target.extend(extra);
+    }
+    tollgate
+        .create("/api/v1/services/llm/plans", plan_body)
+        .await;
+    tollgate
+        .create("/api/v1/services/llm/publish", json!({}))
+        .await;
+    tollgate
+        .create("/api/v1/apps", json!({"slug": "acme-bot", "team": "acme"}))
+        .await;
+    let key = tollgate
+        .create("/api/v1/apps/acme-bot/keys", json!({"name": "prod"}))
+        .await["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    tollgate
+        .create(
+            "/api/v1/subscriptions",
+            json!({"app": "acme-bot", "service": "llm", "plan": "tokens"}),
+        )
+        .await;
+    let (status, body) = grant(
+        tollgate,
+        "acme",
+        json!({"amount": "10", "reason": "test credit", "idempotency_key": "ai-credit"}),
+    )
+    .await;
+    assert!(status.is_success(), "{body}");
+    // Subscribed and paid: the gateway knows within a second.
+    let started = std::time::Instant::now();
+    loop {
+        let models = tollgate.get_with_key("/v1/models", &key).await;
+        let balance_known = wallet(tollgate, "acme").await["balance_nanos"] == 10_000_000_000i64;
+        if models.status() == 200 && balance_known {
+            let body: Value = models.json().await.unwrap();
+            if body["data"].as_array().is_some_and(|d| !d.is_empty()) {
+                break;
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "AI service not served: {}",
+            tollgate
+                .get_with_key("/v1/models", &key)
+                .await
+                .text()
+                .await
+                .unwrap(),
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The wallet sync brings the grant to the gateway within 200 ms.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    AiWorld { key }
+}
+
+async fn fakes() -> (FakeOpenAi, FakeAnthropic, FakeGemini) {
+    (
+        FakeOpenAi::start().await,
+        FakeAnthropic::start().await,
+        FakeGemini::start().await,
+    )
+}
+
+async fn post(tollgate: &Tollgate, path: &str, key: &str, body: Value) -> reqwest::Response {
+    tollgate
+        .client
+        .post(format!("{}{path}", tollgate.gateway_url))
+        .bearer_auth(key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// The `data:` payloads of an SSE body, with their `event:` names.
+fn sse_events(text: &str) -> Vec<(Option<String>, String)> {
+    let mut events = Vec::new();
+    for block in text.split("\n\n").filter(|b| !b.trim().is_empty()) {
+        let mut event = None;
+        let mut data = Vec::new();
+        for line in block.lines() {
+            if let Some(name) = line.strip_prefix("event:") {
+                event = Some(name.trim().to_owned());
+            } else if let Some(payload) = line.strip_prefix("data:") {
+                data.push(payload.trim_start().to_owned());
+            }
+        }
+        events.push((event, data.join("\n")));
+    }
+    events
+}
+
+/// Nano-units of `input`/`output` tokens at the test prices × 1.5, rounded up.
+fn cost(input: u64, output: u64) -> i64 {
+    let nanos = input as i128 * 1_500_000_000 + output as i128 * 3_000_000_000;
+    ((nanos + 999_999) / 1_000_000) as i64
+}
+
+fn nanos_of(decimal: &str) -> i64 {
+    let negative = decimal.starts_with('-');
+    let digits = decimal.trim_start_matches('-');
+    let (whole, fraction) = digits.split_once('.').unwrap_or((digits, ""));
+    let mut fraction = fraction.to_owned();
+    while fraction.len() < 9 {
+        fraction.push('0');
+    }
+    let value = whole.parse::<i64>().unwrap() * 1_000_000_000 + fraction.parse::<i64>().unwrap();
+    if negative { -value } else { value }
+}
+
+/// The charges recorded for acme, as (request id, nano-units), once there
+/// are `count` of them.
+async fn charges(tollgate: &Tollgate, count: usize) -> Vec<(String, i64)> {
+    let started = std::time::Instant::now();
+    loop {
+        let entries = ledger(tollgate, "acme", "&kind=charge").await;
+        if entries.len() >= count {
+            return entries
+                .iter()
+                .map(|e| {
+                    (
+                        e["request_id"].as_str().unwrap_or_default().to_owned(),
+                        -nanos_of(e["amount"].as_str().unwrap()),
+                    )
+                })
+                .collect();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{} charges, want {count}",
+            entries.len()
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+fn charge_of(charges: &[(String, i64)], request_id: &str) -> i64 {
+    charges
+        .iter()
+        .find(|(id, _)| id == request_id)
+        .unwrap_or_else(|| panic!("no charge for {request_id} in {charges:?}"))
+        .1
+}
+
+#[tokio::test]
+async fn openai_calls_are_proxied_metered_and_charged_exactly() {
+    let (openai, anthropic, gemini) = fakes().await;
+    let tollgate = Tollgate::start(BIN).await;
+    let world = ai_world(&tollgate, &openai, &anthropic, &gemini, json!({})).await;
+
+    // GET /v1/models: what the app may use, aliases included.
+    let models: Value = tollgate
+        .get_with_key("/v1/models", &world.key)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            "claude/claude-test",
+            "gem/gemini-test",
+            "oai/gpt-test",
+            "smart"
+        ]
+    );
+    assert_eq!(models["object"], "list");
+
+    // Not streamed.
+    openai.push(Reply::text(
+        "Hello, Acme.",
+        Usage::new(1000, 500).with_cached_input(200),
+    ));
+    let response = post(
+        &tollgate,
+        "/v1/chat/completions",
+        &world.key,
+        json!({"model": "oai/gpt-test", "messages": [{"role": "user", "content": "Say hello"}], "max_tokens": 600}),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    let request_id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let headers = response.headers().clone();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["object"], "chat.completion");
+    assert_eq!(body["model"], "oai/gpt-test");
+    assert_eq!(body["choices"][0]["message"]["content"], "Hello, Acme.");
+    assert_eq!(body["usage"]["prompt_tokens"], 1000);
+    assert_eq!(body["usage"]["completion_tokens"], 500);
+    // 800 uncached input × 1.5 + 200 cached × 0.75 + 500 output × 3.
+    let expected = (800 * 1_500_000_000i64 + 200 * 750_000_000 + 500 * 3_000_000_000) / 1_000_000;
+    assert_eq!(expected, 2_850_000);
+    assert_eq!(headers["tollgate-cost"], "0.00285 USD");
+    assert_eq!(headers["tollgate-model"], "oai/gpt-test");
+    assert!(
+        headers["tollgate-balance"]
+            .to_str()
+            .unwrap()
+            .ends_with(" USD")
+    );
+    let upstream = openai.last_request().unwrap();
+    assert_eq!(upstream.path, "/v1/chat/completions");
+    assert_eq!(upstream.body["model"], "gpt-test");
+    assert_eq!(upstream.body["max_tokens"], 600);
+    let key = upstream.header("authorization").unwrap().to_owned();
+    assert!(
+        key == "Bearer sk-test-one" || key == "Bearer sk-test-two",
+        "{key}"
+    );
+    assert!(
+        upstream.header("x-request-id") == Some(request_id.as_str()),
+        "the request id reaches the provider"
+    );
+
+    // Streamed, with usage asked for: exactly one usage chunk, then [DONE].
+    openai.push(Reply::text("One two three four", Usage::new(200, 100)));
+    let response = post(
+        &tollgate,
+        "/v1/chat/completions",
+        &world.key,
+        json!({"model": "oai/gpt-test", "stream": true, "stream_options": {"include_usage": true},
+               "messages": [{"role": "user", "content": "Count"}]}),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let streamed_id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let text = response.text().await.unwrap();
+    let events = sse_events(&text);
+    assert_eq!(events.last().unwrap().1, "[DONE]", "{text}");
+    assert_eq!(events.iter().filter(|(_, d)| d == "[DONE]").count(), 1);
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|(_, d)| serde_json::from_str(d).unwrap())
+        .collect();
+    let usage_chunks: Vec<&Value> = chunks.iter().filter(|c| c["usage"].is_object()).collect();
+    assert_eq!(usage_chunks.len(), 1, "{text}");
+    assert_eq!(usage_chunks[0]["usage"]["prompt_tokens"], 200);
+    assert_eq!(usage_chunks[0]["usage"]["completion_tokens"], 100);
+    let content: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(content, "One two three four");
+    assert!(chunks.iter().all(|c| c["model"] == "oai/gpt-test"));
+    // The gateway always asks the provider for usage.
+    assert_eq!(
+        openai.last_request().unwrap().body["stream_options"]["include_usage"],
+        true
+    );
+
+    // Streamed without usage asked for: none is sent, but it is charged.
+    openai.push(Reply::text("Quiet", Usage::new(300, 40)));
+    let response = post(
+        &tollgate,
+        "/v1/chat/completions",
+        &world.key,
+        json!({"model": "oai/gpt-test", "stream": true, "messages": [{"role": "user", "content": "Hi"}]}),
+    )
+    .await;
+    let quiet_id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let text = response.text().await.unwrap();
+    assert!(!text.contains("\"usage\":{"), "no usage chunk: {text}");
+    assert!(text.trim_end().ends_with("data: [DONE]"));
+
+    let charges = charges(&tollgate, 3).await;
+    assert_eq!(charge_of(&charges, &request_id), 2_850_000);
+    assert_eq!(charge_of(&charges, &streamed_id), cost(200, 100));
+    assert_eq!(charge_of(&charges, &quiet_id), cost(300, 40));
+    let balance = wallet(&tollgate, "acme").await["balance_nanos"]
+        .as_i64()
+        .unwrap();
+    assert_eq!(
+        balance,
+        10_000_000_000 - 2_850_000 - cost(200, 100) - cost(300, 40)
+    );
+
+    // The call log has the AI fields.
+    let (status, log) = tollgate
+        .admin(
+            Method::GET,
+            &format!("/api/v1/logs?request_id={streamed_id}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let started = std::time::Instant::now();
+    let mut log = log;
+    while log["data"].as_array().is_none_or(|d| d.is_empty()) {
+        assert!(started.elapsed() < Duration::from_secs(3), "not logged");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        log = tollgate
+            .admin(
+                Method::GET,
+                &format!("/api/v1/logs?request_id={streamed_id}"),
+                None,
+            )
+            .await
+            .1;
+    }
+    let entry = &log["data"][0];
+    assert_eq!(entry["provider"], "oai", "{entry}");
+    assert_eq!(entry["model"], "oai/gpt-test");
+    assert_eq!(entry["input_tokens"], 200);
+    assert_eq!(entry["output_tokens"], 100);
+    assert_eq!(entry["service"], "llm");
+    assert!(entry["ttft_ms"].as_f64().is_some(), "{entry}");
+    assert!(
+        entry["upstream_target"]
+            .as_str()
+            .unwrap()
+            .starts_with("http://127.0.0.1:")
+    );
+    assert_eq!(entry["cost"], "0.0006");
+}
+
+#[tokio::test]
+async fn dialects_translate_both_ways_streamed_and_not() {
+    let (openai, anthropic, gemini) = fakes().await;
+    let tollgate = Tollgate::start(BIN).await;
+    let world = ai_world(&tollgate, &openai, &anthropic, &gemini, json!({})).await;
+
+    // OpenAI caller → Anthropic provider.
+    anthropic.push(Reply::text("Bonjour", Usage::new(50, 7)));
+    let response = post(
+        &tollgate,
+        "/v1/chat/completions",
+        &world.key,
+        json!({"model": "claude/claude-test", "max_tokens": 100, "stop": ["END"],
+               "messages": [{"role": "system", "content": "Be French."}, {"role": "user", "content": "Hello"}]}),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["choices"][0]["message"]["content"], "Bonjour");
+    assert_eq!(body["choices"][0]["finish_reason"], "stop");
+    assert_eq!(body["usage"]["prompt_tokens"], 50);
+    let sent = anthropic.last_request().unwrap();
+    assert_eq!(sent.path, "/v1/messages");
+    assert_eq!(sent.header("x-api-key"), Some("ak-test-one"));
+    assert_eq!(sent.header("anthropic-version"), Some("2023-06-01"));
+    assert_eq!(sent.body["model"], "claude-test");
+    assert_eq!(sent.body["max_tokens"], 100);
+    assert_eq!(sent.body["stop_sequences"], json!(["END"]));
+    assert!(sent.body["system"].to_string().contains("Be French."));
+
+    // OpenAI caller → Anthropic provider, streamed with tool calls.
+    anthropic.push(Reply::tool_calls(
+        &[
+            ("get_weather", r#"{"city":"Paris"}"#),
+            ("get_time", r#"{"tz":"CET"}"#),
+        ],
+        Usage::new(80, 20),
+    ));
+    let response = post(
+        &tollgate,
+        "/v1/chat/completions",
+        &world.key,
+        json!({"model": "claude/claude-test", "stream": true, "stream_options": {"include_usage": true},
+               "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}},
+                         {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object"}}}],
+               "messages": [{"role": "user", "content": "Weather and time in Paris?"}]}),
+    )
+    .await;
+    let text = response.text().await.unwrap();
+    let events = sse_events(&text);
+    assert_eq!(events.last().unwrap().1, "[DONE]");
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|(_, d)| serde_json::from_str(d).unwrap())
+        .collect();
+    let mut arguments = [String::new(), String::new()];
+    let mut names = Vec::new();
+    for chunk in &chunks {
+        for call in chunk["choices"][0]["delta"]["tool_calls"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            let index = call["index"].as_u64().unwrap() as usize;
+            if let Some(name) = call["function"]["name"].as_str() {
+                names.push((index, name.to_owned()));
+            }
+            arguments[index].push_str(call["function"]["arguments"].as_str().unwrap_or(""));
+        }
+    }
+    assert_eq!(
+        names,
+        [(0, "get_weather".to_owned()), (1, "get_time".to_owned())]
+    );
+    assert_eq!(
+        serde_json::from_str::<Value>(&arguments[0]).unwrap(),
+        json!({"city": "Paris"})
+    );
+    assert_eq!(
+        serde_json::from_str::<Value>(&arguments[1]).unwrap(),
+        json!({"tz": "CET"})
+    );
+    assert!(
+        chunks
+            .iter()
+            .any(|c| c["choices"][0]["finish_reason"] == "tool_calls")
+    );
+    assert_eq!(chunks.iter().filter(|c| c["usage"].is_object()).count(), 1);
+
+    // Anthropic caller (/v1/messages) → OpenAI provider, streamed: the
+    // documented event order.
+    openai.push(Reply::text("Hi from OpenAI", Usage::new(30, 4)));
+    let response = tollgate
+        .client
+        .post(format!("{}/v1/messages", tollgate.gateway_url))
+        .header("x-api-key", &world.key)
+        .header("anthropic-version", "2023-06-01")
+        .json(&json!({"model": "oai/gpt-test", "max_tokens": 50, "stream": true, "system": "Be brief.",
+                      "messages": [{"role": "user", "content": "Hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.unwrap();
+    let names: Vec<String> = sse_events(&text)
+        .into_iter()
+        .filter_map(|(event, _)| event)
+        .filter(|e| e != "ping")
+        .collect();
+    assert_eq!(
+        names.first().map(String::as_str),
+        Some("message_start"),
+        "{text}"
+    );
+    assert_eq!(names.last().map(String::as_str), Some("message_stop"));
+    let order: Vec<&str> = names.iter().map(String::as_str).collect();
+    let start = order
+        .iter()
+        .position(|n| *n == "content_block_start")
+        .unwrap();
+    let stop = order
+        .iter()
+        .position(|n| *n == "content_block_stop")
+        .unwrap();
+    assert!(start < stop);
+    assert!(
+        order[start + 1..stop]
+            .iter()
+            .all(|n| *n == "content_block_delta")
+    );
+    assert_eq!(order[order.len() - 2], "message_delta");
+    let sent = openai.last_request().unwrap();
+    assert_eq!(sent.body["messages"][0]["role"], "system");
+    assert_eq!(sent.body["messages"][0]["content"], "Be brief.");
+
+    // Anthropic caller → Anthropic provider, not streamed: passed through.
+    anthropic.push(Reply::text("Native", Usage::new(12, 3)));
+    let response = tollgate
+        .client
+        .post(format!("{}/v1/messages", tollgate.gateway_url))
+        .header("x-api-key", &world.key)
+        .json(&json!({"model": "claude/claude-test", "max_tokens": 50, "messages": [{"role": "user", "content": "Hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["type"], "message");
+    assert_eq!(body["content"][0]["text"], "Native");
+    assert_eq!(body["usage"]["input_tokens"], 12);
+    assert_eq!(body["model"], "claude/claude-test");
+
+    // OpenAI caller → Gemini, streamed and not.
+    gemini.push(Reply::text("From Gemini", Usage::new(40, 6)));
+    let response = post(
+        &tollgate,
+        "/v1/chat/completions",
+        &world.key,
+        json!({"model": "gem/gemini-test", "messages": [{"role": "system", "content": "Sys"}, {"role": "user", "content": "Hi"}],
+               "response_format": {"type": "json_object"}}),
+    )
+    .await;
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(
+        body["choices"][0]["message"]["content"], "From Gemini",
+        "{body}"
+    );
+    assert_eq!(body["usage"]["prompt_tokens"], 40);
+    let sent = gemini.last_request().unwrap();
+    assert_eq!(sent.path, "/v1beta/models/gemini-test:generateContent");
+    assert_eq!(sent.header("x-goog-api-key"), Some("gk-test-one"));
+    assert_eq!(
+        sent.body["generationConfig"]["responseMimeType"],
+        "application/json"
+    );
+    assert!(sent.body["systemInstruction"].to_string().contains("Sys"));
+    gemini.push(Reply::text("Streamed from Gemini", Usage::new(40, 6)));
+    let response = post(
+        &tollgate,
+        "/v1/chat/completions",
+        &world.key,
+        json!({"model": "gem/gemini-test", "stream": true, "messages": [{"role": "user", "content": "Hi"}]}),
+    )
+    .await;
+    let text = response.text().await.unwrap();
+    let content: String = sse_events(&text)
+        .iter()
+        .filter(|(_, d)| d != "[DONE]")
+        .filter_map(|(_, d)| {
+            serde_json::from_str::<Value>(d).ok()?["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect();
+    assert_eq!(content, "Streamed from Gemini");
+    assert_eq!(
+        gemini.last_request().unwrap().path,
+        "/v1beta/models/gemini-test:streamGenerateContent"
+    );
+}
+
+#[tokio::test]
+async fn fallbacks_and_key_rotation() {
+    let (openai, anthropic, gemini) = fakes().await;
+    let tollgate = Tollgate::start(BIN).await;
+    let world = ai_world(&tollgate, &openai, &anthropic, &gemini, json!({})).await;
+
+    // One key of the pool is rate limited: every call still succeeds, and
+    // the limited key rests after its 429.
+    openai.rate_limit_key_for("sk-test-one", 60);
+    for _ in 0..6 {
+        let response = post(
+            &tollgate,
+            "/v1/chat/completions",
+            &world.key,
+            json!({"model": "oai/gpt-test", "messages": [{"role": "user", "content": "Hi"}]}),
+        )
+        .await;
+        assert_eq!(response.status(), 200);
+    }
+    let with_one = openai
+        .requests()
+        .iter()
+        .filter(|r| r.header("authorization") == Some("Bearer sk-test-one"))
+        .count();
+    assert!(
+        with_one <= 1,
+        "a rate-limited key is rested, used {with_one} times"
+    );
+    openai.clear_rate_limits();
+
+    // The alias falls back on 5xx, then on context length.
+    openai.push(Reply::server_error());
+    anthropic.push(Reply::text("fallback answer", Usage::new(10, 3)));
+    let response = post(
+        &tollgate,
+        "/v1/chat/completions",
+        &world.key,
+        json!({"model": "smart", "messages": [{"role": "user", "content": "Hi"}]}),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["tollgate-model"], "claude/claude-test");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["model"], "smart");
+    assert_eq!(body["choices"][0]["message"]["content"], "fallback answer");
+
+    openai.push(Reply::context_length_exceeded());
+    anthropic.push(Reply::overloaded());
+    gemini.push(Reply::text("third time", Usage::new(10, 3)));
+    let response = post(
+        &tollgate,
+        "/v1/chat/completions",
+        &world.key,
+        json!({"model": "smart", "messages": [{"role": "user", "content": "Hi"}]}),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["tollgate-model"], "gem/gemini-test");
+
+    // A caller's own mistake is not retried elsewhere: relayed in its dialect.
+    openai.push(Reply::invalid_request("temperature must be at most 2"));
+    let hits = anthropic.hits();
+    let response = post(
+        &tollgate,
+        "/v1/chat/completions",
+        &world.key,
+        json!({"model": "smart", "temperature": 9, "messages": [{"role": "user", "content": "Hi"}]}),
+    )
+    .await;
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("temperature"),
+        "{body}"
+    );
+    assert_eq!(anthropic.hits(), hits);
+
+    // Every target failing: 502 in the caller's dialect, nothing charged.
+    assert_eq!(charges(&tollgate, 8).await.len(), 8, "6 + 2 answered calls");
+    openai.push(Reply::server_error());
+    anthropic.push(Reply::server_error());
+    gemini.push(Reply::server_error());
+    let response = post(
+        &tollgate,
+        "/v1/chat/completions",
+        &world.key,
+        json!({"model": "smart", "messages": [{"role": "user", "content": "Hi"}]}),
+    )
+    .await;
+    assert_eq!(response.status(), 502);
+    let body: Value = response.json().await.unwrap();
+    assert!(body["error"]["message"].is_string(), "{body}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(ledger(&tollgate, "acme", "&kind=charge").await.len(), 8);
+}
+
+#[tokio::test]
+async fn the_affordability_cap_and_402_in_each_dialect() {
+    let (openai, anthropic, gemini) = fakes().await;
+    let tollgate = Tollgate::start(BIN).await;
+    // Output at 1000 USD per million tokens: 0.001 USD a token.
+    let world = ai_world(
+        &tollgate,
+        &openai,
+        &anthropic,
+        &gemini,
+        json!({"token_prices": {"*": {"input_per_million": "1", "output_per_million": "1000"}}}),
+    )
+    .await;
+    // Spend all but 0.2 USD.
+    let (status, body) = tollgate
+        .admin(
+            Method::POST,
+            "/api/v1/teams/acme/wallet/adjustments",
+            Some(json!({"amount": "-9.8", "reason": "test", "idempotency_key": "spend"})),
+        )
+        .await;
+    assert!(status.is_success(), "{body}");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+
+    openai.push(Reply::text("short", Usage::new(20, 5)));
+    let response = post(
+        &tollgate,
+        "/v1/chat/completions",
+        &world.key,
+        json!({"model": "oai/gpt-test", "max_tokens": 1000, "messages": [{"role": "user", "content": "Write a long essay"}]}),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    let capped = response.headers()["tollgate-max-tokens"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let (cap, requested) = capped.split_once("; requested=").unwrap();
+    assert_eq!(requested, "1000");
+    let cap: u64 = cap.parse().unwrap();
+    assert!(
+        (150..200).contains(&cap),
+        "0.2 USD buys under 200 tokens: {cap}"
+    );
+    assert_eq!(openai.last_request().unwrap().body["max_tokens"], cap);
+
+    // Nearly nothing left: 402, in OpenAI's envelope with the problem beside it.
+    let (status, body) = tollgate
+        .admin(
+            Method::POST,
+            "/api/v1/teams/acme/wallet/adjustments",
+            Some(json!({"amount": "-0.19", "reason": "test", "idempotency_key": "spend-more"})),
+        )
+        .await;
+    assert!(status.is_success(), "{body}");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let hits = openai.hits();
+    let response = post(
+        &tollgate,
+        "/v1/chat/completions",
+        &world.key,
+        json!({"model": "oai/gpt-test", "messages": [{"role": "user", "content": "Hi"}]}),
+    )
+    .await;
+    assert_eq!(response.status(), 402);
+    assert!(response.headers().contains_key("x-request-id"));
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "insufficient_credit", "{body}");
+    assert_eq!(body["error"]["type"], "insufficient_quota");
+    assert_eq!(body["code"], "insufficient_credit");
+    assert_eq!(body["status"], 402);
+    assert_eq!(body["currency"], "USD");
+    assert!(
+        body["balance"].is_string() && body["required"].is_string(),
+        "{body}"
+    );
+    assert!(
+        body["top_up_url"]
+            .as_str()
+            .unwrap()
+            .ends_with("/_tollgate/portal/teams/acme/wallet")
+    );
+    // Anthropic's envelope on /v1/messages.
+    let response = tollgate
+        .client
+        .post(format!("{}/v1/messages", tollgate.gateway_url))
+        .header("x-api-key", &world.key)
+        .json(&json!({"model": "oai/gpt-test", "max_tokens": 100, "messages": [{"role": "user", "content": "Hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 402);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["type"], "error", "{body}");
+    assert_eq!(body["error"]["type"], "billing_error");
+    assert_eq!(body["code"], "insufficient_credit");
+    assert_eq!(
+        openai.hits(),
+        hits,
+        "refused calls never reach the provider"
+    );
+
+    // Unknown model and bad input: errors in the dialect.
+    let response = post(
+        &tollgate,
+        "/v1/chat/completions",
+        &world.key,
+        json!({"model": "nope/nothing", "messages": []}),
+    )
+    .await;
+    assert_eq!(response.status(), 404);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "model_not_found");
+    let response = tollgate
+        .client
+        .post(format!("{}/v1/chat/completions", tollgate.gateway_url))
+        .bearer_auth(&world.key)
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "bad_request");
+    let response = tollgate
+        .client
+        .post(format!("{}/v1/chat/completions", tollgate.gateway_url))
+        .json(&json!({"model": "oai/gpt-test", "messages": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    assert!(response.headers().contains_key("www-authenticate"));
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "authentication_error");
+}
+
+#[tokio::test]
+async fn a_caller_that_leaves_mid_stream_pays_for_what_was_produced() {
+    let (openai, anthropic, gemini) = fakes().await;
+    let tollgate = Tollgate::start(BIN).await;
+    let world = ai_world(&tollgate, &openai, &anthropic, &gemini, json!({})).await;
+    let words: Vec<String> = (0..200).map(|n| format!("word{n}")).collect();
+    openai.push(Reply::text(&words.join(" "), Usage::new(100, 400)));
+    openai.hang_after(20);
+    let mut response = post(
+        &tollgate,
+        "/v1/chat/completions",
+        &world.key,
+        json!({"model": "oai/gpt-test", "stream": true, "max_tokens": 2000, "messages": [{"role": "user", "content": "Count"}]}),
+    )
+    .await;
+    let request_id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let mut received = String::new();
+    while received.matches("data:").count() < 10 {
+        let chunk = response.chunk().await.unwrap().unwrap();
+        received.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    drop(response);
+    assert!(
+        openai.wait_for_disconnects(1, 3000).await,
+        "the gateway leaves the provider too"
+    );
+    let charges = charges(&tollgate, 1).await;
+    let charged = charge_of(&charges, &request_id);
+    // More than the input alone, less than the full answer or the reservation.
+    assert!(charged > cost(5, 0), "{charged}");
+    assert!(charged < cost(100, 400), "{charged}");
+    let balance = wallet(&tollgate, "acme").await["balance_nanos"]
+        .as_i64()
+        .unwrap();
+    assert_eq!(balance, 10_000_000_000 - charged);
+}
+
+/// The official Python SDKs (`openai`, `anthropic` from PyPI, pinned in
+/// `test-support/requirements.txt`) against the real binary.
+#[tokio::test]
+async fn the_official_python_sdks_work_unchanged() {
+    let (openai, anthropic, gemini) = fakes().await;
+    let tollgate = Tollgate::start(BIN).await;
+    let world = ai_world(&tollgate, &openai, &anthropic, &gemini, json!({})).await;
+    openai.push(Reply::text("Hello from the SDK", Usage::new(12, 4)));
+    openai.push(Reply::text("Streamed to the SDK", Usage::new(12, 4)));
+    anthropic.push(Reply::text("Claude via the SDK", Usage::new(9, 3)));
+    anthropic.push(Reply::text("Claude streamed", Usage::new(9, 3)));
+    let script = r#"
+import json, sys
+import openai, anthropic
+gateway, key = sys.argv[1], sys.argv[2]
+out = {}
+client = openai.OpenAI(base_url=gateway + "/v1", api_key=key, max_retries=0)
+out["models"] = sorted(m.id for m in client.models.list())
+r = client.chat.completions.create(model="oai/gpt-test", messages=[{"role": "user", "content": "hi"}])
+out["chat"] = r.choices[0].message.content
+out["chat_usage"] = [r.usage.prompt_tokens, r.usage.completion_tokens]
+text, usage = "", None
+for chunk in client.chat.completions.create(model="oai/gpt-test", stream=True,
+        stream_options={"include_usage": True}, messages=[{"role": "user", "content": "hi"}]):
+    if chunk.choices and chunk.choices[0].delta.content:
+        text += chunk.choices[0].delta.content
+    if chunk.usage:
+        usage = [chunk.usage.prompt_tokens, chunk.usage.completion_tokens]
+out["stream"], out["stream_usage"] = text, usage
+e = client.embeddings.create(model="oai/gpt-test", input="hello")
+out["embedding_len"] = len(e.data[0].embedding)
+try:
+    client.chat.completions.create(model="nope/none", messages=[{"role": "user", "content": "hi"}])
+except openai.NotFoundError as error:
+    out["not_found"] = [error.status_code, error.body.get("code") if isinstance(error.body, dict) else None]
+c = anthropic.Anthropic(base_url=gateway, api_key=key, max_retries=0)
+m = c.messages.create(model="claude/claude-test", max_tokens=64, messages=[{"role": "user", "content": "hi"}])
+out["message"] = m.content[0].text
+out["message_usage"] = [m.usage.input_tokens, m.usage.output_tokens]
+with c.messages.stream(model="claude/claude-test", max_tokens=64, messages=[{"role": "user", "content": "hi"}]) as s:
+    out["message_stream"] = s.get_final_text()
+out["count"] = c.messages.count_tokens(model="claude/claude-test", messages=[{"role": "user", "content": "hello there"}]).input_tokens
+print(json.dumps(out))
+"#;
+    let gateway_url = tollgate.gateway_url.clone();
+    let key = world.key.clone();
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(test_support::python::python())
+            .args(["-c", script, &gateway_url, &key])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "the SDK script failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let out: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(
+        out["models"],
+        json!([
+            "claude/claude-test",
+            "gem/gemini-test",
+            "oai/gpt-test",
+            "smart"
+        ])
+    );
+    assert_eq!(out["chat"], "Hello from the SDK");
+    assert_eq!(out["chat_usage"], json!([12, 4]));
+    assert_eq!(out["stream"], "Streamed to the SDK");
+    assert_eq!(out["stream_usage"], json!([12, 4]));
+    assert!(out["embedding_len"].as_u64().unwrap() > 0);
+    assert_eq!(out["not_found"], json!([404, "model_not_found"]));
+    assert_eq!(out["message"], "Claude via the SDK");
+    assert_eq!(out["message_usage"], json!([9, 3]));
+    assert_eq!(out["message_stream"], "Claude streamed");
+    assert!(out["count"].as_u64().unwrap() > 0);
+}
