@@ -542,6 +542,9 @@ pub struct PlanSpec {
     /// alias, or `*` for every model; they win over catalogue price × markup.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub token_prices: std::collections::BTreeMap<String, crate::ai::TokenPrice>,
+    /// AI services: tokens (input plus output) per minute, per subscription.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_minute: Option<u64>,
 }
 
 impl PlanSpec {
@@ -574,7 +577,26 @@ impl PlanSpec {
                 "must be at least 1 (leave `included` out for no quota)",
             );
         }
-        if self.overage == Overage::Charge && self.price_nanos() == 0 {
+        if let Some(included) = &self.included
+            && included.tokens == Some(0)
+        {
+            errors.add(
+                "included.tokens",
+                "must be at least 1 (leave it out for no token quota)",
+            );
+        }
+        if self.tokens_per_minute == Some(0) {
+            errors.add(
+                "tokens_per_minute",
+                "must be at least 1 (leave it out for no limit)",
+            );
+        }
+        // Tokens beyond an included token quota are charged at the token
+        // prices; calls beyond an included call quota need a price per call.
+        if self.overage == Overage::Charge
+            && self.price_nanos() == 0
+            && self.included_tokens().is_none()
+        {
             errors.add(
                 "overage",
                 "is `charge` but the plan has no `price_per_request` to charge",
@@ -606,6 +628,11 @@ impl PlanSpec {
     pub fn included_requests(&self) -> Option<u64> {
         self.included.as_ref().and_then(|i| i.requests)
     }
+
+    /// Tokens included per period, if the plan has a token quota.
+    pub fn included_tokens(&self) -> Option<u64> {
+        self.included.as_ref().and_then(|i| i.tokens)
+    }
 }
 
 fn nanos_of(text: Option<&str>) -> i64 {
@@ -620,6 +647,9 @@ pub struct Included {
     /// Calls per period.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requests: Option<u64>,
+    /// AI services: tokens (input plus output) per period.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<u64>,
 }
 
 /// What happens beyond a plan's included quota.

@@ -81,6 +81,21 @@ pub struct SubscriptionRt {
     pub labels: Arc<crate::money::Labels>,
     /// AI services: the plan's markup and token prices.
     pub ai_prices: Option<Arc<PlanAiPrices>>,
+    /// AI services: the plan's token quota and tokens-per-minute limit.
+    pub tokens: Option<TokenTerms>,
+}
+
+/// A plan's token quota and tokens-per-minute limit, for a subscription.
+#[derive(Debug)]
+pub struct TokenTerms {
+    /// Tokens included per period (none: no quota).
+    pub included: Option<u64>,
+    /// Beyond the quota: charge the token prices (else refuse).
+    pub overage_charge: bool,
+    /// The period's tokens over every node (`tok:<subscription>`).
+    pub counter: Arc<crate::money::Counter>,
+    /// Tokens per minute.
+    pub per_minute: Option<Arc<Limiter>>,
 }
 
 /// What a plan says about token prices (see `domain::ai`).
@@ -339,6 +354,32 @@ pub fn compile(
                     plan: subscription.plan.as_str().into(),
                 }),
                 ai_prices: plan.and_then(|plan| PlanAiPrices::compile(&plan.spec)),
+                tokens: plan.and_then(|plan| {
+                    let spec = &plan.spec;
+                    if spec.included_tokens().is_none() && spec.tokens_per_minute.is_none() {
+                        return None;
+                    }
+                    let period = subscription
+                        .period_start_ms
+                        .zip(subscription.period_end_ms)
+                        .unwrap_or((subscription.created_at_ms, i64::MAX));
+                    Some(TokenTerms {
+                        included: spec.included_tokens(),
+                        overage_charge: spec.overage == domain::access::Overage::Charge,
+                        counter: wallets.counters.tokens(&subscription.id, period),
+                        per_minute: spec.tokens_per_minute.and_then(|tpm| {
+                            limiters.get(
+                                format!("tokens:{}", subscription.id),
+                                "tokens",
+                                &[domain::access::RateLimit {
+                                    requests: tpm,
+                                    per: domain::access::Per::Minute,
+                                }],
+                                None,
+                            )
+                        }),
+                    })
+                }),
             },
         ));
     }

@@ -337,12 +337,17 @@ fn authorize<'s>(
     Ok(subscription)
 }
 
-fn rate_limited(exceeded: &Exceeded, policy: Option<HeaderValue>) -> Refusal {
+pub(crate) fn rate_limited(exceeded: &Exceeded, policy: Option<HeaderValue>) -> Refusal {
     let quota = &exceeded.quota;
     let detail = if exceeded.concurrency {
         format!(
             "Too many requests in flight: the {} allows {} at once. Wait for one to finish.",
             quota.scope, quota.limit
+        )
+    } else if quota.scope == "tokens" {
+        format!(
+            "The plan allows {} tokens per {}; retry in {} s. Send smaller requests, spread them out, or move to a plan with higher limits.",
+            quota.limit, quota.name, exceeded.retry_after_s
         )
     } else {
         format!(
@@ -363,7 +368,7 @@ fn rate_limited(exceeded: &Exceeded, policy: Option<HeaderValue>) -> Refusal {
     refusal
 }
 
-fn ratelimit_value(quota: &Quota) -> String {
+pub(crate) fn ratelimit_value(quota: &Quota) -> String {
     format!(
         "\"{}-{}\";r={};t={}",
         quota.scope, quota.name, quota.remaining, quota.reset_s

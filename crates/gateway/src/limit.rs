@@ -188,6 +188,13 @@ impl Limiter {
     /// admission every window counts it; on refusal none does. Returns the
     /// tightest window after counting.
     pub fn admit(&self, now_ms: u64) -> Result<Option<Quota>, Exceeded> {
+        self.admit_n(now_ms, 1)
+    }
+
+    /// Admits `count` units (tokens, for a tokens-per-minute limiter) at
+    /// once: counted in every window, or refused by the first that has no
+    /// room for them.
+    pub fn admit_n(&self, now_ms: u64, count: u64) -> Result<Option<Quota>, Exceeded> {
         let mut states = self
             .states
             .lock()
@@ -195,7 +202,7 @@ impl Limiter {
         for (window, state) in self.windows.iter().zip(states.iter_mut()) {
             roll(state, window.period_ms, now_ms);
             let next = WindowState {
-                unsynced: state.unsynced + 1,
+                unsynced: state.unsynced + count,
                 ..*state
             };
             let allowed = scaled_estimate(&next, window.period_ms, now_ms)
@@ -210,13 +217,26 @@ impl Limiter {
         }
         let mut tightest: Option<Quota> = None;
         for (window, state) in self.windows.iter().zip(states.iter_mut()) {
-            state.unsynced += 1;
+            state.unsynced += count;
             let quota = window.quota(self.scope, state, now_ms);
             if tightest.is_none_or(|t| quota.remaining < t.remaining) {
                 tightest = Some(quota);
             }
         }
         Ok(tightest)
+    }
+
+    /// Counts `count` more units without checking (tokens produced by a
+    /// call already admitted).
+    pub fn add(&self, now_ms: u64, count: u64) {
+        let mut states = self
+            .states
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (window, state) in self.windows.iter().zip(states.iter_mut()) {
+            roll(state, window.period_ms, now_ms);
+            state.unsynced += count;
+        }
     }
 
     /// Takes back an admission counted at `now_ms` (a later limiter

@@ -451,6 +451,44 @@ impl Counter {
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
     }
 
+    /// A token counter (`tok:<subscription>`): adds `count`; with
+    /// `limit`, only if the total stays within it. Returns the total
+    /// before, or (refused) the total now.
+    pub fn add_count(&self, count: u64, limit: Option<u64>) -> Result<u64, u64> {
+        let remote = self.remote_requests.load(Ordering::Acquire);
+        let mut own = self.own_requests.load(Ordering::Acquire);
+        loop {
+            let total = own.saturating_add(remote);
+            if limit.is_some_and(|limit| total.saturating_add(count) > limit) {
+                return Err(total);
+            }
+            match self.own_requests.compare_exchange_weak(
+                own,
+                own.saturating_add(count),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => {
+                    self.touch();
+                    return Ok(total);
+                }
+                Err(actual) => own = actual,
+            }
+        }
+    }
+
+    /// Takes back `count` added by [`Counter::add_count`] (never below zero).
+    pub fn remove_count(&self, count: u64) {
+        if count > 0 {
+            self.touch();
+            let _ = self
+                .own_requests
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    Some(n.saturating_sub(count))
+                });
+        }
+    }
+
     fn add_spent(&self, amount: i64) {
         if amount > 0 {
             self.touch();
@@ -550,6 +588,12 @@ impl Counters {
     /// one across reloads, started afresh when the period changed.
     pub fn subscription(&self, id: &str, period: (i64, i64)) -> Arc<Counter> {
         self.get(format!("sub:{id}"), period, None)
+    }
+
+    /// A subscription's token counter (AI plans with a token quota): its
+    /// `requests` count tokens.
+    pub fn tokens(&self, id: &str, period: (i64, i64)) -> Arc<Counter> {
+        self.get(format!("tok:{id}"), period, None)
     }
 
     /// An app's budget counter, in the budget period holding `now`.

@@ -26,6 +26,7 @@
 //!    [`stream`]), and the call is charged what the provider reports
 //!    (or, for a stream the caller left, what was produced).
 
+mod quota;
 mod rt;
 mod stream;
 
@@ -69,6 +70,23 @@ static TOLLGATE_COST: HeaderName = HeaderName::from_static("tollgate-cost");
 static TOLLGATE_MODEL: HeaderName = HeaderName::from_static("tollgate-model");
 static TOLLGATE_MAX_TOKENS: HeaderName = HeaderName::from_static("tollgate-max-tokens");
 static ANTHROPIC_VERSION: HeaderName = HeaderName::from_static("anthropic-version");
+static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn gemini_retry_delays() {
+        let body = br#"{"error": {"code": 429, "message": "Resource exhausted", "status": "RESOURCE_EXHAUSTED",
+            "details": [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "12.5s"}]}}"#;
+        assert_eq!(
+            super::retry_delay(body),
+            Some(std::time::Duration::from_millis(12_500))
+        );
+        assert_eq!(super::retry_delay(b"{}"), None);
+        assert_eq!(super::retry_delay(b"not json"), None);
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Endpoint {
@@ -484,8 +502,17 @@ impl Call<'_> {
         }
         // The plan's price per request, held by the pay phase.
         let base_price = reservation.as_ref().map_or(0, |r| r.amount());
-        let (mut reservation, capped) =
-            self.reserve(reservation, input, max_output, requested, &mut json)?;
+        let mut tokens = quota::TokenHold::default();
+        let mut rate_items = Vec::new();
+        let quota_cap = self.hold_tokens(&mut tokens, input, max_output, &mut rate_items)?;
+        if let Some(cap) = quota_cap {
+            max_output = cap;
+            self.set_max(&mut json, cap);
+        }
+        let (mut reservation, money_cap) =
+            self.reserve(reservation, input, max_output, tokens.free, &mut json)?;
+        let capped = money_cap.or(quota_cap).map(|cap| (cap, requested));
+        let mut tokens = Some(tokens);
         let deadline = self.context.started + self.service.timeouts.total;
         let mut last: Option<Failure> = None;
         for target in self.model_rt.plan() {
@@ -579,6 +606,8 @@ impl Call<'_> {
                                 reservation: reservation.take(),
                                 base_price,
                                 input,
+                                tokens: tokens.take().unwrap_or_default(),
+                                rate_items: std::mem::take(&mut rate_items),
                             },
                             stream,
                             &json,
@@ -608,7 +637,9 @@ impl Call<'_> {
                                 .as_ref()
                                 .and_then(|v| v.to_str().ok())
                                 .and_then(|v| v.trim().parse::<u64>().ok())
-                                .map_or(DEFAULT_COOL_DOWN, Duration::from_secs);
+                                .map(Duration::from_secs)
+                                .or_else(|| retry_delay(&error_bytes))
+                                .unwrap_or(DEFAULT_COOL_DOWN);
                             provider.keys[index].cool_down(domain::now_ms(), rest);
                         }
                         last = Some(Failure::Upstream { error, retry_after });
@@ -667,6 +698,117 @@ impl Call<'_> {
         }
     }
 
+    /// Holds the call's tokens in its plan's tokens-per-minute limit (429
+    /// when the input alone does not fit) and token quota. With overage
+    /// `block`, a quota with room for less than asked lowers `max_tokens`
+    /// (returned), and one without room for a minimal answer is 402
+    /// `quota_exhausted`.
+    fn hold_tokens(
+        &self,
+        hold: &mut quota::TokenHold,
+        input: u64,
+        max_output: u64,
+        rate_items: &mut Vec<(String, String)>,
+    ) -> Result<Option<u64>, Refusal> {
+        let (Some(app), Some(subscription)) = (self.app, self.subscription) else {
+            return Ok(None);
+        };
+        let Some(terms) = subscription.tokens.as_ref() else {
+            return Ok(None);
+        };
+        let now = domain::now_ms();
+        if let Some(limiter) = &terms.per_minute {
+            let admitted = input.max(1);
+            match limiter.admit_n(u64::try_from(now).unwrap_or(0), admitted) {
+                Ok(quota) => {
+                    hold.per_minute(limiter, admitted);
+                    if let Some(quota) = quota {
+                        rate_items.push((
+                            limiter.policy().to_owned(),
+                            crate::admit::ratelimit_value(&quota),
+                        ));
+                    }
+                }
+                Err(exceeded) => {
+                    return Err(crate::admit::rate_limited(
+                        &exceeded,
+                        HeaderValue::from_str(limiter.policy()).ok(),
+                    ));
+                }
+            }
+        }
+        let Some(included) = terms.included else {
+            return Ok(None);
+        };
+        let counter = &terms.counter;
+        let (start, end) = counter.period();
+        let minimal = if self.endpoint == Endpoint::Embeddings {
+            0
+        } else {
+            MIN_OUTPUT_TOKENS
+        };
+        let exhausted = |used: u64| {
+            use domain::access::format_time_ms;
+            let mut refusal = crate::admit::money_refusal(
+                Code::QuotaExhausted,
+                format!(
+                    "The plan '{}' includes {included} tokens per period and {used} are used; this call needs about {} (its input and a minimal answer). The quota resets on {}. Move to a larger plan or one that charges for overage to continue now.",
+                    subscription.plan(),
+                    input + minimal,
+                    format_time_ms(end)
+                ),
+                app,
+                subscription,
+                &self.shared.options.currency,
+            );
+            refusal.extra.extend([
+                ("quota", included.into()),
+                ("used", used.into()),
+                ("unit", "tokens".into()),
+                ("period_end", format_time_ms(end).into()),
+            ]);
+            crate::admit::retry_after(refusal, end, now)
+        };
+        let want = input.saturating_add(max_output);
+        let mut cap = None;
+        let before = if terms.overage_charge {
+            counter.add_count(want, None).unwrap_or_else(|used| used)
+        } else {
+            match counter.add_count(want, Some(included)) {
+                Ok(before) => before,
+                Err(used) => {
+                    let room = included.saturating_sub(used);
+                    if room < input.saturating_add(minimal) {
+                        return Err(exhausted(used));
+                    }
+                    let output = room - input;
+                    match counter.add_count(input + output, Some(included)) {
+                        Ok(before) => {
+                            cap = Some(output);
+                            before
+                        }
+                        Err(used) => return Err(exhausted(used)),
+                    }
+                }
+            }
+        };
+        let held = cap.map_or(want, |output| input + output);
+        hold.hold(counter, held, included.saturating_sub(before).min(held));
+        let used = before.saturating_add(held).min(included);
+        rate_items.push((
+            format!(
+                "\"tokens\";q={included};w={}",
+                (end.min(i64::MAX / 2) - start).max(0) / 1000
+            ),
+            format!(
+                "\"tokens\";r={};t={}",
+                included - used,
+                ((end - now).max(0) + 999) / 1000
+            ),
+        ));
+        Ok(cap)
+    }
+
     /// Reserves the most the call can cost, capping `max_tokens` to what
     /// the caller can afford. Returns the reservation and, when capped,
     /// (the cap, what was asked).
@@ -676,20 +818,17 @@ impl Call<'_> {
         reservation: Option<crate::money::Reservation>,
         input: u64,
         max_output: u64,
-        requested: Option<u64>,
+        free: u64,
         json: &mut Value,
-    ) -> Result<
-        (
-            Option<crate::money::Reservation>,
-            Option<(u64, Option<u64>)>,
-        ),
-        Refusal,
-    > {
+    ) -> Result<(Option<crate::money::Reservation>, Option<u64>), Refusal> {
         let (Some(app), Some(subscription)) = (self.app, self.subscription) else {
             return Ok((reservation, None));
         };
         let prices = self.max_prices();
-        let want = prices.max_cost(input, max_output);
+        // The quota's free tokens come off the input first.
+        let paid_input = input.saturating_sub(free);
+        let free_output = free.saturating_sub(input);
+        let want = prices.max_cost(paid_input, max_output.saturating_sub(free_output));
         if want == 0 {
             return Ok((reservation, None));
         }
@@ -713,7 +852,7 @@ impl Call<'_> {
             let affordable = if self.endpoint == Endpoint::Embeddings {
                 0
             } else {
-                prices.max_output_affordable(input, room.max(0))
+                free_output + prices.max_output_affordable(paid_input, room.max(0))
             };
             if affordable < MIN_OUTPUT_TOKENS {
                 let minimal = prices.max_cost(
@@ -736,8 +875,8 @@ impl Call<'_> {
             }
             self.set_max(json, affordable);
             (
-                prices.max_cost(input, affordable),
-                Some((affordable, requested)),
+                prices.max_cost(paid_input, affordable.saturating_sub(free_output)),
+                Some(affordable),
             )
         };
         if let Some(budget) = &app.budget
@@ -932,7 +1071,7 @@ impl Call<'_> {
         trace: &mut Trace,
         response: Response<crate::client::ResponseBody>,
         target: &TargetModel,
-        settle: Settle,
+        mut settle: Settle,
         stream: bool,
         json: &Value,
         capped: Option<(u64, Option<u64>)>,
@@ -963,6 +1102,25 @@ impl Call<'_> {
             };
             if let Ok(value) = HeaderValue::from_str(&text) {
                 headers.insert(TOLLGATE_MAX_TOKENS.clone(), value);
+            }
+        }
+        if !settle.rate_items.is_empty() {
+            let mut policy: Vec<String> = Vec::new();
+            let mut state: Vec<String> = Vec::new();
+            if let Some((p, s)) = &self.context.rate_headers {
+                policy.push(p.to_str().unwrap_or_default().to_owned());
+                state.push(s.to_str().unwrap_or_default().to_owned());
+            }
+            for (p, s) in &settle.rate_items {
+                policy.push(p.clone());
+                state.push(s.clone());
+            }
+            if let (Ok(p), Ok(s)) = (
+                HeaderValue::from_str(&policy.join(", ")),
+                HeaderValue::from_str(&state.join(", ")),
+            ) {
+                headers.insert(RATELIMIT_POLICY.clone(), p);
+                headers.insert(RATELIMIT.clone(), s);
             }
         }
         let body_idle = self.service.timeouts.first_token;
@@ -1009,6 +1167,7 @@ impl Call<'_> {
                         prices,
                         base_price: settle.base_price,
                         input: settle.input,
+                        tokens: settle.tokens,
                         sink: self.shared.charges.get().cloned(),
                         request_id: self.context.request_id.clone(),
                     },
@@ -1098,7 +1257,7 @@ impl Call<'_> {
         };
         call.input_tokens = usage.input;
         call.output_tokens = usage.output;
-        let cost = settle.base_price + prices.cost(&usage);
+        let cost = settle.base_price + prices.cost(&settle.tokens.settle(&usage));
         trace.cost_nanos = cost;
         trace.ai = Some(Box::new(call));
         let mut response = json_response(StatusCode::OK, &out);
@@ -1172,6 +1331,10 @@ struct Settle {
     base_price: i64,
     /// Input tokens as estimated.
     input: u64,
+    /// The call's tokens in its plan's quota and per-minute limit.
+    tokens: quota::TokenHold,
+    /// `RateLimit-Policy` and `RateLimit` items of the token quota and limit.
+    rate_items: Vec<(String, String)>,
 }
 
 fn timeout(target: &TargetModel, after: Duration) -> Refusal {
@@ -1183,6 +1346,20 @@ fn timeout(target: &TargetModel, after: Duration) -> Refusal {
             after.as_millis()
         ),
     )
+}
+
+/// Gemini's wait after a 429: `"retryDelay": "12s"` in the error's
+/// `RetryInfo` detail (it sends no `Retry-After`).
+fn retry_delay(body: &[u8]) -> Option<Duration> {
+    let value: Value = serde_json::from_slice(body).ok()?;
+    value["error"]["details"]
+        .as_array()?
+        .iter()
+        .find_map(|detail| detail["retryDelay"].as_str())
+        .and_then(|text| text.strip_suffix('s'))
+        .and_then(|seconds| seconds.parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s >= 0.0 && *s < 86_400.0)
+        .map(Duration::from_secs_f64)
 }
 
 /// Tokens of an embeddings `input`: a string, strings, or token arrays.

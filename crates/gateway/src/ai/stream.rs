@@ -91,6 +91,8 @@ pub(crate) struct Charge {
     pub base_price: i64,
     /// Input tokens as estimated (when the upstream never said).
     pub input: u64,
+    /// The call's place in its plan's token quota and limit.
+    pub tokens: super::quota::TokenHold,
     pub sink: Option<crate::money::ChargeSink>,
     pub request_id: http::HeaderValue,
 }
@@ -137,7 +139,7 @@ impl AiStream {
     /// Charges the call once: the usage the upstream reported when the
     /// stream `completed`; else at least what was produced.
     fn settle(&mut self, completed: bool) {
-        let Some(charge) = self.charge.take() else {
+        let Some(mut charge) = self.charge.take() else {
             return;
         };
         let reported = self.mode.usage();
@@ -148,7 +150,7 @@ impl AiStream {
         if !completed || reported.is_none() {
             usage.output = usage.output.max(self.mode.produced());
         }
-        let cost = charge.base_price + charge.prices.cost(&usage);
+        let cost = charge.base_price + charge.prices.cost(&charge.tokens.settle(&usage));
         self.call.input_tokens = usage.input;
         self.call.output_tokens = usage.output;
         if let Some(mut reservation) = charge.reservation {

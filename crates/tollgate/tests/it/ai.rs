@@ -995,3 +995,113 @@ print(json.dumps(out))
     assert_eq!(out["message_stream"], "Claude streamed");
     assert!(out["count"].as_u64().unwrap() > 0);
 }
+
+#[tokio::test]
+async fn token_quotas_block_or_charge_and_tokens_per_minute_hold() {
+    let (openai, anthropic, gemini) = fakes().await;
+    let tollgate = Tollgate::start(BIN).await;
+    let world = ai_world(
+        &tollgate,
+        &openai,
+        &anthropic,
+        &gemini,
+        json!({"included": {"tokens": 1000}, "tokens_per_minute": 3000}),
+    )
+    .await;
+    let call = |max_tokens: u64, content: String| {
+        post(
+            &tollgate,
+            "/v1/chat/completions",
+            &world.key,
+            json!({"model": "oai/gpt-test", "max_tokens": max_tokens, "messages": [{"role": "user", "content": content}]}),
+        )
+    };
+    // Two calls of 500 tokens use the quota; they are free.
+    for _ in 0..2 {
+        openai.push(Reply::text("ok", Usage::new(300, 200)));
+        let response = call(200, "hi".into()).await;
+        assert_eq!(response.status(), 200);
+        let policy = response.headers()["ratelimit-policy"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let state = response.headers()["ratelimit"].to_str().unwrap().to_owned();
+        assert!(policy.contains("\"tokens\";q=1000"), "{policy}");
+        assert!(policy.contains("\"tokens-minute\";q=3000;w=60"), "{policy}");
+        assert!(state.contains("\"tokens\";r="), "{state}");
+        assert!(
+            response
+                .headers()
+                .get("tollgate-cost")
+                .is_none_or(|c| c == "0 USD")
+        );
+    }
+    // Used up: 402 quota_exhausted, with the numbers and when it resets.
+    let hits = openai.hits();
+    let response = call(200, "hi".into()).await;
+    assert_eq!(response.status(), 402);
+    assert!(response.headers().contains_key("retry-after"));
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["code"], "quota_exhausted", "{body}");
+    assert_eq!(body["quota"], 1000);
+    assert_eq!(body["used"], 1000);
+    assert_eq!(body["unit"], "tokens");
+    assert!(body["period_end"].is_string());
+    assert_eq!(openai.hits(), hits);
+    assert!(
+        ledger(&tollgate, "acme", "&kind=charge").await.is_empty(),
+        "quota calls are free"
+    );
+}
+
+#[tokio::test]
+async fn tokens_beyond_the_quota_are_charged_and_big_prompts_wait_for_the_minute() {
+    let (openai, anthropic, gemini) = fakes().await;
+    let tollgate = Tollgate::start(BIN).await;
+    let world = ai_world(
+        &tollgate,
+        &openai,
+        &anthropic,
+        &gemini,
+        json!({"included": {"tokens": 100}, "overage": "charge", "tokens_per_minute": 1000}),
+    )
+    .await;
+    // 80 input + 70 output: the first 100 are free (input first), 50 output
+    // tokens are charged at 2 × 1.5 per million.
+    openai.push(Reply::text("ok", Usage::new(80, 70)));
+    let response = post(
+        &tollgate,
+        "/v1/chat/completions",
+        &world.key,
+        json!({"model": "oai/gpt-test", "max_tokens": 100, "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    let id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(response.headers()["tollgate-cost"], "0.00015 USD");
+    let charges = charges(&tollgate, 1).await;
+    assert_eq!(charge_of(&charges, &id), cost(0, 50));
+    // A prompt larger than the minute's token limit: 429, in OpenAI's envelope.
+    let long = "lorem ipsum dolor sit amet ".repeat(400);
+    let response = post(
+        &tollgate,
+        "/v1/chat/completions",
+        &world.key,
+        json!({"model": "oai/gpt-test", "max_tokens": 10, "messages": [{"role": "user", "content": long}]}),
+    )
+    .await;
+    assert_eq!(response.status(), 429);
+    assert!(response.headers().contains_key("retry-after"));
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "rate_limited", "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("1000 tokens per minute"),
+        "{body}"
+    );
+}

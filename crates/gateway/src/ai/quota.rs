@@ -1,0 +1,118 @@
+//! A call's place in its plan's token quota and tokens-per-minute limit.
+//!
+//! The quota is held like money: before the call, the most it can use
+//! (input estimate plus `max_tokens`) is added to the subscription's token
+//! counter — within the quota when overage is `block`, so concurrent calls
+//! never overrun it — and settled to the tokens reported; a call that
+//! fails gives its tokens back. The tokens a call takes from what the
+//! quota still included are free; the rest are charged (overage `charge`).
+//!
+//! Tokens per minute are checked on the input estimate before the call and
+//! counted with the output after it, as LiteLLM and the providers do: a
+//! call that was admitted is never cut off for its answer's length.
+
+use std::sync::Arc;
+
+use crate::limit::Limiter;
+use crate::money::Counter;
+
+/// What one call holds of its token quota and limit.
+#[derive(Default)]
+pub(crate) struct TokenHold {
+    /// The token counter and the tokens added to it for this call.
+    counter: Option<(Arc<Counter>, u64)>,
+    /// Tokens of the quota this call may use at no price.
+    pub free: u64,
+    /// The tokens-per-minute limiter and the input tokens admitted in it.
+    per_minute: Option<(Arc<Limiter>, u64)>,
+    settled: bool,
+}
+
+impl TokenHold {
+    pub(crate) fn hold(&mut self, counter: &Arc<Counter>, tokens: u64, free: u64) {
+        self.counter = Some((counter.clone(), tokens));
+        self.free = free;
+    }
+
+    pub(crate) fn per_minute(&mut self, limiter: &Arc<Limiter>, input: u64) {
+        self.per_minute = Some((limiter.clone(), input));
+    }
+
+    /// Counts what the call used and returns the part of `usage` to
+    /// charge: the free tokens come off the input first, then the output.
+    pub(crate) fn settle(&mut self, usage: &ai::Usage) -> ai::Usage {
+        self.settled = true;
+        let total = usage.input.saturating_add(usage.output);
+        if let Some((counter, held)) = &self.counter {
+            if total > *held {
+                let _ = counter.add_count(total - held, None);
+            } else {
+                counter.remove_count(held - total);
+            }
+        }
+        if let Some((limiter, admitted)) = &self.per_minute {
+            let now = u64::try_from(domain::now_ms()).unwrap_or(0);
+            limiter.add(now, total.saturating_sub(*admitted));
+        }
+        charged(usage, self.free)
+    }
+}
+
+impl Drop for TokenHold {
+    fn drop(&mut self) {
+        if !self.settled
+            && let Some((counter, held)) = &self.counter
+        {
+            counter.remove_count(*held);
+        }
+    }
+}
+
+/// `usage` less `free` tokens, taken from the input (uncached first) and
+/// then the output.
+pub(crate) fn charged(usage: &ai::Usage, free: u64) -> ai::Usage {
+    if free == 0 {
+        return *usage;
+    }
+    let free_input = free.min(usage.input);
+    let free_output = (free - free_input).min(usage.output);
+    let input = usage.input - free_input;
+    let uncached = usage.input.saturating_sub(usage.cached_input);
+    // What stays charged of the input: uncached tokens go free first.
+    let cached_input = if free_input >= uncached {
+        input
+    } else {
+        usage.cached_input.min(input)
+    };
+    let output = usage.output - free_output;
+    ai::Usage {
+        input,
+        output,
+        cached_input,
+        reasoning: usage.reasoning.min(output),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_tokens_come_off_the_input_first() {
+        let usage = ai::Usage {
+            input: 100,
+            output: 50,
+            cached_input: 40,
+            reasoning: 10,
+        };
+        assert_eq!(charged(&usage, 0), usage);
+        let part = charged(&usage, 30);
+        assert_eq!((part.input, part.cached_input, part.output), (70, 40, 50));
+        let part = charged(&usage, 80);
+        assert_eq!((part.input, part.cached_input, part.output), (20, 20, 50));
+        let part = charged(&usage, 120);
+        assert_eq!((part.input, part.cached_input, part.output), (0, 0, 30));
+        assert_eq!(charged(&usage, 500).output, 0);
+        assert_eq!(charged(&usage, 500).reasoning, 0);
+    }
+}
