@@ -64,6 +64,11 @@ impl ApiError {
         )
     }
 
+    /// 502: a provider called on the caller's behalf failed.
+    pub fn upstream(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_GATEWAY, "upstream_error", detail)
+    }
+
     /// 409 naming the field whose value conflicts.
     pub fn conflict(field: impl Into<String>, message: impl Into<String>) -> Self {
         let field = field.into();

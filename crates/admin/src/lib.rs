@@ -32,6 +32,7 @@ pub mod observe;
 pub mod openapi;
 pub mod ops;
 pub mod password;
+pub mod prompts;
 pub mod providers;
 pub mod tenancy;
 
@@ -99,6 +100,10 @@ pub fn router(state: AdminState) -> Router {
                 .delete(h::delete_service),
         )
         .route("/api/v1/services/{service}/publish", post(h::publish))
+        .route(
+            "/api/v1/services/{service}/test-run",
+            post(prompts::test_run),
+        )
         .route("/api/v1/services/{service}/rollback", post(h::rollback))
         .route("/api/v1/services/{service}/deprecate", post(h::deprecate))
         .route("/api/v1/services/{service}/retire", post(h::retire))

@@ -91,6 +91,21 @@ async fn resolve_upstream(
 
 async fn save_service(tx: &mut WriteTx, service: &mut Service) -> Result<(), ApiError> {
     let upstream_id = resolve_upstream(tx, &mut service.spec).await?;
+    if let Some(prompt) = &service.spec.prompt {
+        let mut errors = domain::validate::FieldErrors::new();
+        prompt.validate(&mut errors, &mcp::schema::check_schema);
+        errors.into_result()?;
+        if let Some((provider, _)) = domain::ai::split_model(&prompt.model)
+            && !tx.provider_exists(provider).await?
+        {
+            return Err(ApiError::field(
+                "prompt.model",
+                format!(
+                    "no provider '{provider}' exists; create it first (POST /api/v1/providers)"
+                ),
+            ));
+        }
+    }
     if let Some(ai) = &service.spec.ai {
         for provider in ai.providers() {
             if !tx.provider_exists(provider).await? {

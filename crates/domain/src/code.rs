@@ -42,12 +42,13 @@ pub enum Code {
     HeadersTooLarge,
     RequestNotFound,
     ModelNotFound,
+    UpstreamInvalidOutput,
     InternalError,
 }
 
 impl Code {
     /// Every code, for docs and problem pages.
-    pub const ALL: [Code; 38] = [
+    pub const ALL: [Code; 39] = [
         Code::MissingCredentials,
         Code::InvalidCredentials,
         Code::KeyRevoked,
@@ -85,6 +86,7 @@ impl Code {
         Code::HeadersTooLarge,
         Code::RequestNotFound,
         Code::ModelNotFound,
+        Code::UpstreamInvalidOutput,
         Code::InternalError,
     ];
 
@@ -136,6 +138,11 @@ impl Code {
             Code::HeadersTooLarge => ("headers_too_large", 431, "Request header fields too large"),
             Code::RequestNotFound => ("request_not_found", 404, "Request not found"),
             Code::ModelNotFound => ("model_not_found", 404, "Model not found"),
+            Code::UpstreamInvalidOutput => (
+                "upstream_invalid_output",
+                502,
+                "Model answer does not match the output schema",
+            ),
             Code::InternalError => ("internal_error", 500, "Internal error"),
         }
     }

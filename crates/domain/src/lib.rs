@@ -49,6 +49,7 @@ pub mod net;
 pub mod path;
 pub mod percent;
 pub mod problems;
+pub mod prompt;
 pub mod providers;
 pub mod validate;
 

@@ -305,6 +305,9 @@ pub struct ServiceSpec {
     /// Kind `ai`: the models and aliases offered (SPEC §7).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ai: Option<crate::ai::AiSpec>,
+    /// Kind `prompt`: the model, templates, variables and output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<crate::prompt::PromptSpec>,
 }
 
 /// Body capture for a service's call log entries: the first `max_bytes`
@@ -933,12 +936,21 @@ impl ServiceSpec {
                 Some(ai) => ai.validate(&mut errors),
                 None => errors.add("ai", "is required for a service of kind 'ai'"),
             },
-            ServiceKind::Prompt => {
-                errors.add(
-                    "kind",
-                    "'prompt' services are not supported in this version",
-                );
-            }
+            ServiceKind::Prompt => match &self.prompt {
+                // The variables' schema is checked by the admin API, which
+                // knows the validator.
+                Some(prompt) => prompt.validate(&mut errors, &|_| Ok(())),
+                None => errors.add("prompt", "is required for a service of kind 'prompt'"),
+            },
+        }
+        if self.kind != ServiceKind::Prompt && self.prompt.is_some() {
+            errors.add("prompt", "is only for services of kind 'prompt'");
+        }
+        if self.kind == ServiceKind::Prompt && self.upstream.is_some() {
+            errors.add(
+                "upstream",
+                "a 'prompt' service calls its model's provider, not an upstream",
+            );
         }
         if self.kind != ServiceKind::Ai && self.ai.is_some() {
             errors.add("ai", "is only for services of kind 'ai'");

@@ -214,6 +214,11 @@ pub const fn explain(code: Code) -> Explanation {
             fix: "List the models your key may use with `GET /v1/models` and call one of them, or ask the service's team to add the model.",
             prevent: "Read model names from `GET /v1/models` instead of hard-coding them, and prefer the aliases a service defines: they survive model changes.",
         },
+        Code::UpstreamInvalidOutput => Explanation {
+            cause: "The prompt API promises JSON of a declared shape, and the model's answer was not valid JSON or did not match that schema.",
+            fix: "Call again: models answer differently each time, and this call was not charged.",
+            prevent: "If it happens often, ask the service's team to tighten the prompt, lower its temperature or choose a model that follows JSON schemas well.",
+        },
         Code::MethodNotAllowed => Explanation {
             cause: "The path exists, but not with the HTTP method you used.",
             fix: "Use one of the methods listed in the `Allow` header of the response.",

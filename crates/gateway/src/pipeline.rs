@@ -255,6 +255,12 @@ async fn run(
     if let Some(endpoint) = crate::ai::endpoint(&context.snapshot.ai, request.uri().path()) {
         return Box::pin(crate::ai::handle(shared, context, trace, request, endpoint)).await;
     }
+    if let Some(index) = crate::ai::prompt_endpoint(&context.snapshot.ai, request.uri().path()) {
+        return Box::pin(crate::ai::handle_prompt(
+            shared, context, trace, request, index,
+        ))
+        .await;
+    }
     match_route(context, &request)?;
     check_lifecycle(context)?;
     check_body_size(context, &request)?;

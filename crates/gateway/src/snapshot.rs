@@ -7,9 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use domain::model::{
-    Lifecycle, RetryPolicy, Rewrite as RewriteSpec, Route, Service, ServiceKind, Upstream,
-};
+use domain::model::{Lifecycle, RetryPolicy, Rewrite as RewriteSpec, Route, Service, Upstream};
 use http::{HeaderName, HeaderValue};
 
 use crate::router::{MethodMask, Router, RouterBuilder, method_mask};
@@ -250,7 +248,7 @@ pub fn compile(
     }
     let mut services = HashMap::new();
     for service in config.services {
-        if service.lifecycle == Lifecycle::Draft || service.spec.kind == ServiceKind::Prompt {
+        if service.lifecycle == Lifecycle::Draft {
             continue;
         }
         let upstream = match &service.spec.upstream {

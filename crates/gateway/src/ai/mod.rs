@@ -26,6 +26,7 @@
 //!    [`stream`]), and the call is charged what the provider reports
 //!    (or, for a stream the caller left, what was produced).
 
+mod prompt;
 mod quota;
 mod rt;
 mod stream;
@@ -116,6 +117,17 @@ impl Endpoint {
         }
     }
 }
+
+/// A prompt service's `POST <base_path>` or `GET <base_path>/openapi.json`.
+pub(crate) fn prompt_endpoint(ai: &AiRt, path: &str) -> Option<usize> {
+    if ai.is_empty() {
+        return None;
+    }
+    ai.prompt_at(path)
+        .or_else(|| ai.prompt_at(path.strip_suffix("/openapi.json")?))
+}
+
+pub(crate) use prompt::handle as handle_prompt;
 
 /// The AI endpoint a path names, and the service a base path scopes it
 /// to; `None` when the snapshot has no AI service or the path is another.
@@ -271,6 +283,7 @@ pub(crate) async fn handle(
         app: app.as_deref(),
         subscription,
         permits: std::mem::take(&mut admission.permits),
+        check: None,
     };
     Box::pin(call.run(trace, json, admission.reservation.take())).await
 }
@@ -377,6 +390,9 @@ fn json_response(status: StatusCode, body: &Value) -> Response<GatewayBody> {
     response
 }
 
+/// Checks a prompt API's answer before it is charged.
+pub(crate) type AnswerCheck = dyn Fn(&Value) -> Result<(), Refusal> + Send + Sync;
+
 /// One admitted AI call.
 struct Call<'a> {
     shared: &'a Shared,
@@ -389,6 +405,9 @@ struct Call<'a> {
     app: Option<&'a AppRt>,
     subscription: Option<&'a SubscriptionRt>,
     permits: Vec<crate::limit::Permit>,
+    /// Prompt APIs: checks a non-streamed answer (OpenAI shape) before it
+    /// is charged; a refusal gives the reservation back.
+    check: Option<&'a AnswerCheck>,
 }
 
 /// Why a target was left for the next one.
@@ -1255,6 +1274,9 @@ impl Call<'_> {
                 (value, parsed)
             }
         };
+        if let Some(check) = self.check {
+            check(&out)?;
+        }
         call.input_tokens = usage.input;
         call.output_tokens = usage.output;
         let cost = settle.base_price + prices.cost(&settle.tokens.settle(&usage));

@@ -187,6 +187,24 @@ pub struct AiServiceRt {
     pub markup: i64,
     pub timeouts: Timeouts,
     pub created_s: i64,
+    /// A prompt service (`POST <base_path>`), not served on `/v1/…`.
+    pub prompt: Option<Arc<PromptRt>>,
+}
+
+/// A prompt service's spec and its generated OpenAPI document.
+#[derive(Debug)]
+pub struct PromptRt {
+    pub spec: domain::prompt::PromptSpec,
+    pub openapi: bytes::Bytes,
+}
+
+impl PromptRt {
+    fn compile(service: &Service, spec: &domain::prompt::PromptSpec) -> Self {
+        Self {
+            spec: spec.clone(),
+            openapi: bytes::Bytes::from(super::prompt::openapi(service, spec).to_string()),
+        }
+    }
 }
 
 /// Every AI service of a snapshot.
@@ -202,9 +220,19 @@ impl AiRt {
         self.services.is_empty()
     }
 
-    /// The service whose base path is `prefix`.
+    /// The AI service whose base path is `prefix`.
     pub fn by_base_path(&self, prefix: &str) -> Option<usize> {
-        self.services.iter().position(|s| s.base_path == prefix)
+        self.services
+            .iter()
+            .position(|s| s.prompt.is_none() && s.base_path == prefix)
+    }
+
+    /// The prompt service at `path`.
+    pub fn prompt_at(&self, path: &str) -> Option<usize> {
+        let path = path.trim_end_matches('/');
+        self.services
+            .iter()
+            .position(|s| s.prompt.is_some() && s.base_path == path)
     }
 }
 
@@ -270,9 +298,59 @@ pub fn compile(
     upstreams: &mut Vec<Upstream>,
 ) -> Result<AiRt, CompileError> {
     let mut out = AiRt::default();
-    let ai_services = services
-        .iter()
-        .filter(|s| s.spec.kind == ServiceKind::Ai && s.lifecycle != Lifecycle::Draft);
+    let live = |s: &&Service| s.lifecycle != Lifecycle::Draft;
+    // AI services offer their spec; a prompt service is compiled like one
+    // offering just its model (a provider's model, or an alias of an AI
+    // service of its team or the platform's).
+    let mut compiled_specs: Vec<(&Service, AiSpec, Option<Arc<PromptRt>>)> = Vec::new();
+    for service in services.iter().filter(live) {
+        match service.spec.kind {
+            ServiceKind::Ai => {
+                if let Some(spec) = &service.spec.ai {
+                    compiled_specs.push((service, spec.clone(), None));
+                }
+            }
+            ServiceKind::Prompt => {
+                let Some(prompt) = &service.spec.prompt else {
+                    continue;
+                };
+                let spec = if domain::ai::split_model(&prompt.model).is_some() {
+                    AiSpec {
+                        models: vec![prompt.model.clone()],
+                        aliases: Default::default(),
+                        markup: None,
+                        timeouts: Default::default(),
+                    }
+                } else {
+                    let owner = services.iter().filter(live).find_map(|other| {
+                        let ai = other.spec.ai.as_ref()?;
+                        let same_team =
+                            other.spec.team.is_none() || other.spec.team == service.spec.team;
+                        let alias = ai.aliases.get(&prompt.model)?;
+                        same_team.then_some((ai, alias))
+                    });
+                    let Some((ai, alias)) = owner else {
+                        tracing::warn!(service = %service.spec.slug, model = %prompt.model, "prompt service names an alias no AI service of its team defines; it is not served");
+                        continue;
+                    };
+                    AiSpec {
+                        models: Vec::new(),
+                        aliases: [(prompt.model.clone(), alias.clone())]
+                            .into_iter()
+                            .collect(),
+                        markup: ai.markup.clone(),
+                        timeouts: ai.timeouts,
+                    }
+                };
+                compiled_specs.push((
+                    service,
+                    spec,
+                    Some(Arc::new(PromptRt::compile(service, prompt))),
+                ));
+            }
+            ServiceKind::Http => {}
+        }
+    }
     let mut providers: HashMap<&str, CompiledProvider<'_>> = HashMap::new();
     {
         let mut registry_keys = input.keys.keys.lock().unwrap_or_else(|p| p.into_inner());
@@ -341,11 +419,9 @@ pub fn compile(
         registry_keys.retain(|id, _| live.contains(id));
     }
 
-    for service in ai_services {
+    for (service, spec, prompt) in &compiled_specs {
+        let service = *service;
         let Some(service_rt) = service_rts.get(&service.id) else {
-            continue;
-        };
-        let Some(spec) = &service.spec.ai else {
             continue;
         };
         let service_error = |message: String| CompileError::Service {
@@ -441,11 +517,18 @@ pub fn compile(
             );
         }
         let index = out.services.len();
-        for name in models.keys() {
-            out.by_model.entry(name.clone()).or_default().push(index);
+        if prompt.is_none() {
+            for name in models.keys() {
+                out.by_model.entry(name.clone()).or_default().push(index);
+            }
         }
         let route = routes.len();
-        routes.push(synthetic_route(service, service_rt, timeouts.total));
+        routes.push(synthetic_route(
+            service,
+            service_rt,
+            timeouts.total,
+            prompt.is_some(),
+        ));
         out.services.push(AiServiceRt {
             route,
             service: service_rt.clone(),
@@ -454,6 +537,7 @@ pub fn compile(
             markup: markup_of(spec),
             timeouts,
             created_s: service.created_at_ms / 1000,
+            prompt: prompt.clone(),
         });
     }
     Ok(out)
@@ -489,10 +573,20 @@ fn synthetic_upstream(
     })
 }
 
-fn synthetic_route(service: &Service, service_rt: &Arc<ServiceRt>, total: Duration) -> RouteRt {
+fn synthetic_route(
+    service: &Service,
+    service_rt: &Arc<ServiceRt>,
+    total: Duration,
+    prompt: bool,
+) -> RouteRt {
+    let base = service.spec.base_path.trim_end_matches('/');
     RouteRt {
         id: format!("ai:{}", service.id),
-        pattern: format!("{}/v1/*", service.spec.base_path.trim_end_matches('/')),
+        pattern: if prompt {
+            base.to_owned()
+        } else {
+            format!("{base}/v1/*")
+        },
         service: service_rt.clone(),
         strip_len: 0,
         timeout: total,

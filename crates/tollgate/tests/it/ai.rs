@@ -1105,3 +1105,261 @@ async fn tokens_beyond_the_quota_are_charged_and_big_prompts_wait_for_the_minute
         "{body}"
     );
 }
+
+/// Publishes a prompt service `slug` at `/<slug>` (team llmco) with plan
+/// `tokens`, and subscribes acme-bot to it.
+async fn prompt_service(tollgate: &Tollgate, key: &str, slug: &str, prompt: Value) {
+    tollgate
+        .create(
+            "/api/v1/services",
+            json!({"slug": slug, "team": "llmco", "kind": "prompt", "base_path": format!("/{slug}"),
+                   "visibility": "catalog", "prompt": prompt}),
+        )
+        .await;
+    tollgate
+        .create(
+            &format!("/api/v1/services/{slug}/plans"),
+            json!({"slug": "tokens"}),
+        )
+        .await;
+    tollgate
+        .create(&format!("/api/v1/services/{slug}/publish"), json!({}))
+        .await;
+    tollgate
+        .create(
+            "/api/v1/subscriptions",
+            json!({"app": "acme-bot", "service": slug, "plan": "tokens"}),
+        )
+        .await;
+    let started = std::time::Instant::now();
+    loop {
+        let status = tollgate
+            .client
+            .get(format!("{}/{slug}/openapi.json", tollgate.gateway_url))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        if status == 200 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{slug} not served"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn prompt_apis_validate_render_call_and_charge() {
+    let (openai, anthropic, gemini) = fakes().await;
+    let tollgate = Tollgate::start(BIN).await;
+    let world = ai_world(&tollgate, &openai, &anthropic, &gemini, json!({})).await;
+
+    // A template that does not compile is refused with its line and column.
+    let (status, body) = tollgate
+        .admin(
+            Method::POST,
+            "/api/v1/services",
+            Some(
+                json!({"slug": "broken", "team": "llmco", "kind": "prompt", "base_path": "/broken",
+                        "prompt": {"model": "oai/gpt-test", "user": "Hello\n{{ text"}}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    let text = body.to_string();
+    assert!(
+        text.contains("prompt.user") && text.contains("line 2"),
+        "{body}"
+    );
+
+    prompt_service(
+        &tollgate,
+        &world.key,
+        "translate",
+        json!({"model": "oai/gpt-test", "system": "Translate into {{ language }}.",
+               "user": "{% for line in lines %}{{ line }}\n{% endfor %}",
+               "variables": {"type": "object", "required": ["lines", "language"],
+                             "properties": {"lines": {"type": "array", "items": {"type": "string", "minLength": 1}},
+                                            "language": {"enum": ["French", "German"]}}},
+               "parameters": {"temperature": 0.2, "max_tokens": 200}}),
+    )
+    .await;
+    openai.push(Reply::text("bonjour\nle monde", Usage::new(100, 20)));
+    let response = post(
+        &tollgate,
+        "/translate",
+        &world.key,
+        json!({"lines": ["hello", "world"], "language": "French"}),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    let id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["output"], "bonjour\nle monde");
+    assert_eq!(
+        body["usage"],
+        json!({"input_tokens": 100, "output_tokens": 20})
+    );
+    // List prices (a prompt service has no markup of its own): 100 × 1 + 20 × 2.
+    assert_eq!(body["cost"], "0.00014");
+    let sent = openai.last_request().unwrap();
+    assert_eq!(
+        sent.body["messages"][0],
+        json!({"role": "system", "content": "Translate into French."})
+    );
+    assert_eq!(sent.body["messages"][1]["content"], "hello\nworld\n");
+    assert_eq!(sent.body["temperature"], 0.2);
+    assert_eq!(sent.body["max_tokens"], 200);
+
+    // Variables that fail the schema: 400 naming each field; nothing sent.
+    let hits = openai.hits();
+    let response = post(
+        &tollgate,
+        "/translate",
+        &world.key,
+        json!({"lines": [""], "language": "Spanish"}),
+    )
+    .await;
+    assert_eq!(response.status(), 400);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["code"], "bad_request");
+    let fields: Vec<&str> = body["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    assert!(
+        fields.contains(&"language") && fields.contains(&"lines.0"),
+        "{body}"
+    );
+    assert_eq!(openai.hits(), hits);
+
+    // JSON output: asked as structured output, returned parsed.
+    prompt_service(
+        &tollgate,
+        &world.key,
+        "extract",
+        json!({"model": "oai/gpt-test", "user": "Where: {{ text }}",
+               "variables": {"type": "object", "required": ["text"], "properties": {"text": {"type": "string"}}},
+               "output": {"type": "json", "schema": {"type": "object", "required": ["city"],
+                          "properties": {"city": {"type": "string"}}}}}),
+    )
+    .await;
+    openai.push(Reply::text(r#"{"city": "Paris"}"#, Usage::new(40, 10)));
+    let response = post(
+        &tollgate,
+        "/extract",
+        &world.key,
+        json!({"text": "the Louvre"}),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    let json_id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["output"], json!({"city": "Paris"}));
+    assert_eq!(
+        openai.last_request().unwrap().body["response_format"]["type"],
+        "json_schema"
+    );
+    // An answer that does not validate: 502, not charged.
+    openai.push(Reply::text(r#"{"town": 3}"#, Usage::new(40, 10)));
+    let response = post(
+        &tollgate,
+        "/extract",
+        &world.key,
+        json!({"text": "the Louvre"}),
+    )
+    .await;
+    assert_eq!(response.status(), 502);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["code"], "upstream_invalid_output", "{body}");
+
+    // The generated OpenAPI document.
+    let doc: Value = tollgate
+        .get("/translate/openapi.json")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    assert_eq!(
+        doc["paths"]["/translate"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+            ["required"],
+        json!(["lines", "language"])
+    );
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let charges = charges(&tollgate, 2).await;
+    assert_eq!(
+        charges.len(),
+        2,
+        "the invalid answer is not charged: {charges:?}"
+    );
+    assert_eq!(charge_of(&charges, &id), 140_000);
+    assert_eq!(charge_of(&charges, &json_id), 60_000);
+}
+
+#[tokio::test]
+async fn a_draft_prompt_can_be_test_run() {
+    let (openai, anthropic, gemini) = fakes().await;
+    let tollgate = Tollgate::start(BIN).await;
+    ai_world(&tollgate, &openai, &anthropic, &gemini, json!({})).await;
+    tollgate
+        .create(
+            "/api/v1/services",
+            json!({"slug": "haiku", "team": "llmco", "kind": "prompt", "base_path": "/haiku",
+                   "prompt": {"model": "smart", "system": "You write haiku.", "user": "A haiku about {{ topic }}",
+                              "variables": {"type": "object", "required": ["topic"],
+                                            "properties": {"topic": {"type": "string", "maxLength": 20}}}}}),
+        )
+        .await;
+    let (status, body) = tollgate
+        .admin(
+            Method::POST,
+            "/api/v1/services/haiku/test-run",
+            Some(json!({"variables": {"topic": "a very very long topic indeed"}})),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["errors"][0]["field"], "variables.topic", "{body}");
+    let (status, body) = tollgate
+        .admin(
+            Method::POST,
+            "/api/v1/services/haiku/test-run",
+            Some(json!({"variables": {"topic": "rain"}, "dry_run": true})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["user"], "A haiku about rain");
+    assert!(body.get("output").is_none());
+    openai.push(Reply::text("Soft rain on the roof", Usage::new(20, 6)));
+    let (status, body) = tollgate
+        .admin(
+            Method::POST,
+            "/api/v1/services/haiku/test-run",
+            Some(json!({"variables": {"topic": "rain"}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["output"], "Soft rain on the roof");
+    assert_eq!(body["model"], "oai/gpt-test");
+    assert_eq!(body["usage"]["input_tokens"], 20);
+    // A test run is the team's own: nothing charged to a consumer.
+    assert!(ledger(&tollgate, "acme", "&kind=charge").await.is_empty());
+}
