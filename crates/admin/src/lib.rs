@@ -104,6 +104,10 @@ pub fn router(state: AdminState) -> Router {
             "/api/v1/services/{service}/test-run",
             post(prompts::test_run),
         )
+        .route(
+            "/api/v1/services/{service}/openapi",
+            get(prompts::get_openapi).put(prompts::put_openapi),
+        )
         .route("/api/v1/services/{service}/rollback", post(h::rollback))
         .route("/api/v1/services/{service}/deprecate", post(h::deprecate))
         .route("/api/v1/services/{service}/retire", post(h::retire))

@@ -91,6 +91,16 @@ async fn resolve_upstream(
 
 async fn save_service(tx: &mut WriteTx, service: &mut Service) -> Result<(), ApiError> {
     let upstream_id = resolve_upstream(tx, &mut service.spec).await?;
+    if let Some(doc) = &service.spec.openapi {
+        let operations =
+            mcp::openapi::operations(doc).map_err(|message| ApiError::field("openapi", message))?;
+        if operations.is_empty() {
+            return Err(ApiError::field(
+                "openapi",
+                "the document has no operations (paths with methods)",
+            ));
+        }
+    }
     if let Some(prompt) = &service.spec.prompt {
         let mut errors = domain::validate::FieldErrors::new();
         prompt.validate(&mut errors, &mcp::schema::check_schema);

@@ -185,6 +185,71 @@ pub async fn test_run(
     Ok(ok(&answer))
 }
 
+/// Import an OpenAPI 3.0 or 3.1 document (JSON, or YAML with
+/// `Content-Type: application/yaml`) onto an `http` service: its
+/// operations become the service's MCP tools once published.
+#[utoipa::path(put, path = "/api/v1/services/{service}/openapi", tag = "services",
+    request_body = Object, params(("service" = String, Path)),
+    responses((status = 200, body = Object), (status = 400, body = crate::openapi::Problem)))]
+pub async fn put_openapi(
+    State(state): State<AdminState>,
+    caller: Caller,
+    Path(key): Path<String>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let yaml = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("yaml"));
+    let doc: Value = if yaml {
+        serde_norway::from_slice(&body)
+            .map_err(|error| ApiError::field("openapi", format!("not valid YAML: {error}")))?
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|error| ApiError::field("openapi", format!("not valid JSON: {error}")))?
+    };
+    let operations =
+        mcp::openapi::operations(&doc).map_err(|message| ApiError::field("openapi", message))?;
+    let mut tx = state.store.begin().await?;
+    let existing = crate::handlers::service_in(&mut tx, &caller, &key, Role::Developer).await?;
+    let mut spec = existing.spec.clone();
+    spec.openapi = Some(doc);
+    let service = crate::ops::update_service(&mut tx, &existing, spec).await?;
+    crate::access::audit(
+        &mut tx,
+        &caller,
+        crate::handlers::service_audit("service.openapi", &service),
+        Some(&existing),
+        Some(&service),
+    )
+    .await?;
+    crate::handlers::commit(&state, tx).await?;
+    let tools: Vec<Value> = operations
+        .iter()
+        .map(|op| json!({"tool": op.tool_name, "method": op.method, "path": op.path}))
+        .collect();
+    Ok(ok(
+        &json!({"service": service.spec.slug, "operations": tools}),
+    ))
+}
+
+/// The service's OpenAPI document: the imported one (`http`), or the
+/// generated one (`prompt`).
+#[utoipa::path(get, path = "/api/v1/services/{service}/openapi", tag = "services",
+    params(("service" = String, Path)), responses((status = 200, body = Object), (status = 404, body = crate::openapi::Problem)))]
+pub async fn get_openapi(
+    State(state): State<AdminState>,
+    caller: Caller,
+    Path(key): Path<String>,
+) -> Result<Response, ApiError> {
+    let service = crate::handlers::service_or_404(&state, &caller, &key).await?;
+    match &service.spec.openapi {
+        Some(doc) => Ok(ok(doc)),
+        None => Err(ApiError::not_found("OpenAPI document of service", &key)),
+    }
+}
+
 /// `<provider>/<model>`, or the first target of the alias of that name in
 /// an AI service of the prompt's team (or a platform one).
 async fn resolve_model(

@@ -308,6 +308,27 @@ pub struct ServiceSpec {
     /// Kind `prompt`: the model, templates, variables and output.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prompt: Option<crate::prompt::PromptSpec>,
+    /// Kind `http`: the API's OpenAPI 3.0 or 3.1 document (JSON), whose
+    /// operations become MCP tools.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub openapi: Option<serde_json::Value>,
+    /// MCP: whether the service's tools are offered at `/mcp` (default
+    /// yes), and which.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mcp: Option<McpSpec>,
+}
+
+/// A service's MCP switch and tool allow-list.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct McpSpec {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Only these tools (their names without the service prefix); all
+    /// when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tools: Option<Vec<String>>,
 }
 
 /// Body capture for a service's call log entries: the first `max_bytes`
@@ -942,6 +963,28 @@ impl ServiceSpec {
                 Some(prompt) => prompt.validate(&mut errors, &|_| Ok(())),
                 None => errors.add("prompt", "is required for a service of kind 'prompt'"),
             },
+        }
+        if self.kind != ServiceKind::Http && self.openapi.is_some() {
+            errors.add(
+                "openapi",
+                "only services of kind 'http' take a document (prompt services have a generated one)",
+            );
+        }
+        if let Some(doc) = &self.openapi
+            && (!doc.is_object() || doc.to_string().len() > 4 << 20)
+        {
+            errors.add(
+                "openapi",
+                "must be an OpenAPI document (a JSON object) of at most 4 MiB",
+            );
+        }
+        if let Some(tools) = self.mcp.as_ref().and_then(|m| m.tools.as_ref())
+            && (tools.len() > 1000 || tools.iter().any(|t| t.is_empty() || t.len() > 128))
+        {
+            errors.add(
+                "mcp.tools",
+                "at most 1000 tool names of 1 to 128 characters",
+            );
         }
         if self.kind != ServiceKind::Prompt && self.prompt.is_some() {
             errors.add("prompt", "is only for services of kind 'prompt'");

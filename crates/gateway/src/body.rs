@@ -38,6 +38,8 @@ pub struct IdleTimeout(pub Duration);
 /// A client's request body, as the server that read the request gives it.
 pub enum RequestBody {
     Empty,
+    /// Made by the gateway itself (an MCP tool call's HTTP request).
+    Full(Option<Bytes>),
     /// HTTP/2 (hyper's server).
     Hyper(Incoming),
     Http1(crate::h1::server::RequestBody),
@@ -53,6 +55,7 @@ impl Body for RequestBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             RequestBody::Empty => Poll::Ready(None),
+            RequestBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             RequestBody::Hyper(body) => Pin::new(body)
                 .poll_frame(cx)
                 .map_err(|error| Box::new(error) as BoxError),
@@ -63,6 +66,7 @@ impl Body for RequestBody {
     fn is_end_stream(&self) -> bool {
         match self {
             RequestBody::Empty => true,
+            RequestBody::Full(data) => data.is_none(),
             RequestBody::Hyper(body) => body.is_end_stream(),
             RequestBody::Http1(body) => body.is_end_stream(),
         }
@@ -71,6 +75,9 @@ impl Body for RequestBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             RequestBody::Empty => SizeHint::with_exact(0),
+            RequestBody::Full(data) => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
             RequestBody::Hyper(body) => body.size_hint(),
             RequestBody::Http1(body) => body.size_hint(),
         }
@@ -321,6 +328,8 @@ pub enum GatewayBody {
     Upstream(UpstreamResponseBody),
     /// A streamed AI answer, translated and metered as it goes.
     Ai(Box<crate::ai::AiStream>),
+    /// A stream the gateway writes itself (MCP's SSE streams).
+    Stream(Pin<Box<dyn futures_util::Stream<Item = Bytes> + Send>>),
 }
 
 impl GatewayBody {
@@ -345,6 +354,10 @@ impl Body for GatewayBody {
             GatewayBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             GatewayBody::Upstream(body) => Pin::new(body).poll_frame(cx),
             GatewayBody::Ai(body) => Pin::new(&mut **body).poll_frame(cx),
+            GatewayBody::Stream(stream) => stream
+                .as_mut()
+                .poll_next(cx)
+                .map(|item| item.map(|data| Ok(Frame::data(data)))),
         }
     }
 
@@ -353,6 +366,7 @@ impl Body for GatewayBody {
             GatewayBody::Full(data) => data.is_none(),
             GatewayBody::Upstream(body) => body.is_end_stream(),
             GatewayBody::Ai(body) => body.is_end_stream(),
+            GatewayBody::Stream(_) => false,
         }
     }
 
@@ -363,6 +377,7 @@ impl Body for GatewayBody {
             }
             GatewayBody::Upstream(body) => body.size_hint(),
             GatewayBody::Ai(body) => body.size_hint(),
+            GatewayBody::Stream(_) => SizeHint::default(),
         }
     }
 }

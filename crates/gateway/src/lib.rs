@@ -27,6 +27,7 @@ pub mod h1;
 pub mod health;
 pub mod jwt;
 pub mod limit;
+pub mod mcp_host;
 pub mod me;
 pub mod money;
 pub mod pipeline;
@@ -130,6 +131,8 @@ pub(crate) struct Shared {
     x402_used: Arc<x402::Used>,
     /// AI provider keys and their cool-downs, kept across reloads.
     ai_keys: ai::KeyRegistry,
+    /// The MCP server (its sessions live on this node).
+    mcp: Arc<::mcp::Server>,
 }
 
 /// A handler for `POST /_tollgate/webhooks/<name>`: gets the request's
@@ -168,6 +171,11 @@ thread_local! {
 
 impl Shared {
     /// The current snapshot, through this thread's handle.
+    /// The MCP server, for streams that outlive a request.
+    pub(crate) fn mcp_handle(&self) -> Arc<::mcp::Server> {
+        self.mcp.clone()
+    }
+
     pub(crate) fn local_snapshot(&self) -> Arc<SnapshotHandle> {
         // Read the generation first: the snapshot loaded after it is at
         // least that new.
@@ -229,6 +237,7 @@ impl Gateway {
                 facilitator: std::sync::OnceLock::new(),
                 x402_used: Arc::default(),
                 ai_keys: ai::KeyRegistry::default(),
+                mcp: Arc::new(mcp_host::server()),
             }),
         }
     }
@@ -268,6 +277,7 @@ impl Gateway {
             upstreams: old.upstreams.clone(),
             access: old.access.with_key_changes(changed, current),
             ai: old.ai.clone(),
+            mcp: old.mcp.clone(),
         };
         self.shared.snapshot.store(Arc::new(next));
         self.shared.generation.fetch_add(1, Ordering::Release);

@@ -176,6 +176,10 @@ pub(crate) async fn handle(
         match response.body_mut() {
             GatewayBody::Upstream(body) => body.log_on_end(Box::new(record)),
             GatewayBody::Ai(body) => body.log_on_end(Box::new(record)),
+            GatewayBody::Stream(_) => {
+                record.completed = true;
+                record.finish();
+            }
             GatewayBody::Full(data) => {
                 record.bytes_out = data.as_ref().map_or(0, |d| d.len() as u64);
                 if refused.is_some() {
@@ -254,6 +258,13 @@ async fn run(
     }
     if let Some(endpoint) = crate::ai::endpoint(&context.snapshot.ai, request.uri().path()) {
         return Box::pin(crate::ai::handle(shared, context, trace, request, endpoint)).await;
+    }
+    match request.uri().path() {
+        "/mcp" => return Box::pin(crate::mcp_host::handle(shared, context, trace, request)).await,
+        path if path.starts_with(mcp::auth::PROTECTED_RESOURCE_METADATA_PATH) => {
+            return Ok(crate::mcp_host::resource_metadata(shared));
+        }
+        _ => {}
     }
     if let Some(index) = crate::ai::prompt_endpoint(&context.snapshot.ai, request.uri().path()) {
         return Box::pin(crate::ai::handle_prompt(

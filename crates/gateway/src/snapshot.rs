@@ -199,6 +199,8 @@ pub struct Snapshot {
     pub access: crate::access::AccessIndex,
     /// AI services, their models and providers.
     pub ai: Arc<crate::ai::AiRt>,
+    /// The tools of `/mcp`.
+    pub mcp: Arc<crate::mcp_host::McpRt>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -389,6 +391,7 @@ pub fn compile(
     if !ai.is_empty() {
         crate::ai::warm_up_tokenizer();
     }
+    let mcp = crate::mcp_host::McpRt::compile(config.services, &service_rts, &ai);
     let access = crate::access::compile(
         config.apps,
         config.keys,
@@ -407,6 +410,7 @@ pub fn compile(
         upstreams: upstream_list,
         access,
         ai: Arc::new(ai),
+        mcp: Arc::new(mcp),
     })
 }
 

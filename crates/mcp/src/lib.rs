@@ -52,7 +52,7 @@
 //! # Where the rules come from
 //!
 //! The specification text in `modelcontextprotocol/modelcontextprotocol`
-//! (read through the search tool's stored copies):
+//! (`docs/specification/<revision>/…` at the paths named):
 //! - 2025-06-18: `docs/specification/2025-06-18/basic/transports.mdx`
 //!   (POST body "a single JSON-RPC request, notification, or response";
 //!   `Accept` listing both types; 202 with no body for notifications and

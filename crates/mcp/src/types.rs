@@ -100,7 +100,8 @@ pub enum ReplyBody {
     /// GET (2025-06-18 / 2025-11-25): keep an SSE stream open for
     /// server→client messages of this session (the gateway sends keep-alive
     /// comments until the session ends — see [`crate::Server::session_open`] —
-    /// or the client leaves). This server sends nothing on it.
+    /// or the client leaves). This server sends nothing on it, and an open
+    /// stream does not keep its session from expiring when idle.
     OpenStream { session: String },
     /// POST `subscriptions/listen` (2026-07-28): write `first_event` (one
     /// complete SSE event: the subscription's acknowledgement), then keep the

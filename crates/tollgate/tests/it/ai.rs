@@ -17,8 +17,8 @@ use crate::{BIN, Tollgate, json};
 /// output 2.00, cached input 0.50 (USD); the service's markup is 1.5.
 const MODEL_PRICES: &str = r#"{"input_per_million": "1", "output_per_million": "2", "cached_input_per_million": "0.5", "context_window": 100000, "max_output_tokens": 4000, "modalities": {"input": ["text", "image"], "output": ["text"]}}"#;
 
-struct AiWorld {
-    key: String,
+pub(crate) struct AiWorld {
+    pub key: String,
 }
 
 /// Teams acme (consumer, 10 USD) and llmco (provider); providers `oai`
@@ -26,7 +26,7 @@ struct AiWorld {
 /// each with a model `*-test`; an AI service `llm` at `/llm` offering them
 /// and an alias `smart` (oai, falling back to claude then gem); plan
 /// `tokens`; app acme-bot subscribed.
-async fn ai_world(
+pub(crate) async fn ai_world(
     tollgate: &Tollgate,
     openai: &FakeOpenAi,
     anthropic: &FakeAnthropic,
@@ -157,7 +157,7 @@ async fn ai_world(
     AiWorld { key }
 }
 
-async fn fakes() -> (FakeOpenAi, FakeAnthropic, FakeGemini) {
+pub(crate) async fn fakes() -> (FakeOpenAi, FakeAnthropic, FakeGemini) {
     (
         FakeOpenAi::start().await,
         FakeAnthropic::start().await,
@@ -214,7 +214,7 @@ fn nanos_of(decimal: &str) -> i64 {
 
 /// The charges recorded for acme, as (request id, nano-units), once there
 /// are `count` of them.
-async fn charges(tollgate: &Tollgate, count: usize) -> Vec<(String, i64)> {
+pub(crate) async fn charges(tollgate: &Tollgate, count: usize) -> Vec<(String, i64)> {
     let started = std::time::Instant::now();
     loop {
         let entries = ledger(tollgate, "acme", "&kind=charge").await;

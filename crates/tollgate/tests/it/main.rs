@@ -17,6 +17,7 @@ mod declarative;
 mod http1;
 mod jwt;
 mod lifecycle;
+mod mcp;
 mod money;
 mod observe;
 mod payments;

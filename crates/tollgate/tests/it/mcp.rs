@@ -1,0 +1,250 @@
+//! MCP at `/mcp` through the real binary, driven by the official Python
+//! SDK (PyPI `mcp`) over each protocol version it speaks: tools from an
+//! imported OpenAPI document, a prompt service and an AI service; paid
+//! calls charged exactly; a 402 as a tool error with its problem details;
+//! tools of services the app is not subscribed to neither listed nor
+//! callable.
+
+use reqwest::Method;
+use serde_json::Value;
+use test_support::providers::{Reply, Usage};
+
+use crate::ai::{ai_world, charges, fakes};
+use crate::{BIN, FakeUpstream, Tollgate, json};
+
+fn weather_doc() -> Value {
+    json!({
+        "openapi": "3.1.0",
+        "info": {"title": "Weather", "version": "1"},
+        "paths": {"/forecast/{city}": {"get": {
+            "operationId": "getForecast",
+            "summary": "The forecast for a city",
+            "parameters": [
+                {"name": "city", "in": "path", "required": true, "schema": {"type": "string"}},
+                {"name": "units", "in": "query", "schema": {"type": "string", "enum": ["metric", "imperial"]}}
+            ],
+            "responses": {"200": {"description": "ok"}}
+        }}}
+    })
+}
+
+/// An `http` service at `/<slug>` on `upstream`, with the weather document
+/// and a plan at `price` per call; acme-bot subscribed when `subscribe`.
+async fn http_service(
+    tollgate: &Tollgate,
+    upstream: &FakeUpstream,
+    slug: &str,
+    price: &str,
+    subscribe: bool,
+) {
+    tollgate
+        .create(
+            "/api/v1/upstreams",
+            json!({"slug": format!("{slug}-backend"), "team": "llmco", "targets": [{"url": upstream.url()}]}),
+        )
+        .await;
+    tollgate
+        .create(
+            "/api/v1/services",
+            json!({"slug": slug, "team": "llmco", "kind": "http", "base_path": format!("/{slug}"),
+                   "upstream": format!("{slug}-backend"), "visibility": "catalog"}),
+        )
+        .await;
+    let (status, body) = tollgate
+        .admin(
+            Method::PUT,
+            &format!("/api/v1/services/{slug}/openapi"),
+            Some(weather_doc()),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["operations"][0]["tool"], "getForecast");
+    tollgate
+        .create(
+            &format!("/api/v1/services/{slug}/routes"),
+            json!({"methods": ["GET"], "path": "/forecast/{city}"}),
+        )
+        .await;
+    tollgate
+        .create(
+            &format!("/api/v1/services/{slug}/plans"),
+            json!({"slug": "paid", "price_per_request": price}),
+        )
+        .await;
+    tollgate
+        .create(&format!("/api/v1/services/{slug}/publish"), json!({}))
+        .await;
+    if subscribe {
+        tollgate
+            .create(
+                "/api/v1/subscriptions",
+                json!({"app": "acme-bot", "service": slug, "plan": "paid"}),
+            )
+            .await;
+    }
+}
+
+const SCRIPT: &str = r#"
+import asyncio, json, sys
+import httpx2
+import mcp.client.session as session_module
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+
+url, key = sys.argv[1], sys.argv[2]
+
+async def run(mode, handshake_version=None):
+    if handshake_version:
+        session_module.LATEST_HANDSHAKE_VERSION = handshake_version
+    out = {}
+    async with httpx2.AsyncClient(headers={"Authorization": "Bearer " + key}, timeout=30) as http:
+        async with Client(streamable_http_client(url, http_client=http), mode=mode) as client:
+            out["tools"] = sorted(t.name for t in (await client.list_tools()).tools)
+            r = await client.call_tool("weather.getForecast", {"city": "paris", "units": "metric"})
+            out["weather"] = {"error": r.is_error, "structured": r.structured_content}
+            r = await client.call_tool("pricey.getForecast", {"city": "paris"})
+            out["pricey"] = {"error": r.is_error, "structured": r.structured_content,
+                             "text": r.content[0].text if r.content else None}
+            r = await client.call_tool("llm.chat", {"model": "oai/gpt-test", "messages": [{"role": "user", "content": "hi"}]})
+            out["chat"] = {"error": r.is_error, "text": r.content[0].text if r.content else None}
+            try:
+                r = await client.call_tool("weather.getForecast", {"units": "kelvin"})
+                out["bad_args"] = {"error": r.is_error, "text": r.content[0].text}
+            except Exception as error:
+                out["bad_args"] = {"error": True, "protocol_error": str(error)}
+            try:
+                r = await client.call_tool("secret.getForecast", {"city": "paris"})
+                out["secret"] = "listed" if not r.is_error else "tool error"
+            except Exception as error:
+                out["secret"] = "refused: " + type(error).__name__
+            try:
+                await client.call_tool("nope", {})
+                out["unknown"] = "called"
+            except Exception as error:
+                out["unknown"] = "refused"
+    return out
+
+async def main():
+    results = {}
+    results["2025-06-18"] = await run("legacy", "2025-06-18")
+    results["2025-11-25"] = await run("legacy", "2025-11-25")
+    results["2026-07-28"] = await run("2026-07-28")
+    print(json.dumps(results))
+
+asyncio.run(main())
+"#;
+
+#[tokio::test]
+async fn the_official_mcp_sdk_lists_and_calls_tools_over_every_version() {
+    let (openai, anthropic, gemini) = fakes().await;
+    let upstream = FakeUpstream::start("weather").await;
+    let tollgate = Tollgate::start(BIN).await;
+    let world = ai_world(&tollgate, &openai, &anthropic, &gemini, json!({})).await;
+    http_service(&tollgate, &upstream, "weather", "0.01", true).await;
+    http_service(&tollgate, &upstream, "pricey", "100", true).await;
+    http_service(&tollgate, &upstream, "secret", "0", false).await;
+    for _ in 0..3 {
+        openai.push(Reply::text("Hello over MCP", Usage::new(10, 4)));
+    }
+    // Published and subscribed: served within a second.
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+
+    // No key: 401 pointing at the protected-resource metadata.
+    let response = tollgate
+        .client
+        .post(format!("{}/mcp", tollgate.gateway_url))
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    let challenge = response.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        challenge.contains("resource_metadata=")
+            && challenge.contains("/.well-known/oauth-protected-resource"),
+        "{challenge}"
+    );
+    let metadata: Value = tollgate
+        .get("/.well-known/oauth-protected-resource")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        metadata["resource"].as_str().unwrap().ends_with("/mcp"),
+        "{metadata}"
+    );
+
+    let url = format!("{}/mcp", tollgate.gateway_url);
+    let key = world.key.clone();
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(test_support::python::python())
+            .args(["-c", SCRIPT, &url, &key])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "the MCP SDK script failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let results: Value = serde_json::from_slice(&output.stdout).unwrap();
+    for version in ["2025-06-18", "2025-11-25", "2026-07-28"] {
+        let out = &results[version];
+        assert_eq!(
+            out["tools"],
+            json!(["llm.chat", "pricey.getForecast", "weather.getForecast"]),
+            "{version}: {out}"
+        );
+        assert_eq!(out["weather"]["error"], false, "{version}: {out}");
+        assert_eq!(
+            out["weather"]["structured"]["path"], "/forecast/paris",
+            "{version}: {out}"
+        );
+        assert_eq!(
+            out["weather"]["structured"]["query"], "units=metric",
+            "{version}: {out}"
+        );
+        assert_eq!(out["pricey"]["error"], true);
+        assert_eq!(
+            out["pricey"]["structured"]["code"], "insufficient_credit",
+            "{version}: {out}"
+        );
+        assert_eq!(out["pricey"]["structured"]["status"], 402);
+        assert_eq!(out["pricey"]["structured"]["required"], "100.00");
+        let text: Value = serde_json::from_str(out["pricey"]["text"].as_str().unwrap()).unwrap();
+        assert_eq!(text, out["pricey"]["structured"], "the same JSON as text");
+        assert_eq!(
+            out["chat"],
+            json!({"error": false, "text": "Hello over MCP"}),
+            "{version}"
+        );
+        assert_ne!(out["secret"], "listed", "{version}: {out}");
+        assert_eq!(out["unknown"], "refused");
+        // 2025-06-18: a protocol error (-32602); later: a tool error.
+        assert_eq!(out["bad_args"]["error"], true, "{version}: {out}");
+        assert_eq!(
+            out["bad_args"].get("protocol_error").is_some(),
+            version == "2025-06-18",
+            "{version}: {out}"
+        );
+    }
+    // Three weather calls at 0.01 and three chats, each charged once; the
+    // refused ones not at all.
+    let charges = charges(&tollgate, 6).await;
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    let charges_now = crate::money::ledger(&tollgate, "acme", "&kind=charge").await;
+    assert_eq!(charges_now.len(), 6, "{charges_now:?}");
+    let weather = charges.iter().filter(|(_, a)| *a == 10_000_000).count();
+    assert_eq!(weather, 3, "{charges:?}");
+    // Each chat: 10 input × 1.5 + 4 output × 3 per million.
+    let chats = charges.iter().filter(|(_, a)| *a == 27_000).count();
+    assert_eq!(chats, 3, "{charges:?}");
+    // The refused call never reached the upstream: 3 weather calls did.
+    assert_eq!(upstream.hits(), 3);
+}
