@@ -248,3 +248,176 @@ async fn the_official_mcp_sdk_lists_and_calls_tools_over_every_version() {
     // The refused call never reached the upstream: 3 weather calls did.
     assert_eq!(upstream.hits(), 3);
 }
+
+/// One JSON-RPC exchange on `/mcp` (the 2025-11-25 session flow).
+async fn rpc(
+    tollgate: &Tollgate,
+    key: &str,
+    session: Option<&str>,
+    body: Value,
+) -> (u16, reqwest::header::HeaderMap, Value) {
+    let mut request = tollgate
+        .client
+        .post(format!("{}/mcp", tollgate.gateway_url))
+        .bearer_auth(key)
+        .header("accept", "application/json, text/event-stream")
+        .json(&body);
+    if let Some(session) = session {
+        request = request
+            .header("mcp-session-id", session)
+            .header("mcp-protocol-version", "2025-11-25");
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let text = response.text().await.unwrap();
+    (
+        status,
+        headers,
+        serde_json::from_str(&text).unwrap_or(Value::Null),
+    )
+}
+
+#[tokio::test]
+async fn a_tool_call_pays_with_x402_when_the_wallet_cannot() {
+    use base64::Engine;
+    let facilitator = test_support::facilitator::FakeFacilitator::start().await;
+    let upstream = FakeUpstream::start("quotes").await;
+    let options = test_support::tollgate::Options {
+        env: vec![("TOLLGATE_X402__FACILITATOR_URL".into(), facilitator.url())],
+        ..Default::default()
+    };
+    let tollgate = Tollgate::start_with(BIN, options).await;
+    tollgate
+        .create("/api/v1/teams", json!({"slug": "acme", "name": "acme"}))
+        .await;
+    tollgate
+        .create(
+            "/api/v1/upstreams",
+            json!({"slug": "quotes-backend", "targets": [{"url": upstream.url()}]}),
+        )
+        .await;
+    tollgate
+        .create(
+            "/api/v1/services",
+            json!({"slug": "quotes", "kind": "http", "base_path": "/quotes", "upstream": "quotes-backend",
+                "visibility": "catalog", "openapi": weather_doc(),
+                "x402": {"network": "eip155:84532", "amount": "10000", "asset": "0x036CbD53842c5426634e7929541eC2318f3dCF7e",
+                         "pay_to": "0x209693Bc6afc0C5328bA36FaF03C514EF312287C", "extra": {"name": "USDC", "version": "2"}}}),
+        )
+        .await;
+    tollgate
+        .create("/api/v1/services/quotes/routes", json!({"path": "/*"}))
+        .await;
+    tollgate
+        .create(
+            "/api/v1/services/quotes/plans",
+            json!({"slug": "per-call", "price_per_request": "0.01"}),
+        )
+        .await;
+    tollgate
+        .create("/api/v1/services/quotes/publish", json!({}))
+        .await;
+    tollgate
+        .create("/api/v1/apps", json!({"slug": "acme-bot", "team": "acme"}))
+        .await;
+    let key = tollgate
+        .create("/api/v1/apps/acme-bot/keys", json!({}))
+        .await["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    tollgate
+        .create(
+            "/api/v1/subscriptions",
+            json!({"app": "acme-bot", "service": "quotes", "plan": "per-call"}),
+        )
+        .await;
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+
+    // Malformed JSON-RPC: -32700, never a panic.
+    let (status, _, body) = rpc(&tollgate, &key, None, json!("not an object")).await;
+    assert_eq!(status, 400, "{body}");
+    let (status, headers, body) = rpc(
+        &tollgate,
+        &key,
+        None,
+        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "test", "version": "1"}}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["result"]["protocolVersion"], "2025-11-25");
+    let session = headers["mcp-session-id"].to_str().unwrap().to_owned();
+    let (status, _, _) = rpc(
+        &tollgate,
+        &key,
+        Some(&session),
+        json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+    )
+    .await;
+    assert_eq!(status, 202);
+
+    // The wallet is empty: the tool error carries x402's PaymentRequired.
+    let call = |meta: Option<Value>| {
+        let mut params = json!({"name": "quotes.getForecast", "arguments": {"city": "acme"}});
+        if let Some(meta) = meta {
+            params["_meta"] = meta;
+        }
+        json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": params})
+    };
+    let (status, _, body) = rpc(&tollgate, &key, Some(&session), call(None)).await;
+    assert_eq!(status, 200, "{body}");
+    let result = &body["result"];
+    assert_eq!(result["isError"], true, "{body}");
+    let problem = &result["structuredContent"];
+    assert_eq!(problem["code"], "insufficient_credit", "{problem}");
+    let required = &problem["x402/error"]["data"];
+    assert_eq!(required["x402Version"], 2, "{problem}");
+    let hits = upstream.hits();
+
+    // Paid in the retry's _meta: forwarded, settled once, receipt in _meta.
+    let paid = test_support::facilitator::payment(
+        &required["accepts"][0],
+        "0x857b06519E91e3A54538791bDbb0E22373e36b66",
+        60,
+        |_| {},
+    );
+    let payload: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::STANDARD
+            .decode(paid)
+            .unwrap(),
+    )
+    .unwrap();
+    let (status, _, body) = rpc(
+        &tollgate,
+        &key,
+        Some(&session),
+        call(Some(json!({"x402/payment": payload}))),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let result = &body["result"];
+    assert_eq!(result["isError"], false, "{body}");
+    assert_eq!(result["structuredContent"]["path"], "/forecast/acme");
+    assert_eq!(
+        result["_meta"]["x402/payment-response"]["success"], true,
+        "{body}"
+    );
+    assert_eq!(facilitator.settles(), 1);
+    assert_eq!(upstream.hits(), hits + 1);
+
+    // DELETE ends the session; it is then unknown.
+    let response = tollgate
+        .client
+        .delete(format!("{}/mcp", tollgate.gateway_url))
+        .bearer_auth(&key)
+        .header("mcp-session-id", &session)
+        .header("mcp-protocol-version", "2025-11-25")
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success());
+    let (status, _, _) = rpc(&tollgate, &key, Some(&session), call(None)).await;
+    assert_eq!(status, 404);
+}
