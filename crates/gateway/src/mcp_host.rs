@@ -209,6 +209,14 @@ impl McpRt {
                 }
             }
         }
+        // A stable order, whatever the services' order (clients cache lists).
+        out.tools.sort_by(|a, b| a.tool.name.cmp(&b.tool.name));
+        out.by_name = out
+            .tools
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.tool.name.clone(), i))
+            .collect();
         out
     }
 

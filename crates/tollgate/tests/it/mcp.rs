@@ -421,3 +421,105 @@ async fn a_tool_call_pays_with_x402_when_the_wallet_cannot() {
     let (status, _, _) = rpc(&tollgate, &key, Some(&session), call(None)).await;
     assert_eq!(status, 404);
 }
+
+#[tokio::test]
+async fn a_service_can_switch_mcp_off_or_offer_only_some_tools() {
+    let upstream = FakeUpstream::start("w").await;
+    let tollgate = Tollgate::start(BIN).await;
+    tollgate
+        .create("/api/v1/teams", json!({"slug": "acme", "name": "acme"}))
+        .await;
+    tollgate
+        .create("/api/v1/teams", json!({"slug": "llmco", "name": "llmco"}))
+        .await;
+    tollgate
+        .create("/api/v1/apps", json!({"slug": "acme-bot", "team": "acme"}))
+        .await;
+    let key = tollgate
+        .create("/api/v1/apps/acme-bot/keys", json!({}))
+        .await["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut doc = weather_doc();
+    doc["paths"]["/alerts"] =
+        json!({"get": {"operationId": "listAlerts", "responses": {"200": {"description": "ok"}}}});
+    for (slug, mcp) in [
+        ("open", Value::Null),
+        ("closed", json!({"enabled": false})),
+        ("some", json!({"tools": ["listAlerts"]})),
+    ] {
+        tollgate
+            .create(
+                "/api/v1/upstreams",
+                json!({"slug": format!("{slug}-backend"), "targets": [{"url": upstream.url()}]}),
+            )
+            .await;
+        let mut service = json!({"slug": slug, "team": "llmco", "kind": "http", "base_path": format!("/{slug}"),
+            "upstream": format!("{slug}-backend"), "visibility": "catalog", "openapi": doc});
+        if !mcp.is_null() {
+            service["mcp"] = mcp;
+        }
+        tollgate.create("/api/v1/services", service).await;
+        tollgate
+            .create(
+                &format!("/api/v1/services/{slug}/routes"),
+                json!({"path": "/*"}),
+            )
+            .await;
+        tollgate
+            .create(
+                &format!("/api/v1/services/{slug}/plans"),
+                json!({"slug": "free"}),
+            )
+            .await;
+        tollgate
+            .create(&format!("/api/v1/services/{slug}/publish"), json!({}))
+            .await;
+        tollgate
+            .create(
+                "/api/v1/subscriptions",
+                json!({"app": "acme-bot", "service": slug, "plan": "free"}),
+            )
+            .await;
+    }
+    // A document that is not OpenAPI is refused with the reason.
+    let (status, body) = tollgate
+        .admin(
+            Method::PUT,
+            "/api/v1/services/open/openapi",
+            Some(json!({"swagger": "2.0"})),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["errors"][0]["field"], "openapi", "{body}");
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    let (_, headers, _) = rpc(
+        &tollgate,
+        &key,
+        None,
+        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}),
+    )
+    .await;
+    let session = headers["mcp-session-id"].to_str().unwrap().to_owned();
+    let (status, _, body) = rpc(
+        &tollgate,
+        &key,
+        Some(&session),
+        json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let names: Vec<&str> = body["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["open.getForecast", "open.listAlerts", "some.listAlerts"],
+        "{body}"
+    );
+}
