@@ -1363,3 +1363,61 @@ async fn a_draft_prompt_can_be_test_run() {
     // A test run is the team's own: nothing charged to a consumer.
     assert!(ledger(&tollgate, "acme", "&kind=charge").await.is_empty());
 }
+
+#[tokio::test]
+async fn responses_api_and_a_slow_provider_falls_back_after_the_first_token_timeout() {
+    let (openai, anthropic, gemini) = fakes().await;
+    let tollgate = Tollgate::start(BIN).await;
+    let world = ai_world(&tollgate, &openai, &anthropic, &gemini, json!({})).await;
+    // The Responses API, passed through to an OpenAI-style provider.
+    openai.push(Reply::text("Responses here", Usage::new(30, 5)));
+    let response = post(
+        &tollgate,
+        "/v1/responses",
+        &world.key,
+        json!({"model": "oai/gpt-test", "input": "hello"}),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    let id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["object"], "response", "{body}");
+    assert_eq!(body["model"], "oai/gpt-test");
+    assert_eq!(openai.last_request().unwrap().path, "/v1/responses");
+    let charges = charges(&tollgate, 1).await;
+    assert_eq!(charge_of(&charges, &id), cost(30, 5));
+
+    // The service waits 2 s for a first token: a slower provider is left
+    // for the alias's fallback.
+    openai.set_response_delay_ms(3_000);
+    anthropic.push(Reply::text("on time", Usage::new(10, 2)));
+    let started = std::time::Instant::now();
+    let response = post(
+        &tollgate,
+        "/v1/chat/completions",
+        &world.key,
+        json!({"model": "smart", "messages": [{"role": "user", "content": "Hi"}]}),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["tollgate-model"], "claude/claude-test");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1_900) && waited < Duration::from_millis(2_900),
+        "{waited:?}"
+    );
+    // Without a fallback: 504 in the caller's dialect.
+    let response = post(
+        &tollgate,
+        "/v1/chat/completions",
+        &world.key,
+        json!({"model": "oai/gpt-test", "messages": [{"role": "user", "content": "Hi"}]}),
+    )
+    .await;
+    assert_eq!(response.status(), 504);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "upstream_timeout", "{body}");
+}
