@@ -17,6 +17,35 @@ use crate::error::ApiError;
 use crate::extract::Json;
 use crate::handlers::ok;
 
+/// Output tokens a test run may produce, at most.
+const TEST_RUN_MAX_TOKENS: u64 = 1024;
+/// Test runs per team and minute (they use the platform's provider keys
+/// unmetered).
+const TEST_RUNS_PER_MINUTE: u32 = 20;
+
+/// Counts a team's test run in the current minute; 429 past the limit.
+fn take_test_run(team: &str) -> Result<(), ApiError> {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    static RUNS: OnceLock<Mutex<HashMap<String, (i64, u32)>>> = OnceLock::new();
+    let minute = domain::now_ms() / 60_000;
+    let mut runs = RUNS
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    runs.retain(|_, (at, _)| *at == minute);
+    let entry = runs.entry(team.to_owned()).or_insert((minute, 0));
+    if entry.1 >= TEST_RUNS_PER_MINUTE {
+        return Err(ApiError::new(
+            axum::http::StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("At most {TEST_RUNS_PER_MINUTE} test runs per team and minute; wait a little."),
+        ));
+    }
+    entry.1 += 1;
+    Ok(())
+}
+
 /// What to run the prompt with.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -47,6 +76,9 @@ pub async fn test_run(
         "service",
         &key,
     )?;
+    if !run.dry_run {
+        take_test_run(service.spec.team.as_deref().unwrap_or(""))?;
+    }
     let Some(prompt) = &service.spec.prompt else {
         return Err(ApiError::field(
             "service",
@@ -114,9 +146,14 @@ pub async fn test_run(
     if let Some(t) = prompt.parameters.temperature {
         chat["temperature"] = json!(t);
     }
-    if let Some(max) = prompt.parameters.max_tokens {
-        chat["max_tokens"] = json!(max);
-    }
+    // Test runs are unmetered: their answers are kept short.
+    chat["max_tokens"] = json!(
+        prompt
+            .parameters
+            .max_tokens
+            .unwrap_or(TEST_RUN_MAX_TOKENS)
+            .min(TEST_RUN_MAX_TOKENS)
+    );
     if let PromptOutput::Json { schema } = &prompt.output {
         chat["response_format"] =
             json!({"type": "json_schema", "json_schema": {"name": "output", "schema": schema}});
@@ -130,13 +167,28 @@ pub async fn test_run(
         ))
         .timeout(std::time::Duration::from_secs(120))
         .json(&body);
+    // The preset's auth style (Azure's `api-key`, none for local servers),
+    // else the kind's.
+    let auth = provider
+        .spec
+        .preset
+        .as_deref()
+        .and_then(|preset| state.catalog.providers.iter().find(|p| p.slug == preset))
+        .map(|preset| preset.auth.clone());
+    if dialect == ai::Dialect::Anthropic {
+        request = request.header("anthropic-version", "2023-06-01");
+    }
     if let Some(key) = key {
-        request = match dialect {
-            ai::Dialect::Anthropic => request
-                .header("x-api-key", key)
-                .header("anthropic-version", "2023-06-01"),
-            ai::Dialect::Gemini => request.header("x-goog-api-key", key),
-            ai::Dialect::OpenAi => request.bearer_auth(key),
+        request = match (auth.as_deref(), dialect) {
+            (Some("none"), _) => request,
+            (Some("api-key"), _) => request.header("api-key", key),
+            (Some("x-api-key"), _) | (None, ai::Dialect::Anthropic) => {
+                request.header("x-api-key", key)
+            }
+            (Some("x-goog-api-key"), _) | (None, ai::Dialect::Gemini) => {
+                request.header("x-goog-api-key", key)
+            }
+            _ => request.bearer_auth(key),
         };
     }
     let response = request.send().await.map_err(|error| {
@@ -234,8 +286,9 @@ pub async fn put_openapi(
     ))
 }
 
-/// The service's OpenAPI document: the imported one (`http`), or the
-/// generated one (`prompt`).
+/// The service's imported OpenAPI document (`http` services; a prompt
+/// service's generated one is at `GET <base_path>/openapi.json` on the
+/// gateway).
 #[utoipa::path(get, path = "/api/v1/services/{service}/openapi", tag = "services",
     params(("service" = String, Path)), responses((status = 200, body = Object), (status = 404, body = crate::openapi::Problem)))]
 pub async fn get_openapi(

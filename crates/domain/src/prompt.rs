@@ -12,6 +12,8 @@ use crate::validate::FieldErrors;
 
 /// Longest template accepted, in bytes.
 pub const TEMPLATE_MAX_BYTES: usize = 64 * 1024;
+/// Instructions one rendering may run (loops over large variables stop).
+pub const TEMPLATE_FUEL: u64 = 200_000;
 
 /// What a prompt service does.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -143,8 +145,11 @@ impl PromptSpec {
 
 fn environment() -> minijinja::Environment<'static> {
     let mut env = minijinja::Environment::new();
-    // Variables the caller did not send are an error, not empty text.
-    env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+    // A variable the caller did not send may be tested (`{% if x %}`) but
+    // not printed.
+    env.set_undefined_behavior(minijinja::UndefinedBehavior::SemiStrict);
+    // Loops over a caller's arrays are bounded.
+    env.set_fuel(Some(TEMPLATE_FUEL));
     env
 }
 
@@ -211,6 +216,19 @@ mod tests {
         assert_eq!(user, "Dear reader,\n- A\n- B\nhi");
         let missing = spec.render(&serde_json::json!({"text": "x"})).unwrap_err();
         assert!(missing.contains("undefined"), "{missing}");
+        // An optional variable left out may be tested.
+        let (_, user) = spec
+            .render(&serde_json::json!({"language": "French", "lines": [], "text": "hi"}))
+            .unwrap();
+        assert_eq!(user, "\nhi");
+        // Loops are bounded.
+        let heavy = PromptSpec {
+            user: "{% for a in xs %}{% for b in xs %}{% for c in xs %}.{% endfor %}{% endfor %}{% endfor %}".into(),
+            system: None,
+            ..spec.clone()
+        };
+        let many: Vec<u32> = (0..200).collect();
+        assert!(heavy.render(&serde_json::json!({"xs": many})).is_err());
     }
 
     #[test]

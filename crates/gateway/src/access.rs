@@ -94,8 +94,9 @@ pub struct TokenTerms {
     pub overage_charge: bool,
     /// The period's tokens over every node (`tok:<subscription>`).
     pub counter: Arc<crate::money::Counter>,
-    /// Tokens per minute.
+    /// Tokens per minute: the limit and its limiter.
     pub per_minute: Option<Arc<Limiter>>,
+    pub tokens_per_minute: Option<u64>,
 }
 
 /// What a plan says about token prices (see `domain::ai`).
@@ -367,6 +368,7 @@ pub fn compile(
                         included: spec.included_tokens(),
                         overage_charge: spec.overage == domain::access::Overage::Charge,
                         counter: wallets.counters.tokens(&subscription.id, period),
+                        tokens_per_minute: spec.tokens_per_minute,
                         per_minute: spec.tokens_per_minute.and_then(|tpm| {
                             limiters.get(
                                 format!("tokens:{}", subscription.id),

@@ -319,15 +319,31 @@ pub(crate) async fn handle(
     trace.who.app = Some(app.clone());
     let headers = request.headers();
     let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    if let Err(reply) = mcp::auth::check_origin(text("origin"), text("host"), &[]) {
+    // A browser's Origin must be the gateway's own public origin (the
+    // request's Host is the caller's to choose: no defence against DNS
+    // rebinding).
+    let public_host = shared
+        .options
+        .public_url
+        .split("://")
+        .nth(1)
+        .map(|rest| rest.split('/').next().unwrap_or(rest));
+    if let Err(reply) = mcp::auth::check_origin(text("origin"), public_host, &[]) {
         return Ok(into_response(reply, shared));
     }
     // The caller's credentials, replayed on the calls its tools make.
-    let credentials: Vec<(HeaderName, HeaderValue)> =
-        [header::AUTHORIZATION, HeaderName::from_static("x-api-key")]
-            .into_iter()
-            .filter_map(|name| headers.get(&name).cloned().map(|value| (name, value)))
-            .collect();
+    let credentials: Vec<(HeaderName, HeaderValue)> = [
+        header::AUTHORIZATION,
+        HeaderName::from_static("x-api-key"),
+        // The client's address as the outer request gave it, so IP rules
+        // behind trusted proxies see the same client; and its Host, for
+        // routes bound to one.
+        HeaderName::from_static("x-forwarded-for"),
+        header::HOST,
+    ]
+    .into_iter()
+    .filter_map(|name| headers.get(&name).cloned().map(|value| (name, value)))
+    .collect();
     let (parts, body) = request.into_parts();
     let limit = (mcp::MAX_MESSAGE_BYTES as u64) + 1;
     let bytes = match LimitedBody::new(body, limit).collect().await {
@@ -515,12 +531,65 @@ impl Host<'_> {
             }
         };
         let internal = |why: &str| mcp::CallError::Internal(why.to_owned());
+        // The call must reach the tool's own service, not another route the
+        // arguments happen to spell.
+        let host = self
+            .credentials
+            .iter()
+            .find(|(name, _)| name == header::HOST)
+            .and_then(|(_, value)| value.to_str().ok())
+            .map(|h| h.split(':').next().unwrap_or(h).to_ascii_lowercase());
+        let path = target.split('?').next().unwrap_or(&target);
+        let reaches_service = match &tool.kind {
+            ToolKind::Http(_) => {
+                let method = http::Method::from_bytes(method.as_bytes())
+                    .map_err(|_| internal("bad method"))?;
+                let host = host.as_deref().filter(|_| self.snapshot.router.has_hosts());
+                match self.snapshot.router.find(host, path, &method) {
+                    crate::router::Match::Found(index) => self
+                        .snapshot
+                        .routes
+                        .get(index)
+                        .is_some_and(|route| route.service.id == tool.service.id),
+                    _ => true,
+                }
+            }
+            _ => true,
+        };
+        if !reaches_service || path == "/mcp" || path.starts_with("/_tollgate/") {
+            return Err(mcp::CallError::InvalidArguments(
+                "the arguments lead outside this tool's API".into(),
+            ));
+        }
         let mut builder = Request::builder()
             .method(method.as_str())
-            .uri(target.as_str())
-            .header(header::HOST, "mcp.internal");
+            .uri(target.as_str());
+        if !self
+            .credentials
+            .iter()
+            .any(|(name, _)| name == header::HOST)
+        {
+            builder = builder.header(header::HOST, "mcp.internal");
+        }
         for (name, value) in extra {
-            builder = builder.header(name.as_str(), value.as_str());
+            let lower = name.to_ascii_lowercase();
+            // Parameters never set what the gateway decides.
+            let reserved = matches!(
+                lower.as_str(),
+                "host"
+                    | "authorization"
+                    | "x-api-key"
+                    | "payment-signature"
+                    | "content-length"
+                    | "transfer-encoding"
+                    | "connection"
+                    | "forwarded"
+                    | "x-request-id"
+            ) || lower.starts_with("x-forwarded-")
+                || lower.starts_with("tollgate-");
+            if !reserved {
+                builder = builder.header(name.as_str(), value.as_str());
+            }
         }
         for (name, value) in self.credentials {
             builder = builder.header(name, value);

@@ -423,7 +423,9 @@ impl Counter {
 
     /// Calls counted in the period over every node.
     pub fn requests(&self) -> u64 {
-        self.own_requests.load(Ordering::Acquire) + self.remote_requests.load(Ordering::Acquire)
+        self.own_requests
+            .load(Ordering::Acquire)
+            .saturating_add(self.remote_requests.load(Ordering::Acquire))
     }
 
     /// Nano-units counted in the period over every node.

@@ -59,12 +59,19 @@ pub const MIN_OUTPUT_TOKENS: u64 = 16;
 /// Output reserved when neither the caller nor the catalogue bounds it
 /// (`max_tokens` is then set to it, so the reservation holds).
 pub const DEFAULT_MAX_OUTPUT: u64 = 4_096;
+/// The most output tokens any call may ask for.
+pub const MAX_OUTPUT_CEILING: u64 = 1 << 20;
+/// The most choices (`n`) a call may ask for.
+pub const MAX_CHOICES: u64 = 16;
 /// Largest upstream answer read whole (non-streamed).
 const ANSWER_LIMIT: u64 = 64 << 20;
 /// Largest upstream error body read.
 const ERROR_LIMIT: u64 = 1 << 20;
 /// How long a key rests after a 429 without `Retry-After`.
 const DEFAULT_COOL_DOWN: Duration = Duration::from_secs(30);
+/// How long a key the provider refuses (revoked, account out of credit)
+/// rests before it is tried again.
+const AUTH_COOL_DOWN: Duration = Duration::from_secs(300);
 
 static TOLLGATE_BALANCE: HeaderName = HeaderName::from_static("tollgate-balance");
 static TOLLGATE_COST: HeaderName = HeaderName::from_static("tollgate-cost");
@@ -188,6 +195,13 @@ pub(crate) async fn handle(
     if endpoint == Endpoint::Models {
         return models(&snapshot, scoped, &request, trace);
     }
+    // A caller without a valid key learns so before its body is read
+    // (unless a keyless AI service could take the call).
+    if let Err(refusal) = crate::admit::identify_key(&snapshot, &request, domain::now_ms())
+        && !snapshot.ai.services.iter().any(|s| s.service.anonymous)
+    {
+        return Err(refusal);
+    }
     let (parts, body) = request.into_parts();
     let limit = scoped
         .and_then(|index| snapshot.ai.services.get(index))
@@ -244,20 +258,18 @@ pub(crate) async fn handle(
         &snapshot,
         route,
         &head,
-        &crate::admit::AdmitEnv {
-            peer: context.peer.addr.ip(),
-            trusted_proxies: &shared.options.trusted_proxies,
-            jwks: &shared.jwks,
-            currency: &shared.options.currency,
-            export_usage: shared.options.export_usage,
-            public_url: &shared.options.public_url,
-        },
+        &admit_env(shared, context),
         &mut trace.who,
     )?;
     context.rate_headers = admission.rate_headers.take();
     context.warning = admission.warning.take();
     let Some(model_rt) = service.models.get(&model).cloned() else {
-        return Err(Refusal::new(Code::ModelNotFound, "No route matched."));
+        return Err(Refusal::new(
+            Code::ModelNotFound,
+            format!(
+                "The service does not offer the model '{model}'. GET /v1/models lists the models your key may use."
+            ),
+        ));
     };
     if endpoint == Endpoint::CountTokens {
         let tokens = ai::estimate_input_tokens(Dialect::Anthropic, &json);
@@ -286,6 +298,21 @@ pub(crate) async fn handle(
         check: None,
     };
     Box::pin(call.run(trace, json, admission.reservation.take())).await
+}
+
+/// What admission needs from the gateway, for an AI or prompt call.
+pub(crate) fn admit_env<'a>(
+    shared: &'a Shared,
+    context: &RequestContext,
+) -> crate::admit::AdmitEnv<'a> {
+    crate::admit::AdmitEnv {
+        peer: context.peer.addr.ip(),
+        trusted_proxies: &shared.options.trusted_proxies,
+        jwks: &shared.jwks,
+        currency: &shared.options.currency,
+        export_usage: shared.options.export_usage,
+        public_url: &shared.options.public_url,
+    }
 }
 
 /// Picks among the services offering `model` the one the caller's app is
@@ -512,29 +539,67 @@ impl Call<'_> {
                     .or_else(|| t.context_window.map(|c| c.saturating_sub(input)))
             })
             .min();
-        let mut max_output = requested.or(limit).unwrap_or(DEFAULT_MAX_OUTPUT);
+        let mut max_output = requested
+            .or(limit)
+            .unwrap_or(DEFAULT_MAX_OUTPUT)
+            .min(MAX_OUTPUT_CEILING);
         if let Some(limit) = limit {
             max_output = max_output.min(limit.max(1));
         }
-        if requested.is_none() && limit.is_none() {
+        // The provider is always told the bound the reservation was made for.
+        if self.endpoint != Endpoint::Embeddings && requested != Some(max_output) {
             self.set_max(&mut json, max_output);
+        }
+        // Several choices (`n`) produce that much each.
+        let choices = match json.get("n").and_then(Value::as_u64) {
+            None => 1,
+            Some(n @ 1..=MAX_CHOICES) => n,
+            Some(_) => {
+                return Err(Refusal::new(
+                    Code::BadRequest,
+                    format!("`n` must be from 1 to {MAX_CHOICES}."),
+                ));
+            }
+        };
+        if self.endpoint == Endpoint::Responses {
+            responses_guard(&mut json)?;
         }
         // The plan's price per request, held by the pay phase.
         let base_price = reservation.as_ref().map_or(0, |r| r.amount());
         let mut tokens = quota::TokenHold::default();
         let mut rate_items = Vec::new();
-        let quota_cap = self.hold_tokens(&mut tokens, input, max_output, &mut rate_items)?;
+        let quota_cap = self.hold_tokens(
+            &mut tokens,
+            input,
+            max_output.saturating_mul(choices),
+            &mut rate_items,
+        )?;
         if let Some(cap) = quota_cap {
-            max_output = cap;
-            self.set_max(&mut json, cap);
+            max_output = (cap / choices).max(1);
+            self.set_max(&mut json, max_output);
         }
-        let (mut reservation, money_cap) =
-            self.reserve(reservation, input, max_output, tokens.free, &mut json)?;
+        let (mut reservation, money_cap) = self.reserve(
+            reservation,
+            input,
+            max_output.saturating_mul(choices),
+            tokens.free,
+            &mut json,
+        )?;
+        let money_cap = money_cap.map(|cap| {
+            let each = (cap / choices).max(1);
+            self.set_max(&mut json, each);
+            // The quota holds no more than the call may now use.
+            tokens.shrink_to(input.saturating_add(each.saturating_mul(choices)));
+            each
+        });
         let capped = money_cap.or(quota_cap).map(|cap| (cap, requested));
         let mut tokens = Some(tokens);
         let deadline = self.context.started + self.service.timeouts.total;
         let mut last: Option<Failure> = None;
-        for target in self.model_rt.plan() {
+        let plan = self.model_rt.plan();
+        let targets = plan.len();
+        for (position, target) in plan.into_iter().enumerate() {
+            let last_target = position + 1 == targets;
             let provider = &target.provider;
             if matches!(self.endpoint, Endpoint::Embeddings | Endpoint::Responses)
                 && provider.dialect != Dialect::OpenAi
@@ -555,8 +620,16 @@ impl Call<'_> {
             }
             let body = match self.endpoint {
                 Endpoint::Chat | Endpoint::Messages => {
-                    ai::translate_request(caller, provider.dialect, &json, &target.model)
-                        .map_err(|error| Refusal::new(Code::BadRequest, error.to_string()))?
+                    match ai::translate_request(caller, provider.dialect, &json, &target.model) {
+                        Ok(body) => body,
+                        Err(error) => {
+                            last = Some(Failure::Refusal(Refusal::new(
+                                Code::BadRequest,
+                                format!("{error} (for {})", target.name),
+                            )));
+                            continue;
+                        }
+                    }
                 }
                 _ => {
                     let mut body = json.clone();
@@ -570,10 +643,10 @@ impl Call<'_> {
                 Endpoint::Responses => "/responses".to_owned(),
                 _ => ai::upstream_path(provider.dialect, &target.model, stream),
             };
-            let mut tried_keys = 0u64;
+            let mut tried = vec![false; provider.keys.len().max(1)];
             loop {
-                let Some(key) = provider.pick_key(tried_keys, domain::now_ms()) else {
-                    if last.is_none() || tried_keys == 0 {
+                let Some(key) = provider.pick_key(&tried, domain::now_ms()) else {
+                    if last.is_none() || !tried.contains(&true) {
                         last = Some(Failure::Refusal(
                             Refusal::new(
                                 Code::RateLimited,
@@ -587,11 +660,7 @@ impl Call<'_> {
                     }
                     break;
                 };
-                if let Some(index) = key
-                    && index < 64
-                {
-                    tried_keys |= 1 << index;
-                }
+                tried[key.unwrap_or(0)] = true;
                 let remaining = deadline.saturating_duration_since(Instant::now());
                 if remaining.is_zero() {
                     return Err(timeout(&target, self.service.timeouts.total));
@@ -603,7 +672,12 @@ impl Call<'_> {
                         &path,
                         body.clone(),
                         stream,
-                        self.service.timeouts.first_token.min(remaining),
+                        // A non-streamed answer's head comes when it is done.
+                        if stream {
+                            self.service.timeouts.first_token.min(remaining)
+                        } else {
+                            remaining
+                        },
                         trace,
                     )
                     .await;
@@ -649,7 +723,12 @@ impl Call<'_> {
                 let error = ai::classify_error(provider.dialect, status, &error_bytes);
                 tracing::debug!(provider = %provider.slug, model = %target.model, status, kind = ?error.kind, "provider error");
                 let retry_after = parts.headers.get(header::RETRY_AFTER).cloned();
-                match error.kind {
+                let kind = if provider_side(status, &error) {
+                    ai::ErrorKind::Auth
+                } else {
+                    error.kind
+                };
+                match kind {
                     ai::ErrorKind::RateLimited => {
                         if let Some(index) = key {
                             let rest = retry_after
@@ -658,7 +737,8 @@ impl Call<'_> {
                                 .and_then(|v| v.trim().parse::<u64>().ok())
                                 .map(Duration::from_secs)
                                 .or_else(|| retry_delay(&error_bytes))
-                                .unwrap_or(DEFAULT_COOL_DOWN);
+                                .unwrap_or(DEFAULT_COOL_DOWN)
+                                .max(Duration::from_secs(1));
                             provider.keys[index].cool_down(domain::now_ms(), rest);
                         }
                         last = Some(Failure::Upstream { error, retry_after });
@@ -673,16 +753,25 @@ impl Call<'_> {
                         break;
                     }
                     ai::ErrorKind::Auth => {
-                        // The gateway's key for this provider is refused:
-                        // the provider's operator must fix it, not the caller.
-                        tracing::warn!(provider = %provider.slug, key = key.map(|k| provider.keys[k].id.as_str()), "provider refused its key");
+                        // The gateway's key (or the provider account) is
+                        // refused: the operator must fix it, not the caller.
+                        // The key rests; another key or target is tried.
+                        tracing::warn!(provider = %provider.slug, key = key.map(|k| provider.keys[k].id.as_str()), status, message = %error.message, "provider refused the gateway's key or account");
+                        if let Some(index) = key {
+                            provider.keys[index].cool_down(domain::now_ms(), AUTH_COOL_DOWN);
+                        }
                         last = Some(Failure::Refusal(Refusal::new(
                             Code::UpstreamError,
                             format!(
-                                "The provider '{}' refused the gateway's credentials. The service's operators have been told; try again later.",
+                                "The provider '{}' refused the gateway's credentials or account. The service's operators have been told; try again later.",
                                 provider.slug
                             ),
                         )));
+                        continue;
+                    }
+                    ai::ErrorKind::NotFound if !last_target => {
+                        // This target's model is gone; another may answer.
+                        last = Some(Failure::Upstream { error, retry_after });
                         break;
                     }
                     ai::ErrorKind::InvalidRequest | ai::ErrorKind::NotFound => {
@@ -736,6 +825,16 @@ impl Call<'_> {
             return Ok(None);
         };
         let now = domain::now_ms();
+        if let Some(tpm) = terms.tokens_per_minute
+            && input > tpm
+        {
+            return Err(Refusal::new(
+                Code::BadRequest,
+                format!(
+                    "This prompt (about {input} tokens) is larger than the plan's {tpm} tokens per minute: it can never pass. Send a shorter prompt, or move to a plan with a higher limit."
+                ),
+            ));
+        }
         if let Some(limiter) = &terms.per_minute {
             let admitted = input.max(1);
             match limiter.admit_n(u64::try_from(now).unwrap_or(0), admitted) {
@@ -1151,7 +1250,7 @@ impl Call<'_> {
                 .is_some_and(|v| v.starts_with("text/event-stream"));
             if is_sse {
                 let translator = match self.endpoint {
-                    Endpoint::Responses => stream::Mode::Responses(ai::SseParser::new(), None),
+                    Endpoint::Responses => stream::Mode::Responses(ai::SseParser::new(), None, 0),
                     _ => stream::Mode::Translate(Box::new(translator(
                         target.provider.dialect,
                         caller,
@@ -1248,7 +1347,9 @@ impl Call<'_> {
                     .as_u64()
                     .unwrap_or(settle.input);
                 let mut value = value;
-                value["model"] = Value::String(self.model.to_owned());
+                if let Some(object) = value.as_object_mut() {
+                    object.insert("model".into(), Value::String(self.model.to_owned()));
+                }
                 (
                     value,
                     ai::Usage {
@@ -1270,7 +1371,9 @@ impl Call<'_> {
                         .unwrap_or(0),
                 };
                 let mut value = value;
-                value["model"] = Value::String(self.model.to_owned());
+                if let Some(object) = value.as_object_mut() {
+                    object.insert("model".into(), Value::String(self.model.to_owned()));
+                }
                 (value, parsed)
             }
         };
@@ -1368,6 +1471,56 @@ fn timeout(target: &TargetModel, after: Duration) -> Refusal {
             after.as_millis()
         ),
     )
+}
+
+/// An error about the provider account rather than the request: out of
+/// credit (402, Anthropic's "credit balance"), or Gemini's invalid key
+/// (a 400 `API_KEY_INVALID`).
+fn provider_side(status: u16, error: &ai::UpstreamError) -> bool {
+    let message = error.message.to_ascii_lowercase();
+    status == 402
+        || message.contains("credit balance")
+        || message.contains("api_key_invalid")
+        || message.contains("api key not valid")
+}
+
+/// The Responses API reaches objects stored in the provider account the
+/// gateway shares between tenants: those members are refused, and nothing
+/// is stored there (`store: false`). Built-in tools the provider bills
+/// apart (web search, file search, code interpreter…) are refused too.
+fn responses_guard(json: &mut Value) -> Result<(), Refusal> {
+    for member in [
+        "previous_response_id",
+        "conversation",
+        "prompt",
+        "background",
+    ] {
+        if json.get(member).is_some_and(|v| !v.is_null()) {
+            return Err(Refusal::new(
+                Code::BadRequest,
+                format!(
+                    "`{member}` is not available through the gateway: send the whole input each time."
+                ),
+            ));
+        }
+    }
+    if json["tools"]
+        .as_array()
+        .is_some_and(|tools| tools.iter().any(|t| t["type"] != "function"))
+    {
+        return Err(Refusal::new(
+            Code::BadRequest,
+            "Only `function` tools are available through the gateway.",
+        ));
+    }
+    if json["input"].to_string().contains("\"file_id\"") {
+        return Err(Refusal::new(
+            Code::BadRequest,
+            "Files stored with the provider (`file_id`) are not available through the gateway; send the content inline.",
+        ));
+    }
+    json["store"] = Value::Bool(false);
+    Ok(())
 }
 
 /// Gemini's wait after a 429: `"retryDelay": "12s"` in the error's

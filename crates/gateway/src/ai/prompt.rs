@@ -41,6 +41,16 @@ pub(crate) async fn handle(
     };
     context.route = Some(service.route);
     if request.uri().path().ends_with("/openapi.json") {
+        // A team-only service's document is for its own team's apps.
+        if service.service.team_only {
+            let key = crate::admit::identify_key(&snapshot, &request, domain::now_ms())?;
+            if service.service.team.as_deref() != Some(key.app.team.as_str()) {
+                return Err(Refusal::new(
+                    Code::RouteNotFound,
+                    "No published API serves this path.",
+                ));
+            }
+        }
         if request.method() != Method::GET {
             let mut refusal =
                 Refusal::new(Code::MethodNotAllowed, "The OpenAPI document takes GET.");
@@ -85,14 +95,7 @@ pub(crate) async fn handle(
         &snapshot,
         route,
         &head,
-        &crate::admit::AdmitEnv {
-            peer: context.peer.addr.ip(),
-            trusted_proxies: &shared.options.trusted_proxies,
-            jwks: &shared.jwks,
-            currency: &shared.options.currency,
-            export_usage: shared.options.export_usage,
-            public_url: &shared.options.public_url,
-        },
+        &super::admit_env(shared, context),
         &mut trace.who,
     )?;
     context.rate_headers = admission.rate_headers.take();

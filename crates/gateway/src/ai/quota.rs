@@ -34,6 +34,18 @@ impl TokenHold {
         self.free = free;
     }
 
+    /// Holds no more than `tokens` (the call was capped after the hold):
+    /// the rest goes back to the quota at once.
+    pub(crate) fn shrink_to(&mut self, tokens: u64) {
+        if let Some((counter, held)) = &mut self.counter
+            && tokens < *held
+        {
+            counter.remove_count(*held - tokens);
+            *held = tokens;
+            self.free = self.free.min(tokens);
+        }
+    }
+
     pub(crate) fn per_minute(&mut self, limiter: &Arc<Limiter>, input: u64) {
         self.per_minute = Some((limiter.clone(), input));
     }

@@ -18,12 +18,26 @@ use crate::snapshot::{CompileError, RouteRt, ServiceRt};
 use crate::upstream::{Registry, UpstreamRt};
 
 /// A provider as the binary hands it over: its keys already opened.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct AiProvider {
     pub provider: Provider,
     pub models: Vec<ProviderModel>,
     /// (key id, the key).
     pub keys: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for AiProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the keys themselves.
+        f.debug_struct("AiProvider")
+            .field("provider", &self.provider.spec.slug)
+            .field("models", &self.models.len())
+            .field(
+                "keys",
+                &self.keys.iter().map(|(id, _)| id).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
 }
 
 /// How a provider takes its key.
@@ -99,16 +113,18 @@ impl ProviderRt {
     /// A usable key not in `tried`, starting at a random place so calls
     /// spread over the pool without a shared counter. `Some(None)`: the
     /// provider takes no key.
-    pub fn pick_key(&self, tried: u64, now_ms: i64) -> Option<Option<usize>> {
+    /// `tried` has one flag per key (one in all for a provider without
+    /// keys, which is tried once).
+    pub fn pick_key(&self, tried: &[bool], now_ms: i64) -> Option<Option<usize>> {
         if self.keys.is_empty() {
-            return (tried == 0).then_some(None);
+            return (!tried.first().copied().unwrap_or(false)).then_some(None);
         }
         let count = self.keys.len();
         let start = fastrand::usize(..count);
         (0..count)
             .map(|offset| (start + offset) % count)
             .find(|&index| {
-                (index >= 64 || tried & (1 << index) == 0) && self.keys[index].usable(now_ms)
+                !tried.get(index).copied().unwrap_or(true) && self.keys[index].usable(now_ms)
             })
             .map(Some)
     }
@@ -213,6 +229,9 @@ pub struct AiRt {
     pub services: Vec<AiServiceRt>,
     /// Model or alias name → the services offering it.
     pub by_model: HashMap<String, Vec<usize>>,
+    /// Base path → AI service, and → prompt service.
+    ai_paths: HashMap<String, usize>,
+    prompt_paths: HashMap<String, usize>,
 }
 
 impl AiRt {
@@ -222,17 +241,15 @@ impl AiRt {
 
     /// The AI service whose base path is `prefix`.
     pub fn by_base_path(&self, prefix: &str) -> Option<usize> {
-        self.services
-            .iter()
-            .position(|s| s.prompt.is_none() && s.base_path == prefix)
+        self.ai_paths.get(prefix).copied()
     }
 
     /// The prompt service at `path`.
     pub fn prompt_at(&self, path: &str) -> Option<usize> {
-        let path = path.trim_end_matches('/');
-        self.services
-            .iter()
-            .position(|s| s.prompt.is_some() && s.base_path == path)
+        if self.prompt_paths.is_empty() {
+            return None;
+        }
+        self.prompt_paths.get(path.trim_end_matches('/')).copied()
     }
 }
 
@@ -453,7 +470,13 @@ pub fn compile(
             let (slug, model) = domain::ai::split_model(name)?;
             let (provider_rt, _, models) = providers.get(slug)?;
             let upstream = provider_upstreams.get(slug)?;
-            let info = models.get(model);
+            // A model without a price (not in the catalogue, not added by an
+            // operator) is not served: it could never be charged.
+            let Some(info) = models.get(model) else {
+                tracing::warn!(service = %service.spec.slug, model = name, "model has no price (add it with PUT /api/v1/providers/{{p}}/models/{{m}}); not served");
+                return None;
+            };
+            let info = Some(info);
             Some(Arc::new(TargetModel {
                 name: name.to_owned(),
                 model: model.to_owned(),
@@ -521,6 +544,12 @@ pub fn compile(
             for name in models.keys() {
                 out.by_model.entry(name.clone()).or_default().push(index);
             }
+        }
+        let base_path = service.spec.base_path.trim_end_matches('/').to_owned();
+        if prompt.is_some() {
+            out.prompt_paths.insert(base_path, index);
+        } else {
+            out.ai_paths.insert(base_path, index);
         }
         let route = routes.len();
         routes.push(synthetic_route(
@@ -605,3 +634,47 @@ fn synthetic_route(
 /// Request bodies of AI calls, unless the service sets its own limit
 /// (images inline as base64 make them large).
 pub const AI_BODY_LIMIT: u64 = 32 << 20;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn provider(keys: usize) -> ProviderRt {
+        ProviderRt {
+            slug: "p".into(),
+            dialect: ai::Dialect::OpenAi,
+            auth: AuthStyle::Bearer,
+            keys: (0..keys)
+                .map(|i| {
+                    Arc::new(KeyRt {
+                        id: i.to_string(),
+                        value: HeaderValue::from_static("Bearer k"),
+                        cool_until_ms: AtomicI64::new(0),
+                    })
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn each_key_is_tried_once_and_a_keyless_provider_once() {
+        let keyless = provider(0);
+        assert_eq!(keyless.pick_key(&[false], 0), Some(None));
+        assert_eq!(keyless.pick_key(&[true], 0), None);
+        let pool = provider(3);
+        let mut tried = vec![false; 3];
+        let mut seen = Vec::new();
+        while let Some(Some(index)) = pool.pick_key(&tried, 0) {
+            assert!(!tried[index]);
+            tried[index] = true;
+            seen.push(index);
+        }
+        seen.sort_unstable();
+        assert_eq!(seen, [0, 1, 2]);
+        // A resting key is skipped until its rest is over.
+        pool.keys[1].cool_down(1_000, Duration::from_secs(1));
+        let tried = [true, false, true];
+        assert_eq!(pool.pick_key(&tried, 1_500), None);
+        assert_eq!(pool.pick_key(&tried, 2_000), Some(Some(1)));
+    }
+}

@@ -20,19 +20,25 @@ pub(crate) enum Mode {
     /// Chat completions and messages, through `ai::StreamTranslator`.
     Translate(Box<ai::StreamTranslator>),
     /// The Responses API, passed through; its `response.completed` event
-    /// carries the usage.
-    Responses(ai::SseParser, Option<ai::Usage>),
+    /// carries the usage; the output deltas count what was produced.
+    Responses(ai::SseParser, Option<ai::Usage>, u64),
 }
 
 impl Mode {
     fn push(&mut self, data: &[u8], out: &mut Vec<u8>) {
         match self {
             Mode::Translate(translator) => translator.push(data, out),
-            Mode::Responses(parser, usage) => {
+            Mode::Responses(parser, usage, produced) => {
                 out.extend_from_slice(data);
                 let mut events = Vec::new();
                 parser.push(data, &mut events);
                 for event in events {
+                    if event.data.contains(".delta\"")
+                        && let Ok(value) = serde_json::from_str::<serde_json::Value>(&event.data)
+                        && let Some(delta) = value["delta"].as_str()
+                    {
+                        *produced += ai::count_text_tokens(delta);
+                    }
                     if !event.data.contains("\"usage\"") {
                         continue;
                     }
@@ -65,14 +71,22 @@ impl Mode {
     fn usage(&self) -> Option<ai::Usage> {
         match self {
             Mode::Translate(translator) => translator.usage(),
-            Mode::Responses(_, usage) => *usage,
+            Mode::Responses(_, usage, _) => *usage,
         }
     }
 
     fn produced(&self) -> u64 {
         match self {
             Mode::Translate(translator) => translator.produced_tokens(),
-            Mode::Responses(..) => 0,
+            Mode::Responses(_, _, produced) => *produced,
+        }
+    }
+
+    /// The upstream reported an error inside its stream.
+    fn failed(&self) -> bool {
+        match self {
+            Mode::Translate(translator) => translator.upstream_error().is_some(),
+            Mode::Responses(..) => false,
         }
     }
 
@@ -142,6 +156,14 @@ impl AiStream {
         let Some(mut charge) = self.charge.take() else {
             return;
         };
+        if self.mode.failed() && self.mode.produced() == 0 {
+            // The provider failed inside its stream before producing
+            // anything: like a 5xx, not charged (dropping gives it back).
+            if let Some(record) = self.record.as_mut() {
+                record.completed = completed;
+            }
+            return;
+        }
         let reported = self.mode.usage();
         let mut usage = reported.unwrap_or_default();
         if usage.input == 0 {

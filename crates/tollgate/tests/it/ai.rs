@@ -1084,15 +1084,31 @@ async fn tokens_beyond_the_quota_are_charged_and_big_prompts_wait_for_the_minute
     assert_eq!(response.headers()["tollgate-cost"], "0.00015 USD");
     let charges = charges(&tollgate, 1).await;
     assert_eq!(charge_of(&charges, &id), cost(0, 50));
-    // A prompt larger than the minute's token limit: 429, in OpenAI's envelope.
-    let long = "lorem ipsum dolor sit amet ".repeat(400);
-    let response = post(
-        &tollgate,
-        "/v1/chat/completions",
-        &world.key,
-        json!({"model": "oai/gpt-test", "max_tokens": 10, "messages": [{"role": "user", "content": long}]}),
-    )
-    .await;
+    // A prompt larger than the minute's token limit can never pass: 400.
+    let long = |words: usize| "lorem ipsum dolor sit amet ".repeat(words);
+    let ask = |content: String| {
+        post(
+            &tollgate,
+            "/v1/chat/completions",
+            &world.key,
+            json!({"model": "oai/gpt-test", "max_tokens": 10, "messages": [{"role": "user", "content": content}]}),
+        )
+    };
+    let response = ask(long(400)).await;
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.unwrap();
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("1000 tokens per minute"),
+        "{body}"
+    );
+    // Two prompts of about 500 tokens: the second waits for the minute
+    // (429 with Retry-After, in OpenAI's envelope).
+    openai.push(Reply::text("ok", Usage::new(500, 5)));
+    assert_eq!(ask(long(80)).await.status(), 200);
+    let response = ask(long(80)).await;
     assert_eq!(response.status(), 429);
     assert!(response.headers().contains_key("retry-after"));
     let body: Value = response.json().await.unwrap();
@@ -1386,12 +1402,39 @@ async fn responses_api_and_a_slow_provider_falls_back_after_the_first_token_time
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["object"], "response", "{body}");
     assert_eq!(body["model"], "oai/gpt-test");
-    assert_eq!(openai.last_request().unwrap().path, "/v1/responses");
+    let sent = openai.last_request().unwrap();
+    assert_eq!(sent.path, "/v1/responses");
+    // Nothing is stored in the provider account the tenants share, and the
+    // output is bounded by what was reserved (the model's 4000).
+    assert_eq!(sent.body["store"], false);
+    assert_eq!(sent.body["max_output_tokens"], 4000);
     let charges = charges(&tollgate, 1).await;
     assert_eq!(charge_of(&charges, &id), cost(30, 5));
+    for (member, value) in [
+        ("previous_response_id", json!("resp_123")),
+        ("tools", json!([{"type": "web_search"}])),
+        ("n", json!(50)),
+    ] {
+        let mut body = json!({"model": "oai/gpt-test", "input": "hello"});
+        body[member] = value;
+        let response = post(&tollgate, "/v1/responses", &world.key, body).await;
+        assert_eq!(response.status(), 400, "{member}");
+    }
+    // A chat without max_tokens is sent the bound it was reserved for.
+    openai.push(Reply::text("bounded", Usage::new(5, 1)));
+    post(
+        &tollgate,
+        "/v1/chat/completions",
+        &world.key,
+        json!({"model": "oai/gpt-test", "messages": [{"role": "user", "content": "Hi"}]}),
+    )
+    .await;
+    let sent = openai.last_request().unwrap();
+    assert_eq!(sent.body["max_completion_tokens"], 4000, "{}", sent.body);
 
-    // The service waits 2 s for a first token: a slower provider is left
-    // for the alias's fallback.
+    // A stream waits 2 s (the service's first_token_ms) for its start: a
+    // slower provider is left for the alias's fallback. (A non-streamed
+    // answer starts when it is done: it waits up to total_ms.)
     openai.set_response_delay_ms(3_000);
     anthropic.push(Reply::text("on time", Usage::new(10, 2)));
     let started = std::time::Instant::now();
@@ -1399,7 +1442,7 @@ async fn responses_api_and_a_slow_provider_falls_back_after_the_first_token_time
         &tollgate,
         "/v1/chat/completions",
         &world.key,
-        json!({"model": "smart", "messages": [{"role": "user", "content": "Hi"}]}),
+        json!({"model": "smart", "stream": true, "messages": [{"role": "user", "content": "Hi"}]}),
     )
     .await;
     assert_eq!(response.status(), 200);
@@ -1414,7 +1457,7 @@ async fn responses_api_and_a_slow_provider_falls_back_after_the_first_token_time
         &tollgate,
         "/v1/chat/completions",
         &world.key,
-        json!({"model": "oai/gpt-test", "messages": [{"role": "user", "content": "Hi"}]}),
+        json!({"model": "oai/gpt-test", "stream": true, "messages": [{"role": "user", "content": "Hi"}]}),
     )
     .await;
     assert_eq!(response.status(), 504);
