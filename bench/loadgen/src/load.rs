@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use http::{Request, StatusCode, Uri, header};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use rustix::time::{
@@ -43,6 +43,9 @@ pub struct LoadConfig {
     pub timeout: Duration,
     /// `Authorization` header value for every request.
     pub authorization: Option<String>,
+    /// When set, every request is a POST with this body (and `content_type`).
+    pub body: Option<Bytes>,
+    pub content_type: String,
 }
 
 /// Histograms hold nanoseconds, 1 ns ..= 1 h, 3 significant digits.
@@ -68,7 +71,7 @@ impl Shared {
     }
 }
 
-type Sender = SendRequest<Empty<Bytes>>;
+type Sender = SendRequest<Full<Bytes>>;
 
 struct Tally {
     sent: u64,
@@ -136,6 +139,8 @@ pub fn run(cfg: &LoadConfig) -> Result<String, BoxError> {
 async fn run_async(cfg: &LoadConfig) -> Result<String, BoxError> {
     let mut target = Target::from_uri(&cfg.url)?;
     target.authorization = cfg.authorization.clone();
+    target.body = cfg.body.clone();
+    target.content_type = cfg.content_type.clone();
     let target = Arc::new(target);
 
     // Open every connection before the clock starts; fail fast if the target is down.
@@ -370,12 +375,26 @@ async fn connect(target: &Target) -> Result<Sender, BoxError> {
 
 async fn send_one(sender: &mut Sender, target: &Target) -> Result<StatusCode, BoxError> {
     sender.ready().await?;
-    let mut request =
-        Request::get(target.path.as_str()).header(header::HOST, target.host_header.as_str());
+    let method = if target.body.is_some() {
+        http::Method::POST
+    } else {
+        http::Method::GET
+    };
+    let mut request = Request::builder()
+        .method(method)
+        .uri(target.path.as_str())
+        .header(header::HOST, target.host_header.as_str());
     if let Some(value) = &target.authorization {
         request = request.header(header::AUTHORIZATION, value.as_str());
     }
-    let request = request.body(Empty::new())?;
+    let body = match &target.body {
+        Some(body) => {
+            request = request.header(header::CONTENT_TYPE, target.content_type.as_str());
+            Full::new(body.clone())
+        }
+        None => Full::new(Bytes::new()),
+    };
+    let request = request.body(body)?;
     let response = sender.send_request(request).await?;
     let status = response.status();
     response.into_body().collect().await?;

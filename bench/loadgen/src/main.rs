@@ -22,7 +22,9 @@ const USAGE: &str = "\
 usage:
   loadgen --url URL --rate REQ_PER_S [--duration-s 10] [--warmup-s 0] [--authorization VALUE]
           [--connections 64] [--threads 1] [--timeout-ms 5000]
-      Open-loop fixed-rate HTTP/1.1 GETs over keep-alive connections. Each request
+          [--body-file PATH [--content-type application/json]]
+      Open-loop fixed-rate HTTP/1.1 GETs (POSTs of the file's bytes with
+      --body-file; the whole response body is read) over keep-alive connections. Each request
       has a scheduled send time (start + i/rate); latency is measured from that
       scheduled time, so a slow server cannot hide its queueing delay
       (coordinated-omission safe). Requests scheduled during --warmup-s are sent
@@ -87,6 +89,13 @@ fn run(argv: Vec<String>) -> Result<String, BoxError> {
                     value if value.is_empty() => None,
                     value => Some(value),
                 },
+                body: match parsed.get_or("body-file", String::new())? {
+                    path if path.is_empty() => None,
+                    path => Some(bytes::Bytes::from(
+                        std::fs::read(&path).map_err(|e| format!("--body-file {path}: {e}"))?,
+                    )),
+                },
+                content_type: parsed.get_or("content-type", "application/json".to_owned())?,
             };
             parsed.finish()?;
             if !parsed.rest.is_empty() {

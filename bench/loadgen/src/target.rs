@@ -14,6 +14,9 @@ pub struct Target {
     pub path: String,
     /// Sent as `Authorization` on every request, when set.
     pub authorization: Option<String>,
+    /// When set, requests are POSTs carrying this body as `content_type`.
+    pub body: Option<bytes::Bytes>,
+    pub content_type: String,
 }
 
 impl Target {
@@ -37,6 +40,8 @@ impl Target {
             host_header,
             path,
             authorization: None,
+            body: None,
+            content_type: String::new(),
         })
     }
 }
