@@ -143,8 +143,10 @@ async fn consistent_hash_is_sticky_per_key() {
         3,
         "keys spread over every target: {per_server:?}"
     );
+    // 60 keys over 3 targets whose ring points depend on their (random)
+    // ports: about 20 each, 7 seen once in CI; none should be near zero.
     assert!(
-        per_server.values().all(|&n| n >= 8),
+        per_server.values().all(|&n| n >= 4),
         "no target starves: {per_server:?}"
     );
 
