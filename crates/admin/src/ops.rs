@@ -89,6 +89,62 @@ async fn resolve_upstream(
     }
 }
 
+/// Every provider an AI service names exists, and every model it names
+/// (not `<provider>/*`) has a price: the provider's catalogue preset knows
+/// it, or an operator added it. An unpriced model could never be charged.
+async fn check_ai_models(tx: &mut WriteTx, ai: &domain::ai::AiSpec) -> Result<(), ApiError> {
+    static CATALOG: std::sync::OnceLock<domain::catalog::Catalog> = std::sync::OnceLock::new();
+    let catalog = CATALOG.get_or_init(|| domain::catalog::Catalog::builtin().unwrap_or_default());
+    let mut known = std::collections::HashMap::new();
+    for provider in ai.providers() {
+        let Some((found, own)) = tx.provider_with_models(provider).await? else {
+            return Err(ApiError::field(
+                "ai",
+                format!(
+                    "no provider '{provider}' exists; create it first (POST /api/v1/providers)"
+                ),
+            ));
+        };
+        let models: std::collections::HashSet<String> =
+            domain::providers::effective_models(catalog, &found.spec, &own)
+                .into_iter()
+                .map(|m| m.model)
+                .collect();
+        known.insert(provider.to_owned(), models);
+    }
+    let named =
+        ai.models
+            .iter()
+            .map(|m| ("ai.models", m.as_str()))
+            .chain(ai.aliases.values().flat_map(|alias| {
+                alias
+                    .targets
+                    .iter()
+                    .map(|t| ("ai.aliases", t.model.as_str()))
+                    .chain(alias.fallbacks.iter().map(|m| ("ai.aliases", m.as_str())))
+            }));
+    for (field, name) in named {
+        let Some((provider, model)) = domain::ai::split_model(name) else {
+            continue;
+        };
+        if model == "*" {
+            continue;
+        }
+        if !known
+            .get(provider)
+            .is_some_and(|models| models.contains(model))
+        {
+            return Err(ApiError::field(
+                field,
+                format!(
+                    "'{name}' has no price: the provider's catalogue does not list it; add it with PUT /api/v1/providers/{provider}/models/{model} (prices, context window, modalities)"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 async fn save_service(tx: &mut WriteTx, service: &mut Service) -> Result<(), ApiError> {
     let upstream_id = resolve_upstream(tx, &mut service.spec).await?;
     if let Some(doc) = &service.spec.openapi {
@@ -117,16 +173,7 @@ async fn save_service(tx: &mut WriteTx, service: &mut Service) -> Result<(), Api
         }
     }
     if let Some(ai) = &service.spec.ai {
-        for provider in ai.providers() {
-            if !tx.provider_exists(provider).await? {
-                return Err(ApiError::field(
-                    "ai",
-                    format!(
-                        "no provider '{provider}' exists; create it first (POST /api/v1/providers)"
-                    ),
-                ));
-            }
-        }
+        check_ai_models(tx, ai).await?;
     }
     tx.put_service(service, upstream_id.as_deref()).await?;
     Ok(())

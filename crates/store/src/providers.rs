@@ -26,6 +26,29 @@ impl WriteTx {
         Ok(row.is_some())
     }
 
+    /// A provider by slug with its own models (reference checks).
+    pub async fn provider_with_models(
+        &mut self,
+        slug: &str,
+    ) -> Result<Option<(Provider, Vec<ProviderModel>)>> {
+        let Some(row) = sqlx::query("SELECT * FROM providers WHERE slug = $1")
+            .bind(slug)
+            .fetch_optional(&mut *self.tx)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let provider = provider_from(&row)?;
+        let models = sqlx::query("SELECT * FROM provider_models WHERE provider_id = $1")
+            .bind(&provider.id)
+            .fetch_all(&mut *self.tx)
+            .await?
+            .iter()
+            .map(model_from)
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Some((provider, models)))
+    }
+
     pub async fn put_provider(&mut self, provider: &Provider) -> Result<()> {
         self.changed_config = true;
         sqlx::query(

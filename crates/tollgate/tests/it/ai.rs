@@ -252,6 +252,19 @@ async fn openai_calls_are_proxied_metered_and_charged_exactly() {
     let tollgate = Tollgate::start(BIN).await;
     let world = ai_world(&tollgate, &openai, &anthropic, &gemini, json!({})).await;
 
+    // A model without a price is refused when the service is saved.
+    let (status, body) = tollgate
+        .admin(
+            Method::POST,
+            "/api/v1/services",
+            Some(json!({"slug": "typo", "team": "llmco", "kind": "ai", "base_path": "/typo",
+                        "ai": {"models": ["oai/gpt-tset"]}})),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["errors"][0]["field"], "ai.models", "{body}");
+    assert!(body.to_string().contains("has no price"), "{body}");
+
     // GET /v1/models: what the app may use, aliases included.
     let models: Value = tollgate
         .get_with_key("/v1/models", &world.key)
