@@ -257,8 +257,10 @@ async fn openai_calls_are_proxied_metered_and_charged_exactly() {
         .admin(
             Method::POST,
             "/api/v1/services",
-            Some(json!({"slug": "typo", "team": "llmco", "kind": "ai", "base_path": "/typo",
-                        "ai": {"models": ["oai/gpt-tset"]}})),
+            Some(
+                json!({"slug": "typo", "team": "llmco", "kind": "ai", "base_path": "/typo",
+                        "ai": {"models": ["oai/gpt-tset"]}}),
+            ),
         )
         .await;
     assert_eq!(status, 400, "{body}");
