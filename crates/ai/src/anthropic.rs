@@ -833,36 +833,18 @@ pub(crate) fn response_to_openai(
     if json_answer && finish == Finish::ToolCalls {
         finish = Finish::Stop;
     }
-    let mut message = Map::new();
-    message.insert("role".into(), Value::from("assistant"));
-    let content = if text.is_empty() && !calls.is_empty() {
-        Value::Null
-    } else {
-        Value::from(text)
-    };
-    message.insert("content".into(), content);
-    if !reasoning.is_empty() {
-        message.insert("reasoning_content".into(), Value::from(reasoning));
-    }
-    if !calls.is_empty() {
-        message.insert("tool_calls".into(), Value::Array(calls));
-    }
     let usage = usage(object.get("usage")).usage();
     let id = object
         .get("id")
         .and_then(Value::as_str)
         .unwrap_or("chatcmpl-translated");
-    Ok(json!({
-        "id": id,
-        "object": "chat.completion",
-        "created": crate::now_seconds(),
-        "model": caller_model,
-        "choices": [{
-            "index": 0,
-            "message": message,
-            "logprobs": null,
-            "finish_reason": openai::finish_name(&finish),
-        }],
-        "usage": openai::usage_json(&usage),
-    }))
+    Ok(openai::completion(
+        id,
+        caller_model,
+        text,
+        reasoning,
+        calls,
+        &finish,
+        &usage,
+    ))
 }

@@ -1,7 +1,7 @@
 //! The OpenAI side of the hub: usage and finish reasons, and reading
 //! OpenAI message content (shared by the Anthropic and Gemini translations).
 
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 use crate::json::{self, Object};
 use crate::{Finish, TranslateError, Usage};
@@ -26,6 +26,46 @@ pub(crate) fn usage(value: Option<&Value>) -> Usage {
 }
 
 /// An OpenAI `usage` object.
+/// A non-streamed `chat.completion` with one choice, translated from
+/// another dialect's answer.
+pub(crate) fn completion(
+    id: &str,
+    caller_model: &str,
+    text: String,
+    reasoning: String,
+    calls: Vec<Value>,
+    finish: &Finish,
+    usage: &Usage,
+) -> Value {
+    let mut message = Map::new();
+    message.insert("role".into(), Value::from("assistant"));
+    let content = if text.is_empty() && !calls.is_empty() {
+        Value::Null
+    } else {
+        Value::from(text)
+    };
+    message.insert("content".into(), content);
+    if !reasoning.is_empty() {
+        message.insert("reasoning_content".into(), Value::from(reasoning));
+    }
+    if !calls.is_empty() {
+        message.insert("tool_calls".into(), Value::Array(calls));
+    }
+    serde_json::json!({
+        "id": id,
+        "object": "chat.completion",
+        "created": crate::now_seconds(),
+        "model": caller_model,
+        "choices": [{
+            "index": 0,
+            "message": message,
+            "logprobs": null,
+            "finish_reason": finish_name(finish),
+        }],
+        "usage": usage_json(usage),
+    })
+}
+
 pub(crate) fn usage_json(usage: &Usage) -> Value {
     json!({
         "prompt_tokens": usage.input,

@@ -189,6 +189,16 @@ impl SubscriptionRt {
 }
 
 impl AppRt {
+    /// Whether the app may call `service` now: it takes calls without a
+    /// key, or the app's subscription to it is active (the admission
+    /// phases say why not; this only decides what to list).
+    pub fn may_call(&self, service: &crate::snapshot::ServiceRt) -> bool {
+        service.anonymous
+            || self
+                .subscription(&service.id)
+                .is_some_and(|s| s.status == domain::access::SubscriptionStatus::Active)
+    }
+
     pub fn subscription(&self, service_id: &str) -> Option<&SubscriptionRt> {
         self.subscriptions
             .iter()

@@ -243,15 +243,6 @@ fn tool_name(service: &str, tool: Option<&str>) -> String {
     mcp::openapi::sanitize_tool_name(&name)
 }
 
-/// Whether `app` may call `service` (the subscription check proper is the
-/// pipeline's; this only hides tools the caller could never use).
-fn may_use(app: &AppRt, service: &ServiceRt) -> bool {
-    service.anonymous
-        || app.subscriptions.iter().any(|(id, subscription)| {
-            *id == service.id && subscription.status == domain::access::SubscriptionStatus::Active
-        })
-}
-
 /// The MCP server of a gateway (sessions of the initialize-based versions
 /// live on this node).
 pub(crate) fn server() -> mcp::Server {
@@ -449,7 +440,7 @@ impl mcp::ToolHost for Host<'_> {
             .mcp
             .tools
             .iter()
-            .filter(|t| may_use(self.app, &t.service))
+            .filter(|t| self.app.may_call(&t.service))
             .map(|t| t.tool.clone())
             .collect();
         std::future::ready(tools)
@@ -467,7 +458,7 @@ impl mcp::ToolHost for Host<'_> {
             .by_name
             .get(name)
             .and_then(|&i| self.snapshot.mcp.tools.get(i))
-            .filter(|t| may_use(self.app, &t.service));
+            .filter(|t| self.app.may_call(&t.service));
         let prepared = found.ok_or(mcp::CallError::UnknownTool).and_then(|tool| {
             self.request(tool, &arguments, meta.as_ref())
                 .map(|r| (tool, r))

@@ -489,7 +489,7 @@ fn match_route(
     }
 }
 
-fn check_lifecycle(context: &RequestContext) -> Result<(), Refusal> {
+pub(crate) fn check_lifecycle(context: &RequestContext) -> Result<(), Refusal> {
     let Some(route) = context.route() else {
         return Ok(());
     };

@@ -207,19 +207,10 @@ pub(crate) async fn handle(
         .and_then(|index| snapshot.ai.services.get(index))
         .and_then(|service| snapshot.routes.get(service.route))
         .map_or(rt::AI_BODY_LIMIT, |route| route.body_limit_bytes);
-    let bytes = LimitedBody::new(body, limit)
-        .collect()
-        .await
-        .map_err(|error| {
-            if error.downcast_ref::<crate::body::BodyTooLarge>().is_some() {
-                Refusal::new(
-                    Code::BodyTooLarge,
-                    format!("AI request bodies are limited to {limit} bytes. Send a smaller body (images by URL rather than inline)."),
-                )
-            } else {
-                Refusal::new(Code::BadRequest, "The request body could not be read.")
-            }
-        })?;
+    let bytes = read_body(body, limit, || {
+        format!("AI request bodies are limited to {limit} bytes. Send a smaller body (images by URL rather than inline).")
+    })
+    .await?;
     let json: Value = serde_json::from_slice(&bytes).map_err(|error| {
         Refusal::new(
             Code::BadRequest,
@@ -241,28 +232,7 @@ pub(crate) async fn handle(
     let head = Request::from_parts(parts, ());
     let service_index = choose_service(&snapshot.ai, scoped, &model, &snapshot, &head)?;
     let service = &snapshot.ai.services[service_index];
-    context.route = Some(service.route);
-    if service.service.lifecycle == domain::model::Lifecycle::Retired {
-        return Err(Refusal::new(
-            Code::ServiceRetired,
-            format!(
-                "The service '{}' has been retired and no longer answers. Move to its successor.",
-                service.service.slug
-            ),
-        ));
-    }
-    let Some(route) = snapshot.routes.get(service.route) else {
-        return Err(Refusal::new(Code::RouteNotFound, "No route matched."));
-    };
-    let mut admission = crate::admit::admit(
-        &snapshot,
-        route,
-        &head,
-        &admit_env(shared, context),
-        &mut trace.who,
-    )?;
-    context.rate_headers = admission.rate_headers.take();
-    context.warning = admission.warning.take();
+    let mut admission = admit_service(shared, context, trace, &head, service)?;
     let Some(model_rt) = service.models.get(&model).cloned() else {
         return Err(Refusal::new(
             Code::ModelNotFound,
@@ -279,12 +249,9 @@ pub(crate) async fn handle(
         ));
     }
     let app = trace.who.app.clone();
-    let subscription = app.as_ref().and_then(|app| {
-        app.subscriptions
-            .iter()
-            .find(|(id, _)| *id == service.service.id)
-            .map(|(_, s)| s)
-    });
+    let subscription = app
+        .as_ref()
+        .and_then(|app| app.subscription(&service.service.id));
     let call = Call {
         shared,
         context,
@@ -300,19 +267,52 @@ pub(crate) async fn handle(
     Box::pin(call.run(trace, json, admission.reservation.take())).await
 }
 
-/// What admission needs from the gateway, for an AI or prompt call.
-pub(crate) fn admit_env<'a>(
-    shared: &'a Shared,
-    context: &RequestContext,
-) -> crate::admit::AdmitEnv<'a> {
-    crate::admit::AdmitEnv {
+/// Admission to an AI or prompt service, as to any service: through its
+/// synthetic route (lifecycle, then authenticate, authorize, limit, pay),
+/// with the rate-limit and warning headers noted on the context.
+pub(crate) fn admit_service(
+    shared: &Shared,
+    context: &mut RequestContext,
+    trace: &mut Trace,
+    head: &Request<()>,
+    service: &AiServiceRt,
+) -> Result<crate::admit::Admission, Refusal> {
+    context.route = Some(service.route);
+    crate::pipeline::check_lifecycle(context)?;
+    let snapshot = context.snapshot.clone();
+    let Some(route) = snapshot.routes.get(service.route) else {
+        return Err(Refusal::new(Code::RouteNotFound, "No route matched."));
+    };
+    let env = crate::admit::AdmitEnv {
         peer: context.peer.addr.ip(),
         trusted_proxies: &shared.options.trusted_proxies,
         jwks: &shared.jwks,
         currency: &shared.options.currency,
         export_usage: shared.options.export_usage,
         public_url: &shared.options.public_url,
-    }
+    };
+    let mut admission = crate::admit::admit(&snapshot, route, head, &env, &mut trace.who)?;
+    context.rate_headers = admission.rate_headers.take();
+    context.warning = admission.warning.take();
+    Ok(admission)
+}
+
+/// A request body read whole: 413 with `too_large`'s detail past `limit`.
+pub(crate) async fn read_body(
+    body: RequestBody,
+    limit: u64,
+    too_large: impl FnOnce() -> String,
+) -> Result<Bytes, Refusal> {
+    LimitedBody::new(body, limit)
+        .collect()
+        .await
+        .map_err(|error| {
+            if error.downcast_ref::<crate::body::BodyTooLarge>().is_some() {
+                Refusal::new(Code::BodyTooLarge, too_large())
+            } else {
+                Refusal::new(Code::BadRequest, "The request body could not be read.")
+            }
+        })
 }
 
 /// Picks among the services offering `model` the one the caller's app is
@@ -352,11 +352,7 @@ fn choose_service(
     };
     let status_of = |index: usize| {
         let id = &ai.services[index].service.id;
-        key.app
-            .subscriptions
-            .iter()
-            .find(|(service, _)| service == id)
-            .map(|(_, s)| s.status)
+        key.app.subscription(id).map(|s| s.status)
     };
     Ok(candidates
         .iter()
@@ -383,11 +379,7 @@ fn models(
         {
             continue;
         }
-        let subscribed = service.service.anonymous
-            || key.app.subscriptions.iter().any(|(id, s)| {
-                *id == service.service.id && s.status == domain::access::SubscriptionStatus::Active
-            });
-        if !subscribed {
+        if !key.app.may_call(&service.service) {
             continue;
         }
         let mut names: Vec<&String> = service.models.keys().collect();

@@ -16,7 +16,7 @@ use http::{Method, Request, Response, StatusCode};
 use serde_json::{Value, json};
 
 use crate::Shared;
-use crate::body::{GatewayBody, LimitedBody, RequestBody};
+use crate::body::{GatewayBody, RequestBody};
 use crate::pipeline::{RequestContext, Trace};
 use crate::refusal::Refusal;
 
@@ -76,43 +76,14 @@ pub(crate) async fn handle(
         refusal.allow = Some("POST".into());
         return Err(refusal);
     }
-    if service.service.lifecycle == domain::model::Lifecycle::Retired {
-        return Err(Refusal::new(
-            Code::ServiceRetired,
-            format!(
-                "The service '{}' has been retired and no longer answers. Move to its successor.",
-                service.service.slug
-            ),
-        ));
-    }
-    let Some(route) = snapshot.routes.get(service.route) else {
-        return Err(Refusal::new(Code::RouteNotFound, "No route matched."));
-    };
     let (parts, body) = request.into_parts();
     let head = Request::from_parts(parts, ());
     // Admission first: an unknown caller learns nothing about the schema.
-    let mut admission = crate::admit::admit(
-        &snapshot,
-        route,
-        &head,
-        &super::admit_env(shared, context),
-        &mut trace.who,
-    )?;
-    context.rate_headers = admission.rate_headers.take();
-    context.warning = admission.warning.take();
-    let bytes = LimitedBody::new(body, VARIABLES_LIMIT)
-        .collect()
-        .await
-        .map_err(|error| {
-            if error.downcast_ref::<crate::body::BodyTooLarge>().is_some() {
-                Refusal::new(
-                    Code::BodyTooLarge,
-                    format!("Variables are limited to {VARIABLES_LIMIT} bytes."),
-                )
-            } else {
-                Refusal::new(Code::BadRequest, "The request body could not be read.")
-            }
-        })?;
+    let mut admission = super::admit_service(shared, context, trace, &head, service)?;
+    let bytes = super::read_body(body, VARIABLES_LIMIT, || {
+        format!("Variables are limited to {VARIABLES_LIMIT} bytes.")
+    })
+    .await?;
     let variables: Value = if bytes.is_empty() {
         json!({})
     } else {
@@ -144,12 +115,9 @@ pub(crate) async fn handle(
         ));
     };
     let app = trace.who.app.clone();
-    let subscription = app.as_ref().and_then(|app| {
-        app.subscriptions
-            .iter()
-            .find(|(id, _)| *id == service.service.id)
-            .map(|(_, s)| s)
-    });
+    let subscription = app
+        .as_ref()
+        .and_then(|app| app.subscription(&service.service.id));
     let output_schema = match &spec.output {
         PromptOutput::Json { schema } => Some(schema.clone()),
         PromptOutput::Text => None,

@@ -176,6 +176,20 @@ async fn post(tollgate: &Tollgate, path: &str, key: &str, body: Value) -> reqwes
         .unwrap()
 }
 
+/// `POST /v1/messages` as Anthropic's SDKs send it (`x-api-key`,
+/// `anthropic-version`).
+async fn post_messages(tollgate: &Tollgate, key: &str, body: Value) -> reqwest::Response {
+    tollgate
+        .client
+        .post(format!("{}/v1/messages", tollgate.gateway_url))
+        .header("x-api-key", key)
+        .header("anthropic-version", "2023-06-01")
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
 /// The `data:` payloads of an SSE body, with their `event:` names.
 fn sse_events(text: &str) -> Vec<(Option<String>, String)> {
     let mut events = Vec::new();
@@ -545,16 +559,13 @@ async fn dialects_translate_both_ways_streamed_and_not() {
     // Anthropic caller (/v1/messages) → OpenAI provider, streamed: the
     // documented event order.
     openai.push(Reply::text("Hi from OpenAI", Usage::new(30, 4)));
-    let response = tollgate
-        .client
-        .post(format!("{}/v1/messages", tollgate.gateway_url))
-        .header("x-api-key", &world.key)
-        .header("anthropic-version", "2023-06-01")
-        .json(&json!({"model": "oai/gpt-test", "max_tokens": 50, "stream": true, "system": "Be brief.",
-                      "messages": [{"role": "user", "content": "Hi"}]}))
-        .send()
-        .await
-        .unwrap();
+    let response = post_messages(
+        &tollgate,
+        &world.key,
+        json!({"model": "oai/gpt-test", "max_tokens": 50, "stream": true, "system": "Be brief.",
+                      "messages": [{"role": "user", "content": "Hi"}]}),
+    )
+    .await;
     assert_eq!(response.status(), 200);
     let text = response.text().await.unwrap();
     let names: Vec<String> = sse_events(&text)
@@ -590,14 +601,7 @@ async fn dialects_translate_both_ways_streamed_and_not() {
 
     // Anthropic caller → Anthropic provider, not streamed: passed through.
     anthropic.push(Reply::text("Native", Usage::new(12, 3)));
-    let response = tollgate
-        .client
-        .post(format!("{}/v1/messages", tollgate.gateway_url))
-        .header("x-api-key", &world.key)
-        .json(&json!({"model": "claude/claude-test", "max_tokens": 50, "messages": [{"role": "user", "content": "Hi"}]}))
-        .send()
-        .await
-        .unwrap();
+    let response = post_messages(&tollgate, &world.key, json!({"model": "claude/claude-test", "max_tokens": 50, "messages": [{"role": "user", "content": "Hi"}]})).await;
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["type"], "message");
     assert_eq!(body["content"][0]["text"], "Native");
@@ -835,14 +839,7 @@ async fn the_affordability_cap_and_402_in_each_dialect() {
             .ends_with("/_tollgate/portal/teams/acme/wallet")
     );
     // Anthropic's envelope on /v1/messages.
-    let response = tollgate
-        .client
-        .post(format!("{}/v1/messages", tollgate.gateway_url))
-        .header("x-api-key", &world.key)
-        .json(&json!({"model": "oai/gpt-test", "max_tokens": 100, "messages": [{"role": "user", "content": "Hi"}]}))
-        .send()
-        .await
-        .unwrap();
+    let response = post_messages(&tollgate, &world.key, json!({"model": "oai/gpt-test", "max_tokens": 100, "messages": [{"role": "user", "content": "Hi"}]})).await;
     assert_eq!(response.status(), 402);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["type"], "error", "{body}");
@@ -974,22 +971,12 @@ with c.messages.stream(model="claude/claude-test", max_tokens=64, messages=[{"ro
 out["count"] = c.messages.count_tokens(model="claude/claude-test", messages=[{"role": "user", "content": "hello there"}]).input_tokens
 print(json.dumps(out))
 "#;
-    let gateway_url = tollgate.gateway_url.clone();
-    let key = world.key.clone();
-    let output = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(test_support::python::python())
-            .args(["-c", script, &gateway_url, &key])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    assert!(
-        output.status.success(),
-        "the SDK script failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let out: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let out = crate::python_json(
+        "the SDK script",
+        script,
+        vec![tollgate.gateway_url.clone(), world.key.clone()],
+    )
+    .await;
     assert_eq!(
         out["models"],
         json!([

@@ -116,3 +116,24 @@ pub fn cli(tollgate: &Tollgate, args: &[&str]) -> (bool, String, String) {
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
 }
+
+/// Runs `script` with the tests' Python (`test_support::python`) and
+/// `args`; its standard output, as JSON. `what` names it when it fails.
+pub async fn python_json(what: &str, script: &'static str, args: Vec<String>) -> serde_json::Value {
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(test_support::python::python())
+            .arg("-c")
+            .arg(script)
+            .args(args)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "{what} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}

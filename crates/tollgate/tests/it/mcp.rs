@@ -178,22 +178,12 @@ async fn the_official_mcp_sdk_lists_and_calls_tools_over_every_version() {
         "{metadata}"
     );
 
-    let url = format!("{}/mcp", tollgate.gateway_url);
-    let key = world.key.clone();
-    let output = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(test_support::python::python())
-            .args(["-c", SCRIPT, &url, &key])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    assert!(
-        output.status.success(),
-        "the MCP SDK script failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let results: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let results = crate::python_json(
+        "the MCP SDK script",
+        SCRIPT,
+        vec![format!("{}/mcp", tollgate.gateway_url), world.key.clone()],
+    )
+    .await;
     for version in ["2025-06-18", "2025-11-25", "2026-07-28"] {
         let out = &results[version];
         assert_eq!(
