@@ -656,7 +656,8 @@ async fn forward(
             )
             .await;
         }
-        let remaining = deadline.saturating_duration_since(Instant::now());
+        let try_started = Instant::now();
+        let remaining = deadline.saturating_duration_since(try_started);
         if remaining.is_zero() {
             return Err(timeout_refusal(service.slug.as_str(), route.timeout));
         }
@@ -714,10 +715,10 @@ async fn forward(
         let in_flight = upstream
             .tracks_in_flight()
             .then(|| InFlight::start(&target.state));
-        let try_started = Instant::now();
+        // `timeout_at`: the try's end from the clock read above, no second read.
         let try_timeout = per_try_limit.min(remaining);
-        let result = tokio::time::timeout(
-            try_timeout,
+        let result = tokio::time::timeout_at(
+            (try_started + try_timeout).into(),
             crate::client::send(&upstream.connector, target, upstream_request),
         )
         .await;

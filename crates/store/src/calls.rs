@@ -7,9 +7,11 @@
 //!   of teams, service, app, model, status and code ([`RollupKey`],
 //!   [`RollupValues`]); writers add to them, so nodes sum up.
 
+use std::sync::OnceLock;
+
 use domain::calls::{CallEntry, LATENCY_BUCKET_COUNT};
-use sqlx::Row;
 use sqlx::any::AnyRow;
+use sqlx::{Arguments, Row};
 
 use crate::access::visible_sql;
 use crate::objects::{fetch_limit, page_of};
@@ -255,34 +257,19 @@ const SUMMED: [&str; 8] = [
     "cost_nanos",
 ];
 
-/// Rows per multi-row `INSERT` of calls on SQLite.
-const CALLS_PER_STATEMENT: usize = 250;
-
-/// A string value as an SQL literal: quotes doubled, NUL dropped.
-fn push_text(out: &mut String, value: Option<&str>) {
-    let Some(text) = value else {
-        out.push_str("NULL");
-        return;
-    };
-    out.push('\'');
-    for c in text.chars() {
-        match c {
-            '\'' => out.push_str("''"),
-            '\0' => {}
-            c => out.push(c),
-        }
-    }
-    out.push('\'');
-}
-
-fn push_number(out: &mut String, value: Option<i64>) {
-    use std::fmt::Write;
-    match value {
-        Some(number) => {
-            let _ = write!(out, "{number}");
-        }
-        None => out.push_str("NULL"),
-    }
+/// The call log's `INSERT` of `INSERT_ROWS[size]` calls.
+fn insert_statement(backend: crate::Backend, size: usize) -> &'static str {
+    static CACHE: crate::InsertCache = [const { [const { OnceLock::new() }; 3] }; 2];
+    crate::multi_row_insert(
+        &CACHE,
+        backend,
+        size,
+        (
+            concat!("INSERT INTO call_logs (", call_columns!(), ")"),
+            30,
+            " ON CONFLICT (id) DO NOTHING",
+        ),
+    )
 }
 
 /// A value of a call row, for either insert path.
@@ -342,31 +329,6 @@ fn add_condition<'a>(
     sql.push_str(&template.replace('?', &format!("${}", values.len())));
 }
 
-/// One `INSERT` of `rows` with their values written as literals.
-fn literal_insert(rows: &[CallRow]) -> String {
-    let mut sql = String::with_capacity(128 + rows.len() * 400);
-    sql.push_str(concat!(
-        "INSERT INTO call_logs (",
-        call_columns!(),
-        ") VALUES "
-    ));
-    for (index, row) in rows.iter().enumerate() {
-        sql.push_str(if index == 0 { "(" } else { ", (" });
-        for (column, value) in values(row).into_iter().enumerate() {
-            if column > 0 {
-                sql.push(',');
-            }
-            match value {
-                Value::Text(text) => push_text(&mut sql, text),
-                Value::Number(number) => push_number(&mut sql, number),
-            }
-        }
-        sql.push(')');
-    }
-    sql.push_str(" ON CONFLICT (id) DO NOTHING");
-    sql
-}
-
 fn unsigned(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
@@ -423,13 +385,9 @@ fn call_from(row: &AnyRow) -> Result<CallRow> {
 }
 
 impl WriteTx {
-    /// Appends calls to the call log (a call already there is kept).
-    ///
-    /// On SQLite the rows go in as multi-row statements of literal values
-    /// ([`CALLS_PER_STATEMENT`] rows each): binding 30 parameters per row
-    /// through sqlx's SQLite worker costs several times more than SQLite's
-    /// own work. On PostgreSQL, whose string literals depend on a server
-    /// setting (`standard_conforming_strings`), every value is bound.
+    /// Appends calls to the call log (a call already there is kept), as
+    /// multi-row statements of bound values (see [`crate::INSERT_ROWS`]):
+    /// one round trip to the database per 64 calls, no SQL parsed per call.
     pub async fn insert_calls(&mut self, rows: &[CallRow]) -> Result<()> {
         for row in rows {
             let Some(bodies) = &row.entry.bodies else {
@@ -450,32 +408,32 @@ impl WriteTx {
             .execute(&mut *self.tx)
             .await?;
         }
-        if self.backend == crate::Backend::Sqlite {
-            for chunk in rows.chunks(CALLS_PER_STATEMENT) {
-                let sql = literal_insert(chunk);
-                // Audited: every value is written by `push_text` or as a
-                // number.
-                sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-                    .execute(&mut *self.tx)
-                    .await?;
+        let mut rest = rows;
+        while !rest.is_empty() {
+            let size = crate::insert_size(rest.len());
+            let (chunk, tail) = rest.split_at(crate::INSERT_ROWS[size]);
+            // The arguments are gathered first, sized once: binding one by
+            // one moves the whole query at each of the 1,920 values.
+            let mut arguments = sqlx::any::AnyArguments::default();
+            arguments.reserve(chunk.len() * 30, 0);
+            for row in chunk {
+                for value in values(row) {
+                    match value {
+                        // PostgreSQL text cannot hold NUL (HTTP heads
+                        // cannot carry one either): dropped, not refused.
+                        Value::Text(Some(text)) if text.contains('\0') => {
+                            arguments.add(text.replace('\0', ""))
+                        }
+                        Value::Text(text) => arguments.add(text),
+                        Value::Number(number) => arguments.add(number),
+                    }
+                    .map_err(sqlx::Error::Encode)?;
+                }
             }
-            return Ok(());
-        }
-        for row in rows {
-            let mut query = sqlx::query(concat!(
-                "INSERT INTO call_logs (",
-                call_columns!(),
-                ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
-                 $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30) \
-                 ON CONFLICT (id) DO NOTHING"
-            ));
-            for value in values(row) {
-                query = match value {
-                    Value::Text(text) => query.bind(text),
-                    Value::Number(number) => query.bind(number),
-                };
-            }
-            query.execute(&mut *self.tx).await?;
+            sqlx::query_with(insert_statement(self.backend, size), arguments)
+                .execute(&mut *self.tx)
+                .await?;
+            rest = tail;
         }
         Ok(())
     }

@@ -319,6 +319,57 @@ impl WriteTx {
     }
 }
 
+/// Rows per multi-row `INSERT` of the writers that append in bulk (call
+/// log, ledger): a batch goes in as statements of these sizes, largest
+/// first, so a connection prepares (and caches) three statements per table
+/// at most and reuses them for every batch.
+pub(crate) const INSERT_ROWS: [usize; 3] = [64, 8, 1];
+
+/// One statement per size of [`INSERT_ROWS`] and backend, made once.
+pub(crate) type InsertCache = [[std::sync::OnceLock<String>; 3]; 2];
+
+/// `<head> VALUES (…), (…) <tail>` for `INSERT_ROWS[size]` rows of
+/// `columns` parameters each, from `cache`. SQLite gets anonymous `?`
+/// parameters: sqlx looks numbered ones up by name, which SQLite does by
+/// walking the statement's list of names, quadratic in a wide statement.
+/// PostgreSQL gets `$1`, `$2`, ….
+pub(crate) fn multi_row_insert(
+    cache: &'static InsertCache,
+    backend: Backend,
+    size: usize,
+    (head, columns, tail): (&str, usize, &str),
+) -> &'static str {
+    let numbered = backend == Backend::Postgres;
+    cache[usize::from(numbered)][size].get_or_init(|| {
+        use std::fmt::Write;
+        let mut sql = format!("{head} VALUES ");
+        for row in 0..INSERT_ROWS[size] {
+            sql.push_str(if row == 0 { "(" } else { ", (" });
+            for column in 0..columns {
+                if column > 0 {
+                    sql.push_str(", ");
+                }
+                if numbered {
+                    let _ = write!(sql, "${}", row * columns + column + 1);
+                } else {
+                    sql.push('?');
+                }
+            }
+            sql.push(')');
+        }
+        sql.push_str(tail);
+        sql
+    })
+}
+
+/// The [`INSERT_ROWS`] size for the next statement of `left` rows.
+pub(crate) fn insert_size(left: usize) -> usize {
+    INSERT_ROWS
+        .iter()
+        .position(|&rows| rows <= left)
+        .unwrap_or(INSERT_ROWS.len() - 1)
+}
+
 fn text(row: &AnyRow, column: &str) -> Result<String> {
     Ok(row.try_get::<String, _>(column)?)
 }

@@ -199,15 +199,9 @@ impl WriteTx {
         let mut seq = wallet.entries;
         let mut rest = entries;
         while !rest.is_empty() {
-            // Chunks of 8, 4, 2 or 1 rows: four statements to prepare, ever
-            // (sqlx looks each `$N` up by name: wider rows cost more).
-            let size = INSERT_CHUNKS
-                .iter()
-                .copied()
-                .find(|&size| size <= rest.len())
-                .unwrap_or(1);
-            let (chunk, tail) = rest.split_at(size);
-            let mut query = sqlx::query(insert_sql(size));
+            let size = crate::insert_size(rest.len());
+            let (chunk, tail) = rest.split_at(crate::INSERT_ROWS[size]);
+            let mut query = sqlx::query(insert_sql(self.backend, size));
             for entry in chunk {
                 seq += 1;
                 query = query
@@ -238,30 +232,20 @@ impl WriteTx {
     }
 }
 
-const INSERT_CHUNKS: [usize; 4] = [8, 4, 2, 1];
-
-/// `INSERT INTO ledger … VALUES (…), (…)` for `rows` rows, made once.
-fn insert_sql(rows: usize) -> &'static str {
-    static SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
-    let all = SQL.get_or_init(|| {
-        (0..=INSERT_CHUNKS[0])
-            .map(|rows| {
-                let values: Vec<String> = (0..rows)
-                    .map(|row| {
-                        let params: Vec<String> =
-                            (1..=10).map(|col| format!("${}", row * 10 + col)).collect();
-                        format!("({})", params.join(", "))
-                    })
-                    .collect();
-                format!(
-                    "INSERT INTO ledger (id, team_id, seq, kind, amount_nanos, idempotency_key, actor, \
-                     reason, request_id, created_at_ms) VALUES {}",
-                    values.join(", ")
-                )
-            })
-            .collect()
-    });
-    all.get(rows).map_or("", String::as_str)
+/// The ledger's `INSERT` of `INSERT_ROWS[size]` entries.
+fn insert_sql(backend: crate::Backend, size: usize) -> &'static str {
+    static CACHE: crate::InsertCache = [const { [const { std::sync::OnceLock::new() }; 3] }; 2];
+    crate::multi_row_insert(
+        &CACHE,
+        backend,
+        size,
+        (
+            "INSERT INTO ledger (id, team_id, seq, kind, amount_nanos, idempotency_key, actor, \
+             reason, request_id, created_at_ms)",
+            10,
+            "",
+        ),
+    )
 }
 
 /// Where one wallet's ledger stands (for the gateway's sync).

@@ -399,7 +399,8 @@ async fn batched_appends(store: &Store) {
     let mut tx = store.begin().await.unwrap();
     tx.put_team(&team).await.unwrap();
     tx.commit().await.unwrap();
-    let entries: Vec<LedgerEntry> = (0..71)
+    // 73 = 64 + 8 + 1: every statement size of a bulk insert.
+    let entries: Vec<LedgerEntry> = (0..73)
         .map(|n| LedgerEntry {
             id: domain::id::new_id(),
             team_id: team.id.clone(),
@@ -418,8 +419,8 @@ async fn batched_appends(store: &Store) {
         tx.commit().await.unwrap();
     }
     let wallet = store.wallet(&team.id).await.unwrap();
-    assert_eq!(wallet.entries, 71, "the repeated batch recorded nothing");
-    assert_eq!(wallet.balance_nanos, -(1..=71).sum::<i64>());
+    assert_eq!(wallet.entries, 73, "the repeated batch recorded nothing");
+    assert_eq!(wallet.balance_nanos, -(1..=73).sum::<i64>());
     assert_eq!(
         store.ledger_sum(&team.id).await.unwrap(),
         wallet.balance_nanos
@@ -433,9 +434,15 @@ async fn batched_appends(store: &Store) {
         .iter()
         .map(|e| e.idempotency_key.as_str())
         .collect();
-    assert_eq!(keys.len(), 71);
+    assert_eq!(keys.len(), 73);
     assert_eq!(keys[0], "charge:0");
-    assert_eq!(keys[70], "charge:70", "in order");
+    assert_eq!(keys[72], "charge:72", "in order");
+    let amounts: Vec<i64> = page.items.iter().map(|e| e.amount_nanos).collect();
+    assert_eq!(
+        amounts,
+        (1..=73).map(|n| -n).collect::<Vec<i64>>(),
+        "each entry's own values"
+    );
 }
 
 #[tokio::test]
@@ -681,6 +688,57 @@ async fn calls_and_rollups(store: &Store) {
             .unwrap(),
         0
     );
+}
+
+/// A batch of calls wider than one statement (64 + 8 + 1 + 1 rows, with
+/// quotes and NULL values) is stored whole and exactly, once even when
+/// written twice; a NUL in a text is dropped (PostgreSQL refuses it).
+async fn calls_in_bulk(store: &Store) {
+    use store::CallFilter;
+    store.migrate().await.unwrap();
+    let base = 1_900_000_000_000;
+    let rows: Vec<store::CallRow> = (0..74)
+        .map(|n| {
+            let mut row = call(base + n, &format!("bulk-{n}"), "acme", "wco", 200);
+            row.entry.path = format!("/it's/{n}/\u{0}\"");
+            row.entry.host = (n % 2 == 0).then(|| format!("h{n}.example"));
+            row.entry.upstream_latency_us = (n % 3 != 0).then_some(n as u64);
+            row
+        })
+        .collect();
+    for _ in 0..2 {
+        let mut tx = store.begin().await.unwrap();
+        tx.insert_calls(&rows).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+    let page = store
+        .calls(&Visible::all(), &CallFilter::default(), None, 100)
+        .await
+        .unwrap();
+    let mut stored: Vec<_> = page.items.into_iter().map(|r| r.entry).collect();
+    stored.reverse();
+    let written: Vec<_> = rows
+        .into_iter()
+        .map(|mut r| {
+            r.entry.path = r.entry.path.replace('\0', "");
+            r.entry
+        })
+        .collect();
+    assert_eq!(stored.len(), 74, "every call once");
+    assert_eq!(stored, written, "stored as written, NULs dropped");
+}
+
+#[tokio::test]
+async fn calls_in_bulk_on_sqlite_and_postgres() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&format!("sqlite://{}/t.db", dir.path().display()))
+        .await
+        .unwrap();
+    calls_in_bulk(&store).await;
+    store.close().await;
+    let (pg, store) = Pg::create().await;
+    calls_in_bulk(&store).await;
+    pg.drop(store).await;
 }
 
 #[tokio::test]
