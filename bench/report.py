@@ -147,7 +147,11 @@ def _mib(kb):
 
 
 def build(raw: Path, out_dir: Path, readme: Path | None) -> None:
-    meta = {k: _num(v) for k, v in read_meta(raw).items()}
+    # Versions stay text: a commit like `164e922` reads as a float.
+    meta = {
+        k: v if k.endswith(("_commit", "_version", "_bin")) else _num(v)
+        for k, v in read_meta(raw).items()
+    }
     selftest = str(meta.get("selftest")) == "1"
 
     peak = {t: [] for t in TARGETS}
