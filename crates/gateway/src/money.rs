@@ -109,13 +109,28 @@ pub struct Charge {
     pub calls: u64,
     /// `money.durability: strict`: told once the charge is committed.
     pub committed: Option<tokio::sync::oneshot::Sender<()>>,
+    /// AI calls: the model and the tokens paid for (usage events).
+    pub tokens: Option<Box<TokenUnits>>,
 }
 
 /// How the upstream answered a settled call.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Outcome {
     pub status: u16,
     pub latency_ms: u64,
+    /// AI calls: what the call used.
+    pub tokens: Option<Box<TokenUnits>>,
+}
+
+/// What an AI call used, as its usage event reports it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TokenUnits {
+    pub provider: String,
+    pub model: String,
+    pub input: u64,
+    pub output: u64,
+    /// Of `input`, the tokens read from the provider's prompt cache.
+    pub cached_input: u64,
 }
 
 /// Names of a metered call: made once per subscription when the snapshot
@@ -301,6 +316,7 @@ impl Reservation {
             at_ms: domain::now_ms(),
             calls: 1,
             committed: None,
+            tokens: outcome.tokens,
         })
     }
 
@@ -757,6 +773,7 @@ impl Wallets {
                 at_ms: domain::now_ms(),
                 calls,
                 committed: None,
+                tokens: None,
             });
         }
         charges

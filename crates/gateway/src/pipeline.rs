@@ -761,6 +761,7 @@ async fn forward(
                         status,
                         latency_ms: u64::try_from(context.started.elapsed().as_millis())
                             .unwrap_or(u64::MAX),
+                        tokens: None,
                     };
                     let left = if shared.options.strict_charges {
                         Box::pin(held.settle_durably(sink, &context.request_id, outcome)).await

@@ -60,7 +60,13 @@ impl Export {
     /// The usage event of one settled call, as a CloudEvent.
     pub fn event(&self, charge: &Charge) -> Value {
         let request_id = charge.request_id.to_str().unwrap_or_default();
-        json!({
+        let mut units = json!({"requests": charge.calls.max(1)});
+        if let Some(tokens) = &charge.tokens {
+            units["input_tokens"] = tokens.input.into();
+            units["output_tokens"] = tokens.output.into();
+            units["cached_input_tokens"] = tokens.cached_input.into();
+        }
+        let mut event = json!({
             "specversion": "1.0",
             "id": request_id,
             "source": format!("{}/_tollgate", self.public_url),
@@ -75,14 +81,19 @@ impl Export {
                 "service": &*charge.labels.service,
                 "plan": &*charge.labels.plan,
                 "subscription": &*charge.labels.subscription,
-                "units": {"requests": 1},
+                "units": units,
                 "cost": domain::money::format(charge.amount_nanos),
                 "cost_nanos": charge.amount_nanos,
                 "currency": self.currency,
                 "status": charge.status,
                 "latency_ms": charge.latency_ms,
             },
-        })
+        });
+        if let Some(tokens) = &charge.tokens {
+            event["data"]["provider"] = tokens.provider.as_str().into();
+            event["data"]["model"] = tokens.model.as_str().into();
+        }
+        event
     }
 
     /// The outbox rows of one charge (`id` is the charge's own id).

@@ -165,6 +165,19 @@ pub struct AiCall {
     pub ttft: Option<Duration>,
 }
 
+impl AiCall {
+    /// What the call used, for its usage event.
+    pub(crate) fn units(&self, usage: &ai::Usage) -> Box<crate::money::TokenUnits> {
+        Box::new(crate::money::TokenUnits {
+            provider: self.provider.clone(),
+            model: self.model.clone(),
+            input: usage.input,
+            output: usage.output,
+            cached_input: usage.cached_input,
+        })
+    }
+}
+
 /// Serves one AI endpoint call.
 pub(crate) async fn handle(
     shared: &Shared,
@@ -1386,6 +1399,7 @@ impl Call<'_> {
                 status: 200,
                 latency_ms: u64::try_from(self.context.started.elapsed().as_millis())
                     .unwrap_or(u64::MAX),
+                tokens: trace.ai.as_deref().map(|call| call.units(&usage)),
             };
             let sink = self.shared.charges.get();
             let left = if self.shared.options.strict_charges {

@@ -184,6 +184,7 @@ impl AiStream {
                     status: 200,
                     latency_ms: u64::try_from(self.started.elapsed().as_millis())
                         .unwrap_or(u64::MAX),
+                    tokens: Some(self.call.units(&usage)),
                 },
             );
         }

@@ -334,7 +334,8 @@ fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Option<Parsed>,
     if status.is_informational() {
         return Ok(Some(Parsed::Informational));
     }
-    let headers = super::header_map(&head, &fields).map_err(ExchangeError::Head)?;
+    // Room for the request id, `RateLimit` pair and balance added on the way back.
+    let headers = super::header_map(&head, &fields, 4).map_err(ExchangeError::Head)?;
     let declared = super::declared_framing(&headers).map_err(ExchangeError::Head)?;
     let framing = if *method == Method::HEAD
         || status == StatusCode::NO_CONTENT

@@ -283,8 +283,15 @@ pub(crate) fn range_in(base: &[u8], part: &[u8]) -> Range<usize> {
 
 /// Builds the header map from the head's bytes: values share `head`'s
 /// memory; well-known names are not allocated.
-pub(crate) fn header_map(head: &Bytes, fields: &[FieldRanges]) -> Result<HeaderMap, HeadError> {
-    let mut headers = HeaderMap::with_capacity(fields.len());
+///
+/// `spare`: room for the headers the gateway will add, so that adding them
+/// does not grow (rehash and copy) the map.
+pub(crate) fn header_map(
+    head: &Bytes,
+    fields: &[FieldRanges],
+    spare: usize,
+) -> Result<HeaderMap, HeadError> {
+    let mut headers = HeaderMap::with_capacity(fields.len() + spare);
     for (name, value) in fields {
         let name = HeaderName::from_bytes(&head[name.clone()]).map_err(|_| HeadError::Malformed)?;
         let value = HeaderValue::from_maybe_shared(head.slice(value.clone()))

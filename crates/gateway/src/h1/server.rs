@@ -213,7 +213,9 @@ fn parse_request(buf: &mut BytesMut) -> Result<Option<Head>, HeadError> {
     };
     let head: Bytes = buf.split_to(length).freeze();
     let uri = Uri::from_maybe_shared(head.slice(target)).map_err(|_| HeadError::Malformed)?;
-    let mut headers = super::header_map(&head, &fields)?;
+    // Room for `Host`, the request id, three `X-Forwarded-*` and the
+    // caller's identity, added for the upstream.
+    let mut headers = super::header_map(&head, &fields, 10)?;
     let version = if minor == 0 {
         Version::HTTP_10
     } else {

@@ -1466,3 +1466,89 @@ async fn responses_api_and_a_slow_provider_falls_back_after_the_first_token_time
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], "upstream_timeout", "{body}");
 }
+
+/// An AI call's usage event (CloudEvents export) names its provider and
+/// model and carries the tokens it was charged for, streamed or not, and
+/// its cost equals the ledger's charge.
+#[tokio::test]
+async fn usage_events_of_ai_calls_carry_model_and_tokens() {
+    let (openai, anthropic, gemini) = fakes().await;
+    let sink = test_support::webhook::WebhookReceiver::start(0).await;
+    let options = test_support::tollgate::Options {
+        env: vec![("TOLLGATE_USAGE_EXPORT__CLOUDEVENTS_URL".into(), sink.url())],
+        ..Default::default()
+    };
+    let tollgate = Tollgate::start_with(BIN, options).await;
+    let world = ai_world(&tollgate, &openai, &anthropic, &gemini, json!({})).await;
+
+    openai.push(Reply::text(
+        "Hello.",
+        Usage::new(1000, 500).with_cached_input(200),
+    ));
+    let response = post(
+        &tollgate,
+        "/v1/chat/completions",
+        &world.key,
+        json!({"model": "oai/gpt-test", "messages": [{"role": "user", "content": "Hi"}],
+               "max_tokens": 600}),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    let plain_id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    response.bytes().await.unwrap();
+
+    // Streamed through the Messages API to Anthropic.
+    anthropic.push(Reply::text("One two", Usage::new(300, 40)));
+    let response = post_messages(
+        &tollgate,
+        &world.key,
+        json!({"model": "claude/claude-test", "max_tokens": 100, "stream": true,
+               "messages": [{"role": "user", "content": "Count"}]}),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    let streamed_id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    response.bytes().await.unwrap();
+
+    let charges = charges(&tollgate, 2).await;
+    let started = std::time::Instant::now();
+    let events: std::collections::BTreeMap<String, Value> = loop {
+        let events: std::collections::BTreeMap<String, Value> = sink
+            .received()
+            .iter()
+            .flat_map(|r| r.json().as_array().cloned().unwrap_or_default())
+            .map(|e| (e["id"].as_str().unwrap().to_owned(), e))
+            .collect();
+        if events.len() >= 2 {
+            break events;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{events:?}\n{}",
+            tollgate.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let plain = &events[&plain_id]["data"];
+    assert_eq!(plain["provider"], "oai", "{plain}");
+    assert_eq!(plain["model"], "oai/gpt-test", "{plain}");
+    assert_eq!(
+        plain["units"],
+        json!({"requests": 1, "input_tokens": 1000, "output_tokens": 500,
+               "cached_input_tokens": 200})
+    );
+    assert_eq!(plain["cost_nanos"], charge_of(&charges, &plain_id));
+    let streamed = &events[&streamed_id]["data"];
+    assert_eq!(streamed["provider"], "claude", "{streamed}");
+    assert_eq!(streamed["model"], "claude/claude-test", "{streamed}");
+    assert_eq!(streamed["units"]["input_tokens"], 300, "{streamed}");
+    assert_eq!(streamed["units"]["output_tokens"], 40, "{streamed}");
+    assert_eq!(streamed["cost_nanos"], cost(300, 40));
+    assert_eq!(streamed["cost_nanos"], charge_of(&charges, &streamed_id));
+}
