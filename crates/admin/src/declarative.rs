@@ -310,6 +310,7 @@ fn json<T: Serialize>(value: &T) -> Value {
 
 async fn apply_document(
     tx: &mut WriteTx,
+    secrets: &store::secrets::MasterKey,
     document: &Document,
     prune: bool,
 ) -> Result<Vec<Change>, ApiError> {
@@ -390,7 +391,7 @@ async fn apply_document(
         let before = changes.len();
         let mut service = match tx.service(&slug).await? {
             None => {
-                let created = ops::create_service(tx, wanted.spec.clone())
+                let created = ops::create_service(tx, secrets, wanted.spec.clone())
                     .await
                     .map_err(|e| e.within(&prefix))?;
                 changes.push(Change {
@@ -409,9 +410,11 @@ async fn apply_document(
                 {
                     comparable.upstream = Some(upstream.spec.slug);
                 }
+                // A secret given in plaintext equals the one stored sealed.
+                secrets.match_sealed_secrets(&mut comparable, &existing.spec);
                 if existing.spec != comparable {
                     let fields = diff(&json(&existing.spec), &json(&comparable));
-                    let updated = ops::update_service(tx, &existing, wanted.spec.clone())
+                    let updated = ops::update_service(tx, secrets, &existing, comparable)
                         .await
                         .map_err(|e| e.within(&prefix))?;
                     changes.push(Change {
@@ -741,7 +744,7 @@ pub async fn apply(
     }
     let document = parse_document(document_value(&headers, &body)?)?;
     let mut tx = state.store.begin().await?;
-    let changes = apply_document(&mut tx, &document, prune).await?;
+    let changes = apply_document(&mut tx, &state.secrets, &document, prune).await?;
     let changed = !changes.is_empty();
     if !dry_run && changed {
         let record = crate::access::Audit::new("config.apply", "config", "config", None);

@@ -180,7 +180,7 @@ async fn update_service_with(
     let existing = service_in(&mut tx, caller, key, Role::Developer).await?;
     let mut spec = change(&existing)?;
     keep_team(existing.spec.team.as_ref(), &mut spec.team)?;
-    let service = ops::update_service(&mut tx, &existing, spec).await?;
+    let service = ops::update_service(&mut tx, &state.secrets, &existing, spec).await?;
     audit(
         &mut tx,
         caller,
@@ -380,7 +380,7 @@ pub async fn create_service(
     spec.team = caller
         .team_for_new(&mut tx, spec.team.as_deref(), Role::Developer)
         .await?;
-    let service = ops::create_service(&mut tx, spec).await?;
+    let service = ops::create_service(&mut tx, &state.secrets, spec).await?;
     audit(
         &mut tx,
         &caller,

@@ -179,8 +179,33 @@ async fn save_service(tx: &mut WriteTx, service: &mut Service) -> Result<(), Api
     Ok(())
 }
 
-pub async fn create_service(tx: &mut WriteTx, spec: ServiceSpec) -> Result<Service, ApiError> {
+/// Seals the spec's HS256 secrets before it is stored (see
+/// [`store::secrets::MasterKey::seal_spec_secrets`]).
+fn seal_secrets(
+    secrets: &store::secrets::MasterKey,
+    spec: &mut ServiceSpec,
+) -> Result<(), ApiError> {
+    secrets.seal_spec_secrets(spec).map_err(|(field, error)| {
+        ApiError::field(
+            field,
+            match error {
+                store::secrets::SecretError::Open => {
+                    "was sealed under another master key or is damaged: send the secret itself"
+                        .to_owned()
+                }
+                other => other.to_string(),
+            },
+        )
+    })
+}
+
+pub async fn create_service(
+    tx: &mut WriteTx,
+    secrets: &store::secrets::MasterKey,
+    mut spec: ServiceSpec,
+) -> Result<Service, ApiError> {
     spec.validate()?;
+    seal_secrets(secrets, &mut spec)?;
     check_team(tx, spec.team.as_deref()).await?;
     let now = now_ms();
     let mut service = Service {
@@ -199,10 +224,12 @@ pub async fn create_service(tx: &mut WriteTx, spec: ServiceSpec) -> Result<Servi
 
 pub async fn update_service(
     tx: &mut WriteTx,
+    secrets: &store::secrets::MasterKey,
     existing: &Service,
-    spec: ServiceSpec,
+    mut spec: ServiceSpec,
 ) -> Result<Service, ApiError> {
     spec.validate()?;
+    seal_secrets(secrets, &mut spec)?;
     check_team(tx, spec.team.as_deref()).await?;
     if spec.kind != existing.spec.kind {
         return Err(ApiError::field(

@@ -267,7 +267,7 @@ pub async fn put_openapi(
     let existing = crate::handlers::service_in(&mut tx, &caller, &key, Role::Developer).await?;
     let mut spec = existing.spec.clone();
     spec.openapi = Some(doc);
-    let service = crate::ops::update_service(&mut tx, &existing, spec).await?;
+    let service = crate::ops::update_service(&mut tx, &state.secrets, &existing, spec).await?;
     crate::access::audit(
         &mut tx,
         &caller,

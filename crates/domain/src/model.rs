@@ -491,7 +491,12 @@ impl ServiceAuth {
                     "HS256 cannot be mixed with RS256 or ES256 for one issuer",
                 );
             }
-            if symmetric && issuer.secret.as_ref().is_none_or(|s| s.len() < 32) {
+            if symmetric
+                && issuer
+                    .secret
+                    .as_ref()
+                    .is_none_or(|s| !s.starts_with(SEALED_PREFIX) && s.len() < 32)
+            {
                 errors.add(
                     format!("{field}.secret"),
                     "HS256 needs a secret of at least 32 bytes",
@@ -545,6 +550,10 @@ pub enum JwtAlgorithm {
     Es256,
 }
 
+/// How a stored secret of a spec (an HS256 issuer's `secret`) begins
+/// once sealed under the master key.
+pub const SEALED_PREFIX: &str = "sealed:";
+
 /// A trusted token issuer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -555,7 +564,9 @@ pub struct JwtIssuer {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub audiences: Vec<String>,
     pub algorithms: Vec<JwtAlgorithm>,
-    /// HS256 shared secret.
+    /// HS256 shared secret (at least 32 bytes). Stored sealed under the
+    /// master key and shown back as `sealed:…`; sending that value back
+    /// keeps the secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
     /// RS256/ES256 public key (PEM).

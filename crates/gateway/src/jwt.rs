@@ -75,9 +75,12 @@ impl JwtRt {
             issuers.push(IssuerRt {
                 issuer: issuer.issuer.clone(),
                 audiences: issuer.audiences.clone(),
+                // A secret still sealed (not opened by the binary) is
+                // never a key: its text is visible through the admin API.
                 secret: issuer
                     .secret
                     .as_ref()
+                    .filter(|s| !s.starts_with(domain::model::SEALED_PREFIX))
                     .map(|s| DecodingKey::from_secret(s.as_bytes())),
                 public_key,
                 jwks_url: issuer.jwks_url.clone(),

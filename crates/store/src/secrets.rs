@@ -96,6 +96,107 @@ impl MasterKey {
     }
 }
 
+/// What HS256 issuer secrets of service specs are sealed under (not bound
+/// to one service: an exported spec applies to another service or node
+/// with the same master key).
+const JWT_SECRET_CONTEXT: &str = "jwt-issuer-secret";
+
+fn issuers_mut(
+    spec: &mut domain::model::ServiceSpec,
+) -> impl Iterator<Item = (usize, &mut domain::model::JwtIssuer)> {
+    spec.auth
+        .jwt
+        .iter_mut()
+        .flat_map(|jwt| jwt.issuers.iter_mut())
+        .enumerate()
+}
+
+impl MasterKey {
+    /// Seals the plaintext HS256 secrets of `spec` as `sealed:…` before it
+    /// is stored. A secret already sealed is kept, if it opens with this
+    /// key; else the error names its field.
+    pub fn seal_spec_secrets(
+        &self,
+        spec: &mut domain::model::ServiceSpec,
+    ) -> Result<(), (String, SecretError)> {
+        for (index, issuer) in issuers_mut(spec) {
+            let Some(secret) = issuer.secret.as_mut() else {
+                continue;
+            };
+            let field = format!("auth.jwt.issuers[{index}].secret");
+            match secret.strip_prefix(domain::model::SEALED_PREFIX) {
+                Some(sealed) => {
+                    self.open(sealed, JWT_SECRET_CONTEXT)
+                        .map_err(|error| (field, error))?;
+                }
+                None => {
+                    let sealed = self
+                        .seal(secret, JWT_SECRET_CONTEXT)
+                        .map_err(|error| (field, error))?;
+                    *secret = format!("{}{sealed}", domain::model::SEALED_PREFIX);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Opens the sealed HS256 secrets of `spec` (for the gateway). A
+    /// secret that does not open is removed (its issuer then refuses every
+    /// HS256 token) and named in the returned list.
+    pub fn open_spec_secrets(&self, spec: &mut domain::model::ServiceSpec) -> Vec<String> {
+        let mut failed = Vec::new();
+        for (_, issuer) in issuers_mut(spec) {
+            let Some(sealed) = issuer
+                .secret
+                .as_deref()
+                .and_then(|s| s.strip_prefix(domain::model::SEALED_PREFIX))
+            else {
+                continue;
+            };
+            match self.open(sealed, JWT_SECRET_CONTEXT) {
+                Ok(plaintext) => issuer.secret = Some(plaintext),
+                Err(_) => {
+                    failed.push(issuer.issuer.clone());
+                    issuer.secret = None;
+                }
+            }
+        }
+        failed
+    }
+
+    /// For comparing a wanted spec with the stored one: a plaintext HS256
+    /// secret of `wanted` equal to what the same issuer's sealed secret in
+    /// `stored` opens to is replaced by that sealed value.
+    pub fn match_sealed_secrets(
+        &self,
+        wanted: &mut domain::model::ServiceSpec,
+        stored: &domain::model::ServiceSpec,
+    ) {
+        let sealed_of = |name: &str| {
+            stored
+                .auth
+                .jwt
+                .iter()
+                .flat_map(|jwt| jwt.issuers.iter())
+                .find(|issuer| issuer.issuer == name)
+                .and_then(|issuer| issuer.secret.clone())
+        };
+        for (_, issuer) in issuers_mut(wanted) {
+            let (Some(plaintext), Some(sealed)) =
+                (issuer.secret.as_deref(), sealed_of(&issuer.issuer))
+            else {
+                continue;
+            };
+            let opened = sealed
+                .strip_prefix(domain::model::SEALED_PREFIX)
+                .and_then(|s| self.open(s, JWT_SECRET_CONTEXT).ok());
+            if opened.as_deref() == Some(plaintext) {
+                issuer.secret = Some(sealed);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

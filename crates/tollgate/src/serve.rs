@@ -187,6 +187,19 @@ impl AiSources {
     }
 }
 
+impl AiSources {
+    /// Opens the services' sealed HS256 secrets for the gateway; one that
+    /// does not open (another master key) is logged, and its issuer
+    /// refuses HS256 tokens.
+    fn open_services(&self, services: &mut [domain::model::Service]) {
+        for service in services {
+            for issuer in self.secrets.open_spec_secrets(&mut service.spec) {
+                tracing::error!(service = %service.spec.slug, %issuer, "an HS256 secret cannot be opened with this master key; the issuer's tokens are refused");
+            }
+        }
+    }
+}
+
 async fn reload(
     store: &Store,
     gateway: &Gateway,
@@ -216,8 +229,9 @@ async fn reload(
         return Ok(());
     }
     let started = Instant::now();
-    let data = store.load_all().await?;
+    let mut data = store.load_all().await?;
     let providers = ai.open(&data.providers);
+    ai.open_services(&mut data.services);
     let load_ms = started.elapsed().as_millis() as u64;
     let config = gateway::Config {
         version: data.version,

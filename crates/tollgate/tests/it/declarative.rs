@@ -355,3 +355,91 @@ async fn teams_and_plans_are_declarative_too() {
         .await;
     assert_eq!(plans["data"][0]["slug"], "free", "nothing changed");
 }
+
+/// An HS256 issuer's secret is stored sealed: the admin API and the export
+/// show `sealed:…`, the database files never hold it, the same file
+/// applies again with no change, the export applies back with no change,
+/// and a sealed value that does not open is refused with its field named.
+#[tokio::test]
+async fn hs256_secrets_are_sealed_at_rest_and_apply_stays_idempotent() {
+    let upstream = FakeUpstream::start("w").await;
+    let tollgate = Tollgate::start(BIN).await;
+    let secret = "an-hs256-secret-of-at-least-32-bytes-0123456789";
+    let text = document(&upstream.url(), false).replace(
+        "    auth: {anonymous: true}\n",
+        &format!(
+            "    auth:\n      anonymous: true\n      jwt:\n        issuers:\n          - issuer: https://hs.example\n            algorithms: [HS256]\n            secret: {secret}\n"
+        ),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tollgate.yaml");
+    std::fs::write(&file, &text).unwrap();
+    let applied = cli(&tollgate, &["apply", "-f", file.to_str().unwrap()]);
+    assert!(applied.success, "{}", applied.stderr);
+
+    let (status, service) = tollgate
+        .admin(Method::GET, "/api/v1/services/weather", None)
+        .await;
+    assert_eq!(status, 200);
+    let stored = service["auth"]["jwt"]["issuers"][0]["secret"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(stored.starts_with("sealed:"), "{stored}");
+    assert!(!service.to_string().contains(secret), "{service}");
+
+    let again = cli(&tollgate, &["apply", "-f", file.to_str().unwrap()]);
+    assert!(again.success, "{}", again.stderr);
+    assert_eq!(again.stdout.trim(), "no changes", "plaintext equals sealed");
+
+    let exported = cli(&tollgate, &["export"]);
+    assert!(exported.success, "{}", exported.stderr);
+    assert!(!exported.stdout.contains(secret), "{}", exported.stdout);
+    let export_file = dir.path().join("export.yaml");
+    std::fs::write(&export_file, &exported.stdout).unwrap();
+    let reapplied = cli(&tollgate, &["apply", "-f", export_file.to_str().unwrap()]);
+    assert!(reapplied.success, "{}", reapplied.stderr);
+    assert_eq!(reapplied.stdout.trim(), "no changes", "export → apply");
+
+    // A sealed value sent back keeps the secret; a damaged one is refused.
+    let issuer = |secret: &str| {
+        json!({"auth": {"anonymous": true, "jwt": {"issuers": [
+            {"issuer": "https://hs.example", "algorithms": ["HS256"], "secret": secret}]}}})
+    };
+    let (status, body) = tollgate
+        .admin(
+            Method::PATCH,
+            "/api/v1/services/weather",
+            Some(issuer(&stored)),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["auth"]["jwt"]["issuers"][0]["secret"], stored.as_str());
+    let flipped = if &stored[20..21] == "A" { "B" } else { "A" };
+    let damaged = format!("{}{flipped}{}", &stored[..20], &stored[21..]);
+    let (status, body) = tollgate
+        .admin(
+            Method::PATCH,
+            "/api/v1/services/weather",
+            Some(issuer(&damaged)),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(
+        body["errors"][0]["field"], "auth.jwt.issuers[0].secret",
+        "{body}"
+    );
+
+    // No file of the data dir holds the secret.
+    for entry in std::fs::read_dir(&tollgate.data_dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            let bytes = std::fs::read(&path).unwrap();
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "{} holds the HS256 secret in plaintext",
+                path.display()
+            );
+        }
+    }
+}
