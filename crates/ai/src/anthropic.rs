@@ -706,18 +706,7 @@ fn assistant_to_openai(content: Option<&Value>, field: &str) -> Result<Value, Tr
             ));
         }
     }
-    let mut message = Map::new();
-    message.insert("role".into(), Value::from("assistant"));
-    let content = if text.is_empty() && !calls.is_empty() {
-        Value::Null
-    } else {
-        Value::from(text)
-    };
-    message.insert("content".into(), content);
-    if !calls.is_empty() {
-        message.insert("tool_calls".into(), Value::Array(calls));
-    }
-    Ok(Value::Object(message))
+    Ok(openai::assistant_message(text, String::new(), calls))
 }
 
 // ---------------------------------------------------------------------------

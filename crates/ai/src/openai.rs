@@ -25,18 +25,9 @@ pub(crate) fn usage(value: Option<&Value>) -> Usage {
     }
 }
 
-/// An OpenAI `usage` object.
-/// A non-streamed `chat.completion` with one choice, translated from
-/// another dialect's answer.
-pub(crate) fn completion(
-    id: &str,
-    caller_model: &str,
-    text: String,
-    reasoning: String,
-    calls: Vec<Value>,
-    finish: &Finish,
-    usage: &Usage,
-) -> Value {
+/// An OpenAI assistant message: `content` null when only tools were
+/// called, `reasoning_content` and `tool_calls` when there are any.
+pub(crate) fn assistant_message(text: String, reasoning: String, calls: Vec<Value>) -> Value {
     let mut message = Map::new();
     message.insert("role".into(), Value::from("assistant"));
     let content = if text.is_empty() && !calls.is_empty() {
@@ -51,6 +42,21 @@ pub(crate) fn completion(
     if !calls.is_empty() {
         message.insert("tool_calls".into(), Value::Array(calls));
     }
+    Value::Object(message)
+}
+
+/// A non-streamed `chat.completion` with one choice, translated from
+/// another dialect's answer.
+pub(crate) fn completion(
+    id: &str,
+    caller_model: &str,
+    text: String,
+    reasoning: String,
+    calls: Vec<Value>,
+    finish: &Finish,
+    usage: &Usage,
+) -> Value {
+    let message = assistant_message(text, reasoning, calls);
     serde_json::json!({
         "id": id,
         "object": "chat.completion",
@@ -66,6 +72,7 @@ pub(crate) fn completion(
     })
 }
 
+/// An OpenAI `usage` object.
 pub(crate) fn usage_json(usage: &Usage) -> Value {
     json!({
         "prompt_tokens": usage.input,

@@ -286,33 +286,37 @@ async fn run(
     if let Some(x402) = paid_per_request {
         return Box::pin(pay_per_request(shared, context, trace, request, x402)).await;
     }
-    let admission = {
-        let snapshot = context.snapshot.clone();
-        let Some(route) = context.route.and_then(|index| snapshot.routes.get(index)) else {
-            return Err(Refusal::new(Code::RouteNotFound, "No route matched."));
-        };
-        crate::admit::admit(
-            &snapshot,
-            route,
-            &request,
-            &crate::admit::AdmitEnv {
-                peer: context.peer.addr.ip(),
-                trusted_proxies: &shared.options.trusted_proxies,
-                jwks: &shared.jwks,
-                currency: &shared.options.currency,
-                export_usage: shared.options.export_usage,
-                public_url: &shared.options.public_url,
-            },
-            &mut trace.who,
-        )?
-    };
-    let mut admission = admission;
-    context.rate_headers = admission.rate_headers.take();
-    context.warning = admission.warning.take();
+    let admission = admit_matched(shared, context, trace, &request)?;
     // Boxed: the forward phase is the largest part of the request's state;
     // on the heap it is allocated once instead of being copied each time
     // the request future moves.
     Box::pin(forward(shared, context, trace, request, admission)).await
+}
+
+/// Phase 5 for the matched route: authenticate, authorize, limit, pay;
+/// the rate-limit and warning headers are noted on the context.
+pub(crate) fn admit_matched<B>(
+    shared: &Shared,
+    context: &mut RequestContext,
+    trace: &mut Trace,
+    request: &Request<B>,
+) -> Result<Admission, Refusal> {
+    let snapshot = context.snapshot.clone();
+    let Some(route) = context.route.and_then(|index| snapshot.routes.get(index)) else {
+        return Err(Refusal::new(Code::RouteNotFound, "No route matched."));
+    };
+    let env = crate::admit::AdmitEnv {
+        peer: context.peer.addr.ip(),
+        trusted_proxies: &shared.options.trusted_proxies,
+        jwks: &shared.jwks,
+        currency: &shared.options.currency,
+        export_usage: shared.options.export_usage,
+        public_url: &shared.options.public_url,
+    };
+    let mut admission = crate::admit::admit(&snapshot, route, request, &env, &mut trace.who)?;
+    context.rate_headers = admission.rate_headers.take();
+    context.warning = admission.warning.take();
+    Ok(admission)
 }
 
 /// A call paid with x402 (see `x402.rs`): verified before it is

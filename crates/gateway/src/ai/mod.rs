@@ -292,22 +292,7 @@ pub(crate) fn admit_service(
 ) -> Result<crate::admit::Admission, Refusal> {
     context.route = Some(service.route);
     crate::pipeline::check_lifecycle(context)?;
-    let snapshot = context.snapshot.clone();
-    let Some(route) = snapshot.routes.get(service.route) else {
-        return Err(Refusal::new(Code::RouteNotFound, "No route matched."));
-    };
-    let env = crate::admit::AdmitEnv {
-        peer: context.peer.addr.ip(),
-        trusted_proxies: &shared.options.trusted_proxies,
-        jwks: &shared.jwks,
-        currency: &shared.options.currency,
-        export_usage: shared.options.export_usage,
-        public_url: &shared.options.public_url,
-    };
-    let mut admission = crate::admit::admit(&snapshot, route, head, &env, &mut trace.who)?;
-    context.rate_headers = admission.rate_headers.take();
-    context.warning = admission.warning.take();
-    Ok(admission)
+    crate::pipeline::admit_matched(shared, context, trace, head)
 }
 
 /// A request body read whole: 413 with `too_large`'s detail past `limit`.

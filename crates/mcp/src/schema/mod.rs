@@ -204,6 +204,28 @@ fn as_count(value: Option<&Value>) -> Option<usize> {
         .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
 }
 
+/// A `min…`/`max…` pair of keywords against `count` (characters, items,
+/// properties); `message(bound, n)` words a refusal ("at least", 3).
+fn check_count(
+    schema: &Map<String, Value>,
+    [min_key, max_key]: [&str; 2],
+    count: usize,
+    path: &[String],
+    sink: &mut Sink,
+    message: impl Fn(&str, usize) -> String,
+) {
+    if let Some(min) = as_count(schema.get(min_key))
+        && count < min
+    {
+        sink.push(path, message("at least", min));
+    }
+    if let Some(max) = as_count(schema.get(max_key))
+        && count > max
+    {
+        sink.push(path, message("at most", max));
+    }
+}
+
 fn is_multiple(value: &Number, divisor: &Number) -> bool {
     if let (Some(value), Some(divisor)) = (value.as_i64(), divisor.as_i64())
         && divisor != 0
@@ -471,18 +493,17 @@ impl Validator<'_> {
         sink: &mut Sink,
     ) {
         let length = text.chars().count();
-        if let Some(min) = as_count(schema.get("minLength"))
-            && length < min
-        {
-            let unit = if min == 1 { "character" } else { "characters" };
-            sink.push(path, format!("must be at least {min} {unit} long"));
-        }
-        if let Some(max) = as_count(schema.get("maxLength"))
-            && length > max
-        {
-            let unit = if max == 1 { "character" } else { "characters" };
-            sink.push(path, format!("must be at most {max} {unit} long"));
-        }
+        check_count(
+            schema,
+            ["minLength", "maxLength"],
+            length,
+            path,
+            sink,
+            |bound, n| {
+                let unit = if n == 1 { "character" } else { "characters" };
+                format!("must be {bound} {n} {unit} long")
+            },
+        );
         if let Some(source) = schema.get("pattern").and_then(Value::as_str)
             && let Ok(pattern) = Pattern::new(source)
             && !pattern.is_match(text)
@@ -500,16 +521,14 @@ impl Validator<'_> {
         refs: usize,
         sink: &mut Sink,
     ) {
-        if let Some(min) = as_count(schema.get("minItems"))
-            && items.len() < min
-        {
-            sink.push(path, format!("must have at least {min} item(s)"));
-        }
-        if let Some(max) = as_count(schema.get("maxItems"))
-            && items.len() > max
-        {
-            sink.push(path, format!("must have at most {max} item(s)"));
-        }
+        check_count(
+            schema,
+            ["minItems", "maxItems"],
+            items.len(),
+            path,
+            sink,
+            |bound, n| format!("must have {bound} {n} item(s)"),
+        );
         if schema.get("uniqueItems") == Some(&Value::Bool(true)) {
             let duplicate = items
                 .iter()
@@ -588,16 +607,14 @@ impl Validator<'_> {
                 }
             }
         }
-        if let Some(min) = as_count(schema.get("minProperties"))
-            && object.len() < min
-        {
-            sink.push(path, format!("must have at least {min} properties"));
-        }
-        if let Some(max) = as_count(schema.get("maxProperties"))
-            && object.len() > max
-        {
-            sink.push(path, format!("must have at most {max} properties"));
-        }
+        check_count(
+            schema,
+            ["minProperties", "maxProperties"],
+            object.len(),
+            path,
+            sink,
+            |bound, n| format!("must have {bound} {n} properties"),
+        );
         let properties = schema.get("properties").and_then(Value::as_object);
         let patterns: Vec<(Pattern, &Value)> = schema
             .get("patternProperties")

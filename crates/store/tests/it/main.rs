@@ -385,6 +385,25 @@ async fn postgres() {
     pg.drop(store).await;
 }
 
+/// A test `$test` that runs `$body(&Store)` on a fresh SQLite file, then
+/// on a fresh PostgreSQL database.
+macro_rules! on_sqlite_and_postgres {
+    ($test:ident, $body:ident) => {
+        #[tokio::test]
+        async fn $test() {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(&format!("sqlite://{}/t.db", dir.path().display()))
+                .await
+                .unwrap();
+            $body(&store).await;
+            store.close().await;
+            let (pg, store) = Pg::create().await;
+            $body(&store).await;
+            pg.drop(store).await;
+        }
+    };
+}
+
 /// Batched appends: every chunk size, the wallet moved once to the exact
 /// sum, sequence numbers contiguous, a repeated batch recorded once.
 async fn batched_appends(store: &Store) {
@@ -445,18 +464,7 @@ async fn batched_appends(store: &Store) {
     );
 }
 
-#[tokio::test]
-async fn batched_appends_on_sqlite_and_postgres() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&format!("sqlite://{}/t.db", dir.path().display()))
-        .await
-        .unwrap();
-    batched_appends(&store).await;
-    store.close().await;
-    let (pg, store) = Pg::create().await;
-    batched_appends(&store).await;
-    pg.drop(store).await;
-}
+on_sqlite_and_postgres!(batched_appends_on_sqlite_and_postgres, batched_appends);
 
 fn call(
     at_ms: i64,
@@ -728,28 +736,6 @@ async fn calls_in_bulk(store: &Store) {
     assert_eq!(stored, written, "stored as written, NULs dropped");
 }
 
-#[tokio::test]
-async fn calls_in_bulk_on_sqlite_and_postgres() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&format!("sqlite://{}/t.db", dir.path().display()))
-        .await
-        .unwrap();
-    calls_in_bulk(&store).await;
-    store.close().await;
-    let (pg, store) = Pg::create().await;
-    calls_in_bulk(&store).await;
-    pg.drop(store).await;
-}
+on_sqlite_and_postgres!(calls_in_bulk_on_sqlite_and_postgres, calls_in_bulk);
 
-#[tokio::test]
-async fn calls_and_rollups_on_sqlite_and_postgres() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&format!("sqlite://{}/t.db", dir.path().display()))
-        .await
-        .unwrap();
-    calls_and_rollups(&store).await;
-    store.close().await;
-    let (pg, store) = Pg::create().await;
-    calls_and_rollups(&store).await;
-    pg.drop(store).await;
-}
+on_sqlite_and_postgres!(calls_and_rollups_on_sqlite_and_postgres, calls_and_rollups);

@@ -107,21 +107,8 @@ pub(crate) async fn ai_world(
     tollgate
         .create("/api/v1/services/llm/publish", json!({}))
         .await;
-    tollgate
-        .create("/api/v1/apps", json!({"slug": "acme-bot", "team": "acme"}))
-        .await;
-    let key = tollgate
-        .create("/api/v1/apps/acme-bot/keys", json!({"name": "prod"}))
-        .await["key"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    tollgate
-        .create(
-            "/api/v1/subscriptions",
-            json!({"app": "acme-bot", "service": "llm", "plan": "tokens"}),
-        )
-        .await;
+    let key = crate::app_with_key(tollgate, "acme", "acme-bot").await;
+    crate::subscribe_app(tollgate, "acme-bot", "llm", "tokens").await;
     let (status, body) = grant(
         tollgate,
         "acme",
@@ -252,6 +239,14 @@ pub(crate) async fn charges(tollgate: &Tollgate, count: usize) -> Vec<(String, i
     }
 }
 
+/// The response's `X-Request-Id`.
+fn id_of(response: &reqwest::Response) -> String {
+    response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
 fn charge_of(charges: &[(String, i64)], request_id: &str) -> i64 {
     charges
         .iter()
@@ -318,10 +313,7 @@ async fn openai_calls_are_proxied_metered_and_charged_exactly() {
     )
     .await;
     assert_eq!(response.status(), 200);
-    let request_id = response.headers()["x-request-id"]
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let request_id = id_of(&response);
     let headers = response.headers().clone();
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["object"], "chat.completion");
@@ -371,10 +363,7 @@ async fn openai_calls_are_proxied_metered_and_charged_exactly() {
             .unwrap()
             .starts_with("text/event-stream")
     );
-    let streamed_id = response.headers()["x-request-id"]
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let streamed_id = id_of(&response);
     let text = response.text().await.unwrap();
     let events = sse_events(&text);
     assert_eq!(events.last().unwrap().1, "[DONE]", "{text}");
@@ -408,10 +397,7 @@ async fn openai_calls_are_proxied_metered_and_charged_exactly() {
         json!({"model": "oai/gpt-test", "stream": true, "messages": [{"role": "user", "content": "Hi"}]}),
     )
     .await;
-    let quiet_id = response.headers()["x-request-id"]
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let quiet_id = id_of(&response);
     let text = response.text().await.unwrap();
     assert!(!text.contains("\"usage\":{"), "no usage chunk: {text}");
     assert!(text.trim_end().ends_with("data: [DONE]"));
@@ -902,10 +888,7 @@ async fn a_caller_that_leaves_mid_stream_pays_for_what_was_produced() {
         json!({"model": "oai/gpt-test", "stream": true, "max_tokens": 2000, "messages": [{"role": "user", "content": "Count"}]}),
     )
     .await;
-    let request_id = response.headers()["x-request-id"]
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let request_id = id_of(&response);
     let mut received = String::new();
     while received.matches("data:").count() < 10 {
         let chunk = response.chunk().await.unwrap().unwrap();
@@ -1079,10 +1062,7 @@ async fn tokens_beyond_the_quota_are_charged_and_big_prompts_wait_for_the_minute
     )
     .await;
     assert_eq!(response.status(), 200);
-    let id = response.headers()["x-request-id"]
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let id = id_of(&response);
     assert_eq!(response.headers()["tollgate-cost"], "0.00015 USD");
     let charges = charges(&tollgate, 1).await;
     assert_eq!(charge_of(&charges, &id), cost(0, 50));
@@ -1216,10 +1196,7 @@ async fn prompt_apis_validate_render_call_and_charge() {
     )
     .await;
     assert_eq!(response.status(), 200);
-    let id = response.headers()["x-request-id"]
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let id = id_of(&response);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["output"], "bonjour\nle monde");
     assert_eq!(
@@ -1285,10 +1262,7 @@ async fn prompt_apis_validate_render_call_and_charge() {
     )
     .await;
     assert_eq!(response.status(), 200);
-    let json_id = response.headers()["x-request-id"]
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let json_id = id_of(&response);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["output"], json!({"city": "Paris"}));
     assert_eq!(
@@ -1397,10 +1371,7 @@ async fn responses_api_and_a_slow_provider_falls_back_after_the_first_token_time
     )
     .await;
     assert_eq!(response.status(), 200);
-    let id = response.headers()["x-request-id"]
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let id = id_of(&response);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["object"], "response", "{body}");
     assert_eq!(body["model"], "oai/gpt-test");
@@ -1494,10 +1465,7 @@ async fn usage_events_of_ai_calls_carry_model_and_tokens() {
     )
     .await;
     assert_eq!(response.status(), 200);
-    let plain_id = response.headers()["x-request-id"]
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let plain_id = id_of(&response);
     response.bytes().await.unwrap();
 
     // Streamed through the Messages API to Anthropic.
@@ -1510,10 +1478,7 @@ async fn usage_events_of_ai_calls_carry_model_and_tokens() {
     )
     .await;
     assert_eq!(response.status(), 200);
-    let streamed_id = response.headers()["x-request-id"]
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let streamed_id = id_of(&response);
     response.bytes().await.unwrap();
 
     let charges = charges(&tollgate, 2).await;

@@ -402,28 +402,19 @@ async fn hs256_secrets_are_sealed_at_rest_and_apply_stays_idempotent() {
     assert_eq!(reapplied.stdout.trim(), "no changes", "export → apply");
 
     // A sealed value sent back keeps the secret; a damaged one is refused.
-    let issuer = |secret: &str| {
-        json!({"auth": {"anonymous": true, "jwt": {"issuers": [
-            {"issuer": "https://hs.example", "algorithms": ["HS256"], "secret": secret}]}}})
+    let patch = async |secret: &str| {
+        let auth = json!({"auth": {"anonymous": true, "jwt": {"issuers": [
+            {"issuer": "https://hs.example", "algorithms": ["HS256"], "secret": secret}]}}});
+        tollgate
+            .admin(Method::PATCH, "/api/v1/services/weather", Some(auth))
+            .await
     };
-    let (status, body) = tollgate
-        .admin(
-            Method::PATCH,
-            "/api/v1/services/weather",
-            Some(issuer(&stored)),
-        )
-        .await;
+    let (status, body) = patch(&stored).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["auth"]["jwt"]["issuers"][0]["secret"], stored.as_str());
     let flipped = if &stored[20..21] == "A" { "B" } else { "A" };
     let damaged = format!("{}{flipped}{}", &stored[..20], &stored[21..]);
-    let (status, body) = tollgate
-        .admin(
-            Method::PATCH,
-            "/api/v1/services/weather",
-            Some(issuer(&damaged)),
-        )
-        .await;
+    let (status, body) = patch(&damaged).await;
     assert_eq!(status, 400, "{body}");
     assert_eq!(
         body["errors"][0]["field"], "auth.jwt.issuers[0].secret",

@@ -107,6 +107,29 @@ pub fn run_cli(tollgate: &Tollgate, args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// Creates app `app` of `team` and a key of it; returns the key.
+pub async fn app_with_key(tollgate: &Tollgate, team: &str, app: &str) -> String {
+    tollgate
+        .create("/api/v1/apps", json!({"slug": app, "team": team}))
+        .await;
+    tollgate
+        .create(&format!("/api/v1/apps/{app}/keys"), json!({}))
+        .await["key"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// Subscribes `app` to `service`'s `plan`.
+pub async fn subscribe_app(tollgate: &Tollgate, app: &str, service: &str, plan: &str) {
+    tollgate
+        .create(
+            "/api/v1/subscriptions",
+            json!({"app": app, "service": service, "plan": plan}),
+        )
+        .await;
+}
+
 /// [`run_cli`] as (success, trimmed stdout, stderr).
 pub fn cli(tollgate: &Tollgate, args: &[&str]) -> (bool, String, String) {
     let output = run_cli(tollgate, args);

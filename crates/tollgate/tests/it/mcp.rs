@@ -308,21 +308,8 @@ async fn a_tool_call_pays_with_x402_when_the_wallet_cannot() {
     tollgate
         .create("/api/v1/services/quotes/publish", json!({}))
         .await;
-    tollgate
-        .create("/api/v1/apps", json!({"slug": "acme-bot", "team": "acme"}))
-        .await;
-    let key = tollgate
-        .create("/api/v1/apps/acme-bot/keys", json!({}))
-        .await["key"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    tollgate
-        .create(
-            "/api/v1/subscriptions",
-            json!({"app": "acme-bot", "service": "quotes", "plan": "per-call"}),
-        )
-        .await;
+    let key = crate::app_with_key(&tollgate, "acme", "acme-bot").await;
+    crate::subscribe_app(&tollgate, "acme-bot", "quotes", "per-call").await;
     tokio::time::sleep(std::time::Duration::from_millis(600)).await;
 
     // Malformed JSON-RPC: -32700, never a panic.
@@ -422,15 +409,7 @@ async fn a_service_can_switch_mcp_off_or_offer_only_some_tools() {
     tollgate
         .create("/api/v1/teams", json!({"slug": "llmco", "name": "llmco"}))
         .await;
-    tollgate
-        .create("/api/v1/apps", json!({"slug": "acme-bot", "team": "acme"}))
-        .await;
-    let key = tollgate
-        .create("/api/v1/apps/acme-bot/keys", json!({}))
-        .await["key"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let key = crate::app_with_key(&tollgate, "acme", "acme-bot").await;
     let mut doc = weather_doc();
     doc["paths"]["/alerts"] =
         json!({"get": {"operationId": "listAlerts", "responses": {"200": {"description": "ok"}}}});

@@ -61,21 +61,8 @@ async fn logged(tollgate: &Tollgate, token: &str, query: &str, want: usize) -> V
 /// A second app of team acme, subscribed to the priced weather service,
 /// whose key is live; nothing has been called with it.
 async fn fresh_app(tollgate: &Tollgate) -> String {
-    tollgate
-        .create("/api/v1/apps", json!({"slug": "acme-test", "team": "acme"}))
-        .await;
-    let key = tollgate
-        .create("/api/v1/apps/acme-test/keys", json!({"name": "t"}))
-        .await["key"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    tollgate
-        .create(
-            "/api/v1/subscriptions",
-            json!({"app": "acme-test", "service": "weather", "plan": "pay-as-you-go"}),
-        )
-        .await;
+    let key = crate::app_with_key(tollgate, "acme", "acme-test").await;
+    crate::subscribe_app(tollgate, "acme-test", "weather", "pay-as-you-go").await;
     // `/_tollgate/me` is answered without the app being logged as caller.
     let started = Instant::now();
     loop {

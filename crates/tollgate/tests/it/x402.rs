@@ -217,21 +217,8 @@ async fn a_subscriber_out_of_credit_is_offered_to_pay_per_request() {
             json!({"slug": "per-call", "price_per_request": "0.01"}),
         )
         .await;
-    tollgate
-        .create("/api/v1/apps", json!({"slug": "acme-web", "team": "acme"}))
-        .await;
-    let key = tollgate
-        .create("/api/v1/apps/acme-web/keys", json!({}))
-        .await["key"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    tollgate
-        .create(
-            "/api/v1/subscriptions",
-            json!({"app": "acme-web", "service": "quotes", "plan": "per-call"}),
-        )
-        .await;
+    let key = crate::app_with_key(&tollgate, "acme", "acme-web").await;
+    crate::subscribe_app(&tollgate, "acme-web", "quotes", "per-call").await;
     // An empty wallet: the 402 also offers x402 for this one call.
     let started = std::time::Instant::now();
     let refused = loop {
