@@ -7,15 +7,16 @@
 //!   of teams, service, app, model, status and code ([`RollupKey`],
 //!   [`RollupValues`]); writers add to them, so nodes sum up.
 
-use std::sync::OnceLock;
+use std::borrow::Cow;
+use std::sync::{Arc, OnceLock};
 
-use domain::calls::{CallEntry, LATENCY_BUCKET_COUNT};
+use domain::calls::{CallBodies, CallEntry, LATENCY_BUCKET_COUNT};
 use sqlx::any::AnyRow;
 use sqlx::{Arguments, Row};
 
 use crate::access::visible_sql;
 use crate::objects::{fetch_limit, page_of};
-use crate::{Page, Result, Store, Visible, WriteTx, int, opt_text, text};
+use crate::{Backend, Page, Result, Store, StoreError, Visible, WriteTx, int, opt_text, text};
 
 /// A stored call: its id and what happened.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -257,29 +258,135 @@ const SUMMED: [&str; 8] = [
     "cost_nanos",
 ];
 
-/// The call log's `INSERT` of `INSERT_ROWS[size]` calls.
-fn insert_statement(backend: crate::Backend, size: usize) -> &'static str {
+/// The call log's `INSERT` of `INSERT_ROWS[size]` calls; a call already
+/// there is kept. SQLite's `OR IGNORE` rather than an upsert clause: a
+/// statement that may abort half-way (a `NOT NULL` column) makes SQLite
+/// journal every page it touches, in case it has to undo the statement.
+fn insert_statement(backend: Backend, size: usize) -> &'static str {
     static CACHE: crate::InsertCache = [const { [const { OnceLock::new() }; 3] }; 2];
-    crate::multi_row_insert(
-        &CACHE,
-        backend,
-        size,
-        (
+    let (head, tail) = match backend {
+        Backend::Sqlite => (
+            concat!("INSERT OR IGNORE INTO call_logs (", call_columns!(), ")"),
+            "",
+        ),
+        Backend::Postgres => (
             concat!("INSERT INTO call_logs (", call_columns!(), ")"),
-            30,
             " ON CONFLICT (id) DO NOTHING",
         ),
-    )
+    };
+    crate::multi_row_insert(&CACHE, backend, size, (head, CALL_VALUES, tail))
 }
 
-/// A value of a call row, for either insert path.
+/// Values per call row.
+const CALL_VALUES: usize = 30;
+
+/// The `INSERT` of one call's bodies (kept if already there).
+fn bodies_statement(backend: Backend) -> &'static str {
+    static CACHE: crate::InsertCache = [const { [const { OnceLock::new() }; 3] }; 2];
+    let (head, tail) = match backend {
+        Backend::Sqlite => (
+            "INSERT OR IGNORE INTO call_bodies (call_id, request_headers, request_body, \
+             request_bytes, response_headers, response_body, response_bytes)",
+            "",
+        ),
+        Backend::Postgres => (
+            "INSERT INTO call_bodies (call_id, request_headers, request_body, request_bytes, \
+             response_headers, response_body, response_bytes)",
+            " ON CONFLICT (call_id) DO NOTHING",
+        ),
+    };
+    // The one-row size.
+    let one = crate::INSERT_ROWS.len() - 1;
+    crate::multi_row_insert(&CACHE, backend, one, (head, 7, tail))
+}
+
+/// A call's bodies' 7 values, in the order of [`bodies_statement`].
+fn body_values<'a>(id: &'a str, bodies: &'a CallBodies) -> [Value<'a>; 7] {
+    use Value::{Number, Text};
+    [
+        Text(Some(id)),
+        Text(Some(&bodies.request_headers)),
+        Text(bodies.request_body.as_deref()),
+        Number(Some(unsigned(bodies.request_bytes))),
+        Text(Some(&bodies.response_headers)),
+        Text(bodies.response_body.as_deref()),
+        Number(Some(unsigned(bodies.response_bytes))),
+    ]
+}
+
+/// The upsert that adds one row to the rollups of `granularity`.
+fn rollup_statement(backend: Backend, granularity: Granularity) -> &'static str {
+    static CACHE: [[OnceLock<String>; 2]; 2] = [const { [const { OnceLock::new() }; 2] }; 2];
+    let numbered = backend == Backend::Postgres;
+    CACHE[usize::from(numbered)][usize::from(granularity == Granularity::Hour)].get_or_init(|| {
+        let table = granularity.table();
+        let buckets = (0..LATENCY_BUCKET_COUNT)
+            .map(|i| format!("h{i}"))
+            .collect::<Vec<_>>();
+        let placeholders = (1..=ROLLUP_VALUES)
+            .map(|n| {
+                if numbered {
+                    format!("${n}")
+                } else {
+                    "?".to_owned()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let add = |column: &str| format!("{column} = {table}.{column} + excluded.{column}");
+        let mut sums = SUMMED.iter().map(|c| add(c)).collect::<Vec<_>>();
+        sums.extend(buckets.iter().map(|c| add(c)));
+        format!(
+            "INSERT INTO {table} (bucket_ms, provider_team, consumer_team, service, app, model, \
+             status, code, {}, {}) VALUES ({placeholders}) ON CONFLICT (bucket_ms, provider_team, \
+             consumer_team, service, app, model, status, code) DO UPDATE SET {}",
+            SUMMED.join(", "),
+            buckets.join(", "),
+            sums.join(", ")
+        )
+    })
+}
+
+/// Values per rollup row: the key's 8, the sums' 8 and the buckets.
+const ROLLUP_VALUES: usize = 16 + LATENCY_BUCKET_COUNT;
+
+/// A rollup row's values, in the order of [`rollup_statement`].
+fn rollup_values<'a>(key: &'a RollupKey, values: &RollupValues) -> [Value<'a>; ROLLUP_VALUES] {
+    use Value::{Number, Text};
+    let head = [
+        Number(Some(key.bucket_ms)),
+        Text(Some(&key.provider_team)),
+        Text(Some(&key.consumer_team)),
+        Text(Some(&key.service)),
+        Text(Some(&key.app)),
+        Text(Some(&key.model)),
+        Number(Some(key.status)),
+        Text(Some(&key.code)),
+        Number(Some(values.requests)),
+        Number(Some(values.latency_sum_us)),
+        Number(Some(values.upstream_sum_us)),
+        Number(Some(values.bytes_in)),
+        Number(Some(values.bytes_out)),
+        Number(Some(values.input_tokens)),
+        Number(Some(values.output_tokens)),
+        Number(Some(values.cost_nanos)),
+    ];
+    let mut buckets = values.latency_buckets.iter();
+    std::array::from_fn(|i| match i {
+        0..16 => head[i],
+        _ => Number(buckets.next().map(|count| unsigned(*count))),
+    })
+}
+
+/// A value to bind.
+#[derive(Clone, Copy)]
 enum Value<'a> {
     Text(Option<&'a str>),
     Number(Option<i64>),
 }
 
 /// A call's 30 values, in the order of [`CALL_COLUMNS`].
-fn values(row: &CallRow) -> [Value<'_>; 30] {
+fn values(row: &CallRow) -> [Value<'_>; CALL_VALUES] {
     use Value::{Number, Text};
     let e = &row.entry;
     [
@@ -384,29 +491,143 @@ fn call_from(row: &AnyRow) -> Result<CallRow> {
     })
 }
 
+/// One transaction of the call writer: calls for the call log (with the
+/// bodies of those that have them) and additions to the minute and hour
+/// rollups.
+#[derive(Debug, Default, Clone)]
+pub struct CallBatch {
+    pub calls: Vec<CallRow>,
+    pub minute: Vec<(RollupKey, RollupValues)>,
+    pub hour: Vec<(RollupKey, RollupValues)>,
+}
+
+impl Store {
+    /// Writes `batch` in one transaction: the calls (a call already there
+    /// is kept, so a batch written again is logged once) and the rollup
+    /// additions, as multi-row statements of bound values (see
+    /// [`crate::INSERT_ROWS`]). On SQLite through the store's own
+    /// connection ([`crate::direct`]), in a blocking task; on PostgreSQL
+    /// through the pool.
+    pub async fn write_calls(&self, batch: Arc<CallBatch>) -> Result<()> {
+        let Some(direct) = &self.direct else {
+            let mut tx = self.begin().await?;
+            tx.insert_calls(&batch.calls).await?;
+            tx.add_rollups(Granularity::Minute, &batch.minute).await?;
+            tx.add_rollups(Granularity::Hour, &batch.hour).await?;
+            return tx.commit().await;
+        };
+        // Queued behind the pool's writers, as `begin` does.
+        let guard = self.write_lock.clone().lock_owned().await;
+        let direct = direct.clone();
+        tokio::task::spawn_blocking(move || {
+            let _guard = guard;
+            direct.with(|connection| write_sqlite(connection, &batch))
+        })
+        .await
+        .map_err(|error| StoreError::Sqlite(format!("the call writer's task failed: {error}")))?
+    }
+}
+
+/// [`Store::write_calls`] on SQLite.
+fn write_sqlite(connection: &mut rusqlite::Connection, batch: &CallBatch) -> rusqlite::Result<()> {
+    let tx = connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    for row in &batch.calls {
+        if let Some(bodies) = &row.entry.bodies {
+            let mut statement = tx.prepare_cached(bodies_statement(Backend::Sqlite))?;
+            bind_all(&mut statement, body_values(&row.id, bodies))?;
+            statement.raw_execute()?;
+        }
+    }
+    let mut rest = batch.calls.as_slice();
+    while !rest.is_empty() {
+        let size = crate::insert_size(rest.len());
+        let (chunk, tail) = rest.split_at(crate::INSERT_ROWS[size]);
+        let mut statement = tx.prepare_cached(insert_statement(Backend::Sqlite, size))?;
+        for (n, row) in chunk.iter().enumerate() {
+            for (column, value) in values(row).into_iter().enumerate() {
+                bind(&mut statement, n * CALL_VALUES + column + 1, value)?;
+            }
+        }
+        statement.raw_execute()?;
+        rest = tail;
+    }
+    for (granularity, rows) in [
+        (Granularity::Minute, &batch.minute),
+        (Granularity::Hour, &batch.hour),
+    ] {
+        let mut statement = tx.prepare_cached(rollup_statement(Backend::Sqlite, granularity))?;
+        for (key, values) in rows {
+            bind_all(&mut statement, rollup_values(key, values))?;
+            statement.raw_execute()?;
+        }
+    }
+    tx.commit()
+}
+
+/// Binds `value` as the statement's parameter `index` (from 1).
+fn bind(
+    statement: &mut rusqlite::Statement<'_>,
+    index: usize,
+    value: Value<'_>,
+) -> rusqlite::Result<()> {
+    match value {
+        Value::Text(text) => statement.raw_bind_parameter(index, text.map(without_nul)),
+        Value::Number(number) => statement.raw_bind_parameter(index, number),
+    }
+}
+
+fn bind_all<const N: usize>(
+    statement: &mut rusqlite::Statement<'_>,
+    values: [Value<'_>; N],
+) -> rusqlite::Result<()> {
+    for (index, value) in values.into_iter().enumerate() {
+        bind(statement, index + 1, value)?;
+    }
+    Ok(())
+}
+
+/// Adds `value` to sqlx arguments.
+fn add(arguments: &mut sqlx::any::AnyArguments, value: Value<'_>) -> Result<()> {
+    match value {
+        Value::Text(text) => match text.map(without_nul) {
+            Some(Cow::Owned(text)) => arguments.add(text),
+            _ => arguments.add(text),
+        },
+        Value::Number(number) => arguments.add(number),
+    }
+    .map_err(sqlx::Error::Encode)?;
+    Ok(())
+}
+
+fn add_all<const N: usize>(values: [Value<'_>; N]) -> Result<sqlx::any::AnyArguments> {
+    let mut arguments = sqlx::any::AnyArguments::default();
+    arguments.reserve(N, 0);
+    for value in values {
+        add(&mut arguments, value)?;
+    }
+    Ok(arguments)
+}
+
+/// PostgreSQL text cannot hold NUL (HTTP heads cannot carry one either):
+/// dropped, not refused, on both backends alike.
+fn without_nul(text: &str) -> Cow<'_, str> {
+    if text.contains('\0') {
+        Cow::Owned(text.replace('\0', ""))
+    } else {
+        Cow::Borrowed(text)
+    }
+}
+
 impl WriteTx {
-    /// Appends calls to the call log (a call already there is kept), as
-    /// multi-row statements of bound values (see [`crate::INSERT_ROWS`]):
-    /// one round trip to the database per 64 calls, no SQL parsed per call.
-    pub async fn insert_calls(&mut self, rows: &[CallRow]) -> Result<()> {
+    /// [`Store::write_calls`]' calls, through the pool.
+    async fn insert_calls(&mut self, rows: &[CallRow]) -> Result<()> {
         for row in rows {
-            let Some(bodies) = &row.entry.bodies else {
-                continue;
-            };
-            sqlx::query(
-                "INSERT INTO call_bodies (call_id, request_headers, request_body, request_bytes, \
-                 response_headers, response_body, response_bytes) VALUES ($1, $2, $3, $4, $5, $6, $7) \
-                 ON CONFLICT (call_id) DO NOTHING",
-            )
-            .bind(&row.id)
-            .bind(&bodies.request_headers)
-            .bind(bodies.request_body.as_deref())
-            .bind(unsigned(bodies.request_bytes))
-            .bind(&bodies.response_headers)
-            .bind(bodies.response_body.as_deref())
-            .bind(unsigned(bodies.response_bytes))
-            .execute(&mut *self.tx)
-            .await?;
+            if let Some(bodies) = &row.entry.bodies {
+                let arguments = add_all(body_values(&row.id, bodies))?;
+                sqlx::query_with(bodies_statement(self.backend), arguments)
+                    .execute(&mut *self.tx)
+                    .await?;
+            }
         }
         let mut rest = rows;
         while !rest.is_empty() {
@@ -415,19 +636,10 @@ impl WriteTx {
             // The arguments are gathered first, sized once: binding one by
             // one moves the whole query at each of the 1,920 values.
             let mut arguments = sqlx::any::AnyArguments::default();
-            arguments.reserve(chunk.len() * 30, 0);
+            arguments.reserve(chunk.len() * CALL_VALUES, 0);
             for row in chunk {
                 for value in values(row) {
-                    match value {
-                        // PostgreSQL text cannot hold NUL (HTTP heads
-                        // cannot carry one either): dropped, not refused.
-                        Value::Text(Some(text)) if text.contains('\0') => {
-                            arguments.add(text.replace('\0', ""))
-                        }
-                        Value::Text(text) => arguments.add(text),
-                        Value::Number(number) => arguments.add(number),
-                    }
-                    .map_err(sqlx::Error::Encode)?;
+                    add(&mut arguments, value)?;
                 }
             }
             sqlx::query_with(insert_statement(self.backend, size), arguments)
@@ -438,55 +650,18 @@ impl WriteTx {
         Ok(())
     }
 
-    /// Adds `rows` to the rollups of `granularity`.
-    pub async fn add_rollups(
+    /// [`Store::write_calls`]' additions to the rollups of `granularity`,
+    /// through the pool.
+    async fn add_rollups(
         &mut self,
         granularity: Granularity,
         rows: &[(RollupKey, RollupValues)],
     ) -> Result<()> {
-        let table = granularity.table();
-        let buckets = (0..LATENCY_BUCKET_COUNT)
-            .map(|i| format!("h{i}"))
-            .collect::<Vec<_>>();
-        let placeholders = (17..17 + LATENCY_BUCKET_COUNT)
-            .map(|n| format!("${n}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let add = |column: &str| format!("{column} = {table}.{column} + excluded.{column}");
-        let mut sums = SUMMED.iter().map(|c| add(c)).collect::<Vec<_>>();
-        sums.extend(buckets.iter().map(|c| add(c)));
-        let sql = format!(
-            "INSERT INTO {table} (bucket_ms, provider_team, consumer_team, service, app, model, status, \
-             code, requests, latency_sum_us, upstream_sum_us, bytes_in, bytes_out, input_tokens, \
-             output_tokens, cost_nanos, {}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, \
-             $13, $14, $15, $16, {placeholders}) ON CONFLICT (bucket_ms, provider_team, consumer_team, \
-             service, app, model, status, code) DO UPDATE SET {}",
-            buckets.join(", "),
-            sums.join(", ")
-        );
         for (key, values) in rows {
-            // Audited: table and column names come from this module only.
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
-                .bind(key.bucket_ms)
-                .bind(&key.provider_team)
-                .bind(&key.consumer_team)
-                .bind(&key.service)
-                .bind(&key.app)
-                .bind(&key.model)
-                .bind(key.status)
-                .bind(&key.code)
-                .bind(values.requests)
-                .bind(values.latency_sum_us)
-                .bind(values.upstream_sum_us)
-                .bind(values.bytes_in)
-                .bind(values.bytes_out)
-                .bind(values.input_tokens)
-                .bind(values.output_tokens)
-                .bind(values.cost_nanos);
-            for count in values.latency_buckets {
-                query = query.bind(unsigned(count));
-            }
-            query.execute(&mut *self.tx).await?;
+            let arguments = add_all(rollup_values(key, values))?;
+            sqlx::query_with(rollup_statement(self.backend, granularity), arguments)
+                .execute(&mut *self.tx)
+                .await?;
         }
         Ok(())
     }

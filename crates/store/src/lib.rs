@@ -22,6 +22,7 @@ mod access;
 mod alerts;
 mod billing;
 mod calls;
+mod direct;
 mod export;
 mod migrate;
 mod money;
@@ -38,8 +39,8 @@ use sqlx::{AnyPool, Row};
 pub use access::{AuditFilter, Delivery, Session, SubscriptionFilter, TokenOwner, Visible};
 pub use billing::{Fee, NodeUsage, Usage, fee_key};
 pub use calls::{
-    CallFilter, CallRow, Granularity, GroupBy, RollupKey, RollupQuery, RollupSlot, RollupValues,
-    call_id,
+    CallBatch, CallFilter, CallRow, Granularity, GroupBy, RollupKey, RollupQuery, RollupSlot,
+    RollupValues, call_id,
 };
 pub use export::{AutoTopUp, OutboxEvent};
 pub use migrate::MIGRATIONS;
@@ -59,6 +60,9 @@ pub enum Backend {
 pub enum StoreError {
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// From the store's own SQLite connection ([`direct`]).
+    #[error("database error: {0}")]
+    Sqlite(String),
     #[error("{field}: {message}")]
     Conflict { field: String, message: String },
     #[error("stored data is corrupt: {0}")]
@@ -83,6 +87,8 @@ pub struct Store {
     /// contention into a queue instead of `SQLITE_BUSY` errors. Admin path
     /// only: the gateway never writes through it on a request.
     write_lock: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// SQLite: the call writer's own connection to the same file.
+    direct: Option<std::sync::Arc<direct::Direct>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -97,6 +103,7 @@ impl Store {
     /// Connects to `database_url` (`sqlite://PATH` or `postgres://…`).
     pub async fn open(database_url: &str) -> Result<Store> {
         sqlx::any::install_default_drivers();
+        let mut direct = None;
         let (backend, url) = if let Some(path) = database_url.strip_prefix("sqlite://") {
             let path = path.split('?').next().unwrap_or(path);
             if path != ":memory:"
@@ -108,6 +115,7 @@ impl Store {
                     source,
                 })?;
             }
+            direct = Some(direct::Direct::new(path));
             (Backend::Sqlite, format!("sqlite://{path}?mode=rwc"))
         } else if database_url.starts_with("postgres://")
             || database_url.starts_with("postgresql://")
@@ -144,6 +152,7 @@ impl Store {
             pool,
             backend,
             write_lock: std::sync::Arc::new(tokio::sync::Mutex::new(())),
+            direct,
         })
     }
 
@@ -237,6 +246,9 @@ impl Store {
     }
 
     pub async fn close(&self) {
+        if let Some(direct) = &self.direct {
+            direct.close();
+        }
         self.pool.close().await;
     }
 }

@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use domain::calls::CallEntry;
 use gateway::calls::CallRecord;
-use store::{CallRow, Granularity, RollupKey, RollupValues, Store};
+use store::{CallBatch, CallRow, Granularity, RollupKey, RollupValues, Store};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
@@ -110,20 +110,14 @@ impl Pending {
     fn is_empty(&self) -> bool {
         self.minute.is_empty()
     }
-}
 
-async fn write(store: &Store, pending: &Pending) -> store::Result<()> {
-    let mut tx = store.begin().await?;
-    tx.insert_calls(&pending.calls).await?;
-    let minute: Vec<_> = pending
-        .minute
-        .iter()
-        .map(|(k, v)| (k.clone(), *v))
-        .collect();
-    let hour: Vec<_> = pending.hour.iter().map(|(k, v)| (k.clone(), *v)).collect();
-    tx.add_rollups(Granularity::Minute, &minute).await?;
-    tx.add_rollups(Granularity::Hour, &hour).await?;
-    tx.commit().await
+    fn into_batch(self) -> CallBatch {
+        CallBatch {
+            calls: self.calls,
+            minute: self.minute.into_iter().collect(),
+            hour: self.hour.into_iter().collect(),
+        }
+    }
 }
 
 /// Starts the call writer; the gateway sends its records to the returned
@@ -141,6 +135,8 @@ pub fn spawn_writer(
         let mut drain = drain;
         let mut draining = false;
         let mut pending = Pending::default();
+        // The batch being written, kept as it is until it is written.
+        let mut writing: Option<Arc<CallBatch>> = None;
         let mut failures = 0u32;
         // The last take filled a batch: more may be queued, so no pause.
         let mut backlog = false;
@@ -182,28 +178,35 @@ pub fn spawn_writer(
                 }
                 backlog = taken >= BATCH;
             }
-            if pending.is_empty() {
-                if draining {
-                    return;
+            if writing.is_none() {
+                if pending.is_empty() {
+                    if draining {
+                        return;
+                    }
+                    continue;
                 }
-                continue;
+                writing = Some(Arc::new(std::mem::take(&mut pending).into_batch()));
             }
-            match write(&store, &pending).await {
+            let Some(batch) = writing.clone() else {
+                continue;
+            };
+            match store.write_calls(batch.clone()).await {
                 Ok(()) => {
                     failures = 0;
-                    pending = Pending::default();
+                    writing = None;
                 }
                 Err(error) => {
                     failures += 1;
                     // Retried after a pause, not at once.
                     backlog = false;
-                    tracing::warn!(%error, calls = pending.calls.len(), failures, "call log write failed; retrying");
+                    let calls = batch.calls.len();
+                    tracing::warn!(%error, calls, failures, "call log write failed; retrying");
                     // A batch the database keeps refusing must not stop
                     // the log: it is dropped (and counted).
                     if failures >= GIVE_UP_AFTER || (draining && failures > 3) {
-                        tracing::error!(calls = pending.calls.len(), %error, "call log: batch dropped");
-                        metrics.count_dropped(pending.calls.len().max(1) as u64);
-                        pending = Pending::default();
+                        tracing::error!(calls, %error, "call log: batch dropped");
+                        metrics.count_dropped(calls.max(1) as u64);
+                        writing = None;
                         failures = 0;
                     }
                 }
@@ -328,7 +331,10 @@ mod tests {
         all.push(entry(now - 366 * DAY_MS, "year-old"));
         pending.add(&crate::metrics::tally(&all));
         pending.keep(kept);
-        write(&store, &pending).await.unwrap();
+        store
+            .write_calls(Arc::new(pending.into_batch()))
+            .await
+            .unwrap();
         let config = CallsConfig::default();
         let deleted = enforce_retention(&store, &config, now).await.unwrap();
         let page = store

@@ -515,11 +515,13 @@ async fn calls_and_rollups(store: &Store) {
         call(base + 61_000, "r3", "other", "wco", 200),
         call(base + 3_600_000, "r4", "acme", "other", 200),
     ];
+    let batch = std::sync::Arc::new(store::CallBatch {
+        calls: rows.clone(),
+        ..Default::default()
+    });
     for _ in 0..2 {
         // A batch written twice is logged once.
-        let mut tx = store.begin().await.unwrap();
-        tx.insert_calls(&rows).await.unwrap();
-        tx.commit().await.unwrap();
+        store.write_calls(batch.clone()).await.unwrap();
     }
     let all = Visible::all();
     let page = store
@@ -614,11 +616,12 @@ async fn calls_and_rollups(store: &Store) {
             .or_default()
             .add_call(&row.entry);
     }
-    let minute: Vec<_> = minute.into_iter().collect();
+    let batch = std::sync::Arc::new(store::CallBatch {
+        minute: minute.into_iter().collect(),
+        ..Default::default()
+    });
     for _ in 0..2 {
-        let mut tx = store.begin().await.unwrap();
-        tx.add_rollups(Granularity::Minute, &minute).await.unwrap();
-        tx.commit().await.unwrap();
+        store.write_calls(batch.clone()).await.unwrap();
     }
     let query = RollupQuery {
         granularity: Granularity::Minute,
@@ -699,8 +702,9 @@ async fn calls_and_rollups(store: &Store) {
 }
 
 /// A batch of calls wider than one statement (64 + 8 + 1 + 1 rows, with
-/// quotes and NULL values) is stored whole and exactly, once even when
-/// written twice; a NUL in a text is dropped (PostgreSQL refuses it).
+/// quotes, NULL values and some bodies) is stored whole and exactly, once
+/// even when written twice; a NUL in a text is dropped (PostgreSQL refuses
+/// it).
 async fn calls_in_bulk(store: &Store) {
     use store::CallFilter;
     store.migrate().await.unwrap();
@@ -711,24 +715,57 @@ async fn calls_in_bulk(store: &Store) {
             row.entry.path = format!("/it's/{n}/\u{0}\"");
             row.entry.host = (n % 2 == 0).then(|| format!("h{n}.example"));
             row.entry.upstream_latency_us = (n % 3 != 0).then_some(n as u64);
+            row.entry.bodies = (n % 10 == 0).then(|| {
+                Box::new(domain::calls::CallBodies {
+                    request_headers: format!("x-n: {n}\nauthorization: [redacted]"),
+                    request_body: (n % 20 == 0).then(|| format!("{{\"n\":{n},\"q\":\"it's\"}}")),
+                    request_bytes: n as u64,
+                    response_headers: "content-type: application/json".into(),
+                    response_body: Some("{\"ok\":true}\u{0}".into()),
+                    response_bytes: 12,
+                })
+            });
             row
         })
         .collect();
+    let batch = std::sync::Arc::new(store::CallBatch {
+        calls: rows.clone(),
+        ..Default::default()
+    });
     for _ in 0..2 {
-        let mut tx = store.begin().await.unwrap();
-        tx.insert_calls(&rows).await.unwrap();
-        tx.commit().await.unwrap();
+        store.write_calls(batch.clone()).await.unwrap();
     }
     let page = store
         .calls(&Visible::all(), &CallFilter::default(), None, 100)
         .await
         .unwrap();
-    let mut stored: Vec<_> = page.items.into_iter().map(|r| r.entry).collect();
+    // Bodies are read one call at a time.
+    for (row, stored) in rows.iter().zip(page.items.iter().rev()) {
+        let call = store.call(&stored.id).await.unwrap().unwrap();
+        let mut bodies = row.entry.bodies.clone();
+        if let Some(bodies) = &mut bodies {
+            bodies.response_body = Some("{\"ok\":true}".into());
+        }
+        assert_eq!(
+            call.entry.bodies, bodies,
+            "bodies of {}",
+            row.entry.request_id
+        );
+    }
+    let mut stored: Vec<_> = page
+        .items
+        .into_iter()
+        .map(|mut r| {
+            r.entry.bodies = None;
+            r.entry
+        })
+        .collect();
     stored.reverse();
     let written: Vec<_> = rows
         .into_iter()
         .map(|mut r| {
             r.entry.path = r.entry.path.replace('\0', "");
+            r.entry.bodies = None;
             r.entry
         })
         .collect();
