@@ -67,10 +67,15 @@ pub struct Tally {
 /// its string-keyed maps (metrics, the recent window, rollups) once per
 /// group instead of once per call.
 pub fn tally(entries: &[CallEntry]) -> Vec<(Identity<'_>, Tally)> {
-    let mut groups: std::collections::HashMap<Identity<'_>, Tally> = Default::default();
+    let mut groups: Vec<(Identity<'_>, Tally)> = Vec::new();
+    // Group → its index in `groups`; consulted only when a call's identity
+    // differs from the one before (calls come in runs of one identity, and
+    // comparing is much cheaper than hashing seven strings).
+    let mut index: std::collections::HashMap<Identity<'_>, usize> = Default::default();
     fn text(value: &Option<String>) -> &str {
         value.as_deref().unwrap_or("")
     }
+    let mut current = usize::MAX;
     for entry in entries {
         let identity = Identity {
             second: entry.at_ms.div_euclid(1000),
@@ -83,7 +88,18 @@ pub fn tally(entries: &[CallEntry]) -> Vec<(Identity<'_>, Tally)> {
             status: entry.status,
             code: text(&entry.code),
         };
-        let tally = groups.entry(identity).or_default();
+        if groups
+            .get(current)
+            .is_none_or(|(last, _)| *last != identity)
+        {
+            current = *index.entry(identity).or_insert_with(|| {
+                groups.push((identity, Tally::default()));
+                groups.len() - 1
+            });
+        }
+        let Some((_, tally)) = groups.get_mut(current) else {
+            continue;
+        };
         tally.values.add_call(entry);
         if let Some(upstream_us) = entry.upstream_latency_us {
             tally.upstream.observe(upstream_us);
@@ -92,7 +108,7 @@ pub fn tally(entries: &[CallEntry]) -> Vec<(Identity<'_>, Tally)> {
                 .observe(entry.latency_us.saturating_sub(upstream_us));
         }
     }
-    groups.into_iter().collect()
+    groups
 }
 
 #[derive(Default)]
@@ -474,6 +490,40 @@ mod tests {
         assert_eq!(seconds(250), "0.00025");
         assert_eq!(seconds(1_000_000), "1");
         assert_eq!(seconds(2_500_000), "2.5");
+    }
+
+    /// Interleaved identities still make one group each, with every call
+    /// counted once, in order of first appearance.
+    #[test]
+    fn tally_groups_runs_and_returns() {
+        let call = |app: &str, at_ms: i64, latency_us: u64| CallEntry {
+            app: Some(app.into()),
+            at_ms,
+            latency_us,
+            status: 200,
+            ..Default::default()
+        };
+        let entries = [
+            call("a", 1_000, 1),
+            call("a", 1_500, 2),
+            call("b", 1_600, 4),
+            call("a", 1_700, 8),
+            call("b", 1_800, 16),
+            call("a", 2_000, 32),
+        ];
+        let groups: Vec<_> = tally(&entries)
+            .into_iter()
+            .map(|(identity, tally)| {
+                let values = tally.values;
+                (
+                    identity.app,
+                    identity.second,
+                    values.requests,
+                    values.latency_sum_us,
+                )
+            })
+            .collect();
+        assert_eq!(groups, [("a", 1, 3, 11), ("b", 1, 2, 20), ("a", 2, 1, 32)]);
     }
 
     #[test]
