@@ -506,7 +506,7 @@ impl Store {
     /// is kept, so a batch written again is logged once) and the rollup
     /// additions, as multi-row statements of bound values (see
     /// [`crate::INSERT_ROWS`]). On SQLite through the store's own
-    /// connection ([`crate::direct`]), in a blocking task; on PostgreSQL
+    /// connection (`direct.rs`), in a blocking task; on PostgreSQL
     /// through the pool.
     pub async fn write_calls(&self, batch: Arc<CallBatch>) -> Result<()> {
         let Some(direct) = &self.direct else {
