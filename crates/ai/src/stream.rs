@@ -51,6 +51,9 @@ struct State {
     started: bool,
     error: Option<UpstreamError>,
     input_estimate: Option<u64>,
+    /// The upstream said its answer is complete (OpenAI's `[DONE]`,
+    /// Anthropic's `message_stop`).
+    closed: bool,
 }
 
 impl State {
@@ -98,6 +101,7 @@ impl StreamTranslator {
                 started: false,
                 error: None,
                 input_estimate: None,
+                closed: false,
             },
             finished: false,
         }
@@ -167,6 +171,13 @@ impl StreamTranslator {
         self.state.produced
     }
 
+    /// The upstream said its answer is complete (OpenAI's `[DONE]`,
+    /// Anthropic's `message_stop`; Gemini's streams just end): what closes
+    /// the caller's stream is in the output of that push.
+    pub fn closed(&self) -> bool {
+        self.state.closed
+    }
+
     /// True once the first content delta (text, reasoning or tool call) has
     /// been passed to the caller.
     pub fn started(&self) -> bool {
@@ -210,7 +221,8 @@ impl StreamTranslator {
                         self.state.error = Some(error.clone());
                     }
                 }
-                Delta::Start | Delta::Finish(_) | Delta::Ping | Delta::Done => {}
+                Delta::Done => self.state.closed = true,
+                Delta::Start | Delta::Finish(_) | Delta::Ping => {}
             }
         }
         self.mode.handle(event, deltas, &self.state, out);

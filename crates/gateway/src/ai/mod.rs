@@ -1278,6 +1278,7 @@ impl Call<'_> {
                         tokens: settle.tokens,
                         sink: self.shared.charges.get().cloned(),
                         request_id: self.context.request_id.clone(),
+                        strict: self.shared.options.strict_charges,
                     },
                     call,
                     self.context.started,

@@ -2,7 +2,9 @@
 //! translated as it arrives (never buffered whole), usage is read from the
 //! events, and the call is charged once — when the stream ends, or when
 //! the caller goes away (what was produced so far), or at the service's
-//! total timeout.
+//! total timeout. With `money.durability: strict` what closes the caller's
+//! stream (the last events, then its end) waits until the charge is
+//! committed: a caller that saw the answer complete was charged.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -96,6 +98,15 @@ impl Mode {
             Mode::Responses(..) => true,
         }
     }
+
+    /// The upstream said the answer is complete (the Responses API: its
+    /// `response.completed`, which carries the usage).
+    fn closed(&self) -> bool {
+        match self {
+            Mode::Translate(translator) => translator.closed(),
+            Mode::Responses(_, usage, _) => usage.is_some(),
+        }
+    }
 }
 
 /// What settling the call needs.
@@ -109,7 +120,12 @@ pub(crate) struct Charge {
     pub tokens: super::quota::TokenHold,
     pub sink: Option<crate::money::ChargeSink>,
     pub request_id: http::HeaderValue,
+    /// `money.durability: strict`.
+    pub strict: bool,
 }
+
+/// A strict charge on its way to the ledger.
+type Commit = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 pub struct AiStream {
     inner: UpstreamResponseBody,
@@ -121,6 +137,10 @@ pub struct AiStream {
     deadline: Pin<Box<tokio::time::Sleep>>,
     done: bool,
     bytes_out: u64,
+    /// Strict: the charge being committed, and the last bytes for the
+    /// caller, sent once it is.
+    commit: Option<Commit>,
+    tail: Option<Bytes>,
 }
 
 impl AiStream {
@@ -142,6 +162,8 @@ impl AiStream {
             deadline: Box::pin(tokio::time::sleep_until(deadline.into())),
             done: false,
             bytes_out: 0,
+            commit: None,
+            tail: None,
         }
     }
 
@@ -151,8 +173,9 @@ impl AiStream {
     }
 
     /// Charges the call once: the usage the upstream reported when the
-    /// stream `completed`; else at least what was produced.
-    fn settle(&mut self, completed: bool) {
+    /// stream `completed`; else at least what was produced. In strict mode
+    /// and when `wait`, the charge is committed through [`Self::commit`].
+    fn settle(&mut self, completed: bool, wait: bool) {
         let Some(mut charge) = self.charge.take() else {
             return;
         };
@@ -177,16 +200,21 @@ impl AiStream {
         self.call.output_tokens = usage.output;
         if let Some(mut reservation) = charge.reservation {
             reservation.adjust_to(cost);
-            reservation.settle(
-                charge.sink.as_ref(),
-                &charge.request_id,
-                crate::money::Outcome {
-                    status: 200,
-                    latency_ms: u64::try_from(self.started.elapsed().as_millis())
-                        .unwrap_or(u64::MAX),
-                    tokens: Some(self.call.units(&usage)),
-                },
-            );
+            let outcome = crate::money::Outcome {
+                status: 200,
+                latency_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                tokens: Some(self.call.units(&usage)),
+            };
+            if wait && charge.strict {
+                let (sink, request_id) = (charge.sink, charge.request_id);
+                self.commit = Some(Box::pin(async move {
+                    reservation
+                        .settle_durably(sink.as_ref(), &request_id, outcome)
+                        .await;
+                }));
+            } else {
+                reservation.settle(charge.sink.as_ref(), &charge.request_id, outcome);
+            }
         }
         if let Some(record) = self.record.as_mut() {
             record.cost_nanos = cost;
@@ -194,21 +222,27 @@ impl AiStream {
         }
     }
 
-    fn end(&mut self, completed: bool) -> Option<Bytes> {
+    /// Ends the stream with `out` and what closes it; charges the call.
+    /// The last frame to send, unless it waits for the commit ([`Self::tail`]).
+    fn end(&mut self, completed: bool, mut out: Vec<u8>) -> Option<Bytes> {
         self.done = true;
-        let mut out = Vec::new();
         self.mode.finish(&mut out);
-        self.settle(completed);
+        self.settle(completed, true);
         self.bytes_out += out.len() as u64;
-        (!out.is_empty()).then(|| Bytes::from(out))
+        let last = (!out.is_empty()).then(|| Bytes::from(out));
+        if self.commit.is_some() {
+            self.tail = last;
+            return None;
+        }
+        last
     }
 }
 
 impl Drop for AiStream {
     fn drop(&mut self) {
         // The caller went away (or the stream ended): charge what was
-        // produced, then log.
-        self.settle(false);
+        // produced, then log. Nobody waits for the commit any more.
+        self.settle(false, false);
         if let Some(mut record) = self.record.take() {
             record.bytes_out = self.bytes_out;
             record.ai = Some(Box::new(std::mem::take(&mut self.call)));
@@ -227,42 +261,59 @@ impl Body for AiStream {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         loop {
+            if let Some(commit) = this.commit.as_mut() {
+                if commit.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                this.commit = None;
+                if let Some(tail) = this.tail.take() {
+                    return Poll::Ready(Some(Ok(Frame::data(tail))));
+                }
+            }
             if this.done {
                 return Poll::Ready(None);
             }
-            if this.deadline.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(this.end(false).map(|data| Ok(Frame::data(data))));
-            }
-            match Pin::new(&mut this.inner).poll_frame(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Some(Ok(frame))) => {
-                    let Some(data) = frame.data_ref() else {
-                        continue;
-                    };
-                    let mut out = Vec::new();
-                    this.mode.push(data, &mut out);
-                    if this.call.ttft.is_none() && this.mode.started() {
-                        this.call.ttft = Some(this.started.elapsed());
+            // What closes the stream; `None` when it waits for the commit
+            // (polled at the top of the loop).
+            let last = if this.deadline.as_mut().poll(cx).is_ready() {
+                this.end(false, Vec::new())
+            } else {
+                match Pin::new(&mut this.inner).poll_frame(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Some(Ok(frame))) => {
+                        let Some(data) = frame.data_ref() else {
+                            continue;
+                        };
+                        let mut out = Vec::new();
+                        this.mode.push(data, &mut out);
+                        if this.call.ttft.is_none() && this.mode.started() {
+                            this.call.ttft = Some(this.started.elapsed());
+                        }
+                        if this.mode.closed() && this.charge.as_ref().is_some_and(|c| c.strict) {
+                            // Strict: the closing events wait for the commit.
+                            this.end(true, out)
+                        } else if out.is_empty() {
+                            continue;
+                        } else {
+                            this.bytes_out += out.len() as u64;
+                            return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
+                        }
                     }
-                    if out.is_empty() {
-                        continue;
+                    Poll::Ready(Some(Err(error))) => {
+                        tracing::debug!(%error, "provider stream broke off");
+                        this.end(false, Vec::new())
                     }
-                    this.bytes_out += out.len() as u64;
-                    return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
+                    Poll::Ready(None) => this.end(true, Vec::new()),
                 }
-                Poll::Ready(Some(Err(error))) => {
-                    tracing::debug!(%error, "provider stream broke off");
-                    return Poll::Ready(this.end(false).map(|data| Ok(Frame::data(data))));
-                }
-                Poll::Ready(None) => {
-                    return Poll::Ready(this.end(true).map(|data| Ok(Frame::data(data))));
-                }
+            };
+            if this.commit.is_none() {
+                return Poll::Ready(last.map(|data| Ok(Frame::data(data))));
             }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.done
+        self.done && self.commit.is_none() && self.tail.is_none()
     }
 
     fn size_hint(&self) -> SizeHint {

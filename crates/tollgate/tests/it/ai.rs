@@ -910,6 +910,68 @@ async fn a_caller_that_leaves_mid_stream_pays_for_what_was_produced() {
     assert_eq!(balance, 10_000_000_000 - charged);
 }
 
+/// `money.durability: strict`: a streamed answer's events flow as they
+/// come, but what closes the stream (`[DONE]`, then its end) waits until
+/// the call's charge is committed, so a caller that saw the answer
+/// complete was charged.
+#[tokio::test]
+async fn strict_streams_close_only_once_the_charge_is_committed() {
+    let (openai, anthropic, gemini) = fakes().await;
+    let options = test_support::tollgate::Options {
+        env: vec![("TOLLGATE_MONEY__DURABILITY".into(), "strict".into())],
+        ..Default::default()
+    };
+    let tollgate = Tollgate::start_with(BIN, options).await;
+    let world = ai_world(&tollgate, &openai, &anthropic, &gemini, json!({})).await;
+    openai.push(Reply::text("Strictly streamed", Usage::new(20, 10)));
+    // Another writer holds the database: nothing can be committed.
+    let database = rusqlite::Connection::open(tollgate.data_dir.join("tollgate.db")).unwrap();
+    database.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let mut response = post(
+        &tollgate,
+        "/v1/chat/completions",
+        &world.key,
+        json!({"model": "oai/gpt-test", "stream": true, "stream_options": {"include_usage": true},
+               "messages": [{"role": "user", "content": "Hi"}]}),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    let request_id = id_of(&response);
+    let mut received = String::new();
+    let ended = tokio::time::timeout(Duration::from_millis(1500), async {
+        while let Some(chunk) = response.chunk().await.unwrap() {
+            received.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    })
+    .await;
+    assert!(
+        ended.is_err(),
+        "the stream closed before its charge was committed: {received}"
+    );
+    assert!(
+        received.contains("Strictly"),
+        "content is not held back: {received}"
+    );
+    assert!(!received.contains("[DONE]"), "{received}");
+    database.execute_batch("ROLLBACK").unwrap();
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(chunk) = response.chunk().await.unwrap() {
+            received.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    })
+    .await
+    .expect("the stream closes once the charge is committed");
+    assert!(received.trim_end().ends_with("data: [DONE]"), "{received}");
+    // Already in the ledger when the caller saw the end: no waiting here.
+    let entries = ledger(&tollgate, "acme", "&kind=charge").await;
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_eq!(entries[0]["request_id"], request_id.as_str());
+    assert_eq!(
+        -nanos_of(entries[0]["amount"].as_str().unwrap()),
+        cost(20, 10)
+    );
+}
+
 /// The official Python SDKs (`openai`, `anthropic` from PyPI, pinned in
 /// `test-support/requirements.txt`) against the real binary.
 #[tokio::test]
