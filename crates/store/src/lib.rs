@@ -277,6 +277,81 @@ pub enum Changes {
     Full,
 }
 
+/// The setting that records the sweep of [`Store::seal_stored_secrets`].
+const SECRETS_SWEPT: &str = "hs256_secrets_sealed";
+
+impl Store {
+    /// Seals the HS256 secrets that versions before sealing stored in clear:
+    /// in services' specs, releases' snapshots and audit records (see
+    /// [`secrets::MasterKey::seal_json_secrets`]), in one transaction, once
+    /// per database (every later write seals). Returns the rows changed.
+    pub async fn seal_stored_secrets(&self, key: &secrets::MasterKey) -> Result<u64> {
+        if self.setting(SECRETS_SWEPT).await?.is_some() {
+            return Ok(0);
+        }
+        let mut tx = self.begin().await?;
+        if self.backend == Backend::Sqlite {
+            // What a sealed value replaces is zeroed, not left in free space.
+            sqlx::query("PRAGMA secure_delete = ON")
+                .execute(&mut *tx.tx)
+                .await?;
+        }
+        let mut changed = 0;
+        for (table, column) in [
+            ("services", "spec"),
+            ("releases", "snapshot"),
+            ("audit", "before"),
+            ("audit", "after"),
+        ] {
+            // Audited: table and column names come from the list above.
+            let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT id, {column} FROM {table} WHERE {column} LIKE '%\"secret\"%'"
+            )))
+            .fetch_all(&mut *tx.tx)
+            .await?;
+            for row in rows {
+                let id: String = row.try_get(0)?;
+                let Some(text) = row.try_get::<Option<String>, _>(1)? else {
+                    continue;
+                };
+                let Ok(mut value) = serde_json::from_str::<serde_json::Value>(&text) else {
+                    continue;
+                };
+                let sealed = key.seal_json_secrets(&mut value).map_err(|error| {
+                    StoreError::Corrupt(format!("{table} {id}: cannot seal its secrets: {error}"))
+                })?;
+                if sealed {
+                    sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "UPDATE {table} SET {column} = $1 WHERE id = $2"
+                    )))
+                    .bind(value.to_string())
+                    .bind(&id)
+                    .execute(&mut *tx.tx)
+                    .await?;
+                    changed += 1;
+                    tx.changed_config |= table == "services";
+                }
+            }
+        }
+        tx.set_setting(SECRETS_SWEPT, &domain::now_ms().to_string())
+            .await?;
+        if self.backend == Backend::Sqlite {
+            sqlx::query("PRAGMA secure_delete = OFF")
+                .execute(&mut *tx.tx)
+                .await?;
+        }
+        tx.commit().await?;
+        if changed > 0 && self.backend == Backend::Sqlite {
+            // The sealed pages replace the clear ones in the database file
+            // now, and the log that held them is emptied.
+            sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(changed)
+    }
+}
+
 impl WriteTx {
     pub async fn set_setting(&mut self, key: &str, value: &str) -> Result<()> {
         sqlx::query(

@@ -140,6 +140,45 @@ impl MasterKey {
         Ok(())
     }
 
+    /// Seals, anywhere in a stored JSON document (a service's spec, a
+    /// release's snapshot, an audit record), the HS256 secrets still in
+    /// clear: the `secret` of each item of an `issuers` array of a `jwt`
+    /// object of an `auth` object. Returns whether anything was sealed.
+    pub fn seal_json_secrets(&self, value: &mut serde_json::Value) -> Result<bool, SecretError> {
+        use serde_json::Value;
+        let mut sealed = false;
+        match value {
+            Value::Object(map) => {
+                if let Some(issuers) = map
+                    .get_mut("auth")
+                    .and_then(|auth| auth.get_mut("jwt"))
+                    .and_then(|jwt| jwt.get_mut("issuers"))
+                    .and_then(Value::as_array_mut)
+                {
+                    for issuer in issuers {
+                        if let Some(Value::String(secret)) = issuer.get_mut("secret")
+                            && !secret.starts_with(domain::model::SEALED_PREFIX)
+                        {
+                            let text = self.seal(secret, JWT_SECRET_CONTEXT)?;
+                            *secret = format!("{}{text}", domain::model::SEALED_PREFIX);
+                            sealed = true;
+                        }
+                    }
+                }
+                for item in map.values_mut() {
+                    sealed |= self.seal_json_secrets(item)?;
+                }
+            }
+            Value::Array(items) => {
+                for item in items {
+                    sealed |= self.seal_json_secrets(item)?;
+                }
+            }
+            _ => {}
+        }
+        Ok(sealed)
+    }
+
     /// Opens the sealed HS256 secrets of `spec` (for the gateway). A
     /// secret that does not open is removed (its issuer then refuses every
     /// HS256 token) and named in the returned list.

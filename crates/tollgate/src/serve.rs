@@ -327,6 +327,15 @@ pub async fn run(args: &ConfigArgs) -> anyhow::Result<()> {
     let store = open_store(&config).await?;
     let root_token_digest = bootstrap_root_token(&store, &config).await?;
     let secrets = Arc::new(master_key(&config)?);
+    let sealed = store.seal_stored_secrets(&secrets).await.map_err(|error| {
+        anyhow::anyhow!("cannot seal the HS256 secrets stored in clear: {error}")
+    })?;
+    if sealed > 0 {
+        tracing::info!(
+            rows = sealed,
+            "HS256 secrets an earlier version stored in clear are sealed now"
+        );
+    }
     let catalog = Arc::new(domain::catalog::Catalog::builtin().map_err(|problems| {
         anyhow::anyhow!("the built-in catalogue is broken: {}", problems.join("; "))
     })?);

@@ -466,6 +466,106 @@ async fn batched_appends(store: &Store) {
 
 on_sqlite_and_postgres!(batched_appends_on_sqlite_and_postgres, batched_appends);
 
+/// The start-up sweep seals HS256 secrets stored in clear in services,
+/// releases and audit records, leaves sealed ones and other JSON alone,
+/// opens back to the same secret, and runs once per database.
+async fn secrets_sweep(store: &Store) {
+    use sqlx::Row;
+    store.migrate().await.unwrap();
+    let key =
+        store::secrets::MasterKey::from_base64(&store::secrets::MasterKey::generate().unwrap())
+            .unwrap();
+    let spec = |secret: &str| {
+        serde_json::json!({"slug": "svc", "kind": "http", "base_path": "/svc",
+            "auth": {"anonymous": false, "jwt": {"issuers": [
+                {"issuer": "https://hs.example", "algorithms": ["HS256"], "secret": secret}]}}})
+        .to_string()
+    };
+    sqlx::query(
+        "INSERT INTO services (id, slug, team, upstream_id, lifecycle, spec, state, created_at_ms, \
+         updated_at_ms) VALUES ('s1', 'svc', NULL, NULL, 'draft', $1, '{}', 1, 1)",
+    )
+    .bind(spec("clear-secret-1"))
+    .execute(store.pool())
+    .await
+    .unwrap();
+    let audit = |id: &str, before: Option<String>, after: Option<String>| {
+        sqlx::query(
+            "INSERT INTO audit (id, at_ms, actor, action, object_kind, object_id, team, \
+             other_team, before, after, request_id) VALUES ($1, 1, 'root', 'update', 'service', \
+             's1', NULL, NULL, $2, $3, 'r')",
+        )
+        .bind(id.to_owned())
+        .bind(before)
+        .bind(after)
+    };
+    audit(
+        "a1",
+        Some(spec("clear-secret-0")),
+        Some(spec("clear-secret-1")),
+    )
+    .execute(store.pool())
+    .await
+    .unwrap();
+    let other = r#"{"note":"a \"secret\" word, no issuers"}"#.to_owned();
+    audit("a2", None, Some(other.clone()))
+        .execute(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(
+        store.seal_stored_secrets(&key).await.unwrap(),
+        3,
+        "spec, before, after"
+    );
+    let stored = |sql: &'static str| async move {
+        sqlx::query(sql)
+            .fetch_one(store.pool())
+            .await
+            .unwrap()
+            .try_get::<String, _>(0)
+            .unwrap()
+    };
+    let opened = |text: String| {
+        let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let mut spec: domain::model::ServiceSpec = serde_json::from_value(value).unwrap();
+        assert!(
+            spec.auth.jwt.as_ref().unwrap().issuers[0]
+                .secret
+                .as_deref()
+                .unwrap()
+                .starts_with("sealed:")
+        );
+        assert!(key.open_spec_secrets(&mut spec).is_empty());
+        spec.auth.jwt.unwrap().issuers[0].secret.clone().unwrap()
+    };
+    assert_eq!(
+        opened(stored("SELECT spec FROM services WHERE id = 's1'").await),
+        "clear-secret-1"
+    );
+    assert_eq!(
+        opened(stored("SELECT before FROM audit WHERE id = 'a1'").await),
+        "clear-secret-0"
+    );
+    assert_eq!(
+        opened(stored("SELECT after FROM audit WHERE id = 'a1'").await),
+        "clear-secret-1"
+    );
+    assert_eq!(
+        stored("SELECT after FROM audit WHERE id = 'a2'").await,
+        other,
+        "left alone"
+    );
+    // Once per database: later writes seal as they store.
+    let sealed = stored("SELECT spec FROM services WHERE id = 's1'").await;
+    assert_eq!(store.seal_stored_secrets(&key).await.unwrap(), 0);
+    assert_eq!(
+        stored("SELECT spec FROM services WHERE id = 's1'").await,
+        sealed
+    );
+}
+
+on_sqlite_and_postgres!(secrets_sweep_on_sqlite_and_postgres, secrets_sweep);
+
 fn call(
     at_ms: i64,
     request_id: &str,

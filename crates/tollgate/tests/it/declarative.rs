@@ -356,6 +356,99 @@ async fn teams_and_plans_are_declarative_too() {
     assert_eq!(plans["data"][0]["slug"], "free", "nothing changed");
 }
 
+/// HS256 secrets an earlier version stored in clear (in the service, its
+/// releases and the audit log) are sealed when the binary starts: the
+/// admin API shows them sealed, the sealed value opens (sending it back is
+/// accepted), and no file of the data dir holds the secret any more.
+#[tokio::test]
+async fn hs256_secrets_stored_in_clear_are_sealed_at_start() {
+    let upstream = FakeUpstream::start("w").await;
+    let data_dir = tempfile::tempdir().unwrap();
+    let options = || test_support::tollgate::Options {
+        data_dir: Some(data_dir.path().to_path_buf()),
+        ..Default::default()
+    };
+    let tollgate = Tollgate::start_with(BIN, options()).await;
+    let secret = "an-hs256-secret-an-earlier-version-kept-in-clear-42";
+    let text = document(&upstream.url(), false).replace(
+        "    auth: {anonymous: true}\n",
+        &format!(
+            "    auth:\n      anonymous: true\n      jwt:\n        issuers:\n          - issuer: https://hs.example\n            algorithms: [HS256]\n            secret: {secret}\n"
+        ),
+    );
+    let file = data_dir.path().join("tollgate.yaml");
+    std::fs::write(&file, &text).unwrap();
+    let applied = cli(&tollgate, &["apply", "-f", file.to_str().unwrap()]);
+    assert!(applied.success, "{}", applied.stderr);
+    let (_, service) = tollgate
+        .admin(Method::GET, "/api/v1/services/weather", None)
+        .await;
+    let sealed = service["auth"]["jwt"]["issuers"][0]["secret"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    tollgate.stop().await;
+    std::fs::remove_file(&file).unwrap();
+
+    // What an earlier version left: the secret in clear wherever it went.
+    let database = rusqlite::Connection::open(data_dir.path().join("tollgate.db")).unwrap();
+    let mut cleared = 0;
+    for (table, column) in [
+        ("services", "spec"),
+        ("releases", "snapshot"),
+        ("audit", "before"),
+        ("audit", "after"),
+    ] {
+        cleared += database
+            .execute(
+                &format!("UPDATE {table} SET {column} = replace({column}, ?1, ?2)"),
+                (&sealed, secret),
+            )
+            .unwrap();
+    }
+    assert!(
+        cleared >= 2,
+        "the service and its audit record, at least: {cleared}"
+    );
+    database
+        .execute_batch(
+            "DELETE FROM settings WHERE key = 'hs256_secrets_sealed'; \
+             PRAGMA wal_checkpoint(TRUNCATE);",
+        )
+        .unwrap();
+    drop(database);
+    let holds_secret = || {
+        std::fs::read_dir(data_dir.path()).unwrap().any(|entry| {
+            let bytes = std::fs::read(entry.unwrap().path()).unwrap_or_default();
+            bytes.windows(secret.len()).any(|w| w == secret.as_bytes())
+        })
+    };
+    assert!(holds_secret(), "the setup left the secret in clear");
+
+    let tollgate = Tollgate::start_with(BIN, options()).await;
+    let (_, service) = tollgate
+        .admin(Method::GET, "/api/v1/services/weather", None)
+        .await;
+    let resealed = service["auth"]["jwt"]["issuers"][0]["secret"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(resealed.starts_with("sealed:"), "{resealed}");
+    let (status, audit) = tollgate.admin(Method::GET, "/api/v1/audit", None).await;
+    assert_eq!(status, 200);
+    assert!(!audit.to_string().contains(secret), "{audit}");
+    let auth = json!({"auth": {"anonymous": true, "jwt": {"issuers": [
+        {"issuer": "https://hs.example", "algorithms": ["HS256"], "secret": resealed}]}}});
+    let (status, body) = tollgate
+        .admin(Method::PATCH, "/api/v1/services/weather", Some(auth))
+        .await;
+    assert_eq!(status, 200, "the resealed secret opens: {body}");
+    assert!(
+        !holds_secret(),
+        "a file of the data dir still holds the secret"
+    );
+}
+
 /// An HS256 issuer's secret is stored sealed: the admin API and the export
 /// show `sealed:…`, the database files never hold it, the same file
 /// applies again with no change, the export applies back with no change,
