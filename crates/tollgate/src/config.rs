@@ -96,6 +96,9 @@ pub struct RawUsageExport {
     pub cloudevents_token: Option<String>,
     /// The `event_name` of a Stripe meter to report calls to.
     pub stripe_meter: Option<String>,
+    /// What each meter event counts: `requests` (1 per call, the default),
+    /// `tokens`, `input_tokens` or `output_tokens`.
+    pub stripe_meter_value: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -224,6 +227,7 @@ pub struct UsageExportConfig {
     pub cloudevents_url: Option<String>,
     pub cloudevents_token: Option<String>,
     pub stripe_meter: Option<String>,
+    pub stripe_meter_value: crate::export::MeterValue,
 }
 
 impl UsageExportConfig {
@@ -473,6 +477,16 @@ fn validate(raw: RawConfig, problems: &mut Vec<String>) -> Config {
             problems.push("usage_export.stripe_meter: must be a meter's event name".into());
         }
     }
+    let stripe_meter_value = match raw.usage_export.stripe_meter_value.as_deref() {
+        None => crate::export::MeterValue::Requests,
+        Some(text) => crate::export::MeterValue::parse(text).unwrap_or_else(|| {
+            problems.push(format!(
+                "usage_export.stripe_meter_value: '{text}' is not one of requests, tokens, \
+                 input_tokens, output_tokens"
+            ));
+            crate::export::MeterValue::Requests
+        }),
+    };
     let strict_charges = match raw.money.durability.as_deref() {
         None | Some("batched") => false,
         Some("strict") => true,
@@ -668,6 +682,7 @@ fn validate(raw: RawConfig, problems: &mut Vec<String>) -> Config {
             cloudevents_url: raw.usage_export.cloudevents_url,
             cloudevents_token: raw.usage_export.cloudevents_token,
             stripe_meter: raw.usage_export.stripe_meter,
+            stripe_meter_value,
         },
         calls,
         alerts_every: Duration::from_millis(alerts_every_ms),
@@ -756,6 +771,26 @@ mod tests {
         assert!(
             typed[0].starts_with("gateway.request_body_limit_bytes:"),
             "{typed:?}"
+        );
+    }
+
+    #[test]
+    fn a_meter_counts_what_it_is_told() {
+        let found = problems("usage_export:\n  stripe_meter_value: bytes\n", &[]);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].starts_with("usage_export.stripe_meter_value: 'bytes'"),
+            "{found:?}"
+        );
+        let config = load(
+            None,
+            &env(&[("TOLLGATE_USAGE_EXPORT__STRIPE_METER_VALUE", "output_tokens")]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            config.usage_export.stripe_meter_value,
+            crate::export::MeterValue::OutputTokens
         );
     }
 

@@ -32,6 +32,42 @@ const EVERY: Duration = Duration::from_secs(1);
 const BATCH: i64 = 100;
 const LEASE_MS: i64 = 60_000;
 
+/// What a Stripe meter event counts of its call (`payload[value]`), read
+/// from the usage event's `units`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MeterValue {
+    /// 1 per call.
+    #[default]
+    Requests,
+    /// Input plus output tokens (AI calls).
+    Tokens,
+    InputTokens,
+    OutputTokens,
+}
+
+impl MeterValue {
+    pub fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "requests" => Self::Requests,
+            "tokens" => Self::Tokens,
+            "input_tokens" => Self::InputTokens,
+            "output_tokens" => Self::OutputTokens,
+            _ => return None,
+        })
+    }
+
+    /// The value for a usage event's `units`.
+    fn of(self, units: &Value) -> u64 {
+        let count = |name: &str| units[name].as_u64().unwrap_or(0);
+        match self {
+            Self::Requests => count("requests").max(1),
+            Self::Tokens => count("input_tokens").saturating_add(count("output_tokens")),
+            Self::InputTokens => count("input_tokens"),
+            Self::OutputTokens => count("output_tokens"),
+        }
+    }
+}
+
 /// Where usage events go, and what they say.
 #[derive(Debug, Clone)]
 pub struct Export {
@@ -39,6 +75,7 @@ pub struct Export {
     pub cloudevents_token: Option<String>,
     /// Stripe meter `event_name`, with the Stripe API to send it to.
     pub stripe_meter: Option<String>,
+    pub stripe_meter_value: MeterValue,
     pub stripe_base: String,
     pub stripe_key: String,
     pub public_url: String,
@@ -212,8 +249,9 @@ async fn send_cloudevents(
     }
 }
 
-/// One meter event per call; a team without a Stripe customer has nothing
-/// to meter there.
+/// One meter event per call, counting what `stripe_meter_value` says; a
+/// team without a Stripe customer has nothing to meter there, and a call
+/// with nothing to count sends nothing.
 async fn send_stripe(
     store: &Store,
     http: &reqwest::Client,
@@ -235,6 +273,12 @@ async fn send_stripe(
             continue;
         };
         let parsed: Value = serde_json::from_str(&event.event).unwrap_or(Value::Null);
+        let value = export.stripe_meter_value.of(&parsed["data"]["units"]);
+        if value == 0 {
+            // Nothing of what the meter counts (no tokens in this call).
+            delivered.push(event.id.clone());
+            continue;
+        }
         let time = parsed["time"]
             .as_str()
             .and_then(|t| domain::access::parse_time_ms(t).ok())
@@ -244,7 +288,7 @@ async fn send_stripe(
             .append_pair("identifier", parsed["id"].as_str().unwrap_or_default())
             .append_pair("timestamp", &(time / 1000).to_string())
             .append_pair("payload[stripe_customer_id]", customer)
-            .append_pair("payload[value]", "1")
+            .append_pair("payload[value]", &value.to_string())
             .finish();
         let sent = http
             .post(format!("{}/v1/billing/meter_events", export.stripe_base))

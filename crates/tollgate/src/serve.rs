@@ -407,6 +407,7 @@ pub async fn run(args: &ConfigArgs) -> anyhow::Result<()> {
             cloudevents_url: config.usage_export.cloudevents_url.clone(),
             cloudevents_token: config.usage_export.cloudevents_token.clone(),
             stripe_meter: config.usage_export.stripe_meter.clone(),
+            stripe_meter_value: config.usage_export.stripe_meter_value,
             stripe_base: stripe.map_or_else(String::new, |s| s.api_base.clone()),
             stripe_key: stripe.map_or_else(String::new, |s| s.secret_key.clone()),
             public_url: config.public_url.clone(),

@@ -972,6 +972,67 @@ async fn strict_streams_close_only_once_the_charge_is_committed() {
     );
 }
 
+/// `usage_export.stripe_meter_value: tokens`: each AI call's meter event
+/// counts its input plus output tokens, streamed or not.
+#[tokio::test]
+async fn stripe_meters_can_count_tokens() {
+    let (openai, anthropic, gemini) = fakes().await;
+    let stripe = test_support::stripe::FakeStripe::start().await;
+    let mut env = crate::billing::stripe_env(&stripe, "ai_tokens");
+    env.push((
+        "TOLLGATE_USAGE_EXPORT__STRIPE_METER_VALUE".into(),
+        "tokens".into(),
+    ));
+    let options = test_support::tollgate::Options {
+        env,
+        ..Default::default()
+    };
+    let tollgate = Tollgate::start_with(BIN, options).await;
+    let world = ai_world(&tollgate, &openai, &anthropic, &gemini, json!({})).await;
+    let customer = crate::billing::stripe_customer(&tollgate, &stripe, "acme").await;
+    openai.push(Reply::text("Counted", Usage::new(20, 10)));
+    openai.push(Reply::text("Streamed and counted", Usage::new(7, 5)));
+    let plain = post(
+        &tollgate,
+        "/v1/chat/completions",
+        &world.key,
+        json!({"model": "oai/gpt-test", "messages": [{"role": "user", "content": "Hi"}]}),
+    )
+    .await;
+    assert_eq!(plain.status(), 200);
+    let plain_id = id_of(&plain);
+    let streamed = post(
+        &tollgate,
+        "/v1/chat/completions",
+        &world.key,
+        json!({"model": "oai/gpt-test", "stream": true, "messages": [{"role": "user", "content": "Hi"}]}),
+    )
+    .await;
+    let streamed_id = id_of(&streamed);
+    streamed.text().await.unwrap();
+    let started = std::time::Instant::now();
+    while stripe.meter_events().len() < 2 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{}",
+            tollgate.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let meter = stripe.meter_events();
+    let value_of = |id: &str| {
+        let event = meter
+            .iter()
+            .find(|e| e["identifier"] == id)
+            .unwrap_or_else(|| panic!("no meter event for {id}: {meter:?}"));
+        assert_eq!(event["event_name"], "ai_tokens");
+        assert_eq!(event["payload[stripe_customer_id]"], customer);
+        event["payload[value]"].clone()
+    };
+    assert_eq!(value_of(&plain_id), "30");
+    assert_eq!(value_of(&streamed_id), "12");
+}
+
 /// The official Python SDKs (`openai`, `anthropic` from PyPI, pinned in
 /// `test-support/requirements.txt`) against the real binary.
 #[tokio::test]

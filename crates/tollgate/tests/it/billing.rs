@@ -799,45 +799,17 @@ async fn warnings_fire_webhooks_once_per_crossing() {
     );
 }
 
-#[tokio::test]
-async fn usage_events_reach_a_cloudevents_sink_and_stripe_meters_at_least_once() {
-    use test_support::stripe::{FakeStripe, SECRET_KEY, WEBHOOK_SECRET};
-    let stripe = FakeStripe::start().await;
-    // The sink refuses the first two batches: they are sent again.
-    let sink = test_support::webhook::WebhookReceiver::start(2).await;
-    let options = test_support::tollgate::Options {
-        env: vec![
-            ("TOLLGATE_STRIPE__SECRET_KEY".into(), SECRET_KEY.into()),
-            (
-                "TOLLGATE_STRIPE__WEBHOOK_SECRET".into(),
-                WEBHOOK_SECRET.into(),
-            ),
-            ("TOLLGATE_STRIPE__API_BASE".into(), stripe.url()),
-            ("TOLLGATE_USAGE_EXPORT__CLOUDEVENTS_URL".into(), sink.url()),
-            (
-                "TOLLGATE_USAGE_EXPORT__STRIPE_METER".into(),
-                "api_calls".into(),
-            ),
-        ],
-        ..Default::default()
-    };
-    let tollgate = Tollgate::start_with(BIN, options).await;
-    let upstream = FakeUpstream::start("w").await;
-    let key = market(
-        &tollgate,
-        &upstream,
-        &[
-            json!({"slug": "metered", "included": {"requests": 3}, "overage": "charge",
-            "price_per_request": "0.01"}),
-        ],
-        None,
-    )
-    .await;
-    // The team pays a top-up through Checkout: it becomes a Stripe customer.
+/// The team pays a 5 top-up through Checkout, so it becomes a Stripe
+/// customer; returns the customer's id.
+pub(crate) async fn stripe_customer(
+    tollgate: &Tollgate,
+    stripe: &test_support::stripe::FakeStripe,
+    team: &str,
+) -> String {
     let (status, session) = tollgate
         .admin(
             Method::POST,
-            "/api/v1/teams/acme/wallet/checkout",
+            &format!("/api/v1/teams/{team}/wallet/checkout"),
             Some(json!({"amount": "5"})),
         )
         .await;
@@ -859,6 +831,50 @@ async fn usage_events_reach_a_cloudevents_sink_and_stripe_meters_at_least_once()
         .await
         .unwrap();
     assert_eq!(delivered.status(), 200);
+    customer
+}
+
+/// The environment for Stripe with a usage meter.
+pub(crate) fn stripe_env(
+    stripe: &test_support::stripe::FakeStripe,
+    meter: &str,
+) -> Vec<(String, String)> {
+    use test_support::stripe::{SECRET_KEY, WEBHOOK_SECRET};
+    vec![
+        ("TOLLGATE_STRIPE__SECRET_KEY".into(), SECRET_KEY.into()),
+        (
+            "TOLLGATE_STRIPE__WEBHOOK_SECRET".into(),
+            WEBHOOK_SECRET.into(),
+        ),
+        ("TOLLGATE_STRIPE__API_BASE".into(), stripe.url()),
+        ("TOLLGATE_USAGE_EXPORT__STRIPE_METER".into(), meter.into()),
+    ]
+}
+
+#[tokio::test]
+async fn usage_events_reach_a_cloudevents_sink_and_stripe_meters_at_least_once() {
+    let stripe = test_support::stripe::FakeStripe::start().await;
+    // The sink refuses the first two batches: they are sent again.
+    let sink = test_support::webhook::WebhookReceiver::start(2).await;
+    let mut env = stripe_env(&stripe, "api_calls");
+    env.push(("TOLLGATE_USAGE_EXPORT__CLOUDEVENTS_URL".into(), sink.url()));
+    let options = test_support::tollgate::Options {
+        env,
+        ..Default::default()
+    };
+    let tollgate = Tollgate::start_with(BIN, options).await;
+    let upstream = FakeUpstream::start("w").await;
+    let key = market(
+        &tollgate,
+        &upstream,
+        &[
+            json!({"slug": "metered", "included": {"requests": 3}, "overage": "charge",
+            "price_per_request": "0.01"}),
+        ],
+        None,
+    )
+    .await;
+    let customer = stripe_customer(&tollgate, &stripe, "acme").await;
     subscribe(&tollgate, "acme-web", "metered").await;
 
     // Ten calls, each with its own request id, each answered once.
