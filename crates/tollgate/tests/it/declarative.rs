@@ -356,6 +356,27 @@ async fn teams_and_plans_are_declarative_too() {
     assert_eq!(plans["data"][0]["slug"], "free", "nothing changed");
 }
 
+/// Applies the `weather` document with an HS256 issuer whose secret is
+/// `secret`, from a file written in `dir` (returned).
+fn apply_hs256(
+    tollgate: &Tollgate,
+    upstream: &str,
+    secret: &str,
+    dir: &std::path::Path,
+) -> std::path::PathBuf {
+    let text = document(upstream, false).replace(
+        "    auth: {anonymous: true}\n",
+        &format!(
+            "    auth:\n      anonymous: true\n      jwt:\n        issuers:\n          - issuer: https://hs.example\n            algorithms: [HS256]\n            secret: {secret}\n"
+        ),
+    );
+    let file = dir.join("tollgate.yaml");
+    std::fs::write(&file, &text).unwrap();
+    let applied = cli(tollgate, &["apply", "-f", file.to_str().unwrap()]);
+    assert!(applied.success, "{}", applied.stderr);
+    file
+}
+
 /// HS256 secrets an earlier version stored in clear (in the service, its
 /// releases and the audit log) are sealed when the binary starts: the
 /// admin API shows them sealed, the sealed value opens (sending it back is
@@ -370,16 +391,7 @@ async fn hs256_secrets_stored_in_clear_are_sealed_at_start() {
     };
     let tollgate = Tollgate::start_with(BIN, options()).await;
     let secret = "an-hs256-secret-an-earlier-version-kept-in-clear-42";
-    let text = document(&upstream.url(), false).replace(
-        "    auth: {anonymous: true}\n",
-        &format!(
-            "    auth:\n      anonymous: true\n      jwt:\n        issuers:\n          - issuer: https://hs.example\n            algorithms: [HS256]\n            secret: {secret}\n"
-        ),
-    );
-    let file = data_dir.path().join("tollgate.yaml");
-    std::fs::write(&file, &text).unwrap();
-    let applied = cli(&tollgate, &["apply", "-f", file.to_str().unwrap()]);
-    assert!(applied.success, "{}", applied.stderr);
+    let file = apply_hs256(&tollgate, &upstream.url(), secret, data_dir.path());
     let (_, service) = tollgate
         .admin(Method::GET, "/api/v1/services/weather", None)
         .await;
@@ -458,17 +470,8 @@ async fn hs256_secrets_are_sealed_at_rest_and_apply_stays_idempotent() {
     let upstream = FakeUpstream::start("w").await;
     let tollgate = Tollgate::start(BIN).await;
     let secret = "an-hs256-secret-of-at-least-32-bytes-0123456789";
-    let text = document(&upstream.url(), false).replace(
-        "    auth: {anonymous: true}\n",
-        &format!(
-            "    auth:\n      anonymous: true\n      jwt:\n        issuers:\n          - issuer: https://hs.example\n            algorithms: [HS256]\n            secret: {secret}\n"
-        ),
-    );
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("tollgate.yaml");
-    std::fs::write(&file, &text).unwrap();
-    let applied = cli(&tollgate, &["apply", "-f", file.to_str().unwrap()]);
-    assert!(applied.success, "{}", applied.stderr);
+    let file = apply_hs256(&tollgate, &upstream.url(), secret, dir.path());
 
     let (status, service) = tollgate
         .admin(Method::GET, "/api/v1/services/weather", None)
