@@ -492,7 +492,7 @@ fn validate(raw: RawConfig, problems: &mut Vec<String>) -> Config {
         Some("strict") => true,
         Some(other) => {
             problems.push(format!(
-                "money.durability: '{other}' must be batched (default: charges committed in batches within about 10 ms) or strict (a call answers once its charge is committed)"
+                "money.durability: '{other}' must be batched (default: charges committed in batches within about 50 ms) or strict (a call answers once its charge is committed)"
             ));
             false
         }

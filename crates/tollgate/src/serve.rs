@@ -455,6 +455,11 @@ pub async fn run(args: &ConfigArgs) -> anyhow::Result<()> {
         charges,
         actor.clone(),
         export.clone(),
+        if config.strict_charges {
+            crate::ledger::Pace::STRICT
+        } else {
+            crate::ledger::Pace::BATCHED
+        },
         ledger_drain,
     );
     let exporter =
