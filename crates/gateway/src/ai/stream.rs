@@ -241,7 +241,13 @@ impl AiStream {
 impl Drop for AiStream {
     fn drop(&mut self) {
         // The caller went away (or the stream ended): charge what was
-        // produced, then log. Nobody waits for the commit any more.
+        // produced, then log. Nobody waits for the commit any more, but a
+        // charge on its way to the ledger still gets there.
+        if let Some(commit) = self.commit.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(commit);
+        }
         self.settle(false, false);
         if let Some(mut record) = self.record.take() {
             record.bytes_out = self.bytes_out;
