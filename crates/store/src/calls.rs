@@ -347,13 +347,16 @@ fn rollup_statement(backend: Backend, granularity: Granularity) -> &'static str 
     })
 }
 
-/// Values per rollup row: the key's 8, the sums' 8 and the buckets.
-const ROLLUP_VALUES: usize = 16 + LATENCY_BUCKET_COUNT;
+/// Values per rollup row before the latency buckets: the key's 8 and the
+/// sums' 8.
+const ROLLUP_HEAD: usize = 8 + SUMMED.len();
+/// Values per rollup row.
+const ROLLUP_VALUES: usize = ROLLUP_HEAD + LATENCY_BUCKET_COUNT;
 
 /// A rollup row's values, in the order of [`rollup_statement`].
 fn rollup_values<'a>(key: &'a RollupKey, values: &RollupValues) -> [Value<'a>; ROLLUP_VALUES] {
     use Value::{Number, Text};
-    let head = [
+    let head: [Value<'a>; ROLLUP_HEAD] = [
         Number(Some(key.bucket_ms)),
         Text(Some(&key.provider_team)),
         Text(Some(&key.consumer_team)),
@@ -372,9 +375,9 @@ fn rollup_values<'a>(key: &'a RollupKey, values: &RollupValues) -> [Value<'a>; R
         Number(Some(values.cost_nanos)),
     ];
     let mut buckets = values.latency_buckets.iter();
-    std::array::from_fn(|i| match i {
-        0..16 => head[i],
-        _ => Number(buckets.next().map(|count| unsigned(*count))),
+    std::array::from_fn(|i| match head.get(i) {
+        Some(value) => *value,
+        None => Number(buckets.next().map(|count| unsigned(*count))),
     })
 }
 

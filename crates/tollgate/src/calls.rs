@@ -178,17 +178,17 @@ pub fn spawn_writer(
                 }
                 backlog = taken >= BATCH;
             }
-            if writing.is_none() {
-                if pending.is_empty() {
+            let batch = match &writing {
+                Some(batch) => batch.clone(),
+                None if pending.is_empty() => {
                     if draining {
                         return;
                     }
                     continue;
                 }
-                writing = Some(Arc::new(std::mem::take(&mut pending).into_batch()));
-            }
-            let Some(batch) = writing.clone() else {
-                continue;
+                None => writing
+                    .insert(Arc::new(std::mem::take(&mut pending).into_batch()))
+                    .clone(),
             };
             match store.write_calls(batch.clone()).await {
                 Ok(()) => {

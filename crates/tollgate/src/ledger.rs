@@ -61,6 +61,7 @@ impl Pace {
         batch: 5_000,
     };
 }
+
 /// Charges per second of one subscription from which each batch of its
 /// charges is recorded as one entry.
 const AGGREGATE_FROM_PER_SECOND: u64 = 1000;

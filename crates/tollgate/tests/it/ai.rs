@@ -910,6 +910,22 @@ async fn a_caller_that_leaves_mid_stream_pays_for_what_was_produced() {
     assert_eq!(balance, 10_000_000_000 - charged);
 }
 
+/// Appends to `received` what the stream sends within `wait`; true when
+/// the stream ended in that time.
+async fn read_stream(
+    response: &mut reqwest::Response,
+    received: &mut String,
+    wait: Duration,
+) -> bool {
+    tokio::time::timeout(wait, async {
+        while let Some(chunk) = response.chunk().await.unwrap() {
+            received.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    })
+    .await
+    .is_ok()
+}
+
 /// `money.durability: strict`: a streamed answer's events flow as they
 /// come, but what closes the stream (`[DONE]`, then its end) waits until
 /// the call's charge is committed, so a caller that saw the answer
@@ -938,14 +954,9 @@ async fn strict_streams_close_only_once_the_charge_is_committed() {
     assert_eq!(response.status(), 200);
     let request_id = id_of(&response);
     let mut received = String::new();
-    let ended = tokio::time::timeout(Duration::from_millis(1500), async {
-        while let Some(chunk) = response.chunk().await.unwrap() {
-            received.push_str(&String::from_utf8_lossy(&chunk));
-        }
-    })
-    .await;
+    let ended = read_stream(&mut response, &mut received, Duration::from_millis(1500)).await;
     assert!(
-        ended.is_err(),
+        !ended,
         "the stream closed before its charge was committed: {received}"
     );
     assert!(
@@ -954,13 +965,10 @@ async fn strict_streams_close_only_once_the_charge_is_committed() {
     );
     assert!(!received.contains("[DONE]"), "{received}");
     database.execute_batch("ROLLBACK").unwrap();
-    tokio::time::timeout(Duration::from_secs(5), async {
-        while let Some(chunk) = response.chunk().await.unwrap() {
-            received.push_str(&String::from_utf8_lossy(&chunk));
-        }
-    })
-    .await
-    .expect("the stream closes once the charge is committed");
+    assert!(
+        read_stream(&mut response, &mut received, Duration::from_secs(5)).await,
+        "the stream closes once the charge is committed: {received}"
+    );
     assert!(received.trim_end().ends_with("data: [DONE]"), "{received}");
     // Already in the ledger when the caller saw the end: no waiting here.
     let entries = ledger(&tollgate, "acme", "&kind=charge").await;

@@ -377,6 +377,31 @@ fn apply_hs256(
     file
 }
 
+/// The `weather` service's HS256 secret as the admin API shows it.
+async fn stored_secret(tollgate: &Tollgate) -> String {
+    let (status, service) = tollgate
+        .admin(Method::GET, "/api/v1/services/weather", None)
+        .await;
+    assert_eq!(status, 200, "{service}");
+    service["auth"]["jwt"]["issuers"][0]["secret"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// The files of `dir` whose bytes contain `secret`.
+fn files_holding(dir: &std::path::Path, secret: &str) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.is_file())
+        .filter(|path| {
+            let bytes = std::fs::read(path).unwrap();
+            bytes.windows(secret.len()).any(|w| w == secret.as_bytes())
+        })
+        .collect()
+}
+
 /// HS256 secrets an earlier version stored in clear (in the service, its
 /// releases and the audit log) are sealed when the binary starts: the
 /// admin API shows them sealed, the sealed value opens (sending it back is
@@ -392,13 +417,7 @@ async fn hs256_secrets_stored_in_clear_are_sealed_at_start() {
     let tollgate = Tollgate::start_with(BIN, options()).await;
     let secret = "an-hs256-secret-an-earlier-version-kept-in-clear-42";
     let file = apply_hs256(&tollgate, &upstream.url(), secret, data_dir.path());
-    let (_, service) = tollgate
-        .admin(Method::GET, "/api/v1/services/weather", None)
-        .await;
-    let sealed = service["auth"]["jwt"]["issuers"][0]["secret"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let sealed = stored_secret(&tollgate).await;
     tollgate.stop().await;
     std::fs::remove_file(&file).unwrap();
 
@@ -429,22 +448,13 @@ async fn hs256_secrets_stored_in_clear_are_sealed_at_start() {
         )
         .unwrap();
     drop(database);
-    let holds_secret = || {
-        std::fs::read_dir(data_dir.path()).unwrap().any(|entry| {
-            let bytes = std::fs::read(entry.unwrap().path()).unwrap_or_default();
-            bytes.windows(secret.len()).any(|w| w == secret.as_bytes())
-        })
-    };
-    assert!(holds_secret(), "the setup left the secret in clear");
+    assert!(
+        !files_holding(data_dir.path(), secret).is_empty(),
+        "the setup left the secret in clear"
+    );
 
     let tollgate = Tollgate::start_with(BIN, options()).await;
-    let (_, service) = tollgate
-        .admin(Method::GET, "/api/v1/services/weather", None)
-        .await;
-    let resealed = service["auth"]["jwt"]["issuers"][0]["secret"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let resealed = stored_secret(&tollgate).await;
     assert!(resealed.starts_with("sealed:"), "{resealed}");
     let (status, audit) = tollgate.admin(Method::GET, "/api/v1/audit", None).await;
     assert_eq!(status, 200);
@@ -455,10 +465,8 @@ async fn hs256_secrets_stored_in_clear_are_sealed_at_start() {
         .admin(Method::PATCH, "/api/v1/services/weather", Some(auth))
         .await;
     assert_eq!(status, 200, "the resealed secret opens: {body}");
-    assert!(
-        !holds_secret(),
-        "a file of the data dir still holds the secret"
-    );
+    let holding = files_holding(data_dir.path(), secret);
+    assert!(holding.is_empty(), "{holding:?} still hold the secret");
 }
 
 /// An HS256 issuer's secret is stored sealed: the admin API and the export
@@ -518,15 +526,9 @@ async fn hs256_secrets_are_sealed_at_rest_and_apply_stays_idempotent() {
     );
 
     // No file of the data dir holds the secret.
-    for entry in std::fs::read_dir(&tollgate.data_dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_file() {
-            let bytes = std::fs::read(&path).unwrap();
-            assert!(
-                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
-                "{} holds the HS256 secret in plaintext",
-                path.display()
-            );
-        }
-    }
+    let holding = files_holding(&tollgate.data_dir, secret);
+    assert!(
+        holding.is_empty(),
+        "{holding:?} hold the HS256 secret in plaintext"
+    );
 }
