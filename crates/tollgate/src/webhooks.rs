@@ -165,8 +165,8 @@ mod tests {
 
     #[test]
     fn backoff_grows_and_is_capped() {
-        assert!((1000..1100).contains(&backoff_ms(0)));
-        assert!((4000..4400).contains(&backoff_ms(2)));
+        assert!((1000..=1100).contains(&backoff_ms(0)));
+        assert!((4000..=4400).contains(&backoff_ms(2)));
         assert!(backoff_ms(30) <= 660_000);
     }
 }
