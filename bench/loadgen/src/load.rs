@@ -17,21 +17,18 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hdrhistogram::Histogram;
-use http::{Request, StatusCode, Uri, header};
-use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
+use http::Uri;
 use rustix::time::{
     Itimerspec, TimerfdClockId, TimerfdFlags, TimerfdTimerFlags, Timespec, timerfd_create,
     timerfd_settime,
 };
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
-use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
 use crate::BoxError;
 use crate::target::Target;
+use crate::wire::{self, Conn};
 
 pub struct LoadConfig {
     pub url: Uri,
@@ -70,8 +67,6 @@ impl Shared {
         self.start + Duration::from_nanos((i as f64 * self.interval_ns) as u64)
     }
 }
-
-type Sender = SendRequest<Full<Bytes>>;
 
 struct Tally {
     sent: u64,
@@ -141,15 +136,16 @@ async fn run_async(cfg: &LoadConfig) -> Result<String, BoxError> {
     target.authorization = cfg.authorization.clone();
     target.body = cfg.body.clone();
     target.content_type = cfg.content_type.clone();
+    let request: Arc<[u8]> = wire::request_bytes(&target).into();
     let target = Arc::new(target);
 
     // Open every connection before the clock starts; fail fast if the target is down.
-    let mut senders = Vec::with_capacity(cfg.connections);
+    let mut conns = Vec::with_capacity(cfg.connections);
     for _ in 0..cfg.connections {
-        let sender = connect(&target)
+        let conn = Conn::open(&target)
             .await
             .map_err(|e| format!("connecting to {}: {e}", target.addr))?;
-        senders.push(sender);
+        conns.push(conn);
     }
 
     let warmup_slots = (cfg.rate * cfg.warmup.as_secs_f64()).round() as u64;
@@ -165,9 +161,17 @@ async fn run_async(cfg: &LoadConfig) -> Result<String, BoxError> {
         deadline: start + cfg.warmup + cfg.duration + cfg.timeout,
     });
 
-    let workers: Vec<_> = senders
+    let workers: Vec<_> = conns
         .into_iter()
-        .map(|sender| tokio::spawn(worker(shared.clone(), target.clone(), sender, cfg.timeout)))
+        .map(|conn| {
+            tokio::spawn(worker(
+                shared.clone(),
+                target.clone(),
+                request.clone(),
+                conn,
+                cfg.timeout,
+            ))
+        })
         .collect();
     let pacer = tokio::spawn(pace(shared.clone(), cfg.connections));
 
@@ -298,11 +302,12 @@ async fn release_on_schedule(shared: &Shared) -> Result<(), BoxError> {
 async fn worker(
     shared: Arc<Shared>,
     target: Arc<Target>,
-    sender: Sender,
+    request: Arc<[u8]>,
+    conn: Conn,
     timeout: Duration,
 ) -> Result<Tally, BoxError> {
     let mut tally = Tally::new()?;
-    let mut conn = Some(sender);
+    let mut conn = Some(conn);
     loop {
         match shared.permits.acquire().await {
             Ok(permit) => permit.forget(),
@@ -318,11 +323,11 @@ async fn worker(
             // Too far behind: leave it unsent (reported as an error).
             continue;
         }
-        if conn.as_ref().is_none_or(|c| c.is_closed()) {
+        if conn.as_ref().is_none_or(|c| !c.reusable()) {
             tally.reconnects += 1;
-            conn = connect(&target).await.ok();
+            conn = Conn::open(&target).await.ok();
         }
-        let Some(sender) = conn.as_mut() else {
+        let Some(open) = conn.as_mut() else {
             if measured {
                 tally.sent += 1;
                 tally.failed += 1;
@@ -330,7 +335,7 @@ async fn worker(
             continue;
         };
         let sent_at = Instant::now();
-        let outcome = tokio::time::timeout(timeout, send_one(sender, &target)).await;
+        let outcome = tokio::time::timeout(timeout, open.exchange(&request)).await;
         let done = Instant::now();
         let healthy = matches!(outcome, Ok(Ok(_)));
         if measured {
@@ -339,7 +344,7 @@ async fn worker(
                 .lag
                 .saturating_record(nanos(sent_at.saturating_duration_since(scheduled)));
             match outcome {
-                Ok(Ok(status)) if status.is_success() => {
+                Ok(Ok(status)) if (200..300).contains(&status) => {
                     tally.ok += 1;
                     tally
                         .latency
@@ -360,43 +365,4 @@ async fn worker(
 
 fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX).max(1)
-}
-
-async fn connect(target: &Target) -> Result<Sender, BoxError> {
-    let stream = TcpStream::connect(&target.addr).await?;
-    stream.set_nodelay(true)?;
-    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(async move {
-        // Errors surface on the next send through `is_closed` / `send_request`.
-        let _ = connection.await;
-    });
-    Ok(sender)
-}
-
-async fn send_one(sender: &mut Sender, target: &Target) -> Result<StatusCode, BoxError> {
-    sender.ready().await?;
-    let method = if target.body.is_some() {
-        http::Method::POST
-    } else {
-        http::Method::GET
-    };
-    let mut request = Request::builder()
-        .method(method)
-        .uri(target.path.as_str())
-        .header(header::HOST, target.host_header.as_str());
-    if let Some(value) = &target.authorization {
-        request = request.header(header::AUTHORIZATION, value.as_str());
-    }
-    let body = match &target.body {
-        Some(body) => {
-            request = request.header(header::CONTENT_TYPE, target.content_type.as_str());
-            Full::new(body.clone())
-        }
-        None => Full::new(Bytes::new()),
-    };
-    let request = request.body(body)?;
-    let response = sender.send_request(request).await?;
-    let status = response.status();
-    response.into_body().collect().await?;
-    Ok(status)
 }

@@ -12,6 +12,7 @@ mod args;
 mod load;
 mod ready;
 mod target;
+mod wire;
 
 use std::process::ExitCode;
 use std::time::Duration;
