@@ -378,6 +378,49 @@ async fn sqlite_file() {
     assert_eq!(store.load_all().await.unwrap().upstreams.len(), 6);
 }
 
+async fn page_size(store: &Store) -> i64 {
+    sqlx::query_scalar::<_, i64>("PRAGMA page_size")
+        .fetch_one(store.pool())
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn new_sqlite_files_get_16k_pages_and_older_files_keep_theirs() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/new.db", dir.path().display());
+    let store = Store::open(&url).await.unwrap();
+    store.migrate().await.unwrap();
+    assert_eq!(page_size(&store).await, 16_384);
+    store.close().await;
+
+    // A file an earlier version made: 4 KiB pages, WAL, a row of data.
+    let old = dir.path().join("old.db");
+    {
+        let connection = rusqlite::Connection::open(&old).unwrap();
+        connection
+            .execute_batch(
+                "PRAGMA page_size = 4096; PRAGMA journal_mode = WAL; \
+                 CREATE TABLE kept (v TEXT); INSERT INTO kept VALUES ('still here');",
+            )
+            .unwrap();
+    }
+    let store = Store::open(&format!("sqlite://{}", old.display()))
+        .await
+        .unwrap();
+    exercise(&store).await;
+    assert_eq!(
+        page_size(&store).await,
+        4_096,
+        "an existing file is not rewritten"
+    );
+    let kept: String = sqlx::query_scalar("SELECT v FROM kept")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(kept, "still here");
+}
+
 #[tokio::test]
 async fn postgres() {
     let (pg, store) = Pg::create().await;
