@@ -110,7 +110,7 @@ pub struct CallEntry {
     /// them (secrets redacted).
     pub bodies: Option<Box<CallBodies>>,
     /// The route's pattern (`/weather/forecast/{city}`), for trace span
-    /// names; not stored.
+    /// names: set only on calls that have a span; not stored.
     pub http_route: Option<String>,
     /// The call's span, when traces are exported; not stored.
     pub trace: Option<TraceIds>,

@@ -210,7 +210,39 @@ fn micros(duration: Duration) -> u64 {
     u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
 }
 
+/// A record's rollup identity (second, teams, service, app, route,
+/// model, status, code) as numbers and pointers: records with equal keys
+/// have equal identities, since the snapshot and app they point to are
+/// immutable and kept alive by the records. The converse does not hold
+/// (each worker thread has its own snapshot handle), so unequal keys
+/// prove nothing. Lets the call writer group a run of calls without
+/// comparing their strings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupKey {
+    second: i64,
+    snapshot: *const SnapshotHandle,
+    route: Option<usize>,
+    app: *const AppRt,
+    status: u16,
+    code: Option<Code>,
+}
+
 impl CallRecord {
+    /// The record's [`GroupKey`]; none for AI calls (their model is text).
+    pub fn group_key(&self) -> Option<GroupKey> {
+        if self.ai.is_some() {
+            return None;
+        }
+        Some(GroupKey {
+            second: self.at_ms.div_euclid(1000),
+            snapshot: Arc::as_ptr(&self.snapshot),
+            route: self.route,
+            app: self.who.app.as_ref().map_or(std::ptr::null(), Arc::as_ptr),
+            status: self.status,
+            code: self.code,
+        })
+    }
+
     /// The record as stored: names resolved through the snapshot it was
     /// served from.
     pub fn entry(&self) -> CallEntry {
@@ -256,7 +288,8 @@ impl CallRecord {
             output_tokens: self.ai.as_ref().map_or(0, |ai| ai.output_tokens),
             ttft_us: self.ai.as_ref().and_then(|ai| ai.ttft).map(micros),
             completed: self.completed,
-            http_route: route.map(|r| r.pattern.clone()),
+            // Only spans use it.
+            http_route: self.trace.and(route).map(|r| r.pattern.clone()),
             trace: self.trace,
             bodies: self.capture.as_deref().map(|capture| {
                 let request = capture.request_body();

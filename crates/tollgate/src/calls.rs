@@ -160,9 +160,14 @@ pub fn spawn_writer(
                 while taken < BATCH {
                     let Ok(batch) = records.try_recv() else { break };
                     taken += batch.len();
+                    let keys: Vec<_> = batch.iter().map(CallRecord::group_key).collect();
                     let entries: Vec<CallEntry> = batch.iter().map(CallRecord::entry).collect();
-                    drop(batch);
-                    let tallies = crate::metrics::tally(&entries);
+                    let tallies = crate::metrics::tally(&entries, |i| {
+                        i > 0 && keys[i].is_some() && keys[i] == keys[i - 1]
+                    });
+                    // The keys' pointers are only meaningful while the
+                    // records keep what they point to alive.
+                    drop((keys, batch));
                     metrics.observe_tallies(&tallies);
                     pending.add(&tallies);
                     drop(tallies);
@@ -329,7 +334,7 @@ mod tests {
         let mut all = kept.clone();
         all.push(entry(now - 31 * DAY_MS, "month-old"));
         all.push(entry(now - 366 * DAY_MS, "year-old"));
-        pending.add(&crate::metrics::tally(&all));
+        pending.add(&crate::metrics::tally(&all, |_| false));
         pending.keep(kept);
         store
             .write_calls(Arc::new(pending.into_batch()))

@@ -65,37 +65,23 @@ pub struct Tally {
 
 /// Groups a batch of calls by [`Identity`]: the call writer then touches
 /// its string-keyed maps (metrics, the recent window, rollups) once per
-/// group instead of once per call.
-pub fn tally(entries: &[CallEntry]) -> Vec<(Identity<'_>, Tally)> {
+/// group instead of once per call. `same_as_previous(i)` may say that call
+/// `i` has the identity of call `i - 1` (the writer knows it from the
+/// gateway's pointer-sized [`gateway::calls::GroupKey`]): such a call
+/// skips even the string compare. `|_| false` is always correct.
+pub fn tally(
+    entries: &[CallEntry],
+    same_as_previous: impl Fn(usize) -> bool,
+) -> Vec<(Identity<'_>, Tally)> {
     let mut groups: Vec<(Identity<'_>, Tally)> = Vec::new();
     // Group → its index in `groups`; consulted only when a call's identity
     // differs from the one before (calls come in runs of one identity, and
     // comparing is much cheaper than hashing seven strings).
     let mut index: std::collections::HashMap<Identity<'_>, usize> = Default::default();
-    fn text(value: &Option<String>) -> &str {
-        value.as_deref().unwrap_or("")
-    }
     let mut current = usize::MAX;
-    for entry in entries {
-        let identity = Identity {
-            second: entry.at_ms.div_euclid(1000),
-            provider_team: text(&entry.provider_team),
-            consumer_team: text(&entry.consumer_team),
-            service: text(&entry.service),
-            app: text(&entry.app),
-            route: text(&entry.route_id),
-            model: text(&entry.model),
-            status: entry.status,
-            code: text(&entry.code),
-        };
-        if groups
-            .get(current)
-            .is_none_or(|(last, _)| *last != identity)
-        {
-            current = *index.entry(identity).or_insert_with(|| {
-                groups.push((identity, Tally::default()));
-                groups.len() - 1
-            });
+    for (i, entry) in entries.iter().enumerate() {
+        if current == usize::MAX || !same_as_previous(i) {
+            current = group_of(entry, &mut groups, &mut index, current);
         }
         let Some((_, tally)) = groups.get_mut(current) else {
             continue;
@@ -109,6 +95,40 @@ pub fn tally(entries: &[CallEntry]) -> Vec<(Identity<'_>, Tally)> {
         }
     }
     groups
+}
+
+/// The index in `groups` of `entry`'s group (added if new); `current` is
+/// the previous call's group, compared first.
+fn group_of<'a>(
+    entry: &'a CallEntry,
+    groups: &mut Vec<(Identity<'a>, Tally)>,
+    index: &mut std::collections::HashMap<Identity<'a>, usize>,
+    current: usize,
+) -> usize {
+    fn text(value: &Option<String>) -> &str {
+        value.as_deref().unwrap_or("")
+    }
+    let identity = Identity {
+        second: entry.at_ms.div_euclid(1000),
+        provider_team: text(&entry.provider_team),
+        consumer_team: text(&entry.consumer_team),
+        service: text(&entry.service),
+        app: text(&entry.app),
+        route: text(&entry.route_id),
+        model: text(&entry.model),
+        status: entry.status,
+        code: text(&entry.code),
+    };
+    if groups
+        .get(current)
+        .is_some_and(|(last, _)| *last == identity)
+    {
+        return current;
+    }
+    *index.entry(identity).or_insert_with(|| {
+        groups.push((identity, Tally::default()));
+        groups.len() - 1
+    })
 }
 
 #[derive(Default)]
@@ -511,19 +531,30 @@ mod tests {
             call("b", 1_800, 16),
             call("a", 2_000, 32),
         ];
-        let groups: Vec<_> = tally(&entries)
-            .into_iter()
-            .map(|(identity, tally)| {
-                let values = tally.values;
-                (
-                    identity.app,
-                    identity.second,
-                    values.requests,
-                    values.latency_sum_us,
-                )
-            })
-            .collect();
-        assert_eq!(groups, [("a", 1, 3, 11), ("b", 1, 2, 20), ("a", 2, 1, 32)]);
+        let groups = |same_as_previous: &dyn Fn(usize) -> bool| -> Vec<_> {
+            tally(&entries, same_as_previous)
+                .into_iter()
+                .map(|(identity, tally)| {
+                    let values = tally.values;
+                    (
+                        identity.app,
+                        identity.second,
+                        values.requests,
+                        values.latency_sum_us,
+                    )
+                })
+                .collect()
+        };
+        let expected = [("a", 1, 3, 11), ("b", 1, 2, 20), ("a", 2, 1, 32)];
+        assert_eq!(groups(&|_| false), expected);
+        // Told the truth about the one run (calls 0 and 1), same groups.
+        assert_eq!(groups(&|i| i == 1), expected);
+        // The hint is trusted without a compare: a false one (call 2 is
+        // "b") shows that it was used.
+        assert_eq!(
+            groups(&|i| i == 1 || i == 2),
+            [("a", 1, 4, 15), ("b", 1, 1, 16), ("a", 2, 1, 32)]
+        );
     }
 
     #[test]
