@@ -116,15 +116,46 @@ pub fn from_minor(minor: i64, currency: &str) -> Option<i64> {
 /// Formats nano-units as a decimal string: trailing zeros dropped, at
 /// least two decimals (`12.50`, `0.004`, `-3.00`, `0.000000001`).
 pub fn format(nanos: i64) -> String {
-    let negative = nanos < 0;
-    let magnitude = nanos.unsigned_abs();
-    let whole = magnitude / NANOS_PER_UNIT as u64;
-    let fraction = magnitude % NANOS_PER_UNIT as u64;
-    let mut digits = format!("{fraction:09}");
-    while digits.len() > 2 && digits.ends_with('0') {
-        digits.pop();
+    let mut out = String::with_capacity(24);
+    format_into(&mut out, nanos);
+    out
+}
+
+/// [`format`], appended to `out` (the gateway's `Tollgate-Balance`
+/// header is written per call, without the formatting machinery).
+pub fn format_into(out: &mut String, nanos: i64) {
+    if nanos < 0 {
+        out.push('-');
     }
-    format!("{}{whole}.{digits}", if negative { "-" } else { "" })
+    let magnitude = nanos.unsigned_abs();
+    push_u64(out, magnitude / NANOS_PER_UNIT as u64);
+    out.push('.');
+    let mut fraction = magnitude % NANOS_PER_UNIT as u64;
+    let mut digits = [b'0'; 9];
+    for digit in digits.iter_mut().rev() {
+        *digit = b'0' + (fraction % 10) as u8;
+        fraction /= 10;
+    }
+    let mut len = digits.len();
+    while len > 2 && digits[len - 1] == b'0' {
+        len -= 1;
+    }
+    out.push_str(std::str::from_utf8(&digits[..len]).unwrap_or_default());
+}
+
+/// Appends `n` in decimal.
+pub fn push_u64(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.push_str(std::str::from_utf8(&digits[start..]).unwrap_or_default());
 }
 
 /// A ledger entry's kind (SPEC §2).
@@ -240,6 +271,15 @@ mod tests {
             ("0.000", Sign::NonZero, AmountError::Zero),
         ] {
             assert_eq!(parse(text, sign), Err(error), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn decimal_integers_are_pushed_whole() {
+        for n in [0, 7, 10, 1_000_000_007, u64::MAX] {
+            let mut out = String::from("x");
+            push_u64(&mut out, n);
+            assert_eq!(out, format!("x{n}"));
         }
     }
 

@@ -362,17 +362,24 @@ pub(crate) fn rate_limited(exceeded: &Exceeded, policy: Option<HeaderValue>) -> 
     if let Some(policy) = policy {
         refusal = refusal.with_header(RATELIMIT_POLICY.clone(), policy);
     }
-    if let Ok(value) = HeaderValue::from_str(&ratelimit_value(quota)) {
+    if let Ok(value) = HeaderValue::try_from(ratelimit_value(quota)) {
         refusal = refusal.with_header(RATELIMIT.clone(), value);
     }
     refusal
 }
 
 pub(crate) fn ratelimit_value(quota: &Quota) -> String {
-    format!(
-        "\"{}-{}\";r={};t={}",
-        quota.scope, quota.name, quota.remaining, quota.reset_s
-    )
+    // Written per call: pushed, not formatted.
+    let mut out = String::with_capacity(quota.scope.len() + quota.name.len() + 48);
+    out.push('"');
+    out.push_str(quota.scope);
+    out.push('-');
+    out.push_str(quota.name);
+    out.push_str("\";r=");
+    domain::money::push_u64(&mut out, quota.remaining);
+    out.push_str(";t=");
+    domain::money::push_u64(&mut out, quota.reset_s);
+    out
 }
 
 /// `RateLimit-Policy` for these limiters: each one's text is made once, so
@@ -443,7 +450,7 @@ fn limit(
         }
     }
     if let (Some(policy), Some(quota)) = (policy, tightest)
-        && let Ok(value) = HeaderValue::from_str(&ratelimit_value(&quota))
+        && let Ok(value) = HeaderValue::try_from(ratelimit_value(&quota))
     {
         admission.rate_headers = Some((policy, value));
     }
@@ -838,8 +845,8 @@ fn pay(
 fn add_rate_headers(admission: &mut Admission, policy: &str, state: &str) {
     let joined = match admission.rate_headers.take() {
         Some((p, s)) => (
-            format!("{}, {policy}", p.to_str().unwrap_or_default()),
-            format!("{}, {state}", s.to_str().unwrap_or_default()),
+            [p.to_str().unwrap_or_default(), policy].join(", "),
+            [s.to_str().unwrap_or_default(), state].join(", "),
         ),
         None => (policy.to_owned(), state.to_owned()),
     };

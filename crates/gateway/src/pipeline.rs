@@ -772,11 +772,11 @@ async fn forward(
                     } else {
                         held.settle(sink, &context.request_id, outcome)
                     };
-                    if let Ok(value) = HeaderValue::try_from(format!(
-                        "{} {}",
-                        domain::money::format(left),
-                        shared.options.currency
-                    )) {
+                    let mut balance = String::with_capacity(32);
+                    domain::money::format_into(&mut balance, left);
+                    balance.push(' ');
+                    balance.push_str(&shared.options.currency);
+                    if let Ok(value) = HeaderValue::try_from(balance) {
                         response_parts
                             .headers
                             .insert(TOLLGATE_BALANCE.clone(), value);
