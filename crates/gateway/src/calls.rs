@@ -202,8 +202,19 @@ impl Capture {
     }
 }
 
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
+/// `slot` = `value`, in the buffer `slot` already has.
+fn put(slot: &mut String, value: &str) {
+    slot.clear();
+    slot.push_str(value);
+}
+
+/// [`put`] for optional text: a buffer is kept while the value stays set.
+fn put_opt(slot: &mut Option<String>, value: Option<&str>) {
+    match (slot.as_mut(), value) {
+        (Some(buffer), Some(value)) => put(buffer, value),
+        (None, Some(value)) => *slot = Some(value.to_owned()),
+        (_, None) => *slot = None,
+    }
 }
 
 fn micros(duration: Duration) -> u64 {
@@ -246,69 +257,101 @@ impl CallRecord {
     /// The record as stored: names resolved through the snapshot it was
     /// served from.
     pub fn entry(&self) -> CallEntry {
+        let mut entry = CallEntry::default();
+        self.fill(&mut entry);
+        entry
+    }
+
+    /// Writes the record into `entry`, every field, reusing the text
+    /// buffers `entry` already has: the call writer refills the entries of
+    /// batches it has written, so a call's dozen strings cost no
+    /// allocation (and no free) once the writer is warm.
+    pub fn fill(&self, entry: &mut CallEntry) {
+        use std::fmt::Write;
         let route = self.route.and_then(|index| self.snapshot.routes.get(index));
         let service = route.map(|route| &route.service);
         let upstream_target = match (service.and_then(|s| s.upstream.as_ref()), self.target) {
             (Some(upstream), Some((index, _))) => {
-                upstream.targets.get(index).map(|t| t.url.clone())
+                upstream.targets.get(index).map(|t| t.url.as_str())
             }
-            _ => self.ai.as_ref().map(|ai| ai.url.clone()),
+            _ => self.ai.as_ref().map(|ai| ai.url.as_str()),
         };
         let labels = self.who.subscription.as_deref();
-        CallEntry {
-            request_id: text(&self.request_id),
-            at_ms: self.at_ms,
-            method: self.method.as_str().to_owned(),
-            host: (self.host_len > 0).then(|| text(&self.host_path[..self.host_len])),
-            path: text(&self.host_path[self.host_len..]),
-            status: self.status,
-            code: self.code.map(|code| code.as_str().to_owned()),
-            latency_us: micros(self.latency),
-            upstream_latency_us: self.target.map(|(_, took)| micros(took)),
-            bytes_in: self.bytes_in,
-            bytes_out: self.bytes_out,
-            client_ip: self.client_ip.to_string(),
-            consumer_team: self.who.app.as_ref().map(|app| app.team.clone()),
-            app: self.who.app.as_ref().map(|app| app.slug.clone()),
-            key_prefix: self.who.key.as_ref().map(|key| key.prefix.to_string()),
-            subscription_id: labels.map(|l| l.subscription.to_string()),
-            plan: labels.map(|l| l.plan.to_string()),
-            provider_team: service.and_then(|s| s.team.clone()),
-            service: service.map(|s| s.slug.to_string()),
-            route_id: route.map(|r| r.id.to_string()),
-            upstream_target,
-            cost_nanos: self.cost_nanos,
-            problem: self
-                .problem
+        let app = self.who.app.as_deref();
+        let ai = self.ai.as_deref();
+        put(
+            &mut entry.request_id,
+            &String::from_utf8_lossy(&self.request_id),
+        );
+        entry.at_ms = self.at_ms;
+        put(&mut entry.method, self.method.as_str());
+        put_opt(
+            &mut entry.host,
+            (self.host_len > 0)
+                .then(|| String::from_utf8_lossy(&self.host_path[..self.host_len]))
+                .as_deref(),
+        );
+        put(
+            &mut entry.path,
+            &String::from_utf8_lossy(&self.host_path[self.host_len..]),
+        );
+        entry.status = self.status;
+        put_opt(&mut entry.code, self.code.map(Code::as_str));
+        entry.latency_us = micros(self.latency);
+        entry.upstream_latency_us = self.target.map(|(_, took)| micros(took));
+        entry.bytes_in = self.bytes_in;
+        entry.bytes_out = self.bytes_out;
+        entry.client_ip.clear();
+        let _ = write!(entry.client_ip, "{}", self.client_ip);
+        put_opt(&mut entry.consumer_team, app.map(|app| app.team.as_str()));
+        put_opt(&mut entry.app, app.map(|app| app.slug.as_str()));
+        put_opt(
+            &mut entry.key_prefix,
+            self.who.key.as_ref().map(|key| &*key.prefix),
+        );
+        put_opt(&mut entry.subscription_id, labels.map(|l| &*l.subscription));
+        put_opt(&mut entry.plan, labels.map(|l| &*l.plan));
+        put_opt(
+            &mut entry.provider_team,
+            service.and_then(|s| s.team.as_deref()),
+        );
+        put_opt(&mut entry.service, service.map(|s| s.slug.as_str()));
+        put_opt(&mut entry.route_id, route.map(|r| r.id.as_str()));
+        put_opt(&mut entry.upstream_target, upstream_target);
+        entry.cost_nanos = self.cost_nanos;
+        put_opt(
+            &mut entry.problem,
+            self.problem
                 .as_ref()
-                .map(|body| String::from_utf8_lossy(body).into_owned()),
-            provider: self.ai.as_ref().map(|ai| ai.provider.clone()),
-            model: self.ai.as_ref().map(|ai| ai.model.clone()),
-            input_tokens: self.ai.as_ref().map_or(0, |ai| ai.input_tokens),
-            output_tokens: self.ai.as_ref().map_or(0, |ai| ai.output_tokens),
-            ttft_us: self.ai.as_ref().and_then(|ai| ai.ttft).map(micros),
-            completed: self.completed,
-            // Only spans use it.
-            http_route: self.trace.and(route).map(|r| r.pattern.clone()),
-            trace: self.trace,
-            bodies: self.capture.as_deref().map(|capture| {
-                let request = capture.request_body();
-                Box::new(domain::calls::CallBodies {
-                    request_headers: capture.request_headers.clone(),
-                    request_body: domain::calls::redact_body(
-                        &request.bytes,
-                        &capture.redact_fields,
-                    ),
-                    request_bytes: request.total.max(self.bytes_in),
-                    response_headers: capture.response_headers.clone(),
-                    response_body: domain::calls::redact_body(
-                        &capture.response_body.bytes,
-                        &capture.redact_fields,
-                    ),
-                    response_bytes: capture.response_body.total,
-                })
-            }),
-        }
+                .map(|body| String::from_utf8_lossy(body))
+                .as_deref(),
+        );
+        put_opt(&mut entry.provider, ai.map(|ai| ai.provider.as_str()));
+        put_opt(&mut entry.model, ai.map(|ai| ai.model.as_str()));
+        entry.input_tokens = ai.map_or(0, |ai| ai.input_tokens);
+        entry.output_tokens = ai.map_or(0, |ai| ai.output_tokens);
+        entry.ttft_us = ai.and_then(|ai| ai.ttft).map(micros);
+        entry.completed = self.completed;
+        // Only spans use it.
+        put_opt(
+            &mut entry.http_route,
+            self.trace.and(route).map(|r| r.pattern.as_str()),
+        );
+        entry.trace = self.trace;
+        entry.bodies = self.capture.as_deref().map(|capture| {
+            let request = capture.request_body();
+            Box::new(domain::calls::CallBodies {
+                request_headers: capture.request_headers.clone(),
+                request_body: domain::calls::redact_body(&request.bytes, &capture.redact_fields),
+                request_bytes: request.total.max(self.bytes_in),
+                response_headers: capture.response_headers.clone(),
+                response_body: domain::calls::redact_body(
+                    &capture.response_body.bytes,
+                    &capture.redact_fields,
+                ),
+                response_bytes: capture.response_body.total,
+            })
+        });
     }
 
     /// A record of a request as it arrives; the rest is filled in as the
@@ -419,5 +462,61 @@ pub(crate) fn flush() {
     });
     if let Some((batch, sink)) = gathered {
         send(batch, &sink);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(
+        id: &'static str,
+        method: Method,
+        uri: &'static str,
+        host: Option<&'static str>,
+        ip: [u8; 4],
+    ) -> CallRecord {
+        let snapshot = Arc::new(SnapshotHandle(Arc::default()));
+        CallRecord::start(
+            &HeaderValue::from_static(id),
+            &method,
+            &Uri::from_static(uri),
+            host.map(HeaderValue::from_static).as_ref(),
+            IpAddr::from(ip),
+            snapshot,
+            Instant::now(),
+        )
+    }
+
+    #[test]
+    fn refilling_a_used_entry_gives_what_a_fresh_one_would() {
+        let mut refused = record(
+            "first-request",
+            Method::POST,
+            "/weather/forecast/long-enough-to-reallocate",
+            Some("api.example.com"),
+            [203, 0, 113, 7],
+        );
+        refused.status = 402;
+        refused.code = Some(Code::InsufficientCredit);
+        refused.problem = Some(Bytes::from_static(b"{\"code\":\"insufficient_credit\"}"));
+        refused.cost_nanos = 5;
+        let mut answered = record("2", Method::GET, "/h", None, [10, 0, 0, 1]);
+        answered.status = 200;
+        answered.completed = true;
+        answered.bytes_out = 43;
+        answered.latency = Duration::from_micros(476);
+
+        let mut entry = refused.entry();
+        assert_eq!(entry.host.as_deref(), Some("api.example.com"));
+        assert_eq!(entry.code.as_deref(), Some("insufficient_credit"));
+        // Set fields cleared, long texts shortened, numbers replaced.
+        answered.fill(&mut entry);
+        assert_eq!(entry, answered.entry());
+        assert_eq!(entry.path, "/h");
+        // And back: cleared fields set again.
+        refused.fill(&mut entry);
+        assert_eq!(entry, refused.entry());
+        assert_eq!(entry.client_ip, "203.0.113.7");
     }
 }

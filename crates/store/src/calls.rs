@@ -28,13 +28,25 @@ pub struct CallRow {
 /// The id of a call made at `at_ms`: a UUID v7 with that time, so ids sort
 /// by time. `random` fills the rest.
 pub fn call_id(at_ms: i64, random: u128) -> String {
+    let mut id = String::with_capacity(36);
+    push_call_id(&mut id, at_ms, random);
+    id
+}
+
+/// [`call_id`], appended to `out`.
+pub fn push_call_id(out: &mut String, at_ms: i64, random: u128) {
     let millis = u64::try_from(at_ms).unwrap_or(0) & 0xFFFF_FFFF_FFFF;
     let bits = (u128::from(millis) << 80)
         | (0x7 << 76)
         | (random & (0xFFF << 64))
         | (0b10 << 62)
         | (random & 0x3FFF_FFFF_FFFF_FFFF);
-    uuid::Uuid::from_u128(bits).hyphenated().to_string()
+    let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    out.push_str(
+        uuid::Uuid::from_u128(bits)
+            .hyphenated()
+            .encode_lower(&mut text),
+    );
 }
 
 /// The smallest id a call at `at_ms` or later can have.

@@ -40,7 +40,7 @@ pub use access::{AuditFilter, Delivery, Session, SubscriptionFilter, TokenOwner,
 pub use billing::{Fee, NodeUsage, Usage, fee_key};
 pub use calls::{
     CallBatch, CallFilter, CallRow, Granularity, GroupBy, RollupKey, RollupQuery, RollupSlot,
-    RollupValues, call_id,
+    RollupValues, call_id, push_call_id,
 };
 pub use export::{AutoTopUp, OutboxEvent};
 pub use migrate::MIGRATIONS;

@@ -99,12 +99,13 @@ impl Pending {
         }
     }
 
-    /// Keeps the calls themselves for the call log.
-    fn keep(&mut self, entries: Vec<CallEntry>) {
-        self.calls.extend(entries.into_iter().map(|entry| CallRow {
-            id: store::call_id(entry.at_ms, rand::random()),
-            entry,
-        }));
+    /// Keeps the calls themselves for the call log, each with a new id.
+    fn keep(&mut self, mut rows: Vec<CallRow>) {
+        for row in &mut rows {
+            row.id.clear();
+            store::push_call_id(&mut row.id, row.entry.at_ms, rand::random());
+        }
+        self.calls.append(&mut rows);
     }
 
     fn is_empty(&self) -> bool {
@@ -117,6 +118,30 @@ impl Pending {
             minute: self.minute.into_iter().collect(),
             hour: self.hour.into_iter().collect(),
         }
+    }
+}
+
+/// Rows of written batches, kept for their text buffers: a call's entry
+/// is refilled in place ([`CallRecord::fill`]), so the writer does not
+/// allocate and free a dozen strings per call. At most [`BATCH`] are kept,
+/// and none once the writer is idle.
+#[derive(Default)]
+struct Spare(Vec<CallRow>);
+
+impl Spare {
+    /// `n` rows, reused ones first.
+    fn take(&mut self, n: usize) -> Vec<CallRow> {
+        let mut rows = self.0.split_off(self.0.len().saturating_sub(n));
+        rows.resize_with(n, || CallRow {
+            id: String::new(),
+            entry: CallEntry::default(),
+        });
+        rows
+    }
+
+    fn give(&mut self, rows: Vec<CallRow>) {
+        let room = BATCH.saturating_sub(self.0.len());
+        self.0.extend(rows.into_iter().take(room));
     }
 }
 
@@ -138,6 +163,7 @@ pub fn spawn_writer(
         // The batch being written, kept as it is until it is written.
         let mut writing: Option<Arc<CallBatch>> = None;
         let mut failures = 0u32;
+        let mut spare = Spare::default();
         // The last take filled a batch: more may be queued, so no pause.
         let mut backlog = false;
         loop {
@@ -161,8 +187,11 @@ pub fn spawn_writer(
                     let Ok(batch) = records.try_recv() else { break };
                     taken += batch.len();
                     let keys: Vec<_> = batch.iter().map(CallRecord::group_key).collect();
-                    let entries: Vec<CallEntry> = batch.iter().map(CallRecord::entry).collect();
-                    let tallies = crate::metrics::tally(&entries, |i| {
+                    let mut rows = spare.take(batch.len());
+                    for (record, row) in batch.iter().zip(rows.iter_mut()) {
+                        record.fill(&mut row.entry);
+                    }
+                    let tallies = crate::metrics::tally(rows.iter().map(|row| &row.entry), |i| {
                         i > 0 && keys[i].is_some() && keys[i] == keys[i - 1]
                     });
                     // The keys' pointers are only meaningful while the
@@ -172,16 +201,25 @@ pub fn spawn_writer(
                     pending.add(&tallies);
                     drop(tallies);
                     if let Some(sink) = &spans {
-                        let batch: Vec<_> = entries.iter().filter_map(crate::otel::span).collect();
+                        let batch: Vec<_> = rows
+                            .iter()
+                            .filter_map(|row| crate::otel::span(&row.entry))
+                            .collect();
                         if !batch.is_empty() && sink.try_send(batch).is_err() {
                             tracing::debug!("trace export queue full: spans dropped");
                         }
                     }
                     if config.log {
-                        pending.keep(entries);
+                        pending.keep(rows);
+                    } else {
+                        spare.give(rows);
                     }
                 }
                 backlog = taken >= BATCH;
+                if taken == 0 && writing.is_none() {
+                    // Idle: the spare rows' memory goes back.
+                    spare = Spare::default();
+                }
             }
             let batch = match &writing {
                 Some(batch) => batch.clone(),
@@ -195,16 +233,22 @@ pub fn spawn_writer(
                     .insert(Arc::new(std::mem::take(&mut pending).into_batch()))
                     .clone(),
             };
-            match store.write_calls(batch.clone()).await {
+            let calls = batch.calls.len();
+            let written = store.write_calls(batch).await;
+            match written {
                 Ok(()) => {
                     failures = 0;
-                    writing = None;
+                    // Its rows' buffers serve the next calls.
+                    if let Some(done) = writing.take()
+                        && let Ok(done) = Arc::try_unwrap(done)
+                    {
+                        spare.give(done.calls);
+                    }
                 }
                 Err(error) => {
                     failures += 1;
                     // Retried after a pause, not at once.
                     backlog = false;
-                    let calls = batch.calls.len();
                     tracing::warn!(%error, calls, failures, "call log write failed; retrying");
                     // A batch the database keeps refusing must not stop
                     // the log: it is dropped (and counted).
@@ -335,7 +379,14 @@ mod tests {
         all.push(entry(now - 31 * DAY_MS, "month-old"));
         all.push(entry(now - 366 * DAY_MS, "year-old"));
         pending.add(&crate::metrics::tally(&all, |_| false));
-        pending.keep(kept);
+        pending.keep(
+            kept.into_iter()
+                .map(|entry| CallRow {
+                    id: "a used buffer".into(),
+                    entry,
+                })
+                .collect(),
+        );
         store
             .write_calls(Arc::new(pending.into_batch()))
             .await

@@ -69,17 +69,17 @@ pub struct Tally {
 /// `i` has the identity of call `i - 1` (the writer knows it from the
 /// gateway's pointer-sized [`gateway::calls::GroupKey`]): such a call
 /// skips even the string compare. `|_| false` is always correct.
-pub fn tally(
-    entries: &[CallEntry],
+pub fn tally<'a>(
+    entries: impl IntoIterator<Item = &'a CallEntry>,
     same_as_previous: impl Fn(usize) -> bool,
-) -> Vec<(Identity<'_>, Tally)> {
-    let mut groups: Vec<(Identity<'_>, Tally)> = Vec::new();
+) -> Vec<(Identity<'a>, Tally)> {
+    let mut groups: Vec<(Identity<'a>, Tally)> = Vec::new();
     // Group → its index in `groups`; consulted only when a call's identity
     // differs from the one before (calls come in runs of one identity, and
     // comparing is much cheaper than hashing seven strings).
-    let mut index: std::collections::HashMap<Identity<'_>, usize> = Default::default();
+    let mut index: std::collections::HashMap<Identity<'a>, usize> = Default::default();
     let mut current = usize::MAX;
-    for (i, entry) in entries.iter().enumerate() {
+    for (i, entry) in entries.into_iter().enumerate() {
         if current == usize::MAX || !same_as_previous(i) {
             current = group_of(entry, &mut groups, &mut index, current);
         }
