@@ -144,8 +144,13 @@ pub fn format_into(out: &mut String, nanos: i64) {
 }
 
 /// Appends `n` in decimal.
-pub fn push_u64(out: &mut String, mut n: u64) {
-    let mut digits = [0u8; 20];
+pub fn push_u64(out: &mut String, n: u64) {
+    out.push_str(decimal(n, &mut [0; 20]));
+}
+
+/// `n` in decimal, written at the end of `digits` (without the formatting
+/// machinery: header values written per call use it).
+pub fn decimal(mut n: u64, digits: &mut [u8; 20]) -> &str {
     let mut start = digits.len();
     loop {
         start -= 1;
@@ -155,7 +160,7 @@ pub fn push_u64(out: &mut String, mut n: u64) {
             break;
         }
     }
-    out.push_str(std::str::from_utf8(&digits[start..]).unwrap_or_default());
+    std::str::from_utf8(&digits[start..]).unwrap_or_default()
 }
 
 /// A ledger entry's kind (SPEC §2).

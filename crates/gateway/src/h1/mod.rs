@@ -258,18 +258,8 @@ pub fn put_header(out: &mut BytesMut, name: &[u8], value: &[u8]) {
 }
 
 /// Appends a decimal number.
-pub fn put_decimal(out: &mut BytesMut, mut value: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (value % 10) as u8;
-        value /= 10;
-        if value == 0 {
-            break;
-        }
-    }
-    out.put_slice(&digits[at..]);
+pub fn put_decimal(out: &mut BytesMut, value: u64) {
+    out.put_slice(domain::money::decimal(value, &mut [0; 20]).as_bytes());
 }
 
 /// Where one header's name and value sit in the head's bytes.
