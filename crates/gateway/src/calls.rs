@@ -268,6 +268,42 @@ impl CallRecord {
     /// allocation (and no free) once the writer is warm.
     pub fn fill(&self, entry: &mut CallEntry) {
         use std::fmt::Write;
+        // Every field is written below; a field added to `CallEntry` stops
+        // the build here until it is.
+        let CallEntry {
+            request_id: _,
+            at_ms: _,
+            method: _,
+            host: _,
+            path: _,
+            status: _,
+            code: _,
+            latency_us: _,
+            upstream_latency_us: _,
+            bytes_in: _,
+            bytes_out: _,
+            client_ip: _,
+            consumer_team: _,
+            app: _,
+            key_prefix: _,
+            subscription_id: _,
+            plan: _,
+            provider_team: _,
+            service: _,
+            route_id: _,
+            upstream_target: _,
+            cost_nanos: _,
+            problem: _,
+            provider: _,
+            model: _,
+            input_tokens: _,
+            output_tokens: _,
+            ttft_us: _,
+            completed: _,
+            bodies: _,
+            http_route: _,
+            trace: _,
+        } = entry;
         let route = self.route.and_then(|index| self.snapshot.routes.get(index));
         let service = route.map(|route| &route.service);
         let upstream_target = match (service.and_then(|s| s.upstream.as_ref()), self.target) {
