@@ -21,6 +21,14 @@ pub struct Options {
 }
 
 impl Options {
+    /// Keeps its data in `data_dir`, so a restart finds it again.
+    pub fn in_dir(data_dir: &std::path::Path) -> Self {
+        Options {
+            data_dir: Some(data_dir.to_path_buf()),
+            ..Default::default()
+        }
+    }
+
     /// Stores in the given database (`postgres://…`) instead of SQLite.
     pub fn on_database(url: &str) -> Self {
         Options {

@@ -414,10 +414,7 @@ async fn fees_are_paid_before_access_trials_are_free_and_expiry_is_announced() {
 #[tokio::test]
 async fn quotas_block_or_charge_and_say_so_in_headers() {
     let data_dir = tempfile::tempdir().unwrap();
-    let options = || test_support::tollgate::Options {
-        data_dir: Some(data_dir.path().to_path_buf()),
-        ..Default::default()
-    };
+    let options = || test_support::tollgate::Options::in_dir(data_dir.path());
     let tollgate = Tollgate::start_with(BIN, options()).await;
     let upstream = FakeUpstream::start("w").await;
     let key = market(

@@ -410,10 +410,7 @@ fn files_holding(dir: &std::path::Path, secret: &str) -> Vec<std::path::PathBuf>
 async fn hs256_secrets_stored_in_clear_are_sealed_at_start() {
     let upstream = FakeUpstream::start("w").await;
     let data_dir = tempfile::tempdir().unwrap();
-    let options = || test_support::tollgate::Options {
-        data_dir: Some(data_dir.path().to_path_buf()),
-        ..Default::default()
-    };
+    let options = || test_support::tollgate::Options::in_dir(data_dir.path());
     let tollgate = Tollgate::start_with(BIN, options()).await;
     let secret = "an-hs256-secret-an-earlier-version-kept-in-clear-42";
     let file = apply_hs256(&tollgate, &upstream.url(), secret, data_dir.path());

@@ -288,10 +288,7 @@ async fn configuration_is_kept_across_restart() {
     let data_dir = tempfile::tempdir().unwrap();
     // Move to a data dir we own, so it outlives the first process.
     drop(tollgate);
-    let options = test_support::tollgate::Options {
-        data_dir: Some(data_dir.path().to_path_buf()),
-        ..Default::default()
-    };
+    let options = test_support::tollgate::Options::in_dir(data_dir.path());
     let first = Tollgate::start_with(BIN, options.clone()).await;
     first
         .publish_http_service(

@@ -346,10 +346,7 @@ async fn adjustments_filters_csv_and_who_may_move_money() {
 #[tokio::test]
 async fn balances_survive_a_restart() {
     let data_dir = tempfile::tempdir().unwrap();
-    let options = || test_support::tollgate::Options {
-        data_dir: Some(data_dir.path().to_path_buf()),
-        ..Default::default()
-    };
+    let options = || test_support::tollgate::Options::in_dir(data_dir.path());
     let tollgate = Tollgate::start_with(BIN, options()).await;
     team(&tollgate, "acme").await;
     grant(
@@ -584,10 +581,7 @@ async fn a_thousand_calls_for_a_hundred(tollgate: &Tollgate) {
 async fn failed_calls_are_not_charged_and_balances_survive_a_restart() {
     let upstream = FakeUpstream::start("w").await;
     let data_dir = tempfile::tempdir().unwrap();
-    let options = || test_support::tollgate::Options {
-        data_dir: Some(data_dir.path().to_path_buf()),
-        ..Default::default()
-    };
+    let options = || test_support::tollgate::Options::in_dir(data_dir.path());
     let tollgate = Tollgate::start_with(BIN, options()).await;
     // 0.05 left after the probe.
     let key = priced_world(&tollgate, &upstream, 5).await;
@@ -783,13 +777,12 @@ async fn kill_nine_mid_load(strict: bool) -> (usize, usize) {
     use std::time::{Duration, Instant};
     let data_dir = tempfile::tempdir().unwrap();
     let options = || test_support::tollgate::Options {
-        data_dir: Some(data_dir.path().to_path_buf()),
         env: if strict {
             vec![("TOLLGATE_MONEY__DURABILITY".into(), "strict".into())]
         } else {
             Vec::new()
         },
-        ..Default::default()
+        ..test_support::tollgate::Options::in_dir(data_dir.path())
     };
     let tollgate = Tollgate::start_with(BIN, options()).await;
     let upstream = FakeUpstream::start("w").await;

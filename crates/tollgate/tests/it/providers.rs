@@ -12,10 +12,7 @@ const SECRET: &str = "gsk_live_Sup3rS3cretKey_9f8e7d6c5b4a";
 #[tokio::test]
 async fn provider_keys_are_sealed_and_never_shown() {
     let data = tempfile::tempdir().unwrap();
-    let options = test_support::tollgate::Options {
-        data_dir: Some(data.path().to_path_buf()),
-        ..Default::default()
-    };
+    let options = test_support::tollgate::Options::in_dir(data.path());
     let tollgate = Tollgate::start_with(BIN, options.clone()).await;
     // The master key was generated, private to the process's user.
     let key_path = data.path().join("master-key");
