@@ -75,17 +75,9 @@ FAKE_URL="http://$HOST:$FAKE_PORT"
 TG_URL="http://$HOST:$TG_PORT/v1/chat/completions"
 LITELLM_URL="http://$HOST:$LITELLM_PORT/v1/chat/completions"
 
-log() { printf '[bench-ai %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() {
-  log "ERROR: $*"
-  exit 1
-}
-show_log() {
-  if [[ -s "$1" ]]; then
-    log "--- last lines of $1 ---"
-    tail -n 20 "$1" >&2
-  fi
-}
+LOG_TAG=bench-ai
+# shellcheck source=bench/lib.sh
+source "$BENCH_DIR/lib.sh"
 
 for v in THREADS CONNS DURATION FIXED_DURATION ROUNDS WARMUP LOADGEN_THREADS LITELLM_WORKERS JOBS; do
   [[ "${!v}" =~ ^[1-9][0-9]*$ ]] || die "BENCH_$v must be a positive integer, got '${!v}'"
@@ -93,59 +85,6 @@ done
 [[ -z "$RATE" || "$RATE" =~ ^[1-9][0-9]*$ ]] || die "BENCH_AI_RATE must be a positive integer, got '$RATE'"
 [[ -z "$HIGH_RATE" || "$HIGH_RATE" =~ ^[0-9]+$ ]] || die "BENCH_AI_HIGH_RATE must be an integer, got '$HIGH_RATE'"
 ((CONNS >= THREADS)) || die "BENCH_CONNS ($CONNS) must be >= BENCH_THREADS ($THREADS)"
-
-# ---------------------------------------------------------------- cleanup ---
-PIDS=()
-WORK=""
-cleanup() {
-  local rc=$?
-  local pid
-  for pid in "${PIDS[@]}"; do
-    kill -TERM "$pid" 2>/dev/null || true
-  done
-  for pid in "${PIDS[@]}"; do
-    for _ in $(seq 50); do
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-  done
-  if [[ -n "$WORK" && -d "$WORK" ]]; then
-    if [[ "$KEEP_TMP" == 1 || $rc -ne 0 ]]; then
-      log "temp dir kept: $WORK"
-    else
-      rm -rf "$WORK"
-    fi
-  fi
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-# ------------------------------------------------------------------ tools ---
-as_root() {
-  if ((EUID == 0)); then "$@"; else sudo "$@"; fi
-}
-
-ensure_tools() {
-  local missing=()
-  command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || missing+=(nginx-light)
-  command -v wrk >/dev/null 2>&1 || missing+=(wrk)
-  command -v curl >/dev/null 2>&1 || missing+=(curl)
-  if ((${#missing[@]})); then
-    log "installing ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    if ! as_root apt-get install -y "${missing[@]}"; then
-      log "apt-get install failed; running apt-get update and retrying"
-      as_root apt-get update
-      as_root apt-get install -y "${missing[@]}" || die "could not install ${missing[*]}"
-    fi
-  fi
-  command -v python3 >/dev/null 2>&1 || die "python3 is needed (the report, and LiteLLM's venv)"
-  command -v cargo >/dev/null 2>&1 || die "cargo is needed"
-  NGINX="$(command -v nginx 2>/dev/null || echo /usr/sbin/nginx)"
-}
 
 litellm_installed_version() {
   "$LITELLM_VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("litellm"))' 2>/dev/null || true
@@ -172,95 +111,8 @@ ensure_litellm() {
 # ------------------------------------------------------------------ build ---
 build() {
   cd "$REPO_DIR"
-  if [[ -n "${BENCH_TOLLGATE_BIN:-}" ]]; then
-    BIN="$BENCH_TOLLGATE_BIN"
-    [[ -x "$BIN" ]] || die "BENCH_TOLLGATE_BIN=$BIN is not an executable"
-    log "using prebuilt tollgate: $BIN"
-  else
-    log "building tollgate (cargo build --release -j$JOBS -p tollgate, target dir $CARGO_TARGET_DIR)"
-    cargo build --release -j"$JOBS" -p tollgate || die "cargo build --release -p tollgate FAILED"
-    BIN="$CARGO_TARGET_DIR/release/tollgate"
-    [[ -x "$BIN" ]] || die "build succeeded but $BIN does not exist"
-  fi
-  log "building the load generator (cargo build --release -j$JOBS -p loadgen)"
-  cargo build --release -j"$JOBS" -p loadgen || die "cargo build --release -p loadgen FAILED"
-  LOADGEN="$CARGO_TARGET_DIR/release/loadgen"
-  [[ -x "$LOADGEN" ]] || die "build succeeded but $LOADGEN does not exist"
-}
-
-# ---------------------------------------------------------------- helpers ---
-port_busy() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
-
-# wait_http URL SECONDS [PID]: poll until URL answers 2xx; fail early if PID died.
-wait_http() {
-  local url="$1" secs="$2" pid="${3:-}"
-  local deadline=$((SECONDS + secs))
-  until curl -fsS -o /dev/null --max-time 2 "$url" 2>/dev/null; do
-    if [[ -n "$pid" ]] && ! kill -0 "$pid" 2>/dev/null; then
-      return 1
-    fi
-    ((SECONDS < deadline)) || return 1
-    sleep 0.1
-  done
-}
-
-cpu_busy_pct() {
-  local _ user nice sys idle iowait irq softirq steal busy1 total1
-  read -r _ user nice sys idle iowait irq softirq steal _ </proc/stat
-  busy1=$((user + nice + sys + irq + softirq + steal))
-  total1=$((busy1 + idle + iowait))
-  sleep 1
-  read -r _ user nice sys idle iowait irq softirq steal _ </proc/stat
-  local busy=$((user + nice + sys + irq + softirq + steal - busy1))
-  local total=$((user + nice + sys + irq + softirq + steal + idle + iowait - total1))
-  echo $((total > 0 ? busy * 100 / total : 0))
-}
-
-# wait_quiet: before a measured run, wait (up to 15 s) until the machine is
-# idle, so that one target's deferred work (tollgate's call-log and ledger
-# writers catching up, LiteLLM's garbage collection) does not land in the
-# next target's run. Prints how long it waited and how busy it was.
-wait_quiet() {
-  local _ user nice sys idle iowait irq softirq steal b1 t1 busy total pct=100 waited=0
-  while ((waited < 30)); do
-    read -r _ user nice sys idle iowait irq softirq steal _ </proc/stat
-    b1=$((user + nice + sys + irq + softirq + steal))
-    t1=$((b1 + idle + iowait))
-    sleep 0.5
-    read -r _ user nice sys idle iowait irq softirq steal _ </proc/stat
-    busy=$((user + nice + sys + irq + softirq + steal - b1))
-    total=$((user + nice + sys + irq + softirq + steal + idle + iowait - t1))
-    pct=$((total > 0 ? busy * 100 / total : 0))
-    waited=$((waited + 1))
-    ((pct < 10)) && break
-  done
-  if ((pct >= 10)); then
-    log "  (the machine stayed ${pct}% busy for 15 s before this run)"
-  fi
-  echo "$((waited * 500)) $pct"
-}
-
-# A process and its direct children (nginx workers, uvicorn workers).
-family() { echo "$1" $(pgrep -P "$1" 2>/dev/null || true); }
-
-# CPU time (clock ticks) used so far by a process and its children: "user system".
-cpu_ticks() { # PID
-  local pid total_user=0 total_sys=0 user sys
-  for pid in $(family "$1"); do
-    read -r user sys < <(awk '{print $14, $15}' "/proc/$pid/stat" 2>/dev/null || echo "0 0")
-    total_user=$((total_user + user))
-    total_sys=$((total_sys + sys))
-  done
-  echo "$total_user $total_sys"
-}
-
-rss_kb() { # PID (and children)
-  local total=0 p kb
-  for p in $(family "$1"); do
-    kb=$(awk '/^VmRSS:/ {print $2}' "/proc/$p/status" 2>/dev/null || true)
-    total=$((total + ${kb:-0}))
-  done
-  echo "$total"
+  build_tollgate
+  build_loadgen
 }
 
 # ------------------------------------------------------- the fake provider ---
@@ -316,23 +168,6 @@ start_fake() {
 }
 
 # --------------------------------------------------------------- tollgate ---
-admin_call() { # METHOD PATH [JSON]
-  local out
-  if ! out=$(curl -sS --max-time 10 -X "$1" -H "Authorization: Bearer $ADMIN_TOKEN" \
-    -H 'content-type: application/json' ${3:+--data "$3"} -w '\n%{http_code}' \
-    "http://$HOST:$TG_ADMIN_PORT$2"); then
-    die "admin $1 $2: no answer"
-  fi
-  local code="${out##*$'\n'}"
-  local body="${out%$'\n'*}"
-  [[ "$code" == 2* ]] || die "admin $1 $2 answered $code: $body"
-  printf '%s' "$body"
-}
-
-json_field() { # FIELD (reads JSON on stdin)
-  python3 -c 'import json,sys; print(json.load(sys.stdin)[sys.argv[1]])' "$1"
-}
-
 start_tollgate() {
   mkdir -p "$WORK/tg"
   TG_LOG="$WORK/tollgate.log"

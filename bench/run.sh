@@ -81,18 +81,9 @@ AUTH_HEADER=""
 SEED_RELOAD_MS=""
 TG_URL="http://$HOST:$TG_PORT/bench/hello"
 
-log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() {
-  log "ERROR: $*"
-  exit 1
-}
-# Last lines of a log file, for error messages.
-show_log() {
-  if [[ -s "$1" ]]; then
-    log "--- last lines of $1 ---"
-    tail -n 20 "$1" >&2
-  fi
-}
+LOG_TAG=bench
+# shellcheck source=bench/lib.sh
+source "$BENCH_DIR/lib.sh"
 
 [[ "$MODE" == plain || "$MODE" == access ]] || die "BENCH_MODE must be plain or access, got '$MODE'"
 [[ "$CALL_LOG" == on || "$CALL_LOG" == off ]] || die "BENCH_CALL_LOG must be on or off, got '$CALL_LOG'"
@@ -104,133 +95,16 @@ for v in THREADS CONNS DURATION ROUNDS WARMUP STARTUP_RUNS LOADGEN_THREADS JOBS 
 done
 ((CONNS >= THREADS)) || die "BENCH_CONNS ($CONNS) must be >= BENCH_THREADS ($THREADS)"
 
-# ---------------------------------------------------------------- cleanup ---
-PIDS=()
-WORK=""
-cleanup() {
-  local rc=$?
-  local pid
-  for pid in "${PIDS[@]}"; do
-    kill -TERM "$pid" 2>/dev/null || true
-  done
-  for pid in "${PIDS[@]}"; do
-    for _ in $(seq 50); do
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-  done
-  if [[ -n "$WORK" && -d "$WORK" ]]; then
-    if [[ "$KEEP_TMP" == 1 || $rc -ne 0 ]]; then
-      log "temp dir kept: $WORK"
-    else
-      rm -rf "$WORK"
-    fi
-  fi
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-# ------------------------------------------------------------------ tools ---
-as_root() {
-  if ((EUID == 0)); then "$@"; else sudo "$@"; fi
-}
-
-ensure_tools() {
-  local missing=()
-  command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || missing+=(nginx-light)
-  command -v wrk >/dev/null 2>&1 || missing+=(wrk)
-  command -v curl >/dev/null 2>&1 || missing+=(curl)
-  if ((${#missing[@]})); then
-    log "installing ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    if ! as_root apt-get install -y "${missing[@]}"; then
-      log "apt-get install failed; running apt-get update and retrying"
-      as_root apt-get update
-      as_root apt-get install -y "${missing[@]}" || die "could not install ${missing[*]}"
-    fi
-  fi
-  command -v python3 >/dev/null 2>&1 || die "python3 is needed for the report"
-  command -v cargo >/dev/null 2>&1 || die "cargo is needed"
-  NGINX="$(command -v nginx 2>/dev/null || echo /usr/sbin/nginx)"
-}
-
 # ------------------------------------------------------------------ build ---
 build() {
   cd "$REPO_DIR"
   BIN=""
   if [[ "$SELFTEST" == 1 ]]; then
     log "SELFTEST: not building tollgate; a second nginx proxy stands in for it"
-  elif [[ -n "${BENCH_TOLLGATE_BIN:-}" ]]; then
-    BIN="$BENCH_TOLLGATE_BIN"
-    [[ -x "$BIN" ]] || die "BENCH_TOLLGATE_BIN=$BIN is not an executable"
-    log "using prebuilt tollgate: $BIN"
   else
-    log "building tollgate (cargo build --release -j$JOBS -p tollgate, target dir $CARGO_TARGET_DIR)"
-    if ! cargo build --release -j"$JOBS" -p tollgate; then
-      die "cargo build --release -p tollgate FAILED: cannot benchmark tollgate (BENCH_SELFTEST=1 runs the nginx-only self-test)"
-    fi
-    BIN="$CARGO_TARGET_DIR/release/tollgate"
-    [[ -x "$BIN" ]] || die "build succeeded but $BIN does not exist"
+    build_tollgate
   fi
-  log "building the load generator (cargo build --release -j$JOBS -p loadgen)"
-  cargo build --release -j"$JOBS" -p loadgen || die "cargo build --release -p loadgen FAILED"
-  LOADGEN="$CARGO_TARGET_DIR/release/loadgen"
-  [[ -x "$LOADGEN" ]] || die "build succeeded but $LOADGEN does not exist"
-}
-
-# ---------------------------------------------------------------- helpers ---
-port_busy() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
-
-# wait_http URL SECONDS [PID]: poll until URL answers 2xx; fail early if PID died.
-wait_http() {
-  local url="$1" secs="$2" pid="${3:-}"
-  local deadline=$((SECONDS + secs))
-  until curl -fsS -o /dev/null --max-time 1 ${AUTH_HEADER:+-H "Authorization: $AUTH_HEADER"} "$url" 2>/dev/null; do
-    if [[ -n "$pid" ]] && ! kill -0 "$pid" 2>/dev/null; then
-      return 1
-    fi
-    ((SECONDS < deadline)) || return 1
-    sleep 0.05
-  done
-}
-
-# rss_kb PID: VmRSS of PID plus its direct children (nginx workers), in kB.
-rss_kb() {
-  local total=0 p kb
-  for p in "$1" $(cat "/proc/$1/task/"*/children 2>/dev/null); do
-    kb=$(awk '/^VmRSS:/ {print $2}' "/proc/$p/status" 2>/dev/null || true)
-    total=$((total + ${kb:-0}))
-  done
-  echo "$total"
-}
-# cpu_busy_pct: share of all CPUs busy over one second (other work on the machine
-# makes the figures noisy: this is recorded and warned about).
-cpu_busy_pct() {
-  local _ user nice sys idle iowait irq softirq steal busy1 total1
-  read -r _ user nice sys idle iowait irq softirq steal _ </proc/stat
-  busy1=$((user + nice + sys + irq + softirq + steal))
-  total1=$((busy1 + idle + iowait))
-  sleep 1
-  read -r _ user nice sys idle iowait irq softirq steal _ </proc/stat
-  local busy=$((user + nice + sys + irq + softirq + steal - busy1))
-  local total=$((user + nice + sys + irq + softirq + steal + idle + iowait - total1))
-  echo $((total > 0 ? busy * 100 / total : 0))
-}
-hwm_kb() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
-
-# CPU time (clock ticks) used so far by a process and its children processes
-# (nginx: master + workers): "user system".
-cpu_ticks() { # PID
-  local pid total_user=0 total_sys=0 user sys
-  for pid in "$1" $(pgrep -P "$1" 2>/dev/null); do
-    read -r user sys < <(awk '{print $14, $15}' "/proc/$pid/stat" 2>/dev/null || echo "0 0")
-    total_user=$((total_user + user))
-    total_sys=$((total_sys + sys))
-  done
-  echo "$total_user $total_sys"
+  build_loadgen
 }
 
 # ------------------------------------------------------------------ nginx ---
@@ -361,7 +235,7 @@ start_tollgate() {
       setup_access
     fi
   fi
-  if ! wait_http "$TG_URL" 5 "$TG_PID"; then
+  if ! wait_http "$TG_URL" 5 "$TG_PID" "$AUTH_HEADER"; then
     show_log "$TG_LOG"
     curl -sS -i --max-time 2 "$TG_URL" >&2 || true
     die "tollgate does not answer 200 on $TG_URL within 5 s of the apply"
@@ -371,11 +245,6 @@ start_tollgate() {
 # Access mode: the bench service takes keys; a team, a plan with rate limits
 # (high enough never to refuse) and ACCESS_APPS apps with their keys and
 # active subscriptions are loaded. Sets AUTH_HEADER (one of the keys).
-admin_call() { # METHOD PATH [JSON]
-  curl -fsS --max-time 10 -X "$1" -H "Authorization: Bearer $ADMIN_TOKEN" \
-    -H 'content-type: application/json' ${3:+--data "$3"} "http://$HOST:$TG_ADMIN_PORT$2"
-}
-
 setup_access() {
   log "access mode: team, plan, $ACCESS_APPS apps x $ACCESS_KEYS_PER_APP keys"
   admin_call POST /api/v1/teams '{"slug":"bench"}' >/dev/null || die "cannot create the bench team"
