@@ -980,6 +980,64 @@ async fn strict_streams_close_only_once_the_charge_is_committed() {
     );
 }
 
+/// Strict, and the caller hangs up while the charge waits to be
+/// committed: the charge still reaches the ledger, once, for what the
+/// upstream reported (the answer was produced in full). The gateway
+/// notices the hang-up only when it next writes, after the commit, so
+/// this goes through the stream's normal end; a stream dropped while its
+/// commit is pending (shutdown) hands the commit to the runtime instead.
+#[tokio::test]
+async fn a_strict_charge_still_lands_when_its_caller_has_gone() {
+    let (openai, anthropic, gemini) = fakes().await;
+    let options = test_support::tollgate::Options {
+        env: vec![("TOLLGATE_MONEY__DURABILITY".into(), "strict".into())],
+        ..Default::default()
+    };
+    let tollgate = Tollgate::start_with(BIN, options).await;
+    let world = ai_world(&tollgate, &openai, &anthropic, &gemini, json!({})).await;
+    openai.push(Reply::text("Left before the end", Usage::new(20, 10)));
+    let database = rusqlite::Connection::open(tollgate.data_dir.join("tollgate.db")).unwrap();
+    database.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let mut response = post(
+        &tollgate,
+        "/v1/chat/completions",
+        &world.key,
+        json!({"model": "oai/gpt-test", "stream": true, "stream_options": {"include_usage": true},
+               "messages": [{"role": "user", "content": "Hi"}]}),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    let request_id = id_of(&response);
+    let mut received = String::new();
+    assert!(
+        !read_stream(&mut response, &mut received, Duration::from_millis(1500)).await,
+        "the stream closed before its charge was committed: {received}"
+    );
+    assert!(received.contains("\" before\""), "{received}");
+    // The caller hangs up while the commit waits for the database.
+    drop(response);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    database.execute_batch("ROLLBACK").unwrap();
+    let started = std::time::Instant::now();
+    let entries = loop {
+        let entries = ledger(&tollgate, "acme", "&kind=charge").await;
+        if !entries.is_empty() || started.elapsed() > Duration::from_secs(10) {
+            break entries;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(entries.len(), 1, "{entries:?}\n{}", tollgate.log());
+    assert_eq!(entries[0]["request_id"], request_id.as_str());
+    assert_eq!(
+        -nanos_of(entries[0]["amount"].as_str().unwrap()),
+        cost(20, 10),
+        "charged for the usage the upstream reported"
+    );
+    // And only once, however long one waits.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(ledger(&tollgate, "acme", "&kind=charge").await.len(), 1);
+}
+
 /// `usage_export.stripe_meter_value: tokens`: each AI call's meter event
 /// counts its input plus output tokens, streamed or not.
 #[tokio::test]
