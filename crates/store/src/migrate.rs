@@ -49,6 +49,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "provider_models",
         include_str!("../migrations/0014_provider_models.sql"),
     ),
+    (
+        15,
+        "call_log_team_indexes",
+        include_str!("../migrations/0015_call_log_team_indexes.sql"),
+    ),
 ];
 
 impl Store {

@@ -844,6 +844,112 @@ async fn calls_and_rollups(store: &Store) {
     );
 }
 
+/// Calls with no team on a side (anonymous callers, platform services)
+/// are logged and listed like any other, and the team filters, which use
+/// the team indexes that leave those calls out, still find every call of
+/// a team.
+async fn calls_without_teams(store: &Store) {
+    use store::CallFilter;
+    store.migrate().await.unwrap();
+    let base = 1_800_000_000_000;
+    let mut anonymous = call(base + 1_000, "anonymous", "x", "x", 200);
+    anonymous.entry.consumer_team = None;
+    anonymous.entry.app = None;
+    anonymous.entry.provider_team = None;
+    let mut platform = call(base + 2_000, "platform", "acme", "x", 200);
+    platform.entry.provider_team = None;
+    let mut public = call(base + 3_000, "public", "x", "wco", 200);
+    public.entry.consumer_team = None;
+    public.entry.app = None;
+    let rows = vec![
+        anonymous,
+        platform,
+        public,
+        call(base + 4_000, "both", "acme", "wco", 200),
+    ];
+    store
+        .write_calls(std::sync::Arc::new(store::CallBatch {
+            calls: rows,
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+    let listed = |page: store::Page<store::CallRow>| -> Vec<String> {
+        page.items.into_iter().map(|r| r.entry.request_id).collect()
+    };
+    let all = Visible::all();
+    assert_eq!(
+        listed(
+            store
+                .calls(&all, &CallFilter::default(), None, 10)
+                .await
+                .unwrap()
+        ),
+        ["both", "public", "platform", "anonymous"]
+    );
+    for (team, expected) in [("acme", ["both", "platform"]), ("wco", ["both", "public"])] {
+        let filter = CallFilter {
+            team: Some(team),
+            ..Default::default()
+        };
+        assert_eq!(
+            listed(store.calls(&all, &filter, None, 10).await.unwrap()),
+            expected,
+            "filtered by {team}"
+        );
+        assert_eq!(
+            listed(
+                store
+                    .calls(&Visible::teams([team]), &CallFilter::default(), None, 10)
+                    .await
+                    .unwrap()
+            ),
+            expected,
+            "visible to {team}"
+        );
+    }
+    if store.backend() == store::Backend::Sqlite {
+        // The planner still takes the (partial) team indexes for a team.
+        let plan: Vec<String> = sqlx::query(
+            "EXPLAIN QUERY PLAN SELECT id FROM call_logs WHERE id >= $1 AND id < $2 \
+             AND (consumer_team = $3 OR provider_team = $3) ORDER BY id DESC LIMIT 10",
+        )
+        .bind("0")
+        .bind("z")
+        .bind("acme")
+        .fetch_all(store.pool())
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| sqlx::Row::try_get::<String, _>(row, 3).unwrap())
+        .collect();
+        let plan = plan.join("\n");
+        assert!(
+            plan.contains("INDEX call_logs_consumer") && plan.contains("INDEX call_logs_provider"),
+            "{plan}"
+        );
+        // And those indexes hold only the calls that have the team.
+        let partial: Vec<String> = sqlx::query("PRAGMA index_list(call_logs)")
+            .fetch_all(store.pool())
+            .await
+            .unwrap()
+            .iter()
+            .filter(|row| sqlx::Row::try_get::<i64, _>(*row, 4).unwrap() == 1)
+            .map(|row| sqlx::Row::try_get::<String, _>(row, 1).unwrap())
+            .collect();
+        assert!(
+            partial.contains(&"call_logs_consumer".to_owned())
+                && partial.contains(&"call_logs_provider".to_owned()),
+            "{partial:?}"
+        );
+    }
+}
+
+on_sqlite_and_postgres!(
+    calls_without_teams_on_sqlite_and_postgres,
+    calls_without_teams
+);
+
 /// A batch of calls wider than one statement (64 + 8 + 1 + 1 rows, with
 /// quotes, NULL values and some bodies) is stored whole and exactly, once
 /// even when written twice; a NUL in a text is dropped (PostgreSQL refuses
