@@ -926,12 +926,18 @@ async fn read_stream(
     .is_ok()
 }
 
-/// `money.durability: strict`: a streamed answer's events flow as they
-/// come, but what closes the stream (`[DONE]`, then its end) waits until
-/// the call's charge is committed, so a caller that saw the answer
-/// complete was charged.
-#[tokio::test]
-async fn strict_streams_close_only_once_the_charge_is_committed() {
+/// A strict-mode stream held open: another writer holds the database, so
+/// the call's charge cannot be committed, and the caller has read what
+/// came in 1.5 s (asserted: content, but not the stream's end).
+struct HeldStream {
+    tollgate: Tollgate,
+    database: rusqlite::Connection,
+    response: reqwest::Response,
+    request_id: String,
+    received: String,
+}
+
+async fn held_strict_stream(answer: &str) -> HeldStream {
     let (openai, anthropic, gemini) = fakes().await;
     let options = test_support::tollgate::Options {
         env: vec![("TOLLGATE_MONEY__DURABILITY".into(), "strict".into())],
@@ -939,8 +945,7 @@ async fn strict_streams_close_only_once_the_charge_is_committed() {
     };
     let tollgate = Tollgate::start_with(BIN, options).await;
     let world = ai_world(&tollgate, &openai, &anthropic, &gemini, json!({})).await;
-    openai.push(Reply::text("Strictly streamed", Usage::new(20, 10)));
-    // Another writer holds the database: nothing can be committed.
+    openai.push(Reply::text(answer, Usage::new(20, 10)));
     let database = rusqlite::Connection::open(tollgate.data_dir.join("tollgate.db")).unwrap();
     database.execute_batch("BEGIN IMMEDIATE").unwrap();
     let mut response = post(
@@ -959,11 +964,34 @@ async fn strict_streams_close_only_once_the_charge_is_committed() {
         !ended,
         "the stream closed before its charge was committed: {received}"
     );
+    let first_word = answer.split(' ').next().unwrap();
     assert!(
-        received.contains("Strictly"),
+        received.contains(&format!("\"{first_word}\"")),
         "content is not held back: {received}"
     );
     assert!(!received.contains("[DONE]"), "{received}");
+    HeldStream {
+        tollgate,
+        database,
+        response,
+        request_id,
+        received,
+    }
+}
+
+/// `money.durability: strict`: a streamed answer's events flow as they
+/// come, but what closes the stream (`[DONE]`, then its end) waits until
+/// the call's charge is committed, so a caller that saw the answer
+/// complete was charged.
+#[tokio::test]
+async fn strict_streams_close_only_once_the_charge_is_committed() {
+    let HeldStream {
+        tollgate,
+        database,
+        mut response,
+        request_id,
+        mut received,
+    } = held_strict_stream("Strictly streamed").await;
     database.execute_batch("ROLLBACK").unwrap();
     assert!(
         read_stream(&mut response, &mut received, Duration::from_secs(5)).await,
@@ -988,36 +1016,12 @@ async fn strict_streams_close_only_once_the_charge_is_committed() {
 /// commit is pending (shutdown) hands the commit to the runtime instead.
 #[tokio::test]
 async fn a_strict_charge_still_lands_when_its_caller_has_gone() {
-    let (openai, anthropic, gemini) = fakes().await;
-    let options = test_support::tollgate::Options {
-        env: vec![("TOLLGATE_MONEY__DURABILITY".into(), "strict".into())],
-        ..Default::default()
-    };
-    let tollgate = Tollgate::start_with(BIN, options).await;
-    let world = ai_world(&tollgate, &openai, &anthropic, &gemini, json!({})).await;
-    openai.push(Reply::text("Left before the end", Usage::new(20, 10)));
-    let database = rusqlite::Connection::open(tollgate.data_dir.join("tollgate.db")).unwrap();
-    database.execute_batch("BEGIN IMMEDIATE").unwrap();
-    let mut response = post(
-        &tollgate,
-        "/v1/chat/completions",
-        &world.key,
-        json!({"model": "oai/gpt-test", "stream": true, "stream_options": {"include_usage": true},
-               "messages": [{"role": "user", "content": "Hi"}]}),
-    )
-    .await;
-    assert_eq!(response.status(), 200);
-    let request_id = id_of(&response);
-    let mut received = String::new();
-    assert!(
-        !read_stream(&mut response, &mut received, Duration::from_millis(1500)).await,
-        "the stream closed before its charge was committed: {received}"
-    );
-    assert!(received.contains("\" before\""), "{received}");
+    let held = held_strict_stream("Left before the end").await;
+    let (tollgate, request_id) = (held.tollgate, held.request_id);
     // The caller hangs up while the commit waits for the database.
-    drop(response);
+    drop(held.response);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    database.execute_batch("ROLLBACK").unwrap();
+    held.database.execute_batch("ROLLBACK").unwrap();
     let started = std::time::Instant::now();
     let entries = loop {
         let entries = ledger(&tollgate, "acme", "&kind=charge").await;
