@@ -543,6 +543,74 @@ impl Store {
     }
 }
 
+/// The calls of one request id, as a condition. Written as a subquery so
+/// that both planners look the request id up first: as a plain equality
+/// beside a team's equality, SQLite (no statistics) picked the team's
+/// index and read every call of the team (312 ms for a team of 500,000
+/// calls, against 0.5 ms through the request id's index).
+const REQUEST_CALLS: &str = "id IN (SELECT id FROM call_logs WHERE request_id = ?)";
+
+/// The statement of [`Store::calls_by_request`].
+fn by_request_sql() -> String {
+    format!(
+        "SELECT {CALL_COLUMNS} FROM call_logs WHERE {} AND consumer_team = $2 \
+         AND app = $3 ORDER BY id DESC LIMIT $4",
+        REQUEST_CALLS.replace('?', "$1")
+    )
+}
+
+/// The statement and values of [`Store::calls`].
+/// `[floor, ceiling)` are id bounds (the time range, and the page's
+/// cursor).
+fn calls_query<'a>(
+    visible: &'a Visible,
+    filter: &CallFilter<'a>,
+    floor: &'a str,
+    ceiling: &'a str,
+    limit: usize,
+) -> (String, Vec<Value<'a>>) {
+    // Only the filters given are written into the statement, so the
+    // planner sees plain equalities and uses the request id and team
+    // indexes.
+    let mut values: Vec<Value<'a>> = vec![Value::Text(Some(floor)), Value::Text(Some(ceiling))];
+    let mut sql = format!("SELECT {CALL_COLUMNS} FROM call_logs WHERE id >= $1 AND id < $2");
+    let texts = [
+        (REQUEST_CALLS, filter.request_id),
+        ("(consumer_team = ? OR provider_team = ?)", filter.team),
+        ("app = ?", filter.app),
+        ("key_prefix = ?", filter.key_prefix),
+        ("service = ?", filter.service),
+        ("route_id = ?", filter.route_id),
+        ("code = ?", filter.code),
+        ("model = ?", filter.model),
+    ];
+    for (template, value) in texts {
+        if let Some(value) = value {
+            add_condition(&mut sql, &mut values, template, Value::Text(Some(value)));
+        }
+    }
+    if let Some(status) = filter.status {
+        add_condition(
+            &mut sql,
+            &mut values,
+            "status = ?",
+            Value::Number(Some(status)),
+        );
+    }
+    if !visible.is_all() {
+        add_condition(
+            &mut sql,
+            &mut values,
+            "((',' || ? || ',') LIKE ('%,' || consumer_team || ',%') \
+                 OR (',' || ? || ',') LIKE ('%,' || provider_team || ',%'))",
+            Value::Text(Some(visible.param())),
+        );
+    }
+    values.push(Value::Number(Some(fetch_limit(limit))));
+    sql.push_str(&format!(" ORDER BY id DESC LIMIT ${}", values.len()));
+    (sql, values)
+}
+
 /// [`Store::write_calls`] on SQLite.
 fn write_sqlite(connection: &mut rusqlite::Connection, batch: &CallBatch) -> rusqlite::Result<()> {
     let tx = connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -699,46 +767,7 @@ impl Store {
         {
             ceiling = before.to_owned();
         }
-        // Only the filters given are written into the statement, so the
-        // planner sees plain equalities and uses the request id and team
-        // indexes.
-        let mut values: Vec<Value<'_>> =
-            vec![Value::Text(Some(&floor)), Value::Text(Some(&ceiling))];
-        let mut sql = format!("SELECT {CALL_COLUMNS} FROM call_logs WHERE id >= $1 AND id < $2");
-        let texts = [
-            ("request_id = ?", filter.request_id),
-            ("(consumer_team = ? OR provider_team = ?)", filter.team),
-            ("app = ?", filter.app),
-            ("key_prefix = ?", filter.key_prefix),
-            ("service = ?", filter.service),
-            ("route_id = ?", filter.route_id),
-            ("code = ?", filter.code),
-            ("model = ?", filter.model),
-        ];
-        for (template, value) in texts {
-            if let Some(value) = value {
-                add_condition(&mut sql, &mut values, template, Value::Text(Some(value)));
-            }
-        }
-        if let Some(status) = filter.status {
-            add_condition(
-                &mut sql,
-                &mut values,
-                "status = ?",
-                Value::Number(Some(status)),
-            );
-        }
-        if !visible.is_all() {
-            add_condition(
-                &mut sql,
-                &mut values,
-                "((',' || ? || ',') LIKE ('%,' || consumer_team || ',%') \
-                 OR (',' || ? || ',') LIKE ('%,' || provider_team || ',%'))",
-                Value::Text(Some(visible.param())),
-            );
-        }
-        values.push(Value::Number(Some(fetch_limit(limit))));
-        sql.push_str(&format!(" ORDER BY id DESC LIMIT ${}", values.len()));
+        let (sql, values) = calls_query(visible, filter, &floor, &ceiling, limit);
         // Audited: only this module's fixed fragments are formatted in;
         // every value is bound.
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
@@ -762,16 +791,13 @@ impl Store {
         app: &str,
         limit: i64,
     ) -> Result<Vec<CallRow>> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {CALL_COLUMNS} FROM call_logs WHERE request_id = $1 AND consumer_team = $2 \
-             AND app = $3 ORDER BY id DESC LIMIT $4"
-        )))
-        .bind(request_id)
-        .bind(team)
-        .bind(app)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = sqlx::query(sqlx::AssertSqlSafe(by_request_sql()))
+            .bind(request_id)
+            .bind(team)
+            .bind(app)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(call_from).collect()
     }
 
@@ -912,6 +938,48 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Lookups by request id go through its index, also beside a team's
+    /// equality, whose index would read all of the team's calls.
+    #[tokio::test]
+    async fn request_id_lookups_take_the_request_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&format!("sqlite://{}/t.db", dir.path().display()))
+            .await
+            .unwrap();
+        store.migrate().await.unwrap();
+        let filter = CallFilter {
+            request_id: Some("r"),
+            team: Some("acme"),
+            ..Default::default()
+        };
+        let everyone = Visible::all();
+        let acme = Visible::teams(["acme"]);
+        let statements = [
+            (by_request_sql(), 4),
+            (calls_query(&everyone, &filter, "0", "z", 10).0, 5),
+            (calls_query(&acme, &filter, "0", "z", 10).0, 6),
+        ];
+        for (sql, parameters) in statements {
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")));
+            for _ in 0..parameters {
+                query = query.bind("x");
+            }
+            let plan: Vec<String> = query
+                .fetch_all(store.pool())
+                .await
+                .unwrap()
+                .iter()
+                .map(|row| row.try_get::<String, _>(3).unwrap())
+                .collect();
+            let plan = plan.join("\n");
+            assert!(
+                plan.contains("USING INDEX call_logs_request"),
+                "{sql}\n{plan}"
+            );
+        }
+        store.close().await;
+    }
 
     #[test]
     fn call_ids_sort_by_time() {
