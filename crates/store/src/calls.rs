@@ -562,6 +562,15 @@ fn by_request_sql() -> String {
 /// The statement and values of [`Store::calls`].
 /// `[floor, ceiling)` are id bounds (the time range, and the page's
 /// cursor).
+///
+/// Only the filters given are written into the statement, so the planners
+/// see plain equalities. Calls of given teams (the filter's team, or a
+/// tenant's teams) are the newest `limit` of each team on each side,
+/// each read backwards along that side's team index, then merged: a
+/// condition `consumer_team = t OR provider_team = t` (or the tenant
+/// fence alone) made SQLite read every call of the team, or every call in
+/// the range, and sort them (1.9 s for a team of 500,000 calls, 1.3 s for
+/// a tenant with none among a million; 0.3-4 ms this way).
 fn calls_query<'a>(
     visible: &'a Visible,
     filter: &CallFilter<'a>,
@@ -569,14 +578,10 @@ fn calls_query<'a>(
     ceiling: &'a str,
     limit: usize,
 ) -> (String, Vec<Value<'a>>) {
-    // Only the filters given are written into the statement, so the
-    // planner sees plain equalities and uses the request id and team
-    // indexes.
     let mut values: Vec<Value<'a>> = vec![Value::Text(Some(floor)), Value::Text(Some(ceiling))];
-    let mut sql = format!("SELECT {CALL_COLUMNS} FROM call_logs WHERE id >= $1 AND id < $2");
+    let mut conditions = String::from("id >= $1 AND id < $2");
     let texts = [
         (REQUEST_CALLS, filter.request_id),
-        ("(consumer_team = ? OR provider_team = ?)", filter.team),
         ("app = ?", filter.app),
         ("key_prefix = ?", filter.key_prefix),
         ("service = ?", filter.service),
@@ -586,28 +591,61 @@ fn calls_query<'a>(
     ];
     for (template, value) in texts {
         if let Some(value) = value {
-            add_condition(&mut sql, &mut values, template, Value::Text(Some(value)));
+            add_condition(
+                &mut conditions,
+                &mut values,
+                template,
+                Value::Text(Some(value)),
+            );
         }
     }
     if let Some(status) = filter.status {
         add_condition(
-            &mut sql,
+            &mut conditions,
             &mut values,
             "status = ?",
             Value::Number(Some(status)),
         );
     }
     if !visible.is_all() {
+        // The tenant fence, on every row whatever the branch.
         add_condition(
-            &mut sql,
+            &mut conditions,
             &mut values,
             "((',' || ? || ',') LIKE ('%,' || consumer_team || ',%') \
-                 OR (',' || ? || ',') LIKE ('%,' || provider_team || ',%'))",
+             OR (',' || ? || ',') LIKE ('%,' || provider_team || ',%'))",
             Value::Text(Some(visible.param())),
         );
     }
     values.push(Value::Number(Some(fetch_limit(limit))));
-    sql.push_str(&format!(" ORDER BY id DESC LIMIT ${}", values.len()));
+    let limit = values.len();
+    let teams: Vec<&'a str> = match filter.team {
+        Some(team) => vec![team],
+        None if !visible.is_all() => visible.param().split(',').collect(),
+        None => Vec::new(),
+    };
+    if teams.is_empty() {
+        let sql = format!(
+            "SELECT {CALL_COLUMNS} FROM call_logs WHERE {conditions} ORDER BY id DESC LIMIT ${limit}"
+        );
+        return (sql, values);
+    }
+    let mut branches = Vec::with_capacity(teams.len() * 2);
+    for team in teams {
+        values.push(Value::Text(Some(team)));
+        let team = values.len();
+        for column in ["consumer_team", "provider_team"] {
+            branches.push(format!(
+                "SELECT id FROM (SELECT id FROM call_logs WHERE {column} = ${team} AND {conditions} \
+                 ORDER BY id DESC LIMIT ${limit}) AS b{}",
+                branches.len()
+            ));
+        }
+    }
+    let sql = format!(
+        "SELECT {CALL_COLUMNS} FROM call_logs WHERE id IN ({}) ORDER BY id DESC LIMIT ${limit}",
+        branches.join(" UNION ")
+    );
     (sql, values)
 }
 
@@ -939,42 +977,78 @@ impl Store {
 mod tests {
     use super::*;
 
-    /// Lookups by request id go through its index, also beside a team's
-    /// equality, whose index would read all of the team's calls.
+    /// The EXPLAIN QUERY PLAN of `sql` on `store`, one line per step.
+    async fn plan_of(store: &Store, sql: &str, parameters: usize) -> String {
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")));
+        for _ in 0..parameters {
+            query = query.bind("x");
+        }
+        let plan: Vec<String> = query
+            .fetch_all(store.pool())
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| row.try_get::<String, _>(3).unwrap())
+            .collect();
+        plan.join("\n")
+    }
+
+    /// Call log queries read along an index that bounds them: lookups by
+    /// request id through its index, also beside a team's equality (whose
+    /// index would read all of the team's calls); a team's or a tenant's
+    /// calls along the team indexes, never the whole time range.
     #[tokio::test]
-    async fn request_id_lookups_take_the_request_index() {
+    async fn call_log_queries_take_the_indexes_that_bound_them() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&format!("sqlite://{}/t.db", dir.path().display()))
             .await
             .unwrap();
         store.migrate().await.unwrap();
-        let filter = CallFilter {
+        let everyone = Visible::all();
+        let acme = Visible::teams(["acme", "wco"]);
+        let by_request = CallFilter {
             request_id: Some("r"),
             team: Some("acme"),
             ..Default::default()
         };
-        let everyone = Visible::all();
-        let acme = Visible::teams(["acme"]);
-        let statements = [
+        for (sql, values) in [
             (by_request_sql(), 4),
-            (calls_query(&everyone, &filter, "0", "z", 10).0, 5),
-            (calls_query(&acme, &filter, "0", "z", 10).0, 6),
-        ];
-        for (sql, parameters) in statements {
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")));
-            for _ in 0..parameters {
-                query = query.bind("x");
-            }
-            let plan: Vec<String> = query
-                .fetch_all(store.pool())
-                .await
-                .unwrap()
-                .iter()
-                .map(|row| row.try_get::<String, _>(3).unwrap())
-                .collect();
-            let plan = plan.join("\n");
+            {
+                let (sql, values) = calls_query(&everyone, &by_request, "0", "z", 10);
+                (sql, values.len())
+            },
+            {
+                let (sql, values) = calls_query(&acme, &by_request, "0", "z", 10);
+                (sql, values.len())
+            },
+        ] {
+            let plan = plan_of(&store, &sql, values).await;
             assert!(
                 plan.contains("USING INDEX call_logs_request"),
+                "{sql}\n{plan}"
+            );
+        }
+        let by_team = CallFilter {
+            team: Some("acme"),
+            app: Some("bot"),
+            ..Default::default()
+        };
+        for (visible, filter) in [
+            (&everyone, &by_team),
+            (&acme, &CallFilter::default()),
+            (&acme, &by_team),
+        ] {
+            let (sql, values) = calls_query(visible, filter, "0", "z", 10);
+            let plan = plan_of(&store, &sql, values.len()).await;
+            assert!(
+                plan.contains("INDEX call_logs_consumer (consumer_team=? AND id>? AND id<?)")
+                    && plan
+                        .contains("INDEX call_logs_provider (provider_team=? AND id>? AND id<?)"),
+                "{sql}\n{plan}"
+            );
+            assert!(!plan.contains("SCAN call_logs"), "{sql}\n{plan}");
+            assert!(
+                !plan.contains("sqlite_autoindex_call_logs_1 (id>?"),
                 "{sql}\n{plan}"
             );
         }
