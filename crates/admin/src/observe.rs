@@ -200,7 +200,7 @@ fn hide_balance(entry: &mut CallEntry) {
 
 /// One call, with its headers and bodies when its service logs them.
 #[utoipa::path(get, path = "/api/v1/logs/{id}", tag = "observability",
-    params(("id" = String, Path, description = "the call's id (not its request id)")),
+    params(("id" = String, Path, description = "the call's id (its request id only when the gateway minted that)")),
     responses((status = 200, body = CallView), (status = 404, body = crate::openapi::Problem)))]
 pub async fn get_log(
     State(state): State<AdminState>,

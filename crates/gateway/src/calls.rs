@@ -60,6 +60,9 @@ pub struct CallRecord {
     /// Copied (inline, no allocation for UUIDs): a client's id is a slice
     /// of the connection's read buffer, which a record must not keep alive.
     pub request_id: SmallVec<[u8; 40]>,
+    /// The request id was minted by this gateway for this request alone
+    /// (not the client's): the call log uses it as the call's row id.
+    pub request_id_minted: bool,
     pub at_ms: i64,
     pub started: Instant,
     pub method: Method,
@@ -407,6 +410,7 @@ impl CallRecord {
         host_path.extend_from_slice(uri.path().as_bytes());
         Self {
             request_id: SmallVec::from_slice(request_id.as_bytes()),
+            request_id_minted: false,
             at_ms: domain::now_ms(),
             started,
             method: method.clone(),

@@ -114,7 +114,7 @@ pub(crate) async fn handle(
     request: Request<RequestBody>,
     peer: Arc<Peer>,
 ) -> Response<GatewayBody> {
-    let request_id = request_id_of(request.headers());
+    let (request_id, minted) = request_id_of(request.headers());
     let mut context = RequestContext {
         request_id: request_id.clone(),
         peer,
@@ -137,6 +137,7 @@ pub(crate) async fn handle(
             context.snapshot.clone(),
             context.started,
         );
+        record.request_id_minted = minted;
         record.bytes_in = content_length(request.headers()).unwrap_or(0);
         record
     });
@@ -1028,8 +1029,9 @@ fn append_forwarded(
 }
 
 /// The client's `X-Request-Id` when well-formed (1–128 of `[A-Za-z0-9._:-]`),
-/// else a new one ([`new_request_id`]).
-fn request_id_of(headers: &HeaderMap) -> HeaderValue {
+/// else a new one ([`new_request_id`]); and whether it is new (minted here
+/// for this request alone).
+fn request_id_of(headers: &HeaderMap) -> (HeaderValue, bool) {
     if let Some(value) = headers.get(&X_REQUEST_ID) {
         let bytes = value.as_bytes();
         if !bytes.is_empty()
@@ -1038,10 +1040,10 @@ fn request_id_of(headers: &HeaderMap) -> HeaderValue {
                 .iter()
                 .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(b))
         {
-            return value.clone();
+            return (value.clone(), false);
         }
     }
-    new_request_id()
+    (new_request_id(), true)
 }
 
 /// A new request id: a UUID v7, built without the `uuid` crate's global
@@ -1087,9 +1089,13 @@ mod tests {
     fn request_ids() {
         let mut headers = HeaderMap::new();
         headers.insert(&X_REQUEST_ID, HeaderValue::from_static("abc-123"));
-        assert_eq!(request_id_of(&headers), "abc-123");
+        assert_eq!(
+            request_id_of(&headers),
+            ("abc-123".try_into().unwrap(), false)
+        );
         headers.insert(&X_REQUEST_ID, HeaderValue::from_static("bad id!"));
-        let generated = request_id_of(&headers);
+        let (generated, minted) = request_id_of(&headers);
+        assert!(minted);
         assert_eq!(generated.len(), 36);
         assert!(domain::id::looks_like_id(generated.to_str().unwrap()));
     }

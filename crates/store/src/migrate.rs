@@ -51,8 +51,8 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
     (
         15,
-        "call_log_team_indexes",
-        include_str!("../migrations/0015_call_log_team_indexes.sql"),
+        "call_log_indexes",
+        include_str!("../migrations/0015_call_log_indexes.sql"),
     ),
 ];
 

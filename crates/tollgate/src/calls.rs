@@ -103,12 +103,9 @@ impl Pending {
         }
     }
 
-    /// Keeps the calls themselves for the call log, each with a new id.
+    /// Keeps the calls themselves (with their ids, [`set_row_id`]) for
+    /// the call log.
     fn keep(&mut self, mut rows: Vec<CallRow>) {
-        for row in &mut rows {
-            row.id.clear();
-            store::push_call_id(&mut row.id, row.entry.at_ms, rand::random());
-        }
         self.calls.append(&mut rows);
     }
 
@@ -122,6 +119,19 @@ impl Pending {
             minute: self.minute.into_iter().collect(),
             hour: self.hour.into_iter().collect(),
         }
+    }
+}
+
+/// A call's row id, set once (a retried batch repeats it): the request id
+/// when the gateway minted it for this call alone, a UUID v7 of the call's
+/// start like any row id (the request id index leaves such calls out: they
+/// are found by their id); else a new UUID v7 of the call's time.
+fn set_row_id(row: &mut CallRow, minted: bool) {
+    row.id.clear();
+    if minted {
+        row.id.push_str(&row.entry.request_id);
+    } else {
+        store::push_call_id(&mut row.id, row.entry.at_ms, rand::random());
     }
 }
 
@@ -194,6 +204,7 @@ pub fn spawn_writer(
                     let mut rows = spare.take(batch.len());
                     for (record, row) in batch.iter().zip(rows.iter_mut()) {
                         record.fill(&mut row.entry);
+                        set_row_id(row, record.request_id_minted);
                     }
                     let tallies = crate::metrics::tally(rows.iter().map(|row| &row.entry), |i| {
                         i > 0 && keys[i].is_some() && keys[i] == keys[i - 1]
@@ -385,9 +396,13 @@ mod tests {
         pending.add(&crate::metrics::tally(&all, |_| false));
         pending.keep(
             kept.into_iter()
-                .map(|entry| CallRow {
-                    id: "a used buffer".into(),
-                    entry,
+                .map(|entry| {
+                    let mut row = CallRow {
+                        id: "a used buffer".into(),
+                        entry,
+                    };
+                    set_row_id(&mut row, false);
+                    row
                 })
                 .collect(),
         );

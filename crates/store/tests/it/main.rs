@@ -939,7 +939,8 @@ async fn calls_without_teams(store: &Store) {
             .collect();
         assert!(
             partial.contains(&"call_logs_consumer".to_owned())
-                && partial.contains(&"call_logs_provider".to_owned()),
+                && partial.contains(&"call_logs_provider".to_owned())
+                && partial.contains(&"call_logs_request".to_owned()),
             "{partial:?}"
         );
     }
@@ -948,6 +949,73 @@ async fn calls_without_teams(store: &Store) {
 on_sqlite_and_postgres!(
     calls_without_teams_on_sqlite_and_postgres,
     calls_without_teams
+);
+
+/// A request id finds its calls: the one whose row id it is (minted by
+/// the gateway for it), and those that carried it as a client's id (a
+/// client may send an id the gateway minted earlier), in pages and in
+/// `calls_by_request`; the request id index holds only the latter.
+async fn calls_by_request_id(store: &Store) {
+    use store::CallFilter;
+    store.migrate().await.unwrap();
+    let base = 1_800_000_000_000;
+    let mut minted = call(base + 1_000, "", "acme", "wco", 200);
+    minted.entry.request_id = minted.id.clone();
+    let mut echoed = call(base + 2_000, &minted.id, "acme", "wco", 200);
+    echoed.entry.path = "/again".into();
+    let other = call(base + 3_000, "client-id", "acme", "wco", 200);
+    store
+        .write_calls(std::sync::Arc::new(store::CallBatch {
+            calls: vec![minted.clone(), echoed.clone(), other.clone()],
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+    let ids =
+        |rows: Vec<store::CallRow>| -> Vec<String> { rows.into_iter().map(|r| r.id).collect() };
+    for visible in [Visible::all(), Visible::teams(["acme"])] {
+        for team in [None, Some("wco")] {
+            let filter = CallFilter {
+                request_id: Some(&minted.id),
+                team,
+                ..Default::default()
+            };
+            let page = store.calls(&visible, &filter, None, 10).await.unwrap();
+            assert_eq!(ids(page.items), [echoed.id.clone(), minted.id.clone()]);
+        }
+    }
+    assert_eq!(
+        ids(store
+            .calls_by_request(&minted.id, "acme", "acme-app", 5)
+            .await
+            .unwrap()),
+        [echoed.id.clone(), minted.id.clone()]
+    );
+    assert_eq!(
+        ids(store
+            .calls_by_request("client-id", "acme", "acme-app", 5)
+            .await
+            .unwrap()),
+        [other.id]
+    );
+    assert!(
+        store
+            .calls_by_request("nothing", "acme", "acme-app", 5)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // The index holds the calls whose request id is not their row id.
+    let indexed: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM call_logs WHERE request_id <> id")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(indexed, 2);
+}
+
+on_sqlite_and_postgres!(
+    calls_by_request_id_on_sqlite_and_postgres,
+    calls_by_request_id
 );
 
 /// A batch of calls wider than one statement (64 + 8 + 1 + 1 rows, with

@@ -173,6 +173,19 @@ async fn calls_are_logged_counted_and_explained() {
     assert_eq!(found[0]["code"], "route_not_found");
     assert_eq!(found[0]["status"], 404);
     assert_eq!(found[0]["service"], Value::Null);
+    // A client that sends back the id the gateway minted for that call
+    // gets a log entry of its own, and the id finds both calls.
+    let again = reqwest::Client::new()
+        .get(format!("{}/nowhere/again", tollgate.gateway_url))
+        .header("x-request-id", &lost)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.headers()["x-request-id"], lost.as_str());
+    let found = logged(&tollgate, ADMIN_TOKEN, &format!("request_id={lost}"), 2).await;
+    assert_eq!(found[0]["path"], "/nowhere/again", "newest first");
+    assert_eq!(found[1]["path"], "/nowhere");
+    assert_ne!(found[0]["id"], found[1]["id"]);
 
     // Platform admins see calls of no team too (the 404 above).
     let (_, by_service) = tollgate
