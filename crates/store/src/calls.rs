@@ -554,6 +554,9 @@ impl Store {
 const REQUEST_CALLS: &str =
     "id IN (SELECT ? UNION ALL SELECT id FROM call_logs WHERE request_id = ? AND request_id <> id)";
 
+/// Teams whose calls [`calls_query`] walks along the team indexes.
+const MAX_TEAM_WALKS: usize = 100;
+
 /// The statement of [`Store::calls_by_request`].
 fn by_request_sql() -> String {
     format!(
@@ -628,7 +631,9 @@ fn calls_query<'a>(
         None if !visible.is_all() => visible.param().split(',').collect(),
         None => Vec::new(),
     };
-    if teams.is_empty() {
+    // Two walks per team; SQLite takes at most 500 terms in a compound
+    // SELECT. A member of more teams than this reads the range, fenced.
+    if teams.is_empty() || teams.len() > MAX_TEAM_WALKS {
         let sql = format!(
             "SELECT {CALL_COLUMNS} FROM call_logs WHERE {conditions} ORDER BY id DESC LIMIT ${limit}"
         );
@@ -1055,6 +1060,14 @@ mod tests {
                 !plan.contains("sqlite_autoindex_call_logs_1 (id>?"),
                 "{sql}\n{plan}"
             );
+        }
+        // A member of many teams: still one statement SQLite takes.
+        for count in [MAX_TEAM_WALKS, MAX_TEAM_WALKS + 1, 400] {
+            let slugs: Vec<String> = (0..count).map(|n| format!("team-{n}")).collect();
+            let many = Visible::teams(slugs.iter().map(String::as_str));
+            let (sql, values) = calls_query(&many, &CallFilter::default(), "0", "z", 10);
+            let plan = plan_of(&store, &sql, values.len()).await;
+            assert!(!plan.is_empty(), "{count} teams");
         }
         store.close().await;
     }
