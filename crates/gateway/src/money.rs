@@ -323,16 +323,29 @@ impl Reservation {
     /// `money.durability: strict`: charges the call and waits until the
     /// ledger writer has committed the charge (waiting for room in the
     /// queue rather than aggregating). Returns what is left to spend.
+    ///
+    /// Dropped while it waits for room (its caller went away), nothing is
+    /// charged and the reservation gives the money back; dropped after,
+    /// the charge is already queued and lands.
     pub async fn settle_durably(
         mut self,
         sink: Option<&ChargeSink>,
         request_id: &http::HeaderValue,
         outcome: Outcome,
     ) -> i64 {
-        if let (Some(mut charge), Some(sink)) = (self.take(request_id, outcome), sink) {
+        let Some(sink) = sink else {
+            self.take(request_id, outcome);
+            return self.wallet.available();
+        };
+        let Ok(room) = sink.reserve().await else {
+            tracing::error!(team = %self.wallet.team, "ledger writer gone: charge not recorded");
+            return self.wallet.available();
+        };
+        if let Some(mut charge) = self.take(request_id, outcome) {
             let (committed, done) = tokio::sync::oneshot::channel();
             charge.committed = Some(committed);
-            if sink.send(charge).await.is_err() || done.await.is_err() {
+            room.send(charge);
+            if done.await.is_err() {
                 tracing::error!(team = %self.wallet.team, "ledger writer gone: charge not recorded");
             }
         }

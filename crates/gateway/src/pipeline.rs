@@ -108,6 +108,44 @@ impl RequestContext {
     }
 }
 
+/// Status logged for a request its client gave up on before the answer
+/// (nginx's convention): the connection closed while the gateway waited.
+pub const CLIENT_CLOSED: u16 = 499;
+
+/// A request on its way to an answer, with its call record. Dropped before
+/// [`handle`] hands the record on (the server gave up on the request: the
+/// client went away), it logs the call as [`CLIENT_CLOSED`], with whatever
+/// the phases had learned; the reservation and permits the dropped phases
+/// held give their money and slots back on their own.
+struct Unanswered {
+    record: Option<crate::calls::CallRecord>,
+    context: RequestContext,
+    trace: Trace,
+}
+
+impl Unanswered {
+    /// What the phases learned, onto the record.
+    fn fill(&mut self, record: &mut crate::calls::CallRecord) {
+        record.route = self.context.route;
+        record.who = std::mem::take(&mut self.trace.who);
+        record.target = self.trace.target;
+        record.cost_nanos = self.trace.cost_nanos;
+        record.capture = self.trace.capture.take();
+        record.trace = self.trace.ids;
+        record.ai = self.trace.ai.take();
+    }
+}
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        if let Some(mut record) = self.record.take() {
+            self.fill(&mut record);
+            record.status = CLIENT_CLOSED;
+            record.finish();
+        }
+    }
+}
+
 /// Serves one request. Never fails: every error becomes a response.
 pub(crate) async fn handle(
     shared: &Shared,
@@ -115,7 +153,7 @@ pub(crate) async fn handle(
     peer: Arc<Peer>,
 ) -> Response<GatewayBody> {
     let (request_id, minted) = request_id_of(request.headers());
-    let mut context = RequestContext {
+    let context = RequestContext {
         request_id: request_id.clone(),
         peer,
         started: Instant::now(),
@@ -141,9 +179,13 @@ pub(crate) async fn handle(
         record.bytes_in = content_length(request.headers()).unwrap_or(0);
         record
     });
-    let mut trace = Trace::default();
-    if shared.options.trace && record.is_some() {
-        trace.ids = Some(domain::calls::TraceIds::for_request(
+    let mut call = Unanswered {
+        record,
+        context,
+        trace: Trace::default(),
+    };
+    if shared.options.trace && call.record.is_some() {
+        call.trace.ids = Some(domain::calls::TraceIds::for_request(
             request
                 .headers()
                 .get(&TRACEPARENT)
@@ -152,11 +194,11 @@ pub(crate) async fn handle(
         ));
     }
     let mut refused = None;
-    let mut response = match run(shared, &mut context, &mut trace, request).await {
+    let mut response = match run(shared, &mut call.context, &mut call.trace, request).await {
         Ok(response) => response,
         Err(refusal) => {
             refused = Some(refusal.code);
-            match context.dialect {
+            match call.context.dialect {
                 Some(dialect) => {
                     refusal.into_dialect_response(dialect, &request_id, &shared.options.public_url)
                 }
@@ -164,14 +206,8 @@ pub(crate) async fn handle(
             }
         }
     };
-    if let Some(mut record) = record {
-        record.route = context.route;
-        record.who = trace.who;
-        record.target = trace.target;
-        record.cost_nanos = trace.cost_nanos;
-        record.capture = trace.capture.take();
-        record.trace = trace.ids;
-        record.ai = trace.ai.take();
+    if let Some(mut record) = call.record.take() {
+        call.fill(&mut record);
         record.status = response.status().as_u16();
         record.code = refused;
         match response.body_mut() {
@@ -191,6 +227,7 @@ pub(crate) async fn handle(
             }
         }
     }
+    let context = &mut call.context;
     let headers = response.headers_mut();
     headers.insert(X_REQUEST_ID.clone(), request_id);
     if let Some((policy, state)) = context.rate_headers.take()

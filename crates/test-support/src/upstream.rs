@@ -5,6 +5,10 @@
 //! - `/sse/{count}/{gap_ms}`: an SSE stream of `count` events.
 //! - `/sse-gated`: sends one event, then waits for [`FakeUpstream::open_gate`]
 //!   before sending two more and ending.
+//! - `/hold` (or any path ending so): waits for [`FakeUpstream::open_gate`], then echoes.
+//!
+//! A `/hold` request or `/sse-gated` stream dropped before it ended (its
+//! connection closed under it) counts in [`FakeUpstream::abandoned`].
 //! - `/health`: 200, or 503 after [`FakeUpstream::set_healthy`]`(false)`.
 //! - `/close`: echoes, then closes the connection.
 //! - anything else: echoes the request as JSON (`server`, `method`, `path`,
@@ -38,6 +42,31 @@ struct State {
     gate: Notify,
     /// Delay added to every echo (for latency-aware balancing tests).
     extra_delay_ms: AtomicUsize,
+    /// Held requests and gated streams dropped before their end.
+    abandoned: AtomicUsize,
+}
+
+/// Counts, when dropped unfinished, a held request or gated stream.
+struct Abandoned {
+    state: Arc<State>,
+    finished: bool,
+}
+
+impl Abandoned {
+    fn new(state: &Arc<State>) -> Self {
+        Self {
+            state: state.clone(),
+            finished: false,
+        }
+    }
+}
+
+impl Drop for Abandoned {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.state.abandoned.fetch_add(1, Ordering::SeqCst);
+        }
+    }
 }
 
 /// A running fake upstream; stops when dropped.
@@ -96,6 +125,7 @@ impl FakeUpstream {
             healthy: AtomicBool::new(true),
             gate: Notify::new(),
             extra_delay_ms: AtomicUsize::new(0),
+            abandoned: AtomicUsize::new(0),
         });
         let shared = state.clone();
         let task = tokio::spawn(async move {
@@ -158,6 +188,11 @@ impl FakeUpstream {
 
     pub fn set_healthy(&self, healthy: bool) {
         self.state.healthy.store(healthy, Ordering::SeqCst);
+    }
+
+    /// Held requests and gated streams whose connection closed under them.
+    pub fn abandoned(&self) -> usize {
+        self.state.abandoned.load(Ordering::SeqCst)
     }
 
     pub fn set_delay_ms(&self, ms: usize) {
@@ -232,19 +267,34 @@ async fn respond(state: Arc<State>, request: Request<Incoming>) -> Response<Body
         ["sse-gated"] => {
             let (sender, receiver) = tokio::sync::mpsc::channel::<Bytes>(4);
             let _ = sender.send(sse_event(0)).await;
-            let state = state.clone();
+            let gated = state.clone();
             tokio::spawn(async move {
-                state.gate.notified().await;
+                gated.gate.notified().await;
                 let _ = sender.send(sse_event(1)).await;
                 let _ = sender.send(sse_event(2)).await;
             });
             let mut receiver = receiver;
-            let stream = futures_util::stream::poll_fn(move |cx| receiver.poll_recv(cx))
-                .map(|bytes| Ok::<_, Infallible>(Frame::data(bytes)));
+            let mut guard = Abandoned::new(&state);
+            let stream = futures_util::stream::poll_fn(move |cx| {
+                // The whole guard moves in (not just its field), to be
+                // dropped with the stream.
+                let guard = &mut guard;
+                let next = receiver.poll_recv(cx);
+                if let std::task::Poll::Ready(None) = next {
+                    guard.finished = true;
+                }
+                next
+            })
+            .map(|bytes| Ok::<_, Infallible>(Frame::data(bytes)));
             return Response::builder()
                 .header("content-type", "text/event-stream")
                 .body(BodyExt::boxed(StreamBody::new(stream)))
                 .unwrap();
+        }
+        [.., "hold"] => {
+            let mut guard = Abandoned::new(&state);
+            state.gate.notified().await;
+            guard.finished = true;
         }
         ["delay", ms] => {
             tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;

@@ -246,6 +246,9 @@ impl Drop for AiStream {
         if let Some(commit) = self.commit.take()
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {
+            tracing::info!(
+                "a caller went away while its stream's charge was being committed; the commit goes on"
+            );
             runtime.spawn(commit);
         }
         self.settle(false, false);

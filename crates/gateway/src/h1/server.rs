@@ -13,6 +13,7 @@
 //! - Refused heads (malformed, too large, conflicting lengths) get a
 //!   problem response and the connection closes.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -55,6 +56,60 @@ impl Reader {
             self.buf.reserve(8 * 1024);
         }
         self.half.read_buf(&mut self.buf).await
+    }
+
+    /// Ready when the peer has closed its side or the connection broke.
+    /// What arrives meanwhile (a pipelined request) stays in the buffer,
+    /// up to a head's worth; past that the peer is no longer watched.
+    /// After a short read tokio knows the socket is drained, so an idle
+    /// peer costs no syscall here.
+    fn poll_closed(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        while self.buf.len() < MAX_HEAD_BYTES {
+            match super::poll_read_more(&mut self.half, cx, &mut self.buf) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(()),
+                Poll::Ready(Ok(_)) => {}
+            }
+        }
+        Poll::Pending
+    }
+}
+
+/// The client's side of a connection while its request is answered: in
+/// the connection loop, or lent to the request's body.
+struct Watch<'a> {
+    reader: Option<&'a mut Reader>,
+    lent: Option<&'a Mutex<BodyState>>,
+}
+
+impl Watch<'_> {
+    /// Ready when the client has closed its side or the connection broke.
+    /// A body still being read is not watched: reading it finds the end.
+    fn poll_closed(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if let Some(reader) = self.reader.as_deref_mut() {
+            return reader.poll_closed(cx);
+        }
+        if let Some(state) = self.lent {
+            let mut state = lock(state);
+            if state.framing.is_done()
+                && let Some(reader) = state.reader.as_mut()
+            {
+                return reader.poll_closed(cx);
+            }
+        }
+        Poll::Pending
+    }
+
+    /// `future`'s output, or `None` when the client closes first (like
+    /// nginx, which gives up on a request whose client closed, even half
+    /// way).
+    async fn unless_closed<F: Future>(&mut self, future: F) -> Option<F::Output> {
+        let mut future = std::pin::pin!(future);
+        std::future::poll_fn(|cx| match future.as_mut().poll(cx) {
+            Poll::Ready(output) => Poll::Ready(Some(output)),
+            Poll::Pending => self.poll_closed(cx).map(|()| None),
+        })
+        .await
     }
 }
 
@@ -150,7 +205,16 @@ pub(crate) async fn serve(
         *request.version_mut() = head.version;
         *request.headers_mut() = head.headers;
 
-        let response = crate::server::respond(&shared, request, peer.clone()).await;
+        let mut watch = Watch {
+            reader: reader.as_mut(),
+            lent: lent.as_deref(),
+        };
+        let respond = crate::server::respond(&shared, request, peer.clone());
+        let Some(response) = watch.unless_closed(respond).await else {
+            // The client went away before its answer: the request is
+            // dropped (its upstream call with it) and logged as 499.
+            return;
+        };
         // A body left unread (a refusal before it was needed) means the
         // next head cannot be found: say so, and close after the response.
         let body_read = lent
@@ -161,9 +225,12 @@ pub(crate) async fn serve(
             &mut write,
             &mut out,
             response,
-            head_request,
-            http10,
-            keep_alive,
+            Framed {
+                head_request,
+                http10,
+                keep_alive,
+            },
+            &mut watch,
         )
         .await;
         if !clean || !keep_alive {
@@ -287,20 +354,45 @@ async fn refuse_head(
     response
         .headers_mut()
         .insert(crate::pipeline::X_REQUEST_ID.clone(), request_id);
-    let _ = write_response(write, out, response, false, false, false).await;
+    let framed = Framed {
+        head_request: false,
+        http10: false,
+        keep_alive: false,
+    };
+    let mut watch = Watch {
+        reader: None,
+        lent: None,
+    };
+    let _ = write_response(write, out, response, framed, &mut watch).await;
     let _ = write.shutdown().await;
 }
 
+/// How a response is framed for the request it answers.
+struct Framed {
+    /// A `HEAD` request: the head only.
+    head_request: bool,
+    /// An HTTP/1.0 client: no chunked encoding.
+    http10: bool,
+    /// The connection may carry another request after this one.
+    keep_alive: bool,
+}
+
 /// Writes `response`. Returns whether the connection can carry another
-/// request (the body went out whole and framed).
+/// request (the body went out whole and framed). While the body makes it
+/// wait, it watches the client: a client that closes ends the response
+/// (and the upstream's), as a failed write would, only sooner.
 async fn write_response(
     write: &mut OwnedWriteHalf,
     out: &mut BytesMut,
     response: Response<GatewayBody>,
-    head_request: bool,
-    http10: bool,
-    keep_alive: bool,
+    framed: Framed,
+    watch: &mut Watch<'_>,
 ) -> bool {
+    let Framed {
+        head_request,
+        http10,
+        keep_alive,
+    } = framed;
     let (parts, mut body) = response.into_parts();
     let status = parts.status;
     let bodiless = head_request
@@ -366,7 +458,10 @@ async fn write_response(
                     }
                     out.clear();
                 }
-                body.frame().await
+                match watch.unless_closed(body.frame()).await {
+                    Some(frame) => frame,
+                    None => return false,
+                }
             }
         };
         match frame {

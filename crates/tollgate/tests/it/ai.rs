@@ -1011,9 +1011,8 @@ async fn strict_streams_close_only_once_the_charge_is_committed() {
 /// Strict, and the caller hangs up while the charge waits to be
 /// committed: the charge still reaches the ledger, once, for what the
 /// upstream reported (the answer was produced in full). The gateway
-/// notices the hang-up only when it next writes, after the commit, so
-/// this goes through the stream's normal end; a stream dropped while its
-/// commit is pending (shutdown) hands the commit to the runtime instead.
+/// sees the hang-up while the commit waits (it watches the client) and
+/// drops the stream, which hands the commit to a task of its own.
 #[tokio::test]
 async fn a_strict_charge_still_lands_when_its_caller_has_gone() {
     let held = held_strict_stream("Left before the end").await;
@@ -1031,6 +1030,11 @@ async fn a_strict_charge_still_lands_when_its_caller_has_gone() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(entries.len(), 1, "{entries:?}\n{}", tollgate.log());
+    assert!(
+        tollgate.log().contains("the commit goes on"),
+        "the stream was dropped before its end: {}",
+        tollgate.log()
+    );
     assert_eq!(entries[0]["request_id"], request_id.as_str());
     assert_eq!(
         -nanos_of(entries[0]["amount"].as_str().unwrap()),

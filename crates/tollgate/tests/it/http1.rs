@@ -1,6 +1,7 @@
 //! The gateway's own HTTP/1.1 server and upstream client, byte by byte:
 //! pipelining, chunked and `Expect: 100-continue` bodies, HTTP/1.0, HEAD,
-//! refused heads, and upstream connections closed under the pool.
+//! refused heads, upstream connections closed under the pool, and clients
+//! that go away before their answer.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -300,4 +301,71 @@ async fn upstream_connections_closed_in_the_pool_are_replaced() {
         }
         assert!(connections.load(Ordering::SeqCst) >= 20);
     }
+}
+
+/// A client that closes its connection while its request waits for the
+/// upstream (with or without a body), or while a streamed answer waits
+/// for its next part, ends the upstream call at once (as nginx does, and
+/// not at the next write), and the call is logged: 499 when no answer
+/// had begun, the answer's status and `completed: false` when it had.
+#[tokio::test]
+async fn a_client_that_goes_away_ends_its_upstream_call() {
+    let upstream = FakeUpstream::start("a").await;
+    let tollgate = gateway_with(&upstream).await;
+    let requests: [&[u8]; 2] = [
+        b"GET /svc/hold HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"POST /svc/hold HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello",
+    ];
+    for (index, request) in requests.into_iter().enumerate() {
+        let hits = upstream.hits();
+        let mut stream = connect(&tollgate).await;
+        stream.write_all(request).await.unwrap();
+        eventually("the upstream has the request", || upstream.hits() > hits).await;
+        drop(stream);
+        eventually("the upstream call is ended", || {
+            upstream.abandoned() == index + 1
+        })
+        .await;
+    }
+
+    // Mid-stream: the first event arrives, the client goes.
+    let mut stream = connect(&tollgate).await;
+    stream
+        .write_all(b"GET /svc/sse-gated HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    read_until(&mut stream, "\"n\":0").await;
+    drop(stream);
+    eventually("the upstream stream is ended", || upstream.abandoned() == 3).await;
+
+    // A client that stays is still answered, on a connection that waited.
+    let hits = upstream.hits();
+    let mut stream = connect(&tollgate).await;
+    stream
+        .write_all(b"GET /svc/hold HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    eventually("the upstream has the request", || upstream.hits() > hits).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    upstream.open_gate();
+    let raw = read_until(&mut stream, "\"path\":\"/hold\"").await;
+    assert!(raw.starts_with("HTTP/1.1 200 OK\r\n"), "{raw}");
+    assert_eq!(upstream.abandoned(), 3);
+
+    let gone = logged_with_status(&tollgate, 499, 2).await;
+    let mut methods: Vec<&str> = gone.iter().map(|e| e["method"].as_str().unwrap()).collect();
+    methods.sort_unstable();
+    assert_eq!(methods, ["GET", "POST"], "{gone:?}");
+    for entry in &gone {
+        assert_eq!(entry["path"], "/svc/hold", "{entry}");
+        assert_eq!(entry["service"], "svc", "{entry}");
+        assert_eq!(entry["completed"], false, "{entry}");
+        assert_eq!(entry["code"], serde_json::Value::Null, "{entry}");
+    }
+    let streamed = logged_with_status(&tollgate, 200, 1).await;
+    let cut = streamed
+        .iter()
+        .find(|e| e["path"] == "/svc/sse-gated")
+        .unwrap_or_else(|| panic!("{streamed:?}"));
+    assert_eq!(cut["completed"], false, "{cut}");
 }

@@ -52,6 +52,47 @@ pub async fn gateway_with(upstream: &FakeUpstream) -> Tollgate {
     tollgate
 }
 
+/// Polls until `done` holds (5 s at most).
+pub async fn eventually(what: &str, done: impl Fn() -> bool) {
+    let started = std::time::Instant::now();
+    while !done() {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "never: {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+/// The call log's entries with `status`, once there are `count` of them.
+pub async fn logged_with_status(
+    tollgate: &Tollgate,
+    status: u16,
+    count: usize,
+) -> Vec<serde_json::Value> {
+    let started = std::time::Instant::now();
+    loop {
+        let (code, page) = tollgate
+            .admin(
+                reqwest::Method::GET,
+                &format!("/api/v1/logs?status={status}"),
+                None,
+            )
+            .await;
+        assert_eq!(code, 200, "{page}");
+        let entries = page["data"].as_array().cloned().unwrap_or_default();
+        if entries.len() >= count {
+            return entries;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "{} of {count} calls logged as {status}: {entries:?}",
+            entries.len()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 /// The SQLite database of `tollgate`'s data dir with its write-ahead log,
 /// as text (to check what never reaches it).
 pub fn database_text(tollgate: &Tollgate) -> String {

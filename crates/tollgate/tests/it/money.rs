@@ -993,3 +993,44 @@ async fn concurrent_top_ups_and_charges_lose_no_update() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// A caller that goes away while its priced call waits for the upstream
+/// is not charged: the reservation goes back, the wallet still affords
+/// exactly the calls it did, and the call is logged as 499 at no cost.
+#[tokio::test]
+async fn a_caller_that_goes_away_before_the_answer_is_not_charged() {
+    use tokio::io::AsyncWriteExt;
+    let tollgate = Tollgate::start(BIN).await;
+    let upstream = FakeUpstream::start("w").await;
+    let key = priced_world(&tollgate, &upstream, 1).await;
+    // The grant and the probe's charge.
+    wait_entries(&tollgate, 2).await;
+    let hits = upstream.hits();
+    let mut stream =
+        tokio::net::TcpStream::connect(tollgate.gateway_url.trim_start_matches("http://"))
+            .await
+            .unwrap();
+    stream
+        .write_all(
+            format!(
+                "GET /weather/forecast/hold HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    crate::eventually("the upstream has the call", || upstream.hits() > hits).await;
+    drop(stream);
+    crate::eventually("the upstream call is ended", || upstream.abandoned() == 1).await;
+    // The money held for it is back: one call affordable, then none.
+    let paid = tollgate.get_with_key("/weather/forecast/paid", &key).await;
+    assert_eq!(paid.status(), 200);
+    let refused = tollgate.get_with_key("/weather/forecast/more", &key).await;
+    assert_eq!(refused.status(), 402);
+    let wallet = wait_entries(&tollgate, 3).await;
+    assert_eq!(wallet["balance_nanos"], 0, "{wallet}");
+    let gone = &crate::logged_with_status(&tollgate, 499, 1).await[0];
+    assert_eq!(gone["path"], "/weather/forecast/hold", "{gone}");
+    assert_eq!(gone["app"], "acme-web", "who called is known: {gone}");
+    assert_eq!(gone["cost"], "0.00", "{gone}");
+}
