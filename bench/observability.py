@@ -99,6 +99,17 @@ def seed(db_path, args, now_ms):
             rollup_rows(start, end, size, args.rate),
         )
         db.commit()
+    # Other tenants of the platform: small teams with one row per hour each,
+    # calling their own service (a tenant's question must not read them).
+    db.executemany(
+        f"INSERT INTO rollups_hour (bucket_ms, provider_team, consumer_team, service, app, model, status, code, "
+        f"requests, latency_sum_us, upstream_sum_us, bytes_in, bytes_out, input_tokens, output_tokens, "
+        f"cost_nanos, {hist_cols}) VALUES ({marks})",
+        ((bucket, f"t-{n}", f"t-{n}", f"svc-t{n}", f"app-t{n}", "", 200, "", 10, 40_000, 30_000, 0, 1_200, 0, 0,
+          0, *([0] * 4 + [10] + [0] * (BUCKETS - 5)))
+         for bucket in range(start, end, HOUR) for n in range(args.tenants)),
+    )
+    db.commit()
     rollup_s = time.time() - started
     minute_rows = db.execute("SELECT COUNT(*) FROM rollups_minute").fetchone()[0]
     hour_rows = db.execute("SELECT COUNT(*) FROM rollups_hour").fetchone()[0]
@@ -151,13 +162,30 @@ def seed(db_path, args, now_ms):
     }
 
 
-def get(path):
-    request = urllib.request.Request(f"http://{ADMIN}{path}", headers={"Authorization": f"Bearer {TOKEN}"})
+def get(path, token=TOKEN):
+    request = urllib.request.Request(f"http://{ADMIN}{path}", headers={"Authorization": f"Bearer {token}"})
     started = time.perf_counter()
     with urllib.request.urlopen(request, timeout=60) as response:
         body = response.read()
         status = response.status
     return status, (time.perf_counter() - started) * 1000, body
+
+
+def post(path, body):
+    request = urllib.request.Request(f"http://{ADMIN}{path}", data=json.dumps(body).encode(), method="POST",
+                                     headers={"Authorization": f"Bearer {TOKEN}",
+                                              "Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return json.loads(response.read())
+
+
+def tenant_member(tenants):
+    """A personal token of a developer in team `t-7` (or `cons` when there are no other tenants)."""
+    team = "t-7" if tenants > 7 else "cons"
+    post("/api/v1/teams", {"slug": team, "name": team})
+    user = post("/api/v1/users", {"email": "dev@tenant.test", "password": "a long enough password"})
+    post(f"/api/v1/teams/{team}/members", {"user": user["id"], "role": "developer"})
+    return post("/api/v1/tokens", {"user": "dev@tenant.test"})["token_secret"]
 
 
 def wait_ready(proc):
@@ -180,6 +208,7 @@ def main():
     parser.add_argument("--days", type=int, default=30)
     parser.add_argument("--rate", type=int, default=100, help="calls per second the rollups stand for")
     parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--tenants", type=int, default=500, help="other small tenants with hourly rollups")
     target = os.environ.get("CARGO_TARGET_DIR", os.path.expanduser("~/.cache/tollgate-target"))
     parser.add_argument("--bin", default=os.path.join(target, "release", "tollgate"))
     parser.add_argument("--results", default=os.path.join(os.path.dirname(__file__), "results"))
@@ -213,6 +242,7 @@ def run(args, work):
     proc = subprocess.Popen([args.bin, "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     try:
         wait_ready(proc)
+        tenant_token = tenant_member(args.tenants)
         start, end = seeded["range_start_ms"], seeded["range_end_ms"]
         # Whole minutes: a day of 1m points is exactly 1440.
         minute_end = (now_ms // MINUTE + 1) * MINUTE
@@ -221,6 +251,8 @@ def run(args, work):
             ("summary, 30 days, group_by=service", f"/api/v1/analytics/summary?from={start}&to={end}&group_by=service"),
             ("summary, 30 days, one app", f"/api/v1/analytics/summary?from={start}&to={end}&app=app-3"),
             ("summary, 30 days, not hour-aligned", f"/api/v1/analytics/summary?from={start + 17 * MINUTE}&to={end - 23 * MINUTE}"),
+            (f"summary, 30 days, as a member of one small tenant of {args.tenants}",
+             f"/api/v1/analytics/summary?from={start}&to={end}", tenant_token),
             ("timeseries requests, 1h over 30 days", f"/api/v1/analytics/timeseries?metric=requests&interval=1h&from={start}&to={end}"),
             ("timeseries latency_p95, 1d over 30 days, group_by=app", f"/api/v1/analytics/timeseries?metric=latency_p95&interval=1d&from={start}&to={end}&group_by=app"),
             ("timeseries errors, 1m over the last day", f"/api/v1/analytics/timeseries?metric=errors&interval=1m&from={day_ago}&to={minute_end}"),
@@ -230,13 +262,14 @@ def run(args, work):
             ("logs, by request id", f"/api/v1/logs?request_id={seeded['sample_request']}"),
         ]
         results = []
-        for name, path in queries:
-            status, _, body = get(path)
+        for name, path, *token in queries:
+            token = token[0] if token else TOKEN
+            status, _, body = get(path, token)
             if status != 200:
                 sys.exit(f"{path} answered {status}: {body[:300]!r}")
             for _ in range(3):
-                get(path)
-            times = [get(path)[1] for _ in range(args.runs)]
+                get(path, token)
+            times = [get(path, token)[1] for _ in range(args.runs)]
             times.sort()
             result = {
                 "query": name,

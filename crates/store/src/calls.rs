@@ -14,7 +14,6 @@ use domain::calls::{CallBodies, CallEntry, LATENCY_BUCKET_COUNT};
 use sqlx::any::AnyRow;
 use sqlx::{Arguments, Row};
 
-use crate::access::visible_sql;
 use crate::objects::{fetch_limit, page_of};
 use crate::{Backend, Page, Result, Store, StoreError, Visible, WriteTx, int, opt_text, text};
 
@@ -658,6 +657,90 @@ fn calls_query<'a>(
     (sql, values)
 }
 
+/// Binds `values` in order.
+fn bind_values<'q>(
+    mut query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
+    values: Vec<Value<'q>>,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
+    for value in values {
+        query = match value {
+            Value::Text(text) => query.bind(text),
+            Value::Number(number) => query.bind(number),
+        };
+    }
+    query
+}
+
+/// The WHERE clause of [`Store::rollups`] (`$1` and `$2` the range, `$3`
+/// the slot width) and its values.
+///
+/// Only the filters given are written in. Teams (the filter's, or a
+/// tenant's) are equalities on each side, which the team indexes serve
+/// (`rollups_*_provider`, `rollups_*_consumer`, with the bucket): a
+/// tenant reads its own rows, not every team's rows of the range. A
+/// member of more than [`MAX_TEAM_WALKS`] teams is fenced as before.
+fn rollups_conditions<'a>(query: &RollupQuery<'a>) -> (String, Vec<Value<'a>>) {
+    let mut values = vec![
+        Value::Number(Some(query.from_ms)),
+        Value::Number(Some(query.to_ms)),
+        Value::Number(Some(query.interval_ms.max(1))),
+    ];
+    let mut conditions = String::from("bucket_ms >= $1 AND bucket_ms < $2");
+    for (template, value) in [("service = ?", query.service), ("app = ?", query.app)] {
+        if let Some(value) = value {
+            add_condition(
+                &mut conditions,
+                &mut values,
+                template,
+                Value::Text(Some(value)),
+            );
+        }
+    }
+    if let Some(team) = query.team {
+        add_condition(
+            &mut conditions,
+            &mut values,
+            "(consumer_team = ? OR provider_team = ?)",
+            Value::Text(Some(team)),
+        );
+    }
+    if query.visible.is_all() {
+        return (conditions, values);
+    }
+    let teams: Vec<&'a str> = query
+        .visible
+        .param()
+        .split(',')
+        .filter(|team| !team.is_empty())
+        .collect();
+    if teams.len() > MAX_TEAM_WALKS {
+        add_condition(
+            &mut conditions,
+            &mut values,
+            "((consumer_team <> '' AND (',' || ? || ',') LIKE ('%,' || consumer_team || ',%')) \
+             OR (provider_team <> '' AND (',' || ? || ',') LIKE ('%,' || provider_team || ',%')))",
+            Value::Text(Some(query.visible.param())),
+        );
+        return (conditions, values);
+    }
+    if teams.is_empty() {
+        conditions.push_str(" AND 1 = 0");
+        return (conditions, values);
+    }
+    let mut list = String::new();
+    for team in teams {
+        values.push(Value::Text(Some(team)));
+        if !list.is_empty() {
+            list.push_str(", ");
+        }
+        list.push_str(&format!("${}", values.len()));
+    }
+    conditions.push_str(&format!(
+        " AND (consumer_team IN ({list}) OR provider_team IN ({list}))"
+    ));
+    (conditions, values)
+}
+
 /// [`Store::write_calls`] on SQLite.
 fn write_sqlite(connection: &mut rusqlite::Connection, batch: &CallBatch) -> rusqlite::Result<()> {
     let tx = connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -817,14 +900,9 @@ impl Store {
         let (sql, values) = calls_query(visible, filter, &floor, &ceiling, limit);
         // Audited: only this module's fixed fragments are formatted in;
         // every value is bound.
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for value in values {
-            query = match value {
-                Value::Text(text) => query.bind(text),
-                Value::Number(number) => query.bind(number),
-            };
-        }
-        let rows = query.fetch_all(&self.pool).await?;
+        let rows = bind_values(sqlx::query(sqlx::AssertSqlSafe(sql)), values)
+            .fetch_all(&self.pool)
+            .await?;
         let items = rows.iter().map(call_from).collect::<Result<Vec<_>>>()?;
         Ok(page_of(items, limit, |row| &row.id))
     }
@@ -932,26 +1010,16 @@ impl Store {
                 format!("CAST(0 AS BIGINT) AS h{i}")
             }
         }));
+        let (conditions, values) = rollups_conditions(query);
         let sql = format!(
             "SELECT (bucket_ms - $1) / $3 AS slot, {group} AS grp, status, code, {} FROM {} \
-             WHERE bucket_ms >= $1 AND bucket_ms < $2 AND ($4 = '' OR service = $4) \
-             AND ($5 = '' OR app = $5) AND ($6 = '' OR consumer_team = $6 OR provider_team = $6) \
-             AND ($7 = '*' OR (consumer_team <> '' AND {}) OR (provider_team <> '' AND {})) \
-             GROUP BY slot, grp, status, code ORDER BY slot, grp",
+             WHERE {conditions} GROUP BY slot, grp, status, code ORDER BY slot, grp",
             sums.join(", "),
             query.granularity.table(),
-            visible_sql!("consumer_team", "7"),
-            visible_sql!("provider_team", "7"),
         );
-        // Audited: only this module's column names are formatted in.
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(query.from_ms)
-            .bind(query.to_ms)
-            .bind(query.interval_ms.max(1))
-            .bind(query.service.unwrap_or(""))
-            .bind(query.app.unwrap_or(""))
-            .bind(query.team.unwrap_or(""))
-            .bind(query.visible.param())
+        // Audited: only this module's column names and fixed fragments are
+        // formatted in; every value is bound.
+        let rows = bind_values(sqlx::query(sqlx::AssertSqlSafe(sql)), values)
             .fetch_all(&self.pool)
             .await?;
         rows.iter()
@@ -1068,6 +1136,53 @@ mod tests {
             let (sql, values) = calls_query(&many, &CallFilter::default(), "0", "z", 10);
             let plan = plan_of(&store, &sql, values.len()).await;
             assert!(!plan.is_empty(), "{count} teams");
+        }
+        store.close().await;
+    }
+
+    /// Analytics for a tenant or a team read that team's rows along the
+    /// team indexes, never every row of the range.
+    #[tokio::test]
+    async fn rollup_queries_for_teams_take_the_team_indexes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&format!("sqlite://{}/t.db", dir.path().display()))
+            .await
+            .unwrap();
+        store.migrate().await.unwrap();
+        let everyone = Visible::all();
+        let acme = Visible::teams(["acme", "wco"]);
+        for granularity in [Granularity::Minute, Granularity::Hour] {
+            let table = granularity.table();
+            for (visible, team) in [
+                (&everyone, Some("acme")),
+                (&acme, None),
+                (&acme, Some("acme")),
+            ] {
+                let query = RollupQuery {
+                    granularity,
+                    from_ms: 0,
+                    to_ms: 1,
+                    interval_ms: 1,
+                    group_by: None,
+                    visible,
+                    service: None,
+                    app: Some("bot"),
+                    team,
+                    latency: false,
+                };
+                let (conditions, values) = rollups_conditions(&query);
+                let sql = format!("SELECT requests FROM {table} WHERE {conditions}");
+                let plan = plan_of(&store, &sql, values.len()).await;
+                for side in ["consumer", "provider"] {
+                    assert!(
+                        plan.contains(&format!(
+                            "INDEX {table}_{side} ({side}_team=? AND bucket_ms>? AND bucket_ms<?)"
+                        )),
+                        "{sql}\n{plan}"
+                    );
+                }
+                assert!(!plan.contains(&format!("SCAN {table}")), "{sql}\n{plan}");
+            }
         }
         store.close().await;
     }

@@ -54,6 +54,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "call_log_indexes",
         include_str!("../migrations/0015_call_log_indexes.sql"),
     ),
+    (
+        16,
+        "rollup_team_indexes",
+        include_str!("../migrations/0016_rollup_team_indexes.sql"),
+    ),
 ];
 
 impl Store {

@@ -816,6 +816,41 @@ async fn calls_and_rollups(store: &Store) {
         .map(|s| s.values.requests)
         .sum();
     assert_eq!(total, 4, "r3 and r4, from both writers");
+    // Fences and team filters (team equalities; a member of more than 100
+    // teams is fenced another way), each counted from both writers.
+    let nobody = Visible::teams([]);
+    let slugs: Vec<String> = (0..120).map(|n| format!("team-{n}")).collect();
+    let many = Visible::teams(
+        slugs
+            .iter()
+            .map(String::as_str)
+            .chain(["other"])
+            .collect::<Vec<_>>(),
+    );
+    let both = Visible::teams(["other", "acme"]);
+    for (visible, team, expected, what) in [
+        (&nobody, None, 0, "a user in no team sees nothing"),
+        (&many, None, 4, "121 teams, one of them `other`"),
+        (&all, Some("wco"), 8, "calls to wco's services"),
+        (&other, Some("wco"), 2, "other's calls to wco"),
+        (&both, None, 10, "every call has acme or other on a side"),
+        (&many, Some("acme"), 2, "acme's call to other's service"),
+    ] {
+        let fenced = RollupQuery {
+            visible,
+            team,
+            group_by: None,
+            ..query.clone()
+        };
+        let total: i64 = store
+            .rollups(&fenced)
+            .await
+            .unwrap()
+            .iter()
+            .map(|s| s.values.requests)
+            .sum();
+        assert_eq!(total, expected, "{what}");
+    }
 
     // Retention deletes what is older, nothing else.
     assert_eq!(
