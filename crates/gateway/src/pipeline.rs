@@ -113,10 +113,11 @@ impl RequestContext {
 pub const CLIENT_CLOSED: u16 = 499;
 
 /// A request on its way to an answer, with its call record. Dropped before
-/// [`handle`] hands the record on (the server gave up on the request: the
-/// client went away), it logs the call as [`CLIENT_CLOSED`], with whatever
-/// the phases had learned; the reservation and permits the dropped phases
-/// held give their money and slots back on their own.
+/// [`handle`] hands the record on, it logs the call with whatever the
+/// phases had learned: as [`CLIENT_CLOSED`] when the server gave up on the
+/// request (the client went away), as the 500 `internal_error` the client
+/// gets when a phase panicked. The reservation and permits the dropped
+/// phases held give their money and slots back on their own.
 struct Unanswered {
     record: Option<crate::calls::CallRecord>,
     context: RequestContext,
@@ -140,7 +141,12 @@ impl Drop for Unanswered {
     fn drop(&mut self) {
         if let Some(mut record) = self.record.take() {
             self.fill(&mut record);
-            record.status = CLIENT_CLOSED;
+            if std::thread::panicking() {
+                record.status = 500;
+                record.code = Some(Code::InternalError);
+            } else {
+                record.status = CLIENT_CLOSED;
+            }
             record.finish();
         }
     }
