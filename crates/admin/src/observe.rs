@@ -712,9 +712,38 @@ pub struct Summary {
     pub groups: Vec<GroupFigures>,
 }
 
+/// `[from_ms, to_ms)` (whole minutes) as the fewest rollup rows: whole UTC
+/// days from the day rollups, the whole hours around them from the hour
+/// rollups, the minutes at the edges from the minute rollups. Empty pieces
+/// are left out.
+fn pieces(from_ms: i64, to_ms: i64) -> Vec<(Granularity, i64, i64)> {
+    let ceil = |at: i64, size: i64| (at + size - 1).div_euclid(size) * size;
+    let floor = |at: i64, size: i64| at.div_euclid(size) * size;
+    let (first_hour, last_hour) = (ceil(from_ms, HOUR_MS), floor(to_ms, HOUR_MS));
+    if first_hour >= last_hour {
+        return vec![(Granularity::Minute, from_ms, to_ms)];
+    }
+    let (first_day, last_day) = (ceil(first_hour, DAY_MS), floor(last_hour, DAY_MS));
+    let middle = if first_day < last_day {
+        vec![
+            (Granularity::Hour, first_hour, first_day),
+            (Granularity::Day, first_day, last_day),
+            (Granularity::Hour, last_day, last_hour),
+        ]
+    } else {
+        vec![(Granularity::Hour, first_hour, last_hour)]
+    };
+    std::iter::once((Granularity::Minute, from_ms, first_hour))
+        .chain(middle)
+        .chain(std::iter::once((Granularity::Minute, last_hour, to_ms)))
+        .filter(|(_, from, to)| from < to)
+        .collect()
+}
+
 /// Totals over a range (default: the last 24 hours), optionally per
-/// group. Whole hours are read from the hour rollups, the edges from the
-/// minute rollups, so the counts are exact to the minute.
+/// group. Whole days are read from the day rollups, whole hours from the
+/// hour rollups, the edges from the minute rollups, so the counts are
+/// exact to the minute.
 #[utoipa::path(get, path = "/api/v1/analytics/summary", tag = "observability",
     params(("from" = Option<String>, Query), ("to" = Option<String>, Query),
         ("group_by" = Option<String>, Query, description = "service, app, team, model, status or code"),
@@ -728,23 +757,9 @@ pub async fn summary(
     params.only(&["from", "to", "group_by", "service", "app", "team"])?;
     let q = question(&params, DAY_MS)?;
     let visible = caller.visible();
-    // [from, first hour) and [last hour, to) from minutes, the rest from hours.
-    let first_hour = (q.from_ms + HOUR_MS - 1).div_euclid(HOUR_MS) * HOUR_MS;
-    let last_hour = q.to_ms.div_euclid(HOUR_MS) * HOUR_MS;
-    let mut parts = Vec::new();
-    if first_hour < last_hour {
-        parts.push((Granularity::Minute, q.from_ms, first_hour));
-        parts.push((Granularity::Hour, first_hour, last_hour));
-        parts.push((Granularity::Minute, last_hour, q.to_ms));
-    } else {
-        parts.push((Granularity::Minute, q.from_ms, q.to_ms));
-    }
     let mut total = Sums::default();
     let mut groups: BTreeMap<String, Sums> = BTreeMap::new();
-    for (granularity, from_ms, to_ms) in parts {
-        if from_ms >= to_ms {
-            continue;
-        }
+    for (granularity, from_ms, to_ms) in pieces(q.from_ms, q.to_ms) {
         let query = rollup_query(
             &params,
             &visible,
@@ -861,7 +876,9 @@ pub async fn timeseries(
             ),
         ));
     }
-    let granularity = if interval_ms % HOUR_MS == 0 {
+    let granularity = if interval_ms % DAY_MS == 0 {
+        Granularity::Day
+    } else if interval_ms % HOUR_MS == 0 {
         Granularity::Hour
     } else {
         Granularity::Minute
@@ -939,7 +956,61 @@ pub async fn metrics(
 
 #[cfg(test)]
 mod tests {
-    use super::csv_field;
+    use super::{DAY_MS, Granularity, HOUR_MS, csv_field, pieces};
+
+    /// Pieces cover the range exactly, each aligned to its granularity,
+    /// with the coarsest rollups in the middle.
+    #[test]
+    fn ranges_are_read_from_the_coarsest_rollups_that_fit() {
+        const MINUTE: i64 = 60_000;
+        let day = 20_000 * DAY_MS;
+        let cases = [
+            // (from, to, granularities in order)
+            (
+                day + 5 * MINUTE,
+                day + 50 * MINUTE,
+                vec![Granularity::Minute],
+            ),
+            (day, day + 3 * HOUR_MS, vec![Granularity::Hour]),
+            (
+                day + 17 * MINUTE,
+                day + 30 * DAY_MS - 23 * MINUTE,
+                vec![
+                    Granularity::Minute,
+                    Granularity::Hour,
+                    Granularity::Day,
+                    Granularity::Hour,
+                    Granularity::Minute,
+                ],
+            ),
+            (day, day + 30 * DAY_MS, vec![Granularity::Day]),
+            (
+                day + 2 * HOUR_MS,
+                day + DAY_MS + HOUR_MS,
+                vec![Granularity::Hour],
+            ),
+            (
+                day - 3 * MINUTE,
+                day + 2 * DAY_MS,
+                vec![Granularity::Minute, Granularity::Day],
+            ),
+        ];
+        for (from, to, expected) in cases {
+            let parts = pieces(from, to);
+            let kinds: Vec<Granularity> = parts.iter().map(|(g, _, _)| *g).collect();
+            assert_eq!(kinds, expected, "{from}..{to}: {parts:?}");
+            assert_eq!(parts.first().unwrap().1, from);
+            assert_eq!(parts.last().unwrap().2, to);
+            for pair in parts.windows(2) {
+                assert_eq!(pair[0].2, pair[1].1, "contiguous: {parts:?}");
+            }
+            for (granularity, start, end) in &parts {
+                assert!(start < end);
+                assert_eq!(start % granularity.millis(), 0, "{parts:?}");
+                assert_eq!(end % granularity.millis(), 0, "{parts:?}");
+            }
+        }
+    }
 
     fn cell(value: &str) -> String {
         let mut out = String::new();

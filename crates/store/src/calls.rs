@@ -76,6 +76,8 @@ pub struct CallFilter<'a> {
 pub enum Granularity {
     Minute,
     Hour,
+    /// UTC days.
+    Day,
 }
 
 impl Granularity {
@@ -83,6 +85,7 @@ impl Granularity {
         match self {
             Granularity::Minute => 60_000,
             Granularity::Hour => 3_600_000,
+            Granularity::Day => 86_400_000,
         }
     }
 
@@ -95,6 +98,7 @@ impl Granularity {
         match self {
             Granularity::Minute => "rollups_minute",
             Granularity::Hour => "rollups_hour",
+            Granularity::Day => "rollups_day",
         }
     }
 }
@@ -327,9 +331,9 @@ fn body_values<'a>(id: &'a str, bodies: &'a CallBodies) -> [Value<'a>; 7] {
 
 /// The upsert that adds one row to the rollups of `granularity`.
 fn rollup_statement(backend: Backend, granularity: Granularity) -> &'static str {
-    static CACHE: [[OnceLock<String>; 2]; 2] = [const { [const { OnceLock::new() }; 2] }; 2];
+    static CACHE: [[OnceLock<String>; 3]; 2] = [const { [const { OnceLock::new() }; 3] }; 2];
     let numbered = backend == Backend::Postgres;
-    CACHE[usize::from(numbered)][usize::from(granularity == Granularity::Hour)].get_or_init(|| {
+    CACHE[usize::from(numbered)][granularity as usize].get_or_init(|| {
         let table = granularity.table();
         let buckets = (0..LATENCY_BUCKET_COUNT)
             .map(|i| format!("h{i}"))
@@ -506,13 +510,14 @@ fn call_from(row: &AnyRow) -> Result<CallRow> {
 }
 
 /// One transaction of the call writer: calls for the call log (with the
-/// bodies of those that have them) and additions to the minute and hour
-/// rollups.
+/// bodies of those that have them) and additions to the minute, hour and
+/// day rollups.
 #[derive(Debug, Default, Clone)]
 pub struct CallBatch {
     pub calls: Vec<CallRow>,
     pub minute: Vec<(RollupKey, RollupValues)>,
     pub hour: Vec<(RollupKey, RollupValues)>,
+    pub day: Vec<(RollupKey, RollupValues)>,
 }
 
 impl Store {
@@ -528,6 +533,7 @@ impl Store {
             tx.insert_calls(&batch.calls).await?;
             tx.add_rollups(Granularity::Minute, &batch.minute).await?;
             tx.add_rollups(Granularity::Hour, &batch.hour).await?;
+            tx.add_rollups(Granularity::Day, &batch.day).await?;
             return tx.commit().await;
         };
         // Queued behind the pool's writers, as `begin` does.
@@ -767,6 +773,7 @@ fn write_sqlite(connection: &mut rusqlite::Connection, batch: &CallBatch) -> rus
     for (granularity, rows) in [
         (Granularity::Minute, &batch.minute),
         (Granularity::Hour, &batch.hour),
+        (Granularity::Day, &batch.day),
     ] {
         let mut statement = tx.prepare_cached(rollup_statement(Backend::Sqlite, granularity))?;
         for (key, values) in rows {

@@ -59,6 +59,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "rollup_team_indexes",
         include_str!("../migrations/0016_rollup_team_indexes.sql"),
     ),
+    (
+        17,
+        "rollups_day",
+        include_str!("../migrations/0017_rollups_day.sql"),
+    ),
 ];
 
 impl Store {

@@ -6,7 +6,7 @@
 //! this task), turns each record into a [`CallEntry`], groups them by
 //! identity ([`crate::metrics::tally`]) for [`Metrics`] and the rollups,
 //! and writes one transaction: the calls themselves (unless `calls.log`
-//! is off) and the additions to the minute and hour rollups. A failed
+//! is off) and the additions to the minute, hour and day rollups. A failed
 //! write is retried with the same rows (their ids repeat, so nothing is
 //! logged twice; the rollups are added in the same transaction, so they
 //! never count twice); a batch refused [`GIVE_UP_AFTER`] times is dropped
@@ -17,9 +17,10 @@
 //! ([`crate::otel`]) as well.
 //!
 //! The retention task deletes calls older than `calls.retention_days`,
-//! minute rollups older than `analytics.minute_retention_days` and hour
-//! rollups older than `analytics.hour_retention_days`, in bounded chunks,
-//! every [`RETENTION_EVERY`].
+//! minute rollups older than `analytics.minute_retention_days`, hour
+//! rollups older than `analytics.hour_retention_days` and day rollups older
+//! than `analytics.day_retention_days`, in bounded chunks, every
+//! [`RETENTION_EVERY`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -58,6 +59,7 @@ pub struct CallsConfig {
     pub retention_days: u64,
     pub minute_retention_days: u64,
     pub hour_retention_days: u64,
+    pub day_retention_days: u64,
 }
 
 impl Default for CallsConfig {
@@ -67,6 +69,7 @@ impl Default for CallsConfig {
             retention_days: 7,
             minute_retention_days: 30,
             hour_retention_days: 365,
+            day_retention_days: 1095,
         }
     }
 }
@@ -77,6 +80,7 @@ struct Pending {
     calls: Vec<CallRow>,
     minute: HashMap<RollupKey, RollupValues>,
     hour: HashMap<RollupKey, RollupValues>,
+    day: HashMap<RollupKey, RollupValues>,
 }
 
 impl Pending {
@@ -87,6 +91,7 @@ impl Pending {
             for (granularity, rows) in [
                 (Granularity::Minute, &mut self.minute),
                 (Granularity::Hour, &mut self.hour),
+                (Granularity::Day, &mut self.day),
             ] {
                 let key = RollupKey {
                     bucket_ms: granularity.bucket(identity.second * 1000),
@@ -118,6 +123,7 @@ impl Pending {
             calls: self.calls,
             minute: self.minute.into_iter().collect(),
             hour: self.hour.into_iter().collect(),
+            day: self.day.into_iter().collect(),
         }
     }
 }
@@ -308,6 +314,12 @@ pub async fn enforce_retention(
             now_ms.saturating_sub(days(config.hour_retention_days)),
         )
         .await?;
+    deleted += store
+        .delete_rollups_before(
+            Granularity::Day,
+            now_ms.saturating_sub(days(config.day_retention_days)),
+        )
+        .await?;
     Ok(deleted)
 }
 
@@ -389,10 +401,12 @@ mod tests {
             .into_iter()
             .map(|(days, id)| entry(now - days * DAY_MS, id))
             .collect();
-        // And a minute rollup 31 days old and an hour rollup 366 days old.
+        // And a minute rollup 31 days old, an hour rollup 366 days old
+        // and a day rollup 1,096 days old.
         let mut all = kept.clone();
         all.push(entry(now - 31 * DAY_MS, "month-old"));
         all.push(entry(now - 366 * DAY_MS, "year-old"));
+        all.push(entry(now - 1096 * DAY_MS, "three-years-old"));
         pending.add(&crate::metrics::tally(&all, |_| false));
         pending.keep(
             kept.into_iter()
@@ -429,8 +443,8 @@ mod tests {
         assert_eq!(ids, ["now", "recent"]);
         assert_eq!(
             deleted,
-            1 + 2 + 1,
-            "one call, two minute rows, one hour row"
+            1 + 3 + 2 + 1,
+            "one call, three minute rows, two hour rows, one day row"
         );
         assert_eq!(enforce_retention(&store, &config, now).await.unwrap(), 0);
     }

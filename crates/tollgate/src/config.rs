@@ -85,6 +85,8 @@ pub struct RawAnalytics {
     pub minute_retention_days: Option<u64>,
     /// Days hour rollups are kept.
     pub hour_retention_days: Option<u64>,
+    /// Days day rollups are kept.
+    pub day_retention_days: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -612,6 +614,12 @@ fn validate(raw: RawConfig, problems: &mut Vec<String>) -> Config {
             "analytics.hour_retention_days",
             raw.analytics.hour_retention_days,
             365,
+            36500,
+        ),
+        day_retention_days: positive(
+            "analytics.day_retention_days",
+            raw.analytics.day_retention_days,
+            1095,
             36500,
         ),
     };

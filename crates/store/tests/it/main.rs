@@ -1112,3 +1112,93 @@ async fn calls_in_bulk(store: &Store) {
 on_sqlite_and_postgres!(calls_in_bulk_on_sqlite_and_postgres, calls_in_bulk);
 
 on_sqlite_and_postgres!(calls_and_rollups_on_sqlite_and_postgres, calls_and_rollups);
+on_sqlite_and_postgres!(
+    day_rollups_on_sqlite_and_postgres,
+    day_rollups_sum_the_hours
+);
+
+/// Day rollups: written beside the others, read for whole days, and
+/// filled from the hour rollups when a store is upgraded to them.
+async fn day_rollups_sum_the_hours(store: &Store) {
+    use store::{Granularity, RollupKey, RollupQuery, RollupValues};
+    store.migrate().await.unwrap();
+    let day = 20_000 * 86_400_000_i64;
+    let rows = [
+        call(day + 1_000, "a", "acme", "wco", 200),
+        call(day + 7_200_000, "b", "acme", "wco", 200),
+        call(day + 86_400_000 + 5_000, "c", "acme", "wco", 402),
+        call(day + 2 * 86_400_000 - 1, "d", "other", "wco", 200),
+    ];
+    let rollups = |granularity| {
+        let mut map = std::collections::HashMap::<RollupKey, RollupValues>::new();
+        for row in &rows {
+            map.entry(RollupKey::of(&row.entry, granularity))
+                .or_default()
+                .add_call(&row.entry);
+        }
+        map.into_iter().collect::<Vec<_>>()
+    };
+    let all = Visible::all();
+    let query = RollupQuery {
+        granularity: Granularity::Day,
+        from_ms: day,
+        to_ms: day + 2 * 86_400_000,
+        interval_ms: 86_400_000,
+        group_by: None,
+        visible: &all,
+        service: None,
+        app: None,
+        team: None,
+        latency: true,
+    };
+    let per_day = |slots: Vec<store::RollupSlot>| -> Vec<(i64, i64)> {
+        let mut days = std::collections::BTreeMap::new();
+        for slot in slots {
+            *days.entry(slot.start_ms).or_insert(0) += slot.values.requests;
+        }
+        days.into_iter().collect()
+    };
+    // Written by the call writer: all three.
+    let batch = std::sync::Arc::new(store::CallBatch {
+        minute: rollups(Granularity::Minute),
+        hour: rollups(Granularity::Hour),
+        day: rollups(Granularity::Day),
+        ..Default::default()
+    });
+    store.write_calls(batch).await.unwrap();
+    let expected = vec![(day, 2), (day + 86_400_000, 2)];
+    assert_eq!(per_day(store.rollups(&query).await.unwrap()), expected);
+    let other = Visible::teams(["other"]);
+    let fenced = RollupQuery {
+        visible: &other,
+        ..query.clone()
+    };
+    assert_eq!(
+        per_day(store.rollups(&fenced).await.unwrap()),
+        vec![(day + 86_400_000, 1)]
+    );
+
+    // A store from before day rollups: its hours become days on upgrade.
+    for sql in [
+        "DROP TABLE rollups_day",
+        "DELETE FROM schema_migrations WHERE version = 17",
+    ] {
+        sqlx::query(sql).execute(store.pool()).await.unwrap();
+    }
+    store.migrate().await.unwrap();
+    let slots = store.rollups(&query).await.unwrap();
+    let latency_sum: i64 = slots.iter().map(|s| s.values.latency_sum_us).sum();
+    assert_eq!(per_day(slots), expected, "filled from the hour rollups");
+    let hours = store
+        .rollups(&RollupQuery {
+            granularity: Granularity::Hour,
+            ..query.clone()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        latency_sum,
+        hours.iter().map(|s| s.values.latency_sum_us).sum::<i64>(),
+        "every column summed"
+    );
+}
