@@ -110,6 +110,17 @@ def seed(db_path, args, now_ms):
          for bucket in range(start, end, HOUR) for n in range(args.tenants)),
     )
     db.commit()
+    # Day rollups (stores since migration 17), as the call writer keeps
+    # them: the hour rows summed per UTC day.
+    if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'rollups_day'").fetchone():
+        keys = "provider_team, consumer_team, service, app, model, status, code"
+        values = ("requests, latency_sum_us, upstream_sum_us, bytes_in, bytes_out, input_tokens, output_tokens, "
+                  f"cost_nanos, {hist_cols}")
+        sums = ", ".join(f"SUM({column.strip()})" for column in values.split(","))
+        db.execute(f"INSERT INTO rollups_day (bucket_ms, {keys}, {values}) "
+                   f"SELECT (bucket_ms / {DAY}) * {DAY}, {keys}, {sums} FROM rollups_hour "
+                   f"GROUP BY (bucket_ms / {DAY}) * {DAY}, {keys}")
+        db.commit()
     rollup_s = time.time() - started
     minute_rows = db.execute("SELECT COUNT(*) FROM rollups_minute").fetchone()[0]
     hour_rows = db.execute("SELECT COUNT(*) FROM rollups_hour").fetchone()[0]
