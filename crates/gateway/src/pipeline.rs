@@ -119,7 +119,9 @@ pub const CLIENT_CLOSED: u16 = 499;
 /// gets when a phase panicked. The reservation and permits the dropped
 /// phases held give their money and slots back on their own.
 struct Unanswered {
-    record: Option<crate::calls::CallRecord>,
+    /// Boxed from the start: the response body keeps it boxed, and the
+    /// request's futures move a pointer instead of 440 bytes.
+    record: Option<Box<crate::calls::CallRecord>>,
     context: RequestContext,
     trace: Trace,
 }
@@ -172,7 +174,7 @@ pub(crate) async fn handle(
     let path = request.uri().path();
     let probe = path == "/_tollgate/health" || path == "/_tollgate/ready";
     let record = (crate::calls::enabled() && !probe).then(|| {
-        let mut record = crate::calls::CallRecord::start(
+        let mut record = Box::new(crate::calls::CallRecord::start(
             &request_id,
             request.method(),
             request.uri(),
@@ -180,7 +182,7 @@ pub(crate) async fn handle(
             context.peer.addr.ip(),
             context.snapshot.clone(),
             context.started,
-        );
+        ));
         record.request_id_minted = minted;
         record.bytes_in = content_length(request.headers()).unwrap_or(0);
         record
@@ -217,8 +219,8 @@ pub(crate) async fn handle(
         record.status = response.status().as_u16();
         record.code = refused;
         match response.body_mut() {
-            GatewayBody::Upstream(body) => body.log_on_end(Box::new(record)),
-            GatewayBody::Ai(body) => body.log_on_end(Box::new(record)),
+            GatewayBody::Upstream(body) => body.log_on_end(record),
+            GatewayBody::Ai(body) => body.log_on_end(record),
             GatewayBody::Stream(_) => {
                 record.completed = true;
                 record.finish();

@@ -102,9 +102,9 @@ impl Watch<'_> {
 
     /// `future`'s output, or `None` when the client closes first (like
     /// nginx, which gives up on a request whose client closed, even half
-    /// way).
-    async fn unless_closed<F: Future>(&mut self, future: F) -> Option<F::Output> {
-        let mut future = std::pin::pin!(future);
+    /// way). The future is pinned by the caller, so that this one holds a
+    /// pointer, not a second copy of a request's state (kilobytes).
+    async fn unless_closed<F: Future>(&mut self, mut future: Pin<&mut F>) -> Option<F::Output> {
         std::future::poll_fn(|cx| match future.as_mut().poll(cx) {
             Poll::Ready(output) => Poll::Ready(Some(output)),
             Poll::Pending => self.poll_closed(cx).map(|()| None),
@@ -209,8 +209,13 @@ pub(crate) async fn serve(
             reader: reader.as_mut(),
             lent: lent.as_deref(),
         };
-        let respond = crate::server::respond(&shared, request, peer.clone());
-        let Some(response) = watch.unless_closed(respond).await else {
+        let answered = {
+            // Pinned in this block, so that the request's state is gone
+            // before the response is written.
+            let respond = std::pin::pin!(crate::server::respond(&shared, request, peer.clone()));
+            watch.unless_closed(respond).await
+        };
+        let Some(response) = answered else {
             // The client went away before its answer: the request is
             // dropped (its upstream call with it) and logged as 499.
             return;
@@ -458,7 +463,7 @@ async fn write_response(
                     }
                     out.clear();
                 }
-                match watch.unless_closed(body.frame()).await {
+                match watch.unless_closed(std::pin::pin!(body.frame())).await {
                     Some(frame) => frame,
                     None => return false,
                 }
