@@ -93,6 +93,10 @@ pub struct RequestContext {
 pub(crate) struct Trace {
     pub who: crate::calls::Who,
     pub target: Option<(usize, Duration)>,
+    /// The target of the try in flight and when it began: a call dropped
+    /// while it waits (its client went away) logs that target and how
+    /// long it had waited.
+    pub trying: Option<(usize, Instant)>,
     pub cost_nanos: i64,
     /// Headers and bodies, for services that log them.
     pub capture: Option<Box<crate::calls::Capture>>,
@@ -131,7 +135,11 @@ impl Unanswered {
     fn fill(&mut self, record: &mut crate::calls::CallRecord) {
         record.route = self.context.route;
         record.who = std::mem::take(&mut self.trace.who);
-        record.target = self.trace.target;
+        record.target = self.trace.target.or_else(|| {
+            self.trace
+                .trying
+                .map(|(index, started)| (index, started.elapsed()))
+        });
         record.cost_nanos = self.trace.cost_nanos;
         record.capture = self.trace.capture.take();
         record.trace = self.trace.ids;
@@ -765,6 +773,7 @@ async fn forward(
         let in_flight = upstream
             .tracks_in_flight()
             .then(|| InFlight::start(&target.state));
+        trace.trying = Some((index, try_started));
         // `timeout_at`: the try's end from the clock read above, no second read.
         let try_timeout = per_try_limit.min(remaining);
         let result = tokio::time::timeout_at(

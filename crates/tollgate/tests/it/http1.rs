@@ -361,6 +361,7 @@ async fn a_client_that_goes_away_ends_its_upstream_call() {
         assert_eq!(entry["service"], "svc", "{entry}");
         assert_eq!(entry["completed"], false, "{entry}");
         assert_eq!(entry["code"], serde_json::Value::Null, "{entry}");
+        assert_eq!(entry["upstream_target"], upstream.url(), "{entry}");
     }
     let streamed = logged_with_status(&tollgate, 200, 1).await;
     let cut = streamed

@@ -1033,4 +1033,9 @@ async fn a_caller_that_goes_away_before_the_answer_is_not_charged() {
     assert_eq!(gone["path"], "/weather/forecast/hold", "{gone}");
     assert_eq!(gone["app"], "acme-web", "who called is known: {gone}");
     assert_eq!(gone["cost"], "0.00", "{gone}");
+    assert!(
+        gone["upstream_target"].as_str().is_some()
+            && gone["upstream_latency_ms"].as_f64().is_some(),
+        "the target it waited for, and how long: {gone}"
+    );
 }
