@@ -598,6 +598,35 @@ enum Metric {
     BytesOut,
 }
 
+impl Metric {
+    /// The metric needs the latency histogram.
+    fn latency(self) -> bool {
+        matches!(
+            self,
+            Metric::LatencyP50 | Metric::LatencyP95 | Metric::LatencyP99
+        )
+    }
+
+    /// The rollup figures the metric is made of (`requests`, with the
+    /// statuses and codes, always).
+    fn figures(self) -> store::Figures {
+        store::Figures::Only(match self {
+            Metric::Requests
+            | Metric::Errors
+            | Metric::Errors4xx
+            | Metric::Errors5xx
+            | Metric::Refusals
+            | Metric::LatencyP50
+            | Metric::LatencyP95
+            | Metric::LatencyP99 => &[],
+            Metric::Tokens => &["input_tokens", "output_tokens"],
+            Metric::Revenue => &["cost_nanos"],
+            Metric::BytesIn => &["bytes_in"],
+            Metric::BytesOut => &["bytes_out"],
+        })
+    }
+}
+
 const METRICS: [(&str, Metric); 12] = [
     ("requests", Metric::Requests),
     ("errors", Metric::Errors),
@@ -674,7 +703,7 @@ fn rollup_query<'a>(
     params: &'a ListParams,
     visible: &'a store::Visible,
     q: &Question,
-    (granularity, latency): (Granularity, bool),
+    (granularity, latency, figures): (Granularity, bool, store::Figures),
     (from_ms, to_ms, interval_ms): (i64, i64, i64),
 ) -> RollupQuery<'a> {
     RollupQuery {
@@ -688,6 +717,7 @@ fn rollup_query<'a>(
         app: params.filter("app"),
         team: params.filter("team"),
         latency,
+        figures,
     }
 }
 
@@ -764,7 +794,7 @@ pub async fn summary(
             &params,
             &visible,
             &q,
-            (granularity, true),
+            (granularity, true, store::Figures::All),
             (from_ms, to_ms, to_ms - from_ms),
         );
         for slot in state.store.rollups(&query).await? {
@@ -888,13 +918,7 @@ pub async fn timeseries(
         &params,
         &visible,
         &q,
-        (
-            granularity,
-            matches!(
-                metric,
-                Metric::LatencyP50 | Metric::LatencyP95 | Metric::LatencyP99
-            ),
-        ),
+        (granularity, metric.latency(), metric.figures()),
         (q.from_ms, q.to_ms, interval_ms),
     );
     let slots = state.store.rollups(&query).await?;

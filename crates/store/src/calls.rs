@@ -236,6 +236,27 @@ pub struct RollupQuery<'a> {
     pub team: Option<&'a str>,
     /// Sum the latency buckets too (percentiles); else they read 0.
     pub latency: bool,
+    /// Which of the other figures to add up (`requests` always).
+    pub figures: Figures,
+}
+
+/// The figures a rollup query adds up; the others read 0. Fewer columns
+/// make the records SQLite sorts for `GROUP BY` smaller (a day of minute
+/// slots: 186 → 116-130 ms in a replay with `requests` alone).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Figures {
+    All,
+    /// These columns of the rollups (`bytes_in`, `cost_nanos`, …).
+    Only(&'static [&'static str]),
+}
+
+impl Figures {
+    fn includes(self, column: &str) -> bool {
+        match self {
+            Figures::All => true,
+            Figures::Only(columns) => column == "requests" || columns.contains(&column),
+        }
+    }
 }
 
 /// One slot (and group) of an analytics answer.
@@ -1009,7 +1030,16 @@ impl Store {
     pub async fn rollups(&self, query: &RollupQuery<'_>) -> Result<Vec<RollupSlot>> {
         let group = query.group_by.map_or("''", GroupBy::column);
         let sum = |column: &str| format!("CAST(SUM({column}) AS BIGINT) AS {column}");
-        let mut sums = SUMMED.iter().map(|c| sum(c)).collect::<Vec<_>>();
+        let mut sums = SUMMED
+            .iter()
+            .map(|c| {
+                if query.figures.includes(c) {
+                    sum(c)
+                } else {
+                    format!("CAST(0 AS BIGINT) AS {c}")
+                }
+            })
+            .collect::<Vec<_>>();
         sums.extend((0..LATENCY_BUCKET_COUNT).map(|i| {
             if query.latency {
                 sum(&format!("h{i}"))
@@ -1176,6 +1206,7 @@ mod tests {
                     app: Some("bot"),
                     team,
                     latency: false,
+                    figures: Figures::All,
                 };
                 let (conditions, values) = rollups_conditions(&query);
                 let sql = format!("SELECT requests FROM {table} WHERE {conditions}");

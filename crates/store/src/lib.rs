@@ -39,8 +39,8 @@ use sqlx::{AnyPool, Row};
 pub use access::{AuditFilter, Delivery, Session, SubscriptionFilter, TokenOwner, Visible};
 pub use billing::{Fee, NodeUsage, Usage, fee_key};
 pub use calls::{
-    CallBatch, CallFilter, CallRow, Granularity, GroupBy, RollupKey, RollupQuery, RollupSlot,
-    RollupValues, call_id, push_call_id,
+    CallBatch, CallFilter, CallRow, Figures, Granularity, GroupBy, RollupKey, RollupQuery,
+    RollupSlot, RollupValues, call_id, push_call_id,
 };
 pub use export::{AutoTopUp, OutboxEvent};
 pub use migrate::MIGRATIONS;

@@ -777,6 +777,7 @@ async fn calls_and_rollups(store: &Store) {
         app: None,
         team: None,
         latency: true,
+        figures: store::Figures::All,
     };
     let slots = store.rollups(&query).await.unwrap();
     let requests = |start: i64, group: &str, status: i64| -> i64 {
@@ -1150,6 +1151,7 @@ async fn day_rollups_sum_the_hours(store: &Store) {
         app: None,
         team: None,
         latency: true,
+        figures: store::Figures::All,
     };
     let per_day = |slots: Vec<store::RollupSlot>| -> Vec<(i64, i64)> {
         let mut days = std::collections::BTreeMap::new();

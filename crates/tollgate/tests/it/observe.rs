@@ -242,6 +242,50 @@ async fn calls_are_logged_counted_and_explained() {
     assert_eq!(points.len(), 60, "an hour of minutes by default");
     let sum: f64 = points.iter().map(|p| p["value"].as_f64().unwrap()).sum();
     assert_eq!(sum, app_calls as f64);
+    // Every metric's series adds up to the summary's figure (a series
+    // reads only the columns its metric needs).
+    let (_, whole) = tollgate
+        .admin(Method::GET, "/api/v1/analytics/summary?app=acme-test", None)
+        .await;
+    let figure = |name: &str| whole[name].as_f64().unwrap();
+    assert!(figure("bytes_out") > 0.0, "{whole}");
+    let refusals: f64 = whole["refusals"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_f64().unwrap())
+        .sum();
+    for (metric, expected) in [
+        ("requests", figure("requests")),
+        ("errors", figure("errors_4xx") + figure("errors_5xx")),
+        ("refusals", refusals),
+        ("bytes_in", figure("bytes_in")),
+        ("bytes_out", figure("bytes_out")),
+        ("tokens", figure("input_tokens") + figure("output_tokens")),
+        (
+            "revenue",
+            whole["revenue"].as_str().unwrap().parse().unwrap(),
+        ),
+    ] {
+        let (status, series) = tollgate
+            .admin(
+                Method::GET,
+                &format!("/api/v1/analytics/timeseries?metric={metric}&interval=1m&app=acme-test"),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{series}");
+        let sum: f64 = series["series"][0]["points"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["value"].as_f64().unwrap())
+            .sum();
+        assert!(
+            (sum - expected).abs() < 1e-9,
+            "{metric}: the series adds up to {sum}, the summary says {expected}"
+        );
+    }
     // Exports hold the same calls.
     let (status, content_type, csv) = admin_text(
         &tollgate,
