@@ -475,6 +475,19 @@ fn add_condition<'a>(
     sql.push_str(&template.replace('?', &format!("${}", values.len())));
 }
 
+/// [`add_condition`] for each text filter that is given.
+fn add_texts<'a>(
+    sql: &mut String,
+    values: &mut Vec<Value<'a>>,
+    filters: &[(&str, Option<&'a str>)],
+) {
+    for &(template, value) in filters {
+        if let Some(value) = value {
+            add_condition(sql, values, template, Value::Text(Some(value)));
+        }
+    }
+}
+
 fn unsigned(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
@@ -622,16 +635,7 @@ fn calls_query<'a>(
         ("code = ?", filter.code),
         ("model = ?", filter.model),
     ];
-    for (template, value) in texts {
-        if let Some(value) = value {
-            add_condition(
-                &mut conditions,
-                &mut values,
-                template,
-                Value::Text(Some(value)),
-            );
-        }
-    }
+    add_texts(&mut conditions, &mut values, &texts);
     if let Some(status) = filter.status {
         add_condition(
             &mut conditions,
@@ -713,24 +717,15 @@ fn rollups_conditions<'a>(query: &RollupQuery<'a>) -> (String, Vec<Value<'a>>) {
         Value::Number(Some(query.interval_ms.max(1))),
     ];
     let mut conditions = String::from("bucket_ms >= $1 AND bucket_ms < $2");
-    for (template, value) in [("service = ?", query.service), ("app = ?", query.app)] {
-        if let Some(value) = value {
-            add_condition(
-                &mut conditions,
-                &mut values,
-                template,
-                Value::Text(Some(value)),
-            );
-        }
-    }
-    if let Some(team) = query.team {
-        add_condition(
-            &mut conditions,
-            &mut values,
-            "(consumer_team = ? OR provider_team = ?)",
-            Value::Text(Some(team)),
-        );
-    }
+    add_texts(
+        &mut conditions,
+        &mut values,
+        &[
+            ("service = ?", query.service),
+            ("app = ?", query.app),
+            ("(consumer_team = ? OR provider_team = ?)", query.team),
+        ],
+    );
     if query.visible.is_all() {
         return (conditions, values);
     }
