@@ -1086,6 +1086,17 @@ impl Store {
 mod tests {
     use super::*;
 
+    /// A migrated SQLite store in a temporary directory (kept while the
+    /// directory lives).
+    async fn migrated_sqlite() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&format!("sqlite://{}/t.db", dir.path().display()))
+            .await
+            .unwrap();
+        store.migrate().await.unwrap();
+        (dir, store)
+    }
+
     /// The EXPLAIN QUERY PLAN of `sql` on `store`, one line per step.
     async fn plan_of(store: &Store, sql: &str, parameters: usize) -> String {
         let mut query = sqlx::query(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")));
@@ -1108,11 +1119,7 @@ mod tests {
     /// calls along the team indexes, never the whole time range.
     #[tokio::test]
     async fn call_log_queries_take_the_indexes_that_bound_them() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&format!("sqlite://{}/t.db", dir.path().display()))
-            .await
-            .unwrap();
-        store.migrate().await.unwrap();
+        let (_dir, store) = migrated_sqlite().await;
         let everyone = Visible::all();
         let acme = Visible::teams(["acme", "wco"]);
         let by_request = CallFilter {
@@ -1176,11 +1183,7 @@ mod tests {
     /// team indexes, never every row of the range.
     #[tokio::test]
     async fn rollup_queries_for_teams_take_the_team_indexes() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&format!("sqlite://{}/t.db", dir.path().display()))
-            .await
-            .unwrap();
-        store.migrate().await.unwrap();
+        let (_dir, store) = migrated_sqlite().await;
         let everyone = Visible::all();
         let acme = Visible::teams(["acme", "wco"]);
         for granularity in [Granularity::Minute, Granularity::Hour] {

@@ -334,7 +334,12 @@ async fn a_client_that_goes_away_ends_its_upstream_call() {
         .write_all(b"GET /svc/sse-gated HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .unwrap();
-    read_until(&mut stream, "\"n\":0").await;
+    let head = read_until(&mut stream, "\"n\":0").await;
+    let streamed_id = head
+        .lines()
+        .find_map(|line| line.strip_prefix("x-request-id: "))
+        .unwrap_or_else(|| panic!("no request id: {head}"))
+        .to_owned();
     drop(stream);
     eventually("the upstream stream is ended", || upstream.abandoned() == 3).await;
 
@@ -352,7 +357,8 @@ async fn a_client_that_goes_away_ends_its_upstream_call() {
     assert!(raw.starts_with("HTTP/1.1 200 OK\r\n"), "{raw}");
     assert_eq!(upstream.abandoned(), 3);
 
-    let gone = logged_with_status(&tollgate, 499, 2).await;
+    let admin = test_support::tollgate::ADMIN_TOKEN;
+    let gone = logged(&tollgate, admin, "status=499", 2).await;
     let mut methods: Vec<&str> = gone.iter().map(|e| e["method"].as_str().unwrap()).collect();
     methods.sort_unstable();
     assert_eq!(methods, ["GET", "POST"], "{gone:?}");
@@ -363,10 +369,8 @@ async fn a_client_that_goes_away_ends_its_upstream_call() {
         assert_eq!(entry["code"], serde_json::Value::Null, "{entry}");
         assert_eq!(entry["upstream_target"], upstream.url(), "{entry}");
     }
-    let streamed = logged_with_status(&tollgate, 200, 1).await;
-    let cut = streamed
-        .iter()
-        .find(|e| e["path"] == "/svc/sse-gated")
-        .unwrap_or_else(|| panic!("{streamed:?}"));
+    let cut = &logged(&tollgate, admin, &format!("request_id={streamed_id}"), 1).await[0];
+    assert_eq!(cut["path"], "/svc/sse-gated", "{cut}");
+    assert_eq!(cut["status"], 200, "{cut}");
     assert_eq!(cut["completed"], false, "{cut}");
 }

@@ -64,31 +64,37 @@ pub async fn eventually(what: &str, done: impl Fn() -> bool) {
     }
 }
 
-/// The call log's entries with `status`, once there are `count` of them.
-pub async fn logged_with_status(
+/// The logged calls matching `query` (every page), waiting up to 3 s for
+/// `want` of them (calls are written within a second).
+pub async fn logged(
     tollgate: &Tollgate,
-    status: u16,
-    count: usize,
+    token: &str,
+    query: &str,
+    want: usize,
 ) -> Vec<serde_json::Value> {
     let started = std::time::Instant::now();
     loop {
-        let (code, page) = tollgate
-            .admin(
-                reqwest::Method::GET,
-                &format!("/api/v1/logs?status={status}"),
-                None,
-            )
-            .await;
-        assert_eq!(code, 200, "{page}");
-        let entries = page["data"].as_array().cloned().unwrap_or_default();
-        if entries.len() >= count {
-            return entries;
+        let mut calls = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut path = format!("/api/v1/logs?limit=3&{query}");
+            if let Some(cursor) = &cursor {
+                path.push_str(&format!("&cursor={cursor}"));
+            }
+            let (status, page) = tollgate
+                .admin_as(token, reqwest::Method::GET, &path, None)
+                .await;
+            assert_eq!(status, 200, "{path}: {page}");
+            calls.extend(page["data"].as_array().unwrap().iter().cloned());
+            match page["next_cursor"].as_str() {
+                Some(next) => cursor = Some(next.to_owned()),
+                None => break,
+            }
         }
-        assert!(
-            started.elapsed() < std::time::Duration::from_secs(5),
-            "{} of {count} calls logged as {status}: {entries:?}",
-            entries.len()
-        );
+        if calls.len() >= want || started.elapsed() > std::time::Duration::from_secs(3) {
+            assert_eq!(calls.len(), want, "{query}: {calls:#?}");
+            return calls;
+        }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }

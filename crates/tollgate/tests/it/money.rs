@@ -1029,7 +1029,13 @@ async fn a_caller_that_goes_away_before_the_answer_is_not_charged() {
     assert_eq!(refused.status(), 402);
     let wallet = wait_entries(&tollgate, 3).await;
     assert_eq!(wallet["balance_nanos"], 0, "{wallet}");
-    let gone = &crate::logged_with_status(&tollgate, 499, 1).await[0];
+    let gone = &crate::logged(
+        &tollgate,
+        test_support::tollgate::ADMIN_TOKEN,
+        "status=499",
+        1,
+    )
+    .await[0];
     assert_eq!(gone["path"], "/weather/forecast/hold", "{gone}");
     assert_eq!(gone["app"], "acme-web", "who called is known: {gone}");
     assert_eq!(gone["cost"], "0.00", "{gone}");

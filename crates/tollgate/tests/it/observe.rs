@@ -30,34 +30,6 @@ async fn admin_text(tollgate: &Tollgate, token: &str, path: &str) -> (u16, Strin
     (status, content_type, response.text().await.unwrap())
 }
 
-/// The logged calls matching `query` (every page), waiting up to 3 s for
-/// `want` of them (calls are written within a second).
-async fn logged(tollgate: &Tollgate, token: &str, query: &str, want: usize) -> Vec<Value> {
-    let started = Instant::now();
-    loop {
-        let mut calls = Vec::new();
-        let mut cursor: Option<String> = None;
-        loop {
-            let mut path = format!("/api/v1/logs?limit=3&{query}");
-            if let Some(cursor) = &cursor {
-                path.push_str(&format!("&cursor={cursor}"));
-            }
-            let (status, page) = tollgate.admin_as(token, Method::GET, &path, None).await;
-            assert_eq!(status, 200, "{path}: {page}");
-            calls.extend(page["data"].as_array().unwrap().iter().cloned());
-            match page["next_cursor"].as_str() {
-                Some(next) => cursor = Some(next.to_owned()),
-                None => break,
-            }
-        }
-        if calls.len() >= want || started.elapsed() > Duration::from_secs(3) {
-            assert_eq!(calls.len(), want, "{query}: {calls:#?}");
-            return calls;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// A second app of team acme, subscribed to the priced weather service,
 /// whose key is live; nothing has been called with it.
 async fn fresh_app(tollgate: &Tollgate) -> String {
