@@ -220,6 +220,41 @@ fn put_opt(slot: &mut Option<String>, value: Option<&str>) {
     }
 }
 
+/// [`put`] of bytes that are UTF-8 (as request ids, hosts and paths
+/// nearly always are) without `from_utf8_lossy`'s slower scan.
+fn put_bytes(slot: &mut String, value: &[u8]) {
+    match std::str::from_utf8(value) {
+        Ok(text) => put(slot, text),
+        Err(_) => put(slot, &String::from_utf8_lossy(value)),
+    }
+}
+
+/// [`put`] of a client address: IPv4 by hand (every call has one, and
+/// `Display` through the formatter cost a fifth of the call writer's task).
+fn put_ip(slot: &mut String, ip: IpAddr) {
+    slot.clear();
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    slot.push('.');
+                }
+                if octet >= 100 {
+                    slot.push(char::from(b'0' + octet / 100));
+                }
+                if octet >= 10 {
+                    slot.push(char::from(b'0' + octet / 10 % 10));
+                }
+                slot.push(char::from(b'0' + octet % 10));
+            }
+        }
+        IpAddr::V6(_) => {
+            use std::fmt::Write;
+            let _ = write!(slot, "{ip}");
+        }
+    }
+}
+
 fn micros(duration: Duration) -> u64 {
     u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
 }
@@ -270,7 +305,6 @@ impl CallRecord {
     /// batches it has written, so a call's dozen strings cost no
     /// allocation (and no free) once the writer is warm.
     pub fn fill(&self, entry: &mut CallEntry) {
-        use std::fmt::Write;
         // Every field is written below; a field added to `CallEntry` stops
         // the build here until it is.
         let CallEntry {
@@ -318,30 +352,23 @@ impl CallRecord {
         let labels = self.who.subscription.as_deref();
         let app = self.who.app.as_deref();
         let ai = self.ai.as_deref();
-        put(
-            &mut entry.request_id,
-            &String::from_utf8_lossy(&self.request_id),
-        );
+        put_bytes(&mut entry.request_id, &self.request_id);
         entry.at_ms = self.at_ms;
         put(&mut entry.method, self.method.as_str());
-        put_opt(
-            &mut entry.host,
-            (self.host_len > 0)
-                .then(|| String::from_utf8_lossy(&self.host_path[..self.host_len]))
-                .as_deref(),
-        );
-        put(
-            &mut entry.path,
-            &String::from_utf8_lossy(&self.host_path[self.host_len..]),
-        );
+        let (host, path) = self.host_path.split_at(self.host_len);
+        if host.is_empty() {
+            entry.host = None;
+        } else {
+            put_bytes(entry.host.get_or_insert_default(), host);
+        }
+        put_bytes(&mut entry.path, path);
         entry.status = self.status;
         put_opt(&mut entry.code, self.code.map(Code::as_str));
         entry.latency_us = micros(self.latency);
         entry.upstream_latency_us = self.target.map(|(_, took)| micros(took));
         entry.bytes_in = self.bytes_in;
         entry.bytes_out = self.bytes_out;
-        entry.client_ip.clear();
-        let _ = write!(entry.client_ip, "{}", self.client_ip);
+        put_ip(&mut entry.client_ip, self.client_ip);
         put_opt(&mut entry.consumer_team, app.map(|app| app.team.as_str()));
         put_opt(&mut entry.app, app.map(|app| app.slug.as_str()));
         put_opt(
@@ -558,5 +585,24 @@ mod tests {
         refused.fill(&mut entry);
         assert_eq!(entry, refused.entry());
         assert_eq!(entry.client_ip, "203.0.113.7");
+    }
+
+    #[test]
+    fn client_addresses_read_as_display_writes_them() {
+        let mut slot = String::from("a longer buffer left by an earlier call");
+        let mut addresses: Vec<IpAddr> = [0u8, 1, 9, 10, 99, 100, 109, 110, 199, 200, 255]
+            .into_iter()
+            .flat_map(|n| [[n, 0, 0, 1], [127, n, 5, n], [255, 255, 255, n]])
+            .map(IpAddr::from)
+            .collect();
+        addresses.push("2001:db8::7".parse().unwrap());
+        addresses.push("::ffff:192.0.2.1".parse().unwrap());
+        for ip in addresses {
+            put_ip(&mut slot, ip);
+            assert_eq!(slot, ip.to_string());
+        }
+        // Bytes that are not UTF-8 are replaced, not dropped.
+        put_bytes(&mut slot, b"/caf\xc3");
+        assert_eq!(slot, "/caf\u{fffd}");
     }
 }

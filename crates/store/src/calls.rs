@@ -548,7 +548,9 @@ fn call_from(row: &AnyRow) -> Result<CallRow> {
 /// day rollups.
 #[derive(Debug, Default, Clone)]
 pub struct CallBatch {
-    pub calls: Vec<CallRow>,
+    /// Boxed: the call writer moves rows between its batches and its
+    /// spare rows, and a `CallRow` is some 600 bytes.
+    pub calls: Vec<Box<CallRow>>,
     pub minute: Vec<(RollupKey, RollupValues)>,
     pub hour: Vec<(RollupKey, RollupValues)>,
     pub day: Vec<(RollupKey, RollupValues)>,
@@ -856,7 +858,7 @@ fn without_nul(text: &str) -> Cow<'_, str> {
 
 impl WriteTx {
     /// [`Store::write_calls`]' calls, through the pool.
-    async fn insert_calls(&mut self, rows: &[CallRow]) -> Result<()> {
+    async fn insert_calls(&mut self, rows: &[Box<CallRow>]) -> Result<()> {
         for row in rows {
             if let Some(bodies) = &row.entry.bodies {
                 let arguments = add_all(body_values(&row.id, bodies))?;

@@ -77,7 +77,7 @@ impl Default for CallsConfig {
 /// Rows for one transaction.
 #[derive(Default)]
 struct Pending {
-    calls: Vec<CallRow>,
+    calls: Vec<Box<CallRow>>,
     minute: HashMap<RollupKey, RollupValues>,
     hour: HashMap<RollupKey, RollupValues>,
     day: HashMap<RollupKey, RollupValues>,
@@ -110,7 +110,7 @@ impl Pending {
 
     /// Keeps the calls themselves (with their ids, [`set_row_id`]) for
     /// the call log.
-    fn keep(&mut self, mut rows: Vec<CallRow>) {
+    fn keep(&mut self, mut rows: Vec<Box<CallRow>>) {
         self.calls.append(&mut rows);
     }
 
@@ -146,20 +146,22 @@ fn set_row_id(row: &mut CallRow, minted: bool) {
 /// allocate and free a dozen strings per call. At most [`BATCH`] are kept,
 /// and none once the writer is idle.
 #[derive(Default)]
-struct Spare(Vec<CallRow>);
+struct Spare(Vec<Box<CallRow>>);
 
 impl Spare {
     /// `n` rows, reused ones first.
-    fn take(&mut self, n: usize) -> Vec<CallRow> {
+    fn take(&mut self, n: usize) -> Vec<Box<CallRow>> {
         let mut rows = self.0.split_off(self.0.len().saturating_sub(n));
-        rows.resize_with(n, || CallRow {
-            id: String::new(),
-            entry: CallEntry::default(),
+        rows.resize_with(n, || {
+            Box::new(CallRow {
+                id: String::new(),
+                entry: CallEntry::default(),
+            })
         });
         rows
     }
 
-    fn give(&mut self, rows: Vec<CallRow>) {
+    fn give(&mut self, rows: Vec<Box<CallRow>>) {
         let room = BATCH.saturating_sub(self.0.len());
         self.0.extend(rows.into_iter().take(room));
     }
@@ -416,7 +418,7 @@ mod tests {
                         entry,
                     };
                     set_row_id(&mut row, false);
-                    row
+                    Box::new(row)
                 })
                 .collect(),
         );

@@ -609,6 +609,11 @@ async fn secrets_sweep(store: &Store) {
 
 on_sqlite_and_postgres!(secrets_sweep_on_sqlite_and_postgres, secrets_sweep);
 
+/// Rows as a [`store::CallBatch`] holds them.
+fn boxed(rows: &[store::CallRow]) -> Vec<Box<store::CallRow>> {
+    rows.iter().cloned().map(Box::new).collect()
+}
+
 fn call(
     at_ms: i64,
     request_id: &str,
@@ -659,7 +664,7 @@ async fn calls_and_rollups(store: &Store) {
         call(base + 3_600_000, "r4", "acme", "other", 200),
     ];
     let batch = std::sync::Arc::new(store::CallBatch {
-        calls: rows.clone(),
+        calls: boxed(&rows),
         ..Default::default()
     });
     for _ in 0..2 {
@@ -893,7 +898,7 @@ async fn calls_without_teams(store: &Store) {
     ];
     store
         .write_calls(std::sync::Arc::new(store::CallBatch {
-            calls: rows,
+            calls: boxed(&rows),
             ..Default::default()
         }))
         .await
@@ -973,7 +978,7 @@ async fn calls_by_request_id(store: &Store) {
     let other = call(base + 3_000, "client-id", "acme", "wco", 200);
     store
         .write_calls(std::sync::Arc::new(store::CallBatch {
-            calls: vec![minted.clone(), echoed.clone(), other.clone()],
+            calls: boxed(&[minted.clone(), echoed.clone(), other.clone()]),
             ..Default::default()
         }))
         .await
@@ -1054,7 +1059,7 @@ async fn calls_in_bulk(store: &Store) {
         })
         .collect();
     let batch = std::sync::Arc::new(store::CallBatch {
-        calls: rows.clone(),
+        calls: boxed(&rows),
         ..Default::default()
     });
     for _ in 0..2 {
