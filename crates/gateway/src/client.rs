@@ -6,7 +6,6 @@
 //! between threads, so checking a connection out takes no lock.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -101,9 +100,13 @@ impl Body for ResponseBody {
     }
 }
 
+/// Per-thread pools keyed by [`pool_key`] (already mixed): looked up twice
+/// per request, so hashed with foldhash rather than SipHash.
+type PoolMap<V> = std::collections::HashMap<u64, V, foldhash::fast::RandomState>;
+
 thread_local! {
-    static IDLE: RefCell<HashMap<u64, Vec<Conn>>> = RefCell::new(HashMap::new());
-    static SHARED: RefCell<HashMap<u64, http2::SendRequest<UpstreamRequestBody>>> = RefCell::new(HashMap::new());
+    static IDLE: RefCell<PoolMap<Vec<Conn>>> = RefCell::new(PoolMap::default());
+    static SHARED: RefCell<PoolMap<http2::SendRequest<UpstreamRequestBody>>> = RefCell::new(PoolMap::default());
 }
 
 fn pool_key(target: &TargetRt, connector: &Connector) -> u64 {

@@ -740,10 +740,16 @@ async fn forward(
         }
         let target = &upstream.targets[index];
         let last_try = attempt + 1 == tries;
+        // `Host` goes in before the copy: a clone has no room to spare, so
+        // an insert into it would grow (and copy) its entries again.
+        headers.insert(header::HOST, target.host_header.clone());
         let try_headers = if last_try {
             std::mem::take(&mut headers)
         } else {
-            headers.clone()
+            let copy = headers.clone();
+            // The next try picks its target without this one's `Host`.
+            headers.remove(header::HOST);
+            copy
         };
         let try_body = match &mut outgoing {
             Outgoing::Replayable(None) => UpstreamRequestBody::Empty,
@@ -766,9 +772,6 @@ async fn forward(
         *upstream_request.method_mut() = parts.method.clone();
         *upstream_request.uri_mut() = uri;
         *upstream_request.headers_mut() = try_headers;
-        upstream_request
-            .headers_mut()
-            .insert(header::HOST, target.host_header.clone());
 
         let in_flight = upstream
             .tracks_in_flight()
@@ -1031,9 +1034,9 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 /// `Connection` names. Most messages have none: one pass over the names
 /// finds that without hashing.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if !headers.keys().any(is_hop_by_hop) {
+    let Some(first) = headers.keys().find(|name| is_hop_by_hop(name)).cloned() else {
         return;
-    }
+    };
     // `Connection` may name more headers to drop; `keep-alive` and `close`
     // (the usual values) name none worth a lookup.
     let named: Vec<HeaderName> = headers
@@ -1050,13 +1053,12 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name);
     }
-    let present: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| is_hop_by_hop(name))
-        .cloned()
-        .collect();
-    for name in present {
-        headers.remove(name);
+    // One by one, without gathering them: there is usually one
+    // (`Connection`), and a list would be an allocation per request.
+    let mut next = Some(first);
+    while let Some(name) = next {
+        headers.remove(&name);
+        next = headers.keys().find(|name| is_hop_by_hop(name)).cloned();
     }
 }
 

@@ -172,6 +172,28 @@ async fn retries_go_to_another_target() {
         .unwrap();
     assert_eq!(response.status(), 503);
     assert_eq!((a.hits() - a0) + (b.hits() - b0), 1);
+
+    // A retry after a refused connection goes with its own target's Host.
+    tollgate
+        .publish_http_service(
+            "halfdead",
+            "/halfdead",
+            json!({"targets": [{"url": dead_url()}, {"url": b.url()}], "health_check": {"passive": {"enabled": false}}}),
+            &[json!({"path": "/*"})],
+        )
+        .await;
+    tollgate
+        .wait_for("/halfdead/ping", Duration::from_secs(1), |s| s == 200)
+        .await;
+    // Round robin: one of two requests tries the dead target first.
+    let b0 = b.hits();
+    for _ in 0..2 {
+        let response = tollgate.get("/halfdead/headers").await;
+        assert_eq!(response.status(), 200);
+        let echo: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(echo["headers"]["host"], b.addr.to_string(), "{echo}");
+    }
+    assert_eq!(b.hits() - b0, 2);
 }
 
 #[tokio::test]
