@@ -424,6 +424,12 @@ enum Value<'a> {
     Number(Option<i64>),
 }
 
+impl Value<'_> {
+    fn is_null(&self) -> bool {
+        matches!(self, Value::Text(None) | Value::Number(None))
+    }
+}
+
 /// A call's 30 values, in the order of [`CALL_COLUMNS`].
 fn values(row: &CallRow) -> [Value<'_>; CALL_VALUES] {
     use Value::{Number, Text};
@@ -779,10 +785,15 @@ fn write_sqlite(connection: &mut rusqlite::Connection, batch: &CallBatch) -> rus
     while !rest.is_empty() {
         let size = crate::insert_size(rest.len());
         let (chunk, tail) = rest.split_at(crate::INSERT_ROWS[size]);
+        // A statement from rusqlite's cache comes with every parameter
+        // cleared (NULL), as a new one does, and each is bound once below:
+        // the empty fields (most of a call's) need no binding.
         let mut statement = tx.prepare_cached(insert_statement(Backend::Sqlite, size))?;
         for (n, row) in chunk.iter().enumerate() {
             for (column, value) in values(row).into_iter().enumerate() {
-                bind(&mut statement, n * CALL_VALUES + column + 1, value)?;
+                if !value.is_null() {
+                    bind(&mut statement, n * CALL_VALUES + column + 1, value)?;
+                }
             }
         }
         statement.raw_execute()?;
