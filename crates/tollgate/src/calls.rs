@@ -39,6 +39,9 @@ use crate::metrics::{Identity, Metrics, Tally};
 const GATHER: Duration = Duration::from_millis(25);
 /// The pause after a failed write grows by this much per failure, up to 5 s.
 const RETRY_STEP: Duration = Duration::from_millis(200);
+/// Gathers in a row that find no calls (a second at [`GATHER`]) before the
+/// writer lets its spare rows go.
+const IDLE_GATHERS: u32 = 40;
 /// Failed writes of one batch before it is dropped.
 const GIVE_UP_AFTER: u32 = 10;
 /// Calls written per transaction, at most.
@@ -144,7 +147,7 @@ fn set_row_id(row: &mut CallRow, minted: bool) {
 /// Rows of written batches, kept for their text buffers: a call's entry
 /// is refilled in place ([`CallRecord::fill`]), so the writer does not
 /// allocate and free a dozen strings per call. At most [`BATCH`] are kept,
-/// and none once the writer is idle.
+/// and none once the writer has been idle for a second ([`IDLE_GATHERS`]).
 #[derive(Default)]
 struct Spare(Vec<Box<CallRow>>);
 
@@ -188,6 +191,7 @@ pub fn spawn_writer(
         let mut spare = Spare::default();
         // The last take filled a batch: more may be queued, so no pause.
         let mut backlog = false;
+        let mut idle_gathers = 0u32;
         loop {
             if !draining && !backlog {
                 let pause = if failures == 0 {
@@ -239,8 +243,16 @@ pub fn spawn_writer(
                     }
                 }
                 backlog = taken >= BATCH;
-                if taken == 0 && writing.is_none() {
-                    // Idle: the spare rows' memory goes back.
+                idle_gathers = if taken == 0 && writing.is_none() {
+                    idle_gathers + 1
+                } else {
+                    0
+                };
+                if idle_gathers == IDLE_GATHERS {
+                    // Idle for a while: the spare rows' memory goes back.
+                    // Not sooner: at a few thousand calls a second most
+                    // gathers find nothing (workers send every 64 calls or
+                    // 100 ms), and each call would allocate its row again.
                     spare = Spare::default();
                 }
             }
