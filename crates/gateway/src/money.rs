@@ -326,14 +326,18 @@ impl Reservation {
     ///
     /// Dropped while it waits for room (its caller went away), nothing is
     /// charged and the reservation gives the money back; dropped after,
-    /// the charge is already queued and lands.
+    /// the charge is already queued and lands. `charged` is set to the
+    /// price at the moment the charge is taken, so a call log row written
+    /// after a drop shows what was charged: the price or nothing.
     pub async fn settle_durably(
         mut self,
         sink: Option<&ChargeSink>,
         request_id: &http::HeaderValue,
         outcome: Outcome,
+        charged: &mut i64,
     ) -> i64 {
         let Some(sink) = sink else {
+            *charged = self.amount();
             self.take(request_id, outcome);
             return self.wallet.available();
         };
@@ -341,6 +345,7 @@ impl Reservation {
             tracing::error!(team = %self.wallet.team, "ledger writer gone: charge not recorded");
             return self.wallet.available();
         };
+        *charged = self.amount();
         if let Some(mut charge) = self.take(request_id, outcome) {
             let (committed, done) = tokio::sync::oneshot::channel();
             charge.committed = Some(committed);
@@ -849,6 +854,56 @@ mod tests {
         let renewed = wallets.counters.subscription("s1", (100, 200));
         assert!(Arc::ptr_eq(&renewed, &counter));
         assert_eq!(counter.requests(), 0);
+    }
+
+    /// Strict durability: a call dropped while its charge waits for room
+    /// in the ledger queue is not charged and says so; with room, the
+    /// charge is queued and the call says what it cost.
+    #[tokio::test]
+    async fn a_strict_charge_reports_what_it_took() {
+        use std::future::Future;
+        let wallets = Wallets::default();
+        wallets.apply_entries(
+            "acme",
+            &[SyncedEntry {
+                seq: 1,
+                amount_nanos: 100,
+                own: false,
+            }],
+        );
+        let wallet = wallets.get("acme");
+        let subscription: Arc<str> = "s".into();
+        let (sink, mut queue) = tokio::sync::mpsc::channel::<Charge>(1);
+        let id = http::HeaderValue::from_static("r");
+        // Another call's charge fills the queue: the settle below waits
+        // for room, and is dropped.
+        reserve(&wallet, 10, &subscription)
+            .unwrap()
+            .settle(Some(&sink), &id, Outcome::default());
+        let mut charged = 0;
+        {
+            let held = reserve(&wallet, 30, &subscription).unwrap();
+            assert_eq!(wallet.available(), 60);
+            let settle = held.settle_durably(Some(&sink), &id, Outcome::default(), &mut charged);
+            let mut settle = std::pin::pin!(settle);
+            let waker = std::task::Waker::noop();
+            let polled = settle
+                .as_mut()
+                .poll(&mut std::task::Context::from_waker(waker));
+            assert!(polled.is_pending(), "no room in the queue");
+        }
+        assert_eq!(charged, 0, "dropped while waiting: nothing charged");
+        assert_eq!(wallet.available(), 90, "the reservation gave it back");
+        // With room: charged, and the charge is queued.
+        queue.recv().await.unwrap();
+        let held = reserve(&wallet, 30, &subscription).unwrap();
+        let settle = held.settle_durably(Some(&sink), &id, Outcome::default(), &mut charged);
+        let commit = async {
+            let mut charge = queue.recv().await.unwrap();
+            charge.committed.take().unwrap().send(()).unwrap();
+        };
+        let (left, ()) = tokio::join!(settle, commit);
+        assert_eq!((charged, left), (30, 60));
     }
 
     #[test]

@@ -817,7 +817,6 @@ async fn forward(
                 if let Some(held) = reservation.take()
                     && status < 500
                 {
-                    trace.cost_nanos = held.amount();
                     let sink = shared.charges.get();
                     let outcome = crate::money::Outcome {
                         status,
@@ -826,8 +825,17 @@ async fn forward(
                         tokens: None,
                     };
                     let left = if shared.options.strict_charges {
-                        Box::pin(held.settle_durably(sink, &context.request_id, outcome)).await
+                        // Sets the cost only once the charge is taken: a
+                        // caller gone while it waited is not charged.
+                        Box::pin(held.settle_durably(
+                            sink,
+                            &context.request_id,
+                            outcome,
+                            &mut trace.cost_nanos,
+                        ))
+                        .await
                     } else {
+                        trace.cost_nanos = held.amount();
                         held.settle(sink, &context.request_id, outcome)
                     };
                     let mut balance = String::with_capacity(32);

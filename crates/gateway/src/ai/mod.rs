@@ -1374,7 +1374,6 @@ impl Call<'_> {
         call.input_tokens = usage.input;
         call.output_tokens = usage.output;
         let cost = settle.base_price + prices.cost(&settle.tokens.settle(&usage));
-        trace.cost_nanos = cost;
         trace.ai = Some(Box::new(call));
         let mut response = json_response(StatusCode::OK, &out);
         let out_headers = response.headers_mut();
@@ -1389,8 +1388,16 @@ impl Call<'_> {
             };
             let sink = self.shared.charges.get();
             let left = if self.shared.options.strict_charges {
-                Box::pin(reservation.settle_durably(sink, &self.context.request_id, outcome)).await
+                // Sets the cost only once the charge is taken.
+                Box::pin(reservation.settle_durably(
+                    sink,
+                    &self.context.request_id,
+                    outcome,
+                    &mut trace.cost_nanos,
+                ))
+                .await
             } else {
+                trace.cost_nanos = cost;
                 reservation.settle(sink, &self.context.request_id, outcome)
             };
             self.balance_header(out_headers, left);
@@ -1401,6 +1408,8 @@ impl Call<'_> {
             )) {
                 out_headers.insert(TOLLGATE_COST.clone(), value);
             }
+        } else {
+            trace.cost_nanos = cost;
         }
         drop(self.permits);
         Ok(response)

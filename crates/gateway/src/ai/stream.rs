@@ -207,9 +207,12 @@ impl AiStream {
             };
             if wait && charge.strict {
                 let (sink, request_id) = (charge.sink, charge.request_id);
+                // The record shows the cost at once: a stream's commit is
+                // carried on in a task if the stream is dropped (see
+                // `Drop`), so the charge lands either way.
                 self.commit = Some(Box::pin(async move {
                     reservation
-                        .settle_durably(sink.as_ref(), &request_id, outcome)
+                        .settle_durably(sink.as_ref(), &request_id, outcome, &mut 0)
                         .await;
                 }));
             } else {
