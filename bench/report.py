@@ -508,6 +508,87 @@ def update_readme(readme: Path, md: str, access: bool = False) -> None:
     readme.write_text(text)
 
 
+def _callgrind_total(path: Path) -> int:
+    """The instruction count of one callgrind dump ("summary:" line)."""
+    for line in path.read_text(errors="replace").splitlines():
+        if line.startswith(("summary:", "totals:")):
+            return int(line.split()[1])
+    return 0
+
+
+def _callgrind_top(paths: list[Path], requests: int, n: int = 15) -> list[dict]:
+    """Functions with the most instructions of their own, per request."""
+    import collections
+    import re
+    import subprocess
+
+    own: collections.Counter = collections.Counter()
+    for path in paths:
+        out = subprocess.run(
+            ["callgrind_annotate", "--inclusive=no", "--auto=no", "--threshold=100", str(path)],
+            capture_output=True, text=True, check=False,
+        ).stdout
+        listing = False
+        for line in out.splitlines():
+            if "file:function" in line:
+                listing = True
+                continue
+            m = re.match(r"\s*([\d,]+) \(\s*[\d.]+%\)\s+(.*)", line)
+            if listing and m:
+                name = re.sub(r"\s*\[[^\]]*\]$", "", m.group(2))
+                name = name.split(":", 1)[1] if ":" in name and not name.startswith("???") else name
+                own[name] += int(m.group(1).replace(",", ""))
+    total = sum(_callgrind_total(p) for p in paths)
+    # Thread entry frames (clone, start_thread) show the whole thread as
+    # their own; they say nothing.
+    rows = [(f, c) for f, c in own.most_common(n + 8) if c < 0.9 * total]
+    return [{"function": f, "per_request": round(c / requests)} for f, c in rows[:n]]
+
+
+def cmd_instructions(work: Path, out: Path, commit: str, binary: str, call_log: str) -> None:
+    """bench/instructions.sh: instructions per request from the callgrind dumps."""
+    def requests(name: str) -> int:
+        text = (work / f"{name}-wrk.txt").read_text()
+        return int(re.search(r"^\s+(\d+) requests in", text, re.M).group(1))
+
+    # nginx: the files its processes wrote at exit ("cg.<pid>"; its forked
+    # workers do not answer callgrind_control), over every request they
+    # served; start-up is a fraction of a percent of that.
+    nginx_req = requests("nginx-warm") + requests("nginx")
+    nginx_files = [p for p in (work / "cg-nginx").glob("cg.*") if p.suffix[1:].isdigit() and len(p.suffix) > 2]
+    nginx = sum(_callgrind_total(p) for p in nginx_files)
+    # tollgate: the dump asked for after the measured run, "cg.out.1-<thread>".
+    tg_req = requests("tollgate")
+    gateway_files, other = [], 0
+    for path in sorted((work / "cg-tollgate").glob("cg.out.1-*")):
+        if "gateway::server::serve" in path.read_text(errors="replace"):
+            gateway_files.append(path)
+        else:
+            other += _callgrind_total(path)
+    gateway = sum(_callgrind_total(p) for p in gateway_files)
+    doc = {
+        "commit": commit,
+        "tollgate_bin": binary,
+        "call_log": call_log,
+        "nginx": {"requests": nginx_req, "instructions_per_request": round(nginx / nginx_req)},
+        "tollgate": {
+            "requests": tg_req,
+            "gateway_threads_per_request": round(gateway / tg_req),
+            "other_threads_per_request": round(other / tg_req),
+            "instructions_per_request": round((gateway + other) / tg_req),
+            "gateway_top_functions": _callgrind_top(gateway_files, tg_req),
+        },
+    }
+    out.write_text(json.dumps(doc, indent=2) + "\n")
+    t = doc["tollgate"]
+    print(f"nginx proxy:  {doc['nginx']['instructions_per_request']:>7,} instructions per request ({nginx_req:,} requests)")
+    print(f"tollgate:     {t['instructions_per_request']:>7,} instructions per request ({tg_req:,} requests)")
+    print(f"  gateway threads {t['gateway_threads_per_request']:,}, other threads (call writer, runtime) {t['other_threads_per_request']:,}")
+    print("  gateway threads' own instructions per request, top functions:")
+    for row in t["gateway_top_functions"]:
+        print(f"    {row['per_request']:>6,}  {row['function'][:110]}")
+
+
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -519,8 +600,16 @@ def main(argv: list[str]) -> None:
     p.add_argument("--raw", type=Path, required=True)
     p.add_argument("--out-dir", type=Path, required=True)
     p.add_argument("--readme", type=Path)
+    p = sub.add_parser("instructions")
+    p.add_argument("work", type=Path)
+    p.add_argument("out", type=Path)
+    p.add_argument("commit")
+    p.add_argument("binary")
+    p.add_argument("call_log")
     args = parser.parse_args(argv)
-    if args.cmd == "wrk-line":
+    if args.cmd == "instructions":
+        cmd_instructions(args.work, args.out, args.commit, args.binary, args.call_log)
+    elif args.cmd == "wrk-line":
         cmd_wrk_line(args.file)
     elif args.cmd == "half-rate":
         cmd_half_rate(args.raw)
