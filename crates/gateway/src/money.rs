@@ -821,6 +821,19 @@ mod tests {
         Ok(reservation)
     }
 
+    /// The team "acme"'s wallet, holding `nanos` from the ledger.
+    fn funded(wallets: &Wallets, nanos: i64) -> Arc<WalletRt> {
+        wallets.apply_entries(
+            "acme",
+            &[SyncedEntry {
+                seq: 1,
+                amount_nanos: nanos,
+                own: false,
+            }],
+        );
+        wallets.get("acme")
+    }
+
     #[test]
     fn counters_count_give_back_and_sum_other_nodes() {
         let wallets = Wallets::default();
@@ -863,15 +876,7 @@ mod tests {
     async fn a_strict_charge_reports_what_it_took() {
         use std::future::Future;
         let wallets = Wallets::default();
-        wallets.apply_entries(
-            "acme",
-            &[SyncedEntry {
-                seq: 1,
-                amount_nanos: 100,
-                own: false,
-            }],
-        );
-        let wallet = wallets.get("acme");
+        let wallet = funded(&wallets, 100);
         let subscription: Arc<str> = "s".into();
         let (sink, mut queue) = tokio::sync::mpsc::channel::<Charge>(1);
         let id = http::HeaderValue::from_static("r");
@@ -933,15 +938,7 @@ mod tests {
     #[test]
     fn concurrent_reservations_never_overspend() {
         let wallets = Wallets::default();
-        wallets.apply_entries(
-            "acme",
-            &[SyncedEntry {
-                seq: 1,
-                amount_nanos: 100,
-                own: false,
-            }],
-        );
-        let wallet = wallets.get("acme");
+        let wallet = funded(&wallets, 100);
         let subscription: Arc<str> = "s".into();
         let granted = std::sync::atomic::AtomicUsize::new(0);
         std::thread::scope(|scope| {

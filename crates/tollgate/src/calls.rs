@@ -244,7 +244,7 @@ pub fn spawn_writer(
                 }
                 backlog = taken >= BATCH;
                 idle_gathers = if taken == 0 && writing.is_none() {
-                    idle_gathers + 1
+                    idle_gathers.saturating_add(1)
                 } else {
                     0
                 };
