@@ -771,6 +771,81 @@ fn rollups_conditions<'a>(query: &RollupQuery<'a>) -> (String, Vec<Value<'a>>) {
     (conditions, values)
 }
 
+/// [`Store::rollups`] on SQLite: the same statement on a read connection
+/// of the store's own ([`crate::direct::Direct::reader`]), in a blocking
+/// task, columns read by position. `$1`..`$3` become `?1`..`?3`, so the
+/// anonymous parameters after them take 4, 5, … in order, as the values
+/// are listed.
+async fn rollups_sqlite(
+    direct: &Arc<crate::direct::Direct>,
+    sql: String,
+    values: &[Value<'_>],
+    from_ms: i64,
+    interval_ms: i64,
+) -> Result<Vec<RollupSlot>> {
+    enum Owned {
+        Text(Option<String>),
+        Number(Option<i64>),
+    }
+    let sql = sql
+        .replace("$1", "?1")
+        .replace("$2", "?2")
+        .replace("$3", "?3");
+    let values: Vec<Owned> = values
+        .iter()
+        .map(|value| match value {
+            Value::Text(text) => Owned::Text(text.map(str::to_owned)),
+            Value::Number(number) => Owned::Number(*number),
+        })
+        .collect();
+    let direct = direct.clone();
+    let read = move || -> rusqlite::Result<Vec<RollupSlot>> {
+        let connection = direct.reader()?;
+        let mut statement = connection.prepare(&sql)?;
+        for (index, value) in values.iter().enumerate() {
+            match value {
+                Owned::Text(text) => statement.raw_bind_parameter(index + 1, text.as_deref())?,
+                Owned::Number(number) => statement.raw_bind_parameter(index + 1, number)?,
+            }
+        }
+        let mut rows = statement.raw_query();
+        let mut slots = Vec::new();
+        while let Some(row) = rows.next()? {
+            // slot, grp, status, code, then SUMMED, then h0..h15.
+            let sum = |index: usize| {
+                row.get::<_, Option<i64>>(4 + index)
+                    .map(Option::unwrap_or_default)
+            };
+            let mut latency_buckets = [0u64; LATENCY_BUCKET_COUNT];
+            for (index, bucket) in latency_buckets.iter_mut().enumerate() {
+                *bucket = u64::try_from(sum(SUMMED.len() + index)?).unwrap_or(0);
+            }
+            slots.push(RollupSlot {
+                start_ms: from_ms + row.get::<_, i64>(0)? * interval_ms.max(1),
+                group: row.get::<_, Option<String>>(1)?.unwrap_or_default(),
+                status: row.get(2)?,
+                code: row.get(3)?,
+                values: RollupValues {
+                    requests: sum(0)?,
+                    latency_sum_us: sum(1)?,
+                    upstream_sum_us: sum(2)?,
+                    bytes_in: sum(3)?,
+                    bytes_out: sum(4)?,
+                    input_tokens: sum(5)?,
+                    output_tokens: sum(6)?,
+                    cost_nanos: sum(7)?,
+                    latency_buckets,
+                },
+            });
+        }
+        Ok(slots)
+    };
+    tokio::task::spawn_blocking(read)
+        .await
+        .map_err(|error| StoreError::Sqlite(format!("the analytics read failed: {error}")))?
+        .map_err(StoreError::from)
+}
+
 /// [`Store::write_calls`] on SQLite.
 fn write_sqlite(connection: &mut rusqlite::Connection, batch: &CallBatch) -> rusqlite::Result<()> {
     let tx = connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -1062,6 +1137,9 @@ impl Store {
             sums.join(", "),
             query.granularity.table(),
         );
+        if let Some(direct) = &self.direct {
+            return rollups_sqlite(direct, sql, &values, query.from_ms, query.interval_ms).await;
+        }
         // Audited: only this module's column names and fixed fragments are
         // formatted in; every value is bound.
         let rows = bind_values(sqlx::query(sqlx::AssertSqlSafe(sql)), values)

@@ -68,6 +68,19 @@ impl Direct {
         Ok(connection)
     }
 
+    /// A connection for one read, outside the writer's lock: WAL lets it
+    /// read beside the writers, and analytics read tens of thousands of
+    /// rows, which through sqlx's `Any` driver cost more than the query
+    /// (each row and column converted and sent over a channel).
+    pub(crate) fn reader(&self) -> rusqlite::Result<Connection> {
+        let connection = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        connection.busy_timeout(std::time::Duration::from_secs(5))?;
+        Ok(connection)
+    }
+
     /// Closes the connection (it reopens if used again).
     pub(crate) fn close(&self) {
         let mut slot = self
