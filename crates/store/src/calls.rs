@@ -773,9 +773,11 @@ fn rollups_conditions<'a>(query: &RollupQuery<'a>) -> (String, Vec<Value<'a>>) {
 
 /// [`Store::rollups`] on SQLite: the same statement on a read connection
 /// of the store's own ([`crate::direct::Direct::reader`]), in a blocking
-/// task, columns read by position. `$1`..`$3` become `?1`..`?3`, so the
-/// anonymous parameters after them take 4, 5, … in order, as the values
-/// are listed.
+/// task, columns read by position. Every `$N` of the statement (the range
+/// and slot, then each filter's value, [`add_condition`]) becomes `?N`,
+/// which SQLite binds at index N exactly: the values bind by position.
+/// No `$` appears in the statement otherwise (column names and fixed
+/// fragments only).
 async fn rollups_sqlite(
     direct: &Arc<crate::direct::Direct>,
     sql: String,
@@ -787,10 +789,7 @@ async fn rollups_sqlite(
         Text(Option<String>),
         Number(Option<i64>),
     }
-    let sql = sql
-        .replace("$1", "?1")
-        .replace("$2", "?2")
-        .replace("$3", "?3");
+    let sql = sql.replace('$', "?");
     let values: Vec<Owned> = values
         .iter()
         .map(|value| match value {
