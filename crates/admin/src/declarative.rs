@@ -742,7 +742,23 @@ pub async fn apply(
             "the document is empty; send {\"upstreams\": [], \"services\": []} to mean an empty configuration",
         ));
     }
-    let document = parse_document(document_value(&headers, &body)?)?;
+    let value = document_value(&headers, &body)?;
+    if prune {
+        // Pruning deletes what the document does not name: a document
+        // that leaves a list out (`{}`, a file of services alone) must
+        // not read as "delete them all".
+        for list in ["upstreams", "services"] {
+            if value.get(list).is_none_or(Value::is_null) {
+                return Err(ApiError::field(
+                    list,
+                    format!(
+                        "is missing; with prune=true the document must list its {list} (an empty list deletes them all)"
+                    ),
+                ));
+            }
+        }
+    }
+    let document = parse_document(value)?;
     let mut tx = state.store.begin().await?;
     let changes = apply_document(&mut tx, &state.secrets, &document, prune).await?;
     let changed = !changes.is_empty();

@@ -73,9 +73,15 @@ async fn resolve_upstream(
         Some(upstream) if upstream.spec.team.is_some() && upstream.spec.team != spec.team => {
             Err(ApiError::field(
                 "upstream",
-                format!(
-                    "'{key}' belongs to another team; a service uses its own team's upstreams (or shared ones)"
-                ),
+                if spec.team.is_none() {
+                    format!(
+                        "'{key}' belongs to a team, and this service has no 'team' (a platform service uses shared upstreams only); set the service's team"
+                    )
+                } else {
+                    format!(
+                        "'{key}' belongs to another team; a service uses its own team's upstreams (or shared ones)"
+                    )
+                },
             ))
         }
         Some(upstream) => {
@@ -207,6 +213,7 @@ pub async fn create_service(
     spec.validate()?;
     seal_secrets(secrets, &mut spec)?;
     check_team(tx, spec.team.as_deref()).await?;
+    check_base_path_owner(tx, &spec, None).await?;
     let now = now_ms();
     let mut service = Service {
         id: new_id(),
@@ -236,6 +243,9 @@ pub async fn update_service(
             "kind",
             "cannot change once the service exists",
         ));
+    }
+    if spec.base_path != existing.spec.base_path || spec.team != existing.spec.team {
+        check_base_path_owner(tx, &spec, Some(&existing.id)).await?;
     }
     let mut service = existing.clone();
     let base_path_changed = spec.base_path != existing.spec.base_path;
@@ -272,6 +282,42 @@ pub async fn delete_service(
         )));
     }
     tx.delete_service(&existing.id).await?;
+    Ok(())
+}
+
+/// Whether one base path is the other or lies under it, segment by
+/// segment: `/lab` and `/lab/x` overlap, `/lab` and `/labs` do not, `/`
+/// overlaps every path.
+fn base_paths_overlap(a: &str, b: &str) -> bool {
+    let (a, b) = (a.trim_end_matches('/'), b.trim_end_matches('/'));
+    let (short, long) = if a.len() <= b.len() { (a, b) } else { (b, a) };
+    long.starts_with(short) && long[short.len()..].chars().next().is_none_or(|c| c == '/')
+}
+
+/// Refuses a base path that overlaps one of another owner's services (a
+/// team's, or the platform's): the most specific route wins across
+/// services, so a team could otherwise answer, and read the requests of,
+/// paths under another team's service. Services of one owner may share
+/// paths. The other service is not named: it may be private.
+async fn check_base_path_owner(
+    tx: &mut WriteTx,
+    spec: &ServiceSpec,
+    service_id: Option<&str>,
+) -> Result<(), ApiError> {
+    for other in tx.all_services().await? {
+        if Some(other.id.as_str()) == service_id || other.spec.team == spec.team {
+            continue;
+        }
+        if base_paths_overlap(&spec.base_path, &other.spec.base_path) {
+            return Err(ApiError::conflict(
+                "base_path",
+                format!(
+                    "'{}' overlaps the base path '{}' of another team's service; each team's services answer under base paths of their own. Choose another base path.",
+                    spec.base_path, other.spec.base_path
+                ),
+            ));
+        }
+    }
     Ok(())
 }
 
@@ -327,15 +373,18 @@ async fn check_route_conflict(
             && route_key(other_base, &other.spec.path) == key
             && methods_overlap(&other.spec.methods, &spec.methods)
         {
-            let owner = services
-                .iter()
-                .find(|s| s.id == other.service_id)
-                .map_or("?", |s| s.spec.slug.as_str());
+            let owner = services.iter().find(|s| s.id == other.service_id);
+            // Another team's service is not named: it may be private.
+            let whose = match owner {
+                Some(owner) if owner.spec.team == service.spec.team => {
+                    format!("route {} of service '{}'", other.id, owner.spec.slug)
+                }
+                _ => "a route of another team's service".to_owned(),
+            };
             return Err(ApiError::conflict(
                 "path",
                 format!(
-                    "route {} of service '{owner}' already answers {} {}",
-                    other.id,
+                    "{whose} already answers {} {}",
                     if other.spec.methods.is_empty() {
                         "any method on".to_owned()
                     } else {
@@ -542,5 +591,28 @@ impl ApiError {
             error.field = field.to_owned();
         }
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::base_paths_overlap;
+
+    #[test]
+    fn base_paths_overlap_segment_by_segment() {
+        for (a, b) in [
+            ("/lab", "/lab"),
+            ("/lab", "/lab/x"),
+            ("/lab/x/y", "/lab"),
+            ("/", "/anything"),
+            ("/lab/", "/lab"),
+        ] {
+            assert!(base_paths_overlap(a, b), "{a} {b}");
+            assert!(base_paths_overlap(b, a), "{b} {a}");
+        }
+        for (a, b) in [("/lab", "/labs"), ("/lab/x", "/lab/y"), ("/a", "/b")] {
+            assert!(!base_paths_overlap(a, b), "{a} {b}");
+            assert!(!base_paths_overlap(b, a), "{b} {a}");
+        }
     }
 }

@@ -794,6 +794,42 @@ fn check_header_name(errors: &mut FieldErrors, field: &str, name: &str) {
     }
 }
 
+/// Headers that frame a message or concern only one connection: the
+/// gateway writes them itself, both ways. A rewrite of one could make the
+/// upstream read a body differently from the gateway (a second request
+/// smuggled inside the first) or send a client a wrong length.
+pub const MANAGED_HEADERS: [&str; 10] = [
+    "connection",
+    "content-length",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Whether a route rewrite may set or remove `name` (see
+/// [`MANAGED_HEADERS`]).
+pub fn is_rewritable_header(name: &str) -> bool {
+    !MANAGED_HEADERS
+        .iter()
+        .any(|managed| managed.eq_ignore_ascii_case(name))
+}
+
+fn check_rewritable(errors: &mut FieldErrors, field: &str, name: &str) {
+    if !is_rewritable_header(name) {
+        errors.add(
+            field,
+            format!(
+                "'{name}' cannot be rewritten: the gateway sets the message framing and hop-by-hop headers itself"
+            ),
+        );
+    }
+}
+
 pub(crate) fn check_text(errors: &mut FieldErrors, field: &str, text: Option<&String>) {
     if text.is_some_and(|t| t.len() > limits::TEXT_MAX) {
         errors.add(field, format!("must be at most {} bytes", limits::TEXT_MAX));
@@ -1090,6 +1126,7 @@ impl RouteSpec {
             }
             for (name, value) in &rewrite.set {
                 check_header_name(&mut errors, &format!("{field}.set.{name}"), name);
+                check_rewritable(&mut errors, &format!("{field}.set.{name}"), name);
                 if value.bytes().any(|b| b < 0x20 && b != b'\t' || b == 0x7f) {
                     errors.add(
                         format!("{field}.set.{name}"),
@@ -1099,6 +1136,7 @@ impl RouteSpec {
             }
             for (index, name) in rewrite.remove.iter().enumerate() {
                 check_header_name(&mut errors, &format!("{field}.remove[{index}]"), name);
+                check_rewritable(&mut errors, &format!("{field}.remove[{index}]"), name);
             }
         }
         if self.query.set.len() + self.query.remove.len() > limits::HEADER_REWRITES_MAX {

@@ -56,6 +56,17 @@ enum Source {
     Query,
 }
 
+impl Source {
+    /// The [`strip`] bit that removes this carrier before forwarding.
+    fn strip_bit(self) -> u8 {
+        match self {
+            Source::Authorization => strip::AUTHORIZATION,
+            Source::XApiKey => strip::X_API_KEY,
+            Source::Query => strip::QUERY_KEY,
+        }
+    }
+}
+
 fn credentials<B>(request: &Request<B>) -> smallvec::SmallVec<[(&str, Source); 2]> {
     let mut found = smallvec::SmallVec::new();
     if let Some(value) = request.headers().get(header::AUTHORIZATION)
@@ -129,11 +140,7 @@ fn authenticate<'s, B>(
                 ),
             ));
         }
-        admission.strip |= match source {
-            Source::Authorization => strip::AUTHORIZATION,
-            Source::XApiKey => strip::X_API_KEY,
-            Source::Query => strip::QUERY_KEY,
-        };
+        admission.strip |= source.strip_bit();
         let caller = if source == Source::Authorization && jwt::looks_like_jwt(token) {
             let Some(config) = &service.jwt else {
                 return Err(Refusal::new(
@@ -495,11 +502,7 @@ pub(crate) fn admit_paid<B>(
     // A Tollgate key sent along is not the upstream's business either.
     let mut carriers = strip::PAYMENT;
     for (_, source) in credentials(request) {
-        carriers |= match source {
-            Source::Authorization => strip::AUTHORIZATION,
-            Source::XApiKey => strip::X_API_KEY,
-            Source::Query => strip::QUERY_KEY,
-        };
+        carriers |= source.strip_bit();
     }
     let admission = Admission {
         strip: carriers,
@@ -557,6 +560,15 @@ pub(crate) fn admit<B>(
         }
     }
     if service.anonymous {
+        // Nothing is checked, but a Tollgate key sent along (a caller's
+        // habit, or a key meant for another service) must not reach the
+        // upstream: it would collect callers' keys. Another token in
+        // `Authorization` (the upstream's own) passes.
+        for (token, source) in credentials(request) {
+            if token.starts_with("tg_") {
+                admission.strip |= source.strip_bit();
+            }
+        }
         return open(route, admission);
     }
     let now_ms = now_epoch_ms();

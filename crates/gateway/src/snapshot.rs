@@ -63,8 +63,11 @@ impl Rewrite {
         let name = |text: &str| {
             HeaderName::from_bytes(text.as_bytes()).map_err(|_| format!("bad header name '{text}'"))
         };
+        // Framing and hop-by-hop headers are refused by the admin API;
+        // one stored before that check is ignored, never applied.
+        let rewritable = |name: &&String| domain::model::is_rewritable_header(name);
         let mut set = Vec::with_capacity(rewrite.set.len());
-        for (key, value) in &rewrite.set {
+        for (key, value) in rewrite.set.iter().filter(|(key, _)| rewritable(key)) {
             let value = HeaderValue::from_str(value)
                 .map_err(|_| format!("bad value for header '{key}'"))?;
             set.push((name(key)?, value));
@@ -72,6 +75,7 @@ impl Rewrite {
         let remove = rewrite
             .remove
             .iter()
+            .filter(rewritable)
             .map(|text| name(text))
             .collect::<Result<_, _>>()?;
         Ok(Self { set, remove })
@@ -446,5 +450,34 @@ fn deprecation_headers(service: &Service) -> Deprecation {
         sunset,
         warning: HeaderValue::from_str(&warning)
             .unwrap_or_else(|_| HeaderValue::from_static("deprecated")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Rewrite;
+
+    #[test]
+    fn stored_rewrites_of_framing_headers_are_ignored() {
+        let spec = domain::model::Rewrite {
+            set: [("Content-Length", "0"), ("X-Team", "a")]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+            remove: vec!["transfer-encoding".to_owned(), "x-debug".to_owned()],
+        };
+        let compiled = Rewrite::compile(&spec).unwrap();
+        let mut headers = http::HeaderMap::new();
+        headers.insert("content-length", http::HeaderValue::from_static("35"));
+        headers.insert(
+            "transfer-encoding",
+            http::HeaderValue::from_static("chunked"),
+        );
+        headers.insert("x-debug", http::HeaderValue::from_static("1"));
+        compiled.apply(&mut headers);
+        assert_eq!(headers["content-length"], "35");
+        assert_eq!(headers["transfer-encoding"], "chunked");
+        assert_eq!(headers["x-team"], "a");
+        assert!(headers.get("x-debug").is_none());
     }
 }

@@ -2196,3 +2196,137 @@ async fn keys_rotate_with_a_grace_period() {
     assert_eq!(status, 400);
     assert_eq!(refused["errors"][0]["field"], "expires_at");
 }
+
+/// Tenants' services stay apart on the gateway too: another team cannot
+/// take a base path under which a team's service answers (the most
+/// specific route would win and read its callers' requests), an
+/// anonymous service never receives a caller's Tollgate key, and route
+/// rewrites cannot touch the message framing.
+#[tokio::test]
+async fn base_paths_keys_and_framing_stay_out_of_other_hands() {
+    let upstream = FakeUpstream::start("w").await;
+    let tollgate = Tollgate::start(BIN).await;
+    let world = world(&tollgate, &upstream, json!({}), json!({})).await;
+    tollgate
+        .create(
+            "/api/v1/upstreams",
+            json!({"slug": "acme-backend", "team": "acme", "targets": [{"url": upstream.url()}]}),
+        )
+        .await;
+    let service = |slug: &str, team: &str, base_path: &str| {
+        json!({"slug": slug, "team": team, "kind": "http", "base_path": base_path,
+            "upstream": if team == "acme" { "acme-backend" } else { "weather-backend" },
+            "auth": {"anonymous": true, "query_key": true}})
+    };
+    // weatherco answers under /weather: acme may not answer there, under
+    // it, or above it.
+    for base_path in ["/weather", "/weather/forecast", "/"] {
+        let (status, body) = tollgate
+            .admin(
+                Method::POST,
+                "/api/v1/services",
+                Some(service("shadow", "acme", base_path)),
+            )
+            .await;
+        assert_eq!(status, 409, "{base_path}: {body}");
+        assert_eq!(body["errors"][0]["field"], "base_path", "{body}");
+    }
+    // A path that only starts with the same letters is another path;
+    // weatherco itself may add services under its own.
+    tollgate
+        .create("/api/v1/services", service("open", "acme", "/weatherly"))
+        .await;
+    tollgate
+        .create(
+            "/api/v1/services",
+            service("v2", "weatherco", "/weather/v2"),
+        )
+        .await;
+    // Moving a service onto another team's path is refused the same way.
+    let (status, body) = tollgate
+        .admin(
+            Method::PATCH,
+            "/api/v1/services/open",
+            Some(json!({"base_path": "/weather/v3"})),
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+
+    // Rewrites of framing or hop-by-hop headers are refused, both ways.
+    for (field, name) in [
+        ("request_headers", "Content-Length"),
+        ("request_headers", "transfer-encoding"),
+        ("response_headers", "Content-Length"),
+        ("response_headers", "Connection"),
+    ] {
+        let (status, body) = tollgate
+            .admin(
+                Method::POST,
+                "/api/v1/services/open/routes",
+                Some(json!({"path": "/x", field: {"set": {name: "0"}}})),
+            )
+            .await;
+        assert_eq!(status, 400, "{name}: {body}");
+        assert_eq!(
+            body["errors"][0]["field"],
+            format!("{field}.set.{name}"),
+            "{body}"
+        );
+        let (status, body) = tollgate
+            .admin(
+                Method::POST,
+                "/api/v1/services/open/routes",
+                Some(json!({"path": "/x", field: {"remove": [name]}})),
+            )
+            .await;
+        assert_eq!(status, 400, "{name}: {body}");
+    }
+
+    // An anonymous service reads no key, and passes none on.
+    tollgate
+        .create(
+            "/api/v1/services/open/routes",
+            json!({"methods": ["GET"], "path": "/*"}),
+        )
+        .await;
+    tollgate
+        .create("/api/v1/services/open/publish", json!({}))
+        .await;
+    let path = format!("/weatherly/a?units=metric&api_key={}", world.key);
+    let mut seen = Value::Null;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(1) {
+        let response = tollgate
+            .client
+            .get(format!("{}{path}", tollgate.gateway_url))
+            .bearer_auth(&world.key)
+            .header("x-api-key", &world.key)
+            .send()
+            .await
+            .unwrap();
+        if response.status() == 200 {
+            seen = response.json().await.unwrap();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(seen["path"], "/a", "{seen}");
+    assert!(seen["headers"].get("authorization").is_none(), "{seen}");
+    assert!(seen["headers"].get("x-api-key").is_none(), "{seen}");
+    assert_eq!(seen["query"], "units=metric", "{seen}");
+    // The upstream's own token (not a Tollgate key) is its business.
+    let seen = echo(
+        tollgate
+            .client
+            .get(format!("{}/weatherly/b", tollgate.gateway_url))
+            .bearer_auth("upstream-session-123")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        seen["headers"]["authorization"],
+        "Bearer upstream-session-123"
+    );
+}

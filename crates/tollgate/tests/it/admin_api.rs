@@ -180,6 +180,25 @@ async fn bad_input_is_refused_naming_the_field_and_writes_nothing() {
     .await;
     check(s, &b, 400, &[]);
     assert!(b["detail"].as_str().unwrap().contains("empty"), "{b}");
+    // Nor is a document that leaves a list out: `{}`, or services alone.
+    for (document, missing) in [
+        ("{}", "upstreams"),
+        (r#"{"upstreams": null, "services": []}"#, "upstreams"),
+        (r#"{"upstreams": []}"#, "services"),
+    ] {
+        let (s, b) = raw(
+            &tollgate,
+            Method::POST,
+            "/api/v1/config/apply?prune=true&dry_run=true",
+            document,
+        )
+        .await;
+        check(s, &b, 400, &[missing]);
+    }
+    // Without prune, `{}` changes nothing.
+    let (s, b) = raw(&tollgate, Method::POST, "/api/v1/config/apply", "{}").await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["changed"], json!(false), "{b}");
     let (status, _) = tollgate
         .admin(Method::DELETE, "/api/v1/upstreams/kept", None)
         .await;
