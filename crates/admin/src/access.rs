@@ -109,10 +109,15 @@ impl Caller {
                 StatusCode::FORBIDDEN,
                 "forbidden",
                 format!(
-                    "This needs the role '{}' in team '{}'; you are '{}'. Ask an owner or admin of the team.",
+                    "This needs the role '{}' in team '{}'; you are '{}'. Ask {} of the team.",
                     needed.as_str(),
                     team.unwrap_or("-"),
-                    role.as_str()
+                    role.as_str(),
+                    if needed == Role::Owner {
+                        "an owner"
+                    } else {
+                        "an owner or admin"
+                    }
                 ),
             )),
             Some(_) => Ok(()),

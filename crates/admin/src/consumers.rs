@@ -577,7 +577,8 @@ pub async fn create_subscription(
         return Err(ApiError::conflict(
             "service",
             format!(
-                "the app already has a {} subscription to this service ({})",
+                "the app already has {} {} subscription to this service ({})",
+                domain::validate::article(open.status.as_str()),
                 open.status.as_str(),
                 open.id
             ),
@@ -886,8 +887,11 @@ pub async fn subscription_action(
         ));
     }
     let Some(status) = action.apply(existing.status) else {
+        let article = domain::validate::article(existing.status.as_str());
         return Err(ApiError::invalid_state(format!(
-            "A {} subscription cannot be {}ed.",
+            "{}{} {} subscription cannot be {}ed.",
+            article[..1].to_ascii_uppercase(),
+            &article[1..],
             existing.status.as_str(),
             action.as_str().trim_end_matches('e')
         )));

@@ -35,10 +35,17 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
 
 /// Parses JSON into `T`, naming the failing field.
 pub fn parse_json<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> {
-    let text: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
-        b"{}"
-    } else {
-        bytes
+    let text: &[u8] = match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+        None => b"{}",
+        Some(b'{') => bytes,
+        // serde reads a struct from an array too (`["t9", "N"]` as a
+        // team): every body of this API is an object.
+        Some(_) => {
+            return Err(ApiError::field(
+                "",
+                "the body must be a JSON object ({...})",
+            ));
+        }
     };
     let mut deserializer = serde_json::Deserializer::from_slice(text);
     let value: T = serde_path_to_error::deserialize(&mut deserializer).map_err(describe)?;
@@ -153,6 +160,14 @@ impl<S: Send + Sync> FromRequestParts<S> for ListParams {
             limit: LIMIT_DEFAULT,
             ..Default::default()
         };
+        for (index, (key, _)) in pairs.iter().enumerate() {
+            if pairs[..index].iter().any(|(earlier, _)| earlier == key) {
+                return Err(ApiError::field(
+                    key.clone(),
+                    "is given twice; give each parameter once",
+                ));
+            }
+        }
         for (key, value) in pairs {
             // `?cursor=&team=` means the same as leaving them out.
             if value.is_empty() && key != "limit" {

@@ -228,14 +228,14 @@ async fn set_role(
 ) -> Result<Membership, ApiError> {
     let owners_before = tx.owner_count(&team.id).await?;
     check_owner_change(caller, team, before, Some(role))?;
-    tx.put_membership(&team.id, &user.id, role).await?;
+    let created_at_ms = tx.put_membership(&team.id, &user.id, role).await?;
     keep_an_owner(tx, team, owners_before).await?;
     let membership = Membership {
         team: team.spec.slug.clone(),
         user_id: user.id.clone(),
         email: user.email.clone(),
         role,
-        created_at_ms: now_ms(),
+        created_at_ms,
     };
     let record = Audit::new(
         if before.is_some() {
@@ -252,7 +252,7 @@ async fn set_role(
     Ok(membership)
 }
 
-/// Add a member (or change the role of an existing one).
+/// Add a member (409 if they already are one: change a role with PATCH).
 #[utoipa::path(post, path = "/api/v1/teams/{team}/members", tag = "teams", request_body = MemberSpec,
     params(("team" = String, Path)), responses((status = 201, body = Membership)))]
 pub async fn add_member(
@@ -267,8 +267,21 @@ pub async fn add_member(
         .user(&spec.user)
         .await?
         .ok_or_else(|| ApiError::field("user", format!("no user '{}' exists", spec.user)))?;
-    let before = tx.member_role(&team.id, &user.id).await?;
-    let membership = set_role(&mut tx, &caller, &team, &user, before, spec.role).await?;
+    if let Some(role) = tx.member_role(&team.id, &user.id).await? {
+        // Adding is not changing: a second add must not demote an admin.
+        return Err(ApiError::conflict(
+            "user",
+            format!(
+                "'{}' is already a member of '{}' (role '{}'); change the role with PATCH /api/v1/teams/{}/members/{}",
+                spec.user,
+                team.spec.slug,
+                role.as_str(),
+                team.spec.slug,
+                user.id
+            ),
+        ));
+    }
+    let membership = set_role(&mut tx, &caller, &team, &user, None, spec.role).await?;
     commit(&state, tx).await?;
     Ok(created(
         &membership,

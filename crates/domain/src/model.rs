@@ -779,6 +779,11 @@ fn check_methods(errors: &mut FieldErrors, field: &str, methods: &[String]) {
                 format!("{field}[{index}]"),
                 format!("'{method}' is not one of {}", KNOWN_METHODS.join(", ")),
             );
+        } else if methods[..index].contains(method) {
+            errors.add(
+                format!("{field}[{index}]"),
+                format!("'{method}' is listed twice"),
+            );
         }
     }
 }

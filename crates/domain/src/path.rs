@@ -32,6 +32,9 @@ pub fn parse_pattern(pattern: &str) -> Result<Vec<Segment>, String> {
             }
             return Err("must not contain empty segments ('//')".into());
         }
+        if matches!(*part, "." | "..") {
+            return Err("must not contain '.' or '..' segments".into());
+        }
         if *part == "*" {
             if index != last {
                 return Err("'*' is allowed only as the last segment ('/prefix/*')".into());
@@ -118,7 +121,8 @@ mod tests {
     #[test]
     fn refuses_bad_patterns() {
         for bad in [
-            "forecast", "/a//b", "/a/*/b", "/{x", "/{1x}", "/{a}/{a}", "/a{b}", "/a?b",
+            "forecast", "/a//b", "/a/*/b", "/{x", "/{1x}", "/{a}/{a}", "/a{b}", "/a?b", "/a/../b",
+            "/./a", "/a/..",
         ] {
             assert!(parse_pattern(bad).is_err(), "{bad}");
         }

@@ -49,3 +49,23 @@ impl fmt::Display for FieldErrors {
 }
 
 impl std::error::Error for FieldErrors {}
+
+/// "a" or "an" before `word`, by its first letter (enough for the state
+/// names messages put after it: "an active", "a pending").
+pub fn article(word: &str) -> &'static str {
+    match word.bytes().next().map(|b| b.to_ascii_lowercase()) {
+        Some(b'a' | b'e' | b'i' | b'o' | b'u') => "an",
+        _ => "a",
+    }
+}
+
+#[cfg(test)]
+mod article_tests {
+    #[test]
+    fn picks_the_article_by_sound_of_the_first_letter() {
+        assert_eq!(super::article("active"), "an");
+        assert_eq!(super::article("expired"), "an");
+        assert_eq!(super::article("pending"), "a");
+        assert_eq!(super::article("suspended"), "a");
+    }
+}

@@ -289,10 +289,15 @@ fn authorize<'s>(
             ),
         ));
     };
-    let reason = subscription
-        .reason
-        .as_deref()
-        .map_or(String::new(), |r| format!(" Reason: {r}"));
+    let reason = subscription.reason.as_deref().map_or(String::new(), |r| {
+        // The provider's words, as one sentence before ours.
+        let end = if r.trim_end().ends_with(['.', '!', '?']) {
+            ""
+        } else {
+            "."
+        };
+        format!(" Reason: {}{end}", r.trim_end())
+    });
     let refusal = match subscription.status {
         SubscriptionStatus::Active => None,
         SubscriptionStatus::Pending => Some((

@@ -128,7 +128,10 @@ fn subscription_view(
 
 /// `GET /_tollgate/problems` (the list) and `/_tollgate/problems/<code>`:
 /// HTML for people, JSON when the `Accept` header asks for it.
-pub(crate) fn problem_page<B>(request: &Request<B>, rest: &str) -> Response<GatewayBody> {
+pub(crate) fn problem_page<B>(
+    request: &Request<B>,
+    rest: &str,
+) -> Result<Response<GatewayBody>, Refusal> {
     let wants_json = request
         .headers()
         .get(header::ACCEPT)
@@ -141,11 +144,11 @@ pub(crate) fn problem_page<B>(request: &Request<B>, rest: &str) -> Response<Gate
             .map(|&code| json!({"code": code.as_str(), "status": code.status(), "title": code.title(), "page": format!("/_tollgate/problems/{}", code.slug())}))
             .collect();
         if wants_json {
-            return respond(
+            return Ok(respond(
                 StatusCode::OK,
                 "application/json",
                 json!({"problems": codes}).to_string(),
-            );
+            ));
         }
         let mut items = String::new();
         for code in Code::ALL {
@@ -157,36 +160,22 @@ pub(crate) fn problem_page<B>(request: &Request<B>, rest: &str) -> Response<Gate
                 escape(code.title())
             ));
         }
-        return respond(
+        return Ok(respond(
             StatusCode::OK,
             "text/html; charset=utf-8",
             page("Tollgate refusal codes", &format!("<ul>\n{items}</ul>")),
-        );
+        ));
     }
     let Some(code) = Code::parse(rest) else {
-        let detail =
-            format!("There is no refusal code '{rest}'. The list is at /_tollgate/problems.");
-        return if wants_json {
-            respond(
-                StatusCode::NOT_FOUND,
-                "application/problem+json",
-                json!({"title": "Unknown problem code", "status": 404, "detail": detail})
-                    .to_string(),
-            )
-        } else {
-            respond(
-                StatusCode::NOT_FOUND,
-                "text/html; charset=utf-8",
-                page(
-                    "Unknown problem code",
-                    &format!("<p>{}</p>", escape(&detail)),
-                ),
-            )
-        };
+        // A refusal like any other: code, type, request id.
+        return Err(Refusal::new(
+            Code::RouteNotFound,
+            format!("There is no refusal code '{rest}'. The list is at /_tollgate/problems."),
+        ));
     };
     let explained = domain::problems::explain(code);
     if wants_json {
-        return respond(
+        return Ok(respond(
             StatusCode::OK,
             "application/json",
             json!({
@@ -198,7 +187,7 @@ pub(crate) fn problem_page<B>(request: &Request<B>, rest: &str) -> Response<Gate
                 "prevent": explained.prevent,
             })
             .to_string(),
-        );
+        ));
     }
     let body = format!(
         "<p class=\"status\">HTTP {} · <code>{}</code></p>\n<h2>What happened</h2>\n<p>{}</p>\n\
@@ -210,11 +199,11 @@ pub(crate) fn problem_page<B>(request: &Request<B>, rest: &str) -> Response<Gate
         markup(explained.fix),
         markup(explained.prevent),
     );
-    respond(
+    Ok(respond(
         StatusCode::OK,
         "text/html; charset=utf-8",
         page(code.title(), &body),
-    )
+    ))
 }
 
 fn page(title: &str, body: &str) -> String {

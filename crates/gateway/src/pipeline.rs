@@ -281,6 +281,19 @@ async fn run(
     request: Request<RequestBody>,
 ) -> Result<Response<GatewayBody>, Refusal> {
     if let Some(rest) = request.uri().path().strip_prefix("/_tollgate/") {
+        let pages = rest == "me"
+            || rest.starts_with("requests/")
+            || rest
+                .strip_prefix("problems")
+                .is_some_and(|r| r.is_empty() || r.starts_with('/'));
+        if pages && !matches!(*request.method(), Method::GET | Method::HEAD) {
+            let mut refusal = Refusal::new(
+                Code::MethodNotAllowed,
+                format!("/_tollgate/{rest} is read with GET."),
+            );
+            refusal.allow = Some("GET, HEAD".to_owned());
+            return Err(refusal);
+        }
         if rest == "me" {
             return crate::me::me(&context.snapshot, &request, &shared.options.currency);
         }
@@ -304,7 +317,7 @@ async fn run(
             .strip_prefix("problems")
             .filter(|r| r.is_empty() || r.starts_with('/'))
         {
-            return Ok(crate::me::problem_page(&request, code));
+            return crate::me::problem_page(&request, code);
         }
         if let Some(response) = reserved(shared, rest) {
             return Ok(response);
@@ -463,6 +476,32 @@ async fn hook(
 }
 
 /// `/_tollgate/…`: the gateway's own endpoints.
+/// Charges a call the upstream answered below 500 (phase 8); returns the
+/// wallet's balance after it.
+async fn settle(
+    shared: &Shared,
+    context: &RequestContext,
+    trace: &mut Trace,
+    held: crate::money::Reservation,
+    status: u16,
+) -> i64 {
+    let sink = shared.charges.get();
+    let outcome = crate::money::Outcome {
+        status,
+        latency_ms: u64::try_from(context.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        tokens: None,
+    };
+    if shared.options.strict_charges {
+        // Sets the cost only once the charge is taken: a caller gone while
+        // it waited is not charged.
+        Box::pin(held.settle_durably(sink, &context.request_id, outcome, &mut trace.cost_nanos))
+            .await
+    } else {
+        trace.cost_nanos = held.amount();
+        held.settle(sink, &context.request_id, outcome)
+    }
+}
+
 fn reserved(shared: &Shared, rest: &str) -> Option<Response<GatewayBody>> {
     use std::sync::atomic::Ordering;
     let (status, body) = match rest {
@@ -813,30 +852,16 @@ async fn forward(
                 let (mut response_parts, incoming) = response.into_parts();
                 strip_hop_by_hop(&mut response_parts.headers);
                 // Phase 8: a call the upstream answered below 500 is
-                // charged; otherwise the reservation is given back.
-                if let Some(held) = reservation.take()
-                    && status < 500
-                {
-                    let sink = shared.charges.get();
-                    let outcome = crate::money::Outcome {
-                        status,
-                        latency_ms: u64::try_from(context.started.elapsed().as_millis())
-                            .unwrap_or(u64::MAX),
-                        tokens: None,
-                    };
-                    let left = if shared.options.strict_charges {
-                        // Sets the cost only once the charge is taken: a
-                        // caller gone while it waited is not charged.
-                        Box::pin(held.settle_durably(
-                            sink,
-                            &context.request_id,
-                            outcome,
-                            &mut trace.cost_nanos,
-                        ))
-                        .await
+                // charged; otherwise the reservation is given back. Either
+                // way the caller learns the balance (a `Tollgate-Warning`
+                // about it may be on the response).
+                if let Some(held) = reservation.take() {
+                    let left = if status < 500 {
+                        settle(shared, context, trace, held, status).await
                     } else {
-                        trace.cost_nanos = held.amount();
-                        held.settle(sink, &context.request_id, outcome)
+                        let wallet = held.wallet().clone();
+                        drop(held);
+                        wallet.available()
                     };
                     let mut balance = String::with_capacity(32);
                     domain::money::format_into(&mut balance, left);

@@ -36,6 +36,13 @@ pub fn method_bit(method: &http::Method) -> MethodMask {
         .map_or(OTHER_METHOD, |(_, bit)| *bit)
 }
 
+/// A route's methods: as [`method_mask`], and a route that answers GET
+/// answers HEAD too (RFC 9110 §9.3.2: HEAD is GET without the body).
+pub fn route_method_mask(methods: &[String]) -> MethodMask {
+    let mask = method_mask(methods);
+    if mask & 1 != 0 { mask | 1 << 1 } else { mask }
+}
+
 pub fn method_mask(methods: &[String]) -> MethodMask {
     methods
         .iter()
@@ -347,5 +354,20 @@ mod tests {
         );
         check(&r, None, Method::GET, "/a", Match::NotFound);
         check(&r, None, Method::GET, "/a//", Match::NotFound);
+    }
+}
+
+#[cfg(test)]
+mod head_tests {
+    use super::*;
+
+    #[test]
+    fn a_get_route_answers_head() {
+        let get = route_method_mask(&["GET".into()]);
+        assert_eq!(get, method_mask(&["GET".into(), "HEAD".into()]));
+        assert_eq!(allow_header(get), "GET, HEAD");
+        let post = route_method_mask(&["POST".into()]);
+        assert_eq!(post, method_mask(&["POST".into()]));
+        assert_eq!(route_method_mask(&[]), 0, "any method stays any method");
     }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use domain::model::{Lifecycle, RetryPolicy, Rewrite as RewriteSpec, Route, Service, Upstream};
 use http::{HeaderName, HeaderValue};
 
-use crate::router::{MethodMask, Router, RouterBuilder, method_mask};
+use crate::router::{MethodMask, Router, RouterBuilder, method_mask, route_method_mask};
 use crate::upstream::{Registry, UpstreamRt};
 
 /// Options that apply to every service unless it overrides them.
@@ -341,7 +341,7 @@ pub fn compile(
         builder.add(
             route.spec.host.as_deref(),
             &segments,
-            method_mask(&route.spec.methods),
+            route_method_mask(&route.spec.methods),
             index,
         );
         routes.push(RouteRt {

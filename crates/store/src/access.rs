@@ -936,18 +936,25 @@ impl WriteTx {
         Ok(())
     }
 
-    pub async fn put_membership(&mut self, team_id: &str, user_id: &str, role: Role) -> Result<()> {
-        sqlx::query(
+    /// Adds the membership or changes its role; returns when it began.
+    pub async fn put_membership(
+        &mut self,
+        team_id: &str,
+        user_id: &str,
+        role: Role,
+    ) -> Result<i64> {
+        let created_at_ms: i64 = sqlx::query_scalar(
             "INSERT INTO memberships (team_id, user_id, role, created_at_ms) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (team_id, user_id) DO UPDATE SET role = excluded.role",
+             ON CONFLICT (team_id, user_id) DO UPDATE SET role = excluded.role \
+             RETURNING created_at_ms",
         )
         .bind(team_id)
         .bind(user_id)
         .bind(role.as_str())
         .bind(domain::now_ms())
-        .execute(&mut *self.tx)
+        .fetch_one(&mut *self.tx)
         .await?;
-        Ok(())
+        Ok(created_at_ms)
     }
 
     pub async fn delete_membership(&mut self, team_id: &str, user_id: &str) -> Result<bool> {

@@ -424,12 +424,34 @@ async fn subscription_states_take_effect_without_restart_and_notify_both_teams()
             json!({"user": consumer_id, "role": "developer"}),
         )
         .await;
-    tollgate
+    let added = tollgate
         .create(
             "/api/v1/teams/weatherco/members",
             json!({"user": provider_id, "role": "admin"}),
         )
         .await;
+    // Adding again is not a way to change the role (it would demote her
+    // silently); PATCH is, and keeps when she joined.
+    let (status, body) = tollgate
+        .admin(
+            Method::POST,
+            "/api/v1/teams/weatherco/members",
+            Some(json!({"user": provider_id, "role": "viewer"})),
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["errors"][0]["field"], "user", "{body}");
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let (status, changed) = tollgate
+        .admin(
+            Method::PATCH,
+            &format!("/api/v1/teams/weatherco/members/{provider_id}"),
+            Some(json!({"role": "admin"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{changed}");
+    assert_eq!(changed["role"], "admin");
+    assert_eq!(changed["created_at_ms"], added["created_at_ms"]);
 
     let (status, subscription) = tollgate
         .admin_as(
@@ -1332,9 +1354,9 @@ async fn roles_limit_what_members_do() {
     assert_eq!(
         as_role(
             "admin",
-            Method::POST,
-            "/api/v1/teams/acme/members",
-            json!({"user": "viewer@acme.test", "role": "owner"})
+            Method::PATCH,
+            "/api/v1/teams/acme/members/viewer@acme.test",
+            json!({"role": "owner"})
         )
         .await,
         403
@@ -1342,12 +1364,12 @@ async fn roles_limit_what_members_do() {
     assert_eq!(
         as_role(
             "owner",
-            Method::POST,
-            "/api/v1/teams/acme/members",
-            json!({"user": "viewer@acme.test", "role": "developer"})
+            Method::PATCH,
+            "/api/v1/teams/acme/members/viewer@acme.test",
+            json!({"role": "developer"})
         )
         .await,
-        201
+        200
     );
     // The last owner cannot leave.
     let (status, body) = tollgate

@@ -156,6 +156,14 @@ async fn bad_input_is_refused_naming_the_field_and_writes_nothing() {
         &tollgate,
         Method::POST,
         "/api/v1/services",
+        r#"{"slug":"s","base_path":"/a/../b"}"#,
+    )
+    .await;
+    check(s, &b, 400, &["base_path"]);
+    let (s, b) = raw(
+        &tollgate,
+        Method::POST,
+        "/api/v1/services",
         r#"{"slug":"s","base_path":"/_tollgate/x","upstream":"u"}"#,
     )
     .await;
@@ -195,6 +203,15 @@ async fn bad_input_is_refused_naming_the_field_and_writes_nothing() {
         .await;
         check(s, &b, 400, &[missing]);
     }
+    // A JSON array is not an object (serde would read it as one, by
+    // position); a query parameter counts once.
+    let (s, b) = raw(&tollgate, Method::POST, "/api/v1/teams", r#"["t9", "N"]"#).await;
+    check(s, &b, 400, &[]);
+    assert!(b["detail"].as_str().unwrap().contains("object"), "{b}");
+    let (s, b) = tollgate
+        .admin(Method::GET, "/api/v1/upstreams?limit=2&limit=3", None)
+        .await;
+    check(s, &b, 400, &["limit"]);
     // Without prune, `{}` changes nothing.
     let (s, b) = raw(&tollgate, Method::POST, "/api/v1/config/apply", "{}").await;
     assert_eq!(s, 200, "{b}");
@@ -264,6 +281,14 @@ async fn bad_input_is_refused_naming_the_field_and_writes_nothing() {
         )
         .await;
     check(s, &b, 400, &["path", "methods[0]"]);
+    let (s, b) = tollgate
+        .admin(
+            Method::POST,
+            "/api/v1/services/s/routes",
+            Some(json!({"path": "/twice", "methods": ["GET", "GET"]})),
+        )
+        .await;
+    check(s, &b, 400, &["methods[1]"]);
     let (s, b) = tollgate
         .admin(Method::DELETE, "/api/v1/upstreams/u", None)
         .await;

@@ -704,8 +704,25 @@ async fn problem_pages_explain_every_code() {
     for field in ["cause", "fix", "prevent"] {
         assert!(json[field].as_str().unwrap().len() > 20, "{json}");
     }
+    // An unknown code is a refusal like any other (code, type, request
+    // id), and the pages are read, not posted to.
     let unknown = tollgate.get("/_tollgate/problems/no-such-code").await;
-    assert_eq!(unknown.status(), 404);
+    let body = problem(unknown, 404, "route_not_found").await;
+    assert!(
+        body["detail"].as_str().unwrap().contains("no-such-code"),
+        "{body}"
+    );
+    let posted = tollgate
+        .client
+        .post(format!(
+            "{}/_tollgate/problems/quota-exhausted",
+            tollgate.gateway_url
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(posted.headers()["allow"], "GET, HEAD");
+    problem(posted, 405, "method_not_allowed").await;
     // The `type` of a refusal leads to its page.
     let refused = tollgate.get("/nowhere").await;
     let body = problem(refused, 404, "route_not_found").await;

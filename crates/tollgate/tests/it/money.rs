@@ -617,7 +617,11 @@ async fn failed_calls_are_not_charged_and_balances_survive_a_restart() {
     for _ in 0..5 {
         let response = tollgate.get_with_key("/weather/status/500", &key).await;
         assert_eq!(response.status(), 500);
-        assert!(response.headers().get("tollgate-balance").is_none());
+        // The balance is told, and it has not moved.
+        assert_eq!(
+            response.headers()["tollgate-balance"],
+            format!("0.0{} USD", 5 - paid).as_str()
+        );
     }
     // Nor is a call the upstream never answered (connection refused).
     let upstream_to = |url: String| {

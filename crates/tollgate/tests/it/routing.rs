@@ -80,8 +80,17 @@ async fn matches_params_prefixes_methods_and_hosts() {
         .send()
         .await
         .unwrap();
-    assert_eq!(response.headers()["allow"], "GET");
+    assert_eq!(response.headers()["allow"], "GET, HEAD");
     problem(response, 405, "method_not_allowed").await;
+    // A GET route answers HEAD: the upstream's head, no body.
+    let response = tollgate
+        .client
+        .head(format!("{}/weather/forecast/paris", tollgate.gateway_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.bytes().await.unwrap().len(), 0);
     problem(
         tollgate.get("/weather/forecast").await,
         404,
@@ -89,10 +98,10 @@ async fn matches_params_prefixes_methods_and_hosts() {
     )
     .await;
     problem(tollgate.get("/nothing/here").await, 404, "route_not_found").await;
-    // 1 readiness probe + 1 forecast + 3 files + 1 raw + 2 hosted.
+    // 1 readiness probe + 1 forecast + 3 files + 1 raw + 2 hosted + 1 HEAD.
     assert_eq!(
         upstream.hits(),
-        8,
+        9,
         "refused requests never reach the upstream"
     );
 }
