@@ -221,6 +221,22 @@ pub async fn create_key(
     let expires_at_ms = spec.validate(now)?;
     let mut tx = state.store.begin().await?;
     let app = app_in(&mut tx, &caller, &app_key, Role::Developer).await?;
+    // A scope names a service the app could call: a typo would otherwise
+    // give a key that is refused everywhere.
+    let consumer = app.spec.team.clone().unwrap_or_default();
+    for (index, scope) in spec.scopes.iter().enumerate() {
+        let name = domain::access::Scope::parse(scope).map_or(scope.as_str(), |s| s.service);
+        let offered = tx
+            .service(name)
+            .await?
+            .is_some_and(|service| may_subscribe(&service, &consumer));
+        if !offered {
+            return Err(ApiError::field(
+                format!("scopes[{index}]"),
+                format!("no service '{name}' is offered to this app's team"),
+            ));
+        }
+    }
     let random = random_secret(40);
     if random.is_empty() {
         return Err(ApiError::internal("no random source"));

@@ -588,6 +588,10 @@ impl ApiError {
     /// Re-labels a conflict found while checking something else.
     fn within_field(mut self, field: &str) -> Self {
         for error in &mut self.errors {
+            // The detail names the field as the errors do.
+            if let Some(rest) = self.detail.strip_prefix(&format!("{}: ", error.field)) {
+                self.detail = format!("{field}: {rest}");
+            }
             error.field = field.to_owned();
         }
         self

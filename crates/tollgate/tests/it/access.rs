@@ -642,6 +642,23 @@ async fn scopes_ip_rules_and_tenant_checks() {
     let world = world(&tollgate, &upstream, json!({}), json!({})).await;
     let path = "/weather/forecast/lima";
 
+    // A scope names a service offered to the app's team.
+    let (status, body) = tollgate
+        .admin(
+            Method::POST,
+            "/api/v1/apps/acme-web/keys",
+            Some(json!({"scopes": ["weather", "mpas"]})),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["errors"][0]["field"], "scopes[1]", "{body}");
+    tollgate
+        .create(
+            "/api/v1/services",
+            json!({"slug": "maps", "team": "weatherco", "kind": "http", "base_path": "/maps",
+                "upstream": "weather-backend", "visibility": "catalog"}),
+        )
+        .await;
     let read_only = new_key(&tollgate, "acme-web", json!({"scopes": ["weather:read"]})).await;
     let elsewhere = new_key(&tollgate, "acme-web", json!({"scopes": ["maps"]})).await;
     // `elsewhere` was created last: once it is known, so is `read_only`.

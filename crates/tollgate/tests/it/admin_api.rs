@@ -289,6 +289,32 @@ async fn bad_input_is_refused_naming_the_field_and_writes_nothing() {
         )
         .await;
     check(s, &b, 400, &["methods[1]"]);
+    // Moving a service onto paths its routes would share: the conflict is
+    // the base path's, in the field and in the detail.
+    tollgate
+        .create(
+            "/api/v1/services",
+            json!({"slug": "w", "base_path": "/w", "upstream": "u"}),
+        )
+        .await;
+    tollgate
+        .create(
+            "/api/v1/services/w/routes",
+            json!({"methods": ["GET"], "path": "/items/{id}"}),
+        )
+        .await;
+    let (s, b) = tollgate
+        .admin(
+            Method::PATCH,
+            "/api/v1/services/w",
+            Some(json!({"base_path": "/s"})),
+        )
+        .await;
+    check(s, &b, 409, &["base_path"]);
+    assert!(
+        b["detail"].as_str().unwrap().starts_with("base_path: "),
+        "{b}"
+    );
     let (s, b) = tollgate
         .admin(Method::DELETE, "/api/v1/upstreams/u", None)
         .await;
