@@ -281,11 +281,10 @@ async fn run(
     request: Request<RequestBody>,
 ) -> Result<Response<GatewayBody>, Refusal> {
     if let Some(rest) = request.uri().path().strip_prefix("/_tollgate/") {
-        let pages = rest == "me"
-            || rest.starts_with("requests/")
-            || rest
-                .strip_prefix("problems")
-                .is_some_and(|r| r.is_empty() || r.starts_with('/'));
+        let problems = rest
+            .strip_prefix("problems")
+            .filter(|r| r.is_empty() || r.starts_with('/'));
+        let pages = rest == "me" || rest.starts_with("requests/") || problems.is_some();
         if pages && !matches!(*request.method(), Method::GET | Method::HEAD) {
             let mut refusal = Refusal::new(
                 Code::MethodNotAllowed,
@@ -313,10 +312,7 @@ async fn run(
             let name = name.to_owned();
             return Box::pin(hook(shared, &name, request)).await;
         }
-        if let Some(code) = rest
-            .strip_prefix("problems")
-            .filter(|r| r.is_empty() || r.starts_with('/'))
-        {
+        if let Some(code) = problems {
             return crate::me::problem_page(&request, code);
         }
         if let Some(response) = reserved(shared, rest) {
