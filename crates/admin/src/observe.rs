@@ -180,15 +180,47 @@ pub fn call_view(row: CallRow, currency: &str, visible: &store::Visible) -> Call
     }
 }
 
+/// What a provider reads in place of a refusal's words about the
+/// consumer's wallet.
+const WALLET_WITHHELD: &str = "The consuming team's wallet could not pay for this call (its balance is shown only to that team).";
+
+/// Removes the consumer's balance from a refusal (SPEC §4's problem, or an
+/// AI dialect's envelope around it): the `balance` member, and the
+/// sentences that state it (`detail`, `error.message`). Returns whether
+/// there was one.
+fn withhold_balance(value: &mut serde_json::Value) -> bool {
+    let Some(object) = value.as_object_mut() else {
+        return false;
+    };
+    if object.remove("balance").is_none() {
+        return false;
+    }
+    if object.contains_key("detail") {
+        object.insert("detail".into(), WALLET_WITHHELD.into());
+    }
+    if let Some(error) = object.get_mut("error").and_then(|e| e.as_object_mut())
+        && error.contains_key("message")
+    {
+        error.insert("message".into(), WALLET_WITHHELD.into());
+    }
+    true
+}
+
 fn hide_balance(entry: &mut CallEntry) {
     if let Some(problem) = &entry.problem
         && let Ok(mut value) = serde_json::from_str::<serde_json::Value>(problem)
-        && let Some(object) = value.as_object_mut()
-        && object.remove("balance").is_some()
+        && withhold_balance(&mut value)
     {
         entry.problem = Some(value.to_string());
     }
     if let Some(bodies) = entry.bodies.as_mut() {
+        // A logged refusal body is the same problem.
+        if let Some(body) = &bodies.response_body
+            && let Ok(mut value) = serde_json::from_str::<serde_json::Value>(body)
+            && withhold_balance(&mut value)
+        {
+            bodies.response_body = Some(value.to_string());
+        }
         bodies.response_headers = bodies
             .response_headers
             .lines()
@@ -980,7 +1012,28 @@ pub async fn metrics(
 
 #[cfg(test)]
 mod tests {
-    use super::{DAY_MS, Granularity, HOUR_MS, csv_field, pieces};
+    use super::{DAY_MS, Granularity, HOUR_MS, csv_field, pieces, withhold_balance};
+
+    /// A 402 in an AI dialect keeps its envelope; the balance goes from the
+    /// problem's members and from both messages that state it.
+    #[test]
+    fn the_balance_is_withheld_from_every_place_it_is_stated() {
+        let mut value = serde_json::json!({
+            "error": {"code": "insufficient_credit", "message": "team beta has 0.0002 USD left to spend"},
+            "code": "insufficient_credit",
+            "detail": "team beta has 0.0002 USD left to spend",
+            "balance": "0.0002",
+            "required": "0.01",
+        });
+        assert!(withhold_balance(&mut value));
+        let text = value.to_string();
+        assert!(!text.contains("0.0002"), "{text}");
+        assert_eq!(value["required"], "0.01");
+        assert_eq!(value["error"]["code"], "insufficient_credit");
+        let mut other = serde_json::json!({"code": "rate_limited", "detail": "slow down"});
+        assert!(!withhold_balance(&mut other));
+        assert_eq!(other["detail"], "slow down");
+    }
 
     /// Pieces cover the range exactly, each aligned to its granularity,
     /// with the coarsest rollups in the middle.

@@ -357,6 +357,9 @@ async fn calls_are_logged_counted_and_explained() {
             if call["status"] == 402 {
                 assert_eq!(call["problem"].get("balance").is_some(), consumer, "{call}");
                 assert_eq!(call["problem"]["required"], "0.01");
+                // Nor do the problem's words tell it.
+                let detail = call["problem"]["detail"].as_str().unwrap();
+                assert_eq!(detail.contains("left to spend"), consumer, "{call}");
             } else {
                 assert_eq!(call["upstream_target"].is_null(), consumer, "{call}");
             }
