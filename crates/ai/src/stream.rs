@@ -160,6 +160,36 @@ impl StreamTranslator {
         self.finished = true;
     }
 
+    /// The upstream stream broke off (cut, silent past the deadline, or
+    /// ended without closing and without any usage): tells the caller with
+    /// an error event in its dialect, unless the upstream's own error
+    /// already did, instead of the closing events that would make it look
+    /// complete (OpenAI's SDKs raise on a `data: {"error": …}` chunk,
+    /// Anthropic's on `event: error`). Whole events still pending are
+    /// passed on first. Idempotent, and nothing is added after
+    /// [`finish`](Self::finish).
+    pub fn abort(&mut self, message: &str, out: &mut Vec<u8>) {
+        if self.finished {
+            return;
+        }
+        let mut events = std::mem::take(&mut self.events);
+        self.parser.finish(&mut events);
+        for event in events.drain(..) {
+            if serde_json::from_str::<Value>(&event.data).is_ok() {
+                self.handle(&event, out);
+            }
+        }
+        if self.state.error.is_none() {
+            let error = UpstreamError {
+                kind: crate::ErrorKind::Server,
+                message: message.to_owned(),
+            };
+            self.mode.error(&error, out);
+            self.state.error = Some(error);
+        }
+        self.finished = true;
+    }
+
     /// Usage the upstream reported (None until it did).
     pub fn usage(&self) -> Option<Usage> {
         self.state.usage
@@ -647,6 +677,20 @@ impl Mode {
         }
     }
 
+    /// An error event of the gateway's own, in the caller's dialect.
+    fn error(&mut self, error: &UpstreamError, out: &mut Vec<u8>) {
+        match self {
+            Self::OpenAiPassthrough(_) | Self::ToOpenAi(_) => write_openai_error(out, error),
+            Self::AnthropicPassthrough(_) | Self::ToAnthropic(_) => {
+                write_anthropic_error(out, error);
+            }
+            Self::GeminiPassthrough => {
+                let body = json!({"error": {"code": 503, "message": error.message, "status": "UNAVAILABLE"}});
+                sse::write_data(out, &body.to_string());
+            }
+        }
+    }
+
     fn close(&mut self, state: &State, out: &mut Vec<u8>) {
         match self {
             Self::OpenAiPassthrough(pass) => pass.close(state, out),
@@ -907,16 +951,7 @@ impl OpenAiEncoder {
                     );
                 }
             }
-            Delta::Error(error) => {
-                let status = error.kind.status_for(Dialect::OpenAi);
-                let body = json!({"error": {
-                    "message": error.message,
-                    "type": openai_error_type(status),
-                    "param": null,
-                    "code": error.kind.code(),
-                }});
-                sse::write_data(out, &body.to_string());
-            }
+            Delta::Error(error) => write_openai_error(out, &error),
             Delta::Done => self.close(state, out),
             Delta::Usage(_) | Delta::Ping => {}
         }
@@ -1030,9 +1065,7 @@ impl AnthropicEncoder {
             }
             Delta::Ping => write_anthropic(out, json!({"type": "ping"})),
             Delta::Error(error) => {
-                let status = error.kind.status_for(Dialect::Anthropic);
-                let body = json!({"type": "error", "error": {"type": anthropic_error_type(status), "message": error.message}});
-                write_anthropic(out, body);
+                write_anthropic_error(out, &error);
                 // An error ends an Anthropic stream.
                 self.closed = true;
             }
@@ -1090,6 +1123,27 @@ impl AnthropicEncoder {
 }
 
 /// `event: <type>\ndata: <json>\n\n`.
+/// OpenAI's error chunk: `data: {"error": {…}}`.
+fn write_openai_error(out: &mut Vec<u8>, error: &UpstreamError) {
+    let status = error.kind.status_for(Dialect::OpenAi);
+    let body = json!({"error": {
+        "message": error.message,
+        "type": openai_error_type(status),
+        "param": null,
+        "code": error.kind.code(),
+    }});
+    sse::write_data(out, &body.to_string());
+}
+
+/// Anthropic's `event: error`.
+fn write_anthropic_error(out: &mut Vec<u8>, error: &UpstreamError) {
+    let status = error.kind.status_for(Dialect::Anthropic);
+    write_anthropic(
+        out,
+        json!({"type": "error", "error": {"type": anthropic_error_type(status), "message": error.message}}),
+    );
+}
+
 fn write_anthropic(out: &mut Vec<u8>, body: Value) {
     let kind = body
         .get("type")

@@ -909,3 +909,41 @@ fn reasoning_deltas_become_a_thinking_block() {
             + crate::count_text_tokens("2")
     );
 }
+
+/// A stream that breaks off ends with an error event in the caller's
+/// dialect, never with what closes a complete stream; an error of the
+/// upstream's own is not repeated.
+#[test]
+fn a_broken_stream_ends_with_an_error_event_not_a_close() {
+    let first = "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"Hel\"},\"finish_reason\":null}]}\n\n";
+    for caller in [Dialect::OpenAi, Dialect::Anthropic] {
+        let mut translator =
+            StreamTranslator::new(Dialect::OpenAi, caller, options(true, "id", "m"));
+        let mut out = Vec::new();
+        translator.push(first.as_bytes(), &mut out);
+        // A cut-off line is not forwarded.
+        translator.push(b"data: {\"garb", &mut out);
+        translator.abort("The provider's stream broke off.", &mut out);
+        translator.abort("again", &mut out);
+        translator.finish(&mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("Hel"), "{text}");
+        assert!(!text.contains("garb"), "{text}");
+        assert_eq!(
+            text.matches("The provider's stream broke off.").count(),
+            1,
+            "{text}"
+        );
+        assert!(!text.contains("again"), "{text}");
+        assert!(!text.contains("[DONE]"), "{text}");
+        assert!(!text.contains("message_stop"), "{text}");
+        match caller {
+            Dialect::OpenAi => {
+                let last = openai_events(&text).pop().unwrap();
+                assert_eq!(last["error"]["code"], "upstream_error", "{text}");
+            }
+            _ => assert!(text.contains("event: error\n"), "{text}"),
+        }
+        assert!(translator.upstream_error().is_some());
+    }
+}

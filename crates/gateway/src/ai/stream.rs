@@ -70,6 +70,18 @@ impl Mode {
         }
     }
 
+    /// The stream broke off: the caller is told so in its dialect (see
+    /// `ai::StreamTranslator::abort`), not sent what closes a stream.
+    fn abort(&mut self, message: &str, out: &mut Vec<u8>) {
+        match self {
+            Mode::Translate(translator) => translator.abort(message, out),
+            Mode::Responses(..) => {
+                let body = serde_json::json!({"type": "error", "code": "upstream_error", "message": message, "param": null});
+                out.extend_from_slice(format!("event: error\ndata: {body}\n\n").as_bytes());
+            }
+        }
+    }
+
     fn usage(&self) -> Option<ai::Usage> {
         match self {
             Mode::Translate(translator) => translator.usage(),
@@ -107,6 +119,18 @@ impl Mode {
             Mode::Responses(_, usage, _) => usage.is_some(),
         }
     }
+}
+
+/// How a stream came to its end.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// The provider finished its answer.
+    Completed,
+    /// The provider's stream broke off, ended unfinished or ran past the
+    /// total timeout.
+    Broken,
+    /// The caller went away first.
+    CallerLeft,
 }
 
 /// What settling the call needs.
@@ -175,13 +199,15 @@ impl AiStream {
     /// Charges the call once: the usage the upstream reported when the
     /// stream `completed`; else at least what was produced. In strict mode
     /// and when `wait`, the charge is committed through [`Self::commit`].
-    fn settle(&mut self, completed: bool, wait: bool) {
+    fn settle(&mut self, ending: Ending, wait: bool) {
         let Some(mut charge) = self.charge.take() else {
             return;
         };
-        if self.mode.failed() && self.mode.produced() == 0 {
-            // The provider failed inside its stream before producing
-            // anything: like a 5xx, not charged (dropping gives it back).
+        let completed = ending == Ending::Completed;
+        if self.mode.produced() == 0 && (self.mode.failed() || ending == Ending::Broken) {
+            // The provider failed inside its stream, or it broke off,
+            // before producing anything: like a 5xx, not charged
+            // (dropping gives it back). A caller who left is charged.
             if let Some(record) = self.record.as_mut() {
                 record.completed = completed;
             }
@@ -225,12 +251,17 @@ impl AiStream {
         }
     }
 
-    /// Ends the stream with `out` and what closes it; charges the call.
-    /// The last frame to send, unless it waits for the commit ([`Self::tail`]).
-    fn end(&mut self, completed: bool, mut out: Vec<u8>) -> Option<Bytes> {
+    /// Ends the stream with `out` and what closes it (or, broken off, an
+    /// error event saying `why`); charges the call. The last frame to send,
+    /// unless it waits for the commit ([`Self::tail`]).
+    fn end(&mut self, ending: Ending, mut out: Vec<u8>, why: &str) -> Option<Bytes> {
         self.done = true;
-        self.mode.finish(&mut out);
-        self.settle(completed, true);
+        if ending == Ending::Broken {
+            self.mode.abort(why, &mut out);
+        } else {
+            self.mode.finish(&mut out);
+        }
+        self.settle(ending, true);
         self.bytes_out += out.len() as u64;
         let last = (!out.is_empty()).then(|| Bytes::from(out));
         if self.commit.is_some() {
@@ -254,7 +285,7 @@ impl Drop for AiStream {
             );
             runtime.spawn(commit);
         }
-        self.settle(false, false);
+        self.settle(Ending::CallerLeft, false);
         if let Some(mut record) = self.record.take() {
             record.bytes_out = self.bytes_out;
             record.ai = Some(Box::new(std::mem::take(&mut self.call)));
@@ -288,7 +319,11 @@ impl Body for AiStream {
             // What closes the stream; `None` when it waits for the commit
             // (polled at the top of the loop).
             let last = if this.deadline.as_mut().poll(cx).is_ready() {
-                this.end(false, Vec::new())
+                this.end(
+                    Ending::Broken,
+                    Vec::new(),
+                    "The provider did not finish its answer within the service's total timeout.",
+                )
             } else {
                 match Pin::new(&mut this.inner).poll_frame(cx) {
                     Poll::Pending => return Poll::Pending,
@@ -303,7 +338,7 @@ impl Body for AiStream {
                         }
                         if this.mode.closed() && this.charge.as_ref().is_some_and(|c| c.strict) {
                             // Strict: the closing events wait for the commit.
-                            this.end(true, out)
+                            this.end(Ending::Completed, out, "")
                         } else if out.is_empty() {
                             continue;
                         } else {
@@ -313,9 +348,22 @@ impl Body for AiStream {
                     }
                     Poll::Ready(Some(Err(error))) => {
                         tracing::debug!(%error, "provider stream broke off");
-                        this.end(false, Vec::new())
+                        this.end(
+                            Ending::Broken,
+                            Vec::new(),
+                            "The provider's stream broke off before the answer was complete.",
+                        )
                     }
-                    Poll::Ready(None) => this.end(true, Vec::new()),
+                    // The upstream ended its stream: complete when it said
+                    // so or reported the usage (Gemini's streams just end).
+                    Poll::Ready(None) if this.mode.closed() || this.mode.usage().is_some() => {
+                        this.end(Ending::Completed, Vec::new(), "")
+                    }
+                    Poll::Ready(None) => this.end(
+                        Ending::Broken,
+                        Vec::new(),
+                        "The provider ended its stream without completing the answer.",
+                    ),
                 }
             };
             if this.commit.is_none() {

@@ -1714,3 +1714,55 @@ async fn usage_events_of_ai_calls_carry_model_and_tokens() {
     assert_eq!(streamed["cost_nanos"], cost(300, 40));
     assert_eq!(streamed["cost_nanos"], charge_of(&charges, &streamed_id));
 }
+
+/// A stream the provider stops feeding (silent past `first_token_ms`
+/// between events) ends with an error event in the caller's dialect,
+/// never with `[DONE]`; it is charged for what it produced, and not at
+/// all when it produced nothing.
+#[tokio::test]
+async fn a_stream_that_breaks_off_says_so_and_charges_only_what_it_produced() {
+    let (openai, anthropic, gemini) = fakes().await;
+    let tollgate = Tollgate::start(BIN).await;
+    let world = ai_world(&tollgate, &openai, &anthropic, &gemini, json!({})).await;
+    let mut ids = Vec::new();
+    for (hang_after, produced) in [(1, false), (10, true)] {
+        let words: Vec<String> = (0..50).map(|n| format!("word{n}")).collect();
+        openai.push(Reply::text(&words.join(" "), Usage::new(100, 400)));
+        openai.hang_after(hang_after);
+        let mut response = post(
+            &tollgate,
+            "/v1/chat/completions",
+            &world.key,
+            json!({"model": "oai/gpt-test", "stream": true, "messages": [{"role": "user", "content": "Count"}]}),
+        )
+        .await;
+        assert_eq!(response.status(), 200);
+        ids.push(id_of(&response));
+        let mut received = String::new();
+        assert!(
+            read_stream(&mut response, &mut received, Duration::from_secs(6)).await,
+            "the gateway ends the stream: {received}"
+        );
+        assert_eq!(received.contains("word1"), produced, "{received}");
+        assert!(!received.contains("[DONE]"), "{received}");
+        let last = received
+            .trim_end()
+            .rsplit("\n\n")
+            .next()
+            .unwrap()
+            .trim_start_matches("data: ");
+        let last: Value = serde_json::from_str(last).unwrap();
+        assert_eq!(last["error"]["code"], "upstream_error", "{received}");
+    }
+    openai.no_hang();
+    // Only the second was charged: some output, less than the whole answer.
+    let charges = charges(&tollgate, 1).await;
+    assert!(charges.iter().all(|(id, _)| id != &ids[0]), "{charges:?}");
+    let charged = charge_of(&charges, &ids[1]);
+    assert!(charged > cost(5, 0), "{charged}");
+    assert!(charged < cost(100, 400), "{charged}");
+    let balance = wallet(&tollgate, "acme").await["balance_nanos"]
+        .as_i64()
+        .unwrap();
+    assert_eq!(balance, 10_000_000_000 - charged);
+}
