@@ -213,7 +213,7 @@ pub(crate) fn identify_key<'s, B>(
     found.ok_or_else(|| {
         Refusal::new(
             Code::MissingCredentials,
-            "Send your app's key ('Authorization: Bearer tg_…' or 'X-API-Key: tg_…') to see its balance, subscriptions and quotas.",
+            "This needs your app's API key: send 'Authorization: Bearer tg_…' or 'X-API-Key: tg_…'. Create a key for your app in the portal.",
         )
     })
 }

@@ -296,6 +296,7 @@ pub(crate) async fn handle(
                     .as_ref()
                     .map(|(code, detail)| (*code, detail.as_str())),
             );
+            trace.refused = Some(refusal.code);
             let mut response =
                 refusal.into_response(&context.request_id, &shared.options.public_url);
             if let Ok(value) = HeaderValue::from_str(&challenge) {

@@ -104,6 +104,10 @@ pub(crate) struct Trace {
     pub ids: Option<domain::calls::TraceIds>,
     /// AI calls: provider, model, tokens.
     pub ai: Option<Box<crate::ai::AiCall>>,
+    /// A refusal answered as a response of its own (an AI provider's
+    /// error relayed in the caller's dialect, `/mcp`'s 401 with its
+    /// challenge): its code, for the call log and metrics.
+    pub refused: Option<Code>,
 }
 
 impl RequestContext {
@@ -225,7 +229,7 @@ pub(crate) async fn handle(
     if let Some(mut record) = call.record.take() {
         call.fill(&mut record);
         record.status = response.status().as_u16();
-        record.code = refused;
+        record.code = refused.or(call.trace.refused);
         match response.body_mut() {
             GatewayBody::Upstream(body) => body.log_on_end(record),
             GatewayBody::Ai(body) => body.log_on_end(record),
@@ -235,7 +239,7 @@ pub(crate) async fn handle(
             }
             GatewayBody::Full(data) => {
                 record.bytes_out = data.as_ref().map_or(0, |d| d.len() as u64);
-                if refused.is_some() {
+                if record.code.is_some() {
                     record.problem = data.clone();
                 }
                 record.completed = true;

@@ -765,7 +765,7 @@ impl Call<'_> {
                         break;
                     }
                     ai::ErrorKind::InvalidRequest | ai::ErrorKind::NotFound => {
-                        return Ok(self.relay_error(&error, None));
+                        return Ok(self.relay_error(trace, &error, None));
                     }
                 }
             }
@@ -787,7 +787,7 @@ impl Call<'_> {
                     ));
                     return Err(refusal);
                 }
-                Ok(self.relay_error(&error, retry_after))
+                Ok(self.relay_error(trace, &error, retry_after))
             }
             None => Err(Refusal::new(
                 Code::NoHealthyUpstream,
@@ -1145,14 +1145,40 @@ impl Call<'_> {
         }
     }
 
-    /// An upstream error, in the caller's dialect, with the problem fields.
+    /// An upstream error, in the caller's dialect (its envelope keeps the
+    /// provider's kind of error: `context_length_exceeded`…), with the
+    /// problem members of SPEC §4 beside it, under the Tollgate code the
+    /// call log records.
     fn relay_error(
         &self,
+        trace: &mut Trace,
         error: &ai::UpstreamError,
         retry_after: Option<HeaderValue>,
     ) -> Response<GatewayBody> {
         let caller = self.endpoint.dialect();
+        let code = match error.kind {
+            ai::ErrorKind::ContextLength | ai::ErrorKind::InvalidRequest => Code::BadRequest,
+            ai::ErrorKind::NotFound => Code::ModelNotFound,
+            ai::ErrorKind::RateLimited => Code::RateLimited,
+            ai::ErrorKind::Auth
+            | ai::ErrorKind::Server
+            | ai::ErrorKind::Overloaded
+            | ai::ErrorKind::Other => Code::UpstreamError,
+        };
+        trace.refused = Some(code);
+        let public_url = &self.shared.options.public_url;
         let mut extra = serde_json::Map::new();
+        extra.insert(
+            "type".into(),
+            format!("{public_url}/_tollgate/problems/{}", code.slug()).into(),
+        );
+        extra.insert("title".into(), code.title().into());
+        extra.insert("status".into(), error.kind.status_for(caller).into());
+        extra.insert(
+            "detail".into(),
+            format!("The provider answered: {}", error.message).into(),
+        );
+        extra.insert("code".into(), code.as_str().into());
         extra.insert(
             "request_id".into(),
             self.context.request_id.to_str().unwrap_or_default().into(),

@@ -721,6 +721,18 @@ async fn fallbacks_and_key_rotation() {
             .contains("temperature"),
         "{body}"
     );
+    // The envelope keeps the provider's kind of error; SPEC §4's members
+    // stand beside it.
+    assert_eq!(body["error"]["code"], "invalid_request", "{body}");
+    assert_eq!(body["code"], "bad_request", "{body}");
+    assert_eq!(body["status"], 400, "{body}");
+    assert!(
+        body["type"]
+            .as_str()
+            .unwrap()
+            .ends_with("/_tollgate/problems/bad-request"),
+        "{body}"
+    );
     assert_eq!(anthropic.hits(), hits);
 
     // Every target failing: 502 in the caller's dialect, nothing charged.
@@ -736,10 +748,33 @@ async fn fallbacks_and_key_rotation() {
     )
     .await;
     assert_eq!(response.status(), 502);
+    let request_id = id_of(&response);
     let body: Value = response.json().await.unwrap();
     assert!(body["error"]["message"].is_string(), "{body}");
+    assert_eq!(body["code"], "upstream_error", "{body}");
+    assert_eq!(body["status"], 502, "{body}");
+    assert_eq!(body["request_id"], request_id.as_str(), "{body}");
+    assert!(!body["title"].as_str().unwrap().is_empty(), "{body}");
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(ledger(&tollgate, "acme", "&kind=charge").await.len(), 8);
+    // The call log knows it by its code.
+    let started = std::time::Instant::now();
+    loop {
+        let (_, logs) = tollgate
+            .admin(
+                Method::GET,
+                &format!("/api/v1/logs?request_id={request_id}"),
+                None,
+            )
+            .await;
+        if let Some(call) = logs["data"].as_array().and_then(|calls| calls.first()) {
+            assert_eq!(call["code"], "upstream_error", "{call}");
+            assert_eq!(call["problem"]["code"], "upstream_error", "{call}");
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "{logs}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test]

@@ -158,6 +158,10 @@ async fn the_official_mcp_sdk_lists_and_calls_tools_over_every_version() {
         .await
         .unwrap();
     assert_eq!(response.status(), 401);
+    let unauthenticated = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
     let challenge = response.headers()["www-authenticate"]
         .to_str()
         .unwrap()
@@ -237,6 +241,17 @@ async fn the_official_mcp_sdk_lists_and_calls_tools_over_every_version() {
     assert_eq!(chats, 3, "{charges:?}");
     // The refused call never reached the upstream: 3 weather calls did.
     assert_eq!(upstream.hits(), 3);
+    // The 401 is logged by its code, like any refusal.
+    let (_, logs) = tollgate
+        .admin(
+            Method::GET,
+            &format!("/api/v1/logs?request_id={unauthenticated}"),
+            None,
+        )
+        .await;
+    let call = &logs["data"][0];
+    assert_eq!(call["status"], 401, "{logs}");
+    assert_eq!(call["code"], "missing_credentials", "{call}");
 }
 
 /// One JSON-RPC exchange on `/mcp` (the 2025-11-25 session flow).
