@@ -635,18 +635,28 @@ impl Call<'_> {
             };
             let mut tried = vec![false; provider.keys.len().max(1)];
             loop {
-                let Some(key) = provider.pick_key(&tried, domain::now_ms()) else {
+                let now_ms = domain::now_ms();
+                let Some(key) = provider.pick_key(&tried, now_ms) else {
                     if last.is_none() || !tried.contains(&true) {
-                        last = Some(Failure::Refusal(
-                            Refusal::new(
+                        last = Some(Failure::Refusal(match provider.resting(now_ms) {
+                            rt::Resting::RateLimited { retry_after_s } => Refusal::new(
                                 Code::RateLimited,
                                 format!(
-                                    "Every key of the provider '{}' is resting after a 429. Try again shortly.",
+                                    "Every key of the provider '{}' is resting after a 429. Try again in {retry_after_s} s.",
                                     provider.slug
                                 ),
                             )
-                            .with_header(header::RETRY_AFTER, HeaderValue::from_static("30")),
-                        ));
+                            .with_header(header::RETRY_AFTER, HeaderValue::from(retry_after_s)),
+                            // Waiting does not help: the operator must fix
+                            // the provider's keys.
+                            rt::Resting::Refused => Refusal::new(
+                                Code::UpstreamError,
+                                format!(
+                                    "The provider '{}' refused the gateway's credentials or account. The service's operators have been told; try again later.",
+                                    provider.slug
+                                ),
+                            ),
+                        }));
                     }
                     break;
                 };
@@ -720,17 +730,20 @@ impl Call<'_> {
                 };
                 match kind {
                     ai::ErrorKind::RateLimited => {
+                        let rest = retry_after
+                            .as_ref()
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|v| v.trim().parse::<u64>().ok())
+                            .map(Duration::from_secs)
+                            .or_else(|| retry_delay(&error_bytes))
+                            .unwrap_or(DEFAULT_COOL_DOWN)
+                            .max(Duration::from_secs(1));
                         if let Some(index) = key {
-                            let rest = retry_after
-                                .as_ref()
-                                .and_then(|v| v.to_str().ok())
-                                .and_then(|v| v.trim().parse::<u64>().ok())
-                                .map(Duration::from_secs)
-                                .or_else(|| retry_delay(&error_bytes))
-                                .unwrap_or(DEFAULT_COOL_DOWN)
-                                .max(Duration::from_secs(1));
                             provider.keys[index].cool_down(domain::now_ms(), rest);
                         }
+                        // The caller waits as long as the key rests (the
+                        // provider may have said so in its body only).
+                        let retry_after = Some(HeaderValue::from(rest.as_secs()));
                         last = Some(Failure::Upstream { error, retry_after });
                         // Another key of the pool, if one is left.
                         continue;
@@ -748,7 +761,7 @@ impl Call<'_> {
                         // The key rests; another key or target is tried.
                         tracing::warn!(provider = %provider.slug, key = key.map(|k| provider.keys[k].id.as_str()), status, message = %error.message, "provider refused the gateway's key or account");
                         if let Some(index) = key {
-                            provider.keys[index].cool_down(domain::now_ms(), AUTH_COOL_DOWN);
+                            provider.keys[index].refuse(domain::now_ms(), AUTH_COOL_DOWN);
                         }
                         last = Some(Failure::Refusal(Refusal::new(
                             Code::UpstreamError,

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
 
 use domain::ai::{AiSpec, TokenPricesNanos};
@@ -73,17 +73,29 @@ impl AuthStyle {
     }
 }
 
-/// One key of a provider's pool, with its cool-down after a 429. Kept
-/// across reloads (by key id) so a cooled key stays cooled.
+/// One key of a provider's pool, with its cool-down after a 429 (or after
+/// the provider refused it). Kept across reloads (by key id) so a cooled
+/// key stays cooled.
 #[derive(Debug)]
 pub struct KeyRt {
     pub id: String,
     /// The header value as sent (`Bearer sk-…` or the bare key).
     pub value: HeaderValue,
     cool_until_ms: AtomicI64,
+    /// It rests because the provider refused it (401/403), not for a 429.
+    refused: AtomicBool,
 }
 
 impl KeyRt {
+    pub fn new(id: String, value: HeaderValue) -> Self {
+        Self {
+            id,
+            value,
+            cool_until_ms: AtomicI64::new(0),
+            refused: AtomicBool::new(false),
+        }
+    }
+
     pub fn usable(&self, now_ms: i64) -> bool {
         self.cool_until_ms.load(Ordering::Relaxed) <= now_ms
     }
@@ -92,7 +104,25 @@ impl KeyRt {
     pub fn cool_down(&self, now_ms: i64, duration: Duration) {
         let until = now_ms.saturating_add(i64::try_from(duration.as_millis()).unwrap_or(i64::MAX));
         self.cool_until_ms.fetch_max(until, Ordering::Relaxed);
+        self.refused.store(false, Ordering::Relaxed);
     }
+
+    /// Rests the key the provider refused (401/403) for `duration`.
+    pub fn refuse(&self, now_ms: i64, duration: Duration) {
+        self.cool_down(now_ms, duration);
+        self.refused.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Why no key of a provider can be used now.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Resting {
+    /// Keys rest after a 429: the first is usable again in this many
+    /// seconds (at least 1).
+    RateLimited { retry_after_s: u64 },
+    /// Every resting key was refused by the provider: the operator must
+    /// act; waiting will not help the caller.
+    Refused,
 }
 
 /// Key states by key id, kept across reloads.
@@ -127,6 +157,25 @@ impl ProviderRt {
                 !tried.get(index).copied().unwrap_or(true) && self.keys[index].usable(now_ms)
             })
             .map(Some)
+    }
+}
+
+impl ProviderRt {
+    /// Why its keys all rest (call when [`Self::pick_key`] found none):
+    /// any rate-limited one decides, by when it is usable again.
+    pub fn resting(&self, now_ms: i64) -> Resting {
+        let soonest = self
+            .keys
+            .iter()
+            .filter(|key| !key.usable(now_ms) && !key.refused.load(Ordering::Relaxed))
+            .map(|key| key.cool_until_ms.load(Ordering::Relaxed) - now_ms)
+            .min();
+        match soonest {
+            Some(ms) => Resting::RateLimited {
+                retry_after_s: u64::try_from(ms).unwrap_or(0).div_ceil(1000).max(1),
+            },
+            None => Resting::Refused,
+        }
     }
 }
 
@@ -402,20 +451,10 @@ pub fn compile(
                         .entry(id.clone())
                         .and_modify(|existing| {
                             if existing.value != value {
-                                *existing = Arc::new(KeyRt {
-                                    id: id.clone(),
-                                    value: value.clone(),
-                                    cool_until_ms: AtomicI64::new(0),
-                                });
+                                *existing = Arc::new(KeyRt::new(id.clone(), value.clone()));
                             }
                         })
-                        .or_insert_with(|| {
-                            Arc::new(KeyRt {
-                                id: id.clone(),
-                                value: value.clone(),
-                                cool_until_ms: AtomicI64::new(0),
-                            })
-                        });
+                        .or_insert_with(|| Arc::new(KeyRt::new(id.clone(), value.clone())));
                     Some(key.clone())
                 })
                 .collect();
@@ -646,11 +685,10 @@ mod tests {
             auth: AuthStyle::Bearer,
             keys: (0..keys)
                 .map(|i| {
-                    Arc::new(KeyRt {
-                        id: i.to_string(),
-                        value: HeaderValue::from_static("Bearer k"),
-                        cool_until_ms: AtomicI64::new(0),
-                    })
+                    Arc::new(KeyRt::new(
+                        i.to_string(),
+                        HeaderValue::from_static("Bearer k"),
+                    ))
                 })
                 .collect(),
         }
@@ -676,5 +714,26 @@ mod tests {
         let tried = [true, false, true];
         assert_eq!(pool.pick_key(&tried, 1_500), None);
         assert_eq!(pool.pick_key(&tried, 2_000), Some(Some(1)));
+    }
+
+    /// A caller told to wait is told how long the first rate-limited key
+    /// rests; keys the provider refused are not worth waiting for.
+    #[test]
+    fn resting_keys_say_how_long_or_that_waiting_will_not_help() {
+        let refused = provider(2);
+        refused.keys[0].refuse(0, Duration::from_secs(300));
+        refused.keys[1].refuse(0, Duration::from_secs(300));
+        assert_eq!(refused.resting(1_000), Resting::Refused);
+        let pool = provider(2);
+        pool.keys[0].refuse(0, Duration::from_secs(300));
+        pool.keys[1].cool_down(1_000, Duration::from_millis(7_000));
+        assert_eq!(
+            pool.resting(1_500),
+            Resting::RateLimited { retry_after_s: 7 }
+        );
+        assert_eq!(
+            pool.resting(7_900),
+            Resting::RateLimited { retry_after_s: 1 }
+        );
     }
 }

@@ -1801,3 +1801,48 @@ async fn a_stream_that_breaks_off_says_so_and_charges_only_what_it_produced() {
         .unwrap();
     assert_eq!(balance, 10_000_000_000 - charged);
 }
+
+/// A provider that refuses the gateway's key is the operator's problem:
+/// 502 on every call while the key rests, never a 429 asking the caller
+/// to wait. Keys resting after a 429 tell the caller how long.
+#[tokio::test]
+async fn resting_keys_answer_for_why_they_rest() {
+    let (openai, anthropic, gemini) = fakes().await;
+    let tollgate = Tollgate::start(BIN).await;
+    let world = ai_world(&tollgate, &openai, &anthropic, &gemini, json!({})).await;
+    anthropic.set_keys(&["not-the-gateways"]);
+    for _ in 0..2 {
+        let response = post(
+            &tollgate,
+            "/v1/messages",
+            &world.key,
+            json!({"model": "claude/claude-test", "max_tokens": 10, "messages": [{"role": "user", "content": "Hi"}]}),
+        )
+        .await;
+        assert_eq!(response.status(), 502);
+        assert!(response.headers().get("retry-after").is_none());
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["code"], "upstream_error", "{body}");
+    }
+    assert_eq!(anthropic.hits(), 1, "the refused key rests");
+
+    openai.rate_limit_key_for("sk-test-one", 7);
+    openai.rate_limit_key_for("sk-test-two", 7);
+    for _ in 0..2 {
+        let response = post(
+            &tollgate,
+            "/v1/chat/completions",
+            &world.key,
+            json!({"model": "oai/gpt-test", "messages": [{"role": "user", "content": "Hi"}]}),
+        )
+        .await;
+        assert_eq!(response.status(), 429);
+        let wait: u64 = response.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((1..=7).contains(&wait), "{wait}");
+    }
+    assert_eq!(openai.hits(), 2, "each key tried once, then both rest");
+}
