@@ -117,7 +117,10 @@ impl ApiError {
             "body_too_large" => "Request body too large",
             "method_not_allowed" => "Method not allowed",
             "unavailable" => "Storage unavailable",
-            _ => "Internal error",
+            "internal_error" => "Internal error",
+            // Codes of one endpoint (`payment_provider_refused`…): the
+            // status says what kind of problem it is.
+            _ => self.status.canonical_reason().unwrap_or("Error"),
         }
     }
 }

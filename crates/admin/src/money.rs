@@ -163,6 +163,11 @@ pub async fn list_ledger(
         since_ms: time("since")?,
         until_ms: time("until")?,
     };
+    if let (Some(since), Some(until)) = (filter.since_ms, filter.until_ms)
+        && since >= until
+    {
+        return Err(ApiError::field("until", "must be after since"));
+    }
     let csv = match params.filter("format") {
         None | Some("json") => false,
         Some("csv") => true,

@@ -242,6 +242,7 @@ pub(crate) async fn handle(
             "`model` is required: name a model (<provider>/<model>) or an alias; GET /v1/models lists those your key may use.",
         ));
     };
+    check_types(&json)?;
     let head = Request::from_parts(parts, ());
     let service_index = choose_service(&snapshot.ai, scoped, &model, &snapshot, &head)?;
     let service = &snapshot.ai.services[service_index];
@@ -1611,4 +1612,36 @@ async fn collect_limited(
         }
     }
     Ok(out.freeze())
+}
+
+/// The fields whose type the gateway relies on (streaming, the output
+/// bound it reserves for, the number of choices): a wrong type is the
+/// caller's mistake, refused now rather than silently replaced or sent on.
+fn check_types(json: &Value) -> Result<(), Refusal> {
+    if json
+        .get("stream")
+        .is_some_and(|v| !v.is_boolean() && !v.is_null())
+    {
+        return Err(Refusal::new(
+            Code::BadRequest,
+            "`stream` must be true or false.",
+        ));
+    }
+    for name in [
+        "max_tokens",
+        "max_completion_tokens",
+        "max_output_tokens",
+        "n",
+    ] {
+        if let Some(value) = json.get(name)
+            && !value.is_null()
+            && value.as_u64().is_none_or(|n| n == 0)
+        {
+            return Err(Refusal::new(
+                Code::BadRequest,
+                format!("`{name}` must be a positive integer."),
+            ));
+        }
+    }
+    Ok(())
 }

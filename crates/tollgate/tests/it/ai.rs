@@ -895,6 +895,23 @@ async fn the_affordability_cap_and_402_in_each_dialect() {
     assert_eq!(response.status(), 400);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], "bad_request");
+    // Fields of the wrong type are refused, not replaced or sent on.
+    for (field, value) in [
+        ("max_tokens", json!("10")),
+        ("stream", json!("yes")),
+        ("n", json!(0)),
+    ] {
+        let mut request =
+            json!({"model": "oai/gpt-test", "messages": [{"role": "user", "content": "Hi"}]});
+        request[field] = value;
+        let response = post(&tollgate, "/v1/chat/completions", &world.key, request).await;
+        assert_eq!(response.status(), 400, "{field}");
+        let body: Value = response.json().await.unwrap();
+        assert!(
+            body["error"]["message"].as_str().unwrap().contains(field),
+            "{body}"
+        );
+    }
     let response = tollgate
         .client
         .post(format!("{}/v1/chat/completions", tollgate.gateway_url))

@@ -241,6 +241,18 @@ async fn adjustments_filters_csv_and_who_may_move_money() {
     );
     let future = ledger(&tollgate, "acme", "&since=2100-01-01T00:00:00Z").await;
     assert!(future.is_empty());
+    // An inverted range is a mistake, not an empty answer.
+    let (status, body) = tollgate
+        .admin(
+            Method::GET,
+            "/api/v1/teams/acme/wallet/ledger?since=2030-01-01T00:00:00Z&until=2020-01-01T00:00:00Z",
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status.as_u16(), &body["errors"][0]["field"]),
+        (400, &json!("until"))
+    );
     let csv = tollgate
         .client
         .get(format!(

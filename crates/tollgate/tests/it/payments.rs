@@ -212,6 +212,7 @@ async fn checkout_amounts_roles_and_provider_errors() {
     let (status, body) = checkout(&tollgate, json!({"amount": "0.10"}), None).await;
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["code"], "payment_provider_refused");
+    assert_eq!(body["title"], "Bad Request", "{body}");
     assert!(
         body["detail"].as_str().unwrap().contains("at least $0.50"),
         "{body}"
