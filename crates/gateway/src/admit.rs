@@ -486,10 +486,11 @@ fn open(route: &RouteRt, mut admission: Admission) -> Result<Admission, Refusal>
 /// Admits a call paid per request (x402): the service's IP rules and the
 /// route's limits; the payment header is not forwarded.
 pub(crate) fn admit_paid<B>(
+    snapshot: &Snapshot,
     route: &RouteRt,
     request: &Request<B>,
-    peer: IpAddr,
-    trusted_proxies: &[domain::net::Cidr],
+    (peer, trusted_proxies): (IpAddr, &[domain::net::Cidr]),
+    who: &mut crate::calls::Who,
 ) -> Result<Admission, Refusal> {
     let service = &route.service;
     if !service.ip.is_empty() {
@@ -506,8 +507,17 @@ pub(crate) fn admit_paid<B>(
     }
     // A Tollgate key sent along is not the upstream's business either.
     let mut carriers = strip::PAYMENT;
-    for (_, source) in credentials(request) {
+    let now_ms = now_epoch_ms();
+    for (token, source) in credentials(request) {
         carriers |= source.strip_bit();
+        // The payment pays, not the key; but a valid key names the caller
+        // in the call log, so its team sees the call (and can look it up).
+        if who.key.is_none()
+            && let Ok(key) = resolve_key(snapshot, token, now_ms)
+        {
+            who.app = Some(key.app.clone());
+            who.key = Some(key.clone());
+        }
     }
     let admission = Admission {
         strip: carriers,

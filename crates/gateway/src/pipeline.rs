@@ -405,10 +405,11 @@ async fn pay_per_request(
             return Err(Refusal::new(Code::RouteNotFound, "No route matched."));
         };
         crate::admit::admit_paid(
+            &context.snapshot,
             route,
             &request,
-            context.peer.addr.ip(),
-            &shared.options.trusted_proxies,
+            (context.peer.addr.ip(), &shared.options.trusted_proxies),
+            &mut trace.who,
         )?
     };
     let facilitator = shared.facilitator.get().map(|f| &**f);

@@ -246,8 +246,38 @@ async fn a_subscriber_out_of_credit_is_offered_to_pay_per_request() {
         .unwrap();
     assert_eq!(response.status(), 200);
     assert!(response.headers().contains_key("payment-response"));
+    let request_id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
     let echoed: Value = response.json().await.unwrap();
     assert!(echoed["headers"].get("authorization").is_none(), "{echoed}");
     assert!(echoed["headers"].get("payment-signature").is_none());
     assert_eq!(facilitator.settles(), 1);
+    // The key named the caller: its team sees the paid call as its own.
+    let started = std::time::Instant::now();
+    let mine = loop {
+        let response = tollgate
+            .get_with_key(&format!("/_tollgate/requests/{request_id}"), &key)
+            .await;
+        if response.status() == 200 {
+            break response.json::<Value>().await.unwrap();
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(3),
+            "{}",
+            response.status()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(mine["status"], 200, "{mine}");
+    let (_, logs) = tollgate
+        .admin(
+            reqwest::Method::GET,
+            &format!("/api/v1/logs?request_id={request_id}"),
+            None,
+        )
+        .await;
+    assert_eq!(logs["data"][0]["app"], "acme-web", "{logs}");
+    assert_eq!(logs["data"][0]["consumer_team"], "acme", "{logs}");
 }
