@@ -115,6 +115,23 @@ fn subscription_view(
             }
         }
     }
+    // A plan's token quota (AI services), like the requests one.
+    if let Some(tokens) = &subscription.tokens
+        && let Some(included) = tokens.included
+    {
+        let used = tokens.counter.requests();
+        view["token_quota"] = json!({
+            "included": included,
+            "used": used,
+            "remaining": included.saturating_sub(used),
+            "overage": if tokens.overage_charge { "charge" } else { "block" },
+        });
+        if let Some(percent) = crate::warn::nearly_exhausted(used, included) {
+            warnings.push(format!(
+                "token-quota-nearly-exhausted;used-percent={percent}"
+            ));
+        }
+    }
     if subscription.price_nanos > 0 {
         let available = app.wallet.available();
         view["calls_left"] = (available.max(0) / subscription.price_nanos).into();

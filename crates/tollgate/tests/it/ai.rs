@@ -1286,6 +1286,27 @@ async fn token_quotas_block_or_charge_and_tokens_per_minute_hold() {
         ledger(&tollgate, "acme", "&kind=charge").await.is_empty(),
         "quota calls are free"
     );
+    // `/_tollgate/me` shows the token quota and warns of it.
+    let me: Value = tollgate
+        .get_with_key("/_tollgate/me", &world.key)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let subscription = &me["subscriptions"][0];
+    assert_eq!(
+        subscription["token_quota"],
+        json!({"included": 1000, "used": 1000, "remaining": 0, "overage": "block"}),
+        "{me}"
+    );
+    assert!(
+        subscription["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w == "token-quota-nearly-exhausted;used-percent=100"),
+        "{me}"
+    );
 }
 
 #[tokio::test]
