@@ -662,7 +662,7 @@ impl Mode {
     fn handle(&mut self, event: &SseEvent, deltas: Vec<Delta>, state: &State, out: &mut Vec<u8>) {
         match self {
             Self::OpenAiPassthrough(pass) => pass.forward(event, &deltas, state, out),
-            Self::AnthropicPassthrough(pass) => pass.forward(event, out),
+            Self::AnthropicPassthrough(pass) => pass.forward(event, state, out),
             Self::GeminiPassthrough => forward_raw(event, out),
             Self::ToOpenAi(encoder) => {
                 for delta in deltas {
@@ -817,9 +817,15 @@ fn without_usage(data: &str, value: &Value) -> String {
 /// `"model":"<old>"` swapped when that reproduces `renamed` (keeping the
 /// upstream's formatting and member order), else re-serialized.
 fn with_model(data: &str, old: &Value, renamed: &Value) -> String {
-    let (Some(old), Some(new)) = (old.as_str(), renamed.get("model")) else {
-        return renamed.to_string();
-    };
+    match (old.as_str(), renamed.get("model")) {
+        (Some(old), Some(new)) => replace_model(data, old, new, renamed),
+        _ => renamed.to_string(),
+    }
+}
+
+/// `data` with its one `"model": old` now `new`, the rest byte for byte,
+/// when that gives `renamed`; else `renamed` written anew.
+fn replace_model(data: &str, old: &str, new: &Value, renamed: &Value) -> String {
     let old = Value::String(old.to_owned()).to_string();
     let new = new.to_string();
     for separator in [":", ": "] {
@@ -859,19 +865,38 @@ struct AnthropicPassthrough {
 }
 
 impl AnthropicPassthrough {
-    fn forward(&mut self, event: &SseEvent, out: &mut Vec<u8>) {
-        let kind = serde_json::from_str::<Value>(&event.data)
-            .ok()
-            .and_then(|value| {
-                let index = value.get("index").and_then(Value::as_u64);
-                value
-                    .get("type")
-                    .and_then(Value::as_str)
-                    .map(|kind| (kind.to_owned(), index))
-            });
+    fn forward(&mut self, event: &SseEvent, state: &State, out: &mut Vec<u8>) {
+        let mut value = serde_json::from_str::<Value>(&event.data).ok();
+        let kind = value.as_ref().and_then(|value| {
+            let index = value.get("index").and_then(Value::as_u64);
+            value
+                .get("type")
+                .and_then(Value::as_str)
+                .map(|kind| (kind.to_owned(), index))
+        });
         if let Some((kind, index)) = kind {
             match kind.as_str() {
-                "message_start" => self.message_started = true,
+                "message_start" => {
+                    self.message_started = true;
+                    // The model as the caller named it, as the OpenAI
+                    // passthrough and non-streamed answers do.
+                    let caller_model = Value::String(state.options.caller_model.clone());
+                    if let Some(model) = value
+                        .as_mut()
+                        .and_then(|v| v.pointer_mut("/message/model"))
+                        .filter(|m| **m != caller_model)
+                    {
+                        let old = std::mem::replace(model, caller_model.clone());
+                        if let (Some(old), Some(value)) = (old.as_str(), &value) {
+                            let renamed = SseEvent {
+                                event: event.event.clone(),
+                                data: replace_model(&event.data, old, &caller_model, value),
+                            };
+                            forward_raw(&renamed, out);
+                            return;
+                        }
+                    }
+                }
                 "content_block_start" => self.open_block = index,
                 "content_block_stop" => self.open_block = None,
                 "message_delta" => self.message_delta_sent = true,

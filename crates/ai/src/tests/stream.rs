@@ -424,11 +424,27 @@ fn anthropic_passthrough_is_unchanged() {
     let (out, translator) = run(
         Dialect::Anthropic,
         Dialect::Anthropic,
-        &options(true, "x", "y"),
+        &options(true, "x", "claude-sonnet-4-5"),
         ANTHROPIC_STREAM,
     );
     // Same events; line ends are normalised to LF.
     assert_eq!(out, ANTHROPIC_STREAM.replace("\r\n", "\n"));
+    // Called by another name (`<provider>/<model>`, an alias), the stream
+    // says that name, and nothing else changes.
+    let (renamed, _) = run(
+        Dialect::Anthropic,
+        Dialect::Anthropic,
+        &options(true, "x", "claude/sonnet"),
+        ANTHROPIC_STREAM,
+    );
+    assert_eq!(
+        renamed,
+        ANTHROPIC_STREAM.replace("\r\n", "\n").replacen(
+            "\"model\":\"claude-sonnet-4-5\"",
+            "\"model\":\"claude/sonnet\"",
+            1
+        )
+    );
     assert_eq!(
         translator.usage(),
         Some(Usage {
