@@ -778,6 +778,16 @@ pub async fn get_subscription(
             "included_requests": plan.as_ref().and_then(|p| p.spec.included_requests()),
             "spent": domain::money::format(nanos),
         });
+        // A plan that includes tokens (AI services): the period's tokens,
+        // counted as the gateway counts them (`tok:<subscription>`).
+        if let Some(included) = plan.as_ref().and_then(|p| p.spec.included_tokens()) {
+            let (tokens, _) = state
+                .store
+                .usage(&format!("tok:{}", subscription.id), start)
+                .await?;
+            body["usage"]["tokens"] = tokens.into();
+            body["usage"]["included_tokens"] = included.into();
+        }
     }
     Ok(ok(&body))
 }

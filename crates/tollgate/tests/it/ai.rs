@@ -1307,6 +1307,22 @@ async fn token_quotas_block_or_charge_and_tokens_per_minute_hold() {
             .any(|w| w == "token-quota-nearly-exhausted;used-percent=100"),
         "{me}"
     );
+    // So does the admin API's view of the subscription, once the node has
+    // written its counts.
+    let path = format!(
+        "/api/v1/subscriptions/{}",
+        subscription["id"].as_str().unwrap()
+    );
+    let started = std::time::Instant::now();
+    loop {
+        let (_, body) = tollgate.admin(Method::GET, &path, None).await;
+        if body["usage"]["tokens"] == 1000 {
+            assert_eq!(body["usage"]["included_tokens"], 1000, "{body}");
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(3), "{body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test]
