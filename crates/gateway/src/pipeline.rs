@@ -273,7 +273,16 @@ pub(crate) async fn handle(
         });
     }
     if let Some(warning) = warning {
-        headers.insert(crate::admit::warning_header().clone(), warning);
+        let name = crate::admit::warning_header();
+        // A handler may have warned too (an AI call's token quota).
+        let warning = match headers.get(name) {
+            Some(own) => {
+                HeaderValue::from_bytes(&[warning.as_bytes(), b", ", own.as_bytes()].concat())
+                    .unwrap_or(warning)
+            }
+            None => warning,
+        };
+        headers.insert(name.clone(), warning);
     }
     response
 }

@@ -559,11 +559,13 @@ impl Call<'_> {
         let base_price = reservation.as_ref().map_or(0, |r| r.amount());
         let mut tokens = quota::TokenHold::default();
         let mut rate_items = Vec::new();
+        let mut token_warning = None;
         let quota_cap = self.hold_tokens(
             &mut tokens,
             input,
             max_output.saturating_mul(choices),
             &mut rate_items,
+            &mut token_warning,
         )?;
         if let Some(cap) = quota_cap {
             max_output = (cap / choices).max(1);
@@ -702,6 +704,7 @@ impl Call<'_> {
                                 input,
                                 tokens: tokens.take().unwrap_or_default(),
                                 rate_items: std::mem::take(&mut rate_items),
+                                token_warning: token_warning.take(),
                             },
                             stream,
                             &json,
@@ -821,6 +824,7 @@ impl Call<'_> {
         input: u64,
         max_output: u64,
         rate_items: &mut Vec<(String, String)>,
+        warning: &mut Option<String>,
     ) -> Result<Option<u64>, Refusal> {
         let (Some(app), Some(subscription)) = (self.app, self.subscription) else {
             return Ok(None);
@@ -917,6 +921,8 @@ impl Call<'_> {
         let held = cap.map_or(want, |output| input + output);
         hold.hold(counter, held, included.saturating_sub(before).min(held));
         let used = before.saturating_add(held).min(included);
+        *warning = crate::warn::nearly_exhausted(used, included)
+            .map(|percent| format!("token-quota-nearly-exhausted;used-percent={percent}"));
         rate_items.push((
             format!(
                 "\"tokens\";q={included};w={}",
@@ -1252,6 +1258,12 @@ impl Call<'_> {
                 headers.insert(TOLLGATE_MAX_TOKENS.clone(), value);
             }
         }
+        if let Some(warning) = settle.token_warning.as_deref()
+            && let Ok(value) = HeaderValue::from_str(warning)
+        {
+            // Joined with the pay phase's warnings on the way out.
+            headers.insert(crate::admit::warning_header().clone(), value);
+        }
         if !settle.rate_items.is_empty() {
             let mut policy: Vec<String> = Vec::new();
             let mut state: Vec<String> = Vec::new();
@@ -1501,6 +1513,8 @@ struct Settle {
     tokens: quota::TokenHold,
     /// `RateLimit-Policy` and `RateLimit` items of the token quota and limit.
     rate_items: Vec<(String, String)>,
+    /// `Tollgate-Warning` item of the token quota, when nearly used up.
+    token_warning: Option<String>,
 }
 
 fn timeout(target: &TargetModel, after: Duration) -> Refusal {

@@ -1350,6 +1350,12 @@ async fn tokens_beyond_the_quota_are_charged_and_big_prompts_wait_for_the_minute
     assert_eq!(response.status(), 200);
     let id = id_of(&response);
     assert_eq!(response.headers()["tollgate-cost"], "0.00015 USD");
+    // The call used the whole quota: the response warns of it.
+    let warning = response.headers()["tollgate-warning"].to_str().unwrap();
+    assert!(
+        warning.contains("token-quota-nearly-exhausted;used-percent=100"),
+        "{warning}"
+    );
     let charges = charges(&tollgate, 1).await;
     assert_eq!(charge_of(&charges, &id), cost(0, 50));
     // A prompt larger than the minute's token limit can never pass: 400.
