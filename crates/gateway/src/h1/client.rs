@@ -335,8 +335,13 @@ fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Option<Parsed>,
         return Ok(Some(Parsed::Informational));
     }
     // Room for the request id, `RateLimit` pair and balance added on the way back.
-    let headers = super::header_map(&head, &fields, 4).map_err(ExchangeError::Head)?;
+    let mut headers = super::header_map(&head, &fields, 4).map_err(ExchangeError::Head)?;
     let declared = super::declared_framing(&headers).map_err(ExchangeError::Head)?;
+    if let Some(framing) = declared {
+        // The client is told the framing it gets: never the upstream's
+        // `Content-Length` beside a chunked body it decoded.
+        super::normalise_framing(&mut headers, framing);
+    }
     let framing = if *method == Method::HEAD
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED

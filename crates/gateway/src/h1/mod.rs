@@ -313,6 +313,36 @@ pub fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
     })
 }
 
+/// Makes the head's framing headers say exactly what `framing` is (RFC
+/// 9112 §6.3): with a `Transfer-Encoding`, no `Content-Length` (a message
+/// with both must not pass on both); a length given as a list (`3, 3`) or
+/// on several lines, one number. Other heads are left alone, untouched.
+pub fn normalise_framing(headers: &mut HeaderMap, framing: Framing) {
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        headers.remove(header::CONTENT_LENGTH);
+        return;
+    }
+    if let Framing::Length(length) = framing {
+        let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
+        let single =
+            values.next().is_some_and(|v| !v.as_bytes().contains(&b',')) && values.next().is_none();
+        if !single {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+        }
+    }
+}
+
+/// Whether a request's `Transfer-Encoding` is exactly `chunked`, once:
+/// another coding (`gzip, chunked`) or `chunked` twice is refused, as the
+/// gateway would otherwise pass bytes on under a coding it dropped.
+pub fn only_chunked(headers: &HeaderMap) -> bool {
+    let mut values = headers.get_all(header::TRANSFER_ENCODING).iter();
+    values
+        .next()
+        .is_some_and(|v| v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked"))
+        && values.next().is_none()
+}
+
 /// The body framing a head declares (RFC 9112 §6.3): `Transfer-Encoding`
 /// ending in `chunked` wins; a `Transfer-Encoding` without it is read to
 /// the end of the connection (responses) or refused (requests, by the
@@ -392,6 +422,39 @@ pub(crate) fn poll_read_more<R: tokio::io::AsyncRead + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn framing_headers_are_made_to_say_one_thing() {
+        let mut listed = HeaderMap::new();
+        listed.insert(header::CONTENT_LENGTH, HeaderValue::from_static("3, 3"));
+        normalise_framing(&mut listed, Framing::Length(3));
+        assert_eq!(listed[header::CONTENT_LENGTH], "3");
+        let mut both = HeaderMap::new();
+        both.insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
+        both.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        normalise_framing(&mut both, Framing::CHUNKED);
+        assert!(!both.contains_key(header::CONTENT_LENGTH));
+        let mut chunked_twice = HeaderMap::new();
+        chunked_twice.append(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        assert!(only_chunked(&chunked_twice));
+        chunked_twice.append(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        assert!(!only_chunked(&chunked_twice));
+        let mut gzip = HeaderMap::new();
+        gzip.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("gzip, chunked"),
+        );
+        assert!(!only_chunked(&gzip));
+    }
 
     fn chunked() -> Framing {
         Framing::CHUNKED

@@ -303,9 +303,13 @@ fn parse_request(buf: &mut BytesMut) -> Result<Option<Head>, HeadError> {
         Some(Framing::Chunked(_)) if version == Version::HTTP_10 => {
             return Err(HeadError::BadLength);
         }
+        Some(Framing::Chunked(_)) if !super::only_chunked(&headers) => {
+            return Err(HeadError::BadLength);
+        }
         Some(framing) => framing,
         None => Framing::Done,
     };
+    super::normalise_framing(&mut headers, framing);
     let keep_alive = if version == Version::HTTP_10 {
         super::has_token(&headers, &header::CONNECTION, "keep-alive")
     } else {

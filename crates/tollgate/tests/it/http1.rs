@@ -198,6 +198,18 @@ async fn bad_heads_are_refused_and_the_connection_closed() {
             400,
             "bad_request",
         ),
+        // Another coding before chunked, or chunked twice: the gateway
+        // would pass on bytes under a coding it dropped.
+        (
+            "POST /svc/x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n".into(),
+            400,
+            "bad_request",
+        ),
+        (
+            "POST /svc/x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".into(),
+            400,
+            "bad_request",
+        ),
         (format!("GET /svc/x HTTP/1.1\r\nHost: x\r\n{many_fields}\r\n"), 431, "headers_too_large"),
         (format!("GET /svc/x HTTP/1.1\r\nHost: x\r\n{huge_field}\r\n"), 431, "headers_too_large"),
     ];
@@ -373,4 +385,106 @@ async fn a_client_that_goes_away_ends_its_upstream_call() {
     assert_eq!(cut["path"], "/svc/sse-gated", "{cut}");
     assert_eq!(cut["status"], 200, "{cut}");
     assert_eq!(cut["completed"], false, "{cut}");
+}
+
+/// An upstream that answers every request with `response`, then waits
+/// for the next one on the same connection.
+async fn raw_upstream(response: &'static [u8]) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16 * 1024];
+                let mut seen = Vec::new();
+                loop {
+                    let Ok(n) = socket.read(&mut buf).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    seen.extend_from_slice(&buf[..n]);
+                    while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        seen.drain(..end + 4);
+                        if socket.write_all(response).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    format!("http://{address}")
+}
+
+/// Framing the gateway passes on is the framing it sends: an upstream's
+/// `Content-Length` beside `Transfer-Encoding: chunked` is dropped (the
+/// client would read the next response as this one's body), and a
+/// length given as a list is sent as one number.
+#[tokio::test]
+async fn framing_headers_say_what_is_sent() {
+    let tollgate = Tollgate::start(BIN).await;
+    let both = raw_upstream(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    )
+    .await;
+    let listed = raw_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 3, 3\r\n\r\nxyz").await;
+    for (slug, url) in [("both", &both), ("listed", &listed)] {
+        tollgate
+            .create(
+                "/api/v1/upstreams",
+                json!({"slug": slug, "targets": [{"url": url}]}),
+            )
+            .await;
+        tollgate
+            .create(
+                "/api/v1/services",
+                json!({"slug": slug, "base_path": format!("/{slug}"), "upstream": slug,
+                    "auth": {"anonymous": true}}),
+            )
+            .await;
+        tollgate
+            .create(
+                &format!("/api/v1/services/{slug}/routes"),
+                json!({"path": "/*"}),
+            )
+            .await;
+        tollgate
+            .create(&format!("/api/v1/services/{slug}/publish"), json!({}))
+            .await;
+    }
+    tollgate
+        .wait_for("/listed/x", Duration::from_secs(1), |s| s == 200)
+        .await;
+    tollgate
+        .wait_for("/both/x", Duration::from_secs(1), |s| s == 200)
+        .await;
+    // Two requests on one connection: the second answer is read whole
+    // and on its own.
+    let mut stream = connect(&tollgate).await;
+    stream
+        .write_all(b"GET /both/a HTTP/1.1\r\nHost: x\r\n\r\nGET /listed/b HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let raw = read_to_close(&mut stream).await;
+    let second_start = raw[1..]
+        .find("HTTP/1.1 ")
+        .map(|i| i + 1)
+        .unwrap_or_else(|| panic!("one response only: {raw}"));
+    let (first, second) = raw.split_at(second_start);
+    assert!(
+        !first.to_ascii_lowercase().contains("content-length: 5"),
+        "{raw}"
+    );
+    assert!(
+        first
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
+        "{raw}"
+    );
+    assert!(first.contains("abc"), "{raw}");
+    assert!(second.starts_with("HTTP/1.1 200 OK\r\n"), "{raw}");
+    assert!(second.contains("content-length: 3\r\n"), "{raw}");
+    assert!(second.ends_with("xyz"), "{raw}");
 }
