@@ -445,6 +445,18 @@ async fn apply_document(
             .collect();
         for service in tx.all_services().await? {
             if !wanted_services.contains(service.spec.slug.as_str()) {
+                // Subscriptions are consumers' data, not the file's: a
+                // service they use is not pruned with them.
+                let open = tx.open_subscriptions_of_service(&service.id).await?;
+                if open > 0 {
+                    return Err(ApiError::conflict(
+                        "services",
+                        format!(
+                            "'{}' is not in the document but has {open} open subscription(s); prune deletes no service its consumers subscribe to. Retire it and let the subscriptions end (or cancel them), then prune.",
+                            service.spec.slug
+                        ),
+                    ));
+                }
                 ops::delete_service(tx, &service, true).await?;
                 changes.push(Change {
                     action: "delete",

@@ -1200,6 +1200,19 @@ impl WriteTx {
         row.as_ref().map(subscription_from).transpose()
     }
 
+    /// How many subscriptions to a service are open (pending, active,
+    /// suspended or past due).
+    pub async fn open_subscriptions_of_service(&mut self, service_id: &str) -> Result<i64> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) FROM subscriptions WHERE service_id = $1 \
+             AND status IN ('pending', 'active', 'suspended', 'past_due')",
+        )
+        .bind(service_id)
+        .fetch_one(&mut *self.tx)
+        .await?;
+        Ok(row.try_get::<i64, _>(0)?)
+    }
+
     pub async fn put_subscription(&mut self, subscription: &Subscription) -> Result<()> {
         self.changed_config = true;
         sqlx::query(

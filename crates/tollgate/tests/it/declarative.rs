@@ -168,6 +168,48 @@ async fn prune_removes_what_the_file_does_not_name() {
     let without_prune = cli(&tollgate, &["apply", "-f", file]);
     assert!(without_prune.success);
     assert!(!without_prune.stdout.contains("delete"));
+    // A consumer subscribes to legacy: prune leaves it (and its
+    // subscription) alone, and says why, until the subscription ends.
+    tollgate
+        .admin(
+            reqwest::Method::PATCH,
+            "/api/v1/services/legacy",
+            Some(json!({"visibility": "catalog"})),
+        )
+        .await;
+    tollgate
+        .create("/api/v1/teams", json!({"slug": "acme", "name": "Acme"}))
+        .await;
+    tollgate
+        .create("/api/v1/services/legacy/plans", json!({"slug": "free"}))
+        .await;
+    crate::app_with_key(&tollgate, "acme", "acme-web").await;
+    let subscription = tollgate
+        .create(
+            "/api/v1/subscriptions",
+            json!({"app": "acme-web", "service": "legacy", "plan": "free"}),
+        )
+        .await;
+    let refused = cli(&tollgate, &["apply", "-f", file, "--prune"]);
+    assert!(!refused.success, "{}", refused.stdout);
+    assert!(
+        refused.stderr.contains("open subscription"),
+        "{}",
+        refused.stderr
+    );
+    let (status, _) = tollgate
+        .admin(reqwest::Method::GET, "/api/v1/services/legacy", None)
+        .await;
+    assert_eq!(status, 200, "legacy is still there");
+    tollgate
+        .create(
+            &format!(
+                "/api/v1/subscriptions/{}/cancel",
+                subscription["id"].as_str().unwrap()
+            ),
+            json!({}),
+        )
+        .await;
     let pruned = cli(&tollgate, &["apply", "-f", file, "--prune"]);
     assert!(pruned.success, "{}", pruned.stderr);
     assert!(
