@@ -30,6 +30,14 @@ pub struct BodyTooLarge {
     pub limit: u64,
 }
 
+/// The client's request body failed on the client's side: malformed (a
+/// bad chunk), or cut short (the client closed or broke the connection
+/// before its end). Not the upstream's doing: no try of it is counted
+/// against the target.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body {0}")]
+pub struct ClientBodyError(pub &'static str);
+
 /// No data for longer than the upstream's read timeout.
 #[derive(Debug, thiserror::Error)]
 #[error("upstream sent nothing for {0:?}")]

@@ -27,8 +27,8 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use crate::Shared;
 use crate::admit::{Admission, strip};
 use crate::body::{
-    BodyTooLarge, GatewayBody, InFlight, LimitedBody, RequestBody, UpstreamRequestBody,
-    UpstreamResponseBody,
+    BodyTooLarge, ClientBodyError, GatewayBody, InFlight, LimitedBody, RequestBody,
+    UpstreamRequestBody, UpstreamResponseBody,
 };
 use crate::client::SendError;
 use crate::refusal::Refusal;
@@ -898,6 +898,14 @@ async fn forward(
                 if let Some(too_large) = find_cause::<BodyTooLarge>(&error) {
                     return Err(body_too_large(too_large.limit));
                 }
+                if let Some(client) = find_cause::<ClientBodyError>(&error) {
+                    // The client's fault: the target is not blamed (no
+                    // failure counted, nothing ejected), nor retried.
+                    return Err(Refusal::new(
+                        Code::BadRequest,
+                        format!("The request was not forwarded whole: {client}."),
+                    ));
+                }
                 upstream.record(index, Outcome::Failure { latency: None });
                 tracing::debug!(upstream = %upstream.spec.slug, target = %target.url, %error, "upstream try failed");
                 let refusal =
@@ -954,6 +962,8 @@ fn timeout_refusal(service: &str, total: Duration) -> Refusal {
 fn body_error(error: &(dyn std::error::Error + 'static), route: &RouteRt) -> Refusal {
     if error.downcast_ref::<BodyTooLarge>().is_some() {
         body_too_large(route.body_limit_bytes)
+    } else if let Some(client) = error.downcast_ref::<ClientBodyError>() {
+        Refusal::new(Code::BadRequest, format!("The {client}."))
     } else {
         Refusal::new(Code::BadRequest, "The request body could not be read.")
     }

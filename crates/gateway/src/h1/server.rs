@@ -33,7 +33,7 @@ use tokio::time::Instant;
 
 use super::{FieldRanges, Framing, HeadError, MAX_HEAD_BYTES, MAX_HEADERS, Step};
 use crate::Shared;
-use crate::body::{BoxError, GatewayBody};
+use crate::body::{BoxError, ClientBodyError, GatewayBody};
 use crate::pipeline::Peer;
 use crate::refusal::Refusal;
 use domain::code::Code;
@@ -535,15 +535,25 @@ impl Body for RequestBody {
                 Ok(Step::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
                 Ok(Step::End) => return Poll::Ready(None),
                 Ok(Step::More) => {}
-                Err(error) => return Poll::Ready(Some(Err(Box::new(error)))),
+                Err(_) => {
+                    return Poll::Ready(Some(Err(Box::new(ClientBodyError(
+                        "is malformed (its chunked encoding is invalid)",
+                    )))));
+                }
             }
             match super::poll_read_more(&mut reader.half, cx, &mut reader.buf) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Ok(0)) => {
-                    return Poll::Ready(Some(Err(Box::new(super::FramingError::Truncated))));
+                    return Poll::Ready(Some(Err(Box::new(ClientBodyError(
+                        "ended before its declared length: the client closed the connection",
+                    )))));
                 }
                 Poll::Ready(Ok(_)) => {}
-                Poll::Ready(Err(error)) => return Poll::Ready(Some(Err(Box::new(error)))),
+                Poll::Ready(Err(_)) => {
+                    return Poll::Ready(Some(Err(Box::new(ClientBodyError(
+                        "could not be read: the client's connection broke",
+                    )))));
+                }
             }
         }
     }

@@ -488,3 +488,46 @@ async fn framing_headers_say_what_is_sent() {
     assert!(second.contains("content-length: 3\r\n"), "{raw}");
     assert!(second.ends_with("xyz"), "{raw}");
 }
+
+/// A client whose body breaks (cut short, or a malformed chunk) gets a 400
+/// of its own, and its target is not blamed: no failure is counted, so a
+/// few such requests cannot eject a healthy target for everyone.
+#[tokio::test]
+async fn a_broken_client_body_is_the_clients_fault_not_the_upstreams() {
+    let upstream = FakeUpstream::start("a").await;
+    let tollgate = Tollgate::start(BIN).await;
+    tollgate
+        .publish_http_service(
+            "svc",
+            "/svc",
+            json!({"targets": [{"url": upstream.url()}],
+                   "health_check": {"passive": {"max_failures": 2, "ejection_ms": 60000}}}),
+            &[json!({"path": "/*"})],
+        )
+        .await;
+    tollgate
+        .wait_for("/svc/ping", Duration::from_secs(1), |s| s == 200)
+        .await;
+    for _ in 0..3 {
+        // 3 bytes of a declared 100, then the client closes its side.
+        let mut stream = connect(&tollgate).await;
+        stream
+            .write_all(b"POST /svc/up HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc")
+            .await
+            .unwrap();
+        stream.shutdown().await.unwrap();
+        let _ = read_to_close(&mut stream).await;
+    }
+    let mut stream = connect(&tollgate).await;
+    stream
+        .write_all(b"POST /svc/up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n")
+        .await
+        .unwrap();
+    let raw = read_to_close(&mut stream).await;
+    assert!(raw.starts_with("HTTP/1.1 400 "), "{raw}");
+    assert_eq!(last_json(&raw)["code"], "bad_request", "{raw}");
+    // The target still serves everyone else.
+    for _ in 0..3 {
+        assert_eq!(tollgate.get("/svc/after").await.status(), 200);
+    }
+}
