@@ -737,6 +737,11 @@ async fn forward(
     };
     let mut permits = Some(admission.permits);
     let mut reservation = admission.reservation;
+    // The client as the trusted proxies name it (only consistent hashing
+    // on the client IP reads it): without trusted proxies, the peer.
+    let trusted = &shared.options.trusted_proxies;
+    let forwarded_client = (!trusted.is_empty())
+        .then(|| crate::access::client_ip(context.peer.addr.ip(), &headers, trusted).to_string());
     append_forwarded(&mut headers, &context.peer.ip_header, original_host);
     headers.insert(X_REQUEST_ID.clone(), context.request_id.clone());
     if let Some(ids) = &trace.ids
@@ -769,7 +774,9 @@ async fn forward(
             return Err(timeout_refusal(service.slug.as_str(), route.timeout));
         }
         let pick = upstream.pick(&PickInput {
-            client_ip: context.peer.ip_header.as_bytes(),
+            client_ip: forwarded_client
+                .as_deref()
+                .map_or(context.peer.ip_header.as_bytes(), str::as_bytes),
             headers: &headers,
             tried: tried_mask,
         });

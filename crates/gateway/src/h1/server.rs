@@ -293,6 +293,11 @@ fn parse_request(buf: &mut BytesMut) -> Result<Option<Head>, HeadError> {
     } else {
         Version::HTTP_11
     };
+    // RFC 9112 §3.2: more than one `Host` is a bad request (which one a
+    // cache or the upstream would take is anyone's guess).
+    if headers.get_all(header::HOST).iter().nth(1).is_some() {
+        return Err(HeadError::Malformed);
+    }
     // Request smuggling: a length that is not exactly one number, a
     // transfer coding other than chunked, or both framings at once.
     let framing = match super::declared_framing(&headers)? {

@@ -158,3 +158,53 @@ async fn consistent_hash_is_sticky_per_key() {
             .collect();
     assert_eq!(servers.len(), 1);
 }
+
+/// Behind trusted proxies, hashing on the client IP keys on the client
+/// they name in `X-Forwarded-For`, not on the proxy every request comes
+/// from.
+#[tokio::test]
+async fn consistent_hash_on_the_client_ip_behind_trusted_proxies() {
+    let (a, b, c) = (
+        FakeUpstream::start("a").await,
+        FakeUpstream::start("b").await,
+        FakeUpstream::start("c").await,
+    );
+    let tollgate = Tollgate::start_with(
+        BIN,
+        test_support::tollgate::Options {
+            env: vec![(
+                "TOLLGATE_GATEWAY__TRUSTED_PROXIES".into(),
+                "127.0.0.1/32".into(),
+            )],
+            ..Default::default()
+        },
+    )
+    .await;
+    let targets: Vec<_> = [&a, &b, &c]
+        .iter()
+        .map(|u| json!({"url": u.url(), "weight": 1}))
+        .collect();
+    tollgate
+        .publish_http_service(
+            "svc",
+            "/svc",
+            json!({"policy": "consistent_hash", "hash_on": "client_ip", "targets": targets}),
+            &[json!({"path": "/*"})],
+        )
+        .await;
+    tollgate
+        .wait_for("/svc/warm", Duration::from_secs(1), |s| s == 200)
+        .await;
+    let mut owners: HashMap<String, String> = HashMap::new();
+    for round in 0..2 {
+        for client in 0..30 {
+            let ip = format!("203.0.113.{client}");
+            let server =
+                server_of(&tollgate, "/svc/x", Some(("x-forwarded-for", ip.clone()))).await;
+            let owner = owners.entry(ip.clone()).or_insert_with(|| server.clone());
+            assert_eq!(owner, &server, "{ip} moved in round {round}");
+        }
+    }
+    let spread: std::collections::HashSet<&String> = owners.values().collect();
+    assert!(spread.len() > 1, "30 clients all on one target: {owners:?}");
+}

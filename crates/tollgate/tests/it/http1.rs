@@ -198,6 +198,11 @@ async fn bad_heads_are_refused_and_the_connection_closed() {
             400,
             "bad_request",
         ),
+        (
+            "GET /svc/x HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n".into(),
+            400,
+            "bad_request",
+        ),
         // Another coding before chunked, or chunked twice: the gateway
         // would pass on bytes under a coding it dropped.
         (
