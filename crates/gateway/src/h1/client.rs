@@ -336,8 +336,8 @@ fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Option<Parsed>,
     }
     // Room for the request id, `RateLimit` pair and balance added on the way back.
     let mut headers = super::header_map(&head, &fields, 4).map_err(ExchangeError::Head)?;
-    let declared = super::declared_framing(&headers).map_err(ExchangeError::Head)?;
-    if let Some(framing) = declared {
+    let (declared, tidy) = super::declared_framing(&headers).map_err(ExchangeError::Head)?;
+    if let Some(framing) = declared.filter(|_| !tidy) {
         // The client is told the framing it gets: never the upstream's
         // `Content-Length` beside a chunked body it decoded.
         super::normalise_framing(&mut headers, framing);

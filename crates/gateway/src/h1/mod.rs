@@ -346,8 +346,10 @@ pub fn only_chunked(headers: &HeaderMap) -> bool {
 /// The body framing a head declares (RFC 9112 §6.3): `Transfer-Encoding`
 /// ending in `chunked` wins; a `Transfer-Encoding` without it is read to
 /// the end of the connection (responses) or refused (requests, by the
-/// caller); several `Content-Length`s must agree.
-pub fn declared_framing(headers: &HeaderMap) -> Result<Option<Framing>, HeadError> {
+/// caller); several `Content-Length`s must agree. Also whether the
+/// framing headers already say exactly that (`false`: see
+/// [`normalise_framing`]), found on the way at no extra lookup.
+pub fn declared_framing(headers: &HeaderMap) -> Result<(Option<Framing>, bool), HeadError> {
     if let Some(last) = headers
         .get_all(header::TRANSFER_ENCODING)
         .iter()
@@ -358,15 +360,21 @@ pub fn declared_framing(headers: &HeaderMap) -> Result<Option<Framing>, HeadErro
             .rsplit(|&b| b == b',')
             .next()
             .is_some_and(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        return Ok(Some(if chunked {
-            Framing::CHUNKED
-        } else {
-            Framing::Eof
-        }));
+        let tidy = !headers.contains_key(header::CONTENT_LENGTH);
+        return Ok((
+            Some(if chunked {
+                Framing::CHUNKED
+            } else {
+                Framing::Eof
+            }),
+            tidy,
+        ));
     }
     let mut length = None;
+    let mut items = 0;
     for value in headers.get_all(header::CONTENT_LENGTH) {
         for item in value.as_bytes().split(|&b| b == b',') {
+            items += 1;
             let item = item.trim_ascii();
             if item.is_empty() || item.len() > 19 || !item.iter().all(u8::is_ascii_digit) {
                 return Err(HeadError::BadLength);
@@ -381,7 +389,7 @@ pub fn declared_framing(headers: &HeaderMap) -> Result<Option<Framing>, HeadErro
             length = Some(parsed);
         }
     }
-    Ok(length.map(Framing::Length))
+    Ok((length.map(Framing::Length), items <= 1))
 }
 
 thread_local! {
@@ -425,8 +433,18 @@ mod tests {
 
     #[test]
     fn framing_headers_are_made_to_say_one_thing() {
+        let mut single = HeaderMap::new();
+        single.insert(header::CONTENT_LENGTH, HeaderValue::from_static("3"));
+        assert_eq!(
+            declared_framing(&single),
+            Ok((Some(Framing::Length(3)), true))
+        );
         let mut listed = HeaderMap::new();
         listed.insert(header::CONTENT_LENGTH, HeaderValue::from_static("3, 3"));
+        assert_eq!(
+            declared_framing(&listed),
+            Ok((Some(Framing::Length(3)), false))
+        );
         normalise_framing(&mut listed, Framing::Length(3));
         assert_eq!(listed[header::CONTENT_LENGTH], "3");
         let mut both = HeaderMap::new();
@@ -435,6 +453,7 @@ mod tests {
             header::TRANSFER_ENCODING,
             HeaderValue::from_static("chunked"),
         );
+        assert_eq!(declared_framing(&both), Ok((Some(Framing::CHUNKED), false)));
         normalise_framing(&mut both, Framing::CHUNKED);
         assert!(!both.contains_key(header::CONTENT_LENGTH));
         let mut chunked_twice = HeaderMap::new();
@@ -548,24 +567,42 @@ mod tests {
     #[test]
     fn declared_lengths() {
         let mut headers = HeaderMap::new();
-        assert_eq!(declared_framing(&headers), Ok(None));
+        assert_eq!(declared_framing(&headers).map(|d| d.0), Ok(None));
         headers.append(header::CONTENT_LENGTH, HeaderValue::from_static("12"));
-        assert_eq!(declared_framing(&headers), Ok(Some(Framing::Length(12))));
+        assert_eq!(
+            declared_framing(&headers).map(|d| d.0),
+            Ok(Some(Framing::Length(12)))
+        );
         headers.append(header::CONTENT_LENGTH, HeaderValue::from_static("12, 12"));
-        assert_eq!(declared_framing(&headers), Ok(Some(Framing::Length(12))));
+        assert_eq!(
+            declared_framing(&headers).map(|d| d.0),
+            Ok(Some(Framing::Length(12)))
+        );
         headers.append(header::CONTENT_LENGTH, HeaderValue::from_static("13"));
-        assert_eq!(declared_framing(&headers), Err(HeadError::BadLength));
+        assert_eq!(
+            declared_framing(&headers).map(|d| d.0),
+            Err(HeadError::BadLength)
+        );
         let mut headers = HeaderMap::new();
         headers.append(header::CONTENT_LENGTH, HeaderValue::from_static("-1"));
-        assert_eq!(declared_framing(&headers), Err(HeadError::BadLength));
+        assert_eq!(
+            declared_framing(&headers).map(|d| d.0),
+            Err(HeadError::BadLength)
+        );
         headers.append(
             header::TRANSFER_ENCODING,
             HeaderValue::from_static("gzip, chunked"),
         );
-        assert_eq!(declared_framing(&headers), Ok(Some(Framing::CHUNKED)));
+        assert_eq!(
+            declared_framing(&headers).map(|d| d.0),
+            Ok(Some(Framing::CHUNKED))
+        );
         let mut headers = HeaderMap::new();
         headers.append(header::TRANSFER_ENCODING, HeaderValue::from_static("gzip"));
-        assert_eq!(declared_framing(&headers), Ok(Some(Framing::Eof)));
+        assert_eq!(
+            declared_framing(&headers).map(|d| d.0),
+            Ok(Some(Framing::Eof))
+        );
     }
 
     #[test]

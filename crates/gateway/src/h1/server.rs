@@ -275,11 +275,18 @@ fn parse_request(buf: &mut BytesMut) -> Result<Option<Head>, HeadError> {
         let method = Method::from_bytes(request.method.unwrap_or("").as_bytes())
             .map_err(|_| HeadError::Malformed)?;
         let target = super::range_in(buf, request.path.unwrap_or("").as_bytes());
+        let mut hosts = 0;
         for field in request.headers.iter() {
+            hosts += usize::from(field.name.eq_ignore_ascii_case("host"));
             fields.push((
                 super::range_in(buf, field.name.as_bytes()),
                 super::range_in(buf, field.value),
             ));
+        }
+        // RFC 9112 §3.2: more than one `Host` is a bad request (which one
+        // a cache or the upstream would take is anyone's guess).
+        if hosts > 1 {
+            return Err(HeadError::Malformed);
         }
         (length, method, target, request.version.unwrap_or(1))
     };
@@ -293,14 +300,10 @@ fn parse_request(buf: &mut BytesMut) -> Result<Option<Head>, HeadError> {
     } else {
         Version::HTTP_11
     };
-    // RFC 9112 §3.2: more than one `Host` is a bad request (which one a
-    // cache or the upstream would take is anyone's guess).
-    if headers.get_all(header::HOST).iter().nth(1).is_some() {
-        return Err(HeadError::Malformed);
-    }
     // Request smuggling: a length that is not exactly one number, a
     // transfer coding other than chunked, or both framings at once.
-    let framing = match super::declared_framing(&headers)? {
+    let (declared, tidy) = super::declared_framing(&headers)?;
+    let framing = match declared {
         Some(Framing::Eof) => return Err(HeadError::BadLength),
         Some(Framing::Chunked(_)) if headers.contains_key(header::CONTENT_LENGTH) => {
             return Err(HeadError::BadLength);
@@ -314,7 +317,9 @@ fn parse_request(buf: &mut BytesMut) -> Result<Option<Head>, HeadError> {
         Some(framing) => framing,
         None => Framing::Done,
     };
-    super::normalise_framing(&mut headers, framing);
+    if !tidy {
+        super::normalise_framing(&mut headers, framing);
+    }
     let keep_alive = if version == Version::HTTP_10 {
         super::has_token(&headers, &header::CONNECTION, "keep-alive")
     } else {
