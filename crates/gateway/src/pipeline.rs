@@ -737,10 +737,11 @@ async fn forward(
     };
     let mut permits = Some(admission.permits);
     let mut reservation = admission.reservation;
-    // The client as the trusted proxies name it (only consistent hashing
-    // on the client IP reads it): without trusted proxies, the peer.
+    // The client as the trusted proxies name it, for consistent hashing
+    // (found only when the balancer reads it: an allocation otherwise
+    // spent on every request); without trusted proxies, the peer.
     let trusted = &shared.options.trusted_proxies;
-    let forwarded_client = (!trusted.is_empty())
+    let forwarded_client = (!trusted.is_empty() && upstream.reads_client_ip())
         .then(|| crate::access::client_ip(context.peer.addr.ip(), &headers, trusted).to_string());
     append_forwarded(&mut headers, &context.peer.ip_header, original_host);
     headers.insert(X_REQUEST_ID.clone(), context.request_id.clone());

@@ -382,6 +382,12 @@ impl UpstreamRt {
         )
     }
 
+    /// Whether [`Self::pick`] may read [`PickInput::client_ip`] (consistent
+    /// hashing, on the client IP or as the fallback of a header).
+    pub fn reads_client_ip(&self) -> bool {
+        !self.ring.is_empty()
+    }
+
     /// Chooses a target, or `None` when none is available. Prefers targets
     /// this request has not tried yet.
     pub fn pick(&self, input: &PickInput<'_>) -> Option<usize> {

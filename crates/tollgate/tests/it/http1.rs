@@ -437,26 +437,12 @@ async fn framing_headers_say_what_is_sent() {
     let listed = raw_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 3, 3\r\n\r\nxyz").await;
     for (slug, url) in [("both", &both), ("listed", &listed)] {
         tollgate
-            .create(
-                "/api/v1/upstreams",
-                json!({"slug": slug, "targets": [{"url": url}]}),
+            .publish_http_service(
+                slug,
+                &format!("/{slug}"),
+                json!({"targets": [{"url": url}]}),
+                &[json!({"path": "/*"})],
             )
-            .await;
-        tollgate
-            .create(
-                "/api/v1/services",
-                json!({"slug": slug, "base_path": format!("/{slug}"), "upstream": slug,
-                    "auth": {"anonymous": true}}),
-            )
-            .await;
-        tollgate
-            .create(
-                &format!("/api/v1/services/{slug}/routes"),
-                json!({"path": "/*"}),
-            )
-            .await;
-        tollgate
-            .create(&format!("/api/v1/services/{slug}/publish"), json!({}))
             .await;
     }
     tollgate
