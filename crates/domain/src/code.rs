@@ -33,6 +33,7 @@ pub enum Code {
     MethodNotAllowed,
     ServiceRetired,
     BodyTooLarge,
+    RequestTimeout,
     RateLimited,
     UpstreamError,
     NoHealthyUpstream,
@@ -48,7 +49,7 @@ pub enum Code {
 
 impl Code {
     /// Every code, for docs and problem pages.
-    pub const ALL: [Code; 39] = [
+    pub const ALL: [Code; 40] = [
         Code::MissingCredentials,
         Code::InvalidCredentials,
         Code::KeyRevoked,
@@ -77,6 +78,7 @@ impl Code {
         Code::MethodNotAllowed,
         Code::ServiceRetired,
         Code::BodyTooLarge,
+        Code::RequestTimeout,
         Code::RateLimited,
         Code::UpstreamError,
         Code::NoHealthyUpstream,
@@ -129,6 +131,7 @@ impl Code {
             Code::MethodNotAllowed => ("method_not_allowed", 405, "Method not allowed"),
             Code::ServiceRetired => ("service_retired", 410, "Service retired"),
             Code::BodyTooLarge => ("body_too_large", 413, "Request body too large"),
+            Code::RequestTimeout => ("request_timeout", 408, "Request timeout"),
             Code::RateLimited => ("rate_limited", 429, "Rate limited"),
             Code::UpstreamError => ("upstream_error", 502, "Upstream error"),
             Code::NoHealthyUpstream => ("no_healthy_upstream", 503, "No healthy upstream"),

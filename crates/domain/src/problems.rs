@@ -285,6 +285,14 @@ pub const fn explain(code: Code) -> Explanation {
             prevent: "Use a standard HTTP client library rather than writing requests by hand. \
                       Do not set `Content-Length` and `Transfer-Encoding` yourself.",
         },
+        Code::RequestTimeout => Explanation {
+            cause: "Your request's body stopped arriving before the call's time was up: the gateway waited for the rest of it, and the service could not answer without it. \
+                    You are not charged for this call.",
+            fix: "Send the request again on a new connection, with its whole body. \
+                  If you stream the body from a slow source, read it into memory or a file first.",
+            prevent: "Send the body as soon as the request head is sent, without pausing between parts. \
+                      Keep request bodies small enough to upload within the route's timeout.",
+        },
         Code::HeadersTooLarge => Explanation {
             cause: "Your request's headers are too large: over 64 KiB in all, or more than 128 header fields.",
             fix: "Remove headers you do not need, such as large cookies or repeated custom headers. \

@@ -38,6 +38,15 @@ pub struct BodyTooLarge {
 #[error("the request body {0}")]
 pub struct ClientBodyError(pub &'static str);
 
+/// How long a body read whole (an AI request, an MCP message) may take
+/// to arrive.
+pub const WHOLE_BODY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The client's body had not all arrived when the time for it was up.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body was still arriving after {0:?}")]
+pub struct BodyStalled(pub Duration);
+
 /// No data for longer than the upstream's read timeout.
 #[derive(Debug, thiserror::Error)]
 #[error("upstream sent nothing for {0:?}")]
@@ -99,6 +108,29 @@ pub struct LimitedBody {
     seen: u64,
     /// Where the body's first bytes are copied for the call log.
     tap: Option<crate::calls::Tap>,
+    /// Told whether the body waits for the client, for a streamed body.
+    progress: Option<Arc<BodyProgress>>,
+}
+
+/// Where a streamed request body stands, shared with the forward phase:
+/// when a try times out before its answer, a body still waiting for the
+/// client's bytes means the client stalled (408), not the upstream (504).
+#[derive(Debug, Default)]
+pub struct BodyProgress(std::sync::atomic::AtomicU8);
+
+impl BodyProgress {
+    const FLOWING: u8 = 0;
+    const WAITING_FOR_CLIENT: u8 = 1;
+    const ENDED: u8 = 2;
+
+    /// The last read of the body found the client had sent nothing more.
+    pub fn waiting_for_client(&self) -> bool {
+        self.0.load(Ordering::Relaxed) == Self::WAITING_FOR_CLIENT
+    }
+
+    fn set(&self, state: u8) {
+        self.0.store(state, Ordering::Relaxed);
+    }
 }
 
 impl LimitedBody {
@@ -108,7 +140,14 @@ impl LimitedBody {
             limit,
             seen: 0,
             tap: None,
+            progress: None,
         }
+    }
+
+    /// Keeps `progress` told whether the body waits for the client.
+    pub(crate) fn watched(mut self, progress: Arc<BodyProgress>) -> Self {
+        self.progress = Some(progress);
+        self
     }
 
     /// Copies the body's first bytes into `tap` as it streams.
@@ -117,10 +156,18 @@ impl LimitedBody {
         self
     }
 
-    /// Reads the whole body into memory (for small, replayable bodies).
-    pub async fn collect(self) -> Result<Bytes, BoxError> {
+    /// Reads the whole body into memory (for small, replayable bodies),
+    /// unless the client is still sending it at `deadline`
+    /// ([`BodyStalled`]).
+    pub async fn collect_by(self, deadline: std::time::Instant) -> Result<Bytes, BoxError> {
         use http_body_util::BodyExt;
-        Ok(BodyExt::collect(self).await?.to_bytes())
+        let started = std::time::Instant::now();
+        match tokio::time::timeout_at(deadline.into(), BodyExt::collect(self)).await {
+            Ok(collected) => Ok(collected?.to_bytes()),
+            Err(_) => Err(Box::new(BodyStalled(
+                deadline.saturating_duration_since(started),
+            ))),
+        }
     }
 }
 
@@ -133,7 +180,15 @@ impl Body for LimitedBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Some(progress) = &this.progress {
+            progress.set(match &polled {
+                Poll::Pending => BodyProgress::WAITING_FOR_CLIENT,
+                Poll::Ready(Some(Ok(_))) if !this.inner.is_end_stream() => BodyProgress::FLOWING,
+                Poll::Ready(_) => BodyProgress::ENDED,
+            });
+        }
+        match ready!(polled) {
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
                     this.seen += data.len() as u64;

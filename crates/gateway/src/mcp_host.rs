@@ -338,18 +338,14 @@ pub(crate) async fn handle(
     .collect();
     let (parts, body) = request.into_parts();
     let limit = (mcp::MAX_MESSAGE_BYTES as u64) + 1;
-    let bytes = match LimitedBody::new(body, limit).collect().await {
+    let deadline = std::time::Instant::now() + crate::body::WHOLE_BODY_TIMEOUT;
+    let bytes = match LimitedBody::new(body, limit).collect_by(deadline).await {
         Ok(bytes) => bytes,
         Err(error) if error.downcast_ref::<crate::body::BodyTooLarge>().is_some() => {
             // More than the protocol takes: the server answers 413.
             Bytes::from(vec![b' '; mcp::MAX_MESSAGE_BYTES + 1])
         }
-        Err(_) => {
-            return Err(Refusal::new(
-                Code::BadRequest,
-                "The request body could not be read.",
-            ));
-        }
+        Err(error) => return Err(crate::pipeline::unreadable_body(&*error)),
     };
     let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
     let incoming = mcp::Incoming {

@@ -27,8 +27,8 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use crate::Shared;
 use crate::admit::{Admission, strip};
 use crate::body::{
-    BodyTooLarge, ClientBodyError, GatewayBody, InFlight, LimitedBody, RequestBody,
-    UpstreamRequestBody, UpstreamResponseBody,
+    BodyProgress, BodyStalled, BodyTooLarge, ClientBodyError, GatewayBody, InFlight, LimitedBody,
+    RequestBody, UpstreamRequestBody, UpstreamResponseBody,
 };
 use crate::client::SendError;
 use crate::refusal::Refusal;
@@ -463,18 +463,13 @@ async fn hook(
         return Err(refusal);
     }
     let (parts, body) = request.into_parts();
-    let body = LimitedBody::new(body, crate::HOOK_BODY_LIMIT)
-        .collect()
-        .await
-        .map_err(|_| {
-            Refusal::new(
-                Code::BodyTooLarge,
-                format!(
-                    "Webhook bodies are limited to {} bytes.",
-                    crate::HOOK_BODY_LIMIT
-                ),
-            )
-        })?;
+    let body = read_body(body, crate::HOOK_BODY_LIMIT, || {
+        format!(
+            "Webhook bodies are limited to {} bytes.",
+            crate::HOOK_BODY_LIMIT
+        )
+    })
+    .await?;
     let (status, text) = hook.call(parts.headers, body).await;
     let mut response = Response::new(GatewayBody::full(text));
     *response.status_mut() = status;
@@ -673,19 +668,27 @@ async fn forward(
         trace.capture = Some(Box::new(crate::calls::Capture::new(spec, &parts.headers)));
     }
     let tap = trace.capture.as_ref().map(|capture| capture.tap());
+    // A streamed body's progress: whether a try that timed out was waiting
+    // for the client's bytes (408) or for the upstream (504).
+    let mut progress = None;
     let mut outgoing = if http_body::Body::is_end_stream(&body) {
         Outgoing::Replayable(None)
     } else {
         let limited = LimitedBody::new(body, route.body_limit_bytes).tapped(tap);
         match content_length(&parts.headers) {
             Some(length) if may_retry && length <= shared.options.retry_buffer_bytes => {
-                // Boxed: rare, and keeps the request future small.
-                let bytes = Box::pin(limited.collect())
+                // Boxed: rare, and keeps the request future small. The
+                // route's budget bounds a client that stops sending.
+                let bytes = Box::pin(limited.collect_by(deadline))
                     .await
                     .map_err(|error| body_error(&*error, route))?;
                 Outgoing::Replayable(Some(bytes))
             }
-            _ => Outgoing::Stream(Some(limited)),
+            _ => {
+                let watch = Arc::new(BodyProgress::default());
+                progress = Some(watch.clone());
+                Outgoing::Stream(Some(limited.watched(watch)))
+            }
         }
     };
     let tries = if may_retry && matches!(outgoing, Outgoing::Replayable(_)) {
@@ -924,6 +927,14 @@ async fn forward(
                 last_refusal = Some(refusal);
             }
             Err(_elapsed) => {
+                if progress
+                    .as_ref()
+                    .is_some_and(|body| body.waiting_for_client())
+                {
+                    // The client stopped sending its body: the upstream
+                    // was waiting for it too, and is not blamed.
+                    return Err(body_stalled(try_timeout));
+                }
                 upstream.record(
                     index,
                     Outcome::Failure {
@@ -967,9 +978,49 @@ fn timeout_refusal(service: &str, total: Duration) -> Refusal {
     )
 }
 
+/// The client's body stopped arriving before the call's time was up.
+pub(crate) fn body_stalled(waited: Duration) -> Refusal {
+    Refusal::new(
+        Code::RequestTimeout,
+        format!(
+            "The request body stopped arriving: nothing more of it came within {} ms, so the call was not completed. Send the whole body as soon as the request head is sent.",
+            waited.as_millis()
+        ),
+    )
+}
+
 fn body_error(error: &(dyn std::error::Error + 'static), route: &RouteRt) -> Refusal {
     if error.downcast_ref::<BodyTooLarge>().is_some() {
         body_too_large(route.body_limit_bytes)
+    } else {
+        unreadable_body(error)
+    }
+}
+
+/// A request body read whole (an AI request, prompt variables, a
+/// webhook): 413 with `too_large`'s detail past `limit`, 408 when it
+/// stops arriving, 400 when it breaks.
+pub(crate) async fn read_body(
+    body: RequestBody,
+    limit: u64,
+    too_large: impl FnOnce() -> String,
+) -> Result<bytes::Bytes, Refusal> {
+    LimitedBody::new(body, limit)
+        .collect_by(Instant::now() + crate::body::WHOLE_BODY_TIMEOUT)
+        .await
+        .map_err(|error| {
+            if error.downcast_ref::<BodyTooLarge>().is_some() {
+                Refusal::new(Code::BodyTooLarge, too_large())
+            } else {
+                unreadable_body(&*error)
+            }
+        })
+}
+
+/// A body that could not be read whole, for a reason of the client's.
+pub(crate) fn unreadable_body(error: &(dyn std::error::Error + 'static)) -> Refusal {
+    if let Some(stalled) = error.downcast_ref::<BodyStalled>() {
+        body_stalled(stalled.0)
     } else if let Some(client) = error.downcast_ref::<ClientBodyError>() {
         Refusal::new(Code::BadRequest, format!("The {client}."))
     } else {

@@ -47,9 +47,7 @@ pub use stream::AiStream;
 
 use crate::Shared;
 use crate::access::{AppRt, SubscriptionRt};
-use crate::body::{
-    GatewayBody, LimitedBody, RequestBody, UpstreamRequestBody, UpstreamResponseBody,
-};
+use crate::body::{GatewayBody, RequestBody, UpstreamRequestBody, UpstreamResponseBody};
 use crate::pipeline::{RequestContext, Trace, X_REQUEST_ID};
 use crate::refusal::Refusal;
 use rt::{AiServiceRt, ModelRt, TargetModel};
@@ -220,7 +218,7 @@ pub(crate) async fn handle(
         .and_then(|index| snapshot.ai.services.get(index))
         .and_then(|service| snapshot.routes.get(service.route))
         .map_or(rt::AI_BODY_LIMIT, |route| route.body_limit_bytes);
-    let bytes = read_body(body, limit, || {
+    let bytes = crate::pipeline::read_body(body, limit, || {
         format!("AI request bodies are limited to {limit} bytes. Send a smaller body (images by URL rather than inline).")
     })
     .await?;
@@ -294,24 +292,6 @@ pub(crate) fn admit_service(
     context.route = Some(service.route);
     crate::pipeline::check_lifecycle(context)?;
     crate::pipeline::admit_matched(shared, context, trace, head)
-}
-
-/// A request body read whole: 413 with `too_large`'s detail past `limit`.
-pub(crate) async fn read_body(
-    body: RequestBody,
-    limit: u64,
-    too_large: impl FnOnce() -> String,
-) -> Result<Bytes, Refusal> {
-    LimitedBody::new(body, limit)
-        .collect()
-        .await
-        .map_err(|error| {
-            if error.downcast_ref::<crate::body::BodyTooLarge>().is_some() {
-                Refusal::new(Code::BodyTooLarge, too_large())
-            } else {
-                Refusal::new(Code::BadRequest, "The request body could not be read.")
-            }
-        })
 }
 
 /// Picks among the services offering `model` the one the caller's app is

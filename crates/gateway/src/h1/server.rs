@@ -184,17 +184,12 @@ pub(crate) async fn serve(
         let body = if head.framing.is_done() {
             crate::body::RequestBody::Empty
         } else {
-            if head.expect_continue
-                && write
-                    .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
-                    .await
-                    .is_err()
-            {
-                return;
-            }
             let state = Arc::new(Mutex::new(BodyState {
                 reader: reader.take(),
                 framing: head.framing,
+                // Sent when the body is first asked for: after admission,
+                // so a refused caller is not invited to upload its body.
+                interim: head.expect_continue.then_some(0),
             }));
             lent = Some(state.clone());
             crate::body::RequestBody::Http1(RequestBody { state })
@@ -326,7 +321,10 @@ fn parse_request(buf: &mut BytesMut) -> Result<Option<Head>, HeadError> {
         !super::has_token(&headers, &header::CONNECTION, "close")
     };
     let expect_continue = match headers.remove(header::EXPECT) {
-        Some(value) => value.as_bytes().eq_ignore_ascii_case(b"100-continue"),
+        // An HTTP/1.0 client cannot take an interim answer (RFC 9110 §10.1.1).
+        Some(value) => {
+            version == Version::HTTP_11 && value.as_bytes().eq_ignore_ascii_case(b"100-continue")
+        }
         None => false,
     };
     Ok(Some(Head {
@@ -520,6 +518,32 @@ struct BodyState {
     /// The connection's reader, lent to the body until it has been read.
     reader: Option<Reader>,
     framing: Framing,
+    /// `Expect: 100-continue` not yet answered: how much of
+    /// [`CONTINUE`] has been written.
+    interim: Option<usize>,
+}
+
+/// The interim answer to `Expect: 100-continue` (RFC 9110 §10.1.1).
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// Writes what is left of [`CONTINUE`] from `sent` on, straight to the
+/// socket (the response, which would share the write half, has not
+/// started: the request is still being read).
+fn poll_continue(
+    stream: &TcpStream,
+    cx: &mut Context<'_>,
+    sent: &mut usize,
+) -> Poll<std::io::Result<()>> {
+    while *sent < CONTINUE.len() {
+        std::task::ready!(stream.poll_write_ready(cx))?;
+        match stream.try_write(&CONTINUE[*sent..]) {
+            Ok(0) => return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
+            Ok(n) => *sent += n,
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(error) => return Poll::Ready(Err(error)),
+        }
+    }
+    Poll::Ready(Ok(()))
 }
 
 /// A request body read from the client's connection as it is forwarded.
@@ -540,6 +564,22 @@ impl Body for RequestBody {
         let Some(reader) = state.reader.as_mut() else {
             return Poll::Ready(None);
         };
+        if let Some(sent) = state.interim.as_mut() {
+            // A client that sent its body without waiting needs no
+            // invitation (RFC 9110 §10.1.1 lets the server omit it).
+            if reader.buf.is_empty() {
+                match poll_continue(reader.half.as_ref(), cx, sent) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(_)) => {
+                        return Poll::Ready(Some(Err(Box::new(ClientBodyError(
+                            "could not be read: the client's connection broke",
+                        )))));
+                    }
+                }
+            }
+            state.interim = None;
+        }
         loop {
             match state.framing.step(&mut reader.buf) {
                 Ok(Step::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),

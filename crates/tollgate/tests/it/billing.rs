@@ -671,7 +671,12 @@ async fn problem_pages_explain_every_code() {
     assert_eq!(index.status(), 200);
     assert!(header(&index, "content-type").starts_with("text/html"));
     let html = index.text().await.unwrap();
-    assert_eq!(html.matches("<li>").count(), 39, "every code is listed");
+    assert_eq!(
+        html.matches("<li>").count(),
+        domain::code::Code::ALL.len(),
+        "every code is listed"
+    );
+    assert!(html.contains("request-timeout"), "{html}");
 
     let page = tollgate
         .get("/_tollgate/problems/insufficient-credit")

@@ -522,3 +522,73 @@ async fn a_broken_client_body_is_the_clients_fault_not_the_upstreams() {
         assert_eq!(tollgate.get("/svc/after").await.status(), 200);
     }
 }
+
+/// A client that stops sending its body mid-way gets a 408 of its own,
+/// whether its body was streamed (one try, which times out waiting for
+/// the client) or buffered for retries (the route's budget runs out while
+/// it is read); the target is not blamed, so it keeps serving.
+#[tokio::test]
+async fn a_stalled_client_body_is_a_408_not_an_upstream_timeout() {
+    let upstream = FakeUpstream::start("a").await;
+    let tollgate = Tollgate::start(BIN).await;
+    tollgate
+        .publish_http_service(
+            "svc",
+            "/svc",
+            json!({"targets": [{"url": upstream.url()}], "read_timeout_ms": 300,
+                   "health_check": {"passive": {"max_failures": 2, "ejection_ms": 60000}}}),
+            &[json!({"path": "/*", "timeout_ms": 400})],
+        )
+        .await;
+    tollgate
+        .wait_for("/svc/ping", Duration::from_secs(1), |s| s == 200)
+        .await;
+    // POST: streamed to the upstream; PUT: buffered first (it may be retried).
+    for method in ["POST", "POST", "POST", "PUT"] {
+        let mut stream = connect(&tollgate).await;
+        let head =
+            format!("{method} /svc/up HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc");
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let raw = read_to_close(&mut stream).await;
+        assert!(raw.starts_with("HTTP/1.1 408 "), "{method}: {raw}");
+        let problem = last_json(&raw);
+        assert_eq!(problem["code"], "request_timeout", "{raw}");
+        assert!(
+            problem["detail"].as_str().unwrap().contains("request body"),
+            "{raw}"
+        );
+    }
+    for _ in 0..3 {
+        assert_eq!(tollgate.get("/svc/after").await.status(), 200);
+    }
+}
+
+/// `Expect: 100-continue` is answered only once the request is admitted:
+/// a refused caller gets its final answer without being asked for the body.
+#[tokio::test]
+async fn a_refused_request_is_not_invited_to_send_its_body() {
+    let upstream = FakeUpstream::start("a").await;
+    let tollgate = gateway_with(&upstream).await;
+    let mut stream = connect(&tollgate).await;
+    stream
+        .write_all(b"POST /nowhere HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+        .await
+        .unwrap();
+    let raw = read_to_close(&mut stream).await;
+    assert!(raw.starts_with("HTTP/1.1 404 "), "{raw}");
+    assert!(!raw.contains("100 Continue"), "{raw}");
+    assert_eq!(last_json(&raw)["code"], "route_not_found", "{raw}");
+
+    // HTTP/1.0 has no interim answers: the expectation is ignored.
+    let mut stream = connect(&tollgate).await;
+    stream
+        .write_all(
+            b"POST /svc/echo HTTP/1.0\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\nabcde",
+        )
+        .await
+        .unwrap();
+    let raw = read_to_close(&mut stream).await;
+    assert!(raw.starts_with("HTTP/1.1 200 "), "{raw}");
+    assert!(!raw.contains("100 Continue"), "{raw}");
+    assert_eq!(last_json(&raw)["body"], "abcde", "{raw}");
+}
