@@ -13,6 +13,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use domain::access::{Plan, PlanSpec, Team, TeamSpec};
 use domain::model::{Lifecycle, Route, RouteSpec, Service, ServiceSpec, UpstreamSpec};
+use domain::strict::StrictValue;
 use domain::validate::FieldErrors;
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -269,6 +270,42 @@ fn route_match_key(spec: &RouteSpec) -> String {
     }
 }
 
+/// A route as a comparison sees it: its method lists (and retry
+/// statuses) are sets, so their order is no change.
+fn as_sets(spec: &RouteSpec) -> RouteSpec {
+    let mut spec = spec.clone();
+    methods_as_set(&mut spec.methods);
+    spec.retry = spec.retry.as_ref().map(retry_as_set);
+    spec
+}
+
+/// An upstream as a comparison sees it: its targets are a set (a
+/// target's health and its points on a hash ring go with its URL, not
+/// its place in the list).
+fn targets_as_set(spec: &UpstreamSpec) -> UpstreamSpec {
+    let mut spec = spec.clone();
+    spec.targets
+        .sort_unstable_by(|a, b| (&a.url, a.weight).cmp(&(&b.url, b.weight)));
+    spec
+}
+
+fn service_as_sets(spec: &ServiceSpec) -> ServiceSpec {
+    let mut spec = spec.clone();
+    spec.retry = retry_as_set(&spec.retry);
+    spec
+}
+
+fn retry_as_set(retry: &domain::model::RetryPolicy) -> domain::model::RetryPolicy {
+    let mut retry = retry.clone();
+    methods_as_set(&mut retry.methods);
+    retry.on_statuses.sort_unstable();
+    retry
+}
+
+fn methods_as_set(methods: &mut [String]) {
+    methods.sort_unstable();
+}
+
 /// `path: old -> new` for every leaf that differs.
 pub fn diff(old: &Value, new: &Value) -> Vec<String> {
     let mut out = Vec::new();
@@ -370,7 +407,7 @@ async fn apply_document(
                     fields: vec![],
                 });
             }
-            Some(existing) if existing.spec != *spec => {
+            Some(existing) if targets_as_set(&existing.spec) != targets_as_set(spec) => {
                 let fields = diff(&json(&existing.spec), &json(spec));
                 ops::update_upstream(tx, &existing, spec.clone())
                     .await
@@ -412,7 +449,7 @@ async fn apply_document(
                 }
                 // A secret given in plaintext equals the one stored sealed.
                 secrets.match_sealed_secrets(&mut comparable, &existing.spec);
-                if existing.spec != comparable {
+                if service_as_sets(&existing.spec) != service_as_sets(&comparable) {
                     let fields = diff(&json(&existing.spec), &json(&comparable));
                     let updated = ops::update_service(tx, secrets, &existing, comparable)
                         .await
@@ -539,7 +576,7 @@ async fn reconcile_routes(
                     fields: vec![],
                 });
             }
-            Some(existing) if existing.spec != *spec => {
+            Some(existing) if as_sets(&existing.spec) != as_sets(spec) => {
                 let fields = diff(&json(&existing.spec), &json(spec));
                 ops::update_route(tx, service, existing, spec.clone())
                     .await
@@ -710,10 +747,11 @@ fn document_value(headers: &HeaderMap, body: &Bytes) -> Result<Value, ApiError> 
     if content_type.contains("yaml") {
         let text = std::str::from_utf8(body)
             .map_err(|_| ApiError::field("", "the YAML document is not UTF-8"))?;
-        serde_norway::from_str::<Value>(text)
+        serde_norway::from_str::<StrictValue>(text)
+            .map(|document| document.0)
             .map_err(|e| ApiError::field("", format!("malformed YAML: {e}")))
     } else {
-        crate::extract::parse_json::<Value>(body)
+        crate::extract::parse_json::<StrictValue>(body).map(|document| document.0)
     }
 }
 

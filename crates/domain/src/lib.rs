@@ -29,6 +29,8 @@
 //!   write-only keys of their pools.
 //! - [`problems`]: the plain-words cause, fix and prevention of each code.
 //! - [`net`] parses CIDR blocks for IP rules and trusted proxies.
+//! - [`strict`]: documents read into JSON values with a key given twice
+//!   in one mapping refused (the config file, declarative documents).
 //! - [`validate`] collects field errors ([`validate::FieldErrors`]) so that every
 //!   problem in an input is reported at once, each naming its field.
 //!
@@ -51,6 +53,7 @@ pub mod percent;
 pub mod problems;
 pub mod prompt;
 pub mod providers;
+pub mod strict;
 pub mod validate;
 
 /// Milliseconds since the Unix epoch; how every time is stored.

@@ -97,7 +97,8 @@ pub async fn apply(
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?
     };
     // YAML is a superset of JSON: one parser for both.
-    let document: serde_json::Value = serde_norway::from_str(&text)
+    let document: serde_json::Value = serde_norway::from_str::<domain::strict::StrictValue>(&text)
+        .map(|document| document.0)
         .with_context(|| format!("{} is not valid YAML or JSON", file.display()))?;
     let admin = admin(args)?;
     let response = admin

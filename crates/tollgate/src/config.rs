@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use domain::strict::StrictValue;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -283,7 +284,7 @@ pub fn load(
     let mut tree = match file {
         Some(path) => match std::fs::read_to_string(path) {
             Ok(text) if text.trim().is_empty() => Value::Object(Default::default()),
-            Ok(text) => match serde_norway::from_str::<Value>(&text) {
+            Ok(text) => match serde_norway::from_str::<StrictValue>(&text).map(|v| v.0) {
                 Ok(Value::Null) => Value::Object(Default::default()),
                 Ok(value @ Value::Object(_)) => value,
                 Ok(_) => {

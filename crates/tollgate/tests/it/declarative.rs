@@ -571,3 +571,79 @@ async fn hs256_secrets_are_sealed_at_rest_and_apply_stays_idempotent() {
         "{holding:?} hold the HS256 secret in plaintext"
     );
 }
+
+/// Method lists and targets are sets: applying them in another order is
+/// no change. A document that names a key twice is refused whole.
+#[tokio::test]
+async fn apply_reads_method_lists_as_sets_and_refuses_keys_given_twice() {
+    let upstream = FakeUpstream::start("a").await;
+    let tollgate = Tollgate::start(BIN).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tollgate.yaml");
+    let other = FakeUpstream::start("b").await;
+    let (one, two) = (
+        format!("{{url: \"{}\"}}", upstream.url()),
+        format!("{{url: \"{}\", weight: 2}}", other.url()),
+    );
+    let write = |methods: &str, retry_methods: &str, targets: &str| {
+        std::fs::write(
+            &file,
+            format!(
+                r#"upstreams:
+  - slug: sets-backend
+    targets: [{targets}]
+services:
+  - slug: sets
+    base_path: /sets
+    upstream: sets-backend
+    auth: {{anonymous: true}}
+    retry: {{retries: 1, methods: [{retry_methods}], on_statuses: [503, 502]}}
+    routes:
+      - name: items
+        methods: [{methods}]
+        path: /items
+"#
+            ),
+        )
+        .unwrap();
+    };
+    let path = file.to_str().unwrap();
+    write("POST, GET", "PUT, GET", &format!("{one}, {two}"));
+    let first = cli(&tollgate, &["apply", "-f", path]);
+    assert!(first.success, "{}{}", first.stdout, first.stderr);
+    write("GET, POST", "GET, PUT", &format!("{two}, {one}"));
+    let again = cli(&tollgate, &["apply", "-f", path]);
+    assert!(again.success, "{}", again.stderr);
+    assert_eq!(again.stdout.trim(), "no changes");
+    // A different set is a change.
+    write("GET", "GET, PUT", &one);
+    let changed = cli(&tollgate, &["apply", "-f", path, "--dry-run"]);
+    for line in [
+        "~ update route sets/items",
+        "~ update upstream sets-backend",
+    ] {
+        assert!(changed.stdout.contains(line), "{line}: {}", changed.stdout);
+    }
+
+    std::fs::write(
+        &file,
+        "upstreams:\n  - slug: twice\n    slug: twice-again\n    targets: [{url: \"http://127.0.0.1:9\"}]\n",
+    )
+    .unwrap();
+    let refused = cli(&tollgate, &["apply", "-f", path]);
+    assert!(!refused.success);
+    assert!(
+        refused.stderr.contains("the key `slug` is given twice"),
+        "{}",
+        refused.stderr
+    );
+    let (_, upstreams) = tollgate.admin(Method::GET, "/api/v1/upstreams", None).await;
+    assert!(
+        upstreams["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|u| u["slug"] != "twice" && u["slug"] != "twice-again"),
+        "{upstreams}"
+    );
+}

@@ -48,6 +48,15 @@ fn a_broken_configuration_is_refused_at_start_naming_the_key() {
     );
     let stderr = serve_fails_with(&[], Some("gateway: [1, 2\n"));
     assert!(stderr.contains("tollgate.yaml"), "{stderr}");
+    // A key given twice: YAML parsers keep the last silently; refused.
+    let stderr = serve_fails_with(
+        &[],
+        Some("admin:\n  listen: 127.0.0.1:1\n  listen: 0.0.0.0:1\n"),
+    );
+    assert!(
+        stderr.contains("the key `listen` is given twice"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test]
