@@ -19,6 +19,7 @@ use crate::Shared;
 use crate::body::{GatewayBody, RequestBody};
 use crate::pipeline::Peer;
 use crate::refusal::Refusal;
+use domain::code::Code;
 
 /// Runs the pipeline on one request; a panic becomes a 500.
 pub(crate) async fn respond(
@@ -48,7 +49,13 @@ pub(crate) async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-    http2.timer(TokioTimer::new()).max_concurrent_streams(512);
+    // Header lists up to this size are decoded, so that the gateway's own
+    // limit (the HTTP/1.1 one) answers with a problem; only past it does
+    // hyper answer a bare 431.
+    http2
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(512)
+        .max_header_list_size(H2_HEADER_LIST_MAX);
     // This thread's own shutdown signal and connection count: connections
     // watch a channel no other thread touches.
     let (local_stop, local_shutdown) = watch::channel(false);
@@ -106,6 +113,28 @@ pub(crate) async fn serve(
     }
 }
 
+/// The largest HTTP/2 header list hyper decodes (RFC 9113's size: each
+/// field's name and value plus 32 bytes).
+const H2_HEADER_LIST_MAX: u32 = 256 * 1024;
+
+/// An HTTP/2 request whose headers pass the HTTP/1.1 head's limits
+/// (bytes as HTTP/1.1 would send them, and fields): the same 431.
+fn too_many_headers(headers: &http::HeaderMap) -> Option<Refusal> {
+    use crate::h1::{MAX_HEAD_BYTES, MAX_HEADERS};
+    let bytes: usize = headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    (headers.len() > MAX_HEADERS || bytes > MAX_HEAD_BYTES).then(|| {
+        Refusal::new(
+            Code::HeadersTooLarge,
+            format!(
+                "The request headers are larger than the gateway accepts ({MAX_HEAD_BYTES} bytes, {MAX_HEADERS} fields). Send fewer or smaller headers."
+            ),
+        )
+    })
+}
+
 /// An h2c connection through hyper; on shutdown it stops taking streams
 /// and finishes those in flight.
 async fn serve_http2(
@@ -119,6 +148,14 @@ async fn serve_http2(
         let shared = shared.clone();
         let peer = peer.clone();
         async move {
+            if let Some(refusal) = too_many_headers(request.headers()) {
+                let request_id = crate::pipeline::new_request_id();
+                let mut response = refusal.into_response(&request_id, &shared.options.public_url);
+                response
+                    .headers_mut()
+                    .insert(crate::pipeline::X_REQUEST_ID.clone(), request_id);
+                return Ok(response);
+            }
             let request = request.map(RequestBody::Hyper);
             Ok::<_, Infallible>(respond(&shared, request, peer).await)
         }

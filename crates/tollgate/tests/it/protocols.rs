@@ -38,6 +38,36 @@ async fn http2_to_upstreams_and_from_clients() {
     assert_eq!(response.version(), reqwest::Version::HTTP_2);
     assert_eq!(response.status(), 200);
     assert!(response.headers().contains_key("x-request-id"));
+
+    // Headers past the gateway's limits get the same 431 problem as over
+    // HTTP/1.1 (hyper alone would answer 431 with no body from 16 KiB).
+    // Forwarded over HTTP/1.1, whose upstream takes large heads.
+    tollgate
+        .publish_http_service(
+            "plain",
+            "/plain",
+            json!({"targets": [{"url": upstream.url()}]}),
+            &[json!({"path": "/*"})],
+        )
+        .await;
+    tollgate
+        .wait_for("/plain/x", Duration::from_secs(1), |s| s == 200)
+        .await;
+    let big = "x".repeat(20 * 1024);
+    for (name_count, value) in [(1, big.as_str()), (4, big.as_str()), (200, "v")] {
+        let mut request = h2_client.get(format!("{}/plain/z", tollgate.gateway_url));
+        for index in 0..name_count {
+            request = request.header(format!("x-big-{index}"), value);
+        }
+        let response = request.send().await.unwrap();
+        if name_count == 1 {
+            // 20 KiB is within the limit: served.
+            assert_eq!(response.status(), 200);
+            continue;
+        }
+        assert!(response.headers().contains_key("x-request-id"));
+        problem(response, 431, "headers_too_large").await;
+    }
 }
 
 #[tokio::test]
