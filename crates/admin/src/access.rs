@@ -31,6 +31,9 @@ pub struct UserCaller {
     pub roles: Vec<(String, Role)>,
     /// Superadmin, and not narrowed by a team-scoped token.
     pub platform: bool,
+    /// The teams a team-scoped token is limited to (`None`: a console
+    /// session or an unscoped token).
+    pub scope: Option<Vec<String>>,
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Caller {
@@ -121,6 +124,25 @@ impl Caller {
                 ),
             )),
             Some(_) => Ok(()),
+        }
+    }
+
+    /// The teams a team-scoped token is limited to.
+    pub fn scope(&self) -> Option<&[String]> {
+        match self {
+            Caller::Root => None,
+            Caller::User(user) => user.scope.as_deref(),
+        }
+    }
+
+    /// Whether this caller may see or manage a token scoped to `teams`:
+    /// a scoped caller only tokens within its own scope (so it cannot
+    /// widen itself by minting or keep a wider token from being revoked).
+    pub fn covers_scope(&self, teams: Option<&[String]>) -> bool {
+        match (self.scope(), teams) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(scope), Some(teams)) => teams.iter().all(|team| scope.contains(team)),
         }
     }
 

@@ -82,6 +82,7 @@ pub async fn user_caller(
         platform: user.superadmin && token_teams.is_none(),
         user,
         roles,
+        scope: token_teams.map(<[String]>::to_vec),
     }))
 }
 
@@ -95,7 +96,11 @@ async fn identify(
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|v| {
+            // The scheme is case-insensitive (RFC 9110 §11.1), as on the gateway.
+            let (scheme, token) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then_some(token)
+        })
         .map(str::trim);
     if let Some(token) = bearer {
         if token_matches(token, &state.root_token_digest) {

@@ -50,6 +50,28 @@ fn app_audit<'a>(action: &'a str, app: &'a App) -> Audit<'a> {
     Audit::new(action, "app", &app.id, app.spec.team.as_deref())
 }
 
+/// 409 when another app already claims one of `app`'s JWT identities: a
+/// token authenticates as one app only, so a second claim would take
+/// over the first app's calls (and its subscriptions' bills).
+async fn check_jwt_identities(tx: &mut WriteTx, app: &App) -> Result<(), ApiError> {
+    for (index, identity) in app.spec.jwt.iter().enumerate() {
+        if tx
+            .jwt_claimant(&identity.issuer, &identity.subject, &app.id)
+            .await?
+            .is_some()
+        {
+            return Err(ApiError::conflict(
+                format!("jwt[{index}]"),
+                format!(
+                    "another app already authenticates with issuer '{}' and subject '{}'; each JWT identity belongs to one app",
+                    identity.issuer, identity.subject
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Create an app (a consumer of APIs, owned by a team).
 #[utoipa::path(post, path = "/api/v1/apps", tag = "apps", request_body = AppSpec,
     responses((status = 201, body = App), (status = 409, body = crate::openapi::Problem)))]
@@ -76,6 +98,7 @@ pub async fn create_app(
         created_at_ms: now,
         updated_at_ms: now,
     };
+    check_jwt_identities(&mut tx, &app).await?;
     tx.put_app(&app).await?;
     audit(
         &mut tx,
@@ -136,6 +159,7 @@ async fn update_app_with(
         updated_at_ms: now_ms(),
         ..existing.clone()
     };
+    check_jwt_identities(&mut tx, &app).await?;
     tx.put_app(&app).await?;
     audit(
         &mut tx,
@@ -815,12 +839,21 @@ pub async fn patch_subscription(
         .await?
         .filter(|s| sees_subscription(&caller, s))
         .ok_or_else(|| ApiError::not_found("subscription", &id))?;
-    caller.require(
-        Some(&existing.consumer_team),
-        Role::Developer,
-        "subscription",
-        &id,
-    )?;
+    // The provider sees the subscription, so it hears why it cannot
+    // change it (403), not that it does not exist.
+    if caller
+        .role(Some(&existing.consumer_team))
+        .is_none_or(|role| role < Role::Developer)
+    {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "Only a developer of the consuming team ('{}') may change this subscription's renewal.",
+                existing.consumer_team
+            ),
+        ));
+    }
     let subscription = Subscription {
         auto_renew: patch.auto_renew,
         updated_at_ms: now_ms(),
@@ -889,10 +922,11 @@ pub async fn subscription_action(
     let consumer_developer = caller
         .role(Some(&existing.consumer_team))
         .is_some_and(|r| r >= Role::Developer);
-    let allowed = if action.by_provider() {
-        provider_admin
-    } else {
-        provider_admin || consumer_developer
+    let allowed = match action {
+        _ if action.by_provider() => provider_admin,
+        // Renewing charges the consumer's wallet: its own decision.
+        SubscriptionAction::Renew => consumer_developer,
+        _ => provider_admin || consumer_developer,
     };
     if !allowed {
         return Err(ApiError::new(
@@ -903,6 +937,11 @@ pub async fn subscription_action(
                     "Only an admin of the providing team ('{}') may {} this subscription.",
                     provider.unwrap_or("platform"),
                     action.as_str()
+                )
+            } else if action == SubscriptionAction::Renew {
+                format!(
+                    "Only a developer of the consuming team ('{}') may renew: renewing charges its wallet.",
+                    existing.consumer_team
                 )
             } else {
                 format!(
@@ -997,9 +1036,86 @@ pub async fn subscription_action(
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct CatalogEntry {
-    pub service: Service,
+    pub service: CatalogService,
     /// Plans open to new subscriptions.
     pub plans: Vec<Plan>,
+}
+
+/// A service as the catalog shows it to would-be consumers: what it is
+/// and how to call it, never how it is built (its upstream, IP rules,
+/// issuer secrets, prompt templates), which stay with its own team.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CatalogService {
+    pub id: String,
+    pub slug: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub team: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    pub kind: domain::model::ServiceKind,
+    pub base_path: String,
+    pub visibility: Visibility,
+    pub approval_required: bool,
+    pub lifecycle: Lifecycle,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sunset: Option<String>,
+    /// How callers authenticate.
+    pub auth: CatalogAuth,
+    /// AI services: the models offered (and their aliases).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<String>,
+    /// Prompt services: the JSON schema of the variables a call sends.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub variables: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CatalogAuth {
+    /// No credentials needed.
+    pub anonymous: bool,
+    /// API keys in the query string are accepted.
+    pub query_key: bool,
+    /// JWTs from these issuers are accepted (besides API keys).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub jwt_issuers: Vec<String>,
+}
+
+impl From<Service> for CatalogService {
+    fn from(service: Service) -> Self {
+        let spec = service.spec;
+        let mut models = Vec::new();
+        if let Some(ai) = &spec.ai {
+            models.extend(ai.models.iter().cloned());
+            models.extend(ai.aliases.keys().cloned());
+        }
+        CatalogService {
+            id: service.id,
+            slug: spec.slug,
+            team: spec.team,
+            name: spec.name,
+            description: spec.description,
+            kind: spec.kind,
+            base_path: spec.base_path,
+            visibility: spec.visibility,
+            approval_required: spec.approval_required,
+            lifecycle: service.lifecycle,
+            sunset: service.sunset,
+            auth: CatalogAuth {
+                anonymous: spec.auth.anonymous,
+                query_key: spec.auth.query_key,
+                jwt_issuers: spec
+                    .auth
+                    .jwt
+                    .iter()
+                    .flat_map(|jwt| jwt.issuers.iter().map(|issuer| issuer.issuer.clone()))
+                    .collect(),
+            },
+            models,
+            variables: spec.prompt.map(|prompt| prompt.variables),
+        }
+    }
 }
 
 /// What the caller's teams may subscribe to: published services with
@@ -1026,7 +1142,10 @@ pub async fn catalog(
             .into_iter()
             .filter(|p| p.spec.open)
             .collect();
-        entries.push(CatalogEntry { service, plans });
+        entries.push(CatalogEntry {
+            service: service.into(),
+            plans,
+        });
     }
     Ok(ok(&ListResponse {
         data: entries,

@@ -6,7 +6,9 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use domain::access::Role;
-use domain::model::{Release, Route, RouteSpec, Service, ServiceSpec, Upstream, UpstreamSpec};
+use domain::model::{
+    Lifecycle, Release, Route, RouteSpec, Service, ServiceSpec, Upstream, UpstreamSpec,
+};
 use serde::{Deserialize, Serialize};
 use store::{Page, WriteTx};
 
@@ -122,6 +124,21 @@ pub(crate) async fn service_in(
     Ok(service)
 }
 
+/// A service whose configuration (spec, routes) is to change: a
+/// developer's while it is a draft; once live (published, deprecated,
+/// retired), a change reaches traffic at once, so it takes an admin.
+pub(crate) async fn service_to_change(
+    tx: &mut WriteTx,
+    caller: &Caller,
+    key: &str,
+) -> Result<Service, ApiError> {
+    let service = service_in(tx, caller, key, Role::Developer).await?;
+    if service.lifecycle != Lifecycle::Draft {
+        caller.require(service.spec.team.as_deref(), Role::Admin, "service", key)?;
+    }
+    Ok(service)
+}
+
 async fn route_in(tx: &mut WriteTx, service: &Service, key: &str) -> Result<Route, ApiError> {
     tx.route(&service.id, key)
         .await?
@@ -177,7 +194,7 @@ async fn update_service_with(
     change: impl FnOnce(&Service) -> Result<ServiceSpec, ApiError>,
 ) -> Result<Response, ApiError> {
     let mut tx = state.store.begin().await?;
-    let existing = service_in(&mut tx, caller, key, Role::Developer).await?;
+    let existing = service_to_change(&mut tx, caller, key).await?;
     let mut spec = change(&existing)?;
     keep_team(existing.spec.team.as_ref(), &mut spec.team)?;
     let service = ops::update_service(&mut tx, &state.secrets, &existing, spec).await?;
@@ -201,7 +218,7 @@ async fn update_route_with(
     change: impl FnOnce(&Route) -> Result<RouteSpec, ApiError>,
 ) -> Result<Response, ApiError> {
     let mut tx = state.store.begin().await?;
-    let service = service_in(&mut tx, caller, service_key, Role::Developer).await?;
+    let service = service_to_change(&mut tx, caller, service_key).await?;
     let existing = route_in(&mut tx, &service, route_key).await?;
     let route = ops::update_route(&mut tx, &service, &existing, change(&existing)?).await?;
     audit(
@@ -748,7 +765,7 @@ pub async fn create_route(
     Json(spec): Json<RouteSpec>,
 ) -> Result<Response, ApiError> {
     let mut tx = state.store.begin().await?;
-    let service = service_in(&mut tx, &caller, &key, Role::Developer).await?;
+    let service = service_to_change(&mut tx, &caller, &key).await?;
     let route = ops::create_route(&mut tx, &service, spec).await?;
     audit(
         &mut tx,
@@ -833,7 +850,7 @@ pub async fn delete_route(
     Path((key, route)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let mut tx = state.store.begin().await?;
-    let service = service_in(&mut tx, &caller, &key, Role::Developer).await?;
+    let service = service_to_change(&mut tx, &caller, &key).await?;
     let existing = route_in(&mut tx, &service, &route).await?;
     ops::delete_route(&mut tx, &existing).await?;
     audit(

@@ -264,7 +264,7 @@ pub async fn put_openapi(
     let operations =
         mcp::openapi::operations(&doc).map_err(|message| ApiError::field("openapi", message))?;
     let mut tx = state.store.begin().await?;
-    let existing = crate::handlers::service_in(&mut tx, &caller, &key, Role::Developer).await?;
+    let existing = crate::handlers::service_to_change(&mut tx, &caller, &key).await?;
     let mut spec = existing.spec.clone();
     spec.openapi = Some(doc);
     let service = crate::ops::update_service(&mut tx, &state.secrets, &existing, spec).await?;

@@ -573,6 +573,20 @@ pub async fn create_token(
         }
     };
     let mut errors = domain::validate::FieldErrors::new();
+    // A team-scoped token mints tokens within its own scope only: by
+    // default its own teams, never an unscoped (or superadmin) token.
+    let mut spec = spec;
+    if spec.teams.is_none()
+        && let Some(scope) = caller.scope()
+    {
+        spec.teams = Some(scope.to_vec());
+    }
+    if !caller.covers_scope(spec.teams.as_deref()) {
+        errors.add(
+            "teams",
+            "a team-scoped token can only create tokens for its own teams",
+        );
+    }
     if let Some(teams) = &spec.teams {
         let roles = tx.memberships_of_user(&user.id).await?;
         for (index, team) in teams.iter().enumerate() {
@@ -632,10 +646,11 @@ pub async fn list_tokens(
     State(state): State<AdminState>,
     caller: Caller,
 ) -> Result<Response, ApiError> {
-    let tokens = match caller.user_id() {
+    let mut tokens = match caller.user_id() {
         Some(id) => state.store.tokens_of_user(id).await?,
         None => Vec::new(),
     };
+    tokens.retain(|token| caller.covers_scope(token.teams.as_deref()));
     Ok(ok(&ListResponse {
         data: tokens,
         next_cursor: None,
@@ -653,6 +668,16 @@ pub async fn delete_token(
         return Err(ApiError::not_found("token", &id));
     };
     let mut tx = state.store.begin().await?;
+    // A scoped token sees (and so revokes) only tokens within its scope.
+    if caller.scope().is_some() {
+        let tokens = state.store.tokens_of_user(user_id).await?;
+        if !tokens
+            .iter()
+            .any(|token| token.id == id && caller.covers_scope(token.teams.as_deref()))
+        {
+            return Err(ApiError::not_found("token", &id));
+        }
+    }
     if !tx.delete_token(user_id, &id).await? {
         return Err(ApiError::not_found("token", &id));
     }

@@ -736,7 +736,9 @@ impl SubscriptionAction {
         Some(match (self, from) {
             (Self::Approve, S::Pending) => S::Active,
             (Self::Reject, S::Pending) => S::Rejected,
-            (Self::Suspend, S::Active | S::PastDue) => S::Suspended,
+            // Not from `past_due`: its calls are refused already, and a
+            // resume would make it active with its fee still unpaid.
+            (Self::Suspend, S::Active) => S::Suspended,
             (Self::Resume, S::Suspended) => S::Active,
             (Self::Cancel, S::Pending | S::Active | S::Suspended | S::PastDue) => S::Cancelled,
             (Self::Renew, S::Expired | S::PastDue) => S::Active,
@@ -972,6 +974,7 @@ mod tests {
             (A::Approve, S::Active, None),
             (A::Suspend, S::Active, Some(S::Suspended)),
             (A::Suspend, S::Pending, None),
+            (A::Suspend, S::PastDue, None),
             (A::Resume, S::Suspended, Some(S::Active)),
             (A::Resume, S::Active, None),
             (A::Cancel, S::Active, Some(S::Cancelled)),

@@ -223,10 +223,13 @@ pub fn verify(jwt: &JwtRt, token: &str, jwks: &JwksCache) -> Result<(String, Str
     validation.set_issuer(&[iss]);
     validation.leeway = issuer.leeway_s;
     validation.validate_nbf = true;
-    validation.set_required_spec_claims(&["exp", "iss"]);
     if issuer.audiences.is_empty() {
+        validation.set_required_spec_claims(&["exp", "iss"]);
         validation.validate_aud = false;
     } else {
+        // An issuer with audiences needs the token to name one: a missing
+        // or unreadable `aud` is refused, not let through.
+        validation.set_required_spec_claims(&["exp", "iss", "aud"]);
         validation.set_audience(&issuer.audiences);
     }
     let claims = jsonwebtoken::decode::<serde_json::Value>(token, key, &validation)
@@ -266,6 +269,12 @@ pub fn verify(jwt: &JwtRt, token: &str, jwks: &JwksCache) -> Result<(String, Str
             ),
         })?
         .claims;
+    if !issuer.audiences.is_empty() && !names_audience(claims.get("aud"), &issuer.audiences) {
+        return Err(refuse(
+            Code::TokenClaims,
+            "The token's audience ('aud') is not one this service accepts.",
+        ));
+    }
     let Some(subject) = claims.get(&jwt.app_claim).and_then(|v| v.as_str()) else {
         return Err(refuse(
             Code::TokenClaims,
@@ -276,4 +285,19 @@ pub fn verify(jwt: &JwtRt, token: &str, jwks: &JwksCache) -> Result<(String, Str
         ));
     };
     Ok((iss.to_owned(), subject.to_owned()))
+}
+
+/// Whether `aud` (a string or an array of strings, RFC 7519 §4.1.3) names
+/// one of `accepted`.
+fn names_audience(aud: Option<&serde_json::Value>, accepted: &[String]) -> bool {
+    let accepts = |value: &serde_json::Value| {
+        value
+            .as_str()
+            .is_some_and(|aud| accepted.iter().any(|a| a == aud))
+    };
+    match aud {
+        Some(serde_json::Value::Array(items)) => items.iter().any(accepts),
+        Some(value) => accepts(value),
+        None => false,
+    }
 }

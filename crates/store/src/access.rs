@@ -809,6 +809,37 @@ impl WriteTx {
         plan_by_key(&mut *self.tx, service_id, key).await
     }
 
+    /// An app other than `except` that claims the JWT identity (`issuer`,
+    /// `subject`): an identity authenticates as one app only.
+    pub async fn jwt_claimant(
+        &mut self,
+        issuer: &str,
+        subject: &str,
+        except: &str,
+    ) -> Result<Option<App>> {
+        // The spec holds the subject JSON-encoded; the pattern only narrows
+        // the scan (its `%` and `_` widen it), the check below decides.
+        // A string always serialises.
+        let encoded = serde_json::to_string(subject).unwrap_or_default();
+        let rows = sqlx::query("SELECT * FROM apps WHERE id <> $1 AND spec LIKE $2")
+            .bind(except)
+            .bind(format!("%{encoded}%"))
+            .fetch_all(&mut *self.tx)
+            .await?;
+        for row in &rows {
+            let app = app_from(row)?;
+            if app
+                .spec
+                .jwt
+                .iter()
+                .any(|identity| identity.issuer == issuer && identity.subject == subject)
+            {
+                return Ok(Some(app));
+            }
+        }
+        Ok(None)
+    }
+
     pub async fn plans_of(&mut self, service_id: &str) -> Result<Vec<Plan>> {
         let rows = sqlx::query("SELECT * FROM plans WHERE service_id = $1 ORDER BY id")
             .bind(service_id)

@@ -2369,3 +2369,212 @@ async fn base_paths_keys_and_framing_stay_out_of_other_hands() {
         "Bearer upstream-session-123"
     );
 }
+
+/// What a review found members could do beyond their role or their
+/// token's scope: each is refused now.
+#[tokio::test]
+async fn members_stay_within_their_role_and_their_tokens_scope() {
+    let upstream = FakeUpstream::start("w").await;
+    let tollgate = Tollgate::start(BIN).await;
+    world(
+        &tollgate,
+        &upstream,
+        json!({"ip": {"allow": ["10.20.30.0/24", "127.0.0.1/32"]},
+               "auth": {"jwt": {"issuers": [{"issuer": "https://hs.example", "algorithms": ["HS256"],
+                                              "secret": "weatherco-secret-0123456789abcdef"}]}}}),
+        json!({}),
+    )
+    .await;
+    let member = |email: &'static str, memberships: &'static [(&'static str, &'static str)]| {
+        let tollgate = &tollgate;
+        async move {
+            let (id, token) = tollgate.user_with_token(email).await;
+            for (team, role) in memberships {
+                tollgate
+                    .create(
+                        &format!("/api/v1/teams/{team}/members"),
+                        json!({"user": id, "role": role}),
+                    )
+                    .await;
+            }
+            token
+        }
+    };
+    let provider_dev = member("dev@weatherco.test", &[("weatherco", "developer")]).await;
+    let provider_admin = member("admin@weatherco.test", &[("weatherco", "admin")]).await;
+    let consumer_dev = member("dev@acme.test", &[("acme", "developer")]).await;
+    let both = member("both@x.test", &[("acme", "viewer"), ("weatherco", "owner")]).await;
+
+    // A team-scoped token mints only tokens within its scope.
+    let (_, scoped) = tollgate
+        .admin(
+            Method::POST,
+            "/api/v1/tokens",
+            Some(json!({"user": "both@x.test", "teams": ["acme"]})),
+        )
+        .await;
+    let scoped = scoped["token_secret"].as_str().unwrap().to_owned();
+    let (status, minted) = tollgate
+        .admin_as(
+            &scoped,
+            Method::POST,
+            "/api/v1/tokens",
+            Some(json!({"name": "wide"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{minted}");
+    assert_eq!(minted["teams"], json!(["acme"]), "{minted}");
+    let minted = minted["token_secret"].as_str().unwrap();
+    let (status, _) = tollgate
+        .admin_as(minted, Method::GET, "/api/v1/teams/weatherco", None)
+        .await;
+    assert_eq!(status, 404, "the minted token is as narrow as its maker");
+    let (status, body) = tollgate
+        .admin_as(
+            &scoped,
+            Method::POST,
+            "/api/v1/tokens",
+            Some(json!({"teams": ["weatherco"]})),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["errors"][0]["field"], "teams", "{body}");
+    // It does not see (or revoke) the user's wider tokens.
+    let (_, listed) = tollgate
+        .admin_as(&scoped, Method::GET, "/api/v1/tokens", None)
+        .await;
+    let listed = listed["data"].as_array().unwrap();
+    assert!(
+        listed.iter().all(|token| token["teams"] == json!(["acme"])),
+        "{listed:?}"
+    );
+    let (_, all) = tollgate
+        .admin_as(&both, Method::GET, "/api/v1/tokens", None)
+        .await;
+    let wide = all["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|token| token.get("teams").is_none())
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, _) = tollgate
+        .admin_as(
+            &scoped,
+            Method::DELETE,
+            &format!("/api/v1/tokens/{wide}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 404);
+    // The admin scheme is case-insensitive, as on the gateway.
+    let lower = tollgate
+        .client
+        .get(format!("{}/api/v1/auth/me", tollgate.admin_url))
+        .header("authorization", format!("bearer {scoped}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(lower.status(), 200);
+
+    // A developer changes draft services, not live ones.
+    let (status, body) = tollgate
+        .admin_as(
+            &provider_dev,
+            Method::PATCH,
+            "/api/v1/services/weather",
+            Some(json!({"auth": {"anonymous": true}})),
+        )
+        .await;
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = tollgate
+        .admin_as(
+            &provider_dev,
+            Method::POST,
+            "/api/v1/services/weather/routes",
+            Some(json!({"path": "/open"})),
+        )
+        .await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(
+        tollgate.get("/weather/forecast/paris").await.status(),
+        401,
+        "still needs a key"
+    );
+    let (status, _) = tollgate
+        .admin_as(
+            &provider_admin,
+            Method::PATCH,
+            "/api/v1/services/weather",
+            Some(json!({"description": "Forecasts"})),
+        )
+        .await;
+    assert_eq!(status, 200);
+
+    // Renewing charges the consumer: the provider may not; nor may it
+    // change the consumer's renewal (403: it sees the subscription).
+    let (_, subscriptions) = tollgate
+        .admin(Method::GET, "/api/v1/subscriptions", None)
+        .await;
+    let subscription = subscriptions["data"][0]["id"].as_str().unwrap().to_owned();
+    let (status, body) = tollgate
+        .admin_as(
+            &provider_admin,
+            Method::POST,
+            &format!("/api/v1/subscriptions/{subscription}/renew"),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        !body.to_string().contains("USD"),
+        "no balance shown: {body}"
+    );
+    let (status, _) = tollgate
+        .admin_as(
+            &provider_admin,
+            Method::PATCH,
+            &format!("/api/v1/subscriptions/{subscription}"),
+            Some(json!({"auto_renew": false})),
+        )
+        .await;
+    assert_eq!(status, 403);
+
+    // The catalog shows consumers how to call a service, not how it is built.
+    let (status, catalog) = tollgate
+        .admin_as(&consumer_dev, Method::GET, "/api/v1/catalog", None)
+        .await;
+    assert_eq!(status, 200);
+    let entry = &catalog["data"][0]["service"];
+    assert_eq!(entry["slug"], "weather", "{catalog}");
+    assert_eq!(entry["auth"]["jwt_issuers"], json!(["https://hs.example"]));
+    let text = catalog.to_string();
+    for private in ["weather-backend", "10.20.30.0", "secret", "sealed"] {
+        assert!(!text.contains(private), "{private} in {text}");
+    }
+
+    // A JWT identity authenticates as one app only: a second claim of it
+    // (which would take over the first app's calls and bills) is refused.
+    let identity = json!([{"issuer": "https://hs.example", "subject": "client-1"}]);
+    let (status, _) = tollgate
+        .admin_as(
+            &consumer_dev,
+            Method::PATCH,
+            "/api/v1/apps/acme-web",
+            Some(json!({"jwt": identity})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, body) = tollgate
+        .admin_as(
+            &provider_dev,
+            Method::POST,
+            "/api/v1/apps",
+            Some(json!({"slug": "squatter", "jwt": identity})),
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["errors"][0]["field"], "jwt[0]", "{body}");
+}

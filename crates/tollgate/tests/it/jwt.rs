@@ -145,6 +145,29 @@ async fn jwts_from_trusted_issuers_authenticate_apps() {
             ),
             "token_claims_invalid",
         ),
+        // The issuer lists audiences: a token must name one of them.
+        (
+            idp.sign(Algorithm::ES256, &{
+                let mut claims = idp.claims("client-1");
+                claims.as_object_mut().unwrap().remove("aud");
+                claims
+            }),
+            "token_claims_invalid",
+        ),
+        (
+            idp.sign(
+                Algorithm::ES256,
+                &with(idp.claims("client-1"), json!({"aud": 5})),
+            ),
+            "token_claims_invalid",
+        ),
+        (
+            idp.sign(
+                Algorithm::ES256,
+                &with(idp.claims("client-1"), json!({"aud": null})),
+            ),
+            "token_claims_invalid",
+        ),
         (
             idp.sign(
                 Algorithm::ES256,
