@@ -844,6 +844,15 @@ pub(crate) fn check_text(errors: &mut FieldErrors, field: &str, text: Option<&St
 /// Validates a target URL: `http` or `https`, a host, no query or fragment.
 pub fn check_target_url(url: &str) -> Result<url::Url, String> {
     let parsed = url::Url::parse(url).map_err(|e| format!("is not a valid URL ({e})"))?;
+    // The gateway connects with `http::Uri`, which is stricter than a
+    // browser's parser (no spaces, no raw Unicode): refuse here what it
+    // could not use, and say how the URL is written for it.
+    if url.parse::<http::Uri>().is_err() {
+        return Err(format!(
+            "cannot be used as written (spaces, control or non-ASCII characters); write it as '{}'",
+            parsed.as_str().trim_end_matches('/')
+        ));
+    }
     if !matches!(parsed.scheme(), "http" | "https") {
         return Err("must use http or https".into());
     }

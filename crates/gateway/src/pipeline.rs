@@ -653,7 +653,10 @@ async fn forward(
     let Some(upstream) = service.upstream.as_ref() else {
         return Err(Refusal::new(
             Code::NoHealthyUpstream,
-            format!("The service '{}' has no upstream configured.", service.slug),
+            format!(
+                "The service '{}' has no usable upstream: none is configured, or its configuration could not be loaded. Its team can check it in the admin API.",
+                service.slug
+            ),
         ));
     };
     let (parts, body) = request.into_parts();

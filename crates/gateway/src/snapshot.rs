@@ -197,6 +197,9 @@ pub struct RouteRt {
 #[derive(Debug, Default)]
 pub struct Snapshot {
     pub version: i64,
+    /// Objects left out because they could not be compiled (each named
+    /// with why); the rest is served.
+    pub skipped: Vec<String>,
     pub router: Router,
     pub routes: Vec<RouteRt>,
     pub upstreams: Vec<Arc<UpstreamRt>>,
@@ -245,31 +248,58 @@ pub fn compile(
     wallets: &crate::money::Wallets,
     ai_keys: &crate::ai::KeyRegistry,
 ) -> Result<Snapshot, CompileError> {
+    // One team's object that cannot be compiled is left out (and said so
+    // in `skipped`); it never holds back everyone else's changes (a
+    // revoked key, a new service) by failing the whole snapshot.
+    let mut skipped = Vec::new();
     let mut upstreams = HashMap::new();
     let mut upstream_list = Vec::new();
     for upstream in config.upstreams {
-        let compiled = Arc::new(registry.compile(upstream)?);
-        upstreams.insert(upstream.spec.slug.clone(), compiled.clone());
-        upstream_list.push(compiled);
+        match registry.compile(upstream) {
+            Ok(compiled) => {
+                let compiled = Arc::new(compiled);
+                upstreams.insert(upstream.spec.slug.clone(), compiled.clone());
+                upstream_list.push(compiled);
+            }
+            Err(error) => skipped.push(error.to_string()),
+        }
     }
     let mut services = HashMap::new();
     for service in config.services {
         if service.lifecycle == Lifecycle::Draft {
             continue;
         }
-        let upstream = match &service.spec.upstream {
-            Some(slug) => {
-                Some(
-                    upstreams
-                        .get(slug)
-                        .cloned()
-                        .ok_or_else(|| CompileError::Service {
-                            service: service.spec.slug.clone(),
-                            message: format!("upstream '{slug}' does not exist"),
-                        })?,
-                )
+        // A service whose upstream is left out answers 503 (no upstream).
+        let upstream = service
+            .spec
+            .upstream
+            .as_ref()
+            .and_then(|slug| upstreams.get(slug).cloned());
+        let service_error = |message: String| CompileError::Service {
+            service: service.spec.slug.clone(),
+            message,
+        };
+        // Without its access rules a service is not served at all.
+        let jwt = match service
+            .spec
+            .auth
+            .jwt
+            .as_ref()
+            .map(crate::jwt::JwtRt::compile)
+            .transpose()
+        {
+            Ok(jwt) => jwt,
+            Err(message) => {
+                skipped.push(service_error(message).to_string());
+                continue;
             }
-            None => None,
+        };
+        let ip = match crate::access::IpRulesRt::compile(&service.spec.ip) {
+            Ok(ip) => ip,
+            Err(message) => {
+                skipped.push(service_error(message).to_string());
+                continue;
+            }
         };
         let deprecation =
             (service.lifecycle == Lifecycle::Deprecated).then(|| deprecation_headers(service));
@@ -284,23 +314,8 @@ pub fn compile(
                     team_only: service.spec.visibility == domain::model::Visibility::Team,
                     anonymous: service.spec.auth.anonymous,
                     query_key: service.spec.auth.query_key,
-                    jwt: service
-                        .spec
-                        .auth
-                        .jwt
-                        .as_ref()
-                        .map(crate::jwt::JwtRt::compile)
-                        .transpose()
-                        .map_err(|message| CompileError::Service {
-                            service: service.spec.slug.clone(),
-                            message,
-                        })?,
-                    ip: crate::access::IpRulesRt::compile(&service.spec.ip).map_err(|message| {
-                        CompileError::Service {
-                            service: service.spec.slug.clone(),
-                            message,
-                        }
-                    })?,
+                    jwt,
+                    ip,
                     lifecycle: service.lifecycle,
                     deprecation,
                     upstream,
@@ -335,7 +350,18 @@ pub fn compile(
             message,
         };
         let pattern = domain::path::join(&service.spec.base_path, &route.spec.path);
-        let segments = domain::path::parse_pattern(&pattern).map_err(route_error)?;
+        let compiled = domain::path::parse_pattern(&pattern).and_then(|segments| {
+            let request_headers = Rewrite::compile(&route.spec.request_headers)?;
+            let response_headers = Rewrite::compile(&route.spec.response_headers)?;
+            Ok((segments, request_headers, response_headers))
+        });
+        let (segments, request_headers, response_headers) = match compiled {
+            Ok(compiled) => compiled,
+            Err(message) => {
+                skipped.push(route_error(message).to_string());
+                continue;
+            }
+        };
         let base = service.spec.base_path.trim_end_matches('/');
         let index = routes.len();
         builder.add(
@@ -362,10 +388,9 @@ pub fn compile(
                 .request_body_limit_bytes
                 .or(service.spec.request_body_limit_bytes)
                 .unwrap_or(defaults.request_body_limit_bytes),
-            request_headers: Rewrite::compile(&route.spec.request_headers).map_err(route_error)?,
+            request_headers,
             query: QueryRewrite::compile(&route.spec.query),
-            response_headers: Rewrite::compile(&route.spec.response_headers)
-                .map_err(route_error)?,
+            response_headers,
             limiter: limiters.get(
                 format!("route:{}", route.id),
                 "route",
@@ -409,6 +434,7 @@ pub fn compile(
     limiters.sweep();
     Ok(Snapshot {
         version: config.version,
+        skipped,
         router: builder.build(),
         routes,
         upstreams: upstream_list,

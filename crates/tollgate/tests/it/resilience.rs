@@ -392,3 +392,63 @@ async fn bodies_stream_up_and_are_limited() {
         .unwrap();
     assert_eq!(echo["body_len"], 500);
 }
+
+/// A target URL the gateway could not connect to is refused at the API,
+/// naming the field; and an object that still cannot be compiled (one
+/// stored by an older version, say) is left out of the gateway's
+/// configuration alone: everyone else's changes keep arriving.
+#[tokio::test]
+async fn one_broken_object_does_not_hold_back_the_configuration() {
+    let upstream = FakeUpstream::start("a").await;
+    let tollgate = gateway_with(&upstream).await;
+    for (url, hint) in [
+        ("http://127.0.0.1:9/a b", "a%20b"),
+        ("http://bücher.example", "xn--bcher-kva.example"),
+    ] {
+        let (status, body) = tollgate
+            .admin(
+                reqwest::Method::POST,
+                "/api/v1/upstreams",
+                Some(json!({"slug": "weird", "targets": [{"url": url}]})),
+            )
+            .await;
+        assert_eq!(status, 400, "{url}: {body}");
+        assert_eq!(body["errors"][0]["field"], "targets[0].url", "{body}");
+        assert!(body["detail"].as_str().unwrap().contains(hint), "{body}");
+    }
+
+    // An upstream whose stored target became unusable.
+    tollgate
+        .create(
+            "/api/v1/upstreams",
+            json!({"slug": "broken", "targets": [{"url": "http://127.0.0.1:9"}]}),
+        )
+        .await;
+    let database = tollgate.data_dir.join("tollgate.db");
+    let script = r#"
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1], timeout=10)
+with db:
+    db.execute("UPDATE upstreams SET spec = replace(spec, '127.0.0.1:9', '127.0.0.1:9/a b') WHERE slug = 'broken'")
+    db.execute("UPDATE config_state SET version = version + 1 WHERE id = 1")
+"#;
+    let output = std::process::Command::new("python3")
+        .args(["-c", script])
+        .arg(&database)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    // A change made after it still reaches the gateway.
+    tollgate
+        .publish_http_service(
+            "later",
+            "/later",
+            json!({"targets": [{"url": upstream.url()}]}),
+            &[json!({"path": "/*"})],
+        )
+        .await;
+    tollgate
+        .wait_for("/later/x", Duration::from_secs(2), |s| s == 200)
+        .await;
+    assert_eq!(tollgate.get("/svc/x").await.status(), 200);
+}
