@@ -263,10 +263,20 @@ fn redact_value(value: &mut serde_json::Value, fields: &[String]) {
     }
 }
 
-/// Tollgate API keys and bearer tokens, anywhere in a text.
-fn holds_key(text: &str) -> bool {
-    let lower = text.to_ascii_lowercase();
-    lower.contains("tg_live_") || lower.contains("tg_test_") || lower.contains("bearer ")
+/// Tollgate API keys and bearer tokens, anywhere in a text: also with
+/// their `_` or space escaped as JSON (`\u005f`) or in a URL (`%5F`,
+/// `%20`, `+`), as a cut-off JSON body or a `Referer` would carry them.
+pub fn holds_key(text: &str) -> bool {
+    let lower = text
+        .to_ascii_lowercase()
+        .replace("\\u005f", "_")
+        .replace("%5f", "_")
+        .replace("\\u0020", " ")
+        .replace("%20", " ");
+    lower.contains("tg_live_")
+        || lower.contains("tg_test_")
+        || lower.contains("bearer ")
+        || lower.contains("bearer+")
 }
 
 /// A captured body as stored: a whole JSON document with its secret
@@ -343,6 +353,18 @@ mod tests {
                 .unwrap()
                 .starts_with("[withheld")
         );
+        // Keys written with an escape, in a body cut off by the cap.
+        for cut in [
+            &br#"{"note": "tg\u005flive_abc", "x": "#[..],
+            b"note=tg%5Flive_abc&x=",
+            b"auth=Bearer%20abc&x=",
+        ] {
+            assert!(
+                redact_body(cut, &extra).unwrap().starts_with("[withheld"),
+                "{}",
+                String::from_utf8_lossy(cut)
+            );
+        }
         assert_eq!(redact_body(b"plain text", &extra).unwrap(), "plain text");
         assert!(
             redact_body(&[0xff, 0xfe], &extra)

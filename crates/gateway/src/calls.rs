@@ -132,16 +132,39 @@ const SECRET_HEADERS: [&str; 7] = [
     "payment-response",
 ];
 
-/// Headers as logged: `name: value` lines, secrets replaced.
+/// Parts of header names that say the value is a secret
+/// (`x-session-token`, `x-client-secret`, `x-auth-key`).
+const SECRET_NAME_PARTS: [&str; 8] = [
+    "token",
+    "secret",
+    "passw",
+    "api-key",
+    "apikey",
+    "auth",
+    "session",
+    "signature",
+];
+
+/// Headers as logged: `name: value` lines, secrets replaced: headers that
+/// carry credentials, headers named like a secret field, and any value
+/// holding a Tollgate key or a bearer token.
 pub(crate) fn header_lines(headers: &http::HeaderMap) -> String {
     let mut out = String::new();
     for (name, value) in headers {
         out.push_str(name.as_str());
         out.push_str(": ");
-        if SECRET_HEADERS.contains(&name.as_str()) {
+        let text = String::from_utf8_lossy(value.as_bytes());
+        // Secret by name, or a key wherever it is (a `Referer` with
+        // `?api_key=`, a debug header with a bearer token).
+        if SECRET_HEADERS.contains(&name.as_str())
+            || SECRET_NAME_PARTS
+                .iter()
+                .any(|part| name.as_str().contains(part))
+            || domain::calls::holds_key(&text)
+        {
             out.push_str("[redacted]");
         } else {
-            out.push_str(&String::from_utf8_lossy(value.as_bytes()));
+            out.push_str(&text);
         }
         out.push('\n');
     }

@@ -857,6 +857,20 @@ impl WriteTx {
     }
 
     pub async fn put_team(&mut self, team: &Team) -> Result<()> {
+        let retired = sqlx::query(
+            "SELECT 1 FROM retired_team_slugs WHERE slug = $1 \
+             AND NOT EXISTS (SELECT 1 FROM teams WHERE id = $2)",
+        )
+        .bind(&team.spec.slug)
+        .bind(&team.id)
+        .fetch_optional(&mut *self.tx)
+        .await?;
+        if retired.is_some() {
+            return Err(StoreError::Conflict {
+                field: "slug".into(),
+                message: "belonged to a deleted team, whose calls, analytics and audit entries still carry it; choose another slug".into(),
+            });
+        }
         sqlx::query(
             "INSERT INTO teams (id, slug, spec, created_at_ms, updated_at_ms) VALUES ($1, $2, $3, $4, $5) \
              ON CONFLICT (id) DO UPDATE SET spec = excluded.spec, updated_at_ms = excluded.updated_at_ms",
@@ -907,6 +921,15 @@ impl WriteTx {
             .bind(id)
             .execute(&mut *self.tx)
             .await?;
+        sqlx::query(
+            "INSERT INTO retired_team_slugs (slug, team_id, retired_at_ms) VALUES ($1, $2, $3) \
+             ON CONFLICT (slug) DO NOTHING",
+        )
+        .bind(slug)
+        .bind(id)
+        .bind(domain::now_ms())
+        .execute(&mut *self.tx)
+        .await?;
         Ok(())
     }
 

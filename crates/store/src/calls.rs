@@ -598,8 +598,12 @@ impl Store {
 /// statistics) picked the team's index and read every call of the team
 /// (312 ms for a team of 500,000 calls, against 0.5 ms through the
 /// request id's index).
-const REQUEST_CALLS: &str =
-    "id IN (SELECT ? UNION ALL SELECT id FROM call_logs WHERE request_id = ? AND request_id <> id)";
+/// A request id's calls: the one that took the id as its row id (the
+/// gateway minted it), and those a client sent it on. A row id is matched
+/// only where it is that call's request id, so a client's id never finds
+/// another call by its row id.
+const REQUEST_CALLS: &str = "id IN (SELECT id FROM call_logs WHERE id = ? AND request_id = id \
+     UNION ALL SELECT id FROM call_logs WHERE request_id = ? AND request_id <> id)";
 
 /// Teams whose calls [`calls_query`] walks along the team indexes.
 const MAX_TEAM_WALKS: usize = 100;

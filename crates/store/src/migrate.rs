@@ -64,6 +64,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "rollups_day",
         include_str!("../migrations/0017_rollups_day.sql"),
     ),
+    (
+        18,
+        "retired_team_slugs",
+        include_str!("../migrations/0018_retired_team_slugs.sql"),
+    ),
 ];
 
 impl Store {

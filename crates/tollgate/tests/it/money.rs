@@ -353,6 +353,17 @@ async fn adjustments_filters_csv_and_who_may_move_money() {
         .admin(Method::DELETE, "/api/v1/teams/other", None)
         .await;
     assert_eq!(status, 204, "{body}");
+    // Its slug is never given out again: calls, analytics and the audit
+    // log still name it, and a new team would read them as its own.
+    let (status, body) = tollgate
+        .admin(
+            Method::POST,
+            "/api/v1/teams",
+            Some(json!({"slug": "other"})),
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["errors"][0]["field"], "slug", "{body}");
 }
 
 #[tokio::test]

@@ -158,6 +158,18 @@ async fn calls_are_logged_counted_and_explained() {
     assert_eq!(found[0]["path"], "/nowhere/again", "newest first");
     assert_eq!(found[1]["path"], "/nowhere");
     assert_ne!(found[0]["id"], found[1]["id"]);
+    // The row id of a call that carried a client's id is not a request id:
+    // it finds nothing.
+    let client_row = found[0]["id"].as_str().unwrap();
+    let (status, none) = tollgate
+        .admin(
+            Method::GET,
+            &format!("/api/v1/logs?request_id={client_row}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(none["data"], json!([]), "{none}");
 
     // Platform admins see calls of no team too (the 404 above).
     let (_, by_service) = tollgate
@@ -733,6 +745,12 @@ async fn bodies_are_logged_on_request_without_secrets() {
                 .post(format!("{}{path}", tollgate.gateway_url))
                 .header("authorization", "Bearer not-a-real-token-1234")
                 .header("content-type", "application/json")
+                .header(
+                    "referer",
+                    "https://app.example/page?api_key=tg_live_leaked0123",
+                )
+                .header("x-debug", "Bearer also-secret-0123")
+                .header("x-session-token", "by-its-name")
                 .body(body)
                 .send()
                 .await
@@ -775,6 +793,17 @@ async fn bodies_are_logged_on_request_without_secrets() {
     let bodies = stored(json_id).await;
     let headers = bodies["request_headers"].as_str().unwrap();
     assert!(headers.contains("authorization: [redacted]"), "{headers}");
+    // Keys anywhere in a header's value, and headers named like secrets.
+    for line in [
+        "referer: [redacted]",
+        "x-debug: [redacted]",
+        "x-session-token: [redacted]",
+    ] {
+        assert!(headers.contains(line), "{line} in {headers}");
+    }
+    for secret in ["tg_live_leaked", "also-secret", "by-its-name"] {
+        assert!(!headers.contains(secret), "{secret} in {headers}");
+    }
     assert!(
         headers.contains("content-type: application/json"),
         "{headers}"
