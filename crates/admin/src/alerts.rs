@@ -56,10 +56,32 @@ async fn check_references(
     caller.require(Some(&spec.team), Role::Admin, "team", &spec.team)?;
     if let Some(slug) = &spec.service {
         let service = state.store.service(slug).await?;
-        if service.is_none_or(|s| s.spec.team.as_deref() != Some(spec.team.as_str())) {
+        let team = spec.team.as_str();
+        let known = match &service {
+            None => false,
+            // Calls by the team's apps: a service they subscribe to.
+            Some(service) if spec.as_consumer => {
+                let filter = store::SubscriptionFilter {
+                    service_id: Some(&service.id),
+                    ..Default::default()
+                };
+                let page = state
+                    .store
+                    .subscriptions(&store::Visible::teams([team]), &filter, None, 500)
+                    .await?;
+                service.spec.team.as_deref() == Some(team)
+                    || page.items.iter().any(|s| s.consumer_team == team)
+            }
+            Some(service) => service.spec.team.as_deref() == Some(team),
+        };
+        if !known {
             return Err(ApiError::field(
                 "service",
-                format!("the team '{}' has no service '{slug}'", spec.team),
+                if spec.as_consumer {
+                    format!("the apps of team '{team}' have no subscription to a service '{slug}'")
+                } else {
+                    format!("the team '{team}' has no service '{slug}'")
+                },
             ));
         }
     }
@@ -102,17 +124,22 @@ pub async fn create_alert(
 
 /// The alert rules of the caller's teams.
 #[utoipa::path(get, path = "/api/v1/alerts", tag = "observability",
-    params(("limit" = Option<usize>, Query), ("cursor" = Option<String>, Query)),
+    params(("limit" = Option<usize>, Query), ("cursor" = Option<String>, Query), ("team" = Option<String>, Query)),
     responses((status = 200, body = ListResponse<AlertRule>)))]
 pub async fn list_alerts(
     State(state): State<AdminState>,
     caller: Caller,
     params: ListParams,
 ) -> Result<Response, ApiError> {
-    params.only(&[])?;
+    params.only(&["team"])?;
     let page = state
         .store
-        .alerts(&caller.visible(), params.after.as_deref(), params.limit)
+        .alerts(
+            &caller.visible(),
+            params.filter("team"),
+            params.after.as_deref(),
+            params.limit,
+        )
         .await?;
     Ok(ok(&ListResponse::from(page)))
 }

@@ -69,29 +69,36 @@ async fn resolve_upstream(
     let Some(key) = spec.upstream.clone() else {
         return Ok(None);
     };
+    // Another team's upstream is answered as a missing one: its existence
+    // is that team's business.
+    let missing = || {
+        ApiError::field(
+            "upstream",
+            format!(
+                "no upstream '{key}' exists among this team's or the shared upstreams; create it first"
+            ),
+        )
+    };
     match tx.upstream(&key).await? {
         Some(upstream) if upstream.spec.team.is_some() && upstream.spec.team != spec.team => {
-            Err(ApiError::field(
-                "upstream",
-                if spec.team.is_none() {
+            if spec.team.is_none() {
+                // Only platform callers make platform services, and they
+                // see every team's upstreams anyway.
+                Err(ApiError::field(
+                    "upstream",
                     format!(
                         "'{key}' belongs to a team, and this service has no 'team' (a platform service uses shared upstreams only); set the service's team"
-                    )
-                } else {
-                    format!(
-                        "'{key}' belongs to another team; a service uses its own team's upstreams (or shared ones)"
-                    )
-                },
-            ))
+                    ),
+                ))
+            } else {
+                Err(missing())
+            }
         }
         Some(upstream) => {
             spec.upstream = Some(upstream.spec.slug.clone());
             Ok(Some(upstream.id))
         }
-        None => Err(ApiError::field(
-            "upstream",
-            format!("no upstream '{key}' exists; create it first"),
-        )),
+        None => Err(missing()),
     }
 }
 

@@ -161,7 +161,7 @@ impl Limiter {
                 name: limit.per.as_str(),
             })
             .collect();
-        let policy = windows
+        let mut items: Vec<String> = windows
             .iter()
             .map(|w| {
                 format!(
@@ -171,9 +171,15 @@ impl Limiter {
                     w.period_ms / 1000
                 )
             })
-            .collect::<Vec<_>>()
-            .join(", ")
-            .into_boxed_str();
+            .collect();
+        // Requests in flight, in the draft's own quota unit, so that the
+        // `RateLimit` item of a concurrency refusal names a policy.
+        if let Some(max) = concurrent_max {
+            items.push(format!(
+                "\"{scope}-concurrent\";q={max};qu=\"concurrent-requests\""
+            ));
+        }
+        let policy = items.join(", ").into_boxed_str();
         Self {
             scope,
             states: Mutex::new(vec![WindowState::default(); windows.len()].into_boxed_slice()),
@@ -277,8 +283,8 @@ impl Limiter {
         Ok(Some(Permit(self.clone())))
     }
 
-    /// This limiter's policies, as `RateLimit-Policy` lists them (empty
-    /// when it only bounds requests in flight).
+    /// This limiter's policies, as `RateLimit-Policy` lists them (its
+    /// windows, then its bound on requests in flight).
     pub fn policy(&self) -> &str {
         &self.policy
     }

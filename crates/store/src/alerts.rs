@@ -103,17 +103,19 @@ impl Store {
     pub async fn alerts(
         &self,
         visible: &Visible,
+        team: Option<&str>,
         after: Option<&str>,
         limit: usize,
     ) -> Result<Page<AlertRule>> {
         let rows = sqlx::query(concat!(
-            "SELECT * FROM alert_rules WHERE id > $1 AND ",
+            "SELECT * FROM alert_rules WHERE id > $1 AND ($4 = '' OR team = $4) AND ",
             visible_sql!("team", "2"),
             " ORDER BY id LIMIT $3"
         ))
         .bind(after.unwrap_or(""))
         .bind(visible.param())
         .bind(fetch_limit(limit))
+        .bind(team.unwrap_or(""))
         .fetch_all(&self.pool)
         .await?;
         let items = rows.iter().map(rule_from).collect::<Result<Vec<_>>>()?;

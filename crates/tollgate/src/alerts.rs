@@ -67,7 +67,10 @@ pub fn evaluate(
         return Vec::new();
     };
     if spec.metric.uses_window() {
-        let since_s = now_ms.div_euclid(1000) - i64::from(spec.window_seconds) + 1;
+        // Whole seconds: the window's seconds before the current one, plus
+        // the current one so far, so no call of the last `window_seconds`
+        // seconds is left out.
+        let since_s = now_ms.div_euclid(1000) - i64::from(spec.window_seconds);
         let wanted = |(provider, consumer, service): &RecentKey| {
             let team = if spec.as_consumer { consumer } else { provider };
             team == &spec.team && spec.service.as_ref().is_none_or(|s| s == service)

@@ -365,6 +365,14 @@ pub fn load(
         }
     };
     let config = validate(raw, &mut problems);
+    // Name the variable a bad value came from, as for type errors.
+    for problem in &mut problems {
+        if let Some((key, message)) = problem.split_once(": ")
+            && let Some(name) = origins.get(key)
+        {
+            *problem = format!("{key} (from {name}): {message}");
+        }
+    }
     if problems.is_empty() {
         Ok(config)
     } else {

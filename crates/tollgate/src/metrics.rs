@@ -177,7 +177,7 @@ impl RecentCounts {
     }
 }
 
-/// Seconds kept for alert windows.
+/// Seconds kept for alert windows (and the current one besides).
 pub const RECENT_SECONDS: i64 = domain::alerts::WINDOW_SECONDS_MAX as i64;
 /// Keys counted per second, at most; further ones are folded into one.
 const RECENT_KEYS_MAX: usize = 10_000;
@@ -200,7 +200,7 @@ impl Recent {
         while self
             .seconds
             .front()
-            .is_some_and(|(s, _)| *s <= second.max(newest) - RECENT_SECONDS)
+            .is_some_and(|(s, _)| *s < second.max(newest) - RECENT_SECONDS)
         {
             self.seconds.pop_front();
         }

@@ -888,19 +888,34 @@ async fn concurrent_requests_are_bounded() {
         let url = format!("{}/weather/delay/500", tollgate.gateway_url);
         let key = world.key.clone();
         tasks.push(tokio::spawn(async move {
-            client
-                .get(url)
-                .bearer_auth(key)
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16()
+            let response = client.get(url).bearer_auth(key).send().await.unwrap();
+            let header = |name: &str| {
+                response
+                    .headers()
+                    .get(name)
+                    .map(|v| v.to_str().unwrap().to_owned())
+            };
+            (
+                response.status().as_u16(),
+                header("ratelimit-policy"),
+                header("ratelimit"),
+            )
         }));
     }
     let mut statuses = Vec::new();
     for task in tasks {
-        statuses.push(task.await.unwrap());
+        let (status, policy, limit) = task.await.unwrap();
+        statuses.push(status);
+        if status == 429 {
+            // The refusal's `RateLimit` item names a declared policy.
+            let policy = policy.expect("RateLimit-Policy on a 429");
+            assert!(
+                policy.contains("\"plan-concurrent\";q=2;qu=\"concurrent-requests\""),
+                "{policy}"
+            );
+            let limit = limit.expect("RateLimit on a 429");
+            assert!(limit.starts_with("\"plan-concurrent\";r=0"), "{limit}");
+        }
     }
     statuses.sort_unstable();
     assert_eq!(statuses, [200, 200, 429, 429, 429]);
@@ -1144,6 +1159,25 @@ async fn tenants_never_see_each_other() {
         )
         .await;
     assert_eq!(status, 404);
+
+    // Naming B's upstream in a service of A's reads as naming none.
+    let mut details = Vec::new();
+    for upstream in ["team-b-up", "no-such-up"] {
+        let (status, body) = tollgate
+            .admin_as(
+                &alice,
+                Method::POST,
+                "/api/v1/services",
+                Some(json!({"slug": "probe", "team": "team-a", "base_path": "/probe", "upstream": upstream})),
+            )
+            .await;
+        assert_eq!(status, 400, "{body}");
+        details.push(body["detail"].as_str().unwrap().replace(upstream, "X"));
+    }
+    assert_eq!(
+        details[0], details[1],
+        "the answers differ only by the name"
+    );
 
     // Alice can neither read, change nor delete anything of team B.
     for (path, patch) in &objects_b {

@@ -619,6 +619,23 @@ async fn an_alert_fires_once_on_a_burst_of_402s_and_resolves() {
         )
         .await;
     assert_eq!(rule["enabled"], true);
+    // A consumer-side rule may name a service its team's apps subscribe
+    // to, though another team runs it.
+    let (status, body) = tollgate
+        .admin(
+            Method::POST,
+            "/api/v1/alerts",
+            Some(
+                json!({"slug": "acme-402", "team": "acme", "as_consumer": true,
+                        "metric": "refusals_402", "threshold": 1000, "service": "weather"}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, _) = tollgate
+        .admin(Method::DELETE, "/api/v1/alerts/acme-402", None)
+        .await;
+    assert_eq!(status, 204);
     let burst = |n: usize| {
         let tollgate = &tollgate;
         let key = &key;
@@ -675,7 +692,22 @@ async fn an_alert_fires_once_on_a_burst_of_402s_and_resolves() {
         .admin(Method::GET, "/api/v1/audit?action=alert.create", None)
         .await;
     assert_eq!(status, 200);
-    assert_eq!(audit["data"][0]["object_id"], rule["id"]);
+    assert!(
+        audit["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|entry| entry["object_id"] == rule["id"]),
+        "{audit}"
+    );
+    // Lists take a team filter, as every list does.
+    for (team, count) in [("weatherco", 1), ("acme", 0)] {
+        let (status, list) = tollgate
+            .admin(Method::GET, &format!("/api/v1/alerts?team={team}"), None)
+            .await;
+        assert_eq!(status, 200, "{list}");
+        assert_eq!(list["data"].as_array().unwrap().len(), count, "{list}");
+    }
     let (_, alice) = tollgate.user_with_token("alice@acme.test").await;
     tollgate
         .admin(

@@ -41,6 +41,12 @@ fn a_broken_configuration_is_refused_at_start_naming_the_key() {
         stderr.contains("log.level") && stderr.contains("gateway.listen"),
         "both named: {stderr}"
     );
+    // A value out of range names its variable too.
+    let stderr = serve_fails_with(&[("TOLLGATE_CALLS__RETENTION_DAYS", "0")], None);
+    assert!(
+        stderr.contains("calls.retention_days (from TOLLGATE_CALLS__RETENTION_DAYS): must be"),
+        "{stderr}"
+    );
     let stderr = serve_fails_with(&[("TOLLGATE_STORAGE__DATABSE_URL", "sqlite://x")], None);
     assert!(
         stderr.contains("storage.databse_url (from TOLLGATE_STORAGE__DATABSE_URL): unknown key"),
