@@ -68,6 +68,35 @@ pub struct Change {
     /// For updates: each changed field, `path: old -> new`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub fields: Vec<String>,
+    /// The object's own audit entry, written beside the apply's.
+    #[serde(skip)]
+    #[schema(ignore)]
+    pub record: Option<Recorded>,
+}
+
+/// An object as an applied change leaves it in the audit log: what
+/// `GET /api/v1/audit?object_id=` finds, as a change through the object's
+/// own endpoint would have.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    id: String,
+    team: Option<String>,
+    before: Option<Value>,
+    after: Option<Value>,
+}
+
+fn recorded<B: Serialize, A: Serialize>(
+    id: &str,
+    team: Option<&str>,
+    before: Option<&B>,
+    after: Option<&A>,
+) -> Option<Recorded> {
+    Some(Recorded {
+        id: id.to_owned(),
+        team: team.map(str::to_owned),
+        before: before.map(json),
+        after: after.map(json),
+    })
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -341,6 +370,9 @@ fn diff_into(path: &str, old: &Value, new: &Value, out: &mut Vec<String>) {
     }
 }
 
+/// The absent side of a recorded change.
+const NO_OBJECT: Option<&()> = None;
+
 fn json<T: Serialize>(value: &T) -> Value {
     serde_json::to_value(value).unwrap_or(Value::Null)
 }
@@ -371,10 +403,12 @@ async fn apply_document(
                     kind: "team",
                     key: spec.slug.clone(),
                     fields: vec![],
+                    record: recorded(&team.id, Some(&spec.slug), NO_OBJECT, Some(&team)),
                 });
             }
             Some(existing) if existing.spec != *spec => {
                 let fields = diff(&json(&existing.spec), &json(spec));
+                let before = existing.clone();
                 let team = Team {
                     spec: spec.clone(),
                     updated_at_ms: domain::now_ms(),
@@ -388,6 +422,7 @@ async fn apply_document(
                     kind: "team",
                     key: spec.slug.clone(),
                     fields,
+                    record: recorded(&team.id, Some(&spec.slug), Some(&before), Some(&team)),
                 });
             }
             Some(_) => {}
@@ -397,7 +432,7 @@ async fn apply_document(
         let prefix = format!("upstreams[{index}]");
         match tx.upstream(&spec.slug).await? {
             None => {
-                ops::create_upstream(tx, spec.clone())
+                let created = ops::create_upstream(tx, spec.clone())
                     .await
                     .map_err(|e| e.within(&prefix))?;
                 changes.push(Change {
@@ -405,11 +440,17 @@ async fn apply_document(
                     kind: "upstream",
                     key: spec.slug.clone(),
                     fields: vec![],
+                    record: recorded(
+                        &created.id,
+                        created.spec.team.as_deref(),
+                        NO_OBJECT,
+                        Some(&created),
+                    ),
                 });
             }
             Some(existing) if targets_as_set(&existing.spec) != targets_as_set(spec) => {
                 let fields = diff(&json(&existing.spec), &json(spec));
-                ops::update_upstream(tx, &existing, spec.clone())
+                let updated = ops::update_upstream(tx, &existing, spec.clone())
                     .await
                     .map_err(|e| e.within(&prefix))?;
                 changes.push(Change {
@@ -417,6 +458,12 @@ async fn apply_document(
                     kind: "upstream",
                     key: spec.slug.clone(),
                     fields,
+                    record: recorded(
+                        &updated.id,
+                        updated.spec.team.as_deref(),
+                        Some(&existing),
+                        Some(&updated),
+                    ),
                 });
             }
             Some(_) => {}
@@ -436,6 +483,12 @@ async fn apply_document(
                     kind: "service",
                     key: slug.clone(),
                     fields: vec![],
+                    record: recorded(
+                        &created.id,
+                        created.spec.team.as_deref(),
+                        NO_OBJECT,
+                        Some(&created),
+                    ),
                 });
                 created
             }
@@ -459,6 +512,12 @@ async fn apply_document(
                         kind: "service",
                         key: slug.clone(),
                         fields,
+                        record: recorded(
+                            &updated.id,
+                            updated.spec.team.as_deref(),
+                            Some(&existing),
+                            Some(&updated),
+                        ),
                     });
                     updated
                 } else {
@@ -500,6 +559,12 @@ async fn apply_document(
                     kind: "service",
                     key: service.spec.slug.clone(),
                     fields: vec![],
+                    record: recorded(
+                        &service.id,
+                        service.spec.team.as_deref(),
+                        Some(&service),
+                        NO_OBJECT,
+                    ),
                 });
             }
         }
@@ -513,6 +578,12 @@ async fn apply_document(
                     kind: "upstream",
                     key: upstream.spec.slug.clone(),
                     fields: vec![],
+                    record: recorded(
+                        &upstream.id,
+                        upstream.spec.team.as_deref(),
+                        Some(&upstream),
+                        NO_OBJECT,
+                    ),
                 });
             }
         }
@@ -544,6 +615,7 @@ async fn reconcile_routes(
             ))
         )
     };
+    let team = service.spec.team.as_deref();
     let wanted_keys: HashSet<String> = wanted.routes.iter().map(route_match_key).collect();
     // Deletions first, so a replacement route does not conflict with the old one.
     let stale: Vec<String> = current
@@ -559,6 +631,7 @@ async fn reconcile_routes(
                 kind: "route",
                 key: label(&route.spec),
                 fields: vec![],
+                record: recorded(&route.id, team, Some(&route), NO_OBJECT),
             });
         }
     }
@@ -566,7 +639,7 @@ async fn reconcile_routes(
         let route_prefix = format!("{prefix}.routes[{index}]");
         match current.get(&route_match_key(spec)) {
             None => {
-                ops::create_route(tx, service, spec.clone())
+                let created = ops::create_route(tx, service, spec.clone())
                     .await
                     .map_err(|e| e.within(&route_prefix))?;
                 changes.push(Change {
@@ -574,11 +647,12 @@ async fn reconcile_routes(
                     kind: "route",
                     key: label(spec),
                     fields: vec![],
+                    record: recorded(&created.id, team, NO_OBJECT, Some(&created)),
                 });
             }
             Some(existing) if as_sets(&existing.spec) != as_sets(spec) => {
                 let fields = diff(&json(&existing.spec), &json(spec));
-                ops::update_route(tx, service, existing, spec.clone())
+                let updated = ops::update_route(tx, service, existing, spec.clone())
                     .await
                     .map_err(|e| e.within(&route_prefix))?;
                 changes.push(Change {
@@ -586,6 +660,7 @@ async fn reconcile_routes(
                     kind: "route",
                     key: label(spec),
                     fields,
+                    record: recorded(&updated.id, team, Some(existing), Some(&updated)),
                 });
             }
             Some(_) => {}
@@ -602,6 +677,7 @@ async fn reconcile_plans(
     changes: &mut Vec<Change>,
 ) -> Result<(), ApiError> {
     let label = |slug: &str| format!("{}/{slug}", service.spec.slug);
+    let team = service.spec.team.as_deref();
     let current = tx.plans_of(&service.id).await?;
     for plan in &current {
         if !wanted.iter().any(|spec| spec.slug == plan.spec.slug) {
@@ -613,6 +689,7 @@ async fn reconcile_plans(
                 kind: "plan",
                 key: label(&plan.spec.slug),
                 fields: vec![],
+                record: recorded(&plan.id, team, Some(plan), NO_OBJECT),
             });
         }
     }
@@ -636,6 +713,7 @@ async fn reconcile_plans(
                     kind: "plan",
                     key: label(&spec.slug),
                     fields: vec![],
+                    record: recorded(&plan.id, team, NO_OBJECT, Some(&plan)),
                 });
             }
             Some(existing) if existing.spec != *spec => {
@@ -653,6 +731,7 @@ async fn reconcile_plans(
                     kind: "plan",
                     key: label(&spec.slug),
                     fields,
+                    record: recorded(&plan.id, team, Some(existing), Some(&plan)),
                 });
             }
             Some(_) => {}
@@ -674,11 +753,13 @@ async fn reconcile_lifecycle(
     };
     let field = format!("{prefix}.lifecycle");
     let slug = service.spec.slug.clone();
+    let (id, team) = (service.id.clone(), service.spec.team.clone());
     let change = |action| Change {
         action,
         kind: "service",
         key: slug.clone(),
         fields: vec![],
+        record: recorded(&id, team.as_deref(), NO_OBJECT, NO_OBJECT),
     };
     let current = service.lifecycle;
     match desired {
@@ -822,6 +903,26 @@ pub async fn apply(
             Some(&changes),
         )
         .await?;
+        // And each object's own entry, as its own endpoint would write.
+        for change in &changes {
+            if let Some(object) = &change.record {
+                let action = format!("{}.{}", change.kind, change.action);
+                let record = crate::access::Audit::new(
+                    &action,
+                    change.kind,
+                    &object.id,
+                    object.team.as_deref(),
+                );
+                crate::access::audit(
+                    &mut tx,
+                    &caller,
+                    record,
+                    object.before.as_ref(),
+                    object.after.as_ref(),
+                )
+                .await?;
+            }
+        }
         tx.commit().await?;
         (state.on_change)();
     }

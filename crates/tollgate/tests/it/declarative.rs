@@ -75,6 +75,28 @@ async fn apply_is_idempotent_and_exports_round_trip() {
         })
         .await;
 
+    // Each applied object has its own audit entries, as through its own
+    // endpoint: found by its id, with what it became.
+    let (_, upstream_now) = tollgate
+        .admin(Method::GET, "/api/v1/upstreams/weather-backend", None)
+        .await;
+    let (status, audit) = tollgate
+        .admin(
+            Method::GET,
+            &format!(
+                "/api/v1/audit?object_id={}",
+                upstream_now["id"].as_str().unwrap()
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(audit["data"][0]["action"], "upstream.create", "{audit}");
+    assert_eq!(
+        audit["data"][0]["after"]["slug"], "weather-backend",
+        "{audit}"
+    );
+
     let second = cli(&tollgate, &["apply", "-f", file]);
     assert!(second.success);
     assert_eq!(second.stdout.trim(), "no changes");
