@@ -27,6 +27,7 @@ pub mod collector;
 pub mod facilitator;
 pub mod idp;
 pub mod providers;
+pub mod proxy;
 pub mod python;
 pub mod stripe;
 pub mod tollgate;

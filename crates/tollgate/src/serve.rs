@@ -2,7 +2,7 @@
 //! tasks, and the shutdown sequence.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use gateway::{Gateway, GatewayOptions};
@@ -285,7 +285,24 @@ fn spawn_reloader(
                 () = tokio::time::sleep(interval) => {}
                 _ = shutdown.changed() => return,
             }
-            match reload(&store, &gateway, &ai, &mut rejected).await {
+            let reloading = reload(&store, &gateway, &ai, &mut rejected);
+            tokio::pin!(reloading);
+            let result = tokio::select! {
+                result = &mut reloading => result,
+                () = tokio::time::sleep(STORE_PATIENCE) => {
+                    // A slow reload: a store that does not answer at all
+                    // (hung, partitioned) would keep it waiting for the
+                    // pool's timeout. Readiness says so now; the reload
+                    // goes on (a store that is only slow finishes it).
+                    let ping = tokio::time::timeout(STORE_PATIENCE, store.ping()).await;
+                    if !matches!(ping, Ok(Ok(()))) {
+                        gateway.set_store_reachable(false);
+                        tracing::warn!("the store does not answer; still serving the last snapshot");
+                    }
+                    reloading.await
+                }
+            };
+            match result {
                 Ok(()) => gateway.set_store_reachable(true),
                 Err(error) => {
                     gateway.set_store_reachable(false);
@@ -295,6 +312,11 @@ fn spawn_reloader(
         }
     });
 }
+
+/// How long a configuration reload may take before the store is pinged
+/// (and, if it does not answer within as long again, reported
+/// unreachable by `/_tollgate/ready`).
+const STORE_PATIENCE: Duration = Duration::from_secs(1);
 
 async fn bind(
     address: std::net::SocketAddr,

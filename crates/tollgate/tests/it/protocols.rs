@@ -194,3 +194,50 @@ async fn losing_the_store_keeps_the_last_snapshot_serving() {
         "the admin API says the store is gone: {status} {body}"
     );
 }
+
+/// A store that stops answering (hung, or cut off, rather than refusing
+/// connections) is reported by readiness within seconds, not after the
+/// pool's timeout; the last snapshot keeps serving; readiness comes back
+/// when the store does.
+#[tokio::test]
+async fn a_store_that_stops_answering_is_reported_within_seconds() {
+    let database = test_support::PgDatabase::create();
+    let proxy = test_support::proxy::FreezableProxy::start("127.0.0.1:5432").await;
+    let url = database
+        .url
+        .replace("127.0.0.1:5432", &format!("127.0.0.1:{}", proxy.port));
+    let tollgate =
+        Tollgate::start_with(BIN, test_support::tollgate::Options::on_database(&url)).await;
+    let upstream = FakeUpstream::start("a").await;
+    tollgate
+        .publish_http_service(
+            "svc",
+            "/svc",
+            json!({"targets": [{"url": upstream.url()}]}),
+            &[json!({"path": "/*"})],
+        )
+        .await;
+    tollgate
+        .wait_for("/svc/x", Duration::from_secs(1), |s| s == 200)
+        .await;
+    proxy.freeze();
+    let frozen = Instant::now();
+    let ready_status = || async { tollgate.get("/_tollgate/ready").await.status().as_u16() };
+    while ready_status().await != 503 {
+        assert!(
+            frozen.elapsed() < Duration::from_secs(6),
+            "readiness never reported the silent store"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(tollgate.get("/svc/x").await.status(), 200, "still serving");
+    proxy.thaw();
+    let thawed = Instant::now();
+    while ready_status().await != 200 {
+        assert!(
+            thawed.elapsed() < Duration::from_secs(10),
+            "readiness never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
