@@ -73,9 +73,13 @@ impl Body for RequestBody {
         match self.get_mut() {
             RequestBody::Empty => Poll::Ready(None),
             RequestBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            RequestBody::Hyper(body) => Pin::new(body)
-                .poll_frame(cx)
-                .map_err(|error| Box::new(error) as BoxError),
+            // On the server's side a body error is the client's doing (its
+            // stream reset, its connection gone): never the target's.
+            RequestBody::Hyper(body) => Pin::new(body).poll_frame(cx).map_err(|_| {
+                Box::new(ClientBodyError(
+                    "could not be read: the client reset its stream or its connection broke",
+                )) as BoxError
+            }),
             RequestBody::Http1(body) => Pin::new(body).poll_frame(cx),
         }
     }

@@ -2,6 +2,8 @@
 
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
+
 use crate::*;
 
 #[tokio::test]
@@ -239,5 +241,51 @@ async fn a_store_that_stops_answering_is_reported_within_seconds() {
             "readiness never came back"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// An HTTP/2 client that gives up on its upload (its stream reset) is
+/// not the target's failure: a few such clients cannot eject it.
+#[tokio::test]
+async fn an_http2_upload_the_client_abandons_does_not_blame_the_target() {
+    let upstream = FakeUpstream::start("a").await;
+    let tollgate = Tollgate::start(BIN).await;
+    tollgate
+        .publish_http_service(
+            "svc",
+            "/svc",
+            json!({"targets": [{"url": upstream.url()}],
+                   "health_check": {"passive": {"max_failures": 2, "ejection_ms": 60000}}}),
+            &[json!({"path": "/*"})],
+        )
+        .await;
+    tollgate
+        .wait_for("/svc/ping", Duration::from_secs(1), |s| s == 200)
+        .await;
+    let h2_client = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .no_proxy()
+        .build()
+        .unwrap();
+    for _ in 0..3 {
+        // A first chunk, then the body fails: the client resets its stream.
+        let parts: Vec<Result<&'static [u8], std::io::Error>> = vec![
+            Ok(b"first part of the upload"),
+            Err(std::io::Error::other("the source went away")),
+        ];
+        let body =
+            reqwest::Body::wrap_stream(futures_util::stream::iter(parts).then(|part| async move {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                part
+            }));
+        let sent = h2_client
+            .post(format!("{}/svc/upload", tollgate.gateway_url))
+            .body(body)
+            .send()
+            .await;
+        assert!(sent.is_err(), "the client itself gave up: {sent:?}");
+    }
+    for _ in 0..3 {
+        assert_eq!(tollgate.get("/svc/after").await.status(), 200);
     }
 }
