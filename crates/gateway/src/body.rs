@@ -38,10 +38,6 @@ pub struct BodyTooLarge {
 #[error("the request body {0}")]
 pub struct ClientBodyError(pub &'static str);
 
-/// How long a body read whole (an AI request, an MCP message) may take
-/// to arrive.
-pub const WHOLE_BODY_TIMEOUT: Duration = Duration::from_secs(60);
-
 /// The client's body had not all arrived when the time for it was up.
 #[derive(Debug, thiserror::Error)]
 #[error("the request body was still arriving after {0:?}")]

@@ -61,6 +61,9 @@ pub struct GatewayOptions {
     /// Bodies up to this size are buffered so a retry can replay them;
     /// larger bodies stream through and are tried once.
     pub retry_buffer_bytes: u64,
+    /// How long a body read whole (an AI request, prompt variables, an
+    /// MCP message, a webhook) may take to arrive: then 408.
+    pub body_timeout: Duration,
     /// Data plane threads, each with its own single-threaded runtime, its
     /// own listening socket (`SO_REUSEPORT`) and its own upstream pools.
     pub workers: usize,
@@ -90,6 +93,7 @@ impl Default for GatewayOptions {
             },
             shutdown_timeout: Duration::from_secs(10),
             retry_buffer_bytes: 64 * 1024,
+            body_timeout: Duration::from_secs(60),
             workers: 1,
             trusted_proxies: Vec::new(),
             currency: "USD".into(),

@@ -338,7 +338,7 @@ pub(crate) async fn handle(
     .collect();
     let (parts, body) = request.into_parts();
     let limit = (mcp::MAX_MESSAGE_BYTES as u64) + 1;
-    let deadline = std::time::Instant::now() + crate::body::WHOLE_BODY_TIMEOUT;
+    let deadline = std::time::Instant::now() + shared.options.body_timeout;
     let bytes = match LimitedBody::new(body, limit).collect_by(deadline).await {
         Ok(bytes) => bytes,
         Err(error) if error.downcast_ref::<crate::body::BodyTooLarge>().is_some() => {

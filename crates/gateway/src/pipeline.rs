@@ -463,7 +463,7 @@ async fn hook(
         return Err(refusal);
     }
     let (parts, body) = request.into_parts();
-    let body = read_body(body, crate::HOOK_BODY_LIMIT, || {
+    let body = read_body(shared, body, crate::HOOK_BODY_LIMIT, || {
         format!(
             "Webhook bodies are limited to {} bytes.",
             crate::HOOK_BODY_LIMIT
@@ -1004,12 +1004,13 @@ fn body_error(error: &(dyn std::error::Error + 'static), route: &RouteRt) -> Ref
 /// webhook): 413 with `too_large`'s detail past `limit`, 408 when it
 /// stops arriving, 400 when it breaks.
 pub(crate) async fn read_body(
+    shared: &Shared,
     body: RequestBody,
     limit: u64,
     too_large: impl FnOnce() -> String,
 ) -> Result<bytes::Bytes, Refusal> {
     LimitedBody::new(body, limit)
-        .collect_by(Instant::now() + crate::body::WHOLE_BODY_TIMEOUT)
+        .collect_by(Instant::now() + shared.options.body_timeout)
         .await
         .map_err(|error| {
             if error.downcast_ref::<BodyTooLarge>().is_some() {

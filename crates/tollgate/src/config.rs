@@ -141,6 +141,7 @@ pub struct RawGateway {
     pub request_body_limit_bytes: Option<u64>,
     pub shutdown_timeout_ms: Option<u64>,
     pub retry_buffer_bytes: Option<u64>,
+    pub body_timeout_ms: Option<u64>,
     pub workers: Option<u64>,
     /// CIDR blocks whose `X-Forwarded-For` is believed: a YAML list, or
     /// one comma-separated string (handy in the environment).
@@ -199,6 +200,8 @@ pub struct Config {
     pub request_body_limit_bytes: u64,
     pub shutdown_timeout: Duration,
     pub retry_buffer_bytes: u64,
+    /// How long a body read whole (AI, MCP, webhooks) may take to arrive.
+    pub body_timeout: Duration,
     /// Data plane threads (0 in the file means one per CPU).
     pub gateway_workers: usize,
     pub trusted_proxies: Vec<domain::net::Cidr>,
@@ -604,6 +607,12 @@ fn validate(raw: RawConfig, problems: &mut Vec<String>) -> Config {
         64 << 10,
         16 << 20,
     );
+    let body_timeout_ms = positive(
+        "gateway.body_timeout_ms",
+        raw.gateway.body_timeout_ms,
+        60_000,
+        3_600_000,
+    );
     let poll_interval_ms = positive(
         "storage.poll_interval_ms",
         raw.storage.poll_interval_ms,
@@ -684,6 +693,7 @@ fn validate(raw: RawConfig, problems: &mut Vec<String>) -> Config {
         request_body_limit_bytes,
         shutdown_timeout: Duration::from_millis(shutdown_timeout_ms),
         retry_buffer_bytes,
+        body_timeout: Duration::from_millis(body_timeout_ms),
         gateway_workers,
         database_url,
         redis_url: raw.storage.redis_url,

@@ -369,6 +369,7 @@ pub async fn run(args: &ConfigArgs) -> anyhow::Result<()> {
         },
         shutdown_timeout: config.shutdown_timeout,
         retry_buffer_bytes: config.retry_buffer_bytes,
+        body_timeout: config.body_timeout,
         workers: config.gateway_workers,
         trusted_proxies: config.trusted_proxies.clone(),
         currency: config.currency.clone(),

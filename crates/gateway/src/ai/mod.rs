@@ -218,7 +218,7 @@ pub(crate) async fn handle(
         .and_then(|index| snapshot.ai.services.get(index))
         .and_then(|service| snapshot.routes.get(service.route))
         .map_or(rt::AI_BODY_LIMIT, |route| route.body_limit_bytes);
-    let bytes = crate::pipeline::read_body(body, limit, || {
+    let bytes = crate::pipeline::read_body(shared, body, limit, || {
         format!("AI request bodies are limited to {limit} bytes. Send a smaller body (images by URL rather than inline).")
     })
     .await?;

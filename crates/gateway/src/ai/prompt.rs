@@ -80,7 +80,7 @@ pub(crate) async fn handle(
     let head = Request::from_parts(parts, ());
     // Admission first: an unknown caller learns nothing about the schema.
     let mut admission = super::admit_service(shared, context, trace, &head, service)?;
-    let bytes = crate::pipeline::read_body(body, VARIABLES_LIMIT, || {
+    let bytes = crate::pipeline::read_body(shared, body, VARIABLES_LIMIT, || {
         format!("Variables are limited to {VARIABLES_LIMIT} bytes.")
     })
     .await?;

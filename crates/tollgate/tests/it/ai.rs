@@ -1906,3 +1906,40 @@ async fn resting_keys_answer_for_why_they_rest() {
     }
     assert_eq!(openai.hits(), 2, "each key tried once, then both rest");
 }
+
+/// An AI request whose body stops arriving gets a 408 in the caller's
+/// dialect once `gateway.body_timeout_ms` has passed, and is not charged.
+#[tokio::test]
+async fn a_stalled_ai_request_body_is_a_408_in_the_callers_dialect() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (openai, anthropic, gemini) = fakes().await;
+    let options = test_support::tollgate::Options {
+        env: vec![("TOLLGATE_GATEWAY__BODY_TIMEOUT_MS".into(), "300".into())],
+        ..Default::default()
+    };
+    let tollgate = Tollgate::start_with(BIN, options).await;
+    let world = ai_world(&tollgate, &openai, &anthropic, &gemini, json!({})).await;
+    let address = tollgate
+        .gateway_url
+        .trim_start_matches("http://")
+        .to_owned();
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: 200\r\n\r\n{{\"model\": \"oai/gpt-test\"",
+        world.key
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut raw))
+        .await
+        .expect("answered and closed")
+        .unwrap();
+    let raw = String::from_utf8_lossy(&raw);
+    assert!(raw.starts_with("HTTP/1.1 408 "), "{raw}");
+    assert!(started.elapsed() >= Duration::from_millis(250), "{raw}");
+    let body: Value = serde_json::from_str(raw.rsplit("\r\n\r\n").next().unwrap()).unwrap();
+    assert_eq!(body["error"]["code"], "request_timeout", "{body}");
+    assert_eq!(openai.requests().len(), 0, "nothing reached the provider");
+}
