@@ -66,10 +66,43 @@ pub fn parse_pattern(pattern: &str) -> Result<Vec<Segment>, String> {
                     "segment '{part}' mixes literal text with '{{', '}}', '*', '?' or '#'"
                 ));
             }
+            // Requests are matched on their path as sent: a space, a
+            // non-ASCII letter or a `%` escape in a pattern would match no
+            // well-formed request (or, as `%2e%2e`, smuggle a `..`).
+            if let Some(bad) = part.chars().find(|&c| !is_path_char(c)) {
+                return Err(format!(
+                    "segment '{part}' has '{bad}': use letters, digits and -._~!$&'()+,;=:@ only (no spaces, '%' escapes or non-ASCII)"
+                ));
+            }
             segments.push(Segment::Literal((*part).to_owned()));
         }
     }
     Ok(segments)
+}
+
+/// RFC 3986 `pchar` without `%` escapes: unreserved, sub-delims, `:`, `@`.
+fn is_path_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "-._~!$&'()+,;=:@".contains(c)
+}
+
+/// Whether a request path has a `.` or `..` segment, also written with
+/// `%2e`, or with `%2f` or `\` as a separator. Once resolved (RFC 3986
+/// §5.2.4, as many servers do) such a path names another one, so routing
+/// on it as written would let a request leave its route and its target's
+/// base path.
+pub fn has_dot_segment(path: &str) -> bool {
+    if !path.contains(['.', '%']) {
+        return false;
+    }
+    let decoded = path
+        .to_ascii_lowercase()
+        .replace("%2e", ".")
+        .replace("%2f", "/")
+        .replace("%5c", "/")
+        .replace('\\', "/");
+    decoded
+        .split('/')
+        .any(|segment| segment == "." || segment == "..")
 }
 
 /// Validates a service base path: literal segments only, no trailing slash
@@ -141,5 +174,46 @@ mod tests {
         assert_eq!(join("/", "/x"), "/x");
         assert_eq!(join("/weather", "/"), "/weather");
         assert_eq!(join("/", "/"), "/");
+    }
+}
+
+#[cfg(test)]
+mod dot_tests {
+    use super::*;
+
+    #[test]
+    fn dot_segments_are_found_however_written() {
+        for path in [
+            "/a/../b",
+            "/a/..",
+            "/a/./b",
+            "/a/%2e%2e/b",
+            "/a/%2E%2e",
+            "/a/.%2e/b",
+            "/a/..%2fb",
+            "/a/..%5Cb",
+            "/a/..\\b",
+        ] {
+            assert!(has_dot_segment(path), "{path}");
+        }
+        for path in [
+            "/a/b",
+            "/a/.well-known/x",
+            "/a/b.json",
+            "/a/...",
+            "/v1.2/x",
+            "/a%20b",
+        ] {
+            assert!(!has_dot_segment(path), "{path}");
+        }
+    }
+
+    #[test]
+    fn patterns_hold_only_characters_sent_as_they_are() {
+        assert!(parse_pattern("/caf\u{e9}").is_err());
+        assert!(parse_pattern("/my report").is_err());
+        assert!(parse_pattern("/a/%2e%2e").is_err());
+        assert!(parse_pattern("/v1.2/items/{id}").is_ok());
+        assert!(parse_pattern("/a:b@c/~x").is_ok());
     }
 }

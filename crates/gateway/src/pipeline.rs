@@ -293,6 +293,13 @@ async fn run(
     trace: &mut Trace,
     request: Request<RequestBody>,
 ) -> Result<Response<GatewayBody>, Refusal> {
+    if domain::path::has_dot_segment(request.uri().path()) {
+        // Routed as written it would leave its route once resolved.
+        return Err(Refusal::new(
+            Code::BadRequest,
+            "The request path has '.' or '..' segments (possibly escaped). Send the path resolved, as RFC 3986 §5.2.4 does.",
+        ));
+    }
     if let Some(rest) = request.uri().path().strip_prefix("/_tollgate/") {
         let problems = rest
             .strip_prefix("problems")

@@ -592,3 +592,64 @@ async fn a_refused_request_is_not_invited_to_send_its_body() {
     assert!(!raw.contains("100 Continue"), "{raw}");
     assert_eq!(last_json(&raw)["body"], "abcde", "{raw}");
 }
+
+/// Dot segments, however written, never carry a request out of its route
+/// (or its target's base path): they are refused before routing.
+#[tokio::test]
+async fn dot_segments_cannot_leave_a_route() {
+    let upstream = FakeUpstream::start("a").await;
+    let tollgate = Tollgate::start(BIN).await;
+    tollgate
+        .publish_http_service(
+            "cv",
+            "/cv",
+            json!({"targets": [{"url": format!("{}/public/v2", upstream.url())}]}),
+            &[json!({"path": "/docs/*"}), json!({"path": "/items/{id}"})],
+        )
+        .await;
+    tollgate
+        .wait_for("/cv/docs/a", Duration::from_secs(1), |s| s == 200)
+        .await;
+    for path in [
+        "/cv/docs/../../../internal/admin",
+        "/cv/items/..",
+        "/cv/items/%2e%2e",
+        "/cv/docs/.%2E/x",
+        "/cv/docs/..%2f..%2finternal",
+        "/cv/docs/./a",
+    ] {
+        let mut stream = connect(&tollgate).await;
+        stream
+            .write_all(
+                format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+            )
+            .await
+            .unwrap();
+        let raw = read_to_close(&mut stream).await;
+        assert!(raw.starts_with("HTTP/1.1 400 "), "{path}: {raw}");
+        assert_eq!(last_json(&raw)["code"], "bad_request", "{path}: {raw}");
+    }
+    // Dots inside a segment are ordinary.
+    let mut stream = connect(&tollgate).await;
+    stream
+        .write_all(b"GET /cv/docs/v1.2/.well-known/a.json HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let raw = read_to_close(&mut stream).await;
+    assert_eq!(
+        last_json(&raw)["path"],
+        "/public/v2/docs/v1.2/.well-known/a.json",
+        "{raw}"
+    );
+    // Patterns that no request as sent could match are refused.
+    for pattern in ["/caf\u{e9}", "/my report", "/a/%2e%2e"] {
+        let (status, body) = tollgate
+            .admin(
+                reqwest::Method::POST,
+                "/api/v1/services/cv/routes",
+                Some(json!({"path": pattern})),
+            )
+            .await;
+        assert_eq!(status, 400, "{pattern}: {body}");
+    }
+}
