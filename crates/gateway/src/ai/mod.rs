@@ -679,6 +679,11 @@ impl Call<'_> {
                             response,
                             &target,
                             Settle {
+                                bounds: Bounds::new(
+                                    input,
+                                    target.context_window,
+                                    money_cap.unwrap_or(max_output).saturating_mul(choices),
+                                ),
                                 reservation: reservation.take(),
                                 base_price,
                                 input,
@@ -1303,6 +1308,7 @@ impl Call<'_> {
                         .with_permits(std::mem::take(&mut self.permits)),
                     translator,
                     stream::Charge {
+                        bounds: settle.bounds,
                         reservation: settle.reservation,
                         prices,
                         base_price: settle.base_price,
@@ -1403,6 +1409,7 @@ impl Call<'_> {
         if let Some(check) = self.check {
             check(&out)?;
         }
+        let usage = settle.bounds.clamp(usage);
         call.input_tokens = usage.input;
         call.output_tokens = usage.output;
         let cost = settle.base_price + prices.cost(&settle.tokens.settle(&usage));
@@ -1485,6 +1492,8 @@ pub(crate) fn warm_up_tokenizer() {
 /// The money side of a call on its way to an answer.
 struct Settle {
     reservation: Option<crate::money::Reservation>,
+    /// The most the provider's usage report is believed.
+    bounds: Bounds,
     /// The plan's price per request, inside the reservation.
     base_price: i64,
     /// Input tokens as estimated.
@@ -1496,6 +1505,47 @@ struct Settle {
     /// `Tollgate-Warning` item of the token quota, when nearly used up.
     token_warning: Option<String>,
 }
+
+/// The most tokens a call can have used: what its provider reports is
+/// clamped to these before it is charged, so a wrong (or hostile) report
+/// cannot charge more than the call could have cost.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Bounds {
+    /// The model's context window when known, else a generous multiple of
+    /// the estimate (tokenizers differ; images count more than text).
+    pub input: u64,
+    /// The `max_tokens` the provider was sent (times the choices asked).
+    pub output: u64,
+}
+
+impl Bounds {
+    fn new(input_estimate: u64, context_window: Option<u64>, output: u64) -> Self {
+        let input = context_window.unwrap_or_else(|| {
+            input_estimate
+                .saturating_mul(4)
+                .saturating_add(INPUT_SLACK_TOKENS)
+        });
+        Bounds {
+            input: input.max(input_estimate),
+            output,
+        }
+    }
+
+    pub(crate) fn clamp(&self, usage: ai::Usage) -> ai::Usage {
+        let input = usage.input.min(self.input);
+        let output = usage.output.min(self.output);
+        ai::Usage {
+            input,
+            output,
+            cached_input: usage.cached_input.min(input),
+            reasoning: usage.reasoning.min(output),
+        }
+    }
+}
+
+/// Input tokens believed beyond four times the estimate, for a model
+/// whose context window is not known.
+const INPUT_SLACK_TOKENS: u64 = 32_768;
 
 fn timeout(target: &TargetModel, after: Duration) -> Refusal {
     Refusal::new(

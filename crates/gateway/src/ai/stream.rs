@@ -135,6 +135,8 @@ enum Ending {
 
 /// What settling the call needs.
 pub(crate) struct Charge {
+    /// What the provider's report is clamped to.
+    pub bounds: super::Bounds,
     pub reservation: Option<crate::money::Reservation>,
     pub prices: ai::price::Prices,
     pub base_price: i64,
@@ -221,6 +223,7 @@ impl AiStream {
         if !completed || reported.is_none() {
             usage.output = usage.output.max(self.mode.produced());
         }
+        let usage = charge.bounds.clamp(usage);
         let cost = charge.base_price + charge.prices.cost(&charge.tokens.settle(&usage));
         self.call.input_tokens = usage.input;
         self.call.output_tokens = usage.output;

@@ -1943,3 +1943,40 @@ async fn a_stalled_ai_request_body_is_a_408_in_the_callers_dialect() {
     assert_eq!(body["error"]["code"], "request_timeout", "{body}");
     assert_eq!(openai.requests().len(), 0, "nothing reached the provider");
 }
+
+/// A provider that reports more tokens than the call could have used (more
+/// output than the `max_tokens` it was sent, an absurd input) is charged
+/// for no more than that bound, streamed or not.
+#[tokio::test]
+async fn a_providers_usage_report_cannot_charge_past_the_calls_bounds() {
+    let (openai, anthropic, gemini) = fakes().await;
+    let tollgate = Tollgate::start(BIN).await;
+    let world = ai_world(&tollgate, &openai, &anthropic, &gemini, json!({})).await;
+    openai.push(Reply::text("short", Usage::new(7, 5_000)));
+    openai.push(Reply::text("short", Usage::new(u64::MAX / 2, u64::MAX / 2)));
+    let mut ids = Vec::new();
+    for stream in [false, true] {
+        let response = post(
+            &tollgate,
+            "/v1/chat/completions",
+            &world.key,
+            json!({"model": "oai/gpt-test", "stream": stream, "max_tokens": 20,
+                   "messages": [{"role": "user", "content": "Hi"}]}),
+        )
+        .await;
+        assert_eq!(response.status(), 200);
+        ids.push(id_of(&response));
+        let _ = response.text().await.unwrap();
+    }
+    let charges = charges(&tollgate, 2).await;
+    // Output clamped to the 20 tokens asked for.
+    assert_eq!(charge_of(&charges, &ids[0]), cost(7, 20));
+    // An absurd report costs at most a bounded input and the 20 tokens.
+    let absurd = charge_of(&charges, &ids[1]);
+    assert!(absurd > cost(7, 20), "{absurd}");
+    assert!(absurd < 1_000_000_000, "well under a unit: {absurd}");
+    let balance = wallet(&tollgate, "acme").await["balance_nanos"]
+        .as_i64()
+        .unwrap();
+    assert!(balance > 0, "{balance}");
+}
