@@ -66,6 +66,26 @@ pub async fn migrate_only(args: &ConfigArgs) -> anyhow::Result<()> {
 }
 
 const ROOT_TOKEN_SETTING: &str = "root_token_sha256";
+const CURRENCY_SETTING: &str = "currency";
+
+/// A store keeps its balances and ledger in one currency, recorded at its
+/// first start: another `money.currency` later would relabel every
+/// amount (and read Stripe's minor units with the wrong exponent), so it
+/// stops the start instead.
+async fn keep_one_currency(store: &Store, currency: &str) -> anyhow::Result<()> {
+    match store.setting(CURRENCY_SETTING).await? {
+        Some(kept) if kept == currency => Ok(()),
+        Some(kept) => anyhow::bail!(
+            "money.currency is {currency}, but this store keeps its balances and ledger in {kept}; a deployment has one currency: set money.currency to {kept}, or start with a new store"
+        ),
+        None => {
+            let mut tx = store.begin().await?;
+            tx.set_setting(CURRENCY_SETTING, currency).await?;
+            tx.commit().await?;
+            Ok(())
+        }
+    }
+}
 
 /// SPEC §1: `TOLLGATE_ADMIN_TOKEN` sets the root token (and, when given on a
 /// later start, replaces it); without it the first start generates one,
@@ -348,6 +368,7 @@ pub async fn run(args: &ConfigArgs) -> anyhow::Result<()> {
     init_tracing(&config);
     let store = open_store(&config).await?;
     let root_token_digest = bootstrap_root_token(&store, &config).await?;
+    keep_one_currency(&store, &config.currency).await?;
     let secrets = Arc::new(master_key(&config)?);
     let sealed = store.seal_stored_secrets(&secrets).await.map_err(|error| {
         anyhow::anyhow!("cannot seal the HS256 secrets stored in clear: {error}")

@@ -257,7 +257,8 @@ pub fn verify_signature(
     if signatures.is_empty() {
         return Err(SignatureError::Malformed);
     }
-    if (now_s - timestamp).abs() > TOLERANCE_S {
+    // `abs_diff`: a timestamp near i64's ends must not overflow.
+    if now_s.abs_diff(timestamp) > TOLERANCE_S.unsigned_abs() {
         return Err(SignatureError::Stale);
     }
     let mut mac =
@@ -625,6 +626,14 @@ mod tests {
             verify_signature(Some("v1=ab"), body.as_bytes(), "whsec_x", 1000),
             Err(SignatureError::Malformed)
         );
+        // Timestamps at i64's ends are stale, not an overflow.
+        for t in [i64::MIN, i64::MAX] {
+            let header = format!("t={t},v1={}", "00".repeat(32));
+            assert_eq!(
+                verify_signature(Some(&header), body.as_bytes(), "whsec_x", 1000),
+                Err(SignatureError::Stale)
+            );
+        }
         assert_eq!(
             verify_signature(None, body.as_bytes(), "whsec_x", 1000),
             Err(SignatureError::Missing)

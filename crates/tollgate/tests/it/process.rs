@@ -187,3 +187,29 @@ fn version_and_migrate() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("storage.database_url"));
 }
+
+/// A store keeps the currency it started with: another `money.currency`
+/// would relabel every balance and ledger entry, so it stops the start.
+#[tokio::test]
+async fn a_store_keeps_the_currency_it_started_with() {
+    let dir = tempfile::tempdir().unwrap();
+    let first =
+        Tollgate::start_with(BIN, test_support::tollgate::Options::in_dir(dir.path())).await;
+    drop(first);
+    let stderr = serve_fails_with(
+        &[
+            ("TOLLGATE_DATA_DIR", dir.path().to_str().unwrap()),
+            ("TOLLGATE_MONEY__CURRENCY", "EUR"),
+        ],
+        None,
+    );
+    assert!(
+        stderr
+            .contains("money.currency is EUR, but this store keeps its balances and ledger in USD"),
+        "{stderr}"
+    );
+    // The same currency starts.
+    let again =
+        Tollgate::start_with(BIN, test_support::tollgate::Options::in_dir(dir.path())).await;
+    assert_eq!(again.get("/_tollgate/health").await.status(), 200);
+}
