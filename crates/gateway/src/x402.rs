@@ -157,6 +157,58 @@ impl Drop for Pending {
 }
 
 /// Steps 1 and 2: the payment a request carries, verified.
+/// What identifies a payment however its header is written (spacing, key
+/// order, padding): the transfer authorization's payer and nonce on its
+/// network (EIP-3009: one transfer per payer and nonce), else its
+/// signature, else the payload itself with its keys sorted.
+fn payment_identity(payload: &Value) -> [u8; 32] {
+    let inner = &payload["payload"];
+    let authorization = &inner["authorization"];
+    let mut hasher = Sha256::new();
+    if let (Some(from), Some(nonce)) = (
+        authorization["from"].as_str(),
+        authorization["nonce"].as_str(),
+    ) {
+        let network = payload["accepted"]["network"].as_str().unwrap_or_default();
+        for part in [
+            "authorization",
+            network,
+            &from.to_ascii_lowercase(),
+            &nonce.to_ascii_lowercase(),
+        ] {
+            hasher.update(part.as_bytes());
+            hasher.update([0]);
+        }
+    } else if let Some(signature) = inner["signature"].as_str() {
+        hasher.update(b"signature\0");
+        hasher.update(signature.to_ascii_lowercase().as_bytes());
+    } else {
+        hasher.update(b"payload\0");
+        hasher.update(canonical(inner).as_bytes());
+    }
+    hasher.finalize().into()
+}
+
+/// JSON with every object's keys sorted, whatever order it came in.
+fn canonical(value: &Value) -> String {
+    match value {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            let items: Vec<String> = keys
+                .into_iter()
+                .map(|key| format!("{}:{}", Value::String(key.clone()), canonical(&map[key])))
+                .collect();
+            format!("{{{}}}", items.join(","))
+        }
+        Value::Array(items) => {
+            let items: Vec<String> = items.iter().map(canonical).collect();
+            format!("[{}]", items.join(","))
+        }
+        other => other.to_string(),
+    }
+}
+
 pub async fn verify(
     x402: &X402Rt,
     facilitator: Option<&dyn Facilitator>,
@@ -222,7 +274,7 @@ pub async fn verify(
         .unwrap_or(0)
         .max(now_ms + timeout_ms)
         .min(now_ms + 7 * 86_400_000);
-    let digest: [u8; 32] = Sha256::digest(header.as_bytes()).into();
+    let digest = payment_identity(&payload);
     if !used.claim(digest, until, now_ms) {
         return Err(refuse(
             "invalid_transaction_state",
@@ -327,5 +379,27 @@ mod tests {
         used.release(&digest);
         assert!(used.claim(digest, 1_000, 600), "released: usable again");
         assert!(used.claim(digest, 3_000, 1_001), "expired: forgotten");
+    }
+
+    #[test]
+    fn a_payment_is_known_however_its_header_is_written() {
+        let payload: Value = serde_json::from_str(
+            r#"{"x402Version": 2, "accepted": {"network": "eip155:84532"},
+                "payload": {"signature": "0xAB", "authorization": {"from": "0xF00", "nonce": "0x01", "value": "10"}}}"#,
+        )
+        .unwrap();
+        let reordered: Value = serde_json::from_str(
+            r#"{"payload": {"authorization": {"value": "10", "nonce": "0x01", "from": "0xf00"}, "signature": "0xab"},
+                "accepted": {"network": "eip155:84532"}, "x402Version": 2}"#,
+        )
+        .unwrap();
+        assert_eq!(payment_identity(&payload), payment_identity(&reordered));
+        let mut other = payload.clone();
+        other["payload"]["authorization"]["nonce"] = json!("0x02");
+        assert_ne!(payment_identity(&payload), payment_identity(&other));
+        // Without an authorization: the payload's content, not its spelling.
+        let bare = json!({"payload": {"b": 1, "a": [2, {"d": 3, "c": 4}]}});
+        let bare_reordered = json!({"payload": {"a": [2, {"c": 4, "d": 3}], "b": 1}});
+        assert_eq!(payment_identity(&bare), payment_identity(&bare_reordered));
     }
 }

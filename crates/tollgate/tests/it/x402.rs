@@ -124,6 +124,28 @@ async fn a_call_pays_for_itself_once() {
     for response in futures_util::future::join_all(replays).await {
         offered(response, "invalid_transaction_state").await;
     }
+    // Nor the same payment written another way (spacing, key order).
+    let value = decode(&paid);
+    // Written by hand: a serde_json map would sort the keys back.
+    let reordered: Vec<String> = value
+        .as_object()
+        .unwrap()
+        .iter()
+        .rev()
+        .map(|(key, item)| format!("{}: {item}", json!(key)))
+        .collect();
+    for respelled in [
+        serde_json::to_string_pretty(&value).unwrap(),
+        format!("{{{}}}", reordered.join(", ")),
+    ] {
+        let header = STANDARD.encode(respelled);
+        assert_ne!(header, paid);
+        offered(
+            call(&tollgate, "/quotes/acme", Some(&header)).await,
+            "invalid_transaction_state",
+        )
+        .await;
+    }
     assert_eq!(facilitator.settles(), 1);
 
     // Callers with an API key are not asked to pay per request.
