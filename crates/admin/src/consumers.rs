@@ -654,10 +654,24 @@ pub async fn create_subscription(
         updated_at_ms: now,
     };
     let mut subscription = subscription;
+    let mut held = None;
     if subscription.status == SubscriptionStatus::Active {
         let period = domain::billing::activation(&plan.spec, now);
+        // The fee is held where calls in flight hold their prices first.
+        held = match crate::money::hold_debit(&state, &consumer, period.fee_nanos).await {
+            Ok(held) => held,
+            Err(available) => {
+                return Err(fee_unaffordable(
+                    &state,
+                    &plan,
+                    &consumer,
+                    period.fee_nanos,
+                    available,
+                ));
+            }
+        };
         let fee = tx
-            .enter_period(&mut subscription, &period, &caller.actor(), now)
+            .enter_period(&mut subscription, &period, &caller.actor(), now, true)
             .await?;
         if let store::Fee::Short { balance_nanos } = fee {
             return Err(fee_unaffordable(
@@ -667,6 +681,9 @@ pub async fn create_subscription(
                 period.fee_nanos,
                 balance_nanos,
             ));
+        }
+        if let Some(team) = tx.team(&consumer).await? {
+            crate::money::hold_entries(held.as_deref(), &tx, &team.id);
         }
     } else {
         tx.put_subscription(&subscription).await?;
@@ -682,6 +699,9 @@ pub async fn create_subscription(
     tx.notify_subscription("subscription.created", &subscription)
         .await?;
     commit(&state, tx).await?;
+    if let Some(held) = held {
+        held.keep();
+    }
     Ok(created(
         &subscription,
         format!("/api/v1/subscriptions/{}", subscription.id),
@@ -971,6 +991,7 @@ pub async fn subscription_action(
         updated_at_ms: now,
         ..existing.clone()
     };
+    let mut held = None;
     match action {
         SubscriptionAction::Approve | SubscriptionAction::Renew => {
             let plan = tx
@@ -987,9 +1008,32 @@ pub async fn subscription_action(
                 ),
                 _ => domain::billing::activation(&plan.spec, now),
             };
+            // The fee is held where calls in flight hold their prices
+            // first; a wallet that cannot hold it cannot pay it now.
+            let hold =
+                crate::money::hold_debit(&state, &existing.consumer_team, period.fee_nanos).await;
+            let payable = match hold {
+                Ok(taken) => {
+                    held = taken;
+                    true
+                }
+                Err(available) if action == SubscriptionAction::Renew => {
+                    return Err(fee_unaffordable(
+                        &state,
+                        &plan,
+                        &existing.consumer_team,
+                        period.fee_nanos,
+                        available,
+                    ));
+                }
+                Err(_) => false,
+            };
             let fee = tx
-                .enter_period(&mut subscription, &period, &caller.actor(), now)
+                .enter_period(&mut subscription, &period, &caller.actor(), now, payable)
                 .await?;
+            if let Some(team) = tx.team(&existing.consumer_team).await? {
+                crate::money::hold_entries(held.as_deref(), &tx, &team.id);
+            }
             // Approving starts the subscription even when its fee cannot
             // be paid yet (it is then past due, and renewed once the
             // wallet can pay); renewing by hand is refused instead.
@@ -1029,6 +1073,9 @@ pub async fn subscription_action(
             .await?;
     }
     commit(&state, tx).await?;
+    if let Some(held) = held {
+        held.keep();
+    }
     Ok(ok(&subscription))
 }
 

@@ -67,6 +67,8 @@ pub struct AdminState {
     pub secrets: Arc<store::secrets::MasterKey>,
     /// The built-in AI catalogue.
     pub catalog: Arc<domain::catalog::Catalog>,
+    /// The gateway's in-memory wallets, where admin debits are held first.
+    pub holds: Option<Arc<dyn money::Holds>>,
 }
 
 /// The admin router.

@@ -324,6 +324,20 @@ async fn record(
     let mut tx = state.store.begin().await?;
     let team = team_in(&mut tx, caller, key, Role::Viewer).await?;
     caller.require_platform()?;
+    // Money taken out is held where calls in flight hold theirs first.
+    let held = match hold_debit(state, &team.spec.slug, -amount).await {
+        Ok(held) => held,
+        Err(available) => {
+            return Err(ApiError::conflict(
+                "amount",
+                format!(
+                    "would take the balance below zero: {} {} is available now (the balance less what calls in flight hold)",
+                    money::format(available.max(0)),
+                    state.currency
+                ),
+            ));
+        }
+    };
     let now = domain::now_ms();
     let id = domain::id::new_id();
     let entry = NewEntry {
@@ -374,13 +388,66 @@ async fn record(
                 Some(&view),
             )
             .await?;
+            hold_entries(held.as_deref(), &tx, &team.id);
             commit(state, tx).await?;
+            if let Some(held) = held {
+                held.keep();
+            }
             let result = EntryResult {
                 entry: view,
                 wallet: wallet_view(wallet, &team, &state.currency),
                 replayed: false,
             };
             Ok((StatusCode::CREATED, axum::Json(result)).into_response())
+        }
+    }
+}
+
+// ------------------------------------------------------------------ holds
+
+/// The wallets calls are paid from, provided by the binary. A debit the
+/// admin API writes (a fee, a negative adjustment) is first held there,
+/// where calls in flight hold their prices: it competes with them
+/// fairly, and a wallet that cannot pay both refuses one of them instead
+/// of going below zero once every charge has landed.
+pub trait Holds: Send + Sync {
+    /// Holds `nanos` from team `team`'s wallet (by slug), after bringing
+    /// it up to date with the ledger; else says what it has available.
+    fn hold<'a>(&'a self, team: &'a str, nanos: i64) -> HoldFuture<'a>;
+}
+
+/// What [`Holds::hold`] returns.
+pub type HoldFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Box<dyn Held>, i64>> + Send + 'a>>;
+
+/// Money held for one debit. Dropped, it goes back to the wallet.
+pub trait Held: Send {
+    /// The ledger entry that carries the debit (appended, before commit).
+    fn entry(&self, entry_id: &str);
+    /// After the commit: the debit stays taken.
+    fn keep(self: Box<Self>);
+}
+
+/// Holds `nanos` from `team`'s wallet when the binary provides wallets
+/// (`Ok(None)` otherwise, or for nothing to hold).
+pub(crate) async fn hold_debit(
+    state: &AdminState,
+    team: &str,
+    nanos: i64,
+) -> Result<Option<Box<dyn Held>>, i64> {
+    match &state.holds {
+        Some(holds) if nanos > 0 => holds.hold(team, nanos).await.map(Some),
+        _ => Ok(None),
+    }
+}
+
+/// Tells a debit's hold which entries the transaction appended for it.
+pub(crate) fn hold_entries(held: Option<&dyn Held>, tx: &store::WriteTx, team_id: &str) {
+    if let Some(held) = held {
+        for (team, entry) in tx.appended_entries() {
+            if team == team_id {
+                held.entry(entry);
+            }
         }
     }
 }

@@ -37,6 +37,10 @@ pub struct WalletRt {
     /// The ledger sequence number applied so far (the control plane's
     /// sync only; the hot path never reads it).
     seen_seq: Mutex<i64>,
+    /// Ledger entries (by id) already taken from `available` here before
+    /// they were committed (an admin debit held in memory first): the
+    /// sync moves past them without taking them again.
+    own_ids: Mutex<Vec<String>>,
 }
 
 impl WalletRt {
@@ -48,7 +52,16 @@ impl WalletRt {
             overflow_nanos: AtomicI64::new(0),
             overflow_calls: AtomicU64::new(0),
             seen_seq: Mutex::new(0),
+            own_ids: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Says that the ledger entry `id` is already out of `available`.
+    pub fn counted_here(&self, id: &str) {
+        self.own_ids
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(id.to_owned());
     }
 
     /// What can be spent now.
@@ -718,6 +731,7 @@ pub struct Wallets {
 #[derive(Debug, Clone)]
 pub struct SyncedEntry {
     pub seq: i64,
+    pub id: String,
     pub amount_nanos: i64,
     /// Entries this node wrote itself (its charges) were counted when
     /// they were reserved: only the sequence number moves.
@@ -753,7 +767,17 @@ impl Wallets {
             if entry.seq <= *seen {
                 continue;
             }
-            if !entry.own {
+            let held_here = {
+                let mut own = wallet.own_ids.lock().unwrap_or_else(|p| p.into_inner());
+                match own.iter().position(|id| *id == entry.id) {
+                    Some(at) => {
+                        own.swap_remove(at);
+                        true
+                    }
+                    None => false,
+                }
+            };
+            if !entry.own && !held_here {
                 wallet
                     .available
                     .fetch_add(entry.amount_nanos, Ordering::AcqRel);
@@ -827,6 +851,7 @@ mod tests {
             "acme",
             &[SyncedEntry {
                 seq: 1,
+                id: "e1".into(),
                 amount_nanos: nanos,
                 own: false,
             }],
@@ -967,11 +992,13 @@ mod tests {
         let entries = [
             SyncedEntry {
                 seq: 1,
+                id: "e1".into(),
                 amount_nanos: 50,
                 own: false,
             },
             SyncedEntry {
                 seq: 2,
+                id: "e2".into(),
                 amount_nanos: -10,
                 own: true,
             },
@@ -991,5 +1018,33 @@ mod tests {
         assert_eq!(reserve(&wallet, 30, &subscription).unwrap_err(), 20);
         drop(reservation);
         assert_eq!(wallet.available(), 50);
+    }
+
+    #[test]
+    fn a_debit_held_here_is_not_taken_again_by_the_sync() {
+        let wallets = Wallets::default();
+        let wallet = funded(&wallets, 50);
+        // Held here before its entry was committed: the sync moves past
+        // it; another node's entry it takes.
+        wallet.counted_here("e2");
+        wallets.apply_entries(
+            "acme",
+            &[
+                SyncedEntry {
+                    seq: 2,
+                    id: "e2".into(),
+                    amount_nanos: -5,
+                    own: false,
+                },
+                SyncedEntry {
+                    seq: 3,
+                    id: "e3".into(),
+                    amount_nanos: -7,
+                    own: false,
+                },
+            ],
+        );
+        assert_eq!(wallet.available(), 43);
+        assert_eq!(wallets.seen_seq("acme"), 3);
     }
 }

@@ -50,12 +50,16 @@ impl WriteTx {
     /// the consumer team's wallet and makes it `active`, or, when the
     /// wallet is short, `past_due` on that period (nothing charged).
     /// Saves the subscription either way; returns what the fee did.
+    /// `payable: false`: the fee is known not to be payable now (the
+    /// wallet as calls in flight see it cannot hold it), so nothing is
+    /// charged and the subscription is past due on the period.
     pub async fn enter_period(
         &mut self,
         subscription: &mut Subscription,
         period: &domain::billing::Period,
         actor: &str,
         now_ms: i64,
+        payable: bool,
     ) -> Result<Fee> {
         let team = self
             .team(&subscription.consumer_team)
@@ -66,8 +70,8 @@ impl WriteTx {
                     subscription.id, subscription.consumer_team
                 ))
             })?;
-        let fee = self
-            .charge_fee(
+        let fee = if payable || period.fee_nanos <= 0 {
+            self.charge_fee(
                 &team.id,
                 subscription,
                 period.start_ms,
@@ -75,7 +79,12 @@ impl WriteTx {
                 actor,
                 now_ms,
             )
-            .await?;
+            .await?
+        } else {
+            Fee::Short {
+                balance_nanos: self.balance_nanos(&team.id).await?,
+            }
+        };
         subscription.status = match fee {
             Fee::Paid | Fee::AlreadyPaid => domain::access::SubscriptionStatus::Active,
             Fee::Short { .. } => domain::access::SubscriptionStatus::PastDue,
@@ -131,19 +140,23 @@ impl WriteTx {
         {
             Ok(Appended::Created(..)) => Ok(Fee::Paid),
             Ok(Appended::Existing(_)) => Ok(Fee::AlreadyPaid),
-            Err(StoreError::Conflict { field, .. }) if field == "amount" => {
-                let row = sqlx::query("SELECT balance_nanos FROM wallets WHERE team_id = $1")
-                    .bind(team_id)
-                    .fetch_optional(&mut *self.tx)
-                    .await?;
-                let balance_nanos = match row {
-                    Some(row) => row.try_get(0)?,
-                    None => 0,
-                };
-                Ok(Fee::Short { balance_nanos })
-            }
+            Err(StoreError::Conflict { field, .. }) if field == "amount" => Ok(Fee::Short {
+                balance_nanos: self.balance_nanos(team_id).await?,
+            }),
             Err(error) => Err(error),
         }
+    }
+
+    /// A team's balance as the ledger has it (0 without a wallet).
+    async fn balance_nanos(&mut self, team_id: &str) -> Result<i64> {
+        let row = sqlx::query("SELECT balance_nanos FROM wallets WHERE team_id = $1")
+            .bind(team_id)
+            .fetch_optional(&mut *self.tx)
+            .await?;
+        Ok(match row {
+            Some(row) => row.try_get(0)?,
+            None => 0,
+        })
     }
 
     /// Marks warning `key` active; true when it was not (a crossing: the

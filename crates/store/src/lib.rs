@@ -249,6 +249,7 @@ impl Store {
             _guard: guard,
             changed_config: false,
             changed_keys: Vec::new(),
+            appended: Vec::new(),
         })
     }
 
@@ -269,6 +270,8 @@ pub struct WriteTx {
     changed_config: bool,
     /// Ids of API keys created, revoked or deleted.
     changed_keys: Vec<String>,
+    /// Ledger entries this transaction appended: (team id, entry id).
+    appended: Vec<(String, String)>,
 }
 
 /// How many versions of change records are kept; a node further behind
@@ -360,6 +363,12 @@ impl Store {
 }
 
 impl WriteTx {
+    /// The ledger entries this transaction appended so far, as (team id,
+    /// entry id).
+    pub fn appended_entries(&self) -> &[(String, String)] {
+        &self.appended
+    }
+
     pub async fn set_setting(&mut self, key: &str, value: &str) -> Result<()> {
         sqlx::query(
             "INSERT INTO settings (key, value) VALUES ($1, $2) \

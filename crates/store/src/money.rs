@@ -151,6 +151,8 @@ impl WriteTx {
         .bind(updated.updated_at_ms)
         .execute(&mut *self.tx)
         .await?;
+        self.appended
+            .push((entry.team_id.clone(), entry.id.clone()));
         Ok(Appended::Created(entry, updated))
     }
 }
@@ -261,6 +263,7 @@ pub struct WalletHead {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EntryDelta {
     pub seq: i64,
+    pub id: String,
     pub amount_nanos: i64,
     pub actor: String,
 }
@@ -287,7 +290,7 @@ impl Store {
     /// A team's entries after sequence number `after`, in order.
     pub async fn entries_since(&self, team_id: &str, after: i64) -> Result<Vec<EntryDelta>> {
         let rows = sqlx::query(
-            "SELECT seq, amount_nanos, actor FROM ledger WHERE team_id = $1 AND seq > $2 ORDER BY seq",
+            "SELECT seq, amount_nanos, actor, id FROM ledger WHERE team_id = $1 AND seq > $2 ORDER BY seq",
         )
         .bind(team_id)
         .bind(after)
@@ -299,6 +302,7 @@ impl Store {
                     seq: row.try_get(0)?,
                     amount_nanos: row.try_get(1)?,
                     actor: row.try_get(2)?,
+                    id: row.try_get(3)?,
                 })
             })
             .collect()

@@ -109,7 +109,8 @@ async fn adopt(store: &Store, legacy: Vec<Subscription>, now_ms: i64) -> store::
         };
         let before = subscription.clone();
         let mut after = subscription;
-        tx.enter_period(&mut after, &period, ACTOR, now_ms).await?;
+        tx.enter_period(&mut after, &period, ACTOR, now_ms, true)
+            .await?;
         audit(
             &mut tx,
             "subscription.adopt_period",
@@ -232,7 +233,9 @@ async fn renew(
             ("subscription.past_due", Some("subscription.past_due"))
         }
         Step::Renew(period) => {
-            let fee = tx.enter_period(&mut after, &period, node, now_ms).await?;
+            let fee = tx
+                .enter_period(&mut after, &period, node, now_ms, true)
+                .await?;
             match (fee, held) {
                 // This node's entry: the wallet sync skips it, the
                 // reservation stays taken.

@@ -112,6 +112,7 @@ pub async fn sync_once(store: &Store, gateway: &Gateway, actor: &str) -> store::
             .into_iter()
             .map(|entry| SyncedEntry {
                 seq: entry.seq,
+                id: entry.id,
                 amount_nanos: entry.amount_nanos,
                 own: entry.actor == actor,
             })

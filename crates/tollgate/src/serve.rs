@@ -583,6 +583,11 @@ pub async fn run(args: &ConfigArgs) -> anyhow::Result<()> {
         },
         secrets,
         catalog,
+        holds: Some(Arc::new(WalletHolds {
+            store: store.clone(),
+            gateway: gateway.clone(),
+            actor: actor.clone(),
+        })),
     };
     let mut admin_shutdown = shutdown_rx.clone();
     let admin_task = tokio::spawn(async move {
@@ -649,4 +654,53 @@ pub async fn run(args: &ConfigArgs) -> anyhow::Result<()> {
     store.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The admin API's debits, held in this node's in-memory wallets first
+/// (see [`admin::money::Holds`]).
+struct WalletHolds {
+    store: Store,
+    gateway: Gateway,
+    actor: String,
+}
+
+struct WalletHeld {
+    reservation: gateway::money::Reservation,
+    wallet: Arc<gateway::money::WalletRt>,
+}
+
+impl admin::money::Holds for WalletHolds {
+    fn hold<'a>(&'a self, team: &'a str, nanos: i64) -> admin::money::HoldFuture<'a> {
+        Box::pin(async move {
+            // Entries committed a moment ago (a grant) count already.
+            if let Err(error) =
+                crate::ledger::sync_once(&self.store, &self.gateway, &self.actor).await
+            {
+                tracing::warn!(%error, "cannot bring the wallets up to date before a debit");
+            }
+            let wallet = self.gateway.wallet(team);
+            let labels = gateway::money::Labels::subscription("");
+            let mut reservation = gateway::money::Reservation::new(&wallet, &labels, false);
+            reservation.take_wallet(nanos)?;
+            Ok(Box::new(WalletHeld {
+                reservation,
+                wallet,
+            }) as Box<dyn admin::money::Held>)
+        })
+    }
+}
+
+impl admin::money::Held for WalletHeld {
+    fn entry(&self, entry_id: &str) {
+        self.wallet.counted_here(entry_id);
+    }
+
+    fn keep(self: Box<Self>) {
+        // Settled without a charge: the ledger entry is the charge.
+        self.reservation.settle(
+            None,
+            &http::HeaderValue::from_static(""),
+            gateway::money::Outcome::default(),
+        );
+    }
 }

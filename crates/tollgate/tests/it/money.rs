@@ -1072,3 +1072,61 @@ async fn a_caller_that_goes_away_before_the_answer_is_not_charged() {
         "the target it waited for, and how long: {gone}"
     );
 }
+
+/// An admin debit competes with calls in flight: their held prices are not
+/// spendable twice, so a negative adjustment for the whole ledger balance
+/// is refused while calls hold part of it, and the wallet never ends
+/// below zero.
+#[tokio::test]
+async fn admin_debits_cannot_spend_what_calls_in_flight_hold() {
+    let tollgate = Tollgate::start(BIN).await;
+    let upstream = FakeUpstream::start("w").await;
+    // 10 calls' worth (0.10) plus the probe's.
+    let key = priced_world(&tollgate, &upstream, 10).await;
+    wait_entries(&tollgate, 2).await;
+    // Five calls held at the upstream: 0.05 of the 0.10 is theirs.
+    let mut calls = Vec::new();
+    for _ in 0..5 {
+        let client = tollgate.client.clone();
+        let url = format!("{}/weather/forecast/hold", tollgate.gateway_url);
+        let key = key.clone();
+        calls.push(tokio::spawn(async move {
+            client
+                .get(url)
+                .bearer_auth(key)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }));
+    }
+    let hits = upstream.hits();
+    crate::eventually("five calls in flight", || upstream.hits() >= hits + 5).await;
+    let adjust = |amount: &'static str| {
+        let tollgate = &tollgate;
+        async move {
+            tollgate
+                .admin(
+                    Method::POST,
+                    "/api/v1/teams/acme/wallet/adjustments",
+                    Some(json!({"amount": amount, "reason": "correction"})),
+                )
+                .await
+        }
+    };
+    let (status, body) = adjust("-0.08").await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body["detail"].as_str().unwrap().contains("0.05"), "{body}");
+    let (status, body) = adjust("-0.05").await;
+    assert_eq!(status, 201, "{body}");
+    upstream.open_gate();
+    for call in calls {
+        assert_eq!(call.await.unwrap(), 200);
+    }
+    // Grant, probe, adjustment and five charges.
+    let wallet = wait_entries(&tollgate, 8).await;
+    assert_eq!(wallet["balance_nanos"], 0, "{wallet}");
+    // Nothing is left for another call.
+    let refused = tollgate.get_with_key("/weather/forecast/more", &key).await;
+    assert_eq!(refused.status(), 402);
+}
