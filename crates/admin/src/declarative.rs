@@ -804,11 +804,16 @@ async fn reconcile_lifecycle(
             }
         }
         Lifecycle::Retired => {
+            let mut service = service;
             if current == Lifecycle::Draft {
-                return Err(ApiError::field(
-                    field,
-                    format!("service '{slug}' was never published; remove it instead"),
-                ));
+                // A retired service restored into a new deployment (an
+                // export applied elsewhere): it is published once, so it
+                // has the release it was retired from, then retired.
+                service = ops::publish(tx, &service, Some("apply".into()))
+                    .await
+                    .map_err(|e| e.within(prefix))?
+                    .0;
+                changes.push(change("publish"));
             }
             if current != Lifecycle::Retired {
                 ops::retire(tx, &service).await?;

@@ -819,9 +819,13 @@ pub const MANAGED_HEADERS: [&str; 10] = [
 /// Whether a route rewrite may set or remove `name` (see
 /// [`MANAGED_HEADERS`]).
 pub fn is_rewritable_header(name: &str) -> bool {
-    !MANAGED_HEADERS
-        .iter()
-        .any(|managed| managed.eq_ignore_ascii_case(name))
+    let proxy = name
+        .get(..6)
+        .is_some_and(|start| start.eq_ignore_ascii_case("proxy-"));
+    !proxy
+        && !MANAGED_HEADERS
+            .iter()
+            .any(|managed| managed.eq_ignore_ascii_case(name))
 }
 
 fn check_rewritable(errors: &mut FieldErrors, field: &str, name: &str) {
@@ -940,6 +944,12 @@ impl UpstreamSpec {
         let active = &self.health_check.active;
         if !active.path.starts_with('/') {
             errors.add("health_check.active.path", "must start with '/'");
+        } else if http::uri::PathAndQuery::try_from(active.path.as_str()).is_err() {
+            // The checker could never send it: every target would stay up.
+            errors.add(
+                "health_check.active.path",
+                "must be a path as sent (no spaces, control or non-ASCII characters; escape them with %)",
+            );
         }
         if active.interval_ms < 100 || active.interval_ms > limits::TIMEOUT_MS_MAX {
             errors.add(

@@ -1139,7 +1139,6 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
 }
 
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 fn is_hop_by_hop(name: &HeaderName) -> bool {
     name == header::CONNECTION
@@ -1147,10 +1146,10 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
         || name == header::TRAILER
         || name == header::TRANSFER_ENCODING
         || name == header::UPGRADE
-        || name == header::PROXY_AUTHORIZATION
-        || name == header::PROXY_AUTHENTICATE
         || name == KEEP_ALIVE
-        || name == PROXY_CONNECTION
+        // `Proxy-Authorization`, `Proxy-Authenticate`, `Proxy-Connection`
+        // and any other `Proxy-*`: for the hop, never the next one.
+        || name.as_str().starts_with("proxy-")
 }
 
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those that
@@ -1190,15 +1189,19 @@ fn append_forwarded(
     client_ip: &HeaderValue,
     original_host: Option<HeaderValue>,
 ) {
-    let value = match headers.get(&X_FORWARDED_FOR) {
-        Some(previous) => {
-            let mut joined = Vec::with_capacity(previous.len() + 2 + client_ip.len());
-            joined.extend_from_slice(previous.as_bytes());
+    // Every `X-Forwarded-For` line the client sent, in order (RFC 9110
+    // §5.3: repeated lines are one comma-separated list), then the client.
+    let mut previous = headers.get_all(&X_FORWARDED_FOR).iter().peekable();
+    let value = if previous.peek().is_none() {
+        client_ip.clone()
+    } else {
+        let mut joined = Vec::with_capacity(64);
+        for line in previous {
+            joined.extend_from_slice(line.as_bytes());
             joined.extend_from_slice(b", ");
-            joined.extend_from_slice(client_ip.as_bytes());
-            HeaderValue::from_bytes(&joined).unwrap_or_else(|_| client_ip.clone())
         }
-        None => client_ip.clone(),
+        joined.extend_from_slice(client_ip.as_bytes());
+        HeaderValue::from_bytes(&joined).unwrap_or_else(|_| client_ip.clone())
     };
     headers.insert(X_FORWARDED_FOR.clone(), value);
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));

@@ -117,6 +117,44 @@ async fn bad_input_is_refused_naming_the_field_and_writes_nothing() {
     )
     .await;
     check(s, &b, 400, &["colour"]);
+    // A health-check path the checker could never send.
+    let (s, b) = raw(
+        &tollgate,
+        Method::POST,
+        "/api/v1/upstreams",
+        r#"{"slug":"a","targets":[{"url":"http://ok:1"}],"health_check":{"active":{"enabled":true,"path":"/hc y"}}}"#,
+    )
+    .await;
+    check(s, &b, 400, &["health_check.active.path"]);
+    // Proxy-* headers belong to the hop: not rewritable.
+    let (s, b) = raw(
+        &tollgate,
+        Method::POST,
+        "/api/v1/upstreams",
+        r#"{"slug":"a","targets":[{"url":"http://ok:1"}]}"#,
+    )
+    .await;
+    assert_eq!(s.as_u16(), 201, "{b}");
+    let (s, b) = raw(
+        &tollgate,
+        Method::POST,
+        "/api/v1/services",
+        r#"{"slug":"p","base_path":"/p","upstream":"a"}"#,
+    )
+    .await;
+    assert_eq!(s.as_u16(), 201, "{b}");
+    let (s, b) = raw(
+        &tollgate,
+        Method::POST,
+        "/api/v1/services/p/routes",
+        r#"{"path":"/h","request_headers":{"set":{"Proxy-Foo":"v"}}}"#,
+    )
+    .await;
+    assert_eq!(s.as_u16(), 400, "{b}");
+    for path in ["/api/v1/services/p", "/api/v1/upstreams/a"] {
+        let (s, _) = raw(&tollgate, Method::DELETE, path, "").await;
+        assert_eq!(s.as_u16(), 204, "{path}");
+    }
     // Every semantic problem at once.
     let (s, b) = raw(
         &tollgate,

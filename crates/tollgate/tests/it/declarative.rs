@@ -669,3 +669,33 @@ services:
         "{upstreams}"
     );
 }
+
+/// An export holds retired services; applying it to a new deployment
+/// restores them retired (published once, then retired), not refused.
+#[tokio::test]
+async fn a_retired_service_restores_into_a_new_deployment() {
+    let upstream = FakeUpstream::start("a").await;
+    let tollgate = Tollgate::start(BIN).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("restore.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"teams: [{{slug: t1, name: T1}}]
+upstreams: [{{slug: up1, team: t1, targets: [{{url: "{}"}}]}}]
+services:
+  - {{slug: old, team: t1, base_path: /old, upstream: up1, lifecycle: retired, routes: [{{methods: [GET], path: /x}}]}}
+"#,
+            upstream.url()
+        ),
+    )
+    .unwrap();
+    let path = file.to_str().unwrap();
+    let applied = cli(&tollgate, &["apply", "-f", path]);
+    assert!(applied.success, "{}{}", applied.stdout, applied.stderr);
+    tollgate
+        .wait_for("/old/x", Duration::from_secs(1), |s| s == 410)
+        .await;
+    let again = cli(&tollgate, &["apply", "-f", path]);
+    assert_eq!(again.stdout.trim(), "no changes", "{}", again.stderr);
+}

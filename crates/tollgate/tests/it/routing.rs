@@ -115,6 +115,8 @@ async fn forwards_headers_like_a_proxy() {
         .get(format!("{}/svc/headers", tollgate.gateway_url))
         .header("x-request-id", "client-id-123")
         .header("x-forwarded-for", "203.0.113.9")
+        .header("x-forwarded-for", "198.51.100.7")
+        .header("proxy-foo", "for the hop")
         .header("connection", "keep-alive, x-hop")
         .header("x-hop", "secret")
         .header("te", "trailers")
@@ -131,7 +133,10 @@ async fn forwards_headers_like_a_proxy() {
     let echo: serde_json::Value = response.json().await.unwrap();
     let headers = &echo["headers"];
     assert_eq!(headers["x-request-id"], "client-id-123");
-    assert_eq!(headers["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+    assert_eq!(
+        headers["x-forwarded-for"], "203.0.113.9, 198.51.100.7, 127.0.0.1",
+        "every line the client sent, in order"
+    );
     assert_eq!(headers["x-forwarded-proto"], "http");
     assert_eq!(headers["x-forwarded-host"], "public.example.com");
     assert_eq!(headers["x-custom"], "kept");
@@ -140,7 +145,7 @@ async fn forwards_headers_like_a_proxy() {
         upstream.addr.to_string(),
         "Host is the upstream's"
     );
-    for hop in ["x-hop", "te"] {
+    for hop in ["x-hop", "te", "proxy-foo"] {
         assert!(
             headers.get(hop).is_none(),
             "{hop} must not be forwarded: {headers}"
