@@ -319,8 +319,8 @@ async fn check_base_path_owner(
             return Err(ApiError::conflict(
                 "base_path",
                 format!(
-                    "'{}' overlaps the base path '{}' of another team's service; each team's services answer under base paths of their own. Choose another base path.",
-                    spec.base_path, other.spec.base_path
+                    "'{}' overlaps the base path of another team's service (one lies under the other); each team's services answer under base paths of their own. Choose another base path.",
+                    spec.base_path
                 ),
             ));
         }

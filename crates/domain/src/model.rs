@@ -1012,10 +1012,19 @@ impl ServiceSpec {
         if let Err(message) = crate::path::validate_base_path(&self.base_path) {
             errors.add("base_path", message);
         }
-        if self.base_path.starts_with("/_tollgate") {
+        if self
+            .base_path
+            .get(..10)
+            .is_some_and(|start| start.eq_ignore_ascii_case("/_tollgate"))
+        {
             errors.add(
                 "base_path",
                 "'/_tollgate' is reserved for the gateway itself",
+            );
+        } else if self.base_path == "/mcp" {
+            errors.add(
+                "base_path",
+                "'/mcp' is the gateway's MCP endpoint: its own requests would never reach this service",
             );
         }
         match self.kind {

@@ -280,7 +280,8 @@ fn parse_request(buf: &mut BytesMut) -> Result<Option<Head>, HeadError> {
         }
         // RFC 9112 §3.2: more than one `Host` is a bad request (which one
         // a cache or the upstream would take is anyone's guess).
-        if hosts > 1 {
+        // And an HTTP/1.1 request without one is too (§3.2).
+        if hosts > 1 || (hosts == 0 && request.version == Some(1)) {
             return Err(HeadError::Malformed);
         }
         (length, method, target, request.version.unwrap_or(1))

@@ -2303,6 +2303,11 @@ async fn base_paths_keys_and_framing_stay_out_of_other_hands() {
             .await;
         assert_eq!(status, 409, "{base_path}: {body}");
         assert_eq!(body["errors"][0]["field"], "base_path", "{body}");
+        // The other team's base path is not told (nor is its service).
+        assert!(
+            !body["detail"].as_str().unwrap().contains("'/weather'") || base_path == "/weather",
+            "{body}"
+        );
     }
     // A path that only starts with the same letters is another path;
     // weatherco itself may add services under its own.

@@ -151,6 +151,17 @@ async fn bad_input_is_refused_naming_the_field_and_writes_nothing() {
     )
     .await;
     assert_eq!(s.as_u16(), 400, "{b}");
+    // Base paths the gateway answers itself.
+    for base_path in ["/_TOLLGATE/x", "/mcp"] {
+        let (s, b) = raw(
+            &tollgate,
+            Method::POST,
+            "/api/v1/services",
+            format!(r#"{{"slug":"q","base_path":"{base_path}","upstream":"a"}}"#),
+        )
+        .await;
+        check(s, &b, 400, &["base_path"]);
+    }
     for path in ["/api/v1/services/p", "/api/v1/upstreams/a"] {
         let (s, _) = raw(&tollgate, Method::DELETE, path, "").await;
         assert_eq!(s.as_u16(), 204, "{path}");

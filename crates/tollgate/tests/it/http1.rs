@@ -203,6 +203,12 @@ async fn bad_heads_are_refused_and_the_connection_closed() {
             400,
             "bad_request",
         ),
+        // HTTP/1.1 without Host (HTTP/1.0 may leave it out).
+        (
+            "GET /svc/x HTTP/1.1\r\nAccept: */*\r\n\r\n".into(),
+            400,
+            "bad_request",
+        ),
         // Another coding before chunked, or chunked twice: the gateway
         // would pass on bytes under a coding it dropped.
         (
