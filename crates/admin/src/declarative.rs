@@ -844,7 +844,8 @@ fn document_value(headers: &HeaderMap, body: &Bytes) -> Result<Value, ApiError> 
 /// Apply a declarative document (JSON, or YAML with `Content-Type:
 /// application/yaml`). `?dry_run=true` reports without writing;
 /// `?prune=true` deletes what the document does not name.
-#[utoipa::path(post, path = "/api/v1/config/apply", tag = "config", request_body = Document,
+#[utoipa::path(post, path = "/api/v1/config/apply", tag = "config",
+    request_body(content((Document = "application/json"), (Document = "application/yaml"))),
     params(("dry_run" = Option<bool>, Query), ("prune" = Option<bool>, Query)),
     responses((status = 200, body = ApplyReport), (status = 400, body = crate::openapi::Problem)))]
 pub async fn apply(

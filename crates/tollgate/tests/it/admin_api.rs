@@ -528,6 +528,11 @@ async fn serves_the_openapi_document_and_reference() {
         }
     }
     assert!(doc["components"]["schemas"]["UpstreamSpec"].is_object());
+    // A declarative document may be sent as JSON or YAML.
+    let apply = &doc["paths"]["/api/v1/config/apply"]["post"]["requestBody"]["content"];
+    for media in ["application/json", "application/yaml"] {
+        assert!(apply[media].is_object(), "{media}: {apply}");
+    }
     let page = tollgate
         .client
         .get(format!("{}/api/v1/docs", tollgate.admin_url))
