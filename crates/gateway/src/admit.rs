@@ -765,23 +765,35 @@ fn pay(
             if before >= included {
                 if !terms.overage_charge {
                     reservation.uncount_request();
-                    let mut refusal = money_refusal(
-                        Code::QuotaExhausted,
+                    // With renewal off the period's end is the
+                    // subscription's: the quota does not reset by itself.
+                    let detail = if terms.auto_renew {
                         format!(
                             "The plan '{}' includes {included} calls per period and all {before} are used; it resets on {}. Move to a larger plan or one that charges for overage to continue now.",
                             subscription.plan(),
                             domain::access::format_time_ms(end)
-                        ),
-                        app,
-                        subscription,
-                        currency,
-                    );
+                        )
+                    } else {
+                        format!(
+                            "The plan '{}' includes {included} calls per period and all {before} are used, and the subscription ends on {} (its renewal is off). Turn renewal on to get a new quota then, or move to a larger plan or one that charges for overage to continue now.",
+                            subscription.plan(),
+                            domain::access::format_time_ms(end)
+                        )
+                    };
+                    let mut refusal =
+                        money_refusal(Code::QuotaExhausted, detail, app, subscription, currency);
                     refusal.extra.extend([
                         ("quota", included.into()),
                         ("used", before.into()),
                         ("period_end", domain::access::format_time_ms(end).into()),
                     ]);
-                    return Err(retry_after(refusal, end, now_ms));
+                    // SPEC §4: `Retry-After` only for a quota that resets
+                    // by itself.
+                    return Err(if terms.auto_renew {
+                        retry_after(refusal, end, now_ms)
+                    } else {
+                        refusal
+                    });
                 }
             } else {
                 price = 0;

@@ -496,6 +496,31 @@ async fn quotas_block_or_charge_and_say_so_in_headers() {
     let tollgate = Tollgate::start_with(BIN, options()).await;
     let again = tollgate.get_with_key("/weather/now", &key).await;
     problem(again, 402, "quota_exhausted").await;
+    // With renewal off the quota does not reset by itself: no Retry-After,
+    // and the detail says how to get a new one.
+    let (status, body) = tollgate
+        .admin(
+            reqwest::Method::PATCH,
+            &format!("/api/v1/subscriptions/{id}"),
+            Some(json!({"auto_renew": false})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let started = Instant::now();
+    loop {
+        let refused = tollgate.get_with_key("/weather/now", &key).await;
+        let waits = refused.headers().contains_key("retry-after");
+        let body = problem(refused, 402, "quota_exhausted").await;
+        if !waits {
+            assert!(
+                body["detail"].as_str().unwrap().contains("renewal is off"),
+                "{body}"
+            );
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(3), "{body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // Overage `charge`: the included calls are free, the rest are charged.
     tollgate
