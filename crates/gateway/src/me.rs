@@ -223,6 +223,63 @@ pub(crate) fn problem_page<B>(
     ))
 }
 
+/// `GET /_tollgate/portal/teams/<team>/wallet`: where a 402's
+/// `top_up_url` leads. It tells how the team's wallet is topped up; it
+/// shows nothing of the wallet itself (it takes no credentials).
+pub(crate) fn top_up_page<B>(
+    request: &Request<B>,
+    team: &str,
+) -> Result<Response<GatewayBody>, Refusal> {
+    let valid = !team.is_empty()
+        && team.len() <= 63
+        && team
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if !valid {
+        return Err(Refusal::new(
+            Code::RouteNotFound,
+            "No such page: a wallet page is /_tollgate/portal/teams/<team slug>/wallet.",
+        ));
+    }
+    let checkout = format!("/api/v1/teams/{team}/wallet/checkout");
+    let wants_json = request
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| accept.contains("json") && !accept.contains("text/html"));
+    if wants_json {
+        return Ok(respond(
+            StatusCode::OK,
+            "application/json",
+            json!({
+                "team": team,
+                "checkout": {"method": "POST", "path": checkout, "body": {"amount": "25"},
+                             "who": "an owner or admin of the team (admin API token)"},
+                "auto_top_up": format!("/api/v1/teams/{team}/wallet/auto-top-up"),
+                "grant": "the platform operator: tollgate wallet grant --team <team> --amount <amount> --reason <why>",
+            })
+            .to_string(),
+        ));
+    }
+    let body = format!(
+        "<p>Calls by team <code>{team}</code>'s apps are paid from the team's wallet. \
+         When it runs short, calls are refused with <code>402</code>; topping it up lets them through at once.</p>\n\
+         <h2>Top up</h2>\n<p>An owner or admin of the team asks for a payment page (Stripe Checkout) through the admin API, \
+         then pays there; the money is in the wallet as soon as the payment completes:</p>\n\
+         <pre>curl -X POST &lt;admin API&gt;{checkout} \\\n  -H 'Authorization: Bearer &lt;your admin token&gt;' \\\n  -H 'Content-Type: application/json' -d '{{\"amount\": \"25\"}}'</pre>\n\
+         <p>Without card payments configured, ask the platform's operator for a grant.</p>\n\
+         <h2>Never run short</h2>\n<p>Set an automatic top-up (<code>PUT /api/v1/teams/{team}/wallet/auto-top-up</code>), \
+         watch the <code>Tollgate-Balance</code> and <code>Tollgate-Warning</code> headers of each answer, \
+         and <code>GET /_tollgate/me</code> with an app's key for the balance and what is due.</p>",
+        team = escape(team)
+    );
+    Ok(respond(
+        StatusCode::OK,
+        "text/html; charset=utf-8",
+        page(&format!("Top up team {}", escape(team)), &body),
+    ))
+}
+
 fn page(title: &str, body: &str) -> String {
     format!(
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\

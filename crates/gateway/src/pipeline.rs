@@ -304,7 +304,11 @@ async fn run(
         let problems = rest
             .strip_prefix("problems")
             .filter(|r| r.is_empty() || r.starts_with('/'));
-        let pages = rest == "me" || rest.starts_with("requests/") || problems.is_some();
+        let top_up = rest
+            .strip_prefix("portal/teams/")
+            .and_then(|r| r.strip_suffix("/wallet"));
+        let pages =
+            rest == "me" || rest.starts_with("requests/") || problems.is_some() || top_up.is_some();
         if pages && !matches!(*request.method(), Method::GET | Method::HEAD) {
             let mut refusal = Refusal::new(
                 Code::MethodNotAllowed,
@@ -334,6 +338,9 @@ async fn run(
         }
         if let Some(code) = problems {
             return crate::me::problem_page(&request, code);
+        }
+        if let Some(team) = top_up {
+            return crate::me::top_up_page(&request, team);
         }
         if let Some(response) = reserved(shared, rest) {
             return Ok(response);

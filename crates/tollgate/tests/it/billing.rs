@@ -765,6 +765,19 @@ async fn problem_pages_explain_every_code() {
         .to_owned();
     let page = tollgate.get(&format!("/_tollgate{path}")).await;
     assert_eq!(page.status(), 200);
+    // A 402's `top_up_url` leads to a page that says how to top up (and
+    // shows nothing of the wallet: it takes no credentials).
+    let top_up = tollgate.get("/_tollgate/portal/teams/acme/wallet").await;
+    assert_eq!(top_up.status(), 200);
+    let html = top_up.text().await.unwrap();
+    assert!(
+        html.contains("/api/v1/teams/acme/wallet/checkout"),
+        "{html}"
+    );
+    let unknown = tollgate
+        .get("/_tollgate/portal/teams/Not%20A%20Slug/wallet")
+        .await;
+    problem(unknown, 404, "route_not_found").await;
 }
 
 #[tokio::test]
