@@ -20,6 +20,14 @@ async fn connect(tollgate: &Tollgate) -> TcpStream {
     TcpStream::connect(address).await.unwrap()
 }
 
+/// Sends `request` on a new connection and reads until the server
+/// closes it.
+async fn exchange(tollgate: &Tollgate, request: impl AsRef<[u8]>) -> String {
+    let mut stream = connect(tollgate).await;
+    stream.write_all(request.as_ref()).await.unwrap();
+    read_to_close(&mut stream).await
+}
+
 /// Reads until the server closes the connection.
 async fn read_to_close(stream: &mut TcpStream) -> String {
     let mut all = Vec::new();
@@ -59,16 +67,13 @@ fn last_json(raw: &str) -> serde_json::Value {
 async fn pipelined_requests_are_answered_in_order() {
     let upstream = FakeUpstream::start("a").await;
     let tollgate = gateway_with(&upstream).await;
-    let mut stream = connect(&tollgate).await;
-    stream
-        .write_all(
-            b"GET /svc/first HTTP/1.1\r\nHost: x\r\n\r\n\
+    let raw = exchange(
+        &tollgate,
+        b"GET /svc/first HTTP/1.1\r\nHost: x\r\n\r\n\
               GET /svc/second HTTP/1.1\r\nHost: x\r\n\r\n\
               GET /svc/third HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-        )
-        .await
-        .unwrap();
-    let raw = read_to_close(&mut stream).await;
+    )
+    .await;
     assert_eq!(raw.matches("HTTP/1.1 200 OK\r\n").count(), 3, "{raw}");
     let first = raw.find("/first").unwrap();
     let second = raw.find("/second").unwrap();
@@ -138,12 +143,7 @@ async fn http10_and_head_requests() {
     let tollgate = gateway_with(&upstream).await;
 
     // HTTP/1.0 without keep-alive: one answer, then the gateway closes.
-    let mut stream = connect(&tollgate).await;
-    stream
-        .write_all(b"GET /svc/old HTTP/1.0\r\n\r\n")
-        .await
-        .unwrap();
-    let raw = read_to_close(&mut stream).await;
+    let raw = exchange(&tollgate, b"GET /svc/old HTTP/1.0\r\n\r\n").await;
     assert!(raw.starts_with("HTTP/1.1 200 OK\r\n"), "{raw}");
     assert!(raw.contains("connection: close\r\n"), "{raw}");
     assert_eq!(last_json(&raw)["path"], "/old");
@@ -164,12 +164,11 @@ async fn http10_and_head_requests() {
     assert_eq!(last_json(&raw)["path"], "/two");
 
     // HEAD: the length of the body that GET would send, and no body.
-    let mut stream = connect(&tollgate).await;
-    stream
-        .write_all(b"HEAD /svc/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let raw = read_to_close(&mut stream).await;
+    let raw = exchange(
+        &tollgate,
+        b"HEAD /svc/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
     assert!(raw.starts_with("HTTP/1.1 200 OK\r\n"), "{raw}");
     assert!(raw.contains("content-length: "), "{raw}");
     assert!(raw.ends_with("\r\n\r\n"), "no body after the head: {raw}");
@@ -253,12 +252,11 @@ async fn bad_heads_are_refused_and_the_connection_closed() {
     );
 
     // A refusal that leaves the request body unread says it closes.
-    let mut stream = connect(&tollgate).await;
-    stream
-        .write_all(b"POST /nowhere HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nabcde")
-        .await
-        .unwrap();
-    let raw = read_to_close(&mut stream).await;
+    let raw = exchange(
+        &tollgate,
+        b"POST /nowhere HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nabcde",
+    )
+    .await;
     assert!(raw.starts_with("HTTP/1.1 404 "), "{raw}");
     assert!(raw.contains("connection: close\r\n"), "{raw}");
     // The gateway still serves.
@@ -459,12 +457,7 @@ async fn framing_headers_say_what_is_sent() {
         .await;
     // Two requests on one connection: the second answer is read whole
     // and on its own.
-    let mut stream = connect(&tollgate).await;
-    stream
-        .write_all(b"GET /both/a HTTP/1.1\r\nHost: x\r\n\r\nGET /listed/b HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let raw = read_to_close(&mut stream).await;
+    let raw = exchange(&tollgate, b"GET /both/a HTTP/1.1\r\nHost: x\r\n\r\nGET /listed/b HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
     let second_start = raw[1..]
         .find("HTTP/1.1 ")
         .map(|i| i + 1)
@@ -493,18 +486,7 @@ async fn framing_headers_say_what_is_sent() {
 async fn a_broken_client_body_is_the_clients_fault_not_the_upstreams() {
     let upstream = FakeUpstream::start("a").await;
     let tollgate = Tollgate::start(BIN).await;
-    tollgate
-        .publish_http_service(
-            "svc",
-            "/svc",
-            json!({"targets": [{"url": upstream.url()}],
-                   "health_check": {"passive": {"max_failures": 2, "ejection_ms": 60000}}}),
-            &[json!({"path": "/*"})],
-        )
-        .await;
-    tollgate
-        .wait_for("/svc/ping", Duration::from_secs(1), |s| s == 200)
-        .await;
+    serve_svc_ejecting(&tollgate, &upstream).await;
     for _ in 0..3 {
         // 3 bytes of a declared 100, then the client closes its side.
         let mut stream = connect(&tollgate).await;
@@ -515,12 +497,7 @@ async fn a_broken_client_body_is_the_clients_fault_not_the_upstreams() {
         stream.shutdown().await.unwrap();
         let _ = read_to_close(&mut stream).await;
     }
-    let mut stream = connect(&tollgate).await;
-    stream
-        .write_all(b"POST /svc/up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n")
-        .await
-        .unwrap();
-    let raw = read_to_close(&mut stream).await;
+    let raw = exchange(&tollgate, b"POST /svc/up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n").await;
     assert!(raw.starts_with("HTTP/1.1 400 "), "{raw}");
     assert_eq!(last_json(&raw)["code"], "bad_request", "{raw}");
     // The target still serves everyone else.
@@ -575,25 +552,21 @@ async fn a_stalled_client_body_is_a_408_not_an_upstream_timeout() {
 async fn a_refused_request_is_not_invited_to_send_its_body() {
     let upstream = FakeUpstream::start("a").await;
     let tollgate = gateway_with(&upstream).await;
-    let mut stream = connect(&tollgate).await;
-    stream
-        .write_all(b"POST /nowhere HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
-        .await
-        .unwrap();
-    let raw = read_to_close(&mut stream).await;
+    let raw = exchange(
+        &tollgate,
+        b"POST /nowhere HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .await;
     assert!(raw.starts_with("HTTP/1.1 404 "), "{raw}");
     assert!(!raw.contains("100 Continue"), "{raw}");
     assert_eq!(last_json(&raw)["code"], "route_not_found", "{raw}");
 
     // HTTP/1.0 has no interim answers: the expectation is ignored.
-    let mut stream = connect(&tollgate).await;
-    stream
-        .write_all(
-            b"POST /svc/echo HTTP/1.0\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\nabcde",
-        )
-        .await
-        .unwrap();
-    let raw = read_to_close(&mut stream).await;
+    let raw = exchange(
+        &tollgate,
+        b"POST /svc/echo HTTP/1.0\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\nabcde",
+    )
+    .await;
     assert!(raw.starts_with("HTTP/1.1 200 "), "{raw}");
     assert!(!raw.contains("100 Continue"), "{raw}");
     assert_eq!(last_json(&raw)["body"], "abcde", "{raw}");
@@ -624,24 +597,20 @@ async fn dot_segments_cannot_leave_a_route() {
         "/cv/docs/..%2f..%2finternal",
         "/cv/docs/./a",
     ] {
-        let mut stream = connect(&tollgate).await;
-        stream
-            .write_all(
-                format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
-            )
-            .await
-            .unwrap();
-        let raw = read_to_close(&mut stream).await;
+        let raw = exchange(
+            &tollgate,
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await;
         assert!(raw.starts_with("HTTP/1.1 400 "), "{path}: {raw}");
         assert_eq!(last_json(&raw)["code"], "bad_request", "{path}: {raw}");
     }
     // Dots inside a segment are ordinary.
-    let mut stream = connect(&tollgate).await;
-    stream
-        .write_all(b"GET /cv/docs/v1.2/.well-known/a.json HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let raw = read_to_close(&mut stream).await;
+    let raw = exchange(
+        &tollgate,
+        b"GET /cv/docs/v1.2/.well-known/a.json HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
     assert_eq!(
         last_json(&raw)["path"],
         "/public/v2/docs/v1.2/.well-known/a.json",

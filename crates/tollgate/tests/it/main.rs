@@ -38,18 +38,43 @@ pub use test_support::upstream::FakeUpstream;
 /// `upstream`, with a catch-all route.
 pub async fn gateway_with(upstream: &FakeUpstream) -> Tollgate {
     let tollgate = Tollgate::start(BIN).await;
+    serve_svc(&tollgate, upstream).await;
     tollgate
-        .publish_http_service(
-            "svc",
-            "/svc",
-            json!({"targets": [{"url": upstream.url()}]}),
-            &[json!({"path": "/*"})],
-        )
+}
+
+/// Publishes the anonymous service `svc` at `/svc/*` on `upstream` and
+/// waits until the gateway serves it.
+pub async fn serve_svc(tollgate: &Tollgate, upstream: &FakeUpstream) {
+    serve_svc_on(tollgate, json!({"targets": [{"url": upstream.url()}]})).await;
+}
+
+/// The same, on a gateway that ejects the target after two failures (for
+/// a minute): a test sees at once whether a failure was blamed on it.
+pub async fn serve_svc_ejecting(tollgate: &Tollgate, upstream: &FakeUpstream) {
+    serve_svc_on(
+        tollgate,
+        json!({"targets": [{"url": upstream.url()}],
+               "health_check": {"passive": {"max_failures": 2, "ejection_ms": 60000}}}),
+    )
+    .await;
+}
+
+async fn serve_svc_on(tollgate: &Tollgate, upstream: serde_json::Value) {
+    tollgate
+        .publish_http_service("svc", "/svc", upstream, &[json!({"path": "/*"})])
         .await;
     tollgate
         .wait_for("/svc/ping", std::time::Duration::from_secs(1), |s| s == 200)
         .await;
-    tollgate
+}
+
+/// A client that speaks HTTP/2 with prior knowledge (h2c).
+pub fn h2_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .no_proxy()
+        .build()
+        .unwrap()
 }
 
 /// Polls until `done` holds (5 s at most).

@@ -27,11 +27,7 @@ async fn http2_to_upstreams_and_from_clients() {
         "h2c by prior knowledge to the upstream"
     );
 
-    let h2_client = reqwest::Client::builder()
-        .http2_prior_knowledge()
-        .no_proxy()
-        .build()
-        .unwrap();
+    let h2_client = h2_client();
     let response = h2_client
         .get(format!("{}/svc/y", tollgate.gateway_url))
         .send()
@@ -153,17 +149,7 @@ async fn losing_the_store_keeps_the_last_snapshot_serving() {
     let options = test_support::tollgate::Options::on_database(&database.url);
     let tollgate = Tollgate::start_with(BIN, options).await;
     let upstream = FakeUpstream::start("a").await;
-    tollgate
-        .publish_http_service(
-            "svc",
-            "/svc",
-            json!({"targets": [{"url": upstream.url()}]}),
-            &[json!({"path": "/*"})],
-        )
-        .await;
-    tollgate
-        .wait_for("/svc/x", Duration::from_secs(1), |s| s == 200)
-        .await;
+    serve_svc(&tollgate, &upstream).await;
     drop(database);
     // Readiness says so within a few polls; traffic keeps flowing.
     let started = Instant::now();
@@ -211,17 +197,7 @@ async fn a_store_that_stops_answering_is_reported_within_seconds() {
     let tollgate =
         Tollgate::start_with(BIN, test_support::tollgate::Options::on_database(&url)).await;
     let upstream = FakeUpstream::start("a").await;
-    tollgate
-        .publish_http_service(
-            "svc",
-            "/svc",
-            json!({"targets": [{"url": upstream.url()}]}),
-            &[json!({"path": "/*"})],
-        )
-        .await;
-    tollgate
-        .wait_for("/svc/x", Duration::from_secs(1), |s| s == 200)
-        .await;
+    serve_svc(&tollgate, &upstream).await;
     proxy.freeze();
     let frozen = Instant::now();
     let ready_status = || async { tollgate.get("/_tollgate/ready").await.status().as_u16() };
@@ -250,23 +226,8 @@ async fn a_store_that_stops_answering_is_reported_within_seconds() {
 async fn an_http2_upload_the_client_abandons_does_not_blame_the_target() {
     let upstream = FakeUpstream::start("a").await;
     let tollgate = Tollgate::start(BIN).await;
-    tollgate
-        .publish_http_service(
-            "svc",
-            "/svc",
-            json!({"targets": [{"url": upstream.url()}],
-                   "health_check": {"passive": {"max_failures": 2, "ejection_ms": 60000}}}),
-            &[json!({"path": "/*"})],
-        )
-        .await;
-    tollgate
-        .wait_for("/svc/ping", Duration::from_secs(1), |s| s == 200)
-        .await;
-    let h2_client = reqwest::Client::builder()
-        .http2_prior_knowledge()
-        .no_proxy()
-        .build()
-        .unwrap();
+    serve_svc_ejecting(&tollgate, &upstream).await;
+    let h2_client = h2_client();
     for _ in 0..3 {
         // A first chunk, then the body fails: the client resets its stream.
         let parts: Vec<Result<&'static [u8], std::io::Error>> = vec![
