@@ -296,6 +296,14 @@ fn parse_request(buf: &mut BytesMut) -> Result<Option<Head>, HeadError> {
     } else {
         Version::HTTP_11
     };
+    // An absolute-form target (`GET http://host/path`) names the host:
+    // `Host` is ignored for it (RFC 9112 §3.2.2), so routing, the
+    // forwarded `X-Forwarded-Host` and the logs all see the same host.
+    if let Some(authority) = uri.authority() {
+        let host = authority.as_str().rsplit('@').next().unwrap_or_default();
+        let value = http::HeaderValue::from_str(host).map_err(|_| HeadError::Malformed)?;
+        headers.insert(header::HOST, value);
+    }
     // Request smuggling: a length that is not exactly one number, a
     // transfer coding other than chunked, or both framings at once.
     let (declared, tidy) = super::declared_framing(&headers)?;

@@ -628,3 +628,49 @@ async fn dot_segments_cannot_leave_a_route() {
         assert_eq!(status, 400, "{pattern}: {body}");
     }
 }
+
+/// An absolute-form target names the host; `Host` is ignored for it
+/// (RFC 9112 §3.2.2), for routing and for what the upstream is told.
+#[tokio::test]
+async fn an_absolute_form_target_names_the_host() {
+    let upstream = FakeUpstream::start("a").await;
+    let tollgate = Tollgate::start(BIN).await;
+    tollgate
+        .publish_http_service(
+            "svc",
+            "/svc",
+            json!({"targets": [{"url": upstream.url()}]}),
+            &[json!({"path": "/h", "host": "api.example.com"})],
+        )
+        .await;
+    let address = tollgate
+        .gateway_url
+        .trim_start_matches("http://")
+        .to_owned();
+    tollgate
+        .wait_for("/svc/h", Duration::from_secs(1), |s| s == 404)
+        .await;
+    let request = |target: &str, host: &str| {
+        format!("GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")
+    };
+    let raw = exchange(
+        &tollgate,
+        request("http://api.example.com/svc/h", "other.example"),
+    )
+    .await;
+    assert!(raw.starts_with("HTTP/1.1 200 "), "{raw}");
+    assert_eq!(
+        last_json(&raw)["headers"]["x-forwarded-host"],
+        "api.example.com",
+        "{raw}"
+    );
+    let raw = exchange(
+        &tollgate,
+        request("http://other.example/svc/h", "api.example.com"),
+    )
+    .await;
+    assert!(raw.starts_with("HTTP/1.1 404 "), "{raw}");
+    // The origin form routes by Host as ever.
+    let raw = exchange(&tollgate, request("/svc/h", "api.example.com")).await;
+    assert!(raw.starts_with("HTTP/1.1 200 "), "{raw}");
+}
