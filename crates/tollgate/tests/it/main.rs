@@ -77,6 +77,21 @@ pub fn h2_client() -> reqwest::Client {
         .unwrap()
 }
 
+/// Polls until `done` answers true (5 s at most).
+pub async fn eventually_async<F: std::future::Future<Output = bool>>(
+    what: &str,
+    done: impl Fn() -> F,
+) {
+    let started = std::time::Instant::now();
+    while !done().await {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "never: {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
 /// Polls until `done` holds (5 s at most).
 pub async fn eventually(what: &str, done: impl Fn() -> bool) {
     let started = std::time::Instant::now();
