@@ -682,9 +682,7 @@ pub async fn create_subscription(
                 balance_nanos,
             ));
         }
-        if let Some(team) = tx.team(&consumer).await? {
-            crate::money::hold_entries(held.as_deref(), &tx, &team.id);
-        }
+        crate::money::hold_entries(held.as_deref(), &tx);
     } else {
         tx.put_subscription(&subscription).await?;
     }
@@ -1031,9 +1029,7 @@ pub async fn subscription_action(
             let fee = tx
                 .enter_period(&mut subscription, &period, &caller.actor(), now, payable)
                 .await?;
-            if let Some(team) = tx.team(&existing.consumer_team).await? {
-                crate::money::hold_entries(held.as_deref(), &tx, &team.id);
-            }
+            crate::money::hold_entries(held.as_deref(), &tx);
             // Approving starts the subscription even when its fee cannot
             // be paid yet (it is then past due, and renewed once the
             // wallet can pay); renewing by hand is refused instead.

@@ -388,7 +388,7 @@ async fn record(
                 Some(&view),
             )
             .await?;
-            hold_entries(held.as_deref(), &tx, &team.id);
+            hold_entries(held.as_deref(), &tx);
             commit(state, tx).await?;
             if let Some(held) = held {
                 held.keep();
@@ -441,13 +441,12 @@ pub(crate) async fn hold_debit(
     }
 }
 
-/// Tells a debit's hold which entries the transaction appended for it.
-pub(crate) fn hold_entries(held: Option<&dyn Held>, tx: &store::WriteTx, team_id: &str) {
+/// Tells a debit's hold the entries its transaction appended (a debit's
+/// transaction appends only that debit's entry).
+pub(crate) fn hold_entries(held: Option<&dyn Held>, tx: &store::WriteTx) {
     if let Some(held) = held {
-        for (team, entry) in tx.appended_entries() {
-            if team == team_id {
-                held.entry(entry);
-            }
+        for entry in tx.appended_entries() {
+            held.entry(entry);
         }
     }
 }

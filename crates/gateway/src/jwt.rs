@@ -269,12 +269,6 @@ pub fn verify(jwt: &JwtRt, token: &str, jwks: &JwksCache) -> Result<(String, Str
             ),
         })?
         .claims;
-    if !issuer.audiences.is_empty() && !names_audience(claims.get("aud"), &issuer.audiences) {
-        return Err(refuse(
-            Code::TokenClaims,
-            "The token's audience ('aud') is not one this service accepts.",
-        ));
-    }
     let Some(subject) = claims.get(&jwt.app_claim).and_then(|v| v.as_str()) else {
         return Err(refuse(
             Code::TokenClaims,
@@ -285,19 +279,4 @@ pub fn verify(jwt: &JwtRt, token: &str, jwks: &JwksCache) -> Result<(String, Str
         ));
     };
     Ok((iss.to_owned(), subject.to_owned()))
-}
-
-/// Whether `aud` (a string or an array of strings, RFC 7519 §4.1.3) names
-/// one of `accepted`.
-fn names_audience(aud: Option<&serde_json::Value>, accepted: &[String]) -> bool {
-    let accepts = |value: &serde_json::Value| {
-        value
-            .as_str()
-            .is_some_and(|aud| accepted.iter().any(|a| a == aud))
-    };
-    match aud {
-        Some(serde_json::Value::Array(items)) => items.iter().any(accepts),
-        Some(value) => accepts(value),
-        None => false,
-    }
 }

@@ -247,8 +247,8 @@ impl Gateway {
     }
 
     /// Compiles `config` and makes it the served snapshot. An object that
-    /// cannot be compiled is left out (logged, in `skipped`); on an error
-    /// of the whole the previous snapshot stays in service.
+    /// cannot be compiled is left out (and logged); on an error of the
+    /// whole the previous snapshot stays in service.
     pub fn apply(&self, config: &Config<'_>) -> Result<(), CompileError> {
         let compiled = snapshot::compile(
             config,
@@ -258,9 +258,6 @@ impl Gateway {
             &self.shared.wallets,
             &self.shared.ai_keys,
         )?;
-        for skipped in &compiled.skipped {
-            tracing::warn!(version = config.version, problem = %skipped, "left out of the configuration; the rest is served");
-        }
         self.shared.snapshot.store(Arc::new(compiled));
         self.shared.generation.fetch_add(1, Ordering::Release);
         self.shared.config_loaded.store(true, Ordering::Release);
@@ -280,7 +277,6 @@ impl Gateway {
         let old = self.shared.snapshot.load_full();
         let next = snapshot::Snapshot {
             version,
-            skipped: old.skipped.clone(),
             router: old.router.clone(),
             routes: old.routes.clone(),
             upstreams: old.upstreams.clone(),

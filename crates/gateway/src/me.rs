@@ -149,11 +149,7 @@ pub(crate) fn problem_page<B>(
     request: &Request<B>,
     rest: &str,
 ) -> Result<Response<GatewayBody>, Refusal> {
-    let wants_json = request
-        .headers()
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|accept| accept.contains("json") && !accept.contains("text/html"));
+    let wants_json = wants_json(request);
     let rest = rest.trim_matches('/');
     if rest.is_empty() {
         let codes: Vec<Value> = Code::ALL
@@ -230,24 +226,14 @@ pub(crate) fn top_up_page<B>(
     request: &Request<B>,
     team: &str,
 ) -> Result<Response<GatewayBody>, Refusal> {
-    let valid = !team.is_empty()
-        && team.len() <= 63
-        && team
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    if !valid {
+    if !domain::id::is_slug(team) {
         return Err(Refusal::new(
             Code::RouteNotFound,
             "No such page: a wallet page is /_tollgate/portal/teams/<team slug>/wallet.",
         ));
     }
     let checkout = format!("/api/v1/teams/{team}/wallet/checkout");
-    let wants_json = request
-        .headers()
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|accept| accept.contains("json") && !accept.contains("text/html"));
-    if wants_json {
+    if wants_json(request) {
         return Ok(respond(
             StatusCode::OK,
             "application/json",
@@ -278,6 +264,15 @@ pub(crate) fn top_up_page<B>(
         "text/html; charset=utf-8",
         page(&format!("Top up team {}", escape(team)), &body),
     ))
+}
+
+/// Whether the caller asked for JSON rather than a page.
+fn wants_json<B>(request: &Request<B>) -> bool {
+    request
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| accept.contains("json") && !accept.contains("text/html"))
 }
 
 fn page(title: &str, body: &str) -> String {

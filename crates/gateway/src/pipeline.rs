@@ -995,6 +995,17 @@ fn timeout_refusal(service: &str, total: Duration) -> Refusal {
     )
 }
 
+/// A refusal answered before the pipeline runs (a head that cannot be
+/// served): problem+json with a request id of its own.
+pub(crate) fn unrouted_refusal(refusal: Refusal, shared: &Shared) -> Response<GatewayBody> {
+    let request_id = new_request_id();
+    let mut response = refusal.into_response(&request_id, &shared.options.public_url);
+    response
+        .headers_mut()
+        .insert(X_REQUEST_ID.clone(), request_id);
+    response
+}
+
 /// The client's body stopped arriving before the call's time was up.
 pub(crate) fn body_stalled(waited: Duration) -> Refusal {
     Refusal::new(

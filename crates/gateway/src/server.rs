@@ -19,7 +19,6 @@ use crate::Shared;
 use crate::body::{GatewayBody, RequestBody};
 use crate::pipeline::Peer;
 use crate::refusal::Refusal;
-use domain::code::Code;
 
 /// Runs the pipeline on one request; a panic becomes a 500.
 pub(crate) async fn respond(
@@ -117,22 +116,15 @@ pub(crate) async fn serve(
 /// field's name and value plus 32 bytes).
 const H2_HEADER_LIST_MAX: u32 = 256 * 1024;
 
-/// An HTTP/2 request whose headers pass the HTTP/1.1 head's limits
+/// Whether an HTTP/2 request's headers pass the HTTP/1.1 head's limits
 /// (bytes as HTTP/1.1 would send them, and fields): the same 431.
-fn too_many_headers(headers: &http::HeaderMap) -> Option<Refusal> {
+fn too_many_headers(headers: &http::HeaderMap) -> bool {
     use crate::h1::{MAX_HEAD_BYTES, MAX_HEADERS};
     let bytes: usize = headers
         .iter()
         .map(|(name, value)| name.as_str().len() + value.len() + 4)
         .sum();
-    (headers.len() > MAX_HEADERS || bytes > MAX_HEAD_BYTES).then(|| {
-        Refusal::new(
-            Code::HeadersTooLarge,
-            format!(
-                "The request headers are larger than the gateway accepts ({MAX_HEAD_BYTES} bytes, {MAX_HEADERS} fields). Send fewer or smaller headers."
-            ),
-        )
-    })
+    headers.len() > MAX_HEADERS || bytes > MAX_HEAD_BYTES
 }
 
 /// An h2c connection through hyper; on shutdown it stops taking streams
@@ -148,13 +140,9 @@ async fn serve_http2(
         let shared = shared.clone();
         let peer = peer.clone();
         async move {
-            if let Some(refusal) = too_many_headers(request.headers()) {
-                let request_id = crate::pipeline::new_request_id();
-                let mut response = refusal.into_response(&request_id, &shared.options.public_url);
-                response
-                    .headers_mut()
-                    .insert(crate::pipeline::X_REQUEST_ID.clone(), request_id);
-                return Ok(response);
+            if too_many_headers(request.headers()) {
+                let refusal = crate::h1::headers_too_large();
+                return Ok(crate::pipeline::unrouted_refusal(refusal, &shared));
             }
             let request = request.map(RequestBody::Hyper);
             Ok::<_, Infallible>(respond(&shared, request, peer).await)

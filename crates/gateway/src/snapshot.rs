@@ -197,9 +197,6 @@ pub struct RouteRt {
 #[derive(Debug, Default)]
 pub struct Snapshot {
     pub version: i64,
-    /// Objects left out because they could not be compiled (each named
-    /// with why); the rest is served.
-    pub skipped: Vec<String>,
     pub router: Router,
     pub routes: Vec<RouteRt>,
     pub upstreams: Vec<Arc<UpstreamRt>>,
@@ -248,10 +245,12 @@ pub fn compile(
     wallets: &crate::money::Wallets,
     ai_keys: &crate::ai::KeyRegistry,
 ) -> Result<Snapshot, CompileError> {
-    // One team's object that cannot be compiled is left out (and said so
-    // in `skipped`); it never holds back everyone else's changes (a
-    // revoked key, a new service) by failing the whole snapshot.
-    let mut skipped = Vec::new();
+    // One team's object that cannot be compiled is left out (and logged);
+    // it never holds back everyone else's changes (a revoked key, a new
+    // service) by failing the whole snapshot.
+    let skip = |problem: &dyn std::fmt::Display| {
+        tracing::warn!(version = config.version, %problem, "left out of the configuration; the rest is served");
+    };
     let mut upstreams = HashMap::new();
     let mut upstream_list = Vec::new();
     for upstream in config.upstreams {
@@ -261,7 +260,7 @@ pub fn compile(
                 upstreams.insert(upstream.spec.slug.clone(), compiled.clone());
                 upstream_list.push(compiled);
             }
-            Err(error) => skipped.push(error.to_string()),
+            Err(error) => skip(&error),
         }
     }
     let mut services = HashMap::new();
@@ -275,29 +274,22 @@ pub fn compile(
             .upstream
             .as_ref()
             .and_then(|slug| upstreams.get(slug).cloned());
-        let service_error = |message: String| CompileError::Service {
-            service: service.spec.slug.clone(),
-            message,
-        };
         // Without its access rules a service is not served at all.
-        let jwt = match service
+        let access = service
             .spec
             .auth
             .jwt
             .as_ref()
             .map(crate::jwt::JwtRt::compile)
             .transpose()
-        {
-            Ok(jwt) => jwt,
+            .and_then(|jwt| Ok((jwt, crate::access::IpRulesRt::compile(&service.spec.ip)?)));
+        let (jwt, ip) = match access {
+            Ok(access) => access,
             Err(message) => {
-                skipped.push(service_error(message).to_string());
-                continue;
-            }
-        };
-        let ip = match crate::access::IpRulesRt::compile(&service.spec.ip) {
-            Ok(ip) => ip,
-            Err(message) => {
-                skipped.push(service_error(message).to_string());
+                skip(&CompileError::Service {
+                    service: service.spec.slug.clone(),
+                    message,
+                });
                 continue;
             }
         };
@@ -358,7 +350,7 @@ pub fn compile(
         let (segments, request_headers, response_headers) = match compiled {
             Ok(compiled) => compiled,
             Err(message) => {
-                skipped.push(route_error(message).to_string());
+                skip(&route_error(message));
                 continue;
             }
         };
@@ -434,7 +426,6 @@ pub fn compile(
     limiters.sweep();
     Ok(Snapshot {
         version: config.version,
-        skipped,
         router: builder.build(),
         routes,
         upstreams: upstream_list,

@@ -270,8 +270,8 @@ pub struct WriteTx {
     changed_config: bool,
     /// Ids of API keys created, revoked or deleted.
     changed_keys: Vec<String>,
-    /// Ledger entries this transaction appended: (team id, entry id).
-    appended: Vec<(String, String)>,
+    /// Ids of the ledger entries this transaction appended.
+    appended: Vec<String>,
 }
 
 /// How many versions of change records are kept; a node further behind
@@ -363,9 +363,8 @@ impl Store {
 }
 
 impl WriteTx {
-    /// The ledger entries this transaction appended so far, as (team id,
-    /// entry id).
-    pub fn appended_entries(&self) -> &[(String, String)] {
+    /// The ids of the ledger entries this transaction appended so far.
+    pub fn appended_entries(&self) -> &[String] {
         &self.appended
     }
 

@@ -151,8 +151,7 @@ impl WriteTx {
         .bind(updated.updated_at_ms)
         .execute(&mut *self.tx)
         .await?;
-        self.appended
-            .push((entry.team_id.clone(), entry.id.clone()));
+        self.appended.push(entry.id.clone());
         Ok(Appended::Created(entry, updated))
     }
 }

@@ -24,6 +24,17 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Most header fields accepted in one head.
 pub const MAX_HEADERS: usize = 128;
+
+/// The refusal of a request head past [`MAX_HEAD_BYTES`] or
+/// [`MAX_HEADERS`] (an HTTP/2 header list is held to the same limits).
+pub(crate) fn headers_too_large() -> crate::refusal::Refusal {
+    crate::refusal::Refusal::new(
+        domain::code::Code::HeadersTooLarge,
+        format!(
+            "The request head is larger than the gateway accepts ({MAX_HEAD_BYTES} bytes, {MAX_HEADERS} fields). Send fewer or smaller headers."
+        ),
+    )
+}
 /// Longest chunk-size line, trailer line included.
 const MAX_LINE_BYTES: usize = 4096;
 /// Most trailer bytes read (and dropped) after a chunked body.

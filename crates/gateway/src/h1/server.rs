@@ -358,28 +358,18 @@ async fn refuse_head(
     error: HeadError,
     shared: &Shared,
 ) {
-    let (code, detail) = match error {
-        HeadError::TooLarge => (
-            Code::HeadersTooLarge,
-            format!(
-                "The request head is larger than the gateway accepts ({MAX_HEAD_BYTES} bytes, {MAX_HEADERS} fields). Send fewer or smaller headers."
-            ),
-        ),
-        HeadError::Malformed => (
+    let refusal = match error {
+        HeadError::TooLarge => super::headers_too_large(),
+        HeadError::Malformed => Refusal::new(
             Code::BadRequest,
-            "The request is not valid HTTP/1.1. Check the request line and header syntax.".to_owned(),
+            "The request is not valid HTTP/1.1. Check the request line and header syntax.",
         ),
-        HeadError::BadLength => (
+        HeadError::BadLength => Refusal::new(
             Code::BadRequest,
-            "The request's body length is ambiguous: send one valid Content-Length or Transfer-Encoding: chunked, not both.".to_owned(),
+            "The request's body length is ambiguous: send one valid Content-Length or Transfer-Encoding: chunked, not both.",
         ),
     };
-    let request_id = crate::pipeline::new_request_id();
-    let mut response =
-        Refusal::new(code, detail).into_response(&request_id, &shared.options.public_url);
-    response
-        .headers_mut()
-        .insert(crate::pipeline::X_REQUEST_ID.clone(), request_id);
+    let response = crate::pipeline::unrouted_refusal(refusal, shared);
     let framed = Framed {
         head_request: false,
         http10: false,
