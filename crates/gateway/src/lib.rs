@@ -133,6 +133,8 @@ pub(crate) struct Shared {
     facilitator: std::sync::OnceLock<Arc<dyn x402::Facilitator>>,
     /// x402 payloads in use or settled on this node.
     x402_used: Arc<x402::Used>,
+    /// Where x402 payments are claimed for every node (the store).
+    x402_claims: std::sync::OnceLock<Arc<dyn x402::Claims>>,
     /// AI provider keys and their cool-downs, kept across reloads.
     ai_keys: ai::KeyRegistry,
     /// The MCP server (its sessions live on this node).
@@ -240,6 +242,7 @@ impl Gateway {
                 hooks: std::sync::RwLock::default(),
                 facilitator: std::sync::OnceLock::new(),
                 x402_used: Arc::default(),
+                x402_claims: std::sync::OnceLock::new(),
                 ai_keys: ai::KeyRegistry::default(),
                 mcp: Arc::new(mcp_host::server()),
             }),
@@ -514,6 +517,12 @@ impl Gateway {
     /// Verifies and settles x402 payments through `facilitator`.
     pub fn set_facilitator(&self, facilitator: Arc<dyn x402::Facilitator>) {
         let _ = self.shared.facilitator.set(facilitator);
+    }
+
+    /// Claims x402 payments in `claims` (shared by every node) as well as
+    /// in this node's memory.
+    pub fn set_payment_claims(&self, claims: Arc<dyn x402::Claims>) {
+        let _ = self.shared.x402_claims.set(claims);
     }
 
     /// Serves `POST /_tollgate/webhooks/<name>` with `hook`.

@@ -439,7 +439,7 @@ async fn pay_per_request(
     let pending = crate::x402::verify(
         &x402,
         facilitator,
-        &shared.x402_used,
+        (&shared.x402_used, shared.x402_claims.get()),
         &request,
         &resource_url,
     )

@@ -19,9 +19,13 @@
 //!    a failed connection is never settled, and the payload may be used
 //!    again.
 //!
-//! A settled payload is remembered (by SHA-256 of the header) until its
-//! authorization can no longer be valid, so it is never settled twice by
-//! this node; the facilitator (the chain's nonce) refuses it across nodes.
+//! A payment is claimed (by its identity: payer and nonce, see
+//! [`payment_identity`]) before it is verified, in this node's memory and
+//! then in the store through [`Claims`], until its authorization can no
+//! longer be valid: while a call holds it or once it is settled, no other
+//! call, on any node sharing the store or after a restart, is served for
+//! it (the upstream never does the work twice for one payment). A call
+//! that is not settled gives its claims back.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -52,6 +56,20 @@ pub trait Facilitator: Send + Sync {
 
 pub type BoxFuture<'a> =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<Value, String>> + Send + 'a>>;
+
+/// Where payments are claimed for every node sharing the store and across
+/// restarts, provided by the binary. Identities are hex SHA-256 digests.
+pub trait Claims: Send + Sync {
+    /// `Ok(true)` when the caller now holds `identity` until `until_ms`;
+    /// `Ok(false)` when another call holds it (in flight or settled);
+    /// `Err` when the claim could not be made.
+    fn claim(&self, identity: String, now_ms: i64, until_ms: i64) -> ClaimFuture<'_, bool>;
+    /// Gives back a claim whose payment was not settled.
+    fn release(&self, identity: String) -> ClaimFuture<'_, ()>;
+}
+
+pub type ClaimFuture<'a, T> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, String>> + Send + 'a>>;
 
 /// A service's x402 terms, compiled.
 #[derive(Debug)]
@@ -143,6 +161,8 @@ pub struct Pending {
     body: Value,
     digest: [u8; 32],
     used: Arc<Used>,
+    /// The store's claim, when there is one (given back with the node's).
+    claims: Option<Arc<dyn Claims>>,
     settled: bool,
 }
 
@@ -150,8 +170,21 @@ impl Drop for Pending {
     fn drop(&mut self) {
         // Not settled (a refusal, a 5xx, a broken connection): the payer
         // may use the payload again.
-        if !self.settled {
-            self.used.release(&self.digest);
+        if self.settled {
+            return;
+        }
+        self.used.release(&self.digest);
+        if let Some(claims) = self.claims.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            let identity = hex::encode(self.digest);
+            runtime.spawn(async move {
+                if let Err(error) = claims.release(identity).await {
+                    // It runs out with the authorization: the payer signs
+                    // a new payment meanwhile.
+                    tracing::warn!(%error, "an unsettled x402 payment's claim could not be given back");
+                }
+            });
         }
     }
 }
@@ -212,7 +245,7 @@ fn canonical(value: &Value) -> String {
 pub async fn verify(
     x402: &X402Rt,
     facilitator: Option<&dyn Facilitator>,
-    used: &Arc<Used>,
+    (used, claims): (&Arc<Used>, Option<&Arc<dyn Claims>>),
     request: &Request<RequestBody>,
     resource_url: &str,
 ) -> Result<Pending, Refusal> {
@@ -275,13 +308,17 @@ pub async fn verify(
         .max(now_ms + timeout_ms)
         .min(now_ms + 7 * 86_400_000);
     let digest = payment_identity(&payload);
-    if !used.claim(digest, until, now_ms) {
-        return Err(refuse(
+    let used_already = || {
+        refuse(
             "invalid_transaction_state",
             "This payment was already used (or is being used by another call): sign a new one.",
-        ));
+        )
+    };
+    if !used.claim(digest, until, now_ms) {
+        return Err(used_already());
     }
-    let pending = Pending {
+    // From here on, dropping `pending` gives back what was claimed.
+    let mut pending = Pending {
         body: json!({
             "x402Version": 2,
             "paymentPayload": payload,
@@ -289,8 +326,22 @@ pub async fn verify(
         }),
         digest,
         used: used.clone(),
+        claims: None,
         settled: false,
     };
+    if let Some(claims) = claims {
+        match claims.claim(hex::encode(digest), now_ms, until).await {
+            Ok(true) => pending.claims = Some(claims.clone()),
+            Ok(false) => return Err(used_already()),
+            Err(error) => {
+                tracing::warn!(%error, "x402 payment claim failed");
+                return Err(Refusal::new(
+                    Code::InternalError,
+                    "The gateway could not record the payment before using it; nothing was paid. Retry shortly.",
+                ));
+            }
+        }
+    }
     let answer = facilitator
         .verify(pending.body.clone())
         .await

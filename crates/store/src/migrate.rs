@@ -69,6 +69,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "retired_team_slugs",
         include_str!("../migrations/0018_retired_team_slugs.sql"),
     ),
+    (
+        19,
+        "x402_payments",
+        include_str!("../migrations/0019_x402_payments.sql"),
+    ),
 ];
 
 impl Store {

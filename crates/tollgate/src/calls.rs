@@ -300,7 +300,8 @@ pub fn spawn_writer(
     (sink, task)
 }
 
-/// Deletes what has outlived its retention, once.
+/// Deletes what has outlived its retention (and x402 claims that ran
+/// out), once.
 pub async fn enforce_retention(
     store: &Store,
     config: &CallsConfig,
@@ -334,6 +335,8 @@ pub async fn enforce_retention(
             now_ms.saturating_sub(days(config.day_retention_days)),
         )
         .await?;
+    // x402 claims whose authorization can no longer be valid.
+    deleted += store.sweep_x402_payments(now_ms).await?;
     Ok(deleted)
 }
 
@@ -348,7 +351,10 @@ pub fn spawn_retention(
         loop {
             match enforce_retention(&store, &config, domain::now_ms()).await {
                 Ok(0) => {}
-                Ok(deleted) => tracing::info!(deleted, "retention: old calls and rollups deleted"),
+                Ok(deleted) => tracing::info!(
+                    deleted,
+                    "retention: old calls, rollups and x402 claims deleted"
+                ),
                 Err(error) => tracing::warn!(%error, "retention run failed"),
             }
             tokio::select! {

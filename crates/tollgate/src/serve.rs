@@ -536,6 +536,7 @@ pub async fn run(args: &ConfigArgs) -> anyhow::Result<()> {
 
     if let Some(url) = &config.x402_facilitator {
         gateway.set_facilitator(Arc::new(crate::x402::FacilitatorClient::new(url)));
+        gateway.set_payment_claims(Arc::new(crate::x402::StoreClaims(store.clone())));
     }
     let stripe_client = config.stripe.as_ref().map(|stripe| {
         let client = Arc::new(crate::stripe::StripeClient::new(

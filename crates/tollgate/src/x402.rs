@@ -3,11 +3,13 @@
 //! paymentRequirements}` (the gateway's `x402.rs` builds the body and reads
 //! the answer). A facilitator answers its verdict as JSON; an answer with
 //! neither `isValid` nor `success`, or no answer, counts as unreachable.
+//! And [`StoreClaims`]: the store's record of payments in use or settled.
 
 use std::time::Duration;
 
-use gateway::x402::{BoxFuture, Facilitator};
+use gateway::x402::{BoxFuture, ClaimFuture, Claims, Facilitator};
 use serde_json::Value;
+use store::Store;
 
 pub struct FacilitatorClient {
     base: String,
@@ -54,5 +56,29 @@ impl Facilitator for FacilitatorClient {
 
     fn settle(&self, body: Value) -> BoxFuture<'_> {
         Box::pin(self.call("/settle", "success", body))
+    }
+}
+
+/// x402 payment claims in the store: shared by every node on it, kept
+/// across restarts.
+pub struct StoreClaims(pub Store);
+
+impl Claims for StoreClaims {
+    fn claim(&self, identity: String, now_ms: i64, until_ms: i64) -> ClaimFuture<'_, bool> {
+        Box::pin(async move {
+            self.0
+                .claim_x402_payment(&identity, now_ms, until_ms)
+                .await
+                .map_err(|error| error.to_string())
+        })
+    }
+
+    fn release(&self, identity: String) -> ClaimFuture<'_, ()> {
+        Box::pin(async move {
+            self.0
+                .release_x402_payment(&identity)
+                .await
+                .map_err(|error| error.to_string())
+        })
     }
 }

@@ -15,11 +15,24 @@ const USDC: &str = "0x036CbD53842c5426634e7929541eC2318f3dCF7e";
 const PAYER: &str = "0x857b06519E91e3A54538791bDbb0E22373e36b66";
 
 async fn paid_service(facilitator: &FakeFacilitator, upstream: &FakeUpstream) -> Tollgate {
-    let options = test_support::tollgate::Options {
-        env: vec![("TOLLGATE_X402__FACILITATOR_URL".into(), facilitator.url())],
-        ..Default::default()
-    };
-    let tollgate = Tollgate::start_with(BIN, options).await;
+    let tollgate = paying_node(facilitator, Default::default()).await;
+    publish_paid_service(&tollgate, upstream).await;
+    tollgate
+}
+
+/// A node with `options` that settles through `facilitator`.
+async fn paying_node(
+    facilitator: &FakeFacilitator,
+    mut options: test_support::tollgate::Options,
+) -> Tollgate {
+    options
+        .env
+        .push(("TOLLGATE_X402__FACILITATOR_URL".into(), facilitator.url()));
+    Tollgate::start_with(BIN, options).await
+}
+
+/// `/quotes` on `upstream`, paid per request with x402.
+async fn publish_paid_service(tollgate: &Tollgate, upstream: &FakeUpstream) {
     tollgate
         .create(
             "/api/v1/upstreams",
@@ -46,7 +59,6 @@ async fn paid_service(facilitator: &FakeFacilitator, upstream: &FakeUpstream) ->
             s == 402
         })
         .await;
-    tollgate
 }
 
 fn decode(value: &str) -> Value {
@@ -302,4 +314,130 @@ async fn a_subscriber_out_of_credit_is_offered_to_pay_per_request() {
         .await;
     assert_eq!(logs["data"][0]["app"], "acme-web", "{logs}");
     assert_eq!(logs["data"][0]["consumer_team"], "acme", "{logs}");
+}
+
+#[tokio::test]
+async fn one_payment_serves_one_call_on_every_node_sharing_the_store() {
+    let database = test_support::PgDatabase::create();
+    let facilitator = FakeFacilitator::start().await;
+    let upstream = FakeUpstream::start("q").await;
+    let options = test_support::tollgate::Options::on_database(&database.url);
+    let first = paying_node(&facilitator, options.clone()).await;
+    let second = paying_node(&facilitator, options).await;
+    publish_paid_service(&first, &upstream).await;
+    second
+        .wait_for("/quotes/acme", std::time::Duration::from_secs(1), |s| {
+            s == 402
+        })
+        .await;
+    let accepts = offered(
+        call(&second, "/quotes/acme", None).await,
+        "PAYMENT-SIGNATURE header is required",
+    )
+    .await["accepts"][0]
+        .clone();
+
+    // A payment in use on one node (its call held at the upstream) serves
+    // no call on the other: the upstream does not do the work twice.
+    let paid = payment(&accepts, PAYER, 60, |_| {});
+    let held = tokio::spawn({
+        let (client, url, paid) = (
+            first.client.clone(),
+            first.gateway_url.clone(),
+            paid.clone(),
+        );
+        async move {
+            client
+                .get(format!("{url}/quotes/hold"))
+                .header("payment-signature", paid)
+                .send()
+                .await
+                .unwrap()
+        }
+    });
+    eventually("the paid call reaches the upstream", || {
+        upstream.hits() == 1
+    })
+    .await;
+    let verifies = facilitator.verifies();
+    offered(
+        call(&second, "/quotes/acme", Some(&paid)).await,
+        "invalid_transaction_state",
+    )
+    .await;
+    assert_eq!(upstream.hits(), 1, "the second node did not forward it");
+    assert_eq!(facilitator.verifies(), verifies, "refused before verifying");
+    upstream.open_gate();
+    let response = held.await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.headers().contains_key("payment-response"));
+    assert_eq!(facilitator.settles(), 1);
+    // Settled: refused on either node.
+    for node in [&first, &second] {
+        offered(
+            call(node, "/quotes/acme", Some(&paid)).await,
+            "invalid_transaction_state",
+        )
+        .await;
+    }
+
+    // A payment whose call was not settled (the upstream failed) is given
+    // back, on every node.
+    let unsettled = payment(&accepts, PAYER, 60, |_| {});
+    let failed = call(&first, "/quotes/status/503", Some(&unsettled)).await;
+    assert_eq!(failed.status(), 503);
+    assert!(!failed.headers().contains_key("payment-response"));
+    eventually_async(
+        "the unsettled payment serves a call on the other node",
+        || async {
+            call(&second, "/quotes/acme", Some(&unsettled))
+                .await
+                .status()
+                == 200
+        },
+    )
+    .await;
+    assert_eq!(facilitator.settles(), 2);
+}
+
+#[tokio::test]
+async fn a_settled_payment_stays_used_across_a_restart() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let facilitator = FakeFacilitator::start().await;
+    let upstream = FakeUpstream::start("q").await;
+    let options = || test_support::tollgate::Options::in_dir(data_dir.path());
+    let tollgate = paying_node(&facilitator, options()).await;
+    publish_paid_service(&tollgate, &upstream).await;
+    let accepts = offered(
+        call(&tollgate, "/quotes/acme", None).await,
+        "PAYMENT-SIGNATURE header is required",
+    )
+    .await["accepts"][0]
+        .clone();
+    let paid = payment(&accepts, PAYER, 60, |_| {});
+    assert_eq!(
+        call(&tollgate, "/quotes/acme", Some(&paid)).await.status(),
+        200
+    );
+    tollgate.stop().await;
+
+    let restarted = paying_node(&facilitator, options()).await;
+    restarted
+        .wait_for("/quotes/acme", std::time::Duration::from_secs(1), |s| {
+            s == 402
+        })
+        .await;
+    let (hits, verifies) = (upstream.hits(), facilitator.verifies());
+    offered(
+        call(&restarted, "/quotes/acme", Some(&paid)).await,
+        "invalid_transaction_state",
+    )
+    .await;
+    assert_eq!(
+        facilitator.verifies(),
+        verifies,
+        "known without asking the facilitator"
+    );
+    assert_eq!(upstream.hits(), hits);
+    assert_eq!(facilitator.settles(), 1);
 }
