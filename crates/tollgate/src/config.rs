@@ -339,33 +339,41 @@ pub fn load(
             Value::String(url.clone()),
         );
     }
-    let raw: RawConfig = match serde_path_to_error::deserialize(tree) {
-        Ok(raw) => raw,
-        Err(error) => {
-            let path = error.path().to_string();
-            let message = error.inner().to_string();
-            // For an unknown field the path already ends with it.
-            let key = match message
-                .strip_prefix("unknown field `")
-                .and_then(|r| r.split_once('`'))
-            {
-                Some((field, _)) if path == "." => field.to_owned(),
-                Some((field, _)) if path == field || path.ends_with(&format!(".{field}")) => path,
-                Some((field, _)) => format!("{path}.{field}"),
-                None => path,
-            };
-            let from = origins
-                .get(&key)
-                .map(|name| format!(" (from {name})"))
-                .unwrap_or_default();
-            let message = if message.starts_with("unknown field") {
-                "unknown key".to_owned()
-            } else {
-                message
-            };
-            problems.push(format!("{key}{from}: {message}"));
-            return Err(ConfigErrors(problems));
+    // Each unknown key or value of the wrong type is named, then left out
+    // and the rest read again, so that one start lists every problem.
+    let raw = loop {
+        let error = match serde_path_to_error::deserialize::<_, RawConfig>(tree.clone()) {
+            Ok(raw) => break Some(raw),
+            Err(error) => error,
+        };
+        let path = error.path().to_string();
+        let message = error.inner().to_string();
+        // For an unknown field the path already ends with it.
+        let key = match message
+            .strip_prefix("unknown field `")
+            .and_then(|r| r.split_once('`'))
+        {
+            Some((field, _)) if path == "." => field.to_owned(),
+            Some((field, _)) if path == field || path.ends_with(&format!(".{field}")) => path,
+            Some((field, _)) => format!("{path}.{field}"),
+            None => path,
+        };
+        let from = origins
+            .get(&key)
+            .map(|name| format!(" (from {name})"))
+            .unwrap_or_default();
+        let message = if message.starts_with("unknown field") {
+            "unknown key".to_owned()
+        } else {
+            message
+        };
+        problems.push(format!("{key}{from}: {message}"));
+        if problems.len() >= MAX_PROBLEMS || !remove_path(&mut tree, &key) {
+            break None;
         }
+    };
+    let Some(raw) = raw else {
+        return Err(ConfigErrors(problems));
     };
     let config = validate(raw, &mut problems);
     // Name the variable a bad value came from, as for type errors.
@@ -393,6 +401,30 @@ fn env_value(text: &str) -> Value {
         "false" => Value::Bool(false),
         _ => Value::String(text.to_owned()),
     }
+}
+
+/// Problems listed at most (the rest would repeat a broken file's story).
+const MAX_PROBLEMS: usize = 50;
+
+/// Removes `key` (`section.key`; a list item's whole list) from `tree`;
+/// false when it is not there (nothing more can be left out).
+fn remove_path(tree: &mut Value, key: &str) -> bool {
+    let mut parts: Vec<&str> = key
+        .split('.')
+        .map(|part| part.split_once('[').map_or(part, |(name, _)| name))
+        .collect();
+    let Some(last) = parts.pop() else {
+        return false;
+    };
+    let mut node = tree;
+    for part in parts {
+        match node.get_mut(part) {
+            Some(next) => node = next,
+            None => return false,
+        }
+    }
+    node.as_object_mut()
+        .is_some_and(|map| map.remove(last).is_some())
 }
 
 fn set_path(tree: &mut Value, path: &[String], value: Value) {
@@ -781,6 +813,31 @@ mod tests {
         assert_eq!(
             problems("", &[("TOLLGATE_ADMIN__PORT", "1")]),
             vec!["admin.port (from TOLLGATE_ADMIN__PORT): unknown key"]
+        );
+        // Every one at once, with the values of the wrong type and those
+        // out of range.
+        let found = problems(
+            "gateway:\n  lisen: 1\n  request_body_limit_bytes: lots\n  listen: nowhere\nbogus: 1\nlog:\n  levle: info\n",
+            &[("TOLLGATE_ADMIN__PORT", "1")],
+        );
+        assert_eq!(found.len(), 6, "{found:?}");
+        for expected in [
+            "gateway.lisen: unknown key",
+            "bogus: unknown key",
+            "log.levle: unknown key",
+            "admin.port (from TOLLGATE_ADMIN__PORT): unknown key",
+        ] {
+            assert!(found.iter().any(|p| p == expected), "{expected}: {found:?}");
+        }
+        assert!(
+            found
+                .iter()
+                .any(|p| p.starts_with("gateway.request_body_limit_bytes: invalid type")),
+            "{found:?}"
+        );
+        assert!(
+            found.iter().any(|p| p.starts_with("gateway.listen:")),
+            "{found:?}"
         );
     }
 
