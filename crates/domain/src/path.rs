@@ -105,6 +105,46 @@ pub fn has_dot_segment(path: &str) -> bool {
         .any(|segment| segment == "." || segment == "..")
 }
 
+/// The path with each `%` escape of an unreserved character (letters,
+/// digits, `-._~`) decoded, and the hex digits of the other escapes in
+/// upper case (RFC 3986 §6.2.2: the same URI), or `None` when it is
+/// already so. Routes match a request's path as sent, so `/svc/%61dmin`
+/// would otherwise miss the route `/svc/admin` (and its limits) while the
+/// upstream reads it as that path. Escaped `/` (`%2F`) stays escaped: it
+/// is a character of a segment, not a separator.
+pub fn normalise_escapes(path: &str) -> Option<String> {
+    if !path.contains('%') {
+        return None;
+    }
+    let bytes = path.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut changed = false;
+    let mut index = 0;
+    while index < bytes.len() {
+        let escape = (bytes[index] == b'%')
+            .then(|| path.get(index + 1..index + 3))
+            .flatten()
+            .filter(|hex| hex.bytes().all(|b| b.is_ascii_hexdigit()));
+        let Some(hex) = escape else {
+            out.push(bytes[index]);
+            index += 1;
+            continue;
+        };
+        let value = u8::from_str_radix(hex, 16).unwrap_or_default();
+        if value.is_ascii_alphanumeric() || b"-._~".contains(&value) {
+            out.push(value);
+            changed = true;
+        } else {
+            out.push(b'%');
+            out.extend(hex.bytes().map(|b| b.to_ascii_uppercase()));
+            changed |= hex.bytes().any(|b| b.is_ascii_lowercase());
+        }
+        index += 3;
+    }
+    // Only ASCII was put in place of ASCII: still UTF-8.
+    changed.then(|| String::from_utf8(out).ok()).flatten()
+}
+
 /// Validates a service base path: literal segments only, no trailing slash
 /// (except `/` itself).
 pub fn validate_base_path(base_path: &str) -> Result<(), String> {
@@ -180,6 +220,28 @@ mod tests {
 #[cfg(test)]
 mod dot_tests {
     use super::*;
+
+    #[test]
+    fn unreserved_escapes_are_decoded_and_the_rest_upper_cased() {
+        assert_eq!(normalise_escapes("/svc/admin"), None);
+        assert_eq!(normalise_escapes("/svc/a%2Fb%20c"), None, "already normal");
+        assert_eq!(
+            normalise_escapes("/svc/%61dmin").as_deref(),
+            Some("/svc/admin")
+        );
+        assert_eq!(
+            normalise_escapes("/s%76c/%7E%2d%5F%2E%41%7a%30").as_deref(),
+            Some("/svc/~-_.Az0")
+        );
+        assert_eq!(
+            normalise_escapes("/a%2fb%c3%a9").as_deref(),
+            Some("/a%2Fb%C3%A9")
+        );
+        // Not escapes: left as they are.
+        assert_eq!(normalise_escapes("/a%"), None);
+        assert_eq!(normalise_escapes("/a%4"), None);
+        assert_eq!(normalise_escapes("/a%zz%41").as_deref(), Some("/a%zzA"));
+    }
 
     #[test]
     fn dot_segments_are_found_however_written() {

@@ -300,6 +300,11 @@ async fn run(
             "The request path has '.' or '..' segments (possibly escaped). Send the path resolved, as RFC 3986 §5.2.4 does.",
         ));
     }
+    // Escaped letters and digits routed as what they are (`%61` is `a`).
+    let request = match domain::path::normalise_escapes(request.uri().path()) {
+        Some(path) => with_path(request, &path)?,
+        None => request,
+    };
     if let Some(rest) = request.uri().path().strip_prefix("/_tollgate/") {
         let problems = rest
             .strip_prefix("problems")
@@ -983,6 +988,23 @@ async fn forward(
         }
     }
     Err(last_refusal.unwrap_or_else(|| Refusal::new(Code::UpstreamError, "No try was made.")))
+}
+
+/// `request` with its path replaced by `path` (its query kept).
+fn with_path(
+    mut request: Request<RequestBody>,
+    path: &str,
+) -> Result<Request<RequestBody>, Refusal> {
+    let uri = request.uri();
+    let path_and_query = match uri.query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path.to_owned(),
+    };
+    let mut parts = uri.clone().into_parts();
+    let unreadable = || Refusal::new(Code::BadRequest, "The request path cannot be read.");
+    parts.path_and_query = Some(path_and_query.parse().map_err(|_| unreadable())?);
+    *request.uri_mut() = Uri::from_parts(parts).map_err(|_| unreadable())?;
+    Ok(request)
 }
 
 fn timeout_refusal(service: &str, total: Duration) -> Refusal {

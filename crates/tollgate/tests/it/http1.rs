@@ -629,6 +629,65 @@ async fn dot_segments_cannot_leave_a_route() {
     }
 }
 
+/// A path with escaped letters is the same path (RFC 3986 §6.2.2.2): it
+/// takes the route the letters name, with that route's rules, and the
+/// upstream is sent it normalised; an escaped `/` stays one.
+#[tokio::test]
+async fn escaped_letters_take_the_route_they_spell() {
+    let upstream = FakeUpstream::start("a").await;
+    let tollgate = Tollgate::start(BIN).await;
+    tollgate
+        .publish_http_service(
+            "svc",
+            "/svc",
+            json!({"targets": [{"url": upstream.url()}]}),
+            &[
+                json!({"path": "/admin", "request_headers": {"set": {"x-route": "admin"}}}),
+                json!({"path": "/*"}),
+            ],
+        )
+        .await;
+    tollgate
+        .wait_for("/svc/admin", Duration::from_secs(1), |s| s == 200)
+        .await;
+    for path in [
+        "/svc/admin",
+        "/svc/%61dmin",
+        "/sv%63/%61%64min?x=%61",
+        "/svc/adm%69n",
+    ] {
+        let raw = exchange(
+            &tollgate,
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await;
+        let echo = last_json(&raw);
+        assert_eq!(echo["headers"]["x-route"], "admin", "{path}: {raw}");
+        assert_eq!(echo["path"], "/admin", "{path}: {raw}");
+    }
+    let raw = exchange(
+        &tollgate,
+        b"GET /svc/%41dmin?x=%61 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(
+        last_json(&raw)["headers"]["x-route"],
+        serde_json::Value::Null,
+        "{raw}"
+    );
+    assert_eq!(
+        last_json(&raw)["query"],
+        "x=%61",
+        "the query is the upstream's business"
+    );
+    let raw = exchange(
+        &tollgate,
+        b"GET /svc/a%2fb%2Fc HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(last_json(&raw)["path"], "/a%2Fb%2Fc", "{raw}");
+}
+
 /// An absolute-form target names the host; `Host` is ignored for it
 /// (RFC 9112 §3.2.2), for routing and for what the upstream is told.
 #[tokio::test]
