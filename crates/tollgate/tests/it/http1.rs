@@ -28,6 +28,13 @@ async fn exchange(tollgate: &Tollgate, request: impl AsRef<[u8]>) -> String {
     read_to_close(&mut stream).await
 }
 
+/// `GET target` as sent, byte for byte (no client normalises it), on a
+/// connection of its own; the raw answer.
+async fn get_as_sent(tollgate: &Tollgate, target: &str) -> String {
+    let request = format!("GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    exchange(tollgate, request).await
+}
+
 /// Reads until the server closes the connection.
 async fn read_to_close(stream: &mut TcpStream) -> String {
     let mut all = Vec::new();
@@ -597,20 +604,12 @@ async fn dot_segments_cannot_leave_a_route() {
         "/cv/docs/..%2f..%2finternal",
         "/cv/docs/./a",
     ] {
-        let raw = exchange(
-            &tollgate,
-            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await;
+        let raw = get_as_sent(&tollgate, path).await;
         assert!(raw.starts_with("HTTP/1.1 400 "), "{path}: {raw}");
         assert_eq!(last_json(&raw)["code"], "bad_request", "{path}: {raw}");
     }
     // Dots inside a segment are ordinary.
-    let raw = exchange(
-        &tollgate,
-        b"GET /cv/docs/v1.2/.well-known/a.json HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-    )
-    .await;
+    let raw = get_as_sent(&tollgate, "/cv/docs/v1.2/.well-known/a.json").await;
     assert_eq!(
         last_json(&raw)["path"],
         "/public/v2/docs/v1.2/.well-known/a.json",
@@ -656,20 +655,12 @@ async fn escaped_letters_take_the_route_they_spell() {
         "/sv%63/%61%64min?x=%61",
         "/svc/adm%69n",
     ] {
-        let raw = exchange(
-            &tollgate,
-            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await;
+        let raw = get_as_sent(&tollgate, path).await;
         let echo = last_json(&raw);
         assert_eq!(echo["headers"]["x-route"], "admin", "{path}: {raw}");
         assert_eq!(echo["path"], "/admin", "{path}: {raw}");
     }
-    let raw = exchange(
-        &tollgate,
-        b"GET /svc/%41dmin?x=%61 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-    )
-    .await;
+    let raw = get_as_sent(&tollgate, "/svc/%41dmin?x=%61").await;
     assert_eq!(
         last_json(&raw)["headers"]["x-route"],
         serde_json::Value::Null,
@@ -680,11 +671,7 @@ async fn escaped_letters_take_the_route_they_spell() {
         "x=%61",
         "the query is the upstream's business"
     );
-    let raw = exchange(
-        &tollgate,
-        b"GET /svc/a%2fb%2Fc HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-    )
-    .await;
+    let raw = get_as_sent(&tollgate, "/svc/a%2fb%2Fc").await;
     assert_eq!(last_json(&raw)["path"], "/a%2Fb%2Fc", "{raw}");
 }
 
