@@ -996,11 +996,14 @@ pub async fn subscription_action(
                 .plan(&existing.service_id, &existing.plan_id)
                 .await?
                 .ok_or_else(|| ApiError::internal("subscription without its plan"))?;
-            let period = match (action, existing.period_end_ms) {
-                (SubscriptionAction::Renew, Some(end)) => domain::billing::renewal(
+            let current = existing.period_start_ms.zip(existing.period_end_ms);
+            let period = match (action, current) {
+                // A past-due subscription pays for its unpaid period first.
+                (SubscriptionAction::Renew, Some(period)) => domain::billing::period_to_pay(
                     &plan.spec,
-                    existing.anchor_ms.unwrap_or(end),
-                    end,
+                    existing.status == SubscriptionStatus::PastDue,
+                    period,
+                    existing.anchor_ms,
                     existing.trial_end_ms,
                     now,
                 ),

@@ -200,6 +200,36 @@ pub fn renewal(
     }
 }
 
+/// The period a renewal at `now` pays for: a `past_due` subscription's
+/// own unpaid period while it still runs (its fee as it was, prorated
+/// alike), else the one [`renewal`] gives. Renewing by hand and the
+/// billing task agree on it.
+pub fn period_to_pay(
+    plan: &PlanSpec,
+    past_due: bool,
+    (start_ms, end_ms): (i64, i64),
+    anchor_ms: Option<i64>,
+    trial_end_ms: Option<i64>,
+    now_ms: i64,
+) -> Period {
+    if past_due && now_ms < end_ms {
+        return Period {
+            start_ms,
+            end_ms,
+            anchor_ms: anchor_ms.unwrap_or(start_ms),
+            trial_end_ms: None,
+            fee_nanos: prorate(plan.period_alignment, plan.fee_nanos(), start_ms, end_ms),
+        };
+    }
+    renewal(
+        plan,
+        anchor_ms.unwrap_or(end_ms),
+        end_ms,
+        trial_end_ms,
+        now_ms,
+    )
+}
+
 /// Whole days from `from` to `to`, rounded up (0 when `to` is past).
 pub fn days_until(from_ms: i64, to_ms: i64) -> i64 {
     if to_ms <= from_ms {
@@ -219,6 +249,32 @@ mod tests {
 
     fn show((start, end): (i64, i64)) -> (String, String) {
         (format_time_ms(start), format_time_ms(end))
+    }
+
+    #[test]
+    fn a_past_due_subscription_pays_its_running_period_first() {
+        let plan: PlanSpec = serde_json::from_value(serde_json::json!({
+            "slug": "pro", "monthly_fee": "10"
+        }))
+        .unwrap_or_else(|e| unreachable!("{e}"));
+        let (start, end) = (ms("2026-03-05T00:00:00Z"), ms("2026-04-05T00:00:00Z"));
+        let now = ms("2026-03-20T00:00:00Z");
+        let unpaid = period_to_pay(&plan, true, (start, end), Some(start), None, now);
+        assert_eq!((unpaid.start_ms, unpaid.end_ms), (start, end));
+        assert_eq!(unpaid.fee_nanos, 10_000_000_000);
+        // Active (renewed at its end) or past due for a period long gone:
+        // the period that holds the time of payment.
+        let next = period_to_pay(&plan, false, (start, end), Some(start), None, end);
+        assert_eq!(show((next.start_ms, next.end_ms)).0, "2026-04-05T00:00:00Z");
+        let late = ms("2026-05-10T00:00:00Z");
+        let long_past = period_to_pay(&plan, true, (start, end), Some(start), None, late);
+        assert_eq!(
+            show((long_past.start_ms, long_past.end_ms)),
+            (
+                "2026-05-05T00:00:00Z".to_owned(),
+                "2026-06-05T00:00:00Z".to_owned()
+            )
+        );
     }
 
     #[test]

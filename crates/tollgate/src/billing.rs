@@ -174,25 +174,11 @@ async fn renew(
         subscription.period_start_ms.zip(subscription.period_end_ms),
     ) {
         (SubscriptionStatus::Active, Some(_)) if !subscription.auto_renew => Step::Expire,
-        (SubscriptionStatus::PastDue, Some((start, end))) if now_ms < end => {
-            // The unpaid period is still running: pay for it.
-            Step::Renew(Period {
-                start_ms: start,
-                end_ms: end,
-                anchor_ms: subscription.anchor_ms.unwrap_or(start),
-                trial_end_ms: None,
-                fee_nanos: domain::billing::prorate(
-                    plan.spec.period_alignment,
-                    plan.spec.fee_nanos(),
-                    start,
-                    end,
-                ),
-            })
-        }
-        (_, Some((_, end))) => Step::Renew(domain::billing::renewal(
+        (status, Some(period)) => Step::Renew(domain::billing::period_to_pay(
             &plan.spec,
-            subscription.anchor_ms.unwrap_or(end),
-            end,
+            status == SubscriptionStatus::PastDue,
+            period,
+            subscription.anchor_ms,
             subscription.trial_end_ms,
             now_ms,
         )),

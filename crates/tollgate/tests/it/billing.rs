@@ -321,6 +321,78 @@ async fn monthly_fees_renew_fall_past_due_and_expire() {
     }
 }
 
+/// A past-due subscription renewed by hand pays for the period it is in
+/// (the unpaid one), not for the month after it.
+#[tokio::test]
+async fn renewing_a_past_due_subscription_pays_its_unpaid_period() {
+    let tollgate = Tollgate::start(BIN).await;
+    let upstream = FakeUpstream::start("w").await;
+    market(
+        &tollgate,
+        &upstream,
+        &[json!({"slug": "pro", "monthly_fee": "10", "approval_required": true})],
+        None,
+    )
+    .await;
+    let (status, created) = subscribe(&tollgate, "acme-web", "pro").await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().unwrap().to_owned();
+    let (status, approved) = tollgate
+        .admin(
+            Method::POST,
+            &format!("/api/v1/subscriptions/{id}/approve"),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, 200, "{approved}");
+    assert_eq!(
+        approved["status"], "past_due",
+        "an empty wallet: {approved}"
+    );
+    let unpaid = (
+        approved["period_start_ms"].clone(),
+        approved["period_end_ms"].clone(),
+    );
+    assert!(unpaid.1.as_i64().unwrap() > domain::now_ms());
+
+    grant(
+        &tollgate,
+        "acme",
+        json!({"amount": "12", "reason": "top-up"}),
+    )
+    .await;
+    let (status, renewed) = tollgate
+        .admin(
+            Method::POST,
+            &format!("/api/v1/subscriptions/{id}/renew"),
+            Some(json!({})),
+        )
+        .await;
+    // 409 only if the renewal task paid it between the two requests.
+    assert!(status == 200 || status == 409, "{status} {renewed}");
+    let renewed = wait_subscription(&tollgate, &id, "active").await;
+    assert_eq!(
+        (
+            renewed["period_start_ms"].clone(),
+            renewed["period_end_ms"].clone()
+        ),
+        unpaid,
+        "the unpaid period is the one paid for"
+    );
+    let entries = ledger(&tollgate, "acme", "").await;
+    let fees: Vec<&Value> = entries.iter().filter(|e| e["kind"] == "charge").collect();
+    assert_eq!(fees.len(), 1, "{entries:?}");
+    assert_eq!(fees[0]["amount_nanos"], -10_000_000_000i64);
+    assert!(
+        fees[0]["idempotency_key"]
+            .as_str()
+            .unwrap()
+            .ends_with(&unpaid.0.to_string()),
+        "{fees:?}"
+    );
+    assert_eq!(wallet(&tollgate, "acme").await["balance"], "2.00");
+}
+
 #[tokio::test]
 async fn fees_are_paid_before_access_trials_are_free_and_expiry_is_announced() {
     let tollgate = Tollgate::start(BIN).await;
