@@ -1,7 +1,9 @@
 //! A TCP proxy that can be frozen: connections stay open but no byte
 //! passes either way until it thaws. Stands for a store that stops
 //! answering (a hung server, a network partition) without refusing
-//! connections, which a stopped server would do at once.
+//! connections, which a stopped server would do at once. Or cut: its
+//! connections close and new ones are closed at once (a stopped server)
+//! until it is restored.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,6 +15,7 @@ use tokio::net::{TcpListener, TcpStream};
 pub struct FreezableProxy {
     pub port: u16,
     frozen: Arc<AtomicBool>,
+    cut: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -22,20 +25,38 @@ impl FreezableProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let frozen = Arc::new(AtomicBool::new(false));
+        let cut = Arc::new(AtomicBool::new(false));
         let target = target.to_owned();
-        let flag = frozen.clone();
+        let flags = (frozen.clone(), cut.clone());
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
+                if flags.1.load(Ordering::SeqCst) {
+                    continue;
+                }
                 let Ok(server) = TcpStream::connect(&target).await else {
                     continue;
                 };
                 let (client_read, client_write) = client.into_split();
                 let (server_read, server_write) = server.into_split();
-                tokio::spawn(pump(client_read, server_write, flag.clone()));
-                tokio::spawn(pump(server_read, client_write, flag.clone()));
+                tokio::spawn(pump(client_read, server_write, flags.clone()));
+                tokio::spawn(pump(server_read, client_write, flags.clone()));
             }
         });
-        FreezableProxy { port, frozen, task }
+        FreezableProxy {
+            port,
+            frozen,
+            cut,
+            task,
+        }
+    }
+
+    /// Closes every connection and each new one at once, until restored.
+    pub fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+    }
+
+    pub fn restore(&self) {
+        self.cut.store(false, Ordering::SeqCst);
     }
 
     pub fn freeze(&self) {
@@ -53,20 +74,26 @@ impl Drop for FreezableProxy {
     }
 }
 
-/// Copies `from` to `to`, holding each chunk while the proxy is frozen.
+/// Copies `from` to `to`, holding each chunk while the proxy is frozen;
+/// returns (closing its half) once the proxy is cut.
 async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
-    frozen: Arc<AtomicBool>,
+    (frozen, cut): (Arc<AtomicBool>, Arc<AtomicBool>),
 ) {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
         while frozen.load(Ordering::SeqCst) {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let n = match from.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
+        let read = tokio::time::timeout(Duration::from_millis(50), from.read(&mut buf)).await;
+        if cut.load(Ordering::SeqCst) {
+            return;
+        }
+        let n = match read {
+            Err(_elapsed) => continue,
+            Ok(Ok(0) | Err(_)) => return,
+            Ok(Ok(n)) => n,
         };
         while frozen.load(Ordering::SeqCst) {
             tokio::time::sleep(Duration::from_millis(10)).await;

@@ -9,8 +9,9 @@
 //! is off) and the additions to the minute, hour and day rollups. A failed
 //! write is retried with the same rows (their ids repeat, so nothing is
 //! logged twice; the rollups are added in the same transaction, so they
-//! never count twice); a batch refused [`GIVE_UP_AFTER`] times is dropped
-//! and counted. At shutdown, after the gateway has finished its requests,
+//! never count twice), for as long as the store does not answer; a batch
+//! the answering store refuses [`GIVE_UP_AFTER`] times is dropped and
+//! counted. At shutdown, after the gateway has finished its requests,
 //! it writes what is left.
 //!
 //! With `otel.endpoint` set, each call's span goes to the trace exporter
@@ -42,7 +43,8 @@ const RETRY_STEP: Duration = Duration::from_millis(200);
 /// Gathers in a row that find no calls (a second at [`GATHER`]) before the
 /// writer lets its spare rows go.
 const IDLE_GATHERS: u32 = 40;
-/// Failed writes of one batch before it is dropped.
+/// Failed writes of one batch, while the store answers, before it is
+/// dropped (while it does not answer, the batch waits).
 const GIVE_UP_AFTER: u32 = 10;
 /// Calls written per transaction, at most.
 const BATCH: usize = 5_000;
@@ -188,6 +190,8 @@ pub fn spawn_writer(
         // The batch being written, kept as it is until it is written.
         let mut writing: Option<Arc<CallBatch>> = None;
         let mut failures = 0u32;
+        // Failures while the store answered (it refused the batch).
+        let mut refusals = 0u32;
         let mut spare = Spare::default();
         // The last take filled a batch: more may be queued, so no pause.
         let mut backlog = false;
@@ -273,6 +277,7 @@ pub fn spawn_writer(
             match written {
                 Ok(()) => {
                     failures = 0;
+                    refusals = 0;
                     // Its rows' buffers serve the next calls.
                     if let Some(done) = writing.take()
                         && let Ok(done) = Arc::try_unwrap(done)
@@ -284,14 +289,21 @@ pub fn spawn_writer(
                     failures += 1;
                     // Retried after a pause, not at once.
                     backlog = false;
-                    tracing::warn!(%error, calls, failures, "call log write failed; retrying");
-                    // A batch the database keeps refusing must not stop
-                    // the log: it is dropped (and counted).
-                    if failures >= GIVE_UP_AFTER || (draining && failures > 3) {
+                    // A store that does not answer is waited for (the
+                    // gateway's queue holds the calls meanwhile, and only
+                    // what overflows it is lost); one that answers but
+                    // keeps refusing this batch must not stop the log:
+                    // the batch is dropped (and counted).
+                    if store.ping().await.is_ok() {
+                        refusals += 1;
+                    }
+                    tracing::warn!(%error, calls, failures, refusals, "call log write failed; retrying");
+                    if refusals >= GIVE_UP_AFTER || (draining && failures > 3) {
                         tracing::error!(calls, %error, "call log: batch dropped");
                         metrics.count_dropped(calls.max(1) as u64);
                         writing = None;
                         failures = 0;
+                        refusals = 0;
                     }
                 }
             }

@@ -420,7 +420,7 @@ impl Metrics {
             &mut out,
             "tollgate_call_records_dropped_total",
             "counter",
-            "Call records dropped: the call writer's queue was full, or the database refused their batch ten times.",
+            "Call records dropped: the call writer's queue was full, or the database (answering) refused their batch ten times.",
         );
         let _ = writeln!(
             out,

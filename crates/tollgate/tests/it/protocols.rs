@@ -220,6 +220,78 @@ async fn a_store_that_stops_answering_is_reported_within_seconds() {
     }
 }
 
+/// Calls served while the store is down (refusing connections) reach the
+/// call log once it is back, however long it was away: the writer waits
+/// for a store that does not answer instead of dropping its batch.
+#[tokio::test]
+async fn calls_served_during_a_store_outage_are_logged_when_it_returns() {
+    let database = test_support::PgDatabase::create();
+    let proxy = test_support::proxy::FreezableProxy::start("127.0.0.1:5432").await;
+    let url = database
+        .url
+        .replace("127.0.0.1:5432", &format!("127.0.0.1:{}", proxy.port));
+    let tollgate =
+        Tollgate::start_with(BIN, test_support::tollgate::Options::on_database(&url)).await;
+    let upstream = FakeUpstream::start("a").await;
+    serve_svc(&tollgate, &upstream).await;
+    let call = |id: &'static str| {
+        tollgate
+            .client
+            .get(format!("{}/svc/x", tollgate.gateway_url))
+            .header("x-request-id", id)
+            .send()
+    };
+    assert_eq!(call("outage-before").await.unwrap().status(), 200);
+    proxy.cut();
+    assert_eq!(
+        call("outage-during").await.unwrap().status(),
+        200,
+        "served from the snapshot"
+    );
+    // Longer than ten failed writes with their pauses (about 11 s).
+    tokio::time::sleep(Duration::from_secs(13)).await;
+    proxy.restore();
+    let tollgate = &tollgate;
+    let logged = |id: &'static str| async move {
+        let (status, body) = tollgate
+            .admin(
+                reqwest::Method::GET,
+                &format!("/api/v1/logs?request_id={id}"),
+                None,
+            )
+            .await;
+        status == 200 && body["data"].as_array().is_some_and(|rows| rows.len() == 1)
+    };
+    let back = Instant::now();
+    while !(logged("outage-during").await && logged("outage-before").await) {
+        assert!(
+            back.elapsed() < Duration::from_secs(15),
+            "the call served during the outage was never logged\n{}",
+            tollgate.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let metrics = tollgate
+        .client
+        .get(format!("{}/metrics", tollgate.admin_url))
+        .bearer_auth(test_support::tollgate::ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("tollgate_call_records_dropped_total 0"),
+        "nothing dropped: {}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("dropped"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
 /// An HTTP/2 client that gives up on its upload (its stream reset) is
 /// not the target's failure: a few such clients cannot eject it.
 #[tokio::test]
