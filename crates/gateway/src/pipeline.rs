@@ -894,6 +894,10 @@ async fn forward(
                 }
                 let (mut response_parts, incoming) = response.into_parts();
                 strip_hop_by_hop(&mut response_parts.headers);
+                if status == 204 {
+                    // RFC 9110 §8.6: a 204 has no body and no length.
+                    response_parts.headers.remove(header::CONTENT_LENGTH);
+                }
                 // Phase 8: a call the upstream answered below 500 is
                 // charged; otherwise the reservation is given back. Either
                 // way the caller learns the balance (a `Tollgate-Warning`

@@ -302,6 +302,43 @@ pub(crate) fn header_map(
     Ok(headers)
 }
 
+/// Whether a `Host` value is `uri-host [":" port]` (RFC 9112 §3.2, RFC
+/// 3986 §3.2.2): a name of unreserved characters, escapes and
+/// sub-delimiters, or a bracketed IP literal; empty is allowed (a target
+/// without an authority). No `/`, `?`, `#`, `@`, spaces or quotes, which
+/// would let it pass for part of a URL an upstream builds from it.
+pub(crate) fn valid_host(value: &[u8]) -> bool {
+    let (host, port) = match value.strip_prefix(b"[") {
+        Some(rest) => {
+            let Some(end) = rest.iter().position(|&b| b == b']') else {
+                return false;
+            };
+            let literal = &rest[..end];
+            if literal.is_empty()
+                || !literal
+                    .iter()
+                    .all(|&b| b.is_ascii_alphanumeric() || b":.".contains(&b))
+            {
+                return false;
+            }
+            (&[][..], &rest[end + 1..])
+        }
+        None => match value.iter().rposition(|&b| b == b':') {
+            Some(colon) => (&value[..colon], &value[colon..]),
+            None => (value, &[][..]),
+        },
+    };
+    let port_ok = match port {
+        [] => true,
+        [b':', digits @ ..] => digits.len() <= 5 && digits.iter().all(u8::is_ascii_digit),
+        _ => false,
+    };
+    port_ok
+        && host
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=".contains(&b))
+}
+
 /// Why a head could not be read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum HeadError {
@@ -441,6 +478,37 @@ pub(crate) fn poll_read_more<R: tokio::io::AsyncRead + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_values_are_a_host_and_a_port() {
+        for good in [
+            "",
+            "example.com",
+            "example.com:8080",
+            "127.0.0.1:80",
+            "[::1]",
+            "[::1]:8443",
+            "xn--caf-dma.example",
+            "under_score.local",
+        ] {
+            assert!(valid_host(good.as_bytes()), "{good}");
+        }
+        for bad in [
+            "evil.com/x?y",
+            "a b",
+            "a\"b",
+            "user@host",
+            "host#frag",
+            "host:port",
+            "host:123456",
+            "[::1",
+            "[]",
+            "host:80:80",
+            "a<b",
+        ] {
+            assert!(!valid_host(bad.as_bytes()), "{bad}");
+        }
+    }
 
     #[test]
     fn framing_headers_are_made_to_say_one_thing() {

@@ -272,7 +272,13 @@ fn parse_request(buf: &mut BytesMut) -> Result<Option<Head>, HeadError> {
         let target = super::range_in(buf, request.path.unwrap_or("").as_bytes());
         let mut hosts = 0;
         for field in request.headers.iter() {
-            hosts += usize::from(field.name.eq_ignore_ascii_case("host"));
+            if field.name.eq_ignore_ascii_case("host") {
+                hosts += 1;
+                // RFC 9112 §3.2: an invalid Host is a bad request.
+                if !super::valid_host(field.value) {
+                    return Err(HeadError::Malformed);
+                }
+            }
             fields.push((
                 super::range_in(buf, field.name.as_bytes()),
                 super::range_in(buf, field.value),

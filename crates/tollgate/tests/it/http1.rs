@@ -446,7 +446,8 @@ async fn framing_headers_say_what_is_sent() {
     )
     .await;
     let listed = raw_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 3, 3\r\n\r\nxyz").await;
-    for (slug, url) in [("both", &both), ("listed", &listed)] {
+    let empty = raw_upstream(b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\nhello").await;
+    for (slug, url) in [("both", &both), ("listed", &listed), ("empty", &empty)] {
         tollgate
             .publish_http_service(
                 slug,
@@ -484,6 +485,55 @@ async fn framing_headers_say_what_is_sent() {
     assert!(second.starts_with("HTTP/1.1 200 OK\r\n"), "{raw}");
     assert!(second.contains("content-length: 3\r\n"), "{raw}");
     assert!(second.ends_with("xyz"), "{raw}");
+    // A 204 says no length (RFC 9110 §8.6), whatever the upstream said,
+    // and what came after it is no answer's body.
+    let raw = exchange(&tollgate, b"GET /empty/a HTTP/1.1\r\nHost: x\r\n\r\nGET /listed/b HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+    assert!(raw.starts_with("HTTP/1.1 204 No Content\r\n"), "{raw}");
+    let (first, second) = raw.split_at(raw[1..].find("HTTP/1.1 ").unwrap() + 1);
+    assert!(
+        !first.to_ascii_lowercase().contains("content-length"),
+        "{raw}"
+    );
+    assert!(!raw.contains("hello"), "{raw}");
+    assert!(
+        second.starts_with("HTTP/1.1 200 OK\r\n") && second.ends_with("xyz"),
+        "{raw}"
+    );
+}
+
+/// A `Host` that is no host (a path, a query, spaces, quotes) is a bad
+/// request (RFC 9112 §3.2): it never reaches an upstream as
+/// `X-Forwarded-Host`, where absolute links are built from it.
+#[tokio::test]
+async fn an_invalid_host_is_a_bad_request() {
+    let upstream = FakeUpstream::start("a").await;
+    let tollgate = Tollgate::start(BIN).await;
+    serve_svc(&tollgate, &upstream).await;
+    for host in [
+        "evil.com/x?y",
+        "a b",
+        "a\"b",
+        "user@example.com",
+        "example.com:80x",
+    ] {
+        let raw = exchange(
+            &tollgate,
+            format!("GET /svc/echo HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
+        )
+        .await;
+        assert!(raw.starts_with("HTTP/1.1 400 "), "{host}: {raw}");
+        assert_eq!(last_json(&raw)["code"], "bad_request", "{host}: {raw}");
+    }
+    let raw = exchange(
+        &tollgate,
+        b"GET /svc/echo HTTP/1.1\r\nHost: api.example.com:8443\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(
+        last_json(&raw)["headers"]["x-forwarded-host"],
+        "api.example.com:8443",
+        "{raw}"
+    );
 }
 
 /// A client whose body breaks (cut short, or a malformed chunk) gets a 400
