@@ -38,6 +38,7 @@ pub enum Code {
     UpstreamError,
     NoHealthyUpstream,
     CircuitOpen,
+    LedgerUnavailable,
     UpstreamTimeout,
     BadRequest,
     HeadersTooLarge,
@@ -49,7 +50,7 @@ pub enum Code {
 
 impl Code {
     /// Every code, for docs and problem pages.
-    pub const ALL: [Code; 40] = [
+    pub const ALL: [Code; 41] = [
         Code::MissingCredentials,
         Code::InvalidCredentials,
         Code::KeyRevoked,
@@ -83,6 +84,7 @@ impl Code {
         Code::UpstreamError,
         Code::NoHealthyUpstream,
         Code::CircuitOpen,
+        Code::LedgerUnavailable,
         Code::UpstreamTimeout,
         Code::BadRequest,
         Code::HeadersTooLarge,
@@ -136,6 +138,7 @@ impl Code {
             Code::UpstreamError => ("upstream_error", 502, "Upstream error"),
             Code::NoHealthyUpstream => ("no_healthy_upstream", 503, "No healthy upstream"),
             Code::CircuitOpen => ("circuit_open", 503, "Circuit open"),
+            Code::LedgerUnavailable => ("ledger_unavailable", 503, "Ledger unavailable"),
             Code::UpstreamTimeout => ("upstream_timeout", 504, "Upstream timeout"),
             Code::BadRequest => ("bad_request", 400, "Bad request"),
             Code::HeadersTooLarge => ("headers_too_large", 431, "Request header fields too large"),

@@ -269,6 +269,14 @@ pub const fn explain(code: Code) -> Explanation {
             prevent: "Treat 503 as temporary: retry with exponential backoff instead of at once. \
                       Keep a fallback in your app for when the service is unavailable.",
         },
+        Code::LedgerUnavailable => Explanation {
+            cause: "This gateway node cannot reach its ledger right now, so it cannot account for a paid call: it does not take one. \
+                    Nothing was forwarded and you are not charged for this call.",
+            fix: "Retry after a short wait (the response's `Retry-After`); the next try may reach another node. \
+                  If it lasts, tell the gateway's operator and give them the `X-Request-Id` of the response.",
+            prevent: "Treat 503 as temporary: retry with exponential backoff. \
+                      Operators: keep the gateway's database reachable from every node; `/_tollgate/ready` says when it is not.",
+        },
         Code::UpstreamTimeout => Explanation {
             cause: "The service's backend did not answer in time. \
                     You are not charged for this call.",

@@ -13,6 +13,7 @@ use http::{Method, Request};
 use crate::access::{AppRt, KeyRt, SubscriptionRt, client_ip, digest_of};
 use crate::jwt::{self, JwksCache};
 use crate::limit::{Exceeded, Limiter, Permit, Quota};
+use crate::money::Short;
 use crate::refusal::Refusal;
 use crate::snapshot::{RouteRt, ServiceRt, Snapshot};
 
@@ -610,6 +611,20 @@ pub(crate) fn admit<B>(
         now_ms,
         &mut admission,
     ) {
+        if refusal.lease_short.is_some() {
+            // Admitted again once this node's lease is topped up: this
+            // try counts in no limit.
+            for limiter in [
+                subscription.limiter.as_ref(),
+                app.limiter.as_ref(),
+                route.limiter.as_ref(),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                limiter.refund(now_u);
+            }
+        }
         // A service that also takes per-request payment says how to pay
         // this one call instead.
         if let Some(x402) = &service.x402
@@ -854,21 +869,46 @@ fn pay(
                 ));
             }
         }
-        if let Err(available) = reservation.take_wallet(price) {
+        if let Err(short) = reservation.take_wallet(price) {
+            let available = short.available();
             let balance = format(available.max(0));
             let required = format(price);
-            let mut refusal = money_refusal(
-                Code::InsufficientCredit,
+            if let Short::LeaseLost(_) = short {
+                return Err(Refusal::new(
+                    Code::LedgerUnavailable,
+                    "This gateway node cannot reach its ledger to account for a paid call, so it takes none now; nothing was forwarded or charged. Retry shortly.",
+                )
+                .with_header(header::RETRY_AFTER, HeaderValue::from_static("1")));
+            }
+            let detail = if available >= price {
+                // Many nodes: the rest of the balance is held by the
+                // others for their calls right now.
+                format!(
+                    "This call costs {required} {currency}; team {} has {balance} {currency}, but other gateway nodes hold it for calls in flight right now. Retry in a second (what they do not use comes back), or top up the team's wallet (top_up_url).",
+                    app.team
+                )
+            } else {
                 format!(
                     "This call costs {required} {currency}; team {} has {balance} {currency} left to spend. Top up the team's wallet (top_up_url) and call again.",
                     app.team
-                ),
+                )
+            };
+            let mut refusal = money_refusal(
+                Code::InsufficientCredit,
+                detail,
                 app,
                 subscription,
                 currency,
             );
             refusal.extra[0].1 = balance.into();
             refusal.extra.push(("required", required.into()));
+            if let Short::Lease(_) = short {
+                refusal.lease_short = Some((app.wallet.clone(), price));
+                if available >= price {
+                    refusal =
+                        refusal.with_header(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                }
+            }
             return Err(refusal);
         }
         if let Some(calls_left) = crate::warn::low_balance(app.wallet.available(), price) {

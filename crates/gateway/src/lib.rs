@@ -135,6 +135,8 @@ pub(crate) struct Shared {
     x402_used: Arc<x402::Used>,
     /// Where x402 payments are claimed for every node (the store).
     x402_claims: std::sync::OnceLock<Arc<dyn x402::Claims>>,
+    /// Many nodes: where this node's wallet leases come from.
+    leases: std::sync::OnceLock<Arc<dyn money::Leases>>,
     /// AI provider keys and their cool-downs, kept across reloads.
     ai_keys: ai::KeyRegistry,
     /// The MCP server (its sessions live on this node).
@@ -243,6 +245,7 @@ impl Gateway {
                 facilitator: std::sync::OnceLock::new(),
                 x402_used: Arc::default(),
                 x402_claims: std::sync::OnceLock::new(),
+                leases: std::sync::OnceLock::new(),
                 ai_keys: ai::KeyRegistry::default(),
                 mcp: Arc::new(mcp_host::server()),
             }),
@@ -537,6 +540,18 @@ impl Gateway {
     /// `team`'s wallet on this node (the renewal task reserves fees in it).
     pub fn wallet(&self, team: &str) -> Arc<money::WalletRt> {
         self.shared.wallets.get(team)
+    }
+
+    /// Many nodes share the store: calls spend from this node's leases,
+    /// topped up through `leases`. Call before the first snapshot.
+    pub fn set_leases(&self, leases: Arc<dyn money::Leases>) {
+        self.shared.wallets.set_leased();
+        let _ = self.shared.leases.set(leases);
+    }
+
+    /// Every wallet on this node.
+    pub fn wallets(&self) -> Vec<Arc<money::WalletRt>> {
+        self.shared.wallets.all()
     }
 
     /// Quota and budget counters changed since the last call, with this

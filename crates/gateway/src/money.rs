@@ -16,6 +16,17 @@
 //! The ledger's other entries (grants, top-ups, other nodes' charges)
 //! reach `available` through [`Wallets::apply_entries`], which the
 //! binary calls with every entry past each wallet's last seen sequence.
+//!
+//! With many nodes sharing the store ([`Wallets::set_leased`]), a call
+//! also takes its price from the node's **lease** of the wallet: the part
+//! of the balance the store granted this node alone (migration 0020).
+//! `available` still tells the team's balance as this node knows it; the
+//! lease is what this node may spend of it without asking. A call that
+//! finds the lease short waits for one lease transaction
+//! ([`Leases::adjust`]); the binary renews the node's leases, tops them up
+//! under steady traffic and gives back what goes unused. A node that could
+//! not renew its leases in time stops spending them (503
+//! `ledger_unavailable`) until it can.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -41,10 +52,43 @@ pub struct WalletRt {
     /// they were committed (an admin debit held in memory first): the
     /// sync moves past them without taking them again.
     own_ids: Mutex<Vec<String>>,
+    /// Many nodes: calls spend from this node's lease as well.
+    leased: bool,
+    /// What is left of this node's lease (calls only).
+    lease: AtomicI64,
+    /// The lease could not be renewed in time: nothing is spent from it.
+    lease_lost: AtomicBool,
+    /// Taken by calls since the lease task last looked (its spend rate).
+    lease_spent: AtomicI64,
+    /// One lease transaction at a time for this wallet's short calls.
+    pub(crate) lease_gate: tokio::sync::Mutex<()>,
+}
+
+/// Why a wallet could not hold an amount.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Short {
+    /// The balance is short: what is available.
+    Credit(i64),
+    /// The balance would do, but this node's lease of it is short (many
+    /// nodes): a lease transaction may fix it.
+    Lease(i64),
+    /// This node could not renew its leases: it spends nothing now.
+    LeaseLost(i64),
+}
+
+impl Short {
+    /// What the wallet has available (for the 402's `balance`).
+    pub fn available(self) -> i64 {
+        match self {
+            Short::Credit(available) | Short::Lease(available) | Short::LeaseLost(available) => {
+                available
+            }
+        }
+    }
 }
 
 impl WalletRt {
-    fn new(team: &str) -> Self {
+    fn new(team: &str, leased: bool) -> Self {
         Self {
             team: team.into(),
             available: AtomicI64::new(0),
@@ -53,7 +97,59 @@ impl WalletRt {
             overflow_calls: AtomicU64::new(0),
             seen_seq: Mutex::new(0),
             own_ids: Mutex::new(Vec::new()),
+            leased,
+            lease: AtomicI64::new(0),
+            lease_lost: AtomicBool::new(false),
+            lease_spent: AtomicI64::new(0),
+            lease_gate: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// Many nodes: whether calls spend from this node's lease.
+    pub fn is_leased(&self) -> bool {
+        self.leased
+    }
+
+    /// What is left of this node's lease.
+    pub fn lease(&self) -> i64 {
+        self.lease.load(Ordering::Acquire)
+    }
+
+    /// Adds `amount` (granted by the store, or given back to it when
+    /// negative) to this node's lease.
+    pub fn add_lease(&self, amount: i64) {
+        self.lease.fetch_add(amount, Ordering::AcqRel);
+    }
+
+    /// Takes up to `most` of the lease out (to give back to the store);
+    /// returns what was taken.
+    pub fn take_lease(&self, most: i64) -> i64 {
+        let mut current = self.lease.load(Ordering::Acquire);
+        loop {
+            let taken = most.min(current).max(0);
+            if taken == 0 {
+                return 0;
+            }
+            match self.lease.compare_exchange_weak(
+                current,
+                current - taken,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return taken,
+                Err(actual) => current = actual,
+            }
+        }
+    }
+
+    /// What calls took from the lease since the last look.
+    pub fn take_lease_spent(&self) -> i64 {
+        self.lease_spent.swap(0, Ordering::AcqRel)
+    }
+
+    /// Says whether the node's leases are renewed (false: spend nothing).
+    pub fn set_lease_lost(&self, lost: bool) {
+        self.lease_lost.store(lost, Ordering::Release);
     }
 
     /// Says that the ledger entry `id` is already out of `available`.
@@ -74,27 +170,51 @@ impl WalletRt {
         self.reserved.load(Ordering::Acquire)
     }
 
-    /// Takes `amount` if that much is available; else says how much there is.
-    fn reserve(&self, amount: i64) -> Result<(), i64> {
-        let mut current = self.available.load(Ordering::Acquire);
-        loop {
-            if current < amount {
-                return Err(current);
+    /// Takes `amount` if that much is available (and, for a call on a
+    /// leased wallet, left in the lease); else says what is short.
+    fn reserve(&self, amount: i64, call: bool) -> Result<(), Short> {
+        if call && self.leased {
+            // The lease is the store's word that this much is this node's
+            // to spend: `available` (this node's view of the balance,
+            // which may lag a top-up made elsewhere) only follows.
+            if self.lease_lost.load(Ordering::Acquire) {
+                return Err(Short::LeaseLost(self.available()));
             }
-            match self.available.compare_exchange_weak(
-                current,
-                current - amount,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => return Ok(()),
-                Err(actual) => current = actual,
+            if take(&self.lease, amount).is_err() {
+                return Err(Short::Lease(self.available()));
             }
+            self.available.fetch_sub(amount, Ordering::AcqRel);
+            self.lease_spent.fetch_add(amount, Ordering::AcqRel);
+            return Ok(());
         }
+        take(&self.available, amount).map_err(Short::Credit)
     }
 
-    fn give_back(&self, amount: i64) {
+    fn give_back(&self, amount: i64, call: bool) {
         self.available.fetch_add(amount, Ordering::AcqRel);
+        if call && self.leased {
+            self.lease.fetch_add(amount, Ordering::AcqRel);
+            self.lease_spent.fetch_sub(amount, Ordering::AcqRel);
+        }
+    }
+}
+
+/// Takes `amount` from `counter` if it holds that much; else what it holds.
+fn take(counter: &AtomicI64, amount: i64) -> Result<(), i64> {
+    let mut current = counter.load(Ordering::Acquire);
+    loop {
+        if current < amount {
+            return Err(current);
+        }
+        match counter.compare_exchange_weak(
+            current,
+            current - amount,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => return Ok(()),
+            Err(actual) => current = actual,
+        }
     }
 }
 
@@ -184,6 +304,9 @@ pub struct Reservation {
     request: Option<Arc<Counter>>,
     /// The app's budget counter, with this much counted in it.
     budget: Option<(Arc<Counter>, i64)>,
+    /// A call (spends from the node's lease, many nodes), not a fee or
+    /// an admin debit (those come out of what no lease holds).
+    call: bool,
     settled: bool,
 }
 
@@ -200,8 +323,17 @@ impl Reservation {
             export,
             request: None,
             budget: None,
+            call: true,
             settled: false,
         }
+    }
+
+    /// A hold for a debit that is not a call (a subscription fee, an
+    /// admin adjustment): the same, but never from the node's lease.
+    pub fn debit(wallet: &Arc<WalletRt>, labels: &Arc<Labels>) -> Self {
+        let mut hold = Self::new(wallet, labels, false);
+        hold.call = false;
+        hold
     }
 
     /// Counts the call in `counter`; returns the calls counted before it.
@@ -230,9 +362,9 @@ impl Reservation {
         Ok(())
     }
 
-    /// Takes `amount` from the wallet; else says how much there is.
-    pub fn take_wallet(&mut self, amount: i64) -> Result<(), i64> {
-        self.wallet.reserve(amount)?;
+    /// Takes `amount` from the wallet; else says what is short.
+    pub fn take_wallet(&mut self, amount: i64) -> Result<(), Short> {
+        self.wallet.reserve(amount, self.call)?;
         self.wallet.reserved.fetch_add(amount, Ordering::AcqRel);
         self.amount = amount;
         Ok(())
@@ -240,11 +372,11 @@ impl Reservation {
 
     /// Takes `amount` more from the wallet (an AI call's tokens, on top of
     /// any price per request); else says how much there is.
-    pub fn add_wallet(&mut self, amount: i64) -> Result<(), i64> {
+    pub fn add_wallet(&mut self, amount: i64) -> Result<(), Short> {
         if amount <= 0 {
             return Ok(());
         }
-        self.wallet.reserve(amount)?;
+        self.wallet.reserve(amount, self.call)?;
         self.wallet.reserved.fetch_add(amount, Ordering::AcqRel);
         self.amount += amount;
         Ok(())
@@ -280,9 +412,14 @@ impl Reservation {
             return;
         }
         if delta < 0 {
-            self.wallet.give_back(-delta);
+            self.wallet.give_back(-delta, self.call);
         } else {
             self.wallet.available.fetch_sub(delta, Ordering::AcqRel);
+            if self.call && self.wallet.leased {
+                // The tokens were used: the lease may go below zero.
+                self.wallet.lease.fetch_sub(delta, Ordering::AcqRel);
+                self.wallet.lease_spent.fetch_add(delta, Ordering::AcqRel);
+            }
         }
         self.wallet.reserved.fetch_add(delta, Ordering::AcqRel);
         if let Some((counter, held)) = &mut self.budget {
@@ -408,7 +545,7 @@ impl Drop for Reservation {
             self.wallet
                 .reserved
                 .fetch_sub(self.amount, Ordering::AcqRel);
-            self.wallet.give_back(self.amount);
+            self.wallet.give_back(self.amount, self.call);
         }
         if let Some(counter) = &self.request {
             counter.remove_request();
@@ -723,9 +860,22 @@ impl Counters {
 #[derive(Debug, Default)]
 pub struct Wallets {
     by_team: Mutex<HashMap<String, Arc<WalletRt>>>,
+    /// Many nodes: wallets made from now on spend from leases.
+    leased: AtomicBool,
     /// Quota and budget counters.
     pub counters: Counters,
 }
+
+/// Where a node's leases come from (the store), provided by the binary
+/// when many nodes share it.
+pub trait Leases: Send + Sync {
+    /// Changes this node's lease on `team`'s wallet by `delta` (more, or
+    /// given back when negative); the change the store made.
+    fn adjust(&self, team: &str, delta: i64) -> LeaseFuture<'_>;
+}
+
+pub type LeaseFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<i64, String>> + Send + 'a>>;
 
 /// A ledger entry as the sync applies it.
 #[derive(Debug, Clone)]
@@ -741,10 +891,27 @@ pub struct SyncedEntry {
 impl Wallets {
     /// The team's wallet (made on first use, compile time only).
     pub fn get(&self, team: &str) -> Arc<WalletRt> {
+        let leased = self.leased.load(Ordering::Acquire);
         let mut map = self.by_team.lock().unwrap_or_else(|p| p.into_inner());
         map.entry(team.to_owned())
-            .or_insert_with(|| Arc::new(WalletRt::new(team)))
+            .or_insert_with(|| Arc::new(WalletRt::new(team, leased)))
             .clone()
+    }
+
+    /// Many nodes share the store: calls spend from leases (set before
+    /// any wallet is made).
+    pub fn set_leased(&self) {
+        self.leased.store(true, Ordering::Release);
+    }
+
+    /// Every wallet on this node.
+    pub fn all(&self) -> Vec<Arc<WalletRt>> {
+        self.by_team
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
     }
 
     /// Every wallet's spendable balance (team, nano-units), by team.
@@ -789,15 +956,8 @@ impl Wallets {
     /// Takes every wallet's overflow (charges settled while the queue was
     /// full) as one aggregated charge per wallet.
     pub fn take_overflow(&self) -> Vec<Charge> {
-        let wallets: Vec<Arc<WalletRt>> = self
-            .by_team
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
         let mut charges = Vec::new();
-        for wallet in wallets {
+        for wallet in self.all() {
             let amount = wallet.overflow_nanos.swap(0, Ordering::AcqRel);
             if amount == 0 {
                 continue;
@@ -841,8 +1001,60 @@ mod tests {
         subscription: &Arc<str>,
     ) -> Result<Reservation, i64> {
         let mut reservation = Reservation::new(wallet, &Labels::subscription(subscription), false);
-        reservation.take_wallet(price)?;
+        reservation.take_wallet(price).map_err(Short::available)?;
         Ok(reservation)
+    }
+
+    #[test]
+    fn calls_on_a_leased_wallet_spend_the_nodes_lease_and_debits_do_not() {
+        let wallets = Wallets::default();
+        wallets.set_leased();
+        let wallet = funded(&wallets, 100);
+        let labels = Labels::subscription("s");
+        let mut call = Reservation::new(&wallet, &labels, false);
+        assert_eq!(call.take_wallet(10), Err(Short::Lease(100)), "no lease yet");
+        wallet.add_lease(25);
+        call.take_wallet(10).unwrap();
+        assert_eq!((wallet.lease(), wallet.available()), (15, 90));
+        let mut second = Reservation::new(&wallet, &labels, false);
+        assert_eq!(
+            second.take_wallet(20),
+            Err(Short::Lease(90)),
+            "the lease is short"
+        );
+        assert_eq!(wallet.lease(), 15, "nothing taken by the refusal");
+        drop(call);
+        assert_eq!(
+            (wallet.lease(), wallet.available()),
+            (25, 100),
+            "given back to both"
+        );
+        // A fee or an adjustment comes out of what no lease holds.
+        let mut fee = Reservation::debit(&wallet, &labels);
+        fee.take_wallet(60).unwrap();
+        assert_eq!((wallet.lease(), wallet.available()), (25, 40));
+        drop(fee);
+        // The lease is the store's word: a top-up this node has not seen
+        // yet does not stop a call the lease covers.
+        wallet.add_lease(175);
+        let mut big = Reservation::new(&wallet, &labels, false);
+        big.take_wallet(150).unwrap();
+        assert_eq!((wallet.lease(), wallet.available()), (50, -50));
+        drop(big);
+        // Settled calls count in the spend the lease task sizes leases on.
+        let mut paid = Reservation::new(&wallet, &labels, false);
+        paid.take_wallet(5).unwrap();
+        paid.settle(
+            None,
+            &http::HeaderValue::from_static("r"),
+            Outcome::default(),
+        );
+        assert_eq!(wallet.take_lease_spent(), 5);
+        assert_eq!(wallet.take_lease(1000), 195, "taken out to give back");
+        wallet.set_lease_lost(true);
+        wallet.add_lease(50);
+        let mut cut_off = Reservation::new(&wallet, &labels, false);
+        assert_eq!(cut_off.take_wallet(1), Err(Short::LeaseLost(95)));
     }
 
     /// The team "acme"'s wallet, holding `nanos` from the ledger.

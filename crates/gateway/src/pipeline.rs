@@ -381,11 +381,71 @@ async fn run(
     if let Some(x402) = paid_per_request {
         return Box::pin(pay_per_request(shared, context, trace, request, x402)).await;
     }
-    let admission = admit_matched(shared, context, trace, &request)?;
+    let admission = match admit_matched(shared, context, trace, &request) {
+        Err(refusal) if refusal.lease_short.is_some() => {
+            lease_for(shared, refusal).await?;
+            admit_matched(shared, context, trace, &request)?
+        }
+        admitted => admitted?,
+    };
     // Boxed: the forward phase is the largest part of the request's state;
     // on the heap it is allocated once instead of being copied each time
     // the request future moves.
     Box::pin(forward(shared, context, trace, request, admission)).await
+}
+
+/// Calls this node's lease of a wallet is asked for ahead, when it runs
+/// short: the next calls then need no lease transaction of their own.
+const LEASE_AHEAD_CALLS: i64 = 16;
+
+/// Many nodes: `refusal` said this node's lease of a wallet was short;
+/// asks the store for more. `Ok` when the call may be admitted again;
+/// else the refusal (a 402 when the balance is held elsewhere, a 503
+/// `ledger_unavailable` when the store cannot be asked).
+pub(crate) async fn lease_for(shared: &Shared, mut refusal: Refusal) -> Result<(), Refusal> {
+    let Some((wallet, needed)) = refusal.lease_short.take() else {
+        return Err(refusal);
+    };
+    match ensure_lease(shared, &wallet, needed).await {
+        Some(true) => Ok(()),
+        Some(false) => Err(refusal),
+        None => Err(Refusal::new(
+            Code::LedgerUnavailable,
+            "This gateway node cannot reach its ledger to account for a paid call, so it takes none now; nothing was forwarded or charged. Retry shortly.",
+        )
+        .with_header(header::RETRY_AFTER, HeaderValue::from_static("1"))),
+    }
+}
+
+/// Many nodes: makes this node's lease of `wallet` hold at least `needed`
+/// if the store can grant it. `Some(enough)`, or `None` when the store
+/// could not be asked.
+pub(crate) async fn ensure_lease(
+    shared: &Shared,
+    wallet: &Arc<crate::money::WalletRt>,
+    needed: i64,
+) -> Option<bool> {
+    let leases = shared.leases.get()?;
+    // One transaction at a time per wallet: the calls that found the
+    // lease short together are served by the first one's.
+    let _gate = wallet.lease_gate.lock().await;
+    let lease = wallet.lease();
+    if lease >= needed {
+        return Some(true);
+    }
+    let want = needed
+        .saturating_mul(LEASE_AHEAD_CALLS)
+        .max(needed.saturating_sub(lease));
+    match leases.adjust(&wallet.team, want).await {
+        Ok(granted) => {
+            wallet.add_lease(granted);
+            Some(wallet.lease() >= needed)
+        }
+        Err(error) => {
+            tracing::warn!(team = %wallet.team, %error, "cannot lease more of a wallet");
+            None
+        }
+    }
 }
 
 /// Phase 5 for the matched route: authenticate, authorize, limit, pay;
@@ -589,16 +649,15 @@ fn match_route(
         }
         Match::MethodNotAllowed(allowed) => {
             let allow = allow_header(allowed);
-            Err(Refusal {
-                code: Code::MethodNotAllowed,
-                detail: format!(
+            let mut refusal = Refusal::new(
+                Code::MethodNotAllowed,
+                format!(
                     "{} is not allowed on {path}; use one of: {allow}.",
                     request.method()
                 ),
-                allow: Some(allow),
-                headers: Vec::new(),
-                extra: Vec::new(),
-            })
+            );
+            refusal.allow = Some(allow);
+            Err(refusal)
         }
         Match::NotFound => Err(Refusal::new(
             Code::RouteNotFound,

@@ -21,6 +21,10 @@ pub struct Refusal {
     pub headers: Vec<(HeaderName, HeaderValue)>,
     /// Problem extension members (a 402's `balance`, `required`…).
     pub extra: Vec<(&'static str, serde_json::Value)>,
+    /// Many nodes: the wallet whose lease on this node was short of this
+    /// much; the pipeline asks the store for more and admits the call
+    /// again (the refusal stands if it cannot get it).
+    pub lease_short: Option<(std::sync::Arc<crate::money::WalletRt>, i64)>,
 }
 
 impl Refusal {
@@ -31,6 +35,7 @@ impl Refusal {
             allow: None,
             headers: Vec::new(),
             extra: Vec::new(),
+            lease_short: None,
         }
     }
 

@@ -24,6 +24,7 @@ mod billing;
 mod calls;
 mod direct;
 mod export;
+mod leases;
 mod migrate;
 mod money;
 mod objects;

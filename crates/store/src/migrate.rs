@@ -74,6 +74,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "x402_payments",
         include_str!("../migrations/0019_x402_payments.sql"),
     ),
+    (
+        20,
+        "wallet_leases",
+        include_str!("../migrations/0020_wallet_leases.sql"),
+    ),
 ];
 
 impl Store {

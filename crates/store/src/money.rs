@@ -108,17 +108,34 @@ impl WriteTx {
                 field: "amount".into(),
                 message: "would take the balance beyond what can be held".into(),
             })?;
-        if let Some(floor) = min_balance_after
-            && balance < floor
-        {
-            return Err(StoreError::Conflict {
-                field: "amount".into(),
-                message: format!(
-                    "would take the balance below {} (it is {})",
-                    domain::money::format(floor),
-                    domain::money::format(wallet.balance_nanos)
-                ),
-            });
+        if let Some(floor) = min_balance_after {
+            // What gateway nodes hold for calls (many nodes) is not there
+            // to take: a debit keeps clear of it.
+            let held = if entry.amount_nanos < 0 {
+                self.leased(&entry.team_id, entry.created_at_ms, "").await?
+            } else {
+                0
+            };
+            if balance < floor.saturating_add(held) {
+                let message = if held > 0 {
+                    format!(
+                        "would take the balance below {}: of its {}, {} is held by gateway nodes for calls (what they do not use goes back within seconds)",
+                        domain::money::format(floor),
+                        domain::money::format(wallet.balance_nanos),
+                        domain::money::format(held)
+                    )
+                } else {
+                    format!(
+                        "would take the balance below {} (it is {})",
+                        domain::money::format(floor),
+                        domain::money::format(wallet.balance_nanos)
+                    )
+                };
+                return Err(StoreError::Conflict {
+                    field: "amount".into(),
+                    message,
+                });
+            }
         }
         let seq = wallet.entries + 1;
         sqlx::query(
@@ -229,6 +246,19 @@ impl WriteTx {
         .bind(last_at)
         .execute(&mut *self.tx)
         .await?;
+        // A node's charges were spent out of its lease (many nodes): the
+        // lease shrinks with the balance, so leases never hold more.
+        if self.backend == crate::Backend::Postgres {
+            let spent: i64 = entries.iter().map(|e| e.amount_nanos).sum();
+            sqlx::query(
+                "UPDATE wallet_leases SET nanos = nanos + $3 WHERE team_id = $1 AND node = $2",
+            )
+            .bind(team_id)
+            .bind(first.actor.as_str())
+            .bind(spent)
+            .execute(&mut *self.tx)
+            .await?;
+        }
         Ok(entries.len())
     }
 }

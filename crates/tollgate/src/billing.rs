@@ -194,7 +194,7 @@ async fn renew(
     {
         let wallet = gateway.wallet(&after.consumer_team);
         let labels = gateway::money::Labels::subscription(&after.id);
-        let mut reservation = Reservation::new(&wallet, &labels, false);
+        let mut reservation = Reservation::debit(&wallet, &labels);
         if reservation.take_wallet(period.fee_nanos).is_ok() {
             held = Some(reservation);
         } else if before.status == SubscriptionStatus::PastDue {

@@ -347,8 +347,10 @@ pub async fn enforce_retention(
             now_ms.saturating_sub(days(config.day_retention_days)),
         )
         .await?;
-    // x402 claims whose authorization can no longer be valid.
+    // x402 claims whose authorization can no longer be valid, and wallet
+    // leases of nodes gone an hour ago.
     deleted += store.sweep_x402_payments(now_ms).await?;
+    deleted += store.sweep_leases(now_ms.saturating_sub(3_600_000)).await?;
     Ok(deleted)
 }
 

@@ -17,6 +17,7 @@ mod config;
 mod counters;
 mod export;
 mod jwks;
+mod leases;
 mod ledger;
 mod metrics;
 mod otel;

@@ -398,6 +398,16 @@ pub async fn run(args: &ConfigArgs) -> anyhow::Result<()> {
         export_usage: config.usage_export.enabled(),
         trace: config.otel.is_some(),
     });
+    let actor = crate::ledger::node_actor();
+    // Many nodes share PostgreSQL: calls spend from this node's leases of
+    // the wallets (set before the first snapshot makes any wallet).
+    let leased = store.backend() == store::Backend::Postgres;
+    if leased {
+        gateway.set_leases(Arc::new(crate::leases::StoreLeases {
+            store: store.clone(),
+            node: actor.clone(),
+        }));
+    }
     let ai_sources = AiSources {
         secrets: secrets.clone(),
         catalog: catalog.clone(),
@@ -406,7 +416,6 @@ pub async fn run(args: &ConfigArgs) -> anyhow::Result<()> {
         .await
         .context("cannot load the configuration")?;
     // Wallets are known before the first call; charges go to the writer.
-    let actor = crate::ledger::node_actor();
     crate::ledger::sync_once(&store, &gateway, &actor)
         .await
         .context("cannot read the wallets")?;
@@ -516,6 +525,14 @@ pub async fn run(args: &ConfigArgs) -> anyhow::Result<()> {
         wallets_changed.clone(),
         shutdown_rx.clone(),
     );
+    let leases = leased.then(|| {
+        crate::leases::spawn(
+            store.clone(),
+            gateway.clone(),
+            actor.clone(),
+            shutdown_rx.clone(),
+        )
+    });
     let renewals = crate::billing::spawn_renewals(
         store.clone(),
         gateway.clone(),
@@ -624,6 +641,13 @@ pub async fn run(args: &ConfigArgs) -> anyhow::Result<()> {
         let _ = drain_ledger.send(());
         let _ = drain_calls.send(());
         let _ = ledger_writer.await;
+        if let Some(leases) = leases {
+            let _ = leases.await;
+            // Its charges are written: what this node holds goes back.
+            if let Err(error) = store.drop_leases(&actor).await {
+                tracing::warn!(%error, "cannot give the wallet leases back; they run out by themselves");
+            }
+        }
         let _ = call_writer.await;
         if let Some(exporter) = span_exporter {
             let _ = exporter.await;
@@ -681,8 +705,12 @@ impl admin::money::Holds for WalletHolds {
             }
             let wallet = self.gateway.wallet(team);
             let labels = gateway::money::Labels::subscription("");
-            let mut reservation = gateway::money::Reservation::new(&wallet, &labels, false);
-            reservation.take_wallet(nanos)?;
+            // Not a call: never from this node's lease (many nodes); the
+            // store keeps the debit clear of what leases hold.
+            let mut reservation = gateway::money::Reservation::debit(&wallet, &labels);
+            reservation
+                .take_wallet(nanos)
+                .map_err(gateway::money::Short::available)?;
             Ok(Box::new(WalletHeld {
                 reservation,
                 wallet,

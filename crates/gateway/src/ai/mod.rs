@@ -244,7 +244,7 @@ pub(crate) async fn handle(
     let head = Request::from_parts(parts, ());
     let service_index = choose_service(&snapshot.ai, scoped, &model, &snapshot, &head)?;
     let service = &snapshot.ai.services[service_index];
-    let mut admission = admit_service(shared, context, trace, &head, service)?;
+    let mut admission = admit_service(shared, context, trace, &head, service).await?;
     let Some(model_rt) = service.models.get(&model).cloned() else {
         return Err(Refusal::new(
             Code::ModelNotFound,
@@ -282,7 +282,7 @@ pub(crate) async fn handle(
 /// Admission to an AI or prompt service, as to any service: through its
 /// synthetic route (lifecycle, then authenticate, authorize, limit, pay),
 /// with the rate-limit and warning headers noted on the context.
-pub(crate) fn admit_service(
+pub(crate) async fn admit_service(
     shared: &Shared,
     context: &mut RequestContext,
     trace: &mut Trace,
@@ -291,7 +291,13 @@ pub(crate) fn admit_service(
 ) -> Result<crate::admit::Admission, Refusal> {
     context.route = Some(service.route);
     crate::pipeline::check_lifecycle(context)?;
-    crate::pipeline::admit_matched(shared, context, trace, head)
+    match crate::pipeline::admit_matched(shared, context, trace, head) {
+        Err(refusal) if refusal.lease_short.is_some() => {
+            crate::pipeline::lease_for(shared, refusal).await?;
+            crate::pipeline::admit_matched(shared, context, trace, head)
+        }
+        admitted => admitted,
+    }
 }
 
 /// Picks among the services offering `model` the one the caller's app is
@@ -550,6 +556,16 @@ impl Call<'_> {
         if let Some(cap) = quota_cap {
             max_output = (cap / choices).max(1);
             self.set_max(&mut json, max_output);
+        }
+        if let Some(app) = self.app
+            && app.wallet.is_leased()
+        {
+            // Many nodes: this node's lease of the wallet holds the most
+            // the call may cost before it is reserved.
+            let most = self
+                .max_prices()
+                .max_cost(input, max_output.saturating_mul(choices));
+            crate::pipeline::ensure_lease(self.shared, &app.wallet, most).await;
         }
         let (mut reservation, money_cap) = self.reserve(
             reservation,

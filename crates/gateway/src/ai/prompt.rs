@@ -79,7 +79,7 @@ pub(crate) async fn handle(
     let (parts, body) = request.into_parts();
     let head = Request::from_parts(parts, ());
     // Admission first: an unknown caller learns nothing about the schema.
-    let mut admission = super::admit_service(shared, context, trace, &head, service)?;
+    let mut admission = super::admit_service(shared, context, trace, &head, service).await?;
     let bytes = crate::pipeline::read_body(shared, body, VARIABLES_LIMIT, || {
         format!("Variables are limited to {VARIABLES_LIMIT} bytes.")
     })

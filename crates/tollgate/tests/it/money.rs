@@ -528,6 +528,188 @@ async fn a_thousand_concurrent_calls_against_a_wallet_for_a_hundred_on_postgres(
     a_thousand_calls_for_a_hundred(&tollgate).await;
 }
 
+/// Two nodes on one PostgreSQL spend one wallet: together they take
+/// exactly what it affords, never more (each spends from its own lease of
+/// the balance), whichever node the calls reach, in a burst and after.
+#[tokio::test]
+async fn two_nodes_spend_one_wallet_exactly() {
+    let database = test_support::PgDatabase::create();
+    let options = test_support::tollgate::Options::on_database(&database.url);
+    let first = Tollgate::start_with(BIN, options.clone()).await;
+    let second = Tollgate::start_with(BIN, options).await;
+    let upstream = FakeUpstream::start("w").await;
+    let world = world(&first, &upstream, json!({}), json!({})).await;
+    let (status, body) = first
+        .admin(
+            Method::PATCH,
+            "/api/v1/services/weather/plans/pay-as-you-go",
+            Some(json!({"price_per_request": "0.01"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    // Both nodes know the key and the price: an empty wallet refuses.
+    for node in [&first, &second] {
+        wait_status(node, "/weather/forecast/ready", &world.key, 402).await;
+    }
+    let (status, body) = grant(&first, "acme", json!({"amount": "1.00", "reason": "test"})).await;
+    assert_eq!(status, 201, "{body}");
+
+    let call = |node: &Tollgate, n: usize| {
+        let request = node
+            .client
+            .get(format!("{}/weather/forecast/city-{n}", node.gateway_url))
+            .header("x-api-key", &world.key);
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    let hits_before = upstream.hits();
+    // A burst of 600 calls, half through each node.
+    let burst = (0..600).map(|n| call(if n % 2 == 0 { &first } else { &second }, n));
+    let statuses = futures_util::future::join_all(burst).await;
+    let mut ok = statuses.iter().filter(|&&s| s == 200).count();
+    assert!(
+        statuses.iter().all(|&s| s == 200 || s == 402),
+        "only answers and 402s: {statuses:?}"
+    );
+    assert!(ok <= 100, "{ok} calls on a wallet for 100");
+    // Then one call at a time, alternating, until the money is spent:
+    // what one node held and did not use comes back for the other.
+    let mut refusals_in_a_row = 0;
+    let mut n = 600;
+    while refusals_in_a_row < 20 {
+        n += 1;
+        match call(if n % 2 == 0 { &first } else { &second }, n).await {
+            200 => {
+                ok += 1;
+                refusals_in_a_row = 0;
+            }
+            402 => {
+                refusals_in_a_row += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            other => panic!("answered {other}"),
+        }
+        assert!(ok <= 100, "{ok} calls on a wallet for 100");
+    }
+    assert_eq!(ok, 100, "exactly what the wallet affords");
+    assert_eq!(
+        upstream.hits() - hits_before,
+        100,
+        "refused calls never reach it"
+    );
+    let wallet = wait_entries(&first, 101).await;
+    assert_eq!(wallet["balance_nanos"], 0, "{wallet}");
+    let charges = ledger(&first, "acme", "&kind=charge").await;
+    assert_eq!(charges.len(), 100);
+}
+
+/// A node cut off from the store stops spending its lease (503
+/// `ledger_unavailable`) before the other nodes may take it; once back, it
+/// keeps only what is still free: the wallet is never overspent.
+#[tokio::test]
+async fn a_node_cut_off_from_the_store_stops_spending() {
+    let database = test_support::PgDatabase::create();
+    let proxy = test_support::proxy::FreezableProxy::start("127.0.0.1:5432").await;
+    let proxied = database
+        .url
+        .replace("127.0.0.1:5432", &format!("127.0.0.1:{}", proxy.port));
+    let first = Tollgate::start_with(
+        BIN,
+        test_support::tollgate::Options::on_database(&database.url),
+    )
+    .await;
+    let second =
+        Tollgate::start_with(BIN, test_support::tollgate::Options::on_database(&proxied)).await;
+    let upstream = FakeUpstream::start("w").await;
+    let world = world(&first, &upstream, json!({}), json!({})).await;
+    let (status, body) = first
+        .admin(
+            Method::PATCH,
+            "/api/v1/services/weather/plans/pay-as-you-go",
+            Some(json!({"price_per_request": "0.01"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    for node in [&first, &second] {
+        wait_status(node, "/weather/forecast/ready", &world.key, 402).await;
+    }
+    let (status, body) = grant(&first, "acme", json!({"amount": "1.00", "reason": "test"})).await;
+    assert_eq!(status, 201, "{body}");
+    let call = |node: &Tollgate| {
+        let request = node
+            .client
+            .get(format!("{}/weather/forecast/x", node.gateway_url))
+            .header("x-api-key", &world.key);
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            let body: Value = response.json().await.unwrap_or(Value::Null);
+            (status, body)
+        }
+    };
+    let mut ok = 0;
+    for _ in 0..3 {
+        assert_eq!(call(&second).await.0, 200);
+        ok += 1;
+    }
+    proxy.cut();
+    // Within seconds the cut-off node takes no paid call.
+    let cut = std::time::Instant::now();
+    loop {
+        let (status, body) = call(&second).await;
+        if status == 503 {
+            assert_eq!(body["code"], "ledger_unavailable", "{body}");
+            break;
+        }
+        assert_eq!(status, 200, "{body}");
+        ok += 1;
+        assert!(
+            cut.elapsed() < std::time::Duration::from_secs(8),
+            "still spending"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // The other node spends the rest, never the cut-off node's lease.
+    let mut refusals = 0;
+    while refusals < 15 {
+        match call(&first).await.0 {
+            200 => ok += 1,
+            402 => {
+                refusals += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            other => panic!("answered {other}"),
+        }
+        assert!(ok <= 100, "{ok} calls on a wallet for 100");
+    }
+    proxy.restore();
+    // Back: what it still holds and what comes back is spent, exactly.
+    let mut refusals = 0;
+    let mut turn = 0;
+    while refusals < 30 {
+        turn += 1;
+        let node = if turn % 2 == 0 { &first } else { &second };
+        match call(node).await.0 {
+            200 => {
+                ok += 1;
+                refusals = 0;
+            }
+            402 | 503 => {
+                refusals += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            other => panic!("answered {other}"),
+        }
+        assert!(ok <= 100, "{ok} calls on a wallet for 100");
+    }
+    let wallet = wait_entries(&first, 1 + ok as i64).await;
+    assert!(wallet["balance_nanos"].as_i64().unwrap() >= 0, "{wallet}");
+    assert_eq!(
+        wallet["balance_nanos"].as_i64().unwrap(),
+        (100 - ok as i64) * 10_000_000,
+        "every answered call charged once: {wallet}"
+    );
+}
+
 async fn a_thousand_calls_for_a_hundred(tollgate: &Tollgate) {
     let upstream = FakeUpstream::start("w").await;
     let key = priced_world(tollgate, &upstream, 100).await;

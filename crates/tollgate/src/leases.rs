@@ -1,0 +1,137 @@
+//! Wallet leases when many nodes share PostgreSQL (SPEC §12): calls on a
+//! node spend from the part of each wallet the store granted that node
+//! alone (`gateway::money`, `store` `leases.rs`), so the nodes together
+//! never spend more than the balance.
+//!
+//! - A call that finds its node's lease short asks the store for more
+//!   ([`StoreLeases`], one transaction, sized for a few calls ahead).
+//! - Every 200 ms this task renews the node's leases (they run out
+//!   [`TTL_MS`] after the last renewal, for the other nodes), tops up the
+//!   lease of a wallet under steady traffic to a second's worth of its
+//!   calls, and gives back what a wallet idle for a second still holds,
+//!   or what is far beyond its traffic.
+//! - A node that could not renew for [`SPEND_FOR`] (cut off from the
+//!   store) spends nothing from its leases, well before the others may
+//!   take them (node clocks must agree within `TTL_MS - SPEND_FOR`);
+//!   calls get 503 `ledger_unavailable`. A lease that ran out meanwhile is
+//!   cut to what is still free when the node renews again.
+//! - At shutdown, once its charges are written, the node gives its leases
+//!   back.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gateway::Gateway;
+use gateway::money::{LeaseFuture, Leases};
+use store::Store;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// How long a lease lasts after its renewal, for the other nodes.
+pub const TTL_MS: i64 = 10_000;
+/// How long after its last renewal a node still spends its leases.
+const SPEND_FOR: Duration = Duration::from_secs(5);
+const EVERY: Duration = Duration::from_millis(200);
+/// Ticks of spend a lease is sized on (a second).
+const WINDOW: usize = 5;
+
+/// Leases from the store, for this node.
+pub struct StoreLeases {
+    pub store: Store,
+    pub node: String,
+}
+
+impl Leases for StoreLeases {
+    fn adjust(&self, team: &str, delta: i64) -> LeaseFuture<'_> {
+        let team = team.to_owned();
+        Box::pin(async move {
+            self.store
+                .adjust_lease(&team, &self.node, delta, domain::now_ms(), TTL_MS)
+                .await
+                .map_err(|error| error.to_string())
+        })
+    }
+}
+
+/// Starts the lease task; it stops when `shutdown` turns true.
+pub fn spawn(
+    store: Store,
+    gateway: Gateway,
+    node: String,
+    mut shutdown: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut renewed = Instant::now();
+        let mut lost = false;
+        let mut spend: HashMap<Arc<str>, [i64; WINDOW]> = HashMap::new();
+        let mut tick = 0usize;
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(EVERY) => {}
+                _ = shutdown.changed() => return,
+            }
+            let now = domain::now_ms();
+            match store.renew_leases(&node, now, TTL_MS).await {
+                Ok(cut) => {
+                    renewed = Instant::now();
+                    for (team, amount) in cut {
+                        tracing::warn!(%team, amount, "a lease that ran out was cut to what is still free");
+                        gateway.wallet(&team).add_lease(-amount);
+                    }
+                    if lost {
+                        tracing::info!("wallet leases renewed again: paid calls are taken");
+                    }
+                    lost = false;
+                }
+                Err(error) => {
+                    if !lost && renewed.elapsed() >= SPEND_FOR {
+                        tracing::error!(%error, "wallet leases not renewed: this node takes no paid calls until they are");
+                        lost = true;
+                    }
+                }
+            }
+            let wallets = gateway.wallets();
+            for wallet in &wallets {
+                wallet.set_lease_lost(lost);
+            }
+            if lost {
+                continue;
+            }
+            tick = tick.wrapping_add(1);
+            for wallet in wallets {
+                let ring = spend.entry(wallet.team.clone()).or_insert([0; WINDOW]);
+                ring[tick % WINDOW] = wallet.take_lease_spent().max(0);
+                let second: i64 = ring.iter().sum();
+                let lease = wallet.lease();
+                let delta = if second == 0 && lease > 0 {
+                    // Idle for a second: all of it goes back.
+                    -wallet.take_lease(lease)
+                } else if lease > second.saturating_mul(4) {
+                    -wallet.take_lease(lease - second.saturating_mul(2))
+                } else if second > 0 && lease < second / 2 {
+                    second - lease
+                } else {
+                    0
+                };
+                if delta == 0 {
+                    continue;
+                }
+                match store
+                    .adjust_lease(&wallet.team, &node, delta, now, TTL_MS)
+                    .await
+                {
+                    Ok(granted) if delta > 0 => wallet.add_lease(granted),
+                    Ok(_) => {}
+                    Err(error) => {
+                        if delta < 0 {
+                            // Not given back: still this node's to spend.
+                            wallet.add_lease(-delta);
+                        }
+                        tracing::warn!(team = %wallet.team, %error, "cannot resize a wallet lease");
+                    }
+                }
+            }
+        }
+    })
+}
