@@ -286,6 +286,10 @@ impl Labels {
     }
 }
 
+/// `money.durability: strict`: the longest a call waits for its charge's
+/// commit before it is answered anyway (the store does not answer).
+pub const STRICT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Where settled charges go: a bounded queue drained by the ledger writer
 /// (never awaited on the hot path; see [`Reservation::settle`]).
 pub type ChargeSink = tokio::sync::mpsc::Sender<Charge>;
@@ -500,8 +504,18 @@ impl Reservation {
             let (committed, done) = tokio::sync::oneshot::channel();
             charge.committed = Some(committed);
             room.send(charge);
-            if done.await.is_err() {
-                tracing::error!(team = %self.wallet.team, "ledger writer gone: charge not recorded");
+            match tokio::time::timeout(STRICT_WAIT, done).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => {
+                    tracing::error!(team = %self.wallet.team, "ledger writer gone: charge not recorded");
+                }
+                Err(_) => {
+                    // The store does not answer: the caller is not held
+                    // forever. The charge stays queued and is committed
+                    // when the store is back (lost only if this node dies
+                    // first).
+                    tracing::warn!(team = %self.wallet.team, "charge not committed within the strict wait; answering, the charge stays queued");
+                }
             }
         }
         self.wallet.available()

@@ -710,6 +710,61 @@ async fn a_node_cut_off_from_the_store_stops_spending() {
     );
 }
 
+/// In strict mode a call waits for its charge's commit, but not forever:
+/// when the database stops answering it is answered after the strict
+/// wait, and its charge is committed once the database is back.
+#[tokio::test]
+async fn strict_calls_are_answered_when_the_database_hangs_and_charged_after() {
+    let database = test_support::PgDatabase::create();
+    let proxy = test_support::proxy::FreezableProxy::start("127.0.0.1:5432").await;
+    let url = database
+        .url
+        .replace("127.0.0.1:5432", &format!("127.0.0.1:{}", proxy.port));
+    let mut options = test_support::tollgate::Options::on_database(&url);
+    options
+        .env
+        .push(("TOLLGATE_MONEY__DURABILITY".into(), "strict".into()));
+    let tollgate = Tollgate::start_with(BIN, options).await;
+    let upstream = FakeUpstream::start("w").await;
+    let key = priced_world(&tollgate, &upstream, 10).await;
+    // The probe leased the node some calls' worth: the next one needs no
+    // lease transaction, only its charge's commit.
+    proxy.freeze();
+    let started = std::time::Instant::now();
+    let response = tollgate.get_with_key("/weather/forecast/x", &key).await;
+    let waited = started.elapsed();
+    assert_eq!(response.status(), 200);
+    assert!(
+        waited >= std::time::Duration::from_secs(9) && waited < std::time::Duration::from_secs(14),
+        "answered after {waited:?}"
+    );
+    proxy.thaw();
+    let wallet = wait_entries_for(&tollgate, 3, std::time::Duration::from_secs(15)).await;
+    assert_eq!(wallet["balance"], "0.09", "{wallet}");
+}
+
+/// Waits until acme's ledger holds `entries` entries (up to `patience`).
+async fn wait_entries_for(
+    tollgate: &Tollgate,
+    entries: i64,
+    patience: std::time::Duration,
+) -> Value {
+    let started = std::time::Instant::now();
+    loop {
+        let (status, wallet) = tollgate
+            .admin(Method::GET, "/api/v1/teams/acme/wallet", None)
+            .await;
+        if status == 200 && wallet["entries"] == entries {
+            return wallet;
+        }
+        assert!(
+            started.elapsed() < patience,
+            "ledger at {wallet}, expected {entries} entries"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 async fn a_thousand_calls_for_a_hundred(tollgate: &Tollgate) {
     let upstream = FakeUpstream::start("w").await;
     let key = priced_world(tollgate, &upstream, 100).await;
