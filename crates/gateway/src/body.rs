@@ -113,10 +113,26 @@ pub struct LimitedBody {
 }
 
 /// Where a streamed request body stands, shared with the forward phase:
-/// when a try times out before its answer, a body still waiting for the
-/// client's bytes means the client stalled (408), not the upstream (504).
-#[derive(Debug, Default)]
-pub struct BodyProgress(std::sync::atomic::AtomicU8);
+/// while it arrives, a try waits for the client's next bytes (a client
+/// that stops sending is the client's fault, 408), and the wait for the
+/// upstream's answer starts once it has all arrived.
+#[derive(Debug)]
+pub struct BodyProgress {
+    state: std::sync::atomic::AtomicU8,
+    started: std::time::Instant,
+    /// When bytes last arrived (or the body ended), in ms from `started`.
+    last_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Default for BodyProgress {
+    fn default() -> Self {
+        Self {
+            state: std::sync::atomic::AtomicU8::new(Self::FLOWING),
+            started: std::time::Instant::now(),
+            last_ms: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+}
 
 impl BodyProgress {
     const FLOWING: u8 = 0;
@@ -125,11 +141,25 @@ impl BodyProgress {
 
     /// The last read of the body found the client had sent nothing more.
     pub fn waiting_for_client(&self) -> bool {
-        self.0.load(Ordering::Relaxed) == Self::WAITING_FOR_CLIENT
+        self.state.load(Ordering::Relaxed) == Self::WAITING_FOR_CLIENT
+    }
+
+    /// The whole body has been read.
+    pub fn ended(&self) -> bool {
+        self.state.load(Ordering::Relaxed) == Self::ENDED
+    }
+
+    /// When bytes last arrived, or the body ended.
+    pub fn last_progress(&self) -> std::time::Instant {
+        self.started + std::time::Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
     }
 
     fn set(&self, state: u8) {
-        self.0.store(state, Ordering::Relaxed);
+        self.state.store(state, Ordering::Relaxed);
+        if state != Self::WAITING_FOR_CLIENT {
+            let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            self.last_ms.store(ms, Ordering::Relaxed);
+        }
     }
 }
 

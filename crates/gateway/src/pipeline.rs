@@ -920,11 +920,17 @@ async fn forward(
         trace.trying = Some((index, try_started));
         // `timeout_at`: the try's end from the clock read above, no second read.
         let try_timeout = per_try_limit.min(remaining);
-        let result = tokio::time::timeout_at(
-            (try_started + try_timeout).into(),
-            crate::client::send(&upstream.connector, target, upstream_request),
-        )
-        .await;
+        let send = crate::client::send(&upstream.connector, target, upstream_request);
+        let result = match &progress {
+            // A streamed body: the wait for the answer starts once it has
+            // all arrived (nginx's and Envoy's timeouts alike).
+            Some(progress) => {
+                uploading(send, progress, try_timeout, shared.options.body_timeout).await
+            }
+            None => tokio::time::timeout_at((try_started + try_timeout).into(), send)
+                .await
+                .map_err(|_| Waited::ForUpstream),
+        };
         let latency = try_started.elapsed();
         trace.target = Some((index, latency));
         match result {
@@ -1011,14 +1017,11 @@ async fn forward(
                 }
                 last_refusal = Some(refusal);
             }
-            Err(_elapsed) => {
-                if progress
-                    .as_ref()
-                    .is_some_and(|body| body.waiting_for_client())
-                {
+            Err(waited) => {
+                if waited == Waited::ForClient {
                     // The client stopped sending its body: the upstream
                     // was waiting for it too, and is not blamed.
-                    return Err(body_stalled(try_timeout));
+                    return Err(body_stalled(shared.options.body_timeout));
                 }
                 upstream.record(
                     index,
@@ -1068,6 +1071,47 @@ fn with_path(
     parts.path_and_query = Some(path_and_query.parse().map_err(|_| unreadable())?);
     *request.uri_mut() = Uri::from_parts(parts).map_err(|_| unreadable())?;
     Ok(request)
+}
+
+/// What a try gave up waiting for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Waited {
+    /// The client's next bytes of its body.
+    ForClient,
+    /// The upstream: its answer, or its reading of the body.
+    ForUpstream,
+}
+
+/// A try whose request body is streamed: while the body arrives, the try
+/// ends only when nothing more of it comes for `idle` (the client's fault
+/// when it was waiting for the client; the upstream's when it stopped
+/// reading); once the body has all arrived, the upstream has `answer_within`
+/// to answer.
+async fn uploading<F: std::future::Future>(
+    send: F,
+    progress: &BodyProgress,
+    answer_within: Duration,
+    idle: Duration,
+) -> Result<F::Output, Waited> {
+    let deadline = || {
+        if progress.ended() {
+            progress.last_progress() + answer_within
+        } else {
+            progress.last_progress() + idle
+        }
+    };
+    tokio::pin!(send);
+    loop {
+        let until = deadline();
+        match tokio::time::timeout_at(until.into(), send.as_mut()).await {
+            Ok(output) => return Ok(output),
+            // Bytes came (or the body ended) meanwhile: a later deadline.
+            Err(_) if deadline() > until => {}
+            Err(_) if progress.ended() => return Err(Waited::ForUpstream),
+            Err(_) if progress.waiting_for_client() => return Err(Waited::ForClient),
+            Err(_) => return Err(Waited::ForUpstream),
+        }
+    }
 }
 
 fn timeout_refusal(service: &str, total: Duration) -> Refusal {

@@ -570,7 +570,7 @@ async fn a_broken_client_body_is_the_clients_fault_not_the_upstreams() {
 #[tokio::test]
 async fn a_stalled_client_body_is_a_408_not_an_upstream_timeout() {
     let upstream = FakeUpstream::start("a").await;
-    let tollgate = Tollgate::start(BIN).await;
+    let tollgate = Tollgate::start_with(BIN, body_timeout_ms(400)).await;
     tollgate
         .publish_http_service(
             "svc",
@@ -601,6 +601,49 @@ async fn a_stalled_client_body_is_a_408_not_an_upstream_timeout() {
     for _ in 0..3 {
         assert_eq!(tollgate.get("/svc/after").await.status(), 200);
     }
+}
+
+/// A gateway whose streamed bodies may pause `ms` between their bytes.
+fn body_timeout_ms(ms: u64) -> test_support::tollgate::Options {
+    test_support::tollgate::Options {
+        env: vec![("TOLLGATE_GATEWAY__BODY_TIMEOUT_MS".into(), ms.to_string())],
+        ..Default::default()
+    }
+}
+
+/// An upload that keeps coming may take longer than the upstream's read
+/// timeout and the route's timeout: those count from the moment the body
+/// has all arrived (as nginx's and Envoy's do), not from the try's start.
+#[tokio::test]
+async fn a_steady_upload_may_take_longer_than_the_timeouts() {
+    let upstream = FakeUpstream::start("a").await;
+    let tollgate = Tollgate::start_with(BIN, body_timeout_ms(400)).await;
+    tollgate
+        .publish_http_service(
+            "svc",
+            "/svc",
+            json!({"targets": [{"url": upstream.url()}], "read_timeout_ms": 300}),
+            &[json!({"path": "/*", "timeout_ms": 400})],
+        )
+        .await;
+    tollgate
+        .wait_for("/svc/ping", Duration::from_secs(1), |s| s == 200)
+        .await;
+    let mut stream = connect(&tollgate).await;
+    stream
+        .write_all(
+            b"POST /svc/up HTTP/1.1\r\nHost: x\r\nContent-Length: 80\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    // 80 bytes over about 1.2 s: 8 pieces, 150 ms apart.
+    for _ in 0..8 {
+        stream.write_all(b"0123456789").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    let raw = read_to_close(&mut stream).await;
+    assert!(raw.starts_with("HTTP/1.1 200 "), "{raw}");
+    assert_eq!(last_json(&raw)["body"], "0123456789".repeat(8), "{raw}");
 }
 
 /// `Expect: 100-continue` is answered only once the request is admitted:
