@@ -187,6 +187,28 @@ impl LimitedBody {
     }
 
     /// Reads the whole body into memory (for small, replayable bodies),
+    /// as long as its bytes keep coming: nothing for `idle` is
+    /// [`BodyStalled`].
+    pub async fn collect_while_coming(
+        mut self,
+        idle: std::time::Duration,
+    ) -> Result<Bytes, BoxError> {
+        use http_body_util::BodyExt;
+        let mut collected = bytes::BytesMut::new();
+        loop {
+            match tokio::time::timeout(idle, self.frame()).await {
+                Err(_) => return Err(Box::new(BodyStalled(idle))),
+                Ok(None) => return Ok(collected.freeze()),
+                Ok(Some(frame)) => {
+                    if let Ok(data) = frame?.into_data() {
+                        collected.extend_from_slice(&data);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads the whole body into memory (for small, replayable bodies),
     /// unless the client is still sending it at `deadline`
     /// ([`BodyStalled`]).
     pub async fn collect_by(self, deadline: std::time::Instant) -> Result<Bytes, BoxError> {

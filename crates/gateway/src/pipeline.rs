@@ -738,10 +738,13 @@ async fn forward(
         ));
     };
     let (parts, body) = request.into_parts();
-    let deadline = context.started + route.timeout;
+    let mut deadline = context.started + route.timeout;
     let method_bit = method_bit(&parts.method);
     let retry = &route.retry;
     let may_retry = retry.retries > 0 && retry.methods & method_bit != 0;
+    // Any method may be tried again when its try never reached the
+    // upstream (no connection could be made): nothing was done twice.
+    let may_reconnect = retry.retries > 0;
 
     if let Some(spec) = &service.log_bodies
         && crate::calls::enabled()
@@ -757,12 +760,14 @@ async fn forward(
     } else {
         let limited = LimitedBody::new(body, route.body_limit_bytes).tapped(tap);
         match content_length(&parts.headers) {
-            Some(length) if may_retry && length <= shared.options.retry_buffer_bytes => {
-                // Boxed: rare, and keeps the request future small. The
-                // route's budget bounds a client that stops sending.
-                let bytes = Box::pin(limited.collect_by(deadline))
+            Some(length) if may_reconnect && length <= shared.options.retry_buffer_bytes => {
+                // Boxed: keeps the request future small. Read as long as
+                // it keeps coming; the route's budget starts once it has
+                // all arrived, as for a streamed body.
+                let bytes = Box::pin(limited.collect_while_coming(shared.options.body_timeout))
                     .await
                     .map_err(|error| body_error(&*error, route))?;
+                deadline = Instant::now() + route.timeout;
                 Outgoing::Replayable(Some(bytes))
             }
             _ => {
@@ -772,7 +777,7 @@ async fn forward(
             }
         }
     };
-    let tries = if may_retry && matches!(outgoing, Outgoing::Replayable(_)) {
+    let tries = if may_reconnect && matches!(outgoing, Outgoing::Replayable(_)) {
         retry.retries + 1
     } else {
         1
@@ -947,7 +952,7 @@ async fn forward(
                         Outcome::Success { latency }
                     },
                 );
-                if !last_try && retry.on_statuses.contains(&status) {
+                if !last_try && may_retry && retry.on_statuses.contains(&status) {
                     last_refusal = Some(Refusal::new(
                         Code::UpstreamError,
                         format!(
@@ -1012,7 +1017,7 @@ async fn forward(
                 tracing::debug!(upstream = %upstream.spec.slug, target = %target.url, %error, "upstream try failed");
                 let refusal =
                     connection_refusal(&error, &service.slug, upstream.spec.connect_timeout_ms);
-                if last_try {
+                if last_try || !(may_retry || error.is_connect()) {
                     return Err(refusal);
                 }
                 last_refusal = Some(refusal);
@@ -1029,7 +1034,7 @@ async fn forward(
                         latency: Some(latency),
                     },
                 );
-                if last_try || try_timeout >= remaining {
+                if last_try || !may_retry || try_timeout >= remaining {
                     return Err(if try_timeout >= remaining {
                         timeout_refusal(&service.slug, route.timeout)
                     } else {
@@ -1216,6 +1221,38 @@ pub(crate) fn connection_refusal(
             ),
         )
     } else {
+        use crate::h1::HeadError;
+        use crate::h1::client::ExchangeError;
+        let exchange = match error {
+            SendError::Http1(ExchangeError::Stale { inner }) => Some(&**inner),
+            SendError::Http1(inner) => Some(inner),
+            _ => None,
+        };
+        // An answer that came but cannot be passed on names what was wrong
+        // with it (as nginx's "upstream sent too big header" does).
+        let unusable = match exchange {
+            Some(ExchangeError::Head(HeadError::TooLarge)) => {
+                Some("its response head is larger than 64 KiB or 128 fields")
+            }
+            Some(ExchangeError::Head(HeadError::BadLength)) => {
+                Some("its response gives a conflicting or invalid body length")
+            }
+            Some(ExchangeError::Head(HeadError::Malformed)) => {
+                Some("its response is not valid HTTP/1.1")
+            }
+            Some(ExchangeError::Upgrade) => Some(
+                "it answered 101 Switching Protocols; the gateway does not proxy protocol upgrades such as WebSocket",
+            ),
+            _ => None,
+        };
+        if let Some(what) = unusable {
+            return Refusal::new(
+                Code::UpstreamError,
+                format!(
+                    "The upstream of '{service}' sent an answer the gateway cannot pass on: {what}. Tell the provider."
+                ),
+            );
+        }
         let what = match error {
             SendError::Connect(_) => "connection failed",
             SendError::Tls(_) => "TLS handshake failed",

@@ -463,6 +463,9 @@ async fn framing_headers_say_what_is_sent() {
     tollgate
         .wait_for("/both/x", Duration::from_secs(1), |s| s == 200)
         .await;
+    tollgate
+        .wait_for("/empty/x", Duration::from_secs(1), |s| s == 204)
+        .await;
     // Two requests on one connection: the second answer is read whole
     // and on its own.
     let raw = exchange(&tollgate, b"GET /both/a HTTP/1.1\r\nHost: x\r\n\r\nGET /listed/b HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
@@ -499,6 +502,43 @@ async fn framing_headers_say_what_is_sent() {
         second.starts_with("HTTP/1.1 200 OK\r\n") && second.ends_with("xyz"),
         "{raw}"
     );
+}
+
+/// An answer the gateway cannot pass on is a 502 that says what was wrong
+/// with it, not that the upstream could not be reached.
+#[tokio::test]
+async fn an_unusable_upstream_answer_says_why() {
+    let tollgate = Tollgate::start(BIN).await;
+    let garbage = raw_upstream(b"HTTX/9 whatever\r\n\r\n").await;
+    let lengths =
+        raw_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd")
+            .await;
+    let upgrade = raw_upstream(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+    )
+    .await;
+    for (slug, url, says) in [
+        ("garbage", &garbage, "not valid HTTP/1.1"),
+        ("lengths", &lengths, "body length"),
+        ("upgrade", &upgrade, "does not proxy protocol upgrades"),
+    ] {
+        tollgate
+            .publish_http_service(
+                slug,
+                &format!("/{slug}"),
+                json!({"targets": [{"url": url}]}),
+                &[json!({"path": "/*"})],
+            )
+            .await;
+        tollgate
+            .wait_for(&format!("/{slug}/x"), Duration::from_secs(1), |s| s == 502)
+            .await;
+        let raw = get_as_sent(&tollgate, &format!("/{slug}/x")).await;
+        assert!(raw.starts_with("HTTP/1.1 502 "), "{raw}");
+        let detail = last_json(&raw)["detail"].as_str().unwrap().to_owned();
+        assert!(detail.contains(says), "{slug}: {detail}");
+        assert!(!detail.contains("could not be reached"), "{slug}: {detail}");
+    }
 }
 
 /// A `Host` that is no host (a path, a query, spaces, quotes) is a bad
@@ -563,10 +603,10 @@ async fn a_broken_client_body_is_the_clients_fault_not_the_upstreams() {
     }
 }
 
-/// A client that stops sending its body mid-way gets a 408 of its own,
-/// whether its body was streamed (one try, which times out waiting for
-/// the client) or buffered for retries (the route's budget runs out while
-/// it is read); the target is not blamed, so it keeps serving.
+/// A client that stops sending its body mid-way gets a 408 of its own
+/// once nothing more came for `gateway.body_timeout_ms`, whether its body
+/// was streamed or buffered for retries; the target is not blamed, so it
+/// keeps serving.
 #[tokio::test]
 async fn a_stalled_client_body_is_a_408_not_an_upstream_timeout() {
     let upstream = FakeUpstream::start("a").await;
@@ -583,11 +623,18 @@ async fn a_stalled_client_body_is_a_408_not_an_upstream_timeout() {
     tollgate
         .wait_for("/svc/ping", Duration::from_secs(1), |s| s == 200)
         .await;
-    // POST: streamed to the upstream; PUT: buffered first (it may be retried).
-    for method in ["POST", "POST", "POST", "PUT"] {
+    // Chunked: streamed to the upstream; with a length: buffered first
+    // (it may be retried).
+    let chunked = "Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n";
+    let sized = "Content-Length: 100\r\n\r\nabc";
+    for (method, body) in [
+        ("POST", chunked),
+        ("POST", chunked),
+        ("POST", sized),
+        ("PUT", sized),
+    ] {
         let mut stream = connect(&tollgate).await;
-        let head =
-            format!("{method} /svc/up HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc");
+        let head = format!("{method} /svc/up HTTP/1.1\r\nHost: x\r\n{body}");
         stream.write_all(head.as_bytes()).await.unwrap();
         let raw = read_to_close(&mut stream).await;
         assert!(raw.starts_with("HTTP/1.1 408 "), "{method}: {raw}");

@@ -194,6 +194,22 @@ async fn retries_go_to_another_target() {
         assert_eq!(echo["headers"]["host"], b.addr.to_string(), "{echo}");
     }
     assert_eq!(b.hits() - b0, 2);
+    // A POST whose connection could not be made reached nothing: it is
+    // tried again on the other target, body and all.
+    let b0 = b.hits();
+    for n in 0..4 {
+        let response = tollgate
+            .client
+            .post(format!("{}/halfdead/echo", tollgate.gateway_url))
+            .body(format!("order {n}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let echo: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(echo["body"], format!("order {n}"), "{echo}");
+    }
+    assert_eq!(b.hits() - b0, 4, "each POST reached the upstream once");
 }
 
 #[tokio::test]
