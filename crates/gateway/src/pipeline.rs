@@ -871,15 +871,7 @@ async fn forward(
             tried: tried_mask,
         });
         let Some(index) = pick else {
-            return Err(last_refusal.unwrap_or_else(|| {
-                Refusal::new(
-                    Code::NoHealthyUpstream,
-                    format!(
-                        "Every target of the service '{}' is down or ejected. Try again shortly.",
-                        service.slug
-                    ),
-                )
-            }));
+            return Err(last_refusal.unwrap_or_else(|| no_target(upstream, &service.slug)));
         };
         if index < 64 {
             tried_mask |= 1 << index;
@@ -1076,6 +1068,31 @@ fn with_path(
     parts.path_and_query = Some(path_and_query.parse().map_err(|_| unreadable())?);
     *request.uri_mut() = Uri::from_parts(parts).map_err(|_| unreadable())?;
     Ok(request)
+}
+
+/// No target to send a call to: the circuit is open (every target that
+/// would serve was ejected after failures: 503 `circuit_open` with the
+/// time until the first comes back), or they are down or drained.
+fn no_target(upstream: &crate::upstream::UpstreamRt, service: &str) -> Refusal {
+    if let Some(wait) = upstream.circuit_open_for() {
+        let seconds = wait.as_millis().div_ceil(1000).max(1);
+        return Refusal::new(
+            Code::CircuitOpen,
+            format!(
+                "The backend of '{service}' failed several calls in a row, so the gateway sends it none for {seconds} s to let it recover. Retry after that (Retry-After); you were not charged."
+            ),
+        )
+        .with_header(
+            header::RETRY_AFTER,
+            HeaderValue::from(u64::try_from(seconds).unwrap_or(u64::MAX)),
+        );
+    }
+    Refusal::new(
+        Code::NoHealthyUpstream,
+        format!(
+            "Every target of the service '{service}' is down (failing its health checks) or drained. Try again shortly."
+        ),
+    )
 }
 
 /// What a try gave up waiting for.

@@ -388,6 +388,25 @@ impl UpstreamRt {
         !self.ring.is_empty()
     }
 
+    /// When no target is available only because passive health ejected
+    /// every one that would be (weighted and, by active checks, healthy):
+    /// how long until the first comes back. The circuit is open.
+    pub fn circuit_open_for(&self) -> Option<std::time::Duration> {
+        let now = monotonic_ms();
+        let mut first_back: Option<u64> = None;
+        for target in &self.targets {
+            if target.weight == 0 || !target.state.healthy.load(Ordering::Relaxed) {
+                continue;
+            }
+            let until = target.state.ejected_until_ms.load(Ordering::Relaxed);
+            if until <= now {
+                return None;
+            }
+            first_back = Some(first_back.map_or(until, |first| first.min(until)));
+        }
+        first_back.map(|until| std::time::Duration::from_millis(until - now))
+    }
+
     /// Chooses a target, or `None` when none is available. Prefers targets
     /// this request has not tried yet.
     pub fn pick(&self, input: &PickInput<'_>) -> Option<usize> {

@@ -87,6 +87,40 @@ async fn a_dead_target_is_ejected_and_taken_back() {
     }
 }
 
+/// A backend that keeps failing is left alone for a while: once passive
+/// health has ejected every target, calls get 503 `circuit_open` with
+/// `Retry-After` (when the first target comes back) and never reach it.
+#[tokio::test]
+async fn a_failing_backend_opens_the_circuit() {
+    let upstream = FakeUpstream::start("a").await;
+    let tollgate = Tollgate::start(BIN).await;
+    tollgate
+        .publish_http_service(
+            "svc",
+            "/svc",
+            json!({"targets": [{"url": upstream.url()}],
+                   "health_check": {"passive": {"max_failures": 2, "ejection_ms": 30000}}}),
+            &[json!({"path": "/*"})],
+        )
+        .await;
+    tollgate
+        .wait_for("/svc/x", Duration::from_secs(1), |s| s == 200)
+        .await;
+    // One call, tried twice: two failures in a row eject the target.
+    assert_eq!(tollgate.get("/svc/status/503").await.status(), 503);
+    let hits = upstream.hits();
+    let refused = tollgate.get("/svc/x").await;
+    let retry_after: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((25..=30).contains(&retry_after), "{retry_after}");
+    let body = problem(refused, 503, "circuit_open").await;
+    assert!(body["detail"].as_str().unwrap().contains("'svc'"), "{body}");
+    assert_eq!(upstream.hits(), hits, "not sent to the ejected backend");
+}
+
 #[tokio::test]
 async fn active_health_checks_mark_targets_down_and_up() {
     let (a, b) = (
