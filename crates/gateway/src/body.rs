@@ -376,6 +376,13 @@ impl UpstreamResponseBody {
         self.log.0 = Some(record);
     }
 
+    /// After `101 Switching Protocols`: the upstream connection, for the
+    /// tunnel. The body (its permits, its in-flight count, its log record)
+    /// is kept until the tunnel closes.
+    pub(crate) fn take_upgraded(&mut self) -> Option<crate::h1::client::Upgraded> {
+        self.inner.take_upgraded()
+    }
+
     /// Holds the caller's concurrency permits until the body ends.
     pub fn with_permits(mut self, permits: Vec<crate::limit::Permit>) -> Self {
         self._permits = permits;

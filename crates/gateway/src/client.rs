@@ -69,6 +69,16 @@ pub enum ResponseBody {
     Http2(Incoming),
 }
 
+impl ResponseBody {
+    /// After `101 Switching Protocols` (HTTP/1.1): the upstream connection.
+    pub fn take_upgraded(&mut self) -> Option<crate::h1::client::Upgraded> {
+        match self {
+            ResponseBody::Http1(body) => body.take_upgraded(),
+            ResponseBody::Http2(_) => None,
+        }
+    }
+}
+
 impl Body for ResponseBody {
     type Data = Bytes;
     type Error = BoxError;
@@ -185,8 +195,17 @@ pub async fn send(
     crate::h1::client::encode_head(&parts, &body, &mut head);
     let chunked = matches!(body, UpstreamRequestBody::Stream(_))
         && !parts.headers.contains_key(http::header::CONTENT_LENGTH);
+    let upgrade = parts.headers.contains_key(http::header::UPGRADE);
     while let Some(conn) = take_idle(key) {
-        match crate::h1::client::exchange(conn, &head, &mut body, chunked, &parts.method, key).await
+        match crate::h1::client::exchange(
+            conn,
+            &head,
+            &mut body,
+            chunked,
+            (&parts.method, upgrade),
+            key,
+        )
+        .await
         {
             Ok(response) => return Ok(response.map(ResponseBody::Http1)),
             // Closed under us before answering: another connection, if
@@ -261,19 +280,32 @@ fn send_new<'a>(
             }
             Connection::Http1(conn) => {
                 let (parts, mut body) = request.into_parts();
-                crate::h1::client::exchange(conn, &head, &mut body, chunked, &parts.method, key)
-                    .await
-                    .map(|response| response.map(ResponseBody::Http1))
-                    .map_err(SendError::Http1)
+                let upgrade = parts.headers.contains_key(http::header::UPGRADE);
+                crate::h1::client::exchange(
+                    conn,
+                    &head,
+                    &mut body,
+                    chunked,
+                    (&parts.method, upgrade),
+                    key,
+                )
+                .await
+                .map(|response| response.map(ResponseBody::Http1))
+                .map_err(SendError::Http1)
             }
         }
     })
 }
 
-/// HTTP/2 carries scheme and authority as pseudo-headers, not `Host`.
+/// HTTP/2 carries scheme and authority as pseudo-headers, not `Host`,
+/// and has no connection-level upgrade: such a request goes as a plain one.
 fn to_http2(request: &mut Request<UpstreamRequestBody>, target: &TargetRt) {
     *request.version_mut() = http::Version::HTTP_2;
-    request.headers_mut().remove(http::header::HOST);
+    let headers = request.headers_mut();
+    headers.remove(http::header::HOST);
+    if headers.remove(http::header::UPGRADE).is_some() {
+        headers.remove(http::header::CONNECTION);
+    }
     let mut parts = request.uri().clone().into_parts();
     parts.scheme = Some(target.scheme.clone());
     parts.authority = Some(target.authority.clone());

@@ -777,7 +777,16 @@ async fn forward(
             }
         }
     };
-    let tries = if may_reconnect && matches!(outgoing, Outgoing::Replayable(_)) {
+    // A protocol upgrade (WebSocket): the upstream is asked for it, and a
+    // `101` turns the connection into a tunnel. One try: the upstream may
+    // have acted on it.
+    let upgrade = (parts.version == Version::HTTP_11
+        && parts.method == Method::GET
+        && crate::h1::has_token(&parts.headers, &header::CONNECTION, "upgrade"))
+    .then(|| parts.headers.get(header::UPGRADE).cloned())
+    .flatten();
+    let tries = if upgrade.is_none() && may_reconnect && matches!(outgoing, Outgoing::Replayable(_))
+    {
         retry.retries + 1
     } else {
         1
@@ -791,6 +800,10 @@ async fn forward(
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     });
     strip_hop_by_hop(&mut headers);
+    if let Some(protocol) = &upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, protocol.clone());
+    }
     if admission.strip & strip::AUTHORIZATION != 0 {
         headers.remove(header::AUTHORIZATION);
     }
@@ -955,7 +968,17 @@ async fn forward(
                     continue;
                 }
                 let (mut response_parts, incoming) = response.into_parts();
+                let switched = (status == 101)
+                    .then(|| response_parts.headers.get(header::UPGRADE).cloned())
+                    .flatten();
                 strip_hop_by_hop(&mut response_parts.headers);
+                if let Some(protocol) = switched {
+                    // The tunnel's own head (the server splices after it).
+                    response_parts
+                        .headers
+                        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                    response_parts.headers.insert(header::UPGRADE, protocol);
+                }
                 if status == 204 {
                     // RFC 9110 §8.6: a 204 has no body and no length.
                     response_parts.headers.remove(header::CONTENT_LENGTH);

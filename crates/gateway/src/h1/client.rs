@@ -179,7 +179,7 @@ pub async fn exchange(
     head: &[u8],
     body: &mut UpstreamRequestBody,
     chunked: bool,
-    method: &Method,
+    (method, upgrade): (&Method, bool),
     pool_key: u64,
 ) -> Result<Response<ResponseBody>, ExchangeError> {
     let reused = conn.reused;
@@ -199,7 +199,7 @@ pub async fn exchange(
             other => other,
         })?;
     let (parts, framing, keep_alive) = loop {
-        match parse_response(&mut conn.buf, method)? {
+        match parse_response(&mut conn.buf, method, upgrade)? {
             Some(Parsed::Informational) => continue,
             Some(Parsed::Final(parts, framing, keep_alive)) => break (parts, framing, keep_alive),
             None => {}
@@ -230,6 +230,10 @@ pub async fn exchange(
     *response.status_mut() = parts.0;
     *response.version_mut() = parts.1;
     *response.headers_mut() = parts.2;
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        // The connection is the caller's tunnel now (`take_upgraded`).
+        return Ok(response);
+    }
     if response.body().framing.is_done() {
         // No body to wait for: the connection is free now.
         response.body_mut().finish();
@@ -295,7 +299,11 @@ enum Parsed {
 
 /// Parses a response head at the start of `buf`, taking it off the buffer
 /// when complete. `None`: not all of it has arrived.
-fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Option<Parsed>, ExchangeError> {
+fn parse_response(
+    buf: &mut BytesMut,
+    method: &Method,
+    upgrade: bool,
+) -> Result<Option<Parsed>, ExchangeError> {
     let mut fields: smallvec::SmallVec<[FieldRanges; 24]> = smallvec::SmallVec::new();
     let (length, code, minor) = {
         let mut storage =
@@ -329,7 +337,20 @@ fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Option<Parsed>,
     let status =
         StatusCode::from_u16(code).map_err(|_| ExchangeError::Head(HeadError::Malformed))?;
     if status == StatusCode::SWITCHING_PROTOCOLS {
-        return Err(ExchangeError::Upgrade);
+        if !upgrade {
+            return Err(ExchangeError::Upgrade);
+        }
+        let headers = super::header_map(&head, &fields, 4).map_err(ExchangeError::Head)?;
+        let version = if minor == 0 {
+            Version::HTTP_10
+        } else {
+            Version::HTTP_11
+        };
+        return Ok(Some(Parsed::Final(
+            (status, version, headers),
+            Framing::Done,
+            false,
+        )));
     }
     if status.is_informational() {
         return Ok(Some(Parsed::Informational));
@@ -393,6 +414,55 @@ impl ResponseBody {
     /// Whether the whole body has been read.
     pub fn is_complete(&self) -> bool {
         self.framing.is_done()
+    }
+
+    /// After `101 Switching Protocols`: the connection, as a tunnel.
+    pub fn take_upgraded(&mut self) -> Option<Upgraded> {
+        self.conn.take().map(|conn| Upgraded {
+            io: conn.io,
+            read_ahead: conn.buf,
+        })
+    }
+}
+
+/// An upstream connection after `101 Switching Protocols`: bytes both
+/// ways, starting with what was read past the response head.
+pub struct Upgraded {
+    io: Io,
+    read_ahead: BytesMut,
+}
+
+impl AsyncRead for Upgraded {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if !this.read_ahead.is_empty() {
+            let n = this.read_ahead.len().min(buf.remaining());
+            buf.put_slice(&this.read_ahead.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Upgraded {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
 }
 
@@ -460,7 +530,7 @@ mod tests {
 
     fn parse(wire: &[u8], method: Method) -> (Option<Parsed>, BytesMut) {
         let mut buf = BytesMut::from(wire);
-        let parsed = parse_response(&mut buf, &method).unwrap();
+        let parsed = parse_response(&mut buf, &method, false).unwrap();
         (parsed, buf)
     }
 
@@ -508,7 +578,7 @@ mod tests {
         let mut buf = BytesMut::from(
             &b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"[..],
         );
-        assert!(parse_response(&mut buf, &Method::GET).is_err());
+        assert!(parse_response(&mut buf, &Method::GET, false).is_err());
     }
 
     #[test]

@@ -210,11 +210,22 @@ pub(crate) async fn serve(
             let respond = std::pin::pin!(crate::server::respond(&shared, request, peer.clone()));
             watch.unless_closed(respond).await
         };
-        let Some(response) = answered else {
+        let Some(mut response) = answered else {
             // The client went away before its answer: the request is
             // dropped (its upstream call with it) and logged as 499.
             return;
         };
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS
+            && let crate::body::GatewayBody::Upstream(body) = response.body_mut()
+            && let Some(upstream) = body.take_upgraded()
+        {
+            // A protocol upgrade (WebSocket) the upstream accepted: the
+            // connection is a tunnel from now on.
+            if let Some(client) = reader.take() {
+                tunnel(write, client, &mut out, response, upstream).await;
+            }
+            return;
+        }
         // A body left unread (a refusal before it was needed) means the
         // next head cannot be found: say so, and close after the response.
         let body_read = lent
@@ -244,6 +255,60 @@ pub(crate) async fn serve(
         last_response = Instant::now();
     }
 }
+
+/// After `101 Switching Protocols`: writes the head, then copies bytes
+/// both ways (what the client sent past its head first) until one side
+/// closes, and the other within a few seconds after. The response's body
+/// (the call's permits, in-flight count and log record) lives as long.
+async fn tunnel(
+    mut write: OwnedWriteHalf,
+    client: Reader,
+    out: &mut BytesMut,
+    response: Response<GatewayBody>,
+    upstream: super::client::Upgraded,
+) {
+    let (parts, _held) = response.into_parts();
+    out.clear();
+    out.put_slice(b"HTTP/1.1 101 Switching Protocols\r\n");
+    for (name, value) in &parts.headers {
+        super::put_header(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    if !parts.headers.contains_key(header::DATE) {
+        super::put_header(out, b"date", super::date().as_bytes());
+    }
+    out.put_slice(b"\r\n");
+    if write.write_all(out).await.is_err() {
+        return;
+    }
+    let Reader {
+        half: mut client_read,
+        buf: read_ahead,
+    } = client;
+    let (mut upstream_read, mut upstream_write) = tokio::io::split(upstream);
+    let to_upstream = async {
+        if !read_ahead.is_empty() {
+            upstream_write.write_all(&read_ahead).await?;
+        }
+        tokio::io::copy(&mut client_read, &mut upstream_write).await?;
+        upstream_write.shutdown().await
+    };
+    let to_client = async {
+        tokio::io::copy(&mut upstream_read, &mut write).await?;
+        write.shutdown().await
+    };
+    tokio::pin!(to_upstream, to_client);
+    tokio::select! {
+        _ = &mut to_upstream => {
+            let _ = tokio::time::timeout(TUNNEL_LINGER, to_client).await;
+        }
+        _ = &mut to_client => {
+            let _ = tokio::time::timeout(TUNNEL_LINGER, to_upstream).await;
+        }
+    }
+}
+
+/// How long a tunnel's other direction may still run once one has ended.
+const TUNNEL_LINGER: Duration = Duration::from_secs(5);
 
 fn lock(state: &Mutex<BodyState>) -> std::sync::MutexGuard<'_, BodyState> {
     state

@@ -504,6 +504,114 @@ async fn framing_headers_say_what_is_sent() {
     );
 }
 
+/// A WebSocket upstream: answers an upgrade request with 101 (and a first
+/// message right after its head), then echoes what it gets, prefixed.
+async fn websocket_upstream() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = vec![0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let Ok(n) = socket.read(&mut buf).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    head.extend_from_slice(&buf[..n]);
+                }
+                let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                if !(head.contains("\r\nupgrade: websocket\r\n")
+                    && head.contains("\r\nconnection: upgrade\r\n"))
+                {
+                    let _ = socket
+                        .write_all(b"HTTP/1.1 426 Upgrade Required\r\ncontent-length: 0\r\n\r\n")
+                        .await;
+                    return;
+                }
+                let _ = socket
+                    .write_all(
+                        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                          Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\nready",
+                    )
+                    .await;
+                loop {
+                    let Ok(n) = socket.read(&mut buf).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    let mut reply = b"echo:".to_vec();
+                    reply.extend_from_slice(&buf[..n]);
+                    if socket.write_all(&reply).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    format!("http://{address}")
+}
+
+/// A WebSocket handshake the upstream accepts turns the connection into a
+/// tunnel: the 101 reaches the client with the upstream's handshake
+/// headers, then bytes flow both ways until one side closes.
+#[tokio::test]
+async fn websocket_upgrades_are_tunnelled() {
+    let tollgate = Tollgate::start(BIN).await;
+    let upstream = websocket_upstream().await;
+    tollgate
+        .publish_http_service(
+            "ws",
+            "/ws",
+            json!({"targets": [{"url": upstream}]}),
+            &[json!({"path": "/*"})],
+        )
+        .await;
+    // A plain GET is no upgrade: the upstream says it wants one.
+    tollgate
+        .wait_for("/ws/chat", Duration::from_secs(1), |s| s == 426)
+        .await;
+    let mut stream = connect(&tollgate).await;
+    stream
+        .write_all(
+            b"GET /ws/chat HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let head = read_until(&mut stream, "ready").await;
+    assert!(
+        head.starts_with("HTTP/1.1 101 Switching Protocols\r\n"),
+        "{head}"
+    );
+    let lower = head.to_ascii_lowercase();
+    for wanted in [
+        "\r\nupgrade: websocket\r\n",
+        "\r\nconnection: upgrade\r\n",
+        "\r\nsec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo=\r\n",
+        "\r\nx-request-id: ",
+    ] {
+        assert!(lower.contains(wanted), "{wanted}: {head}");
+    }
+    assert!(!lower.contains("content-length"), "{head}");
+    for message in ["hello", "again"] {
+        stream.write_all(message.as_bytes()).await.unwrap();
+        assert_eq!(
+            read_until(&mut stream, message).await,
+            format!("echo:{message}")
+        );
+    }
+    // The client closes: the tunnel closes.
+    stream.shutdown().await.unwrap();
+    let rest = read_to_close(&mut stream).await;
+    assert!(rest.is_empty(), "{rest}");
+}
+
 /// An answer the gateway cannot pass on is a 502 that says what was wrong
 /// with it, not that the upstream could not be reached.
 #[tokio::test]
