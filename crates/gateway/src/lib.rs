@@ -302,6 +302,16 @@ impl Gateway {
             .take_unsynced(u64::try_from(domain::now_ms()).unwrap_or(0))
     }
 
+    /// This node's requests in flight under each concurrency limit.
+    pub fn in_flight_counts(&self) -> Vec<(String, u32)> {
+        self.shared.limiters.in_flight()
+    }
+
+    /// The other nodes' requests in flight under `subject`'s limit.
+    pub fn set_remote_in_flight(&self, subject: &str, count: u32) {
+        self.shared.limiters.set_remote_in_flight(subject, count);
+    }
+
     /// A window's total over every node, read back from the shared store.
     pub fn set_shared_count(&self, item: &limit::SyncItem, total: u64) {
         self.shared.limiters.set_total(item, total);

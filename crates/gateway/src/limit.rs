@@ -54,6 +54,8 @@ pub struct Limiter {
     states: Mutex<Box<[WindowState]>>,
     concurrent_max: Option<u32>,
     in_flight: AtomicU32,
+    /// Other nodes' requests in flight, as last read (shared counters).
+    remote_in_flight: AtomicU32,
     /// This limiter's part of `RateLimit-Policy` (empty without windows),
     /// written once.
     policy: Box<str>,
@@ -186,6 +188,7 @@ impl Limiter {
             windows,
             concurrent_max,
             in_flight: AtomicU32::new(0),
+            remote_in_flight: AtomicU32::new(0),
             policy,
         }
     }
@@ -264,7 +267,8 @@ impl Limiter {
         let Some(max) = self.concurrent_max else {
             return Ok(None);
         };
-        let before = self.in_flight.fetch_add(1, Ordering::AcqRel);
+        let before = self.in_flight.fetch_add(1, Ordering::AcqRel)
+            + self.remote_in_flight.load(Ordering::Acquire);
         if before >= max {
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
             return Err(Exceeded {
@@ -419,6 +423,33 @@ impl LimiterRegistry {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(limiter) = map.get(&item.subject).and_then(Weak::upgrade) {
             limiter.set_total(item.window, item.start_ms, total);
+        }
+    }
+
+    /// This node's requests in flight under every concurrency limit, by
+    /// subject (for the shared counters).
+    pub fn in_flight(&self) -> Vec<(String, u32)> {
+        let map = self
+            .limiters
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.iter()
+            .filter_map(|(subject, limiter)| {
+                let limiter = limiter.upgrade()?;
+                limiter.concurrent_max?;
+                Some((subject.clone(), limiter.in_flight.load(Ordering::Acquire)))
+            })
+            .collect()
+    }
+
+    /// Sets the other nodes' requests in flight under `subject`'s limit.
+    pub fn set_remote_in_flight(&self, subject: &str, count: u32) {
+        let map = self
+            .limiters
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(limiter) = map.get(subject).and_then(Weak::upgrade) {
+            limiter.remote_in_flight.store(count, Ordering::Release);
         }
     }
 

@@ -26,7 +26,9 @@ fn key(item: &gateway::limit::SyncItem) -> String {
 async fn sync(
     connection: &mut redis::aio::ConnectionManager,
     gateway: &Gateway,
+    in_flight: &mut InFlight,
 ) -> redis::RedisResult<()> {
+    in_flight.sync(connection, gateway).await?;
     let items = gateway.take_unsynced_counts();
     if items.is_empty() {
         // Nothing to share: still check that Redis answers, for readiness.
@@ -47,6 +49,73 @@ async fn sync(
         gateway.set_shared_count(item, total);
     }
     Ok(())
+}
+
+/// Requests in flight under concurrency limits, shared: each node writes
+/// its count per subject into a Redis hash (`tollgate:cc:<subject>`, one
+/// field per node: `count:ms`) and reads the others' fresh ones back, so a
+/// node admits only what the limit leaves after the other nodes' calls.
+/// A count older than [`IN_FLIGHT_FRESH_MS`] (its node gone) counts nothing.
+struct InFlight {
+    node: String,
+    /// Subjects this node wrote a non-zero count for (to write their zero).
+    published: std::collections::HashSet<String>,
+}
+
+const IN_FLIGHT_FRESH_MS: i64 = 1_000;
+
+impl InFlight {
+    fn new() -> Self {
+        Self {
+            node: format!("{:016x}", rand::random::<u64>()),
+            published: std::collections::HashSet::new(),
+        }
+    }
+
+    async fn sync(
+        &mut self,
+        connection: &mut redis::aio::ConnectionManager,
+        gateway: &Gateway,
+    ) -> redis::RedisResult<()> {
+        let counts = gateway.in_flight_counts();
+        if counts.is_empty() {
+            return Ok(());
+        }
+        let now = domain::now_ms();
+        let mut pipe = redis::pipe();
+        for (subject, count) in &counts {
+            let key = format!("tollgate:cc:{subject}");
+            if *count > 0 || self.published.contains(subject) {
+                pipe.cmd("HSET")
+                    .arg(&key)
+                    .arg(&self.node)
+                    .arg(format!("{count}:{now}"))
+                    .ignore();
+                pipe.cmd("PEXPIRE").arg(&key).arg(60_000).ignore();
+            }
+            pipe.cmd("HGETALL").arg(&key);
+        }
+        let all: Vec<std::collections::HashMap<String, String>> =
+            pipe.query_async(connection).await?;
+        for ((subject, count), fields) in counts.iter().zip(all) {
+            if *count > 0 {
+                self.published.insert(subject.clone());
+            } else {
+                self.published.remove(subject);
+            }
+            let others: u32 = fields
+                .iter()
+                .filter(|(node, _)| **node != self.node)
+                .filter_map(|(_, value)| {
+                    let (count, at) = value.split_once(':')?;
+                    let at: i64 = at.parse().ok()?;
+                    (now - at <= IN_FLIGHT_FRESH_MS).then(|| count.parse::<u32>().ok())?
+                })
+                .sum();
+            gateway.set_remote_in_flight(subject, others);
+        }
+        Ok(())
+    }
 }
 
 pub fn spawn(
@@ -71,6 +140,7 @@ pub fn spawn(
             .set_response_timeout(Some(Duration::from_secs(1)));
         let mut connection = None;
         let mut failing = false;
+        let mut in_flight = InFlight::new();
         loop {
             tokio::select! {
                 () = tokio::time::sleep(INTERVAL) => {}
@@ -97,7 +167,7 @@ pub fn spawn(
             let Some(live) = connection.as_mut() else {
                 continue;
             };
-            let synced = sync(live, &gateway).await;
+            let synced = sync(live, &gateway, &mut in_flight).await;
             gateway.set_counters_reachable(synced.is_ok());
             match synced {
                 Ok(()) if failing => {
@@ -109,6 +179,10 @@ pub fn spawn(
                     if !failing {
                         tracing::warn!(%error, "Redis sync failed; rate limits are per node until it answers");
                         failing = true;
+                    }
+                    // Per node meanwhile: the others' calls are not known.
+                    for (subject, _) in gateway.in_flight_counts() {
+                        gateway.set_remote_in_flight(&subject, 0);
                     }
                 }
             }

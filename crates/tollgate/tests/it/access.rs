@@ -1956,6 +1956,67 @@ async fn rate_limits_hold_across_nodes_sharing_redis() {
     }
 }
 
+/// A bound on requests in flight holds across nodes sharing Redis: calls
+/// in flight on one node count on the other.
+#[tokio::test]
+async fn concurrency_limits_hold_across_nodes_sharing_redis() {
+    let database = test_support::PgDatabase::create();
+    let mut options = Options::on_database(&database.url);
+    options.env.push((
+        "TOLLGATE_STORAGE__REDIS_URL".into(),
+        "redis://127.0.0.1:6379".into(),
+    ));
+    let first = Tollgate::start_with(BIN, options.clone()).await;
+    let second = Tollgate::start_with(BIN, options).await;
+    let upstream = FakeUpstream::start("w").await;
+    let world = world(
+        &first,
+        &upstream,
+        json!({}),
+        json!({"concurrent_requests": 2}),
+    )
+    .await;
+    wait_status(&second, "/weather/forecast/oslo", &world.key, 200).await;
+    // Two calls held at the upstream through the first node.
+    let before = upstream.hits();
+    let held: Vec<_> = (0..2)
+        .map(|_| {
+            let request = first
+                .client
+                .get(format!("{}/weather/forecast/hold", first.gateway_url))
+                .header("x-api-key", &world.key);
+            tokio::spawn(async move { request.send().await.unwrap().status().as_u16() })
+        })
+        .collect();
+    crate::eventually("both calls reach the upstream", || {
+        upstream.hits() >= before + 2
+    })
+    .await;
+    // The second node learns of them within a sync (100 ms) and refuses.
+    let started = std::time::Instant::now();
+    loop {
+        let response = second
+            .get_with_key("/weather/forecast/oslo", &world.key)
+            .await;
+        if response.status() == 429 {
+            let body = problem(response, 429, "rate_limited").await;
+            assert!(
+                body["detail"].as_str().unwrap().contains("in flight"),
+                "{body}"
+            );
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(2), "never refused");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    upstream.open_gate();
+    for call in held {
+        assert_eq!(call.await.unwrap(), 200);
+    }
+    // Done there: the second node admits again.
+    wait_status(&second, "/weather/forecast/oslo", &world.key, 200).await;
+}
+
 /// Bad input to the access endpoints: 400 naming every offending field,
 /// never a 500, never a partial write.
 #[tokio::test]
