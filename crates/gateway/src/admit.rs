@@ -884,7 +884,7 @@ fn pay(
                 // Many nodes: the rest of the balance is held by the
                 // others for their calls right now.
                 format!(
-                    "This call costs {required} {currency}; team {} has {balance} {currency}, but other gateway nodes hold it for calls in flight right now. Retry in a second (what they do not use comes back), or top up the team's wallet (top_up_url).",
+                    "This call costs {required} {currency}; team {} has {balance} {currency} as this node last saw it, but the rest of it is held by other gateway nodes for their calls right now. Retry in a second or two (what they do not use comes back to be spent), or top up the team's wallet (top_up_url).",
                     app.team
                 )
             } else {

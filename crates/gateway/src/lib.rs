@@ -559,6 +559,13 @@ impl Gateway {
         let _ = self.shared.leases.set(leases);
     }
 
+    /// Many nodes: this node's leases were renewed; its calls may spend
+    /// them for `spend_for` (then 503 `ledger_unavailable` until the next
+    /// renewal).
+    pub fn leases_renewed(&self, spend_for: std::time::Duration) {
+        self.shared.wallets.leases_renewed(spend_for);
+    }
+
     /// Every wallet on this node.
     pub fn wallets(&self) -> Vec<Arc<money::WalletRt>> {
         self.shared.wallets.all()

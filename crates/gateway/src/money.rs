@@ -56,8 +56,9 @@ pub struct WalletRt {
     leased: bool,
     /// What is left of this node's lease (calls only).
     lease: AtomicI64,
-    /// The lease could not be renewed in time: nothing is spent from it.
-    lease_lost: AtomicBool,
+    /// Many nodes: the monotonic ms until which this node may spend its
+    /// leases (shared by its wallets; moved on by each renewal).
+    lease_until: Option<Arc<AtomicU64>>,
     /// Taken by calls since the lease task last looked (its spend rate).
     lease_spent: AtomicI64,
     /// One lease transaction at a time for this wallet's short calls.
@@ -88,7 +89,7 @@ impl Short {
 }
 
 impl WalletRt {
-    fn new(team: &str, leased: bool) -> Self {
+    fn new(team: &str, lease_until: Option<Arc<AtomicU64>>) -> Self {
         Self {
             team: team.into(),
             available: AtomicI64::new(0),
@@ -97,9 +98,9 @@ impl WalletRt {
             overflow_calls: AtomicU64::new(0),
             seen_seq: Mutex::new(0),
             own_ids: Mutex::new(Vec::new()),
-            leased,
+            leased: lease_until.is_some(),
             lease: AtomicI64::new(0),
-            lease_lost: AtomicBool::new(false),
+            lease_until,
             lease_spent: AtomicI64::new(0),
             lease_gate: tokio::sync::Mutex::new(()),
         }
@@ -147,9 +148,11 @@ impl WalletRt {
         self.lease_spent.swap(0, Ordering::AcqRel)
     }
 
-    /// Says whether the node's leases are renewed (false: spend nothing).
-    pub fn set_lease_lost(&self, lost: bool) {
-        self.lease_lost.store(lost, Ordering::Release);
+    /// Whether this node may spend its leases now (renewed recently).
+    pub fn lease_valid(&self) -> bool {
+        self.lease_until
+            .as_ref()
+            .is_some_and(|until| crate::upstream::monotonic_ms() < until.load(Ordering::Acquire))
     }
 
     /// Says that the ledger entry `id` is already out of `available`.
@@ -177,7 +180,7 @@ impl WalletRt {
             // The lease is the store's word that this much is this node's
             // to spend: `available` (this node's view of the balance,
             // which may lag a top-up made elsewhere) only follows.
-            if self.lease_lost.load(Ordering::Acquire) {
+            if !self.lease_valid() {
                 return Err(Short::LeaseLost(self.available()));
             }
             if take(&self.lease, amount).is_err() {
@@ -874,8 +877,9 @@ impl Counters {
 #[derive(Debug, Default)]
 pub struct Wallets {
     by_team: Mutex<HashMap<String, Arc<WalletRt>>>,
-    /// Many nodes: wallets made from now on spend from leases.
-    leased: AtomicBool,
+    /// Many nodes: wallets spend from leases, until this monotonic ms
+    /// (set when made leased, moved on by each renewal).
+    lease_until: Mutex<Option<Arc<AtomicU64>>>,
     /// Quota and budget counters.
     pub counters: Counters,
 }
@@ -905,17 +909,30 @@ pub struct SyncedEntry {
 impl Wallets {
     /// The team's wallet (made on first use, compile time only).
     pub fn get(&self, team: &str) -> Arc<WalletRt> {
-        let leased = self.leased.load(Ordering::Acquire);
+        let until = self
+            .lease_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let mut map = self.by_team.lock().unwrap_or_else(|p| p.into_inner());
         map.entry(team.to_owned())
-            .or_insert_with(|| Arc::new(WalletRt::new(team, leased)))
+            .or_insert_with(|| Arc::new(WalletRt::new(team, until)))
             .clone()
     }
 
     /// Many nodes share the store: calls spend from leases (set before
     /// any wallet is made).
     pub fn set_leased(&self) {
-        self.leased.store(true, Ordering::Release);
+        *self.lease_until.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(Arc::new(AtomicU64::new(0)));
+    }
+
+    /// The node's leases were renewed: they may be spent for `spend_for`.
+    pub fn leases_renewed(&self, spend_for: std::time::Duration) {
+        if let Some(until) = &*self.lease_until.lock().unwrap_or_else(|p| p.into_inner()) {
+            let ms = u64::try_from(spend_for.as_millis()).unwrap_or(u64::MAX);
+            until.store(crate::upstream::monotonic_ms() + ms, Ordering::Release);
+        }
     }
 
     /// Every wallet on this node.
@@ -1023,6 +1040,7 @@ mod tests {
     fn calls_on_a_leased_wallet_spend_the_nodes_lease_and_debits_do_not() {
         let wallets = Wallets::default();
         wallets.set_leased();
+        wallets.leases_renewed(std::time::Duration::from_secs(60));
         let wallet = funded(&wallets, 100);
         let labels = Labels::subscription("s");
         let mut call = Reservation::new(&wallet, &labels, false);
@@ -1065,7 +1083,7 @@ mod tests {
         );
         assert_eq!(wallet.take_lease_spent(), 5);
         assert_eq!(wallet.take_lease(1000), 195, "taken out to give back");
-        wallet.set_lease_lost(true);
+        wallets.leases_renewed(std::time::Duration::ZERO);
         wallet.add_lease(50);
         let mut cut_off = Reservation::new(&wallet, &labels, false);
         assert_eq!(cut_off.take_wallet(1), Err(Short::LeaseLost(95)));

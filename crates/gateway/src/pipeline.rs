@@ -398,6 +398,9 @@ async fn run(
 /// short: the next calls then need no lease transaction of their own.
 const LEASE_AHEAD_CALLS: i64 = 16;
 
+/// The longest a call waits for a lease transaction.
+const LEASE_WAIT: Duration = Duration::from_secs(1);
+
 /// Many nodes: `refusal` said this node's lease of a wallet was short;
 /// asks the store for more. `Ok` when the call may be admitted again;
 /// else the refusal (a 402 when the balance is held elsewhere, a 503
@@ -426,6 +429,9 @@ pub(crate) async fn ensure_lease(
     needed: i64,
 ) -> Option<bool> {
     let leases = shared.leases.get()?;
+    if !wallet.lease_valid() {
+        return None;
+    }
     // One transaction at a time per wallet: the calls that found the
     // lease short together are served by the first one's.
     let _gate = wallet.lease_gate.lock().await;
@@ -436,13 +442,19 @@ pub(crate) async fn ensure_lease(
     let want = needed
         .saturating_mul(LEASE_AHEAD_CALLS)
         .max(needed.saturating_sub(lease));
-    match leases.adjust(&wallet.team, want).await {
-        Ok(granted) => {
+    // A store that does not answer fails the call fast, not after the
+    // pool's patience.
+    match tokio::time::timeout(LEASE_WAIT, leases.adjust(&wallet.team, want)).await {
+        Ok(Ok(granted)) => {
             wallet.add_lease(granted);
             Some(wallet.lease() >= needed)
         }
-        Err(error) => {
+        Ok(Err(error)) => {
             tracing::warn!(team = %wallet.team, %error, "cannot lease more of a wallet");
+            None
+        }
+        Err(_) => {
+            tracing::warn!(team = %wallet.team, "the store did not grant a lease in time");
             None
         }
     }

@@ -6,14 +6,17 @@
 //! - A call that finds its node's lease short asks the store for more
 //!   ([`StoreLeases`], one transaction, sized for a few calls ahead).
 //! - Every 200 ms this task renews the node's leases (they run out
-//!   [`TTL_MS`] after the last renewal, for the other nodes), tops up the
+//!   [`TTL_MS`] after the last renewal, for the other nodes; a renewal
+//!   that takes over a second counts as failed), tops up the
 //!   lease of a wallet under steady traffic to a second's worth of its
 //!   calls, and gives back what a wallet idle for a second still holds,
 //!   or what is far beyond its traffic.
-//! - A node that could not renew for [`SPEND_FOR`] (cut off from the
-//!   store) spends nothing from its leases, well before the others may
-//!   take them (node clocks must agree within `TTL_MS - SPEND_FOR`);
-//!   calls get 503 `ledger_unavailable`. A lease that ran out meanwhile is
+//! - A node that has not renewed for [`SPEND_FOR`] (cut off from the
+//!   store) spends nothing from its leases (every paid call checks, with
+//!   no wait), long before the others may take them: what it spent in
+//!   its last seconds reaches the store as charges when it is back (node
+//!   clocks must agree within `TTL_MS - SPEND_FOR`); calls get 503
+//!   `ledger_unavailable`. A lease that ran out meanwhile is
 //!   cut to what is still free when the node renews again.
 //! - At shutdown, once its charges are written, the node gives its leases
 //!   back.
@@ -28,10 +31,16 @@ use store::Store;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-/// How long a lease lasts after its renewal, for the other nodes.
-pub const TTL_MS: i64 = 10_000;
-/// How long after its last renewal a node still spends its leases.
-const SPEND_FOR: Duration = Duration::from_secs(5);
+/// How long a lease lasts after its renewal, for the other nodes. Long
+/// beside [`SPEND_FOR`]: a node cut off from the store may hold charges
+/// for what it spent in its last seconds, which reach the store when it
+/// is back; until then the others leave its lease alone.
+pub const TTL_MS: i64 = 30_000;
+/// How long after its last successful renewal a node still spends its
+/// leases (checked on every paid call, however long a renewal hangs).
+pub const SPEND_FOR: Duration = Duration::from_secs(5);
+/// The longest a renewal may take before it counts as failed.
+const RENEW_WAIT: Duration = Duration::from_secs(1);
 const EVERY: Duration = Duration::from_millis(200);
 /// Ticks of spend a lease is sized on (a second).
 const WINDOW: usize = 5;
@@ -63,6 +72,7 @@ pub fn spawn(
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut renewed = Instant::now();
+        gateway.leases_renewed(SPEND_FOR);
         let mut lost = false;
         let mut spend: HashMap<Arc<str>, [i64; WINDOW]> = HashMap::new();
         let mut tick = 0usize;
@@ -72,9 +82,16 @@ pub fn spawn(
                 _ = shutdown.changed() => return,
             }
             let now = domain::now_ms();
-            match store.renew_leases(&node, now, TTL_MS).await {
+            let attempt = Instant::now();
+            let renewal = tokio::time::timeout(RENEW_WAIT, store.renew_leases(&node, now, TTL_MS))
+                .await
+                .unwrap_or_else(|_| Err(store::StoreError::Sqlite("the renewal timed out".into())));
+            match renewal {
                 Ok(cut) => {
-                    renewed = Instant::now();
+                    // Spendable for SPEND_FOR from when the renewal was
+                    // asked (its commit may have come later).
+                    gateway.leases_renewed(SPEND_FOR.saturating_sub(attempt.elapsed()));
+                    renewed = attempt;
                     for (team, amount) in cut {
                         tracing::warn!(%team, amount, "a lease that ran out was cut to what is still free");
                         gateway.wallet(&team).add_lease(-amount);
@@ -91,15 +108,11 @@ pub fn spawn(
                     }
                 }
             }
-            let wallets = gateway.wallets();
-            for wallet in &wallets {
-                wallet.set_lease_lost(lost);
-            }
             if lost {
                 continue;
             }
             tick = tick.wrapping_add(1);
-            for wallet in wallets {
+            for wallet in gateway.wallets() {
                 let ring = spend.entry(wallet.team.clone()).or_insert([0; WINDOW]);
                 ring[tick % WINDOW] = wallet.take_lease_spent().max(0);
                 let second: i64 = ring.iter().sum();
@@ -117,10 +130,13 @@ pub fn spawn(
                 if delta == 0 {
                     continue;
                 }
-                match store
-                    .adjust_lease(&wallet.team, &node, delta, now, TTL_MS)
-                    .await
-                {
+                let adjusted = tokio::time::timeout(
+                    RENEW_WAIT,
+                    store.adjust_lease(&wallet.team, &node, delta, now, TTL_MS),
+                )
+                .await
+                .unwrap_or_else(|_| Err(store::StoreError::Sqlite("timed out".into())));
+                match adjusted {
                     Ok(granted) if delta > 0 => wallet.add_lease(granted),
                     Ok(_) => {}
                     Err(error) => {

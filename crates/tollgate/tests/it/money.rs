@@ -663,12 +663,19 @@ async fn a_node_cut_off_from_the_store_stops_spending() {
         assert_eq!(status, 200, "{body}");
         ok += 1;
         assert!(
-            cut.elapsed() < std::time::Duration::from_secs(8),
-            "still spending"
+            cut.elapsed() < std::time::Duration::from_millis(6500),
+            "still spending {:?} after the cut",
+            cut.elapsed()
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    // The other node spends the rest, never the cut-off node's lease.
+    // Refused at once, not after the store's patience.
+    let asked = std::time::Instant::now();
+    assert_eq!(call(&second).await.0, 503);
+    assert!(asked.elapsed() < std::time::Duration::from_millis(1500));
+    // A partition of over ten seconds: the other node spends the rest,
+    // never what the cut-off node held (and spent without writing it yet).
+    tokio::time::sleep(std::time::Duration::from_secs(12).saturating_sub(cut.elapsed())).await;
     let mut refusals = 0;
     while refusals < 15 {
         match call(&first).await.0 {
