@@ -50,6 +50,14 @@ impl FreezableProxy {
         }
     }
 
+    /// PostgreSQL (on 127.0.0.1:5432) behind a new proxy: the proxy and
+    /// `database_url` rewritten to go through it.
+    pub async fn postgres(database_url: &str) -> (Self, String) {
+        let proxy = Self::start("127.0.0.1:5432").await;
+        let url = database_url.replace("127.0.0.1:5432", &format!("127.0.0.1:{}", proxy.port));
+        (proxy, url)
+    }
+
     /// Closes every connection and each new one at once, until restored.
     pub fn cut(&self) {
         self.cut.store(true, Ordering::SeqCst);

@@ -528,6 +528,31 @@ async fn a_thousand_concurrent_calls_against_a_wallet_for_a_hundred_on_postgres(
     a_thousand_calls_for_a_hundred(&tollgate).await;
 }
 
+/// acme's app on two nodes, priced 0.01 a call, once both know the key
+/// and the price (an empty wallet refuses); then 1.00 granted: 100 calls.
+async fn priced_on_two_nodes(
+    first: &Tollgate,
+    second: &Tollgate,
+    upstream: &FakeUpstream,
+) -> crate::access::World {
+    let world = world(first, upstream, json!({}), json!({})).await;
+    let (status, body) = first
+        .admin(
+            Method::PATCH,
+            "/api/v1/services/weather/plans/pay-as-you-go",
+            Some(json!({"price_per_request": "0.01"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    // Both nodes know the key and the price: an empty wallet refuses.
+    for node in [first, second] {
+        wait_status(node, "/weather/forecast/ready", &world.key, 402).await;
+    }
+    let (status, body) = grant(first, "acme", json!({"amount": "1.00", "reason": "test"})).await;
+    assert_eq!(status, 201, "{body}");
+    world
+}
+
 /// Two nodes on one PostgreSQL spend one wallet: together they take
 /// exactly what it affords, never more (each spends from its own lease of
 /// the balance), whichever node the calls reach, in a burst and after.
@@ -538,21 +563,7 @@ async fn two_nodes_spend_one_wallet_exactly() {
     let first = Tollgate::start_with(BIN, options.clone()).await;
     let second = Tollgate::start_with(BIN, options).await;
     let upstream = FakeUpstream::start("w").await;
-    let world = world(&first, &upstream, json!({}), json!({})).await;
-    let (status, body) = first
-        .admin(
-            Method::PATCH,
-            "/api/v1/services/weather/plans/pay-as-you-go",
-            Some(json!({"price_per_request": "0.01"})),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
-    // Both nodes know the key and the price: an empty wallet refuses.
-    for node in [&first, &second] {
-        wait_status(node, "/weather/forecast/ready", &world.key, 402).await;
-    }
-    let (status, body) = grant(&first, "acme", json!({"amount": "1.00", "reason": "test"})).await;
-    assert_eq!(status, 201, "{body}");
+    let world = priced_on_two_nodes(&first, &second, &upstream).await;
 
     let call = |node: &Tollgate, n: usize| {
         let request = node
@@ -608,10 +619,7 @@ async fn two_nodes_spend_one_wallet_exactly() {
 #[tokio::test]
 async fn a_node_cut_off_from_the_store_stops_spending() {
     let database = test_support::PgDatabase::create();
-    let proxy = test_support::proxy::FreezableProxy::start("127.0.0.1:5432").await;
-    let proxied = database
-        .url
-        .replace("127.0.0.1:5432", &format!("127.0.0.1:{}", proxy.port));
+    let (proxy, proxied) = test_support::proxy::FreezableProxy::postgres(&database.url).await;
     let first = Tollgate::start_with(
         BIN,
         test_support::tollgate::Options::on_database(&database.url),
@@ -620,20 +628,7 @@ async fn a_node_cut_off_from_the_store_stops_spending() {
     let second =
         Tollgate::start_with(BIN, test_support::tollgate::Options::on_database(&proxied)).await;
     let upstream = FakeUpstream::start("w").await;
-    let world = world(&first, &upstream, json!({}), json!({})).await;
-    let (status, body) = first
-        .admin(
-            Method::PATCH,
-            "/api/v1/services/weather/plans/pay-as-you-go",
-            Some(json!({"price_per_request": "0.01"})),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
-    for node in [&first, &second] {
-        wait_status(node, "/weather/forecast/ready", &world.key, 402).await;
-    }
-    let (status, body) = grant(&first, "acme", json!({"amount": "1.00", "reason": "test"})).await;
-    assert_eq!(status, 201, "{body}");
+    let world = priced_on_two_nodes(&first, &second, &upstream).await;
     let call = |node: &Tollgate| {
         let request = node
             .client
@@ -723,10 +718,7 @@ async fn a_node_cut_off_from_the_store_stops_spending() {
 #[tokio::test]
 async fn strict_calls_are_answered_when_the_database_hangs_and_charged_after() {
     let database = test_support::PgDatabase::create();
-    let proxy = test_support::proxy::FreezableProxy::start("127.0.0.1:5432").await;
-    let url = database
-        .url
-        .replace("127.0.0.1:5432", &format!("127.0.0.1:{}", proxy.port));
+    let (proxy, url) = test_support::proxy::FreezableProxy::postgres(&database.url).await;
     let mut options = test_support::tollgate::Options::on_database(&url);
     options
         .env

@@ -190,10 +190,7 @@ async fn losing_the_store_keeps_the_last_snapshot_serving() {
 #[tokio::test]
 async fn a_store_that_stops_answering_is_reported_within_seconds() {
     let database = test_support::PgDatabase::create();
-    let proxy = test_support::proxy::FreezableProxy::start("127.0.0.1:5432").await;
-    let url = database
-        .url
-        .replace("127.0.0.1:5432", &format!("127.0.0.1:{}", proxy.port));
+    let (proxy, url) = test_support::proxy::FreezableProxy::postgres(&database.url).await;
     let tollgate =
         Tollgate::start_with(BIN, test_support::tollgate::Options::on_database(&url)).await;
     let upstream = FakeUpstream::start("a").await;
@@ -226,10 +223,7 @@ async fn a_store_that_stops_answering_is_reported_within_seconds() {
 #[tokio::test]
 async fn calls_served_during_a_store_outage_are_logged_when_it_returns() {
     let database = test_support::PgDatabase::create();
-    let proxy = test_support::proxy::FreezableProxy::start("127.0.0.1:5432").await;
-    let url = database
-        .url
-        .replace("127.0.0.1:5432", &format!("127.0.0.1:{}", proxy.port));
+    let (proxy, url) = test_support::proxy::FreezableProxy::postgres(&database.url).await;
     let tollgate =
         Tollgate::start_with(BIN, test_support::tollgate::Options::on_database(&url)).await;
     let upstream = FakeUpstream::start("a").await;
