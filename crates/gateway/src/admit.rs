@@ -874,11 +874,7 @@ fn pay(
             let balance = format(available.max(0));
             let required = format(price);
             if let Short::LeaseLost(_) = short {
-                return Err(Refusal::new(
-                    Code::LedgerUnavailable,
-                    "This gateway node cannot reach its ledger to account for a paid call, so it takes none now; nothing was forwarded or charged. Retry shortly.",
-                )
-                .with_header(header::RETRY_AFTER, HeaderValue::from_static("1")));
+                return Err(crate::refusal::ledger_unavailable());
             }
             let detail = if available >= price {
                 // Many nodes: the rest of the balance is held by the

@@ -193,20 +193,9 @@ pub async fn send(
     let (parts, mut body) = request.into_parts();
     let mut head = BytesMut::new();
     crate::h1::client::encode_head(&parts, &body, &mut head);
-    let chunked = matches!(body, UpstreamRequestBody::Stream(_))
-        && !parts.headers.contains_key(http::header::CONTENT_LENGTH);
-    let upgrade = parts.headers.contains_key(http::header::UPGRADE);
+    let wire = crate::h1::client::Wire::of(&parts.headers, &body);
     while let Some(conn) = take_idle(key) {
-        match crate::h1::client::exchange(
-            conn,
-            &head,
-            &mut body,
-            chunked,
-            (&parts.method, upgrade),
-            key,
-        )
-        .await
-        {
+        match crate::h1::client::exchange(conn, &head, &mut body, wire, &parts.method, key).await {
             Ok(response) => return Ok(response.map(ResponseBody::Http1)),
             // Closed under us before answering: another connection, if
             // the request can be sent again.
@@ -222,7 +211,7 @@ pub async fn send(
         target,
         Request::from_parts(parts, body),
         head,
-        chunked,
+        wire,
         key,
     )
     .await
@@ -269,7 +258,7 @@ fn send_new<'a>(
     target: &'a TargetRt,
     request: Request<UpstreamRequestBody>,
     head: BytesMut,
-    chunked: bool,
+    wire: crate::h1::client::Wire,
     key: u64,
 ) -> Pin<Box<dyn std::future::Future<Output = Sent> + Send + 'a>> {
     Box::pin(async move {
@@ -280,18 +269,10 @@ fn send_new<'a>(
             }
             Connection::Http1(conn) => {
                 let (parts, mut body) = request.into_parts();
-                let upgrade = parts.headers.contains_key(http::header::UPGRADE);
-                crate::h1::client::exchange(
-                    conn,
-                    &head,
-                    &mut body,
-                    chunked,
-                    (&parts.method, upgrade),
-                    key,
-                )
-                .await
-                .map(|response| response.map(ResponseBody::Http1))
-                .map_err(SendError::Http1)
+                crate::h1::client::exchange(conn, &head, &mut body, wire, &parts.method, key)
+                    .await
+                    .map(|response| response.map(ResponseBody::Http1))
+                    .map_err(SendError::Http1)
             }
         }
     })

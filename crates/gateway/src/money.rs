@@ -52,8 +52,6 @@ pub struct WalletRt {
     /// they were committed (an admin debit held in memory first): the
     /// sync moves past them without taking them again.
     own_ids: Mutex<Vec<String>>,
-    /// Many nodes: calls spend from this node's lease as well.
-    leased: bool,
     /// What is left of this node's lease (calls only).
     lease: AtomicI64,
     /// Many nodes: the monotonic ms until which this node may spend its
@@ -98,7 +96,6 @@ impl WalletRt {
             overflow_calls: AtomicU64::new(0),
             seen_seq: Mutex::new(0),
             own_ids: Mutex::new(Vec::new()),
-            leased: lease_until.is_some(),
             lease: AtomicI64::new(0),
             lease_until,
             lease_spent: AtomicI64::new(0),
@@ -108,7 +105,7 @@ impl WalletRt {
 
     /// Many nodes: whether calls spend from this node's lease.
     pub fn is_leased(&self) -> bool {
-        self.leased
+        self.lease_until.is_some()
     }
 
     /// What is left of this node's lease.
@@ -176,7 +173,7 @@ impl WalletRt {
     /// Takes `amount` if that much is available (and, for a call on a
     /// leased wallet, left in the lease); else says what is short.
     fn reserve(&self, amount: i64, call: bool) -> Result<(), Short> {
-        if call && self.leased {
+        if call && self.is_leased() {
             // The lease is the store's word that this much is this node's
             // to spend: `available` (this node's view of the balance,
             // which may lag a top-up made elsewhere) only follows.
@@ -195,7 +192,7 @@ impl WalletRt {
 
     fn give_back(&self, amount: i64, call: bool) {
         self.available.fetch_add(amount, Ordering::AcqRel);
-        if call && self.leased {
+        if call && self.is_leased() {
             self.lease.fetch_add(amount, Ordering::AcqRel);
             self.lease_spent.fetch_sub(amount, Ordering::AcqRel);
         }
@@ -422,7 +419,7 @@ impl Reservation {
             self.wallet.give_back(-delta, self.call);
         } else {
             self.wallet.available.fetch_sub(delta, Ordering::AcqRel);
-            if self.call && self.wallet.leased {
+            if self.call && self.wallet.is_leased() {
                 // The tokens were used: the lease may go below zero.
                 self.wallet.lease.fetch_sub(delta, Ordering::AcqRel);
                 self.wallet.lease_spent.fetch_add(delta, Ordering::AcqRel);

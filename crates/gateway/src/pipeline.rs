@@ -381,13 +381,7 @@ async fn run(
     if let Some(x402) = paid_per_request {
         return Box::pin(pay_per_request(shared, context, trace, request, x402)).await;
     }
-    let admission = match admit_matched(shared, context, trace, &request) {
-        Err(refusal) if refusal.lease_short.is_some() => {
-            lease_for(shared, refusal).await?;
-            admit_matched(shared, context, trace, &request)?
-        }
-        admitted => admitted?,
-    };
+    let admission = admit_leasing(shared, context, trace, &request).await?;
     // Boxed: the forward phase is the largest part of the request's state;
     // on the heap it is allocated once instead of being copied each time
     // the request future moves.
@@ -405,18 +399,14 @@ const LEASE_WAIT: Duration = Duration::from_secs(1);
 /// asks the store for more. `Ok` when the call may be admitted again;
 /// else the refusal (a 402 when the balance is held elsewhere, a 503
 /// `ledger_unavailable` when the store cannot be asked).
-pub(crate) async fn lease_for(shared: &Shared, mut refusal: Refusal) -> Result<(), Refusal> {
+async fn lease_for(shared: &Shared, mut refusal: Refusal) -> Result<(), Refusal> {
     let Some((wallet, needed)) = refusal.lease_short.take() else {
         return Err(refusal);
     };
     match ensure_lease(shared, &wallet, needed).await {
         Some(true) => Ok(()),
         Some(false) => Err(refusal),
-        None => Err(Refusal::new(
-            Code::LedgerUnavailable,
-            "This gateway node cannot reach its ledger to account for a paid call, so it takes none now; nothing was forwarded or charged. Retry shortly.",
-        )
-        .with_header(header::RETRY_AFTER, HeaderValue::from_static("1"))),
+        None => Err(crate::refusal::ledger_unavailable()),
     }
 }
 
@@ -457,6 +447,23 @@ pub(crate) async fn ensure_lease(
             tracing::warn!(team = %wallet.team, "the store did not grant a lease in time");
             None
         }
+    }
+}
+
+/// [`admit_matched`], again once this node's lease of the wallet has been
+/// topped up when it was short (many nodes).
+pub(crate) async fn admit_leasing<B: Sync>(
+    shared: &Shared,
+    context: &mut RequestContext,
+    trace: &mut Trace,
+    request: &Request<B>,
+) -> Result<Admission, Refusal> {
+    match admit_matched(shared, context, trace, request) {
+        Err(refusal) if refusal.lease_short.is_some() => {
+            lease_for(shared, refusal).await?;
+            admit_matched(shared, context, trace, request)
+        }
+        admitted => admitted,
     }
 }
 
@@ -1292,9 +1299,9 @@ pub(crate) fn connection_refusal(
             Some(ExchangeError::Head(HeadError::Malformed)) => {
                 Some("its response is not valid HTTP/1.1")
             }
-            Some(ExchangeError::Upgrade) => Some(
-                "it answered 101 Switching Protocols; the gateway does not proxy protocol upgrades such as WebSocket",
-            ),
+            Some(ExchangeError::Upgrade) => {
+                Some("it answered 101 Switching Protocols to a request that asked for no upgrade")
+            }
             _ => None,
         };
         if let Some(what) = unusable {

@@ -132,3 +132,16 @@ impl Refusal {
         response
     }
 }
+
+/// 503 `ledger_unavailable`: this node cannot account for a paid call
+/// (its wallet leases lapsed, or the store did not grant one in time).
+pub(crate) fn ledger_unavailable() -> Refusal {
+    Refusal::new(
+        Code::LedgerUnavailable,
+        "This gateway node cannot reach its ledger to account for a paid call, so it takes none now; nothing was forwarded or charged. Retry shortly.",
+    )
+    .with_header(
+        http::header::RETRY_AFTER,
+        http::HeaderValue::from_static("1"),
+    )
+}

@@ -25,18 +25,15 @@ impl WriteTx {
         Ok(row.try_get::<i64, _>("held")?)
     }
 
-    /// Locks `team_id`'s wallet row (made at zero if new); its balance.
-    async fn lock_balance(&mut self, team_id: &str, now_ms: i64) -> Result<i64> {
-        let row = sqlx::query(
-            "INSERT INTO wallets (team_id, balance_nanos, entries, updated_at_ms) VALUES ($1, 0, 0, $2) \
-             ON CONFLICT (team_id) DO UPDATE SET updated_at_ms = wallets.updated_at_ms \
-             RETURNING balance_nanos",
-        )
-        .bind(team_id)
-        .bind(now_ms)
-        .fetch_one(&mut *self.tx)
-        .await?;
-        Ok(row.try_get::<i64, _>("balance_nanos")?)
+    /// `node`'s lease of `team_id`'s wallet, if it has a row.
+    async fn own_lease(&mut self, team_id: &str, node: &str) -> Result<Option<i64>> {
+        sqlx::query("SELECT nanos FROM wallet_leases WHERE team_id = $1 AND node = $2")
+            .bind(team_id)
+            .bind(node)
+            .fetch_optional(&mut *self.tx)
+            .await?
+            .map(|row| row.try_get::<i64, _>("nanos").map_err(Into::into))
+            .transpose()
     }
 }
 
@@ -64,18 +61,10 @@ impl Store {
         else {
             return Ok(0);
         };
-        let balance = tx.lock_balance(&team_id, now_ms).await?;
+        let balance = tx.lock_wallet(&team_id, now_ms).await?.balance_nanos;
         let granted = if delta > 0 {
             let others = tx.leased(&team_id, now_ms, node).await?;
-            let own =
-                sqlx::query("SELECT nanos FROM wallet_leases WHERE team_id = $1 AND node = $2")
-                    .bind(&team_id)
-                    .bind(node)
-                    .fetch_optional(&mut *tx.tx)
-                    .await?
-                    .map(|row| row.try_get::<i64, _>("nanos"))
-                    .transpose()?
-                    .unwrap_or(0);
+            let own = tx.own_lease(&team_id, node).await?.unwrap_or(0);
             let free = balance.saturating_sub(others).saturating_sub(own.max(0));
             delta.min(free.max(0))
         } else {
@@ -130,15 +119,9 @@ impl Store {
             let team_id: String = row.try_get("team_id")?;
             let slug: String = row.try_get("slug")?;
             let mut tx = self.begin().await?;
-            let balance = tx.lock_balance(&team_id, now_ms).await?;
+            let balance = tx.lock_wallet(&team_id, now_ms).await?.balance_nanos;
             let others = tx.leased(&team_id, now_ms, node).await?;
-            let nanos =
-                sqlx::query("SELECT nanos FROM wallet_leases WHERE team_id = $1 AND node = $2")
-                    .bind(&team_id)
-                    .bind(node)
-                    .fetch_one(&mut *tx.tx)
-                    .await?
-                    .try_get::<i64, _>("nanos")?;
+            let nanos = tx.own_lease(&team_id, node).await?.unwrap_or(0);
             let free = balance.saturating_sub(others).max(0);
             let kept = if nanos > free { free } else { nanos };
             sqlx::query(

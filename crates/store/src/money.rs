@@ -71,6 +71,22 @@ fn wallet_from(row: &AnyRow) -> Result<Wallet> {
 }
 
 impl WriteTx {
+    /// Locks `team_id`'s wallet row (made at zero if new, `at_ms` its
+    /// time): concurrent appends, leases and debits of one wallet then run
+    /// one after the other. Its state.
+    pub(crate) async fn lock_wallet(&mut self, team_id: &str, at_ms: i64) -> Result<Wallet> {
+        let row = sqlx::query(
+            "INSERT INTO wallets (team_id, balance_nanos, entries, updated_at_ms) VALUES ($1, 0, 0, $2) \
+             ON CONFLICT (team_id) DO UPDATE SET updated_at_ms = wallets.updated_at_ms \
+             RETURNING balance_nanos, entries, updated_at_ms",
+        )
+        .bind(team_id)
+        .bind(at_ms)
+        .fetch_one(&mut *self.tx)
+        .await?;
+        wallet_from(&row)
+    }
+
     /// Appends `entry` unless the team already has an entry with its
     /// idempotency key (then returns that one, and nothing changes).
     /// Refuses an entry that would overflow the balance.
@@ -82,16 +98,9 @@ impl WriteTx {
         // Lock the wallet row first (created at zero if new): concurrent
         // appends to one wallet then run one after the other, and the
         // idempotency check below sees every committed entry.
-        let wallet = sqlx::query(
-            "INSERT INTO wallets (team_id, balance_nanos, entries, updated_at_ms) VALUES ($1, 0, 0, $2) \
-             ON CONFLICT (team_id) DO UPDATE SET updated_at_ms = wallets.updated_at_ms \
-             RETURNING balance_nanos, entries, updated_at_ms",
-        )
-        .bind(&entry.team_id)
-        .bind(entry.created_at_ms)
-        .fetch_one(&mut *self.tx)
-        .await?;
-        let wallet = wallet_from(&wallet)?;
+        let wallet = self
+            .lock_wallet(&entry.team_id, entry.created_at_ms)
+            .await?;
         let existing =
             sqlx::query("SELECT * FROM ledger WHERE team_id = $1 AND idempotency_key = $2")
                 .bind(&entry.team_id)
@@ -184,16 +193,7 @@ impl WriteTx {
         let Some(first) = entries.first() else {
             return Ok(0);
         };
-        let wallet = sqlx::query(
-            "INSERT INTO wallets (team_id, balance_nanos, entries, updated_at_ms) VALUES ($1, 0, 0, $2) \
-             ON CONFLICT (team_id) DO UPDATE SET updated_at_ms = wallets.updated_at_ms \
-             RETURNING balance_nanos, entries, updated_at_ms",
-        )
-        .bind(team_id)
-        .bind(first.created_at_ms)
-        .fetch_one(&mut *self.tx)
-        .await?;
-        let wallet = wallet_from(&wallet)?;
+        let wallet = self.lock_wallet(team_id, first.created_at_ms).await?;
         let known = sqlx::query("SELECT 1 FROM ledger WHERE team_id = $1 AND idempotency_key = $2")
             .bind(team_id)
             .bind(&first.idempotency_key)

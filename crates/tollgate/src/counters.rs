@@ -65,9 +65,9 @@ struct InFlight {
 const IN_FLIGHT_FRESH_MS: i64 = 1_000;
 
 impl InFlight {
-    fn new() -> Self {
+    fn new(node: String) -> Self {
         Self {
-            node: format!("{:016x}", rand::random::<u64>()),
+            node,
             published: std::collections::HashSet::new(),
         }
     }
@@ -118,9 +118,11 @@ impl InFlight {
     }
 }
 
+/// `node`: this node's name (its ledger actor), for its in-flight counts.
 pub fn spawn(
     url: String,
     gateway: Gateway,
+    node: String,
     mut shutdown: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
@@ -140,7 +142,7 @@ pub fn spawn(
             .set_response_timeout(Some(Duration::from_secs(1)));
         let mut connection = None;
         let mut failing = false;
-        let mut in_flight = InFlight::new();
+        let mut in_flight = InFlight::new(node);
         loop {
             tokio::select! {
                 () = tokio::time::sleep(INTERVAL) => {}

@@ -546,10 +546,9 @@ pub async fn run(args: &ConfigArgs) -> anyhow::Result<()> {
         actor.clone(),
         shutdown_rx.clone(),
     );
-    let counters = config
-        .redis_url
-        .clone()
-        .map(|url| crate::counters::spawn(url, gateway.clone(), shutdown_rx.clone()));
+    let counters = config.redis_url.clone().map(|url| {
+        crate::counters::spawn(url, gateway.clone(), actor.clone(), shutdown_rx.clone())
+    });
 
     if let Some(url) = &config.x402_facilitator {
         gateway.set_facilitator(Arc::new(crate::x402::FacilitatorClient::new(url)));

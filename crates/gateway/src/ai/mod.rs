@@ -291,13 +291,7 @@ pub(crate) async fn admit_service(
 ) -> Result<crate::admit::Admission, Refusal> {
     context.route = Some(service.route);
     crate::pipeline::check_lifecycle(context)?;
-    match crate::pipeline::admit_matched(shared, context, trace, head) {
-        Err(refusal) if refusal.lease_short.is_some() => {
-            crate::pipeline::lease_for(shared, refusal).await?;
-            crate::pipeline::admit_matched(shared, context, trace, head)
-        }
-        admitted => admitted,
-    }
+    crate::pipeline::admit_leasing(shared, context, trace, head).await
 }
 
 /// Picks among the services offering `model` the one the caller's app is

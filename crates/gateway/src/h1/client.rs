@@ -110,6 +110,25 @@ impl Conn {
     }
 }
 
+/// How a request goes on the wire, read off its head once.
+#[derive(Debug, Clone, Copy)]
+pub struct Wire {
+    /// A streamed body of unknown length: sent chunked.
+    pub chunked: bool,
+    /// It asks for a protocol upgrade: a `101` answers it.
+    pub upgrade: bool,
+}
+
+impl Wire {
+    pub fn of(headers: &HeaderMap, body: &UpstreamRequestBody) -> Self {
+        Self {
+            chunked: matches!(body, UpstreamRequestBody::Stream(_))
+                && !headers.contains_key(header::CONTENT_LENGTH),
+            upgrade: headers.contains_key(header::UPGRADE),
+        }
+    }
+}
+
 /// Why an exchange failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ExchangeError {
@@ -121,7 +140,7 @@ pub enum ExchangeError {
     Closed,
     #[error("upstream sent a malformed response: {0}")]
     Head(#[source] HeadError),
-    #[error("upstream answered 101 Switching Protocols, which is not supported")]
+    #[error("upstream answered 101 Switching Protocols to a request that asked for no upgrade")]
     Upgrade,
     #[error("request body: {0}")]
     Body(#[source] BoxError),
@@ -178,10 +197,11 @@ pub async fn exchange(
     mut conn: Conn,
     head: &[u8],
     body: &mut UpstreamRequestBody,
-    chunked: bool,
-    (method, upgrade): (&Method, bool),
+    wire: Wire,
+    method: &Method,
     pool_key: u64,
 ) -> Result<Response<ResponseBody>, ExchangeError> {
+    let Wire { chunked, upgrade } = wire;
     let reused = conn.reused;
     let stale = |error: ExchangeError| {
         if reused {
@@ -336,23 +356,13 @@ fn parse_response(
     let head: Bytes = buf.split_to(length).freeze();
     let status =
         StatusCode::from_u16(code).map_err(|_| ExchangeError::Head(HeadError::Malformed))?;
-    if status == StatusCode::SWITCHING_PROTOCOLS {
-        if !upgrade {
-            return Err(ExchangeError::Upgrade);
-        }
-        let headers = super::header_map(&head, &fields, 4).map_err(ExchangeError::Head)?;
-        let version = if minor == 0 {
-            Version::HTTP_10
-        } else {
-            Version::HTTP_11
-        };
-        return Ok(Some(Parsed::Final(
-            (status, version, headers),
-            Framing::Done,
-            false,
-        )));
+    // A 101 is final for a request that asked for an upgrade (the
+    // connection is a tunnel after it, no body); unasked, it is refused.
+    let switched = status == StatusCode::SWITCHING_PROTOCOLS;
+    if switched && !upgrade {
+        return Err(ExchangeError::Upgrade);
     }
-    if status.is_informational() {
+    if status.is_informational() && !switched {
         return Ok(Some(Parsed::Informational));
     }
     // Room for the request id, `RateLimit` pair and balance added on the way back.
@@ -364,6 +374,7 @@ fn parse_response(
         super::normalise_framing(&mut headers, framing);
     }
     let framing = if *method == Method::HEAD
+        || switched
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
     {

@@ -1904,8 +1904,9 @@ mod domain_roles {
     pub const ADMIN: usize = 2;
 }
 
-#[tokio::test]
-async fn rate_limits_hold_across_nodes_sharing_redis() {
+/// Two nodes on a PostgreSQL database of their own, sharing counters
+/// through Redis (the database lives as long as the first item).
+async fn two_nodes_sharing_redis() -> (test_support::PgDatabase, Tollgate, Tollgate) {
     let database = test_support::PgDatabase::create();
     let mut options = Options::on_database(&database.url);
     options.env.push((
@@ -1914,6 +1915,12 @@ async fn rate_limits_hold_across_nodes_sharing_redis() {
     ));
     let first = Tollgate::start_with(BIN, options.clone()).await;
     let second = Tollgate::start_with(BIN, options).await;
+    (database, first, second)
+}
+
+#[tokio::test]
+async fn rate_limits_hold_across_nodes_sharing_redis() {
+    let (_database, first, second) = two_nodes_sharing_redis().await;
     let upstream = FakeUpstream::start("w").await;
     let world = world(
         &first,
@@ -1960,14 +1967,7 @@ async fn rate_limits_hold_across_nodes_sharing_redis() {
 /// in flight on one node count on the other.
 #[tokio::test]
 async fn concurrency_limits_hold_across_nodes_sharing_redis() {
-    let database = test_support::PgDatabase::create();
-    let mut options = Options::on_database(&database.url);
-    options.env.push((
-        "TOLLGATE_STORAGE__REDIS_URL".into(),
-        "redis://127.0.0.1:6379".into(),
-    ));
-    let first = Tollgate::start_with(BIN, options.clone()).await;
-    let second = Tollgate::start_with(BIN, options).await;
+    let (_database, first, second) = two_nodes_sharing_redis().await;
     let upstream = FakeUpstream::start("w").await;
     let world = world(
         &first,

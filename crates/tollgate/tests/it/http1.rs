@@ -628,7 +628,7 @@ async fn an_unusable_upstream_answer_says_why() {
     for (slug, url, says) in [
         ("garbage", &garbage, "not valid HTTP/1.1"),
         ("lengths", &lengths, "body length"),
-        ("upgrade", &upgrade, "does not proxy protocol upgrades"),
+        ("upgrade", &upgrade, "asked for no upgrade"),
     ] {
         tollgate
             .publish_http_service(
