@@ -13,7 +13,7 @@ use http::{Method, Request};
 use crate::access::{AppRt, KeyRt, SubscriptionRt, client_ip, digest_of};
 use crate::jwt::{self, JwksCache};
 use crate::limit::{Exceeded, Limiter, Permit, Quota};
-use crate::money::Short;
+use crate::money::{GrantShort, Short};
 use crate::refusal::Refusal;
 use crate::snapshot::{RouteRt, ServiceRt, Snapshot};
 
@@ -659,6 +659,32 @@ pub(crate) fn admit<B>(
 
 static TOLLGATE_WARNING: HeaderName = HeaderName::from_static("tollgate-warning");
 
+/// Many nodes: said of a quota or budget whose rest this node could not
+/// get a grant of just now.
+const HELD_ELSEWHERE: &str = " Part of what is left may be held by other gateway nodes for their calls right now: what they do not use comes back within a few seconds.";
+
+/// Many nodes: the refusal for a call whose node could not count it within
+/// its grant of `counter`: a 503 `ledger_unavailable` when the node's
+/// leases are not renewed, else the same 503 asking the pipeline to grow
+/// the grant by `needed` within `limit` and admit the call again (it
+/// stands only if that keeps failing).
+fn grant_short(
+    counter: &Arc<crate::money::Counter>,
+    short: GrantShort,
+    needed: impl TryInto<i64>,
+    limit: impl TryInto<i64>,
+) -> Refusal {
+    let mut refusal = crate::refusal::ledger_unavailable();
+    if short == GrantShort::Ask {
+        refusal.lease_short = Some(Box::new(crate::refusal::LeaseShort::Counter(
+            counter.clone(),
+            needed.try_into().unwrap_or(i64::MAX),
+            limit.try_into().unwrap_or(i64::MAX),
+        )));
+    }
+    refusal
+}
+
 /// A 402 with the members every money refusal carries (SPEC §4).
 pub(crate) fn money_refusal(
     code: Code,
@@ -774,7 +800,12 @@ fn pay(
     let mut reservation =
         crate::money::Reservation::new(&app.wallet, &subscription.labels, export_usage);
     if let Some(counter) = &terms.counter {
-        let before = reservation.count_request(counter);
+        let (before, held_elsewhere) = match terms.included {
+            Some(included) => reservation
+                .count_request_within(counter, included)
+                .map_err(|short| grant_short(counter, short, 1, included))?,
+            None => (reservation.count_request(counter), false),
+        };
         if let Some(included) = terms.included {
             let end = period_end.unwrap_or(i64::MAX);
             if before >= included {
@@ -782,7 +813,7 @@ fn pay(
                     reservation.uncount_request();
                     // With renewal off the period's end is the
                     // subscription's: the quota does not reset by itself.
-                    let detail = if terms.auto_renew {
+                    let mut detail = if terms.auto_renew {
                         format!(
                             "The plan '{}' includes {included} calls per period and all {before} are used; it resets on {}. Move to a larger plan or one that charges for overage to continue now.",
                             subscription.plan(),
@@ -795,6 +826,9 @@ fn pay(
                             domain::access::format_time_ms(end)
                         )
                     };
+                    if held_elsewhere {
+                        detail.push_str(HELD_ELSEWHERE);
+                    }
                     let mut refusal =
                         money_refusal(Code::QuotaExhausted, detail, app, subscription, currency);
                     refusal.extra.extend([
@@ -836,23 +870,30 @@ fn pay(
         if let Some(budget) = &app.budget {
             budget.counter.roll(now_ms);
             let limit = budget.limit_nanos;
-            if let Err(spent) = reservation.take_budget(&budget.counter, limit, price) {
+            if let Err(over) = reservation.take_budget(&budget.counter, limit, price) {
+                let held_elsewhere = match over.grant {
+                    Some(GrantShort::Denied) => true,
+                    Some(short) => {
+                        return Err(grant_short(&budget.counter, short, price, limit));
+                    }
+                    None => false,
+                };
+                let spent = over.spent;
                 let end = budget.counter.period().1;
-                let mut refusal = money_refusal(
-                    Code::BudgetExhausted,
-                    format!(
-                        "This call costs {} {currency}; the app '{}' has spent {} of its {} {currency} budget for this period, which resets on {}. A team admin can raise the budget (PATCH /api/v1/apps/{}).",
-                        format(price),
-                        app.slug,
-                        format(spent),
-                        format(limit),
-                        domain::access::format_time_ms(end),
-                        app.slug
-                    ),
-                    app,
-                    subscription,
-                    currency,
+                let mut detail = format!(
+                    "This call costs {} {currency}; the app '{}' has spent {} of its {} {currency} budget for this period, which resets on {}. A team admin can raise the budget (PATCH /api/v1/apps/{}).",
+                    format(price),
+                    app.slug,
+                    format(spent),
+                    format(limit),
+                    domain::access::format_time_ms(end),
+                    app.slug
                 );
+                if held_elsewhere {
+                    detail.push_str(HELD_ELSEWHERE);
+                }
+                let mut refusal =
+                    money_refusal(Code::BudgetExhausted, detail, app, subscription, currency);
                 refusal.extra.extend([
                     ("required", format(price).into()),
                     ("budget", format(limit).into()),
@@ -899,7 +940,10 @@ fn pay(
             refusal.extra[0].1 = balance.into();
             refusal.extra.push(("required", required.into()));
             if let Short::Lease(_) = short {
-                refusal.lease_short = Some((app.wallet.clone(), price));
+                refusal.lease_short = Some(Box::new(crate::refusal::LeaseShort::Wallet(
+                    app.wallet.clone(),
+                    price,
+                )));
                 if available >= price {
                     refusal =
                         refusal.with_header(header::RETRY_AFTER, HeaderValue::from_static("1"));

@@ -571,6 +571,11 @@ impl Gateway {
         self.shared.wallets.all()
     }
 
+    /// Every quota and budget counter on this node.
+    pub fn counters(&self) -> &money::Counters {
+        &self.shared.wallets.counters
+    }
+
     /// Quota and budget counters changed since the last call, with this
     /// node's own numbers (for the store).
     pub fn take_changed_counters(&self) -> Vec<money::CounterSnapshot> {

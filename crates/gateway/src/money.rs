@@ -304,10 +304,14 @@ pub struct Reservation {
     labels: Arc<Labels>,
     /// Queue a charge (for the usage export) even at no price.
     export: bool,
-    /// The subscription's counter, with this call counted in it.
+    /// The subscription's counter, with this call counted in it; and,
+    /// many nodes, the period start when the call took its place from the
+    /// node's grant.
     request: Option<Arc<Counter>>,
-    /// The app's budget counter, with this much counted in it.
-    budget: Option<(Arc<Counter>, i64)>,
+    request_grant: Option<i64>,
+    /// The app's budget counter, with this much counted in it (and taken
+    /// from the node's grant, many nodes), in the period starting then.
+    budget: Option<(Arc<Counter>, i64, i64)>,
     /// A call (spends from the node's lease, many nodes), not a fee or
     /// an admin debit (those come out of what no lease holds).
     call: bool,
@@ -326,6 +330,7 @@ impl Reservation {
             labels: labels.clone(),
             export,
             request: None,
+            request_grant: None,
             budget: None,
             call: true,
             settled: false,
@@ -347,10 +352,40 @@ impl Reservation {
         before
     }
 
+    /// Counts the call in a quota of `included` calls: returns the calls
+    /// counted before it, and whether the node's grant (many nodes) is
+    /// used up with nothing more to be had, the quota then taken as used
+    /// up (`before` is at least `included`). Else says why the grant is
+    /// short.
+    pub fn count_request_within(
+        &mut self,
+        counter: &Arc<Counter>,
+        included: u64,
+    ) -> Result<(u64, bool), GrantShort> {
+        let start = counter.period().0;
+        let denied = match counter.take_grant(1) {
+            Ok(()) => {
+                self.request_grant = counter.lease.as_ref().map(|_| start);
+                false
+            }
+            Err(GrantShort::Denied) => true,
+            Err(short) => return Err(short),
+        };
+        let before = self.count_request(counter);
+        Ok(if denied {
+            (before.max(included), true)
+        } else {
+            (before, false)
+        })
+    }
+
     /// Gives the call's place in the quota back at once (a blocked call).
     pub fn uncount_request(&mut self) {
         if let Some(counter) = self.request.take() {
             counter.remove_request();
+            if let Some(start) = self.request_grant.take() {
+                counter.put_back_grant(1, start);
+            }
         }
     }
 
@@ -360,9 +395,9 @@ impl Reservation {
         counter: &Arc<Counter>,
         limit: i64,
         amount: i64,
-    ) -> Result<(), i64> {
-        counter.add_nanos(amount, limit)?;
-        self.budget = Some((counter.clone(), amount));
+    ) -> Result<(), OverBudget> {
+        let start = counter.add_nanos(amount, limit)?;
+        self.budget = Some((counter.clone(), amount, start));
         Ok(())
     }
 
@@ -392,14 +427,14 @@ impl Reservation {
         counter: &Arc<Counter>,
         limit: i64,
         amount: i64,
-    ) -> Result<(), i64> {
+    ) -> Result<(), OverBudget> {
         if amount <= 0 {
             return Ok(());
         }
-        counter.add_nanos(amount, limit)?;
+        let start = counter.add_nanos(amount, limit)?;
         match &mut self.budget {
-            Some((_, held)) => *held += amount,
-            None => self.budget = Some((counter.clone(), amount)),
+            Some((_, held, _)) => *held += amount,
+            None => self.budget = Some((counter.clone(), amount, start)),
         }
         Ok(())
     }
@@ -426,12 +461,16 @@ impl Reservation {
             }
         }
         self.wallet.reserved.fetch_add(delta, Ordering::AcqRel);
-        if let Some((counter, held)) = &mut self.budget {
+        if let Some((counter, held, start)) = &mut self.budget {
             if delta < 0 {
-                counter.remove_nanos(-delta);
+                counter.remove_nanos(-delta, *start);
             } else {
                 counter.own_nanos.fetch_add(delta, Ordering::AcqRel);
                 counter.touch();
+                if let Some(lease) = &counter.lease {
+                    // The tokens were used: the grant may go below zero.
+                    lease.headroom.fetch_sub(delta, Ordering::AcqRel);
+                }
             }
             *held += delta;
         }
@@ -561,11 +600,9 @@ impl Drop for Reservation {
                 .fetch_sub(self.amount, Ordering::AcqRel);
             self.wallet.give_back(self.amount, self.call);
         }
-        if let Some(counter) = &self.request {
-            counter.remove_request();
-        }
-        if let Some((counter, amount)) = &self.budget {
-            counter.remove_nanos(*amount);
+        self.uncount_request();
+        if let Some((counter, amount, start)) = &self.budget {
+            counter.remove_nanos(*amount, *start);
         }
     }
 }
@@ -593,10 +630,168 @@ pub struct Counter {
     rolls: Option<BudgetPeriod>,
     /// Other nodes' latest counts: node → (period start, calls, nanos).
     remote: Mutex<HashMap<String, (i64, u64, i64)>>,
+    /// Many nodes, quotas and budgets: this node's grant of the period's
+    /// limit.
+    pub lease: Option<CounterLease>,
+}
+
+/// Many nodes: the part of a counter's limit (calls of a quota, nano-units
+/// of a budget) the store granted this node for the current period
+/// (migration 0021). A call counts within the limit only by taking from
+/// `headroom` (what is left of the grant), as a call spends a wallet only
+/// from the node's lease; a call that finds it short waits for one grant
+/// transaction ([`Leases::grant`]).
+#[derive(Debug)]
+pub struct CounterLease {
+    /// Shared with the node's wallets: the monotonic ms until which its
+    /// leases may be used.
+    until: Arc<AtomicU64>,
+    headroom: AtomicI64,
+    /// The node's grant for the period as the store last said.
+    granted: AtomicI64,
+    /// Monotonic ms until which a short headroom means the limit is
+    /// reached: the store had nothing more to grant.
+    denied_until: AtomicU64,
+    /// The limit the last grant was asked within (for top-ups).
+    limit: AtomicI64,
+    /// One grant transaction at a time for this counter (its short
+    /// calls, the lease task's top-ups and give-backs).
+    pub gate: tokio::sync::Mutex<()>,
+}
+
+/// Why a counter could not take an amount within its grant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrantShort {
+    /// The grant is short: a grant transaction may fix it.
+    Ask,
+    /// The store had nothing more to grant a moment ago: the limit is
+    /// reached (or the rest is held by other nodes).
+    Denied,
+    /// This node could not renew its leases: it counts nothing now.
+    Lost,
+}
+
+/// Why an app's budget could not hold an amount.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OverBudget {
+    /// What the app spent in the period (over every node, as this node
+    /// knows).
+    pub spent: i64,
+    /// Many nodes: the node's grant of the budget was short (`None`: the
+    /// budget itself is).
+    pub grant: Option<GrantShort>,
+}
+
+/// How long a "nothing more to grant" from the store stands before a
+/// short call asks again.
+const DENIED_MS: u64 = 1_000;
+
+impl CounterLease {
+    fn new(until: Arc<AtomicU64>) -> Self {
+        Self {
+            until,
+            headroom: AtomicI64::new(0),
+            granted: AtomicI64::new(0),
+            denied_until: AtomicU64::new(0),
+            limit: AtomicI64::new(0),
+            gate: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Whether this node may count on its grants now (renewed recently).
+    pub fn valid(&self) -> bool {
+        crate::upstream::monotonic_ms() < self.until.load(Ordering::Acquire)
+    }
+
+    /// The limit the last grant was asked within (0: none asked yet).
+    pub fn limit(&self) -> i64 {
+        self.limit.load(Ordering::Acquire)
+    }
+
+    /// Remembers the limit a grant is asked within.
+    pub fn ask_within(&self, limit: i64) {
+        self.limit.store(limit, Ordering::Release);
+    }
+
+    /// What is left of the grant.
+    pub fn headroom(&self) -> i64 {
+        self.headroom.load(Ordering::Acquire)
+    }
+
+    /// The node's grant as the store last said.
+    pub fn granted(&self) -> i64 {
+        self.granted.load(Ordering::Acquire)
+    }
+
+    fn take(&self, amount: i64) -> Result<(), GrantShort> {
+        if !self.valid() {
+            return Err(GrantShort::Lost);
+        }
+        if take(&self.headroom, amount).is_ok() {
+            return Ok(());
+        }
+        if crate::upstream::monotonic_ms() < self.denied_until.load(Ordering::Acquire) {
+            Err(GrantShort::Denied)
+        } else {
+            Err(GrantShort::Ask)
+        }
+    }
+
+    fn put_back(&self, amount: i64) {
+        self.headroom.fetch_add(amount, Ordering::AcqRel);
+    }
+
+    /// The store's answer to a request for more: the node's grant is now
+    /// `total`. Whether the headroom holds `needed` now; if not, the limit
+    /// counts as reached for a moment (the store had no more).
+    pub fn granted_now(&self, total: i64, needed: i64) -> bool {
+        let before = self.granted.swap(total, Ordering::AcqRel);
+        if total > before {
+            self.headroom.fetch_add(total - before, Ordering::AcqRel);
+        }
+        let enough = self.headroom() >= needed;
+        let until = if enough {
+            0
+        } else {
+            crate::upstream::monotonic_ms() + DENIED_MS
+        };
+        self.denied_until.store(until, Ordering::Release);
+        enough
+    }
+
+    /// The store's answer to a give-back (taken out with
+    /// [`CounterLease::take_unused`]): the node's grant is now `total`.
+    pub fn gave_back(&self, total: i64) {
+        self.granted.store(total, Ordering::Release);
+    }
+
+    /// A give-back the store did not take: still this node's.
+    pub fn keep(&self, amount: i64) {
+        self.put_back(amount);
+    }
+
+    /// Takes what is left of the grant out (to give back to the store);
+    /// returns it.
+    pub fn take_unused(&self) -> i64 {
+        self.headroom.swap(0, Ordering::AcqRel).max(0)
+    }
+
+    /// The store dropped this node's grant (it ran out while the node was
+    /// cut off), or a new period starts: nothing is left of it.
+    pub fn clear(&self, granted: i64) {
+        self.headroom.store(0, Ordering::Release);
+        self.granted.store(granted, Ordering::Release);
+        self.denied_until.store(0, Ordering::Release);
+    }
 }
 
 impl Counter {
-    fn new(scope: Arc<str>, (start, end): (i64, i64), rolls: Option<BudgetPeriod>) -> Self {
+    fn new(
+        scope: Arc<str>,
+        (start, end): (i64, i64),
+        rolls: Option<BudgetPeriod>,
+        lease: Option<Arc<AtomicU64>>,
+    ) -> Self {
         Self {
             scope,
             start: AtomicI64::new(start),
@@ -608,6 +803,41 @@ impl Counter {
             dirty: AtomicBool::new(false),
             rolls,
             remote: Mutex::new(HashMap::new()),
+            lease: lease.map(CounterLease::new),
+        }
+    }
+
+    /// The unit the store counts this counter's grants in.
+    pub fn unit_is_nanos(&self) -> bool {
+        self.scope.starts_with("app:")
+    }
+
+    /// What this node counted in the period, in the grants' unit.
+    pub fn own_in_unit(&self) -> i64 {
+        if self.unit_is_nanos() {
+            self.own_nanos.load(Ordering::Acquire)
+        } else {
+            i64::try_from(self.own_requests.load(Ordering::Acquire)).unwrap_or(i64::MAX)
+        }
+    }
+
+    /// Takes `amount` from this node's grant (many nodes; nothing to take
+    /// on one node).
+    fn take_grant(&self, amount: i64) -> Result<(), GrantShort> {
+        match &self.lease {
+            Some(lease) if amount > 0 => lease.take(amount),
+            _ => Ok(()),
+        }
+    }
+
+    /// Gives `amount` back to this node's grant if the period it was
+    /// taken in (`start`) is still the current one.
+    fn put_back_grant(&self, amount: i64, start: i64) {
+        if let Some(lease) = &self.lease
+            && amount > 0
+            && self.start.load(Ordering::Acquire) == start
+        {
+            lease.put_back(amount);
         }
     }
 
@@ -696,14 +926,24 @@ impl Counter {
         }
     }
 
-    /// Adds `amount` if the total stays within `limit`; else says what
-    /// was spent.
-    fn add_nanos(&self, amount: i64, limit: i64) -> Result<(), i64> {
+    /// Adds `amount` if the total stays within `limit` (and, many nodes,
+    /// the node's grant holds it); returns the period's start, else says
+    /// what was spent.
+    fn add_nanos(&self, amount: i64, limit: i64) -> Result<i64, OverBudget> {
+        let start = self.start.load(Ordering::Acquire);
+        self.take_grant(amount).map_err(|short| OverBudget {
+            spent: self.nanos(),
+            grant: Some(short),
+        })?;
         let remote = self.remote_nanos.load(Ordering::Acquire);
         let mut own = self.own_nanos.load(Ordering::Acquire);
         loop {
             if own + remote + amount > limit {
-                return Err(own + remote);
+                self.put_back_grant(amount, start);
+                return Err(OverBudget {
+                    spent: own + remote,
+                    grant: None,
+                });
             }
             match self.own_nanos.compare_exchange_weak(
                 own,
@@ -713,14 +953,15 @@ impl Counter {
             ) {
                 Ok(_) => {
                     self.touch();
-                    return Ok(());
+                    return Ok(start);
                 }
                 Err(actual) => own = actual,
             }
         }
     }
 
-    fn remove_nanos(&self, amount: i64) {
+    /// Takes back `amount` added in the period starting at `start`.
+    fn remove_nanos(&self, amount: i64, start: i64) {
         if amount > 0 {
             self.touch();
             let _ = self
@@ -728,6 +969,7 @@ impl Counter {
                 .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                     Some((n - amount).max(0))
                 });
+            self.put_back_grant(amount, start);
         }
     }
 
@@ -752,6 +994,9 @@ impl Counter {
         self.end.store(end, Ordering::Release);
         self.own_requests.store(0, Ordering::Release);
         self.own_nanos.store(0, Ordering::Release);
+        if let Some(lease) = &self.lease {
+            lease.clear(0);
+        }
         self.sum_remote(remote, start);
     }
 
@@ -781,28 +1026,39 @@ pub struct CounterSnapshot {
 #[derive(Debug, Default)]
 pub struct Counters {
     by_scope: Mutex<HashMap<Arc<str>, Arc<Counter>>>,
+    /// Many nodes: the node's lease deadline; quotas and budgets made
+    /// after [`Wallets::set_leased`] count within grants.
+    lease_until: Mutex<Option<Arc<AtomicU64>>>,
 }
 
 impl Counters {
     /// A subscription's counter for the period `[start, end)`: the same
     /// one across reloads, started afresh when the period changed.
     pub fn subscription(&self, id: &str, period: (i64, i64)) -> Arc<Counter> {
-        self.get(format!("sub:{id}"), period, None)
+        self.get(format!("sub:{id}"), period, None, true)
     }
 
     /// A subscription's token counter (AI plans with a token quota): its
     /// `requests` count tokens.
     pub fn tokens(&self, id: &str, period: (i64, i64)) -> Arc<Counter> {
-        self.get(format!("tok:{id}"), period, None)
+        self.get(format!("tok:{id}"), period, None, false)
     }
 
     /// An app's budget counter, in the budget period holding `now`.
     pub fn budget(&self, app_id: &str, rolls: BudgetPeriod, now_ms: i64) -> Arc<Counter> {
         let period = domain::billing::budget_period(rolls, now_ms);
-        self.get(format!("app:{app_id}"), period, Some(rolls))
+        self.get(format!("app:{app_id}"), period, Some(rolls), true)
     }
 
-    fn get(&self, scope: String, period: (i64, i64), rolls: Option<BudgetPeriod>) -> Arc<Counter> {
+    /// `leasable`: many nodes, the counter counts within grants (token
+    /// quotas do not: see docs/money.md).
+    fn get(
+        &self,
+        scope: String,
+        period: (i64, i64),
+        rolls: Option<BudgetPeriod>,
+        leasable: bool,
+    ) -> Arc<Counter> {
         let mut map = self.by_scope.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(counter) = map.get(scope.as_str())
             && counter.rolls == rolls
@@ -815,9 +1071,45 @@ impl Counters {
             return counter.clone();
         }
         let scope: Arc<str> = scope.into();
-        let counter = Arc::new(Counter::new(scope.clone(), period, rolls));
+        let lease = leasable
+            .then(|| {
+                self.lease_until
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone()
+            })
+            .flatten();
+        let counter = Arc::new(Counter::new(scope.clone(), period, rolls, lease));
         map.insert(scope, counter.clone());
         counter
+    }
+
+    /// Every counter that counts within grants (many nodes).
+    pub fn leased(&self) -> Vec<Arc<Counter>> {
+        self.by_scope
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|c| c.lease.is_some())
+            .cloned()
+            .collect()
+    }
+
+    /// The store dropped this node's grant on `scope` for the period
+    /// starting at `period_start_ms` (it ran out): nothing is left of it.
+    pub fn grant_lapsed(&self, scope: &str, period_start_ms: i64) {
+        let counter = self
+            .by_scope
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(scope)
+            .cloned();
+        if let Some(counter) = counter
+            && let Some(lease) = &counter.lease
+            && counter.period().0 == period_start_ms
+        {
+            lease.clear(counter.own_in_unit());
+        }
     }
 
     /// The counters changed since the last call, with this node's numbers.
@@ -887,6 +1179,11 @@ pub trait Leases: Send + Sync {
     /// Changes this node's lease on `team`'s wallet by `delta` (more, or
     /// given back when negative); the change the store made.
     fn adjust(&self, team: &str, delta: i64) -> LeaseFuture<'_>;
+
+    /// Changes this node's grant on `counter`'s current period by `delta`
+    /// (more, within `limit` over every node, or given back when
+    /// negative); the node's grant now.
+    fn grant(&self, counter: &Counter, delta: i64, limit: i64) -> LeaseFuture<'_>;
 }
 
 pub type LeaseFuture<'a> =
@@ -917,11 +1214,17 @@ impl Wallets {
             .clone()
     }
 
-    /// Many nodes share the store: calls spend from leases (set before
-    /// any wallet is made).
+    /// Many nodes share the store: calls spend from leases and count
+    /// quotas and budgets within grants (set before any wallet or counter
+    /// is made).
     pub fn set_leased(&self) {
-        *self.lease_until.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some(Arc::new(AtomicU64::new(0)));
+        let until = Arc::new(AtomicU64::new(0));
+        *self
+            .counters
+            .lease_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(until.clone());
+        *self.lease_until.lock().unwrap_or_else(|p| p.into_inner()) = Some(until);
     }
 
     /// The node's leases were renewed: they may be spent for `spend_for`.

@@ -31,6 +31,7 @@ use crate::body::{
     RequestBody, UpstreamRequestBody, UpstreamResponseBody,
 };
 use crate::client::SendError;
+use crate::refusal::LeaseShort;
 use crate::refusal::Refusal;
 use crate::router::{Match, allow_header, method_bit};
 use crate::snapshot::{RouteRt, Snapshot};
@@ -395,18 +396,63 @@ const LEASE_AHEAD_CALLS: i64 = 16;
 /// The longest a call waits for a lease transaction.
 const LEASE_WAIT: Duration = Duration::from_secs(1);
 
-/// Many nodes: `refusal` said this node's lease of a wallet was short;
-/// asks the store for more. `Ok` when the call may be admitted again;
-/// else the refusal (a 402 when the balance is held elsewhere, a 503
-/// `ledger_unavailable` when the store cannot be asked).
+/// Many nodes: `refusal` said this node's lease of a wallet, or its grant
+/// of a quota or budget, was short; asks the store for more. `Ok` when the
+/// call may be admitted again (a counter whose grant could not grow then
+/// counts as at its limit); else the refusal (a 402 when the balance is
+/// held elsewhere, a 503 `ledger_unavailable` when the store cannot be
+/// asked).
 async fn lease_for(shared: &Shared, mut refusal: Refusal) -> Result<(), Refusal> {
-    let Some((wallet, needed)) = refusal.lease_short.take() else {
+    let Some(short) = refusal.lease_short.take() else {
         return Err(refusal);
     };
-    match ensure_lease(shared, &wallet, needed).await {
-        Some(true) => Ok(()),
-        Some(false) => Err(refusal),
-        None => Err(crate::refusal::ledger_unavailable()),
+    let enough = match &*short {
+        LeaseShort::Wallet(wallet, needed) => ensure_lease(shared, wallet, *needed).await,
+        LeaseShort::Counter(counter, needed, limit) => {
+            ensure_grant(shared, counter, *needed, *limit).await
+        }
+    };
+    match (enough, *short) {
+        (Some(true), _) | (Some(false), LeaseShort::Counter(..)) => Ok(()),
+        (Some(false), LeaseShort::Wallet(..)) => Err(refusal),
+        (None, _) => Err(crate::refusal::ledger_unavailable()),
+    }
+}
+
+/// Many nodes: makes this node's grant of `counter` (a quota or a budget)
+/// hold at least `needed` within `limit` if the store can grant it.
+/// `Some(enough)` (not enough: the counter takes its limit as reached for
+/// a moment), or `None` when the store could not be asked.
+pub(crate) async fn ensure_grant(
+    shared: &Shared,
+    counter: &Arc<crate::money::Counter>,
+    needed: i64,
+    limit: i64,
+) -> Option<bool> {
+    let leases = shared.leases.get()?;
+    let lease = counter.lease.as_ref()?;
+    if !lease.valid() {
+        return None;
+    }
+    let _gate = lease.gate.lock().await;
+    lease.ask_within(limit);
+    let headroom = lease.headroom();
+    if headroom >= needed {
+        return Some(true);
+    }
+    let want = needed
+        .saturating_mul(LEASE_AHEAD_CALLS)
+        .max(needed.saturating_sub(headroom));
+    match tokio::time::timeout(LEASE_WAIT, leases.grant(counter, want, limit)).await {
+        Ok(Ok(total)) => Some(lease.granted_now(total, needed)),
+        Ok(Err(error)) => {
+            tracing::warn!(scope = %counter.scope, %error, "cannot grow a quota or budget grant");
+            None
+        }
+        Err(_) => {
+            tracing::warn!(scope = %counter.scope, "the store did not grant in time");
+            None
+        }
     }
 }
 
@@ -450,20 +496,28 @@ pub(crate) async fn ensure_lease(
     }
 }
 
-/// [`admit_matched`], again once this node's lease of the wallet has been
-/// topped up when it was short (many nodes).
+/// [`admit_matched`], again once this node's lease of the wallet or grant
+/// of a quota or budget has been topped up when it was short (many nodes;
+/// a call may find each short in turn).
 pub(crate) async fn admit_leasing<B: Sync>(
     shared: &Shared,
     context: &mut RequestContext,
     trace: &mut Trace,
     request: &Request<B>,
 ) -> Result<Admission, Refusal> {
-    match admit_matched(shared, context, trace, request) {
-        Err(refusal) if refusal.lease_short.is_some() => {
-            lease_for(shared, refusal).await?;
-            admit_matched(shared, context, trace, request)
+    let mut rounds = 0;
+    loop {
+        match admit_matched(shared, context, trace, request) {
+            Err(refusal) if refusal.lease_short.is_some() && rounds < 3 => {
+                rounds += 1;
+                lease_for(shared, refusal).await?;
+            }
+            Err(mut refusal) if refusal.lease_short.is_some() => {
+                refusal.lease_short = None;
+                return Err(refusal);
+            }
+            admitted => return admitted,
         }
-        admitted => admitted,
     }
 }
 

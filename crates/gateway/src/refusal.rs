@@ -21,10 +21,20 @@ pub struct Refusal {
     pub headers: Vec<(HeaderName, HeaderValue)>,
     /// Problem extension members (a 402's `balance`, `required`…).
     pub extra: Vec<(&'static str, serde_json::Value)>,
-    /// Many nodes: the wallet whose lease on this node was short of this
-    /// much; the pipeline asks the store for more and admits the call
-    /// again (the refusal stands if it cannot get it).
-    pub lease_short: Option<(std::sync::Arc<crate::money::WalletRt>, i64)>,
+    /// Many nodes: the lease or grant on this node that was short; the
+    /// pipeline asks the store for more and admits the call again (the
+    /// refusal stands if it cannot get it).
+    pub lease_short: Option<Box<LeaseShort>>,
+}
+
+/// Many nodes: what a call found short on its node.
+#[derive(Debug)]
+pub enum LeaseShort {
+    /// The node's lease of a wallet, short of this much.
+    Wallet(std::sync::Arc<crate::money::WalletRt>, i64),
+    /// The node's grant of a quota or budget counter, short of this much
+    /// (`.1`) within the limit `.2`.
+    Counter(std::sync::Arc<crate::money::Counter>, i64, i64),
 }
 
 impl Refusal {

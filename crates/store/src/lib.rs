@@ -44,6 +44,7 @@ pub use calls::{
     RollupSlot, RollupValues, call_id, push_call_id,
 };
 pub use export::{AutoTopUp, OutboxEvent};
+pub use leases::{CounterUnit, Renewed};
 pub use migrate::MIGRATIONS;
 pub use money::{Appended, EntryDelta, LedgerFilter, NewEntry, Wallet, WalletHead};
 pub use objects::{ConfigData, Page};

@@ -79,6 +79,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "wallet_leases",
         include_str!("../migrations/0020_wallet_leases.sql"),
     ),
+    (
+        21,
+        "counter_leases",
+        include_str!("../migrations/0021_counter_leases.sql"),
+    ),
 ];
 
 impl Store {

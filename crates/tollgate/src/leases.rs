@@ -18,15 +18,21 @@
 //!   clocks must agree within `TTL_MS - SPEND_FOR`); calls get 503
 //!   `ledger_unavailable`. A lease that ran out meanwhile is
 //!   cut to what is still free when the node renews again.
-//! - At shutdown, once its charges are written, the node gives its leases
-//!   back.
+//! - Quotas and app budgets work the same way with counter leases: a
+//!   call counts within its node's grant of the period's limit, asks the
+//!   store for more when it is short ([`StoreLeases::grant`]), and this
+//!   task renews the grants with the wallet leases, tops them up under
+//!   steady traffic and gives back what a counter idle for a second still
+//!   holds.
+//! - At shutdown, once its charges and counts are written, the node gives
+//!   its leases back.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gateway::Gateway;
-use gateway::money::{LeaseFuture, Leases};
+use gateway::money::{Counter, LeaseFuture, Leases};
 use store::Store;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -61,6 +67,31 @@ impl Leases for StoreLeases {
                 .map_err(|error| error.to_string())
         })
     }
+
+    fn grant(&self, counter: &Counter, delta: i64, limit: i64) -> LeaseFuture<'_> {
+        let scope = counter.scope.clone();
+        let period_start = counter.period().0;
+        let unit = if counter.unit_is_nanos() {
+            store::CounterUnit::Nanos
+        } else {
+            store::CounterUnit::Requests
+        };
+        Box::pin(async move {
+            self.store
+                .adjust_counter_lease(
+                    &scope,
+                    period_start,
+                    unit,
+                    &self.node,
+                    delta,
+                    limit,
+                    domain::now_ms(),
+                    TTL_MS,
+                )
+                .await
+                .map_err(|error| error.to_string())
+        })
+    }
 }
 
 /// Starts the lease task; it stops when `shutdown` turns true.
@@ -75,6 +106,11 @@ pub fn spawn(
         gateway.leases_renewed(SPEND_FOR);
         let mut lost = false;
         let mut spend: HashMap<Arc<str>, [i64; WINDOW]> = HashMap::new();
+        let mut counted: HashMap<Arc<str>, Counted> = HashMap::new();
+        let leases = StoreLeases {
+            store: store.clone(),
+            node: node.clone(),
+        };
         let mut tick = 0usize;
         loop {
             tokio::select! {
@@ -87,14 +123,17 @@ pub fn spawn(
                 .await
                 .unwrap_or_else(|_| Err(store::StoreError::Sqlite("the renewal timed out".into())));
             match renewal {
-                Ok(cut) => {
+                Ok(changed) => {
                     // Spendable for SPEND_FOR from when the renewal was
                     // asked (its commit may have come later).
                     gateway.leases_renewed(SPEND_FOR.saturating_sub(attempt.elapsed()));
                     renewed = attempt;
-                    for (team, amount) in cut {
+                    for (team, amount) in changed.wallets_cut {
                         tracing::warn!(%team, amount, "a lease that ran out was cut to what is still free");
                         gateway.wallet(&team).add_lease(-amount);
+                    }
+                    for (scope, period_start) in changed.counters_lapsed {
+                        gateway.counters().grant_lapsed(&scope, period_start);
                     }
                     if lost {
                         tracing::info!("wallet leases renewed again: paid calls are taken");
@@ -148,6 +187,85 @@ pub fn spawn(
                     }
                 }
             }
+            resize_grants(&gateway, &leases, &mut counted, tick).await;
         }
     })
+}
+
+/// What the lease task knows of a counter's recent counting.
+struct Counted {
+    period_start: i64,
+    last: i64,
+    ring: [i64; WINDOW],
+}
+
+/// Quotas and budgets: tops up the grant of a counter under steady
+/// counting to a second's worth, and gives back what a counter that
+/// counted nothing for a second still holds.
+async fn resize_grants(
+    gateway: &Gateway,
+    leases: &StoreLeases,
+    counted: &mut HashMap<Arc<str>, Counted>,
+    tick: usize,
+) {
+    let counters = gateway.counters().leased();
+    counted.retain(|scope, _| counters.iter().any(|c| &c.scope == scope));
+    for counter in counters {
+        let Some(lease) = &counter.lease else {
+            continue;
+        };
+        let start = counter.period().0;
+        let own = counter.own_in_unit();
+        let seen = counted.entry(counter.scope.clone()).or_insert(Counted {
+            period_start: start,
+            last: own,
+            ring: [0; WINDOW],
+        });
+        if seen.period_start != start {
+            *seen = Counted {
+                period_start: start,
+                last: 0,
+                ring: [0; WINDOW],
+            };
+        }
+        seen.ring[tick % WINDOW] = (own - seen.last).max(0);
+        seen.last = own;
+        let second: i64 = seen.ring.iter().sum();
+        let headroom = lease.headroom();
+        let limit = lease.limit();
+        if second == 0 && headroom > 0 {
+            // Idle for a second: what is left goes back.
+            let _gate = lease.gate.lock().await;
+            let unused = lease.take_unused();
+            if unused == 0 {
+                continue;
+            }
+            match tokio::time::timeout(RENEW_WAIT, leases.grant(&counter, -unused, limit)).await {
+                Ok(Ok(total)) => lease.gave_back(total),
+                outcome => {
+                    lease.keep(unused);
+                    let error = match outcome {
+                        Ok(Err(error)) => error,
+                        _ => "timed out".to_owned(),
+                    };
+                    tracing::warn!(scope = %counter.scope, %error, "cannot give back a grant");
+                }
+            }
+        } else if second > 0 && limit > 0 && headroom < second / 2 {
+            let _gate = lease.gate.lock().await;
+            let want = second - lease.headroom();
+            if want <= 0 {
+                continue;
+            }
+            match tokio::time::timeout(RENEW_WAIT, leases.grant(&counter, want, limit)).await {
+                Ok(Ok(total)) => {
+                    lease.granted_now(total, 0);
+                }
+                Ok(Err(error)) => {
+                    tracing::warn!(scope = %counter.scope, %error, "cannot top up a grant");
+                }
+                Err(_) => tracing::warn!(scope = %counter.scope, "a grant top-up timed out"),
+            }
+        }
+    }
 }

@@ -640,12 +640,9 @@ pub async fn run(args: &ConfigArgs) -> anyhow::Result<()> {
         let _ = drain_ledger.send(());
         let _ = drain_calls.send(());
         let _ = ledger_writer.await;
+        let leased = leases.is_some();
         if let Some(leases) = leases {
             let _ = leases.await;
-            // Its charges are written: what this node holds goes back.
-            if let Err(error) = store.drop_leases(&actor).await {
-                tracing::warn!(%error, "cannot give the wallet leases back; they run out by themselves");
-            }
         }
         let _ = call_writer.await;
         if let Some(exporter) = span_exporter {
@@ -656,6 +653,13 @@ pub async fn run(args: &ConfigArgs) -> anyhow::Result<()> {
         let _ = usage.await;
         if let Err(error) = crate::billing::flush_usage(&store, &gateway, &actor).await {
             tracing::warn!(%error, "cannot record the last usage counters");
+        }
+        if leased {
+            // Its charges and counts are written: what this node holds
+            // goes back.
+            if let Err(error) = store.drop_leases(&actor).await {
+                tracing::warn!(%error, "cannot give the leases back; they run out by themselves");
+            }
         }
         let _ = wallet_sync.await;
         let _ = renewals.await;

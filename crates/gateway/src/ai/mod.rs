@@ -560,6 +560,17 @@ impl Call<'_> {
                 .max_prices()
                 .max_cost(input, max_output.saturating_mul(choices));
             crate::pipeline::ensure_lease(self.shared, &app.wallet, most).await;
+            // And its grant of the app's budget.
+            if let Some(budget) = &app.budget {
+                budget.counter.roll(domain::now_ms());
+                crate::pipeline::ensure_grant(
+                    self.shared,
+                    &budget.counter,
+                    most,
+                    budget.limit_nanos,
+                )
+                .await;
+            }
         }
         let (mut reservation, money_cap) = self.reserve(
             reservation,
@@ -1003,9 +1014,17 @@ impl Call<'_> {
             )
         };
         if let Some(budget) = &app.budget
-            && let Err(spent) = reservation.add_budget(&budget.counter, budget.limit_nanos, amount)
+            && let Err(over) = reservation.add_budget(&budget.counter, budget.limit_nanos, amount)
         {
-            let _ = spent;
+            if matches!(
+                over.grant,
+                Some(crate::money::GrantShort::Ask | crate::money::GrantShort::Lost)
+            ) {
+                // Many nodes: the node's grant of the budget could not be
+                // had (the store did not answer, or calls in flight here
+                // took what was granted a moment ago).
+                return Err(crate::refusal::ledger_unavailable());
+            }
             return Err(self.cannot_afford(
                 app,
                 subscription,

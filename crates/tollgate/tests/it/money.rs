@@ -565,42 +565,8 @@ async fn two_nodes_spend_one_wallet_exactly() {
     let upstream = FakeUpstream::start("w").await;
     let world = priced_on_two_nodes(&first, &second, &upstream).await;
 
-    let call = |node: &Tollgate, n: usize| {
-        let request = node
-            .client
-            .get(format!("{}/weather/forecast/city-{n}", node.gateway_url))
-            .header("x-api-key", &world.key);
-        async move { request.send().await.unwrap().status().as_u16() }
-    };
     let hits_before = upstream.hits();
-    // A burst of 600 calls, half through each node.
-    let burst = (0..600).map(|n| call(if n % 2 == 0 { &first } else { &second }, n));
-    let statuses = futures_util::future::join_all(burst).await;
-    let mut ok = statuses.iter().filter(|&&s| s == 200).count();
-    assert!(
-        statuses.iter().all(|&s| s == 200 || s == 402),
-        "only answers and 402s: {statuses:?}"
-    );
-    assert!(ok <= 100, "{ok} calls on a wallet for 100");
-    // Then one call at a time, alternating, until the money is spent:
-    // what one node held and did not use comes back for the other.
-    let mut refusals_in_a_row = 0;
-    let mut n = 600;
-    while refusals_in_a_row < 20 {
-        n += 1;
-        match call(if n % 2 == 0 { &first } else { &second }, n).await {
-            200 => {
-                ok += 1;
-                refusals_in_a_row = 0;
-            }
-            402 => {
-                refusals_in_a_row += 1;
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            }
-            other => panic!("answered {other}"),
-        }
-        assert!(ok <= 100, "{ok} calls on a wallet for 100");
-    }
+    let ok = spend_over_two_nodes(&first, &second, &world.key, 100, "insufficient_credit").await;
     assert_eq!(ok, 100, "exactly what the wallet affords");
     assert_eq!(
         upstream.hits() - hits_before,
@@ -611,6 +577,156 @@ async fn two_nodes_spend_one_wallet_exactly() {
     assert_eq!(wallet["balance_nanos"], 0, "{wallet}");
     let charges = ledger(&first, "acme", "&kind=charge").await;
     assert_eq!(charges.len(), 100);
+}
+
+/// Calls `key`'s app through two nodes, a burst of 600 spread over both,
+/// then one call at a time alternating until 20 refusals in a row (402
+/// `code`): never more than `most` answered at any point (refusals first
+/// wait for what one node held and did not use to come back for the
+/// other). Returns the calls answered.
+async fn spend_over_two_nodes(
+    first: &Tollgate,
+    second: &Tollgate,
+    key: &str,
+    most: usize,
+    code: &str,
+) -> usize {
+    let call = |node: &Tollgate, n: usize| {
+        let request = node
+            .client
+            .get(format!("{}/weather/forecast/city-{n}", node.gateway_url))
+            .header("x-api-key", key);
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            let body: Value = response.json().await.unwrap_or(Value::Null);
+            if status != 200 {
+                assert_eq!((status, body["code"].as_str()), (402, Some(code)), "{body}");
+            }
+            status
+        }
+    };
+    let node = |n: usize| if n.is_multiple_of(2) { first } else { second };
+    let statuses = futures_util::future::join_all((0..600).map(|n| call(node(n), n))).await;
+    let mut ok = statuses.iter().filter(|&&s| s == 200).count();
+    assert!(ok <= most, "{ok} calls answered, at most {most} allowed");
+    let mut refusals_in_a_row = 0;
+    let mut n = 600;
+    while refusals_in_a_row < 20 {
+        n += 1;
+        if call(node(n), n).await == 200 {
+            ok += 1;
+            refusals_in_a_row = 0;
+        } else {
+            refusals_in_a_row += 1;
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert!(ok <= most, "{ok} calls answered, at most {most} allowed");
+    }
+    ok
+}
+
+/// Two nodes on one PostgreSQL count one quota: together they answer
+/// exactly the calls it includes, never more (each counts within its own
+/// grant of the quota), in a burst and after.
+#[tokio::test]
+async fn two_nodes_count_one_quota_exactly() {
+    let database = test_support::PgDatabase::create();
+    let options = test_support::tollgate::Options::on_database(&database.url);
+    let first = Tollgate::start_with(BIN, options.clone()).await;
+    let second = Tollgate::start_with(BIN, options).await;
+    let upstream = FakeUpstream::start("w").await;
+    // `world` and the wait for the second node spend one call each.
+    let world = world(
+        &first,
+        &upstream,
+        json!({}),
+        json!({"included": {"requests": 40}}),
+    )
+    .await;
+    wait_status(&second, "/weather/forecast/ready", &world.key, 200).await;
+    let hits_before = upstream.hits();
+    let ok = spend_over_two_nodes(&first, &second, &world.key, 38, "quota_exhausted").await;
+    assert_eq!(ok, 38, "exactly what the quota includes");
+    assert_eq!(
+        upstream.hits() - hits_before,
+        38,
+        "refused calls never reach it"
+    );
+}
+
+/// With overage charged, two nodes give exactly the calls a quota
+/// includes for free between them: the rest are paid, 0.01 each, until the
+/// wallet's 1.00 is spent.
+#[tokio::test]
+async fn two_nodes_give_exactly_the_included_calls_free() {
+    let database = test_support::PgDatabase::create();
+    let options = test_support::tollgate::Options::on_database(&database.url);
+    let first = Tollgate::start_with(BIN, options.clone()).await;
+    let second = Tollgate::start_with(BIN, options).await;
+    let upstream = FakeUpstream::start("w").await;
+    let plan =
+        json!({"included": {"requests": 20}, "overage": "charge", "price_per_request": "0.01"});
+    // `world` and the wait for the second node take two free calls.
+    let world = world(&first, &upstream, json!({}), plan).await;
+    wait_status(&second, "/weather/forecast/ready", &world.key, 200).await;
+    let (status, body) = grant(&first, "acme", json!({"amount": "1.00", "reason": "test"})).await;
+    assert_eq!(status, 201, "{body}");
+    let ok = spend_over_two_nodes(&first, &second, &world.key, 118, "insufficient_credit").await;
+    assert_eq!(ok, 118, "18 free calls left and 100 paid ones");
+    let wallet = wait_entries(&first, 101).await;
+    assert_eq!(wallet["balance_nanos"], 0, "{wallet}");
+}
+
+/// Two nodes keep an app within its budget together: at 0.01 a call and
+/// a budget of 0.25 a day, exactly 25 calls are answered (the wallet
+/// affords 100), whichever node they reach.
+#[tokio::test]
+async fn two_nodes_keep_one_budget_exactly() {
+    let database = test_support::PgDatabase::create();
+    let options = test_support::tollgate::Options::on_database(&database.url);
+    let first = Tollgate::start_with(BIN, options.clone()).await;
+    let second = Tollgate::start_with(BIN, options).await;
+    let upstream = FakeUpstream::start("w").await;
+    let world = priced_on_two_nodes(&first, &second, &upstream).await;
+    let (status, body) = first
+        .admin(
+            Method::PATCH,
+            "/api/v1/apps/acme-web",
+            Some(json!({"budget": {"amount": "0.25", "period": "day"}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    // Both nodes know the budget.
+    for node in [&first, &second] {
+        let started = std::time::Instant::now();
+        loop {
+            let me: Value = node
+                .get_with_key("/_tollgate/me", &world.key)
+                .await
+                .json()
+                .await
+                .unwrap();
+            if me["budget"].is_object() {
+                break;
+            }
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(2),
+                "{me}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+    let hits_before = upstream.hits();
+    let ok = spend_over_two_nodes(&first, &second, &world.key, 25, "budget_exhausted").await;
+    assert_eq!(ok, 25, "exactly what the budget allows");
+    assert_eq!(
+        upstream.hits() - hits_before,
+        25,
+        "refused calls never reach it"
+    );
+    let wallet = wait_entries(&first, 26).await;
+    assert_eq!(wallet["balance_nanos"], 750_000_000, "{wallet}");
 }
 
 /// A node cut off from the store stops spending its lease (503
