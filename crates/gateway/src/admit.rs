@@ -68,11 +68,13 @@ impl Source {
     }
 }
 
+/// Every credential the request carries, each header line apart: a
+/// repeated `Authorization` or `X-API-Key` line is a credential of its own,
+/// so lines naming different apps conflict.
 fn credentials<B>(request: &Request<B>) -> smallvec::SmallVec<[(&str, Source); 2]> {
     let mut found = smallvec::SmallVec::new();
-    if let Some(value) = request.headers().get(header::AUTHORIZATION)
-        && let Ok(text) = value.to_str()
-    {
+    for value in request.headers().get_all(header::AUTHORIZATION) {
+        let Ok(text) = value.to_str() else { continue };
         let token = text
             .get(..7)
             .filter(|scheme| scheme.eq_ignore_ascii_case("bearer "))
@@ -82,10 +84,10 @@ fn credentials<B>(request: &Request<B>) -> smallvec::SmallVec<[(&str, Source); 2
             found.push((token, Source::Authorization));
         }
     }
-    if let Some(value) = request.headers().get("x-api-key")
-        && let Ok(text) = value.to_str()
-    {
-        found.push((text.trim(), Source::XApiKey));
+    for value in request.headers().get_all("x-api-key") {
+        if let Ok(text) = value.to_str() {
+            found.push((text.trim(), Source::XApiKey));
+        }
     }
     if let Some(query) = request.uri().query() {
         for pair in query.split('&') {
@@ -351,7 +353,12 @@ fn authorize<'s>(
 }
 
 pub(crate) fn rate_limited(exceeded: &Exceeded, policy: Option<HeaderValue>) -> Refusal {
-    let quota = &exceeded.quota;
+    // On a refusal the quota has room again when `Retry-After` says (a
+    // sliding window frees up before its fixed window ends, or after).
+    let quota = &Quota {
+        reset_s: exceeded.retry_after_s,
+        ..exceeded.quota
+    };
     let detail = if exceeded.concurrency {
         format!(
             "Too many requests in flight: the {} allows {} at once. Wait for one to finish.",
@@ -432,11 +439,16 @@ fn limit(
     let mut tightest: Option<Quota> = None;
     for (index, limiter) in present.iter().enumerate() {
         let outcome = limiter.admit(now_ms).and_then(|quota| {
-            limiter.enter().map(|permit| {
-                if let Some(permit) = permit {
+            limiter.enter().map(|entered| match entered {
+                Some((permit, bound)) => {
                     admission.permits.push(permit);
+                    // The tighter of the windows and the bound in flight.
+                    Some(match quota {
+                        Some(window) if window.remaining <= bound.remaining => window,
+                        _ => bound,
+                    })
                 }
-                quota
+                None => quota,
             })
         });
         match outcome {

@@ -2,7 +2,9 @@
 //! day) plus a bound on requests in flight, for one subscription, app or
 //! route. Each [`Limiter`] has its own small lock; nothing is shared by all
 //! requests. The [`LimiterRegistry`] keeps counters across configuration
-//! reloads, so a reload never resets a caller's budget.
+//! reloads, so a reload never resets a caller's budget; when a subject's
+//! limits change, each window that stays (same period) and the requests
+//! in flight carry over to the new limits.
 //!
 //! The sliding window counter (as in Cloudflare's and nginx's): the
 //! estimate for "the last `period`" is the current fixed window's count
@@ -53,7 +55,9 @@ pub struct Limiter {
     windows: Box<[Window]>,
     states: Mutex<Box<[WindowState]>>,
     concurrent_max: Option<u32>,
-    in_flight: AtomicU32,
+    /// Shared with the limiters this one replaced or is replaced by (the
+    /// subject's limits changed): permits taken under either free it.
+    in_flight: Arc<AtomicU32>,
     /// Other nodes' requests in flight, as last read (shared counters).
     remote_in_flight: AtomicU32,
     /// This limiter's part of `RateLimit-Policy` (empty without windows),
@@ -187,10 +191,43 @@ impl Limiter {
             states: Mutex::new(vec![WindowState::default(); windows.len()].into_boxed_slice()),
             windows,
             concurrent_max,
-            in_flight: AtomicU32::new(0),
+            in_flight: Arc::new(AtomicU32::new(0)),
             remote_in_flight: AtomicU32::new(0),
             policy,
         }
+    }
+
+    /// A limiter with new limits for the subject of `previous`: the
+    /// windows of a period both have keep their counts, and the requests
+    /// in flight stay counted (so changing limits never hands out a fresh
+    /// allowance).
+    fn succeeding(previous: &Limiter, limits: &[RateLimit], concurrent_max: Option<u32>) -> Self {
+        let mut next = Self::new(previous.scope, limits, concurrent_max);
+        next.in_flight = previous.in_flight.clone();
+        next.remote_in_flight.store(
+            previous.remote_in_flight.load(Ordering::Acquire),
+            Ordering::Release,
+        );
+        let old = previous
+            .states
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let states = next
+            .states
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (window, state) in next.windows.iter().zip(states.iter_mut()) {
+            if let Some((_, kept)) = previous
+                .windows
+                .iter()
+                .zip(old.iter())
+                .find(|(w, _)| w.period_ms == window.period_ms)
+            {
+                *state = *kept;
+            }
+        }
+        drop(old);
+        next
     }
 
     /// Admits one request at `now_ms` or says which window is full. On
@@ -262,8 +299,9 @@ impl Limiter {
         }
     }
 
-    /// Takes a slot among the requests in flight, if bounded.
-    pub fn enter(self: &Arc<Self>) -> Result<Option<Permit>, Exceeded> {
+    /// Takes a slot among the requests in flight, if bounded; with the
+    /// bound's quota after taking it.
+    pub fn enter(self: &Arc<Self>) -> Result<Option<(Permit, Quota)>, Exceeded> {
         let Some(max) = self.concurrent_max else {
             return Ok(None);
         };
@@ -284,7 +322,17 @@ impl Limiter {
                 concurrency: true,
             });
         }
-        Ok(Some(Permit(self.clone())))
+        Ok(Some((
+            Permit(self.clone()),
+            Quota {
+                name: "concurrent",
+                scope: self.scope,
+                limit: u64::from(max),
+                window_s: 0,
+                remaining: u64::from(max.saturating_sub(before + 1)),
+                reset_s: 1,
+            },
+        )))
     }
 
     /// This limiter's policies, as `RateLimit-Policy` lists them (its
@@ -389,12 +437,18 @@ impl LimiterRegistry {
             .limiters
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(existing) = map.get(&subject).and_then(Weak::upgrade)
+        let existing = map.get(&subject).and_then(Weak::upgrade);
+        if let Some(existing) = &existing
             && existing.same_shape(limits, concurrent_max)
         {
-            return Some(existing);
+            return Some(existing.clone());
         }
-        let limiter = Arc::new(Limiter::new(scope, limits, concurrent_max));
+        let limiter = Arc::new(match existing {
+            Some(previous) if previous.scope == scope => {
+                Limiter::succeeding(&previous, limits, concurrent_max)
+            }
+            _ => Limiter::new(scope, limits, concurrent_max),
+        });
         map.insert(subject, Arc::downgrade(&limiter));
         Some(limiter)
     }
@@ -647,8 +701,42 @@ mod tests {
         );
         assert!(
             changed.as_ref().is_some_and(|l| l.admit(now).is_ok()),
-            "new limits, new counters"
+            "the hour's count carries over: one more under a limit of two"
         );
+        // Another window added, or the limit lowered: the hour stays used.
+        let lowered = registry.get(
+            "sub:1".into(),
+            "plan",
+            &[
+                RateLimit {
+                    requests: 1,
+                    per: Per::Hour,
+                },
+                RateLimit {
+                    requests: 100,
+                    per: Per::Day,
+                },
+            ],
+            Some(2),
+        );
+        let lowered = lowered.unwrap();
+        assert!(lowered.admit(now).is_err(), "no fresh allowance");
+        let permit = lowered.enter().unwrap();
+        // Requests in flight stay counted under changed limits.
+        let raised = registry
+            .get(
+                "sub:1".into(),
+                "plan",
+                &[RateLimit {
+                    requests: 5,
+                    per: Per::Hour,
+                }],
+                Some(1),
+            )
+            .unwrap();
+        assert!(raised.enter().is_err(), "the one in flight holds the slot");
+        drop(permit);
+        assert!(raised.enter().is_ok());
         assert!(registry.get("sub:2".into(), "plan", &[], None).is_none());
     }
 }

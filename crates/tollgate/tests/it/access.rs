@@ -256,6 +256,27 @@ async fn every_credential_refusal_has_its_code() {
         .await
         .unwrap();
     problem(response, 401, "conflicting_credentials").await;
+    // Repeated header lines are credentials of their own, in any order.
+    for (first, second) in [(&world.key, &other), (&other, &world.key)] {
+        for name in ["authorization", "x-api-key"] {
+            let value = |key: &str| {
+                if name == "authorization" {
+                    format!("Bearer {key}")
+                } else {
+                    key.to_owned()
+                }
+            };
+            let response = tollgate
+                .client
+                .get(format!("{}{path}", tollgate.gateway_url))
+                .header(name, value(first))
+                .header(name, value(second))
+                .send()
+                .await
+                .unwrap();
+            problem(response, 401, "conflicting_credentials").await;
+        }
+    }
     // The same key twice is fine.
     let response = tollgate
         .client
@@ -915,6 +936,17 @@ async fn concurrent_requests_are_bounded() {
             );
             let limit = limit.expect("RateLimit on a 429");
             assert!(limit.starts_with("\"plan-concurrent\";r=0"), "{limit}");
+        } else {
+            // A bound in flight is a limit that applies: answers say so.
+            assert_eq!(
+                policy.as_deref(),
+                Some("\"plan-concurrent\";q=2;qu=\"concurrent-requests\"")
+            );
+            let limit = limit.expect("RateLimit on an answer");
+            assert!(
+                limit == "\"plan-concurrent\";r=0;t=1" || limit == "\"plan-concurrent\";r=1;t=1",
+                "{limit}"
+            );
         }
     }
     statuses.sort_unstable();
@@ -927,6 +959,115 @@ async fn concurrent_requests_are_bounded() {
             .status(),
         200
     );
+
+    // Raising the bound while two calls are in flight: they stay counted.
+    let slow: Vec<_> = (0..2)
+        .map(|_| {
+            let client = tollgate.client.clone();
+            let url = format!("{}/weather/delay/3000", tollgate.gateway_url);
+            let key = world.key.clone();
+            tokio::spawn(async move { client.get(url).bearer_auth(key).send().await.unwrap() })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, body) = tollgate
+        .admin(
+            Method::PATCH,
+            "/api/v1/services/weather/plans/pay-as-you-go",
+            Some(json!({"concurrent_requests": 3})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let started = Instant::now();
+    loop {
+        let response = tollgate
+            .get_with_key("/weather/forecast/x", &world.key)
+            .await;
+        let policy = response.headers()["ratelimit-policy"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        if policy.contains("q=3") {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(2), "{policy}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let more: Vec<_> = (0..3)
+        .map(|_| {
+            let client = tollgate.client.clone();
+            let url = format!("{}/weather/delay/500", tollgate.gateway_url);
+            let key = world.key.clone();
+            tokio::spawn(async move {
+                let response = client.get(url).bearer_auth(key).send().await.unwrap();
+                response.status().as_u16()
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for task in more {
+        statuses.push(task.await.unwrap());
+    }
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 429, 429], "two of three slots are taken");
+    for task in slow {
+        assert_eq!(task.await.unwrap().status(), 200);
+    }
+}
+
+/// Changing a plan's limits never hands out a fresh allowance: a window
+/// that stays keeps its count, even when another is added or it is
+/// lowered.
+#[tokio::test]
+async fn changed_limits_keep_what_was_counted() {
+    let upstream = FakeUpstream::start("w").await;
+    let tollgate = Tollgate::start(BIN).await;
+    let world = world(
+        &tollgate,
+        &upstream,
+        json!({}),
+        json!({"rate_limits": [{"requests": 3, "per": "hour"}]}),
+    )
+    .await;
+    // `world` made one call: two more, then the hour is used up.
+    for expected in [200, 200, 429] {
+        let response = tollgate
+            .get_with_key("/weather/forecast/x", &world.key)
+            .await;
+        assert_eq!(response.status(), expected);
+    }
+    for (limits, marker) in [
+        (
+            json!([{"requests": 3, "per": "hour"}, {"requests": 1000, "per": "day"}]),
+            "plan-day",
+        ),
+        (json!([{"requests": 2, "per": "hour"}]), "q=2"),
+    ] {
+        let (status, body) = tollgate
+            .admin(
+                Method::PATCH,
+                "/api/v1/services/weather/plans/pay-as-you-go",
+                Some(json!({"rate_limits": limits})),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let started = Instant::now();
+        loop {
+            let response = tollgate
+                .get_with_key("/weather/forecast/x", &world.key)
+                .await;
+            let policy = response.headers()["ratelimit-policy"]
+                .to_str()
+                .unwrap()
+                .to_owned();
+            assert_eq!(response.status(), 429, "{policy}: no fresh allowance");
+            if policy.contains(marker) {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(2), "{policy}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 struct Shot {
