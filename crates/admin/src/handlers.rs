@@ -172,6 +172,24 @@ async fn update_upstream_with(
 ) -> Result<Response, ApiError> {
     let mut tx = state.store.begin().await?;
     let existing = upstream_in(&mut tx, caller, key, Role::Developer).await?;
+    // An upstream that serves live services is part of them: a change
+    // reaches their traffic at once, so it takes the role that changes a
+    // live service.
+    let team = existing.spec.team.as_deref();
+    if caller.role(team).is_some_and(|role| role < Role::Admin) {
+        let live = tx.live_services_using(&existing.id).await?;
+        if !live.is_empty() {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!(
+                    "The upstream '{key}' serves the live service(s) {}: a change reaches their traffic at once, so it needs the role 'admin' in team '{}'. Ask an owner or admin of the team, or point a draft service at a new upstream.",
+                    live.join(", "),
+                    team.unwrap_or("-")
+                ),
+            ));
+        }
+    }
     let mut spec = change(&existing)?;
     keep_team(existing.spec.team.as_ref(), &mut spec.team)?;
     let upstream = ops::update_upstream(&mut tx, &existing, spec).await?;

@@ -502,6 +502,30 @@ pub fn digest_of(key: &[u8]) -> Digest {
 
 /// The client's address: the peer, or, when the peer is a trusted proxy,
 /// the right-most `X-Forwarded-For` entry that is not a trusted proxy.
+/// One `X-Forwarded-For` entry's address: a bare IPv4 or IPv6 address, or
+/// one with a port as some proxies write it (`1.2.3.4:5678`, `[2001:db8::1]`,
+/// `[2001:db8::1]:5678`).
+fn forwarded_ip(entry: &str) -> Option<IpAddr> {
+    if let Ok(ip) = entry.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    if let Some(rest) = entry.strip_prefix('[') {
+        let (inside, after) = rest.split_once(']')?;
+        let port_ok = after.is_empty()
+            || after
+                .strip_prefix(':')
+                .is_some_and(|port| port.parse::<u16>().is_ok());
+        return port_ok
+            .then(|| inside.parse::<std::net::Ipv6Addr>().ok())
+            .flatten()
+            .map(IpAddr::V6);
+    }
+    entry
+        .parse::<std::net::SocketAddrV4>()
+        .ok()
+        .map(|address| IpAddr::V4(*address.ip()))
+}
+
 pub fn client_ip(peer: IpAddr, headers: &http::HeaderMap, trusted: &[Cidr]) -> IpAddr {
     if trusted.is_empty() || !trusted.iter().any(|c| c.contains(peer)) {
         return peer;
@@ -515,7 +539,7 @@ pub fn client_ip(peer: IpAddr, headers: &http::HeaderMap, trusted: &[Cidr]) -> I
         .map(str::trim)
         .collect::<Vec<_>>();
     for entry in entries.iter().rev() {
-        let Ok(ip) = entry.parse::<IpAddr>() else {
+        let Some(ip) = forwarded_ip(entry) else {
             // A malformed hop: stop trusting what lies beyond it.
             break;
         };
@@ -543,6 +567,33 @@ mod tests {
         let stranger: IpAddr = "5.5.5.5".parse().unwrap_or_else(|_| unreachable!());
         assert_eq!(client_ip(proxy, &headers, &trusted).to_string(), "1.2.3.4");
         assert_eq!(client_ip(stranger, &headers, &trusted), stranger);
+        // Entries with ports, and bracketed IPv6, as some proxies write them.
+        for (entry, client) in [
+            ("1.2.3.4:5555", "1.2.3.4"),
+            ("[2001:db8::1]", "2001:db8::1"),
+            ("[2001:db8::1]:443", "2001:db8::1"),
+            ("2001:db8::2", "2001:db8::2"),
+        ] {
+            let mut headers = http::HeaderMap::new();
+            headers.insert(
+                "x-forwarded-for",
+                http::HeaderValue::from_str(entry).unwrap_or_else(|_| unreachable!()),
+            );
+            assert_eq!(
+                client_ip(proxy, &headers, &trusted).to_string(),
+                client,
+                "{entry}"
+            );
+        }
+        // Not an address: the proxy is the client.
+        for entry in ["[2001:db8::1", "1.2.3.4:99999", "[1.2.3.4]", "example.com"] {
+            let mut headers = http::HeaderMap::new();
+            headers.insert(
+                "x-forwarded-for",
+                http::HeaderValue::from_str(entry).unwrap_or_else(|_| unreachable!()),
+            );
+            assert_eq!(client_ip(proxy, &headers, &trusted), proxy, "{entry}");
+        }
         assert_eq!(client_ip(proxy, &headers, &[]), proxy);
     }
 

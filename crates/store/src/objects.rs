@@ -445,6 +445,19 @@ impl WriteTx {
     }
 
     /// Deletes an upstream; refuses when a service uses it.
+    /// Slugs of the live (not draft) services that use the upstream `id`.
+    pub async fn live_services_using(&mut self, id: &str) -> Result<Vec<String>> {
+        sqlx::query(
+            "SELECT slug FROM services WHERE upstream_id = $1 AND lifecycle <> 'draft' ORDER BY slug",
+        )
+        .bind(id)
+        .fetch_all(&mut *self.tx)
+        .await?
+        .iter()
+        .map(|row| text(row, "slug"))
+        .collect()
+    }
+
     pub async fn delete_upstream(&mut self, id: &str) -> Result<()> {
         self.changed_config = true;
         let users = sqlx::query("SELECT slug FROM services WHERE upstream_id = $1 ORDER BY slug")

@@ -2739,11 +2739,34 @@ async fn members_stay_within_their_role_and_their_tokens_scope() {
         )
         .await;
     assert_eq!(status, 403, "{body}");
+    // Nor the upstream a live service sends its traffic to.
+    let (status, body) = tollgate
+        .admin_as(
+            &provider_dev,
+            Method::PATCH,
+            "/api/v1/upstreams/weather-backend",
+            Some(json!({"targets": [{"url": "http://127.0.0.1:9", "weight": 1}]})),
+        )
+        .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("weather"),
+        "names the live service: {body}"
+    );
     assert_eq!(
         tollgate.get("/weather/forecast/paris").await.status(),
         401,
         "still needs a key"
     );
+    let (status, body) = tollgate
+        .admin_as(
+            &provider_admin,
+            Method::PATCH,
+            "/api/v1/upstreams/weather-backend",
+            Some(json!({"connect_timeout_ms": 2000})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
     let (status, _) = tollgate
         .admin_as(
             &provider_admin,
