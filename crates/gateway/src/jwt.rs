@@ -253,9 +253,24 @@ pub fn verify(jwt: &JwtRt, token: &str, jwks: &JwksCache) -> Result<(String, Str
                 Code::TokenClaims,
                 format!("The token lacks the '{claim}' claim."),
             ),
+            ErrorKind::InvalidClaimFormat(claim) => refuse(
+                Code::TokenClaims,
+                format!("The token's '{claim}' claim is not of the right type."),
+            ),
+            // Claims of the wrong type (`nbf` as a string…): the JSON
+            // itself was read above.
+            ErrorKind::Json(_) => refuse(
+                Code::TokenClaims,
+                format!("The token's claims cannot be read ({error})."),
+            ),
+            // A key of another family than the token's algorithm (an ES256
+            // token naming an RSA key).
             ErrorKind::InvalidAlgorithm
             | ErrorKind::InvalidAlgorithmName
-            | ErrorKind::MissingAlgorithm => refuse(
+            | ErrorKind::MissingAlgorithm
+            | ErrorKind::InvalidKeyFormat
+            | ErrorKind::InvalidEcdsaKey
+            | ErrorKind::InvalidRsaKey(_) => refuse(
                 Code::TokenAlgorithm,
                 "The token's algorithm does not match its issuer's key.",
             ),

@@ -138,6 +138,21 @@ async fn jwts_from_trusted_issuers_authenticate_apps() {
             ),
             "token_not_yet_valid",
         ),
+        // Time claims of the wrong type say which claim is wrong.
+        (
+            idp.sign(
+                Algorithm::ES256,
+                &with(idp.claims("client-1"), json!({"nbf": "soon"})),
+            ),
+            "token_claims_invalid",
+        ),
+        (
+            idp.sign(
+                Algorithm::ES256,
+                &with(idp.claims("client-1"), json!({"exp": "later"})),
+            ),
+            "token_claims_invalid",
+        ),
         (
             idp.sign(
                 Algorithm::ES256,
