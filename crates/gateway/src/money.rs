@@ -724,11 +724,30 @@ impl CounterLease {
     }
 
     fn take(&self, amount: i64) -> Result<(), GrantShort> {
+        self.take_up_to(amount, amount).map(|_| ())
+    }
+
+    /// Takes up to `most` of the headroom, at least `least`; returns what
+    /// was taken.
+    fn take_up_to(&self, most: i64, least: i64) -> Result<i64, GrantShort> {
         if !self.valid() {
             return Err(GrantShort::Lost);
         }
-        if take(&self.headroom, amount).is_ok() {
-            return Ok(());
+        let mut current = self.headroom.load(Ordering::Acquire);
+        loop {
+            let taken = most.min(current.max(0));
+            if taken < least {
+                break;
+            }
+            match self.headroom.compare_exchange_weak(
+                current,
+                current - taken,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return Ok(taken),
+                Err(actual) => current = actual,
+            }
         }
         if crate::upstream::monotonic_ms() < self.denied_until.load(Ordering::Acquire) {
             Err(GrantShort::Denied)
@@ -830,9 +849,23 @@ impl Counter {
         }
     }
 
+    /// Many nodes: takes up to `most` units (at least `least`) of this
+    /// node's grant; returns what was taken. One node: nothing to take,
+    /// `None`.
+    pub fn take_from_grant(&self, most: u64, least: u64) -> Option<Result<u64, GrantShort>> {
+        let lease = self.lease.as_ref()?;
+        let most = i64::try_from(most).unwrap_or(i64::MAX);
+        let least = i64::try_from(least).unwrap_or(i64::MAX);
+        Some(
+            lease
+                .take_up_to(most, least)
+                .map(|taken| u64::try_from(taken).unwrap_or(0)),
+        )
+    }
+
     /// Gives `amount` back to this node's grant if the period it was
     /// taken in (`start`) is still the current one.
-    fn put_back_grant(&self, amount: i64, start: i64) {
+    pub(crate) fn put_back_grant(&self, amount: i64, start: i64) {
         if let Some(lease) = &self.lease
             && amount > 0
             && self.start.load(Ordering::Acquire) == start
@@ -1041,7 +1074,7 @@ impl Counters {
     /// A subscription's token counter (AI plans with a token quota): its
     /// `requests` count tokens.
     pub fn tokens(&self, id: &str, period: (i64, i64)) -> Arc<Counter> {
-        self.get(format!("tok:{id}"), period, None, false)
+        self.get(format!("tok:{id}"), period, None, true)
     }
 
     /// An app's budget counter, in the budget period holding `now`.
@@ -1050,8 +1083,7 @@ impl Counters {
         self.get(format!("app:{app_id}"), period, Some(rolls), true)
     }
 
-    /// `leasable`: many nodes, the counter counts within grants (token
-    /// quotas do not: see docs/money.md).
+    /// `leasable`: many nodes, the counter counts within grants.
     fn get(
         &self,
         scope: String,

@@ -48,6 +48,7 @@ pub use stream::AiStream;
 use crate::Shared;
 use crate::access::{AppRt, SubscriptionRt};
 use crate::body::{GatewayBody, RequestBody, UpstreamRequestBody, UpstreamResponseBody};
+use crate::money::GrantShort;
 use crate::pipeline::{RequestContext, Trace, X_REQUEST_ID};
 use crate::refusal::Refusal;
 use rt::{AiServiceRt, ModelRt, TargetModel};
@@ -540,6 +541,21 @@ impl Call<'_> {
         let mut tokens = quota::TokenHold::default();
         let mut rate_items = Vec::new();
         let mut token_warning = None;
+        // Many nodes: this node's grant of the token quota holds the most
+        // the call may use before it is held.
+        if let Some(terms) = self.subscription.and_then(|s| s.tokens.as_ref())
+            && let Some(included) = terms.included
+            && terms.counter.lease.is_some()
+        {
+            let most = input.saturating_add(max_output.saturating_mul(choices));
+            crate::pipeline::ensure_grant(
+                self.shared,
+                &terms.counter,
+                i64::try_from(most).unwrap_or(i64::MAX),
+                i64::try_from(included).unwrap_or(i64::MAX),
+            )
+            .await;
+        }
         let quota_cap = self.hold_tokens(
             &mut tokens,
             input,
@@ -903,29 +919,64 @@ impl Call<'_> {
         };
         let want = input.saturating_add(max_output);
         let mut cap = None;
-        let before = if terms.overage_charge {
-            counter.add_count(want, None).unwrap_or_else(|used| used)
+        // Many nodes: the free tokens come from this node's grant of the
+        // quota, never more than it holds (with overage `block`, at least
+        // the input and a minimal answer, else the quota is used up here).
+        let least = if terms.overage_charge {
+            0
         } else {
-            match counter.add_count(want, Some(included)) {
-                Ok(before) => before,
-                Err(used) => {
-                    let room = included.saturating_sub(used);
-                    if room < input.saturating_add(minimal) {
-                        return Err(exhausted(used));
-                    }
-                    let output = room - input;
-                    match counter.add_count(input + output, Some(included)) {
-                        Ok(before) => {
-                            cap = Some(output);
-                            before
+            input.saturating_add(minimal)
+        };
+        let granted = counter.take_from_grant(want, least);
+        let (held, free, before) = if let Some(taken) = granted {
+            let free = match taken {
+                Ok(free) => free,
+                Err(GrantShort::Denied) if !terms.overage_charge => {
+                    return Err(exhausted(counter.requests().max(included)));
+                }
+                Err(GrantShort::Denied | GrantShort::Ask) if terms.overage_charge => 0,
+                Err(_) => return Err(crate::refusal::ledger_unavailable()),
+            };
+            let held = if terms.overage_charge {
+                want
+            } else {
+                if free < want {
+                    cap = Some(free - input);
+                }
+                free
+            };
+            let before = counter.add_count(held, None).unwrap_or_else(|used| used);
+            (held, free, before)
+        } else {
+            let before = if terms.overage_charge {
+                counter.add_count(want, None).unwrap_or_else(|used| used)
+            } else {
+                match counter.add_count(want, Some(included)) {
+                    Ok(before) => before,
+                    Err(used) => {
+                        let room = included.saturating_sub(used);
+                        if room < input.saturating_add(minimal) {
+                            return Err(exhausted(used));
                         }
-                        Err(used) => return Err(exhausted(used)),
+                        let output = room - input;
+                        match counter.add_count(input + output, Some(included)) {
+                            Ok(before) => {
+                                cap = Some(output);
+                                before
+                            }
+                            Err(used) => return Err(exhausted(used)),
+                        }
                     }
                 }
-            }
+            };
+            let held = cap.map_or(want, |output| input + output);
+            (held, included.saturating_sub(before).min(held), before)
         };
-        let held = cap.map_or(want, |output| input + output);
-        hold.hold(counter, held, included.saturating_sub(before).min(held));
+        if granted.is_some() {
+            hold.hold_granted(counter, held, free);
+        } else {
+            hold.hold(counter, held, free);
+        }
         let used = before.saturating_add(held).min(included);
         *warning = crate::warn::nearly_exhausted(used, included)
             .map(|percent| format!("token-quota-nearly-exhausted;used-percent={percent}"));

@@ -7,6 +7,10 @@
 //! fails gives its tokens back. The tokens a call takes from what the
 //! quota still included are free; the rest are charged (overage `charge`).
 //!
+//! With many nodes, the free tokens are taken from the node's grant of the
+//! quota (`money::CounterLease`), so the nodes together never give more
+//! than the quota includes: what a call does not use goes back to it.
+//!
 //! Tokens per minute are checked on the input estimate before the call and
 //! counted with the output after it, as LiteLLM and the providers do: a
 //! call that was admitted is never cut off for its answer's length.
@@ -23,6 +27,9 @@ pub(crate) struct TokenHold {
     counter: Option<(Arc<Counter>, u64)>,
     /// Tokens of the quota this call may use at no price.
     pub free: u64,
+    /// Many nodes: the free tokens were taken from the node's grant, in
+    /// the period starting then.
+    granted: Option<i64>,
     /// The tokens-per-minute limiter and the input tokens admitted in it.
     per_minute: Option<(Arc<Limiter>, u64)>,
     settled: bool,
@@ -34,6 +41,22 @@ impl TokenHold {
         self.free = free;
     }
 
+    /// As [`TokenHold::hold`], the free tokens taken from the node's grant
+    /// (many nodes).
+    pub(crate) fn hold_granted(&mut self, counter: &Arc<Counter>, tokens: u64, free: u64) {
+        self.granted = Some(counter.period().0);
+        self.hold(counter, tokens, free);
+    }
+
+    /// Gives `free` tokens no longer needed back to the node's grant.
+    fn give_back_free(&self, counter: &Counter, unused: u64) {
+        if let Some(start) = self.granted
+            && unused > 0
+        {
+            counter.put_back_grant(i64::try_from(unused).unwrap_or(i64::MAX), start);
+        }
+    }
+
     /// Holds no more than `tokens` (the call was capped after the hold):
     /// the rest goes back to the quota at once.
     pub(crate) fn shrink_to(&mut self, tokens: u64) {
@@ -42,7 +65,10 @@ impl TokenHold {
         {
             counter.remove_count(*held - tokens);
             *held = tokens;
-            self.free = self.free.min(tokens);
+            let free = self.free.min(tokens);
+            let counter = counter.clone();
+            self.give_back_free(&counter, self.free - free);
+            self.free = free;
         }
     }
 
@@ -57,9 +83,11 @@ impl TokenHold {
         let total = usage.input.saturating_add(usage.output);
         if let Some((counter, held)) = &self.counter {
             if total > *held {
+                // Beyond what was held: counted, and charged (not free).
                 let _ = counter.add_count(total - held, None);
             } else {
                 counter.remove_count(held - total);
+                self.give_back_free(counter, self.free.saturating_sub(total));
             }
         }
         if let Some((limiter, admitted)) = &self.per_minute {
@@ -76,6 +104,7 @@ impl Drop for TokenHold {
             && let Some((counter, held)) = &self.counter
         {
             counter.remove_count(*held);
+            self.give_back_free(counter, self.free);
         }
     }
 }

@@ -1325,6 +1325,75 @@ async fn token_quotas_block_or_charge_and_tokens_per_minute_hold() {
     }
 }
 
+/// Two nodes on one PostgreSQL hold one token quota: together they never
+/// use more tokens than it includes (each holds a call's tokens within its
+/// own grant of the quota), in a burst and after.
+#[tokio::test]
+async fn two_nodes_hold_one_token_quota() {
+    let database = test_support::PgDatabase::create();
+    let options = test_support::tollgate::Options::on_database(&database.url);
+    let (openai, anthropic, gemini) = fakes().await;
+    let first = Tollgate::start_with(BIN, options.clone()).await;
+    let second = Tollgate::start_with(BIN, options).await;
+    let world = ai_world(
+        &first,
+        &openai,
+        &anthropic,
+        &gemini,
+        json!({"included": {"tokens": 300}}),
+    )
+    .await;
+    let started = std::time::Instant::now();
+    while second.get_with_key("/v1/models", &world.key).await.status() != 200 {
+        assert!(started.elapsed() < Duration::from_secs(3));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Each answer (the fake's default) uses 15 tokens.
+    let call = |node: &Tollgate| {
+        let request = node
+            .client
+            .post(format!("{}/v1/chat/completions", node.gateway_url))
+            .bearer_auth(&world.key)
+            .json(&json!({"model": "oai/gpt-test", "max_tokens": 40,
+                "messages": [{"role": "user", "content": "hi"}]}));
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            let body: Value = response.json().await.unwrap_or(Value::Null);
+            if status != 200 {
+                assert_eq!(
+                    (status, body["code"].as_str()),
+                    (402, Some("quota_exhausted")),
+                    "{body}"
+                );
+            }
+            status
+        }
+    };
+    let node = |n: usize| if n.is_multiple_of(2) { &first } else { &second };
+    let burst = futures_util::future::join_all((0..60).map(|n| call(node(n)))).await;
+    let mut ok = burst.iter().filter(|&&s| s == 200).count();
+    assert!(ok <= 20, "{ok} answers of 15 tokens on a quota of 300");
+    let mut refusals_in_a_row = 0;
+    let mut n = 0;
+    while refusals_in_a_row < 20 {
+        n += 1;
+        if call(node(n)).await == 200 {
+            ok += 1;
+            refusals_in_a_row = 0;
+        } else {
+            refusals_in_a_row += 1;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(ok <= 20, "{ok} answers of 15 tokens on a quota of 300");
+    }
+    assert!(
+        ok >= 15,
+        "the quota is used, not lost between the nodes: {ok} answers"
+    );
+    assert_eq!(openai.hits(), ok, "refused calls never reach the provider");
+}
+
 #[tokio::test]
 async fn tokens_beyond_the_quota_are_charged_and_big_prompts_wait_for_the_minute() {
     let (openai, anthropic, gemini) = fakes().await;
