@@ -209,7 +209,8 @@ async fn resize_grants(
     tick: usize,
 ) {
     let counters = gateway.counters().leased();
-    counted.retain(|scope, _| counters.iter().any(|c| &c.scope == scope));
+    let current: std::collections::HashSet<&str> = counters.iter().map(|c| &*c.scope).collect();
+    counted.retain(|scope, _| current.contains(&**scope));
     for counter in counters {
         let Some(lease) = &counter.lease else {
             continue;
