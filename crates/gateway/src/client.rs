@@ -278,11 +278,21 @@ fn send_new<'a>(
     })
 }
 
+/// Marks a request whose client sent `TE: trailers` (gRPC): over HTTP/2
+/// the upstream gets it again (RFC 9113 §8.2.2 allows that one value); an
+/// HTTP/1.1 upstream does not (its trailers are not passed on).
+#[derive(Clone, Copy)]
+pub struct TeTrailers;
+
 /// HTTP/2 carries scheme and authority as pseudo-headers, not `Host`,
 /// and has no connection-level upgrade: such a request goes as a plain one.
 fn to_http2(request: &mut Request<UpstreamRequestBody>, target: &TargetRt) {
     *request.version_mut() = http::Version::HTTP_2;
+    let te_trailers = request.extensions().get::<TeTrailers>().is_some();
     let headers = request.headers_mut();
+    if te_trailers {
+        headers.insert(http::header::TE, http::HeaderValue::from_static("trailers"));
+    }
     headers.remove(http::header::HOST);
     if headers.remove(http::header::UPGRADE).is_some() {
         headers.remove(http::header::CONNECTION);

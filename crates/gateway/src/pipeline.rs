@@ -872,7 +872,7 @@ async fn forward(
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     });
-    strip_hop_by_hop(&mut headers);
+    let te_trailers = strip_hop_by_hop(&mut headers);
     if let Some(protocol) = &upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, protocol.clone());
@@ -996,6 +996,11 @@ async fn forward(
         *upstream_request.method_mut() = parts.method.clone();
         *upstream_request.uri_mut() = uri;
         *upstream_request.headers_mut() = try_headers;
+        if te_trailers {
+            upstream_request
+                .extensions_mut()
+                .insert(crate::client::TeTrailers);
+        }
 
         let in_flight = upstream
             .tracks_in_flight()
@@ -1451,11 +1456,21 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those that
 /// `Connection` names. Most messages have none: one pass over the names
-/// finds that without hashing.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+/// finds that without hashing. Returns whether `TE` accepted trailers (a
+/// gRPC client's `te: trailers`, which an HTTP/2 upstream gets again).
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
     let Some(first) = headers.keys().find(|name| is_hop_by_hop(name)).cloned() else {
-        return;
+        return false;
     };
+    let te_trailers = headers.get_all(header::TE).iter().any(|value| {
+        value.to_str().is_ok_and(|text| {
+            text.split(',').any(|part| {
+                part.split(';')
+                    .next()
+                    .is_some_and(|coding| coding.trim().eq_ignore_ascii_case("trailers"))
+            })
+        })
+    });
     // `Connection` may name more headers to drop; `keep-alive` and `close`
     // (the usual values) name none worth a lookup.
     let named: Vec<HeaderName> = headers
@@ -1479,6 +1494,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         headers.remove(&name);
         next = headers.keys().find(|name| is_hop_by_hop(name)).cloned();
     }
+    te_trailers
 }
 
 fn append_forwarded(

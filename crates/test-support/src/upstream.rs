@@ -249,6 +249,23 @@ async fn respond(state: Arc<State>, request: Request<Incoming>) -> Response<Body
                 ),
             );
         }
+        // A gRPC-like answer: a body, then trailers (`grpc-status: 0`).
+        ["trailers"] => {
+            let mut trailers = hyper::HeaderMap::new();
+            trailers.insert("grpc-status", hyper::header::HeaderValue::from_static("0"));
+            trailers.insert(
+                "grpc-message",
+                hyper::header::HeaderValue::from_static("fine"),
+            );
+            let frames = futures_util::stream::iter([
+                Ok::<_, Infallible>(Frame::data(Bytes::from_static(b"payload"))),
+                Ok(Frame::trailers(trailers)),
+            ]);
+            return Response::builder()
+                .header("content-type", "application/grpc")
+                .body(BodyExt::boxed(StreamBody::new(frames)))
+                .unwrap();
+        }
         ["sse", count, gap_ms] => {
             let count: usize = count.parse().unwrap_or(3);
             let gap = Duration::from_millis(gap_ms.parse().unwrap_or(10));
@@ -343,4 +360,37 @@ async fn respond(state: Arc<State>, request: Request<Incoming>) -> Response<Body
         );
     }
     response
+}
+
+/// What [`h2c_get`] read: the status, the body and the trailers.
+pub struct H2Answer {
+    pub status: u16,
+    pub body: Bytes,
+    pub trailers: Option<hyper::HeaderMap>,
+}
+
+/// A GET over h2c by prior knowledge (as gRPC clients speak) that reads
+/// the answer's trailers too, which reqwest does not expose.
+pub async fn h2c_get(url: &str) -> H2Answer {
+    let uri: hyper::Uri = url.parse().unwrap();
+    let authority = uri.authority().unwrap().to_string();
+    let stream = tokio::net::TcpStream::connect(&authority).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let request = hyper::Request::get(uri)
+        .header("te", "trailers")
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    let status = response.status().as_u16();
+    let collected = response.into_body().collect().await.unwrap();
+    let trailers = collected.trailers().cloned();
+    H2Answer {
+        status,
+        body: collected.to_bytes(),
+        trailers,
+    }
 }

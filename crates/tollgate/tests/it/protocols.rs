@@ -68,6 +68,38 @@ async fn http2_to_upstreams_and_from_clients() {
     }
 }
 
+/// Trailers (gRPC's status) pass from an HTTP/2 upstream to an HTTP/2
+/// client, after the body.
+#[tokio::test]
+async fn trailers_pass_over_http2_both_ways() {
+    let upstream = FakeUpstream::start("h2").await;
+    let tollgate = Tollgate::start(BIN).await;
+    tollgate
+        .publish_http_service(
+            "grpc",
+            "/grpc",
+            json!({"targets": [{"url": upstream.url()}], "protocol": "http2"}),
+            &[json!({"path": "/*"})],
+        )
+        .await;
+    tollgate
+        .wait_for("/grpc/x", Duration::from_secs(1), |s| s == 200)
+        .await;
+    let answer =
+        test_support::upstream::h2c_get(&format!("{}/grpc/trailers", tollgate.gateway_url)).await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(&answer.body[..], b"payload");
+    let trailers = answer.trailers.expect("trailers after the body");
+    assert_eq!(trailers["grpc-status"], "0");
+    assert_eq!(trailers["grpc-message"], "fine");
+    // The client's `te: trailers` reaches the HTTP/2 upstream (gRPC
+    // servers ask for it), though `TE` is otherwise hop-by-hop.
+    let echo =
+        test_support::upstream::h2c_get(&format!("{}/grpc/echo", tollgate.gateway_url)).await;
+    let echo: serde_json::Value = serde_json::from_slice(&echo.body).unwrap();
+    assert_eq!(echo["headers"]["te"], "trailers", "{echo}");
+}
+
 #[tokio::test]
 async fn tls_upstreams_are_verified() {
     let (upstream, ca_pem) = FakeUpstream::start_tls("tls").await;
