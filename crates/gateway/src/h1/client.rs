@@ -325,6 +325,7 @@ fn parse_response(
     upgrade: bool,
 ) -> Result<Option<Parsed>, ExchangeError> {
     let mut fields: smallvec::SmallVec<[FieldRanges; 24]> = smallvec::SmallVec::new();
+    let mut connection = super::ConnectionTokens::default();
     let (length, code, minor) = {
         let mut storage =
             [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
@@ -346,6 +347,7 @@ fn parse_response(
         let code = response.code.unwrap_or(0);
         let minor = response.version.unwrap_or(1);
         for field in response.headers.iter() {
+            connection.read(field.name.as_bytes(), field.value);
             fields.push((
                 super::range_in(buf, field.name.as_bytes()),
                 super::range_in(buf, field.value),
@@ -366,7 +368,8 @@ fn parse_response(
         return Ok(Some(Parsed::Informational));
     }
     // Room for the request id, `RateLimit` pair and balance added on the way back.
-    let mut headers = super::header_map(&head, &fields, 4).map_err(ExchangeError::Head)?;
+    let mut headers =
+        super::header_map(&head, &fields, 4, &connection).map_err(ExchangeError::Head)?;
     let (declared, tidy) = super::declared_framing(&headers).map_err(ExchangeError::Head)?;
     if let Some(framing) = declared.filter(|_| !tidy) {
         // The client is told the framing it gets: never the upstream's
@@ -384,9 +387,9 @@ fn parse_response(
     };
     let keep_alive = framing != Framing::Eof
         && if minor == 0 {
-            super::has_token(&headers, &header::CONNECTION, "keep-alive")
+            connection.keep_alive
         } else {
-            !super::has_token(&headers, &header::CONNECTION, "close")
+            !connection.close
         };
     let version = if minor == 0 {
         Version::HTTP_10

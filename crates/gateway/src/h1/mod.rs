@@ -287,19 +287,66 @@ pub(crate) fn range_in(base: &[u8], part: &[u8]) -> Range<usize> {
 ///
 /// `spare`: room for the headers the gateway will add, so that adding them
 /// does not grow (rehash and copy) the map.
+///
+/// `connection`: what the head's `Connection` lines say (read while it
+/// was parsed); when they name no other header, `Connection` and
+/// `Keep-Alive` (hop-by-hop, removed before the message goes on) are left
+/// out of the map, so the common head needs no removal later.
 pub(crate) fn header_map(
     head: &Bytes,
     fields: &[FieldRanges],
     spare: usize,
+    connection: &ConnectionTokens,
 ) -> Result<HeaderMap, HeadError> {
     let mut headers = HeaderMap::with_capacity(fields.len() + spare);
+    let skip = !connection.others;
     for (name, value) in fields {
-        let name = HeaderName::from_bytes(&head[name.clone()]).map_err(|_| HeadError::Malformed)?;
+        let raw = &head[name.clone()];
+        if skip && is_connection_or_keep_alive(raw) {
+            continue;
+        }
+        let name = HeaderName::from_bytes(raw).map_err(|_| HeadError::Malformed)?;
         let value = HeaderValue::from_maybe_shared(head.slice(value.clone()))
             .map_err(|_| HeadError::Malformed)?;
         headers.append(name, value);
     }
     Ok(headers)
+}
+
+/// What a head's `Connection` lines say, read off the raw fields while the
+/// head is parsed (no header map lookups).
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct ConnectionTokens {
+    pub keep_alive: bool,
+    pub close: bool,
+    /// A token other than `keep-alive` and `close` (`upgrade`, or a header
+    /// name the hop-by-hop removal must drop).
+    pub others: bool,
+}
+
+impl ConnectionTokens {
+    /// Reads one field: a `Connection` line adds its tokens.
+    pub(crate) fn read(&mut self, name: &[u8], value: &[u8]) {
+        if name.len() != 10 || !name.eq_ignore_ascii_case(b"connection") {
+            return;
+        }
+        for token in value.split(|&b| b == b',') {
+            let token = token.trim_ascii();
+            if token.eq_ignore_ascii_case(b"keep-alive") {
+                self.keep_alive = true;
+            } else if token.eq_ignore_ascii_case(b"close") {
+                self.close = true;
+            } else if !token.is_empty() {
+                self.others = true;
+            }
+        }
+    }
+}
+
+/// `Connection` or `Keep-Alive` (both ten bytes), any case.
+fn is_connection_or_keep_alive(name: &[u8]) -> bool {
+    name.len() == 10
+        && (name.eq_ignore_ascii_case(b"connection") || name.eq_ignore_ascii_case(b"keep-alive"))
 }
 
 /// Whether a `Host` value is `uri-host [":" port]` (RFC 9112 §3.2, RFC

@@ -320,6 +320,8 @@ fn lock(state: &Mutex<BodyState>) -> std::sync::MutexGuard<'_, BodyState> {
 /// when complete. `None`: not all of it has arrived.
 fn parse_request(buf: &mut BytesMut) -> Result<Option<Head>, HeadError> {
     let mut fields: smallvec::SmallVec<[FieldRanges; 24]> = smallvec::SmallVec::new();
+    let mut connection = super::ConnectionTokens::default();
+    let mut expect = false;
     let (length, method, target, minor) = {
         let mut storage =
             [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
@@ -337,6 +339,8 @@ fn parse_request(buf: &mut BytesMut) -> Result<Option<Head>, HeadError> {
         let target = super::range_in(buf, request.path.unwrap_or("").as_bytes());
         let mut hosts = 0;
         for field in request.headers.iter() {
+            connection.read(field.name.as_bytes(), field.value);
+            expect |= field.name.eq_ignore_ascii_case("expect");
             if field.name.eq_ignore_ascii_case("host") {
                 hosts += 1;
                 // RFC 9112 §3.2: an invalid Host is a bad request.
@@ -361,7 +365,7 @@ fn parse_request(buf: &mut BytesMut) -> Result<Option<Head>, HeadError> {
     let uri = Uri::from_maybe_shared(head.slice(target)).map_err(|_| HeadError::Malformed)?;
     // Room for `Host`, the request id, three `X-Forwarded-*` and the
     // caller's identity, added for the upstream.
-    let mut headers = super::header_map(&head, &fields, 10)?;
+    let mut headers = super::header_map(&head, &fields, 10, &connection)?;
     let version = if minor == 0 {
         Version::HTTP_10
     } else {
@@ -396,11 +400,11 @@ fn parse_request(buf: &mut BytesMut) -> Result<Option<Head>, HeadError> {
         super::normalise_framing(&mut headers, framing);
     }
     let keep_alive = if version == Version::HTTP_10 {
-        super::has_token(&headers, &header::CONNECTION, "keep-alive")
+        connection.keep_alive
     } else {
-        !super::has_token(&headers, &header::CONNECTION, "close")
+        !connection.close
     };
-    let expect_continue = match headers.remove(header::EXPECT) {
+    let expect_continue = match expect.then(|| headers.remove(header::EXPECT)).flatten() {
         // An HTTP/1.0 client cannot take an interim answer (RFC 9110 §10.1.1).
         Some(value) => {
             version == Version::HTTP_11 && value.as_bytes().eq_ignore_ascii_case(b"100-continue")
