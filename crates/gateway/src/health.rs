@@ -84,13 +84,13 @@ async fn probe(upstream: Arc<UpstreamRt>, index: usize) {
         state.probe_failures.store(0, Ordering::Relaxed);
         let successes = state.probe_successes.fetch_add(1, Ordering::Relaxed) + 1;
         if successes >= active.healthy_threshold && !state.healthy.swap(true, Ordering::Relaxed) {
-            tracing::info!(upstream = %upstream.spec.slug, target = %target.url, "target healthy again");
+            tracing::info!(upstream = %upstream.spec.slug, target_url = %target.url, "target healthy again");
         }
     } else {
         state.probe_successes.store(0, Ordering::Relaxed);
         let failures = state.probe_failures.fetch_add(1, Ordering::Relaxed) + 1;
         if failures >= active.unhealthy_threshold && state.healthy.swap(false, Ordering::Relaxed) {
-            tracing::warn!(upstream = %upstream.spec.slug, target = %target.url, "target unhealthy");
+            tracing::warn!(upstream = %upstream.spec.slug, target_url = %target.url, "target unhealthy");
         }
     }
 }

@@ -1107,7 +1107,7 @@ async fn forward(
                     ));
                 }
                 upstream.record(index, Outcome::Failure { latency: None });
-                tracing::debug!(upstream = %upstream.spec.slug, target = %target.url, %error, "upstream try failed");
+                tracing::debug!(upstream = %upstream.spec.slug, target_url = %target.url, %error, "upstream try failed");
                 let refusal =
                     connection_refusal(&error, &service.slug, upstream.spec.connect_timeout_ms);
                 if last_try || !(may_retry || error.is_connect()) {

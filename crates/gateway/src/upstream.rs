@@ -547,7 +547,7 @@ impl UpstreamRt {
                         .store(monotonic_ms() + duration, Ordering::Relaxed);
                     tracing::warn!(
                         upstream = %self.spec.slug,
-                        target = %target.url,
+                        target_url = %target.url,
                         ejection_ms = duration,
                         "target ejected after {failures} consecutive failures"
                     );

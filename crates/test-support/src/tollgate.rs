@@ -136,6 +136,21 @@ impl Tollgate {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
+    /// The process's log lines (the default `json` format), each checked
+    /// to be one JSON object whose keys are all different (a repeated key
+    /// is lost by most log pipelines, which keep the last value).
+    pub fn json_log_lines(&self) -> Vec<serde_json::Map<String, Value>> {
+        self.log()
+            .lines()
+            .filter(|line| !line.trim().is_empty())
+            .map(|line| {
+                let mut deserializer = serde_json::Deserializer::from_str(line);
+                serde::de::Deserializer::deserialize_map(&mut deserializer, UniqueKeys)
+                    .unwrap_or_else(|error| panic!("log line {line}: {error}"))
+            })
+            .collect()
+    }
+
     pub fn log_path(&self) -> &Path {
         &self.log_path
     }
@@ -334,5 +349,26 @@ impl Tollgate {
         )
         .await;
         service
+    }
+}
+
+/// Reads a JSON object, refusing a key seen twice.
+struct UniqueKeys;
+
+impl<'de> serde::de::Visitor<'de> for UniqueKeys {
+    type Value = serde_json::Map<String, Value>;
+
+    fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+        formatter.write_str("a JSON object with unique keys")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut object = serde_json::Map::new();
+        while let Some((key, value)) = map.next_entry::<String, Value>()? {
+            if object.insert(key.clone(), value).is_some() {
+                return Err(serde::de::Error::custom(format!("the key '{key}' is repeated")));
+            }
+        }
+        Ok(object)
     }
 }

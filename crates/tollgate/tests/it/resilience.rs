@@ -158,6 +158,16 @@ async fn active_health_checks_mark_targets_down_and_up() {
         a.hits() > before,
         "a healthy-again target gets traffic back"
     );
+    // The process said so, in JSON lines that name the target's URL.
+    let lines = tollgate.json_log_lines();
+    for message in ["target unhealthy", "target healthy again"] {
+        let line = lines
+            .iter()
+            .find(|line| line["message"] == message)
+            .unwrap_or_else(|| panic!("no '{message}' line in {lines:?}"));
+        assert_eq!(line["target_url"], a.url(), "{line:?}");
+        assert_eq!(line["upstream"], "svc-backend", "{line:?}");
+    }
 
     // Every target down: 503.
     a.set_healthy(false);
