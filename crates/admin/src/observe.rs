@@ -287,10 +287,13 @@ const MAX_TIME_MS: i64 = 1 << 47;
         ("team" = Option<String>, Query, description = "calls by this team's apps or to its services"),
         ("app" = Option<String>, Query), ("key_prefix" = Option<String>, Query),
         ("service" = Option<String>, Query), ("route" = Option<String>, Query, description = "route id"),
-        ("status" = Option<u16>, Query), ("code" = Option<String>, Query, description = "refusal code"),
+        ("status" = Option<u16>, Query, minimum = 100, maximum = 599, description = "HTTP status, 100–599"),
+        ("code" = Option<String>, Query, description = "refusal code"),
         ("model" = Option<String>, Query), ("request_id" = Option<String>, Query),
         ("format" = Option<String>, Query, description = "json (default), csv or ndjson; csv and ndjson export every match (up to 100,000 rows)")),
-    responses((status = 200, body = ListResponse<CallView>), (status = 400, body = crate::openapi::Problem)))]
+    responses((status = 200, description = "a page (json), or every match as CSV (RFC 4180, a header row) or NDJSON (one CallView per line)",
+            content((ListResponse<CallView> = "application/json"), (String = "text/csv"), (String = "application/x-ndjson"))),
+        (status = 400, body = crate::openapi::Problem)))]
 pub async fn list_logs(
     State(state): State<AdminState>,
     caller: Caller,
@@ -456,7 +459,7 @@ fn export(format: Format, rows: &[CallView], next: Option<&str>) -> Response {
         }
         return text_response(out, "application/x-ndjson", next);
     }
-    const COLUMNS: [&str; 25] = [
+    const COLUMNS: [&str; 31] = [
         "id",
         "request_id",
         "time",
@@ -482,12 +485,18 @@ fn export(format: Format, rows: &[CallView], next: Option<&str>) -> Response {
         "model",
         "input_tokens",
         "output_tokens",
+        "subscription_id",
+        "plan",
+        "provider",
+        "ttft_ms",
+        "completed",
+        "problem",
     ];
     out.push_str(&COLUMNS.join(","));
     out.push_str("\r\n");
     let none = String::new();
     for row in rows {
-        let cells: [String; 25] = [
+        let cells: [String; 31] = [
             row.id.clone(),
             row.request_id.clone(),
             row.time.clone(),
@@ -514,6 +523,15 @@ fn export(format: Format, rows: &[CallView], next: Option<&str>) -> Response {
             row.model.clone().unwrap_or_else(|| none.clone()),
             row.input_tokens.to_string(),
             row.output_tokens.to_string(),
+            row.subscription_id.clone().unwrap_or_default(),
+            row.plan.clone().unwrap_or_default(),
+            row.provider.clone().unwrap_or_default(),
+            row.ttft_ms.map_or_else(String::new, |ms| ms.to_string()),
+            row.completed.to_string(),
+            // The refusal's problem document, as JSON text.
+            row.problem
+                .as_ref()
+                .map_or_else(String::new, ToString::to_string),
         ];
         for (index, cell) in cells.iter().enumerate() {
             if index > 0 {

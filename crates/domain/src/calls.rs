@@ -361,16 +361,23 @@ mod tests {
         assert_eq!(value["nested"][0]["ssn"], "[redacted]");
         assert_eq!(value["note"], "[redacted]");
         // Keys as member names: the members stay, under other names.
-        let keyed = br#"{"tg_live_AAAA": 1, "n": {"tg_test_BBBB": {"ok": true}, "Bearer x": 2}, "m": 3}"#;
+        let keyed =
+            br#"{"tg_live_AAAA": 1, "n": {"tg_test_BBBB": {"ok": true}, "Bearer x": 2}, "m": 3}"#;
         let stored = redact_body(keyed, &extra).unwrap();
-        assert!(!stored.contains("tg_live_") && !stored.contains("tg_test_"), "{stored}");
+        assert!(
+            !stored.contains("tg_live_") && !stored.contains("tg_test_"),
+            "{stored}"
+        );
         let value: serde_json::Value = serde_json::from_str(&stored).unwrap();
         assert_eq!(value["[redacted]"], 1);
         assert_eq!(value["m"], 3);
         assert_eq!(value["n"].as_object().unwrap().len(), 2, "{stored}");
         let mut hidden = [&value["n"]["[redacted]"], &value["n"]["[redacted 2]"]];
         hidden.sort_by_key(|v| v.is_object());
-        assert_eq!(hidden, [&serde_json::json!(2), &serde_json::json!({"ok": true})]);
+        assert_eq!(
+            hidden,
+            [&serde_json::json!(2), &serde_json::json!({"ok": true})]
+        );
         // Cut-off JSON or forms that name a secret are withheld whole.
         assert!(
             redact_body(br#"{"password": "hun"#, &extra)

@@ -366,7 +366,9 @@ impl<'de> serde::de::Visitor<'de> for UniqueKeys {
         let mut object = serde_json::Map::new();
         while let Some((key, value)) = map.next_entry::<String, Value>()? {
             if object.insert(key.clone(), value).is_some() {
-                return Err(serde::de::Error::custom(format!("the key '{key}' is repeated")));
+                return Err(serde::de::Error::custom(format!(
+                    "the key '{key}' is repeated"
+                )));
             }
         }
         Ok(object)

@@ -281,7 +281,23 @@ async fn calls_are_logged_counted_and_explained() {
     assert_eq!(content_type, "text/csv; charset=utf-8");
     let lines: Vec<&str> = csv.lines().collect();
     assert!(lines[0].starts_with("id,request_id,time,method,host,path,status,code"));
+    assert!(
+        lines[0].ends_with(",subscription_id,plan,provider,ttft_ms,completed,problem"),
+        "{}",
+        lines[0]
+    );
     assert_eq!(lines.len(), all.len() + 1, "{csv}");
+    // The OpenAPI document names both export formats.
+    let (_, doc) = tollgate
+        .admin(reqwest::Method::GET, "/api/v1/openapi.json", None)
+        .await;
+    let answers = &doc["paths"]["/api/v1/logs"]["get"]["responses"]["200"]["content"];
+    for content_type in ["application/json", "text/csv", "application/x-ndjson"] {
+        assert!(
+            answers.get(content_type).is_some(),
+            "{content_type}: {answers}"
+        );
+    }
     let (status, content_type, ndjson) = admin_text(
         &tollgate,
         ADMIN_TOKEN,
