@@ -114,6 +114,9 @@ pub struct ListParams {
     /// The id to continue after.
     pub after: Option<String>,
     pub filters: Vec<(String, String)>,
+    /// `limit` or `cursor`, if the request gave one (for endpoints that
+    /// answer in one piece and take neither).
+    pub paging: Option<&'static str>,
 }
 
 pub const LIMIT_DEFAULT: usize = 50;
@@ -130,9 +133,32 @@ impl ListParams {
 
     /// Refuses filters other than `allowed`.
     pub fn only(&self, allowed: &[&str]) -> Result<(), ApiError> {
+        self.only_among(allowed, true)
+    }
+
+    /// Refuses parameters other than `allowed`, `limit` and `cursor`
+    /// included: for an endpoint that answers in one piece.
+    pub fn only_unpaged(&self, allowed: &[&str]) -> Result<(), ApiError> {
+        if let Some(key) = self.paging {
+            return Err(ApiError::field(
+                key,
+                format!(
+                    "is not a known parameter: this answer comes in one piece (expected one of {})",
+                    allowed.join(", ")
+                ),
+            ));
+        }
+        self.only_among(allowed, false)
+    }
+
+    fn only_among(&self, allowed: &[&str], paged: bool) -> Result<(), ApiError> {
         for (key, _) in &self.filters {
             if !allowed.contains(&key.as_str()) {
-                let mut known = vec!["limit", "cursor"];
+                let mut known = if paged {
+                    vec!["limit", "cursor"]
+                } else {
+                    Vec::new()
+                };
                 known.extend_from_slice(allowed);
                 return Err(ApiError::field(
                     key.clone(),
@@ -175,6 +201,7 @@ impl<S: Send + Sync> FromRequestParts<S> for ListParams {
             }
             match key.as_str() {
                 "limit" => {
+                    params.paging = Some("limit");
                     params.limit = value
                         .parse::<usize>()
                         .ok()
@@ -187,6 +214,7 @@ impl<S: Send + Sync> FromRequestParts<S> for ListParams {
                         })?;
                 }
                 "cursor" => {
+                    params.paging = Some("cursor");
                     let decoded = base64::engine::general_purpose::URL_SAFE_NO_PAD
                         .decode(value.as_bytes())
                         .ok()

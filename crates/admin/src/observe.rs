@@ -140,7 +140,7 @@ pub fn call_view(row: CallRow, currency: &str, visible: &store::Visible) -> Call
     CallView {
         id,
         request_id,
-        time: domain::access::format_time_ms(at_ms),
+        time: domain::access::format_time_ms_fixed(at_ms),
         method,
         host,
         path,
@@ -834,7 +834,7 @@ pub async fn summary(
     caller: Caller,
     params: ListParams,
 ) -> Result<Response, ApiError> {
-    params.only(&["from", "to", "group_by", "service", "app", "team"])?;
+    params.only_unpaged(&["from", "to", "group_by", "service", "app", "team"])?;
     let q = question(&params, DAY_MS)?;
     let visible = caller.visible();
     let mut total = Sums::default();
@@ -910,7 +910,7 @@ pub async fn timeseries(
     caller: Caller,
     params: ListParams,
 ) -> Result<Response, ApiError> {
-    params.only(&[
+    params.only_unpaged(&[
         "metric", "interval", "from", "to", "group_by", "service", "app", "team",
     ])?;
     let metric_name = params
@@ -944,9 +944,15 @@ pub async fn timeseries(
             )
         })?;
     let mut q = question(&params, HOUR_MS)?;
-    // Slots start at multiples of the interval.
-    q.from_ms = q.from_ms.div_euclid(interval_ms) * interval_ms;
-    q.to_ms = (q.to_ms + interval_ms - 1).div_euclid(interval_ms) * interval_ms;
+    // Slots start at multiples of the interval since the epoch; weeks on
+    // Mondays (the epoch was a Thursday), as ISO weeks do.
+    let origin = if interval_ms == 7 * DAY_MS {
+        4 * DAY_MS
+    } else {
+        0
+    };
+    q.from_ms = (q.from_ms - origin).div_euclid(interval_ms) * interval_ms + origin;
+    q.to_ms = (q.to_ms - origin + interval_ms - 1).div_euclid(interval_ms) * interval_ms + origin;
     let points = (q.to_ms - q.from_ms) / interval_ms;
     if points > MAX_POINTS {
         return Err(ApiError::field(

@@ -467,6 +467,25 @@ pub fn format_time_ms(ms: i64) -> String {
         .unwrap_or_default()
 }
 
+/// RFC 3339 in UTC with exactly three fraction digits
+/// (`2026-12-01T09:19:20.180Z`): call times, which sort as text in the
+/// order they happened.
+pub fn format_time_ms_fixed(ms: i64) -> String {
+    let Ok(at) = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000) else {
+        return String::new();
+    };
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        at.year(),
+        u8::from(at.month()),
+        at.day(),
+        at.hour(),
+        at.minute(),
+        at.second(),
+        at.millisecond()
+    )
+}
+
 /// A stored key: never the key itself, only its SHA-256 and a prefix.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ApiKey {
@@ -963,6 +982,16 @@ pub struct AuditEntry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn call_times_have_three_fraction_digits() {
+        let at = parse_time_ms("2026-12-01T09:19:20.18Z").unwrap();
+        assert_eq!(format_time_ms_fixed(at), "2026-12-01T09:19:20.180Z");
+        assert_eq!(format_time_ms_fixed(at + 820), "2026-12-01T09:19:21.000Z");
+        assert_eq!(format_time_ms_fixed(0), "1970-01-01T00:00:00.000Z");
+        let (earlier, later) = (format_time_ms_fixed(at), format_time_ms_fixed(at + 1));
+        assert!(earlier < later, "sorted as text");
+    }
 
     #[test]
     fn state_machine() {

@@ -378,7 +378,7 @@ pub(crate) async fn request<B>(
     let millis = domain::calls::millis;
     let body = json!({
         "request_id": call.request_id,
-        "time": format_time_ms(call.at_ms),
+        "time": domain::access::format_time_ms_fixed(call.at_ms),
         "method": call.method,
         "path": call.path,
         "status": call.status,

@@ -558,6 +558,22 @@ async fn bad_analytics_questions_are_refused_with_the_limit() {
             "colour",
             "is not a known parameter",
         ),
+        // Analytics answer in one piece: no paging parameters.
+        (
+            "/api/v1/analytics/summary?limit=5",
+            "limit",
+            "comes in one piece",
+        ),
+        (
+            "/api/v1/analytics/timeseries?metric=requests&cursor=abc",
+            "cursor",
+            "is not a cursor",
+        ),
+        (
+            "/api/v1/analytics/summary?colour=red",
+            "expected one of from, to, group_by",
+            "is not a known parameter",
+        ),
     ] {
         let (status, body) = tollgate.admin(Method::GET, path, None).await;
         assert_eq!(status, 400, "{path}: {body}");
@@ -565,6 +581,18 @@ async fn bad_analytics_questions_are_refused_with_the_limit() {
         assert!(text.contains(field), "{path}: {text}");
         assert!(text.contains(says), "{path}: {text}");
     }
+    // Weeks start on Mondays: 2026-11-05 is a Thursday.
+    let (status, body) = tollgate
+        .admin(
+            Method::GET,
+            "/api/v1/analytics/timeseries?metric=requests&interval=7d&from=2026-11-05T00:00:00Z&to=2026-11-20T00:00:00Z",
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["from"], "2026-11-02T00:00:00Z", "{body}");
+    assert_eq!(body["to"], "2026-11-23T00:00:00Z", "{body}");
+    assert_eq!(body["series"][0]["points"].as_array().unwrap().len(), 3);
     // A month at one point per hour is fine.
     let (status, body) = tollgate
         .admin(
