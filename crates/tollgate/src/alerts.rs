@@ -157,16 +157,22 @@ pub async fn check(
     let now = domain::now_ms();
     let mut announced = 0;
     for rule in store.all_alerts().await? {
-        if !rule.spec.enabled {
-            continue;
-        }
         let stored: HashMap<String, bool> = store
             .alert_states(&rule.id)
             .await?
             .into_iter()
             .map(|state| (state.subject, state.firing))
             .collect();
-        let mut verdicts = evaluate(&rule, metrics, gateway, (currency, node), now);
+        let enabled = rule.spec.enabled;
+        if !enabled && !stored.values().any(|firing| *firing) {
+            continue;
+        }
+        // A disabled rule judges nothing: what it had firing resolves.
+        let mut verdicts = if enabled {
+            evaluate(&rule, metrics, gateway, (currency, node), now)
+        } else {
+            Vec::new()
+        };
         // A firing subject that is gone (a target removed, a subscription
         // renewed) is resolved; other nodes' calls are theirs to judge.
         for (subject, firing) in &stored {
@@ -176,7 +182,11 @@ pub async fn check(
                     subject: subject.clone(),
                     firing: false,
                     value: String::new(),
-                    details: json!({}),
+                    details: if enabled {
+                        json!({"reason": "the subject is gone"})
+                    } else {
+                        json!({"reason": "the rule was disabled"})
+                    },
                 });
             }
         }

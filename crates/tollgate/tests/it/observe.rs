@@ -730,6 +730,29 @@ async fn an_alert_fires_once_on_a_burst_of_402s_and_resolves() {
     assert_eq!(resolved["data"]["state"], "resolved");
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(receiver.received().len(), 2);
+    // Firing again, then disabled: what it had firing resolves, saying why.
+    burst(6).await;
+    let received = receiver.wait_for(3, Duration::from_secs(5)).await;
+    assert_eq!(received[2].json()["type"], "alert.firing");
+    let (status, body) = tollgate
+        .admin(
+            Method::PATCH,
+            "/api/v1/alerts/too-many-402",
+            Some(json!({"enabled": false})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let received = receiver.wait_for(4, Duration::from_secs(5)).await;
+    let resolved = received[3].json();
+    assert_eq!(resolved["type"], "alert.resolved", "{resolved}");
+    assert_eq!(
+        resolved["data"]["details"]["reason"],
+        "the rule was disabled"
+    );
+    let (_, view) = tollgate
+        .admin(Method::GET, "/api/v1/alerts/too-many-402", None)
+        .await;
+    assert_eq!(view["states"][0]["firing"], false, "{view}");
 
     // Managed through the API and audited; invisible to other teams.
     let (status, audit) = tollgate
