@@ -113,6 +113,7 @@ pub fn call_view(row: CallRow, currency: &str, visible: &store::Visible) -> Call
         code,
         latency_us,
         upstream_latency_us,
+        upstream_body_us: _,
         bytes_in,
         bytes_out,
         client_ip,

@@ -77,6 +77,10 @@ pub struct CallEntry {
     pub latency_us: u64,
     /// Last upstream try: request sent → response head received.
     pub upstream_latency_us: Option<u64>,
+    /// How long the upstream kept the gateway waiting for its response
+    /// body after the head (a streamed answer); for the gateway-overhead
+    /// metric, not stored.
+    pub upstream_body_us: Option<u64>,
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub client_ip: String,

@@ -343,6 +343,9 @@ pub struct UpstreamResponseBody {
     idle_timeout: Duration,
     /// Armed when the upstream makes us wait; reset by each chunk.
     idle: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// When the upstream first made us wait for the body (the time from
+    /// then to its end is the upstream's, not the gateway's).
+    waiting_since: Option<tokio::time::Instant>,
     /// The call's log record, finished when the body ends or is dropped.
     log: LogOnEnd,
 }
@@ -367,6 +370,7 @@ impl UpstreamResponseBody {
             _permits: Vec::new(),
             idle_timeout,
             idle: None,
+            waiting_since: None,
             log: LogOnEnd::default(),
         }
     }
@@ -417,16 +421,25 @@ impl Body for UpstreamResponseBody {
                     }
                 }
                 if let Some(idle) = this.idle.as_mut() {
-                    idle.as_mut()
-                        .reset(tokio::time::Instant::now() + this.idle_timeout);
+                    // Only a body that made us wait reads the clock here.
+                    let now = tokio::time::Instant::now();
+                    idle.as_mut().reset(now + this.idle_timeout);
+                    if let (Some(record), Some(since)) = (this.log.0.as_mut(), this.waiting_since)
+                        && (record.completed || frame.is_none())
+                    {
+                        record.upstream_body = Some(now.saturating_duration_since(since));
+                    }
                 }
                 Poll::Ready(frame)
             }
             Poll::Pending => {
                 let timeout = this.idle_timeout;
-                let idle = this
-                    .idle
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                let waiting_since = &mut this.waiting_since;
+                let idle = this.idle.get_or_insert_with(|| {
+                    let now = tokio::time::Instant::now();
+                    *waiting_since = Some(now);
+                    Box::pin(tokio::time::sleep_until(now + timeout))
+                });
                 match idle.as_mut().poll(cx) {
                     Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(IdleTimeout(timeout))))),
                     Poll::Pending => Poll::Pending,

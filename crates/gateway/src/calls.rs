@@ -78,6 +78,8 @@ pub struct CallRecord {
     pub latency: Duration,
     /// Index of the upstream target tried last, and its time to answer.
     pub target: Option<(usize, Duration)>,
+    /// How long the upstream kept the body waiting after its head.
+    pub upstream_body: Option<Duration>,
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub cost_nanos: i64,
@@ -340,6 +342,7 @@ impl CallRecord {
             code: _,
             latency_us: _,
             upstream_latency_us: _,
+            upstream_body_us: _,
             bytes_in: _,
             bytes_out: _,
             client_ip: _,
@@ -389,6 +392,7 @@ impl CallRecord {
         put_opt(&mut entry.code, self.code.map(Code::as_str));
         entry.latency_us = micros(self.latency);
         entry.upstream_latency_us = self.target.map(|(_, took)| micros(took));
+        entry.upstream_body_us = self.upstream_body.map(micros);
         entry.bytes_in = self.bytes_in;
         entry.bytes_out = self.bytes_out;
         put_ip(&mut entry.client_ip, self.client_ip);
@@ -474,6 +478,7 @@ impl CallRecord {
             code: None,
             latency: Duration::ZERO,
             target: None,
+            upstream_body: None,
             bytes_in: 0,
             bytes_out: 0,
             cost_nanos: 0,

@@ -522,6 +522,7 @@ fn call_from(row: &AnyRow) -> Result<CallRow> {
             code: opt_text(row, "code")?,
             latency_us: count("latency_us")?,
             upstream_latency_us: maybe("upstream_latency_us")?,
+            upstream_body_us: None,
             bytes_in: count("bytes_in")?,
             bytes_out: count("bytes_out")?,
             client_ip: text(row, "client_ip")?,

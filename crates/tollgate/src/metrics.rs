@@ -89,9 +89,12 @@ pub fn tally<'a>(
         tally.values.add_call(entry);
         if let Some(upstream_us) = entry.upstream_latency_us {
             tally.upstream.observe(upstream_us);
+            // The upstream's share: its answer's head, and the time its
+            // body kept the gateway waiting (a streamed answer).
+            let waited = upstream_us.saturating_add(entry.upstream_body_us.unwrap_or(0));
             tally
                 .overhead
-                .observe(entry.latency_us.saturating_sub(upstream_us));
+                .observe(entry.latency_us.saturating_sub(waited));
         }
     }
     groups
@@ -555,6 +558,29 @@ mod tests {
             groups(&|i| i == 1 || i == 2),
             [("a", 1, 4, 15), ("b", 1, 1, 16), ("a", 2, 1, 32)]
         );
+    }
+
+    /// The gateway's overhead leaves out the upstream's time: its head
+    /// and the time its body kept the gateway waiting (a stream).
+    #[test]
+    fn overhead_is_the_gateways_own_time() {
+        let call = |latency_us: u64, upstream: Option<u64>, body: Option<u64>| CallEntry {
+            app: Some("a".into()),
+            at_ms: 1_000,
+            latency_us,
+            upstream_latency_us: upstream,
+            upstream_body_us: body,
+            status: 200,
+            ..Default::default()
+        };
+        let entries = [
+            call(1_300, Some(1_000), None),
+            call(50_000, Some(1_000), Some(48_600)),
+            call(900, None, None),
+        ];
+        let groups = tally(&entries, &|_| true);
+        let (_, tally) = &groups[0];
+        assert_eq!(tally.overhead.sum_us, 300 + 400, "refusals have none");
     }
 
     #[test]

@@ -632,6 +632,7 @@ fn call(
             code: (status == 402).then(|| "insufficient_credit".into()),
             latency_us: 1_500,
             upstream_latency_us: Some(1_000),
+            upstream_body_us: None,
             client_ip: "127.0.0.1".into(),
             consumer_team: Some(consumer.into()),
             app: Some(format!("{consumer}-app")),

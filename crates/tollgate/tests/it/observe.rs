@@ -1046,3 +1046,43 @@ async fn calls_become_trace_spans_in_the_callers_trace() {
     assert!(failed.get("parentSpanId").is_none());
     assert_ne!(failed["traceId"], trace_id);
 }
+
+/// A streamed answer's time is the upstream's: the gateway's overhead
+/// leaves out the time its body kept the gateway waiting.
+#[tokio::test]
+async fn a_stream_is_not_counted_as_gateway_overhead() {
+    let upstream = FakeUpstream::start("s").await;
+    let tollgate = Tollgate::start(BIN).await;
+    tollgate
+        .publish_http_service(
+            "stream",
+            "/stream",
+            json!({"targets": [{"url": upstream.url()}]}),
+            &[json!({"path": "/*"})],
+        )
+        .await;
+    tollgate
+        .wait_for("/stream/x", Duration::from_secs(1), |s| s == 200)
+        .await;
+    // Six events 60 ms apart: the body takes 300 ms after its head.
+    let body = tollgate.get("/stream/sse/6/60").await.text().await.unwrap();
+    assert_eq!(body.matches("data:").count(), 6, "{body}");
+    let sum = |text: &str, family: &str| -> f64 {
+        let prefix = format!("{family}_sum{{service=\"stream\"}} ");
+        text.lines()
+            .find_map(|line| line.strip_prefix(prefix.as_str()))
+            .map_or(0.0, |value| value.parse().unwrap())
+    };
+    let started = Instant::now();
+    loop {
+        let (_, _, text) = admin_text(&tollgate, ADMIN_TOKEN, "/metrics").await;
+        let total = sum(&text, "tollgate_request_duration_seconds");
+        if total >= 0.3 {
+            let overhead = sum(&text, "tollgate_gateway_overhead_seconds");
+            assert!(overhead < 0.1, "overhead {overhead} s of {total} s: {text}");
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "{text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
