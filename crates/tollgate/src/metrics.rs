@@ -578,7 +578,7 @@ mod tests {
             call(50_000, Some(1_000), Some(48_600)),
             call(900, None, None),
         ];
-        let groups = tally(&entries, &|_| true);
+        let groups = tally(&entries, |_| true);
         let (_, tally) = &groups[0];
         assert_eq!(tally.overhead.sum_us, 300 + 400, "refusals have none");
     }
