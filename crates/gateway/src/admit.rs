@@ -812,15 +812,20 @@ fn pay(
     let mut reservation =
         crate::money::Reservation::new(&app.wallet, &subscription.labels, export_usage);
     if let Some(counter) = &terms.counter {
-        let (before, held_elsewhere) = match terms.included {
+        let place = match terms.included {
             Some(included) => reservation
                 .count_request_within(counter, included)
                 .map_err(|short| grant_short(counter, short, 1, included))?,
-            None => (reservation.count_request(counter), false),
+            None => crate::money::QuotaPlace {
+                before: reservation.count_request(counter),
+                within: false,
+                held_elsewhere: false,
+            },
         };
+        let (before, held_elsewhere) = (place.before, place.held_elsewhere);
         if let Some(included) = terms.included {
             let end = period_end.unwrap_or(i64::MAX);
-            if before >= included {
+            if !place.within {
                 if !terms.overage_charge {
                     reservation.uncount_request();
                     // With renewal off the period's end is the

@@ -352,30 +352,42 @@ impl Reservation {
         before
     }
 
-    /// Counts the call in a quota of `included` calls: returns the calls
-    /// counted before it, and whether the node's grant (many nodes) is
-    /// used up with nothing more to be had, the quota then taken as used
-    /// up (`before` is at least `included`). Else says why the grant is
-    /// short.
+    /// Counts the call in a quota of `included` calls: where it stands
+    /// in the quota. Else (many nodes) says why the node's grant is short.
     pub fn count_request_within(
         &mut self,
         counter: &Arc<Counter>,
         included: u64,
-    ) -> Result<(u64, bool), GrantShort> {
+    ) -> Result<QuotaPlace, GrantShort> {
         let start = counter.period().0;
-        let denied = match counter.take_grant(1) {
+        let granted = match counter.take_grant(1) {
             Ok(()) => {
                 self.request_grant = counter.lease.as_ref().map(|_| start);
-                false
+                true
             }
-            Err(GrantShort::Denied) => true,
+            Err(GrantShort::Denied) => false,
             Err(short) => return Err(short),
         };
         let before = self.count_request(counter);
-        Ok(if denied {
-            (before.max(included), true)
-        } else {
-            (before, false)
+        Ok(match &counter.lease {
+            // Many nodes: a call within the node's grant is within the
+            // quota, whatever the others' overage calls count.
+            Some(_) if granted => QuotaPlace {
+                before: before.min(included.saturating_sub(1)),
+                within: true,
+                held_elsewhere: false,
+            },
+            // Nothing more to grant: the quota counts as used up.
+            Some(_) => QuotaPlace {
+                before: before.max(included),
+                within: false,
+                held_elsewhere: true,
+            },
+            None => QuotaPlace {
+                before,
+                within: before < included,
+                held_elsewhere: false,
+            },
         })
     }
 
@@ -669,6 +681,19 @@ pub enum GrantShort {
     Denied,
     /// This node could not renew its leases: it counts nothing now.
     Lost,
+}
+
+/// Where a call stands in its subscription's quota.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuotaPlace {
+    /// Calls counted in the period before this one (over every node, as
+    /// this node knows).
+    pub before: u64,
+    /// The call is one the quota includes (free); else beyond it.
+    pub within: bool,
+    /// Many nodes: the store had nothing more to grant this node; part of
+    /// the rest may be held by other nodes.
+    pub held_elsewhere: bool,
 }
 
 /// Why an app's budget could not hold an amount.
