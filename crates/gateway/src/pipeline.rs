@@ -419,6 +419,35 @@ async fn lease_for(shared: &Shared, mut refusal: Refusal) -> Result<(), Refusal>
     }
 }
 
+/// Many nodes: takes up to `most` (at least `least`) of this node's grant
+/// of `counter` (a token quota within `limit`), asking the store for more
+/// when calls here took it first; what was taken, or why nothing was.
+/// One node: `most` (nothing to take).
+pub(crate) async fn take_grant(
+    shared: &Shared,
+    counter: &Arc<crate::money::Counter>,
+    (most, least): (u64, u64),
+    limit: u64,
+) -> Result<u64, crate::money::GrantShort> {
+    use crate::money::GrantShort;
+    let as_i64 = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    for _ in 0..3 {
+        match counter.take_from_grant(most, least) {
+            None => return Ok(most),
+            Some(Err(GrantShort::Ask)) => {
+                if ensure_grant(shared, counter, as_i64(most), as_i64(limit))
+                    .await
+                    .is_none()
+                {
+                    return Err(GrantShort::Lost);
+                }
+            }
+            Some(taken) => return taken,
+        }
+    }
+    Err(GrantShort::Ask)
+}
+
 /// Many nodes: makes this node's grant of `counter` (a quota or a budget)
 /// hold at least `needed` within `limit` if the store can grant it.
 /// `Some(enough)` (not enough: the counter takes its limit as reached for
@@ -440,8 +469,11 @@ pub(crate) async fn ensure_grant(
     if headroom >= needed {
         return Some(true);
     }
+    // Calls ahead, but no more than an eighth of the limit: a small quota
+    // is not taken whole by the first node that asks.
     let want = needed
         .saturating_mul(LEASE_AHEAD_CALLS)
+        .min(limit / 8)
         .max(needed.saturating_sub(headroom));
     match tokio::time::timeout(LEASE_WAIT, leases.grant(counter, want, limit)).await {
         Ok(Ok(total)) => Some(lease.granted_now(total, needed)),

@@ -9,6 +9,9 @@ use serde_json::Value;
 
 pub const ADMIN_TOKEN: &str = "test-root-token-0123456789";
 
+/// The master key of nodes that share a database in tests (32 bytes).
+pub const SHARED_MASTER_KEY: &str = "dGVzdHMtc2hhcmUtb25lLW1hc3Rlci1rZXktMzJieXQ=";
+
 /// How to start the binary.
 #[derive(Default, Clone)]
 pub struct Options {
@@ -29,10 +32,17 @@ impl Options {
         }
     }
 
-    /// Stores in the given database (`postgres://…`) instead of SQLite.
+    /// Stores in the given database (`postgres://…`) instead of SQLite,
+    /// with the master key every node sharing it needs (the same one).
     pub fn on_database(url: &str) -> Self {
         Options {
-            env: vec![("TOLLGATE_STORAGE__DATABASE_URL".into(), url.to_owned())],
+            env: vec![
+                ("TOLLGATE_STORAGE__DATABASE_URL".into(), url.to_owned()),
+                (
+                    "TOLLGATE_SECRETS__MASTER_KEY".into(),
+                    SHARED_MASTER_KEY.to_owned(),
+                ),
+            ],
             ..Default::default()
         }
     }

@@ -186,10 +186,9 @@ impl AiSources {
     fn open(&self, providers: &[store::ProviderData]) -> Vec<gateway::AiProvider> {
         providers
             .iter()
-            .map(|data| gateway::AiProvider {
-                provider: data.provider.clone(),
-                models: data.models.clone(),
-                keys: data
+            .map(|data| {
+                let mut unopened = 0;
+                let keys = data
                     .sealed_keys
                     .iter()
                     .filter_map(|(key, sealed)| {
@@ -197,11 +196,18 @@ impl AiSources {
                             Ok(secret) => Some((key.id.clone(), secret)),
                             Err(error) => {
                                 tracing::error!(provider = %data.provider.spec.slug, key = %key.id, %error, "a provider key cannot be opened with this master key; it is not used");
+                                unopened += 1;
                                 None
                             }
                         }
                     })
-                    .collect(),
+                    .collect();
+                gateway::AiProvider {
+                    provider: data.provider.clone(),
+                    models: data.models.clone(),
+                    keys,
+                    unopened,
+                }
             })
             .collect()
     }

@@ -541,28 +541,45 @@ impl Call<'_> {
         let mut tokens = quota::TokenHold::default();
         let mut rate_items = Vec::new();
         let mut token_warning = None;
-        // Many nodes: this node's grant of the token quota holds the most
-        // the call may use before it is held.
-        if let Some(terms) = self.subscription.and_then(|s| s.tokens.as_ref())
-            && let Some(included) = terms.included
-            && terms.counter.lease.is_some()
-        {
-            let most = input.saturating_add(max_output.saturating_mul(choices));
-            crate::pipeline::ensure_grant(
-                self.shared,
-                &terms.counter,
-                i64::try_from(most).unwrap_or(i64::MAX),
-                i64::try_from(included).unwrap_or(i64::MAX),
-            )
-            .await;
-        }
-        let quota_cap = self.hold_tokens(
+        // Many nodes: the call's free tokens are taken from this node's
+        // grant of the token quota first (asking the store when short).
+        let pretaken = match self.subscription.and_then(|s| s.tokens.as_ref()) {
+            Some(terms) if terms.counter.lease.is_some() => match terms.included {
+                Some(included) => {
+                    let least = if terms.overage_charge {
+                        0
+                    } else {
+                        input.saturating_add(self.minimal_output())
+                    };
+                    let start = terms.counter.period().0;
+                    let most = input.saturating_add(max_output.saturating_mul(choices));
+                    let taken = crate::pipeline::take_grant(
+                        self.shared,
+                        &terms.counter,
+                        (most, least),
+                        included,
+                    )
+                    .await;
+                    Some((&terms.counter, start, taken))
+                }
+                None => None,
+            },
+            _ => None,
+        };
+        let held = self.hold_tokens(
             &mut tokens,
             input,
             max_output.saturating_mul(choices),
-            &mut rate_items,
-            &mut token_warning,
-        )?;
+            pretaken.as_ref().map(|(_, _, taken)| *taken),
+            (&mut rate_items, &mut token_warning),
+        );
+        if held.is_err()
+            && let Some((counter, start, Ok(taken))) = pretaken
+        {
+            // Refused before the hold took them: back to the grant.
+            counter.put_back_grant(i64::try_from(taken).unwrap_or(i64::MAX), start);
+        }
+        let quota_cap = held?;
         if let Some(cap) = quota_cap {
             max_output = (cap / choices).max(1);
             self.set_max(&mut json, max_output);
@@ -673,6 +690,13 @@ impl Call<'_> {
                                 Code::UpstreamError,
                                 format!(
                                     "The provider '{}' refused the gateway's credentials or account. The service's operators have been told; try again later.",
+                                    provider.slug
+                                ),
+                            ),
+                            rt::Resting::Unopened => Refusal::new(
+                                Code::NoHealthyUpstream,
+                                format!(
+                                    "This gateway node cannot open the stored keys of the provider '{}' (its secrets.master_key is not the one that sealed them; every node sharing a database needs the same). Nothing was sent; the operators must set the key.",
                                     provider.slug
                                 ),
                             ),
@@ -835,18 +859,30 @@ impl Call<'_> {
         }
     }
 
+    /// The smallest answer worth asking for: none for embeddings.
+    fn minimal_output(&self) -> u64 {
+        if self.endpoint == Endpoint::Embeddings {
+            0
+        } else {
+            MIN_OUTPUT_TOKENS
+        }
+    }
+
     /// Holds the call's tokens in its plan's tokens-per-minute limit (429
     /// when the input alone does not fit) and token quota. With overage
     /// `block`, a quota with room for less than asked lowers `max_tokens`
     /// (returned), and one without room for a minimal answer is 402
     /// `quota_exhausted`.
+    ///
+    /// `pretaken` (many nodes): what the call took from its node's grant
+    /// of the quota, or why it could not.
     fn hold_tokens(
         &self,
         hold: &mut quota::TokenHold,
         input: u64,
         max_output: u64,
-        rate_items: &mut Vec<(String, String)>,
-        warning: &mut Option<String>,
+        pretaken: Option<Result<u64, GrantShort>>,
+        (rate_items, warning): (&mut Vec<(String, String)>, &mut Option<String>),
     ) -> Result<Option<u64>, Refusal> {
         let (Some(app), Some(subscription)) = (self.app, self.subscription) else {
             return Ok(None);
@@ -890,11 +926,7 @@ impl Call<'_> {
         };
         let counter = &terms.counter;
         let (start, end) = counter.period();
-        let minimal = if self.endpoint == Endpoint::Embeddings {
-            0
-        } else {
-            MIN_OUTPUT_TOKENS
-        };
+        let minimal = self.minimal_output();
         let exhausted = |used: u64| {
             use domain::access::format_time_ms;
             let mut refusal = crate::admit::money_refusal(
@@ -920,15 +952,10 @@ impl Call<'_> {
         let want = input.saturating_add(max_output);
         let mut cap = None;
         // Many nodes: the free tokens come from this node's grant of the
-        // quota, never more than it holds (with overage `block`, at least
-        // the input and a minimal answer, else the quota is used up here).
-        let least = if terms.overage_charge {
-            0
-        } else {
-            input.saturating_add(minimal)
-        };
-        let granted = counter.take_from_grant(want, least);
-        let (held, free, before) = if let Some(taken) = granted {
+        // quota (taken before), never more than it held (with overage
+        // `block`, at least the input and a minimal answer, else the quota
+        // is used up here).
+        let (held, free, before) = if let Some(taken) = pretaken {
             let free = match taken {
                 Ok(free) => free,
                 Err(GrantShort::Denied) if !terms.overage_charge => {
@@ -972,7 +999,7 @@ impl Call<'_> {
             let held = cap.map_or(want, |output| input + output);
             (held, included.saturating_sub(before).min(held), before)
         };
-        if granted.is_some() {
+        if pretaken.is_some() {
             hold.hold_granted(counter, held, free);
         } else {
             hold.hold(counter, held, free);

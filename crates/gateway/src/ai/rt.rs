@@ -24,6 +24,8 @@ pub struct AiProvider {
     pub models: Vec<ProviderModel>,
     /// (key id, the key).
     pub keys: Vec<(String, String)>,
+    /// Stored keys this node could not open (another master key).
+    pub unopened: usize,
 }
 
 impl std::fmt::Debug for AiProvider {
@@ -123,6 +125,9 @@ pub enum Resting {
     /// Every resting key was refused by the provider: the operator must
     /// act; waiting will not help the caller.
     Refused,
+    /// Its keys are stored, but this node cannot open them (its master key
+    /// is not the one that sealed them).
+    Unopened,
 }
 
 /// Key states by key id, kept across reloads.
@@ -137,6 +142,9 @@ pub struct ProviderRt {
     pub dialect: ai::Dialect,
     pub auth: AuthStyle,
     pub keys: Vec<Arc<KeyRt>>,
+    /// It has stored keys, none of which this node could open: it is not
+    /// called keyless.
+    pub keys_unopened: bool,
 }
 
 impl ProviderRt {
@@ -147,6 +155,9 @@ impl ProviderRt {
     /// keys, which is tried once).
     pub fn pick_key(&self, tried: &[bool], now_ms: i64) -> Option<Option<usize>> {
         if self.keys.is_empty() {
+            if self.keys_unopened {
+                return None;
+            }
             return (!tried.first().copied().unwrap_or(false)).then_some(None);
         }
         let count = self.keys.len();
@@ -164,6 +175,9 @@ impl ProviderRt {
     /// Why its keys all rest (call when [`Self::pick_key`] found none):
     /// any rate-limited one decides, by when it is usable again.
     pub fn resting(&self, now_ms: i64) -> Resting {
+        if self.keys.is_empty() && self.keys_unopened {
+            return Resting::Unopened;
+        }
         let soonest = self
             .keys
             .iter()
@@ -435,7 +449,7 @@ pub fn compile(
                     },
                     |preset| AuthStyle::parse(&preset.auth),
                 );
-            let keys = provider
+            let keys: Vec<Arc<KeyRt>> = provider
                 .keys
                 .iter()
                 .filter_map(|(id, secret)| {
@@ -465,6 +479,7 @@ pub fn compile(
                         slug: spec.slug.clone(),
                         dialect: dialect(spec.kind),
                         auth,
+                        keys_unopened: keys.is_empty() && provider.unopened > 0,
                         keys,
                     }),
                     provider,
@@ -683,6 +698,7 @@ mod tests {
             slug: "p".into(),
             dialect: ai::Dialect::OpenAi,
             auth: AuthStyle::Bearer,
+            keys_unopened: false,
             keys: (0..keys)
                 .map(|i| {
                     Arc::new(KeyRt::new(
@@ -724,6 +740,18 @@ mod tests {
         refused.keys[0].refuse(0, Duration::from_secs(300));
         refused.keys[1].refuse(0, Duration::from_secs(300));
         assert_eq!(refused.resting(1_000), Resting::Refused);
+        // Keys stored but not opened here: never called keyless.
+        let unopened = ProviderRt {
+            keys_unopened: true,
+            ..provider(0)
+        };
+        assert_eq!(unopened.pick_key(&[false], 1_000), None);
+        assert_eq!(unopened.resting(1_000), Resting::Unopened);
+        assert_eq!(
+            provider(0).pick_key(&[false], 1_000),
+            Some(None),
+            "a keyless provider"
+        );
         let pool = provider(2);
         pool.keys[0].refuse(0, Duration::from_secs(300));
         pool.keys[1].cool_down(1_000, Duration::from_millis(7_000));
