@@ -275,14 +275,18 @@ fn is_open(status: SubscriptionStatus) -> bool {
     status.is_open()
 }
 
+/// `priced_service`: calls to the service are priced beyond the plan (AI
+/// and prompt services charge their tokens), so the subscription's usage
+/// counts them.
 fn terms(
     plan: &domain::access::PlanSpec,
     subscription: &Subscription,
     counters: &crate::money::Counters,
+    priced_service: bool,
 ) -> Terms {
     let period = subscription.period_start_ms.zip(subscription.period_end_ms);
     let included = plan.included_requests();
-    let metered = included.is_some() || plan.price_nanos() > 0;
+    let metered = included.is_some() || plan.price_nanos() > 0 || priced_service;
     Terms {
         included,
         overage_charge: plan.overage == domain::access::Overage::Charge,
@@ -311,6 +315,7 @@ pub fn compile(
     subscriptions: &[Subscription],
     limiters: &LimiterRegistry,
     wallets: &crate::money::Wallets,
+    priced_services: &std::collections::HashSet<&str>,
 ) -> Result<AccessIndex, String> {
     let plans: HashMap<&str, &Plan> = plans.iter().map(|p| (p.id.as_str(), p)).collect();
     let mut chosen: HashMap<(&str, &str), &Subscription> = HashMap::new();
@@ -356,7 +361,12 @@ pub fn compile(
                     header_value(&subscription.id),
                 ],
                 terms: plan.map_or_else(Terms::default, |plan| {
-                    terms(&plan.spec, subscription, &wallets.counters)
+                    terms(
+                        &plan.spec,
+                        subscription,
+                        &wallets.counters,
+                        priced_services.contains(service_id),
+                    )
                 }),
                 labels: Arc::new(crate::money::Labels {
                     subscription: id,

@@ -671,9 +671,29 @@ pub(crate) fn admit<B>(
 
 static TOLLGATE_WARNING: HeaderName = HeaderName::from_static("tollgate-warning");
 
-/// Many nodes: said of a quota or budget whose rest this node could not
-/// get a grant of just now.
-const HELD_ELSEWHERE: &str = " Part of what is left may be held by other gateway nodes for their calls right now: what they do not use comes back within a few seconds.";
+/// Many nodes: what to do about a quota or budget whose rest other nodes
+/// hold right now.
+pub(crate) const HELD_ELSEWHERE_RETRY: &str =
+    " Retry in a second or two: what they do not use comes back to be used.";
+
+/// `Retry-After: 1`: the refusal may not stand a second from now (the
+/// rest of a quota or budget held by other nodes).
+pub(crate) fn retry_soon(mut refusal: Refusal) -> Refusal {
+    refusal
+        .headers
+        .retain(|(name, _)| name != header::RETRY_AFTER);
+    refusal.with_header(header::RETRY_AFTER, HeaderValue::from_static("1"))
+}
+
+/// Many nodes: `refusal` (a 402 for a quota or budget) said more than is
+/// true: the rest of `what` is held by other gateway nodes for their calls
+/// right now, and comes back within a second or two.
+pub(crate) fn held_elsewhere(mut refusal: Refusal, what: &str) -> Refusal {
+    refusal.detail.push_str(&format!(
+        " The rest of the {what} is held by other gateway nodes for their calls right now.{HELD_ELSEWHERE_RETRY}"
+    ));
+    retry_soon(refusal)
+}
 
 /// Many nodes: the refusal for a call whose node could not count it within
 /// its grant of `counter`: a 503 `ledger_unavailable` when the node's
@@ -828,9 +848,28 @@ fn pay(
             if !place.within {
                 if !terms.overage_charge {
                     reservation.uncount_request();
+                    if held_elsewhere {
+                        let detail = format!(
+                            "The plan '{}' includes {included} calls per period and {before} are used; the rest is held by other gateway nodes for their calls right now.{HELD_ELSEWHERE_RETRY}",
+                            subscription.plan()
+                        );
+                        let mut refusal = money_refusal(
+                            Code::QuotaExhausted,
+                            detail,
+                            app,
+                            subscription,
+                            currency,
+                        );
+                        refusal.extra.extend([
+                            ("quota", included.into()),
+                            ("used", before.into()),
+                            ("period_end", domain::access::format_time_ms(end).into()),
+                        ]);
+                        return Err(retry_soon(refusal));
+                    }
                     // With renewal off the period's end is the
                     // subscription's: the quota does not reset by itself.
-                    let mut detail = if terms.auto_renew {
+                    let detail = if terms.auto_renew {
                         format!(
                             "The plan '{}' includes {included} calls per period and all {before} are used; it resets on {}. Move to a larger plan or one that charges for overage to continue now.",
                             subscription.plan(),
@@ -843,9 +882,6 @@ fn pay(
                             domain::access::format_time_ms(end)
                         )
                     };
-                    if held_elsewhere {
-                        detail.push_str(HELD_ELSEWHERE);
-                    }
                     let mut refusal =
                         money_refusal(Code::QuotaExhausted, detail, app, subscription, currency);
                     refusal.extra.extend([
@@ -888,27 +924,36 @@ fn pay(
             budget.counter.roll(now_ms);
             let limit = budget.limit_nanos;
             if let Err(over) = reservation.take_budget(&budget.counter, limit, price) {
+                let spent = over.spent;
+                // Many nodes: the store had nothing more to grant though the
+                // budget would hold the call: other nodes hold the rest.
                 let held_elsewhere = match over.grant {
-                    Some(GrantShort::Denied) => true,
+                    Some(GrantShort::Denied) => spent.saturating_add(price) <= limit,
                     Some(short) => {
                         return Err(grant_short(&budget.counter, short, price, limit));
                     }
                     None => false,
                 };
-                let spent = over.spent;
                 let end = budget.counter.period().1;
-                let mut detail = format!(
-                    "This call costs {} {currency}; the app '{}' has spent {} of its {} {currency} budget for this period, which resets on {}. A team admin can raise the budget (PATCH /api/v1/apps/{}).",
-                    format(price),
-                    app.slug,
-                    format(spent),
-                    format(limit),
-                    domain::access::format_time_ms(end),
-                    app.slug
-                );
-                if held_elsewhere {
-                    detail.push_str(HELD_ELSEWHERE);
-                }
+                let detail = if held_elsewhere {
+                    format!(
+                        "This call costs {} {currency}; the app '{}' has spent {} of its {} {currency} budget for this period, and the rest is held by other gateway nodes for their calls right now.{HELD_ELSEWHERE_RETRY}",
+                        format(price),
+                        app.slug,
+                        format(spent),
+                        format(limit),
+                    )
+                } else {
+                    format!(
+                        "This call costs {} {currency}; the app '{}' has spent {} of its {} {currency} budget for this period, which resets on {}. A team admin can raise the budget (PATCH /api/v1/apps/{}).",
+                        format(price),
+                        app.slug,
+                        format(spent),
+                        format(limit),
+                        domain::access::format_time_ms(end),
+                        app.slug
+                    )
+                };
                 let mut refusal =
                     money_refusal(Code::BudgetExhausted, detail, app, subscription, currency);
                 refusal.extra.extend([
@@ -917,7 +962,11 @@ fn pay(
                     ("spent", format(spent).into()),
                     ("period_end", domain::access::format_time_ms(end).into()),
                 ]);
-                return Err(retry_after(refusal, end, now_ms));
+                return Err(if held_elsewhere {
+                    retry_soon(refusal)
+                } else {
+                    retry_after(refusal, end, now_ms)
+                });
             }
             let spent = u64::try_from(budget.counter.nanos()).unwrap_or(0);
             let limit = u64::try_from(limit).unwrap_or(u64::MAX);

@@ -137,6 +137,10 @@ pub(crate) struct Shared {
     x402_claims: std::sync::OnceLock<Arc<dyn x402::Claims>>,
     /// Many nodes: where this node's wallet leases come from.
     leases: std::sync::OnceLock<Arc<dyn money::Leases>>,
+    /// Many nodes: the monotonic ms of the last lease or grant transaction
+    /// that failed (the store did not answer in time); for a second after
+    /// it, short calls fail at once instead of each waiting its turn.
+    lease_failed_ms: std::sync::atomic::AtomicU64,
     /// AI provider keys and their cool-downs, kept across reloads.
     ai_keys: ai::KeyRegistry,
     /// The MCP server (its sessions live on this node).
@@ -246,6 +250,7 @@ impl Gateway {
                 x402_used: Arc::default(),
                 x402_claims: std::sync::OnceLock::new(),
                 leases: std::sync::OnceLock::new(),
+                lease_failed_ms: std::sync::atomic::AtomicU64::new(0),
                 ai_keys: ai::KeyRegistry::default(),
                 mcp: Arc::new(mcp_host::server()),
             }),

@@ -377,11 +377,12 @@ impl Reservation {
                 within: true,
                 held_elsewhere: false,
             },
-            // Nothing more to grant: the quota counts as used up.
+            // Nothing more to grant: beyond the quota here, though other
+            // nodes may still hold part of it for their calls.
             Some(_) => QuotaPlace {
-                before: before.max(included),
+                before,
                 within: false,
-                held_elsewhere: true,
+                held_elsewhere: before < included,
             },
             None => QuotaPlace {
                 before,
@@ -817,7 +818,27 @@ impl CounterLease {
     /// Takes what is left of the grant out (to give back to the store);
     /// returns it.
     pub fn take_unused(&self) -> i64 {
-        self.headroom.swap(0, Ordering::AcqRel).max(0)
+        self.take_beyond(0)
+    }
+
+    /// Takes out what is left of the grant beyond `keep`; returns it.
+    pub fn take_beyond(&self, keep: i64) -> i64 {
+        let mut current = self.headroom.load(Ordering::Acquire);
+        loop {
+            let excess = current - keep.max(0);
+            if excess <= 0 {
+                return 0;
+            }
+            match self.headroom.compare_exchange_weak(
+                current,
+                current - excess,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return excess,
+                Err(actual) => current = actual,
+            }
+        }
     }
 
     /// The store dropped this node's grant (it ran out while the node was
@@ -1127,6 +1148,17 @@ impl Counters {
             }
             return counter.clone();
         }
+        // A budget whose period changed kind (a day to a week…): what this
+        // node counted so far stays counted in the new period, never a fresh
+        // allowance (a week holds today; a day is held to the week's spend,
+        // the safe side).
+        let carried = map.get(scope.as_str()).map(|old| {
+            (
+                old.own_requests.load(Ordering::Acquire),
+                old.own_nanos.load(Ordering::Acquire),
+                old.remote.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            )
+        });
         let scope: Arc<str> = scope.into();
         let lease = leasable
             .then(|| {
@@ -1137,6 +1169,20 @@ impl Counters {
             })
             .flatten();
         let counter = Arc::new(Counter::new(scope.clone(), period, rolls, lease));
+        if let Some((requests, nanos, remote)) = carried {
+            counter.own_requests.store(requests, Ordering::Release);
+            counter.own_nanos.store(nanos, Ordering::Release);
+            counter.touch();
+            let mut kept = counter.remote.lock().unwrap_or_else(|p| p.into_inner());
+            *kept = remote;
+            counter.sum_remote(&kept, period.0);
+            drop(kept);
+            if let Some(lease) = &counter.lease {
+                // Counted without a grant of the new period: the store's
+                // first grant makes room for it.
+                lease.clear(counter.own_in_unit());
+            }
+        }
         map.insert(scope, counter.clone());
         counter
     }
@@ -1559,6 +1605,28 @@ mod tests {
         budget.roll(2 * day + 1);
         assert_eq!(budget.period(), (2 * day, 3 * day));
         assert_eq!(budget.nanos(), 0);
+        // The period changes kind: what was spent stays spent.
+        let mut spend = Reservation::new(&wallet, &Labels::subscription(&subscription), false);
+        spend.take_budget(&budget, 25, 10).unwrap();
+        spend.settle(
+            None,
+            &http::HeaderValue::from_static("r"),
+            Outcome {
+                status: 200,
+                latency_ms: 1,
+                tokens: None,
+            },
+        );
+        let weekly = wallets
+            .counters
+            .budget("app", BudgetPeriod::Week, 2 * day + 2);
+        assert_eq!(weekly.nanos(), 10, "a week holds today");
+        let daily = wallets
+            .counters
+            .budget("app", BudgetPeriod::Day, 2 * day + 3);
+        assert_eq!(daily.nanos(), 10, "back to a day: no fresh allowance");
+        let mut more = Reservation::new(&wallet, &Labels::subscription(&subscription), false);
+        assert!(more.take_budget(&daily, 25, 20).is_err(), "10 + 20 > 25");
     }
 
     #[test]

@@ -460,7 +460,7 @@ pub(crate) async fn ensure_grant(
 ) -> Option<bool> {
     let leases = shared.leases.get()?;
     let lease = counter.lease.as_ref()?;
-    if !lease.valid() {
+    if !lease.valid() || store_failed_lately(shared) {
         return None;
     }
     let _gate = lease.gate.lock().await;
@@ -468,6 +468,9 @@ pub(crate) async fn ensure_grant(
     let headroom = lease.headroom();
     if headroom >= needed {
         return Some(true);
+    }
+    if store_failed_lately(shared) {
+        return None;
     }
     // Calls ahead, but no more than an eighth of the limit: a small quota
     // is not taken whole by the first node that asks.
@@ -479,13 +482,34 @@ pub(crate) async fn ensure_grant(
         Ok(Ok(total)) => Some(lease.granted_now(total, needed)),
         Ok(Err(error)) => {
             tracing::warn!(scope = %counter.scope, %error, "cannot grow a quota or budget grant");
-            None
+            store_failed(shared)
         }
         Err(_) => {
             tracing::warn!(scope = %counter.scope, "the store did not grant in time");
-            None
+            store_failed(shared)
         }
     }
+}
+
+/// How long after a lease or grant transaction failed short calls fail at
+/// once (the store is likely still away).
+const LEASE_FAILED_MS: u64 = 1_000;
+
+/// Whether a lease or grant transaction failed within the last second.
+fn store_failed_lately(shared: &Shared) -> bool {
+    let failed = shared
+        .lease_failed_ms
+        .load(std::sync::atomic::Ordering::Acquire);
+    failed != 0 && crate::upstream::monotonic_ms() < failed + LEASE_FAILED_MS
+}
+
+/// Records a failed lease or grant transaction; the call fails (`None`).
+fn store_failed(shared: &Shared) -> Option<bool> {
+    shared.lease_failed_ms.store(
+        crate::upstream::monotonic_ms().max(1),
+        std::sync::atomic::Ordering::Release,
+    );
+    None
 }
 
 /// Many nodes: makes this node's lease of `wallet` hold at least `needed`
@@ -497,7 +521,7 @@ pub(crate) async fn ensure_lease(
     needed: i64,
 ) -> Option<bool> {
     let leases = shared.leases.get()?;
-    if !wallet.lease_valid() {
+    if !wallet.lease_valid() || store_failed_lately(shared) {
         return None;
     }
     // One transaction at a time per wallet: the calls that found the
@@ -506,6 +530,9 @@ pub(crate) async fn ensure_lease(
     let lease = wallet.lease();
     if lease >= needed {
         return Some(true);
+    }
+    if store_failed_lately(shared) {
+        return None;
     }
     let want = needed
         .saturating_mul(LEASE_AHEAD_CALLS)
@@ -519,11 +546,11 @@ pub(crate) async fn ensure_lease(
         }
         Ok(Err(error)) => {
             tracing::warn!(team = %wallet.team, %error, "cannot lease more of a wallet");
-            None
+            store_failed(shared)
         }
         Err(_) => {
             tracing::warn!(team = %wallet.team, "the store did not grant a lease in time");
-            None
+            store_failed(shared)
         }
     }
 }

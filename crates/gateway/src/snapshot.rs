@@ -413,6 +413,14 @@ pub fn compile(
         crate::ai::warm_up_tokenizer();
     }
     let mcp = crate::mcp_host::McpRt::compile(config.services, &service_rts, &ai);
+    // AI and prompt services price their calls by tokens: their
+    // subscriptions count calls and spend like priced plans do.
+    let priced_services: std::collections::HashSet<&str> = config
+        .services
+        .iter()
+        .filter(|service| service.spec.kind != domain::model::ServiceKind::Http)
+        .map(|service| service.id.as_str())
+        .collect();
     let access = crate::access::compile(
         config.apps,
         config.keys,
@@ -420,6 +428,7 @@ pub fn compile(
         config.subscriptions,
         limiters,
         wallets,
+        &priced_services,
     )
     .map_err(CompileError::Access)?;
     registry.retain(&kept_upstreams);

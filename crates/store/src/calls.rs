@@ -103,8 +103,9 @@ impl Granularity {
     }
 }
 
-/// One rollup row's identity; empty strings stand for none.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+/// One rollup row's identity; empty strings stand for none. Ordered as
+/// the primary key (the writer upserts in this order).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct RollupKey {
     pub bucket_ms: i64,
     pub provider_team: String,

@@ -123,12 +123,20 @@ impl Pending {
         self.minute.is_empty()
     }
 
+    /// The batch to write, its rollup rows in key order: nodes sharing
+    /// PostgreSQL then lock the rows they both add to in the same order,
+    /// and never deadlock each other.
     fn into_batch(self) -> CallBatch {
+        let sorted = |rows: HashMap<RollupKey, RollupValues>| {
+            let mut rows: Vec<_> = rows.into_iter().collect();
+            rows.sort_unstable_by(|(a, _), (b, _)| a.cmp(b));
+            rows
+        };
         CallBatch {
             calls: self.calls,
-            minute: self.minute.into_iter().collect(),
-            hour: self.hour.into_iter().collect(),
-            day: self.day.into_iter().collect(),
+            minute: sorted(self.minute),
+            hour: sorted(self.hour),
+            day: sorted(self.day),
         }
     }
 }

@@ -234,10 +234,20 @@ async fn resize_grants(
         let second: i64 = seen.ring.iter().sum();
         let headroom = lease.headroom();
         let limit = lease.limit();
-        if second == 0 && headroom > 0 {
-            // Idle for a second: what is left goes back.
+        // Idle for a second: what is left goes back; under slow traffic,
+        // what is far beyond a second of it (others may need it now).
+        let keep = if second == 0 {
+            Some(0)
+        } else if headroom > second.saturating_mul(4) {
+            Some(second.saturating_mul(2))
+        } else {
+            None
+        };
+        if let Some(keep) = keep
+            && headroom > keep
+        {
             let _gate = lease.gate.lock().await;
-            let unused = lease.take_unused();
+            let unused = lease.take_beyond(keep);
             if unused == 0 {
                 continue;
             }

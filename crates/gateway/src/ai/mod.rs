@@ -546,13 +546,15 @@ impl Call<'_> {
         let pretaken = match self.subscription.and_then(|s| s.tokens.as_ref()) {
             Some(terms) if terms.counter.lease.is_some() => match terms.included {
                 Some(included) => {
+                    let most = input.saturating_add(max_output.saturating_mul(choices));
+                    // A call that asks for less than a minimal answer
+                    // needs only what it asks for.
                     let least = if terms.overage_charge {
                         0
                     } else {
-                        input.saturating_add(self.minimal_output())
+                        input.saturating_add(self.minimal_output()).min(most)
                     };
                     let start = terms.counter.period().0;
-                    let most = input.saturating_add(max_output.saturating_mul(choices));
                     let taken = crate::pipeline::take_grant(
                         self.shared,
                         &terms.counter,
@@ -959,7 +961,14 @@ impl Call<'_> {
             let free = match taken {
                 Ok(free) => free,
                 Err(GrantShort::Denied) if !terms.overage_charge => {
-                    return Err(exhausted(counter.requests().max(included)));
+                    let used = counter.requests();
+                    let refusal = exhausted(used);
+                    // Room for the call over every node: others hold it.
+                    return Err(if used.saturating_add(input + minimal) <= included {
+                        crate::admit::held_elsewhere(refusal, "tokens of the quota")
+                    } else {
+                        refusal
+                    });
                 }
                 Err(GrantShort::Denied | GrantShort::Ask) if terms.overage_charge => 0,
                 Err(_) => return Err(crate::refusal::ledger_unavailable()),
@@ -1000,9 +1009,9 @@ impl Call<'_> {
             (held, included.saturating_sub(before).min(held), before)
         };
         if pretaken.is_some() {
-            hold.hold_granted(counter, held, free);
+            hold.hold_granted(counter, (held, free), included);
         } else {
-            hold.hold(counter, held, free);
+            hold.hold(counter, (held, free), included);
         }
         let used = before.saturating_add(held).min(included);
         *warning = crate::warn::nearly_exhausted(used, included)
@@ -1103,7 +1112,7 @@ impl Call<'_> {
                 // took what was granted a moment ago).
                 return Err(crate::refusal::ledger_unavailable());
             }
-            return Err(self.cannot_afford(
+            let refusal = self.cannot_afford(
                 app,
                 subscription,
                 amount,
@@ -1111,7 +1120,15 @@ impl Call<'_> {
                 wallet_room,
                 input,
                 currency,
-            ));
+            );
+            // Many nodes: the budget holds the call, but other nodes hold
+            // the rest of it right now.
+            let held = over.grant.is_some() && budget_room.is_some_and(|room| room >= amount);
+            return Err(if held {
+                crate::admit::held_elsewhere(refusal, "budget")
+            } else {
+                refusal
+            });
         }
         if reservation.add_wallet(amount).is_err() {
             return Err(self.cannot_afford(

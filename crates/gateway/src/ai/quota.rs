@@ -27,6 +27,8 @@ pub(crate) struct TokenHold {
     counter: Option<(Arc<Counter>, u64)>,
     /// Tokens of the quota this call may use at no price.
     pub free: u64,
+    /// The quota's tokens per period.
+    included: u64,
     /// Many nodes: the free tokens were taken from the node's grant, in
     /// the period starting then.
     granted: Option<i64>,
@@ -36,16 +38,29 @@ pub(crate) struct TokenHold {
 }
 
 impl TokenHold {
-    pub(crate) fn hold(&mut self, counter: &Arc<Counter>, tokens: u64, free: u64) {
+    /// Holds `tokens` of a quota of `included` per period in `counter`,
+    /// `free` of them at no price.
+    pub(crate) fn hold(
+        &mut self,
+        counter: &Arc<Counter>,
+        (tokens, free): (u64, u64),
+        included: u64,
+    ) {
         self.counter = Some((counter.clone(), tokens));
         self.free = free;
+        self.included = included;
     }
 
     /// As [`TokenHold::hold`], the free tokens taken from the node's grant
     /// (many nodes).
-    pub(crate) fn hold_granted(&mut self, counter: &Arc<Counter>, tokens: u64, free: u64) {
+    pub(crate) fn hold_granted(
+        &mut self,
+        counter: &Arc<Counter>,
+        (tokens, free): (u64, u64),
+        included: u64,
+    ) {
         self.granted = Some(counter.period().0);
-        self.hold(counter, tokens, free);
+        self.hold(counter, (tokens, free), included);
     }
 
     /// Gives `free` tokens no longer needed back to the node's grant.
@@ -83,8 +98,23 @@ impl TokenHold {
         let total = usage.input.saturating_add(usage.output);
         if let Some((counter, held)) = &self.counter {
             if total > *held {
-                // Beyond what was held: counted, and charged (not free).
-                let _ = counter.add_count(total - held, None);
+                // Beyond what was held (the input was estimated low):
+                // counted, and free as far as the quota still has room
+                // (many nodes: as the node's grant has), charged beyond.
+                let extra = total - held;
+                let before = counter.add_count(extra, None).unwrap_or_else(|used| used);
+                // Only a call all free so far: else the quota had no room.
+                let room = if self.free < *held {
+                    0
+                } else if self.granted.is_some() {
+                    match counter.take_from_grant(extra, 0) {
+                        Some(Ok(taken)) => taken,
+                        _ => 0,
+                    }
+                } else {
+                    self.included.saturating_sub(before).min(extra)
+                };
+                self.free += room;
             } else {
                 counter.remove_count(held - total);
                 self.give_back_free(counter, self.free.saturating_sub(total));

@@ -1267,7 +1267,9 @@ async fn token_quotas_block_or_charge_and_tokens_per_minute_hold() {
             response
                 .headers()
                 .get("tollgate-cost")
-                .is_none_or(|c| c == "0 USD")
+                .is_none_or(|c| c == "0 USD" || c == "0.00 USD"),
+            "{:?}",
+            response.headers().get("tollgate-cost")
         );
     }
     // Used up: 402 quota_exhausted, with the numbers and when it resets.
@@ -1318,6 +1320,8 @@ async fn token_quotas_block_or_charge_and_tokens_per_minute_hold() {
         let (_, body) = tollgate.admin(Method::GET, &path, None).await;
         if body["usage"]["tokens"] == 1000 {
             assert_eq!(body["usage"]["included_tokens"], 1000, "{body}");
+            // The calls count too (the refused one does not).
+            assert_eq!(body["usage"]["requests"], 2, "{body}");
             break;
         }
         assert!(started.elapsed() < Duration::from_secs(3), "{body}");
@@ -1375,8 +1379,19 @@ async fn two_nodes_hold_one_token_quota() {
     // stored: both have the deployment's master key).
     assert_eq!(call(&second).await, 200);
     assert_eq!(call(&first).await, 200);
+    // A call that asks for less than a minimal answer needs no more.
+    let small = second
+        .client
+        .post(format!("{}/v1/chat/completions", second.gateway_url))
+        .bearer_auth(&world.key)
+        .json(&json!({"model": "oai/gpt-test", "max_tokens": 5,
+            "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(small.status(), 200, "{}", small.text().await.unwrap());
     let burst = futures_util::future::join_all((0..60).map(|n| call(node(n)))).await;
-    let mut ok = 2 + burst.iter().filter(|&&s| s == 200).count();
+    let mut ok = 3 + burst.iter().filter(|&&s| s == 200).count();
     assert!(ok <= 20, "{ok} answers of 15 tokens on a quota of 300");
     let mut refusals_in_a_row = 0;
     let mut n = 0;
@@ -1431,6 +1446,27 @@ async fn tokens_beyond_the_quota_are_charged_and_big_prompts_wait_for_the_minute
     );
     let charges = charges(&tollgate, 1).await;
     assert_eq!(charge_of(&charges, &id), cost(0, 50));
+    // The subscription's usage counts the call and what it cost.
+    let me: Value = tollgate
+        .get_with_key("/_tollgate/me", &world.key)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let path = format!(
+        "/api/v1/subscriptions/{}",
+        me["subscriptions"][0]["id"].as_str().unwrap()
+    );
+    let started = std::time::Instant::now();
+    loop {
+        let (_, body) = tollgate.admin(Method::GET, &path, None).await;
+        if body["usage"]["spent"] == "0.00015" {
+            assert_eq!(body["usage"]["requests"], 1, "{body}");
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(3), "{body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // A prompt larger than the minute's token limit can never pass: 400.
     let long = |words: usize| "lorem ipsum dolor sit amet ".repeat(words);
     let ask = |content: String| {

@@ -599,9 +599,34 @@ async fn spend_over_two_nodes(
         async move {
             let response = request.send().await.unwrap();
             let status = response.status().as_u16();
+            let retry_after = response
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_owned());
             let body: Value = response.json().await.unwrap_or(Value::Null);
             if status != 200 {
                 assert_eq!((status, body["code"].as_str()), (402, Some(code)), "{body}");
+                // A quota or budget with room left is held by the other
+                // node: the refusal says so and how soon to retry.
+                let room_left = match code {
+                    "quota_exhausted" => body["used"].as_u64() < body["quota"].as_u64(),
+                    "budget_exhausted" => {
+                        let amount =
+                            |field: &str| body[field].as_str().unwrap().parse::<f64>().unwrap();
+                        amount("spent") + amount("required") <= amount("budget") + 1e-9
+                    }
+                    _ => false,
+                };
+                if room_left {
+                    assert_eq!(retry_after.as_deref(), Some("1"), "{body}");
+                    assert!(
+                        body["detail"]
+                            .as_str()
+                            .unwrap()
+                            .contains("held by other gateway nodes"),
+                        "{body}"
+                    );
+                }
             }
             status
         }
@@ -652,6 +677,58 @@ async fn two_nodes_count_one_quota_exactly() {
         upstream.hits() - hits_before,
         38,
         "refused calls never reach it"
+    );
+}
+
+/// Under slow traffic a node keeps about two seconds of it from its grant
+/// and gives the rest back: the other node is served while the quota has
+/// room, not refused until the first has used what it took in a burst.
+#[tokio::test]
+async fn a_node_gives_back_what_slow_traffic_does_not_need() {
+    let database = test_support::PgDatabase::create();
+    let options = test_support::tollgate::Options::on_database(&database.url);
+    let first = Tollgate::start_with(BIN, options.clone()).await;
+    let second = Tollgate::start_with(BIN, options).await;
+    let upstream = FakeUpstream::start("w").await;
+    let world = world(
+        &first,
+        &upstream,
+        json!({}),
+        json!({"included": {"requests": 1000}}),
+    )
+    .await;
+    wait_status(&second, "/weather/forecast/ready", &world.key, 200).await;
+    let call = |node: &Tollgate| {
+        let request = node
+            .client
+            .get(format!("{}/weather/forecast/x", node.gateway_url))
+            .header("x-api-key", &world.key);
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    // The first node takes a lot in a burst (its grant sized to it).
+    let burst = futures_util::future::join_all((0..600).map(|_| call(&first))).await;
+    let mut ok = 2 + burst.iter().filter(|&&s| s == 200).count();
+    assert_eq!(ok, 602, "all within the quota");
+    // Then slow traffic, alternating: the second node is soon served.
+    let mut served_on_second = 0;
+    for n in 0..40 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let node = if n % 2 == 0 { &first } else { &second };
+        match call(node).await {
+            200 => {
+                ok += 1;
+                if n % 2 == 1 {
+                    served_on_second += 1;
+                }
+            }
+            402 => {}
+            other => panic!("answered {other}"),
+        }
+        assert!(ok <= 1000, "{ok} calls on a quota of 1000");
+    }
+    assert!(
+        served_on_second >= 10,
+        "the second node was served {served_on_second} times of 20 while the quota had room"
     );
 }
 
