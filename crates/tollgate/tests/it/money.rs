@@ -579,6 +579,34 @@ async fn two_nodes_spend_one_wallet_exactly() {
     assert_eq!(charges.len(), 100);
 }
 
+/// Two nodes on one fresh PostgreSQL, and acme's app subscribed to a plan
+/// with `plan`'s terms, known to both (each answered one call). The
+/// database goes last.
+struct TwoNodes {
+    first: Tollgate,
+    second: Tollgate,
+    upstream: FakeUpstream,
+    world: crate::access::World,
+    _database: test_support::PgDatabase,
+}
+
+async fn two_nodes_with_plan(plan: Value) -> TwoNodes {
+    let database = test_support::PgDatabase::create();
+    let options = test_support::tollgate::Options::on_database(&database.url);
+    let first = Tollgate::start_with(BIN, options.clone()).await;
+    let second = Tollgate::start_with(BIN, options).await;
+    let upstream = FakeUpstream::start("w").await;
+    let world = world(&first, &upstream, json!({}), plan).await;
+    wait_status(&second, "/weather/forecast/ready", &world.key, 200).await;
+    TwoNodes {
+        first,
+        second,
+        upstream,
+        world,
+        _database: database,
+    }
+}
+
 /// Calls `key`'s app through two nodes, a burst of 600 spread over both,
 /// then one call at a time alternating until 20 refusals in a row (402
 /// `code`): never more than `most` answered at any point (refusals first
@@ -656,22 +684,16 @@ async fn spend_over_two_nodes(
 /// grant of the quota), in a burst and after.
 #[tokio::test]
 async fn two_nodes_count_one_quota_exactly() {
-    let database = test_support::PgDatabase::create();
-    let options = test_support::tollgate::Options::on_database(&database.url);
-    let first = Tollgate::start_with(BIN, options.clone()).await;
-    let second = Tollgate::start_with(BIN, options).await;
-    let upstream = FakeUpstream::start("w").await;
-    // `world` and the wait for the second node spend one call each.
-    let world = world(
-        &first,
-        &upstream,
-        json!({}),
-        json!({"included": {"requests": 40}}),
-    )
-    .await;
-    wait_status(&second, "/weather/forecast/ready", &world.key, 200).await;
+    // Both nodes answered one call.
+    let TwoNodes {
+        first,
+        second,
+        upstream,
+        world,
+        ..
+    } = &two_nodes_with_plan(json!({"included": {"requests": 40}})).await;
     let hits_before = upstream.hits();
-    let ok = spend_over_two_nodes(&first, &second, &world.key, 38, "quota_exhausted").await;
+    let ok = spend_over_two_nodes(first, second, &world.key, 38, "quota_exhausted").await;
     assert_eq!(ok, 38, "exactly what the quota includes");
     assert_eq!(
         upstream.hits() - hits_before,
@@ -685,19 +707,13 @@ async fn two_nodes_count_one_quota_exactly() {
 /// room, not refused until the first has used what it took in a burst.
 #[tokio::test]
 async fn a_node_gives_back_what_slow_traffic_does_not_need() {
-    let database = test_support::PgDatabase::create();
-    let options = test_support::tollgate::Options::on_database(&database.url);
-    let first = Tollgate::start_with(BIN, options.clone()).await;
-    let second = Tollgate::start_with(BIN, options).await;
-    let upstream = FakeUpstream::start("w").await;
-    let world = world(
-        &first,
-        &upstream,
-        json!({}),
-        json!({"included": {"requests": 1000}}),
-    )
-    .await;
-    wait_status(&second, "/weather/forecast/ready", &world.key, 200).await;
+    // Both nodes answered one call.
+    let TwoNodes {
+        first,
+        second,
+        world,
+        ..
+    } = &two_nodes_with_plan(json!({"included": {"requests": 1000}})).await;
     let call = |node: &Tollgate| {
         let request = node
             .client
@@ -706,14 +722,14 @@ async fn a_node_gives_back_what_slow_traffic_does_not_need() {
         async move { request.send().await.unwrap().status().as_u16() }
     };
     // The first node takes a lot in a burst (its grant sized to it).
-    let burst = futures_util::future::join_all((0..600).map(|_| call(&first))).await;
+    let burst = futures_util::future::join_all((0..600).map(|_| call(first))).await;
     let mut ok = 2 + burst.iter().filter(|&&s| s == 200).count();
     assert_eq!(ok, 602, "all within the quota");
     // Then slow traffic, alternating: the second node is soon served.
     let mut served_on_second = 0;
     for n in 0..40 {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        let node = if n % 2 == 0 { &first } else { &second };
+        let node = if n % 2 == 0 { first } else { second };
         match call(node).await {
             200 => {
                 ok += 1;
@@ -737,21 +753,20 @@ async fn a_node_gives_back_what_slow_traffic_does_not_need() {
 /// wallet's 1.00 is spent.
 #[tokio::test]
 async fn two_nodes_give_exactly_the_included_calls_free() {
-    let database = test_support::PgDatabase::create();
-    let options = test_support::tollgate::Options::on_database(&database.url);
-    let first = Tollgate::start_with(BIN, options.clone()).await;
-    let second = Tollgate::start_with(BIN, options).await;
-    let upstream = FakeUpstream::start("w").await;
     let plan =
         json!({"included": {"requests": 20}, "overage": "charge", "price_per_request": "0.01"});
-    // `world` and the wait for the second node take two free calls.
-    let world = world(&first, &upstream, json!({}), plan).await;
-    wait_status(&second, "/weather/forecast/ready", &world.key, 200).await;
-    let (status, body) = grant(&first, "acme", json!({"amount": "1.00", "reason": "test"})).await;
+    // Both nodes answered one call: two free calls taken.
+    let TwoNodes {
+        first,
+        second,
+        world,
+        ..
+    } = &two_nodes_with_plan(plan).await;
+    let (status, body) = grant(first, "acme", json!({"amount": "1.00", "reason": "test"})).await;
     assert_eq!(status, 201, "{body}");
-    let ok = spend_over_two_nodes(&first, &second, &world.key, 118, "insufficient_credit").await;
+    let ok = spend_over_two_nodes(first, second, &world.key, 118, "insufficient_credit").await;
     assert_eq!(ok, 118, "18 free calls left and 100 paid ones");
-    let wallet = wait_entries(&first, 101).await;
+    let wallet = wait_entries(first, 101).await;
     assert_eq!(wallet["balance_nanos"], 0, "{wallet}");
 }
 
