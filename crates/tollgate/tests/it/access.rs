@@ -970,29 +970,13 @@ async fn concurrent_requests_are_bounded() {
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (status, body) = tollgate
-        .admin(
-            Method::PATCH,
-            "/api/v1/services/weather/plans/pay-as-you-go",
-            Some(json!({"concurrent_requests": 3})),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
-    let started = Instant::now();
-    loop {
-        let response = tollgate
-            .get_with_key("/weather/forecast/x", &world.key)
-            .await;
-        let policy = response.headers()["ratelimit-policy"]
-            .to_str()
-            .unwrap()
-            .to_owned();
-        if policy.contains("q=3") {
-            break;
-        }
-        assert!(started.elapsed() < Duration::from_secs(2), "{policy}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    change_plan(
+        &tollgate,
+        &world.key,
+        json!({"concurrent_requests": 3}),
+        "q=3",
+    )
+    .await;
     let more: Vec<_> = (0..3)
         .map(|_| {
             let client = tollgate.client.clone();
@@ -1012,6 +996,35 @@ async fn concurrent_requests_are_bounded() {
     assert_eq!(statuses, [200, 429, 429], "two of three slots are taken");
     for task in slow {
         assert_eq!(task.await.unwrap().status(), 200);
+    }
+}
+
+/// Changes the weather plan by `patch`, then calls with `key` until the
+/// answers' `RateLimit-Policy` holds `marker` (the change is live); the
+/// statuses of those calls.
+async fn change_plan(tollgate: &Tollgate, key: &str, patch: Value, marker: &str) -> Vec<u16> {
+    let (status, body) = tollgate
+        .admin(
+            Method::PATCH,
+            "/api/v1/services/weather/plans/pay-as-you-go",
+            Some(patch),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let started = Instant::now();
+    let mut statuses = Vec::new();
+    loop {
+        let response = tollgate.get_with_key("/weather/forecast/x", key).await;
+        statuses.push(response.status().as_u16());
+        let policy = response.headers()["ratelimit-policy"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        if policy.contains(marker) {
+            return statuses;
+        }
+        assert!(started.elapsed() < Duration::from_secs(2), "{policy}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -1043,30 +1056,17 @@ async fn changed_limits_keep_what_was_counted() {
         ),
         (json!([{"requests": 2, "per": "hour"}]), "q=2"),
     ] {
-        let (status, body) = tollgate
-            .admin(
-                Method::PATCH,
-                "/api/v1/services/weather/plans/pay-as-you-go",
-                Some(json!({"rate_limits": limits})),
-            )
-            .await;
-        assert_eq!(status, 200, "{body}");
-        let started = Instant::now();
-        loop {
-            let response = tollgate
-                .get_with_key("/weather/forecast/x", &world.key)
-                .await;
-            let policy = response.headers()["ratelimit-policy"]
-                .to_str()
-                .unwrap()
-                .to_owned();
-            assert_eq!(response.status(), 429, "{policy}: no fresh allowance");
-            if policy.contains(marker) {
-                break;
-            }
-            assert!(started.elapsed() < Duration::from_secs(2), "{policy}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let statuses = change_plan(
+            &tollgate,
+            &world.key,
+            json!({"rate_limits": limits}),
+            marker,
+        )
+        .await;
+        assert!(
+            statuses.iter().all(|&status| status == 429),
+            "{statuses:?}: no fresh allowance"
+        );
     }
 }
 
