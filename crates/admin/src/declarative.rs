@@ -797,7 +797,7 @@ async fn reconcile_lifecycle(
             if desired == Lifecycle::Deprecated
                 && (service.lifecycle != Lifecycle::Deprecated || service.sunset != wanted.sunset)
             {
-                ops::deprecate(tx, &service, wanted.sunset.clone())
+                ops::deprecate(tx, &service, wanted.sunset.clone(), true)
                     .await
                     .map_err(|e| e.within(prefix))?;
                 changes.push(change("deprecate"));

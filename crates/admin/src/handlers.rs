@@ -686,7 +686,7 @@ pub async fn deprecate(
 ) -> Result<Response, ApiError> {
     let mut tx = state.store.begin().await?;
     let existing = service_in(&mut tx, &caller, &key, Role::Admin).await?;
-    let service = ops::deprecate(&mut tx, &existing, request.sunset).await?;
+    let service = ops::deprecate(&mut tx, &existing, request.sunset, false).await?;
     audit(
         &mut tx,
         &caller,

@@ -455,6 +455,10 @@ async fn record_release(
 ) -> Result<Release, ApiError> {
     let routes = tx.routes_of(&service.id).await?;
     let version = tx.next_release_version(&service.id).await?;
+    let upstream_id = match &service.spec.upstream {
+        Some(upstream) => tx.upstream(upstream).await?.map(|upstream| upstream.id),
+        None => None,
+    };
     let release = Release {
         id: new_id(),
         service_id: service.id.clone(),
@@ -463,6 +467,7 @@ async fn record_release(
         note,
         service: service.spec.clone(),
         routes,
+        upstream_id,
     };
     tx.insert_release(&release).await?;
     service.current_release = Some(version);
@@ -508,9 +513,19 @@ pub async fn rollback(
     let mut service = existing.clone();
     let mut spec = target.service.clone();
     spec.slug = existing.spec.slug.clone();
+    // The release's upstream by its id: renamed since, it is named as it
+    // is now (and a newer upstream that took the old name is not it).
+    if let Some(id) = &target.upstream_id {
+        spec.upstream = tx.upstream(id).await?.map(|upstream| upstream.spec.slug);
+        if spec.upstream.is_none() {
+            spec.upstream = target.service.upstream.clone();
+        }
+    }
     service.spec = spec;
     if let Some(upstream) = &service.spec.upstream
-        && tx.upstream(upstream).await?.is_none()
+        && (tx.upstream(upstream).await?.is_none()
+            || target.upstream_id.is_some()
+                && tx.upstream(upstream).await?.map(|u| u.id) != target.upstream_id)
     {
         return Err(ApiError::conflict(
             "release",
@@ -542,10 +557,14 @@ pub async fn rollback(
 }
 
 /// Marks a published service deprecated, with an optional sunset date.
+///
+/// `restoring` (a declarative file, an export applied elsewhere): a sunset
+/// already past is history to keep, not a mistake to refuse.
 pub async fn deprecate(
     tx: &mut WriteTx,
     existing: &Service,
     sunset: Option<String>,
+    restoring: bool,
 ) -> Result<Service, ApiError> {
     if !matches!(
         existing.lifecycle,
@@ -559,7 +578,7 @@ pub async fn deprecate(
     }
     if let Some(text) = &sunset {
         let at = domain::model::parse_sunset(text).map_err(|m| ApiError::field("sunset", m))?;
-        if at * 1000 <= now_ms() {
+        if at * 1000 <= now_ms() && !restoring {
             return Err(ApiError::field("sunset", "must be in the future"));
         }
     }

@@ -735,6 +735,11 @@ pub struct Release {
     pub note: String,
     pub service: ServiceSpec,
     pub routes: Vec<Route>,
+    /// The id of the upstream `service.upstream` named then: a rollback
+    /// follows it through renames (releases made before it was kept have
+    /// none, and name it by slug only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_id: Option<String>,
 }
 
 // ---------------------------------------------------------------- validation

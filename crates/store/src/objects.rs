@@ -114,6 +114,8 @@ fn route_from(row: &AnyRow) -> Result<Route> {
 struct ReleaseSnapshot {
     service: ServiceSpec,
     routes: Vec<SnapshotRoute>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    upstream_id: Option<String>,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -146,6 +148,7 @@ fn release_from(row: &AnyRow) -> Result<Release> {
         note: text(row, "note")?,
         service: snapshot.service,
         routes,
+        upstream_id: snapshot.upstream_id,
     })
 }
 
@@ -595,6 +598,7 @@ impl WriteTx {
                     spec: route.spec.clone(),
                 })
                 .collect(),
+            upstream_id: release.upstream_id.clone(),
         };
         sqlx::query(
             "INSERT INTO releases (id, service_id, version, note, snapshot, created_at_ms) \

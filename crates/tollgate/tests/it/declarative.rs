@@ -699,3 +699,44 @@ services:
     let again = cli(&tollgate, &["apply", "-f", path]);
     assert_eq!(again.stdout.trim(), "no changes", "{}", again.stderr);
 }
+
+/// A deprecated service whose sunset has passed restores from its export
+/// into a new deployment (the sunset is history, not a mistake).
+#[tokio::test]
+async fn a_deprecated_service_past_its_sunset_restores() {
+    let upstream = FakeUpstream::start("a").await;
+    let tollgate = Tollgate::start(BIN).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("restore.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"teams: [{{slug: t1, name: T1}}]
+upstreams: [{{slug: up1, team: t1, targets: [{{url: "{}"}}]}}]
+services:
+  - {{slug: old, team: t1, base_path: /old, upstream: up1, auth: {{anonymous: true}}, lifecycle: deprecated, sunset: "2020-01-01T00:00:00Z", routes: [{{methods: [GET], path: /x}}]}}
+"#,
+            upstream.url()
+        ),
+    )
+    .unwrap();
+    let path = file.to_str().unwrap();
+    let applied = cli(&tollgate, &["apply", "-f", path]);
+    assert!(applied.success, "{}{}", applied.stdout, applied.stderr);
+    tollgate
+        .wait_for("/old/x", Duration::from_secs(1), |s| s == 200)
+        .await;
+    let response = tollgate.get("/old/x").await;
+    assert!(response.headers().contains_key("sunset"));
+    let again = cli(&tollgate, &["apply", "-f", path]);
+    assert_eq!(again.stdout.trim(), "no changes", "{}", again.stderr);
+    // By hand, a past sunset is still refused.
+    let (status, body) = tollgate
+        .admin(
+            reqwest::Method::POST,
+            "/api/v1/services/old/deprecate",
+            Some(json!({"sunset": "2020-01-02T00:00:00Z"})),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+}

@@ -181,12 +181,22 @@ async fn rollback_restores_an_earlier_release() {
         .await;
     assert_eq!(tollgate.get("/svc/v1/x").await.status(), 404);
 
+    // The upstream renamed since: the rollback follows it.
+    let (status, body) = tollgate
+        .admin(
+            Method::PATCH,
+            "/api/v1/upstreams/svc-backend",
+            Some(json!({"slug": "svc-origin"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
     let rolled = tollgate
         .create("/api/v1/services/svc/rollback", json!({"release": 1}))
         .await;
-    assert_eq!(rolled["release"]["version"], 3);
+    assert_eq!(rolled["release"]["version"], 3, "{rolled}");
     assert_eq!(rolled["release"]["note"], "rollback to release 1");
     assert_eq!(rolled["service"]["base_path"], "/svc");
+    assert_eq!(rolled["service"]["upstream"], "svc-origin");
     tollgate
         .wait_for("/svc/v1/x", Duration::from_secs(1), |s| s == 200)
         .await;
