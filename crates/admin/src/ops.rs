@@ -56,7 +56,16 @@ pub async fn update_upstream(
 }
 
 pub async fn delete_upstream(tx: &mut WriteTx, existing: &Upstream) -> Result<(), ApiError> {
-    tx.delete_upstream(&existing.id).await?;
+    // A refusal names the upstream (a pruning apply deletes several).
+    tx.delete_upstream(&existing.id)
+        .await
+        .map_err(|error| match error {
+            store::StoreError::Conflict { field, message } => store::StoreError::Conflict {
+                field,
+                message: format!("'{}' {message}", existing.spec.slug),
+            },
+            other => other,
+        })?;
     Ok(())
 }
 

@@ -368,7 +368,13 @@ async fn bad_input_is_refused_naming_the_field_and_writes_nothing() {
         .admin(Method::DELETE, "/api/v1/upstreams/u", None)
         .await;
     check(s, &b, 409, &["upstream"]);
-    assert!(b["detail"].as_str().unwrap().contains('s'));
+    assert!(
+        b["detail"]
+            .as_str()
+            .unwrap()
+            .contains("'u' is used by services: s"),
+        "names the upstream and its services: {b}"
+    );
     let (s, _) = tollgate
         .admin(Method::GET, "/api/v1/upstreams/nope", None)
         .await;
