@@ -41,10 +41,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> {
         // serde reads a struct from an array too (`["t9", "N"]` as a
         // team): every body of this API is an object.
         Some(_) => {
-            return Err(ApiError::field(
-                "",
-                "the body must be a JSON object ({...})",
-            ));
+            return Err(ApiError::field("body", "must be a JSON object ({...})"));
         }
     };
     let mut deserializer = serde_json::Deserializer::from_slice(text);
@@ -96,7 +93,7 @@ fn describe<E: std::fmt::Display>(error: serde_path_to_error::Error<E>) -> ApiEr
             || message.starts_with("key must")
             || message.starts_with("trailing"))
     {
-        return ApiError::field(path, format!("malformed JSON: {message}"));
+        return ApiError::field(body_or(path), format!("malformed JSON: {message}"));
     }
     // Trim serde's " at line X column Y" from type errors.
     let message = message
@@ -104,7 +101,18 @@ fn describe<E: std::fmt::Display>(error: serde_path_to_error::Error<E>) -> ApiEr
         .next()
         .unwrap_or(&message)
         .to_owned();
-    ApiError::field(path, message)
+    ApiError::field(body_or(path), message)
+}
+
+/// The field an error names: the request body itself when serde's path
+/// names none (the document as a whole, or `?` where the syntax broke
+/// before any field).
+fn body_or(path: String) -> String {
+    if path.is_empty() || path == "?" {
+        "body".to_owned()
+    } else {
+        path
+    }
 }
 
 /// `?limit=&cursor=` plus resource filters.

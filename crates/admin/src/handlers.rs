@@ -79,7 +79,10 @@ pub(crate) fn patched<T: Serialize + serde::de::DeserializeOwned>(
     patch: serde_json::Value,
 ) -> Result<T, ApiError> {
     if !patch.is_object() {
-        return Err(ApiError::field("", "a merge patch must be a JSON object"));
+        return Err(ApiError::field(
+            "body",
+            "a merge patch must be a JSON object",
+        ));
     }
     let mut value = serde_json::to_value(current).map_err(|e| {
         ApiError::new(

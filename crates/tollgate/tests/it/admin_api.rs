@@ -88,11 +88,16 @@ async fn bad_input_is_refused_naming_the_field_and_writes_nothing() {
             }
         };
     let (s, b) = raw(&tollgate, Method::POST, "/api/v1/upstreams", "{\"slug\": ").await;
-    check(s, &b, 400, &[]);
+    check(s, &b, 400, &["slug"]);
     assert!(
         b["detail"].as_str().unwrap().contains("malformed JSON"),
         "{b}"
     );
+    // Broken before any field, or not an object: the body is named.
+    for text in ["nope", "{", "[1, 2]"] {
+        let (s, b) = raw(&tollgate, Method::POST, "/api/v1/upstreams", text).await;
+        check(s, &b, 400, &["body"]);
+    }
     let (s, b) = raw(
         &tollgate,
         Method::POST,
