@@ -21,6 +21,9 @@ pub struct Options {
     pub data_dir: Option<PathBuf>,
     /// Extra command-line arguments after `serve`.
     pub args: Vec<String>,
+    /// The admin listener's address (its port is picked here); loopback
+    /// when `None`.
+    pub admin_host: Option<&'static str>,
 }
 
 impl Options {
@@ -120,7 +123,10 @@ impl Tollgate {
                 "TOLLGATE_GATEWAY__LISTEN",
                 format!("127.0.0.1:{gateway_port}"),
             )
-            .env("TOLLGATE_ADMIN__LISTEN", format!("127.0.0.1:{admin_port}"))
+            .env(
+                "TOLLGATE_ADMIN__LISTEN",
+                format!("{}:{admin_port}", options.admin_host.unwrap_or("127.0.0.1")),
+            )
             .env("TOLLGATE_LOG__LEVEL", "debug")
             .env("TOLLGATE_STORAGE__POLL_INTERVAL_MS", "100")
             .stdin(Stdio::null())

@@ -17,8 +17,12 @@ fn init_tracing(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(format!("{},sqlx=warn,hyper=warn", config.log_level))
     });
+    // Colours only for a terminal: a file or a log collector gets plain
+    // text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stdout);
     let _ = if config.log_json {
         builder.json().flatten_event(true).try_init()
@@ -440,6 +444,9 @@ pub async fn run(args: &ConfigArgs) -> anyhow::Result<()> {
         )
     })?;
     let admin_listener = bind(config.admin_listen, "admin.listen").await?;
+    if !config.admin_listen.ip().is_loopback() {
+        tracing::warn!(admin = %config.admin_listen, "the admin API listens beyond this machine (admin.listen): keep it behind a firewall or TLS-terminating proxy; every request still needs a token");
+    }
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let notify = Arc::new(Notify::new());
     spawn_reloader(

@@ -76,6 +76,44 @@ async fn health_and_readiness() {
     assert_eq!(ready["store_reachable"], true);
 }
 
+/// The admin listener on loopback says nothing; bound beyond this machine,
+/// the process warns at start (it still serves, tokens required).
+#[tokio::test]
+async fn an_admin_listener_beyond_loopback_is_warned_of() {
+    const WARNING: &str = "the admin API listens beyond this machine";
+    let quiet = Tollgate::start(BIN).await;
+    assert!(!quiet.log().contains(WARNING), "{}", quiet.log());
+    let wide = Tollgate::start_with(
+        BIN,
+        test_support::tollgate::Options {
+            admin_host: Some("0.0.0.0"),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert!(wide.log().contains(WARNING), "{}", wide.log());
+    let (status, _) = wide
+        .admin(reqwest::Method::GET, "/api/v1/upstreams", None)
+        .await;
+    assert_eq!(status, 200);
+}
+
+/// Text logs written to a file (not a terminal) carry no colour codes.
+#[tokio::test]
+async fn text_logs_to_a_file_have_no_colour_codes() {
+    let tollgate = Tollgate::start_with(
+        BIN,
+        test_support::tollgate::Options {
+            env: vec![("TOLLGATE_LOG__FORMAT".into(), "text".into())],
+            ..Default::default()
+        },
+    )
+    .await;
+    let log = tollgate.log();
+    assert!(log.contains("tollgate ready"), "{log}");
+    assert!(!log.contains('\u{1b}'), "{log}");
+}
+
 #[tokio::test]
 async fn a_generated_root_token_is_shown_once_and_saved_privately() {
     use std::os::unix::fs::PermissionsExt;
