@@ -800,7 +800,20 @@ async fn reconcile_lifecycle(
                 ops::deprecate(tx, &service, wanted.sunset.clone(), true)
                     .await
                     .map_err(|e| e.within(prefix))?;
-                changes.push(change("deprecate"));
+                let mut deprecated = change("deprecate");
+                if service.sunset != wanted.sunset {
+                    let shown = |sunset: &Option<String>| {
+                        sunset
+                            .as_deref()
+                            .map_or("none".to_owned(), |s| format!("\"{s}\""))
+                    };
+                    deprecated.fields.push(format!(
+                        "sunset: {} -> {}",
+                        shown(&service.sunset),
+                        shown(&wanted.sunset)
+                    ));
+                }
+                changes.push(deprecated);
             }
         }
         Lifecycle::Retired => {

@@ -723,6 +723,13 @@ services:
     let path = file.to_str().unwrap();
     let applied = cli(&tollgate, &["apply", "-f", path]);
     assert!(applied.success, "{}{}", applied.stdout, applied.stderr);
+    assert!(
+        applied
+            .stdout
+            .contains(r#"sunset: none -> "2020-01-01T00:00:00Z""#),
+        "the sunset is shown: {}",
+        applied.stdout
+    );
     tollgate
         .wait_for("/old/x", Duration::from_secs(1), |s| s == 200)
         .await;
