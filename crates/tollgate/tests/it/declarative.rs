@@ -674,55 +674,70 @@ services:
 /// restores them retired (published once, then retired), not refused.
 #[tokio::test]
 async fn a_retired_service_restores_into_a_new_deployment() {
-    let upstream = FakeUpstream::start("a").await;
-    let tollgate = Tollgate::start(BIN).await;
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("restore.yaml");
-    std::fs::write(
-        &file,
-        format!(
-            r#"teams: [{{slug: t1, name: T1}}]
-upstreams: [{{slug: up1, team: t1, targets: [{{url: "{}"}}]}}]
-services:
-  - {{slug: old, team: t1, base_path: /old, upstream: up1, lifecycle: retired, routes: [{{methods: [GET], path: /x}}]}}
-"#,
-            upstream.url()
-        ),
-    )
-    .unwrap();
-    let path = file.to_str().unwrap();
-    let applied = cli(&tollgate, &["apply", "-f", path]);
-    assert!(applied.success, "{}{}", applied.stdout, applied.stderr);
-    tollgate
+    let restored = Restored::apply("lifecycle: retired").await;
+    restored
+        .tollgate
         .wait_for("/old/x", Duration::from_secs(1), |s| s == 410)
         .await;
-    let again = cli(&tollgate, &["apply", "-f", path]);
-    assert_eq!(again.stdout.trim(), "no changes", "{}", again.stderr);
+    restored.applies_without_change();
+}
+
+/// A deployment restored from a file of one team, upstream and service
+/// (`old` at `/old`, route `GET /x`) with `service` settings added.
+struct Restored {
+    tollgate: Tollgate,
+    _upstream: FakeUpstream,
+    _dir: tempfile::TempDir,
+    path: String,
+    applied: Output,
+}
+
+impl Restored {
+    async fn apply(service: &str) -> Self {
+        let upstream = FakeUpstream::start("a").await;
+        let tollgate = Tollgate::start(BIN).await;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("restore.yaml");
+        std::fs::write(
+            &file,
+            format!(
+                r#"teams: [{{slug: t1, name: T1}}]
+upstreams: [{{slug: up1, team: t1, targets: [{{url: "{}"}}]}}]
+services:
+  - {{slug: old, team: t1, base_path: /old, upstream: up1, {service}, routes: [{{methods: [GET], path: /x}}]}}
+"#,
+                upstream.url()
+            ),
+        )
+        .unwrap();
+        let path = file.to_str().unwrap().to_owned();
+        let applied = cli(&tollgate, &["apply", "-f", &path]);
+        assert!(applied.success, "{}{}", applied.stdout, applied.stderr);
+        Restored {
+            tollgate,
+            _upstream: upstream,
+            _dir: dir,
+            path,
+            applied,
+        }
+    }
+
+    /// Applying the same file again changes nothing.
+    fn applies_without_change(&self) {
+        let again = cli(&self.tollgate, &["apply", "-f", &self.path]);
+        assert_eq!(again.stdout.trim(), "no changes", "{}", again.stderr);
+    }
 }
 
 /// A deprecated service whose sunset has passed restores from its export
 /// into a new deployment (the sunset is history, not a mistake).
 #[tokio::test]
 async fn a_deprecated_service_past_its_sunset_restores() {
-    let upstream = FakeUpstream::start("a").await;
-    let tollgate = Tollgate::start(BIN).await;
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("restore.yaml");
-    std::fs::write(
-        &file,
-        format!(
-            r#"teams: [{{slug: t1, name: T1}}]
-upstreams: [{{slug: up1, team: t1, targets: [{{url: "{}"}}]}}]
-services:
-  - {{slug: old, team: t1, base_path: /old, upstream: up1, auth: {{anonymous: true}}, lifecycle: deprecated, sunset: "2020-01-01T00:00:00Z", routes: [{{methods: [GET], path: /x}}]}}
-"#,
-            upstream.url()
-        ),
+    let restored = Restored::apply(
+        r#"auth: {anonymous: true}, lifecycle: deprecated, sunset: "2020-01-01T00:00:00Z""#,
     )
-    .unwrap();
-    let path = file.to_str().unwrap();
-    let applied = cli(&tollgate, &["apply", "-f", path]);
-    assert!(applied.success, "{}{}", applied.stdout, applied.stderr);
+    .await;
+    let (tollgate, applied) = (&restored.tollgate, &restored.applied);
     assert!(
         applied
             .stdout
@@ -735,8 +750,7 @@ services:
         .await;
     let response = tollgate.get("/old/x").await;
     assert!(response.headers().contains_key("sunset"));
-    let again = cli(&tollgate, &["apply", "-f", path]);
-    assert_eq!(again.stdout.trim(), "no changes", "{}", again.stderr);
+    restored.applies_without_change();
     // By hand, a past sunset is still refused.
     let (status, body) = tollgate
         .admin(
