@@ -565,14 +565,15 @@ async fn two_nodes_spend_one_wallet_exactly() {
     let upstream = FakeUpstream::start("w").await;
     let world = priced_on_two_nodes(&first, &second, &upstream).await;
 
-    let hits_before = upstream.hits();
-    let ok = spend_over_two_nodes(&first, &second, &world.key, 100, "insufficient_credit").await;
-    assert_eq!(ok, 100, "exactly what the wallet affords");
-    assert_eq!(
-        upstream.hits() - hits_before,
+    let ok = spend_over_two_nodes(
+        (&first, &second),
+        &upstream,
+        &world.key,
         100,
-        "refused calls never reach it"
-    );
+        "insufficient_credit",
+    )
+    .await;
+    assert_eq!(ok, 100, "exactly what the wallet affords");
     let wallet = wait_entries(&first, 101).await;
     assert_eq!(wallet["balance_nanos"], 0, "{wallet}");
     let charges = ledger(&first, "acme", "&kind=charge").await;
@@ -611,14 +612,16 @@ async fn two_nodes_with_plan(plan: Value) -> TwoNodes {
 /// then one call at a time alternating until 20 refusals in a row (402
 /// `code`): never more than `most` answered at any point (refusals first
 /// wait for what one node held and did not use to come back for the
-/// other). Returns the calls answered.
+/// other). Refused calls never reach `upstream`. Returns the calls
+/// answered.
 async fn spend_over_two_nodes(
-    first: &Tollgate,
-    second: &Tollgate,
+    (first, second): (&Tollgate, &Tollgate),
+    upstream: &FakeUpstream,
     key: &str,
     most: usize,
     code: &str,
 ) -> usize {
+    let hits_before = upstream.hits();
     let call = |node: &Tollgate, n: usize| {
         let request = node
             .client
@@ -676,6 +679,11 @@ async fn spend_over_two_nodes(
         }
         assert!(ok <= most, "{ok} calls answered, at most {most} allowed");
     }
+    assert_eq!(
+        upstream.hits() - hits_before,
+        ok,
+        "refused calls never reach it"
+    );
     ok
 }
 
@@ -692,14 +700,9 @@ async fn two_nodes_count_one_quota_exactly() {
         world,
         ..
     } = &two_nodes_with_plan(json!({"included": {"requests": 40}})).await;
-    let hits_before = upstream.hits();
-    let ok = spend_over_two_nodes(first, second, &world.key, 38, "quota_exhausted").await;
+    let ok =
+        spend_over_two_nodes((first, second), upstream, &world.key, 38, "quota_exhausted").await;
     assert_eq!(ok, 38, "exactly what the quota includes");
-    assert_eq!(
-        upstream.hits() - hits_before,
-        38,
-        "refused calls never reach it"
-    );
 }
 
 /// Under slow traffic a node keeps about two seconds of it from its grant
@@ -759,12 +762,20 @@ async fn two_nodes_give_exactly_the_included_calls_free() {
     let TwoNodes {
         first,
         second,
+        upstream,
         world,
         ..
     } = &two_nodes_with_plan(plan).await;
     let (status, body) = grant(first, "acme", json!({"amount": "1.00", "reason": "test"})).await;
     assert_eq!(status, 201, "{body}");
-    let ok = spend_over_two_nodes(first, second, &world.key, 118, "insufficient_credit").await;
+    let ok = spend_over_two_nodes(
+        (first, second),
+        upstream,
+        &world.key,
+        118,
+        "insufficient_credit",
+    )
+    .await;
     assert_eq!(ok, 118, "18 free calls left and 100 paid ones");
     let wallet = wait_entries(first, 101).await;
     assert_eq!(wallet["balance_nanos"], 0, "{wallet}");
@@ -809,14 +820,15 @@ async fn two_nodes_keep_one_budget_exactly() {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
     }
-    let hits_before = upstream.hits();
-    let ok = spend_over_two_nodes(&first, &second, &world.key, 25, "budget_exhausted").await;
-    assert_eq!(ok, 25, "exactly what the budget allows");
-    assert_eq!(
-        upstream.hits() - hits_before,
+    let ok = spend_over_two_nodes(
+        (&first, &second),
+        &upstream,
+        &world.key,
         25,
-        "refused calls never reach it"
-    );
+        "budget_exhausted",
+    )
+    .await;
+    assert_eq!(ok, 25, "exactly what the budget allows");
     let wallet = wait_entries(&first, 26).await;
     assert_eq!(wallet["balance_nanos"], 750_000_000, "{wallet}");
 }
