@@ -744,11 +744,6 @@ impl CounterLease {
         self.headroom.load(Ordering::Acquire)
     }
 
-    /// The node's grant as the store last said.
-    pub fn granted(&self) -> i64 {
-        self.granted.load(Ordering::Acquire)
-    }
-
     fn take(&self, amount: i64) -> Result<(), GrantShort> {
         self.take_up_to(amount, amount).map(|_| ())
     }
@@ -759,21 +754,14 @@ impl CounterLease {
         if !self.valid() {
             return Err(GrantShort::Lost);
         }
-        let mut current = self.headroom.load(Ordering::Acquire);
-        loop {
-            let taken = most.min(current.max(0));
-            if taken < least {
-                break;
-            }
-            match self.headroom.compare_exchange_weak(
-                current,
-                current - taken,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => return Ok(taken),
-                Err(actual) => current = actual,
-            }
+        let taken = |current: i64| most.min(current.max(0));
+        if let Ok(before) =
+            self.headroom
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |current| {
+                    (taken(current) >= least).then(|| current - taken(current))
+                })
+        {
+            return Ok(taken(before));
         }
         if crate::upstream::monotonic_ms() < self.denied_until.load(Ordering::Acquire) {
             Err(GrantShort::Denied)
@@ -782,7 +770,9 @@ impl CounterLease {
         }
     }
 
-    fn put_back(&self, amount: i64) {
+    /// Puts `amount` back (a call gave it back, or a give-back the store
+    /// did not take: still this node's).
+    pub fn put_back(&self, amount: i64) {
         self.headroom.fetch_add(amount, Ordering::AcqRel);
     }
 
@@ -805,40 +795,20 @@ impl CounterLease {
     }
 
     /// The store's answer to a give-back (taken out with
-    /// [`CounterLease::take_unused`]): the node's grant is now `total`.
+    /// [`CounterLease::take_beyond`]): the node's grant is now `total`.
     pub fn gave_back(&self, total: i64) {
         self.granted.store(total, Ordering::Release);
     }
 
-    /// A give-back the store did not take: still this node's.
-    pub fn keep(&self, amount: i64) {
-        self.put_back(amount);
-    }
-
-    /// Takes what is left of the grant out (to give back to the store);
-    /// returns it.
-    pub fn take_unused(&self) -> i64 {
-        self.take_beyond(0)
-    }
-
-    /// Takes out what is left of the grant beyond `keep`; returns it.
+    /// Takes out what is left of the grant beyond `keep` (to give back to
+    /// the store); returns it.
     pub fn take_beyond(&self, keep: i64) -> i64 {
-        let mut current = self.headroom.load(Ordering::Acquire);
-        loop {
-            let excess = current - keep.max(0);
-            if excess <= 0 {
-                return 0;
-            }
-            match self.headroom.compare_exchange_weak(
-                current,
-                current - excess,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => return excess,
-                Err(actual) => current = actual,
-            }
-        }
+        let keep = keep.max(0);
+        self.headroom
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |current| {
+                (current > keep).then_some(keep)
+            })
+            .map_or(0, |before| before - keep)
     }
 
     /// The store dropped this node's grant (it ran out while the node was

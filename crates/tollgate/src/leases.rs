@@ -254,7 +254,7 @@ async fn resize_grants(
             match tokio::time::timeout(RENEW_WAIT, leases.grant(&counter, -unused, limit)).await {
                 Ok(Ok(total)) => lease.gave_back(total),
                 outcome => {
-                    lease.keep(unused);
+                    lease.put_back(unused);
                     let error = match outcome {
                         Ok(Err(error)) => error,
                         _ => "timed out".to_owned(),
