@@ -19,6 +19,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use crate::client::ResponseBody;
+use crate::h1::RawHead;
 use crate::upstream::TargetState;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -394,6 +395,16 @@ impl UpstreamResponseBody {
     }
 }
 
+impl RawHeaded for UpstreamResponseBody {
+    fn raw_head(&self) -> Option<&RawHead> {
+        self.inner.raw_head()
+    }
+
+    fn take_raw_head(&mut self) -> Option<Box<RawHead>> {
+        self.inner.take_raw_head()
+    }
+}
+
 impl Body for UpstreamResponseBody {
     type Data = Bytes;
     type Error = BoxError;
@@ -475,6 +486,66 @@ impl GatewayBody {
     pub fn empty() -> Self {
         GatewayBody::Full(None)
     }
+}
+
+impl RawHeaded for GatewayBody {
+    fn raw_head(&self) -> Option<&RawHead> {
+        match self {
+            GatewayBody::Upstream(body) => body.raw_head(),
+            _ => None,
+        }
+    }
+
+    fn take_raw_head(&mut self) -> Option<Box<RawHead>> {
+        match self {
+            GatewayBody::Upstream(body) => body.take_raw_head(),
+            _ => None,
+        }
+    }
+}
+
+/// A response body that may carry its upstream's head raw
+/// ([`RawHead`]): the response's map then holds only what the gateway set.
+pub trait RawHeaded {
+    fn raw_head(&self) -> Option<&RawHead>;
+    fn take_raw_head(&mut self) -> Option<Box<RawHead>>;
+}
+
+/// Folds a raw upstream head into the response's map: the upstream's
+/// fields, then what the gateway set, which replaces the upstream's
+/// fields of the same name. For code that reads, removes or records the
+/// upstream's headers (and for HTTP/2 clients, whose server takes a map).
+pub fn materialize<B: RawHeaded>(response: &mut http::Response<B>) {
+    let Some(raw) = response.body_mut().take_raw_head() else {
+        return;
+    };
+    let own = std::mem::take(response.headers_mut());
+    let mut headers = raw.to_map(own.len() + 4, false);
+    let mut last = None;
+    for (name, value) in own {
+        match name {
+            Some(name) => {
+                headers.insert(name.clone(), value);
+                last = Some(name);
+            }
+            None => {
+                if let Some(name) = &last {
+                    headers.append(name.clone(), value);
+                }
+            }
+        }
+    }
+    *response.headers_mut() = headers;
+}
+
+/// Whether the response has a header named `name` (lowercase), in its
+/// map or in its raw upstream head.
+pub fn has_header<B: RawHeaded>(response: &http::Response<B>, name: &http::HeaderName) -> bool {
+    response.headers().contains_key(name)
+        || response
+            .body()
+            .raw_head()
+            .is_some_and(|raw| raw.contains(name.as_str()))
 }
 
 impl Body for GatewayBody {

@@ -69,6 +69,22 @@ pub enum ResponseBody {
     Http2(Incoming),
 }
 
+impl crate::body::RawHeaded for ResponseBody {
+    fn raw_head(&self) -> Option<&crate::h1::RawHead> {
+        match self {
+            ResponseBody::Http1(body) => body.raw_head(),
+            ResponseBody::Http2(_) => None,
+        }
+    }
+
+    fn take_raw_head(&mut self) -> Option<Box<crate::h1::RawHead>> {
+        match self {
+            ResponseBody::Http1(body) => body.take_raw_head(),
+            ResponseBody::Http2(_) => None,
+        }
+    }
+}
+
 impl ResponseBody {
     /// After `101 Switching Protocols` (HTTP/1.1): the upstream connection.
     pub fn take_upgraded(&mut self) -> Option<crate::h1::client::Upgraded> {
@@ -162,10 +178,24 @@ fn take_shared(key: u64) -> Option<http2::SendRequest<UpstreamRequestBody>> {
     })
 }
 
+/// Sends `request` to `target` ([`send_raw`]); the response's headers are
+/// all in its map.
+pub async fn send(
+    connector: &Connector,
+    target: &TargetRt,
+    request: Request<UpstreamRequestBody>,
+) -> Result<Response<ResponseBody>, SendError> {
+    let mut response = send_raw(connector, target, request).await?;
+    crate::body::materialize(&mut response);
+    Ok(response)
+}
+
 /// Sends `request` to `target`: on an idle pooled connection when there is
 /// one (one that the upstream closed as it was being taken is replaced
 /// transparently when the request can be sent again), else on a new one.
-pub async fn send(
+/// An HTTP/1.1 response's head may be kept raw ([`crate::h1::RawHead`]):
+/// its map then starts empty.
+pub async fn send_raw(
     connector: &Connector,
     target: &TargetRt,
     request: Request<UpstreamRequestBody>,

@@ -467,7 +467,8 @@ impl mcp::ToolHost for Host<'_> {
                 request,
                 self.peer.clone(),
             ));
-            let response = handled.await;
+            let mut response = handled.await;
+            crate::body::materialize(&mut response);
             Ok(tool_result(tool, response).await)
         }
     }

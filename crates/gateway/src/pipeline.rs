@@ -249,10 +249,18 @@ pub(crate) async fn handle(
         }
     }
     let context = &mut call.context;
+    let deprecation = context
+        .route()
+        .and_then(|route| route.service.deprecation.as_ref());
+    if context.warning.is_some() || deprecation.is_some() {
+        // A warning joins the one a handler or the upstream gave.
+        crate::body::materialize(&mut response);
+    }
+    let upstream_rate = crate::body::has_header(&response, &RATELIMIT);
     let headers = response.headers_mut();
     headers.insert(X_REQUEST_ID.clone(), request_id);
     if let Some((policy, state)) = context.rate_headers.take()
-        && !headers.contains_key(&RATELIMIT)
+        && !upstream_rate
     {
         headers.insert(RATELIMIT_POLICY.clone(), policy);
         headers.insert(RATELIMIT.clone(), state);
@@ -1067,21 +1075,30 @@ async fn forward(
         trace.trying = Some((index, try_started));
         // `timeout_at`: the try's end from the clock read above, no second read.
         let try_timeout = per_try_limit.min(remaining);
-        let send = crate::client::send(&upstream.connector, target, upstream_request);
+        // Pinned here and lent to either wait: one copy of the send future
+        // in this one's state, not one per way of waiting for it.
+        let send = crate::client::send_raw(&upstream.connector, target, upstream_request);
+        tokio::pin!(send);
         let result = match &progress {
             // A streamed body: the wait for the answer starts once it has
             // all arrived (nginx's and Envoy's timeouts alike).
             Some(progress) => {
-                uploading(send, progress, try_timeout, shared.options.body_timeout).await
+                uploading(
+                    send.as_mut(),
+                    progress,
+                    try_timeout,
+                    shared.options.body_timeout,
+                )
+                .await
             }
-            None => tokio::time::timeout_at((try_started + try_timeout).into(), send)
+            None => tokio::time::timeout_at((try_started + try_timeout).into(), send.as_mut())
                 .await
                 .map_err(|_| Waited::ForUpstream),
         };
         let latency = try_started.elapsed();
         trace.target = Some((index, latency));
         match result {
-            Ok(Ok(response)) => {
+            Ok(Ok(mut response)) => {
                 let status = response.status().as_u16();
                 let failed = upstream.is_failure_status(status);
                 upstream.record(
@@ -1103,6 +1120,11 @@ async fn forward(
                         ),
                     ));
                     continue;
+                }
+                // The head stays raw unless something here reads or
+                // removes the upstream's headers.
+                if status == 204 || !route.response_headers.is_empty() || trace.capture.is_some() {
+                    crate::body::materialize(&mut response);
                 }
                 let (mut response_parts, incoming) = response.into_parts();
                 let switched = (status == 101)
@@ -1499,18 +1521,8 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-
 fn is_hop_by_hop(name: &HeaderName) -> bool {
-    name == header::CONNECTION
-        || name == header::TE
-        || name == header::TRAILER
-        || name == header::TRANSFER_ENCODING
-        || name == header::UPGRADE
-        || name == KEEP_ALIVE
-        // `Proxy-Authorization`, `Proxy-Authenticate`, `Proxy-Connection`
-        // and any other `Proxy-*`: for the hop, never the next one.
-        || name.as_str().starts_with("proxy-")
+    crate::h1::is_hop_by_hop_name(name.as_str().as_bytes())
 }
 
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those that

@@ -145,7 +145,10 @@ async fn serve_http2(
                 return Ok(crate::pipeline::unrouted_refusal(refusal, &shared));
             }
             let request = request.map(RequestBody::Hyper);
-            Ok::<_, Infallible>(respond(&shared, request, peer).await)
+            let mut response = respond(&shared, request, peer).await;
+            // hyper writes the map: the upstream's raw head joins it.
+            crate::body::materialize(&mut response);
+            Ok::<_, Infallible>(response)
         }
     });
     let connection = builder.serve_connection(TokioIo::new(stream), service);

@@ -367,6 +367,7 @@ pub struct H2Answer {
     pub status: u16,
     pub body: Bytes,
     pub trailers: Option<hyper::HeaderMap>,
+    pub headers: hyper::HeaderMap,
 }
 
 /// A GET over h2c by prior knowledge (as gRPC clients speak) that reads
@@ -386,10 +387,12 @@ pub async fn h2c_get(url: &str) -> H2Answer {
         .unwrap();
     let response = sender.send_request(request).await.unwrap();
     let status = response.status().as_u16();
+    let headers = response.headers().clone();
     let collected = response.into_body().collect().await.unwrap();
     let trailers = collected.trailers().cloned();
     H2Answer {
         status,
+        headers,
         body: collected.to_bytes(),
         trailers,
     }

@@ -245,6 +245,7 @@ pub async fn exchange(
         framing,
         keep_alive,
         pool_key,
+        raw: parts.3,
     };
     let mut response = Response::new(body);
     *response.status_mut() = parts.0;
@@ -309,7 +310,8 @@ async fn write_request(
     io.flush().await.map_err(write)
 }
 
-type HeadParts = (StatusCode, Version, HeaderMap);
+/// Status, version, the head as a map, or (most heads) kept raw.
+type HeadParts = (StatusCode, Version, HeaderMap, Option<Box<super::RawHead>>);
 
 enum Parsed {
     /// A 1xx answer (`100 Continue`, `103 Early Hints`): skipped.
@@ -367,15 +369,33 @@ fn parse_response(
     if status.is_informational() && !switched {
         return Ok(Some(Parsed::Informational));
     }
-    // Room for the request id, `RateLimit` pair and balance added on the way back.
-    let mut headers =
-        super::header_map(&head, &fields, 4, &connection).map_err(ExchangeError::Head)?;
-    let (declared, tidy) = super::declared_framing(&headers).map_err(ExchangeError::Head)?;
-    if let Some(framing) = declared.filter(|_| !tidy) {
-        // The client is told the framing it gets: never the upstream's
-        // `Content-Length` beside a chunked body it decoded.
-        super::normalise_framing(&mut headers, framing);
-    }
+    // Kept raw unless its `Connection` names other headers to drop, it is
+    // a tunnel's (101), or its framing headers disagree (both are fixed in
+    // a map). A map gets room for the request id, `RateLimit` pair and
+    // balance added on the way back.
+    let (headers, raw, declared) = if !connection.others && !switched {
+        let kept = super::RawHead::new(head, &fields);
+        let (declared, tidy) = kept.declared_framing().map_err(ExchangeError::Head)?;
+        if tidy {
+            (HeaderMap::new(), Some(Box::new(kept)), declared)
+        } else {
+            let mut headers = kept.to_map(4, true);
+            if let Some(framing) = declared {
+                super::normalise_framing(&mut headers, framing);
+            }
+            (headers, None, declared)
+        }
+    } else {
+        let mut headers =
+            super::header_map(&head, &fields, 4, &connection).map_err(ExchangeError::Head)?;
+        let (declared, tidy) = super::declared_framing(&headers).map_err(ExchangeError::Head)?;
+        if let Some(framing) = declared.filter(|_| !tidy) {
+            // The client is told the framing it gets: never the upstream's
+            // `Content-Length` beside a chunked body it decoded.
+            super::normalise_framing(&mut headers, framing);
+        }
+        (headers, None, declared)
+    };
     let framing = if *method == Method::HEAD
         || switched
         || status == StatusCode::NO_CONTENT
@@ -397,7 +417,7 @@ fn parse_response(
         Version::HTTP_11
     };
     Ok(Some(Parsed::Final(
-        (status, version, headers),
+        (status, version, headers, raw),
         framing,
         keep_alive,
     )))
@@ -410,6 +430,9 @@ pub struct ResponseBody {
     framing: Framing,
     keep_alive: bool,
     pool_key: u64,
+    /// The head's fields, when they were not put in the response's map
+    /// (boxed: the body moves several times on its way to the client).
+    raw: Option<Box<super::RawHead>>,
 }
 
 impl ResponseBody {
@@ -423,6 +446,15 @@ impl ResponseBody {
             conn.idle_since = Instant::now();
             crate::client::put_idle(self.pool_key, conn);
         }
+    }
+
+    /// The upstream's head, when kept raw ([`super::RawHead`]).
+    pub fn raw_head(&self) -> Option<&super::RawHead> {
+        self.raw.as_deref()
+    }
+
+    pub fn take_raw_head(&mut self) -> Option<Box<super::RawHead>> {
+        self.raw.take()
     }
 
     /// Whether the whole body has been read.
@@ -554,11 +586,14 @@ mod tests {
             b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: 1\r\n\r\nhello",
             Method::GET,
         );
-        let Some(Parsed::Final((status, _, headers), framing, keep_alive)) = parsed else {
+        let Some(Parsed::Final((status, _, headers, raw), framing, keep_alive)) = parsed else {
             panic!("not final")
         };
         assert_eq!(status, 200);
-        assert_eq!(headers["x-a"], "1");
+        assert!(headers.is_empty());
+        let raw = raw.expect("a plain head is kept raw");
+        assert_eq!(raw.to_map(0, false)["x-a"], "1");
+        assert!(raw.has_content_length() && !raw.has_date());
         assert_eq!(framing, Framing::Length(5));
         assert!(keep_alive);
         assert_eq!(&rest[..], b"hello");

@@ -313,6 +313,157 @@ pub(crate) fn header_map(
     Ok(headers)
 }
 
+/// An upstream response head kept as the bytes read: the common proxied
+/// response goes back to the client line by line as it came (hop-by-hop
+/// lines left out), and no header map is built, hashed or dropped for it.
+///
+/// The response's `HeaderMap` then holds only what the gateway adds, and a
+/// name there replaces the upstream's lines of that name, as an `insert`
+/// into a full map would. Code that reads, removes or records the
+/// upstream's headers first calls [`crate::body::materialize`], which
+/// folds the raw lines into the map.
+///
+/// Only heads whose `Connection` lines name no other header are kept raw
+/// (the usual `keep-alive` and `close` name none); `Connection` and
+/// `Keep-Alive` lines are left out of the fields.
+#[derive(Debug)]
+pub struct RawHead {
+    head: Bytes,
+    /// Name start and end, value start and end, in `head`.
+    fields: smallvec::SmallVec<[[u32; 4]; 8]>,
+    /// Index in `fields` of the last `Transfer-Encoding`, if any.
+    last_coding: Option<usize>,
+    /// How many `Content-Length` fields there are.
+    lengths: usize,
+    has_date: bool,
+}
+
+impl RawHead {
+    /// Reads the fields once: the framing ones and `Date` are noted as they
+    /// go (names told apart by length first).
+    pub(crate) fn new(head: Bytes, fields: &[FieldRanges]) -> Self {
+        let mut kept = smallvec::SmallVec::with_capacity(fields.len());
+        let (mut last_coding, mut lengths, mut has_date) = (None, 0, false);
+        for (name, value) in fields {
+            let raw = &head[name.clone()];
+            match raw.len() {
+                4 if raw.eq_ignore_ascii_case(b"date") => has_date = true,
+                10 if is_connection_or_keep_alive(raw) => continue,
+                14 if raw.eq_ignore_ascii_case(b"content-length") => lengths += 1,
+                17 if raw.eq_ignore_ascii_case(b"transfer-encoding") => {
+                    last_coding = Some(kept.len());
+                }
+                _ => {}
+            }
+            // Heads are at most `MAX_HEAD_BYTES` long: offsets fit.
+            kept.push([name.start, name.end, value.start, value.end].map(|at| at as u32));
+        }
+        Self {
+            head,
+            fields: kept,
+            last_coding,
+            lengths,
+            has_date,
+        }
+    }
+
+    fn value(&self, index: usize) -> &[u8] {
+        let [_, _, start, end] = self.fields[index];
+        &self.head[start as usize..end as usize]
+    }
+
+    /// Each field's name (as the upstream wrote it) and value.
+    pub fn fields(&self) -> impl DoubleEndedIterator<Item = (&[u8], &[u8])> {
+        self.fields.iter().map(|&[a, b, c, d]| {
+            (
+                &self.head[a as usize..b as usize],
+                &self.head[c as usize..d as usize],
+            )
+        })
+    }
+
+    /// Whether a field is named `name` (lowercase).
+    pub fn contains(&self, name: &str) -> bool {
+        self.fields()
+            .any(|(field, _)| field.eq_ignore_ascii_case(name.as_bytes()))
+    }
+
+    pub fn has_content_length(&self) -> bool {
+        self.lengths > 0
+    }
+
+    pub fn has_date(&self) -> bool {
+        self.has_date
+    }
+
+    /// The fields as a header map, with room for `spare` more; hop-by-hop
+    /// fields too when `hop_by_hop`, else only those that go on to the
+    /// client. Names and values were checked as the head was parsed; a
+    /// field the map would not take (none that `httparse` accepts) is left
+    /// out.
+    pub fn to_map(&self, spare: usize, hop_by_hop: bool) -> HeaderMap {
+        let mut headers = HeaderMap::with_capacity(self.fields.len() + spare);
+        for &[a, b, c, d] in &self.fields {
+            let raw_name = &self.head[a as usize..b as usize];
+            if !hop_by_hop && is_hop_by_hop_name(raw_name) {
+                continue;
+            }
+            let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(raw_name),
+                HeaderValue::from_maybe_shared(self.head.slice(c as usize..d as usize)),
+            ) else {
+                continue;
+            };
+            headers.append(name, value);
+        }
+        headers
+    }
+
+    /// Framing as the fields declare it ([`declared_framing`]).
+    pub fn declared_framing(&self) -> Result<(Option<Framing>, bool), HeadError> {
+        let lengths = self
+            .fields()
+            .filter(|(name, _)| name.eq_ignore_ascii_case(b"content-length"))
+            .map(|(_, value)| value);
+        framing_of(
+            self.last_coding.map(|index| self.value(index)),
+            self.lengths > 0,
+            // Only read when there is no `Transfer-Encoding`; none to find
+            // without a `Content-Length`.
+            lengths.take(self.lengths),
+        )
+    }
+
+    /// Appends `name: value\r\n` for each field that goes on to the
+    /// client: not hop-by-hop, and not named in `replaced` (what the
+    /// gateway set).
+    pub fn put_lines(&self, out: &mut BytesMut, replaced: &HeaderMap) {
+        for (name, value) in self.fields() {
+            if is_hop_by_hop_name(name)
+                || replaced
+                    .keys()
+                    .any(|own| own.as_str().as_bytes().eq_ignore_ascii_case(name))
+            {
+                continue;
+            }
+            put_header(out, name, value);
+        }
+    }
+}
+
+/// A hop-by-hop header's name (RFC 9110 §7.6.1), any case: `Connection`,
+/// `Keep-Alive`, `TE`, `Trailer`, `Transfer-Encoding`, `Upgrade` and any
+/// `Proxy-*`.
+pub(crate) fn is_hop_by_hop_name(name: &[u8]) -> bool {
+    match name.len() {
+        2 => name.eq_ignore_ascii_case(b"te"),
+        7 => name.eq_ignore_ascii_case(b"trailer") || name.eq_ignore_ascii_case(b"upgrade"),
+        10 => is_connection_or_keep_alive(name),
+        17 => name.eq_ignore_ascii_case(b"transfer-encoding"),
+        _ => name.len() > 6 && name[..6].eq_ignore_ascii_case(b"proxy-"),
+    }
+}
+
 /// What a head's `Connection` lines say, read off the raw fields while the
 /// head is parsed (no header map lookups).
 #[derive(Debug, Default, Clone, Copy)]
@@ -445,30 +596,46 @@ pub fn only_chunked(headers: &HeaderMap) -> bool {
 /// framing headers already say exactly that (`false`: see
 /// [`normalise_framing`]), found on the way at no extra lookup.
 pub fn declared_framing(headers: &HeaderMap) -> Result<(Option<Framing>, bool), HeadError> {
-    if let Some(last) = headers
+    let last_coding = headers
         .get_all(header::TRANSFER_ENCODING)
         .iter()
         .next_back()
-    {
+        .map(HeaderValue::as_bytes);
+    framing_of(
+        last_coding,
+        headers.contains_key(header::CONTENT_LENGTH),
+        headers
+            .get_all(header::CONTENT_LENGTH)
+            .iter()
+            .map(HeaderValue::as_bytes),
+    )
+}
+
+/// [`declared_framing`] from the last `Transfer-Encoding` value, whether
+/// there is a `Content-Length`, and each `Content-Length` value.
+fn framing_of<'a>(
+    last_coding: Option<&[u8]>,
+    has_length: bool,
+    lengths: impl Iterator<Item = &'a [u8]>,
+) -> Result<(Option<Framing>, bool), HeadError> {
+    if let Some(last) = last_coding {
         let chunked = last
-            .as_bytes()
             .rsplit(|&b| b == b',')
             .next()
             .is_some_and(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        let tidy = !headers.contains_key(header::CONTENT_LENGTH);
         return Ok((
             Some(if chunked {
                 Framing::CHUNKED
             } else {
                 Framing::Eof
             }),
-            tidy,
+            !has_length,
         ));
     }
     let mut length = None;
     let mut items = 0;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        for item in value.as_bytes().split(|&b| b == b',') {
+    for value in lengths {
+        for item in value.split(|&b| b == b',') {
             items += 1;
             let item = item.trim_ascii();
             if item.is_empty() || item.len() > 19 || !item.iter().all(u8::is_ascii_digit) {
@@ -525,6 +692,73 @@ pub(crate) fn poll_read_more<R: tokio::io::AsyncRead + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A raw head from `fields`, as `name: value` lines.
+    fn raw(lines: &[&str]) -> RawHead {
+        let text: String = lines.iter().map(|line| format!("{line}\r\n")).collect();
+        let head = Bytes::from(text);
+        let mut fields = Vec::new();
+        let mut at = 0;
+        for line in lines {
+            let colon = line.find(": ").unwrap();
+            fields.push((at..at + colon, at + colon + 2..at + line.len()));
+            at += line.len() + 2;
+        }
+        RawHead::new(head, &fields)
+    }
+
+    #[test]
+    fn raw_heads_say_their_framing_and_pass_on_their_own_lines() {
+        let plain = raw(&["Server: x", "Content-Length: 12", "Connection: keep-alive"]);
+        assert_eq!(
+            plain.declared_framing(),
+            Ok((Some(Framing::Length(12)), true))
+        );
+        assert!(plain.has_content_length() && !plain.has_date());
+        let chunked = raw(&["Transfer-Encoding: gzip", "transfer-encoding: chunked"]);
+        assert_eq!(
+            chunked.declared_framing(),
+            Ok((Some(Framing::CHUNKED), true))
+        );
+        let both = raw(&["Content-Length: 3", "Transfer-Encoding: chunked"]);
+        assert_eq!(both.declared_framing(), Ok((Some(Framing::CHUNKED), false)));
+        let listed = raw(&["Content-Length: 3", "content-length: 3"]);
+        assert_eq!(
+            listed.declared_framing(),
+            Ok((Some(Framing::Length(3)), false))
+        );
+        let differing = raw(&["Content-Length: 3", "Content-Length: 4"]);
+        assert_eq!(differing.declared_framing(), Err(HeadError::BadLength));
+        let none = raw(&["Date: today"]);
+        assert_eq!(none.declared_framing(), Ok((None, true)));
+        assert!(none.has_date());
+
+        let head = raw(&[
+            "Server: x",
+            "X-Request-Id: theirs",
+            "Keep-Alive: timeout=5",
+            "Proxy-Agent: p",
+            "TE: trailers",
+            "Trailer: X-Sum",
+            "Upgrade: h2c",
+            "Transfer-Encoding: chunked",
+            "Set-Cookie: a=1",
+            "Set-Cookie: b=2",
+        ]);
+        let mut own = HeaderMap::new();
+        own.insert("x-request-id", HeaderValue::from_static("ours"));
+        let mut out = BytesMut::new();
+        head.put_lines(&mut out, &own);
+        assert_eq!(
+            &out[..],
+            b"Server: x\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n"
+        );
+        let map = head.to_map(0, false);
+        assert_eq!(map.len(), 4, "{map:?}");
+        assert_eq!(map.get_all("set-cookie").iter().count(), 2);
+        assert_eq!(head.to_map(0, true).len(), 9, "Keep-Alive is never kept");
+        assert!(head.contains("set-cookie") && !head.contains("date"));
+    }
 
     #[test]
     fn host_values_are_a_host_and_a_port() {

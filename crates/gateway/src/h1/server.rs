@@ -33,7 +33,7 @@ use tokio::time::Instant;
 
 use super::{FieldRanges, Framing, HeadError, MAX_HEAD_BYTES, MAX_HEADERS, Step};
 use crate::Shared;
-use crate::body::{BoxError, ClientBodyError, GatewayBody};
+use crate::body::{BoxError, ClientBodyError, GatewayBody, RawHeaded};
 use crate::pipeline::Peer;
 use crate::refusal::Refusal;
 use domain::code::Code;
@@ -496,13 +496,22 @@ async fn write_response(
     out.put_u8(b' ');
     out.put_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.put_slice(b"\r\n");
+    // The upstream's head as it came (when kept raw), less what the
+    // gateway replaced, then the gateway's own fields.
+    let raw = body.raw_head();
+    if let Some(raw) = raw {
+        raw.put_lines(out, &parts.headers);
+    }
     for (name, value) in &parts.headers {
         if name == header::CONNECTION || name == header::TRANSFER_ENCODING {
             continue;
         }
         super::put_header(out, name.as_str().as_bytes(), value.as_bytes());
     }
-    if !parts.headers.contains_key(header::DATE) {
+    let (raw_date, raw_length) = raw.map_or((false, false), |raw| {
+        (raw.has_date(), raw.has_content_length())
+    });
+    if !raw_date && !parts.headers.contains_key(header::DATE) {
         super::put_header(out, b"date", super::date().as_bytes());
     }
     #[derive(PartialEq)]
@@ -514,7 +523,7 @@ async fn write_response(
     }
     let framing = if bodiless {
         Out::None
-    } else if parts.headers.contains_key(header::CONTENT_LENGTH) {
+    } else if raw_length || parts.headers.contains_key(header::CONTENT_LENGTH) {
         Out::Length
     } else if let Some(exact) = body.size_hint().exact() {
         out.put_slice(b"content-length: ");

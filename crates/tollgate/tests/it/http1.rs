@@ -504,6 +504,117 @@ async fn framing_headers_say_what_is_sent() {
     );
 }
 
+/// An upstream's head reaches the client as it came, less its hop-by-hop
+/// fields and what the gateway sets itself (its request id), with its own
+/// `Date` and `Content-Length` once each: over HTTP/1.1 (where the head
+/// goes on line by line, names as the upstream wrote them), over HTTP/2,
+/// and when the gateway adds to it (a deprecated service's headers).
+#[tokio::test]
+async fn an_upstream_head_goes_on_as_it_came() {
+    let tollgate = Tollgate::start(BIN).await;
+    let url = raw_upstream(
+        b"HTTP/1.1 200 OK\r\nServer: fake\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\n\
+          Content-Type: text/plain\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n\
+          X-Request-Id: upstream-id\r\nKeep-Alive: timeout=5\r\nConnection: keep-alive\r\n\
+          Proxy-Agent: old\r\nTrailer: X-Sum\r\nUpgrade: h2c\r\nContent-Length: 2\r\n\r\nok",
+    )
+    .await;
+    for slug in ["plain", "old"] {
+        tollgate
+            .publish_http_service(
+                slug,
+                &format!("/{slug}"),
+                json!({"targets": [{"url": url}]}),
+                &[json!({"path": "/*"})],
+            )
+            .await;
+    }
+    tollgate
+        .create(
+            "/api/v1/services/old/deprecate",
+            json!({"sunset": "2099-01-01"}),
+        )
+        .await;
+    tollgate
+        .wait_for("/old/x", Duration::from_secs(2), |s| s == 200)
+        .await;
+    for slug in ["plain", "old"] {
+        let raw = get_as_sent(&tollgate, &format!("/{slug}/x")).await;
+        let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+        assert_eq!(body, "ok", "{raw}");
+        let lines: Vec<&str> = head.lines().skip(1).collect();
+        let named = |name: &str| -> Vec<&str> {
+            lines
+                .iter()
+                .filter_map(|line| line.split_once(": "))
+                .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, value)| value)
+                .collect()
+        };
+        assert_eq!(named("set-cookie"), ["a=1", "b=2"], "{raw}");
+        assert_eq!(named("date"), ["Sun, 06 Nov 1994 08:49:37 GMT"], "{raw}");
+        assert_eq!(named("content-length"), ["2"], "{raw}");
+        assert_eq!(named("content-type"), ["text/plain"], "{raw}");
+        assert_eq!(named("server"), ["fake"], "{raw}");
+        let ids = named("x-request-id");
+        assert!(ids.len() == 1 && ids[0] != "upstream-id", "{raw}");
+        for hop in [
+            "keep-alive",
+            "proxy-agent",
+            "trailer",
+            "upgrade",
+            "transfer-encoding",
+        ] {
+            assert!(named(hop).is_empty(), "{hop} passed on: {raw}");
+        }
+        // The client asked to close: the upstream's keep-alive is not said.
+        assert_eq!(named("connection"), ["close"], "{raw}");
+        if slug == "plain" {
+            assert!(head.contains("\r\nServer: fake\r\n"), "{raw}");
+            assert!(named("deprecation").is_empty(), "{raw}");
+        } else {
+            assert_eq!(named("deprecation").len(), 1, "{raw}");
+            assert_eq!(named("tollgate-warning").len(), 1, "{raw}");
+        }
+
+        let answer =
+            test_support::upstream::h2c_get(&format!("{}/{slug}/x", tollgate.gateway_url)).await;
+        assert_eq!(answer.status, 200);
+        assert_eq!(&answer.body[..], b"ok");
+        let headers = &answer.headers;
+        let all = |name: &str| -> Vec<&str> {
+            headers
+                .get_all(name)
+                .iter()
+                .map(|v| v.to_str().unwrap())
+                .collect()
+        };
+        assert_eq!(all("set-cookie"), ["a=1", "b=2"], "{headers:?}");
+        assert_eq!(
+            all("date"),
+            ["Sun, 06 Nov 1994 08:49:37 GMT"],
+            "{headers:?}"
+        );
+        assert_eq!(all("server"), ["fake"], "{headers:?}");
+        let ids = all("x-request-id");
+        assert!(ids.len() == 1 && ids[0] != "upstream-id", "{headers:?}");
+        for hop in [
+            "keep-alive",
+            "proxy-agent",
+            "trailer",
+            "upgrade",
+            "connection",
+        ] {
+            assert!(all(hop).is_empty(), "{hop} passed on: {headers:?}");
+        }
+        assert_eq!(
+            all("deprecation").len(),
+            usize::from(slug == "old"),
+            "{headers:?}"
+        );
+    }
+}
+
 /// A WebSocket upstream: answers an upgrade request with 101 (and a first
 /// message right after its head), then echoes what it gets, prefixed.
 async fn websocket_upstream() -> String {
