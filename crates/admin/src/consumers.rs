@@ -332,16 +332,9 @@ pub struct KeyChange {
     pub name: Option<String>,
     /// RFC 3339; `null` removes the expiry. For a rotation: create the new
     /// key, then give the old one a grace period.
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "crate::extract::present")]
     #[schema(value_type = Option<String>)]
     pub expires_at: Option<Option<String>>,
-}
-
-/// A field that is present (even as `null`) is `Some`; absent is `None`.
-fn present<'de, D: serde::Deserializer<'de>>(
-    deserializer: D,
-) -> Result<Option<Option<String>>, D::Error> {
-    Option::<String>::deserialize(deserializer).map(Some)
 }
 
 /// Rename a key or change its expiry.

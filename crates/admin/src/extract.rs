@@ -252,6 +252,15 @@ fn serde_urlencoded_pairs(query: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// `#[serde(default, deserialize_with = "present")]`: a field that is
+/// present (even as `null`) is `Some`; absent is `None`. For changes where
+/// `null` clears a value and leaving the field out keeps it.
+pub fn present<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Option<String>>, D::Error> {
+    <Option<String> as serde::Deserialize>::deserialize(deserializer).map(Some)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -91,8 +91,57 @@ pub(crate) fn patched<T: Serialize + serde::de::DeserializeOwned>(
             e.to_string(),
         )
     })?;
+    // A `null` removes a field, so one for a field that is not there would
+    // vanish in the merge unread: each such name is checked on its own.
+    let mut absent = Vec::new();
+    nulls_for_absent_fields(&value, &patch, &mut Vec::new(), &mut absent);
     merge_patch(&mut value, patch);
+    for path in absent {
+        let Some((last, parents)) = path.split_last() else {
+            continue;
+        };
+        let mut probe = value.clone();
+        let parent = parents
+            .iter()
+            .try_fold(&mut probe, |at, key| at.get_mut(key.as_str()));
+        if let Some(serde_json::Value::Object(fields)) = parent {
+            fields.insert(last.clone(), serde_json::Value::Null);
+        }
+        if let Err(error) = from_value::<T>(probe)
+            && error
+                .errors
+                .iter()
+                .any(|e| e.message.starts_with("is not a known field"))
+        {
+            return Err(error);
+        }
+    }
     from_value(value)
+}
+
+/// The paths (keys from the top) where `patch` has `null` for a field
+/// `current` does not have.
+fn nulls_for_absent_fields(
+    current: &serde_json::Value,
+    patch: &serde_json::Value,
+    path: &mut Vec<String>,
+    out: &mut Vec<Vec<String>>,
+) {
+    let serde_json::Value::Object(fields) = patch else {
+        return;
+    };
+    for (key, value) in fields {
+        let now = current.get(key);
+        path.push(key.clone());
+        if value.is_null() {
+            if now.is_none() {
+                out.push(path.clone());
+            }
+        } else if value.is_object() {
+            nulls_for_absent_fields(now.unwrap_or(&serde_json::Value::Null), value, path, out);
+        }
+        path.pop();
+    }
 }
 
 // Lookups inside a write transaction: what a write changes is read in the
@@ -673,8 +722,11 @@ pub async fn rollback(
 pub struct DeprecateRequest {
     /// When the service will be retired: a date (`2027-01-31`) or RFC 3339
     /// date-time, in the future. Sent to callers as the `Sunset` header.
-    #[serde(default)]
-    pub sunset: Option<String>,
+    /// Left out, a deprecated service keeps the sunset it has; `null`
+    /// removes it.
+    #[serde(default, deserialize_with = "crate::extract::present")]
+    #[schema(value_type = Option<String>)]
+    pub sunset: Option<Option<String>>,
 }
 
 /// Deprecate a published service: callers get `Deprecation` and `Sunset`
@@ -689,7 +741,11 @@ pub async fn deprecate(
 ) -> Result<Response, ApiError> {
     let mut tx = state.store.begin().await?;
     let existing = service_in(&mut tx, &caller, &key, Role::Admin).await?;
-    let service = ops::deprecate(&mut tx, &existing, request.sunset, false).await?;
+    let service = match request.sunset {
+        Some(sunset) => ops::deprecate(&mut tx, &existing, sunset, false).await?,
+        // Kept as it is, even if it has passed since it was set.
+        None => ops::deprecate(&mut tx, &existing, existing.sunset.clone(), true).await?,
+    };
     audit(
         &mut tx,
         &caller,

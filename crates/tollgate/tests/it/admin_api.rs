@@ -431,6 +431,27 @@ async fn crud_by_slug_or_id_with_put_and_merge_patch() {
         .await;
     assert_eq!(s, 400);
     assert_eq!(fields(&b), vec!["policy"]);
+    // `null` for a field that does not exist is an unknown field, not a
+    // silent no-op; for a known one that is not set, it is one.
+    for (patch, field) in [
+        (json!({"polcy": null}), "polcy"),
+        (json!({"tls": {"verfy": null}}), "tls.verfy"),
+    ] {
+        let (s, b) = tollgate
+            .admin(Method::PATCH, "/api/v1/upstreams/u", Some(patch))
+            .await;
+        assert_eq!(s, 400, "{b}");
+        assert_eq!(fields(&b), vec![field], "{b}");
+    }
+    let (s, b) = tollgate
+        .admin(
+            Method::PATCH,
+            "/api/v1/upstreams/u",
+            Some(json!({"health_check": null, "tls": {"ca_pem": null}})),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["policy"], "ewma", "{b}");
 
     let (s, replaced) = tollgate
         .admin(

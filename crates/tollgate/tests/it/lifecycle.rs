@@ -269,6 +269,21 @@ async fn deprecation_headers_then_retirement() {
         response.headers()["sunset"],
         "Sat, 31 Jan 2099 00:00:00 GMT"
     );
+    // Deprecated again: left out, the sunset stays; `null` removes it.
+    let again = tollgate
+        .create("/api/v1/services/svc/deprecate", json!({}))
+        .await;
+    assert_eq!(again["service"]["sunset"], "2099-01-31", "{again}");
+    let cleared = tollgate
+        .create("/api/v1/services/svc/deprecate", json!({"sunset": null}))
+        .await;
+    assert!(cleared["service"]["sunset"].is_null(), "{cleared}");
+    tollgate
+        .create(
+            "/api/v1/services/svc/deprecate",
+            json!({"sunset": "2099-01-31"}),
+        )
+        .await;
 
     tollgate
         .create("/api/v1/services/svc/retire", json!({}))
