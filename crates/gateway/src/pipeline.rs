@@ -283,14 +283,14 @@ pub(crate) async fn handle(
     }
     if let Some(warning) = warning {
         let name = crate::admit::warning_header();
-        // A handler may have warned too (an AI call's token quota).
-        let warning = match headers.get(name) {
-            Some(own) => {
-                HeaderValue::from_bytes(&[warning.as_bytes(), b", ", own.as_bytes()].concat())
-                    .unwrap_or(warning)
-            }
-            None => warning,
-        };
+        // A handler (an AI call's token quota) or the upstream may have
+        // warned too: every line of theirs joins the list.
+        let mut joined = warning.as_bytes().to_vec();
+        for own in headers.get_all(name) {
+            joined.extend_from_slice(b", ");
+            joined.extend_from_slice(own.as_bytes());
+        }
+        let warning = HeaderValue::from_bytes(&joined).unwrap_or(warning);
         headers.insert(name.clone(), warning);
     }
     response
@@ -1442,6 +1442,9 @@ pub(crate) fn connection_refusal(
             Some(ExchangeError::Upgrade) => {
                 Some("it answered 101 Switching Protocols to a request that asked for no upgrade")
             }
+            Some(ExchangeError::Coding) => Some(
+                "its response uses a transfer coding other than chunked (such as gzip), which the gateway does not decode; send the body plain or chunked, with any compression in Content-Encoding",
+            ),
             _ => None,
         };
         if let Some(what) = unusable {

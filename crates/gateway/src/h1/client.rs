@@ -142,6 +142,11 @@ pub enum ExchangeError {
     Head(#[source] HeadError),
     #[error("upstream answered 101 Switching Protocols to a request that asked for no upgrade")]
     Upgrade,
+    /// A transfer coding other than one `chunked` (`gzip, chunked`): the
+    /// gateway does not decode it, and passing the coded bytes on as the
+    /// body (without the hop's `Transfer-Encoding`) would corrupt it.
+    #[error("upstream used a transfer coding other than chunked")]
+    Coding,
     #[error("request body: {0}")]
     Body(#[source] BoxError),
     /// Set when the connection was reused and nothing of a response came
@@ -332,11 +337,12 @@ fn parse_response(
         let mut storage =
             [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
         let mut response = httparse::Response::new(&mut []);
-        let status = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
-            &mut response,
-            buf,
-            &mut storage,
-        ) {
+        let status = match httparse::ParserConfig::default()
+            // RFC 9112 §5.1: a proxy removes whitespace between a field's
+            // name and colon, and passes the response on.
+            .allow_spaces_after_header_name_in_responses(true)
+            .parse_response_with_uninit_headers(&mut response, buf, &mut storage)
+        {
             Ok(status) => status,
             Err(httparse::Error::TooManyHeaders) => {
                 return Err(ExchangeError::Head(HeadError::TooLarge));
@@ -375,6 +381,9 @@ fn parse_response(
     // balance added on the way back.
     let (headers, raw, declared) = if !connection.others && !switched {
         let kept = super::RawHead::new(head, &fields);
+        if !kept.codings_are_chunked() {
+            return Err(ExchangeError::Coding);
+        }
         let (declared, tidy) = kept.declared_framing().map_err(ExchangeError::Head)?;
         if tidy {
             (HeaderMap::new(), Some(Box::new(kept)), declared)
@@ -388,6 +397,9 @@ fn parse_response(
     } else {
         let mut headers =
             super::header_map(&head, &fields, 4, &connection).map_err(ExchangeError::Head)?;
+        if headers.contains_key(http::header::TRANSFER_ENCODING) && !super::only_chunked(&headers) {
+            return Err(ExchangeError::Coding);
+        }
         let (declared, tidy) = super::declared_framing(&headers).map_err(ExchangeError::Head)?;
         if let Some(framing) = declared.filter(|_| !tidy) {
             // The client is told the framing it gets: never the upstream's

@@ -382,6 +382,17 @@ impl RawHead {
         })
     }
 
+    /// Whether its `Transfer-Encoding`, if any, is one `chunked` and no
+    /// other coding ([`only_chunked`]).
+    pub fn codings_are_chunked(&self) -> bool {
+        self.last_coding.is_none()
+            || only_chunked_values(
+                self.fields()
+                    .filter(|(name, _)| name.eq_ignore_ascii_case(b"transfer-encoding"))
+                    .map(|(_, value)| value),
+            )
+    }
+
     /// Whether a field is named `name` (lowercase).
     pub fn contains(&self, name: &str) -> bool {
         self.fields()
@@ -453,13 +464,15 @@ impl RawHead {
 
 /// A hop-by-hop header's name (RFC 9110 §7.6.1), any case: `Connection`,
 /// `Keep-Alive`, `TE`, `Trailer`, `Transfer-Encoding`, `Upgrade` and any
-/// `Proxy-*`.
+/// `Proxy-*` but `Proxy-Status`.
 pub(crate) fn is_hop_by_hop_name(name: &[u8]) -> bool {
     match name.len() {
         2 => name.eq_ignore_ascii_case(b"te"),
         7 => name.eq_ignore_ascii_case(b"trailer") || name.eq_ignore_ascii_case(b"upgrade"),
         10 => is_connection_or_keep_alive(name),
         17 => name.eq_ignore_ascii_case(b"transfer-encoding"),
+        // `Proxy-Status` (RFC 9209) is end to end: earlier proxies' reports.
+        12 if name.eq_ignore_ascii_case(b"proxy-status") => false,
         _ => name.len() > 6 && name[..6].eq_ignore_ascii_case(b"proxy-"),
     }
 }
@@ -582,10 +595,19 @@ pub fn normalise_framing(headers: &mut HeaderMap, framing: Framing) {
 /// another coding (`gzip, chunked`) or `chunked` twice is refused, as the
 /// gateway would otherwise pass bytes on under a coding it dropped.
 pub fn only_chunked(headers: &HeaderMap) -> bool {
-    let mut values = headers.get_all(header::TRANSFER_ENCODING).iter();
+    only_chunked_values(
+        headers
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .map(HeaderValue::as_bytes),
+    )
+}
+
+/// [`only_chunked`] over the `Transfer-Encoding` values.
+fn only_chunked_values<'a>(mut values: impl Iterator<Item = &'a [u8]>) -> bool {
     values
         .next()
-        .is_some_and(|v| v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked"))
+        .is_some_and(|v| v.trim_ascii().eq_ignore_ascii_case(b"chunked"))
         && values.next().is_none()
 }
 

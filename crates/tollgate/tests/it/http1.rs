@@ -516,7 +516,9 @@ async fn an_upstream_head_goes_on_as_it_came() {
         b"HTTP/1.1 200 OK\r\nServer: fake\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\n\
           Content-Type: text/plain\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n\
           X-Request-Id: upstream-id\r\nKeep-Alive: timeout=5\r\nConnection: keep-alive\r\n\
-          Proxy-Agent: old\r\nTrailer: X-Sum\r\nUpgrade: h2c\r\nContent-Length: 2\r\n\r\nok",
+          Proxy-Agent: old\r\nTrailer: X-Sum\r\nUpgrade: h2c\r\nX-Spaced : a\r\n\
+          Proxy-Status: cache; hit\r\nTollgate-Warning: w1\r\nTollgate-Warning: w2\r\n\
+          Content-Length: 2\r\n\r\nok",
     )
     .await;
     for slug in ["plain", "old"] {
@@ -556,6 +558,10 @@ async fn an_upstream_head_goes_on_as_it_came() {
         assert_eq!(named("content-length"), ["2"], "{raw}");
         assert_eq!(named("content-type"), ["text/plain"], "{raw}");
         assert_eq!(named("server"), ["fake"], "{raw}");
+        // RFC 9112 §5.1: the space before the colon is removed, not refused.
+        assert_eq!(named("x-spaced"), ["a"], "{raw}");
+        // RFC 9209: end to end, unlike the other `Proxy-*`.
+        assert_eq!(named("proxy-status"), ["cache; hit"], "{raw}");
         let ids = named("x-request-id");
         assert!(ids.len() == 1 && ids[0] != "upstream-id", "{raw}");
         for hop in [
@@ -572,9 +578,15 @@ async fn an_upstream_head_goes_on_as_it_came() {
         if slug == "plain" {
             assert!(head.contains("\r\nServer: fake\r\n"), "{raw}");
             assert!(named("deprecation").is_empty(), "{raw}");
+            assert_eq!(named("tollgate-warning"), ["w1", "w2"], "{raw}");
         } else {
             assert_eq!(named("deprecation").len(), 1, "{raw}");
-            assert_eq!(named("tollgate-warning").len(), 1, "{raw}");
+            // The gateway's warning, then every one of the upstream's.
+            assert_eq!(
+                named("tollgate-warning"),
+                ["deprecated;sunset=\"2099-01-01\", w1, w2"],
+                "{raw}"
+            );
         }
 
         let answer =
@@ -736,10 +748,27 @@ async fn an_unusable_upstream_answer_says_why() {
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
     )
     .await;
+    // Transfer codings the gateway does not decode: passed on without
+    // their `Transfer-Encoding` (a hop's header), the bytes would reach
+    // the client as the body itself. Kept raw or put in a map alike.
+    let gzipped = raw_upstream(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    )
+    .await;
+    let gzipped_map = raw_upstream(
+        b"HTTP/1.1 200 OK\r\nConnection: x-other\r\nTransfer-Encoding: gzip\r\n\r\nabc",
+    )
+    .await;
     for (slug, url, says) in [
         ("garbage", &garbage, "not valid HTTP/1.1"),
         ("lengths", &lengths, "body length"),
         ("upgrade", &upgrade, "asked for no upgrade"),
+        ("gzipped", &gzipped, "transfer coding other than chunked"),
+        (
+            "gzipped-map",
+            &gzipped_map,
+            "transfer coding other than chunked",
+        ),
     ] {
         tollgate
             .publish_http_service(
