@@ -403,6 +403,10 @@ impl RawHeaded for UpstreamResponseBody {
     fn take_raw_head(&mut self) -> Option<Box<RawHead>> {
         self.inner.take_raw_head()
     }
+
+    fn raw_head_mut(&mut self) -> Option<&mut RawHead> {
+        self.inner.raw_head_mut()
+    }
 }
 
 impl Body for UpstreamResponseBody {
@@ -502,6 +506,13 @@ impl RawHeaded for GatewayBody {
             _ => None,
         }
     }
+
+    fn raw_head_mut(&mut self) -> Option<&mut RawHead> {
+        match self {
+            GatewayBody::Upstream(body) => body.raw_head_mut(),
+            _ => None,
+        }
+    }
 }
 
 /// A response body that may carry its upstream's head raw
@@ -509,6 +520,7 @@ impl RawHeaded for GatewayBody {
 pub trait RawHeaded {
     fn raw_head(&self) -> Option<&RawHead>;
     fn take_raw_head(&mut self) -> Option<Box<RawHead>>;
+    fn raw_head_mut(&mut self) -> Option<&mut RawHead>;
 }
 
 /// Folds a raw upstream head into the response's map: the upstream's
@@ -516,9 +528,10 @@ pub trait RawHeaded {
 /// fields of the same name. For code that reads, removes or records the
 /// upstream's headers (and for HTTP/2 clients, whose server takes a map).
 pub fn materialize<B: RawHeaded>(response: &mut http::Response<B>) {
-    let Some(raw) = response.body_mut().take_raw_head() else {
+    let Some(mut raw) = response.body_mut().take_raw_head() else {
         return;
     };
+    let request_id = raw.request_id.take();
     let own = std::mem::take(response.headers_mut());
     let mut headers = raw.to_map(own.len() + 4, false);
     let mut last = None;
@@ -534,6 +547,9 @@ pub fn materialize<B: RawHeaded>(response: &mut http::Response<B>) {
                 }
             }
         }
+    }
+    if let Some(id) = request_id {
+        headers.insert(http::HeaderName::from_static("x-request-id"), id);
     }
     *response.headers_mut() = headers;
 }

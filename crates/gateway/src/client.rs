@@ -83,6 +83,13 @@ impl crate::body::RawHeaded for ResponseBody {
             ResponseBody::Http2(_) => None,
         }
     }
+
+    fn raw_head_mut(&mut self) -> Option<&mut crate::h1::RawHead> {
+        match self {
+            ResponseBody::Http1(body) => body.raw_head_mut(),
+            ResponseBody::Http2(_) => None,
+        }
+    }
 }
 
 impl ResponseBody {

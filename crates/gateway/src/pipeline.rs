@@ -257,8 +257,19 @@ pub(crate) async fn handle(
         crate::body::materialize(&mut response);
     }
     let upstream_rate = crate::body::has_header(&response, &RATELIMIT);
+    // With the upstream's head raw, the request id goes with it: a plain
+    // proxied answer then needs no header map at all.
+    let request_id = match crate::body::RawHeaded::raw_head_mut(response.body_mut()) {
+        Some(raw) => {
+            raw.request_id = Some(request_id);
+            None
+        }
+        None => Some(request_id),
+    };
     let headers = response.headers_mut();
-    headers.insert(X_REQUEST_ID.clone(), request_id);
+    if let Some(request_id) = request_id {
+        headers.insert(X_REQUEST_ID.clone(), request_id);
+    }
     if let Some((policy, state)) = context.rate_headers.take()
         && !upstream_rate
     {

@@ -469,6 +469,10 @@ impl ResponseBody {
         self.raw.take()
     }
 
+    pub fn raw_head_mut(&mut self) -> Option<&mut super::RawHead> {
+        self.raw.as_deref_mut()
+    }
+
     /// Whether the whole body has been read.
     pub fn is_complete(&self) -> bool {
         self.framing.is_done()

@@ -336,6 +336,10 @@ pub struct RawHead {
     /// How many `Content-Length` fields there are.
     lengths: usize,
     has_date: bool,
+    /// The gateway's `X-Request-Id`, kept here rather than in the
+    /// response's map (which then often needs no allocation at all):
+    /// written after the upstream's lines, replacing theirs.
+    pub(crate) request_id: Option<HeaderValue>,
 }
 
 impl RawHead {
@@ -364,6 +368,7 @@ impl RawHead {
             last_coding,
             lengths,
             has_date,
+            request_id: None,
         }
     }
 
@@ -454,10 +459,14 @@ impl RawHead {
                 || replaced
                     .keys()
                     .any(|own| own.as_str().as_bytes().eq_ignore_ascii_case(name))
+                || (self.request_id.is_some() && name.eq_ignore_ascii_case(b"x-request-id"))
             {
                 continue;
             }
             put_header(out, name, value);
+        }
+        if let Some(id) = &self.request_id {
+            put_header(out, b"x-request-id", id.as_bytes());
         }
     }
 }
@@ -774,6 +783,15 @@ mod tests {
         assert_eq!(
             &out[..],
             b"Server: x\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n"
+        );
+        // The gateway's request id kept with the raw head replaces theirs.
+        let mut head = head;
+        head.request_id = Some(HeaderValue::from_static("ours"));
+        let mut out = BytesMut::new();
+        head.put_lines(&mut out, &HeaderMap::new());
+        assert_eq!(
+            &out[..],
+            b"Server: x\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\nx-request-id: ours\r\n"
         );
         let map = head.to_map(0, false);
         assert_eq!(map.len(), 4, "{map:?}");
