@@ -64,6 +64,18 @@ async fn read_until(stream: &mut TcpStream, needle: &str) -> String {
     String::from_utf8_lossy(&all).into_owned()
 }
 
+/// Publishes `slug` at `/{slug}`, every path proxied to `url`.
+async fn publish_at(tollgate: &Tollgate, slug: &str, url: &str) {
+    tollgate
+        .publish_http_service(
+            slug,
+            &format!("/{slug}"),
+            json!({"targets": [{"url": url}]}),
+            &[json!({"path": "/*"})],
+        )
+        .await;
+}
+
 /// The JSON body of the last response in `raw`.
 fn last_json(raw: &str) -> serde_json::Value {
     let body = raw.rsplit("\r\n\r\n").next().unwrap();
@@ -307,14 +319,7 @@ async fn upstream_connections_closed_in_the_pool_are_replaced() {
     for linger in [Duration::from_millis(50), Duration::ZERO] {
         let (url, connections) = closing_upstream(linger).await;
         let tollgate = Tollgate::start(BIN).await;
-        tollgate
-            .publish_http_service(
-                "svc",
-                "/svc",
-                json!({"targets": [{"url": url}]}),
-                &[json!({"path": "/*"})],
-            )
-            .await;
+        publish_at(&tollgate, "svc", &url).await;
         tollgate
             .wait_for("/svc/ping", Duration::from_secs(1), |s| s == 200)
             .await;
@@ -448,14 +453,7 @@ async fn framing_headers_say_what_is_sent() {
     let listed = raw_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 3, 3\r\n\r\nxyz").await;
     let empty = raw_upstream(b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\nhello").await;
     for (slug, url) in [("both", &both), ("listed", &listed), ("empty", &empty)] {
-        tollgate
-            .publish_http_service(
-                slug,
-                &format!("/{slug}"),
-                json!({"targets": [{"url": url}]}),
-                &[json!({"path": "/*"})],
-            )
-            .await;
+        publish_at(&tollgate, slug, url).await;
     }
     tollgate
         .wait_for("/listed/x", Duration::from_secs(1), |s| s == 200)
@@ -522,14 +520,7 @@ async fn an_upstream_head_goes_on_as_it_came() {
     )
     .await;
     for slug in ["plain", "old"] {
-        tollgate
-            .publish_http_service(
-                slug,
-                &format!("/{slug}"),
-                json!({"targets": [{"url": url}]}),
-                &[json!({"path": "/*"})],
-            )
-            .await;
+        publish_at(&tollgate, slug, &url).await;
     }
     tollgate
         .create(
@@ -770,14 +761,7 @@ async fn an_unusable_upstream_answer_says_why() {
             "transfer coding other than chunked",
         ),
     ] {
-        tollgate
-            .publish_http_service(
-                slug,
-                &format!("/{slug}"),
-                json!({"targets": [{"url": url}]}),
-                &[json!({"path": "/*"})],
-            )
-            .await;
+        publish_at(&tollgate, slug, url).await;
         tollgate
             .wait_for(&format!("/{slug}/x"), Duration::from_secs(1), |s| s == 502)
             .await;
