@@ -251,6 +251,7 @@ pub async fn exchange(
         keep_alive,
         pool_key,
         raw: parts.3,
+        trailers: None,
     };
     let mut response = Response::new(body);
     *response.status_mut() = parts.0;
@@ -445,6 +446,8 @@ pub struct ResponseBody {
     /// The head's fields, when they were not put in the response's map
     /// (boxed: the body moves several times on its way to the client).
     raw: Option<Box<super::RawHead>>,
+    /// Trailer fields read after the last chunk, given as the last frame.
+    trailers: Option<Box<HeaderMap>>,
 }
 
 impl ResponseBody {
@@ -543,9 +546,19 @@ impl Body for ResponseBody {
             };
             match this.framing.step(&mut conn.buf) {
                 Ok(Step::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                Ok(Step::Trailer(line)) => {
+                    super::add_trailer(this.trailers.get_or_insert_default(), &line);
+                    continue;
+                }
                 Ok(Step::End) => {
                     this.finish();
-                    return Poll::Ready(None);
+                    // The upstream's trailers, as the body's last frame.
+                    return Poll::Ready(
+                        this.trailers
+                            .take()
+                            .filter(|trailers| !trailers.is_empty())
+                            .map(|trailers| Ok(Frame::trailers(*trailers))),
+                    );
                 }
                 Ok(Step::More) => {}
                 Err(error) => {

@@ -66,6 +66,9 @@ pub enum Chunk {
 #[derive(Debug)]
 pub enum Step {
     Data(Bytes),
+    /// One trailer field line of a chunked body (its line end included),
+    /// for a reader that passes trailers on; others skip it.
+    Trailer(Bytes),
     /// The buffer holds no more of the body; read more.
     More,
     /// The body is complete.
@@ -158,11 +161,12 @@ impl Framing {
                         if *seen > MAX_TRAILER_BYTES {
                             return Err(FramingError::Chunked);
                         }
-                        buf.advance(end + 1);
                         if blank {
+                            buf.advance(end + 1);
                             *self = Framing::Done;
                             return Ok(Step::End);
                         }
+                        return Ok(Step::Trailer(buf.split_to(end + 1).freeze()));
                     }
                 },
             }
@@ -471,6 +475,37 @@ impl RawHead {
     }
 }
 
+/// Adds a trailer line (`name: value`, its line end included) to
+/// `trailers`, unless it is malformed or names a field no trailer may
+/// carry on (hop-by-hop, framing, routing: RFC 9110 §6.5.1).
+pub(crate) fn add_trailer(trailers: &mut HeaderMap, line: &Bytes) {
+    let text = line.strip_suffix(b"\n").unwrap_or(line);
+    let text = text.strip_suffix(b"\r").unwrap_or(text);
+    let Some(colon) = text.iter().position(|&b| b == b':') else {
+        return;
+    };
+    let name = &text[..colon];
+    if is_hop_by_hop_name(name)
+        || name.eq_ignore_ascii_case(b"content-length")
+        || name.eq_ignore_ascii_case(b"host")
+    {
+        return;
+    }
+    let start = colon
+        + 1
+        + text[colon + 1..]
+            .iter()
+            .take_while(|b| matches!(b, b' ' | b'\t'))
+            .count();
+    let (Ok(name), Ok(value)) = (
+        HeaderName::from_bytes(name),
+        HeaderValue::from_bytes(text[start..].trim_ascii_end()),
+    ) else {
+        return;
+    };
+    trailers.append(name, value);
+}
+
 /// A hop-by-hop header's name (RFC 9110 §7.6.1), any case: `Connection`,
 /// `Keep-Alive`, `TE`, `Trailer`, `Transfer-Encoding`, `Upgrade` and any
 /// `Proxy-*` but `Proxy-Status`.
@@ -739,6 +774,26 @@ mod tests {
     }
 
     #[test]
+    fn trailer_lines_pass_on_unless_no_trailer_may_carry_them() {
+        let mut framing = Framing::CHUNKED;
+        let mut buf = BytesMut::from(
+            &b"1\r\na\r\n0\r\nX-Sum:  42 \r\nContent-Length: 9\r\nTrailer: x\r\nbad line\r\n\r\n"[..],
+        );
+        let mut trailers = HeaderMap::new();
+        loop {
+            match framing.step(&mut buf).unwrap() {
+                Step::Trailer(line) => add_trailer(&mut trailers, &line),
+                Step::End => break,
+                Step::Data(_) => {}
+                Step::More => panic!("all of it is there"),
+            }
+        }
+        assert_eq!(trailers.len(), 1, "{trailers:?}");
+        assert_eq!(trailers["x-sum"], "42");
+        assert!(buf.is_empty());
+    }
+
+    #[test]
     fn raw_heads_say_their_framing_and_pass_on_their_own_lines() {
         let plain = raw(&["Server: x", "Content-Length: 12", "Connection: keep-alive"]);
         assert_eq!(
@@ -885,6 +940,7 @@ mod tests {
         loop {
             match framing.step(&mut buf)? {
                 Step::Data(data) => out.extend_from_slice(&data),
+                Step::Trailer(_) => {}
                 Step::More => return Ok((out, false)),
                 Step::End => return Ok((out, true)),
             }
@@ -907,6 +963,7 @@ mod tests {
             loop {
                 match framing.step(&mut buf).unwrap() {
                     Step::Data(data) => out.extend_from_slice(&data),
+                    Step::Trailer(_) => {}
                     Step::More => break,
                     Step::End => {
                         ended = true;

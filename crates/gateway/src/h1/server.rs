@@ -546,6 +546,7 @@ async fn write_response(
     if framing == Out::None {
         return write.write_all(out).await.is_ok() && keep_alive;
     }
+    let mut trailers = None;
     loop {
         // Parts of the body that are ready join the buffer; the socket is
         // written when the body makes us wait (or the buffer is large).
@@ -566,15 +567,24 @@ async fn write_response(
         };
         match frame {
             None => break,
-            Some(Ok(frame)) => {
-                if let Ok(data) = frame.into_data() {
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => {
                     if framing == Out::Chunked {
                         super::put_chunk(out, &data);
                     } else {
                         out.put_slice(&data);
                     }
                 }
-            }
+                // Trailers go after the last chunk; a body sent with a
+                // length has nowhere to carry them.
+                Err(frame) => {
+                    if let Ok(fields) = frame.into_trailers()
+                        && framing == Out::Chunked
+                    {
+                        trailers = Some(fields);
+                    }
+                }
+            },
             Some(Err(error)) => {
                 // Too late for an error response: send what came and close,
                 // so that the client sees the body cut short.
@@ -591,7 +601,14 @@ async fn write_response(
         }
     }
     if framing == Out::Chunked {
-        out.put_slice(super::LAST_CHUNK);
+        match trailers {
+            Some(fields) => {
+                out.put_slice(b"0\r\n");
+                super::put_headers(out, &fields);
+                out.put_slice(b"\r\n");
+            }
+            None => out.put_slice(super::LAST_CHUNK),
+        }
     }
     write.write_all(out).await.is_ok() && keep_alive
 }
@@ -667,6 +684,8 @@ impl Body for RequestBody {
             match state.framing.step(&mut reader.buf) {
                 Ok(Step::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
                 Ok(Step::End) => return Poll::Ready(None),
+                // A client's trailers are not passed on (docs/gateway.md).
+                Ok(Step::Trailer(_)) => continue,
                 Ok(Step::More) => {}
                 Err(_) => {
                     return Poll::Ready(Some(Err(Box::new(ClientBodyError(

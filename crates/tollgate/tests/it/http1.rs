@@ -618,6 +618,38 @@ async fn an_upstream_head_goes_on_as_it_came() {
     }
 }
 
+/// An HTTP/1.1 upstream's trailers (after its last chunk) reach the
+/// client: after the last chunk over HTTP/1.1, as trailers over HTTP/2;
+/// fields no trailer may carry (framing, hop-by-hop) are left out.
+#[tokio::test]
+async fn chunked_trailers_reach_the_client() {
+    let tollgate = Tollgate::start(BIN).await;
+    let url = raw_upstream(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\n\r\n\
+          3\r\nabc\r\n0\r\nX-Sum: 42\r\nContent-Length: 9\r\n\r\n",
+    )
+    .await;
+    publish_at(&tollgate, "sums", &url).await;
+    tollgate
+        .wait_for("/sums/x", Duration::from_secs(1), |s| s == 200)
+        .await;
+    let raw = get_as_sent(&tollgate, "/sums/x").await;
+    assert!(
+        raw.to_ascii_lowercase()
+            .contains("transfer-encoding: chunked\r\n"),
+        "{raw}"
+    );
+    assert!(
+        raw.ends_with("\r\n\r\n3\r\nabc\r\n0\r\nx-sum: 42\r\n\r\n"),
+        "{raw}"
+    );
+    let answer = test_support::upstream::h2c_get(&format!("{}/sums/x", tollgate.gateway_url)).await;
+    assert_eq!(&answer.body[..], b"abc");
+    let trailers = answer.trailers.expect("trailers over HTTP/2");
+    assert_eq!(trailers["x-sum"], "42");
+    assert!(trailers.get("content-length").is_none(), "{trailers:?}");
+}
+
 /// A WebSocket upstream: answers an upgrade request with 101 (and a first
 /// message right after its head), then echoes what it gets, prefixed.
 async fn websocket_upstream() -> String {
