@@ -69,7 +69,7 @@ async fn http2_to_upstreams_and_from_clients() {
 }
 
 /// Trailers (gRPC's status) pass from an HTTP/2 upstream to an HTTP/2
-/// client, after the body.
+/// client, after the body, and to an HTTP/1.1 client after the last chunk.
 #[tokio::test]
 async fn trailers_pass_over_http2_both_ways() {
     let upstream = FakeUpstream::start("h2").await;
@@ -92,6 +92,28 @@ async fn trailers_pass_over_http2_both_ways() {
     let trailers = answer.trailers.expect("trailers after the body");
     assert_eq!(trailers["grpc-status"], "0");
     assert_eq!(trailers["grpc-message"], "fine");
+    // To an HTTP/1.1 client they follow the last chunk.
+    let mut stream =
+        tokio::net::TcpStream::connect(tollgate.gateway_url.trim_start_matches("http://"))
+            .await
+            .unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream
+        .write_all(b"GET /grpc/trailers HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut raw))
+        .await
+        .unwrap()
+        .unwrap();
+    let raw = String::from_utf8_lossy(&raw);
+    let (_, after_last_chunk) = raw
+        .rsplit_once("\r\n0\r\n")
+        .unwrap_or_else(|| panic!("{raw}"));
+    assert!(after_last_chunk.contains("grpc-status: 0\r\n"), "{raw}");
+    assert!(after_last_chunk.contains("grpc-message: fine\r\n"), "{raw}");
+    assert!(after_last_chunk.ends_with("\r\n\r\n"), "{raw}");
     // The client's `te: trailers` reaches the HTTP/2 upstream (gRPC
     // servers ask for it), though `TE` is otherwise hop-by-hop.
     let echo =
