@@ -192,7 +192,7 @@ pub async fn send(
     target: &TargetRt,
     request: Request<UpstreamRequestBody>,
 ) -> Result<Response<ResponseBody>, SendError> {
-    let mut response = send_raw(connector, target, request).await?;
+    let mut response = send_raw(connector, target, request, None).await?;
     crate::body::materialize(&mut response);
     Ok(response)
 }
@@ -201,11 +201,13 @@ pub async fn send(
 /// one (one that the upstream closed as it was being taken is replaced
 /// transparently when the request can be sent again), else on a new one.
 /// An HTTP/1.1 response's head may be kept raw ([`crate::h1::RawHead`]):
-/// its map then starts empty.
+/// its map then starts empty. Interim (1xx) answers of an HTTP/1.1
+/// upstream go to `interim` when given.
 pub async fn send_raw(
     connector: &Connector,
     target: &TargetRt,
     request: Request<UpstreamRequestBody>,
+    interim: Option<&crate::h1::Interim>,
 ) -> Result<Response<ResponseBody>, SendError> {
     let key = pool_key(target, connector);
     let mut request = request;
@@ -232,7 +234,9 @@ pub async fn send_raw(
     crate::h1::client::encode_head(&parts, &body, &mut head);
     let wire = crate::h1::client::Wire::of(&parts.headers, &body);
     while let Some(conn) = take_idle(key) {
-        match crate::h1::client::exchange(conn, &head, &mut body, wire, &parts.method, key).await {
+        match crate::h1::client::exchange(conn, &head, &mut body, wire, &parts.method, key, interim)
+            .await
+        {
             Ok(response) => return Ok(response.map(ResponseBody::Http1)),
             // Closed under us before answering: another connection, if
             // the request can be sent again.
@@ -247,9 +251,8 @@ pub async fn send_raw(
         connector,
         target,
         Request::from_parts(parts, body),
-        head,
-        wire,
-        key,
+        (head, wire, key),
+        interim,
     )
     .await
 }
@@ -294,9 +297,8 @@ fn send_new<'a>(
     connector: &'a Connector,
     target: &'a TargetRt,
     request: Request<UpstreamRequestBody>,
-    head: BytesMut,
-    wire: crate::h1::client::Wire,
-    key: u64,
+    (head, wire, key): (BytesMut, crate::h1::client::Wire, u64),
+    interim: Option<&'a crate::h1::Interim>,
 ) -> Pin<Box<dyn std::future::Future<Output = Sent> + Send + 'a>> {
     Box::pin(async move {
         match connect(connector, target).await? {
@@ -306,10 +308,18 @@ fn send_new<'a>(
             }
             Connection::Http1(conn) => {
                 let (parts, mut body) = request.into_parts();
-                crate::h1::client::exchange(conn, &head, &mut body, wire, &parts.method, key)
-                    .await
-                    .map(|response| response.map(ResponseBody::Http1))
-                    .map_err(SendError::Http1)
+                crate::h1::client::exchange(
+                    conn,
+                    &head,
+                    &mut body,
+                    wire,
+                    &parts.method,
+                    key,
+                    interim,
+                )
+                .await
+                .map(|response| response.map(ResponseBody::Http1))
+                .map_err(SendError::Http1)
             }
         }
     })

@@ -552,7 +552,8 @@ impl Host<'_> {
         }
         let mut builder = Request::builder()
             .method(method.as_str())
-            .uri(target.as_str());
+            .uri(target.as_str())
+            .extension(crate::pipeline::Internal);
         if !self
             .credentials
             .iter()

@@ -62,15 +62,26 @@ pub struct Peer {
     pub addr: SocketAddr,
     /// The client IP as a header value (for `X-Forwarded-For`).
     pub ip_header: HeaderValue,
+    /// Interim answers for an HTTP/1.1 client's connection to write.
+    pub interim: crate::h1::Interim,
 }
 
 impl Peer {
     pub fn new(addr: SocketAddr) -> Self {
         let ip_header = HeaderValue::from_str(&addr.ip().to_string())
             .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
-        Self { addr, ip_header }
+        Self {
+            addr,
+            ip_header,
+            interim: crate::h1::Interim::default(),
+        }
     }
 }
+
+/// Marks a request the gateway made itself (an MCP tool call): its
+/// upstream's interim answers are not the client connection's to see.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Internal;
 
 /// What the phases learn about one request.
 pub struct RequestContext {
@@ -1012,6 +1023,12 @@ async fn forward(
     let read_timeout = Duration::from_millis(upstream.spec.read_timeout_ms);
     let mut tried_mask: u64 = 0;
     let mut last_refusal = None;
+    // An HTTP/1.1 client gets the upstream's interim answers (1xx); an
+    // HTTP/1.0 one may not (RFC 9110 §15.2), and the HTTP/2 server has no
+    // way to send them.
+    let interim_to = (parts.version == Version::HTTP_11
+        && parts.extensions.get::<Internal>().is_none())
+    .then_some(&context.peer.interim);
 
     for attempt in 0..tries {
         if attempt > 0 && !retry.backoff.is_zero() {
@@ -1088,7 +1105,8 @@ async fn forward(
         let try_timeout = per_try_limit.min(remaining);
         // Pinned here and lent to either wait: one copy of the send future
         // in this one's state, not one per way of waiting for it.
-        let send = crate::client::send_raw(&upstream.connector, target, upstream_request);
+        let send =
+            crate::client::send_raw(&upstream.connector, target, upstream_request, interim_to);
         tokio::pin!(send);
         let result = match &progress {
             // A streamed body: the wait for the answer starts once it has

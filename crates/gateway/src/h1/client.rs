@@ -205,6 +205,7 @@ pub async fn exchange(
     wire: Wire,
     method: &Method,
     pool_key: u64,
+    interim: Option<&super::Interim>,
 ) -> Result<Response<ResponseBody>, ExchangeError> {
     let Wire { chunked, upgrade } = wire;
     let reused = conn.reused;
@@ -225,7 +226,12 @@ pub async fn exchange(
         })?;
     let (parts, framing, keep_alive) = loop {
         match parse_response(&mut conn.buf, method, upgrade)? {
-            Some(Parsed::Informational) => continue,
+            Some(Parsed::Informational(head)) => {
+                if let (Some(interim), Some(head)) = (interim, head) {
+                    interim.push(&head);
+                }
+                continue;
+            }
             Some(Parsed::Final(parts, framing, keep_alive)) => break (parts, framing, keep_alive),
             None => {}
         }
@@ -321,7 +327,9 @@ type HeadParts = (StatusCode, Version, HeaderMap, Option<Box<super::RawHead>>);
 
 enum Parsed {
     /// A 1xx answer (`100 Continue`, `103 Early Hints`): skipped.
-    Informational,
+    /// A 1xx before the final answer: its head for the client, if it
+    /// goes on.
+    Informational(Option<Bytes>),
     Final(HeadParts, Framing, bool),
 }
 
@@ -374,7 +382,11 @@ fn parse_response(
         return Err(ExchangeError::Upgrade);
     }
     if status.is_informational() && !switched {
-        return Ok(Some(Parsed::Informational));
+        // `100 Continue` answers the gateway's own `Expect` (never sent
+        // on); others (`103 Early Hints`) go to the client.
+        let forwarded =
+            (status != StatusCode::CONTINUE).then(|| super::interim_head(status, &head, &fields));
+        return Ok(Some(Parsed::Informational(forwarded)));
     }
     // Kept raw unless its `Connection` names other headers to drop, it is
     // a tunnel's (101), or its framing headers disagree (both are fixed in
@@ -649,7 +661,7 @@ mod tests {
             Some(Parsed::Final(_, Framing::Chunked(_), false))
         ));
         let (parsed, rest) = parse(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204", Method::GET);
-        assert!(matches!(parsed, Some(Parsed::Informational)));
+        assert!(matches!(parsed, Some(Parsed::Informational(None))));
         assert_eq!(&rest[..], b"HTTP/1.1 204");
         let (parsed, _) = parse(b"HTTP/1.1 200 OK\r\nContent-Le", Method::GET);
         assert!(parsed.is_none());

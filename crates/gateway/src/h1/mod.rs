@@ -317,6 +317,60 @@ pub(crate) fn header_map(
     Ok(headers)
 }
 
+/// Interim (1xx) answers an upstream gave before its final one, for the
+/// client's connection to write as they come (`103 Early Hints`; RFC 9110
+/// §15.2: a proxy forwards them). One per connection ([`crate::pipeline::Peer`]);
+/// the HTTP/1.1 server writes what it holds whenever the request it is
+/// answering yields, and before the final answer. `100 Continue` is the
+/// gateway's own business (it answers `Expect` itself) and never lands here.
+#[derive(Debug, Default)]
+pub struct Interim {
+    pending: std::sync::atomic::AtomicBool,
+    heads: std::sync::Mutex<BytesMut>,
+}
+
+impl Interim {
+    /// Queues an interim head (status line to blank line).
+    pub(crate) fn push(&self, head: &[u8]) {
+        let mut heads = self.heads.lock().unwrap_or_else(|p| p.into_inner());
+        heads.extend_from_slice(head);
+        self.pending
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// What was queued since the last take; `None` (one atomic load) when
+    /// nothing was.
+    pub(crate) fn take(&self) -> Option<BytesMut> {
+        if !self
+            .pending
+            .swap(false, std::sync::atomic::Ordering::Acquire)
+        {
+            return None;
+        }
+        let mut heads = self.heads.lock().unwrap_or_else(|p| p.into_inner());
+        Some(heads.split())
+    }
+}
+
+/// An interim response's head as the client gets it: the status line,
+/// then its fields less hop-by-hop ones.
+pub(crate) fn interim_head(status: http::StatusCode, head: &[u8], fields: &[FieldRanges]) -> Bytes {
+    let mut out = BytesMut::with_capacity(head.len() + 16);
+    out.put_slice(b"HTTP/1.1 ");
+    out.put_slice(status.as_str().as_bytes());
+    out.put_u8(b' ');
+    out.put_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.put_slice(b"\r\n");
+    for (name, value) in fields {
+        let name = &head[name.clone()];
+        if !is_hop_by_hop_name(name) {
+            put_header(&mut out, name, &head[value.clone()]);
+        }
+    }
+    out.put_slice(b"\r\n");
+    out.freeze()
+}
+
 /// An upstream response head kept as the bytes read: the common proxied
 /// response goes back to the client line by line as it came (hop-by-hop
 /// lines left out), and no header map is built, hashed or dropped for it.

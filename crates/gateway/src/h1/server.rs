@@ -208,7 +208,29 @@ pub(crate) async fn serve(
             // Pinned in this block, so that the request's state is gone
             // before the response is written.
             let respond = std::pin::pin!(crate::server::respond(&shared, request, peer.clone()));
-            watch.unless_closed(respond).await
+            let mut answering = std::pin::pin!(watch.unless_closed(respond));
+            // The upstream's interim answers (`103 Early Hints`) are
+            // written as they come while the request waits (as much as
+            // the socket takes at once); the rest goes before the answer.
+            let mut interim = BytesMut::new();
+            let answered = std::future::poll_fn(|cx| {
+                let polled = answering.as_mut().poll(cx);
+                if let Some(heads) = peer.interim.take() {
+                    interim.extend_from_slice(&heads);
+                }
+                if !interim.is_empty()
+                    && let Ok(written) = write.try_write(&interim)
+                {
+                    bytes::Buf::advance(&mut interim, written);
+                }
+                polled
+            })
+            .await;
+            if !interim.is_empty() && answered.is_some() && write.write_all(&interim).await.is_err()
+            {
+                return;
+            }
+            answered
         };
         let Some(mut response) = answered else {
             // The client went away before its answer: the request is

@@ -650,6 +650,84 @@ async fn chunked_trailers_reach_the_client() {
     assert!(trailers.get("content-length").is_none(), "{trailers:?}");
 }
 
+/// An upstream that answers each request with `103 Early Hints`, then,
+/// 300 ms later, its final answer.
+async fn early_hints_upstream() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        seen.drain(..end + 4);
+                        let hints = b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\nKeep-Alive: timeout=5\r\n\r\n";
+                        if socket.write_all(hints).await.is_err() {
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                        let last = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                        if socket.write_all(last).await.is_err() {
+                            return;
+                        }
+                    }
+                    match socket.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+            });
+        }
+    });
+    format!("http://{address}")
+}
+
+/// An upstream's `103 Early Hints` reaches an HTTP/1.1 client as it comes,
+/// before the final answer (RFC 9110 §15.2), less hop-by-hop fields; an
+/// HTTP/1.0 client (which may not get one) and an HTTP/2 client get the
+/// final answer alone.
+#[tokio::test]
+async fn early_hints_reach_the_client_before_the_answer() {
+    let tollgate = Tollgate::start(BIN).await;
+    let url = early_hints_upstream().await;
+    publish_at(&tollgate, "hints", &url).await;
+    tollgate
+        .wait_for("/hints/x", Duration::from_secs(2), |s| s == 200)
+        .await;
+    let mut stream = connect(&tollgate).await;
+    stream
+        .write_all(b"GET /hints/page HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let early = read_until(&mut stream, "\r\n\r\n").await;
+    assert_eq!(
+        early, "HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n",
+        "the hints come alone, before the answer"
+    );
+    let rest = read_until(&mut stream, "ok").await;
+    assert!(rest.starts_with("HTTP/1.1 200 OK\r\n"), "{rest}");
+    // The connection goes on: the next request gets its own hints.
+    stream
+        .write_all(b"GET /hints/again HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let second = read_to_close(&mut stream).await;
+    assert!(
+        second.starts_with("HTTP/1.1 103 Early Hints\r\n"),
+        "{second}"
+    );
+    assert_eq!(second.matches("HTTP/1.1 ").count(), 2, "{second}");
+
+    let old = exchange(&tollgate, b"GET /hints/page HTTP/1.0\r\nHost: x\r\n\r\n").await;
+    assert!(old.starts_with("HTTP/1.1 200 OK\r\n"), "{old}");
+    assert!(!old.contains("103"), "{old}");
+    let answer =
+        test_support::upstream::h2c_get(&format!("{}/hints/page", tollgate.gateway_url)).await;
+    assert_eq!((answer.status, &answer.body[..]), (200, &b"ok"[..]));
+}
+
 /// A WebSocket upstream: answers an upgrade request with 101 (and a first
 /// message right after its head), then echoes what it gets, prefixed.
 async fn websocket_upstream() -> String {
