@@ -341,9 +341,11 @@ impl Interim {
     /// What was queued since the last take; `None` (one atomic load) when
     /// nothing was.
     pub(crate) fn take(&self) -> Option<BytesMut> {
-        if !self
-            .pending
-            .swap(false, std::sync::atomic::Ordering::Acquire)
+        // A plain load first: this runs each time a request is polled.
+        if !self.pending.load(std::sync::atomic::Ordering::Relaxed)
+            || !self
+                .pending
+                .swap(false, std::sync::atomic::Ordering::Acquire)
         {
             return None;
         }
