@@ -57,6 +57,13 @@ pub enum SendError {
 }
 
 impl SendError {
+    /// Whether the upstream answered in a form that cannot be passed on
+    /// ([`crate::h1::client::ExchangeError::is_unusable_answer`]): such a
+    /// call is not tried again.
+    pub fn is_unusable_answer(&self) -> bool {
+        matches!(self, SendError::Http1(error) if error.is_unusable_answer())
+    }
+
     /// Whether the failure happened before anything reached the upstream.
     pub fn is_connect(&self) -> bool {
         !matches!(self, SendError::Http1(_) | SendError::Http2(_))

@@ -78,6 +78,20 @@ impl Peer {
     }
 }
 
+/// A list field's value without the whitespace and empty items at its
+/// ends (`,, a, b ,` is `a, b`).
+fn trim_list_ends(value: &[u8]) -> &[u8] {
+    let start = value
+        .iter()
+        .position(|&b| !matches!(b, b',' | b' ' | b'\t'))
+        .unwrap_or(value.len());
+    let end = value
+        .iter()
+        .rposition(|&b| !matches!(b, b',' | b' ' | b'\t'))
+        .map_or(start, |last| last + 1);
+    &value[start..end.max(start)]
+}
+
 /// Marks a request the gateway made itself (an MCP tool call): its
 /// upstream's interim answers are not the client connection's to see.
 #[derive(Debug, Clone, Copy)]
@@ -308,9 +322,16 @@ pub(crate) async fn handle(
         // A handler (an AI call's token quota) or the upstream may have
         // warned too: every line of theirs joins the list.
         let mut joined = warning.as_bytes().to_vec();
-        for own in headers.get_all(name) {
+        // Each line as it is (a quoted comma stays as written), less the
+        // empty items at its ends and empty lines (RFC 9110 §5.6.1).
+        let theirs = headers
+            .get_all(name)
+            .iter()
+            .map(|value| trim_list_ends(value.as_bytes()))
+            .filter(|items| !items.is_empty());
+        for items in theirs {
             joined.extend_from_slice(b", ");
-            joined.extend_from_slice(own.as_bytes());
+            joined.extend_from_slice(items);
         }
         let warning = HeaderValue::from_bytes(&joined).unwrap_or(warning);
         headers.insert(name.clone(), warning);
@@ -1220,7 +1241,10 @@ async fn forward(
                 tracing::debug!(upstream = %upstream.spec.slug, target_url = %target.url, %error, "upstream try failed");
                 let refusal =
                     connection_refusal(&error, &service.slug, upstream.spec.connect_timeout_ms);
-                if last_try || !(may_retry || error.is_connect()) {
+                // An answer that came but cannot be passed on is not
+                // tried again: the upstream acted on the call and would
+                // answer alike (its status is not a listed one to retry).
+                if last_try || error.is_unusable_answer() || !(may_retry || error.is_connect()) {
                     return Err(refusal);
                 }
                 last_refusal = Some(refusal);
@@ -1472,7 +1496,7 @@ pub(crate) fn connection_refusal(
                 Some("it answered 101 Switching Protocols to a request that asked for no upgrade")
             }
             Some(ExchangeError::Coding) => Some(
-                "its response uses a transfer coding other than chunked (such as gzip), which the gateway does not decode; send the body plain or chunked, with any compression in Content-Encoding",
+                "its response body uses a transfer coding other than one chunked (gzip, or chunked twice), which the gateway does not decode; send the body plain or chunked once, with any compression in Content-Encoding",
             ),
             _ => None,
         };

@@ -142,10 +142,10 @@ pub enum ExchangeError {
     Head(#[source] HeadError),
     #[error("upstream answered 101 Switching Protocols to a request that asked for no upgrade")]
     Upgrade,
-    /// A transfer coding other than one `chunked` (`gzip, chunked`): the
-    /// gateway does not decode it, and passing the coded bytes on as the
-    /// body (without the hop's `Transfer-Encoding`) would corrupt it.
-    #[error("upstream used a transfer coding other than chunked")]
+    /// A transfer coding other than one `chunked` (`gzip, chunked`) on a
+    /// body: the gateway does not decode it, and passing the coded bytes on
+    /// as the body (without the hop's `Transfer-Encoding`) would corrupt it.
+    #[error("upstream used a transfer coding other than one chunked")]
     Coding,
     #[error("request body: {0}")]
     Body(#[source] BoxError),
@@ -158,6 +158,15 @@ pub enum ExchangeError {
 impl ExchangeError {
     pub fn is_stale(&self) -> bool {
         matches!(self, ExchangeError::Stale { .. })
+    }
+
+    /// The upstream answered, but not in a form the gateway can pass on:
+    /// it has acted on the request, and would answer alike again.
+    pub fn is_unusable_answer(&self) -> bool {
+        matches!(
+            self,
+            ExchangeError::Head(_) | ExchangeError::Coding | ExchangeError::Upgrade
+        )
     }
 }
 
@@ -392,9 +401,14 @@ fn parse_response(
     // a tunnel's (101), or its framing headers disagree (both are fixed in
     // a map). A map gets room for the request id, `RateLimit` pair and
     // balance added on the way back.
+    // A HEAD's answer, a 204 and a 304 end at their head (RFC 9112 §6.3):
+    // their `Transfer-Encoding`, whatever it says, frames no bytes.
+    let bodiless = *method == Method::HEAD
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
     let (headers, raw, declared) = if !connection.others && !switched {
         let kept = super::RawHead::new(head, &fields);
-        if !kept.codings_are_chunked() {
+        if !bodiless && !kept.codings_are_chunked() {
             return Err(ExchangeError::Coding);
         }
         let (declared, tidy) = kept.declared_framing().map_err(ExchangeError::Head)?;
@@ -410,7 +424,10 @@ fn parse_response(
     } else {
         let mut headers =
             super::header_map(&head, &fields, 4, &connection).map_err(ExchangeError::Head)?;
-        if headers.contains_key(http::header::TRANSFER_ENCODING) && !super::only_chunked(&headers) {
+        if !bodiless
+            && headers.contains_key(http::header::TRANSFER_ENCODING)
+            && !super::only_chunked(&headers)
+        {
             return Err(ExchangeError::Coding);
         }
         let (declared, tidy) = super::declared_framing(&headers).map_err(ExchangeError::Head)?;
@@ -421,11 +438,7 @@ fn parse_response(
         }
         (headers, None, declared)
     };
-    let framing = if *method == Method::HEAD
-        || switched
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-    {
+    let framing = if bodiless || switched {
         Framing::Done
     } else {
         declared.unwrap_or(Framing::Eof)
@@ -458,8 +471,9 @@ pub struct ResponseBody {
     /// The head's fields, when they were not put in the response's map
     /// (boxed: the body moves several times on its way to the client).
     raw: Option<Box<super::RawHead>>,
-    /// Trailer fields read after the last chunk, given as the last frame.
-    trailers: Option<Box<HeaderMap>>,
+    /// The trailer section read after the last chunk, given as the
+    /// body's last frame (boxed: rarely there, and the body moves).
+    trailers: Option<Box<BytesMut>>,
 }
 
 impl ResponseBody {
@@ -559,7 +573,9 @@ impl Body for ResponseBody {
             match this.framing.step(&mut conn.buf) {
                 Ok(Step::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
                 Ok(Step::Trailer(line)) => {
-                    super::add_trailer(this.trailers.get_or_insert_default(), &line);
+                    this.trailers
+                        .get_or_insert_default()
+                        .extend_from_slice(&line);
                     continue;
                 }
                 Ok(Step::End) => {
@@ -568,8 +584,9 @@ impl Body for ResponseBody {
                     return Poll::Ready(
                         this.trailers
                             .take()
+                            .map(|section| super::trailer_fields(&section))
                             .filter(|trailers| !trailers.is_empty())
-                            .map(|trailers| Ok(Frame::trailers(*trailers))),
+                            .map(|trailers| Ok(Frame::trailers(trailers))),
                     );
                 }
                 Ok(Step::More) => {}

@@ -35,10 +35,11 @@ pub(crate) fn headers_too_large() -> crate::refusal::Refusal {
         ),
     )
 }
-/// Longest chunk-size line, trailer line included.
+/// Longest chunk-size line.
 const MAX_LINE_BYTES: usize = 4096;
-/// Most trailer bytes read (and dropped) after a chunked body.
-const MAX_TRAILER_BYTES: usize = 16 * 1024;
+/// Most trailer bytes read after a chunked body (a trailer line may be as
+/// long): as much as a head may hold.
+const MAX_TRAILER_BYTES: usize = MAX_HEAD_BYTES;
 
 /// How a message body is delimited on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,7 +114,7 @@ impl Framing {
                 }
                 Framing::Chunked(state) => match state {
                     Chunk::Size => {
-                        let Some(end) = find_line(buf)? else {
+                        let Some(end) = find_line(buf, MAX_LINE_BYTES)? else {
                             return Ok(Step::More);
                         };
                         let size = parse_chunk_size(&buf[..end])?;
@@ -153,7 +154,7 @@ impl Framing {
                         Some(_) => return Err(FramingError::Chunked),
                     },
                     Chunk::Trailers(seen) => {
-                        let Some(end) = find_line(buf)? else {
+                        let Some(end) = find_line(buf, MAX_TRAILER_BYTES - *seen)? else {
                             return Ok(Step::More);
                         };
                         let blank = end == 0 || (end == 1 && buf[0] == b'\r');
@@ -199,10 +200,10 @@ impl Framing {
 }
 
 /// Index of the next `\n` in `buf`, if there is one within the line limit.
-fn find_line(buf: &[u8]) -> Result<Option<usize>, FramingError> {
-    match buf.iter().take(MAX_LINE_BYTES).position(|&b| b == b'\n') {
+fn find_line(buf: &[u8], limit: usize) -> Result<Option<usize>, FramingError> {
+    match buf.iter().take(limit).position(|&b| b == b'\n') {
         Some(index) => Ok(Some(index)),
-        None if buf.len() >= MAX_LINE_BYTES => Err(FramingError::Chunked),
+        None if buf.len() >= limit => Err(FramingError::Chunked),
         None => Ok(None),
     }
 }
@@ -531,35 +532,75 @@ impl RawHead {
     }
 }
 
-/// Adds a trailer line (`name: value`, its line end included) to
-/// `trailers`, unless it is malformed or names a field no trailer may
-/// carry on (hop-by-hop, framing, routing: RFC 9110 §6.5.1).
-pub(crate) fn add_trailer(trailers: &mut HeaderMap, line: &Bytes) {
-    let text = line.strip_suffix(b"\n").unwrap_or(line);
-    let text = text.strip_suffix(b"\r").unwrap_or(text);
-    let Some(colon) = text.iter().position(|&b| b == b':') else {
-        return;
-    };
-    let name = &text[..colon];
-    if is_hop_by_hop_name(name)
-        || name.eq_ignore_ascii_case(b"content-length")
-        || name.eq_ignore_ascii_case(b"host")
-    {
-        return;
+/// The trailer section's lines (each ending in `\n`) as fields:
+/// whitespace before a colon is removed and a folded line joins the one
+/// before with a space (RFC 9112 §5.1, §5.2), a malformed line is left
+/// out, and so are fields no trailer may carry on: hop-by-hop, framing,
+/// routing, authentication and response controls (RFC 9110 §6.5.1), and
+/// those the gateway sets itself, which an upstream may not forge after
+/// the head.
+pub(crate) fn trailer_fields(section: &[u8]) -> HeaderMap {
+    let mut joined: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    let section = section.strip_suffix(b"\n").unwrap_or(section);
+    for line in section.split(|&b| b == b'\n') {
+        let text = line.strip_suffix(b"\r").unwrap_or(line);
+        if matches!(text.first(), Some(b' ' | b'\t')) {
+            if let Some((_, value)) = joined.last_mut() {
+                value.push(b' ');
+                value.extend_from_slice(text.trim_ascii());
+            }
+            continue;
+        }
+        let Some(colon) = text.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        joined.push((
+            text[..colon].trim_ascii_end().to_vec(),
+            text[colon + 1..].trim_ascii().to_vec(),
+        ));
     }
-    let start = colon
-        + 1
-        + text[colon + 1..]
-            .iter()
-            .take_while(|b| matches!(b, b' ' | b'\t'))
-            .count();
-    let (Ok(name), Ok(value)) = (
-        HeaderName::from_bytes(name),
-        HeaderValue::from_bytes(text[start..].trim_ascii_end()),
-    ) else {
-        return;
-    };
-    trailers.append(name, value);
+    let mut trailers = HeaderMap::new();
+    for (name, value) in joined {
+        if !may_trail(&name) {
+            continue;
+        }
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(&name),
+            HeaderValue::from_bytes(&value),
+        ) {
+            trailers.append(name, value);
+        }
+    }
+    trailers
+}
+
+/// Whether a field may come in a trailer and go on (see [`trailer_fields`]).
+fn may_trail(name: &[u8]) -> bool {
+    const NEVER: &[&[u8]] = &[
+        b"content-length",
+        b"content-type",
+        b"content-encoding",
+        b"content-range",
+        b"host",
+        b"authorization",
+        b"www-authenticate",
+        b"set-cookie",
+        b"cache-control",
+        b"expires",
+        b"age",
+        b"date",
+        b"location",
+        b"retry-after",
+        b"vary",
+        b"x-request-id",
+        b"ratelimit",
+        b"ratelimit-policy",
+        b"deprecation",
+        b"sunset",
+    ];
+    !(is_hop_by_hop_name(name)
+        || NEVER.iter().any(|never| name.eq_ignore_ascii_case(never))
+        || (name.len() > 9 && name[..9].eq_ignore_ascii_case(b"tollgate-")))
 }
 
 /// A hop-by-hop header's name (RFC 9110 §7.6.1), any case: `Connection`,
@@ -704,11 +745,16 @@ pub fn only_chunked(headers: &HeaderMap) -> bool {
 }
 
 /// [`only_chunked`] over the `Transfer-Encoding` values.
-fn only_chunked_values<'a>(mut values: impl Iterator<Item = &'a [u8]>) -> bool {
-    values
+fn only_chunked_values<'a>(values: impl Iterator<Item = &'a [u8]>) -> bool {
+    // Empty list items are no codings (RFC 9110 §5.6.1: `chunked,`).
+    let mut codings = values
+        .flat_map(|value| value.split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|coding| !coding.is_empty());
+    codings
         .next()
-        .is_some_and(|v| v.trim_ascii().eq_ignore_ascii_case(b"chunked"))
-        && values.next().is_none()
+        .is_some_and(|coding| coding.eq_ignore_ascii_case(b"chunked"))
+        && codings.next().is_none()
 }
 
 /// The body framing a head declares (RFC 9112 §6.3): `Transfer-Encoding`
@@ -743,8 +789,9 @@ fn framing_of<'a>(
     if let Some(last) = last_coding {
         let chunked = last
             .rsplit(|&b| b == b',')
-            .next()
-            .is_some_and(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            .map(<[u8]>::trim_ascii)
+            .find(|coding| !coding.is_empty())
+            .is_some_and(|coding| coding.eq_ignore_ascii_case(b"chunked"));
         return Ok((
             Some(if chunked {
                 Framing::CHUNKED
@@ -835,18 +882,31 @@ mod tests {
         let mut buf = BytesMut::from(
             &b"1\r\na\r\n0\r\nX-Sum:  42 \r\nContent-Length: 9\r\nTrailer: x\r\nbad line\r\n\r\n"[..],
         );
-        let mut trailers = HeaderMap::new();
+        let mut lines = Vec::new();
         loop {
             match framing.step(&mut buf).unwrap() {
-                Step::Trailer(line) => add_trailer(&mut trailers, &line),
+                Step::Trailer(line) => lines.extend_from_slice(&line),
                 Step::End => break,
                 Step::Data(_) => {}
                 Step::More => panic!("all of it is there"),
             }
         }
+        let trailers = trailer_fields(&lines);
         assert_eq!(trailers.len(), 1, "{trailers:?}");
         assert_eq!(trailers["x-sum"], "42");
         assert!(buf.is_empty());
+        let lines = b"X-A : b\r\nX-Folded: one\r\n  two\r\nX-Request-Id: forged\r\n\
+            Tollgate-App: forged\r\nSet-Cookie: a=b\r\ngrpc-status: 0\r\n";
+        let trailers = trailer_fields(lines);
+        assert_eq!(trailers.len(), 3, "{trailers:?}");
+        assert_eq!(trailers["x-a"], "b");
+        assert_eq!(trailers["x-folded"], "one two");
+        assert_eq!(trailers["grpc-status"], "0");
+        // A trailer section as large as a head may be is read whole.
+        let long = format!("1\r\na\r\n0\r\nX-Long: {}\r\n\r\n", "v".repeat(60_000));
+        let mut framing = Framing::CHUNKED;
+        let (body, done) = drain(&mut framing, long.as_bytes()).unwrap();
+        assert!(done && body == b"a");
     }
 
     #[test]

@@ -411,10 +411,18 @@ async fn a_client_that_goes_away_ends_its_upstream_call() {
 /// An upstream that answers every request with `response`, then waits
 /// for the next one on the same connection.
 async fn raw_upstream(response: &'static [u8]) -> String {
+    raw_upstream_counted(response).await.0
+}
+
+/// [`raw_upstream`], and how many requests it has answered.
+async fn raw_upstream_counted(response: &'static [u8]) -> (String, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
+    let answered = Arc::new(AtomicUsize::new(0));
+    let count = answered.clone();
     tokio::spawn(async move {
         while let Ok((mut socket, _)) = listener.accept().await {
+            let count = count.clone();
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 16 * 1024];
                 let mut seen = Vec::new();
@@ -428,6 +436,7 @@ async fn raw_upstream(response: &'static [u8]) -> String {
                     seen.extend_from_slice(&buf[..n]);
                     while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
                         seen.drain(..end + 4);
+                        count.fetch_add(1, Ordering::SeqCst);
                         if socket.write_all(response).await.is_err() {
                             return;
                         }
@@ -436,7 +445,7 @@ async fn raw_upstream(response: &'static [u8]) -> String {
             });
         }
     });
-    format!("http://{address}")
+    (format!("http://{address}"), answered)
 }
 
 /// Framing the gateway passes on is the framing it sends: an upstream's
@@ -516,6 +525,7 @@ async fn an_upstream_head_goes_on_as_it_came() {
           X-Request-Id: upstream-id\r\nKeep-Alive: timeout=5\r\nConnection: keep-alive\r\n\
           Proxy-Agent: old\r\nTrailer: X-Sum\r\nUpgrade: h2c\r\nX-Spaced : a\r\n\
           Proxy-Status: cache; hit\r\nTollgate-Warning: w1\r\nTollgate-Warning: w2\r\n\
+          Tollgate-Warning: ,w3,\r\n\
           Content-Length: 2\r\n\r\nok",
     )
     .await;
@@ -569,13 +579,13 @@ async fn an_upstream_head_goes_on_as_it_came() {
         if slug == "plain" {
             assert!(head.contains("\r\nServer: fake\r\n"), "{raw}");
             assert!(named("deprecation").is_empty(), "{raw}");
-            assert_eq!(named("tollgate-warning"), ["w1", "w2"], "{raw}");
+            assert_eq!(named("tollgate-warning"), ["w1", "w2", ",w3,"], "{raw}");
         } else {
             assert_eq!(named("deprecation").len(), 1, "{raw}");
             // The gateway's warning, then every one of the upstream's.
             assert_eq!(
                 named("tollgate-warning"),
-                ["deprecated;sunset=\"2099-01-01\", w1, w2"],
+                ["deprecated;sunset=\"2099-01-01\", w1, w2, w3"],
                 "{raw}"
             );
         }
@@ -626,7 +636,8 @@ async fn chunked_trailers_reach_the_client() {
     let tollgate = Tollgate::start(BIN).await;
     let url = raw_upstream(
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\n\r\n\
-          3\r\nabc\r\n0\r\nX-Sum: 42\r\nContent-Length: 9\r\n\r\n",
+          3\r\nabc\r\n0\r\nX-Sum: 42\r\nContent-Length: 9\r\nX-Request-Id: forged\r\n\
+          Tollgate-App: forged\r\nX-Spaced : s\r\n\r\n",
     )
     .await;
     publish_at(&tollgate, "sums", &url).await;
@@ -639,8 +650,9 @@ async fn chunked_trailers_reach_the_client() {
             .contains("transfer-encoding: chunked\r\n"),
         "{raw}"
     );
+    // What the gateway sets itself is not forged in a trailer.
     assert!(
-        raw.ends_with("\r\n\r\n3\r\nabc\r\n0\r\nx-sum: 42\r\n\r\n"),
+        raw.ends_with("\r\n\r\n3\r\nabc\r\n0\r\nx-sum: 42\r\nx-spaced: s\r\n\r\n"),
         "{raw}"
     );
     let answer = test_support::upstream::h2c_get(&format!("{}/sums/x", tollgate.gateway_url)).await;
@@ -852,7 +864,7 @@ async fn an_unusable_upstream_answer_says_why() {
     // Transfer codings the gateway does not decode: passed on without
     // their `Transfer-Encoding` (a hop's header), the bytes would reach
     // the client as the body itself. Kept raw or put in a map alike.
-    let gzipped = raw_upstream(
+    let (gzipped, gzipped_answers) = raw_upstream_counted(
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
     )
     .await;
@@ -864,11 +876,15 @@ async fn an_unusable_upstream_answer_says_why() {
         ("garbage", &garbage, "not valid HTTP/1.1"),
         ("lengths", &lengths, "body length"),
         ("upgrade", &upgrade, "asked for no upgrade"),
-        ("gzipped", &gzipped, "transfer coding other than chunked"),
+        (
+            "gzipped",
+            &gzipped,
+            "transfer coding other than one chunked",
+        ),
         (
             "gzipped-map",
             &gzipped_map,
-            "transfer coding other than chunked",
+            "transfer coding other than one chunked",
         ),
     ] {
         publish_at(&tollgate, slug, url).await;
@@ -881,6 +897,41 @@ async fn an_unusable_upstream_answer_says_why() {
         assert!(detail.contains(says), "{slug}: {detail}");
         assert!(!detail.contains("could not be reached"), "{slug}: {detail}");
     }
+    // The upstream answered (it acted on the call): a retry policy does
+    // not send it again, whatever the method.
+    let (status, body) = tollgate
+        .admin(
+            reqwest::Method::PATCH,
+            "/api/v1/services/gzipped",
+            Some(json!({"retry": {"retries": 3}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let before = gzipped_answers.load(Ordering::SeqCst);
+    let raw = exchange(
+        &tollgate,
+        b"PUT /gzipped/x HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi",
+    )
+    .await;
+    assert!(raw.starts_with("HTTP/1.1 502 "), "{raw}");
+    assert_eq!(
+        gzipped_answers.load(Ordering::SeqCst) - before,
+        1,
+        "tried once"
+    );
+    // A coding on an answer without a body frames nothing: passed on.
+    let bodiless = raw_upstream(
+        b"HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: gzip, chunked\r\nETag: \"v1\"\r\n\r\n",
+    )
+    .await;
+    publish_at(&tollgate, "bodiless", &bodiless).await;
+    tollgate
+        .wait_for("/bodiless/x", Duration::from_secs(1), |s| s == 304)
+        .await;
+    let raw = get_as_sent(&tollgate, "/bodiless/x").await;
+    assert!(raw.starts_with("HTTP/1.1 304 "), "{raw}");
+    assert!(raw.contains("ETag: \"v1\"\r\n"), "{raw}");
 }
 
 /// A `Host` that is no host (a path, a query, spaces, quotes) is a bad
