@@ -286,6 +286,11 @@ impl Tollgate {
             .unwrap()
     }
 
+    /// [`Self::get_with_key`]'s JSON body.
+    pub async fn json_with_key(&self, path: &str, key: &str) -> Value {
+        self.get_with_key(path, key).await.json().await.unwrap()
+    }
+
     /// Creates a user with a personal token: returns (user id, token).
     pub async fn user_with_token(&self, email: &str) -> (String, String) {
         let user = self

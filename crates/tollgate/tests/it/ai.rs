@@ -277,12 +277,7 @@ async fn openai_calls_are_proxied_metered_and_charged_exactly() {
     assert!(body.to_string().contains("has no price"), "{body}");
 
     // GET /v1/models: what the app may use, aliases included.
-    let models: Value = tollgate
-        .get_with_key("/v1/models", &world.key)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let models: Value = tollgate.json_with_key("/v1/models", &world.key).await;
     let ids: Vec<&str> = models["data"]
         .as_array()
         .unwrap()
@@ -1289,12 +1284,7 @@ async fn token_quotas_block_or_charge_and_tokens_per_minute_hold() {
         "quota calls are free"
     );
     // `/_tollgate/me` shows the token quota and warns of it.
-    let me: Value = tollgate
-        .get_with_key("/_tollgate/me", &world.key)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let me: Value = tollgate.json_with_key("/_tollgate/me", &world.key).await;
     let subscription = &me["subscriptions"][0];
     assert_eq!(
         subscription["token_quota"],
@@ -1447,12 +1437,7 @@ async fn tokens_beyond_the_quota_are_charged_and_big_prompts_wait_for_the_minute
     let charges = charges(&tollgate, 1).await;
     assert_eq!(charge_of(&charges, &id), cost(0, 50));
     // The subscription's usage counts the call and what it cost.
-    let me: Value = tollgate
-        .get_with_key("/_tollgate/me", &world.key)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let me: Value = tollgate.json_with_key("/_tollgate/me", &world.key).await;
     let path = format!(
         "/api/v1/subscriptions/{}",
         me["subscriptions"][0]["id"].as_str().unwrap()

@@ -723,12 +723,7 @@ async fn me_shows_balance_subscriptions_quotas_and_warnings() {
     let wrong = tollgate.get_with_key("/_tollgate/me", "tg_live_nope").await;
     problem(wrong, 401, "invalid_credentials").await;
 
-    let me: Value = tollgate
-        .get_with_key("/_tollgate/me", &key)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let me: Value = tollgate.json_with_key("/_tollgate/me", &key).await;
     assert_eq!(
         (me["team"].as_str(), me["app"].as_str()),
         (Some("acme"), Some("acme-web")),

@@ -104,7 +104,7 @@ async fn jwts_from_trusted_issuers_authenticate_apps() {
     // ES256 through the JWKS document (fetched within a second or two).
     let es = idp.sign(Algorithm::ES256, &idp.claims("client-1"));
     until_ok(&tollgate, &es, Duration::from_secs(3)).await;
-    let seen: Value = tollgate.get_with_key(PATH, &es).await.json().await.unwrap();
+    let seen: Value = tollgate.json_with_key(PATH, &es).await;
     assert_eq!(seen["headers"]["tollgate-app"], "acme-web");
     assert!(seen["headers"].get("authorization").is_none());
     // RS256 with a configured public key, HS256 with a shared secret.

@@ -807,12 +807,7 @@ async fn two_nodes_keep_one_budget_exactly() {
     for node in [&first, &second] {
         let started = std::time::Instant::now();
         loop {
-            let me: Value = node
-                .get_with_key("/_tollgate/me", &world.key)
-                .await
-                .json()
-                .await
-                .unwrap();
+            let me: Value = node.json_with_key("/_tollgate/me", &world.key).await;
             if me["budget"].is_object() {
                 break;
             }
@@ -1463,12 +1458,7 @@ async fn concurrent_top_ups_and_charges_lose_no_update() {
     // The gateway's in-memory wallet agrees once the grants are synced.
     let started = std::time::Instant::now();
     loop {
-        let me: Value = tollgate
-            .get_with_key("/_tollgate/me", &key)
-            .await
-            .json()
-            .await
-            .unwrap();
+        let me: Value = tollgate.json_with_key("/_tollgate/me", &key).await;
         if me["balance"] == domain::money::format(expected) {
             break;
         }

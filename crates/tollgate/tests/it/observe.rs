@@ -66,12 +66,7 @@ async fn calls_are_logged_counted_and_explained() {
     // The grant reaches the gateway's wallet within the sync interval.
     let started = Instant::now();
     loop {
-        let me: Value = tollgate
-            .get_with_key("/_tollgate/me", &key)
-            .await
-            .json()
-            .await
-            .unwrap();
+        let me: Value = tollgate.json_with_key("/_tollgate/me", &key).await;
         if me["balance"] == "0.03" {
             break;
         }
