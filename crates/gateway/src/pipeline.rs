@@ -281,7 +281,12 @@ pub(crate) async fn handle(
         // A warning joins the one a handler or the upstream gave.
         crate::body::materialize(&mut response);
     }
-    let upstream_rate = crate::body::has_header(&response, &RATELIMIT);
+    // An upstream's own `RateLimit` stands (looked for only when the
+    // gateway has a pair to add).
+    let rate_headers = context
+        .rate_headers
+        .take()
+        .filter(|_| !crate::body::has_header(&response, &RATELIMIT));
     // With the upstream's head raw, the request id goes with it: a plain
     // proxied answer then needs no header map at all.
     let request_id = match crate::body::RawHeaded::raw_head_mut(response.body_mut()) {
@@ -295,9 +300,7 @@ pub(crate) async fn handle(
     if let Some(request_id) = request_id {
         headers.insert(X_REQUEST_ID.clone(), request_id);
     }
-    if let Some((policy, state)) = context.rate_headers.take()
-        && !upstream_rate
-    {
+    if let Some((policy, state)) = rate_headers {
         headers.insert(RATELIMIT_POLICY.clone(), policy);
         headers.insert(RATELIMIT.clone(), state);
     }
