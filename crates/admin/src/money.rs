@@ -317,6 +317,17 @@ async fn record(
             format!("must be 1 to {MAX_KEY_LEN} printable characters"),
         );
     }
+    if let Some(prefix) = idempotency_key
+        .as_deref()
+        .and_then(domain::money::system_key_prefix)
+    {
+        errors.add(
+            "idempotency_key",
+            format!(
+                "starts with '{prefix}', which the ledger keeps for its own entries (call charges, period fees, Stripe payments and entries given no key); choose a key of your own, such as an order or ticket number"
+            ),
+        );
+    }
     errors.into_result()?;
     let Some(amount) = amount else {
         return Err(ApiError::internal("amount missing after validation"));

@@ -39,6 +39,52 @@ pub enum Sign {
     NonZero,
 }
 
+/// Idempotency keys the ledger's own writers use (call charges, period
+/// fees, Stripe, auto top-up, and the keys an admin entry gets when it
+/// names none): an entry an admin or a client writes may not take one,
+/// or it would stand for, and block, the system's own entry.
+pub const SYSTEM_KEY_PREFIXES: [&str; 9] = [
+    "charge:",
+    "fee:",
+    "stripe:",
+    "auto-top-up:",
+    "top_up:",
+    "grant:",
+    "refund:",
+    "adjustment:",
+    "x402:",
+];
+
+/// The system prefix `key` starts with, if any.
+pub fn system_key_prefix(key: &str) -> Option<&'static str> {
+    SYSTEM_KEY_PREFIXES
+        .into_iter()
+        .find(|prefix| key.starts_with(prefix))
+}
+
+/// Active ISO 4217 codes of currencies (the fund, metal, drawing-right and
+/// test codes left out): what `money.currency` may be.
+const ISO_4217: &[&str] = &[
+    "AED", "AFN", "ALL", "AMD", "ANG", "AOA", "ARS", "AUD", "AWG", "AZN", "BAM", "BBD", "BDT",
+    "BGN", "BHD", "BIF", "BMD", "BND", "BOB", "BRL", "BSD", "BTN", "BWP", "BYN", "BZD", "CAD",
+    "CDF", "CHF", "CLP", "CNY", "COP", "CRC", "CUC", "CUP", "CVE", "CZK", "DJF", "DKK", "DOP",
+    "DZD", "EGP", "ERN", "ETB", "EUR", "FJD", "FKP", "GBP", "GEL", "GHS", "GIP", "GMD", "GNF",
+    "GTQ", "GYD", "HKD", "HNL", "HTG", "HUF", "IDR", "ILS", "INR", "IQD", "IRR", "ISK", "JMD",
+    "JOD", "JPY", "KES", "KGS", "KHR", "KMF", "KPW", "KRW", "KWD", "KYD", "KZT", "LAK", "LBP",
+    "LKR", "LRD", "LSL", "LYD", "MAD", "MDL", "MGA", "MKD", "MMK", "MNT", "MOP", "MRU", "MUR",
+    "MVR", "MWK", "MXN", "MYR", "MZN", "NAD", "NGN", "NIO", "NOK", "NPR", "NZD", "OMR", "PAB",
+    "PEN", "PGK", "PHP", "PKR", "PLN", "PYG", "QAR", "RON", "RSD", "RUB", "RWF", "SAR", "SBD",
+    "SCR", "SDG", "SEK", "SGD", "SHP", "SLE", "SLL", "SOS", "SRD", "SSP", "STN", "SVC", "SYP",
+    "SZL", "THB", "TJS", "TMT", "TND", "TOP", "TRY", "TTD", "TWD", "TZS", "UAH", "UGX", "USD",
+    "UYU", "UZS", "VED", "VES", "VND", "VUV", "WST", "XAF", "XCD", "XCG", "XOF", "XPF", "YER",
+    "ZAR", "ZMW", "ZWG", "ZWL", "BOV", "CLF", "COU", "MXV", "UYW", "USN",
+];
+
+/// Whether `code` is an ISO 4217 currency code (upper case).
+pub fn is_currency(code: &str) -> bool {
+    ISO_4217.contains(&code)
+}
+
 /// Parses a decimal string into nano-units: optional `-`, digits, and at
 /// most 9 decimals; no exponent, no `+`, no spaces, no thousands separators.
 pub fn parse(text: &str, sign: Sign) -> Result<i64, AmountError> {
@@ -309,5 +355,18 @@ mod tests {
                 assert_eq!(parse(text, sign), Ok(nanos));
             }
         }
+    }
+
+    #[test]
+    fn currencies_and_system_keys_are_known() {
+        assert!(is_currency("USD") && is_currency("EUR") && is_currency("JPY"));
+        assert!(!is_currency("XYZ") && !is_currency("usd") && !is_currency("XAU"));
+        let mut codes = ISO_4217.to_vec();
+        codes.sort_unstable();
+        codes.dedup();
+        assert_eq!(codes.len(), ISO_4217.len(), "a code is listed twice");
+        assert_eq!(system_key_prefix("fee:sub:1"), Some("fee:"));
+        assert_eq!(system_key_prefix("stripe:checkout:cs_1"), Some("stripe:"));
+        assert_eq!(system_key_prefix("order-42"), None);
     }
 }

@@ -493,9 +493,9 @@ fn validate(raw: RawConfig, problems: &mut Vec<String>) -> Config {
         ));
     }
     let currency = raw.money.currency.unwrap_or_else(|| "USD".into());
-    if currency.len() != 3 || !currency.bytes().all(|b| b.is_ascii_uppercase()) {
+    if !domain::money::is_currency(&currency) {
         problems.push(format!(
-            "money.currency: '{currency}' must be an ISO 4217 code of three capital letters, like USD or EUR"
+            "money.currency: '{currency}' is not an ISO 4217 currency code; give one in capital letters, like USD or EUR"
         ));
     }
     if let Some(url) = &raw.x402.facilitator_url

@@ -130,6 +130,20 @@ async fn grants_are_exact_and_idempotent(tollgate: &Tollgate) {
     assert_eq!(status, 409, "{body}");
     assert!(body["detail"].as_str().unwrap().contains("12.50"), "{body}");
     assert_eq!(wallet(tollgate, "acme").await["balance_nanos"], expected);
+
+    // The ledger's own keys are not for the API: such an entry would stand
+    // for, and block, a Stripe payment or a period fee recorded later.
+    for key in ["stripe:checkout:cs_1", "fee:sub:1", "charge:1", "grant:x"] {
+        let (status, body) = grant(
+            tollgate,
+            "acme",
+            json!({"amount": "0.01", "reason": "squat", "idempotency_key": key}),
+        )
+        .await;
+        assert_eq!(status, 400, "{key}: {body}");
+        assert_eq!(body["errors"][0]["field"], "idempotency_key", "{body}");
+    }
+    assert_eq!(wallet(tollgate, "acme").await["balance_nanos"], expected);
 }
 
 #[tokio::test]

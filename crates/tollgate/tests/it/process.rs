@@ -52,6 +52,12 @@ fn a_broken_configuration_is_refused_at_start_naming_the_key() {
         stderr.contains("storage.databse_url (from TOLLGATE_STORAGE__DATABSE_URL): unknown key"),
         "{stderr}"
     );
+    // Three capital letters are not enough: a currency ISO 4217 lists.
+    let stderr = serve_fails_with(&[("TOLLGATE_MONEY__CURRENCY", "XYZ")], None);
+    assert!(
+        stderr.contains("money.currency") && stderr.contains("'XYZ' is not an ISO 4217"),
+        "{stderr}"
+    );
     let stderr = serve_fails_with(&[], Some("gateway: [1, 2\n"));
     assert!(stderr.contains("tollgate.yaml"), "{stderr}");
     // A key given twice: YAML parsers keep the last silently; refused.
