@@ -81,6 +81,7 @@ pub async fn create_app(
     Json(mut spec): Json<AppSpec>,
 ) -> Result<Response, ApiError> {
     spec.validate()?;
+    spec.normalize_amounts();
     let mut tx = state.store.begin().await?;
     spec.team = caller
         .team_for_new(&mut tx, spec.team.as_deref(), Role::Developer)
@@ -154,6 +155,7 @@ async fn update_app_with(
     let mut spec = change(&existing)?;
     keep_team(existing.spec.team.as_ref(), &mut spec.team)?;
     spec.validate()?;
+    spec.normalize_amounts();
     let app = App {
         spec,
         updated_at_ms: now_ms(),
@@ -419,9 +421,10 @@ pub async fn create_plan(
     State(state): State<AdminState>,
     caller: Caller,
     Path(service_key): Path<String>,
-    Json(spec): Json<PlanSpec>,
+    Json(mut spec): Json<PlanSpec>,
 ) -> Result<Response, ApiError> {
     spec.validate()?;
+    spec.normalize_amounts();
     let mut tx = state.store.begin().await?;
     let service = service_in(&mut tx, &caller, &service_key, Role::Admin).await?;
     let now = now_ms();
@@ -454,7 +457,9 @@ pub async fn list_plans(
     State(state): State<AdminState>,
     caller: Caller,
     Path(service_key): Path<String>,
+    params: ListParams,
 ) -> Result<Response, ApiError> {
+    params.only_unpaged(&[])?;
     let service = service_or_404(&state, &caller, &service_key).await?;
     let plans = state.store.plans(&service.id).await?;
     Ok(ok(&ListResponse {
@@ -495,8 +500,9 @@ pub async fn patch_plan(
         .plan(&service.id, &plan_key)
         .await?
         .ok_or_else(|| ApiError::not_found("plan", &plan_key))?;
-    let spec: PlanSpec = patched(&existing.spec, patch)?;
+    let mut spec: PlanSpec = patched(&existing.spec, patch)?;
     spec.validate()?;
+    spec.normalize_amounts();
     let plan = Plan {
         spec,
         updated_at_ms: now_ms(),
@@ -1163,7 +1169,9 @@ impl From<Service> for CatalogService {
 pub async fn catalog(
     State(state): State<AdminState>,
     caller: Caller,
+    params: ListParams,
 ) -> Result<Response, ApiError> {
+    params.only_unpaged(&[])?;
     let visible = caller.visible();
     let mut entries = Vec::new();
     for service in state.store.published_services().await? {
@@ -1263,7 +1271,9 @@ pub async fn list_webhooks(
     State(state): State<AdminState>,
     caller: Caller,
     Path(team_key): Path<String>,
+    params: ListParams,
 ) -> Result<Response, ApiError> {
+    params.only_unpaged(&[])?;
     let team = webhook_team(&state, &caller, &team_key).await?;
     Ok(ok(&ListResponse {
         data: state.store.webhooks(&team).await?,

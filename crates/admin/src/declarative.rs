@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use domain::access::{Plan, PlanSpec, Team, TeamSpec};
 use domain::model::{Lifecycle, Route, RouteSpec, Service, ServiceSpec, UpstreamSpec};
@@ -21,7 +21,7 @@ use store::WriteTx;
 
 use crate::AdminState;
 use crate::error::ApiError;
-use crate::extract::{BODY_LIMIT_BYTES, ListParams, from_value};
+use crate::extract::{ListParams, RawBody, from_value};
 use crate::ops;
 
 /// A service as the document states it.
@@ -221,7 +221,8 @@ pub fn parse_document(value: Value) -> Result<Document, ApiError> {
                 for (plan_index, item) in items.into_iter().enumerate() {
                     let plan_prefix = format!("{prefix}.plans[{plan_index}]");
                     match from_value::<PlanSpec>(item) {
-                        Ok(spec) => {
+                        Ok(mut spec) => {
+                            spec.normalize_amounts();
                             if let Err(e) = spec.validate() {
                                 collect(errors_within(&plan_prefix, e.into()), &mut errors);
                             } else if !plan_slugs.insert(spec.slug.clone()) {
@@ -365,9 +366,48 @@ fn diff_into(path: &str, old: &Value, new: &Value, out: &mut Vec<String>) {
                 diff_into(&format!("{path}[{index}]"), x, y, out);
             }
         }
+        // A secret's values stay out of the report and the audit log
+        // (stored ones are sealed, but say no more than that it changed).
+        _ if old != new && (path == "secret" || path.ends_with(".secret")) => {
+            out.push(format!("{path}: changed"));
+        }
         _ if old != new => out.push(format!("{path}: {old} -> {new}")),
         _ => {}
     }
+}
+
+/// Refuses a document that gives an object another owner than the one it
+/// has (naming no team names the platform): objects stay with the team
+/// that created them, as `PUT` and `PATCH` say.
+async fn keep_team(
+    tx: &mut WriteTx,
+    stored: Option<&str>,
+    wanted: Option<&str>,
+) -> Result<(), ApiError> {
+    let same = match (stored, wanted) {
+        (None, None) => true,
+        (Some(stored), Some(wanted)) => {
+            stored == wanted || {
+                // Either side may name the team by slug or by id.
+                let stored = tx.team(stored).await?.map(|team| team.id);
+                stored.is_some() && stored == tx.team(wanted).await?.map(|team| team.id)
+            }
+        }
+        _ => false,
+    };
+    if same {
+        return Ok(());
+    }
+    let owner = stored.map_or_else(
+        || "the platform".to_owned(),
+        |team| format!("team '{team}'"),
+    );
+    Err(ApiError::field(
+        "team",
+        format!(
+            "cannot change: the object belongs to {owner} and stays with it; give that team here (or leave 'team' out for a platform object), or delete the object and create it under the other owner"
+        ),
+    ))
 }
 
 /// The absent side of a recorded change.
@@ -449,6 +489,9 @@ async fn apply_document(
                 });
             }
             Some(existing) if targets_as_set(&existing.spec) != targets_as_set(spec) => {
+                keep_team(tx, existing.spec.team.as_deref(), spec.team.as_deref())
+                    .await
+                    .map_err(|e| e.within(&prefix))?;
                 let fields = diff(&json(&existing.spec), &json(spec));
                 let updated = ops::update_upstream(tx, &existing, spec.clone())
                     .await
@@ -493,6 +536,13 @@ async fn apply_document(
                 created
             }
             Some(existing) => {
+                keep_team(
+                    tx,
+                    existing.spec.team.as_deref(),
+                    wanted.spec.team.as_deref(),
+                )
+                .await
+                .map_err(|e| e.within(&prefix))?;
                 let mut comparable = wanted.spec.clone();
                 // The document may name the upstream by id; compare slugs.
                 if let Some(key) = &comparable.upstream
@@ -503,10 +553,12 @@ async fn apply_document(
                 // A secret given in plaintext equals the one stored sealed.
                 secrets.match_sealed_secrets(&mut comparable, &existing.spec);
                 if service_as_sets(&existing.spec) != service_as_sets(&comparable) {
-                    let fields = diff(&json(&existing.spec), &json(&comparable));
                     let updated = ops::update_service(tx, secrets, &existing, comparable)
                         .await
                         .map_err(|e| e.within(&prefix))?;
+                    // Against what was stored: a new secret shows sealed,
+                    // never as the document gave it.
+                    let fields = diff(&json(&existing.spec), &json(&updated.spec));
                     changes.push(Change {
                         action: "update",
                         kind: "service",
@@ -866,24 +918,12 @@ pub async fn apply(
     caller: crate::access::Caller,
     params: ListParams,
     headers: HeaderMap,
-    body: Bytes,
+    RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
     // A document spans every team: only the platform applies one.
     caller.require_platform()?;
     params.only(&["dry_run", "prune"])?;
-    let flag = |name: &str| match params.filter(name) {
-        None | Some("false") => Ok(false),
-        Some("true") => Ok(true),
-        Some(_) => Err(ApiError::field(name.to_owned(), "must be true or false")),
-    };
-    let (dry_run, prune) = (flag("dry_run")?, flag("prune")?);
-    if body.len() > BODY_LIMIT_BYTES {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            "The document is too large.",
-        ));
-    }
+    let (dry_run, prune) = (params.flag("dry_run")?, params.flag("prune")?);
     if body.iter().all(u8::is_ascii_whitespace) {
         // An empty body must not read as an empty document: with `prune`
         // that would delete everything.

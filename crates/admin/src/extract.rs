@@ -19,17 +19,30 @@ pub struct Json<T>(pub T);
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
     type Rejection = ApiError;
 
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        let RawBody(bytes) = RawBody::from_request(request, state).await?;
+        parse_json(&bytes).map(Json)
+    }
+}
+
+/// A body read whole, up to [`BODY_LIMIT_BYTES`]: past that, the 413
+/// `body_too_large` problem every endpoint answers.
+pub struct RawBody(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for RawBody {
+    type Rejection = ApiError;
+
     async fn from_request(request: Request, _state: &S) -> Result<Self, ApiError> {
-        let bytes = axum::body::to_bytes(request.into_body(), BODY_LIMIT_BYTES)
+        axum::body::to_bytes(request.into_body(), BODY_LIMIT_BYTES)
             .await
+            .map(RawBody)
             .map_err(|_| {
                 ApiError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "body_too_large",
                     format!("The request body is larger than {BODY_LIMIT_BYTES} bytes."),
                 )
-            })?;
-        parse_json(&bytes).map(Json)
+            })
     }
 }
 
@@ -45,7 +58,21 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> {
         }
     };
     let mut deserializer = serde_json::Deserializer::from_slice(text);
-    let value: T = serde_path_to_error::deserialize(&mut deserializer).map_err(describe)?;
+    let value: T = match serde_path_to_error::deserialize(&mut deserializer) {
+        Ok(value) => value,
+        Err(error) => {
+            // Well-formed JSON that does not fit (a `null` where an enum
+            // goes reads to serde_json's streaming parser as "expected
+            // value"): said again from the parsed value, as a type error.
+            return Err(match serde_json::from_slice::<serde_json::Value>(text) {
+                Ok(parsed) => match from_value::<T>(parsed) {
+                    Err(fit) => fit,
+                    Ok(_) => describe(error),
+                },
+                Err(_) => describe(error),
+            });
+        }
+    };
     deserializer
         .end()
         .map_err(|e| ApiError::field("", format!("malformed JSON: {e}")))?;
@@ -125,6 +152,9 @@ pub struct ListParams {
     /// `limit` or `cursor`, if the request gave one (for endpoints that
     /// answer in one piece and take neither).
     pub paging: Option<&'static str>,
+    /// Parameters given with no value (`?dry_run`, `?team=`): read as
+    /// left out, except by [`ListParams::flag`].
+    pub blank: Vec<String>,
 }
 
 pub const LIMIT_DEFAULT: usize = 50;
@@ -137,6 +167,23 @@ impl ListParams {
             .iter()
             .find(|(key, _)| key == name)
             .map(|(_, value)| value.as_str())
+    }
+
+    /// A `true`/`false` parameter, false when left out. A bare `?name`
+    /// (or `?name=`) is refused rather than guessed: read as false it
+    /// would, say, apply a document that was meant as a dry run.
+    pub fn flag(&self, name: &str) -> Result<bool, ApiError> {
+        if self.blank.iter().any(|key| key == name) {
+            return Err(ApiError::field(
+                name.to_owned(),
+                format!("must be true or false (write ?{name}=true)"),
+            ));
+        }
+        match self.filter(name) {
+            None | Some("false") => Ok(false),
+            Some("true") => Ok(true),
+            Some(_) => Err(ApiError::field(name.to_owned(), "must be true or false")),
+        }
     }
 
     /// Refuses filters other than `allowed`.
@@ -160,7 +207,10 @@ impl ListParams {
     }
 
     fn only_among(&self, allowed: &[&str], paged: bool) -> Result<(), ApiError> {
-        for (key, _) in &self.filters {
+        // `?cursor=` is the first page's cursor: not a stranger.
+        let blank = self.blank.iter().filter(|key| *key != "cursor");
+        let keys = self.filters.iter().map(|(key, _)| key).chain(blank);
+        for key in keys {
             if !allowed.contains(&key.as_str()) {
                 let mut known = if paged {
                     vec!["limit", "cursor"]
@@ -205,6 +255,7 @@ impl<S: Send + Sync> FromRequestParts<S> for ListParams {
         for (key, value) in pairs {
             // `?cursor=&team=` means the same as leaving them out.
             if value.is_empty() && key != "limit" {
+                params.blank.push(key);
                 continue;
             }
             match key.as_str() {

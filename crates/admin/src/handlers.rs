@@ -575,11 +575,7 @@ pub async fn delete_service(
     params: ListParams,
 ) -> Result<Response, ApiError> {
     params.only(&["force"])?;
-    let force = match params.filter("force") {
-        None | Some("false") => false,
-        Some("true") => true,
-        Some(_) => return Err(ApiError::field("force", "must be true or false")),
-    };
+    let force = params.flag("force")?;
     let mut tx = state.store.begin().await?;
     // Deleting a live service takes the role that retires one.
     let needed = if force { Role::Admin } else { Role::Developer };

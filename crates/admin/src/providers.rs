@@ -256,7 +256,7 @@ pub async fn catalog_providers(
     _caller: Caller,
     params: ListParams,
 ) -> Result<Response, ApiError> {
-    params.only(&["kind"])?;
+    params.only_unpaged(&["kind"])?;
     let kind = params.filter("kind");
     Ok(ok(&ListResponse {
         data: state
@@ -285,7 +285,7 @@ pub async fn catalog_models(
     _caller: Caller,
     params: ListParams,
 ) -> Result<Response, ApiError> {
-    params.only(&["provider", "q"])?;
+    params.only_unpaged(&["provider", "q"])?;
     let provider = params.filter("provider");
     let q = params.filter("q").map(str::to_ascii_lowercase);
     if let Some(provider) = provider

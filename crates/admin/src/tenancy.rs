@@ -181,7 +181,9 @@ pub async fn list_members(
     State(state): State<AdminState>,
     caller: Caller,
     Path(key): Path<String>,
+    params: ListParams,
 ) -> Result<Response, ApiError> {
+    params.only_unpaged(&[])?;
     let team = team_or_404(&state, &caller, &key).await?;
     let members = state.store.members(&team.id).await?;
     Ok(ok(&ListResponse {
@@ -645,7 +647,9 @@ pub async fn create_token(
 pub async fn list_tokens(
     State(state): State<AdminState>,
     caller: Caller,
+    params: ListParams,
 ) -> Result<Response, ApiError> {
+    params.only_unpaged(&[])?;
     let mut tokens = match caller.user_id() {
         Some(id) => state.store.tokens_of_user(id).await?,
         None => Vec::new(),

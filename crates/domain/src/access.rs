@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{check_slug, check_text};
+use crate::model::{check_own_slug, check_slug, check_text};
 use crate::validate::FieldErrors;
 
 pub mod limits {
@@ -77,7 +77,7 @@ pub struct TeamSpec {
 impl TeamSpec {
     pub fn validate(&self) -> Result<(), FieldErrors> {
         let mut errors = FieldErrors::new();
-        check_slug(&mut errors, "slug", &self.slug);
+        check_own_slug(&mut errors, "slug", &self.slug);
         check_text(&mut errors, "name", self.name.as_ref());
         check_text(&mut errors, "description", self.description.as_ref());
         errors.into_result()
@@ -331,9 +331,16 @@ impl Budget {
 }
 
 impl AppSpec {
+    /// Writes a valid budget amount the way the API shows amounts.
+    pub fn normalize_amounts(&mut self) {
+        if let Some(budget) = &mut self.budget {
+            canonical_amount(&mut budget.amount);
+        }
+    }
+
     pub fn validate(&self) -> Result<(), FieldErrors> {
         let mut errors = FieldErrors::new();
-        check_slug(&mut errors, "slug", &self.slug);
+        check_own_slug(&mut errors, "slug", &self.slug);
         if let Some(team) = &self.team {
             check_slug(&mut errors, "team", team);
         }
@@ -567,9 +574,20 @@ pub struct PlanSpec {
 }
 
 impl PlanSpec {
+    /// Writes valid amounts the one way the API shows them (`"000.50"` →
+    /// `"0.50"`), so that equal prices compare and show equal.
+    pub fn normalize_amounts(&mut self) {
+        for amount in [&mut self.price_per_request, &mut self.monthly_fee]
+            .into_iter()
+            .flatten()
+        {
+            canonical_amount(amount);
+        }
+    }
+
     pub fn validate(&self) -> Result<(), FieldErrors> {
         let mut errors = FieldErrors::new();
-        check_slug(&mut errors, "slug", &self.slug);
+        check_own_slug(&mut errors, "slug", &self.slug);
         check_text(&mut errors, "name", self.name.as_ref());
         check_text(&mut errors, "description", self.description.as_ref());
         check_limits(
@@ -977,6 +995,13 @@ pub struct AuditEntry {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub after: Option<serde_json::Value>,
     pub request_id: String,
+}
+
+/// `amount` as [`crate::money::format`] writes it, when it parses.
+fn canonical_amount(amount: &mut String) {
+    if let Ok(nanos) = crate::money::parse(amount, crate::money::Sign::NonNegative) {
+        *amount = crate::money::format(nanos);
+    }
 }
 
 #[cfg(test)]

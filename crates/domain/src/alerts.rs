@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{check_slug, check_text};
+use crate::model::{check_own_slug, check_slug, check_text};
 use crate::validate::FieldErrors;
 
 /// What a rule watches.
@@ -153,7 +153,7 @@ impl AlertRuleSpec {
 
     pub fn validate(&self) -> Result<(), FieldErrors> {
         let mut errors = FieldErrors::new();
-        check_slug(&mut errors, "slug", &self.slug);
+        check_own_slug(&mut errors, "slug", &self.slug);
         check_slug(&mut errors, "team", &self.team);
         check_text(&mut errors, "description", self.description.as_ref());
         if let Some(service) = &self.service {

@@ -754,6 +754,20 @@ pub(crate) fn check_slug(errors: &mut FieldErrors, field: &str, slug: &str) {
     }
 }
 
+/// An object's own slug: a slug that cannot be read as an id, since
+/// objects are addressed by either (an id-shaped slug would name another
+/// object, or none).
+pub(crate) fn check_own_slug(errors: &mut FieldErrors, field: &str, slug: &str) {
+    if crate::id::looks_like_id(slug) {
+        errors.add(
+            field,
+            "must not have the shape of an id (objects are addressed by slug or id); choose a name",
+        );
+    } else {
+        check_slug(errors, field, slug);
+    }
+}
+
 fn check_timeout(errors: &mut FieldErrors, field: &str, value: u64) {
     if value == 0 || value > limits::TIMEOUT_MS_MAX {
         errors.add(
@@ -900,7 +914,7 @@ impl UpstreamSpec {
     /// Checks everything that does not need the store.
     pub fn validate(&self) -> Result<(), FieldErrors> {
         let mut errors = FieldErrors::new();
-        check_slug(&mut errors, "slug", &self.slug);
+        check_own_slug(&mut errors, "slug", &self.slug);
         if let Some(team) = &self.team {
             check_slug(&mut errors, "team", team);
         }
@@ -1008,7 +1022,7 @@ impl UpstreamSpec {
 impl ServiceSpec {
     pub fn validate(&self) -> Result<(), FieldErrors> {
         let mut errors = FieldErrors::new();
-        check_slug(&mut errors, "slug", &self.slug);
+        check_own_slug(&mut errors, "slug", &self.slug);
         if let Some(team) = &self.team {
             check_slug(&mut errors, "team", team);
         }
@@ -1214,6 +1228,12 @@ impl RouteSpec {
 /// RFC 3339 date-time, into epoch seconds.
 pub fn parse_sunset(text: &str) -> Result<i64, String> {
     use time::format_description::well_known::Rfc3339;
+    // A four-digit year first: the parsers below also take a signed one
+    // (`+2027-01-01`), which would then be shown as written.
+    let bytes = text.as_bytes();
+    if !(bytes.len() >= 10 && bytes[..4].iter().all(u8::is_ascii_digit) && bytes[4] == b'-') {
+        return Err("must be a date (2027-01-31) or an RFC 3339 date-time".to_owned());
+    }
     if let Ok(at) = time::OffsetDateTime::parse(text, &Rfc3339) {
         return Ok(at.unix_timestamp());
     }

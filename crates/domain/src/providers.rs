@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{check_slug, check_target_url, check_text};
+use crate::model::{check_own_slug, check_target_url, check_text};
 use crate::validate::FieldErrors;
 
 /// How a provider is spoken to.
@@ -59,7 +59,7 @@ pub struct ProviderSpec {
 impl ProviderSpec {
     pub fn validate(&self) -> Result<(), FieldErrors> {
         let mut errors = FieldErrors::new();
-        check_slug(&mut errors, "slug", &self.slug);
+        check_own_slug(&mut errors, "slug", &self.slug);
         check_text(&mut errors, "name", self.name.as_ref());
         check_text(&mut errors, "description", self.description.as_ref());
         match &self.base_url {

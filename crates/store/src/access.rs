@@ -291,8 +291,10 @@ async fn user_by_key<'e, E: Executor<'e, Database = Any>>(
     exec: E,
     key: &str,
 ) -> Result<Option<User>> {
+    // Emails are stored lower-case (as ids are): a user is found whatever
+    // case the address is written in, as at sign-up and login.
     let row = sqlx::query("SELECT * FROM users WHERE id = $1 OR email = $1")
-        .bind(key)
+        .bind(key.to_lowercase())
         .fetch_optional(exec)
         .await?;
     row.as_ref().map(user_from).transpose()

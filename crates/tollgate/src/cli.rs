@@ -96,9 +96,7 @@ pub async fn apply(
     } else {
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?
     };
-    // YAML is a superset of JSON: one parser for both.
-    let document: serde_json::Value = serde_norway::from_str::<domain::strict::StrictValue>(&text)
-        .map(|document| document.0)
+    let document = parse_document_text(&text)
         .with_context(|| format!("{} is not valid YAML or JSON", file.display()))?;
     let admin = admin(args)?;
     let response = admin
@@ -429,4 +427,21 @@ pub async fn wallet(command: WalletCommand, args: &AdminArgs) -> anyhow::Result<
 #[allow(clippy::print_stderr)]
 fn eprintln_note(text: &str) {
     eprintln!("{text}");
+}
+
+/// A document file's text, as JSON when it reads as JSON (the YAML parser
+/// refuses some valid JSON, such as a `\ud83d\ude80` surrogate pair),
+/// else as YAML, of which JSON is mostly a subset. Duplicate keys are
+/// refused either way.
+fn parse_document_text(text: &str) -> anyhow::Result<serde_json::Value> {
+    use domain::strict::StrictValue;
+    let yaml = || serde_norway::from_str::<StrictValue>(text).map(|document| document.0);
+    if text.trim_start().starts_with(['{', '[']) {
+        return match serde_json::from_str::<StrictValue>(text) {
+            Ok(document) => Ok(document.0),
+            // Flow-style YAML (`{teams: []}`) starts alike.
+            Err(json) => yaml().map_err(|_| json.into()),
+        };
+    }
+    Ok(yaml()?)
 }

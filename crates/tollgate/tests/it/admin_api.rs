@@ -526,6 +526,111 @@ async fn lists_are_cursor_paginated() {
     }
 }
 
+/// Edges a review found: flags given bare, lists that come in one piece,
+/// `null` where an enum goes, ids as slugs, emails in another case, and
+/// the 413 of the apply endpoint.
+#[tokio::test]
+async fn flags_one_piece_lists_nulls_and_id_shaped_slugs() {
+    let tollgate = Tollgate::start(BIN).await;
+    // A bare flag is refused, not read as false: a dry run stays dry.
+    for query in ["dry_run", "dry_run=", "prune"] {
+        let (s, b) = raw(
+            &tollgate,
+            Method::POST,
+            &format!("/api/v1/config/apply?{query}"),
+            r#"{"teams":[{"slug":"bare-flag","name":"x"}]}"#,
+        )
+        .await;
+        assert_eq!(s, 400, "{query}: {b}");
+        assert_eq!(fields(&b), [query.trim_end_matches('=')], "{b}");
+    }
+    let (s, b) = tollgate
+        .admin(Method::GET, "/api/v1/teams/bare-flag", None)
+        .await;
+    assert_eq!(s, 404, "nothing applied: {b}");
+    // The apply endpoint's 413 is a problem like every other.
+    let big = format!(r#"{{"teams":[],"pad":"{}"}}"#, "x".repeat(3 << 20));
+    let (s, b) = raw(&tollgate, Method::POST, "/api/v1/config/apply", big).await;
+    assert_eq!(s, 413, "{b}");
+    assert_eq!(b["code"], "body_too_large", "{b}");
+
+    let team = tollgate
+        .create("/api/v1/teams", json!({"slug": "acme", "name": "Acme"}))
+        .await;
+    tollgate
+        .create(
+            "/api/v1/upstreams",
+            json!({"slug": "wu", "team": "acme", "targets": []}),
+        )
+        .await;
+    tollgate
+        .create(
+            "/api/v1/services",
+            json!({"slug": "w", "team": "acme", "base_path": "/w", "upstream": "wu"}),
+        )
+        .await;
+    // Lists that come in one piece refuse paging instead of ignoring it.
+    for path in [
+        "/api/v1/services/w/plans",
+        "/api/v1/teams/acme/members",
+        "/api/v1/teams/acme/webhooks",
+        "/api/v1/tokens",
+        "/api/v1/catalog",
+        "/api/v1/catalog/models",
+    ] {
+        for query in ["limit=1", "cursor=garbage", "bogus=1"] {
+            let (s, b) = tollgate
+                .admin(Method::GET, &format!("{path}?{query}"), None)
+                .await;
+            assert_eq!(s, 400, "{path}?{query}: {b}");
+        }
+        let (s, b) = tollgate.admin(Method::GET, path, None).await;
+        assert_eq!(s, 200, "{path}: {b}");
+    }
+    // `null` where an enum goes is a type error, not malformed JSON.
+    let (s, b) = raw(
+        &tollgate,
+        Method::POST,
+        "/api/v1/upstreams",
+        r#"{"slug":"u1","targets":[],"policy":null}"#,
+    )
+    .await;
+    assert_eq!(s, 400, "{b}");
+    assert_eq!(fields(&b), ["policy"], "{b}");
+    assert!(!b.to_string().contains("malformed"), "{b}");
+    // A slug shaped like an id would be another object's address.
+    let id = team["id"].as_str().unwrap();
+    let (s, b) = tollgate
+        .admin(
+            Method::POST,
+            "/api/v1/upstreams",
+            Some(json!({"slug": id, "targets": []})),
+        )
+        .await;
+    assert_eq!(s, 400, "{b}");
+    assert_eq!(fields(&b), ["slug"], "{b}");
+    // A user is found by email in any case, as at sign-up.
+    tollgate
+        .create(
+            "/api/v1/users",
+            json!({"email": "Mixed@X.test", "password": "a long enough password"}),
+        )
+        .await;
+    let (s, b) = tollgate
+        .admin(Method::GET, "/api/v1/users/MIXED@x.TEST", None)
+        .await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["email"], "mixed@x.test");
+    let (s, b) = tollgate
+        .admin(
+            Method::POST,
+            "/api/v1/teams/acme/members",
+            Some(json!({"user": "MiXeD@x.test", "role": "developer"})),
+        )
+        .await;
+    assert!(s.is_success(), "{b}");
+}
+
 #[tokio::test]
 async fn serves_the_openapi_document_and_reference() {
     let tollgate = Tollgate::start(BIN).await;

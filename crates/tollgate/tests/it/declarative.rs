@@ -566,6 +566,31 @@ async fn hs256_secrets_are_sealed_at_rest_and_apply_stays_idempotent() {
     assert!(reapplied.success, "{}", reapplied.stderr);
     assert_eq!(reapplied.stdout.trim(), "no changes", "export → apply");
 
+    // A new secret in the file: the report and the audit log say that it
+    // changed, never what it is (dry run or not).
+    let renewed = "a-second-hs256-secret-of-at-least-32-bytes-9876";
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, text.replace(secret, renewed)).unwrap();
+    let path = file.to_str().unwrap();
+    for args in [
+        &["apply", "--dry-run", "-f", path][..],
+        &["apply", "-f", path],
+    ] {
+        let output = cli(&tollgate, args);
+        assert!(output.success, "{}", output.stderr);
+        assert!(
+            output
+                .stdout
+                .contains("auth.jwt.issuers[0].secret: changed"),
+            "{}",
+            output.stdout
+        );
+        assert!(!output.stdout.contains(renewed), "{}", output.stdout);
+    }
+    let (_, audit) = tollgate.admin(Method::GET, "/api/v1/audit", None).await;
+    assert!(!audit.to_string().contains(renewed), "{audit}");
+    let stored = stored_secret(&tollgate).await;
+
     // A sealed value sent back keeps the secret; a damaged one is refused.
     let patch = async |secret: &str| {
         let auth = json!({"auth": {"anonymous": true, "jwt": {"issuers": [
@@ -586,12 +611,65 @@ async fn hs256_secrets_are_sealed_at_rest_and_apply_stays_idempotent() {
         "{body}"
     );
 
-    // No file of the data dir holds the secret.
-    let holding = files_holding(&tollgate.data_dir, secret);
-    assert!(
-        holding.is_empty(),
-        "{holding:?} hold the HS256 secret in plaintext"
-    );
+    // No file of the data dir holds either secret.
+    for secret in [secret, renewed] {
+        let holding = files_holding(&tollgate.data_dir, secret);
+        assert!(
+            holding.is_empty(),
+            "{holding:?} hold the HS256 secret in plaintext"
+        );
+    }
+}
+
+/// An apply cannot give an object another owner (as `PUT` and `PATCH`
+/// cannot), and amounts are kept in the one form the API shows.
+#[tokio::test]
+async fn apply_keeps_owners_and_writes_amounts_one_way() {
+    let upstream = FakeUpstream::start("a").await;
+    let tollgate = Tollgate::start(BIN).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tollgate.yaml");
+    let file = path.to_str().unwrap();
+    let plans =
+        "      - slug: paid\n        price_per_request: '000.50'\n        monthly_fee: '3'\n";
+    let text = access_document(&upstream.url(), plans);
+    std::fs::write(&path, &text).unwrap();
+    let applied = cli(&tollgate, &["apply", "-f", file]);
+    assert!(applied.success, "{}", applied.stderr);
+    let (status, listed) = tollgate
+        .admin(Method::GET, "/api/v1/services/weather/plans", None)
+        .await;
+    assert_eq!(status, 200, "{listed}");
+    assert_eq!(listed["data"][0]["price_per_request"], "0.50", "{listed}");
+    assert_eq!(listed["data"][0]["monthly_fee"], "3.00", "{listed}");
+    let again = cli(&tollgate, &["apply", "-f", file]);
+    assert!(again.success, "{}", again.stderr);
+    assert_eq!(again.stdout.trim(), "no changes", "equal amounts are equal");
+
+    // The upstream given to another team, or to the platform.
+    let owned = "    team: weatherco\n    targets";
+    let moved = text
+        .replace("teams:\n", "teams:\n  - slug: acme\n    name: Acme\n")
+        .replacen(owned, "    team: acme\n    targets", 1);
+    let unowned = text.replacen(owned, "    targets", 1);
+    for document in [moved, unowned] {
+        std::fs::write(&path, document).unwrap();
+        let output = cli(&tollgate, &["apply", "-f", file]);
+        assert!(!output.success, "{}", output.stdout);
+        assert!(
+            output.stderr.contains("upstreams[0].team") && output.stderr.contains("'weatherco'"),
+            "{}",
+            output.stderr
+        );
+    }
+    let (_, backend) = tollgate
+        .admin(Method::GET, "/api/v1/upstreams/weather-backend", None)
+        .await;
+    assert_eq!(backend["team"], "weatherco", "{backend}");
+    let (status, _) = tollgate
+        .admin(Method::GET, "/api/v1/teams/acme", None)
+        .await;
+    assert_eq!(status, 404, "nothing half-written");
 }
 
 /// Method lists and targets are sets: applying them in another order is
