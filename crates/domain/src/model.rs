@@ -1242,3 +1242,25 @@ pub fn parse_sunset(text: &str) -> Result<i64, String> {
         .map(|date| date.midnight().assume_utc().unix_timestamp())
         .map_err(|_| "must be a date (2027-01-31) or an RFC 3339 date-time".to_owned())
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn sunsets_are_plain_dates_or_date_times() {
+        assert_eq!(parse_sunset("2027-01-01").unwrap(), 1_798_761_600);
+        assert_eq!(parse_sunset("2027-01-01T00:00:00Z").unwrap(), 1_798_761_600);
+        for bad in [
+            "+2027-01-01",
+            "-2027-01-01",
+            "027-01-01",
+            "2027-1-1",
+            "soon",
+            "",
+        ] {
+            assert!(parse_sunset(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -284,6 +284,19 @@ async fn a_bad_document_names_every_field_and_changes_nothing() {
     );
     let (_, list) = tollgate.admin(Method::GET, "/api/v1/upstreams", None).await;
     assert_eq!(list["data"], json!([]), "nothing half-written");
+    // JSON is read as JSON: escapes the YAML parser refuses (a surrogate
+    // pair) are fine.
+    std::fs::write(
+        &file,
+        r#"{"teams": [{"slug": "rocket", "name": "rocket \ud83d\ude80"}]}"#,
+    )
+    .unwrap();
+    let output = cli(&tollgate, &["apply", "-f", file.to_str().unwrap()]);
+    assert!(output.success, "{}", output.stderr);
+    let (_, team) = tollgate
+        .admin(Method::GET, "/api/v1/teams/rocket", None)
+        .await;
+    assert_eq!(team["name"], "rocket \u{1f680}", "{team}");
     std::fs::write(&file, "upstreams: [\n").unwrap();
     let output = cli(&tollgate, &["apply", "-f", file.to_str().unwrap()]);
     assert!(!output.success);
