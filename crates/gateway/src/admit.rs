@@ -47,6 +47,10 @@ pub struct Admission {
     pub reservation: Option<crate::money::Reservation>,
     /// `Tollgate-Warning` for the response.
     pub warning: Option<HeaderValue>,
+    /// The wallet a priced call pays from, and its price: the response
+    /// says what is left once the call is settled or given back (its
+    /// `Tollgate-Balance` and a `low-balance` warning).
+    pub paid_from: Option<(Arc<crate::money::WalletRt>, i64)>,
 }
 
 /// Where a credential came from.
@@ -1017,9 +1021,7 @@ fn pay(
             }
             return Err(refusal);
         }
-        if let Some(calls_left) = crate::warn::low_balance(app.wallet.available(), price) {
-            warnings.push(format_args!("low-balance;calls-left={calls_left}"));
-        }
+        admission.paid_from = Some((app.wallet.clone(), price));
     }
     admission.warning = warnings.into_value();
     admission.reservation = Some(reservation);

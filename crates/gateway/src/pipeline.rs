@@ -111,6 +111,8 @@ pub struct RequestContext {
     pub warning: Option<HeaderValue>,
     /// AI endpoints: the API the caller speaks, for refusals in its dialect.
     pub dialect: Option<ai::Dialect>,
+    /// A priced call's wallet and price, once the pay phase admitted it.
+    pub paid_from: Option<(Arc<crate::money::WalletRt>, i64)>,
 }
 
 /// What the phases found out for the call log: who called, which
@@ -208,6 +210,7 @@ pub(crate) async fn handle(
         rate_headers: None,
         warning: None,
         dialect: None,
+        paid_from: None,
     };
     let path = request.uri().path();
     let probe = path == "/_tollgate/health" || path == "/_tollgate/ready";
@@ -274,6 +277,29 @@ pub(crate) async fn handle(
         }
     }
     let context = &mut call.context;
+    if let Some((wallet, price)) = &context.paid_from {
+        // Said once the call is settled or given back: a call that was not
+        // charged (an upstream's or the gateway's 5xx) leaves one more.
+        let left = wallet.available();
+        if let Some(calls_left) = crate::warn::low_balance(left, *price) {
+            let item = format!("low-balance;calls-left={calls_left}");
+            let joined = match context.warning.take() {
+                Some(other) => [other.as_bytes(), b", ", item.as_bytes()].concat(),
+                None => item.into_bytes(),
+            };
+            context.warning = HeaderValue::from_bytes(&joined).ok();
+        }
+        // The gateway's own refusals after admission (502, 503, 504) say
+        // the balance too, as the upstream's answers do.
+        if !response.headers().contains_key(&TOLLGATE_BALANCE) {
+            let value = balance_header(left, &shared.options.currency);
+            if let Ok(value) = value {
+                response
+                    .headers_mut()
+                    .insert(TOLLGATE_BALANCE.clone(), value);
+            }
+        }
+    }
     let deprecation = context
         .route()
         .and_then(|route| route.service.deprecation.as_ref());
@@ -657,6 +683,7 @@ pub(crate) fn admit_matched<B>(
     let mut admission = crate::admit::admit(&snapshot, route, request, &env, &mut trace.who)?;
     context.rate_headers = admission.rate_headers.take();
     context.warning = admission.warning.take();
+    context.paid_from = admission.paid_from.take();
     Ok(admission)
 }
 
@@ -1207,11 +1234,7 @@ async fn forward(
                         drop(held);
                         wallet.available()
                     };
-                    let mut balance = String::with_capacity(32);
-                    domain::money::format_into(&mut balance, left);
-                    balance.push(' ');
-                    balance.push_str(&shared.options.currency);
-                    if let Ok(value) = HeaderValue::try_from(balance) {
+                    if let Ok(value) = balance_header(left, &shared.options.currency) {
                         response_parts
                             .headers
                             .insert(TOLLGATE_BALANCE.clone(), value);
@@ -1289,6 +1312,18 @@ async fn forward(
         }
     }
     Err(last_refusal.unwrap_or_else(|| Refusal::new(Code::UpstreamError, "No try was made.")))
+}
+
+/// `Tollgate-Balance`: what the wallet has left, in the currency.
+fn balance_header(
+    left: i64,
+    currency: &str,
+) -> Result<HeaderValue, http::header::InvalidHeaderValue> {
+    let mut balance = String::with_capacity(32);
+    domain::money::format_into(&mut balance, left);
+    balance.push(' ');
+    balance.push_str(currency);
+    HeaderValue::try_from(balance)
 }
 
 /// `request` with its path replaced by `path` (its query kept).

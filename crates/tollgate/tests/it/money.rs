@@ -1108,10 +1108,16 @@ async fn failed_calls_are_not_charged_and_balances_survive_a_restart() {
     for _ in 0..5 {
         let response = tollgate.get_with_key("/weather/status/500", &key).await;
         assert_eq!(response.status(), 500);
-        // The balance is told, and it has not moved.
+        // The balance is told, and it has not moved: nor has the count of
+        // calls it pays (this one was given back).
         assert_eq!(
             response.headers()["tollgate-balance"],
             format!("0.0{} USD", 5 - paid).as_str()
+        );
+        let warning = response.headers()["tollgate-warning"].to_str().unwrap();
+        assert!(
+            warning.contains(&format!("low-balance;calls-left={}", 5 - paid)),
+            "{warning}"
         );
     }
     // Nor is a call the upstream never answered (connection refused).
@@ -1128,7 +1134,16 @@ async fn failed_calls_are_not_charged_and_balances_survive_a_restart() {
         // 502, then 503 once the dead target is ejected: never charged.
         let response = tollgate.get_with_key("/weather/forecast/down", &key).await;
         assert!([502, 503].contains(&response.status().as_u16()));
-        assert!(response.headers().get("tollgate-balance").is_none());
+        // The gateway's own refusal tells the balance as an answer does.
+        assert_eq!(
+            response.headers()["tollgate-balance"],
+            format!("0.0{} USD", 5 - paid).as_str()
+        );
+        let warning = response.headers()["tollgate-warning"].to_str().unwrap();
+        assert!(
+            warning.contains(&format!("low-balance;calls-left={}", 5 - paid)),
+            "{warning}"
+        );
     }
     assert_eq!(upstream_to(upstream.url()).await.0, 200);
     until(&tollgate, &key, "/weather/forecast/up", 200, &mut paid).await;
