@@ -895,7 +895,8 @@ fn document_value(headers: &HeaderMap, body: &Bytes) -> Result<Value, ApiError> 
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/json");
-    if content_type.contains("yaml") {
+    // Media types are case-insensitive (RFC 9110 §8.3.1).
+    if content_type.to_ascii_lowercase().contains("yaml") {
         let text = std::str::from_utf8(body)
             .map_err(|_| ApiError::field("", "the YAML document is not UTF-8"))?;
         serde_norway::from_str::<StrictValue>(text)

@@ -34,7 +34,7 @@ impl ApiError {
         Self {
             status: StatusCode::BAD_REQUEST,
             code: "validation_failed",
-            detail: format!("The request is invalid: {errors}."),
+            detail: invalid(&errors),
             errors: errors.0,
         }
     }
@@ -96,10 +96,14 @@ impl ApiError {
             };
         }
         if !self.errors.is_empty() {
-            self.detail = format!(
-                "The request is invalid: {}.",
-                FieldErrors(self.errors.clone())
-            );
+            let errors = FieldErrors(self.errors.clone());
+            // The detail names the fields as they now read; a conflict
+            // stays a conflict.
+            self.detail = if self.code == "validation_failed" {
+                invalid(&errors)
+            } else {
+                errors.to_string()
+            };
         }
         self
     }
@@ -188,4 +192,13 @@ impl IntoResponse for ApiError {
         }
         response
     }
+}
+
+/// The detail of a 400: every problem, as one sentence.
+fn invalid(errors: &FieldErrors) -> String {
+    let mut detail = format!("The request is invalid: {errors}");
+    if !detail.ends_with('.') {
+        detail.push('.');
+    }
+    detail
 }

@@ -859,8 +859,25 @@ fn check_rewritable(errors: &mut FieldErrors, field: &str, name: &str) {
 }
 
 pub(crate) fn check_text(errors: &mut FieldErrors, field: &str, text: Option<&String>) {
-    if text.is_some_and(|t| t.len() > limits::TEXT_MAX) {
+    let Some(text) = text else { return };
+    if text.len() > limits::TEXT_MAX {
         errors.add(field, format!("must be at most {} bytes", limits::TEXT_MAX));
+    }
+    // Shown in lists, logs and the console: no control characters but
+    // line breaks and tabs, and no bidirectional overrides, which make a
+    // name read as another (U+202A–U+202E, U+2066–U+2069).
+    let hidden = |c: char| {
+        (c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
+            || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if let Some(c) = text.chars().find(|&c| hidden(c)) {
+        errors.add(
+            field,
+            format!(
+                "must not hold control or text-direction characters (found U+{:04X})",
+                u32::from(c)
+            ),
+        );
     }
 }
 
@@ -1247,6 +1264,26 @@ pub fn parse_sunset(text: &str) -> Result<i64, String> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn texts_refuse_hidden_characters() {
+        let check = |text: &str| {
+            let mut errors = FieldErrors::new();
+            check_text(&mut errors, "name", Some(&text.to_owned()));
+            errors.into_result().is_ok()
+        };
+        assert!(check(
+            "Acme Weather\nline two\tand a tab, caf\u{e9} \u{1f468}\u{200d}\u{1f4bb}"
+        ));
+        for bad in [
+            "nul\u{0}",
+            "bell\u{7}",
+            "evil\u{202e}gnp.exe",
+            "\u{2066}isolated",
+        ] {
+            assert!(!check(bad), "{bad:?}");
+        }
+    }
 
     #[test]
     fn sunsets_are_plain_dates_or_date_times() {

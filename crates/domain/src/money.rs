@@ -26,6 +26,8 @@ pub enum AmountError {
     Negative,
     #[error("must be greater than zero")]
     Zero,
+    #[error("must not be zero (a negative amount takes money out)")]
+    ZeroChange,
 }
 
 /// What sign an input may have.
@@ -129,7 +131,7 @@ pub fn parse(text: &str, sign: Sign) -> Result<i64, AmountError> {
         Sign::Positive if value < 0 => Err(AmountError::Negative),
         Sign::Positive if value == 0 => Err(AmountError::Zero),
         Sign::NonNegative if value < 0 => Err(AmountError::Negative),
-        Sign::NonZero if value == 0 => Err(AmountError::Zero),
+        Sign::NonZero if value == 0 => Err(AmountError::ZeroChange),
         _ => Ok(value),
     }
 }
@@ -319,7 +321,7 @@ mod tests {
             ("-1", Sign::Positive, AmountError::Negative),
             ("-1", Sign::NonNegative, AmountError::Negative),
             ("0", Sign::Positive, AmountError::Zero),
-            ("0.000", Sign::NonZero, AmountError::Zero),
+            ("0.000", Sign::NonZero, AmountError::ZeroChange),
         ] {
             assert_eq!(parse(text, sign), Err(error), "{text:?}");
         }

@@ -44,11 +44,19 @@ pub(crate) fn me<B>(
     let budget = app.budget.as_ref().map(|budget| {
         budget.counter.roll(now);
         let (start, end) = budget.counter.period();
+        let spent = u64::try_from(budget.counter.nanos()).unwrap_or(0);
+        let limit = u64::try_from(budget.limit_nanos).unwrap_or(u64::MAX);
+        // As the responses say it (`Tollgate-Warning`).
+        let warnings: Vec<String> = crate::warn::nearly_exhausted(spent, limit)
+            .map(|percent| format!("budget-nearly-exhausted;used-percent={percent}"))
+            .into_iter()
+            .collect();
         json!({
             "amount": format(budget.limit_nanos),
             "spent": format(budget.counter.nanos()),
             "period_start": format_time_ms(start),
             "period_end": format_time_ms(end),
+            "warnings": warnings,
         })
     });
     let body = json!({

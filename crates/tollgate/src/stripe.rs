@@ -239,7 +239,10 @@ pub fn verify_signature(
     secret: &str,
     now_s: i64,
 ) -> Result<(), SignatureError> {
-    let header = header.ok_or(SignatureError::Missing)?;
+    // An empty header is no signature, not a malformed one.
+    let header = header
+        .filter(|header| !header.trim().is_empty())
+        .ok_or(SignatureError::Missing)?;
     let mut timestamp = None;
     let mut signatures = Vec::new();
     for item in header.split(',') {
@@ -636,6 +639,10 @@ mod tests {
         }
         assert_eq!(
             verify_signature(None, body.as_bytes(), "whsec_x", 1000),
+            Err(SignatureError::Missing)
+        );
+        assert_eq!(
+            verify_signature(Some(" "), body.as_bytes(), "whsec_x", 1000),
             Err(SignatureError::Missing)
         );
     }

@@ -569,6 +569,36 @@ async fn flags_one_piece_lists_nulls_and_id_shaped_slugs() {
             json!({"slug": "w", "team": "acme", "base_path": "/w", "upstream": "wu"}),
         )
         .await;
+    // A conflict found while applying stays a conflict in its detail.
+    let (s, b) = raw(
+        &tollgate,
+        Method::POST,
+        "/api/v1/config/apply",
+        r#"{"upstreams":[{"slug":"pu","targets":[]}],"services":[{"slug":"p","base_path":"/w/x","upstream":"pu"}]}"#,
+    )
+    .await;
+    assert_eq!(s, 409, "{b}");
+    assert_eq!(fields(&b), ["services[0].base_path"], "{b}");
+    let detail = b["detail"].as_str().unwrap();
+    assert!(
+        !detail.starts_with("The request is invalid") && !detail.contains(".."),
+        "{detail}"
+    );
+    // Media types are case-insensitive: YAML said in capitals is YAML.
+    let response = tollgate
+        .client
+        .post(format!("{}/api/v1/config/apply", tollgate.admin_url))
+        .bearer_auth(test_support::tollgate::ADMIN_TOKEN)
+        .header("content-type", "APPLICATION/YAML")
+        .body("teams:\n  - slug: yaml-team\n    name: Y\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let (s, b) = tollgate
+        .admin(Method::GET, "/api/v1/teams/yaml-team", None)
+        .await;
+    assert_eq!(s, 200, "{b}");
     // Lists that come in one piece refuse paging instead of ignoring it.
     for path in [
         "/api/v1/services/w/plans",

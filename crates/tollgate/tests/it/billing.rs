@@ -655,6 +655,13 @@ async fn app_budgets_cap_spend_per_period() {
         header(&second, "tollgate-warning"),
         "budget-nearly-exhausted;used-percent=90"
     );
+    // `/_tollgate/me` says it too.
+    let me = tollgate.json_with_key("/_tollgate/me", &key).await;
+    assert_eq!(
+        me["budget"]["warnings"],
+        json!(["budget-nearly-exhausted;used-percent=90"]),
+        "{me}"
+    );
     let refused = tollgate.get_with_key("/weather/now", &key).await;
     let retry_after: i64 = header(&refused, "retry-after").parse().unwrap();
     let body = problem(refused, 402, "budget_exhausted").await;
