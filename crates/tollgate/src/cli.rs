@@ -156,7 +156,7 @@ pub async fn export(output: Option<&Path>, format: &str, args: &AdminArgs) -> an
         .with_context(|| format!("cannot reach the admin API at {}", admin.base))?;
     let document = check(response).await?;
     let text = match format {
-        "yaml" => serde_norway::to_string(&document)?,
+        "yaml" => crate::yaml::to_string(&document),
         "json" => serde_json::to_string_pretty(&document)? + "\n",
         other => bail!("--format {other}: use yaml or json"),
     };

@@ -26,6 +26,7 @@ mod stripe;
 mod warnings;
 mod webhooks;
 mod x402;
+mod yaml;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

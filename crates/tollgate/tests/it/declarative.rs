@@ -852,3 +852,38 @@ async fn a_deprecated_service_past_its_sunset_restores() {
         .await;
     assert_eq!(status, 400, "{body}");
 }
+
+/// The YAML export reads the same in a YAML 1.1 reader (PyYAML, as many
+/// tools use) as the JSON export: no slug `no` read as `false`, no name
+/// `2027-01-01` read as a date. And it applies back with no change.
+#[tokio::test]
+async fn the_yaml_export_reads_alike_in_a_yaml_1_1_reader() {
+    let tollgate = Tollgate::start(BIN).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("odd.json");
+    std::fs::write(
+        &path,
+        r#"{"teams": [{"slug": "no", "name": "On"}, {"slug": "y", "name": "2027-01-01"},
+            {"slug": "acme", "name": "1:20"}], "upstreams": [], "services": []}"#,
+    )
+    .unwrap();
+    let applied = cli(&tollgate, &["apply", "-f", path.to_str().unwrap()]);
+    assert!(applied.success, "{}", applied.stderr);
+    let yaml = cli(&tollgate, &["export"]);
+    assert!(yaml.success, "{}", yaml.stderr);
+    let json = cli(&tollgate, &["export", "--format", "json"]);
+    assert!(json.success, "{}", json.stderr);
+    let yaml_path = dir.path().join("export.yaml");
+    std::fs::write(&yaml_path, &yaml.stdout).unwrap();
+    let read = python_json(
+        "PyYAML",
+        "import json, sys, yaml\nprint(json.dumps(yaml.safe_load(open(sys.argv[1]))))",
+        vec![yaml_path.to_str().unwrap().to_owned()],
+    )
+    .await;
+    let expected: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    assert_eq!(read, expected, "{}", yaml.stdout);
+    let again = cli(&tollgate, &["apply", "-f", yaml_path.to_str().unwrap()]);
+    assert!(again.success, "{}", again.stderr);
+    assert_eq!(again.stdout.trim(), "no changes");
+}
