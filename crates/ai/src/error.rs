@@ -96,6 +96,21 @@ impl ErrorKind {
     /// The status the caller should see for this kind of upstream failure.
     /// Overloaded is 529 for Anthropic callers (their SDKs retry it) and 503
     /// for the others; upstream server faults are a 502 (bad gateway).
+    /// The HTTP status a caller gets for this kind, the same in every
+    /// dialect (SPEC §4: a provider's failure is the gateway's 502
+    /// `upstream_error`, whatever status the provider used for it).
+    pub fn http_status(self) -> u16 {
+        match self {
+            Self::RateLimited => 429,
+            Self::ContextLength | Self::InvalidRequest => 400,
+            Self::NotFound => 404,
+            Self::Auth | Self::Overloaded | Self::Server | Self::Other => 502,
+        }
+    }
+
+    /// The status the caller's own API would use for this kind, which
+    /// names its error inside the envelope (Anthropic's `overloaded_error`
+    /// is its 529).
     pub fn status_for(self, caller: Dialect) -> u16 {
         match self {
             Self::RateLimited => 429,
@@ -403,16 +418,22 @@ pub fn error_body(
 }
 
 /// The status and body to answer a caller with for a classified upstream
-/// error (the status is [`ErrorKind::status_for`]).
+/// error: the status is [`ErrorKind::http_status`], the envelope names
+/// the error as the caller's API would ([`ErrorKind::status_for`]).
 pub fn upstream_error_body(
     caller: Dialect,
     error: &UpstreamError,
     extra: &Map<String, Value>,
 ) -> (u16, Value) {
-    let status = error.kind.status_for(caller);
     (
-        status,
-        error_body(caller, status, error.kind.code(), &error.message, extra),
+        error.kind.http_status(),
+        error_body(
+            caller,
+            error.kind.status_for(caller),
+            error.kind.code(),
+            &error.message,
+            extra,
+        ),
     )
 }
 

@@ -54,6 +54,9 @@ struct State {
     /// The upstream said its answer is complete (OpenAI's `[DONE]`,
     /// Anthropic's `message_stop`).
     closed: bool,
+    /// The upstream said why its answer stopped (a finish reason): with
+    /// usage, a stream that then just ends (Gemini's do) is complete.
+    stopped: bool,
 }
 
 impl State {
@@ -102,6 +105,7 @@ impl StreamTranslator {
                 error: None,
                 input_estimate: None,
                 closed: false,
+                stopped: false,
             },
             finished: false,
         }
@@ -208,6 +212,16 @@ impl StreamTranslator {
         self.state.closed
     }
 
+    /// Whether the answer is whole: the upstream closed its stream as its
+    /// API says (`[DONE]`, `message_stop`), or said why it stopped and
+    /// reported usage (Gemini's last chunk), and sent no error. A stream
+    /// that ends otherwise broke off, whatever usage came with its start
+    /// (Anthropic's `message_start`, each Gemini chunk).
+    pub fn complete(&self) -> bool {
+        self.state.error.is_none()
+            && (self.state.closed || (self.state.stopped && self.state.usage.is_some()))
+    }
+
     /// True once the first content delta (text, reasoning or tool call) has
     /// been passed to the caller.
     pub fn started(&self) -> bool {
@@ -252,7 +266,8 @@ impl StreamTranslator {
                     }
                 }
                 Delta::Done => self.state.closed = true,
-                Delta::Start | Delta::Finish(_) | Delta::Ping => {}
+                Delta::Finish(_) => self.state.stopped = true,
+                Delta::Start | Delta::Ping => {}
             }
         }
         self.mode.handle(event, deltas, &self.state, out);

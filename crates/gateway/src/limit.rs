@@ -126,14 +126,17 @@ impl Window {
     }
 
     /// Seconds until one more request would be admitted.
-    fn wait_s(&self, state: &WindowState, now_ms: u64) -> u64 {
+    /// Seconds until `count` more units fit (a request is one; an AI call
+    /// its tokens): telling a caller to retry sooner would only earn it
+    /// another 429.
+    fn wait_s(&self, state: &WindowState, now_ms: u64, count: u64) -> u64 {
         let period = self.period_ms;
         let end = state.start_ms + period;
         let current = state.current();
-        if current >= self.limit {
+        if current.saturating_add(count) > self.limit {
             // Next window: the estimate is current × overlap, which must
-            // fall below limit - 1 for one more to fit.
-            let needed = u128::from(self.limit.saturating_sub(1)) * u128::from(period);
+            // fall to limit - count for `count` more to fit.
+            let needed = u128::from(self.limit.saturating_sub(count)) * u128::from(period);
             let into_next = if current == 0 {
                 0
             } else {
@@ -143,8 +146,8 @@ impl Window {
             return (end - now_ms + into_next).div_ceil(1000).max(1);
         }
         // This window: the previous window's weight has to drop until
-        // previous × (period - elapsed) ≤ (limit - current - 1) × period.
-        let room = u128::from(self.limit - current - 1) * u128::from(period);
+        // previous × (period - elapsed) ≤ (limit - current - count) × period.
+        let room = u128::from(self.limit - current - count) * u128::from(period);
         let overlap_max = if state.previous == 0 {
             u128::from(period)
         } else {
@@ -256,7 +259,7 @@ impl Limiter {
             if !allowed {
                 return Err(Exceeded {
                     quota: window.quota(self.scope, state, now_ms),
-                    retry_after_s: window.wait_s(state, now_ms),
+                    retry_after_s: window.wait_s(state, now_ms, count),
                     concurrency: false,
                 });
             }
@@ -536,6 +539,30 @@ mod tests {
         // weigh in until 100 ms into it: 1.09 s, rounded up.
         let refused = limiter.admit(start + 10).err().map(|e| e.retry_after_s);
         assert_eq!(refused, Some(2));
+    }
+
+    /// A refusal of several units (an AI call's tokens) says when that many
+    /// fit, not when one would: retried then, it passes; a second sooner,
+    /// it does not.
+    #[test]
+    fn retry_after_is_the_wait_for_the_units_asked() {
+        let limiter = limiter(60, Per::Minute);
+        let start = 60_000 * 1_000_000 + 5_000;
+        for n in 0..3 {
+            assert!(limiter.admit_n(start + n, 18).is_ok());
+        }
+        let wait = limiter
+            .admit_n(start + 1_000, 10)
+            .err()
+            .map(|e| e.retry_after_s)
+            .unwrap();
+        assert!(wait > 1, "{wait}");
+        let at = start + 1_000 + wait * 1_000;
+        assert!(
+            limiter.admit_n(at - 1_000, 10).is_err(),
+            "{wait} s is not too long"
+        );
+        assert!(limiter.admit_n(at, 10).is_ok(), "after {wait} s it fits");
     }
 
     #[test]

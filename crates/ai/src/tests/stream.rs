@@ -963,3 +963,45 @@ fn a_broken_stream_ends_with_an_error_event_not_a_close() {
         assert!(translator.upstream_error().is_some());
     }
 }
+
+/// A stream is whole only when it closed as its API says, or (Gemini) said
+/// why it stopped and reported usage, with no error on the way: the usage
+/// Anthropic sends in `message_start` and Gemini on every chunk does not
+/// make a stream that just ends whole.
+#[test]
+fn only_streams_that_close_as_their_api_says_are_complete() {
+    let cut_at = |stream: &str, marker: &str| stream[..stream.find(marker).unwrap()].to_owned();
+    let anthropic_error = format!(
+        "{}event: error\ndata: {{\"type\":\"error\",\"error\":{{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}}}\n\n",
+        cut_at(ANTHROPIC_STREAM, "event: content_block_stop")
+    );
+    let gemini_unfinished = GEMINI_STREAM
+        .lines()
+        .filter(|line| !line.contains("finishReason"))
+        .map(|line| format!("{line}\n"))
+        .collect::<String>();
+    for (upstream, input, complete) in [
+        (Dialect::Anthropic, ANTHROPIC_STREAM.to_owned(), true),
+        (
+            Dialect::Anthropic,
+            cut_at(ANTHROPIC_STREAM, "event: content_block_stop"),
+            false,
+        ),
+        (Dialect::Anthropic, anthropic_error, false),
+        (Dialect::Gemini, GEMINI_STREAM.to_owned(), true),
+        (Dialect::Gemini, gemini_unfinished, false),
+    ] {
+        for caller in [Dialect::OpenAi, Dialect::Anthropic] {
+            let mut translator =
+                StreamTranslator::new(upstream, caller, options(true, "id", "model"));
+            let mut out = Vec::new();
+            translator.push(input.as_bytes(), &mut out);
+            assert_eq!(
+                translator.complete(),
+                complete,
+                "{upstream:?} → {caller:?}: {input}"
+            );
+            assert!(translator.usage().is_some(), "usage came either way");
+        }
+    }
+}

@@ -1302,7 +1302,7 @@ impl Call<'_> {
             format!("{public_url}/_tollgate/problems/{}", code.slug()).into(),
         );
         extra.insert("title".into(), code.title().into());
-        extra.insert("status".into(), error.kind.status_for(caller).into());
+        extra.insert("status".into(), error.kind.http_status().into());
         extra.insert(
             "detail".into(),
             format!("The provider answered: {}", error.message).into(),

@@ -111,6 +111,15 @@ impl Mode {
         }
     }
 
+    /// The answer is whole (see `ai::StreamTranslator::complete`; the
+    /// Responses API: its `response.completed`, which carries the usage).
+    fn complete(&self) -> bool {
+        match self {
+            Mode::Translate(translator) => translator.complete(),
+            Mode::Responses(_, usage, _) => usage.is_some(),
+        }
+    }
+
     /// The upstream said the answer is complete (the Responses API: its
     /// `response.completed`, which carries the usage).
     fn closed(&self) -> bool {
@@ -357,9 +366,11 @@ impl Body for AiStream {
                             "The provider's stream broke off before the answer was complete.",
                         )
                     }
-                    // The upstream ended its stream: complete when it said
-                    // so or reported the usage (Gemini's streams just end).
-                    Poll::Ready(None) if this.mode.closed() || this.mode.usage().is_some() => {
+                    // The upstream ended its stream: complete when it closed
+                    // it as its API says, or said why it stopped and
+                    // reported usage (Gemini's streams just end), with no
+                    // error on the way.
+                    Poll::Ready(None) if this.mode.complete() => {
                         this.end(Ending::Completed, Vec::new(), "")
                     }
                     Poll::Ready(None) => this.end(
