@@ -298,8 +298,9 @@ const MAX_TIME_MS: i64 = 1 << 47;
 pub async fn list_logs(
     State(state): State<AdminState>,
     caller: Caller,
-    params: ListParams,
+    mut params: ListParams,
 ) -> Result<Response, ApiError> {
+    ids_as_slugs(&state, &mut params).await?;
     params.only(&[
         "from",
         "to",
@@ -750,6 +751,32 @@ fn question(params: &ListParams, default_span_ms: i64) -> Result<Question, ApiEr
     })
 }
 
+/// Objects are addressed by slug or id (SPEC §9), and the call log and
+/// its rollups keep slugs: a `team`, `app` or `service` filter given as an
+/// id is read as that object's slug. The caller's fence still applies to
+/// what the filter then finds.
+async fn ids_as_slugs(state: &AdminState, params: &mut ListParams) -> Result<(), ApiError> {
+    for (key, value) in &mut params.filters {
+        if !domain::id::looks_like_id(value) {
+            continue;
+        }
+        let slug = match key.as_str() {
+            "team" => state.store.team(value).await?.map(|team| team.spec.slug),
+            "app" => state.store.app(value).await?.map(|app| app.spec.slug),
+            "service" => state
+                .store
+                .service(value)
+                .await?
+                .map(|service| service.spec.slug),
+            _ => None,
+        };
+        if let Some(slug) = slug {
+            *value = slug;
+        }
+    }
+    Ok(())
+}
+
 fn rollup_query<'a>(
     params: &'a ListParams,
     visible: &'a store::Visible,
@@ -833,8 +860,9 @@ fn pieces(from_ms: i64, to_ms: i64) -> Vec<(Granularity, i64, i64)> {
 pub async fn summary(
     State(state): State<AdminState>,
     caller: Caller,
-    params: ListParams,
+    mut params: ListParams,
 ) -> Result<Response, ApiError> {
+    ids_as_slugs(&state, &mut params).await?;
     params.only_unpaged(&["from", "to", "group_by", "service", "app", "team"])?;
     let q = question(&params, DAY_MS)?;
     let visible = caller.visible();
@@ -909,8 +937,9 @@ pub struct Timeseries {
 pub async fn timeseries(
     State(state): State<AdminState>,
     caller: Caller,
-    params: ListParams,
+    mut params: ListParams,
 ) -> Result<Response, ApiError> {
+    ids_as_slugs(&state, &mut params).await?;
     params.only_unpaged(&[
         "metric", "interval", "from", "to", "group_by", "service", "app", "team",
     ])?;

@@ -258,6 +258,18 @@ fn resolve_key<'s>(
     Ok(key)
 }
 
+/// The app and key behind a revoked or expired key, for the call log.
+fn name_refused_key<B>(snapshot: &Snapshot, request: &Request<B>, who: &mut crate::calls::Who) {
+    let known = credentials(request)
+        .into_iter()
+        .filter(|(token, _)| token.starts_with("tg_"))
+        .find_map(|(token, _)| snapshot.access.keys.get(&digest_of(token.as_bytes())));
+    if let Some(key) = known {
+        who.app = Some(key.app.clone());
+        who.key = Some(key.clone());
+    }
+}
+
 /// Phase 4: the app's subscription, IP rules and the key's scopes.
 fn authorize<'s>(
     service: &ServiceRt,
@@ -605,7 +617,16 @@ pub(crate) fn admit<B>(
     }
     let now_ms = now_epoch_ms();
     let now_u = u64::try_from(now_ms).unwrap_or(0);
-    let caller = authenticate(snapshot, service, request, now_ms, jwks, &mut admission)?;
+    let caller = match authenticate(snapshot, service, request, now_ms, jwks, &mut admission) {
+        Ok(caller) => caller,
+        Err(refusal) => {
+            if matches!(refusal.code, Code::KeyRevoked | Code::KeyExpired) {
+                // The key is known: its app's team sees the refusal.
+                name_refused_key(snapshot, request, who);
+            }
+            return Err(refusal);
+        }
+    };
     who.app = Some(caller.app.clone());
     who.key = caller.key.cloned();
     let subscription = authorize(service, &caller, request.method(), ip)?;

@@ -215,12 +215,20 @@ pub(crate) async fn handle(
     let path = request.uri().path();
     let probe = path == "/_tollgate/health" || path == "/_tollgate/ready";
     let record = (crate::calls::enabled() && !probe).then(|| {
+        // The client as IP rules see it: behind a trusted proxy, the
+        // address it forwarded for.
+        let trusted = &shared.options.trusted_proxies;
+        let client_ip = if trusted.is_empty() {
+            context.peer.addr.ip()
+        } else {
+            crate::access::client_ip(context.peer.addr.ip(), request.headers(), trusted)
+        };
         let mut record = Box::new(crate::calls::CallRecord::start(
             &request_id,
             request.method(),
             request.uri(),
             request.headers().get(header::HOST),
-            context.peer.addr.ip(),
+            client_ip,
             context.snapshot.clone(),
             context.started,
         ));
@@ -1421,9 +1429,44 @@ fn timeout_refusal(service: &str, total: Duration) -> Refusal {
 
 /// A refusal answered before the pipeline runs (a head that cannot be
 /// served): problem+json with a request id of its own.
-pub(crate) fn unrouted_refusal(refusal: Refusal, shared: &Shared) -> Response<GatewayBody> {
+/// A refusal made before the pipeline could read the request (a head
+/// that is not valid HTTP, too large, of ambiguous length): answered and
+/// logged like any refusal (SPEC §2: refused calls included), under the
+/// method and path when they could be read, else `-` and `*`.
+pub(crate) fn unrouted_refusal(
+    refusal: Refusal,
+    shared: &Shared,
+    peer: std::net::IpAddr,
+    read: Option<(&Method, &Uri)>,
+) -> Response<GatewayBody> {
     let request_id = new_request_id();
+    let code = refusal.code;
     let mut response = refusal.into_response(&request_id, &shared.options.public_url);
+    if crate::calls::enabled() {
+        let unread = (
+            Method::from_bytes(b"-").unwrap_or_default(),
+            Uri::from_static("*"),
+        );
+        let (method, uri) = read.unwrap_or((&unread.0, &unread.1));
+        let mut record = crate::calls::CallRecord::start(
+            &request_id,
+            method,
+            uri,
+            None,
+            peer,
+            shared.local_snapshot(),
+            Instant::now(),
+        );
+        record.request_id_minted = true;
+        record.status = response.status().as_u16();
+        record.code = Some(code);
+        if let GatewayBody::Full(data) = response.body() {
+            record.bytes_out = data.as_ref().map_or(0, |d| d.len() as u64);
+            record.problem = data.clone();
+        }
+        record.completed = true;
+        record.finish();
+    }
     response
         .headers_mut()
         .insert(X_REQUEST_ID.clone(), request_id);

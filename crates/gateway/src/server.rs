@@ -142,7 +142,13 @@ async fn serve_http2(
         async move {
             if too_many_headers(request.headers()) {
                 let refusal = crate::h1::headers_too_large();
-                return Ok(crate::pipeline::unrouted_refusal(refusal, &shared));
+                let read = Some((request.method(), request.uri()));
+                return Ok(crate::pipeline::unrouted_refusal(
+                    refusal,
+                    &shared,
+                    peer.addr.ip(),
+                    read,
+                ));
             }
             let request = request.map(RequestBody::Hyper);
             let mut response = respond(&shared, request, peer).await;

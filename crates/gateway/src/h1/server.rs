@@ -149,12 +149,19 @@ pub(crate) async fn serve(
             match parse_request(&mut current.buf) {
                 Ok(Some(head)) => break head,
                 Ok(None) if current.buf.len() >= MAX_HEAD_BYTES => {
-                    refuse_head(&mut write, &mut out, HeadError::TooLarge, &shared).await;
+                    refuse_head(
+                        &mut write,
+                        &mut out,
+                        HeadError::TooLarge,
+                        &shared,
+                        peer.addr.ip(),
+                    )
+                    .await;
                     return;
                 }
                 Ok(None) => {}
                 Err(error) => {
-                    refuse_head(&mut write, &mut out, error, &shared).await;
+                    refuse_head(&mut write, &mut out, error, &shared, peer.addr.ip()).await;
                     return;
                 }
             }
@@ -454,6 +461,7 @@ async fn refuse_head(
     out: &mut BytesMut,
     error: HeadError,
     shared: &Shared,
+    peer: std::net::IpAddr,
 ) {
     let refusal = match error {
         HeadError::TooLarge => super::headers_too_large(),
@@ -466,7 +474,7 @@ async fn refuse_head(
             "The request's body length is ambiguous: send one valid Content-Length or Transfer-Encoding: chunked, not both.",
         ),
     };
-    let response = crate::pipeline::unrouted_refusal(refusal, shared);
+    let response = crate::pipeline::unrouted_refusal(refusal, shared, peer, None);
     let framed = Framed {
         head_request: false,
         http10: false,

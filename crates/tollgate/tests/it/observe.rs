@@ -1081,3 +1081,112 @@ async fn a_stream_is_not_counted_as_gateway_overhead() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Review findings: the log's client is the one IP rules see (behind a
+/// trusted proxy, the forwarded address); a revoked key's refusal names
+/// its app (so its team sees it); a head the gateway refuses before the
+/// pipeline is logged too; filters take ids as well as slugs.
+#[tokio::test]
+async fn refusals_name_who_they_can_and_filters_take_ids() {
+    let upstream = FakeUpstream::start("w").await;
+    let tollgate = Tollgate::start_with(
+        BIN,
+        test_support::tollgate::Options {
+            env: vec![(
+                "TOLLGATE_GATEWAY__TRUSTED_PROXIES".into(),
+                "127.0.0.0/8".into(),
+            )],
+            ..Default::default()
+        },
+    )
+    .await;
+    let world = crate::access::world(&tollgate, &upstream, json!({}), json!({})).await;
+    let request_id = |response: &reqwest::Response| {
+        response.headers()["x-request-id"]
+            .to_str()
+            .unwrap()
+            .to_owned()
+    };
+    let by_id = async |id: &str| {
+        logged(&tollgate, ADMIN_TOKEN, &format!("request_id={id}"), 1)
+            .await
+            .remove(0)
+    };
+
+    let response = tollgate
+        .client
+        .get(format!("{}/weather/forecast/fwd", tollgate.gateway_url))
+        .bearer_auth(&world.key)
+        .header("x-forwarded-for", "203.0.113.7")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let call = by_id(&request_id(&response)).await;
+    assert_eq!(call["client_ip"], "203.0.113.7", "{call}");
+
+    let key = tollgate
+        .create("/api/v1/apps/acme-web/keys", json!({"name": "short-lived"}))
+        .await;
+    let path = format!("/api/v1/apps/acme-web/keys/{}", key["id"].as_str().unwrap());
+    let (status, body) = tollgate.admin(Method::DELETE, &path, None).await;
+    assert!(status.is_success(), "{body}");
+    let secret = key["key"].as_str().unwrap();
+    crate::access::wait_status(&tollgate, "/weather/forecast/x", secret, 401).await;
+    let refused = tollgate.get_with_key("/weather/forecast/x", secret).await;
+    let call = by_id(&request_id(&refused)).await;
+    assert_eq!(
+        (&call["code"], &call["app"], &call["consumer_team"]),
+        (&json!("key_revoked"), &json!("acme-web"), &json!("acme")),
+        "{call}"
+    );
+    assert!(call["key_prefix"].is_string(), "{call}");
+
+    // A head of ambiguous length, refused before the pipeline.
+    let raw = {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let address = tollgate
+            .gateway_url
+            .trim_start_matches("http://")
+            .to_owned();
+        let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+        stream
+            .write_all(b"GET /weather/forecast/x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).await.unwrap();
+        String::from_utf8_lossy(&answer).into_owned()
+    };
+    assert!(raw.starts_with("HTTP/1.1 400"), "{raw}");
+    let id = raw
+        .lines()
+        .find_map(|line| line.strip_prefix("x-request-id: "))
+        .unwrap();
+    let call = by_id(id).await;
+    assert_eq!(
+        (&call["status"], &call["code"]),
+        (&json!(400), &json!("bad_request")),
+        "{call}"
+    );
+
+    // Filters by id find what filters by slug find.
+    let (_, service) = tollgate
+        .admin(Method::GET, "/api/v1/services/weather", None)
+        .await;
+    let by_slug = logged_count(&tollgate, "service=weather").await;
+    assert!(by_slug > 0);
+    let service_id = service["id"].as_str().unwrap();
+    assert_eq!(
+        logged_count(&tollgate, &format!("service={service_id}")).await,
+        by_slug
+    );
+    let (_, team) = tollgate
+        .admin(Method::GET, "/api/v1/teams/acme", None)
+        .await;
+    let team_id = team["id"].as_str().unwrap();
+    assert_eq!(
+        logged_count(&tollgate, &format!("team={team_id}")).await,
+        logged_count(&tollgate, "team=acme").await
+    );
+}
