@@ -77,6 +77,7 @@ static TOLLGATE_COST: HeaderName = HeaderName::from_static("tollgate-cost");
 static TOLLGATE_MODEL: HeaderName = HeaderName::from_static("tollgate-model");
 static TOLLGATE_MAX_TOKENS: HeaderName = HeaderName::from_static("tollgate-max-tokens");
 static ANTHROPIC_VERSION: HeaderName = HeaderName::from_static("anthropic-version");
+static ANTHROPIC_BETA: HeaderName = HeaderName::from_static("anthropic-beta");
 static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
@@ -276,6 +277,9 @@ pub(crate) async fn handle(
         subscription,
         permits: std::mem::take(&mut admission.permits),
         check: None,
+        anthropic_beta: (endpoint.dialect() == Dialect::Anthropic)
+            .then(|| head.headers().get(&ANTHROPIC_BETA).cloned())
+            .flatten(),
     };
     Box::pin(call.run(trace, json, admission.reservation.take())).await
 }
@@ -407,6 +411,9 @@ struct Call<'a> {
     /// Prompt APIs: checks a non-streamed answer (OpenAI shape) before it
     /// is charged; a refusal gives the reservation back.
     check: Option<&'a AnswerCheck>,
+    /// An Anthropic caller's `anthropic-beta` (the features it opts into),
+    /// passed to Anthropic providers.
+    anthropic_beta: Option<HeaderValue>,
 }
 
 /// Why a target was left for the next one.
@@ -1255,6 +1262,9 @@ impl Call<'_> {
                 ANTHROPIC_VERSION.clone(),
                 HeaderValue::from_static("2023-06-01"),
             );
+            if let Some(beta) = &self.anthropic_beta {
+                headers.insert(ANTHROPIC_BETA.clone(), beta.clone());
+            }
         }
         let started = Instant::now();
         let result = tokio::time::timeout(

@@ -138,6 +138,7 @@ pub(crate) async fn handle(
         subscription,
         permits: std::mem::take(&mut admission.permits),
         check: check.as_deref(),
+        anthropic_beta: None,
     };
     let response = Box::pin(call.run(trace, body, admission.reservation.take())).await?;
     into_prompt_answer(response, output_schema.as_ref())

@@ -580,9 +580,24 @@ async fn dialects_translate_both_ways_streamed_and_not() {
     assert_eq!(sent.body["messages"][0]["role"], "system");
     assert_eq!(sent.body["messages"][0]["content"], "Be brief.");
 
-    // Anthropic caller → Anthropic provider, not streamed: passed through.
+    // Anthropic caller → Anthropic provider, not streamed: passed through,
+    // with the beta features the caller opted into.
     anthropic.push(Reply::text("Native", Usage::new(12, 3)));
-    let response = post_messages(&tollgate, &world.key, json!({"model": "claude/claude-test", "max_tokens": 50, "messages": [{"role": "user", "content": "Hi"}]})).await;
+    let response = tollgate
+        .client
+        .post(format!("{}/v1/messages", tollgate.gateway_url))
+        .header("x-api-key", &world.key)
+        .header("anthropic-version", "2023-06-01")
+        .header("anthropic-beta", "token-efficient-tools-2025-02-19")
+        .json(&json!({"model": "claude/claude-test", "max_tokens": 50, "messages": [{"role": "user", "content": "Hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    let sent = anthropic.last_request().unwrap();
+    assert_eq!(
+        sent.header("anthropic-beta"),
+        Some("token-efficient-tools-2025-02-19")
+    );
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["type"], "message");
     assert_eq!(body["content"][0]["text"], "Native");
