@@ -243,6 +243,14 @@ pub(crate) async fn handle(
         ));
     };
     check_types(&json)?;
+    if endpoint == Endpoint::Messages && json.get("max_tokens").is_none_or(Value::is_null) {
+        // Anthropic's Messages API requires it; a provider of another
+        // dialect would otherwise answer at its own length.
+        return Err(Refusal::new(
+            Code::BadRequest,
+            "`max_tokens` is required on /v1/messages, as in Anthropic's Messages API: the most tokens the answer may have.",
+        ));
+    }
     let head = Request::from_parts(parts, ());
     let service_index = choose_service(&snapshot.ai, scoped, &model, &snapshot, &head)?;
     let service = &snapshot.ai.services[service_index];

@@ -869,6 +869,20 @@ async fn the_affordability_cap_and_402_in_each_dialect() {
             .unwrap()
             .ends_with("/_tollgate/portal/teams/acme/wallet")
     );
+    // `max_tokens` is required on /v1/messages, as Anthropic requires it.
+    let response = post_messages(
+        &tollgate,
+        &world.key,
+        json!({"model": "oai/gpt-test", "messages": [{"role": "user", "content": "Hi"}]}),
+    )
+    .await;
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "invalid_request_error", "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("max_tokens"),
+        "{body}"
+    );
     // Anthropic's envelope on /v1/messages.
     let response = post_messages(&tollgate, &world.key, json!({"model": "oai/gpt-test", "max_tokens": 100, "messages": [{"role": "user", "content": "Hi"}]})).await;
     assert_eq!(response.status(), 402);
