@@ -173,6 +173,15 @@ pub(crate) fn request_from_openai(body: &Value, model: &str) -> Result<Value, Tr
         }
     }
 
+    if messages.is_empty() {
+        // Anthropic refuses a request of system text alone.
+        return Err(TranslateError::InvalidValue {
+            field: "messages".into(),
+            reason:
+                "needs a user message besides the system ones (Anthropic's API answers only to one)"
+                    .into(),
+        });
+    }
     let mut out = Map::new();
     out.insert("model".into(), Value::from(model));
     let max_tokens = openai::max_tokens(body)?.unwrap_or(DEFAULT_ANTHROPIC_MAX_TOKENS);

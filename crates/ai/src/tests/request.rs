@@ -595,3 +595,14 @@ fn same_dialect_passes_through() {
         body
     );
 }
+
+#[test]
+fn a_system_prompt_alone_is_refused_for_anthropic() {
+    let body = json!({"model": "m", "messages": [{"role": "system", "content": "Be brief."}]});
+    let error =
+        translate_request(Dialect::OpenAi, Dialect::Anthropic, &body, "claude").unwrap_err();
+    assert_eq!(error.field(), "messages");
+    // With a user message it goes.
+    let body = json!({"model": "m", "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]});
+    assert!(translate_request(Dialect::OpenAi, Dialect::Anthropic, &body, "claude").is_ok());
+}
