@@ -868,7 +868,9 @@ fn match_route(
             context.route = Some(index);
             Ok(())
         }
-        Match::MethodNotAllowed(allowed) => {
+        Match::MethodNotAllowed(allowed, route) => {
+            // The service is known: its team sees the refusal in its log.
+            context.route = Some(route);
             let allow = allow_header(allowed);
             let mut refusal = Refusal::new(
                 Code::MethodNotAllowed,

@@ -86,8 +86,10 @@ struct Entry {
 pub enum Match {
     /// Index of the route (as given to [`RouterBuilder::add`]).
     Found(usize),
-    /// The path matched, but not with this method; the allowed methods.
-    MethodNotAllowed(MethodMask),
+    /// The path matched, but not with this method: the allowed methods,
+    /// and the first route whose path matched (the service the call log
+    /// names for the refusal).
+    MethodNotAllowed(MethodMask, usize),
     NotFound,
 }
 
@@ -148,14 +150,15 @@ struct Search {
     found: Option<usize>,
     /// Methods of routes whose path matched.
     allowed: MethodMask,
-    path_matched: bool,
+    /// The first route whose path matched.
+    path_matched: Option<usize>,
 }
 
 impl Search {
     /// Takes the first entry that allows the method. Returns true when done.
     fn offer(&mut self, entries: &[Entry]) -> bool {
         for entry in entries {
-            self.path_matched = true;
+            self.path_matched.get_or_insert(entry.route);
             if entry.methods == 0 || entry.methods & self.method != 0 {
                 self.found = Some(entry.route);
                 return true;
@@ -210,7 +213,7 @@ impl Router {
             method: method_bit(method),
             found: None,
             allowed: 0,
-            path_matched: false,
+            path_matched: None,
         };
         if let Some(host) = host
             && let Some(node) = self.hosts.get(host)
@@ -221,10 +224,9 @@ impl Router {
         if walk(&self.any_host, &segments, &mut search) {
             return search.found.map_or(Match::NotFound, Match::Found);
         }
-        if search.path_matched {
-            Match::MethodNotAllowed(search.allowed)
-        } else {
-            Match::NotFound
+        match search.path_matched {
+            Some(route) => Match::MethodNotAllowed(search.allowed, route),
+            None => Match::NotFound,
         }
     }
 }
@@ -346,7 +348,10 @@ mod tests {
             None,
             Method::POST,
             "/a/1",
-            Match::MethodNotAllowed(method_mask(&["GET".into(), "PUT".into(), "DELETE".into()])),
+            Match::MethodNotAllowed(
+                method_mask(&["GET".into(), "PUT".into(), "DELETE".into()]),
+                0,
+            ),
         );
         assert_eq!(
             allow_header(method_mask(&["GET".into(), "PUT".into()])),

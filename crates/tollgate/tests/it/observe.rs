@@ -1142,6 +1142,22 @@ async fn refusals_name_who_they_can_and_filters_take_ids() {
     );
     assert!(call["key_prefix"].is_string(), "{call}");
 
+    // A method the path does not take: the service is known, and logged.
+    let response = tollgate
+        .client
+        .delete(format!("{}/weather/forecast/x", tollgate.gateway_url))
+        .bearer_auth(&world.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 405);
+    let call = by_id(&request_id(&response)).await;
+    assert_eq!(
+        (&call["code"], &call["service"]),
+        (&json!("method_not_allowed"), &json!("weather")),
+        "{call}"
+    );
+
     // A head of ambiguous length, refused before the pipeline.
     let raw = {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
