@@ -997,6 +997,12 @@ pub async fn subscription_action(
                 .ok_or_else(|| ApiError::internal("subscription without its plan"))?;
             let current = existing.period_start_ms.zip(existing.period_end_ms);
             let period = match (action, current) {
+                // An expired one starts afresh, now.
+                (SubscriptionAction::Renew, Some(_))
+                    if existing.status == SubscriptionStatus::Expired =>
+                {
+                    domain::billing::restart(&plan.spec, now)
+                }
                 // A past-due subscription pays for its unpaid period first.
                 (SubscriptionAction::Renew, Some(period)) => domain::billing::period_to_pay(
                     &plan.spec,

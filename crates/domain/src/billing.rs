@@ -175,6 +175,13 @@ fn paid_first(plan: &PlanSpec, start_ms: i64) -> Period {
     }
 }
 
+/// The period an expired subscription renewed by hand starts: a paid one
+/// from `now` (anchored there; no second trial), so a renewal long after
+/// the expiry pays for time still to come, not for a period mostly gone.
+pub fn restart(plan: &PlanSpec, now_ms: i64) -> Period {
+    paid_first(plan, now_ms)
+}
+
 /// The period a subscription renews into at `now`: the one after its
 /// current period, or, when that is long past (a `past_due` paid late),
 /// the one that holds `now`. `trial_end` is kept so that a trial's

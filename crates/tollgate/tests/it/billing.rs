@@ -278,6 +278,7 @@ async fn monthly_fees_renew_fall_past_due_and_expire() {
         json!({"amount": "5", "reason": "top-up"}),
     )
     .await;
+    let renewed_at = domain::now_ms();
     let (status, body) = tollgate
         .admin(
             Method::POST,
@@ -287,6 +288,11 @@ async fn monthly_fees_renew_fall_past_due_and_expire() {
         .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["status"], "active");
+    // A new period from now, not one on the old grid already under way.
+    assert!(
+        body["period_start_ms"].as_i64().unwrap() >= renewed_at,
+        "{body} (renewed at {renewed_at}, expired at {ended})"
+    );
     wait_call(&tollgate, "/weather/now", &key, 200).await;
     assert_eq!(wallet(&tollgate, "acme").await["balance"], "0.00");
 
