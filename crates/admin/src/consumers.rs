@@ -427,6 +427,7 @@ pub async fn create_plan(
     spec.normalize_amounts();
     let mut tx = state.store.begin().await?;
     let service = service_in(&mut tx, &caller, &service_key, Role::Admin).await?;
+    spec.validate_for(service.spec.kind)?;
     let now = now_ms();
     let plan = Plan {
         id: domain::id::new_id(),
@@ -502,6 +503,7 @@ pub async fn patch_plan(
         .ok_or_else(|| ApiError::not_found("plan", &plan_key))?;
     let mut spec: PlanSpec = patched(&existing.spec, patch)?;
     spec.validate()?;
+    spec.validate_for(service.spec.kind)?;
     spec.normalize_amounts();
     let plan = Plan {
         spec,

@@ -747,6 +747,8 @@ async fn reconcile_plans(
     }
     for (index, spec) in wanted.iter().enumerate() {
         let plan_prefix = format!("{prefix}.plans[{index}]");
+        spec.validate_for(service.spec.kind)
+            .map_err(|e| ApiError::from(e).within(&plan_prefix))?;
         let now = domain::now_ms();
         match current.iter().find(|plan| plan.spec.slug == spec.slug) {
             None => {

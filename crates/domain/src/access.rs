@@ -670,6 +670,22 @@ impl PlanSpec {
     pub fn included_tokens(&self) -> Option<u64> {
         self.included.as_ref().and_then(|i| i.tokens)
     }
+
+    /// What only makes sense for some kinds of service: tokens are counted
+    /// on AI and prompt services, never on a plain HTTP one.
+    pub fn validate_for(&self, kind: crate::model::ServiceKind) -> Result<(), FieldErrors> {
+        let mut errors = FieldErrors::new();
+        if kind == crate::model::ServiceKind::Http {
+            let why = "counts AI tokens, and the calls of an http service have none: use included.requests or rate_limits";
+            if self.included_tokens().is_some() {
+                errors.add("included.tokens", why);
+            }
+            if self.tokens_per_minute.is_some() {
+                errors.add("tokens_per_minute", why);
+            }
+        }
+        errors.into_result()
+    }
 }
 
 fn nanos_of(text: Option<&str>) -> i64 {

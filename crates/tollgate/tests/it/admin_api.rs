@@ -569,6 +569,16 @@ async fn flags_one_piece_lists_nulls_and_id_shaped_slugs() {
             json!({"slug": "w", "team": "acme", "base_path": "/w", "upstream": "wu"}),
         )
         .await;
+    // Tokens are counted on AI services only.
+    let (s, b) = tollgate
+        .admin(
+            Method::POST,
+            "/api/v1/services/w/plans",
+            Some(json!({"slug": "t", "included": {"tokens": 5}, "tokens_per_minute": 9})),
+        )
+        .await;
+    assert_eq!(s, 400, "{b}");
+    assert_eq!(fields(&b), ["included.tokens", "tokens_per_minute"], "{b}");
     // A conflict found while applying stays a conflict in its detail.
     let (s, b) = raw(
         &tollgate,
