@@ -541,14 +541,16 @@ pub fn client_ip(peer: IpAddr, headers: &http::HeaderMap, trusted: &[Cidr]) -> I
         return peer;
     }
     let mut client = peer;
+    // Entries as bytes: a line with a byte that is not text is read up to
+    // where it matters (the right-most entries), not skipped whole, which
+    // would make the proxy the client.
     let entries = headers
         .get_all("x-forwarded-for")
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
         .collect::<Vec<_>>();
     for entry in entries.iter().rev() {
+        let entry = std::str::from_utf8(entry).unwrap_or("").trim();
         let Some(ip) = forwarded_ip(entry) else {
             // A malformed hop: stop trusting what lies beyond it.
             break;
@@ -595,6 +597,14 @@ mod tests {
                 "{entry}"
             );
         }
+        // A line with a byte that is not text: its right-most entries
+        // still count.
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            "x-forwarded-for",
+            http::HeaderValue::from_bytes(b"\xff, 1.2.3.4").unwrap_or_else(|_| unreachable!()),
+        );
+        assert_eq!(client_ip(proxy, &headers, &trusted).to_string(), "1.2.3.4");
         // Not an address: the proxy is the client.
         for entry in ["[2001:db8::1", "1.2.3.4:99999", "[1.2.3.4]", "example.com"] {
             let mut headers = http::HeaderMap::new();

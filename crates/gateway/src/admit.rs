@@ -95,7 +95,13 @@ fn credentials<B>(request: &Request<B>) -> smallvec::SmallVec<[(&str, Source); 2
     }
     if let Some(query) = request.uri().query() {
         for pair in query.split('&') {
-            if let Some(value) = pair.strip_prefix("api_key=") {
+            let Some((name, value)) = pair.split_once('=') else {
+                continue;
+            };
+            // `api%5Fkey` is the same name: found, so it is also removed.
+            if name == "api_key"
+                || (name.contains('%') && domain::percent::decode(name) == "api_key")
+            {
                 found.push((value, Source::Query));
             }
         }
@@ -648,19 +654,19 @@ pub(crate) fn admit<B>(
         now_ms,
         &mut admission,
     ) {
-        if refusal.lease_short.is_some() {
-            // Admitted again once this node's lease is topped up: this
-            // try counts in no limit.
-            for limiter in [
-                subscription.limiter.as_ref(),
-                app.limiter.as_ref(),
-                route.limiter.as_ref(),
-            ]
-            .into_iter()
-            .flatten()
-            {
-                limiter.refund(now_u);
-            }
+        // A call refused for money counts in no rate limit: paying must
+        // let the next one through at once (SPEC §4: 402 means paying
+        // would, 429 that only waiting would), and a call admitted again
+        // once this node's lease is topped up is counted then.
+        for limiter in [
+            subscription.limiter.as_ref(),
+            app.limiter.as_ref(),
+            route.limiter.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            limiter.refund(now_u);
         }
         // A service that also takes per-request payment says how to pay
         // this one call instead.

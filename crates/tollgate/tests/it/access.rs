@@ -201,6 +201,10 @@ async fn the_first_five_minutes_with_a_key() {
     wait_status(&tollgate, &query_path, "", 200).await;
     let seen = echo(tollgate.get(&query_path).await).await;
     assert_eq!(seen["query"], "units=metric", "the key is not forwarded");
+    // Nor when its name is percent-encoded (`api%5Fkey` is `api_key`).
+    let encoded = format!("{path}?units=metric&api%5Fkey={}", world.key);
+    let seen = echo(tollgate.get(&encoded).await).await;
+    assert_eq!(seen["query"], "units=metric", "the key is not forwarded");
 
     // The catalog offers the service and its plan to acme.
     let (status, catalog) = tollgate.admin(Method::GET, "/api/v1/catalog", None).await;

@@ -1608,3 +1608,36 @@ async fn admin_debits_cannot_spend_what_calls_in_flight_hold() {
     let refused = tollgate.get_with_key("/weather/forecast/more", &key).await;
     assert_eq!(refused.status(), 402);
 }
+
+/// A call refused for money counts in no rate limit: once the wallet is
+/// topped up, the next call goes through (SPEC §4: a 402 means paying
+/// would let the request through now), however many 402s came before.
+#[tokio::test]
+async fn calls_refused_for_money_use_up_no_rate_limit() {
+    let upstream = FakeUpstream::start("w").await;
+    let tollgate = Tollgate::start(BIN).await;
+    let world = world(&tollgate, &upstream, json!({}), json!({})).await;
+    let (status, body) = tollgate
+        .admin(
+            Method::PATCH,
+            "/api/v1/services/weather/plans/pay-as-you-go",
+            Some(json!({"price_per_request": "0.01", "rate_limits": [{"requests": 3, "per": "minute"}]})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    wait_status(&tollgate, "/weather/forecast/ready", &world.key, 402).await;
+    for _ in 0..6 {
+        let response = tollgate
+            .get_with_key("/weather/forecast/x", &world.key)
+            .await;
+        assert_eq!(response.status(), 402);
+    }
+    let (status, body) = grant(
+        &tollgate,
+        "acme",
+        json!({"amount": "1", "reason": "top-up"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    wait_status(&tollgate, "/weather/forecast/paid", &world.key, 200).await;
+}
