@@ -69,6 +69,17 @@ impl FromStr for Cidr {
                 .filter(|p| *p <= max)
                 .ok_or_else(|| format!("'{text}': the prefix length must be 0–{max}"))?,
         };
+        // An IPv4-mapped IPv6 block (`::ffff:10.0.0.0/104`) is the IPv4
+        // block it maps: addresses are compared as IPv4 (see `contains`).
+        if let IpAddr::V6(v6) = network
+            && let Some(v4) = v6.to_ipv4_mapped()
+            && prefix_len >= 96
+        {
+            return Ok(Self {
+                network: IpAddr::V4(v4),
+                prefix_len: prefix_len - 96,
+            });
+        }
         Ok(Self {
             network,
             prefix_len,
@@ -109,6 +120,10 @@ mod tests {
         check("2001:db8::/32", "2001:db9::1", false);
         check("::/0", "::1", true);
         check("10.0.0.0/8", "::1", false);
+        // An IPv4-mapped block is its IPv4 block.
+        check("::ffff:127.0.0.1/128", "127.0.0.1", true);
+        check("::ffff:10.0.0.0/104", "10.9.8.7", true);
+        check("::ffff:10.0.0.0/104", "11.0.0.1", false);
     }
 
     #[test]

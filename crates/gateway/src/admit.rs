@@ -89,7 +89,10 @@ fn credentials<B>(request: &Request<B>) -> smallvec::SmallVec<[(&str, Source); 2
         }
     }
     for value in request.headers().get_all("x-api-key") {
-        if let Ok(text) = value.to_str() {
+        // An empty line carries no key, as an empty `Bearer` carries none.
+        if let Ok(text) = value.to_str()
+            && !text.trim().is_empty()
+        {
             found.push((text.trim(), Source::XApiKey));
         }
     }

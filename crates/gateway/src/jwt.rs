@@ -164,6 +164,14 @@ pub fn verify(jwt: &JwtRt, token: &str, jwks: &JwksCache) -> Result<(String, Str
             "The token's header or payload is not base64url-encoded JSON.",
         ));
     };
+    if header.get("crit").is_some() {
+        // RFC 7515 §4.1.11: extensions marked critical that the recipient
+        // does not understand (it understands none) make the token invalid.
+        return Err(refuse(
+            Code::TokenMalformed,
+            "The token's header marks extensions as critical ('crit'), which this gateway does not support.",
+        ));
+    }
     let alg = header["alg"].as_str().unwrap_or_default();
     let Some(iss) = payload["iss"].as_str() else {
         return Err(refuse(Code::TokenClaims, "The token has no 'iss' claim."));

@@ -123,6 +123,12 @@ async fn jwts_from_trusted_issuers_authenticate_apps() {
     let now = idp.claims("x")["iat"].as_u64().unwrap();
     let cases: Vec<(String, &str)> = vec![
         ("not.a.jwt".into(), "token_malformed"),
+        // A critical header extension ({"alg":"HS256","crit":["b64"]}):
+        // not understood, so not accepted (RFC 7515 §4.1.11).
+        (
+            "eyJhbGciOiJIUzI1NiIsImNyaXQiOlsiYjY0Il19.e30.sig".into(),
+            "token_malformed",
+        ),
         ("e30.e30.sig".into(), "token_claims_invalid"),
         (
             idp.sign(
