@@ -1003,9 +1003,14 @@ async fn forward(
     // A protocol upgrade (WebSocket): the upstream is asked for it, and a
     // `101` turns the connection into a tunnel. One try: the upstream may
     // have acted on it.
+    // Only to WebSocket: any other protocol (`h2c` above all) would give
+    // the client a connection straight to the upstream on which its next
+    // requests skip routing, admission and limits (h2c smuggling). Such a
+    // request is served as a plain one, its `Upgrade` dropped.
     let upgrade = (parts.version == Version::HTTP_11
         && parts.method == Method::GET
-        && crate::h1::has_token(&parts.headers, &header::CONNECTION, "upgrade"))
+        && crate::h1::has_token(&parts.headers, &header::CONNECTION, "upgrade")
+        && crate::h1::has_token(&parts.headers, &header::UPGRADE, "websocket"))
     .then(|| parts.headers.get(header::UPGRADE).cloned())
     .flatten();
     let tries = if upgrade.is_none() && may_reconnect && matches!(outgoing, Outgoing::Replayable(_))

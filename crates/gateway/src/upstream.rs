@@ -31,6 +31,9 @@ pub struct TargetState {
     pub in_flight: AtomicU32,
     /// Latency EWMA in microseconds (0 = no sample yet).
     pub ewma_us: AtomicU64,
+    /// When `ewma_us` was last updated (monotonic ms): it decays from
+    /// then, so a target not picked since a slow answer comes back.
+    pub ewma_at_ms: AtomicU64,
     pub consecutive_failures: AtomicU32,
     /// Passive ejection: unavailable until this monotonic ms.
     pub ejected_until_ms: AtomicU64,
@@ -50,6 +53,7 @@ impl Default for TargetState {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             in_flight: AtomicU32::new(0),
             ewma_us: AtomicU64::new(0),
+            ewma_at_ms: AtomicU64::new(0),
             consecutive_failures: AtomicU32::new(0),
             ejected_until_ms: AtomicU64::new(0),
             ejections: AtomicU32::new(0),
@@ -429,31 +433,46 @@ impl UpstreamRt {
                 }
                 let worker = WORKER.with(std::cell::Cell::get);
                 let counter = &self.wrr_next[worker.min(self.wrr_next.len() - 1)].0;
-                let start = counter.fetch_add(1, Ordering::Relaxed);
-                (0..length)
-                    .map(|offset| self.wrr_sequence[(start + offset) % length])
-                    .find(|&index| usable(index))
+                // An unusable target's slots are passed over one pick at a
+                // time, so the others share its part by their weights (as
+                // nginx leaves down peers out), rather than the slot after
+                // it taking all of it.
+                (0..length).find_map(|_| {
+                    let index = self.wrr_sequence[counter.fetch_add(1, Ordering::Relaxed) % length];
+                    usable(index).then_some(index)
+                })
             }
             BalancePolicy::LeastRequests => {
                 let count = self.targets.len();
                 if count == 0 {
                     return None;
                 }
-                // A random starting point breaks ties without a bias.
-                let start = fastrand::usize(..count);
+                // Requests in flight per unit of weight (scaled to keep
+                // integers); ties go to one of them at random by weight,
+                // so idle targets share calls 3:1 at weights 3 and 1.
                 let mut best: Option<(usize, u64)> = None;
-                for offset in 0..count {
-                    let index = (start + offset) % count;
+                let mut tied_weight: u64 = 0;
+                for index in 0..count {
                     if !usable(index) {
                         continue;
                     }
                     let target = &self.targets[index];
-                    // Load per unit of weight, scaled to keep integers.
-                    let load = (u64::from(target.state.in_flight.load(Ordering::Relaxed)) + 1)
+                    let weight = u64::from(target.weight);
+                    let load = u64::from(target.state.in_flight.load(Ordering::Relaxed))
                         * 1_000_000
-                        / u64::from(target.weight);
-                    if best.is_none_or(|(_, best_load)| load < best_load) {
-                        best = Some((index, load));
+                        / weight;
+                    match best {
+                        Some((_, best_load)) if load > best_load => {}
+                        Some((_, best_load)) if load == best_load => {
+                            tied_weight += weight;
+                            if fastrand::u64(..tied_weight) < weight {
+                                best = Some((index, load));
+                            }
+                        }
+                        _ => {
+                            best = Some((index, load));
+                            tied_weight = weight;
+                        }
                     }
                 }
                 best.map(|(index, _)| index)
@@ -474,7 +493,7 @@ impl UpstreamRt {
                         let (first, second) = (candidates[i], candidates[j]);
                         let cost = |index: usize| {
                             let target = &self.targets[index];
-                            let ewma = target.state.ewma_us.load(Ordering::Relaxed).max(1);
+                            let ewma = decayed_ewma(&target.state, now).max(1);
                             let load =
                                 u64::from(target.state.in_flight.load(Ordering::Relaxed)) + 1;
                             ewma.saturating_mul(load) / u64::from(target.weight)
@@ -524,14 +543,14 @@ impl UpstreamRt {
                     state.ejections.store(0, Ordering::Relaxed);
                 }
                 if self.spec.policy == BalancePolicy::Ewma {
-                    update_ewma(&state.ewma_us, latency);
+                    update_ewma(state, latency);
                 }
             }
             Outcome::Failure { latency } => {
                 if let Some(latency) = latency
                     && self.spec.policy == BalancePolicy::Ewma
                 {
-                    update_ewma(&state.ewma_us, latency);
+                    update_ewma(state, latency);
                 }
                 let passive = &self.spec.health_check.passive;
                 if !passive.enabled {
@@ -573,19 +592,38 @@ pub enum Outcome {
     Failure { latency: Option<Duration> },
 }
 
+/// How fast a latency EWMA forgets: it halves every `EWMA_HALF_LIFE_MS`
+/// without a new sample (Finagle's and linkerd's peak EWMA decay alike).
+const EWMA_HALF_LIFE_MS: f64 = 5_000.0;
+
+/// The latency EWMA as of `now`: decayed for the time since its last
+/// sample, so one slow answer does not keep a target from being picked,
+/// and measured again, forever.
+fn decayed_ewma(state: &TargetState, now_ms: u64) -> u64 {
+    let ewma = state.ewma_us.load(Ordering::Relaxed);
+    let elapsed = now_ms.saturating_sub(state.ewma_at_ms.load(Ordering::Relaxed));
+    if ewma == 0 || elapsed == 0 {
+        return ewma;
+    }
+    let factor = (-(elapsed as f64) / EWMA_HALF_LIFE_MS * std::f64::consts::LN_2).exp();
+    (ewma as f64 * factor) as u64
+}
+
 /// Peak-sensitive EWMA: a slower sample is taken at once, a faster one is
-/// blended in (weight 1/4).
-fn update_ewma(cell: &AtomicU64, latency: Duration) {
+/// blended in (weight 1/4) with the value decayed to now.
+fn update_ewma(state: &TargetState, latency: Duration) {
     let sample = u64::try_from(latency.as_micros())
         .unwrap_or(u64::MAX)
         .max(1);
-    let _ = cell.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
-        Some(if old == 0 || sample > old {
-            sample
-        } else {
-            old - (old - sample) / 4
-        })
-    });
+    let now = monotonic_ms();
+    let old = decayed_ewma(state, now);
+    let value = if old == 0 || sample > old {
+        sample
+    } else {
+        old - (old - sample) / 4
+    };
+    state.ewma_us.store(value, Ordering::Relaxed);
+    state.ewma_at_ms.store(now, Ordering::Relaxed);
 }
 
 #[cfg(test)]
@@ -636,12 +674,92 @@ mod tests {
     }
 
     #[test]
-    fn ewma_is_peak_sensitive() {
-        let cell = AtomicU64::new(0);
-        update_ewma(&cell, Duration::from_micros(1000));
-        update_ewma(&cell, Duration::from_micros(5000));
-        assert_eq!(cell.load(Ordering::Relaxed), 5000);
-        update_ewma(&cell, Duration::from_micros(1000));
-        assert_eq!(cell.load(Ordering::Relaxed), 4000);
+    fn ewma_is_peak_sensitive_and_decays() {
+        let state = TargetState::default();
+        update_ewma(&state, Duration::from_micros(1000));
+        update_ewma(&state, Duration::from_micros(5000));
+        let peak = state.ewma_us.load(Ordering::Relaxed);
+        assert_eq!(peak, 5000, "a slower sample is taken at once");
+        update_ewma(&state, Duration::from_micros(1000));
+        let blended = state.ewma_us.load(Ordering::Relaxed);
+        assert!((3990..=4000).contains(&blended), "{blended}");
+        // Without samples it halves every half-life: a target left alone
+        // after one slow answer is picked, and measured, again.
+        state.ewma_us.store(8000, Ordering::Relaxed);
+        state.ewma_at_ms.store(1_000, Ordering::Relaxed);
+        let half = decayed_ewma(&state, 1_000 + 5_000);
+        assert!((3990..=4010).contains(&half), "{half}");
+        assert!(decayed_ewma(&state, 1_000 + 60_000) < 10);
+    }
+
+    fn compiled(policy: &str, weights: &[u32]) -> UpstreamRt {
+        let targets: Vec<serde_json::Value> = weights
+            .iter()
+            .enumerate()
+            .map(|(n, weight)| serde_json::json!({"url": format!("http://127.0.0.1:{}", 10_001 + n), "weight": weight}))
+            .collect();
+        let spec: domain::model::UpstreamSpec = serde_json::from_value(serde_json::json!({
+            "slug": "u", "policy": policy, "targets": targets,
+        }))
+        .unwrap_or_else(|e| unreachable!("{e}"));
+        let upstream = Upstream {
+            id: "u1".into(),
+            spec,
+            created_at_ms: 0,
+            updated_at_ms: 0,
+        };
+        Registry::new(1)
+            .compile(&upstream)
+            .unwrap_or_else(|e| unreachable!("{e}"))
+    }
+
+    fn shares(upstream: &UpstreamRt, picks: usize) -> Vec<usize> {
+        let headers = http::HeaderMap::new();
+        let input = PickInput {
+            client_ip: b"127.0.0.1",
+            headers: &headers,
+            tried: 0,
+        };
+        let mut counts = vec![0; upstream.targets.len()];
+        for _ in 0..picks {
+            if let Some(index) = upstream.pick(&input) {
+                counts[index] += 1;
+            }
+        }
+        counts
+    }
+
+    /// A target that is down gives its part to the others by their
+    /// weights, not all of it to the one after it.
+    #[test]
+    fn a_down_target_shares_its_part_by_weight() {
+        let round_robin = compiled("round_robin", &[5, 1, 1]);
+        round_robin.targets[0]
+            .state
+            .healthy
+            .store(false, Ordering::Relaxed);
+        assert_eq!(shares(&round_robin, 700), [0, 350, 350]);
+        let even = compiled("round_robin", &[1, 1, 1, 1]);
+        even.targets[1]
+            .state
+            .healthy
+            .store(false, Ordering::Relaxed);
+        assert_eq!(shares(&even, 600), [200, 0, 200, 200]);
+        let least = compiled("least_requests", &[1, 1, 1]);
+        least.targets[1]
+            .state
+            .healthy
+            .store(false, Ordering::Relaxed);
+        let counts = shares(&least, 6000);
+        assert!((2700..=3300).contains(&counts[0]), "{counts:?}");
+        assert_eq!(counts[1], 0);
+    }
+
+    /// Idle targets tie under least requests: broken by weight, 3:1.
+    #[test]
+    fn least_requests_breaks_ties_by_weight() {
+        let least = compiled("least_requests", &[3, 1]);
+        let counts = shares(&least, 4000);
+        assert!((2850..=3150).contains(&counts[0]), "{counts:?}");
     }
 }

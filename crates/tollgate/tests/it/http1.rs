@@ -760,18 +760,27 @@ async fn websocket_upstream() -> String {
                     head.extend_from_slice(&buf[..n]);
                 }
                 let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
-                if !(head.contains("\r\nupgrade: websocket\r\n")
-                    && head.contains("\r\nconnection: upgrade\r\n"))
-                {
+                // Any protocol asked for is accepted (as an h2c server
+                // would accept `h2c`): the gateway decides what reaches it.
+                let protocol = head
+                    .split("\r\n")
+                    .find_map(|line| line.strip_prefix("upgrade: "))
+                    .map(str::to_owned);
+                let Some(protocol) =
+                    protocol.filter(|_| head.contains("\r\nconnection: upgrade\r\n"))
+                else {
                     let _ = socket
                         .write_all(b"HTTP/1.1 426 Upgrade Required\r\ncontent-length: 0\r\n\r\n")
                         .await;
                     return;
-                }
+                };
                 let _ = socket
                     .write_all(
-                        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-                          Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\nready",
+                        format!(
+                            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: {protocol}\r\nConnection: Upgrade\r\n\
+                             Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\nready"
+                        )
+                        .as_bytes(),
                     )
                     .await;
                 loop {
@@ -846,6 +855,20 @@ async fn websocket_upgrades_are_tunnelled() {
     stream.shutdown().await.unwrap();
     let rest = read_to_close(&mut stream).await;
     assert!(rest.is_empty(), "{rest}");
+
+    // Only WebSocket: an `h2c` upgrade would open a connection straight to
+    // the upstream, past routing and admission (h2c smuggling). It is
+    // served as a plain request, its `Upgrade` dropped.
+    let mut stream = connect(&tollgate).await;
+    stream
+        .write_all(
+            b"GET /ws/chat HTTP/1.1\r\nHost: x\r\nUpgrade: h2c\r\nConnection: Upgrade, HTTP2-Settings\r\n\
+              HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let head = read_until(&mut stream, "\r\n\r\n").await;
+    assert!(head.starts_with("HTTP/1.1 426 "), "{head}");
 }
 
 /// An answer the gateway cannot pass on is a 502 that says what was wrong
