@@ -239,12 +239,7 @@ fn resolve_key<'s>(
     token: &str,
     now_ms: i64,
 ) -> Result<&'s Arc<KeyRt>, Refusal> {
-    let key = if token.starts_with("tg_") {
-        snapshot.access.keys.get(&digest_of(token.as_bytes()))
-    } else {
-        None
-    };
-    let Some(key) = key else {
+    let Some(key) = lookup_key(snapshot, token) else {
         return Err(Refusal::new(
             Code::InvalidCredentials,
             "The API key is not valid. Check that it was copied whole; keys are shown once, at creation, so create a new one if it is lost.",
@@ -267,12 +262,19 @@ fn resolve_key<'s>(
     Ok(key)
 }
 
+/// The key a Tollgate token names, revoked or expired ones included.
+fn lookup_key<'s>(snapshot: &'s Snapshot, token: &str) -> Option<&'s Arc<KeyRt>> {
+    token
+        .starts_with("tg_")
+        .then(|| snapshot.access.keys.get(&digest_of(token.as_bytes())))
+        .flatten()
+}
+
 /// The app and key behind a revoked or expired key, for the call log.
 fn name_refused_key<B>(snapshot: &Snapshot, request: &Request<B>, who: &mut crate::calls::Who) {
     let known = credentials(request)
         .into_iter()
-        .filter(|(token, _)| token.starts_with("tg_"))
-        .find_map(|(token, _)| snapshot.access.keys.get(&digest_of(token.as_bytes())));
+        .find_map(|(token, _)| lookup_key(snapshot, token));
     if let Some(key) = known {
         who.app = Some(key.app.clone());
         who.key = Some(key.clone());

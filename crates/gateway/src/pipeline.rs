@@ -1000,13 +1000,12 @@ async fn forward(
             }
         }
     };
-    // A protocol upgrade (WebSocket): the upstream is asked for it, and a
-    // `101` turns the connection into a tunnel. One try: the upstream may
-    // have acted on it.
-    // Only to WebSocket: any other protocol (`h2c` above all) would give
-    // the client a connection straight to the upstream on which its next
-    // requests skip routing, admission and limits (h2c smuggling). Such a
-    // request is served as a plain one, its `Upgrade` dropped.
+    // A WebSocket upgrade: the upstream is asked for it, and a `101` turns
+    // the connection into a tunnel. One try: the upstream may have acted
+    // on it. No other protocol: `h2c` above all would give the client a
+    // connection straight to the upstream on which its next requests skip
+    // routing, admission and limits (h2c smuggling). Such a request is
+    // served as a plain one, its `Upgrade` dropped.
     let upgrade = (parts.version == Version::HTTP_11
         && parts.method == Method::GET
         && crate::h1::has_token(&parts.headers, &header::CONNECTION, "upgrade")
@@ -1434,8 +1433,6 @@ fn timeout_refusal(service: &str, total: Duration) -> Refusal {
     )
 }
 
-/// A refusal answered before the pipeline runs (a head that cannot be
-/// served): problem+json with a request id of its own.
 /// A refusal made before the pipeline could read the request (a head
 /// that is not valid HTTP, too large, of ambiguous length): answered and
 /// logged like any refusal (SPEC §2: refused calls included), under the

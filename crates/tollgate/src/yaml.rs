@@ -36,21 +36,7 @@ fn write_map(out: &mut String, map: &Map<String, Value>, indent: usize, inline: 
         }
         out.push_str(&string(key));
         out.push(':');
-        match value {
-            Value::Object(inner) if !inner.is_empty() => {
-                out.push('\n');
-                write_map(out, inner, indent + 2, false);
-            }
-            Value::Array(items) if !items.is_empty() => {
-                out.push('\n');
-                write_seq(out, items, indent + 2);
-            }
-            other => {
-                out.push(' ');
-                out.push_str(&scalar(other));
-                out.push('\n');
-            }
-        }
+        write_value(out, value, indent, false);
     }
 }
 
@@ -58,20 +44,26 @@ fn write_seq(out: &mut String, items: &[Value], indent: usize) {
     for item in items {
         pad(out, indent);
         out.push('-');
-        match item {
-            Value::Object(map) if !map.is_empty() => {
-                out.push(' ');
-                write_map(out, map, indent + 2, true);
-            }
-            Value::Array(inner) if !inner.is_empty() => {
-                out.push('\n');
-                write_seq(out, inner, indent + 2);
-            }
-            other => {
-                out.push(' ');
-                out.push_str(&scalar(other));
-                out.push('\n');
-            }
+        write_value(out, item, indent, true);
+    }
+}
+
+/// What follows `key:` or `-`: a collection on the lines below (a
+/// sequence item's mapping starts on its dash's line), else a scalar.
+fn write_value(out: &mut String, value: &Value, indent: usize, item: bool) {
+    match value {
+        Value::Object(map) if !map.is_empty() => {
+            out.push(if item { ' ' } else { '\n' });
+            write_map(out, map, indent + 2, item);
+        }
+        Value::Array(items) if !items.is_empty() => {
+            out.push('\n');
+            write_seq(out, items, indent + 2);
+        }
+        other => {
+            out.push(' ');
+            out.push_str(&scalar(other));
+            out.push('\n');
         }
     }
 }
