@@ -105,6 +105,26 @@ pub fn has_dot_segment(path: &str) -> bool {
         .any(|segment| segment == "." || segment == "..")
 }
 
+/// Whether the path has a `%` that starts no escape (`%zz`, a `%` at the
+/// end) or an escaped NUL (`%00`): not a URI path (RFC 3986 §2.1), and
+/// the NUL cuts strings short in many upstreams. nginx answers 400 alike.
+pub fn has_bad_escape(path: &str) -> bool {
+    if !path.contains('%') {
+        return false;
+    }
+    let bytes = path.as_bytes();
+    bytes.iter().enumerate().any(|(index, &byte)| {
+        byte == b'%'
+            && match bytes.get(index + 1..index + 3) {
+                Some([high, low]) => {
+                    !(high.is_ascii_hexdigit() && low.is_ascii_hexdigit())
+                        || (*high == b'0' && *low == b'0')
+                }
+                _ => true,
+            }
+    })
+}
+
 /// The path with each `%` escape of an unreserved character (letters,
 /// digits, `-._~`) decoded, and the hex digits of the other escapes in
 /// upper case (RFC 3986 §6.2.2: the same URI), or `None` when it is
@@ -175,6 +195,16 @@ pub fn join(base_path: &str, route_path: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bad_escapes_are_found() {
+        for bad in ["/a%zz", "/a%", "/a%4", "/a%00b", "/%0"] {
+            assert!(has_bad_escape(bad), "{bad}");
+        }
+        for good in ["/a", "/a%20b", "/%2F", "/%ff%41", "/100%25"] {
+            assert!(!has_bad_escape(good), "{good}");
+        }
+    }
 
     #[test]
     fn parses_patterns() {

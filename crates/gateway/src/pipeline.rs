@@ -389,6 +389,12 @@ async fn run(
             "The request path has '.' or '..' segments (possibly escaped). Send the path resolved, as RFC 3986 §5.2.4 does.",
         ));
     }
+    if domain::path::has_bad_escape(request.uri().path()) {
+        return Err(Refusal::new(
+            Code::BadRequest,
+            "The request path has a '%' that starts no escape, or an escaped NUL (%00). Escape '%' itself as %25.",
+        ));
+    }
     // Escaped letters and digits routed as what they are (`%61` is `a`).
     let request = match domain::path::normalise_escapes(request.uri().path()) {
         Some(path) => with_path(request, &path)?,
@@ -1652,6 +1658,8 @@ fn host_of(snapshot: &Snapshot, request: &Request<RequestBody>) -> Option<String
         Some(bracketed) => bracketed.split(']').next().unwrap_or(bracketed),
         None => raw.split(':').next().unwrap_or(raw),
     };
+    // `api.example.com.` (fully qualified) is the same host.
+    let host = host.strip_suffix('.').unwrap_or(host);
     Some(host.to_ascii_lowercase())
 }
 

@@ -1159,6 +1159,10 @@ async fn dot_segments_cannot_leave_a_route() {
         "/cv/docs/.%2E/x",
         "/cv/docs/..%2f..%2finternal",
         "/cv/docs/./a",
+        // Not escapes (RFC 3986 §2.1), or an escaped NUL.
+        "/cv/docs/a%zz",
+        "/cv/docs/a%",
+        "/cv/docs/a%00b",
     ] {
         let raw = get_as_sent(&tollgate, path).await;
         assert!(raw.starts_with("HTTP/1.1 400 "), "{path}: {raw}");

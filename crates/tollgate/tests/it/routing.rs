@@ -66,6 +66,8 @@ async fn matches_params_prefixes_methods_and_hosts() {
     };
     assert_eq!(hosted("api.example.com").await.unwrap().status(), 200);
     assert_eq!(hosted("API.example.com:8080").await.unwrap().status(), 200);
+    // Fully qualified (a trailing dot): the same host.
+    assert_eq!(hosted("api.example.com.").await.unwrap().status(), 200);
     problem(
         hosted("other.example.com").await.unwrap(),
         404,
@@ -98,10 +100,10 @@ async fn matches_params_prefixes_methods_and_hosts() {
     )
     .await;
     problem(tollgate.get("/nothing/here").await, 404, "route_not_found").await;
-    // 1 readiness probe + 1 forecast + 3 files + 1 raw + 2 hosted + 1 HEAD.
+    // 1 readiness probe + 1 forecast + 3 files + 1 raw + 3 hosted + 1 HEAD.
     assert_eq!(
         upstream.hits(),
-        9,
+        10,
         "refused requests never reach the upstream"
     );
 }
