@@ -51,6 +51,10 @@ pub struct Admission {
     /// says what is left once the call is settled or given back (its
     /// `Tollgate-Balance` and a `low-balance` warning).
     pub paid_from: Option<(Arc<crate::money::WalletRt>, i64)>,
+    /// The quota's `RateLimit` item as counted with this call
+    /// (remaining, seconds to reset): one more remains if the call is
+    /// given back.
+    pub quota_state: Option<(u64, u64)>,
 }
 
 /// Where a credential came from.
@@ -943,15 +947,10 @@ fn pay(
                 ));
             }
             if let Some(policy) = &terms.quota_policy {
-                add_rate_headers(
-                    admission,
-                    policy,
-                    &format!(
-                        "\"quota\";r={};t={}",
-                        included.saturating_sub(used),
-                        seconds_until(end, now_ms)
-                    ),
-                );
+                let reset = u64::try_from(seconds_until(end, now_ms)).unwrap_or(0);
+                let state = (included.saturating_sub(used), reset);
+                add_rate_headers(admission, policy, &quota_item(state));
+                admission.quota_state = Some(state);
             }
         }
     }
@@ -1058,6 +1057,11 @@ fn pay(
     admission.warning = warnings.into_value();
     admission.reservation = Some(reservation);
     Ok(())
+}
+
+/// A quota's `RateLimit` item: remaining calls and seconds to the reset.
+pub(crate) fn quota_item((remaining, reset_s): (u64, u64)) -> String {
+    format!("\"quota\";r={remaining};t={reset_s}")
 }
 
 /// Appends one item to `RateLimit-Policy` and `RateLimit`.

@@ -113,6 +113,8 @@ pub struct RequestContext {
     pub dialect: Option<ai::Dialect>,
     /// A priced call's wallet and price, once the pay phase admitted it.
     pub paid_from: Option<(Arc<crate::money::WalletRt>, i64)>,
+    /// The quota's `RateLimit` item as the pay phase counted it.
+    pub quota_state: Option<(u64, u64)>,
 }
 
 /// What the phases found out for the call log: who called, which
@@ -211,6 +213,7 @@ pub(crate) async fn handle(
         warning: None,
         dialect: None,
         paid_from: None,
+        quota_state: None,
     };
     let path = request.uri().path();
     let probe = path == "/_tollgate/health" || path == "/_tollgate/ready";
@@ -317,10 +320,23 @@ pub(crate) async fn handle(
     }
     // An upstream's own `RateLimit` stands (looked for only when the
     // gateway has a pair to add).
-    let rate_headers = context
+    let mut rate_headers = context
         .rate_headers
         .take()
         .filter(|_| !crate::body::has_header(&response, &RATELIMIT));
+    // A call given back (refused after admission, or answered 5xx) left its
+    // place in the quota: its item says one more remains.
+    if let Some(state) = context.quota_state
+        && (refused.is_some() || response.status().is_server_error())
+        && let Some((_, value)) = rate_headers.as_mut()
+        && let Ok(text) = value.to_str()
+    {
+        let counted = crate::admit::quota_item(state);
+        let given_back = crate::admit::quota_item((state.0 + 1, state.1));
+        if let Ok(fixed) = HeaderValue::from_str(&text.replacen(&counted, &given_back, 1)) {
+            *value = fixed;
+        }
+    }
     // With the upstream's head raw, the request id goes with it: a plain
     // proxied answer then needs no header map at all.
     let request_id = match crate::body::RawHeaded::raw_head_mut(response.body_mut()) {
@@ -698,6 +714,7 @@ pub(crate) fn admit_matched<B>(
     context.rate_headers = admission.rate_headers.take();
     context.warning = admission.warning.take();
     context.paid_from = admission.paid_from.take();
+    context.quota_state = admission.quota_state.take();
     Ok(admission)
 }
 

@@ -531,6 +531,12 @@ async fn quotas_block_or_charge_and_say_so_in_headers() {
     for _ in 0..2 {
         let failed = tollgate.get_with_key("/weather/status/503", &key).await;
         assert!(failed.status().is_server_error(), "{}", failed.status());
+        // Nor do its headers count it: 9 remain, as after the first call.
+        assert!(
+            header(&failed, "ratelimit").starts_with("\"quota\";r=9;t="),
+            "{}",
+            header(&failed, "ratelimit")
+        );
     }
     let mut warnings = Vec::new();
     for _ in 2..=10 {
