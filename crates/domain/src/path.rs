@@ -109,9 +109,6 @@ pub fn has_dot_segment(path: &str) -> bool {
 /// end) or an escaped NUL (`%00`): not a URI path (RFC 3986 §2.1), and
 /// the NUL cuts strings short in many upstreams. nginx answers 400 alike.
 pub fn has_bad_escape(path: &str) -> bool {
-    if !path.contains('%') {
-        return false;
-    }
     let bytes = path.as_bytes();
     bytes.iter().enumerate().any(|(index, &byte)| {
         byte == b'%'

@@ -405,16 +405,23 @@ async fn run(
             "The request path has '.' or '..' segments (possibly escaped). Send the path resolved, as RFC 3986 §5.2.4 does.",
         ));
     }
-    if domain::path::has_bad_escape(request.uri().path()) {
-        return Err(Refusal::new(
-            Code::BadRequest,
-            "The request path has a '%' that starts no escape, or an escaped NUL (%00). Escape '%' itself as %25.",
-        ));
-    }
-    // Escaped letters and digits routed as what they are (`%61` is `a`).
-    let request = match domain::path::normalise_escapes(request.uri().path()) {
-        Some(path) => with_path(request, &path)?,
-        None => request,
+    // Escapes, when there are any (most paths have none: one scan):
+    // malformed ones refused, escaped letters and digits routed as what
+    // they are (`%61` is `a`).
+    let request = if request.uri().path().contains('%') {
+        let path = request.uri().path();
+        if domain::path::has_bad_escape(path) {
+            return Err(Refusal::new(
+                Code::BadRequest,
+                "The request path has a '%' that starts no escape, or an escaped NUL (%00). Escape '%' itself as %25.",
+            ));
+        }
+        match domain::path::normalise_escapes(path) {
+            Some(path) => with_path(request, &path)?,
+            None => request,
+        }
+    } else {
+        request
     };
     if let Some(rest) = request.uri().path().strip_prefix("/_tollgate/") {
         let problems = rest

@@ -35,6 +35,15 @@ impl Options {
         }
     }
 
+    /// Trusts the proxies of `cidrs` (`gateway.trusted_proxies`): their
+    /// `X-Forwarded-For` names the client.
+    pub fn trusting_proxies(cidrs: &str) -> Self {
+        Options {
+            env: vec![("TOLLGATE_GATEWAY__TRUSTED_PROXIES".into(), cidrs.to_owned())],
+            ..Default::default()
+        }
+    }
+
     /// Stores in the given database (`postgres://…`) instead of SQLite,
     /// with the master key every node sharing it needs (the same one).
     pub fn on_database(url: &str) -> Self {

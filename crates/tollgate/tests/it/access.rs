@@ -655,13 +655,7 @@ async fn scopes_ip_rules_and_tenant_checks() {
     let upstream = FakeUpstream::start("w").await;
     let tollgate = Tollgate::start_with(
         BIN,
-        Options {
-            env: vec![(
-                "TOLLGATE_GATEWAY__TRUSTED_PROXIES".into(),
-                "127.0.0.0/8".into(),
-            )],
-            ..Default::default()
-        },
+        test_support::tollgate::Options::trusting_proxies("127.0.0.0/8"),
     )
     .await;
     let world = world(&tollgate, &upstream, json!({}), json!({})).await;

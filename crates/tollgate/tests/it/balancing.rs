@@ -171,13 +171,7 @@ async fn consistent_hash_on_the_client_ip_behind_trusted_proxies() {
     );
     let tollgate = Tollgate::start_with(
         BIN,
-        test_support::tollgate::Options {
-            env: vec![(
-                "TOLLGATE_GATEWAY__TRUSTED_PROXIES".into(),
-                "127.0.0.1/32".into(),
-            )],
-            ..Default::default()
-        },
+        test_support::tollgate::Options::trusting_proxies("127.0.0.1/32"),
     )
     .await;
     let targets: Vec<_> = [&a, &b, &c]

@@ -1091,13 +1091,7 @@ async fn refusals_name_who_they_can_and_filters_take_ids() {
     let upstream = FakeUpstream::start("w").await;
     let tollgate = Tollgate::start_with(
         BIN,
-        test_support::tollgate::Options {
-            env: vec![(
-                "TOLLGATE_GATEWAY__TRUSTED_PROXIES".into(),
-                "127.0.0.0/8".into(),
-            )],
-            ..Default::default()
-        },
+        test_support::tollgate::Options::trusting_proxies("127.0.0.0/8"),
     )
     .await;
     let world = crate::access::world(&tollgate, &upstream, json!({}), json!({})).await;
