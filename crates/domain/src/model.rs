@@ -703,6 +703,78 @@ pub struct RouteSpec {
     /// each subscription's plan limits.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rate_limits: Vec<crate::access::RateLimit>,
+    /// Keeps the upstream's answers to `GET` and `HEAD` in the gateway's
+    /// memory and serves them again until they are `ttl_s` old.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CacheSpec>,
+}
+
+/// A route's response cache. Answers are kept per app unless `shared`; a
+/// call served from the cache is admitted, limited and charged like any
+/// other, only the upstream is not asked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSpec {
+    /// How long an answer is served from the cache, in seconds (an
+    /// upstream's `s-maxage` or `max-age` may shorten it, never lengthen
+    /// it).
+    #[schema(minimum = 1, maximum = 86400)]
+    pub ttl_s: u32,
+    /// The statuses kept; by default those RFC 9110 §15.1 calls
+    /// heuristically cacheable (206 aside: ranges are not cached).
+    #[serde(default = "default_cache_statuses")]
+    pub statuses: Vec<u16>,
+    /// One answer for every caller. Off by default: each app has its own,
+    /// so an answer that depends on who asked never reaches another app.
+    #[serde(default)]
+    pub shared: bool,
+}
+
+/// Statuses a cache may keep without being told (RFC 9110 §15.1), less
+/// 206 (partial content).
+pub const CACHEABLE_STATUSES: [u16; 10] = [200, 203, 204, 300, 301, 308, 404, 405, 410, 501];
+
+fn default_cache_statuses() -> Vec<u16> {
+    vec![200, 203, 204, 300, 301, 308, 404, 410]
+}
+
+/// The longest a route may keep an answer: a day.
+pub const CACHE_TTL_S_MAX: u32 = 86_400;
+
+impl CacheSpec {
+    fn validate(&self, methods: &[String], errors: &mut FieldErrors) {
+        if self.ttl_s == 0 || self.ttl_s > CACHE_TTL_S_MAX {
+            errors.add(
+                "cache.ttl_s",
+                format!("must be between 1 and {CACHE_TTL_S_MAX} (seconds)"),
+            );
+        }
+        if self.statuses.is_empty() {
+            errors.add("cache.statuses", "must list at least one status");
+        }
+        for (index, status) in self.statuses.iter().enumerate() {
+            if !CACHEABLE_STATUSES.contains(status) {
+                let allowed: Vec<String> = CACHEABLE_STATUSES.iter().map(u16::to_string).collect();
+                errors.add(
+                    format!("cache.statuses[{index}]"),
+                    format!(
+                        "{status} cannot be cached; use some of {}",
+                        allowed.join(", ")
+                    ),
+                );
+            }
+        }
+        let reads = methods.is_empty()
+            || methods
+                .iter()
+                .any(|m| m.eq_ignore_ascii_case("GET") || m.eq_ignore_ascii_case("HEAD"));
+        if !reads {
+            errors.add(
+                "cache",
+                "caches answers to GET and HEAD, and the route allows neither: add GET to its methods or remove the cache",
+            );
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
@@ -1229,6 +1301,9 @@ impl RouteSpec {
             }
         }
         crate::access::check_limits(&mut errors, "rate_limits", &self.rate_limits, None);
+        if let Some(cache) = &self.cache {
+            cache.validate(&self.methods, &mut errors);
+        }
         errors.into_result()
     }
 

@@ -349,6 +349,8 @@ pub struct UpstreamResponseBody {
     waiting_since: Option<tokio::time::Instant>,
     /// The call's log record, finished when the body ends or is dropped.
     log: LogOnEnd,
+    /// The route's response cache, keeping a copy of this answer.
+    fill: Option<Box<crate::cache::Fill>>,
 }
 
 /// A call record finished (bytes sent, total latency) when dropped.
@@ -373,7 +375,19 @@ impl UpstreamResponseBody {
             idle: None,
             waiting_since: None,
             log: LogOnEnd::default(),
+            fill: None,
         }
+    }
+
+    /// Copies the body into the response cache as it passes; stored if
+    /// it ends whole.
+    pub(crate) fn filling(mut self, fill: Option<Box<crate::cache::Fill>>) -> Self {
+        match fill {
+            // No body to wait for (a 204, an empty answer): kept now.
+            Some(fill) if self.inner.is_end_stream() => fill.finish(),
+            fill => self.fill = fill,
+        }
+        self
     }
 
     /// Finishes `record` when the body ends or is dropped.
@@ -420,6 +434,25 @@ impl Body for UpstreamResponseBody {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(frame) => {
+                if let Some(fill) = this.fill.as_mut() {
+                    match &frame {
+                        Some(Ok(frame)) if frame.is_data() => {
+                            fill.push(frame.data_ref().map_or(&[][..], |data| &data[..]));
+                            if this.inner.is_end_stream()
+                                && let Some(fill) = this.fill.take()
+                            {
+                                fill.finish();
+                            }
+                        }
+                        None => {
+                            if let Some(fill) = this.fill.take() {
+                                fill.finish();
+                            }
+                        }
+                        // Trailers (not kept) or a broken body.
+                        Some(_) => this.fill = None,
+                    }
+                }
                 if let Some(record) = this.log.0.as_mut() {
                     match &frame {
                         Some(Ok(frame)) => {

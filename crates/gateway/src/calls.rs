@@ -55,6 +55,10 @@ pub struct Who {
     pub subscription: Option<Arc<Labels>>,
 }
 
+/// The call log's target for calls answered from a route's response
+/// cache.
+pub const CACHE_TARGET: &str = "cache";
+
 /// One request, as the gateway saw it.
 pub struct CallRecord {
     /// Copied (inline, no allocation for UUIDs): a client's id is a slice
@@ -91,6 +95,8 @@ pub struct CallRecord {
     pub trace: Option<domain::calls::TraceIds>,
     /// AI calls: provider, model, tokens, time to first token.
     pub ai: Option<Box<crate::ai::AiCall>>,
+    /// Answered from the route's response cache (its target is `cache`).
+    pub cache_hit: bool,
 }
 
 /// The first bytes of a body, and how long it was.
@@ -370,6 +376,7 @@ impl CallRecord {
         let route = self.route.and_then(|index| self.snapshot.routes.get(index));
         let service = route.map(|route| &route.service);
         let upstream_target = match (service.and_then(|s| s.upstream.as_ref()), self.target) {
+            _ if self.cache_hit => Some(CACHE_TARGET),
             (Some(upstream), Some((index, _))) => {
                 upstream.targets.get(index).map(|t| t.url.as_str())
             }
@@ -487,6 +494,7 @@ impl CallRecord {
             capture: None,
             trace: None,
             ai: None,
+            cache_hit: false,
         }
     }
 

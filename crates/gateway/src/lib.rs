@@ -21,6 +21,7 @@ pub mod access;
 mod admit;
 pub mod ai;
 pub mod body;
+pub mod cache;
 pub mod calls;
 pub mod client;
 pub mod h1;
@@ -82,6 +83,9 @@ pub struct GatewayOptions {
     /// Give each call a W3C trace span (continuing the caller's
     /// `traceparent`, passing it on to the upstream) for the trace export.
     pub trace: bool,
+    /// Memory for routes' response caches (`gateway.cache_max_bytes`);
+    /// 0 turns them off.
+    pub cache_max_bytes: usize,
 }
 
 impl Default for GatewayOptions {
@@ -100,6 +104,7 @@ impl Default for GatewayOptions {
             strict_charges: false,
             export_usage: false,
             trace: false,
+            cache_max_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -110,6 +115,8 @@ pub(crate) struct Shared {
     /// own handle on the snapshot (see [`Shared::local_snapshot`]).
     generation: std::sync::atomic::AtomicU64,
     registry: upstream::Registry,
+    /// Routes' response caches (one for the node, sharded).
+    cache: Arc<cache::ResponseCache>,
     limiters: limit::LimiterRegistry,
     wallets: money::Wallets,
     /// Where settled charges go (the binary's ledger writer); none: calls
@@ -235,6 +242,7 @@ impl Gateway {
                 snapshot: ArcSwap::from_pointee(snapshot::Snapshot::default()),
                 generation: std::sync::atomic::AtomicU64::new(0),
                 registry: upstream::Registry::new(options.workers),
+                cache: Arc::new(cache::ResponseCache::new(options.cache_max_bytes)),
                 limiters: limit::LimiterRegistry::default(),
                 wallets: money::Wallets::default(),
                 charges: std::sync::OnceLock::new(),

@@ -30,6 +30,7 @@ use crate::body::{
     BodyProgress, BodyStalled, BodyTooLarge, ClientBodyError, GatewayBody, InFlight, LimitedBody,
     RequestBody, UpstreamRequestBody, UpstreamResponseBody,
 };
+use crate::cache::{CACHE_STATUS, Entry, Lookup, forward_status};
 use crate::client::SendError;
 use crate::refusal::LeaseShort;
 use crate::refusal::Refusal;
@@ -138,6 +139,8 @@ pub(crate) struct Trace {
     /// error relayed in the caller's dialect, `/mcp`'s 401 with its
     /// challenge): its code, for the call log and metrics.
     pub refused: Option<Code>,
+    /// Answered from the route's response cache.
+    pub cache_hit: bool,
 }
 
 impl RequestContext {
@@ -178,6 +181,7 @@ impl Unanswered {
         record.capture = self.trace.capture.take();
         record.trace = self.trace.ids;
         record.ai = self.trace.ai.take();
+        record.cache_hit = self.trace.cache_hit;
     }
 }
 
@@ -991,6 +995,35 @@ async fn forward(
         ));
     };
     let (parts, body) = request.into_parts();
+    // The route's response cache: a fresh answer is served from it, the
+    // upstream not asked.
+    let mut cache_miss = None;
+    if let Some(rule) = &route.cache {
+        // The caller's own `Authorization` (not the gateway's credential)
+        // would reach the upstream: its answer is the caller's alone.
+        let forwards_authorization = admission.strip & strip::AUTHORIZATION == 0
+            && parts.headers.contains_key(header::AUTHORIZATION);
+        let app = trace.who.app.as_ref().map(|app| app.id.as_str());
+        let now = Instant::now();
+        match shared
+            .cache
+            .lookup(rule, app, &parts, forwards_authorization, now)
+        {
+            Lookup::Hit(entry) => {
+                let head = parts.method == Method::HEAD;
+                return Ok(Box::pin(serve_cached(
+                    shared, context, trace, route, &entry, head, admission, now,
+                ))
+                .await);
+            }
+            // Only a `GET` brings a body to keep.
+            Lookup::Miss { key, why } => {
+                let keep = (parts.method == Method::GET).then(|| (key, parts.headers.clone()));
+                cache_miss = Some((keep, why));
+            }
+            Lookup::Bypass => cache_miss = Some((None, "bypass")),
+        }
+    }
     let mut deadline = context.started + route.timeout;
     let method_bit = method_bit(&parts.method);
     let retry = &route.retry;
@@ -1247,7 +1280,11 @@ async fn forward(
                 }
                 // The head stays raw unless something here reads or
                 // removes the upstream's headers.
-                if status == 204 || !route.response_headers.is_empty() || trace.capture.is_some() {
+                if status == 204
+                    || !route.response_headers.is_empty()
+                    || trace.capture.is_some()
+                    || cache_miss.as_ref().is_some_and(|(keep, _)| keep.is_some())
+                {
                     crate::body::materialize(&mut response);
                 }
                 let (mut response_parts, incoming) = response.into_parts();
@@ -1265,6 +1302,28 @@ async fn forward(
                 if status == 204 {
                     // RFC 9110 §8.6: a 204 has no body and no length.
                     response_parts.headers.remove(header::CONTENT_LENGTH);
+                }
+                let mut fill = None;
+                if let (Some((keep, why)), Some(rule)) = (cache_miss.take(), &route.cache) {
+                    if let Some((key, request_headers)) = keep
+                        && status != 101
+                    {
+                        fill = shared.cache.fill(
+                            rule,
+                            key,
+                            &request_headers,
+                            response_parts.status,
+                            &response_parts.headers,
+                            Instant::now(),
+                        );
+                    }
+                    // `stored` only when sure: a body of unknown length
+                    // may yet outgrow the cache.
+                    let sure = fill.is_some()
+                        && (status == 204 || content_length(&response_parts.headers).is_some());
+                    response_parts
+                        .headers
+                        .insert(CACHE_STATUS.clone(), forward_status(why, sure));
                 }
                 // Phase 8: a call the upstream answered below 500 is
                 // charged; otherwise the reservation is given back. Either
@@ -1291,7 +1350,8 @@ async fn forward(
                 response_parts.version = Version::HTTP_11;
                 let body = GatewayBody::Upstream(
                     UpstreamResponseBody::new(incoming, in_flight, read_timeout)
-                        .with_permits(permits.take().unwrap_or_default()),
+                        .with_permits(permits.take().unwrap_or_default())
+                        .filling(fill),
                 );
                 return Ok(Response::from_parts(response_parts, body));
             }
@@ -1356,6 +1416,45 @@ async fn forward(
         }
     }
     Err(last_refusal.unwrap_or_else(|| Refusal::new(Code::UpstreamError, "No try was made.")))
+}
+
+/// A call answered from the route's response cache: charged and limited
+/// as any other (its reservation settled with the stored status), its
+/// log naming `cache` as the target.
+#[allow(clippy::too_many_arguments)]
+async fn serve_cached(
+    shared: &Shared,
+    context: &RequestContext,
+    trace: &mut Trace,
+    route: &RouteRt,
+    entry: &Entry,
+    head: bool,
+    admission: Admission,
+    now: Instant,
+) -> Response<GatewayBody> {
+    trace.cache_hit = true;
+    let body = if head || entry.body.is_empty() {
+        GatewayBody::empty()
+    } else {
+        GatewayBody::Full(Some(entry.body.clone()))
+    };
+    let mut response = Response::new(body);
+    *response.status_mut() = entry.status;
+    let headers = response.headers_mut();
+    *headers = entry.headers.clone();
+    headers.insert(header::AGE, HeaderValue::from(entry.age(now)));
+    headers.insert(CACHE_STATUS.clone(), crate::cache::hit_status(entry, now));
+    if let Some(held) = admission.reservation {
+        let left = settle(shared, context, trace, held, entry.status.as_u16()).await;
+        if let Ok(value) = balance_header(left, &shared.options.currency) {
+            headers.insert(TOLLGATE_BALANCE.clone(), value);
+        }
+    }
+    route.response_headers.apply(headers);
+    // The caller's concurrency slots end with the call (its body is in
+    // memory).
+    drop(admission.permits);
+    response
 }
 
 /// `Tollgate-Balance`: what the wallet has left, in the currency.
@@ -1687,7 +1786,7 @@ fn host_of(snapshot: &Snapshot, request: &Request<RequestBody>) -> Option<String
     Some(host.to_ascii_lowercase())
 }
 
-fn content_length(headers: &HeaderMap) -> Option<u64> {
+pub(crate) fn content_length(headers: &HeaderMap) -> Option<u64> {
     headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())

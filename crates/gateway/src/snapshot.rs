@@ -191,6 +191,8 @@ pub struct RouteRt {
     pub query: Option<QueryRewrite>,
     /// The route's own limits (all callers together).
     pub limiter: Option<Arc<crate::limit::Limiter>>,
+    /// The route's response cache, when it has one.
+    pub cache: Option<Box<crate::cache::CacheRule>>,
 }
 
 /// Everything the data plane needs, immutable once built.
@@ -389,6 +391,17 @@ pub fn compile(
                 &route.spec.rate_limits,
                 None,
             ),
+            cache: route.spec.cache.as_ref().map(|spec| {
+                // A changed route or service keys its answers afresh.
+                let scope = format!(
+                    "{}@{}.{}.{}",
+                    route.id,
+                    route.updated_at_ms,
+                    service.updated_at_ms,
+                    service.current_release.unwrap_or(0)
+                );
+                Box::new(crate::cache::CacheRule::compile(spec, scope))
+            }),
         });
     }
     let service_rts: HashMap<String, Arc<ServiceRt>> = services

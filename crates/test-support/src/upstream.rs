@@ -11,8 +11,14 @@
 //! connection closed under it) counts in [`FakeUpstream::abandoned`].
 //! - `/health`: 200, or 503 after [`FakeUpstream::set_healthy`]`(false)`.
 //! - `/close`: echoes, then closes the connection.
+//! - `/bytes/{n}`: `n` bytes of `x`, with a `Content-Length`.
+//! - `/chunked/{n}`: `n` bytes of `x` in three chunks, without one.
 //! - anything else: echoes the request as JSON (`server`, `method`, `path`,
-//!   `query`, `headers`, `body`).
+//!   `query`, `headers`, `body`, and `hit`: the upstream's count of
+//!   requests so far).
+//!
+//! Every answer but `/health` carries the response headers the query asks
+//! for: `?header=Cache-Control:%20no-store&header=Vary:%20Accept`.
 //!
 //! Every request is counted; `/health` probes are counted apart.
 
@@ -230,7 +236,61 @@ async fn respond(state: Arc<State>, request: Request<Incoming>) -> Response<Body
             full(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "down")
         };
     }
-    state.hits.fetch_add(1, Ordering::SeqCst);
+    let hit = state.hits.fetch_add(1, Ordering::SeqCst) + 1;
+    let asked_headers = asked_headers(request.uri().query().unwrap_or(""));
+    let mut response = answer(state, request, path, hit).await;
+    for (name, value) in asked_headers {
+        response.headers_mut().append(name, value);
+    }
+    response
+}
+
+/// The `header=Name:%20value` items of a query.
+fn asked_headers(query: &str) -> Vec<(hyper::header::HeaderName, hyper::header::HeaderValue)> {
+    query
+        .split('&')
+        .filter_map(|item| item.strip_prefix("header="))
+        .filter_map(|item| {
+            let decoded = percent_decode(item);
+            let (name, value) = decoded.split_once(':')?;
+            Some((
+                hyper::header::HeaderName::from_bytes(name.trim().as_bytes()).ok()?,
+                hyper::header::HeaderValue::from_str(value.trim()).ok()?,
+            ))
+        })
+        .collect()
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        let byte = bytes[index];
+        let escaped = (byte == b'%' && index + 2 < bytes.len())
+            .then(|| std::str::from_utf8(&bytes[index + 1..index + 3]).ok())
+            .flatten()
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match escaped {
+            Some(value) => {
+                out.push(value);
+                index += 3;
+            }
+            None => {
+                out.push(if byte == b'+' { b' ' } else { byte });
+                index += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+async fn answer(
+    state: Arc<State>,
+    request: Request<Incoming>,
+    path: String,
+    hit: usize,
+) -> Response<Body> {
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match segments.as_slice() {
         ["status", code] => {
@@ -308,6 +368,24 @@ async fn respond(state: Arc<State>, request: Request<Incoming>) -> Response<Body
                 .body(BodyExt::boxed(StreamBody::new(stream)))
                 .unwrap();
         }
+        ["bytes", count] => {
+            let count: usize = count.parse().unwrap_or(0);
+            return full(
+                StatusCode::OK,
+                "application/octet-stream",
+                vec![b'x'; count],
+            );
+        }
+        ["chunked", count] => {
+            let count: usize = count.parse().unwrap_or(0);
+            let parts = [count / 3, count / 3, count - 2 * (count / 3)];
+            let frames = futures_util::stream::iter(parts)
+                .map(|part| Ok::<_, Infallible>(Frame::data(Bytes::from(vec![b'x'; part]))));
+            return Response::builder()
+                .header("content-type", "application/octet-stream")
+                .body(BodyExt::boxed(StreamBody::new(frames)))
+                .unwrap();
+        }
         [.., "hold"] => {
             let mut guard = Abandoned::new(&state);
             state.gate.notified().await;
@@ -350,6 +428,7 @@ async fn respond(state: Arc<State>, request: Request<Incoming>) -> Response<Body
         "headers": headers,
         "body": String::from_utf8_lossy(&body),
         "body_len": body.len(),
+        "hit": hit,
     });
     let mut response = full(StatusCode::OK, "application/json", echo.to_string());
     if path == "/close" {

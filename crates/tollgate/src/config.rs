@@ -143,6 +143,8 @@ pub struct RawGateway {
     pub retry_buffer_bytes: Option<u64>,
     pub body_timeout_ms: Option<u64>,
     pub workers: Option<u64>,
+    /// Memory for routes' response caches; 0 turns them off.
+    pub cache_max_bytes: Option<u64>,
     /// CIDR blocks whose `X-Forwarded-For` is believed: a YAML list, or
     /// one comma-separated string (handy in the environment).
     pub trusted_proxies: Option<StringList>,
@@ -204,6 +206,8 @@ pub struct Config {
     pub body_timeout: Duration,
     /// Data plane threads (0 in the file means one per CPU).
     pub gateway_workers: usize,
+    /// Memory for routes' response caches (0: off).
+    pub cache_max_bytes: u64,
     pub trusted_proxies: Vec<domain::net::Cidr>,
     pub database_url: String,
     pub redis_url: Option<String>,
@@ -702,6 +706,13 @@ fn validate(raw: RawConfig, problems: &mut Vec<String>) -> Config {
             1
         }
     };
+    let cache_max_bytes = raw.gateway.cache_max_bytes.unwrap_or(64 << 20);
+    if cache_max_bytes > 1 << 36 {
+        problems.push(format!(
+            "gateway.cache_max_bytes: must be at most {} (64 GiB); 0 turns the response cache off",
+            1u64 << 36
+        ));
+    }
     let mut trusted_proxies = Vec::new();
     for (index, text) in raw
         .gateway
@@ -727,6 +738,7 @@ fn validate(raw: RawConfig, problems: &mut Vec<String>) -> Config {
         retry_buffer_bytes,
         body_timeout: Duration::from_millis(body_timeout_ms),
         gateway_workers,
+        cache_max_bytes,
         database_url,
         redis_url: raw.storage.redis_url,
         poll_interval: Duration::from_millis(poll_interval_ms),

@@ -61,6 +61,8 @@ pub struct Tally {
     pub values: store::RollupValues,
     upstream: Histogram,
     overhead: Histogram,
+    /// Calls answered from a route's response cache.
+    cache_hits: u64,
 }
 
 /// Groups a batch of calls by [`Identity`]: the call writer then touches
@@ -87,6 +89,9 @@ pub fn tally<'a>(
             continue;
         };
         tally.values.add_call(entry);
+        if entry.upstream_target.as_deref() == Some(gateway::calls::CACHE_TARGET) {
+            tally.cache_hits += 1;
+        }
         if let Some(upstream_us) = entry.upstream_latency_us {
             tally.upstream.observe(upstream_us);
             // The upstream's share: its answer's head, and the time its
@@ -147,6 +152,8 @@ struct State {
     tokens: BTreeMap<(String, &'static str), u64>,
     /// (service, model) → nano-units charged.
     charged: BTreeMap<(String, String), i64>,
+    /// service → calls answered from a route's response cache.
+    cache_hits: BTreeMap<String, u64>,
 }
 
 /// Call metrics, and the rendering of all metrics.
@@ -292,6 +299,9 @@ impl Metrics {
                     .or_default()
                     .merge(&tally.overhead.buckets, tally.overhead.sum_us);
             }
+            if tally.cache_hits > 0 {
+                *state.cache_hits.entry(service.clone()).or_default() += tally.cache_hits;
+            }
             if !identity.model.is_empty() {
                 let tokens = |n: i64| u64::try_from(n).unwrap_or(0);
                 *state
@@ -350,6 +360,19 @@ impl Metrics {
                 "The gateway's own share of a proxied call (total minus upstream), by service.",
                 &state.overhead,
             );
+            header(
+                &mut out,
+                "tollgate_cache_hits_total",
+                "counter",
+                "Calls answered from a route's response cache (the upstream not asked), by service.",
+            );
+            for (service, count) in &state.cache_hits {
+                let _ = writeln!(
+                    out,
+                    "tollgate_cache_hits_total{{service=\"{}\"}} {count}",
+                    escape(service)
+                );
+            }
             header(
                 &mut out,
                 "tollgate_tokens_total",

@@ -400,6 +400,7 @@ pub async fn run(args: &ConfigArgs) -> anyhow::Result<()> {
         },
         shutdown_timeout: config.shutdown_timeout,
         retry_buffer_bytes: config.retry_buffer_bytes,
+        cache_max_bytes: usize::try_from(config.cache_max_bytes).unwrap_or(usize::MAX),
         body_timeout: config.body_timeout,
         workers: config.gateway_workers,
         trusted_proxies: config.trusted_proxies.clone(),

@@ -682,6 +682,7 @@ fn synthetic_route(
         response_headers: Default::default(),
         query: None,
         limiter: None,
+        cache: None,
     }
 }
 

@@ -13,6 +13,7 @@ mod admin_api;
 mod ai;
 mod balancing;
 mod billing;
+mod cache;
 mod declarative;
 mod http1;
 mod jwt;

@@ -1,0 +1,821 @@
+//! The response cache of routes that set `cache` (SPEC §2, route options):
+//! upstream answers to `GET` kept in this node's memory and served again,
+//! to `GET` and `HEAD`, until they expire.
+//!
+//! - **Where it sits.** After admission: a call served from the cache is
+//!   authenticated, limited, charged and logged like any other; only the
+//!   upstream is not asked (the call log names `cache` as its target).
+//! - **Keys.** The route's scope (its id and the versions of its and its
+//!   service's configuration, so a changed route starts afresh), the app
+//!   (unless the route's cache is `shared`), the host, and the path and
+//!   query as the caller sent them. One entry per key; a `Vary`ing answer
+//!   is served only to requests whose varied headers match.
+//! - **What is kept.** An answer whose status the route lists, without
+//!   `Set-Cookie`, not marked `no-store`, `no-cache` or `private`, not
+//!   `Vary: *`, with no trailers, whose body arrives whole and within
+//!   [`ENTRY_MAX_BYTES`]. It lives for the route's TTL, or less when the
+//!   upstream's `s-maxage` or `max-age` (less its `Age`) says so.
+//! - **What is not looked up.** Ranges, conditional requests (the upstream
+//!   answers them), and requests that would reach the upstream with an
+//!   `Authorization` header (RFC 9111 §3.5). The caller's own
+//!   `Cache-Control` is not obeyed (as nginx and Kong): the cache is the
+//!   provider's, to spare its upstream.
+//! - **Memory.** Sixteen shards, each under its own lock (no lock shared
+//!   by all requests) with its share of `gateway.cache_max_bytes`; the
+//!   oldest entries go first when a shard is full. Expired entries are
+//!   dropped when met or pushed out.
+//! - **Telling the caller.** `Cache-Status` (RFC 9211) on every answer of
+//!   a cached route: `tollgate; hit; ttl=N`, `tollgate; fwd=uri-miss;
+//!   stored`, `fwd=stale`, `fwd=vary-miss` or `fwd=bypass`, and `Age` on
+//!   hits.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::BuildHasher;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+
+/// The largest body kept.
+pub const ENTRY_MAX_BYTES: usize = 1024 * 1024;
+
+const SHARDS: usize = 16;
+
+/// `Cache-Status` (RFC 9211).
+pub static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+
+/// A route's cache settings, compiled.
+#[derive(Debug, Clone)]
+pub struct CacheRule {
+    pub ttl: Duration,
+    pub statuses: Vec<u16>,
+    pub shared: bool,
+    /// Names this route's configuration in keys: a changed route (or
+    /// service) does not serve what its earlier version kept.
+    pub scope: Box<str>,
+}
+
+impl CacheRule {
+    pub fn compile(spec: &domain::model::CacheSpec, scope: String) -> Self {
+        Self {
+            ttl: Duration::from_secs(u64::from(spec.ttl_s)),
+            statuses: spec.statuses.clone(),
+            shared: spec.shared,
+            scope: scope.into(),
+        }
+    }
+}
+
+/// A stored answer.
+#[derive(Debug)]
+pub struct Entry {
+    pub status: StatusCode,
+    /// The upstream's headers (hop-by-hop ones and `Age` removed), before
+    /// the route's response rewrites.
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    stored: Instant,
+    expires: Instant,
+    /// The upstream's `Age` when it answered, in seconds.
+    initial_age: u64,
+    /// The request headers the answer varies on, with the values of the
+    /// request that fetched it.
+    vary: Box<[(HeaderName, Option<HeaderValue>)]>,
+    seq: u64,
+    size: usize,
+}
+
+impl Entry {
+    /// `Age` (RFC 9111 §5.1) at `now`, in seconds.
+    pub fn age(&self, now: Instant) -> u64 {
+        self.initial_age + now.saturating_duration_since(self.stored).as_secs()
+    }
+
+    /// Whole seconds left to live at `now`.
+    pub fn ttl(&self, now: Instant) -> u64 {
+        self.expires.saturating_duration_since(now).as_secs()
+    }
+
+    fn matches(&self, request: &HeaderMap) -> bool {
+        self.vary
+            .iter()
+            .all(|(name, value)| request.get(name) == value.as_ref())
+    }
+}
+
+/// What a request found.
+pub enum Lookup {
+    /// A fresh answer for it.
+    Hit(Arc<Entry>),
+    /// Nothing usable: ask the upstream; `why` is the `fwd` parameter
+    /// (`uri-miss`, `vary-miss`, `stale`).
+    Miss { key: Box<str>, why: &'static str },
+    /// Not for the cache (a range, a conditional request, a request the
+    /// upstream sees with `Authorization`).
+    Bypass,
+}
+
+/// The node's cache (one per gateway, shared by its threads).
+pub struct ResponseCache {
+    shards: Box<[Mutex<Shard>]>,
+    shard_bytes: usize,
+    hasher: foldhash::fast::FixedState,
+}
+
+#[derive(Default)]
+struct Shard {
+    map: HashMap<Box<str>, Arc<Entry>>,
+    /// Keys in the order they were stored, with the entry's `seq` (a key
+    /// stored again leaves its earlier place behind, skipped when met).
+    order: VecDeque<(Box<str>, u64)>,
+    bytes: usize,
+    next_seq: u64,
+}
+
+impl std::fmt::Debug for ResponseCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseCache")
+            .field("shard_bytes", &self.shard_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ResponseCache {
+    /// A cache of at most `max_bytes` (bodies, headers and keys).
+    pub fn new(max_bytes: usize) -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            shard_bytes: max_bytes / SHARDS,
+            hasher: foldhash::fast::FixedState::default(),
+        }
+    }
+
+    /// Whether anything can be kept (`gateway.cache_max_bytes` is not 0).
+    pub fn enabled(&self) -> bool {
+        self.shard_bytes > 0
+    }
+
+    fn shard(&self, key: &str) -> &Mutex<Shard> {
+        let index = self.hasher.hash_one(key) as usize % SHARDS;
+        &self.shards[index]
+    }
+
+    /// Looks `request` up. `forwards_authorization`: the upstream would
+    /// see an `Authorization` header (not the gateway's own credential).
+    pub fn lookup(
+        &self,
+        rule: &CacheRule,
+        app: Option<&str>,
+        request: &http::request::Parts,
+        forwards_authorization: bool,
+        now: Instant,
+    ) -> Lookup {
+        if !self.enabled()
+            || forwards_authorization
+            || !matches!(request.method, Method::GET | Method::HEAD)
+            || BYPASSING
+                .iter()
+                .any(|name| request.headers.contains_key(name))
+        {
+            return Lookup::Bypass;
+        }
+        let key = key(rule, app, request);
+        let mut shard = self.shard(&key).lock().unwrap_or_else(|e| e.into_inner());
+        let why = match shard.map.get(&*key) {
+            None => "uri-miss",
+            Some(entry) if entry.expires <= now => "stale",
+            Some(entry) if !entry.matches(&request.headers) => "vary-miss",
+            Some(entry) => return Lookup::Hit(entry.clone()),
+        };
+        if why == "stale"
+            && let Some(entry) = shard.map.remove(&*key)
+        {
+            shard.bytes -= entry.size;
+        }
+        Lookup::Miss { key, why }
+    }
+
+    /// Starts keeping an answer to a `GET` whose lookup missed, when the
+    /// answer may be kept: `None` when it may not. `headers` are the
+    /// upstream's, hop-by-hop ones removed; `request` the caller's.
+    pub fn fill(
+        self: &Arc<Self>,
+        rule: &CacheRule,
+        key: Box<str>,
+        request: &HeaderMap,
+        status: StatusCode,
+        headers: &HeaderMap,
+        now: Instant,
+    ) -> Option<Box<Fill>> {
+        if !rule.statuses.contains(&status.as_u16())
+            || headers.contains_key(header::SET_COOKIE)
+            || headers.contains_key(header::TRAILER)
+        {
+            return None;
+        }
+        let control = ResponseControl::read(headers);
+        if control.no_store {
+            return None;
+        }
+        let initial_age = headers
+            .get(header::AGE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        let mut ttl = rule.ttl;
+        if let Some(max_age) = control.max_age {
+            ttl = ttl.min(Duration::from_secs(max_age.saturating_sub(initial_age)));
+        }
+        if ttl.is_zero() {
+            return None;
+        }
+        let mut vary = Vec::new();
+        for value in headers.get_all(header::VARY) {
+            for name in value.to_str().ok()?.split(',') {
+                let name = name.trim();
+                if name == "*" {
+                    return None;
+                }
+                if name.is_empty() {
+                    continue;
+                }
+                let name = HeaderName::from_bytes(name.as_bytes()).ok()?;
+                let value = request.get(&name).cloned();
+                vary.push((name, value));
+            }
+        }
+        let length = crate::pipeline::content_length(headers);
+        if length.is_some_and(|length| length > ENTRY_MAX_BYTES as u64) {
+            return None;
+        }
+        let mut kept = headers.clone();
+        kept.remove(header::AGE);
+        kept.remove(http::HeaderName::from_static("x-request-id"));
+        Some(Box::new(Fill {
+            cache: self.clone(),
+            key,
+            status,
+            headers: kept,
+            body: BytesMut::with_capacity(length.unwrap_or(0) as usize),
+            ttl,
+            started: now,
+            initial_age,
+            vary: vary.into(),
+            overflowed: false,
+        }))
+    }
+
+    fn insert(&self, key: Box<str>, mut entry: Entry) {
+        let size = entry.body.len()
+            + key.len()
+            + entry
+                .headers
+                .iter()
+                .map(|(name, value)| name.as_str().len() + value.len() + 32)
+                .sum::<usize>()
+            + 128;
+        if size > self.shard_bytes {
+            return;
+        }
+        let mut shard = self.shard(&key).lock().unwrap_or_else(|e| e.into_inner());
+        let shard = &mut *shard;
+        shard.next_seq += 1;
+        entry.seq = shard.next_seq;
+        entry.size = size;
+        if let Some(old) = shard.map.remove(&key) {
+            shard.bytes -= old.size;
+        }
+        while shard.bytes + size > self.shard_bytes {
+            let Some((old_key, seq)) = shard.order.pop_front() else {
+                break;
+            };
+            if shard.map.get(&old_key).is_some_and(|old| old.seq == seq)
+                && let Some(old) = shard.map.remove(&old_key)
+            {
+                shard.bytes -= old.size;
+            }
+        }
+        if shard.order.len() > 2 * shard.map.len() + 16 {
+            // Keys stored again (or found stale) left places behind.
+            let map = &shard.map;
+            shard
+                .order
+                .retain(|(key, seq)| map.get(key).is_some_and(|entry| entry.seq == *seq));
+        }
+        shard.order.push_back((key.clone(), entry.seq));
+        shard.bytes += size;
+        shard.map.insert(key, Arc::new(entry));
+    }
+
+    /// Entries and bytes held (for tests and metrics).
+    pub fn usage(&self) -> (usize, usize) {
+        self.shards.iter().fold((0, 0), |(entries, bytes), shard| {
+            let shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+            (entries + shard.map.len(), bytes + shard.bytes)
+        })
+    }
+}
+
+/// Requests the cache leaves to the upstream.
+static BYPASSING: [HeaderName; 5] = [
+    header::RANGE,
+    header::IF_NONE_MATCH,
+    header::IF_MODIFIED_SINCE,
+    header::IF_MATCH,
+    header::IF_UNMODIFIED_SINCE,
+];
+
+fn key(rule: &CacheRule, app: Option<&str>, request: &http::request::Parts) -> Box<str> {
+    let host = request
+        .headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| request.uri.authority().map(|a| a.as_str()))
+        .unwrap_or("");
+    let target = request.uri.path_and_query().map_or("/", |p| p.as_str());
+    let app = if rule.shared { "" } else { app.unwrap_or("-") };
+    let mut key =
+        String::with_capacity(rule.scope.len() + app.len() + host.len() + target.len() + 3);
+    for part in [&*rule.scope, app, host] {
+        key.push_str(part);
+        key.push('\n');
+    }
+    key.push_str(target);
+    key.into()
+}
+
+/// What an upstream's `Cache-Control` says to a shared cache.
+#[derive(Debug, Default, PartialEq)]
+struct ResponseControl {
+    /// `no-store`, `no-cache` or `private` (with or without field names).
+    no_store: bool,
+    /// `s-maxage`, else `max-age`.
+    max_age: Option<u64>,
+}
+
+impl ResponseControl {
+    fn read(headers: &HeaderMap) -> Self {
+        let mut control = Self::default();
+        let mut s_maxage = None;
+        let mut max_age = None;
+        for value in headers.get_all(header::CACHE_CONTROL) {
+            let Ok(value) = value.to_str() else {
+                control.no_store = true;
+                continue;
+            };
+            for directive in value.split(',') {
+                let (name, argument) = match directive.split_once('=') {
+                    Some((name, argument)) => {
+                        (name.trim(), Some(argument.trim().trim_matches('"')))
+                    }
+                    None => (directive.trim(), None),
+                };
+                let seconds = || argument.and_then(|a| a.parse::<u64>().ok()).unwrap_or(0);
+                if name.eq_ignore_ascii_case("no-store")
+                    || name.eq_ignore_ascii_case("no-cache")
+                    || name.eq_ignore_ascii_case("private")
+                {
+                    control.no_store = true;
+                } else if name.eq_ignore_ascii_case("s-maxage") {
+                    s_maxage = Some(seconds());
+                } else if name.eq_ignore_ascii_case("max-age") {
+                    max_age = Some(seconds());
+                }
+            }
+        }
+        control.max_age = s_maxage.or(max_age);
+        control
+    }
+}
+
+/// An answer on its way to the client and into the cache: its body is
+/// copied as it passes, and the entry stored when it ends whole.
+pub struct Fill {
+    cache: Arc<ResponseCache>,
+    key: Box<str>,
+    status: StatusCode,
+    headers: HeaderMap,
+    body: BytesMut,
+    ttl: Duration,
+    started: Instant,
+    initial_age: u64,
+    vary: Box<[(HeaderName, Option<HeaderValue>)]>,
+    overflowed: bool,
+}
+
+impl Fill {
+    /// A part of the body passed to the client.
+    pub fn push(&mut self, data: &[u8]) {
+        if self.overflowed {
+            return;
+        }
+        if self.body.len() + data.len() > ENTRY_MAX_BYTES {
+            self.overflowed = true;
+            self.body = BytesMut::new();
+            return;
+        }
+        self.body.extend_from_slice(data);
+    }
+
+    /// The body ended whole: the answer is stored (unless it grew too
+    /// large). Its lifetime counts from when the upstream answered.
+    pub fn finish(self) {
+        if self.overflowed {
+            return;
+        }
+        let Fill {
+            cache,
+            key,
+            status,
+            mut headers,
+            body,
+            ttl,
+            started,
+            initial_age,
+            vary,
+            overflowed: _,
+        } = self;
+        let body = body.freeze();
+        if status != StatusCode::NO_CONTENT {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        }
+        cache.insert(
+            key,
+            Entry {
+                status,
+                headers,
+                body,
+                stored: started,
+                expires: started + ttl,
+                initial_age,
+                vary,
+                seq: 0,
+                size: 0,
+            },
+        );
+    }
+}
+
+/// `Cache-Status` for a hit.
+pub fn hit_status(entry: &Entry, now: Instant) -> HeaderValue {
+    let mut value = String::with_capacity(32);
+    value.push_str("tollgate; hit; ttl=");
+    domain::money::push_u64(&mut value, entry.ttl(now));
+    HeaderValue::try_from(value).unwrap_or(HeaderValue::from_static("tollgate; hit"))
+}
+
+/// `Cache-Status` for a request the upstream answered.
+pub fn forward_status(why: &'static str, stored: bool) -> HeaderValue {
+    let value = match (why, stored) {
+        ("uri-miss", true) => "tollgate; fwd=uri-miss; stored",
+        ("uri-miss", false) => "tollgate; fwd=uri-miss",
+        ("stale", true) => "tollgate; fwd=stale; stored",
+        ("stale", false) => "tollgate; fwd=stale",
+        ("vary-miss", true) => "tollgate; fwd=vary-miss; stored",
+        ("vary-miss", false) => "tollgate; fwd=vary-miss",
+        _ => "tollgate; fwd=bypass",
+    };
+    HeaderValue::from_static(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(ttl_s: u64, shared: bool) -> CacheRule {
+        CacheRule {
+            ttl: Duration::from_secs(ttl_s),
+            statuses: vec![200, 404],
+            shared,
+            scope: "route-1@1".into(),
+        }
+    }
+
+    fn get(path: &str, headers: &[(&str, &str)]) -> http::request::Parts {
+        let mut builder = http::Request::get(path).header("host", "api.example");
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        builder.body(()).unwrap().into_parts().0
+    }
+
+    fn answer(headers: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in headers {
+            map.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        map
+    }
+
+    /// Looks up, fills with `body` and finishes; returns the lookup's
+    /// `fwd` reason and whether the answer was taken.
+    fn miss_and_fill(
+        cache: &Arc<ResponseCache>,
+        rule: &CacheRule,
+        app: Option<&str>,
+        request: &http::request::Parts,
+        headers: &HeaderMap,
+        body: &[u8],
+        now: Instant,
+    ) -> (&'static str, bool) {
+        let Lookup::Miss { key, why } = cache.lookup(rule, app, request, false, now) else {
+            panic!("expected a miss");
+        };
+        let fill = cache.fill(rule, key, &request.headers, StatusCode::OK, headers, now);
+        let taken = fill.is_some();
+        if let Some(mut fill) = fill {
+            fill.push(body);
+            fill.finish();
+        }
+        (why, taken)
+    }
+
+    #[test]
+    fn serves_what_it_kept_until_the_ttl_ends() {
+        let cache = Arc::new(ResponseCache::new(1 << 20));
+        let rule = rule(10, false);
+        let request = get("/a?x=1", &[]);
+        let now = Instant::now();
+        let (why, taken) = miss_and_fill(
+            &cache,
+            &rule,
+            Some("app1"),
+            &request,
+            &answer(&[]),
+            b"hello",
+            now,
+        );
+        assert_eq!((why, taken), ("uri-miss", true));
+        let later = now + Duration::from_secs(4);
+        let Lookup::Hit(entry) = cache.lookup(&rule, Some("app1"), &request, false, later) else {
+            panic!("expected a hit");
+        };
+        assert_eq!(&entry.body[..], b"hello");
+        assert_eq!(entry.headers.get("content-length").unwrap(), "5");
+        assert_eq!(entry.age(later), 4);
+        assert_eq!(entry.ttl(later), 6);
+        assert!(matches!(
+            cache.lookup(
+                &rule,
+                Some("app1"),
+                &request,
+                false,
+                now + Duration::from_secs(10)
+            ),
+            Lookup::Miss { why: "stale", .. }
+        ));
+        assert_eq!(cache.usage().0, 0, "the stale entry is dropped when met");
+    }
+
+    #[test]
+    fn keys_separate_apps_queries_and_hosts_unless_shared() {
+        let cache = Arc::new(ResponseCache::new(1 << 20));
+        let now = Instant::now();
+        let own = rule(60, false);
+        let request = get("/a?x=1", &[]);
+        miss_and_fill(
+            &cache,
+            &own,
+            Some("app1"),
+            &request,
+            &answer(&[]),
+            b"one",
+            now,
+        );
+        for (app, path, host) in [
+            (Some("app2"), "/a?x=1", "api.example"),
+            (None, "/a?x=1", "api.example"),
+            (Some("app1"), "/a?x=2", "api.example"),
+            (Some("app1"), "/a?x=1", "other.example"),
+        ] {
+            let mut other = get(path, &[]);
+            other
+                .headers
+                .insert("host", HeaderValue::from_str(host).unwrap());
+            assert!(
+                matches!(
+                    cache.lookup(&own, app, &other, false, now),
+                    Lookup::Miss { .. }
+                ),
+                "{app:?} {path} {host}"
+            );
+        }
+        let shared = CacheRule {
+            scope: "route-2@1".into(),
+            ..rule(60, true)
+        };
+        miss_and_fill(
+            &cache,
+            &shared,
+            Some("app1"),
+            &request,
+            &answer(&[]),
+            b"one",
+            now,
+        );
+        assert!(matches!(
+            cache.lookup(&shared, Some("app2"), &request, false, now),
+            Lookup::Hit(_)
+        ));
+        assert!(matches!(
+            cache.lookup(&shared, None, &request, false, now),
+            Lookup::Hit(_)
+        ));
+    }
+
+    #[test]
+    fn bypasses_ranges_conditionals_authorization_and_other_methods() {
+        let cache = Arc::new(ResponseCache::new(1 << 20));
+        let rule = rule(60, true);
+        let now = Instant::now();
+        for header in ["range", "if-none-match", "if-modified-since"] {
+            let request = get("/a", &[(header, "x")]);
+            assert!(matches!(
+                cache.lookup(&rule, None, &request, false, now),
+                Lookup::Bypass
+            ));
+        }
+        assert!(matches!(
+            cache.lookup(&rule, None, &get("/a", &[]), true, now),
+            Lookup::Bypass
+        ));
+        let mut post = get("/a", &[]);
+        post.method = Method::POST;
+        assert!(matches!(
+            cache.lookup(&rule, None, &post, false, now),
+            Lookup::Bypass
+        ));
+        assert!(!ResponseCache::new(0).enabled());
+        assert!(matches!(
+            ResponseCache::new(0).lookup(&rule, None, &get("/a", &[]), false, now),
+            Lookup::Bypass
+        ));
+    }
+
+    #[test]
+    fn keeps_only_what_may_be_kept() {
+        let cache = Arc::new(ResponseCache::new(1 << 20));
+        let rule = rule(60, true);
+        let request = get("/a", &[]);
+        let now = Instant::now();
+        let key = || -> Box<str> { "k".into() };
+        for refused in [
+            answer(&[("set-cookie", "a=b")]),
+            answer(&[("cache-control", "no-store")]),
+            answer(&[("cache-control", "public, No-Cache")]),
+            answer(&[("cache-control", "private=\"x\"")]),
+            answer(&[("cache-control", "max-age=0")]),
+            answer(&[("cache-control", "max-age=5"), ("age", "9")]),
+            answer(&[("vary", "accept, *")]),
+            answer(&[("content-length", "2000000")]),
+        ] {
+            assert!(
+                cache
+                    .fill(
+                        &rule,
+                        key(),
+                        &request.headers,
+                        StatusCode::OK,
+                        &refused,
+                        now
+                    )
+                    .is_none(),
+                "{refused:?}"
+            );
+        }
+        assert!(
+            cache
+                .fill(
+                    &rule,
+                    key(),
+                    &request.headers,
+                    StatusCode::CREATED,
+                    &answer(&[]),
+                    now
+                )
+                .is_none()
+        );
+        // `s-maxage` over `max-age`, less the upstream's `Age`.
+        let headers = answer(&[("cache-control", "max-age=100, s-maxage=30"), ("age", "10")]);
+        let mut fill = cache
+            .fill(
+                &rule,
+                key(),
+                &request.headers,
+                StatusCode::OK,
+                &headers,
+                now,
+            )
+            .unwrap();
+        fill.push(b"x");
+        assert_eq!(fill.ttl, Duration::from_secs(20));
+        assert_eq!(fill.initial_age, 10);
+        // A body that outgrows the limit is not kept.
+        fill.push(&vec![0; ENTRY_MAX_BYTES]);
+        fill.finish();
+        assert_eq!(cache.usage().0, 0);
+    }
+
+    #[test]
+    fn vary_matches_on_the_request_that_fetched_it() {
+        let cache = Arc::new(ResponseCache::new(1 << 20));
+        let rule = rule(60, true);
+        let now = Instant::now();
+        let english = get("/a", &[("accept-language", "en")]);
+        let headers = answer(&[("vary", "Accept-Language")]);
+        miss_and_fill(&cache, &rule, None, &english, &headers, b"hi", now);
+        assert!(matches!(
+            cache.lookup(&rule, None, &english, false, now),
+            Lookup::Hit(_)
+        ));
+        let french = get("/a", &[("accept-language", "fr")]);
+        assert!(matches!(
+            cache.lookup(&rule, None, &french, false, now),
+            Lookup::Miss {
+                why: "vary-miss",
+                ..
+            }
+        ));
+        assert!(matches!(
+            cache.lookup(&rule, None, &get("/a", &[]), false, now),
+            Lookup::Miss {
+                why: "vary-miss",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn a_full_shard_lets_its_oldest_entries_go() {
+        // 16 shards of 4 KiB.
+        let cache = Arc::new(ResponseCache::new(16 * 4096));
+        let rule = rule(60, true);
+        let now = Instant::now();
+        for index in 0..400 {
+            let request = get(&format!("/item/{index}"), &[]);
+            miss_and_fill(
+                &cache,
+                &rule,
+                None,
+                &request,
+                &answer(&[]),
+                &[b'x'; 500],
+                now,
+            );
+        }
+        let (entries, bytes) = cache.usage();
+        assert!(bytes <= 16 * 4096, "{bytes}");
+        assert!(entries > 16 && entries < 400, "{entries}");
+        // The newest are there, the oldest gone.
+        assert!(matches!(
+            cache.lookup(&rule, None, &get("/item/399", &[]), false, now),
+            Lookup::Hit(_)
+        ));
+        assert!(matches!(
+            cache.lookup(&rule, None, &get("/item/0", &[]), false, now),
+            Lookup::Miss { .. }
+        ));
+        // Storing one key again and again leaves no trail behind.
+        for _ in 0..1000 {
+            miss_and_fill_again(&cache, &rule, now);
+        }
+        let shards_order: usize = cache
+            .shards
+            .iter()
+            .map(|s| s.lock().unwrap().order.len())
+            .sum();
+        assert!(shards_order < 2 * 400 + 16 * 16, "{shards_order}");
+    }
+
+    fn miss_and_fill_again(cache: &Arc<ResponseCache>, rule: &CacheRule, now: Instant) {
+        let request = get("/again", &[]);
+        let key = key(rule, None, &request);
+        let mut fill = cache
+            .fill(
+                rule,
+                key,
+                &request.headers,
+                StatusCode::OK,
+                &answer(&[]),
+                now,
+            )
+            .unwrap();
+        fill.push(b"again");
+        fill.finish();
+    }
+
+    #[test]
+    fn cache_control_is_read_as_a_shared_cache_would() {
+        let read = |value: &str| ResponseControl::read(&answer(&[("cache-control", value)]));
+        assert_eq!(read("public, max-age=60").max_age, Some(60));
+        assert_eq!(read("max-age=\"60\"").max_age, Some(60));
+        assert_eq!(read("max-age=60, s-maxage=5").max_age, Some(5));
+        assert_eq!(read("max-age=junk").max_age, Some(0));
+        assert!(read("no-cache=\"set-cookie\"").no_store);
+        assert!(!read("public, must-revalidate").no_store);
+    }
+}
