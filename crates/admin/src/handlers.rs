@@ -788,6 +788,34 @@ pub async fn retire(
     }))
 }
 
+/// Empty the response caches of a service's routes, on every node
+/// (within a second): their next calls go to the upstream.
+#[utoipa::path(post, path = "/api/v1/services/{service}/cache/purge", tag = "services", request_body = EmptyRequest,
+    params(("service" = String, Path)), responses((status = 200, body = ActionResponse)))]
+pub async fn purge_cache(
+    State(state): State<AdminState>,
+    caller: Caller,
+    Path(key): Path<String>,
+    Json(_request): Json<EmptyRequest>,
+) -> Result<Response, ApiError> {
+    let mut tx = state.store.begin().await?;
+    let existing = service_in(&mut tx, &caller, &key, Role::Admin).await?;
+    let service = ops::purge_cache(&mut tx, &existing).await?;
+    audit(
+        &mut tx,
+        &caller,
+        service_audit("service.cache_purge", &service),
+        Some(&existing),
+        Some(&service),
+    )
+    .await?;
+    commit(&state, tx).await?;
+    Ok(ok(&ActionResponse {
+        service,
+        release: None,
+    }))
+}
+
 /// List a service's releases, oldest first.
 #[utoipa::path(get, path = "/api/v1/services/{service}/releases", tag = "services",
     params(("service" = String, Path), ("limit" = Option<usize>, Query), ("cursor" = Option<String>, Query)),

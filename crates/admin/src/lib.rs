@@ -113,6 +113,10 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/v1/services/{service}/rollback", post(h::rollback))
         .route("/api/v1/services/{service}/deprecate", post(h::deprecate))
         .route("/api/v1/services/{service}/retire", post(h::retire))
+        .route(
+            "/api/v1/services/{service}/cache/purge",
+            post(h::purge_cache),
+        )
         .route("/api/v1/services/{service}/releases", get(h::list_releases))
         .route(
             "/api/v1/services/{service}/releases/{release}",

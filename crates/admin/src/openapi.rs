@@ -30,7 +30,7 @@ pub struct Problem {
         crate::handlers::replace_upstream, crate::handlers::patch_upstream, crate::handlers::delete_upstream,
         crate::handlers::create_service, crate::handlers::list_services, crate::handlers::get_service,
         crate::handlers::replace_service, crate::handlers::patch_service, crate::handlers::delete_service,
-        crate::handlers::publish, crate::prompts::test_run, crate::prompts::put_openapi, crate::prompts::get_openapi, crate::handlers::rollback, crate::handlers::deprecate, crate::handlers::retire,
+        crate::handlers::publish, crate::prompts::test_run, crate::prompts::put_openapi, crate::prompts::get_openapi, crate::handlers::rollback, crate::handlers::deprecate, crate::handlers::retire, crate::handlers::purge_cache,
         crate::handlers::list_releases, crate::handlers::get_release,
         crate::handlers::create_route, crate::handlers::list_routes, crate::handlers::get_route,
         crate::handlers::replace_route, crate::handlers::patch_route, crate::handlers::delete_route,

@@ -619,6 +619,17 @@ pub async fn retire(tx: &mut WriteTx, existing: &Service) -> Result<Service, Api
     Ok(service)
 }
 
+/// Empties a service's response caches: the gateway keys its routes'
+/// answers by the service's version (`updated_at_ms`), so every node
+/// stops finding them once it has loaded the new one.
+pub async fn purge_cache(tx: &mut WriteTx, existing: &Service) -> Result<Service, ApiError> {
+    let mut service = existing.clone();
+    // Strictly later, even within the millisecond of the last change.
+    service.updated_at_ms = now_ms().max(existing.updated_at_ms + 1);
+    save_service(tx, &mut service).await?;
+    Ok(service)
+}
+
 impl ApiError {
     /// Re-labels a conflict found while checking something else.
     fn within_field(mut self, field: &str) -> Self {

@@ -44,6 +44,18 @@ async fn add_cached_route(tollgate: &Tollgate, key: &str, cache: Value) -> Strin
         .create("/api/v1/services/weather/publish", json!({}))
         .await;
     wait_status(tollgate, "/weather/cached/ready", key, 200).await;
+    // The route was live before the publish reached the gateway (its
+    // service's new version keys the cache afresh): settled once an
+    // answer stays kept.
+    let started = std::time::Instant::now();
+    while !fetch(tollgate, "/weather/cached/settled", Some(key))
+        .await
+        .0
+        .contains("hit")
+    {
+        assert!(started.elapsed() < Duration::from_secs(2), "never a hit");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     route["id"].as_str().unwrap().to_owned()
 }
 
@@ -123,7 +135,8 @@ async fn answers_from_memory_per_app_until_the_ttl_ends() {
     assert_eq!(calls[0]["upstream_target"], "cache", "{}", calls[0]);
     assert_eq!(calls[0]["status"], 200);
     assert_eq!(calls[0]["app"], "acme-web");
-    // Two hits (the GET and the HEAD), counted for the service.
+    // Three hits (the GET and the HEAD, and the one that found the route
+    // settled), counted for the service.
     let text = tollgate
         .client
         .get(format!("{}/metrics", tollgate.admin_url))
@@ -135,7 +148,7 @@ async fn answers_from_memory_per_app_until_the_ttl_ends() {
         .await
         .unwrap();
     assert!(
-        text.contains("tollgate_cache_hits_total{service=\"weather\"} 2"),
+        text.contains("tollgate_cache_hits_total{service=\"weather\"} 3"),
         "{text}"
     );
 }
@@ -292,6 +305,72 @@ async fn a_changed_route_starts_afresh() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+#[tokio::test]
+async fn a_purge_empties_the_services_caches() {
+    let upstream = FakeUpstream::start("up").await;
+    let tollgate = Tollgate::start(BIN).await;
+    let world = world(&tollgate, &upstream, json!({}), json!({})).await;
+    add_cached_route(&tollgate, &world.key, json!({"ttl_s": 600})).await;
+    let path = "/weather/cached/item";
+    fetch(&tollgate, path, Some(&world.key)).await;
+    let (status, _) = fetch(&tollgate, path, Some(&world.key)).await;
+    assert!(status.contains("hit"), "{status}");
+
+    // The service's team admins may purge; a developer may not.
+    let (developer_id, developer) = tollgate.user_with_token("dev@weatherco.example").await;
+    tollgate
+        .create(
+            "/api/v1/teams/weatherco/members",
+            json!({"user": developer_id, "role": "developer"}),
+        )
+        .await;
+    let (code, body) = tollgate
+        .admin_as(
+            &developer,
+            Method::POST,
+            "/api/v1/services/weather/cache/purge",
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(code, 403, "{body}");
+    let (status, _) = fetch(&tollgate, path, Some(&world.key)).await;
+    assert!(
+        status.contains("hit"),
+        "a refused purge purges nothing: {status}"
+    );
+
+    let (code, body) = tollgate
+        .admin(
+            Method::POST,
+            "/api/v1/services/weather/cache/purge",
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["service"]["slug"], "weather");
+    let started = std::time::Instant::now();
+    loop {
+        let (status, _) = fetch(&tollgate, path, Some(&world.key)).await;
+        if status == "tollgate; fwd=uri-miss; stored" {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "still {status} a second after the purge"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (code, audit) = tollgate
+        .admin(
+            Method::GET,
+            "/api/v1/audit?action=service.cache_purge",
+            None,
+        )
+        .await;
+    assert_eq!(code, 200, "{audit}");
+    assert_eq!(audit["data"].as_array().unwrap().len(), 1, "{audit}");
 }
 
 #[tokio::test]
