@@ -13,13 +13,18 @@
 //! - **What is kept.** An answer whose status the route lists, without
 //!   `Set-Cookie`, not marked `no-store`, `no-cache` or `private`, not
 //!   `Vary: *`, with no trailers, whose body arrives whole and within
-//!   [`ENTRY_MAX_BYTES`]. It lives for the route's TTL, or less when the
-//!   upstream's `s-maxage` or `max-age` (less its `Age`) says so.
+//!   [`ResponseCache::entry_max`]. It lives for the route's TTL, or less
+//!   when the upstream's `s-maxage`, `max-age` or `Expires` (less its
+//!   `Age`) says so.
+//! - **Vary.** Compared on the request's headers as forwarded (the
+//!   gateway's `X-Forwarded-For` and identity headers included), which is
+//!   why the lookup waits until they are set.
 //! - **What is not looked up.** Ranges, conditional requests (the upstream
-//!   answers them), and requests that would reach the upstream with an
-//!   `Authorization` header (RFC 9111 §3.5). The caller's own
-//!   `Cache-Control` is not obeyed (as nginx and Kong): the cache is the
-//!   provider's, to spare its upstream.
+//!   answers them), `GET`s with a body, and requests that would reach the
+//!   upstream with an `Authorization` header (RFC 9111 §3.5). The caller's
+//!   own `Cache-Control` is not obeyed (as nginx and Kong): the cache is
+//!   the provider's, to spare its upstream. A successful `POST`, `PUT`,
+//!   `PATCH` or `DELETE` drops what its URI holds (RFC 9111 §4.4).
 //! - **Memory.** Sixteen shards, each under its own lock (no lock shared
 //!   by all requests) with its share of `gateway.cache_max_bytes`; the
 //!   oldest entries go first when a shard is full. Expired entries are
@@ -32,7 +37,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
@@ -104,16 +109,25 @@ impl Entry {
     }
 }
 
-/// What a request found.
+/// What a request may do with the cache.
+pub enum Plan {
+    /// Look its key up (a `GET` or `HEAD` without a body).
+    Look(Box<str>),
+    /// Forget what its key holds if the upstream accepts it (`POST`,
+    /// `PUT`, `PATCH`, `DELETE`).
+    Invalidate(Box<str>),
+    /// Nothing (a range, a conditional request, a body, a request the
+    /// upstream sees with `Authorization`, other methods, no memory).
+    Bypass,
+}
+
+/// What a lookup found.
 pub enum Lookup {
     /// A fresh answer for it.
     Hit(Arc<Entry>),
     /// Nothing usable: ask the upstream; `why` is the `fwd` parameter
     /// (`uri-miss`, `vary-miss`, `stale`).
     Miss { key: Box<str>, why: &'static str },
-    /// Not for the cache (a range, a conditional request, a request the
-    /// upstream sees with `Authorization`).
-    Bypass,
 }
 
 /// The node's cache (one per gateway, shared by its threads).
@@ -161,34 +175,56 @@ impl ResponseCache {
         &self.shards[index]
     }
 
-    /// Looks `request` up. `forwards_authorization`: the upstream would
-    /// see an `Authorization` header (not the gateway's own credential).
-    pub fn lookup(
+    /// What `request` may do with the cache. `forwards_authorization`:
+    /// the upstream would see an `Authorization` header (not the
+    /// gateway's own credential); `has_body`: the request has a body
+    /// (a `GET` with one is a search whose answer the key cannot tell).
+    pub fn plan(
         &self,
         rule: &CacheRule,
         app: Option<&str>,
         request: &http::request::Parts,
         forwards_authorization: bool,
-        now: Instant,
-    ) -> Lookup {
-        if !self.enabled()
-            || forwards_authorization
-            || !matches!(request.method, Method::GET | Method::HEAD)
+        has_body: bool,
+    ) -> Plan {
+        if !self.enabled() {
+            return Plan::Bypass;
+        }
+        match request.method {
+            Method::GET | Method::HEAD => {}
+            // RFC 9111 §4.4: an unsafe method's success makes what was
+            // kept for its target stale.
+            Method::POST | Method::PUT | Method::PATCH | Method::DELETE => {
+                return Plan::Invalidate(key(rule, app, request));
+            }
+            _ => return Plan::Bypass,
+        }
+        if forwards_authorization
+            || has_body
             || BYPASSING
                 .iter()
                 .any(|name| request.headers.contains_key(name))
         {
-            return Lookup::Bypass;
+            return Plan::Bypass;
         }
-        let key = key(rule, app, request);
+        Plan::Look(key(rule, app, request))
+    }
+
+    /// Looks `key` up for a request whose headers as forwarded to the
+    /// upstream are `forwarded` (what a `Vary` names is compared there:
+    /// the gateway sets `X-Forwarded-For` and the caller's identity).
+    /// `get`: the request is a `GET`, whose answer would replace a stale
+    /// entry (dropped here).
+    pub fn lookup(&self, key: Box<str>, forwarded: &HeaderMap, get: bool, now: Instant) -> Lookup {
         let mut shard = self.shard(&key).lock().unwrap_or_else(|e| e.into_inner());
         let why = match shard.map.get(&*key) {
             None => "uri-miss",
             Some(entry) if entry.expires <= now => "stale",
-            Some(entry) if !entry.matches(&request.headers) => "vary-miss",
+            Some(entry) if !entry.matches(forwarded) => "vary-miss",
             Some(entry) => return Lookup::Hit(entry.clone()),
         };
         if why == "stale"
+            && get
             && let Some(entry) = shard.map.remove(&*key)
         {
             shard.bytes -= entry.size;
@@ -196,14 +232,29 @@ impl ResponseCache {
         Lookup::Miss { key, why }
     }
 
+    /// Forgets what was kept under `key` (an unsafe method succeeded).
+    pub fn remove(&self, key: &str) {
+        let mut shard = self.shard(key).lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(entry) = shard.map.remove(key) {
+            shard.bytes -= entry.size;
+        }
+    }
+
+    /// The largest body kept: 1 MiB, or a quarter of a shard's memory
+    /// when that is less.
+    pub fn entry_max(&self) -> usize {
+        ENTRY_MAX_BYTES.min(self.shard_bytes / 4)
+    }
+
     /// Starts keeping an answer to a `GET` whose lookup missed, when the
     /// answer may be kept: `None` when it may not. `headers` are the
-    /// upstream's, hop-by-hop ones removed; `request` the caller's.
+    /// upstream's, hop-by-hop ones removed; `forwarded` the request's
+    /// headers as the upstream saw them.
     pub fn fill(
         self: &Arc<Self>,
         rule: &CacheRule,
         key: Box<str>,
-        request: &HeaderMap,
+        forwarded: &HeaderMap,
         status: StatusCode,
         headers: &HeaderMap,
         now: Instant,
@@ -218,14 +269,37 @@ impl ResponseCache {
         if control.no_store {
             return None;
         }
+        // RFC 9111 §5.1: the first value counts; one that is not a
+        // number is ignored.
         let initial_age = headers
             .get(header::AGE)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
+            .and_then(|v| delta_seconds(v.split(',').next().unwrap_or("")))
             .unwrap_or(0);
+        let date = headers
+            .get(header::DATE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| httpdate::parse_http_date(v).ok());
+        let lifetime = match control.max_age {
+            Some(max_age) => Some(max_age),
+            // `Expires` counts only without `max-age` (RFC 9111 §5.3); one
+            // that cannot be read is in the past.
+            None => headers.get(header::EXPIRES).map(|expires| {
+                let expires = expires
+                    .to_str()
+                    .ok()
+                    .and_then(|v| httpdate::parse_http_date(v).ok());
+                match expires {
+                    Some(expires) => expires
+                        .duration_since(date.unwrap_or_else(SystemTime::now))
+                        .map_or(0, |left| left.as_secs()),
+                    None => 0,
+                }
+            }),
+        };
         let mut ttl = rule.ttl;
-        if let Some(max_age) = control.max_age {
-            ttl = ttl.min(Duration::from_secs(max_age.saturating_sub(initial_age)));
+        if let Some(lifetime) = lifetime {
+            ttl = ttl.min(Duration::from_secs(lifetime.saturating_sub(initial_age)));
         }
         if ttl.is_zero() {
             return None;
@@ -241,17 +315,25 @@ impl ResponseCache {
                     continue;
                 }
                 let name = HeaderName::from_bytes(name.as_bytes()).ok()?;
-                let value = request.get(&name).cloned();
+                let value = forwarded.get(&name).cloned();
                 vary.push((name, value));
             }
         }
+        let entry_max = self.entry_max();
         let length = crate::pipeline::content_length(headers);
-        if length.is_some_and(|length| length > ENTRY_MAX_BYTES as u64) {
+        if entry_max == 0 || length.is_some_and(|length| length > entry_max as u64) {
             return None;
         }
         let mut kept = headers.clone();
         kept.remove(header::AGE);
         kept.remove(http::HeaderName::from_static("x-request-id"));
+        // A hit says when it was fetched (with `Age`), not when it was
+        // served.
+        if date.is_none()
+            && let Ok(value) = HeaderValue::from_str(&httpdate::fmt_http_date(SystemTime::now()))
+        {
+            kept.insert(header::DATE, value);
+        }
         Some(Box::new(Fill {
             cache: self.clone(),
             key,
@@ -262,6 +344,7 @@ impl ResponseCache {
             started: now,
             initial_age,
             vary: vary.into(),
+            limit: entry_max,
             overflowed: false,
         }))
     }
@@ -345,6 +428,16 @@ fn key(rule: &CacheRule, app: Option<&str>, request: &http::request::Parts) -> B
     key.into()
 }
 
+/// A `delta-seconds` value (RFC 9111 §1.2.2): digits; one too large is
+/// 2^31 seconds.
+fn delta_seconds(text: &str) -> Option<u64> {
+    let text = text.trim();
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(text.parse::<u64>().unwrap_or(1 << 31).min(1 << 31))
+}
+
 /// What an upstream's `Cache-Control` says to a shared cache.
 #[derive(Debug, Default, PartialEq)]
 struct ResponseControl {
@@ -371,7 +464,8 @@ impl ResponseControl {
                     }
                     None => (directive.trim(), None),
                 };
-                let seconds = || argument.and_then(|a| a.parse::<u64>().ok()).unwrap_or(0);
+                // Not a number: stale at once (RFC 9111 §4.2.1).
+                let seconds = || argument.and_then(delta_seconds).unwrap_or(0);
                 if name.eq_ignore_ascii_case("no-store")
                     || name.eq_ignore_ascii_case("no-cache")
                     || name.eq_ignore_ascii_case("private")
@@ -401,6 +495,8 @@ pub struct Fill {
     started: Instant,
     initial_age: u64,
     vary: Box<[(HeaderName, Option<HeaderValue>)]>,
+    /// The largest body kept.
+    limit: usize,
     overflowed: bool,
 }
 
@@ -410,7 +506,7 @@ impl Fill {
         if self.overflowed {
             return;
         }
-        if self.body.len() + data.len() > ENTRY_MAX_BYTES {
+        if self.body.len() + data.len() > self.limit {
             self.overflowed = true;
             self.body = BytesMut::new();
             return;
@@ -434,6 +530,7 @@ impl Fill {
             started,
             initial_age,
             vary,
+            limit: _,
             overflowed: _,
         } = self;
         let body = body.freeze();
@@ -455,6 +552,26 @@ impl Fill {
             },
         );
     }
+}
+
+/// Adds the gateway's member to a response's `Cache-Status`, after the
+/// upstream's own (RFC 9211 §2: the list runs from the origin towards the
+/// caller).
+pub fn add_cache_status(headers: &mut HeaderMap, ours: HeaderValue) {
+    let theirs: Vec<&[u8]> = headers
+        .get_all(&CACHE_STATUS)
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect();
+    let value = if theirs.is_empty() {
+        ours
+    } else {
+        let mut joined = theirs.join(&b", "[..]);
+        joined.extend_from_slice(b", ");
+        joined.extend_from_slice(ours.as_bytes());
+        HeaderValue::from_bytes(&joined).unwrap_or(ours)
+    };
+    headers.insert(CACHE_STATUS.clone(), value);
 }
 
 /// `Cache-Status` for a hit.
@@ -511,6 +628,20 @@ mod tests {
         map
     }
 
+    /// Plans and looks `request` up (its headers as forwarded).
+    fn look(
+        cache: &ResponseCache,
+        rule: &CacheRule,
+        app: Option<&str>,
+        request: &http::request::Parts,
+        now: Instant,
+    ) -> Lookup {
+        let Plan::Look(key) = cache.plan(rule, app, request, false, false) else {
+            panic!("not looked up");
+        };
+        cache.lookup(key, &request.headers, request.method == Method::GET, now)
+    }
+
     /// Looks up, fills with `body` and finishes; returns the lookup's
     /// `fwd` reason and whether the answer was taken.
     fn miss_and_fill(
@@ -522,7 +653,7 @@ mod tests {
         body: &[u8],
         now: Instant,
     ) -> (&'static str, bool) {
-        let Lookup::Miss { key, why } = cache.lookup(rule, app, request, false, now) else {
+        let Lookup::Miss { key, why } = look(cache, rule, app, request, now) else {
             panic!("expected a miss");
         };
         let fill = cache.fill(rule, key, &request.headers, StatusCode::OK, headers, now);
@@ -551,7 +682,7 @@ mod tests {
         );
         assert_eq!((why, taken), ("uri-miss", true));
         let later = now + Duration::from_secs(4);
-        let Lookup::Hit(entry) = cache.lookup(&rule, Some("app1"), &request, false, later) else {
+        let Lookup::Hit(entry) = look(&cache, &rule, Some("app1"), &request, later) else {
             panic!("expected a hit");
         };
         assert_eq!(&entry.body[..], b"hello");
@@ -559,11 +690,11 @@ mod tests {
         assert_eq!(entry.age(later), 4);
         assert_eq!(entry.ttl(later), 6);
         assert!(matches!(
-            cache.lookup(
+            look(
+                &cache,
                 &rule,
                 Some("app1"),
                 &request,
-                false,
                 now + Duration::from_secs(10)
             ),
             Lookup::Miss { why: "stale", .. }
@@ -597,10 +728,7 @@ mod tests {
                 .headers
                 .insert("host", HeaderValue::from_str(host).unwrap());
             assert!(
-                matches!(
-                    cache.lookup(&own, app, &other, false, now),
-                    Lookup::Miss { .. }
-                ),
+                matches!(look(&cache, &own, app, &other, now), Lookup::Miss { .. }),
                 "{app:?} {path} {host}"
             );
         }
@@ -618,41 +746,53 @@ mod tests {
             now,
         );
         assert!(matches!(
-            cache.lookup(&shared, Some("app2"), &request, false, now),
+            look(&cache, &shared, Some("app2"), &request, now),
             Lookup::Hit(_)
         ));
         assert!(matches!(
-            cache.lookup(&shared, None, &request, false, now),
+            look(&cache, &shared, None, &request, now),
             Lookup::Hit(_)
         ));
     }
 
     #[test]
-    fn bypasses_ranges_conditionals_authorization_and_other_methods() {
+    fn plans_bypasses_and_invalidations() {
         let cache = Arc::new(ResponseCache::new(1 << 20));
         let rule = rule(60, true);
-        let now = Instant::now();
+        let bypass =
+            |cache: &ResponseCache, request: &http::request::Parts, auth: bool, body: bool| {
+                matches!(cache.plan(&rule, None, request, auth, body), Plan::Bypass)
+            };
         for header in ["range", "if-none-match", "if-modified-since"] {
-            let request = get("/a", &[(header, "x")]);
-            assert!(matches!(
-                cache.lookup(&rule, None, &request, false, now),
-                Lookup::Bypass
-            ));
+            assert!(
+                bypass(&cache, &get("/a", &[(header, "x")]), false, false),
+                "{header}"
+            );
         }
-        assert!(matches!(
-            cache.lookup(&rule, None, &get("/a", &[]), true, now),
-            Lookup::Bypass
-        ));
+        assert!(
+            bypass(&cache, &get("/a", &[]), true, false),
+            "authorization"
+        );
+        assert!(bypass(&cache, &get("/a", &[]), false, true), "a body");
+        let mut options = get("/a", &[]);
+        options.method = Method::OPTIONS;
+        assert!(bypass(&cache, &options, false, false));
         let mut post = get("/a", &[]);
         post.method = Method::POST;
         assert!(matches!(
-            cache.lookup(&rule, None, &post, false, now),
-            Lookup::Bypass
+            cache.plan(&rule, None, &post, false, true),
+            Plan::Invalidate(_)
         ));
         assert!(!ResponseCache::new(0).enabled());
+        assert!(bypass(
+            &ResponseCache::new(0),
+            &get("/a", &[]),
+            false,
+            false
+        ));
         assert!(matches!(
-            ResponseCache::new(0).lookup(&rule, None, &get("/a", &[]), false, now),
-            Lookup::Bypass
+            cache.plan(&rule, None, &get("/a", &[]), false, false),
+            Plan::Look(_)
         ));
     }
 
@@ -672,6 +812,15 @@ mod tests {
             answer(&[("cache-control", "max-age=5"), ("age", "9")]),
             answer(&[("vary", "accept, *")]),
             answer(&[("content-length", "2000000")]),
+            // The first `Age` counts; one past 2^31 is 2^31.
+            answer(&[("cache-control", "max-age=10"), ("age", "50, 5")]),
+            answer(&[
+                ("cache-control", "max-age=100"),
+                ("age", "99999999999999999999"),
+            ]),
+            // `Expires` in the past, or unreadable, without `max-age`.
+            answer(&[("expires", "Thu, 01 Jan 1970 00:00:00 GMT")]),
+            answer(&[("expires", "0")]),
         ] {
             assert!(
                 cache
@@ -721,6 +870,115 @@ mod tests {
     }
 
     #[test]
+    fn lifetimes_dates_and_the_upstreams_cache_status() {
+        let cache = Arc::new(ResponseCache::new(1 << 20));
+        let rule = rule(60, true);
+        let request = get("/a", &[]);
+        let now = Instant::now();
+        let fill = |headers: &[(&str, &str)]| {
+            cache
+                .fill(
+                    &rule,
+                    "k".into(),
+                    &request.headers,
+                    StatusCode::OK,
+                    &answer(headers),
+                    now,
+                )
+                .unwrap()
+        };
+        // A huge max-age is the route's TTL.
+        assert_eq!(
+            fill(&[("cache-control", "max-age=99999999999999999999")])
+                .ttl
+                .as_secs(),
+            60
+        );
+        // `Expires` 30 s after `Date`, when there is no `max-age`.
+        let fetched = SystemTime::now();
+        let date = httpdate::fmt_http_date(fetched);
+        let expires = httpdate::fmt_http_date(fetched + Duration::from_secs(30));
+        let expiring = fill(&[("date", &date), ("expires", &expires)]);
+        assert_eq!(expiring.ttl.as_secs(), 30);
+        assert_eq!(
+            expiring.headers["date"],
+            date.as_str(),
+            "the upstream's Date kept"
+        );
+        // An answer without `Date` is given the time it was fetched.
+        let undated = fill(&[]);
+        let stamped = httpdate::parse_http_date(undated.headers["date"].to_str().unwrap()).unwrap();
+        assert!(stamped <= SystemTime::now() && stamped + Duration::from_secs(2) >= fetched);
+        // The gateway's member goes after the upstream's.
+        let mut headers = answer(&[("cache-status", "origin-cdn; hit")]);
+        add_cache_status(&mut headers, forward_status("uri-miss", true));
+        assert_eq!(
+            headers["cache-status"],
+            "origin-cdn; hit, tollgate; fwd=uri-miss; stored"
+        );
+        let mut headers = HeaderMap::new();
+        add_cache_status(&mut headers, forward_status("bypass", false));
+        assert_eq!(headers["cache-status"], "tollgate; fwd=bypass");
+    }
+
+    #[test]
+    fn small_caches_keep_small_answers_and_forget_on_request() {
+        // 16 shards of 4 KiB: bodies up to 1 KiB.
+        let cache = Arc::new(ResponseCache::new(16 * 4096));
+        assert_eq!(cache.entry_max(), 1024);
+        let rule = rule(60, true);
+        let request = get("/a", &[]);
+        let now = Instant::now();
+        let too_long = answer(&[("content-length", "1025")]);
+        assert!(
+            cache
+                .fill(
+                    &rule,
+                    "k".into(),
+                    &request.headers,
+                    StatusCode::OK,
+                    &too_long,
+                    now
+                )
+                .is_none()
+        );
+        let (_, taken) = miss_and_fill(
+            &cache,
+            &rule,
+            None,
+            &request,
+            &answer(&[]),
+            &[b'x'; 1025],
+            now,
+        );
+        assert!(taken);
+        assert_eq!(
+            cache.usage().0,
+            0,
+            "a streamed body past the limit is not kept"
+        );
+        miss_and_fill(
+            &cache,
+            &rule,
+            None,
+            &request,
+            &answer(&[]),
+            &[b'x'; 1000],
+            now,
+        );
+        assert!(matches!(
+            look(&cache, &rule, None, &request, now),
+            Lookup::Hit(_)
+        ));
+        let Plan::Look(key) = cache.plan(&rule, None, &request, false, false) else {
+            panic!("not looked up");
+        };
+        cache.remove(&key);
+        assert_eq!(cache.usage(), (0, 0));
+        assert_eq!(ResponseCache::new(15).entry_max(), 0);
+    }
+
+    #[test]
     fn vary_matches_on_the_request_that_fetched_it() {
         let cache = Arc::new(ResponseCache::new(1 << 20));
         let rule = rule(60, true);
@@ -729,19 +987,19 @@ mod tests {
         let headers = answer(&[("vary", "Accept-Language")]);
         miss_and_fill(&cache, &rule, None, &english, &headers, b"hi", now);
         assert!(matches!(
-            cache.lookup(&rule, None, &english, false, now),
+            look(&cache, &rule, None, &english, now),
             Lookup::Hit(_)
         ));
         let french = get("/a", &[("accept-language", "fr")]);
         assert!(matches!(
-            cache.lookup(&rule, None, &french, false, now),
+            look(&cache, &rule, None, &french, now),
             Lookup::Miss {
                 why: "vary-miss",
                 ..
             }
         ));
         assert!(matches!(
-            cache.lookup(&rule, None, &get("/a", &[]), false, now),
+            look(&cache, &rule, None, &get("/a", &[]), now),
             Lookup::Miss {
                 why: "vary-miss",
                 ..
@@ -772,11 +1030,11 @@ mod tests {
         assert!(entries > 16 && entries < 400, "{entries}");
         // The newest are there, the oldest gone.
         assert!(matches!(
-            cache.lookup(&rule, None, &get("/item/399", &[]), false, now),
+            look(&cache, &rule, None, &get("/item/399", &[]), now),
             Lookup::Hit(_)
         ));
         assert!(matches!(
-            cache.lookup(&rule, None, &get("/item/0", &[]), false, now),
+            look(&cache, &rule, None, &get("/item/0", &[]), now),
             Lookup::Miss { .. }
         ));
         // Storing one key again and again leaves no trail behind.

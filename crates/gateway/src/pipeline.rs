@@ -30,7 +30,7 @@ use crate::body::{
     BodyProgress, BodyStalled, BodyTooLarge, ClientBodyError, GatewayBody, InFlight, LimitedBody,
     RequestBody, UpstreamRequestBody, UpstreamResponseBody,
 };
-use crate::cache::{CACHE_STATUS, Entry, Lookup, forward_status};
+use crate::cache::{Entry, Lookup, Plan, forward_status};
 use crate::client::SendError;
 use crate::refusal::LeaseShort;
 use crate::refusal::Refusal;
@@ -995,35 +995,19 @@ async fn forward(
         ));
     };
     let (parts, body) = request.into_parts();
-    // The route's response cache: a fresh answer is served from it, the
-    // upstream not asked.
-    let mut cache_miss = None;
-    if let Some(rule) = &route.cache {
+    // The route's response cache: keyed by the request as sent, looked up
+    // once its headers are as the upstream would see them.
+    let cache_plan = route.cache.as_ref().map(|rule| {
         // The caller's own `Authorization` (not the gateway's credential)
         // would reach the upstream: its answer is the caller's alone.
         let forwards_authorization = admission.strip & strip::AUTHORIZATION == 0
             && parts.headers.contains_key(header::AUTHORIZATION);
         let app = trace.who.app.as_ref().map(|app| app.id.as_str());
-        let now = Instant::now();
-        match shared
+        let has_body = !http_body::Body::is_end_stream(&body);
+        shared
             .cache
-            .lookup(rule, app, &parts, forwards_authorization, now)
-        {
-            Lookup::Hit(entry) => {
-                let head = parts.method == Method::HEAD;
-                return Ok(Box::pin(serve_cached(
-                    shared, context, trace, route, &entry, head, admission, now,
-                ))
-                .await);
-            }
-            // Only a `GET` brings a body to keep.
-            Lookup::Miss { key, why } => {
-                let keep = (parts.method == Method::GET).then(|| (key, parts.headers.clone()));
-                cache_miss = Some((keep, why));
-            }
-            Lookup::Bypass => cache_miss = Some((None, "bypass")),
-        }
-    }
+            .plan(rule, app, &parts, forwards_authorization, has_body)
+    });
     let mut deadline = context.started + route.timeout;
     let method_bit = method_bit(&parts.method);
     let retry = &route.retry;
@@ -1144,6 +1128,39 @@ async fn forward(
         headers.insert(TRACEPARENT.clone(), value);
     }
     route.request_headers.apply(&mut headers);
+
+    // A fresh answer is served from the cache, the upstream not asked.
+    let mut invalidate = None;
+    let mut cache_miss = match cache_plan {
+        None => None,
+        Some(Plan::Look(key)) => {
+            let now = Instant::now();
+            let get = parts.method == Method::GET;
+            match shared.cache.lookup(key, &headers, get, now) {
+                Lookup::Hit(entry) => {
+                    drop(permits.take());
+                    return Ok(Box::pin(serve_cached(
+                        shared,
+                        context,
+                        trace,
+                        route,
+                        &entry,
+                        !get,
+                        reservation.take(),
+                        now,
+                    ))
+                    .await);
+                }
+                // Only a `GET` brings a body to keep.
+                Lookup::Miss { key, why } => Some((get.then(|| (key, headers.clone())), why)),
+            }
+        }
+        Some(Plan::Invalidate(key)) => {
+            invalidate = Some(key);
+            Some((None, "bypass"))
+        }
+        Some(Plan::Bypass) => Some((None, "bypass")),
+    };
 
     let per_try_limit = retry
         .per_try_timeout
@@ -1303,6 +1320,11 @@ async fn forward(
                     // RFC 9110 §8.6: a 204 has no body and no length.
                     response_parts.headers.remove(header::CONTENT_LENGTH);
                 }
+                if let Some(key) = invalidate.take()
+                    && (200..400).contains(&status)
+                {
+                    shared.cache.remove(&key);
+                }
                 let mut fill = None;
                 if let (Some((keep, why)), Some(rule)) = (cache_miss.take(), &route.cache) {
                     if let Some((key, request_headers)) = keep
@@ -1321,9 +1343,10 @@ async fn forward(
                     // may yet outgrow the cache.
                     let sure = fill.is_some()
                         && (status == 204 || content_length(&response_parts.headers).is_some());
-                    response_parts
-                        .headers
-                        .insert(CACHE_STATUS.clone(), forward_status(why, sure));
+                    crate::cache::add_cache_status(
+                        &mut response_parts.headers,
+                        forward_status(why, sure),
+                    );
                 }
                 // Phase 8: a call the upstream answered below 500 is
                 // charged; otherwise the reservation is given back. Either
@@ -1429,7 +1452,7 @@ async fn serve_cached(
     route: &RouteRt,
     entry: &Entry,
     head: bool,
-    admission: Admission,
+    reservation: Option<crate::money::Reservation>,
     now: Instant,
 ) -> Response<GatewayBody> {
     trace.cache_hit = true;
@@ -1443,17 +1466,14 @@ async fn serve_cached(
     let headers = response.headers_mut();
     *headers = entry.headers.clone();
     headers.insert(header::AGE, HeaderValue::from(entry.age(now)));
-    headers.insert(CACHE_STATUS.clone(), crate::cache::hit_status(entry, now));
-    if let Some(held) = admission.reservation {
+    crate::cache::add_cache_status(headers, crate::cache::hit_status(entry, now));
+    if let Some(held) = reservation {
         let left = settle(shared, context, trace, held, entry.status.as_u16()).await;
         if let Ok(value) = balance_header(left, &shared.options.currency) {
             headers.insert(TOLLGATE_BALANCE.clone(), value);
         }
     }
     route.response_headers.apply(headers);
-    // The caller's concurrency slots end with the call (its body is in
-    // memory).
-    drop(admission.permits);
     response
 }
 

@@ -707,9 +707,10 @@ fn validate(raw: RawConfig, problems: &mut Vec<String>) -> Config {
         }
     };
     let cache_max_bytes = raw.gateway.cache_max_bytes.unwrap_or(64 << 20);
-    if cache_max_bytes > 1 << 36 {
+    if cache_max_bytes != 0 && !(1 << 16..=1 << 36).contains(&cache_max_bytes) {
         problems.push(format!(
-            "gateway.cache_max_bytes: must be at most {} (64 GiB); 0 turns the response cache off",
+            "gateway.cache_max_bytes: must be between {} (64 KiB) and {} (64 GiB), or 0 to turn the response cache off",
+            1u64 << 16,
             1u64 << 36
         ));
     }
@@ -867,6 +868,36 @@ mod tests {
         assert!(
             typed[0].starts_with("gateway.request_body_limit_bytes:"),
             "{typed:?}"
+        );
+    }
+
+    #[test]
+    fn the_response_cache_has_a_floor_or_is_off() {
+        for (value, refused) in [("0", false), ("1", true), ("65535", true), ("65536", false)] {
+            let pairs = [("TOLLGATE_GATEWAY__CACHE_MAX_BYTES", value)];
+            let loaded = load(None, &env(&pairs), &Overrides::default());
+            match loaded {
+                Ok(config) => {
+                    assert!(!refused, "{value} accepted");
+                    assert_eq!(config.cache_max_bytes.to_string(), value);
+                }
+                Err(problems) => {
+                    assert!(refused, "{value}: {:?}", problems.0);
+                    assert!(
+                        problems.0[0].starts_with(
+                            "gateway.cache_max_bytes (from TOLLGATE_GATEWAY__CACHE_MAX_BYTES): must be between 65536"
+                        ),
+                        "{:?}",
+                        problems.0
+                    );
+                }
+            }
+        }
+        assert_eq!(
+            load(None, &env(&[]), &Overrides::default())
+                .unwrap()
+                .cache_max_bytes,
+            64 << 20
         );
     }
 

@@ -254,6 +254,79 @@ async fn keeps_only_what_may_be_kept() {
     let (status, _) = fetch(&tollgate, short, None).await;
     assert_eq!(status, "tollgate; fwd=stale; stored");
 
+    // The upstream's own Cache-Status is kept, the gateway's member after.
+    let (status, _) = fetch(
+        &tollgate,
+        "/svc/cdn?header=Cache-Status:%20origin;%20hit",
+        None,
+    )
+    .await;
+    assert_eq!(status, "origin; hit, tollgate; fwd=uri-miss; stored");
+
+    // A GET with a body (a search) is not the answer to a GET without.
+    let before = upstream.hits();
+    for _ in 0..2 {
+        let response = tollgate
+            .client
+            .get(format!("{}/svc/search", tollgate.gateway_url))
+            .body("{\"q\": \"one caller's question\"}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(cache_status(&response), "tollgate; fwd=bypass");
+    }
+    let (status, _) = fetch(&tollgate, "/svc/search", None).await;
+    assert_eq!(status, "tollgate; fwd=uri-miss; stored");
+    assert_eq!(upstream.hits(), before + 3);
+
+    // A POST that succeeds on a kept URI makes it fetched afresh.
+    let (status, _) = fetch(&tollgate, "/svc/search", None).await;
+    assert!(status.contains("hit"), "{status}");
+    let posted = tollgate
+        .client
+        .post(format!("{}/svc/search", tollgate.gateway_url))
+        .body("changed")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(posted.status(), 200);
+    let (status, _) = fetch(&tollgate, "/svc/search", None).await;
+    assert_eq!(status, "tollgate; fwd=uri-miss; stored");
+
+    // `Vary` is compared on the headers as the upstream saw them: the
+    // gateway's `X-Forwarded-For` names each client.
+    let from = |ip: [u8; 4]| {
+        reqwest::Client::builder()
+            .local_address(std::net::IpAddr::from(ip))
+            .no_proxy()
+            .build()
+            .unwrap()
+    };
+    let by_client = "/svc/geo?header=Vary:%20X-Forwarded-For";
+    for (ip, expected) in [
+        ([127, 0, 0, 1], "tollgate; fwd=uri-miss; stored"),
+        ([127, 0, 0, 1], "tollgate; hit; ttl=60"),
+        ([127, 0, 0, 2], "tollgate; fwd=vary-miss; stored"),
+    ] {
+        let response = from(ip)
+            .get(format!("{}{by_client}", tollgate.gateway_url))
+            .send()
+            .await
+            .unwrap();
+        let status = cache_status(&response);
+        assert!(
+            status == expected || (expected.contains("hit") && status.starts_with("tollgate; hit")),
+            "{ip:?}: {status}"
+        );
+        let echo: Value = response.json().await.unwrap();
+        let ip = std::net::IpAddr::from(ip).to_string();
+        assert_eq!(
+            echo["headers"]["x-forwarded-for"],
+            ip.as_str(),
+            "an answer made for {ip}"
+        );
+    }
+
     // Vary: served only to requests that match the one that fetched it.
     let varied = "/svc/lang?header=Vary:%20Accept-Language";
     let in_language = |language: &'static str| {
