@@ -339,6 +339,15 @@ async fn record(
     let held = match hold_debit(state, &team.spec.slug, -amount).await {
         Ok(held) => held,
         Err(available) => {
+            // A retry of an entry already written (or being written by
+            // the first try, whose hold made this one short) is replayed,
+            // not refused.
+            if let Some(key) = &idempotency_key
+                && let Some(existing) = tx.entry_by_key(&team.id, key, domain::now_ms()).await?
+            {
+                drop(tx);
+                return replay(state, existing, &team, kind, amount).await;
+            }
             return Err(ApiError::conflict(
                 "amount",
                 format!(
@@ -368,25 +377,8 @@ async fn record(
     };
     match tx.append_entry(entry).await? {
         Appended::Existing(existing) => {
-            if existing.kind != kind || existing.amount_nanos != amount {
-                return Err(ApiError::conflict(
-                    "idempotency_key",
-                    format!(
-                        "was used for a {} of {} {}; use a new key for a different entry",
-                        existing.kind.as_str(),
-                        money::format(existing.amount_nanos),
-                        state.currency
-                    ),
-                ));
-            }
             drop(tx);
-            let wallet = state.store.wallet(&team.id).await?;
-            let result = EntryResult {
-                entry: entry_view(existing, &team, &state.currency),
-                wallet: wallet_view(wallet, &team, &state.currency),
-                replayed: true,
-            };
-            Ok(ok(&result))
+            replay(state, existing, &team, kind, amount).await
         }
         Appended::Created(entry, wallet) => {
             let action = format!("wallet.{}", kind.as_str());
@@ -412,6 +404,35 @@ async fn record(
             Ok((StatusCode::CREATED, axum::Json(result)).into_response())
         }
     }
+}
+
+/// The answer to an entry sent again with its idempotency key: the entry
+/// as recorded, or a conflict when the key was used for another one.
+async fn replay(
+    state: &AdminState,
+    existing: LedgerEntry,
+    team: &Team,
+    kind: EntryKind,
+    amount: i64,
+) -> Result<Response, ApiError> {
+    if existing.kind != kind || existing.amount_nanos != amount {
+        return Err(ApiError::conflict(
+            "idempotency_key",
+            format!(
+                "was used for a {} of {} {}; use a new key for a different entry",
+                existing.kind.as_str(),
+                money::format(existing.amount_nanos),
+                state.currency
+            ),
+        ));
+    }
+    let wallet = state.store.wallet(&team.id).await?;
+    let result = EntryResult {
+        entry: entry_view(existing, team, &state.currency),
+        wallet: wallet_view(wallet, team, &state.currency),
+        replayed: true,
+    };
+    Ok(ok(&result))
 }
 
 // ------------------------------------------------------------------ holds

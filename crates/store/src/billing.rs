@@ -40,6 +40,17 @@ pub struct NodeUsage {
     pub usage: Usage,
 }
 
+/// Whether the billing task has something to do with `subscription` at
+/// `now_ms` (the condition of [`Store::due_subscriptions`]).
+pub fn is_due(subscription: &Subscription, now_ms: i64) -> bool {
+    use domain::access::SubscriptionStatus;
+    match subscription.status {
+        SubscriptionStatus::Active => subscription.period_end_ms.is_none_or(|end| end <= now_ms),
+        SubscriptionStatus::PastDue => true,
+        _ => false,
+    }
+}
+
 /// The idempotency key of a subscription period's fee.
 pub fn fee_key(subscription_id: &str, period_start_ms: i64) -> String {
     format!("fee:{subscription_id}:{period_start_ms}")
@@ -224,7 +235,11 @@ impl Store {
         let mut due = Vec::with_capacity(ids.len());
         for row in ids {
             let id: String = row.try_get(0)?;
-            if let Some(subscription) = self.subscription(&id).await? {
+            // Read after the ids: another node may have renewed it since,
+            // and what is no longer due is not handed on.
+            if let Some(subscription) = self.subscription(&id).await?
+                && is_due(&subscription, now_ms)
+            {
                 due.push(subscription);
             }
         }

@@ -89,15 +89,19 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
 impl Store {
     /// Applies every migration not yet applied; returns the versions applied.
     pub async fn migrate(&self) -> Result<Vec<i64>> {
+        let mut tx = self.begin().await?;
+        self.lock_migrations(&mut tx).await?;
         sqlx::raw_sql(
             "CREATE TABLE IF NOT EXISTS schema_migrations (\
              version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at_ms BIGINT NOT NULL)",
         )
-        .execute(&self.pool)
+        .execute(&mut *tx.tx)
         .await?;
+        tx.commit().await?;
         let mut applied = Vec::new();
         for &(version, name, sql) in MIGRATIONS {
             let mut tx = self.begin().await?;
+            self.lock_migrations(&mut tx).await?;
             let done = sqlx::query("SELECT version FROM schema_migrations WHERE version = $1")
                 .bind(version)
                 .fetch_optional(&mut *tx.tx)
@@ -131,4 +135,21 @@ impl Store {
         }
         Ok(applied)
     }
+
+    /// PostgreSQL: one node at a time migrates (others starting together
+    /// wait in this transaction, then find the work done). SQLite's write
+    /// transactions already take turns.
+    async fn lock_migrations(&self, tx: &mut crate::WriteTx) -> Result<()> {
+        if self.backend() == crate::Backend::Postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(MIGRATION_LOCK)
+                .execute(&mut *tx.tx)
+                .await?;
+        }
+        Ok(())
+    }
 }
+
+/// The advisory lock key migrations take on PostgreSQL ("tollgate" in
+/// ASCII).
+const MIGRATION_LOCK: i64 = 0x746f_6c6c_6761_7465;

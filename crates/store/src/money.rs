@@ -183,6 +183,25 @@ impl WriteTx {
 }
 
 impl WriteTx {
+    /// The entry of team `team_id` recorded under `key`, read once the
+    /// wallet's row is locked: a writer of the same key in flight has then
+    /// committed (or given up).
+    pub async fn entry_by_key(
+        &mut self,
+        team_id: &str,
+        key: &str,
+        now_ms: i64,
+    ) -> Result<Option<LedgerEntry>> {
+        self.lock_wallet(team_id, now_ms).await?;
+        sqlx::query("SELECT * FROM ledger WHERE team_id = $1 AND idempotency_key = $2")
+            .bind(team_id)
+            .bind(key)
+            .fetch_optional(&mut *self.tx)
+            .await?
+            .map(|row| entry_from(&row))
+            .transpose()
+    }
+
     /// Appends many charges (or any entries) of one team at once: the
     /// wallet row is locked and updated once, and the entries go in with
     /// multi-row `INSERT`s. No floor is checked: the gateway reserved these

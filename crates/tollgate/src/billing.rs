@@ -202,6 +202,12 @@ async fn renew(
         }
     }
     let mut tx = store.begin().await?;
+    // Another node may have handled it since it was read: what it charged
+    // then is not charged again for the period after.
+    let current = tx.subscription(&before.id).await?;
+    if current.is_none_or(|current| current.updated_at_ms != before.updated_at_ms) {
+        return Ok(false);
+    }
     let (action, event) = match step {
         Step::Expire => {
             after.status = SubscriptionStatus::Expired;

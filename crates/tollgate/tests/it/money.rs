@@ -163,6 +163,60 @@ async fn grants_are_exact_and_idempotent_on_postgres() {
     grants_are_exact_and_idempotent(&tollgate).await;
 }
 
+/// A client retrying an adjustment at once, many times over: one entry,
+/// every other answer its replay, though the first try's hold leaves too
+/// little for the retries to hold theirs (7.75 holds one 4.00, not two).
+#[tokio::test]
+async fn an_adjustment_retried_at_once_is_replayed() {
+    let tollgate = Tollgate::start(BIN).await;
+    team(&tollgate, "acme").await;
+    let (status, _) = grant(
+        &tollgate,
+        "acme",
+        json!({"amount": "7.75", "reason": "start"}),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let adjust = |amount: &str, key: &str| {
+        let body = json!({"amount": amount, "reason": "correction", "idempotency_key": key});
+        let client = tollgate.client.clone();
+        let url = format!(
+            "{}/api/v1/teams/acme/wallet/adjustments",
+            tollgate.admin_url
+        );
+        async move {
+            let response = client
+                .post(url)
+                .bearer_auth(test_support::tollgate::ADMIN_TOKEN)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            (response.status(), response.json::<Value>().await.unwrap())
+        }
+    };
+    let answers = futures_util::future::join_all((0..16).map(|_| adjust("-4", "adj-burst"))).await;
+    let created = answers.iter().filter(|(s, _)| s.as_u16() == 201).count();
+    let replayed = answers
+        .iter()
+        .filter(|(s, b)| s.as_u16() == 200 && b["replayed"] == true)
+        .count();
+    assert_eq!((created, replayed), (1, 15), "{answers:?}");
+    assert_eq!(wallet(&tollgate, "acme").await["balance"], "3.75");
+    let (status, body) = adjust("-4", "adj-3").await;
+    assert_eq!(status, 409, "{body}");
+    let (status, body) = adjust("-3.75", "adj-3").await;
+    assert_eq!(
+        status, 201,
+        "a refused try wrote nothing under its key: {body}"
+    );
+    let (status, body) = adjust("3.75", "adj-4").await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = adjust("4", "adj-4").await;
+    assert_eq!(status, 409, "a key names one entry: {body}");
+    assert_eq!(wallet(&tollgate, "acme").await["balance"], "3.75");
+}
+
 #[tokio::test]
 async fn adjustments_filters_csv_and_who_may_move_money() {
     let tollgate = Tollgate::start(BIN).await;

@@ -232,6 +232,32 @@ fn version_and_migrate() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("storage.database_url"));
 }
 
+/// Nodes started together on a new PostgreSQL database migrate it one
+/// at a time: none fails on the others' half-made tables.
+#[test]
+fn nodes_migrating_one_database_together_all_succeed() {
+    let database = test_support::PgDatabase::create();
+    let runs: Vec<_> = (0..4)
+        .map(|_| {
+            Command::new(BIN)
+                .args(["migrate", "--database-url", &database.url])
+                .env_clear()
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for run in runs {
+        let output = run.wait_with_output().unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
 /// A store keeps the currency it started with: another `money.currency`
 /// would relabel every balance and ledger entry, so it stops the start.
 #[tokio::test]
