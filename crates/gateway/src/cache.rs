@@ -271,7 +271,7 @@ impl ResponseCache {
         }
         // RFC 9111 §5.1: the first value counts; one that is not a
         // number is ignored.
-        let initial_age = headers
+        let age_value = headers
             .get(header::AGE)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| delta_seconds(v.split(',').next().unwrap_or("")))
@@ -280,6 +280,12 @@ impl ResponseCache {
             .get(header::DATE)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| httpdate::parse_http_date(v).ok());
+        // RFC 9111 §4.2.3: the answer is at least as old as its `Date`
+        // says.
+        let apparent_age = date
+            .and_then(|date| SystemTime::now().duration_since(date).ok())
+            .map_or(0, |age| age.as_secs());
+        let initial_age = age_value.max(apparent_age);
         let lifetime = match control.max_age {
             Some(max_age) => Some(max_age),
             // `Expires` counts only without `max-age` (RFC 9111 §5.3); one
@@ -319,9 +325,15 @@ impl ResponseCache {
                 vary.push((name, value));
             }
         }
-        let entry_max = self.entry_max();
+        // The body's room: what the entry may take, less its key and
+        // headers.
+        let overhead = entry_size(&key, headers, 0);
+        let entry_max = self
+            .entry_max()
+            .min((self.shard_bytes / 4).saturating_sub(overhead));
         let length = crate::pipeline::content_length(headers);
-        if entry_max == 0 || length.is_some_and(|length| length > entry_max as u64) {
+        if overhead > self.shard_bytes / 4 || length.is_some_and(|length| length > entry_max as u64)
+        {
             return None;
         }
         let mut kept = headers.clone();
@@ -350,14 +362,7 @@ impl ResponseCache {
     }
 
     fn insert(&self, key: Box<str>, mut entry: Entry) {
-        let size = entry.body.len()
-            + key.len()
-            + entry
-                .headers
-                .iter()
-                .map(|(name, value)| name.as_str().len() + value.len() + 32)
-                .sum::<usize>()
-            + 128;
+        let size = entry_size(&key, &entry.headers, entry.body.len());
         if size > self.shard_bytes {
             return;
         }
@@ -398,6 +403,17 @@ impl ResponseCache {
             (entries + shard.map.len(), bytes + shard.bytes)
         })
     }
+}
+
+/// The memory an entry is counted for: its body, key and headers, and a
+/// little for the rest.
+fn entry_size(key: &str, headers: &HeaderMap, body: usize) -> usize {
+    body + key.len()
+        + headers
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len() + 32)
+            .sum::<usize>()
+        + 128
 }
 
 /// Requests the cache leaves to the upstream.
@@ -905,6 +921,25 @@ mod tests {
             date.as_str(),
             "the upstream's Date kept"
         );
+        // An `Expires` after `Date`, both long past: as old as `Date` says.
+        let long_ago = httpdate::fmt_http_date(fetched - Duration::from_secs(600));
+        let expired = httpdate::fmt_http_date(fetched - Duration::from_secs(300));
+        let past = answer(&[("date", &long_ago), ("expires", &expired)]);
+        assert!(
+            cache
+                .fill(
+                    &rule,
+                    "k".into(),
+                    &request.headers,
+                    StatusCode::OK,
+                    &past,
+                    now
+                )
+                .is_none()
+        );
+        let aged = fill(&[("date", &long_ago), ("cache-control", "max-age=630")]);
+        assert!((29..=30).contains(&aged.ttl.as_secs()), "{:?}", aged.ttl);
+        assert!((600..=601).contains(&aged.initial_age));
         // An answer without `Date` is given the time it was fetched.
         let undated = fill(&[]);
         let stamped = httpdate::parse_http_date(undated.headers["date"].to_str().unwrap()).unwrap();
@@ -957,13 +992,26 @@ mod tests {
             0,
             "a streamed body past the limit is not kept"
         );
+        // The key and headers count in the quarter of a shard.
+        let fill = |headers: HeaderMap| {
+            cache.fill(
+                &rule,
+                "k".into(),
+                &request.headers,
+                StatusCode::OK,
+                &headers,
+                now,
+            )
+        };
+        assert!(fill(answer(&[("x-padding", &"p".repeat(1000))])).is_none());
+        assert!(fill(answer(&[("content-length", "900")])).is_none());
         miss_and_fill(
             &cache,
             &rule,
             None,
             &request,
             &answer(&[]),
-            &[b'x'; 1000],
+            &[b'x'; 500],
             now,
         );
         assert!(matches!(

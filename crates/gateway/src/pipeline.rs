@@ -1300,7 +1300,7 @@ async fn forward(
                 if status == 204
                     || !route.response_headers.is_empty()
                     || trace.capture.is_some()
-                    || cache_miss.as_ref().is_some_and(|(keep, _)| keep.is_some())
+                    || cache_miss.is_some()
                 {
                     crate::body::materialize(&mut response);
                 }

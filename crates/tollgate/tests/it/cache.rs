@@ -262,6 +262,17 @@ async fn keeps_only_what_may_be_kept() {
     )
     .await;
     assert_eq!(status, "origin; hit, tollgate; fwd=uri-miss; stored");
+    let ranged = tollgate
+        .client
+        .get(format!(
+            "{}/svc/cdn2?header=Cache-Status:%20origin;%20hit",
+            tollgate.gateway_url
+        ))
+        .header("range", "bytes=0-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cache_status(&ranged), "origin; hit, tollgate; fwd=bypass");
 
     // A GET with a body (a search) is not the answer to a GET without.
     let before = upstream.hits();
