@@ -380,6 +380,16 @@ pub async fn run(args: &ConfigArgs) -> anyhow::Result<()> {
     let root_token_digest = bootstrap_root_token(&store, &config).await?;
     keep_one_currency(&store, &config.currency).await?;
     let secrets = Arc::new(master_key(&config)?);
+    // Nodes sharing a database share the key: one with another key would
+    // seal what the others cannot open (webhook secrets, provider keys).
+    if let Some((stored, context)) = store.sealed_sample().await?
+        && secrets.open(&stored, &context).is_err()
+    {
+        anyhow::bail!(
+            "this master key does not open the secrets stored in the database (sealed under another key): \
+             give every node sharing the database the same secrets.master_key (or <data dir>/master-key)"
+        );
+    }
     let sealed = store.seal_stored_secrets(&secrets).await.map_err(|error| {
         anyhow::anyhow!("cannot seal the HS256 secrets stored in clear: {error}")
     })?;

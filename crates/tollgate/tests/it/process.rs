@@ -258,6 +258,62 @@ fn nodes_migrating_one_database_together_all_succeed() {
     }
 }
 
+/// A node whose master key does not open the secrets the others sealed
+/// in the shared database does not start: it would seal new ones that
+/// they cannot open.
+#[tokio::test]
+async fn a_node_with_another_master_key_does_not_start() {
+    let database = test_support::PgDatabase::create();
+    let first = Tollgate::start_with(
+        BIN,
+        test_support::tollgate::Options::on_database(&database.url),
+    )
+    .await;
+    first
+        .create("/api/v1/teams", json!({"slug": "acme", "name": "Acme"}))
+        .await;
+    first
+        .create(
+            "/api/v1/teams/acme/webhooks",
+            json!({"url": "http://127.0.0.1:9/hook", "events": ["subscription.created"]}),
+        )
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = test_support::free_port();
+    let url = database.url.clone();
+    let home = dir.path().to_path_buf();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(BIN)
+            .arg("serve")
+            .env_clear()
+            .env("TOLLGATE_DATA_DIR", &home)
+            .env("TOLLGATE_STORAGE__DATABASE_URL", &url)
+            .env("TOLLGATE_GATEWAY__LISTEN", format!("127.0.0.1:{port}"))
+            .env("TOLLGATE_ADMIN__LISTEN", "127.0.0.1:0")
+            .env(
+                "TOLLGATE_SECRETS__MASTER_KEY",
+                "YW5vdGhlci1rZXktb2YtdGhpcnR5LXR3by1ieXRlcyE=",
+            )
+            .output()
+    });
+    let output = tokio::time::timeout(Duration::from_secs(20), output)
+        .await
+        .expect("the node stops at once")
+        .unwrap()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("does not open the secrets stored in the database"),
+        "{stderr}"
+    );
+    // The first node goes on.
+    let (status, _) = first
+        .admin(reqwest::Method::GET, "/api/v1/teams", None)
+        .await;
+    assert_eq!(status, 200);
+}
+
 /// A store keeps the currency it started with: another `money.currency`
 /// would relabel every balance and ledger entry, so it stops the start.
 #[tokio::test]
