@@ -325,6 +325,13 @@ impl Gateway {
         self.shared.limiters.set_remote_in_flight(subject, count);
     }
 
+    /// Counts taken for a sync that failed, to be sent with the next.
+    pub fn give_back_unsynced(&self, items: &[limit::SyncItem]) {
+        for item in items {
+            self.shared.limiters.give_back(item);
+        }
+    }
+
     /// A window's total over every node, read back from the shared store.
     pub fn set_shared_count(&self, item: &limit::SyncItem, total: u64) {
         self.shared.limiters.set_total(item, total);

@@ -368,6 +368,22 @@ impl Limiter {
         }
     }
 
+    /// Counts `delta` admissions of a window as unsent again (their sync
+    /// failed): the next sync adds them, if the window is still current.
+    fn give_back(&self, window: usize, start_ms: u64, delta: u64) {
+        let mut states = self
+            .states
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(state) = states.get_mut(window)
+            && state.start_ms == start_ms
+        {
+            let back = delta.min(state.synced);
+            state.synced -= back;
+            state.unsynced += back;
+        }
+    }
+
     /// Records the shared total of a window (every node's admissions).
     fn set_total(&self, window: usize, start_ms: u64, total: u64) {
         let mut states = self
@@ -470,6 +486,19 @@ impl LimiterRegistry {
             }
         }
         items
+    }
+
+    /// A sync that failed: `item`'s admissions are sent with the next one
+    /// (a node cut off from Redis adds what it admitted meanwhile once it
+    /// answers again).
+    pub fn give_back(&self, item: &SyncItem) {
+        let map = self
+            .limiters
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(limiter) = map.get(&item.subject).and_then(Weak::upgrade) {
+            limiter.give_back(item.window, item.start_ms, item.delta);
+        }
     }
 
     /// Applies a window's shared total (read back after adding `item`).
@@ -700,6 +729,40 @@ mod tests {
         }
         assert!(a.admit(now).is_err());
         assert!(b.admit(now).is_err());
+    }
+
+    #[test]
+    fn counts_of_a_failed_sync_go_with_the_next() {
+        let limits = [RateLimit {
+            requests: 100,
+            per: Per::Hour,
+        }];
+        let registry = LimiterRegistry::default();
+        let Some(limiter) = registry.get("s".into(), "plan", &limits, None) else {
+            unreachable!("limits given")
+        };
+        let now = 3_600_000 * 7 + 5;
+        for _ in 0..5 {
+            assert!(limiter.admit(now).is_ok());
+        }
+        let failed = registry.take_unsynced(now);
+        assert_eq!(failed.iter().map(|i| i.delta).sum::<u64>(), 5);
+        // Redis did not answer: the five are sent again, with what came
+        // meanwhile.
+        for item in &failed {
+            registry.give_back(item);
+        }
+        for _ in 0..3 {
+            assert!(limiter.admit(now).is_ok());
+        }
+        let next = registry.take_unsynced(now);
+        assert_eq!(next.iter().map(|i| i.delta).sum::<u64>(), 8);
+        // A window that has passed is not given back into the next one.
+        registry.give_back(&next[0]);
+        let later = now + 3_600_000;
+        assert!(limiter.admit(later).is_ok());
+        let fresh = registry.take_unsynced(later);
+        assert_eq!(fresh.iter().map(|i| i.delta).sum::<u64>(), 1);
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! admissions. Between two syncs a node can admit what the others admitted
 //! meanwhile on top of the limit: the overshoot is bounded by the traffic
 //! of one sync interval. When Redis is unreachable, limits hold per node
-//! and the task retries.
+//! and the task retries; what the node admitted meanwhile is added to the
+//! shared counters once Redis answers (for windows still current).
 
 use std::time::Duration;
 
@@ -44,7 +45,17 @@ async fn sync(
             .arg(item.period_ms.saturating_mul(2))
             .ignore();
     }
-    let totals: Vec<u64> = pipe.query_async(connection).await?;
+    let totals: Vec<u64> = match pipe.query_async(connection).await {
+        Ok(totals) => totals,
+        Err(error) => {
+            // Sent with the next sync that reaches Redis: what this node
+            // admitted while cut off counts for every node once it is back.
+            // (A reply lost after Redis applied it would count them twice:
+            // limits err towards refusing.)
+            gateway.give_back_unsynced(&items);
+            return Err(error);
+        }
+    };
     for (item, total) in items.iter().zip(totals) {
         gateway.set_shared_count(item, total);
     }

@@ -2102,6 +2102,68 @@ async fn rate_limits_hold_across_nodes_sharing_redis() {
     }
 }
 
+/// What a node admits while cut off from Redis counts for every node once
+/// Redis answers again: the limit holds over the outage.
+#[tokio::test]
+async fn admissions_while_redis_is_away_count_once_it_is_back() {
+    let database = test_support::PgDatabase::create();
+    let proxy = test_support::proxy::FreezableProxy::start("127.0.0.1:6379").await;
+    let mut options = Options::on_database(&database.url);
+    options.env.push((
+        "TOLLGATE_STORAGE__REDIS_URL".into(),
+        "redis://127.0.0.1:6379".into(),
+    ));
+    let first = Tollgate::start_with(BIN, options.clone()).await;
+    options.env.push((
+        "TOLLGATE_STORAGE__REDIS_URL".into(),
+        format!("redis://127.0.0.1:{}", proxy.port),
+    ));
+    let second = Tollgate::start_with(BIN, options).await;
+    let upstream = FakeUpstream::start("w").await;
+    let world = world(
+        &first,
+        &upstream,
+        json!({}),
+        json!({"rate_limits": [{"requests": 30, "per": "hour"}]}),
+    )
+    .await;
+    let path = "/weather/forecast/oslo";
+    wait_status(&second, path, &world.key, 200).await;
+    let shared = |node: &Tollgate| {
+        let request = node
+            .client
+            .get(format!("{}/_tollgate/ready", node.gateway_url));
+        async move {
+            let ready: Value = request.send().await.unwrap().json().await.unwrap();
+            ready["shared_counters"] == "ok"
+        }
+    };
+    crate::eventually_async("the second node shares counters", || shared(&second)).await;
+    proxy.cut();
+    crate::eventually_async("the second node sees Redis gone", || async {
+        !shared(&second).await
+    })
+    .await;
+    // 2 used by `world` and the wait; 12 more on the node cut off.
+    for _ in 0..12 {
+        assert_eq!(second.get_with_key(path, &world.key).await.status(), 200);
+    }
+    // Syncs fail meanwhile (every 100 ms).
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    proxy.restore();
+    crate::eventually_async("the second node shares counters again", || shared(&second)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut admitted = 0;
+    while first.get_with_key(path, &world.key).await.status() == 200 {
+        admitted += 1;
+        assert!(admitted <= 30, "the first node never stops");
+    }
+    assert!(
+        (16..=17).contains(&admitted),
+        "the first node admitted {admitted} after the 14 of 30 used elsewhere"
+    );
+}
+
 /// A bound on requests in flight holds across nodes sharing Redis: calls
 /// in flight on one node count on the other.
 #[tokio::test]
