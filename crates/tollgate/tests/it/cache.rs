@@ -59,6 +59,38 @@ async fn add_cached_route(tollgate: &Tollgate, key: &str, cache: Value) -> Strin
     route["id"].as_str().unwrap().to_owned()
 }
 
+/// Waits (1 s at most) until `path` is fetched afresh, after `what`.
+async fn wait_for_miss(tollgate: &Tollgate, path: &str, key: &str, what: &str) {
+    let started = std::time::Instant::now();
+    loop {
+        let (status, _) = fetch(tollgate, path, Some(key)).await;
+        if status == "tollgate; fwd=uri-miss; stored" {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "still {status} a second after {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Publishes the anonymous service `svc` at `/svc/*` on `upstream`, its
+/// one route cached for a minute, and waits until it serves.
+async fn serve_cached_svc(tollgate: &Tollgate, upstream: &FakeUpstream) {
+    tollgate
+        .publish_http_service(
+            "svc",
+            "/svc",
+            json!({"targets": [{"url": upstream.url()}]}),
+            &[json!({"path": "/*", "cache": {"ttl_s": 60}})],
+        )
+        .await;
+    tollgate
+        .wait_for("/svc/ping", Duration::from_secs(1), |s| s == 200)
+        .await;
+}
+
 #[tokio::test]
 async fn answers_from_memory_per_app_until_the_ttl_ends() {
     let upstream = FakeUpstream::start("up").await;
@@ -157,17 +189,7 @@ async fn answers_from_memory_per_app_until_the_ttl_ends() {
 async fn keeps_only_what_may_be_kept() {
     let upstream = FakeUpstream::start("up").await;
     let tollgate = Tollgate::start(BIN).await;
-    tollgate
-        .publish_http_service(
-            "svc",
-            "/svc",
-            json!({"targets": [{"url": upstream.url()}]}),
-            &[json!({"path": "/*", "cache": {"ttl_s": 60}})],
-        )
-        .await;
-    tollgate
-        .wait_for("/svc/ping", Duration::from_secs(1), |s| s == 200)
-        .await;
+    serve_cached_svc(&tollgate, &upstream).await;
 
     // Asked twice, forwarded twice, with this Cache-Status each time.
     let never_kept = [
@@ -377,18 +399,7 @@ async fn a_changed_route_starts_afresh() {
     tollgate
         .create("/api/v1/services/weather/publish", json!({}))
         .await;
-    let started = std::time::Instant::now();
-    loop {
-        let (status, _) = fetch(&tollgate, path, Some(&world.key)).await;
-        if status == "tollgate; fwd=uri-miss; stored" {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(1),
-            "still {status} a second after the change"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_miss(&tollgate, path, &world.key, "the change").await;
 }
 
 #[tokio::test]
@@ -434,18 +445,7 @@ async fn a_purge_empties_the_services_caches() {
         .await;
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["service"]["slug"], "weather");
-    let started = std::time::Instant::now();
-    loop {
-        let (status, _) = fetch(&tollgate, path, Some(&world.key)).await;
-        if status == "tollgate; fwd=uri-miss; stored" {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(1),
-            "still {status} a second after the purge"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_miss(&tollgate, path, &world.key, "the purge").await;
     let (code, audit) = tollgate
         .admin(
             Method::GET,
@@ -468,17 +468,7 @@ async fn no_memory_for_it_turns_caching_off() {
         },
     )
     .await;
-    tollgate
-        .publish_http_service(
-            "svc",
-            "/svc",
-            json!({"targets": [{"url": upstream.url()}]}),
-            &[json!({"path": "/*", "cache": {"ttl_s": 60}})],
-        )
-        .await;
-    tollgate
-        .wait_for("/svc/ping", Duration::from_secs(1), |s| s == 200)
-        .await;
+    serve_cached_svc(&tollgate, &upstream).await;
     let before = upstream.hits();
     for _ in 0..2 {
         let (status, _) = fetch(&tollgate, "/svc/item", None).await;
