@@ -223,7 +223,7 @@ pub async fn send_raw(
     {
         to_http2(&mut request, target);
         match sender.try_send_request(request).await {
-            Ok(response) => return Ok(response.map(ResponseBody::Http2)),
+            Ok(response) => return Ok(from_http2(response)),
             Err(mut error) => match error.take_message() {
                 // Not sent: the connection closed under us; connect anew.
                 Some(back) => {
@@ -292,7 +292,16 @@ async fn send_http2(
         .send_request(request)
         .await
         .map_err(SendError::Http2)?;
-    Ok(response.map(ResponseBody::Http2))
+    Ok(from_http2(response))
+}
+
+/// An HTTP/2 upstream's answer, less the header only the gateway sets (as
+/// `h1::RawHead` leaves it out of HTTP/1.1 answers).
+fn from_http2(mut response: Response<hyper::body::Incoming>) -> Response<ResponseBody> {
+    response
+        .headers_mut()
+        .remove(http::HeaderName::from_static("tollgate-balance"));
+    response.map(ResponseBody::Http2)
 }
 
 type Sent = Result<Response<ResponseBody>, SendError>;

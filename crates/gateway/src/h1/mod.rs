@@ -414,6 +414,9 @@ impl RawHead {
             match raw.len() {
                 4 if raw.eq_ignore_ascii_case(b"date") => has_date = true,
                 10 if is_connection_or_keep_alive(raw) => continue,
+                // The gateway's own: an upstream's would pass for the
+                // caller's balance on calls that carry none.
+                16 if raw.eq_ignore_ascii_case(b"tollgate-balance") => continue,
                 14 if raw.eq_ignore_ascii_case(b"content-length") => lengths += 1,
                 17 if raw.eq_ignore_ascii_case(b"transfer-encoding") => {
                     last_coding = Some(kept.len());

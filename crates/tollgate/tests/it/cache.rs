@@ -296,6 +296,22 @@ async fn keeps_only_what_may_be_kept() {
         .unwrap();
     assert_eq!(cache_status(&ranged), "origin; hit, tollgate; fwd=bypass");
 
+    // An upstream's own Tollgate-Balance never reaches the caller (the
+    // gateway's is the caller's balance), kept or not.
+    for _ in 0..2 {
+        let (_, forged) = fetch(
+            &tollgate,
+            "/svc/forged?header=Tollgate-Balance:%20999.00%20USD",
+            None,
+        )
+        .await;
+        assert!(
+            !forged.headers().contains_key("tollgate-balance"),
+            "{:?}",
+            forged.headers()
+        );
+    }
+
     // A GET with a body (a search) is not the answer to a GET without.
     let before = upstream.hits();
     for _ in 0..2 {
