@@ -425,7 +425,9 @@ static BYPASSING: [HeaderName; 5] = [
     header::IF_UNMODIFIED_SINCE,
 ];
 
-fn key(rule: &CacheRule, app: Option<&str>, request: &http::request::Parts) -> Box<str> {
+/// The key of the answer to a `GET` of `request`'s target on the route
+/// whose cache `rule` is.
+pub fn key(rule: &CacheRule, app: Option<&str>, request: &http::request::Parts) -> Box<str> {
     let host = request
         .headers
         .get(header::HOST)

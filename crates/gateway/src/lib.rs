@@ -298,6 +298,7 @@ impl Gateway {
             version,
             router: old.router.clone(),
             routes: old.routes.clone(),
+            cached_routes: old.cached_routes,
             upstreams: old.upstreams.clone(),
             access: old.access.with_key_changes(changed, current),
             ai: old.ai.clone(),

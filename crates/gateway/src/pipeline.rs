@@ -994,19 +994,41 @@ async fn forward(
             ),
         ));
     };
+    // A write makes stale what a `GET` of its URI would be answered with
+    // from the cache, whichever route that `GET` takes (RFC 9111 §4.4).
+    let read_route = (context.snapshot.cached_routes && is_unsafe(request.method()))
+        .then(|| {
+            let host = host_of(&context.snapshot, &request);
+            match context
+                .snapshot
+                .router
+                .find(host.as_deref(), request.uri().path(), &Method::GET)
+            {
+                Match::Found(index) => context.snapshot.routes.get(index),
+                _ => None,
+            }
+        })
+        .flatten();
     let (parts, body) = request.into_parts();
+    let written = read_route.and_then(|read| {
+        let rule = read.cache.as_ref()?;
+        let app = trace.who.app.as_ref().map(|app| app.id.as_str());
+        Some(Plan::Invalidate(crate::cache::key(rule, app, &parts)))
+    });
     // The route's response cache: keyed by the request as sent, looked up
     // once its headers are as the upstream would see them.
-    let cache_plan = route.cache.as_ref().map(|rule| {
-        // The caller's own `Authorization` (not the gateway's credential)
-        // would reach the upstream: its answer is the caller's alone.
-        let forwards_authorization = admission.strip & strip::AUTHORIZATION == 0
-            && parts.headers.contains_key(header::AUTHORIZATION);
-        let app = trace.who.app.as_ref().map(|app| app.id.as_str());
-        let has_body = !http_body::Body::is_end_stream(&body);
-        shared
-            .cache
-            .plan(rule, app, &parts, forwards_authorization, has_body)
+    let cache_plan = written.or_else(|| {
+        route.cache.as_ref().map(|rule| {
+            // The caller's own `Authorization` (not the gateway's credential)
+            // would reach the upstream: its answer is the caller's alone.
+            let forwards_authorization = admission.strip & strip::AUTHORIZATION == 0
+                && parts.headers.contains_key(header::AUTHORIZATION);
+            let app = trace.who.app.as_ref().map(|app| app.id.as_str());
+            let has_body = !http_body::Body::is_end_stream(&body);
+            shared
+                .cache
+                .plan(rule, app, &parts, forwards_authorization, has_body)
+        })
     });
     let mut deadline = context.started + route.timeout;
     let method_bit = method_bit(&parts.method);
@@ -1475,6 +1497,14 @@ async fn serve_cached(
     }
     route.response_headers.apply(headers);
     response
+}
+
+/// The methods whose success makes a cached answer to their target stale.
+fn is_unsafe(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+    )
 }
 
 /// `Tollgate-Balance`: what the wallet has left, in the currency.

@@ -201,6 +201,9 @@ pub struct Snapshot {
     pub version: i64,
     pub router: Router,
     pub routes: Vec<RouteRt>,
+    /// Some route has a response cache (a write then looks for the route
+    /// a `GET` of its URI takes, whose answer it makes stale).
+    pub cached_routes: bool,
     pub upstreams: Vec<Arc<UpstreamRt>>,
     pub access: crate::access::AccessIndex,
     /// AI services, their models and providers.
@@ -449,6 +452,7 @@ pub fn compile(
     Ok(Snapshot {
         version: config.version,
         router: builder.build(),
+        cached_routes: routes.iter().any(|route| route.cache.is_some()),
         routes,
         upstreams: upstream_list,
         access,

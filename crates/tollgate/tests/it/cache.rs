@@ -393,6 +393,63 @@ async fn keeps_only_what_may_be_kept() {
     );
 }
 
+/// A write taken by another route than the reads of its URI still makes
+/// their cached answer stale.
+#[tokio::test]
+async fn a_write_through_another_route_drops_the_answer() {
+    let upstream = FakeUpstream::start("up").await;
+    let tollgate = Tollgate::start(BIN).await;
+    tollgate
+        .publish_http_service(
+            "wr",
+            "/wr",
+            json!({"targets": [{"url": upstream.url()}]}),
+            &[
+                json!({"name": "read", "methods": ["GET"], "path": "/items/*", "cache": {"ttl_s": 60}}),
+                json!({"name": "write", "methods": ["POST", "PUT", "DELETE"], "path": "/items/*"}),
+            ],
+        )
+        .await;
+    tollgate
+        .wait_for("/wr/items/ping", Duration::from_secs(1), |s| s == 200)
+        .await;
+    let path = "/wr/items/1";
+    fetch(&tollgate, path, None).await;
+    let (status, _) = fetch(&tollgate, path, None).await;
+    assert!(status.contains("hit"), "{status}");
+    for (method, expected) in [
+        (Method::PUT, "tollgate; fwd=uri-miss; stored"),
+        (Method::DELETE, "tollgate; fwd=uri-miss; stored"),
+    ] {
+        let written = tollgate
+            .client
+            .request(method.clone(), format!("{}{path}", tollgate.gateway_url))
+            .body("new")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(written.status(), 200);
+        assert!(
+            !written.headers().contains_key("cache-status"),
+            "the write's route has no cache"
+        );
+        let (status, _) = fetch(&tollgate, path, None).await;
+        assert_eq!(status, expected, "after {method}");
+    }
+    // A write to another URI leaves this one's answer kept.
+    let (status, _) = fetch(&tollgate, path, None).await;
+    assert!(status.contains("hit"), "{status}");
+    let other = tollgate
+        .client
+        .post(format!("{}/wr/items/2", tollgate.gateway_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 200);
+    let (status, _) = fetch(&tollgate, path, None).await;
+    assert!(status.contains("hit"), "another URI's write: {status}");
+}
+
 #[tokio::test]
 async fn a_changed_route_starts_afresh() {
     let upstream = FakeUpstream::start("up").await;
