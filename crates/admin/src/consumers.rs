@@ -716,17 +716,28 @@ fn fee_unaffordable(
     balance: i64,
 ) -> ApiError {
     let currency = &state.currency;
-    ApiError::new(
-        StatusCode::PAYMENT_REQUIRED,
-        "insufficient_credit",
+    let (price, has) = (
+        domain::money::format(fee),
+        domain::money::format(balance.max(0)),
+    );
+    let detail = if balance >= fee {
+        // Enough in the ledger, but not free: gateway nodes hold part of
+        // it for calls in flight (many nodes lease their share).
         format!(
-            "The plan '{}' costs {} {currency} for this period; team {team} has {} {currency}. \
+            "The plan '{}' costs {price} {currency} for this period; team {team} has {has} {currency}, \
+             but part of it is held by gateway nodes for calls in flight right now. Try again in a \
+             second or two (what they do not use comes back), or top up the team's wallet; nothing \
+             was charged.",
+            plan.spec.slug,
+        )
+    } else {
+        format!(
+            "The plan '{}' costs {price} {currency} for this period; team {team} has {has} {currency}. \
              Top up the team's wallet and try again; nothing was charged.",
             plan.spec.slug,
-            domain::money::format(fee),
-            domain::money::format(balance.max(0)),
-        ),
-    )
+        )
+    };
+    ApiError::new(StatusCode::PAYMENT_REQUIRED, "insufficient_credit", detail)
 }
 
 fn sees_subscription(caller: &Caller, subscription: &Subscription) -> bool {
