@@ -127,7 +127,13 @@ pub enum Lookup {
     Hit(Arc<Entry>),
     /// Nothing usable: ask the upstream; `why` is the `fwd` parameter
     /// (`uri-miss`, `vary-miss`, `stale`).
-    Miss { key: Box<str>, why: &'static str },
+    Miss {
+        key: Box<str>,
+        why: &'static str,
+        /// The shard's count of writes' removals when looked up: an
+        /// answer fetched across a write is not kept ([`Fill::since`]).
+        since: u64,
+    },
 }
 
 /// The node's cache (one per gateway, shared by its threads).
@@ -145,6 +151,8 @@ struct Shard {
     order: VecDeque<(Box<str>, u64)>,
     bytes: usize,
     next_seq: u64,
+    /// Entries removed by writes so far.
+    dropped: u64,
 }
 
 impl std::fmt::Debug for ResponseCache {
@@ -229,12 +237,17 @@ impl ResponseCache {
         {
             shard.bytes -= entry.size;
         }
-        Lookup::Miss { key, why }
+        Lookup::Miss {
+            key,
+            why,
+            since: shard.dropped,
+        }
     }
 
     /// Forgets what was kept under `key` (an unsafe method succeeded).
     pub fn remove(&self, key: &str) {
         let mut shard = self.shard(key).lock().unwrap_or_else(|e| e.into_inner());
+        shard.dropped += 1;
         if let Some(entry) = shard.map.remove(key) {
             shard.bytes -= entry.size;
         }
@@ -358,16 +371,23 @@ impl ResponseCache {
             vary: vary.into(),
             limit: entry_max,
             overflowed: false,
+            since: None,
         }))
     }
 
-    fn insert(&self, key: Box<str>, mut entry: Entry) {
+    fn insert(&self, key: Box<str>, mut entry: Entry, since: Option<u64>) {
         let size = entry_size(&key, &entry.headers, entry.body.len());
         if size > self.shard_bytes {
             return;
         }
         let mut shard = self.shard(&key).lock().unwrap_or_else(|e| e.into_inner());
         let shard = &mut *shard;
+        if since.is_some_and(|since| since != shard.dropped) {
+            // A write landed while this answer was fetched: it may be
+            // from before it (the shard's writes are counted, not each
+            // key's: rarely, another key's write costs this one a miss).
+            return;
+        }
         shard.next_seq += 1;
         entry.seq = shard.next_seq;
         entry.size = size;
@@ -516,6 +536,9 @@ pub struct Fill {
     /// The largest body kept.
     limit: usize,
     overflowed: bool,
+    /// The shard's count of writes' removals when the request looked
+    /// the key up ([`Lookup::Miss`]); the answer is dropped if it moved.
+    pub since: Option<u64>,
 }
 
 impl Fill {
@@ -550,6 +573,7 @@ impl Fill {
             vary,
             limit: _,
             overflowed: _,
+            since,
         } = self;
         let body = body.freeze();
         if status != StatusCode::NO_CONTENT {
@@ -568,6 +592,7 @@ impl Fill {
                 seq: 0,
                 size: 0,
             },
+            since,
         );
     }
 }
@@ -671,7 +696,7 @@ mod tests {
         body: &[u8],
         now: Instant,
     ) -> (&'static str, bool) {
-        let Lookup::Miss { key, why } = look(cache, rule, app, request, now) else {
+        let Lookup::Miss { key, why, .. } = look(cache, rule, app, request, now) else {
             panic!("expected a miss");
         };
         let fill = cache.fill(rule, key, &request.headers, StatusCode::OK, headers, now);
@@ -1026,6 +1051,41 @@ mod tests {
         cache.remove(&key);
         assert_eq!(cache.usage(), (0, 0));
         assert_eq!(ResponseCache::new(15).entry_max(), 0);
+    }
+
+    #[test]
+    fn an_answer_fetched_across_a_write_is_not_kept() {
+        let cache = Arc::new(ResponseCache::new(1 << 20));
+        let rule = rule(60, true);
+        let request = get("/a", &[]);
+        let now = Instant::now();
+        let Lookup::Miss { key, since, .. } = look(&cache, &rule, None, &request, now) else {
+            panic!("expected a miss");
+        };
+        // The write lands while the GET waits for the upstream.
+        cache.remove(&key);
+        let mut fill = cache
+            .fill(
+                &rule,
+                key,
+                &request.headers,
+                StatusCode::OK,
+                &answer(&[]),
+                now,
+            )
+            .unwrap();
+        fill.since = Some(since);
+        fill.push(b"from before the write");
+        fill.finish();
+        assert_eq!(cache.usage().0, 0);
+        // The next GET's answer is kept.
+        let (why, taken) =
+            miss_and_fill(&cache, &rule, None, &request, &answer(&[]), b"after", now);
+        assert_eq!((why, taken), ("uri-miss", true));
+        assert!(matches!(
+            look(&cache, &rule, None, &request, now),
+            Lookup::Hit(_)
+        ));
     }
 
     #[test]

@@ -1174,7 +1174,9 @@ async fn forward(
                     .await);
                 }
                 // Only a `GET` brings a body to keep.
-                Lookup::Miss { key, why } => Some((get.then(|| (key, headers.clone())), why)),
+                Lookup::Miss { key, why, since } => {
+                    Some((get.then(|| (key, headers.clone(), since)), why))
+                }
             }
         }
         Some(Plan::Invalidate(key)) => {
@@ -1349,17 +1351,23 @@ async fn forward(
                 }
                 let mut fill = None;
                 if let (Some((keep, why)), Some(rule)) = (cache_miss.take(), &route.cache) {
-                    if let Some((key, request_headers)) = keep
+                    if let Some((key, request_headers, since)) = keep
                         && status != 101
                     {
-                        fill = shared.cache.fill(
-                            rule,
-                            key,
-                            &request_headers,
-                            response_parts.status,
-                            &response_parts.headers,
-                            Instant::now(),
-                        );
+                        fill = shared
+                            .cache
+                            .fill(
+                                rule,
+                                key,
+                                &request_headers,
+                                response_parts.status,
+                                &response_parts.headers,
+                                Instant::now(),
+                            )
+                            .map(|mut fill| {
+                                fill.since = Some(since);
+                                fill
+                            });
                     }
                     // `stored` only when sure: a body of unknown length
                     // may yet outgrow the cache.
