@@ -899,6 +899,51 @@ async fn two_nodes_keep_one_budget_exactly() {
     assert_eq!(wallet["balance_nanos"], 750_000_000, "{wallet}");
 }
 
+/// A budget far below what the wallet holds: every refusal names the
+/// budget, never the wallet, though the nodes lease the wallet meanwhile.
+#[tokio::test]
+async fn two_nodes_refuse_a_small_budget_as_the_budget() {
+    let database = test_support::PgDatabase::create();
+    let options = test_support::tollgate::Options::on_database(&database.url);
+    let first = Tollgate::start_with(BIN, options.clone()).await;
+    let second = Tollgate::start_with(BIN, options).await;
+    let upstream = FakeUpstream::start("w").await;
+    let world = priced_on_two_nodes(&first, &second, &upstream).await;
+    let (status, body) = grant(&first, "acme", json!({"amount": "9.00", "reason": "more"})).await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = first
+        .admin(
+            Method::PATCH,
+            "/api/v1/apps/acme-web",
+            Some(json!({"budget": {"amount": "0.10", "period": "day"}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    for node in [&first, &second] {
+        let started = std::time::Instant::now();
+        loop {
+            let me: Value = node.json_with_key("/_tollgate/me", &world.key).await;
+            if me["budget"].is_object() {
+                break;
+            }
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(2),
+                "{me}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+    let ok = spend_over_two_nodes(
+        (&first, &second),
+        &upstream,
+        &world.key,
+        10,
+        "budget_exhausted",
+    )
+    .await;
+    assert_eq!(ok, 10, "exactly what the budget allows");
+}
+
 /// A node cut off from the store stops spending its lease (503
 /// `ledger_unavailable`) before the other nodes may take it; once back, it
 /// keeps only what is still free: the wallet is never overspent.
