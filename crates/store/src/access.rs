@@ -689,8 +689,15 @@ impl Store {
                     Ok(secret) => secret,
                     Err(error) => {
                         // Left for a node that can open it: the other
-                        // webhooks' deliveries go on.
-                        tracing::warn!(webhook = %webhook_id, %error, "a webhook's secret cannot be opened with this node's master key; its deliveries wait");
+                        // webhooks' deliveries go on. Said once per
+                        // webhook, not at every poll.
+                        static TOLD: std::sync::Mutex<Vec<String>> =
+                            std::sync::Mutex::new(Vec::new());
+                        let mut told = TOLD.lock().unwrap_or_else(|e| e.into_inner());
+                        if !told.contains(&webhook_id) {
+                            tracing::warn!(webhook = %webhook_id, %error, "a webhook's secret cannot be opened with this node's master key; its deliveries wait for a node that can");
+                            told.push(webhook_id);
+                        }
                         continue;
                     }
                 }
