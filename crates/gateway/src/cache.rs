@@ -114,10 +114,11 @@ pub enum Plan {
     /// Look its key up (a `GET` or `HEAD` without a body).
     Look(Box<str>),
     /// Forget what its key holds if the upstream accepts it (`POST`,
-    /// `PUT`, `PATCH`, `DELETE`).
+    /// `PUT`, `PATCH`, `DELETE`; made by `forward`, not by `plan`).
     Invalidate(Box<str>),
     /// Nothing (a range, a conditional request, a body, a request the
-    /// upstream sees with `Authorization`, other methods, no memory).
+    /// upstream sees with `Authorization`, other methods, writes, no
+    /// memory).
     Bypass,
 }
 
@@ -198,16 +199,10 @@ impl ResponseCache {
         if !self.enabled() {
             return Plan::Bypass;
         }
-        match request.method {
-            Method::GET | Method::HEAD => {}
-            // RFC 9111 §4.4: an unsafe method's success makes what was
-            // kept for its target stale.
-            Method::POST | Method::PUT | Method::PATCH | Method::DELETE => {
-                return Plan::Invalidate(key(rule, app, request));
-            }
-            _ => return Plan::Bypass,
-        }
-        if forwards_authorization
+        // Writes are not looked up: `forward` drops what they make stale
+        // (the key of the route a `GET` of their target takes).
+        if !matches!(request.method, Method::GET | Method::HEAD)
+            || forwards_authorization
             || has_body
             || BYPASSING
                 .iter()
@@ -671,6 +666,24 @@ mod tests {
         map
     }
 
+    /// What `fill` makes of a 200 with `headers` to `request` (key `k`).
+    fn offer(
+        cache: &Arc<ResponseCache>,
+        rule: &CacheRule,
+        request: &http::request::Parts,
+        headers: &HeaderMap,
+        now: Instant,
+    ) -> Option<Box<Fill>> {
+        cache.fill(
+            rule,
+            "k".into(),
+            &request.headers,
+            StatusCode::OK,
+            headers,
+            now,
+        )
+    }
+
     /// Plans and looks `request` up (its headers as forwarded).
     fn look(
         cache: &ResponseCache,
@@ -799,7 +812,7 @@ mod tests {
     }
 
     #[test]
-    fn plans_bypasses_and_invalidations() {
+    fn plans_and_bypasses() {
         let cache = Arc::new(ResponseCache::new(1 << 20));
         let rule = rule(60, true);
         let bypass =
@@ -822,10 +835,10 @@ mod tests {
         assert!(bypass(&cache, &options, false, false));
         let mut post = get("/a", &[]);
         post.method = Method::POST;
-        assert!(matches!(
-            cache.plan(&rule, None, &post, false, true),
-            Plan::Invalidate(_)
-        ));
+        assert!(
+            bypass(&cache, &post, false, true),
+            "writes are not looked up"
+        );
         assert!(!ResponseCache::new(0).enabled());
         assert!(bypass(
             &ResponseCache::new(0),
@@ -866,16 +879,7 @@ mod tests {
             answer(&[("expires", "0")]),
         ] {
             assert!(
-                cache
-                    .fill(
-                        &rule,
-                        key(),
-                        &request.headers,
-                        StatusCode::OK,
-                        &refused,
-                        now
-                    )
-                    .is_none(),
+                offer(&cache, &rule, &request, &refused, now).is_none(),
                 "{refused:?}"
             );
         }
@@ -893,16 +897,7 @@ mod tests {
         );
         // `s-maxage` over `max-age`, less the upstream's `Age`.
         let headers = answer(&[("cache-control", "max-age=100, s-maxage=30"), ("age", "10")]);
-        let mut fill = cache
-            .fill(
-                &rule,
-                key(),
-                &request.headers,
-                StatusCode::OK,
-                &headers,
-                now,
-            )
-            .unwrap();
+        let mut fill = offer(&cache, &rule, &request, &headers, now).unwrap();
         fill.push(b"x");
         assert_eq!(fill.ttl, Duration::from_secs(20));
         assert_eq!(fill.initial_age, 10);
@@ -919,16 +914,7 @@ mod tests {
         let request = get("/a", &[]);
         let now = Instant::now();
         let fill = |headers: &[(&str, &str)]| {
-            cache
-                .fill(
-                    &rule,
-                    "k".into(),
-                    &request.headers,
-                    StatusCode::OK,
-                    &answer(headers),
-                    now,
-                )
-                .unwrap()
+            offer(&cache, &rule, &request, &answer(headers), now).unwrap()
         };
         // A huge max-age is the route's TTL.
         assert_eq!(
@@ -952,18 +938,7 @@ mod tests {
         let long_ago = httpdate::fmt_http_date(fetched - Duration::from_secs(600));
         let expired = httpdate::fmt_http_date(fetched - Duration::from_secs(300));
         let past = answer(&[("date", &long_ago), ("expires", &expired)]);
-        assert!(
-            cache
-                .fill(
-                    &rule,
-                    "k".into(),
-                    &request.headers,
-                    StatusCode::OK,
-                    &past,
-                    now
-                )
-                .is_none()
-        );
+        assert!(offer(&cache, &rule, &request, &past, now).is_none());
         let aged = fill(&[("date", &long_ago), ("cache-control", "max-age=630")]);
         assert!((29..=30).contains(&aged.ttl.as_secs()), "{:?}", aged.ttl);
         assert!((600..=601).contains(&aged.initial_age));
@@ -992,18 +967,7 @@ mod tests {
         let request = get("/a", &[]);
         let now = Instant::now();
         let too_long = answer(&[("content-length", "1025")]);
-        assert!(
-            cache
-                .fill(
-                    &rule,
-                    "k".into(),
-                    &request.headers,
-                    StatusCode::OK,
-                    &too_long,
-                    now
-                )
-                .is_none()
-        );
+        assert!(offer(&cache, &rule, &request, &too_long, now).is_none());
         let (_, taken) = miss_and_fill(
             &cache,
             &rule,
@@ -1020,16 +984,7 @@ mod tests {
             "a streamed body past the limit is not kept"
         );
         // The key and headers count in the quarter of a shard.
-        let fill = |headers: HeaderMap| {
-            cache.fill(
-                &rule,
-                "k".into(),
-                &request.headers,
-                StatusCode::OK,
-                &headers,
-                now,
-            )
-        };
+        let fill = |headers: HeaderMap| offer(&cache, &rule, &request, &headers, now);
         assert!(fill(answer(&[("x-padding", &"p".repeat(1000))])).is_none());
         assert!(fill(answer(&[("content-length", "900")])).is_none());
         miss_and_fill(

@@ -368,32 +368,17 @@ impl Limiter {
         }
     }
 
-    /// Counts `delta` admissions of a window as unsent again (their sync
-    /// failed): the next sync adds them, if the window is still current.
-    fn give_back(&self, window: usize, start_ms: u64, delta: u64) {
+    /// Runs `change` on the state of the window `item` was taken from,
+    /// if that window is still the current one.
+    fn on_window(&self, item: &SyncItem, change: impl FnOnce(&mut WindowState)) {
         let mut states = self
             .states
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(state) = states.get_mut(window)
-            && state.start_ms == start_ms
+        if let Some(state) = states.get_mut(item.window)
+            && state.start_ms == item.start_ms
         {
-            let back = delta.min(state.synced);
-            state.synced -= back;
-            state.unsynced += back;
-        }
-    }
-
-    /// Records the shared total of a window (every node's admissions).
-    fn set_total(&self, window: usize, start_ms: u64, total: u64) {
-        let mut states = self
-            .states
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(state) = states.get_mut(window)
-            && state.start_ms == start_ms
-        {
-            state.remote = total.saturating_sub(state.synced);
+            change(state);
         }
     }
 
@@ -492,23 +477,29 @@ impl LimiterRegistry {
     /// (a node cut off from Redis adds what it admitted meanwhile once it
     /// answers again).
     pub fn give_back(&self, item: &SyncItem) {
-        let map = self
-            .limiters
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(limiter) = map.get(&item.subject).and_then(Weak::upgrade) {
-            limiter.give_back(item.window, item.start_ms, item.delta);
-        }
+        self.on_window(item, |state| {
+            let back = item.delta.min(state.synced);
+            state.synced -= back;
+            state.unsynced += back;
+        });
     }
 
     /// Applies a window's shared total (read back after adding `item`).
     pub fn set_total(&self, item: &SyncItem, total: u64) {
+        self.on_window(item, |state| {
+            state.remote = total.saturating_sub(state.synced);
+        });
+    }
+
+    /// Runs `change` on the window of `item`'s limiter, if the limiter is
+    /// still in use and the window still current.
+    fn on_window(&self, item: &SyncItem, change: impl FnOnce(&mut WindowState)) {
         let map = self
             .limiters
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(limiter) = map.get(&item.subject).and_then(Weak::upgrade) {
-            limiter.set_total(item.window, item.start_ms, total);
+            limiter.on_window(item, change);
         }
     }
 

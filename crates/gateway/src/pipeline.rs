@@ -996,19 +996,20 @@ async fn forward(
     };
     // A write makes stale what a `GET` of its URI would be answered with
     // from the cache, whichever route that `GET` takes (RFC 9111 §4.4).
-    let read_route = (context.snapshot.cached_routes && is_unsafe(request.method()))
-        .then(|| {
-            let host = host_of(&context.snapshot, &request);
-            match context
-                .snapshot
-                .router
-                .find(host.as_deref(), request.uri().path(), &Method::GET)
-            {
-                Match::Found(index) => context.snapshot.routes.get(index),
-                _ => None,
-            }
-        })
-        .flatten();
+    let read_route =
+        (context.snapshot.cached_routes && shared.cache.enabled() && is_unsafe(request.method()))
+            .then(|| {
+                let host = host_of(&context.snapshot, &request);
+                match context.snapshot.router.find(
+                    host.as_deref(),
+                    request.uri().path(),
+                    &Method::GET,
+                ) {
+                    Match::Found(index) => context.snapshot.routes.get(index),
+                    _ => None,
+                }
+            })
+            .flatten();
     let (parts, body) = request.into_parts();
     let written = read_route.and_then(|read| {
         let rule = read.cache.as_ref()?;

@@ -676,6 +676,52 @@ async fn two_nodes_with_plan(plan: Value) -> TwoNodes {
     }
 }
 
+/// [`priced_on_two_nodes`] (1.00 in the wallet, `more` granted on top),
+/// with acme-web's budget set to `budget` a day; returns once both nodes
+/// know the budget.
+async fn budget_on_two_nodes(budget: &str, more: Option<&str>) -> TwoNodes {
+    let database = test_support::PgDatabase::create();
+    let options = test_support::tollgate::Options::on_database(&database.url);
+    let first = Tollgate::start_with(BIN, options.clone()).await;
+    let second = Tollgate::start_with(BIN, options).await;
+    let upstream = FakeUpstream::start("w").await;
+    let world = priced_on_two_nodes(&first, &second, &upstream).await;
+    if let Some(amount) = more {
+        let (status, body) =
+            grant(&first, "acme", json!({"amount": amount, "reason": "more"})).await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let (status, body) = first
+        .admin(
+            Method::PATCH,
+            "/api/v1/apps/acme-web",
+            Some(json!({"budget": {"amount": budget, "period": "day"}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    for node in [&first, &second] {
+        let started = std::time::Instant::now();
+        loop {
+            let me: Value = node.json_with_key("/_tollgate/me", &world.key).await;
+            if me["budget"].is_object() {
+                break;
+            }
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(2),
+                "{me}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+    TwoNodes {
+        first,
+        second,
+        upstream,
+        world,
+        _database: database,
+    }
+}
+
 /// Calls `key`'s app through two nodes, a burst of 600 spread over both,
 /// then one call at a time alternating until 20 refusals in a row (402
 /// `code`): never more than `most` answered at any point (refusals first
@@ -857,45 +903,23 @@ async fn two_nodes_give_exactly_the_included_calls_free() {
 /// affords 100), whichever node they reach.
 #[tokio::test]
 async fn two_nodes_keep_one_budget_exactly() {
-    let database = test_support::PgDatabase::create();
-    let options = test_support::tollgate::Options::on_database(&database.url);
-    let first = Tollgate::start_with(BIN, options.clone()).await;
-    let second = Tollgate::start_with(BIN, options).await;
-    let upstream = FakeUpstream::start("w").await;
-    let world = priced_on_two_nodes(&first, &second, &upstream).await;
-    let (status, body) = first
-        .admin(
-            Method::PATCH,
-            "/api/v1/apps/acme-web",
-            Some(json!({"budget": {"amount": "0.25", "period": "day"}})),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
-    // Both nodes know the budget.
-    for node in [&first, &second] {
-        let started = std::time::Instant::now();
-        loop {
-            let me: Value = node.json_with_key("/_tollgate/me", &world.key).await;
-            if me["budget"].is_object() {
-                break;
-            }
-            assert!(
-                started.elapsed() < std::time::Duration::from_secs(2),
-                "{me}"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-    }
+    let TwoNodes {
+        first,
+        second,
+        upstream,
+        world,
+        ..
+    } = &budget_on_two_nodes("0.25", None).await;
     let ok = spend_over_two_nodes(
-        (&first, &second),
-        &upstream,
+        (first, second),
+        upstream,
         &world.key,
         25,
         "budget_exhausted",
     )
     .await;
     assert_eq!(ok, 25, "exactly what the budget allows");
-    let wallet = wait_entries(&first, 26).await;
+    let wallet = wait_entries(first, 26).await;
     assert_eq!(wallet["balance_nanos"], 750_000_000, "{wallet}");
 }
 
@@ -903,39 +927,16 @@ async fn two_nodes_keep_one_budget_exactly() {
 /// budget, never the wallet, though the nodes lease the wallet meanwhile.
 #[tokio::test]
 async fn two_nodes_refuse_a_small_budget_as_the_budget() {
-    let database = test_support::PgDatabase::create();
-    let options = test_support::tollgate::Options::on_database(&database.url);
-    let first = Tollgate::start_with(BIN, options.clone()).await;
-    let second = Tollgate::start_with(BIN, options).await;
-    let upstream = FakeUpstream::start("w").await;
-    let world = priced_on_two_nodes(&first, &second, &upstream).await;
-    let (status, body) = grant(&first, "acme", json!({"amount": "9.00", "reason": "more"})).await;
-    assert_eq!(status, 201, "{body}");
-    let (status, body) = first
-        .admin(
-            Method::PATCH,
-            "/api/v1/apps/acme-web",
-            Some(json!({"budget": {"amount": "0.10", "period": "day"}})),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
-    for node in [&first, &second] {
-        let started = std::time::Instant::now();
-        loop {
-            let me: Value = node.json_with_key("/_tollgate/me", &world.key).await;
-            if me["budget"].is_object() {
-                break;
-            }
-            assert!(
-                started.elapsed() < std::time::Duration::from_secs(2),
-                "{me}"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-    }
+    let TwoNodes {
+        first,
+        second,
+        upstream,
+        world,
+        ..
+    } = &budget_on_two_nodes("0.10", Some("9.00")).await;
     let ok = spend_over_two_nodes(
-        (&first, &second),
-        &upstream,
+        (first, second),
+        upstream,
         &world.key,
         10,
         "budget_exhausted",
