@@ -61,6 +61,11 @@ pub struct WalletRt {
     lease_spent: AtomicI64,
     /// One lease transaction at a time for this wallet's short calls.
     pub(crate) lease_gate: tokio::sync::Mutex<()>,
+    /// Lease transactions of short calls so far, and the last of them
+    /// that found the store with less to grant than asked (see
+    /// [`Self::dry_since`]).
+    lease_rounds: AtomicU64,
+    lease_dry_round: AtomicU64,
 }
 
 /// Why a wallet could not hold an amount.
@@ -100,7 +105,32 @@ impl WalletRt {
             lease_until,
             lease_spent: AtomicI64::new(0),
             lease_gate: tokio::sync::Mutex::new(()),
+            lease_rounds: AtomicU64::new(0),
+            lease_dry_round: AtomicU64::new(0),
         }
+    }
+
+    /// The lease transactions of short calls so far (a call reads it
+    /// before it waits for [`Self::lease_gate`]).
+    pub(crate) fn lease_round(&self) -> u64 {
+        self.lease_rounds.load(Ordering::Acquire)
+    }
+
+    /// A short call's lease transaction ended (under the gate); `dry`: the
+    /// store granted less than it was asked.
+    pub(crate) fn lease_asked(&self, dry: bool) {
+        let round = self.lease_rounds.fetch_add(1, Ordering::AcqRel) + 1;
+        if dry {
+            self.lease_dry_round.store(round, Ordering::Release);
+        }
+    }
+
+    /// Whether a lease transaction that ended after round `seen` found the
+    /// store dry: a call that waited meanwhile and is still short is
+    /// refused without asking again (a burst on an empty wallet is one
+    /// transaction, not one per call).
+    pub(crate) fn dry_since(&self, seen: u64) -> bool {
+        self.lease_dry_round.load(Ordering::Acquire) > seen
     }
 
     /// Many nodes: whether calls spend from this node's lease.
@@ -1460,6 +1490,22 @@ mod tests {
         wallet.add_lease(50);
         let mut cut_off = Reservation::new(&wallet, &labels, false);
         assert_eq!(cut_off.take_wallet(1), Err(Short::LeaseLost(95)));
+    }
+
+    #[test]
+    fn calls_that_waited_across_a_dry_lease_round_are_told_so() {
+        let wallet = WalletRt::new("acme", None);
+        let first = wallet.lease_round();
+        wallet.lease_asked(false);
+        assert!(
+            !wallet.dry_since(first),
+            "the store granted what it was asked"
+        );
+        let second = wallet.lease_round();
+        wallet.lease_asked(true);
+        assert!(wallet.dry_since(first) && wallet.dry_since(second));
+        // A call that came after the dry round asks the store itself.
+        assert!(!wallet.dry_since(wallet.lease_round()));
     }
 
     /// The team "acme"'s wallet, holding `nanos` from the ledger.

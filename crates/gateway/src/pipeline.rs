@@ -514,8 +514,40 @@ async fn run(
 /// short: the next calls then need no lease transaction of their own.
 const LEASE_AHEAD_CALLS: i64 = 16;
 
-/// The longest a call waits for a lease transaction.
-const LEASE_WAIT: Duration = Duration::from_secs(1);
+/// The longest a call waits for lease and grant transactions, in all.
+/// It waits only while this node is in touch with the store (its leases
+/// renewed lately, see [`while_in_touch`]): a store that is away fails
+/// calls as soon as the node stops spending, a slow one (a loaded
+/// machine, rows locked by another node) does not.
+const LEASE_WAIT: Duration = Duration::from_secs(5);
+
+/// How often a call waiting for a lease transaction checks that its node
+/// is still in touch with the store.
+const IN_TOUCH_POLL: Duration = Duration::from_millis(100);
+
+/// Rounds of asking the store a call may take when calls beside it took
+/// what each round was granted (a burst on one wallet): each round served
+/// others, so it ends when the store has no more to grant, a quota or
+/// budget refuses, or [`LEASE_WAIT`] has passed.
+const LEASE_ROUNDS: usize = 32;
+
+/// Runs a lease or grant `transaction` while `in_touch` (the node's
+/// leases still spendable), for at most `LEASE_WAIT`; `None` when it gave
+/// up waiting.
+async fn while_in_touch<T>(
+    in_touch: impl Fn() -> bool,
+    transaction: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    let deadline = tokio::time::Instant::now() + LEASE_WAIT;
+    let mut transaction = std::pin::pin!(transaction);
+    loop {
+        match tokio::time::timeout(IN_TOUCH_POLL, transaction.as_mut()).await {
+            Ok(done) => return Some(done),
+            Err(_) if !in_touch() || tokio::time::Instant::now() >= deadline => return None,
+            Err(_) => {}
+        }
+    }
+}
 
 /// Many nodes: `refusal` said this node's lease of a wallet, or its grant
 /// of a quota or budget, was short; asks the store for more. `Ok` when the
@@ -599,13 +631,13 @@ pub(crate) async fn ensure_grant(
         .saturating_mul(LEASE_AHEAD_CALLS)
         .min(limit / 8)
         .max(needed.saturating_sub(headroom));
-    match tokio::time::timeout(LEASE_WAIT, leases.grant(counter, want, limit)).await {
-        Ok(Ok(total)) => Some(lease.granted_now(total, needed)),
-        Ok(Err(error)) => {
+    match while_in_touch(|| lease.valid(), leases.grant(counter, want, limit)).await {
+        Some(Ok(total)) => Some(lease.granted_now(total, needed)),
+        Some(Err(error)) => {
             tracing::warn!(scope = %counter.scope, %error, "cannot grow a quota or budget grant");
             store_failed(shared)
         }
-        Err(_) => {
+        None => {
             tracing::warn!(scope = %counter.scope, "the store did not grant in time");
             store_failed(shared)
         }
@@ -646,7 +678,9 @@ pub(crate) async fn ensure_lease(
         return None;
     }
     // One transaction at a time per wallet: the calls that found the
-    // lease short together are served by the first one's.
+    // lease short together are served by the first one's, or refused
+    // when it found the store with no more to grant.
+    let seen = wallet.lease_round();
     let _gate = wallet.lease_gate.lock().await;
     let lease = wallet.lease();
     if lease >= needed {
@@ -655,21 +689,25 @@ pub(crate) async fn ensure_lease(
     if store_failed_lately(shared) {
         return None;
     }
+    if wallet.dry_since(seen) {
+        return Some(false);
+    }
     let want = needed
         .saturating_mul(LEASE_AHEAD_CALLS)
         .max(needed.saturating_sub(lease));
-    // A store that does not answer fails the call fast, not after the
-    // pool's patience.
-    match tokio::time::timeout(LEASE_WAIT, leases.adjust(&wallet.team, want)).await {
-        Ok(Ok(granted)) => {
+    // A store that does not answer fails the call once the node stops
+    // spending, not after the pool's patience.
+    match while_in_touch(|| wallet.lease_valid(), leases.adjust(&wallet.team, want)).await {
+        Some(Ok(granted)) => {
             wallet.add_lease(granted);
+            wallet.lease_asked(granted < want);
             Some(wallet.lease() >= needed)
         }
-        Ok(Err(error)) => {
+        Some(Err(error)) => {
             tracing::warn!(team = %wallet.team, %error, "cannot lease more of a wallet");
             store_failed(shared)
         }
-        Err(_) => {
+        None => {
             tracing::warn!(team = %wallet.team, "the store did not grant a lease in time");
             store_failed(shared)
         }
@@ -686,9 +724,14 @@ pub(crate) async fn admit_leasing<B: Sync>(
     request: &Request<B>,
 ) -> Result<Admission, Refusal> {
     let mut rounds = 0;
+    let started = tokio::time::Instant::now();
     loop {
         match admit_matched(shared, context, trace, request) {
-            Err(refusal) if refusal.lease_short.is_some() && rounds < 3 => {
+            Err(refusal)
+                if refusal.lease_short.is_some()
+                    && rounds < LEASE_ROUNDS
+                    && started.elapsed() < LEASE_WAIT =>
+            {
                 rounds += 1;
                 lease_for(shared, refusal).await?;
             }

@@ -178,6 +178,11 @@ impl FakeUpstream {
         format!("http://{}", self.addr)
     }
 
+    /// The name its echoes carry as `server`.
+    pub fn name(&self) -> &str {
+        &self.state.name
+    }
+
     /// Requests served, health probes excepted.
     pub fn hits(&self) -> usize {
         self.state.hits.load(Ordering::SeqCst)

@@ -4,13 +4,16 @@
 //! never spend more than the balance.
 //!
 //! - A call that finds its node's lease short asks the store for more
-//!   ([`StoreLeases`], one transaction, sized for a few calls ahead).
-//! - Every 200 ms this task renews the node's leases (they run out
+//!   ([`StoreLeases`], one transaction, sized for a few calls ahead); it
+//!   waits for it while the node is in touch with the store (see
+//!   `gateway::pipeline::ensure_lease`).
+//! - Every 200 ms one task renews the node's leases (they run out
 //!   [`TTL_MS`] after the last renewal, for the other nodes; a renewal
-//!   that takes over a second counts as failed), tops up the
-//!   lease of a wallet under steady traffic to a second's worth of its
-//!   calls, and gives back what a wallet idle for a second still holds,
-//!   or what is far beyond its traffic.
+//!   that takes over a second counts as failed). Another, apart so that
+//!   renewals never wait behind it, tops up the lease of a wallet under
+//!   steady traffic to a second's worth of its calls, and gives back what
+//!   a wallet idle for a second still holds, or what is far beyond its
+//!   traffic.
 //! - A node that has not renewed for [`SPEND_FOR`] (cut off from the
 //!   store) spends nothing from its leases (every paid call checks, with
 //!   no wait), long before the others may take them: what it spent in
@@ -20,8 +23,9 @@
 //!   cut to what is still free when the node renews again.
 //! - Quotas and app budgets work the same way with counter leases: a
 //!   call counts within its node's grant of the period's limit, asks the
-//!   store for more when it is short ([`StoreLeases::grant`]), and this
-//!   task renews the grants with the wallet leases, tops them up under
+//!   store for more when it is short ([`StoreLeases::grant`]), the
+//!   renewals keep the grants with the wallet leases, and the resizing
+//!   task tops them up under
 //!   steady traffic and gives back what a counter idle for a second still
 //!   holds.
 //! - At shutdown, once its charges and counts are written, the node gives
@@ -29,6 +33,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use gateway::Gateway;
@@ -94,102 +99,148 @@ impl Leases for StoreLeases {
     }
 }
 
-/// Starts the lease task; it stops when `shutdown` turns true.
+/// Starts the lease tasks; they stop when `shutdown` turns true. Two of
+/// them: renewals keep the node's leases spendable and never wait behind
+/// resizing, which may wait for a call's own lease transaction.
 pub fn spawn(
     store: Store,
     gateway: Gateway,
     node: String,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut renewed = Instant::now();
-        gateway.leases_renewed(SPEND_FOR);
-        let mut lost = false;
-        let mut spend: HashMap<Arc<str>, [i64; WINDOW]> = HashMap::new();
-        let mut counted: HashMap<Arc<str>, Counted> = HashMap::new();
-        let leases = StoreLeases {
+    let lost = Arc::new(AtomicBool::new(false));
+    let resizer = tokio::spawn(resize(
+        StoreLeases {
             store: store.clone(),
             node: node.clone(),
-        };
-        let mut tick = 0usize;
-        loop {
-            tokio::select! {
-                () = tokio::time::sleep(EVERY) => {}
-                _ = shutdown.changed() => return,
-            }
-            let now = domain::now_ms();
-            let attempt = Instant::now();
-            let renewal = tokio::time::timeout(RENEW_WAIT, store.renew_leases(&node, now, TTL_MS))
-                .await
-                .unwrap_or_else(|_| Err(store::StoreError::Sqlite("the renewal timed out".into())));
-            match renewal {
-                Ok(changed) => {
-                    // Spendable for SPEND_FOR from when the renewal was
-                    // asked (its commit may have come later).
-                    gateway.leases_renewed(SPEND_FOR.saturating_sub(attempt.elapsed()));
-                    renewed = attempt;
-                    for (team, amount) in changed.wallets_cut {
-                        tracing::warn!(%team, amount, "a lease that ran out was cut to what is still free");
-                        gateway.wallet(&team).add_lease(-amount);
-                    }
-                    for (scope, period_start) in changed.counters_lapsed {
-                        gateway.counters().grant_lapsed(&scope, period_start);
-                    }
-                    if lost {
-                        tracing::info!("wallet leases renewed again: paid calls are taken");
-                    }
-                    lost = false;
-                }
-                Err(error) => {
-                    if !lost && renewed.elapsed() >= SPEND_FOR {
-                        tracing::error!(%error, "wallet leases not renewed: this node takes no paid calls until they are");
-                        lost = true;
-                    }
-                }
-            }
-            if lost {
-                continue;
-            }
-            tick = tick.wrapping_add(1);
-            for wallet in gateway.wallets() {
-                let ring = spend.entry(wallet.team.clone()).or_insert([0; WINDOW]);
-                ring[tick % WINDOW] = wallet.take_lease_spent().max(0);
-                let second: i64 = ring.iter().sum();
-                let lease = wallet.lease();
-                let delta = if second == 0 && lease > 0 {
-                    // Idle for a second: all of it goes back.
-                    -wallet.take_lease(lease)
-                } else if lease > second.saturating_mul(4) {
-                    -wallet.take_lease(lease - second.saturating_mul(2))
-                } else if second > 0 && lease < second / 2 {
-                    second - lease
-                } else {
-                    0
-                };
-                if delta == 0 {
-                    continue;
-                }
-                let adjusted = tokio::time::timeout(
-                    RENEW_WAIT,
-                    store.adjust_lease(&wallet.team, &node, delta, now, TTL_MS),
-                )
-                .await
-                .unwrap_or_else(|_| Err(store::StoreError::Sqlite("timed out".into())));
-                match adjusted {
-                    Ok(granted) if delta > 0 => wallet.add_lease(granted),
-                    Ok(_) => {}
-                    Err(error) => {
-                        if delta < 0 {
-                            // Not given back: still this node's to spend.
-                            wallet.add_lease(-delta);
-                        }
-                        tracing::warn!(team = %wallet.team, %error, "cannot resize a wallet lease");
-                    }
-                }
-            }
-            resize_grants(&gateway, &leases, &mut counted, tick).await;
-        }
+        },
+        gateway.clone(),
+        lost.clone(),
+        shutdown.clone(),
+    ));
+    tokio::spawn(async move {
+        renew(&store, &gateway, &node, &lost, shutdown).await;
+        let _ = resizer.await;
     })
+}
+
+/// Every [`EVERY`], renews the node's leases: spendable for [`SPEND_FOR`]
+/// from when the renewal was asked. `lost` says the node stopped
+/// spending (no renewal for that long).
+async fn renew(
+    store: &Store,
+    gateway: &Gateway,
+    node: &str,
+    lost: &AtomicBool,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut renewed = Instant::now();
+    gateway.leases_renewed(SPEND_FOR);
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(EVERY) => {}
+            _ = shutdown.changed() => return,
+        }
+        let now = domain::now_ms();
+        let attempt = Instant::now();
+        let renewal = tokio::time::timeout(RENEW_WAIT, store.renew_leases(node, now, TTL_MS))
+            .await
+            .unwrap_or_else(|_| Err(store::StoreError::Sqlite("the renewal timed out".into())));
+        match renewal {
+            Ok(changed) => {
+                // Spendable for SPEND_FOR from when the renewal was
+                // asked (its commit may have come later).
+                gateway.leases_renewed(SPEND_FOR.saturating_sub(attempt.elapsed()));
+                renewed = attempt;
+                for (team, amount) in changed.wallets_cut {
+                    tracing::warn!(%team, amount, "a lease that ran out was cut to what is still free");
+                    gateway.wallet(&team).add_lease(-amount);
+                }
+                for (scope, period_start) in changed.counters_lapsed {
+                    gateway.counters().grant_lapsed(&scope, period_start);
+                }
+                if lost.swap(false, Ordering::AcqRel) {
+                    tracing::info!("wallet leases renewed again: paid calls are taken");
+                }
+            }
+            Err(error) => {
+                if renewed.elapsed() >= SPEND_FOR && !lost.swap(true, Ordering::AcqRel) {
+                    tracing::error!(%error, "wallet leases not renewed: this node takes no paid calls until they are");
+                }
+            }
+        }
+    }
+}
+
+/// Every [`EVERY`] while the node is in touch with the store (not
+/// `lost`), sizes its wallet leases and quota and budget grants to its
+/// traffic: tops them up to a second's worth under steady calls, gives
+/// back what an idle second left or what is far beyond the traffic.
+async fn resize(
+    leases: StoreLeases,
+    gateway: Gateway,
+    lost: Arc<AtomicBool>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut spend: HashMap<Arc<str>, [i64; WINDOW]> = HashMap::new();
+    let mut counted: HashMap<Arc<str>, Counted> = HashMap::new();
+    let mut tick = 0usize;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(EVERY) => {}
+            _ = shutdown.changed() => return,
+        }
+        if lost.load(Ordering::Acquire) {
+            continue;
+        }
+        tick = tick.wrapping_add(1);
+        resize_wallets(&leases, &gateway, &mut spend, tick).await;
+        resize_grants(&gateway, &leases, &mut counted, tick).await;
+    }
+}
+
+/// Wallets: tops up the lease of a wallet under steady spending to a
+/// second's worth, gives back what a wallet idle for a second still
+/// holds, or what is far beyond its spending.
+async fn resize_wallets(
+    leases: &StoreLeases,
+    gateway: &Gateway,
+    spend: &mut HashMap<Arc<str>, [i64; WINDOW]>,
+    tick: usize,
+) {
+    for wallet in gateway.wallets() {
+        let ring = spend.entry(wallet.team.clone()).or_insert([0; WINDOW]);
+        ring[tick % WINDOW] = wallet.take_lease_spent().max(0);
+        let second: i64 = ring.iter().sum();
+        let lease = wallet.lease();
+        let delta = if second == 0 && lease > 0 {
+            // Idle for a second: all of it goes back.
+            -wallet.take_lease(lease)
+        } else if lease > second.saturating_mul(4) {
+            -wallet.take_lease(lease - second.saturating_mul(2))
+        } else if second > 0 && lease < second / 2 {
+            second - lease
+        } else {
+            0
+        };
+        if delta == 0 {
+            continue;
+        }
+        let adjusted = tokio::time::timeout(RENEW_WAIT, leases.adjust(&wallet.team, delta))
+            .await
+            .unwrap_or_else(|_| Err("timed out".to_owned()));
+        match adjusted {
+            Ok(granted) if delta > 0 => wallet.add_lease(granted),
+            Ok(_) => {}
+            Err(error) => {
+                if delta < 0 {
+                    // Not given back: still this node's to spend.
+                    wallet.add_lease(-delta);
+                }
+                tracing::warn!(team = %wallet.team, %error, "cannot resize a wallet lease");
+            }
+        }
+    }
 }
 
 /// What the lease task knows of a counter's recent counting.

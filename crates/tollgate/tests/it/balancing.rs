@@ -52,43 +52,52 @@ async fn weighted_round_robin_is_exact() {
     assert_eq!((a.hits() - before.0, b.hits() - before.1), (300, 100));
 }
 
+/// A target holding a request in flight gets no more while the other
+/// holds none. Sequential calls, so the in-flight counts the policy reads
+/// are settled at every pick (however slow the machine).
 #[tokio::test]
 async fn least_requests_avoids_the_busy_target() {
-    let (slow, fast) = (
-        FakeUpstream::start("slow").await,
-        FakeUpstream::start("fast").await,
+    let (a, b) = (
+        FakeUpstream::start("a").await,
+        FakeUpstream::start("b").await,
     );
-    let tollgate = setup(
-        json!({"policy": "least_requests"}),
-        &[&slow, &fast],
-        &[1, 1],
-    )
-    .await;
-    slow.set_delay_ms(150);
-    let before = (slow.hits(), fast.hits());
-    let mut clients = Vec::new();
-    for _ in 0..4 {
-        let client = tollgate.client.clone();
-        let url = format!("{}/svc/x", tollgate.gateway_url);
-        clients.push(tokio::spawn(async move {
-            for _ in 0..25 {
-                client
-                    .get(&url)
-                    .send()
-                    .await
-                    .unwrap()
-                    .bytes()
-                    .await
-                    .unwrap();
-            }
-        }));
+    let tollgate = setup(json!({"policy": "least_requests"}), &[&a, &b], &[1, 1]).await;
+    let before = (a.hits(), b.hits());
+    let held = tokio::spawn(
+        tollgate
+            .client
+            .get(format!("{}/svc/hold", tollgate.gateway_url))
+            .send(),
+    );
+    let started = std::time::Instant::now();
+    while a.hits() + b.hits() == before.0 + before.1 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the held call never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    for client in clients {
-        client.await.unwrap();
+    let (busy, idle) = if a.hits() > before.0 {
+        ((&a, before.0), (&b, before.1))
+    } else {
+        ((&b, before.1), (&a, before.0))
+    };
+    for _ in 0..20 {
+        assert_eq!(server_of(&tollgate, "/svc/x", None).await, idle.0.name());
     }
-    let (slow_hits, fast_hits) = (slow.hits() - before.0, fast.hits() - before.1);
-    assert_eq!(slow_hits + fast_hits, 100);
-    assert!(slow_hits <= 20, "the busy target got {slow_hits} of 100");
+    assert_eq!(
+        (busy.0.hits() - busy.1, idle.0.hits() - idle.1),
+        (1, 20),
+        "the busy target took more while it held a call"
+    );
+    busy.0.open_gate();
+    assert_eq!(held.await.unwrap().unwrap().status(), 200);
+    // Both idle again: calls go to both.
+    let mut servers = std::collections::HashSet::new();
+    for _ in 0..40 {
+        servers.insert(server_of(&tollgate, "/svc/x", None).await);
+    }
+    assert_eq!(servers.len(), 2, "{servers:?}");
 }
 
 #[tokio::test]

@@ -722,6 +722,16 @@ async fn budget_on_two_nodes(budget: &str, more: Option<&str>) -> TwoNodes {
     }
 }
 
+/// The lines of a node's log above `info` (for failure messages).
+fn warnings(log: &std::path::Path) -> String {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|line| !line.contains(r#""level":"INFO""#) && !line.contains(r#""level":"DEBUG""#))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// Calls `key`'s app through two nodes, a burst of 600 spread over both,
 /// then one call at a time alternating until 20 refusals in a row (402
 /// `code`): never more than `most` answered at any point (refusals first
@@ -741,6 +751,7 @@ async fn spend_over_two_nodes(
             .client
             .get(format!("{}/weather/forecast/city-{n}", node.gateway_url))
             .header("x-api-key", key);
+        let log = node.log_path().to_owned();
         async move {
             let response = request.send().await.unwrap();
             let status = response.status().as_u16();
@@ -750,7 +761,12 @@ async fn spend_over_two_nodes(
                 .map(|v| v.to_str().unwrap().to_owned());
             let body: Value = response.json().await.unwrap_or(Value::Null);
             if status != 200 {
-                assert_eq!((status, body["code"].as_str()), (402, Some(code)), "{body}");
+                assert_eq!(
+                    (status, body["code"].as_str()),
+                    (402, Some(code)),
+                    "{body}\nthe node's warnings:\n{}",
+                    warnings(&log)
+                );
                 // A quota or budget with room left is held by the other
                 // node: the refusal says so and how soon to retry.
                 let room_left = match code {
