@@ -1410,9 +1410,11 @@ async fn kill_nine_mid_load(strict: bool) -> (usize, usize) {
     let key = priced_world(&tollgate, &upstream, 1_000_000).await;
 
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let clients = (0..16).map(|client| {
         let key = key.clone();
         let stop = stop.clone();
+        let answered = answered.clone();
         let url = format!("{}/weather/forecast/x", tollgate.gateway_url);
         async move {
             let http = test_support::tollgate::client();
@@ -1430,7 +1432,10 @@ async fn kill_nine_mid_load(strict: bool) -> (usize, usize) {
                     .await;
                 let outcome = match outcome {
                     Ok(response) if response.status() == 200 => match response.bytes().await {
-                        Ok(_) => Seen::Paid(Instant::now()),
+                        Ok(_) => {
+                            answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            Seen::Paid(Instant::now())
+                        }
                         Err(_) => Seen::Broken,
                     },
                     Ok(response) => Seen::Other(response.status().as_u16()),
@@ -1446,7 +1451,15 @@ async fn kill_nine_mid_load(strict: bool) -> (usize, usize) {
         }
     });
     let killer = async {
+        // In the middle of the load: after 800 ms and 150 answered calls
+        // (however slow the machine), or 20 s.
+        let started = Instant::now();
         tokio::time::sleep(Duration::from_millis(800)).await;
+        while answered.load(std::sync::atomic::Ordering::Relaxed) < 150
+            && started.elapsed() < Duration::from_secs(20)
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let killed_at = Instant::now();
         let status = std::process::Command::new("kill")
             .args(["-9", &tollgate.pid().to_string()])
