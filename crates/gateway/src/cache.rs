@@ -29,6 +29,12 @@
 //!   by all requests) with its share of `gateway.cache_max_bytes`; the
 //!   oldest entries go first when a shard is full. Expired entries are
 //!   dropped when met or pushed out.
+//! - **Collapsed forwarding.** A `GET` that misses while another request
+//!   is fetching the same key waits for that answer (at most
+//!   [`COALESCE_WAIT`], as nginx's `proxy_cache_lock`) and is served from
+//!   it: a burst of misses reaches the upstream once. When that answer
+//!   could not be kept, the key's requests go to the upstream together,
+//!   not one at a time, for [`PASS_FOR`] (Varnish's hit-for-miss).
 //! - **Telling the caller.** `Cache-Status` (RFC 9211) on every answer of
 //!   a cached route: `tollgate; hit; ttl=N`, `tollgate; fwd=uri-miss;
 //!   stored`, `fwd=stale`, `fwd=vary-miss` or `fwd=bypass`, and `Age` on
@@ -44,6 +50,15 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 
 /// The largest body kept.
 pub const ENTRY_MAX_BYTES: usize = 1024 * 1024;
+
+/// The longest a `GET` that missed waits for another request's answer
+/// to the same key before it asks the upstream itself.
+pub const COALESCE_WAIT: Duration = Duration::from_secs(5);
+
+/// After an answer to a key could not be kept (not cacheable, too large,
+/// cut short, or none came), how long its misses go to the upstream
+/// together rather than waiting for one another.
+pub const PASS_FOR: Duration = Duration::from_secs(10);
 
 const SHARDS: usize = 16;
 
@@ -134,7 +149,58 @@ pub enum Lookup {
         /// The shard's count of writes' removals when looked up: an
         /// answer fetched across a write is not kept ([`Fill::since`]).
         since: u64,
+        /// This request fetches the key for the others that miss it
+        /// meanwhile (a `GET`, when coalescing): they wait until it is
+        /// dropped ([`Fill::lock`]).
+        lock: Option<FillLock>,
     },
+    /// Another request is fetching the key: wait until `done` says it
+    /// ended (its sender dropped), then look up again.
+    Wait {
+        key: Box<str>,
+        done: tokio::sync::watch::Receiver<()>,
+    },
+}
+
+/// A key some request is fetching, or whose last answer could not be
+/// kept.
+enum Pending {
+    /// Fetched by the [`FillLock`] of this id.
+    Filling(u64, tokio::sync::watch::Receiver<()>),
+    /// Misses go to the upstream without waiting until then.
+    Pass(Instant),
+}
+
+/// Held by the request that fetches a key others wait for. Dropped, it
+/// wakes them: they find the answer it stored, or (nothing stored) the
+/// key passes for [`PASS_FOR`] and they all ask the upstream.
+pub struct FillLock {
+    cache: Arc<ResponseCache>,
+    key: Box<str>,
+    id: u64,
+    stored: bool,
+    _done: tokio::sync::watch::Sender<()>,
+}
+
+impl Drop for FillLock {
+    fn drop(&mut self) {
+        let mut shard = self
+            .cache
+            .shard(&self.key)
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if matches!(shard.pending.get(&*self.key), Some(Pending::Filling(id, _)) if *id == self.id)
+        {
+            if self.stored {
+                shard.pending.remove(&*self.key);
+            } else {
+                shard
+                    .pending
+                    .insert(self.key.clone(), Pending::Pass(Instant::now() + PASS_FOR));
+            }
+        }
+        // The waiters wake when `_done` drops, after this.
+    }
 }
 
 /// The node's cache (one per gateway, shared by its threads).
@@ -154,6 +220,11 @@ struct Shard {
     next_seq: u64,
     /// Entries removed by writes so far.
     dropped: u64,
+    /// Keys being fetched, or passing (see [`FillLock`]).
+    pending: HashMap<Box<str>, Pending>,
+    next_lock: u64,
+    /// Size of `pending` at which passes that ended are swept out.
+    sweep_at: usize,
 }
 
 impl std::fmt::Debug for ResponseCache {
@@ -217,9 +288,19 @@ impl ResponseCache {
     /// upstream are `forwarded` (what a `Vary` names is compared there:
     /// the gateway sets `X-Forwarded-For` and the caller's identity).
     /// `get`: the request is a `GET`, whose answer would replace a stale
-    /// entry (dropped here).
-    pub fn lookup(&self, key: Box<str>, forwarded: &HeaderMap, get: bool, now: Instant) -> Lookup {
+    /// entry (dropped here). `coalesce`: a `GET` that misses while
+    /// another request fetches the key is told to wait for it
+    /// ([`Lookup::Wait`]), and otherwise takes the key's [`FillLock`].
+    pub fn lookup(
+        self: &Arc<Self>,
+        key: Box<str>,
+        forwarded: &HeaderMap,
+        get: bool,
+        now: Instant,
+        coalesce: bool,
+    ) -> Lookup {
         let mut shard = self.shard(&key).lock().unwrap_or_else(|e| e.into_inner());
+        let shard = &mut *shard;
         let why = match shard.map.get(&*key) {
             None => "uri-miss",
             Some(entry) if entry.expires <= now => "stale",
@@ -232,10 +313,43 @@ impl ResponseCache {
         {
             shard.bytes -= entry.size;
         }
+        let mut lock = None;
+        if get && coalesce {
+            match shard.pending.get(&*key) {
+                Some(Pending::Filling(_, done)) => {
+                    return Lookup::Wait {
+                        key,
+                        done: done.clone(),
+                    };
+                }
+                Some(Pending::Pass(until)) if *until > now => {}
+                _ => {
+                    if shard.pending.len() >= shard.sweep_at {
+                        shard.pending.retain(
+                            |_, pending| !matches!(pending, Pending::Pass(until) if *until <= now),
+                        );
+                        shard.sweep_at = (shard.pending.len() * 2).max(1024);
+                    }
+                    shard.next_lock += 1;
+                    let (done, waiting) = tokio::sync::watch::channel(());
+                    shard
+                        .pending
+                        .insert(key.clone(), Pending::Filling(shard.next_lock, waiting));
+                    lock = Some(FillLock {
+                        cache: self.clone(),
+                        key: key.clone(),
+                        id: shard.next_lock,
+                        stored: false,
+                        _done: done,
+                    });
+                }
+            }
+        }
         Lookup::Miss {
             key,
             why,
             since: shard.dropped,
+            lock,
         }
     }
 
@@ -367,13 +481,16 @@ impl ResponseCache {
             limit: entry_max,
             overflowed: false,
             since: None,
+            lock: None,
         }))
     }
 
-    fn insert(&self, key: Box<str>, mut entry: Entry, since: Option<u64>) {
+    /// Stores `entry` unless it is too large or a write came `since`;
+    /// whether it did.
+    fn insert(&self, key: Box<str>, mut entry: Entry, since: Option<u64>) -> bool {
         let size = entry_size(&key, &entry.headers, entry.body.len());
         if size > self.shard_bytes {
-            return;
+            return false;
         }
         let mut shard = self.shard(&key).lock().unwrap_or_else(|e| e.into_inner());
         let shard = &mut *shard;
@@ -381,7 +498,7 @@ impl ResponseCache {
             // A write landed while this answer was fetched: it may be
             // from before it (the shard's writes are counted, not each
             // key's: rarely, another key's write costs this one a miss).
-            return;
+            return false;
         }
         shard.next_seq += 1;
         entry.seq = shard.next_seq;
@@ -409,6 +526,7 @@ impl ResponseCache {
         shard.order.push_back((key.clone(), entry.seq));
         shard.bytes += size;
         shard.map.insert(key, Arc::new(entry));
+        true
     }
 
     /// Entries and bytes held (for tests and metrics).
@@ -534,6 +652,9 @@ pub struct Fill {
     /// The shard's count of writes' removals when the request looked
     /// the key up ([`Lookup::Miss`]); the answer is dropped if it moved.
     pub since: Option<u64>,
+    /// The key's lock when others wait for this answer: let go once it
+    /// is stored, or as soon as it cannot be.
+    pub lock: Option<FillLock>,
 }
 
 impl Fill {
@@ -545,6 +666,9 @@ impl Fill {
         if self.body.len() + data.len() > self.limit {
             self.overflowed = true;
             self.body = BytesMut::new();
+            // The waiting requests go to the upstream now, not when this
+            // long body ends.
+            self.lock = None;
             return;
         }
         self.body.extend_from_slice(data);
@@ -569,12 +693,13 @@ impl Fill {
             limit: _,
             overflowed: _,
             since,
+            mut lock,
         } = self;
         let body = body.freeze();
         if status != StatusCode::NO_CONTENT {
             headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
         }
-        cache.insert(
+        let stored = cache.insert(
             key,
             Entry {
                 status,
@@ -589,6 +714,9 @@ impl Fill {
             },
             since,
         );
+        if let Some(lock) = &mut lock {
+            lock.stored = stored;
+        }
     }
 }
 
@@ -686,7 +814,7 @@ mod tests {
 
     /// Plans and looks `request` up (its headers as forwarded).
     fn look(
-        cache: &ResponseCache,
+        cache: &Arc<ResponseCache>,
         rule: &CacheRule,
         app: Option<&str>,
         request: &http::request::Parts,
@@ -695,7 +823,13 @@ mod tests {
         let Plan::Look(key) = cache.plan(rule, app, request, false, false) else {
             panic!("not looked up");
         };
-        cache.lookup(key, &request.headers, request.method == Method::GET, now)
+        cache.lookup(
+            key,
+            &request.headers,
+            request.method == Method::GET,
+            now,
+            false,
+        )
     }
 
     /// Looks up, fills with `body` and finishes; returns the lookup's
@@ -719,6 +853,125 @@ mod tests {
             fill.finish();
         }
         (why, taken)
+    }
+
+    /// Plans `request` (a `GET`) and looks it up, coalescing.
+    fn look_coalescing(
+        cache: &Arc<ResponseCache>,
+        rule: &CacheRule,
+        request: &http::request::Parts,
+        now: Instant,
+    ) -> Lookup {
+        let Plan::Look(key) = cache.plan(rule, None, request, false, false) else {
+            panic!("not looked up");
+        };
+        cache.lookup(key, &request.headers, true, now, true)
+    }
+
+    #[tokio::test]
+    async fn misses_of_one_key_wait_for_the_request_that_fetches_it() {
+        let cache = Arc::new(ResponseCache::new(1 << 20));
+        let rule = rule(10, true);
+        let request = get("/a", &[]);
+        let now = Instant::now();
+        let Lookup::Miss {
+            key,
+            since,
+            lock: Some(lock),
+            ..
+        } = look_coalescing(&cache, &rule, &request, now)
+        else {
+            panic!("the first miss fetches");
+        };
+        let Lookup::Wait { mut done, .. } = look_coalescing(&cache, &rule, &request, now) else {
+            panic!("the second waits");
+        };
+        // A `HEAD` brings nothing to keep: it neither waits nor fetches.
+        let head = cache.lookup(key.clone(), &request.headers, false, now, true);
+        assert!(matches!(head, Lookup::Miss { lock: None, .. }));
+        let mut fill = cache
+            .fill(
+                &rule,
+                key,
+                &request.headers,
+                StatusCode::OK,
+                &answer(&[]),
+                now,
+            )
+            .unwrap();
+        fill.since = Some(since);
+        fill.lock = Some(lock);
+        fill.push(b"body");
+        assert!(done.has_changed().is_ok(), "waiting while the body comes");
+        fill.finish();
+        assert!(done.changed().await.is_err(), "woken once it is stored");
+        assert!(matches!(
+            look_coalescing(&cache, &rule, &request, Instant::now()),
+            Lookup::Hit(_)
+        ));
+    }
+
+    #[test]
+    fn misses_of_a_key_whose_answer_was_not_kept_pass_together() {
+        let cache = Arc::new(ResponseCache::new(1 << 20));
+        let rule = rule(10, true);
+        let request = get("/a", &[]);
+        let now = Instant::now();
+        let Lookup::Miss {
+            key,
+            lock: Some(lock),
+            ..
+        } = look_coalescing(&cache, &rule, &request, now)
+        else {
+            panic!("the first miss fetches");
+        };
+        // `no-store`: nothing to keep, the lock goes with the answer.
+        let kept = cache.fill(
+            &rule,
+            key,
+            &request.headers,
+            StatusCode::OK,
+            &answer(&[("cache-control", "no-store")]),
+            now,
+        );
+        assert!(kept.is_none());
+        drop(lock);
+        for _ in 0..2 {
+            assert!(matches!(
+                look_coalescing(&cache, &rule, &request, Instant::now()),
+                Lookup::Miss { lock: None, .. }
+            ));
+        }
+        // Once the pass ends, a miss fetches for the others again; one
+        // cut short (a body beyond the limit) lets them go at once.
+        let later = Instant::now() + PASS_FOR + Duration::from_secs(1);
+        let Lookup::Miss {
+            key,
+            lock: Some(lock),
+            ..
+        } = look_coalescing(&cache, &rule, &request, later)
+        else {
+            panic!("fetches again after the pass");
+        };
+        let Lookup::Wait { done, .. } = look_coalescing(&cache, &rule, &request, later) else {
+            panic!("waits again");
+        };
+        let mut fill = cache
+            .fill(
+                &rule,
+                key,
+                &request.headers,
+                StatusCode::OK,
+                &answer(&[]),
+                later,
+            )
+            .unwrap();
+        fill.lock = Some(lock);
+        fill.push(&vec![b'x'; cache.entry_max() + 1]);
+        assert!(
+            done.has_changed().is_err(),
+            "let go when it outgrew the cache"
+        );
     }
 
     #[test]

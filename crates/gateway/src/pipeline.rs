@@ -1199,27 +1199,45 @@ async fn forward(
     let mut invalidate = None;
     let mut cache_miss = match cache_plan {
         None => None,
-        Some(Plan::Look(key)) => {
-            let now = Instant::now();
+        Some(Plan::Look(mut key)) => {
             let get = parts.method == Method::GET;
-            match shared.cache.lookup(key, &headers, get, now) {
-                Lookup::Hit(entry) => {
-                    drop(permits.take());
-                    return Ok(Box::pin(serve_cached(
-                        shared,
-                        context,
-                        trace,
-                        route,
-                        &entry,
-                        !get,
-                        reservation.take(),
-                        now,
-                    ))
-                    .await);
-                }
-                // Only a `GET` brings a body to keep.
-                Lookup::Miss { key, why, since } => {
-                    Some((get.then(|| (key, headers.clone(), since)), why))
+            // A miss while another request fetches the key waits for its
+            // answer, up to COALESCE_WAIT.
+            let waited_until = Instant::now() + crate::cache::COALESCE_WAIT;
+            loop {
+                let now = Instant::now();
+                match shared
+                    .cache
+                    .lookup(key, &headers, get, now, now < waited_until)
+                {
+                    Lookup::Hit(entry) => {
+                        drop(permits.take());
+                        return Ok(Box::pin(serve_cached(
+                            shared,
+                            context,
+                            trace,
+                            route,
+                            &entry,
+                            !get,
+                            reservation.take(),
+                            now,
+                        ))
+                        .await);
+                    }
+                    // Only a `GET` brings a body to keep.
+                    Lookup::Miss {
+                        key,
+                        why,
+                        since,
+                        lock,
+                    } => break Some((get.then(|| (key, headers.clone(), since, lock)), why)),
+                    Lookup::Wait {
+                        key: again,
+                        mut done,
+                    } => {
+                        key = again;
+                        let _ = tokio::time::timeout_at(waited_until.into(), done.changed()).await;
+                    }
                 }
             }
         }
@@ -1395,7 +1413,7 @@ async fn forward(
                 }
                 let mut fill = None;
                 if let (Some((keep, why)), Some(rule)) = (cache_miss.take(), &route.cache) {
-                    if let Some((key, request_headers, since)) = keep
+                    if let Some((key, request_headers, since, lock)) = keep
                         && status != 101
                     {
                         fill = shared
@@ -1410,6 +1428,7 @@ async fn forward(
                             )
                             .map(|mut fill| {
                                 fill.since = Some(since);
+                                fill.lock = lock;
                                 fill
                             });
                     }

@@ -395,6 +395,62 @@ async fn keeps_only_what_may_be_kept() {
 
 /// A write taken by another route than the reads of its URI still makes
 /// their cached answer stale.
+/// Misses of one key at once reach the upstream once; the others wait
+/// and are served that answer. An answer that cannot be kept lets them
+/// all through together.
+#[tokio::test]
+async fn a_burst_of_misses_asks_the_upstream_once() {
+    let upstream = FakeUpstream::start("up").await;
+    let tollgate = Tollgate::start(BIN).await;
+    serve_cached_svc(&tollgate, &upstream).await;
+    let burst = |path: &'static str| {
+        futures_util::future::join_all((0..10).map(|_| async {
+            let (status, response) = fetch(&tollgate, path, None).await;
+            assert_eq!(response.status(), 200);
+            let body: Value = response.json().await.unwrap();
+            (status, body["hit"].as_u64().unwrap())
+        }))
+    };
+
+    let before = upstream.hits();
+    let answers = burst("/svc/delay/300").await;
+    assert_eq!(upstream.hits() - before, 1, "{answers:?}");
+    let fetched = answers
+        .iter()
+        .filter(|(s, _)| s.contains("fwd=uri-miss"))
+        .count();
+    let hits = answers.iter().filter(|(s, _)| s.contains("; hit;")).count();
+    assert_eq!((fetched, hits), (1, 9), "{answers:?}");
+    assert!(
+        answers.windows(2).all(|pair| pair[0].1 == pair[1].1),
+        "one answer for all: {answers:?}"
+    );
+
+    // Not to be kept: the first answer lets the rest go to the upstream
+    // at once, and the next burst does not wait at all.
+    let path = "/svc/delay/300?header=Cache-Control:%20no-store";
+    for round in 0..2 {
+        let before = upstream.hits();
+        let started = std::time::Instant::now();
+        let answers = burst(path).await;
+        assert_eq!(upstream.hits() - before, 10, "round {round}: {answers:?}");
+        assert!(
+            answers
+                .iter()
+                .all(|(s, _)| s.contains("fwd=uri-miss") && !s.contains("stored")),
+            "{answers:?}"
+        );
+        if round == 1 {
+            // Together: about one delay, not ten (nor two).
+            assert!(
+                started.elapsed() < Duration::from_millis(600) * 2,
+                "round {round} took {:?}",
+                started.elapsed()
+            );
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_write_through_another_route_drops_the_answer() {
     let upstream = FakeUpstream::start("up").await;
