@@ -279,11 +279,35 @@ impl IpRules {
 
 /// A JWT identity that stands for an app: tokens from `issuer` whose
 /// mapped claim equals `subject`.
+///
+/// On its own team's services that is all. Another team's service
+/// configures the issuer's keys itself, so it could verify tokens it made
+/// with keys of its own: it authenticates the app only when its issuer's
+/// keys are the ones named here (the issuer's `jwks_url`, or its
+/// `public_key_pem`), never with an HS256 secret (which that team knows).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JwtIdentity {
     pub issuer: String,
     pub subject: String,
+    /// The issuer's JWKS document: other teams' services that fetch their
+    /// keys for `issuer` from this URL authenticate the app.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_url: Option<String>,
+    /// The issuer's RS256/ES256 public key (PEM): other teams' services
+    /// configured with this key for `issuer` authenticate the app.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key_pem: Option<String>,
+}
+
+/// The base64 body of a PEM document, whitespace and armour lines left
+/// out: two spellings of one key compare equal.
+pub fn pem_body(pem: &str) -> String {
+    pem.lines()
+        .map(str::trim)
+        .filter(|line| !line.starts_with("-----"))
+        .flat_map(|line| line.chars().filter(|c| !c.is_whitespace()))
+        .collect()
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -370,6 +394,27 @@ impl AppSpec {
             }
             if identity.subject.is_empty() || identity.subject.len() > 512 {
                 errors.add(format!("jwt[{index}].subject"), "must be 1–512 characters");
+            }
+            if identity.jwks_url.is_some() && identity.public_key_pem.is_some() {
+                errors.add(
+                    format!("jwt[{index}]"),
+                    "names the issuer's keys once: jwks_url or public_key_pem, not both",
+                );
+            }
+            if let Some(url) = &identity.jwks_url
+                && let Err(message) = crate::model::check_target_url(url)
+            {
+                errors.add(format!("jwt[{index}].jwks_url"), message);
+            }
+            if let Some(pem) = &identity.public_key_pem
+                && (!pem.trim_start().starts_with("-----BEGIN ")
+                    || pem.len() > 16_384
+                    || pem_body(pem).is_empty())
+            {
+                errors.add(
+                    format!("jwt[{index}].public_key_pem"),
+                    "must be a PEM public key (-----BEGIN PUBLIC KEY-----…), at most 16 KiB",
+                );
             }
         }
         errors.into_result()

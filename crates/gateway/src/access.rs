@@ -170,6 +170,34 @@ pub struct AppRt {
     pub identity: [http::HeaderValue; 2],
 }
 
+/// The app a JWT identity stands for, and the issuer keys it names for
+/// other teams' services ([`domain::access::JwtIdentity`]).
+#[derive(Debug, Clone)]
+pub struct JwtApp {
+    pub app: Arc<AppRt>,
+    pub jwks_url: Option<String>,
+    /// [`domain::access::pem_body`] of the public key it names.
+    pub public_key_body: Option<String>,
+}
+
+impl JwtApp {
+    /// Whether a token verified by a service of `service_team` with a key
+    /// from `source` may stand for the app: always on its own team's
+    /// services and the platform's (whose operators administer every
+    /// team); on other teams' only with the issuer keys the app named.
+    pub fn trusts(&self, service_team: Option<&str>, source: crate::jwt::KeySource<'_>) -> bool {
+        use crate::jwt::KeySource;
+        if service_team.is_none_or(|team| team == self.app.team) {
+            return true;
+        }
+        match source {
+            KeySource::Secret => false,
+            KeySource::PublicKey(body) => self.public_key_body.as_deref() == Some(body),
+            KeySource::Jwks(url) => self.jwks_url.as_deref() == Some(url),
+        }
+    }
+}
+
 /// A header value made once, when the snapshot is compiled (slugs and ids
 /// are always valid header text; anything else becomes empty).
 fn header_value(text: &str) -> http::HeaderValue {
@@ -240,7 +268,7 @@ impl KeyRt {
 pub struct AccessIndex {
     pub keys: HashMap<Digest, Arc<KeyRt>, BuildHasherDefault<DigestHasher>>,
     /// (JWT issuer, subject) → the app that claims that identity.
-    pub jwt_apps: HashMap<(String, String), Arc<AppRt>>,
+    pub jwt_apps: HashMap<(String, String), JwtApp>,
     /// App id → app, for keys added without a full reload.
     pub apps: HashMap<String, Arc<AppRt>>,
 }
@@ -440,7 +468,14 @@ pub fn compile(
             for identity in &app.spec.jwt {
                 jwt_apps.insert(
                     (identity.issuer.clone(), identity.subject.clone()),
-                    compiled.clone(),
+                    JwtApp {
+                        app: compiled.clone(),
+                        jwks_url: identity.jwks_url.clone(),
+                        public_key_body: identity
+                            .public_key_pem
+                            .as_deref()
+                            .map(domain::access::pem_body),
+                    },
                 );
             }
         }

@@ -171,8 +171,9 @@ fn authenticate<'s, B>(
                     ),
                 ));
             };
-            let (issuer, subject) = jwt::verify(config, token, jwks)?;
-            let Some(app) = snapshot
+            let verified = jwt::verify(config, token, jwks)?;
+            let (issuer, subject) = (&verified.issuer, &verified.subject);
+            let Some(claimed) = snapshot
                 .access
                 .jwt_apps
                 .get(&(issuer.clone(), subject.clone()))
@@ -184,7 +185,18 @@ fn authenticate<'s, B>(
                     ),
                 ));
             };
-            Caller { app, key: None }
+            if !claimed.trusts(service.team.as_deref(), verified.source) {
+                return Err(Refusal::new(
+                    Code::InvalidCredentials,
+                    format!(
+                        "The app that claims the identity '{subject}' of '{issuer}' belongs to another team than this service and does not name the keys the service verified the token with. Another team's service authenticates an app only with the issuer's public keys that the app's identity names ('jwks_url' or 'public_key_pem' in its 'jwt' entry), never with a shared HS256 secret."
+                    ),
+                ));
+            }
+            Caller {
+                app: &claimed.app,
+                key: None,
+            }
         } else {
             let key = resolve_key(snapshot, token, now_ms)?;
             Caller {

@@ -25,8 +25,30 @@ pub struct IssuerRt {
     algorithms: Vec<Algorithm>,
     secret: Option<DecodingKey>,
     public_key: Option<DecodingKey>,
+    /// The configured public key's PEM body ([`domain::access::pem_body`]).
+    public_key_body: Option<String>,
     pub jwks_url: Option<String>,
     leeway_s: u64,
+}
+
+/// Where the key that verified a token came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeySource<'a> {
+    /// The issuer's HS256 secret, set by the service's team.
+    Secret,
+    /// The public key configured on the service (its PEM body).
+    PublicKey(&'a str),
+    /// A key of the JWKS document at this URL.
+    Jwks(&'a str),
+}
+
+/// A verified token: its `iss`, the value of the app claim, and the
+/// source of the key that verified it.
+#[derive(Debug)]
+pub struct Verified<'a> {
+    pub issuer: String,
+    pub subject: String,
+    pub source: KeySource<'a>,
 }
 
 impl std::fmt::Debug for IssuerRt {
@@ -83,6 +105,10 @@ impl JwtRt {
                     .filter(|s| !s.starts_with(domain::model::SEALED_PREFIX))
                     .map(|s| DecodingKey::from_secret(s.as_bytes())),
                 public_key,
+                public_key_body: issuer
+                    .public_key_pem
+                    .as_deref()
+                    .map(domain::access::pem_body),
                 jwks_url: issuer.jwks_url.clone(),
                 leeway_s: issuer.leeway_s,
                 algorithms,
@@ -142,13 +168,37 @@ fn decode_part(part: &str) -> Option<serde_json::Value> {
     serde_json::from_slice(&bytes).ok()
 }
 
-/// Whether `token` looks like a JWT (three dot-separated parts).
+/// Whether `token` looks like a JWT: three dot-separated parts, or a
+/// JSON header's base64 start (`eyJ`, `{"`) with other parts, which is
+/// then refused as a malformed token rather than as an unknown key.
 pub fn looks_like_jwt(token: &str) -> bool {
-    token.split('.').count() == 3 && !token.starts_with("tg_")
+    !token.starts_with("tg_")
+        && (token.split('.').count() == 3 || (token.starts_with("eyJ") && token.contains('.')))
 }
 
-/// Verifies `token`; returns `(iss, value of the app claim)`.
-pub fn verify(jwt: &JwtRt, token: &str, jwks: &JwksCache) -> Result<(String, String), Refusal> {
+/// A `NumericDate` claim (`exp`, `nbf`) that the verifier cannot read:
+/// the refusal saying so (an `exp` before 1970 has expired).
+fn unreadable_date(payload: &serde_json::Value, claim: &str) -> Option<Refusal> {
+    let value = payload.get(claim)?;
+    if value.as_u64().is_some() {
+        return None;
+    }
+    if claim == "exp" && value.as_f64().is_some_and(|seconds| seconds < 0.0) {
+        return Some(refuse(
+            Code::TokenExpired,
+            "The token has expired (its 'exp' is before 1970); get a new one from its issuer.",
+        ));
+    }
+    Some(refuse(
+        Code::TokenClaims,
+        format!(
+            "The token's '{claim}' claim is {value}, not a NumericDate: whole seconds since 1970 as a JSON number."
+        ),
+    ))
+}
+
+/// Verifies `token`.
+pub fn verify<'j>(jwt: &'j JwtRt, token: &str, jwks: &JwksCache) -> Result<Verified<'j>, Refusal> {
     let mut parts = token.split('.');
     let (Some(header), Some(payload), Some(_), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
@@ -176,6 +226,12 @@ pub fn verify(jwt: &JwtRt, token: &str, jwks: &JwksCache) -> Result<(String, Str
     let Some(iss) = payload["iss"].as_str() else {
         return Err(refuse(Code::TokenClaims, "The token has no 'iss' claim."));
     };
+    if let Some(refusal) = ["exp", "nbf"]
+        .iter()
+        .find_map(|claim| unreadable_date(&payload, claim))
+    {
+        return Err(refusal);
+    }
     let Some(issuer) = jwt.issuers.iter().find(|i| i.issuer == iss) else {
         return Err(refuse(
             Code::TokenClaims,
@@ -200,11 +256,14 @@ pub fn verify(jwt: &JwtRt, token: &str, jwks: &JwksCache) -> Result<(String, Str
         ));
     };
     let fetched;
+    let mut source = KeySource::Secret;
     let key = if algorithm == Algorithm::HS256 {
         issuer.secret.as_ref()
     } else if let Some(key) = &issuer.public_key {
+        source = KeySource::PublicKey(issuer.public_key_body.as_deref().unwrap_or_default());
         Some(key)
     } else if let Some(url) = &issuer.jwks_url {
+        source = KeySource::Jwks(url);
         let kid = header["kid"].as_str();
         fetched = jwks.keys(url);
         let found = fetched.as_ref().and_then(|keys| {
@@ -293,13 +352,22 @@ pub fn verify(jwt: &JwtRt, token: &str, jwks: &JwksCache) -> Result<(String, Str
         })?
         .claims;
     let Some(subject) = claims.get(&jwt.app_claim).and_then(|v| v.as_str()) else {
+        let why = if claims.get(&jwt.app_claim).is_some() {
+            "is not a string"
+        } else {
+            "is missing"
+        };
         return Err(refuse(
             Code::TokenClaims,
             format!(
-                "The token lacks the '{}' claim that names the app.",
+                "The token's '{}' claim, which names the app, {why}.",
                 jwt.app_claim
             ),
         ));
     };
-    Ok((iss.to_owned(), subject.to_owned()))
+    Ok(Verified {
+        issuer: iss.to_owned(),
+        subject: subject.to_owned(),
+        source,
+    })
 }

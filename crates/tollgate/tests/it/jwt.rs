@@ -144,6 +144,27 @@ async fn jwts_from_trusted_issuers_authenticate_apps() {
             ),
             "token_not_yet_valid",
         ),
+        // A date before 1970 has expired; one too large to read is not
+        // a missing claim.
+        (
+            idp.sign(
+                Algorithm::ES256,
+                &with(idp.claims("client-1"), json!({"exp": -1})),
+            ),
+            "token_expired",
+        ),
+        (
+            idp.sign(
+                Algorithm::ES256,
+                &with(idp.claims("client-1"), json!({"exp": 1e20})),
+            ),
+            "token_claims_invalid",
+        ),
+        // Four parts: a malformed token, not an unknown API key.
+        (
+            format!("{}.x", idp.sign(Algorithm::ES256, &idp.claims("client-1"))),
+            "token_malformed",
+        ),
         // Time claims of the wrong type say which claim is wrong.
         (
             idp.sign(
@@ -458,4 +479,137 @@ async fn every_credential_kind_meets_every_subscription_state() {
             }
         }
     }
+}
+
+/// A team's service names the keys of the issuers it trusts, so it could
+/// verify tokens it made itself: it authenticates another team's app only
+/// with the issuer keys that app's identity names (a JWKS URL or a public
+/// key), never with an HS256 secret, which it knows.
+#[tokio::test]
+async fn another_teams_service_authenticates_an_app_only_with_keys_the_app_names() {
+    let upstream = FakeUpstream::start("w").await;
+    let idp = FakeIdp::start().await;
+    let tollgate = Tollgate::start(BIN).await;
+    for team in ["acme", "weatherco"] {
+        tollgate
+            .create("/api/v1/teams", json!({"slug": team}))
+            .await;
+    }
+    tollgate
+        .create(
+            "/api/v1/upstreams",
+            json!({"slug": "backend", "team": "weatherco", "targets": [{"url": upstream.url()}]}),
+        )
+        .await;
+    let own_secret = "weatherco-chose-this-secret-itself-0123456789";
+    let issuers = json!([
+        {"issuer": idp.issuer, "algorithms": ["ES256"], "jwks_url": idp.jwks_url(), "audiences": ["weather-api"]},
+        {"issuer": "https://hs.example", "algorithms": ["HS256"], "secret": own_secret},
+        {"issuer": "https://rs.example", "algorithms": ["RS256"], "public_key_pem": idp.rsa_public_pem},
+    ]);
+    tollgate
+        .create(
+            "/api/v1/services",
+            json!({"slug": "weather", "team": "weatherco", "kind": "http", "base_path": "/weather",
+                "upstream": "backend", "visibility": "catalog", "approval_required": false,
+                "auth": {"anonymous": false, "jwt": {"issuers": issuers}}}),
+        )
+        .await;
+    tollgate
+        .create(
+            "/api/v1/services/weather/routes",
+            json!({"methods": ["GET"], "path": "/*"}),
+        )
+        .await;
+    tollgate
+        .create("/api/v1/services/weather/plans", json!({"slug": "free"}))
+        .await;
+    tollgate
+        .create("/api/v1/services/weather/publish", json!({}))
+        .await;
+    tollgate
+        .create(
+            "/api/v1/apps",
+            json!({"slug": "acme-web", "team": "acme", "jwt": [
+                {"issuer": idp.issuer, "subject": "client-1", "jwks_url": idp.jwks_url()},
+                {"issuer": "https://hs.example", "subject": "client-1"},
+                {"issuer": "https://rs.example", "subject": "client-1"}]}),
+        )
+        .await;
+    tollgate
+        .create(
+            "/api/v1/subscriptions",
+            json!({"app": "acme-web", "service": "weather", "plan": "free"}),
+        )
+        .await;
+
+    // The JWKS the app names: its tokens stand for it.
+    let es = idp.sign(Algorithm::ES256, &idp.claims("client-1"));
+    until_ok(&tollgate, &es, Duration::from_secs(3)).await;
+    let seen: Value = tollgate.json_with_key(PATH, &es).await;
+    assert_eq!(seen["headers"]["tollgate-app"], "acme-web");
+    // A token weatherco made with its own secret does not.
+    let forged = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(Algorithm::HS256),
+        &with(idp.claims("client-1"), json!({"iss": "https://hs.example"})),
+        &jsonwebtoken::EncodingKey::from_secret(own_secret.as_bytes()),
+    )
+    .unwrap();
+    let body = problem(
+        tollgate.get_with_key(PATH, &forged).await,
+        401,
+        "invalid_credentials",
+    )
+    .await;
+    let detail = body["detail"].as_str().unwrap();
+    assert!(detail.contains("another team"), "{body}");
+    assert!(!detail.contains("acme"), "names no other tenant: {body}");
+    // Nor does a public key the app has not named; once named (spelled
+    // with other line breaks), it does.
+    let rs = idp.sign(
+        Algorithm::RS256,
+        &with(idp.claims("client-1"), json!({"iss": "https://rs.example"})),
+    );
+    problem(
+        tollgate.get_with_key(PATH, &rs).await,
+        401,
+        "invalid_credentials",
+    )
+    .await;
+    let respelled = idp.rsa_public_pem.replace('\n', "\r\n  ");
+    let (status, body) = tollgate
+        .admin(
+            Method::PATCH,
+            "/api/v1/apps/acme-web",
+            Some(json!({"jwt": [
+                {"issuer": idp.issuer, "subject": "client-1", "jwks_url": idp.jwks_url()},
+                {"issuer": "https://rs.example", "subject": "client-1", "public_key_pem": respelled}]})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    until_ok(&tollgate, &rs, Duration::from_secs(1)).await;
+
+    // Identities name the issuer's keys once, and well.
+    let (status, body) = tollgate
+        .admin(
+            Method::PATCH,
+            "/api/v1/apps/acme-web",
+            Some(json!({"jwt": [
+                {"issuer": "x", "subject": "y", "jwks_url": idp.jwks_url(), "public_key_pem": idp.rsa_public_pem},
+                {"issuer": "x", "subject": "z", "public_key_pem": "not a key"},
+                {"issuer": "x", "subject": "w", "jwks_url": "ftp://keys.example"}]})),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    let fields: Vec<&str> = body["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        fields,
+        ["jwt[0]", "jwt[1].public_key_pem", "jwt[2].jwks_url"],
+        "{body}"
+    );
 }
