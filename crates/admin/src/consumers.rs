@@ -200,7 +200,8 @@ pub async fn patch_app(
     .await
 }
 
-/// Delete an app with its keys and subscriptions.
+/// Delete an app with its keys and subscriptions; open subscriptions are
+/// cancelled first (audited, and sent to both teams' webhooks).
 #[utoipa::path(delete, path = "/api/v1/apps/{app}", tag = "apps",
     params(("app" = String, Path)), responses((status = 204)))]
 pub async fn delete_app(
@@ -210,6 +211,8 @@ pub async fn delete_app(
 ) -> Result<Response, ApiError> {
     let mut tx = state.store.begin().await?;
     let app = app_in(&mut tx, &caller, &key, Role::Developer).await?;
+    let open = tx.open_subscriptions(&app.id, true).await?;
+    cancel_before_delete(&mut tx, &caller, open).await?;
     tx.delete_app(&app.id).await?;
     audit(
         &mut tx,
@@ -221,6 +224,37 @@ pub async fn delete_app(
     .await?;
     commit(&state, tx).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Cancels `open` subscriptions of an app or service about to be deleted,
+/// each as `POST /api/v1/subscriptions/{id}/cancel` would: audited and
+/// sent to both teams' webhooks, so the other team learns that its
+/// subscription ended rather than finding it gone.
+pub(crate) async fn cancel_before_delete(
+    tx: &mut store::WriteTx,
+    caller: &Caller,
+    open: Vec<Subscription>,
+) -> Result<(), ApiError> {
+    let now = now_ms();
+    for existing in open {
+        let cancelled = Subscription {
+            status: SubscriptionStatus::Cancelled,
+            updated_at_ms: now,
+            ..existing.clone()
+        };
+        tx.put_subscription(&cancelled).await?;
+        audit(
+            tx,
+            caller,
+            subscription_audit("subscription.cancel", &cancelled),
+            Some(&existing),
+            Some(&cancelled),
+        )
+        .await?;
+        tx.notify_subscription("subscription.cancelled", &cancelled)
+            .await?;
+    }
+    Ok(())
 }
 
 // ------------------------------------------------------------------- keys

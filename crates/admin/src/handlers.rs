@@ -564,7 +564,8 @@ pub struct DeleteQuery {
 }
 
 /// Delete a service with its routes and releases. A live service must be
-/// retired first, or deleted with `?force=true`.
+/// retired first, or deleted with `?force=true`. Its open subscriptions
+/// are cancelled first (audited, and sent to both teams' webhooks).
 #[utoipa::path(delete, path = "/api/v1/services/{service}", tag = "services",
     params(("service" = String, Path), ("force" = Option<bool>, Query)),
     responses((status = 204), (status = 409, body = crate::openapi::Problem)))]
@@ -580,6 +581,9 @@ pub async fn delete_service(
     // Deleting a live service takes the role that retires one.
     let needed = if force { Role::Admin } else { Role::Developer };
     let existing = service_in(&mut tx, &caller, &key, needed).await?;
+    // Refused below unless it may go; then nothing here is committed.
+    let open = tx.open_subscriptions(&existing.id, false).await?;
+    crate::consumers::cancel_before_delete(&mut tx, &caller, open).await?;
     ops::delete_service(&mut tx, &existing, force).await?;
     audit(
         &mut tx,

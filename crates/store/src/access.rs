@@ -1283,6 +1283,26 @@ impl WriteTx {
         row.as_ref().map(subscription_from).transpose()
     }
 
+    /// The open subscriptions (pending, active, suspended or past due) of
+    /// an app (`by_app`) or to a service (its id).
+    pub async fn open_subscriptions(
+        &mut self,
+        id: &str,
+        by_app: bool,
+    ) -> Result<Vec<Subscription>> {
+        let sql = if by_app {
+            select_subscriptions!(
+                "WHERE x.app_id = $1 AND x.status IN ('pending', 'active', 'suspended', 'past_due') ORDER BY x.id"
+            )
+        } else {
+            select_subscriptions!(
+                "WHERE x.service_id = $1 AND x.status IN ('pending', 'active', 'suspended', 'past_due') ORDER BY x.id"
+            )
+        };
+        let rows = sqlx::query(sql).bind(id).fetch_all(&mut *self.tx).await?;
+        rows.iter().map(subscription_from).collect()
+    }
+
     /// How many subscriptions to a service are open (pending, active,
     /// suspended or past due).
     pub async fn open_subscriptions_of_service(&mut self, service_id: &str) -> Result<i64> {

@@ -2902,3 +2902,102 @@ async fn members_stay_within_their_role_and_their_tokens_scope() {
     assert_eq!(status, 409, "{body}");
     assert_eq!(body["errors"][0]["field"], "jwt[0]", "{body}");
 }
+
+/// Deleting an app, or a live service with `?force=true`, cancels their
+/// open subscriptions first: each cancellation is audited and sent to
+/// both teams' webhooks, so neither team finds a subscription simply gone.
+#[tokio::test]
+async fn deleting_an_app_or_a_service_cancels_its_subscriptions_and_says_so() {
+    let tollgate = Tollgate::start(BIN).await;
+    let upstream = FakeUpstream::start("w").await;
+    world(&tollgate, &upstream, json!({}), json!({})).await;
+    let mut hooks = Vec::new();
+    for team in ["acme", "weatherco"] {
+        let hook = WebhookReceiver::start(0).await;
+        tollgate
+            .create(
+                &format!("/api/v1/teams/{team}/webhooks"),
+                json!({"url": hook.url(), "events": ["subscription.cancelled"]}),
+            )
+            .await;
+        hooks.push(hook);
+    }
+    tollgate
+        .create(
+            "/api/v1/apps",
+            json!({"slug": "acme-mobile", "team": "acme"}),
+        )
+        .await;
+    let mobile = tollgate
+        .create(
+            "/api/v1/subscriptions",
+            json!({"app": "acme-mobile", "service": "weather", "plan": "pay-as-you-go"}),
+        )
+        .await;
+    let (status, body) = tollgate
+        .admin(Method::DELETE, "/api/v1/apps/acme-mobile", None)
+        .await;
+    assert_eq!(status, 204, "{body}");
+    // A live service goes only with force; refused, nothing is cancelled.
+    let (status, body) = tollgate
+        .admin(Method::DELETE, "/api/v1/services/weather", None)
+        .await;
+    assert_eq!(status, 409, "{body}");
+    let (status, body) = tollgate
+        .admin(Method::DELETE, "/api/v1/services/weather?force=true", None)
+        .await;
+    assert_eq!(status, 204, "{body}");
+
+    let (status, audit) = tollgate
+        .admin(
+            Method::GET,
+            "/api/v1/audit?action=subscription.cancel",
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{audit}");
+    let mut cancelled: Vec<(String, String)> = audit["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| {
+            (
+                entry["after"]["app"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                entry["after"]["status"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            )
+        })
+        .collect();
+    cancelled.sort();
+    assert_eq!(
+        cancelled,
+        [
+            ("acme-mobile".to_owned(), "cancelled".to_owned()),
+            ("acme-web".to_owned(), "cancelled".to_owned())
+        ],
+        "{audit}"
+    );
+    for hook in &hooks {
+        let events = hook.wait_for(2, Duration::from_secs(10)).await;
+        let mut apps: Vec<String> = events
+            .iter()
+            .map(|event| {
+                let event = event.json();
+                assert_eq!(event["type"], "subscription.cancelled", "{event}");
+                assert_eq!(event["data"]["subscription"]["status"], "cancelled");
+                event["data"]["subscription"]["app"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect();
+        apps.sort();
+        assert_eq!(apps, ["acme-mobile", "acme-web"]);
+    }
+    assert_eq!(mobile["status"], "active");
+}
