@@ -98,8 +98,15 @@ fn rule_audit<'a>(action: &'a str, rule: &'a AlertRule) -> Audit<'a> {
 pub async fn create_alert(
     State(state): State<AdminState>,
     caller: Caller,
-    Json(spec): Json<AlertRuleSpec>,
+    Json(mut spec): Json<AlertRuleSpec>,
 ) -> Result<Response, ApiError> {
+    if spec.team.is_empty() {
+        // Like every object: the caller's only team where it may do this.
+        let mut tx = state.store.begin().await?;
+        if let Some(team) = caller.team_for_new(&mut tx, None, Role::Admin).await? {
+            spec.team = team;
+        }
+    }
     check_references(&state, &caller, &spec).await?;
     let now = now_ms();
     let rule = AlertRule {

@@ -414,13 +414,12 @@ enum Format {
 /// reasons come from callers.
 pub(crate) fn csv_field(out: &mut String, value: &str) {
     let guarded;
-    let value =
-        if value.starts_with(['=', '+', '-', '@', '\t', '\r']) && value.parse::<f64>().is_err() {
-            guarded = format!("'{value}");
-            guarded.as_str()
-        } else {
-            value
-        };
+    let value = if value.starts_with(['=', '+', '-', '@', '\t', '\r']) && !is_plain_number(value) {
+        guarded = format!("'{value}");
+        guarded.as_str()
+    } else {
+        value
+    };
     if value.contains([',', '"', '\n', '\r']) {
         out.push('"');
         out.push_str(&value.replace('"', "\"\""));
@@ -428,6 +427,28 @@ pub(crate) fn csv_field(out: &mut String, value: &str) {
     } else {
         out.push_str(value);
     }
+}
+
+/// Whether a spreadsheet reads `value` as a plain decimal number (an
+/// optional sign, digits, at most one point, an optional exponent), not
+/// `-nan`, `-Infinity` or `-1-2`, which it reads as formulas.
+fn is_plain_number(value: &str) -> bool {
+    let digits = value.trim_start_matches(['+', '-']);
+    let (mantissa, exponent) = match digits.split_once(['e', 'E']) {
+        Some((mantissa, exponent)) => (mantissa, Some(exponent)),
+        None => (digits, None),
+    };
+    let (whole, fraction) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    value.len() - digits.len() <= 1
+        && !(whole.is_empty() && fraction.is_empty())
+        && whole
+            .chars()
+            .chain(fraction.chars())
+            .all(|c| c.is_ascii_digit())
+        && exponent.is_none_or(|exponent| {
+            let exponent = exponent.strip_prefix(['+', '-']).unwrap_or(exponent);
+            !exponent.is_empty() && exponent.chars().all(|c| c.is_ascii_digit())
+        })
 }
 
 /// A text response of `content_type`; the cursor to continue with, if
@@ -1158,5 +1179,21 @@ mod tests {
         assert_eq!(cell("@SUM(A1)"), "'@SUM(A1)");
         assert_eq!(cell("-12.5"), "-12.5", "numbers stay numbers");
         assert_eq!(cell("-cmd"), "'-cmd");
+        for number in ["-1", "+2.5", "-.5", "-3e7", "-1.5E-3"] {
+            assert_eq!(cell(number), number, "numbers stay numbers");
+        }
+        for text in [
+            "-nan",
+            "-Infinity",
+            "-inf",
+            "-1-2",
+            "--1",
+            "-",
+            "-1e",
+            "-.",
+            "+1.2.3",
+        ] {
+            assert_eq!(cell(text), format!("'{text}"), "{text} is not a number");
+        }
     }
 }

@@ -103,12 +103,16 @@ struct ProblemResponses;
 impl utoipa::Modify for ProblemResponses {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
-        const PROBLEMS: [(&str, &str); 7] = [
+        const PROBLEMS: [(&str, &str); 8] = [
             (
                 "400",
                 "Invalid input: every offending field is named in `errors`",
             ),
             ("401", "Missing or wrong admin token"),
+            (
+                "403",
+                "Forbidden: the caller's role does not allow this (docs/access.md, the role matrix)",
+            ),
             ("404", "No such object"),
             ("405", "Method not allowed on this path"),
             (

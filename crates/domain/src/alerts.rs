@@ -64,13 +64,15 @@ pub struct AlertRuleSpec {
     #[schema(pattern = "^[a-z0-9][a-z0-9-]{0,62}$")]
     pub slug: String,
     /// The team whose calls, wallet, subscriptions or upstreams are
-    /// watched, and whose webhooks hear of it.
+    /// watched, and whose webhooks hear of it. Optional when the caller
+    /// is an admin of exactly one team.
+    #[serde(default)]
     pub team: String,
     pub metric: AlertMetric,
     /// Counts, fractions and milliseconds as numbers; `low_balance` takes
     /// a decimal amount as a string. `upstream_down` takes none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
+    #[schema(schema_with = threshold_schema)]
     pub threshold: Option<serde_json::Value>,
     /// For call metrics: the window, in seconds (10 to 3600; default 300).
     #[serde(default = "default_window")]
@@ -154,7 +156,14 @@ impl AlertRuleSpec {
     pub fn validate(&self) -> Result<(), FieldErrors> {
         let mut errors = FieldErrors::new();
         check_own_slug(&mut errors, "slug", &self.slug);
-        check_slug(&mut errors, "team", &self.team);
+        if self.team.is_empty() {
+            errors.add(
+                "team",
+                "is required: name the team whose calls or money the rule watches",
+            );
+        } else {
+            check_slug(&mut errors, "team", &self.team);
+        }
         check_text(&mut errors, "description", self.description.as_ref());
         if let Some(service) = &self.service {
             check_slug(&mut errors, "service", service);
@@ -191,6 +200,19 @@ pub struct AlertState {
     /// The value that last changed the state, as text.
     pub value: String,
     pub changed_at_ms: i64,
+}
+
+/// The document's schema of a rule's `threshold`: a number, or a decimal
+/// amount as a string (`low_balance`).
+fn threshold_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
+    Schema::OneOf(
+        OneOfBuilder::new()
+            .item(ObjectBuilder::new().schema_type(Type::Number))
+            .item(ObjectBuilder::new().schema_type(Type::String))
+            .item(ObjectBuilder::new().schema_type(Type::Null))
+            .build(),
+    )
 }
 
 #[cfg(test)]

@@ -285,6 +285,37 @@ fn redact_value(value: &mut serde_json::Value, fields: &[String]) {
     }
 }
 
+/// Masks the Tollgate API keys in a request path as it is logged (a
+/// caller that put its key in the URL): each keeps its visible prefix, as
+/// `key_prefix` shows it (`tg_live_ab12`), and the rest of its segment
+/// becomes `[redacted]`.
+pub fn mask_keys_in_path(path: &mut String) {
+    fn next_key(text: &str) -> Option<usize> {
+        [text.find("tg_live_"), text.find("tg_test_")]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+    if next_key(path).is_none() {
+        return;
+    }
+    let mut masked = String::with_capacity(path.len());
+    let mut rest = path.as_str();
+    while let Some(at) = next_key(rest) {
+        masked.push_str(&rest[..at]);
+        let token = &rest[at..];
+        let end = token.find(['/', '?', ';', '&', '#']).unwrap_or(token.len());
+        let keep = token[..end].char_indices().nth(12).map_or(end, |(i, _)| i);
+        masked.push_str(&token[..keep]);
+        if keep < end {
+            masked.push_str("[redacted]");
+        }
+        rest = &token[end..];
+    }
+    masked.push_str(rest);
+    *path = masked;
+}
+
 /// Tollgate API keys and bearer tokens, anywhere in a text: also with
 /// their `_` or space escaped as JSON (`\u005f`) or in a URL (`%5F`,
 /// `%20`, `+`), as a cut-off JSON body or a `Referer` would carry them.
@@ -351,6 +382,26 @@ pub fn millis(micros: u64) -> f64 {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn keys_in_paths_keep_only_their_prefix() {
+        let mask = |path: &str| {
+            let mut path = path.to_owned();
+            mask_keys_in_path(&mut path);
+            path
+        };
+        assert_eq!(mask("/weather/forecast/bern"), "/weather/forecast/bern");
+        assert_eq!(
+            mask("/w/k/tg_live_ab12SECRETSECRET/x"),
+            "/w/k/tg_live_ab12[redacted]/x"
+        );
+        assert_eq!(
+            mask("/a/tg_test_ZZZZ99999;v=1/tg_live_q"),
+            "/a/tg_test_ZZZZ[redacted];v=1/tg_live_q"
+        );
+        assert_eq!(mask("/tg_live_abcdéééé"), "/tg_live_abcd[redacted]");
+    }
+
     use super::*;
 
     #[test]

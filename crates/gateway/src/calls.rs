@@ -395,6 +395,7 @@ impl CallRecord {
             put_bytes(entry.host.get_or_insert_default(), host);
         }
         put_bytes(&mut entry.path, path);
+        domain::calls::mask_keys_in_path(&mut entry.path);
         entry.status = self.status;
         put_opt(&mut entry.code, self.code.map(Code::as_str));
         entry.latency_us = micros(self.latency);

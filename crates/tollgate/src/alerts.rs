@@ -19,7 +19,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use domain::alerts::{AlertMetric, AlertRule, Threshold};
-use domain::calls::latency_quantile;
 use gateway::Gateway;
 use serde_json::{Value, json};
 use store::Store;
@@ -89,7 +88,8 @@ pub fn evaluate(
                 (counts.requests > 0 && rate >= limit, format!("{rate:.4}"))
             }
             (AlertMetric::LatencyP95, Threshold::Millis(limit)) => {
-                let p95_ms = latency_quantile(&counts.latency_buckets, 0.95)
+                let p95_ms = counts
+                    .latency_quantile(0.95)
                     .map_or(0.0, |us| us as f64 / 1000.0);
                 (p95_ms >= limit, format!("{p95_ms:.3}"))
             }

@@ -63,6 +63,9 @@ pub struct Tally {
     overhead: Histogram,
     /// Calls answered from a route's response cache.
     cache_hits: u64,
+    /// The slowest call's latency (µs): a quantile read from the buckets
+    /// is never above it.
+    latency_max_us: u64,
 }
 
 /// Groups a batch of calls by [`Identity`]: the call writer then touches
@@ -89,6 +92,7 @@ pub fn tally<'a>(
             continue;
         };
         tally.values.add_call(entry);
+        tally.latency_max_us = tally.latency_max_us.max(entry.latency_us);
         if entry.upstream_target.as_deref() == Some(gateway::calls::CACHE_TARGET) {
             tally.cache_hits += 1;
         }
@@ -176,6 +180,8 @@ pub struct RecentCounts {
     pub status_402: u64,
     pub status_5xx: u64,
     pub latency_buckets: [u64; LATENCY_BUCKET_COUNT],
+    /// The slowest call's latency (µs).
+    pub latency_max_us: u64,
 }
 
 impl RecentCounts {
@@ -183,7 +189,17 @@ impl RecentCounts {
         self.requests += other.requests;
         self.status_402 += other.status_402;
         self.status_5xx += other.status_5xx;
+        self.latency_max_us = self.latency_max_us.max(other.latency_max_us);
         domain::calls::add_buckets(&mut self.latency_buckets, &other.latency_buckets);
+    }
+
+    /// A quantile of these calls' latency (µs), from the buckets but
+    /// never above the slowest call: one bucket spans up to twice its
+    /// lower bound, and a rule's threshold must not be crossed by the
+    /// bucket's width alone.
+    pub fn latency_quantile(&self, quantile: f64) -> Option<u64> {
+        domain::calls::latency_quantile(&self.latency_buckets, quantile)
+            .map(|us| us.min(self.latency_max_us))
     }
 }
 
@@ -236,6 +252,7 @@ impl Recent {
             counts.status_5xx += calls;
         }
         domain::calls::add_buckets(&mut counts.latency_buckets, &tally.values.latency_buckets);
+        counts.latency_max_us = counts.latency_max_us.max(tally.latency_max_us);
     }
 }
 
@@ -581,6 +598,35 @@ mod tests {
             groups(&|i| i == 1 || i == 2),
             [("a", 1, 4, 15), ("b", 1, 1, 16), ("a", 2, 1, 32)]
         );
+    }
+
+    /// A window's quantile is never above its slowest call: three calls
+    /// of about 303 ms all fall in one wide bucket, whose top is 500 ms.
+    #[test]
+    fn a_windows_quantile_is_never_above_its_slowest_call() {
+        let call = |latency_us: u64| CallEntry {
+            app: Some("a".into()),
+            service: Some("weather".into()),
+            at_ms: 1_000,
+            latency_us,
+            status: 200,
+            ..Default::default()
+        };
+        let entries = [call(303_000), call(303_400), call(304_300)];
+        let mut recent = Recent::default();
+        for (identity, tally) in &tally(&entries, |_| false) {
+            recent.add(identity, tally);
+        }
+        let metrics = Metrics::default();
+        *metrics.recent.lock().unwrap() = recent;
+        let counts = metrics.recent(0, |_| true);
+        assert_eq!(counts.requests, 3);
+        assert_eq!(counts.latency_quantile(0.95), Some(304_300));
+        assert!(
+            domain::calls::latency_quantile(&counts.latency_buckets, 0.95).unwrap() > 400_000,
+            "the bucket alone says more"
+        );
+        assert_eq!(RecentCounts::default().latency_quantile(0.95), None);
     }
 
     /// The gateway's overhead leaves out the upstream's time: its head

@@ -795,10 +795,49 @@ async fn an_alert_fires_once_on_a_burst_of_402s_and_resolves() {
         )
         .await;
     assert_eq!(status, 404);
+    // Her only team is the rule's when she names none, as for any object.
+    let (status, own) = tollgate
+        .admin_as(
+            &alice,
+            Method::POST,
+            "/api/v1/alerts",
+            Some(json!({"slug": "acme-402s", "metric": "refusals_402", "threshold": 2, "as_consumer": true})),
+        )
+        .await;
+    assert_eq!(
+        (status.as_u16(), own["team"].as_str()),
+        (201, Some("acme")),
+        "{own}"
+    );
     let (status, _) = tollgate
         .admin(Method::DELETE, "/api/v1/alerts/too-many-402", None)
         .await;
     assert_eq!(status, 204);
+
+    // The document says what the answers are: a threshold is a number or
+    // a decimal string, and a role that may not change a rule is a 403.
+    let (_, doc) = tollgate
+        .admin(Method::GET, "/api/v1/openapi.json", None)
+        .await;
+    let threshold = &doc["components"]["schemas"]["AlertRuleSpec"]["properties"]["threshold"];
+    let types: Vec<&str> = threshold["oneOf"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{threshold}"))
+        .iter()
+        .filter_map(|item| item["type"].as_str())
+        .collect();
+    assert_eq!(types, ["number", "string", "null"], "{threshold}");
+    for method in ["post", "patch", "delete"] {
+        let path = if method == "post" {
+            "/api/v1/alerts"
+        } else {
+            "/api/v1/alerts/{alert}"
+        };
+        assert!(
+            doc["paths"][path][method]["responses"].get("403").is_some(),
+            "{method} {path}"
+        );
+    }
 }
 
 /// A service that logs bodies: headers and the first bytes of both bodies
@@ -864,6 +903,12 @@ async fn bodies_are_logged_on_request_without_secrets() {
     .await;
     let long = "x".repeat(300);
     let long_id = post("/echo/anything", format!("\"{long}\"")).await;
+    // A key put in the path is logged with its prefix only.
+    let in_path = post(
+        "/echo/keys/tg_live_ab12pathsecret0987654321/x",
+        String::new(),
+    )
+    .await;
 
     let stored = |request_id: String| {
         let tollgate = &tollgate;
@@ -934,6 +979,21 @@ async fn bodies_are_logged_on_request_without_secrets() {
     assert!(
         !raw.contains("not-a-real-token-1234"),
         "the Authorization header reached the database"
+    );
+    assert!(
+        !raw.contains("pathsecret0987654321"),
+        "a key in a path reached the database"
+    );
+    let (_, logged) = tollgate
+        .admin(
+            Method::GET,
+            &format!("/api/v1/logs?request_id={in_path}"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        logged["data"][0]["path"], "/echo/keys/tg_live_ab12[redacted]/x",
+        "{logged}"
     );
 
     // A service that does not ask keeps no bodies.
