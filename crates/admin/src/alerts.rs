@@ -209,7 +209,25 @@ pub async fn delete_alert(
     Path(key): Path<String>,
 ) -> Result<Response, ApiError> {
     let rule = rule_or_404(&state, &caller, &key, Role::Admin).await?;
+    let firing: Vec<_> = state
+        .store
+        .alert_states(&rule.id)
+        .await?
+        .into_iter()
+        .filter(|s| s.firing)
+        .collect();
     let mut tx = state.store.begin().await?;
+    // What it had firing resolves, as when a rule is disabled: receivers
+    // close what they opened.
+    for subject in &firing {
+        let (event, payload) = domain::alerts::event(
+            &rule,
+            (&subject.subject, false, ""),
+            serde_json::json!({"reason": "the rule was deleted"}),
+            now_ms(),
+        );
+        tx.enqueue_event(&rule.spec.team, event, &payload).await?;
+    }
     tx.delete_alert(&rule.id).await?;
     audit(
         &mut tx,

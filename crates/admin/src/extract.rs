@@ -152,6 +152,8 @@ pub struct ListParams {
     /// `limit` or `cursor`, if the request gave one (for endpoints that
     /// answer in one piece and take neither).
     pub paging: Option<&'static str>,
+    /// Whether `limit` was given (not the default).
+    pub limit_given: bool,
     /// Parameters given with no value (`?dry_run`, `?team=`): read as
     /// left out, except by [`ListParams::flag`].
     pub blank: Vec<String>,
@@ -261,6 +263,7 @@ impl<S: Send + Sync> FromRequestParts<S> for ListParams {
             match key.as_str() {
                 "limit" => {
                     params.paging = Some("limit");
+                    params.limit_given = true;
                     params.limit = value
                         .parse::<usize>()
                         .ok()

@@ -291,7 +291,7 @@ const MAX_TIME_MS: i64 = 1 << 47;
         ("status" = Option<u16>, Query, minimum = 100, maximum = 599, description = "HTTP status, 100–599"),
         ("code" = Option<String>, Query, description = "refusal code"),
         ("model" = Option<String>, Query), ("request_id" = Option<String>, Query),
-        ("format" = Option<String>, Query, description = "json (default), csv or ndjson; csv and ndjson export every match (up to 100,000 rows)")),
+        ("format" = Option<String>, Query, description = "json (default), csv or ndjson; csv and ndjson export every match (up to 100,000 rows), or `limit` rows when it is given")),
     responses((status = 200, description = "a page (json), or every match as CSV (RFC 4180, a header row) or NDJSON (one CallView per line)",
             content((ListResponse<CallView> = "application/json"), (String = "text/csv"), (String = "application/x-ndjson"))),
         (status = 400, body = crate::openapi::Problem)))]
@@ -374,9 +374,23 @@ pub async fn list_logs(
         };
         return Ok(ok(&ListResponse::from(page)));
     }
-    // An export: every match, page by page, up to the cap.
+    // An export: `limit` rows when given (the next page's cursor in
+    // `Tollgate-Next-Cursor`), else every match, page by page, up to the
+    // cap.
     let mut rows = Vec::new();
     let mut after = params.after.clone();
+    if params.limit_given {
+        let page = state
+            .store
+            .calls(&visible, &filter, after.as_deref(), params.limit)
+            .await?;
+        rows.extend(
+            page.items
+                .into_iter()
+                .map(|row| call_view(row, &state.currency, &visible)),
+        );
+        return Ok(export(format, &rows, page.next_after.as_deref()));
+    }
     let next = loop {
         let page = state
             .store

@@ -202,6 +202,37 @@ pub struct AlertState {
     pub changed_at_ms: i64,
 }
 
+/// The webhook event of a rule's subject starting or ending to fire:
+/// its type (`alert.firing` or `alert.resolved`) and payload.
+pub fn event(
+    rule: &AlertRule,
+    (subject, firing, value): (&str, bool, &str),
+    details: serde_json::Value,
+    now_ms: i64,
+) -> (&'static str, String) {
+    let event = if firing {
+        "alert.firing"
+    } else {
+        "alert.resolved"
+    };
+    let payload = serde_json::json!({
+        "id": crate::id::new_id(),
+        "type": event,
+        "created_at": crate::access::format_time_ms(now_ms),
+        "data": {
+            "alert": {"id": rule.id, "slug": rule.spec.slug, "metric": rule.spec.metric.as_str(),
+                "threshold": rule.spec.threshold, "window_seconds": rule.spec.window_seconds,
+                "service": rule.spec.service, "description": rule.spec.description},
+            "team": rule.spec.team,
+            "subject": subject,
+            "state": if firing { "firing" } else { "resolved" },
+            "value": value,
+            "details": details,
+        },
+    });
+    (event, payload.to_string())
+}
+
 /// The document's schema of a rule's `threshold`: a number, or a decimal
 /// amount as a string (`low_balance`).
 fn threshold_schema() -> utoipa::openapi::schema::Schema {

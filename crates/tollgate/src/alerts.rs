@@ -211,27 +211,12 @@ pub async fn check(
             {
                 continue;
             }
-            let event = if verdict.firing {
-                "alert.firing"
-            } else {
-                "alert.resolved"
-            };
-            let payload = json!({
-                "id": domain::id::new_id(),
-                "type": event,
-                "created_at": domain::access::format_time_ms(now),
-                "data": {
-                    "alert": {"id": rule.id, "slug": rule.spec.slug, "metric": rule.spec.metric.as_str(),
-                        "threshold": rule.spec.threshold, "window_seconds": rule.spec.window_seconds,
-                        "service": rule.spec.service, "description": rule.spec.description},
-                    "team": rule.spec.team,
-                    "subject": verdict.subject,
-                    "state": if verdict.firing { "firing" } else { "resolved" },
-                    "value": verdict.value,
-                    "details": verdict.details,
-                },
-            })
-            .to_string();
+            let (event, payload) = domain::alerts::event(
+                &rule,
+                (&verdict.subject, verdict.firing, &verdict.value),
+                verdict.details.clone(),
+                now,
+            );
             tx.enqueue_event(&rule.spec.team, event, &payload).await?;
             tracing::info!(alert = %rule.spec.slug, subject = %verdict.subject, event, "alert");
             announced += 1;

@@ -282,6 +282,34 @@ async fn calls_are_logged_counted_and_explained() {
         lines[0]
     );
     assert_eq!(lines.len(), all.len() + 1, "{csv}");
+    // With a limit, that many rows and where the rest starts.
+    let response = tollgate
+        .client
+        .get(format!(
+            "{}/api/v1/logs?app=acme-test&format=csv&limit=2",
+            tollgate.admin_url
+        ))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    let cursor = response.headers()["tollgate-next-cursor"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let first = response.text().await.unwrap();
+    let (_, _, rest) = admin_text(
+        &tollgate,
+        ADMIN_TOKEN,
+        &format!("/api/v1/logs?app=acme-test&format=csv&cursor={cursor}"),
+    )
+    .await;
+    assert_eq!(first.lines().count(), 3, "{first}");
+    assert_eq!(
+        first.lines().count() + rest.lines().count(),
+        all.len() + 2,
+        "the two parts hold every call once: {first}{rest}"
+    );
     // The OpenAPI document names both export formats.
     let (_, doc) = tollgate
         .admin(reqwest::Method::GET, "/api/v1/openapi.json", None)
@@ -748,6 +776,36 @@ async fn an_alert_fires_once_on_a_burst_of_402s_and_resolves() {
         .admin(Method::GET, "/api/v1/alerts/too-many-402", None)
         .await;
     assert_eq!(view["states"][0]["firing"], false, "{view}");
+    // A rule deleted while firing resolves too, saying why.
+    tollgate
+        .create(
+            "/api/v1/alerts",
+            json!({"slug": "burst-402", "team": "weatherco", "metric": "refusals_402",
+                "threshold": 5, "window_seconds": 10, "service": "weather"}),
+        )
+        .await;
+    burst(6).await;
+    let received = receiver.wait_for(5, Duration::from_secs(5)).await;
+    assert_eq!(received[4].json()["type"], "alert.firing");
+    let (status, _) = tollgate
+        .admin(Method::DELETE, "/api/v1/alerts/burst-402", None)
+        .await;
+    assert_eq!(status, 204);
+    let received = receiver.wait_for(6, Duration::from_secs(5)).await;
+    let resolved = received[5].json();
+    assert_eq!(
+        (
+            resolved["type"].as_str(),
+            resolved["data"]["alert"]["slug"].as_str(),
+            resolved["data"]["details"]["reason"].as_str()
+        ),
+        (
+            Some("alert.resolved"),
+            Some("burst-402"),
+            Some("the rule was deleted")
+        ),
+        "{resolved}"
+    );
 
     // Managed through the API and audited; invisible to other teams.
     let (status, audit) = tollgate
