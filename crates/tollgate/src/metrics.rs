@@ -147,9 +147,10 @@ fn group_of<'a>(
 struct State {
     /// (service, route, status, code) → calls.
     requests: BTreeMap<(String, String, u16, String), u64>,
-    /// service → latency of whole calls, of the upstream, and the
-    /// gateway's own part (total minus upstream).
-    latency: BTreeMap<String, Histogram>,
+    /// (service, route, status class) → latency of whole calls; service
+    /// → latency of the upstream, and the gateway's own part (total minus
+    /// upstream).
+    latency: BTreeMap<(String, String, &'static str), Histogram>,
     upstream: BTreeMap<String, Histogram>,
     overhead: BTreeMap<String, Histogram>,
     /// (model, "input" | "output") → tokens.
@@ -300,10 +301,18 @@ impl Metrics {
                     identity.code.to_owned(),
                 ))
                 .or_default() += calls;
-            state.latency.entry(service.clone()).or_default().merge(
-                &values.latency_buckets,
-                u64::try_from(values.latency_sum_us).unwrap_or(0),
-            );
+            state
+                .latency
+                .entry((
+                    service.clone(),
+                    identity.route.to_owned(),
+                    status_class(identity.status),
+                ))
+                .or_default()
+                .merge(
+                    &values.latency_buckets,
+                    u64::try_from(values.latency_sum_us).unwrap_or(0),
+                );
             if tally.upstream.buckets.iter().any(|&count| count > 0) {
                 state
                     .upstream
@@ -362,20 +371,30 @@ impl Metrics {
             histogram(
                 &mut out,
                 "tollgate_request_duration_seconds",
-                "Time from a request's arrival to the end of its response, by service.",
+                "Time from a request's arrival to the end of its response, by service, route and status class.",
                 &state.latency,
+                |(service, route, class)| {
+                    format!(
+                        "service=\"{}\",route=\"{}\",status_class=\"{class}\"",
+                        escape(service),
+                        escape(route)
+                    )
+                },
             );
+            let by_service = |service: &String| format!("service=\"{}\"", escape(service));
             histogram(
                 &mut out,
                 "tollgate_upstream_duration_seconds",
                 "Time from sending a request upstream to its response head, by service.",
                 &state.upstream,
+                by_service,
             );
             histogram(
                 &mut out,
                 "tollgate_gateway_overhead_seconds",
                 "The gateway's own share of a proxied call (total minus upstream), by service.",
                 &state.overhead,
+                by_service,
             );
             header(
                 &mut out,
@@ -490,27 +509,40 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
-fn histogram(out: &mut String, name: &str, help: &str, series: &BTreeMap<String, Histogram>) {
+/// A histogram family: each series' buckets, sum and count, its labels
+/// written by `labels` (escaped, without braces).
+fn histogram<K>(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    series: &BTreeMap<K, Histogram>,
+    labels: impl Fn(&K) -> String,
+) {
     header(out, name, "histogram", help);
-    for (service, histogram) in series {
-        let service = escape(service);
+    for (key, histogram) in series {
+        let labels = labels(key);
         let mut cumulative = 0;
         for (index, count) in histogram.buckets.iter().enumerate() {
             cumulative += count;
             let le = LATENCY_BUCKETS_US
                 .get(index)
                 .map_or_else(|| "+Inf".to_owned(), |us| seconds(*us));
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{service=\"{service}\",le=\"{le}\"}} {cumulative}"
-            );
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {cumulative}");
         }
-        let _ = writeln!(
-            out,
-            "{name}_sum{{service=\"{service}\"}} {}",
-            seconds(histogram.sum_us)
-        );
-        let _ = writeln!(out, "{name}_count{{service=\"{service}\"}} {cumulative}");
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", seconds(histogram.sum_us));
+        let _ = writeln!(out, "{name}_count{{{labels}}} {cumulative}");
+    }
+}
+
+/// `2xx`, `4xx`…: a status's class, the latency histogram's label (an
+/// exact status would multiply its series).
+fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
     }
 }
 

@@ -473,6 +473,13 @@ async fn calls_are_logged_counted_and_explained() {
                     .any(|f| f == "tollgate_gateway_overhead_seconds")
             );
             assert_eq!(parsed["up"], 1.0, "the fake upstream is up");
+            // Every call's duration, by service, route and status class.
+            assert_eq!(parsed["durations"].as_f64(), Some(requests), "{text}");
+            assert_eq!(
+                parsed["duration_labels"],
+                json!(["route", "service", "status_class"])
+            );
+            assert_eq!(parsed["duration_classes"], json!(["2xx", "4xx"]), "{text}");
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -498,9 +505,14 @@ import json, sys
 from prometheus_client.parser import text_string_to_metric_families
 families = list(text_string_to_metric_families(sys.stdin.read()))
 out = {"families": [f.name for f in families], "tollgate_requests": 0.0,
-       "tollgate_requests_insufficient_credit": 0.0, "up": None}
+       "tollgate_requests_insufficient_credit": 0.0, "up": None,
+       "durations": 0.0, "duration_labels": [], "duration_classes": []}
 for family in families:
     for sample in family.samples:
+        if sample.name == "tollgate_request_duration_seconds_count":
+            out["durations"] += sample.value
+            out["duration_labels"] = sorted(sample.labels)
+            out["duration_classes"] = sorted(set(out["duration_classes"]) | {sample.labels["status_class"]})
         if sample.name == "tollgate_requests_total":
             out["tollgate_requests"] += sample.value
             if sample.labels["code"] == "insufficient_credit":
@@ -1180,11 +1192,14 @@ async fn a_stream_is_not_counted_as_gateway_overhead() {
     // Six events 60 ms apart: the body takes 300 ms after its head.
     let body = tollgate.get("/stream/sse/6/60").await.text().await.unwrap();
     assert_eq!(body.matches("data:").count(), 6, "{body}");
+    // The service's series added up (the call's duration is by route and
+    // status class too).
     let sum = |text: &str, family: &str| -> f64 {
-        let prefix = format!("{family}_sum{{service=\"stream\"}} ");
+        let prefix = format!("{family}_sum{{service=\"stream\"");
         text.lines()
-            .find_map(|line| line.strip_prefix(prefix.as_str()))
-            .map_or(0.0, |value| value.parse().unwrap())
+            .filter(|line| line.starts_with(prefix.as_str()))
+            .map(|line| line.rsplit_once(' ').unwrap().1.parse::<f64>().unwrap())
+            .sum()
     };
     let started = Instant::now();
     loop {
