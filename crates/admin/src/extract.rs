@@ -197,12 +197,14 @@ impl ListParams {
     /// included: for an endpoint that answers in one piece.
     pub fn only_unpaged(&self, allowed: &[&str]) -> Result<(), ApiError> {
         if let Some(key) = self.paging {
+            let expected = if allowed.is_empty() {
+                "it takes no parameters".to_owned()
+            } else {
+                format!("expected one of {}", allowed.join(", "))
+            };
             return Err(ApiError::field(
                 key,
-                format!(
-                    "is not a known parameter: this answer comes in one piece (expected one of {})",
-                    allowed.join(", ")
-                ),
+                format!("is not a known parameter: this answer comes in one piece ({expected})"),
             ));
         }
         self.only_among(allowed, false)
@@ -220,12 +222,14 @@ impl ListParams {
                     Vec::new()
                 };
                 known.extend_from_slice(allowed);
+                let expected = if known.is_empty() {
+                    "it takes no parameters".to_owned()
+                } else {
+                    format!("expected one of {}", known.join(", "))
+                };
                 return Err(ApiError::field(
                     key.clone(),
-                    format!(
-                        "is not a known parameter (expected one of {})",
-                        known.join(", ")
-                    ),
+                    format!("is not a known parameter ({expected})"),
                 ));
             }
         }

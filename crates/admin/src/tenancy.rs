@@ -592,7 +592,12 @@ pub async fn create_token(
     if let Some(teams) = &spec.teams {
         let roles = tx.memberships_of_user(&user.id).await?;
         for (index, team) in teams.iter().enumerate() {
-            if !roles.iter().any(|m| &m.team == team) {
+            if teams[..index].contains(team) {
+                errors.add(
+                    format!("teams[{index}]"),
+                    format!("'{team}' is named twice; name each team once"),
+                );
+            } else if !roles.iter().any(|m| &m.team == team) {
                 errors.add(
                     format!("teams[{index}]"),
                     format!("the user is not a member of '{team}'"),

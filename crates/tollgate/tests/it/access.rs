@@ -1586,6 +1586,28 @@ async fn roles_limit_what_members_do() {
             .0,
         409
     );
+    // A team named twice in a scope is a mistake, said as such.
+    let (status, body) = tollgate
+        .admin(
+            Method::POST,
+            "/api/v1/tokens",
+            Some(json!({"user": "owner@acme.test", "teams": ["acme", "acme"]})),
+        )
+        .await;
+    assert_eq!(
+        (status, body["errors"][0]["field"].as_str()),
+        (reqwest::StatusCode::BAD_REQUEST, Some("teams[1]")),
+        "{body}"
+    );
+    // Parameters of an answer in one piece: the refusal says there are none.
+    let (status, body) = tollgate
+        .admin(Method::GET, "/api/v1/tokens?limit=5", None)
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        !body["detail"].as_str().unwrap().contains("one of )"),
+        "{body}"
+    );
     // A token scoped to no team sees nothing; an expired token is refused.
     let scoped = tollgate
         .create(
