@@ -508,6 +508,12 @@ impl ServiceAuth {
                     "RS256 and ES256 need public_key_pem or jwks_url",
                 );
             }
+            if issuer.public_key_pem.is_some() && issuer.jwks_url.is_some() {
+                errors.add(
+                    field.clone(),
+                    "takes its keys from one place: public_key_pem or jwks_url, not both",
+                );
+            }
             if !symmetric && issuer.secret.is_some() {
                 errors.add(format!("{field}.secret"), "is only for HS256");
             }

@@ -171,14 +171,27 @@ enum Pending {
     Pass(Instant),
 }
 
+/// What became of the answer a [`FillLock`] fetched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kept {
+    /// Not kept: not cacheable, too large, cut short, or none came.
+    No,
+    /// Stored.
+    Stored,
+    /// Cacheable, but a write landed in its shard while it was fetched
+    /// (it may be from before the write).
+    Raced,
+}
+
 /// Held by the request that fetches a key others wait for. Dropped, it
-/// wakes them: they find the answer it stored, or (nothing stored) the
-/// key passes for [`PASS_FOR`] and they all ask the upstream.
+/// wakes them: they find the answer it stored; or one of them fetches
+/// again (the answer raced a write); or (nothing could be kept) the key
+/// passes for [`PASS_FOR`] and they all ask the upstream.
 pub struct FillLock {
     cache: Arc<ResponseCache>,
     key: Box<str>,
     id: u64,
-    stored: bool,
+    kept: Kept,
     _done: tokio::sync::watch::Sender<()>,
 }
 
@@ -191,7 +204,7 @@ impl Drop for FillLock {
             .unwrap_or_else(|e| e.into_inner());
         if matches!(shard.pending.get(&*self.key), Some(Pending::Filling(id, _)) if *id == self.id)
         {
-            if self.stored {
+            if self.kept != Kept::No {
                 shard.pending.remove(&*self.key);
             } else {
                 shard
@@ -339,7 +352,7 @@ impl ResponseCache {
                         cache: self.clone(),
                         key: key.clone(),
                         id: shard.next_lock,
-                        stored: false,
+                        kept: Kept::No,
                         _done: done,
                     });
                 }
@@ -486,11 +499,11 @@ impl ResponseCache {
     }
 
     /// Stores `entry` unless it is too large or a write came `since`;
-    /// whether it did.
-    fn insert(&self, key: Box<str>, mut entry: Entry, since: Option<u64>) -> bool {
+    /// what became of it.
+    fn insert(&self, key: Box<str>, mut entry: Entry, since: Option<u64>) -> Kept {
         let size = entry_size(&key, &entry.headers, entry.body.len());
         if size > self.shard_bytes {
-            return false;
+            return Kept::No;
         }
         let mut shard = self.shard(&key).lock().unwrap_or_else(|e| e.into_inner());
         let shard = &mut *shard;
@@ -498,7 +511,7 @@ impl ResponseCache {
             // A write landed while this answer was fetched: it may be
             // from before it (the shard's writes are counted, not each
             // key's: rarely, another key's write costs this one a miss).
-            return false;
+            return Kept::Raced;
         }
         shard.next_seq += 1;
         entry.seq = shard.next_seq;
@@ -526,7 +539,7 @@ impl ResponseCache {
         shard.order.push_back((key.clone(), entry.seq));
         shard.bytes += size;
         shard.map.insert(key, Arc::new(entry));
-        true
+        Kept::Stored
     }
 
     /// Entries and bytes held (for tests and metrics).
@@ -699,7 +712,7 @@ impl Fill {
         if status != StatusCode::NO_CONTENT {
             headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
         }
-        let stored = cache.insert(
+        let kept = cache.insert(
             key,
             Entry {
                 status,
@@ -715,7 +728,7 @@ impl Fill {
             since,
         );
         if let Some(lock) = &mut lock {
-            lock.stored = stored;
+            lock.kept = kept;
         }
     }
 }
@@ -908,6 +921,44 @@ mod tests {
         assert!(matches!(
             look_coalescing(&cache, &rule, &request, Instant::now()),
             Lookup::Hit(_)
+        ));
+    }
+
+    /// An answer dropped because a write landed while it was fetched is
+    /// not "not cacheable": the next miss fetches for the others again.
+    #[test]
+    fn an_answer_that_raced_a_write_does_not_make_its_key_pass() {
+        let cache = Arc::new(ResponseCache::new(1 << 20));
+        let rule = rule(10, true);
+        let request = get("/a", &[]);
+        let now = Instant::now();
+        let Lookup::Miss {
+            key,
+            since,
+            lock: Some(lock),
+            ..
+        } = look_coalescing(&cache, &rule, &request, now)
+        else {
+            panic!("the first miss fetches");
+        };
+        let mut fill = cache
+            .fill(
+                &rule,
+                key.clone(),
+                &request.headers,
+                StatusCode::OK,
+                &answer(&[]),
+                now,
+            )
+            .unwrap();
+        fill.since = Some(since);
+        fill.lock = Some(lock);
+        cache.remove(&key);
+        fill.push(b"from before the write");
+        fill.finish();
+        assert!(matches!(
+            look_coalescing(&cache, &rule, &request, Instant::now()),
+            Lookup::Miss { lock: Some(_), .. }
         ));
     }
 

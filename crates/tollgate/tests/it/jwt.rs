@@ -344,6 +344,28 @@ async fn jwt_settings_are_validated() {
         body["errors"][0]["field"], "auth.jwt.issuers[0].algorithms[0]",
         "{body}"
     );
+    // Keys come from one place: a PEM and a JWKS together are refused
+    // (one of them would be ignored).
+    let (status, body) = tollgate
+        .admin(
+            Method::PATCH,
+            "/api/v1/services/weather",
+            Some(
+                json!({"auth": {"jwt": {"issuers": [{"issuer": "d", "algorithms": ["RS256"],
+                "public_key_pem": "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----",
+                "jwks_url": "https://idp.example/jwks.json"}]}}}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(body["errors"][0]["field"], "auth.jwt.issuers[0]", "{body}");
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not both"),
+        "{body}"
+    );
 }
 
 /// A subscription state to set up: (app suffix, plan to subscribe to,
