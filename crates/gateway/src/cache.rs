@@ -10,7 +10,8 @@
 //!   (unless the route's cache is `shared`), the host, and the path and
 //!   query as the caller sent them. One entry per key; a `Vary`ing answer
 //!   is served only to requests whose varied headers match.
-//! - **What is kept.** An answer whose status the route lists, without
+//! - **What is kept.** An answer whose status the route lists, not
+//!   server-sent events, without
 //!   `Set-Cookie`, not marked `no-store`, `no-cache` or `private`, not
 //!   `Vary: *`, with no trailers, whose body arrives whole and within
 //!   [`ResponseCache::entry_max`]. It lives for the route's TTL, or less
@@ -394,9 +395,19 @@ impl ResponseCache {
         headers: &HeaderMap,
         now: Instant,
     ) -> Option<Box<Fill>> {
+        // Server-sent events are a stream, not a document: kept, it would
+        // reach the requests waiting for it only once it ended.
+        let stream = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                v.get(..17)
+                    .is_some_and(|t| t.eq_ignore_ascii_case("text/event-stream"))
+            });
         if !rule.statuses.contains(&status.as_u16())
             || headers.contains_key(header::SET_COOKIE)
             || headers.contains_key(header::TRAILER)
+            || stream
         {
             return None;
         }
@@ -1181,6 +1192,8 @@ mod tests {
             // `Expires` in the past, or unreadable, without `max-age`.
             answer(&[("expires", "Thu, 01 Jan 1970 00:00:00 GMT")]),
             answer(&[("expires", "0")]),
+            // A stream: its waiters would get nothing until it ends.
+            answer(&[("content-type", "text/event-stream; charset=utf-8")]),
         ] {
             assert!(
                 offer(&cache, &rule, &request, &refused, now).is_none(),
