@@ -892,31 +892,28 @@ mod tests {
         cache.lookup(key, &request.headers, true, now, true)
     }
 
-    #[tokio::test]
-    async fn misses_of_one_key_wait_for_the_request_that_fetches_it() {
-        let cache = Arc::new(ResponseCache::new(1 << 20));
-        let rule = rule(10, true);
-        let request = get("/a", &[]);
-        let now = Instant::now();
+    /// The first miss of `request` (coalescing) as the request that
+    /// fetches it: its key, and its fill of a plain 200 holding the key's
+    /// lock.
+    fn first_miss_fill(
+        cache: &Arc<ResponseCache>,
+        rule: &CacheRule,
+        request: &http::request::Parts,
+        now: Instant,
+    ) -> (Box<str>, Box<Fill>) {
         let Lookup::Miss {
             key,
             since,
             lock: Some(lock),
             ..
-        } = look_coalescing(&cache, &rule, &request, now)
+        } = look_coalescing(cache, rule, request, now)
         else {
             panic!("the first miss fetches");
         };
-        let Lookup::Wait { mut done, .. } = look_coalescing(&cache, &rule, &request, now) else {
-            panic!("the second waits");
-        };
-        // A `HEAD` brings nothing to keep: it neither waits nor fetches.
-        let head = cache.lookup(key.clone(), &request.headers, false, now, true);
-        assert!(matches!(head, Lookup::Miss { lock: None, .. }));
         let mut fill = cache
             .fill(
-                &rule,
-                key,
+                rule,
+                key.clone(),
                 &request.headers,
                 StatusCode::OK,
                 &answer(&[]),
@@ -925,6 +922,22 @@ mod tests {
             .unwrap();
         fill.since = Some(since);
         fill.lock = Some(lock);
+        (key, fill)
+    }
+
+    #[tokio::test]
+    async fn misses_of_one_key_wait_for_the_request_that_fetches_it() {
+        let cache = Arc::new(ResponseCache::new(1 << 20));
+        let rule = rule(10, true);
+        let request = get("/a", &[]);
+        let now = Instant::now();
+        let (key, mut fill) = first_miss_fill(&cache, &rule, &request, now);
+        let Lookup::Wait { mut done, .. } = look_coalescing(&cache, &rule, &request, now) else {
+            panic!("the second waits");
+        };
+        // A `HEAD` brings nothing to keep: it neither waits nor fetches.
+        let head = cache.lookup(key, &request.headers, false, now, true);
+        assert!(matches!(head, Lookup::Miss { lock: None, .. }));
         fill.push(b"body");
         assert!(done.has_changed().is_ok(), "waiting while the body comes");
         fill.finish();
@@ -942,28 +955,7 @@ mod tests {
         let cache = Arc::new(ResponseCache::new(1 << 20));
         let rule = rule(10, true);
         let request = get("/a", &[]);
-        let now = Instant::now();
-        let Lookup::Miss {
-            key,
-            since,
-            lock: Some(lock),
-            ..
-        } = look_coalescing(&cache, &rule, &request, now)
-        else {
-            panic!("the first miss fetches");
-        };
-        let mut fill = cache
-            .fill(
-                &rule,
-                key.clone(),
-                &request.headers,
-                StatusCode::OK,
-                &answer(&[]),
-                now,
-            )
-            .unwrap();
-        fill.since = Some(since);
-        fill.lock = Some(lock);
+        let (key, mut fill) = first_miss_fill(&cache, &rule, &request, Instant::now());
         cache.remove(&key);
         fill.push(b"from before the write");
         fill.finish();
@@ -1007,28 +999,10 @@ mod tests {
         // Once the pass ends, a miss fetches for the others again; one
         // cut short (a body beyond the limit) lets them go at once.
         let later = Instant::now() + PASS_FOR + Duration::from_secs(1);
-        let Lookup::Miss {
-            key,
-            lock: Some(lock),
-            ..
-        } = look_coalescing(&cache, &rule, &request, later)
-        else {
-            panic!("fetches again after the pass");
-        };
+        let (_, mut fill) = first_miss_fill(&cache, &rule, &request, later);
         let Lookup::Wait { done, .. } = look_coalescing(&cache, &rule, &request, later) else {
             panic!("waits again");
         };
-        let mut fill = cache
-            .fill(
-                &rule,
-                key,
-                &request.headers,
-                StatusCode::OK,
-                &answer(&[]),
-                later,
-            )
-            .unwrap();
-        fill.lock = Some(lock);
         fill.push(&vec![b'x'; cache.entry_max() + 1]);
         assert!(
             done.has_changed().is_err(),
