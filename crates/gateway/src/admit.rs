@@ -173,26 +173,22 @@ fn authenticate<'s, B>(
             };
             let verified = jwt::verify(config, token, jwks)?;
             let (issuer, subject) = (&verified.issuer, &verified.subject);
+            // One answer whether no app claims the identity or its app
+            // does not trust this service's keys: which it is would tell
+            // the service's team about other teams' apps.
             let Some(claimed) = snapshot
                 .access
                 .jwt_apps
                 .get(&(issuer.clone(), subject.clone()))
+                .filter(|claimed| claimed.trusts(service.team.as_deref(), verified.source))
             else {
                 return Err(Refusal::new(
                     Code::InvalidCredentials,
                     format!(
-                        "No app claims the identity '{subject}' of '{issuer}'. Add it to your app's 'jwt' identities."
+                        "No app that this service may authenticate claims the identity '{subject}' of '{issuer}'. An app claims it in its 'jwt' identities; an app of another team than the service's must also name there the issuer's public keys that verified the token ('jwks_url' or 'public_key_pem'), and a shared HS256 secret never authenticates it."
                     ),
                 ));
             };
-            if !claimed.trusts(service.team.as_deref(), verified.source) {
-                return Err(Refusal::new(
-                    Code::InvalidCredentials,
-                    format!(
-                        "The app that claims the identity '{subject}' of '{issuer}' belongs to another team than this service and does not name the keys the service verified the token with. Another team's service authenticates an app only with the issuer's public keys that the app's identity names ('jwks_url' or 'public_key_pem' in its 'jwt' entry), never with a shared HS256 secret."
-                    ),
-                ));
-            }
             Caller {
                 app: &claimed.app,
                 key: None,

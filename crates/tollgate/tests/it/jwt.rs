@@ -586,6 +586,31 @@ async fn another_teams_service_authenticates_an_app_only_with_keys_the_app_names
     let detail = body["detail"].as_str().unwrap();
     assert!(detail.contains("another team"), "{body}");
     assert!(!detail.contains("acme"), "names no other tenant: {body}");
+    // Read the same as for an identity no app claims: no oracle of
+    // other teams' apps.
+    let unclaimed = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(Algorithm::HS256),
+        &with(
+            idp.claims("client-1"),
+            json!({"iss": "https://hs.example", "sub": "nobody"}),
+        ),
+        &jsonwebtoken::EncodingKey::from_secret(own_secret.as_bytes()),
+    )
+    .unwrap();
+    let other = problem(
+        tollgate.get_with_key(PATH, &unclaimed).await,
+        401,
+        "invalid_credentials",
+    )
+    .await;
+    assert_eq!(
+        other["detail"]
+            .as_str()
+            .unwrap()
+            .replace("nobody", "client-1"),
+        detail,
+        "{other}"
+    );
     // Nor does a public key the app has not named; once named (spelled
     // with other line breaks), it does.
     let rs = idp.sign(
