@@ -352,7 +352,7 @@ async fn record(
                 "amount",
                 format!(
                     "would take the balance below zero: {} {} is available now (the balance less what calls in flight hold)",
-                    money::format(available.max(0)),
+                    money::format(available),
                     state.currency
                 ),
             ));

@@ -777,7 +777,9 @@ pub(crate) fn money_refusal(
     refusal.extra = vec![
         (
             "balance",
-            domain::money::format(app.wallet.available().max(0)).into(),
+            // Below zero when refunds took it there: the caller learns
+            // how much it needs.
+            domain::money::format(app.wallet.available()).into(),
         ),
         ("currency", currency.into()),
         ("plan", subscription.plan().into()),
@@ -850,7 +852,7 @@ fn pay(
                     app.slug,
                     subscription.plan(),
                     app.team,
-                    format(app.wallet.available().max(0)),
+                    format(app.wallet.available()),
                 ),
                 app,
                 subscription,
@@ -1021,7 +1023,7 @@ fn pay(
         }
         if let Err(short) = reservation.take_wallet(price) {
             let available = short.available();
-            let balance = format(available.max(0));
+            let balance = format(available);
             let required = format(price);
             if let Short::LeaseLost(_) = short {
                 return Err(crate::refusal::ledger_unavailable());
@@ -1032,6 +1034,12 @@ fn pay(
                 format!(
                     "This call costs {required} {currency}; team {} has {balance} {currency} as this node last saw it, but the rest of it is held by other gateway nodes for their calls right now. Retry in a second or two (what they do not use comes back to be spent), or top up the team's wallet (top_up_url).",
                     app.team
+                )
+            } else if available < 0 {
+                format!(
+                    "This call costs {required} {currency}; team {}'s balance is {balance} {currency} (a refund took it below zero), so it needs {} {currency} more for this call. Top up the team's wallet (top_up_url) and call again.",
+                    app.team,
+                    format(price.saturating_sub(available))
                 )
             } else {
                 format!(

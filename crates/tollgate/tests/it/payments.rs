@@ -9,8 +9,9 @@ use test_support::stripe::{FakeStripe, SECRET_KEY, SignedEvent, WEBHOOK_SECRET, 
 use crate::money::{ledger, wallet};
 use crate::*;
 
-async fn with_stripe(stripe: &FakeStripe) -> Tollgate {
-    let options = test_support::tollgate::Options {
+/// A node that takes payments through `stripe`.
+fn stripe_options(stripe: &FakeStripe) -> test_support::tollgate::Options {
+    test_support::tollgate::Options {
         env: vec![
             ("TOLLGATE_STRIPE__SECRET_KEY".into(), SECRET_KEY.into()),
             (
@@ -20,8 +21,11 @@ async fn with_stripe(stripe: &FakeStripe) -> Tollgate {
             ("TOLLGATE_STRIPE__API_BASE".into(), stripe.url()),
         ],
         ..Default::default()
-    };
-    let tollgate = Tollgate::start_with(BIN, options).await;
+    }
+}
+
+async fn with_stripe(stripe: &FakeStripe) -> Tollgate {
+    let tollgate = Tollgate::start_with(BIN, stripe_options(stripe)).await;
     for team in ["acme", "other"] {
         tollgate
             .create("/api/v1/teams", json!({"slug": team, "name": team}))
@@ -398,4 +402,65 @@ async fn auto_top_up_charges_the_saved_card_when_the_balance_runs_low() {
         )
         .await;
     assert_eq!(status, 204);
+}
+
+/// A refund can take a wallet below zero (what it paid for is spent): a
+/// 402 and an admin debit then say the real balance, and how much more a
+/// call needs, not 0.00.
+#[tokio::test]
+async fn a_wallet_a_refund_took_below_zero_says_so() {
+    let stripe = FakeStripe::start().await;
+    let tollgate = Tollgate::start_with(BIN, stripe_options(&stripe)).await;
+    let upstream = FakeUpstream::start("w").await;
+    let key = crate::money::priced_world(&tollgate, &upstream, 0).await;
+    let (status, session) = checkout(&tollgate, json!({"amount": "25"}), None).await;
+    assert_eq!(status, 201, "{session}");
+    let session = session["session_id"].as_str().unwrap();
+    assert_eq!(send(&tollgate, &stripe.complete(session)).await.0, 200);
+    crate::access::wait_status(&tollgate, "/weather/forecast/paid", &key, 200).await;
+    let (status, body) = send(&tollgate, &stripe.refund(session, 2500)).await;
+    assert_eq!(status, 200, "{body}");
+    let started = std::time::Instant::now();
+    let body = loop {
+        let response = tollgate.get_with_key("/weather/forecast/x", &key).await;
+        if response.status() == 402 {
+            let body: Value = response.json().await.unwrap();
+            if body["balance"] != "0.00" {
+                break body;
+            }
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    // Below zero by what was spent of the refunded top-up (calls made
+    // before the refund reached this node count too).
+    assert_eq!(body["code"], "insufficient_credit", "{body}");
+    let balance = body["balance"].as_str().unwrap().to_owned();
+    let cents: i64 = balance.replace('.', "").parse().unwrap();
+    assert!(cents < 0, "{body}");
+    let needed = format!("{}.{:02}", (1 - cents) / 100, (1 - cents) % 100);
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("balance is {balance} USD"))
+            && body["detail"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("needs {needed} USD more")),
+        "{body}"
+    );
+    let (status, body) = tollgate
+        .admin(
+            Method::POST,
+            "/api/v1/teams/acme/wallet/adjustments",
+            Some(json!({"amount": "-0.01", "reason": "test"})),
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body.to_string()
+            .contains(&format!("{balance} USD is available")),
+        "{body}"
+    );
 }
