@@ -17,7 +17,9 @@
 //!    base64(SettlementResponse)`; a failed settlement answers 402 with the
 //!    failed `PAYMENT-RESPONSE` instead of the upstream's answer. A 5xx or
 //!    a failed connection is never settled, and the payload may be used
-//!    again.
+//!    again. A settlement whose outcome is unknown (no answer, or one
+//!    that cannot be read) answers 502 and keeps the payment claimed: it
+//!    may have been paid, so it is never settled twice.
 //!
 //! A payment is claimed (by its identity: payer and nonce, see
 //! [`payment_identity`]) before it is verified, in this node's memory and
@@ -382,10 +384,14 @@ pub async fn settle(
     let settlement = match answer {
         Ok(answer) => answer,
         Err(error) => {
-            tracing::warn!(%error, "x402 facilitator unreachable (settle)");
+            // No answer, or one that cannot be read: the payment may have
+            // gone through. It stays claimed, so it is never settled (nor
+            // served) again.
+            pending.settled = true;
+            tracing::warn!(%error, "x402 settlement outcome unknown (facilitator unreachable or its answer unreadable)");
             return Err(Refusal::new(
                 Code::UpstreamError,
-                "The payment facilitator could not be reached to settle the payment; nothing was paid. Retry shortly.",
+                "The payment facilitator did not confirm settling the payment, which may have been paid. This payment stays used and will not be settled again: check it with the facilitator (payer and nonce) before signing a new one.",
             ));
         }
     };

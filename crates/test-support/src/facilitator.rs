@@ -29,6 +29,9 @@ struct State {
     used_nonces: Mutex<HashSet<String>>,
     verifies: AtomicUsize,
     settles: AtomicUsize,
+    /// Settle, then answer 502 instead of the result (an answer lost on
+    /// the way: the payment went through, the gateway cannot know).
+    lose_settle_answers: std::sync::atomic::AtomicBool,
 }
 
 pub struct FakeFacilitator {
@@ -140,6 +143,12 @@ impl FakeFacilitator {
     /// Payments settled (successful `/settle` calls).
     pub fn settles(&self) -> usize {
         self.state.settles.load(Ordering::SeqCst)
+    }
+
+    /// From now on `/settle` settles as usual but answers 502 (`true`),
+    /// or answers again (`false`).
+    pub fn lose_settle_answers(&self, lose: bool) {
+        self.state.lose_settle_answers.store(lose, Ordering::SeqCst);
     }
 }
 
@@ -262,6 +271,11 @@ async fn handle(state: &State, request: Request<Incoming>) -> Response<Full<Byte
         }
         _ => json!({"error": "not found"}),
     };
+    if path == "/settle" && state.lose_settle_answers.load(Ordering::SeqCst) {
+        let mut lost = Response::new(Full::new(Bytes::from_static(b"bad gateway")));
+        *lost.status_mut() = hyper::StatusCode::BAD_GATEWAY;
+        return lost;
+    }
     let mut response = Response::new(Full::new(Bytes::from(answer.to_string())));
     response
         .headers_mut()

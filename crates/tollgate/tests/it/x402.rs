@@ -441,3 +441,48 @@ async fn a_settled_payment_stays_used_across_a_restart() {
     assert_eq!(upstream.hits(), hits);
     assert_eq!(facilitator.settles(), 1);
 }
+
+/// A settlement whose answer is lost may have gone through: the call is
+/// a 502 that says so, and the payment stays used (never settled twice,
+/// the upstream never asked again for it).
+#[tokio::test]
+async fn a_settlement_whose_answer_is_lost_is_never_made_twice() {
+    let facilitator = FakeFacilitator::start().await;
+    let upstream = FakeUpstream::start("q").await;
+    let tollgate = paid_service(&facilitator, &upstream).await;
+    let required = offered(
+        call(&tollgate, "/quotes/acme", None).await,
+        "PAYMENT-SIGNATURE header is required",
+    )
+    .await;
+    let paid = payment(&required["accepts"][0], PAYER, 60, |_| {});
+
+    facilitator.lose_settle_answers(true);
+    let hits = upstream.hits();
+    let body = problem(
+        call(&tollgate, "/quotes/acme", Some(&paid)).await,
+        502,
+        "upstream_error",
+    )
+    .await;
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("may have been paid"),
+        "{body}"
+    );
+    assert_eq!((facilitator.settles(), upstream.hits()), (1, hits + 1));
+
+    facilitator.lose_settle_answers(false);
+    offered(
+        call(&tollgate, "/quotes/acme", Some(&paid)).await,
+        "invalid_transaction_state",
+    )
+    .await;
+    assert_eq!(
+        (facilitator.settles(), upstream.hits()),
+        (1, hits + 1),
+        "settled once, served once"
+    );
+}
