@@ -1079,10 +1079,14 @@ impl Counter {
         self.sum_remote(remote, start);
     }
 
+    /// Other nodes' counts of the period starting at `start`; for a
+    /// budget, also those of a shorter period within it (a node's day,
+    /// counted before the budget became weekly, is part of the week).
     fn sum_remote(&self, remote: &HashMap<String, (i64, u64, i64)>, start: i64) {
         let (mut requests, mut nanos) = (0u64, 0i64);
+        let end = self.end.load(Ordering::Acquire);
         for &(period, r, n) in remote.values() {
-            if period == start {
+            if period == start || (self.rolls.is_some() && period > start && period < end) {
                 requests += r;
                 nanos += n;
             }
@@ -1153,10 +1157,24 @@ impl Counters {
         // allowance (a week holds today; a day is held to the week's spend,
         // the safe side).
         let carried = map.get(scope.as_str()).map(|old| {
+            // Other nodes' counts of the old period count in the new one
+            // too (until they send counts of it): a node restarted since
+            // counted its spend before as another node's.
+            let old_start = old.period().0;
+            let remote = old
+                .remote
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .map(|(node, &(start, r, n))| {
+                    let start = if start == old_start { period.0 } else { start };
+                    (node.clone(), (start, r, n))
+                })
+                .collect::<HashMap<_, _>>();
             (
                 old.own_requests.load(Ordering::Acquire),
                 old.own_nanos.load(Ordering::Acquire),
-                old.remote.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+                remote,
             )
         });
         let scope: Arc<str> = scope.into();
@@ -1643,6 +1661,32 @@ mod tests {
         assert_eq!(daily.nanos(), 10, "back to a day: no fresh allowance");
         let mut more = Reservation::new(&wallet, &Labels::subscription(&subscription), false);
         assert!(more.take_budget(&daily, 25, 20).is_err(), "10 + 20 > 25");
+    }
+
+    /// What other nodes spent (or this node before a restart, which it
+    /// reads as another node's) stays spent when a budget changes kind.
+    #[test]
+    fn others_spend_stays_spent_when_a_budget_changes_kind() {
+        let wallets = Wallets::default();
+        let day = 86_400_000;
+        let now = 9 * day + 5;
+        let daily = wallets.counters.budget("app", BudgetPeriod::Day, now);
+        wallets
+            .counters
+            .apply_remote("before-restart", "app:app", 9 * day, 5, 50);
+        assert_eq!(daily.nanos(), 50);
+        let weekly = wallets.counters.budget("app", BudgetPeriod::Week, now + 1);
+        assert_eq!(weekly.nanos(), 50, "a week holds the day");
+        // The day's row read again counts once.
+        wallets
+            .counters
+            .apply_remote("before-restart", "app:app", 9 * day, 5, 50);
+        assert_eq!(weekly.nanos(), 50);
+        let back = wallets.counters.budget("app", BudgetPeriod::Day, now + 2);
+        assert_eq!(back.nanos(), 50, "and a day the week's");
+        // A later day starts afresh.
+        back.roll(now + 8 * day);
+        assert_eq!(back.nanos(), 0);
     }
 
     #[test]

@@ -1765,3 +1765,83 @@ async fn calls_refused_for_money_use_up_no_rate_limit() {
     assert_eq!(status, 201, "{body}");
     wait_status(&tollgate, "/weather/forecast/paid", &world.key, 200).await;
 }
+
+/// A budget that changes kind after a restart keeps what was spent before
+/// it: the restarted node reads its earlier spend as another node's, and
+/// a week holds that day too.
+#[tokio::test]
+async fn a_budget_made_weekly_after_a_restart_keeps_the_days_spend() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let options = || test_support::tollgate::Options::in_dir(data_dir.path());
+    let tollgate = Tollgate::start_with(BIN, options()).await;
+    let upstream = FakeUpstream::start("w").await;
+    let key = priced_world(&tollgate, &upstream, 100).await;
+    let budget = |period: &str| json!({"budget": {"amount": "0.10", "period": period}});
+    let (status, body) = tollgate
+        .admin(Method::PATCH, "/api/v1/apps/acme-web", Some(budget("day")))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    async fn spent(tollgate: &Tollgate, key: &str) -> String {
+        let me: Value = tollgate.json_with_key("/_tollgate/me", key).await;
+        me["budget"]["spent"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+    let started = std::time::Instant::now();
+    while spent(&tollgate, &key).await != "0.00" {
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    for _ in 0..5 {
+        let response = tollgate.get_with_key("/weather/forecast/x", &key).await;
+        assert_eq!(response.status(), 200);
+    }
+    assert_eq!(spent(&tollgate, &key).await, "0.05");
+    assert!(tollgate.stop().await.success());
+
+    let again = Tollgate::start_with(BIN, options()).await;
+    assert_eq!(
+        spent(&again, &key).await,
+        "0.05",
+        "the day's spend survives"
+    );
+    let period = |me: &Value| {
+        (
+            me["budget"]["period_start"].clone(),
+            me["budget"]["period_end"].clone(),
+        )
+    };
+    let daily = period(&again.json_with_key("/_tollgate/me", &key).await);
+    let (status, body) = again
+        .admin(Method::PATCH, "/api/v1/apps/acme-web", Some(budget("week")))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let started = std::time::Instant::now();
+    loop {
+        let me: Value = again.json_with_key("/_tollgate/me", &key).await;
+        // A week never spans exactly the day.
+        if period(&me) != daily {
+            assert_eq!(me["budget"]["spent"], "0.05", "{me}");
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(2),
+            "{me}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let mut answered = 0;
+    for _ in 0..10 {
+        let response = again.get_with_key("/weather/forecast/x", &key).await;
+        match response.status().as_u16() {
+            200 => answered += 1,
+            402 => {
+                let body: Value = response.json().await.unwrap();
+                assert_eq!(body["code"], "budget_exhausted", "{body}");
+            }
+            other => panic!("answered {other}"),
+        }
+    }
+    assert_eq!(answered, 5, "the week holds the day's 0.05");
+}
