@@ -461,7 +461,7 @@ async fn run(
         }
         if let Some(name) = rest.strip_prefix("webhooks/") {
             let name = name.to_owned();
-            return Box::pin(hook(shared, &name, request)).await;
+            return Box::pin(hook(shared, &name, request, &context.request_id)).await;
         }
         if let Some(code) = problems {
             return crate::me::problem_page(&request, code);
@@ -817,10 +817,13 @@ async fn pay_per_request(
 }
 
 /// `POST /_tollgate/webhooks/<name>`: hands the body to the binary's hook.
+/// A refusal of the hook's is a problem like every refusal (SPEC §4): its
+/// `code` and `detail` with this request's id, never cached.
 async fn hook(
     shared: &Shared,
     name: &str,
     request: Request<RequestBody>,
+    request_id: &HeaderValue,
 ) -> Result<Response<GatewayBody>, Refusal> {
     let hook = shared
         .hooks
@@ -848,12 +851,34 @@ async fn hook(
     })
     .await?;
     let (status, text) = hook.call(parts.headers, body).await;
+    let refused = status.is_client_error() || status.is_server_error();
+    let text = match serde_json::from_str::<serde_json::Value>(&text) {
+        Ok(serde_json::Value::Object(mut problem)) if refused => {
+            problem
+                .entry("type")
+                .or_insert_with(|| "about:blank".into());
+            problem.insert(
+                "request_id".into(),
+                request_id.to_str().unwrap_or_default().into(),
+            );
+            serde_json::Value::Object(problem).to_string()
+        }
+        _ => text,
+    };
     let mut response = Response::new(GatewayBody::full(text));
     *response.status_mut() = status;
-    response.headers_mut().insert(
+    let headers = response.headers_mut();
+    headers.insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
+        HeaderValue::from_static(if refused {
+            "application/problem+json"
+        } else {
+            "application/json"
+        }),
     );
+    if refused {
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
     Ok(response)
 }
 

@@ -115,6 +115,30 @@ async fn a_checkout_credits_the_wallet_once_on_the_signed_webhook() {
         (status, body["code"].as_str()),
         (400, Some("signature_mismatch"))
     );
+    // A problem like every refusal: with its request id, never cached.
+    let response = tollgate
+        .client
+        .post(format!(
+            "{}/_tollgate/webhooks/stripe",
+            tollgate.gateway_url
+        ))
+        .header("stripe-signature", &paid.signature)
+        .body(tampered.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+    assert_eq!(response.headers()["cache-control"], "no-store");
+    let id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let problem: Value = response.json().await.unwrap();
+    assert_eq!(problem["request_id"], id, "{problem}");
+    assert!(problem["type"].is_string(), "{problem}");
     let stale = signature(WEBHOOK_SECRET, domain::now_ms() / 1000 - 301, &paid.body);
     let (status, body) = deliver(&tollgate, &paid.body, Some(&stale)).await;
     assert_eq!(
