@@ -79,7 +79,7 @@ const ISO_4217: &[&str] = &[
     "SCR", "SDG", "SEK", "SGD", "SHP", "SLE", "SLL", "SOS", "SRD", "SSP", "STN", "SVC", "SYP",
     "SZL", "THB", "TJS", "TMT", "TND", "TOP", "TRY", "TTD", "TWD", "TZS", "UAH", "UGX", "USD",
     "UYU", "UZS", "VED", "VES", "VND", "VUV", "WST", "XAF", "XCD", "XCG", "XOF", "XPF", "YER",
-    "ZAR", "ZMW", "ZWG", "ZWL", "BOV", "CLF", "COU", "MXV", "UYW", "USN",
+    "ZAR", "ZMW", "ZWG", "ZWL",
 ];
 
 /// Whether `code` is an ISO 4217 currency code (upper case).
@@ -363,6 +363,11 @@ mod tests {
     fn currencies_and_system_keys_are_known() {
         assert!(is_currency("USD") && is_currency("EUR") && is_currency("JPY"));
         assert!(!is_currency("XYZ") && !is_currency("usd") && !is_currency("XAU"));
+        for fund in [
+            "BOV", "CLF", "COU", "MXV", "UYW", "USN", "UYI", "CHE", "CHW", "XDR",
+        ] {
+            assert!(!is_currency(fund), "{fund} is a fund or drawing-right code");
+        }
         let mut codes = ISO_4217.to_vec();
         codes.sort_unstable();
         codes.dedup();
