@@ -181,15 +181,21 @@ impl Tollgate {
     }
 
     /// Waits until both listeners answer: true; false when a port was
-    /// taken (the process exits saying so).
+    /// taken (the process exits saying so). The answers count only once
+    /// this process has said it is ready (bound its ports): a port it
+    /// failed to take may be another test's node, which answers too.
     async fn wait_ready(&self) -> bool {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
-            if let Ok(response) = self
-                .client
-                .get(format!("{}/_tollgate/ready", self.gateway_url))
-                .send()
-                .await
+            if self.log().contains("Address already in use") {
+                return false;
+            }
+            if self.log().contains("tollgate ready")
+                && let Ok(response) = self
+                    .client
+                    .get(format!("{}/_tollgate/ready", self.gateway_url))
+                    .send()
+                    .await
                 && response.status() == StatusCode::OK
                 && self
                     .client

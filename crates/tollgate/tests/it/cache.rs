@@ -441,9 +441,12 @@ async fn a_burst_of_misses_asks_the_upstream_once() {
             "{answers:?}"
         );
         if round == 1 {
-            // Together: about one delay, not ten (nor two).
+            // Not one at a time (ten delays); that they do not wait for
+            // one another at all is the unit test's
+            // (`misses_of_a_key_whose_answer_was_not_kept_pass_together`),
+            // as times on a loaded machine cannot tell one delay from two.
             assert!(
-                started.elapsed() < Duration::from_millis(600) * 2,
+                started.elapsed() < Duration::from_millis(300) * 10,
                 "round {round} took {:?}",
                 started.elapsed()
             );

@@ -634,7 +634,7 @@ async fn another_teams_service_authenticates_an_app_only_with_keys_the_app_names
         )
         .await;
     assert_eq!(status, 200, "{body}");
-    until_ok(&tollgate, &rs, Duration::from_secs(1)).await;
+    until_ok(&tollgate, &rs, Duration::from_secs(3)).await;
 
     // Identities name the issuer's keys once, and well.
     let (status, body) = tollgate

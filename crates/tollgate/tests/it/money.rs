@@ -1790,7 +1790,7 @@ async fn a_budget_made_weekly_after_a_restart_keeps_the_days_spend() {
     }
     let started = std::time::Instant::now();
     while spent(&tollgate, &key).await != "0.00" {
-        assert!(started.elapsed() < std::time::Duration::from_secs(2));
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     for _ in 0..5 {
@@ -1826,7 +1826,7 @@ async fn a_budget_made_weekly_after_a_restart_keeps_the_days_spend() {
             break;
         }
         assert!(
-            started.elapsed() < std::time::Duration::from_secs(2),
+            started.elapsed() < std::time::Duration::from_secs(5),
             "{me}"
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;

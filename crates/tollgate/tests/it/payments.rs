@@ -453,7 +453,7 @@ async fn a_wallet_a_refund_took_below_zero_says_so() {
                 break body;
             }
         }
-        assert!(started.elapsed() < std::time::Duration::from_secs(2));
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     };
     // Below zero by what was spent of the refunded top-up (calls made
