@@ -296,13 +296,13 @@ pub fn mask_keys_in_path(path: &mut String) {
             .flatten()
             .min()
     }
-    // Escaped (`tg%5Flive%5F…`, `%74g_live_…`): the path is logged
-    // decoded, so that its key is found and masked.
-    if path.contains('%') {
-        let decoded = percent_decoded(path);
-        if next_key(&decoded).is_some() {
-            *path = decoded;
-        }
+    // Escaped (`tg%5Flive%5F…`, `%74g_live_…`; a key's characters are
+    // all unreserved): the path is logged as routed, escapes of
+    // unreserved characters decoded, so that its key is found and masked.
+    if let Some(decoded) = crate::path::normalise_escapes(path)
+        && next_key(&decoded).is_some()
+    {
+        *path = decoded;
     }
     if next_key(path).is_none() {
         return;
@@ -322,31 +322,6 @@ pub fn mask_keys_in_path(path: &mut String) {
     }
     masked.push_str(rest);
     *path = masked;
-}
-
-/// `text` with its `%XX` escapes decoded (bytes that do not make UTF-8
-/// replaced).
-fn percent_decoded(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut index = 0;
-    while index < bytes.len() {
-        let escaped = (bytes[index] == b'%')
-            .then(|| bytes.get(index + 1..index + 3))
-            .flatten()
-            .and_then(|hex| u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok());
-        match escaped {
-            Some(byte) => {
-                out.push(byte);
-                index += 3;
-            }
-            None => {
-                out.push(bytes[index]);
-                index += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Tollgate API keys and bearer tokens, anywhere in a text: also with
@@ -436,7 +411,7 @@ mod tests {
         // Escaped keys are found: the path is logged decoded.
         assert_eq!(
             mask("/e/tg%5flive%5fab12SECRET/x%20y"),
-            "/e/tg_live_ab12[redacted]/x y"
+            "/e/tg_live_ab12[redacted]/x%20y"
         );
         assert_eq!(mask("/e/%74g_test_ab12SECRET"), "/e/tg_test_ab12[redacted]");
         assert_eq!(mask("/e/100%25/%zz"), "/e/100%25/%zz", "no key: as sent");
