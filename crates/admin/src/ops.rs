@@ -522,6 +522,14 @@ pub async fn rollback(
     let mut service = existing.clone();
     let mut spec = target.service.clone();
     spec.slug = existing.spec.slug.clone();
+    // Ownership is not a release setting: a service moved to another team
+    // stays there.
+    spec.team = existing.spec.team.clone();
+    // The release's base path is checked as a PATCH would check it:
+    // another team may have taken it since.
+    check_base_path_owner(tx, &spec, Some(&existing.id))
+        .await
+        .map_err(|e| e.within_field("release"))?;
     // The release's upstream by its id: renamed since, it is named as it
     // is now (and a newer upstream that took the old name is not it).
     if let Some(id) = &target.upstream_id {

@@ -247,7 +247,7 @@ fn check_cidrs(errors: &mut FieldErrors, field: &str, list: &[String]) {
         errors.add(field, format!("at most {} entries", limits::CIDRS_MAX));
     }
     for (index, text) in list.iter().enumerate() {
-        if let Err(message) = text.parse::<crate::net::Cidr>() {
+        if let Err(message) = crate::net::Cidr::parse_exact(text) {
             errors.add(format!("{field}[{index}]"), message);
         }
     }

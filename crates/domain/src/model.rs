@@ -925,13 +925,25 @@ pub fn is_rewritable_header(name: &str) -> bool {
             .any(|managed| managed.eq_ignore_ascii_case(name))
 }
 
-fn check_rewritable(errors: &mut FieldErrors, field: &str, name: &str) {
+fn check_rewritable(errors: &mut FieldErrors, field: &str, name: &str, request: bool) {
     if !is_rewritable_header(name) {
         errors.add(
             field,
             format!(
                 "'{name}' cannot be rewritten: the gateway sets the message framing and hop-by-hop headers itself"
             ),
+        );
+    } else if name.eq_ignore_ascii_case("x-request-id") {
+        // The client and the upstream see one id, the one the call log
+        // keeps: a rewrite would break that correlation.
+        errors.add(
+            field,
+            format!("'{name}' cannot be rewritten: the gateway sets it, the same for the client, the upstream and the call log"),
+        );
+    } else if request && name.eq_ignore_ascii_case("host") {
+        errors.add(
+            field,
+            format!("'{name}' cannot be rewritten: the gateway sends the target's host (from the upstream's target URL)"),
         );
     }
 }
@@ -1251,6 +1263,16 @@ impl RouteSpec {
                     .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
             if !valid {
                 errors.add("host", "must be a host name (letters, digits, '.', '-')");
+            } else if let Some(bare) = host.strip_suffix('.') {
+                // Requests for `example.com.` are matched as `example.com`:
+                // the route is written that way, so that two spellings of
+                // one host cannot be two routes.
+                errors.add(
+                    "host",
+                    format!("write the host without its final '.' ('{bare}'); requests for '{host}' match it"),
+                );
+            } else if host.split('.').any(str::is_empty) {
+                errors.add("host", "has an empty label ('..' or a leading '.')");
             }
         }
         if let Some(ms) = self.timeout_ms {
@@ -1271,9 +1293,31 @@ impl RouteSpec {
             if rewrite.set.len() + rewrite.remove.len() > limits::HEADER_REWRITES_MAX {
                 errors.add(field, "too many header rewrites");
             }
+            let request = field == "request_headers";
+            let mut seen: Vec<&str> = Vec::new();
             for (name, value) in &rewrite.set {
                 check_header_name(&mut errors, &format!("{field}.set.{name}"), name);
-                check_rewritable(&mut errors, &format!("{field}.set.{name}"), name);
+                check_rewritable(&mut errors, &format!("{field}.set.{name}"), name, request);
+                // Header names are case-insensitive: two spellings of one
+                // name, or a name both set and removed, leave it unclear
+                // which wins.
+                if let Some(other) = seen.iter().find(|other| other.eq_ignore_ascii_case(name)) {
+                    errors.add(
+                        format!("{field}.set.{name}"),
+                        format!("'{name}' is set twice (as '{other}' too); header names are case-insensitive"),
+                    );
+                }
+                seen.push(name);
+                if rewrite
+                    .remove
+                    .iter()
+                    .any(|removed| removed.eq_ignore_ascii_case(name))
+                {
+                    errors.add(
+                        format!("{field}.set.{name}"),
+                        format!("'{name}' is both set and removed; keep one"),
+                    );
+                }
                 if value.bytes().any(|b| b < 0x20 && b != b'\t' || b == 0x7f) {
                     errors.add(
                         format!("{field}.set.{name}"),
@@ -1283,7 +1327,12 @@ impl RouteSpec {
             }
             for (index, name) in rewrite.remove.iter().enumerate() {
                 check_header_name(&mut errors, &format!("{field}.remove[{index}]"), name);
-                check_rewritable(&mut errors, &format!("{field}.remove[{index}]"), name);
+                check_rewritable(
+                    &mut errors,
+                    &format!("{field}.remove[{index}]"),
+                    name,
+                    request,
+                );
             }
         }
         if self.query.set.len() + self.query.remove.len() > limits::HEADER_REWRITES_MAX {

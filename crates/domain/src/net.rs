@@ -87,6 +87,34 @@ impl FromStr for Cidr {
     }
 }
 
+impl Cidr {
+    /// Parses as [`FromStr`] does, and refuses a block with bits set past
+    /// its prefix (`10.0.0.5/8`): most likely a typo for the network or
+    /// for one address, and the two differ by millions of addresses. Used
+    /// where a person writes a list (the admin API, the config file);
+    /// lists stored before this check compile as the network they name.
+    pub fn parse_exact(text: &str) -> Result<Self, String> {
+        let cidr: Self = text.parse()?;
+        let network = cidr.network_address();
+        if network != cidr.network {
+            let (address, prefix) = (cidr.network, cidr.prefix_len);
+            let max = if address.is_ipv4() { 32 } else { 128 };
+            return Err(format!(
+                "'{text}' has address bits set past its /{prefix} prefix: write {network}/{prefix} for the network, or {address}/{max} for the one address"
+            ));
+        }
+        Ok(cidr)
+    }
+
+    /// The network's first address (the address with its host bits cleared).
+    fn network_address(&self) -> IpAddr {
+        match self.network {
+            IpAddr::V4(v4) => IpAddr::V4((u32::from(v4) & mask_u32(self.prefix_len)).into()),
+            IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & mask_u128(self.prefix_len)).into()),
+        }
+    }
+}
+
 impl std::fmt::Display for Cidr {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}", self.network, self.prefix_len)
@@ -124,6 +152,35 @@ mod tests {
         check("::ffff:127.0.0.1/128", "127.0.0.1", true);
         check("::ffff:10.0.0.0/104", "10.9.8.7", true);
         check("::ffff:10.0.0.0/104", "11.0.0.1", false);
+    }
+
+    #[test]
+    fn written_blocks_have_no_address_bits_past_their_prefix() {
+        for good in [
+            "10.0.0.0/8",
+            "10.0.0.5",
+            "10.0.0.5/32",
+            "0.0.0.0/0",
+            "2001:db8::/32",
+            "::ffff:10.0.0.0/104",
+        ] {
+            assert!(Cidr::parse_exact(good).is_ok(), "{good}");
+        }
+        let error = Cidr::parse_exact("10.0.0.5/8").err().unwrap_or_default();
+        assert!(
+            error.contains("10.0.0.0/8") && error.contains("10.0.0.5/32"),
+            "{error}"
+        );
+        let error = Cidr::parse_exact("2001:db8::1/32")
+            .err()
+            .unwrap_or_default();
+        assert!(
+            error.contains("2001:db8::/32") && error.contains("2001:db8::1/128"),
+            "{error}"
+        );
+        assert!(Cidr::parse_exact("::ffff:10.0.0.1/104").is_err());
+        // What was stored before the check still compiles, as the network.
+        check("10.0.0.5/8", "10.200.0.1", true);
     }
 
     #[test]

@@ -139,6 +139,11 @@ fn authenticate<'s, B>(
     jwks: &JwksCache,
     admission: &mut Admission,
 ) -> Result<Caller<'s>, Refusal> {
+    // `X-API-Key` is the gateway's own carrier on a keyed service: even a
+    // line with no key on it (empty) is not passed on.
+    if request.headers().contains_key("x-api-key") {
+        admission.strip |= strip::X_API_KEY;
+    }
     let presented = credentials(request);
     if presented.is_empty() {
         return Err(Refusal::new(
@@ -766,6 +771,25 @@ fn grant_short(
 }
 
 /// A 402 with the members every money refusal carries (SPEC §4).
+/// What a team's wallet has for a call that costs `required`, in the
+/// words of an `insufficient_credit` refusal: below zero (refunds took it
+/// there) it says so, and how much more the call needs.
+pub(crate) fn wallet_left(team: &str, available: i64, required: i64, currency: &str) -> String {
+    use domain::money::format;
+    if available < 0 {
+        format!(
+            "team {team}'s balance is {} {currency} (a refund took it below zero), so it needs {} {currency} more for this call",
+            format(available),
+            format(required.saturating_sub(available))
+        )
+    } else {
+        format!(
+            "team {team} has {} {currency} left to spend",
+            format(available)
+        )
+    }
+}
+
 pub(crate) fn money_refusal(
     code: Code,
     detail: String,
@@ -949,6 +973,13 @@ fn pay(
                 }
             } else {
                 price = 0;
+                // Free within the quota; beyond it the wallet pays: few
+                // calls left in all is a low balance already.
+                if let Some(calls) =
+                    crate::warn::low_calls_left(subscription, app.wallet.available())
+                {
+                    warnings.push(format_args!("low-balance;calls-left={calls}"));
+                }
             }
             let used = before + 1;
             if let Some(percent) = crate::warn::nearly_exhausted(used, included) {
@@ -1035,16 +1066,10 @@ fn pay(
                     "This call costs {required} {currency}; team {} has {balance} {currency} as this node last saw it, but the rest of it is held by other gateway nodes for their calls right now. Retry in a second or two (what they do not use comes back to be spent), or top up the team's wallet (top_up_url).",
                     app.team
                 )
-            } else if available < 0 {
-                format!(
-                    "This call costs {required} {currency}; team {}'s balance is {balance} {currency} (a refund took it below zero), so it needs {} {currency} more for this call. Top up the team's wallet (top_up_url) and call again.",
-                    app.team,
-                    format(price.saturating_sub(available))
-                )
             } else {
                 format!(
-                    "This call costs {required} {currency}; team {} has {balance} {currency} left to spend. Top up the team's wallet (top_up_url) and call again.",
-                    app.team
+                    "This call costs {required} {currency}; {}. Top up the team's wallet (top_up_url) and call again.",
+                    wallet_left(&app.team, available, price, currency)
                 )
             };
             let mut refusal = money_refusal(
@@ -1119,4 +1144,21 @@ impl Warnings {
 /// The header name, for the pipeline.
 pub fn warning_header() -> &'static HeaderName {
     &TOLLGATE_WARNING
+}
+
+#[cfg(test)]
+mod tests {
+    use super::wallet_left;
+
+    #[test]
+    fn a_wallet_below_zero_says_what_a_call_needs() {
+        assert_eq!(
+            wallet_left("acme", 250_000_000, 1_000_000_000, "USD"),
+            "team acme has 0.25 USD left to spend"
+        );
+        assert_eq!(
+            wallet_left("acme", -1_000_000_000, 10_000_000, "USD"),
+            "team acme's balance is -1.00 USD (a refund took it below zero), so it needs 1.01 USD more for this call"
+        );
+    }
 }

@@ -140,10 +140,10 @@ fn subscription_view(
             ));
         }
     }
-    if subscription.price_nanos > 0 {
-        let available = app.wallet.available();
-        view["calls_left"] = (available.max(0) / subscription.price_nanos).into();
-        if let Some(calls_left) = crate::warn::low_balance(available, subscription.price_nanos) {
+    // Included calls left count: a call within the quota is free.
+    if let Some(calls_left) = crate::warn::calls_left(subscription, app.wallet.available()) {
+        view["calls_left"] = calls_left.into();
+        if calls_left < crate::warn::LOW_BALANCE_CALLS {
             warnings.push(format!("low-balance;calls-left={calls_left}"));
         }
     }

@@ -109,7 +109,12 @@ impl RouterBuilder {
         route: usize,
     ) {
         let mut node = match host {
-            Some(host) => self.hosts.entry(host.to_ascii_lowercase()).or_default(),
+            // A route stored with a final '.' (before it was refused)
+            // matches as requests are matched: without it.
+            Some(host) => {
+                let host = host.strip_suffix('.').unwrap_or(host);
+                self.hosts.entry(host.to_ascii_lowercase()).or_default()
+            }
             None => &mut self.any_host,
         };
         let entry = Entry { route, methods };

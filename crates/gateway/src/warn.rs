@@ -22,6 +22,30 @@ pub fn low_balance(available: i64, price: i64) -> Option<i64> {
     (calls_left < LOW_BALANCE_CALLS).then_some(calls_left)
 }
 
+/// Calls a subscription can still make before it is refused for want of
+/// money: the included calls left in its period (free) plus the calls the
+/// balance pays at its price. `None` when the balance never limits its
+/// calls: they are free, or its quota refuses overage.
+pub fn calls_left(subscription: &SubscriptionRt, available: i64) -> Option<i64> {
+    let price = subscription.price_nanos;
+    let terms = &subscription.terms;
+    if price <= 0 || terms.included.is_some() && !terms.overage_charge {
+        return None;
+    }
+    let free = match (terms.included, &terms.counter) {
+        (Some(included), Some(counter)) => included.saturating_sub(counter.requests()),
+        (Some(included), None) => included,
+        (None, _) => 0,
+    };
+    let free = i64::try_from(free).unwrap_or(i64::MAX);
+    Some(free.saturating_add(available.max(0) / price))
+}
+
+/// [`calls_left`], when that is few.
+pub fn low_calls_left(subscription: &SubscriptionRt, available: i64) -> Option<i64> {
+    calls_left(subscription, available).filter(|calls| *calls < LOW_BALANCE_CALLS)
+}
+
 /// Per cent of `limit` used, when it is nearly all.
 pub fn nearly_exhausted(used: u64, limit: u64) -> Option<u64> {
     let limit = limit.max(1);
@@ -67,7 +91,7 @@ pub fn states(snapshot: &Snapshot, currency: &str, now_ms: i64) -> Vec<WarningSt
                 continue;
             }
             let terms = &subscription.terms;
-            if let Some(calls_left) = low_balance(available, subscription.price_nanos)
+            if let Some(calls_left) = low_calls_left(subscription, available)
                 && low_teams.insert(app.team.clone())
             {
                 found.push(WarningState {

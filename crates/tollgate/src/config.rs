@@ -723,7 +723,7 @@ fn validate(raw: RawConfig, problems: &mut Vec<String>) -> Config {
         .into_iter()
         .enumerate()
     {
-        match text.parse() {
+        match domain::net::Cidr::parse_exact(&text) {
             Ok(cidr) => trusted_proxies.push(cidr),
             Err(message) => problems.push(format!("gateway.trusted_proxies[{index}]: {message}")),
         }

@@ -1200,20 +1200,21 @@ impl Call<'_> {
             }
             return refusal;
         }
+        // Below zero when refunds took it there: said as it is, with what
+        // the call needs on top, as for any other call.
+        let left = crate::admit::wallet_left(&app.team, wallet_room, required, currency);
         let mut refusal = crate::admit::money_refusal(
             Code::InsufficientCredit,
             format!(
-                "A minimal answer from '{}' (about {input} input tokens and {MIN_OUTPUT_TOKENS} output tokens) costs {} {currency}; team {} has {} {currency} left to spend. Top up the team's wallet (top_up_url) and call again.",
+                "A minimal answer from '{}' (about {input} input tokens and {MIN_OUTPUT_TOKENS} output tokens) costs {} {currency}; {left}. Top up the team's wallet (top_up_url) and call again.",
                 self.model,
                 format(required),
-                app.team,
-                format(wallet_room.max(0))
             ),
             app,
             subscription,
             currency,
         );
-        refusal.extra[0].1 = format(wallet_room.max(0)).into();
+        refusal.extra[0].1 = format(wallet_room).into();
         refusal.extra.push(("required", format(required).into()));
         refusal
     }

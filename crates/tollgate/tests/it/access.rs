@@ -187,6 +187,18 @@ async fn the_first_five_minutes_with_a_key() {
     let seen = echo(response).await;
     assert!(seen["headers"].get("x-api-key").is_none());
     assert_eq!(seen["headers"]["tollgate-app"], "acme-web");
+    // An empty `X-API-Key` line beside the key in `Authorization` carries
+    // no key, and is not passed on either.
+    let response = tollgate
+        .client
+        .get(format!("{}{path}", tollgate.gateway_url))
+        .bearer_auth(&world.key)
+        .header("x-api-key", "")
+        .send()
+        .await
+        .unwrap();
+    let seen = echo(response).await;
+    assert!(seen["headers"].get("x-api-key").is_none(), "{seen}");
 
     // Keys in the query string are refused unless the service allows them.
     let query_path = format!("{path}?units=metric&api_key={}", world.key);
@@ -2613,13 +2625,52 @@ async fn base_paths_keys_and_framing_stay_out_of_other_hands() {
         )
         .await;
     assert_eq!(status, 409, "{body}");
+    // ... and so is rolling back to a release whose base path another
+    // team has taken since.
+    tollgate
+        .create("/api/v1/services", service("roaming", "acme", "/roaming"))
+        .await;
+    tollgate
+        .create("/api/v1/services/roaming/publish", json!({}))
+        .await;
+    let (status, body) = tollgate
+        .admin(
+            Method::PATCH,
+            "/api/v1/services/roaming",
+            Some(json!({"base_path": "/roamed"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    tollgate
+        .create(
+            "/api/v1/services",
+            service("squat", "weatherco", "/roaming"),
+        )
+        .await;
+    let (status, body) = tollgate
+        .admin(
+            Method::POST,
+            "/api/v1/services/roaming/rollback",
+            Some(json!({"release": 1})),
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["errors"][0]["field"], "release", "{body}");
+    let (_, roaming) = tollgate
+        .admin(Method::GET, "/api/v1/services/roaming", None)
+        .await;
+    assert_eq!(roaming["base_path"], "/roamed", "{roaming}");
 
-    // Rewrites of framing or hop-by-hop headers are refused, both ways.
+    // Rewrites of framing or hop-by-hop headers are refused, both ways,
+    // as are those of headers the gateway sets itself.
     for (field, name) in [
         ("request_headers", "Content-Length"),
         ("request_headers", "transfer-encoding"),
+        ("request_headers", "Host"),
+        ("request_headers", "X-Request-Id"),
         ("response_headers", "Content-Length"),
         ("response_headers", "Connection"),
+        ("response_headers", "x-request-id"),
     ] {
         let (status, body) = tollgate
             .admin(
@@ -2643,6 +2694,36 @@ async fn base_paths_keys_and_framing_stay_out_of_other_hands() {
             .await;
         assert_eq!(status, 400, "{name}: {body}");
     }
+
+    // One header named twice (its case aside), or set and removed.
+    for rewrite in [
+        json!({"set": {"X-A": "1", "x-a": "2"}}),
+        json!({"set": {"X-A": "1"}, "remove": ["x-a"]}),
+    ] {
+        let (status, body) = tollgate
+            .admin(
+                Method::POST,
+                "/api/v1/services/open/routes",
+                Some(json!({"path": "/x", "request_headers": rewrite})),
+            )
+            .await;
+        assert_eq!(status, 400, "{rewrite}: {body}");
+    }
+    // A host is written without its final '.' (requests for `h.` match
+    // `h`): two spellings of one host are not two routes.
+    let (status, body) = tollgate
+        .admin(
+            Method::POST,
+            "/api/v1/services/open/routes",
+            Some(json!({"path": "/x", "host": "example.com."})),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["errors"][0]["field"], "host", "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("'example.com'"),
+        "{body}"
+    );
 
     // An anonymous service reads no key, and passes none on.
     tollgate

@@ -765,13 +765,48 @@ async fn me_shows_balance_subscriptions_quotas_and_warnings() {
     assert_eq!(subscription["quota"]["included"], 5);
     assert_eq!(subscription["quota"]["used"], 1);
     assert_eq!(subscription["quota"]["overage"], "charge");
-    assert_eq!(subscription["calls_left"], 50);
+    // The 4 included calls left are free; then 0.50 pays 50 at 0.01.
+    assert_eq!(subscription["calls_left"], 54);
     assert_eq!(
         subscription["warnings"],
-        json!(["low-balance;calls-left=50"]),
+        json!(["low-balance;calls-left=54"]),
         "{me}"
     );
     assert!(subscription["period_end"].is_string());
+    // A free call says so too.
+    let response = tollgate.get_with_key("/weather/now", &key).await;
+    assert_eq!(response.status(), 200);
+    let warning = header(&response, "tollgate-warning");
+    assert!(warning.contains("low-balance;calls-left=53"), "{warning}");
+}
+
+/// Included calls count before the balance: no low-balance warning while
+/// many are left, whatever the wallet holds.
+#[tokio::test]
+async fn included_calls_are_not_a_low_balance() {
+    let tollgate = Tollgate::start(BIN).await;
+    let upstream = FakeUpstream::start("w").await;
+    let key = market(
+        &tollgate,
+        &upstream,
+        &[
+            json!({"slug": "roomy", "included": {"requests": 1000}, "overage": "charge",
+            "price_per_request": "0.01"}),
+        ],
+        None,
+    )
+    .await;
+    subscribe(&tollgate, "acme-web", "roomy").await;
+    let response = wait_call(&tollgate, "/weather/now", &key, 200).await;
+    assert!(
+        response.headers().get("tollgate-warning").is_none(),
+        "{:?}",
+        response.headers()
+    );
+    let me: Value = tollgate.json_with_key("/_tollgate/me", &key).await;
+    let subscription = &me["subscriptions"][0];
+    assert_eq!(subscription["calls_left"], 999, "{me}");
+    assert_eq!(subscription["warnings"], json!([]), "{me}");
 }
 
 #[tokio::test]
