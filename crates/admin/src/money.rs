@@ -396,6 +396,13 @@ async fn record(
             if let Some(held) = held {
                 held.keep();
             }
+            // A credit is spendable on this node when the answer comes
+            // (other nodes see it at their next sync, within 200 ms).
+            if amount > 0
+                && let Some(holds) = &state.holds
+            {
+                holds.sync().await;
+            }
             let result = EntryResult {
                 entry: view,
                 wallet: wallet_view(wallet, &team, &state.currency),
@@ -446,6 +453,9 @@ pub trait Holds: Send + Sync {
     /// Holds `nanos` from team `team`'s wallet (by slug), after bringing
     /// it up to date with the ledger; else says what it has available.
     fn hold<'a>(&'a self, team: &'a str, nanos: i64) -> HoldFuture<'a>;
+    /// Brings the node's wallets up to date with the ledger: a credit
+    /// just committed is spendable on this node once it returns.
+    fn sync(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>;
 }
 
 /// What [`Holds::hold`] returns.
@@ -526,6 +536,8 @@ pub enum PaymentError {
     Refused(String),
     /// The provider could not be reached or failed.
     Unavailable(String),
+    /// The idempotency key was used before with other parameters.
+    KeyReused,
 }
 
 /// An amount a card can be charged: positive, and whole in the currency's
@@ -583,9 +595,9 @@ pub struct CheckoutView {
 /// webhook arrives, never before.
 #[utoipa::path(post, path = "/api/v1/teams/{team}/wallet/checkout", tag = "wallets",
     params(("team" = String, Path, description = "slug or id"),
-        ("Idempotency-Key" = Option<String>, Header, description = "passed to Stripe: a retried request opens one session")),
+        ("Idempotency-Key" = Option<String>, Header, description = "passed to Stripe, scoped to the team: a retried request opens one session; reused with other parameters, 409")),
     request_body = CheckoutBody,
-    responses((status = 201, body = CheckoutView), (status = 502, body = crate::openapi::Problem),
+    responses((status = 201, body = CheckoutView), (status = 409, body = crate::openapi::Problem), (status = 502, body = crate::openapi::Problem),
         (status = 503, body = crate::openapi::Problem)))]
 pub async fn create_checkout(
     State(state): State<AdminState>,
@@ -655,6 +667,11 @@ pub async fn create_checkout(
         })
         .await
         .map_err(|error| match error {
+            PaymentError::KeyReused => ApiError::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                "This Idempotency-Key opened a checkout with other parameters (amount or URLs): repeat that request as it was, or use a new key for this one.",
+            ),
             PaymentError::Refused(message) => ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "payment_provider_refused",

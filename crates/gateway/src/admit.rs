@@ -598,6 +598,9 @@ pub(crate) struct AdmitEnv<'a> {
     /// Queue usage events of unpriced calls too.
     pub export_usage: bool,
     pub public_url: &'a str,
+    /// An x402 facilitator is configured: a service's per-request payment
+    /// is offered (without one it could not be settled).
+    pub x402_payable: bool,
 }
 
 /// Runs phases 3–6 for a matched route; `who` learns the caller as far
@@ -692,7 +695,7 @@ pub(crate) fn admit<B>(
         }
         // A service that also takes per-request payment says how to pay
         // this one call instead.
-        if let Some(x402) = &service.x402
+        if let Some(x402) = service.x402.as_ref().filter(|_| env.x402_payable)
             && matches!(
                 refusal.code,
                 Code::InsufficientCredit

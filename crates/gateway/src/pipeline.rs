@@ -492,12 +492,16 @@ async fn run(
     match_route(context, &request)?;
     check_lifecycle(context)?;
     check_body_size(context, &request)?;
+    // Without a facilitator a payment could not be settled: the service
+    // is served as one without per-request payment.
+    let payable = shared.facilitator.get().is_some();
     let paid_per_request = context.route().and_then(|route| {
         route.service.x402.clone().filter(|_| {
-            request
-                .headers()
-                .contains_key(&crate::x402::PAYMENT_SIGNATURE)
-                || !crate::admit::has_credentials(&request)
+            payable
+                && (request
+                    .headers()
+                    .contains_key(&crate::x402::PAYMENT_SIGNATURE)
+                    || !crate::admit::has_credentials(&request))
         })
     });
     if let Some(x402) = paid_per_request {
@@ -763,6 +767,7 @@ pub(crate) fn admit_matched<B>(
         currency: &shared.options.currency,
         export_usage: shared.options.export_usage,
         public_url: &shared.options.public_url,
+        x402_payable: shared.facilitator.get().is_some(),
     };
     let mut admission = crate::admit::admit(&snapshot, route, request, &env, &mut trace.who)?;
     context.rate_headers = admission.rate_headers.take();

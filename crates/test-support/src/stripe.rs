@@ -35,6 +35,9 @@ type Pairs = Vec<(String, String)>;
 struct State {
     sessions: Mutex<HashMap<String, Value>>,
     by_idempotency_key: Mutex<HashMap<String, String>>,
+    /// The form each Checkout idempotency key was first used with: Stripe
+    /// refuses the key with other parameters (`idempotency_error`).
+    checkout_forms: Mutex<HashMap<String, Pairs>>,
     /// Every create request: (headers, form pairs).
     requests: Mutex<Vec<(Pairs, Pairs)>>,
     counter: AtomicU64,
@@ -124,6 +127,17 @@ impl FakeStripe {
             .unwrap()
             .last()
             .map(|(_, form)| form.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// The headers of the last create request (names in lower case).
+    pub fn last_headers(&self) -> HashMap<String, String> {
+        self.state
+            .requests
+            .lock()
+            .unwrap()
+            .last()
+            .map(|(headers, _)| headers.iter().cloned().collect())
             .unwrap_or_default()
     }
 
@@ -294,6 +308,13 @@ async fn handle(state: &State, request: Request<Incoming>) -> Response<Full<Byte
     if let Some(key) = header("idempotency-key")
         && let Some(id) = state.by_idempotency_key.lock().unwrap().get(&key)
     {
+        if state.checkout_forms.lock().unwrap().get(&key) != Some(&form) {
+            return stripe_error(
+                StatusCode::BAD_REQUEST,
+                json!({"type": "idempotency_error",
+                    "message": format!("Keys for idempotent requests can only be used with the same parameters they were first used with. Try using a key other than '{key}' if you meant to execute a different request.")}),
+            );
+        }
         let session = state.sessions.lock().unwrap()[id].clone();
         return ok(session);
     }
@@ -365,6 +386,11 @@ async fn handle(state: &State, request: Request<Incoming>) -> Response<Full<Byte
         .unwrap()
         .insert(id.clone(), session.clone());
     if let Some(key) = header("idempotency-key") {
+        state
+            .checkout_forms
+            .lock()
+            .unwrap()
+            .insert(key.clone(), form);
         state.by_idempotency_key.lock().unwrap().insert(key, id);
     }
     ok(session)

@@ -721,15 +721,24 @@ struct WalletHeld {
     wallet: Arc<gateway::money::WalletRt>,
 }
 
+impl WalletHolds {
+    async fn sync_now(&self) {
+        if let Err(error) = crate::ledger::sync_once(&self.store, &self.gateway, &self.actor).await
+        {
+            tracing::warn!(%error, "cannot bring the wallets up to date with the ledger");
+        }
+    }
+}
+
 impl admin::money::Holds for WalletHolds {
+    fn sync(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        Box::pin(self.sync_now())
+    }
+
     fn hold<'a>(&'a self, team: &'a str, nanos: i64) -> admin::money::HoldFuture<'a> {
         Box::pin(async move {
             // Entries committed a moment ago (a grant) count already.
-            if let Err(error) =
-                crate::ledger::sync_once(&self.store, &self.gateway, &self.actor).await
-            {
-                tracing::warn!(%error, "cannot bring the wallets up to date before a debit");
-            }
+            self.sync_now().await;
             let wallet = self.gateway.wallet(team);
             let labels = gateway::money::Labels::subscription("");
             // Not a call: never from this node's lease (many nodes); the

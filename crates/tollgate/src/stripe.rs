@@ -85,8 +85,13 @@ impl StripeClient {
             .bearer_auth(&self.secret_key)
             .header("content-type", "application/x-www-form-urlencoded")
             .body(body);
+        // Stripe's keys are the account's: the caller's key is the team's
+        // alone, so another team's (or a reused one) never meets it.
         if let Some(key) = &request.idempotency_key {
-            call = call.header("idempotency-key", key);
+            call = call.header(
+                "idempotency-key",
+                format!("tollgate-checkout:{}:{key}", request.team_id),
+            );
         }
         let response = call
             .send()
@@ -104,6 +109,8 @@ impl StripeClient {
                 .to_owned();
             return Err(if status == StatusCode::UNAUTHORIZED {
                 PaymentError::Unavailable(format!("Stripe rejected the secret key: {message}"))
+            } else if answer["error"]["type"] == "idempotency_error" {
+                PaymentError::KeyReused
             } else {
                 PaymentError::Refused(message)
             });

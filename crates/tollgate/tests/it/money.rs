@@ -1845,3 +1845,29 @@ async fn a_budget_made_weekly_after_a_restart_keeps_the_days_spend() {
     }
     assert_eq!(answered, 5, "the week holds the day's 0.05");
 }
+
+/// A grant is spendable on the node once its answer comes: the next call
+/// is paid from it, not refused while the node catches up.
+#[tokio::test]
+async fn a_grant_is_spendable_when_its_answer_comes() {
+    let upstream = FakeUpstream::start("w").await;
+    let tollgate = Tollgate::start(BIN).await;
+    let key = priced_world(&tollgate, &upstream, 0).await;
+    for round in 0..5 {
+        let (status, body) = grant(
+            &tollgate,
+            "acme",
+            json!({"amount": "0.01", "reason": format!("round {round}")}),
+        )
+        .await;
+        assert_eq!(status, 201, "{body}");
+        let response = tollgate.get_with_key("/weather/forecast/now", &key).await;
+        let status = response.status();
+        assert_eq!(
+            status,
+            200,
+            "round {round}: {}",
+            response.text().await.unwrap()
+        );
+    }
+}

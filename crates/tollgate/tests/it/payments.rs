@@ -100,6 +100,20 @@ async fn a_checkout_credits_the_wallet_once_on_the_signed_webhook() {
     assert_eq!(status, 201);
     assert_eq!(again["session_id"], first["session_id"]);
     assert_eq!(stripe.sessions().len(), 1);
+    // Stripe's keys are the account's: the key it gets is the team's.
+    let sent = stripe.last_headers()["idempotency-key"].clone();
+    assert!(
+        sent.starts_with("tollgate-checkout:") && sent.ends_with(":top-up-1") && sent.len() > 30,
+        "{sent}"
+    );
+    // The same key for another amount is refused; nothing is opened.
+    let (status, body) = checkout(&tollgate, json!({"amount": "30"}), Some("top-up-1")).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("Idempotency-Key"),
+        "{body}"
+    );
+    assert_eq!(stripe.sessions().len(), 1);
     // Nothing is credited before Stripe says the payment went through.
     assert_eq!(wallet(&tollgate, "acme").await["balance"], "0.00");
 

@@ -33,6 +33,12 @@ async fn paying_node(
 
 /// `/quotes` on `upstream`, paid per request with x402.
 async fn publish_paid_service(tollgate: &Tollgate, upstream: &FakeUpstream) {
+    publish_quotes(tollgate, upstream, 402).await;
+}
+
+/// `/quotes` on `upstream`, offering x402, once a keyless call answers
+/// `status`.
+async fn publish_quotes(tollgate: &Tollgate, upstream: &FakeUpstream, status: u16) {
     tollgate
         .create(
             "/api/v1/upstreams",
@@ -56,9 +62,29 @@ async fn publish_paid_service(tollgate: &Tollgate, upstream: &FakeUpstream) {
         .await;
     tollgate
         .wait_for("/quotes/acme", std::time::Duration::from_secs(1), |s| {
-            s == 402
+            s == status
         })
         .await;
+}
+
+/// Without a facilitator no payment could be settled: the service is
+/// served as one without per-request payment, offering none.
+#[tokio::test]
+async fn without_a_facilitator_nothing_is_offered() {
+    let upstream = FakeUpstream::start("q").await;
+    let tollgate = Tollgate::start(BIN).await;
+    publish_quotes(&tollgate, &upstream, 401).await;
+    let signed = STANDARD.encode(json!({"x402Version": 2}).to_string());
+    for payment in [None, Some(signed.as_str())] {
+        let response = call(&tollgate, "/quotes/acme", payment).await;
+        assert!(
+            !response.headers().contains_key("payment-required"),
+            "{:?}",
+            response.headers()
+        );
+        problem(response, 401, "missing_credentials").await;
+    }
+    assert_eq!(upstream.hits(), 0);
 }
 
 fn decode(value: &str) -> Value {
