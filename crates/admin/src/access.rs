@@ -170,6 +170,11 @@ impl Caller {
         needed: Role,
     ) -> Result<Option<String>, ApiError> {
         if let Some(slug) = named {
+            // Someone who may not act in the team learns nothing more of
+            // it, not even whether it exists: the same 404 either way.
+            if !self.is_platform() {
+                self.require(Some(slug), needed, "team", slug)?;
+            }
             if tx.team(slug).await?.is_none() {
                 return Err(ApiError::field(
                     "team",

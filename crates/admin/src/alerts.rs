@@ -49,6 +49,10 @@ async fn check_references(
     spec: &AlertRuleSpec,
 ) -> Result<(), ApiError> {
     spec.validate()?;
+    // Whether a team exists is told only to those who may see it.
+    if !caller.is_platform() {
+        caller.require(Some(&spec.team), Role::Admin, "team", &spec.team)?;
+    }
     let team = state.store.team(&spec.team).await?;
     if team.is_none() {
         return Err(ApiError::field("team", "no such team"));

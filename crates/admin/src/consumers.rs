@@ -629,6 +629,13 @@ pub async fn create_subscription(
     if !may_subscribe(&service, &consumer) {
         return Err(not_offered());
     }
+    // Another team's services are known as the catalog shows them: one
+    // not published there, or a closed plan, is not offered, whatever the
+    // reason (the catalog lists neither).
+    let own = caller.is_platform() || service.spec.team.as_deref() == Some(consumer.as_str());
+    if !own && service.lifecycle != Lifecycle::Published {
+        return Err(not_offered());
+    }
     if service.lifecycle != Lifecycle::Published {
         return Err(ApiError::invalid_state(format!(
             "The service '{}' is {}; only published services take new subscriptions.",
@@ -636,7 +643,7 @@ pub async fn create_subscription(
             service.lifecycle.as_str()
         )));
     }
-    let plan = tx.plan(&service.id, &spec.plan).await?.ok_or_else(|| {
+    let no_plan = || {
         ApiError::field(
             "plan",
             format!(
@@ -644,7 +651,14 @@ pub async fn create_subscription(
                 service.spec.slug, spec.plan
             ),
         )
-    })?;
+    };
+    let plan = tx
+        .plan(&service.id, &spec.plan)
+        .await?
+        .ok_or_else(no_plan)?;
+    if !own && !plan.spec.open {
+        return Err(no_plan());
+    }
     if !plan.spec.open {
         return Err(ApiError::field("plan", "is closed to new subscriptions"));
     }

@@ -457,10 +457,11 @@ pub async fn patch_user(
         .await?
         .ok_or_else(|| ApiError::not_found("user", &key))?;
     self_or_platform(&caller, &existing, &key)?;
-    let mut errors = domain::validate::FieldErrors::new();
-    if change.superadmin.is_some() && !caller.is_platform() {
-        errors.add("superadmin", "only root or a superadmin may change this");
+    // A platform-only change: 403, as every action beyond one's role.
+    if change.superadmin.is_some() {
+        caller.require_platform()?;
     }
+    let mut errors = domain::validate::FieldErrors::new();
     let mut hash = None;
     if let Some(new_password) = &change.password {
         domain::access::check_password(&mut errors, "password", new_password);
@@ -557,11 +558,14 @@ pub async fn create_token(
 ) -> Result<Response, ApiError> {
     let mut tx = state.store.begin().await?;
     let user = match (&spec.user, caller.user_id()) {
-        (Some(key), _) => {
-            caller.require_platform()?;
-            tx.user(key)
-                .await?
-                .ok_or_else(|| ApiError::field("user", format!("no user '{key}' exists")))?
+        (Some(key), own_id) => {
+            let named = tx.user(key).await?;
+            // Naming oneself is leaving `user` out; anyone else's token is
+            // the platform's to mint (whether the user exists included).
+            if named.as_ref().map(|user| user.id.as_str()) != own_id {
+                caller.require_platform()?;
+            }
+            named.ok_or_else(|| ApiError::field("user", format!("no user '{key}' exists")))?
         }
         (None, Some(id)) => tx
             .user(id)

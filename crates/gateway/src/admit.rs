@@ -149,8 +149,8 @@ fn authenticate<'s, B>(
         return Err(Refusal::new(
             Code::MissingCredentials,
             format!(
-                "The service '{}' needs an API key: send 'Authorization: Bearer tg_…' or 'X-API-Key: tg_…'. Create a key for your app in the portal.",
-                service.slug
+                "{} needs an API key: send 'Authorization: Bearer tg_…' or 'X-API-Key: tg_…'. Create a key for your app in the portal.",
+                service.named()
             ),
         ));
     }
@@ -160,8 +160,8 @@ fn authenticate<'s, B>(
             return Err(Refusal::new(
                 Code::KeyInQuery,
                 format!(
-                    "The service '{}' does not take keys in the query string (they end up in logs and browser history). Send the key in the 'Authorization' or 'X-API-Key' header.",
-                    service.slug
+                    "{} does not take keys in the query string (they end up in logs and browser history). Send the key in the 'Authorization' or 'X-API-Key' header.",
+                    service.named()
                 ),
             ));
         }
@@ -171,8 +171,8 @@ fn authenticate<'s, B>(
                 return Err(Refusal::new(
                     Code::InvalidCredentials,
                     format!(
-                        "The service '{}' takes API keys, not JWTs. Send your app's key.",
-                        service.slug
+                        "{} takes API keys, not JWTs. Send your app's key.",
+                        service.named()
                     ),
                 ));
             };
@@ -322,8 +322,9 @@ fn authorize<'s>(
         return Err(Refusal::new(
             Code::TenantDenied,
             format!(
-                "The service '{}' is private to its team; the app '{}' belongs to another team.",
-                service.slug, app.slug
+                "{} is private to its team; the app '{}' belongs to another team.",
+                service.named(),
+                app.slug
             ),
         ));
     }
@@ -555,10 +556,7 @@ pub(crate) fn admit_paid<B>(
         if !service.ip.allows(ip) {
             return Err(Refusal::new(
                 Code::IpDenied,
-                format!(
-                    "The service '{}' does not accept calls from {ip}.",
-                    service.slug
-                ),
+                format!("{} does not accept calls from {ip}.", service.named()),
             ));
         }
     }
@@ -627,10 +625,7 @@ pub(crate) fn admit<B>(
         if !service.ip.allows(ip) {
             return Err(Refusal::new(
                 Code::IpDenied,
-                format!(
-                    "The service '{}' does not accept calls from {ip}.",
-                    service.slug
-                ),
+                format!("{} does not accept calls from {ip}.", service.named()),
             ));
         }
     }

@@ -1007,8 +1007,8 @@ pub(crate) fn check_lifecycle(context: &RequestContext) -> Result<(), Refusal> {
         return Err(Refusal::new(
             Code::ServiceRetired,
             format!(
-                "The service '{}' has been retired and no longer answers. Move to its successor.",
-                route.service.slug
+                "{} has been retired and no longer answers. Move to its successor.",
+                route.service.named()
             ),
         ));
     }
@@ -1062,8 +1062,8 @@ async fn forward(
         return Err(Refusal::new(
             Code::NoHealthyUpstream,
             format!(
-                "The service '{}' has no usable upstream: none is configured, or its configuration could not be loaded. Its team can check it in the admin API.",
-                service.slug
+                "{} has no usable upstream: none is configured, or its configuration could not be loaded. Its team can check it in the admin API.",
+                service.named()
             ),
         ));
     };

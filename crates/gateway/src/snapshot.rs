@@ -175,6 +175,19 @@ pub struct ServiceRt {
     pub log_bodies: Option<crate::calls::BodyLogRt>,
 }
 
+impl ServiceRt {
+    /// How refusals name the service: a team-only service is not named,
+    /// so that callers outside its team do not learn it (its own callers
+    /// know which service they call).
+    pub fn named(&self) -> std::borrow::Cow<'_, str> {
+        if self.team_only {
+            "This service".into()
+        } else {
+            format!("The service '{}'", self.slug).into()
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct RouteRt {
     pub id: String,

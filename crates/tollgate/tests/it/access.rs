@@ -776,7 +776,23 @@ async fn scopes_ip_rules_and_tenant_checks() {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    problem(from("203.0.113.10").await.unwrap(), 403, "tenant_denied").await;
+    let body = problem(from("203.0.113.10").await.unwrap(), 403, "tenant_denied").await;
+    // A private service is not named to those outside its team, with a
+    // key or without one.
+    assert!(
+        !body["detail"].as_str().unwrap().contains("weather"),
+        "{body}"
+    );
+    let body = problem(
+        tollgate.get("/weather/forecast/x").await,
+        401,
+        "missing_credentials",
+    )
+    .await;
+    assert!(
+        !body["detail"].as_str().unwrap().contains("weather"),
+        "{body}"
+    );
 }
 
 #[tokio::test]
@@ -1329,6 +1345,82 @@ async fn tenants_never_see_each_other() {
         details[0], details[1],
         "the answers differ only by the name"
     );
+    // Creating in B's team reads as creating in a team that does not
+    // exist: one answer, which says nothing of B.
+    for team in ["team-b", "no-such-team"] {
+        let (status, body) = tollgate
+            .admin_as(
+                &alice,
+                Method::POST,
+                "/api/v1/apps",
+                Some(json!({"slug": "probe-app", "team": team})),
+            )
+            .await;
+        assert_eq!(status, 404, "{team}: {body}");
+    }
+    // B's services are known to A as the catalog shows them: a draft (even
+    // one meant for the catalog) or a closed plan is not offered.
+    for (path, body) in [
+        (
+            "/api/v1/services",
+            json!({"slug": "b-draft", "team": "team-b", "base_path": "/b-draft",
+                "upstream": "team-b-up", "visibility": "catalog"}),
+        ),
+        ("/api/v1/services/b-draft/plans", json!({"slug": "free"})),
+        (
+            "/api/v1/services/team-b-svc/plans",
+            json!({"slug": "vip", "open": false}),
+        ),
+    ] {
+        let (status, answer) = tollgate
+            .admin_as(&bob, Method::POST, path, Some(body))
+            .await;
+        assert_eq!(status, 201, "{path}: {answer}");
+    }
+    let (status, _) = tollgate
+        .admin_as(
+            &bob,
+            Method::PATCH,
+            "/api/v1/services/team-b-svc",
+            Some(json!({"visibility": "catalog"})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let mut answers = Vec::new();
+    for (service, plan) in [
+        ("b-draft", "free"),
+        ("no-such-svc", "free"),
+        ("team-b-svc", "vip"),
+        ("team-b-svc", "no-such-plan"),
+    ] {
+        let (status, body) = tollgate
+            .admin_as(
+                &alice,
+                Method::POST,
+                "/api/v1/subscriptions",
+                Some(json!({"app": "team-a-app", "service": service, "plan": plan})),
+            )
+            .await;
+        assert_eq!(status, 400, "{service}/{plan}: {body}");
+        answers.push(
+            body["detail"]
+                .as_str()
+                .unwrap()
+                .replace(service, "S")
+                .replace(plan, "P"),
+        );
+    }
+    assert_eq!(answers[0], answers[1], "a draft reads as no service");
+    assert_eq!(answers[2], answers[3], "a closed plan reads as no plan");
+    let (status, _) = tollgate
+        .admin_as(
+            &bob,
+            Method::PATCH,
+            "/api/v1/services/team-b-svc",
+            Some(json!({"visibility": "team"})),
+        )
+        .await;
+    assert_eq!(status, 200);
 
     // Alice can neither read, change nor delete anything of team B.
     for (path, patch) in &objects_b {
@@ -1611,6 +1703,37 @@ async fn roles_limit_what_members_do() {
         (reqwest::StatusCode::BAD_REQUEST, Some("teams[1]")),
         "{body}"
     );
+    // Naming oneself is leaving `user` out; naming anyone else (existing
+    // or not) is the platform's, as is making someone a superadmin.
+    let (status, body) = tollgate
+        .admin_as(
+            &tokens["owner"],
+            Method::POST,
+            "/api/v1/tokens",
+            Some(json!({"user": "owner@acme.test"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    for user in ["developer@acme.test", "nobody@acme.test"] {
+        let (status, body) = tollgate
+            .admin_as(
+                &tokens["owner"],
+                Method::POST,
+                "/api/v1/tokens",
+                Some(json!({"user": user})),
+            )
+            .await;
+        assert_eq!(status, 403, "{user}: {body}");
+    }
+    let (status, body) = tollgate
+        .admin_as(
+            &tokens["owner"],
+            Method::PATCH,
+            "/api/v1/users/owner@acme.test",
+            Some(json!({"superadmin": true})),
+        )
+        .await;
+    assert_eq!(status, 403, "{body}");
     // Parameters of an answer in one piece: the refusal says there are none.
     let (status, body) = tollgate
         .admin(Method::GET, "/api/v1/tokens?limit=5", None)
