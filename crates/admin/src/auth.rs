@@ -157,6 +157,30 @@ async fn identify(
 
 /// Assigns the request id, then identifies the caller of `/api/v1/…` (the
 /// OpenAPI document, its reference page and login are public).
+/// A refusal made by the router itself, not by a handler (a path segment
+/// that is not UTF-8…), comes as plain text: it is answered as the
+/// problem every other refusal is.
+async fn as_problem(response: Response) -> Response {
+    let plain = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/plain"));
+    if !(plain && response.status().is_client_error()) {
+        return response;
+    }
+    let status = response.status();
+    let text = axum::body::to_bytes(response.into_body(), 16 * 1024)
+        .await
+        .map(|bytes| String::from_utf8_lossy(&bytes).trim().to_owned())
+        .unwrap_or_default();
+    let error = if status == axum::http::StatusCode::BAD_REQUEST {
+        ApiError::field("path", text)
+    } else {
+        ApiError::new(status, "bad_request", text)
+    };
+    error.into_response()
+}
+
 pub async fn middleware(
     State(state): State<AdminState>,
     mut request: Request,
@@ -200,7 +224,7 @@ pub async fn middleware(
                 }
                 Err(error) => return error.into_response(),
             }
-            next.run(request).await
+            as_problem(next.run(request).await).await
         })
         .await;
     if let Some(value) = header_value {

@@ -785,7 +785,20 @@ fn fee_unaffordable(
             plan.spec.slug,
         )
     };
-    ApiError::new(StatusCode::PAYMENT_REQUIRED, "insufficient_credit", detail)
+    // The members of every `insufficient_credit` (SPEC §4), so that a
+    // program need not read the detail.
+    let mut error = ApiError::new(StatusCode::PAYMENT_REQUIRED, "insufficient_credit", detail);
+    error.extra = vec![
+        ("balance", domain::money::format(balance).into()),
+        ("required", price.into()),
+        ("currency", currency.to_string().into()),
+        ("plan", plan.spec.slug.clone().into()),
+        (
+            "top_up_url",
+            format!("{}/_tollgate/portal/teams/{team}/wallet", state.public_url).into(),
+        ),
+    ];
+    error
 }
 
 fn sees_subscription(caller: &Caller, subscription: &Subscription) -> bool {

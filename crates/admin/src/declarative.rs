@@ -213,6 +213,14 @@ pub fn parse_document(value: Value) -> Result<Document, ApiError> {
                 None
             }
         };
+        if sunset.is_some() && lifecycle != Some(Lifecycle::Deprecated) {
+            // Only a deprecation has a sunset: dropped silently it would
+            // read as set.
+            errors.add(
+                format!("{prefix}.sunset"),
+                "is set only with 'lifecycle: deprecated'",
+            );
+        }
         let plans = match fields.remove("plans") {
             None | Some(Value::Null) => None,
             Some(Value::Array(items)) => {
@@ -921,7 +929,7 @@ pub async fn apply(
     caller: crate::access::Caller,
     params: ListParams,
     headers: HeaderMap,
-    RawBody(body): RawBody,
+    RawBody(body): RawBody<{ crate::extract::DOCUMENT_LIMIT_BYTES }>,
 ) -> Result<Response, ApiError> {
     // A document spans every team: only the platform applies one.
     caller.require_platform()?;
@@ -1032,8 +1040,12 @@ pub async fn export(
                     .collect();
                 (!plans.is_empty()).then_some(plans)
             },
+            // A retired service may keep the sunset of its deprecation;
+            // the document says a sunset only with `deprecated`.
+            sunset: service
+                .sunset
+                .filter(|_| service.lifecycle == Lifecycle::Deprecated),
             lifecycle: Some(service.lifecycle),
-            sunset: service.sunset,
             spec: service.spec,
         })
         .collect();

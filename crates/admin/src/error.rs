@@ -17,6 +17,8 @@ pub struct ApiError {
     pub code: &'static str,
     pub detail: String,
     pub errors: Vec<FieldError>,
+    /// Members beside the standard ones (a 402's `balance`, `required`…).
+    pub extra: Vec<(&'static str, serde_json::Value)>,
 }
 
 impl ApiError {
@@ -26,6 +28,7 @@ impl ApiError {
             code,
             detail: detail.into(),
             errors: Vec::new(),
+            extra: Vec::new(),
         }
     }
 
@@ -36,6 +39,7 @@ impl ApiError {
             code: "validation_failed",
             detail: invalid(&errors),
             errors: errors.0,
+            extra: Vec::new(),
         }
     }
 
@@ -78,6 +82,7 @@ impl ApiError {
             code: "conflict",
             detail: format!("{field}: {message}"),
             errors: vec![FieldError { field, message }],
+            extra: Vec::new(),
         }
     }
 
@@ -172,6 +177,9 @@ impl IntoResponse for ApiError {
         });
         if !self.errors.is_empty() {
             body["errors"] = serde_json::json!(self.errors);
+        }
+        for (name, value) in self.extra {
+            body[name] = value;
         }
         let mut response = (self.status, body.to_string()).into_response();
         let headers = response.headers_mut();

@@ -20,27 +20,32 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
-        let RawBody(bytes) = RawBody::from_request(request, state).await?;
+        let RawBody(bytes) = RawBody::<BODY_LIMIT_BYTES>::from_request(request, state).await?;
         parse_json(&bytes).map(Json)
     }
 }
 
-/// A body read whole, up to [`BODY_LIMIT_BYTES`]: past that, the 413
-/// `body_too_large` problem every endpoint answers.
-pub struct RawBody(pub Bytes);
+/// Largest declarative document (`/config/apply`): a whole deployment's
+/// export, whose services may each carry up to [`BODY_LIMIT_BYTES`] (an
+/// OpenAPI document), must apply again.
+pub const DOCUMENT_LIMIT_BYTES: usize = 64 * 1024 * 1024;
 
-impl<S: Send + Sync> FromRequest<S> for RawBody {
+/// A body read whole, up to `LIMIT` bytes: past that, the 413
+/// `body_too_large` problem every endpoint answers.
+pub struct RawBody<const LIMIT: usize = BODY_LIMIT_BYTES>(pub Bytes);
+
+impl<S: Send + Sync, const LIMIT: usize> FromRequest<S> for RawBody<LIMIT> {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, _state: &S) -> Result<Self, ApiError> {
-        axum::body::to_bytes(request.into_body(), BODY_LIMIT_BYTES)
+        axum::body::to_bytes(request.into_body(), LIMIT)
             .await
             .map(RawBody)
             .map_err(|_| {
                 ApiError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "body_too_large",
-                    format!("The request body is larger than {BODY_LIMIT_BYTES} bytes."),
+                    format!("The request body is larger than {LIMIT} bytes."),
                 )
             })
     }

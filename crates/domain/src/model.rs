@@ -989,6 +989,9 @@ pub fn check_target_url(url: &str) -> Result<url::Url, String> {
     if parsed.host_str().is_none_or(str::is_empty) {
         return Err("must name a host".into());
     }
+    if parsed.port() == Some(0) {
+        return Err("has port 0, which nothing listens on; give the target's port".into());
+    }
     if parsed.query().is_some() || parsed.fragment().is_some() {
         return Err("must not have a query or fragment".into());
     }

@@ -1017,6 +1017,16 @@ fn pay(
                         format(spent),
                         format(limit),
                     )
+                } else if price > limit {
+                    // No reset helps: one call costs more than the whole
+                    // budget.
+                    format!(
+                        "This call costs {} {currency}, more than the app '{}''s whole budget of {} {currency} per period: waiting for the reset will not help. A team admin can raise the budget (PATCH /api/v1/apps/{}).",
+                        format(price),
+                        app.slug,
+                        format(limit),
+                        app.slug
+                    )
                 } else {
                     format!(
                         "This call costs {} {currency}; the app '{}' has spent {} of its {} {currency} budget for this period, which resets on {}. A team admin can raise the budget (PATCH /api/v1/apps/{}).",
@@ -1036,8 +1046,11 @@ fn pay(
                     ("spent", format(spent).into()),
                     ("period_end", domain::access::format_time_ms(end).into()),
                 ]);
+                // SPEC §4: `Retry-After` only where waiting helps.
                 return Err(if held_elsewhere {
                     retry_soon(refusal)
+                } else if price > limit {
+                    refusal
                 } else {
                     retry_after(refusal, end, now_ms)
                 });

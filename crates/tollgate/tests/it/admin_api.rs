@@ -176,7 +176,7 @@ async fn bad_input_is_refused_naming_the_field_and_writes_nothing() {
         &tollgate,
         Method::POST,
         "/api/v1/upstreams",
-        r#"{"slug":"Not A Slug","targets":[{"url":"ftp://files"},{"url":"http://ok:1"},{"url":"http://ok:1"}],"connect_timeout_ms":0}"#,
+        r#"{"slug":"Not A Slug","targets":[{"url":"ftp://files"},{"url":"http://ok:1"},{"url":"http://ok:1"},{"url":"http://ok:0"}],"connect_timeout_ms":0}"#,
     )
     .await;
     check(
@@ -187,9 +187,13 @@ async fn bad_input_is_refused_naming_the_field_and_writes_nothing() {
             "slug",
             "targets[0].url",
             "targets[2].url",
+            "targets[3].url",
             "connect_timeout_ms",
         ],
     );
+    // A path the router cannot read (not UTF-8) is a problem too.
+    let (s, b) = raw(&tollgate, Method::GET, "/api/v1/upstreams/%FF%FE", "").await;
+    check(s, &b, 400, &["path"]);
     let (s, b) = raw(
         &tollgate,
         Method::POST,
@@ -548,8 +552,8 @@ async fn flags_one_piece_lists_nulls_and_id_shaped_slugs() {
         .admin(Method::GET, "/api/v1/teams/bare-flag", None)
         .await;
     assert_eq!(s, 404, "nothing applied: {b}");
-    // The apply endpoint's 413 is a problem like every other.
-    let big = format!(r#"{{"teams":[],"pad":"{}"}}"#, "x".repeat(3 << 20));
+    // The apply endpoint's 413 (past 64 MiB) is a problem like every other.
+    let big = format!(r#"{{"teams":[],"pad":"{}"}}"#, "x".repeat(65 << 20));
     let (s, b) = raw(&tollgate, Method::POST, "/api/v1/config/apply", big).await;
     assert_eq!(s, 413, "{b}");
     assert_eq!(b["code"], "body_too_large", "{b}");

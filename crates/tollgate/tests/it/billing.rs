@@ -272,6 +272,9 @@ async fn monthly_fees_renew_fall_past_due_and_expire() {
     assert_eq!(status, 402, "{body}");
     assert_eq!(body["code"], "insufficient_credit");
     assert!(body["detail"].as_str().unwrap().contains("10.00"), "{body}");
+    // The members the gateway's 402s carry, for programs.
+    assert_money_members(&body);
+    assert_eq!(body["required"], "10.00", "{body}");
     grant(
         &tollgate,
         "acme",
@@ -694,6 +697,37 @@ async fn app_budgets_cap_spend_per_period() {
     wait_entries(&tollgate, 3).await;
     let entries = ledger(&tollgate, "acme", "&kind=charge").await;
     assert_eq!(charges(&entries), [-450_000_000, -450_000_000]);
+
+    // A budget smaller than one call: waiting for its reset cannot help,
+    // so no `Retry-After`, and the detail says why.
+    let (status, body) = tollgate
+        .admin(
+            Method::PATCH,
+            "/api/v1/apps/acme-web",
+            Some(json!({"budget": {"amount": "0.40", "period": "day"}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let started = std::time::Instant::now();
+    let refused = loop {
+        let refused = tollgate.get_with_key("/weather/now", &key).await;
+        if refused.headers().get("retry-after").is_none()
+            || started.elapsed() > Duration::from_secs(2)
+        {
+            break refused;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        refused.headers().get("retry-after").is_none(),
+        "{:?}",
+        refused.headers()
+    );
+    let body = problem(refused, 402, "budget_exhausted").await;
+    assert!(
+        body["detail"].as_str().unwrap().contains("whole budget"),
+        "{body}"
+    );
 
     // Bad budgets are refused with the field named.
     let (status, body) = tollgate

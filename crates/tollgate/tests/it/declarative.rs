@@ -887,3 +887,73 @@ async fn the_yaml_export_reads_alike_in_a_yaml_1_1_reader() {
     assert!(again.success, "{}", again.stderr);
     assert_eq!(again.stdout.trim(), "no changes");
 }
+
+/// Whatever the admin API accepted, its export applies again: three
+/// services with an OpenAPI document of about a megabyte each make a
+/// document larger than one request body may be elsewhere (2 MiB).
+#[tokio::test]
+async fn a_large_export_applies_again() {
+    let source = Tollgate::start(BIN).await;
+    source
+        .create(
+            "/api/v1/upstreams",
+            serde_json::json!({"slug": "big-backend", "targets": [{"url": "http://127.0.0.1:9"}]}),
+        )
+        .await;
+    let paths: serde_json::Map<String, serde_json::Value> = (0..9000)
+        .map(|i| {
+            (
+                format!("/things/{i:05}/with/a/rather/long/path/name"),
+                serde_json::json!({"get": {"summary": "Reads one of the many things, described at length"}}),
+            )
+        })
+        .collect();
+    let openapi = serde_json::json!({"openapi": "3.1.0", "info": {"title": "big", "version": "1"}, "paths": paths});
+    assert!(openapi.to_string().len() > 800_000);
+    for slug in ["big-a", "big-b", "big-c"] {
+        source
+            .create(
+                "/api/v1/services",
+                serde_json::json!({"slug": slug, "base_path": format!("/{slug}"),
+                    "upstream": "big-backend", "openapi": openapi}),
+            )
+            .await;
+    }
+    let exported = cli(&source, &["export", "--format", "json"]);
+    assert!(exported.success, "{}", exported.stderr);
+    assert!(exported.stdout.len() > 2 << 20, "{}", exported.stdout.len());
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("export.json");
+    std::fs::write(&file, &exported.stdout).unwrap();
+    let target = Tollgate::start(BIN).await;
+    let applied = cli(&target, &["apply", "-f", file.to_str().unwrap()]);
+    assert!(applied.success, "{}", applied.stderr);
+    let again = cli(&target, &["apply", "-f", file.to_str().unwrap()]);
+    assert_eq!(again.stdout.trim(), "no changes", "{}", again.stderr);
+}
+
+/// A sunset belongs to a deprecation: with any other lifecycle it is
+/// refused, naming the field, not dropped.
+#[tokio::test]
+async fn a_sunset_without_a_deprecation_is_refused() {
+    let tollgate = Tollgate::start(BIN).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("sunset.yaml");
+    std::fs::write(
+        &file,
+        r#"upstreams: [{slug: up1, targets: [{url: "http://127.0.0.1:9"}]}]
+services:
+  - {slug: early, base_path: /early, upstream: up1, lifecycle: draft, sunset: "2030-01-01T00:00:00Z"}
+"#,
+    )
+    .unwrap();
+    let applied = cli(&tollgate, &["apply", "-f", file.to_str().unwrap()]);
+    assert!(!applied.success, "{}", applied.stdout);
+    assert!(
+        applied.stderr.contains("services[0].sunset"),
+        "{}",
+        applied.stderr
+    );
+    let (_, services) = tollgate.admin(Method::GET, "/api/v1/services", None).await;
+    assert_eq!(services["data"], json!([]), "nothing written");
+}
