@@ -705,7 +705,7 @@ pub async fn create_subscription(
     let mut subscription = subscription;
     let mut held = None;
     if subscription.status == SubscriptionStatus::Active {
-        let period = domain::billing::activation(&plan.spec, now);
+        let period = first_period(&mut tx, &app.id, &service.id, &plan, now).await?;
         // The fee is held where calls in flight hold their prices first.
         held = match crate::money::hold_debit(&state, &consumer, period.fee_nanos).await {
             Ok(held) => held,
@@ -756,6 +756,22 @@ pub async fn create_subscription(
 }
 
 /// 402 for a subscription whose fee the team cannot pay now.
+/// The first period of a new subscription: it starts with the plan's
+/// trial only for an app that has not had one of this service before
+/// (cancelling and subscribing again does not start another).
+async fn first_period(
+    tx: &mut store::WriteTx,
+    app_id: &str,
+    service_id: &str,
+    plan: &Plan,
+    now: i64,
+) -> Result<domain::billing::Period, ApiError> {
+    if plan.spec.trial_days.is_some() && tx.had_trial(app_id, service_id).await? {
+        return Ok(domain::billing::restart(&plan.spec, now));
+    }
+    Ok(domain::billing::activation(&plan.spec, now))
+}
+
 fn fee_unaffordable(
     state: &AdminState,
     plan: &Plan,
@@ -1086,7 +1102,10 @@ pub async fn subscription_action(
                     existing.trial_end_ms,
                     now,
                 ),
-                _ => domain::billing::activation(&plan.spec, now),
+                _ => {
+                    first_period(&mut tx, &existing.app_id, &existing.service_id, &plan, now)
+                        .await?
+                }
             };
             // The fee is held where calls in flight hold their prices
             // first; a wallet that cannot hold it cannot pay it now.

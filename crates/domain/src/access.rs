@@ -686,6 +686,13 @@ impl PlanSpec {
         }
         if self.trial_days.is_some_and(|days| days == 0 || days > 365) {
             errors.add("trial_days", "must be between 1 and 365");
+        } else if self.trial_days.is_some() && self.fee_nanos() == 0 {
+            // A trial waives the fee, not the calls' prices: without a fee
+            // it would promise what it does not do.
+            errors.add(
+                "trial_days",
+                "waives the monthly fee, and this plan has none: set monthly_fee, or leave trial_days out",
+            );
         }
         if let Some(markup) = &self.markup
             && let Err(message) = crate::ai::parse_markup(markup)
@@ -1125,6 +1132,12 @@ mod tests {
         for field in ["included.requests", "overage", "trial_days"] {
             assert!(errors.contains(field), "{field} in {errors}");
         }
+        // A trial waives a fee: a plan without one has nothing to waive.
+        let spec =
+            plan(serde_json::json!({"slug": "p", "price_per_request": "0.01", "trial_days": 5}));
+        assert!(spec.validate().is_err());
+        let spec = plan(serde_json::json!({"slug": "p", "monthly_fee": "10", "trial_days": 5}));
+        assert!(spec.validate().is_ok());
         let spec = plan(
             serde_json::json!({"slug": "p", "included": {"requests": 1000},
             "overage": "charge", "price_per_request": "0.001", "monthly_fee": "10"}),

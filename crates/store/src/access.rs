@@ -1283,6 +1283,20 @@ impl WriteTx {
         row.as_ref().map(subscription_from).transpose()
     }
 
+    /// Whether an app has had a trial of a service: a subscription of it
+    /// to the service, in any state, that began with one.
+    pub async fn had_trial(&mut self, app_id: &str, service_id: &str) -> Result<bool> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) FROM subscriptions WHERE app_id = $1 AND service_id = $2 \
+             AND trial_end_ms IS NOT NULL",
+        )
+        .bind(app_id)
+        .bind(service_id)
+        .fetch_one(&mut *self.tx)
+        .await?;
+        Ok(row.try_get::<i64, _>(0)? > 0)
+    }
+
     /// The open subscriptions (pending, active, suspended or past due) of
     /// an app (`by_app`) or to a service (its id).
     pub async fn open_subscriptions(

@@ -490,6 +490,23 @@ async fn fees_are_paid_before_access_trials_are_free_and_expiry_is_announced() {
     let entries = ledger(&tollgate, "acme", "&kind=charge").await;
     assert_eq!(charges(&entries), [-expected]);
     wait_call(&tollgate, "/weather/now", &key, 200).await;
+
+    // One trial per app and service: cancelling and subscribing again
+    // starts a paid period, its fee charged now.
+    let (status, body) = tollgate
+        .admin(
+            Method::POST,
+            &format!("/api/v1/subscriptions/{id}/cancel"),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, again) = subscribe(&tollgate, "acme-web", "trial").await;
+    assert_eq!(status, 201, "{again}");
+    assert!(again["trial_end_ms"].is_null(), "{again}");
+    assert_eq!(again["status"], "active", "{again}");
+    let entries = ledger(&tollgate, "acme", "&kind=charge").await;
+    assert_eq!(entries.len(), 2, "the new period's fee: {entries:?}");
 }
 
 #[tokio::test]
