@@ -312,6 +312,9 @@ pub fn load(
         None => Value::Object(Default::default()),
     };
     let mut origins = BTreeMap::new();
+    // The text of each variable, for a key that takes a string but got a
+    // value that reads as a number or boolean (`service_name: 2024`).
+    let mut env_texts = BTreeMap::new();
     for (name, value) in env {
         let Some(rest) = name.strip_prefix("TOLLGATE_") else {
             continue;
@@ -327,6 +330,7 @@ pub fn load(
             continue;
         }
         origins.insert(path.join("."), name.clone());
+        env_texts.insert(path.join("."), value.clone());
         set_path(&mut tree, &path, env_value(value));
     }
     if let Some(url) = &overrides.database_url {
@@ -366,6 +370,16 @@ pub fn load(
             .get(&key)
             .map(|name| format!(" (from {name})"))
             .unwrap_or_default();
+        // An environment value is text: where a string is expected it is
+        // one, even when it reads as a number.
+        if message.starts_with("invalid type:")
+            && message.ends_with("expected a string")
+            && let Some(text) = env_texts.remove(&key)
+        {
+            let path: Vec<String> = key.split('.').map(str::to_owned).collect();
+            set_path(&mut tree, &path, Value::String(text));
+            continue;
+        }
         let message = if message.starts_with("unknown field") {
             "unknown key".to_owned()
         } else {
@@ -382,8 +396,9 @@ pub fn load(
     let config = validate(raw, &mut problems);
     // Name the variable a bad value came from, as for type errors.
     for problem in &mut problems {
+        // A list item's variable is the list's (`trusted_proxies[1]`).
         if let Some((key, message)) = problem.split_once(": ")
-            && let Some(name) = origins.get(key)
+            && let Some(name) = origins.get(key.split_once('[').map_or(key, |(list, _)| list))
         {
             *problem = format!("{key} (from {name}): {message}");
         }
@@ -814,6 +829,39 @@ mod tests {
         assert_eq!(config.gateway_listen.to_string(), "127.0.0.1:2222");
         assert_eq!(config.log_level, "debug");
         assert_eq!(config.database_url, "sqlite:///tmp/x/tollgate.db");
+    }
+
+    #[test]
+    fn environment_values_are_text_where_text_is_expected() {
+        let config = load(
+            None,
+            &env(&[
+                ("TOLLGATE_OTEL__ENDPOINT", "http://127.0.0.1:4318"),
+                ("TOLLGATE_OTEL__SERVICE_NAME", "2024"),
+            ]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(config.otel.unwrap().service_name, "2024");
+        // A port alone where an address goes: told as such, not as a type.
+        assert_eq!(
+            problems("", &[("TOLLGATE_ADMIN__LISTEN", "29380")]),
+            vec![
+                "admin.listen (from TOLLGATE_ADMIN__LISTEN): '29380' is not an address (IP:PORT, like 127.0.0.1:8080)"
+            ]
+        );
+        // A list item's problem names the list's variable.
+        let found = problems(
+            "",
+            &[("TOLLGATE_GATEWAY__TRUSTED_PROXIES", "10.0.0.0/8,bogus")],
+        );
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].starts_with(
+                "gateway.trusted_proxies[1] (from TOLLGATE_GATEWAY__TRUSTED_PROXIES): "
+            ),
+            "{found:?}"
+        );
     }
 
     #[test]
