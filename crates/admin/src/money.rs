@@ -316,6 +316,11 @@ async fn record(
             "idempotency_key",
             format!("must be 1 to {MAX_KEY_LEN} printable characters"),
         );
+    } else if let Some(key) = &idempotency_key
+        && key.trim() != key
+    {
+        // ` order-1` and `order-1` would be two keys that read as one.
+        errors.add("idempotency_key", "must not start or end with spaces");
     }
     if let Some(prefix) = idempotency_key
         .as_deref()

@@ -373,9 +373,9 @@ pub async fn wallet(command: WalletCommand, args: &AdminArgs) -> anyhow::Result<
                         ),
                         entry["kind"].as_str().unwrap_or_default(),
                         entry["amount"].as_str().unwrap_or_default(),
-                        entry["actor"].as_str().unwrap_or_default(),
-                        entry["idempotency_key"].as_str().unwrap_or_default(),
-                        entry["reason"].as_str().unwrap_or("-"),
+                        one_line(entry["actor"].as_str().unwrap_or_default()),
+                        one_line(entry["idempotency_key"].as_str().unwrap_or_default()),
+                        one_line(entry["reason"].as_str().unwrap_or("-")),
                     ));
                 }
                 match page["next_cursor"].as_str() {
@@ -444,4 +444,24 @@ fn parse_document_text(text: &str) -> anyhow::Result<serde_json::Value> {
         };
     }
     Ok(yaml()?)
+}
+
+/// A field of a tab-separated line: tabs, line breaks and backslashes
+/// escaped (`\t`, `\n`, `\r`, `\\`), so that an entry stays one line of
+/// its columns whatever its text holds.
+fn one_line(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.contains(['\t', '\n', '\r', '\\']) {
+        return text.into();
+    }
+    let mut line = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\t' => line.push_str("\\t"),
+            '\n' => line.push_str("\\n"),
+            '\r' => line.push_str("\\r"),
+            '\\' => line.push_str("\\\\"),
+            c => line.push(c),
+        }
+    }
+    line.into()
 }

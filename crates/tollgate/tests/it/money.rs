@@ -133,7 +133,15 @@ async fn grants_are_exact_and_idempotent(tollgate: &Tollgate) {
 
     // The ledger's own keys are not for the API: such an entry would stand
     // for, and block, a Stripe payment or a period fee recorded later.
-    for key in ["stripe:checkout:cs_1", "fee:sub:1", "charge:1", "grant:x"] {
+    // Nor are keys that differ from another only by spaces at an end.
+    for key in [
+        "stripe:checkout:cs_1",
+        "fee:sub:1",
+        "charge:1",
+        "grant:x",
+        " charge:x",
+        "   ",
+    ] {
         let (status, body) = grant(
             tollgate,
             "acme",
@@ -486,7 +494,14 @@ async fn the_wallet_command() {
     let (ok, out, stderr) = cli(
         &tollgate,
         &[
-            "wallet", "adjust", "--team", "acme", "--amount", "-0.5", "--reason", "fix",
+            "wallet",
+            "adjust",
+            "--team",
+            "acme",
+            "--amount",
+            "-0.5",
+            "--reason",
+            "fix\tof two\nlines",
         ],
     );
     assert!(ok, "{stderr}");
@@ -503,6 +518,8 @@ async fn the_wallet_command() {
         "{out}"
     );
     assert!(lines[1].contains("\tadjustment\t-0.50\troot\t"), "{out}");
+    // A reason's tab and line break are escaped: one entry, one line.
+    assert!(lines[1].ends_with("\tfix\\tof two\\nlines"), "{out}");
     let (ok, out, _) = cli(
         &tollgate,
         &[
