@@ -520,6 +520,56 @@ async fn apply_document(
             Some(_) => {}
         }
     }
+    // What the document no longer has goes first, so that what replaces
+    // it (a service renamed, a route moved to another service) meets no
+    // conflict with the old: services pruned, then every stale route.
+    if prune {
+        let wanted_services: HashSet<&str> = document
+            .services
+            .iter()
+            .map(|s| s.spec.slug.as_str())
+            .collect();
+        for service in tx.all_services().await? {
+            if !wanted_services.contains(service.spec.slug.as_str()) {
+                // Subscriptions are consumers' data, not the file's: a
+                // service they use is not pruned with them.
+                let open = tx.open_subscriptions_of_service(&service.id).await?;
+                if open > 0 {
+                    return Err(ApiError::conflict(
+                        "services",
+                        format!(
+                            "'{}' is not in the document but has {open} open subscription(s); prune deletes no service its consumers subscribe to. Retire it and let the subscriptions end (or cancel them), then prune.",
+                            service.spec.slug
+                        ),
+                    ));
+                }
+                ops::delete_service(tx, &service, true).await?;
+                changes.push(Change {
+                    action: "delete",
+                    kind: "service",
+                    key: service.spec.slug.clone(),
+                    fields: vec![],
+                    record: recorded(
+                        &service.id,
+                        service.spec.team.as_deref(),
+                        Some(&service),
+                        NO_OBJECT,
+                    ),
+                });
+            }
+        }
+    }
+    // Services that lost routes here changed, as if in their own turn.
+    let mut trimmed = HashSet::new();
+    for wanted in &document.services {
+        if let Some(service) = tx.service(&wanted.spec.slug).await? {
+            let before = changes.len();
+            remove_stale_routes(tx, &service, wanted, &mut changes).await?;
+            if changes.len() > before {
+                trimmed.insert(service.id);
+            }
+        }
+    }
     for (index, wanted) in document.services.iter().enumerate() {
         let prefix = format!("services[{index}]");
         let slug = wanted.spec.slug.clone();
@@ -586,7 +636,7 @@ async fn apply_document(
             }
         };
         reconcile_routes(tx, &service, wanted, &prefix, &mut changes).await?;
-        let content_changed = changes.len() > before;
+        let content_changed = changes.len() > before || trimmed.contains(&service.id);
         if let Some(plans) = &wanted.plans {
             reconcile_plans(tx, &service, plans, &prefix, &mut changes).await?;
         }
@@ -594,40 +644,6 @@ async fn apply_document(
         reconcile_lifecycle(tx, service, wanted, &prefix, content_changed, &mut changes).await?;
     }
     if prune {
-        let wanted_services: HashSet<&str> = document
-            .services
-            .iter()
-            .map(|s| s.spec.slug.as_str())
-            .collect();
-        for service in tx.all_services().await? {
-            if !wanted_services.contains(service.spec.slug.as_str()) {
-                // Subscriptions are consumers' data, not the file's: a
-                // service they use is not pruned with them.
-                let open = tx.open_subscriptions_of_service(&service.id).await?;
-                if open > 0 {
-                    return Err(ApiError::conflict(
-                        "services",
-                        format!(
-                            "'{}' is not in the document but has {open} open subscription(s); prune deletes no service its consumers subscribe to. Retire it and let the subscriptions end (or cancel them), then prune.",
-                            service.spec.slug
-                        ),
-                    ));
-                }
-                ops::delete_service(tx, &service, true).await?;
-                changes.push(Change {
-                    action: "delete",
-                    kind: "service",
-                    key: service.spec.slug.clone(),
-                    fields: vec![],
-                    record: recorded(
-                        &service.id,
-                        service.spec.team.as_deref(),
-                        Some(&service),
-                        NO_OBJECT,
-                    ),
-                });
-            }
-        }
         let wanted_upstreams: HashSet<&str> =
             document.upstreams.iter().map(|u| u.slug.as_str()).collect();
         for upstream in tx.all_upstreams().await? {
@@ -651,6 +667,42 @@ async fn apply_document(
     Ok(changes)
 }
 
+/// Deletes the routes of `service` that `wanted` does not list.
+async fn remove_stale_routes(
+    tx: &mut WriteTx,
+    service: &Service,
+    wanted: &ServiceDocument,
+    changes: &mut Vec<Change>,
+) -> Result<(), ApiError> {
+    let wanted_keys: HashSet<String> = wanted.routes.iter().map(route_match_key).collect();
+    let team = service.spec.team.as_deref();
+    for route in tx.routes_of(&service.id).await? {
+        if wanted_keys.contains(&route_match_key(&route.spec)) {
+            continue;
+        }
+        ops::delete_route(tx, &route).await?;
+        changes.push(Change {
+            action: "delete",
+            kind: "route",
+            key: route_label(service, &route.spec),
+            fields: vec![],
+            record: recorded(&route.id, team, Some(&route), NO_OBJECT),
+        });
+    }
+    Ok(())
+}
+
+/// A route as the report names it: `service/name`, or `service/METHODS path`.
+fn route_label(service: &Service, spec: &RouteSpec) -> String {
+    format!(
+        "{}/{}",
+        service.spec.slug,
+        spec.name
+            .clone()
+            .unwrap_or_else(|| format!("{} {}", spec.methods.join(","), spec.path))
+    )
+}
+
 async fn reconcile_routes(
     tx: &mut WriteTx,
     service: &Service,
@@ -664,37 +716,12 @@ async fn reconcile_routes(
         .into_iter()
         .map(|route| (route_match_key(&route.spec), route))
         .collect();
-    let label = |spec: &RouteSpec| {
-        format!(
-            "{}/{}",
-            service.spec.slug,
-            spec.name.clone().unwrap_or_else(|| format!(
-                "{} {}",
-                spec.methods.join(","),
-                spec.path
-            ))
-        )
-    };
+    let label = |spec: &RouteSpec| route_label(service, spec);
     let team = service.spec.team.as_deref();
-    let wanted_keys: HashSet<String> = wanted.routes.iter().map(route_match_key).collect();
     // Deletions first, so a replacement route does not conflict with the old one.
-    let stale: Vec<String> = current
-        .keys()
-        .filter(|k| !wanted_keys.contains(*k))
-        .cloned()
-        .collect();
-    for key in stale {
-        if let Some(route) = current.remove(&key) {
-            ops::delete_route(tx, &route).await?;
-            changes.push(Change {
-                action: "delete",
-                kind: "route",
-                key: label(&route.spec),
-                fields: vec![],
-                record: recorded(&route.id, team, Some(&route), NO_OBJECT),
-            });
-        }
-    }
+    remove_stale_routes(tx, service, wanted, changes).await?;
+    let wanted_keys: HashSet<String> = wanted.routes.iter().map(route_match_key).collect();
+    current.retain(|key, _| wanted_keys.contains(key));
     for (index, spec) in wanted.routes.iter().enumerate() {
         let route_prefix = format!("{prefix}.routes[{index}]");
         match current.get(&route_match_key(spec)) {

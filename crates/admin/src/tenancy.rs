@@ -144,13 +144,29 @@ pub async fn delete_team(
     let team = team_in(&mut tx, &caller, &key, Role::Owner).await?;
     let belongings = tx.team_belongings(&team.spec.slug).await?;
     if !belongings.is_empty() {
-        return Err(ApiError::conflict(
-            "team",
-            format!(
+        // Money records are never deleted: a team that has some stays, and
+        // saying "delete them first" would send its owner looking for a
+        // way that does not exist.
+        let (kept, movable): (Vec<_>, Vec<_>) = belongings
+            .iter()
+            .partition(|item| item.starts_with("a wallet with"));
+        let mut detail = String::new();
+        if !movable.is_empty() {
+            let movable: Vec<&str> = movable.iter().map(|item| item.as_str()).collect();
+            detail = format!(
                 "still owns {}; delete or move them first",
-                belongings.join(", ")
-            ),
-        ));
+                movable.join(", ")
+            );
+        }
+        if let Some(wallet) = kept.first() {
+            if !detail.is_empty() {
+                detail.push_str(". ");
+            }
+            detail.push_str(&format!(
+                "It has {wallet}: the ledger is append-only and a team with money history cannot be deleted; remove its members and leave it unused instead"
+            ));
+        }
+        return Err(ApiError::conflict("team", detail));
     }
     tx.delete_team(&team.id, &team.spec.slug).await?;
     let record = Audit::new("team.delete", "team", &team.id, Some(&team.spec.slug));

@@ -957,3 +957,56 @@ services:
     let (_, services) = tollgate.admin(Method::GET, "/api/v1/services", None).await;
     assert_eq!(services["data"], json!([]), "nothing written");
 }
+
+/// What a file no longer has is removed before what replaces it is added:
+/// a route moved from one service to another, and a service renamed with
+/// `--prune`, apply in one go (before, each was checked against the old
+/// state and refused as a conflict with itself).
+#[tokio::test]
+async fn moved_routes_and_renamed_services_apply_in_one_go() {
+    let upstream = FakeUpstream::start("a").await;
+    let tollgate = Tollgate::start(BIN).await;
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, first: &str, first_route: &str, second_route: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(
+            &path,
+            format!(
+                r#"upstreams: [{{slug: up1, targets: [{{url: "{}"}}]}}]
+services:
+  - {{slug: {first}, base_path: /gamma, upstream: up1, routes: [{{methods: [GET], path: {first_route}}}]}}
+  - {{slug: other, base_path: /gamma, upstream: up1, routes: [{{methods: [GET], path: {second_route}}}]}}
+"#,
+                upstream.url()
+            ),
+        )
+        .unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let first = write("first.yaml", "sa", "/x", "/y");
+    let applied = cli(&tollgate, &["apply", "-f", &first]);
+    assert!(applied.success, "{}", applied.stderr);
+    // The two routes change places.
+    let swapped = write("swapped.yaml", "sa", "/y", "/x");
+    let applied = cli(&tollgate, &["apply", "-f", &swapped]);
+    assert!(applied.success, "{}", applied.stderr);
+    // `sa` renamed: the old one goes, the new one takes its route.
+    let renamed = write("renamed.yaml", "sa-renamed", "/y", "/x");
+    let dry = cli(
+        &tollgate,
+        &["apply", "-f", &renamed, "--prune", "--dry-run"],
+    );
+    assert!(dry.success, "{}", dry.stderr);
+    let applied = cli(&tollgate, &["apply", "-f", &renamed, "--prune"]);
+    assert!(applied.success, "{}", applied.stderr);
+    let (status, _) = tollgate
+        .admin(Method::GET, "/api/v1/services/sa", None)
+        .await;
+    assert_eq!(status, 404);
+    let (_, routes) = tollgate
+        .admin(Method::GET, "/api/v1/services/sa-renamed/routes", None)
+        .await;
+    assert_eq!(routes["data"][0]["path"], "/y", "{routes}");
+    let again = cli(&tollgate, &["apply", "-f", &renamed, "--prune"]);
+    assert_eq!(again.stdout.trim(), "no changes", "{}", again.stderr);
+}

@@ -425,6 +425,10 @@ async fn adjustments_filters_csv_and_who_may_move_money() {
             .contains("wallet with 2 ledger entries"),
         "{body}"
     );
+    // Nothing to delete or move: the advice is what can be done.
+    let detail = body["detail"].as_str().unwrap();
+    assert!(!detail.contains("delete or move"), "{body}");
+    assert!(detail.contains("cannot be deleted"), "{body}");
     let (status, body) = tollgate
         .admin(Method::DELETE, "/api/v1/teams/other", None)
         .await;
