@@ -190,12 +190,7 @@ pub async fn middleware(
         .headers()
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
-        .filter(|v| {
-            !v.is_empty()
-                && v.len() <= 128
-                && v.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
-        })
+        .filter(|v| domain::calls::acceptable_request_id(v.as_bytes()))
         .map(str::to_owned)
         .unwrap_or_else(domain::id::new_id);
     let header_value = HeaderValue::from_str(&request_id).ok();

@@ -153,6 +153,47 @@ pub struct UpstreamError {
     pub message: String,
 }
 
+impl UpstreamError {
+    /// Hides credentials a provider quoted in its message ("Incorrect API
+    /// key provided: sk-…"): each of `secrets` (the keys the gateway
+    /// sent), and any word that looks like a provider key, keeps its first
+    /// four characters. The message is logged and may reach callers; a
+    /// provider's key must do neither.
+    pub fn redact_secrets<'a>(&mut self, secrets: impl IntoIterator<Item = &'a str>) {
+        for secret in secrets {
+            let secret = secret.strip_prefix("Bearer ").unwrap_or(secret).trim();
+            if secret.len() >= 8 && self.message.contains(secret) {
+                self.message = self.message.replace(secret, &masked(secret));
+            }
+        }
+        const PREFIXES: [&str; 7] = ["sk-", "sk_", "AIza", "gsk_", "xai-", "pk-", "key-"];
+        let is_key_char = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+        let mut out = String::with_capacity(self.message.len());
+        let mut rest = self.message.as_str();
+        while let Some(start) = rest.find(|c: char| is_key_char(c)) {
+            out.push_str(&rest[..start]);
+            let word_len = rest[start..]
+                .find(|c: char| !is_key_char(c))
+                .unwrap_or(rest.len() - start);
+            let word = &rest[start..start + word_len];
+            if word.len() >= 16 && PREFIXES.iter().any(|p| word.starts_with(p)) {
+                out.push_str(&masked(word));
+            } else {
+                out.push_str(word);
+            }
+            rest = &rest[start + word_len..];
+        }
+        out.push_str(rest);
+        self.message = out;
+    }
+}
+
+/// The first four characters of a credential, then an ellipsis.
+fn masked(secret: &str) -> String {
+    let shown: String = secret.chars().take(4).collect();
+    format!("{shown}…")
+}
+
 /// Longest upstream message kept (bytes); longer ones are cut at a char boundary.
 const MAX_MESSAGE_BYTES: usize = 2_000;
 

@@ -324,6 +324,28 @@ pub fn mask_keys_in_path(path: &mut String) {
     *path = masked;
 }
 
+/// Whether a client's `X-Request-Id` is kept as the call's id: 1 to 128
+/// letters, digits and `._:-`, and nothing that looks like a credential
+/// (an id is logged, echoed and shown to both teams of a call: a key sent
+/// as one by mistake must not end up there). Otherwise the gateway makes
+/// its own.
+pub fn acceptable_request_id(id: &[u8]) -> bool {
+    let shaped = !id.is_empty()
+        && id.len() <= 128
+        && id
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(b));
+    shaped && {
+        let lower = id.to_ascii_lowercase();
+        let has = |needle: &[u8]| lower.windows(needle.len()).any(|w| w == needle);
+        !(has(b"tg_live_")
+            || has(b"tg_test_")
+            || has(b"tg_admin_")
+            || has(b"tgp_")
+            || has(b"bearer"))
+    }
+}
+
 /// Tollgate API keys and bearer tokens, anywhere in a text: also with
 /// their `_` or space escaped as JSON (`\u005f`) or in a URL (`%5F`,
 /// `%20`, `+`), as a cut-off JSON body or a `Referer` would carry them.
@@ -386,6 +408,29 @@ pub fn redact_body(bytes: &[u8], extra: &[String]) -> Option<String> {
 /// Microseconds as milliseconds, for people.
 pub fn millis(micros: u64) -> f64 {
     micros as f64 / 1000.0
+}
+
+#[cfg(test)]
+mod request_id_tests {
+    use super::acceptable_request_id;
+
+    #[test]
+    fn ids_that_look_like_credentials_are_not_kept() {
+        for good in ["abc-123", "01HZX.9:trace_1", "req_42"] {
+            assert!(acceptable_request_id(good.as_bytes()), "{good}");
+        }
+        for bad in [
+            "",
+            "a b",
+            "tg_live_5GaHbBK2w1",
+            "Bearer-tg_x",
+            "x-TG_TEST_1",
+            "tgp_abc",
+        ] {
+            assert!(!acceptable_request_id(bad.as_bytes()), "{bad}");
+        }
+        assert!(!acceptable_request_id(&[b'a'; 129]));
+    }
 }
 
 #[cfg(test)]

@@ -562,23 +562,39 @@ pub(crate) fn admit_paid<B>(
     }
     // A Tollgate key sent along is not the upstream's business either.
     let mut carriers = strip::PAYMENT;
-    let now_ms = now_epoch_ms();
-    for (token, source) in credentials(request) {
+    for (_, source) in credentials(request) {
         carriers |= source.strip_bit();
-        // The payment pays, not the key; but a valid key names the caller
-        // in the call log, so its team sees the call (and can look it up).
-        if who.key.is_none()
-            && let Ok(key) = resolve_key(snapshot, token, now_ms)
-        {
-            who.app = Some(key.app.clone());
-            who.key = Some(key.clone());
-        }
     }
+    // The payment pays, not the key; but a valid key names the caller in
+    // the call log, so its team sees the call (and can look it up).
+    note_caller(snapshot, request, who);
     let admission = Admission {
         strip: carriers,
         ..Admission::default()
     };
     open(route, admission)
+}
+
+/// Names in `who` (for the call log) the app of the first valid key the
+/// request carries, when nothing has yet: a call refused before admission
+/// (no such model, a per-request payment) is still its caller's, to see
+/// in its logs and look up by request id.
+pub(crate) fn note_caller<B>(
+    snapshot: &Snapshot,
+    request: &Request<B>,
+    who: &mut crate::calls::Who,
+) {
+    if who.key.is_some() {
+        return;
+    }
+    let now_ms = now_epoch_ms();
+    for (token, _) in credentials(request) {
+        if let Ok(key) = resolve_key(snapshot, token, now_ms) {
+            who.app = Some(key.app.clone());
+            who.key = Some(key.clone());
+            return;
+        }
+    }
 }
 
 /// Whether a request carries any caller credential.

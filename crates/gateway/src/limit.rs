@@ -121,7 +121,15 @@ impl Window {
             limit: self.limit,
             window_s: self.period_ms / 1000,
             remaining,
-            reset_s: (state.start_ms + self.period_ms - now_ms).div_ceil(1000),
+            // None left: when one more fits (a sliding window has room
+            // again before or after its fixed window ends), as the next
+            // call's `Retry-After` would say; a client that waits `t`
+            // is then admitted.
+            reset_s: if remaining == 0 {
+                self.wait_s(state, now_ms, 1)
+            } else {
+                (state.start_ms + self.period_ms - now_ms).div_ceil(1000)
+            },
         }
     }
 
@@ -559,6 +567,29 @@ mod tests {
         // weigh in until 100 ms into it: 1.09 s, rounded up.
         let refused = limiter.admit(start + 10).err().map(|e| e.retry_after_s);
         assert_eq!(refused, Some(2));
+    }
+
+    /// The last request a window admits says, as `t`, when the next one
+    /// fits (what its refusal's `Retry-After` would say), not when the
+    /// fixed window ends: a client that waits `t` is admitted.
+    #[test]
+    fn with_none_left_the_reset_is_when_one_more_fits() {
+        let limiter = limiter(2, Per::Minute);
+        // Two late in a minute: they weigh on the next one for its first
+        // half, so the third fits 33 s on, not when this minute ends.
+        let start = 60_000 * 1_000_000;
+        assert!(limiter.admit(start + 56_000).is_ok());
+        let now = start + 57_000;
+        let quota = limiter.admit(now).ok().flatten().unwrap();
+        assert_eq!(quota.remaining, 0);
+        let refused = limiter.admit(now).err().unwrap();
+        assert_eq!(quota.reset_s, refused.retry_after_s);
+        assert!(
+            quota.reset_s > 3,
+            "past the fixed window's end: {}",
+            quota.reset_s
+        );
+        assert!(limiter.admit(now + quota.reset_s * 1_000).is_ok());
     }
 
     /// A refusal of several units (an AI call's tokens) says when that many

@@ -2021,16 +2021,10 @@ fn append_forwarded(
 /// else a new one ([`new_request_id`]); and whether it is new (minted here
 /// for this request alone).
 fn request_id_of(headers: &HeaderMap) -> (HeaderValue, bool) {
-    if let Some(value) = headers.get(&X_REQUEST_ID) {
-        let bytes = value.as_bytes();
-        if !bytes.is_empty()
-            && bytes.len() <= 128
-            && bytes
-                .iter()
-                .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(b))
-        {
-            return (value.clone(), false);
-        }
+    if let Some(value) = headers.get(&X_REQUEST_ID)
+        && domain::calls::acceptable_request_id(value.as_bytes())
+    {
+        return (value.clone(), false);
     }
     (new_request_id(), true)
 }

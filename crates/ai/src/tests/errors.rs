@@ -286,3 +286,26 @@ fn kinds_map_to_caller_errors() {
     assert_eq!(ErrorKind::Server.status_for(Dialect::OpenAi), 502);
     assert!(ErrorKind::RateLimited.is_retryable() && !ErrorKind::ContextLength.is_retryable());
 }
+
+#[test]
+fn quoted_keys_are_hidden() {
+    let mut error = classify_error(
+        Dialect::OpenAi,
+        401,
+        br#"{"error": {"message": "Incorrect API key provided: Bearer sk-OAISECRET-1234567890abcdef. Also AIzaSyABCDEFGHIJKLMNOPQRSTUV and my-own-secret-42 and req_123", "type": "invalid_request_error"}}"#,
+    );
+    error.redact_secrets(["Bearer my-own-secret-42"]);
+    assert!(!error.message.contains("OAISECRET"), "{}", error.message);
+    assert!(!error.message.contains("ABCDEFGHIJ"), "{}", error.message);
+    assert!(
+        !error.message.contains("own-secret-42"),
+        "{}",
+        error.message
+    );
+    assert!(error.message.contains("sk-O…"), "{}", error.message);
+    assert!(
+        error.message.contains("req_123"),
+        "short words stay: {}",
+        error.message
+    );
+}

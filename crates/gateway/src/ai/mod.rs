@@ -252,7 +252,13 @@ pub(crate) async fn handle(
         ));
     }
     let head = Request::from_parts(parts, ());
-    let service_index = choose_service(&snapshot.ai, scoped, &model, &snapshot, &head)?;
+    let service_index = match choose_service(&snapshot.ai, scoped, &model, &snapshot, &head) {
+        Ok(index) => index,
+        Err(refusal) => {
+            crate::admit::note_caller(&snapshot, &head, &mut trace.who);
+            return Err(refusal);
+        }
+    };
     let service = &snapshot.ai.services[service_index];
     let mut admission = admit_service(shared, context, trace, &head, service).await?;
     let Some(model_rt) = service.models.get(&model).cloned() else {
@@ -518,19 +524,26 @@ impl Call<'_> {
         let stream = self.endpoint != Endpoint::Embeddings && ai::is_stream(&json);
         let input = self.input_estimate(&json);
         let requested = self.requested_max(&json);
-        let limit = self
+        // The targets' own output limits; where a target gives none, what
+        // its context window leaves after the input bounds it.
+        let output_limit = self
             .model_rt
             .all_targets()
-            .filter_map(|t| {
-                t.max_output
-                    .or_else(|| t.context_window.map(|c| c.saturating_sub(input)))
-            })
+            .filter_map(|t| t.max_output)
             .min();
+        let room = self
+            .model_rt
+            .all_targets()
+            .filter_map(|t| t.context_window.map(|c| c.saturating_sub(input)))
+            .min();
+        // What the caller asked for, else the targets' limit, else 4,096
+        // (not the whole context window: that would reserve, and send,
+        // far more than a call without a limit usually produces).
         let mut max_output = requested
-            .or(limit)
+            .or(output_limit)
             .unwrap_or(DEFAULT_MAX_OUTPUT)
             .min(MAX_OUTPUT_CEILING);
-        if let Some(limit) = limit {
+        if let Some(limit) = output_limit.into_iter().chain(room).min() {
             max_output = max_output.min(limit.max(1));
         }
         // The provider is always told the bound the reservation was made for.
@@ -787,7 +800,9 @@ impl Call<'_> {
                 .ok()
                 .and_then(Result::ok)
                 .unwrap_or_default();
-                let error = ai::classify_error(provider.dialect, status, &error_bytes);
+                let mut error = ai::classify_error(provider.dialect, status, &error_bytes);
+                // Logged, and passed on to callers: never with a key in it.
+                error.redact_secrets(provider.keys.iter().filter_map(|k| k.value.to_str().ok()));
                 tracing::debug!(provider = %provider.slug, model = %target.model, status, kind = ?error.kind, "provider error");
                 let retry_after = parts.headers.get(header::RETRY_AFTER).cloned();
                 let kind = if provider_side(status, &error) {
@@ -1739,6 +1754,16 @@ fn responses_guard(json: &mut Value) -> Result<(), Refusal> {
         return Err(Refusal::new(
             Code::BadRequest,
             "Only `function` tools are available through the gateway.",
+        ));
+    }
+    // Items stored in that account, referenced by id.
+    if json["input"]
+        .as_array()
+        .is_some_and(|items| items.iter().any(|item| item["type"] == "item_reference"))
+    {
+        return Err(Refusal::new(
+            Code::BadRequest,
+            "Stored items (`item_reference`) are not available through the gateway: send the items themselves.",
         ));
     }
     if json["input"].to_string().contains("\"file_id\"") {

@@ -905,8 +905,31 @@ async fn the_affordability_cap_and_402_in_each_dialect() {
     )
     .await;
     assert_eq!(response.status(), 404);
+    let not_found_id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], "model_not_found");
+    // Refused before admission, the call is still its caller's: logged
+    // under its app, to be looked up with its key.
+    let started = std::time::Instant::now();
+    loop {
+        let looked_up = tollgate
+            .get_with_key(&format!("/_tollgate/requests/{not_found_id}"), &world.key)
+            .await;
+        if looked_up.status() == 200 {
+            let call: Value = looked_up.json().await.unwrap();
+            assert_eq!(call["decision"]["code"], "model_not_found", "{call}");
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{}",
+            looked_up.status()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let response = tollgate
         .client
         .post(format!("{}/v1/chat/completions", tollgate.gateway_url))
@@ -1800,6 +1823,10 @@ async fn responses_api_and_a_slow_provider_falls_back_after_the_first_token_time
     assert_eq!(charge_of(&charges, &id), cost(30, 5));
     for (member, value) in [
         ("previous_response_id", json!("resp_123")),
+        (
+            "input",
+            json!([{"type": "item_reference", "id": "msg_abc"}]),
+        ),
         ("tools", json!([{"type": "web_search"}])),
         ("n", json!(50)),
     ] {
@@ -1819,6 +1846,35 @@ async fn responses_api_and_a_slow_provider_falls_back_after_the_first_token_time
     .await;
     let sent = openai.last_request().unwrap();
     assert_eq!(sent.body["max_completion_tokens"], 4000, "{}", sent.body);
+    // A model whose output limit nobody says: 4,096, not all the context
+    // window leaves (100,000 here), which would reserve 25 times more.
+    let mut prices: Value = serde_json::from_str(MODEL_PRICES).unwrap();
+    prices.as_object_mut().unwrap().remove("max_output_tokens");
+    let (status, body) = tollgate
+        .admin(
+            Method::PUT,
+            "/api/v1/providers/oai/models/gpt-test",
+            Some(prices),
+        )
+        .await;
+    assert!(status.is_success(), "{body}");
+    let started = std::time::Instant::now();
+    loop {
+        openai.push(Reply::text("bounded", Usage::new(5, 1)));
+        post(
+            &tollgate,
+            "/v1/chat/completions",
+            &world.key,
+            json!({"model": "oai/gpt-test", "messages": [{"role": "user", "content": "Hi"}]}),
+        )
+        .await;
+        let sent = openai.last_request().unwrap();
+        if sent.body["max_completion_tokens"] == 4096 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(2), "{}", sent.body);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // A stream waits 2 s (the service's first_token_ms) for its start: a
     // slower provider is left for the alias's fallback. (A non-streamed
