@@ -54,6 +54,16 @@ pub async fn create_team(
     caller: Caller,
     Json(spec): Json<TeamSpec>,
 ) -> Result<Response, ApiError> {
+    // A token limited to some teams acts within them: a team it made
+    // would be outside its own scope, and its user's owner role there
+    // more than the token was given.
+    if caller.scope().is_some() && !caller.is_platform() {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "A team-scoped token cannot create teams. Use the console, or a token not limited to teams.",
+        ));
+    }
     spec.validate()?;
     let now = now_ms();
     let team = Team {

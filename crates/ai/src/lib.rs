@@ -196,6 +196,21 @@ pub fn translate_request(
     }
 }
 
+/// For an OpenAI-compatible API other than OpenAI's: the output limit as
+/// `max_tokens`, which they all read, instead of `max_completion_tokens`,
+/// which some refuse (an unknown field) and others ignore. An OpenAI body
+/// that is not an object is left alone.
+pub fn use_legacy_max_tokens(body: &mut Value) {
+    let Some(object) = body.as_object_mut() else {
+        return;
+    };
+    if let Some(max) = object.remove("max_completion_tokens")
+        && !max.is_null()
+    {
+        object.insert("max_tokens".into(), max);
+    }
+}
+
 fn finish_openai_request(body: &mut Value, model: &str) {
     let Some(object) = body.as_object_mut() else {
         return;

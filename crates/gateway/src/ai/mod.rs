@@ -678,7 +678,12 @@ impl Call<'_> {
             let body = match self.endpoint {
                 Endpoint::Chat | Endpoint::Messages => {
                     match ai::translate_request(caller, provider.dialect, &json, &target.model) {
-                        Ok(body) => body,
+                        Ok(mut body) => {
+                            if provider.legacy_max_tokens {
+                                ai::use_legacy_max_tokens(&mut body);
+                            }
+                            body
+                        }
                         Err(error) => {
                             last = Some(Failure::Refusal(Refusal::new(
                                 Code::BadRequest,

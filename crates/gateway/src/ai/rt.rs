@@ -145,6 +145,10 @@ pub struct ProviderRt {
     /// It has stored keys, none of which this node could open: it is not
     /// called keyless.
     pub keys_unopened: bool,
+    /// An OpenAI-compatible provider other than OpenAI: it is sent the
+    /// output limit as `max_tokens`, the field every such API reads
+    /// (several refuse OpenAI's newer `max_completion_tokens`).
+    pub legacy_max_tokens: bool,
 }
 
 impl ProviderRt {
@@ -481,6 +485,8 @@ pub fn compile(
                         auth,
                         keys_unopened: keys.is_empty() && provider.unopened > 0,
                         keys,
+                        legacy_max_tokens: spec.kind
+                            == domain::providers::ProviderKind::OpenaiCompatible,
                     }),
                     provider,
                     provider_models(input.catalog, provider),
@@ -700,6 +706,7 @@ mod tests {
             dialect: ai::Dialect::OpenAi,
             auth: AuthStyle::Bearer,
             keys_unopened: false,
+            legacy_max_tokens: false,
             keys: (0..keys)
                 .map(|i| {
                     Arc::new(KeyRt::new(

@@ -2966,6 +2966,16 @@ async fn members_stay_within_their_role_and_their_tokens_scope() {
         .await;
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["errors"][0]["field"], "teams", "{body}");
+    // Nor does it make a team of its own, outside its scope.
+    let (status, body) = tollgate
+        .admin_as(
+            &scoped,
+            Method::POST,
+            "/api/v1/teams",
+            Some(json!({"slug": "side-team", "name": "Side"})),
+        )
+        .await;
+    assert_eq!(status, 403, "{body}");
     // It does not see (or revoke) the user's wider tokens.
     let (_, listed) = tollgate
         .admin_as(&scoped, Method::GET, "/api/v1/tokens", None)

@@ -2159,3 +2159,80 @@ async fn a_providers_usage_report_cannot_charge_past_the_calls_bounds() {
         .unwrap();
     assert!(balance > 0, "{balance}");
 }
+
+/// An OpenAI-compatible provider (not OpenAI itself) is sent the output
+/// limit as `max_tokens`, which every such API reads; several refuse
+/// OpenAI's newer `max_completion_tokens` as an unknown field.
+#[tokio::test]
+async fn openai_compatible_providers_are_sent_max_tokens() {
+    let (openai, anthropic, gemini) = fakes().await;
+    let compatible = FakeOpenAi::start_named("compat").await;
+    compatible.accept_any_key();
+    let tollgate = Tollgate::start(BIN).await;
+    let world = ai_world(&tollgate, &openai, &anthropic, &gemini, json!({})).await;
+    tollgate
+        .create(
+            "/api/v1/providers",
+            json!({"slug": "compat", "kind": "openai_compatible", "base_url": compatible.url()}),
+        )
+        .await;
+    tollgate
+        .create(
+            "/api/v1/providers/compat/keys",
+            json!({"key": "ck-test-one"}),
+        )
+        .await;
+    let (status, body) = tollgate
+        .admin(
+            Method::PUT,
+            "/api/v1/providers/compat/models/gpt-test",
+            Some(serde_json::from_str(MODEL_PRICES).unwrap()),
+        )
+        .await;
+    assert!(status.is_success(), "{body}");
+    let (status, body) = tollgate
+        .admin(
+            Method::PATCH,
+            "/api/v1/services/llm",
+            Some(json!({"ai": {"models": ["oai/gpt-test", "claude/claude-test", "gem/gemini-test", "compat/gpt-test"]}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let started = std::time::Instant::now();
+    loop {
+        let response = post(
+            &tollgate,
+            "/v1/chat/completions",
+            &world.key,
+            json!({"model": "compat/gpt-test", "messages": [{"role": "user", "content": "Hi"}]}),
+        )
+        .await;
+        if response.status() == 200 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{}",
+            response.status()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let sent = compatible.last_request().unwrap();
+    assert_eq!(sent.body["max_tokens"], 4000, "{}", sent.body);
+    assert!(
+        sent.body.get("max_completion_tokens").is_none(),
+        "{}",
+        sent.body
+    );
+    // OpenAI itself keeps the field it documents.
+    openai.push(Reply::text("ok", Usage::new(5, 1)));
+    post(
+        &tollgate,
+        "/v1/chat/completions",
+        &world.key,
+        json!({"model": "oai/gpt-test", "messages": [{"role": "user", "content": "Hi"}]}),
+    )
+    .await;
+    let sent = openai.last_request().unwrap();
+    assert_eq!(sent.body["max_completion_tokens"], 4000, "{}", sent.body);
+}
