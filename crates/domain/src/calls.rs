@@ -216,9 +216,14 @@ pub struct CallBodies {
 
 /// JSON fields whose values are never stored, at any depth (compared
 /// without case; `-` and `_` alike).
-pub const REDACTED_FIELDS: [&str; 12] = [
+pub const REDACTED_FIELDS: [&str; 17] = [
     "password",
     "passwd",
+    "pwd",
+    "cookie",
+    "set_cookie",
+    "session",
+    "private_key",
     "secret",
     "client_secret",
     "token",
@@ -336,8 +341,10 @@ pub fn acceptable_request_id(id: &[u8]) -> bool {
             .iter()
             .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(b));
     shaped && {
-        let lower = id.to_ascii_lowercase();
-        let has = |needle: &[u8]| lower.windows(needle.len()).any(|w| w == needle);
+        let has = |needle: &[u8]| {
+            id.windows(needle.len())
+                .any(|w| w.eq_ignore_ascii_case(needle))
+        };
         !(has(b"tg_live_")
             || has(b"tg_test_")
             || has(b"tg_admin_")
@@ -475,6 +482,13 @@ mod tests {
         assert_eq!(value["nested"][0]["api-key"], "[redacted]");
         assert_eq!(value["nested"][0]["ssn"], "[redacted]");
         assert_eq!(value["note"], "[redacted]");
+        // Cookies, sessions and short password names too.
+        let stored = redact_body(
+            br#"{"pwd": "a", "cookie": "sid=1", "Session": "s", "private-key": "k"}"#,
+            &extra,
+        )
+        .unwrap();
+        assert_eq!(stored.matches("[redacted]").count(), 4, "{stored}");
         // Keys as member names: the members stay, under other names.
         let keyed =
             br#"{"tg_live_AAAA": 1, "n": {"tg_test_BBBB": {"ok": true}, "Bearer x": 2}, "m": 3}"#;

@@ -142,10 +142,12 @@ const SECRET_HEADERS: [&str; 7] = [
 
 /// Parts of header names that say the value is a secret
 /// (`x-session-token`, `x-client-secret`, `x-auth-key`).
-const SECRET_NAME_PARTS: [&str; 8] = [
+const SECRET_NAME_PARTS: [&str; 10] = [
     "token",
     "secret",
     "passw",
+    "pwd",
+    "cookie",
     "api-key",
     "apikey",
     "auth",
