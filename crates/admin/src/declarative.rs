@@ -21,7 +21,7 @@ use store::WriteTx;
 
 use crate::AdminState;
 use crate::error::ApiError;
-use crate::extract::{ListParams, RawBody, from_value};
+use crate::extract::{ListParams, RawBody, from_value, from_value_all};
 use crate::ops;
 
 /// A service as the document states it.
@@ -165,16 +165,17 @@ pub fn parse_document(value: Value) -> Result<Document, ApiError> {
         .enumerate()
     {
         let prefix = format!("upstreams[{index}]");
-        match from_value::<UpstreamSpec>(item) {
-            Ok(spec) => {
-                if let Err(e) = spec.validate() {
-                    collect(errors_within(&prefix, e.into()), &mut errors);
-                } else if !slugs.insert(spec.slug.clone()) {
-                    errors.add(format!("{prefix}.slug"), "appears twice in the document");
-                }
-                document.upstreams.push(spec);
+        let (spec, problems) = from_value_all::<UpstreamSpec>(item);
+        for e in problems {
+            collect(errors_within(&prefix, e), &mut errors);
+        }
+        if let Some(spec) = spec {
+            if let Err(e) = spec.validate() {
+                collect(errors_within(&prefix, e.into()), &mut errors);
+            } else if !slugs.insert(spec.slug.clone()) {
+                errors.add(format!("{prefix}.slug"), "appears twice in the document");
             }
-            Err(e) => collect(errors_within(&prefix, e), &mut errors),
+            document.upstreams.push(spec);
         }
     }
     let mut service_slugs = HashSet::new();
@@ -256,34 +257,36 @@ pub fn parse_document(value: Value) -> Result<Document, ApiError> {
         let mut route_keys = HashSet::new();
         for (route_index, item) in route_items.into_iter().enumerate() {
             let route_prefix = format!("{prefix}.routes[{route_index}]");
-            match from_value::<RouteSpec>(item) {
-                Ok(spec) => {
-                    if let Err(e) = spec.validate() {
-                        collect(errors_within(&route_prefix, e.into()), &mut errors);
-                    } else if !route_keys.insert(route_match_key(&spec)) {
-                        errors.add(route_prefix, "names the same route as an earlier entry");
-                    }
-                    routes.push(spec);
+            let (spec, problems) = from_value_all::<RouteSpec>(item);
+            for e in problems {
+                collect(errors_within(&route_prefix, e), &mut errors);
+            }
+            if let Some(spec) = spec {
+                if let Err(e) = spec.validate() {
+                    collect(errors_within(&route_prefix, e.into()), &mut errors);
+                } else if !route_keys.insert(route_match_key(&spec)) {
+                    errors.add(route_prefix, "names the same route as an earlier entry");
                 }
-                Err(e) => collect(errors_within(&route_prefix, e), &mut errors),
+                routes.push(spec);
             }
         }
-        match from_value::<ServiceSpec>(Value::Object(fields)) {
-            Ok(spec) => {
-                if let Err(e) = spec.validate() {
-                    collect(errors_within(&prefix, e.into()), &mut errors);
-                } else if !service_slugs.insert(spec.slug.clone()) {
-                    errors.add(format!("{prefix}.slug"), "appears twice in the document");
-                }
-                document.services.push(ServiceDocument {
-                    spec,
-                    lifecycle,
-                    sunset,
-                    routes,
-                    plans,
-                });
+        let (spec, problems) = from_value_all::<ServiceSpec>(Value::Object(fields));
+        for e in problems {
+            collect(errors_within(&prefix, e), &mut errors);
+        }
+        if let Some(spec) = spec {
+            if let Err(e) = spec.validate() {
+                collect(errors_within(&prefix, e.into()), &mut errors);
+            } else if !service_slugs.insert(spec.slug.clone()) {
+                errors.add(format!("{prefix}.slug"), "appears twice in the document");
             }
-            Err(e) => collect(errors_within(&prefix, e), &mut errors),
+            document.services.push(ServiceDocument {
+                spec,
+                lifecycle,
+                sunset,
+                routes,
+                plans,
+            });
         }
     }
     errors.into_result()?;

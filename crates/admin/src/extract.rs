@@ -89,6 +89,64 @@ pub fn from_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, Ap
     serde_path_to_error::deserialize(value).map_err(describe)
 }
 
+/// As [`from_value`], reporting every shape problem at once: after each
+/// one (an unknown field, a value of the wrong type) the member at fault
+/// is left out and the rest read again (up to 50 problems). The value
+/// comes back when it reads once those members are out, so that its own
+/// checks can add theirs; a required member missing ends the reading.
+pub fn from_value_all<T: DeserializeOwned>(
+    mut value: serde_json::Value,
+) -> (Option<T>, Vec<ApiError>) {
+    let mut problems = Vec::new();
+    while problems.len() < 50 {
+        let error = match serde_path_to_error::deserialize::<_, T>(value.clone()) {
+            Ok(parsed) => return (Some(parsed), problems),
+            Err(error) => error,
+        };
+        let missing = error.inner().to_string().starts_with("missing field");
+        let segments: Vec<serde_path_to_error::Segment> = error.path().iter().cloned().collect();
+        problems.push(describe(error));
+        if missing || !remove_member(&mut value, &segments) {
+            break;
+        }
+    }
+    (None, problems)
+}
+
+/// Removes the member `path` leads to; false when there is none (nothing
+/// more can be left out).
+fn remove_member(value: &mut serde_json::Value, path: &[serde_path_to_error::Segment]) -> bool {
+    use serde_path_to_error::Segment;
+    let Some((last, parents)) = path.split_last() else {
+        return false;
+    };
+    // A list item of the wrong shape: the list is left out whole (the
+    // items after it would move up to its place).
+    if matches!(last, Segment::Seq { .. }) {
+        return remove_member(value, parents);
+    }
+    let mut node = value;
+    for segment in parents {
+        node = match (segment, node) {
+            (Segment::Map { key }, serde_json::Value::Object(map)) => match map.get_mut(key) {
+                Some(next) => next,
+                None => return false,
+            },
+            (Segment::Seq { index }, serde_json::Value::Array(items)) => {
+                match items.get_mut(*index) {
+                    Some(next) => next,
+                    None => return false,
+                }
+            }
+            _ => return false,
+        };
+    }
+    match (last, node) {
+        (Segment::Map { key }, serde_json::Value::Object(map)) => map.remove(key).is_some(),
+        _ => false,
+    }
+}
+
 fn describe<E: std::fmt::Display>(error: serde_path_to_error::Error<E>) -> ApiError {
     let path = error.path().to_string();
     let path = if path == "." { String::new() } else { path };

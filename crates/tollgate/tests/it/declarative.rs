@@ -1010,3 +1010,44 @@ services:
     let again = cli(&tollgate, &["apply", "-f", &renamed, "--prune"]);
     assert_eq!(again.stdout.trim(), "no changes", "{}", again.stderr);
 }
+
+/// Every problem of a file at once, shape and sense alike: an unknown
+/// field does not hide the bad slug, URL and timeout beside it.
+#[tokio::test]
+async fn every_problem_of_an_item_is_reported_at_once() {
+    let tollgate = Tollgate::start(BIN).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("broken.yaml");
+    std::fs::write(
+        &file,
+        r#"upstreams:
+  - slug: "A!"
+    connect_timeout_ms: 0
+    targets:
+      - {url: "ftp://x", weight: 1}
+      - {url: "http://a:1", weight: 1, extra: 1}
+services:
+  - {slug: s1, base_path: /s1, upstream: "A!", surprise: true, routes: [{path: /x, methods: [GET], nonsense: 1}]}
+"#,
+    )
+    .unwrap();
+    let applied = cli(
+        &tollgate,
+        &["apply", "-f", file.to_str().unwrap(), "--dry-run"],
+    );
+    assert!(!applied.success, "{}", applied.stdout);
+    for path in [
+        "upstreams[0].targets[1].extra",
+        "upstreams[0].slug",
+        "upstreams[0].targets[0].url",
+        "upstreams[0].connect_timeout_ms",
+        "services[0].surprise",
+        "services[0].routes[0].nonsense",
+    ] {
+        assert!(
+            applied.stderr.contains(path),
+            "{path} in {}",
+            applied.stderr
+        );
+    }
+}
