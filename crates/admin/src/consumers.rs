@@ -985,6 +985,9 @@ pub struct ActionRequest {
     /// Why (shown to the other team; required to reject or suspend).
     #[serde(default)]
     pub reason: Option<String>,
+    /// `change-plan`: the plan (slug or id) of the same service to move to.
+    #[serde(default)]
+    pub plan: Option<String>,
 }
 
 /// approve | reject | suspend | resume (the providing team's admins) or
@@ -994,7 +997,7 @@ pub struct ActionRequest {
 /// renewing starts a new period of an expired or past-due subscription
 /// now and is refused with 402 when the fee cannot be paid.
 #[utoipa::path(post, path = "/api/v1/subscriptions/{subscription}/{action}", tag = "subscriptions", request_body = ActionRequest,
-    params(("subscription" = String, Path), ("action" = String, Path, description = "approve, reject, suspend, resume, cancel or renew")),
+    params(("subscription" = String, Path), ("action" = String, Path, description = "approve, reject, suspend, resume, cancel, renew or change-plan (with `plan`)")),
     responses((status = 200, body = Subscription), (status = 409, body = crate::openapi::Problem)))]
 pub async fn subscription_action(
     State(state): State<AdminState>,
@@ -1002,9 +1005,15 @@ pub async fn subscription_action(
     Path((id, action_name)): Path<(String, String)>,
     Json(request): Json<ActionRequest>,
 ) -> Result<Response, ApiError> {
+    if action_name == "change-plan" {
+        return change_plan(state, caller, &id, request).await;
+    }
     let Some(action) = SubscriptionAction::parse(&action_name) else {
         return Err(ApiError::not_found("subscription action", &action_name));
     };
+    if request.plan.is_some() {
+        return Err(ApiError::field("plan", "is taken only by change-plan"));
+    }
     if matches!(
         action,
         SubscriptionAction::Reject | SubscriptionAction::Suspend
@@ -1169,6 +1178,165 @@ pub async fn subscription_action(
         tx.notify_subscription("subscription.past_due", &subscription)
             .await?;
     }
+    commit(&state, tx).await?;
+    if let Some(held) = held {
+        held.keep();
+    }
+    Ok(ok(&subscription))
+}
+
+/// Moves an active subscription to another plan of its service, at once
+/// (the consuming team's developers: it changes what their wallet pays).
+/// The period stays: a dearer plan's fee is charged now for the rest of
+/// it (the difference, prorated; nothing during a trial), a cheaper one
+/// applies from the next period, and the calls already counted in the
+/// period count against the new plan's quota (no fresh quota). A plan
+/// that needs the provider's approval takes a new subscription.
+async fn change_plan(
+    state: AdminState,
+    caller: Caller,
+    id: &str,
+    request: ActionRequest,
+) -> Result<Response, ApiError> {
+    let Some(wanted) = request.plan.as_deref().filter(|p| !p.is_empty()) else {
+        return Err(ApiError::field("plan", "is required: the plan to move to"));
+    };
+    let mut tx = state.store.begin().await?;
+    let existing = tx
+        .subscription(id)
+        .await?
+        .filter(|s| sees_subscription(&caller, s))
+        .ok_or_else(|| ApiError::not_found("subscription", id))?;
+    if caller
+        .role(Some(&existing.consumer_team))
+        .is_none_or(|r| r < Role::Developer)
+    {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "Only a developer of the consuming team ('{}') may change the plan: it changes what its wallet pays.",
+                existing.consumer_team
+            ),
+        ));
+    }
+    if existing.status != SubscriptionStatus::Active {
+        return Err(ApiError::invalid_state(format!(
+            "Only an active subscription changes plan; this one is {}. Renew or resume it first, or subscribe anew.",
+            existing.status.as_str()
+        )));
+    }
+    let service = tx
+        .service(&existing.service_id)
+        .await?
+        .ok_or_else(|| ApiError::internal("subscription without its service"))?;
+    let own = caller.is_platform()
+        || service.spec.team.as_deref() == Some(existing.consumer_team.as_str());
+    let no_plan = || {
+        ApiError::field(
+            "plan",
+            format!("the service '{}' has no plan '{wanted}'", service.spec.slug),
+        )
+    };
+    // Another team's closed plan reads as none, as when subscribing.
+    let plan = tx
+        .plan(&existing.service_id, wanted)
+        .await?
+        .filter(|plan| own || plan.spec.open)
+        .ok_or_else(no_plan)?;
+    if plan.id == existing.plan_id {
+        return Err(ApiError::field(
+            "plan",
+            "is the subscription's plan already",
+        ));
+    }
+    if !plan.spec.open {
+        return Err(ApiError::field("plan", "is closed to new subscriptions"));
+    }
+    if plan
+        .spec
+        .approval_required
+        .unwrap_or(service.spec.approval_required)
+    {
+        return Err(ApiError::conflict(
+            "plan",
+            "needs the providing team's approval: cancel this subscription and subscribe to that plan (POST /api/v1/subscriptions)",
+        ));
+    }
+    let current = tx
+        .plan(&existing.service_id, &existing.plan_id)
+        .await?
+        .ok_or_else(|| ApiError::internal("subscription without its plan"))?;
+    let now = now_ms();
+    let in_trial = existing.trial_end_ms.is_some_and(|end| now < end);
+    let period = existing.period_start_ms.zip(existing.period_end_ms);
+    let charge = match period {
+        Some(period) if !in_trial => domain::billing::plan_change_charge(
+            current.spec.fee_nanos(),
+            plan.spec.fee_nanos(),
+            period,
+            now,
+        ),
+        _ => 0,
+    };
+    // Held where calls in flight hold their prices first, as any fee.
+    let held = match crate::money::hold_debit(&state, &existing.consumer_team, charge).await {
+        Ok(held) => held,
+        Err(available) => {
+            return Err(fee_unaffordable(
+                &state,
+                &plan,
+                &existing.consumer_team,
+                charge,
+                available,
+            ));
+        }
+    };
+    if charge > 0 {
+        let team = tx
+            .team(&existing.consumer_team)
+            .await?
+            .ok_or_else(|| ApiError::internal("subscription without its team"))?;
+        let start = period.map_or(now, |(start, _)| start);
+        let fee = tx
+            .charge_plan_change(
+                &team.id,
+                &existing,
+                start,
+                &plan.id,
+                charge,
+                &caller.actor(),
+                now,
+            )
+            .await?;
+        if let store::Fee::Short { balance_nanos } = fee {
+            return Err(fee_unaffordable(
+                &state,
+                &plan,
+                &existing.consumer_team,
+                charge,
+                balance_nanos,
+            ));
+        }
+    }
+    crate::money::hold_entries(held.as_deref(), &tx);
+    let subscription = Subscription {
+        plan: plan.spec.slug.clone(),
+        plan_id: plan.id.clone(),
+        updated_at_ms: now,
+        ..existing.clone()
+    };
+    tx.put_subscription(&subscription).await?;
+    audit(
+        &mut tx,
+        &caller,
+        subscription_audit("subscription.change_plan", &subscription),
+        Some(&existing),
+        Some(&subscription),
+    )
+    .await?;
+    tx.notify_subscription("subscription.plan_changed", &subscription)
+        .await?;
     commit(&state, tx).await?;
     if let Some(held) = held {
         held.keep();

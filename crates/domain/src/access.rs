@@ -944,8 +944,9 @@ pub struct Subscription {
 // --------------------------------------------------------------- webhooks
 
 /// Events a webhook endpoint can receive.
-pub const WEBHOOK_EVENTS: [&str; 18] = [
+pub const WEBHOOK_EVENTS: [&str; 19] = [
     "subscription.created",
+    "subscription.plan_changed",
     "subscription.approved",
     "subscription.rejected",
     "subscription.suspended",

@@ -118,6 +118,25 @@ pub fn prorate(alignment: Alignment, fee: i64, start_ms: i64, end_ms: i64) -> i6
     i64::try_from(i128::from(fee) * i128::from(covered) / i128::from(whole)).unwrap_or(fee)
 }
 
+/// What moving to a dearer plan at `now` costs for the rest of the period
+/// `[start, end)`: the difference of the two fees, for the part of the
+/// period left (rounded down). Nothing for a cheaper plan: what was paid
+/// for this period stays paid, and the next period is at the new fee.
+pub fn plan_change_charge(
+    old_fee: i64,
+    new_fee: i64,
+    (start_ms, end_ms): (i64, i64),
+    now_ms: i64,
+) -> i64 {
+    let difference = new_fee.saturating_sub(old_fee);
+    let length = end_ms - start_ms;
+    if difference <= 0 || length <= 0 || now_ms >= end_ms {
+        return 0;
+    }
+    let left = (end_ms - now_ms.max(start_ms)).clamp(0, length);
+    i64::try_from(i128::from(difference) * i128::from(left) / i128::from(length)).unwrap_or(0)
+}
+
 /// The budget period `[start, end)` that contains `at`.
 pub fn budget_period(period: BudgetPeriod, at_ms: i64) -> (i64, i64) {
     match period {
@@ -252,6 +271,26 @@ mod tests {
 
     fn ms(text: &str) -> i64 {
         parse_time_ms(text).unwrap_or_else(|e| unreachable!("{text}: {e}"))
+    }
+
+    #[test]
+    fn a_dearer_plan_costs_the_difference_for_the_rest_of_the_period() {
+        let period = (ms("2026-12-01T00:00:00Z"), ms("2026-12-31T00:00:00Z"));
+        let third = ms("2026-12-21T00:00:00Z");
+        // 10 → 40 with a third of the period left: 10.
+        assert_eq!(
+            plan_change_charge(10_000_000_000, 40_000_000_000, period, third),
+            10_000_000_000
+        );
+        // A cheaper plan, or one at the same fee, costs nothing now.
+        assert_eq!(
+            plan_change_charge(40_000_000_000, 10_000_000_000, period, third),
+            0
+        );
+        assert_eq!(plan_change_charge(10, 10, period, third), 0);
+        // At the start, the whole difference; past the end, nothing.
+        assert_eq!(plan_change_charge(0, 30, period, period.0), 30);
+        assert_eq!(plan_change_charge(0, 30, period, period.1), 0);
     }
 
     fn show((start, end): (i64, i64)) -> (String, String) {

@@ -122,23 +122,66 @@ impl WriteTx {
         actor: &str,
         now_ms: i64,
     ) -> Result<Fee> {
-        if fee_nanos <= 0 {
+        let reason = format!(
+            "monthly fee: {} on {} ({}), period from {}",
+            subscription.app,
+            subscription.service,
+            subscription.plan,
+            domain::access::format_time_ms(period_start_ms)
+        );
+        let key = fee_key(&subscription.id, period_start_ms);
+        self.charge_once(team_id, key, fee_nanos, reason, actor, now_ms)
+            .await
+    }
+
+    /// Charges a move of `subscription` to a dearer plan (id `plan_id`)
+    /// during the period that starts at `period_start`: `amount`, the
+    /// difference of the two fees for the rest of the period. Once per
+    /// period and plan.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn charge_plan_change(
+        &mut self,
+        team_id: &str,
+        subscription: &Subscription,
+        period_start_ms: i64,
+        plan_id: &str,
+        amount_nanos: i64,
+        actor: &str,
+        now_ms: i64,
+    ) -> Result<Fee> {
+        let reason = format!(
+            "plan change: {} on {}, from {} for the rest of the period from {}",
+            subscription.app,
+            subscription.service,
+            subscription.plan,
+            domain::access::format_time_ms(period_start_ms)
+        );
+        let key = format!("{}:{plan_id}", fee_key(&subscription.id, period_start_ms));
+        self.charge_once(team_id, key, amount_nanos, reason, actor, now_ms)
+            .await
+    }
+
+    /// Appends a charge of `nanos` under `key` (once), never below zero.
+    async fn charge_once(
+        &mut self,
+        team_id: &str,
+        key: String,
+        nanos: i64,
+        reason: String,
+        actor: &str,
+        now_ms: i64,
+    ) -> Result<Fee> {
+        if nanos <= 0 {
             return Ok(Fee::Paid);
         }
         let entry = LedgerEntry {
             id: domain::id::new_id(),
             team_id: team_id.to_owned(),
             kind: EntryKind::Charge,
-            amount_nanos: -fee_nanos,
-            idempotency_key: fee_key(&subscription.id, period_start_ms),
+            amount_nanos: -nanos,
+            idempotency_key: key,
             actor: actor.to_owned(),
-            reason: Some(format!(
-                "monthly fee: {} on {} ({}), period from {}",
-                subscription.app,
-                subscription.service,
-                subscription.plan,
-                domain::access::format_time_ms(period_start_ms)
-            )),
+            reason: Some(reason),
             request_id: None,
             created_at_ms: now_ms,
         };

@@ -1233,3 +1233,84 @@ async fn subscriptions_from_before_periods_are_given_one_without_a_fee() {
     );
     wait_call(&tollgate, "/weather/now", &key, 200).await;
 }
+
+/// A subscription moves to another plan of its service at once: a dearer
+/// fee is charged for the rest of the period (the difference), the calls
+/// counted in the period count against the new quota (no fresh one), and
+/// a move back to a cheaper plan charges nothing now. A plan that needs
+/// approval, or the plan it has, is refused.
+#[tokio::test]
+async fn a_subscription_changes_plan_without_a_fresh_quota() {
+    let tollgate = Tollgate::start(BIN).await;
+    let upstream = FakeUpstream::start("w").await;
+    let key = market(
+        &tollgate,
+        &upstream,
+        &[
+            json!({"slug": "small", "included": {"requests": 2}, "monthly_fee": "10"}),
+            json!({"slug": "large", "included": {"requests": 3}, "monthly_fee": "40"}),
+            json!({"slug": "vip", "monthly_fee": "1", "approval_required": true}),
+        ],
+        Some("100"),
+    )
+    .await;
+    let (status, body) = subscribe(&tollgate, "acme-web", "small").await;
+    assert_eq!(status, 201, "{body}");
+    let id = body["id"].as_str().unwrap().to_owned();
+    wait_call(&tollgate, "/weather/now", &key, 200).await;
+    assert_eq!(
+        tollgate.get_with_key("/weather/now", &key).await.status(),
+        200
+    );
+    let refused = tollgate.get_with_key("/weather/now", &key).await;
+    problem(refused, 402, "quota_exhausted").await;
+
+    let change = |plan: &'static str| {
+        let tollgate = &tollgate;
+        let path = format!("/api/v1/subscriptions/{id}/change-plan");
+        async move {
+            tollgate
+                .admin(Method::POST, &path, Some(json!({"plan": plan})))
+                .await
+        }
+    };
+    let (status, changed) = change("large").await;
+    assert_eq!(status, 200, "{changed}");
+    assert_eq!(changed["plan"], "large");
+    assert_eq!(changed["id"], id.as_str(), "the same subscription");
+    // The fee difference (30) for the rest of the period, just begun.
+    wait_entries(&tollgate, 3).await;
+    let mut fees = charges(&ledger(&tollgate, "acme", "&kind=charge").await);
+    fees.sort_unstable();
+    assert_eq!(fees.len(), 2, "{fees:?}");
+    assert_eq!(fees[1], -10_000_000_000, "the first period's fee");
+    assert!(
+        (-30_000_000_000..=-29_990_000_000).contains(&fees[0]),
+        "{fees:?}"
+    );
+    // Two of the new plan's three calls are used already: one more.
+    wait_call(&tollgate, "/weather/now", &key, 200).await;
+    let refused = tollgate.get_with_key("/weather/now", &key).await;
+    problem(refused, 402, "quota_exhausted").await;
+
+    let (status, body) = change("vip").await;
+    assert_eq!(status, 409, "{body}");
+    let (status, body) = change("large").await;
+    assert_eq!(status, 400, "{body}");
+    // Back to the cheaper plan: nothing charged now.
+    let (status, body) = change("small").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        charges(&ledger(&tollgate, "acme", "&kind=charge").await).len(),
+        2
+    );
+    // Each change is audited.
+    let (_, audit) = tollgate
+        .admin(
+            Method::GET,
+            "/api/v1/audit?action=subscription.change_plan",
+            None,
+        )
+        .await;
+    assert_eq!(audit["data"].as_array().map(Vec::len), Some(2), "{audit}");
+}
