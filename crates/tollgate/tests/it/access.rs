@@ -1487,15 +1487,20 @@ async fn tenants_never_see_each_other() {
         .unwrap()
         .0
         .clone();
-    let (status, _) = tollgate
-        .admin_as(
-            &alice,
-            Method::POST,
-            &format!("{subscription_b}/cancel"),
-            Some(json!({})),
-        )
-        .await;
-    assert_eq!(status, 404);
+    for (action, body) in [
+        ("cancel", json!({})),
+        ("change-plan", json!({"plan": "free"})),
+    ] {
+        let (status, _) = tollgate
+            .admin_as(
+                &alice,
+                Method::POST,
+                &format!("{subscription_b}/{action}"),
+                Some(body),
+            )
+            .await;
+        assert_eq!(status, 404, "{action}");
+    }
 
     // Lists show only A's own objects.
     for path in [
