@@ -35,14 +35,16 @@ pub fn latency_quantile(buckets: &[u64; LATENCY_BUCKET_COUNT], quantile: f64) ->
     if total == 0 {
         return None;
     }
-    // The rank of the wanted observation, 1-based.
-    let rank = ((quantile.clamp(0.0, 1.0) * total as f64).ceil() as u64).max(1);
+    // The wanted rank, as a fraction of the calls (as Prometheus's
+    // `histogram_quantile` reads a histogram): a lone call in a bucket
+    // reads as its middle at the median, not as its upper bound.
+    let rank = quantile.clamp(0.0, 1.0) * total as f64;
     let mut seen = 0u64;
     for (index, &count) in buckets.iter().enumerate() {
         if count == 0 {
             continue;
         }
-        if seen + count >= rank {
+        if (seen + count) as f64 >= rank {
             let lower = if index == 0 {
                 0
             } else {
@@ -51,7 +53,7 @@ pub fn latency_quantile(buckets: &[u64; LATENCY_BUCKET_COUNT], quantile: f64) ->
             let Some(&upper) = LATENCY_BUCKETS_US.get(index) else {
                 return Some(lower);
             };
-            let within = (rank - seen) as f64 / count as f64;
+            let within = ((rank - seen as f64) / count as f64).clamp(0.0, 1.0);
             return Some(lower + ((upper - lower) as f64 * within).round() as u64);
         }
         seen += count;
@@ -585,5 +587,12 @@ mod tests {
         buckets[15] = 1;
         assert_eq!(latency_quantile(&buckets, 1.0), Some(10_000_000));
         assert_eq!(latency_quantile(&buckets, 0.99), Some(2_500));
+        // Three calls in three buckets: the median is the middle one's
+        // bucket's middle, not its upper bound.
+        let mut buckets = [0u64; LATENCY_BUCKET_COUNT];
+        buckets[latency_bucket(733)] = 1;
+        buckets[latency_bucket(3_152)] = 1;
+        buckets[latency_bucket(5_537)] = 1;
+        assert_eq!(latency_quantile(&buckets, 0.5), Some(3_750));
     }
 }
