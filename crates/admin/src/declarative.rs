@@ -409,14 +409,18 @@ async fn keep_team(
     if same {
         return Ok(());
     }
-    let owner = stored.map_or_else(
-        || "the platform".to_owned(),
-        |team| format!("team '{team}'"),
-    );
+    // Said for the owner it has: the file must name that team, or name
+    // none for a platform object.
+    let fix = match stored {
+        Some(team) => {
+            format!("belongs to team '{team}' and stays with it: give `team: {team}` here")
+        }
+        None => "belongs to the platform and stays with it: leave 'team' out here".to_owned(),
+    };
     Err(ApiError::field(
         "team",
         format!(
-            "cannot change: the object belongs to {owner} and stays with it; give that team here (or leave 'team' out for a platform object), or delete the object and create it under the other owner"
+            "cannot change: the object {fix}, or delete the object and create it under the other owner"
         ),
     ))
 }

@@ -1252,7 +1252,8 @@ impl RouteSpec {
     pub fn validate(&self) -> Result<(), FieldErrors> {
         let mut errors = FieldErrors::new();
         if let Some(name) = &self.name {
-            check_slug(&mut errors, "name", name);
+            // Routes are addressed by name or id, as other objects by slug.
+            check_own_slug(&mut errors, "name", name);
         }
         check_methods(&mut errors, "methods", &self.methods);
         if let Err(message) = crate::path::parse_pattern(&self.path) {

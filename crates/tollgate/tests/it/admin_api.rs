@@ -653,6 +653,16 @@ async fn flags_one_piece_lists_nulls_and_id_shaped_slugs() {
         .await;
     assert_eq!(s, 400, "{b}");
     assert_eq!(fields(&b), ["slug"], "{b}");
+    // So would a route's name (routes are addressed by name or id).
+    let (s, b) = tollgate
+        .admin(
+            Method::POST,
+            "/api/v1/services/w/routes",
+            Some(json!({"name": id, "path": "/x"})),
+        )
+        .await;
+    assert_eq!(s, 400, "{b}");
+    assert_eq!(fields(&b), ["name"], "{b}");
     // A user is found by email in any case, as at sign-up.
     tollgate
         .create(
