@@ -152,6 +152,17 @@ pub(crate) async fn fakes() -> (FakeOpenAi, FakeAnthropic, FakeGemini) {
     )
 }
 
+/// A one-line chat to `model`, without `max_tokens`.
+async fn short_chat(tollgate: &Tollgate, key: &str, model: &str) -> reqwest::Response {
+    post(
+        tollgate,
+        "/v1/chat/completions",
+        key,
+        json!({"model": model, "messages": [{"role": "user", "content": "Hi"}]}),
+    )
+    .await
+}
+
 async fn post(tollgate: &Tollgate, path: &str, key: &str, body: Value) -> reqwest::Response {
     tollgate
         .client
@@ -1837,13 +1848,7 @@ async fn responses_api_and_a_slow_provider_falls_back_after_the_first_token_time
     }
     // A chat without max_tokens is sent the bound it was reserved for.
     openai.push(Reply::text("bounded", Usage::new(5, 1)));
-    post(
-        &tollgate,
-        "/v1/chat/completions",
-        &world.key,
-        json!({"model": "oai/gpt-test", "messages": [{"role": "user", "content": "Hi"}]}),
-    )
-    .await;
+    short_chat(&tollgate, &world.key, "oai/gpt-test").await;
     let sent = openai.last_request().unwrap();
     assert_eq!(sent.body["max_completion_tokens"], 4000, "{}", sent.body);
     // A model whose output limit nobody says: 4,096, not all the context
@@ -1861,13 +1866,7 @@ async fn responses_api_and_a_slow_provider_falls_back_after_the_first_token_time
     let started = std::time::Instant::now();
     loop {
         openai.push(Reply::text("bounded", Usage::new(5, 1)));
-        post(
-            &tollgate,
-            "/v1/chat/completions",
-            &world.key,
-            json!({"model": "oai/gpt-test", "messages": [{"role": "user", "content": "Hi"}]}),
-        )
-        .await;
+        short_chat(&tollgate, &world.key, "oai/gpt-test").await;
         let sent = openai.last_request().unwrap();
         if sent.body["max_completion_tokens"] == 4096 {
             break;
@@ -2200,13 +2199,7 @@ async fn openai_compatible_providers_are_sent_max_tokens() {
     assert_eq!(status, 200, "{body}");
     let started = std::time::Instant::now();
     loop {
-        let response = post(
-            &tollgate,
-            "/v1/chat/completions",
-            &world.key,
-            json!({"model": "compat/gpt-test", "messages": [{"role": "user", "content": "Hi"}]}),
-        )
-        .await;
+        let response = short_chat(&tollgate, &world.key, "compat/gpt-test").await;
         if response.status() == 200 {
             break;
         }
@@ -2226,13 +2219,7 @@ async fn openai_compatible_providers_are_sent_max_tokens() {
     );
     // OpenAI itself keeps the field it documents.
     openai.push(Reply::text("ok", Usage::new(5, 1)));
-    post(
-        &tollgate,
-        "/v1/chat/completions",
-        &world.key,
-        json!({"model": "oai/gpt-test", "messages": [{"role": "user", "content": "Hi"}]}),
-    )
-    .await;
+    short_chat(&tollgate, &world.key, "oai/gpt-test").await;
     let sent = openai.last_request().unwrap();
     assert_eq!(sent.body["max_completion_tokens"], 4000, "{}", sent.body);
 }
