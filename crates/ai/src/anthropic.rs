@@ -37,6 +37,7 @@ impl UsageParts {
             input,
             output: self.output.unwrap_or(0),
             cached_input: cache_read,
+            cache_write: self.cache_creation.unwrap_or(0),
             reasoning: 0,
         }
     }

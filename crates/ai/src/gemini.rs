@@ -26,6 +26,7 @@ pub(crate) fn usage(value: Option<&Value>) -> Usage {
         input,
         output: candidates.saturating_add(thoughts),
         cached_input: json::count(value.get("cachedContentTokenCount")).min(input),
+        cache_write: 0,
         reasoning: thoughts,
     }
 }

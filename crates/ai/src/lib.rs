@@ -111,7 +111,8 @@ pub enum Dialect {
 /// `output`.
 ///
 /// From Anthropic: `input = input_tokens + cache_read_input_tokens +
-/// cache_creation_input_tokens`, `cached_input = cache_read_input_tokens`.
+/// cache_creation_input_tokens`, `cached_input = cache_read_input_tokens`,
+/// `cache_write = cache_creation_input_tokens`.
 /// From Gemini: `input = promptTokenCount`, `cached_input =
 /// cachedContentTokenCount`, `output = candidatesTokenCount +
 /// thoughtsTokenCount`, `reasoning = thoughtsTokenCount`.
@@ -120,6 +121,10 @@ pub struct Usage {
     pub input: u64,
     pub output: u64,
     pub cached_input: u64,
+    /// Prompt tokens written to the provider's cache (a part of `input`):
+    /// Anthropic's `cache_creation_input_tokens`, billed above the input
+    /// price.
+    pub cache_write: u64,
     pub reasoning: u64,
 }
 

@@ -21,6 +21,7 @@ pub(crate) fn usage(value: Option<&Value>) -> Usage {
         input,
         output,
         cached_input,
+        cache_write: 0,
         reasoning,
     }
 }

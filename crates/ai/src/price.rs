@@ -30,15 +30,24 @@ impl Prices {
     }
 
     /// What `usage` costs: `ceil((uncached × input + cached × cached-or-input
-    /// + output × output) / 10⁶)`. Cached tokens beyond `input` are ignored.
+    /// plus cache writes × 1.25 × input plus output × output) / 10⁶)`.
+    /// Cached tokens and cache writes beyond `input` are ignored. 1.25
+    /// times the input price is what Anthropic (the one provider that
+    /// reports cache writes) bills for writing its 5-minute prompt cache.
     pub fn cost(&self, usage: &Usage) -> i64 {
         let cached = usage.cached_input.min(usage.input);
-        let uncached = usage.input - cached;
-        // Each product fits an i128; their sum may not.
-        let micros = (i128::from(uncached) * self.input())
-            .saturating_add(i128::from(cached) * self.cached())
-            .saturating_add(i128::from(usage.output) * self.output());
-        to_nanos(micros)
+        let written = usage.cache_write.min(usage.input - cached);
+        let uncached = usage.input - cached - written;
+        // In quarters of a micro-unit, so that 1.25 × stays exact. Each
+        // product fits an i128; their sum may not.
+        let part = |tokens: u64, price: i128, quarters: i128| {
+            (i128::from(tokens) * price).saturating_mul(quarters)
+        };
+        let quarters = part(uncached, self.input(), 4)
+            .saturating_add(part(cached, self.cached(), 4))
+            .saturating_add(part(written, self.input(), 5))
+            .saturating_add(part(usage.output, self.output(), 4));
+        to_nanos(quarters / 4 + i128::from(quarters % 4 != 0))
     }
 
     /// The most a call with `input_tokens` (all uncached) and at most
@@ -48,6 +57,7 @@ impl Prices {
             input: input_tokens,
             output: max_output,
             cached_input: 0,
+            cache_write: 0,
             reasoning: 0,
         })
     }

@@ -67,6 +67,7 @@ impl State {
             input: self.input_estimate.unwrap_or(0),
             output: self.produced,
             cached_input: 0,
+            cache_write: 0,
             reasoning: 0,
         })
     }

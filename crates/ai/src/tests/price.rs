@@ -6,6 +6,7 @@ fn usage(input: u64, cached_input: u64, output: u64) -> Usage {
         input,
         output,
         cached_input,
+        cache_write: 0,
         reasoning: 0,
     }
 }
@@ -103,4 +104,47 @@ fn max_output_affordable_is_the_largest_that_fits() {
     // Not even the input fits.
     assert_eq!(GPT4O.max_output_affordable(11, 25_000), 0);
     assert_eq!(GPT4O.max_cost(1_000, 100), 1_000 * 2_500 + 100 * 10_000);
+}
+
+/// Anthropic's cache writes cost 1.25 times the input price, exactly.
+#[test]
+fn cache_writes_cost_a_quarter_more_than_input() {
+    let claude = Prices {
+        input_per_million: 3_000_000_000,
+        output_per_million: 15_000_000_000,
+        cached_input_per_million: Some(300_000_000),
+    };
+    // 21 plain, 1,000 written, 100 read; 5 out.
+    let usage = Usage {
+        input: 1_121,
+        output: 5,
+        cached_input: 100,
+        cache_write: 1_000,
+        reasoning: 0,
+    };
+    assert_eq!(
+        claude.cost(&usage),
+        21 * 3_000 + 1_000 * 3_750 + 100 * 300 + 5 * 15_000
+    );
+    // Writes past the input are not believed.
+    let inflated = Usage {
+        cache_write: 10_000,
+        ..usage
+    };
+    assert_eq!(
+        claude.cost(&inflated),
+        1_021 * 3_750 + 100 * 300 + 5 * 15_000
+    );
+    // A quarter of a nano-unit rounds up, as every cost does.
+    let one = Prices {
+        input_per_million: 1,
+        output_per_million: 0,
+        cached_input_per_million: None,
+    };
+    let written = Usage {
+        input: 1,
+        cache_write: 1,
+        ..Usage::default()
+    };
+    assert_eq!(one.cost(&written), 1);
 }

@@ -51,6 +51,7 @@ fn openai_to_anthropic_response() {
             input: 1117,
             output: 46,
             cached_input: 1024,
+            cache_write: 0,
             reasoning: 12
         }
     );
@@ -150,6 +151,7 @@ fn anthropic_to_openai_response() {
             input: 2572,
             output: 91,
             cached_input: 2000,
+            cache_write: 100,
             reasoning: 0
         }
     );
@@ -253,6 +255,7 @@ fn gemini_to_openai_response() {
             input: 500,
             output: 100,
             cached_input: 300,
+            cache_write: 0,
             reasoning: 60
         }
     );
@@ -328,6 +331,7 @@ fn gemini_to_anthropic_response_via_the_hub() {
             input: 500,
             output: 100,
             cached_input: 300,
+            cache_write: 0,
             reasoning: 60
         }
     );
@@ -381,6 +385,7 @@ fn same_dialect_responses_keep_everything_but_the_model() {
             input: 2572,
             output: 91,
             cached_input: 2000,
+            cache_write: 100,
             reasoning: 0
         }
     );

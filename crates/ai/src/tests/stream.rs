@@ -206,6 +206,7 @@ fn anthropic_upstream_to_openai_caller_with_usage() {
             input: 40,
             output: 89,
             cached_input: 10,
+            cache_write: 5,
             reasoning: 0
         })
     );
@@ -250,6 +251,7 @@ fn usage_progresses_through_the_stream() {
             input: 40,
             output: 1,
             cached_input: 10,
+            cache_write: 5,
             reasoning: 0
         })
     );
@@ -341,6 +343,7 @@ fn openai_upstream_to_anthropic_caller() {
             input: 50,
             output: 20,
             cached_input: 30,
+            cache_write: 0,
             reasoning: 5
         })
     );
@@ -361,6 +364,7 @@ fn openai_passthrough_with_usage_is_unchanged() {
             input: 50,
             output: 20,
             cached_input: 30,
+            cache_write: 0,
             reasoning: 5
         })
     );
@@ -451,6 +455,7 @@ fn anthropic_passthrough_is_unchanged() {
             input: 40,
             output: 89,
             cached_input: 10,
+            cache_write: 5,
             reasoning: 0
         })
     );
@@ -528,6 +533,7 @@ fn gemini_upstream_to_openai_caller() {
             input: 12,
             output: 28,
             cached_input: 4,
+            cache_write: 0,
             reasoning: 8
         })
     );
@@ -862,6 +868,7 @@ fn compatible_upstream_with_whole_tool_calls_and_no_index() {
             input: 7,
             output: 3,
             cached_input: 0,
+            cache_write: 0,
             reasoning: 0
         })
     );

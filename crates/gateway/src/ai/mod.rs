@@ -1558,6 +1558,7 @@ impl Call<'_> {
                     cached_input: usage["input_tokens_details"]["cached_tokens"]
                         .as_u64()
                         .unwrap_or(0),
+                    cache_write: 0,
                     reasoning: usage["output_tokens_details"]["reasoning_tokens"]
                         .as_u64()
                         .unwrap_or(0),
@@ -1697,10 +1698,12 @@ impl Bounds {
     pub(crate) fn clamp(&self, usage: ai::Usage) -> ai::Usage {
         let input = usage.input.min(self.input);
         let output = usage.output.min(self.output);
+        let cached_input = usage.cached_input.min(input);
         ai::Usage {
             input,
             output,
-            cached_input: usage.cached_input.min(input),
+            cached_input,
+            cache_write: usage.cache_write.min(input - cached_input),
             reasoning: usage.reasoning.min(output),
         }
     }

@@ -147,19 +147,20 @@ pub(crate) fn charged(usage: &ai::Usage, free: u64) -> ai::Usage {
     }
     let free_input = free.min(usage.input);
     let free_output = (free - free_input).min(usage.output);
-    let input = usage.input - free_input;
-    let uncached = usage.input.saturating_sub(usage.cached_input);
-    // What stays charged of the input: uncached tokens go free first.
-    let cached_input = if free_input >= uncached {
-        input
-    } else {
-        usage.cached_input.min(input)
-    };
+    // Free tokens come off plain input first, then cache writes, then
+    // cached input.
+    let cached = usage.cached_input.min(usage.input);
+    let written = usage.cache_write.min(usage.input - cached);
+    let plain = usage.input - cached - written;
+    let from_plain = free_input.min(plain);
+    let from_written = (free_input - from_plain).min(written);
+    let from_cached = free_input - from_plain - from_written;
     let output = usage.output - free_output;
     ai::Usage {
-        input,
+        input: usage.input - free_input,
         output,
-        cached_input,
+        cached_input: cached - from_cached,
+        cache_write: written - from_written,
         reasoning: usage.reasoning.min(output),
     }
 }
@@ -174,6 +175,7 @@ mod tests {
             input: 100,
             output: 50,
             cached_input: 40,
+            cache_write: 0,
             reasoning: 10,
         };
         assert_eq!(charged(&usage, 0), usage);

@@ -53,6 +53,7 @@ impl Mode {
                                 cached_input: found["input_tokens_details"]["cached_tokens"]
                                     .as_u64()
                                     .unwrap_or(0),
+                                cache_write: 0,
                                 reasoning: found["output_tokens_details"]["reasoning_tokens"]
                                     .as_u64()
                                     .unwrap_or(0),

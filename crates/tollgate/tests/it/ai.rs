@@ -2223,3 +2223,34 @@ async fn openai_compatible_providers_are_sent_max_tokens() {
     let sent = openai.last_request().unwrap();
     assert_eq!(sent.body["max_completion_tokens"], 4000, "{}", sent.body);
 }
+
+/// Anthropic's prompt-cache writes (`cache_creation_input_tokens`) cost
+/// 1.25 times the input price, as Anthropic bills them; reads cost the
+/// cached price.
+#[tokio::test]
+async fn cache_writes_are_charged_above_the_input_price() {
+    let (openai, anthropic, gemini) = fakes().await;
+    let tollgate = Tollgate::start(BIN).await;
+    let world = ai_world(&tollgate, &openai, &anthropic, &gemini, json!({})).await;
+    // 100 plain, 800 written, 100 read; 10 out. With the service's 1.5
+    // markup: 1.5, 0.75 (cached) and 3 per million.
+    anthropic.push(Reply::text(
+        "cached",
+        Usage {
+            input: 1_000,
+            output: 10,
+            cached_input: 100,
+            cache_write_input: 800,
+            reasoning: 0,
+        },
+    ));
+    let response = post_messages(
+        &tollgate,
+        &world.key,
+        json!({"model": "claude/claude-test", "max_tokens": 50, "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    // 100 × 1.5 + 800 × 1.875 + 100 × 0.75 + 10 × 3 = 1,755 per million.
+    assert_eq!(response.headers()["tollgate-cost"], "0.001755 USD");
+}
