@@ -1139,6 +1139,11 @@ pub async fn subscription_action(
             let fee = tx
                 .enter_period(&mut subscription, &period, &caller.actor(), now, payable)
                 .await?;
+            if fee == store::Fee::AlreadyPaid {
+                // No entry carries the hold (another request paid this
+                // period): it goes back to the wallet.
+                held = None;
+            }
             crate::money::hold_entries(held.as_deref(), &tx);
             // Approving starts the subscription even when its fee cannot
             // be paid yet (it is then past due, and renewed once the
@@ -1280,7 +1285,7 @@ async fn change_plan(
         _ => 0,
     };
     // Held where calls in flight hold their prices first, as any fee.
-    let held = match crate::money::hold_debit(&state, &existing.consumer_team, charge).await {
+    let mut held = match crate::money::hold_debit(&state, &existing.consumer_team, charge).await {
         Ok(held) => held,
         Err(available) => {
             return Err(fee_unaffordable(
@@ -1309,14 +1314,20 @@ async fn change_plan(
                 now,
             )
             .await?;
-        if let store::Fee::Short { balance_nanos } = fee {
-            return Err(fee_unaffordable(
-                &state,
-                &plan,
-                &existing.consumer_team,
-                charge,
-                balance_nanos,
-            ));
+        match fee {
+            store::Fee::Short { balance_nanos } => {
+                return Err(fee_unaffordable(
+                    &state,
+                    &plan,
+                    &existing.consumer_team,
+                    charge,
+                    balance_nanos,
+                ));
+            }
+            // Moved to this plan and back earlier in the period: its
+            // difference is paid already, and the hold goes back.
+            store::Fee::AlreadyPaid => held = None,
+            store::Fee::Paid => {}
         }
     }
     crate::money::hold_entries(held.as_deref(), &tx);

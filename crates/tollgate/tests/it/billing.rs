@@ -1297,13 +1297,27 @@ async fn a_subscription_changes_plan_without_a_fresh_quota() {
     assert_eq!(status, 409, "{body}");
     let (status, body) = change("large").await;
     assert_eq!(status, 400, "{body}");
-    // Back to the cheaper plan: nothing charged now.
+    // Back to the cheaper plan: nothing charged now; and up again in the
+    // same period: its difference is paid already.
     let (status, body) = change("small").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(
         charges(&ledger(&tollgate, "acme", "&kind=charge").await).len(),
         2
     );
+    let (status, body) = change("large").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        charges(&ledger(&tollgate, "acme", "&kind=charge").await).len(),
+        2
+    );
+    // The node's wallet holds nothing back for that: it says what the
+    // ledger says.
+    let balance = wallet(&tollgate, "acme").await["balance"].clone();
+    let me = tollgate.json_with_key("/_tollgate/me", &key).await;
+    assert_eq!(me["available"], balance, "{me}");
+    let (status, body) = change("small").await;
+    assert_eq!(status, 200, "{body}");
     // Each change is audited.
     let (_, audit) = tollgate
         .admin(
@@ -1312,5 +1326,5 @@ async fn a_subscription_changes_plan_without_a_fresh_quota() {
             None,
         )
         .await;
-    assert_eq!(audit["data"].as_array().map(Vec::len), Some(2), "{audit}");
+    assert_eq!(audit["data"].as_array().map(Vec::len), Some(4), "{audit}");
 }
