@@ -474,7 +474,14 @@ impl Call<'_> {
         };
         for target in self.model_rt.all_targets() {
             let p = self.prices(target);
-            max.input_per_million = max.input_per_million.max(p.input_per_million);
+            // Anthropic may write every input token to its cache, at 1.25
+            // times the input price: the reservation holds that much.
+            let input = if target.provider.dialect == ai::Dialect::Anthropic {
+                p.input_per_million.saturating_mul(5).saturating_add(3) / 4
+            } else {
+                p.input_per_million
+            };
+            max.input_per_million = max.input_per_million.max(input);
             max.output_per_million = max.output_per_million.max(p.output_per_million);
         }
         max
