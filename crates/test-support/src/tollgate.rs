@@ -24,6 +24,10 @@ pub struct Options {
     /// The admin listener's address (its port is picked here); loopback
     /// when `None`.
     pub admin_host: Option<&'static str>,
+    /// The gateway's port; a free one when `None`. A node restarted on
+    /// its former port keeps its name (alerts over its calls are filed
+    /// under it).
+    pub gateway_port: Option<u16>,
 }
 
 impl Options {
@@ -116,7 +120,7 @@ impl Tollgate {
                 (temp.path().to_path_buf(), Some(temp))
             }
         };
-        let gateway_port = crate::free_port();
+        let gateway_port = options.gateway_port.unwrap_or_else(crate::free_port);
         let admin_port = crate::free_port();
         let log_path = data_dir.join(format!("tollgate-{gateway_port}.log"));
         let log = std::fs::File::create(&log_path).unwrap();

@@ -147,11 +147,18 @@ pub fn evaluate(
 
 /// One round: every enabled rule evaluated; transitions stored and
 /// announced.
+///
+/// `watching_since_ms`: when this node began to count calls. Until it has
+/// watched a whole window, a rule over its calls cannot tell that a
+/// condition ended (its window holds only the calls since it started):
+/// what it had firing stays firing until then, so a restart announces no
+/// resolution that nothing happened to cause.
 pub async fn check(
     store: &Store,
     metrics: &Metrics,
     gateway: &Gateway,
     (currency, node): (&str, &str),
+    watching_since_ms: i64,
 ) -> store::Result<usize> {
     let own_calls = calls_subject(node);
     let now = domain::now_ms();
@@ -190,9 +197,13 @@ pub async fn check(
                 });
             }
         }
+        let window_unseen = enabled
+            && rule.spec.metric.uses_window()
+            && now - watching_since_ms < i64::from(rule.spec.window_seconds) * 1000;
         let changes: Vec<&Verdict> = verdicts
             .iter()
             .filter(|v| stored.get(&v.subject).copied().unwrap_or(false) != v.firing)
+            .filter(|v| !(window_unseen && !v.firing && v.subject == own_calls))
             .collect();
         if changes.is_empty() {
             continue;
@@ -234,13 +245,22 @@ pub fn spawn(
     every: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
+    let watching_since = domain::now_ms();
     tokio::spawn(async move {
         loop {
             tokio::select! {
                 () = tokio::time::sleep(every) => {}
                 _ = shutdown.changed() => return,
             }
-            if let Err(error) = check(&store, &metrics, &gateway, (&currency, &node)).await {
+            if let Err(error) = check(
+                &store,
+                &metrics,
+                &gateway,
+                (&currency, &node),
+                watching_since,
+            )
+            .await
+            {
                 tracing::warn!(%error, "alert evaluation failed; retrying");
             }
         }

@@ -1333,3 +1333,59 @@ async fn refusals_name_who_they_can_and_filters_take_ids() {
         logged_count(&tollgate, "team=acme").await
     );
 }
+
+/// A restarted node does not resolve what it had firing over its calls
+/// until it has watched a whole window: right after the start its window
+/// holds no calls, which says nothing of whether the condition ended.
+#[tokio::test]
+async fn a_restart_resolves_no_call_alert_before_a_whole_window() {
+    let upstream = FakeUpstream::start("w").await;
+    let receiver = test_support::webhook::WebhookReceiver::start(0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let options = |gateway_port: Option<u16>| test_support::tollgate::Options {
+        env: vec![("TOLLGATE_ALERTS__EVALUATE_EVERY_MS".into(), "200".into())],
+        gateway_port,
+        ..test_support::tollgate::Options::in_dir(dir.path())
+    };
+    let tollgate = Tollgate::start_with(BIN, options(None)).await;
+    let port: u16 = tollgate
+        .gateway_url
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // Acme's wallet is empty: every call is a 402.
+    let key = priced_world(&tollgate, &upstream, 0).await;
+    tollgate
+        .create(
+            "/api/v1/teams/weatherco/webhooks",
+            json!({"url": receiver.url(), "events": ["alert.firing", "alert.resolved"]}),
+        )
+        .await;
+    tollgate
+        .create(
+            "/api/v1/alerts",
+            json!({"slug": "too-many-402", "team": "weatherco", "metric": "refusals_402",
+                "threshold": 5, "window_seconds": 10, "service": "weather"}),
+        )
+        .await;
+    for _ in 0..6 {
+        let response = tollgate.get_with_key("/weather/forecast/x", &key).await;
+        assert_eq!(response.status(), 402);
+    }
+    let received = receiver.wait_for(1, Duration::from_secs(5)).await;
+    assert_eq!(received[0].json()["type"], "alert.firing");
+
+    tollgate.stop().await;
+    let _tollgate = Tollgate::start_with(BIN, options(Some(port))).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        receiver.received().len(),
+        1,
+        "resolved before the new window held a whole window of calls"
+    );
+    // Once it has watched a whole window without 402s: resolved, once.
+    let received = receiver.wait_for(2, Duration::from_secs(10)).await;
+    assert_eq!(received[1].json()["type"], "alert.resolved");
+}
