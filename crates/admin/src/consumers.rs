@@ -817,6 +817,44 @@ fn fee_unaffordable(
     error
 }
 
+/// The subscription `id`, in `tx`, when the caller's teams are on either
+/// side of it; 404 otherwise.
+async fn subscription_seen(
+    tx: &mut WriteTx,
+    caller: &Caller,
+    id: &str,
+) -> Result<Subscription, ApiError> {
+    tx.subscription(id)
+        .await?
+        .filter(|s| sees_subscription(caller, s))
+        .ok_or_else(|| ApiError::not_found("subscription", id))
+}
+
+/// 403 unless the caller is a developer of the subscription's consuming
+/// team: the provider sees the subscription, so it hears why it may not
+/// `act` (what its wallet pays is the consumer's decision), not that the
+/// subscription does not exist.
+fn require_consumer_developer(
+    caller: &Caller,
+    subscription: &Subscription,
+    act: &str,
+) -> Result<(), ApiError> {
+    if caller
+        .role(Some(&subscription.consumer_team))
+        .is_none_or(|role| role < Role::Developer)
+    {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "Only a developer of the consuming team ('{}') may {act}.",
+                subscription.consumer_team
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn sees_subscription(caller: &Caller, subscription: &Subscription) -> bool {
     caller.role(Some(&subscription.consumer_team)).is_some()
         || caller.role(subscription.provider_team.as_deref()).is_some()
@@ -941,26 +979,8 @@ pub async fn patch_subscription(
     Json(patch): Json<SubscriptionPatch>,
 ) -> Result<Response, ApiError> {
     let mut tx = state.store.begin().await?;
-    let existing = tx
-        .subscription(&id)
-        .await?
-        .filter(|s| sees_subscription(&caller, s))
-        .ok_or_else(|| ApiError::not_found("subscription", &id))?;
-    // The provider sees the subscription, so it hears why it cannot
-    // change it (403), not that it does not exist.
-    if caller
-        .role(Some(&existing.consumer_team))
-        .is_none_or(|role| role < Role::Developer)
-    {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            format!(
-                "Only a developer of the consuming team ('{}') may change this subscription's renewal.",
-                existing.consumer_team
-            ),
-        ));
-    }
+    let existing = subscription_seen(&mut tx, &caller, &id).await?;
+    require_consumer_developer(&caller, &existing, "change this subscription's renewal")?;
     let subscription = Subscription {
         auto_renew: patch.auto_renew,
         updated_at_ms: now_ms(),
@@ -1028,11 +1048,7 @@ pub async fn subscription_action(
         return Err(ApiError::field("reason", "must be at most 1000 bytes"));
     }
     let mut tx = state.store.begin().await?;
-    let existing = tx
-        .subscription(&id)
-        .await?
-        .filter(|s| sees_subscription(&caller, s))
-        .ok_or_else(|| ApiError::not_found("subscription", &id))?;
+    let existing = subscription_seen(&mut tx, &caller, &id).await?;
     let provider = existing.provider_team.as_deref();
     let provider_admin = caller.role(provider).is_some_and(|r| r >= Role::Admin);
     let consumer_developer = caller
@@ -1207,24 +1223,12 @@ async fn change_plan(
         return Err(ApiError::field("plan", "is required: the plan to move to"));
     };
     let mut tx = state.store.begin().await?;
-    let existing = tx
-        .subscription(id)
-        .await?
-        .filter(|s| sees_subscription(&caller, s))
-        .ok_or_else(|| ApiError::not_found("subscription", id))?;
-    if caller
-        .role(Some(&existing.consumer_team))
-        .is_none_or(|r| r < Role::Developer)
-    {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            format!(
-                "Only a developer of the consuming team ('{}') may change the plan: it changes what its wallet pays.",
-                existing.consumer_team
-            ),
-        ));
-    }
+    let existing = subscription_seen(&mut tx, &caller, id).await?;
+    require_consumer_developer(
+        &caller,
+        &existing,
+        "change the plan: it changes what its wallet pays",
+    )?;
     if existing.status != SubscriptionStatus::Active {
         return Err(ApiError::invalid_state(format!(
             "Only an active subscription changes plan; this one is {}. Renew or resume it first, or subscribe anew.",

@@ -111,6 +111,35 @@ fn errors_within(prefix: &str, error: ApiError) -> ApiError {
     error.within(prefix)
 }
 
+/// Reads one item of a list named `prefix`: every shape problem, then,
+/// once it reads, its own `check`, all added to `errors`. The item and
+/// whether its check passed.
+fn read_item<T: serde::de::DeserializeOwned>(
+    item: Value,
+    prefix: &str,
+    check: impl Fn(&T) -> Result<(), FieldErrors>,
+    errors: &mut FieldErrors,
+) -> Option<(T, bool)> {
+    let mut add = |error: ApiError| {
+        for e in errors_within(prefix, error).errors {
+            errors.add(e.field, e.message);
+        }
+    };
+    let (spec, problems) = from_value_all::<T>(item);
+    for problem in problems {
+        add(problem);
+    }
+    let spec = spec?;
+    let valid = match check(&spec) {
+        Ok(()) => true,
+        Err(problems) => {
+            add(problems.into());
+            false
+        }
+    };
+    Some((spec, valid))
+}
+
 /// Parses and validates a document, reporting every problem at once.
 pub fn parse_document(value: Value) -> Result<Document, ApiError> {
     let Value::Object(mut top) = value else {
@@ -165,14 +194,8 @@ pub fn parse_document(value: Value) -> Result<Document, ApiError> {
         .enumerate()
     {
         let prefix = format!("upstreams[{index}]");
-        let (spec, problems) = from_value_all::<UpstreamSpec>(item);
-        for e in problems {
-            collect(errors_within(&prefix, e), &mut errors);
-        }
-        if let Some(spec) = spec {
-            if let Err(e) = spec.validate() {
-                collect(errors_within(&prefix, e.into()), &mut errors);
-            } else if !slugs.insert(spec.slug.clone()) {
+        if let Some((spec, valid)) = read_item(item, &prefix, UpstreamSpec::validate, &mut errors) {
+            if valid && !slugs.insert(spec.slug.clone()) {
                 errors.add(format!("{prefix}.slug"), "appears twice in the document");
             }
             document.upstreams.push(spec);
@@ -257,27 +280,22 @@ pub fn parse_document(value: Value) -> Result<Document, ApiError> {
         let mut route_keys = HashSet::new();
         for (route_index, item) in route_items.into_iter().enumerate() {
             let route_prefix = format!("{prefix}.routes[{route_index}]");
-            let (spec, problems) = from_value_all::<RouteSpec>(item);
-            for e in problems {
-                collect(errors_within(&route_prefix, e), &mut errors);
-            }
-            if let Some(spec) = spec {
-                if let Err(e) = spec.validate() {
-                    collect(errors_within(&route_prefix, e.into()), &mut errors);
-                } else if !route_keys.insert(route_match_key(&spec)) {
+            if let Some((spec, valid)) =
+                read_item(item, &route_prefix, RouteSpec::validate, &mut errors)
+            {
+                if valid && !route_keys.insert(route_match_key(&spec)) {
                     errors.add(route_prefix, "names the same route as an earlier entry");
                 }
                 routes.push(spec);
             }
         }
-        let (spec, problems) = from_value_all::<ServiceSpec>(Value::Object(fields));
-        for e in problems {
-            collect(errors_within(&prefix, e), &mut errors);
-        }
-        if let Some(spec) = spec {
-            if let Err(e) = spec.validate() {
-                collect(errors_within(&prefix, e.into()), &mut errors);
-            } else if !service_slugs.insert(spec.slug.clone()) {
+        if let Some((spec, valid)) = read_item(
+            Value::Object(fields),
+            &prefix,
+            ServiceSpec::validate,
+            &mut errors,
+        ) {
+            if valid && !service_slugs.insert(spec.slug.clone()) {
                 errors.add(format!("{prefix}.slug"), "appears twice in the document");
             }
             document.services.push(ServiceDocument {

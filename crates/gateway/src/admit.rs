@@ -76,11 +76,36 @@ impl Source {
     }
 }
 
+/// The credentials a request carries ([`credentials`]), read as a list.
+struct Presented<'r> {
+    found: smallvec::SmallVec<[(&'r str, Source); 2]>,
+    /// It has an `X-API-Key` line, empty ones included.
+    x_api_key_line: bool,
+}
+
+impl<'r> std::ops::Deref for Presented<'r> {
+    type Target = [(&'r str, Source)];
+
+    fn deref(&self) -> &Self::Target {
+        &self.found
+    }
+}
+
+impl<'r> IntoIterator for Presented<'r> {
+    type Item = (&'r str, Source);
+    type IntoIter = smallvec::IntoIter<[(&'r str, Source); 2]>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.found.into_iter()
+    }
+}
+
 /// Every credential the request carries, each header line apart: a
 /// repeated `Authorization` or `X-API-Key` line is a credential of its own,
 /// so lines naming different apps conflict.
-fn credentials<B>(request: &Request<B>) -> smallvec::SmallVec<[(&str, Source); 2]> {
+fn credentials<B>(request: &Request<B>) -> Presented<'_> {
     let mut found = smallvec::SmallVec::new();
+    let mut x_api_key_line = false;
     for value in request.headers().get_all(header::AUTHORIZATION) {
         let Ok(text) = value.to_str() else { continue };
         let token = text
@@ -93,6 +118,7 @@ fn credentials<B>(request: &Request<B>) -> smallvec::SmallVec<[(&str, Source); 2
         }
     }
     for value in request.headers().get_all("x-api-key") {
+        x_api_key_line = true;
         // An empty line carries no key, as an empty `Bearer` carries none.
         if let Ok(text) = value.to_str()
             && !text.trim().is_empty()
@@ -113,7 +139,10 @@ fn credentials<B>(request: &Request<B>) -> smallvec::SmallVec<[(&str, Source); 2
             }
         }
     }
-    found
+    Presented {
+        found,
+        x_api_key_line,
+    }
 }
 
 fn refuse_key(code: Code, key: Option<&KeyRt>, detail: &str) -> Refusal {
@@ -139,12 +168,12 @@ fn authenticate<'s, B>(
     jwks: &JwksCache,
     admission: &mut Admission,
 ) -> Result<Caller<'s>, Refusal> {
+    let presented = credentials(request);
     // `X-API-Key` is the gateway's own carrier on a keyed service: even a
     // line with no key on it (empty) is not passed on.
-    if request.headers().contains_key("x-api-key") {
+    if presented.x_api_key_line {
         admission.strip |= strip::X_API_KEY;
     }
-    let presented = credentials(request);
     if presented.is_empty() {
         return Err(Refusal::new(
             Code::MissingCredentials,
@@ -561,13 +590,14 @@ pub(crate) fn admit_paid<B>(
         }
     }
     // A Tollgate key sent along is not the upstream's business either.
+    let presented = credentials(request);
     let mut carriers = strip::PAYMENT;
-    for (_, source) in credentials(request) {
+    for (_, source) in presented.iter() {
         carriers |= source.strip_bit();
     }
     // The payment pays, not the key; but a valid key names the caller in
     // the call log, so its team sees the call (and can look it up).
-    note_caller(snapshot, request, who);
+    name_caller(snapshot, &presented, who);
     let admission = Admission {
         strip: carriers,
         ..Admission::default()
@@ -584,11 +614,16 @@ pub(crate) fn note_caller<B>(
     request: &Request<B>,
     who: &mut crate::calls::Who,
 ) {
+    name_caller(snapshot, &credentials(request), who);
+}
+
+/// [`note_caller`], from credentials already read.
+fn name_caller(snapshot: &Snapshot, presented: &[(&str, Source)], who: &mut crate::calls::Who) {
     if who.key.is_some() {
         return;
     }
     let now_ms = now_epoch_ms();
-    for (token, _) in credentials(request) {
+    for &(token, _) in presented {
         if let Ok(key) = resolve_key(snapshot, token, now_ms) {
             who.app = Some(key.app.clone());
             who.key = Some(key.clone());

@@ -494,10 +494,9 @@ async fn run(
     check_body_size(context, &request)?;
     // Without a facilitator a payment could not be settled: the service
     // is served as one without per-request payment.
-    let payable = shared.facilitator.get().is_some();
     let paid_per_request = context.route().and_then(|route| {
         route.service.x402.clone().filter(|_| {
-            payable
+            shared.facilitator.get().is_some()
                 && (request
                     .headers()
                     .contains_key(&crate::x402::PAYMENT_SIGNATURE)

@@ -690,13 +690,7 @@ async fn an_alert_fires_once_on_a_burst_of_402s_and_resolves() {
         assert_eq!(status, 400, "{body}");
         assert!(body.to_string().contains(field), "{field}: {body}");
     }
-    let rule = tollgate
-        .create(
-            "/api/v1/alerts",
-            json!({"slug": "too-many-402", "team": "weatherco", "metric": "refusals_402",
-                "threshold": 5, "window_seconds": 10, "service": "weather"}),
-        )
-        .await;
+    let rule = alert_on_402s(&tollgate, "too-many-402").await;
     assert_eq!(rule["enabled"], true);
     // A consumer-side rule may name a service its team's apps subscribe
     // to, though another team runs it.
@@ -789,13 +783,7 @@ async fn an_alert_fires_once_on_a_burst_of_402s_and_resolves() {
         .await;
     assert_eq!(view["states"][0]["firing"], false, "{view}");
     // A rule deleted while firing resolves too, saying why.
-    tollgate
-        .create(
-            "/api/v1/alerts",
-            json!({"slug": "burst-402", "team": "weatherco", "metric": "refusals_402",
-                "threshold": 5, "window_seconds": 10, "service": "weather"}),
-        )
-        .await;
+    alert_on_402s(&tollgate, "burst-402").await;
     burst(6).await;
     let received = receiver.wait_for(5, Duration::from_secs(5)).await;
     assert_eq!(received[4].json()["type"], "alert.firing");
@@ -1334,6 +1322,18 @@ async fn refusals_name_who_they_can_and_filters_take_ids() {
     );
 }
 
+/// Weatherco's rule `slug`: more than 5 402s from its `weather` service
+/// in 10 s.
+async fn alert_on_402s(tollgate: &Tollgate, slug: &str) -> Value {
+    tollgate
+        .create(
+            "/api/v1/alerts",
+            json!({"slug": slug, "team": "weatherco", "metric": "refusals_402",
+                "threshold": 5, "window_seconds": 10, "service": "weather"}),
+        )
+        .await
+}
+
 /// A restarted node does not resolve what it had firing over its calls
 /// until it has watched a whole window: right after the start its window
 /// holds no calls, which says nothing of whether the condition ended.
@@ -1363,13 +1363,7 @@ async fn a_restart_resolves_no_call_alert_before_a_whole_window() {
             json!({"url": receiver.url(), "events": ["alert.firing", "alert.resolved"]}),
         )
         .await;
-    tollgate
-        .create(
-            "/api/v1/alerts",
-            json!({"slug": "too-many-402", "team": "weatherco", "metric": "refusals_402",
-                "threshold": 5, "window_seconds": 10, "service": "weather"}),
-        )
-        .await;
+    alert_on_402s(&tollgate, "too-many-402").await;
     for _ in 0..6 {
         let response = tollgate.get_with_key("/weather/forecast/x", &key).await;
         assert_eq!(response.status(), 402);
